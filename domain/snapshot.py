@@ -1,0 +1,244 @@
+"""The shop's view of an order: the snapshot it sends with every event (contract §4).
+
+The snapshot is the desired state. Validation happens here, field by field, so that a
+bad body is answered with the exact path of the bad field and nothing is stored.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from domain.money import klarna_tax_ok, tax_of
+
+MAX_AMOUNT = 100_000_000  # Klarna's and Adyen's ceiling for one amount, in minor units
+UNITEMISED_DISCOUNT_ID = "ordersync-unitemised-discount"
+
+
+class LineType(StrEnum):
+    PHYSICAL = "physical"
+    DIGITAL = "digital"
+    DISCOUNT = "discount"
+    SHIPPING_FEE = "shipping_fee"
+    SALES_TAX = "sales_tax"
+    STORE_CREDIT = "store_credit"
+    GIFT_CARD = "gift_card"
+    SURCHARGE = "surcharge"
+
+
+# Lines that lower the order total: they are never shipped; captures and refunds carry
+# a proportional share of them instead.
+REDUCING_TYPES = frozenset({LineType.DISCOUNT, LineType.STORE_CREDIT, LineType.GIFT_CARD})
+
+Amount = Annotated[int, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT, strict=True)]
+Count = Annotated[int, Field(ge=0, le=1_000_000, strict=True)]
+
+
+class _Model(BaseModel):
+    # Unknown fields are dropped, not kept: a shop may send customer data we must not store.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Line(_Model):
+    id: str = Field(min_length=1, max_length=255)
+    name: str = Field(max_length=255)
+    type: LineType = LineType.PHYSICAL
+    quantity: Count
+    quantity_unit: str | None = Field(default=None, max_length=10)
+    unit_price: Amount
+    tax_rate: int = Field(ge=0, le=10_000, strict=True)
+    total_discount_amount: Annotated[int, Field(ge=0, le=MAX_AMOUNT, strict=True)] = 0
+    shipped_quantity: Count = 0
+    returned_quantity: Count = 0
+    total_amount: Amount | None = None
+    total_tax_amount: Amount | None = None
+    product_url: str | None = Field(default=None, max_length=1024)
+    image_url: str | None = Field(default=None, max_length=1024)
+
+    @field_validator("total_discount_amount")
+    @classmethod
+    def _discount_within_line(cls, value: int, info: ValidationInfo) -> int:
+        gross = info.data.get("quantity", 0) * info.data.get("unit_price", 0)
+        line_type = info.data.get("type")
+        if line_type in REDUCING_TYPES:
+            if value != 0:
+                raise ValueError("a discount line carries its discount in unit_price")
+        elif value > gross:
+            raise ValueError(f"must not exceed quantity × unit_price ({gross})")
+        return value
+
+    @field_validator("shipped_quantity")
+    @classmethod
+    def _shipped_within_quantity(cls, value: int, info: ValidationInfo) -> int:
+        if "quantity" in info.data and value > info.data["quantity"]:
+            raise ValueError("must not exceed quantity")
+        if value and info.data.get("type") in REDUCING_TYPES:
+            raise ValueError("discount lines are not shipped")
+        return value
+
+    @field_validator("returned_quantity")
+    @classmethod
+    def _returned_within_shipped(cls, value: int, info: ValidationInfo) -> int:
+        if "shipped_quantity" in info.data and value > info.data["shipped_quantity"]:
+            raise ValueError("must not exceed shipped_quantity")
+        return value
+
+    @field_validator("total_amount")
+    @classmethod
+    def _total_matches(cls, value: int | None, info: ValidationInfo) -> int | None:
+        expected = _computed_total(info)
+        if value is not None and expected is not None and value != expected:
+            raise ValueError(
+                f"must equal quantity × unit_price − total_discount_amount ({expected})"
+            )
+        if expected is not None:
+            _check_sign(expected, info.data.get("type"))
+        return value
+
+    @field_validator("total_tax_amount")
+    @classmethod
+    def _tax_matches(cls, value: int | None, info: ValidationInfo) -> int | None:
+        total = _computed_total(info)
+        rate = info.data.get("tax_rate")
+        if value is not None and total is not None and rate is not None:
+            if not klarna_tax_ok(total, value, rate):
+                raise ValueError(f"must be within ±1 of {tax_of(total, rate)}")
+        return value
+
+    @property
+    def total(self) -> int:
+        """What the line costs with its own discount, tax included."""
+        return self.quantity * self.unit_price - self.total_discount_amount
+
+    @property
+    def tax(self) -> int:
+        if self.total_tax_amount is not None:
+            return self.total_tax_amount
+        return tax_of(self.total, self.tax_rate)
+
+    @property
+    def reduces_total(self) -> bool:
+        return self.type in REDUCING_TYPES
+
+
+def _computed_total(info: ValidationInfo) -> int | None:
+    data = info.data
+    if not {"quantity", "unit_price", "total_discount_amount"} <= data.keys():
+        return None
+    return int(data["quantity"] * data["unit_price"] - data["total_discount_amount"])
+
+
+def _check_sign(total: int, line_type: LineType | None) -> None:
+    if line_type in REDUCING_TYPES and total > 0:
+        raise ValueError("a discount line's total must not be positive")
+    if line_type not in REDUCING_TYPES and total < 0:
+        raise ValueError(f"a {line_type} line's total must not be negative; use a discount line")
+
+
+class KlarnaPayment(_Model):
+    provider: Literal["klarna"]
+    klarna_order_id: str = Field(min_length=1, max_length=255)
+    payment_method: str | None = Field(default=None, max_length=64)
+
+
+class AdyenPayment(_Model):
+    provider: Literal["adyen"]
+    psp_reference: str = Field(min_length=1, max_length=64)
+    merchant_account: str | None = Field(default=None, max_length=255)
+
+
+Payment = Annotated[KlarnaPayment | AdyenPayment, Field(discriminator="provider")]
+
+
+class Shipping(_Model):
+    carrier: str | None = Field(default=None, max_length=100)
+    tracking_number: str | None = Field(default=None, max_length=100)
+    tracking_uri: str | None = Field(default=None, max_length=1024)
+    shipping_method: str | None = Field(default=None, max_length=100)
+
+
+class OrderSnapshot(_Model):
+    id: str = Field(min_length=1, max_length=64)
+    version: int = Field(ge=0, strict=True)
+    currency: str = Field(pattern=r"^[A-Z]{3}$")
+    country: str = Field(pattern=r"^[A-Z]{2}$")
+    status: Literal["open", "cancelled"] = "open"
+    payment: Payment
+    lines: list[Line] = Field(max_length=1000)
+    amount: Annotated[int, Field(ge=0, le=MAX_AMOUNT, strict=True)] | None = None
+    shipping: Shipping | None = None
+
+    @field_validator("lines")
+    @classmethod
+    def _unique_ids(cls, lines: list[Line]) -> list[Line]:
+        seen: set[str] = set()
+        for line in lines:
+            if line.id in seen:
+                raise ValueError(f"line id {line.id!r} appears twice")
+            if line.id == UNITEMISED_DISCOUNT_ID:
+                raise ValueError(f"line id {line.id!r} is reserved")
+            seen.add(line.id)
+        if sum(line.total for line in lines) < 0:
+            raise ValueError("the lines add up to less than zero")
+        return lines
+
+    @field_validator("amount")
+    @classmethod
+    def _amount_not_above_lines(cls, value: int | None, info: ValidationInfo) -> int | None:
+        lines: list[Line] | None = info.data.get("lines")
+        if value is not None and lines is not None:
+            lines_total = sum(line.total for line in lines)
+            if value > lines_total:
+                raise ValueError(f"must not exceed the sum of the lines ({lines_total})")
+        return value
+
+    @property
+    def effective_lines(self) -> list[Line]:
+        """The lines with the unitemised discount made explicit (Adyen's third method).
+
+        An `amount` below the sum of the lines means the shop gave a discount it did not
+        itemise; it becomes a discount line so every PSP request can list it.
+        """
+        lines_total = sum(line.total for line in self.lines)
+        if self.amount is None or self.amount == lines_total:
+            return list(self.lines)
+        gap = lines_total - self.amount
+        rates = {line.tax_rate for line in self.lines if not line.reduces_total}
+        # One rate in the basket: the discount carries it. Mixed rates: no single rate is
+        # right, so the discount is booked without tax rather than with a wrong one.
+        rate = rates.pop() if len(rates) == 1 else 0
+        discount = Line(
+            id=UNITEMISED_DISCOUNT_ID,
+            name="Discount",
+            type=LineType.DISCOUNT,
+            quantity=1,
+            unit_price=-gap,
+            tax_rate=rate,
+        )
+        return [*self.lines, discount]
+
+    @property
+    def total(self) -> int:
+        return sum(line.total for line in self.effective_lines)
+
+    @property
+    def provider(self) -> str:
+        return self.payment.provider
+
+    @property
+    def psp_order_id(self) -> str:
+        if isinstance(self.payment, KlarnaPayment):
+            return self.payment.klarna_order_id
+        return self.payment.psp_reference
+
+
+EventType = Literal[
+    "order.created", "order.updated", "order.shipped", "order.returned", "order.cancelled"
+]
+
+
+class ShopEvent(_Model):
+    type: EventType
+    order: OrderSnapshot
