@@ -1,0 +1,383 @@
+"""The order lines of every PSP request: authorization updates, captures and refunds.
+
+Pure arithmetic on integers in minor units. Every request's lines sum exactly to its
+amount, and the parts of a shop line taken by successive captures (or refunds) add up
+to exactly what the line is worth, because every split is made cumulatively: a request
+takes its share of what is *still open*, so the last one takes exactly the rest.
+
+Lines are expressed in Klarna's terms (whole-line totals, tax included); the Adyen
+builders at the bottom turn them into per-unit items.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from domain.money import distribute, net_of, share, tax_of
+from domain.snapshot import Line, LineType, OrderSnapshot
+
+CAPTURE = "capture"
+REFUND = "refund"
+
+
+@dataclass(frozen=True)
+class PspLine:
+    """One line as sent to a PSP, in Klarna's terms (whole-line totals)."""
+
+    reference: str  # the shop's line id
+    name: str
+    type: LineType
+    quantity: int
+    unit_price: int  # tax included, before the line's own discount
+    tax_rate: int  # basis points
+    total_amount: int  # quantity * unit_price - total_discount_amount
+    total_discount_amount: int
+    total_tax_amount: int
+    quantity_unit: str | None = None
+    product_url: str | None = None
+    image_url: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "reference": self.reference,
+            "name": self.name,
+            "type": self.type.value,
+            "quantity": self.quantity,
+            "unit_price": self.unit_price,
+            "tax_rate": self.tax_rate,
+            "total_amount": self.total_amount,
+            "total_discount_amount": self.total_discount_amount,
+            "total_tax_amount": self.total_tax_amount,
+        }
+        for key, value in (
+            ("quantity_unit", self.quantity_unit),
+            ("product_url", self.product_url),
+            ("image_url", self.image_url),
+        ):
+            if value is not None:
+                data[key] = value
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> PspLine:
+        return cls(
+            reference=str(data["reference"]),
+            name=str(data["name"]),
+            type=LineType(data["type"]),
+            quantity=int(data["quantity"]),
+            unit_price=int(data["unit_price"]),
+            tax_rate=int(data["tax_rate"]),
+            total_amount=int(data["total_amount"]),
+            total_discount_amount=int(data.get("total_discount_amount", 0)),
+            total_tax_amount=int(data["total_tax_amount"]),
+            quantity_unit=data.get("quantity_unit"),
+            product_url=data.get("product_url"),
+            image_url=data.get("image_url"),
+        )
+
+
+@dataclass
+class LineLedger:
+    """What the PSP has already done for one shop line (by reference)."""
+
+    captured_quantity: int = 0
+    captured_amount: int = 0  # negative for discount lines' shares
+    refunded_quantity: int = 0
+    refunded_amount: int = 0
+
+
+Ledger = dict[str, LineLedger]
+
+
+def ledger_from(operations: Iterable[tuple[str, Sequence[PspLine]]]) -> Ledger:
+    """Fold the lines of the *succeeded* operations, given as (kind, lines).
+
+    Kinds other than capture and refund (authorization updates, cancels) move no money
+    line by line, so they are ignored here. A discount share counts its quantity of 1
+    like any other line; nothing in this module reads a reducing line's quantities.
+    """
+    ledger: Ledger = {}
+    for kind, lines in operations:
+        if kind not in (CAPTURE, REFUND):
+            continue
+        for line in lines:
+            entry = ledger.setdefault(line.reference, LineLedger())
+            if kind == CAPTURE:
+                entry.captured_quantity += line.quantity
+                entry.captured_amount += line.total_amount
+            else:
+                entry.refunded_quantity += line.quantity
+                entry.refunded_amount += line.total_amount
+    return ledger
+
+
+def lines_total(lines: Iterable[PspLine]) -> int:
+    return sum(line.total_amount for line in lines)
+
+
+# --- building lines -----------------------------------------------------------------
+
+
+def _whole(line: Line) -> PspLine:
+    return PspLine(
+        reference=line.id,
+        name=line.name,
+        type=line.type,
+        quantity=line.quantity,
+        unit_price=line.unit_price,
+        tax_rate=line.tax_rate,
+        total_amount=line.total,
+        total_discount_amount=line.total_discount_amount,
+        # The shop's own tax figure is kept when it sent one: Klarna shows it to the
+        # customer, and it was validated (±1) when the snapshot came in.
+        total_tax_amount=line.tax,
+        quantity_unit=line.quantity_unit,
+        product_url=line.product_url,
+        image_url=line.image_url,
+    )
+
+
+def _part(line: Line, quantity: int, value: int) -> PspLine:
+    """`quantity` units of a product line worth `value` together.
+
+    The unit price stays the shop's; the cumulative rounding difference goes into
+    `total_discount_amount`, which keeps Klarna's `q * unit - discount = total`.
+    """
+    if quantity == line.quantity and value == line.total:
+        return _whole(line)
+    # Only reachable if the shop raised a price after part of the line was captured:
+    # the rest is then dearer per unit than the list price, and Klarna's discount must
+    # not go negative, so the unit price shown is the smallest one that covers it.
+    unit_price = max(line.unit_price, -(-value // quantity))
+    return PspLine(
+        reference=line.id,
+        name=line.name,
+        type=line.type,
+        quantity=quantity,
+        unit_price=unit_price,
+        tax_rate=line.tax_rate,
+        total_amount=value,
+        total_discount_amount=quantity * unit_price - value,
+        total_tax_amount=tax_of(value, line.tax_rate),
+        quantity_unit=line.quantity_unit,
+        product_url=line.product_url,
+        image_url=line.image_url,
+    )
+
+
+def _reducing_share(line: Line, value: int) -> PspLine:
+    """A negative `discount` line carrying `value` (< 0) of a reducing line.
+
+    Always one unit, whatever the reducing line's quantity: a share is an amount, not
+    a number of coupons.
+    """
+    return PspLine(
+        reference=line.id,
+        name=line.name,
+        type=LineType.DISCOUNT,
+        quantity=1,
+        unit_price=value,
+        tax_rate=line.tax_rate,
+        total_amount=value,
+        total_discount_amount=0,
+        total_tax_amount=line.tax if value == line.total else tax_of(value, line.tax_rate),
+    )
+
+
+def _split_lines(order: OrderSnapshot) -> tuple[list[Line], list[Line]]:
+    products: list[Line] = []
+    reducing: list[Line] = []
+    for line in order.effective_lines:
+        (reducing if line.reduces_total else products).append(line)
+    return products, reducing
+
+
+def _reducing_shares(
+    reducing: Sequence[Line], open_amounts: Sequence[int], value_this: int, value_open: int
+) -> list[PspLine]:
+    """The discount lines that go with `value_this` of `value_open` product value.
+
+    `open_amounts` are the reducing lines' still-open magnitudes (≥ 0). The request's
+    total share is taken cumulatively over all reducing lines together and then split
+    over them cumulatively. With one reducing line this is exactly
+    `share(open_j, value_this, value_open)`; with several it can differ from per-line
+    rounding by one cent per line, but it keeps the invariant "open discount ≤ open
+    product value", so no request's amount can ever go negative (per-line rounding
+    half away from zero can take one cent more discount than the product value).
+    """
+    open_total = sum(open_amounts)
+    if open_total == 0 or value_this == 0:
+        return []
+    # The cap never binds while the invariant holds; it guards against a shop that
+    # lowered its prices below what was already captured.
+    total_share = min(share(open_total, value_this, value_open), value_this)
+    result: list[PspLine] = []
+    for line, part in zip(reducing, distribute(total_share, open_amounts), strict=True):
+        if part:
+            result.append(_reducing_share(line, -part))
+    return result
+
+
+def basket_lines(order: OrderSnapshot) -> list[PspLine]:
+    """The complete basket, for authorization updates (Klarna PATCH, Adyen amountUpdates).
+
+    Lines of quantity 0 are left out: they are worth nothing and would only show the
+    customer an item they no longer get.
+    """
+    return [_whole(line) for line in order.effective_lines if line.quantity != 0]
+
+
+def capture_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
+    """The lines of a capture of everything shipped but not yet captured.
+
+    Empty when nothing new has shipped. A shipped free item (worth 0) is still listed,
+    so that the ledger records it as captured.
+    """
+    products, reducing = _split_lines(order)
+    result: list[PspLine] = []
+    value_this = 0
+    value_open = 0
+    for line in products:
+        entry = ledger.get(line.id, LineLedger())
+        open_quantity = line.quantity - entry.captured_quantity
+        # ≥ 0 so that a shop that lowered a price below what was already captured gets
+        # no negative capture; the money is then the refund's business.
+        open_value = max(line.total - entry.captured_amount, 0) if open_quantity > 0 else 0
+        value_open += open_value
+        quantity = min(line.shipped_quantity, line.quantity) - entry.captured_quantity
+        if quantity <= 0:
+            continue
+        value = share(open_value, quantity, open_quantity)
+        value_this += value
+        result.append(_part(line, quantity, value))
+    if not result:
+        return []
+    # Magnitudes of what is left of each reducing line (totals and shares are negative).
+    open_reducing = [
+        max(ledger.get(line.id, LineLedger()).captured_amount - line.total, 0) for line in reducing
+    ]
+    return result + _reducing_shares(reducing, open_reducing, value_this, value_open)
+
+
+def refund_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
+    """The lines of a refund of everything returned but not yet refunded.
+
+    Only captured units are refunded: the planner captures before it refunds, and a
+    refund may never exceed what the PSP holds for the line.
+    """
+    products, reducing = _split_lines(order)
+    result: list[PspLine] = []
+    value_this = 0
+    value_held = 0
+    for line in products:
+        entry = ledger.get(line.id, LineLedger())
+        held_quantity = entry.captured_quantity - entry.refunded_quantity
+        if held_quantity <= 0:
+            continue
+        held_value = max(entry.captured_amount - entry.refunded_amount, 0)
+        value_held += held_value
+        quantity = min(line.returned_quantity - entry.refunded_quantity, held_quantity)
+        if quantity <= 0:
+            continue
+        value = share(held_value, quantity, held_quantity)
+        value_this += value
+        result.append(_part(line, quantity, value))
+    if not result:
+        return []
+    held_reducing = []
+    for line in reducing:
+        entry = ledger.get(line.id, LineLedger())
+        # Both amounts are negative: what was captured of the discount and not yet
+        # given back, as a magnitude.
+        held_reducing.append(max(entry.refunded_amount - entry.captured_amount, 0))
+    return result + _reducing_shares(reducing, held_reducing, value_this, value_held)
+
+
+# --- PSP formats --------------------------------------------------------------------
+
+
+def klarna_order_lines(lines: Sequence[PspLine]) -> list[dict[str, Any]]:
+    """Klarna OM `order_line` objects (update authorization, capture, refund)."""
+    result: list[dict[str, Any]] = []
+    for line in lines:
+        item: dict[str, Any] = {
+            "type": line.type.value,
+            "reference": line.reference,
+            "name": line.name,
+            "quantity": line.quantity,
+        }
+        if line.quantity_unit is not None:
+            item["quantity_unit"] = line.quantity_unit
+        item |= {
+            "unit_price": line.unit_price,
+            "tax_rate": line.tax_rate,
+            "total_amount": line.total_amount,
+            "total_discount_amount": line.total_discount_amount,
+            "total_tax_amount": line.total_tax_amount,
+        }
+        if line.product_url is not None:
+            item["product_url"] = line.product_url
+        if line.image_url is not None:
+            item["image_url"] = line.image_url
+        result.append(item)
+    return result
+
+
+def _per_unit(line: PspLine) -> list[tuple[int, int]]:
+    """(quantity, amount per unit) groups that add up to the line's total exactly.
+
+    Adyen and classic openinvoice speak per unit; a total that does not divide by the
+    quantity becomes two groups, the remainder units one cent dearer.
+    """
+    if line.quantity <= 0:
+        return []
+    unit, remainder = divmod(line.total_amount, line.quantity)
+    groups = [(line.quantity - remainder, unit)]
+    if remainder:
+        groups.append((remainder, unit + 1))
+    return groups
+
+
+def adyen_line_items(lines: Sequence[PspLine]) -> list[dict[str, Any]]:
+    """Adyen Checkout v71 `lineItems` (per-unit amounts, integers as the schema says)."""
+    result: list[dict[str, Any]] = []
+    for line in lines:
+        for quantity, unit in _per_unit(line):
+            item: dict[str, Any] = {
+                "quantity": quantity,
+                "amountExcludingTax": net_of(unit, line.tax_rate),
+                "taxPercentage": line.tax_rate,
+                "description": line.name,
+                "id": line.reference,
+                "taxAmount": tax_of(unit, line.tax_rate),
+                "amountIncludingTax": unit,
+            }
+            if line.product_url is not None:
+                item["productUrl"] = line.product_url
+            if line.image_url is not None:
+                item["imageUrl"] = line.image_url
+            result.append(item)
+    return result
+
+
+def openinvoice_data(lines: Sequence[PspLine], currency: str) -> dict[str, str]:
+    """Classic Pal v68 `additionalData.openinvoicedata.*` for captures and refunds."""
+    data: dict[str, str] = {}
+    number = 0
+    for line in lines:
+        for quantity, unit in _per_unit(line):
+            number += 1
+            prefix = f"openinvoicedata.line{number}."
+            data[prefix + "currencyCode"] = currency
+            data[prefix + "description"] = line.name
+            data[prefix + "itemAmount"] = str(net_of(unit, line.tax_rate))
+            data[prefix + "itemVatAmount"] = str(tax_of(unit, line.tax_rate))
+            data[prefix + "itemVatPercentage"] = str(line.tax_rate)
+            data[prefix + "numberOfItems"] = str(quantity)
+            if line.product_url is not None:
+                data[prefix + "productUrl"] = line.product_url
+            if line.image_url is not None:
+                data[prefix + "imageUrl"] = line.image_url
+    return {"openinvoicedata.numberOfLines": str(number), **data}
