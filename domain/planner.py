@@ -1,0 +1,249 @@
+"""The reconcile planner: desired state + what the PSP has done → the next operation.
+
+Pure and level-triggered: it looks only at the latest snapshot and the ledger of
+operations already applied, never at the events that led there, so a burst of snapshots
+ends in operations for the final state only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from domain.lines import (
+    Ledger,
+    PspLine,
+    basket_lines,
+    capture_lines,
+    ledger_from,
+    lines_total,
+    refund_lines,
+)
+from domain.snapshot import OrderSnapshot
+
+
+class Kind(StrEnum):
+    UPDATE_AUTHORIZATION = "update_authorization"
+    CAPTURE = "capture"
+    REFUND = "refund"
+    CANCEL = "cancel"
+    RELEASE_AUTHORIZATION = "release_authorization"
+    EXTEND_AUTHORIZATION = "extend_authorization"
+
+
+class PspStatus(StrEnum):
+    AUTHORIZED = "authorized"
+    PART_CAPTURED = "part_captured"
+    CAPTURED = "captured"
+    CANCELLED = "cancelled"
+    EXPIRED = "expired"
+    CLOSED = "closed"
+
+
+NEEDS_NEW_ORDER = "needs_new_order"
+NEEDS_ATTENTION = "needs_attention"
+
+
+@dataclass(frozen=True)
+class PspState:
+    """The PSP's figures for the order, as last read or confirmed."""
+
+    status: PspStatus
+    authorized: int
+    captured: int
+    refunded: int
+    payment_method: str | None = None
+    country: str | None = None
+    authorized_lines: tuple[PspLine, ...] = ()
+
+    @property
+    def open_for_changes(self) -> bool:
+        return self.status in (PspStatus.AUTHORIZED, PspStatus.PART_CAPTURED)
+
+
+@dataclass(frozen=True)
+class PastOperation:
+    kind: Kind
+    status: str
+    amount: int
+    lines: tuple[PspLine, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    kind: Kind
+    amount: int
+    lines: tuple[PspLine, ...] = ()
+
+
+@dataclass(frozen=True)
+class Flag:
+    flag: str
+    code: str
+    message: str
+    lines: tuple[PspLine, ...] = ()
+    # For needs_new_order: the total that was refused, so it is not asked for again.
+    refused_amount: int | None = None
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Out of sync, but nothing can be done until something changes."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class Done:
+    pass
+
+
+Decision = Plan | Flag | Wait | Done
+
+
+@dataclass(frozen=True)
+class OrderView:
+    """Everything the planner may look at for one order."""
+
+    order: OrderSnapshot
+    psp: PspState
+    history: Sequence[PastOperation] = ()
+    flags: frozenset[str] = field(default_factory=frozenset)
+    refused_amount: int | None = None
+
+
+def plan_next(view: OrderView, increase_allowed: Callable[[str | None, str | None], bool]) -> Decision:
+    if NEEDS_ATTENTION in view.flags:
+        # A person has to look first; acting again could repeat what went wrong.
+        return Wait("needs_attention")
+    order, psp = view.order, view.psp
+    ledger = ledger_from(
+        (op.kind.value, op.lines) for op in view.history if op.status == "succeeded"
+    )
+    if psp.status in (PspStatus.EXPIRED, PspStatus.CLOSED):
+        if _has_work(order, ledger):
+            return Flag(NEEDS_ATTENTION, f"order_{psp.status.value}",
+                        f"the PSP order is {psp.status.value}; lines can no longer be captured")
+        return Done()
+
+    if order.status == "cancelled":
+        if psp.status is PspStatus.AUTHORIZED and psp.captured == 0:
+            return Plan(Kind.CANCEL, 0)
+        if psp.status is PspStatus.PART_CAPTURED and psp.authorized > psp.captured:
+            return Plan(Kind.RELEASE_AUTHORIZATION, psp.authorized - psp.captured)
+    elif psp.status is PspStatus.CANCELLED:
+        if capture_lines(order, ledger):
+            return Flag(NEEDS_ATTENTION, "psp_order_cancelled",
+                        "the shop ships lines of an order the PSP has cancelled")
+    else:
+        decision = _authorization_step(view, increase_allowed)
+        if decision is not None:
+            return decision
+        decision = _capture_step(order, psp, ledger, view.refused_amount)
+        if decision is not None:
+            return decision
+
+    lines = refund_lines(order, ledger)
+    amount = lines_total(lines)
+    if lines and amount > 0:
+        if amount > psp.captured - psp.refunded:
+            return Flag(NEEDS_ATTENTION, "refund_exceeds_captured",
+                        f"a refund of {amount} exceeds what is captured and not refunded")
+        return Plan(Kind.REFUND, amount, tuple(lines))
+    return Done()
+
+
+def _authorization_step(
+    view: OrderView, increase_allowed: Callable[[str | None, str | None], bool]
+) -> Decision | None:
+    order, psp = view.order, view.psp
+    target = order.total
+    fully_captured = psp.captured >= psp.authorized
+    if target == psp.authorized or fully_captured or not psp.open_for_changes:
+        return None
+    if target == view.refused_amount:
+        return None  # refused once for this very total: the shop must ask for a new order
+    if target < psp.captured:
+        return Flag(NEEDS_ATTENTION, "amount_below_captured",
+                    f"the new total {target} is below the captured {psp.captured}")
+    basket = tuple(basket_lines(order))
+    if target > psp.authorized and not increase_allowed(psp.payment_method, order.country):
+        return Flag(
+            NEEDS_NEW_ORDER,
+            "increase_not_allowed",
+            f"{psp.payment_method or 'this payment method'} in {order.country} "
+            "cannot be increased; ask the customer for a new order",
+            lines=unauthorized_lines(basket, psp.authorized_lines),
+            refused_amount=target,
+        )
+    return Plan(Kind.UPDATE_AUTHORIZATION, target, basket)
+
+
+def _capture_step(
+    order: OrderSnapshot, psp: PspState, ledger: Ledger, refused_amount: int | None
+) -> Decision | None:
+    lines = capture_lines(order, ledger)
+    if not lines:
+        return None
+    remaining = psp.authorized - psp.captured
+    amount = lines_total(lines)
+    if amount > remaining:
+        lines = _fit_capture(order, ledger, remaining)
+        amount = lines_total(lines)
+        if not lines:
+            if refused_amount is not None:
+                # Expected after a refused increase: the extra lines were never authorized.
+                return Wait("shipped_lines_not_authorized")
+            return Flag(NEEDS_ATTENTION, "capture_exceeds_authorization",
+                        f"the shipped lines exceed the remaining authorization {remaining}")
+    if amount <= 0:
+        return None
+    return Plan(Kind.CAPTURE, amount, tuple(lines))
+
+
+def _fit_capture(order: OrderSnapshot, ledger: Ledger, remaining: int) -> list[PspLine]:
+    """The largest prefix of the shipped lines that fits the remaining authorization.
+
+    Lines are dropped from the end (where a shop appends what it adds), and each
+    candidate is recomputed whole so its discount shares stay exact.
+    """
+    shipped = [
+        line for line in order.effective_lines
+        if not line.reduces_total and line.shipped_quantity > _captured_qty(ledger, line.id)
+    ]
+    while shipped:
+        dropped = shipped.pop()
+        lines = list(order.lines)
+        index = next(i for i, line in enumerate(lines) if line.id == dropped.id)
+        lines[index] = dropped.model_copy(
+            update={"shipped_quantity": _captured_qty(ledger, dropped.id),
+                    "returned_quantity": 0}
+        )
+        order = order.model_copy(update={"lines": lines})
+        candidate = capture_lines(order, ledger)
+        if candidate and lines_total(candidate) <= remaining:
+            return candidate
+    return []
+
+
+def _captured_qty(ledger: Ledger, line_id: str) -> int:
+    entry = ledger.get(line_id)
+    return entry.captured_quantity if entry else 0
+
+
+def _has_work(order: OrderSnapshot, ledger: Ledger) -> bool:
+    return bool(capture_lines(order, ledger))
+
+
+def unauthorized_lines(
+    basket: Sequence[PspLine], authorized: Sequence[PspLine]
+) -> tuple[PspLine, ...]:
+    """The lines of `basket` beyond what was authorized: new lines, or more units."""
+    before = {line.reference: line.quantity for line in authorized}
+    if not before:
+        return tuple(line for line in basket if line.total_amount > 0)
+    return tuple(
+        line for line in basket
+        if line.total_amount > 0 and line.quantity > before.get(line.reference, 0)
+    )

@@ -1,0 +1,3 @@
+DROP TABLE operations;
+DROP TABLE inbox;
+DROP TABLE orders;

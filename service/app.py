@@ -1,0 +1,151 @@
+"""The Starlette receiver: webhooks in, operator API, health and metrics."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio.to_thread
+import psycopg
+import redis.asyncio as aioredis
+import structlog
+from psycopg_pool import PoolTimeout
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from ordersync.db import async_pool
+from ordersync.errors import OrdersyncError
+from ordersync.metrics import Metrics
+from ordersync.settings import Settings, get_settings
+from service.health import healthz, readyz
+from service.state import AppState
+from service.webhooks import shop_webhook
+
+log = structlog.get_logger("ordersync.web")
+
+
+def redis_client_url(redis_url: str) -> str:
+    """kombu spells a Unix socket `redis+socket://`; redis-py spells it `unix://`."""
+    if redis_url.startswith("redis+socket://"):
+        return "unix://" + redis_url.removeprefix("redis+socket://")
+    return redis_url
+
+
+def publish_reconcile(order_id: str, request_id: str | None) -> None:
+    from workers.tasks import reconcile_order
+
+    reconcile_order.apply_async(
+        (order_id,), headers={"request_id": request_id}, retry=False
+    )
+
+
+class RequestContext:
+    """Binds a request id (the caller's X-Request-ID, or a new one) to every log line."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=request_id, path=scope["path"])
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+async def _ordersync_error(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, OrdersyncError)
+    log.info("request_refused", error=exc.code, status=exc.status_code, detail=exc.detail)
+    return JSONResponse(exc.to_json(), status_code=exc.status_code)
+
+
+async def _database_down(_: Request, exc: Exception) -> Response:
+    # Never a 2xx for something not stored: 503 makes the sender retry.
+    log.error("database_unavailable", error=type(exc).__name__)
+    return JSONResponse(
+        {"error": "unavailable", "detail": "storage is unavailable; retry later"},
+        status_code=503,
+    )
+
+
+async def _unexpected(_: Request, exc: Exception) -> Response:
+    log.exception("unhandled_error", error=type(exc).__name__)
+    return JSONResponse({"error": "internal_error", "detail": "unexpected error"}, 500)
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    settings = settings or get_settings()
+    settings.require("database_url", "redis_url", "shop_webhook_secrets")
+    assert settings.database_url is not None and settings.redis_url is not None
+    pool = async_pool(settings.database_url.get_secret_value())
+    redis = aioredis.from_url(
+        redis_client_url(settings.redis_url.get_secret_value()),
+        socket_timeout=2, socket_connect_timeout=2,
+    )
+
+    async def enqueue(order_id: str) -> None:
+        request_id = structlog.contextvars.get_contextvars().get("request_id")
+        try:
+            await anyio.to_thread.run_sync(publish_reconcile, order_id, request_id)
+        except Exception as exc:
+            # Stored and committed already: the sweeper will find it.
+            log.warning("enqueue_failed", error=type(exc).__name__)
+
+    async def redis_ping() -> bool:
+        return bool(await redis.ping())
+
+    state = AppState(
+        settings=settings, pool=pool, enqueue=enqueue, redis_ping=redis_ping, metrics=Metrics()
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Open without waiting: the web process must start (and say 503) while Postgres
+        # is still coming up.
+        await pool.open(wait=False)
+        try:
+            yield
+        finally:
+            await pool.close()
+            await redis.aclose()
+
+    app = Starlette(
+        routes=[
+            Route("/webhooks/shop", shop_webhook, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        exception_handlers={
+            OrdersyncError: _ordersync_error,
+            psycopg.OperationalError: _database_down,
+            PoolTimeout: _database_down,
+            Exception: _unexpected,
+        },
+        lifespan=lifespan,
+    )
+    app.state.ordersync = state
+    app.add_middleware(RequestContext)
+    return app
+
+
+def create_web_app() -> Starlette:
+    """The factory uvicorn calls in each of its processes."""
+    from ordersync.logging import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)

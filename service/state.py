@@ -1,0 +1,23 @@
+"""What the web app holds for its lifetime, built once by the app factory."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from psycopg_pool import AsyncConnectionPool
+
+from ordersync.metrics import Metrics
+from ordersync.settings import Settings
+
+Enqueue = Callable[[str], Awaitable[None]]
+Ping = Callable[[], Awaitable[bool]]
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    pool: AsyncConnectionPool
+    enqueue: Enqueue
+    redis_ping: Ping
+    metrics: Metrics

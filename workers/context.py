@@ -1,0 +1,72 @@
+"""Per-process resources of a worker: settings, a Postgres pool, one pooled HTTP client
+and the PSP clients over it. Built on first use in each (forked) process, never at import."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import httpx
+from psycopg_pool import ConnectionPool
+
+from ordersync.db import sync_pool
+from ordersync.settings import Settings, get_settings
+from workers.klarna import KlarnaClient
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    pool: ConnectionPool
+    http: httpx.Client
+    klarna: KlarnaClient | None
+
+    def close(self) -> None:
+        self.http.close()
+        self.pool.close()
+
+
+def build_context(settings: Settings) -> WorkerContext:
+    settings.require("database_url")
+    assert settings.database_url is not None
+    http = httpx.Client(
+        timeout=httpx.Timeout(
+            settings.psp_read_timeout_seconds, connect=settings.psp_connect_timeout_seconds
+        ),
+        limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+        headers={"User-Agent": "ordersync/0.1"},
+    )
+    klarna = None
+    if settings.klarna_api_url:
+        klarna = KlarnaClient(
+            http,
+            settings.klarna_api_url,
+            settings.klarna_username or "",
+            settings.klarna_password.get_secret_value() if settings.klarna_password else "",
+        )
+    return WorkerContext(
+        settings=settings,
+        pool=sync_pool(settings.database_url.get_secret_value()),
+        http=http,
+        klarna=klarna,
+    )
+
+
+_context: WorkerContext | None = None
+_context_pid: int | None = None
+
+
+def get_context() -> WorkerContext:
+    """The process's context; a forked child builds its own rather than share sockets."""
+    global _context, _context_pid
+    if _context is None or _context_pid != os.getpid():
+        _context = build_context(get_settings())
+        _context_pid = os.getpid()
+    return _context
+
+
+def close_context() -> None:
+    global _context
+    if _context is not None and _context_pid == os.getpid():
+        _context.close()
+    _context = None

@@ -1,0 +1,82 @@
+"""What a PSP call came to, in the terms the reconciler acts on."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import httpx
+
+
+class Outcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    # The PSP said no for a business reason: retrying the same request cannot help.
+    REJECTED = "rejected"
+    # Network, timeout, 5xx or 429: the same request, with the same key, may succeed later.
+    TRANSIENT = "transient"
+    # Adyen accepted the request; the result comes later as a notification.
+    RECEIVED = "received"
+
+
+@dataclass(frozen=True)
+class PspError:
+    code: str
+    message: str
+    correlation_id: str | None = None
+    http_status: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "correlation_id": self.correlation_id,
+            "http_status": self.http_status,
+        }
+
+
+@dataclass(frozen=True)
+class PspResult:
+    outcome: Outcome
+    reference: str | None = None
+    error: PspError | None = None
+    retry_after: float | None = None
+    # True when the request may have reached the PSP and been applied (timeout after
+    # sending, connection dropped, 5xx): the next attempt first checks what happened.
+    maybe_applied: bool = False
+    body: dict[str, Any] = field(default_factory=dict)
+    http_status: int | None = None
+    elapsed_seconds: float = 0.0
+
+
+def transport_failure(exc: httpx.HTTPError) -> PspResult:
+    """A request that got no complete answer."""
+    # Connecting failed: nothing was sent. Anything later: the PSP may have acted.
+    never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+    return PspResult(
+        Outcome.TRANSIENT,
+        error=PspError(type(exc).__name__, str(exc) or type(exc).__name__),
+        maybe_applied=not never_sent,
+    )
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time())
+
+
+def is_transient_status(status: int) -> bool:
+    return status == 429 or status >= 500
+
+
+def backoff_seconds(attempt: int, base: float, cap: float, jitter: float) -> float:
+    """Exponential back-off with full jitter; `jitter` is a number in [0, 1)."""
+    return jitter * min(cap, base * 2 ** max(0, attempt - 1))

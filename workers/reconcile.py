@@ -1,0 +1,397 @@
+"""The reconciler: brings one order's PSP state to the shop's latest snapshot.
+
+Each step is three moves, and no transaction is open while a PSP is being called:
+1. under the order's row lock, plan the next operation, record it with its idempotency
+   key and claim it (commit);
+2. call the PSP with that key;
+3. record the outcome and move the order's figures (second transaction).
+A worker that dies between 1 and 3 leaves a claimed operation whose lease runs out; the
+next worker first reads the order from the PSP to learn whether the call took effect.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+
+from domain.lines import PspLine
+from domain.planner import (
+    NEEDS_ATTENTION,
+    NEEDS_NEW_ORDER,
+    Done,
+    Flag,
+    Kind,
+    OrderView,
+    Plan,
+    PspStatus,
+    Wait,
+    plan_next,
+    unauthorized_lines,
+)
+from workers import store
+from workers.context import WorkerContext
+from workers.psp import Outcome, PspError, PspResult, backoff_seconds
+
+log = structlog.get_logger("ordersync.reconcile")
+
+Enqueue = Callable[[str, float], None]
+MAX_STEPS = 25
+# Retries sooner than this ride on a Celery countdown; later ones wait for the sweeper,
+# which reads next_attempt_at from Postgres (a long countdown would pin a worker slot).
+COUNTDOWN_LIMIT_SECONDS = 60.0
+
+
+@dataclass(frozen=True)
+class Idle:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Refresh:
+    order: store.Row
+
+
+@dataclass(frozen=True)
+class Send:
+    order: store.Row
+    op: store.Row
+    check_first: bool
+
+
+@dataclass(frozen=True)
+class Again:
+    pass
+
+
+Action = Idle | Refresh | Send | Again
+
+
+class Reconciler:
+    def __init__(self, ctx: WorkerContext, enqueue: Enqueue) -> None:
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.enqueue = enqueue
+
+    def run(self, order_id: str, *, force: bool = False) -> str:
+        """Steps the order until it is in sync or has to wait; returns why it stopped."""
+        structlog.contextvars.bind_contextvars(order_id=order_id)
+        try:
+            for _ in range(MAX_STEPS):
+                action = self._next_action(order_id, force=force)
+                force = False
+                if isinstance(action, Idle):
+                    log.info("reconcile_idle", reason=action.reason)
+                    return action.reason
+                if isinstance(action, Refresh):
+                    if not self._refresh(action.order):
+                        return "refresh_failed"
+                elif isinstance(action, Send):
+                    if not self._send(action):
+                        return "retry_scheduled"
+            log.warning("reconcile_step_limit", steps=MAX_STEPS)
+            self.enqueue(order_id, 0)
+            return "step_limit"
+        finally:
+            structlog.contextvars.unbind_contextvars(
+                "order_id", "operation", "idempotency_key", "operation_id"
+            )
+
+    # -- step 1: decide, under the row lock -------------------------------------------
+
+    def _next_action(self, order_id: str, *, force: bool) -> Action:
+        with self.ctx.pool.connection() as conn, conn.transaction():
+            order = store.lock_order(conn, order_id)
+            if order is None:
+                return Idle("unknown_order")
+            now = datetime.now(UTC)
+            op = store.in_flight_operation(conn, order_id)
+            if op is not None:
+                if op["status"] == "awaiting_notification":
+                    return Idle("awaiting_notification")
+                if op["status"] == "sent" and op["lease_until"] > now:
+                    return Idle("in_flight_elsewhere")
+                due = op["next_attempt_at"] is None or op["next_attempt_at"] <= now
+                if op["status"] == "pending" and not due and not force:
+                    return Idle("backing_off")
+                # A lease that ran out means a worker died mid-call: outcome unknown.
+                check_first = op["outcome_unknown"] or op["status"] == "sent"
+                claimed = store.claim_operation(conn, op["id"], self.settings.lease_seconds)
+                return Send(order, claimed, check_first)
+            if not force and order["next_reconcile_at"] and order["next_reconcile_at"] > now:
+                return Idle("backing_off")
+            psp = store.psp_state(order)
+            if psp is None:
+                return Refresh(order)
+            snapshot = store.snapshot(order)
+            view = OrderView(
+                order=snapshot,
+                psp=psp,
+                history=store.history(conn, order_id),
+                flags=frozenset(order["flags"]),
+                refused_amount=order["refused_amount"],
+            )
+            decision = plan_next(view, self.settings.increase_allowed)
+            if isinstance(decision, Plan):
+                claimed = store.insert_claimed_operation(
+                    conn, order, decision.kind, decision.amount, decision.lines,
+                    self.settings.lease_seconds,
+                )
+                log.info(
+                    "operation_planned", operation=decision.kind.value, amount=decision.amount,
+                    idempotency_key=claimed["idempotency_key"], target_version=order["version"],
+                )
+                return Send(order, claimed, check_first=False)
+            if isinstance(decision, Flag):
+                self._flag(conn, order, decision)
+                return Again()
+            if isinstance(decision, Wait):
+                # Waiting on the shop or an operator: the sweeper need not come back.
+                store.mark_in_sync(conn, order_id)
+                return Idle(decision.reason)
+            assert isinstance(decision, Done)
+            if NEEDS_NEW_ORDER in order["flags"] and snapshot.total <= psp.authorized:
+                store.clear_flag(conn, order_id, NEEDS_NEW_ORDER)
+            store.mark_in_sync(conn, order_id)
+            return Idle("in_sync")
+
+    def _flag(self, conn: Any, order: store.Row, flag: Flag) -> None:
+        reason = {
+            "code": flag.code,
+            "message": flag.message,
+            "lines": [line.to_json() for line in flag.lines],
+            "version": order["version"],
+        }
+        store.set_flag(conn, order["id"], flag.flag, reason, flag.refused_amount)
+        log.warning("order_flagged", flag=flag.flag, code=flag.code, reason=flag.message)
+
+    # -- reading the PSP's view -------------------------------------------------------
+
+    def _refresh(self, order: store.Row) -> bool:
+        result = self._read(order)
+        if result is None:
+            return False
+        if result.outcome is not Outcome.SUCCEEDED:
+            with self.ctx.pool.connection() as conn, conn.transaction():
+                if result.outcome is Outcome.TRANSIENT:
+                    delay = self._delay(1, result)
+                    store.defer_order(conn, order["id"], _after(delay))
+                    self._schedule(order["id"], delay)
+                else:
+                    self._flag(conn, order, _error_flag("read_failed", result.error))
+            return False
+        with self.ctx.pool.connection() as conn, conn.transaction():
+            locked = store.lock_order(conn, order["id"])
+            assert locked is not None
+            self._adopt(conn, locked, result.body)
+        return True
+
+    def _read(self, order: store.Row) -> PspResult | None:
+        client = self.ctx.klarna
+        if order["provider"] != "klarna" or client is None:
+            with self.ctx.pool.connection() as conn, conn.transaction():
+                self._flag(conn, order, Flag(NEEDS_ATTENTION, "provider_not_configured",
+                                             f"no {order['provider']} credentials configured"))
+            return None
+        result = client.get_order(order["psp_order_id"])
+        log.info("psp_order_read", outcome=result.outcome.value, http_status=result.http_status)
+        return result
+
+    def _adopt(self, conn: Any, order: store.Row, body: dict[str, Any]) -> None:
+        figures = klarna_figures(body)
+        ours = sum(
+            op.amount for op in store.history(conn, order["id"])
+            if op.kind is Kind.CAPTURE and op.status == "succeeded"
+        )
+        if figures["captured"] > ours and order["psp_synced_at"] is not None:
+            log.warning("psp_drift", psp_captured=figures["captured"], our_captured=ours)
+            self._flag(conn, order, Flag(NEEDS_ATTENTION, "drift",
+                                         "the PSP shows captures this service did not make"))
+        store.apply_psp_figures(conn, order["id"], figures)
+
+    # -- steps 2 and 3: call, then record ---------------------------------------------
+
+    def _send(self, action: Send) -> bool:
+        """Makes the call and records it; False when the order must wait for a retry."""
+        order, op = action.order, action.op
+        structlog.contextvars.bind_contextvars(
+            operation=op["kind"], idempotency_key=op["idempotency_key"],
+            operation_id=str(op["id"]),
+        )
+        if action.check_first:
+            read = self._read(order)
+            if read is None:
+                return False
+            if read.outcome is Outcome.SUCCEEDED and klarna_applied(op, read.body):
+                log.info("operation_found_applied", attempts=op["attempts"])
+                self._record(op, PspResult(Outcome.SUCCEEDED), adopt=read.body)
+                return True
+            if read.outcome is not Outcome.SUCCEEDED:
+                return self._record(op, read)
+        result = self._call(order, op)
+        log.info(
+            "psp_request_done", outcome=result.outcome.value, http_status=result.http_status,
+            attempts=op["attempts"], amount=op["amount"],
+            elapsed_ms=round(result.elapsed_seconds * 1000, 1),
+            error_code=result.error.code if result.error else None,
+        )
+        return self._record(op, result)
+
+    def _call(self, order: store.Row, op: store.Row) -> PspResult:
+        client = self.ctx.klarna
+        if client is None:
+            return PspResult(Outcome.REJECTED, error=PspError("not_configured",
+                                                              "Klarna is not configured"))
+        kind = Kind(op["kind"])
+        psp_id, key = order["psp_order_id"], op["idempotency_key"]
+        lines = store.to_lines(op["lines"])
+        amount = int(op["amount"])
+        if kind is Kind.UPDATE_AUTHORIZATION:
+            return client.update_authorization(psp_id, amount, lines, key)
+        if kind is Kind.CAPTURE:
+            shipping = store.snapshot(order).shipping
+            return client.capture(psp_id, amount, lines, key, str(op["id"]), shipping)
+        if kind is Kind.REFUND:
+            return client.refund(psp_id, amount, lines, key, str(op["id"]))
+        if kind is Kind.CANCEL:
+            return client.cancel(psp_id, key)
+        if kind is Kind.RELEASE_AUTHORIZATION:
+            return client.release_remaining_authorization(psp_id, key)
+        return client.extend_authorization_time(psp_id, key)
+
+    def _record(
+        self, op: store.Row, result: PspResult, *, adopt: dict[str, Any] | None = None
+    ) -> bool:
+        with self.ctx.pool.connection() as conn, conn.transaction():
+            order = store.lock_order(conn, op["order_id"])
+            assert order is not None
+            if result.outcome is Outcome.SUCCEEDED:
+                if not store.finish_operation(conn, op, status="succeeded",
+                                              psp_reference=result.reference):
+                    return self._lost_lease(op)
+                if adopt is not None:
+                    self._adopt(conn, order, adopt)
+                else:
+                    store.apply_success(conn, order, op)
+                if Kind(op["kind"]) is Kind.UPDATE_AUTHORIZATION:
+                    store.clear_flag(conn, order["id"], NEEDS_NEW_ORDER)
+                return True
+            error = result.error.to_json() if result.error else None
+            if result.outcome is Outcome.REJECTED:
+                if not store.finish_operation(conn, op, status="rejected", error=error):
+                    return self._lost_lease(op)
+                self._flag(conn, order, self._rejection_flag(order, op, result))
+                return True
+            attempts = int(op["attempts"])
+            if attempts >= self.settings.max_attempts:
+                if not store.finish_operation(conn, op, status="failed", error=error):
+                    return self._lost_lease(op)
+                self._flag(conn, order, _error_flag("retries_exhausted", result.error))
+                return False
+            delay = self._delay(attempts, result)
+            if not store.finish_operation(
+                conn, op, status="pending", error=error, next_attempt_at=_after(delay),
+                outcome_unknown=bool(op["outcome_unknown"]) or result.maybe_applied,
+            ):
+                return self._lost_lease(op)
+        log.info("operation_retry_scheduled", attempts=attempts, delay_seconds=round(delay, 2))
+        self._schedule(op["order_id"], delay)
+        return False
+
+    def _rejection_flag(self, order: store.Row, op: store.Row, result: PspResult) -> Flag:
+        error = result.error or PspError("rejected", "the PSP rejected the request")
+        increase = (
+            Kind(op["kind"]) is Kind.UPDATE_AUTHORIZATION
+            and order["authorized_amount"] is not None
+            and op["amount"] > order["authorized_amount"]
+        )
+        if increase and result.http_status == 403:
+            authorized = store.to_lines(order["authorized_lines"] or [])
+            lines: tuple[PspLine, ...] = unauthorized_lines(store.to_lines(op["lines"]), authorized)
+            return Flag(NEEDS_NEW_ORDER, error.code, error.message, lines, int(op["amount"]))
+        return Flag(NEEDS_ATTENTION, error.code, error.message)
+
+    def _lost_lease(self, op: store.Row) -> bool:
+        # Another worker took the operation over after our lease ran out; its record wins.
+        log.warning("operation_lease_lost", attempts=op["attempts"])
+        return False
+
+    def _delay(self, attempts: int, result: PspResult) -> float:
+        delay = backoff_seconds(
+            attempts, self.settings.retry_base_seconds, self.settings.retry_max_seconds,
+            random.random(),
+        )
+        if result.retry_after is not None:
+            delay = max(delay, result.retry_after)
+        return delay
+
+    def _schedule(self, order_id: str, delay: float) -> None:
+        if delay <= COUNTDOWN_LIMIT_SECONDS:
+            self.enqueue(order_id, delay)
+
+
+def _after(seconds: float) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+def _error_flag(code: str, error: PspError | None) -> Flag:
+    message = f"{error.code}: {error.message}" if error else code
+    return Flag(NEEDS_ATTENTION, code, message)
+
+
+_KLARNA_STATUS = {
+    "AUTHORIZED": PspStatus.AUTHORIZED,
+    "PART_CAPTURED": PspStatus.PART_CAPTURED,
+    "CAPTURED": PspStatus.CAPTURED,
+    "CANCELLED": PspStatus.CANCELLED,
+    "EXPIRED": PspStatus.EXPIRED,
+    "CLOSED": PspStatus.CLOSED,
+}
+
+
+def klarna_figures(body: dict[str, Any]) -> dict[str, Any]:
+    """Klarna's order, in the columns we keep."""
+    method = (body.get("initial_payment_method") or {}).get("type")
+    lines = []
+    for line in body.get("order_lines") or []:
+        try:
+            lines.append(PspLine.from_json(line).to_json())
+        except (KeyError, TypeError, ValueError):
+            continue  # a line type we don't model; it only informs the "unauthorized" diff
+    return {
+        "authorized": int(body.get("order_amount", 0)),
+        "captured": int(body.get("captured_amount", 0)),
+        "refunded": int(body.get("refunded_amount", 0)),
+        "status": _KLARNA_STATUS.get(str(body.get("status")), PspStatus.CLOSED).value,
+        "payment_method": method,
+        "country": body.get("purchase_country"),
+        "expires_at": body.get("expires_at"),
+        "lines": lines,
+    }
+
+
+def klarna_applied(op: store.Row, body: dict[str, Any]) -> bool:
+    """Whether Klarna's order shows the effect of `op` (after an unknown outcome)."""
+    kind = Kind(op["kind"])
+    reference = str(op["id"])
+    if kind is Kind.CAPTURE:
+        return any(c.get("reference") == reference for c in body.get("captures") or [])
+    if kind is Kind.REFUND:
+        return any(r.get("reference") == reference for r in body.get("refunds") or [])
+    if kind is Kind.UPDATE_AUTHORIZATION:
+        return int(body.get("order_amount", -1)) == int(op["amount"])
+    if kind is Kind.CANCEL:
+        return body.get("status") == "CANCELLED"
+    if kind is Kind.RELEASE_AUTHORIZATION:
+        return body.get("order_amount") == body.get("captured_amount")
+    # Extending twice only moves the expiry once more; Klarna's key replay covers it.
+    return False
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex

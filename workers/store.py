@@ -1,0 +1,246 @@
+"""The worker's reads and writes of orders and operations (sync psycopg).
+
+Every function takes an open connection and runs inside the caller's transaction;
+none of them commits, so the reconciler decides where each transaction ends.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from psycopg import Connection
+from psycopg.types.json import Jsonb
+
+from domain.lines import PspLine
+from domain.planner import Kind, PastOperation, PspState, PspStatus
+from domain.snapshot import OrderSnapshot
+
+Row = dict[str, Any]
+IN_FLIGHT = ("pending", "sent", "awaiting_notification")
+_KEY_NAMESPACE = uuid.UUID("5d1c8f0e-3b9a-4f57-9c61-0a7e2b4d8c13")
+
+
+def lock_order(conn: Connection[Row], order_id: str) -> Row | None:
+    return conn.execute("SELECT * FROM orders WHERE id = %s FOR UPDATE", (order_id,)).fetchone()
+
+
+def in_flight_operation(conn: Connection[Row], order_id: str) -> Row | None:
+    return conn.execute(
+        "SELECT * FROM operations WHERE order_id = %s AND status = ANY(%s)",
+        (order_id, list(IN_FLIGHT)),
+    ).fetchone()
+
+
+def history(conn: Connection[Row], order_id: str) -> list[PastOperation]:
+    rows = conn.execute(
+        "SELECT kind, status, amount, lines FROM operations WHERE order_id = %s ORDER BY seq",
+        (order_id,),
+    ).fetchall()
+    return [
+        PastOperation(Kind(r["kind"]), r["status"], r["amount"], to_lines(r["lines"]))
+        for r in rows
+    ]
+
+
+def to_lines(data: Iterable[Any]) -> tuple[PspLine, ...]:
+    return tuple(PspLine.from_json(item) for item in data)
+
+
+def psp_state(order: Row) -> PspState | None:
+    if order["psp_synced_at"] is None or order["authorized_amount"] is None:
+        return None
+    return PspState(
+        status=PspStatus(order["psp_status"]),
+        authorized=order["authorized_amount"],
+        captured=order["captured_amount"],
+        refunded=order["refunded_amount"],
+        payment_method=order["psp_payment_method"],
+        country=order["psp_country"],
+        authorized_lines=to_lines(order["authorized_lines"] or []),
+    )
+
+
+def snapshot(order: Row) -> OrderSnapshot:
+    return OrderSnapshot.model_validate(order["snapshot"])
+
+
+def idempotency_key(order: Row, seq: int, kind: Kind) -> str:
+    """Derived from the order and the operation's place in it: the same plan made twice
+    (say, after a crash before the commit) gets the same key."""
+    name = f"{order['provider']}:{order['psp_order_id']}:{seq}:{kind.value}"
+    return str(uuid.uuid5(_KEY_NAMESPACE, name))
+
+
+def insert_claimed_operation(
+    conn: Connection[Row],
+    order: Row,
+    kind: Kind,
+    amount: int,
+    lines: Sequence[PspLine],
+    lease_seconds: float,
+) -> Row:
+    """Records the operation and its key, already claimed by this worker for sending."""
+    seq_row = conn.execute(
+        "SELECT coalesce(max(seq), 0) + 1 AS seq FROM operations WHERE order_id = %s",
+        (order["id"],),
+    ).fetchone()
+    assert seq_row is not None
+    seq = int(seq_row["seq"])
+    row = conn.execute(
+        """
+        INSERT INTO operations (id, order_id, seq, kind, status, amount, lines, target_version,
+                                idempotency_key, attempts, lease_token, lease_until)
+        VALUES (%s, %s, %s, %s, 'sent', %s, %s, %s, %s, 1, %s,
+                now() + make_interval(secs => %s))
+        RETURNING *
+        """,
+        (
+            uuid.uuid4(), order["id"], seq, kind.value, amount,
+            Jsonb([line.to_json() for line in lines]), order["version"],
+            idempotency_key(order, seq, kind), uuid.uuid4(), lease_seconds,
+        ),
+    ).fetchone()
+    assert row is not None
+    return row
+
+
+def claim_operation(conn: Connection[Row], op_id: uuid.UUID, lease_seconds: float) -> Row:
+    row = conn.execute(
+        """
+        UPDATE operations
+        SET status = 'sent', attempts = attempts + 1, lease_token = %s,
+            lease_until = now() + make_interval(secs => %s), updated_at = now()
+        WHERE id = %s
+        RETURNING *
+        """,
+        (uuid.uuid4(), lease_seconds, op_id),
+    ).fetchone()
+    assert row is not None
+    return row
+
+
+def finish_operation(
+    conn: Connection[Row],
+    op: Row,
+    *,
+    status: str,
+    psp_reference: str | None = None,
+    error: dict[str, Any] | None = None,
+    next_attempt_at: datetime | None = None,
+    outcome_unknown: bool = False,
+) -> bool:
+    """Writes an outcome if this worker still holds the lease; False if it lost it."""
+    row = conn.execute(
+        """
+        UPDATE operations
+        SET status = %s, psp_reference = coalesce(%s, psp_reference), error = %s,
+            next_attempt_at = %s, outcome_unknown = %s,
+            lease_token = NULL, lease_until = NULL, updated_at = now()
+        WHERE id = %s AND lease_token = %s
+        RETURNING id
+        """,
+        (
+            status, psp_reference, Jsonb(error) if error else None, next_attempt_at,
+            outcome_unknown, op["id"], op["lease_token"],
+        ),
+    ).fetchone()
+    return row is not None
+
+
+def set_flag(
+    conn: Connection[Row], order_id: str, flag: str, reason: dict[str, Any],
+    refused_amount: int | None = None,
+) -> None:
+    conn.execute(
+        """
+        UPDATE orders
+        SET flags = CASE WHEN %(flag)s = ANY(flags) THEN flags ELSE flags || %(flag)s END,
+            flag_reason = coalesce(flag_reason, '{}'::jsonb) || jsonb_build_object(%(flag)s, %(reason)s),
+            refused_amount = coalesce(%(refused)s, refused_amount),
+            updated_at = now()
+        WHERE id = %(id)s
+        """,
+        {"flag": flag, "reason": Jsonb(reason), "refused": refused_amount, "id": order_id},
+    )
+
+
+def clear_flag(conn: Connection[Row], order_id: str, flag: str) -> None:
+    conn.execute(
+        """
+        UPDATE orders
+        SET flags = array_remove(flags, %(flag)s),
+            flag_reason = CASE WHEN flag_reason IS NULL THEN NULL ELSE flag_reason - %(flag)s END,
+            refused_amount = CASE WHEN %(flag)s = 'needs_new_order' THEN NULL
+                                  ELSE refused_amount END,
+            updated_at = now()
+        WHERE id = %(id)s AND %(flag)s = ANY(flags)
+        """,
+        {"flag": flag, "id": order_id},
+    )
+
+
+def apply_psp_figures(conn: Connection[Row], order_id: str, figures: dict[str, Any]) -> None:
+    """Adopts the PSP's own view of the order (after reading it)."""
+    conn.execute(
+        """
+        UPDATE orders
+        SET authorized_amount = %(authorized)s, captured_amount = %(captured)s,
+            refunded_amount = %(refunded)s, psp_status = %(status)s,
+            psp_payment_method = coalesce(%(payment_method)s, psp_payment_method),
+            psp_country = coalesce(%(country)s, psp_country),
+            expires_at = coalesce(%(expires_at)s, expires_at),
+            authorized_lines = %(lines)s,
+            psp_synced_at = now(), next_reconcile_at = NULL, updated_at = now()
+        WHERE id = %(id)s
+        """,
+        {**figures, "lines": Jsonb(figures["lines"]), "id": order_id},
+    )
+
+
+def apply_success(conn: Connection[Row], order: Row, op: Row) -> None:
+    """Moves the order's PSP figures by what a succeeded operation did."""
+    kind, amount = Kind(op["kind"]), int(op["amount"])
+    authorized, captured = order["authorized_amount"], order["captured_amount"]
+    updates: dict[str, Any] = {}
+    if kind is Kind.UPDATE_AUTHORIZATION:
+        updates = {"authorized_amount": amount, "authorized_lines": Jsonb(op["lines"])}
+    elif kind is Kind.CAPTURE:
+        captured += amount
+        updates = {
+            "captured_amount": captured,
+            "psp_status": PspStatus.CAPTURED if captured >= authorized else PspStatus.PART_CAPTURED,
+        }
+    elif kind is Kind.REFUND:
+        updates = {"refunded_amount": order["refunded_amount"] + amount}
+    elif kind is Kind.CANCEL:
+        updates = {"psp_status": PspStatus.CANCELLED}
+    elif kind is Kind.RELEASE_AUTHORIZATION:
+        updates = {"authorized_amount": captured, "psp_status": PspStatus.CAPTURED}
+    elif kind is Kind.EXTEND_AUTHORIZATION:
+        # The new expiry is Klarna's to say: read the order again before the next step.
+        updates = {"psp_synced_at": None}
+    if not updates:
+        return
+    assignments = ", ".join(f"{column} = %({column})s" for column in updates)
+    conn.execute(
+        f"UPDATE orders SET {assignments}, updated_at = now() WHERE id = %(id)s",  # noqa: S608
+        {**updates, "id": order["id"]},
+    )
+
+
+def mark_in_sync(conn: Connection[Row], order_id: str) -> None:
+    conn.execute(
+        "UPDATE orders SET reconcile_requested_at = NULL, next_reconcile_at = NULL "
+        "WHERE id = %s",
+        (order_id,),
+    )
+
+
+def defer_order(conn: Connection[Row], order_id: str, at: datetime) -> None:
+    conn.execute(
+        "UPDATE orders SET next_reconcile_at = %s, updated_at = now() WHERE id = %s",
+        (at, order_id),
+    )
