@@ -477,3 +477,89 @@ def test_builders_conform_to_the_vendor_schemas() -> None:
             # The schema names per-line keys generically: openinvoicedataLine[itemNr].x
             generic = re.sub(r"^openinvoicedata\.line\d+\.", "openinvoicedataLine[itemNr].", key)
             assert generic in allowed, key
+
+
+# --- beyond the seeds: histories the seeds do not cover ---------------------------------
+
+
+def test_refund_waits_for_the_capture() -> None:
+    # Returned before the capture went through: nothing held, nothing to refund yet.
+    snapshot = order([{**SOCKS_21, "shipped_quantity": 2, "returned_quantity": 1}])
+    assert refund_lines(snapshot, {}) == []
+    capture = capture_lines(snapshot, {})
+    refund = refund_lines(snapshot, ledger_after(("capture", capture)))
+    assert [(x.quantity, x.total_amount) for x in refund] == [(1, 300)]
+
+
+def test_uneven_line_captured_unit_by_unit_adds_up() -> None:
+    # 3 units worth 1000: 333, 334, 333 by cumulative shares, never a negative discount.
+    lamp = line("x", "Lamp", 3, 400, 2000, total_discount_amount=200)
+    operations: list[tuple[str, list[PspLine]]] = []
+    taken = []
+    for shipped in (1, 2, 3):
+        [part] = capture_lines(
+            order([{**lamp, "shipped_quantity": shipped}]), ledger_from(operations)
+        )
+        operations.append(("capture", [part]))
+        taken.append(
+            (part.quantity, part.unit_price, part.total_discount_amount, part.total_amount)
+        )
+    assert taken == [(1, 400, 67, 333), (1, 400, 66, 334), (1, 400, 67, 333)]
+
+
+def test_several_discounts_never_make_a_capture_negative() -> None:
+    # Two units at 1 and two discounts of 1: per-line rounding would take 2 of
+    # discount with the first unit (a capture of -1); the shares are split jointly.
+    snapshot = order(
+        [
+            line("p", "Pen", 2, 1, 0, shipped_quantity=1),
+            line("d1", "Voucher", 1, -1, 0, type="discount"),
+            line("d2", "Gift card", 1, -1, 0, type="gift_card"),
+        ]
+    )
+    first = capture_lines(snapshot, {})
+    assert lines_total(first) == 0
+    assert [(x.reference, x.total_amount) for x in first] == [("p", 1), ("d1", -1)]
+    rest = capture_lines(
+        order(
+            [
+                line("p", "Pen", 2, 1, 0, shipped_quantity=2),
+                line("d1", "Voucher", 1, -1, 0, type="discount"),
+                line("d2", "Gift card", 1, -1, 0, type="gift_card"),
+            ]
+        ),
+        ledger_after(("capture", first)),
+    )
+    assert [(x.reference, x.type, x.total_amount) for x in rest] == [
+        ("p", LineType.PHYSICAL, 1),
+        ("d2", LineType.DISCOUNT, -1),
+    ]
+
+
+def test_price_raised_after_a_partial_capture() -> None:
+    # The rest of the line costs more than the list price: the unit price shown rises
+    # with it, so Klarna's discount stays >= 0 and the captures still add up.
+    first = capture_lines(order([line("x", "Lamp", 2, 100, 0, shipped_quantity=1)]), {})
+    raised = order([line("x", "Lamp", 2, 150, 0, shipped_quantity=2)])
+    rest = capture_lines(raised, ledger_after(("capture", first)))
+    assert [(x.quantity, x.unit_price, x.total_discount_amount, x.total_amount) for x in rest] == [
+        (1, 200, 0, 200)
+    ]
+
+
+def test_price_lowered_below_what_was_captured() -> None:
+    # No negative capture: the last unit goes for 0 (the overcharge is for a refund).
+    first = capture_lines(order([line("x", "Lamp", 2, 100, 0, shipped_quantity=1)]), {})
+    lowered = order([line("x", "Lamp", 2, 30, 0, shipped_quantity=2)])
+    rest = capture_lines(lowered, ledger_after(("capture", first)))
+    assert [(x.quantity, x.unit_price, x.total_discount_amount, x.total_amount) for x in rest] == [
+        (1, 30, 30, 0)
+    ]
+
+
+def test_lines_no_longer_in_the_order_are_left_alone() -> None:
+    gone = PspLine("gone", "Old", LineType.PHYSICAL, 1, 500, 0, 500, 0, 0)
+    snapshot = order([{**SOCKS_21, "shipped_quantity": 1, "returned_quantity": 0}])
+    ledger = ledger_after(("capture", [gone]))
+    assert [x.reference for x in capture_lines(snapshot, ledger)] == ["Item #2"]
+    assert refund_lines(snapshot, ledger) == []
