@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +25,9 @@ from ordersync.sandbox.specs import SpecSet
 
 Clock = Callable[[], datetime]
 _REQUEST_LOG_LIMIT = 50_000
+# Real PSPs forget idempotency keys after a while too; this only bounds memory in long
+# benchmark runs, far beyond any retry window a test exercises.
+_REPLAY_LIMIT = 200_000
 _IDEMPOTENT_METHODS = frozenset({"POST", "PATCH", "PUT", "DELETE"})
 
 
@@ -201,7 +204,7 @@ class SandboxRuntime:
         # One lock around "replay or apply, then remember": two concurrent requests
         # with the same key must not both apply. Operations never await inside it.
         self.lock = threading.RLock()
-        self._replays: dict[tuple[str, str, str, str], Outcome] = {}
+        self._replays: OrderedDict[tuple[str, str, str, str], Outcome] = OrderedDict()
         self._reset_hooks: list[Callable[[], None]] = []
 
     def on_reset(self, hook: Callable[[], None]) -> None:
@@ -261,6 +264,8 @@ class SandboxRuntime:
                 # point must not stick to the key, or a retry could never succeed.
                 if replay_key is not None:
                     self._replays[replay_key] = outcome
+                    if len(self._replays) > _REPLAY_LIMIT:
+                        self._replays.popitem(last=False)
 
         if outcome.status >= 400:
             return _finish(log, outcome)
