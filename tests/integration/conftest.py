@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ordersync.db import migrate
+from ordersync.demo import new_secret
+from ordersync.devstack import EmbeddedPostgres, Process, RedisServer, free_port, wait_http
+from tests.integration.stack import Stack
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    base = tmp_path_factory.mktemp("stack")
+    postgres = None
+    database_url = os.environ.get("TEST_DATABASE_URL")
+    if not database_url:
+        # Not under pytest's 0700 temp dir: the server runs as its own system user.
+        pg_dir = Path(tempfile.mkdtemp(prefix="ordersync-test-pg-"))
+        pg_dir.chmod(0o755)
+        postgres = EmbeddedPostgres(pg_dir / "data")
+        database_url = postgres.url
+    redis = RedisServer(base / "redis")
+    redis.start()
+    migrate(database_url)
+
+    sandbox_url = f"http://127.0.0.1:{free_port()}"
+    web_port = free_port()
+    web_url = f"http://127.0.0.1:{web_port}"
+    token = secrets.token_urlsafe(16)
+    env = {
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis.url,
+        "SHOP_WEBHOOK_SECRETS": f"{new_secret()} {new_secret()}",
+        "OPERATOR_TOKEN": token,
+        "KLARNA_API_URL": sandbox_url,
+        "KLARNA_USERNAME": "sandbox",
+        "KLARNA_PASSWORD": "sandbox",
+        "LOG_FORMAT": "json",
+        # Fast retries and sweeps so fault tests finish in seconds.
+        "RETRY_BASE_SECONDS": "0.2",
+        "RETRY_MAX_SECONDS": "1",
+        "MAX_ATTEMPTS": "4",
+        "PSP_READ_TIMEOUT_SECONDS": "2",
+        "PSP_CONNECT_TIMEOUT_SECONDS": "1",
+        "RECONCILE_SWEEP_SECONDS": "1",
+    }
+    logs = base / "logs"
+    logs.mkdir()
+    stack = Stack(
+        database_url=database_url, redis_url=redis.url, web_url=web_url,
+        sandbox_url=sandbox_url, secret=env["SHOP_WEBHOOK_SECRETS"].split()[1],
+        operator_token=token, env=env, logs=logs,
+    )
+    sandbox_port = sandbox_url.rsplit(":", 1)[1]
+    stack.processes = {
+        "sandbox": Process("sandbox", ["sandbox", "--port", sandbox_port], env,
+                           logs / "sandbox.log"),
+        "web": Process("web", ["web", "--host", "127.0.0.1", "--port", str(web_port)], env,
+                       logs / "web.log"),
+        "worker": Process("worker", ["worker", "--concurrency", "2"], env, logs / "worker.log"),
+        "beat": Process("beat", ["beat"], env, logs / "beat.log"),
+    }
+    for process in stack.processes.values():
+        process.start()
+    try:
+        wait_http(f"{sandbox_url}/_sandbox/health", process=stack.processes["sandbox"])
+        wait_http(f"{web_url}/healthz", process=stack.processes["web"])
+        yield stack
+    finally:
+        for process in stack.processes.values():
+            process.stop()
+        redis.stop()
+        if postgres is not None:
+            postgres.stop()
+            shutil.rmtree(pg_dir, ignore_errors=True)
+        _keep_logs(logs)
+
+
+def _keep_logs(logs: Path) -> None:
+    # CI shows these when a test fails; locally they stay in pytest's temp dir.
+    target = os.environ.get("ORDERSYNC_TEST_LOGS")
+    if target:
+        shutil.copytree(logs, target, dirs_exist_ok=True)
+
+
+@pytest.fixture(autouse=True)
+def _no_faults(stack: Stack) -> Iterator[None]:
+    yield
+    stack.clear_faults()

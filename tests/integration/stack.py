@@ -1,0 +1,150 @@
+"""The real stack for integration tests: embedded Postgres, Redis, the sandbox, and the
+`ordersync` web, worker and beat processes, started once per test session."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import psycopg
+from psycopg.rows import dict_row
+
+from ordersync.demo import signed_headers
+from ordersync.devstack import Process
+
+T = TypeVar("T")
+
+
+@dataclass
+class Stack:
+    database_url: str
+    redis_url: str
+    web_url: str
+    sandbox_url: str
+    secret: str
+    operator_token: str
+    env: dict[str, str]
+    logs: Path
+    processes: dict[str, Process] = field(default_factory=dict)
+
+    # -- the shop -----------------------------------------------------------------
+
+    def send(
+        self, event: dict[str, Any], *, webhook_id: str | None = None,
+        secret: str | None = None, body: bytes | None = None,
+    ) -> httpx.Response:
+        raw = body if body is not None else json.dumps(event).encode()
+        headers = signed_headers(secret or self.secret, raw, webhook_id)
+        return httpx.post(f"{self.web_url}/webhooks/shop", content=raw, headers=headers,
+                          timeout=15)
+
+    # -- the sandbox --------------------------------------------------------------
+
+    def klarna_order(
+        self, lines: list[dict[str, Any]], *, payment_method: str = "INVOICE",
+        country: str = "DE", currency: str = "EUR",
+    ) -> str:
+        klarna_lines = [klarna_line(line) for line in lines]
+        response = httpx.post(f"{self.sandbox_url}/_sandbox/klarna/orders", json={
+            "purchase_currency": currency, "purchase_country": country,
+            "payment_method": payment_method,
+            "order_amount": sum(line["total_amount"] for line in klarna_lines),
+            "order_lines": klarna_lines,
+        }, timeout=10)
+        response.raise_for_status()
+        return str(response.json()["order_id"])
+
+    def ledger(self, psp_order_id: str) -> list[dict[str, Any]]:
+        data = httpx.get(f"{self.sandbox_url}/_sandbox/ledger",
+                         params={"order_id": psp_order_id}, timeout=10).json()
+        return list(data["entries"])
+
+    def psp_requests(self, psp_order_id: str) -> list[dict[str, Any]]:
+        data = httpx.get(f"{self.sandbox_url}/_sandbox/requests",
+                         params={"order_id": psp_order_id}, timeout=10).json()
+        return list(data["requests"])
+
+    def fault(self, **fault: Any) -> None:
+        httpx.post(f"{self.sandbox_url}/_sandbox/faults", json=fault,
+                   timeout=10).raise_for_status()
+
+    def clear_faults(self) -> None:
+        httpx.delete(f"{self.sandbox_url}/_sandbox/faults", timeout=10).raise_for_status()
+
+    # -- our database -------------------------------------------------------------
+
+    @contextmanager
+    def db(self) -> Iterator[psycopg.Connection[dict[str, Any]]]:
+        with psycopg.connect(self.database_url, row_factory=dict_row, autocommit=True) as conn:
+            yield conn
+
+    def order_row(self, order_id: str) -> dict[str, Any] | None:
+        with self.db() as conn:
+            return conn.execute("SELECT * FROM orders WHERE id = %s", (order_id,)).fetchone()
+
+    def operations(self, order_id: str) -> list[dict[str, Any]]:
+        with self.db() as conn:
+            return conn.execute(
+                "SELECT * FROM operations WHERE order_id = %s ORDER BY seq", (order_id,)
+            ).fetchall()
+
+    def inbox_count(self, order_id: str) -> int:
+        with self.db() as conn:
+            row = conn.execute(
+                "SELECT count(*) AS n FROM inbox WHERE order_id = %s", (order_id,)
+            ).fetchone()
+        assert row is not None
+        return int(row["n"])
+
+
+def wait_for(check: Callable[[], T | None], timeout: float = 20, what: str = "") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        time.sleep(0.1)
+
+
+def klarna_line(line: dict[str, Any]) -> dict[str, Any]:
+    """A shop line as Klarna holds it (tax rounded half to even, like ours)."""
+    from domain.money import tax_of
+
+    total = line["quantity"] * line["unit_price"] - line.get("total_discount_amount", 0)
+    return {
+        "reference": line["id"], "name": line["name"], "type": line.get("type", "physical"),
+        "quantity": line["quantity"], "unit_price": line["unit_price"],
+        "tax_rate": line["tax_rate"], "total_amount": total,
+        "total_discount_amount": line.get("total_discount_amount", 0),
+        "total_tax_amount": tax_of(total, line["tax_rate"]),
+    }
+
+
+def order_event(
+    order_id: str, psp_order_id: str, lines: list[dict[str, Any]], *, version: int = 1,
+    event_type: str = "order.updated", status: str = "open", country: str = "DE",
+    payment_method: str = "INVOICE", **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "type": event_type,
+        "order": {
+            "id": order_id, "version": version, "currency": "EUR", "country": country,
+            "status": status,
+            "payment": {"provider": "klarna", "klarna_order_id": psp_order_id,
+                        "payment_method": payment_method},
+            "lines": lines, **extra,
+        },
+    }
+
+
+def new_order_id() -> str:
+    return f"it-{uuid.uuid4().hex[:12]}"
