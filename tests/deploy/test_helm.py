@@ -366,6 +366,10 @@ def test_chart_knows_the_same_secret_list(chart: helm.Chart) -> None:
             {"secrets": {"existingSecret": "s", "values": {"OPERATOR_TOKEN": "t"}}},
             "either secrets.existingSecret or secrets.values",
         ),
+        # values.schema.json: a typo fails the install instead of being silently ignored.
+        ({"worker": {"concurency": 8}}, "'concurency' not allowed"),
+        ({"worker": {"terminationGracePeriodSeconds": 30}}, "want 60"),
+        ({"config": {"ADYEN_MODIFICATIONS_API": "soap"}}, "ADYEN_MODIFICATIONS_API"),
     ],
 )
 def test_misconfiguration_fails_at_render(
