@@ -171,10 +171,10 @@ def test_manifests_are_valid_kubernetes(rendered: Rendered) -> None:
             try:
                 kubernetes_validate.validate(manifest, version, strict=True)
             except kubernetes_validate.ValidationError as error:
-                where = "/".join(str(p) for p in error.caught.absolute_path)
+                where = "/".join(str(p) for p in error.absolute_path)
                 problems.append(
                     f"{version} {manifest['kind']}/{manifest['metadata']['name']} "
-                    f"at {where}: {error.caught.message}"
+                    f"at {where}: {error.message}"
                 )
     assert problems == []
 
