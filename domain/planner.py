@@ -113,7 +113,9 @@ class OrderView:
     refused_amount: int | None = None
 
 
-def plan_next(view: OrderView, increase_allowed: Callable[[str | None, str | None], bool]) -> Decision:
+def plan_next(
+    view: OrderView, increase_allowed: Callable[[str | None, str | None], bool]
+) -> Decision:
     if NEEDS_ATTENTION in view.flags:
         # A person has to look first; acting again could repeat what went wrong.
         return Wait("needs_attention")

@@ -6,7 +6,7 @@ from importlib import resources
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from yoyo import get_backend, read_migrations
 from yoyo.migrations import MigrationList
@@ -19,9 +19,14 @@ log = get_logger(__name__)
 _MIGRATION_LOCK_ID = 0x6F726465_7273796E  # "ordersyn"
 
 
-def sync_pool(database_url: str, *, min_size: int = 1, max_size: int = 4) -> ConnectionPool:
+SyncPool = ConnectionPool[psycopg.Connection[DictRow]]
+AsyncPool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
+
+
+def sync_pool(database_url: str, *, min_size: int = 1, max_size: int = 4) -> SyncPool:
     return ConnectionPool(
         database_url,
+        connection_class=psycopg.Connection[DictRow],
         min_size=min_size,
         max_size=max_size,
         kwargs={"row_factory": dict_row},
@@ -31,10 +36,11 @@ def sync_pool(database_url: str, *, min_size: int = 1, max_size: int = 4) -> Con
     )
 
 
-def async_pool(database_url: str, *, max_size: int = 10) -> AsyncConnectionPool:
+def async_pool(database_url: str, *, max_size: int = 10) -> AsyncPool:
     # Opened by the app's lifespan, not here: opening needs a running event loop.
     return AsyncConnectionPool(
         database_url,
+        connection_class=psycopg.AsyncConnection[DictRow],
         min_size=1,
         max_size=max_size,
         kwargs={"row_factory": dict_row},

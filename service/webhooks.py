@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import structlog
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -49,7 +48,8 @@ def parse_event(body: bytes) -> ShopEvent:
     try:
         return ShopEvent.model_validate_json(body)
     except ValidationError as exc:
-        raise ValidationFailed("the event failed validation", fields=validation_fields(exc)) from None
+        fields = validation_fields(exc)
+        raise ValidationFailed("the event failed validation", fields=fields) from None
 
 
 def validation_fields(exc: ValidationError) -> list[dict[str, str]]:

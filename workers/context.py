@@ -7,9 +7,8 @@ import os
 from dataclasses import dataclass
 
 import httpx
-from psycopg_pool import ConnectionPool
 
-from ordersync.db import sync_pool
+from ordersync.db import SyncPool, sync_pool
 from ordersync.settings import Settings, get_settings
 from workers.klarna import KlarnaClient
 
@@ -17,7 +16,7 @@ from workers.klarna import KlarnaClient
 @dataclass
 class WorkerContext:
     settings: Settings
-    pool: ConnectionPool
+    pool: SyncPool
     http: httpx.Client
     klarna: KlarnaClient | None
 

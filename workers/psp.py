@@ -67,10 +67,10 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        return max(0.0, float(value))  # seconds
     except ValueError:
         parsed = email.utils.parsedate_to_datetime(value)
-        return max(0.0, parsed.timestamp() - time.time())
+        return max(0.0, float(parsed.timestamp()) - time.time())
 
 
 def is_transient_status(status: int) -> bool:
@@ -79,4 +79,5 @@ def is_transient_status(status: int) -> bool:
 
 def backoff_seconds(attempt: int, base: float, cap: float, jitter: float) -> float:
     """Exponential back-off with full jitter; `jitter` is a number in [0, 1)."""
-    return jitter * min(cap, base * 2 ** max(0, attempt - 1))
+    exponential: float = base * 2.0 ** max(0, attempt - 1)
+    return jitter * min(cap, exponential)

@@ -91,9 +91,8 @@ class Reconciler:
                 if isinstance(action, Refresh):
                     if not self._refresh(action.order):
                         return "refresh_failed"
-                elif isinstance(action, Send):
-                    if not self._send(action):
-                        return "retry_scheduled"
+                elif isinstance(action, Send) and not self._send(action):
+                    return "retry_scheduled"
             log.warning("reconcile_step_limit", steps=MAX_STEPS)
             self.enqueue(order_id, 0)
             return "step_limit"

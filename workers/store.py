@@ -158,7 +158,8 @@ def set_flag(
         """
         UPDATE orders
         SET flags = CASE WHEN %(flag)s = ANY(flags) THEN flags ELSE flags || %(flag)s END,
-            flag_reason = coalesce(flag_reason, '{}'::jsonb) || jsonb_build_object(%(flag)s, %(reason)s),
+            flag_reason = coalesce(flag_reason, '{}'::jsonb)
+                          || jsonb_build_object(%(flag)s, %(reason)s),
             refused_amount = coalesce(%(refused)s, refused_amount),
             updated_at = now()
         WHERE id = %(id)s

@@ -1,0 +1,78 @@
+"""The receiver when its dependencies fail: never a 2xx for data it did not store."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ordersync.db import migrate
+from ordersync.devstack import EmbeddedPostgres, Process, free_port, wait_http
+from tests.integration.stack import Stack, new_order_id, order_event
+
+pytestmark = pytest.mark.integration
+
+KETTLE = {"id": "75001", "name": "Kettle", "quantity": 1, "unit_price": 6000, "tax_rate": 2500}
+
+
+def test_postgres_stopped_means_503_and_back_to_202(stack: Stack) -> None:
+    pg_dir = Path(tempfile.mkdtemp(prefix="ordersync-test-pg-outage-"))
+    pg_dir.chmod(0o755)
+    postgres = EmbeddedPostgres(pg_dir / "data")
+    migrate(postgres.url)
+    port = free_port()
+    web = Process("web-outage", ["web", "--host", "127.0.0.1", "--port", str(port)],
+                  {**stack.env, "DATABASE_URL": postgres.url}, stack.logs / "web-outage.log")
+    web.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/healthz", process=web)
+        shop = Stack(**{**stack.__dict__, "web_url": url})
+
+        assert shop.send(order_event(new_order_id(), "k-outage-1", [KETTLE])).status_code == 202
+        postgres.stop()
+        down = shop.send(order_event(new_order_id(), "k-outage-2", [KETTLE]))
+        assert down.status_code == 503
+        assert down.json()["error"] == "unavailable"
+        ready = httpx.get(f"{url}/readyz", timeout=10)
+        assert ready.status_code == 503 and ready.json()["postgres"] == "down"
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+
+        postgres = EmbeddedPostgres(pg_dir / "data")
+        order_id = new_order_id()
+        back = shop.send(order_event(order_id, "k-outage-3", [KETTLE]))
+        assert back.status_code == 202
+        with httpx.Client(timeout=10) as client:
+            assert client.get(f"{url}/readyz").status_code == 200
+    finally:
+        web.stop()
+        postgres.stop()
+        shutil.rmtree(pg_dir, ignore_errors=True)
+
+
+@pytest.mark.parametrize("command", ["web", "worker", "beat", "migrate"])
+def test_missing_setting_stops_the_process_with_one_line_naming_it(command: str) -> None:
+    env = {"PATH": "/usr/bin:/bin", "HOME": tempfile.gettempdir()}
+    result = subprocess.run(
+        [sys.executable, "-m", "ordersync", command], env=env, capture_output=True,
+        text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "ordersync: missing required setting DATABASE_URL"
+    ]
+
+
+def test_invalid_setting_is_named_without_its_value() -> None:
+    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": "postgresql://u:hunter2@db/x",
+           "REDIS_URL": "redis://r", "MAX_ATTEMPTS": "many"}
+    result = subprocess.run([sys.executable, "-m", "ordersync", "worker"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "MAX_ATTEMPTS" in result.stderr
+    assert "hunter2" not in result.stderr and "many" not in result.stderr
