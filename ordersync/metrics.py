@@ -18,6 +18,11 @@ RETRIES = Counter("ordersync_operation_retries_total", "Operation retries schedu
 FLAGGED = Counter("ordersync_orders_flagged_total", "Orders flagged", ["flag"])
 
 
+def psp_request(provider: str, operation: str, outcome: str, seconds: float) -> None:
+    PSP_REQUESTS.labels(provider=provider, operation=operation, outcome=outcome).inc()
+    PSP_LATENCY.labels(provider=provider, operation=operation).observe(seconds)
+
+
 class Metrics:
     """A narrow facade so handlers say what happened, not how it is counted."""
 

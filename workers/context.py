@@ -11,6 +11,7 @@ import httpx
 from ordersync.db import SyncPool, sync_pool
 from ordersync.settings import Settings, get_settings
 from workers.klarna import KlarnaClient
+from workers.provider import Provider
 
 
 @dataclass
@@ -18,7 +19,7 @@ class WorkerContext:
     settings: Settings
     pool: SyncPool
     http: httpx.Client
-    klarna: KlarnaClient | None
+    providers: dict[str, Provider]
 
     def close(self) -> None:
         self.http.close()
@@ -35,9 +36,9 @@ def build_context(settings: Settings) -> WorkerContext:
         limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
         headers={"User-Agent": "ordersync/0.1"},
     )
-    klarna = None
+    providers: dict[str, Provider] = {}
     if settings.klarna_api_url:
-        klarna = KlarnaClient(
+        providers["klarna"] = KlarnaClient(
             http,
             settings.klarna_api_url,
             settings.klarna_username or "",
@@ -47,7 +48,7 @@ def build_context(settings: Settings) -> WorkerContext:
         settings=settings,
         pool=sync_pool(settings.database_url.get_secret_value()),
         http=http,
-        klarna=klarna,
+        providers=providers,
     )
 
 

@@ -12,7 +12,6 @@ next worker first reads the order from the PSP to learn whether the call took ef
 from __future__ import annotations
 
 import random
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,13 +28,14 @@ from domain.planner import (
     Kind,
     OrderView,
     Plan,
-    PspStatus,
     Wait,
     plan_next,
     unauthorized_lines,
 )
-from workers import store
+from ordersync import metrics
+from workers import callbacks, store
 from workers.context import WorkerContext
+from workers.provider import Provider
 from workers.psp import Outcome, PspError, PspResult, backoff_seconds
 
 log = structlog.get_logger("ordersync.reconcile")
@@ -92,7 +92,7 @@ class Reconciler:
                     if not self._refresh(action.order):
                         return "refresh_failed"
                 elif isinstance(action, Send) and not self._send(action):
-                    return "retry_scheduled"
+                    return "waiting"
             log.warning("reconcile_step_limit", steps=MAX_STEPS)
             self.enqueue(order_id, 0)
             return "step_limit"
@@ -156,6 +156,8 @@ class Reconciler:
             assert isinstance(decision, Done)
             if NEEDS_NEW_ORDER in order["flags"] and snapshot.total <= psp.authorized:
                 store.clear_flag(conn, order_id, NEEDS_NEW_ORDER)
+            if order["reconcile_requested_at"] is not None:
+                callbacks.record_synced(conn, order)
             store.mark_in_sync(conn, order_id)
             return Idle("in_sync")
 
@@ -167,6 +169,8 @@ class Reconciler:
             "version": order["version"],
         }
         store.set_flag(conn, order["id"], flag.flag, reason, flag.refused_amount)
+        callbacks.record_flagged(conn, order, flag)
+        metrics.FLAGGED.labels(flag=flag.flag).inc()
         log.warning("order_flagged", flag=flag.flag, code=flag.code, reason=flag.message)
 
     # -- reading the PSP's view -------------------------------------------------------
@@ -190,19 +194,24 @@ class Reconciler:
             self._adopt(conn, locked, result.body)
         return True
 
-    def _read(self, order: store.Row) -> PspResult | None:
-        client = self.ctx.klarna
-        if order["provider"] != "klarna" or client is None:
+    def _provider(self, order: store.Row) -> Provider | None:
+        provider = self.ctx.providers.get(order["provider"])
+        if provider is None:
             with self.ctx.pool.connection() as conn, conn.transaction():
                 self._flag(conn, order, Flag(NEEDS_ATTENTION, "provider_not_configured",
                                              f"no {order['provider']} credentials configured"))
+        return provider
+
+    def _read(self, order: store.Row) -> PspResult | None:
+        provider = self._provider(order)
+        if provider is None:
             return None
-        result = client.get_order(order["psp_order_id"])
+        result = provider.read(order)
         log.info("psp_order_read", outcome=result.outcome.value, http_status=result.http_status)
         return result
 
     def _adopt(self, conn: Any, order: store.Row, body: dict[str, Any]) -> None:
-        figures = klarna_figures(body)
+        figures = self.ctx.providers[order["provider"]].figures(body)
         ours = sum(
             op.amount for op in store.history(conn, order["id"])
             if op.kind is Kind.CAPTURE and op.status == "succeeded"
@@ -222,17 +231,24 @@ class Reconciler:
             operation=op["kind"], idempotency_key=op["idempotency_key"],
             operation_id=str(op["id"]),
         )
-        if action.check_first:
+        provider = self._provider(order)
+        if provider is None:
+            return False
+        # Without a way to read the PSP's order, the idempotency key alone makes the
+        # resend safe (Adyen replays the first answer).
+        if action.check_first and provider.can_read:
             read = self._read(order)
             if read is None:
                 return False
-            if read.outcome is Outcome.SUCCEEDED and klarna_applied(op, read.body):
+            if read.outcome is Outcome.SUCCEEDED and provider.applied(op, read.body):
                 log.info("operation_found_applied", attempts=op["attempts"])
                 self._record(op, PspResult(Outcome.SUCCEEDED), adopt=read.body)
                 return True
             if read.outcome is not Outcome.SUCCEEDED:
                 return self._record(op, read)
-        result = self._call(order, op)
+        result = provider.execute(order, store.snapshot(order), op)
+        metrics.psp_request(order["provider"], op["kind"], result.outcome.value,
+                            result.elapsed_seconds)
         log.info(
             "psp_request_done", outcome=result.outcome.value, http_status=result.http_status,
             attempts=op["attempts"], amount=op["amount"],
@@ -241,34 +257,19 @@ class Reconciler:
         )
         return self._record(op, result)
 
-    def _call(self, order: store.Row, op: store.Row) -> PspResult:
-        client = self.ctx.klarna
-        if client is None:
-            return PspResult(Outcome.REJECTED, error=PspError("not_configured",
-                                                              "Klarna is not configured"))
-        kind = Kind(op["kind"])
-        psp_id, key = order["psp_order_id"], op["idempotency_key"]
-        lines = store.to_lines(op["lines"])
-        amount = int(op["amount"])
-        if kind is Kind.UPDATE_AUTHORIZATION:
-            return client.update_authorization(psp_id, amount, lines, key)
-        if kind is Kind.CAPTURE:
-            shipping = store.snapshot(order).shipping
-            return client.capture(psp_id, amount, lines, key, str(op["id"]), shipping)
-        if kind is Kind.REFUND:
-            return client.refund(psp_id, amount, lines, key, str(op["id"]))
-        if kind is Kind.CANCEL:
-            return client.cancel(psp_id, key)
-        if kind is Kind.RELEASE_AUTHORIZATION:
-            return client.release_remaining_authorization(psp_id, key)
-        return client.extend_authorization_time(psp_id, key)
-
     def _record(
         self, op: store.Row, result: PspResult, *, adopt: dict[str, Any] | None = None
     ) -> bool:
         with self.ctx.pool.connection() as conn, conn.transaction():
             order = store.lock_order(conn, op["order_id"])
             assert order is not None
+            if result.outcome is Outcome.RECEIVED:
+                # Adyen took the request; its notification settles it.
+                if not store.finish_operation(conn, op, status="awaiting_notification",
+                                              psp_reference=result.reference):
+                    return self._lost_lease(op)
+                log.info("operation_awaiting_notification", psp_reference=result.reference)
+                return False
             if result.outcome is Outcome.SUCCEEDED:
                 if not store.finish_operation(conn, op, status="succeeded",
                                               psp_reference=result.reference):
@@ -298,6 +299,7 @@ class Reconciler:
                 outcome_unknown=bool(op["outcome_unknown"]) or result.maybe_applied,
             ):
                 return self._lost_lease(op)
+        metrics.RETRIES.labels(operation=op["kind"]).inc()
         log.info("operation_retry_scheduled", attempts=attempts, delay_seconds=round(delay, 2))
         self._schedule(op["order_id"], delay)
         return False
@@ -343,54 +345,3 @@ def _error_flag(code: str, error: PspError | None) -> Flag:
     return Flag(NEEDS_ATTENTION, code, message)
 
 
-_KLARNA_STATUS = {
-    "AUTHORIZED": PspStatus.AUTHORIZED,
-    "PART_CAPTURED": PspStatus.PART_CAPTURED,
-    "CAPTURED": PspStatus.CAPTURED,
-    "CANCELLED": PspStatus.CANCELLED,
-    "EXPIRED": PspStatus.EXPIRED,
-    "CLOSED": PspStatus.CLOSED,
-}
-
-
-def klarna_figures(body: dict[str, Any]) -> dict[str, Any]:
-    """Klarna's order, in the columns we keep."""
-    method = (body.get("initial_payment_method") or {}).get("type")
-    lines = []
-    for line in body.get("order_lines") or []:
-        try:
-            lines.append(PspLine.from_json(line).to_json())
-        except (KeyError, TypeError, ValueError):
-            continue  # a line type we don't model; it only informs the "unauthorized" diff
-    return {
-        "authorized": int(body.get("order_amount", 0)),
-        "captured": int(body.get("captured_amount", 0)),
-        "refunded": int(body.get("refunded_amount", 0)),
-        "status": _KLARNA_STATUS.get(str(body.get("status")), PspStatus.CLOSED).value,
-        "payment_method": method,
-        "country": body.get("purchase_country"),
-        "expires_at": body.get("expires_at"),
-        "lines": lines,
-    }
-
-
-def klarna_applied(op: store.Row, body: dict[str, Any]) -> bool:
-    """Whether Klarna's order shows the effect of `op` (after an unknown outcome)."""
-    kind = Kind(op["kind"])
-    reference = str(op["id"])
-    if kind is Kind.CAPTURE:
-        return any(c.get("reference") == reference for c in body.get("captures") or [])
-    if kind is Kind.REFUND:
-        return any(r.get("reference") == reference for r in body.get("refunds") or [])
-    if kind is Kind.UPDATE_AUTHORIZATION:
-        return int(body.get("order_amount", -1)) == int(op["amount"])
-    if kind is Kind.CANCEL:
-        return body.get("status") == "CANCELLED"
-    if kind is Kind.RELEASE_AUTHORIZATION:
-        return body.get("order_amount") == body.get("captured_amount")
-    # Extending twice only moves the expiry once more; Klarna's key replay covers it.
-    return False
-
-
-def new_request_id() -> str:
-    return uuid.uuid4().hex

@@ -1,0 +1,33 @@
+"""What the reconciler needs from a PSP client; one client class per PSP implements it."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from domain.snapshot import OrderSnapshot
+from workers.psp import PspResult
+
+Row = dict[str, Any]
+
+
+class Provider(Protocol):
+    name: str
+    # Whether the PSP's order can be read (Klarna can; Adyen only notifies).
+    can_read: bool
+
+    def execute(self, order: Row, snapshot: OrderSnapshot, op: Row) -> PspResult:
+        """Sends the operation `op` (a row of `operations`) with its idempotency key."""
+        ...
+
+    def read(self, order: Row) -> PspResult:
+        """Reads the PSP's order; `body` of a successful result feeds `figures`."""
+        ...
+
+    def figures(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The PSP's order in our columns: authorized, captured, refunded, status,
+        payment_method, country, expires_at, lines."""
+        ...
+
+    def applied(self, op: Row, body: dict[str, Any]) -> bool:
+        """Whether the PSP's order shows the effect of `op` (after an unknown outcome)."""
+        ...
