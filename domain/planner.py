@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from enum import StrEnum
 
 from domain.lines import (
@@ -56,6 +57,7 @@ class PspState:
     payment_method: str | None = None
     country: str | None = None
     authorized_lines: tuple[PspLine, ...] = ()
+    expires_at: datetime | None = None
 
     @property
     def open_for_changes(self) -> bool:
@@ -111,6 +113,9 @@ class OrderView:
     history: Sequence[PastOperation] = ()
     flags: frozenset[str] = field(default_factory=frozenset)
     refused_amount: int | None = None
+    now: datetime | None = None
+    # Extend the authorization when it expires within this, while lines are unshipped.
+    extend_within: timedelta | None = None
 
 
 def plan_next(
@@ -145,6 +150,8 @@ def plan_next(
         decision = _capture_step(order, psp, ledger, view.refused_amount)
         if decision is not None:
             return decision
+        if _expires_soon(view) and _unshipped(order):
+            return Plan(Kind.EXTEND_AUTHORIZATION, 0)
 
     lines = refund_lines(order, ledger)
     amount = lines_total(lines)
@@ -227,6 +234,21 @@ def _fit_capture(order: OrderSnapshot, ledger: Ledger, remaining: int) -> list[P
         if candidate and lines_total(candidate) <= remaining:
             return candidate
     return []
+
+
+def _expires_soon(view: OrderView) -> bool:
+    expires_at = view.psp.expires_at
+    if expires_at is None or view.now is None or view.extend_within is None:
+        return False
+    return view.psp.open_for_changes and expires_at - view.now <= view.extend_within
+
+
+def _unshipped(order: OrderSnapshot) -> bool:
+    return any(
+        line.shipped_quantity < line.quantity
+        for line in order.lines
+        if not line.reduces_total and line.total > 0
+    )
 
 
 def _captured_qty(ledger: Ledger, line_id: str) -> int:

@@ -57,6 +57,10 @@ class Settings(BaseSettings):
 
     # Reconciler tuning. Defaults suit production; tests shorten them.
     reconcile_sweep_seconds: float = Field(default=30.0, gt=0)
+    # How long a marked order may wait for its task before the sweeper enqueues it again.
+    sweep_grace_seconds: float = Field(default=10.0, ge=0)
+    # How often an unfinished order's PSP state is read again, to notice drift.
+    resync_seconds: float = Field(default=6 * 3600.0, gt=0)
     max_attempts: int = Field(default=8, ge=1)
     retry_base_seconds: float = Field(default=2.0, gt=0)
     retry_max_seconds: float = Field(default=300.0, gt=0)
@@ -81,7 +85,7 @@ class Settings(BaseSettings):
     @property
     def lease_seconds(self) -> float:
         # Long enough for one PSP call to finish or time out, with margin.
-        return 2 * (self.psp_connect_timeout_seconds + self.psp_read_timeout_seconds) + 5
+        return 1.5 * (self.psp_connect_timeout_seconds + self.psp_read_timeout_seconds) + 2
 
     def require(self, *names: str) -> None:
         """Fail with one line naming the first missing variable."""

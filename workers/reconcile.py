@@ -134,6 +134,8 @@ class Reconciler:
                 history=store.history(conn, order_id),
                 flags=frozenset(order["flags"]),
                 refused_amount=order["refused_amount"],
+                now=now,
+                extend_within=timedelta(days=self.settings.extend_authorization_days_before),
             )
             decision = plan_next(view, self.settings.increase_allowed)
             if isinstance(decision, Plan):
@@ -211,15 +213,22 @@ class Reconciler:
         return result
 
     def _adopt(self, conn: Any, order: store.Row, body: dict[str, Any]) -> None:
+        """Takes the PSP's figures as the truth; flags what we did not know of."""
         figures = self.ctx.providers[order["provider"]].figures(body)
-        ours = sum(
-            op.amount for op in store.history(conn, order["id"])
-            if op.kind is Kind.CAPTURE and op.status == "succeeded"
-        )
-        if figures["captured"] > ours and order["psp_synced_at"] is not None:
-            log.warning("psp_drift", psp_captured=figures["captured"], our_captured=ours)
-            self._flag(conn, order, Flag(NEEDS_ATTENTION, "drift",
-                                         "the PSP shows captures this service did not make"))
+        # The first read has nothing to compare with: whatever is there is the start.
+        known = order["authorized_amount"] is not None
+        if known and (figures["captured"] > order["captured_amount"]
+                      or figures["refunded"] > order["refunded_amount"]):
+            log.warning(
+                "psp_drift", psp_captured=figures["captured"],
+                our_captured=order["captured_amount"], psp_refunded=figures["refunded"],
+                our_refunded=order["refunded_amount"],
+            )
+            self._flag(conn, order, Flag(
+                NEEDS_ATTENTION, "drift",
+                "the PSP shows captures or refunds this service did not make; "
+                "its figures were adopted",
+            ))
         store.apply_psp_figures(conn, order["id"], figures)
 
     # -- steps 2 and 3: call, then record ---------------------------------------------
@@ -274,10 +283,13 @@ class Reconciler:
                 if not store.finish_operation(conn, op, status="succeeded",
                                               psp_reference=result.reference):
                     return self._lost_lease(op)
+                store.apply_success(conn, order, op)
                 if adopt is not None:
-                    self._adopt(conn, order, adopt)
-                else:
-                    store.apply_success(conn, order, op)
+                    # Found applied after an unknown outcome: count it as ours first,
+                    # so that only what we truly did not make looks like drift.
+                    reread = store.lock_order(conn, op["order_id"])
+                    assert reread is not None
+                    self._adopt(conn, reread, adopt)
                 if Kind(op["kind"]) is Kind.UPDATE_AUTHORIZATION:
                     store.clear_flag(conn, order["id"], NEEDS_NEW_ORDER)
                 return True

@@ -60,6 +60,7 @@ def psp_state(order: Row) -> PspState | None:
         payment_method=order["psp_payment_method"],
         country=order["psp_country"],
         authorized_lines=to_lines(order["authorized_lines"] or []),
+        expires_at=order["expires_at"],
     )
 
 

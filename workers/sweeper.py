@@ -11,14 +11,12 @@ from workers.context import WorkerContext
 
 log = structlog.get_logger("ordersync.sweeper")
 
-# Orders the web process marked but whose task never ran (Redis was down, the message
-# was lost) become visible after this long: a live task takes far less.
-GRACE_SECONDS = 10
 BATCH = 500
 
 
 def sweep(ctx: WorkerContext, enqueue: Callable[[str, float], None]) -> dict[str, int]:
-    with ctx.pool.connection() as conn:
+    settings = ctx.settings
+    with ctx.pool.connection() as conn, conn.transaction():
         due_retries = conn.execute(
             """
             SELECT DISTINCT order_id FROM operations
@@ -28,6 +26,8 @@ def sweep(ctx: WorkerContext, enqueue: Callable[[str, float], None]) -> dict[str
             """,
             (BATCH,),
         ).fetchall()
+        # Orders the web process marked but whose task never ran (Redis was down, the
+        # message was lost): a live task takes far less than the grace period.
         requested = conn.execute(
             """
             SELECT id FROM orders
@@ -36,12 +36,39 @@ def sweep(ctx: WorkerContext, enqueue: Callable[[str, float], None]) -> dict[str
             ORDER BY reconcile_requested_at
             LIMIT %s
             """,
-            (GRACE_SECONDS, BATCH),
+            (settings.sweep_grace_seconds, BATCH),
         ).fetchall()
-    order_ids = {row["order_id"] for row in due_retries} | {row["id"] for row in requested}
+        # Unfinished Klarna orders are read again now and then (drift: captures or
+        # refunds made outside this service), and before their authorization expires.
+        stale = conn.execute(
+            """
+            UPDATE orders SET psp_synced_at = NULL, reconcile_requested_at = now()
+            WHERE id IN (
+                SELECT id FROM orders
+                WHERE provider = 'klarna' AND status = 'open'
+                  AND psp_status IN ('authorized', 'part_captured')
+                  AND reconcile_requested_at IS NULL
+                  AND NOT 'needs_attention' = ANY(flags)
+                  AND (psp_synced_at < now() - make_interval(secs => %s)
+                       OR (expires_at < now() + make_interval(days => %s)
+                           AND captured_amount < desired_amount))
+                ORDER BY psp_synced_at
+                LIMIT %s
+                FOR UPDATE SKIP LOCKED
+            )
+            RETURNING id
+            """,
+            (settings.resync_seconds, settings.extend_authorization_days_before, BATCH),
+        ).fetchall()
+    order_ids = (
+        {row["order_id"] for row in due_retries}
+        | {row["id"] for row in requested}
+        | {row["id"] for row in stale}
+    )
     for order_id in sorted(order_ids):
         enqueue(order_id, 0)
-    counts = {"due_retries": len(due_retries), "requested": len(requested)}
+    counts = {"due_retries": len(due_retries), "requested": len(requested),
+              "resync": len(stale)}
     if order_ids:
         log.info("sweep_enqueued", **counts)
     return counts

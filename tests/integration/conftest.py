@@ -52,6 +52,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "PSP_READ_TIMEOUT_SECONDS": "2",
         "PSP_CONNECT_TIMEOUT_SECONDS": "1",
         "RECONCILE_SWEEP_SECONDS": "1",
+        "SWEEP_GRACE_SECONDS": "1",
     }
     logs = base / "logs"
     logs.mkdir()
