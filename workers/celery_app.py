@@ -30,6 +30,10 @@ def celery_config() -> dict[str, Any]:
         "broker_connection_retry_on_startup": True,
         "broker_transport_options": {
             "visibility_timeout": 300,
+            # Publishing gives up at once when Redis is down (kombu would otherwise retry
+            # for seconds, holding the webhook's answer); what was stored is swept later.
+            # The worker's own reconnect loop is governed by broker_connection_retry.
+            "max_retries": 0,
             "socket_timeout": 5,
             "socket_connect_timeout": 3,
         },

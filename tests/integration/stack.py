@@ -32,6 +32,7 @@ class Stack:
     operator_token: str
     env: dict[str, str]
     logs: Path
+    redis: Any = None
     processes: dict[str, Process] = field(default_factory=dict)
 
     # -- the shop -----------------------------------------------------------------
