@@ -59,7 +59,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     stack = Stack(
         database_url=database_url, redis_url=redis.url, web_url=web_url,
         sandbox_url=sandbox_url, secret=env["SHOP_WEBHOOK_SECRETS"].split()[1],
-        operator_token=token, env=env, logs=logs,
+        operator_token=token, env=env, logs=logs, redis=redis,
     )
     sandbox_port = sandbox_url.rsplit(":", 1)[1]
     stack.processes = {
