@@ -1,0 +1,329 @@
+"""The planner, pure: example decisions, and a Hypothesis state machine that drives it
+against an in-memory PSP with faults, asserting nothing is lost or applied twice."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from domain.lines import PspLine, lines_total
+from domain.planner import (
+    NEEDS_ATTENTION,
+    NEEDS_NEW_ORDER,
+    Done,
+    Flag,
+    Kind,
+    OrderView,
+    PastOperation,
+    Plan,
+    PspState,
+    PspStatus,
+    Wait,
+    plan_next,
+)
+from domain.snapshot import OrderSnapshot
+
+SHOES = {"id": "shoes", "name": "Shoes", "quantity": 1, "unit_price": 1200, "tax_rate": 2000}
+SOCKS = {"id": "socks", "name": "Socks", "quantity": 2, "unit_price": 450, "tax_rate": 2000}
+DISCOUNT = {"id": "discount", "name": "Discount", "type": "discount", "quantity": 1,
+            "unit_price": -630, "tax_rate": 2000}
+
+
+def allow_all(_method: str | None, _country: str | None) -> bool:
+    return True
+
+
+def deny_all(_method: str | None, _country: str | None) -> bool:
+    return False
+
+
+def order(lines: list[dict[str, Any]], status: str = "open", **extra: Any) -> OrderSnapshot:
+    return OrderSnapshot.model_validate({
+        "id": "o1", "version": 1, "currency": "EUR", "country": "DE", "status": status,
+        "payment": {"provider": "klarna", "klarna_order_id": "k1"}, "lines": lines, **extra,
+    })
+
+
+def psp(authorized: int, captured: int = 0, refunded: int = 0,
+        status: PspStatus | None = None, **extra: Any) -> PspState:
+    if status is None:
+        status = PspStatus.AUTHORIZED if captured == 0 else (
+            PspStatus.CAPTURED if captured >= authorized else PspStatus.PART_CAPTURED)
+    return PspState(status, authorized, captured, refunded, "INVOICE", "DE", **extra)
+
+
+def shipped(line: dict[str, Any], n: int, returned: int = 0) -> dict[str, Any]:
+    return {**line, "shipped_quantity": n, "returned_quantity": returned}
+
+
+def test_nothing_to_do_is_done() -> None:
+    view = OrderView(order([SHOES, SOCKS, DISCOUNT]), psp(1470))
+    assert plan_next(view, allow_all) == Done()
+
+
+def test_a_decrease_updates_the_authorization_with_the_whole_basket() -> None:
+    view = OrderView(order([SHOES, DISCOUNT]), psp(1470))
+    decision = plan_next(view, allow_all)
+    assert isinstance(decision, Plan)
+    assert decision.kind is Kind.UPDATE_AUTHORIZATION
+    assert decision.amount == 570 == lines_total(decision.lines)
+
+
+def test_an_update_comes_before_a_capture() -> None:
+    view = OrderView(order([shipped(SHOES, 1)]), psp(2100))
+    decision = plan_next(view, allow_all)
+    assert isinstance(decision, Plan) and decision.kind is Kind.UPDATE_AUTHORIZATION
+
+
+def test_shipping_one_pair_of_socks_captures_315() -> None:
+    view = OrderView(order([SHOES, shipped(SOCKS, 1), DISCOUNT]), psp(1470))
+    decision = plan_next(view, allow_all)
+    assert decision == Plan(Kind.CAPTURE, 315, decision.lines)  # type: ignore[union-attr]
+
+
+def test_an_increase_the_table_forbids_is_a_needs_new_order_flag() -> None:
+    view = OrderView(order([SHOES, SOCKS]), psp(1200))
+    decision = plan_next(view, deny_all)
+    assert isinstance(decision, Flag)
+    assert (decision.flag, decision.refused_amount) == (NEEDS_NEW_ORDER, 2100)
+
+
+def test_a_refused_total_is_not_asked_for_again_but_shipped_lines_are_captured() -> None:
+    view = OrderView(order([shipped(SHOES, 1), SOCKS]), psp(1200), refused_amount=2100)
+    decision = plan_next(view, allow_all)
+    assert isinstance(decision, Plan) and (decision.kind, decision.amount) == (Kind.CAPTURE, 1200)
+
+
+def test_shipped_lines_beyond_the_authorization_wait_after_a_refusal() -> None:
+    lines = [shipped(SHOES, 1), shipped(SOCKS, 2)]
+    captured = (PastOperation(Kind.CAPTURE, "succeeded", 1200, (_whole("shoes", 1200),)),)
+    view = OrderView(order(lines), psp(1200, 1200), history=captured, refused_amount=2100)
+    assert plan_next(view, allow_all) == Wait("shipped_lines_not_authorized")
+
+
+def test_a_cancelled_order_is_cancelled_or_released() -> None:
+    assert plan_next(OrderView(order([SHOES], "cancelled"), psp(1200)), allow_all) == Plan(
+        Kind.CANCEL, 0)
+    view = OrderView(order([shipped(SHOES, 1), SOCKS], "cancelled"), psp(2100, 1200))
+    assert plan_next(view, allow_all) == Plan(Kind.RELEASE_AUTHORIZATION, 900)
+
+
+def test_needs_attention_halts_everything() -> None:
+    view = OrderView(order([shipped(SHOES, 1)]), psp(1200), flags=frozenset({NEEDS_ATTENTION}))
+    assert plan_next(view, allow_all) == Wait("needs_attention")
+
+
+def test_an_expired_order_with_work_left_needs_attention() -> None:
+    view = OrderView(order([shipped(SHOES, 1)]), psp(1200, status=PspStatus.EXPIRED))
+    decision = plan_next(view, allow_all)
+    assert isinstance(decision, Flag) and decision.flag == NEEDS_ATTENTION
+
+
+def test_an_authorization_about_to_expire_with_unshipped_lines_is_extended() -> None:
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    soon = psp(1200, expires_at=now + timedelta(days=2))
+    view = OrderView(order([SHOES]), soon, now=now, extend_within=timedelta(days=3))
+    assert plan_next(view, allow_all) == Plan(Kind.EXTEND_AUTHORIZATION, 0)
+    later = psp(1200, expires_at=now + timedelta(days=20))
+    view = OrderView(order([SHOES]), later, now=now, extend_within=timedelta(days=3))
+    assert plan_next(view, allow_all) == Done()
+
+
+def _whole(reference: str, amount: int) -> PspLine:
+    from domain.snapshot import LineType
+
+    return PspLine(reference, reference, LineType.PHYSICAL, 1, amount, 2000, amount, 0, 0)
+
+
+# -- the state machine -------------------------------------------------------------------
+
+
+@dataclass
+class FakePsp:
+    """Klarna's rules in memory, with idempotency keys honoured."""
+
+    authorized: int
+    captured: int = 0
+    refunded: int = 0
+    status: PspStatus = PspStatus.AUTHORIZED
+    applied: dict[str, tuple[Kind, int]] = field(default_factory=dict)
+    allow_increase: bool = True
+
+    def apply(self, key: str, plan: Plan) -> str:
+        """'ok' or 'rejected'; a known key replays without applying again."""
+        if key in self.applied:
+            return "ok"
+        kind, amount = plan.kind, plan.amount
+        open_ = self.status in (PspStatus.AUTHORIZED, PspStatus.PART_CAPTURED)
+        if kind is Kind.UPDATE_AUTHORIZATION:
+            if not open_ or amount < self.captured:
+                return "rejected"
+            if amount > self.authorized and not self.allow_increase:
+                return "rejected"
+            self.authorized = amount
+        elif kind is Kind.CAPTURE:
+            if not open_ or amount > self.authorized - self.captured:
+                return "rejected"
+            self.captured += amount
+            self.status = (PspStatus.CAPTURED if self.captured == self.authorized
+                           else PspStatus.PART_CAPTURED)
+        elif kind is Kind.REFUND:
+            if amount > self.captured - self.refunded:
+                return "rejected"
+            self.refunded += amount
+        elif kind is Kind.CANCEL:
+            if self.captured:
+                return "rejected"
+            self.status = PspStatus.CANCELLED
+        elif kind is Kind.RELEASE_AUTHORIZATION:
+            self.authorized = self.captured
+            self.status = PspStatus.CAPTURED
+        self.applied[key] = (kind, amount)
+        return "ok"
+
+
+@dataclass
+class Pending:
+    key: str
+    plan: Plan
+
+
+PRODUCTS = [
+    {"id": "a", "name": "A", "quantity": 2, "unit_price": 1999, "tax_rate": 2500},
+    {"id": "b", "name": "B", "quantity": 3, "unit_price": 333, "tax_rate": 700,
+     "total_discount_amount": 100},
+    {"id": "c", "name": "C", "quantity": 1, "unit_price": 4500, "tax_rate": 2000},
+]
+COUPON = {"id": "coupon", "name": "Coupon", "type": "discount", "quantity": 1,
+          "unit_price": -1234, "tax_rate": 2000}
+
+
+class ReconcileMachine(RuleBasedStateMachine):
+    """The shop changes the order, the reconciler steps, the PSP misbehaves."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines = [dict(line, shipped_quantity=0, returned_quantity=0) for line in PRODUCTS]
+        self.lines.append(dict(COUPON))
+        self.status = "open"
+        start = order(self.lines)
+        self.psp = FakePsp(authorized=start.total)
+        self.history: list[PastOperation] = []
+        self.pending: Pending | None = None
+        self.flags: set[str] = set()
+        self.refused: int | None = None
+
+    def snapshot(self) -> OrderSnapshot:
+        return order(self.lines, self.status)
+
+    def view(self) -> OrderView:
+        p = self.psp
+        state = PspState(p.status, p.authorized, p.captured, p.refunded, "INVOICE", "DE")
+        return OrderView(self.snapshot(), state, tuple(self.history), frozenset(self.flags),
+                         self.refused)
+
+    # -- the shop ---------------------------------------------------------------
+
+    @precondition(lambda self: self.status == "open")
+    @rule(index=st.integers(0, 2), n=st.integers(1, 3))
+    def ship(self, index: int, n: int) -> None:
+        line = self.lines[index]
+        line["shipped_quantity"] = min(line["quantity"], line["shipped_quantity"] + n)
+
+    @rule(index=st.integers(0, 2), n=st.integers(1, 3))
+    def give_back(self, index: int, n: int) -> None:
+        line = self.lines[index]
+        line["returned_quantity"] = min(line["shipped_quantity"], line["returned_quantity"] + n)
+
+    @precondition(lambda self: self.status == "open")
+    @rule(index=st.integers(0, 2), quantity=st.integers(0, 4))
+    def change_quantity(self, index: int, quantity: int) -> None:
+        line = self.lines[index]
+        # A line with its own discount keeps at least one unit to carry it.
+        floor = 1 if line.get("total_discount_amount") else 0
+        line["quantity"] = max(quantity, line["shipped_quantity"], floor)
+        if order(self.lines).total < 0:
+            line["quantity"] = line["shipped_quantity"] or 1
+
+    @rule(allow=st.booleans())
+    def psp_policy(self, allow: bool) -> None:
+        self.psp.allow_increase = allow
+
+    @precondition(lambda self: self.status == "open")
+    @rule()
+    def cancel(self) -> None:
+        self.status = "cancelled"
+
+    # -- the reconciler, with the PSP's faults ----------------------------------
+
+    @rule(fault=st.sampled_from(["none", "none", "before", "after_apply"]))
+    def step(self, fault: str) -> None:
+        if self.pending is None:
+            decision = plan_next(self.view(), allow_all)
+            if isinstance(decision, Flag):
+                self.flags.add(decision.flag)
+                if decision.refused_amount is not None:
+                    self.refused = decision.refused_amount
+                return
+            if not isinstance(decision, Plan):
+                return
+            assert lines_total(decision.lines) == decision.amount or not decision.lines
+            self.pending = Pending(str(uuid.uuid4()), decision)
+        pending = self.pending
+        if fault == "before":
+            return  # 500 before applying: the same operation is retried later
+        outcome = self.psp.apply(pending.key, pending.plan)
+        if fault == "after_apply":
+            return  # applied, but the answer was lost: the retry replays the key
+        self._record(pending, outcome)
+
+    def _record(self, pending: Pending, outcome: str) -> None:
+        plan = pending.plan
+        status = "succeeded" if outcome == "ok" else "rejected"
+        self.history.append(PastOperation(plan.kind, status, plan.amount, plan.lines))
+        self.pending = None
+        if status == "rejected":
+            increase = (plan.kind is Kind.UPDATE_AUTHORIZATION
+                        and plan.amount > self.psp.authorized)
+            self.flags.add(NEEDS_NEW_ORDER if increase else NEEDS_ATTENTION)
+            if increase:
+                self.refused = plan.amount
+        elif plan.kind is Kind.UPDATE_AUTHORIZATION:
+            self.flags.discard(NEEDS_NEW_ORDER)
+            self.refused = None
+
+    # -- what must always hold --------------------------------------------------
+
+    @invariant()
+    def psp_figures_hold(self) -> None:
+        assert 0 <= self.psp.refunded <= self.psp.captured <= self.psp.authorized
+
+    @invariant()
+    def nothing_applied_twice_or_lost(self) -> None:
+        succeeded = [op for op in self.history if op.status == "succeeded"]
+        applied = list(self.psp.applied.values())
+        in_flight = 1 if self.pending and self.pending.key in self.psp.applied else 0
+        assert len(applied) == len(succeeded) + in_flight
+        ours = sum(op.amount for op in succeeded if op.kind is Kind.CAPTURE)
+        pending_capture = (self.pending.plan.amount if in_flight and self.pending
+                           and self.pending.plan.kind is Kind.CAPTURE else 0)
+        assert ours + pending_capture == self.psp.captured
+
+    def teardown(self) -> None:
+        # With faults gone, the order converges within a bounded number of steps.
+        for _ in range(40):
+            self.step("none")
+        decision = plan_next(self.view(), allow_all)
+        assert self.pending is None
+        assert isinstance(decision, Done | Wait), decision
+
+
+TestReconcileMachine = ReconcileMachine.TestCase
+TestReconcileMachine.settings = settings(max_examples=150, stateful_step_count=30,
+                                         deadline=None)
