@@ -227,8 +227,10 @@ def _mutate(order: Order, rng: random.Random) -> bool:
     return True
 
 
-def _infra_fault(h: Harness, rng: random.Random, report: Report) -> None:
-    kind = rng.choice(["redis", "postgres", "proxy_delay", "proxy_reset", "proxy_blackhole"])
+INFRA_FAULTS = ("redis", "postgres", "proxy_delay", "proxy_reset", "proxy_blackhole")
+
+
+def _infra_fault(h: Harness, kind: str, report: Report) -> None:
     report.infra_faults.append(kind)
     if kind == "redis":
         h.redis.stop()
@@ -252,14 +254,17 @@ def run_seed(h: Harness, seed: int, orders: int, events: int, infra: bool) -> Re
     for order in shop:
         h.send(order.event())
         report.events += 1
-    fault_at = set(rng.sample(range(events), k=min(events, 3))) if infra else set()
+    # Every kind of infrastructure fault once per seed, at random moments of the run.
+    kinds = rng.sample(INFRA_FAULTS, k=len(INFRA_FAULTS)) if infra else []
+    fault_at = dict(zip(rng.sample(range(events), k=min(events, len(kinds))), kinds,
+                        strict=False))
     for step in range(events):
         order = rng.choice(shop)
         if _mutate(order, rng):
             h.send(order.event())
             report.events += 1
         if step in fault_at:
-            _infra_fault(h, rng, report)
+            _infra_fault(h, fault_at[step], report)
         time.sleep(rng.uniform(0, 0.03))
     report.worker_restarts = h.restarts - restarts_before
     h.calm_worker()
