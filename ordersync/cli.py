@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from ordersync.errors import ConfigError
+from ordersync.errors import ConfigError, OrdersyncError
 from ordersync.logging import configure_logging
 from ordersync.settings import Settings, get_settings
 
@@ -33,6 +35,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     import uvicorn
 
     _settings("database_url", "redis_url", "shop_webhook_secrets")
+    _prepare_multiprocess_metrics(create=False)
     uvicorn.run(
         "service.app:create_web_app", factory=True, host=args.host, port=args.port,
         workers=args.workers, log_config=None, access_log=False,
@@ -41,12 +44,40 @@ def cmd_web(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_worker(args: argparse.Namespace) -> int:
-    from workers.celery_app import app
+def _prepare_multiprocess_metrics(*, create: bool) -> str | None:
+    """Sets up prometheus_client's multiprocess mode before anything imports it (it
+    reads PROMETHEUS_MULTIPROC_DIR once, at import)."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path and create:
+        # The prefork pool's children count into files; the parent serves their sum.
+        path = tempfile.mkdtemp(prefix="ordersync-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    if path:
+        from ordersync.metrics import clear_multiprocess_dir
 
+        clear_multiprocess_dir(path)
+    return path
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
     _settings("database_url", "redis_url")
-    argv = ["worker", f"--concurrency={args.concurrency}", "--without-gossip",
-            "--without-mingle", "--loglevel=INFO"]
+    if args.metrics_port:
+        _prepare_multiprocess_metrics(create=True)
+        from prometheus_client import start_http_server
+
+        from ordersync.metrics import process_registry
+
+        # A thread of the parent process, which Celery's pool children never run in.
+        start_http_server(args.metrics_port, addr=args.metrics_host,
+                          registry=process_registry())
+    from workers.celery_app import app
+    from workers.context import size_for_concurrency
+
+    # Threads share one process's Postgres pool and HTTP client: size them to match.
+    size_for_concurrency(args.concurrency if args.pool == "threads" else 1)
+    # --quiet: no banner on stdout; every line a process writes is a JSON log line.
+    argv = ["--quiet", "worker", f"--concurrency={args.concurrency}", f"--pool={args.pool}",
+            "--without-gossip", "--without-mingle", "--loglevel=INFO"]
     if args.name:
         argv.append(f"--hostname={args.name}")
     app.worker_main(argv)
@@ -59,7 +90,7 @@ def cmd_beat(_: argparse.Namespace) -> int:
     _settings("database_url", "redis_url")
     # The schedule file lives in a temp dir: the root filesystem may be read-only.
     schedule = Path(tempfile.gettempdir()) / "ordersync-beat-schedule"
-    app.start(["beat", f"--schedule={schedule}", "--loglevel=INFO"])
+    app.start(["--quiet", "beat", f"--schedule={schedule}", "--loglevel=INFO"])
     return 0
 
 
@@ -74,6 +105,16 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         config.klarna_username = settings.klarna_username
     if settings.klarna_password:
         config.klarna_password = settings.klarna_password.get_secret_value()
+    # The sandbox plays Adyen towards the service: same key, HMAC key and webhook login.
+    if settings.adyen_api_key:
+        config.adyen_api_key = settings.adyen_api_key.get_secret_value()
+    config.adyen_webhook_url = os.environ.get("SANDBOX_ADYEN_WEBHOOK_URL") or None
+    config.adyen_hmac_key = next(iter(settings.hmac_keys), None)
+    config.adyen_webhook_username = settings.adyen_webhook_username
+    if settings.adyen_webhook_password:
+        config.adyen_webhook_password = settings.adyen_webhook_password.get_secret_value()
+    if settings.shop_callback_secret:
+        config.shop_callback_secret = settings.shop_callback_secret.get_secret_value()
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_config=None,
                 access_log=False)
     return 0
@@ -92,6 +133,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.web_url, args.sandbox_url, args.secret)
 
 
+def cmd_faults(args: argparse.Namespace) -> int:
+    from ordersync.faultsuite import run_faults
+
+    configure_logging("WARNING", "console")
+    # The proxy drops connections on purpose; asyncio's complaints about it are noise.
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    return run_faults(seeds, args.orders, args.events, infra=not args.no_infra, keep=args.keep)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ordersync", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -106,7 +157,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="the Celery worker")
     worker.add_argument("--concurrency", type=int, default=2)
+    worker.add_argument("--pool", choices=["prefork", "threads", "solo"], default="prefork",
+                        help="prefork: one task per child process; threads: concurrent "
+                             "tasks in one process (PSP calls wait on the network); "
+                             "see docs/performance.md")
     worker.add_argument("--name", default=None, help="Celery node name")
+    worker.add_argument("--metrics-port", type=int, default=9100,
+                        help="serve Prometheus metrics on this port (0: off)")
+    worker.add_argument("--metrics-host", default="0.0.0.0")  # noqa: S104 - scraped in a pod
     worker.set_defaults(fn=cmd_worker)
 
     sub.add_parser("beat", help="the periodic sweeper (one replica)").set_defaults(fn=cmd_beat)
@@ -123,12 +181,62 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--demo", action="store_true", help="send a demo order through it")
     dev.set_defaults(fn=cmd_dev)
 
+    faults = sub.add_parser("faults", help="the fault suite: crash, kill and compare ledgers")
+    faults.add_argument("--seeds", type=int, default=3)
+    faults.add_argument("--first-seed", type=int, default=1)
+    faults.add_argument("--orders", type=int, default=20)
+    faults.add_argument("--events", type=int, default=80)
+    faults.add_argument("--no-infra", action="store_true", help="only worker crash points")
+    faults.add_argument("--keep", action="store_true", help="keep the logs")
+    faults.set_defaults(fn=cmd_faults)
+
     demo = sub.add_parser("demo", help="send the demo order to a running stack")
     demo.add_argument("--web-url", default="http://127.0.0.1:8000")
     demo.add_argument("--sandbox-url", default="http://127.0.0.1:8100")
     demo.add_argument("--secret", required=True, help="a SHOP_WEBHOOK_SECRETS secret")
     demo.set_defaults(fn=cmd_demo)
+
+    orders = sub.add_parser("orders", help="operator commands: show, list, reconcile")
+    orders_sub = orders.add_subparsers(dest="orders_command", required=True)
+    show = orders_sub.add_parser("show", help="an order's state, flags and full history")
+    show.add_argument("order_id")
+    show.add_argument("--json", action="store_true", help="the operator API's JSON")
+    show.set_defaults(fn=cmd_orders_show)
+    listing = orders_sub.add_parser("list", help="flagged orders, most recently changed first")
+    listing.add_argument("--flag", choices=["needs_new_order", "needs_attention"], default=None,
+                         help="only this flag (default: any)")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--cursor", default=None)
+    listing.add_argument("--json", action="store_true", help="the operator API's JSON")
+    listing.set_defaults(fn=cmd_orders_list)
+    rec = orders_sub.add_parser(
+        "reconcile", help="clear the back-off and needs_attention, and reconcile now")
+    rec.add_argument("order_id")
+    rec.add_argument("--json", action="store_true", help="the operator API's JSON")
+    rec.set_defaults(fn=cmd_orders_reconcile)
     return parser
+
+
+def cmd_orders_show(args: argparse.Namespace) -> int:
+    from ordersync import operator_cli
+
+    return operator_cli.show(_settings("database_url"), args.order_id, args.json)
+
+
+def cmd_orders_list(args: argparse.Namespace) -> int:
+    from ordersync import operator_cli
+    from service.operator import parse_limit
+
+    limit = parse_limit(str(args.limit))
+    return operator_cli.list_orders(_settings("database_url"), args.flag, limit, args.cursor,
+                                    args.json)
+
+
+def cmd_orders_reconcile(args: argparse.Namespace) -> int:
+    from ordersync import operator_cli
+
+    settings = _settings("database_url", "redis_url")
+    return operator_cli.reconcile(settings, args.order_id, args.json)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -138,5 +246,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"ordersync: {exc.detail}", file=sys.stderr)
         return 2
+    except OrdersyncError as exc:
+        fields = "".join(f"; {f['path']}: {f['message']}" for f in exc.fields or [])
+        print(f"ordersync: {exc.detail}{fields}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

