@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ordersync.sandbox import klarna
+from ordersync.sandbox import klarna, shop
 from ordersync.sandbox.faults import FaultSpecError, parse_fault
 from ordersync.sandbox.runtime import SandboxRuntime
 from ordersync.sandbox.specs import KLARNA_OM_V1, SpecSet, load_spec
@@ -40,6 +40,8 @@ class SandboxConfig:
     strict_specs: bool = True
     # Seeds the random draw of faults armed with a probability below 1.
     fault_seed: int | None = None
+    # Checks the signature of the events the shop receiver gets (SHOP_CALLBACK_SECRET).
+    shop_callback_secret: str | None = None
 
 
 def _load_specs(specs_dir: Path | None) -> SpecSet:
@@ -74,6 +76,7 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
             *control_routes(runtime),
             *klarna.setup_routes(klarna_state),
             *klarna.routes(klarna_state),
+            *shop.routes(shop.ShopReceiver(secret=config.shop_callback_secret)),
         ]
     )
     app.state.config = config
