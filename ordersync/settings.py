@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     psp_read_timeout_seconds: float = Field(default=20.0, gt=0)
     extend_authorization_days_before: int = Field(default=3, ge=0)
     notification_timeout_seconds: float = Field(default=3600.0, gt=0)
+    # An Adyen notification that matches nothing is retried by the sweeper this long,
+    # then recorded as orphaned.
+    notification_orphan_seconds: float = Field(default=86400.0, gt=0)
 
     @field_validator("klarna_increase_allowed", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ from psycopg.errors import UniqueViolation
 from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
+from domain.lines import basket_lines
 from domain.snapshot import OrderSnapshot, ShopEvent
 from ordersync.db import AsyncPool
 from ordersync.errors import Conflict
@@ -64,11 +65,14 @@ async def _upsert_order(conn: AsyncConnection[DictRow], order: OrderSnapshot) ->
     created = await conn.execute(
         """
         INSERT INTO orders (id, version, provider, psp_order_id, currency, status, snapshot,
-                            desired_amount, authorized_amount, psp_status, psp_synced_at,
-                            reconcile_requested_at)
+                            desired_amount, authorized_amount, authorized_lines, psp_status,
+                            psp_synced_at, reconcile_requested_at)
         VALUES (%(id)s, %(version)s, %(provider)s, %(psp_id)s, %(currency)s, %(status)s,
                 %(snapshot)s, %(total)s,
-                CASE WHEN %(adyen)s THEN %(total)s END,
+                CASE WHEN %(adyen)s THEN coalesce(
+                    (SELECT authorized_amount FROM adyen_payments
+                     WHERE psp_reference = %(psp_id)s), %(total)s) END,
+                CASE WHEN %(adyen)s THEN %(basket)s ELSE '[]'::jsonb END,
                 CASE WHEN %(adyen)s THEN 'authorized' END,
                 CASE WHEN %(adyen)s THEN now() END,
                 now())
@@ -79,6 +83,9 @@ async def _upsert_order(conn: AsyncConnection[DictRow], order: OrderSnapshot) ->
             "id": order.id, "version": order.version, "provider": order.provider,
             "psp_id": order.psp_order_id, "currency": order.currency, "status": order.status,
             "snapshot": snapshot, "total": order.total, "adyen": adyen,
+            # What the shopper was authorized for, so a refused increase can tell the
+            # shop which lines are new.
+            "basket": Jsonb([line.to_json() for line in basket_lines(order)]),
         },
     )
     if await created.fetchone() is not None:

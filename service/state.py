@@ -4,17 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from ordersync.db import AsyncPool
 from ordersync.metrics import Metrics
 from ordersync.settings import Settings
 
-
-class Enqueue(Protocol):
-    def __call__(self, order_id: str, *, force: bool = False) -> Awaitable[None]: ...
-
-
+Enqueue = Callable[[str], Awaitable[None]]
 Ping = Callable[[], Awaitable[bool]]
 
 

@@ -8,8 +8,11 @@ from dataclasses import dataclass
 
 import httpx
 
+from domain.lines import PspLine
 from ordersync.db import SyncPool, sync_pool
 from ordersync.settings import Settings, get_settings
+from workers import store
+from workers.adyen import AdyenClient
 from workers.klarna import KlarnaClient
 from workers.provider import Provider
 
@@ -44,12 +47,22 @@ def build_context(settings: Settings) -> WorkerContext:
             settings.klarna_username or "",
             settings.klarna_password.get_secret_value() if settings.klarna_password else "",
         )
-    return WorkerContext(
-        settings=settings,
-        pool=sync_pool(settings.database_url.get_secret_value()),
-        http=http,
-        providers=providers,
-    )
+    pool = sync_pool(settings.database_url.get_secret_value())
+    if settings.adyen_checkout_url or settings.adyen_pal_url:
+        def captured_lines(order_id: str) -> list[PspLine]:
+            with pool.connection() as conn:
+                return store.captured_lines(conn, order_id)
+
+        providers["adyen"] = AdyenClient(
+            http,
+            checkout_url=settings.adyen_checkout_url,
+            api_key=settings.adyen_api_key.get_secret_value() if settings.adyen_api_key else "",
+            merchant_account=settings.adyen_merchant_account,
+            modifications_api=settings.adyen_modifications_api,
+            pal_url=settings.adyen_pal_url,
+            captured_lines=captured_lines,
+        )
+    return WorkerContext(settings=settings, pool=pool, http=http, providers=providers)
 
 
 _context: WorkerContext | None = None

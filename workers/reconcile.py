@@ -33,7 +33,7 @@ from domain.planner import (
     unauthorized_lines,
 )
 from ordersync import metrics
-from workers import callbacks, observe, store
+from workers import callbacks, store
 from workers.context import WorkerContext
 from workers.provider import Provider
 from workers.psp import Outcome, PspError, PspResult, backoff_seconds
@@ -137,7 +137,11 @@ class Reconciler:
                 now=now,
                 extend_within=timedelta(days=self.settings.extend_authorization_days_before),
             )
-            decision = plan_next(view, self.settings.increase_allowed)
+            # The increase table is Klarna's own; behind Adyen the payment method is not
+            # known here, so Adyen is asked and its AUTHORISATION_ADJUSTMENT decides.
+            allowed = (_always if order["provider"] == "adyen"
+                       else self.settings.increase_allowed)
+            decision = plan_next(view, allowed)
             if isinstance(decision, Plan):
                 claimed = store.insert_claimed_operation(
                     conn, order, decision.kind, decision.amount, decision.lines,
@@ -164,16 +168,7 @@ class Reconciler:
             return Idle("in_sync")
 
     def _flag(self, conn: Any, order: store.Row, flag: Flag) -> None:
-        reason = {
-            "code": flag.code,
-            "message": flag.message,
-            "lines": [line.to_json() for line in flag.lines],
-            "version": order["version"],
-        }
-        store.set_flag(conn, order["id"], flag.flag, reason, flag.refused_amount)
-        if callbacks.record_flagged(conn, order, flag):
-            metrics.FLAGGED.labels(flag=flag.flag).inc()
-        log.warning("order_flagged", flag=flag.flag, code=flag.code, reason=flag.message)
+        flag_order(conn, order, flag)
 
     # -- reading the PSP's view -------------------------------------------------------
 
@@ -284,7 +279,6 @@ class Reconciler:
                                               psp_reference=result.reference):
                     return self._lost_lease(op)
                 store.apply_success(conn, order, op)
-                observe.operation_confirmed(conn, order["provider"], op)
                 if adopt is not None:
                     # Found applied after an unknown outcome: count it as ours first,
                     # so that only what we truly did not make looks like drift.
@@ -347,6 +341,25 @@ class Reconciler:
     def _schedule(self, order_id: str, delay: float) -> None:
         if delay <= COUNTDOWN_LIMIT_SECONDS:
             self.enqueue(order_id, delay)
+
+
+def _always(payment_method: str | None, country: str | None) -> bool:
+    return True
+
+
+def flag_order(conn: Any, order: store.Row, flag: Flag) -> None:
+    """Flags the order, records the shop's event and counts it (also used by the Adyen
+    notification processing, which settles operations outside the reconciler)."""
+    reason = {
+        "code": flag.code,
+        "message": flag.message,
+        "lines": [line.to_json() for line in flag.lines],
+        "version": order["version"],
+    }
+    store.set_flag(conn, order["id"], flag.flag, reason, flag.refused_amount)
+    callbacks.record_flagged(conn, order, flag)
+    metrics.FLAGGED.labels(flag=flag.flag).inc()
+    log.warning("order_flagged", flag=flag.flag, code=flag.code, reason=flag.message)
 
 
 def _after(seconds: float) -> datetime:

@@ -16,7 +16,7 @@ from psycopg.types.json import Jsonb
 
 from domain.lines import PspLine
 from domain.planner import Kind, PastOperation, PspState, PspStatus
-from domain.snapshot import OrderSnapshot
+from domain.snapshot import LineType, OrderSnapshot
 
 Row = dict[str, Any]
 IN_FLIGHT = ("pending", "sent", "awaiting_notification")
@@ -246,3 +246,31 @@ def defer_order(conn: Connection[Row], order_id: str, at: datetime) -> None:
         "UPDATE orders SET next_reconcile_at = %s, updated_at = now() WHERE id = %s",
         (at, order_id),
     )
+
+
+def captured_lines(conn: Connection[Row], order_id: str) -> list[PspLine]:
+    """Every line captured so far for the order, merged per shop line (for a release)."""
+    rows = conn.execute(
+        "SELECT lines FROM operations WHERE order_id = %s AND kind = 'capture' "
+        "AND status = 'succeeded' ORDER BY seq",
+        (order_id,),
+    ).fetchall()
+    merged: dict[str, PspLine] = {}
+    for row in rows:
+        for line in to_lines(row["lines"]):
+            before = merged.get(line.reference)
+            if before is None:
+                merged[line.reference] = line
+                continue
+            quantity = before.quantity + (0 if line.type is LineType.DISCOUNT else line.quantity)
+            total = before.total_amount + line.total_amount
+            unit = before.unit_price if line.type is not LineType.DISCOUNT else total
+            merged[line.reference] = PspLine(
+                reference=line.reference, name=line.name, type=line.type,
+                quantity=quantity, unit_price=unit, tax_rate=line.tax_rate,
+                total_amount=total, total_discount_amount=quantity * unit - total,
+                total_tax_amount=before.total_tax_amount + line.total_tax_amount,
+                quantity_unit=line.quantity_unit, product_url=line.product_url,
+                image_url=line.image_url,
+            )
+    return list(merged.values())

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import structlog
 
+from workers.adyen_inbox import chase_silent_operations
 from workers.context import WorkerContext
 
 log = structlog.get_logger("ordersync.sweeper")
@@ -74,26 +75,28 @@ def sweep(ctx: WorkerContext, enqueue: Callable[[str, float], None]) -> dict[str
     return counts
 
 
-# Callback retries sooner than this ride on a Celery countdown; later ones on the sweep.
-CALLBACK_COUNTDOWN_LIMIT_SECONDS = 60.0
+# Adyen notifications the web process stored but whose task never ran, or that matched
+# nothing yet, become visible after this long: a live task takes far less.
+NOTIFICATION_GRACE_SECONDS = 5
 
 
-def sweep_callbacks(ctx: WorkerContext, enqueue: Callable[[str, float], None]) -> int:
-    """Orders with events for the shop that are due and that no worker holds."""
-    if not ctx.settings.shop_callback_url:
-        return 0  # recorded only: there is nowhere to send them
+def sweep_notifications(
+    ctx: WorkerContext, enqueue: Callable[[int, float], None]
+) -> dict[str, int]:
+    """Unprocessed Adyen notifications, and operations whose notification never came."""
     with ctx.pool.connection() as conn:
         rows = conn.execute(
             """
-            SELECT DISTINCT order_id FROM outbox
-            WHERE delivered_at IS NULL AND next_attempt_at <= now()
-              AND (lease_until IS NULL OR lease_until < now())
-            LIMIT %s
+            SELECT id FROM inbox
+            WHERE source = 'adyen' AND processed_at IS NULL
+              AND received_at < now() - make_interval(secs => %s)
+            ORDER BY received_at LIMIT %s
             """,
-            (BATCH,),
+            (NOTIFICATION_GRACE_SECONDS, BATCH),
         ).fetchall()
     for row in rows:
-        enqueue(row["order_id"], 0)
-    if rows:
-        log.info("sweep_enqueued_callbacks", orders=len(rows))
-    return len(rows)
+        enqueue(row["id"], 0)
+    counts = {"notifications": len(rows), "silent_operations": chase_silent_operations(ctx)}
+    if any(counts.values()):
+        log.info("sweep_notifications", **counts)
+    return counts

@@ -7,8 +7,7 @@ from typing import Any
 import structlog
 from celery import Task, signals
 
-from ordersync import metrics
-from workers import callbacks, sweeper
+from workers import adyen_inbox, sweeper
 from workers.celery_app import app
 from workers.context import close_context, get_context
 from workers.reconcile import Reconciler
@@ -17,26 +16,7 @@ log = structlog.get_logger("ordersync.tasks")
 
 
 def enqueue_reconcile(order_id: str, delay: float = 0.0) -> None:
-    # Retries keep the request id of the webhook that started the work.
-    request_id = structlog.contextvars.get_contextvars().get("request_id")
-    reconcile_order.apply_async((order_id,), countdown=delay or None,
-                                headers={"request_id": request_id})
-
-
-def enqueue_delivery(order_id: str, delay: float = 0.0) -> None:
-    request_id = structlog.contextvars.get_contextvars().get("request_id")
-    deliver_callbacks.apply_async((order_id,), countdown=delay or None,
-                                  headers={"request_id": request_id})
-
-
-def _deliver_recorded() -> None:
-    # After the reconciler's transactions are committed; if Redis is down the sweeper
-    # finds the rows anyway.
-    for order_id in callbacks.take_recorded():
-        try:
-            enqueue_delivery(order_id)
-        except Exception as exc:
-            log.warning("enqueue_failed", task="deliver_callbacks", error=type(exc).__name__)
+    reconcile_order.apply_async((order_id,), countdown=delay or None)
 
 
 @app.task(name="ordersync.reconcile_order", bind=True)
@@ -45,28 +25,21 @@ def reconcile_order(self: Task, order_id: str, force: bool = False) -> str:
     request_id = (self.request.headers or {}).get("request_id")
     if request_id:
         structlog.contextvars.bind_contextvars(request_id=request_id)
-    metrics.heartbeat()
     try:
         return Reconciler(get_context(), enqueue_reconcile).run(order_id, force=force)
     finally:
-        _deliver_recorded()
         structlog.contextvars.clear_contextvars()
 
 
-@app.task(name="ordersync.deliver_callbacks", bind=True)
-def deliver_callbacks(self: Task, order_id: str) -> int:
-    structlog.contextvars.bind_contextvars(task_id=self.request.id, order_id=order_id)
-    request_id = (self.request.headers or {}).get("request_id")
-    if request_id:
-        structlog.contextvars.bind_contextvars(request_id=request_id)
-    metrics.heartbeat()
+def enqueue_notification(inbox_id: int, delay: float = 0.0) -> None:
+    process_notification.apply_async((inbox_id,), countdown=delay or None)
+
+
+@app.task(name="ordersync.process_notification", bind=True)
+def process_notification(self: Task, inbox_id: int) -> str:
+    structlog.contextvars.bind_contextvars(task_id=self.request.id)
     try:
-        ctx = get_context()
-        delivered, retry_in = callbacks.deliver_order(ctx.pool, ctx.http, ctx.settings, order_id)
-        # Short waits ride on a countdown; longer ones are the sweeper's.
-        if retry_in is not None and retry_in <= sweeper.CALLBACK_COUNTDOWN_LIMIT_SECONDS:
-            enqueue_delivery(order_id, retry_in)
-        return delivered
+        return adyen_inbox.process(get_context(), inbox_id, enqueue_reconcile)
     finally:
         structlog.contextvars.clear_contextvars()
 
@@ -74,10 +47,9 @@ def deliver_callbacks(self: Task, order_id: str) -> int:
 @app.task(name="ordersync.sweep", bind=True)
 def sweep(self: Task) -> dict[str, int]:
     structlog.contextvars.bind_contextvars(task_id=self.request.id)
-    metrics.heartbeat()
     try:
         counts = sweeper.sweep(get_context(), enqueue_reconcile)
-        counts["callbacks"] = sweeper.sweep_callbacks(get_context(), enqueue_delivery)
+        counts |= sweeper.sweep_notifications(get_context(), enqueue_notification)
         return counts
     finally:
         structlog.contextvars.clear_contextvars()

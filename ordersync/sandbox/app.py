@@ -12,10 +12,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ordersync.sandbox import klarna, shop
+from ordersync.sandbox import adyen, klarna
 from ordersync.sandbox.faults import FaultSpecError, parse_fault
 from ordersync.sandbox.runtime import SandboxRuntime
-from ordersync.sandbox.specs import KLARNA_OM_V1, SpecSet, load_spec
+from ordersync.sandbox.specs import (
+    ADYEN_CHECKOUT_V71,
+    ADYEN_PAYMENT_V68,
+    KLARNA_OM_V1,
+    SpecSet,
+    load_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +46,12 @@ class SandboxConfig:
     strict_specs: bool = True
     # Seeds the random draw of faults armed with a probability below 1.
     fault_seed: int | None = None
-    # Checks the signature of the events the shop receiver gets (SHOP_CALLBACK_SECRET).
-    shop_callback_secret: str | None = None
+    # Adyen: the X-API-Key it accepts, and where and how it sends notifications.
+    adyen_api_key: str = "sandbox"
+    adyen_webhook_url: str | None = None
+    adyen_hmac_key: str | None = None
+    adyen_webhook_username: str | None = None
+    adyen_webhook_password: str | None = None
 
 
 def _load_specs(specs_dir: Path | None) -> SpecSet:
@@ -56,6 +66,12 @@ def _load_specs(specs_dir: Path | None) -> SpecSet:
         return specs
     try:
         specs.add(klarna.PROVIDER, load_spec(klarna_file.resolve()))
+        for provider, name in ((adyen.PROVIDER, ADYEN_CHECKOUT_V71),
+                               (adyen.CLASSIC, ADYEN_PAYMENT_V68)):
+            if (specs_dir / name).is_file():
+                specs.add(provider, load_spec((specs_dir / name).resolve()))
+            else:
+                log.warning("no %s in %s: Adyen bodies are not spec-checked", name, specs_dir)
     except ImportError:
         log.warning("jsonschema is not installed: request bodies are not spec-checked")
     return specs
@@ -71,17 +87,24 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
     klarna_state = klarna.KlarnaState(
         runtime, username=config.klarna_username, password=config.klarna_password
     )
+    notifier = adyen.Notifier(adyen.NotifierConfig(
+        url=config.adyen_webhook_url, hmac_key=config.adyen_hmac_key,
+        username=config.adyen_webhook_username, password=config.adyen_webhook_password,
+    ))
+    adyen_state = adyen.AdyenState(runtime, api_key=config.adyen_api_key, notifier=notifier)
     app = Starlette(
         routes=[
             *control_routes(runtime),
             *klarna.setup_routes(klarna_state),
             *klarna.routes(klarna_state),
-            *shop.routes(shop.ShopReceiver(secret=config.shop_callback_secret)),
+            *adyen.setup_routes(adyen_state),
+            *adyen.routes(adyen_state),
         ]
     )
     app.state.config = config
     app.state.runtime = runtime
     app.state.klarna = klarna_state
+    app.state.adyen = adyen_state
     return app
 
 

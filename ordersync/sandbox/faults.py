@@ -24,7 +24,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 FaultKind = Literal[
-    "error", "error_after_apply", "drop_after_apply", "delay", "rate_limit", "reject_next_increase"
+    "error", "error_after_apply", "drop_after_apply", "delay", "rate_limit", "reject_next_increase",
+    "fail_next_capture",
 ]
 FAULT_KINDS: tuple[FaultKind, ...] = (
     "error",
@@ -33,6 +34,8 @@ FAULT_KINDS: tuple[FaultKind, ...] = (
     "delay",
     "rate_limit",
     "reject_next_increase",
+    # Adyen: the next capture is answered `received`, then fails in a CAPTURE_FAILED.
+    "fail_next_capture",
 )
 _MAX_DELAY_MS = 600_000
 
@@ -182,6 +185,15 @@ class FaultRegistry:
         with self._lock:
             for fault in self._faults:
                 if fault.kind == "reject_next_increase" and self._fires(fault, method, path):
+                    self._consume(fault)
+                    return fault
+        return None
+
+    def take(self, kind: FaultKind, method: str, path: str) -> Fault | None:
+        """Consumes one hit of a fault of `kind` that matches, if any is armed."""
+        with self._lock:
+            for fault in self._faults:
+                if fault.kind == kind and self._fires(fault, method, path):
                     self._consume(fault)
                     return fault
         return None

@@ -1,2 +1,0 @@
-DROP INDEX inbox_order;
-DROP TABLE outbox;
