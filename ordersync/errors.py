@@ -8,6 +8,8 @@ from typing import Any
 class OrdersyncError(Exception):
     status_code = 500
     code = "internal_error"
+    # Extra response headers, e.g. WWW-Authenticate on a 401.
+    headers: dict[str, str] = {}
 
     def __init__(self, detail: str, *, fields: list[dict[str, str]] | None = None) -> None:
         super().__init__(detail)

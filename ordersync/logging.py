@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import logging.config
+import re
 import sys
 from collections.abc import Mapping, MutableMapping
 from typing import Any
@@ -22,10 +23,36 @@ _REDACTED_KEYS = frozenset(
         "address", "billing_address", "shipping_address", "billingaddress",
         "deliveryaddress", "street", "street_address", "postal_code", "postalcode",
         "city", "date_of_birth", "dateofbirth", "socialsecuritynumber", "customer",
+        "name", "full_name", "fullname", "given_names", "mobile", "mobile_phone",
+        "phone_number", "phonenumber", "shopper_reference", "shopperreference",
+        "street_address2", "region", "zip", "zip_code", "house_number", "housenumberorname",
+        "billing", "shipping_address_details", "cookie", "set-cookie", "credentials",
+        "webhook-id-signature", "password_hash", "iban", "card",
     }
 )
-_REDACTED_FRAGMENTS = ("password", "secret", "token", "signature", "api_key", "email")
+_REDACTED_FRAGMENTS = (
+    "password", "secret", "token", "signature", "api_key", "apikey", "email", "phone",
+    "address", "authorization", "hmac", "credential", "firstname", "lastname", "first_name",
+    "last_name",
+)
 REDACTED = "[redacted]"
+
+# Values that are secret or personal whatever key they sit under (an exception message,
+# a URL, a header dump): redacted inside any string.
+_VALUE_PATTERNS = (
+    # Credentials in a URL: scheme://user:password@host
+    (re.compile(r"(?P<keep>[a-z][a-z0-9+.\-]*://[^/\s:@]*:)[^@\s/]+(?=@)", re.I),
+     r"\g<keep>" + REDACTED),
+    # Standard Webhooks secrets and signatures.
+    (re.compile(r"whsec_[A-Za-z0-9+/=]+"), REDACTED),
+    (re.compile(r"\bv1,[A-Za-z0-9+/=]{20,}"), REDACTED),
+    # Authorization header values.
+    (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=\-]+", re.I), r"\1 " + REDACTED),
+    # E-mail addresses.
+    (re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}"), REDACTED),
+    # International phone numbers (+49 30 1234567, +1-555-123-4567).
+    (re.compile(r"\+\d{1,3}[ \-/.]?(?:\(?\d{1,4}\)?[ \-/.]?){2,5}\d{2,4}"), REDACTED),
+)
 
 
 def _is_sensitive(key: str) -> bool:
@@ -33,11 +60,21 @@ def _is_sensitive(key: str) -> bool:
     return lowered in _REDACTED_KEYS or any(f in lowered for f in _REDACTED_FRAGMENTS)
 
 
+def scrub_text(text: str) -> str:
+    for pattern, replacement in _VALUE_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
 def _scrub(value: Any) -> Any:
     if isinstance(value, Mapping):
         return {k: REDACTED if _is_sensitive(str(k)) else _scrub(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple | set | frozenset):
         return [_scrub(v) for v in value]
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, bytes):
+        return scrub_text(value.decode("utf-8", "replace"))
     return value
 
 
@@ -47,8 +84,24 @@ def redact(
     """Drops secrets and personal data wherever they appear in an event, nested too."""
     for key in list(event_dict):
         if key == "event":
+            # Our events are fixed snake_case names; a foreign (stdlib) log's message is
+            # free text and may quote anything.
+            if isinstance(event_dict[key], str):
+                event_dict[key] = scrub_text(event_dict[key])
             continue
+        if key in ("exc_info", "stack_info", "_record", "_from_structlog"):
+            continue  # rendered later, and scrubbed after rendering
         event_dict[key] = REDACTED if _is_sensitive(key) else _scrub(event_dict[key])
+    return event_dict
+
+
+def redact_rendered(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Scrubs what rendering added: exception and stack texts."""
+    for key in ("exception", "stack"):
+        if isinstance(event_dict.get(key), str):
+            event_dict[key] = scrub_text(event_dict[key])
     return event_dict
 
 
@@ -65,14 +118,17 @@ def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
     ]
     renderer: Any
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer()
+        # Plain tracebacks: the pretty ones print local variables, which may hold secrets.
+        renderer = structlog.dev.ConsoleRenderer(
+            exception_formatter=structlog.dev.plain_traceback
+        )
     else:
         renderer = structlog.processors.JSONRenderer()
     final: list[Any] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]
     if fmt == "json":
         # Exceptions as plain text, never with local variables (they may hold secrets).
         final.append(structlog.processors.format_exc_info)
-    final.append(renderer)
+    final += [redact_rendered, renderer]
     logging.config.dictConfig(
         {
             "version": 1,
@@ -104,6 +160,8 @@ def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
             },
         }
     )
+    # Warnings (Celery's, for one) as log lines too, not free text on stderr.
+    logging.captureWarnings(True)
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 import structlog
 from psycopg_pool import PoolTimeout
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -22,8 +23,10 @@ from ordersync.db import async_pool
 from ordersync.errors import OrdersyncError
 from ordersync.metrics import Metrics
 from ordersync.settings import Settings, get_settings
+from service import operator_api
 from service.adyen_webhook import adyen_webhook
 from service.health import healthz, readyz
+from service.observability import metrics_endpoint, openapi_endpoint
 from service.state import AppState
 from service.webhooks import shop_webhook
 
@@ -37,11 +40,12 @@ def redis_client_url(redis_url: str) -> str:
     return redis_url
 
 
-def publish_reconcile(order_id: str, request_id: str | None) -> None:
+def publish_reconcile(order_id: str, request_id: str | None, force: bool = False) -> None:
     from workers.tasks import reconcile_order
 
     reconcile_order.apply_async(
-        (order_id,), headers={"request_id": request_id}, retry=False
+        (order_id,), {"force": True} if force else None, headers={"request_id": request_id},
+        retry=False,
     )
 
 
@@ -71,7 +75,15 @@ class RequestContext:
 async def _ordersync_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, OrdersyncError)
     log.info("request_refused", error=exc.code, status=exc.status_code, detail=exc.detail)
-    return JSONResponse(exc.to_json(), status_code=exc.status_code)
+    return JSONResponse(exc.to_json(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    # Starlette's own 404/405 in the contract's error format, not plain text.
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return JSONResponse({"error": code, "detail": exc.detail}, status_code=exc.status_code,
+                        headers=exc.headers)
 
 
 async def _database_down(_: Request, exc: Exception) -> Response:
@@ -98,10 +110,10 @@ def create_app(settings: Settings | None = None) -> Starlette:
         socket_timeout=2, socket_connect_timeout=2,
     )
 
-    async def enqueue(order_id: str) -> None:
+    async def enqueue(order_id: str, *, force: bool = False) -> None:
         request_id = structlog.contextvars.get_contextvars().get("request_id")
         try:
-            await anyio.to_thread.run_sync(publish_reconcile, order_id, request_id)
+            await anyio.to_thread.run_sync(publish_reconcile, order_id, request_id, force)
         except Exception as exc:
             # Stored and committed already: the sweeper will find it.
             log.warning("enqueue_failed", error=type(exc).__name__)
@@ -130,9 +142,13 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/webhooks/adyen", adyen_webhook, methods=["POST"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+            Route("/openapi.json", openapi_endpoint, methods=["GET"]),
+            *operator_api.routes(),
         ],
         exception_handlers={
             OrdersyncError: _ordersync_error,
+            HTTPException: _http_error,
             psycopg.OperationalError: _database_down,
             PoolTimeout: _database_down,
             Exception: _unexpected,

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from ordersync.db import AsyncPool
 from ordersync.metrics import Metrics
 from ordersync.settings import Settings
 
-Enqueue = Callable[[str], Awaitable[None]]
+
+class Enqueue(Protocol):
+    def __call__(self, order_id: str, *, force: bool = False) -> Awaitable[None]: ...
+
+
 Ping = Callable[[], Awaitable[bool]]
 
 

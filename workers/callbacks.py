@@ -1,19 +1,224 @@
 """The service's own events to the shop (contract §4), written to an outbox in the same
-transaction as the change they report, and delivered by the worker afterwards."""
+transaction as the change they report, and delivered by the worker afterwards.
+
+Recording and sending are apart on purpose: an event exists only if the change it
+reports was committed, and a slow or failing shop never holds a PSP operation up.
+Delivery is at least once (a worker may die between the shop's 2xx and marking the row
+delivered), so the `webhook-id` is stable per event and the shop deduplicates on it.
+"""
 
 from __future__ import annotations
 
+import contextvars
+import json
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
+import structlog
 from psycopg import Connection
 from psycopg.rows import DictRow
+from psycopg.types.json import Jsonb
+from standardwebhooks.webhooks import Webhook
 
-from domain.planner import Flag
+from domain.planner import NEEDS_NEW_ORDER, Flag
+from ordersync import metrics
+from ordersync.settings import Settings
+from workers.psp import backoff_seconds
+
+log = structlog.get_logger("ordersync.callbacks")
+
+NEW_ORDER_REQUIRED = "order.new_order_required"
+NEEDS_ATTENTION = "order.needs_attention"
+SYNCED = "order.synced"
+# How long one delivery may hold a row before another worker may try it.
+LEASE_SECONDS = 60
+# A batch per task: one order rarely has more, and the sweeper comes back for the rest.
+BATCH = 20
+
+# Orders that got an event in the current task; delivered once the task's transactions
+# are committed (psycopg has no on-commit hook, and a task sent before the commit would
+# not see the row).
+_recorded: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "ordersync_callbacks_recorded", default=()
+)
 
 
-def record_flagged(conn: Connection[DictRow], order: dict[str, Any], flag: Flag) -> None:
-    """An order was flagged: `order.new_order_required` or `order.needs_attention`."""
+def webhook_id(event_id: uuid.UUID | str) -> str:
+    return f"msg_{uuid.UUID(str(event_id)).hex}"
+
+
+def record_flagged(conn: Connection[DictRow], order: dict[str, Any], flag: Flag) -> bool:
+    """An order was flagged: `order.new_order_required` or `order.needs_attention`.
+
+    Returns False when the order already carried the flag: the shop was told then, and
+    a second event for the same state would only make it act twice.
+    """
+    if flag.flag in (order.get("flags") or []):
+        return False
+    reason = {"code": flag.code, "message": flag.message}
+    if flag.flag == NEEDS_NEW_ORDER:
+        event_type = NEW_ORDER_REQUIRED
+        data: dict[str, Any] = {"lines": [line.to_json() for line in flag.lines],
+                                "reason": reason}
+    else:
+        event_type = NEEDS_ATTENTION
+        data = {"reason": reason}
+    _insert(conn, order, event_type, data)
+    return True
 
 
 def record_synced(conn: Connection[DictRow], order: dict[str, Any]) -> None:
     """Every operation for the order's current version is done: `order.synced`."""
+    last = conn.execute(
+        "SELECT event_type, version FROM outbox WHERE order_id = %s ORDER BY seq DESC LIMIT 1",
+        (order["id"],),
+    ).fetchone()
+    # A periodic re-read or an operator's reconcile of an order already in sync is no
+    # news to the shop; a sync after a flag is.
+    if last is not None and (last["event_type"], last["version"]) == (SYNCED, order["version"]):
+        return
+    data = {"amounts": {
+        "ordered": order["desired_amount"],
+        "authorized": order["authorized_amount"],
+        "captured": order["captured_amount"],
+        "refunded": order["refunded_amount"],
+    }}
+    _insert(conn, order, SYNCED, data)
+
+
+def _insert(
+    conn: Connection[DictRow], order: dict[str, Any], event_type: str, data: dict[str, Any]
+) -> None:
+    event_id = uuid.uuid4()
+    body = {
+        "type": event_type,
+        "order_id": order["id"],
+        "version": order["version"],
+        "occurred_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "data": data,
+    }
+    conn.execute(
+        """
+        INSERT INTO outbox (id, order_id, event_type, version, payload)
+        VALUES (%s, %s, %s, %s, %s)
+        """,
+        (event_id, order["id"], event_type, order["version"], Jsonb(body)),
+    )
+    _recorded.set((*_recorded.get(), order["id"]))
+    log.info("callback_recorded", event_type=event_type, webhook_id=webhook_id(event_id))
+
+
+def take_recorded() -> list[str]:
+    """The orders that got events since the last call (in this task), once each."""
+    orders = list(dict.fromkeys(_recorded.get()))
+    _recorded.set(())
+    return orders
+
+
+# -- delivery -------------------------------------------------------------------------
+
+
+def deliver_order(
+    conn_pool: Any, http: httpx.Client, settings: Settings, order_id: str,
+) -> tuple[int, float | None]:
+    """Sends the order's due events in the order they happened, stopping at the first
+    failure so the shop never sees a later event before an earlier one.
+
+    Returns how many were delivered and, after a failure, in how many seconds to retry.
+    """
+    url = settings.shop_callback_url
+    if not url:
+        return 0, None  # recorded only: nowhere to send them
+    if settings.shop_callback_secret is None:
+        log.error("callback_not_configured", detail="SHOP_CALLBACK_SECRET is not set")
+        return 0, None
+    signer = Webhook(settings.shop_callback_secret.get_secret_value())
+    delivered = 0
+    for _ in range(BATCH):
+        with conn_pool.connection() as conn, conn.transaction():
+            row = _claim_next(conn, order_id)
+        if row is None:
+            return delivered, None
+        retry_in = _send(conn_pool, http, signer, url, settings, row)
+        if retry_in is not None:
+            return delivered, retry_in
+        delivered += 1
+    return delivered, 0.0
+
+
+def _claim_next(conn: Connection[DictRow], order_id: str) -> dict[str, Any] | None:
+    # The order's oldest undelivered event, if it is due and nobody holds it: a later
+    # event waits behind an earlier one that keeps failing.
+    return conn.execute(
+        """
+        UPDATE outbox SET attempts = attempts + 1,
+                          lease_until = now() + make_interval(secs => %s)
+        WHERE id = (
+            SELECT id FROM outbox
+            WHERE order_id = %s AND delivered_at IS NULL
+            ORDER BY seq LIMIT 1
+            FOR UPDATE SKIP LOCKED
+        )
+          AND next_attempt_at <= now()
+          AND (lease_until IS NULL OR lease_until < now())
+        RETURNING *
+        """,
+        (LEASE_SECONDS, order_id),
+    ).fetchone()
+
+
+def _send(
+    conn_pool: Any, http: httpx.Client, signer: Webhook, url: str, settings: Settings,
+    row: dict[str, Any],
+) -> float | None:
+    """POSTs one event; None when the shop took it, else the delay before the next try."""
+    msg_id = webhook_id(row["id"])
+    body = _canonical(row["payload"])
+    now = datetime.now(UTC)
+    # Signed afresh on every attempt: receivers refuse timestamps older than 5 minutes.
+    headers = {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": signer.sign(msg_id, now, body),
+        "content-type": "application/json",
+    }
+    status: int | None = None
+    error: str | None = None
+    try:
+        response = http.post(url, content=body.encode(), headers=headers)
+        status = response.status_code
+        if not 200 <= status < 300:
+            error = f"HTTP {status}"
+    except httpx.HTTPError as exc:
+        error = type(exc).__name__
+    with conn_pool.connection() as conn, conn.transaction():
+        if error is None:
+            conn.execute(
+                "UPDATE outbox SET delivered_at = now(), lease_until = NULL, last_status = %s,"
+                " last_error = NULL WHERE id = %s",
+                (status, row["id"]),
+            )
+            metrics.CALLBACKS.labels(event_type=row["event_type"], outcome="delivered").inc()
+            log.info("callback_delivered", event_type=row["event_type"], webhook_id=msg_id,
+                     attempts=row["attempts"], http_status=status)
+            return None
+        delay = backoff_seconds(row["attempts"], settings.retry_base_seconds,
+                                settings.retry_max_seconds, 0.5 + random.random() / 2)
+        conn.execute(
+            "UPDATE outbox SET next_attempt_at = %s, lease_until = NULL, last_status = %s,"
+            " last_error = %s WHERE id = %s",
+            (now + timedelta(seconds=delay), status, error, row["id"]),
+        )
+    metrics.CALLBACKS.labels(event_type=row["event_type"], outcome="failed").inc()
+    log.warning("callback_failed", event_type=row["event_type"], webhook_id=msg_id,
+                attempts=row["attempts"], http_status=status, error=error,
+                retry_in_seconds=round(delay, 2))
+    return delay
+
+
+def _canonical(payload: dict[str, Any]) -> str:
+    # The same bytes on every attempt: the body is stored, never rebuilt.
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True)

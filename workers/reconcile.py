@@ -33,7 +33,7 @@ from domain.planner import (
     unauthorized_lines,
 )
 from ordersync import metrics
-from workers import callbacks, store
+from workers import callbacks, observe, store
 from workers.context import WorkerContext
 from workers.provider import Provider
 from workers.psp import Outcome, PspError, PspResult, backoff_seconds
@@ -279,6 +279,7 @@ class Reconciler:
                                               psp_reference=result.reference):
                     return self._lost_lease(op)
                 store.apply_success(conn, order, op)
+                observe.operation_confirmed(conn, order["provider"], op)
                 if adopt is not None:
                     # Found applied after an unknown outcome: count it as ours first,
                     # so that only what we truly did not make looks like drift.
@@ -357,8 +358,8 @@ def flag_order(conn: Any, order: store.Row, flag: Flag) -> None:
         "version": order["version"],
     }
     store.set_flag(conn, order["id"], flag.flag, reason, flag.refused_amount)
-    callbacks.record_flagged(conn, order, flag)
-    metrics.FLAGGED.labels(flag=flag.flag).inc()
+    if callbacks.record_flagged(conn, order, flag):
+        metrics.FLAGGED.labels(flag=flag.flag).inc()
     log.warning("order_flagged", flag=flag.flag, code=flag.code, reason=flag.message)
 
 

@@ -75,6 +75,31 @@ def sweep(ctx: WorkerContext, enqueue: Callable[[str, float], None]) -> dict[str
     return counts
 
 
+# Callback retries sooner than this ride on a Celery countdown; later ones on the sweep.
+CALLBACK_COUNTDOWN_LIMIT_SECONDS = 60.0
+
+
+def sweep_callbacks(ctx: WorkerContext, enqueue: Callable[[str, float], None]) -> int:
+    """Orders with events for the shop that are due and that no worker holds."""
+    if not ctx.settings.shop_callback_url:
+        return 0  # recorded only: there is nowhere to send them
+    with ctx.pool.connection() as conn:
+        rows = conn.execute(
+            """
+            SELECT DISTINCT order_id FROM outbox
+            WHERE delivered_at IS NULL AND next_attempt_at <= now()
+              AND (lease_until IS NULL OR lease_until < now())
+            LIMIT %s
+            """,
+            (BATCH,),
+        ).fetchall()
+    for row in rows:
+        enqueue(row["order_id"], 0)
+    if rows:
+        log.info("sweep_enqueued_callbacks", orders=len(rows))
+    return len(rows)
+
+
 # Adyen notifications the web process stored but whose task never ran, or that matched
 # nothing yet, become visible after this long: a live task takes far less.
 NOTIFICATION_GRACE_SECONDS = 5

@@ -7,7 +7,8 @@ from typing import Any
 import structlog
 from celery import Task, signals
 
-from workers import adyen_inbox, sweeper
+from ordersync import metrics
+from workers import adyen_inbox, callbacks, sweeper
 from workers.celery_app import app
 from workers.context import close_context, get_context
 from workers.reconcile import Reconciler
@@ -16,7 +17,26 @@ log = structlog.get_logger("ordersync.tasks")
 
 
 def enqueue_reconcile(order_id: str, delay: float = 0.0) -> None:
-    reconcile_order.apply_async((order_id,), countdown=delay or None)
+    # Retries keep the request id of the webhook that started the work.
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    reconcile_order.apply_async((order_id,), countdown=delay or None,
+                                headers={"request_id": request_id})
+
+
+def enqueue_delivery(order_id: str, delay: float = 0.0) -> None:
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    deliver_callbacks.apply_async((order_id,), countdown=delay or None,
+                                  headers={"request_id": request_id})
+
+
+def _deliver_recorded() -> None:
+    # After the reconciler's transactions are committed; if Redis is down the sweeper
+    # finds the rows anyway.
+    for order_id in callbacks.take_recorded():
+        try:
+            enqueue_delivery(order_id)
+        except Exception as exc:
+            log.warning("enqueue_failed", task="deliver_callbacks", error=type(exc).__name__)
 
 
 @app.task(name="ordersync.reconcile_order", bind=True)
@@ -25,8 +45,28 @@ def reconcile_order(self: Task, order_id: str, force: bool = False) -> str:
     request_id = (self.request.headers or {}).get("request_id")
     if request_id:
         structlog.contextvars.bind_contextvars(request_id=request_id)
+    metrics.heartbeat()
     try:
         return Reconciler(get_context(), enqueue_reconcile).run(order_id, force=force)
+    finally:
+        _deliver_recorded()
+        structlog.contextvars.clear_contextvars()
+
+
+@app.task(name="ordersync.deliver_callbacks", bind=True)
+def deliver_callbacks(self: Task, order_id: str) -> int:
+    structlog.contextvars.bind_contextvars(task_id=self.request.id, order_id=order_id)
+    request_id = (self.request.headers or {}).get("request_id")
+    if request_id:
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+    metrics.heartbeat()
+    try:
+        ctx = get_context()
+        delivered, retry_in = callbacks.deliver_order(ctx.pool, ctx.http, ctx.settings, order_id)
+        # Short waits ride on a countdown; longer ones are the sweeper's.
+        if retry_in is not None and retry_in <= sweeper.CALLBACK_COUNTDOWN_LIMIT_SECONDS:
+            enqueue_delivery(order_id, retry_in)
+        return delivered
     finally:
         structlog.contextvars.clear_contextvars()
 
@@ -41,14 +81,17 @@ def process_notification(self: Task, inbox_id: int) -> str:
     try:
         return adyen_inbox.process(get_context(), inbox_id, enqueue_reconcile)
     finally:
+        _deliver_recorded()
         structlog.contextvars.clear_contextvars()
 
 
 @app.task(name="ordersync.sweep", bind=True)
 def sweep(self: Task) -> dict[str, int]:
     structlog.contextvars.bind_contextvars(task_id=self.request.id)
+    metrics.heartbeat()
     try:
         counts = sweeper.sweep(get_context(), enqueue_reconcile)
+        counts["callbacks"] = sweeper.sweep_callbacks(get_context(), enqueue_delivery)
         counts |= sweeper.sweep_notifications(get_context(), enqueue_notification)
         return counts
     finally:

@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ordersync.sandbox import adyen, klarna
+from ordersync.sandbox import adyen, klarna, shop
 from ordersync.sandbox.faults import FaultSpecError, parse_fault
 from ordersync.sandbox.runtime import SandboxRuntime
 from ordersync.sandbox.specs import (
@@ -46,6 +46,8 @@ class SandboxConfig:
     strict_specs: bool = True
     # Seeds the random draw of faults armed with a probability below 1.
     fault_seed: int | None = None
+    # Checks the signature of the events the shop receiver gets (SHOP_CALLBACK_SECRET).
+    shop_callback_secret: str | None = None
     # Adyen: the X-API-Key it accepts, and where and how it sends notifications.
     adyen_api_key: str = "sandbox"
     adyen_webhook_url: str | None = None
@@ -99,6 +101,7 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
             *klarna.routes(klarna_state),
             *adyen.setup_routes(adyen_state),
             *adyen.routes(adyen_state),
+            *shop.routes(shop.ShopReceiver(secret=config.shop_callback_secret)),
         ]
     )
     app.state.config = config

@@ -12,7 +12,7 @@ import pytest
 from ordersync.db import migrate
 from ordersync.demo import new_secret
 from ordersync.devstack import EmbeddedPostgres, Process, RedisServer, free_port, wait_http
-from tests.integration.stack import Stack
+from tests.integration.stack import CUSTOMER, Stack
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "OPERATOR_TOKEN": token,
         "KLARNA_API_URL": sandbox_url,
         "KLARNA_USERNAME": "sandbox",
-        "KLARNA_PASSWORD": "sandbox",
+        # Random, so the log check can tell it from the word "sandbox".
+        "KLARNA_PASSWORD": secrets.token_urlsafe(16),
+        "SHOP_CALLBACK_URL": f"{sandbox_url}/_sandbox/shop/callbacks",
+        "SHOP_CALLBACK_SECRET": new_secret(),
         # Adyen: the sandbox plays it and notifies the stack's web process.
         "ADYEN_CHECKOUT_URL": f"{sandbox_url}/v71",
         "ADYEN_PAL_URL": f"{sandbox_url}/pal/servlet/Payment/v68",
@@ -72,12 +75,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         operator_token=token, env=env, logs=logs, redis=redis,
     )
     sandbox_port = sandbox_url.rsplit(":", 1)[1]
+    worker_metrics_port = free_port()
+    stack.worker_metrics_url = f"http://127.0.0.1:{worker_metrics_port}/metrics"
     stack.processes = {
         "sandbox": Process("sandbox", ["sandbox", "--port", sandbox_port], env,
                            logs / "sandbox.log"),
         "web": Process("web", ["web", "--host", "127.0.0.1", "--port", str(web_port)], env,
                        logs / "web.log"),
-        "worker": Process("worker", ["worker", "--concurrency", "2"], env, logs / "worker.log"),
+        "worker": Process("worker", ["worker", "--concurrency", "2", "--metrics-host",
+                                     "127.0.0.1", "--metrics-port", str(worker_metrics_port)],
+                          env, logs / "worker.log"),
         "beat": Process("beat", ["beat"], env, logs / "beat.log"),
     }
     for process in stack.processes.values():
@@ -94,6 +101,45 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             postgres.stop()
             shutil.rmtree(pg_dir, ignore_errors=True)
         _keep_logs(logs)
+    _assert_logs_clean(stack)
+
+
+def _assert_logs_clean(stack: Stack) -> None:
+    """At the session's end, over every process's log: one JSON object per line, and no
+    secret or personal datum anywhere (test_logs_private.py sends the bait)."""
+    import base64
+    import json
+    import re
+
+    env = stack.env
+    basic = f"{env['KLARNA_USERNAME']}:{env['KLARNA_PASSWORD']}".encode()
+    private = {
+        "OPERATOR_TOKEN": env["OPERATOR_TOKEN"],
+        "KLARNA_PASSWORD": env["KLARNA_PASSWORD"],
+        "Klarna Basic credentials": base64.b64encode(basic).decode(),
+        **{f"customer {key}": value for key, value in CUSTOMER.items()},
+    }
+    # Standard Webhooks secrets, with and without their prefix.
+    for name in ("SHOP_WEBHOOK_SECRETS", "SHOP_CALLBACK_SECRET"):
+        for i, secret in enumerate(env[name].split()):
+            private[f"{name}[{i}]"] = secret
+            private[f"{name}[{i}] key"] = secret.removeprefix("whsec_")
+    problems = []
+    for path in sorted(stack.logs.glob("*.log")):
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            # Celery writes this one to the raw stderr on shutdown, past any logging.
+            if not line.strip() or line.startswith("worker: Warm shutdown"):
+                continue
+            try:
+                record = json.loads(line)
+                assert isinstance(record, dict) and record.get("event")
+            except (ValueError, AssertionError):
+                problems.append(f"{path.name}:{number}: not a JSON log line: {line[:120]}")
+            # Whole words only: the postal code's digits may well occur in a duration.
+            problems += [f"{path.name}:{number}: contains {what}"
+                         for what, value in private.items()
+                         if value and re.search(rf"(?<![\w.]){re.escape(value)}(?!\w)", line)]
+    assert problems == [], "\n".join(problems[:20])
 
 
 def _keep_logs(logs: Path) -> None:

@@ -34,6 +34,11 @@ class Stack:
     logs: Path
     redis: Any = None
     processes: dict[str, Process] = field(default_factory=dict)
+    worker_metrics_url: str = ""
+
+    @property
+    def klarna_auth(self) -> tuple[str, str]:
+        return self.env["KLARNA_USERNAME"], self.env["KLARNA_PASSWORD"]
 
     # -- the shop -----------------------------------------------------------------
 
@@ -149,3 +154,12 @@ def order_event(
 
 def new_order_id() -> str:
     return f"it-{uuid.uuid4().hex[:12]}"
+
+
+# A customer's personal data, sent by tests in fields the service has no use for; it
+# must never reach a log line (checked over every process's log at the session's end).
+CUSTOMER = {
+    "given_name": "Annegret", "family_name": "Quistorp-Vielhaber",
+    "email": "annegret.quistorp@example.org", "phone": "+49 30 98765432",
+    "street_address": "Zwetschgenallee 17", "postal_code": "10999", "city": "Berlin",
+}

@@ -66,7 +66,7 @@ class Shop:
     def klarna(self) -> dict[str, Any]:
         response = httpx.get(
             f"{self.stack.sandbox_url}/ordermanagement/v1/orders/{self.klarna_id}",
-            auth=("sandbox", "sandbox"), timeout=10)
+            auth=self.stack.klarna_auth, timeout=10)
         return dict(response.json())
 
     def settled(self) -> dict[str, Any]:
@@ -212,7 +212,7 @@ def test_captures_made_outside_ordersync_are_adopted_and_flagged(stack: Stack) -
     shop.settled()
     # Someone captures in Klarna's portal.
     httpx.post(f"{stack.sandbox_url}/ordermanagement/v1/orders/{shop.klarna_id}/captures",
-               json={"captured_amount": 1200}, auth=("sandbox", "sandbox"),
+               json={"captured_amount": 1200}, auth=stack.klarna_auth,
                timeout=10).raise_for_status()
     # What the sweeper does every RESYNC_SECONDS for unfinished orders.
     with stack.db() as conn:

@@ -129,7 +129,7 @@ def test_eight_concurrent_reconciles_of_one_order_make_one_operation(stack: Stac
                      "'{lines,1,shipped_quantity}', '1') WHERE id = %s", (shop.id,))
     settings = Settings(
         database_url=stack.database_url, klarna_api_url=stack.sandbox_url,
-        klarna_username="sandbox", klarna_password="sandbox",  # type: ignore[arg-type]
+        klarna_username="sandbox", klarna_password=stack.env["KLARNA_PASSWORD"],  # type: ignore[arg-type]
     )
     context = build_context(settings)
     barrier = threading.Barrier(8)

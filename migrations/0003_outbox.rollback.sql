@@ -1,0 +1,2 @@
+DROP INDEX inbox_order;
+DROP TABLE outbox;

@@ -1,0 +1,305 @@
+"""What an operator sees of an order and may do to it; shared by the operator API and
+the `ordersync orders` commands, which differ only in how they print it."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections import defaultdict
+from datetime import datetime
+from typing import Any
+
+import structlog
+from psycopg import AsyncConnection
+from psycopg.rows import DictRow
+
+from ordersync.db import AsyncPool
+from ordersync.errors import NotFound, ValidationFailed
+from workers.callbacks import webhook_id
+
+log = structlog.get_logger("ordersync.operator")
+
+FLAGS = ("needs_new_order", "needs_attention")
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 200
+# The history an operator reads at a glance; older webhooks are still in the inbox.
+MAX_WEBHOOKS = 100
+MAX_CALLBACKS = 100
+
+
+def _order_id(order_id: str) -> str:
+    # Postgres text holds neither NUL nor unpaired surrogates: such an id names no order.
+    if "\x00" in order_id:
+        raise NotFound("no such order")
+    try:
+        order_id.encode()
+    except UnicodeEncodeError:
+        raise NotFound("no such order") from None
+    return order_id
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def _payment(row: dict[str, Any]) -> dict[str, Any]:
+    payment = dict((row["snapshot"] or {}).get("payment") or {})
+    payment.setdefault("provider", row["provider"])
+    if row["provider"] == "klarna":
+        payment["payment_method"] = row["psp_payment_method"] or payment.get("payment_method")
+    payment["country"] = row["psp_country"] or (row["snapshot"] or {}).get("country")
+    return payment
+
+
+def summary(row: dict[str, Any]) -> dict[str, Any]:
+    """An order without its lines and history: what `GET /orders` lists."""
+    reasons = row["flag_reason"] or {}
+    return {
+        "id": row["id"],
+        "version": row["version"],
+        "status": row["status"],
+        "currency": row["currency"].strip(),
+        "payment": _payment(row),
+        "flags": list(row["flags"]),
+        "flag_reasons": {flag: reasons.get(flag) for flag in row["flags"]},
+        "amounts": {
+            "ordered": row["desired_amount"],
+            "authorized": row["authorized_amount"],
+            "captured": row["captured_amount"],
+            "refunded": row["refunded_amount"],
+        },
+        "psp": {
+            "status": row["psp_status"],
+            "synced_at": _iso(row["psp_synced_at"]),
+            "expires_at": _iso(row["expires_at"]),
+            "refused_amount": row["refused_amount"],
+        },
+        "reconcile": {
+            "requested_at": _iso(row["reconcile_requested_at"]),
+            "next_at": _iso(row["next_reconcile_at"]),
+        },
+        "created_at": _iso(row["created_at"]),
+        "updated_at": _iso(row["updated_at"]),
+    }
+
+
+def _operation(row: dict[str, Any]) -> dict[str, Any]:
+    error = row["error"]
+    return {
+        "id": str(row["id"]),
+        "seq": row["seq"],
+        "kind": row["kind"],
+        "status": row["status"],
+        "amount": row["amount"],
+        "target_version": row["target_version"],
+        "idempotency_key": row["idempotency_key"],
+        "attempts": row["attempts"],
+        "next_attempt_at": _iso(row["next_attempt_at"]),
+        "outcome_unknown": row["outcome_unknown"],
+        "psp_reference": row["psp_reference"],
+        "error": None if not error else {
+            "code": error.get("code"),
+            "message": error.get("message"),
+            "correlation_id": error.get("correlation_id"),
+            "http_status": error.get("http_status"),
+        },
+        "lines": [
+            {"reference": line.get("reference"), "type": line.get("type"),
+             "quantity": line.get("quantity"), "total_amount": line.get("total_amount")}
+            for line in row["lines"] or []
+        ],
+        "created_at": _iso(row["created_at"]),
+        "updated_at": _iso(row["updated_at"]),
+    }
+
+
+def _lines(snapshot: dict[str, Any], operations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    done: dict[str, dict[str, int]] = {"capture": defaultdict(int), "refund": defaultdict(int)}
+    for op in operations:
+        if op["status"] == "succeeded" and op["kind"] in done:
+            for line in op["lines"] or []:
+                if line.get("type") != "discount":
+                    done[op["kind"]][str(line.get("reference"))] += int(line.get("quantity", 0))
+    lines = []
+    for line in snapshot.get("lines") or []:
+        out = dict(line)
+        out["captured_quantity"] = done["capture"].get(str(line["id"]), 0)
+        out["refunded_quantity"] = done["refund"].get(str(line["id"]), 0)
+        lines.append(out)
+    return lines
+
+
+def _webhook(row: dict[str, Any]) -> dict[str, Any]:
+    order = (row["payload"] or {}).get("order") or {}
+    return {
+        "source": row["source"],
+        "webhook_id": row["event_key"],
+        "event_type": row["event_type"],
+        "version": order.get("version"),
+        "outcome": row["outcome"],
+        "received_at": _iso(row["received_at"]),
+        "processed_at": _iso(row["processed_at"]),
+    }
+
+
+def _callback(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "webhook_id": webhook_id(row["id"]),
+        "type": row["event_type"],
+        "version": row["version"],
+        "created_at": _iso(row["created_at"]),
+        "attempts": row["attempts"],
+        "delivered_at": _iso(row["delivered_at"]),
+        "next_attempt_at": None if row["delivered_at"] else _iso(row["next_attempt_at"]),
+        "last_status": row["last_status"],
+        "last_error": row["last_error"],
+    }
+
+
+async def _fetch_all(
+    conn: AsyncConnection[DictRow], query: str, params: tuple[Any, ...]
+) -> list[dict[str, Any]]:
+    cursor = await conn.execute(query, params)
+    return list(await cursor.fetchall())
+
+
+async def order_detail(pool: AsyncPool, order_id: str) -> dict[str, Any]:
+    """Everything known about one order: desired and PSP state, flags with their
+    reasons, operations with their keys and outcomes, the webhooks that came in and
+    the events sent to the shop."""
+    order_id = _order_id(order_id)
+    async with pool.connection() as conn:
+        cursor = await conn.execute("SELECT * FROM orders WHERE id = %s", (order_id,))
+        row = await cursor.fetchone()
+        if row is None:
+            raise NotFound(f"no order {order_id}")
+        operations = await _fetch_all(
+            conn, "SELECT * FROM operations WHERE order_id = %s ORDER BY seq", (order_id,)
+        )
+        webhooks = await _fetch_all(
+            conn,
+            "SELECT * FROM (SELECT * FROM inbox WHERE order_id = %s"
+            " ORDER BY received_at DESC, id DESC LIMIT %s) AS recent ORDER BY received_at, id",
+            (order_id, MAX_WEBHOOKS),
+        )
+        callbacks = await _fetch_all(
+            conn,
+            "SELECT * FROM (SELECT * FROM outbox WHERE order_id = %s ORDER BY seq DESC LIMIT %s)"
+            " AS recent ORDER BY seq",
+            (order_id, MAX_CALLBACKS),
+        )
+    detail = summary(row)
+    detail["lines"] = _lines(row["snapshot"] or {}, operations)
+    detail["operations"] = [_operation(op) for op in operations]
+    detail["webhooks"] = [_webhook(w) for w in webhooks]
+    detail["callbacks"] = [_callback(c) for c in callbacks]
+    return detail
+
+
+def parse_limit(value: str | None) -> int:
+    if value is None or value == "":
+        return DEFAULT_LIMIT
+    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+        raise ValidationFailed(
+            "invalid query parameter",
+            fields=[{"path": "query.limit", "message": f"an integer from 1 to {MAX_LIMIT}"}],
+        )
+    return int(value)
+
+
+def parse_flag(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if value not in FLAGS:
+        raise ValidationFailed(
+            "invalid query parameter",
+            fields=[{"path": "query.flag", "message": f"one of {', '.join(FLAGS)}"}],
+        )
+    return value
+
+
+def encode_cursor(updated_at: datetime, order_id: str) -> str:
+    raw = json.dumps([updated_at.isoformat(), order_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, order_id = json.loads(raw)
+        return datetime.fromisoformat(stamp), _order_id(str(order_id))
+    except (ValueError, TypeError, binascii.Error, NotFound):
+        raise ValidationFailed(
+            "invalid query parameter",
+            fields=[{"path": "query.cursor", "message": "not a cursor this API returned"}],
+        ) from None
+
+
+async def list_flagged(
+    pool: AsyncPool, flag: str | None = None, limit: int = DEFAULT_LIMIT,
+    cursor: str | None = None,
+) -> dict[str, Any]:
+    """Flagged orders (with `flag`, or any flag), most recently changed first."""
+    after = decode_cursor(cursor) if cursor else None
+    conditions = ["flags <> '{}'"]
+    params: list[Any] = []
+    if flag is not None:
+        conditions.append("%s = ANY(flags)")
+        params.append(flag)
+    if after is not None:
+        conditions.append("(updated_at, id) < (%s, %s)")
+        params.extend(after)
+    query = (
+        "SELECT * FROM orders WHERE " + " AND ".join(conditions)  # noqa: S608 - fixed fragments
+        + " ORDER BY updated_at DESC, id DESC LIMIT %s"
+    )
+    params.append(limit + 1)
+    async with pool.connection() as conn:
+        rows = await _fetch_all(conn, query, tuple(params))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = encode_cursor(rows[-1]["updated_at"], rows[-1]["id"]) if more else None
+    return {"orders": [summary(r) for r in rows], "next_cursor": next_cursor}
+
+
+async def request_reconcile(pool: AsyncPool, order_id: str) -> dict[str, Any]:
+    """Lets the reconciler act on the order again, now: clears the retry back-off and the
+    `needs_attention` flag (which halts automatic operations). A failed operation stays
+    failed; the planner plans afresh from the latest snapshot. The caller then enqueues
+    the reconcile; if that message is lost, the sweeper finds the order by
+    `reconcile_requested_at`."""
+    order_id = _order_id(order_id)
+    async with pool.connection() as conn, conn.transaction():
+        cursor = await conn.execute(
+            "SELECT flags FROM orders WHERE id = %s FOR UPDATE", (order_id,)
+        )
+        before = await cursor.fetchone()
+        if before is None:
+            raise NotFound(f"no order {order_id}")
+        cursor = await conn.execute(
+            """
+            UPDATE orders
+            SET flags = array_remove(flags, 'needs_attention'),
+                flag_reason = CASE WHEN flag_reason IS NULL THEN NULL
+                                   ELSE flag_reason - 'needs_attention' END,
+                next_reconcile_at = NULL,
+                reconcile_requested_at = coalesce(reconcile_requested_at, now()),
+                updated_at = now()
+            WHERE id = %s
+            RETURNING flags
+            """,
+            (order_id,),
+        )
+        row = await cursor.fetchone()
+        assert row is not None
+        ops = await conn.execute(
+            "UPDATE operations SET next_attempt_at = now(), updated_at = now()"
+            " WHERE order_id = %s AND status = 'pending'",
+            (order_id,),
+        )
+    cleared = [flag for flag in before["flags"] if flag not in row["flags"]]
+    log.info("operator_reconcile_requested", order_id=order_id, cleared_flags=cleared,
+             retries_released=ops.rowcount)
+    return {"order_id": order_id, "status": "accepted", "cleared_flags": cleared,
+            "flags": list(row["flags"])}

@@ -1,0 +1,38 @@
+"""Worker-side observations that need a look at Postgres."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg import Connection
+from psycopg.rows import DictRow
+
+from ordersync import metrics
+
+# Not asked for by a snapshot: the service extends an authorization on its own schedule.
+_NOT_SNAPSHOT_DRIVEN = frozenset({"extend_authorization"})
+
+
+def operation_confirmed(conn: Connection[DictRow], provider: str, op: dict[str, Any]) -> None:
+    """Observes how long the shop waited: from receiving the snapshot version that the
+    operation was planned for (its `target_version`) to the PSP confirming it.
+
+    The inbox row of that version is the sound start: `orders.updated_at` moves with
+    every flag and figure, and an operation planned for v3 may be confirmed after v4
+    arrived. Versions that came in before the first stored one (none) are skipped.
+    """
+    if op["kind"] in _NOT_SNAPSHOT_DRIVEN:
+        return
+    row = conn.execute(
+        """
+        SELECT min(received_at) AS received_at FROM inbox
+        WHERE order_id = %s AND source = 'shop' AND outcome = 'applied'
+          AND (payload -> 'order' ->> 'version')::bigint = %s
+        """,
+        (op["order_id"], op["target_version"]),
+    ).fetchone()
+    if row is None or row["received_at"] is None:
+        return
+    seconds = (datetime.now(UTC) - row["received_at"]).total_seconds()
+    metrics.CONFIRMATION.labels(provider=provider, operation=op["kind"]).observe(max(0.0, seconds))
