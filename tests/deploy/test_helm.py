@@ -33,7 +33,7 @@ KUBE_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 
 # Prometheus Operator CRDs: kubernetes-validate only knows built-in kinds, so these are
 # checked by the dedicated tests below instead of by schema.
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 # Contract section 2 plus the two deployment settings; split as the app reads them.
 SECRET_SETTINGS = {
