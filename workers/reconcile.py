@@ -35,6 +35,7 @@ from domain.planner import (
 from ordersync import metrics
 from workers import callbacks, observe, store
 from workers.context import WorkerContext
+from workers.crashpoints import crash_point
 from workers.provider import Provider
 from workers.psp import Outcome, PspError, PspResult, backoff_seconds
 
@@ -250,7 +251,9 @@ class Reconciler:
                 return True
             if read.outcome is not Outcome.SUCCEEDED:
                 return self._record(op, read)
+        crash_point("before_psp_call")
         result = provider.execute(order, store.snapshot(order), op)
+        crash_point("after_psp_call")
         metrics.psp_request(order["provider"], op["kind"], result.outcome.value,
                             result.elapsed_seconds)
         log.info(
@@ -340,6 +343,7 @@ class Reconciler:
         return delay
 
     def _schedule(self, order_id: str, delay: float) -> None:
+        crash_point("in_reenqueue")
         if delay <= COUNTDOWN_LIMIT_SECONDS:
             self.enqueue(order_id, delay)
 

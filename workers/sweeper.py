@@ -9,6 +9,7 @@ import structlog
 
 from workers.adyen_inbox import chase_silent_operations
 from workers.context import WorkerContext
+from workers.crashpoints import crash_point
 
 log = structlog.get_logger("ordersync.sweeper")
 
@@ -67,6 +68,7 @@ def sweep(ctx: WorkerContext, enqueue: Callable[[str, float], None]) -> dict[str
         | {row["id"] for row in stale}
     )
     for order_id in sorted(order_ids):
+        crash_point("in_reenqueue")
         enqueue(order_id, 0)
     counts = {"due_retries": len(due_retries), "requested": len(requested),
               "resync": len(stale)}

@@ -11,6 +11,7 @@ from ordersync import metrics
 from workers import adyen_inbox, callbacks, sweeper
 from workers.celery_app import app
 from workers.context import close_context, get_context
+from workers.crashpoints import crash_point
 from workers.reconcile import Reconciler
 
 log = structlog.get_logger("ordersync.tasks")
@@ -47,7 +48,9 @@ def reconcile_order(self: Task, order_id: str, force: bool = False) -> str:
         structlog.contextvars.bind_contextvars(request_id=request_id)
     metrics.heartbeat()
     try:
-        return Reconciler(get_context(), enqueue_reconcile).run(order_id, force=force)
+        outcome = Reconciler(get_context(), enqueue_reconcile).run(order_id, force=force)
+        crash_point("after_commit")  # everything committed, the message not yet acked
+        return outcome
     finally:
         _deliver_recorded()
         structlog.contextvars.clear_contextvars()

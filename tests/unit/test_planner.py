@@ -247,9 +247,13 @@ class ReconcileMachine(RuleBasedStateMachine):
         line = self.lines[index]
         # A line with its own discount keeps at least one unit to carry it.
         floor = 1 if line.get("total_discount_amount") else 0
+        before = line["quantity"]
         line["quantity"] = max(quantity, line["shipped_quantity"], floor)
-        if order(self.lines).total < 0:
-            line["quantity"] = line["shipped_quantity"] or 1
+        # A shop never sends a basket worth less than its coupon: undo such a change.
+        value = sum(p["quantity"] * p["unit_price"] - p.get("total_discount_amount", 0)
+                    for p in self.lines)
+        if value < 0:
+            line["quantity"] = before
 
     @rule(allow=st.booleans())
     def psp_policy(self, allow: bool) -> None:
