@@ -36,7 +36,8 @@ def build_context(settings: Settings) -> WorkerContext:
         timeout=httpx.Timeout(
             settings.psp_read_timeout_seconds, connect=settings.psp_connect_timeout_seconds
         ),
-        limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+        limits=httpx.Limits(max_connections=max(20, _concurrency),
+                            max_keepalive_connections=max(10, _concurrency)),
         headers={"User-Agent": "ordersync/0.1"},
     )
     providers: dict[str, Provider] = {}
@@ -47,7 +48,9 @@ def build_context(settings: Settings) -> WorkerContext:
             settings.klarna_username or "",
             settings.klarna_password.get_secret_value() if settings.klarna_password else "",
         )
-    pool = sync_pool(settings.database_url.get_secret_value())
+    # A task holds at most one connection at a time, and never across a PSP call.
+    pool = sync_pool(settings.database_url.get_secret_value(),
+                     max_size=max(4, _concurrency + 1))
     if settings.adyen_checkout_url or settings.adyen_pal_url:
         def captured_lines(order_id: str) -> list[PspLine]:
             with pool.connection() as conn:
@@ -67,6 +70,14 @@ def build_context(settings: Settings) -> WorkerContext:
 
 _context: WorkerContext | None = None
 _context_pid: int | None = None
+_concurrency = 1
+
+
+def size_for_concurrency(tasks: int) -> None:
+    """How many tasks one process runs at once (the threads pool's concurrency; 1 for
+    prefork and solo): the Postgres pool and the HTTP client are sized to it."""
+    global _concurrency
+    _concurrency = max(1, tasks)
 
 
 def get_context() -> WorkerContext:

@@ -1,0 +1,96 @@
+"""Latency: webhook received → PSP request sent, at a steady 200 webhooks per second.
+
+The whole stack runs (web, one worker process with the threads pool, the sandbox
+answering at once). Each webhook ships a line of an order that is otherwise in sync, so
+its effect is exactly one capture. Measured from timestamps, without changing
+production code: the load generator's send time (wall clock), the inbox row's
+`received_at` (Postgres), and the sandbox request log's `at` for the capture (wall
+clock, millisecond resolution). All clocks are this machine's.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import httpx
+
+from bench.common import Row, percentile, stack, wait_until
+from bench.fixtures import synced_orders
+from bench.traffic import drive, klarna_id, shop_webhook
+
+RATE = 200.0
+CONCURRENCY = 16
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
+def run(*, quick: bool) -> tuple[list[Row], dict[str, Any]]:
+    seconds = 5 if quick else 30
+    n = int(RATE * seconds)
+    with stack() as bench:
+        sandbox = bench.sandbox()
+        prefix = f"lat{uuid.uuid4().hex[:4]}-"
+        with bench.db() as conn:
+            ids = synced_orders(conn, sandbox, prefix, n, shipped=False, requested=False)
+            # A few orders of its own warm the worker up (first connections, imports).
+            warm = synced_orders(conn, sandbox, prefix + "w", 50, shipped=False,
+                                 requested=False)
+        web = bench.web()
+        bench.worker(pool="threads", concurrency=CONCURRENCY)
+        secret = bench.env["SHOP_WEBHOOK_SECRETS"].split()[0]
+        drive(web, [shop_webhook(secret, o, version=2, shipped=True, event_type="order.shipped")
+                    for o in warm], concurrency=8, max_seconds=30)
+        result = drive(web, [shop_webhook(secret, o, version=2, shipped=True,
+                                          event_type="order.shipped") for o in ids],
+                       concurrency=32, rate=RATE, max_seconds=seconds + 5)
+        statuses = result.statuses()
+        if statuses.get(202) != n or result.errors:
+            raise RuntimeError(f"webhooks: {statuses}, {result.errors} errors")
+
+        def captured() -> list[dict[str, Any]] | None:
+            entries = httpx.get(f"{sandbox}/_sandbox/requests", params={"provider": "klarna"},
+                                timeout=60).json()["requests"]
+            mine = [e for e in entries if e["method"] == "POST"
+                    and e["path"].endswith("/captures")
+                    and (e["order_id"] or "").startswith(klarna_id(prefix))
+                    and not (e["order_id"] or "").startswith(klarna_id(prefix + "w"))]
+            return mine if len(mine) >= n else None
+
+        entries = wait_until(captured, 120, f"{n} captures at the sandbox", interval=1)
+        with bench.db() as conn:
+            inbox = {r["order_id"]: r["received_at"].timestamp() for r in conn.execute(
+                "SELECT order_id, received_at FROM inbox WHERE order_id LIKE %s",
+                (prefix + "%",))}
+    sent = {s[0]: s[2] for s in result.samples}
+    scheduled = {s[0]: s[1] for s in result.samples}
+    first_capture: dict[str, float] = {}
+    for entry in entries:
+        order_id = entry["order_id"][len("k-"):]
+        at = _epoch(entry["at"])
+        first_capture[order_id] = min(at, first_capture.get(order_id, at))
+    e2e = [(first_capture[o] - sent[o]) * 1000 for o in ids]
+    from_inbox = [(first_capture[o] - inbox[o]) * 1000 for o in ids]
+    lag = [(sent[o] - scheduled[o]) * 1000 for o in ids]
+    achieved = n / (max(sent.values()) - min(sent.values()))
+    web_ms = result.latencies_ms()
+    p50, p99 = percentile(e2e, 50), percentile(e2e, 99)
+    rows = [
+        Row(f"webhooks sent per second (asked {RATE:.0f})", achieved, "/s"),
+        Row("webhook sent -> capture at PSP, p50", p50, "ms", target="<= 25 ms", met=p50 <= 25),
+        Row("webhook sent -> capture at PSP, p99", p99, "ms", target="<= 150 ms",
+            met=p99 <= 150),
+        Row("inbox received_at -> capture at PSP, p50", percentile(from_inbox, 50), "ms"),
+        Row("inbox received_at -> capture at PSP, p99", percentile(from_inbox, 99), "ms"),
+        Row("webhook answer (202), p50", percentile(web_ms, 50), "ms"),
+        Row("webhook answer (202), p99", percentile(web_ms, 99), "ms"),
+        Row("load generator lag behind schedule, p99", percentile(lag, 99), "ms"),
+    ]
+    extra = {"rate": RATE, "webhooks": n, "worker": {"pool": "threads",
+                                                     "concurrency": CONCURRENCY},
+             "latency_ms": {"end_to_end": sorted(e2e), "inbox_to_psp": sorted(from_inbox),
+                            "webhook_answer": sorted(web_ms)}}
+    return rows, extra

@@ -1,0 +1,228 @@
+"""Scale: the sweeper's and the planner's queries at 1M orders / 5M operations against
+the same queries at 10k orders / 50k operations, in two databases of one server.
+
+Rows are generated set-based (generate_series). The shape: five operations per order
+(all settled), one shop webhook per order in the inbox, most orders finished. The
+working set the sweeper looks for is the same size in both databases (100 orders asked
+to reconcile, 100 due for a Klarna re-read, 50 retries due, 20 expired leases, 50
+expiring authorizations), since it follows the rate of work, not the history; the
+history is what grows a hundredfold. The time of each query is the median of repeated
+calls as the worker makes them (client side, one connection); UPDATEs run in a
+transaction that is rolled back.
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+
+from bench.common import Row, stack
+from ordersync.db import migrate
+from workers.store import IN_FLIGHT
+
+SMALL = 10_000
+GENERATE = """
+INSERT INTO orders (id, version, provider, psp_order_id, currency, status, snapshot,
+                    desired_amount, authorized_amount, captured_amount, psp_status,
+                    psp_payment_method, psp_country, psp_synced_at, expires_at,
+                    reconcile_requested_at, created_at, updated_at)
+SELECT 'o' || g, 3, 'klarna', 'k' || g, 'EUR', 'open', '{"id": "x", "lines": []}'::jsonb,
+       8500, 8500,
+       CASE WHEN mod(g, 20) = 0 THEN 0 ELSE 8500 END,
+       CASE WHEN mod(g, 20) = 0 THEN 'authorized' ELSE 'captured' END,
+       'INVOICE', 'DE',
+       CASE WHEN mod(g, 20) = 0 AND g <= 2000 THEN now() - interval '7 hours'
+            ELSE now() - mod(g, 300) * interval '1 minute' END,
+       CASE WHEN mod(g, 20) = 0 AND g > 2000 AND g <= 3000 THEN now() + interval '1 day'
+            ELSE now() + interval '20 days' END,
+       CASE WHEN mod(g, 20) = 1 AND g <= 2000 THEN now() - interval '1 minute' END,
+       now() - interval '30 days', now() - interval '30 days'
+FROM generate_series(1, %(n)s) AS g;
+
+INSERT INTO operations (id, order_id, seq, kind, status, amount, lines, target_version,
+                        idempotency_key, attempts, created_at, updated_at)
+SELECT gen_random_uuid(), 'o' || g, s,
+       CASE s WHEN 1 THEN 'update_authorization' WHEN 5 THEN 'refund' ELSE 'capture' END,
+       'succeeded', 1000, '[]'::jsonb, 3, md5('o' || g || ':' || s), 1,
+       now() - interval '29 days', now() - interval '29 days'
+FROM generate_series(1, %(n)s) AS g, generate_series(1, 5) AS s;
+
+-- The working set: a sixth operation still in flight on some orders.
+INSERT INTO operations (id, order_id, seq, kind, status, amount, target_version,
+                        idempotency_key, attempts, next_attempt_at, lease_token, lease_until)
+SELECT gen_random_uuid(), 'o' || g, 6, 'capture',
+       CASE WHEN g <= 500 THEN 'pending' ELSE 'sent' END, 100, 3, md5('o' || g || ':6'), 1,
+       CASE WHEN g <= 500 THEN now() - interval '1 second' END,
+       CASE WHEN g > 500 THEN gen_random_uuid() END,
+       CASE WHEN g > 500 THEN now() - interval '1 minute' END
+FROM generate_series(10, least(700, %(n)s), 10) AS g;
+
+INSERT INTO inbox (source, event_key, event_type, order_id, payload, received_at,
+                   processed_at, outcome)
+SELECT 'shop', 'msg_' || g, 'order.updated', 'o' || g, '{}'::jsonb,
+       now() - interval '30 days', now() - interval '30 days', 'applied'
+FROM generate_series(1, %(n)s) AS g;
+"""
+
+SWEEP_DUE = """
+SELECT DISTINCT order_id FROM operations
+WHERE (status = 'pending' AND coalesce(next_attempt_at, created_at) <= now())
+   OR (status = 'sent' AND lease_until < now())
+LIMIT 500"""
+SWEEP_REQUESTED = """
+SELECT id FROM orders
+WHERE reconcile_requested_at < now() - make_interval(secs => 10)
+  AND (next_reconcile_at IS NULL OR next_reconcile_at <= now())
+ORDER BY reconcile_requested_at LIMIT 500"""
+SWEEP_RESYNC = """
+UPDATE orders SET psp_synced_at = NULL, reconcile_requested_at = now()
+WHERE id IN (
+    SELECT id FROM orders
+    WHERE provider = 'klarna' AND status = 'open'
+      AND psp_status IN ('authorized', 'part_captured')
+      AND reconcile_requested_at IS NULL
+      AND NOT 'needs_attention' = ANY(flags)
+      AND (psp_synced_at < now() - make_interval(secs => 21600)
+           OR (expires_at < now() + make_interval(days => 3)
+               AND captured_amount < desired_amount))
+    ORDER BY psp_synced_at LIMIT 500 FOR UPDATE SKIP LOCKED)
+RETURNING id"""
+SWEEP_NOTIFICATIONS = """
+SELECT id FROM inbox WHERE source = 'adyen' AND processed_at IS NULL
+  AND received_at < now() - make_interval(secs => 5) ORDER BY received_at LIMIT 500"""
+SWEEP_CALLBACKS = """
+SELECT DISTINCT order_id FROM outbox
+WHERE delivered_at IS NULL AND next_attempt_at <= now()
+  AND (lease_until IS NULL OR lease_until < now()) LIMIT 500"""
+
+# (name, SQL, takes an order id) — the SQL of workers/store.py and workers/sweeper.py.
+QUERIES: list[tuple[str, str, bool]] = [
+    ("lock_order", "SELECT * FROM orders WHERE id = %(id)s FOR UPDATE", True),
+    ("in_flight_operation",
+     "SELECT * FROM operations WHERE order_id = %(id)s AND status = ANY(%(in_flight)s)", True),
+    ("history", "SELECT kind, status, amount, lines FROM operations WHERE order_id = %(id)s "
+                "ORDER BY seq", True),
+    ("next_seq", "SELECT coalesce(max(seq), 0) + 1 AS seq FROM operations "
+                 "WHERE order_id = %(id)s", True),
+    ("sweep: due retries and leases", SWEEP_DUE, False),
+    ("sweep: requested", SWEEP_REQUESTED, False),
+    ("sweep: Klarna re-read (UPDATE)", SWEEP_RESYNC, False),
+    ("sweep: Adyen notifications", SWEEP_NOTIFICATIONS, False),
+    ("sweep: callbacks", SWEEP_CALLBACKS, False),
+]
+
+
+def _nodes(plan: dict[str, Any]) -> list[str]:
+    name = plan["Node Type"]
+    if "Index Name" in plan:
+        name += f" ({plan['Index Name']})"
+    elif "Relation Name" in plan:
+        name += f" ({plan['Relation Name']})"
+    return [name] + [n for child in plan.get("Plans", []) for n in _nodes(child)]
+
+
+def measure(url: str, n: int, repeats: int) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    rng = random.Random(7)
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        conn.execute("ANALYZE")
+        conn.commit()
+        for name, query, point in QUERIES:
+            calls = repeats if point else max(10, repeats // 10)
+            params = [{"id": f"o{rng.randint(1, n)}", "in_flight": list(IN_FLIGHT)}
+                      for _ in range(calls + 5)]
+            times = []
+            for i, p in enumerate(params):
+                start = time.perf_counter()
+                conn.execute(query, p if point else None).fetchall()
+                elapsed = time.perf_counter() - start
+                conn.rollback()
+                if i >= 5:  # the first calls warm caches and prepare
+                    times.append(elapsed * 1000)
+            explain = conn.execute(
+                sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(query),
+                params[0] if point else None).fetchone()
+            conn.rollback()
+            assert explain is not None
+            plan = explain["QUERY PLAN"][0]["Plan"]
+            out[name] = {"median_ms": statistics.median(times), "calls": len(times),
+                         "nodes": _nodes(plan)}
+    return out
+
+
+def without_new_indexes(url: str, calls: int) -> dict[str, Any]:
+    """The re-read sweep as it was before migrations/0004_indexes.sql (rolled back)."""
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        conn.execute("DROP INDEX orders_resync_due, orders_expiring")
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            conn.execute("SAVEPOINT s")
+            conn.execute(SWEEP_RESYNC).fetchall()
+            conn.execute("ROLLBACK TO SAVEPOINT s")
+            times.append((time.perf_counter() - start) * 1000)
+        explain = conn.execute("EXPLAIN (FORMAT JSON) " + SWEEP_RESYNC).fetchone()
+        conn.rollback()
+    assert explain is not None
+    return {"median_ms": statistics.median(times),
+            "nodes": _nodes(explain["QUERY PLAN"][0]["Plan"])}
+
+
+def run(*, quick: bool, small: int = SMALL, large: int | None = None,
+        repeats: int | None = None) -> tuple[list[Row], dict[str, Any]]:
+    large = large or (100_000 if quick else 1_000_000)
+    repeats = repeats or (200 if quick else 500)
+    rounds = 3
+    results: dict[str, Any] = {}
+    urls: dict[int, str] = {}
+    with stack() as bench:
+        for n in (small, large):
+            name = f"bench_scale_{n}"
+            with bench.db() as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            url = urlunsplit(urlsplit(bench.database_url)._replace(path=f"/{name}"))
+            migrate(url)
+            started = time.monotonic()
+            with psycopg.connect(url, autocommit=True) as conn:
+                for statement in GENERATE.split(";\n"):
+                    if statement.strip():
+                        conn.execute(statement, {"n": n})
+                conn.execute("VACUUM ANALYZE")
+                conn.execute("CHECKPOINT")
+            generated = time.monotonic() - started
+            print(f"  {n:,} orders, {5 * n:,} operations generated in {generated:.0f} s",
+                  flush=True)
+            urls[n] = url
+            results[str(n)] = {"generate_seconds": generated, "rounds": []}
+        # Alternate the sizes, so that whatever else the machine does falls on both;
+        # each query keeps its best round's median.
+        for _ in range(rounds):
+            for n, url in urls.items():
+                results[str(n)]["rounds"].append(measure(url, n, repeats))
+        results["without_0004"] = without_new_indexes(urls[large], repeats // 10)
+    for n in urls:
+        per_round = results[str(n)]["rounds"]
+        results[str(n)]["queries"] = {
+            name: {**per_round[0][name],
+                   "median_ms": min(r[name]["median_ms"] for r in per_round)}
+            for name, _, _ in QUERIES}
+    rows = []
+    small_q, large_q = results[str(small)]["queries"], results[str(large)]["queries"]
+    for name, _, _ in QUERIES:
+        value, base = large_q[name]["median_ms"], small_q[name]["median_ms"]
+        rows.append(Row(f"{name} @{large // 1000}k orders", value, "ms", base,
+                        f"<= 1.2x @{small // 1000}k", value <= 1.2 * base))
+        print(f"  {name}: {' > '.join(large_q[name]['nodes'])}")
+    before = results["without_0004"]
+    rows.append(Row(f"sweep: Klarna re-read @{large // 1000}k, without 0004_indexes",
+                    before["median_ms"], "ms", small_q["sweep: Klarna re-read (UPDATE)"][
+                        "median_ms"]))
+    print(f"  without 0004_indexes: {' > '.join(before['nodes'])}")
+    return rows, {"sizes": [small, large], "results": results}

@@ -1,0 +1,32 @@
+"""The benchmark command works: its quickest variant runs and writes its result.
+
+No timing assertions: figures depend on the machine. Long runs live in bench/.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(180)
+def test_scale_smallest_runs() -> None:
+    from bench import scale
+
+    # Smaller than --quick: two tiny databases, a handful of calls per query.
+    rows, extra = scale.run(quick=True, small=500, large=2_000, repeats=20)
+    names = {row.name.split(" @")[0] for row in rows}
+    assert {"lock_order", "history", "sweep: Klarna re-read (UPDATE)"} <= names
+    plan = extra["results"]["2000"]["queries"]["lock_order"]["nodes"]
+    assert any("orders_pkey" in node for node in plan)
+
+
+def test_cli_help() -> None:
+    out = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    assert "ingest" in out and "--quick" in out
