@@ -118,7 +118,7 @@ class Harness:
 
     def _worker(self, crash_points: str) -> Process:
         env = {**self.env, "ORDERSYNC_CRASH_POINTS": crash_points}
-        return Process("worker", ["worker", "--concurrency", "2"], env,
+        return Process("worker", ["worker", "--concurrency", "2", "--metrics-port", "0"], env,
                        self.logs / "worker.log")
 
     def _keep_worker_alive(self) -> None:
