@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ordersync.errors import ConfigError, OrdersyncError
-from ordersync.logging import configure_logging
+from ordersync.logging import configure_logging, get_logger
 from ordersync.settings import Settings, get_settings
 
 
@@ -68,8 +68,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         from ordersync.metrics import process_registry
 
         # A thread of the parent process, which Celery's pool children never run in.
-        start_http_server(args.metrics_port, addr=args.metrics_host,
-                          registry=process_registry())
+        try:
+            start_http_server(args.metrics_port, addr=args.metrics_host,
+                              registry=process_registry())
+        except OSError as exc:
+            # Metrics are worth a warning, not a worker that will not start.
+            get_logger("ordersync.cli").warning(
+                "worker_metrics_unavailable", port=args.metrics_port, error=str(exc))
     from workers.celery_app import app
     from workers.context import size_for_concurrency
 
