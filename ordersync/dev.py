@@ -67,6 +67,10 @@ def run_dev(data_dir: Path, *, web_port: int, sandbox_port: int, demo: bool) -> 
             "ADYEN_MERCHANT_ACCOUNT": "OrdersyncDev",
             "SANDBOX_ADYEN_WEBHOOK_URL": f"{web_url}/webhooks/adyen",
             "RECONCILE_SWEEP_SECONDS": "5",
+            # The sandbox plays the shop's receiver too: `ordersync orders show ID` lists
+            # the events it got.
+            "SHOP_CALLBACK_URL": f"{sandbox_url}/_sandbox/shop/callbacks",
+            "SHOP_CALLBACK_SECRET": new_secret(),
             **values,
         }
         logs = data_dir / "logs"

@@ -100,8 +100,7 @@ def format_order(order: dict[str, Any]) -> str:
             ["id", "name", "qty", "shipped", "captured", "returned", "refunded", "total"],
             [[ln["id"], ln.get("name"), ln["quantity"], ln["shipped_quantity"],
               ln["captured_quantity"], ln["returned_quantity"], ln["refunded_quantity"],
-              money(ln.get("total_amount", ln["quantity"] * ln.get("unit_price", 0)
-                            - ln.get("total_discount_amount", 0)), cur)]
+              money(_line_total(ln), cur)]
              for ln in order["lines"]],
         )]
     if order.get("operations"):
@@ -127,6 +126,13 @@ def format_order(order: dict[str, Any]) -> str:
               c["last_error"], c["webhook_id"]] for c in order["callbacks"]],
         )]
     return "\n".join(out)
+
+
+def _line_total(line: dict[str, Any]) -> int:
+    if line.get("total_amount") is not None:
+        return int(line["total_amount"])
+    return int(line["quantity"] * line.get("unit_price", 0)
+               - (line.get("total_discount_amount") or 0))
 
 
 def _error(error: dict[str, Any] | None) -> str | None:

@@ -72,6 +72,15 @@ def record_flagged(conn: Connection[DictRow], order: dict[str, Any], flag: Flag)
 
 def record_synced(conn: Connection[DictRow], order: dict[str, Any]) -> None:
     """Every operation for the order's current version is done: `order.synced`."""
+    authorized = order["authorized_amount"]
+    still_flagged = [
+        flag for flag in order.get("flags") or []
+        # The reconciler clears needs_new_order in this same step once the total fits.
+        if not (flag == NEEDS_NEW_ORDER and authorized is not None
+                and order["desired_amount"] <= authorized)
+    ]
+    if still_flagged:
+        return  # done with what it can do, but the shop still has to act: not "synced"
     last = conn.execute(
         "SELECT event_type, version FROM outbox WHERE order_id = %s ORDER BY seq DESC LIMIT 1",
         (order["id"],),

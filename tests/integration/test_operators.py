@@ -189,6 +189,9 @@ def test_new_order_required_reaches_the_shop_signed_with_the_refused_lines(stack
     assert event["occurred_at"]
     assert [line["reference"] for line in event["data"]["lines"]] == ["75003"]
     assert event["data"]["reason"]["code"] == "NOT_ALLOWED"
+    # The shop still has to act: the same version is not reported "synced".
+    assert not [c for c in _delivered(stack, order_id, "order.synced")
+                if c["event"]["version"] == 2]
 
 
 def test_callbacks_are_retried_until_2xx_with_one_webhook_id_and_never_resent(
