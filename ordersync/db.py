@@ -36,14 +36,16 @@ def sync_pool(database_url: str, *, min_size: int = 1, max_size: int = 4) -> Syn
     )
 
 
-def async_pool(database_url: str, *, max_size: int = 10) -> AsyncPool:
+def async_pool(database_url: str, *, max_size: int = 20) -> AsyncPool:
     # Opened by the app's lifespan, not here: opening needs a running event loop.
     return AsyncConnectionPool(
         database_url,
         connection_class=psycopg.AsyncConnection[DictRow],
         min_size=1,
         max_size=max_size,
-        kwargs={"row_factory": dict_row},
+        # Autocommit: a single statement costs one round trip; writes that need more
+        # than one statement open `conn.transaction()` explicitly.
+        kwargs={"row_factory": dict_row, "autocommit": True},
         open=False,
         timeout=5,
         name="ordersync-web",

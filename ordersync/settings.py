@@ -57,6 +57,9 @@ class Settings(BaseSettings):
 
     # Reconciler tuning. Defaults suit production; tests shorten them.
     reconcile_sweep_seconds: float = Field(default=30.0, gt=0)
+    # Postgres connections per web process: a webhook holds one for its single statement
+    # (commit included), so this bounds how many commits can be grouped at once.
+    web_db_pool_size: int = Field(default=20, ge=1, le=200)
     # How long a marked order may wait for its task before the sweeper enqueues it again.
     sweep_grace_seconds: float = Field(default=10.0, ge=0)
     # How often an unfinished order's PSP state is read again, to notice drift.

@@ -14,7 +14,6 @@ import secrets
 from collections.abc import Mapping
 from typing import Any
 
-import anyio.to_thread
 import structlog
 from psycopg.types.json import Jsonb
 from starlette.requests import Request
@@ -102,14 +101,6 @@ async def store_items(pool: AsyncPool, items: list[dict[str, Any]]) -> list[int]
     return new
 
 
-def publish_notifications(inbox_ids: list[int], request_id: str | None) -> None:
-    from workers.tasks import process_notification
-
-    for inbox_id in inbox_ids:
-        process_notification.apply_async((inbox_id,), headers={"request_id": request_id},
-                                         retry=False)
-
-
 async def adyen_webhook(request: Request) -> Response:
     state: AppState = request.app.state.ordersync
     settings = state.settings
@@ -134,12 +125,6 @@ async def adyen_webhook(request: Request) -> Response:
         state.metrics.webhook(source="adyen", outcome="applied")
     for _ in range(len(items) - len(new)):
         state.metrics.webhook(source="adyen", outcome="duplicate")
-    if new:
-        request_id = structlog.contextvars.get_contextvars().get("request_id")
-        try:
-            await anyio.to_thread.run_sync(publish_notifications, new, request_id)
-        except Exception as exc:
-            # Stored and committed already: the sweeper will find them.
-            log.warning("enqueue_failed", task="process_notification",
-                        error=type(exc).__name__)
+    for inbox_id in new:
+        state.publisher.submit("ordersync.process_notification", inbox_id)
     return PlainTextResponse("[accepted]")

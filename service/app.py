@@ -7,7 +7,6 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio.to_thread
 import psycopg
 import redis.asyncio as aioredis
 import structlog
@@ -27,6 +26,7 @@ from service import operator_api
 from service.adyen_webhook import adyen_webhook
 from service.health import healthz, readyz
 from service.observability import metrics_endpoint, openapi_endpoint
+from service.publisher import Publisher, redis_sender
 from service.state import AppState
 from service.webhooks import shop_webhook
 
@@ -38,15 +38,6 @@ def redis_client_url(redis_url: str) -> str:
     if redis_url.startswith("redis+socket://"):
         return "unix://" + redis_url.removeprefix("redis+socket://")
     return redis_url
-
-
-def publish_reconcile(order_id: str, request_id: str | None, force: bool = False) -> None:
-    from workers.tasks import reconcile_order
-
-    reconcile_order.apply_async(
-        (order_id,), {"force": True} if force else None, headers={"request_id": request_id},
-        retry=False,
-    )
 
 
 class RequestContext:
@@ -104,25 +95,27 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     settings.require("database_url", "redis_url", "shop_webhook_secrets")
     assert settings.database_url is not None and settings.redis_url is not None
-    pool = async_pool(settings.database_url.get_secret_value())
+    pool = async_pool(settings.database_url.get_secret_value(),
+                      max_size=settings.web_db_pool_size)
     redis = aioredis.from_url(
         redis_client_url(settings.redis_url.get_secret_value()),
         socket_timeout=2, socket_connect_timeout=2,
     )
 
+    publisher = Publisher(redis_sender(redis))
+
     async def enqueue(order_id: str, *, force: bool = False) -> None:
-        request_id = structlog.contextvars.get_contextvars().get("request_id")
-        try:
-            await anyio.to_thread.run_sync(publish_reconcile, order_id, request_id, force)
-        except Exception as exc:
-            # Stored and committed already: the sweeper will find it.
-            log.warning("enqueue_failed", error=type(exc).__name__)
+        if force:
+            publisher.submit("ordersync.reconcile_order", order_id, force=True)
+        else:
+            publisher.submit("ordersync.reconcile_order", order_id)
 
     async def redis_ping() -> bool:
         return bool(await redis.ping())
 
     state = AppState(
-        settings=settings, pool=pool, enqueue=enqueue, redis_ping=redis_ping, metrics=Metrics()
+        settings=settings, pool=pool, enqueue=enqueue, redis_ping=redis_ping, metrics=Metrics(),
+        publisher=publisher,
     )
 
     @contextlib.asynccontextmanager
@@ -130,9 +123,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # Open without waiting: the web process must start (and say 503) while Postgres
         # is still coming up.
         await pool.open(wait=False)
+        await publisher.start()
         try:
             yield
         finally:
+            await publisher.stop()
             await pool.close()
             await redis.aclose()
 

@@ -9,6 +9,7 @@ from typing import Protocol
 from ordersync.db import AsyncPool
 from ordersync.metrics import Metrics
 from ordersync.settings import Settings
+from service.publisher import Publisher
 
 
 class Enqueue(Protocol):
@@ -25,3 +26,4 @@ class AppState:
     enqueue: Enqueue
     redis_ping: Ping
     metrics: Metrics
+    publisher: Publisher

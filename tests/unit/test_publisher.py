@@ -1,0 +1,63 @@
+"""The web process writes Celery messages itself; they must be what kombu writes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from ordersync.devstack import RedisServer
+from service.publisher import QUEUE, Message, celery_message
+
+
+@pytest.fixture(scope="module")
+def kombu_message(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    server = RedisServer(Path(tmp_path_factory.mktemp("redis")))
+    server.start()
+    saved = dict(os.environ)
+    os.environ.update(DATABASE_URL="postgresql://unused", REDIS_URL=server.url)
+    try:
+        from celery import Celery
+
+        from ordersync.settings import get_settings
+        from workers.celery_app import celery_config
+
+        get_settings.cache_clear()
+        app = Celery("ordersync-format-check")
+        app.config_from_object(celery_config())
+        app.send_task("ordersync.reconcile_order", ("o-1",), {"force": True},
+                      headers={"request_id": "r-1"}, retry=False)
+        client = redis.Redis(unix_socket_path=str(server.socket_path))
+        (raw,) = client.lrange(QUEUE, 0, -1)
+        yield json.loads(raw)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        get_settings.cache_clear()
+        server.stop()
+
+
+def test_our_message_has_kombus_shape(kombu_message: dict) -> None:
+    ours = json.loads(celery_message(
+        Message("ordersync.reconcile_order", ("o-1",), {"force": True}, "r-1")))
+    assert set(ours) == set(kombu_message)
+    assert set(ours["headers"]) == set(kombu_message["headers"])
+    # reply_to names a result queue; these tasks return nothing anyone reads.
+    assert set(ours["properties"]) == set(kombu_message["properties"]) - {"reply_to"}
+    assert ours["properties"]["delivery_info"] == kombu_message["properties"]["delivery_info"]
+    for key in ("content-type", "content-encoding"):
+        assert ours[key] == kombu_message[key]
+    for key in ("task", "lang", "retries", "timelimit", "request_id", "argsrepr"):
+        assert ours["headers"][key] == kombu_message["headers"][key]
+    assert ours["headers"]["id"] == ours["headers"]["root_id"]
+    assert ours["properties"]["correlation_id"] == ours["headers"]["id"]
+
+    def body(message: dict) -> object:
+        return json.loads(base64.b64decode(message["body"]))
+
+    assert body(ours) == body(kombu_message)
