@@ -106,6 +106,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
     settings = _settings()
     config = SandboxConfig()
+    if args.no_spec_checks:
+        config.specs_dir = None
     if settings.klarna_username:
         config.klarna_username = settings.klarna_username
     if settings.klarna_password:
@@ -177,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox = sub.add_parser("sandbox", help="simulated Klarna and Adyen APIs")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8100)
+    sandbox.add_argument("--no-spec-checks", action="store_true",
+                         help="skip the vendor OpenAPI check of each request (benchmarks)")
     sandbox.set_defaults(fn=cmd_sandbox)
 
     dev = sub.add_parser("dev", help="everything on one machine, with embedded Postgres/Redis")

@@ -81,25 +81,20 @@ def record_synced(conn: Connection[DictRow], order: dict[str, Any]) -> None:
     ]
     if still_flagged:
         return  # done with what it can do, but the shop still has to act: not "synced"
-    last = conn.execute(
-        "SELECT event_type, version FROM outbox WHERE order_id = %s ORDER BY seq DESC LIMIT 1",
-        (order["id"],),
-    ).fetchone()
-    # A periodic re-read or an operator's reconcile of an order already in sync is no
-    # news to the shop; a sync after a flag is.
-    if last is not None and (last["event_type"], last["version"]) == (SYNCED, order["version"]):
-        return
     data = {"amounts": {
         "ordered": order["desired_amount"],
         "authorized": order["authorized_amount"],
         "captured": order["captured_amount"],
         "refunded": order["refunded_amount"],
     }}
-    _insert(conn, order, SYNCED, data)
+    # A periodic re-read or an operator's reconcile of an order already in sync is no
+    # news to the shop; a sync after a flag is. Checked in the insert itself: one trip.
+    _insert(conn, order, SYNCED, data, unless_last_is=(SYNCED, order["version"]))
 
 
 def _insert(
-    conn: Connection[DictRow], order: dict[str, Any], event_type: str, data: dict[str, Any]
+    conn: Connection[DictRow], order: dict[str, Any], event_type: str, data: dict[str, Any],
+    unless_last_is: tuple[str, int] | None = None,
 ) -> None:
     event_id = uuid.uuid4()
     body = {
@@ -109,13 +104,23 @@ def _insert(
         "occurred_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "data": data,
     }
-    conn.execute(
+    skip_type, skip_version = unless_last_is or (None, None)
+    inserted = conn.execute(
         """
         INSERT INTO outbox (id, order_id, event_type, version, payload)
-        VALUES (%s, %s, %s, %s, %s)
+        SELECT %(id)s, %(order_id)s, %(type)s, %(version)s, %(payload)s
+        WHERE %(skip_type)s::text IS NULL OR NOT EXISTS (
+            SELECT 1 FROM (SELECT event_type, version FROM outbox WHERE order_id = %(order_id)s
+                           ORDER BY seq DESC LIMIT 1) AS last
+            WHERE last.event_type = %(skip_type)s AND last.version = %(skip_version)s)
+        RETURNING id
         """,
-        (event_id, order["id"], event_type, order["version"], Jsonb(body)),
-    )
+        {"id": event_id, "order_id": order["id"], "type": event_type,
+         "version": order["version"], "payload": Jsonb(body), "skip_type": skip_type,
+         "skip_version": skip_version},
+    ).fetchone()
+    if inserted is None:
+        return
     _recorded.set((*_recorded.get(), order["id"]))
     log.info("callback_recorded", event_type=event_type, webhook_id=webhook_id(event_id))
 

@@ -83,17 +83,22 @@ class Reconciler:
         """Steps the order until it is in sync or has to wait; returns why it stopped."""
         structlog.contextvars.bind_contextvars(order_id=order_id)
         try:
+            action = self._next_action(order_id, force=force)
             for _ in range(MAX_STEPS):
-                action = self._next_action(order_id, force=force)
-                force = False
                 if isinstance(action, Idle):
                     log.info("reconcile_idle", reason=action.reason)
                     return action.reason
-                if isinstance(action, Refresh):
-                    if not self._refresh(action.order):
-                        return "refresh_failed"
-                elif isinstance(action, Send) and not self._send(action):
-                    return "waiting"
+                if isinstance(action, Send):
+                    # Recording the outcome also decides the next step, under the same lock
+                    # and in the same transaction: one commit fewer per operation.
+                    sent = self._send(action)
+                    if sent is None:
+                        return "waiting"
+                    action = sent
+                    continue
+                if isinstance(action, Refresh) and not self._refresh(action.order):
+                    return "refresh_failed"
+                action = self._next_action(order_id, force=False)
             log.warning("reconcile_step_limit", steps=MAX_STEPS)
             self.enqueue(order_id, 0)
             return "step_limit"
@@ -109,64 +114,70 @@ class Reconciler:
             order = store.lock_order(conn, order_id)
             if order is None:
                 return Idle("unknown_order")
-            now = datetime.now(UTC)
-            op = store.in_flight_operation(conn, order_id)
-            if op is not None:
-                if op["status"] == "awaiting_notification":
-                    return Idle("awaiting_notification")
-                if op["status"] == "sent" and op["lease_until"] > now:
-                    return Idle("in_flight_elsewhere")
-                due = op["next_attempt_at"] is None or op["next_attempt_at"] <= now
-                if op["status"] == "pending" and not due and not force:
-                    return Idle("backing_off")
-                # A lease that ran out means a worker died mid-call: outcome unknown.
-                check_first = op["outcome_unknown"] or op["status"] == "sent"
-                claimed = store.claim_operation(conn, op["id"], self.settings.lease_seconds)
-                return Send(order, claimed, check_first)
-            if not force and order["next_reconcile_at"] and order["next_reconcile_at"] > now:
+            return self._decide(conn, order, force=force)
+
+    def _decide(self, conn: Any, order: store.Row, *, force: bool) -> Action:
+        """The next step for a locked order, inside the caller's transaction."""
+        order_id = order["id"]
+        now = datetime.now(UTC)
+        ops = store.operations(conn, order_id)
+        op = store.in_flight(ops)
+        if op is not None:
+            if op["status"] == "awaiting_notification":
+                return Idle("awaiting_notification")
+            if op["status"] == "sent" and op["lease_until"] > now:
+                return Idle("in_flight_elsewhere")
+            due = op["next_attempt_at"] is None or op["next_attempt_at"] <= now
+            if op["status"] == "pending" and not due and not force:
                 return Idle("backing_off")
-            psp = store.psp_state(order)
-            if psp is None:
-                return Refresh(order)
-            snapshot = store.snapshot(order)
-            view = OrderView(
-                order=snapshot,
-                psp=psp,
-                history=store.history(conn, order_id),
-                flags=frozenset(order["flags"]),
-                refused_amount=order["refused_amount"],
-                now=now,
-                extend_within=timedelta(days=self.settings.extend_authorization_days_before),
+            # A lease that ran out means a worker died mid-call: outcome unknown.
+            check_first = op["outcome_unknown"] or op["status"] == "sent"
+            claimed = store.claim_operation(conn, op["id"], self.settings.lease_seconds)
+            return Send(order, claimed, check_first)
+        if not force and order["next_reconcile_at"] and order["next_reconcile_at"] > now:
+            return Idle("backing_off")
+        psp = store.psp_state(order)
+        if psp is None:
+            return Refresh(order)
+        snapshot = store.snapshot(order)
+        view = OrderView(
+            order=snapshot,
+            psp=psp,
+            history=store.history(ops),
+            flags=frozenset(order["flags"]),
+            refused_amount=order["refused_amount"],
+            now=now,
+            extend_within=timedelta(days=self.settings.extend_authorization_days_before),
+        )
+        # The increase table is Klarna's own; behind Adyen the payment method is not
+        # known here, so Adyen is asked and its AUTHORISATION_ADJUSTMENT decides.
+        allowed = (_always if order["provider"] == "adyen"
+                   else self.settings.increase_allowed)
+        decision = plan_next(view, allowed)
+        if isinstance(decision, Plan):
+            claimed = store.insert_claimed_operation(
+                conn, order, store.next_seq(ops), decision.kind, decision.amount,
+                decision.lines, self.settings.lease_seconds,
             )
-            # The increase table is Klarna's own; behind Adyen the payment method is not
-            # known here, so Adyen is asked and its AUTHORISATION_ADJUSTMENT decides.
-            allowed = (_always if order["provider"] == "adyen"
-                       else self.settings.increase_allowed)
-            decision = plan_next(view, allowed)
-            if isinstance(decision, Plan):
-                claimed = store.insert_claimed_operation(
-                    conn, order, decision.kind, decision.amount, decision.lines,
-                    self.settings.lease_seconds,
-                )
-                log.info(
-                    "operation_planned", operation=decision.kind.value, amount=decision.amount,
-                    idempotency_key=claimed["idempotency_key"], target_version=order["version"],
-                )
-                return Send(order, claimed, check_first=False)
-            if isinstance(decision, Flag):
-                self._flag(conn, order, decision)
-                return Again()
-            if isinstance(decision, Wait):
-                # Waiting on the shop or an operator: the sweeper need not come back.
-                store.mark_in_sync(conn, order_id)
-                return Idle(decision.reason)
-            assert isinstance(decision, Done)
-            if NEEDS_NEW_ORDER in order["flags"] and snapshot.total <= psp.authorized:
-                store.clear_flag(conn, order_id, NEEDS_NEW_ORDER)
-            if order["reconcile_requested_at"] is not None:
-                callbacks.record_synced(conn, order)
+            log.info(
+                "operation_planned", operation=decision.kind.value, amount=decision.amount,
+                idempotency_key=claimed["idempotency_key"], target_version=order["version"],
+            )
+            return Send(order, claimed, check_first=False)
+        if isinstance(decision, Flag):
+            self._flag(conn, order, decision)
+            return Again()
+        if isinstance(decision, Wait):
+            # Waiting on the shop or an operator: the sweeper need not come back.
             store.mark_in_sync(conn, order_id)
-            return Idle("in_sync")
+            return Idle(decision.reason)
+        assert isinstance(decision, Done)
+        if NEEDS_NEW_ORDER in order["flags"] and snapshot.total <= psp.authorized:
+            store.clear_flag(conn, order_id, NEEDS_NEW_ORDER)
+        if order["reconcile_requested_at"] is not None:
+            callbacks.record_synced(conn, order)
+        store.mark_in_sync(conn, order_id)
+        return Idle("in_sync")
 
     def _flag(self, conn: Any, order: store.Row, flag: Flag) -> None:
         flag_order(conn, order, flag)
@@ -229,8 +240,9 @@ class Reconciler:
 
     # -- steps 2 and 3: call, then record ---------------------------------------------
 
-    def _send(self, action: Send) -> bool:
-        """Makes the call and records it; False when the order must wait for a retry."""
+    def _send(self, action: Send) -> Action | None:
+        """Makes the call and records it; the next step, or None to wait (a retry, a
+        notification, another worker)."""
         order, op = action.order, action.op
         structlog.contextvars.bind_contextvars(
             operation=op["kind"], idempotency_key=op["idempotency_key"],
@@ -238,17 +250,16 @@ class Reconciler:
         )
         provider = self._provider(order)
         if provider is None:
-            return False
+            return None
         # Without a way to read the PSP's order, the idempotency key alone makes the
         # resend safe (Adyen replays the first answer).
         if action.check_first and provider.can_read:
             read = self._read(order)
             if read is None:
-                return False
+                return None
             if read.outcome is Outcome.SUCCEEDED and provider.applied(op, read.body):
                 log.info("operation_found_applied", attempts=op["attempts"])
-                self._record(op, PspResult(Outcome.SUCCEEDED), adopt=read.body)
-                return True
+                return self._record(op, PspResult(Outcome.SUCCEEDED), adopt=read.body)
             if read.outcome is not Outcome.SUCCEEDED:
                 return self._record(op, read)
         crash_point("before_psp_call")
@@ -266,7 +277,7 @@ class Reconciler:
 
     def _record(
         self, op: store.Row, result: PspResult, *, adopt: dict[str, Any] | None = None
-    ) -> bool:
+    ) -> Action | None:
         with self.ctx.pool.connection() as conn, conn.transaction():
             order = store.lock_order(conn, op["order_id"])
             assert order is not None
@@ -274,13 +285,15 @@ class Reconciler:
                 # Adyen took the request; its notification settles it.
                 if not store.finish_operation(conn, op, status="awaiting_notification",
                                               psp_reference=result.reference):
-                    return self._lost_lease(op)
+                    self._lost_lease(op)
+                    return None
                 log.info("operation_awaiting_notification", psp_reference=result.reference)
-                return False
+                return None
             if result.outcome is Outcome.SUCCEEDED:
                 if not store.finish_operation(conn, op, status="succeeded",
                                               psp_reference=result.reference):
-                    return self._lost_lease(op)
+                    self._lost_lease(op)
+                    return None
                 store.apply_success(conn, order, op)
                 observe.operation_confirmed(conn, order["provider"], op)
                 if adopt is not None:
@@ -291,29 +304,37 @@ class Reconciler:
                     self._adopt(conn, reread, adopt)
                 if Kind(op["kind"]) is Kind.UPDATE_AUTHORIZATION:
                     store.clear_flag(conn, order["id"], NEEDS_NEW_ORDER)
-                return True
+                return self._decide_again(conn, order["id"])
             error = result.error.to_json() if result.error else None
             if result.outcome is Outcome.REJECTED:
                 if not store.finish_operation(conn, op, status="rejected", error=error):
-                    return self._lost_lease(op)
+                    self._lost_lease(op)
+                    return None
                 self._flag(conn, order, self._rejection_flag(order, op, result))
-                return True
+                return self._decide_again(conn, order["id"])
             attempts = int(op["attempts"])
             if attempts >= self.settings.max_attempts:
                 if not store.finish_operation(conn, op, status="failed", error=error):
-                    return self._lost_lease(op)
+                    self._lost_lease(op)
+                    return None
                 self._flag(conn, order, _error_flag("retries_exhausted", result.error))
-                return False
+                return None
             delay = self._delay(attempts, result)
             if not store.finish_operation(
                 conn, op, status="pending", error=error, next_attempt_at=_after(delay),
                 outcome_unknown=bool(op["outcome_unknown"]) or result.maybe_applied,
             ):
-                return self._lost_lease(op)
+                self._lost_lease(op)
+                return None
         metrics.RETRIES.labels(operation=op["kind"]).inc()
         log.info("operation_retry_scheduled", attempts=attempts, delay_seconds=round(delay, 2))
         self._schedule(op["order_id"], delay)
-        return False
+        return None
+
+    def _decide_again(self, conn: Any, order_id: str) -> Action:
+        order = store.lock_order(conn, order_id)  # held already; read the new figures
+        assert order is not None
+        return self._decide(conn, order, force=False)
 
     def _rejection_flag(self, order: store.Row, op: store.Row, result: PspResult) -> Flag:
         error = result.error or PspError("rejected", "the PSP rejected the request")
@@ -328,10 +349,9 @@ class Reconciler:
             return Flag(NEEDS_NEW_ORDER, error.code, error.message, lines, int(op["amount"]))
         return Flag(NEEDS_ATTENTION, error.code, error.message)
 
-    def _lost_lease(self, op: store.Row) -> bool:
+    def _lost_lease(self, op: store.Row) -> None:
         # Another worker took the operation over after our lease ran out; its record wins.
         log.warning("operation_lease_lost", attempts=op["attempts"])
-        return False
 
     def _delay(self, attempts: int, result: PspResult) -> float:
         delay = backoff_seconds(

@@ -27,22 +27,27 @@ def lock_order(conn: Connection[Row], order_id: str) -> Row | None:
     return conn.execute("SELECT * FROM orders WHERE id = %s FOR UPDATE", (order_id,)).fetchone()
 
 
-def in_flight_operation(conn: Connection[Row], order_id: str) -> Row | None:
+def operations(conn: Connection[Row], order_id: str) -> list[Row]:
+    """All of the order's operations, oldest first: the in-flight one, the history the
+    planner reads and the next sequence number all come from this one query."""
     return conn.execute(
-        "SELECT * FROM operations WHERE order_id = %s AND status = ANY(%s)",
-        (order_id, list(IN_FLIGHT)),
-    ).fetchone()
-
-
-def history(conn: Connection[Row], order_id: str) -> list[PastOperation]:
-    rows = conn.execute(
-        "SELECT kind, status, amount, lines FROM operations WHERE order_id = %s ORDER BY seq",
-        (order_id,),
+        "SELECT * FROM operations WHERE order_id = %s ORDER BY seq", (order_id,)
     ).fetchall()
+
+
+def in_flight(ops: Sequence[Row]) -> Row | None:
+    return next((op for op in ops if op["status"] in IN_FLIGHT), None)
+
+
+def history(ops: Sequence[Row]) -> list[PastOperation]:
     return [
         PastOperation(Kind(r["kind"]), r["status"], r["amount"], to_lines(r["lines"]))
-        for r in rows
+        for r in ops
     ]
+
+
+def next_seq(ops: Sequence[Row]) -> int:
+    return int(ops[-1]["seq"]) + 1 if ops else 1
 
 
 def to_lines(data: Iterable[Any]) -> tuple[PspLine, ...]:
@@ -78,18 +83,16 @@ def idempotency_key(order: Row, seq: int, kind: Kind) -> str:
 def insert_claimed_operation(
     conn: Connection[Row],
     order: Row,
+    seq: int,
     kind: Kind,
     amount: int,
     lines: Sequence[PspLine],
     lease_seconds: float,
 ) -> Row:
-    """Records the operation and its key, already claimed by this worker for sending."""
-    seq_row = conn.execute(
-        "SELECT coalesce(max(seq), 0) + 1 AS seq FROM operations WHERE order_id = %s",
-        (order["id"],),
-    ).fetchone()
-    assert seq_row is not None
-    seq = int(seq_row["seq"])
+    """Records the operation and its key, already claimed by this worker for sending.
+
+    `seq` comes from the operations read under the order's row lock, so no other
+    worker can take the same number (and the unique index would refuse it)."""
     row = conn.execute(
         """
         INSERT INTO operations (id, order_id, seq, kind, status, amount, lines, target_version,
