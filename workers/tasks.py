@@ -32,8 +32,12 @@ def enqueue_delivery(order_id: str, delay: float = 0.0) -> None:
 
 def _deliver_recorded() -> None:
     # After the reconciler's transactions are committed; if Redis is down the sweeper
-    # finds the rows anyway.
-    for order_id in callbacks.take_recorded():
+    # finds the rows anyway. Without a callback URL the events stay in the outbox (the
+    # operator API shows them) and no delivery task is worth sending.
+    recorded = callbacks.take_recorded()
+    if not get_context().settings.shop_callback_url:
+        return
+    for order_id in recorded:
         try:
             enqueue_delivery(order_id)
         except Exception as exc:
