@@ -25,7 +25,14 @@ from psycopg.rows import dict_row
 
 from ordersync.db import migrate
 from ordersync.demo import new_secret
-from ordersync.devstack import EmbeddedPostgres, Process, RedisServer, free_port, wait_http
+from ordersync.devstack import (
+    EmbeddedPostgres,
+    Process,
+    RedisServer,
+    free_port,
+    temporary_pg_dir,
+    wait_http,
+)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ADYEN_HMAC_KEY = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056"
@@ -125,9 +132,7 @@ def stack() -> Iterator[Stack]:
     pg_dir = None
     database_url = os.environ.get("BENCH_DATABASE_URL")
     if not database_url:
-        # The embedded server runs as its own user: not under a 0700 directory.
-        pg_dir = Path(tempfile.mkdtemp(prefix="ordersync-bench-pg-"))
-        pg_dir.chmod(0o755)
+        pg_dir = temporary_pg_dir("ordersync-bench-pg-")
         postgres = EmbeddedPostgres(pg_dir / "data")
         database_url = postgres.url
     redis = RedisServer(base / "redis")

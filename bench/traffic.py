@@ -15,12 +15,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ordersync import adyen_hmac
-from ordersync.demo import signed_headers
+from ordersync.demo import KETTLE, TOASTER, signed_headers
+from ordersync.devstack import klarna_line
 
-KETTLE = {"id": "75001", "name": "Kettle", "type": "physical", "quantity": 1,
-          "quantity_unit": "pcs", "unit_price": 6000, "tax_rate": 2500}
-TOASTER = {"id": "75002", "name": "Toaster", "type": "physical", "quantity": 1,
-           "quantity_unit": "pcs", "unit_price": 2500, "tax_rate": 2500}
 TOTAL = 8500
 
 
@@ -69,16 +66,7 @@ def adyen_notification(hmac_key: str, username: str, password: str,
             "body": body}
 
 
-def _klarna_line(line: dict[str, Any]) -> dict[str, Any]:
-    total = line["quantity"] * line["unit_price"]
-    return {"reference": line["id"], "name": line["name"], "type": line["type"],
-            "quantity": line["quantity"], "quantity_unit": line["quantity_unit"],
-            "unit_price": line["unit_price"], "tax_rate": line["tax_rate"],
-            "total_amount": total, "total_discount_amount": 0,
-            "total_tax_amount": total * line["tax_rate"] // (10000 + line["tax_rate"])}
-
-
-KLARNA_LINES = [_klarna_line(KETTLE), _klarna_line(TOASTER)]
+KLARNA_LINES = [klarna_line(KETTLE), klarna_line(TOASTER)]
 
 
 def sandbox_order(order_id: str) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 from standardwebhooks.webhooks import Webhook
 
+from ordersync.devstack import klarna_line
+
 KETTLE = {"id": "75001", "name": "Kettle", "type": "physical", "quantity": 1,
           "quantity_unit": "pcs", "unit_price": 6000, "tax_rate": 2500}
 TOASTER = {"id": "75002", "name": "Toaster", "type": "physical", "quantity": 1,
@@ -47,7 +49,7 @@ def send_event(web_url: str, secret: str, event: dict[str, Any]) -> httpx.Respon
 
 def run_demo(web_url: str, sandbox_url: str, secret: str) -> int:
     shop_order = f"demo-{uuid.uuid4().hex[:8]}"
-    klarna_lines = [_klarna_line(KETTLE), _klarna_line(TOASTER)]
+    klarna_lines = [klarna_line(KETTLE), klarna_line(TOASTER)]
     created = httpx.post(f"{sandbox_url}/_sandbox/klarna/orders", json={
         "purchase_currency": "EUR", "purchase_country": "DE", "payment_method": "INVOICE",
         "order_amount": 8500, "order_lines": klarna_lines,
@@ -83,12 +85,3 @@ def run_demo(web_url: str, sandbox_url: str, secret: str) -> int:
     for line in entry["lines"]:
         print(f"     {json.dumps(line)}")
     return 0
-
-
-def _klarna_line(line: dict[str, Any]) -> dict[str, Any]:
-    total = line["quantity"] * line["unit_price"]
-    return {"reference": line["id"], "name": line["name"], "type": line["type"],
-            "quantity": line["quantity"], "quantity_unit": line["quantity_unit"],
-            "unit_price": line["unit_price"], "tax_rate": line["tax_rate"],
-            "total_amount": total, "total_discount_amount": 0,
-            "total_tax_amount": total * line["tax_rate"] // (10000 + line["tax_rate"])}

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,31 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from domain.money import tax_of
+
+
+def temporary_pg_dir(prefix: str) -> Path:
+    """A fresh folder for an embedded server's data. Not 0700 like mkdtemp's: the server
+    runs as its own system user and must reach the folder below it."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+def klarna_line(line: dict[str, Any]) -> dict[str, Any]:
+    """A shop line (contract §4) as Klarna holds it, for orders created on the sandbox."""
+    discount = line.get("total_discount_amount", 0)
+    total = line["quantity"] * line["unit_price"] - discount
+    klarna = {
+        "reference": line["id"], "name": line["name"], "type": line.get("type", "physical"),
+        "quantity": line["quantity"], "unit_price": line["unit_price"],
+        "tax_rate": line["tax_rate"], "total_amount": total, "total_discount_amount": discount,
+        "total_tax_amount": tax_of(total, line["tax_rate"]),
+    }
+    if line.get("quantity_unit"):
+        klarna["quantity_unit"] = line["quantity_unit"]
+    return klarna
 
 
 def free_port() -> int:

@@ -23,10 +23,16 @@ import httpx
 import psycopg
 from psycopg.rows import dict_row
 
-from domain.money import tax_of
 from ordersync.db import migrate
 from ordersync.demo import new_secret, signed_headers
-from ordersync.devstack import EmbeddedPostgres, Process, RedisServer, free_port, wait_http
+from ordersync.devstack import (
+    EmbeddedPostgres,
+    Process,
+    RedisServer,
+    free_port,
+    klarna_line,
+    wait_http,
+)
 from ordersync.faultproxy import FaultProxy
 
 CRASH_POINTS = "before_psp_call:0.08,after_psp_call:0.08,after_commit:0.05,in_reenqueue:0.03"
@@ -171,14 +177,6 @@ class Harness:
         self.postgres.stop()
 
 
-def _klarna_line(line: dict[str, Any]) -> dict[str, Any]:
-    total = line["quantity"] * line["unit_price"]
-    return {"reference": line["id"], "name": line["name"], "type": "physical",
-            "quantity": line["quantity"], "unit_price": line["unit_price"],
-            "tax_rate": line["tax_rate"], "total_amount": total, "total_discount_amount": 0,
-            "total_tax_amount": tax_of(total, line["tax_rate"])}
-
-
 def _new_order(h: Harness, rng: random.Random, seed: int, n: int) -> Order:
     picks = rng.sample(PRODUCTS, rng.randint(2, 4))
     lines: list[dict[str, Any]] = [{"id": name, "name": name.title(), "quantity": rng.randint(1, 3),
@@ -188,10 +186,10 @@ def _new_order(h: Harness, rng: random.Random, seed: int, n: int) -> Order:
         value = sum(line["quantity"] * line["unit_price"] for line in lines)
         lines.append({"id": "coupon", "name": "Coupon", "type": "discount", "quantity": 1,
                       "unit_price": -(value // rng.randint(5, 12)), "tax_rate": 2000})
-    klarna_lines = [_klarna_line(line) for line in lines if line.get("type") != "discount"]
+    klarna_lines = [klarna_line(line) for line in lines if line.get("type") != "discount"]
     discount = next((line for line in lines if line.get("type") == "discount"), None)
     if discount:
-        klarna_lines.append({**_klarna_line({**discount, "quantity": 1}), "type": "discount"})
+        klarna_lines.append(klarna_line(discount))
     created = httpx.post(f"{h.sandbox_url}/_sandbox/klarna/orders", json={
         "purchase_currency": "EUR", "purchase_country": "DE", "payment_method": "INVOICE",
         "order_amount": sum(line["total_amount"] for line in klarna_lines),

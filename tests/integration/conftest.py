@@ -3,7 +3,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,7 +10,14 @@ import pytest
 
 from ordersync.db import migrate
 from ordersync.demo import new_secret
-from ordersync.devstack import EmbeddedPostgres, Process, RedisServer, free_port, wait_http
+from ordersync.devstack import (
+    EmbeddedPostgres,
+    Process,
+    RedisServer,
+    free_port,
+    temporary_pg_dir,
+    wait_http,
+)
 from tests.integration.stack import CUSTOMER, Stack
 
 pytestmark = pytest.mark.integration
@@ -23,9 +29,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     postgres = None
     database_url = os.environ.get("TEST_DATABASE_URL")
     if not database_url:
-        # Not under pytest's 0700 temp dir: the server runs as its own system user.
-        pg_dir = Path(tempfile.mkdtemp(prefix="ordersync-test-pg-"))
-        pg_dir.chmod(0o755)
+        pg_dir = temporary_pg_dir("ordersync-test-pg-")
         postgres = EmbeddedPostgres(pg_dir / "data")
         database_url = postgres.url
     redis = RedisServer(base / "redis")

@@ -17,7 +17,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from ordersync.demo import signed_headers
-from ordersync.devstack import Process
+from ordersync.devstack import Process, klarna_line
 
 T = TypeVar("T")
 
@@ -119,20 +119,6 @@ def wait_for(check: Callable[[], T | None], timeout: float = 20, what: str = "")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or check}")
         time.sleep(0.1)
-
-
-def klarna_line(line: dict[str, Any]) -> dict[str, Any]:
-    """A shop line as Klarna holds it (tax rounded half to even, like ours)."""
-    from domain.money import tax_of
-
-    total = line["quantity"] * line["unit_price"] - line.get("total_discount_amount", 0)
-    return {
-        "reference": line["id"], "name": line["name"], "type": line.get("type", "physical"),
-        "quantity": line["quantity"], "unit_price": line["unit_price"],
-        "tax_rate": line["tax_rate"], "total_amount": total,
-        "total_discount_amount": line.get("total_discount_amount", 0),
-        "total_tax_amount": tax_of(total, line["tax_rate"]),
-    }
 
 
 def order_event(

@@ -6,13 +6,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 import httpx
 import pytest
 
 from ordersync.db import migrate
-from ordersync.devstack import EmbeddedPostgres, Process, free_port, wait_http
+from ordersync.devstack import EmbeddedPostgres, Process, free_port, temporary_pg_dir, wait_http
 from tests.integration.stack import Stack, new_order_id, order_event
 
 pytestmark = pytest.mark.integration
@@ -21,8 +20,7 @@ KETTLE = {"id": "75001", "name": "Kettle", "quantity": 1, "unit_price": 6000, "t
 
 
 def test_postgres_stopped_means_503_and_back_to_202(stack: Stack) -> None:
-    pg_dir = Path(tempfile.mkdtemp(prefix="ordersync-test-pg-outage-"))
-    pg_dir.chmod(0o755)
+    pg_dir = temporary_pg_dir("ordersync-test-pg-outage-")
     postgres = EmbeddedPostgres(pg_dir / "data")
     migrate(postgres.url)
     port = free_port()
