@@ -25,7 +25,7 @@ from psycopg.rows import dict_row
 
 from bench.common import Row, stack
 from ordersync.db import migrate
-from workers.store import IN_FLIGHT
+from workers import store, sweeper
 
 SMALL = 10_000
 GENERATE = """
@@ -71,51 +71,17 @@ SELECT 'shop', 'msg_' || g, 'order.updated', 'o' || g, '{}'::jsonb,
 FROM generate_series(1, %(n)s) AS g;
 """
 
-SWEEP_DUE = """
-SELECT DISTINCT order_id FROM operations
-WHERE (status = 'pending' AND coalesce(next_attempt_at, created_at) <= now())
-   OR (status = 'sent' AND lease_until < now())
-LIMIT 500"""
-SWEEP_REQUESTED = """
-SELECT id FROM orders
-WHERE reconcile_requested_at < now() - make_interval(secs => 10)
-  AND (next_reconcile_at IS NULL OR next_reconcile_at <= now())
-ORDER BY reconcile_requested_at LIMIT 500"""
-SWEEP_RESYNC = """
-UPDATE orders SET psp_synced_at = NULL, reconcile_requested_at = now()
-WHERE id IN (
-    SELECT id FROM orders
-    WHERE provider = 'klarna' AND status = 'open'
-      AND psp_status IN ('authorized', 'part_captured')
-      AND reconcile_requested_at IS NULL
-      AND NOT 'needs_attention' = ANY(flags)
-      AND (psp_synced_at < now() - make_interval(secs => 21600)
-           OR (expires_at < now() + make_interval(days => 3)
-               AND captured_amount < desired_amount))
-    ORDER BY psp_synced_at LIMIT 500 FOR UPDATE SKIP LOCKED)
-RETURNING id"""
-SWEEP_NOTIFICATIONS = """
-SELECT id FROM inbox WHERE source = 'adyen' AND processed_at IS NULL
-  AND received_at < now() - make_interval(secs => 5) ORDER BY received_at LIMIT 500"""
-SWEEP_CALLBACKS = """
-SELECT DISTINCT order_id FROM outbox
-WHERE delivered_at IS NULL AND next_attempt_at <= now()
-  AND (lease_until IS NULL OR lease_until < now()) LIMIT 500"""
-
-# (name, SQL, takes an order id) — the SQL of workers/store.py and workers/sweeper.py.
-QUERIES: list[tuple[str, str, bool]] = [
-    ("lock_order", "SELECT * FROM orders WHERE id = %(id)s FOR UPDATE", True),
-    ("in_flight_operation",
-     "SELECT * FROM operations WHERE order_id = %(id)s AND status = ANY(%(in_flight)s)", True),
-    ("history", "SELECT kind, status, amount, lines FROM operations WHERE order_id = %(id)s "
-                "ORDER BY seq", True),
-    ("next_seq", "SELECT coalesce(max(seq), 0) + 1 AS seq FROM operations "
-                 "WHERE order_id = %(id)s", True),
-    ("sweep: due retries and leases", SWEEP_DUE, False),
-    ("sweep: requested", SWEEP_REQUESTED, False),
-    ("sweep: Klarna re-read (UPDATE)", SWEEP_RESYNC, False),
-    ("sweep: Adyen notifications", SWEEP_NOTIFICATIONS, False),
-    ("sweep: callbacks", SWEEP_CALLBACKS, False),
+# The statements production runs (workers/store.py, workers/sweeper.py), with the
+# parameters of the default settings.
+PARAMS = {"batch": sweeper.BATCH, "grace": 10, "resync": 21600, "days": 3}
+QUERIES: list[tuple[str, str, bool]] = [  # (name, SQL, takes an order id)
+    ("lock_order", store.LOCK_ORDER, True),
+    ("operations (in flight, history, next seq)", store.OPERATIONS, True),
+    ("sweep: due retries and leases", sweeper.DUE_RETRIES, False),
+    ("sweep: requested", sweeper.REQUESTED, False),
+    ("sweep: Klarna re-read (UPDATE)", sweeper.RESYNC, False),
+    ("sweep: Adyen notifications", sweeper.UNPROCESSED_NOTIFICATIONS, False),
+    ("sweep: callbacks", sweeper.UNDELIVERED_CALLBACKS, False),
 ]
 
 
@@ -136,19 +102,17 @@ def measure(url: str, n: int, repeats: int) -> dict[str, dict[str, Any]]:
         conn.commit()
         for name, query, point in QUERIES:
             calls = repeats if point else max(10, repeats // 10)
-            params = [{"id": f"o{rng.randint(1, n)}", "in_flight": list(IN_FLIGHT)}
-                      for _ in range(calls + 5)]
+            params = [{**PARAMS, "id": f"o{rng.randint(1, n)}"} for _ in range(calls + 5)]
             times = []
             for i, p in enumerate(params):
                 start = time.perf_counter()
-                conn.execute(query, p if point else None).fetchall()
+                conn.execute(query, p).fetchall()
                 elapsed = time.perf_counter() - start
                 conn.rollback()
                 if i >= 5:  # the first calls warm caches and prepare
                     times.append(elapsed * 1000)
             explain = conn.execute(
-                sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(query),
-                params[0] if point else None).fetchone()
+                sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(query), params[0]).fetchone()
             conn.rollback()
             assert explain is not None
             plan = explain["QUERY PLAN"][0]["Plan"]
@@ -165,10 +129,11 @@ def without_new_indexes(url: str, calls: int) -> dict[str, Any]:
         for _ in range(calls):
             start = time.perf_counter()
             conn.execute("SAVEPOINT s")
-            conn.execute(SWEEP_RESYNC).fetchall()
+            conn.execute(sweeper.RESYNC, PARAMS).fetchall()
             conn.execute("ROLLBACK TO SAVEPOINT s")
             times.append((time.perf_counter() - start) * 1000)
-        explain = conn.execute("EXPLAIN (FORMAT JSON) " + SWEEP_RESYNC).fetchone()
+        explain = conn.execute(
+            sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(sweeper.RESYNC), PARAMS).fetchone()
         conn.rollback()
     assert explain is not None
     return {"median_ms": statistics.median(times),

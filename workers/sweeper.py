@@ -15,53 +15,66 @@ log = structlog.get_logger("ordersync.sweeper")
 
 BATCH = 500
 
+# The sweeps' SQL, named so that bench/scale.py times these very statements at 1M orders.
+DUE_RETRIES = """
+SELECT DISTINCT order_id FROM operations
+WHERE (status = 'pending' AND coalesce(next_attempt_at, created_at) <= now())
+   OR (status = 'sent' AND lease_until < now())
+LIMIT %(batch)s
+"""
+# Orders the web process marked but whose task never ran (Redis was down, the message
+# was lost): a live task takes far less than the grace period.
+REQUESTED = """
+SELECT id FROM orders
+WHERE reconcile_requested_at < now() - make_interval(secs => %(grace)s)
+  AND (next_reconcile_at IS NULL OR next_reconcile_at <= now())
+ORDER BY reconcile_requested_at
+LIMIT %(batch)s
+"""
+# Unfinished Klarna orders are read again now and then (drift: captures or refunds made
+# outside this service), and before their authorization expires.
+RESYNC = """
+UPDATE orders SET psp_synced_at = NULL, reconcile_requested_at = now()
+WHERE id IN (
+    SELECT id FROM orders
+    WHERE provider = 'klarna' AND status = 'open'
+      AND psp_status IN ('authorized', 'part_captured')
+      AND reconcile_requested_at IS NULL
+      AND NOT 'needs_attention' = ANY(flags)
+      AND (psp_synced_at < now() - make_interval(secs => %(resync)s)
+           OR (expires_at < now() + make_interval(days => %(days)s)
+               AND captured_amount < desired_amount))
+    ORDER BY psp_synced_at
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id
+"""
+UNDELIVERED_CALLBACKS = """
+SELECT DISTINCT order_id FROM outbox
+WHERE delivered_at IS NULL AND next_attempt_at <= now()
+  AND (lease_until IS NULL OR lease_until < now())
+LIMIT %(batch)s
+"""
+UNPROCESSED_NOTIFICATIONS = """
+SELECT id FROM inbox
+WHERE source = 'adyen' AND processed_at IS NULL
+  AND received_at < now() - make_interval(secs => %(grace)s)
+ORDER BY received_at LIMIT %(batch)s
+"""
+
 
 def sweep(ctx: WorkerContext, enqueue: Callable[[str, float], None]) -> dict[str, int]:
     settings = ctx.settings
     with ctx.pool.connection() as conn, conn.transaction():
-        due_retries = conn.execute(
-            """
-            SELECT DISTINCT order_id FROM operations
-            WHERE (status = 'pending' AND coalesce(next_attempt_at, created_at) <= now())
-               OR (status = 'sent' AND lease_until < now())
-            LIMIT %s
-            """,
-            (BATCH,),
-        ).fetchall()
-        # Orders the web process marked but whose task never ran (Redis was down, the
-        # message was lost): a live task takes far less than the grace period.
+        due_retries = conn.execute(DUE_RETRIES, {"batch": BATCH}).fetchall()
         requested = conn.execute(
-            """
-            SELECT id FROM orders
-            WHERE reconcile_requested_at < now() - make_interval(secs => %s)
-              AND (next_reconcile_at IS NULL OR next_reconcile_at <= now())
-            ORDER BY reconcile_requested_at
-            LIMIT %s
-            """,
-            (settings.sweep_grace_seconds, BATCH),
+            REQUESTED, {"grace": settings.sweep_grace_seconds, "batch": BATCH}
         ).fetchall()
-        # Unfinished Klarna orders are read again now and then (drift: captures or
-        # refunds made outside this service), and before their authorization expires.
-        stale = conn.execute(
-            """
-            UPDATE orders SET psp_synced_at = NULL, reconcile_requested_at = now()
-            WHERE id IN (
-                SELECT id FROM orders
-                WHERE provider = 'klarna' AND status = 'open'
-                  AND psp_status IN ('authorized', 'part_captured')
-                  AND reconcile_requested_at IS NULL
-                  AND NOT 'needs_attention' = ANY(flags)
-                  AND (psp_synced_at < now() - make_interval(secs => %s)
-                       OR (expires_at < now() + make_interval(days => %s)
-                           AND captured_amount < desired_amount))
-                ORDER BY psp_synced_at
-                LIMIT %s
-                FOR UPDATE SKIP LOCKED
-            )
-            RETURNING id
-            """,
-            (settings.resync_seconds, settings.extend_authorization_days_before, BATCH),
-        ).fetchall()
+        stale = conn.execute(RESYNC, {
+            "resync": settings.resync_seconds,
+            "days": settings.extend_authorization_days_before, "batch": BATCH,
+        }).fetchall()
     order_ids = (
         {row["order_id"] for row in due_retries}
         | {row["id"] for row in requested}
@@ -86,15 +99,7 @@ def sweep_callbacks(ctx: WorkerContext, enqueue: Callable[[str, float], None]) -
     if not ctx.settings.shop_callback_url:
         return 0  # recorded only: there is nowhere to send them
     with ctx.pool.connection() as conn:
-        rows = conn.execute(
-            """
-            SELECT DISTINCT order_id FROM outbox
-            WHERE delivered_at IS NULL AND next_attempt_at <= now()
-              AND (lease_until IS NULL OR lease_until < now())
-            LIMIT %s
-            """,
-            (BATCH,),
-        ).fetchall()
+        rows = conn.execute(UNDELIVERED_CALLBACKS, {"batch": BATCH}).fetchall()
     for row in rows:
         enqueue(row["order_id"], 0)
     if rows:
@@ -113,13 +118,7 @@ def sweep_notifications(
     """Unprocessed Adyen notifications, and operations whose notification never came."""
     with ctx.pool.connection() as conn:
         rows = conn.execute(
-            """
-            SELECT id FROM inbox
-            WHERE source = 'adyen' AND processed_at IS NULL
-              AND received_at < now() - make_interval(secs => %s)
-            ORDER BY received_at LIMIT %s
-            """,
-            (NOTIFICATION_GRACE_SECONDS, BATCH),
+            UNPROCESSED_NOTIFICATIONS, {"grace": NOTIFICATION_GRACE_SECONDS, "batch": BATCH}
         ).fetchall()
     for row in rows:
         enqueue(row["id"], 0)
