@@ -15,14 +15,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from domain.money import tax_of
+
+T = TypeVar("T")
 
 
 def temporary_pg_dir(prefix: str) -> Path:
@@ -120,7 +122,7 @@ class RedisServer:
              "--appendonly", "no", "--dir", str(self.data_dir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
-        _wait_for(lambda: self.socket_path.exists(), "redis", timeout=10)
+        wait_until(lambda: self.socket_path.exists(), timeout=10, what="redis")
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:
@@ -173,13 +175,18 @@ def wait_http(url: str, timeout: float = 30, process: Process | None = None) -> 
         except httpx.HTTPError:
             return False
 
-    _wait_for(ok, url, timeout)
+    wait_until(ok, timeout, url)
 
 
-def _wait_for(check: Any, what: str, timeout: float) -> None:
+def wait_until(
+    check: Callable[[], T | None], timeout: float = 20, what: str = "", interval: float = 0.1
+) -> T:
+    """Polls `check` until it returns something truthy, and returns that."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} did not come up within {timeout} s")
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what or check}")
+        time.sleep(interval)

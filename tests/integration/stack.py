@@ -4,22 +4,19 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import psycopg
 from psycopg.rows import dict_row
 
 from ordersync.demo import signed_headers
-from ordersync.devstack import Process, klarna_line
-
-T = TypeVar("T")
+from ordersync.devstack import Process, klarna_line, wait_until
 
 
 @dataclass
@@ -110,15 +107,8 @@ class Stack:
         return int(row["n"])
 
 
-def wait_for(check: Callable[[], T | None], timeout: float = 20, what: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or check}")
-        time.sleep(0.1)
+# Timing out in a test is a failed expectation, whatever the helper raises.
+wait_for = wait_until
 
 
 def order_event(
