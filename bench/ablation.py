@@ -24,6 +24,7 @@ def create() -> Any:
     app = create_web_app()
     variant = os.environ.get("BENCH_VARIANT", "")
     if "noenqueue" in variant:
+
         async def enqueue(order_id: str, *, force: bool = False) -> None:
             return None
 
@@ -41,15 +42,34 @@ def main() -> int:
         secret = bench.env["SHOP_WEBHOOK_SECRETS"].split()[0]
         for variant in variants:
             port = free_port()
-            process = bench.start(f"ablation-{variant}", [
-                "-m", "uvicorn", "bench.ablation:create", "--factory", "--host", "127.0.0.1",
-                "--port", str(port), "--no-access-log", "--log-level", "warning"],
-                command=True, env={"BENCH_VARIANT": variant})
+            process = bench.start(
+                f"ablation-{variant}",
+                [
+                    "-m",
+                    "uvicorn",
+                    "bench.ablation:create",
+                    "--factory",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(port),
+                    "--no-access-log",
+                    "--log-level",
+                    "warning",
+                ],
+                command=True,
+                env={"BENCH_VARIANT": variant},
+            )
             url = f"http://127.0.0.1:{port}"
             wait_http(f"{url}/healthz", process=process)
             tag = uuid.uuid4().hex[:6]
-            result = drive(url, [shop_webhook(secret, f"ab{tag}-{i}") for i in range(5300)],
-                           concurrency=32, warmup=300, max_seconds=10)
+            result = drive(
+                url,
+                [shop_webhook(secret, f"ab{tag}-{i}") for i in range(5300)],
+                concurrency=32,
+                warmup=300,
+                max_seconds=10,
+            )
             print(f"{variant:16s} {result.rate:7.0f} req/s  {result.statuses()}", flush=True)
             bench.stop(f"ablation-{variant}")
     return 0

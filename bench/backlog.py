@@ -36,10 +36,13 @@ def run(*, quick: bool) -> tuple[list[Row], dict[str, Any]]:
         started = time.monotonic()
         # Signed in chunks: a signature is good for five minutes.
         for chunk in range(0, n, 20_000):
-            result = drive(web, [shop_webhook(secret, o, shipped=True)
-                                 for o in ids[chunk:chunk + 20_000]],
-                           concurrency=32, max_seconds=600)
-            if result.statuses().get(202) != len(ids[chunk:chunk + 20_000]) or result.errors:
+            result = drive(
+                web,
+                [shop_webhook(secret, o, shipped=True) for o in ids[chunk : chunk + 20_000]],
+                concurrency=32,
+                max_seconds=600,
+            )
+            if result.statuses().get(202) != len(ids[chunk : chunk + 20_000]) or result.errors:
                 raise RuntimeError(f"webhooks: {result.statuses()}, {result.errors} errors")
         ingest_seconds = time.monotonic() - started
         print(f"  {n:,} webhooks stored in {ingest_seconds:.0f} s", flush=True)
@@ -52,7 +55,8 @@ def run(*, quick: bool) -> tuple[list[Row], dict[str, Any]]:
                 row = conn.execute(
                     "SELECT count(*) AS n FROM orders WHERE id LIKE %s "
                     "AND reconcile_requested_at IS NULL AND captured_amount = 6000",
-                    (prefix + "%",)).fetchone()
+                    (prefix + "%",),
+                ).fetchone()
             assert row is not None
             return int(row["n"]) >= n
 
@@ -60,16 +64,21 @@ def run(*, quick: bool) -> tuple[list[Row], dict[str, Any]]:
         drain_seconds = time.monotonic() - drain_started
         print(f"  drained in {drain_seconds:.0f} s", flush=True)
         with bench.db() as conn:
-            inbox = conn.execute("SELECT count(*) AS n FROM inbox WHERE order_id LIKE %s",
-                                 (prefix + "%",)).fetchone()
+            inbox = conn.execute(
+                "SELECT count(*) AS n FROM inbox WHERE order_id LIKE %s", (prefix + "%",)
+            ).fetchone()
             ops = conn.execute(
                 "SELECT count(*) FILTER (WHERE status = 'succeeded' AND kind = 'capture') AS ok,"
                 " count(*) FILTER (WHERE status <> 'succeeded') AS other,"
                 " count(DISTINCT order_id) AS orders FROM operations WHERE order_id LIKE %s",
-                (prefix + "%",)).fetchone()
+                (prefix + "%",),
+            ).fetchone()
         ledger = httpx.get(f"{sandbox}/_sandbox/ledger", timeout=120).json()["entries"]
-    captures = [e for e in ledger if e["operation"] == "capture"
-                and e["order_id"].startswith(klarna_id(prefix))]
+    captures = [
+        e
+        for e in ledger
+        if e["operation"] == "capture" and e["order_id"].startswith(klarna_id(prefix))
+    ]
     per_order: dict[str, int] = {}
     for entry in captures:
         per_order[entry["order_id"]] = per_order.get(entry["order_id"], 0) + 1
@@ -80,15 +89,28 @@ def run(*, quick: bool) -> tuple[list[Row], dict[str, Any]]:
     rows = [
         Row("webhooks in the backlog", n, "events"),
         Row("drain rate (reconciled orders/s, 2 PSP requests each)", n / drain_seconds, "/s"),
-        Row("inbox rows", int(inbox["n"]), "rows", float(n), "= webhooks",
-            int(inbox["n"]) == n),
-        Row("orders with one succeeded capture in Postgres", int(ops["orders"]), "orders",
-            float(n), "= webhooks", int(ops["ok"]) == n == int(ops["orders"])
-            and int(ops["other"]) == 0),
+        Row("inbox rows", int(inbox["n"]), "rows", float(n), "= webhooks", int(inbox["n"]) == n),
+        Row(
+            "orders with one succeeded capture in Postgres",
+            int(ops["orders"]),
+            "orders",
+            float(n),
+            "= webhooks",
+            int(ops["ok"]) == n == int(ops["orders"]) and int(ops["other"]) == 0,
+        ),
         Row("orders lost (no capture at the PSP)", lost, "orders", target="0", met=lost == 0),
-        Row("orders captured twice at the PSP", doubled, "orders", target="0",
-            met=doubled == 0 and len(keys) == len(captures)),
+        Row(
+            "orders captured twice at the PSP",
+            doubled,
+            "orders",
+            target="0",
+            met=doubled == 0 and len(keys) == len(captures),
+        ),
     ]
-    extra = {"webhooks": n, "ingest_seconds": ingest_seconds, "drain_seconds": drain_seconds,
-             "worker": {"pool": "threads", "concurrency": CONCURRENCY}}
+    extra = {
+        "webhooks": n,
+        "ingest_seconds": ingest_seconds,
+        "drain_seconds": drain_seconds,
+        "worker": {"pool": "threads", "concurrency": CONCURRENCY},
+    }
     return rows, extra

@@ -40,7 +40,8 @@ def create_app() -> Starlette:
         event = json.loads(await request.body())
         async with pool.connection() as conn:
             cursor = await conn.execute(
-                "INSERT INTO bench_baseline (payload) VALUES (%s) RETURNING id", (Jsonb(event),))
+                "INSERT INTO bench_baseline (payload) VALUES (%s) RETURNING id", (Jsonb(event),)
+            )
             row = await cursor.fetchone()
         assert row is not None
         await redis.lpush("bench:baseline", str(row["id"]))
@@ -55,7 +56,9 @@ def create_app() -> Starlette:
             await pool.close()
             await redis.aclose()
 
-    routes = [Route("/webhooks/shop", receive, methods=["POST"]),
-              Route("/webhooks/adyen", receive, methods=["POST"]),
-              Route("/healthz", lambda _: Response("ok"), methods=["GET"])]
+    routes = [
+        Route("/webhooks/shop", receive, methods=["POST"]),
+        Route("/webhooks/adyen", receive, methods=["POST"]),
+        Route("/healthz", lambda _: Response("ok"), methods=["GET"]),
+    ]
     return Starlette(routes=routes, lifespan=lifespan)

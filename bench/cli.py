@@ -21,8 +21,9 @@ BENCHMARKS = {
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("benchmark", choices=[*BENCHMARKS, "all", "plot"])
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes: each benchmark in well under a minute")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes: each benchmark in well under a minute"
+    )
     args = parser.parse_args(argv)
     if args.benchmark == "plot":
         from bench.plot import plot

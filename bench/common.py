@@ -43,8 +43,11 @@ class Command(Process):
     def start(self) -> None:
         out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
         self.popen = subprocess.Popen(
-            [sys.executable, *self.argv], env={**os.environ, **self.env}, stdout=out,
-            stderr=subprocess.STDOUT if out else None, start_new_session=True,
+            [sys.executable, *self.argv],
+            env={**os.environ, **self.env},
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
+            start_new_session=True,
         )
 
 
@@ -66,8 +69,14 @@ class Stack:
         path.mkdir(exist_ok=True)
         return path
 
-    def start(self, name: str, argv: Sequence[str], *, command: bool = False,
-              env: Mapping[str, str] | None = None) -> Process:
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        command: bool = False,
+        env: Mapping[str, str] | None = None,
+    ) -> Process:
         cls = Command if command else Process
         process = cls(name, list(argv), {**self.env, **(env or {})}, self.logs / f"{name}.log")
         process.start()
@@ -81,8 +90,9 @@ class Stack:
 
     def web(self, name: str = "web", workers: int = 1) -> str:
         port = free_port()
-        process = self.start(name, ["web", "--host", "127.0.0.1", "--port", str(port),
-                                    "--workers", str(workers)])
+        process = self.start(
+            name, ["web", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+        )
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/healthz", process=process)
         return url
@@ -92,24 +102,44 @@ class Stack:
         if "sandbox" not in self.processes:
             # Benchmarks measure ordersync: the sandbox skips its own OpenAPI check of every
             # request (the test suite keeps it on), so it takes less of the shared CPU.
-            process = self.start("sandbox", ["sandbox", "--port", url.rsplit(":", 1)[1],
-                                             "--no-spec-checks"])
+            process = self.start(
+                "sandbox", ["sandbox", "--port", url.rsplit(":", 1)[1], "--no-spec-checks"]
+            )
             wait_http(f"{url}/_sandbox/health", process=process)
         httpx.delete(f"{url}/_sandbox/faults", timeout=10).raise_for_status()
         if delay_ms:
-            httpx.post(f"{url}/_sandbox/faults", json={
-                "kind": "delay", "ms": delay_ms, "count": None,
-            }, timeout=10).raise_for_status()
+            httpx.post(
+                f"{url}/_sandbox/faults",
+                json={
+                    "kind": "delay",
+                    "ms": delay_ms,
+                    "count": None,
+                },
+                timeout=10,
+            ).raise_for_status()
         return url
 
     def worker(self, name: str = "worker", *, pool: str, concurrency: int) -> Process:
-        return self.start(name, ["worker", "--pool", pool, "--concurrency", str(concurrency),
-                                 "--metrics-port", "0", "--name", f"{name}@bench"])
+        return self.start(
+            name,
+            [
+                "worker",
+                "--pool",
+                pool,
+                "--concurrency",
+                str(concurrency),
+                "--metrics-port",
+                "0",
+                "--name",
+                f"{name}@bench",
+            ],
+        )
 
     @contextmanager
     def db(self, url: str | None = None) -> Iterator[psycopg.Connection[dict[str, Any]]]:
-        with psycopg.connect(url or self.database_url, row_factory=dict_row,
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            url or self.database_url, row_factory=dict_row, autocommit=True
+        ) as conn:
             yield conn
 
     def close(self) -> None:
@@ -157,8 +187,9 @@ def stack() -> Iterator[Stack]:
     from ordersync.settings import get_settings
 
     get_settings.cache_clear()
-    bench = Stack(base=base, database_url=database_url, redis=redis, env=env,
-                  postgres=postgres, pg_dir=pg_dir)
+    bench = Stack(
+        base=base, database_url=database_url, redis=redis, env=env, postgres=postgres, pg_dir=pg_dir
+    )
     try:
         yield bench
     finally:
@@ -193,21 +224,31 @@ class Row:
         return self.value / self.baseline
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "value": self.value, "unit": self.unit,
-                "baseline": self.baseline, "ratio": self.ratio, "target": self.target,
-                "met": self.met}
+        return {
+            "name": self.name,
+            "value": self.value,
+            "unit": self.unit,
+            "baseline": self.baseline,
+            "ratio": self.ratio,
+            "target": self.target,
+            "met": self.met,
+        }
 
 
 def table(title: str, rows: Sequence[Row]) -> str:
     head = ("figure", "value", "baseline", "ratio", "target", "met")
     body = []
     for row in rows:
-        body.append((
-            row.name, f"{row.value:,.1f} {row.unit}",
-            "" if row.baseline is None else f"{row.baseline:,.1f} {row.unit}",
-            "" if row.ratio is None else f"{row.ratio:.2f}x",
-            row.target, {True: "yes", False: "NO", None: ""}[row.met],
-        ))
+        body.append(
+            (
+                row.name,
+                f"{row.value:,.1f} {row.unit}",
+                "" if row.baseline is None else f"{row.baseline:,.1f} {row.unit}",
+                "" if row.ratio is None else f"{row.ratio:.2f}x",
+                row.target,
+                {True: "yes", False: "NO", None: ""}[row.met],
+            )
+        )
     widths = [max(len(str(r[i])) for r in (head, *body)) for i in range(len(head))]
     lines = [f"## {title}", "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True))]
     lines.append("  ".join("-" * w for w in widths))
@@ -220,12 +261,19 @@ def write_result(name: str, quick: bool, rows: Sequence[Row], extra: dict[str, A
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     path = RESULTS_DIR / f"{name}{'-quick' if quick else ''}-{stamp}.json"
     data = {
-        "benchmark": name, "quick": quick, "at": stamp,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
-        "rows": [row.to_json() for row in rows], **extra,
+        "benchmark": name,
+        "quick": quick,
+        "at": stamp,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "rows": [row.to_json() for row in rows],
+        **extra,
     }
     path.write_text(json.dumps(data, indent=2, default=str))
     (RESULTS_DIR / f"{name}{'-quick' if quick else ''}-latest.json").write_text(
-        json.dumps(data, indent=2, default=str))
+        json.dumps(data, indent=2, default=str)
+    )
     return path

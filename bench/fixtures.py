@@ -20,10 +20,18 @@ def order_ids(prefix: str, n: int) -> list[str]:
     return [f"{prefix}{i}" for i in range(n)]
 
 
-def insert_synced_orders(conn: psycopg.Connection[dict[str, object]], prefix: str, n: int, *,
-                         version: int, shipped: bool, requested: bool) -> None:
-    template = OrderSnapshot.model_validate(
-        snapshot("TEMPLATE", version, shipped)).model_dump(mode="json")
+def insert_synced_orders(
+    conn: psycopg.Connection[dict[str, object]],
+    prefix: str,
+    n: int,
+    *,
+    version: int,
+    shipped: bool,
+    requested: bool,
+) -> None:
+    template = OrderSnapshot.model_validate(snapshot("TEMPLATE", version, shipped)).model_dump(
+        mode="json"
+    )
     conn.execute(
         """
         INSERT INTO orders (id, version, provider, psp_order_id, currency, status, snapshot,
@@ -37,15 +45,30 @@ def insert_synced_orders(conn: psycopg.Connection[dict[str, object]], prefix: st
                now() + interval '28 days', CASE WHEN %(requested)s THEN now() END
         FROM (SELECT %(prefix)s || g AS id FROM generate_series(0, %(n)s - 1) AS g) AS o
         """,
-        {"version": version, "snap": json.dumps(template), "total": TOTAL,
-         "lines": json.dumps(KLARNA_LINES), "requested": requested, "prefix": prefix, "n": n},
+        {
+            "version": version,
+            "snap": json.dumps(template),
+            "total": TOTAL,
+            "lines": json.dumps(KLARNA_LINES),
+            "requested": requested,
+            "prefix": prefix,
+            "n": n,
+        },
     )
 
 
-def synced_orders(conn: psycopg.Connection[dict[str, object]], sandbox_url: str, prefix: str,
-                  n: int, *, shipped: bool, requested: bool) -> list[str]:
+def synced_orders(
+    conn: psycopg.Connection[dict[str, object]],
+    sandbox_url: str,
+    prefix: str,
+    n: int,
+    *,
+    shipped: bool,
+    requested: bool,
+) -> list[str]:
     ids = order_ids(prefix, n)
     create_sandbox_orders(sandbox_url, ids)
-    insert_synced_orders(conn, prefix, n, version=2 if shipped else 1, shipped=shipped,
-                         requested=requested)
+    insert_synced_orders(
+        conn, prefix, n, version=2 if shipped else 1, shipped=shipped, requested=requested
+    )
     return ids

@@ -21,17 +21,29 @@ CONNECTIONS = 32
 
 def _summary(result: LoadResult) -> dict[str, Any]:
     latencies = result.latencies_ms()
-    return {"rate": result.rate, "count": result.count, "errors": result.errors,
-            "elapsed": result.elapsed, "statuses": result.statuses(),
-            "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
+    return {
+        "rate": result.rate,
+        "count": result.count,
+        "errors": result.errors,
+        "elapsed": result.elapsed,
+        "statuses": result.statuses(),
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+    }
 
 
 def _requests(kind: str, bench: Stack, n: int, run: str) -> list[dict[str, Any]]:
     if kind == "adyen":
         env = bench.env
-        return [adyen_notification(ADYEN_HMAC_KEY, env["ADYEN_WEBHOOK_USERNAME"],
-                                   env["ADYEN_WEBHOOK_PASSWORD"], f"{run}{i:09d}")
-                for i in range(n)]
+        return [
+            adyen_notification(
+                ADYEN_HMAC_KEY,
+                env["ADYEN_WEBHOOK_USERNAME"],
+                env["ADYEN_WEBHOOK_PASSWORD"],
+                f"{run}{i:09d}",
+            )
+            for i in range(n)
+        ]
     secret = bench.env["SHOP_WEBHOOK_SECRETS"].split()[0]
     return [shop_webhook(secret, f"in-{run}-{i}") for i in range(n)]
 
@@ -47,29 +59,56 @@ def run(*, quick: bool, workers: int = 1) -> tuple[list[Row], dict[str, Any]]:
         with bench.db() as conn:
             conn.execute(TABLE_SQL)
         port = free_port()
-        baseline = bench.start("baseline", [
-            "-m", "uvicorn", "bench.baseline_app:create_app", "--factory", "--host",
-            "127.0.0.1", "--port", str(port), "--workers", str(workers), "--no-access-log",
-            "--log-level", "warning"], command=True)
+        baseline = bench.start(
+            "baseline",
+            [
+                "-m",
+                "uvicorn",
+                "bench.baseline_app:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            command=True,
+        )
         baseline_url = f"http://127.0.0.1:{port}"
         wait_http(f"{baseline_url}/healthz", process=baseline)
         web_url = bench.web(workers=workers)
         for r in range(rounds):
-            for name, url, kind in (("baseline", baseline_url, "shop"),
-                                    ("shop", web_url, "shop"), ("adyen", web_url, "adyen")):
+            for name, url, kind in (
+                ("baseline", baseline_url, "shop"),
+                ("shop", web_url, "shop"),
+                ("adyen", web_url, "adyen"),
+            ):
                 tag = uuid.uuid4().hex[:8]
-                result = drive(url, _requests(kind, bench, warmup + count, tag),
-                               concurrency=CONNECTIONS, warmup=warmup, max_seconds=max_seconds)
+                result = drive(
+                    url,
+                    _requests(kind, bench, warmup + count, tag),
+                    concurrency=CONNECTIONS,
+                    warmup=warmup,
+                    max_seconds=max_seconds,
+                )
                 summary = _summary(result)
                 ok = summary["statuses"].get(202 if kind == "shop" else 200, 0)
                 if ok != result.count or result.errors:
-                    raise RuntimeError(f"{name} round {r}: {summary['statuses']}, "
-                                       f"{result.errors} transport errors; see {bench.logs}")
+                    raise RuntimeError(
+                        f"{name} round {r}: {summary['statuses']}, "
+                        f"{result.errors} transport errors; see {bench.logs}"
+                    )
                 rounds_data[name].append(summary)
                 samples[name] += result.latencies_ms()
-                print(f"  round {r + 1} {name:8s} {summary['rate']:8.0f} req/s  "
-                      f"p50 {summary['p50_ms']:6.1f} ms  p99 {summary['p99_ms']:6.1f} ms",
-                      flush=True)
+                print(
+                    f"  round {r + 1} {name:8s} {summary['rate']:8.0f} req/s  "
+                    f"p50 {summary['p50_ms']:6.1f} ms  p99 {summary['p99_ms']:6.1f} ms",
+                    flush=True,
+                )
 
     def mean_rate(name: str) -> float:
         return float(sum(d["rate"] for d in rounds_data[name]) / len(rounds_data[name]))
@@ -78,13 +117,32 @@ def run(*, quick: bool, workers: int = 1) -> tuple[list[Row], dict[str, Any]]:
     rows: list[Row] = []
     for name, label in (("shop", "POST /webhooks/shop"), ("adyen", "POST /webhooks/adyen")):
         rate = mean_rate(name)
-        rows.append(Row(f"{label} accepted/s @{CONNECTIONS}", rate, "req/s", base_rate,
-                        ">= 0.8x baseline", rate >= 0.8 * base_rate))
+        rows.append(
+            Row(
+                f"{label} accepted/s @{CONNECTIONS}",
+                rate,
+                "req/s",
+                base_rate,
+                ">= 0.8x baseline",
+                rate >= 0.8 * base_rate,
+            )
+        )
         p99 = percentile(samples[name], 99)
-        rows.append(Row(f"{label} p50", percentile(samples[name], 50), "ms",
-                        percentile(samples["baseline"], 50)))
-        rows.append(Row(f"{label} p99", p99, "ms", percentile(samples["baseline"], 99),
-                        "< 50 ms", p99 < 50))
-    extra = {"connections": CONNECTIONS, "uvicorn_workers": workers, "rounds": rounds_data,
-             "latency_ms": {k: sorted(v) for k, v in samples.items()}}
+        rows.append(
+            Row(
+                f"{label} p50",
+                percentile(samples[name], 50),
+                "ms",
+                percentile(samples["baseline"], 50),
+            )
+        )
+        rows.append(
+            Row(f"{label} p99", p99, "ms", percentile(samples["baseline"], 99), "< 50 ms", p99 < 50)
+        )
+    extra = {
+        "connections": CONNECTIONS,
+        "uvicorn_workers": workers,
+        "rounds": rounds_data,
+        "latency_ms": {k: sorted(v) for k, v in samples.items()},
+    }
     return rows, extra

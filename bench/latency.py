@@ -43,40 +43,62 @@ def run(*, quick: bool) -> tuple[list[Row], dict[str, Any]]:
         with bench.db() as conn:
             ids = synced_orders(conn, sandbox, prefix, n, shipped=False, requested=False)
             # A few orders of its own warm the worker up (first connections, imports).
-            warm = synced_orders(conn, sandbox, prefix + "w", 50, shipped=False,
-                                 requested=False)
+            warm = synced_orders(conn, sandbox, prefix + "w", 50, shipped=False, requested=False)
         web = bench.web()
         for index in range(WORKER_PROCESSES):
             bench.worker(f"worker-{index}", pool="threads", concurrency=CONCURRENCY)
         secret = bench.env["SHOP_WEBHOOK_SECRETS"].split()[0]
-        drive(web, [shop_webhook(secret, o, version=2, shipped=True, event_type="order.shipped")
-                    for o in warm], concurrency=8, max_seconds=30)
-        result = drive(web, [shop_webhook(secret, o, version=2, shipped=True,
-                                          event_type="order.shipped") for o in ids],
-                       concurrency=32, rate=RATE, max_seconds=seconds + 5)
+        drive(
+            web,
+            [
+                shop_webhook(secret, o, version=2, shipped=True, event_type="order.shipped")
+                for o in warm
+            ],
+            concurrency=8,
+            max_seconds=30,
+        )
+        result = drive(
+            web,
+            [
+                shop_webhook(secret, o, version=2, shipped=True, event_type="order.shipped")
+                for o in ids
+            ],
+            concurrency=32,
+            rate=RATE,
+            max_seconds=seconds + 5,
+        )
         statuses = result.statuses()
         if statuses.get(202) != n or result.errors:
             raise RuntimeError(f"webhooks: {statuses}, {result.errors} errors")
 
         def captured() -> list[dict[str, Any]] | None:
-            entries = httpx.get(f"{sandbox}/_sandbox/requests", params={"provider": "klarna"},
-                                timeout=60).json()["requests"]
-            mine = [e for e in entries if e["method"] == "POST"
-                    and e["path"].endswith("/captures")
-                    and (e["order_id"] or "").startswith(klarna_id(prefix))
-                    and not (e["order_id"] or "").startswith(klarna_id(prefix + "w"))]
+            entries = httpx.get(
+                f"{sandbox}/_sandbox/requests", params={"provider": "klarna"}, timeout=60
+            ).json()["requests"]
+            mine = [
+                e
+                for e in entries
+                if e["method"] == "POST"
+                and e["path"].endswith("/captures")
+                and (e["order_id"] or "").startswith(klarna_id(prefix))
+                and not (e["order_id"] or "").startswith(klarna_id(prefix + "w"))
+            ]
             return mine if len(mine) >= n else None
 
         entries = wait_until(captured, 120, f"{n} captures at the sandbox", interval=1)
         with bench.db() as conn:
-            inbox = {r["order_id"]: r["received_at"].timestamp() for r in conn.execute(
-                "SELECT order_id, received_at FROM inbox WHERE order_id LIKE %s",
-                (prefix + "%",))}
+            inbox = {
+                r["order_id"]: r["received_at"].timestamp()
+                for r in conn.execute(
+                    "SELECT order_id, received_at FROM inbox WHERE order_id LIKE %s",
+                    (prefix + "%",),
+                )
+            }
     sent = {s[0]: s[2] for s in result.samples}
     scheduled = {s[0]: s[1] for s in result.samples}
     first_capture: dict[str, float] = {}
     for entry in entries:
-        order_id = entry["order_id"][len("k-"):]
+        order_id = entry["order_id"][len("k-") :]
         at = _epoch(entry["at"])
         first_capture[order_id] = min(at, first_capture.get(order_id, at))
     e2e = [(first_capture[o] - sent[o]) * 1000 for o in ids]
@@ -86,8 +108,10 @@ def run(*, quick: bool) -> tuple[list[Row], dict[str, Any]]:
         buckets: dict[int, int] = {}
         for o in slow:
             buckets[int(sent[o] - t0)] = buckets.get(int(sent[o] - t0), 0) + 1
-        print(f"  slow (>100 ms): {len(slow)} of {len(ids)}; "
-              f"by second sent: {sorted(buckets.items())}")
+        print(
+            f"  slow (>100 ms): {len(slow)} of {len(ids)}; "
+            f"by second sent: {sorted(buckets.items())}"
+        )
         worst = max(ids, key=lambda o: first_capture[o] - sent[o])
         took_ms = (first_capture[worst] - sent[worst]) * 1000
         print(f"  worst {worst}: +{sent[worst] - t0:.2f}s took {took_ms:.0f} ms")
@@ -99,16 +123,21 @@ def run(*, quick: bool) -> tuple[list[Row], dict[str, Any]]:
     rows = [
         Row(f"webhooks sent per second (asked {RATE:.0f})", achieved, "/s"),
         Row("webhook sent -> capture at PSP, p50", p50, "ms", target="<= 25 ms", met=p50 <= 25),
-        Row("webhook sent -> capture at PSP, p99", p99, "ms", target="<= 150 ms",
-            met=p99 <= 150),
+        Row("webhook sent -> capture at PSP, p99", p99, "ms", target="<= 150 ms", met=p99 <= 150),
         Row("inbox received_at -> capture at PSP, p50", percentile(from_inbox, 50), "ms"),
         Row("inbox received_at -> capture at PSP, p99", percentile(from_inbox, 99), "ms"),
         Row("webhook answer (202), p50", percentile(web_ms, 50), "ms"),
         Row("webhook answer (202), p99", percentile(web_ms, 99), "ms"),
         Row("load generator lag behind schedule, p99", percentile(lag, 99), "ms"),
     ]
-    extra = {"rate": RATE, "webhooks": n, "worker": {"pool": "threads",
-                                                     "concurrency": CONCURRENCY},
-             "latency_ms": {"end_to_end": sorted(e2e), "inbox_to_psp": sorted(from_inbox),
-                            "webhook_answer": sorted(web_ms)}}
+    extra = {
+        "rate": RATE,
+        "webhooks": n,
+        "worker": {"pool": "threads", "concurrency": CONCURRENCY},
+        "latency_ms": {
+            "end_to_end": sorted(e2e),
+            "inbox_to_psp": sorted(from_inbox),
+            "webhook_answer": sorted(web_ms),
+        },
+    }
     return rows, extra

@@ -71,10 +71,16 @@ class Connection:
 def build(host: str, port: int, item: dict[str, Any]) -> Request:
     body = item.get("body", "")
     data = body.encode() if isinstance(body, str) else bytes(body)
-    headers = {"host": f"{host}:{port}", "content-length": str(len(data)),
-               **{k.lower(): v for k, v in (item.get("headers") or {}).items()}}
-    head = f"{item.get('method', 'POST')} {item['path']} HTTP/1.1\r\n" + "".join(
-        f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    headers = {
+        "host": f"{host}:{port}",
+        "content-length": str(len(data)),
+        **{k.lower(): v for k, v in (item.get("headers") or {}).items()},
+    }
+    head = (
+        f"{item.get('method', 'POST')} {item['path']} HTTP/1.1\r\n"
+        + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        + "\r\n"
+    )
     return Request(str(item.get("tag", "")), head.encode() + data)
 
 
@@ -109,7 +115,7 @@ async def run(spec: dict[str, Any], requests: list[Request]) -> dict[str, Any]:
 
     # Warm-up: closed loop, not recorded.
     for chunk in range(0, warmup, concurrency):
-        await asyncio.gather(*(one(r, 0, False) for r in requests[chunk:chunk + concurrency]))
+        await asyncio.gather(*(one(r, 0, False) for r in requests[chunk : chunk + concurrency]))
     measured = requests[warmup:]
     started = time.perf_counter()
     deadline = started + max_seconds
@@ -142,7 +148,9 @@ async def run(spec: dict[str, Any], requests: list[Request]) -> dict[str, Any]:
         if conn.writer is not None:
             conn.writer.close()
     return {
-        "elapsed": elapsed, "count": len(samples), "errors": errors,
+        "elapsed": elapsed,
+        "count": len(samples),
+        "errors": errors,
         "samples": [[s.tag, s.scheduled, s.sent, s.latency, s.status] for s in samples],
     }
 
@@ -150,8 +158,11 @@ async def run(spec: dict[str, Any], requests: list[Request]) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     spec = json.loads(open(argv[0]).read())  # noqa: SIM115
     with open(argv[1]) as lines:
-        requests = [build(spec.get("host", "127.0.0.1"), int(spec["port"]), json.loads(line))
-                    for line in lines if line.strip()]
+        requests = [
+            build(spec.get("host", "127.0.0.1"), int(spec["port"]), json.loads(line))
+            for line in lines
+            if line.strip()
+        ]
     try:
         import uvloop
 

@@ -29,12 +29,26 @@ def plot() -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     ingest, latency = _latest("ingest"), _latest("latency")
     for ax, data, title, keys in (
-        (axes[0], ingest, "Ingest: answer latency at 32 connections",
-         {"baseline": "baseline (INSERT + LPUSH)", "shop": "POST /webhooks/shop",
-          "adyen": "POST /webhooks/adyen"}),
-        (axes[1], latency, "Webhook sent → capture request at the PSP",
-         {"end_to_end": "webhook sent → PSP request", "inbox_to_psp":
-          "inbox received_at → PSP request", "webhook_answer": "webhook answer (202)"}),
+        (
+            axes[0],
+            ingest,
+            "Ingest: answer latency at 32 connections",
+            {
+                "baseline": "baseline (INSERT + LPUSH)",
+                "shop": "POST /webhooks/shop",
+                "adyen": "POST /webhooks/adyen",
+            },
+        ),
+        (
+            axes[1],
+            latency,
+            "Webhook sent → capture request at the PSP",
+            {
+                "end_to_end": "webhook sent → PSP request",
+                "inbox_to_psp": "inbox received_at → PSP request",
+                "webhook_answer": "webhook answer (202)",
+            },
+        ),
     ):
         ax.set_title(title + ("" if data is None or not data.get("quick") else " (quick)"))
         if data is None:

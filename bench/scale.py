@@ -112,12 +112,16 @@ def measure(url: str, n: int, repeats: int) -> dict[str, dict[str, Any]]:
                 if i >= 5:  # the first calls warm caches and prepare
                     times.append(elapsed * 1000)
             explain = conn.execute(
-                sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(query), params[0]).fetchone()
+                sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(query), params[0]
+            ).fetchone()
             conn.rollback()
             assert explain is not None
             plan = explain["QUERY PLAN"][0]["Plan"]
-            out[name] = {"median_ms": statistics.median(times), "calls": len(times),
-                         "nodes": _nodes(plan)}
+            out[name] = {
+                "median_ms": statistics.median(times),
+                "calls": len(times),
+                "nodes": _nodes(plan),
+            }
     return out
 
 
@@ -133,15 +137,19 @@ def without_new_indexes(url: str, calls: int) -> dict[str, Any]:
             conn.execute("ROLLBACK TO SAVEPOINT s")
             times.append((time.perf_counter() - start) * 1000)
         explain = conn.execute(
-            sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(sweeper.RESYNC), PARAMS).fetchone()
+            sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(sweeper.RESYNC), PARAMS
+        ).fetchone()
         conn.rollback()
     assert explain is not None
-    return {"median_ms": statistics.median(times),
-            "nodes": _nodes(explain["QUERY PLAN"][0]["Plan"])}
+    return {
+        "median_ms": statistics.median(times),
+        "nodes": _nodes(explain["QUERY PLAN"][0]["Plan"]),
+    }
 
 
-def run(*, quick: bool, small: int = SMALL, large: int | None = None,
-        repeats: int | None = None) -> tuple[list[Row], dict[str, Any]]:
+def run(
+    *, quick: bool, small: int = SMALL, large: int | None = None, repeats: int | None = None
+) -> tuple[list[Row], dict[str, Any]]:
     large = large or (100_000 if quick else 1_000_000)
     repeats = repeats or (200 if quick else 500)
     rounds = 3
@@ -162,8 +170,9 @@ def run(*, quick: bool, small: int = SMALL, large: int | None = None,
                 conn.execute("VACUUM ANALYZE")
                 conn.execute("CHECKPOINT")
             generated = time.monotonic() - started
-            print(f"  {n:,} orders, {5 * n:,} operations generated in {generated:.0f} s",
-                  flush=True)
+            print(
+                f"  {n:,} orders, {5 * n:,} operations generated in {generated:.0f} s", flush=True
+            )
             urls[n] = url
             results[str(n)] = {"generate_seconds": generated, "rounds": []}
         # Alternate the sizes, so that whatever else the machine does falls on both;
@@ -175,19 +184,32 @@ def run(*, quick: bool, small: int = SMALL, large: int | None = None,
     for n in urls:
         per_round = results[str(n)]["rounds"]
         results[str(n)]["queries"] = {
-            name: {**per_round[0][name],
-                   "median_ms": min(r[name]["median_ms"] for r in per_round)}
-            for name, _, _ in QUERIES}
+            name: {**per_round[0][name], "median_ms": min(r[name]["median_ms"] for r in per_round)}
+            for name, _, _ in QUERIES
+        }
     rows = []
     small_q, large_q = results[str(small)]["queries"], results[str(large)]["queries"]
     for name, _, _ in QUERIES:
         value, base = large_q[name]["median_ms"], small_q[name]["median_ms"]
-        rows.append(Row(f"{name} @{large // 1000}k orders", value, "ms", base,
-                        f"<= 1.2x @{small // 1000}k", value <= 1.2 * base))
+        rows.append(
+            Row(
+                f"{name} @{large // 1000}k orders",
+                value,
+                "ms",
+                base,
+                f"<= 1.2x @{small // 1000}k",
+                value <= 1.2 * base,
+            )
+        )
         print(f"  {name}: {' > '.join(large_q[name]['nodes'])}")
     before = results["without_0004"]
-    rows.append(Row(f"sweep: Klarna re-read @{large // 1000}k, without 0004_indexes",
-                    before["median_ms"], "ms", small_q["sweep: Klarna re-read (UPDATE)"][
-                        "median_ms"]))
+    rows.append(
+        Row(
+            f"sweep: Klarna re-read @{large // 1000}k, without 0004_indexes",
+            before["median_ms"],
+            "ms",
+            small_q["sweep: Klarna re-read (UPDATE)"]["median_ms"],
+        )
+    )
     print(f"  without 0004_indexes: {' > '.join(before['nodes'])}")
     return rows, {"sizes": [small, large], "results": results}

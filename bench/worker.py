@@ -47,18 +47,34 @@ def noop_rate(bench: Stack, *, pool: str, concurrency: int, n: int) -> dict[str,
             noop_app.noop.apply_async((i,), producer=producer)
     queued = client.llen(noop_app.QUEUE)
     assert queued == n, f"{queued} queued of {n}"
-    bench.start("noop", ["-m", "celery", "-A", "bench.noop_app", "--quiet", "worker",
-                         f"--pool={pool}", f"--concurrency={concurrency}", "--without-gossip",
-                         "--without-mingle", "--loglevel=WARNING", "-n", "noop@bench"],
-                command=True)
+    bench.start(
+        "noop",
+        [
+            "-m",
+            "celery",
+            "-A",
+            "bench.noop_app",
+            "--quiet",
+            "worker",
+            f"--pool={pool}",
+            f"--concurrency={concurrency}",
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel=WARNING",
+            "-n",
+            "noop@bench",
+        ],
+        command=True,
+    )
     try:
         return _drain(lambda: n - int(client.llen(noop_app.QUEUE)), n, timeout=120)
     finally:
         bench.stop("noop")
 
 
-def reconcile_rate(bench: Stack, sandbox: str, *, prefix: str, pool: str, concurrency: int,
-                   n: int, timeout: float) -> dict[str, float]:
+def reconcile_rate(
+    bench: Stack, sandbox: str, *, prefix: str, pool: str, concurrency: int, n: int, timeout: float
+) -> dict[str, float]:
     from workers.tasks import reconcile_order
 
     with bench.db() as conn:
@@ -71,7 +87,9 @@ def reconcile_rate(bench: Stack, sandbox: str, *, prefix: str, pool: str, concur
         with bench.db() as conn:
             row = conn.execute(
                 "SELECT count(*) AS n FROM operations WHERE order_id LIKE %s "
-                "AND status = 'succeeded'", (prefix + "%",)).fetchone()
+                "AND status = 'succeeded'",
+                (prefix + "%",),
+            ).fetchone()
         assert row is not None
         return int(row["n"])
 
@@ -84,7 +102,9 @@ def reconcile_rate(bench: Stack, sandbox: str, *, prefix: str, pool: str, concur
         row = conn.execute(
             "SELECT count(*) AS ops, count(DISTINCT order_id) AS orders, "
             "count(*) FILTER (WHERE status <> 'succeeded') AS other "
-            "FROM operations WHERE order_id LIKE %s", (prefix + "%",)).fetchone()
+            "FROM operations WHERE order_id LIKE %s",
+            (prefix + "%",),
+        ).fetchone()
     assert row is not None
     if (row["ops"], row["orders"], row["other"]) != (n, n, 0):
         raise RuntimeError(f"expected {n} succeeded captures, one per order: {row}")
@@ -103,22 +123,57 @@ def run(*, quick: bool) -> tuple[list[Row], dict[str, Any]]:
         for pool, concurrency in configs:
             base = noop_rate(bench, pool=pool, concurrency=concurrency, n=n)
             print(f"  no-op     {pool}x{concurrency}: {base['rate']:7.0f} tasks/s", flush=True)
-            real = reconcile_rate(bench, sandbox, prefix=f"w{pool[0]}{concurrency}-", pool=pool,
-                                  concurrency=concurrency, n=n, timeout=300)
+            real = reconcile_rate(
+                bench,
+                sandbox,
+                prefix=f"w{pool[0]}{concurrency}-",
+                pool=pool,
+                concurrency=concurrency,
+                n=n,
+                timeout=300,
+            )
             print(f"  reconcile {pool}x{concurrency}: {real['rate']:7.0f} ops/s", flush=True)
-            rows.append(Row(f"ops/s, sandbox at once, --pool {pool} --concurrency {concurrency}",
-                            real["rate"], "ops/s", base["rate"], ">= 0.5x no-op",
-                            real["rate"] >= 0.5 * base["rate"]))
-            extra["configs"].append({"pool": pool, "concurrency": concurrency,
-                                     "noop": base, "reconcile": real})
+            rows.append(
+                Row(
+                    f"ops/s, sandbox at once, --pool {pool} --concurrency {concurrency}",
+                    real["rate"],
+                    "ops/s",
+                    base["rate"],
+                    ">= 0.5x no-op",
+                    real["rate"] >= 0.5 * base["rate"],
+                )
+            )
+            extra["configs"].append(
+                {"pool": pool, "concurrency": concurrency, "noop": base, "reconcile": real}
+            )
         bench.sandbox(delay_ms=100)
-        slow = reconcile_rate(bench, sandbox, prefix="slow-", pool="threads",
-                              concurrency=slow_concurrency, n=n_slow, timeout=300)
-        print(f"  reconcile threads x{slow_concurrency}, 100 ms PSP: "
-              f"{slow['rate']:7.0f} ops/s", flush=True)
-        rows.append(Row(f"ops/s, PSP 100 ms, one process, --pool threads "
-                        f"--concurrency {slow_concurrency}", slow["rate"], "ops/s", None,
-                        ">= 100 ops/s", slow["rate"] >= 100))
-        extra["slow"] = {"pool": "threads", "concurrency": slow_concurrency, "tasks": n_slow,
-                         **slow}
+        slow = reconcile_rate(
+            bench,
+            sandbox,
+            prefix="slow-",
+            pool="threads",
+            concurrency=slow_concurrency,
+            n=n_slow,
+            timeout=300,
+        )
+        print(
+            f"  reconcile threads x{slow_concurrency}, 100 ms PSP: {slow['rate']:7.0f} ops/s",
+            flush=True,
+        )
+        rows.append(
+            Row(
+                f"ops/s, PSP 100 ms, one process, --pool threads --concurrency {slow_concurrency}",
+                slow["rate"],
+                "ops/s",
+                None,
+                ">= 100 ops/s",
+                slow["rate"] >= 100,
+            )
+        )
+        extra["slow"] = {
+            "pool": "threads",
+            "concurrency": slow_concurrency,
+            "tasks": n_slow,
+            **slow,
+        }
     return rows, extra

@@ -130,8 +130,11 @@ def plan_next(
     )
     if psp.status in (PspStatus.EXPIRED, PspStatus.CLOSED):
         if _has_work(order, ledger):
-            return Flag(NEEDS_ATTENTION, f"order_{psp.status.value}",
-                        f"the PSP order is {psp.status.value}; lines can no longer be captured")
+            return Flag(
+                NEEDS_ATTENTION,
+                f"order_{psp.status.value}",
+                f"the PSP order is {psp.status.value}; lines can no longer be captured",
+            )
         return Done()
 
     if order.status == "cancelled":
@@ -141,8 +144,11 @@ def plan_next(
             return Plan(Kind.RELEASE_AUTHORIZATION, psp.authorized - psp.captured)
     elif psp.status is PspStatus.CANCELLED:
         if capture_lines(order, ledger):
-            return Flag(NEEDS_ATTENTION, "psp_order_cancelled",
-                        "the shop ships lines of an order the PSP has cancelled")
+            return Flag(
+                NEEDS_ATTENTION,
+                "psp_order_cancelled",
+                "the shop ships lines of an order the PSP has cancelled",
+            )
     else:
         decision = _authorization_step(view, increase_allowed)
         if decision is not None:
@@ -157,8 +163,11 @@ def plan_next(
     amount = lines_total(lines)
     if lines and amount > 0:
         if amount > psp.captured - psp.refunded:
-            return Flag(NEEDS_ATTENTION, "refund_exceeds_captured",
-                        f"a refund of {amount} exceeds what is captured and not refunded")
+            return Flag(
+                NEEDS_ATTENTION,
+                "refund_exceeds_captured",
+                f"a refund of {amount} exceeds what is captured and not refunded",
+            )
         return Plan(Kind.REFUND, amount, tuple(lines))
     return Done()
 
@@ -174,8 +183,11 @@ def _authorization_step(
     if target == view.refused_amount:
         return None  # refused once for this very total: the shop must ask for a new order
     if target < psp.captured:
-        return Flag(NEEDS_ATTENTION, "amount_below_captured",
-                    f"the new total {target} is below the captured {psp.captured}")
+        return Flag(
+            NEEDS_ATTENTION,
+            "amount_below_captured",
+            f"the new total {target} is below the captured {psp.captured}",
+        )
     basket = tuple(basket_lines(order))
     if target > psp.authorized and not increase_allowed(psp.payment_method, order.country):
         return Flag(
@@ -204,8 +216,11 @@ def _capture_step(
             if refused_amount is not None:
                 # Expected after a refused increase: the extra lines were never authorized.
                 return Wait("shipped_lines_not_authorized")
-            return Flag(NEEDS_ATTENTION, "capture_exceeds_authorization",
-                        f"the shipped lines exceed the remaining authorization {remaining}")
+            return Flag(
+                NEEDS_ATTENTION,
+                "capture_exceeds_authorization",
+                f"the shipped lines exceed the remaining authorization {remaining}",
+            )
     if amount <= 0:
         return None
     return Plan(Kind.CAPTURE, amount, tuple(lines))
@@ -218,7 +233,8 @@ def _fit_capture(order: OrderSnapshot, ledger: Ledger, remaining: int) -> list[P
     candidate is recomputed whole so its discount shares stay exact.
     """
     shipped = [
-        line for line in order.effective_lines
+        line
+        for line in order.effective_lines
         if not line.reduces_total and line.shipped_quantity > _captured_qty(ledger, line.id)
     ]
     while shipped:
@@ -226,8 +242,7 @@ def _fit_capture(order: OrderSnapshot, ledger: Ledger, remaining: int) -> list[P
         lines = list(order.lines)
         index = next(i for i, line in enumerate(lines) if line.id == dropped.id)
         lines[index] = dropped.model_copy(
-            update={"shipped_quantity": _captured_qty(ledger, dropped.id),
-                    "returned_quantity": 0}
+            update={"shipped_quantity": _captured_qty(ledger, dropped.id), "returned_quantity": 0}
         )
         order = order.model_copy(update={"lines": lines})
         candidate = capture_lines(order, ledger)
@@ -268,6 +283,7 @@ def unauthorized_lines(
     if not before:
         return tuple(line for line in basket if line.total_amount > 0)
     return tuple(
-        line for line in basket
+        line
+        for line in basket
         if line.total_amount > 0 and line.quantity > before.get(line.reference, 0)
     )

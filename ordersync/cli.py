@@ -37,8 +37,13 @@ def cmd_web(args: argparse.Namespace) -> int:
     _settings("database_url", "redis_url", "shop_webhook_secrets")
     _prepare_multiprocess_metrics(create=False)
     uvicorn.run(
-        "service.app:create_web_app", factory=True, host=args.host, port=args.port,
-        workers=args.workers, log_config=None, access_log=False,
+        "service.app:create_web_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_config=None,
+        access_log=False,
         timeout_graceful_shutdown=25,
     )
     return 0
@@ -69,20 +74,29 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         # A thread of the parent process, which Celery's pool children never run in.
         try:
-            start_http_server(args.metrics_port, addr=args.metrics_host,
-                              registry=process_registry())
+            start_http_server(
+                args.metrics_port, addr=args.metrics_host, registry=process_registry()
+            )
         except OSError as exc:
             # Metrics are worth a warning, not a worker that will not start.
             get_logger("ordersync.cli").warning(
-                "worker_metrics_unavailable", port=args.metrics_port, error=str(exc))
+                "worker_metrics_unavailable", port=args.metrics_port, error=str(exc)
+            )
     from workers.celery_app import app
     from workers.context import size_for_concurrency
 
     # Threads share one process's Postgres pool and HTTP client: size them to match.
     size_for_concurrency(args.concurrency if args.pool == "threads" else 1)
     # --quiet: no banner on stdout; every line a process writes is a JSON log line.
-    argv = ["--quiet", "worker", f"--concurrency={args.concurrency}", f"--pool={args.pool}",
-            "--without-gossip", "--without-mingle", "--loglevel=INFO"]
+    argv = [
+        "--quiet",
+        "worker",
+        f"--concurrency={args.concurrency}",
+        f"--pool={args.pool}",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel=INFO",
+    ]
     if args.name:
         argv.append(f"--hostname={args.name}")
     app.worker_main(argv)
@@ -122,16 +136,18 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         config.adyen_webhook_password = settings.adyen_webhook_password.get_secret_value()
     if settings.shop_callback_secret:
         config.shop_callback_secret = settings.shop_callback_secret.get_secret_value()
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_config=None,
-                access_log=False)
+    uvicorn.run(
+        create_app(config), host=args.host, port=args.port, log_config=None, access_log=False
+    )
     return 0
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from ordersync.dev import run_dev
 
-    return run_dev(Path(args.data_dir), web_port=args.port, sandbox_port=args.sandbox_port,
-                   demo=args.demo)
+    return run_dev(
+        Path(args.data_dir), web_port=args.port, sandbox_port=args.sandbox_port, demo=args.demo
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -164,13 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="the Celery worker")
     worker.add_argument("--concurrency", type=int, default=2)
-    worker.add_argument("--pool", choices=["prefork", "threads", "solo"], default="prefork",
-                        help="prefork: one task per child process; threads: concurrent "
-                             "tasks in one process (PSP calls wait on the network); "
-                             "see docs/performance.md")
+    worker.add_argument(
+        "--pool",
+        choices=["prefork", "threads", "solo"],
+        default="prefork",
+        help="prefork: one task per child process; threads: concurrent "
+        "tasks in one process (PSP calls wait on the network); "
+        "see docs/performance.md",
+    )
     worker.add_argument("--name", default=None, help="Celery node name")
-    worker.add_argument("--metrics-port", type=int, default=9100,
-                        help="serve Prometheus metrics on this port (0: off)")
+    worker.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9100,
+        help="serve Prometheus metrics on this port (0: off)",
+    )
     worker.add_argument("--metrics-host", default="0.0.0.0")  # noqa: S104 - scraped in a pod
     worker.set_defaults(fn=cmd_worker)
 
@@ -179,8 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox = sub.add_parser("sandbox", help="simulated Klarna and Adyen APIs")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8100)
-    sandbox.add_argument("--no-spec-checks", action="store_true",
-                         help="skip the vendor OpenAPI check of each request (benchmarks)")
+    sandbox.add_argument(
+        "--no-spec-checks",
+        action="store_true",
+        help="skip the vendor OpenAPI check of each request (benchmarks)",
+    )
     sandbox.set_defaults(fn=cmd_sandbox)
 
     dev = sub.add_parser("dev", help="everything on one machine, with embedded Postgres/Redis")
@@ -212,14 +239,19 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--json", action="store_true", help="the operator API's JSON")
     show.set_defaults(fn=cmd_orders_show)
     listing = orders_sub.add_parser("list", help="flagged orders, most recently changed first")
-    listing.add_argument("--flag", choices=["needs_new_order", "needs_attention"], default=None,
-                         help="only this flag (default: any)")
+    listing.add_argument(
+        "--flag",
+        choices=["needs_new_order", "needs_attention"],
+        default=None,
+        help="only this flag (default: any)",
+    )
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument("--cursor", default=None)
     listing.add_argument("--json", action="store_true", help="the operator API's JSON")
     listing.set_defaults(fn=cmd_orders_list)
     rec = orders_sub.add_parser(
-        "reconcile", help="clear the back-off and needs_attention, and reconcile now")
+        "reconcile", help="clear the back-off and needs_attention, and reconcile now"
+    )
     rec.add_argument("order_id")
     rec.add_argument("--json", action="store_true", help="the operator API's JSON")
     rec.set_defaults(fn=cmd_orders_reconcile)
@@ -237,8 +269,9 @@ def cmd_orders_list(args: argparse.Namespace) -> int:
     from service.operator import parse_limit
 
     limit = parse_limit(str(args.limit))
-    return operator_cli.list_orders(_settings("database_url"), args.flag, limit, args.cursor,
-                                    args.json)
+    return operator_cli.list_orders(
+        _settings("database_url"), args.flag, limit, args.cursor, args.json
+    )
 
 
 def cmd_orders_reconcile(args: argparse.Namespace) -> int:

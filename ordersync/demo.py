@@ -19,10 +19,24 @@ from standardwebhooks.webhooks import Webhook
 
 from ordersync.devstack import klarna_line
 
-KETTLE = {"id": "75001", "name": "Kettle", "type": "physical", "quantity": 1,
-          "quantity_unit": "pcs", "unit_price": 6000, "tax_rate": 2500}
-TOASTER = {"id": "75002", "name": "Toaster", "type": "physical", "quantity": 1,
-           "quantity_unit": "pcs", "unit_price": 2500, "tax_rate": 2500}
+KETTLE = {
+    "id": "75001",
+    "name": "Kettle",
+    "type": "physical",
+    "quantity": 1,
+    "quantity_unit": "pcs",
+    "unit_price": 6000,
+    "tax_rate": 2500,
+}
+TOASTER = {
+    "id": "75002",
+    "name": "Toaster",
+    "type": "physical",
+    "quantity": 1,
+    "quantity_unit": "pcs",
+    "unit_price": 2500,
+    "tax_rate": 2500,
+}
 
 
 def signed_headers(secret: str, body: bytes, webhook_id: str | None = None) -> dict[str, str]:
@@ -43,26 +57,42 @@ def new_secret() -> str:
 
 def send_event(web_url: str, secret: str, event: dict[str, Any]) -> httpx.Response:
     body = json.dumps(event).encode()
-    return httpx.post(f"{web_url}/webhooks/shop", content=body,
-                      headers=signed_headers(secret, body), timeout=10)
+    return httpx.post(
+        f"{web_url}/webhooks/shop", content=body, headers=signed_headers(secret, body), timeout=10
+    )
 
 
 def run_demo(web_url: str, sandbox_url: str, secret: str) -> int:
     shop_order = f"demo-{uuid.uuid4().hex[:8]}"
     klarna_lines = [klarna_line(KETTLE), klarna_line(TOASTER)]
-    created = httpx.post(f"{sandbox_url}/_sandbox/klarna/orders", json={
-        "purchase_currency": "EUR", "purchase_country": "DE", "payment_method": "INVOICE",
-        "order_amount": 8500, "order_lines": klarna_lines,
-    }, timeout=10)
+    created = httpx.post(
+        f"{sandbox_url}/_sandbox/klarna/orders",
+        json={
+            "purchase_currency": "EUR",
+            "purchase_country": "DE",
+            "payment_method": "INVOICE",
+            "order_amount": 8500,
+            "order_lines": klarna_lines,
+        },
+        timeout=10,
+    )
     created.raise_for_status()
     klarna_id = created.json()["order_id"]
     print(f"1. Klarna authorized 85.00 for order {shop_order} (klarna_order_id {klarna_id})")
 
-    order = {"id": shop_order, "version": 1, "currency": "EUR", "country": "DE",
-             "status": "open",
-             "payment": {"provider": "klarna", "klarna_order_id": klarna_id,
-                         "payment_method": "INVOICE"},
-             "lines": [KETTLE, TOASTER]}
+    order = {
+        "id": shop_order,
+        "version": 1,
+        "currency": "EUR",
+        "country": "DE",
+        "status": "open",
+        "payment": {
+            "provider": "klarna",
+            "klarna_order_id": klarna_id,
+            "payment_method": "INVOICE",
+        },
+        "lines": [KETTLE, TOASTER],
+    }
     answer = send_event(web_url, secret, {"type": "order.created", "order": order})
     print(f"2. shop sent order.created (v1, 85.00)            → HTTP {answer.status_code}")
     order = {**order, "version": 2, "lines": [KETTLE]}
@@ -70,8 +100,9 @@ def run_demo(web_url: str, sandbox_url: str, secret: str) -> int:
     print(f"3. shop sent order.updated (v2, toaster removed)  → HTTP {answer.status_code}")
 
     for _ in range(100):
-        klarna = httpx.get(f"{sandbox_url}/_sandbox/ledger",
-                           params={"order_id": klarna_id}, timeout=10).json()
+        klarna = httpx.get(
+            f"{sandbox_url}/_sandbox/ledger", params={"order_id": klarna_id}, timeout=10
+        ).json()
         if klarna["entries"]:
             break
         time.sleep(0.2)
@@ -79,8 +110,10 @@ def run_demo(web_url: str, sandbox_url: str, secret: str) -> int:
         print("   no operation reached Klarna within 20 s: see the worker's log")
         return 1
     entry = klarna["entries"][0]
-    print(f"4. Klarna applied {entry['operation']}: order_amount {entry['amount']}, "
-          f"Klarna-Idempotency-Key {entry['idempotency_key']}")
+    print(
+        f"4. Klarna applied {entry['operation']}: order_amount {entry['amount']}, "
+        f"Klarna-Idempotency-Key {entry['idempotency_key']}"
+    )
     print("   order_lines sent:")
     for line in entry["lines"]:
         print(f"     {json.dumps(line)}")

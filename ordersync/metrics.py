@@ -25,14 +25,14 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-WEBHOOKS = Counter(
-    "ordersync_webhooks_received_total", "Webhooks received", ["source", "outcome"]
-)
+WEBHOOKS = Counter("ordersync_webhooks_received_total", "Webhooks received", ["source", "outcome"])
 PSP_REQUESTS = Counter(
     "ordersync_psp_requests_total", "PSP requests made", ["provider", "operation", "outcome"]
 )
 PSP_LATENCY = Histogram(
-    "ordersync_psp_request_seconds", "PSP request latency", ["provider", "operation"],
+    "ordersync_psp_request_seconds",
+    "PSP request latency",
+    ["provider", "operation"],
     buckets=(0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 RETRIES = Counter("ordersync_operation_retries_total", "Operation retries scheduled", ["operation"])
@@ -44,14 +44,16 @@ CONFIRMATION = Histogram(
     buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
 )
 CALLBACKS = Counter(
-    "ordersync_callbacks_total", "Deliveries of the service's events to the shop",
+    "ordersync_callbacks_total",
+    "Deliveries of the service's events to the shop",
     ["event_type", "outcome"],
 )
 # The newest heartbeat of any process of the worker: a dead child's file stays, but
 # holds an older time than a live one's.
 HEARTBEAT = Gauge(
     "ordersync_worker_heartbeat_timestamp_seconds",
-    "Unix time of the worker's last task or sweep", multiprocess_mode="max",
+    "Unix time of the worker's last task or sweep",
+    multiprocess_mode="max",
 )
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -115,8 +117,9 @@ def exposition(extra: Iterable[GaugeMetricFamily] = ()) -> bytes:
     return body
 
 
-def gauge(name: str, documentation: str, labels: list[str],
-          samples: Iterable[tuple[list[str], float]]) -> GaugeMetricFamily:
+def gauge(
+    name: str, documentation: str, labels: list[str], samples: Iterable[tuple[list[str], float]]
+) -> GaugeMetricFamily:
     family = GaugeMetricFamily(name, documentation, labels=labels)
     for values, value in samples:
         family.add_metric(values, value)

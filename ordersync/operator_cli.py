@@ -45,8 +45,9 @@ def money(amount: int | None, currency: str) -> str:
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in cells]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -73,7 +74,8 @@ def format_order(order: dict[str, Any]) -> str:
         f"psp       {order['psp']['status'] or 'not read yet'}, "
         f"synced {_short_time(order['psp']['synced_at'])}, "
         f"expires {_short_time(order['psp']['expires_at'])}",
-        "amounts   " + "  ".join(
+        "amounts   "
+        + "  ".join(
             f"{name} {money(amounts[name], cur)}"
             for name in ("ordered", "authorized", "captured", "refunded")
         ),
@@ -83,56 +85,124 @@ def format_order(order: dict[str, Any]) -> str:
             reason = order["flag_reasons"].get(flag) or {}
             out.append(f"FLAG      {flag}: {reason.get('code', '?')}: {reason.get('message', '')}")
             for line in reason.get("lines") or []:
-                out.append(f"          not authorized: {line.get('reference')} "
-                           f"x{line.get('quantity')} {money(line.get('total_amount'), cur)}")
+                out.append(
+                    f"          not authorized: {line.get('reference')} "
+                    f"x{line.get('quantity')} {money(line.get('total_amount'), cur)}"
+                )
         if "needs_attention" in order["flags"]:
-            out.append("          automatic operations are halted; after fixing the cause: "
-                       f"ordersync orders reconcile {order['id']}")
+            out.append(
+                "          automatic operations are halted; after fixing the cause: "
+                f"ordersync orders reconcile {order['id']}"
+            )
     else:
         out.append("flags     none")
     reconcile = order["reconcile"]
     if reconcile["requested_at"]:
-        out.append(f"pending   reconcile requested {_short_time(reconcile['requested_at'])}"
-                   + (f", next try {_short_time(reconcile['next_at'])}"
-                      if reconcile["next_at"] else ""))
+        out.append(
+            f"pending   reconcile requested {_short_time(reconcile['requested_at'])}"
+            + (f", next try {_short_time(reconcile['next_at'])}" if reconcile["next_at"] else "")
+        )
     if order.get("lines"):
-        out += ["", "lines", table(
-            ["id", "name", "qty", "shipped", "captured", "returned", "refunded", "total"],
-            [[ln["id"], ln.get("name"), ln["quantity"], ln["shipped_quantity"],
-              ln["captured_quantity"], ln["returned_quantity"], ln["refunded_quantity"],
-              money(_line_total(ln), cur)]
-             for ln in order["lines"]],
-        )]
+        out += [
+            "",
+            "lines",
+            table(
+                ["id", "name", "qty", "shipped", "captured", "returned", "refunded", "total"],
+                [
+                    [
+                        ln["id"],
+                        ln.get("name"),
+                        ln["quantity"],
+                        ln["shipped_quantity"],
+                        ln["captured_quantity"],
+                        ln["returned_quantity"],
+                        ln["refunded_quantity"],
+                        money(_line_total(ln), cur),
+                    ]
+                    for ln in order["lines"]
+                ],
+            ),
+        ]
     if order.get("operations"):
-        out += ["", "operations", table(
-            ["#", "kind", "status", "amount", "tries", "idempotency key", "psp ref", "error",
-             "updated"],
-            [[op["seq"], op["kind"], op["status"], money(op["amount"], cur), op["attempts"],
-              op["idempotency_key"], op["psp_reference"], _error(op["error"]),
-              _short_time(op["updated_at"])]
-             for op in order["operations"]],
-        )]
+        out += [
+            "",
+            "operations",
+            table(
+                [
+                    "#",
+                    "kind",
+                    "status",
+                    "amount",
+                    "tries",
+                    "idempotency key",
+                    "psp ref",
+                    "error",
+                    "updated",
+                ],
+                [
+                    [
+                        op["seq"],
+                        op["kind"],
+                        op["status"],
+                        money(op["amount"], cur),
+                        op["attempts"],
+                        op["idempotency_key"],
+                        op["psp_reference"],
+                        _error(op["error"]),
+                        _short_time(op["updated_at"]),
+                    ]
+                    for op in order["operations"]
+                ],
+            ),
+        ]
     if order.get("webhooks"):
-        out += ["", "webhooks received", table(
-            ["received", "source", "type", "version", "outcome", "webhook id"],
-            [[_short_time(w["received_at"]), w["source"], w["event_type"], w["version"],
-              w["outcome"], w["webhook_id"]] for w in order["webhooks"]],
-        )]
+        out += [
+            "",
+            "webhooks received",
+            table(
+                ["received", "source", "type", "version", "outcome", "webhook id"],
+                [
+                    [
+                        _short_time(w["received_at"]),
+                        w["source"],
+                        w["event_type"],
+                        w["version"],
+                        w["outcome"],
+                        w["webhook_id"],
+                    ]
+                    for w in order["webhooks"]
+                ],
+            ),
+        ]
     if order.get("callbacks"):
-        out += ["", "events sent to the shop", table(
-            ["created", "type", "version", "tries", "delivered", "last error", "webhook id"],
-            [[_short_time(c["created_at"]), c["type"], c["version"], c["attempts"],
-              _short_time(c["delivered_at"]) if c["delivered_at"] else "not yet",
-              c["last_error"], c["webhook_id"]] for c in order["callbacks"]],
-        )]
+        out += [
+            "",
+            "events sent to the shop",
+            table(
+                ["created", "type", "version", "tries", "delivered", "last error", "webhook id"],
+                [
+                    [
+                        _short_time(c["created_at"]),
+                        c["type"],
+                        c["version"],
+                        c["attempts"],
+                        _short_time(c["delivered_at"]) if c["delivered_at"] else "not yet",
+                        c["last_error"],
+                        c["webhook_id"],
+                    ]
+                    for c in order["callbacks"]
+                ],
+            ),
+        ]
     return "\n".join(out)
 
 
 def _line_total(line: dict[str, Any]) -> int:
     if line.get("total_amount") is not None:
         return int(line["total_amount"])
-    return int(line["quantity"] * line.get("unit_price", 0)
-               - (line.get("total_discount_amount") or 0))
+    return int(
+        line["quantity"] * line.get("unit_price", 0) - (line.get("total_discount_amount") or 0)
+    )
 
 
 def _error(error: dict[str, Any] | None) -> str | None:
@@ -150,12 +220,19 @@ def format_list(page: dict[str, Any]) -> str:
         return "no flagged orders"
     out = table(
         ["order", "v", "flags", "reason", "ordered", "authorized", "captured", "updated"],
-        [[o["id"], o["version"], ",".join(o["flags"]),
-          "; ".join(f"{(r or {}).get('code')}" for r in o["flag_reasons"].values()),
-          money(o["amounts"]["ordered"], o["currency"]),
-          money(o["amounts"]["authorized"], o["currency"]),
-          money(o["amounts"]["captured"], o["currency"]), _short_time(o["updated_at"])]
-         for o in orders],
+        [
+            [
+                o["id"],
+                o["version"],
+                ",".join(o["flags"]),
+                "; ".join(f"{(r or {}).get('code')}" for r in o["flag_reasons"].values()),
+                money(o["amounts"]["ordered"], o["currency"]),
+                money(o["amounts"]["authorized"], o["currency"]),
+                money(o["amounts"]["captured"], o["currency"]),
+                _short_time(o["updated_at"]),
+            ]
+            for o in orders
+        ],
     )
     if page["next_cursor"]:
         out += f"\nmore: --cursor {page['next_cursor']}"
@@ -194,6 +271,9 @@ def reconcile(settings: Settings, order_id: str, as_json: bool) -> int:
     except Exception as exc:  # recorded in Postgres already: the sweeper picks it up
         queued = f"not queued ({type(exc).__name__}); the sweeper will pick it up"
     cleared = ", ".join(result["cleared_flags"]) or "no flags"
-    emit({**result, "queued": queued == "queued"},
-         f"reconcile of {order_id} requested: cleared {cleared}; task {queued}", as_json)
+    emit(
+        {**result, "queued": queued == "queued"},
+        f"reconcile of {order_id} requested: cleared {cleared}; task {queued}",
+        as_json,
+    )
     return 0

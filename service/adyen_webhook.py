@@ -32,8 +32,12 @@ _REQUIRED = ("pspReference", "eventCode", "success", "merchantAccountCode")
 
 def event_key(item: Mapping[str, Any]) -> str:
     """Adyen's identity of a notification: the same one delivered again has the same key."""
-    parts = (item.get("pspReference"), item.get("eventCode"), item.get("success"),
-             item.get("originalReference"))
+    parts = (
+        item.get("pspReference"),
+        item.get("eventCode"),
+        item.get("success"),
+        item.get("originalReference"),
+    )
     return ":".join("" if part is None else str(part) for part in parts)
 
 
@@ -68,9 +72,12 @@ def parse_items(body: bytes) -> list[dict[str, Any]]:
             raise BadRequest(f"notificationItems[{index}] has no NotificationRequestItem")
         missing = [key for key in _REQUIRED if not isinstance(item.get(key), str)]
         amount = item.get("amount")
-        if (not isinstance(amount, dict) or not isinstance(amount.get("currency"), str)
-                or isinstance(amount.get("value"), bool)
-                or not isinstance(amount.get("value"), int)):
+        if (
+            not isinstance(amount, dict)
+            or not isinstance(amount.get("currency"), str)
+            or isinstance(amount.get("value"), bool)
+            or not isinstance(amount.get("value"), int)
+        ):
             missing.append("amount")
         if missing:
             raise BadRequest(f"notificationItems[{index}] lacks {', '.join(missing)}")
@@ -108,9 +115,11 @@ async def adyen_webhook(request: Request) -> Response:
     if not (keys and settings.adyen_webhook_username and settings.adyen_webhook_password):
         raise ConfigError("Adyen notifications are not configured")
     body = await read_body(request)
-    if not check_basic_auth(request.headers.get("authorization"),
-                            settings.adyen_webhook_username,
-                            settings.adyen_webhook_password.get_secret_value()):
+    if not check_basic_auth(
+        request.headers.get("authorization"),
+        settings.adyen_webhook_username,
+        settings.adyen_webhook_password.get_secret_value(),
+    ):
         raise Unauthorized("missing or invalid basic auth")
     items = parse_items(body)
     bad = [index for index, item in enumerate(items) if not adyen_hmac.is_valid(item, keys)]
@@ -119,8 +128,13 @@ async def adyen_webhook(request: Request) -> Response:
         log.warning("adyen_hmac_invalid", items=len(items), invalid=bad)
         raise Unauthorized("invalid HMAC signature")
     new = await store_items(state.pool, items)
-    log.info("webhook_stored", source="adyen", items=len(items), new=len(new),
-             event_codes=sorted({item["eventCode"] for item in items}))
+    log.info(
+        "webhook_stored",
+        source="adyen",
+        items=len(items),
+        new=len(new),
+        event_codes=sorted({item["eventCode"] for item in items}),
+    )
     for _ in new:
         state.metrics.webhook(source="adyen", outcome="applied")
     for _ in range(len(items) - len(new)):

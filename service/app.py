@@ -73,8 +73,9 @@ async def _http_error(_: Request, exc: Exception) -> Response:
     # Starlette's own 404/405 in the contract's error format, not plain text.
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    return JSONResponse({"error": code, "detail": exc.detail}, status_code=exc.status_code,
-                        headers=exc.headers)
+    return JSONResponse(
+        {"error": code, "detail": exc.detail}, status_code=exc.status_code, headers=exc.headers
+    )
 
 
 async def _database_down(_: Request, exc: Exception) -> Response:
@@ -95,11 +96,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     settings.require("database_url", "redis_url", "shop_webhook_secrets")
     assert settings.database_url is not None and settings.redis_url is not None
-    pool = async_pool(settings.database_url.get_secret_value(),
-                      max_size=settings.web_db_pool_size)
+    pool = async_pool(settings.database_url.get_secret_value(), max_size=settings.web_db_pool_size)
     redis = aioredis.from_url(
         redis_client_url(settings.redis_url.get_secret_value()),
-        socket_timeout=2, socket_connect_timeout=2,
+        socket_timeout=2,
+        socket_connect_timeout=2,
     )
 
     publisher = Publisher(redis_sender(redis))
@@ -114,7 +115,11 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return bool(await redis.ping())
 
     state = AppState(
-        settings=settings, pool=pool, enqueue=enqueue, redis_ping=redis_ping, metrics=Metrics(),
+        settings=settings,
+        pool=pool,
+        enqueue=enqueue,
+        redis_ping=redis_ping,
+        metrics=Metrics(),
         publisher=publisher,
     )
 

@@ -21,8 +21,11 @@ async def readyz(request: Request) -> Response:
     postgres, redis = await asyncio.gather(_postgres_ok(state), _redis_ok(state))
     ready = postgres and redis
     return JSONResponse(
-        {"status": "ready" if ready else "unavailable",
-         "postgres": "ok" if postgres else "down", "redis": "ok" if redis else "down"},
+        {
+            "status": "ready" if ready else "unavailable",
+            "postgres": "ok" if postgres else "down",
+            "redis": "ok" if redis else "down",
+        },
         status_code=200 if ready else 503,
     )
 

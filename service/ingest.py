@@ -83,10 +83,18 @@ async def store_shop_event(pool: AsyncPool, webhook_id: str, event: ShopEvent) -
     # which lines are new.
     basket = [line.to_json() for line in basket_lines(order)] if adyen else []
     params = {
-        "id": order.id, "version": order.version, "provider": order.provider,
-        "psp_id": order.psp_order_id, "currency": order.currency, "status": order.status,
-        "key": webhook_id, "type": event.type,
-        "payload": payload, "snapshot": snapshot, "total": order.total, "adyen": adyen,
+        "id": order.id,
+        "version": order.version,
+        "provider": order.provider,
+        "psp_id": order.psp_order_id,
+        "currency": order.currency,
+        "status": order.status,
+        "key": webhook_id,
+        "type": event.type,
+        "payload": payload,
+        "snapshot": snapshot,
+        "total": order.total,
+        "adyen": adyen,
         "basket": Jsonb(basket),
     }
     try:

@@ -27,42 +27,66 @@ async def database_gauges(state: AppState) -> list[GaugeMetricFamily]:
     """Backlogs read from Postgres at scrape time. Each query walks a partial index that
     holds only the unfinished rows, so a scrape costs little while things are healthy."""
     async with asyncio.timeout(QUERY_TIMEOUT_SECONDS), state.pool.connection() as conn:
-        inbox = await (await conn.execute(
-            """
+        inbox = await (
+            await conn.execute(
+                """
             SELECT source, count(*) AS backlog,
                    extract(epoch FROM now() - min(received_at))::float8 AS oldest
             FROM inbox WHERE processed_at IS NULL GROUP BY source
             """
-        )).fetchall()
-        outbox = await (await conn.execute(
-            """
+            )
+        ).fetchall()
+        outbox = await (
+            await conn.execute(
+                """
             SELECT count(*) AS backlog,
                    coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) AS oldest
             FROM outbox WHERE delivered_at IS NULL
             """
-        )).fetchone()
-        flagged = await (await conn.execute(
-            "SELECT flag, count(*) AS n FROM orders, unnest(flags) AS flag"
-            " WHERE flags <> '{}' GROUP BY flag"
-        )).fetchall()
+            )
+        ).fetchone()
+        flagged = await (
+            await conn.execute(
+                "SELECT flag, count(*) AS n FROM orders, unnest(flags) AS flag"
+                " WHERE flags <> '{}' GROUP BY flag"
+            )
+        ).fetchall()
     backlog = {row["source"]: float(row["backlog"]) for row in inbox}
     oldest = {row["source"]: float(row["oldest"]) for row in inbox}
     flag_counts = {row["flag"]: float(row["n"]) for row in flagged}
     assert outbox is not None
     # Every label value is exported, zero included, so alerts see a series, not absence.
     return [
-        metrics.gauge("ordersync_inbox_backlog", "Stored webhooks not processed yet",
-                      ["source"], [([s], backlog.get(s, 0.0)) for s in SOURCES]),
-        metrics.gauge("ordersync_inbox_oldest_unprocessed_seconds",
-                      "Age of the oldest stored webhook not processed yet (0 when none)",
-                      ["source"], [([s], oldest.get(s, 0.0)) for s in SOURCES]),
-        metrics.gauge("ordersync_callbacks_backlog", "Events for the shop not delivered yet",
-                      [], [([], float(outbox["backlog"]))]),
-        metrics.gauge("ordersync_callbacks_oldest_undelivered_seconds",
-                      "Age of the oldest event for the shop not delivered yet (0 when none)",
-                      [], [([], float(outbox["oldest"]))]),
-        metrics.gauge("ordersync_orders_flagged", "Orders carrying a flag now", ["flag"],
-                      [([f], flag_counts.get(f, 0.0)) for f in FLAGS]),
+        metrics.gauge(
+            "ordersync_inbox_backlog",
+            "Stored webhooks not processed yet",
+            ["source"],
+            [([s], backlog.get(s, 0.0)) for s in SOURCES],
+        ),
+        metrics.gauge(
+            "ordersync_inbox_oldest_unprocessed_seconds",
+            "Age of the oldest stored webhook not processed yet (0 when none)",
+            ["source"],
+            [([s], oldest.get(s, 0.0)) for s in SOURCES],
+        ),
+        metrics.gauge(
+            "ordersync_callbacks_backlog",
+            "Events for the shop not delivered yet",
+            [],
+            [([], float(outbox["backlog"]))],
+        ),
+        metrics.gauge(
+            "ordersync_callbacks_oldest_undelivered_seconds",
+            "Age of the oldest event for the shop not delivered yet (0 when none)",
+            [],
+            [([], float(outbox["oldest"]))],
+        ),
+        metrics.gauge(
+            "ordersync_orders_flagged",
+            "Orders carrying a flag now",
+            ["flag"],
+            [([f], flag_counts.get(f, 0.0)) for f in FLAGS],
+        ),
     ]
 
 
@@ -75,8 +99,11 @@ async def metrics_endpoint(request: Request) -> Response:
     except Exception as exc:  # a scrape must not fail because Postgres is down
         log.warning("metrics_database_unavailable", error=type(exc).__name__)
         up = 0.0
-    extra.append(metrics.gauge("ordersync_database_up",
-                               "Whether the scrape could read Postgres", [], [([], up)]))
+    extra.append(
+        metrics.gauge(
+            "ordersync_database_up", "Whether the scrape could read Postgres", [], [([], up)]
+        )
+    )
     return Response(metrics.exposition(extra), media_type=metrics.CONTENT_TYPE)
 
 

@@ -98,15 +98,21 @@ def _operation(row: dict[str, Any]) -> dict[str, Any]:
         "next_attempt_at": _iso(row["next_attempt_at"]),
         "outcome_unknown": row["outcome_unknown"],
         "psp_reference": row["psp_reference"],
-        "error": None if not error else {
+        "error": None
+        if not error
+        else {
             "code": error.get("code"),
             "message": error.get("message"),
             "correlation_id": error.get("correlation_id"),
             "http_status": error.get("http_status"),
         },
         "lines": [
-            {"reference": line.get("reference"), "type": line.get("type"),
-             "quantity": line.get("quantity"), "total_amount": line.get("total_amount")}
+            {
+                "reference": line.get("reference"),
+                "type": line.get("type"),
+                "quantity": line.get("quantity"),
+                "total_amount": line.get("total_amount"),
+            }
             for line in row["lines"] or []
         ],
         "created_at": _iso(row["created_at"]),
@@ -237,7 +243,9 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 async def list_flagged(
-    pool: AsyncPool, flag: str | None = None, limit: int = DEFAULT_LIMIT,
+    pool: AsyncPool,
+    flag: str | None = None,
+    limit: int = DEFAULT_LIMIT,
     cursor: str | None = None,
 ) -> dict[str, Any]:
     """Flagged orders (with `flag`, or any flag), most recently changed first."""
@@ -251,7 +259,8 @@ async def list_flagged(
         conditions.append("(updated_at, id) < (%s, %s)")
         params.extend(after)
     query = (
-        "SELECT * FROM orders WHERE " + " AND ".join(conditions)  # noqa: S608 - fixed fragments
+        "SELECT * FROM orders WHERE "
+        + " AND ".join(conditions)  # noqa: S608 - fixed fragments
         + " ORDER BY updated_at DESC, id DESC LIMIT %s"
     )
     params.append(limit + 1)
@@ -299,7 +308,15 @@ async def request_reconcile(pool: AsyncPool, order_id: str) -> dict[str, Any]:
             (order_id,),
         )
     cleared = [flag for flag in before["flags"] if flag not in row["flags"]]
-    log.info("operator_reconcile_requested", order_id=order_id, cleared_flags=cleared,
-             retries_released=ops.rowcount)
-    return {"order_id": order_id, "status": "accepted", "cleared_flags": cleared,
-            "flags": list(row["flags"])}
+    log.info(
+        "operator_reconcile_requested",
+        order_id=order_id,
+        cleared_flags=cleared,
+        retries_released=ops.rowcount,
+    )
+    return {
+        "order_id": order_id,
+        "status": "accepted",
+        "cleared_flags": cleared,
+        "flags": list(row["flags"]),
+    }

@@ -45,19 +45,36 @@ class Message:
 def celery_message(message: Message, task_id: str | None = None) -> bytes:
     """The message as kombu's Redis transport stores it (Celery task protocol v2)."""
     task_id = task_id or str(uuid.uuid4())
-    body = [list(message.args), message.kwargs,
-            {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    body = [
+        list(message.args),
+        message.kwargs,
+        {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+    ]
     envelope = {
         "body": base64.b64encode(json.dumps(body).encode()).decode(),
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": {
-            "lang": "py", "task": message.task, "id": task_id, "shadow": None, "eta": None,
-            "expires": None, "group": None, "group_index": None, "retries": 0,
-            "timelimit": [None, None], "root_id": task_id, "parent_id": None,
-            "argsrepr": repr(message.args), "kwargsrepr": repr(message.kwargs),
-            "origin": _ORIGIN, "ignore_result": True, "replaced_task_nesting": 0,
-            "stamped_headers": None, "stamps": {}, "request_id": message.request_id,
+            "lang": "py",
+            "task": message.task,
+            "id": task_id,
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": [None, None],
+            "root_id": task_id,
+            "parent_id": None,
+            "argsrepr": repr(message.args),
+            "kwargsrepr": repr(message.kwargs),
+            "origin": _ORIGIN,
+            "ignore_result": True,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+            "request_id": message.request_id,
         },
         "properties": {
             "correlation_id": task_id,

@@ -69,7 +69,10 @@ async def shop_webhook(request: Request) -> Response:
     structlog.contextvars.bind_contextvars(order_id=event.order.id)
     stored = await store_shop_event(state.pool, webhook_id, event)
     log.info(
-        "webhook_stored", source="shop", event_type=event.type, outcome=stored.outcome,
+        "webhook_stored",
+        source="shop",
+        event_type=event.type,
+        outcome=stored.outcome,
         version=event.order.version,
     )
     state.metrics.webhook(source="shop", outcome=stored.outcome)

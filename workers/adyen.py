@@ -96,8 +96,10 @@ class AdyenClient:
         lines = [PspLine.from_json(item) for item in op["lines"]]
         merchant = self._merchant(snapshot)
         if merchant is None:
-            return _refused("merchant_account_missing",
-                            "no merchant_account in the payment and no ADYEN_MERCHANT_ACCOUNT")
+            return _refused(
+                "merchant_account_missing",
+                "no merchant_account in the payment and no ADYEN_MERCHANT_ACCOUNT",
+            )
         reference = str(op["id"])
         if kind is Kind.RELEASE_AUTHORIZATION:
             # v71 offers no "release the rest": the authorization is updated down to
@@ -106,8 +108,9 @@ class AdyenClient:
                 return _refused("unsupported", "releasing needs the captured lines")
             lines = list(self._captured_lines(str(order["id"])))
             if lines_total(lines) != amount_after_release(order):
-                return _refused("line_sum_mismatch",
-                                "the captured lines do not sum to the captured amount")
+                return _refused(
+                    "line_sum_mismatch", "the captured lines do not sum to the captured amount"
+                )
             amount = lines_total(lines)
             kind = Kind.UPDATE_AUTHORIZATION
         if kind in (Kind.UPDATE_AUTHORIZATION, Kind.CAPTURE, Kind.REFUND):
@@ -117,8 +120,9 @@ class AdyenClient:
         if kind is Kind.EXTEND_AUTHORIZATION:
             return _refused("unsupported", "Adyen authorizations cannot be extended")
         if self._classic and kind in (Kind.CAPTURE, Kind.REFUND, Kind.CANCEL):
-            return self._classic_request(kind, payment, merchant, reference, amount, currency,
-                                         lines)
+            return self._classic_request(
+                kind, payment, merchant, reference, amount, currency, lines
+            )
         if self._checkout is None:
             return _refused("not_configured", "ADYEN_CHECKOUT_URL is not set")
         base = f"{self._checkout}/payments/{payment}"
@@ -127,18 +131,29 @@ class AdyenClient:
             return f"{base}/cancels", body
         body["amount"] = {"currency": currency, "value": amount}
         body["lineItems"] = adyen_line_items(lines)
-        path = {Kind.UPDATE_AUTHORIZATION: "amountUpdates", Kind.CAPTURE: "captures",
-                Kind.REFUND: "refunds"}[kind]
+        path = {
+            Kind.UPDATE_AUTHORIZATION: "amountUpdates",
+            Kind.CAPTURE: "captures",
+            Kind.REFUND: "refunds",
+        }[kind]
         return f"{base}/{path}", body
 
     def _classic_request(
-        self, kind: Kind, payment: str, merchant: str, reference: str, amount: int,
-        currency: str, lines: Sequence[PspLine],
+        self,
+        kind: Kind,
+        payment: str,
+        merchant: str,
+        reference: str,
+        amount: int,
+        currency: str,
+        lines: Sequence[PspLine],
     ) -> tuple[str, dict[str, Any]] | PspResult:
         if self._pal is None:
             return _refused("not_configured", "ADYEN_PAL_URL is not set")
         body: dict[str, Any] = {
-            "merchantAccount": merchant, "originalReference": payment, "reference": reference,
+            "merchantAccount": merchant,
+            "originalReference": payment,
+            "reference": reference,
         }
         if kind is Kind.CANCEL:
             return f"{self._pal}/cancel", body
@@ -167,15 +182,26 @@ class AdyenClient:
         if status < 300:
             reference = data.get("pspReference")
             # Checkout says "status": "received"; classic says "[capture-received]" etc.
-            received = data.get("status") == "received" or str(
-                data.get("response", "")).endswith("-received]")
+            received = data.get("status") == "received" or str(data.get("response", "")).endswith(
+                "-received]"
+            )
             if received and isinstance(reference, str) and reference:
-                return PspResult(Outcome.RECEIVED, reference=reference, body=data,
-                                 http_status=status, elapsed_seconds=elapsed)
-            error = PspError("unexpected_response", "Adyen answered without a received "
-                             "status and pspReference", None, status)
-            return PspResult(Outcome.REJECTED, error=error, http_status=status,
-                             elapsed_seconds=elapsed)
+                return PspResult(
+                    Outcome.RECEIVED,
+                    reference=reference,
+                    body=data,
+                    http_status=status,
+                    elapsed_seconds=elapsed,
+                )
+            error = PspError(
+                "unexpected_response",
+                "Adyen answered without a received status and pspReference",
+                None,
+                status,
+            )
+            return PspResult(
+                Outcome.REJECTED, error=error, http_status=status, elapsed_seconds=elapsed
+            )
         error = PspError(
             code=str(data.get("errorCode") or f"HTTP_{status}"),
             message=str(data.get("message") or response.reason_phrase),
@@ -183,12 +209,15 @@ class AdyenClient:
             http_status=status,
         )
         if is_transient_status(status):
-            return PspResult(Outcome.TRANSIENT, error=error,
-                             retry_after=retry_after_seconds(response),
-                             maybe_applied=status != 429, http_status=status,
-                             elapsed_seconds=elapsed)
-        return PspResult(Outcome.REJECTED, error=error, http_status=status,
-                         elapsed_seconds=elapsed)
+            return PspResult(
+                Outcome.TRANSIENT,
+                error=error,
+                retry_after=retry_after_seconds(response),
+                maybe_applied=status != 429,
+                http_status=status,
+                elapsed_seconds=elapsed,
+            )
+        return PspResult(Outcome.REJECTED, error=error, http_status=status, elapsed_seconds=elapsed)
 
 
 def amount_after_release(order: dict[str, Any]) -> int:

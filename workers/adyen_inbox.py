@@ -48,8 +48,7 @@ Enqueue = Callable[[str, float], None]
 
 # Which of our operation kinds each modification event can settle.
 SETTLES: dict[str, frozenset[Kind]] = {
-    "AUTHORISATION_ADJUSTMENT": frozenset({Kind.UPDATE_AUTHORIZATION,
-                                           Kind.RELEASE_AUTHORIZATION}),
+    "AUTHORISATION_ADJUSTMENT": frozenset({Kind.UPDATE_AUTHORIZATION, Kind.RELEASE_AUTHORIZATION}),
     "CAPTURE": frozenset({Kind.CAPTURE}),
     "CAPTURE_FAILED": frozenset({Kind.CAPTURE}),
     "REFUND": frozenset({Kind.REFUND}),
@@ -108,8 +107,11 @@ class Notification:
         return self.original_reference or self.psp_reference
 
     def error(self) -> dict[str, Any]:
-        return {"code": self.event_code, "message": self.reason or f"{self.event_code} "
-                f"success={str(self.success).lower()}", "correlation_id": self.psp_reference}
+        return {
+            "code": self.event_code,
+            "message": self.reason or f"{self.event_code} success={str(self.success).lower()}",
+            "correlation_id": self.psp_reference,
+        }
 
 
 # --- deciding (pure) -------------------------------------------------------------------
@@ -148,14 +150,22 @@ def decide(n: Notification, op: Row) -> Verdict:
 def rejection_flag(n: Notification, order: Row, op: Row) -> Flag:
     """A refused increase asks the shop for a new order; anything else needs a person."""
     error = n.error()
-    increase = (Kind(op["kind"]) is Kind.UPDATE_AUTHORIZATION
-                and order["authorized_amount"] is not None
-                and int(op["amount"]) > int(order["authorized_amount"]))
+    increase = (
+        Kind(op["kind"]) is Kind.UPDATE_AUTHORIZATION
+        and order["authorized_amount"] is not None
+        and int(op["amount"]) > int(order["authorized_amount"])
+    )
     if increase and n.event_code == "AUTHORISATION_ADJUSTMENT":
-        lines = unauthorized_lines(store.to_lines(op["lines"]),
-                                   store.to_lines(order["authorized_lines"] or []))
-        return Flag(NEEDS_NEW_ORDER, error["code"], error["message"] or "increase refused",
-                    lines, int(op["amount"]))
+        lines = unauthorized_lines(
+            store.to_lines(op["lines"]), store.to_lines(order["authorized_lines"] or [])
+        )
+        return Flag(
+            NEEDS_NEW_ORDER,
+            error["code"],
+            error["message"] or "increase refused",
+            lines,
+            int(op["amount"]),
+        )
     return Flag(NEEDS_ATTENTION, error["code"], error["message"])
 
 
@@ -175,7 +185,8 @@ def openinvoice_lines(additional: Mapping[str, Any]) -> list[PspLine]:
         try:
             quantity = int(additional[prefix + "numberOfItems"])
             unit = int(additional[prefix + "itemAmount"]) + int(
-                additional.get(prefix + "itemVatAmount", 0))
+                additional.get(prefix + "itemVatAmount", 0)
+            )
             rate = int(additional.get(prefix + "itemVatPercentage", 0))
         except (KeyError, TypeError, ValueError):
             return []
@@ -185,10 +196,14 @@ def openinvoice_lines(additional: Mapping[str, Any]) -> list[PspLine]:
         quantity_before = before.quantity if before else 0
         total = quantity * unit + (before.total_amount if before else 0)
         merged[reference] = PspLine(
-            reference=reference, name=name,
+            reference=reference,
+            name=name,
             type=LineType.DISCOUNT if unit < 0 else LineType.PHYSICAL,
-            quantity=quantity_before + quantity, unit_price=unit, tax_rate=rate,
-            total_amount=total, total_discount_amount=(quantity_before + quantity) * unit - total,
+            quantity=quantity_before + quantity,
+            unit_price=unit,
+            tax_rate=rate,
+            total_amount=total,
+            total_discount_amount=(quantity_before + quantity) * unit - total,
             total_tax_amount=0,
         )
     return list(merged.values())
@@ -208,8 +223,12 @@ def process(ctx: WorkerContext, inbox_id: int, enqueue: Enqueue) -> str:
     """Applies one stored notification; returns what it came to."""
     with ctx.pool.connection() as conn, conn.transaction():
         result = _process(conn, ctx.settings, inbox_id)
-    log.info("adyen_notification_processed", inbox_id=inbox_id, outcome=result.outcome,
-             order_id=result.order_id)
+    log.info(
+        "adyen_notification_processed",
+        inbox_id=inbox_id,
+        outcome=result.outcome,
+        order_id=result.order_id,
+    )
     if result.order_id is not None and result.outcome not in ("unmatched", "duplicate"):
         # After the commit, so the reconciler sees what the notification changed.
         delay = result.retry_in or 0.0
@@ -238,8 +257,9 @@ def _process(conn: Connection[Row], settings: Settings, inbox_id: int) -> Proces
             if age.total_seconds() < settings.notification_orphan_seconds:
                 conn.execute("UPDATE inbox SET outcome = 'unmatched' WHERE id = %s", (inbox_id,))
                 return result
-            log.warning("adyen_notification_orphaned", inbox_id=inbox_id,
-                        success=n.success, amount=n.amount)
+            log.warning(
+                "adyen_notification_orphaned", inbox_id=inbox_id, success=n.success, amount=n.amount
+            )
             result = Processed("orphaned")
         conn.execute(
             "UPDATE inbox SET processed_at = now(), outcome = %s, "
@@ -284,7 +304,11 @@ def _modification(conn: Connection[Row], settings: Settings, n: Notification) ->
 
 
 def _apply(
-    conn: Connection[Row], settings: Settings, n: Notification, order: Row, op: Row,
+    conn: Connection[Row],
+    settings: Settings,
+    n: Notification,
+    order: Row,
+    op: Row,
     verdict: Verdict,
 ) -> Processed:
     order_id = order["id"]
@@ -292,11 +316,16 @@ def _apply(
         log.info("adyen_notification_stale", status=op["status"], success=n.success)
         return Processed("stale", order_id)
     if verdict is Verdict.FLAG:
-        flag_order(conn, order, Flag(
-            NEEDS_ATTENTION, f"{n.event_code.lower()}_after_{op['status']}",
-            f"Adyen sent {n.event_code} (success={str(n.success).lower()}) for a "
-            f"{op['kind']} this service had recorded as {op['status']}; check the payment",
-        ))
+        flag_order(
+            conn,
+            order,
+            Flag(
+                NEEDS_ATTENTION,
+                f"{n.event_code.lower()}_after_{op['status']}",
+                f"Adyen sent {n.event_code} (success={str(n.success).lower()}) for a "
+                f"{op['kind']} this service had recorded as {op['status']}; check the payment",
+            ),
+        )
         return Processed("flagged", order_id)
     if verdict is Verdict.SUCCEED:
         _settle(conn, op, "succeeded", n.psp_reference, error=None)
@@ -312,11 +341,19 @@ def _apply(
     attempts = int(op["attempts"])
     if attempts >= settings.max_attempts:
         _settle(conn, op, "failed", n.psp_reference, error=n.error())
-        flag_order(conn, order, Flag(NEEDS_ATTENTION, "retries_exhausted",
-                                     f"{n.event_code}: {n.reason or 'capture failed'}"))
+        flag_order(
+            conn,
+            order,
+            Flag(
+                NEEDS_ATTENTION,
+                "retries_exhausted",
+                f"{n.event_code}: {n.reason or 'capture failed'}",
+            ),
+        )
         return Processed("failed", order_id)
-    delay = backoff_seconds(attempts, settings.retry_base_seconds, settings.retry_max_seconds,
-                            random.random())
+    delay = backoff_seconds(
+        attempts, settings.retry_base_seconds, settings.retry_max_seconds, random.random()
+    )
     conn.execute(
         """
         UPDATE operations
@@ -325,16 +362,22 @@ def _apply(
             lease_token = NULL, lease_until = NULL, updated_at = now()
         WHERE id = %s
         """,
-        (datetime.now(UTC) + timedelta(seconds=delay), Jsonb(n.error()), n.psp_reference,
-         op["id"]),
+        (datetime.now(UTC) + timedelta(seconds=delay), Jsonb(n.error()), n.psp_reference, op["id"]),
     )
-    log.info("operation_retry_scheduled", attempts=attempts, delay_seconds=round(delay, 2),
-             cause=n.event_code)
+    log.info(
+        "operation_retry_scheduled",
+        attempts=attempts,
+        delay_seconds=round(delay, 2),
+        cause=n.event_code,
+    )
     return Processed("retry", order_id, retry_in=delay)
 
 
 def _settle(
-    conn: Connection[Row], op: Row, status: str, psp_reference: str,
+    conn: Connection[Row],
+    op: Row,
+    status: str,
+    psp_reference: str,
     error: dict[str, Any] | None,
 ) -> None:
     # The lease goes too: a sender still between its call and its record must find
@@ -370,8 +413,15 @@ def _payment_event(conn: Connection[Row], n: Notification) -> Processed:
     if not n.success:
         if order is None:
             return Processed("ignored")
-        flag_order(conn, order, Flag(NEEDS_ATTENTION, "authorisation_refused",
-                                     n.reason or "Adyen reports the payment as not authorised"))
+        flag_order(
+            conn,
+            order,
+            Flag(
+                NEEDS_ATTENTION,
+                "authorisation_refused",
+                n.reason or "Adyen reports the payment as not authorised",
+            ),
+        )
         return Processed("flagged", order["id"])
     lines = [line.to_json() for line in openinvoice_lines(n.additional)]
     conn.execute(
@@ -406,8 +456,9 @@ def _correct_authorization(
         (order["id"],),
     ).fetchone()
     if changed is not None or amount < order["captured_amount"]:
-        log.info("adyen_authorisation_not_adopted", amount=amount,
-                 authorized=order["authorized_amount"])
+        log.info(
+            "adyen_authorisation_not_adopted", amount=amount, authorized=order["authorized_amount"]
+        )
         return "stale"
     conn.execute(
         """
@@ -454,11 +505,15 @@ def chase_silent_operations(ctx: WorkerContext) -> int:
                 ).fetchone()
                 if order is None or op is None:
                     continue
-                flag_order(conn, order, Flag(
-                    NEEDS_ATTENTION, "notification_timeout",
-                    f"no Adyen notification for {op['kind']} {op['psp_reference']} within "
-                    f"{int(timeout)} s; check the payment in Adyen's Customer Area",
-                ))
+                flag_order(
+                    conn,
+                    order,
+                    Flag(
+                        NEEDS_ATTENTION,
+                        "notification_timeout",
+                        f"no Adyen notification for {op['kind']} {op['psp_reference']} within "
+                        f"{int(timeout)} s; check the payment in Adyen's Customer Area",
+                    ),
+                )
                 flagged += 1
     return flagged
-

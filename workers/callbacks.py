@@ -61,8 +61,7 @@ def record_flagged(conn: Connection[DictRow], order: dict[str, Any], flag: Flag)
     reason = {"code": flag.code, "message": flag.message}
     if flag.flag == NEEDS_NEW_ORDER:
         event_type = NEW_ORDER_REQUIRED
-        data: dict[str, Any] = {"lines": [line.to_json() for line in flag.lines],
-                                "reason": reason}
+        data: dict[str, Any] = {"lines": [line.to_json() for line in flag.lines], "reason": reason}
     else:
         event_type = NEEDS_ATTENTION
         data = {"reason": reason}
@@ -74,26 +73,35 @@ def record_synced(conn: Connection[DictRow], order: dict[str, Any]) -> None:
     """Every operation for the order's current version is done: `order.synced`."""
     authorized = order["authorized_amount"]
     still_flagged = [
-        flag for flag in order.get("flags") or []
+        flag
+        for flag in order.get("flags") or []
         # The reconciler clears needs_new_order in this same step once the total fits.
-        if not (flag == NEEDS_NEW_ORDER and authorized is not None
-                and order["desired_amount"] <= authorized)
+        if not (
+            flag == NEEDS_NEW_ORDER
+            and authorized is not None
+            and order["desired_amount"] <= authorized
+        )
     ]
     if still_flagged:
         return  # done with what it can do, but the shop still has to act: not "synced"
-    data = {"amounts": {
-        "ordered": order["desired_amount"],
-        "authorized": order["authorized_amount"],
-        "captured": order["captured_amount"],
-        "refunded": order["refunded_amount"],
-    }}
+    data = {
+        "amounts": {
+            "ordered": order["desired_amount"],
+            "authorized": order["authorized_amount"],
+            "captured": order["captured_amount"],
+            "refunded": order["refunded_amount"],
+        }
+    }
     # A periodic re-read or an operator's reconcile of an order already in sync is no
     # news to the shop; a sync after a flag is. Checked in the insert itself: one trip.
     _insert(conn, order, SYNCED, data, unless_last_is=(SYNCED, order["version"]))
 
 
 def _insert(
-    conn: Connection[DictRow], order: dict[str, Any], event_type: str, data: dict[str, Any],
+    conn: Connection[DictRow],
+    order: dict[str, Any],
+    event_type: str,
+    data: dict[str, Any],
     unless_last_is: tuple[str, int] | None = None,
 ) -> None:
     event_id = uuid.uuid4()
@@ -115,9 +123,15 @@ def _insert(
             WHERE last.event_type = %(skip_type)s AND last.version = %(skip_version)s)
         RETURNING id
         """,
-        {"id": event_id, "order_id": order["id"], "type": event_type,
-         "version": order["version"], "payload": Jsonb(body), "skip_type": skip_type,
-         "skip_version": skip_version},
+        {
+            "id": event_id,
+            "order_id": order["id"],
+            "type": event_type,
+            "version": order["version"],
+            "payload": Jsonb(body),
+            "skip_type": skip_type,
+            "skip_version": skip_version,
+        },
     ).fetchone()
     if inserted is None:
         return
@@ -136,7 +150,10 @@ def take_recorded() -> list[str]:
 
 
 def deliver_order(
-    conn_pool: Any, http: httpx.Client, settings: Settings, order_id: str,
+    conn_pool: Any,
+    http: httpx.Client,
+    settings: Settings,
+    order_id: str,
 ) -> tuple[int, float | None]:
     """Sends the order's due events in the order they happened, stopping at the first
     failure so the shop never sees a later event before an earlier one.
@@ -185,7 +202,11 @@ def _claim_next(conn: Connection[DictRow], order_id: str) -> dict[str, Any] | No
 
 
 def _send(
-    conn_pool: Any, http: httpx.Client, signer: Webhook, url: str, settings: Settings,
+    conn_pool: Any,
+    http: httpx.Client,
+    signer: Webhook,
+    url: str,
+    settings: Settings,
     row: dict[str, Any],
 ) -> float | None:
     """POSTs one event; None when the shop took it, else the delay before the next try."""
@@ -216,20 +237,35 @@ def _send(
                 (status, row["id"]),
             )
             metrics.CALLBACKS.labels(event_type=row["event_type"], outcome="delivered").inc()
-            log.info("callback_delivered", event_type=row["event_type"], webhook_id=msg_id,
-                     attempts=row["attempts"], http_status=status)
+            log.info(
+                "callback_delivered",
+                event_type=row["event_type"],
+                webhook_id=msg_id,
+                attempts=row["attempts"],
+                http_status=status,
+            )
             return None
-        delay = backoff_seconds(row["attempts"], settings.retry_base_seconds,
-                                settings.retry_max_seconds, 0.5 + random.random() / 2)
+        delay = backoff_seconds(
+            row["attempts"],
+            settings.retry_base_seconds,
+            settings.retry_max_seconds,
+            0.5 + random.random() / 2,
+        )
         conn.execute(
             "UPDATE outbox SET next_attempt_at = %s, lease_until = NULL, last_status = %s,"
             " last_error = %s WHERE id = %s",
             (now + timedelta(seconds=delay), status, error, row["id"]),
         )
     metrics.CALLBACKS.labels(event_type=row["event_type"], outcome="failed").inc()
-    log.warning("callback_failed", event_type=row["event_type"], webhook_id=msg_id,
-                attempts=row["attempts"], http_status=status, error=error,
-                retry_in_seconds=round(delay, 2))
+    log.warning(
+        "callback_failed",
+        event_type=row["event_type"],
+        webhook_id=msg_id,
+        attempts=row["attempts"],
+        http_status=status,
+        error=error,
+        retry_in_seconds=round(delay, 2),
+    )
     return delay
 
 

@@ -36,8 +36,9 @@ def build_context(settings: Settings) -> WorkerContext:
         timeout=httpx.Timeout(
             settings.psp_read_timeout_seconds, connect=settings.psp_connect_timeout_seconds
         ),
-        limits=httpx.Limits(max_connections=max(20, _concurrency),
-                            max_keepalive_connections=max(10, _concurrency)),
+        limits=httpx.Limits(
+            max_connections=max(20, _concurrency), max_keepalive_connections=max(10, _concurrency)
+        ),
         headers={"User-Agent": "ordersync/0.1"},
     )
     providers: dict[str, Provider] = {}
@@ -49,9 +50,9 @@ def build_context(settings: Settings) -> WorkerContext:
             settings.klarna_password.get_secret_value() if settings.klarna_password else "",
         )
     # A task holds at most one connection at a time, and never across a PSP call.
-    pool = sync_pool(settings.database_url.get_secret_value(),
-                     max_size=max(4, _concurrency + 1))
+    pool = sync_pool(settings.database_url.get_secret_value(), max_size=max(4, _concurrency + 1))
     if settings.adyen_checkout_url or settings.adyen_pal_url:
+
         def captured_lines(order_id: str) -> list[PspLine]:
             with pool.connection() as conn:
                 return store.captured_lines(conn, order_id)

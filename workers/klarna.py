@@ -108,9 +108,7 @@ class KlarnaClient:
         return self._call("POST", f"{ORDERS}/{order_id}/cancel", None, key)
 
     def release_remaining_authorization(self, order_id: str, key: str) -> PspResult:
-        return self._call(
-            "POST", f"{ORDERS}/{order_id}/release-remaining-authorization", None, key
-        )
+        return self._call("POST", f"{ORDERS}/{order_id}/release-remaining-authorization", None, key)
 
     def extend_authorization_time(self, order_id: str, key: str) -> PspResult:
         return self._call("POST", f"{ORDERS}/{order_id}/extend-authorization-time", None, key)

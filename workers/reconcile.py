@@ -151,17 +151,24 @@ class Reconciler:
         )
         # The increase table is Klarna's own; behind Adyen the payment method is not
         # known here, so Adyen is asked and its AUTHORISATION_ADJUSTMENT decides.
-        allowed = (_always if order["provider"] == "adyen"
-                   else self.settings.increase_allowed)
+        allowed = _always if order["provider"] == "adyen" else self.settings.increase_allowed
         decision = plan_next(view, allowed)
         if isinstance(decision, Plan):
             claimed = store.insert_claimed_operation(
-                conn, order, store.next_seq(ops), decision.kind, decision.amount,
-                decision.lines, self.settings.lease_seconds,
+                conn,
+                order,
+                store.next_seq(ops),
+                decision.kind,
+                decision.amount,
+                decision.lines,
+                self.settings.lease_seconds,
             )
             log.info(
-                "operation_planned", operation=decision.kind.value, amount=decision.amount,
-                idempotency_key=claimed["idempotency_key"], target_version=order["version"],
+                "operation_planned",
+                operation=decision.kind.value,
+                amount=decision.amount,
+                idempotency_key=claimed["idempotency_key"],
+                target_version=order["version"],
             )
             return Send(order, claimed, check_first=False)
         if isinstance(decision, Flag):
@@ -207,8 +214,15 @@ class Reconciler:
         provider = self.ctx.providers.get(order["provider"])
         if provider is None:
             with self.ctx.pool.connection() as conn, conn.transaction():
-                self._flag(conn, order, Flag(NEEDS_ATTENTION, "provider_not_configured",
-                                             f"no {order['provider']} credentials configured"))
+                self._flag(
+                    conn,
+                    order,
+                    Flag(
+                        NEEDS_ATTENTION,
+                        "provider_not_configured",
+                        f"no {order['provider']} credentials configured",
+                    ),
+                )
         return provider
 
     def _read(self, order: store.Row) -> PspResult | None:
@@ -224,18 +238,27 @@ class Reconciler:
         figures = self.ctx.providers[order["provider"]].figures(body)
         # The first read has nothing to compare with: whatever is there is the start.
         known = order["authorized_amount"] is not None
-        if known and (figures["captured"] > order["captured_amount"]
-                      or figures["refunded"] > order["refunded_amount"]):
+        if known and (
+            figures["captured"] > order["captured_amount"]
+            or figures["refunded"] > order["refunded_amount"]
+        ):
             log.warning(
-                "psp_drift", psp_captured=figures["captured"],
-                our_captured=order["captured_amount"], psp_refunded=figures["refunded"],
+                "psp_drift",
+                psp_captured=figures["captured"],
+                our_captured=order["captured_amount"],
+                psp_refunded=figures["refunded"],
                 our_refunded=order["refunded_amount"],
             )
-            self._flag(conn, order, Flag(
-                NEEDS_ATTENTION, "drift",
-                "the PSP shows captures or refunds this service did not make; "
-                "its figures were adopted",
-            ))
+            self._flag(
+                conn,
+                order,
+                Flag(
+                    NEEDS_ATTENTION,
+                    "drift",
+                    "the PSP shows captures or refunds this service did not make; "
+                    "its figures were adopted",
+                ),
+            )
         store.apply_psp_figures(conn, order["id"], figures)
 
     # -- steps 2 and 3: call, then record ---------------------------------------------
@@ -245,7 +268,8 @@ class Reconciler:
         notification, another worker)."""
         order, op = action.order, action.op
         structlog.contextvars.bind_contextvars(
-            operation=op["kind"], idempotency_key=op["idempotency_key"],
+            operation=op["kind"],
+            idempotency_key=op["idempotency_key"],
             operation_id=str(op["id"]),
         )
         provider = self._provider(order)
@@ -265,11 +289,15 @@ class Reconciler:
         crash_point("before_psp_call")
         result = provider.execute(order, store.snapshot(order), op)
         crash_point("after_psp_call")
-        metrics.psp_request(order["provider"], op["kind"], result.outcome.value,
-                            result.elapsed_seconds)
+        metrics.psp_request(
+            order["provider"], op["kind"], result.outcome.value, result.elapsed_seconds
+        )
         log.info(
-            "psp_request_done", outcome=result.outcome.value, http_status=result.http_status,
-            attempts=op["attempts"], amount=op["amount"],
+            "psp_request_done",
+            outcome=result.outcome.value,
+            http_status=result.http_status,
+            attempts=op["attempts"],
+            amount=op["amount"],
             elapsed_ms=round(result.elapsed_seconds * 1000, 1),
             error_code=result.error.code if result.error else None,
         )
@@ -283,15 +311,17 @@ class Reconciler:
             assert order is not None
             if result.outcome is Outcome.RECEIVED:
                 # Adyen took the request; its notification settles it.
-                if not store.finish_operation(conn, op, status="awaiting_notification",
-                                              psp_reference=result.reference):
+                if not store.finish_operation(
+                    conn, op, status="awaiting_notification", psp_reference=result.reference
+                ):
                     self._lost_lease(op)
                     return None
                 log.info("operation_awaiting_notification", psp_reference=result.reference)
                 return None
             if result.outcome is Outcome.SUCCEEDED:
-                if not store.finish_operation(conn, op, status="succeeded",
-                                              psp_reference=result.reference):
+                if not store.finish_operation(
+                    conn, op, status="succeeded", psp_reference=result.reference
+                ):
                     self._lost_lease(op)
                     return None
                 store.apply_success(conn, order, op)
@@ -321,7 +351,11 @@ class Reconciler:
                 return None
             delay = self._delay(attempts, result)
             if not store.finish_operation(
-                conn, op, status="pending", error=error, next_attempt_at=_after(delay),
+                conn,
+                op,
+                status="pending",
+                error=error,
+                next_attempt_at=_after(delay),
                 outcome_unknown=bool(op["outcome_unknown"]) or result.maybe_applied,
             ):
                 self._lost_lease(op)
@@ -355,7 +389,9 @@ class Reconciler:
 
     def _delay(self, attempts: int, result: PspResult) -> float:
         delay = backoff_seconds(
-            attempts, self.settings.retry_base_seconds, self.settings.retry_max_seconds,
+            attempts,
+            self.settings.retry_base_seconds,
+            self.settings.retry_max_seconds,
             random.random(),
         )
         if result.retry_after is not None:
@@ -394,5 +430,3 @@ def _after(seconds: float) -> datetime:
 def _error_flag(code: str, error: PspError | None) -> Flag:
     message = f"{error.code}: {error.message}" if error else code
     return Flag(NEEDS_ATTENTION, code, message)
-
-

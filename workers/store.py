@@ -44,8 +44,7 @@ def in_flight(ops: Sequence[Row]) -> Row | None:
 
 def history(ops: Sequence[Row]) -> list[PastOperation]:
     return [
-        PastOperation(Kind(r["kind"]), r["status"], r["amount"], to_lines(r["lines"]))
-        for r in ops
+        PastOperation(Kind(r["kind"]), r["status"], r["amount"], to_lines(r["lines"])) for r in ops
     ]
 
 
@@ -105,9 +104,16 @@ def insert_claimed_operation(
         RETURNING *
         """,
         (
-            uuid.uuid4(), order["id"], seq, kind.value, amount,
-            Jsonb([line.to_json() for line in lines]), order["version"],
-            idempotency_key(order, seq, kind), uuid.uuid4(), lease_seconds,
+            uuid.uuid4(),
+            order["id"],
+            seq,
+            kind.value,
+            amount,
+            Jsonb([line.to_json() for line in lines]),
+            order["version"],
+            idempotency_key(order, seq, kind),
+            uuid.uuid4(),
+            lease_seconds,
         ),
     ).fetchone()
     assert row is not None
@@ -150,15 +156,23 @@ def finish_operation(
         RETURNING id
         """,
         (
-            status, psp_reference, Jsonb(error) if error else None, next_attempt_at,
-            outcome_unknown, op["id"], op["lease_token"],
+            status,
+            psp_reference,
+            Jsonb(error) if error else None,
+            next_attempt_at,
+            outcome_unknown,
+            op["id"],
+            op["lease_token"],
         ),
     ).fetchone()
     return row is not None
 
 
 def set_flag(
-    conn: Connection[Row], order_id: str, flag: str, reason: dict[str, Any],
+    conn: Connection[Row],
+    order_id: str,
+    flag: str,
+    reason: dict[str, Any],
     refused_amount: int | None = None,
 ) -> None:
     conn.execute(
@@ -241,8 +255,7 @@ def apply_success(conn: Connection[Row], order: Row, op: Row) -> None:
 
 def mark_in_sync(conn: Connection[Row], order_id: str) -> None:
     conn.execute(
-        "UPDATE orders SET reconcile_requested_at = NULL, next_reconcile_at = NULL "
-        "WHERE id = %s",
+        "UPDATE orders SET reconcile_requested_at = NULL, next_reconcile_at = NULL WHERE id = %s",
         (order_id,),
     )
 
@@ -272,11 +285,17 @@ def captured_lines(conn: Connection[Row], order_id: str) -> list[PspLine]:
             total = before.total_amount + line.total_amount
             unit = before.unit_price if line.type is not LineType.DISCOUNT else total
             merged[line.reference] = PspLine(
-                reference=line.reference, name=line.name, type=line.type,
-                quantity=quantity, unit_price=unit, tax_rate=line.tax_rate,
-                total_amount=total, total_discount_amount=quantity * unit - total,
+                reference=line.reference,
+                name=line.name,
+                type=line.type,
+                quantity=quantity,
+                unit_price=unit,
+                tax_rate=line.tax_rate,
+                total_amount=total,
+                total_discount_amount=quantity * unit - total,
                 total_tax_amount=before.total_tax_amount + line.total_tax_amount,
-                quantity_unit=line.quantity_unit, product_url=line.product_url,
+                quantity_unit=line.quantity_unit,
+                product_url=line.product_url,
                 image_url=line.image_url,
             )
     return list(merged.values())

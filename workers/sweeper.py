@@ -71,10 +71,14 @@ def sweep(ctx: WorkerContext, enqueue: Callable[[str, float], None]) -> dict[str
         requested = conn.execute(
             REQUESTED, {"grace": settings.sweep_grace_seconds, "batch": BATCH}
         ).fetchall()
-        stale = conn.execute(RESYNC, {
-            "resync": settings.resync_seconds,
-            "days": settings.extend_authorization_days_before, "batch": BATCH,
-        }).fetchall()
+        stale = conn.execute(
+            RESYNC,
+            {
+                "resync": settings.resync_seconds,
+                "days": settings.extend_authorization_days_before,
+                "batch": BATCH,
+            },
+        ).fetchall()
     order_ids = (
         {row["order_id"] for row in due_retries}
         | {row["id"] for row in requested}
@@ -83,8 +87,7 @@ def sweep(ctx: WorkerContext, enqueue: Callable[[str, float], None]) -> dict[str
     for order_id in sorted(order_ids):
         crash_point("in_reenqueue")
         enqueue(order_id, 0)
-    counts = {"due_retries": len(due_retries), "requested": len(requested),
-              "resync": len(stale)}
+    counts = {"due_retries": len(due_retries), "requested": len(requested), "resync": len(stale)}
     if order_ids:
         log.info("sweep_enqueued", **counts)
     return counts

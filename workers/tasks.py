@@ -20,14 +20,16 @@ log = structlog.get_logger("ordersync.tasks")
 def enqueue_reconcile(order_id: str, delay: float = 0.0) -> None:
     # Retries keep the request id of the webhook that started the work.
     request_id = structlog.contextvars.get_contextvars().get("request_id")
-    reconcile_order.apply_async((order_id,), countdown=delay or None,
-                                headers={"request_id": request_id})
+    reconcile_order.apply_async(
+        (order_id,), countdown=delay or None, headers={"request_id": request_id}
+    )
 
 
 def enqueue_delivery(order_id: str, delay: float = 0.0) -> None:
     request_id = structlog.contextvars.get_contextvars().get("request_id")
-    deliver_callbacks.apply_async((order_id,), countdown=delay or None,
-                                  headers={"request_id": request_id})
+    deliver_callbacks.apply_async(
+        (order_id,), countdown=delay or None, headers={"request_id": request_id}
+    )
 
 
 def _deliver_recorded() -> None:

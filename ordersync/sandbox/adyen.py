@@ -42,9 +42,13 @@ def new_reference() -> str:
 
 
 def adyen_error(status: int, code: str, messages: list[str]) -> Outcome:
-    body = {"status": status, "errorCode": code, "message": "; ".join(messages),
-            "errorType": "validation" if status < 500 else "internal",
-            "pspReference": new_reference()}
+    body = {
+        "status": status,
+        "errorCode": code,
+        "message": "; ".join(messages),
+        "errorType": "validation" if status < 500 else "internal",
+        "pspReference": new_reference(),
+    }
     return Outcome(status, body)
 
 
@@ -129,9 +133,14 @@ class Notifier:
                 self._deliver(http, item)
 
     def _deliver(self, http: httpx.Client, item: dict[str, Any]) -> None:
-        entry = {"eventCode": item["eventCode"], "pspReference": item["pspReference"],
-                 "originalReference": item.get("originalReference"),
-                 "success": item["success"], "amount": item["amount"], "statuses": []}
+        entry = {
+            "eventCode": item["eventCode"],
+            "pspReference": item["pspReference"],
+            "originalReference": item.get("originalReference"),
+            "success": item["success"],
+            "amount": item["amount"],
+            "statuses": [],
+        }
         with self._lock:
             self._log.append(entry)
         config = self.config
@@ -140,8 +149,10 @@ class Notifier:
             return
         signed = dict(item)
         if config.hmac_key:
-            signed["additionalData"] = {**item.get("additionalData", {}),
-                                        "hmacSignature": sign(item, config.hmac_key)}
+            signed["additionalData"] = {
+                **item.get("additionalData", {}),
+                "hmacSignature": sign(item, config.hmac_key),
+            }
         body = {"live": "false", "notificationItems": [{"NotificationRequestItem": signed}]}
         auth = (config.username or "", config.password or "")
         for attempt in range(config.attempts):
@@ -174,10 +185,15 @@ class AdyenPayment:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "pspReference": self.psp_reference, "merchantAccount": self.merchant_account,
-            "merchantReference": self.merchant_reference, "currency": self.currency,
-            "authorised": self.authorised, "captured": self.captured,
-            "refunded": self.refunded, "status": self.status, "lineItems": self.line_items,
+            "pspReference": self.psp_reference,
+            "merchantAccount": self.merchant_account,
+            "merchantReference": self.merchant_reference,
+            "currency": self.currency,
+            "authorised": self.authorised,
+            "captured": self.captured,
+            "refunded": self.refunded,
+            "status": self.status,
+            "lineItems": self.line_items,
             "modifications": self.modifications,
         }
 
@@ -203,18 +219,21 @@ def line_items_total(items: Any) -> int:
         raise _invalid("lineItems are required for Klarna", "LINE_ITEMS")
     total = 0
     for index, item in enumerate(items):
-        if not (isinstance(item, dict) and _is_int(item.get("quantity"))
-                and _is_int(item.get("amountIncludingTax"))):
-            raise _invalid(f"lineItems[{index}] needs quantity and amountIncludingTax",
-                           "LINE_ITEMS")
+        if not (
+            isinstance(item, dict)
+            and _is_int(item.get("quantity"))
+            and _is_int(item.get("amountIncludingTax"))
+        ):
+            raise _invalid(
+                f"lineItems[{index}] needs quantity and amountIncludingTax", "LINE_ITEMS"
+            )
         total += item["quantity"] * item["amountIncludingTax"]
     return total
 
 
 def openinvoice_total(data: Any) -> tuple[int, list[dict[str, str]]]:
     if not isinstance(data, dict) or "openinvoicedata.numberOfLines" not in data:
-        raise _invalid("additionalData.openinvoicedata lines are required for Klarna",
-                       "LINE_ITEMS")
+        raise _invalid("additionalData.openinvoicedata lines are required for Klarna", "LINE_ITEMS")
     total = 0
     lines = []
     for number in range(1, int(data["openinvoicedata.numberOfLines"]) + 1):
@@ -225,8 +244,7 @@ def openinvoice_total(data: Any) -> tuple[int, list[dict[str, str]]]:
         except (KeyError, ValueError):
             raise _invalid(f"openinvoicedata.line{number} is incomplete", "LINE_ITEMS") from None
         total += count * unit
-        lines.append({k.removeprefix(prefix): v for k, v in data.items()
-                      if k.startswith(prefix)})
+        lines.append({k.removeprefix(prefix): v for k, v in data.items() if k.startswith(prefix)})
     return total, lines
 
 
@@ -248,8 +266,9 @@ class AdyenState:
         self.notifier.reset()
 
     def authorized(self, request: Request) -> bool:
-        return secrets.compare_digest(request.headers.get("x-api-key", "").encode(),
-                                      self._api_key.encode())
+        return secrets.compare_digest(
+            request.headers.get("x-api-key", "").encode(), self._api_key.encode()
+        )
 
     def payment(self, psp_reference: str | None) -> AdyenPayment:
         payment = self.payments.get(psp_reference or "")
@@ -270,7 +289,8 @@ class AdyenState:
         payment = AdyenPayment(
             psp_reference=str(data.get("pspReference") or new_reference()),
             merchant_account=str(data.get("merchantAccount") or "OrdersyncDev"),
-            currency=str(currency), authorised=int(value),
+            currency=str(currency),
+            authorised=int(value),
             merchant_reference=str(data.get("merchantReference") or "shop-order"),
             line_items=list(items),
         )
@@ -279,8 +299,15 @@ class AdyenState:
                 raise AdyenRejectionError(409, "CONFLICT", "payment exists")
             self.payments[payment.psp_reference] = payment
         if data.get("notify", True):
-            self._notify(payment, "AUTHORISATION", payment.psp_reference, payment.authorised,
-                         success=True, original=False, reference=payment.merchant_reference)
+            self._notify(
+                payment,
+                "AUTHORISATION",
+                payment.psp_reference,
+                payment.authorised,
+                success=True,
+                original=False,
+                reference=payment.merchant_reference,
+            )
         return payment
 
     # -- modifications --
@@ -299,8 +326,7 @@ class AdyenState:
             if payment.captured > 0:
                 raise _invalid("a captured payment cannot be cancelled; refund instead")
         else:
-            value = _amount(body, "modificationAmount" if classic else "amount",
-                            payment.currency)
+            value = _amount(body, "modificationAmount" if classic else "amount", payment.currency)
             if classic:
                 total, lines = openinvoice_total(body.get("additionalData"))
             else:
@@ -310,22 +336,39 @@ class AdyenState:
         event, success, effect = self._apply(call, payment, kind, value)
         if effect:
             self.runtime.ledger.record(
-                provider=PROVIDER, order_id=payment.psp_reference, operation=effect,
-                amount=value, idempotency_key=call.idempotency_key,
-                lines=[] if kind == "cancel" else lines, reference=reference,
-                psp_reference=modification, api="classic" if classic else "checkout",
+                provider=PROVIDER,
+                order_id=payment.psp_reference,
+                operation=effect,
+                amount=value,
+                idempotency_key=call.idempotency_key,
+                lines=[] if kind == "cancel" else lines,
+                reference=reference,
+                psp_reference=modification,
+                api="classic" if classic else "checkout",
             )
-        payment.modifications.append({"pspReference": modification, "kind": kind,
-                                      "amount": value, "event": event, "success": success,
-                                      "reference": reference, "at": iso(self.runtime.clock())})
-        self._notify(payment, event, modification, value, success=success, original=True,
-                     reference=reference)
+        payment.modifications.append(
+            {
+                "pspReference": modification,
+                "kind": kind,
+                "amount": value,
+                "event": event,
+                "success": success,
+                "reference": reference,
+                "at": iso(self.runtime.clock()),
+            }
+        )
+        self._notify(
+            payment, event, modification, value, success=success, original=True, reference=reference
+        )
         if classic:
             return Outcome(200, {"pspReference": modification, "response": f"[{kind}-received]"})
-        answer: dict[str, Any] = {"merchantAccount": payment.merchant_account,
-                                  "paymentPspReference": payment.psp_reference,
-                                  "pspReference": modification, "reference": reference,
-                                  "status": "received"}
+        answer: dict[str, Any] = {
+            "merchantAccount": payment.merchant_account,
+            "paymentPspReference": payment.psp_reference,
+            "pspReference": modification,
+            "reference": reference,
+            "status": "received",
+        }
         if kind != "cancel":
             answer["amount"] = {"currency": payment.currency, "value": value}
         return Outcome(201, answer)
@@ -345,32 +388,46 @@ class AdyenState:
             return "AUTHORISATION_ADJUSTMENT", True, "update_authorization"
         if kind == "capture":
             if value > payment.authorised - payment.captured:
-                raise _invalid(f"the capture {value} exceeds the remaining authorisation "
-                               f"{payment.authorised - payment.captured}")
+                raise _invalid(
+                    f"the capture {value} exceeds the remaining authorisation "
+                    f"{payment.authorised - payment.captured}"
+                )
             if faults.take("fail_next_capture", call.method, call.path):
                 return "CAPTURE_FAILED", True, None
             payment.captured += value
             return "CAPTURE", True, "capture"
         if kind == "refund":
             if value > payment.captured - payment.refunded:
-                raise _invalid(f"the refund {value} exceeds the captured and not refunded "
-                               f"{payment.captured - payment.refunded}")
+                raise _invalid(
+                    f"the refund {value} exceeds the captured and not refunded "
+                    f"{payment.captured - payment.refunded}"
+                )
             payment.refunded += value
             return "REFUND", True, "refund"
         payment.status = "cancelled"
         return "CANCELLATION", True, "cancel"
 
     def _notify(
-        self, payment: AdyenPayment, event: str, psp_reference: str, value: int, *,
-        success: bool, original: bool, reference: str,
+        self,
+        payment: AdyenPayment,
+        event: str,
+        psp_reference: str,
+        value: int,
+        *,
+        success: bool,
+        original: bool,
+        reference: str,
     ) -> None:
         item: dict[str, Any] = {
             "amount": {"currency": payment.currency, "value": value},
-            "eventCode": event, "eventDate": iso(self.runtime.clock()),
-            "merchantAccountCode": payment.merchant_account, "merchantReference": reference,
-            "paymentMethod": "klarna", "pspReference": psp_reference,
-            "reason": "" if success or event != "AUTHORISATION_ADJUSTMENT"
-            else "Refused by Klarna", "success": "true" if success else "false",
+            "eventCode": event,
+            "eventDate": iso(self.runtime.clock()),
+            "merchantAccountCode": payment.merchant_account,
+            "merchantReference": reference,
+            "paymentMethod": "klarna",
+            "pspReference": psp_reference,
+            "reason": "" if success or event != "AUTHORISATION_ADJUSTMENT" else "Refused by Klarna",
+            "success": "true" if success else "false",
         }
         if original:
             item["originalReference"] = payment.psp_reference
@@ -400,9 +457,12 @@ def _endpoint(state: AdyenState, kind: str, classic: bool) -> _Endpoint:
                 return rejection.outcome
 
         return await state.runtime.handle(
-            request, provider=CLASSIC if classic else PROVIDER,
-            order_id=payment if isinstance(payment, str) else None, operation=run,
-            errors=adyen_error, authorized=state.authorized(request),
+            request,
+            provider=CLASSIC if classic else PROVIDER,
+            order_id=payment if isinstance(payment, str) else None,
+            operation=run,
+            errors=adyen_error,
+            authorized=state.authorized(request),
             idempotency_header=IDEMPOTENCY_HEADER,
         )
 
@@ -412,8 +472,7 @@ def _endpoint(state: AdyenState, kind: str, classic: bool) -> _Endpoint:
 def routes(state: AdyenState) -> list[BaseRoute]:
     base = f"{CHECKOUT_PREFIX}/{{payment}}"
     return [
-        Route(f"{base}/amountUpdates", _endpoint(state, "amountUpdate", False),
-              methods=["POST"]),
+        Route(f"{base}/amountUpdates", _endpoint(state, "amountUpdate", False), methods=["POST"]),
         Route(f"{base}/captures", _endpoint(state, "capture", False), methods=["POST"]),
         Route(f"{base}/refunds", _endpoint(state, "refund", False), methods=["POST"]),
         Route(f"{base}/cancels", _endpoint(state, "cancel", False), methods=["POST"]),
@@ -450,8 +509,13 @@ def setup_routes(state: AdyenState) -> list[BaseRoute]:
         if isinstance(data, Mapping):
             notifier.duplicate = bool(data.get("duplicate", notifier.duplicate))
             notifier.hold = bool(data.get("hold", notifier.hold))
-        return JSONResponse({"duplicate": notifier.duplicate, "hold": notifier.hold,
-                             "deliveries": notifier.deliveries()})
+        return JSONResponse(
+            {
+                "duplicate": notifier.duplicate,
+                "hold": notifier.hold,
+                "deliveries": notifier.deliveries(),
+            }
+        )
 
     async def release(request: Request) -> Response:
         data = await request.json() if await request.body() else {}

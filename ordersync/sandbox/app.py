@@ -68,8 +68,10 @@ def _load_specs(specs_dir: Path | None) -> SpecSet:
         return specs
     try:
         specs.add(klarna.PROVIDER, load_spec(klarna_file.resolve()))
-        for provider, name in ((adyen.PROVIDER, ADYEN_CHECKOUT_V71),
-                               (adyen.CLASSIC, ADYEN_PAYMENT_V68)):
+        for provider, name in (
+            (adyen.PROVIDER, ADYEN_CHECKOUT_V71),
+            (adyen.CLASSIC, ADYEN_PAYMENT_V68),
+        ):
             if (specs_dir / name).is_file():
                 specs.add(provider, load_spec((specs_dir / name).resolve()))
             else:
@@ -89,10 +91,14 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
     klarna_state = klarna.KlarnaState(
         runtime, username=config.klarna_username, password=config.klarna_password
     )
-    notifier = adyen.Notifier(adyen.NotifierConfig(
-        url=config.adyen_webhook_url, hmac_key=config.adyen_hmac_key,
-        username=config.adyen_webhook_username, password=config.adyen_webhook_password,
-    ))
+    notifier = adyen.Notifier(
+        adyen.NotifierConfig(
+            url=config.adyen_webhook_url,
+            hmac_key=config.adyen_hmac_key,
+            username=config.adyen_webhook_username,
+            password=config.adyen_webhook_password,
+        )
+    )
     adyen_state = adyen.AdyenState(runtime, api_key=config.adyen_api_key, notifier=notifier)
     app = Starlette(
         routes=[

@@ -24,7 +24,12 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 FaultKind = Literal[
-    "error", "error_after_apply", "drop_after_apply", "delay", "rate_limit", "reject_next_increase",
+    "error",
+    "error_after_apply",
+    "drop_after_apply",
+    "delay",
+    "rate_limit",
+    "reject_next_increase",
     "fail_next_capture",
 ]
 FAULT_KINDS: tuple[FaultKind, ...] = (

@@ -72,8 +72,9 @@ def routes(receiver: ShopReceiver) -> list[BaseRoute]:
     async def receive(request: Request) -> Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
         status, _ = receiver.receive(await request.body(), headers)
-        return JSONResponse({"status": "received" if status == 200 else "refused"},
-                            status_code=status)
+        return JSONResponse(
+            {"status": "received" if status == 200 else "refused"}, status_code=status
+        )
 
     async def listing(request: Request) -> Response:
         return JSONResponse({"callbacks": receiver.entries(request.query_params.get("order_id"))})
@@ -84,8 +85,9 @@ def routes(receiver: ShopReceiver) -> list[BaseRoute]:
             order_id, count = str(spec["order_id"]), int(spec.get("count", 1))
             status = int(spec.get("status", 503))
         except (ValueError, KeyError, TypeError):
-            return JSONResponse({"error": "bad_request",
-                                 "detail": "expected {order_id, count, status}"}, 400)
+            return JSONResponse(
+                {"error": "bad_request", "detail": "expected {order_id, count, status}"}, 400
+            )
         with receiver.lock:
             receiver.failures[order_id] = (count, status)
         return JSONResponse({"order_id": order_id, "count": count, "status": status}, 201)

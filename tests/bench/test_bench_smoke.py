@@ -21,13 +21,21 @@ def test_scale_smallest_runs() -> None:
     # Smaller than --quick: two tiny databases, a handful of calls per query.
     rows, extra = scale.run(quick=True, small=500, large=2_000, repeats=20)
     names = {row.name.split(" @")[0] for row in rows}
-    assert {"lock_order", "operations (in flight, history, next seq)",
-            "sweep: Klarna re-read (UPDATE)"} <= names
+    assert {
+        "lock_order",
+        "operations (in flight, history, next seq)",
+        "sweep: Klarna re-read (UPDATE)",
+    } <= names
     plan = extra["results"]["2000"]["queries"]["lock_order"]["nodes"]
     assert any("orders_pkey" in node for node in plan)
 
 
 def test_cli_help() -> None:
-    out = subprocess.run([sys.executable, "-m", "bench", "--help"], cwd=ROOT, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "bench", "--help"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
     assert "ingest" in out and "--quick" in out

@@ -30,17 +30,27 @@ def exported_metrics() -> set[str]:
     from service import observability
 
     names = set()
-    for collector in (metrics.WEBHOOKS, metrics.PSP_REQUESTS, metrics.PSP_LATENCY,
-                      metrics.RETRIES, metrics.FLAGGED, metrics.CONFIRMATION,
-                      metrics.CALLBACKS, metrics.HEARTBEAT):
+    for collector in (
+        metrics.WEBHOOKS,
+        metrics.PSP_REQUESTS,
+        metrics.PSP_LATENCY,
+        metrics.RETRIES,
+        metrics.FLAGGED,
+        metrics.CONFIRMATION,
+        metrics.CALLBACKS,
+        metrics.HEARTBEAT,
+    ):
         for family in collector.collect():
             names.add(family.name)
             names.update(sample.name for sample in family.samples)
         kind = collector._type  # type: ignore[attr-defined]
         base = collector._name  # type: ignore[attr-defined]
-        names.update({"counter": [f"{base}_total"],
-                      "histogram": [f"{base}_bucket", f"{base}_count", f"{base}_sum"]}
-                     .get(kind, [base]))
+        names.update(
+            {
+                "counter": [f"{base}_total"],
+                "histogram": [f"{base}_bucket", f"{base}_count", f"{base}_sum"],
+            }.get(kind, [base])
+        )
 
     class Rows:
         async def fetchall(self) -> list[Any]:
@@ -113,8 +123,13 @@ def test_network_policy_lets_prometheus_reach_the_worker_metrics(
 def test_alerts_use_metrics_the_app_exports(sets: dict[str, Rendered]) -> None:
     (rule_set,) = sets["production"].of_kind("PrometheusRule")
     rules = {r["alert"]: r for g in rule_set["spec"]["groups"] for r in g["rules"]}
-    assert {"OrdersyncInboxBacklog", "OrdersyncPSPErrorRate", "OrdersyncOrdersFlagged",
-            "OrdersyncWorkerHeartbeatMissing", "OrdersyncCallbacksBacklog"} <= set(rules)
+    assert {
+        "OrdersyncInboxBacklog",
+        "OrdersyncPSPErrorRate",
+        "OrdersyncOrdersFlagged",
+        "OrdersyncWorkerHeartbeatMissing",
+        "OrdersyncCallbacksBacklog",
+    } <= set(rules)
     exported = exported_metrics()
     for alert, rule in rules.items():
         used = set(ORDERSYNC_METRIC.findall(rule["expr"]))
@@ -130,8 +145,11 @@ def test_alerts_use_metrics_the_app_exports(sets: dict[str, Rendered]) -> None:
 
 def test_grafana_dashboard_ships_behind_its_switch(sets: dict[str, Rendered]) -> None:
     prod = sets["production"]
-    (config_map,) = [m for m in prod.of_kind("ConfigMap")
-                     if m["metadata"]["name"] == f"{prod.fullname}-dashboard"]
+    (config_map,) = [
+        m
+        for m in prod.of_kind("ConfigMap")
+        if m["metadata"]["name"] == f"{prod.fullname}-dashboard"
+    ]
     assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert config_map["metadata"]["annotations"]["grafana_folder"] == "Shop"
     dashboard = json.loads(config_map["data"]["ordersync.json"])
@@ -144,9 +162,16 @@ def test_grafana_dashboard_ships_behind_its_switch(sets: dict[str, Rendered]) ->
             used |= set(ORDERSYNC_METRIC.findall(target["expr"]))
     assert used <= exported, used - exported
     # Every alert's metric is on the dashboard, so a page has a graph to look at.
-    assert {"ordersync_inbox_oldest_unprocessed_seconds", "ordersync_psp_requests_total",
-            "ordersync_orders_flagged_total", "ordersync_worker_heartbeat_timestamp_seconds",
-            "ordersync_callbacks_oldest_undelivered_seconds",
-            "ordersync_snapshot_to_confirmation_seconds_bucket"} <= used
-    assert [m for m in sets["defaults"].of_kind("ConfigMap")
-            if m["metadata"]["name"].endswith("-dashboard")] == []
+    assert {
+        "ordersync_inbox_oldest_unprocessed_seconds",
+        "ordersync_psp_requests_total",
+        "ordersync_orders_flagged_total",
+        "ordersync_worker_heartbeat_timestamp_seconds",
+        "ordersync_callbacks_oldest_undelivered_seconds",
+        "ordersync_snapshot_to_confirmation_seconds_bucket",
+    } <= used
+    assert [
+        m
+        for m in sets["defaults"].of_kind("ConfigMap")
+        if m["metadata"]["name"].endswith("-dashboard")
+    ] == []

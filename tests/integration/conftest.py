@@ -74,21 +74,40 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     logs = base / "logs"
     logs.mkdir()
     stack = Stack(
-        database_url=database_url, redis_url=redis.url, web_url=web_url,
-        sandbox_url=sandbox_url, secret=env["SHOP_WEBHOOK_SECRETS"].split()[1],
-        operator_token=token, env=env, logs=logs, redis=redis,
+        database_url=database_url,
+        redis_url=redis.url,
+        web_url=web_url,
+        sandbox_url=sandbox_url,
+        secret=env["SHOP_WEBHOOK_SECRETS"].split()[1],
+        operator_token=token,
+        env=env,
+        logs=logs,
+        redis=redis,
     )
     sandbox_port = sandbox_url.rsplit(":", 1)[1]
     worker_metrics_port = free_port()
     stack.worker_metrics_url = f"http://127.0.0.1:{worker_metrics_port}/metrics"
     stack.processes = {
-        "sandbox": Process("sandbox", ["sandbox", "--port", sandbox_port], env,
-                           logs / "sandbox.log"),
-        "web": Process("web", ["web", "--host", "127.0.0.1", "--port", str(web_port)], env,
-                       logs / "web.log"),
-        "worker": Process("worker", ["worker", "--concurrency", "2", "--metrics-host",
-                                     "127.0.0.1", "--metrics-port", str(worker_metrics_port)],
-                          env, logs / "worker.log"),
+        "sandbox": Process(
+            "sandbox", ["sandbox", "--port", sandbox_port], env, logs / "sandbox.log"
+        ),
+        "web": Process(
+            "web", ["web", "--host", "127.0.0.1", "--port", str(web_port)], env, logs / "web.log"
+        ),
+        "worker": Process(
+            "worker",
+            [
+                "worker",
+                "--concurrency",
+                "2",
+                "--metrics-host",
+                "127.0.0.1",
+                "--metrics-port",
+                str(worker_metrics_port),
+            ],
+            env,
+            logs / "worker.log",
+        ),
         "beat": Process("beat", ["beat"], env, logs / "beat.log"),
     }
     for process in stack.processes.values():
@@ -140,9 +159,11 @@ def _assert_logs_clean(stack: Stack) -> None:
             except (ValueError, AssertionError):
                 problems.append(f"{path.name}:{number}: not a JSON log line: {line[:120]}")
             # Whole words only: the postal code's digits may well occur in a duration.
-            problems += [f"{path.name}:{number}: contains {what}"
-                         for what, value in private.items()
-                         if value and re.search(rf"(?<![\w.]){re.escape(value)}(?!\w)", line)]
+            problems += [
+                f"{path.name}:{number}: contains {what}"
+                for what, value in private.items()
+                if value and re.search(rf"(?<![\w.]){re.escape(value)}(?!\w)", line)
+            ]
     assert problems == [], "\n".join(problems[:20])
 
 

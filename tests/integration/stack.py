@@ -40,43 +40,56 @@ class Stack:
     # -- the shop -----------------------------------------------------------------
 
     def send(
-        self, event: dict[str, Any], *, webhook_id: str | None = None,
-        secret: str | None = None, body: bytes | None = None,
+        self,
+        event: dict[str, Any],
+        *,
+        webhook_id: str | None = None,
+        secret: str | None = None,
+        body: bytes | None = None,
     ) -> httpx.Response:
         raw = body if body is not None else json.dumps(event).encode()
         headers = signed_headers(secret or self.secret, raw, webhook_id)
-        return httpx.post(f"{self.web_url}/webhooks/shop", content=raw, headers=headers,
-                          timeout=15)
+        return httpx.post(f"{self.web_url}/webhooks/shop", content=raw, headers=headers, timeout=15)
 
     # -- the sandbox --------------------------------------------------------------
 
     def klarna_order(
-        self, lines: list[dict[str, Any]], *, payment_method: str = "INVOICE",
-        country: str = "DE", currency: str = "EUR",
+        self,
+        lines: list[dict[str, Any]],
+        *,
+        payment_method: str = "INVOICE",
+        country: str = "DE",
+        currency: str = "EUR",
     ) -> str:
         klarna_lines = [klarna_line(line) for line in lines]
-        response = httpx.post(f"{self.sandbox_url}/_sandbox/klarna/orders", json={
-            "purchase_currency": currency, "purchase_country": country,
-            "payment_method": payment_method,
-            "order_amount": sum(line["total_amount"] for line in klarna_lines),
-            "order_lines": klarna_lines,
-        }, timeout=10)
+        response = httpx.post(
+            f"{self.sandbox_url}/_sandbox/klarna/orders",
+            json={
+                "purchase_currency": currency,
+                "purchase_country": country,
+                "payment_method": payment_method,
+                "order_amount": sum(line["total_amount"] for line in klarna_lines),
+                "order_lines": klarna_lines,
+            },
+            timeout=10,
+        )
         response.raise_for_status()
         return str(response.json()["order_id"])
 
     def ledger(self, psp_order_id: str) -> list[dict[str, Any]]:
-        data = httpx.get(f"{self.sandbox_url}/_sandbox/ledger",
-                         params={"order_id": psp_order_id}, timeout=10).json()
+        data = httpx.get(
+            f"{self.sandbox_url}/_sandbox/ledger", params={"order_id": psp_order_id}, timeout=10
+        ).json()
         return list(data["entries"])
 
     def psp_requests(self, psp_order_id: str) -> list[dict[str, Any]]:
-        data = httpx.get(f"{self.sandbox_url}/_sandbox/requests",
-                         params={"order_id": psp_order_id}, timeout=10).json()
+        data = httpx.get(
+            f"{self.sandbox_url}/_sandbox/requests", params={"order_id": psp_order_id}, timeout=10
+        ).json()
         return list(data["requests"])
 
     def fault(self, **fault: Any) -> None:
-        httpx.post(f"{self.sandbox_url}/_sandbox/faults", json=fault,
-                   timeout=10).raise_for_status()
+        httpx.post(f"{self.sandbox_url}/_sandbox/faults", json=fault, timeout=10).raise_for_status()
 
     def clear_faults(self) -> None:
         httpx.delete(f"{self.sandbox_url}/_sandbox/faults", timeout=10).raise_for_status()
@@ -112,18 +125,32 @@ wait_for = wait_until
 
 
 def order_event(
-    order_id: str, psp_order_id: str, lines: list[dict[str, Any]], *, version: int = 1,
-    event_type: str = "order.updated", status: str = "open", country: str = "DE",
-    payment_method: str = "INVOICE", **extra: Any,
+    order_id: str,
+    psp_order_id: str,
+    lines: list[dict[str, Any]],
+    *,
+    version: int = 1,
+    event_type: str = "order.updated",
+    status: str = "open",
+    country: str = "DE",
+    payment_method: str = "INVOICE",
+    **extra: Any,
 ) -> dict[str, Any]:
     return {
         "type": event_type,
         "order": {
-            "id": order_id, "version": version, "currency": "EUR", "country": country,
+            "id": order_id,
+            "version": version,
+            "currency": "EUR",
+            "country": country,
             "status": status,
-            "payment": {"provider": "klarna", "klarna_order_id": psp_order_id,
-                        "payment_method": payment_method},
-            "lines": lines, **extra,
+            "payment": {
+                "provider": "klarna",
+                "klarna_order_id": psp_order_id,
+                "payment_method": payment_method,
+            },
+            "lines": lines,
+            **extra,
         },
     }
 
@@ -135,7 +162,11 @@ def new_order_id() -> str:
 # A customer's personal data, sent by tests in fields the service has no use for; it
 # must never reach a log line (checked over every process's log at the session's end).
 CUSTOMER = {
-    "given_name": "Annegret", "family_name": "Quistorp-Vielhaber",
-    "email": "annegret.quistorp@example.org", "phone": "+49 30 98765432",
-    "street_address": "Zwetschgenallee 17", "postal_code": "10999", "city": "Berlin",
+    "given_name": "Annegret",
+    "family_name": "Quistorp-Vielhaber",
+    "email": "annegret.quistorp@example.org",
+    "phone": "+49 30 98765432",
+    "street_address": "Zwetschgenallee 17",
+    "postal_code": "10999",
+    "city": "Berlin",
 }

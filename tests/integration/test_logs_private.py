@@ -19,8 +19,14 @@ KETTLE = {"id": "75001", "name": "Kettle", "quantity": 1, "unit_price": 6000, "t
 
 
 def _private_event(order_id: str, klarna_id: str, version: int) -> dict:
-    event = order_event(order_id, klarna_id, [dict(KETTLE, customer_note=CUSTOMER["email"])],
-                        version=version, customer=CUSTOMER, billing_address=CUSTOMER)
+    event = order_event(
+        order_id,
+        klarna_id,
+        [dict(KETTLE, customer_note=CUSTOMER["email"])],
+        version=version,
+        customer=CUSTOMER,
+        billing_address=CUSTOMER,
+    )
     event["customer"] = CUSTOMER
     return event
 
@@ -41,8 +47,11 @@ def test_personal_data_and_forged_signatures_leave_no_trace(stack: Stack) -> Non
     invalid["order"]["lines"][0]["quantity"] = CUSTOMER["email"]
     assert stack.send(invalid).status_code == 422
     # A wrong operator token that carries the customer's e-mail.
-    refused = httpx.get(f"{stack.web_url}/orders/{order_id}",
-                        headers={"Authorization": f"Bearer {CUSTOMER['email']}"}, timeout=10)
+    refused = httpx.get(
+        f"{stack.web_url}/orders/{order_id}",
+        headers={"Authorization": f"Bearer {CUSTOMER['email']}"},
+        timeout=10,
+    )
     assert refused.status_code == 401
     # Not stored either: the snapshot keeps only what the service needs.
     row = wait_for(lambda: stack.order_row(order_id), what="the order")
@@ -53,11 +62,17 @@ def test_personal_data_and_forged_signatures_leave_no_trace(stack: Stack) -> Non
 def test_redaction_of_structured_and_free_text_values() -> None:
     from ordersync.logging import REDACTED, redact
 
-    event = redact(None, "info", {
-        "event": "x", "customer": CUSTOMER, "headers": {"Authorization": "Bearer abc"},
-        "detail": f"mail {CUSTOMER['email']} at postgresql://u:pw@db/x",
-        "nested": [{"phone_number": CUSTOMER["phone"], "ok": 1}],
-    })
+    event = redact(
+        None,
+        "info",
+        {
+            "event": "x",
+            "customer": CUSTOMER,
+            "headers": {"Authorization": "Bearer abc"},
+            "detail": f"mail {CUSTOMER['email']} at postgresql://u:pw@db/x",
+            "nested": [{"phone_number": CUSTOMER["phone"], "ok": 1}],
+        },
+    )
     text = json.dumps(event)
     for value in (*CUSTOMER.values(), "Bearer abc", ":pw@"):
         assert value not in text

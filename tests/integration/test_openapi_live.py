@@ -20,7 +20,8 @@ def test_operator_routes_conform_to_the_openapi_document(stack: Stack) -> None:
     schema = schemathesis.openapi.from_dict(openapi_document())
     schema.config.update(base_url=stack.web_url)
     operations = [
-        result.ok() for result in schema.get_all_operations()
+        result.ok()
+        for result in schema.get_all_operations()
         if result.ok().path.startswith("/orders")
     ]
     assert len(operations) == 3
@@ -28,12 +29,16 @@ def test_operator_routes_conform_to_the_openapi_document(stack: Stack) -> None:
     strategy = st.one_of([operation.as_strategy() for operation in operations])
 
     @given(case=strategy)
-    @settings(max_examples=60, deadline=None, derandomize=True, database=None,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=60,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
     def conforms(case: schemathesis.Case) -> None:
         # An opaque cursor is any string to a schema, but only the API's own are valid:
         # refusing a made-up one with 422 is right, so that one check is left out.
-        case.call_and_validate(headers=auth, timeout=10,
-                               excluded_checks=[positive_data_acceptance])
+        case.call_and_validate(headers=auth, timeout=10, excluded_checks=[positive_data_acceptance])
 
     conforms()

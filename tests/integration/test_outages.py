@@ -24,8 +24,12 @@ def test_postgres_stopped_means_503_and_back_to_202(stack: Stack) -> None:
     postgres = EmbeddedPostgres(pg_dir / "data")
     migrate(postgres.url)
     port = free_port()
-    web = Process("web-outage", ["web", "--host", "127.0.0.1", "--port", str(port)],
-                  {**stack.env, "DATABASE_URL": postgres.url}, stack.logs / "web-outage.log")
+    web = Process(
+        "web-outage",
+        ["web", "--host", "127.0.0.1", "--port", str(port)],
+        {**stack.env, "DATABASE_URL": postgres.url},
+        stack.logs / "web-outage.log",
+    )
     web.start()
     url = f"http://127.0.0.1:{port}"
     try:
@@ -57,8 +61,11 @@ def test_postgres_stopped_means_503_and_back_to_202(stack: Stack) -> None:
 def test_missing_setting_stops_the_process_with_one_line_naming_it(command: str) -> None:
     env = {"PATH": "/usr/bin:/bin", "HOME": tempfile.gettempdir()}
     result = subprocess.run(
-        [sys.executable, "-m", "ordersync", command], env=env, capture_output=True,
-        text=True, timeout=60,
+        [sys.executable, "-m", "ordersync", command],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -67,10 +74,19 @@ def test_missing_setting_stops_the_process_with_one_line_naming_it(command: str)
 
 
 def test_invalid_setting_is_named_without_its_value() -> None:
-    env = {"PATH": "/usr/bin:/bin", "DATABASE_URL": "postgresql://u:hunter2@db/x",
-           "REDIS_URL": "redis://r", "MAX_ATTEMPTS": "many"}
-    result = subprocess.run([sys.executable, "-m", "ordersync", "worker"], env=env,
-                            capture_output=True, text=True, timeout=60)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "DATABASE_URL": "postgresql://u:hunter2@db/x",
+        "REDIS_URL": "redis://r",
+        "MAX_ATTEMPTS": "many",
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "ordersync", "worker"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "MAX_ATTEMPTS" in result.stderr
     assert "hunter2" not in result.stderr and "many" not in result.stderr

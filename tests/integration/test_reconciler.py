@@ -16,8 +16,14 @@ pytestmark = pytest.mark.integration
 # The seed's basket: shoes 1 × 12.00, socks 2 × 4.50, 30 % off the basket as a line.
 SHOES = {"id": "shoes", "name": "Shoes", "quantity": 1, "unit_price": 1200, "tax_rate": 2000}
 SOCKS = {"id": "socks", "name": "Socks", "quantity": 2, "unit_price": 450, "tax_rate": 2000}
-DISCOUNT = {"id": "discount", "name": "Discount", "type": "discount", "quantity": 1,
-            "unit_price": -630, "tax_rate": 2000}
+DISCOUNT = {
+    "id": "discount",
+    "name": "Discount",
+    "type": "discount",
+    "quantity": 1,
+    "unit_price": -630,
+    "tax_rate": 2000,
+}
 HAT = {"id": "hat", "name": "Hat", "quantity": 1, "unit_price": 1500, "tax_rate": 2000}
 
 
@@ -38,10 +44,17 @@ class Shop:
 
     def send(self, event_type: str = "order.updated") -> httpx.Response:
         self.version += 1
-        answer = self.stack.send(order_event(
-            self.id, self.klarna_id, self.lines, version=self.version, event_type=event_type,
-            status=self.status, **self.extra,
-        ))
+        answer = self.stack.send(
+            order_event(
+                self.id,
+                self.klarna_id,
+                self.lines,
+                version=self.version,
+                event_type=event_type,
+                status=self.status,
+                **self.extra,
+            )
+        )
         assert answer.status_code == 202, answer.text
         return answer
 
@@ -60,17 +73,22 @@ class Shop:
         return [e for e in entries if operation is None or e["operation"] == operation]
 
     def wait_ledger(self, operation: str, count: int) -> list[dict[str, Any]]:
-        return wait_for(lambda: len(self.ledger(operation)) >= count and self.ledger(operation),
-                        what=f"{count} × {operation}")
+        return wait_for(
+            lambda: len(self.ledger(operation)) >= count and self.ledger(operation),
+            what=f"{count} × {operation}",
+        )
 
     def klarna(self) -> dict[str, Any]:
         response = httpx.get(
             f"{self.stack.sandbox_url}/ordermanagement/v1/orders/{self.klarna_id}",
-            auth=self.stack.klarna_auth, timeout=10)
+            auth=self.stack.klarna_auth,
+            timeout=10,
+        )
         return dict(response.json())
 
     def settled(self) -> dict[str, Any]:
         """The order row once nothing is in flight and the reconciler is done."""
+
         def done() -> dict[str, Any] | None:
             row = self.stack.order_row(self.id)
             ops = self.stack.operations(self.id)
@@ -78,6 +96,7 @@ class Shop:
             if row and row["reconcile_requested_at"] is None and not busy:
                 return row
             return None
+
         return wait_for(done, what="the order to settle")
 
 
@@ -94,7 +113,9 @@ def test_partial_shipments_are_captured_line_by_line_to_the_exact_total(stack: S
     # The contract's example: one pair of socks captures 450 − 135 = 315.
     assert first["amount"] == 315
     assert {line["reference"]: line["total_amount"] for line in first["lines"]} == {
-        "socks": 450, "discount": -135}
+        "socks": 450,
+        "discount": -135,
+    }
     shop.ship("shoes")
     shop.wait_ledger("capture", 2)
     shop.ship("socks")
@@ -159,8 +180,10 @@ def test_refused_increase_flags_but_authorized_lines_are_still_captured(stack: S
     stack.fault(kind="reject_next_increase", count=1, path_contains=shop.klarna_id)
     shop.lines.append(dict(HAT))
     shop.send()
-    wait_for(lambda: "needs_new_order" in (stack.order_row(shop.id) or {}).get("flags", []),
-             what="needs_new_order")
+    wait_for(
+        lambda: "needs_new_order" in (stack.order_row(shop.id) or {}).get("flags", []),
+        what="needs_new_order",
+    )
     shop.ship("shoes")
     shop.ship("socks", 2)
     captures = shop.wait_ledger("capture", 2)
@@ -193,11 +216,18 @@ def test_a_removed_line_lowers_the_authorization_after_a_partial_capture(stack: 
 def test_an_expiring_authorization_is_extended(stack: Stack) -> None:
     shop = Shop(stack, [SHOES])
     # Created with 2 days left: inside EXTEND_AUTHORIZATION_DAYS_BEFORE (3).
-    response = httpx.post(f"{stack.sandbox_url}/_sandbox/klarna/orders", json={
-        "purchase_currency": "EUR", "purchase_country": "DE", "payment_method": "INVOICE",
-        "order_amount": 1200, "expires_in_days": 2,
-        "order_lines": [dict(shop.klarna()["order_lines"][0])],
-    }, timeout=10)
+    response = httpx.post(
+        f"{stack.sandbox_url}/_sandbox/klarna/orders",
+        json={
+            "purchase_currency": "EUR",
+            "purchase_country": "DE",
+            "payment_method": "INVOICE",
+            "order_amount": 1200,
+            "expires_in_days": 2,
+            "order_lines": [dict(shop.klarna()["order_lines"][0])],
+        },
+        timeout=10,
+    )
     shop.klarna_id = response.json()["order_id"]
     shop.send("order.created")
     shop.wait_ledger("extend_authorization", 1)
@@ -211,14 +241,21 @@ def test_captures_made_outside_ordersync_are_adopted_and_flagged(stack: Stack) -
     shop.send("order.created")
     shop.settled()
     # Someone captures in Klarna's portal.
-    httpx.post(f"{stack.sandbox_url}/ordermanagement/v1/orders/{shop.klarna_id}/captures",
-               json={"captured_amount": 1200}, auth=stack.klarna_auth,
-               timeout=10).raise_for_status()
+    httpx.post(
+        f"{stack.sandbox_url}/ordermanagement/v1/orders/{shop.klarna_id}/captures",
+        json={"captured_amount": 1200},
+        auth=stack.klarna_auth,
+        timeout=10,
+    ).raise_for_status()
     # What the sweeper does every RESYNC_SECONDS for unfinished orders.
     with stack.db() as conn:
-        conn.execute("UPDATE orders SET psp_synced_at = NULL, reconcile_requested_at = now() "
-                     "WHERE id = %s", (shop.id,))
-    row = wait_for(lambda: (r := stack.order_row(shop.id)) and "needs_attention" in r["flags"]
-                   and r, what="drift to be flagged")
+        conn.execute(
+            "UPDATE orders SET psp_synced_at = NULL, reconcile_requested_at = now() WHERE id = %s",
+            (shop.id,),
+        )
+    row = wait_for(
+        lambda: (r := stack.order_row(shop.id)) and "needs_attention" in r["flags"] and r,
+        what="drift to be flagged",
+    )
     assert row["flag_reason"]["needs_attention"]["code"] == "drift"
     assert row["captured_amount"] == 1200

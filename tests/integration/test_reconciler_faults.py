@@ -18,8 +18,11 @@ pytestmark = pytest.mark.integration
 
 
 def _capture_posts(shop: Shop) -> list[dict]:
-    return [r for r in shop.stack.psp_requests(shop.klarna_id)
-            if r["method"] == "POST" and r["path"].endswith("/captures")]
+    return [
+        r
+        for r in shop.stack.psp_requests(shop.klarna_id)
+        if r["method"] == "POST" and r["path"].endswith("/captures")
+    ]
 
 
 def _one_capture_with_one_key(shop: Shop, amount: int) -> None:
@@ -44,8 +47,14 @@ def _one_capture_with_one_key(shop: Shop, amount: int) -> None:
         {"kind": "rate_limit", "retry_after": 1, "count": 1},
         {"kind": "error", "status": 503, "count": 1},
     ],
-    ids=["500-before", "500-after-apply", "dropped-after-apply", "timeout-after-apply",
-         "429-retry-after", "503"],
+    ids=[
+        "500-before",
+        "500-after-apply",
+        "dropped-after-apply",
+        "timeout-after-apply",
+        "429-retry-after",
+        "503",
+    ],
 )
 def test_a_failed_capture_is_retried_to_exactly_one_effect(stack: Stack, fault: dict) -> None:
     shop = Shop(stack, [SHOES, SOCKS, DISCOUNT])
@@ -67,8 +76,11 @@ def test_retries_run_out_and_the_order_needs_attention(stack: Stack) -> None:
     shop.settled()
     stack.fault(kind="error", status=500, count=20, path_contains=f"{shop.klarna_id}/captures")
     shop.ship("shoes")
-    row = wait_for(lambda: (r := stack.order_row(shop.id)) and "needs_attention" in r["flags"]
-                   and r, timeout=30, what="needs_attention")
+    row = wait_for(
+        lambda: (r := stack.order_row(shop.id)) and "needs_attention" in r["flags"] and r,
+        timeout=30,
+        what="needs_attention",
+    )
     assert row["flag_reason"]["needs_attention"]["code"] == "retries_exhausted"
     (op,) = [o for o in stack.operations(shop.id) if o["kind"] == "capture"]
     assert (op["status"], op["attempts"]) == ("failed", 4)
@@ -125,11 +137,16 @@ def test_eight_concurrent_reconciles_of_one_order_make_one_operation(stack: Stac
     shop.line("socks")["shipped_quantity"] = 1
     with stack.db() as conn:
         # The snapshot changes without a task being sent: only the threads act.
-        conn.execute("UPDATE orders SET snapshot = jsonb_set(snapshot, "
-                     "'{lines,1,shipped_quantity}', '1') WHERE id = %s", (shop.id,))
+        conn.execute(
+            "UPDATE orders SET snapshot = jsonb_set(snapshot, "
+            "'{lines,1,shipped_quantity}', '1') WHERE id = %s",
+            (shop.id,),
+        )
     settings = Settings(
-        database_url=stack.database_url, klarna_api_url=stack.sandbox_url,
-        klarna_username="sandbox", klarna_password=stack.env["KLARNA_PASSWORD"],  # type: ignore[arg-type]
+        database_url=stack.database_url,
+        klarna_api_url=stack.sandbox_url,
+        klarna_username="sandbox",
+        klarna_password=stack.env["KLARNA_PASSWORD"],  # type: ignore[arg-type]
     )
     context = build_context(settings)
     barrier = threading.Barrier(8)
@@ -153,8 +170,16 @@ def test_eight_concurrent_reconciles_of_one_order_make_one_operation(stack: Stac
 
 
 def test_a_burst_of_snapshots_ends_in_operations_for_the_final_state_only(stack: Stack) -> None:
-    extra = [{"id": f"item-{i}", "name": f"Item {i}", "quantity": 1, "unit_price": 100 * i,
-              "tax_rate": 2000} for i in range(1, 6)]
+    extra = [
+        {
+            "id": f"item-{i}",
+            "name": f"Item {i}",
+            "quantity": 1,
+            "unit_price": 100 * i,
+            "tax_rate": 2000,
+        }
+        for i in range(1, 6)
+    ]
     shop = Shop(stack, [SHOES, *extra])
     shop.send("order.created")
     shop.settled()

@@ -10,23 +10,37 @@ from tests.integration.stack import Stack, new_order_id, order_event, wait_for
 
 pytestmark = pytest.mark.integration
 
-KETTLE = {"id": "75001", "name": "Kettle", "quantity": 1, "quantity_unit": "pcs",
-          "unit_price": 6000, "tax_rate": 2500}
-TOASTER = {"id": "75002", "name": "Toaster", "quantity": 1, "unit_price": 2500,
-           "tax_rate": 2500}
+KETTLE = {
+    "id": "75001",
+    "name": "Kettle",
+    "quantity": 1,
+    "quantity_unit": "pcs",
+    "unit_price": 6000,
+    "tax_rate": 2500,
+}
+TOASTER = {"id": "75002", "name": "Toaster", "quantity": 1, "unit_price": 2500, "tax_rate": 2500}
 HAT = {"id": "75003", "name": "Hat", "quantity": 1, "unit_price": 1500, "tax_rate": 2500}
 
 
 def _update_requests(stack: Stack, klarna_id: str) -> list[dict]:
-    return [r for r in stack.psp_requests(klarna_id)
-            if r["method"] == "PATCH" and r["path"].endswith("/authorization")]
+    return [
+        r
+        for r in stack.psp_requests(klarna_id)
+        if r["method"] == "PATCH" and r["path"].endswith("/authorization")
+    ]
 
 
 def test_decrease_sends_one_patch_with_the_seed_lines_and_a_key(stack: Stack) -> None:
     klarna_id = stack.klarna_order([KETTLE, TOASTER])
     order_id = new_order_id()
-    assert stack.send(order_event(order_id, klarna_id, [KETTLE, TOASTER], version=1,
-                                  event_type="order.created")).status_code == 202
+    assert (
+        stack.send(
+            order_event(
+                order_id, klarna_id, [KETTLE, TOASTER], version=1, event_type="order.created"
+            )
+        ).status_code
+        == 202
+    )
     answer = stack.send(order_event(order_id, klarna_id, [KETTLE], version=2))
     assert answer.status_code == 202
     assert answer.json() == {"status": "applied"}
@@ -41,8 +55,10 @@ def test_decrease_sends_one_patch_with_the_seed_lines_and_a_key(stack: Stack) ->
     assert line["reference"] == "75001"
     assert (line["total_amount"], line["total_tax_amount"], line["tax_rate"]) == (6000, 1200, 2500)
 
-    op = wait_for(lambda: [o for o in stack.operations(order_id) if o["status"] == "succeeded"],
-                  what="the operation's outcome")[0]
+    op = wait_for(
+        lambda: [o for o in stack.operations(order_id) if o["status"] == "succeeded"],
+        what="the operation's outcome",
+    )[0]
     assert op["kind"] == "update_authorization"
     assert op["idempotency_key"] == entry["idempotency_key"]
     (request,) = _update_requests(stack, klarna_id)
@@ -52,8 +68,10 @@ def test_decrease_sends_one_patch_with_the_seed_lines_and_a_key(stack: Stack) ->
     row = stack.order_row(order_id)
     assert row is not None
     assert (row["authorized_amount"], row["flags"]) == (6000, [])
-    wait_for(lambda: stack.order_row(order_id)["reconcile_requested_at"] is None,  # type: ignore[index]
-             what="the order to be marked in sync")
+    wait_for(
+        lambda: stack.order_row(order_id)["reconcile_requested_at"] is None,  # type: ignore[index]
+        what="the order to be marked in sync",
+    )
 
 
 def test_increase_refused_by_klarna_flags_needs_new_order_without_retry(stack: Stack) -> None:
@@ -63,8 +81,10 @@ def test_increase_refused_by_klarna_flags_needs_new_order_without_retry(stack: S
     stack.fault(kind="reject_next_increase", count=1)
     stack.send(order_event(order_id, klarna_id, [KETTLE, HAT], version=2))
 
-    row = wait_for(lambda: (r := stack.order_row(order_id)) and "needs_new_order" in r["flags"]
-                   and r, what="needs_new_order")
+    row = wait_for(
+        lambda: (r := stack.order_row(order_id)) and "needs_new_order" in r["flags"] and r,
+        what="needs_new_order",
+    )
     assert row["refused_amount"] == 7500
     reason = row["flag_reason"]["needs_new_order"]
     assert reason["code"] == "NOT_ALLOWED"
@@ -90,8 +110,10 @@ def test_increase_the_table_forbids_is_flagged_without_calling_klarna(stack: Sta
     event = order_event(order_id, klarna_id, [KETTLE, HAT], version=2, country="CH")
     event["order"]["currency"] = "CHF"
     stack.send(event)
-    row = wait_for(lambda: (r := stack.order_row(order_id)) and "needs_new_order" in r["flags"]
-                   and r, what="needs_new_order")
+    row = wait_for(
+        lambda: (r := stack.order_row(order_id)) and "needs_new_order" in r["flags"] and r,
+        what="needs_new_order",
+    )
     assert row["flag_reason"]["needs_new_order"]["code"] == "increase_not_allowed"
     assert _update_requests(stack, klarna_id) == []
     assert stack.operations(order_id) == []
@@ -128,13 +150,15 @@ def test_stale_version_is_acknowledged_and_ignored(stack: Stack) -> None:
     ("mutate", "status", "path"),
     [
         (lambda o: o["lines"][0].update(quantity=-1), 422, "order.lines.0.quantity"),
-        (lambda o: o["lines"][0].update(shipped_quantity=2), 422,
-         "order.lines.0.shipped_quantity"),
+        (lambda o: o["lines"][0].update(shipped_quantity=2), 422, "order.lines.0.shipped_quantity"),
         (lambda o: o.update(amount=999_999), 422, "order.amount"),
         (lambda o: o["lines"][0].update(total_amount=1), 422, "order.lines.0.total_amount"),
         (lambda o: o.update(currency="euro"), 422, "order.currency"),
-        (lambda o: o["payment"].pop("klarna_order_id"), 422,
-         "order.payment.klarna.klarna_order_id"),
+        (
+            lambda o: o["payment"].pop("klarna_order_id"),
+            422,
+            "order.payment.klarna.klarna_order_id",
+        ),
         (lambda o: o["lines"][0].update(unit_price=12.5), 422, "order.lines.0.unit_price"),
     ],
 )
@@ -167,8 +191,12 @@ def test_bad_or_missing_signature_is_401_and_stores_nothing(stack: Stack) -> Non
     from ordersync.demo import signed_headers
 
     headers = signed_headers(stack.secret, body)
-    tampered = httpx.post(f"{stack.web_url}/webhooks/shop", content=body.replace(b"6000", b"6001"),
-                          headers=headers, timeout=10)
+    tampered = httpx.post(
+        f"{stack.web_url}/webhooks/shop",
+        content=body.replace(b"6000", b"6001"),
+        headers=headers,
+        timeout=10,
+    )
     assert tampered.status_code == 401
     assert stack.order_row(order_id) is None and stack.inbox_count(order_id) == 0
 

@@ -28,17 +28,28 @@ PAYMENT = "9913140798220028"
 SEED_LINES = [
     {"id": "sku-1", "name": "Shoes", "quantity": 1, "unit_price": 1200, "tax_rate": 2000},
     {"id": "sku-2", "name": "Socks", "quantity": 2, "unit_price": 450, "tax_rate": 2000},
-    {"id": "discount", "name": "Discount", "type": "discount", "quantity": 1,
-     "unit_price": -630, "tax_rate": 2000},
+    {
+        "id": "discount",
+        "name": "Discount",
+        "type": "discount",
+        "quantity": 1,
+        "unit_price": -630,
+        "tax_rate": 2000,
+    },
 ]
 
 
 def snapshot(lines: list[dict[str, Any]] | None = None, **payment: Any) -> OrderSnapshot:
-    return OrderSnapshot.model_validate({
-        "id": "1001", "version": 1, "currency": "EUR", "country": "DE",
-        "payment": {"provider": "adyen", "psp_reference": PAYMENT, **payment},
-        "lines": lines or SEED_LINES,
-    })
+    return OrderSnapshot.model_validate(
+        {
+            "id": "1001",
+            "version": 1,
+            "currency": "EUR",
+            "country": "DE",
+            "payment": {"provider": "adyen", "psp_reference": PAYMENT, **payment},
+            "lines": lines or SEED_LINES,
+        }
+    )
 
 
 def shipped_socks() -> OrderSnapshot:
@@ -48,9 +59,15 @@ def shipped_socks() -> OrderSnapshot:
 
 
 def op(kind: str, amount: int, lines: list[PspLine], **extra: Any) -> dict[str, Any]:
-    return {"id": uuid.uuid4(), "kind": kind, "amount": amount,
-            "lines": [line.to_json() for line in lines],
-            "idempotency_key": str(uuid.uuid4()), "key_generation": 0, **extra}
+    return {
+        "id": uuid.uuid4(),
+        "kind": kind,
+        "amount": amount,
+        "lines": [line.to_json() for line in lines],
+        "idempotency_key": str(uuid.uuid4()),
+        "key_generation": 0,
+        **extra,
+    }
 
 
 ORDER = {"id": "1001", "psp_order_id": PAYMENT, "captured_amount": 0}
@@ -63,8 +80,11 @@ class Recorder:
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
-        body = self.body if self.body is not None else {
-            "pspReference": "MOD0000000000001", "status": "received"}
+        body = (
+            self.body
+            if self.body is not None
+            else {"pspReference": "MOD0000000000001", "status": "received"}
+        )
         return httpx.Response(self.status, json=body, headers=self.headers)
 
     @property
@@ -75,8 +95,12 @@ class Recorder:
 
 def client(recorder: Recorder, **kwargs: Any) -> AdyenClient:
     http = httpx.Client(transport=httpx.MockTransport(recorder))
-    defaults: dict[str, Any] = {"checkout_url": CHECKOUT, "api_key": "test-key",
-                                "merchant_account": "DefaultMerchant", "pal_url": PAL}
+    defaults: dict[str, Any] = {
+        "checkout_url": CHECKOUT,
+        "api_key": "test-key",
+        "merchant_account": "DefaultMerchant",
+        "pal_url": PAL,
+    }
     return AdyenClient(http, **{**defaults, **kwargs})
 
 
@@ -94,7 +118,9 @@ def test_partial_capture_with_discount_is_the_contracts_315() -> None:
     assert body["merchantAccount"] == "DefaultMerchant"
     assert body["reference"] == str(operation["id"])
     assert [(i["id"], i["quantity"], i["amountIncludingTax"]) for i in body["lineItems"]] == [
-        ("sku-2", 1, 450), ("discount", 1, -135)]
+        ("sku-2", 1, 450),
+        ("discount", 1, -135),
+    ]
     assert sum(i["quantity"] * i["amountIncludingTax"] for i in body["lineItems"]) == 315
     headers = recorder.requests[-1].headers
     assert headers["Idempotency-Key"] == operation["idempotency_key"]
@@ -178,19 +204,27 @@ def test_lines_that_miss_the_amount_are_never_sent() -> None:
 
 def test_no_merchant_account_anywhere_is_refused_before_sending() -> None:
     recorder = Recorder()
-    result = client(recorder, merchant_account=None).execute(ORDER, snapshot(),
-                                                              op("cancel", 0, []))
+    result = client(recorder, merchant_account=None).execute(ORDER, snapshot(), op("cancel", 0, []))
     assert result.outcome is Outcome.REJECTED and recorder.requests == []
 
 
 @pytest.mark.parametrize(
     ("status", "headers", "outcome"),
-    [(422, {}, Outcome.REJECTED), (403, {}, Outcome.REJECTED), (500, {}, Outcome.TRANSIENT),
-     (429, {"Retry-After": "3"}, Outcome.TRANSIENT)],
+    [
+        (422, {}, Outcome.REJECTED),
+        (403, {}, Outcome.REJECTED),
+        (500, {}, Outcome.TRANSIENT),
+        (429, {"Retry-After": "3"}, Outcome.TRANSIENT),
+    ],
 )
 def test_error_answers(status: int, headers: dict[str, str], outcome: Outcome) -> None:
-    body = {"status": status, "errorCode": "167", "message": "Original pspReference required",
-            "errorType": "validation", "pspReference": "ERR0000000000001"}
+    body = {
+        "status": status,
+        "errorCode": "167",
+        "message": "Original pspReference required",
+        "errorType": "validation",
+        "pspReference": "ERR0000000000001",
+    }
     recorder = Recorder(status, body, headers)
     result = client(recorder).execute(ORDER, snapshot(), op("cancel", 0, []))
     assert result.outcome is outcome
@@ -204,8 +238,12 @@ def test_network_error_is_transient() -> None:
     def fail(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("refused")
 
-    adyen = AdyenClient(httpx.Client(transport=httpx.MockTransport(fail)), checkout_url=CHECKOUT,
-                        api_key="k", merchant_account="M")
+    adyen = AdyenClient(
+        httpx.Client(transport=httpx.MockTransport(fail)),
+        checkout_url=CHECKOUT,
+        api_key="k",
+        merchant_account="M",
+    )
     result = adyen.execute(ORDER, snapshot(), op("cancel", 0, []))
     assert result.outcome is Outcome.TRANSIENT and not result.maybe_applied
 
@@ -239,8 +277,11 @@ def test_every_body_validates_against_adyens_spec(api: str) -> None:
     assert len(recorder.requests) == len(operations)
     for request in recorder.requests:
         url = str(request.url)
-        spec, path = ((ADYEN_PAYMENT_V68, url.removeprefix(PAL)) if url.startswith(PAL)
-                      else (ADYEN_CHECKOUT_V71, url.removeprefix(CHECKOUT)))
+        spec, path = (
+            (ADYEN_PAYMENT_V68, url.removeprefix(PAL))
+            if url.startswith(PAL)
+            else (ADYEN_CHECKOUT_V71, url.removeprefix(CHECKOUT))
+        )
         errors = validate_request(SPECS_DIR / spec, "POST", path, json.loads(request.content))
         assert errors == [], (url, errors)
     if api == "classic":

@@ -10,11 +10,17 @@ from workers.adyen_inbox import Notification, Verdict, decide, openinvoice_lines
 
 
 def note(event: str, success: bool = True) -> Notification:
-    return Notification.from_item({
-        "pspReference": "MOD1", "originalReference": "PAY1", "merchantReference": "x",
-        "merchantAccountCode": "M", "eventCode": event, "success": str(success).lower(),
-        "amount": {"currency": "EUR", "value": 315},
-    })
+    return Notification.from_item(
+        {
+            "pspReference": "MOD1",
+            "originalReference": "PAY1",
+            "merchantReference": "x",
+            "merchantAccountCode": "M",
+            "eventCode": event,
+            "success": str(success).lower(),
+            "amount": {"currency": "EUR", "value": 315},
+        }
+    )
 
 
 def op(kind: str, status: str, psp_reference: str | None = "MOD1") -> dict[str, Any]:
@@ -62,22 +68,34 @@ def test_a_pending_operation_that_never_got_an_answer_is_settled() -> None:
 
 def test_operation_id_comes_from_the_merchant_reference() -> None:
     assert note("CAPTURE").operation_id is None
-    item = {"pspReference": "P", "eventCode": "CAPTURE", "success": "true",
-            "merchantReference": "6f1c2a3e-0000-4000-8000-000000000001"}
+    item = {
+        "pspReference": "P",
+        "eventCode": "CAPTURE",
+        "success": "true",
+        "merchantReference": "6f1c2a3e-0000-4000-8000-000000000001",
+    }
     assert str(Notification.from_item(item).operation_id).startswith("6f1c2a3e")
 
 
 def test_openinvoice_lines_of_an_authorisation() -> None:
-    data = {"openinvoicedata.numberOfLines": "2",
-            "openinvoicedata.line1.itemId": "sku-2", "openinvoicedata.line1.description": "Socks",
-            "openinvoicedata.line1.numberOfItems": "2", "openinvoicedata.line1.itemAmount": "375",
-            "openinvoicedata.line1.itemVatAmount": "75",
-            "openinvoicedata.line1.itemVatPercentage": "2000",
-            "openinvoicedata.line2.description": "Discount",
-            "openinvoicedata.line2.numberOfItems": "1", "openinvoicedata.line2.itemAmount": "-525",
-            "openinvoicedata.line2.itemVatAmount": "-105"}
+    data = {
+        "openinvoicedata.numberOfLines": "2",
+        "openinvoicedata.line1.itemId": "sku-2",
+        "openinvoicedata.line1.description": "Socks",
+        "openinvoicedata.line1.numberOfItems": "2",
+        "openinvoicedata.line1.itemAmount": "375",
+        "openinvoicedata.line1.itemVatAmount": "75",
+        "openinvoicedata.line1.itemVatPercentage": "2000",
+        "openinvoicedata.line2.description": "Discount",
+        "openinvoicedata.line2.numberOfItems": "1",
+        "openinvoicedata.line2.itemAmount": "-525",
+        "openinvoicedata.line2.itemVatAmount": "-105",
+    }
     socks, discount = openinvoice_lines(data)
     assert (socks.reference, socks.quantity, socks.total_amount) == ("sku-2", 2, 900)
     assert (discount.reference, discount.type.value, discount.total_amount) == (
-        "Discount", "discount", -630)
+        "Discount",
+        "discount",
+        -630,
+    )
     assert openinvoice_lines({"openinvoicedata.numberOfLines": "x"}) == []

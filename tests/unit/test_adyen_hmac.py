@@ -41,8 +41,11 @@ SLASHES = [
     [
         (KEY_A, {}, "coqCmt/IZ4E3CzPvMY8zTjQVL5hYJUiBRg8UU+iCWo0="),
         (KEY_B, {}, "Ny9gS2veKo5E4w8/OL6xz1/wvT/hYkAXy1xNc/QvO4I="),
-        (KEY_A, {"eventCode": "REFUND", "amount": {"currency": "EUR", "value": 0}},
-         "J7HhsgZo5KwqdB7LFZJV6rfQgp+RqC2kuYyw/3x3w+8="),
+        (
+            KEY_A,
+            {"eventCode": "REFUND", "amount": {"currency": "EUR", "value": 0}},
+            "J7HhsgZo5KwqdB7LFZJV6rfQgp+RqC2kuYyw/3x3w+8=",
+        ),
     ],
 )
 def test_adyen_library_vectors(key: str, overrides: dict, expected: str) -> None:
@@ -71,9 +74,13 @@ def test_adyen_library_vectors_with_slashes_and_colons(
 
 def test_signing_string_order_and_missing_fields() -> None:
     item = {
-        "pspReference": "QFQTPCQ8HXSKGK82", "originalReference": "9913140798220028",
-        "merchantAccountCode": "Shop", "merchantReference": "op-1",
-        "amount": {"currency": "EUR", "value": 315}, "eventCode": "CAPTURE", "success": "true",
+        "pspReference": "QFQTPCQ8HXSKGK82",
+        "originalReference": "9913140798220028",
+        "merchantAccountCode": "Shop",
+        "merchantReference": "op-1",
+        "amount": {"currency": "EUR", "value": 315},
+        "eventCode": "CAPTURE",
+        "success": "true",
     }
     expected = "QFQTPCQ8HXSKGK82:9913140798220028:Shop:op-1:315:EUR:CAPTURE:true"
     assert signing_string(item) == expected
@@ -87,9 +94,13 @@ def test_our_vector_matches_a_plain_hmac() -> None:
     message = b"PSP1:ORIG1:OrdersyncDev:3f2a:1470:EUR:AUTHORISATION_ADJUSTMENT:false"
     expected = base64.b64encode(hmac.new(bytes.fromhex(key), message, hashlib.sha256).digest())
     item = {
-        "pspReference": "PSP1", "originalReference": "ORIG1", "merchantAccountCode": "OrdersyncDev",
-        "merchantReference": "3f2a", "amount": {"value": 1470, "currency": "EUR"},
-        "eventCode": "AUTHORISATION_ADJUSTMENT", "success": "false",
+        "pspReference": "PSP1",
+        "originalReference": "ORIG1",
+        "merchantAccountCode": "OrdersyncDev",
+        "merchantReference": "3f2a",
+        "amount": {"value": 1470, "currency": "EUR"},
+        "eventCode": "AUTHORISATION_ADJUSTMENT",
+        "success": "false",
     }
     assert sign(item, key) == expected.decode()
 

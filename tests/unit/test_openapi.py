@@ -13,8 +13,10 @@ from service.app import create_app
 from service.observability import openapi_document
 
 SETTINGS = Settings(
-    database_url="postgresql://nobody@127.0.0.1:1/none", redis_url="redis://127.0.0.1:1/0",
-    shop_webhook_secrets="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", operator_token=None,
+    database_url="postgresql://nobody@127.0.0.1:1/none",
+    redis_url="redis://127.0.0.1:1/0",
+    shop_webhook_secrets="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    operator_token=None,
 )
 
 
@@ -25,22 +27,42 @@ def test_the_document_is_valid_openapi_3_1() -> None:
 
 
 def test_every_route_is_described() -> None:
-    documented = {(path, method.upper()) for path, item in openapi_document()["paths"].items()
-                  for method in item}
+    documented = {
+        (path, method.upper())
+        for path, item in openapi_document()["paths"].items()
+        for method in item
+    }
     app = create_app(SETTINGS)
-    served = {(route.path, method) for route in app.routes if isinstance(route, Route)
-              for method in (route.methods or ()) if method != "HEAD"}
+    served = {
+        (route.path, method)
+        for route in app.routes
+        if isinstance(route, Route)
+        for method in (route.methods or ())
+        if method != "HEAD"
+    }
     assert served - documented == set()
     # The contract's endpoints, including the Adyen webhook that another module serves.
-    assert {("/webhooks/adyen", "POST"), ("/metrics", "GET"), ("/orders", "GET"),
-            ("/orders/{order_id}", "GET"), ("/orders/{order_id}/reconcile", "POST"),
-            ("/healthz", "GET"), ("/readyz", "GET"), ("/openapi.json", "GET"),
-            ("/webhooks/shop", "POST")} <= documented
+    assert {
+        ("/webhooks/adyen", "POST"),
+        ("/metrics", "GET"),
+        ("/orders", "GET"),
+        ("/orders/{order_id}", "GET"),
+        ("/orders/{order_id}/reconcile", "POST"),
+        ("/healthz", "GET"),
+        ("/readyz", "GET"),
+        ("/openapi.json", "GET"),
+        ("/webhooks/shop", "POST"),
+    } <= documented
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/orders/1001"), ("GET", "/orders"), ("POST", "/orders/1001/reconcile"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/orders/1001"),
+        ("GET", "/orders"),
+        ("POST", "/orders/1001/reconcile"),
+    ],
+)
 def test_operator_api_is_503_without_a_token(method: str, path: str) -> None:
     # No lifespan: the token is checked before anything touches Postgres.
     client = TestClient(create_app(SETTINGS))

@@ -31,8 +31,14 @@ from domain.snapshot import OrderSnapshot
 
 SHOES = {"id": "shoes", "name": "Shoes", "quantity": 1, "unit_price": 1200, "tax_rate": 2000}
 SOCKS = {"id": "socks", "name": "Socks", "quantity": 2, "unit_price": 450, "tax_rate": 2000}
-DISCOUNT = {"id": "discount", "name": "Discount", "type": "discount", "quantity": 1,
-            "unit_price": -630, "tax_rate": 2000}
+DISCOUNT = {
+    "id": "discount",
+    "name": "Discount",
+    "type": "discount",
+    "quantity": 1,
+    "unit_price": -630,
+    "tax_rate": 2000,
+}
 
 
 def allow_all(_method: str | None, _country: str | None) -> bool:
@@ -44,17 +50,33 @@ def deny_all(_method: str | None, _country: str | None) -> bool:
 
 
 def order(lines: list[dict[str, Any]], status: str = "open", **extra: Any) -> OrderSnapshot:
-    return OrderSnapshot.model_validate({
-        "id": "o1", "version": 1, "currency": "EUR", "country": "DE", "status": status,
-        "payment": {"provider": "klarna", "klarna_order_id": "k1"}, "lines": lines, **extra,
-    })
+    return OrderSnapshot.model_validate(
+        {
+            "id": "o1",
+            "version": 1,
+            "currency": "EUR",
+            "country": "DE",
+            "status": status,
+            "payment": {"provider": "klarna", "klarna_order_id": "k1"},
+            "lines": lines,
+            **extra,
+        }
+    )
 
 
-def psp(authorized: int, captured: int = 0, refunded: int = 0,
-        status: PspStatus | None = None, **extra: Any) -> PspState:
+def psp(
+    authorized: int,
+    captured: int = 0,
+    refunded: int = 0,
+    status: PspStatus | None = None,
+    **extra: Any,
+) -> PspState:
     if status is None:
-        status = PspStatus.AUTHORIZED if captured == 0 else (
-            PspStatus.CAPTURED if captured >= authorized else PspStatus.PART_CAPTURED)
+        status = (
+            PspStatus.AUTHORIZED
+            if captured == 0
+            else (PspStatus.CAPTURED if captured >= authorized else PspStatus.PART_CAPTURED)
+        )
     return PspState(status, authorized, captured, refunded, "INVOICE", "DE", **extra)
 
 
@@ -109,7 +131,8 @@ def test_shipped_lines_beyond_the_authorization_wait_after_a_refusal() -> None:
 
 def test_a_cancelled_order_is_cancelled_or_released() -> None:
     assert plan_next(OrderView(order([SHOES], "cancelled"), psp(1200)), allow_all) == Plan(
-        Kind.CANCEL, 0)
+        Kind.CANCEL, 0
+    )
     view = OrderView(order([shipped(SHOES, 1), SOCKS], "cancelled"), psp(2100, 1200))
     assert plan_next(view, allow_all) == Plan(Kind.RELEASE_AUTHORIZATION, 900)
 
@@ -171,8 +194,9 @@ class FakePsp:
             if not open_ or amount > self.authorized - self.captured:
                 return "rejected"
             self.captured += amount
-            self.status = (PspStatus.CAPTURED if self.captured == self.authorized
-                           else PspStatus.PART_CAPTURED)
+            self.status = (
+                PspStatus.CAPTURED if self.captured == self.authorized else PspStatus.PART_CAPTURED
+            )
         elif kind is Kind.REFUND:
             if amount > self.captured - self.refunded:
                 return "rejected"
@@ -196,12 +220,24 @@ class Pending:
 
 PRODUCTS = [
     {"id": "a", "name": "A", "quantity": 2, "unit_price": 1999, "tax_rate": 2500},
-    {"id": "b", "name": "B", "quantity": 3, "unit_price": 333, "tax_rate": 700,
-     "total_discount_amount": 100},
+    {
+        "id": "b",
+        "name": "B",
+        "quantity": 3,
+        "unit_price": 333,
+        "tax_rate": 700,
+        "total_discount_amount": 100,
+    },
     {"id": "c", "name": "C", "quantity": 1, "unit_price": 4500, "tax_rate": 2000},
 ]
-COUPON = {"id": "coupon", "name": "Coupon", "type": "discount", "quantity": 1,
-          "unit_price": -1234, "tax_rate": 2000}
+COUPON = {
+    "id": "coupon",
+    "name": "Coupon",
+    "type": "discount",
+    "quantity": 1,
+    "unit_price": -1234,
+    "tax_rate": 2000,
+}
 
 
 class ReconcileMachine(RuleBasedStateMachine):
@@ -225,8 +261,9 @@ class ReconcileMachine(RuleBasedStateMachine):
     def view(self) -> OrderView:
         p = self.psp
         state = PspState(p.status, p.authorized, p.captured, p.refunded, "INVOICE", "DE")
-        return OrderView(self.snapshot(), state, tuple(self.history), frozenset(self.flags),
-                         self.refused)
+        return OrderView(
+            self.snapshot(), state, tuple(self.history), frozenset(self.flags), self.refused
+        )
 
     # -- the shop ---------------------------------------------------------------
 
@@ -250,8 +287,9 @@ class ReconcileMachine(RuleBasedStateMachine):
         before = line["quantity"]
         line["quantity"] = max(quantity, line["shipped_quantity"], floor)
         # A shop never sends a basket worth less than its coupon: undo such a change.
-        value = sum(p["quantity"] * p["unit_price"] - p.get("total_discount_amount", 0)
-                    for p in self.lines)
+        value = sum(
+            p["quantity"] * p["unit_price"] - p.get("total_discount_amount", 0) for p in self.lines
+        )
         if value < 0:
             line["quantity"] = before
 
@@ -293,8 +331,7 @@ class ReconcileMachine(RuleBasedStateMachine):
         self.history.append(PastOperation(plan.kind, status, plan.amount, plan.lines))
         self.pending = None
         if status == "rejected":
-            increase = (plan.kind is Kind.UPDATE_AUTHORIZATION
-                        and plan.amount > self.psp.authorized)
+            increase = plan.kind is Kind.UPDATE_AUTHORIZATION and plan.amount > self.psp.authorized
             self.flags.add(NEEDS_NEW_ORDER if increase else NEEDS_ATTENTION)
             if increase:
                 self.refused = plan.amount
@@ -315,8 +352,11 @@ class ReconcileMachine(RuleBasedStateMachine):
         in_flight = 1 if self.pending and self.pending.key in self.psp.applied else 0
         assert len(applied) == len(succeeded) + in_flight
         ours = sum(op.amount for op in succeeded if op.kind is Kind.CAPTURE)
-        pending_capture = (self.pending.plan.amount if in_flight and self.pending
-                           and self.pending.plan.kind is Kind.CAPTURE else 0)
+        pending_capture = (
+            self.pending.plan.amount
+            if in_flight and self.pending and self.pending.plan.kind is Kind.CAPTURE
+            else 0
+        )
         assert ours + pending_capture == self.psp.captured
 
     def teardown(self) -> None:
@@ -329,5 +369,4 @@ class ReconcileMachine(RuleBasedStateMachine):
 
 
 TestReconcileMachine = ReconcileMachine.TestCase
-TestReconcileMachine.settings = settings(max_examples=150, stateful_step_count=30,
-                                         deadline=None)
+TestReconcileMachine.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)

@@ -30,8 +30,13 @@ def kombu_message(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
         get_settings.cache_clear()
         app = Celery("ordersync-format-check")
         app.config_from_object(celery_config())
-        app.send_task("ordersync.reconcile_order", ("o-1",), {"force": True},
-                      headers={"request_id": "r-1"}, retry=False)
+        app.send_task(
+            "ordersync.reconcile_order",
+            ("o-1",),
+            {"force": True},
+            headers={"request_id": "r-1"},
+            retry=False,
+        )
         client = redis.Redis(unix_socket_path=str(server.socket_path))
         (raw,) = client.lrange(QUEUE, 0, -1)
         yield json.loads(raw)
@@ -43,8 +48,9 @@ def kombu_message(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
 
 
 def test_our_message_has_kombus_shape(kombu_message: dict) -> None:
-    ours = json.loads(celery_message(
-        Message("ordersync.reconcile_order", ("o-1",), {"force": True}, "r-1")))
+    ours = json.loads(
+        celery_message(Message("ordersync.reconcile_order", ("o-1",), {"force": True}, "r-1"))
+    )
     assert set(ours) == set(kombu_message)
     assert set(ours["headers"]) == set(kombu_message["headers"])
     # reply_to names a result queue; these tasks return nothing anyone reads.

@@ -18,13 +18,33 @@ from tests.unit.test_sandbox_support import SPECS_DIR, SandboxClient, sandbox_cl
 
 KEY = "00112233445566778899AABBCCDDEEFF00112233445566778899AABBCCDDEEFF"
 API = {"X-API-Key": "sandbox"}
-SHOES = {"id": "sku-1", "description": "Shoes", "quantity": 1, "amountIncludingTax": 1200,
-         "amountExcludingTax": 1000, "taxAmount": 200, "taxPercentage": 2000}
-SOCK = {"id": "sku-2", "description": "Socks", "quantity": 1, "amountIncludingTax": 450,
-        "amountExcludingTax": 375, "taxAmount": 75, "taxPercentage": 2000}
-DISCOUNT_SHARE = {"id": "discount", "description": "Discount", "quantity": 1,
-                  "amountIncludingTax": -135, "amountExcludingTax": -113, "taxAmount": -22,
-                  "taxPercentage": 2000}
+SHOES = {
+    "id": "sku-1",
+    "description": "Shoes",
+    "quantity": 1,
+    "amountIncludingTax": 1200,
+    "amountExcludingTax": 1000,
+    "taxAmount": 200,
+    "taxPercentage": 2000,
+}
+SOCK = {
+    "id": "sku-2",
+    "description": "Socks",
+    "quantity": 1,
+    "amountIncludingTax": 450,
+    "amountExcludingTax": 375,
+    "taxAmount": 75,
+    "taxPercentage": 2000,
+}
+DISCOUNT_SHARE = {
+    "id": "discount",
+    "description": "Discount",
+    "quantity": 1,
+    "amountIncludingTax": -135,
+    "amountExcludingTax": -113,
+    "taxAmount": -22,
+    "taxPercentage": 2000,
+}
 
 
 class Receiver:
@@ -53,8 +73,9 @@ class Receiver:
         deadline = time.monotonic() + timeout
         while len(self.received) < count and time.monotonic() < deadline:
             time.sleep(0.02)
-        return [body["notificationItems"][0]["NotificationRequestItem"]
-                for _, body in self.received]
+        return [
+            body["notificationItems"][0]["NotificationRequestItem"] for _, body in self.received
+        ]
 
 
 @pytest.fixture
@@ -66,23 +87,37 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def adyen(receiver: Receiver) -> Iterator[SandboxClient]:
-    with sandbox_client(adyen_webhook_url=receiver.url, adyen_hmac_key=KEY,
-                        adyen_webhook_username="adyen", adyen_webhook_password="pw") as client:
+    with sandbox_client(
+        adyen_webhook_url=receiver.url,
+        adyen_hmac_key=KEY,
+        adyen_webhook_username="adyen",
+        adyen_webhook_password="pw",
+    ) as client:
         yield client
 
 
 def payment(client: SandboxClient, value: int = 1470, **extra: Any) -> str:
-    response = client.post("/_sandbox/adyen/payments", json={
-        "value": value, "currency": "EUR", "merchantAccount": "Shop", **extra})
+    response = client.post(
+        "/_sandbox/adyen/payments",
+        json={"value": value, "currency": "EUR", "merchantAccount": "Shop", **extra},
+    )
     assert response.status_code == 201, response.text
     return str(response.json()["pspReference"])
 
 
-def capture(client: SandboxClient, psp: str, items: list[dict[str, Any]], value: int,
-            key: str = "k-1") -> Any:
-    return client.post(f"/v71/payments/{psp}/captures", headers={**API, "Idempotency-Key": key},
-                       json={"merchantAccount": "Shop", "reference": "op-1",
-                             "amount": {"currency": "EUR", "value": value}, "lineItems": items})
+def capture(
+    client: SandboxClient, psp: str, items: list[dict[str, Any]], value: int, key: str = "k-1"
+) -> Any:
+    return client.post(
+        f"/v71/payments/{psp}/captures",
+        headers={**API, "Idempotency-Key": key},
+        json={
+            "merchantAccount": "Shop",
+            "reference": "op-1",
+            "amount": {"currency": "EUR", "value": value},
+            "lineItems": items,
+        },
+    )
 
 
 def test_capture_is_received_then_notified_signed_with_basic_auth(
@@ -119,8 +154,9 @@ def test_same_key_replays_and_applies_once(adyen: SandboxClient, receiver: Recei
     ("items", "value", "code"),
     [([SOCK], 315, "LINE_ITEMS"), ([SHOES, SOCK, SOCK], 2100, "137")],
 )
-def test_rules_refuse_with_422(adyen: SandboxClient, items: list[Any], value: int,
-                               code: str) -> None:
+def test_rules_refuse_with_422(
+    adyen: SandboxClient, items: list[Any], value: int, code: str
+) -> None:
     psp = payment(adyen, notify=False)
     answer = capture(adyen, psp, items, value)
     assert answer.status_code == 422
@@ -129,8 +165,11 @@ def test_rules_refuse_with_422(adyen: SandboxClient, items: list[Any], value: in
 
 def test_wrong_api_key_is_401(adyen: SandboxClient) -> None:
     psp = payment(adyen, notify=False)
-    answer = adyen.post(f"/v71/payments/{psp}/cancels", headers={"X-API-Key": "nope"},
-                        json={"merchantAccount": "Shop"})
+    answer = adyen.post(
+        f"/v71/payments/{psp}/cancels",
+        headers={"X-API-Key": "nope"},
+        json={"merchantAccount": "Shop"},
+    )
     assert answer.status_code == 401
 
 
@@ -139,17 +178,25 @@ def test_refused_increase_and_failed_capture_are_notified(
 ) -> None:
     psp = payment(adyen, notify=False)
     adyen.post("/_sandbox/faults", json={"kind": "reject_next_increase"})
-    answer = adyen.post(f"/v71/payments/{psp}/amountUpdates", headers={**API,
-                        "Idempotency-Key": "u-1"}, json={
-        "merchantAccount": "Shop", "amount": {"currency": "EUR", "value": 1920},
-        "lineItems": [SHOES, {**SOCK, "quantity": 2}, {**SOCK, "id": "hat"},
-                      {**DISCOUNT_SHARE, "amountIncludingTax": -630}]})
+    answer = adyen.post(
+        f"/v71/payments/{psp}/amountUpdates",
+        headers={**API, "Idempotency-Key": "u-1"},
+        json={
+            "merchantAccount": "Shop",
+            "amount": {"currency": "EUR", "value": 1920},
+            "lineItems": [
+                SHOES,
+                {**SOCK, "quantity": 2},
+                {**SOCK, "id": "hat"},
+                {**DISCOUNT_SHARE, "amountIncludingTax": -630},
+            ],
+        },
+    )
     assert answer.json()["status"] == "received"
     adyen.post("/_sandbox/faults", json={"kind": "fail_next_capture"})
     capture(adyen, psp, [SOCK, DISCOUNT_SHARE], 315)
     adjustment, failed = receiver.items(2)
-    assert (adjustment["eventCode"], adjustment["success"]) == ("AUTHORISATION_ADJUSTMENT",
-                                                                "false")
+    assert (adjustment["eventCode"], adjustment["success"]) == ("AUTHORISATION_ADJUSTMENT", "false")
     assert failed["eventCode"] == "CAPTURE_FAILED"
     state = adyen.get(f"/_sandbox/adyen/payments/{psp}").json()
     assert (state["authorised"], state["captured"]) == (1470, 0)
@@ -164,31 +211,46 @@ def test_duplicate_and_held_notifications(adyen: SandboxClient, receiver: Receiv
     capture(adyen, psp, [SOCK, DISCOUNT_SHARE], 315, key="b")
     time.sleep(0.2)
     assert len(receiver.received) == 2
-    assert adyen.post("/_sandbox/adyen/notifications/release",
-                      json={"reverse": True}).json() == {"released": 2}
+    assert adyen.post("/_sandbox/adyen/notifications/release", json={"reverse": True}).json() == {
+        "released": 2
+    }
     items = receiver.items(4)
     assert [i["eventCode"] for i in items[2:]] == ["CAPTURE", "CAPTURE"]
 
 
 def test_classic_capture_checks_openinvoice_lines(adyen: SandboxClient) -> None:
     psp = payment(adyen, notify=False)
-    data = {"openinvoicedata.numberOfLines": "1", "openinvoicedata.line1.numberOfItems": "1",
-            "openinvoicedata.line1.itemAmount": "375", "openinvoicedata.line1.itemVatAmount": "75",
-            "openinvoicedata.line1.currencyCode": "EUR"}
-    body = {"merchantAccount": "Shop", "originalReference": psp, "reference": "op-2",
-            "modificationAmount": {"currency": "EUR", "value": 450}, "additionalData": data}
-    answer = adyen.post("/pal/servlet/Payment/v68/capture",
-                        headers={**API, "Idempotency-Key": "c-1"}, json=body)
+    data = {
+        "openinvoicedata.numberOfLines": "1",
+        "openinvoicedata.line1.numberOfItems": "1",
+        "openinvoicedata.line1.itemAmount": "375",
+        "openinvoicedata.line1.itemVatAmount": "75",
+        "openinvoicedata.line1.currencyCode": "EUR",
+    }
+    body = {
+        "merchantAccount": "Shop",
+        "originalReference": psp,
+        "reference": "op-2",
+        "modificationAmount": {"currency": "EUR", "value": 450},
+        "additionalData": data,
+    }
+    answer = adyen.post(
+        "/pal/servlet/Payment/v68/capture", headers={**API, "Idempotency-Key": "c-1"}, json=body
+    )
     assert answer.status_code == 200
     assert answer.json()["response"] == "[capture-received]"
-    wrong = adyen.post("/pal/servlet/Payment/v68/capture",
-                       headers={**API, "Idempotency-Key": "c-2"},
-                       json={**body, "modificationAmount": {"currency": "EUR", "value": 451}})
+    wrong = adyen.post(
+        "/pal/servlet/Payment/v68/capture",
+        headers={**API, "Idempotency-Key": "c-2"},
+        json={**body, "modificationAmount": {"currency": "EUR", "value": 451}},
+    )
     assert wrong.status_code == 422
 
 
-@pytest.mark.skipif(not (SPECS_DIR / ADYEN_CHECKOUT_V71).is_file(),
-                    reason=f"vendor OpenAPI files not found at {SPECS_DIR}")
+@pytest.mark.skipif(
+    not (SPECS_DIR / ADYEN_CHECKOUT_V71).is_file(),
+    reason=f"vendor OpenAPI files not found at {SPECS_DIR}",
+)
 def test_spec_violations_are_refused_strictly(receiver: Receiver) -> None:
     with sandbox_client(specs_dir=SPECS_DIR, adyen_webhook_url=receiver.url) as client:
         psp = payment(client, notify=False)
