@@ -259,8 +259,8 @@ async def list_flagged(
         conditions.append("(updated_at, id) < (%s, %s)")
         params.extend(after)
     query = (
-        "SELECT * FROM orders WHERE "
-        + " AND ".join(conditions)  # noqa: S608 - fixed fragments
+        "SELECT * FROM orders WHERE "  # noqa: S608 - fixed fragments
+        + " AND ".join(conditions)
         + " ORDER BY updated_at DESC, id DESC LIMIT %s"
     )
     params.append(limit + 1)
