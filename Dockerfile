@@ -24,9 +24,13 @@ RUN pip install --require-hashes --no-deps --only-binary=:all: -r requirements.l
 
 # The project itself: --no-deps, because everything it needs came from the lock above.
 COPY pyproject.toml README.md ./
-COPY ordersync/ ordersync/
+# The runtime layers only: the development rig (devrig/), tests and benchmarks stay out.
+COPY cli/ cli/
 COPY service/ service/
 COPY workers/ workers/
+COPY data/ data/
+COPY integrations/ integrations/
+COPY ordersync/ ordersync/
 COPY domain/ domain/
 COPY migrations/ migrations/
 RUN pip install --no-deps . \

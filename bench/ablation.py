@@ -13,9 +13,10 @@ import sys
 import uuid
 from typing import Any
 
+from devrig.devstack import free_port, wait_http
+
 from bench.common import stack
 from bench.traffic import drive, shop_webhook
-from ordersync.devstack import free_port, wait_http
 
 
 def create() -> Any:

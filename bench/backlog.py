@@ -15,10 +15,10 @@ import uuid
 from typing import Any
 
 import httpx
+from devrig.devstack import wait_until
 
 from bench.common import Row, stack
 from bench.traffic import create_sandbox_orders, drive, klarna_id, shop_webhook
-from ordersync.devstack import wait_until
 
 CONCURRENCY = 16
 

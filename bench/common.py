@@ -20,11 +20,8 @@ from typing import Any
 
 import httpx
 import psycopg
-from psycopg.rows import dict_row
-
-from ordersync.db import migrate
-from ordersync.demo import new_secret
-from ordersync.devstack import (
+from devrig.demo import new_secret
+from devrig.devstack import (
     EmbeddedPostgres,
     Process,
     RedisServer,
@@ -32,13 +29,16 @@ from ordersync.devstack import (
     temporary_pg_dir,
     wait_http,
 )
+from psycopg.rows import dict_row
+
+from ordersync.db import migrate
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 ADYEN_HMAC_KEY = "44782DEF547AAA06C910C43932B1EB0C71FC68D9D0C057550C48EC2ACF6BA056"
 
 
 class Command(Process):
-    """A `Process` for a command other than `python -m ordersync …`."""
+    """A `Process` for a command other than `python -m cli …`."""
 
     def start(self) -> None:
         out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115

@@ -11,10 +11,11 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from devrig.devstack import free_port, wait_http
+
 from bench.baseline_app import TABLE_SQL
 from bench.common import ADYEN_HMAC_KEY, Row, Stack, percentile, stack
 from bench.traffic import LoadResult, adyen_notification, drive, shop_webhook
-from ordersync.devstack import free_port, wait_http
 
 CONNECTIONS = 32
 

@@ -16,11 +16,11 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+from devrig.devstack import wait_until
 
 from bench.common import Row, percentile, stack
 from bench.fixtures import synced_orders
 from bench.traffic import drive, klarna_id, shop_webhook
-from ordersync.devstack import wait_until
 
 # The rate; BENCH_LATENCY_RATE measures the path at a rate the machine sustains.
 RATE = float(os.environ.get("BENCH_LATENCY_RATE", "200"))

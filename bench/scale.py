@@ -24,8 +24,9 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from bench.common import Row, stack
+from data import orders as store
 from ordersync.db import migrate
-from workers import store, sweeper
+from workers import sweeper
 
 SMALL = 10_000
 GENERATE = """

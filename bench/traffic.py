@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ordersync import adyen_hmac
-from ordersync.demo import KETTLE, TOASTER, signed_headers
-from ordersync.devstack import klarna_line
+from devrig.demo import KETTLE, TOASTER, signed_headers
+from devrig.devstack import klarna_line
+
+from integrations.adyen import hmac as adyen_hmac
 
 TOTAL = 8500
 

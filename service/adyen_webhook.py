@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
-from ordersync import adyen_hmac
+from integrations.adyen import hmac as adyen_hmac
 from ordersync.db import AsyncPool
 from ordersync.errors import BadRequest, ConfigError, Unauthorized
 from service.state import AppState

@@ -22,10 +22,10 @@ from ordersync.db import async_pool
 from ordersync.errors import OrdersyncError
 from ordersync.metrics import Metrics
 from ordersync.settings import Settings, get_settings
-from service import operator_api
+from service import orders_api as operator_api
 from service.adyen_webhook import adyen_webhook
 from service.health import healthz, readyz
-from service.observability import metrics_endpoint, openapi_endpoint
+from service.meta_routes import metrics_endpoint, openapi_endpoint
 from service.publisher import Publisher, redis_sender
 from service.state import AppState
 from service.webhooks import shop_webhook

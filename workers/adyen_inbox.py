@@ -32,13 +32,13 @@ import structlog
 from psycopg import Connection
 from psycopg.types.json import Jsonb
 
+from data import orders as store
 from domain.lines import PspLine
 from domain.planner import NEEDS_ATTENTION, NEEDS_NEW_ORDER, Flag, Kind, unauthorized_lines
 from domain.snapshot import LineType
+from integrations.results import backoff_seconds
 from ordersync.settings import Settings
-from workers import store
 from workers.context import WorkerContext
-from workers.psp import backoff_seconds
 from workers.reconcile import COUNTDOWN_LIMIT_SECONDS, flag_order
 
 log = structlog.get_logger("ordersync.adyen")

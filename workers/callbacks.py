@@ -23,10 +23,11 @@ from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 from standardwebhooks.webhooks import Webhook
 
+from data.outbox import webhook_id
 from domain.planner import NEEDS_NEW_ORDER, Flag
+from integrations.results import backoff_seconds
 from ordersync import metrics
 from ordersync.settings import Settings
-from workers.psp import backoff_seconds
 
 log = structlog.get_logger("ordersync.callbacks")
 
@@ -44,10 +45,6 @@ BATCH = 20
 _recorded: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
     "ordersync_callbacks_recorded", default=()
 )
-
-
-def webhook_id(event_id: uuid.UUID | str) -> str:
-    return f"msg_{uuid.UUID(str(event_id)).hex}"
 
 
 def record_flagged(conn: Connection[DictRow], order: dict[str, Any], flag: Flag) -> bool:

@@ -8,13 +8,13 @@ from dataclasses import dataclass
 
 import httpx
 
+from data import orders as store
 from domain.lines import PspLine
+from integrations.adyen.client import AdyenClient
+from integrations.klarna.client import KlarnaClient
+from integrations.provider import Provider
 from ordersync.db import SyncPool, sync_pool
 from ordersync.settings import Settings, get_settings
-from workers import store
-from workers.adyen import AdyenClient
-from workers.klarna import KlarnaClient
-from workers.provider import Provider
 
 
 @dataclass

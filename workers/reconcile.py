@@ -19,6 +19,7 @@ from typing import Any
 
 import structlog
 
+from data import orders as store
 from domain.lines import PspLine
 from domain.planner import (
     NEEDS_ATTENTION,
@@ -32,12 +33,13 @@ from domain.planner import (
     plan_next,
     unauthorized_lines,
 )
+from integrations.provider import Provider
+from integrations.results import Outcome, PspError, PspResult, backoff_seconds
 from ordersync import metrics
-from workers import callbacks, observe, store
+from workers import callbacks
+from workers import confirmation_metric as observe
 from workers.context import WorkerContext
 from workers.crashpoints import crash_point
-from workers.provider import Provider
-from workers.psp import Outcome, PspError, PspResult, backoff_seconds
 
 log = structlog.get_logger("ordersync.reconcile")
 

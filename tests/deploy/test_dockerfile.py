@@ -147,7 +147,7 @@ def test_dockerignore_is_an_allow_list() -> None:
     ]
     assert lines[0] == "*"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    for private in (".venv", ".git", ".env", ".ordersync-dev", "tests"):
+    for private in (".venv", ".git", ".env", ".ordersync-dev", "tests", "devrig", "bench"):
         assert private not in allowed
 
 
@@ -166,13 +166,19 @@ def test_lock_pins_every_runtime_dependency_with_hashes() -> None:
             assert "--hash=sha256:" in entry, entry.splitlines()[0]
 
 
-@pytest.mark.parametrize("extra", ["test", "dev"])
+def _development_requirements() -> dict[str, list[str]]:
+    extras = _pyproject()["project"]["optional-dependencies"]
+    rig = tomllib.loads((REPO / "devrig" / "pyproject.toml").read_text())
+    return {"test": extras["test"], "devrig": rig["project"]["dependencies"]}
+
+
+@pytest.mark.parametrize("extra", ["test", "devrig"])
 def test_lock_holds_no_development_only_packages(extra: str) -> None:
     pins = _lock_pins()
     runtime = {
         canonicalize_name(Requirement(d).name) for d in _pyproject()["project"]["dependencies"]
     }
-    for spec in _pyproject()["project"]["optional-dependencies"][extra]:
+    for spec in _development_requirements()[extra]:
         name = canonicalize_name(Requirement(spec).name)
         if name != "ordersync" and name not in runtime:
-            assert name not in pins, f"{name} is a {extra} extra, not for the image"
+            assert name not in pins, f"{name} is for development ({extra}), not for the image"

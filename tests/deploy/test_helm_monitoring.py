@@ -27,7 +27,7 @@ def exported_metrics() -> set[str]:
     import asyncio
 
     from ordersync import metrics
-    from service import observability
+    from service import meta_routes as observability
 
     names = set()
     for collector in (
@@ -137,7 +137,7 @@ def test_alerts_use_metrics_the_app_exports(sets: dict[str, Rendered]) -> None:
         assert used <= exported, (alert, used - exported)
         assert f'namespace="{NAMESPACE}"' in rule["expr"]
     # The outcomes the PSP error alert treats as fine are outcomes the app records.
-    from workers.psp import Outcome
+    from integrations.results import Outcome
 
     ok = rules["OrdersyncPSPErrorRate"]["expr"].split('outcome!~"')[1].split('"')[0]
     assert set(ok.split("|")) == {o.value for o in Outcome} - {"transient"}

@@ -7,10 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from ordersync.db import migrate
-from ordersync.demo import new_secret
-from ordersync.devstack import (
+from devrig.demo import new_secret
+from devrig.devstack import (
     EmbeddedPostgres,
     Process,
     RedisServer,
@@ -18,6 +16,8 @@ from ordersync.devstack import (
     temporary_pg_dir,
     wait_http,
 )
+
+from ordersync.db import migrate
 from tests.integration.stack import CUSTOMER, Stack
 
 pytestmark = pytest.mark.integration

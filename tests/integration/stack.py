@@ -13,10 +13,9 @@ from typing import Any
 
 import httpx
 import psycopg
+from devrig.demo import signed_headers
+from devrig.devstack import Process, klarna_line, wait_until
 from psycopg.rows import dict_row
-
-from ordersync.demo import signed_headers
-from ordersync.devstack import Process, klarna_line, wait_until
 
 
 @dataclass

@@ -10,9 +10,9 @@ from typing import Any
 
 import httpx
 import pytest
+from devrig.devstack import Process, free_port, wait_http
 
-from ordersync.adyen_hmac import sign
-from ordersync.devstack import Process, free_port, wait_http
+from integrations.adyen.hmac import sign
 from tests.integration.stack import Stack, new_order_id, wait_for
 
 pytestmark = pytest.mark.integration

@@ -10,11 +10,12 @@ from typing import Any
 import pytest
 from psycopg.types.json import Jsonb
 
+from data import orders as store
 from domain.lines import basket_lines, capture_lines
 from domain.snapshot import OrderSnapshot
 from ordersync.settings import Settings
 from tests.integration.stack import Stack, new_order_id
-from workers import adyen_inbox, store
+from workers import adyen_inbox
 from workers.context import WorkerContext, build_context
 
 pytestmark = pytest.mark.integration

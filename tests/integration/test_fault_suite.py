@@ -18,7 +18,7 @@ def test_one_small_seed_of_the_fault_suite_passes() -> None:
         [
             sys.executable,
             "-m",
-            "ordersync",
+            "cli",
             "faults",
             "--seeds",
             "1",

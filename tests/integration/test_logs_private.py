@@ -38,7 +38,7 @@ def test_personal_data_and_forged_signatures_leave_no_trace(stack: Stack) -> Non
     assert accepted.status_code == 202
 
     # Signed with a secret the service does not know.
-    from ordersync.demo import new_secret
+    from devrig.demo import new_secret
 
     forged = stack.send(_private_event(order_id, klarna_id, 2), secret=new_secret())
     assert forged.status_code == 401

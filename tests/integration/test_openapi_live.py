@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from service.observability import openapi_document
+from service.meta_routes import openapi_document
 from tests.integration.stack import Stack
 
 pytestmark = pytest.mark.integration

@@ -377,7 +377,7 @@ def test_the_request_id_reaches_the_worker_and_the_psp_call_log(stack: Stack) ->
     order_id = new_order_id()
     stack.send(order_event(order_id, klarna_id, [KETTLE, TOASTER], version=1))
     request_id = f"req-{order_id}"
-    from ordersync.demo import signed_headers
+    from devrig.demo import signed_headers
 
     body = json.dumps(order_event(order_id, klarna_id, [KETTLE], version=2)).encode()
     headers = {**signed_headers(stack.secret, body), "X-Request-ID": request_id}
@@ -413,7 +413,7 @@ def _cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
         "LOG_FORMAT": "json",
     }
     return subprocess.run(
-        [sys.executable, "-m", "ordersync", "orders", *args],
+        [sys.executable, "-m", "cli", "orders", *args],
         env=env,
         capture_output=True,
         text=True,

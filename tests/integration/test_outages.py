@@ -9,9 +9,9 @@ import tempfile
 
 import httpx
 import pytest
+from devrig.devstack import EmbeddedPostgres, Process, free_port, temporary_pg_dir, wait_http
 
 from ordersync.db import migrate
-from ordersync.devstack import EmbeddedPostgres, Process, free_port, temporary_pg_dir, wait_http
 from tests.integration.stack import Stack, new_order_id, order_event
 
 pytestmark = pytest.mark.integration
@@ -61,7 +61,7 @@ def test_postgres_stopped_means_503_and_back_to_202(stack: Stack) -> None:
 def test_missing_setting_stops_the_process_with_one_line_naming_it(command: str) -> None:
     env = {"PATH": "/usr/bin:/bin", "HOME": tempfile.gettempdir()}
     result = subprocess.run(
-        [sys.executable, "-m", "ordersync", command],
+        [sys.executable, "-m", "cli", command],
         env=env,
         capture_output=True,
         text=True,
@@ -81,7 +81,7 @@ def test_invalid_setting_is_named_without_its_value() -> None:
         "MAX_ATTEMPTS": "many",
     }
     result = subprocess.run(
-        [sys.executable, "-m", "ordersync", "worker"],
+        [sys.executable, "-m", "cli", "worker"],
         env=env,
         capture_output=True,
         text=True,

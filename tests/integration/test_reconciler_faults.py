@@ -6,8 +6,8 @@ import threading
 import time
 
 import pytest
+from devrig.devstack import Process
 
-from ordersync.devstack import Process
 from ordersync.settings import Settings
 from tests.integration.stack import Stack, wait_for
 from tests.integration.test_reconciler import DISCOUNT, SHOES, SOCKS, Shop

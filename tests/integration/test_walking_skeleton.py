@@ -188,7 +188,7 @@ def test_bad_or_missing_signature_is_401_and_stores_nothing(stack: Stack) -> Non
     assert unsigned.status_code == 401
     # Signed, then changed: the signature covers the raw bytes.
     body = json.dumps(event).encode()
-    from ordersync.demo import signed_headers
+    from devrig.demo import signed_headers
 
     headers = signed_headers(stack.secret, body)
     tampered = httpx.post(

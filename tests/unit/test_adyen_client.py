@@ -8,13 +8,13 @@ from typing import Any
 
 import httpx
 import pytest
+from devrig.sandbox.specs import ADYEN_CHECKOUT_V71, ADYEN_PAYMENT_V68, validate_request
 
 from domain.lines import PspLine, basket_lines, capture_lines, ledger_from, refund_lines
 from domain.snapshot import OrderSnapshot
-from ordersync.sandbox.specs import ADYEN_CHECKOUT_V71, ADYEN_PAYMENT_V68, validate_request
+from integrations.adyen.client import AdyenClient, psp_idempotency_key
+from integrations.results import Outcome
 from tests.unit.test_sandbox_support import SPECS_DIR
-from workers.adyen import AdyenClient, psp_idempotency_key
-from workers.psp import Outcome
 
 needs_specs = pytest.mark.skipif(
     not (SPECS_DIR / ADYEN_CHECKOUT_V71).is_file(),

@@ -8,7 +8,7 @@ import hmac
 
 import pytest
 
-from ordersync.adyen_hmac import is_valid, sign, signing_string
+from integrations.adyen.hmac import is_valid, sign, signing_string
 
 # Adyen/adyen-python-api-library, test/UtilTest.py (test_notification_request_item_hmac)
 # and Adyen/adyen-php-api-library, tests/Adyen/Util/HmacSignatureTest.php: the same item

@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from ordersync.settings import Settings
 from service.app import create_app
-from service.observability import openapi_document
+from service.meta_routes import openapi_document
 
 SETTINGS = Settings(
     database_url="postgresql://nobody@127.0.0.1:1/none",

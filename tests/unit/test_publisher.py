@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from devrig.devstack import RedisServer
 
-from ordersync.devstack import RedisServer
 from service.publisher import QUEUE, Message, celery_message
 
 

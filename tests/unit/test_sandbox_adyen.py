@@ -11,9 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from devrig.sandbox.specs import ADYEN_CHECKOUT_V71
 
-from ordersync.adyen_hmac import is_valid
-from ordersync.sandbox.specs import ADYEN_CHECKOUT_V71
+from integrations.adyen.hmac import is_valid
 from tests.unit.test_sandbox_support import SPECS_DIR, SandboxClient, sandbox_client
 
 KEY = "00112233445566778899AABBCCDDEEFF00112233445566778899AABBCCDDEEFF"

@@ -12,8 +12,8 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
+from devrig.sandbox.app import SandboxConfig, create_app
 
-from ordersync.sandbox.app import SandboxConfig, create_app
 from tests.unit.test_sandbox_support import (
     AUTH,
     ORDERS,

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from devrig.sandbox.klarna import increase_allowed, line_errors
 
-from ordersync.sandbox.klarna import increase_allowed, line_errors
 from tests.unit.test_sandbox_support import (
     ORDERS,
     SEED_KETTLE,

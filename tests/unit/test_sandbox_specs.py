@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from ordersync.sandbox.specs import (
+from devrig.sandbox.specs import (
     ADYEN_CHECKOUT_V71,
     ADYEN_PAYMENT_V68,
     KLARNA_OM_V1,
@@ -14,6 +13,7 @@ from ordersync.sandbox.specs import (
     UnknownOperationError,
     validate_request,
 )
+
 from tests.unit.test_sandbox_support import (
     ORDERS,
     SEED_KETTLE,

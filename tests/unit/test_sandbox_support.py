@@ -12,9 +12,8 @@ from typing import Any
 
 import httpx
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+from devrig.sandbox.app import SandboxConfig, create_app
 from starlette.applications import Starlette
-
-from ordersync.sandbox.app import SandboxConfig, create_app
 
 SPECS_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "vendor-specs"
 ORDERS = "/ordermanagement/v1/orders"

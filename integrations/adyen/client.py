@@ -16,7 +16,7 @@ import httpx
 from domain.lines import PspLine, adyen_line_items, lines_total, openinvoice_data
 from domain.planner import Kind
 from domain.snapshot import AdyenPayment, OrderSnapshot
-from workers.psp import (
+from integrations.results import (
     Outcome,
     PspError,
     PspResult,

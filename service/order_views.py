@@ -14,9 +14,9 @@ import structlog
 from psycopg import AsyncConnection
 from psycopg.rows import DictRow
 
+from data.outbox import webhook_id
 from ordersync.db import AsyncPool
 from ordersync.errors import NotFound, ValidationFailed
-from workers.callbacks import webhook_id
 
 log = structlog.get_logger("ordersync.operator")
 

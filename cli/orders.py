@@ -12,7 +12,7 @@ from typing import Any, TextIO, TypeVar
 
 from ordersync.db import async_pool
 from ordersync.settings import Settings
-from service import operator
+from service import order_views as operator
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ordersync.errors import ServiceUnavailable, Unauthorized
-from service import operator
+from service import order_views as operator
 from service.state import AppState
 
 

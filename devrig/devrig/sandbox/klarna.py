@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ordersync.sandbox.runtime import ApiCall, Outcome, SandboxRuntime, iso
+from devrig.sandbox.runtime import ApiCall, Outcome, SandboxRuntime, iso
 
 PROVIDER = "klarna"
 IDEMPOTENCY_HEADER = "Klarna-Idempotency-Key"

@@ -12,10 +12,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ordersync.sandbox import adyen, klarna, shop
-from ordersync.sandbox.faults import FaultSpecError, parse_fault
-from ordersync.sandbox.runtime import SandboxRuntime
-from ordersync.sandbox.specs import (
+from devrig.sandbox import adyen, klarna, shop
+from devrig.sandbox.faults import FaultSpecError, parse_fault
+from devrig.sandbox.runtime import SandboxRuntime
+from devrig.sandbox.specs import (
     ADYEN_CHECKOUT_V71,
     ADYEN_PAYMENT_V68,
     KLARNA_OM_V1,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import os
 import sys
@@ -20,6 +21,16 @@ def _settings(*required: str) -> Settings:
     settings.require(*required)
     configure_logging(settings.log_level, settings.log_format)
     return settings
+
+
+def _require_dev_rig(command: str) -> None:
+    """The development rig (sandbox, fault suite, dev stack, demo) is its own
+    distribution, absent from the runtime image: say how to get it."""
+    if importlib.util.find_spec("devrig") is None:
+        raise ConfigError(
+            f"'{command}' needs the development rig, which is not installed here; "
+            "from a checkout: pip install -e ./devrig"
+        )
 
 
 def cmd_migrate(_: argparse.Namespace) -> int:
@@ -79,7 +90,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             )
         except OSError as exc:
             # Metrics are worth a warning, not a worker that will not start.
-            get_logger("ordersync.cli").warning(
+            get_logger("cli.main").warning(
                 "worker_metrics_unavailable", port=args.metrics_port, error=str(exc)
             )
     from workers.celery_app import app
@@ -114,9 +125,9 @@ def cmd_beat(_: argparse.Namespace) -> int:
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:
+    _require_dev_rig("sandbox")
     import uvicorn
-
-    from ordersync.sandbox.app import SandboxConfig, create_app
+    from devrig.sandbox.app import SandboxConfig, create_app
 
     settings = _settings()
     config = SandboxConfig()
@@ -143,7 +154,8 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from ordersync.dev import run_dev
+    _require_dev_rig("dev")
+    from devrig.dev import run_dev
 
     return run_dev(
         Path(args.data_dir), web_port=args.port, sandbox_port=args.sandbox_port, demo=args.demo
@@ -151,13 +163,15 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ordersync.demo import run_demo
+    _require_dev_rig("demo")
+    from devrig.demo import run_demo
 
     return run_demo(args.web_url, args.sandbox_url, args.secret)
 
 
 def cmd_faults(args: argparse.Namespace) -> int:
-    from ordersync.faultsuite import run_faults
+    _require_dev_rig("faults")
+    from devrig.faultsuite import run_faults
 
     configure_logging("WARNING", "console")
     # The proxy drops connections on purpose; asyncio's complaints about it are noise.
@@ -259,14 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_orders_show(args: argparse.Namespace) -> int:
-    from ordersync import operator_cli
+    from cli import orders as operator_cli
 
     return operator_cli.show(_settings("database_url"), args.order_id, args.json)
 
 
 def cmd_orders_list(args: argparse.Namespace) -> int:
-    from ordersync import operator_cli
-    from service.operator import parse_limit
+    from cli import orders as operator_cli
+    from service.order_views import parse_limit
 
     limit = parse_limit(str(args.limit))
     return operator_cli.list_orders(
@@ -275,7 +289,7 @@ def cmd_orders_list(args: argparse.Namespace) -> int:
 
 
 def cmd_orders_reconcile(args: argparse.Namespace) -> int:
-    from ordersync import operator_cli
+    from cli import orders as operator_cli
 
     settings = _settings("database_url", "redis_url")
     return operator_cli.reconcile(settings, args.order_id, args.json)

@@ -20,8 +20,8 @@ import anyio
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ordersync.sandbox.faults import DroppedResponse, FaultRegistry
-from ordersync.sandbox.specs import SpecSet
+from devrig.sandbox.faults import DroppedResponse, FaultRegistry
+from devrig.sandbox.specs import SpecSet
 
 Clock = Callable[[], datetime]
 _REQUEST_LOG_LIMIT = 50_000

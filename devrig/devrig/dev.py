@@ -9,9 +9,9 @@ import signal
 import time
 from pathlib import Path
 
+from devrig.demo import new_secret, run_demo
+from devrig.devstack import EmbeddedPostgres, Process, RedisServer, wait_http
 from ordersync.db import migrate
-from ordersync.demo import new_secret, run_demo
-from ordersync.devstack import EmbeddedPostgres, Process, RedisServer, wait_http
 from ordersync.logging import configure_logging
 
 

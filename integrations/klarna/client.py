@@ -11,7 +11,7 @@ import httpx
 from domain.lines import PspLine, klarna_order_lines
 from domain.planner import Kind, PspStatus
 from domain.snapshot import OrderSnapshot, Shipping
-from workers.psp import (
+from integrations.results import (
     Outcome,
     PspError,
     PspResult,

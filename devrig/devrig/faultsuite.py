@@ -23,9 +23,8 @@ import httpx
 import psycopg
 from psycopg.rows import dict_row
 
-from ordersync.db import migrate
-from ordersync.demo import new_secret, signed_headers
-from ordersync.devstack import (
+from devrig.demo import new_secret, signed_headers
+from devrig.devstack import (
     EmbeddedPostgres,
     Process,
     RedisServer,
@@ -33,7 +32,8 @@ from ordersync.devstack import (
     klarna_line,
     wait_http,
 )
-from ordersync.faultproxy import FaultProxy
+from devrig.faultproxy import FaultProxy
+from ordersync.db import migrate
 
 CRASH_POINTS = "before_psp_call:0.08,after_psp_call:0.08,after_commit:0.05,in_reenqueue:0.03"
 SWEEP_SECONDS = 1.0

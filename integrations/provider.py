@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from domain.snapshot import OrderSnapshot
-from workers.psp import PspResult
+from integrations.results import PspResult
 
 Row = dict[str, Any]
 

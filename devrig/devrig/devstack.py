@@ -160,7 +160,7 @@ class Process:
     def start(self) -> None:
         out = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "ordersync", *self.argv],
+            [sys.executable, "-m", "cli", *self.argv],
             env={**os.environ, **self.env},
             stdout=out,
             stderr=subprocess.STDOUT if out else None,

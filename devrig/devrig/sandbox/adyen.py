@@ -24,8 +24,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from ordersync.adyen_hmac import sign
-from ordersync.sandbox.runtime import ApiCall, Outcome, SandboxRuntime, iso
+from devrig.sandbox.runtime import ApiCall, Outcome, SandboxRuntime, iso
+from integrations.adyen.hmac import sign
 
 log = logging.getLogger(__name__)
 

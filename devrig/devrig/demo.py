@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 from standardwebhooks.webhooks import Webhook
 
-from ordersync.devstack import klarna_line
+from devrig.devstack import klarna_line
 
 KETTLE = {
     "id": "75001",

@@ -1,0 +1,1 @@
+"""The `ordersync` command: on top of every other layer."""

@@ -1,0 +1,1 @@
+"""One repository module per table family: every SQL statement on those tables."""

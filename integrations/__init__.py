@@ -1,0 +1,1 @@
+"""One home per payment provider: its client, its formats, its signatures."""

@@ -1,0 +1,1 @@
+"""Adyen: Checkout v71 and classic Payment v68 modifications, notification HMAC."""

@@ -1,0 +1,1 @@
+"""Klarna Order Management v1."""

@@ -1,3 +1,0 @@
-from ordersync.cli import main
-
-raise SystemExit(main())
