@@ -10,7 +10,9 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO, TypeVar
 
+from ordersync import jobs
 from ordersync.db import async_pool
+from ordersync.jobs import Job, enqueue_job
 from ordersync.settings import Settings
 from service import order_views as operator
 
@@ -262,14 +264,14 @@ def list_orders(
 
 
 def reconcile(settings: Settings, order_id: str, as_json: bool) -> int:
-    from workers.tasks import reconcile_order
+    from workers.celery_app import send_jobs
 
     result = run(settings, lambda pool: operator.request_reconcile(pool, order_id))
-    try:
-        reconcile_order.apply_async((order_id,), {"force": True}, retry=False)
-        queued = "queued"
-    except Exception as exc:  # recorded in Postgres already: the sweeper picks it up
-        queued = f"not queued ({type(exc).__name__}); the sweeper will pick it up"
+    unit = jobs.begin()
+    enqueue_job(Job.RECONCILE_ORDER, order_id, force=True)
+    # Recorded in Postgres already: if Redis is down, the sweeper picks it up.
+    sent = jobs.end(unit, send_jobs)
+    queued = "queued" if sent else "not queued; the sweeper will pick it up"
     cleared = ", ".join(result["cleared_flags"]) or "no flags"
     emit(
         {**result, "queued": queued == "queued"},

@@ -22,6 +22,7 @@ from starlette.responses import PlainTextResponse, Response
 from integrations.adyen import hmac as adyen_hmac
 from ordersync.db import AsyncPool
 from ordersync.errors import BadRequest, ConfigError, Unauthorized
+from ordersync.jobs import Job, enqueue_job
 from service.state import AppState
 from service.webhooks import read_body
 
@@ -140,5 +141,5 @@ async def adyen_webhook(request: Request) -> Response:
     for _ in range(len(items) - len(new)):
         state.metrics.webhook(source="adyen", outcome="duplicate")
     for inbox_id in new:
-        state.publisher.submit("ordersync.process_notification", inbox_id)
+        enqueue_job(Job.PROCESS_NOTIFICATION, inbox_id)
     return PlainTextResponse("[accepted]")

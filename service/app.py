@@ -18,15 +18,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ordersync import jobs
 from ordersync.db import async_pool
 from ordersync.errors import OrdersyncError
+from ordersync.jobs import BROKER_TRANSPORT_OPTIONS
 from ordersync.metrics import Metrics
 from ordersync.settings import Settings, get_settings
 from service import orders_api as operator_api
 from service.adyen_webhook import adyen_webhook
 from service.health import healthz, readyz
 from service.meta_routes import metrics_endpoint, openapi_endpoint
-from service.publisher import Publisher, redis_sender
+from service.publisher import Publisher, check_broker, redis_sender
 from service.state import AppState
 from service.webhooks import shop_webhook
 
@@ -41,10 +43,13 @@ def redis_client_url(redis_url: str) -> str:
 
 
 class RequestContext:
-    """Binds a request id (the caller's X-Request-ID, or a new one) to every log line."""
+    """Binds a request id (the caller's X-Request-ID, or a new one) to every log line,
+    and makes the request a unit of work: the jobs its handler asked for after its
+    commit are handed to the publisher when it has answered."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, send_jobs: jobs.Sender) -> None:
         self.app = app
+        self.send_jobs = send_jobs
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -60,7 +65,8 @@ class RequestContext:
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        with jobs.unit_of_work(self.send_jobs):
+            await self.app(scope, receive, send_with_id)
 
 
 async def _ordersync_error(_: Request, exc: Exception) -> Response:
@@ -103,13 +109,8 @@ def create_app(settings: Settings | None = None) -> Starlette:
         socket_connect_timeout=2,
     )
 
+    check_broker(settings.redis_url.get_secret_value(), BROKER_TRANSPORT_OPTIONS)
     publisher = Publisher(redis_sender(redis))
-
-    async def enqueue(order_id: str, *, force: bool = False) -> None:
-        if force:
-            publisher.submit("ordersync.reconcile_order", order_id, force=True)
-        else:
-            publisher.submit("ordersync.reconcile_order", order_id)
 
     async def redis_ping() -> bool:
         return bool(await redis.ping())
@@ -117,7 +118,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     state = AppState(
         settings=settings,
         pool=pool,
-        enqueue=enqueue,
         redis_ping=redis_ping,
         metrics=Metrics(),
         publisher=publisher,
@@ -156,7 +156,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.ordersync = state
-    app.add_middleware(RequestContext)
+    app.add_middleware(RequestContext, send_jobs=publisher.send)
     return app
 
 

@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ordersync.errors import ServiceUnavailable, Unauthorized
+from ordersync.jobs import Job, enqueue_job
 from service import order_views as operator
 from service.state import AppState
 
@@ -57,7 +58,7 @@ async def list_orders(request: Request) -> Response:
 async def reconcile(request: Request) -> Response:
     state = _state(request)
     result = await operator.request_reconcile(state.pool, request.path_params["order_id"])
-    await state.enqueue(result["order_id"], force=True)
+    enqueue_job(Job.RECONCILE_ORDER, result["order_id"], force=True)
     return JSONResponse(result, status_code=202)
 
 

@@ -27,10 +27,15 @@ from typing import Any
 
 import structlog
 
+from ordersync.errors import ConfigError
+from ordersync.jobs import QUEUE, Enqueued
+
 log = structlog.get_logger("ordersync.publisher")
 
 MAX_BATCH = 500
-QUEUE = "ordersync"  # workers.celery_app: task_default_queue
+# What this writer speaks: plain LPUSH onto the queue's own key, priority 0, no prefix.
+_SCHEMES = ("redis://", "rediss://", "redis+socket://", "unix://")
+_UNSPOKEN_OPTIONS = ("global_keyprefix", "priority_steps", "sep", "queue_order_strategy")
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 
 
@@ -91,15 +96,33 @@ def celery_message(message: Message, task_id: str | None = None) -> bytes:
 Send = Callable[[Sequence[bytes]], Awaitable[Any]]
 
 
+def check_broker(broker_url: str, transport_options: dict[str, Any]) -> None:
+    """Refuses a broker this writer would write unreadable messages to: a transport other
+    than plain Redis, or transport options that move where kombu reads (a key prefix,
+    priority steps, another separator or queue order)."""
+    if not broker_url.startswith(_SCHEMES):
+        raise ConfigError(
+            "REDIS_URL: the web process publishes to plain Redis only "
+            "(redis://, rediss://, redis+socket://)"
+        )
+    unspoken = sorted(set(transport_options) & set(_UNSPOKEN_OPTIONS))
+    if unspoken:
+        raise ConfigError(
+            f"broker transport options {unspoken} change kombu's Redis keys, which the web "
+            "process's publisher does not follow"
+        )
+
+
 class Publisher:
     def __init__(self, send: Send) -> None:
         self._send = send
         self._queue: asyncio.Queue[Message] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
-    def submit(self, task: str, *args: Any, **kwargs: Any) -> None:
-        request_id = structlog.contextvars.get_contextvars().get("request_id")
-        self._queue.put_nowait(Message(task, args, kwargs, request_id))
+    def send(self, jobs: Sequence[Enqueued]) -> None:
+        """A unit of work's jobs (ordersync.jobs): queued here, published shortly after."""
+        for job in jobs:
+            self._queue.put_nowait(Message(job.job.value, job.args, job.kwargs, job.request_id))
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ordersync-publisher")

@@ -4,17 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 from ordersync.db import AsyncPool
 from ordersync.metrics import Metrics
 from ordersync.settings import Settings
 from service.publisher import Publisher
-
-
-class Enqueue(Protocol):
-    def __call__(self, order_id: str, *, force: bool = False) -> Awaitable[None]: ...
-
 
 Ping = Callable[[], Awaitable[bool]]
 
@@ -23,7 +17,6 @@ Ping = Callable[[], Awaitable[bool]]
 class AppState:
     settings: Settings
     pool: AsyncPool
-    enqueue: Enqueue
     redis_ping: Ping
     metrics: Metrics
     publisher: Publisher

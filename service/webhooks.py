@@ -10,6 +10,7 @@ from starlette.responses import JSONResponse, Response
 
 from domain.snapshot import ShopEvent
 from ordersync.errors import PayloadTooLarge, Unauthorized, ValidationFailed
+from ordersync.jobs import Job, enqueue_job
 from service.ingest import store_shop_event
 from service.state import AppState
 
@@ -77,5 +78,5 @@ async def shop_webhook(request: Request) -> Response:
     )
     state.metrics.webhook(source="shop", outcome=stored.outcome)
     if stored.needs_reconcile:
-        await state.enqueue(stored.order_id)
+        enqueue_job(Job.RECONCILE_ORDER, stored.order_id)
     return JSONResponse({"status": stored.outcome}, status_code=202)

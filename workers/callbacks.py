@@ -9,7 +9,6 @@ delivered), so the `webhook-id` is stable per event and the shop deduplicates on
 
 from __future__ import annotations
 
-import contextvars
 import json
 import random
 import uuid
@@ -27,7 +26,8 @@ from data.outbox import webhook_id
 from domain.planner import NEEDS_NEW_ORDER, Flag
 from integrations.results import backoff_seconds
 from ordersync import metrics
-from ordersync.settings import Settings
+from ordersync.jobs import Job, enqueue_job
+from ordersync.settings import Settings, get_settings
 
 log = structlog.get_logger("ordersync.callbacks")
 
@@ -38,13 +38,6 @@ SYNCED = "order.synced"
 LEASE_SECONDS = 60
 # A batch per task: one order rarely has more, and the sweeper comes back for the rest.
 BATCH = 20
-
-# Orders that got an event in the current task; delivered once the task's transactions
-# are committed (psycopg has no on-commit hook, and a task sent before the commit would
-# not see the row).
-_recorded: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
-    "ordersync_callbacks_recorded", default=()
-)
 
 
 def record_flagged(conn: Connection[DictRow], order: dict[str, Any], flag: Flag) -> bool:
@@ -132,15 +125,12 @@ def _insert(
     ).fetchone()
     if inserted is None:
         return
-    _recorded.set((*_recorded.get(), order["id"]))
+    # Sent when the unit of work ends, after this transaction committed. Without a
+    # callback URL the events stay in the outbox (the operator API shows them) and no
+    # delivery task is worth sending.
+    if get_settings().shop_callback_url:
+        enqueue_job(Job.DELIVER_CALLBACKS, order["id"])
     log.info("callback_recorded", event_type=event_type, webhook_id=webhook_id(event_id))
-
-
-def take_recorded() -> list[str]:
-    """The orders that got events since the last call (in this task), once each."""
-    orders = list(dict.fromkeys(_recorded.get()))
-    _recorded.set(())
-    return orders
 
 
 # -- delivery -------------------------------------------------------------------------

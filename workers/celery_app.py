@@ -3,10 +3,15 @@ module (as `celery -A workers.celery_app` does) reads nothing and connects nowhe
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from contextvars import Token
 from typing import Any
 
-from celery import Celery, signals
+import structlog
+from celery import Celery, Task, signals
 
+from ordersync import jobs
+from ordersync.jobs import BROKER_TRANSPORT_OPTIONS, QUEUE, Enqueued, Job
 from ordersync.logging import configure_logging
 from ordersync.settings import get_settings
 
@@ -28,28 +33,56 @@ def celery_config() -> dict[str, Any]:
         "worker_prefetch_multiplier": 1,
         "worker_hijack_root_logger": False,
         "broker_connection_retry_on_startup": True,
-        "broker_transport_options": {
-            "visibility_timeout": 300,
-            # Publishing gives up at once when Redis is down (kombu would otherwise retry
-            # for seconds, holding the webhook's answer); what was stored is swept later.
-            # The worker's own reconnect loop is governed by broker_connection_retry.
-            "max_retries": 0,
-            "socket_timeout": 5,
-            "socket_connect_timeout": 3,
-        },
+        "broker_transport_options": dict(BROKER_TRANSPORT_OPTIONS),
         # The web process publishes after its commit; if Redis is down it must fail fast
         # (the sweeper re-enqueues) rather than hold the webhook's answer.
         "broker_connection_timeout": 3,
         "task_publish_retry": False,
         "beat_schedule": {
-            "sweep": {"task": "ordersync.sweep", "schedule": settings.reconcile_sweep_seconds},
+            "sweep": {"task": Job.SWEEP.value, "schedule": settings.reconcile_sweep_seconds},
         },
-        "task_default_queue": "ordersync",
+        "task_default_queue": QUEUE,
     }
 
 
 app = Celery("ordersync", include=["workers.tasks"])
 app.add_defaults(celery_config)
+
+
+def send_jobs(pending: Sequence[Enqueued]) -> None:
+    """The worker's and the CLI's sender for a unit of work's jobs (ordersync.jobs)."""
+    for job in pending:
+        app.send_task(
+            job.job.value,
+            job.args,
+            job.kwargs,
+            countdown=job.delay or None,
+            headers={"request_id": job.request_id},
+        )
+
+
+# Each task is a unit of work: its log context is bound once here, and the jobs it asked
+# for are sent when it has returned, every transaction of it committed.
+_units: dict[str, Token[list[Enqueued] | None]] = {}
+
+
+@signals.task_prerun.connect
+def _task_started(task_id: str, task: Task, **_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+    context: dict[str, Any] = {"task_id": task_id, "task": task.name}
+    request_id = (task.request.headers or {}).get("request_id")
+    if request_id:
+        context["request_id"] = request_id
+    structlog.contextvars.bind_contextvars(**context)
+    _units[task_id] = jobs.begin()
+
+
+@signals.task_postrun.connect
+def _task_finished(task_id: str, **_: Any) -> None:
+    token = _units.pop(task_id, None)
+    if token is not None:
+        jobs.end(token, send_jobs)
+    structlog.contextvars.clear_contextvars()
 
 
 @signals.setup_logging.connect

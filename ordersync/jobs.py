@@ -1,0 +1,111 @@
+"""Jobs: Celery tasks sent only after the unit of work that asked for them has ended.
+
+One mechanism for the web, the worker and the CLI (in the spirit of Polar's
+`enqueue_job` and its job queue flushed after the unit of work). Code that has committed
+a change calls `enqueue_job(Job.X, ...)`; the job waits in the current unit of work and
+is handed to that unit's sender when it ends: a Celery task's `task_postrun`, a web
+request, a CLI command. A job whose sending fails (the broker is down) is only a delay:
+what it was for is in Postgres, and the sweeper finds it.
+
+Task names and the queue are defined here once, for `@app.task(name=...)`, the callers
+and the web's own message writer alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger("ordersync.jobs")
+
+QUEUE = "ordersync"
+# kombu's Redis transport options for every process; the web's own message writer
+# (service/publisher.py) refuses to start on options it would not follow.
+BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
+    "visibility_timeout": 300,
+    # Publishing gives up at once when Redis is down (kombu would otherwise retry for
+    # seconds, holding the caller); what was stored is swept later. The worker's own
+    # reconnect loop is governed by broker_connection_retry.
+    "max_retries": 0,
+    "socket_timeout": 5,
+    "socket_connect_timeout": 3,
+}
+
+
+class Job(StrEnum):
+    RECONCILE_ORDER = "ordersync.reconcile_order"
+    DELIVER_CALLBACKS = "ordersync.deliver_callbacks"
+    PROCESS_NOTIFICATION = "ordersync.process_notification"
+    SWEEP = "ordersync.sweep"
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    job: Job
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    delay: float = 0.0
+    # The request that started the work, so a retry's logs still name it.
+    request_id: str | None = None
+
+
+Sender = Callable[[Sequence[Enqueued]], None]
+
+_pending: ContextVar[list[Enqueued] | None] = ContextVar("ordersync_jobs", default=None)
+
+
+class NoUnitOfWork(RuntimeError):
+    """enqueue_job was called outside a unit of work: the job would never be sent."""
+
+
+def enqueue_job(job: Job, *args: Any, delay: float = 0.0, **kwargs: Any) -> None:
+    pending = _pending.get()
+    if pending is None:
+        raise NoUnitOfWork(job.value)
+    request_id = structlog.contextvars.get_contextvars().get("request_id")
+    pending.append(Enqueued(job, args, kwargs, max(0.0, delay), request_id))
+
+
+def begin() -> Token[list[Enqueued] | None]:
+    """Opens a unit of work; `end` with the returned token sends what it collected."""
+    return _pending.set([])
+
+
+def end(token: Token[list[Enqueued] | None], send: Sender) -> int:
+    pending = _pending.get() or []
+    _pending.reset(token)
+    jobs = coalesce(pending)
+    if not jobs:
+        return 0
+    try:
+        send(jobs)
+    except Exception as exc:
+        log.warning("enqueue_failed", error=type(exc).__name__, jobs=len(jobs))
+        return 0
+    return len(jobs)
+
+
+@contextmanager
+def unit_of_work(send: Sender) -> Iterator[None]:
+    token = begin()
+    try:
+        yield
+    finally:
+        end(token, send)
+
+
+def coalesce(jobs: Sequence[Enqueued]) -> list[Enqueued]:
+    """One job per (task, arguments): the soonest wins. A task acts on the latest state
+    in Postgres, so asking twice in one unit of work is asking once."""
+    soonest: dict[tuple[str, str, str], Enqueued] = {}
+    for job in jobs:
+        key = (job.job.value, repr(job.args), repr(sorted(job.kwargs.items())))
+        if key not in soonest or job.delay < soonest[key].delay:
+            soonest[key] = job
+    return list(soonest.values())
