@@ -7,7 +7,7 @@ lost: what was stored is marked in Postgres and the sweeper enqueues it again.
 
 The messages are Celery's task protocol v2 in kombu's Redis envelope, written with the
 async Redis client: kombu's own publish costs a thread hop and about half a millisecond
-of CPU per message, which was most of a webhook's cost. tests/unit/test_publisher.py
+of CPU per message, which was most of a webhook's cost. tests/service/test_publisher.py
 holds the format to what kombu itself writes, and every integration test has the real
 worker consume it.
 """

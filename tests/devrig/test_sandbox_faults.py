@@ -14,7 +14,7 @@ import pytest
 import uvicorn
 from devrig.sandbox.app import SandboxConfig, create_app
 
-from tests.unit.test_sandbox_support import (
+from tests.devrig.test_sandbox_support import (
     AUTH,
     ORDERS,
     SandboxClient,

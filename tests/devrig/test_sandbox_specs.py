@@ -14,7 +14,7 @@ from devrig.sandbox.specs import (
     validate_request,
 )
 
-from tests.unit.test_sandbox_support import (
+from tests.devrig.test_sandbox_support import (
     ORDERS,
     SEED_KETTLE,
     SPECS_DIR,

@@ -14,7 +14,7 @@ import pytest
 from devrig.sandbox.specs import ADYEN_CHECKOUT_V71
 
 from integrations.adyen.hmac import is_valid
-from tests.unit.test_sandbox_support import SPECS_DIR, SandboxClient, sandbox_client
+from tests.devrig.test_sandbox_support import SPECS_DIR, SandboxClient, sandbox_client
 
 KEY = "00112233445566778899AABBCCDDEEFF00112233445566778899AABBCCDDEEFF"
 API = {"X-API-Key": "sandbox"}

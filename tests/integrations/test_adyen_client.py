@@ -14,7 +14,7 @@ from domain.lines import PspLine, basket_lines, capture_lines, ledger_from, refu
 from domain.snapshot import OrderSnapshot
 from integrations.adyen.client import AdyenClient, psp_idempotency_key
 from integrations.results import Outcome
-from tests.unit.test_sandbox_support import SPECS_DIR
+from tests.devrig.test_sandbox_support import SPECS_DIR
 
 needs_specs = pytest.mark.skipif(
     not (SPECS_DIR / ADYEN_CHECKOUT_V71).is_file(),

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from devrig.sandbox.klarna import increase_allowed, line_errors
 
-from tests.unit.test_sandbox_support import (
+from tests.devrig.test_sandbox_support import (
     ORDERS,
     SEED_KETTLE,
     SandboxClient,

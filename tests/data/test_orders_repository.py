@@ -1,0 +1,70 @@
+"""data/orders.py on the real schema, each test in a transaction that is rolled back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from data import orders
+from domain.lines import PspLine
+from domain.planner import NEEDS_ATTENTION, NEEDS_NEW_ORDER, Kind
+from domain.snapshot import LineType
+from tests.data.factories import insert_order
+
+Conn = psycopg.Connection[dict[str, Any]]
+LINE = PspLine("shoes", "Shoes", LineType.PHYSICAL, 1, 1200, 2500, 1200, 0, 240)
+
+
+def test_lock_order_reads_the_row_and_an_unknown_id_is_none(conn: Conn) -> None:
+    insert_order(conn)
+    assert orders.lock_order(conn, "o-1")["version"] == 1
+    assert orders.lock_order(conn, "nope") is None
+
+
+def test_a_flag_is_set_once_with_its_reason_and_cleared_with_it(conn: Conn) -> None:
+    insert_order(conn)
+    reason = {"code": "declined", "message": "no", "lines": [], "version": 1}
+    orders.set_flag(conn, "o-1", NEEDS_NEW_ORDER, reason, 1500)
+    orders.set_flag(conn, "o-1", NEEDS_NEW_ORDER, reason, 1500)
+    row = orders.lock_order(conn, "o-1")
+    assert row["flags"] == [NEEDS_NEW_ORDER]
+    assert row["flag_reason"][NEEDS_NEW_ORDER]["code"] == "declined"
+    assert row["refused_amount"] == 1500
+    orders.clear_flag(conn, "o-1", NEEDS_NEW_ORDER)
+    row = orders.lock_order(conn, "o-1")
+    assert row["flags"] == [] and row["refused_amount"] is None
+
+
+def test_clearing_one_flag_keeps_the_other(conn: Conn) -> None:
+    insert_order(conn)
+    reason = {"code": "x", "message": "x", "lines": [], "version": 1}
+    orders.set_flag(conn, "o-1", NEEDS_NEW_ORDER, reason, None)
+    orders.set_flag(conn, "o-1", NEEDS_ATTENTION, reason, None)
+    orders.clear_flag(conn, "o-1", NEEDS_ATTENTION)
+    assert orders.lock_order(conn, "o-1")["flags"] == [NEEDS_NEW_ORDER]
+
+
+def test_the_same_plan_gets_the_same_key(conn: Conn) -> None:
+    order = insert_order(conn)
+    assert orders.idempotency_key(order, 1, Kind.CAPTURE) == orders.idempotency_key(
+        order, 1, Kind.CAPTURE
+    )
+    assert orders.idempotency_key(order, 1, Kind.CAPTURE) != orders.idempotency_key(
+        order, 2, Kind.CAPTURE
+    )
+
+
+def test_the_schema_holds_one_operation_in_flight_per_order(conn: Conn) -> None:
+    order = insert_order(conn, authorized_amount=1200)
+    orders.insert_claimed_operation(conn, order, 1, Kind.CAPTURE, 1200, [LINE], 30)
+    with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():
+        orders.insert_claimed_operation(conn, order, 2, Kind.CAPTURE, 1200, [LINE], 30)
+    assert [op["seq"] for op in orders.operations(conn, "o-1")] == [1]
+
+
+def test_the_schema_refuses_a_capture_beyond_the_authorization(conn: Conn) -> None:
+    insert_order(conn, authorized_amount=1000)
+    with pytest.raises(psycopg.errors.CheckViolation), conn.transaction():
+        conn.execute("UPDATE orders SET captured_amount = 1200 WHERE id = 'o-1'")
