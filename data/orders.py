@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from psycopg import Connection
+from psycopg import AsyncConnection, Connection
 from psycopg.types.json import Jsonb
 
 from domain.lines import PspLine
@@ -299,3 +299,46 @@ def captured_lines(conn: Connection[Row], order_id: str) -> list[PspLine]:
                 image_url=line.image_url,
             )
     return list(merged.values())
+
+
+# -- reads for operators and metrics (async: the web process) --------------------------
+
+ORDER = "SELECT * FROM orders WHERE id = %(id)s"
+FLAG_COUNTS = (
+    "SELECT flag, count(*) AS n FROM orders, unnest(flags) AS flag"
+    " WHERE flags <> '{}' GROUP BY flag"
+)
+# Walks orders_flagged (updated_at DESC, id DESC) from the cursor on.
+FLAGGED_PAGE = """
+SELECT * FROM orders
+WHERE flags <> '{}'
+  AND (%(flag)s::text IS NULL OR %(flag)s = ANY(flags))
+  AND (%(after_at)s::timestamptz IS NULL OR (updated_at, id) < (%(after_at)s, %(after_id)s))
+ORDER BY updated_at DESC, id DESC
+LIMIT %(limit)s
+"""
+
+
+async def read_order(conn: AsyncConnection[Row], order_id: str) -> Row | None:
+    return await (await conn.execute(ORDER, {"id": order_id})).fetchone()
+
+
+async def read_operations(conn: AsyncConnection[Row], order_id: str) -> list[Row]:
+    return await (await conn.execute(OPERATIONS, {"id": order_id})).fetchall()
+
+
+async def flag_counts(conn: AsyncConnection[Row]) -> dict[str, int]:
+    rows = await (await conn.execute(FLAG_COUNTS)).fetchall()
+    return {row["flag"]: int(row["n"]) for row in rows}
+
+
+async def flagged_page(
+    conn: AsyncConnection[Row],
+    flag: str | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[Row]:
+    """Flagged orders (with `flag`, or any), most recently changed first, after `after`."""
+    after_at, after_id = after if after is not None else (None, None)
+    params = {"flag": flag, "after_at": after_at, "after_id": after_id, "limit": limit}
+    return await (await conn.execute(FLAGGED_PAGE, params)).fetchall()

@@ -13,6 +13,7 @@ from prometheus_client.core import GaugeMetricFamily
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from data import inbox, orders, outbox
 from ordersync import metrics
 from service.state import AppState
 
@@ -27,34 +28,11 @@ async def database_gauges(state: AppState) -> list[GaugeMetricFamily]:
     """Backlogs read from Postgres at scrape time. Each query walks a partial index that
     holds only the unfinished rows, so a scrape costs little while things are healthy."""
     async with asyncio.timeout(QUERY_TIMEOUT_SECONDS), state.pool.connection() as conn:
-        inbox = await (
-            await conn.execute(
-                """
-            SELECT source, count(*) AS backlog,
-                   extract(epoch FROM now() - min(received_at))::float8 AS oldest
-            FROM inbox WHERE processed_at IS NULL GROUP BY source
-            """
-            )
-        ).fetchall()
-        outbox = await (
-            await conn.execute(
-                """
-            SELECT count(*) AS backlog,
-                   coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) AS oldest
-            FROM outbox WHERE delivered_at IS NULL
-            """
-            )
-        ).fetchone()
-        flagged = await (
-            await conn.execute(
-                "SELECT flag, count(*) AS n FROM orders, unnest(flags) AS flag"
-                " WHERE flags <> '{}' GROUP BY flag"
-            )
-        ).fetchall()
-    backlog = {row["source"]: float(row["backlog"]) for row in inbox}
-    oldest = {row["source"]: float(row["oldest"]) for row in inbox}
-    flag_counts = {row["flag"]: float(row["n"]) for row in flagged}
-    assert outbox is not None
+        inbox_rows = await inbox.backlog(conn)
+        outbox_row = await outbox.backlog(conn)
+        flag_counts = await orders.flag_counts(conn)
+    backlog = {row["source"]: float(row["backlog"]) for row in inbox_rows}
+    oldest = {row["source"]: float(row["oldest"]) for row in inbox_rows}
     # Every label value is exported, zero included, so alerts see a series, not absence.
     return [
         metrics.gauge(
@@ -73,19 +51,19 @@ async def database_gauges(state: AppState) -> list[GaugeMetricFamily]:
             "ordersync_callbacks_backlog",
             "Events for the shop not delivered yet",
             [],
-            [([], float(outbox["backlog"]))],
+            [([], float(outbox_row["backlog"]))],
         ),
         metrics.gauge(
             "ordersync_callbacks_oldest_undelivered_seconds",
             "Age of the oldest event for the shop not delivered yet (0 when none)",
             [],
-            [([], float(outbox["oldest"]))],
+            [([], float(outbox_row["oldest"]))],
         ),
         metrics.gauge(
             "ordersync_orders_flagged",
             "Orders carrying a flag now",
             ["flag"],
-            [([f], flag_counts.get(f, 0.0)) for f in FLAGS],
+            [([f], float(flag_counts.get(f, 0))) for f in FLAGS],
         ),
     ]
 

@@ -11,9 +11,8 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from psycopg import AsyncConnection
-from psycopg.rows import DictRow
 
+from data import inbox, orders, outbox
 from data.outbox import webhook_id
 from ordersync.db import AsyncPool
 from ordersync.errors import NotFound, ValidationFailed
@@ -163,38 +162,18 @@ def _callback(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _fetch_all(
-    conn: AsyncConnection[DictRow], query: str, params: tuple[Any, ...]
-) -> list[dict[str, Any]]:
-    cursor = await conn.execute(query, params)
-    return list(await cursor.fetchall())
-
-
 async def order_detail(pool: AsyncPool, order_id: str) -> dict[str, Any]:
     """Everything known about one order: desired and PSP state, flags with their
     reasons, operations with their keys and outcomes, the webhooks that came in and
     the events sent to the shop."""
     order_id = _order_id(order_id)
     async with pool.connection() as conn:
-        cursor = await conn.execute("SELECT * FROM orders WHERE id = %s", (order_id,))
-        row = await cursor.fetchone()
+        row = await orders.read_order(conn, order_id)
         if row is None:
             raise NotFound(f"no order {order_id}")
-        operations = await _fetch_all(
-            conn, "SELECT * FROM operations WHERE order_id = %s ORDER BY seq", (order_id,)
-        )
-        webhooks = await _fetch_all(
-            conn,
-            "SELECT * FROM (SELECT * FROM inbox WHERE order_id = %s"
-            " ORDER BY received_at DESC, id DESC LIMIT %s) AS recent ORDER BY received_at, id",
-            (order_id, MAX_WEBHOOKS),
-        )
-        callbacks = await _fetch_all(
-            conn,
-            "SELECT * FROM (SELECT * FROM outbox WHERE order_id = %s ORDER BY seq DESC LIMIT %s)"
-            " AS recent ORDER BY seq",
-            (order_id, MAX_CALLBACKS),
-        )
+        operations = await orders.read_operations(conn, order_id)
+        webhooks = await inbox.recent_for_order(conn, order_id, MAX_WEBHOOKS)
+        callbacks = await outbox.recent_for_order(conn, order_id, MAX_CALLBACKS)
     detail = summary(row)
     detail["lines"] = _lines(row["snapshot"] or {}, operations)
     detail["operations"] = [_operation(op) for op in operations]
@@ -250,22 +229,8 @@ async def list_flagged(
 ) -> dict[str, Any]:
     """Flagged orders (with `flag`, or any flag), most recently changed first."""
     after = decode_cursor(cursor) if cursor else None
-    conditions = ["flags <> '{}'"]
-    params: list[Any] = []
-    if flag is not None:
-        conditions.append("%s = ANY(flags)")
-        params.append(flag)
-    if after is not None:
-        conditions.append("(updated_at, id) < (%s, %s)")
-        params.extend(after)
-    query = (
-        "SELECT * FROM orders WHERE "  # noqa: S608 - fixed fragments
-        + " AND ".join(conditions)
-        + " ORDER BY updated_at DESC, id DESC LIMIT %s"
-    )
-    params.append(limit + 1)
     async with pool.connection() as conn:
-        rows = await _fetch_all(conn, query, tuple(params))
+        rows = await orders.flagged_page(conn, flag, after, limit + 1)
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1]["updated_at"], rows[-1]["id"]) if more else None

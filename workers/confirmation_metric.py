@@ -8,6 +8,7 @@ from typing import Any
 from psycopg import Connection
 from psycopg.rows import DictRow
 
+from data import inbox
 from ordersync import metrics
 
 # Not asked for by a snapshot: the service extends an authorization on its own schedule.
@@ -24,15 +25,8 @@ def operation_confirmed(conn: Connection[DictRow], provider: str, op: dict[str, 
     """
     if op["kind"] in _NOT_SNAPSHOT_DRIVEN:
         return
-    row = conn.execute(
-        """
-        SELECT min(received_at) AS received_at FROM inbox
-        WHERE order_id = %s AND source = 'shop' AND outcome = 'applied'
-          AND (payload -> 'order' ->> 'version')::bigint = %s
-        """,
-        (op["order_id"], op["target_version"]),
-    ).fetchone()
-    if row is None or row["received_at"] is None:
+    received_at = inbox.version_received_at(conn, op["order_id"], op["target_version"])
+    if received_at is None:
         return
-    seconds = (datetime.now(UTC) - row["received_at"]).total_seconds()
+    seconds = (datetime.now(UTC) - received_at).total_seconds()
     metrics.CONFIRMATION.labels(provider=provider, operation=op["kind"]).observe(max(0.0, seconds))

@@ -1,0 +1,47 @@
+"""The inbox: every webhook received (shop snapshots and Adyen notifications), stored
+with a unique key before it is acknowledged."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from psycopg import AsyncConnection, Connection
+
+Row = dict[str, Any]
+
+BACKLOG = """
+SELECT source, count(*) AS backlog,
+       extract(epoch FROM now() - min(received_at))::float8 AS oldest
+FROM inbox WHERE processed_at IS NULL GROUP BY source
+"""
+
+RECENT_FOR_ORDER = """
+SELECT * FROM (SELECT * FROM inbox WHERE order_id = %(order_id)s
+               ORDER BY received_at DESC, id DESC LIMIT %(limit)s) AS recent
+ORDER BY received_at, id
+"""
+
+# When the snapshot version an operation was planned for arrived: the start of what the
+# shop waited for (orders.updated_at moves with every flag and figure).
+VERSION_RECEIVED_AT = """
+SELECT min(received_at) AS received_at FROM inbox
+WHERE order_id = %(order_id)s AND source = 'shop' AND outcome = 'applied'
+  AND (payload -> 'order' ->> 'version')::bigint = %(version)s
+"""
+
+
+async def backlog(conn: AsyncConnection[Row]) -> list[Row]:
+    """Unprocessed rows per source, and the age of the oldest (a partial index holds only
+    those, so a scrape costs little while things are healthy)."""
+    return await (await conn.execute(BACKLOG)).fetchall()
+
+
+async def recent_for_order(conn: AsyncConnection[Row], order_id: str, limit: int) -> list[Row]:
+    cursor = await conn.execute(RECENT_FOR_ORDER, {"order_id": order_id, "limit": limit})
+    return await cursor.fetchall()
+
+
+def version_received_at(conn: Connection[Row], order_id: str, version: int) -> datetime | None:
+    row = conn.execute(VERSION_RECEIVED_AT, {"order_id": order_id, "version": version}).fetchone()
+    return None if row is None else row["received_at"]
