@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     # Postgres connections per web process: a webhook holds one for its single statement
     # (commit included), so this bounds how many commits can be grouped at once.
     web_db_pool_size: int = Field(default=20, ge=1, le=200)
+    # Group commit (service/batcher.py): shop webhooks arriving within this many
+    # milliseconds of each other, up to WEB_BATCH_MAX of them, are stored by one
+    # statement in one commit. 0 stores each on its own.
+    web_batch_window_ms: float = Field(default=1.0, ge=0, le=50)
+    web_batch_max: int = Field(default=32, ge=1, le=1000)
+    # uvicorn processes of `ordersync web` (its --workers default); uvicorn's own name.
+    web_concurrency: int = Field(default=1, ge=1, le=64)
     # How long a marked order may wait for its task before the sweeper enqueues it again.
     sweep_grace_seconds: float = Field(default=10.0, ge=0)
     # How often an unfinished order's PSP state is read again, to notice drift.

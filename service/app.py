@@ -18,13 +18,16 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from domain.snapshot import ShopEvent
 from ordersync.db import async_pool
 from ordersync.errors import OrdersyncError
 from ordersync.metrics import Metrics
 from ordersync.settings import Settings, get_settings
 from service import operator_api
 from service.adyen_webhook import adyen_webhook
+from service.batcher import Batcher
 from service.health import healthz, readyz
+from service.ingest import Stored, store_shop_event, store_shop_events
 from service.observability import metrics_endpoint, openapi_endpoint
 from service.publisher import Publisher, redis_sender
 from service.state import AppState
@@ -114,6 +117,19 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def redis_ping() -> bool:
         return bool(await redis.ping())
 
+    # Group commit: concurrent shop webhooks share one statement and one commit.
+    batcher: Batcher[tuple[str, ShopEvent], Stored] = Batcher(
+        lambda items: store_shop_events(pool, items),
+        window_seconds=settings.web_batch_window_ms / 1000,
+        max_items=settings.web_batch_max,
+    )
+
+    async def store_shop(webhook_id: str, event: ShopEvent) -> Stored:
+        if settings.web_batch_window_ms <= 0:
+            return await store_shop_event(pool, webhook_id, event)
+        # A row's own Conflict is raised here, for its request alone.
+        return await batcher.submit((webhook_id, event))
+
     state = AppState(
         settings=settings,
         pool=pool,
@@ -121,6 +137,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         redis_ping=redis_ping,
         metrics=Metrics(),
         publisher=publisher,
+        store_shop_event=store_shop,
     )
 
     @contextlib.asynccontextmanager
@@ -132,6 +149,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield
         finally:
+            await batcher.drain()
             await publisher.stop()
             await pool.close()
             await redis.aclose()

@@ -6,9 +6,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from domain.snapshot import ShopEvent
 from ordersync.db import AsyncPool
 from ordersync.metrics import Metrics
 from ordersync.settings import Settings
+from service.ingest import Stored
 from service.publisher import Publisher
 
 
@@ -17,6 +19,9 @@ class Enqueue(Protocol):
 
 
 Ping = Callable[[], Awaitable[bool]]
+# Stores one shop event (grouped with concurrent ones into one commit) and returns its
+# outcome once committed; raises the request's Conflict.
+StoreShopEvent = Callable[[str, ShopEvent], Awaitable[Stored]]
 
 
 @dataclass
@@ -27,3 +32,4 @@ class AppState:
     redis_ping: Ping
     metrics: Metrics
     publisher: Publisher
+    store_shop_event: StoreShopEvent
