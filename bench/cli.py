@@ -1,4 +1,4 @@
-"""`python -m bench ingest|worker|latency|scale|backlog|all [--quick]`."""
+"""`python -m bench ingest|worker|latency|scale|backlog|recovery|all [--quick]`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ BENCHMARKS = {
     "latency": "webhook received -> PSP request sent, at a steady 200 webhooks/s",
     "scale": "sweeper and planner queries at 1M orders / 5M operations vs 10k",
     "backlog": "a 100k-event backlog drains with nothing lost",
+    "recovery": "Postgres restarted / worker SIGKILLed -> work reaches the PSP again, in seconds",
 }
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import structlog
 from celery import Task, signals
+from psycopg_pool import PoolTimeout
 
 from ordersync import metrics
 from workers import adyen_inbox, callbacks, sweeper
@@ -15,6 +17,20 @@ from workers.crashpoints import crash_point
 from workers.reconcile import Reconciler
 
 log = structlog.get_logger("ordersync.tasks")
+
+# A task that meets a database error (Postgres restarting, a connection cut, no
+# connection within the pool's timeout) is sent again with back-off, never dropped: the
+# work is in Postgres, so running it again is safe. Back-off doubles from 1 s, with full
+# jitter, to at most 4 s, so work resumes within seconds of Postgres coming back.
+# Celery's retry publishes the new message before the old one is acknowledged.
+DATABASE_ERRORS = (psycopg.OperationalError, PoolTimeout)
+RETRY_ON_DATABASE_ERRORS: dict[str, Any] = {
+    "autoretry_for": DATABASE_ERRORS,
+    "retry_backoff": 1,
+    "retry_backoff_max": 4,
+    "retry_jitter": True,
+    "max_retries": None,
+}
 
 
 def enqueue_reconcile(order_id: str, delay: float = 0.0) -> None:
@@ -46,7 +62,7 @@ def _deliver_recorded() -> None:
             log.warning("enqueue_failed", task="deliver_callbacks", error=type(exc).__name__)
 
 
-@app.task(name="ordersync.reconcile_order", bind=True)
+@app.task(name="ordersync.reconcile_order", bind=True, **RETRY_ON_DATABASE_ERRORS)
 def reconcile_order(self: Task, order_id: str, force: bool = False) -> str:
     structlog.contextvars.bind_contextvars(task_id=self.request.id)
     request_id = (self.request.headers or {}).get("request_id")
@@ -62,7 +78,7 @@ def reconcile_order(self: Task, order_id: str, force: bool = False) -> str:
         structlog.contextvars.clear_contextvars()
 
 
-@app.task(name="ordersync.deliver_callbacks", bind=True)
+@app.task(name="ordersync.deliver_callbacks", bind=True, **RETRY_ON_DATABASE_ERRORS)
 def deliver_callbacks(self: Task, order_id: str) -> int:
     structlog.contextvars.bind_contextvars(task_id=self.request.id, order_id=order_id)
     request_id = (self.request.headers or {}).get("request_id")
@@ -84,7 +100,7 @@ def enqueue_notification(inbox_id: int, delay: float = 0.0) -> None:
     process_notification.apply_async((inbox_id,), countdown=delay or None)
 
 
-@app.task(name="ordersync.process_notification", bind=True)
+@app.task(name="ordersync.process_notification", bind=True, **RETRY_ON_DATABASE_ERRORS)
 def process_notification(self: Task, inbox_id: int) -> str:
     structlog.contextvars.bind_contextvars(task_id=self.request.id)
     try:

@@ -39,3 +39,14 @@ def test_cli_help() -> None:
         text=True,
     ).stdout
     assert "ingest" in out and "--quick" in out
+
+
+@pytest.mark.timeout(300)
+def test_recovery_smallest_runs() -> None:
+    from bench import recovery
+
+    # One Postgres restart under a running web and worker; the worker-kill half waits
+    # out a lease, so the suite leaves it to `python -m bench recovery`.
+    rows, extra = recovery.run(quick=True, kill=False)
+    assert [row.name for row in rows][:1] == ["Postgres restarted -> capture at PSP, median"]
+    assert len(extra["restarts"]) == 1
