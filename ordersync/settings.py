@@ -6,7 +6,7 @@ import json
 from functools import cache
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ordersync.errors import ConfigError
@@ -81,6 +81,21 @@ class Settings(BaseSettings):
     # An Adyen notification that matches nothing is retried by the sweeper this long,
     # then recorded as orphaned.
     notification_orphan_seconds: float = Field(default=86400.0, gt=0)
+
+    # Retention (workers/retention.py, run by beat). The key window outlasts Adyen's
+    # 30 days of retries and the Standard Webhooks example schedule (about 3 days).
+    retention_body_days: float = Field(default=7.0, ge=1)
+    retention_key_days: float = Field(default=35.0, ge=31)
+    retention_outbox_days: float = Field(default=7.0, ge=1)
+    retention_batch: int = Field(default=1000, ge=1, le=10000)
+    retention_max_batches: int = Field(default=50, ge=1)
+    retention_interval_seconds: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bodies_before_keys(self) -> Settings:
+        if self.retention_key_days < self.retention_body_days:
+            raise ValueError("RETENTION_KEY_DAYS must be at least RETENTION_BODY_DAYS")
+        return self
 
     @field_validator("klarna_increase_allowed", mode="before")
     @classmethod

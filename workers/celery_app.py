@@ -43,6 +43,10 @@ def celery_config() -> dict[str, Any]:
         "task_publish_retry": False,
         "beat_schedule": {
             "sweep": {"task": "ordersync.sweep", "schedule": settings.reconcile_sweep_seconds},
+            "retention": {
+                "task": "ordersync.retention",
+                "schedule": settings.retention_interval_seconds,
+            },
         },
         "task_default_queue": "ordersync",
     }

@@ -10,7 +10,7 @@ from celery import Task, signals
 from psycopg_pool import PoolTimeout
 
 from ordersync import metrics
-from workers import adyen_inbox, callbacks, sweeper
+from workers import adyen_inbox, callbacks, retention, sweeper
 from workers.celery_app import app
 from workers.context import close_context, get_context
 from workers.crashpoints import crash_point
@@ -119,6 +119,17 @@ def sweep(self: Task) -> dict[str, int]:
         counts["callbacks"] = sweeper.sweep_callbacks(get_context(), enqueue_delivery)
         counts |= sweeper.sweep_notifications(get_context(), enqueue_notification)
         return counts
+    finally:
+        structlog.contextvars.clear_contextvars()
+
+
+@app.task(name="ordersync.retention", bind=True)
+def prune_retention(self: Task) -> dict[str, int]:
+    # Not retried: the next run (RETENTION_INTERVAL_SECONDS) goes on where this stopped.
+    structlog.contextvars.bind_contextvars(task_id=self.request.id)
+    try:
+        ctx = get_context()
+        return retention.prune(ctx.pool, ctx.settings)
     finally:
         structlog.contextvars.clear_contextvars()
 
