@@ -25,6 +25,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help="small sizes: each benchmark in well under a minute"
     )
+    parser.add_argument(
+        "--webhooks",
+        type=int,
+        default=None,
+        help="scale only: retention and the inbox's hot statements at N webhooks "
+        "(10000000 for the target) against a small inbox",
+    )
     args = parser.parse_args(argv)
     if args.benchmark == "plot":
         from bench.plot import plot
@@ -37,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"# {name}: {BENCHMARKS[name]}{' (quick)' if args.quick else ''}", flush=True)
         started = time.monotonic()
         module = importlib.import_module(f"bench.{name}")
-        rows, extra = module.run(quick=args.quick)
+        options = {"webhooks": args.webhooks} if name == "scale" and args.webhooks else {}
+        rows, extra = module.run(quick=args.quick, **options)
         extra["wall_seconds"] = round(time.monotonic() - started, 1)
         path = write_result(name, args.quick, rows, extra)
         print(table(f"{name}{' (quick)' if args.quick else ''}", rows))

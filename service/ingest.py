@@ -33,7 +33,7 @@ class Stored:
 # One statement, one round trip: in autocommit it is its own transaction. The `existing`
 # row is locked for the statement, so the version and payment checks cannot race a
 # concurrent event for the same order.
-_STORE_SHOP_EVENT = """
+STORE_SHOP_EVENT = """
 WITH existing AS (
     SELECT version, provider, psp_order_id FROM orders WHERE id = %(id)s FOR UPDATE
 ), payment_changed AS (
@@ -85,7 +85,7 @@ SELECT (SELECT outcome FROM inbox_row) AS outcome,
 # `_rounds`): ON CONFLICT DO UPDATE may touch a row only once per statement, and a
 # later event for the same order must see the earlier one, as if they came one by one.
 # Rows are written in order-id order so that concurrent batches lock in the same order.
-_STORE_SHOP_EVENTS = """
+STORE_SHOP_EVENTS = """
 WITH batch AS (
     SELECT * FROM unnest(
         %(ord)s::int[], %(id)s::text[], %(version)s::bigint[], %(provider)s::text[],
@@ -227,8 +227,13 @@ async def store_shop_event(pool: AsyncPool, webhook_id: str, event: ShopEvent) -
     return result
 
 
-async def _store_one(pool: AsyncPool, p: _Params) -> Stored | Conflict:
-    params = {
+def single_params(webhook_id: str, event: ShopEvent) -> dict[str, Any]:
+    """The parameters of `STORE_SHOP_EVENT` for one event (bench/scale.py times it)."""
+    return _single(_params(webhook_id, event))
+
+
+def _single(p: _Params) -> dict[str, Any]:
+    return {
         "id": p.id,
         "version": p.version,
         "provider": p.provider,
@@ -243,9 +248,13 @@ async def _store_one(pool: AsyncPool, p: _Params) -> Stored | Conflict:
         "adyen": p.adyen,
         "basket": Jsonb(json.loads(p.basket)),
     }
+
+
+async def _store_one(pool: AsyncPool, p: _Params) -> Stored | Conflict:
+    params = _single(p)
     try:
         async with pool.connection() as conn:
-            cursor = await conn.execute(_STORE_SHOP_EVENT, params)
+            cursor = await conn.execute(STORE_SHOP_EVENT, params)
             row = await cursor.fetchone()
     except UniqueViolation:
         return _payment_taken()
@@ -330,5 +339,5 @@ async def store_shop_events(
 async def _execute_round(
     conn: AsyncConnection[DictRow], params: Sequence[_Params], positions: Sequence[int]
 ) -> list[DictRow]:
-    cursor = await conn.execute(_STORE_SHOP_EVENTS, _columns(params, positions))
+    cursor = await conn.execute(STORE_SHOP_EVENTS, _columns(params, positions))
     return await cursor.fetchall()

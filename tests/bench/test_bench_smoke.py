@@ -50,3 +50,12 @@ def test_recovery_smallest_runs() -> None:
     rows, extra = recovery.run(quick=True, kill=False)
     assert [row.name for row in rows][:1] == ["Postgres restarted -> capture at PSP, median"]
     assert len(extra["restarts"]) == 1
+
+
+@pytest.mark.timeout(180)
+def test_scale_webhooks_smallest_runs() -> None:
+    from bench import scale
+
+    rows, extra = scale.run_webhooks(large=5_000, small=1_000, repeats=5, batches=2)
+    names = {row.name.split(" @")[0] for row in rows}
+    assert {"store new webhook", "prune: inbox bodies, one batch"} <= names
