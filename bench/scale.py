@@ -341,10 +341,24 @@ def _prune_batches(url: str, batches: int) -> dict[str, float]:
     return out
 
 
+def _outbox_plan(url: str) -> list[str]:
+    from workers import retention
+
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        explain = conn.execute(
+            sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(retention.DELETE_DELIVERED),
+            {"age": 7 * retention.DAY, "batch": 1000},
+        ).fetchone()
+        conn.rollback()
+    assert explain is not None
+    return _nodes(explain["QUERY PLAN"][0]["Plan"])
+
+
 def run_webhooks(
-    *, large: int, small: int, repeats: int, batches: int
+    *, large: int, small: int, repeats: int, batches: int, rounds: int = 3
 ) -> tuple[list[Row], dict[str, Any]]:
     results: dict[str, Any] = {}
+    urls: dict[int, str] = {}
     with stack() as bench:
         for n in (small, large):
             name = f"bench_webhooks_{n}"
@@ -361,16 +375,26 @@ def run_webhooks(
                 conn.execute("CHECKPOINT")
             generated = time.monotonic() - started
             print(f"  {n:,} webhooks generated in {generated:.0f} s", flush=True)
-            hot = _hot_queries(url, n, repeats)
-            prune = _prune_batches(url, batches)
-            results[str(n)] = {"generate_seconds": generated, **hot, **prune}
-            for figure, ms in {**hot, **prune}.items():
-                print(f"    {figure}: {ms:.2f} ms", flush=True)
+            urls[n] = url
+            results[str(n)] = {"generate_seconds": generated, "rounds": []}
+        # Sizes alternate, so that whatever else the machine does falls on both; each
+        # figure keeps its best round. Pruning moves on each round (the next batches).
+        for _ in range(rounds):
+            for n, url in urls.items():
+                figures = {
+                    **_hot_queries(url, n, repeats),
+                    **_prune_batches(url, max(1, batches // rounds)),
+                }
+                results[str(n)]["rounds"].append(figures)
+        for n, url in urls.items():
+            per_round = results[str(n)]["rounds"]
+            results[str(n)]["best"] = {
+                figure: min(r[figure] for r in per_round) for figure in per_round[0]
+            }
+            results[str(n)]["outbox_plan"] = _outbox_plan(url)
     rows = []
-    for figure in results[str(small)]:
-        if figure == "generate_seconds":
-            continue
-        value, base = results[str(large)][figure], results[str(small)][figure]
+    for figure, base in results[str(small)]["best"].items():
+        value = results[str(large)]["best"][figure]
         rows.append(
             Row(
                 f"{figure} @{large:,} webhooks",
@@ -381,4 +405,5 @@ def run_webhooks(
                 value <= 1.2 * base,
             )
         )
+    print(f"  prune: delivered outbox: {' > '.join(results[str(large)]['outbox_plan'])}")
     return rows, {"webhooks": [small, large], "results": results}

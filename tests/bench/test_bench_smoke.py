@@ -56,6 +56,6 @@ def test_recovery_smallest_runs() -> None:
 def test_scale_webhooks_smallest_runs() -> None:
     from bench import scale
 
-    rows, extra = scale.run_webhooks(large=5_000, small=1_000, repeats=5, batches=2)
+    rows, _ = scale.run_webhooks(large=5_000, small=1_000, repeats=5, batches=2, rounds=1)
     names = {row.name.split(" @")[0] for row in rows}
     assert {"store new webhook", "prune: inbox bodies, one batch"} <= names
