@@ -290,8 +290,8 @@ def _hot_queries(url: str, n: int, repeats: int) -> dict[str, float]:
 
 
 def _prune_batches(url: str, batches: int) -> dict[str, float]:
-    """Median ms of one retention batch of each kind (workers/retention.py), as beat
-    runs it with the default settings, over `batches` consecutive batches."""
+    """Median ms per 1,000 rows of a retention batch of each kind (workers/retention.py,
+    default settings: 1,000-row batches), over up to `batches` consecutive batches."""
     from ordersync.db import sync_pool
     from ordersync.settings import Settings
     from workers import retention
@@ -302,7 +302,7 @@ def _prune_batches(url: str, batches: int) -> dict[str, float]:
     try:
         for name, one in (
             (
-                "prune: inbox bodies, one batch",
+                "prune: inbox bodies, per 1k rows",
                 lambda: retention._inbox_pass(
                     pool,
                     "inbox_bodies",
@@ -312,7 +312,7 @@ def _prune_batches(url: str, batches: int) -> dict[str, float]:
                 ),
             ),
             (
-                "prune: inbox keys, one batch",
+                "prune: inbox keys, per 1k rows",
                 lambda: retention._inbox_pass(
                     pool,
                     "inbox_keys",
@@ -322,20 +322,24 @@ def _prune_batches(url: str, batches: int) -> dict[str, float]:
                 ),
             ),
             (
-                "prune: delivered outbox, one batch",
+                "prune: delivered outbox, per 1k rows",
                 lambda: retention._outbox_batch(
                     pool, settings.retention_outbox_days * retention.DAY, settings.retention_batch
                 ),
             ),
         ):
+            # Per 1,000 rows pruned, over the batches that pruned any: a small inbox runs
+            # out of old rows sooner, and an empty batch would flatter it.
             times = []
             for _ in range(batches):
                 start = time.perf_counter()
                 result = one()
-                times.append((time.perf_counter() - start) * 1000)
+                elapsed = (time.perf_counter() - start) * 1000
+                if result["pruned"]:
+                    times.append(elapsed * 1000 / result["pruned"])
                 if not result["more"]:
                     break
-            out[name] = statistics.median(times)
+            out[name] = statistics.median(times) if times else float("nan")
     finally:
         pool.close()
     return out
@@ -389,7 +393,11 @@ def run_webhooks(
         for n, url in urls.items():
             per_round = results[str(n)]["rounds"]
             results[str(n)]["best"] = {
-                figure: min(r[figure] for r in per_round) for figure in per_round[0]
+                figure: min(
+                    (r[figure] for r in per_round if r[figure] == r[figure]),  # not NaN
+                    default=float("nan"),
+                )
+                for figure in per_round[0]
             }
             results[str(n)]["outbox_plan"] = _outbox_plan(url)
     rows = []

@@ -58,4 +58,4 @@ def test_scale_webhooks_smallest_runs() -> None:
 
     rows, _ = scale.run_webhooks(large=5_000, small=1_000, repeats=5, batches=2, rounds=1)
     names = {row.name.split(" @")[0] for row in rows}
-    assert {"store new webhook", "prune: inbox bodies, one batch"} <= names
+    assert {"store new webhook", "prune: inbox bodies, per 1k rows"} <= names
