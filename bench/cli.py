@@ -1,4 +1,4 @@
-"""`python -m bench ingest|worker|latency|scale|backlog|all [--quick]`."""
+"""`python -m bench ingest|worker|latency|scale|backlog|recovery|all [--quick]`."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ BENCHMARKS = {
     "latency": "webhook received -> PSP request sent, at a steady 200 webhooks/s",
     "scale": "sweeper and planner queries at 1M orders / 5M operations vs 10k",
     "backlog": "a 100k-event backlog drains with nothing lost",
+    "recovery": "Postgres restarted / worker SIGKILLed -> work reaches the PSP again, in seconds",
 }
 
 
@@ -23,6 +24,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("benchmark", choices=[*BENCHMARKS, "all", "plot"])
     parser.add_argument(
         "--quick", action="store_true", help="small sizes: each benchmark in well under a minute"
+    )
+    parser.add_argument(
+        "--webhooks",
+        type=int,
+        default=None,
+        help="scale only: retention and the inbox's hot statements at N webhooks "
+        "(10000000 for the target) against a small inbox",
     )
     args = parser.parse_args(argv)
     if args.benchmark == "plot":
@@ -36,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"# {name}: {BENCHMARKS[name]}{' (quick)' if args.quick else ''}", flush=True)
         started = time.monotonic()
         module = importlib.import_module(f"bench.{name}")
-        rows, extra = module.run(quick=args.quick)
+        options = {"webhooks": args.webhooks} if name == "scale" and args.webhooks else {}
+        rows, extra = module.run(quick=args.quick, **options)
         extra["wall_seconds"] = round(time.monotonic() - started, 1)
         path = write_result(name, args.quick, rows, extra)
         print(table(f"{name}{' (quick)' if args.quick else ''}", rows))

@@ -88,10 +88,12 @@ class Stack:
         if process is not None:
             process.stop()
 
-    def web(self, name: str = "web", workers: int = 1) -> str:
+    def web(self, name: str = "web", workers: int = 1, env: Mapping[str, str] | None = None) -> str:
         port = free_port()
         process = self.start(
-            name, ["web", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)]
+            name,
+            ["web", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers)],
+            env=env,
         )
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/healthz", process=process)

@@ -149,8 +149,22 @@ def without_new_indexes(url: str, calls: int) -> dict[str, Any]:
 
 
 def run(
-    *, quick: bool, small: int = SMALL, large: int | None = None, repeats: int | None = None
+    *,
+    quick: bool,
+    small: int = SMALL,
+    large: int | None = None,
+    repeats: int | None = None,
+    webhooks: int | None = None,
 ) -> tuple[list[Row], dict[str, Any]]:
+    if webhooks:
+        # Retention at scale: prune batches and the inbox's hot statements at `webhooks`
+        # (10M for the target; --quick: 1M) against 100k (--quick: 20k).
+        return run_webhooks(
+            large=webhooks,
+            small=20_000 if quick else 100_000,
+            repeats=repeats or (100 if quick else 300),
+            batches=20 if quick else 50,
+        )
     large = large or (100_000 if quick else 1_000_000)
     repeats = repeats or (200 if quick else 500)
     rounds = 3
@@ -214,3 +228,191 @@ def run(
     )
     print(f"  without 0004_indexes: {' > '.join(before['nodes'])}")
     return rows, {"sizes": [small, large], "results": results}
+
+
+# -- webhooks mode: `python -m bench scale --webhooks N` ---------------------------------
+
+GENERATE_WEBHOOKS = """
+INSERT INTO orders (id, version, provider, psp_order_id, currency, status, snapshot,
+                    desired_amount)
+SELECT 'o' || g, 1, 'klarna', 'k-o' || g, 'EUR', 'open', '{}'::jsonb, 8500
+FROM generate_series(1, greatest(%(n)s / 10, 1)) AS g;
+
+-- Ten webhooks per order over the last 60 days, oldest first (ids follow received_at,
+-- as they do in production); all processed.
+INSERT INTO inbox (source, event_key, event_type, order_id, payload, received_at,
+                   processed_at, outcome)
+SELECT 'shop', 'msg_' || g, 'order.updated', 'o' || (1 + mod(g, greatest(%(n)s / 10, 1))),
+       '{"type": "order.updated", "order": {"id": "x", "lines": []}}'::jsonb,
+       now() - interval '60 days' * (1 - g::float8 / %(n)s),
+       now() - interval '60 days' * (1 - g::float8 / %(n)s), 'applied'
+FROM generate_series(1, %(n)s) AS g;
+
+-- One delivered event to the shop per ten webhooks, over the same 60 days.
+INSERT INTO outbox (id, order_id, event_type, version, payload, created_at, delivered_at)
+SELECT gen_random_uuid(), 'o' || (1 + mod(g, greatest(%(n)s / 10, 1))), 'order.synced', 1,
+       '{}'::jsonb, now() - interval '60 days' * (1 - g::float8 / (%(n)s / 10)),
+       now() - interval '60 days' * (1 - g::float8 / (%(n)s / 10))
+FROM generate_series(1, greatest(%(n)s / 10, 1)) AS g;
+"""
+
+
+def _hot_queries(url: str, n: int, repeats: int) -> dict[str, float]:
+    """Median ms of the statements every webhook and sweep runs against the inbox,
+    rolled back: a new shop webhook stored, a repeated one, the Adyen sweep."""
+    from bench.traffic import snapshot
+    from domain.snapshot import ShopEvent
+    from service.ingest import STORE_SHOP_EVENT, single_params
+
+    rng = random.Random(11)
+    orders = max(n // 10, 1)
+    times: dict[str, list[float]] = {"store new webhook": [], "store repeated webhook": []}
+    times["sweep: Adyen notifications"] = []
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        for i in range(repeats + 5):
+            order = f"o{rng.randint(1, orders)}"
+            event = ShopEvent.model_validate({"type": "order.updated", "order": snapshot(order, 2)})
+            for name, key in (
+                ("store new webhook", f"new_{i}_{rng.random()}"),
+                ("store repeated webhook", f"msg_{rng.randint(1, n)}"),
+            ):
+                start = time.perf_counter()
+                conn.execute(STORE_SHOP_EVENT, single_params(key, event)).fetchall()
+                elapsed = time.perf_counter() - start
+                conn.rollback()
+                if i >= 5:
+                    times[name].append(elapsed * 1000)
+            if i % 10 == 0:
+                start = time.perf_counter()
+                conn.execute(sweeper.UNPROCESSED_NOTIFICATIONS, PARAMS).fetchall()
+                times["sweep: Adyen notifications"].append((time.perf_counter() - start) * 1000)
+                conn.rollback()
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def _prune_batches(url: str, batches: int) -> dict[str, float]:
+    """Median ms per 1,000 rows of a retention batch of each kind (workers/retention.py,
+    default settings: 1,000-row batches), over up to `batches` consecutive batches."""
+    from ordersync.db import sync_pool
+    from ordersync.settings import Settings
+    from workers import retention
+
+    settings = Settings()
+    pool = sync_pool(url, max_size=1)
+    out: dict[str, float] = {}
+    try:
+        for name, one in (
+            (
+                "prune: inbox bodies, per 1k rows",
+                lambda: retention._inbox_pass(
+                    pool,
+                    "inbox_bodies",
+                    retention.NULL_BODIES,
+                    settings.retention_body_days * retention.DAY,
+                    settings.retention_batch,
+                ),
+            ),
+            (
+                "prune: inbox keys, per 1k rows",
+                lambda: retention._inbox_pass(
+                    pool,
+                    "inbox_keys",
+                    retention.DELETE_KEYS,
+                    settings.retention_key_days * retention.DAY,
+                    settings.retention_batch,
+                ),
+            ),
+            (
+                "prune: delivered outbox, per 1k rows",
+                lambda: retention._outbox_batch(
+                    pool, settings.retention_outbox_days * retention.DAY, settings.retention_batch
+                ),
+            ),
+        ):
+            # Per 1,000 rows pruned, over the batches that pruned any: a small inbox runs
+            # out of old rows sooner, and an empty batch would flatter it.
+            times = []
+            for _ in range(batches):
+                start = time.perf_counter()
+                result = one()
+                elapsed = (time.perf_counter() - start) * 1000
+                if result["pruned"]:
+                    times.append(elapsed * 1000 / result["pruned"])
+                if not result["more"]:
+                    break
+            out[name] = statistics.median(times) if times else float("nan")
+    finally:
+        pool.close()
+    return out
+
+
+def _outbox_plan(url: str) -> list[str]:
+    from workers import retention
+
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        explain = conn.execute(
+            sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(retention.DELETE_DELIVERED),
+            {"age": 7 * retention.DAY, "batch": 1000},
+        ).fetchone()
+        conn.rollback()
+    assert explain is not None
+    return _nodes(explain["QUERY PLAN"][0]["Plan"])
+
+
+def run_webhooks(
+    *, large: int, small: int, repeats: int, batches: int, rounds: int = 3
+) -> tuple[list[Row], dict[str, Any]]:
+    results: dict[str, Any] = {}
+    urls: dict[int, str] = {}
+    with stack() as bench:
+        for n in (small, large):
+            name = f"bench_webhooks_{n}"
+            with bench.db() as conn:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            url = urlunsplit(urlsplit(bench.database_url)._replace(path=f"/{name}"))
+            migrate(url)
+            started = time.monotonic()
+            with psycopg.connect(url, autocommit=True) as conn:
+                for statement in GENERATE_WEBHOOKS.split(";\n"):
+                    if statement.strip():
+                        conn.execute(statement, {"n": n})
+                conn.execute("VACUUM ANALYZE")
+                conn.execute("CHECKPOINT")
+            generated = time.monotonic() - started
+            print(f"  {n:,} webhooks generated in {generated:.0f} s", flush=True)
+            urls[n] = url
+            results[str(n)] = {"generate_seconds": generated, "rounds": []}
+        # Sizes alternate, so that whatever else the machine does falls on both; each
+        # figure keeps its best round. Pruning moves on each round (the next batches).
+        for _ in range(rounds):
+            for n, url in urls.items():
+                figures = {
+                    **_hot_queries(url, n, repeats),
+                    **_prune_batches(url, max(1, batches // rounds)),
+                }
+                results[str(n)]["rounds"].append(figures)
+        for n, url in urls.items():
+            per_round = results[str(n)]["rounds"]
+            results[str(n)]["best"] = {
+                figure: min(
+                    (r[figure] for r in per_round if r[figure] == r[figure]),  # not NaN
+                    default=float("nan"),
+                )
+                for figure in per_round[0]
+            }
+            results[str(n)]["outbox_plan"] = _outbox_plan(url)
+    rows = []
+    for figure, base in results[str(small)]["best"].items():
+        value = results[str(large)]["best"][figure]
+        rows.append(
+            Row(
+                f"{figure} @{large:,} webhooks",
+                value,
+                "ms",
+                base,
+                f"<= 1.2x @{small:,}",
+                value <= 1.2 * base,
+            )
+        )
+    print(f"  prune: delivered outbox: {' > '.join(results[str(large)]['outbox_plan'])}")
+    return rows, {"webhooks": [small, large], "results": results}

@@ -115,7 +115,8 @@ def run(*, quick: bool) -> tuple[list[Row], dict[str, Any]]:
     n = 800 if quick else 4000
     n_slow = 600 if quick else 3000
     configs = [("threads", 16)] if quick else [("prefork", 2), ("threads", 16)]
-    slow_concurrency = 16
+    # Threads waiting on a slow PSP cost little: more of them, not more processes.
+    slow_concurrency = 64
     rows: list[Row] = []
     extra: dict[str, Any] = {"tasks": n, "configs": []}
     with stack() as bench:
@@ -166,8 +167,8 @@ def run(*, quick: bool) -> tuple[list[Row], dict[str, Any]]:
                 slow["rate"],
                 "ops/s",
                 None,
-                ">= 100 ops/s",
-                slow["rate"] >= 100,
+                ">= 200 ops/s",
+                slow["rate"] >= 200,
             )
         )
         extra["slow"] = {

@@ -45,14 +45,14 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 def cmd_web(args: argparse.Namespace) -> int:
     import uvicorn
 
-    _settings("database_url", "redis_url", "shop_webhook_secrets")
+    settings = _settings("database_url", "redis_url", "shop_webhook_secrets")
     _prepare_multiprocess_metrics(create=False)
     uvicorn.run(
         "service.app:create_web_app",
         factory=True,
         host=args.host,
         port=args.port,
-        workers=args.workers,
+        workers=args.workers or settings.web_concurrency,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=25,
@@ -189,7 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     web = sub.add_parser("web", help="the webhook receiver and operator API")
     web.add_argument("--host", default="0.0.0.0")  # noqa: S104 - a server in a container
     web.add_argument("--port", type=int, default=8000)
-    web.add_argument("--workers", type=int, default=1)
+    web.add_argument(
+        "--workers", type=int, default=None, help="uvicorn processes (default WEB_CONCURRENCY, 1)"
+    )
     web.set_defaults(fn=cmd_web)
 
     worker = sub.add_parser("worker", help="the Celery worker")

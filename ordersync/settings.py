@@ -6,7 +6,7 @@ import json
 from functools import cache
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ordersync.errors import ConfigError
@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     # Postgres connections per web process: a webhook holds one for its single statement
     # (commit included), so this bounds how many commits can be grouped at once.
     web_db_pool_size: int = Field(default=20, ge=1, le=200)
+    # Group commit (service/batcher.py): shop webhooks arriving within this many
+    # milliseconds of each other, up to WEB_BATCH_MAX of them, are stored by one
+    # statement in one commit. 0 stores each on its own.
+    web_batch_window_ms: float = Field(default=1.0, ge=0, le=50)
+    web_batch_max: int = Field(default=32, ge=1, le=1000)
+    # uvicorn processes of `ordersync web` (its --workers default); uvicorn's own name.
+    web_concurrency: int = Field(default=1, ge=1, le=64)
     # How long a marked order may wait for its task before the sweeper enqueues it again.
     sweep_grace_seconds: float = Field(default=10.0, ge=0)
     # How often an unfinished order's PSP state is read again, to notice drift.
@@ -74,6 +81,21 @@ class Settings(BaseSettings):
     # An Adyen notification that matches nothing is retried by the sweeper this long,
     # then recorded as orphaned.
     notification_orphan_seconds: float = Field(default=86400.0, gt=0)
+
+    # Retention (workers/retention.py, run by beat). The key window outlasts Adyen's
+    # 30 days of retries and the Standard Webhooks example schedule (about 3 days).
+    retention_body_days: float = Field(default=7.0, ge=1)
+    retention_key_days: float = Field(default=35.0, ge=31)
+    retention_outbox_days: float = Field(default=7.0, ge=1)
+    retention_batch: int = Field(default=1000, ge=1, le=10000)
+    retention_max_batches: int = Field(default=50, ge=1)
+    retention_interval_seconds: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _bodies_before_keys(self) -> Settings:
+        if self.retention_key_days < self.retention_body_days:
+            raise ValueError("RETENTION_KEY_DAYS must be at least RETENTION_BODY_DAYS")
+        return self
 
     @field_validator("klarna_increase_allowed", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from domain.snapshot import ShopEvent
 from ordersync import jobs
 from ordersync.db import async_pool
 from ordersync.errors import OrdersyncError
@@ -26,7 +27,9 @@ from ordersync.metrics import Metrics
 from ordersync.settings import Settings, get_settings
 from service import orders_api as operator_api
 from service.adyen_webhook import adyen_webhook
+from service.batcher import Batcher
 from service.health import healthz, readyz
+from service.ingest import Stored, store_shop_event, store_shop_events
 from service.meta_routes import metrics_endpoint, openapi_endpoint
 from service.publisher import Publisher, check_broker, redis_sender
 from service.state import AppState
@@ -115,12 +118,26 @@ def create_app(settings: Settings | None = None) -> Starlette:
     async def redis_ping() -> bool:
         return bool(await redis.ping())
 
+    # Group commit: concurrent shop webhooks share one statement and one commit.
+    batcher: Batcher[tuple[str, ShopEvent], Stored] = Batcher(
+        lambda items: store_shop_events(pool, items),
+        window_seconds=settings.web_batch_window_ms / 1000,
+        max_items=settings.web_batch_max,
+    )
+
+    async def store_shop(webhook_id: str, event: ShopEvent) -> Stored:
+        if settings.web_batch_window_ms <= 0:
+            return await store_shop_event(pool, webhook_id, event)
+        # A row's own Conflict is raised here, for its request alone.
+        return await batcher.submit((webhook_id, event))
+
     state = AppState(
         settings=settings,
         pool=pool,
         redis_ping=redis_ping,
         metrics=Metrics(),
         publisher=publisher,
+        store_shop_event=store_shop,
     )
 
     @contextlib.asynccontextmanager
@@ -132,6 +149,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         try:
             yield
         finally:
+            await batcher.drain()
             await publisher.stop()
             await pool.close()
             await redis.aclose()

@@ -1,12 +1,17 @@
 """Storing what arrives: the inbox row and the order's new desired state, in one
-statement. Nothing here calls a PSP."""
+statement (one per request, or one for a batch of requests: group commit). Nothing here
+calls a PSP."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from psycopg.errors import UniqueViolation
+from psycopg import AsyncConnection, IntegrityError
+from psycopg.errors import DeadlockDetected, SerializationFailure, UniqueViolation
+from psycopg.rows import DictRow
 from psycopg.types.json import Jsonb
 
 from domain.lines import basket_lines
@@ -28,7 +33,7 @@ class Stored:
 # One statement, one round trip: in autocommit it is its own transaction. The `existing`
 # row is locked for the statement, so the version and payment checks cannot race a
 # concurrent event for the same order.
-_STORE_SHOP_EVENT = """
+STORE_SHOP_EVENT = """
 WITH existing AS (
     SELECT version, provider, psp_order_id FROM orders WHERE id = %(id)s FOR UPDATE
 ), payment_changed AS (
@@ -73,48 +78,266 @@ SELECT (SELECT outcome FROM inbox_row) AS outcome,
 """
 
 
-async def store_shop_event(pool: AsyncPool, webhook_id: str, event: ShopEvent) -> Stored:
+# The same rules for a batch of events, one row each, in one statement: `batch` is the
+# events in arrival order (`ord`). Each row's outcome comes back on its own, so one bad row
+# (a changed or taken payment, a stale version, a repeated webhook-id) fails nobody else.
+# An order, a webhook-id or a payment appears at most once per statement (see
+# `_rounds`): ON CONFLICT DO UPDATE may touch a row only once per statement, and a
+# later event for the same order must see the earlier one, as if they came one by one.
+# Rows are written in order-id order so that concurrent batches lock in the same order.
+STORE_SHOP_EVENTS = """
+WITH batch AS (
+    SELECT * FROM unnest(
+        %(ord)s::int[], %(id)s::text[], %(version)s::bigint[], %(provider)s::text[],
+        %(psp_id)s::text[], %(currency)s::text[], %(status)s::text[], %(key)s::text[],
+        %(type)s::text[], %(payload)s::text[], %(snapshot)s::text[], %(total)s::bigint[],
+        %(basket)s::text[]
+    ) AS b(ord, id, version, provider, psp_id, currency, status, key, type, payload,
+           snapshot, total, basket)
+), existing AS (
+    SELECT id, version, provider, psp_order_id FROM orders
+    WHERE id IN (SELECT id FROM batch) ORDER BY id FOR UPDATE
+), checked AS (
+    SELECT b.*,
+           coalesce((e.provider, e.psp_order_id) IS DISTINCT FROM (b.provider, b.psp_id)
+                    AND e.id IS NOT NULL, false) AS payment_changed,
+           e.id IS NULL AND EXISTS (
+               SELECT 1 FROM orders o
+               WHERE (o.provider, o.psp_order_id) = (b.provider, b.psp_id) AND o.id <> b.id
+           ) AS payment_taken,
+           coalesce(e.version >= b.version, false) AS is_stale
+    FROM batch b LEFT JOIN existing e ON e.id = b.id
+), inbox_rows AS (
+    INSERT INTO inbox (source, event_key, event_type, order_id, payload, processed_at, outcome)
+    SELECT 'shop', key, type, id, payload::jsonb, now(),
+           CASE WHEN is_stale THEN 'stale' ELSE 'applied' END
+    FROM checked WHERE NOT payment_changed AND NOT payment_taken
+    ORDER BY ord
+    ON CONFLICT (source, event_key) DO NOTHING
+    RETURNING event_key, outcome
+), written AS (
+    INSERT INTO orders (id, version, provider, psp_order_id, currency, status, snapshot,
+                        desired_amount, authorized_amount, authorized_lines, psp_status,
+                        psp_synced_at, reconcile_requested_at)
+    SELECT c.id, c.version, c.provider, c.psp_id, c.currency, c.status, c.snapshot::jsonb,
+           c.total,
+           CASE WHEN c.provider = 'adyen' THEN coalesce(
+               (SELECT authorized_amount FROM adyen_payments
+                WHERE psp_reference = c.psp_id), c.total) END,
+           c.basket::jsonb,
+           CASE WHEN c.provider = 'adyen' THEN 'authorized' END,
+           CASE WHEN c.provider = 'adyen' THEN now() END,
+           now()
+    FROM checked c JOIN inbox_rows i ON i.event_key = c.key
+    WHERE i.outcome = 'applied'
+    ORDER BY c.id
+    ON CONFLICT (id) DO UPDATE
+    SET version = EXCLUDED.version, status = EXCLUDED.status, currency = EXCLUDED.currency,
+        snapshot = EXCLUDED.snapshot, desired_amount = EXCLUDED.desired_amount,
+        reconcile_requested_at = now(), updated_at = now()
+    WHERE orders.version < EXCLUDED.version
+      AND (orders.provider, orders.psp_order_id) = (EXCLUDED.provider, EXCLUDED.psp_order_id)
+    RETURNING id
+)
+SELECT c.ord, i.outcome, c.payment_changed, c.payment_taken,
+       EXISTS (SELECT 1 FROM written w WHERE w.id = c.id) AS written
+FROM checked c LEFT JOIN inbox_rows i ON i.event_key = c.key
+ORDER BY c.ord
+"""
+
+
+@dataclass(frozen=True)
+class _Params:
+    """One event's columns, encoded once."""
+
+    id: str
+    version: int
+    provider: str
+    psp_id: str
+    currency: str
+    status: str
+    key: str
+    type: str
+    payload: str
+    snapshot: str
+    total: int
+    basket: str
+
+    @property
+    def adyen(self) -> bool:
+        return self.provider == "adyen"
+
+
+def _params(webhook_id: str, event: ShopEvent) -> _Params:
     order = event.order
     # Encoded once, by pydantic's own encoder; the event is the snapshot with its type.
     snapshot = order.model_dump_json()
     payload = f'{{"type": {json.dumps(event.type)}, "order": {snapshot}}}'
-    adyen = order.provider == "adyen"
     # What an Adyen shopper was authorized for, so a refused increase can tell the shop
     # which lines are new.
+    adyen = order.provider == "adyen"
     basket = [line.to_json() for line in basket_lines(order)] if adyen else []
-    params = {
-        "id": order.id,
-        "version": order.version,
-        "provider": order.provider,
-        "psp_id": order.psp_order_id,
-        "currency": order.currency,
-        "status": order.status,
-        "key": webhook_id,
-        "type": event.type,
-        "payload": payload,
-        "snapshot": snapshot,
-        "total": order.total,
-        "adyen": adyen,
-        "basket": Jsonb(basket),
+    return _Params(
+        id=order.id,
+        version=order.version,
+        provider=order.provider,
+        psp_id=order.psp_order_id,
+        currency=order.currency,
+        status=order.status,
+        key=webhook_id,
+        type=event.type,
+        payload=payload,
+        snapshot=snapshot,
+        total=order.total,
+        basket=json.dumps(basket),
+    )
+
+
+def _payment_taken() -> Conflict:
+    return Conflict(
+        "another order already uses this payment",
+        fields=[{"path": "order.payment", "message": "belongs to another order"}],
+    )
+
+
+def _payment_changed() -> Conflict:
+    return Conflict(
+        "an order's payment cannot change",
+        fields=[{"path": "order.payment", "message": "differs from the stored payment"}],
+    )
+
+
+def _outcome(
+    order_id: str, outcome: str | None, written: bool, payment_changed: bool
+) -> Stored | Conflict:
+    if payment_changed:
+        return _payment_changed()
+    if outcome is None:
+        return Stored("duplicate", order_id)
+    if outcome == "applied" and written:
+        return Stored("applied", order_id)
+    # A newer version of the order was stored first (now, or by a concurrent event).
+    return Stored("stale", order_id)
+
+
+async def store_shop_event(pool: AsyncPool, webhook_id: str, event: ShopEvent) -> Stored:
+    result = await _store_one(pool, _params(webhook_id, event))
+    if isinstance(result, Conflict):
+        raise result
+    return result
+
+
+def single_params(webhook_id: str, event: ShopEvent) -> dict[str, Any]:
+    """The parameters of `STORE_SHOP_EVENT` for one event (bench/scale.py times it)."""
+    return _single(_params(webhook_id, event))
+
+
+def _single(p: _Params) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "version": p.version,
+        "provider": p.provider,
+        "psp_id": p.psp_id,
+        "currency": p.currency,
+        "status": p.status,
+        "key": p.key,
+        "type": p.type,
+        "payload": p.payload,
+        "snapshot": p.snapshot,
+        "total": p.total,
+        "adyen": p.adyen,
+        "basket": Jsonb(json.loads(p.basket)),
     }
+
+
+async def _store_one(pool: AsyncPool, p: _Params) -> Stored | Conflict:
+    params = _single(p)
     try:
         async with pool.connection() as conn:
-            cursor = await conn.execute(_STORE_SHOP_EVENT, params)
+            cursor = await conn.execute(STORE_SHOP_EVENT, params)
             row = await cursor.fetchone()
-    except UniqueViolation as exc:
-        raise Conflict(
-            "another order already uses this payment",
-            fields=[{"path": "order.payment", "message": "belongs to another order"}],
-        ) from exc
+    except UniqueViolation:
+        return _payment_taken()
     assert row is not None
-    if row["payment_changed"]:
-        raise Conflict(
-            "an order's payment cannot change",
-            fields=[{"path": "order.payment", "message": "differs from the stored payment"}],
+    return _outcome(p.id, row["outcome"], row["written"], row["payment_changed"])
+
+
+def _rounds(events: Sequence[_Params]) -> list[list[int]]:
+    """Positions of `events` split into statements in which no order, webhook-id or
+    payment repeats; a repeat goes to a later statement of the same transaction, which
+    sees what the earlier ones wrote (so versions apply in arrival order)."""
+    rounds: list[list[int]] = []
+    seen: list[set[tuple[str, ...]]] = []
+    for i, p in enumerate(events):
+        keys = {("order", p.id), ("key", p.key), ("payment", p.provider, p.psp_id)}
+        r = 0
+        while r < len(rounds) and keys & seen[r]:
+            r += 1
+        if r == len(rounds):
+            rounds.append([])
+            seen.append(set())
+        rounds[r].append(i)
+        seen[r] |= keys
+    return rounds
+
+
+def _columns(events: Sequence[_Params], positions: Sequence[int]) -> dict[str, list[Any]]:
+    rows = [events[i] for i in positions]
+    return {
+        "ord": list(positions),
+        "id": [p.id for p in rows],
+        "version": [p.version for p in rows],
+        "provider": [p.provider for p in rows],
+        "psp_id": [p.psp_id for p in rows],
+        "currency": [p.currency for p in rows],
+        "status": [p.status for p in rows],
+        "key": [p.key for p in rows],
+        "type": [p.type for p in rows],
+        "payload": [p.payload for p in rows],
+        "snapshot": [p.snapshot for p in rows],
+        "total": [p.total for p in rows],
+        "basket": [p.basket for p in rows],
+    }
+
+
+async def store_shop_events(
+    pool: AsyncPool, events: Sequence[tuple[str, ShopEvent]]
+) -> list[Stored | Conflict]:
+    """Stores a batch of (webhook-id, event) in one transaction: one statement, or one
+    per repeat of an order within the batch. Each event gets its own outcome, or the
+    Conflict its request answers with. If the batch statement fails for a reason one row
+    can cause (a payment taken by a concurrent batch, a deadlock between batches), each
+    event is stored on its own instead, so that row fails alone. A database that is
+    down fails them all (the senders retry)."""
+    params = [_params(key, event) for key, event in events]
+    if len(params) == 1:
+        return [await _store_one(pool, params[0])]
+    results: list[Stored | Conflict | None] = [None] * len(params)
+    try:
+        async with pool.connection() as conn:
+            rounds = _rounds(params)
+            if len(rounds) == 1:
+                rows = await _execute_round(conn, params, rounds[0])
+            else:
+                rows = []
+                async with conn.transaction():
+                    for positions in rounds:
+                        rows += await _execute_round(conn, params, positions)
+    except (IntegrityError, DeadlockDetected, SerializationFailure):
+        return [await _store_one(pool, p) for p in params]
+    for row in rows:
+        p = params[row["ord"]]
+        results[row["ord"]] = (
+            _payment_taken()
+            if row["payment_taken"]
+            else _outcome(p.id, row["outcome"], row["written"], row["payment_changed"])
         )
-    if row["outcome"] is None:
-        return Stored("duplicate", order.id)
-    if row["outcome"] == "applied" and row["written"]:
-        return Stored("applied", order.id)
-    # A newer version of the order was stored first (now, or by a concurrent event).
-    return Stored("stale", order.id)
+    assert all(result is not None for result in results)
+    return [result for result in results if result is not None]
+
+
+async def _execute_round(
+    conn: AsyncConnection[DictRow], params: Sequence[_Params], positions: Sequence[int]
+) -> list[DictRow]:
+    cursor = await conn.execute(STORE_SHOP_EVENTS, _columns(params, positions))
+    return await cursor.fetchall()

@@ -5,12 +5,17 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from domain.snapshot import ShopEvent
 from ordersync.db import AsyncPool
 from ordersync.metrics import Metrics
 from ordersync.settings import Settings
+from service.ingest import Stored
 from service.publisher import Publisher
 
 Ping = Callable[[], Awaitable[bool]]
+# Stores one shop event (grouped with concurrent ones into one commit) and returns its
+# outcome once committed; raises the request's Conflict.
+StoreShopEvent = Callable[[str, ShopEvent], Awaitable[Stored]]
 
 
 @dataclass
@@ -20,3 +25,4 @@ class AppState:
     redis_ping: Ping
     metrics: Metrics
     publisher: Publisher
+    store_shop_event: StoreShopEvent

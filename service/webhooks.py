@@ -11,7 +11,6 @@ from starlette.responses import JSONResponse, Response
 from domain.snapshot import ShopEvent
 from ordersync.errors import PayloadTooLarge, Unauthorized, ValidationFailed
 from ordersync.jobs import Job, enqueue_job
-from service.ingest import store_shop_event
 from service.state import AppState
 
 log = structlog.get_logger("ordersync.webhooks")
@@ -68,7 +67,7 @@ async def shop_webhook(request: Request) -> Response:
     structlog.contextvars.bind_contextvars(webhook_id=webhook_id)
     event = parse_event(body)
     structlog.contextvars.bind_contextvars(order_id=event.order.id)
-    stored = await store_shop_event(state.pool, webhook_id, event)
+    stored = await state.store_shop_event(webhook_id, event)
     log.info(
         "webhook_stored",
         source="shop",

@@ -40,6 +40,10 @@ def celery_config() -> dict[str, Any]:
         "task_publish_retry": False,
         "beat_schedule": {
             "sweep": {"task": Job.SWEEP.value, "schedule": settings.reconcile_sweep_seconds},
+            "retention": {
+                "task": Job.RETENTION.value,
+                "schedule": settings.retention_interval_seconds,
+            },
         },
         "task_default_queue": QUEUE,
     }

@@ -16,6 +16,8 @@ from integrations.provider import Provider
 from ordersync.db import SyncPool, sync_pool
 from ordersync.settings import Settings, get_settings
 
+DB_POOL_CAP = 32
+
 
 @dataclass
 class WorkerContext:
@@ -49,8 +51,14 @@ def build_context(settings: Settings) -> WorkerContext:
             settings.klarna_username or "",
             settings.klarna_password.get_secret_value() if settings.klarna_password else "",
         )
-    # A task holds at most one connection at a time, and never across a PSP call.
-    pool = sync_pool(settings.database_url.get_secret_value(), max_size=max(4, _concurrency + 1))
+    # A task holds at most one connection at a time, and never across a PSP call, so
+    # with many threads waiting on a slow PSP most hold none: past 32 the pool stops
+    # growing with the concurrency (a thread waits for a connection a moment instead)
+    # and Postgres's connection limit is not spent on idle ones.
+    pool = sync_pool(
+        settings.database_url.get_secret_value(),
+        max_size=max(4, min(_concurrency + 1, DB_POOL_CAP)),
+    )
     if settings.adyen_checkout_url or settings.adyen_pal_url:
 
         def captured_lines(order_id: str) -> list[PspLine]:

@@ -1,4 +1,5 @@
-"""Thin Celery tasks over the reconciler, the notification processor and the sweeper.
+"""Thin Celery tasks over the reconciler, the notification processor, the sweeper and
+retention.
 
 Each task is a unit of work (workers/celery_app.py binds its log context and sends the
 jobs it asked for once it has returned); the functions here only call the plain code."""
@@ -7,15 +8,31 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 from celery import Task, signals
+from psycopg_pool import PoolTimeout
 
 from ordersync import metrics
 from ordersync.jobs import Job, enqueue_job
-from workers import adyen_inbox, callbacks, sweeper
+from workers import adyen_inbox, callbacks, retention, sweeper
 from workers.celery_app import app
 from workers.context import close_context, get_context
 from workers.crashpoints import crash_point
 from workers.reconcile import Reconciler
+
+# A task that meets a database error (Postgres restarting, a connection cut, no
+# connection within the pool's timeout) is sent again with back-off, never dropped: the
+# work is in Postgres, so running it again is safe. Back-off doubles from 1 s, with full
+# jitter, to at most 4 s, so work resumes within seconds of Postgres coming back.
+# Celery's retry publishes the new message before the old one is acknowledged.
+DATABASE_ERRORS = (psycopg.OperationalError, PoolTimeout)
+RETRY_ON_DATABASE_ERRORS: dict[str, Any] = {
+    "autoretry_for": DATABASE_ERRORS,
+    "retry_backoff": 1,
+    "retry_backoff_max": 4,
+    "retry_jitter": True,
+    "max_retries": None,
+}
 
 
 def enqueue_reconcile(order_id: str, delay: float = 0.0) -> None:
@@ -30,7 +47,7 @@ def enqueue_notification(inbox_id: int, delay: float = 0.0) -> None:
     enqueue_job(Job.PROCESS_NOTIFICATION, inbox_id, delay=delay)
 
 
-@app.task(name=Job.RECONCILE_ORDER.value, bind=True)
+@app.task(name=Job.RECONCILE_ORDER.value, bind=True, **RETRY_ON_DATABASE_ERRORS)
 def reconcile_order(self: Task, order_id: str, force: bool = False) -> str:
     metrics.heartbeat()
     outcome = Reconciler(get_context(), enqueue_reconcile).run(order_id, force=force)
@@ -38,7 +55,7 @@ def reconcile_order(self: Task, order_id: str, force: bool = False) -> str:
     return outcome
 
 
-@app.task(name=Job.DELIVER_CALLBACKS.value, bind=True)
+@app.task(name=Job.DELIVER_CALLBACKS.value, bind=True, **RETRY_ON_DATABASE_ERRORS)
 def deliver_callbacks(self: Task, order_id: str) -> int:
     metrics.heartbeat()
     ctx = get_context()
@@ -49,7 +66,7 @@ def deliver_callbacks(self: Task, order_id: str) -> int:
     return delivered
 
 
-@app.task(name=Job.PROCESS_NOTIFICATION.value, bind=True)
+@app.task(name=Job.PROCESS_NOTIFICATION.value, bind=True, **RETRY_ON_DATABASE_ERRORS)
 def process_notification(self: Task, inbox_id: int) -> str:
     return adyen_inbox.process(get_context(), inbox_id, enqueue_reconcile)
 
@@ -61,6 +78,13 @@ def sweep(self: Task) -> dict[str, int]:
     counts["callbacks"] = sweeper.sweep_callbacks(get_context(), enqueue_delivery)
     counts |= sweeper.sweep_notifications(get_context(), enqueue_notification)
     return counts
+
+
+@app.task(name=Job.RETENTION.value, bind=True)
+def prune_retention(self: Task) -> dict[str, int]:
+    # Not retried: the next run (RETENTION_INTERVAL_SECONDS) goes on where this stopped.
+    ctx = get_context()
+    return retention.prune(ctx.pool, ctx.settings)
 
 
 @signals.worker_process_shutdown.connect

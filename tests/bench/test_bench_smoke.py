@@ -39,3 +39,23 @@ def test_cli_help() -> None:
         text=True,
     ).stdout
     assert "ingest" in out and "--quick" in out
+
+
+@pytest.mark.timeout(300)
+def test_recovery_smallest_runs() -> None:
+    from bench import recovery
+
+    # One Postgres restart under a running web and worker; the worker-kill half waits
+    # out a lease, so the suite leaves it to `python -m bench recovery`.
+    rows, extra = recovery.run(quick=True, kill=False)
+    assert [row.name for row in rows][:1] == ["Postgres restarted -> capture at PSP, median"]
+    assert len(extra["restarts"]) == 1
+
+
+@pytest.mark.timeout(180)
+def test_scale_webhooks_smallest_runs() -> None:
+    from bench import scale
+
+    rows, _ = scale.run_webhooks(large=5_000, small=1_000, repeats=5, batches=2, rounds=1)
+    names = {row.name.split(" @")[0] for row in rows}
+    assert {"store new webhook", "prune: inbox bodies, per 1k rows"} <= names

@@ -9,10 +9,17 @@ import tempfile
 
 import httpx
 import pytest
-from devrig.devstack import EmbeddedPostgres, Process, free_port, temporary_pg_dir, wait_http
+from devrig.devstack import (
+    EmbeddedPostgres,
+    Process,
+    RedisServer,
+    free_port,
+    temporary_pg_dir,
+    wait_http,
+)
 
 from ordersync.db import migrate
-from tests.integration.stack import Stack, new_order_id, order_event
+from tests.integration.stack import Stack, new_order_id, order_event, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -90,3 +97,69 @@ def test_invalid_setting_is_named_without_its_value() -> None:
     assert result.returncode == 2
     assert "MAX_ATTEMPTS" in result.stderr
     assert "hunter2" not in result.stderr and "many" not in result.stderr
+
+
+def test_postgres_restarted_under_a_running_stack_a_later_change_reaches_the_psp(
+    stack: Stack,
+) -> None:
+    """Postgres restarted (every connection dies, as in a crash) under a web process and
+    a worker that both hold pooled connections: a change stored afterwards reaches the
+    PSP through its own task, not a later sweep (no beat runs here). Before the pools
+    checked connections on checkout, the worker's task took a dead one and was dropped."""
+    pg_dir = temporary_pg_dir("ordersync-test-pg-restart-")
+    postgres = EmbeddedPostgres(pg_dir / "data")
+    migrate(postgres.url)
+    redis = RedisServer(stack.logs.parent / "redis-restart")
+    redis.start()
+    env = {**stack.env, "DATABASE_URL": postgres.url, "REDIS_URL": redis.url}
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    processes = [
+        Process(
+            "web-restart",
+            ["web", "--host", "127.0.0.1", "--port", str(port)],
+            env,
+            stack.logs / "web-restart.log",
+        ),
+        Process(
+            "worker-restart",
+            ["worker", "--pool", "threads", "--concurrency", "4", "--metrics-port", "0"],
+            env,
+            stack.logs / "worker-restart.log",
+        ),
+    ]
+    for process in processes:
+        process.start()
+    try:
+        wait_http(f"{url}/healthz", process=processes[0])
+        shop = Stack(**{**stack.__dict__, "web_url": url, "database_url": postgres.url})
+
+        def captured(klarna_id: str) -> bool:
+            return any(e["operation"] == "capture" for e in shop.ledger(klarna_id))
+
+        # Warm both pools: an order all the way to its capture.
+        before = shop.klarna_order([KETTLE])
+        order_id = new_order_id()
+        shipped = order_event(order_id, before, [{**KETTLE, "shipped_quantity": 1}])
+        assert shop.send(shipped).status_code == 202
+        wait_for(lambda: captured(before), timeout=60, what="the capture before the restart")
+
+        postgres.restart_immediate()
+
+        after = shop.klarna_order([KETTLE])
+        order_id = new_order_id()
+        shipped = order_event(order_id, after, [{**KETTLE, "shipped_quantity": 1}])
+        # The sender retries a 503 (the web's own pooled connections died too).
+        wait_for(
+            lambda: shop.send(shipped).status_code == 202,
+            timeout=60,
+            interval=0.5,
+            what="the webhook to be stored after the restart",
+        )
+        wait_for(lambda: captured(after), timeout=60, what="the capture after the restart")
+    finally:
+        for process in processes:
+            process.stop()
+        redis.stop()
+        postgres.stop()
+        shutil.rmtree(pg_dir, ignore_errors=True)

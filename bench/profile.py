@@ -1,0 +1,154 @@
+"""Where a worker's CPU goes: `python -m bench.profile [--quick]`.
+
+The worker bench's workload (orders read from Klarna already, each one capture away
+from in sync) run by one worker (`--pool threads --concurrency 16`) while py-spy samples
+it (`py-spy record --pid … --gil --format raw`: only the thread holding the GIL is
+sampled, so a sample is Python CPU; a thread waiting on a socket or for the GIL is not
+counted). Prints the share of samples that pass through each part
+(inclusive: a sample in pydantic called from psycopg counts for both) and the functions
+most often on top of the stack, and writes both to bench/results/profile-*.json with
+the raw stacks next to it. Diagnostic: it makes no claim on a target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from devrig.devstack import wait_until
+
+from bench.common import RESULTS_DIR, Stack, stack
+from bench.fixtures import synced_orders
+
+# Inclusive categories, by a substring of the frame (py-spy: "function (file:line)").
+PARTS = {
+    "pydantic (validation, dump)": ("pydantic",),
+    "psycopg (queries, adaptation)": ("psycopg",),
+    "JSON encode/decode": ("json/", "jsonb", "Jsonb"),
+    "httpx / httpcore (PSP call)": ("httpx", "httpcore", "h11"),
+    "logging (structlog, redaction)": ("structlog", "ordersync/logging.py", "logging/"),
+    "celery / kombu (task machinery)": ("celery", "kombu", "billiard"),
+    "planner and lines (domain/)": ("domain/",),
+    "prometheus metrics": ("prometheus_client",),
+}
+
+
+def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
+    inclusive: collections.Counter[str] = collections.Counter()
+    leaves: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stacks, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stacks.split(";")
+        total += count
+        for part, needles in PARTS.items():
+            if any(needle in frame for frame in frames for needle in needles):
+                inclusive[part] += count
+        leaves[_short(frames[-1])] += count
+    return {
+        "samples": total,
+        "parts": {part: round(100 * inclusive[part] / max(total, 1), 1) for part in PARTS},
+        "top_self": [
+            {"frame": frame, "pct": round(100 * n / max(total, 1), 1)}
+            for frame, n in leaves.most_common(top)
+        ],
+    }
+
+
+def _short(frame: str) -> str:
+    # "fn (/long/path/site-packages/pkg/mod.py:12)" -> "fn (pkg/mod.py)"
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "lib/python3."):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    return f"{name} ({'/'.join(path.split('/')[-2:])})"
+
+
+def profile(bench: Stack, *, n: int, seconds: float, tag: str) -> dict[str, Any]:
+    from workers.tasks import reconcile_order
+
+    sandbox = bench.sandbox()
+    with bench.db() as conn:
+        ids = synced_orders(conn, sandbox, f"prof-{tag}-", n, shipped=True, requested=True)
+    with reconcile_order.app.producer_or_acquire() as producer:
+        for order_id in ids:
+            reconcile_order.apply_async((order_id,), producer=producer)
+    worker = bench.worker(f"worker-prof-{tag}", pool="threads", concurrency=16)
+    assert worker.popen is not None
+
+    def done() -> int:
+        with bench.db() as conn:
+            row = conn.execute(
+                "SELECT count(*) AS n FROM operations WHERE order_id LIKE %s "
+                "AND status = 'succeeded'",
+                (f"prof-{tag}-%",),
+            ).fetchone()
+        assert row is not None
+        return int(row["n"])
+
+    wait_until(lambda: done() > 0, timeout=60, what="the first operation")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    raw = RESULTS_DIR / f"profile-{tag}-{time.strftime('%Y%m%dT%H%M%S')}.raw.txt"
+    spy = Path(sys.executable).with_name("py-spy")
+    started, first = time.monotonic(), done()
+    subprocess.run(
+        [
+            str(spy),
+            "record",
+            "--pid",
+            str(worker.popen.pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--nonblocking",
+            "--gil",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    elapsed = time.monotonic() - started
+    ops = done() - first
+    bench.stop(f"worker-prof-{tag}")
+    summary = summarise(raw)
+    summary |= {"ops_during_profile": ops, "ops_per_s": ops / elapsed, "raw": str(raw)}
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--tag", default="now", help="a label for the result file")
+    args = parser.parse_args(argv)
+    n, seconds = (1500, 6.0) if args.quick else (6000, 20.0)
+    with stack() as bench:
+        summary = profile(bench, n=n, seconds=seconds, tag=args.tag)
+    print(f"{summary['samples']} busy samples, {summary['ops_per_s']:.0f} ops/s while sampled")
+    for part, pct in summary["parts"].items():
+        print(f"  {pct:5.1f} %  {part}")
+    print("  on top of the stack:")
+    for entry in summary["top_self"]:
+        print(f"  {entry['pct']:5.1f} %  {entry['frame']}")
+    path = RESULTS_DIR / f"profile-{args.tag}-latest.json"
+    path.write_text(json.dumps({**summary, "cpus": os.cpu_count()}, indent=2))
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""Recovery: seconds from a failure's end to work reaching the PSP again.
+
+1. Postgres restarted (`pg_ctl restart -m immediate`: every connection dies, as in a
+   crash) under a running web process and worker that hold pooled connections. From
+   the moment Postgres accepts connections again, a shop webhook is sent (and sent
+   again while the web answers 503, as a sender would); the figure is the time from
+   Postgres back to the capture it causes arriving at the sandbox. No beat runs, so a
+   sweep cannot hide a dropped task.
+2. A worker SIGKILLed while its capture is in flight at the PSP (the sandbox holds that
+   request for 5 s); a new worker starts at once. The figure is the time from the kill
+   to the operation recorded as succeeded (the new worker resumes it once the dead
+   one's lease runs out and the sweep finds it, check-reading the PSP first). It is
+   bounded by the lease plus the sweep period; beat runs for this half with
+   RECONCILE_SWEEP_SECONDS=2 (BENCH_RECOVERY_SWEEP_SECONDS), production's default is
+   30 s.
+
+Each is measured `rounds` times (1 with --quick); the median and the worst are kept.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Any
+
+import httpx
+from devrig.devstack import wait_until
+
+from bench.common import Row, Stack, stack
+from bench.fixtures import synced_orders
+from bench.traffic import klarna_id, shop_webhook
+
+WORKER_ARGS = {"pool": "threads", "concurrency": 4}
+
+
+def _captured(sandbox: str, order_id: str) -> bool:
+    entries = httpx.get(
+        f"{sandbox}/_sandbox/ledger", params={"order_id": klarna_id(order_id)}, timeout=10
+    ).json()["entries"]
+    return any(e["operation"] == "capture" for e in entries)
+
+
+def _send(web: str, request: dict[str, Any]) -> int:
+    try:
+        return httpx.post(
+            web + request["path"],
+            content=request["body"].encode(),
+            headers=request["headers"],
+            timeout=5,
+        ).status_code
+    except httpx.HTTPError:
+        return 0
+
+
+def postgres_restart(bench: Stack, web: str, sandbox: str, tag: str) -> dict[str, float]:
+    assert bench.postgres is not None, "needs the bench's own Postgres (not BENCH_DATABASE_URL)"
+    secret = bench.env["SHOP_WEBHOOK_SECRETS"].split()[0]
+    with bench.db() as conn:
+        warm, order = synced_orders(conn, sandbox, f"rec-{tag}-", 2, shipped=False, requested=False)
+    # Both processes hold pooled connections before the restart.
+    assert _send(web, shop_webhook(secret, warm, version=2, shipped=True)) == 202
+    wait_until(lambda: _captured(sandbox, warm), timeout=60, what="the warm-up capture")
+    bench.postgres.restart_immediate()
+    back = time.monotonic()
+    request = shop_webhook(secret, order, version=2, shipped=True)
+    attempts = 0
+    while True:
+        attempts += 1
+        if _send(web, request) == 202:
+            break
+        if time.monotonic() - back > 60:
+            raise TimeoutError("the web did not store the webhook within 60 s")
+        time.sleep(0.1)
+    stored = time.monotonic()
+    wait_until(lambda: _captured(sandbox, order), timeout=120, interval=0.05, what="the capture")
+    done = time.monotonic()
+    return {
+        "postgres_back_to_psp_s": done - back,
+        "postgres_back_to_stored_s": stored - back,
+        "webhook_attempts": attempts,
+    }
+
+
+def worker_killed(bench: Stack, sandbox: str, tag: str, name: str) -> tuple[dict[str, float], str]:
+    from workers.tasks import reconcile_order
+
+    with bench.db() as conn:
+        (order,) = synced_orders(conn, sandbox, f"kill-{tag}-", 1, shipped=True, requested=True)
+    httpx.post(
+        f"{sandbox}/_sandbox/faults",
+        json={"kind": "delay", "ms": 5000, "count": 1, "path_contains": "/captures"},
+        timeout=10,
+    ).raise_for_status()
+    reconcile_order.delay(order)
+
+    def status() -> str | None:
+        with bench.db() as conn:
+            row = conn.execute(
+                "SELECT status FROM operations WHERE order_id = %s", (order,)
+            ).fetchone()
+        return None if row is None else str(row["status"])
+
+    wait_until(lambda: status() == "sent", timeout=60, interval=0.02, what="the capture sent")
+    time.sleep(0.5)  # the request is at the sandbox, held there
+    bench.processes[name].kill()
+    killed = time.monotonic()
+    new_name = f"{name}-after-kill"
+    bench.worker(new_name, **WORKER_ARGS)  # type: ignore[arg-type]
+    wait_until(lambda: status() == "succeeded", timeout=180, interval=0.05, what="the resume")
+    done = time.monotonic()
+    return {"kill_to_resumed_s": done - killed}, new_name
+
+
+def run(*, quick: bool, kill: bool = True) -> tuple[list[Row], dict[str, Any]]:
+    rounds = 1 if quick else 3
+    restarts: list[dict[str, float]] = []
+    kills: list[dict[str, float]] = []
+    with stack() as bench:
+        sandbox = bench.sandbox()
+        web = bench.web()
+        worker = "worker"
+        bench.worker(worker, **WORKER_ARGS)  # type: ignore[arg-type]
+        for r in range(rounds):
+            restarts.append(postgres_restart(bench, web, sandbox, f"{r}"))
+            print(
+                f"  round {r + 1} Postgres back -> capture at PSP "
+                f"{restarts[-1]['postgres_back_to_psp_s']:.2f} s",
+                flush=True,
+            )
+        if kill:
+            sweep = os.environ.get("BENCH_RECOVERY_SWEEP_SECONDS", "2")
+            bench.start("beat", ["beat"], env={"RECONCILE_SWEEP_SECONDS": sweep})
+            for r in range(rounds):
+                result, worker = worker_killed(bench, sandbox, f"{r}", worker)
+                kills.append(result)
+                print(
+                    f"  round {r + 1} worker SIGKILL -> operation resumed "
+                    f"{result['kill_to_resumed_s']:.2f} s",
+                    flush=True,
+                )
+    rows = []
+    back = [r["postgres_back_to_psp_s"] for r in restarts]
+    rows.append(
+        Row(
+            "Postgres restarted -> capture at PSP, median",
+            statistics.median(back),
+            "s",
+            None,
+            "<= 5 s",
+            statistics.median(back) <= 5,
+        )
+    )
+    rows.append(Row("Postgres restarted -> capture at PSP, worst", max(back), "s"))
+    if kills:
+        resumed = [k["kill_to_resumed_s"] for k in kills]
+        rows.append(
+            Row(
+                "worker SIGKILLed mid-capture -> resumed, median",
+                statistics.median(resumed),
+                "s",
+                None,
+                "<= 10 s",
+                statistics.median(resumed) <= 10,
+            )
+        )
+    return rows, {
+        "restarts": restarts,
+        "kills": kills,
+        "worker": WORKER_ARGS,
+        "sweep_seconds": os.environ.get("BENCH_RECOVERY_SWEEP_SECONDS", "2"),
+    }
