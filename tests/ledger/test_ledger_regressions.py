@@ -409,3 +409,63 @@ def test_seq02_adyen_resend_settled_by_an_early_notification(database_url: str) 
         assert order_row(ctx, order_id)["captured_amount"] == 1200
     finally:
         ctx.close()
+
+
+def test_seq14_adyen_authorization_fallback_is_the_lowest_version(ctx: WorkerContext) -> None:
+    from domain.snapshot import ShopEvent
+    from service.ingest import store_shop_event
+
+    order_id = new_order_id()
+    later = snapshot(order_id, [SHOES, SOCKS], provider="adyen", version=3)
+    first = snapshot(order_id, [SHOES], provider="adyen", version=1)
+
+    async def send() -> None:
+        assert ctx.settings.database_url is not None
+        pool = async_pool(ctx.settings.database_url.get_secret_value(), max_size=2)
+        await pool.open()
+        try:
+            for snap in (later, first):  # the later version arrives first
+                event = ShopEvent.model_validate({"type": "order.updated", "order": snap})
+                await store_shop_event(pool, str(uuid.uuid4()), event)
+        finally:
+            await pool.close()
+
+    asyncio.run(send())
+    row = order_row(ctx, order_id)
+    assert row["version"] == 3 and row["desired_amount"] == 2100
+    assert row["authorized_amount"] == 1200  # v1's total: what the shopper was authorized for
+
+
+class Killed(BaseException):
+    """The worker process dies mid-call: nothing after this line runs, no record."""
+
+
+def test_seq10_a_worker_killed_mid_call_is_resumed_by_another_with_one_effect(
+    database_url: str,
+) -> None:
+    klarna = FakeKlarna()
+    ctx = context(database_url, klarna, lease_seconds=1)
+    try:
+        order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+        insert_order(ctx, snap, authorized=snap.total)
+
+        def die_after_applying(request: httpx.Request) -> tuple[bool, httpx.Response | None]:
+            klarna._handle(request)  # Klarna applies it
+            raise Killed
+
+        klarna.fault("POST", "/captures", die_after_applying)
+        with pytest.raises(Killed):
+            Reconciler(ctx, lambda *_: None).run(order_id)
+        (op,) = operations(ctx, order_id)
+        assert op["status"] == "sent"  # the dead worker's claim, its lease running out
+        started = time.monotonic()
+        other = Reconciler(ctx, lambda *_: None)
+        while other.run(order_id) == "in_flight_elsewhere":
+            time.sleep(0.1)
+        assert time.monotonic() - started < 3  # noticed within about one lease
+        (op,) = operations(ctx, order_id)
+        assert op["status"] == "succeeded" and op["attempts"] == 2
+        assert len(klarna.orders[snap.psp_order_id].captures) == 1
+        assert order_row(ctx, order_id)["captured_amount"] == 1200
+    finally:
+        ctx.close()
