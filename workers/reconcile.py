@@ -310,39 +310,44 @@ class Reconciler:
             operation_id=str(op["id"]),
         )
         called = False
+        settled: tuple[PspResult, dict[str, Any] | None, int | None] | None = None
         try:
+            # The heartbeat stops before the outcome is recorded: it renews only while
+            # this attempt talks to the PSP.
             with self._heartbeat(op):
                 provider = self._provider(order)
                 request = self._request(op, order, provider)
                 if isinstance(request, PspResult):
-                    return self._record(op, request)
-                seen = int(order["psp_state_seq"])
-                # Without a way to read the PSP's order, the idempotency key alone makes
-                # the resend safe (Adyen replays the first answer).
-                if action.check_first and provider.can_read:
-                    read = self._read(order)
-                    assert read is not None
-                    if read.outcome is Outcome.SUCCEEDED and provider.applied(
-                        {**op, "request": request.to_json()}, read.body
-                    ):
-                        log.info("operation_found_applied", attempts=op["attempts"])
-                        return self._record(
-                            op, PspResult(Outcome.SUCCEEDED), adopt=read.body, seen=seen
-                        )
-                    if read.outcome is not Outcome.SUCCEEDED:
-                        # The read's own error is never the operation's outcome: what
-                        # the last send did is still unknown.
-                        return self._record(op, _unknown_after_read(read))
-                crash_point("before_psp_call")
-                called = True
-                result = provider.send(op, request)
-                crash_point("after_psp_call")
+                    settled = (request, None, None)
+                else:
+                    seen = int(order["psp_state_seq"])
+                    # Without a way to read the PSP's order, the idempotency key alone
+                    # makes the resend safe (Adyen replays the first answer).
+                    if action.check_first and provider.can_read:
+                        read = self._read(order)
+                        assert read is not None
+                        if read.outcome is Outcome.SUCCEEDED and provider.applied(
+                            {**op, "request": request.to_json()}, read.body
+                        ):
+                            log.info("operation_found_applied", attempts=op["attempts"])
+                            settled = (PspResult(Outcome.SUCCEEDED), read.body, seen)
+                        elif read.outcome is not Outcome.SUCCEEDED:
+                            # The read's own error is never the operation's outcome: what
+                            # the last send did is still unknown.
+                            settled = (_unknown_after_read(read), None, None)
+                    if settled is None:
+                        crash_point("before_psp_call")
+                        called = True
+                        result = provider.send(op, request)
+                        crash_point("after_psp_call")
         except Exception as exc:
             log.exception("operation_attempt_error", error=type(exc).__name__)
             # Once the call may have started, its effect is unknown.
-            return self._record(
-                op, exception_result(exc, maybe_applied=called or bool(op["outcome_unknown"]))
-            )
+            unknown = called or bool(op["outcome_unknown"]) or action.check_first
+            return self._record(op, exception_result(exc, maybe_applied=unknown))
+        if settled is not None:
+            outcome, adopt, seen_before = settled
+            return self._record(op, outcome, adopt=adopt, seen=seen_before)
         metrics.psp_request(
             order["provider"], op["kind"], result.outcome.value, result.elapsed_seconds
         )

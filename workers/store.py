@@ -182,6 +182,8 @@ def claim_operation(conn: Connection[Row], op_id: uuid.UUID, lease_seconds: floa
         """
         UPDATE operations
         SET status = 'sent', attempts = attempts + 1, lease_token = %s,
+            -- Taken over from a worker whose lease ran out: its call may have applied.
+            outcome_unknown = outcome_unknown OR status = 'sent',
             lease_until = now() + make_interval(secs => %s), updated_at = now()
         WHERE id = %s
         RETURNING *
