@@ -62,7 +62,7 @@ WITH existing AS (
     ON CONFLICT (id) DO UPDATE
     SET version = EXCLUDED.version, status = EXCLUDED.status, currency = EXCLUDED.currency,
         snapshot = EXCLUDED.snapshot, desired_amount = EXCLUDED.desired_amount,
-        reconcile_requested_at = now(), updated_at = now()
+        reconcile_requested_at = now(), sweep_after = NULL, updated_at = now()
     WHERE orders.version < EXCLUDED.version
       AND (orders.provider, orders.psp_order_id) = (EXCLUDED.provider, EXCLUDED.psp_order_id)
     RETURNING 1

@@ -476,7 +476,7 @@ class Reconciler:
                 op,
                 status="pending",
                 error=error,
-                next_attempt_at=_after(delay),
+                retry_in=delay,
                 outcome_unknown=unknown,
             ):
                 self._lost_lease(op)

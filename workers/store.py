@@ -201,15 +201,16 @@ def finish_operation(
     status: str,
     psp_reference: str | None = None,
     error: dict[str, Any] | None = None,
-    next_attempt_at: datetime | None = None,
+    retry_in: float | None = None,
     outcome_unknown: bool = False,
 ) -> bool:
-    """Writes an outcome if this worker still holds the lease; False if it lost it."""
+    """Writes an outcome if this worker still holds the lease; False if it lost it.
+    `retry_in` seconds from now on the database's clock (None: not due, or settled)."""
     row = conn.execute(
         """
         UPDATE operations
         SET status = %s, psp_reference = coalesce(%s, psp_reference), error = %s,
-            next_attempt_at = %s, outcome_unknown = %s,
+            next_attempt_at = now() + make_interval(secs => %s), outcome_unknown = %s,
             lease_token = NULL, lease_until = NULL, updated_at = now()
         WHERE id = %s AND lease_token = %s
         RETURNING id
@@ -218,7 +219,7 @@ def finish_operation(
             status,
             psp_reference,
             Jsonb(error) if error else None,
-            next_attempt_at,
+            retry_in,
             outcome_unknown,
             op["id"],
             op["lease_token"],
