@@ -21,13 +21,49 @@ from domain.planner import Kind, PastOperation, PspState, PspStatus
 from domain.snapshot import LineType, OrderSnapshot
 
 Row = dict[str, Any]
+# An operation in one of these may still take effect at the PSP: at most one per order
+# (the operations_one_in_flight index), and nothing new is planned beside it.
 IN_FLIGHT = ("pending", "sent", "awaiting_notification")
 _KEY_NAMESPACE = uuid.UUID("5d1c8f0e-3b9a-4f57-9c61-0a7e2b4d8c13")
 
 
 # Named so that bench/scale.py times these very statements at 1M orders.
 LOCK_ORDER = "SELECT * FROM orders WHERE id = %(id)s FOR UPDATE"
-OPERATIONS = "SELECT * FROM operations WHERE order_id = %(id)s ORDER BY seq"
+# Leases and retry times are set on the database's clock, so they are compared on it too:
+# `leased` and `due` are computed by Postgres, never from the worker's clock.
+OPERATIONS = """
+SELECT *, coalesce(lease_until > now(), false) AS leased,
+       coalesce(next_attempt_at <= now(), false) AS due
+FROM operations WHERE order_id = %(id)s ORDER BY seq
+"""
+DB_NOW = "SELECT now() AS now"
+INSERT_CLAIMED_OPERATION = """
+INSERT INTO operations (id, order_id, seq, kind, status, amount, lines, target_version,
+                        idempotency_key, attempts, lease_token, lease_until, request)
+VALUES (%(id)s, %(order_id)s, %(seq)s, %(kind)s, 'sent', %(amount)s, %(lines)s, %(version)s,
+        %(key)s, 1, %(token)s, now() + make_interval(secs => %(lease)s), %(request)s)
+RETURNING *
+"""
+SET_REQUEST = "UPDATE operations SET request = %(request)s WHERE id = %(id)s"
+# The heartbeat of a worker whose PSP call is running: only while it holds the lease.
+RENEW_LEASE = """
+UPDATE operations SET lease_until = now() + make_interval(secs => %(lease)s)
+WHERE id = %(id)s AND lease_token = %(token)s AND status = 'sent'
+RETURNING id
+"""
+# The PSP's figures, adopted only if none were recorded since the read started.
+APPLY_PSP_FIGURES = """
+UPDATE orders
+SET authorized_amount = %(authorized)s, captured_amount = %(captured)s,
+    refunded_amount = %(refunded)s, psp_status = %(status)s,
+    psp_payment_method = coalesce(%(payment_method)s, psp_payment_method),
+    psp_country = coalesce(%(country)s, psp_country),
+    expires_at = coalesce(%(expires_at)s, expires_at),
+    authorized_lines = %(lines)s,
+    psp_synced_at = now(), next_reconcile_at = NULL, updated_at = now()
+WHERE id = %(id)s AND psp_state_seq = %(seen)s
+RETURNING id
+"""
 
 
 def lock_order(conn: Connection[Row], order_id: str) -> Row | None:
@@ -104,42 +140,63 @@ def idempotency_key(order: Row, seq: int, kind: Kind) -> str:
     return str(uuid.uuid5(_KEY_NAMESPACE, name))
 
 
+def draft_operation(order: Row, seq: int, kind: Kind, amount: int, lines: Sequence[PspLine]) -> Row:
+    """An operation not stored yet: enough for a client to build its request."""
+    return {
+        "id": uuid.uuid4(),
+        "order_id": order["id"],
+        "seq": seq,
+        "kind": kind.value,
+        "amount": amount,
+        "lines": [line.to_json() for line in lines],
+        "idempotency_key": idempotency_key(order, seq, kind),
+        "key_generation": 0,
+        "request": None,
+    }
+
+
 def insert_claimed_operation(
     conn: Connection[Row],
     order: Row,
-    seq: int,
-    kind: Kind,
-    amount: int,
-    lines: Sequence[PspLine],
+    draft: Row,
+    request: dict[str, Any] | None,
     lease_seconds: float,
 ) -> Row:
-    """Records the operation and its key, already claimed by this worker for sending.
+    """Records the operation, its key and its frozen request, already claimed by this
+    worker for sending.
 
     `seq` comes from the operations read under the order's row lock, so no other
     worker can take the same number (and the unique index would refuse it)."""
     row = conn.execute(
-        """
-        INSERT INTO operations (id, order_id, seq, kind, status, amount, lines, target_version,
-                                idempotency_key, attempts, lease_token, lease_until)
-        VALUES (%s, %s, %s, %s, 'sent', %s, %s, %s, %s, 1, %s,
-                now() + make_interval(secs => %s))
-        RETURNING *
-        """,
-        (
-            uuid.uuid4(),
-            order["id"],
-            seq,
-            kind.value,
-            amount,
-            Jsonb([line.to_json() for line in lines]),
-            order["version"],
-            idempotency_key(order, seq, kind),
-            uuid.uuid4(),
-            lease_seconds,
-        ),
+        INSERT_CLAIMED_OPERATION,
+        {
+            "id": draft["id"],
+            "order_id": order["id"],
+            "seq": draft["seq"],
+            "kind": draft["kind"],
+            "amount": draft["amount"],
+            "lines": Jsonb(draft["lines"]),
+            "version": order["version"],
+            "key": draft["idempotency_key"],
+            "token": uuid.uuid4(),
+            "lease": lease_seconds,
+            "request": Jsonb(request) if request is not None else None,
+        },
     ).fetchone()
     assert row is not None
     return row
+
+
+def set_request(conn: Connection[Row], op_id: uuid.UUID, request: dict[str, Any]) -> None:
+    """Freezes the request of an operation planned before requests were stored."""
+    conn.execute(SET_REQUEST, {"id": op_id, "request": Jsonb(request)})
+
+
+def renew_lease(conn: Connection[Row], op: Row, lease_seconds: float) -> bool:
+    row = conn.execute(
+        RENEW_LEASE, {"id": op["id"], "token": op["lease_token"], "lease": lease_seconds}
+    ).fetchone()
+    return row is not None
 
 
 def claim_operation(conn: Connection[Row], op_id: uuid.UUID, lease_seconds: float) -> Row:
@@ -147,6 +204,8 @@ def claim_operation(conn: Connection[Row], op_id: uuid.UUID, lease_seconds: floa
         """
         UPDATE operations
         SET status = 'sent', attempts = attempts + 1, lease_token = %s,
+            -- Taken over from a worker whose lease ran out: its call may have applied.
+            outcome_unknown = outcome_unknown OR status = 'sent',
             lease_until = now() + make_interval(secs => %s), updated_at = now()
         WHERE id = %s
         RETURNING *
@@ -164,15 +223,16 @@ def finish_operation(
     status: str,
     psp_reference: str | None = None,
     error: dict[str, Any] | None = None,
-    next_attempt_at: datetime | None = None,
+    retry_in: float | None = None,
     outcome_unknown: bool = False,
 ) -> bool:
-    """Writes an outcome if this worker still holds the lease; False if it lost it."""
+    """Writes an outcome if this worker still holds the lease; False if it lost it.
+    `retry_in` seconds from now on the database's clock (None: not due, or settled)."""
     row = conn.execute(
         """
         UPDATE operations
         SET status = %s, psp_reference = coalesce(%s, psp_reference), error = %s,
-            next_attempt_at = %s, outcome_unknown = %s,
+            next_attempt_at = now() + make_interval(secs => %s), outcome_unknown = %s,
             lease_token = NULL, lease_until = NULL, updated_at = now()
         WHERE id = %s AND lease_token = %s
         RETURNING id
@@ -181,7 +241,7 @@ def finish_operation(
             status,
             psp_reference,
             Jsonb(error) if error else None,
-            next_attempt_at,
+            retry_in,
             outcome_unknown,
             op["id"],
             op["lease_token"],
@@ -226,22 +286,16 @@ def clear_flag(conn: Connection[Row], order_id: str, flag: str) -> None:
     )
 
 
-def apply_psp_figures(conn: Connection[Row], order_id: str, figures: dict[str, Any]) -> None:
-    """Adopts the PSP's own view of the order (after reading it)."""
-    conn.execute(
-        """
-        UPDATE orders
-        SET authorized_amount = %(authorized)s, captured_amount = %(captured)s,
-            refunded_amount = %(refunded)s, psp_status = %(status)s,
-            psp_payment_method = coalesce(%(payment_method)s, psp_payment_method),
-            psp_country = coalesce(%(country)s, psp_country),
-            expires_at = coalesce(%(expires_at)s, expires_at),
-            authorized_lines = %(lines)s,
-            psp_synced_at = now(), next_reconcile_at = NULL, updated_at = now()
-        WHERE id = %(id)s
-        """,
-        {**figures, "lines": Jsonb(figures["lines"]), "id": order_id},
-    )
+def apply_psp_figures(
+    conn: Connection[Row], order_id: str, figures: dict[str, Any], seen: int
+) -> bool:
+    """Adopts the PSP's own view of the order (after reading it), unless our figures
+    changed since the read started (`seen`: the order's psp_state_seq then): False."""
+    row = conn.execute(
+        APPLY_PSP_FIGURES,
+        {**figures, "lines": Jsonb(figures["lines"]), "id": order_id, "seen": seen},
+    ).fetchone()
+    return row is not None
 
 
 def apply_success(conn: Connection[Row], order: Row, op: Row) -> None:
@@ -277,7 +331,8 @@ def apply_success(conn: Connection[Row], order: Row, op: Row) -> None:
 
 def mark_in_sync(conn: Connection[Row], order_id: str) -> None:
     conn.execute(
-        "UPDATE orders SET reconcile_requested_at = NULL, next_reconcile_at = NULL WHERE id = %s",
+        "UPDATE orders SET reconcile_requested_at = NULL, next_reconcile_at = NULL,"
+        " sweep_after = NULL WHERE id = %s",
         (order_id,),
     )
 

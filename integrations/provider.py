@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from domain.snapshot import OrderSnapshot
-from integrations.results import PspResult
+from integrations.results import PspRequest, PspResult
 
 Row = dict[str, Any]
 
@@ -15,8 +15,18 @@ class Provider(Protocol):
     # Whether the PSP's order can be read (Klarna can; Adyen only notifies).
     can_read: bool
 
+    def build(self, order: Row, snapshot: OrderSnapshot, op: Row) -> PspRequest | PspResult:
+        """The exact request for `op`, computed once when it is planned (a REJECTED
+        result when it cannot be sent at all). `op` needs id, kind, amount, lines and
+        idempotency_key."""
+        ...
+
+    def send(self, op: Row, request: PspRequest) -> PspResult:
+        """Sends the stored `request` of `op` with its idempotency key, byte for byte."""
+        ...
+
     def execute(self, order: Row, snapshot: OrderSnapshot, op: Row) -> PspResult:
-        """Sends the operation `op` (a row of `operations`) with its idempotency key."""
+        """build, then send (for callers without a stored request)."""
         ...
 
     def read(self, order: Row) -> PspResult:

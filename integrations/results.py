@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import email.utils
+import json
+import random
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -69,15 +71,98 @@ def retry_after_seconds(response: httpx.Response) -> float | None:
     try:
         return max(0.0, float(value))  # seconds
     except ValueError:
+        pass
+    try:
         parsed = email.utils.parsedate_to_datetime(value)
         return max(0.0, float(parsed.timestamp()) - time.time())
+    except (TypeError, ValueError, OverflowError):
+        # Neither seconds nor an HTTP-date: the back-off decides instead.
+        return None
 
 
 def is_transient_status(status: int) -> bool:
     return status == 429 or status >= 500
 
 
+# "A request with this idempotency key is still being processed": Klarna answers 409,
+# Adyen 422 with errorCode 704 (or 409). The first request may yet apply: the outcome is
+# unknown, never a rejection.
+IN_PROGRESS_ADYEN_CODES = frozenset({"704"})
+
+
+def in_progress(status: int, error_code: str | None) -> bool:
+    if status == 409:
+        return True
+    return status == 422 and (error_code or "") in IN_PROGRESS_ADYEN_CODES
+
+
+def in_progress_result(error: PspError, status: int, elapsed: float) -> PspResult:
+    return PspResult(
+        Outcome.TRANSIENT,
+        error=error,
+        maybe_applied=True,
+        http_status=status,
+        elapsed_seconds=elapsed,
+    )
+
+
+def exception_result(exc: BaseException, *, maybe_applied: bool) -> PspResult:
+    """An exception inside an attempt, recorded as that attempt's outcome."""
+    name = type(exc).__name__
+    return PspResult(
+        Outcome.TRANSIENT,
+        error=PspError(name, (str(exc) or name)[:200]),
+        maybe_applied=maybe_applied,
+    )
+
+
 def backoff_seconds(attempt: int, base: float, cap: float, jitter: float) -> float:
     """Exponential back-off with full jitter; `jitter` is a number in [0, 1)."""
     exponential: float = base * 2.0 ** max(0, attempt - 1)
     return jitter * min(cap, exponential)
+
+
+def retry_delay(
+    attempts: int,
+    base: float,
+    cap: float,
+    retry_after: float | None = None,
+    *,
+    floor: float = 0.0,
+) -> float:
+    """The one back-off rule for every retry (PSP operations, notifications, callbacks):
+    exponential with jitter between `floor` and 1, never sooner than the PSP asked."""
+    jitter = floor + (1.0 - floor) * random.random()
+    delay = backoff_seconds(attempts, base, cap, jitter)
+    if retry_after is not None:
+        delay = max(delay, retry_after)
+    return delay
+
+
+@dataclass(frozen=True)
+class PspRequest:
+    """One operation's request, frozen when it is planned and resent as stored.
+
+    `body` is the JSON text itself, so every attempt sends the very same bytes; `api`
+    names the base URL it goes to for a PSP with more than one (Adyen)."""
+
+    method: str
+    path: str
+    body: str | None = None
+    api: str | None = None
+
+    @classmethod
+    def of(cls, method: str, path: str, body: Any = None, api: str | None = None) -> PspRequest:
+        text = None if body is None else json.dumps(body, separators=(",", ":"), sort_keys=True)
+        return cls(method, path, text, api)
+
+    def json_body(self) -> dict[str, Any]:
+        data = json.loads(self.body) if self.body else {}
+        return data if isinstance(data, dict) else {}
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "path": self.path, "body": self.body, "api": self.api}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PspRequest:
+        return cls(str(data["method"]), str(data["path"]), data.get("body"), data.get("api"))

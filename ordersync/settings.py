@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     # How often an unfinished order's PSP state is read again, to notice drift.
     resync_seconds: float = Field(default=6 * 3600.0, gt=0)
     max_attempts: int = Field(default=8, ge=1)
+    # How long a worker holds an operation it is sending; a heartbeat renews it every
+    # third of it while the PSP call runs, so a worker that dies is noticed this soon.
+    lease_seconds: float = Field(default=10.0, ge=1)
     retry_base_seconds: float = Field(default=2.0, gt=0)
     retry_max_seconds: float = Field(default=300.0, gt=0)
     psp_connect_timeout_seconds: float = Field(default=5.0, gt=0)
@@ -109,11 +112,6 @@ class Settings(BaseSettings):
     @property
     def hmac_keys(self) -> list[str]:
         return _split(self.adyen_hmac_keys)
-
-    @property
-    def lease_seconds(self) -> float:
-        # Long enough for one PSP call to finish or time out, with margin.
-        return 1.5 * (self.psp_connect_timeout_seconds + self.psp_read_timeout_seconds) + 2
 
     def require(self, *names: str) -> None:
         """Fail with one line naming the first missing variable."""

@@ -67,9 +67,23 @@ WITH existing AS (
     ON CONFLICT (id) DO UPDATE
     SET version = EXCLUDED.version, status = EXCLUDED.status, currency = EXCLUDED.currency,
         snapshot = EXCLUDED.snapshot, desired_amount = EXCLUDED.desired_amount,
-        reconcile_requested_at = now(), updated_at = now()
+        reconcile_requested_at = now(), sweep_after = NULL, updated_at = now()
     WHERE orders.version < EXCLUDED.version
       AND (orders.provider, orders.psp_order_id) = (EXCLUDED.provider, EXCLUDED.psp_order_id)
+    RETURNING 1
+), lowest_adyen_version AS (
+    -- Until Adyen's AUTHORISATION is known, an Adyen order's authorization is its lowest
+    -- version's total (the basket the shopper was authorized for), whichever version
+    -- arrived first; never once an operation of ours has touched the payment.
+    UPDATE orders SET authorized_amount = %(total)s, authorized_lines = %(basket)s,
+                      reconcile_requested_at = now(), updated_at = now()
+    WHERE id = %(id)s AND %(adyen)s AND provider = 'adyen' AND version > %(version)s
+      AND psp_order_id = %(psp_id)s
+      AND EXISTS (SELECT 1 FROM inbox_row WHERE outcome = 'stale')
+      AND NOT EXISTS (SELECT 1 FROM adyen_payments WHERE psp_reference = %(psp_id)s)
+      AND NOT EXISTS (SELECT 1 FROM operations WHERE order_id = %(id)s)
+      AND NOT EXISTS (SELECT 1 FROM inbox WHERE source = 'shop' AND order_id = %(id)s
+                      AND (payload -> 'order' ->> 'version')::bigint < %(version)s)
     RETURNING 1
 )
 SELECT (SELECT outcome FROM inbox_row) AS outcome,

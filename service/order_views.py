@@ -96,6 +96,7 @@ def _operation(row: dict[str, Any]) -> dict[str, Any]:
         "attempts": row["attempts"],
         "next_attempt_at": _iso(row["next_attempt_at"]),
         "outcome_unknown": row["outcome_unknown"],
+        "waiting_for": waiting_for(row),
         "psp_reference": row["psp_reference"],
         "error": None
         if not error
@@ -117,6 +118,27 @@ def _operation(row: dict[str, Any]) -> dict[str, Any]:
         "created_at": _iso(row["created_at"]),
         "updated_at": _iso(row["updated_at"]),
     }
+
+
+def waiting_for(op: dict[str, Any]) -> str | None:
+    """Why an operation in flight is not moving, in an operator's words (None when it
+    is settled or simply due)."""
+    status = op["status"]
+    if status == "awaiting_notification":
+        return "adyen_notification: Adyen settles it by notification; nothing is resent"
+    if status == "sent":
+        return "psp_call: a worker is calling the PSP (lease held)"
+    if status != "pending":
+        return None
+    if op["next_attempt_at"] is None:
+        if op["outcome_unknown"]:
+            return (
+                "outcome_unknown: the last attempt may have applied; an operator reconcile"
+                " reads the PSP (Klarna) or resends under the same key (Adyen, whose"
+                " notification settles it)"
+            )
+        return "operator: parked (see the order's needs_attention reason)"
+    return "retry: next attempt at next_attempt_at"
 
 
 def _lines(snapshot: dict[str, Any], operations: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -239,8 +261,12 @@ async def list_flagged(
 
 async def request_reconcile(pool: AsyncPool, order_id: str) -> dict[str, Any]:
     """Lets the reconciler act on the order again, now: clears the retry back-off and the
-    `needs_attention` flag (which halts automatic operations). A failed operation stays
-    failed; the planner plans afresh from the latest snapshot. The caller then enqueues
+    `needs_attention` flag (which halts automatic operations). The PSP is read before
+    anything else: a Klarna order's figures are marked stale, and the reconcile (forced)
+    checks the order at the PSP before it resends an operation in flight, so an
+    operation whose outcome is unknown is settled by what the PSP shows, never sent
+    under a new key. A failed operation stays failed; the planner plans afresh from the
+    latest snapshot. The caller then enqueues
     the reconcile; if that message is lost, the sweeper finds the order by
     `reconcile_requested_at`."""
     order_id = _order_id(order_id)
@@ -258,6 +284,7 @@ async def request_reconcile(pool: AsyncPool, order_id: str) -> dict[str, Any]:
                 flag_reason = CASE WHEN flag_reason IS NULL THEN NULL
                                    ELSE flag_reason - 'needs_attention' END,
                 next_reconcile_at = NULL,
+                psp_synced_at = CASE WHEN provider = 'klarna' THEN NULL ELSE psp_synced_at END,
                 reconcile_requested_at = coalesce(reconcile_requested_at, now()),
                 updated_at = now()
             WHERE id = %s

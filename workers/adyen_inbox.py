@@ -13,14 +13,15 @@ Rules that keep the ledger sound whatever the order of arrival:
 - a notification may arrive before the worker that sent the request has recorded
   `awaiting_notification`: it is matched by our operation id (the request's
   `reference`), settles the operation and takes the sender's lease away, so the
-  sender's late write finds the lease gone and changes nothing;
+  sender's late write finds the lease gone and changes nothing. That holds for every
+  key generation: only a notification for a modification a notification already
+  failed (`failed_psp_references`) is stale; any other one is the latest's outcome;
 - a notification that matches nothing stays unprocessed; the sweeper offers it again
   until `NOTIFICATION_ORPHAN_SECONDS` have passed, then it is recorded as orphaned.
 """
 
 from __future__ import annotations
 
-import random
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,12 +35,13 @@ from psycopg.types.json import Jsonb
 
 from data import orders as store
 from domain.lines import PspLine
-from domain.planner import NEEDS_ATTENTION, NEEDS_NEW_ORDER, Flag, Kind, unauthorized_lines
+from domain.planner import NEEDS_ATTENTION, NEEDS_NEW_ORDER, Flag, Kind
 from domain.snapshot import LineType
-from integrations.results import backoff_seconds
+from integrations.results import retry_delay
 from ordersync.settings import Settings
 from workers.context import WorkerContext
 from workers.reconcile import COUNTDOWN_LIMIT_SECONDS, flag_order
+from workers.reconcile import rejection_flag as _rejection_flag
 
 log = structlog.get_logger("ordersync.adyen")
 
@@ -59,7 +61,59 @@ SETTLES: dict[str, frozenset[Kind]] = {
 # Events that report money moving back after the PSP first reported success.
 REVERSALS = frozenset({"CAPTURE_FAILED", "REFUND_FAILED", "REFUNDED_REVERSED"})
 PAYMENT_EVENTS = frozenset({"AUTHORISATION", "EXPIRE"})
-IN_FLIGHT = ("sent", "awaiting_notification")
+
+# --- SQL (the inbox's Adyen rows and adyen_payments) ----------------------------------
+
+# The operation a modification notification answers: by the modification's pspReference,
+# or by our operation id (the request's `reference`) when the sender has not recorded
+# that reference yet.
+MATCH_OPERATION = """
+SELECT o.id, o.order_id FROM operations o JOIN orders r ON r.id = o.order_id
+WHERE r.provider = 'adyen'
+  AND r.psp_order_id = %(payment)s
+  AND (o.psp_reference = %(psp)s OR o.id = %(op_id)s)
+ORDER BY (o.psp_reference IS NOT DISTINCT FROM %(psp)s) DESC
+LIMIT 1
+"""
+# A notification failed this generation: the next is sent under a new key, and a
+# notification for this modification can never settle the operation again.
+RETRY_GENERATION = """
+UPDATE operations
+SET status = 'pending', key_generation = key_generation + 1,
+    next_attempt_at = %(at)s, error = %(error)s, psp_reference = NULL,
+    failed_psp_references = array_append(failed_psp_references, %(psp)s),
+    lease_token = NULL, lease_until = NULL, updated_at = now()
+WHERE id = %(id)s
+"""
+# Operations whose notification never came, oldest first; each is then flagged in its
+# own short transaction, skipping an order another worker holds.
+SILENT_OPERATIONS = """
+SELECT o.id, o.order_id FROM operations o JOIN orders r ON r.id = o.order_id
+WHERE o.status = 'awaiting_notification'
+  AND o.updated_at < now() - make_interval(secs => %(timeout)s)
+  AND NOT ('needs_attention' = ANY(r.flags))
+ORDER BY o.updated_at
+LIMIT %(batch)s
+"""
+LOCK_ORDER_SKIP_LOCKED = "SELECT * FROM orders WHERE id = %(id)s FOR UPDATE SKIP LOCKED"
+SILENT_BATCH = 500
+# Unprocessed notifications, by when each is next due; each offered one is pushed back by
+# its own age (capped), so one that matches nothing for hours cannot crowd out the rest.
+DUE_NOTIFICATIONS = """
+UPDATE inbox
+SET next_attempt_at = now() + least(interval '5 minutes',
+                                    greatest(make_interval(secs => %(grace)s),
+                                             now() - received_at))
+WHERE id IN (
+    SELECT id FROM inbox
+    WHERE source = 'adyen' AND processed_at IS NULL
+      AND coalesce(next_attempt_at, received_at + make_interval(secs => %(grace)s)) <= now()
+    ORDER BY coalesce(next_attempt_at, received_at)
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id
+"""
 
 
 @dataclass(frozen=True)
@@ -132,8 +186,12 @@ def decide(n: Notification, op: Row) -> Verdict:
         return Verdict.STALE
     failure = not n.success or n.event_code in REVERSALS
     status = op["status"]
-    answered = op["psp_reference"] is not None
-    if status in IN_FLIGHT or (status == "pending" and not answered):
+    # In flight includes `pending` (a retry parked after an unknown outcome, or one whose
+    # answer never reached us): the notification is the outcome we were missing. A
+    # pending operation still holding a pspReference predates failed_psp_references:
+    # that reference is the failed generation's.
+    answered = status == "pending" and op["psp_reference"] is not None
+    if status in store.IN_FLIGHT and not answered:
         if not failure:
             return Verdict.SUCCEED
         if kind is Kind.CAPTURE and n.event_code in ("CAPTURE", "CAPTURE_FAILED"):
@@ -148,25 +206,16 @@ def decide(n: Notification, op: Row) -> Verdict:
 
 
 def rejection_flag(n: Notification, order: Row, op: Row) -> Flag:
-    """A refused increase asks the shop for a new order; anything else needs a person."""
+    """The reconciler's rule (workers/reconcile.py rejection_flag); an increase is
+    refused when AUTHORISATION_ADJUSTMENT says so."""
     error = n.error()
-    increase = (
-        Kind(op["kind"]) is Kind.UPDATE_AUTHORIZATION
-        and order["authorized_amount"] is not None
-        and int(op["amount"]) > int(order["authorized_amount"])
+    return _rejection_flag(
+        order,
+        op,
+        error["code"],
+        error["message"],
+        refused=n.event_code == "AUTHORISATION_ADJUSTMENT",
     )
-    if increase and n.event_code == "AUTHORISATION_ADJUSTMENT":
-        lines = unauthorized_lines(
-            store.to_lines(op["lines"]), store.to_lines(order["authorized_lines"] or [])
-        )
-        return Flag(
-            NEEDS_NEW_ORDER,
-            error["code"],
-            error["message"] or "increase refused",
-            lines,
-            int(op["amount"]),
-        )
-    return Flag(NEEDS_ATTENTION, error["code"], error["message"])
 
 
 def openinvoice_lines(additional: Mapping[str, Any]) -> list[PspLine]:
@@ -273,14 +322,7 @@ def _process(conn: Connection[Row], settings: Settings, inbox_id: int) -> Proces
 
 def _modification(conn: Connection[Row], settings: Settings, n: Notification) -> Processed:
     found = conn.execute(
-        """
-        SELECT o.id, o.order_id FROM operations o JOIN orders r ON r.id = o.order_id
-        WHERE r.provider = 'adyen'
-          AND r.psp_order_id = %(payment)s
-          AND (o.psp_reference = %(psp)s OR o.id = %(op_id)s)
-        ORDER BY (o.psp_reference IS NOT DISTINCT FROM %(psp)s) DESC
-        LIMIT 1
-        """,
+        MATCH_OPERATION,
         {"psp": n.psp_reference, "op_id": n.operation_id, "payment": n.payment_reference},
     ).fetchone()
     if found is None:
@@ -291,9 +333,9 @@ def _modification(conn: Connection[Row], settings: Settings, n: Notification) ->
     assert order is not None
     op = conn.execute("SELECT * FROM operations WHERE id = %s", (found["id"],)).fetchone()
     assert op is not None
-    if op["psp_reference"] not in (None, n.psp_reference):
-        # Matched by our operation id only: it answers an earlier attempt of an
-        # operation that was sent again under a new key since.
+    if n.psp_reference in (op["failed_psp_references"] or []):
+        # A modification a notification failed already: the operation was sent again
+        # under a new key since, and only that one's outcome counts now.
         return Processed("stale", order["id"])
     verdict = decide(n, op)
     structlog.contextvars.bind_contextvars(operation=op["kind"], operation_id=str(op["id"]))
@@ -351,18 +393,15 @@ def _apply(
             ),
         )
         return Processed("failed", order_id)
-    delay = backoff_seconds(
-        attempts, settings.retry_base_seconds, settings.retry_max_seconds, random.random()
-    )
+    delay = retry_delay(attempts, settings.retry_base_seconds, settings.retry_max_seconds)
     conn.execute(
-        """
-        UPDATE operations
-        SET status = 'pending', key_generation = key_generation + 1,
-            next_attempt_at = %s, error = %s, psp_reference = %s,
-            lease_token = NULL, lease_until = NULL, updated_at = now()
-        WHERE id = %s
-        """,
-        (datetime.now(UTC) + timedelta(seconds=delay), Jsonb(n.error()), n.psp_reference, op["id"]),
+        RETRY_GENERATION,
+        {
+            "at": datetime.now(UTC) + timedelta(seconds=delay),
+            "error": Jsonb(n.error()),
+            "psp": n.psp_reference,
+            "id": op["id"],
+        },
     )
     log.info(
         "operation_retry_scheduled",
@@ -482,38 +521,36 @@ def chase_silent_operations(ctx: WorkerContext) -> int:
 
     The operation stays `awaiting_notification`: the notification may still come and
     settle it, and sending it again could do it twice. A person checks the payment.
+    One short transaction per order, skipping orders another worker holds: a sweep
+    never holds many order locks, so two sweeps cannot deadlock.
     """
     timeout = ctx.settings.notification_timeout_seconds
     flagged = 0
     with ctx.pool.connection() as conn:
         silent = conn.execute(
-            """
-            SELECT o.id, o.order_id FROM operations o JOIN orders r ON r.id = o.order_id
-            WHERE o.status = 'awaiting_notification'
-              AND o.updated_at < now() - make_interval(secs => %s)
-              AND NOT ('needs_attention' = ANY(r.flags))
-            LIMIT 500
-            """,
-            (timeout,),
+            SILENT_OPERATIONS, {"timeout": timeout, "batch": SILENT_BATCH}
         ).fetchall()
-        for row in silent:
-            with conn.transaction():
-                order = store.lock_order(conn, row["order_id"])
-                op = conn.execute(
-                    "SELECT * FROM operations WHERE id = %s AND status = 'awaiting_notification'",
-                    (row["id"],),
-                ).fetchone()
-                if order is None or op is None:
-                    continue
-                flag_order(
-                    conn,
-                    order,
-                    Flag(
-                        NEEDS_ATTENTION,
-                        "notification_timeout",
-                        f"no Adyen notification for {op['kind']} {op['psp_reference']} within "
-                        f"{int(timeout)} s; check the payment in Adyen's Customer Area",
-                    ),
-                )
-                flagged += 1
+        conn.commit()
+    for row in silent:
+        with ctx.pool.connection() as conn, conn.transaction():
+            order = conn.execute(LOCK_ORDER_SKIP_LOCKED, {"id": row["order_id"]}).fetchone()
+            if order is None:
+                continue
+            op = conn.execute(
+                "SELECT * FROM operations WHERE id = %s AND status = 'awaiting_notification'",
+                (row["id"],),
+            ).fetchone()
+            if op is None:
+                continue
+            flag_order(
+                conn,
+                order,
+                Flag(
+                    NEEDS_ATTENTION,
+                    "notification_timeout",
+                    f"no Adyen notification for {op['kind']} {op['psp_reference']} within "
+                    f"{int(timeout)} s; check the payment in Adyen's Customer Area",
+                ),
+            )
+            flagged += 1
     return flagged

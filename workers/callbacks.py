@@ -10,7 +10,6 @@ delivered), so the `webhook-id` is stable per event and the shop deduplicates on
 from __future__ import annotations
 
 import json
-import random
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -24,7 +23,7 @@ from standardwebhooks.webhooks import Webhook
 
 from data.outbox import webhook_id
 from domain.planner import NEEDS_NEW_ORDER, Flag
-from integrations.results import backoff_seconds
+from integrations.results import retry_delay
 from ordersync import metrics
 from ordersync.jobs import Job, enqueue_job
 from ordersync.settings import Settings, get_settings
@@ -38,15 +37,23 @@ SYNCED = "order.synced"
 LEASE_SECONDS = 60
 # A batch per task: one order rarely has more, and the sweeper comes back for the rest.
 BATCH = 20
+_EVENT_NAMESPACE = uuid.UUID("8b0f3c52-6d1e-4a7b-9f2c-3e5d7a1b9c04")
 
 
 def record_flagged(conn: Connection[DictRow], order: dict[str, Any], flag: Flag) -> bool:
     """An order was flagged: `order.new_order_required` or `order.needs_attention`.
 
-    Returns False when the order already carried the flag: the shop was told then, and
-    a second event for the same state would only make it act twice.
+    Returns False when the shop was told of this state already: a second event for it
+    would only make it act twice. A refused basket is told once per refused version
+    (its event id, so its `webhook-id`, is derived from the order, version and amount):
+    a second, different refused basket is news even though the flag is already set.
     """
-    if flag.flag in (order.get("flags") or []):
+    event_id: uuid.UUID | None = None
+    if flag.flag == NEEDS_NEW_ORDER:
+        event_id = uuid.uuid5(
+            _EVENT_NAMESPACE, f"{order['id']}:{order['version']}:{flag.refused_amount}"
+        )
+    elif flag.flag in (order.get("flags") or []):
         return False
     reason = {"code": flag.code, "message": flag.message}
     if flag.flag == NEEDS_NEW_ORDER:
@@ -55,8 +62,7 @@ def record_flagged(conn: Connection[DictRow], order: dict[str, Any], flag: Flag)
     else:
         event_type = NEEDS_ATTENTION
         data = {"reason": reason}
-    _insert(conn, order, event_type, data)
-    return True
+    return _insert(conn, order, event_type, data, event_id=event_id)
 
 
 def record_synced(conn: Connection[DictRow], order: dict[str, Any]) -> None:
@@ -93,8 +99,9 @@ def _insert(
     event_type: str,
     data: dict[str, Any],
     unless_last_is: tuple[str, int] | None = None,
-) -> None:
-    event_id = uuid.uuid4()
+    event_id: uuid.UUID | None = None,
+) -> bool:
+    event_id = event_id or uuid.uuid4()
     body = {
         "type": event_type,
         "order_id": order["id"],
@@ -111,6 +118,7 @@ def _insert(
             SELECT 1 FROM (SELECT event_type, version FROM outbox WHERE order_id = %(order_id)s
                            ORDER BY seq DESC LIMIT 1) AS last
             WHERE last.event_type = %(skip_type)s AND last.version = %(skip_version)s)
+        ON CONFLICT (id) DO NOTHING
         RETURNING id
         """,
         {
@@ -124,13 +132,14 @@ def _insert(
         },
     ).fetchone()
     if inserted is None:
-        return
+        return False
     # Sent when the unit of work ends, after this transaction committed. Without a
     # callback URL the events stay in the outbox (the operator API shows them) and no
     # delivery task is worth sending.
     if get_settings().shop_callback_url:
         enqueue_job(Job.DELIVER_CALLBACKS, order["id"])
     log.info("callback_recorded", event_type=event_type, webhook_id=webhook_id(event_id))
+    return True
 
 
 # -- delivery -------------------------------------------------------------------------
@@ -232,11 +241,8 @@ def _send(
                 http_status=status,
             )
             return None
-        delay = backoff_seconds(
-            row["attempts"],
-            settings.retry_base_seconds,
-            settings.retry_max_seconds,
-            0.5 + random.random() / 2,
+        delay = retry_delay(
+            row["attempts"], settings.retry_base_seconds, settings.retry_max_seconds, floor=0.5
         )
         conn.execute(
             "UPDATE outbox SET next_attempt_at = %s, lease_until = NULL, last_status = %s,"

@@ -11,8 +11,9 @@ next worker first reads the order from the PSP to learn whether the call took ef
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -34,7 +35,14 @@ from domain.planner import (
     unauthorized_lines,
 )
 from integrations.provider import Provider
-from integrations.results import Outcome, PspError, PspResult, backoff_seconds
+from integrations.results import (
+    Outcome,
+    PspError,
+    PspRequest,
+    PspResult,
+    exception_result,
+    retry_delay,
+)
 from ordersync import metrics
 from workers import callbacks
 from workers import confirmation_metric as observe
@@ -121,21 +129,32 @@ class Reconciler:
     def _decide(self, conn: Any, order: store.Row, *, force: bool) -> Action:
         """The next step for a locked order, inside the caller's transaction."""
         order_id = order["id"]
-        now = datetime.now(UTC)
+        now = conn.execute(store.DB_NOW).fetchone()["now"]
         ops = store.operations(conn, order_id)
         op = store.in_flight(ops)
+        provider = self.ctx.providers.get(order["provider"])
         if op is not None:
             if op["status"] == "awaiting_notification":
                 return Idle("awaiting_notification")
-            if op["status"] == "sent" and op["lease_until"] > now:
+            # Leases and due times are compared on the database's clock (`leased`, `due`).
+            if op["status"] == "sent" and op["leased"]:
                 return Idle("in_flight_elsewhere")
-            due = op["next_attempt_at"] is None or op["next_attempt_at"] <= now
-            if op["status"] == "pending" and not due and not force:
-                return Idle("backing_off")
-            # A lease that ran out means a worker died mid-call: outcome unknown.
-            check_first = op["outcome_unknown"] or op["status"] == "sent"
+            if op["status"] == "pending" and not op["due"] and not force:
+                # No next_attempt_at: parked (an unknown outcome after the last attempt,
+                # or no credentials); only an operator's reconcile wakes it.
+                return Idle("backing_off" if op["next_attempt_at"] else "parked")
+            if provider is None:
+                self._park_unconfigured(conn, order, op)
+                return Idle("provider_not_configured")
+            # A lease that ran out means a worker died mid-call: outcome unknown. An
+            # operator's reconcile reads the PSP before anything else.
+            check_first = op["outcome_unknown"] or op["status"] == "sent" or force
             claimed = store.claim_operation(conn, op["id"], self.settings.lease_seconds)
             return Send(order, claimed, check_first)
+        if provider is None:
+            self._flag(conn, order, _unconfigured(order))
+            store.mark_in_sync(conn, order_id)  # nothing to do until someone configures it
+            return Idle("provider_not_configured")
         if not force and order["next_reconcile_at"] and order["next_reconcile_at"] > now:
             return Idle("backing_off")
         psp = store.psp_state(order)
@@ -155,15 +174,28 @@ class Reconciler:
         # known here, so Adyen is asked and its AUTHORISATION_ADJUSTMENT decides.
         allowed = _always if order["provider"] == "adyen" else self.settings.increase_allowed
         decision = plan_next(view, allowed)
+        if (
+            isinstance(decision, Plan)
+            and decision.kind is Kind.EXTEND_AUTHORIZATION
+            and _extended_in_this_window(ops, view)
+        ):
+            # An extension inside this window did not move expires_at out of it:
+            # asking again would loop; a person decides.
+            decision = Flag(
+                NEEDS_ATTENTION,
+                "extension_without_effect",
+                "the authorization was extended but its expiry did not move; check it",
+            )
         if isinstance(decision, Plan):
+            draft = store.draft_operation(
+                order, store.next_seq(ops), decision.kind, decision.amount, decision.lines
+            )
+            # Frozen now, with the key: every attempt resends exactly this.
+            assert provider is not None
+            built = provider.build(order, snapshot, draft)
+            request = built.to_json() if isinstance(built, PspRequest) else None
             claimed = store.insert_claimed_operation(
-                conn,
-                order,
-                store.next_seq(ops),
-                decision.kind,
-                decision.amount,
-                decision.lines,
-                self.settings.lease_seconds,
+                conn, order, draft, request, self.settings.lease_seconds
             )
             log.info(
                 "operation_planned",
@@ -209,34 +241,38 @@ class Reconciler:
         with self.ctx.pool.connection() as conn, conn.transaction():
             locked = store.lock_order(conn, order["id"])
             assert locked is not None
-            self._adopt(conn, locked, result.body)
+            # `order` was read before the call: its psp_state_seq is what the read saw.
+            self._adopt(conn, locked, result.body, seen=int(order["psp_state_seq"]))
         return True
 
-    def _provider(self, order: store.Row) -> Provider | None:
-        provider = self.ctx.providers.get(order["provider"])
-        if provider is None:
-            with self.ctx.pool.connection() as conn, conn.transaction():
-                self._flag(
-                    conn,
-                    order,
-                    Flag(
-                        NEEDS_ATTENTION,
-                        "provider_not_configured",
-                        f"no {order['provider']} credentials configured",
-                    ),
-                )
-        return provider
+    def _park_unconfigured(self, conn: Any, order: store.Row, op: store.Row) -> None:
+        """No client for the order's PSP: the operation waits, parked, flagged once; a
+        lease that ran out leaves its outcome unknown."""
+        conn.execute(
+            "UPDATE operations SET status = 'pending', next_attempt_at = NULL,"
+            " outcome_unknown = outcome_unknown OR status = 'sent',"
+            " lease_token = NULL, lease_until = NULL, updated_at = now() WHERE id = %s",
+            (op["id"],),
+        )
+        self._flag(conn, order, _unconfigured(order))
+
+    def _provider(self, order: store.Row) -> Provider:
+        # _decide checked it, under the lock, before any Refresh or Send.
+        return self.ctx.providers[order["provider"]]
 
     def _read(self, order: store.Row) -> PspResult | None:
         provider = self._provider(order)
-        if provider is None:
-            return None
         result = provider.read(order)
         log.info("psp_order_read", outcome=result.outcome.value, http_status=result.http_status)
         return result
 
-    def _adopt(self, conn: Any, order: store.Row, body: dict[str, Any]) -> None:
-        """Takes the PSP's figures as the truth; flags what we did not know of."""
+    def _adopt(self, conn: Any, order: store.Row, body: dict[str, Any], *, seen: int) -> None:
+        """Takes the PSP's figures as the truth; flags what we did not know of. A read
+        is adopted only if nothing was recorded since it started (`seen`): an older,
+        slower read never overwrites newer figures."""
+        if int(order["psp_state_seq"]) != seen:
+            log.info("psp_read_superseded", seen=seen, now=order["psp_state_seq"])
+            return
         figures = self.ctx.providers[order["provider"]].figures(body)
         # The first read has nothing to compare with: whatever is there is the start.
         known = order["authorized_amount"] is not None
@@ -261,36 +297,59 @@ class Reconciler:
                     "its figures were adopted",
                 ),
             )
-        store.apply_psp_figures(conn, order["id"], figures)
+        store.apply_psp_figures(conn, order["id"], figures, seen)
 
     # -- steps 2 and 3: call, then record ---------------------------------------------
 
     def _send(self, action: Send) -> Action | None:
         """Makes the call and records it; the next step, or None to wait (a retry, a
-        notification, another worker)."""
+        notification, another worker). Whatever goes wrong between the claim and the
+        record is recorded as this attempt's outcome: every attempt counts."""
         order, op = action.order, action.op
         structlog.contextvars.bind_contextvars(
             operation=op["kind"],
             idempotency_key=op["idempotency_key"],
             operation_id=str(op["id"]),
         )
-        provider = self._provider(order)
-        if provider is None:
-            return None
-        # Without a way to read the PSP's order, the idempotency key alone makes the
-        # resend safe (Adyen replays the first answer).
-        if action.check_first and provider.can_read:
-            read = self._read(order)
-            if read is None:
-                return None
-            if read.outcome is Outcome.SUCCEEDED and provider.applied(op, read.body):
-                log.info("operation_found_applied", attempts=op["attempts"])
-                return self._record(op, PspResult(Outcome.SUCCEEDED), adopt=read.body)
-            if read.outcome is not Outcome.SUCCEEDED:
-                return self._record(op, read)
-        crash_point("before_psp_call")
-        result = provider.execute(order, store.snapshot(order), op)
-        crash_point("after_psp_call")
+        called = False
+        settled: tuple[PspResult, dict[str, Any] | None, int | None] | None = None
+        try:
+            # The heartbeat stops before the outcome is recorded: it renews only while
+            # this attempt talks to the PSP.
+            with self._heartbeat(op):
+                provider = self._provider(order)
+                request = self._request(op, order, provider)
+                if isinstance(request, PspResult):
+                    settled = (request, None, None)
+                else:
+                    seen = int(order["psp_state_seq"])
+                    # Without a way to read the PSP's order, the idempotency key alone
+                    # makes the resend safe (Adyen replays the first answer).
+                    if action.check_first and provider.can_read:
+                        read = self._read(order)
+                        assert read is not None
+                        if read.outcome is Outcome.SUCCEEDED and provider.applied(
+                            {**op, "request": request.to_json()}, read.body
+                        ):
+                            log.info("operation_found_applied", attempts=op["attempts"])
+                            settled = (PspResult(Outcome.SUCCEEDED), read.body, seen)
+                        elif read.outcome is not Outcome.SUCCEEDED:
+                            # The read's own error is never the operation's outcome: what
+                            # the last send did is still unknown.
+                            settled = (_unknown_after_read(read), None, None)
+                    if settled is None:
+                        crash_point("before_psp_call")
+                        called = True
+                        result = provider.send(op, request)
+                        crash_point("after_psp_call")
+        except Exception as exc:
+            log.exception("operation_attempt_error", error=type(exc).__name__)
+            # Once the call may have started, its effect is unknown.
+            unknown = called or bool(op["outcome_unknown"]) or action.check_first
+            return self._record(op, exception_result(exc, maybe_applied=unknown))
+        if settled is not None:
+            outcome, adopt, seen_before = settled
+            return self._record(op, outcome, adopt=adopt, seen=seen_before)
         metrics.psp_request(
             order["provider"], op["kind"], result.outcome.value, result.elapsed_seconds
         )
@@ -305,8 +364,49 @@ class Reconciler:
         )
         return self._record(op, result)
 
+    def _request(self, op: store.Row, order: store.Row, provider: Provider) -> Any:
+        """The operation's frozen request; one planned before requests were stored is
+        frozen at its first attempt from now on."""
+        if op.get("request"):
+            return PspRequest.from_json(op["request"])
+        built = provider.build(order, store.snapshot(order), op)
+        if isinstance(built, PspRequest):
+            with self.ctx.pool.connection() as conn, conn.transaction():
+                store.set_request(conn, op["id"], built.to_json())
+        return built
+
+    @contextmanager
+    def _heartbeat(self, op: store.Row) -> Iterator[None]:
+        """Renews the lease (on the database's clock) while this attempt runs, so a
+        slow call never outlives it; a worker that dies stops renewing and another
+        takes over within one lease."""
+        lease = self.settings.lease_seconds
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(lease / 3):
+                try:
+                    with self.ctx.pool.connection() as conn, conn.transaction():
+                        if not store.renew_lease(conn, op, lease):
+                            return
+                except Exception as exc:  # the next beat tries again
+                    log.warning("lease_renewal_failed", error=type(exc).__name__)
+
+        thread = threading.Thread(target=beat, name="lease-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
     def _record(
-        self, op: store.Row, result: PspResult, *, adopt: dict[str, Any] | None = None
+        self,
+        op: store.Row,
+        result: PspResult,
+        *,
+        adopt: dict[str, Any] | None = None,
+        seen: int | None = None,
     ) -> Action | None:
         with self.ctx.pool.connection() as conn, conn.transaction():
             order = store.lock_order(conn, op["order_id"])
@@ -326,14 +426,16 @@ class Reconciler:
                 ):
                     self._lost_lease(op)
                     return None
+                # Whether the read is still the newest view, before our own change.
+                fresh = seen is not None and int(order["psp_state_seq"]) == seen
                 store.apply_success(conn, order, op)
                 observe.operation_confirmed(conn, order["provider"], op)
-                if adopt is not None:
+                if adopt is not None and fresh:
                     # Found applied after an unknown outcome: count it as ours first,
                     # so that only what we truly did not make looks like drift.
                     reread = store.lock_order(conn, op["order_id"])
                     assert reread is not None
-                    self._adopt(conn, reread, adopt)
+                    self._adopt(conn, reread, adopt, seen=int(reread["psp_state_seq"]))
                 if Kind(op["kind"]) is Kind.UPDATE_AUTHORIZATION:
                     store.clear_flag(conn, order["id"], NEEDS_NEW_ORDER)
                 return self._decide_again(conn, order["id"])
@@ -342,10 +444,29 @@ class Reconciler:
                 if not store.finish_operation(conn, op, status="rejected", error=error):
                     self._lost_lease(op)
                     return None
-                self._flag(conn, order, self._rejection_flag(order, op, result))
+                err = result.error or PspError("rejected", "the PSP rejected the request")
+                self._flag(
+                    conn,
+                    order,
+                    rejection_flag(
+                        order, op, err.code, err.message, refused=result.http_status == 403
+                    ),
+                )
                 return self._decide_again(conn, order["id"])
             attempts = int(op["attempts"])
+            unknown = bool(op["outcome_unknown"]) or result.maybe_applied
             if attempts >= self.settings.max_attempts:
+                if unknown:
+                    # It may have applied: never `failed`, never planned anew. Parked
+                    # until a read of the PSP (an operator's reconcile, a notification)
+                    # settles it.
+                    if not store.finish_operation(
+                        conn, op, status="pending", error=error, outcome_unknown=True
+                    ):
+                        self._lost_lease(op)
+                        return None
+                    self._flag(conn, order, _error_flag("outcome_unknown", result.error))
+                    return None
                 if not store.finish_operation(conn, op, status="failed", error=error):
                     self._lost_lease(op)
                     return None
@@ -357,8 +478,8 @@ class Reconciler:
                 op,
                 status="pending",
                 error=error,
-                next_attempt_at=_after(delay),
-                outcome_unknown=bool(op["outcome_unknown"]) or result.maybe_applied,
+                retry_in=delay,
+                outcome_unknown=unknown,
             ):
                 self._lost_lease(op)
                 return None
@@ -372,33 +493,17 @@ class Reconciler:
         assert order is not None
         return self._decide(conn, order, force=False)
 
-    def _rejection_flag(self, order: store.Row, op: store.Row, result: PspResult) -> Flag:
-        error = result.error or PspError("rejected", "the PSP rejected the request")
-        increase = (
-            Kind(op["kind"]) is Kind.UPDATE_AUTHORIZATION
-            and order["authorized_amount"] is not None
-            and op["amount"] > order["authorized_amount"]
-        )
-        if increase and result.http_status == 403:
-            authorized = store.to_lines(order["authorized_lines"] or [])
-            lines: tuple[PspLine, ...] = unauthorized_lines(store.to_lines(op["lines"]), authorized)
-            return Flag(NEEDS_NEW_ORDER, error.code, error.message, lines, int(op["amount"]))
-        return Flag(NEEDS_ATTENTION, error.code, error.message)
-
     def _lost_lease(self, op: store.Row) -> None:
         # Another worker took the operation over after our lease ran out; its record wins.
         log.warning("operation_lease_lost", attempts=op["attempts"])
 
     def _delay(self, attempts: int, result: PspResult) -> float:
-        delay = backoff_seconds(
+        return retry_delay(
             attempts,
             self.settings.retry_base_seconds,
             self.settings.retry_max_seconds,
-            random.random(),
+            result.retry_after,
         )
-        if result.retry_after is not None:
-            delay = max(delay, result.retry_after)
-        return delay
 
     def _schedule(self, order_id: str, delay: float) -> None:
         crash_point("in_reenqueue")
@@ -432,3 +537,57 @@ def _after(seconds: float) -> datetime:
 def _error_flag(code: str, error: PspError | None) -> Flag:
     message = f"{error.code}: {error.message}" if error else code
     return Flag(NEEDS_ATTENTION, code, message)
+
+
+def rejection_flag(
+    order: store.Row, op: store.Row, code: str, message: str, *, refused: bool
+) -> Flag:
+    """The one rule for a rejected operation (the reconciler's answer, Adyen's
+    notification): an increase the PSP `refused` asks the shop for a new order with the
+    lines it could not authorize; anything else needs a person."""
+    increase = (
+        Kind(op["kind"]) is Kind.UPDATE_AUTHORIZATION
+        and order["authorized_amount"] is not None
+        and int(op["amount"]) > int(order["authorized_amount"])
+    )
+    if increase and refused:
+        authorized = store.to_lines(order["authorized_lines"] or [])
+        lines: tuple[PspLine, ...] = unauthorized_lines(store.to_lines(op["lines"]), authorized)
+        return Flag(NEEDS_NEW_ORDER, code, message or "increase refused", lines, int(op["amount"]))
+    return Flag(NEEDS_ATTENTION, code, message)
+
+
+def _unconfigured(order: store.Row) -> Flag:
+    return Flag(
+        NEEDS_ATTENTION,
+        "provider_not_configured",
+        f"no {order['provider']} credentials configured",
+    )
+
+
+def _unknown_after_read(read: PspResult) -> PspResult:
+    """A check-read that failed: the operation's outcome is as unknown as before."""
+    error = read.error or PspError("read_failed", "the PSP's order could not be read")
+    return PspResult(
+        Outcome.TRANSIENT,
+        error=PspError(
+            f"check_read_{error.code}", error.message, error.correlation_id, error.http_status
+        ),
+        retry_after=read.retry_after,
+        maybe_applied=True,
+        http_status=read.http_status,
+    )
+
+
+def _extended_in_this_window(ops: list[store.Row], view: OrderView) -> bool:
+    """Whether an extension already succeeded inside the current extend window: one that
+    left expires_at inside it would otherwise be planned again without end."""
+    expires, within = view.psp.expires_at, view.extend_within
+    if expires is None or within is None:
+        return False
+    return any(
+        op["kind"] == Kind.EXTEND_AUTHORIZATION.value
+        and op["status"] == "succeeded"
+        and op["updated_at"] >= expires - within
+        for op in ops
+    )

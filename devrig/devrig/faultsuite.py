@@ -38,7 +38,7 @@ from ordersync.db import migrate
 CRASH_POINTS = "before_psp_call:0.08,after_psp_call:0.08,after_commit:0.05,in_reenqueue:0.03"
 SWEEP_SECONDS = 1.0
 CONNECT_TIMEOUT, READ_TIMEOUT = 1.0, 1.5
-LEASE_SECONDS = 1.5 * (CONNECT_TIMEOUT + READ_TIMEOUT) + 2  # as Settings.lease_seconds
+LEASE_SECONDS = 10.0  # as Settings.lease_seconds
 PRODUCTS = [
     ("shoes", 1200, 2000),
     ("socks", 450, 2000),

@@ -19,7 +19,10 @@ from domain.snapshot import AdyenPayment, OrderSnapshot
 from integrations.results import (
     Outcome,
     PspError,
+    PspRequest,
     PspResult,
+    in_progress,
+    in_progress_result,
     is_transient_status,
     retry_after_seconds,
     transport_failure,
@@ -80,15 +83,23 @@ class AdyenClient:
         request = self.build(order, snapshot, op)
         if isinstance(request, PspResult):
             return request
-        url, body = request
-        return self._post(url, body, psp_idempotency_key(op))
+        return self.send(op, request)
+
+    def send(self, op: dict[str, Any], request: PspRequest) -> PspResult:
+        """Sends the stored request; only the key moves on with the key generation."""
+        base = self._pal if request.api == "classic" else self._checkout
+        if base is None:
+            name = "ADYEN_PAL_URL" if request.api == "classic" else "ADYEN_CHECKOUT_URL"
+            return _refused("not_configured", f"{name} is not set")
+        return self._post(base + request.path, request.body or "{}", psp_idempotency_key(op))
 
     # -- building requests ----------------------------------------------------------
 
     def build(
         self, order: dict[str, Any], snapshot: OrderSnapshot, op: dict[str, Any]
-    ) -> tuple[str, dict[str, Any]] | PspResult:
-        """The URL and body for `op`, or a rejection when it cannot be sent at all."""
+    ) -> PspRequest | PspResult:
+        """The request for `op` (computed once, when it is planned), or a rejection
+        when it cannot be sent at all."""
         kind = Kind(op["kind"])
         payment = str(order["psp_order_id"])
         currency = snapshot.currency
@@ -125,18 +136,17 @@ class AdyenClient:
             )
         if self._checkout is None:
             return _refused("not_configured", "ADYEN_CHECKOUT_URL is not set")
-        base = f"{self._checkout}/payments/{payment}"
         body: dict[str, Any] = {"merchantAccount": merchant, "reference": reference}
         if kind is Kind.CANCEL:
-            return f"{base}/cancels", body
+            return PspRequest.of("POST", checkout_path(payment, "cancels"), body, "checkout")
         body["amount"] = {"currency": currency, "value": amount}
         body["lineItems"] = adyen_line_items(lines)
-        path = {
+        action = {
             Kind.UPDATE_AUTHORIZATION: "amountUpdates",
             Kind.CAPTURE: "captures",
             Kind.REFUND: "refunds",
         }[kind]
-        return f"{base}/{path}", body
+        return PspRequest.of("POST", checkout_path(payment, action), body, "checkout")
 
     def _classic_request(
         self,
@@ -147,7 +157,7 @@ class AdyenClient:
         amount: int,
         currency: str,
         lines: Sequence[PspLine],
-    ) -> tuple[str, dict[str, Any]] | PspResult:
+    ) -> PspRequest | PspResult:
         if self._pal is None:
             return _refused("not_configured", "ADYEN_PAL_URL is not set")
         body: dict[str, Any] = {
@@ -156,10 +166,11 @@ class AdyenClient:
             "reference": reference,
         }
         if kind is Kind.CANCEL:
-            return f"{self._pal}/cancel", body
+            return PspRequest.of("POST", "/cancel", body, "classic")
         body["modificationAmount"] = {"currency": currency, "value": amount}
         body["additionalData"] = openinvoice_data(lines, currency)
-        return f"{self._pal}/{'capture' if kind is Kind.CAPTURE else 'refund'}", body
+        action = "capture" if kind is Kind.CAPTURE else "refund"
+        return PspRequest.of("POST", f"/{action}", body, "classic")
 
     def _merchant(self, snapshot: OrderSnapshot) -> str | None:
         payment = snapshot.payment
@@ -169,11 +180,15 @@ class AdyenClient:
 
     # -- the call -------------------------------------------------------------------
 
-    def _post(self, url: str, body: dict[str, Any], key: str) -> PspResult:
-        headers = {"X-API-Key": self._api_key, "Idempotency-Key": key}
+    def _post(self, url: str, body: str, key: str) -> PspResult:
+        headers = {
+            "X-API-Key": self._api_key,
+            "Idempotency-Key": key,
+            "Content-Type": "application/json",
+        }
         started = time.perf_counter()
         try:
-            response = self._http.post(url, json=body, headers=headers)
+            response = self._http.post(url, content=body.encode(), headers=headers)
         except httpx.HTTPError as exc:
             return transport_failure(exc)
         elapsed = time.perf_counter() - started
@@ -208,6 +223,8 @@ class AdyenClient:
             correlation_id=data.get("pspReference"),
             http_status=status,
         )
+        if in_progress(status, error.code):
+            return in_progress_result(error, status, elapsed)
         if is_transient_status(status):
             return PspResult(
                 Outcome.TRANSIENT,
@@ -218,6 +235,11 @@ class AdyenClient:
                 elapsed_seconds=elapsed,
             )
         return PspResult(Outcome.REJECTED, error=error, http_status=status, elapsed_seconds=elapsed)
+
+
+def checkout_path(payment: str, action: str) -> str:
+    """The one place a Checkout modification path is built from a payment's reference."""
+    return f"/payments/{payment}/{action}"
 
 
 def amount_after_release(order: dict[str, Any]) -> int:

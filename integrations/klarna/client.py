@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from typing import Any
 
 import httpx
@@ -14,7 +13,10 @@ from domain.snapshot import OrderSnapshot, Shipping
 from integrations.results import (
     Outcome,
     PspError,
+    PspRequest,
     PspResult,
+    in_progress,
+    in_progress_result,
     is_transient_status,
     retry_after_seconds,
     transport_failure,
@@ -35,7 +37,7 @@ class KlarnaClient:
         self._auth = httpx.BasicAuth(username, password)
 
     def get_order(self, order_id: str) -> PspResult:
-        return self._call("GET", f"{ORDERS}/{order_id}", None, None)
+        return self._call(PspRequest("GET", order_path(order_id)), None)
 
     # -- the Provider protocol ------------------------------------------------------
 
@@ -45,21 +47,51 @@ class KlarnaClient:
     def execute(
         self, order: dict[str, Any], snapshot: OrderSnapshot, op: dict[str, Any]
     ) -> PspResult:
+        request = self.build(order, snapshot, op)
+        if isinstance(request, PspResult):
+            return request
+        return self.send(op, request)
+
+    def build(
+        self, order: dict[str, Any], snapshot: OrderSnapshot, op: dict[str, Any]
+    ) -> PspRequest | PspResult:
+        """The request for `op`, computed once when it is planned."""
         kind = Kind(op["kind"])
-        psp_id, key = order["psp_order_id"], op["idempotency_key"]
+        psp_id = str(order["psp_order_id"])
         lines = [PspLine.from_json(item) for item in op["lines"]]
         amount = int(op["amount"])
+        path = order_path(psp_id, _ACTION[kind])
         if kind is Kind.UPDATE_AUTHORIZATION:
-            return self.update_authorization(psp_id, amount, lines, key)
+            body: dict[str, Any] = {
+                "order_amount": amount,
+                "order_lines": klarna_order_lines(lines),
+            }
+            return PspRequest.of("PATCH", path, body)
         if kind is Kind.CAPTURE:
-            return self.capture(psp_id, amount, lines, key, str(op["id"]), snapshot.shipping)
+            body = {
+                "captured_amount": amount,
+                "order_lines": klarna_order_lines(lines),
+                # Our operation id: after an unknown outcome, the order's captures show
+                # whether this one was made.
+                "reference": str(op["id"]),
+            }
+            info = _shipping_info(snapshot.shipping)
+            if info:
+                body["shipping_info"] = [info]
+            return PspRequest.of("POST", path, body)
         if kind is Kind.REFUND:
-            return self.refund(psp_id, amount, lines, key, str(op["id"]))
-        if kind is Kind.CANCEL:
-            return self.cancel(psp_id, key)
-        if kind is Kind.RELEASE_AUTHORIZATION:
-            return self.release_remaining_authorization(psp_id, key)
-        return self.extend_authorization_time(psp_id, key)
+            body = {
+                "refunded_amount": amount,
+                "order_lines": klarna_order_lines(lines),
+                "reference": str(op["id"]),
+            }
+            return PspRequest.of("POST", path, body)
+        return PspRequest.of("POST", path)
+
+    def send(self, op: dict[str, Any], request: PspRequest) -> PspResult:
+        """Sends the stored request under the operation's key, as it was stored."""
+        header = _REFERENCE_HEADER.get(Kind(op["kind"]))
+        return self._call(request, str(op["idempotency_key"]), header)
 
     def figures(self, body: dict[str, Any]) -> dict[str, Any]:
         return klarna_figures(body)
@@ -67,65 +99,20 @@ class KlarnaClient:
     def applied(self, op: dict[str, Any], body: dict[str, Any]) -> bool:
         return klarna_applied(op, body)
 
-    def update_authorization(
-        self, order_id: str, amount: int, lines: Sequence[PspLine], key: str
-    ) -> PspResult:
-        body = {"order_amount": amount, "order_lines": klarna_order_lines(lines)}
-        return self._call("PATCH", f"{ORDERS}/{order_id}/authorization", body, key)
-
-    def capture(
-        self,
-        order_id: str,
-        amount: int,
-        lines: Sequence[PspLine],
-        key: str,
-        reference: str,
-        shipping: Shipping | None,
-    ) -> PspResult:
-        body: dict[str, Any] = {
-            "captured_amount": amount,
-            "order_lines": klarna_order_lines(lines),
-            # Our operation id: after an unknown outcome, the order's captures show
-            # whether this one was made.
-            "reference": reference,
-        }
-        info = _shipping_info(shipping)
-        if info:
-            body["shipping_info"] = [info]
-        return self._call("POST", f"{ORDERS}/{order_id}/captures", body, key, "Capture-Id")
-
-    def refund(
-        self, order_id: str, amount: int, lines: Sequence[PspLine], key: str, reference: str
-    ) -> PspResult:
-        body = {
-            "refunded_amount": amount,
-            "order_lines": klarna_order_lines(lines),
-            "reference": reference,
-        }
-        return self._call("POST", f"{ORDERS}/{order_id}/refunds", body, key, "Refund-Id")
-
-    def cancel(self, order_id: str, key: str) -> PspResult:
-        return self._call("POST", f"{ORDERS}/{order_id}/cancel", None, key)
-
-    def release_remaining_authorization(self, order_id: str, key: str) -> PspResult:
-        return self._call("POST", f"{ORDERS}/{order_id}/release-remaining-authorization", None, key)
-
-    def extend_authorization_time(self, order_id: str, key: str) -> PspResult:
-        return self._call("POST", f"{ORDERS}/{order_id}/extend-authorization-time", None, key)
-
     def _call(
-        self,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None,
-        key: str | None,
-        reference_header: str | None = None,
+        self, request: PspRequest, key: str | None, reference_header: str | None = None
     ) -> PspResult:
         headers = {"Klarna-Idempotency-Key": key} if key else {}
+        if request.body is not None:
+            headers["Content-Type"] = "application/json"
         started = time.perf_counter()
         try:
             response = self._http.request(
-                method, self._base + path, json=body, headers=headers, auth=self._auth
+                request.method,
+                self._base + request.path,
+                content=request.body.encode() if request.body is not None else None,
+                headers=headers,
+                auth=self._auth,
             )
         except httpx.HTTPError as exc:
             return transport_failure(exc)
@@ -140,6 +127,8 @@ class KlarnaClient:
                 elapsed_seconds=elapsed,
             )
         error = _error(response)
+        if in_progress(status, error.code):
+            return in_progress_result(error, status, elapsed)
         if is_transient_status(status):
             return PspResult(
                 Outcome.TRANSIENT,
@@ -151,6 +140,23 @@ class KlarnaClient:
                 elapsed_seconds=elapsed,
             )
         return PspResult(Outcome.REJECTED, error=error, http_status=status, elapsed_seconds=elapsed)
+
+
+_ACTION: dict[Kind, str] = {
+    Kind.UPDATE_AUTHORIZATION: "authorization",
+    Kind.CAPTURE: "captures",
+    Kind.REFUND: "refunds",
+    Kind.CANCEL: "cancel",
+    Kind.RELEASE_AUTHORIZATION: "release-remaining-authorization",
+    Kind.EXTEND_AUTHORIZATION: "extend-authorization-time",
+}
+_REFERENCE_HEADER = {Kind.CAPTURE: "Capture-Id", Kind.REFUND: "Refund-Id"}
+
+
+def order_path(order_id: str, action: str | None = None) -> str:
+    """The one place a Klarna path is built from an order id."""
+    path = f"{ORDERS}/{order_id}"
+    return f"{path}/{action}" if action else path
 
 
 def _json(response: httpx.Response) -> dict[str, Any]:
@@ -220,16 +226,37 @@ def klarna_figures(body: dict[str, Any]) -> dict[str, Any]:
 def klarna_applied(op: dict[str, Any], body: dict[str, Any]) -> bool:
     """Whether Klarna's order shows the effect of `op` (after an unknown outcome)."""
     kind = Kind(op["kind"])
-    reference = str(op["id"])
+    # What was sent is what to look for: the stored request, when there is one.
+    stored = PspRequest.from_json(op["request"]).json_body() if op.get("request") else {}
+    reference = str(stored.get("reference") or op["id"])
     if kind is Kind.CAPTURE:
         return any(c.get("reference") == reference for c in body.get("captures") or [])
     if kind is Kind.REFUND:
         return any(r.get("reference") == reference for r in body.get("refunds") or [])
     if kind is Kind.UPDATE_AUTHORIZATION:
-        return int(body.get("order_amount", -1)) == int(op["amount"])
+        amount = int(stored.get("order_amount", op["amount"]))
+        if int(body.get("order_amount", -1)) != amount:
+            return False
+        sent = stored.get("order_lines")
+        # Same total is not enough: the lines must be the ones the request sent.
+        return sent is None or _line_keys(body.get("order_lines")) == _line_keys(sent)
     if kind is Kind.CANCEL:
         return body.get("status") == "CANCELLED"
     if kind is Kind.RELEASE_AUTHORIZATION:
         return body.get("order_amount") == body.get("captured_amount")
     # Extending twice only moves the expiry once more; Klarna's key replay covers it.
     return False
+
+
+def _line_keys(lines: Any) -> list[tuple[str, int, int]]:
+    out = []
+    for line in lines or []:
+        if isinstance(line, dict):
+            out.append(
+                (
+                    str(line.get("reference")),
+                    int(line.get("quantity") or 0),
+                    int(line.get("total_amount") or 0),
+                )
+            )
+    return sorted(out)

@@ -58,9 +58,14 @@ def test_the_same_plan_gets_the_same_key(conn: Conn) -> None:
 
 def test_the_schema_holds_one_operation_in_flight_per_order(conn: Conn) -> None:
     order = insert_order(conn, authorized_amount=1200)
-    orders.insert_claimed_operation(conn, order, 1, Kind.CAPTURE, 1200, [LINE], 30)
-    with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():
-        orders.insert_claimed_operation(conn, order, 2, Kind.CAPTURE, 1200, [LINE], 30)
+    for seq in (1, 2):
+        draft = orders.draft_operation(order, seq, Kind.CAPTURE, 1200, [LINE])
+        request = {"method": "POST", "path": "/captures", "body": "{}", "api": None}
+        if seq == 1:
+            orders.insert_claimed_operation(conn, order, draft, request, 30)
+            continue
+        with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():
+            orders.insert_claimed_operation(conn, order, draft, request, 30)
     assert [op["seq"] for op in orders.operations(conn, "o-1")] == [1]
 
 
@@ -68,3 +73,13 @@ def test_the_schema_refuses_a_capture_beyond_the_authorization(conn: Conn) -> No
     insert_order(conn, authorized_amount=1000)
     with pytest.raises(psycopg.errors.CheckViolation), conn.transaction():
         conn.execute("UPDATE orders SET captured_amount = 1200 WHERE id = 'o-1'")
+
+
+def test_a_frozen_request_is_stored_with_its_key_and_read_back_as_sent(conn: Conn) -> None:
+    order = insert_order(conn, authorized_amount=1200)
+    draft = orders.draft_operation(order, 1, Kind.CAPTURE, 1200, [LINE])
+    request = {"method": "POST", "path": "/o/k-1/captures", "body": '{"a":1}', "api": None}
+    op = orders.insert_claimed_operation(conn, order, draft, request, 30)
+    (stored,) = orders.operations(conn, "o-1")
+    assert stored["idempotency_key"] == op["idempotency_key"] == draft["idempotency_key"]
+    assert stored["request"] == request

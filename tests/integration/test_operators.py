@@ -173,13 +173,17 @@ def test_unknown_order_is_404(stack: Stack) -> None:
     assert post.status_code == 404
 
 
-def test_reconcile_clears_needs_attention_and_plans_afresh(stack: Stack) -> None:
+def test_reconcile_clears_needs_attention_and_settles_the_unknown_operation(
+    stack: Stack,
+) -> None:
     order_id, _klarna_id = _exhausted_retries(stack)
-    (failed,) = stack.operations(order_id)
-    assert failed["status"] == "failed"
+    # Every PATCH answered 500, which may come after the effect: unknown, never failed.
+    (parked,) = stack.operations(order_id)
+    assert (parked["status"], parked["outcome_unknown"]) == ("pending", True)
     order = _get(stack, f"/orders/{order_id}").json()
-    assert order["flag_reasons"]["needs_attention"]["code"] == "retries_exhausted"
+    assert order["flag_reasons"]["needs_attention"]["code"] == "outcome_unknown"
     assert order["operations"][0]["error"]["code"]
+    assert order["operations"][0]["waiting_for"].startswith("outcome_unknown")
     wait_for(
         lambda: _delivered(stack, order_id, "order.needs_attention"),
         what="order.needs_attention at the shop",
@@ -194,10 +198,10 @@ def test_reconcile_clears_needs_attention_and_plans_afresh(stack: Stack) -> None
 
     ops = wait_for(
         lambda: (o := stack.operations(order_id)) and o[-1]["status"] == "succeeded" and o,
-        what="a fresh operation to succeed",
+        what="the operation to be settled",
     )
-    assert [o["status"] for o in ops] == ["failed", "succeeded"]
-    assert ops[0]["idempotency_key"] != ops[1]["idempotency_key"]
+    # Klarna was read first (not applied), then the same request resent under its key.
+    assert [o["status"] for o in ops] == ["succeeded"]
     assert stack.order_row(order_id)["flags"] == []  # type: ignore[index]
     synced = wait_for(
         lambda: [
