@@ -36,7 +36,7 @@ def sync_pool(database_url: str, *, min_size: int = 1, max_size: int = 4) -> Syn
     )
 
 
-def async_pool(database_url: str, *, max_size: int = 20) -> AsyncPool:
+def async_pool(database_url: str, *, max_size: int = 20, name: str = "ordersync-web") -> AsyncPool:
     # Opened by the app's lifespan, not here: opening needs a running event loop.
     return AsyncConnectionPool(
         database_url,
@@ -48,7 +48,7 @@ def async_pool(database_url: str, *, max_size: int = 20) -> AsyncPool:
         kwargs={"row_factory": dict_row, "autocommit": True},
         open=False,
         timeout=5,
-        name="ordersync-web",
+        name=name,
     )
 
 

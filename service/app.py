@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -40,8 +41,13 @@ def redis_client_url(redis_url: str) -> str:
     return redis_url
 
 
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+
+
 class RequestContext:
-    """Binds a request id (the caller's X-Request-ID, or a new one) to every log line."""
+    """Binds a request id (the caller's X-Request-ID, or a new one) to every log line,
+    and puts it on every answer: it is the outermost layer of our own, so an error that
+    nothing else handled is answered here (500, contract error JSON) with the id too."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -51,16 +57,30 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
+        given = headers.get(b"x-request-id", b"")
+        # Only an id that is safe to echo and to log is taken over.
+        request_id = given.decode() if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id, path=scope["path"])
+        structlog.contextvars.bind_contextvars(request_id=request_id, path=scope["path"][:256])
+        started = False
 
         async def send_with_id(message: Any) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            log.exception("unhandled_error", error=type(exc).__name__)
+            if started:
+                raise
+            response = JSONResponse(
+                {"error": "internal_error", "detail": "unexpected error"}, status_code=500
+            )
+            await response(scope, receive, send_with_id)
 
 
 async def _ordersync_error(_: Request, exc: Exception) -> Response:
@@ -87,16 +107,16 @@ async def _database_down(_: Request, exc: Exception) -> Response:
     )
 
 
-async def _unexpected(_: Request, exc: Exception) -> Response:
-    log.exception("unhandled_error", error=type(exc).__name__)
-    return JSONResponse({"error": "internal_error", "detail": "unexpected error"}, 500)
-
-
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     settings.require("database_url", "redis_url", "shop_webhook_secrets")
     assert settings.database_url is not None and settings.redis_url is not None
     pool = async_pool(settings.database_url.get_secret_value(), max_size=settings.web_db_pool_size)
+    # /readyz and /metrics are unauthenticated: they get their own two connections, so
+    # however often they are called they never take one a webhook is waiting for.
+    probe_pool = async_pool(
+        settings.database_url.get_secret_value(), max_size=2, name="ordersync-probes"
+    )
     redis = aioredis.from_url(
         redis_client_url(settings.redis_url.get_secret_value()),
         socket_timeout=2,
@@ -121,6 +141,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         redis_ping=redis_ping,
         metrics=Metrics(),
         publisher=publisher,
+        probe_pool=probe_pool,
     )
 
     @contextlib.asynccontextmanager
@@ -128,12 +149,14 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # Open without waiting: the web process must start (and say 503) while Postgres
         # is still coming up.
         await pool.open(wait=False)
+        await probe_pool.open(wait=False)
         await publisher.start()
         try:
             yield
         finally:
             await publisher.stop()
             await pool.close()
+            await probe_pool.close()
             await redis.aclose()
 
     app = Starlette(
@@ -151,7 +174,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             HTTPException: _http_error,
             psycopg.OperationalError: _database_down,
             PoolTimeout: _database_down,
-            Exception: _unexpected,
         },
         lifespan=lifespan,
     )

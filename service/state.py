@@ -27,3 +27,9 @@ class AppState:
     redis_ping: Ping
     metrics: Metrics
     publisher: Publisher
+    # Connections for /readyz and /metrics only (None: they share `pool`).
+    probe_pool: AsyncPool | None = None
+
+    @property
+    def probes(self) -> AsyncPool:
+        return self.probe_pool or self.pool

@@ -17,12 +17,14 @@ from domain.lines import PspLine, adyen_line_items, lines_total, openinvoice_dat
 from domain.planner import Kind
 from domain.snapshot import AdyenPayment, OrderSnapshot
 from workers.psp import (
+    CLIENT_ERRORS,
     Outcome,
     PspError,
     PspResult,
+    client_failure,
     is_transient_status,
+    path_segment,
     retry_after_seconds,
-    transport_failure,
 )
 
 CapturedLines = Callable[[str], Sequence[PspLine]]
@@ -125,7 +127,7 @@ class AdyenClient:
             )
         if self._checkout is None:
             return _refused("not_configured", "ADYEN_CHECKOUT_URL is not set")
-        base = f"{self._checkout}/payments/{payment}"
+        base = f"{self._checkout}/payments/{path_segment(payment)}"
         body: dict[str, Any] = {"merchantAccount": merchant, "reference": reference}
         if kind is Kind.CANCEL:
             return f"{base}/cancels", body
@@ -174,8 +176,8 @@ class AdyenClient:
         started = time.perf_counter()
         try:
             response = self._http.post(url, json=body, headers=headers)
-        except httpx.HTTPError as exc:
-            return transport_failure(exc)
+        except CLIENT_ERRORS as exc:
+            return client_failure(exc)
         elapsed = time.perf_counter() - started
         status = response.status_code
         data = _json(response)

@@ -12,12 +12,14 @@ from domain.lines import PspLine, klarna_order_lines
 from domain.planner import Kind, PspStatus
 from domain.snapshot import OrderSnapshot, Shipping
 from workers.psp import (
+    CLIENT_ERRORS,
     Outcome,
     PspError,
     PspResult,
+    client_failure,
     is_transient_status,
+    path_segment,
     retry_after_seconds,
-    transport_failure,
 )
 
 ORDERS = "/ordermanagement/v1/orders"
@@ -35,7 +37,7 @@ class KlarnaClient:
         self._auth = httpx.BasicAuth(username, password)
 
     def get_order(self, order_id: str) -> PspResult:
-        return self._call("GET", f"{ORDERS}/{order_id}", None, None)
+        return self._call("GET", f"{ORDERS}/{path_segment(order_id)}", None, None)
 
     # -- the Provider protocol ------------------------------------------------------
 
@@ -71,7 +73,7 @@ class KlarnaClient:
         self, order_id: str, amount: int, lines: Sequence[PspLine], key: str
     ) -> PspResult:
         body = {"order_amount": amount, "order_lines": klarna_order_lines(lines)}
-        return self._call("PATCH", f"{ORDERS}/{order_id}/authorization", body, key)
+        return self._call("PATCH", f"{ORDERS}/{path_segment(order_id)}/authorization", body, key)
 
     def capture(
         self,
@@ -92,7 +94,9 @@ class KlarnaClient:
         info = _shipping_info(shipping)
         if info:
             body["shipping_info"] = [info]
-        return self._call("POST", f"{ORDERS}/{order_id}/captures", body, key, "Capture-Id")
+        return self._call(
+            "POST", f"{ORDERS}/{path_segment(order_id)}/captures", body, key, "Capture-Id"
+        )
 
     def refund(
         self, order_id: str, amount: int, lines: Sequence[PspLine], key: str, reference: str
@@ -102,16 +106,22 @@ class KlarnaClient:
             "order_lines": klarna_order_lines(lines),
             "reference": reference,
         }
-        return self._call("POST", f"{ORDERS}/{order_id}/refunds", body, key, "Refund-Id")
+        return self._call(
+            "POST", f"{ORDERS}/{path_segment(order_id)}/refunds", body, key, "Refund-Id"
+        )
 
     def cancel(self, order_id: str, key: str) -> PspResult:
-        return self._call("POST", f"{ORDERS}/{order_id}/cancel", None, key)
+        return self._call("POST", f"{ORDERS}/{path_segment(order_id)}/cancel", None, key)
 
     def release_remaining_authorization(self, order_id: str, key: str) -> PspResult:
-        return self._call("POST", f"{ORDERS}/{order_id}/release-remaining-authorization", None, key)
+        return self._call(
+            "POST", f"{ORDERS}/{path_segment(order_id)}/release-remaining-authorization", None, key
+        )
 
     def extend_authorization_time(self, order_id: str, key: str) -> PspResult:
-        return self._call("POST", f"{ORDERS}/{order_id}/extend-authorization-time", None, key)
+        return self._call(
+            "POST", f"{ORDERS}/{path_segment(order_id)}/extend-authorization-time", None, key
+        )
 
     def _call(
         self,
@@ -127,8 +137,8 @@ class KlarnaClient:
             response = self._http.request(
                 method, self._base + path, json=body, headers=headers, auth=self._auth
             )
-        except httpx.HTTPError as exc:
-            return transport_failure(exc)
+        except CLIENT_ERRORS as exc:
+            return client_failure(exc)
         elapsed = time.perf_counter() - started
         status = response.status_code
         if status < 300:

@@ -8,7 +8,7 @@ import structlog
 from celery import Task, signals
 
 from ordersync import metrics
-from workers import adyen_inbox, callbacks, sweeper
+from workers import adyen_inbox, callbacks, poison, sweeper
 from workers.celery_app import app
 from workers.context import close_context, get_context
 from workers.crashpoints import crash_point
@@ -54,9 +54,14 @@ def reconcile_order(self: Task, order_id: str, force: bool = False) -> str:
         structlog.contextvars.bind_contextvars(request_id=request_id)
     metrics.heartbeat()
     try:
-        outcome = Reconciler(get_context(), enqueue_reconcile).run(order_id, force=force)
+        outcome = poison.guarded(
+            lambda: Reconciler(get_context(), enqueue_reconcile).run(order_id, force=force),
+            lambda exc: poison.record_order_failure(
+                get_context(), order_id, "reconcile_order", exc
+            ),
+        )
         crash_point("after_commit")  # everything committed, the message not yet acked
-        return outcome
+        return outcome or "poisoned"
     finally:
         _deliver_recorded()
         structlog.contextvars.clear_contextvars()
@@ -88,7 +93,13 @@ def enqueue_notification(inbox_id: int, delay: float = 0.0) -> None:
 def process_notification(self: Task, inbox_id: int) -> str:
     structlog.contextvars.bind_contextvars(task_id=self.request.id)
     try:
-        return adyen_inbox.process(get_context(), inbox_id, enqueue_reconcile)
+        outcome = poison.guarded(
+            lambda: adyen_inbox.process(get_context(), inbox_id, enqueue_reconcile),
+            lambda exc: poison.record_notification_failure(
+                get_context(), inbox_id, "process_notification", exc
+            ),
+        )
+        return outcome or "poisoned"
     finally:
         _deliver_recorded()
         structlog.contextvars.clear_contextvars()
