@@ -19,6 +19,7 @@ from ordersync.db import AsyncPool
 from ordersync.errors import NotFound, ValidationFailed
 from service.bounded_json import text_problem
 from workers.callbacks import webhook_id
+from workers.store import PARKED_UNTIL
 
 log = structlog.get_logger("ordersync.operator")
 
@@ -322,8 +323,8 @@ async def request_reconcile(pool: AsyncPool, order_id: str) -> dict[str, Any]:
         # released: its lease runs out now, and the reconciler checks it with the PSP.
         await conn.execute(
             "UPDATE operations SET lease_until = now(), updated_at = now()"
-            " WHERE order_id = %s AND status = 'sent' AND lease_until = '9999-12-31Z'",
-            (order_id,),
+            " WHERE order_id = %s AND status = 'sent' AND lease_until = %s",
+            (order_id, PARKED_UNTIL),
         )
     cleared = [flag for flag in before["flags"] if flag not in row["flags"]]
     log.info(

@@ -32,22 +32,15 @@ MAX_TRIES = 3
 # What is not the row's fault: the database or its pool being unavailable.
 INFRASTRUCTURE = (psycopg.OperationalError, PoolTimeout)
 
-# Parked until a date no sweep reaches (Postgres' 'infinity' does not load into a
-# Python datetime).
-_PARK_ORDER = """
-UPDATE orders
-SET reconcile_requested_at = NULL, next_reconcile_at = '9999-12-31Z', updated_at = now()
-WHERE id = %s
-"""
 # Pending operations wait until the operator's reconcile sets next_attempt_at again; a
 # `sent` one whose lease ran out keeps its lease until then (its outcome is unknown, so
 # it is checked, never resent blindly, when it is released).
 _PARK_OPERATIONS = """
 UPDATE operations
-SET next_attempt_at = CASE WHEN status = 'pending' THEN '9999-12-31Z' ELSE next_attempt_at END,
-    lease_until = CASE WHEN status = 'sent' THEN '9999-12-31Z' ELSE lease_until END,
+SET next_attempt_at = CASE WHEN status = 'pending' THEN %(until)s ELSE next_attempt_at END,
+    lease_until = CASE WHEN status = 'sent' THEN %(until)s ELSE lease_until END,
     updated_at = now()
-WHERE order_id = %s AND status IN ('pending', 'sent')
+WHERE order_id = %(id)s AND status IN ('pending', 'sent')
 """
 _FAIL_NOTIFICATION = """
 UPDATE inbox SET processed_at = now(), outcome = 'failed'
@@ -100,8 +93,8 @@ def record_order_failure(ctx: WorkerContext, order_id: str, task: str, exc: Exce
         if order is None:
             return
         flag_order(conn, order, _flag(exc, task))
-        conn.execute(_PARK_ORDER, (order_id,))
-        conn.execute(_PARK_OPERATIONS, (order_id,))
+        store.park_order(conn, order_id)
+        conn.execute(_PARK_OPERATIONS, {"until": store.PARKED_UNTIL, "id": order_id})
     log.error("task_poisoned", task=task, order_id=order_id, error=type(exc).__name__)
 
 

@@ -253,6 +253,21 @@ def apply_success(conn: Connection[Row], order: Row, op: Row) -> None:
     )
 
 
+# Far enough that no sweep reaches it (Postgres' 'infinity' does not load into a Python
+# datetime); the operator's reconcile clears it.
+PARKED_UNTIL = "9999-12-31T00:00:00Z"
+
+
+def park_order(conn: Connection[Row], order_id: str) -> None:
+    """The order waits for a person: no sweep picks it up again until the operator's
+    reconcile (`POST /orders/{id}/reconcile`) releases it."""
+    conn.execute(
+        "UPDATE orders SET reconcile_requested_at = NULL, next_reconcile_at = %s,"
+        " updated_at = now() WHERE id = %s",
+        (PARKED_UNTIL, order_id),
+    )
+
+
 def mark_in_sync(conn: Connection[Row], order_id: str) -> None:
     conn.execute(
         "UPDATE orders SET reconcile_requested_at = NULL, next_reconcile_at = NULL WHERE id = %s",

@@ -46,6 +46,8 @@ def adyen_auth(stack: Stack) -> dict[str, str]:
 def signed_item(stack: Stack, item: dict[str, Any]) -> dict[str, Any]:
     key = stack.env["ADYEN_HMAC_KEYS"].split()[0]
     signed = dict(item)
+    if signed.get("additionalData") is not None and not isinstance(signed["additionalData"], dict):
+        return signed  # nowhere to put a signature: it goes unsigned (and gets a 401)
     additional = dict(signed.get("additionalData") or {})
     additional["hmacSignature"] = adyen_hmac.sign(signed, key)
     signed["additionalData"] = additional

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from typing import Any
 
@@ -494,3 +495,23 @@ def test_notification_a_task_cannot_process_is_recorded(stack: Stack) -> None:
         return rows[0] if rows and rows[0]["processed_at"] is not None else None
 
     assert wait_for(settled, timeout=30)["outcome"] == "failed"
+
+
+def test_order_whose_psp_read_is_refused_is_not_read_on_every_sweep(
+    client: TestClient, stack: Stack
+) -> None:
+    # Found by the fuzz suite: a Klarna id that names no order was flagged, then read
+    # again on every sweep.
+    event = order_event(new_order_id(), f"k-{uuid.uuid4().hex[:10]}", [KETTLE])
+    order_id = event["order"]["id"]
+    response, _ = _post_shop(client, stack, json.dumps(event).encode())
+    assert response.status_code == 202
+    row = wait_for(
+        lambda: (r := stack.order_row(order_id)) and "needs_attention" in r["flags"] and r,
+        timeout=30,
+    )
+    assert row["flag_reason"]["needs_attention"]["code"] == "read_failed"
+    reads = len(stack.psp_requests(event["order"]["payment"]["klarna_order_id"]))
+    time.sleep(3 * float(stack.env["RECONCILE_SWEEP_SECONDS"]))
+    assert len(stack.psp_requests(event["order"]["payment"]["klarna_order_id"])) == reads
+    assert (stack.order_row(order_id) or {})["reconcile_requested_at"] is None
