@@ -17,13 +17,12 @@ from psycopg import AsyncConnection, Connection
 from psycopg.types.json import Jsonb
 
 from domain.lines import PspLine
-from domain.planner import Kind, PastOperation, PspState, PspStatus
+from domain.planner import IN_FLIGHT, Kind, PastOperation, PspState, PspStatus
 from domain.snapshot import LineType, OrderSnapshot
 
 Row = dict[str, Any]
 # An operation in one of these may still take effect at the PSP: at most one per order
 # (the operations_one_in_flight index), and nothing new is planned beside it.
-IN_FLIGHT = ("pending", "sent", "awaiting_notification")
 _KEY_NAMESPACE = uuid.UUID("5d1c8f0e-3b9a-4f57-9c61-0a7e2b4d8c13")
 
 
@@ -326,6 +325,21 @@ def apply_success(conn: Connection[Row], order: Row, op: Row) -> None:
     conn.execute(
         f"UPDATE orders SET {assignments}, updated_at = now() WHERE id = %(id)s",  # noqa: S608
         {**updates, "id": order["id"]},
+    )
+
+
+# Far enough that no sweep reaches it (Postgres' 'infinity' does not load into a Python
+# datetime); the operator's reconcile clears it.
+PARKED_UNTIL = "9999-12-31T00:00:00Z"
+
+
+def park_order(conn: Connection[Row], order_id: str) -> None:
+    """The order waits for a person: no sweep picks it up again until the operator's
+    reconcile (`POST /orders/{id}/reconcile`) releases it."""
+    conn.execute(
+        "UPDATE orders SET reconcile_requested_at = NULL, next_reconcile_at = %s,"
+        " updated_at = now() WHERE id = %s",
+        (PARKED_UNTIL, order_id),
     )
 
 

@@ -42,6 +42,9 @@ class PspStatus(StrEnum):
     CLOSED = "closed"
 
 
+# An operation in one of these may still take effect at the PSP: at most one per order.
+IN_FLIGHT = ("pending", "sent", "awaiting_notification")
+
 NEEDS_NEW_ORDER = "needs_new_order"
 NEEDS_ATTENTION = "needs_attention"
 

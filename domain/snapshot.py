@@ -9,11 +9,41 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from domain.money import klarna_tax_ok, tax_of
 
-MAX_AMOUNT = 100_000_000  # Klarna's and Adyen's ceiling for one amount, in minor units
+# The PSPs' own limits, from their API descriptions (../shared/vendor-specs/). Every
+# figure we compute from a snapshot and send is held to them here, so that nothing the
+# shop sends is accepted and then refused by the PSP (or worse, overflows on the way).
+#
+# Klarna OM v1 (klarna-order-management-v1.openapi.json): `order_line.total_amount`,
+# `order_line.unit_price`, `order_line.total_tax_amount` and
+# `order_line.total_discount_amount` have `maximum: 100000000`; so do
+# `Update_authorization.order_amount`, `CaptureObject.captured_amount` and
+# `RefundObject.refunded_amount` (with `minimum: 0`). Adyen (CheckoutService-v71,
+# Webhooks-v1): `Amount.value` is `format: int64` without a maximum; an Adyen payment is
+# held to the same ceiling so one order model serves both.
+MAX_AMOUNT = 100_000_000
+# Klarna OM v1: `Update_authorization.order_lines`, `CaptureObject.order_lines` and
+# `RefundObject.order_lines` have `maxItems: 1000`. Adyen Checkout v71 `lineItems` sets
+# no maxItems; the same 1000 is held for Adyen, counted after per-unit splitting (a line
+# whose total does not divide by its quantity becomes two `LineItem`s).
+MAX_PSP_LINES = 1000
+# Postgres bigint, which stores `version`.
+MAX_VERSION = 2**63 - 1
+# Klarna OM v1 `Order.order_id`: "Cannot be longer than 255 characters" (a UUID in
+# practice). Adyen Webhooks v1 `pspReference`: "Adyen's 16-character unique reference".
+# Both end up in URL paths, so only letters, digits, '-' and '_' are accepted.
+KLARNA_ORDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$"
+PSP_REFERENCE_PATTERN = r"^[A-Za-z0-9]{1,64}$"
 UNITEMISED_DISCOUNT_ID = "ordersync-unitemised-discount"
 
 
@@ -108,6 +138,16 @@ class Line(_Model):
             raise ValueError(f"must be within ±1 of {tax_of(total, rate)}")
         return value
 
+    @model_validator(mode="after")
+    def _total_within_limits(self) -> Line:
+        # Checked whether or not the shop sent `total_amount`: the computed figure is sent.
+        if not -MAX_AMOUNT <= self.total <= MAX_AMOUNT:
+            raise ValueError(
+                f"total_amount (quantity × unit_price − total_discount_amount = {self.total})"
+                f" is outside ±{MAX_AMOUNT}, Klarna's order_line.total_amount limit"
+            )
+        return self
+
     @property
     def total(self) -> int:
         """What the line costs with its own discount, tax included."""
@@ -140,13 +180,13 @@ def _check_sign(total: int, line_type: LineType | None) -> None:
 
 class KlarnaPayment(_Model):
     provider: Literal["klarna"]
-    klarna_order_id: str = Field(min_length=1, max_length=255)
+    klarna_order_id: str = Field(pattern=KLARNA_ORDER_ID_PATTERN)
     payment_method: str | None = Field(default=None, max_length=64)
 
 
 class AdyenPayment(_Model):
     provider: Literal["adyen"]
-    psp_reference: str = Field(min_length=1, max_length=64)
+    psp_reference: str = Field(pattern=PSP_REFERENCE_PATTERN)
     merchant_account: str | None = Field(default=None, max_length=255)
 
 
@@ -162,18 +202,18 @@ class Shipping(_Model):
 
 class OrderSnapshot(_Model):
     id: str = Field(min_length=1, max_length=64)
-    version: int = Field(ge=0, strict=True)
+    version: int = Field(ge=0, le=MAX_VERSION, strict=True)
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     country: str = Field(pattern=r"^[A-Z]{2}$")
     status: Literal["open", "cancelled"] = "open"
     payment: Payment
-    lines: list[Line] = Field(max_length=1000)
+    lines: list[Line] = Field(max_length=MAX_PSP_LINES)
     amount: Annotated[int, Field(ge=0, le=MAX_AMOUNT, strict=True)] | None = None
     shipping: Shipping | None = None
 
     @field_validator("lines")
     @classmethod
-    def _unique_ids(cls, lines: list[Line]) -> list[Line]:
+    def _unique_ids(cls, lines: list[Line], info: ValidationInfo) -> list[Line]:
         seen: set[str] = set()
         for line in lines:
             if line.id in seen:
@@ -181,8 +221,13 @@ class OrderSnapshot(_Model):
             if line.id == UNITEMISED_DISCOUNT_ID:
                 raise ValueError(f"line id {line.id!r} is reserved")
             seen.add(line.id)
-        if sum(line.total for line in lines) < 0:
+        lines_total = sum(line.total for line in lines)
+        if lines_total < 0:
             raise ValueError("the lines add up to less than zero")
+        payment = info.data.get("payment")
+        count = psp_line_count(lines, adyen=isinstance(payment, AdyenPayment))
+        if count > MAX_PSP_LINES:
+            raise ValueError(f"make {count} PSP lines; the limit is {MAX_PSP_LINES}")
         return lines
 
     @field_validator("amount")
@@ -193,7 +238,29 @@ class OrderSnapshot(_Model):
             lines_total = sum(line.total for line in lines)
             if value > lines_total:
                 raise ValueError(f"must not exceed the sum of the lines ({lines_total})")
+            if lines_total - value > MAX_AMOUNT:
+                # The difference becomes one discount line, held to Klarna's limits.
+                raise ValueError(
+                    f"the unitemised discount ({lines_total - value}) would exceed {MAX_AMOUNT}"
+                )
+            payment = info.data.get("payment")
+            count = psp_line_count(lines, adyen=isinstance(payment, AdyenPayment))
+            if value < lines_total and count + 1 > MAX_PSP_LINES:
+                raise ValueError(
+                    f"the unitemised discount line would make {count + 1} PSP lines;"
+                    f" the limit is {MAX_PSP_LINES}"
+                )
         return value
+
+    @model_validator(mode="after")
+    def _total_within_limits(self) -> OrderSnapshot:
+        # Klarna `Update_authorization.order_amount`: 0 to 100000000.
+        if self.total > MAX_AMOUNT:
+            raise ValueError(
+                f"the order total ({self.total}) exceeds {MAX_AMOUNT}, the PSPs' limit;"
+                " see order.lines and order.amount"
+            )
+        return self
 
     @property
     def effective_lines(self) -> list[Line]:
@@ -233,6 +300,17 @@ class OrderSnapshot(_Model):
         if isinstance(self.payment, KlarnaPayment):
             return self.payment.klarna_order_id
         return self.payment.psp_reference
+
+
+def psp_line_count(lines: list[Line], *, adyen: bool) -> int:
+    """How many lines a request for the whole basket carries: Klarna takes each line as
+    it is; Adyen speaks per unit, so a line whose total does not divide evenly by its
+    quantity is sent as two (domain.lines._per_unit)."""
+    if not adyen:
+        return len(lines)
+    return sum(
+        (2 if line.total % line.quantity else 1) if line.quantity > 0 else 0 for line in lines
+    )
 
 
 EventType = Literal[

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -62,6 +63,31 @@ def transport_failure(exc: httpx.HTTPError) -> PspResult:
         error=PspError(type(exc).__name__, str(exc) or type(exc).__name__),
         maybe_applied=not never_sent,
     )
+
+
+# Every error an httpx call can raise: its transport errors, and those raised before
+# anything is sent (a URL or header it cannot build), which are not `HTTPError`s.
+CLIENT_ERRORS = (httpx.HTTPError, httpx.InvalidURL, httpx.StreamError, httpx.CookieConflict)
+
+
+def client_failure(exc: Exception) -> PspResult:
+    """A call that raised one of CLIENT_ERRORS."""
+    if isinstance(exc, httpx.HTTPError):
+        return transport_failure(exc)
+    # Nothing was sent, and the same request would fail the same way: not transient.
+    return PspResult(
+        Outcome.REJECTED,
+        error=PspError(type(exc).__name__, "the request could not be built"),
+        maybe_applied=False,
+    )
+
+
+def path_segment(value: str) -> str:
+    """`value` as one URL path segment: every reserved character quoted, and dots too,
+    so that no id can climb out of its segment (`..`), end the path (`#`, `?`) or add
+    one. The snapshot's id patterns refuse such ids already; this holds whatever the
+    database contains."""
+    return quote(value, safe="").replace(".", "%2E")
 
 
 def retry_after_seconds(response: httpx.Response) -> float | None:

@@ -67,7 +67,7 @@ def sync_pool(database_url: str, *, min_size: int = 1, max_size: int = 4) -> Syn
     )
 
 
-def async_pool(database_url: str, *, max_size: int = 20) -> AsyncPool:
+def async_pool(database_url: str, *, max_size: int = 20, name: str = "ordersync-web") -> AsyncPool:
     # Opened by the app's lifespan, not here: opening needs a running event loop.
     return AsyncConnectionPool(
         database_url,
@@ -80,7 +80,7 @@ def async_pool(database_url: str, *, max_size: int = 20) -> AsyncPool:
         open=False,
         timeout=5,
         check=check_live_async,
-        name="ordersync-web",
+        name=name,
     )
 
 

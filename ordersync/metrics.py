@@ -71,8 +71,9 @@ def heartbeat() -> None:
 class Metrics:
     """A narrow facade so handlers say what happened, not how it is counted."""
 
-    def webhook(self, *, source: str, outcome: str) -> None:
-        WEBHOOKS.labels(source=source, outcome=outcome).inc()
+    def webhook(self, *, source: str, outcome: str, count: int = 1) -> None:
+        if count:
+            WEBHOOKS.labels(source=source, outcome=outcome).inc(count)
 
 
 def multiprocess_dir() -> str | None:

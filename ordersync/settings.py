@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
+import re
 from functools import cache
 from typing import Literal
 
@@ -25,7 +28,10 @@ SEED_INCREASE_ALLOWED: dict[str, list[str]] = {
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+    # Errors never echo the input: it may be a secret.
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     database_url: SecretStr | None = None
     redis_url: SecretStr | None = None
@@ -100,6 +106,37 @@ class Settings(BaseSettings):
             raise ValueError("RETENTION_KEY_DAYS must be at least RETENTION_BODY_DAYS")
         return self
 
+    @field_validator("shop_webhook_secrets", "adyen_hmac_keys", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # An empty value (as a chart renders an unset one) is no value: a process that
+        # needs it says so at start (`require`), instead of answering 401 to everything.
+        if isinstance(value, str) and not value.split():
+            return None
+        return value
+
+    @field_validator("shop_webhook_secrets")
+    @classmethod
+    def _shop_secrets_well_formed(cls, value: SecretStr | None) -> SecretStr | None:
+        for number, secret in enumerate(_split(value), start=1):
+            if not _valid_webhook_secret(secret):
+                # Which entry, never what it holds.
+                raise ValueError(
+                    f"entry {number} is not a Standard Webhooks secret"
+                    " (whsec_ followed by base64 of at least 16 bytes)"
+                )
+        return value
+
+    @field_validator("adyen_hmac_keys")
+    @classmethod
+    def _hmac_keys_well_formed(cls, value: SecretStr | None) -> SecretStr | None:
+        for number, key in enumerate(_split(value), start=1):
+            if not _HMAC_KEY.fullmatch(key):
+                raise ValueError(
+                    f"entry {number} is not an Adyen HMAC key (64 hexadecimal characters)"
+                )
+        return value
+
     @field_validator("klarna_increase_allowed", mode="before")
     @classmethod
     def _parse_table(cls, value: object) -> object:
@@ -131,6 +168,28 @@ class Settings(BaseSettings):
 
 def _split(secret: SecretStr | None) -> list[str]:
     return secret.get_secret_value().split() if secret else []
+
+
+# Adyen's HMAC key is 32 bytes, shown in the Customer Area as 64 hex characters.
+_HMAC_KEY = re.compile(r"[0-9A-Fa-f]{64}")
+_BASE64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+WEBHOOK_SECRET_PREFIX = "whsec_"
+# The Standard Webhooks specification asks for secrets of 24 to 64 random bytes; 16 is
+# the least we accept.
+MIN_SECRET_BYTES = 16
+
+
+def _valid_webhook_secret(secret: str) -> bool:
+    """What the standardwebhooks library can build a verifier from without failing on a
+    request: `whsec_` (optional, as the library allows) and non-empty base64."""
+    encoded = secret.removeprefix(WEBHOOK_SECRET_PREFIX)
+    if not _BASE64.fullmatch(encoded):
+        return False
+    try:
+        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return len(key) >= MIN_SECRET_BYTES
 
 
 @cache

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
+import re
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -19,16 +20,35 @@ from psycopg.types.json import Jsonb
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from domain.snapshot import MAX_AMOUNT, PSP_REFERENCE_PATTERN
 from integrations.adyen import hmac as adyen_hmac
+from integrations.adyen.notifications import ACTED_ON
 from ordersync.db import AsyncPool
-from ordersync.errors import BadRequest, ConfigError, Unauthorized
+from ordersync.errors import (
+    BadRequest,
+    ConfigError,
+    PayloadTooLarge,
+    Unauthorized,
+    ValidationFailed,
+)
 from ordersync.jobs import Job, enqueue_job
+from service import bounded_json
 from service.state import AppState
 from service.webhooks import read_body
 
 log = structlog.get_logger("ordersync.webhooks")
 
-_REQUIRED = ("pspReference", "eventCode", "success", "merchantAccountCode")
+# Adyen batches notification items: its documentation describes a request holding a
+# few items (it sends each event as soon as it can, and retries a batch as a whole). The
+# cap keeps one request's work bounded while leaving a wide margin above that.
+MAX_ITEMS = 100
+# How many bad indexes a log line lists.
+MAX_LOGGED = 10
+# Events the worker acts on: their items are checked in full; any other verified item
+# is stored and ignored, whatever it lacks.
+_PSP_REFERENCE = re.compile(PSP_REFERENCE_PATTERN)
+_CURRENCY = re.compile(r"[A-Z]{3}")
+MAX_TEXT = 4096
 
 
 def event_key(item: Mapping[str, Any]) -> str:
@@ -58,55 +78,147 @@ def check_basic_auth(header: str | None, username: str, password: str) -> bool:
 
 
 def parse_items(body: bytes) -> list[dict[str, Any]]:
-    """The NotificationRequestItems of a notification request; BadRequest if malformed."""
+    """The NotificationRequestItems of a notification request; BadRequest if the
+    envelope is malformed. Only what the envelope, the HMAC and the inbox key need is
+    required here: an item's content is judged by `item_problem` once it verifies."""
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise BadRequest("the body is not JSON") from None
+        data = bounded_json.loads(body)
+    except ValidationFailed as exc:
+        raise BadRequest(exc.detail, fields=exc.fields) from None
     wrappers = data.get("notificationItems") if isinstance(data, dict) else None
     if not isinstance(wrappers, list) or not wrappers:
-        raise BadRequest("notificationItems must be a non-empty array")
+        raise BadRequest(
+            "notificationItems must be a non-empty array",
+            fields=[{"path": "notificationItems", "message": "a non-empty array"}],
+        )
+    if len(wrappers) > MAX_ITEMS:
+        raise PayloadTooLarge(
+            f"more than {MAX_ITEMS} notification items",
+            fields=[{"path": "notificationItems", "message": f"at most {MAX_ITEMS} items"}],
+        )
     items: list[dict[str, Any]] = []
     for index, wrapper in enumerate(wrappers):
+        path = f"notificationItems.{index}.NotificationRequestItem"
         item = wrapper.get("NotificationRequestItem") if isinstance(wrapper, dict) else None
         if not isinstance(item, dict):
-            raise BadRequest(f"notificationItems[{index}] has no NotificationRequestItem")
-        missing = [key for key in _REQUIRED if not isinstance(item.get(key), str)]
-        amount = item.get("amount")
-        if (
-            not isinstance(amount, dict)
-            or not isinstance(amount.get("currency"), str)
-            or isinstance(amount.get("value"), bool)
-            or not isinstance(amount.get("value"), int)
-        ):
+            raise BadRequest(
+                f"notificationItems[{index}] has no NotificationRequestItem",
+                fields=[{"path": path, "message": "an object"}],
+            )
+        missing = [key for key in ("pspReference", "eventCode") if not _text(item.get(key))]
+        # The HMAC's signing string reads amount.value and amount.currency.
+        if item.get("amount") is not None and not isinstance(item.get("amount"), dict):
             missing.append("amount")
         if missing:
-            raise BadRequest(f"notificationItems[{index}] lacks {', '.join(missing)}")
+            raise BadRequest(
+                f"notificationItems[{index}] lacks {', '.join(missing)}",
+                fields=[
+                    {"path": f"{path}.{key}", "message": "missing or malformed"} for key in missing
+                ],
+            )
         items.append(item)
     return items
 
 
-async def store_items(pool: AsyncPool, items: list[dict[str, Any]]) -> list[int]:
-    """Stores every item in one transaction; returns the ids of those not seen before."""
-    new: list[int] = []
-    async with pool.connection() as conn, conn.transaction():
-        for item in items:
-            payment = item.get("originalReference") or item["pspReference"]
-            cursor = await conn.execute(
-                """
-                INSERT INTO inbox (source, event_key, event_type, order_id, payload)
-                VALUES ('adyen', %s, %s,
-                        (SELECT id FROM orders WHERE provider = 'adyen' AND psp_order_id = %s),
-                        %s)
-                ON CONFLICT (source, event_key) DO NOTHING
-                RETURNING id
-                """,
-                (event_key(item), item["eventCode"], payment, Jsonb(item)),
-            )
-            row = await cursor.fetchone()
-            if row is not None:
-                new.append(int(row["id"]))
-    return new
+def _text(value: Any, limit: int = MAX_TEXT) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= limit
+
+
+def item_problem(item: Mapping[str, Any]) -> str | None:
+    """Why the worker could not act on a verified item (the field), or None. Items of
+    events we do not act on have no problem whatever they lack."""
+    if item["eventCode"] not in ACTED_ON:
+        return None
+    if not _PSP_REFERENCE.fullmatch(item["pspReference"]):
+        return "pspReference"
+    original = item.get("originalReference")
+    if original not in (None, "") and not (
+        isinstance(original, str) and _PSP_REFERENCE.fullmatch(original)
+    ):
+        return "originalReference"
+    if item.get("success") not in ("true", "false"):
+        return "success"
+    amount = item.get("amount")
+    if not isinstance(amount, dict):
+        return "amount"
+    value = amount.get("value")
+    # Webhooks v1 `Amount.value` is int64; what we act on is held to the order model's
+    # ceiling (domain.snapshot.MAX_AMOUNT), and a negative amount means nothing to us.
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_AMOUNT:
+        return "amount.value"
+    # Webhooks v1 `Amount.currency`: three characters (ISO 4217).
+    if not (isinstance(amount.get("currency"), str) and _CURRENCY.fullmatch(amount["currency"])):
+        return "amount.currency"
+    for key in ("merchantReference", "merchantAccountCode", "reason"):
+        if item.get(key) is not None and not (
+            isinstance(item[key], str) and len(item[key]) <= MAX_TEXT
+        ):
+            return key
+    if item.get("additionalData") is not None and not isinstance(item["additionalData"], dict):
+        return "additionalData"
+    return None
+
+
+# One statement for the whole request, so storing takes one round trip however many
+# items there are; in autocommit it is its own transaction (all or nothing). An item the
+# worker has nothing to do with is stored as processed: `ignored` (an event we do not
+# act on) or `invalid` (one we act on, that fails its checks): the operator sees it,
+# the worker never picks it up, and Adyen is not asked to send it again.
+_STORE_ITEMS = """
+INSERT INTO inbox (source, event_key, event_type, order_id, payload, processed_at, outcome)
+SELECT 'adyen', e.v->>'key', e.v->>'type',
+       (SELECT id FROM orders WHERE provider = 'adyen' AND psp_order_id = e.v->>'payment'),
+       e.v->'payload',
+       CASE WHEN e.v->>'outcome' IS NOT NULL THEN now() END,
+       e.v->>'outcome'
+FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(v, n)
+ORDER BY e.n
+ON CONFLICT (source, event_key) DO NOTHING
+RETURNING id, outcome
+"""
+
+
+@dataclass(frozen=True)
+class StoredItems:
+    pending: list[int]  # new items for the worker
+    invalid: int  # new items recorded as invalid
+    ignored: int  # new items of events we do not act on
+
+    @property
+    def new(self) -> int:
+        return len(self.pending) + self.invalid + self.ignored
+
+
+async def store_items(
+    pool: AsyncPool, items: list[dict[str, Any]], invalid: set[int] | None = None
+) -> StoredItems:
+    """Stores every item in one statement; returns the new ones."""
+    invalid = invalid or set()
+    rows = [
+        {
+            "key": event_key(item),
+            "type": item["eventCode"],
+            "payment": str(item.get("originalReference") or item["pspReference"]),
+            "payload": item,
+            "outcome": (
+                "invalid"
+                if index in invalid
+                else None
+                if item["eventCode"] in ACTED_ON
+                else "ignored"
+            ),
+        }
+        for index, item in enumerate(items)
+    ]
+    async with pool.connection() as conn:
+        cursor = await conn.execute(_STORE_ITEMS, (Jsonb(rows),))
+        stored = await cursor.fetchall()
+    outcomes = [row["outcome"] for row in stored]
+    return StoredItems(
+        pending=[int(row["id"]) for row in stored if row["outcome"] is None],
+        invalid=outcomes.count("invalid"),
+        ignored=outcomes.count("ignored"),
+    )
 
 
 async def adyen_webhook(request: Request) -> Response:
@@ -126,20 +238,34 @@ async def adyen_webhook(request: Request) -> Response:
     bad = [index for index, item in enumerate(items) if not adyen_hmac.is_valid(item, keys)]
     if bad:
         # One forged item taints the request: none of it is stored.
-        log.warning("adyen_hmac_invalid", items=len(items), invalid=bad)
+        log.warning(
+            "adyen_hmac_invalid", items=len(items), invalid=len(bad), first=bad[:MAX_LOGGED]
+        )
         raise Unauthorized("invalid HMAC signature")
-    new = await store_items(state.pool, items)
+    problems = {index: item_problem(item) for index, item in enumerate(items)}
+    invalid = {index: field for index, field in problems.items() if field is not None}
+    if invalid:
+        log.warning(
+            "adyen_items_invalid",
+            items=len(items),
+            invalid=len(invalid),
+            first=[{"index": i, "field": f} for i, f in list(invalid.items())[:MAX_LOGGED]],
+        )
+    stored = await store_items(state.pool, items, set(invalid))
+    new = stored.pending
     log.info(
         "webhook_stored",
         source="adyen",
         items=len(items),
-        new=len(new),
-        event_codes=sorted({item["eventCode"] for item in items}),
+        new=stored.new,
+        invalid=stored.invalid,
+        ignored=stored.ignored,
+        event_codes=sorted({str(item["eventCode"])[:64] for item in items})[:MAX_LOGGED],
     )
-    for _ in new:
-        state.metrics.webhook(source="adyen", outcome="applied")
-    for _ in range(len(items) - len(new)):
-        state.metrics.webhook(source="adyen", outcome="duplicate")
+    state.metrics.webhook(source="adyen", outcome="applied", count=len(new))
+    state.metrics.webhook(source="adyen", outcome="invalid", count=stored.invalid)
+    state.metrics.webhook(source="adyen", outcome="ignored", count=stored.ignored)
+    state.metrics.webhook(source="adyen", outcome="duplicate", count=len(items) - stored.new)
     for inbox_id in new:
         enqueue_job(Job.PROCESS_NOTIFICATION, inbox_id)
     return PlainTextResponse("[accepted]")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -45,9 +46,14 @@ def redis_client_url(redis_url: str) -> str:
     return redis_url
 
 
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:-]{1,64}")
+
+
 class RequestContext:
     """Binds a request id (the caller's X-Request-ID, or a new one) to every log line,
-    and makes the request a unit of work: the jobs its handler asked for after its
+    and puts it on every answer: it is the outermost layer of our own, so an error that
+    nothing else handled is answered here (500, contract error JSON) with the id too.
+    The request is also a unit of work: the jobs its handler asked for after its
     commit are handed to the publisher when it has answered."""
 
     def __init__(self, app: ASGIApp, send_jobs: jobs.Sender) -> None:
@@ -59,17 +65,31 @@ class RequestContext:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        request_id = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
+        given = headers.get(b"x-request-id", b"")
+        # Only an id that is safe to echo and to log is taken over.
+        request_id = given.decode() if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
         structlog.contextvars.clear_contextvars()
-        structlog.contextvars.bind_contextvars(request_id=request_id, path=scope["path"])
+        structlog.contextvars.bind_contextvars(request_id=request_id, path=scope["path"][:256])
+        started = False
 
         async def send_with_id(message: Any) -> None:
+            nonlocal started
             if message["type"] == "http.response.start":
+                started = True
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
         with jobs.unit_of_work(self.send_jobs):
-            await self.app(scope, receive, send_with_id)
+            try:
+                await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                log.exception("unhandled_error", error=type(exc).__name__)
+                if started:
+                    raise
+                response = JSONResponse(
+                    {"error": "internal_error", "detail": "unexpected error"}, status_code=500
+                )
+                await response(scope, receive, send_with_id)
 
 
 async def _ordersync_error(_: Request, exc: Exception) -> Response:
@@ -96,16 +116,16 @@ async def _database_down(_: Request, exc: Exception) -> Response:
     )
 
 
-async def _unexpected(_: Request, exc: Exception) -> Response:
-    log.exception("unhandled_error", error=type(exc).__name__)
-    return JSONResponse({"error": "internal_error", "detail": "unexpected error"}, 500)
-
-
 def create_app(settings: Settings | None = None) -> Starlette:
     settings = settings or get_settings()
     settings.require("database_url", "redis_url", "shop_webhook_secrets")
     assert settings.database_url is not None and settings.redis_url is not None
     pool = async_pool(settings.database_url.get_secret_value(), max_size=settings.web_db_pool_size)
+    # /readyz and /metrics are unauthenticated: they get their own two connections, so
+    # however often they are called they never take one a webhook is waiting for.
+    probe_pool = async_pool(
+        settings.database_url.get_secret_value(), max_size=2, name="ordersync-probes"
+    )
     redis = aioredis.from_url(
         redis_client_url(settings.redis_url.get_secret_value()),
         socket_timeout=2,
@@ -138,6 +158,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         metrics=Metrics(),
         publisher=publisher,
         store_shop_event=store_shop,
+        probe_pool=probe_pool,
     )
 
     @contextlib.asynccontextmanager
@@ -145,6 +166,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         # Open without waiting: the web process must start (and say 503) while Postgres
         # is still coming up.
         await pool.open(wait=False)
+        await probe_pool.open(wait=False)
         await publisher.start()
         try:
             yield
@@ -152,6 +174,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             await batcher.drain()
             await publisher.stop()
             await pool.close()
+            await probe_pool.close()
             await redis.aclose()
 
     app = Starlette(
@@ -169,7 +192,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
             HTTPException: _http_error,
             psycopg.OperationalError: _database_down,
             PoolTimeout: _database_down,
-            Exception: _unexpected,
         },
         lifespan=lifespan,
     )

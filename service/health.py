@@ -33,7 +33,7 @@ async def readyz(request: Request) -> Response:
 async def _postgres_ok(state: AppState) -> bool:
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
-            async with state.pool.connection() as conn:
+            async with state.probes.connection() as conn:
                 await conn.execute("SELECT 1")
         return True
     except Exception:  # any failure means "not ready"; the reason is in the DB's own logs

@@ -27,7 +27,7 @@ FLAGS = ("needs_new_order", "needs_attention")
 async def database_gauges(state: AppState) -> list[GaugeMetricFamily]:
     """Backlogs read from Postgres at scrape time. Each query walks a partial index that
     holds only the unfinished rows, so a scrape costs little while things are healthy."""
-    async with asyncio.timeout(QUERY_TIMEOUT_SECONDS), state.pool.connection() as conn:
+    async with asyncio.timeout(QUERY_TIMEOUT_SECONDS), state.probes.connection() as conn:
         inbox_rows = await inbox.backlog(conn)
         outbox_row = await outbox.backlog(conn)
         flag_counts = await orders.flag_counts(conn)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
@@ -13,9 +14,11 @@ from typing import Any
 import structlog
 
 from data import inbox, orders, outbox
+from data.orders import PARKED_UNTIL
 from data.outbox import webhook_id
 from ordersync.db import AsyncPool
 from ordersync.errors import NotFound, ValidationFailed
+from service.bounded_json import text_problem
 
 log = structlog.get_logger("ordersync.operator")
 
@@ -27,14 +30,17 @@ MAX_WEBHOOKS = 100
 MAX_CALLBACKS = 100
 
 
+MAX_ORDER_ID = 64  # domain.snapshot.OrderSnapshot.id
+MAX_CURSOR = 512
+_LIMIT = re.compile(r"[0-9]{1,4}")
+_CURSOR = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def _order_id(order_id: str) -> str:
-    # Postgres text holds neither NUL nor unpaired surrogates: such an id names no order.
-    if "\x00" in order_id:
+    # Postgres text holds neither NUL nor unpaired surrogates, and no stored id is
+    # longer than the snapshot allows: such an id names no order.
+    if len(order_id) > MAX_ORDER_ID or text_problem(order_id):
         raise NotFound("no such order")
-    try:
-        order_id.encode()
-    except UnicodeEncodeError:
-        raise NotFound("no such order") from None
     return order_id
 
 
@@ -207,7 +213,8 @@ async def order_detail(pool: AsyncPool, order_id: str) -> dict[str, Any]:
 def parse_limit(value: str | None) -> int:
     if value is None or value == "":
         return DEFAULT_LIMIT
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
+    # ASCII digits only ("²".isdigit() is true, int("²") fails), and few of them.
+    if not _LIMIT.fullmatch(value) or not 1 <= int(value) <= MAX_LIMIT:
         raise ValidationFailed(
             "invalid query parameter",
             fields=[{"path": "query.limit", "message": f"an integer from 1 to {MAX_LIMIT}"}],
@@ -233,10 +240,15 @@ def encode_cursor(updated_at: datetime, order_id: str) -> str:
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
+        # Bounded before it is decoded: a cursor is short and in base64url.
+        if len(cursor) > MAX_CURSOR or not _CURSOR.fullmatch(cursor):
+            raise ValueError("not a cursor")
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stamp, order_id = json.loads(raw)
-        return datetime.fromisoformat(stamp), _order_id(str(order_id))
-    except (ValueError, TypeError, binascii.Error, NotFound):
+        if not isinstance(stamp, str) or not isinstance(order_id, str):
+            raise ValueError("not a cursor")
+        return datetime.fromisoformat(stamp), _order_id(order_id)
+    except (ValueError, TypeError, binascii.Error, NotFound, RecursionError):
         raise ValidationFailed(
             "invalid query parameter",
             fields=[{"path": "query.cursor", "message": "not a cursor this API returned"}],
@@ -298,6 +310,13 @@ async def request_reconcile(pool: AsyncPool, order_id: str) -> dict[str, Any]:
             "UPDATE operations SET next_attempt_at = now(), updated_at = now()"
             " WHERE order_id = %s AND status = 'pending'",
             (order_id,),
+        )
+        # A `sent` operation parked by a task that kept failing (workers/poison.py) is
+        # released: its lease runs out now, and the reconciler checks it with the PSP.
+        await conn.execute(
+            "UPDATE operations SET lease_until = now(), updated_at = now()"
+            " WHERE order_id = %s AND status = 'sent' AND lease_until = %s",
+            (order_id, PARKED_UNTIL),
         )
     cleared = [flag for flag in before["flags"] if flag not in row["flags"]]
     log.info(

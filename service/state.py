@@ -26,3 +26,9 @@ class AppState:
     metrics: Metrics
     publisher: Publisher
     store_shop_event: StoreShopEvent
+    # Connections for /readyz and /metrics only (None: they share `pool`).
+    probe_pool: AsyncPool | None = None
+
+    @property
+    def probes(self) -> AsyncPool:
+        return self.probe_pool or self.pool

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import structlog
 from pydantic import ValidationError
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -11,11 +13,22 @@ from starlette.responses import JSONResponse, Response
 from domain.snapshot import ShopEvent
 from ordersync.errors import PayloadTooLarge, Unauthorized, ValidationFailed
 from ordersync.jobs import Job, enqueue_job
+from service import bounded_json
 from service.state import AppState
 
 log = structlog.get_logger("ordersync.webhooks")
 
 MAX_BODY_BYTES = 1024 * 1024
+# A well-formed v1 entry: "v1," and the base64 of a 32-byte HMAC-SHA256.
+_V1_ENTRY = re.compile(r"v1,[A-Za-z0-9+/]{43}=")
+# Rotation needs two or three; more well-formed entries than this are not looked at, so
+# a long header cannot make us hash the body many times.
+MAX_SIGNATURE_ENTRIES = 8
+# What we store as the inbox key: printable ASCII of a sane length.
+_WEBHOOK_ID = re.compile(r"[\x21-\x7e]{1,255}")
+# Every way the Standard Webhooks library fails to verify: its own error, and what it
+# lets escape on malformed input (binascii.Error and UnicodeDecodeError are ValueErrors).
+_VERIFY_FAILURES = (WebhookVerificationError, ValueError, TypeError, OverflowError)
 
 
 async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
@@ -34,19 +47,30 @@ async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
 
 
 def verify_shop_signature(body: bytes, headers: dict[str, str], secrets: list[str]) -> str:
-    """Returns the verified webhook-id; any configured secret may have signed (rotation)."""
-    for secret in secrets:
-        try:
-            Webhook(secret).verify(body, headers)
-        except WebhookVerificationError:
-            continue
-        return headers["webhook-id"]
+    """Returns the verified webhook-id; any configured secret may have signed (rotation).
+
+    Each entry of `webhook-signature` counts on its own: malformed ones are dropped
+    before the library sees the header, so one bad entry cannot sink a valid one, and
+    no failure of the library is anything but a 401.
+    """
+    entries = [e for e in headers.get("webhook-signature", "").split(" ") if _V1_ENTRY.fullmatch(e)]
+    webhook_id = headers.get("webhook-id", "")
+    if entries and _WEBHOOK_ID.fullmatch(webhook_id):
+        checked = {**headers, "webhook-signature": " ".join(entries[:MAX_SIGNATURE_ENTRIES])}
+        for secret in secrets:
+            try:
+                Webhook(secret).verify(body, checked, json_parse=False)
+            except _VERIFY_FAILURES:
+                continue
+            return webhook_id
     raise Unauthorized("missing or invalid webhook signature")
 
 
 def parse_event(body: bytes) -> ShopEvent:
+    # Parsed by us within bounds, never by the signature library.
+    data = bounded_json.loads(body)
     try:
-        return ShopEvent.model_validate_json(body)
+        return ShopEvent.model_validate(data)
     except ValidationError as exc:
         fields = validation_fields(exc)
         raise ValidationFailed("the event failed validation", fields=fields) from None

@@ -22,11 +22,9 @@ Rules that keep the ledger sound whatever the order of arrival:
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from enum import StrEnum
 from typing import Any
 
 import structlog
@@ -34,9 +32,15 @@ from psycopg import Connection
 from psycopg.types.json import Jsonb
 
 from data import orders as store
-from domain.lines import PspLine
 from domain.planner import NEEDS_ATTENTION, NEEDS_NEW_ORDER, Flag, Kind
-from domain.snapshot import LineType
+from integrations.adyen.notifications import (
+    PAYMENT_EVENTS,
+    SETTLES,
+    Notification,
+    Verdict,
+    decide,
+    openinvoice_lines,
+)
 from integrations.results import retry_delay
 from ordersync.settings import Settings
 from workers.context import WorkerContext
@@ -47,20 +51,6 @@ log = structlog.get_logger("ordersync.adyen")
 
 Row = dict[str, Any]
 Enqueue = Callable[[str, float], None]
-
-# Which of our operation kinds each modification event can settle.
-SETTLES: dict[str, frozenset[Kind]] = {
-    "AUTHORISATION_ADJUSTMENT": frozenset({Kind.UPDATE_AUTHORIZATION, Kind.RELEASE_AUTHORIZATION}),
-    "CAPTURE": frozenset({Kind.CAPTURE}),
-    "CAPTURE_FAILED": frozenset({Kind.CAPTURE}),
-    "REFUND": frozenset({Kind.REFUND}),
-    "REFUND_FAILED": frozenset({Kind.REFUND}),
-    "REFUNDED_REVERSED": frozenset({Kind.REFUND}),
-    "CANCELLATION": frozenset({Kind.CANCEL, Kind.RELEASE_AUTHORIZATION}),
-}
-# Events that report money moving back after the PSP first reported success.
-REVERSALS = frozenset({"CAPTURE_FAILED", "REFUND_FAILED", "REFUNDED_REVERSED"})
-PAYMENT_EVENTS = frozenset({"AUTHORISATION", "EXPIRE"})
 
 # --- SQL (the inbox's Adyen rows and adyen_payments) ----------------------------------
 
@@ -116,95 +106,6 @@ RETURNING id
 """
 
 
-@dataclass(frozen=True)
-class Notification:
-    """One NotificationRequestItem, in the terms we act on."""
-
-    psp_reference: str
-    original_reference: str | None
-    merchant_reference: str | None
-    merchant_account: str | None
-    event_code: str
-    success: bool
-    amount: int
-    currency: str
-    reason: str
-    additional: Mapping[str, Any]
-
-    @classmethod
-    def from_item(cls, item: Mapping[str, Any]) -> Notification:
-        amount = item.get("amount") or {}
-        additional = item.get("additionalData")
-        return cls(
-            psp_reference=str(item["pspReference"]),
-            original_reference=item.get("originalReference") or None,
-            merchant_reference=item.get("merchantReference") or None,
-            merchant_account=item.get("merchantAccountCode"),
-            event_code=str(item["eventCode"]),
-            success=str(item.get("success")).lower() == "true",
-            amount=int(amount.get("value") or 0),
-            currency=str(amount.get("currency") or ""),
-            reason=str(item.get("reason") or ""),
-            additional=additional if isinstance(additional, Mapping) else {},
-        )
-
-    @property
-    def operation_id(self) -> uuid.UUID | None:
-        """Our operation id, which our modification requests send as `reference`."""
-        try:
-            return uuid.UUID(self.merchant_reference or "")
-        except ValueError:
-            return None
-
-    @property
-    def payment_reference(self) -> str:
-        return self.original_reference or self.psp_reference
-
-    def error(self) -> dict[str, Any]:
-        return {
-            "code": self.event_code,
-            "message": self.reason or f"{self.event_code} success={str(self.success).lower()}",
-            "correlation_id": self.psp_reference,
-        }
-
-
-# --- deciding (pure) -------------------------------------------------------------------
-
-
-class Verdict(StrEnum):
-    SUCCEED = "succeeded"
-    REJECT = "rejected"
-    RETRY = "retry"
-    FLAG = "flagged"  # the operation keeps its outcome; a person must look
-    STALE = "stale"  # a repeat, or older than what we already know: no effect
-
-
-def decide(n: Notification, op: Row) -> Verdict:
-    """What the notification does to the operation it matched."""
-    kind = Kind(op["kind"])
-    if kind not in SETTLES.get(n.event_code, frozenset()):
-        return Verdict.STALE
-    failure = not n.success or n.event_code in REVERSALS
-    status = op["status"]
-    # In flight includes `pending` (a retry parked after an unknown outcome, or one whose
-    # answer never reached us): the notification is the outcome we were missing. A
-    # pending operation still holding a pspReference predates failed_psp_references:
-    # that reference is the failed generation's.
-    answered = status == "pending" and op["psp_reference"] is not None
-    if status in store.IN_FLIGHT and not answered:
-        if not failure:
-            return Verdict.SUCCEED
-        if kind is Kind.CAPTURE and n.event_code in ("CAPTURE", "CAPTURE_FAILED"):
-            return Verdict.RETRY
-        return Verdict.REJECT
-    if status == "succeeded":
-        return Verdict.FLAG if n.event_code in REVERSALS else Verdict.STALE
-    if status in ("rejected", "failed") and not failure:
-        # Adyen did what we had given up on: the ledger is short of it.
-        return Verdict.FLAG
-    return Verdict.STALE
-
-
 def rejection_flag(n: Notification, order: Row, op: Row) -> Flag:
     """The reconciler's rule (workers/reconcile.py rejection_flag); an increase is
     refused when AUTHORISATION_ADJUSTMENT says so."""
@@ -216,46 +117,6 @@ def rejection_flag(n: Notification, order: Row, op: Row) -> Flag:
         error["message"],
         refused=n.event_code == "AUTHORISATION_ADJUSTMENT",
     )
-
-
-def openinvoice_lines(additional: Mapping[str, Any]) -> list[PspLine]:
-    """Lines from `openinvoicedata.lineN.*`, when Adyen sends them with AUTHORISATION.
-
-    Only used to tell which lines were authorized, so a line without an id is keyed by
-    its description.
-    """
-    try:
-        count = int(additional.get("openinvoicedata.numberOfLines", 0))
-    except (TypeError, ValueError):
-        return []
-    merged: dict[str, PspLine] = {}
-    for number in range(1, count + 1):
-        prefix = f"openinvoicedata.line{number}."
-        try:
-            quantity = int(additional[prefix + "numberOfItems"])
-            unit = int(additional[prefix + "itemAmount"]) + int(
-                additional.get(prefix + "itemVatAmount", 0)
-            )
-            rate = int(additional.get(prefix + "itemVatPercentage", 0))
-        except (KeyError, TypeError, ValueError):
-            return []
-        name = str(additional.get(prefix + "description", ""))
-        reference = str(additional.get(prefix + "itemId") or name or f"line{number}")
-        before = merged.get(reference)
-        quantity_before = before.quantity if before else 0
-        total = quantity * unit + (before.total_amount if before else 0)
-        merged[reference] = PspLine(
-            reference=reference,
-            name=name,
-            type=LineType.DISCOUNT if unit < 0 else LineType.PHYSICAL,
-            quantity=quantity_before + quantity,
-            unit_price=unit,
-            tax_rate=rate,
-            total_amount=total,
-            total_discount_amount=(quantity_before + quantity) * unit - total,
-            total_tax_amount=0,
-        )
-    return list(merged.values())
 
 
 # --- applying (one transaction) ---------------------------------------------------------

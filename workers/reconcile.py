@@ -237,6 +237,8 @@ class Reconciler:
                     self._schedule(order["id"], delay)
                 else:
                     self._flag(conn, order, _error_flag("read_failed", result.error))
+                    # Reading again cannot help: it waits for a person, not the sweeper.
+                    store.park_order(conn, order["id"])
             return False
         with self.ctx.pool.connection() as conn, conn.transaction():
             locked = store.lock_order(conn, order["id"])

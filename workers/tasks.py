@@ -14,7 +14,7 @@ from psycopg_pool import PoolTimeout
 
 from ordersync import metrics
 from ordersync.jobs import Job, enqueue_job
-from workers import adyen_inbox, callbacks, retention, sweeper
+from workers import adyen_inbox, callbacks, poison, retention, sweeper
 from workers.celery_app import app
 from workers.context import close_context, get_context
 from workers.crashpoints import crash_point
@@ -50,9 +50,12 @@ def enqueue_notification(inbox_id: int, delay: float = 0.0) -> None:
 @app.task(name=Job.RECONCILE_ORDER.value, bind=True, **RETRY_ON_DATABASE_ERRORS)
 def reconcile_order(self: Task, order_id: str, force: bool = False) -> str:
     metrics.heartbeat()
-    outcome = Reconciler(get_context(), enqueue_reconcile).run(order_id, force=force)
+    outcome = poison.guarded(
+        lambda: Reconciler(get_context(), enqueue_reconcile).run(order_id, force=force),
+        lambda exc: poison.record_order_failure(get_context(), order_id, "reconcile_order", exc),
+    )
     crash_point("after_commit")  # everything committed, the message not yet acked
-    return outcome
+    return outcome or "poisoned"
 
 
 @app.task(name=Job.DELIVER_CALLBACKS.value, bind=True, **RETRY_ON_DATABASE_ERRORS)
@@ -68,7 +71,13 @@ def deliver_callbacks(self: Task, order_id: str) -> int:
 
 @app.task(name=Job.PROCESS_NOTIFICATION.value, bind=True, **RETRY_ON_DATABASE_ERRORS)
 def process_notification(self: Task, inbox_id: int) -> str:
-    return adyen_inbox.process(get_context(), inbox_id, enqueue_reconcile)
+    outcome = poison.guarded(
+        lambda: adyen_inbox.process(get_context(), inbox_id, enqueue_reconcile),
+        lambda exc: poison.record_notification_failure(
+            get_context(), inbox_id, "process_notification", exc
+        ),
+    )
+    return outcome or "poisoned"
 
 
 @app.task(name=Job.SWEEP.value, bind=True)

@@ -17,15 +17,17 @@ from domain.lines import PspLine, adyen_line_items, lines_total, openinvoice_dat
 from domain.planner import Kind
 from domain.snapshot import AdyenPayment, OrderSnapshot
 from integrations.results import (
+    CLIENT_ERRORS,
     Outcome,
     PspError,
     PspRequest,
     PspResult,
+    client_failure,
     in_progress,
     in_progress_result,
     is_transient_status,
+    path_segment,
     retry_after_seconds,
-    transport_failure,
 )
 
 CapturedLines = Callable[[str], Sequence[PspLine]]
@@ -189,8 +191,8 @@ class AdyenClient:
         started = time.perf_counter()
         try:
             response = self._http.post(url, content=body.encode(), headers=headers)
-        except httpx.HTTPError as exc:
-            return transport_failure(exc)
+        except CLIENT_ERRORS as exc:
+            return client_failure(exc)
         elapsed = time.perf_counter() - started
         status = response.status_code
         data = _json(response)
@@ -239,7 +241,7 @@ class AdyenClient:
 
 def checkout_path(payment: str, action: str) -> str:
     """The one place a Checkout modification path is built from a payment's reference."""
-    return f"/payments/{payment}/{action}"
+    return f"/payments/{path_segment(payment)}/{action}"
 
 
 def amount_after_release(order: dict[str, Any]) -> int:

@@ -17,7 +17,9 @@ from typing import Any
 
 
 def signing_string(item: Mapping[str, Any]) -> str:
-    amount = item.get("amount") or {}
+    amount = item.get("amount")
+    # Anything but an object counts as absent, so no item can make signing raise.
+    amount = amount if isinstance(amount, Mapping) else {}
     fields = (
         item.get("pspReference"),
         item.get("originalReference"),
@@ -33,7 +35,9 @@ def signing_string(item: Mapping[str, Any]) -> str:
 
 def sign(item: Mapping[str, Any], hex_key: str) -> str:
     key = binascii.unhexlify(hex_key)
-    digest = hmac.new(key, signing_string(item).encode("utf-8"), hashlib.sha256).digest()
+    digest = hmac.new(
+        key, signing_string(item).encode("utf-8", "surrogatepass"), hashlib.sha256
+    ).digest()
     return base64.b64encode(digest).decode("ascii")
 
 

@@ -11,15 +11,17 @@ from domain.lines import PspLine, klarna_order_lines
 from domain.planner import Kind, PspStatus
 from domain.snapshot import OrderSnapshot, Shipping
 from integrations.results import (
+    CLIENT_ERRORS,
     Outcome,
     PspError,
     PspRequest,
     PspResult,
+    client_failure,
     in_progress,
     in_progress_result,
     is_transient_status,
+    path_segment,
     retry_after_seconds,
-    transport_failure,
 )
 
 ORDERS = "/ordermanagement/v1/orders"
@@ -114,8 +116,8 @@ class KlarnaClient:
                 headers=headers,
                 auth=self._auth,
             )
-        except httpx.HTTPError as exc:
-            return transport_failure(exc)
+        except CLIENT_ERRORS as exc:
+            return client_failure(exc)
         elapsed = time.perf_counter() - started
         status = response.status_code
         if status < 300:
@@ -155,7 +157,7 @@ _REFERENCE_HEADER = {Kind.CAPTURE: "Capture-Id", Kind.REFUND: "Refund-Id"}
 
 def order_path(order_id: str, action: str | None = None) -> str:
     """The one place a Klarna path is built from an order id."""
-    path = f"{ORDERS}/{order_id}"
+    path = f"{ORDERS}/{path_segment(order_id)}"
     return f"{path}/{action}" if action else path
 
 

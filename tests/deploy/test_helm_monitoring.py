@@ -75,6 +75,7 @@ def exported_metrics() -> set[str]:
 
     class State:
         pool = Pool()
+        probes = pool  # /metrics reads through the probes' own pool
 
     families = asyncio.run(observability.database_gauges(State()))  # type: ignore[arg-type]
     names.update(family.name for family in families)

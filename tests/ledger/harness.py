@@ -173,7 +173,7 @@ def snapshot(
     payment = (
         {"provider": "klarna", "klarna_order_id": f"k-{order_id}"}
         if provider == "klarna"
-        else {"provider": "adyen", "psp_reference": f"a-{order_id}"}
+        else {"provider": "adyen", "psp_reference": f"a{order_id.replace('-', '')}"}
     )
     return OrderSnapshot.model_validate(
         {

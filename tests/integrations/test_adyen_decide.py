@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from workers.adyen_inbox import Notification, Verdict, decide, openinvoice_lines
+from integrations.adyen.notifications import Notification, Verdict, decide, openinvoice_lines
 
 
 def note(event: str, success: bool = True) -> Notification:
