@@ -147,7 +147,7 @@ def plan_next(
         if psp.status is PspStatus.PART_CAPTURED and psp.authorized > psp.captured:
             return Plan(Kind.RELEASE_AUTHORIZATION, psp.authorized - psp.captured)
     elif psp.status is PspStatus.CANCELLED:
-        if capture_lines(order, ledger):
+        if lines_total(capture_lines(order, ledger)) > 0:
             return Flag(
                 NEEDS_ATTENTION,
                 "psp_order_cancelled",
@@ -180,10 +180,9 @@ def plan_next(
 
 
 def _emptied(order: OrderSnapshot, psp: PspState) -> bool:
-    """The shop removed every product from an open order."""
-    return psp.open_for_changes and not any(
-        line.quantity > 0 for line in order.effective_lines if not line.reduces_total
-    )
+    """Nothing left to pay for in an open order: every product removed (or all of it
+    discounted away)."""
+    return psp.open_for_changes and order.total == 0
 
 
 def _capture_gap(order: OrderSnapshot, psp: PspState, ledger: Ledger) -> Flag | None:

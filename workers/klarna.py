@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from domain.lines import PspLine, klarna_order_lines
+from domain.lines import PspLine, klarna_order_lines, same_lines
 from domain.planner import Kind, PspStatus
 from domain.snapshot import OrderSnapshot, Shipping
 from workers.psp import (
@@ -226,10 +226,18 @@ def klarna_applied(op: dict[str, Any], body: dict[str, Any]) -> bool:
     if kind is Kind.REFUND:
         return any(r.get("reference") == reference for r in body.get("refunds") or [])
     if kind is Kind.UPDATE_AUTHORIZATION:
-        return int(body.get("order_amount", -1)) == int(op["amount"])
+        # The lines too: an update may keep the amount and change only the lines.
+        held = _lines(klarna_figures(body)["lines"])
+        return int(body.get("order_amount", -1)) == int(op["amount"]) and same_lines(
+            held, _lines(op["lines"])
+        )
     if kind is Kind.CANCEL:
         return body.get("status") == "CANCELLED"
     if kind is Kind.RELEASE_AUTHORIZATION:
         return body.get("order_amount") == body.get("captured_amount")
     # Extending twice only moves the expiry once more; Klarna's key replay covers it.
     return False
+
+
+def _lines(data: Sequence[dict[str, Any]]) -> list[PspLine]:
+    return [PspLine.from_json(item) for item in data]
