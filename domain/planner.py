@@ -186,7 +186,8 @@ def _emptied(order: OrderSnapshot, psp: PspState) -> bool:
 
 
 def _capture_gap(order: OrderSnapshot, psp: PspState, ledger: Ledger) -> Flag | None:
-    """Everything has been captured, yet the captures do not add up to the total.
+    """The captures cannot add up to the total any more: everything is captured for
+    another sum, or more is held than the order is worth.
 
     The remaining captures carry a discount or price edit made after a capture; with
     none left (or a price lowered below what was captured) the PSP cannot follow, and
@@ -195,17 +196,21 @@ def _capture_gap(order: OrderSnapshot, psp: PspState, ledger: Ledger) -> Flag | 
     """
     if order.status != "open" or psp.status not in (PspStatus.PART_CAPTURED, PspStatus.CAPTURED):
         return None
-    if not all_units_captured(order, ledger):
-        return None
     captured = captured_total(ledger)
-    if captured == order.total:
+    held = captured - sum(entry.refunded_amount for entry in ledger.values())
+    if held > order.total:
+        # Charged beyond the total (say, the basket emptied after a capture): no later
+        # capture can undo it, whether or not everything has shipped.
+        direction = "above"
+    elif captured != order.total and all_units_captured(order, ledger):
+        direction = "above" if captured > order.total else "below"
+    else:
         return None
-    direction = "below" if captured < order.total else "above"
     return Flag(
         NEEDS_ATTENTION,
         f"captured_{direction}_total",
-        f"every unit is captured, for {captured}, but the order's total is {order.total} "
-        f"({order.total - captured:+d}); the PSP cannot follow with a capture",
+        f"captured {captured} (refunded {captured - held}) against the order's total "
+        f"{order.total} ({order.total - captured:+d}); the PSP cannot follow with a capture",
     )
 
 
