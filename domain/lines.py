@@ -194,13 +194,14 @@ def captured_total(ledger: Ledger) -> int:
 
 
 def all_units_captured(order: OrderSnapshot, ledger: Ledger) -> bool:
-    """Every unit of every product line in the basket has been captured (free lines
-    aside: a capture of 0 is never sent for them)."""
-    return all(
-        ledger.get(line.id, LineLedger()).captured_quantity >= line.quantity
+    """Nothing is left to capture, ever: every product unit has shipped, and what has
+    not been captured of it is worth nothing (a capture of 0 is never sent)."""
+    shipped = all(
+        line.shipped_quantity >= line.quantity
         for line in order.effective_lines
         if not line.reduces_total and line.total != 0
     )
+    return shipped and lines_total(capture_lines(order, ledger)) <= 0
 
 
 def same_lines(a: Iterable[PspLine], b: Iterable[PspLine]) -> bool:
@@ -451,7 +452,22 @@ def _shares_back(order: OrderSnapshot, ledger: Ledger, amount: int) -> list[PspL
         and (entry.held_value < 0) == (amount < 0)
     ]
     if not held:
-        return []
+        # A later capture's correction gave the discount back already (its share then
+        # sits on the units of that capture): the units returned now still carry theirs,
+        # and the first discount line the order had carries it back.
+        held = [
+            (reference, entry)
+            for reference, entry in ledger.items()
+            if entry.line is not None and _is_share(entry.line)
+        ][:1]
+        if not held:
+            return []
+        reference, entry = held[0]
+        shop, line = names.get(reference), entry.line
+        if shop is not None:
+            return [_reducing_share(shop, amount)]
+        assert line is not None
+        return [_share_line(reference, line.name, line.tax_rate, amount)]
     parts = distribute(abs(amount), [abs(entry.held_value) for _, entry in held])
     result = []
     for (reference, entry), part in zip(held, parts, strict=True):

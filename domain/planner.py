@@ -260,7 +260,7 @@ def _capture_step(
     if amount > remaining:
         lines = _fit_capture(order, ledger, remaining)
         amount = lines_total(lines)
-        if not lines:
+        if amount <= 0:  # only what is worth nothing fits: the rest must not go unflagged
             if refused_amount is not None:
                 # Expected after a refused increase: the extra lines were never authorized.
                 return Wait("shipped_lines_not_authorized")

@@ -82,6 +82,7 @@ SEQUENCE_OF = {
     "key_reused_differently": 11,
     "flag_not_told": 0,
     "refusal_not_told": 13,
+    "adyen_authorization_guessed": 14,
     "not_in_sync": 0,
     "crashed": 0,
 }
@@ -876,7 +877,9 @@ class Simulation:
                     if line.reduces_total or line.total == 0:
                         continue
                     entry = ledger.get(line.id, LineLedger())
-                    if entry.captured_quantity != line.shipped_quantity:
+                    # Never more than shipped; fewer only where the rest is worth 0
+                    # (checked below: everything shipped means the total is captured).
+                    if entry.captured_quantity > line.shipped_quantity:
                         found.append(
                             Violation(
                                 "capture_gap",
@@ -884,16 +887,24 @@ class Simulation:
                                 f"captured {entry.captured_quantity}",
                             )
                         )
-                    if entry.refunded_quantity != min(
-                        line.returned_quantity, entry.captured_quantity
-                    ):
+                    held_value = (
+                        entry.captured_amount
+                        + entry.captured_share
+                        - entry.refunded_amount
+                        - entry.refunded_share
+                    )
+                    returned = min(line.returned_quantity, entry.captured_quantity)
+                    if entry.refunded_quantity < returned and held_value > 0:
                         found.append(Violation("over_refund", f"line {line.id}: refunds missing"))
                 everything = all(
                     line.shipped_quantity == line.quantity
                     for line in snapshot.effective_lines
                     if not line.reduces_total and line.total
                 )
-                if everything and captured_total(ledger) != snapshot.total and snapshot.total:
+                captured_sum = captured_total(ledger)
+                if captured_sum > snapshot.total or (
+                    everything and captured_sum != snapshot.total and snapshot.total
+                ):
                     found.append(
                         Violation(
                             "capture_gap",
@@ -906,7 +917,21 @@ class Simulation:
                 and psp.captured < psp.authorized
                 and snapshot.total
             ):
-                if psp.authorized != snapshot.total:
+                updated = any(op["kind"] == "update_authorization" for op in succeeded)
+                if (
+                    psp.provider == "adyen"
+                    and not updated
+                    and order["authorized_amount"] != (psp.authorized)
+                ):
+                    # Taken from a snapshot stored first, not the payment (seq 14).
+                    found.append(
+                        Violation(
+                            "adyen_authorization_guessed",
+                            f"stored authorized {order['authorized_amount']}, "
+                            f"Adyen {psp.authorized}",
+                        )
+                    )
+                elif psp.authorized != snapshot.total:
                     found.append(
                         Violation(
                             "not_in_sync", f"PSP authorized {psp.authorized} of {snapshot.total}"
