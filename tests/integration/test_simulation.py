@@ -27,6 +27,7 @@ KNOWN_ON_BASE = {
     10: "a 409 'in progress' taken as a business rejection (i11a)",
     11: "a retry under one key rebuilt the request (shipping_info) (i11a)",
     13: "a second, different refused increase not told to the shop (i11a)",
+    14: "Adyen authorized amount taken from the first snapshot stored (i11a)",
 }
 
 
