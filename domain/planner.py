@@ -198,12 +198,12 @@ def _capture_gap(order: OrderSnapshot, psp: PspState, ledger: Ledger) -> Flag | 
         return None
     captured = captured_total(ledger)
     held = captured - sum(entry.refunded_amount for entry in ledger.values())
-    if held > order.total:
-        # Charged beyond the total (say, the basket emptied after a capture): no later
-        # capture can undo it, whether or not everything has shipped.
+    if captured > order.total:
+        # Captured beyond the total (a price or discount edit after a capture, a basket
+        # emptied): captures only add, so they can never come to the total again.
         direction = "above"
     elif captured != order.total and all_units_captured(order, ledger):
-        direction = "above" if captured > order.total else "below"
+        direction = "below"
     else:
         return None
     return Flag(
