@@ -180,6 +180,14 @@ def cmd_faults(args: argparse.Namespace) -> int:
     return run_faults(seeds, args.orders, args.events, infra=not args.no_infra, keep=args.keep)
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    _require_dev_rig("simulate")
+    from devrig.simulation import simulate
+
+    configure_logging("WARNING", "console")
+    return simulate(args.histories, args.first_seed, database_url=args.database_url)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ordersync", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -241,6 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--no-infra", action="store_true", help="only worker crash points")
     faults.add_argument("--keep", action="store_true", help="keep the logs")
     faults.set_defaults(fn=cmd_faults)
+
+    simulate = sub.add_parser(
+        "simulate", help="the deterministic simulation: random histories, PSP faults, invariants"
+    )
+    simulate.add_argument("--histories", type=int, default=1000)
+    simulate.add_argument("--first-seed", type=int, default=0)
+    simulate.add_argument(
+        "--database-url", help="a database for the simulation alone (emptied); default: embedded"
+    )
+    simulate.set_defaults(fn=cmd_simulate)
 
     demo = sub.add_parser("demo", help="send the demo order to a running stack")
     demo.add_argument("--web-url", default="http://127.0.0.1:8000")

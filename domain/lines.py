@@ -12,7 +12,7 @@ builders at the bottom turn them into per-unit items.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from domain.money import distribute, net_of, share, tax_of
@@ -80,15 +80,43 @@ class PspLine:
 
 @dataclass
 class LineLedger:
-    """What the PSP has already done for one shop line (by reference)."""
+    """What the PSP has already done for one shop line (by reference).
+
+    For a product line, `captured_share` is what its captured units carry of the
+    order's reducing lines (discounts, negative; a correction after a discount edit can
+    make it positive): the per-unit ledger. A unit's captured price is its part of
+    `captured_amount + captured_share`; a refund gives back that and no more.
+    """
 
     captured_quantity: int = 0
     captured_amount: int = 0  # negative for discount lines' shares
     refunded_quantity: int = 0
     refunded_amount: int = 0
+    captured_share: int = 0
+    refunded_share: int = 0
+    # The line as last sent: a discount the shop has since dropped is still named by it.
+    line: PspLine | None = field(default=None, compare=False)
+
+    @property
+    def held_quantity(self) -> int:
+        return self.captured_quantity - self.refunded_quantity
+
+    @property
+    def held_value(self) -> int:
+        return self.captured_amount - self.refunded_amount
+
+    @property
+    def held_share(self) -> int:
+        return self.captured_share - self.refunded_share
 
 
 Ledger = dict[str, LineLedger]
+
+
+def _is_share(line: PspLine) -> bool:
+    # Every reducing line goes out as a one-unit `discount` share (see _share_line);
+    # no product line can have that type (the snapshot's discount type reduces).
+    return line.type is LineType.DISCOUNT
 
 
 def ledger_from(operations: Iterable[tuple[str, Sequence[PspLine]]]) -> Ledger:
@@ -97,20 +125,94 @@ def ledger_from(operations: Iterable[tuple[str, Sequence[PspLine]]]) -> Ledger:
     Kinds other than capture and refund (authorization updates, cancels) move no money
     line by line, so they are ignored here. A discount share counts its quantity of 1
     like any other line; nothing in this module reads a reducing line's quantities.
+    Each request's discount shares are attributed to its product lines, which is what
+    makes the ledger per unit.
     """
     ledger: Ledger = {}
     for kind, lines in operations:
         if kind not in (CAPTURE, REFUND):
             continue
+        products = [line for line in lines if not _is_share(line)]
+        shares_total = sum(line.total_amount for line in lines if _is_share(line))
+        attributed = (
+            _capture_attribution(products, shares_total)
+            if kind == CAPTURE
+            else _refund_attribution(ledger, products, shares_total)
+        )
         for line in lines:
             entry = ledger.setdefault(line.reference, LineLedger())
+            entry.line = line
             if kind == CAPTURE:
                 entry.captured_quantity += line.quantity
                 entry.captured_amount += line.total_amount
             else:
                 entry.refunded_quantity += line.quantity
                 entry.refunded_amount += line.total_amount
+        for line, part in zip(products, attributed, strict=True):
+            entry = ledger[line.reference]
+            if kind == CAPTURE:
+                entry.captured_share += part
+            else:
+                entry.refunded_share += part
     return ledger
+
+
+def _capture_attribution(products: Sequence[PspLine], shares_total: int) -> list[int]:
+    """A capture's discount shares, split over its product lines by their value."""
+    if not products:
+        return []
+    weights = [line.total_amount for line in products]
+    if sum(weights) == 0:
+        weights = [line.quantity for line in products]
+    if sum(weights) == 0:
+        return [shares_total] + [0] * (len(products) - 1)
+    return distribute(shares_total, weights)
+
+
+def _refund_attribution(
+    ledger: Ledger, products: Sequence[PspLine], shares_total: int
+) -> list[int]:
+    """What each refunded product line gave back of its units' discount shares.
+
+    The same per-unit figures refund_lines computed; a refund built otherwise (by an
+    older version) is split by value instead, so the folding never fails.
+    """
+    expected = []
+    for line in products:
+        entry = ledger.get(line.reference, LineLedger())
+        held = entry.held_quantity
+        quantity = min(line.quantity, held)
+        expected.append(share(entry.held_share, quantity, held) if held > 0 else 0)
+    if sum(expected) == shares_total:
+        return expected
+    return _capture_attribution(products, shares_total)
+
+
+def captured_total(ledger: Ledger) -> int:
+    """Everything captured for the order, discount shares included."""
+    return sum(entry.captured_amount for entry in ledger.values())
+
+
+def all_units_captured(order: OrderSnapshot, ledger: Ledger) -> bool:
+    """Nothing is left to capture, ever: every product unit has shipped, and what has
+    not been captured of it is worth nothing (a capture of 0 is never sent)."""
+    shipped = all(
+        line.shipped_quantity >= line.quantity
+        for line in order.effective_lines
+        if not line.reduces_total and line.total != 0
+    )
+    return shipped and lines_total(capture_lines(order, ledger)) <= 0
+
+
+def same_lines(a: Iterable[PspLine], b: Iterable[PspLine]) -> bool:
+    """Whether two baskets list the same units at the same totals (names aside)."""
+
+    def key(lines: Iterable[PspLine]) -> list[tuple[str, int, int]]:
+        return sorted(
+            (line.reference, line.quantity, line.total_amount) for line in lines if line.quantity
+        )
+
+    return key(a) == key(b)
 
 
 def lines_total(lines: Iterable[PspLine]) -> int:
@@ -168,21 +270,29 @@ def _part(line: Line, quantity: int, value: int) -> PspLine:
 
 
 def _reducing_share(line: Line, value: int) -> PspLine:
-    """A negative `discount` line carrying `value` (< 0) of a reducing line.
+    """A `discount` line carrying `value` of a reducing line (< 0; > 0 for a correction
+    after the discount was lowered).
 
     Always one unit, whatever the reducing line's quantity: a share is an amount, not
     a number of coupons.
     """
+    tax = line.tax if value == line.total else tax_of(value, line.tax_rate)
+    return _share_line(line.id, line.name, line.tax_rate, value, tax)
+
+
+def _share_line(
+    reference: str, name: str, tax_rate: int, value: int, tax: int | None = None
+) -> PspLine:
     return PspLine(
-        reference=line.id,
-        name=line.name,
+        reference=reference,
+        name=name,
         type=LineType.DISCOUNT,
         quantity=1,
         unit_price=value,
-        tax_rate=line.tax_rate,
+        tax_rate=tax_rate,
         total_amount=value,
         total_discount_amount=0,
-        total_tax_amount=line.tax if value == line.total else tax_of(value, line.tax_rate),
+        total_tax_amount=tax_of(value, tax_rate) if tax is None else tax,
     )
 
 
@@ -233,7 +343,10 @@ def capture_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
     """The lines of a capture of everything shipped but not yet captured.
 
     Empty when nothing new has shipped. A shipped free item (worth 0) is still listed,
-    so that the ledger records it as captured.
+    so that the ledger records it as captured. A discount edited after a capture is
+    followed here: what the captures so far took of it is compared with what it is
+    now, and the remaining captures carry the difference, so that once everything has
+    shipped the captures add up to the order's total.
     """
     products, reducing = _split_lines(order)
     result: list[PspLine] = []
@@ -243,7 +356,7 @@ def capture_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
         entry = ledger.get(line.id, LineLedger())
         open_quantity = line.quantity - entry.captured_quantity
         # ≥ 0 so that a shop that lowered a price below what was already captured gets
-        # no negative capture; the money is then the refund's business.
+        # no negative capture; the planner flags the difference.
         open_value = max(line.total - entry.captured_amount, 0) if open_quantity > 0 else 0
         value_open += open_value
         quantity = min(line.shipped_quantity, line.quantity) - entry.captured_quantity
@@ -254,45 +367,120 @@ def capture_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
         result.append(_part(line, quantity, value))
     if not result:
         return []
-    # Magnitudes of what is left of each reducing line (totals and shares are negative).
-    open_reducing = [
-        max(ledger.get(line.id, LineLedger()).captured_amount - line.total, 0) for line in reducing
+    # Signed: what is still to take of each reducing line (< 0), or what the captures so
+    # far took beyond what it is now (> 0, a correction the customer owes back).
+    still_open = [
+        line.total - ledger.get(line.id, LineLedger()).captured_amount for line in reducing
     ]
-    return result + _reducing_shares(reducing, open_reducing, value_this, value_open)
+    taking = [(line, -value) for line, value in zip(reducing, still_open, strict=True) if value < 0]
+    shares = _reducing_shares(
+        [line for line, _ in taking], [value for _, value in taking], value_this, value_open
+    )
+    corrections: list[PspLine] = []
+    for line, value in zip(reducing, still_open, strict=True):
+        if value > 0:
+            part = share(value, value_this, value_open)
+            if part:
+                corrections.append(_reducing_share(line, part))
+    # A reducing line the shop has dropped since it was captured: all of it comes back.
+    in_order = {line.id for line in order.effective_lines}
+    for reference, entry in ledger.items():
+        if reference in in_order or entry.line is None or not _is_share(entry.line):
+            continue
+        part = share(-entry.captured_amount, value_this, value_open)
+        if part:
+            corrections.append(_share_line(reference, entry.line.name, entry.line.tax_rate, part))
+    return _merge_shares(result + shares + corrections)
+
+
+def _merge_shares(lines: list[PspLine]) -> list[PspLine]:
+    """One line per reference (a reducing line is either taken or corrected)."""
+    seen: dict[str, int] = {}
+    merged: list[PspLine] = []
+    for line in lines:
+        if line.reference not in seen:
+            seen[line.reference] = len(merged)
+            merged.append(line)
+            continue
+        index = seen[line.reference]
+        before = merged[index]
+        merged[index] = _share_line(
+            line.reference, line.name, line.tax_rate, before.total_amount + line.total_amount
+        )
+    return merged
 
 
 def refund_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
     """The lines of a refund of everything returned but not yet refunded.
 
-    Only captured units are refunded: the planner captures before it refunds, and a
-    refund may never exceed what the PSP holds for the line.
+    Only captured units are refunded, at what they were captured at: their part of the
+    line's captured value and of the discount shares their captures carried, whatever
+    the shop's discount lines say now. So a refund never exceeds what was captured for
+    the returned units, and the last unit back takes exactly what is left of them.
     """
-    products, reducing = _split_lines(order)
+    products, _ = _split_lines(order)
     result: list[PspLine] = []
-    value_this = 0
-    value_held = 0
+    shares_back = 0
     for line in products:
         entry = ledger.get(line.id, LineLedger())
-        held_quantity = entry.captured_quantity - entry.refunded_quantity
+        held_quantity = entry.held_quantity
         if held_quantity <= 0:
             continue
-        held_value = max(entry.captured_amount - entry.refunded_amount, 0)
-        value_held += held_value
         quantity = min(line.returned_quantity - entry.refunded_quantity, held_quantity)
         if quantity <= 0:
             continue
-        value = share(held_value, quantity, held_quantity)
-        value_this += value
+        value = share(max(entry.held_value, 0), quantity, held_quantity)
+        shares_back += share(entry.held_share, quantity, held_quantity)
         result.append(_part(line, quantity, value))
     if not result:
         return []
-    held_reducing = []
-    for line in reducing:
-        entry = ledger.get(line.id, LineLedger())
-        # Both amounts are negative: what was captured of the discount and not yet
-        # given back, as a magnitude.
-        held_reducing.append(max(entry.refunded_amount - entry.captured_amount, 0))
-    return result + _reducing_shares(reducing, held_reducing, value_this, value_held)
+    return result + _shares_back(order, ledger, shares_back)
+
+
+def _shares_back(order: OrderSnapshot, ledger: Ledger, amount: int) -> list[PspLine]:
+    """`amount` of discount shares given back, split over the reducing lines by what
+    each still holds, so that when everything is back each has given back all of it."""
+    if amount == 0:
+        return []
+    names = {line.id: line for line in order.effective_lines}
+    held = [
+        (reference, entry)
+        for reference, entry in ledger.items()
+        if entry.line is not None
+        and _is_share(entry.line)
+        and entry.held_value != 0
+        and (entry.held_value < 0) == (amount < 0)
+    ]
+    if not held:
+        # A later capture's correction gave the discount back already (its share then
+        # sits on the units of that capture): the units returned now still carry theirs,
+        # and the first discount line the order had carries it back.
+        held = [
+            (reference, entry)
+            for reference, entry in ledger.items()
+            if entry.line is not None and _is_share(entry.line)
+        ][:1]
+        if not held:
+            return []
+        reference, entry = held[0]
+        shop, line = names.get(reference), entry.line
+        if shop is not None:
+            return [_reducing_share(shop, amount)]
+        assert line is not None
+        return [_share_line(reference, line.name, line.tax_rate, amount)]
+    parts = distribute(abs(amount), [abs(entry.held_value) for _, entry in held])
+    result = []
+    for (reference, entry), part in zip(held, parts, strict=True):
+        if not part:
+            continue
+        value = part if amount > 0 else -part
+        shop = names.get(reference)
+        if shop is not None:
+            result.append(_reducing_share(shop, value))
+        else:
+            assert entry.line is not None
+            result.append(_share_line(reference, entry.line.name, entry.line.tax_rate, value))
+    return result
 
 
 # --- PSP formats --------------------------------------------------------------------

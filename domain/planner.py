@@ -15,11 +15,14 @@ from enum import StrEnum
 from domain.lines import (
     Ledger,
     PspLine,
+    all_units_captured,
     basket_lines,
     capture_lines,
+    captured_total,
     ledger_from,
     lines_total,
     refund_lines,
+    same_lines,
 )
 from domain.snapshot import OrderSnapshot
 
@@ -140,13 +143,14 @@ def plan_next(
             )
         return Done()
 
-    if order.status == "cancelled":
+    if order.status == "cancelled" or _emptied(order, psp):
+        # An emptied basket is not an authorization of 0: the PSP is told to let go.
         if psp.status is PspStatus.AUTHORIZED and psp.captured == 0:
             return Plan(Kind.CANCEL, 0)
         if psp.status is PspStatus.PART_CAPTURED and psp.authorized > psp.captured:
             return Plan(Kind.RELEASE_AUTHORIZATION, psp.authorized - psp.captured)
     elif psp.status is PspStatus.CANCELLED:
-        if capture_lines(order, ledger):
+        if lines_total(capture_lines(order, ledger)) > 0:
             return Flag(
                 NEEDS_ATTENTION,
                 "psp_order_cancelled",
@@ -172,7 +176,45 @@ def plan_next(
                 f"a refund of {amount} exceeds what is captured and not refunded",
             )
         return Plan(Kind.REFUND, amount, tuple(lines))
+    gap = _capture_gap(order, psp, ledger)
+    if gap is not None:
+        return gap
     return Done()
+
+
+def _emptied(order: OrderSnapshot, psp: PspState) -> bool:
+    """Nothing left to pay for in an open order: every product removed (or all of it
+    discounted away)."""
+    return psp.open_for_changes and order.total == 0
+
+
+def _capture_gap(order: OrderSnapshot, psp: PspState, ledger: Ledger) -> Flag | None:
+    """The captures cannot add up to the total any more: everything is captured for
+    another sum, or more is held than the order is worth.
+
+    The remaining captures carry a discount or price edit made after a capture; with
+    none left (or a price lowered below what was captured) the PSP cannot follow, and
+    a person is told the figures rather than anything being charged or refunded that
+    the captured prices do not say.
+    """
+    if order.status != "open" or psp.status not in (PspStatus.PART_CAPTURED, PspStatus.CAPTURED):
+        return None
+    captured = captured_total(ledger)
+    held = captured - sum(entry.refunded_amount for entry in ledger.values())
+    if captured > order.total:
+        # Captured beyond the total (a price or discount edit after a capture, a basket
+        # emptied): captures only add, so they can never come to the total again.
+        direction = "above"
+    elif captured != order.total and all_units_captured(order, ledger):
+        direction = "below"
+    else:
+        return None
+    return Flag(
+        NEEDS_ATTENTION,
+        f"captured_{direction}_total",
+        f"captured {captured} (refunded {captured - held}) against the order's total "
+        f"{order.total} ({order.total - captured:+d}); the PSP cannot follow with a capture",
+    )
 
 
 def _authorization_step(
@@ -181,8 +223,15 @@ def _authorization_step(
     order, psp = view.order, view.psp
     target = order.total
     fully_captured = psp.captured >= psp.authorized
-    if target == psp.authorized or fully_captured or not psp.open_for_changes:
+    if fully_captured or not psp.open_for_changes:
         return None
+    basket = tuple(basket_lines(order))
+    if target == psp.authorized:
+        # Lines are part of the state: the same total with other lines is sent too
+        # (Klarna: "supplied order lines will replace the existing order lines").
+        if not psp.authorized_lines or same_lines(basket, psp.authorized_lines):
+            return None
+        return Plan(Kind.UPDATE_AUTHORIZATION, target, basket)
     if target == view.refused_amount:
         return None  # refused once for this very total: the shop must ask for a new order
     if target < psp.captured:
@@ -191,7 +240,6 @@ def _authorization_step(
             "amount_below_captured",
             f"the new total {target} is below the captured {psp.captured}",
         )
-    basket = tuple(basket_lines(order))
     if target > psp.authorized and not increase_allowed(psp.payment_method, order.country):
         return Flag(
             NEEDS_NEW_ORDER,
@@ -211,18 +259,19 @@ def _capture_step(
     if not lines:
         return None
     remaining = psp.authorized - psp.captured
-    amount = lines_total(lines)
+    amount = wanted = lines_total(lines)
     if amount > remaining:
         lines = _fit_capture(order, ledger, remaining)
         amount = lines_total(lines)
-        if not lines:
+        if amount <= 0:  # only what is worth nothing fits: the rest must not go unflagged
             if refused_amount is not None:
                 # Expected after a refused increase: the extra lines were never authorized.
                 return Wait("shipped_lines_not_authorized")
             return Flag(
                 NEEDS_ATTENTION,
                 "capture_exceeds_authorization",
-                f"the shipped lines exceed the remaining authorization {remaining}",
+                f"the shipped lines ({wanted}) exceed the remaining authorization "
+                f"{remaining} (authorized {psp.authorized}, captured {psp.captured})",
             )
     if amount <= 0:
         return None

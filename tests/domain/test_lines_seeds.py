@@ -387,7 +387,12 @@ def test_ledger_folds_only_captures_and_refunds() -> None:
     )
     assert ledger == {
         "a": LineLedger(
-            captured_quantity=4, captured_amount=380, refunded_quantity=2, refunded_amount=190
+            captured_quantity=4,
+            captured_amount=380,
+            refunded_quantity=2,
+            refunded_amount=190,
+            # The discount went out with the first capture: its units carry it.
+            captured_share=-20,
         ),
         "d": LineLedger(captured_quantity=1, captured_amount=-20),
     }
