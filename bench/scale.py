@@ -24,6 +24,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from bench.common import Row, stack
+from data import orders, outbox
 from data import orders as store
 from ordersync.db import migrate
 from workers import sweeper
@@ -72,17 +73,17 @@ SELECT 'shop', 'msg_' || g, 'order.updated', 'o' || g, '{}'::jsonb,
 FROM generate_series(1, %(n)s) AS g;
 """
 
-# The statements production runs (workers/store.py, workers/sweeper.py), with the
+# The statements production runs (data/orders.py, data/outbox.py, data/inbox.py), with the
 # parameters of the default settings.
 PARAMS = {"batch": sweeper.BATCH, "grace": 10, "resync": 21600, "days": 3}
 QUERIES: list[tuple[str, str, bool]] = [  # (name, SQL, takes an order id)
     ("lock_order", store.LOCK_ORDER, True),
     ("operations (in flight, history, next seq)", store.OPERATIONS, True),
-    ("sweep: due retries and leases", sweeper.DUE_RETRIES, False),
-    ("sweep: requested", sweeper.REQUESTED, False),
-    ("sweep: Klarna re-read (UPDATE)", sweeper.RESYNC, False),
+    ("sweep: due retries and leases", orders.DUE_RETRIES, False),
+    ("sweep: requested", orders.REQUESTED, False),
+    ("sweep: Klarna re-read (UPDATE)", orders.RESYNC, False),
     ("sweep: Adyen notifications", sweeper.UNPROCESSED_NOTIFICATIONS, False),
-    ("sweep: callbacks", sweeper.UNDELIVERED_CALLBACKS, False),
+    ("sweep: callbacks", outbox.UNDELIVERED_CALLBACKS, False),
 ]
 
 
@@ -134,11 +135,11 @@ def without_new_indexes(url: str, calls: int) -> dict[str, Any]:
         for _ in range(calls):
             start = time.perf_counter()
             conn.execute("SAVEPOINT s")
-            conn.execute(sweeper.RESYNC, PARAMS).fetchall()
+            conn.execute(orders.RESYNC, PARAMS).fetchall()
             conn.execute("ROLLBACK TO SAVEPOINT s")
             times.append((time.perf_counter() - start) * 1000)
         explain = conn.execute(
-            sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(sweeper.RESYNC), PARAMS
+            sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(orders.RESYNC), PARAMS
         ).fetchone()
         conn.rollback()
     assert explain is not None

@@ -45,3 +45,15 @@ async def recent_for_order(conn: AsyncConnection[Row], order_id: str, limit: int
 def version_received_at(conn: Connection[Row], order_id: str, version: int) -> datetime | None:
     row = conn.execute(VERSION_RECEIVED_AT, {"order_id": order_id, "version": version}).fetchone()
     return None if row is None else row["received_at"]
+
+
+# A notification the worker cannot get past (workers/poison.py): processed, `failed`.
+FAIL_NOTIFICATION = """
+UPDATE inbox SET processed_at = now(), outcome = 'failed'
+WHERE id = %(id)s AND processed_at IS NULL
+RETURNING order_id
+"""
+
+
+def fail_notification(conn: Connection[Row], inbox_id: int) -> Row | None:
+    return conn.execute(FAIL_NOTIFICATION, {"id": inbox_id}).fetchone()

@@ -392,6 +392,134 @@ def captured_lines(conn: Connection[Row], order_id: str) -> list[PspLine]:
     return list(merged.values())
 
 
+# -- the sweeper's (workers/sweeper.py) ------------------------------------------------
+
+# Soonest due first. A parked operation (pending without next_attempt_at: an unknown
+# outcome after its last attempt, no credentials) is not due; an operator wakes it.
+# At most one operation per order is in flight, so each order comes once.
+DUE_RETRIES = """
+SELECT order_id FROM operations
+WHERE (status = 'pending' AND next_attempt_at <= now())
+   OR (status = 'sent' AND lease_until < now())
+ORDER BY coalesce(next_attempt_at, lease_until)
+LIMIT %(batch)s
+"""
+# Orders the web process marked but whose task never ran (Redis was down, the message
+# was lost): a live task takes far less than the grace period. Soonest due first, and
+# each order offered is pushed back by its own age (capped at 5 minutes; reset when it
+# is in sync), so orders that stay marked for long (waiting on a notification) cannot
+# push a lost message's order out of every sweep.
+REQUESTED = """
+UPDATE orders
+SET sweep_after = now() + least(interval '5 minutes',
+                                greatest(make_interval(secs => %(grace)s),
+                                         now() - reconcile_requested_at))
+WHERE id IN (
+    SELECT id FROM orders
+    WHERE reconcile_requested_at < now() - make_interval(secs => %(grace)s)
+      AND (next_reconcile_at IS NULL OR next_reconcile_at <= now())
+      AND (sweep_after IS NULL OR sweep_after <= now())
+    ORDER BY greatest(coalesce(next_reconcile_at, reconcile_requested_at),
+                      coalesce(sweep_after, reconcile_requested_at))
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id
+"""
+# Unfinished Klarna orders are read again now and then (drift: captures or refunds made
+# outside this service), and before their authorization expires.
+RESYNC = """
+UPDATE orders SET psp_synced_at = NULL, reconcile_requested_at = now()
+WHERE id IN (
+    SELECT id FROM orders
+    WHERE provider = 'klarna' AND status = 'open'
+      AND psp_status IN ('authorized', 'part_captured')
+      AND reconcile_requested_at IS NULL
+      AND NOT 'needs_attention' = ANY(flags)
+      AND (psp_synced_at < now() - make_interval(secs => %(resync)s)
+           OR (expires_at < now() + make_interval(days => %(days)s)
+               AND captured_amount < desired_amount))
+    ORDER BY psp_synced_at
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id
+"""
+
+# An operation with no client for its PSP: parked, flagged once; a lease that ran out
+# leaves its outcome unknown.
+PARK_UNCONFIGURED = """
+UPDATE operations SET status = 'pending', next_attempt_at = NULL,
+       outcome_unknown = outcome_unknown OR status = 'sent',
+       lease_token = NULL, lease_until = NULL, updated_at = now()
+WHERE id = %(id)s
+"""
+
+
+def park_unconfigured(conn: Connection[Row], op_id: uuid.UUID) -> None:
+    conn.execute(PARK_UNCONFIGURED, {"id": op_id})
+
+
+# Pending operations wait until the operator's reconcile sets next_attempt_at again; a
+# `sent` one whose lease ran out keeps its lease until then (its outcome is unknown, so
+# it is checked, never resent blindly, when it is released). workers/poison.py.
+PARK_OPERATIONS = """
+UPDATE operations
+SET next_attempt_at = CASE WHEN status = 'pending' THEN %(until)s ELSE next_attempt_at END,
+    lease_until = CASE WHEN status = 'sent' THEN %(until)s ELSE lease_until END,
+    updated_at = now()
+WHERE order_id = %(id)s AND status IN ('pending', 'sent')
+"""
+
+
+def park_operations(conn: Connection[Row], order_id: str) -> None:
+    conn.execute(PARK_OPERATIONS, {"until": PARKED_UNTIL, "id": order_id})
+
+
+# -- the operator's reconcile (async: the web process) ---------------------------------
+
+LOCK_FLAGS = "SELECT flags FROM orders WHERE id = %(id)s FOR UPDATE"
+# Clears the back-off and needs_attention; a Klarna order's figures are marked stale so
+# the forced reconcile reads the PSP before anything else.
+RELEASE_ORDER = """
+UPDATE orders
+SET flags = array_remove(flags, 'needs_attention'),
+    flag_reason = CASE WHEN flag_reason IS NULL THEN NULL
+                       ELSE flag_reason - 'needs_attention' END,
+    next_reconcile_at = NULL,
+    psp_synced_at = CASE WHEN provider = 'klarna' THEN NULL ELSE psp_synced_at END,
+    reconcile_requested_at = coalesce(reconcile_requested_at, now()),
+    updated_at = now()
+WHERE id = %(id)s
+RETURNING flags
+"""
+RELEASE_PENDING = """
+UPDATE operations SET next_attempt_at = now(), updated_at = now()
+WHERE order_id = %(id)s AND status = 'pending'
+"""
+# A `sent` operation parked by a task that kept failing (workers/poison.py): its lease
+# runs out now, and the reconciler checks it with the PSP.
+RELEASE_PARKED_SENT = """
+UPDATE operations SET lease_until = now(), updated_at = now()
+WHERE order_id = %(id)s AND status = 'sent' AND lease_until = %(parked)s
+"""
+
+
+async def release_for_operator(
+    conn: AsyncConnection[Row], order_id: str
+) -> tuple[list[str], list[str], int] | None:
+    """Flags before and after, and how many retries were released; None: no such order.
+    Inside the caller's transaction."""
+    before = await (await conn.execute(LOCK_FLAGS, {"id": order_id})).fetchone()
+    if before is None:
+        return None
+    after = await (await conn.execute(RELEASE_ORDER, {"id": order_id})).fetchone()
+    assert after is not None
+    released = await conn.execute(RELEASE_PENDING, {"id": order_id})
+    await conn.execute(RELEASE_PARKED_SENT, {"id": order_id, "parked": PARKED_UNTIL})
+    return list(before["flags"]), list(after["flags"]), released.rowcount
+
+
 # -- reads for operators and metrics (async: the web process) --------------------------
 
 ORDER = "SELECT * FROM orders WHERE id = %(id)s"

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, Connection
+from psycopg.types.json import Jsonb
 
 Row = dict[str, Any]
 
@@ -19,6 +21,96 @@ RECENT_FOR_ORDER = """
 SELECT * FROM (SELECT * FROM outbox WHERE order_id = %(order_id)s
                ORDER BY seq DESC LIMIT %(limit)s) AS recent
 ORDER BY seq
+"""
+
+
+# Unless the order's last event is already of this type and version (order.synced is
+# sent once per version); ON CONFLICT: a stable event id is recorded once.
+INSERT_EVENT = """
+INSERT INTO outbox (id, order_id, event_type, version, payload)
+SELECT %(id)s, %(order_id)s, %(type)s, %(version)s, %(payload)s
+WHERE %(skip_type)s::text IS NULL OR NOT EXISTS (
+    SELECT 1 FROM (SELECT event_type, version FROM outbox WHERE order_id = %(order_id)s
+                   ORDER BY seq DESC LIMIT 1) AS last
+    WHERE last.event_type = %(skip_type)s AND last.version = %(skip_version)s)
+ON CONFLICT (id) DO NOTHING
+RETURNING id
+"""
+
+# The order's oldest undelivered event, if it is due and nobody holds it: a later event
+# waits behind an earlier one that keeps failing.
+CLAIM_NEXT = """
+UPDATE outbox SET attempts = attempts + 1,
+                  lease_until = now() + make_interval(secs => %(lease)s)
+WHERE id = (
+    SELECT id FROM outbox
+    WHERE order_id = %(order_id)s AND delivered_at IS NULL
+    ORDER BY seq LIMIT 1
+    FOR UPDATE SKIP LOCKED
+)
+  AND next_attempt_at <= now()
+  AND (lease_until IS NULL OR lease_until < now())
+RETURNING *
+"""
+
+MARK_DELIVERED = """
+UPDATE outbox SET delivered_at = now(), lease_until = NULL, last_status = %(status)s,
+                  last_error = NULL
+WHERE id = %(id)s
+"""
+
+MARK_FAILED = """
+UPDATE outbox SET next_attempt_at = %(at)s, lease_until = NULL, last_status = %(status)s,
+                  last_error = %(error)s
+WHERE id = %(id)s
+"""
+
+
+def insert_event(
+    conn: Connection[Row],
+    event_id: uuid.UUID,
+    order: Row,
+    event_type: str,
+    payload: dict[str, Any],
+    unless_last_is: tuple[str, int] | None = None,
+) -> bool:
+    """Records one event; False when it was recorded already (or is the last one)."""
+    skip_type, skip_version = unless_last_is or (None, None)
+    params = {
+        "id": event_id,
+        "order_id": order["id"],
+        "type": event_type,
+        "version": order["version"],
+        "payload": Jsonb(payload),
+        "skip_type": skip_type,
+        "skip_version": skip_version,
+    }
+    return conn.execute(INSERT_EVENT, params).fetchone() is not None
+
+
+def claim_next(conn: Connection[Row], order_id: str, lease_seconds: float) -> Row | None:
+    return conn.execute(CLAIM_NEXT, {"order_id": order_id, "lease": lease_seconds}).fetchone()
+
+
+def mark_delivered(conn: Connection[Row], event_id: uuid.UUID, status: int | None) -> None:
+    conn.execute(MARK_DELIVERED, {"id": event_id, "status": status})
+
+
+def mark_failed(
+    conn: Connection[Row],
+    event_id: uuid.UUID,
+    retry_at: datetime,
+    status: int | None,
+    error: str,
+) -> None:
+    conn.execute(MARK_FAILED, {"id": event_id, "at": retry_at, "status": status, "error": error})
+
+
+UNDELIVERED_CALLBACKS = """
+SELECT DISTINCT order_id FROM outbox
+WHERE delivered_at IS NULL AND next_attempt_at <= now()
+  AND (lease_until IS NULL OR lease_until < now())
+LIMIT %(batch)s
 """
 
 

@@ -14,7 +14,6 @@ from typing import Any
 import structlog
 
 from data import inbox, orders, outbox
-from data.orders import PARKED_UNTIL
 from data.outbox import webhook_id
 from ordersync.db import AsyncPool
 from ordersync.errors import NotFound, ValidationFailed
@@ -283,51 +282,20 @@ async def request_reconcile(pool: AsyncPool, order_id: str) -> dict[str, Any]:
     `reconcile_requested_at`."""
     order_id = _order_id(order_id)
     async with pool.connection() as conn, conn.transaction():
-        cursor = await conn.execute(
-            "SELECT flags FROM orders WHERE id = %s FOR UPDATE", (order_id,)
-        )
-        before = await cursor.fetchone()
-        if before is None:
-            raise NotFound(f"no order {order_id}")
-        cursor = await conn.execute(
-            """
-            UPDATE orders
-            SET flags = array_remove(flags, 'needs_attention'),
-                flag_reason = CASE WHEN flag_reason IS NULL THEN NULL
-                                   ELSE flag_reason - 'needs_attention' END,
-                next_reconcile_at = NULL,
-                psp_synced_at = CASE WHEN provider = 'klarna' THEN NULL ELSE psp_synced_at END,
-                reconcile_requested_at = coalesce(reconcile_requested_at, now()),
-                updated_at = now()
-            WHERE id = %s
-            RETURNING flags
-            """,
-            (order_id,),
-        )
-        row = await cursor.fetchone()
-        assert row is not None
-        ops = await conn.execute(
-            "UPDATE operations SET next_attempt_at = now(), updated_at = now()"
-            " WHERE order_id = %s AND status = 'pending'",
-            (order_id,),
-        )
-        # A `sent` operation parked by a task that kept failing (workers/poison.py) is
-        # released: its lease runs out now, and the reconciler checks it with the PSP.
-        await conn.execute(
-            "UPDATE operations SET lease_until = now(), updated_at = now()"
-            " WHERE order_id = %s AND status = 'sent' AND lease_until = %s",
-            (order_id, PARKED_UNTIL),
-        )
-    cleared = [flag for flag in before["flags"] if flag not in row["flags"]]
+        released = await orders.release_for_operator(conn, order_id)
+    if released is None:
+        raise NotFound(f"no order {order_id}")
+    before, after, retries = released
+    cleared = [flag for flag in before if flag not in after]
     log.info(
         "operator_reconcile_requested",
         order_id=order_id,
         cleared_flags=cleared,
-        retries_released=ops.rowcount,
+        retries_released=retries,
     )
     return {
         "order_id": order_id,
         "status": "accepted",
         "cleared_flags": cleared,
-        "flags": list(row["flags"]),
+        "flags": after,
     }

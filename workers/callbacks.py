@@ -18,9 +18,9 @@ import httpx
 import structlog
 from psycopg import Connection
 from psycopg.rows import DictRow
-from psycopg.types.json import Jsonb
 from standardwebhooks.webhooks import Webhook
 
+from data import outbox
 from data.outbox import webhook_id
 from domain.planner import NEEDS_NEW_ORDER, Flag
 from integrations.results import retry_delay
@@ -109,29 +109,7 @@ def _insert(
         "occurred_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "data": data,
     }
-    skip_type, skip_version = unless_last_is or (None, None)
-    inserted = conn.execute(
-        """
-        INSERT INTO outbox (id, order_id, event_type, version, payload)
-        SELECT %(id)s, %(order_id)s, %(type)s, %(version)s, %(payload)s
-        WHERE %(skip_type)s::text IS NULL OR NOT EXISTS (
-            SELECT 1 FROM (SELECT event_type, version FROM outbox WHERE order_id = %(order_id)s
-                           ORDER BY seq DESC LIMIT 1) AS last
-            WHERE last.event_type = %(skip_type)s AND last.version = %(skip_version)s)
-        ON CONFLICT (id) DO NOTHING
-        RETURNING id
-        """,
-        {
-            "id": event_id,
-            "order_id": order["id"],
-            "type": event_type,
-            "version": order["version"],
-            "payload": Jsonb(body),
-            "skip_type": skip_type,
-            "skip_version": skip_version,
-        },
-    ).fetchone()
-    if inserted is None:
+    if not outbox.insert_event(conn, event_id, order, event_type, body, unless_last_is):
         return False
     # Sent when the unit of work ends, after this transaction committed. Without a
     # callback URL the events stay in the outbox (the operator API shows them) and no
@@ -166,7 +144,7 @@ def deliver_order(
     delivered = 0
     for _ in range(BATCH):
         with conn_pool.connection() as conn, conn.transaction():
-            row = _claim_next(conn, order_id)
+            row = outbox.claim_next(conn, order_id, LEASE_SECONDS)
         if row is None:
             return delivered, None
         retry_in = _send(conn_pool, http, signer, url, settings, row)
@@ -174,27 +152,6 @@ def deliver_order(
             return delivered, retry_in
         delivered += 1
     return delivered, 0.0
-
-
-def _claim_next(conn: Connection[DictRow], order_id: str) -> dict[str, Any] | None:
-    # The order's oldest undelivered event, if it is due and nobody holds it: a later
-    # event waits behind an earlier one that keeps failing.
-    return conn.execute(
-        """
-        UPDATE outbox SET attempts = attempts + 1,
-                          lease_until = now() + make_interval(secs => %s)
-        WHERE id = (
-            SELECT id FROM outbox
-            WHERE order_id = %s AND delivered_at IS NULL
-            ORDER BY seq LIMIT 1
-            FOR UPDATE SKIP LOCKED
-        )
-          AND next_attempt_at <= now()
-          AND (lease_until IS NULL OR lease_until < now())
-        RETURNING *
-        """,
-        (LEASE_SECONDS, order_id),
-    ).fetchone()
 
 
 def _send(
@@ -227,11 +184,7 @@ def _send(
         error = type(exc).__name__
     with conn_pool.connection() as conn, conn.transaction():
         if error is None:
-            conn.execute(
-                "UPDATE outbox SET delivered_at = now(), lease_until = NULL, last_status = %s,"
-                " last_error = NULL WHERE id = %s",
-                (status, row["id"]),
-            )
+            outbox.mark_delivered(conn, row["id"], status)
             metrics.CALLBACKS.labels(event_type=row["event_type"], outcome="delivered").inc()
             log.info(
                 "callback_delivered",
@@ -244,11 +197,7 @@ def _send(
         delay = retry_delay(
             row["attempts"], settings.retry_base_seconds, settings.retry_max_seconds, floor=0.5
         )
-        conn.execute(
-            "UPDATE outbox SET next_attempt_at = %s, lease_until = NULL, last_status = %s,"
-            " last_error = %s WHERE id = %s",
-            (now + timedelta(seconds=delay), status, error, row["id"]),
-        )
+        outbox.mark_failed(conn, row["id"], now + timedelta(seconds=delay), status, error)
     metrics.CALLBACKS.labels(event_type=row["event_type"], outcome="failed").inc()
     log.warning(
         "callback_failed",

@@ -20,6 +20,7 @@ import psycopg
 import structlog
 from psycopg_pool import PoolTimeout
 
+from data import inbox
 from data import orders as store
 from domain.planner import NEEDS_ATTENTION, Flag
 from workers.context import WorkerContext
@@ -31,22 +32,6 @@ T = TypeVar("T")
 MAX_TRIES = 3
 # What is not the row's fault: the database or its pool being unavailable.
 INFRASTRUCTURE = (psycopg.OperationalError, PoolTimeout)
-
-# Pending operations wait until the operator's reconcile sets next_attempt_at again; a
-# `sent` one whose lease ran out keeps its lease until then (its outcome is unknown, so
-# it is checked, never resent blindly, when it is released).
-_PARK_OPERATIONS = """
-UPDATE operations
-SET next_attempt_at = CASE WHEN status = 'pending' THEN %(until)s ELSE next_attempt_at END,
-    lease_until = CASE WHEN status = 'sent' THEN %(until)s ELSE lease_until END,
-    updated_at = now()
-WHERE order_id = %(id)s AND status IN ('pending', 'sent')
-"""
-_FAIL_NOTIFICATION = """
-UPDATE inbox SET processed_at = now(), outcome = 'failed'
-WHERE id = %s AND processed_at IS NULL
-RETURNING order_id
-"""
 
 
 def where(exc: BaseException) -> str:
@@ -94,7 +79,7 @@ def record_order_failure(ctx: WorkerContext, order_id: str, task: str, exc: Exce
             return
         flag_order(conn, order, _flag(exc, task))
         store.park_order(conn, order_id)
-        conn.execute(_PARK_OPERATIONS, {"until": store.PARKED_UNTIL, "id": order_id})
+        store.park_operations(conn, order_id)
     log.error("task_poisoned", task=task, order_id=order_id, error=type(exc).__name__)
 
 
@@ -105,7 +90,7 @@ def record_notification_failure(
     from workers.reconcile import flag_order
 
     with ctx.pool.connection() as conn, conn.transaction():
-        row = conn.execute(_FAIL_NOTIFICATION, (inbox_id,)).fetchone()
+        row = inbox.fail_notification(conn, inbox_id)
         order = store.lock_order(conn, row["order_id"]) if row and row["order_id"] else None
         if order is not None:
             flag_order(conn, order, _flag(exc, task))

@@ -250,12 +250,7 @@ class Reconciler:
     def _park_unconfigured(self, conn: Any, order: store.Row, op: store.Row) -> None:
         """No client for the order's PSP: the operation waits, parked, flagged once; a
         lease that ran out leaves its outcome unknown."""
-        conn.execute(
-            "UPDATE operations SET status = 'pending', next_attempt_at = NULL,"
-            " outcome_unknown = outcome_unknown OR status = 'sent',"
-            " lease_token = NULL, lease_until = NULL, updated_at = now() WHERE id = %s",
-            (op["id"],),
-        )
+        store.park_unconfigured(conn, op["id"])
         self._flag(conn, order, _unconfigured(order))
 
     def _provider(self, order: store.Row) -> Provider:

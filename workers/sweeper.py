@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import structlog
 
+from data.orders import DUE_RETRIES, REQUESTED, RESYNC
+from data.outbox import UNDELIVERED_CALLBACKS
 from workers.adyen_inbox import DUE_NOTIFICATIONS, chase_silent_operations
 from workers.context import WorkerContext
 from workers.crashpoints import crash_point
@@ -15,64 +17,7 @@ log = structlog.get_logger("ordersync.sweeper")
 
 BATCH = 500
 
-# The sweeps' SQL, named so that bench/scale.py times these very statements at 1M orders.
-# Soonest due first. A parked operation (pending without next_attempt_at: an unknown
-# outcome after its last attempt, no credentials) is not due; an operator wakes it.
-# At most one operation per order is in flight, so each order comes once.
-DUE_RETRIES = """
-SELECT order_id FROM operations
-WHERE (status = 'pending' AND next_attempt_at <= now())
-   OR (status = 'sent' AND lease_until < now())
-ORDER BY coalesce(next_attempt_at, lease_until)
-LIMIT %(batch)s
-"""
-# Orders the web process marked but whose task never ran (Redis was down, the message
-# was lost): a live task takes far less than the grace period. Soonest due first, and
-# each order offered is pushed back by its own age (capped at 5 minutes; reset when it
-# is in sync), so orders that stay marked for long (waiting on a notification) cannot
-# push a lost message's order out of every sweep.
-REQUESTED = """
-UPDATE orders
-SET sweep_after = now() + least(interval '5 minutes',
-                                greatest(make_interval(secs => %(grace)s),
-                                         now() - reconcile_requested_at))
-WHERE id IN (
-    SELECT id FROM orders
-    WHERE reconcile_requested_at < now() - make_interval(secs => %(grace)s)
-      AND (next_reconcile_at IS NULL OR next_reconcile_at <= now())
-      AND (sweep_after IS NULL OR sweep_after <= now())
-    ORDER BY greatest(coalesce(next_reconcile_at, reconcile_requested_at),
-                      coalesce(sweep_after, reconcile_requested_at))
-    LIMIT %(batch)s
-    FOR UPDATE SKIP LOCKED
-)
-RETURNING id
-"""
-# Unfinished Klarna orders are read again now and then (drift: captures or refunds made
-# outside this service), and before their authorization expires.
-RESYNC = """
-UPDATE orders SET psp_synced_at = NULL, reconcile_requested_at = now()
-WHERE id IN (
-    SELECT id FROM orders
-    WHERE provider = 'klarna' AND status = 'open'
-      AND psp_status IN ('authorized', 'part_captured')
-      AND reconcile_requested_at IS NULL
-      AND NOT 'needs_attention' = ANY(flags)
-      AND (psp_synced_at < now() - make_interval(secs => %(resync)s)
-           OR (expires_at < now() + make_interval(days => %(days)s)
-               AND captured_amount < desired_amount))
-    ORDER BY psp_synced_at
-    LIMIT %(batch)s
-    FOR UPDATE SKIP LOCKED
-)
-RETURNING id
-"""
-UNDELIVERED_CALLBACKS = """
-SELECT DISTINCT order_id FROM outbox
-WHERE delivered_at IS NULL AND next_attempt_at <= now()
-  AND (lease_until IS NULL OR lease_until < now())
-LIMIT %(batch)s
-"""
+# The sweeps' SQL lives with its tables; bench/scale.py times these very statements.
 # The inbox's SQL lives with the inbox (workers/adyen_inbox.py); named here for the bench.
 UNPROCESSED_NOTIFICATIONS = DUE_NOTIFICATIONS
 
