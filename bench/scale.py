@@ -24,7 +24,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from bench.common import Row, stack
-from data import orders, outbox
+from data import inbox, orders, outbox
 from data import orders as store
 from ordersync.db import migrate
 from workers import sweeper
@@ -308,7 +308,7 @@ def _prune_batches(url: str, batches: int) -> dict[str, float]:
                 lambda: retention._inbox_pass(
                     pool,
                     "inbox_bodies",
-                    retention.NULL_BODIES,
+                    inbox.NULL_BODIES,
                     settings.retention_body_days * retention.DAY,
                     settings.retention_batch,
                 ),
@@ -318,7 +318,7 @@ def _prune_batches(url: str, batches: int) -> dict[str, float]:
                 lambda: retention._inbox_pass(
                     pool,
                     "inbox_keys",
-                    retention.DELETE_KEYS,
+                    inbox.DELETE_KEYS,
                     settings.retention_key_days * retention.DAY,
                     settings.retention_batch,
                 ),
@@ -352,7 +352,7 @@ def _outbox_plan(url: str) -> list[str]:
 
     with psycopg.connect(url, row_factory=dict_row) as conn:
         explain = conn.execute(
-            sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(retention.DELETE_DELIVERED),
+            sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(outbox.DELETE_DELIVERED),
             {"age": 7 * retention.DAY, "batch": 1000},
         ).fetchone()
         conn.rollback()

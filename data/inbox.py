@@ -57,3 +57,19 @@ RETURNING order_id
 
 def fail_notification(conn: Connection[Row], inbox_id: int) -> Row | None:
     return conn.execute(FAIL_NOTIFICATION, {"id": inbox_id}).fetchone()
+
+
+# -- retention (workers/retention.py) ----------------------------------------------------
+
+# The next ids after a pass's cursor, oldest first, with what the pass needs to know.
+# Ids follow received_at (both are taken at insert), so the walk can stop at the first
+# row too young to prune.
+TAKE_CURSOR = "SELECT last_id FROM retention_cursor WHERE name = %(name)s FOR UPDATE SKIP LOCKED"
+NEXT_INBOX_ROWS = """
+SELECT id, received_at < now() - make_interval(secs => %(age)s) AS old,
+       processed_at IS NOT NULL AS processed
+FROM inbox WHERE id > %(after)s ORDER BY id LIMIT %(batch)s
+"""
+NULL_BODIES = "UPDATE inbox SET payload = NULL WHERE id = ANY(%(ids)s) AND payload IS NOT NULL"
+DELETE_KEYS = "DELETE FROM inbox WHERE id = ANY(%(ids)s)"
+MOVE_CURSOR = "UPDATE retention_cursor SET last_id = %(last)s WHERE name = %(name)s"

@@ -114,6 +114,20 @@ LIMIT %(batch)s
 """
 
 
+# Retention (workers/retention.py).
+# `= ANY(ARRAY(...))`, not `IN (...)`: with IN the planner hash-joins the batch against
+# a sequential scan of the whole outbox (measured: 3.4x slower at 100k rows than 2k);
+# an array makes it look each id up in the primary key.
+DELETE_DELIVERED = """
+DELETE FROM outbox WHERE id = ANY(ARRAY(
+    SELECT id FROM outbox
+    WHERE delivered_at < now() - make_interval(secs => %(age)s)
+    ORDER BY delivered_at LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+))
+"""
+
+
 def webhook_id(event_id: uuid.UUID | str) -> str:
     """The `webhook-id` an event is delivered under, stable across redeliveries."""
     return f"msg_{uuid.UUID(str(event_id)).hex}"
