@@ -82,7 +82,7 @@ QUERIES: list[tuple[str, str, bool]] = [  # (name, SQL, takes an order id)
     ("sweep: due retries and leases", orders.DUE_RETRIES, False),
     ("sweep: requested", orders.REQUESTED, False),
     ("sweep: Klarna re-read (UPDATE)", orders.RESYNC, False),
-    ("sweep: Adyen notifications", sweeper.UNPROCESSED_NOTIFICATIONS, False),
+    ("sweep: Adyen notifications", inbox.DUE_NOTIFICATIONS, False),
     ("sweep: callbacks", outbox.UNDELIVERED_CALLBACKS, False),
 ]
 
@@ -285,7 +285,7 @@ def _hot_queries(url: str, n: int, repeats: int) -> dict[str, float]:
                     times[name].append(elapsed * 1000)
             if i % 10 == 0:
                 start = time.perf_counter()
-                conn.execute(sweeper.UNPROCESSED_NOTIFICATIONS, PARAMS).fetchall()
+                conn.execute(inbox.DUE_NOTIFICATIONS, PARAMS).fetchall()
                 times["sweep: Adyen notifications"].append((time.perf_counter() - start) * 1000)
                 conn.rollback()
     return {name: statistics.median(values) for name, values in times.items()}

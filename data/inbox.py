@@ -47,6 +47,48 @@ def version_received_at(conn: Connection[Row], order_id: str, version: int) -> d
     return None if row is None else row["received_at"]
 
 
+# -- Adyen notifications (workers/adyen_inbox.py) -------------------------------------
+
+# Unprocessed notifications, by when each is next due; each offered one is pushed back by
+# its own age (capped), so one that matches nothing for hours cannot crowd out the rest.
+DUE_NOTIFICATIONS = """
+UPDATE inbox
+SET next_attempt_at = now() + least(interval '5 minutes',
+                                    greatest(make_interval(secs => %(grace)s),
+                                             now() - received_at))
+WHERE id IN (
+    SELECT id FROM inbox
+    WHERE source = 'adyen' AND processed_at IS NULL
+      AND coalesce(next_attempt_at, received_at + make_interval(secs => %(grace)s)) <= now()
+    ORDER BY coalesce(next_attempt_at, received_at)
+    LIMIT %(batch)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id
+"""
+LOCK_NOTIFICATION = "SELECT * FROM inbox WHERE id = %(id)s AND source = 'adyen' FOR UPDATE"
+MARK_UNMATCHED = "UPDATE inbox SET outcome = 'unmatched' WHERE id = %(id)s"
+MARK_PROCESSED = """
+UPDATE inbox SET processed_at = now(), outcome = %(outcome)s,
+                 order_id = coalesce(order_id, %(order_id)s)
+WHERE id = %(id)s
+"""
+
+
+def lock_notification(conn: Connection[Row], inbox_id: int) -> Row | None:
+    return conn.execute(LOCK_NOTIFICATION, {"id": inbox_id}).fetchone()
+
+
+def mark_unmatched(conn: Connection[Row], inbox_id: int) -> None:
+    conn.execute(MARK_UNMATCHED, {"id": inbox_id})
+
+
+def mark_processed(
+    conn: Connection[Row], inbox_id: int, outcome: str, order_id: str | None
+) -> None:
+    conn.execute(MARK_PROCESSED, {"id": inbox_id, "outcome": outcome, "order_id": order_id})
+
+
 # A notification the worker cannot get past (workers/poison.py): processed, `failed`.
 FAIL_NOTIFICATION = """
 UPDATE inbox SET processed_at = now(), outcome = 'failed'

@@ -476,6 +476,134 @@ def park_operations(conn: Connection[Row], order_id: str) -> None:
     conn.execute(PARK_OPERATIONS, {"until": PARKED_UNTIL, "id": order_id})
 
 
+# -- Adyen notifications (workers/adyen_inbox.py) -------------------------------------
+
+# The operation a modification notification answers: by the modification's pspReference,
+# or by our operation id (the request's `reference`) when the sender has not recorded
+# that reference yet.
+MATCH_OPERATION = """
+SELECT o.id, o.order_id FROM operations o JOIN orders r ON r.id = o.order_id
+WHERE r.provider = 'adyen'
+  AND r.psp_order_id = %(payment)s
+  AND (o.psp_reference = %(psp)s OR o.id = %(op_id)s)
+ORDER BY (o.psp_reference IS NOT DISTINCT FROM %(psp)s) DESC
+LIMIT 1
+"""
+# A notification failed this generation: the next is sent under a new key, and a
+# notification for this modification can never settle the operation again.
+RETRY_GENERATION = """
+UPDATE operations
+SET status = 'pending', key_generation = key_generation + 1,
+    next_attempt_at = %(at)s, error = %(error)s, psp_reference = NULL,
+    failed_psp_references = array_append(failed_psp_references, %(psp)s),
+    lease_token = NULL, lease_until = NULL, updated_at = now()
+WHERE id = %(id)s
+"""
+# Operations whose notification never came, oldest first; each is then flagged in its
+# own short transaction, skipping an order another worker holds.
+SILENT_OPERATIONS = """
+SELECT o.id, o.order_id FROM operations o JOIN orders r ON r.id = o.order_id
+WHERE o.status = 'awaiting_notification'
+  AND o.updated_at < now() - make_interval(secs => %(timeout)s)
+  AND NOT ('needs_attention' = ANY(r.flags))
+ORDER BY o.updated_at
+LIMIT %(batch)s
+"""
+LOCK_ORDER_SKIP_LOCKED = "SELECT * FROM orders WHERE id = %(id)s FOR UPDATE SKIP LOCKED"
+OPERATION = """
+SELECT * FROM operations WHERE id = %(id)s AND (%(status)s::text IS NULL OR status = %(status)s)
+"""
+# The lease goes too: a sender still between its call and its record must find its
+# lease gone and leave this outcome alone.
+SETTLE_OPERATION = """
+UPDATE operations
+SET status = %(status)s, psp_reference = coalesce(psp_reference, %(psp)s), error = %(error)s,
+    next_attempt_at = NULL, lease_token = NULL, lease_until = NULL, updated_at = now()
+WHERE id = %(id)s
+"""
+ADYEN_ORDER = "SELECT id FROM orders WHERE provider = 'adyen' AND psp_order_id = %(payment)s"
+MARK_EXPIRED = """
+UPDATE orders SET psp_status = 'expired', authorized_amount = captured_amount,
+                  updated_at = now()
+WHERE id = %(id)s
+"""
+# An operation of ours changed the authorization: a late AUTHORISATION must not undo it.
+AUTHORIZATION_CHANGED_BY_US = """
+SELECT 1 FROM operations
+WHERE order_id = %(id)s AND kind IN ('update_authorization', 'release_authorization', 'cancel')
+  AND status IN ('succeeded', 'sent', 'awaiting_notification', 'pending')
+LIMIT 1
+"""
+ADOPT_ADYEN_AUTHORIZATION = """
+UPDATE orders
+SET authorized_amount = %(amount)s,
+    authorized_lines = CASE WHEN %(has_lines)s THEN %(lines)s ELSE authorized_lines END,
+    psp_synced_at = coalesce(psp_synced_at, now()), updated_at = now(),
+    reconcile_requested_at = coalesce(reconcile_requested_at, now())
+WHERE id = %(id)s
+"""
+
+
+def match_adyen_operation(
+    conn: Connection[Row], payment: str, psp_reference: str, op_id: uuid.UUID | None
+) -> Row | None:
+    params = {"payment": payment, "psp": psp_reference, "op_id": op_id}
+    return conn.execute(MATCH_OPERATION, params).fetchone()
+
+
+def operation(conn: Connection[Row], op_id: uuid.UUID, status: str | None = None) -> Row | None:
+    return conn.execute(OPERATION, {"id": op_id, "status": status}).fetchone()
+
+
+def retry_generation(
+    conn: Connection[Row], op_id: uuid.UUID, at: datetime, error: dict[str, Any], psp: str
+) -> None:
+    conn.execute(RETRY_GENERATION, {"at": at, "error": Jsonb(error), "psp": psp, "id": op_id})
+
+
+def settle_operation(
+    conn: Connection[Row],
+    op_id: uuid.UUID,
+    status: str,
+    psp_reference: str,
+    error: dict[str, Any] | None,
+) -> None:
+    params = {
+        "status": status,
+        "psp": psp_reference,
+        "error": Jsonb(error) if error else None,
+        "id": op_id,
+    }
+    conn.execute(SETTLE_OPERATION, params)
+
+
+def adyen_order(conn: Connection[Row], payment: str) -> Row | None:
+    return conn.execute(ADYEN_ORDER, {"payment": payment}).fetchone()
+
+
+def mark_expired(conn: Connection[Row], order_id: str) -> None:
+    conn.execute(MARK_EXPIRED, {"id": order_id})
+
+
+def authorization_changed_by_us(conn: Connection[Row], order_id: str) -> bool:
+    return conn.execute(AUTHORIZATION_CHANGED_BY_US, {"id": order_id}).fetchone() is not None
+
+
+def adopt_adyen_authorization(
+    conn: Connection[Row], order_id: str, amount: int, lines: list[dict[str, Any]]
+) -> None:
+    params = {"amount": amount, "has_lines": bool(lines), "lines": Jsonb(lines), "id": order_id}
+    conn.execute(ADOPT_ADYEN_AUTHORIZATION, params)
+
+
+def silent_operations(conn: Connection[Row], timeout: float, batch: int) -> list[Row]:
+    return conn.execute(SILENT_OPERATIONS, {"timeout": timeout, "batch": batch}).fetchall()
+
+
+def lock_order_skip_locked(conn: Connection[Row], order_id: str) -> Row | None:
+    return conn.execute(LOCK_ORDER_SKIP_LOCKED, {"id": order_id}).fetchone()
+
+
 # -- the operator's reconcile (async: the web process) ---------------------------------
 
 LOCK_FLAGS = "SELECT flags FROM orders WHERE id = %(id)s FOR UPDATE"

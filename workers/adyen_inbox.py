@@ -29,8 +29,8 @@ from typing import Any
 
 import structlog
 from psycopg import Connection
-from psycopg.types.json import Jsonb
 
+from data import adyen_payments, inbox
 from data import orders as store
 from domain.planner import NEEDS_ATTENTION, NEEDS_NEW_ORDER, Flag, Kind
 from integrations.adyen.notifications import (
@@ -51,59 +51,7 @@ log = structlog.get_logger("ordersync.adyen")
 
 Row = dict[str, Any]
 Enqueue = Callable[[str, float], None]
-
-# --- SQL (the inbox's Adyen rows and adyen_payments) ----------------------------------
-
-# The operation a modification notification answers: by the modification's pspReference,
-# or by our operation id (the request's `reference`) when the sender has not recorded
-# that reference yet.
-MATCH_OPERATION = """
-SELECT o.id, o.order_id FROM operations o JOIN orders r ON r.id = o.order_id
-WHERE r.provider = 'adyen'
-  AND r.psp_order_id = %(payment)s
-  AND (o.psp_reference = %(psp)s OR o.id = %(op_id)s)
-ORDER BY (o.psp_reference IS NOT DISTINCT FROM %(psp)s) DESC
-LIMIT 1
-"""
-# A notification failed this generation: the next is sent under a new key, and a
-# notification for this modification can never settle the operation again.
-RETRY_GENERATION = """
-UPDATE operations
-SET status = 'pending', key_generation = key_generation + 1,
-    next_attempt_at = %(at)s, error = %(error)s, psp_reference = NULL,
-    failed_psp_references = array_append(failed_psp_references, %(psp)s),
-    lease_token = NULL, lease_until = NULL, updated_at = now()
-WHERE id = %(id)s
-"""
-# Operations whose notification never came, oldest first; each is then flagged in its
-# own short transaction, skipping an order another worker holds.
-SILENT_OPERATIONS = """
-SELECT o.id, o.order_id FROM operations o JOIN orders r ON r.id = o.order_id
-WHERE o.status = 'awaiting_notification'
-  AND o.updated_at < now() - make_interval(secs => %(timeout)s)
-  AND NOT ('needs_attention' = ANY(r.flags))
-ORDER BY o.updated_at
-LIMIT %(batch)s
-"""
-LOCK_ORDER_SKIP_LOCKED = "SELECT * FROM orders WHERE id = %(id)s FOR UPDATE SKIP LOCKED"
 SILENT_BATCH = 500
-# Unprocessed notifications, by when each is next due; each offered one is pushed back by
-# its own age (capped), so one that matches nothing for hours cannot crowd out the rest.
-DUE_NOTIFICATIONS = """
-UPDATE inbox
-SET next_attempt_at = now() + least(interval '5 minutes',
-                                    greatest(make_interval(secs => %(grace)s),
-                                             now() - received_at))
-WHERE id IN (
-    SELECT id FROM inbox
-    WHERE source = 'adyen' AND processed_at IS NULL
-      AND coalesce(next_attempt_at, received_at + make_interval(secs => %(grace)s)) <= now()
-    ORDER BY coalesce(next_attempt_at, received_at)
-    LIMIT %(batch)s
-    FOR UPDATE SKIP LOCKED
-)
-RETURNING id
-"""
 
 
 def rejection_flag(n: Notification, order: Row, op: Row) -> Flag:
@@ -148,9 +96,7 @@ def process(ctx: WorkerContext, inbox_id: int, enqueue: Enqueue) -> str:
 
 
 def _process(conn: Connection[Row], settings: Settings, inbox_id: int) -> Processed:
-    row = conn.execute(
-        "SELECT * FROM inbox WHERE id = %s AND source = 'adyen' FOR UPDATE", (inbox_id,)
-    ).fetchone()
+    row = inbox.lock_notification(conn, inbox_id)
     if row is None or row["processed_at"] is not None:
         return Processed("duplicate")
     n = Notification.from_item(row["payload"])
@@ -165,34 +111,27 @@ def _process(conn: Connection[Row], settings: Settings, inbox_id: int) -> Proces
         if result.outcome == "unmatched":
             age = datetime.now(UTC) - row["received_at"]
             if age.total_seconds() < settings.notification_orphan_seconds:
-                conn.execute("UPDATE inbox SET outcome = 'unmatched' WHERE id = %s", (inbox_id,))
+                inbox.mark_unmatched(conn, inbox_id)
                 return result
             log.warning(
                 "adyen_notification_orphaned", inbox_id=inbox_id, success=n.success, amount=n.amount
             )
             result = Processed("orphaned")
-        conn.execute(
-            "UPDATE inbox SET processed_at = now(), outcome = %s, "
-            "order_id = coalesce(order_id, %s) WHERE id = %s",
-            (result.outcome, result.order_id, inbox_id),
-        )
+        inbox.mark_processed(conn, inbox_id, result.outcome, result.order_id)
         return result
     finally:
         structlog.contextvars.unbind_contextvars("event_code", "psp_reference")
 
 
 def _modification(conn: Connection[Row], settings: Settings, n: Notification) -> Processed:
-    found = conn.execute(
-        MATCH_OPERATION,
-        {"psp": n.psp_reference, "op_id": n.operation_id, "payment": n.payment_reference},
-    ).fetchone()
+    found = store.match_adyen_operation(conn, n.payment_reference, n.psp_reference, n.operation_id)
     if found is None:
         return Processed("unmatched")
     # The order's row lock first, as the reconciler takes it: whoever comes second
     # sees what the first one wrote.
     order = store.lock_order(conn, found["order_id"])
     assert order is not None
-    op = conn.execute("SELECT * FROM operations WHERE id = %s", (found["id"],)).fetchone()
+    op = store.operation(conn, found["id"])
     assert op is not None
     if n.psp_reference in (op["failed_psp_references"] or []):
         # A modification a notification failed already: the operation was sent again
@@ -255,14 +194,8 @@ def _apply(
         )
         return Processed("failed", order_id)
     delay = retry_delay(attempts, settings.retry_base_seconds, settings.retry_max_seconds)
-    conn.execute(
-        RETRY_GENERATION,
-        {
-            "at": datetime.now(UTC) + timedelta(seconds=delay),
-            "error": Jsonb(n.error()),
-            "psp": n.psp_reference,
-            "id": op["id"],
-        },
+    store.retry_generation(
+        conn, op["id"], datetime.now(UTC) + timedelta(seconds=delay), n.error(), n.psp_reference
     )
     log.info(
         "operation_retry_scheduled",
@@ -282,33 +215,18 @@ def _settle(
 ) -> None:
     # The lease goes too: a sender still between its call and its record must find
     # its lease gone and leave this outcome alone.
-    conn.execute(
-        """
-        UPDATE operations
-        SET status = %s, psp_reference = coalesce(psp_reference, %s), error = %s,
-            next_attempt_at = NULL, lease_token = NULL, lease_until = NULL, updated_at = now()
-        WHERE id = %s
-        """,
-        (status, psp_reference, Jsonb(error) if error else None, op["id"]),
-    )
+    store.settle_operation(conn, op["id"], status, psp_reference, error)
 
 
 def _payment_event(conn: Connection[Row], n: Notification) -> Processed:
-    order_row = conn.execute(
-        "SELECT id FROM orders WHERE provider = 'adyen' AND psp_order_id = %s",
-        (n.payment_reference,),
-    ).fetchone()
+    order_row = store.adyen_order(conn, n.payment_reference)
     order = store.lock_order(conn, order_row["id"]) if order_row else None
     if n.event_code == "EXPIRE":
         if order is None:
             return Processed("unmatched")
         if n.success:
             # What was not captured has lapsed.
-            conn.execute(
-                "UPDATE orders SET psp_status = 'expired', authorized_amount = captured_amount,"
-                " updated_at = now() WHERE id = %s",
-                (order["id"],),
-            )
+            store.mark_expired(conn, order["id"])
         return Processed("applied" if n.success else "ignored", order["id"])
     if not n.success:
         if order is None:
@@ -324,17 +242,7 @@ def _payment_event(conn: Connection[Row], n: Notification) -> Processed:
         )
         return Processed("flagged", order["id"])
     lines = [line.to_json() for line in openinvoice_lines(n.additional)]
-    conn.execute(
-        """
-        INSERT INTO adyen_payments (psp_reference, authorized_amount, currency,
-                                    merchant_account, lines)
-        VALUES (%s, %s, %s, %s, %s)
-        ON CONFLICT (psp_reference) DO UPDATE
-        SET authorized_amount = EXCLUDED.authorized_amount, currency = EXCLUDED.currency,
-            merchant_account = EXCLUDED.merchant_account, lines = EXCLUDED.lines
-        """,
-        (n.psp_reference, n.amount, n.currency, n.merchant_account, Jsonb(lines)),
-    )
+    adyen_payments.record(conn, n.psp_reference, n.amount, n.currency, n.merchant_account, lines)
     if order is None:
         return Processed("recorded")
     return Processed(_correct_authorization(conn, order, n.amount, lines), order["id"])
@@ -345,32 +253,13 @@ def _correct_authorization(
 ) -> str:
     """Adopts the authorized amount of AUTHORISATION unless an operation of ours has
     changed the authorization since, which a late AUTHORISATION must not undo."""
-    changed = conn.execute(
-        """
-        SELECT 1 FROM operations
-        WHERE order_id = %s AND kind IN ('update_authorization', 'release_authorization',
-                                         'cancel')
-          AND status IN ('succeeded', 'sent', 'awaiting_notification', 'pending')
-        LIMIT 1
-        """,
-        (order["id"],),
-    ).fetchone()
-    if changed is not None or amount < order["captured_amount"]:
+    changed = store.authorization_changed_by_us(conn, order["id"])
+    if changed or amount < order["captured_amount"]:
         log.info(
             "adyen_authorisation_not_adopted", amount=amount, authorized=order["authorized_amount"]
         )
         return "stale"
-    conn.execute(
-        """
-        UPDATE orders
-        SET authorized_amount = %s,
-            authorized_lines = CASE WHEN %s THEN %s ELSE authorized_lines END,
-            psp_synced_at = coalesce(psp_synced_at, now()), updated_at = now(),
-            reconcile_requested_at = coalesce(reconcile_requested_at, now())
-        WHERE id = %s
-        """,
-        (amount, bool(lines), Jsonb(lines), order["id"]),
-    )
+    store.adopt_adyen_authorization(conn, order["id"], amount, lines)
     return "applied"
 
 
@@ -388,19 +277,14 @@ def chase_silent_operations(ctx: WorkerContext) -> int:
     timeout = ctx.settings.notification_timeout_seconds
     flagged = 0
     with ctx.pool.connection() as conn:
-        silent = conn.execute(
-            SILENT_OPERATIONS, {"timeout": timeout, "batch": SILENT_BATCH}
-        ).fetchall()
+        silent = store.silent_operations(conn, timeout, SILENT_BATCH)
         conn.commit()
     for row in silent:
         with ctx.pool.connection() as conn, conn.transaction():
-            order = conn.execute(LOCK_ORDER_SKIP_LOCKED, {"id": row["order_id"]}).fetchone()
+            order = store.lock_order_skip_locked(conn, row["order_id"])
             if order is None:
                 continue
-            op = conn.execute(
-                "SELECT * FROM operations WHERE id = %s AND status = 'awaiting_notification'",
-                (row["id"],),
-            ).fetchone()
+            op = store.operation(conn, row["id"], status="awaiting_notification")
             if op is None:
                 continue
             flag_order(

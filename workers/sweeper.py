@@ -7,9 +7,10 @@ from collections.abc import Callable
 
 import structlog
 
+from data.inbox import DUE_NOTIFICATIONS
 from data.orders import DUE_RETRIES, REQUESTED, RESYNC
 from data.outbox import UNDELIVERED_CALLBACKS
-from workers.adyen_inbox import DUE_NOTIFICATIONS, chase_silent_operations
+from workers.adyen_inbox import chase_silent_operations
 from workers.context import WorkerContext
 from workers.crashpoints import crash_point
 
@@ -18,8 +19,6 @@ log = structlog.get_logger("ordersync.sweeper")
 BATCH = 500
 
 # The sweeps' SQL lives with its tables; bench/scale.py times these very statements.
-# The inbox's SQL lives with the inbox (workers/adyen_inbox.py); named here for the bench.
-UNPROCESSED_NOTIFICATIONS = DUE_NOTIFICATIONS
 
 
 def sweep(ctx: WorkerContext, enqueue: Callable[[str, float], None]) -> dict[str, int]:
@@ -79,7 +78,7 @@ def sweep_notifications(
     """Unprocessed Adyen notifications, and operations whose notification never came."""
     with ctx.pool.connection() as conn, conn.transaction():
         rows = conn.execute(
-            UNPROCESSED_NOTIFICATIONS, {"grace": NOTIFICATION_GRACE_SECONDS, "batch": BATCH}
+            DUE_NOTIFICATIONS, {"grace": NOTIFICATION_GRACE_SECONDS, "batch": BATCH}
         ).fetchall()
     for row in rows:
         enqueue(row["id"], 0)
