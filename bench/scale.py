@@ -262,8 +262,9 @@ def _hot_queries(url: str, n: int, repeats: int) -> dict[str, float]:
     """Median ms of the statements every webhook and sweep runs against the inbox,
     rolled back: a new shop webhook stored, a repeated one, the Adyen sweep."""
     from bench.traffic import snapshot
+    from data.inbox import STORE_SHOP_EVENT
     from domain.snapshot import ShopEvent
-    from service.ingest import STORE_SHOP_EVENT, single_params
+    from service.ingest import single_params
 
     rng = random.Random(11)
     orders = max(n // 10, 1)

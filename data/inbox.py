@@ -31,6 +31,158 @@ WHERE order_id = %(order_id)s AND source = 'shop' AND outcome = 'applied'
 """
 
 
+# -- storing what arrives (service/ingest.py, service/adyen_webhook.py) -------------
+# Each writes the inbox row and what it applies (the order's snapshot) in one
+# statement: the inbox's writer owns it.
+
+# One statement, one round trip: in autocommit it is its own transaction. The `existing`
+# row is locked for the statement, so the version and payment checks cannot race a
+# concurrent event for the same order.
+STORE_SHOP_EVENT = """
+WITH existing AS (
+    SELECT version, provider, psp_order_id FROM orders WHERE id = %(id)s FOR UPDATE
+), payment_changed AS (
+    SELECT 1 FROM existing
+    WHERE (provider, psp_order_id) IS DISTINCT FROM (%(provider)s, %(psp_id)s)
+), inbox_row AS (
+    INSERT INTO inbox (source, event_key, event_type, order_id, payload, processed_at, outcome)
+    SELECT 'shop', %(key)s, %(type)s, %(id)s, %(payload)s::jsonb, now(),
+           CASE WHEN EXISTS (SELECT 1 FROM existing WHERE version >= %(version)s)
+                THEN 'stale' ELSE 'applied' END
+    WHERE NOT EXISTS (SELECT 1 FROM payment_changed)
+    ON CONFLICT (source, event_key) DO NOTHING
+    RETURNING outcome
+), written AS (
+    INSERT INTO orders (id, version, provider, psp_order_id, currency, status, snapshot,
+                        desired_amount, authorized_amount, authorized_lines, psp_status,
+                        psp_synced_at, reconcile_requested_at)
+    SELECT %(id)s, %(version)s, %(provider)s, %(psp_id)s, %(currency)s, %(status)s,
+           %(snapshot)s::jsonb, %(total)s,
+           -- An Adyen payment's authorization is known from its AUTHORISATION
+           -- notification, or until then from its first snapshot; Klarna's is read
+           -- from Klarna before the first operation.
+           CASE WHEN %(adyen)s THEN coalesce(
+               (SELECT authorized_amount FROM adyen_payments
+                WHERE psp_reference = %(psp_id)s), %(total)s) END,
+           %(basket)s,
+           CASE WHEN %(adyen)s THEN 'authorized' END,
+           CASE WHEN %(adyen)s THEN now() END,
+           now()
+    FROM inbox_row WHERE inbox_row.outcome = 'applied'
+    ON CONFLICT (id) DO UPDATE
+    SET version = EXCLUDED.version, status = EXCLUDED.status, currency = EXCLUDED.currency,
+        snapshot = EXCLUDED.snapshot, desired_amount = EXCLUDED.desired_amount,
+        reconcile_requested_at = now(), sweep_after = NULL, updated_at = now()
+    WHERE orders.version < EXCLUDED.version
+      AND (orders.provider, orders.psp_order_id) = (EXCLUDED.provider, EXCLUDED.psp_order_id)
+    RETURNING 1
+), lowest_adyen_version AS (
+    -- Until Adyen's AUTHORISATION is known, an Adyen order's authorization is its lowest
+    -- version's total (the basket the shopper was authorized for), whichever version
+    -- arrived first; never once an operation of ours has touched the payment.
+    UPDATE orders SET authorized_amount = %(total)s, authorized_lines = %(basket)s,
+                      reconcile_requested_at = now(), updated_at = now()
+    WHERE id = %(id)s AND %(adyen)s AND provider = 'adyen' AND version > %(version)s
+      AND psp_order_id = %(psp_id)s
+      AND EXISTS (SELECT 1 FROM inbox_row WHERE outcome = 'stale')
+      AND NOT EXISTS (SELECT 1 FROM adyen_payments WHERE psp_reference = %(psp_id)s)
+      AND NOT EXISTS (SELECT 1 FROM operations WHERE order_id = %(id)s)
+      AND NOT EXISTS (SELECT 1 FROM inbox WHERE source = 'shop' AND order_id = %(id)s
+                      AND (payload -> 'order' ->> 'version')::bigint < %(version)s)
+    RETURNING 1
+)
+SELECT (SELECT outcome FROM inbox_row) AS outcome,
+       EXISTS (SELECT 1 FROM written) AS written,
+       EXISTS (SELECT 1 FROM payment_changed) AS payment_changed
+"""
+
+
+# The same rules for a batch of events, one row each, in one statement: `batch` is the
+# events in arrival order (`ord`). Each row's outcome comes back on its own, so one bad row
+# (a changed or taken payment, a stale version, a repeated webhook-id) fails nobody else.
+# An order, a webhook-id or a payment appears at most once per statement (see
+# `_rounds`): ON CONFLICT DO UPDATE may touch a row only once per statement, and a
+# later event for the same order must see the earlier one, as if they came one by one.
+# Rows are written in order-id order so that concurrent batches lock in the same order.
+STORE_SHOP_EVENTS = """
+WITH batch AS (
+    SELECT * FROM unnest(
+        %(ord)s::int[], %(id)s::text[], %(version)s::bigint[], %(provider)s::text[],
+        %(psp_id)s::text[], %(currency)s::text[], %(status)s::text[], %(key)s::text[],
+        %(type)s::text[], %(payload)s::text[], %(snapshot)s::text[], %(total)s::bigint[],
+        %(basket)s::text[]
+    ) AS b(ord, id, version, provider, psp_id, currency, status, key, type, payload,
+           snapshot, total, basket)
+), existing AS (
+    SELECT id, version, provider, psp_order_id FROM orders
+    WHERE id IN (SELECT id FROM batch) ORDER BY id FOR UPDATE
+), checked AS (
+    SELECT b.*,
+           coalesce((e.provider, e.psp_order_id) IS DISTINCT FROM (b.provider, b.psp_id)
+                    AND e.id IS NOT NULL, false) AS payment_changed,
+           e.id IS NULL AND EXISTS (
+               SELECT 1 FROM orders o
+               WHERE (o.provider, o.psp_order_id) = (b.provider, b.psp_id) AND o.id <> b.id
+           ) AS payment_taken,
+           coalesce(e.version >= b.version, false) AS is_stale
+    FROM batch b LEFT JOIN existing e ON e.id = b.id
+), inbox_rows AS (
+    INSERT INTO inbox (source, event_key, event_type, order_id, payload, processed_at, outcome)
+    SELECT 'shop', key, type, id, payload::jsonb, now(),
+           CASE WHEN is_stale THEN 'stale' ELSE 'applied' END
+    FROM checked WHERE NOT payment_changed AND NOT payment_taken
+    ORDER BY ord
+    ON CONFLICT (source, event_key) DO NOTHING
+    RETURNING event_key, outcome
+), written AS (
+    INSERT INTO orders (id, version, provider, psp_order_id, currency, status, snapshot,
+                        desired_amount, authorized_amount, authorized_lines, psp_status,
+                        psp_synced_at, reconcile_requested_at)
+    SELECT c.id, c.version, c.provider, c.psp_id, c.currency, c.status, c.snapshot::jsonb,
+           c.total,
+           CASE WHEN c.provider = 'adyen' THEN coalesce(
+               (SELECT authorized_amount FROM adyen_payments
+                WHERE psp_reference = c.psp_id), c.total) END,
+           c.basket::jsonb,
+           CASE WHEN c.provider = 'adyen' THEN 'authorized' END,
+           CASE WHEN c.provider = 'adyen' THEN now() END,
+           now()
+    FROM checked c JOIN inbox_rows i ON i.event_key = c.key
+    WHERE i.outcome = 'applied'
+    ORDER BY c.id
+    ON CONFLICT (id) DO UPDATE
+    SET version = EXCLUDED.version, status = EXCLUDED.status, currency = EXCLUDED.currency,
+        snapshot = EXCLUDED.snapshot, desired_amount = EXCLUDED.desired_amount,
+        reconcile_requested_at = now(), updated_at = now()
+    WHERE orders.version < EXCLUDED.version
+      AND (orders.provider, orders.psp_order_id) = (EXCLUDED.provider, EXCLUDED.psp_order_id)
+    RETURNING id
+)
+SELECT c.ord, i.outcome, c.payment_changed, c.payment_taken,
+       EXISTS (SELECT 1 FROM written w WHERE w.id = c.id) AS written
+FROM checked c LEFT JOIN inbox_rows i ON i.event_key = c.key
+ORDER BY c.ord
+"""
+
+# One statement for the whole request, so storing takes one round trip however many
+# items there are; in autocommit it is its own transaction (all or nothing). An item the
+# worker has nothing to do with is stored as processed: `ignored` (an event we do not
+# act on) or `invalid` (one we act on, that fails its checks): the operator sees it,
+# the worker never picks it up, and Adyen is not asked to send it again.
+STORE_ADYEN_ITEMS = """
+INSERT INTO inbox (source, event_key, event_type, order_id, payload, processed_at, outcome)
+SELECT 'adyen', e.v->>'key', e.v->>'type',
+       (SELECT id FROM orders WHERE provider = 'adyen' AND psp_order_id = e.v->>'payment'),
+       e.v->'payload',
+       CASE WHEN e.v->>'outcome' IS NOT NULL THEN now() END,
+       e.v->>'outcome'
+FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(v, n)
+ORDER BY e.n
+ON CONFLICT (source, event_key) DO NOTHING
+RETURNING id, outcome
+"""
+
+
 async def backlog(conn: AsyncConnection[Row]) -> list[Row]:
     """Unprocessed rows per source, and the age of the oldest (a partial index holds only
     those, so a scrape costs little while things are healthy)."""

@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
+from data import inbox
 from domain.snapshot import MAX_AMOUNT, PSP_REFERENCE_PATTERN
 from integrations.adyen import hmac as adyen_hmac
 from integrations.adyen.notifications import ACTED_ON
@@ -159,25 +160,6 @@ def item_problem(item: Mapping[str, Any]) -> str | None:
     return None
 
 
-# One statement for the whole request, so storing takes one round trip however many
-# items there are; in autocommit it is its own transaction (all or nothing). An item the
-# worker has nothing to do with is stored as processed: `ignored` (an event we do not
-# act on) or `invalid` (one we act on, that fails its checks): the operator sees it,
-# the worker never picks it up, and Adyen is not asked to send it again.
-_STORE_ITEMS = """
-INSERT INTO inbox (source, event_key, event_type, order_id, payload, processed_at, outcome)
-SELECT 'adyen', e.v->>'key', e.v->>'type',
-       (SELECT id FROM orders WHERE provider = 'adyen' AND psp_order_id = e.v->>'payment'),
-       e.v->'payload',
-       CASE WHEN e.v->>'outcome' IS NOT NULL THEN now() END,
-       e.v->>'outcome'
-FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(v, n)
-ORDER BY e.n
-ON CONFLICT (source, event_key) DO NOTHING
-RETURNING id, outcome
-"""
-
-
 @dataclass(frozen=True)
 class StoredItems:
     pending: list[int]  # new items for the worker
@@ -211,7 +193,7 @@ async def store_items(
         for index, item in enumerate(items)
     ]
     async with pool.connection() as conn:
-        cursor = await conn.execute(_STORE_ITEMS, (Jsonb(rows),))
+        cursor = await conn.execute(inbox.STORE_ADYEN_ITEMS, (Jsonb(rows),))
         stored = await cursor.fetchall()
     outcomes = [row["outcome"] for row in stored]
     return StoredItems(
