@@ -48,8 +48,18 @@ class PspStatus(StrEnum):
 # An operation in one of these may still take effect at the PSP: at most one per order.
 IN_FLIGHT = ("pending", "sent", "awaiting_notification")
 
-NEEDS_NEW_ORDER = "needs_new_order"
-NEEDS_ATTENTION = "needs_attention"
+
+class OrderFlag(StrEnum):
+    """What an order may be flagged with (orders.flags); each is told to the shop as its
+    own event type (workers/callbacks.py EventType)."""
+
+    NEEDS_NEW_ORDER = "needs_new_order"
+    NEEDS_ATTENTION = "needs_attention"
+
+
+NEEDS_NEW_ORDER = OrderFlag.NEEDS_NEW_ORDER
+NEEDS_ATTENTION = OrderFlag.NEEDS_ATTENTION
+FLAGS = tuple(flag.value for flag in OrderFlag)
 
 
 @dataclass(frozen=True)

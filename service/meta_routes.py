@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from data import inbox, orders, outbox
+from domain.planner import FLAGS
 from ordersync import metrics
 from service.state import AppState
 
@@ -21,7 +22,6 @@ log = structlog.get_logger("ordersync.web")
 
 QUERY_TIMEOUT_SECONDS = 2.0
 SOURCES = ("shop", "adyen")
-FLAGS = ("needs_new_order", "needs_attention")
 
 
 async def database_gauges(state: AppState) -> list[GaugeMetricFamily]:

@@ -15,13 +15,13 @@ import structlog
 
 from data import inbox, orders, outbox
 from data.outbox import webhook_id
+from domain.planner import FLAGS
 from ordersync.db import AsyncPool
 from ordersync.errors import NotFound, ValidationFailed
 from service.bounded_json import text_problem
 
 log = structlog.get_logger("ordersync.operator")
 
-FLAGS = ("needs_new_order", "needs_attention")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 # The history an operator reads at a glance; older webhooks are still in the inbox.

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 import httpx
@@ -30,9 +31,16 @@ from ordersync.settings import Settings, get_settings
 
 log = structlog.get_logger("ordersync.callbacks")
 
-NEW_ORDER_REQUIRED = "order.new_order_required"
-NEEDS_ATTENTION = "order.needs_attention"
-SYNCED = "order.synced"
+
+class EventType(StrEnum):
+    """The service's events to the shop (contract §4); not to be confused with the
+    order flags (domain/planner.py OrderFlag) that two of them report."""
+
+    NEW_ORDER_REQUIRED = "order.new_order_required"
+    NEEDS_ATTENTION = "order.needs_attention"
+    SYNCED = "order.synced"
+
+
 # How long one delivery may hold a row before another worker may try it.
 LEASE_SECONDS = 60
 # A batch per task: one order rarely has more, and the sweeper comes back for the rest.
@@ -57,10 +65,10 @@ def record_flagged(conn: Connection[DictRow], order: dict[str, Any], flag: Flag)
         return False
     reason = {"code": flag.code, "message": flag.message}
     if flag.flag == NEEDS_NEW_ORDER:
-        event_type = NEW_ORDER_REQUIRED
+        event_type = EventType.NEW_ORDER_REQUIRED
         data: dict[str, Any] = {"lines": [line.to_json() for line in flag.lines], "reason": reason}
     else:
-        event_type = NEEDS_ATTENTION
+        event_type = EventType.NEEDS_ATTENTION
         data = {"reason": reason}
     return _insert(conn, order, event_type, data, event_id=event_id)
 
@@ -90,7 +98,8 @@ def record_synced(conn: Connection[DictRow], order: dict[str, Any]) -> None:
     }
     # A periodic re-read or an operator's reconcile of an order already in sync is no
     # news to the shop; a sync after a flag is. Checked in the insert itself: one trip.
-    _insert(conn, order, SYNCED, data, unless_last_is=(SYNCED, order["version"]))
+    synced = EventType.SYNCED
+    _insert(conn, order, synced, data, unless_last_is=(synced, order["version"]))
 
 
 def _insert(
