@@ -192,3 +192,22 @@ class PspRequest:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PspRequest:
         return cls(str(data["method"]), str(data["path"]), data.get("body"), data.get("api"))
+
+
+def error_result(response: httpx.Response, error: PspError, elapsed: float) -> PspResult:
+    """A PSP's error answer: "in progress" is an unknown outcome; a 5xx or 429 is
+    transient (a 429 turned the request away, a 5xx may come after the effect); any
+    other is the PSP's refusal."""
+    status = response.status_code
+    if in_progress(status, error.code):
+        return in_progress_result(error, status, elapsed)
+    if is_transient_status(status):
+        return PspResult(
+            Outcome.TRANSIENT,
+            error=error,
+            retry_after=retry_after_seconds(response),
+            maybe_applied=status != 429,
+            http_status=status,
+            elapsed_seconds=elapsed,
+        )
+    return PspResult(Outcome.REJECTED, error=error, http_status=status, elapsed_seconds=elapsed)

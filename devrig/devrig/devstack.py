@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +34,27 @@ def temporary_pg_dir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     path.chmod(0o755)
     return path
+
+
+@contextlib.contextmanager
+def migrated_postgres(prefix: str) -> Iterator[str]:
+    """A database with the schema applied, for a test session: TEST_DATABASE_URL when
+    set, else an embedded server of its own, removed afterwards."""
+    from ordersync.db import migrate
+
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        migrate(url)
+        yield url
+        return
+    pg_dir = temporary_pg_dir(prefix)
+    postgres = EmbeddedPostgres(pg_dir / "data")
+    try:
+        migrate(postgres.url)
+        yield postgres.url
+    finally:
+        postgres.stop()
+        shutil.rmtree(pg_dir, ignore_errors=True)
 
 
 def klarna_line(line: dict[str, Any]) -> dict[str, Any]:

@@ -23,11 +23,8 @@ from integrations.results import (
     PspRequest,
     PspResult,
     client_failure,
-    in_progress,
-    in_progress_result,
-    is_transient_status,
+    error_result,
     path_segment,
-    retry_after_seconds,
 )
 
 CapturedLines = Callable[[str], Sequence[PspLine]]
@@ -225,18 +222,7 @@ class AdyenClient:
             correlation_id=data.get("pspReference"),
             http_status=status,
         )
-        if in_progress(status, error.code):
-            return in_progress_result(error, status, elapsed)
-        if is_transient_status(status):
-            return PspResult(
-                Outcome.TRANSIENT,
-                error=error,
-                retry_after=retry_after_seconds(response),
-                maybe_applied=status != 429,
-                http_status=status,
-                elapsed_seconds=elapsed,
-            )
-        return PspResult(Outcome.REJECTED, error=error, http_status=status, elapsed_seconds=elapsed)
+        return error_result(response, error, elapsed)
 
 
 def checkout_path(payment: str, action: str) -> str:

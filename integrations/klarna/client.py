@@ -17,11 +17,8 @@ from integrations.results import (
     PspRequest,
     PspResult,
     client_failure,
-    in_progress,
-    in_progress_result,
-    is_transient_status,
+    error_result,
     path_segment,
-    retry_after_seconds,
 )
 
 ORDERS = "/ordermanagement/v1/orders"
@@ -129,19 +126,7 @@ class KlarnaClient:
                 elapsed_seconds=elapsed,
             )
         error = _error(response)
-        if in_progress(status, error.code):
-            return in_progress_result(error, status, elapsed)
-        if is_transient_status(status):
-            return PspResult(
-                Outcome.TRANSIENT,
-                error=error,
-                retry_after=retry_after_seconds(response),
-                # 429 means Klarna turned the request away; a 5xx may come after the effect.
-                maybe_applied=status != 429,
-                http_status=status,
-                elapsed_seconds=elapsed,
-            )
-        return PspResult(Outcome.REJECTED, error=error, http_status=status, elapsed_seconds=elapsed)
+        return error_result(response, error, elapsed)
 
 
 _ACTION: dict[Kind, str] = {

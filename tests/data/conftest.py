@@ -3,28 +3,19 @@ rolled back at the end, so tests see each other's rows never and run in any orde
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from devrig.devstack import EmbeddedPostgres, temporary_pg_dir
+from devrig.devstack import migrated_postgres
 from psycopg.rows import dict_row
-
-from ordersync.db import migrate
 
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    pg_dir = temporary_pg_dir("ordersync-repo-pg-")
-    postgres = EmbeddedPostgres(pg_dir / "data")
-    try:
-        migrate(postgres.url)
-        yield postgres.url
-    finally:
-        postgres.stop()
-        shutil.rmtree(pg_dir, ignore_errors=True)
+    with migrated_postgres("ordersync-repo-pg-") as url:
+        yield url
 
 
 @pytest.fixture

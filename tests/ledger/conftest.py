@@ -3,28 +3,13 @@ with the PSP played in-process through an injected httpx transport (no worker)."
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 
 import pytest
-from devrig.devstack import EmbeddedPostgres, temporary_pg_dir
-
-from ordersync.db import migrate
+from devrig.devstack import migrated_postgres
 
 
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
-    url = os.environ.get("TEST_DATABASE_URL")
-    if url:
-        migrate(url)
+    with migrated_postgres("ordersync-ledger-pg-") as url:
         yield url
-        return
-    pg_dir = temporary_pg_dir("ordersync-ledger-pg-")
-    postgres = EmbeddedPostgres(pg_dir / "data")
-    try:
-        migrate(postgres.url)
-        yield postgres.url
-    finally:
-        postgres.stop()
-        shutil.rmtree(pg_dir, ignore_errors=True)
