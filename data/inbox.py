@@ -76,24 +76,29 @@ WITH existing AS (
     WHERE orders.version < EXCLUDED.version
       AND (orders.provider, orders.psp_order_id) = (EXCLUDED.provider, EXCLUDED.psp_order_id)
     RETURNING 1
-), lowest_adyen_version AS (
-    -- Until Adyen's AUTHORISATION is known, an Adyen order's authorization is its lowest
-    -- version's total (the basket the shopper was authorized for), whichever version
-    -- arrived first; never once an operation of ours has touched the payment.
-    UPDATE orders SET authorized_amount = %(total)s, authorized_lines = %(basket)s,
-                      reconcile_requested_at = now(), updated_at = now()
-    WHERE id = %(id)s AND %(adyen)s AND provider = 'adyen' AND version > %(version)s
-      AND psp_order_id = %(psp_id)s
-      AND EXISTS (SELECT 1 FROM inbox_row WHERE outcome = 'stale')
-      AND NOT EXISTS (SELECT 1 FROM adyen_payments WHERE psp_reference = %(psp_id)s)
-      AND NOT EXISTS (SELECT 1 FROM operations WHERE order_id = %(id)s)
-      AND NOT EXISTS (SELECT 1 FROM inbox WHERE source = 'shop' AND order_id = %(id)s
-                      AND (payload -> 'order' ->> 'version')::bigint < %(version)s)
-    RETURNING 1
 )
 SELECT (SELECT outcome FROM inbox_row) AS outcome,
        EXISTS (SELECT 1 FROM written) AS written,
        EXISTS (SELECT 1 FROM payment_changed) AS payment_changed
+"""
+
+
+# Until Adyen's AUTHORISATION is known, an Adyen order's authorization is its lowest
+# version's total (the basket the shopper was authorized for), whichever version arrived
+# first: a lower version that arrives late (stale) corrects it. Not once Adyen's
+# AUTHORISATION told the figure, nor once an operation of ours changed the authorization
+# (its success set the figure); an operation still in flight was built on the guess, and
+# the corrected figure is what its refusal is judged against.
+CORRECT_ADYEN_FALLBACK = """
+UPDATE orders SET authorized_amount = %(total)s, authorized_lines = %(basket)s,
+                  reconcile_requested_at = now(), updated_at = now()
+WHERE id = %(id)s AND provider = 'adyen' AND version > %(version)s
+  AND psp_order_id = %(psp_id)s
+  AND NOT EXISTS (SELECT 1 FROM adyen_payments WHERE psp_reference = %(psp_id)s)
+  AND NOT EXISTS (SELECT 1 FROM operations WHERE order_id = %(id)s AND status = 'succeeded'
+                  AND kind IN ('update_authorization', 'release_authorization', 'cancel'))
+  AND NOT EXISTS (SELECT 1 FROM inbox WHERE source = 'shop' AND order_id = %(id)s
+                  AND (payload -> 'order' ->> 'version')::bigint < %(version)s)
 """
 
 

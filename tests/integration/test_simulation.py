@@ -49,3 +49,17 @@ def test_one_seed_replays_one_history_exactly(database_url: str) -> None:
         sim.close()
     assert first == again
     assert len(set(first)) == len(first)
+
+
+def test_seed_27239_a_late_first_version_corrects_the_adyen_authorization_guess(
+    database_url: str,
+) -> None:
+    # Found by the long run: v1 arrived after v3, the authorization guessed from v2 made
+    # Adyen's refused increase look like a refused decrease, and the shop was not told.
+    sim = simulation.Simulation(database_url)
+    try:
+        with simulation.quiet_logs():
+            result = sim.run(27239)
+    finally:
+        sim.close()
+    assert result.violations == []
