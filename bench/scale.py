@@ -173,19 +173,7 @@ def run(
     urls: dict[int, str] = {}
     with stack() as bench:
         for n in (small, large):
-            name = f"bench_scale_{n}"
-            with bench.db() as conn:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            url = urlunsplit(urlsplit(bench.database_url)._replace(path=f"/{name}"))
-            migrate(url)
-            started = time.monotonic()
-            with psycopg.connect(url, autocommit=True) as conn:
-                for statement in GENERATE.split(";\n"):
-                    if statement.strip():
-                        conn.execute(statement, {"n": n})
-                conn.execute("VACUUM ANALYZE")
-                conn.execute("CHECKPOINT")
-            generated = time.monotonic() - started
+            url, generated = _generated_database(bench, f"bench_scale_{n}", GENERATE, n)
             print(
                 f"  {n:,} orders, {5 * n:,} operations generated in {generated:.0f} s", flush=True
             )
@@ -361,6 +349,24 @@ def _outbox_plan(url: str) -> list[str]:
     return _nodes(explain["QUERY PLAN"][0]["Plan"])
 
 
+def _generated_database(bench: Any, name: str, generate: str, n: int) -> tuple[str, float]:
+    """A database of its own, migrated, filled by `generate` for `n`, vacuumed and
+    checkpointed so that what is timed next starts from the same state; its URL and
+    how long filling it took."""
+    with bench.db() as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    url = urlunsplit(urlsplit(bench.database_url)._replace(path=f"/{name}"))
+    migrate(url)
+    started = time.monotonic()
+    with psycopg.connect(url, autocommit=True) as conn:
+        for statement in generate.split(";\n"):
+            if statement.strip():
+                conn.execute(statement, {"n": n})
+        conn.execute("VACUUM ANALYZE")
+        conn.execute("CHECKPOINT")
+    return url, time.monotonic() - started
+
+
 def run_webhooks(
     *, large: int, small: int, repeats: int, batches: int, rounds: int = 3
 ) -> tuple[list[Row], dict[str, Any]]:
@@ -368,19 +374,7 @@ def run_webhooks(
     urls: dict[int, str] = {}
     with stack() as bench:
         for n in (small, large):
-            name = f"bench_webhooks_{n}"
-            with bench.db() as conn:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-            url = urlunsplit(urlsplit(bench.database_url)._replace(path=f"/{name}"))
-            migrate(url)
-            started = time.monotonic()
-            with psycopg.connect(url, autocommit=True) as conn:
-                for statement in GENERATE_WEBHOOKS.split(";\n"):
-                    if statement.strip():
-                        conn.execute(statement, {"n": n})
-                conn.execute("VACUUM ANALYZE")
-                conn.execute("CHECKPOINT")
-            generated = time.monotonic() - started
+            url, generated = _generated_database(bench, f"bench_webhooks_{n}", GENERATE_WEBHOOKS, n)
             print(f"  {n:,} webhooks generated in {generated:.0f} s", flush=True)
             urls[n] = url
             results[str(n)] = {"generate_seconds": generated, "rounds": []}

@@ -35,20 +35,7 @@ from domain.planner import (
     plan_next,
 )
 from domain.snapshot import OrderSnapshot
-
-SHOES = {"id": "shoes", "name": "Shoes", "quantity": 1, "unit_price": 1200, "tax_rate": 2000}
-SOCKS = {"id": "socks", "name": "Socks", "quantity": 2, "unit_price": 450, "tax_rate": 2000}
-
-
-def discount(amount: int) -> dict[str, Any]:
-    return {
-        "id": "discount",
-        "name": "Discount",
-        "type": "discount",
-        "quantity": 1,
-        "unit_price": -amount,
-        "tax_rate": 2000,
-    }
+from tests.seed_basket import SHOES, SOCKS, discount
 
 
 def order(lines: list[dict[str, Any]], status: str = "open") -> OrderSnapshot:

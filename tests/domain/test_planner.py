@@ -28,17 +28,7 @@ from domain.planner import (
     plan_next,
 )
 from domain.snapshot import OrderSnapshot
-
-SHOES = {"id": "shoes", "name": "Shoes", "quantity": 1, "unit_price": 1200, "tax_rate": 2000}
-SOCKS = {"id": "socks", "name": "Socks", "quantity": 2, "unit_price": 450, "tax_rate": 2000}
-DISCOUNT = {
-    "id": "discount",
-    "name": "Discount",
-    "type": "discount",
-    "quantity": 1,
-    "unit_price": -630,
-    "tax_rate": 2000,
-}
+from tests.seed_basket import DISCOUNT, SHOES, SOCKS
 
 
 def allow_all(_method: str | None, _country: str | None) -> bool:

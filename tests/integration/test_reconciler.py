@@ -10,20 +10,11 @@ import httpx
 import pytest
 
 from tests.integration.stack import Stack, new_order_id, order_event, wait_for
+from tests.seed_basket import DISCOUNT, SHOES, SOCKS
 
 pytestmark = pytest.mark.integration
 
-# The seed's basket: shoes 1 × 12.00, socks 2 × 4.50, 30 % off the basket as a line.
-SHOES = {"id": "shoes", "name": "Shoes", "quantity": 1, "unit_price": 1200, "tax_rate": 2000}
-SOCKS = {"id": "socks", "name": "Socks", "quantity": 2, "unit_price": 450, "tax_rate": 2000}
-DISCOUNT = {
-    "id": "discount",
-    "name": "Discount",
-    "type": "discount",
-    "quantity": 1,
-    "unit_price": -630,
-    "tax_rate": 2000,
-}
+
 HAT = {"id": "hat", "name": "Hat", "quantity": 1, "unit_price": 1500, "tax_rate": 2000}
 
 

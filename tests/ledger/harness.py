@@ -25,16 +25,6 @@ from workers.context import WorkerContext
 
 KLARNA = "http://klarna.test"
 ADYEN = "http://adyen.test/v71"
-SHOES = {"id": "shoes", "name": "Shoes", "quantity": 1, "unit_price": 1200, "tax_rate": 2000}
-SOCKS = {"id": "socks", "name": "Socks", "quantity": 2, "unit_price": 450, "tax_rate": 2000}
-DISCOUNT = {
-    "id": "discount",
-    "name": "Discount",
-    "type": "discount",
-    "quantity": 1,
-    "unit_price": -630,
-    "tax_rate": 2000,
-}
 
 # A fault decides the answer to one request: (apply the request?, the response to give,
 # or None for the normal answer; an exception type to raise instead of answering).

@@ -19,9 +19,6 @@ from psycopg.types.json import Jsonb
 from ordersync.db import async_pool
 from service.order_views import request_reconcile
 from tests.ledger.harness import (
-    DISCOUNT,
-    SHOES,
-    SOCKS,
     FakeKlarna,
     KlarnaOrder,
     answer,
@@ -35,6 +32,7 @@ from tests.ledger.harness import (
     snapshot,
     update_snapshot,
 )
+from tests.seed_basket import DISCOUNT, SHOES, SOCKS
 from workers import adyen_inbox, sweeper
 from workers.context import WorkerContext
 from workers.reconcile import Reconciler
