@@ -71,7 +71,7 @@ WITH existing AS (
            -- from Klarna before the first operation.
            CASE WHEN %(adyen)s THEN coalesce(
                (SELECT authorized_amount FROM adyen_payments
-                WHERE psp_reference = %(psp_id)s), %(total)s) END,
+                WHERE psp_reference = %(psp_id)s AND currency = %(currency)s), %(total)s) END,
            %(basket)s,
            CASE WHEN %(adyen)s THEN 'authorized' END,
            CASE WHEN %(adyen)s THEN now() END,
@@ -167,7 +167,7 @@ WITH batch AS (
            c.total,
            CASE WHEN c.provider = 'adyen' THEN coalesce(
                (SELECT authorized_amount FROM adyen_payments
-                WHERE psp_reference = c.psp_id), c.total) END,
+                WHERE psp_reference = c.psp_id AND currency = c.currency), c.total) END,
            c.basket::jsonb,
            CASE WHEN c.provider = 'adyen' THEN 'authorized' END,
            CASE WHEN c.provider = 'adyen' THEN now() END,
@@ -244,7 +244,10 @@ WHERE id IN (
 )
 RETURNING id
 """
-LOCK_NOTIFICATION = "SELECT * FROM inbox WHERE id = %(id)s AND source = 'adyen' FOR UPDATE"
+LOCK_NOTIFICATION = """
+SELECT *, extract(epoch FROM now() - received_at)::float8 AS age_seconds
+FROM inbox WHERE id = %(id)s AND source = 'adyen' FOR UPDATE
+"""
 MARK_UNMATCHED = "UPDATE inbox SET outcome = 'unmatched' WHERE id = %(id)s"
 MARK_PROCESSED = """
 UPDATE inbox SET processed_at = now(), outcome = %(outcome)s,

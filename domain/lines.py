@@ -254,8 +254,7 @@ def reversed_quantities(order: OrderSnapshot, ledger: Ledger) -> list[str]:
             )
         if line.returned_quantity < entry.refunded_quantity:
             found.append(
-                f"{line.id}: returned {line.returned_quantity} < refunded "
-                f"{entry.refunded_quantity}"
+                f"{line.id}: returned {line.returned_quantity} < refunded {entry.refunded_quantity}"
             )
     return found
 
@@ -548,9 +547,7 @@ def _shares_back(order: OrderSnapshot, ledger: Ledger, amount: int) -> list[PspL
         else:
             assert entry.line is not None
             line = entry.line
-            result.append(
-                _share_line(reference, line.name, line.tax_rate, value, None, line.type)
-            )
+            result.append(_share_line(reference, line.name, line.tax_rate, value, None, line.type))
     return result
 
 

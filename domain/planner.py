@@ -88,6 +88,8 @@ class PastOperation:
     status: str
     amount: int
     lines: tuple[PspLine, ...] = ()
+    # Money that moved without the service, recorded so it is never made again.
+    external: bool = False
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,15 @@ def plan_next(
     ledger = ledger_from(
         (op.kind.value, op.lines) for op in view.history if op.status == "succeeded"
     )
-    reversed_lines = reversed_quantities(order, ledger)
+    # Held against what the service itself did: a capture made elsewhere of goods the
+    # shop has not marked shipped is an external change (flagged when learnt), not a
+    # quantity the shop took back.
+    own = ledger_from(
+        (op.kind.value, op.lines)
+        for op in view.history
+        if op.status == "succeeded" and not op.external
+    )
+    reversed_lines = reversed_quantities(order, own)
     if reversed_lines:
         # Quantities never go down: what the PSP did for those units stands, and nothing
         # automatic is done for them (an exchange is a new line with a new id).
@@ -244,10 +254,13 @@ def _let_go(view: OrderView) -> bool:
     """The PSP cancelled the authorization, or released what was left of it."""
     if view.psp.status is PspStatus.CANCELLED:
         return True
-    return any(
-        op.kind in (Kind.CANCEL, Kind.RELEASE_AUTHORIZATION) and op.status == "succeeded"
-        for op in view.history
-    ) and view.psp.authorized <= view.psp.captured
+    return (
+        any(
+            op.kind in (Kind.CANCEL, Kind.RELEASE_AUTHORIZATION) and op.status == "succeeded"
+            for op in view.history
+        )
+        and view.psp.authorized <= view.psp.captured
+    )
 
 
 def _captured_basket(ledger: Ledger) -> tuple[PspLine, ...]:
@@ -256,6 +269,23 @@ def _captured_basket(ledger: Ledger) -> tuple[PspLine, ...]:
         for entry in ledger.values()
         if entry.captured_line is not None
     )
+
+
+def explained_lines(
+    order: OrderSnapshot, history: Sequence[PastOperation], kind: Kind, amount: int
+) -> tuple[PspLine, ...] | None:
+    """The lines of a capture or refund made without the service, if the shop's snapshot
+    already explains it: exactly what it has marked shipped (returned) and not yet
+    captured (refunded) comes to that amount. None when it does not (contract §4: then
+    the order is flagged `external_change`)."""
+    ledger = ledger_from((op.kind.value, op.lines) for op in history if op.status == "succeeded")
+    if kind is Kind.CAPTURE:
+        lines = capture_lines(order, ledger)
+    elif kind is Kind.REFUND:
+        lines = refund_lines(order, ledger)
+    else:
+        return None
+    return tuple(lines) if lines and lines_total(lines) == amount else None
 
 
 def _emptied(order: OrderSnapshot, psp: PspState) -> bool:
