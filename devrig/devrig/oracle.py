@@ -110,6 +110,7 @@ class _State:
     closed: str | None = None  # cancelled | released | expired, by us or outside
     closed_by_us: bool = False
     external_units: dict[str, int] = field(default_factory=dict)  # captured outside
+    external_back: dict[str, int] = field(default_factory=dict)  # refunded outside
     charged_back: bool = False
     any_capture: bool = False
 
@@ -161,6 +162,7 @@ class Oracle:
 
     def external_refund(self, line_id: str, units: int) -> None:
         self.state.refunded[line_id] = self.state.refunded.get(line_id, 0) + units
+        self.state.external_back[line_id] = self.state.external_back.get(line_id, 0) + units
         self._external("external_refund")
 
     def chargeback(self) -> None:
@@ -197,9 +199,10 @@ class Oracle:
         # Quantities never go down below what the PSP already holds for them.
         for line_id, line in lines.items():
             own = st.captured.get(line_id, 0) - st.external_units.get(line_id, 0)
+            ours_back = st.refunded.get(line_id, 0) - st.external_back.get(line_id, 0)
             if int(line.get("shipped_quantity", 0)) < own or int(
                 line.get("returned_quantity", 0)
-            ) < min(st.refunded.get(line_id, 0), own):
+            ) < min(ours_back, own):
                 exp.requires("needs_attention", REVERSED)
                 exp.outcomes.add("quantities_reversed")
         # Intermediate snapshots may each have been acted on: what they could trigger is
@@ -263,6 +266,7 @@ class Oracle:
         if newly and st.closed in ("cancelled", "released", "expired"):
             # Goods shipped against an authorization that is gone: a person must act.
             exp.allowed.add(("needs_attention", "psp_order_cancelled"))
+            exp.allowed.add(("needs_new_order", ""))
             exp.allowed.add(("needs_attention", f"order_{st.closed}"))
             exp.allowed.add(("needs_attention", EXTERNAL))
             exp.outcomes.add("shipped_after_close")
@@ -272,8 +276,17 @@ class Oracle:
             for line_id, line in lines.items()
             if kind(line) in FEES
             and st.captured.get(line_id, 0) < int(line["quantity"])
-            and (newly or st.any_capture or int(line.get("shipped_quantity", 0)) > 0)
+            and ((newly and not st.any_capture) or int(line.get("shipped_quantity", 0)) > 0)
         ]
+        for line_id, line in lines.items():
+            if kind(line) in FEES and st.any_capture and line_id not in fees:
+                # Added after the first capture: the contract does not say when it is
+                # charged (with a later capture, or when marked shipped): either.
+                if st.captured.get(line_id, 0) < int(line["quantity"]) and newly:
+                    entry = exp.lines.setdefault(line_id, LineExpect())
+                    entry.captured_range = (st.captured.get(line_id, 0), int(line["quantity"]))
+                    entry.prices |= self._prices(line_id)
+                    exp.outcomes.add("fee_added_after_first_capture")
         if not newly and not fees:
             return
         value = sum(int(lines[i]["unit_price"]) * n for i, n in newly.items())
@@ -292,10 +305,16 @@ class Oracle:
         for line_id in fees:
             exp.outcomes.add("fee_with_first_capture")
             newly[line_id] = int(lines[line_id]["quantity"]) - st.captured.get(line_id, 0)
+        free = {i for i in newly if all(p == 0 for p, _ in self._prices(i))}
         for line_id, units in newly.items():
-            st.captured[line_id] = st.captured.get(line_id, 0) + units
-            exp.lines.setdefault(line_id, LineExpect()).prices |= self._prices(line_id)
-            st.any_capture = True
+            before = st.captured.get(line_id, 0)
+            st.captured[line_id] = before + units
+            entry = exp.lines.setdefault(line_id, LineExpect())
+            entry.prices |= self._prices(line_id)
+            if line_id in free:
+                # Worth nothing: no capture of 0 is ever sent, it may ride along with one.
+                entry.captured_range = (before, before + units)
+        st.any_capture = st.any_capture or bool(set(newly) - free)
         exp.outcomes.add("capture")
 
     def _prices(self, line_id: str) -> set[tuple[int, int]]:
@@ -313,7 +332,9 @@ class Oracle:
             if kind(line) in REDUCING | SHARED_UP:
                 continue
             held = st.captured.get(line_id, 0)
-            want = min(int(line.get("returned_quantity", 0)), held)
+            # Units refunded outside count: a shop return of them is not refunded again.
+            back = max(int(line.get("returned_quantity", 0)), st.external_back.get(line_id, 0))
+            want = min(back, held)
             if want > st.refunded.get(line_id, 0):
                 st.refunded[line_id] = want
                 self.exp.outcomes.add("refund")
