@@ -40,22 +40,29 @@ WHERE order_id = %(order_id)s AND source = 'shop' AND outcome = 'applied'
 # concurrent event for the same order.
 STORE_SHOP_EVENT = """
 WITH existing AS (
-    SELECT version, provider, psp_order_id FROM orders WHERE id = %(id)s FOR UPDATE
+    SELECT version, provider, psp_order_id, account FROM orders WHERE id = %(id)s FOR UPDATE
 ), payment_changed AS (
     SELECT 1 FROM existing
     WHERE (provider, psp_order_id) IS DISTINCT FROM (%(provider)s, %(psp_id)s)
+), account_changed AS (
+    -- The account is fixed with the order (contract §6); "default" (orders from before
+    -- accounts) is the default account's.
+    SELECT 1 FROM existing
+    WHERE account IS DISTINCT FROM %(account)s
+      AND NOT (coalesce(account, 'default') = 'default' AND %(account_default)s)
 ), inbox_row AS (
     INSERT INTO inbox (source, event_key, event_type, order_id, payload, processed_at, outcome)
     SELECT 'shop', %(key)s, %(type)s, %(id)s, %(payload)s::jsonb, now(),
            CASE WHEN EXISTS (SELECT 1 FROM existing WHERE version >= %(version)s)
                 THEN 'stale' ELSE 'applied' END
     WHERE NOT EXISTS (SELECT 1 FROM payment_changed)
+      AND NOT EXISTS (SELECT 1 FROM account_changed)
     ON CONFLICT (source, event_key) DO NOTHING
     RETURNING outcome
 ), written AS (
     INSERT INTO orders (id, version, provider, psp_order_id, currency, status, snapshot,
                         desired_amount, authorized_amount, authorized_lines, psp_status,
-                        psp_synced_at, reconcile_requested_at)
+                        psp_synced_at, reconcile_requested_at, account)
     SELECT %(id)s, %(version)s, %(provider)s, %(psp_id)s, %(currency)s, %(status)s,
            %(snapshot)s::jsonb, %(total)s,
            -- An Adyen payment's authorization is known from its AUTHORISATION
@@ -67,7 +74,7 @@ WITH existing AS (
            %(basket)s,
            CASE WHEN %(adyen)s THEN 'authorized' END,
            CASE WHEN %(adyen)s THEN now() END,
-           now()
+           now(), %(account)s
     FROM inbox_row WHERE inbox_row.outcome = 'applied'
     ON CONFLICT (id) DO UPDATE
     SET version = EXCLUDED.version, status = EXCLUDED.status, currency = EXCLUDED.currency,
@@ -79,7 +86,8 @@ WITH existing AS (
 )
 SELECT (SELECT outcome FROM inbox_row) AS outcome,
        EXISTS (SELECT 1 FROM written) AS written,
-       EXISTS (SELECT 1 FROM payment_changed) AS payment_changed
+       EXISTS (SELECT 1 FROM payment_changed) AS payment_changed,
+       EXISTS (SELECT 1 FROM account_changed) AS account_changed
 """
 
 
@@ -115,16 +123,19 @@ WITH batch AS (
         %(ord)s::int[], %(id)s::text[], %(version)s::bigint[], %(provider)s::text[],
         %(psp_id)s::text[], %(currency)s::text[], %(status)s::text[], %(key)s::text[],
         %(type)s::text[], %(payload)s::text[], %(snapshot)s::text[], %(total)s::bigint[],
-        %(basket)s::text[]
+        %(basket)s::text[], %(account)s::text[], %(account_default)s::bool[]
     ) AS b(ord, id, version, provider, psp_id, currency, status, key, type, payload,
-           snapshot, total, basket)
+           snapshot, total, basket, account, account_default)
 ), existing AS (
-    SELECT id, version, provider, psp_order_id FROM orders
+    SELECT id, version, provider, psp_order_id, account FROM orders
     WHERE id IN (SELECT id FROM batch) ORDER BY id FOR UPDATE
 ), checked AS (
     SELECT b.*,
            coalesce((e.provider, e.psp_order_id) IS DISTINCT FROM (b.provider, b.psp_id)
                     AND e.id IS NOT NULL, false) AS payment_changed,
+           coalesce(e.account IS DISTINCT FROM b.account
+                    AND NOT (coalesce(e.account, 'default') = 'default' AND b.account_default)
+                    AND e.id IS NOT NULL, false) AS account_changed,
            e.id IS NULL AND EXISTS (
                SELECT 1 FROM orders o
                WHERE (o.provider, o.psp_order_id) = (b.provider, b.psp_id) AND o.id <> b.id
@@ -135,14 +146,14 @@ WITH batch AS (
     INSERT INTO inbox (source, event_key, event_type, order_id, payload, processed_at, outcome)
     SELECT 'shop', key, type, id, payload::jsonb, now(),
            CASE WHEN is_stale THEN 'stale' ELSE 'applied' END
-    FROM checked WHERE NOT payment_changed AND NOT payment_taken
+    FROM checked WHERE NOT payment_changed AND NOT payment_taken AND NOT account_changed
     ORDER BY ord
     ON CONFLICT (source, event_key) DO NOTHING
     RETURNING event_key, outcome
 ), written AS (
     INSERT INTO orders (id, version, provider, psp_order_id, currency, status, snapshot,
                         desired_amount, authorized_amount, authorized_lines, psp_status,
-                        psp_synced_at, reconcile_requested_at)
+                        psp_synced_at, reconcile_requested_at, account)
     SELECT c.id, c.version, c.provider, c.psp_id, c.currency, c.status, c.snapshot::jsonb,
            c.total,
            CASE WHEN c.provider = 'adyen' THEN coalesce(
@@ -151,7 +162,7 @@ WITH batch AS (
            c.basket::jsonb,
            CASE WHEN c.provider = 'adyen' THEN 'authorized' END,
            CASE WHEN c.provider = 'adyen' THEN now() END,
-           now()
+           now(), c.account
     FROM checked c JOIN inbox_rows i ON i.event_key = c.key
     WHERE i.outcome = 'applied'
     ORDER BY c.id
@@ -163,7 +174,7 @@ WITH batch AS (
       AND (orders.provider, orders.psp_order_id) = (EXCLUDED.provider, EXCLUDED.psp_order_id)
     RETURNING id
 )
-SELECT c.ord, i.outcome, c.payment_changed, c.payment_taken,
+SELECT c.ord, i.outcome, c.payment_changed, c.payment_taken, c.account_changed,
        EXISTS (SELECT 1 FROM written w WHERE w.id = c.id) AS written
 FROM checked c LEFT JOIN inbox_rows i ON i.event_key = c.key
 ORDER BY c.ord

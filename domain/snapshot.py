@@ -182,6 +182,9 @@ class KlarnaPayment(_Model):
     provider: Literal["klarna"]
     klarna_order_id: str = Field(pattern=KLARNA_ORDER_ID_PATTERN)
     payment_method: str | None = Field(default=None, max_length=64)
+    # Which of the merchant's Klarna accounts (ACCOUNTS_FILE) took the payment; without
+    # it, the account whose countries list the order's country.
+    klarna_account: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class AdyenPayment(_Model):

@@ -17,8 +17,9 @@ from psycopg.types.json import Jsonb
 from data import inbox
 from domain.lines import basket_lines
 from domain.snapshot import ShopEvent
+from ordersync.accounts import DEFAULT, Accounts
 from ordersync.db import AsyncPool
-from ordersync.errors import Conflict
+from ordersync.errors import Conflict, OrdersyncError, ValidationFailed
 
 
 @dataclass(frozen=True)
@@ -47,14 +48,24 @@ class _Params:
     snapshot: str
     total: int
     basket: str
+    # The account the order belongs to, and whether it is its PSP's default account
+    # (which orders from before accounts, stored as "default", belong to).
+    account: str
+    account_default: bool
 
     @property
     def adyen(self) -> bool:
         return self.provider == "adyen"
 
 
-def _params(webhook_id: str, event: ShopEvent) -> _Params:
+def _params(webhook_id: str, event: ShopEvent, accounts: Accounts | None = None) -> _Params:
+    """Raises the 422 naming the field when the order's payment belongs to no
+    configured account (contract §6)."""
     order = event.order
+    account = accounts.route(order) if accounts is not None else DEFAULT
+    default = (
+        accounts.canonical(order.provider, DEFAULT) if accounts is not None else DEFAULT
+    ) == account
     # Encoded once, by pydantic's own encoder; the event is the snapshot with its type.
     snapshot = order.model_dump_json()
     payload = f'{{"type": {json.dumps(event.type)}, "order": {snapshot}}}'
@@ -75,6 +86,8 @@ def _params(webhook_id: str, event: ShopEvent) -> _Params:
         snapshot=snapshot,
         total=order.total,
         basket=json.dumps(basket),
+        account=account,
+        account_default=default,
     )
 
 
@@ -92,11 +105,24 @@ def _payment_changed() -> Conflict:
     )
 
 
+def _account_changed(provider: str) -> ValidationFailed:
+    path = (
+        "order.payment.klarna_account" if provider == "klarna" else "order.payment.merchant_account"
+    )
+    return ValidationFailed(
+        "an order's account cannot change",
+        fields=[{"path": path, "message": "differs from the account stored with the order"}],
+    )
+
+
 def _outcome(
-    order_id: str, outcome: str | None, written: bool, payment_changed: bool
-) -> Stored | Conflict:
+    p: _Params, outcome: str | None, written: bool, payment_changed: bool, account_changed: bool
+) -> Stored | OrdersyncError:
+    order_id = p.id
     if payment_changed:
         return _payment_changed()
+    if account_changed:
+        return _account_changed(p.provider)
     if outcome is None:
         return Stored("duplicate", order_id)
     if outcome == "applied" and written:
@@ -105,17 +131,19 @@ def _outcome(
     return Stored("stale", order_id)
 
 
-async def store_shop_event(pool: AsyncPool, webhook_id: str, event: ShopEvent) -> Stored:
-    p = _params(webhook_id, event)
+async def store_shop_event(
+    pool: AsyncPool, webhook_id: str, event: ShopEvent, accounts: Accounts | None = None
+) -> Stored:
+    p = _params(webhook_id, event, accounts)
     result = await _store_one(pool, p)
-    if isinstance(result, Conflict):
+    if isinstance(result, OrdersyncError):
         raise result
     await _correct_adyen_fallbacks(pool, [p], [result])
     return result
 
 
 async def _correct_adyen_fallbacks(
-    pool: AsyncPool, params: Sequence[_Params], results: Sequence[Stored | Conflict]
+    pool: AsyncPool, params: Sequence[_Params], results: Sequence[Stored | OrdersyncError]
 ) -> None:
     """A late lower version of an Adyen order (rare): its total may be the authorization
     (data/inbox.py CORRECT_ADYEN_FALLBACK). Stored already; this only corrects a guess."""
@@ -151,10 +179,12 @@ def _single(p: _Params) -> dict[str, Any]:
         "total": p.total,
         "adyen": p.adyen,
         "basket": Jsonb(json.loads(p.basket)),
+        "account": p.account,
+        "account_default": p.account_default,
     }
 
 
-async def _store_one(pool: AsyncPool, p: _Params) -> Stored | Conflict:
+async def _store_one(pool: AsyncPool, p: _Params) -> Stored | OrdersyncError:
     params = _single(p)
     try:
         async with pool.connection() as conn:
@@ -163,7 +193,9 @@ async def _store_one(pool: AsyncPool, p: _Params) -> Stored | Conflict:
     except UniqueViolation:
         return _payment_taken()
     assert row is not None
-    return _outcome(p.id, row["outcome"], row["written"], row["payment_changed"])
+    return _outcome(
+        p, row["outcome"], row["written"], row["payment_changed"], row["account_changed"]
+    )
 
 
 def _rounds(events: Sequence[_Params]) -> list[list[int]]:
@@ -201,28 +233,37 @@ def _columns(events: Sequence[_Params], positions: Sequence[int]) -> dict[str, l
         "snapshot": [p.snapshot for p in rows],
         "total": [p.total for p in rows],
         "basket": [p.basket for p in rows],
+        "account": [p.account for p in rows],
+        "account_default": [p.account_default for p in rows],
     }
 
 
 async def store_shop_events(
-    pool: AsyncPool, events: Sequence[tuple[str, ShopEvent]]
-) -> list[Stored | Conflict]:
+    pool: AsyncPool, events: Sequence[tuple[str, ShopEvent]], accounts: Accounts | None = None
+) -> list[Stored | OrdersyncError]:
     """Stores a batch of (webhook-id, event) in one transaction: one statement, or one
     per repeat of an order within the batch. Each event gets its own outcome, or the
     Conflict its request answers with. If the batch statement fails for a reason one row
     can cause (a payment taken by a concurrent batch, a deadlock between batches), each
     event is stored on its own instead, so that row fails alone. A database that is
     down fails them all (the senders retry)."""
-    params = [_params(key, event) for key, event in events]
-    stored = await _store_batch(pool, params)
+    routed: list[_Params | OrdersyncError] = []
+    for key, event in events:
+        try:
+            routed.append(_params(key, event, accounts))
+        except ValidationFailed as unroutable:
+            routed.append(unroutable)  # that request's own 422; the others are stored
+    params = [p for p in routed if isinstance(p, _Params)]
+    stored = await _store_batch(pool, params) if params else []
     await _correct_adyen_fallbacks(pool, params, stored)
-    return stored
+    results = iter(stored)
+    return [p if isinstance(p, OrdersyncError) else next(results) for p in routed]
 
 
-async def _store_batch(pool: AsyncPool, params: Sequence[_Params]) -> list[Stored | Conflict]:
+async def _store_batch(pool: AsyncPool, params: Sequence[_Params]) -> list[Stored | OrdersyncError]:
     if len(params) == 1:
         return [await _store_one(pool, params[0])]
-    results: list[Stored | Conflict | None] = [None] * len(params)
+    results: list[Stored | OrdersyncError | None] = [None] * len(params)
     try:
         async with pool.connection() as conn:
             rounds = _rounds(params)
@@ -240,7 +281,9 @@ async def _store_batch(pool: AsyncPool, params: Sequence[_Params]) -> list[Store
         results[row["ord"]] = (
             _payment_taken()
             if row["payment_taken"]
-            else _outcome(p.id, row["outcome"], row["written"], row["payment_changed"])
+            else _outcome(
+                p, row["outcome"], row["written"], row["payment_changed"], row["account_changed"]
+            )
         )
     assert all(result is not None for result in results)
     return [result for result in results if result is not None]
