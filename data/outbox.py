@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection, Connection
@@ -14,7 +13,7 @@ Row = dict[str, Any]
 BACKLOG = """
 SELECT count(*) AS backlog,
        coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) AS oldest
-FROM outbox WHERE delivered_at IS NULL
+FROM outbox WHERE delivered_at IS NULL AND parked_at IS NULL
 """
 
 RECENT_FOR_ORDER = """
@@ -38,15 +37,17 @@ RETURNING id
 """
 
 # The order's oldest undelivered event, if it is due and nobody holds it: a later event
-# waits behind an earlier one that keeps failing.
+# waits behind an earlier one that keeps failing (unless the shop refused that one so
+# often that it was parked). The oldest row is locked and waited for, never skipped: a
+# second deliverer claiming at the same moment must not pass it and send a later event.
 CLAIM_NEXT = """
 UPDATE outbox SET attempts = attempts + 1,
                   lease_until = now() + make_interval(secs => %(lease)s)
 WHERE id = (
     SELECT id FROM outbox
-    WHERE order_id = %(order_id)s AND delivered_at IS NULL
+    WHERE order_id = %(order_id)s AND delivered_at IS NULL AND parked_at IS NULL
     ORDER BY seq LIMIT 1
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE
 )
   AND next_attempt_at <= now()
   AND (lease_until IS NULL OR lease_until < now())
@@ -60,8 +61,9 @@ WHERE id = %(id)s
 """
 
 MARK_FAILED = """
-UPDATE outbox SET next_attempt_at = %(at)s, lease_until = NULL, last_status = %(status)s,
-                  last_error = %(error)s
+UPDATE outbox SET next_attempt_at = now() + make_interval(secs => %(delay)s),
+                  lease_until = NULL, last_status = %(status)s, last_error = %(error)s,
+                  parked_at = CASE WHEN %(park)s THEN now() END
 WHERE id = %(id)s
 """
 
@@ -99,16 +101,20 @@ def mark_delivered(conn: Connection[Row], event_id: uuid.UUID, status: int | Non
 def mark_failed(
     conn: Connection[Row],
     event_id: uuid.UUID,
-    retry_at: datetime,
+    delay: float,
     status: int | None,
     error: str,
+    *,
+    park: bool = False,
 ) -> None:
-    conn.execute(MARK_FAILED, {"id": event_id, "at": retry_at, "status": status, "error": error})
+    """Due again in `delay` seconds (database clock); `park`: never again by itself."""
+    params = {"id": event_id, "delay": delay, "status": status, "error": error, "park": park}
+    conn.execute(MARK_FAILED, params)
 
 
 UNDELIVERED_CALLBACKS = """
 SELECT DISTINCT order_id FROM outbox
-WHERE delivered_at IS NULL AND next_attempt_at <= now()
+WHERE delivered_at IS NULL AND parked_at IS NULL AND next_attempt_at <= now()
   AND (lease_until IS NULL OR lease_until < now())
 LIMIT %(batch)s
 """

@@ -16,10 +16,20 @@ from psycopg.types.json import Jsonb
 
 from data import inbox
 from domain.lines import basket_lines
-from domain.snapshot import ShopEvent
+from domain.snapshot import ShopEvent, fixed_terms
 from ordersync.accounts import DEFAULT, Accounts
 from ordersync.db import AsyncPool
-from ordersync.errors import Conflict, OrdersyncError, ValidationFailed
+from ordersync.errors import Conflict, ValidationFailed
+
+# Why a row is not stored: a payment another order holds (409), or a field the order's
+# first snapshot fixed (422, naming it).
+Refused = Conflict | ValidationFailed
+
+# The field a changed account is reported under (contract §6: fixed with the order).
+ACCOUNT_FIELD = {
+    "klarna": "order.payment.klarna_account",
+    "adyen": "order.payment.merchant_account",
+}
 
 
 @dataclass(frozen=True)
@@ -48,9 +58,12 @@ class _Params:
     snapshot: str
     total: int
     basket: str
-    # The account the order belongs to, and whether it is its PSP's default account
-    # (which orders from before accounts, stored as "default", belong to).
+    fixed: str
+    # The account the order belongs to (contract §6), the field naming it, and whether
+    # it is its PSP's default account (which orders from before accounts, stored as
+    # "default", belong to).
     account: str
+    account_field: str
     account_default: bool
 
     @property
@@ -63,9 +76,7 @@ def _params(webhook_id: str, event: ShopEvent, accounts: Accounts | None = None)
     configured account (contract §6)."""
     order = event.order
     account = accounts.route(order) if accounts is not None else DEFAULT
-    default = (
-        accounts.canonical(order.provider, DEFAULT) if accounts is not None else DEFAULT
-    ) == account
+    default = accounts.canonical(order.provider, DEFAULT) if accounts is not None else DEFAULT
     # Encoded once, by pydantic's own encoder; the event is the snapshot with its type.
     snapshot = order.model_dump_json()
     payload = f'{{"type": {json.dumps(event.type)}, "order": {snapshot}}}'
@@ -86,8 +97,10 @@ def _params(webhook_id: str, event: ShopEvent, accounts: Accounts | None = None)
         snapshot=snapshot,
         total=order.total,
         basket=json.dumps(basket),
+        fixed=json.dumps(fixed_terms(order)),
         account=account,
-        account_default=default,
+        account_field=ACCOUNT_FIELD[order.provider],
+        account_default=account == default,
     )
 
 
@@ -98,31 +111,19 @@ def _payment_taken() -> Conflict:
     )
 
 
-def _payment_changed() -> Conflict:
-    return Conflict(
-        "an order's payment cannot change",
-        fields=[{"path": "order.payment", "message": "differs from the stored payment"}],
-    )
-
-
-def _account_changed(provider: str) -> ValidationFailed:
-    path = (
-        "order.payment.klarna_account" if provider == "klarna" else "order.payment.merchant_account"
-    )
+def _payment_changed(field: str) -> ValidationFailed:
+    """Contract §4: an order's currency and payment are fixed by its first snapshot."""
     return ValidationFailed(
-        "an order's account cannot change",
-        fields=[{"path": path, "message": "differs from the account stored with the order"}],
+        "an order's currency and payment cannot change",
+        fields=[{"path": field, "message": "differs from the order's first snapshot"}],
     )
 
 
 def _outcome(
-    p: _Params, outcome: str | None, written: bool, payment_changed: bool, account_changed: bool
-) -> Stored | OrdersyncError:
-    order_id = p.id
-    if payment_changed:
-        return _payment_changed()
-    if account_changed:
-        return _account_changed(p.provider)
+    order_id: str, outcome: str | None, written: bool, changed_field: str | None
+) -> Stored | Refused:
+    if changed_field is not None:
+        return _payment_changed(changed_field)
     if outcome is None:
         return Stored("duplicate", order_id)
     if outcome == "applied" and written:
@@ -136,14 +137,14 @@ async def store_shop_event(
 ) -> Stored:
     p = _params(webhook_id, event, accounts)
     result = await _store_one(pool, p)
-    if isinstance(result, OrdersyncError):
+    if not isinstance(result, Stored):
         raise result
     await _correct_adyen_fallbacks(pool, [p], [result])
     return result
 
 
 async def _correct_adyen_fallbacks(
-    pool: AsyncPool, params: Sequence[_Params], results: Sequence[Stored | OrdersyncError]
+    pool: AsyncPool, params: Sequence[_Params], results: Sequence[Stored | Refused]
 ) -> None:
     """A late lower version of an Adyen order (rare): its total may be the authorization
     (data/inbox.py CORRECT_ADYEN_FALLBACK). Stored already; this only corrects a guess."""
@@ -179,12 +180,14 @@ def _single(p: _Params) -> dict[str, Any]:
         "total": p.total,
         "adyen": p.adyen,
         "basket": Jsonb(json.loads(p.basket)),
+        "fixed": p.fixed,
         "account": p.account,
+        "account_field": p.account_field,
         "account_default": p.account_default,
     }
 
 
-async def _store_one(pool: AsyncPool, p: _Params) -> Stored | OrdersyncError:
+async def _store_one(pool: AsyncPool, p: _Params) -> Stored | Refused:
     params = _single(p)
     try:
         async with pool.connection() as conn:
@@ -193,9 +196,7 @@ async def _store_one(pool: AsyncPool, p: _Params) -> Stored | OrdersyncError:
     except UniqueViolation:
         return _payment_taken()
     assert row is not None
-    return _outcome(
-        p, row["outcome"], row["written"], row["payment_changed"], row["account_changed"]
-    )
+    return _outcome(p.id, row["outcome"], row["written"], row["changed_field"])
 
 
 def _rounds(events: Sequence[_Params]) -> list[list[int]]:
@@ -233,21 +234,23 @@ def _columns(events: Sequence[_Params], positions: Sequence[int]) -> dict[str, l
         "snapshot": [p.snapshot for p in rows],
         "total": [p.total for p in rows],
         "basket": [p.basket for p in rows],
+        "fixed": [p.fixed for p in rows],
         "account": [p.account for p in rows],
+        "account_field": [p.account_field for p in rows],
         "account_default": [p.account_default for p in rows],
     }
 
 
 async def store_shop_events(
     pool: AsyncPool, events: Sequence[tuple[str, ShopEvent]], accounts: Accounts | None = None
-) -> list[Stored | OrdersyncError]:
+) -> list[Stored | Refused]:
     """Stores a batch of (webhook-id, event) in one transaction: one statement, or one
     per repeat of an order within the batch. Each event gets its own outcome, or the
     Conflict its request answers with. If the batch statement fails for a reason one row
     can cause (a payment taken by a concurrent batch, a deadlock between batches), each
     event is stored on its own instead, so that row fails alone. A database that is
     down fails them all (the senders retry)."""
-    routed: list[_Params | OrdersyncError] = []
+    routed: list[_Params | Refused] = []
     for key, event in events:
         try:
             routed.append(_params(key, event, accounts))
@@ -257,13 +260,13 @@ async def store_shop_events(
     stored = await _store_batch(pool, params) if params else []
     await _correct_adyen_fallbacks(pool, params, stored)
     results = iter(stored)
-    return [p if isinstance(p, OrdersyncError) else next(results) for p in routed]
+    return [p if not isinstance(p, _Params) else next(results) for p in routed]
 
 
-async def _store_batch(pool: AsyncPool, params: Sequence[_Params]) -> list[Stored | OrdersyncError]:
+async def _store_batch(pool: AsyncPool, params: Sequence[_Params]) -> list[Stored | Refused]:
     if len(params) == 1:
         return [await _store_one(pool, params[0])]
-    results: list[Stored | OrdersyncError | None] = [None] * len(params)
+    results: list[Stored | Refused | None] = [None] * len(params)
     try:
         async with pool.connection() as conn:
             rounds = _rounds(params)
@@ -281,9 +284,7 @@ async def _store_batch(pool: AsyncPool, params: Sequence[_Params]) -> list[Store
         results[row["ord"]] = (
             _payment_taken()
             if row["payment_taken"]
-            else _outcome(
-                p, row["outcome"], row["written"], row["payment_changed"], row["account_changed"]
-            )
+            else _outcome(p.id, row["outcome"], row["written"], row["changed_field"])
         )
     assert all(result is not None for result in results)
     return [result for result in results if result is not None]
