@@ -661,8 +661,12 @@ def setup_routes(state: KlarnaState) -> list[BaseRoute]:
         except KlarnaRejectionError as rejection:
             return _json(rejection.outcome)
 
+    async def markets(request: Request) -> Response:
+        return JSONResponse({"markets": sorted(state.markets)})
+
     base = "/_sandbox/klarna/orders"
     return [
+        Route("/_sandbox/klarna/markets", markets, methods=["GET"]),
         Route(base, create, methods=["POST"]),
         Route(f"{base}/{{order_id}}", show, methods=["GET"]),
         Route(f"{base}/{{order_id}}/expire", set_status(EXPIRED), methods=["POST"]),
