@@ -734,6 +734,7 @@ FLAGGED_PAGE = """
 SELECT * FROM orders
 WHERE flags <> '{}'
   AND (%(flag)s::text IS NULL OR %(flag)s = ANY(flags))
+  AND (%(account)s::text IS NULL OR account = %(account)s)
   AND (%(after_at)s::timestamptz IS NULL OR (updated_at, id) < (%(after_at)s, %(after_id)s))
 ORDER BY updated_at DESC, id DESC
 LIMIT %(limit)s
@@ -758,8 +759,16 @@ async def flagged_page(
     flag: str | None,
     after: tuple[datetime, str] | None,
     limit: int,
+    account: str | None = None,
 ) -> list[Row]:
-    """Flagged orders (with `flag`, or any), most recently changed first, after `after`."""
+    """Flagged orders (with `flag`, or any; of `account`, or any), most recently changed
+    first, after `after`."""
     after_at, after_id = after if after is not None else (None, None)
-    params = {"flag": flag, "after_at": after_at, "after_id": after_id, "limit": limit}
+    params = {
+        "flag": flag,
+        "after_at": after_at,
+        "after_id": after_id,
+        "limit": limit,
+        "account": account,
+    }
     return await (await conn.execute(FLAGGED_PAGE, params)).fetchall()

@@ -100,7 +100,7 @@ def test_one_bad_row_fails_alone(stack: Stack) -> None:
         "applied",
         "conflict: another order already uses this payment",
         "applied",
-        "conflict: an order's payment cannot change",
+        "conflict: an order's currency and payment cannot change",
         "stale",
         "duplicate",
         "applied",
