@@ -69,9 +69,7 @@ def loads(body: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     except ValueError:
         # json.JSONDecodeError is a ValueError; its message names a position, not content.
         raise BadRequest("the body is not JSON", fields=[_field("body", "not JSON")]) from None
-    if nesting_depth(data) > max_depth:
-        raise _too_deep(max_depth)
-    problems = _problems(data)
+    problems = _problems(data, max_depth)
     if problems:
         raise ValidationFailed("the body holds values outside the bounds", fields=problems)
     return data
@@ -84,23 +82,6 @@ def _too_deep(max_depth: int) -> BadRequest:
     )
 
 
-def nesting_depth(data: Any) -> int:
-    """The deepest nesting of arrays and objects in parsed JSON, walked without
-    recursion (each container is visited once)."""
-    deepest = 0
-    stack: list[tuple[int, Any]] = [(0, data)]
-    while stack:
-        depth, value = stack.pop()
-        if isinstance(value, dict):
-            value = value.values()
-        elif not isinstance(value, list):
-            continue
-        depth += 1
-        deepest = max(deepest, depth)
-        stack.extend((depth, item) for item in value if isinstance(item, dict | list))
-    return deepest
-
-
 def text_problem(value: str) -> str | None:
     """Why Postgres could not store `value` as text, or None."""
     if "\x00" in value:
@@ -110,28 +91,61 @@ def text_problem(value: str) -> str | None:
     return None
 
 
-def _problems(data: Any, limit: int = 10) -> list[dict[str, str]]:
-    """Bad values with their dotted paths (at most `limit`), walked without recursion."""
+# Values that are always fine: skipped without a call.
+_PLAIN = frozenset({int, float, bool, type(None)})
+
+
+def _problems(data: Any, max_depth: int = MAX_DEPTH, limit: int = 10) -> list[dict[str, str]]:
+    """Bad values with their dotted paths (at most `limit`), in one walk without
+    recursion that also bounds the depth (BadRequest beyond `max_depth`). A path is
+    built only for a container or a bad value, never for every number."""
+    root = _leaf_problem(data)
+    if root:
+        return [_field("body", root)]
     found: list[dict[str, str]] = []
-    stack: list[tuple[str, Any]] = [("", data)]
-    while stack and len(found) < limit:
-        path, value = stack.pop()
-        if isinstance(value, str):
-            problem = text_problem(value)
-            if problem:
-                found.append(_field(path or "body", problem))
-        elif isinstance(value, _TooLong):
-            found.append(_field(path or "body", f"a number of {value.chars} characters"))
-        elif isinstance(value, dict):
+    stack: list[tuple[str, Any, int]] = [("", data, 1)]
+    while stack:
+        path, value, depth = stack.pop()
+        if depth > max_depth:
+            raise _too_deep(max_depth)
+        if len(found) >= limit:
+            continue  # the rest is walked for its depth only
+        if isinstance(value, dict):
             for key, item in value.items():
                 problem = text_problem(key)
                 if problem:
                     found.append(_field(path or "body", f"a key {problem}"))
-                    continue
-                stack.append((_child(path, key), item))
+                elif item.__class__ not in _PLAIN:
+                    _visit(found, stack, path, key, item, depth)
         elif isinstance(value, list):
-            stack.extend((_child(path, str(i)), v) for i, v in enumerate(value))
-    return found
+            for index, item in enumerate(value):
+                if item.__class__ not in _PLAIN:
+                    _visit(found, stack, path, str(index), item, depth)
+    return found[:limit]
+
+
+def _visit(
+    found: list[dict[str, str]],
+    stack: list[tuple[str, Any, int]],
+    path: str,
+    key: str,
+    item: Any,
+    depth: int,
+) -> None:
+    if isinstance(item, dict | list):
+        stack.append((_child(path, key), item, depth + 1))
+        return
+    problem = _leaf_problem(item)
+    if problem:
+        found.append(_field(_child(path, key), problem))
+
+
+def _leaf_problem(value: Any) -> str | None:
+    if isinstance(value, str):
+        return text_problem(value)
+    if isinstance(value, _TooLong):
+        return f"a number of {value.chars} characters"
+    return None
 
 
 MAX_PATH_CHARS = 200
