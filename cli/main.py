@@ -54,6 +54,8 @@ def cmd_migrate(_: argparse.Namespace) -> int:
 def cmd_web(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from service.server import BoundedHttpProtocol
+
     settings = _settings("database_url", "redis_url", "shop_webhook_secrets")
     _accounts()
     _prepare_multiprocess_metrics(create=False)
@@ -66,6 +68,11 @@ def cmd_web(args: argparse.Namespace) -> int:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=25,
+        # The edge's bounds (README "Security"): head and body clocks, head size and
+        # header count in the protocol; idle keep-alive and work in progress here.
+        http=BoundedHttpProtocol,
+        timeout_keep_alive=int(settings.web_keep_alive_seconds),
+        limit_concurrency=settings.web_limit_concurrency,
     )
     return 0
 
@@ -270,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=9100,
         help="serve Prometheus metrics on this port (0: off)",
     )
-    worker.add_argument("--metrics-host", default="0.0.0.0")  # noqa: S104 - scraped in a pod
+    # Loopback unless told otherwise: the chart passes the pod's own IP, so metrics are
+    # reachable by the scraper (and the NetworkPolicy) but never on every interface.
+    worker.add_argument("--metrics-host", default="127.0.0.1", help="address to serve metrics on")
     worker.set_defaults(fn=cmd_worker)
 
     sub.add_parser("beat", help="the periodic sweeper (one replica)").set_defaults(fn=cmd_beat)

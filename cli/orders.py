@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TextIO, TypeVar
 
@@ -242,8 +243,23 @@ def format_list(page: dict[str, Any]) -> str:
     return out
 
 
+def printable(text: str) -> str:
+    """The text with every control or invisible character (ANSI escapes, CR, bidi
+    overrides, zero-width characters) written as its escape, as JSON output has it:
+    what a shop or a PSP sent can neither move the cursor nor disguise itself."""
+    return "".join(
+        char
+        if char == "\n" or not unicodedata.category(char).startswith(("C", "Zl", "Zp"))
+        else json.dumps(char)[1:-1]
+        if ord(char) < 0x80
+        else f"\\u{ord(char):04x}"
+        for char in text
+    )
+
+
 def emit(data: dict[str, Any], text: str, as_json: bool, stream: TextIO = sys.stdout) -> None:
-    stream.write((json.dumps(data, indent=2) if as_json else text) + "\n")
+    # json.dumps escapes every non-ASCII and control character itself.
+    stream.write((json.dumps(data, indent=2) if as_json else printable(text)) + "\n")
 
 
 # -- commands -------------------------------------------------------------------------

@@ -10,10 +10,18 @@ from psycopg import AsyncConnection, Connection
 
 Row = dict[str, Any]
 
+# An Adyen notification that matched nothing once (`unmatched`: another system's payment
+# on a shared merchant account, usually) leaves the backlog: it is counted on its own
+# (UNMATCHED), so the backlog's age measures only what we have not tried yet.
 BACKLOG = """
 SELECT source, count(*) AS backlog,
        extract(epoch FROM now() - min(received_at))::float8 AS oldest
-FROM inbox WHERE processed_at IS NULL GROUP BY source
+FROM inbox WHERE processed_at IS NULL AND outcome IS DISTINCT FROM 'unmatched'
+GROUP BY source
+"""
+UNMATCHED = """
+SELECT count(*) AS unmatched FROM inbox
+WHERE processed_at IS NULL AND outcome = 'unmatched'
 """
 
 RECENT_FOR_ORDER = """
@@ -59,10 +67,12 @@ WITH existing AS (
       AND NOT (coalesce(account, 'default') = 'default' AND %(account_default)s)
     ORDER BY 1 LIMIT 1
 ), inbox_row AS (
-    INSERT INTO inbox (source, event_key, event_type, order_id, payload, processed_at, outcome)
+    INSERT INTO inbox (source, event_key, event_type, order_id, payload, processed_at, outcome,
+                       payload_sha256)
     SELECT 'shop', %(key)s, %(type)s, %(id)s, %(payload)s::jsonb, now(),
            CASE WHEN EXISTS (SELECT 1 FROM existing WHERE version >= %(version)s)
-                THEN 'stale' ELSE 'applied' END
+                THEN 'stale' ELSE 'applied' END,
+           sha256(convert_to(%(payload)s, 'UTF8'))
     WHERE NOT EXISTS (SELECT 1 FROM payment_changed)
     ON CONFLICT (source, event_key) DO NOTHING
     RETURNING outcome
@@ -158,14 +168,17 @@ WITH batch AS (
            b.changed_field IS NOT NULL AS payment_changed,
            b.existing_id IS NULL AND EXISTS (
                SELECT 1 FROM orders o
-               WHERE (o.provider, o.psp_order_id) = (b.provider, b.psp_id) AND o.id <> b.id
+               WHERE (o.provider, lower(o.psp_order_id)) = (b.provider, lower(b.psp_id))
+                 AND o.id <> b.id
            ) AS payment_taken,
            coalesce(b.existing_version >= b.version, false) AS is_stale
     FROM compared b
 ), inbox_rows AS (
-    INSERT INTO inbox (source, event_key, event_type, order_id, payload, processed_at, outcome)
+    INSERT INTO inbox (source, event_key, event_type, order_id, payload, processed_at, outcome,
+                       payload_sha256)
     SELECT 'shop', key, type, id, payload::jsonb, now(),
-           CASE WHEN is_stale THEN 'stale' ELSE 'applied' END
+           CASE WHEN is_stale THEN 'stale' ELSE 'applied' END,
+           sha256(convert_to(payload, 'UTF8'))
     FROM checked WHERE NOT payment_changed AND NOT payment_taken
     ORDER BY ord
     ON CONFLICT (source, event_key) DO NOTHING
@@ -226,6 +239,25 @@ async def backlog(conn: AsyncConnection[Row]) -> list[Row]:
     return await (await conn.execute(BACKLOG)).fetchall()
 
 
+async def unmatched(conn: AsyncConnection[Row]) -> int:
+    """Adyen notifications that matched nothing yet (retried with back-off)."""
+    row = await (await conn.execute(UNMATCHED)).fetchone()
+    return 0 if row is None else int(row["unmatched"])
+
+
+# The same webhook-id stored before with another body (NULL: stored before hashes were).
+OTHER_BODY_UNDER_KEY = """
+SELECT 1 FROM inbox
+WHERE source = 'shop' AND event_key = %(key)s
+  AND payload_sha256 <> sha256(convert_to(%(payload)s, 'UTF8'))
+"""
+
+
+async def other_body_under_key(conn: AsyncConnection[Row], key: str, payload: str) -> bool:
+    cursor = await conn.execute(OTHER_BODY_UNDER_KEY, {"key": key, "payload": payload})
+    return await cursor.fetchone() is not None
+
+
 async def recent_for_order(conn: AsyncConnection[Row], order_id: str, limit: int) -> list[Row]:
     cursor = await conn.execute(RECENT_FOR_ORDER, {"order_id": order_id, "limit": limit})
     return await cursor.fetchall()
@@ -242,7 +274,8 @@ def version_received_at(conn: Connection[Row], order_id: str, version: int) -> d
 # its own age (capped), so one that matches nothing for hours cannot crowd out the rest.
 DUE_NOTIFICATIONS = """
 UPDATE inbox
-SET next_attempt_at = now() + least(interval '5 minutes',
+SET next_attempt_at = now() + least(CASE WHEN outcome = 'unmatched' THEN interval '1 hour'
+                                         ELSE interval '5 minutes' END,
                                     greatest(make_interval(secs => %(grace)s),
                                              now() - received_at))
 WHERE id IN (
@@ -259,7 +292,14 @@ LOCK_NOTIFICATION = """
 SELECT *, extract(epoch FROM now() - received_at)::float8 AS age_seconds
 FROM inbox WHERE id = %(id)s AND source = 'adyen' FOR UPDATE
 """
-MARK_UNMATCHED = "UPDATE inbox SET outcome = 'unmatched' WHERE id = %(id)s"
+# Backed off from now by its age (at least a minute, at most an hour): a payment that is
+# not ours is looked at a few times a day, not at every sweep.
+MARK_UNMATCHED = """
+UPDATE inbox SET outcome = 'unmatched',
+                 next_attempt_at = now() + least(interval '1 hour',
+                                                 greatest(interval '1 minute', now() - received_at))
+WHERE id = %(id)s
+"""
 MARK_PROCESSED = """
 UPDATE inbox SET processed_at = now(), outcome = %(outcome)s,
                  order_id = coalesce(order_id, %(order_id)s)

@@ -44,6 +44,10 @@ MAX_VERSION = 2**63 - 1
 # Both end up in URL paths, so only letters, digits, '-' and '_' are accepted.
 KLARNA_ORDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,254}$"
 PSP_REFERENCE_PATTERN = r"^[A-Za-z0-9]{1,64}$"
+# Contract §4: an order id ends up in URL paths (/orders/{id}), logs and a terminal, so
+# it is 1–64 characters of a letter or digit, then letters, digits, '-', '_', '.', ':'
+# (no '/', no '..', no control or invisible characters).
+ORDER_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 UNITEMISED_DISCOUNT_ID = "ordersync-unitemised-discount"
 
 
@@ -224,7 +228,7 @@ class Shipping(_Model):
 
 
 class OrderSnapshot(_Model):
-    id: str = Field(min_length=1, max_length=64)
+    id: str = Field(pattern=ORDER_ID_PATTERN)
     version: int = Field(ge=0, le=MAX_VERSION, strict=True)
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     country: str = Field(pattern=r"^[A-Z]{2}$")

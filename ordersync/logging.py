@@ -105,6 +105,11 @@ _REDACTED_FRAGMENTS = (
     "last_name",
 )
 REDACTED = "[redacted]"
+# Bounded lines: a value a sender controls (a reason, an error text) is cut to this
+# many characters, an exception's text to the second, and a list to the third.
+MAX_VALUE_CHARS = 1000
+MAX_EXCEPTION_CHARS = 8000
+MAX_ITEMS = 50
 
 # Values that are secret or personal whatever key they sit under (an exception message,
 # a URL, a header dump): redacted inside any string.
@@ -115,6 +120,19 @@ _VALUE_PATTERNS = (
     (
         ("@",),
         re.compile(r"(?P<keep>[a-z][a-z0-9+.\-]*://[^/\s:@]*:)[^@\s/]+(?=@)", re.I),
+        r"\g<keep>" + REDACTED,
+    ),
+    # The same without a scheme (a DSN written as user:password@host/db).
+    (
+        ("@",),
+        re.compile(r"(?P<keep>(?<![\w.+%-])[\w.+%-]+:)[^@\s/:]+(?=@[\w\[])"),
+        r"\g<keep>" + REDACTED,
+    ),
+    # key=value connection strings (libpq: password=…, quoted or not) and query
+    # parameters (?password=…).
+    (
+        ("assword", "ASSWORD"),
+        re.compile(r"(?P<keep>\bpassword\s*=\s*)(?:'(?:[^'\\]|\\.)*'|[^\s&;,]+)", re.I),
         r"\g<keep>" + REDACTED,
     ),
     # Standard Webhooks secrets and signatures.
@@ -147,15 +165,31 @@ def scrub_text(text: str) -> str:
     return text
 
 
+def _cut(text: str, limit: int = MAX_VALUE_CHARS) -> str:
+    return text if len(text) <= limit else text[:limit] + f"…[{len(text) - limit} more]"
+
+
+def _scrub_bounded(text: str, limit: int = MAX_VALUE_CHARS) -> str:
+    """Scrubbed, then cut. Only a margin beyond the cut is scrubbed: the patterns are
+    not linear on every input, and what is cut away is never written."""
+    if len(text) <= limit:
+        return scrub_text(text)
+    scrubbed = scrub_text(text[: 3 * limit])
+    return scrubbed[:limit] + f"…[{len(text) - limit} more]"
+
+
 def _scrub(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {k: REDACTED if _is_sensitive(str(k)) else _scrub(v) for k, v in value.items()}
+        items = list(value.items())[:MAX_ITEMS]
+        return {
+            _cut(str(k), 100): REDACTED if _is_sensitive(str(k)) else _scrub(v) for k, v in items
+        }
     if isinstance(value, list | tuple | set | frozenset):
-        return [_scrub(v) for v in value]
+        return [_scrub(v) for v in list(value)[:MAX_ITEMS]]
     if isinstance(value, str):
-        return scrub_text(value)
+        return _scrub_bounded(value)
     if isinstance(value, bytes):
-        return scrub_text(value.decode("utf-8", "replace"))
+        return _scrub_bounded(value[: 3 * MAX_VALUE_CHARS].decode("utf-8", "replace"))
     return value
 
 
@@ -168,7 +202,7 @@ def redact(
             # Our events are fixed snake_case names; a foreign (stdlib) log's message is
             # free text and may quote anything.
             if isinstance(event_dict[key], str):
-                event_dict[key] = scrub_text(event_dict[key])
+                event_dict[key] = _scrub_bounded(event_dict[key])
             continue
         if key in ("exc_info", "stack_info", "_record", "_from_structlog"):
             continue  # rendered later, and scrubbed after rendering
@@ -182,7 +216,7 @@ def redact_rendered(
     """Scrubs what rendering added: exception and stack texts."""
     for key in ("exception", "stack"):
         if isinstance(event_dict.get(key), str):
-            event_dict[key] = scrub_text(event_dict[key])
+            event_dict[key] = _scrub_bounded(event_dict[key], MAX_EXCEPTION_CHARS)
     return event_dict
 
 

@@ -8,10 +8,14 @@ import json
 import re
 from collections.abc import Mapping
 from functools import cache
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from ordersync.errors import ConfigError
 
@@ -44,7 +48,8 @@ class Settings(BaseSettings):
     klarna_api_url: str | None = None
     klarna_username: str | None = None
     klarna_password: SecretStr | None = None
-    klarna_increase_allowed: dict[str, list[str]] = Field(
+    # NoDecode: parsed by our validator, so bad JSON is reported with every other problem.
+    klarna_increase_allowed: Annotated[dict[str, list[str]], NoDecode] = Field(
         default_factory=lambda: dict(SEED_INCREASE_ALLOWED)
     )
 
@@ -80,6 +85,14 @@ class Settings(BaseSettings):
     web_batch_max: int = Field(default=32, ge=1, le=1000)
     # uvicorn processes of `ordersync web` (its --workers default); uvicorn's own name.
     web_concurrency: int = Field(default=1, ge=1, le=64)
+    # The edge's clocks and caps (service/server.py; README "Security"): the request head
+    # must arrive within the first, the body within the second after it; an idle
+    # keep-alive connection is closed after the third; over the fourth, connections and
+    # requests in progress per process, new requests are answered 503.
+    web_header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    web_body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    web_keep_alive_seconds: float = Field(default=5.0, gt=0, le=300)
+    web_limit_concurrency: int = Field(default=1000, ge=10, le=100_000)
     # How long a marked order may wait for its task before the sweeper enqueues it again.
     sweep_grace_seconds: float = Field(default=10.0, ge=0)
     # How often an unfinished order's PSP state is read again, to notice drift.
@@ -144,10 +157,36 @@ class Settings(BaseSettings):
                 )
         return value
 
+    @field_validator("database_url")
+    @classmethod
+    def _database_url_well_formed(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value() and not _valid_dsn(value):
+            # Never psycopg's message: it quotes the text, password and all.
+            raise ValueError(
+                "not a Postgres URL (postgresql://user:password@host:port/dbname)"
+                " or key=value connection string"
+            )
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url_well_formed(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value() and not _valid_redis_url(value):
+            raise ValueError(
+                "not a Redis URL (redis://, rediss:// with a numeric port, unix:// or"
+                " redis+socket:// with a path)"
+            )
+        return value
+
     @field_validator("klarna_increase_allowed", mode="before")
     @classmethod
     def _parse_table(cls, value: object) -> object:
-        return json.loads(value) if isinstance(value, str) else value
+        if not isinstance(value, str):
+            return value
+        try:
+            return json.loads(value)
+        except ValueError:
+            raise ValueError("not valid JSON") from None
 
     @property
     def shop_secrets(self) -> list[str]:
@@ -207,12 +246,53 @@ def _valid_webhook_secret(secret: str) -> bool:
     return len(key) >= MIN_SECRET_BYTES
 
 
+def _valid_dsn(value: SecretStr) -> bool:
+    dsn = value.get_secret_value()
+    try:
+        params = conninfo_to_dict(dsn)
+    except (psycopg.Error, ValueError):
+        return False
+    if "://" not in dsn and "=" not in dsn:
+        return False
+    port = str(params.get("port") or "")
+    return all(part.isdigit() for part in port.split(",")) if port else True
+
+
+_REDIS_SCHEMES = {"redis", "rediss", "unix", "redis+socket"}
+
+
+def _valid_redis_url(value: SecretStr) -> bool:
+    try:
+        url = urlsplit(value.get_secret_value())
+        if url.scheme not in _REDIS_SCHEMES:
+            return False
+        if url.scheme in ("unix", "redis+socket"):
+            return bool(url.path)
+        _ = url.port  # raises ValueError on a port that is not a number in range
+    except ValueError:
+        return False
+    return bool(url.hostname)
+
+
+_SETTINGS_FIELD = re.compile(r'field "([a-z0-9_]+)"')
+
+
 @cache
 def get_settings() -> Settings:
+    """The settings, validated whole; ConfigError (one line naming every bad variable
+    and why, never a value: it may be a secret) if any is wrong."""
     try:
         return Settings()
     except ValidationError as exc:
-        first = exc.errors()[0]
-        name = str(first["loc"][0]).upper() if first["loc"] else "settings"
-        # The message, never the input: the input may be a secret.
-        raise ConfigError(f"invalid setting {name}: {first['msg']}") from None
+        problems = [
+            f"{str(error['loc'][0]).upper() if error['loc'] else 'settings'}:"
+            f" {error['msg'].removeprefix('Value error, ')}"
+            for error in exc.errors(include_url=False, include_input=False)
+        ]
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+    except SettingsError as exc:
+        # A structured (JSON) setting that does not parse; pydantic-settings' message
+        # names the field, and the text is not repeated.
+        found = _SETTINGS_FIELD.search(str(exc))
+        name = found.group(1).upper() if found else "a JSON setting"
+        raise ConfigError(f"invalid settings: {name}: not valid JSON") from None

@@ -23,7 +23,7 @@ from starlette.responses import PlainTextResponse, Response
 from data import inbox
 from domain.snapshot import MAX_AMOUNT, PSP_REFERENCE_PATTERN
 from integrations.adyen import hmac as adyen_hmac
-from integrations.adyen.notifications import ACTED_ON
+from integrations.adyen.notifications import ACTED_ON, stored_item
 from ordersync.db import AsyncPool
 from ordersync.errors import (
     BadRequest,
@@ -35,7 +35,7 @@ from ordersync.errors import (
 from ordersync.jobs import Job, enqueue_job
 from service import bounded_json
 from service.state import AppState
-from service.webhooks import read_body
+from service.webhooks import off_loop, read_body
 
 log = structlog.get_logger("ordersync.webhooks")
 
@@ -60,7 +60,7 @@ def event_key(item: Mapping[str, Any]) -> str:
         item.get("success"),
         item.get("originalReference"),
     )
-    return ":".join("" if part is None else str(part) for part in parts)
+    return ":".join(adyen_hmac.render(part) for part in parts)
 
 
 def check_basic_auth(header: str | None, username: str, password: str) -> bool:
@@ -137,7 +137,9 @@ def item_problem(item: Mapping[str, Any]) -> str | None:
         isinstance(original, str) and _PSP_REFERENCE.fullmatch(original)
     ):
         return "originalReference"
-    if item.get("success") not in ("true", "false"):
+    # Adyen sends a string; its libraries' fixtures also a JSON boolean.
+    success = item.get("success")
+    if not (isinstance(success, bool) or success in ("true", "false")):
         return "success"
     amount = item.get("amount")
     if not isinstance(amount, dict):
@@ -181,7 +183,8 @@ async def store_items(
             "key": event_key(item),
             "type": item["eventCode"],
             "payment": str(item.get("originalReference") or item["pspReference"]),
-            "payload": item,
+            # Only what we act on is kept: no shopper data reaches the database.
+            "payload": stored_item(item),
             "outcome": (
                 "invalid"
                 if index in invalid
@@ -210,18 +213,29 @@ async def adyen_webhook(request: Request) -> Response:
     has_keys = any(account.hmac_keys for account in accounts.adyen.values())
     if not (has_keys and settings.adyen_webhook_username and settings.adyen_webhook_password):
         raise ConfigError("Adyen notifications are not configured")
-    body = await read_body(request)
+    # Before a byte of the body is read: a request without the login costs no body.
     if not check_basic_auth(
         request.headers.get("authorization"),
         settings.adyen_webhook_username,
         settings.adyen_webhook_password.get_secret_value(),
     ):
         raise Unauthorized("missing or invalid basic auth")
-    items = parse_items(body)
-    # Each item is checked with the keys of its own merchant account (contract §6); one
-    # for a merchant account that is not ours is refused like a forged one.
-    item_keys = [accounts.hmac_keys_for(_merchant_code(item)) for item in items]
-    foreign = [index for index, keys in enumerate(item_keys) if keys is None]
+    body = await read_body(request)
+
+    def check() -> tuple[list[dict[str, Any]], list[int], list[int]]:
+        items = parse_items(body)
+        # Each item is checked with the keys of its own merchant account (contract §6);
+        # one for a merchant account that is not ours is refused like a forged one.
+        item_keys = [accounts.hmac_keys_for(_merchant_code(item)) for item in items]
+        foreign = [index for index, keys in enumerate(item_keys) if keys is None]
+        bad = [
+            index
+            for index, (item, keys) in enumerate(zip(items, item_keys, strict=True))
+            if keys is not None and not adyen_hmac.is_valid(item, keys)
+        ]
+        return items, foreign, bad
+
+    items, foreign, bad = await off_loop(body, check)
     if foreign:
         log.warning(
             "adyen_merchant_account_unknown",
@@ -230,11 +244,6 @@ async def adyen_webhook(request: Request) -> Response:
             first=foreign[:MAX_LOGGED],
         )
         raise Unauthorized("notification for a merchant account not configured")
-    bad = [
-        index
-        for index, (item, keys) in enumerate(zip(items, item_keys, strict=True))
-        if not adyen_hmac.is_valid(item, keys or ())
-    ]
     if bad:
         # One forged item taints the request: none of it is stored.
         log.warning(

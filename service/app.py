@@ -14,7 +14,7 @@ import structlog
 from psycopg_pool import PoolTimeout
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -30,6 +30,7 @@ from ordersync.settings import Settings, get_settings
 from service import orders_api as operator_api
 from service.adyen_webhook import adyen_webhook
 from service.batcher import Batcher
+from service.edge import with_security_headers
 from service.health import healthz, readyz
 from service.ingest import Stored, store_shop_event, store_shop_events
 from service.meta_routes import metrics_endpoint, openapi_endpoint
@@ -77,12 +78,17 @@ class RequestContext:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
-                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+                headers = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+                message["headers"] = with_security_headers(headers)
             await send(message)
 
         with jobs.unit_of_work(self.send_jobs):
             try:
                 await self.app(scope, receive, send_with_id)
+            except ClientDisconnect:
+                # The client went away (or was cut off by the server's body clock) while
+                # its body was read: nothing was stored and nobody is left to answer.
+                log.info("client_disconnected")
             except Exception as exc:
                 log.exception("unhandled_error", error=type(exc).__name__)
                 if started:
@@ -198,6 +204,9 @@ def create_app(settings: Settings | None = None) -> Starlette:
         },
         lifespan=lifespan,
     )
+    # No redirect to the slash-less path: Starlette builds it from the Host header, so
+    # a client could make us point anywhere; `/orders/` is simply 404.
+    app.router.redirect_slashes = False
     app.state.ordersync = state
     app.add_middleware(RequestContext, send_jobs=publisher.send)
     return app

@@ -1,7 +1,8 @@
 """JSON from outside, parsed within bounds.
 
-Every body that reaches a handler is checked here before a model sees it: nesting
-depth is counted on the raw text before the parser recurses, integers longer than a few
+Every body that reaches a handler is checked here before a model sees it, in time
+linear in its size (bench/parsing.py measures it on the worst inputs): nesting depth is
+bounded, integers longer than a few
 dozen digits are never turned into Python ints (`int()` of a long digit string is
 quadratic), and strings that Postgres cannot store (NUL, an unpaired surrogate) are
 refused with the path of the field that holds them. NaN and Infinity, which Python's
@@ -20,9 +21,6 @@ MAX_DEPTH = 32
 # Enough for any int64 and a sign; a longer literal is refused as a whole.
 MAX_NUMBER_CHARS = 40
 
-# String literals, then everything but brackets, are removed before counting depth.
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -47,31 +45,18 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
-def nesting_depth(text: str) -> int:
-    """The deepest nesting of arrays and objects, counted without recursion."""
-    brackets = _NOT_BRACKET.sub("", _STRING.sub("", text))
-    depth = deepest = 0
-    for char in brackets:
-        if char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        else:
-            depth -= 1
-    return deepest
-
-
 def loads(body: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     """The parsed body; BadRequest if it is not JSON, ValidationFailed (naming the
-    field) if it holds a value outside the bounds."""
+    field) if it holds a value outside the bounds.
+
+    Linear in the body's size: C's parser reads it once (it refuses nesting beyond the
+    interpreter's recursion limit with RecursionError, without crashing), numbers are
+    measured before any conversion, and one walk without recursion measures the depth
+    and finds the bad values. No regular expression scans the raw text."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("the body is not UTF-8", fields=[_field("body", "not UTF-8")]) from None
-    if nesting_depth(text) > max_depth:
-        raise BadRequest(
-            "the body is nested too deeply",
-            fields=[_field("body", f"nested deeper than {max_depth}")],
-        )
     try:
         data = json.loads(
             text,
@@ -79,13 +64,22 @@ def loads(body: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
             parse_float=_parse_float,
             parse_constant=_refuse_constant,
         )
-    except (ValueError, RecursionError):
+    except RecursionError:
+        raise _too_deep(max_depth) from None
+    except ValueError:
         # json.JSONDecodeError is a ValueError; its message names a position, not content.
         raise BadRequest("the body is not JSON", fields=[_field("body", "not JSON")]) from None
-    problems = _problems(data)
+    problems = _problems(data, max_depth)
     if problems:
         raise ValidationFailed("the body holds values outside the bounds", fields=problems)
     return data
+
+
+def _too_deep(max_depth: int) -> BadRequest:
+    return BadRequest(
+        "the body is nested too deeply",
+        fields=[_field("body", f"nested deeper than {max_depth}")],
+    )
 
 
 def text_problem(value: str) -> str | None:
@@ -97,31 +91,69 @@ def text_problem(value: str) -> str | None:
     return None
 
 
-def _problems(data: Any, limit: int = 10) -> list[dict[str, str]]:
-    """Bad values with their dotted paths (at most `limit`), walked without recursion."""
+# Values that are always fine: skipped without a call.
+_PLAIN = frozenset({int, float, bool, type(None)})
+
+
+def _problems(data: Any, max_depth: int = MAX_DEPTH, limit: int = 10) -> list[dict[str, str]]:
+    """Bad values with their dotted paths (at most `limit`), in one walk without
+    recursion that also bounds the depth (BadRequest beyond `max_depth`). A path is
+    built only for a container or a bad value, never for every number."""
+    root = _leaf_problem(data)
+    if root:
+        return [_field("body", root)]
     found: list[dict[str, str]] = []
-    stack: list[tuple[str, Any]] = [("", data)]
-    while stack and len(found) < limit:
-        path, value = stack.pop()
-        if isinstance(value, str):
-            problem = text_problem(value)
-            if problem:
-                found.append(_field(path or "body", problem))
-        elif isinstance(value, _TooLong):
-            found.append(_field(path or "body", f"a number of {value.chars} characters"))
-        elif isinstance(value, dict):
+    stack: list[tuple[str, Any, int]] = [("", data, 1)]
+    while stack:
+        path, value, depth = stack.pop()
+        if depth > max_depth:
+            raise _too_deep(max_depth)
+        if len(found) >= limit:
+            continue  # the rest is walked for its depth only
+        if isinstance(value, dict):
             for key, item in value.items():
                 problem = text_problem(key)
                 if problem:
                     found.append(_field(path or "body", f"a key {problem}"))
-                    continue
-                stack.append((f"{path}.{key}" if path else key, item))
+                elif item.__class__ not in _PLAIN:
+                    _visit(found, stack, path, key, item, depth)
         elif isinstance(value, list):
-            stack.extend((f"{path}.{i}" if path else str(i), v) for i, v in enumerate(value))
-    return found
+            for index, item in enumerate(value):
+                if item.__class__ not in _PLAIN:
+                    _visit(found, stack, path, str(index), item, depth)
+    return found[:limit]
+
+
+def _visit(
+    found: list[dict[str, str]],
+    stack: list[tuple[str, Any, int]],
+    path: str,
+    key: str,
+    item: Any,
+    depth: int,
+) -> None:
+    if isinstance(item, dict | list):
+        stack.append((_child(path, key), item, depth + 1))
+        return
+    problem = _leaf_problem(item)
+    if problem:
+        found.append(_field(_child(path, key), problem))
+
+
+def _leaf_problem(value: Any) -> str | None:
+    if isinstance(value, str):
+        return text_problem(value)
+    if isinstance(value, _TooLong):
+        return f"a number of {value.chars} characters"
+    return None
 
 
 MAX_PATH_CHARS = 200
+
+
+def _child(path: str, key: str) -> str:
+    # Cut as it is built: a long key above many values must not be copied for each.
+    return (f"{path}.{key[:MAX_PATH_CHARS]}" if path else key[:MAX_PATH_CHARS])[:MAX_PATH_CHARS]
 
 
 def _field(path: str, message: str) -> dict[str, str]:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import structlog
 from psycopg import AsyncConnection, IntegrityError
 from psycopg.errors import DeadlockDetected, SerializationFailure, UniqueViolation
 from psycopg.rows import DictRow
@@ -30,6 +31,8 @@ ACCOUNT_FIELD = {
     "klarna": "order.payment.klarna_account",
     "adyen": "order.payment.merchant_account",
 }
+
+log = structlog.get_logger("ordersync.ingest")
 
 
 @dataclass(frozen=True)
@@ -136,11 +139,37 @@ async def store_shop_event(
     pool: AsyncPool, webhook_id: str, event: ShopEvent, accounts: Accounts | None = None
 ) -> Stored:
     p = _params(webhook_id, event, accounts)
-    result = await _store_one(pool, p)
+    (result,) = await _reused_keys(pool, [p], [await _store_one(pool, p)])
     if not isinstance(result, Stored):
         raise result
     await _correct_adyen_fallbacks(pool, [p], [result])
     return result
+
+
+def _key_reused() -> Conflict:
+    return Conflict(
+        "this webhook-id was used before for a different event",
+        fields=[{"path": "webhook-id", "message": "already used for another body"}],
+    )
+
+
+async def _reused_keys(
+    pool: AsyncPool, params: Sequence[_Params], results: Sequence[Stored | Refused]
+) -> list[Stored | Refused]:
+    """A repeat is a repeat only if it is the same event: a webhook-id stored before with
+    another body is refused (409, logged), and nothing of it is stored."""
+    checked = list(results)
+    repeats = [
+        i for i, r in enumerate(results) if isinstance(r, Stored) and r.outcome == "duplicate"
+    ]
+    if not repeats:
+        return checked
+    async with pool.connection() as conn:
+        for i in repeats:
+            if await inbox.other_body_under_key(conn, params[i].key, params[i].payload):
+                log.warning("webhook_id_reused", webhook_id=params[i].key[:255])
+                checked[i] = _key_reused()
+    return checked
 
 
 async def _correct_adyen_fallbacks(
@@ -206,7 +235,7 @@ def _rounds(events: Sequence[_Params]) -> list[list[int]]:
     rounds: list[list[int]] = []
     seen: list[set[tuple[str, ...]]] = []
     for i, p in enumerate(events):
-        keys = {("order", p.id), ("key", p.key), ("payment", p.provider, p.psp_id)}
+        keys = {("order", p.id), ("key", p.key), ("payment", p.provider, p.psp_id.lower())}
         r = 0
         while r < len(rounds) and keys & seen[r]:
             r += 1
@@ -257,7 +286,7 @@ async def store_shop_events(
         except ValidationFailed as unroutable:
             routed.append(unroutable)  # that request's own 422; the others are stored
     params = [p for p in routed if isinstance(p, _Params)]
-    stored = await _store_batch(pool, params) if params else []
+    stored = await _reused_keys(pool, params, await _store_batch(pool, params)) if params else []
     await _correct_adyen_fallbacks(pool, params, stored)
     results = iter(stored)
     return [p if not isinstance(p, _Params) else next(results) for p in routed]

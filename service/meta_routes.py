@@ -29,6 +29,7 @@ async def database_gauges(state: AppState) -> list[GaugeMetricFamily]:
     holds only the unfinished rows, so a scrape costs little while things are healthy."""
     async with asyncio.timeout(QUERY_TIMEOUT_SECONDS), state.probes.connection() as conn:
         inbox_rows = await inbox.backlog(conn)
+        unmatched = await inbox.unmatched(conn)
         outbox_row = await outbox.backlog(conn)
         flag_counts = await orders.flag_counts(conn)
     backlog = {row["source"]: float(row["backlog"]) for row in inbox_rows}
@@ -46,6 +47,14 @@ async def database_gauges(state: AppState) -> list[GaugeMetricFamily]:
             "Age of the oldest stored webhook not processed yet (0 when none)",
             ["source"],
             [([s], oldest.get(s, 0.0)) for s in SOURCES],
+        ),
+        metrics.gauge(
+            "ordersync_inbox_unmatched",
+            "Adyen notifications that matched no order or operation of ours yet (another"
+            " system's payment on a shared merchant account, usually); retried with back-off"
+            " until NOTIFICATION_ORPHAN_SECONDS, and not in the backlog",
+            [],
+            [([], float(unmatched))],
         ),
         metrics.gauge(
             "ordersync_callbacks_backlog",

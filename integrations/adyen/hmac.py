@@ -2,7 +2,9 @@
 
 Pure: the web process verifies with it, and the sandbox signs with it. The signed
 string is fixed by Adyen: eight fields joined by ':' in this order, an absent field
-counting as empty, the amount's value as a decimal integer. The key is hex; the
+counting as empty (JSON null too), the amount's value as a decimal integer, and a JSON
+boolean as `true`/`false`, as Adyen's own libraries render them (the .NET library's
+`merchant-webhook-payload` sends `"success": true`). The key is hex; the
 signature is the base64 of HMAC-SHA256.
 """
 
@@ -30,7 +32,16 @@ def signing_string(item: Mapping[str, Any]) -> str:
         item.get("eventCode"),
         item.get("success"),
     )
-    return ":".join("" if value is None else str(value) for value in fields)
+    return ":".join(render(value) for value in fields)
+
+
+def render(value: Any) -> str:
+    """One field of the signing string: null is empty, booleans are JSON's."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def sign(item: Mapping[str, Any], hex_key: str) -> str:

@@ -45,6 +45,57 @@ EXTERNAL_KINDS: dict[str, Kind] = {
 AMOUNT_CHECKED = frozenset({Kind.CAPTURE, Kind.REFUND, Kind.UPDATE_AUTHORIZATION})
 
 
+# What is kept of an item (the inbox stores nothing else): the fields the signature,
+# the inbox key, the matching and the rules read, and for the operator the event's date
+# and the PSP's reason for a refusal. Adyen's items also carry the shopper (e-mail,
+# name, IP, addresses, card summary in additionalData and `reason`); none of it is ever
+# stored.
+KEPT_FIELDS = frozenset(
+    {
+        "pspReference",
+        "originalReference",
+        "merchantAccountCode",
+        "merchantReference",
+        "amount",
+        "eventCode",
+        "eventDate",
+        "success",
+        "reason",
+        "operations",
+        "paymentMethod",
+    }
+)
+KEPT_AMOUNT_FIELDS = frozenset({"value", "currency"})
+# additionalData: the authorized lines (openinvoicelines), nothing about the shopper.
+_KEPT_LINE_FIELDS = frozenset(
+    {"numberOfItems", "itemAmount", "itemVatAmount", "itemVatPercentage", "itemId", "description"}
+)
+
+
+def _kept_additional(key: str) -> bool:
+    if key == "openinvoicedata.numberOfLines":
+        return True
+    prefix, _, field = key.rpartition(".")
+    return prefix.startswith("openinvoicedata.line") and field in _KEPT_LINE_FIELDS
+
+
+def stored_item(item: Mapping[str, Any]) -> dict[str, Any]:
+    """The item as the inbox keeps it: allow-listed fields only. A successful item's
+    `reason` is dropped too (for an AUTHORISATION it holds the card's summary and
+    expiry); a refusal's reason is what the operator is shown."""
+    kept = {key: value for key, value in item.items() if key in KEPT_FIELDS}
+    if isinstance(kept.get("amount"), Mapping):
+        kept["amount"] = {k: v for k, v in kept["amount"].items() if k in KEPT_AMOUNT_FIELDS}
+    if str(item.get("success")).lower() == "true":
+        kept.pop("reason", None)
+    additional = item.get("additionalData")
+    if isinstance(additional, Mapping):
+        lines = {k: v for k, v in additional.items() if isinstance(k, str) and _kept_additional(k)}
+        if lines:
+            kept["additionalData"] = lines
+    return kept
+
+
 @dataclass(frozen=True)
 class Notification:
     """One NotificationRequestItem, in the terms we act on."""

@@ -322,6 +322,29 @@ def test_secret_values_appear_only_in_secrets(rendered: Rendered) -> None:
             assert value not in text, f"a secret leaks into {manifest['kind']}"
 
 
+# What each process reads (README "Security"): each pod holds these and no other secret.
+SECRETS_BY_ROLE = {
+    "web": {
+        "DATABASE_URL",
+        "REDIS_URL",
+        "SHOP_WEBHOOK_SECRETS",
+        "ADYEN_HMAC_KEYS",
+        "ADYEN_WEBHOOK_USERNAME",
+        "ADYEN_WEBHOOK_PASSWORD",
+        "OPERATOR_TOKEN",
+    },
+    "worker": {
+        "DATABASE_URL",
+        "REDIS_URL",
+        "SHOP_CALLBACK_SECRET",
+        "KLARNA_USERNAME",
+        "KLARNA_PASSWORD",
+        "ADYEN_API_KEY",
+    },
+    "beat": {"DATABASE_URL", "REDIS_URL"},
+}
+
+
 def test_every_setting_reaches_every_long_running_pod(rendered: Rendered) -> None:
     fullname = rendered.fullname
     secret_name = rendered.values["secrets"]["existingSecret"] or fullname
@@ -331,7 +354,15 @@ def test_every_setting_reaches_every_long_running_pod(rendered: Rendered) -> Non
         (container,) = rendered.deployment(role)["spec"]["template"]["spec"]["containers"]
         sources = container["envFrom"]
         assert {"configMapRef": {"name": fullname}} in sources, role
-        assert {"secretRef": {"name": secret_name}} in sources, role
+        # No whole Secret: each process gets the keys it reads, by name.
+        assert not any("secretRef" in source for source in sources), role
+        refs = {
+            e["name"]: e["valueFrom"]["secretKeyRef"]
+            for e in container.get("env") or []
+            if "secretKeyRef" in e.get("valueFrom", {})
+        }
+        assert set(refs) == SECRETS_BY_ROLE[role], role
+        assert all(r["name"] == secret_name and r["key"] == k for k, r in refs.items()), role
     if not rendered.values["secrets"]["existingSecret"]:
         rendered.one("Secret", fullname)
     else:
@@ -552,16 +583,33 @@ def test_network_policy(rendered_sets: dict[str, Rendered]) -> None:
         assert _selects(base["podSelector"]["matchLabels"], _pod_labels(prod, role))
     assert base["ingress"] == []
     egress_ports = {p["port"] for rule in base["egress"] for p in rule["ports"]}
-    assert {53, 5432, 6379, 443} <= egress_ports
+    assert egress_ports == {53, 5432, 6379}
+    # HTTPS out: the worker alone, to the internet but not the cluster or the metadata
+    # service.
+    https = policies[f"{prod.fullname}-worker-egress"]
+    assert _selects(https["podSelector"]["matchLabels"], _pod_labels(prod, "worker"))
+    assert not _selects(https["podSelector"]["matchLabels"], _pod_labels(prod, "web"))
+    (rule,) = https["egress"]
+    assert rule["ports"] == [{"port": 443, "protocol": "TCP"}]
+    assert rule["to"][0]["ipBlock"]["except"], "not the cluster, not the metadata service"
     web = policies[f"{prod.fullname}-web"]
     assert _selects(web["podSelector"]["matchLabels"], _pod_labels(prod, "web"))
     assert not _selects(web["podSelector"]["matchLabels"], _pod_labels(prod, "worker"))
     (rule,) = web["ingress"]
     assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
     assert rule["from"], "production restricts who reaches the web pods"
+    # On by default: a value set turns it off only by saying so.
     for name in VALUE_SETS:
-        if not VALUE_SETS[name].get("networkPolicy", {}).get("enabled"):
-            assert rendered_sets[name].of_kind("NetworkPolicy") == []
+        enabled = VALUE_SETS[name].get("networkPolicy", {}).get("enabled", True)
+        assert bool(rendered_sets[name].of_kind("NetworkPolicy")) == enabled, name
+
+
+def test_worker_metrics_listen_on_the_pod_address_only(rendered: Rendered) -> None:
+    (container,) = rendered.deployment("worker")["spec"]["template"]["spec"]["containers"]
+    args = container["args"]
+    assert args[args.index("--metrics-host") + 1] == "$(POD_IP)"
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
 
 
 def test_service_monitor_scrapes_the_web_service(rendered_sets: dict[str, Rendered]) -> None:

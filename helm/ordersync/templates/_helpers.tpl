@@ -95,14 +95,30 @@ checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256
 {{- end }}
 {{- end -}}
 
-{{/* Environment of every long-running container: all non-secret and secret settings. */}}
+{{/* Environment of every long-running container: the non-secret settings. */}}
 {{- define "ordersync.envFrom" -}}
 - configMapRef:
     name: {{ include "ordersync.fullname" . }}
-- secretRef:
-    name: {{ include "ordersync.secretName" . }}
 {{- with .Values.extraEnvFrom }}
 {{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/*
+The secret settings one process reads, and no others (secrets.keys.<component>): the web
+pod never holds a PSP key, the worker never the operator token or a webhook secret.
+Each is optional, so an unset one is absent, as the app expects.
+(dict "ctx" $ "component" "web")
+*/}}
+{{- define "ordersync.secretEnv" -}}
+{{- $ctx := .ctx -}}
+{{- range $key := index $ctx.Values.secrets.keys .component }}
+- name: {{ $key }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "ordersync.secretName" $ctx }}
+      key: {{ $key }}
+      optional: true
 {{- end }}
 {{- end -}}
 
