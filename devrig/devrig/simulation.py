@@ -687,7 +687,9 @@ class Simulation:
         self.note(f"shop v{snapshot['version']} {event_type} -> {stored.outcome}")
 
     def operator_reconcile(self) -> None:
-        self.loop.run_until_complete(operator.request_reconcile(self.apool, self.order_id))
+        self.loop.run_until_complete(
+            operator.request_reconcile(self.apool, self.order_id, "simulation")
+        )
         self.reconcile("operator", force=True)
 
     def time_passes(self) -> None:
