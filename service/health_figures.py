@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from psycopg import AsyncConnection
+from psycopg.rows import DictRow
 
 from data import inbox, job_runs, orders, outbox
 from domain.planner import FLAGS, IN_FLIGHT
-from psycopg.rows import DictRow
 
 SOURCES = ("shop", "adyen")
 

@@ -6,6 +6,7 @@ Jinja2's autoescaping."""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from collections.abc import Awaitable, Callable
@@ -115,6 +116,16 @@ def when(value: Any) -> str:
     return "–" if at is None else at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def pretty(body: Any) -> str:
+    """A request body as sent, indented for reading when it is JSON."""
+    if not isinstance(body, str):
+        return json.dumps(body, indent=2, sort_keys=True)
+    try:
+        return json.dumps(json.loads(body), indent=2)
+    except ValueError:
+        return body
+
+
 @cache
 def environment() -> Environment:
     env = Environment(
@@ -123,7 +134,7 @@ def environment() -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.filters.update(money=money, since=since, when=when, duration=duration)
+    env.filters.update(money=money, since=since, when=when, duration=duration, pretty=pretty)
     env.globals.update(words=words)
     return env
 
