@@ -4,9 +4,9 @@ the orders that need a person, made the way `ordersync dev --demo` makes them.""
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-import uuid
 from typing import Any
 
 import httpx
