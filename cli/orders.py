@@ -19,6 +19,9 @@ from service import order_views as operator
 
 T = TypeVar("T")
 
+# The name a reconcile from the command line is recorded under (operator_actions).
+CLI_OPERATOR = "cli"
+
 
 async def _with_pool(database_url: str, work: Callable[[Any], Awaitable[T]]) -> T:
     pool = async_pool(database_url, max_size=2)
@@ -289,7 +292,7 @@ def list_orders(
 def reconcile(settings: Settings, order_id: str, as_json: bool) -> int:
     from workers.celery_app import send_jobs
 
-    result = run(settings, lambda pool: operator.request_reconcile(pool, order_id))
+    result = run(settings, lambda pool: operator.request_reconcile(pool, order_id, CLI_OPERATOR))
     unit = jobs.begin()
     enqueue_job(Job.RECONCILE_ORDER, order_id, force=True)
     # Recorded in Postgres already: if Redis is down, the sweeper picks it up.

@@ -333,6 +333,26 @@ def fail_notification(conn: Connection[Row], inbox_id: int) -> Row | None:
     return conn.execute(FAIL_NOTIFICATION, {"id": inbox_id}).fetchone()
 
 
+# An operator's reprocess (service/operator_actions.py): a notification that failed or
+# matched nothing is offered to the worker again, as if it had just been stored.
+REPROCESS_NOTIFICATION = """
+UPDATE inbox SET processed_at = NULL, outcome = NULL, next_attempt_at = NULL
+WHERE id = %(id)s AND source = 'adyen' AND outcome IN ('failed', 'orphaned')
+  AND payload IS NOT NULL
+RETURNING id, order_id, outcome
+"""
+NOTIFICATION = "SELECT id, order_id, outcome FROM inbox WHERE id = %(id)s AND source = 'adyen'"
+
+
+async def reprocess_notification(conn: AsyncConnection[Row], inbox_id: int) -> Row | None:
+    """The notification, now unprocessed; None when it is not failed or orphaned."""
+    return await (await conn.execute(REPROCESS_NOTIFICATION, {"id": inbox_id})).fetchone()
+
+
+async def notification(conn: AsyncConnection[Row], inbox_id: int) -> Row | None:
+    return await (await conn.execute(NOTIFICATION, {"id": inbox_id})).fetchone()
+
+
 # -- retention (workers/retention.py) ----------------------------------------------------
 
 # The next ids after a pass's cursor, oldest first, with what the pass needs to know.

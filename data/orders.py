@@ -268,12 +268,16 @@ def set_flag(
         UPDATE orders
         SET flags = CASE WHEN %(flag)s = ANY(flags) THEN flags ELSE flags || %(flag)s END,
             -- The first needs_attention reason stands until an operator clears it: it
-            -- is the one the shop was told, and what went wrong first.
+            -- is the one the shop was told, and what went wrong first. flagged_at: since
+            -- when the flag has waited for a person (the console); a flag raised again
+            -- keeps its first time.
             flag_reason = CASE
                 WHEN %(flag)s = 'needs_attention' AND %(flag)s = ANY(flags)
                      AND flag_reason ? %(flag)s THEN flag_reason
                 ELSE coalesce(flag_reason, '{}'::jsonb)
-                     || jsonb_build_object(%(flag)s, %(reason)s::jsonb) END,
+                     || jsonb_build_object(%(flag)s, %(reason)s::jsonb
+                        || jsonb_build_object('flagged_at', coalesce(
+                               flag_reason -> %(flag)s -> 'flagged_at', to_jsonb(now())))) END,
             refused_amount = coalesce(%(refused)s, refused_amount),
             updated_at = now()
         WHERE id = %(id)s
@@ -729,16 +733,35 @@ FLAG_COUNTS = (
     "SELECT flag, count(*) AS n FROM orders, unnest(flags) AS flag"
     " WHERE flags <> '{}' GROUP BY flag"
 )
-# Walks orders_flagged (updated_at DESC, id DESC) from the cursor on.
+# Walks orders_flagged (updated_at DESC, id DESC) from the cursor on. `reason` is a flag
+# reason's code; `search` a shop order id or the PSP's order id / pspReference (any case).
 FLAGGED_PAGE = """
 SELECT * FROM orders
 WHERE flags <> '{}'
   AND (%(flag)s::text IS NULL OR %(flag)s = ANY(flags))
   AND (%(account)s::text IS NULL OR account = %(account)s)
+  AND (%(reason)s::text IS NULL OR EXISTS (
+      SELECT 1 FROM jsonb_each(coalesce(flag_reason, '{}'::jsonb)) AS r(flag, reason)
+      WHERE r.reason ->> 'code' = %(reason)s))
+  AND (%(search)s::text IS NULL OR id = %(search)s OR lower(psp_order_id) = lower(%(search)s))
   AND (%(after_at)s::timestamptz IS NULL OR (updated_at, id) < (%(after_at)s, %(after_id)s))
 ORDER BY updated_at DESC, id DESC
 LIMIT %(limit)s
 """
+
+
+# Operations that may still take effect at the PSP (domain IN_FLIGHT), by status, and
+# the age of the oldest.
+IN_FLIGHT_COUNTS = """
+SELECT status, count(*) AS n,
+       extract(epoch FROM now() - min(created_at))::float8 AS oldest
+FROM operations WHERE status IN ('pending', 'sent', 'awaiting_notification')
+GROUP BY status
+"""
+
+
+async def in_flight_counts(conn: AsyncConnection[Row]) -> list[Row]:
+    return await (await conn.execute(IN_FLIGHT_COUNTS)).fetchall()
 
 
 async def read_order(conn: AsyncConnection[Row], order_id: str) -> Row | None:
@@ -760,6 +783,8 @@ async def flagged_page(
     after: tuple[datetime, str] | None,
     limit: int,
     account: str | None = None,
+    reason: str | None = None,
+    search: str | None = None,
 ) -> list[Row]:
     """Flagged orders (with `flag`, or any; of `account`, or any), most recently changed
     first, after `after`."""
@@ -770,5 +795,7 @@ async def flagged_page(
         "after_id": after_id,
         "limit": limit,
         "account": account,
+        "reason": reason,
+        "search": search,
     }
     return await (await conn.execute(FLAGGED_PAGE, params)).fetchall()

@@ -12,7 +12,8 @@ Row = dict[str, Any]
 
 BACKLOG = """
 SELECT count(*) AS backlog,
-       coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) AS oldest
+       coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) AS oldest,
+       count(*) FILTER (WHERE last_error IS NOT NULL OR last_status IS NOT NULL) AS failing
 FROM outbox WHERE delivered_at IS NULL AND parked_at IS NULL
 """
 
@@ -132,6 +133,20 @@ DELETE FROM outbox WHERE id = ANY(ARRAY(
     FOR UPDATE SKIP LOCKED
 ))
 """
+
+
+# An operator's resend: an undelivered event is due now, whatever its back-off said.
+RESEND = """
+UPDATE outbox SET next_attempt_at = now(), lease_until = NULL
+WHERE id = %(id)s AND order_id = %(order_id)s AND delivered_at IS NULL
+RETURNING id
+"""
+
+
+async def resend(conn: AsyncConnection[Row], order_id: str, event_id: uuid.UUID) -> bool:
+    """False when the event is not the order's or was delivered already."""
+    cursor = await conn.execute(RESEND, {"id": event_id, "order_id": order_id})
+    return await cursor.fetchone() is not None
 
 
 def webhook_id(event_id: uuid.UUID | str) -> str:

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     adyen_webhook_password: SecretStr | None = None
 
     operator_token: SecretStr | None = None
+    # Named operator tokens, `name=token` space separated: actions record the name.
+    operator_tokens: SecretStr | None = None
 
     # Several Klarna and Adyen accounts (contract §6, ordersync/accounts.py); without it,
     # the variables above make one account each.
@@ -126,7 +128,7 @@ class Settings(BaseSettings):
             raise ValueError("RETENTION_KEY_DAYS must be at least RETENTION_BODY_DAYS")
         return self
 
-    @field_validator("shop_webhook_secrets", "adyen_hmac_keys", mode="before")
+    @field_validator("shop_webhook_secrets", "adyen_hmac_keys", "operator_tokens", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         # An empty value (as a chart renders an unset one) is no value: a process that
@@ -178,6 +180,32 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("operator_tokens")
+    @classmethod
+    def _operator_tokens_well_formed(cls, value: SecretStr | None) -> SecretStr | None:
+        names = set()
+        for number, entry in enumerate(_split(value), start=1):
+            name, sep, token = entry.partition("=")
+            if not sep or not _OPERATOR_NAME.fullmatch(name) or len(token) < MIN_OPERATOR_TOKEN:
+                raise ValueError(
+                    f"entry {number} is not name=token (a name of letters, digits, . _ -;"
+                    f" a token of at least {MIN_OPERATOR_TOKEN} characters)"
+                )
+            if name in names:
+                raise ValueError(f"entry {number} repeats an operator's name")
+            names.add(name)
+        return value
+
+    @property
+    def operators(self) -> list[tuple[str, str]]:
+        """(name, token) of everyone who may operate: OPERATOR_TOKENS' named entries, and
+        OPERATOR_TOKEN as `operator`."""
+        entries = (entry.partition("=") for entry in _split(self.operator_tokens))
+        out = [(name, token) for name, _, token in entries]
+        if self.operator_token is not None and self.operator_token.get_secret_value():
+            out.append((DEFAULT_OPERATOR, self.operator_token.get_secret_value()))
+        return out
+
     @field_validator("klarna_increase_allowed", mode="before")
     @classmethod
     def _parse_table(cls, value: object) -> object:
@@ -223,6 +251,11 @@ def increase_rule(
 def _split(secret: SecretStr | None) -> list[str]:
     return secret.get_secret_value().split() if secret else []
 
+
+_OPERATOR_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+MIN_OPERATOR_TOKEN = 16
+# The name actions carry when the operator used OPERATOR_TOKEN.
+DEFAULT_OPERATOR = "operator"
 
 # Adyen's HMAC key is 32 bytes, shown in the Customer Area as 64 hex characters.
 _HMAC_KEY = re.compile(r"[0-9A-Fa-f]{64}")

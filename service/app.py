@@ -31,6 +31,7 @@ from service import orders_api as operator_api
 from service.adyen_webhook import adyen_webhook
 from service.batcher import Batcher
 from service.edge import with_security_headers
+from service.console import routes as console
 from service.health import healthz, readyz
 from service.ingest import Stored, store_shop_event, store_shop_events
 from service.meta_routes import metrics_endpoint, openapi_endpoint
@@ -195,6 +196,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
             Route("/metrics", metrics_endpoint, methods=["GET"]),
             Route("/openapi.json", openapi_endpoint, methods=["GET"]),
             *operator_api.routes(),
+            *console.routes(),
         ],
         exception_handlers={
             OrdersyncError: _ordersync_error,

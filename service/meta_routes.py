@@ -13,40 +13,34 @@ from prometheus_client.core import GaugeMetricFamily
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from data import inbox, orders, outbox
-from domain.planner import FLAGS
 from ordersync import metrics
+from service import health_figures
 from service.state import AppState
 
 log = structlog.get_logger("ordersync.web")
 
 QUERY_TIMEOUT_SECONDS = 2.0
-SOURCES = ("shop", "adyen")
 
 
 async def database_gauges(state: AppState) -> list[GaugeMetricFamily]:
     """Backlogs read from Postgres at scrape time. Each query walks a partial index that
-    holds only the unfinished rows, so a scrape costs little while things are healthy."""
+    holds only the unfinished rows, so a scrape costs little while things are healthy.
+    The console's health page shows the same figures (service/health_figures.py)."""
     async with asyncio.timeout(QUERY_TIMEOUT_SECONDS), state.probes.connection() as conn:
-        inbox_rows = await inbox.backlog(conn)
-        unmatched = await inbox.unmatched(conn)
-        outbox_row = await outbox.backlog(conn)
-        flag_counts = await orders.flag_counts(conn)
-    backlog = {row["source"]: float(row["backlog"]) for row in inbox_rows}
-    oldest = {row["source"]: float(row["oldest"]) for row in inbox_rows}
+        figures = await health_figures.read(conn)
     # Every label value is exported, zero included, so alerts see a series, not absence.
-    return [
+    gauges = [
         metrics.gauge(
             "ordersync_inbox_backlog",
             "Stored webhooks not processed yet",
             ["source"],
-            [([s], backlog.get(s, 0.0)) for s in SOURCES],
+            [([s], float(n)) for s, n in figures.inbox_backlog.items()],
         ),
         metrics.gauge(
             "ordersync_inbox_oldest_unprocessed_seconds",
             "Age of the oldest stored webhook not processed yet (0 when none)",
             ["source"],
-            [([s], oldest.get(s, 0.0)) for s in SOURCES],
+            [([s], age) for s, age in figures.inbox_oldest_seconds.items()],
         ),
         metrics.gauge(
             "ordersync_inbox_unmatched",
@@ -54,27 +48,55 @@ async def database_gauges(state: AppState) -> list[GaugeMetricFamily]:
             " system's payment on a shared merchant account, usually); retried with back-off"
             " until NOTIFICATION_ORPHAN_SECONDS, and not in the backlog",
             [],
-            [([], float(unmatched))],
+            [([], float(figures.inbox_unmatched))],
         ),
         metrics.gauge(
             "ordersync_callbacks_backlog",
             "Events for the shop not delivered yet",
             [],
-            [([], float(outbox_row["backlog"]))],
+            [([], float(figures.callbacks_backlog))],
         ),
         metrics.gauge(
             "ordersync_callbacks_oldest_undelivered_seconds",
             "Age of the oldest event for the shop not delivered yet (0 when none)",
             [],
-            [([], float(outbox_row["oldest"]))],
+            [([], figures.callbacks_oldest_seconds)],
+        ),
+        metrics.gauge(
+            "ordersync_callbacks_failing",
+            "Undelivered events for the shop whose last delivery attempt failed",
+            [],
+            [([], float(figures.callbacks_failing))],
         ),
         metrics.gauge(
             "ordersync_orders_flagged",
             "Orders carrying a flag now",
             ["flag"],
-            [([f], float(flag_counts.get(f, 0))) for f in FLAGS],
+            [([f], float(n)) for f, n in figures.flagged.items()],
+        ),
+        metrics.gauge(
+            "ordersync_operations_in_flight",
+            "PSP operations that may still take effect, by status",
+            ["status"],
+            [([s], float(n)) for s, n in figures.in_flight.items()],
+        ),
+        metrics.gauge(
+            "ordersync_operations_in_flight_oldest_seconds",
+            "Age of the oldest PSP operation in flight (0 when none)",
+            [],
+            [([], figures.in_flight_oldest_seconds)],
         ),
     ]
+    if figures.last_sweep is not None:
+        gauges.append(
+            metrics.gauge(
+                "ordersync_last_sweep_timestamp_seconds",
+                "Unix time the worker's last periodic sweep finished",
+                [],
+                [([], figures.last_sweep.timestamp())],
+            )
+        )
+    return gauges
 
 
 async def metrics_endpoint(request: Request) -> Response:

@@ -8,12 +8,13 @@ import binascii
 import json
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import structlog
 
-from data import inbox, orders, outbox
+from data import inbox, operator_actions, orders, outbox
 from data.outbox import webhook_id
 from domain.planner import FLAGS
 from ordersync.db import AsyncPool
@@ -27,6 +28,7 @@ MAX_LIMIT = 200
 # The history an operator reads at a glance; older webhooks are still in the inbox.
 MAX_WEBHOOKS = 100
 MAX_CALLBACKS = 100
+MAX_ACTIONS = 200
 
 
 MAX_ORDER_ID = 64  # domain.snapshot.OrderSnapshot.id
@@ -37,7 +39,7 @@ _CURSOR = re.compile(r"[A-Za-z0-9_-]+")
 _ACCOUNT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
-def _order_id(order_id: str) -> str:
+def parse_order_id(order_id: str) -> str:
     # Postgres text holds neither NUL nor unpaired surrogates, and no stored id is
     # longer than the snapshot allows: such an id names no order.
     if len(order_id) > MAX_ORDER_ID or text_problem(order_id):
@@ -45,7 +47,7 @@ def _order_id(order_id: str) -> str:
     return order_id
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
@@ -80,20 +82,20 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
         },
         "psp": {
             "status": row["psp_status"],
-            "synced_at": _iso(row["psp_synced_at"]),
-            "expires_at": _iso(row["expires_at"]),
+            "synced_at": iso(row["psp_synced_at"]),
+            "expires_at": iso(row["expires_at"]),
             "refused_amount": row["refused_amount"],
         },
         "reconcile": {
-            "requested_at": _iso(row["reconcile_requested_at"]),
-            "next_at": _iso(row["next_reconcile_at"]),
+            "requested_at": iso(row["reconcile_requested_at"]),
+            "next_at": iso(row["next_reconcile_at"]),
         },
-        "created_at": _iso(row["created_at"]),
-        "updated_at": _iso(row["updated_at"]),
+        "created_at": iso(row["created_at"]),
+        "updated_at": iso(row["updated_at"]),
     }
 
 
-def _operation(row: dict[str, Any]) -> dict[str, Any]:
+def operation_view(row: dict[str, Any]) -> dict[str, Any]:
     error = row["error"]
     return {
         "id": str(row["id"]),
@@ -104,7 +106,7 @@ def _operation(row: dict[str, Any]) -> dict[str, Any]:
         "target_version": row["target_version"],
         "idempotency_key": row["idempotency_key"],
         "attempts": row["attempts"],
-        "next_attempt_at": _iso(row["next_attempt_at"]),
+        "next_attempt_at": iso(row["next_attempt_at"]),
         "outcome_unknown": row["outcome_unknown"],
         "waiting_for": waiting_for(row),
         "psp_reference": row["psp_reference"],
@@ -125,8 +127,8 @@ def _operation(row: dict[str, Any]) -> dict[str, Any]:
             }
             for line in row["lines"] or []
         ],
-        "created_at": _iso(row["created_at"]),
-        "updated_at": _iso(row["updated_at"]),
+        "created_at": iso(row["created_at"]),
+        "updated_at": iso(row["updated_at"]),
     }
 
 
@@ -167,51 +169,75 @@ def _lines(snapshot: dict[str, Any], operations: list[dict[str, Any]]) -> list[d
     return lines
 
 
-def _webhook(row: dict[str, Any]) -> dict[str, Any]:
+def webhook_view(row: dict[str, Any]) -> dict[str, Any]:
     order = (row["payload"] or {}).get("order") or {}
     return {
+        "inbox_id": row["id"],
         "source": row["source"],
         "webhook_id": row["event_key"],
         "event_type": row["event_type"],
         "version": order.get("version"),
         "outcome": row["outcome"],
-        "received_at": _iso(row["received_at"]),
-        "processed_at": _iso(row["processed_at"]),
+        "received_at": iso(row["received_at"]),
+        "processed_at": iso(row["processed_at"]),
     }
 
 
-def _callback(row: dict[str, Any]) -> dict[str, Any]:
+def callback_view(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "webhook_id": webhook_id(row["id"]),
         "type": row["event_type"],
         "version": row["version"],
-        "created_at": _iso(row["created_at"]),
+        "created_at": iso(row["created_at"]),
         "attempts": row["attempts"],
-        "delivered_at": _iso(row["delivered_at"]),
-        "next_attempt_at": None if row["delivered_at"] else _iso(row["next_attempt_at"]),
+        "delivered_at": iso(row["delivered_at"]),
+        "next_attempt_at": None if row["delivered_at"] else iso(row["next_attempt_at"]),
         "last_status": row["last_status"],
         "last_error": row["last_error"],
     }
 
 
-async def order_detail(pool: AsyncPool, order_id: str) -> dict[str, Any]:
-    """Everything known about one order: desired and PSP state, flags with their
-    reasons, operations with their keys and outcomes, the webhooks that came in and
-    the events sent to the shop."""
-    order_id = _order_id(order_id)
+@dataclass(frozen=True)
+class OrderRows:
+    """One order's rows, read in one go: the order's view and its timeline are built
+    from the same read."""
+
+    order: dict[str, Any]
+    operations: list[dict[str, Any]]
+    webhooks: list[dict[str, Any]]
+    callbacks: list[dict[str, Any]]
+    actions: list[dict[str, Any]]
+
+
+async def read_order_rows(pool: AsyncPool, order_id: str) -> OrderRows:
+    order_id = parse_order_id(order_id)
     async with pool.connection() as conn:
         row = await orders.read_order(conn, order_id)
         if row is None:
             raise NotFound(f"no order {order_id}")
-        operations = await orders.read_operations(conn, order_id)
-        webhooks = await inbox.recent_for_order(conn, order_id, MAX_WEBHOOKS)
-        callbacks = await outbox.recent_for_order(conn, order_id, MAX_CALLBACKS)
-    detail = summary(row)
-    detail["lines"] = _lines(row["snapshot"] or {}, operations)
-    detail["operations"] = [_operation(op) for op in operations]
-    detail["webhooks"] = [_webhook(w) for w in webhooks]
-    detail["callbacks"] = [_callback(c) for c in callbacks]
+        return OrderRows(
+            order=row,
+            operations=await orders.read_operations(conn, order_id),
+            webhooks=await inbox.recent_for_order(conn, order_id, MAX_WEBHOOKS),
+            callbacks=await outbox.recent_for_order(conn, order_id, MAX_CALLBACKS),
+            actions=await operator_actions.for_order(conn, order_id, MAX_ACTIONS),
+        )
+
+
+def detail_of(rows: OrderRows) -> dict[str, Any]:
+    """Everything known about one order: desired and PSP state, flags with their
+    reasons, operations with their keys and outcomes, the webhooks that came in and
+    the events sent to the shop."""
+    detail = summary(rows.order)
+    detail["lines"] = _lines(rows.order["snapshot"] or {}, rows.operations)
+    detail["operations"] = [operation_view(op) for op in rows.operations]
+    detail["webhooks"] = [webhook_view(w) for w in rows.webhooks]
+    detail["callbacks"] = [callback_view(c) for c in rows.callbacks]
     return detail
+
+
+async def order_detail(pool: AsyncPool, order_id: str) -> dict[str, Any]:
+    return detail_of(await read_order_rows(pool, order_id))
 
 
 def parse_limit(value: str | None) -> int:
@@ -251,7 +277,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         stamp, order_id = json.loads(raw)
         if not isinstance(stamp, str) or not isinstance(order_id, str):
             raise ValueError("not a cursor")
-        return datetime.fromisoformat(stamp), _order_id(order_id)
+        return datetime.fromisoformat(stamp), parse_order_id(order_id)
     except (ValueError, TypeError, binascii.Error, NotFound, RecursionError):
         raise ValidationFailed(
             "invalid query parameter",
@@ -276,19 +302,22 @@ async def list_flagged(
     limit: int = DEFAULT_LIMIT,
     cursor: str | None = None,
     account: str | None = None,
+    *,
+    reason: str | None = None,
+    search: str | None = None,
 ) -> dict[str, Any]:
-    """Flagged orders (with `flag`, or any flag; of `account`, or any), most recently
-    changed first."""
+    """Flagged orders (with `flag`, or any flag; of `account`, or any; with a reason's
+    code; by shop order id or PSP reference), most recently changed first."""
     after = decode_cursor(cursor) if cursor else None
     async with pool.connection() as conn:
-        rows = await orders.flagged_page(conn, flag, after, limit + 1, account)
+        rows = await orders.flagged_page(conn, flag, after, limit + 1, account, reason, search)
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1]["updated_at"], rows[-1]["id"]) if more else None
     return {"orders": [summary(r) for r in rows], "next_cursor": next_cursor}
 
 
-async def request_reconcile(pool: AsyncPool, order_id: str) -> dict[str, Any]:
+async def request_reconcile(pool: AsyncPool, order_id: str, operator: str) -> dict[str, Any]:
     """Lets the reconciler act on the order again, now: clears the retry back-off and the
     `needs_attention` flag (which halts automatic operations). The PSP is read before
     anything else: a Klarna order's figures are marked stale, and the reconcile (forced)
@@ -298,18 +327,27 @@ async def request_reconcile(pool: AsyncPool, order_id: str) -> dict[str, Any]:
     latest snapshot. The caller then enqueues
     the reconcile; if that message is lost, the sweeper finds the order by
     `reconcile_requested_at`."""
-    order_id = _order_id(order_id)
+    order_id = parse_order_id(order_id)
     async with pool.connection() as conn, conn.transaction():
         released = await orders.release_for_operator(conn, order_id)
-    if released is None:
-        raise NotFound(f"no order {order_id}")
-    before, after, retries = released
-    cleared = [flag for flag in before if flag not in after]
+        if released is None:
+            raise NotFound(f"no order {order_id}")
+        before, after, retries = released
+        cleared = [flag for flag in before if flag not in after]
+        # Recorded with the change, in its transaction: every reconcile has its author.
+        await operator_actions.record(
+            conn,
+            order_id=order_id,
+            action="reconcile",
+            operator=operator,
+            detail={"cleared_flags": cleared, "retries_released": retries},
+        )
     log.info(
         "operator_reconcile_requested",
         order_id=order_id,
         cleared_flags=cleared,
         retries_released=retries,
+        operator=operator,
     )
     return {
         "order_id": order_id,

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import structlog
 
+from data import job_runs
 from data.inbox import DUE_NOTIFICATIONS
 from data.orders import DUE_RETRIES, REQUESTED, RESYNC
 from data.outbox import UNDELIVERED_CALLBACKS
@@ -86,3 +87,10 @@ def sweep_notifications(
     if any(counts.values()):
         log.info("sweep_notifications", **counts)
     return counts
+
+
+def record_sweep(ctx: WorkerContext) -> None:
+    """Stamps the end of a sweep: the console shows it, and /metrics as
+    ordersync_last_sweep_timestamp_seconds."""
+    with ctx.pool.connection() as conn:
+        job_runs.finished(conn, job_runs.SWEEP)

@@ -87,6 +87,7 @@ def sweep(self: Task) -> dict[str, int]:
     counts = sweeper.sweep(get_context(), enqueue_reconcile)
     counts["callbacks"] = sweeper.sweep_callbacks(get_context(), enqueue_delivery)
     counts |= sweeper.sweep_notifications(get_context(), enqueue_notification)
+    sweeper.record_sweep(get_context())
     return counts
 
 

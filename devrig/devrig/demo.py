@@ -3,6 +3,10 @@
 A customer bought a kettle (60.00) and a toaster (25.00), paid with Klarna invoice.
 They ask to remove the toaster: the shop sends the new snapshot, and ordersync updates
 Klarna's authorization to 6000 with the kettle line alone (seed: "Update order amount").
+
+Then an order that needs a person, for the console: of a kettle and a toaster, the
+toaster ships (captured), the customer adds a hat, and Klarna refuses the higher amount
+(`needs_new_order`).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import base64
 import json
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -69,10 +74,26 @@ def run_demo(web_url: str, sandbox_url: str, secret: str) -> int:
     # With markets (`ordersync dev`): the same for a US order, which goes to the US
     # Klarna account, its own URL and credentials.
     markets = httpx.get(f"{sandbox_url}/_sandbox/klarna/markets", timeout=10).json()
-    if "na" not in markets.get("markets", []):
-        return 0
+    if "na" in markets.get("markets", []):
+        print()
+        outcome = _demo_order(web_url, sandbox_url, secret, "US", "USD", market="na")
+        if outcome != 0:
+            return outcome
     print()
-    return _demo_order(web_url, sandbox_url, secret, "US", "USD", market="na")
+    return _refused_order(web_url, sandbox_url, secret)
+
+
+def _refused_order(web_url: str, sandbox_url: str, secret: str) -> int:
+    refused = refused_increase(web_url, sandbox_url, secret)
+    if refused is None:
+        print("   the refused increase was not flagged within 20 s: see the worker's log")
+        return 1
+    print(
+        f"5. order {refused}: the toaster shipped and was captured; the customer added a hat,"
+        " and Klarna refused the higher amount → flagged needs_new_order"
+    )
+    print(f"   see it in the console: {web_url}/console (log in with OPERATOR_TOKEN)")
+    return 0
 
 
 def _demo_order(
@@ -146,3 +167,84 @@ def _demo_order(
         f" with market {', '.join(accounts)}'s credentials"
     )
     return 0
+
+
+HAT = {
+    "id": "75003",
+    "name": "Hat",
+    "type": "physical",
+    "quantity": 1,
+    "quantity_unit": "pcs",
+    "unit_price": 1500,
+    "tax_rate": 2500,
+}
+
+
+def refused_increase(web_url: str, sandbox_url: str, secret: str) -> str | None:
+    """Plays an order whose increase Klarna refuses; its shop order id once it is flagged
+    (None if that did not happen within 20 s)."""
+    shop_order = f"demo-{uuid.uuid4().hex[:8]}"
+    created = httpx.post(
+        f"{sandbox_url}/_sandbox/klarna/orders",
+        json={
+            "purchase_currency": "EUR",
+            "purchase_country": "DE",
+            "payment_method": "INVOICE",
+            "order_amount": 8500,
+            "order_lines": [klarna_line(KETTLE), klarna_line(TOASTER)],
+        },
+        timeout=10,
+    )
+    created.raise_for_status()
+    klarna_id = created.json()["order_id"]
+    order: dict[str, Any] = {
+        "id": shop_order,
+        "version": 1,
+        "currency": "EUR",
+        "country": "DE",
+        "status": "open",
+        "payment": {
+            "provider": "klarna",
+            "klarna_order_id": klarna_id,
+            "payment_method": "INVOICE",
+        },
+        "lines": [KETTLE, TOASTER],
+    }
+    send_event(web_url, secret, {"type": "order.created", "order": order})
+    shipped = {**TOASTER, "shipped_quantity": 1}
+    order = {**order, "version": 2, "lines": [KETTLE, shipped]}
+    send_event(web_url, secret, {"type": "order.shipped", "order": order})
+    if not _wait(lambda: _ledger(sandbox_url, klarna_id) >= 1):
+        return None
+    httpx.post(
+        f"{sandbox_url}/_sandbox/faults",
+        json={"kind": "reject_next_increase", "count": 1, "path_contains": klarna_id},
+        timeout=10,
+    ).raise_for_status()
+    order = {**order, "version": 3, "lines": [KETTLE, shipped, HAT]}
+    send_event(web_url, secret, {"type": "order.updated", "order": order})
+    flagged = _wait(
+        lambda: any(
+            c["event"]["type"] == "order.new_order_required"
+            for c in httpx.get(
+                f"{sandbox_url}/_sandbox/shop/callbacks",
+                params={"order_id": shop_order},
+                timeout=10,
+            ).json()["callbacks"]
+        )
+    )
+    return shop_order if flagged else None
+
+
+def _ledger(sandbox_url: str, klarna_id: str) -> int:
+    klarna = httpx.get(f"{sandbox_url}/_sandbox/ledger", params={"order_id": klarna_id}, timeout=10)
+    return len(klarna.json()["entries"])
+
+
+def _wait(condition: Callable[[], bool], seconds: float = 20) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False

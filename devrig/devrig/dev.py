@@ -176,6 +176,7 @@ ordersync dev is running (Ctrl-C stops everything)
 
   receiver      {web_url}/webhooks/shop    (Standard Webhooks, secret below)
   operator API  {web_url}/orders           (Authorization: Bearer $OPERATOR_TOKEN)
+  console       {web_url}/console          (log in with OPERATOR_TOKEN)
   metrics       {web_url}/metrics
   sandbox       {sandbox_url}              (Klarna OM /ordermanagement/v1, Adyen /v71)
   accounts      {env["ACCOUNTS_FILE"]}

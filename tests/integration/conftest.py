@@ -45,6 +45,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "REDIS_URL": redis.url,
         "SHOP_WEBHOOK_SECRETS": f"{new_secret()} {new_secret()}",
         "OPERATOR_TOKEN": token,
+        # Named operators for the console: their actions carry the name.
+        "OPERATOR_TOKENS": f"alice={secrets.token_urlsafe(16)} bob={secrets.token_urlsafe(16)}",
         "KLARNA_API_URL": sandbox_url,
         "KLARNA_USERNAME": "sandbox",
         # Random, so the log check can tell it from the word "sandbox".
@@ -142,6 +144,9 @@ def _assert_logs_clean(stack: Stack) -> None:
         "Klarna Basic credentials": base64.b64encode(basic).decode(),
         **{f"customer {key}": value for key, value in CUSTOMER.items()},
     }
+    for entry in env["OPERATOR_TOKENS"].split():
+        name, _, named_token = entry.partition("=")
+        private[f"OPERATOR_TOKENS {name}"] = named_token
     # Standard Webhooks secrets, with and without their prefix.
     for name in ("SHOP_WEBHOOK_SECRETS", "SHOP_CALLBACK_SECRET"):
         for i, secret in enumerate(env[name].split()):

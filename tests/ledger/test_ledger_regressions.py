@@ -75,7 +75,7 @@ def operator_reconcile(ctx: WorkerContext, order_id: str) -> str:
         pool = async_pool(ctx.settings.database_url.get_secret_value(), max_size=2)
         await pool.open()
         try:
-            await request_reconcile(pool, order_id)
+            await request_reconcile(pool, order_id, "test")
         finally:
             await pool.close()
 
