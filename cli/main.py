@@ -93,6 +93,12 @@ def _prepare_multiprocess_metrics(*, create: bool) -> str | None:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
+    from ordersync.jobs import Queue
+
+    try:
+        queues = Queue.parse(args.queues) if args.queues is not None else list(Queue)
+    except ValueError as exc:
+        raise ConfigError(f"--queues: {exc}") from None
     _settings("database_url", "redis_url")
     _accounts()
     if args.metrics_port:
@@ -125,6 +131,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         "--without-gossip",
         "--without-mingle",
         "--loglevel=INFO",
+        f"--queues={','.join(queue.value for queue in queues)}",
     ]
     if args.name:
         argv.append(f"--hostname={args.name}")
@@ -271,6 +278,13 @@ def build_parser() -> argparse.ArgumentParser:
         "see docs/performance.md",
     )
     worker.add_argument("--name", default=None, help="Celery node name")
+    worker.add_argument(
+        "--queues",
+        default=None,
+        help="comma-separated queues this worker takes (reconcile, sweeps, notifications, "
+        "callbacks, retention; default all): one worker per lane gives each its own "
+        "capacity, see docs/performance.md",
+    )
     worker.add_argument(
         "--metrics-port",
         type=int,

@@ -474,6 +474,17 @@ WHERE (status = 'pending' AND next_attempt_at <= now())
 ORDER BY coalesce(next_attempt_at, lease_until)
 LIMIT %(batch)s
 """
+# Operations being sent whose lease ends within `horizon` seconds (0: has ended), with
+# the seconds left, soonest first: a worker that starts schedules a resume for the
+# moment each ends, and beat's short lease sweep finds those that have. A `sent`
+# operation parked by workers/poison.py has its lease set far ahead: never in reach.
+LEASES_ENDING = """
+SELECT order_id, greatest(0, extract(epoch FROM lease_until - now()))::float8 AS wait
+FROM operations
+WHERE status = 'sent' AND lease_until < now() + make_interval(secs => %(horizon)s)
+ORDER BY lease_until
+LIMIT %(batch)s
+"""
 # Orders the web process marked but whose task never ran (Redis was down, the message
 # was lost): a live task takes far less than the grace period. Soonest due first, and
 # each order offered is pushed back by its own age (capped at 5 minutes; reset when it

@@ -7,8 +7,8 @@ is handed to that unit's sender when it ends: a Celery task's `task_postrun`, a 
 request, a CLI command. A job whose sending fails (the broker is down) is only a delay:
 what it was for is in Postgres, and the sweeper finds it.
 
-Task names and the queue are defined here once, for `@app.task(name=...)`, the callers
-and the web's own message writer alike.
+Task names and their queues are defined here once, for `@app.task(name=...)`, Celery's
+routes, beat, the callers, the web's own message writer and `ordersync worker --queues`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,38 @@ import structlog
 
 log = structlog.get_logger("ordersync.jobs")
 
-QUEUE = "ordersync"
+
+class Queue(StrEnum):
+    """Each kind of work waits on its own queue, so a worker given its own queues
+    (`ordersync worker --queues reconcile,sweeps`) has capacity nothing else can take:
+    a backlog of callbacks or orphan notifications never delays an operation (money
+    first). The member names are what `--queues` takes; the values are Redis keys."""
+
+    # The single queue's old name: messages queued before an upgrade are still consumed.
+    RECONCILE = "ordersync"
+    # Sweeps find what lost messages and dead workers left behind: cheap, and never
+    # behind a backlog of reconciles.
+    SWEEPS = "ordersync.sweeps"
+    NOTIFICATIONS = "ordersync.notifications"
+    CALLBACKS = "ordersync.callbacks"
+    RETENTION = "ordersync.retention"
+
+    @classmethod
+    def parse(cls, names: str) -> list[Queue]:
+        """`reconcile,sweeps` -> the queues; ValueError naming an unknown one."""
+        queues = []
+        for name in filter(None, (part.strip().lower() for part in names.split(","))):
+            if name.upper() not in cls.__members__:
+                known = ", ".join(member.name.lower() for member in cls)
+                raise ValueError(f"unknown queue {name!r} (known: {known})")
+            queues.append(cls[name.upper()])
+        if not queues:
+            raise ValueError("no queue named")
+        return queues
+
+
+# The queue every task is published to when nothing else is said (Celery's default).
+QUEUE = Queue.RECONCILE
 # kombu's Redis transport options for every process; the web's own message writer
 # (service/publisher.py) refuses to start on options it would not follow.
 BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
@@ -43,8 +74,23 @@ class Job(StrEnum):
     DELIVER_CALLBACKS = "ordersync.deliver_callbacks"
     PROCESS_NOTIFICATION = "ordersync.process_notification"
     SWEEP = "ordersync.sweep"
+    SWEEP_LEASES = "ordersync.sweep_leases"
     RETENTION = "ordersync.retention"
     CHECK_ACCOUNTS = "ordersync.check_accounts"
+
+    @property
+    def queue(self) -> Queue:
+        return QUEUE_OF[self]
+
+
+QUEUE_OF: dict[Job, Queue] = {
+    Job.RECONCILE_ORDER: Queue.RECONCILE,
+    Job.SWEEP: Queue.SWEEPS,
+    Job.SWEEP_LEASES: Queue.SWEEPS,
+    Job.PROCESS_NOTIFICATION: Queue.NOTIFICATIONS,
+    Job.DELIVER_CALLBACKS: Queue.CALLBACKS,
+    Job.RETENTION: Queue.RETENTION,
+}
 
 
 @dataclass(frozen=True)

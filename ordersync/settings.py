@@ -103,6 +103,9 @@ class Settings(BaseSettings):
     # How long a worker holds an operation it is sending; a heartbeat renews it every
     # third of it while the PSP call runs, so a worker that dies is noticed this soon.
     lease_seconds: float = Field(default=10.0, ge=1)
+    # How often beat runs the cheap sweep of expired leases alone (a dead worker's
+    # operation is resumed this soon after its lease ends; workers/sweeper.py).
+    lease_sweep_seconds: float = Field(default=2.0, gt=0)
     retry_base_seconds: float = Field(default=2.0, gt=0)
     retry_max_seconds: float = Field(default=300.0, gt=0)
     psp_connect_timeout_seconds: float = Field(default=5.0, gt=0)

@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from ordersync.errors import ConfigError
-from ordersync.jobs import QUEUE, Enqueued
+from ordersync.jobs import QUEUE, Enqueued, Queue
 
 log = structlog.get_logger("ordersync.publisher")
 
@@ -45,6 +45,7 @@ class Message:
     args: tuple[Any, ...]
     kwargs: dict[str, Any] = field(default_factory=dict)
     request_id: str | None = None
+    queue: Queue = QUEUE
 
 
 def celery_message(message: Message, task_id: str | None = None) -> bytes:
@@ -84,7 +85,7 @@ def celery_message(message: Message, task_id: str | None = None) -> bytes:
         "properties": {
             "correlation_id": task_id,
             "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": QUEUE},
+            "delivery_info": {"exchange": "", "routing_key": message.queue.value},
             "priority": 0,
             "body_encoding": "base64",
             "delivery_tag": str(uuid.uuid4()),
@@ -93,7 +94,8 @@ def celery_message(message: Message, task_id: str | None = None) -> bytes:
     return json.dumps(envelope).encode()
 
 
-Send = Callable[[Sequence[bytes]], Awaitable[Any]]
+# (queue, message) pairs; one call per batch.
+Send = Callable[[Sequence[tuple[Queue, bytes]]], Awaitable[Any]]
 
 
 def check_broker(broker_url: str, transport_options: dict[str, Any]) -> None:
@@ -122,7 +124,9 @@ class Publisher:
     def send(self, jobs: Sequence[Enqueued]) -> None:
         """A unit of work's jobs (ordersync.jobs): queued here, published shortly after."""
         for job in jobs:
-            self._queue.put_nowait(Message(job.job.value, job.args, job.kwargs, job.request_id))
+            self._queue.put_nowait(
+                Message(job.job.value, job.args, job.kwargs, job.request_id, job.job.queue)
+            )
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ordersync-publisher")
@@ -143,7 +147,7 @@ class Publisher:
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self._send([celery_message(message) for message in batch])
+                await self._send([(message.queue, celery_message(message)) for message in batch])
             except Exception as exc:
                 # Stored and committed already: the sweeper will find them.
                 log.warning("enqueue_failed", error=type(exc).__name__, messages=len(batch))
@@ -153,9 +157,19 @@ class Publisher:
 
 
 def redis_sender(redis: Any) -> Send:
-    """LPUSH onto the queue's list, like kombu; one round trip for the whole batch."""
+    """LPUSH onto each queue's list, like kombu; one round trip for the whole batch."""
 
-    async def send(messages: Sequence[bytes]) -> None:
-        await redis.lpush(QUEUE, *messages)
+    async def send(messages: Sequence[tuple[Queue, bytes]]) -> None:
+        by_queue: dict[Queue, list[bytes]] = {}
+        for queue, message in messages:
+            by_queue.setdefault(queue, []).append(message)
+        if len(by_queue) == 1:
+            ((queue, batch),) = by_queue.items()
+            await redis.lpush(queue.value, *batch)
+            return
+        async with redis.pipeline(transaction=False) as pipe:
+            for queue, batch in by_queue.items():
+                pipe.lpush(queue.value, *batch)
+            await pipe.execute()
 
     return send

@@ -11,7 +11,7 @@ import structlog
 from celery import Celery, Task, signals
 
 from ordersync import jobs
-from ordersync.jobs import BROKER_TRANSPORT_OPTIONS, QUEUE, Enqueued, Job
+from ordersync.jobs import BROKER_TRANSPORT_OPTIONS, QUEUE, QUEUE_OF, Enqueued, Job
 from ordersync.logging import configure_logging
 from ordersync.settings import get_settings
 
@@ -40,6 +40,12 @@ def celery_config() -> dict[str, Any]:
         "task_publish_retry": False,
         "beat_schedule": {
             "sweep": {"task": Job.SWEEP.value, "schedule": settings.reconcile_sweep_seconds},
+            "sweep_leases": {
+                "task": Job.SWEEP_LEASES.value,
+                "schedule": settings.lease_sweep_seconds,
+                # A sweep that waited longer than its own interval is superseded by the next.
+                "options": {"expires": settings.lease_sweep_seconds},
+            },
             "retention": {
                 "task": Job.RETENTION.value,
                 "schedule": settings.retention_interval_seconds,
@@ -49,7 +55,9 @@ def celery_config() -> dict[str, Any]:
                 "schedule": settings.account_check_interval_seconds,
             },
         },
-        "task_default_queue": QUEUE,
+        "task_default_queue": QUEUE.value,
+        # Every job on its own queue (ordersync.jobs): beat, callers and Celery alike.
+        "task_routes": {job.value: {"queue": queue.value} for job, queue in QUEUE_OF.items()},
     }
 
 
@@ -65,6 +73,7 @@ def send_jobs(pending: Sequence[Enqueued]) -> None:
             job.args,
             job.kwargs,
             countdown=job.delay or None,
+            queue=job.job.queue.value,
             headers={"request_id": job.request_id},
         )
 

@@ -4,12 +4,13 @@ behind and enqueues it again. Reads Postgres only; the reconciler does the work.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import structlog
 
 from data import job_runs
 from data.inbox import DUE_NOTIFICATIONS
-from data.orders import DUE_RETRIES, REQUESTED, RESYNC
+from data.orders import DUE_RETRIES, LEASES_ENDING, REQUESTED, RESYNC
 from data.outbox import UNDELIVERED_CALLBACKS
 from workers.adyen_inbox import chase_silent_operations
 from workers.context import WorkerContext
@@ -49,6 +50,21 @@ def sweep(ctx: WorkerContext, enqueue: Callable[[str, float], None]) -> dict[str
     if order_ids:
         log.info("sweep_enqueued", **counts)
     return counts
+
+
+def sweep_leases(conn: Any, enqueue: Callable[[str, float], None], horizon: float = 0.0) -> int:
+    """Operations whose lease has ended (a worker died mid-call) are resumed now; with a
+    `horizon`, also those whose lease ends within it, each at the moment it ends. The
+    resume reads the PSP first (the reconciler's check-read); an operation whose owner
+    is alive and renewing finds its lease held and is left alone. One indexed query
+    (operations_leased), so beat can run it every LEASE_SWEEP_SECONDS."""
+    rows = conn.execute(LEASES_ENDING, {"horizon": horizon, "batch": BATCH}).fetchall()
+    for row in rows:
+        # A hair after the end, on the database's clock the lease was set on.
+        enqueue(row["order_id"], float(row["wait"]) + 0.1 if row["wait"] else 0.0)
+    if rows:
+        log.info("sweep_leases_enqueued", operations=len(rows), horizon_seconds=horizon)
+    return len(rows)
 
 
 # Callback retries sooner than this ride on a Celery countdown; later ones on the sweep.

@@ -9,17 +9,22 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+import structlog
 from celery import Task, signals
+from psycopg.rows import dict_row
 from psycopg_pool import PoolTimeout
 
-from ordersync import metrics
+from ordersync import jobs, metrics
 from ordersync.accounts import build_accounts
 from ordersync.jobs import Job, enqueue_job
+from ordersync.settings import get_settings
 from workers import accounts_check, adyen_inbox, callbacks, poison, retention, sweeper
-from workers.celery_app import app
+from workers.celery_app import app, send_jobs
 from workers.context import close_context, get_context
 from workers.crashpoints import crash_point
 from workers.reconcile import Reconciler
+
+log = structlog.get_logger("ordersync.tasks")
 
 # A task that meets a database error (Postgres restarting, a connection cut, no
 # connection within the pool's timeout) is sent again with back-off, never dropped: the
@@ -98,6 +103,40 @@ def check_accounts(self: Task) -> dict[str, str]:
     ctx = get_context()
     checked = accounts_check.check_accounts(build_accounts(ctx.settings), ctx.http)
     return {f"{c.provider}/{c.account}": c.result for c in checked}
+
+
+@app.task(name=Job.SWEEP_LEASES.value, bind=True)
+def sweep_leases(self: Task) -> int:
+    """Beat's short sweep (LEASE_SWEEP_SECONDS): dead workers' operations, resumed as
+    soon as their lease has ended rather than at the next full sweep."""
+    metrics.heartbeat()
+    with get_context().pool.connection() as conn:
+        return sweeper.sweep_leases(conn, enqueue_reconcile)
+
+
+@signals.worker_ready.connect
+def _resume_leases(**_: Any) -> None:
+    """A worker that starts (or restarts after a crash) schedules the resume of every
+    operation whose lease ends within one lease: what a dead predecessor held is taken
+    up the moment its lease ends, check-read first. Runs in the worker's main process,
+    on a connection of its own (a prefork parent keeps no pool)."""
+    settings = get_settings()
+    if settings.database_url is None:
+        return
+    try:
+        with (
+            jobs.unit_of_work(send_jobs),
+            psycopg.connect(
+                settings.database_url.get_secret_value(),
+                row_factory=dict_row,
+                autocommit=True,
+                connect_timeout=5,
+            ) as conn,
+        ):
+            sweeper.sweep_leases(conn, enqueue_reconcile, horizon=settings.lease_seconds)
+    except psycopg.Error as exc:
+        # Only a delay: beat's lease sweep finds them too.
+        log.warning("resume_leases_failed", error=type(exc).__name__)
 
 
 @app.task(name=Job.RETENTION.value, bind=True)

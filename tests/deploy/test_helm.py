@@ -648,3 +648,27 @@ def test_prometheus_rules(rendered_sets: dict[str, Rendered]) -> None:
     assert "{{ $value" in rules["OrdersyncInboxBacklog"]["annotations"]["description"]
     assert 'outcome!~"' in rules["OrdersyncPSPErrorRate"]["expr"]
     assert rendered_sets["defaults"].of_kind("PrometheusRule") == []
+
+
+def test_every_queue_has_a_worker_and_money_its_own(rendered: Rendered) -> None:
+    from ordersync.jobs import Queue
+
+    taken: dict[str, set[str]] = {}
+    for deployment in rendered.of_kind("Deployment"):
+        (container,) = deployment["spec"]["template"]["spec"]["containers"]
+        args = container["args"]
+        if args[0] != "worker":
+            continue
+        queues = set(args[args.index("--queues") + 1].split(","))
+        assert queues <= {queue.name.lower() for queue in Queue}
+        taken[deployment["metadata"]["name"]] = queues
+    assert set().union(*taken.values()) == {queue.name.lower() for queue in Queue}
+    # Reconciles share their workers with nothing that can pile up in front of them.
+    money = [queues for queues in taken.values() if "reconcile" in queues]
+    assert money and all(queues <= {"reconcile", "sweeps"} for queues in money)
+    # A lane's pods are its Deployment's alone (selectors never overlap).
+    selectors = [
+        tuple(sorted(d["spec"]["selector"]["matchLabels"].items()))
+        for d in rendered.of_kind("Deployment")
+    ]
+    assert len(selectors) == len(set(selectors))

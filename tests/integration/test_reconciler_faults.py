@@ -112,6 +112,51 @@ def test_a_worker_killed_mid_capture_leaves_exactly_one_capture(stack: Stack) ->
     assert len(_capture_posts(shop)) == 1
 
 
+def test_a_restarted_worker_resumes_a_dead_workers_call_without_beat(stack: Stack) -> None:
+    """A worker SIGKILLed while Klarna holds its (applied) capture's answer; beat is
+    stopped, so no sweep can help and the dead worker's message stays unacknowledged:
+    the restarted worker alone must resume the operation once its lease has ended
+    (LEASE_SECONDS, 10 s), read Klarna first, find the capture made, and send nothing
+    again. The bound below is generous; `python -m bench recovery` measures the time."""
+    shop = Shop(stack, [SHOES, SOCKS, DISCOUNT])
+    shop.send("order.created")
+    shop.settled()
+    stack.fault(
+        kind="delay",
+        ms=30_000,
+        after_apply=True,
+        count=1,
+        path_contains=f"{shop.klarna_id}/captures",
+    )
+    beat = stack.processes["beat"]
+    beat.stop()
+    try:
+        shop.ship("socks")
+        wait_for(lambda: _capture_posts(shop), what="the capture to be on the wire")
+        wait_for(lambda: shop.ledger("capture"), what="the capture applied at Klarna")
+        worker = stack.processes["worker"]
+        worker.kill()
+        replacement = Process("worker", list(worker.argv), worker.env, worker.log_path)
+        replacement.start()
+        stack.processes["worker"] = replacement
+        restarted = time.monotonic()
+        wait_for(
+            lambda: (
+                [o["status"] for o in stack.operations(shop.id) if o["kind"] == "capture"]
+                == ["succeeded"]
+            ),
+            timeout=60,
+            what="the capture resumed by the restarted worker",
+        )
+        print(f"restart -> capture recorded: {time.monotonic() - restarted:.1f} s")
+        _one_capture_with_one_key(shop, 315)
+        assert len(_capture_posts(shop)) == 1
+    finally:
+        revived = Process("beat", list(beat.argv), beat.env, beat.log_path)
+        revived.start()
+        stack.processes["beat"] = revived
+
+
 def test_redis_down_while_webhooks_arrive_loses_nothing(stack: Stack) -> None:
     shops = [Shop(stack, [SHOES]) for _ in range(3)]
     redis = stack.redis

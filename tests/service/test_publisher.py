@@ -12,6 +12,7 @@ import pytest
 import redis
 from devrig.devstack import RedisServer
 
+from ordersync.jobs import Job, Queue
 from service.publisher import QUEUE, Message, celery_message
 
 
@@ -38,8 +39,25 @@ def kombu_message(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             retry=False,
         )
         client = redis.Redis(unix_socket_path=str(server.socket_path))
-        (raw,) = client.lrange(QUEUE, 0, -1)
-        yield json.loads(raw)
+        (raw,) = client.lrange(QUEUE.value, 0, -1)
+        message = json.loads(raw)
+        # Where kombu puts each job, by the routes every process shares.
+        for job in Job:
+            app.send_task(job.value, ("x",), retry=False)
+        queued = [
+            (queue, json.loads(item))
+            for queue in Queue
+            for item in client.lrange(queue.value, 0, -1)
+        ]
+        message["_routed"] = {
+            job: [
+                (queue, m["properties"]["delivery_info"])
+                for queue, m in queued
+                if m["headers"]["task"] == job.value and m["headers"]["argsrepr"] == "('x',)"
+            ]
+            for job in Job
+        }
+        yield message
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -51,6 +69,7 @@ def test_our_message_has_kombus_shape(kombu_message: dict) -> None:
     ours = json.loads(
         celery_message(Message("ordersync.reconcile_order", ("o-1",), {"force": True}, "r-1"))
     )
+    kombu_message = {k: v for k, v in kombu_message.items() if k != "_routed"}
     assert set(ours) == set(kombu_message)
     assert set(ours["headers"]) == set(kombu_message["headers"])
     # reply_to names a result queue; these tasks return nothing anyone reads.
@@ -67,3 +86,12 @@ def test_our_message_has_kombus_shape(kombu_message: dict) -> None:
         return json.loads(base64.b64decode(message["body"]))
 
     assert body(ours) == body(kombu_message)
+
+
+@pytest.mark.parametrize("job", list(Job), ids=[job.name.lower() for job in Job])
+def test_each_job_goes_to_the_queue_kombu_routes_it_to(kombu_message: dict, job: Job) -> None:
+    # Found once, on the job's own queue's list, with kombu's delivery_info.
+    ((queue, info),) = kombu_message["_routed"][job]
+    assert queue is job.queue
+    ours = json.loads(celery_message(Message(job.value, ("x",), queue=job.queue)))
+    assert info == ours["properties"]["delivery_info"]
