@@ -90,6 +90,8 @@ QUEUE_OF: dict[Job, Queue] = {
     Job.PROCESS_NOTIFICATION: Queue.NOTIFICATIONS,
     Job.DELIVER_CALLBACKS: Queue.CALLBACKS,
     Job.RETENTION: Queue.RETENTION,
+    # A daily read per account: housekeeping, beside retention.
+    Job.CHECK_ACCOUNTS: Queue.RETENTION,
 }
 
 
