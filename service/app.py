@@ -30,8 +30,8 @@ from ordersync.settings import Settings, get_settings
 from service import orders_api as operator_api
 from service.adyen_webhook import adyen_webhook
 from service.batcher import Batcher
-from service.edge import with_security_headers
 from service.console import routes as console
+from service.edge import with_security_headers
 from service.health import healthz, readyz
 from service.ingest import Stored, store_shop_event, store_shop_events
 from service.meta_routes import metrics_endpoint, openapi_endpoint
