@@ -32,6 +32,7 @@ from domain.snapshot import ShopEvent
 from integrations.adyen import hmac as adyen_hmac
 from integrations.adyen.notifications import stored_item
 from ordersync import settings as settings_module
+from ordersync.accounts import build_accounts
 from ordersync.errors import BadRequest, OrdersyncError
 from ordersync.logging import MAX_VALUE_CHARS, redact, scrub_text
 from ordersync.settings import Settings
@@ -143,7 +144,8 @@ def _handler_app(**settings: Any) -> Starlette:
         "shop_webhook_secrets": SECRET,
         **settings,
     }
-    app.state.ordersync = SimpleNamespace(settings=Settings(**values))
+    built = Settings(**values)
+    app.state.ordersync = SimpleNamespace(settings=built, accounts=build_accounts(built))
     return app
 
 
