@@ -382,11 +382,26 @@ def test_seq07_adyen_customer_area_refund_and_chargeback_are_counted_and_flagged
         chargeback = adyen_item(first.psp_order_id, "CHARGEBACK", 1200)
         assert notify(ctx, chargeback) == "external"
         assert order_row(ctx, order_id)["refunded_amount"] == 1650
-        # The shop then marks a pair returned: nothing is refunded by itself.
-        back = [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]
-        update_snapshot(ctx, snap(order_id, back, 2, provider="adyen"))
+        # The shop then marks a pair of socks returned, a person reconciles, then the
+        # shoes come back: each return is the money that already went back, never
+        # refunded a second time.
+        socks_back = [
+            {**SHOES, "shipped_quantity": 1},
+            {**SOCKS, "shipped_quantity": 2, "returned_quantity": 1},
+        ]
+        update_snapshot(ctx, snap(order_id, socks_back, 2, provider="adyen"))
+        drive(ctx, order_id)
+        operator_reconcile(ctx, order_id)
+        all_back = [{**socks_back[0], "returned_quantity": 1}, socks_back[1]]
+        update_snapshot(ctx, snap(order_id, all_back, 3, provider="adyen"))
         drive(ctx, order_id)
         assert not [r for r in sent if r.url.path.endswith("/refunds")]
+        external = [o for o in operations(ctx, order_id) if o["external"]]
+        assert [(o["amount"], [x["reference"] for x in o["lines"]]) for o in external] == [
+            (450, ["socks"]),
+            (1200, ["shoes"]),
+        ]
+        assert order_row(ctx, order_id)["flags"] == []
     finally:
         ctx.close()
 
