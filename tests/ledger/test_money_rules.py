@@ -594,13 +594,19 @@ def test_seq12_reopen_after_a_psp_cancel_needs_a_new_order(
 # -- 13. outbox order per order ----------------------------------------------------------
 
 
-def test_seq13_a_second_deliverer_never_passes_a_claimed_event(ctx: WorkerContext) -> None:
+def order_with_two_events(ctx: WorkerContext) -> str:
+    """An order with two undelivered events: `order.needs_attention`, then `order.synced`."""
     order_id = new_order_id()
     insert_order(ctx, snap(order_id, [SHOES]), authorized=1200)
     row = order_row(ctx, order_id)
     with ctx.pool.connection() as conn, conn.transaction():
         for kind in ("order.needs_attention", "order.synced"):
             outbox_store.insert_event(conn, uuid.uuid4(), row, kind, {"type": kind})
+    return order_id
+
+
+def test_seq13_a_second_deliverer_never_passes_a_claimed_event(ctx: WorkerContext) -> None:
+    order_id = order_with_two_events(ctx)
     got: list[Any] = []
     with ctx.pool.connection() as first:
         claimed = outbox_store.claim_next(first, order_id, 60)  # not committed yet
@@ -686,12 +692,7 @@ def test_seq14_the_first_needs_attention_reason_stands(ctx: WorkerContext) -> No
 def test_seq14_a_shop_refusing_an_event_for_ever_does_not_block_the_next(
     ctx: WorkerContext,
 ) -> None:
-    order_id = new_order_id()
-    insert_order(ctx, snap(order_id, [SHOES]), authorized=1200)
-    row = order_row(ctx, order_id)
-    with ctx.pool.connection() as conn, conn.transaction():
-        for kind in ("order.needs_attention", "order.synced"):
-            outbox_store.insert_event(conn, uuid.uuid4(), row, kind, {"type": kind})
+    order_id = order_with_two_events(ctx)
     got: list[str] = []
 
     def shop(request: httpx.Request) -> httpx.Response:
