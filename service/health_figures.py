@@ -25,6 +25,8 @@ class HealthFigures:
     callbacks_oldest_seconds: float = 0.0
     # Undelivered events whose last delivery attempt failed.
     callbacks_failing: int = 0
+    # Events the shop refused too often, parked so that later ones go on.
+    callbacks_parked: int = 0
     flagged: dict[str, int] = field(default_factory=dict)
     in_flight: dict[str, int] = field(default_factory=dict)
     in_flight_oldest_seconds: float = 0.0
@@ -47,6 +49,7 @@ async def read(conn: AsyncConnection[DictRow]) -> HealthFigures:
         callbacks_backlog=int(outbox_row["backlog"]),
         callbacks_oldest_seconds=float(outbox_row["oldest"]),
         callbacks_failing=int(outbox_row["failing"]),
+        callbacks_parked=int(outbox_row["parked"]),
         flagged={f: flag_counts.get(f, 0) for f in FLAGS},
         in_flight={s: 0 for s in IN_FLIGHT} | {r["status"]: int(r["n"]) for r in flight},
         in_flight_oldest_seconds=max((float(r["oldest"]) for r in flight), default=0.0),

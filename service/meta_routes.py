@@ -69,6 +69,12 @@ async def database_gauges(state: AppState) -> list[GaugeMetricFamily]:
             [([], float(figures.callbacks_failing))],
         ),
         metrics.gauge(
+            "ordersync_callbacks_parked",
+            "Events the shop refused too often, parked so later ones go on (none: 0)",
+            [],
+            [([], float(figures.callbacks_parked))],
+        ),
+        metrics.gauge(
             "ordersync_orders_flagged",
             "Orders carrying a flag now",
             ["flag"],
