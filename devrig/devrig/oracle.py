@@ -96,6 +96,7 @@ class Expectation:
     rejected_versions: list[int] = field(default_factory=list)  # answered 422
     ignored_versions: list[int] = field(default_factory=list)  # older than stored
     outcomes: set[str] = field(default_factory=set)  # names of what the history exercised
+    uncertain_end = False  # shipped lines beyond the authorization: the end depends on timing
 
     def requires(self, flag: str, reason: str = "") -> None:
         self.required.add((flag, reason))
@@ -108,11 +109,13 @@ class _State:
     refunded: dict[str, int] = field(default_factory=dict)
     authorized: int = 0
     closed: str | None = None  # cancelled | released | expired, by us or outside
-    closed_by_us: bool = False
+    closed_version: int = 0  # the last snapshot stored when the PSP let go
     external_units: dict[str, int] = field(default_factory=dict)  # captured outside
     external_back: dict[str, int] = field(default_factory=dict)  # refunded outside
     charged_back: bool = False
+    money: Fraction = Fraction(0)  # captured, order-level lines shared in by value
     any_capture: bool = False
+    own_capture: bool = False  # one made by the service (fees go with its first)
 
 
 def identity(snapshot: dict[str, Any]) -> tuple[Any, ...]:
@@ -158,6 +161,7 @@ class Oracle:
         self.state.external_units[line_id] = self.state.external_units.get(line_id, 0) + units
         self.state.captured[line_id] = self.state.captured.get(line_id, 0) + units
         self.state.any_capture = True
+        self.state.money += self._unit_price(line_id) * units
         self._external("external_capture")
 
     def external_refund(self, line_id: str, units: int) -> None:
@@ -171,7 +175,14 @@ class Oracle:
 
     def external_cancel(self) -> None:
         self.state.closed = "cancelled"
+        self.state.closed_version = self.stored["version"] if self.stored else 0
         self._external("external_cancel")
+
+    def foreign_notification(self) -> None:
+        """A notification whose amount, currency or merchant account is not the
+        payment's: it changes nothing; a build may flag it for a person."""
+        self.exp.outcomes.add("foreign_notification")
+        self.exp.allowed.add(("needs_attention", "notification_mismatch"))
 
     def expire(self) -> None:
         if self.state.closed is None:
@@ -198,6 +209,8 @@ class Oracle:
         lines = {line["id"]: line for line in last["lines"]}
         # Quantities never go down below what the PSP already holds for them.
         for line_id, line in lines.items():
+            if kind(line) not in GOODS:
+                continue  # a fee is charged with the first capture, marked shipped or not
             own = st.captured.get(line_id, 0) - st.external_units.get(line_id, 0)
             ours_back = st.refunded.get(line_id, 0) - st.external_back.get(line_id, 0)
             if int(line.get("shipped_quantity", 0)) < own or int(
@@ -216,20 +229,22 @@ class Oracle:
         self._captures(last, lines)
         self._refunds(lines)
         total = order_total(last)
-        if st.closed in ("cancelled", "released") and st.closed_by_us and not cancelling:
-            if total > 0:
+        if st.closed in ("cancelled", "released") and not cancelling:
+            if total > 0 and last["version"] > st.closed_version:
                 # Reopened after the PSP let go: the shop must take a new payment.
                 exp.requires("needs_new_order")
                 exp.outcomes.add("reopened_after_cancel")
         elif cancelling and st.closed is None:
             exp.outcomes.add("cancel_after_shipment" if st.any_capture else "cancel_before_capture")
             st.closed = "released" if st.any_capture else "cancelled"
-            st.closed_by_us = True
+            st.closed_version = last["version"]
         elif st.closed is None and total != st.authorized:
             if total > st.authorized and self.refuses:
                 exp.requires("needs_new_order")
                 exp.outcomes.add("increase_refused")
-            elif total < sum(self._captured_value()) and st.any_capture:
+            elif st.any_capture and (total < st.money - 2 or st.money + 2 >= st.authorized):
+                # Below what was captured, or the authorization fully captured already:
+                # the PSP cannot follow with an update.
                 exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
             else:
                 exp.outcomes.add("increase" if total > st.authorized else "decrease")
@@ -237,13 +252,17 @@ class Oracle:
         self.window = [last]
         self.faulty = False
 
-    def _captured_value(self) -> list[int]:
-        assert self.stored is not None
-        return [
-            int(line["unit_price"]) * self.state.captured.get(line["id"], 0)
-            for line in self.stored["lines"]
-            if kind(line) in GOODS | FEES
-        ]
+    def _unit_price(self, line_id: str) -> int:
+        for line in (self.stored or {"lines": []})["lines"]:
+            if line["id"] == line_id:
+                return int(line["unit_price"])
+        return 0
+
+    def _ratio(self, snap: dict[str, Any]) -> Fraction:
+        """What a unit's value becomes once order-level lines (discounts, sales tax)
+        are shared in by value."""
+        own = sum(line_value(line) for line in snap["lines"] if kind(line) in GOODS | FEES)
+        return Fraction(order_total(snap), own) if own else Fraction(1)
 
     def _uncaptured_goods(self) -> bool:
         if self.stored is None:
@@ -276,10 +295,22 @@ class Oracle:
             for line_id, line in lines.items()
             if kind(line) in FEES
             and st.captured.get(line_id, 0) < int(line["quantity"])
-            and ((newly and not st.any_capture) or int(line.get("shipped_quantity", 0)) > 0)
+            and ((newly and not st.own_capture) or int(line.get("shipped_quantity", 0)) > 0)
         ]
+        for snap in self.window[:-1] if newly else []:
+            for line in snap["lines"]:
+                if kind(line) in FEES and line["id"] not in lines and not st.own_capture:
+                    # A fee removed while the goods waited: captured if a worker acted
+                    # on the snapshot that still had it; then the captures exceed the
+                    # basket, which a person must settle.
+                    entry = exp.lines.setdefault(line["id"], LineExpect())
+                    entry.captured_range = (0, int(line["quantity"]))
+                    entry.prices |= self._prices(line["id"])
+                    exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+                    exp.uncertain_end = True
+                    exp.outcomes.add("fee_removed_while_shipping")
         for line_id, line in lines.items():
-            if kind(line) in FEES and st.any_capture and line_id not in fees:
+            if kind(line) in FEES and st.own_capture and line_id not in fees:
                 # Added after the first capture: the contract does not say when it is
                 # charged (with a later capture, or when marked shipped): either.
                 if st.captured.get(line_id, 0) < int(line["quantity"]) and newly:
@@ -289,9 +320,15 @@ class Oracle:
                     exp.outcomes.add("fee_added_after_first_capture")
         if not newly and not fees:
             return
-        value = sum(int(lines[i]["unit_price"]) * n for i, n in newly.items())
-        remaining = st.authorized - sum(self._captured_value())
-        if value > remaining and self.refuses:
+        value = sum(int(lines[i]["unit_price"]) * n for i, n in newly.items()) * self._ratio(last)
+        limit: Fraction | int = st.authorized
+        cancelling = last["status"] == "cancelled" or order_total(last) == 0
+        if self.refuses or cancelling:
+            # No raise will come; and a worker may have lowered the authorization to an
+            # earlier, smaller basket of this window.
+            lows = [order_total(s) for s in self.window if s["status"] == "open"]
+            limit = min([st.authorized, *[t for t in lows if t > 0]])
+        if value > limit - st.money + 2 and (self.refuses or cancelling):
             # The shipped lines exceed an authorization the PSP would not raise: what
             # fits is captured, the shop is told to take a new order.
             exp.outcomes.add("shipped_beyond_authorization")
@@ -301,11 +338,15 @@ class Oracle:
                 entry.captured_range = (before, before + units)
                 entry.prices |= self._prices(line_id)
             exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
+            exp.uncertain_end = True
             return
         for line_id in fees:
             exp.outcomes.add("fee_with_first_capture")
             newly[line_id] = int(lines[line_id]["quantity"]) - st.captured.get(line_id, 0)
         free = {i for i in newly if all(p == 0 for p, _ in self._prices(i))}
+        st.money += sum(
+            int(lines[i]["unit_price"]) * n for i, n in newly.items() if i in lines
+        ) * self._ratio(last)
         for line_id, units in newly.items():
             before = st.captured.get(line_id, 0)
             st.captured[line_id] = before + units
@@ -315,6 +356,7 @@ class Oracle:
                 # Worth nothing: no capture of 0 is ever sent, it may ride along with one.
                 entry.captured_range = (before, before + units)
         st.any_capture = st.any_capture or bool(set(newly) - free)
+        st.own_capture = st.own_capture or bool(set(newly) - free)
         exp.outcomes.add("capture")
 
     def _prices(self, line_id: str) -> set[tuple[int, int]]:

@@ -579,6 +579,7 @@ class PspModel:
             twin["pspReference"] = f"X{self.sim.seed}x{self.psp_refs}"
             what = self.rng.choice(["amount", "currency", "merchant"])
             self.sim.kind(f"notification_wrong_{what}")
+            self.sim.orders_by_psp[order.psp_id].oracle.foreign_notification()
             if what == "amount":
                 twin["amount"] = {"currency": order.currency, "value": amount + 1}
             elif what == "currency":
@@ -802,7 +803,12 @@ class Shop:
              "ship", "ship_fee", "return", "quantity_up", "quantity_down", "cancel", "empty",
              "reverse", "currency", "payment", "unitemised"]
         )  # fmt: skip
-        unshipped = [line for line in self.lines if line.get("shipped_quantity", 0) == 0]
+        # Nothing the PSP holds units of is taken away (a unit captured outside, say).
+        unshipped = [
+            line
+            for line in self.lines
+            if line.get("shipped_quantity", 0) == 0 and captured(line["id"]) == 0
+        ]
         goods = self.goods()
         if move == "add":
             self.lines.append(self.new_line())
@@ -856,7 +862,9 @@ class Shop:
                 line["quantity"] += rng.randint(1, 2)
         elif move == "quantity_down" and goods:
             line = rng.choice(goods)
-            line["quantity"] = max(line["shipped_quantity"], line["quantity"] - 1)
+            line["quantity"] = max(
+                line["shipped_quantity"], captured(line["id"]), line["quantity"] - 1
+            )
         elif move == "cancel":
             self.status = "cancelled"
             return move, "order.cancelled", self.snapshot()
@@ -900,6 +908,7 @@ class Order:
     shop: Shop
     psp: PspOrder
     oracle: Oracle
+    first: dict[str, Any] = field(default_factory=dict)  # the first snapshot
     raised: set[tuple[str, str]] = field(default_factory=set)  # (flag, reason code)
     statuses: list[tuple[int, int]] = field(default_factory=list)  # (version, HTTP status)
 
@@ -940,6 +949,7 @@ class Simulation:
         self.ctx = self.contexts["checkout"]
         self.jobs: list[tuple[str, Any]] = []
         self.orders: dict[str, Order] = {}
+        self.orders_by_psp: dict[str, Order] = {}
         self.result = Result(0)
 
     def _handle(self, request: httpx.Request) -> httpx.Response:
@@ -1072,9 +1082,9 @@ class Simulation:
             self.note(f"task {what} died at {death}")
 
     def _poisoned(self, exc: Exception, record: Callable[[], None]) -> None:
-        self.result.violations.append(
-            Violation("task_poisoned", f"{type(exc).__name__}: {exc} at {poison.where(exc)}")
-        )
+        found = Violation("task_poisoned", f"{type(exc).__name__}: {exc} at {poison.where(exc)}")
+        if found not in self.result.violations:
+            self.result.violations.append(found)
         record()
 
     def deliver_callbacks(self, order_id: str) -> None:
@@ -1155,6 +1165,7 @@ class Simulation:
         self.result = Result(seed)
         self.jobs = []
         self.orders = {}
+        self.orders_by_psp = {}
         rng = self.rng
         classic = rng.random() < 0.25
         self.ctx = self.contexts["classic" if classic else "checkout"]
@@ -1199,8 +1210,9 @@ class Simulation:
             types=shop.types,
         )
         self.model.orders[psp_id] = psp
-        order = Order(shop, psp, Oracle(total, refuses_increases=not psp.allow_increase))
+        order = Order(shop, psp, Oracle(total, refuses_increases=not psp.allow_increase), first)
         self.orders[order_id] = order
+        self.orders_by_psp[psp_id] = order
         self.kind(f"provider_{provider}")
         self.note(f"start {order_id} {provider} total {total}")
         script: list[tuple[str, Any]] = []
@@ -1304,7 +1316,7 @@ class Simulation:
         stored = oracle.stored or {"lines": []}
         self.kind(f"external_{what}")
         if what in ("capture", "capture_before_read"):
-            snap_lines = stored["lines"] if stored["lines"] else shop.lines
+            snap_lines = stored["lines"] if oracle.stored else order.first["lines"]
             candidates = [
                 line
                 for line in snap_lines
@@ -1495,7 +1507,9 @@ class Simulation:
             "released": ("CAPTURED", "CANCELLED"),
             "expired": ("EXPIRED",),
         }
-        if status not in ends[want] or (
+        if exp.uncertain_end:
+            pass
+        elif status not in ends[want] or (
             want == "released" and psp.provider == "klarna" and psp.authorized != psp.captured
         ):
             found.append(
@@ -1507,6 +1521,7 @@ class Simulation:
             )
         if (
             want == "open"
+            and not exp.uncertain_end
             and exp.authorized is not None
             and psp.captured < psp.authorized
             and exp.total > 0
@@ -1522,7 +1537,7 @@ class Simulation:
         # 5. The product's figures against the PSP's.
         if stuck is None:
             ours = (row["captured_amount"], row["refunded_amount"])
-            theirs = (psp.captured, psp.refunded)
+            theirs = (psp.captured, psp.refunded + psp.charged_back)
             if ours != theirs:
                 found.append(
                     Violation("figures_differ", f"order captured/refunded {ours}, PSP {theirs}")
@@ -1588,12 +1603,17 @@ def _total(snapshot: dict[str, Any]) -> int:
 
 
 def _captured_unit_value(psp: PspOrder, reference: str) -> int | None:
+    """What one unit of the line was captured at, its share of order-level lines in
+    (rounded down), no more than what is still captured and not given back."""
     for what, _, lines in psp.ledger:
-        if what != "capture":
-            continue
-        for line in lines:
-            if line.reference == reference and line.quantity:
-                return line.total // line.quantity
+        units = [b for b in lines if b.type not in REDUCING | SHARED_UP]
+        shared = sum(b.total for b in lines if b.type in REDUCING | SHARED_UP)
+        value = sum(b.total for b in units)
+        for line in units:
+            if what == "capture" and line.reference == reference and line.quantity:
+                share = shared * line.total // value if value else 0
+                unit = (line.total + share) // line.quantity
+                return min(unit, psp.captured - psp.refunded - psp.charged_back)
     return None
 
 
