@@ -97,6 +97,7 @@ class Expectation:
     ignored_versions: list[int] = field(default_factory=list)  # older than stored
     outcomes: set[str] = field(default_factory=set)  # names of what the history exercised
     uncertain_end = False  # shipped lines beyond the authorization: the end depends on timing
+    authorized_low: int | None = None  # the PSP may hold as little as this (see settle)
 
     def requires(self, flag: str, reason: str = "") -> None:
         self.required.add((flag, reason))
@@ -238,7 +239,13 @@ class Oracle:
             exp.outcomes.add("cancel_after_shipment" if st.any_capture else "cancel_before_capture")
             st.closed = "released" if st.any_capture else "cancelled"
             st.closed_version = last["version"]
-        elif st.closed is None and total != st.authorized:
+        lows = [order_total(x) for x in self.window if x["status"] == "open"]
+        if self.refuses and st.closed is None and min(lows, default=total) < st.authorized:
+            # A worker may have lowered the authorization to an earlier, smaller basket
+            # of this window, and the PSP will not raise it again.
+            exp.authorized_low = min(exp.authorized_low or st.authorized, *lows)
+            exp.allowed.add(("needs_new_order", ""))
+        if st.closed is None and total != st.authorized:
             if total > st.authorized and self.refuses:
                 exp.requires("needs_new_order")
                 exp.outcomes.add("increase_refused")
