@@ -90,6 +90,14 @@ WITH ops AS (
 UPDATE inbox SET received_at = received_at - interval '1 minute'
 WHERE source = 'adyen' AND processed_at IS NULL
 """
+# The flags an order carries now, and the flag events it ever recorded for the shop.
+FLAGS_OF = """
+SELECT 'now' AS kind, f AS flag, flag_reason -> f ->> 'code' AS code
+FROM orders, unnest(flags) AS f WHERE id = %(id)s
+UNION ALL
+SELECT 'told', event_type, payload -> 'data' -> 'reason' ->> 'code'
+FROM outbox WHERE order_id = %(id)s AND event_type <> 'order.synced'
+"""
 # Where a worker may die: the product's named points, and inside recording an outcome.
 DEATH_POINTS = (*crashpoints.POINTS, "in_record", "in_apply_success")
 
@@ -1180,7 +1188,7 @@ class Simulation:
 
     # -- one history -----------------------------------------------------------------
 
-    def run(self, seed: int, *, steps: int = 14) -> Result:
+    def run(self, seed: int, *, steps: int = 12) -> Result:
         self.seed = seed
         self.rng.seed(seed)
         random.seed(seed)  # the reconciler's own jitter
@@ -1417,8 +1425,9 @@ class Simulation:
         for _ in range(3):
             flagged = []
             for order_id, order in self.orders.items():
-                order.raised |= self._raised(order_id)
-                if any(flag == "needs_attention" for flag, _ in self._raised(order_id, current=True)):
+                told, now = self._flags(order_id)
+                order.raised |= told | now
+                if any(flag == "needs_attention" for flag, _ in now):
                     flagged.append(order_id)
             if not flagged:
                 break
@@ -1427,7 +1436,8 @@ class Simulation:
                 self.operator_reconcile(order_id)
             self._settle()
         for order in self.orders.values():
-            order.raised |= self._raised(order.shop.order_id)
+            told, now = self._flags(order.shop.order_id)
+            order.raised |= told | now
             if not final:
                 order.oracle.settle()
         self.model.faults = faults if not final else Faults.none()
@@ -1472,28 +1482,22 @@ class Simulation:
         assert row is not None
         return not (row["ops"] or row["events"] or row["notifications"])
 
-    def _raised(self, order_id: str, *, current: bool = False) -> set[tuple[str, str]]:
-        """(flag, reason code) the order carries now, and (unless `current`) every one it
-        was ever told to the shop with."""
-        found: set[tuple[str, str]] = set()
+    def _flags(self, order_id: str) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """(flag, reason code) of every event the shop was ever told of, and of the
+        flags the order carries now."""
+        told: set[tuple[str, str]] = set()
+        now: set[tuple[str, str]] = set()
         with self.pool.connection() as conn:
-            row = conn.execute(
-                "SELECT flags, flag_reason FROM orders WHERE id = %s", (order_id,)
-            ).fetchone()
-            if row is not None:
-                reasons = row["flag_reason"] or {}
-                for flag in row["flags"]:
-                    found.add((flag, str((reasons.get(flag) or {}).get("code", ""))))
-            if not current:
-                for event in conn.execute(
-                    "SELECT event_type, payload FROM outbox WHERE order_id = %s", (order_id,)
-                ).fetchall():
-                    code = str(((event["payload"] or {}).get("data") or {}).get("reason", {}).get("code", ""))
-                    if event["event_type"] == "order.needs_attention":
-                        found.add(("needs_attention", code))
-                    elif event["event_type"] == "order.new_order_required":
-                        found.add(("needs_new_order", code))
-        return found
+            rows = conn.execute(FLAGS_OF, {"id": order_id}).fetchall()
+            conn.commit()
+        for row in rows:
+            if row["kind"] == "now":
+                now.add((row["flag"], row["code"] or ""))
+            elif row["flag"] == "order.needs_attention":
+                told.add(("needs_attention", row["code"] or ""))
+            elif row["flag"] == "order.new_order_required":
+                told.add(("needs_new_order", row["code"] or ""))
+        return told, now
 
     # -- the checks -------------------------------------------------------------------
 

@@ -242,3 +242,21 @@ def test_expiry_with_work_left_is_an_external_change() -> None:
     assert ("needs_attention", EXTERNAL) in exp.required
     assert exp.authorization == "expired"
     assert exp.lines["shoes"].refunded == 1  # an expired authorization does not stop a refund
+
+
+def test_the_oracle_imports_nothing_of_the_product() -> None:
+    # import-linter holds this too (pyproject.toml); this reads the module's own imports.
+    import ast
+    from pathlib import Path
+
+    import devrig.oracle
+
+    tree = ast.parse(Path(devrig.oracle.__file__).read_text())
+    imported = {
+        (node.module or "").split(".")[0] if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    product = {"cli", "service", "workers", "data", "integrations", "ordersync", "domain"}
+    assert imported & product == set()
