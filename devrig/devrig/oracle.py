@@ -81,6 +81,10 @@ class LineExpect:
     # edited the line while its units waited to be captured.
     prices: set[tuple[int, int]] = field(default_factory=set)
     captured_range: tuple[int, int] | None = None  # set when the exact count is not known
+    # (quantity, line value) in the same snapshots: after a price edit between two
+    # captures of a line, the later ones carry the difference so that the line's
+    # captures add up to its value (the contract's "captures add up to the total").
+    totals: set[tuple[int, int]] = field(default_factory=set)
 
 
 @dataclass
@@ -275,8 +279,7 @@ class Oracle:
         if self.stored is None:
             return False
         return any(
-            int(line["quantity"]) > self.state.captured.get(line["id"], 0)
-            and line_value(line) > 0
+            int(line["quantity"]) > self.state.captured.get(line["id"], 0) and line_value(line) > 0
             for line in self.stored["lines"]
             if kind(line) in GOODS
         )
@@ -317,14 +320,19 @@ class Oracle:
                     exp.uncertain_end = True
                     exp.outcomes.add("fee_removed_while_shipping")
         for line_id, line in lines.items():
-            if kind(line) in FEES and st.own_capture and line_id not in fees:
-                # Added after the first capture: the contract does not say when it is
-                # charged (with a later capture, or when marked shipped): either.
-                if st.captured.get(line_id, 0) < int(line["quantity"]) and newly:
-                    entry = exp.lines.setdefault(line_id, LineExpect())
-                    entry.captured_range = (st.captured.get(line_id, 0), int(line["quantity"]))
-                    entry.prices |= self._prices(line_id)
-                    exp.outcomes.add("fee_added_after_first_capture")
+            # Added after the first capture: the contract does not say when it is
+            # charged (with a later capture, or when marked shipped): either.
+            if (
+                kind(line) in FEES
+                and st.own_capture
+                and line_id not in fees
+                and st.captured.get(line_id, 0) < int(line["quantity"])
+                and newly
+            ):
+                entry = exp.lines.setdefault(line_id, LineExpect())
+                entry.captured_range = (st.captured.get(line_id, 0), int(line["quantity"]))
+                entry.prices |= self._prices(line_id)
+                exp.outcomes.add("fee_added_after_first_capture")
         if not newly and not fees:
             return
         value = sum(int(lines[i]["unit_price"]) * n for i, n in newly.items()) * self._ratio(last)
@@ -359,12 +367,21 @@ class Oracle:
             st.captured[line_id] = before + units
             entry = exp.lines.setdefault(line_id, LineExpect())
             entry.prices |= self._prices(line_id)
+            entry.totals |= self._totals(line_id)
             if line_id in free:
                 # Worth nothing: no capture of 0 is ever sent, it may ride along with one.
                 entry.captured_range = (before, before + units)
         st.any_capture = st.any_capture or bool(set(newly) - free)
         st.own_capture = st.own_capture or bool(set(newly) - free)
         exp.outcomes.add("capture")
+
+    def _totals(self, line_id: str) -> set[tuple[int, int]]:
+        return {
+            (int(line["quantity"]), line_value(line))
+            for snap in self.window
+            for line in snap["lines"]
+            if line["id"] == line_id
+        }
 
     def _prices(self, line_id: str) -> set[tuple[int, int]]:
         """Every (unit price, tax rate) the line had in this window's snapshots."""
@@ -444,6 +461,7 @@ def check_ledger(
     held: dict[str, list[Fraction]] = {}  # per line: the captured value of each held unit
     captured = refunded = 0
     got: dict[str, list[int]] = {}
+    captured_gross: dict[str, int] = {}  # per line: captured value before shares
     for what, amount, lines in requests:
         if sum(line.total for line in lines) != amount:
             found.append(("lines_do_not_sum", f"{what} of {amount}: lines sum differently"))
@@ -463,12 +481,20 @@ def check_ledger(
                 counts = got.setdefault(line.reference, [0, 0])
                 counts[0] += line.quantity
                 price = exp.lines.get(line.reference)
-                gross = line.total + 0  # the line's own value, before order-level shares
+                gross = line.total  # the line's own value, before order-level shares
+                so_far = captured_gross.get(line.reference, 0) + gross
+                captured_gross[line.reference] = so_far
                 if price is not None and price.prices and line.quantity:
-                    if not any(
+                    at_price = any(
                         abs(gross - p * line.quantity) <= line.quantity and r == line.tax_rate
                         for p, r in price.prices
-                    ):
+                    )
+                    catch_up = any(
+                        abs(so_far * q - value * counts[0]) <= q * counts[0]
+                        for q, value in price.totals
+                        if q
+                    )
+                    if not (at_price or catch_up):
                         found.append(
                             (
                                 "captured_at_wrong_price",
@@ -499,7 +525,9 @@ def check_ledger(
         lo, hi = entry.captured_range or (entry.captured, entry.captured)
         external = 0  # the expectation counts units captured outside; the PSP ledger too
         if not lo - external <= have[0] <= hi:
-            found.append(("captured_units", f"{reference}: {have[0]} captured, expected {lo}..{hi}"))
+            found.append(
+                ("captured_units", f"{reference}: {have[0]} captured, expected {lo}..{hi}")
+            )
         if have[1] != entry.refunded and not entry.captured_range:
             found.append(
                 ("refunded_units", f"{reference}: {have[1]} refunded, expected {entry.refunded}")

@@ -45,7 +45,7 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from data import orders as store
-from devrig.oracle import EXTERNAL, REDUCING, SHARED_UP, Booked, Oracle, check_ledger, tax_in
+from devrig.oracle import REDUCING, SHARED_UP, Booked, Oracle, check_ledger, tax_in
 from domain.lines import PspLine
 from domain.snapshot import ShopEvent
 from integrations.adyen.client import AdyenClient
@@ -118,7 +118,7 @@ SEQUENCE_OF = {
 }
 
 
-class WorkerDeath(BaseException):  # noqa: N818 - it is a death, not an error
+class WorkerDeath(BaseException):
     """The worker process died here (SIGKILL, OOM): nothing of ours may catch it."""
 
 
@@ -214,7 +214,9 @@ def _book_klarna(lines: list[dict[str, Any]], types: dict[str, str]) -> list[Boo
     ]
 
 
-def _book_per_unit(items: list[tuple[str, int, int, int, int]], types: dict[str, str]) -> list[Booked]:
+def _book_per_unit(
+    items: list[tuple[str, int, int, int, int]], types: dict[str, str]
+) -> list[Booked]:
     """(reference, quantity, unit amount incl. tax, unit tax, rate) groups → whole lines."""
     merged: dict[str, list[int]] = {}
     for reference, quantity, unit, tax, rate in items:
@@ -425,7 +427,12 @@ class PspModel:
         order.ledger.append(("refund", amount, _book_klarna(lines, order.types)))
         refund_id = f"ref-{len(order.refunds) + 1}"
         order.refunds.append(
-            {"refund_id": refund_id, "reference": ref, "refunded_amount": amount, "order_lines": lines}
+            {
+                "refund_id": refund_id,
+                "reference": ref,
+                "refunded_amount": amount,
+                "order_lines": lines,
+            }
         )
         return refund_id
 
@@ -498,7 +505,11 @@ class PspModel:
         else:
             response = httpx.Response(
                 201,
-                json={"status": "received", "pspReference": psp_ref, "reference": body["reference"]},
+                json={
+                    "status": "received",
+                    "pspReference": psp_ref,
+                    "reference": body["reference"],
+                },
             )
             amount = int((body.get("amount") or {}).get("value") or 0)
             lines = _book_per_unit(
@@ -605,7 +616,7 @@ class PspModel:
     def external(self, order: PspOrder, what: str, units: list[tuple[str, int, int, int]]) -> int:
         """A capture, refund or cancel made in the Merchant Portal / Customer Area, an
         expiry or a chargeback. `units`: (reference, quantity, unit amount, rate)."""
-        lines = [
+        lines: list[dict[str, Any]] = [
             {
                 "type": order.types.get(ref, "physical"),
                 "reference": ref,
@@ -619,7 +630,7 @@ class PspModel:
             }
             for ref, q, unit, rate in units
         ]
-        amount = sum(line["total_amount"] for line in lines)
+        amount = sum(int(line["total_amount"]) for line in lines)
         self.psp_refs += 1
         psp_ref = f"E{self.sim.seed}x{self.psp_refs}"
         if what == "capture":
@@ -698,6 +709,12 @@ def _request_digest(request: httpx.Request) -> str:
 # --- the shop model -----------------------------------------------------------------------
 
 GOODS_TYPES = ("physical", "physical", "physical", "digital")
+# The shop's edits, "ship" weighted up (most histories should capture something).
+MOVES = (
+    *("add", "add_other", "remove", "swap", "price", "tax", "discount"),
+    *("ship", "ship", "ship", "ship_fee", "return", "quantity_up", "quantity_down"),
+    *("cancel", "empty", "reverse", "currency", "payment", "unitemised"),
+)
 OTHER_TYPES = ("shipping_fee", "surcharge", "sales_tax", "discount", "gift_card", "store_credit")
 
 
@@ -812,13 +829,7 @@ class Shop:
         rng = self.rng
         if self.status == "cancelled":
             return "reopen" if rng.random() < 0.3 else None
-        return str(
-            rng.choice(
-                ["add", "add_other", "remove", "swap", "price", "tax", "discount", "ship", "ship",
-                 "ship", "ship_fee", "return", "quantity_up", "quantity_down", "cancel", "empty",
-                 "reverse", "currency", "payment", "unitemised"]
-            )  # fmt: skip
-        )
+        return str(rng.choice(MOVES))
 
     def apply(
         self, move: str, captured: Callable[[str], int]
@@ -1039,41 +1050,40 @@ class Simulation:
     @contextmanager
     def _deaths(self) -> Iterator[None]:
         """Deaths at the product's crash points and inside recording an outcome."""
-        originals = {
-            "crash": reconcile.crash_point,
-            "finish": store.finish_operation,
-            "apply": store.apply_success,
-            "settings": callbacks.get_settings,
-            "enqueue_job": callbacks.enqueue_job,
-        }
 
         def crash(name: str) -> None:
             assert name in crashpoints.POINTS
             self._die(name)
 
         def finish(*args: Any, **kwargs: Any) -> Any:
-            done = originals["finish"](*args, **kwargs)
+            done = saved[(store, "finish_operation")](*args, **kwargs)
             self._die("in_record")  # written, not committed: the transaction is lost
             return done
 
         def apply(*args: Any, **kwargs: Any) -> Any:
             self._die("in_apply_success")
-            return originals["apply"](*args, **kwargs)
+            return saved[(store, "apply_success")](*args, **kwargs)
 
-        setattr(reconcile, "crash_point", crash)  # noqa: B010
-        setattr(store, "finish_operation", finish)  # noqa: B010
-        # The events for the shop are sent by the task the product asks for.
-        setattr(callbacks, "get_settings", lambda: self.settings)  # noqa: B010
-        setattr(callbacks, "enqueue_job", lambda job, order_id, **_: self._enqueue_delivery(order_id, 0))  # noqa: B010
-        setattr(store, "apply_success", apply)  # noqa: B010
+        def enqueue_job(job: Any, order_id: str, **_: Any) -> None:
+            self._enqueue_delivery(order_id, 0)
+
+        patches: dict[tuple[Any, str], Any] = {
+            # The reconciler calls the name it imported.
+            (reconcile, "crash_point"): crash,
+            (store, "finish_operation"): finish,
+            (store, "apply_success"): apply,
+            # The events for the shop are sent by the task the product asks for.
+            (callbacks, "get_settings"): lambda: self.settings,
+            (callbacks, "enqueue_job"): enqueue_job,
+        }
+        saved = {key: getattr(*key) for key in patches}
+        for (module, name), value in patches.items():
+            setattr(module, name, value)
         try:
             yield
         finally:
-            setattr(reconcile, "crash_point", originals["crash"])  # noqa: B010
-            setattr(store, "finish_operation", originals["finish"])  # noqa: B010
-            setattr(store, "apply_success", originals["apply"])  # noqa: B010
-            setattr(callbacks, "get_settings", originals["settings"])  # noqa: B010
-            setattr(callbacks, "enqueue_job", originals["enqueue_job"])  # noqa: B010
+            for (module, name), value in saved.items():
+                setattr(module, name, value)
 
     def run_task(self, job: tuple[str, Any], *, force: bool = False) -> None:
         """One Celery task, as workers/tasks.py runs it: the poison guard around the plain
@@ -1139,7 +1149,9 @@ class Simulation:
         """Shop webhooks through the real store: one by one, or a group commit."""
         parsed = []
         for event_type, snapshot, webhook_id in events:
-            parsed.append((webhook_id, ShopEvent.model_validate({"type": event_type, "order": snapshot})))
+            parsed.append(
+                (webhook_id, ShopEvent.model_validate({"type": event_type, "order": snapshot}))
+            )
             order = self.orders[snapshot["id"]]
             verdict = order.oracle.snapshot(snapshot)
             self.kind(f"snapshot_{verdict}")
@@ -1161,7 +1173,7 @@ class Simulation:
             order.statuses.append((snapshot["version"], status))
             self.note(
                 f"shop {snapshot['id']} v{snapshot['version']} {snapshot['status']} "
-                f"{[(x['id'], x['type'][:4], x['quantity'], x['unit_price'], x['shipped_quantity'], x['returned_quantity']) for x in snapshot['lines']]}"
+                f"{[_brief(x) for x in snapshot['lines']]}"
                 f" -> {getattr(outcome, 'outcome', status)}"
             )
             if status == 202 and getattr(outcome, "needs_reconcile", False):
@@ -1234,7 +1246,11 @@ class Simulation:
             "EUR",
             total,
             [
-                {**line, "reference": line["id"], "total_amount": line["quantity"] * line["unit_price"]}
+                {
+                    **line,
+                    "reference": line["id"],
+                    "total_amount": line["quantity"] * line["unit_price"],
+                }
                 for line in first["lines"]
                 if line["quantity"]
             ],
@@ -1316,7 +1332,9 @@ class Simulation:
             elif step == "authorisation":
                 psp = self.orders[arg].psp
                 self.kind("adyen_authorisation_first")
-                self.deliver(_adyen_item(psp, "AUTHORISATION", True, psp.authorized, psp.psp_id, ""))
+                self.deliver(
+                    _adyen_item(psp, "AUTHORISATION", True, psp.authorized, psp.psp_id, "")
+                )
             elif step == "psp":
                 self._psp_step(*arg)
             for _ in range(rng.randint(0, 3)):
@@ -1361,7 +1379,7 @@ class Simulation:
 
     def _psp_step(self, order_id: str, what: str) -> None:
         order = self.orders[order_id]
-        psp, oracle, shop = order.psp, order.oracle, order.shop
+        psp, oracle = order.psp, order.oracle
         held = oracle.state.captured
         refunded = oracle.state.refunded
         stored = oracle.stored or {"lines": []}
@@ -1387,7 +1405,8 @@ class Simulation:
             candidates = [
                 line
                 for line in stored["lines"]
-                if held.get(line["id"], 0) > max(refunded.get(line["id"], 0), line.get("returned_quantity", 0))
+                if held.get(line["id"], 0)
+                > max(refunded.get(line["id"], 0), line.get("returned_quantity", 0))
                 and line["type"] in ("physical", "digital")
             ]
             if not candidates:
@@ -1514,9 +1533,10 @@ class Simulation:
             f"required {sorted(exp.required)}"
         )
         self.note(
-            f"psp {order_id}: {psp.status} authorized {psp.authorized} captured {psp.captured} "
+            f"psp {order_id}: {psp.status} authorized {psp.authorized} "
+            f"captured {psp.captured} "
             f"refunded {psp.refunded} ledger "
-            f"{[(w, a, [(b.reference, b.quantity, b.total) for b in lines]) for w, a, lines in psp.ledger]}"
+            f"{[(w, a, [(b.reference, b.quantity, b.total) for b in ls]) for w, a, ls in psp.ledger]}"  # noqa: E501
         )
         with self.pool.connection() as conn:
             row = store.lock_order(conn, order_id)
@@ -1546,7 +1566,7 @@ class Simulation:
         for code, detail in check_ledger(psp.ledger, exp):
             found.append(Violation(code, detail))
         # 4. The authorization's end.
-        status = psp.status
+        end = psp.status
         want = exp.authorization
         ends = {
             "open": ("AUTHORIZED", "PART_CAPTURED", "CAPTURED"),
@@ -1556,13 +1576,13 @@ class Simulation:
         }
         if exp.uncertain_end:
             pass
-        elif status not in ends[want] or (
+        elif end not in ends[want] or (
             want == "released" and psp.provider == "klarna" and psp.authorized != psp.captured
         ):
             found.append(
                 Violation(
                     "authorization_end",
-                    f"PSP {status} (authorized {psp.authorized}, captured {psp.captured}), "
+                    f"PSP {end} (authorized {psp.authorized}, captured {psp.captured}), "
                     f"expected {want}",
                 )
             )
@@ -1576,7 +1596,8 @@ class Simulation:
         ):
             found.append(
                 Violation(
-                    "authorization_amount", f"PSP authorized {psp.authorized}, expected {exp.authorized}"
+                    "authorization_amount",
+                    f"PSP authorized {psp.authorized}, expected {exp.authorized}",
                 )
             )
         if psp.zero_updates:
@@ -1612,17 +1633,25 @@ class Simulation:
         for flag, reason in sorted(exp.required):
             hit = any(f == flag and (not reason or r == reason) for f, r in order.raised)
             if not hit:
-                code = "quantities_reversed_missing" if reason == "quantities_reversed" else "flag_missing"
+                code = (
+                    "quantities_reversed_missing"
+                    if reason == "quantities_reversed"
+                    else "flag_missing"
+                )
                 found.append(Violation(code, f"{flag} {reason or ''} never raised"))
         for flag, reason in sorted(order.raised):
-            ok = (flag, reason) in exp.allowed or (flag == "needs_new_order" and (flag, "") in exp.allowed)
+            ok = (flag, reason) in exp.allowed or (
+                flag == "needs_new_order" and (flag, "") in exp.allowed
+            )
             if not ok:
                 found.append(Violation("flag_not_called_for", f"{flag} {reason}"))
         # 7. The shop was told, in order.
         told = [(t, w) for o, t, w in self.model.shop_events if o == order_id]
         told_types = {t for t, _ in told}
         for flag, _ in order.raised:
-            event = "order.new_order_required" if flag == "needs_new_order" else "order.needs_attention"
+            event = (
+                "order.new_order_required" if flag == "needs_new_order" else "order.needs_attention"
+            )
             if event not in told_types:
                 found.append(Violation("flag_not_told", f"{flag} without {event} delivered"))
         seq_of = {_webhook_id(r["id"]): r["seq"] for r in outbox}
@@ -1633,8 +1662,21 @@ class Simulation:
         undelivered = len(outbox) - len(set(seqs))
         if undelivered > 0:
             found.append(Violation("shop_event_not_delivered", f"{undelivered} events"))
-        self.note(f"end {order_id} raised {sorted(order.raised)} violations {[v.code for v in found]}")
+        self.note(
+            f"end {order_id} raised {sorted(order.raised)} violations {[v.code for v in found]}"
+        )
         return found
+
+
+def _brief(line: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        line["id"],
+        line["type"][:4],
+        line["quantity"],
+        line["unit_price"],
+        line["shipped_quantity"],
+        line["returned_quantity"],
+    )
 
 
 def _webhook_id(event_id: Any) -> str:
@@ -1854,8 +1896,13 @@ def simulate(
             )
         else:
             urls = _databases(database_url, processes)
-            per = [len(range(first_seed + n, first_seed + histories, processes)) for n in range(processes)]
-            jobs = [(urls[n], per[n], first_seed + n, processes, fail_fast) for n in range(processes)]
+            per = [
+                len(range(first_seed + n, first_seed + histories, processes))
+                for n in range(processes)
+            ]
+            jobs = [
+                (urls[n], per[n], first_seed + n, processes, fail_fast) for n in range(processes)
+            ]
             with multiprocessing.get_context("spawn").Pool(processes) as pool:
                 parts = pool.map(_worker, jobs)
             summary = Summary()
@@ -1898,6 +1945,14 @@ def simulate_with_coverage(histories: int, first_seed: int) -> int:
     args += ["--first-seed", str(first_seed), "--no-kinds"]
     status = subprocess.call([*run, *args])
     subprocess.call(
-        [sys.executable, "-m", "coverage", "report", f"--data-file={data}", "-m", f"--include={include}"]
+        [
+            sys.executable,
+            "-m",
+            "coverage",
+            "report",
+            f"--data-file={data}",
+            "-m",
+            f"--include={include}",
+        ]
     )
     return status
