@@ -161,12 +161,13 @@ class Oracle:
         """Something transient went wrong in this window (a retry, a crash, a lost answer)."""
         self.faulty = True
 
-    def external_capture(self, line_id: str, units: int) -> None:
-        """Units captured outside the service (checkout, the Merchant Portal)."""
+    def external_capture(self, line_id: str, units: int, value: int) -> None:
+        """Units captured outside the service (checkout, the Merchant Portal), for
+        `value` in all."""
         self.state.external_units[line_id] = self.state.external_units.get(line_id, 0) + units
         self.state.captured[line_id] = self.state.captured.get(line_id, 0) + units
         self.state.any_capture = True
-        self.state.money += self._unit_price(line_id) * units
+        self.state.money += value
         self._external("external_capture")
 
     def external_refund(self, line_id: str, units: int) -> None:
@@ -262,12 +263,6 @@ class Oracle:
                 st.authorized = total
         self.window = [last]
         self.faulty = False
-
-    def _unit_price(self, line_id: str) -> int:
-        for line in (self.stored or {"lines": []})["lines"]:
-            if line["id"] == line_id:
-                return int(line["unit_price"])
-        return 0
 
     def _ratio(self, snap: dict[str, Any]) -> Fraction:
         """What a unit's value becomes once order-level lines (discounts, sales tax)

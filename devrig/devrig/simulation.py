@@ -1400,7 +1400,7 @@ class Simulation:
             if value > psp.authorized - psp.captured:
                 return
             self.model.external(psp, "capture", [(line["id"], 1, value, line["tax_rate"])])
-            oracle.external_capture(line["id"], 1)
+            oracle.external_capture(line["id"], 1, value)
         elif what == "refund":
             candidates = [
                 line
@@ -1808,18 +1808,18 @@ def _worker(args: tuple[str, int, int, int, bool]) -> Summary:
     return run_many(database_url, histories, first_seed, step=step, fail_fast=fail_fast)
 
 
-def _databases(admin_url: str, count: int) -> list[str]:
+def _databases(url: str, count: int) -> list[str]:
     """`count` databases made from the migrated one (a template copy is instant)."""
-    base = psycopg.conninfo.conninfo_to_dict(admin_url)
-    name = str(base.get("dbname") or "postgres")
-    urls = [admin_url]
-    with psycopg.connect(admin_url, autocommit=True) as conn:
+    name = str(psycopg.conninfo.conninfo_to_dict(url).get("dbname") or "postgres")
+    urls = [url]
+    with psycopg.connect(
+        psycopg.conninfo.make_conninfo(url, dbname="template1"), autocommit=True
+    ) as conn:
         conn.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
             " WHERE datname = %s AND pid <> pg_backend_pid()",
             (name,),
         )
-    with psycopg.connect(admin_url.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
         for n in range(1, count):
             clone = f"{name}_sim{n}"
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(clone)))
@@ -1828,7 +1828,7 @@ def _databases(admin_url: str, count: int) -> list[str]:
                     sql.Identifier(clone), sql.Identifier(name)
                 )
             )
-            urls.append(admin_url.rsplit("/", 1)[0] + "/" + clone)
+            urls.append(psycopg.conninfo.make_conninfo(url, dbname=clone))
     return urls
 
 

@@ -189,7 +189,7 @@ def test_refunds_at_the_captured_price_and_tax_after_a_price_edit() -> None:
 def test_external_changes_are_counted_never_repeated_and_flagged() -> None:
     oracle = Oracle(2100, refuses_increases=False)
     oracle.snapshot(snap(1, [SHOES, SOCKS]))
-    oracle.external_capture("shoes", 1)  # an e-book captured at checkout, say
+    oracle.external_capture("shoes", 1, 1200)  # an e-book captured at checkout, say
     oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, SOCKS]))
     exp = oracle.expectation()
     assert ("needs_attention", EXTERNAL) in exp.required
