@@ -332,7 +332,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--database-url", help="a database for the simulation alone (emptied); default: embedded"
     )
-    simulate.add_argument("--processes", type=int, default=1, help="side by side, one database each")
+    simulate.add_argument(
+        "--processes", type=int, default=1, help="side by side, one database each"
+    )
     simulate.add_argument("--fail-fast", action="store_true", help="stop at the first violation")
     simulate.add_argument("--verbose", action="store_true", help="print every history's trace")
     simulate.add_argument("--no-kinds", action="store_true", help="omit the event-kind counts")

@@ -81,6 +81,10 @@ class LineExpect:
     # edited the line while its units waited to be captured.
     prices: set[tuple[int, int]] = field(default_factory=set)
     captured_range: tuple[int, int] | None = None  # set when the exact count is not known
+    # (quantity, line value) in the same snapshots: after a price edit between two
+    # captures of a line, the later ones carry the difference so that the line's
+    # captures add up to its value (the contract's "captures add up to the total").
+    totals: set[tuple[int, int]] = field(default_factory=set)
 
 
 @dataclass
@@ -96,6 +100,8 @@ class Expectation:
     rejected_versions: list[int] = field(default_factory=list)  # answered 422
     ignored_versions: list[int] = field(default_factory=list)  # older than stored
     outcomes: set[str] = field(default_factory=set)  # names of what the history exercised
+    uncertain_end = False  # shipped lines beyond the authorization: the end depends on timing
+    authorized_low: int | None = None  # the PSP may hold as little as this (see settle)
 
     def requires(self, flag: str, reason: str = "") -> None:
         self.required.add((flag, reason))
@@ -108,11 +114,13 @@ class _State:
     refunded: dict[str, int] = field(default_factory=dict)
     authorized: int = 0
     closed: str | None = None  # cancelled | released | expired, by us or outside
-    closed_by_us: bool = False
+    closed_version: int = 0  # the last snapshot stored when the PSP let go
     external_units: dict[str, int] = field(default_factory=dict)  # captured outside
     external_back: dict[str, int] = field(default_factory=dict)  # refunded outside
     charged_back: bool = False
+    money: Fraction = Fraction(0)  # captured, order-level lines shared in by value
     any_capture: bool = False
+    own_capture: bool = False  # one made by the service (fees go with its first)
 
 
 def identity(snapshot: dict[str, Any]) -> tuple[Any, ...]:
@@ -153,11 +161,13 @@ class Oracle:
         """Something transient went wrong in this window (a retry, a crash, a lost answer)."""
         self.faulty = True
 
-    def external_capture(self, line_id: str, units: int) -> None:
-        """Units captured outside the service (checkout, the Merchant Portal)."""
+    def external_capture(self, line_id: str, units: int, value: int) -> None:
+        """Units captured outside the service (checkout, the Merchant Portal), for
+        `value` in all."""
         self.state.external_units[line_id] = self.state.external_units.get(line_id, 0) + units
         self.state.captured[line_id] = self.state.captured.get(line_id, 0) + units
         self.state.any_capture = True
+        self.state.money += value
         self._external("external_capture")
 
     def external_refund(self, line_id: str, units: int) -> None:
@@ -171,7 +181,14 @@ class Oracle:
 
     def external_cancel(self) -> None:
         self.state.closed = "cancelled"
+        self.state.closed_version = self.stored["version"] if self.stored else 0
         self._external("external_cancel")
+
+    def foreign_notification(self) -> None:
+        """A notification whose amount, currency or merchant account is not the
+        payment's: it changes nothing; a build may flag it for a person."""
+        self.exp.outcomes.add("foreign_notification")
+        self.exp.allowed.add(("needs_attention", "notification_mismatch"))
 
     def expire(self) -> None:
         if self.state.closed is None:
@@ -198,6 +215,8 @@ class Oracle:
         lines = {line["id"]: line for line in last["lines"]}
         # Quantities never go down below what the PSP already holds for them.
         for line_id, line in lines.items():
+            if kind(line) not in GOODS:
+                continue  # a fee is charged with the first capture, marked shipped or not
             own = st.captured.get(line_id, 0) - st.external_units.get(line_id, 0)
             ours_back = st.refunded.get(line_id, 0) - st.external_back.get(line_id, 0)
             if int(line.get("shipped_quantity", 0)) < own or int(
@@ -216,20 +235,28 @@ class Oracle:
         self._captures(last, lines)
         self._refunds(lines)
         total = order_total(last)
-        if st.closed in ("cancelled", "released") and st.closed_by_us and not cancelling:
-            if total > 0:
+        if st.closed in ("cancelled", "released") and not cancelling:
+            if total > 0 and last["version"] > st.closed_version:
                 # Reopened after the PSP let go: the shop must take a new payment.
                 exp.requires("needs_new_order")
                 exp.outcomes.add("reopened_after_cancel")
         elif cancelling and st.closed is None:
             exp.outcomes.add("cancel_after_shipment" if st.any_capture else "cancel_before_capture")
             st.closed = "released" if st.any_capture else "cancelled"
-            st.closed_by_us = True
-        elif st.closed is None and total != st.authorized:
+            st.closed_version = last["version"]
+        lows = [order_total(x) for x in self.window if x["status"] == "open"]
+        if self.refuses and st.closed is None and min(lows, default=total) < st.authorized:
+            # A worker may have lowered the authorization to an earlier, smaller basket
+            # of this window, and the PSP will not raise it again.
+            exp.authorized_low = min(exp.authorized_low or st.authorized, *lows)
+            exp.allowed.add(("needs_new_order", ""))
+        if st.closed is None and total != st.authorized:
             if total > st.authorized and self.refuses:
                 exp.requires("needs_new_order")
                 exp.outcomes.add("increase_refused")
-            elif total < sum(self._captured_value()) and st.any_capture:
+            elif st.any_capture and (total < st.money - 2 or st.money + 2 >= st.authorized):
+                # Below what was captured, or the authorization fully captured already:
+                # the PSP cannot follow with an update.
                 exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
             else:
                 exp.outcomes.add("increase" if total > st.authorized else "decrease")
@@ -237,20 +264,17 @@ class Oracle:
         self.window = [last]
         self.faulty = False
 
-    def _captured_value(self) -> list[int]:
-        assert self.stored is not None
-        return [
-            int(line["unit_price"]) * self.state.captured.get(line["id"], 0)
-            for line in self.stored["lines"]
-            if kind(line) in GOODS | FEES
-        ]
+    def _ratio(self, snap: dict[str, Any]) -> Fraction:
+        """What a unit's value becomes once order-level lines (discounts, sales tax)
+        are shared in by value."""
+        own = sum(line_value(line) for line in snap["lines"] if kind(line) in GOODS | FEES)
+        return Fraction(order_total(snap), own) if own else Fraction(1)
 
     def _uncaptured_goods(self) -> bool:
         if self.stored is None:
             return False
         return any(
-            int(line["quantity"]) > self.state.captured.get(line["id"], 0)
-            and line_value(line) > 0
+            int(line["quantity"]) > self.state.captured.get(line["id"], 0) and line_value(line) > 0
             for line in self.stored["lines"]
             if kind(line) in GOODS
         )
@@ -276,22 +300,45 @@ class Oracle:
             for line_id, line in lines.items()
             if kind(line) in FEES
             and st.captured.get(line_id, 0) < int(line["quantity"])
-            and ((newly and not st.any_capture) or int(line.get("shipped_quantity", 0)) > 0)
+            and ((newly and not st.own_capture) or int(line.get("shipped_quantity", 0)) > 0)
         ]
+        for snap in self.window[:-1] if newly else []:
+            for line in snap["lines"]:
+                if kind(line) in FEES and line["id"] not in lines and not st.own_capture:
+                    # A fee removed while the goods waited: captured if a worker acted
+                    # on the snapshot that still had it; then the captures exceed the
+                    # basket, which a person must settle.
+                    entry = exp.lines.setdefault(line["id"], LineExpect())
+                    entry.captured_range = (0, int(line["quantity"]))
+                    entry.prices |= self._prices(line["id"])
+                    exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+                    exp.uncertain_end = True
+                    exp.outcomes.add("fee_removed_while_shipping")
         for line_id, line in lines.items():
-            if kind(line) in FEES and st.any_capture and line_id not in fees:
-                # Added after the first capture: the contract does not say when it is
-                # charged (with a later capture, or when marked shipped): either.
-                if st.captured.get(line_id, 0) < int(line["quantity"]) and newly:
-                    entry = exp.lines.setdefault(line_id, LineExpect())
-                    entry.captured_range = (st.captured.get(line_id, 0), int(line["quantity"]))
-                    entry.prices |= self._prices(line_id)
-                    exp.outcomes.add("fee_added_after_first_capture")
+            # Added after the first capture: the contract does not say when it is
+            # charged (with a later capture, or when marked shipped): either.
+            if (
+                kind(line) in FEES
+                and st.own_capture
+                and line_id not in fees
+                and st.captured.get(line_id, 0) < int(line["quantity"])
+                and newly
+            ):
+                entry = exp.lines.setdefault(line_id, LineExpect())
+                entry.captured_range = (st.captured.get(line_id, 0), int(line["quantity"]))
+                entry.prices |= self._prices(line_id)
+                exp.outcomes.add("fee_added_after_first_capture")
         if not newly and not fees:
             return
-        value = sum(int(lines[i]["unit_price"]) * n for i, n in newly.items())
-        remaining = st.authorized - sum(self._captured_value())
-        if value > remaining and self.refuses:
+        value = sum(int(lines[i]["unit_price"]) * n for i, n in newly.items()) * self._ratio(last)
+        limit: Fraction | int = st.authorized
+        cancelling = last["status"] == "cancelled" or order_total(last) == 0
+        if self.refuses or cancelling:
+            # No raise will come; and a worker may have lowered the authorization to an
+            # earlier, smaller basket of this window.
+            lows = [order_total(s) for s in self.window if s["status"] == "open"]
+            limit = min([st.authorized, *[t for t in lows if t > 0]])
+        if value > limit - st.money + 2 and (self.refuses or cancelling):
             # The shipped lines exceed an authorization the PSP would not raise: what
             # fits is captured, the shop is told to take a new order.
             exp.outcomes.add("shipped_beyond_authorization")
@@ -301,21 +348,35 @@ class Oracle:
                 entry.captured_range = (before, before + units)
                 entry.prices |= self._prices(line_id)
             exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
+            exp.uncertain_end = True
             return
         for line_id in fees:
             exp.outcomes.add("fee_with_first_capture")
             newly[line_id] = int(lines[line_id]["quantity"]) - st.captured.get(line_id, 0)
         free = {i for i in newly if all(p == 0 for p, _ in self._prices(i))}
+        st.money += sum(
+            int(lines[i]["unit_price"]) * n for i, n in newly.items() if i in lines
+        ) * self._ratio(last)
         for line_id, units in newly.items():
             before = st.captured.get(line_id, 0)
             st.captured[line_id] = before + units
             entry = exp.lines.setdefault(line_id, LineExpect())
             entry.prices |= self._prices(line_id)
+            entry.totals |= self._totals(line_id)
             if line_id in free:
                 # Worth nothing: no capture of 0 is ever sent, it may ride along with one.
                 entry.captured_range = (before, before + units)
         st.any_capture = st.any_capture or bool(set(newly) - free)
+        st.own_capture = st.own_capture or bool(set(newly) - free)
         exp.outcomes.add("capture")
+
+    def _totals(self, line_id: str) -> set[tuple[int, int]]:
+        return {
+            (int(line["quantity"]), line_value(line))
+            for snap in self.window
+            for line in snap["lines"]
+            if line["id"] == line_id
+        }
 
     def _prices(self, line_id: str) -> set[tuple[int, int]]:
         """Every (unit price, tax rate) the line had in this window's snapshots."""
@@ -395,6 +456,7 @@ def check_ledger(
     held: dict[str, list[Fraction]] = {}  # per line: the captured value of each held unit
     captured = refunded = 0
     got: dict[str, list[int]] = {}
+    captured_gross: dict[str, int] = {}  # per line: captured value before shares
     for what, amount, lines in requests:
         if sum(line.total for line in lines) != amount:
             found.append(("lines_do_not_sum", f"{what} of {amount}: lines sum differently"))
@@ -414,12 +476,20 @@ def check_ledger(
                 counts = got.setdefault(line.reference, [0, 0])
                 counts[0] += line.quantity
                 price = exp.lines.get(line.reference)
-                gross = line.total + 0  # the line's own value, before order-level shares
+                gross = line.total  # the line's own value, before order-level shares
+                so_far = captured_gross.get(line.reference, 0) + gross
+                captured_gross[line.reference] = so_far
                 if price is not None and price.prices and line.quantity:
-                    if not any(
+                    at_price = any(
                         abs(gross - p * line.quantity) <= line.quantity and r == line.tax_rate
                         for p, r in price.prices
-                    ):
+                    )
+                    catch_up = any(
+                        abs(so_far * q - value * counts[0]) <= q * counts[0]
+                        for q, value in price.totals
+                        if q
+                    )
+                    if not (at_price or catch_up):
                         found.append(
                             (
                                 "captured_at_wrong_price",
@@ -450,7 +520,9 @@ def check_ledger(
         lo, hi = entry.captured_range or (entry.captured, entry.captured)
         external = 0  # the expectation counts units captured outside; the PSP ledger too
         if not lo - external <= have[0] <= hi:
-            found.append(("captured_units", f"{reference}: {have[0]} captured, expected {lo}..{hi}"))
+            found.append(
+                ("captured_units", f"{reference}: {have[0]} captured, expected {lo}..{hi}")
+            )
         if have[1] != entry.refunded and not entry.captured_range:
             found.append(
                 ("refunded_units", f"{reference}: {have[1]} refunded, expected {entry.refunded}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
 from devrig.oracle import (
     EXTERNAL,
     REVERSED,
@@ -190,7 +189,7 @@ def test_refunds_at_the_captured_price_and_tax_after_a_price_edit() -> None:
 def test_external_changes_are_counted_never_repeated_and_flagged() -> None:
     oracle = Oracle(2100, refuses_increases=False)
     oracle.snapshot(snap(1, [SHOES, SOCKS]))
-    oracle.external_capture("shoes", 1)  # an e-book captured at checkout, say
+    oracle.external_capture("shoes", 1, 1200)  # an e-book captured at checkout, say
     oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, SOCKS]))
     exp = oracle.expectation()
     assert ("needs_attention", EXTERNAL) in exp.required
@@ -242,3 +241,21 @@ def test_expiry_with_work_left_is_an_external_change() -> None:
     assert ("needs_attention", EXTERNAL) in exp.required
     assert exp.authorization == "expired"
     assert exp.lines["shoes"].refunded == 1  # an expired authorization does not stop a refund
+
+
+def test_the_oracle_imports_nothing_of_the_product() -> None:
+    # import-linter holds this too (pyproject.toml); this reads the module's own imports.
+    import ast
+    from pathlib import Path
+
+    import devrig.oracle
+
+    tree = ast.parse(Path(devrig.oracle.__file__).read_text())
+    imported = {
+        (node.module or "").split(".")[0] if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    product = {"cli", "service", "workers", "data", "integrations", "ordersync", "domain"}
+    assert imported & product == set()
