@@ -784,11 +784,21 @@ class Simulation:
                 self.deliver(self.model.notifications.pop(0))
             self.time_passes()
             self.reconcile("settle")
+            if self._in_flight() is not None and self._halted():
+                # needs_attention halts every automatic operation, a retry included
+                # (contract §4): a person reconciles it.
+                self.operator_reconcile()
             if not self.model.notifications and self._in_flight() is None:
                 # Once more, to be sure nothing is left to plan.
                 self.reconcile("settle")
                 if not self.model.notifications and self._in_flight() is None:
                     return
+
+    def _halted(self) -> bool:
+        with self.pool.connection() as conn:
+            order = store.lock_order(conn, self.order_id)
+            conn.rollback()
+        return order is not None and "needs_attention" in order["flags"]
 
     def _in_flight(self) -> dict[str, Any] | None:
         with self.pool.connection() as conn:
