@@ -19,7 +19,14 @@ import httpx
 import psycopg
 import pytest
 from devrig.demo import new_secret, signed_headers
-from devrig.devstack import Process, RedisServer, free_port, klarna_line, wait_http
+from devrig.devstack import (
+    Process,
+    RedisServer,
+    database_named,
+    free_port,
+    klarna_line,
+    wait_http,
+)
 from psycopg.rows import dict_row
 
 from integrations.adyen.hmac import sign
@@ -102,7 +109,7 @@ def markets(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     name = f"markets_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(stack.database_url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
-    database_url = _database(stack.database_url, name)
+    database_url = database_named(stack.database_url, name)
     migrate(database_url)
     redis = RedisServer(base / "redis")
     redis.start()
@@ -190,14 +197,6 @@ def markets(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         assert not [v for v in secret_values if v in text], f"a secret in {path.name}"
 
 
-def _database(url: str, name: str) -> str:
-    if "/postgres?" in url:
-        return url.replace("/postgres?", f"/{name}?")
-    head, _, tail = url.rpartition("/")
-    query = tail.partition("?")[2]
-    return f"{head}/{name}" + (f"?{query}" if query else "")
-
-
 def klarna_order(m: Markets, market: str, country: str, currency: str) -> str:
     lines = [KETTLE, TOASTER]
     answer = httpx.post(
@@ -215,14 +214,13 @@ def klarna_order(m: Markets, market: str, country: str, currency: str) -> str:
     return str(answer.json()["order_id"])
 
 
-def klarna_event(
+def event(
     order_id: str,
-    psp: str,
+    payment: dict[str, Any],
     lines: list[dict[str, Any]],
     version: int,
-    country: str,
-    currency: str,
-    **payment: Any,
+    country: str = "DE",
+    currency: str = "EUR",
 ) -> dict[str, Any]:
     return {
         "type": "order.updated",
@@ -232,32 +230,30 @@ def klarna_event(
             "currency": currency,
             "country": country,
             "status": "open",
-            "payment": {
-                "provider": "klarna",
-                "klarna_order_id": psp,
-                "payment_method": "INVOICE",
-                **payment,
-            },
+            "payment": payment,
             "lines": lines,
         },
     }
+
+
+def klarna_event(
+    order_id: str,
+    psp: str,
+    lines: list[dict[str, Any]],
+    version: int,
+    country: str,
+    currency: str,
+    **payment: Any,
+) -> dict[str, Any]:
+    klarna = {"provider": "klarna", "klarna_order_id": psp, "payment_method": "INVOICE"}
+    return event(order_id, {**klarna, **payment}, lines, version, country, currency)
 
 
 def adyen_event(
     order_id: str, psp: str, merchant: str, lines: list[dict[str, Any]], version: int
 ) -> dict[str, Any]:
-    return {
-        "type": "order.updated",
-        "order": {
-            "id": order_id,
-            "version": version,
-            "currency": "EUR",
-            "country": "DE",
-            "status": "open",
-            "payment": {"provider": "adyen", "psp_reference": psp, "merchant_account": merchant},
-            "lines": lines,
-        },
-    }
+    adyen = {"provider": "adyen", "psp_reference": psp, "merchant_account": merchant}
+    return event(order_id, adyen, lines, version)
 
 
 def adyen_payment(m: Markets, merchant: str, value: int) -> str:
