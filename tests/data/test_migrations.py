@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from devrig.devstack import database_named
 from yoyo import get_backend, read_migrations
 from yoyo.migrations import MigrationList, read_sql_migration
 
@@ -23,18 +24,10 @@ def fresh_database(database_url: str) -> Iterator[str]:
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     try:
-        yield _named(database_url, name)
+        yield database_named(database_url, name)
     finally:
         with psycopg.connect(database_url, autocommit=True) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-
-
-def _named(url: str, name: str) -> str:
-    if "/postgres?" in url:
-        return url.replace("/postgres?", f"/{name}?")
-    head, _, tail = url.rpartition("/")
-    query = tail.partition("?")[2]
-    return f"{head}/{name}" + (f"?{query}" if query else "")
 
 
 def test_two_pods_migrating_a_fresh_database_at_once_both_succeed(fresh_database: str) -> None:

@@ -19,7 +19,14 @@ import httpx
 import psycopg
 import pytest
 from devrig.demo import new_secret, signed_headers
-from devrig.devstack import Process, RedisServer, free_port, klarna_line, wait_http
+from devrig.devstack import (
+    Process,
+    RedisServer,
+    database_named,
+    free_port,
+    klarna_line,
+    wait_http,
+)
 from psycopg.rows import dict_row
 
 from integrations.adyen.hmac import sign
@@ -40,6 +47,8 @@ class Markets:
     secret: str
     env: dict[str, str]
     operator_token: str
+    logs: Path
+    worker_metrics_url: str
 
     def send(self, event: dict[str, Any]) -> httpx.Response:
         raw = json.dumps(event).encode()
@@ -100,7 +109,7 @@ def markets(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     name = f"markets_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(stack.database_url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
-    database_url = _database(stack.database_url, name)
+    database_url = database_named(stack.database_url, name)
     migrate(database_url)
     redis = RedisServer(base / "redis")
     redis.start()
@@ -133,14 +142,30 @@ def markets(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         "RETRY_MAX_SECONDS": "1",
         "RECONCILE_SWEEP_SECONDS": "1",
         "SWEEP_GRACE_SECONDS": "1",
+        # The daily credentials check, every 2 s here, so the gauge is there to read.
+        "ACCOUNT_CHECK_INTERVAL_SECONDS": "2",
     }
     logs = base / "logs"
     logs.mkdir()
     web_port = web_url.rsplit(":", 1)[1]
+    metrics_port = str(free_port())
     processes = [
         Process("sandbox", ["sandbox", "--port", sandbox_url.rsplit(":", 1)[1]], env, logs / "s"),
         Process("web", ["web", "--host", "127.0.0.1", "--port", web_port], env, logs / "w"),
-        Process("worker", ["worker", "--concurrency", "2", "--metrics-port", "0"], env, logs / "k"),
+        Process(
+            "worker",
+            [
+                "worker",
+                "--concurrency",
+                "2",
+                "--metrics-host",
+                "127.0.0.1",
+                "--metrics-port",
+                metrics_port,
+            ],
+            env,
+            logs / "k",
+        ),
         Process("beat", ["beat"], env, logs / "b"),
     ]
     for process in processes:
@@ -148,7 +173,16 @@ def markets(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     try:
         wait_http(f"{sandbox_url}/_sandbox/health", process=processes[0])
         wait_http(f"{web_url}/healthz", process=processes[1])
-        yield Markets(web_url, sandbox_url, database_url, env["SHOP_WEBHOOK_SECRETS"], env, token)
+        yield Markets(
+            web_url,
+            sandbox_url,
+            database_url,
+            env["SHOP_WEBHOOK_SECRETS"],
+            env,
+            token,
+            logs,
+            f"http://127.0.0.1:{metrics_port}/metrics",
+        )
     finally:
         for process in processes:
             process.stop()
@@ -161,14 +195,6 @@ def markets(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     for path in logs.iterdir():
         text = path.read_text(errors="replace")
         assert not [v for v in secret_values if v in text], f"a secret in {path.name}"
-
-
-def _database(url: str, name: str) -> str:
-    if "/postgres?" in url:
-        return url.replace("/postgres?", f"/{name}?")
-    head, _, tail = url.rpartition("/")
-    query = tail.partition("?")[2]
-    return f"{head}/{name}" + (f"?{query}" if query else "")
 
 
 def klarna_order(m: Markets, market: str, country: str, currency: str) -> str:
@@ -188,14 +214,13 @@ def klarna_order(m: Markets, market: str, country: str, currency: str) -> str:
     return str(answer.json()["order_id"])
 
 
-def klarna_event(
+def event(
     order_id: str,
-    psp: str,
+    payment: dict[str, Any],
     lines: list[dict[str, Any]],
     version: int,
-    country: str,
-    currency: str,
-    **payment: Any,
+    country: str = "DE",
+    currency: str = "EUR",
 ) -> dict[str, Any]:
     return {
         "type": "order.updated",
@@ -205,32 +230,30 @@ def klarna_event(
             "currency": currency,
             "country": country,
             "status": "open",
-            "payment": {
-                "provider": "klarna",
-                "klarna_order_id": psp,
-                "payment_method": "INVOICE",
-                **payment,
-            },
+            "payment": payment,
             "lines": lines,
         },
     }
+
+
+def klarna_event(
+    order_id: str,
+    psp: str,
+    lines: list[dict[str, Any]],
+    version: int,
+    country: str,
+    currency: str,
+    **payment: Any,
+) -> dict[str, Any]:
+    klarna = {"provider": "klarna", "klarna_order_id": psp, "payment_method": "INVOICE"}
+    return event(order_id, {**klarna, **payment}, lines, version, country, currency)
 
 
 def adyen_event(
     order_id: str, psp: str, merchant: str, lines: list[dict[str, Any]], version: int
 ) -> dict[str, Any]:
-    return {
-        "type": "order.updated",
-        "order": {
-            "id": order_id,
-            "version": version,
-            "currency": "EUR",
-            "country": "DE",
-            "status": "open",
-            "payment": {"provider": "adyen", "psp_reference": psp, "merchant_account": merchant},
-            "lines": lines,
-        },
-    }
+    adyen = {"provider": "adyen", "psp_reference": psp, "merchant_account": merchant}
+    return event(order_id, adyen, lines, version)
 
 
 def adyen_payment(m: Markets, merchant: str, value: int) -> str:
@@ -311,6 +334,13 @@ def test_a_de_and_a_us_order_each_go_to_their_own_klarna_account(markets: Market
         check=True,
     )
     assert "account   us" in shown.stdout
+    # The worker's log lines for the US order's reconcile carry its account, and its
+    # metrics count the requests per account.
+    lines = [json.loads(line) for line in (m.logs / "k").read_text().splitlines() if line]
+    done = [r for r in lines if r.get("event") == "psp_request_done" and r.get("order_id") == us]
+    assert done and {r["account"] for r in done} == {"us"}
+    metrics = httpx.get(m.worker_metrics_url, timeout=10).text
+    assert 'account="us"' in metrics and 'account="eu"' in metrics
 
 
 def test_another_markets_credentials_are_refused_by_the_sandbox(markets: Markets) -> None:
@@ -376,6 +406,17 @@ def test_two_adyen_merchant_accounts_each_with_its_own_key_and_hmac(markets: Mar
     order_id, psp = orders["ShopEU"]
     answer = m.send(adyen_event(order_id, psp, "ShopUS", [KETTLE], 3))
     assert answer.status_code in (409, 422)
+
+
+def test_beat_checks_every_account_into_a_gauge(markets: Markets) -> None:
+    def gauge() -> str | None:
+        text = httpx.get(markets.worker_metrics_url, timeout=10).text
+        found = [line for line in text.splitlines() if line.startswith("ordersync_account_cred")]
+        return "\n".join(found) if len(found) == 4 else None
+
+    text = wait_for(gauge, what="four account gauges")
+    for provider, account in [("klarna", "eu"), ("klarna", "us"), ("adyen", "ShopEU")]:
+        assert f'account="{account}",provider="{provider}"}} 1.0' in text, text
 
 
 def test_accounts_check_reads_once_per_account_and_says_which_are_refused(
