@@ -72,7 +72,7 @@ WITH existing AS (
     SELECT 'shop', %(key)s, %(type)s, %(id)s, %(payload)s::jsonb, now(),
            CASE WHEN EXISTS (SELECT 1 FROM existing WHERE version >= %(version)s)
                 THEN 'stale' ELSE 'applied' END,
-           sha256(convert_to(%(payload)s, 'UTF8'))
+           sha256(convert_to((%(payload)s::jsonb)::text, 'UTF8'))
     WHERE NOT EXISTS (SELECT 1 FROM payment_changed)
     ON CONFLICT (source, event_key) DO NOTHING
     RETURNING outcome
@@ -178,7 +178,7 @@ WITH batch AS (
                        payload_sha256)
     SELECT 'shop', key, type, id, payload::jsonb, now(),
            CASE WHEN is_stale THEN 'stale' ELSE 'applied' END,
-           sha256(convert_to(payload, 'UTF8'))
+           sha256(convert_to(payload::jsonb::text, 'UTF8'))
     FROM checked WHERE NOT payment_changed AND NOT payment_taken
     ORDER BY ord
     ON CONFLICT (source, event_key) DO NOTHING
@@ -246,10 +246,11 @@ async def unmatched(conn: AsyncConnection[Row]) -> int:
 
 
 # The same webhook-id stored before with another body (NULL: stored before hashes were).
+# The hash is of the event as jsonb renders it, the same in every statement here.
 OTHER_BODY_UNDER_KEY = """
 SELECT 1 FROM inbox
 WHERE source = 'shop' AND event_key = %(key)s
-  AND payload_sha256 <> sha256(convert_to(%(payload)s, 'UTF8'))
+  AND payload_sha256 <> sha256(convert_to((%(payload)s::jsonb)::text, 'UTF8'))
 """
 
 

@@ -91,9 +91,11 @@ def test_one_bad_row_fails_alone(stack: Stack) -> None:
                 [MUG],
             ),
         ),
-        # A webhook-id already seen: duplicate.
-        (repeated_key, event(repeated, f"k-{repeated}", 2, [MUG])),
+        # A webhook-id already seen, the same event again: duplicate.
+        (repeated_key, event(repeated, f"k-{repeated}", 1, [KETTLE])),
         (key(), event(good[2], f"k-{good[2]}", 1, [MUG])),
+        # A webhook-id already seen with another event: 409, nothing stored for it.
+        (repeated_key, event(repeated, f"k-{repeated}", 2, [MUG])),
     ]
     results = asyncio.run(store(stack, batch))
     assert [outcome(r) for r in results] == [
@@ -104,6 +106,7 @@ def test_one_bad_row_fails_alone(stack: Stack) -> None:
         "stale",
         "duplicate",
         "applied",
+        "conflict: this webhook-id was used before for a different event",
     ]
     conflict = results[1]
     assert isinstance(conflict, Conflict) and conflict.status_code == 409
@@ -112,7 +115,7 @@ def test_one_bad_row_fails_alone(stack: Stack) -> None:
     assert rows(stack, "SELECT version FROM orders WHERE id = %s", stale) == [{"version": 5}]
     assert rows(stack, "SELECT version FROM orders WHERE id = %s", repeated) == [{"version": 1}]
     assert rows(stack, "SELECT version FROM orders WHERE id = %s", changed) == [{"version": 1}]
-    # Every row but the two conflicts has its inbox row; the conflicts have none.
+    # Every row but the conflicts has its inbox row; the conflicts have none.
     keys = [k for k, _ in batch]
     inbox = rows(stack, "SELECT event_key, outcome FROM inbox WHERE event_key = ANY(%s)", keys)
     assert {r["event_key"]: r["outcome"] for r in inbox} == {
