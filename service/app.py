@@ -198,6 +198,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lifespan=lifespan,
     )
     app.state.ordersync = state
+    app.add_middleware(console.ConsoleHeaders)
     app.add_middleware(RequestContext, send_jobs=publisher.send)
     return app
 
