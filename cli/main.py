@@ -364,6 +364,9 @@ def build_parser() -> argparse.ArgumentParser:
     show = orders_sub.add_parser("show", help="an order's state, flags and full history")
     show.add_argument("order_id")
     show.add_argument("--json", action="store_true", help="the operator API's JSON")
+    show.add_argument(
+        "--timeline-json", action="store_true", help="GET /orders/{id}/timeline's JSON"
+    )
     show.set_defaults(fn=cmd_orders_show)
     listing = orders_sub.add_parser("list", help="flagged orders, most recently changed first")
     listing.add_argument(
@@ -389,7 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_orders_show(args: argparse.Namespace) -> int:
     from cli import orders as operator_cli
 
-    return operator_cli.show(_settings("database_url"), args.order_id, args.json)
+    return operator_cli.show(
+        _settings("database_url"), args.order_id, args.json, args.timeline_json
+    )
 
 
 def cmd_orders_list(args: argparse.Namespace) -> int:

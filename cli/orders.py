@@ -16,6 +16,7 @@ from ordersync.db import async_pool
 from ordersync.jobs import Job, enqueue_job
 from ordersync.settings import Settings
 from service import order_views as operator
+from service import timeline
 
 T = TypeVar("T")
 
@@ -268,10 +269,78 @@ def emit(data: dict[str, Any], text: str, as_json: bool, stream: TextIO = sys.st
 # -- commands -------------------------------------------------------------------------
 
 
-def show(settings: Settings, order_id: str, as_json: bool) -> int:
-    order = run(settings, lambda pool: operator.order_detail(pool, order_id))
-    emit(order, format_order(order), as_json)
+def show(settings: Settings, order_id: str, as_json: bool, as_timeline: bool = False) -> int:
+    story = run(settings, lambda pool: timeline.order_story(pool, order_id))
+    text = "\n".join(
+        [format_order(story["order"]), format_explained(story), format_timeline(story)]
+    )
+    emit(story if as_timeline else story["order"], text, as_json or as_timeline)
     return 0
+
+
+_KIND = {
+    "shop_webhook": "from the shop",
+    "operation": "to the PSP",
+    "adyen_notification": "from Adyen",
+    "shop_event": "to the shop",
+    "operator_action": "operator",
+}
+
+
+def format_explained(story: dict[str, Any]) -> str:
+    """Each flag in an operator's words: what happened, what to do."""
+    out = []
+    for flag in story["flags"]:
+        out += [
+            "",
+            f"{flag['flag']}: {flag['what_happened']}",
+            f"  what to do: {flag['what_to_do']}",
+        ]
+    return "\n".join(out)
+
+
+def format_timeline(story: dict[str, Any]) -> str:
+    """The same timeline as GET /orders/{id}/timeline and the console's order page."""
+    cur = story["order"]["currency"]
+    out = ["", "timeline"]
+    for entry in story["timeline"]:
+        out.append(
+            f"{_short_time(entry['at'])}  {_KIND.get(entry['kind'], entry['kind']):<13}  "
+            f"{entry['summary']}"
+        )
+        pad = " " * 36
+        kind = entry["kind"]
+        if kind == "operation":
+            request = entry["request"] or {}
+            op = entry["operation"]
+            out.append(
+                f"{pad}{money(op['amount'], cur)}  key {entry['idempotency_key']}"
+                + (f"  {request.get('method')} {request.get('path')}" if request else "")
+            )
+            answer = entry["answer"]
+            if answer["error_code"] or answer["error_message"]:
+                out.append(
+                    f"{pad}answer: {answer['error_code']}: {answer['error_message']}"
+                    + (
+                        f" (correlation {answer['correlation_id']})"
+                        if answer["correlation_id"]
+                        else ""
+                    )
+                )
+        elif kind == "adyen_notification":
+            n = entry["notification"]
+            out.append(
+                f"{pad}pspReference {n['psp_reference']}  notification {entry['notification_id']}"
+            )
+        elif kind == "shop_event":
+            event = entry["event"]
+            out.append(
+                f"{pad}{event['webhook_id']}"
+                + (f"  last error: {event['last_error']}" if event["last_error"] else "")
+            )
+        elif kind == "operator_action" and entry["note"]:
+            out.append(f"{pad}note: {entry['note']}")
+    return "\n".join(out)
 
 
 def list_orders(

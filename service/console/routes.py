@@ -1,6 +1,6 @@
 """The console's pages and actions: thin handlers over the operator API's functions.
 
-Every answer carries the console's security headers (one place: `_secured`); every POST
+Every answer carries the console's security headers (one place: `ConsoleHeaders`); every POST
 needs the session's CSRF token (403 without); every value reaches the page through
 Jinja2's autoescaping."""
 
@@ -21,6 +21,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from data import operator_actions as audit
 from ordersync.errors import NotFound, OrdersyncError, ValidationFailed
@@ -144,10 +145,27 @@ def stylesheet() -> bytes:
     return resources.files("service.console").joinpath("static/console.css").read_bytes()
 
 
-def _secured(response: Response) -> Response:
-    for name, value in SECURITY_HEADERS.items():
-        response.headers[name] = value
-    return response
+class ConsoleHeaders:
+    """The console's security headers, in one place: every answer under /console."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path != "/console" and not path.startswith("/console/"):
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                names = {k for k, _ in self.headers}
+                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
+                message["headers"] = kept + self.headers
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
 
 
 def _tls(request: Request) -> bool:
@@ -187,9 +205,8 @@ def console(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
                 if request.method == "GET":
                     target = request.url.path
                     query = urlencode({"next": target}) if _NEXT.fullmatch(target) else ""
-                    return _secured(
-                        RedirectResponse(f"/console/login?{query}".rstrip("?"), status_code=303)
-                    )
+                    to = f"/console/login?{query}".rstrip("?")
+                    return RedirectResponse(to, status_code=303)
                 raise Refused("no session: log in first")
             if request.method == "POST":
                 form = await _form(request)
@@ -199,7 +216,7 @@ def console(handler: Handler) -> Callable[[Request], Awaitable[Response]]:
             response = await handler(request, state, current, operators)
         except OrdersyncError as exc:
             response = _error_page(request, exc)
-        return _secured(response)
+        return response
 
     return endpoint
 
@@ -248,8 +265,8 @@ async def login_page(request: Request) -> Response:
     try:
         require_operators(state)
     except OrdersyncError as exc:
-        return _secured(_error_page(request, exc))
-    return _secured(_login_form(request, None, 200))
+        return _error_page(request, exc)
+    return _login_form(request, None, 200)
 
 
 def _login_form(request: Request, problem: str | None, status: int) -> Response:
@@ -281,15 +298,15 @@ async def login(request: Request) -> Response:
         operators = require_operators(state)
         form = await _form(request)
     except OrdersyncError as exc:
-        return _secured(_error_page(request, exc))
+        return _error_page(request, exc)
     nonce = request.cookies.get(LOGIN_COOKIE, "")
     presented = form.get("csrf", "")
     if not nonce or not sessions.same(nonce, presented):
-        return _secured(_error_page(request, Refused("the login form's CSRF token is missing")))
+        return _error_page(request, Refused("the login form's CSRF token is missing"))
     name = identify(operators, form.get("token", "").strip())
     if name is None:
         log.info("console_login_refused")
-        return _secured(_login_form(request, "That token is not valid.", 401))
+        return _login_form(request, "That token is not valid.", 401)
     log.info("console_login", operator=name)
     next_page = form.get("next", "")
     response = RedirectResponse(
@@ -305,7 +322,7 @@ async def login(request: Request) -> Response:
         max_age=sessions.SESSION_SECONDS,
     )
     response.delete_cookie(LOGIN_COOKIE, path="/console", httponly=True, samesite="strict")
-    return _secured(response)
+    return response
 
 
 @console
@@ -482,7 +499,7 @@ async def act(
 
 async def css(_: Request) -> Response:
     response = Response(stylesheet(), media_type="text/css")
-    return _secured(response)
+    return response
 
 
 def routes() -> list[BaseRoute]:

@@ -68,6 +68,8 @@ def verify(
     if not cookie or len(cookie) > _MAX_COOKIE or not operators:
         return None
     payload, _, signature = cookie.partition(".")
+    if not payload.isascii():
+        return None  # a cookie we issued is base64url and hex
     expected = _sign(signing_key(operators), payload.encode())
     if not same(expected, signature):
         return None

@@ -37,6 +37,7 @@ CRD_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 # Contract section 2 plus the two deployment settings; split as the app reads them.
 SECRET_SETTINGS = {
+    "OPERATOR_TOKENS",
     "DATABASE_URL",
     "REDIS_URL",
     "SHOP_WEBHOOK_SECRETS",
@@ -513,17 +514,37 @@ def test_service_reaches_the_web_pods_only(rendered: Rendered) -> None:
 
 
 def test_ingress_points_at_the_service(rendered: Rendered) -> None:
-    ingresses = rendered.of_kind("Ingress")
-    if not rendered.values["ingress"]["enabled"]:
-        assert ingresses == []
-        return
-    (ingress,) = ingresses
-    for rule in ingress["spec"]["rules"]:
+    ingresses = {i["metadata"]["name"]: i for i in rendered.of_kind("Ingress")}
+    public = ingresses.pop(rendered.fullname, None)
+    console = ingresses.pop(f"{rendered.fullname}-console", None)
+    assert ingresses == {}
+    assert (public is not None) == rendered.values["ingress"]["enabled"]
+    assert (console is not None) == rendered.values["consoleIngress"]["enabled"]
+    for ingress in (public, console):
+        for rule in ingress["spec"]["rules"] if ingress else []:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                assert backend == {"name": rendered.fullname, "port": {"name": "http"}}
+    for rule in public["spec"]["rules"] if public else []:
         for path in rule["http"]["paths"]:
-            backend = path["backend"]["service"]
-            assert backend == {"name": rendered.fullname, "port": {"name": "http"}}
-            # The operator API and /metrics are not for the internet.
-            assert not path["path"].startswith(("/orders", "/metrics"))
+            # The operator API, the console and /metrics are not for the internet.
+            assert not path["path"].startswith(("/orders", "/metrics", "/console"))
+            assert path["path"] != "/"
+    # The console's own Ingress carries /console and nothing else.
+    for rule in console["spec"]["rules"] if console else []:
+        assert [p["path"] for p in rule["http"]["paths"]] == ["/console"]
+
+
+def test_production_keeps_the_console_on_an_internal_ingress(
+    rendered_sets: dict[str, Rendered],
+) -> None:
+    production = rendered_sets["production"]
+    public = production.one("Ingress", production.fullname)
+    console = production.one("Ingress", f"{production.fullname}-console")
+    assert console["spec"]["ingressClassName"] != public["spec"]["ingressClassName"]
+    assert console["spec"]["tls"]
+    hosts = {r["host"] for r in public["spec"]["rules"]}
+    assert hosts.isdisjoint(r["host"] for r in console["spec"]["rules"])
 
 
 def test_hpa_targets_exist_and_own_the_replica_count(rendered: Rendered) -> None:

@@ -37,3 +37,7 @@ def test_runtime_wheel_holds_the_layers_and_no_development_rig(wheel_files: list
     assert leaked == []
     assert "migrations/0001_initial.sql" in wheel_files
     assert "service/openapi.json" in wheel_files
+    # The console: its templates and stylesheet ship in the wheel (no CDN).
+    for page in ("base", "login", "orders", "order", "confirm", "health", "error"):
+        assert f"service/console/templates/{page}.html" in wheel_files
+    assert "service/console/static/console.css" in wheel_files

@@ -341,6 +341,125 @@ def test_fuzz_operator_parameters(
     assert response.status_code in (200, 404)
 
 
+# -- the console ---------------------------------------------------------------------------
+
+# Markup that must never come back unescaped: the console's pages hold no <script> or
+# <img> of their own, so finding one means a value went out raw.
+MARKUP = ["<script>alert(1)</script>", '"><img src=x onerror=alert(1)>', "'><b>x</b>", "{{7*7}}"]
+console_text = st.one_of(
+    st.sampled_from(EDGE_TEXT + MARKUP),
+    st.text(max_size=30),
+    st.sampled_from(MARKUP).map(lambda m: m + "x" * 70),
+)
+console_actions = st.sampled_from(
+    ["reconcile", "reprocess", "resend", "acknowledge", "x", "..", ""]
+)
+
+
+@pytest.fixture(scope="module")
+def console_client(stack: Stack) -> Any:
+    import re
+
+    with in_process(stack) as client:
+        page = client.get("/console/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf is not None
+        answer = client.post(
+            "/console/login",
+            data={"csrf": csrf.group(1), "token": stack.operator_token},
+            follow_redirects=False,
+        )
+        assert answer.status_code == 303
+        form = client.get("/console/health")
+        client.csrf = re.search(r'name="csrf" value="([^"]+)"', form.text).group(1)  # type: ignore[attr-defined,union-attr]
+        yield client
+
+
+def _quoted(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text.encode("utf-8", "surrogatepass"), safe="")
+
+
+def check_console(response: Any) -> None:
+    assert response.status_code < 500, response.text[:300]
+    text = response.text
+    assert "<script" not in text and "<img" not in text and "<b>x" not in text, text[:500]
+    assert response.headers.get("cache-control") == "no-store"
+
+
+@fuzz(60)
+@given(
+    flag=console_text | st.sampled_from(["needs_new_order", "needs_attention"]),
+    reason=console_text,
+    q=console_text,
+    cursor=console_text,
+    order_id=console_text,
+    action=console_actions,
+    target=console_text,
+    done=console_text,
+    next_page=console_text,
+)
+def test_fuzz_console_query_parameters(
+    console_client: TestClient,
+    flag: str,
+    reason: str,
+    q: str,
+    cursor: str,
+    order_id: str,
+    action: str,
+    target: str,
+    done: str,
+    next_page: str,
+) -> None:
+    CASES["console pages and query parameters (in process)"] += 1
+    client = console_client
+    query = f"flag={_quoted(flag)}&reason={_quoted(reason)}&q={_quoted(q)}&cursor={_quoted(cursor)}"
+    check_console(client.get(f"/console?{query}"))
+    oid = _quoted(order_id) or "x"
+    check_console(client.get(f"/console/orders/{oid}?done={_quoted(done)}"))
+    check_console(client.get(f"/console/orders/{oid}/confirm/{action}?target={_quoted(target)}"))
+    check_console(client.get(f"/console/login?next={_quoted(next_page)}"))
+
+
+@fuzz(60)
+@given(
+    order_id=console_text,
+    action=console_actions,
+    target=console_text,
+    note=console_text,
+    csrf=st.one_of(st.none(), st.just("valid"), console_text),
+)
+def test_fuzz_console_forms(
+    console_client: TestClient, order_id: str, action: str, target: str, note: str, csrf: Any
+) -> None:
+    CASES["console forms (in process)"] += 1
+    client = console_client
+    form = {"target": target, "note": note}
+    if csrf == "valid":
+        form["csrf"] = client.csrf  # type: ignore[attr-defined]
+    elif csrf is not None:
+        form["csrf"] = csrf
+    oid = _quoted(order_id) or "x"
+    answer = client.post(
+        f"/console/orders/{oid}/{_quoted(action) or 'x'}",
+        content="&".join(f"{_quoted(k)}={_quoted(v)}" for k, v in form.items()),
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        follow_redirects=False,
+    )
+    if csrf != "valid":
+        assert answer.status_code in (403, 404, 405), answer.status_code
+    check_console(answer)
+    # A login form with hostile fields: refused, never a 5xx.
+    answer = client.post(
+        "/console/login",
+        data={"token": note, "csrf": target, "next": order_id},
+        follow_redirects=False,
+    )
+    assert answer.status_code in (401, 403), answer.status_code
+    check_console(answer)
+
+
 # -- the live stack -----------------------------------------------------------------------
 
 

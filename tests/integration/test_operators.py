@@ -437,6 +437,11 @@ def test_cli_shows_lists_and_reconciles(stack: Stack) -> None:
     as_json = json.loads(_cli(stack, "show", order_id, "--json").stdout)
     api = _get(stack, f"/orders/{order_id}").json()
     assert as_json == api
+    # The same timeline as GET /orders/{id}/timeline, printed and as JSON.
+    assert "Klarna refused to increase" in shown.stdout
+    assert "answer: NOT_ALLOWED" in shown.stdout
+    story = json.loads(_cli(stack, "show", order_id, "--timeline-json").stdout)
+    assert story == _get(stack, f"/orders/{order_id}/timeline").json()
 
     listed = _cli(stack, "list", "--flag", "needs_new_order")
     assert listed.returncode == 0 and order_id in listed.stdout
