@@ -104,6 +104,7 @@ def _round(
     lanes: bool,
     one_queue: bool,
     timeout: float,
+    bounded: bool = False,
 ) -> dict[str, float]:
     money_prefix, shop_prefix = f"q{tag}-r-", f"q{tag}-c-"
     shop_orders = _callback_orders(bench, shop_prefix, callbacks) if callbacks else []
@@ -133,7 +134,12 @@ def _round(
                 last = now - started
                 break
             if now > deadline:
-                raise TimeoutError(f"{done}/{reconciles} reconciles after {timeout:.0f} s")
+                if not bounded:
+                    raise TimeoutError(f"{done}/{reconciles} reconciles after {timeout:.0f} s")
+                # A lower bound is the figure: the reconciles are still waiting.
+                first = first if first is not None else now - started
+                last = now - started
+                break
             time.sleep(0.05)
         delivered = _count(bench, DELIVERED, shop_prefix) if callbacks else 0
     finally:
@@ -141,6 +147,7 @@ def _round(
             bench.stop(name)
     assert first is not None and last is not None
     return {
+        "gave_up": float(done < reconciles),
         "first_reconcile_s": first,
         "last_reconcile_s": last,
         "callbacks_delivered_by_then": delivered,
@@ -172,6 +179,10 @@ def run(
         ):
             if name == "one queue" and not before:
                 continue
+            if name == "one queue":
+                # Enough to show the wait; past it the figures are lower bounds.
+                options["bounded"] = True
+                timeout = max(60.0, 5 * rounds["baseline"]["last_reconcile_s"])
             result = _round(
                 bench,
                 sandbox,
@@ -213,13 +224,15 @@ def run(
         if single is None
         else [
             Row(
-                f"first of {reconciles:,} reconciles, {ahead}, one queue (before)",
+                f"first of {reconciles:,} reconciles, {ahead}, one queue (before)"
+                + (" (still waiting: at least)" if single["gave_up"] else ""),
                 single["first_reconcile_s"],
                 "s",
                 base["first_reconcile_s"],
             ),
             Row(
-                f"last of {reconciles:,} reconciles, {ahead}, one queue (before)",
+                f"last of {reconciles:,} reconciles, {ahead}, one queue (before)"
+                + (" (still waiting: at least)" if single["gave_up"] else ""),
                 single["last_reconcile_s"],
                 "s",
                 base["last_reconcile_s"],
