@@ -26,6 +26,7 @@ from typing import Any
 
 import redis
 from devrig.demo import new_secret
+from devrig.devstack import wait_until
 
 from bench.common import Row, Stack, stack
 from bench.fixtures import insert_synced_orders, synced_orders
@@ -117,6 +118,12 @@ def _round(
         bench.worker(names[1], **WORKER, queues=REST)  # type: ignore[arg-type]
     try:
         _wait_ready(names)
+        # One operation first, so that the figures are not the first task's start-up
+        # (the worker's pool, its HTTP client, imports).
+        with bench.db() as conn:
+            warm = synced_orders(conn, sandbox, f"q{tag}-w-", 1, shipped=True, requested=True)
+        _push(bench, Queue.RECONCILE, Job.RECONCILE_ORDER.value, warm)
+        wait_until(lambda: _count(bench, RECONCILED, f"q{tag}-w-") == 1, timeout=120)
         # Every callback ahead of every reconcile; the clock starts when the reconciles
         # are queued.
         callback_queue = Queue.RECONCILE if one_queue else Queue.CALLBACKS

@@ -3,9 +3,11 @@ schema: what a dead worker held is resumed when its lease ends, and nothing else
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import psycopg
+import pytest
 
 from data import orders
 from domain.lines import PspLine
@@ -48,3 +50,31 @@ def test_expired_leases_now_and_ending_ones_when_they_end(conn: Conn) -> None:
     assert dead == ("dead", 0.0)
     # Scheduled a hair after the lease ends (on the database's clock), not before.
     assert ending[0] == "ending" and 4.0 < ending[1] <= 4.5
+
+
+def test_a_restarted_node_ends_the_leases_its_predecessor_held_and_no_others(
+    conn: Conn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from data import workers
+
+    dead, other = uuid.uuid4(), uuid.uuid4()
+    monkeypatch.setattr(workers, "_incarnation", dead)
+    assert workers.register(conn, "celery@pod-a") is None
+    _sent(conn, "held-by-dead", "now() + interval '9 seconds'")
+    _sent(conn, "parked-by-dead", f"'{orders.PARKED_UNTIL}'")
+    monkeypatch.setattr(workers, "_incarnation", other)
+    _sent(conn, "held-by-other", "now() + interval '9 seconds'")
+
+    restarted = uuid.uuid4()
+    monkeypatch.setattr(workers, "_incarnation", restarted)
+    assert workers.register(conn, "celery@pod-a") == dead
+    assert workers.register(conn, "celery@pod-b") is None
+    assert workers.release_leases(conn, dead, orders.PARKED_UNTIL) == ["held-by-dead"]
+    leased = {
+        op["order_id"]: op["leased"]
+        for oid in ("held-by-dead", "parked-by-dead", "held-by-other")
+        for op in orders.operations(conn, oid)
+    }
+    assert leased == {"held-by-dead": False, "parked-by-dead": True, "held-by-other": True}
+    # Every token names its process's incarnation in its first 8 bytes.
+    assert workers.lease_token().bytes[:8] == restarted.bytes[:8]
