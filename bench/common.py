@@ -121,7 +121,9 @@ class Stack:
             ).raise_for_status()
         return url
 
-    def worker(self, name: str = "worker", *, pool: str, concurrency: int) -> Process:
+    def worker(
+        self, name: str = "worker", *, pool: str, concurrency: int, queues: str | None = None
+    ) -> Process:
         return self.start(
             name,
             [
@@ -134,6 +136,7 @@ class Stack:
                 "0",
                 "--name",
                 f"{name}@bench",
+                *(["--queues", queues] if queues else []),
             ],
         )
 

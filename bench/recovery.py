@@ -6,20 +6,22 @@
    again while the web answers 503, as a sender would); the figure is the time from
    Postgres back to the capture it causes arriving at the sandbox. No beat runs, so a
    sweep cannot hide a dropped task.
-2. A worker SIGKILLed while its capture is in flight at the PSP (the sandbox holds that
-   request for 5 s); a new worker starts at once. The figure is the time from the kill
-   to the operation recorded as succeeded (the new worker resumes it once the dead
-   one's lease runs out and the sweep finds it, check-reading the PSP first). It is
-   bounded by the lease plus the sweep period; beat runs for this half with
-   RECONCILE_SWEEP_SECONDS=2 (BENCH_RECOVERY_SWEEP_SECONDS), production's default is
-   30 s.
+2. A worker SIGKILLed while its capture is held at the PSP (the sandbox applies it, then
+   holds the answer 3 s); a new worker starts at once. The figure is the time from that
+   restart (under the same node name, as a container restarted in its pod) to the
+   operation recorded as succeeded: the new worker ends the leases its dead predecessor
+   held and resumes them at once (worker incarnations, data/workers.py), schedules the
+   resume of every other lease ending within one lease, and beat's short lease sweep
+   (LEASE_SWEEP_SECONDS, 2 s) finds expired leases too; the resume reads the PSP first,
+   finds the capture made, and sends nothing again. Measured twice: with beat at
+   production's defaults (full sweep every 30 s), and with no beat at all (the
+   restarted worker alone). Target: <= 10 s after the restart, with the 10 s lease.
 
 Each is measured `rounds` times (1 with --quick); the median and the worst are kept.
 """
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from typing import Any
@@ -89,7 +91,13 @@ def worker_killed(bench: Stack, sandbox: str, tag: str, name: str) -> tuple[dict
         (order,) = synced_orders(conn, sandbox, f"kill-{tag}-", 1, shipped=True, requested=True)
     httpx.post(
         f"{sandbox}/_sandbox/faults",
-        json={"kind": "delay", "ms": 5000, "count": 1, "path_contains": "/captures"},
+        json={
+            "kind": "delay",
+            "ms": 3000,
+            "after_apply": True,
+            "count": 1,
+            "path_contains": "/captures",
+        },
         timeout=10,
     ).raise_for_status()
     reconcile_order.delay(order)
@@ -102,20 +110,28 @@ def worker_killed(bench: Stack, sandbox: str, tag: str, name: str) -> tuple[dict
         return None if row is None else str(row["status"])
 
     wait_until(lambda: status() == "sent", timeout=60, interval=0.02, what="the capture sent")
-    time.sleep(0.5)  # the request is at the sandbox, held there
+    wait_until(lambda: _captured(sandbox, order), timeout=60, interval=0.02, what="applied")
     bench.processes[name].kill()
-    killed = time.monotonic()
-    new_name = f"{name}-after-kill"
+    restarted = time.monotonic()
+    # Restarted under the same node name, as a container restarted in its pod is.
+    new_name = name
     bench.worker(new_name, **WORKER_ARGS)  # type: ignore[arg-type]
     wait_until(lambda: status() == "succeeded", timeout=180, interval=0.05, what="the resume")
     done = time.monotonic()
-    return {"kill_to_resumed_s": done - killed}, new_name
+    entries = httpx.get(
+        f"{sandbox}/_sandbox/ledger", params={"order_id": klarna_id(order)}, timeout=10
+    ).json()["entries"]
+    captures = sum(1 for e in entries if e["operation"] == "capture")
+    if captures != 1:
+        raise RuntimeError(f"expected exactly one capture at the PSP, found {captures}")
+    return {"restart_to_succeeded_s": done - restarted}, new_name
 
 
 def run(*, quick: bool, kill: bool = True) -> tuple[list[Row], dict[str, Any]]:
     rounds = 1 if quick else 3
     restarts: list[dict[str, float]] = []
     kills: list[dict[str, float]] = []
+    lone: list[dict[str, float]] = []
     with stack() as bench:
         sandbox = bench.sandbox()
         web = bench.web()
@@ -129,14 +145,23 @@ def run(*, quick: bool, kill: bool = True) -> tuple[list[Row], dict[str, Any]]:
                 flush=True,
             )
         if kill:
-            sweep = os.environ.get("BENCH_RECOVERY_SWEEP_SECONDS", "2")
-            bench.start("beat", ["beat"], env={"RECONCILE_SWEEP_SECONDS": sweep})
+            # Beat at production's defaults (no RECONCILE_SWEEP_SECONDS override).
+            bench.start("beat", ["beat"])
             for r in range(rounds):
                 result, worker = worker_killed(bench, sandbox, f"{r}", worker)
                 kills.append(result)
                 print(
-                    f"  round {r + 1} worker SIGKILL -> operation resumed "
-                    f"{result['kill_to_resumed_s']:.2f} s",
+                    f"  round {r + 1} worker SIGKILL, restarted -> operation succeeded "
+                    f"{result['restart_to_succeeded_s']:.2f} s (beat at its defaults)",
+                    flush=True,
+                )
+            bench.stop("beat")
+            for r in range(rounds):
+                result, worker = worker_killed(bench, sandbox, f"nobeat{r}", worker)
+                lone.append(result)
+                print(
+                    f"  round {r + 1} worker SIGKILL, restarted -> operation succeeded "
+                    f"{result['restart_to_succeeded_s']:.2f} s (no beat)",
                     flush=True,
                 )
     rows = []
@@ -152,21 +177,23 @@ def run(*, quick: bool, kill: bool = True) -> tuple[list[Row], dict[str, Any]]:
         )
     )
     rows.append(Row("Postgres restarted -> capture at PSP, worst", max(back), "s"))
-    if kills:
-        resumed = [k["kill_to_resumed_s"] for k in kills]
+    for label, results in (("beat at its defaults", kills), ("no beat", lone)):
+        if not results:
+            continue
+        resumed = [k["restart_to_succeeded_s"] for k in results]
         rows.append(
             Row(
-                "worker SIGKILLed mid-capture -> resumed, median",
-                statistics.median(resumed),
+                f"worker SIGKILLed mid-capture, restarted -> succeeded ({label}), worst",
+                max(resumed),
                 "s",
                 None,
                 "<= 10 s",
-                statistics.median(resumed) <= 10,
+                max(resumed) <= 10,
             )
         )
     return rows, {
         "restarts": restarts,
         "kills": kills,
+        "kills_without_beat": lone,
         "worker": WORKER_ARGS,
-        "sweep_seconds": os.environ.get("BENCH_RECOVERY_SWEEP_SECONDS", "2"),
     }

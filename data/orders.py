@@ -16,6 +16,7 @@ from typing import Any
 from psycopg import AsyncConnection, Connection
 from psycopg.types.json import Jsonb
 
+from data.workers import lease_token
 from domain.lines import PspLine
 from domain.planner import IN_FLIGHT, Kind, PastOperation, PspState, PspStatus
 from domain.snapshot import LineType, OrderSnapshot
@@ -185,7 +186,7 @@ def insert_claimed_operation(
             "lines": Jsonb(draft["lines"]),
             "version": order["version"],
             "key": draft["idempotency_key"],
-            "token": uuid.uuid4(),
+            "token": lease_token(),
             "lease": lease_seconds,
             "request": Jsonb(request) if request is not None else None,
         },
@@ -217,7 +218,7 @@ def claim_operation(conn: Connection[Row], op_id: uuid.UUID, lease_seconds: floa
         WHERE id = %s
         RETURNING *
         """,
-        (uuid.uuid4(), lease_seconds, op_id),
+        (lease_token(), lease_seconds, op_id),
     ).fetchone()
     assert row is not None
     return row

@@ -14,6 +14,8 @@ from celery import Task, signals
 from psycopg.rows import dict_row
 from psycopg_pool import PoolTimeout
 
+from data import workers as workers_repo
+from data.orders import PARKED_UNTIL
 from ordersync import jobs, metrics
 from ordersync.accounts import build_accounts
 from ordersync.jobs import Job, enqueue_job
@@ -114,15 +116,23 @@ def sweep_leases(self: Task) -> int:
         return sweeper.sweep_leases(conn, enqueue_reconcile)
 
 
+@signals.worker_init.connect
+def _fix_incarnation(**_: Any) -> None:
+    # Before the pool forks: every process of this worker takes leases in its name.
+    workers_repo.incarnation()
+
+
 @signals.worker_ready.connect
-def _resume_leases(**_: Any) -> None:
-    """A worker that starts (or restarts after a crash) schedules the resume of every
-    operation whose lease ends within one lease: what a dead predecessor held is taken
-    up the moment its lease ends, check-read first. Runs in the worker's main process,
-    on a connection of its own (a prefork parent keeps no pool)."""
+def _resume_leases(sender: Any = None, **_: Any) -> None:
+    """A worker that starts (or restarts after a crash) resumes what its dead
+    predecessor of the same node name held at once, and schedules the resume of every
+    other lease ending within one lease for the moment it ends: check-read first, as
+    any lease that ran out. Runs in the worker's main process, on a connection of its
+    own (a prefork parent keeps no pool)."""
     settings = get_settings()
     if settings.database_url is None:
         return
+    node = str(getattr(sender, "hostname", "") or "")
     try:
         with (
             jobs.unit_of_work(send_jobs),
@@ -133,6 +143,13 @@ def _resume_leases(**_: Any) -> None:
                 connect_timeout=5,
             ) as conn,
         ):
+            previous = workers_repo.register(conn, node) if node else None
+            if previous is not None:
+                released = workers_repo.release_leases(conn, previous, PARKED_UNTIL)
+                for order_id in released:
+                    enqueue_reconcile(order_id)
+                if released:
+                    log.warning("predecessor_leases_released", node=node, operations=len(released))
             sweeper.sweep_leases(conn, enqueue_reconcile, horizon=settings.lease_seconds)
     except psycopg.Error as exc:
         # Only a delay: beat's lease sweep finds them too.

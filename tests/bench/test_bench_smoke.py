@@ -59,3 +59,14 @@ def test_scale_webhooks_smallest_runs() -> None:
     rows, _ = scale.run_webhooks(large=5_000, small=1_000, repeats=5, batches=2, rounds=1)
     names = {row.name.split(" @")[0] for row in rows}
     assert {"store new webhook", "prune: inbox bodies, per 1k rows"} <= names
+
+
+@pytest.mark.timeout(300)
+def test_queues_smallest_runs() -> None:
+    from bench import queues
+
+    # Callbacks queued ahead of reconciles, two lanes; the one-queue round (which waits
+    # out every callback) is left to `python -m bench queues`.
+    rows, extra = queues.run(quick=True, reconciles=20, callbacks=200, before=False)
+    assert len(rows) == 2 and set(extra["rounds"]) == {"baseline", "lanes"}
+    assert extra["rounds"]["lanes"]["reconciles"] == 20

@@ -70,3 +70,23 @@ def test_the_web_publisher_refuses_a_broker_it_would_write_unreadable_messages_t
 ) -> None:
     with pytest.raises(ConfigError):
         check_broker(url, options)
+
+
+def test_every_job_has_its_queue_and_money_shares_one_with_nothing() -> None:
+    from ordersync.jobs import QUEUE_OF, Queue
+
+    assert set(QUEUE_OF) == set(Job)
+    assert [job for job in Job if job.queue is Queue.RECONCILE] == [Job.RECONCILE_ORDER]
+    # The reconcile queue keeps the single queue's old key: messages queued before an
+    # upgrade are still consumed.
+    assert Queue.RECONCILE.value == "ordersync"
+
+
+def test_worker_queues_are_named_by_lane() -> None:
+    from ordersync.jobs import Queue
+
+    assert Queue.parse("reconcile, Sweeps") == [Queue.RECONCILE, Queue.SWEEPS]
+    with pytest.raises(ValueError, match="unknown queue 'money'"):
+        Queue.parse("reconcile,money")
+    with pytest.raises(ValueError, match="no queue"):
+        Queue.parse(" , ")
