@@ -182,11 +182,14 @@ def plan_next(
         refund = _refund_step(order, psp, ledger, view.history)
         if refund is not None:
             return refund
-        if _has_work(order, ledger):
+        if _has_work(order, ledger) or (order.status == "open" and _unshipped(order)):
+            # The authorization ended without the service (contract §4): counted (the
+            # PSP's figures), and unless nothing is left to charge, a person is told.
             return Flag(
                 NEEDS_ATTENTION,
-                f"order_{psp.status.value}",
-                f"the PSP order is {psp.status.value}; lines can no longer be captured",
+                "external_change",
+                f"the PSP order is {psp.status.value} (authorized {psp.authorized}, "
+                f"captured {psp.captured}); what is not captured can no longer be",
             )
         return Done()
 
