@@ -443,7 +443,7 @@ def _unshipped(order: OrderSnapshot) -> bool:
     return any(
         shipped_quantity(order, line) < line.quantity
         for line in order.lines
-        if not line.shared and line.total > 0
+        if not line.shared and not line.is_fee and line.total > 0
     )
 
 
