@@ -230,7 +230,10 @@ def plan_next(
     else:
         decision = _authorization_step(view, increase_allowed)
         if decision is not None:
-            return decision
+            if isinstance(decision, Plan):
+                return decision
+            # A flag about the authorization never holds a refund up either.
+            return _refund_step(order, psp, ledger, view.history) or decision
         decision = _capture_step(order, psp, ledger, view.refused_amount)
         if decision is not None:
             if isinstance(decision, Plan):

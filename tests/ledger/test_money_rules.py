@@ -157,6 +157,21 @@ def test_seq02_refund_is_not_blocked_by_a_capture_that_cannot_be_made(
     assert klarna.orders[first.psp_order_id].refunded_amount == 1200
 
 
+def test_seq02_refund_is_not_blocked_by_an_authorization_flag(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    order_id, first = klarna_order(ctx, klarna, [SHOES, SOCKS])
+    insert_order(ctx, snap(order_id, shipped([SHOES, SOCKS], shoes=1)), authorized=2100)
+    drive(ctx, order_id)
+    # The shoes come back and the shop drops their price: the total (1000) is now below
+    # what was captured (1200), which needs a person, but the refund goes first.
+    back = [{**SHOES, "unit_price": 100, "shipped_quantity": 1, "returned_quantity": 1}, SOCKS]
+    update_snapshot(ctx, snap(order_id, back, 2))
+    drive(ctx, order_id)
+    assert kinds(ctx, order_id)[-1] == ("refund", "succeeded", 1200)
+    assert flag_code(ctx, order_id) == "amount_below_captured"
+
+
 # -- 3. refunds after expiry -------------------------------------------------------------
 
 
