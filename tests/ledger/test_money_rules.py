@@ -160,7 +160,7 @@ def test_seq02_refund_is_not_blocked_by_a_capture_that_cannot_be_made(
 def test_seq02_refund_is_not_blocked_by_an_authorization_flag(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
-    order_id, first = klarna_order(ctx, klarna, [SHOES, SOCKS])
+    order_id, _ = klarna_order(ctx, klarna, [SHOES, SOCKS])
     insert_order(ctx, snap(order_id, shipped([SHOES, SOCKS], shoes=1)), authorized=2100)
     drive(ctx, order_id)
     # The shoes come back and the shop drops their price: the total (1000) is now below
@@ -604,6 +604,23 @@ def test_seq12_reopen_after_a_psp_cancel_needs_a_new_order(
     assert events(ctx, order_id)[-1] == "order.new_order_required"
     drive(ctx, order_id)
     assert events(ctx, order_id).count("order.new_order_required") == 1
+
+
+def test_seq12_a_lagging_read_never_undoes_a_recorded_cancel(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    order_id, first = klarna_order(ctx, klarna, [SHOES])
+    insert_order(ctx, snap(order_id, [SHOES], 2, status="cancelled"), authorized=1200)
+    drive(ctx, order_id)
+    assert kinds(ctx, order_id) == [("cancel", "succeeded", 0)]
+    # The next read comes from a replica that has not seen the cancel yet.
+    klarna.orders[first.psp_order_id].status = "AUTHORIZED"
+    with ctx.pool.connection() as conn, conn.transaction():
+        conn.execute("UPDATE orders SET psp_synced_at = NULL WHERE id = %s", (order_id,))
+    drive(ctx, order_id)
+    assert kinds(ctx, order_id) == [("cancel", "succeeded", 0)]
+    row = order_row(ctx, order_id)
+    assert row["psp_status"] == "cancelled" and row["flags"] == []
 
 
 # -- 13. outbox order per order ----------------------------------------------------------
