@@ -147,6 +147,8 @@ class OrderView:
     now: datetime | None = None
     # Extend the authorization when it expires within this, while lines are unshipped.
     extend_within: timedelta | None = None
+    # A quantities_reversed reason an operator's reconcile acknowledged.
+    acknowledged_reversal: str | None = None
 
 
 def plan_next(
@@ -168,15 +170,15 @@ def plan_next(
         if op.status == "succeeded" and not op.external
     )
     reversed_lines = reversed_quantities(order, own)
-    if reversed_lines:
+    reversal = (
+        "shipped or returned quantities went below what the PSP captured or refunded: "
+        + "; ".join(reversed_lines)
+    )
+    if reversed_lines and reversal != view.acknowledged_reversal:
         # Quantities never go down: what the PSP did for those units stands, and nothing
-        # automatic is done for them (an exchange is a new line with a new id).
-        return Flag(
-            NEEDS_ATTENTION,
-            "quantities_reversed",
-            "shipped or returned quantities went below what the PSP captured or refunded: "
-            + "; ".join(reversed_lines),
-        )
+        # automatic is done for them (an exchange is a new line with a new id); once an
+        # operator acknowledged this reversal, the order's other lines go on.
+        return Flag(NEEDS_ATTENTION, "quantities_reversed", reversal)
     if psp.status in (PspStatus.EXPIRED, PspStatus.CLOSED):
         # Captured money is refunded whatever became of the authorization.
         refund = _refund_step(order, psp, ledger, view.history)

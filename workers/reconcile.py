@@ -179,6 +179,7 @@ class Reconciler:
             refused_amount=order["refused_amount"],
             now=now,
             extend_within=timedelta(days=self.settings.extend_authorization_days_before),
+            acknowledged_reversal=order.get("acknowledged_reversal"),
         )
         # The increase table is Klarna's own; behind Adyen the payment method is not
         # known here, so Adyen is asked and its AUTHORISATION_ADJUSTMENT decides.

@@ -239,20 +239,28 @@ def test_seq04_sales_tax_is_shared_by_captures_like_a_discount(
 def test_seq05_returned_quantity_going_down_is_flagged(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
-    order_id, first = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
-    insert_order(ctx, first, authorized=first.total)
-    back = [{**SHOES, "shipped_quantity": 1, "returned_quantity": 1}]
+    order_id, _ = klarna_order(ctx, klarna, [SHOES, SOCKS])
+    insert_order(ctx, snap(order_id, shipped([SHOES, SOCKS], shoes=1)), authorized=2100)
+    back = [{**SHOES, "shipped_quantity": 1, "returned_quantity": 1}, SOCKS]
     update_snapshot(ctx, snap(order_id, back, 2))
     drive(ctx, order_id)
     assert [k for k, _, _ in kinds(ctx, order_id)] == ["capture", "refund"]
     # An exchange on the same line: returned goes back to 0, the replacement "ships".
-    update_snapshot(ctx, snap(order_id, shipped([SHOES], shoes=1), 3))
+    update_snapshot(ctx, snap(order_id, shipped([SHOES, SOCKS], shoes=1), 3))
     drive(ctx, order_id)
     row = order_row(ctx, order_id)
     assert flag_code(ctx, order_id) == "quantities_reversed"
     assert "returned 0 < refunded 1" in row["flag_reason"]["needs_attention"]["message"]
     assert [k for k, _, _ in kinds(ctx, order_id)] == ["capture", "refund"]
     assert "order.needs_attention" in events(ctx, order_id)
+    # A person acknowledges it by reconciling: not flagged again, and the order's other
+    # lines go on (nothing automatic for the shoes).
+    operator_reconcile(ctx, order_id)
+    assert order_row(ctx, order_id)["flags"] == []
+    update_snapshot(ctx, snap(order_id, shipped([SHOES, SOCKS], shoes=1, socks=2), 4))
+    drive(ctx, order_id)
+    assert kinds(ctx, order_id)[-1] == ("capture", "succeeded", 900)
+    assert order_row(ctx, order_id)["flags"] == []
 
 
 # -- 6. a capture made before our first read ---------------------------------------------
