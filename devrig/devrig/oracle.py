@@ -232,6 +232,19 @@ class Oracle:
             if snap["status"] == "cancelled" or order_total(snap) == 0:
                 exp.allowed.add(("needs_new_order", ""))
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
+        if not cancelling and st.closed is None and any(
+            snap["status"] == "cancelled" or order_total(snap) == 0 for snap in self.window[:-1]
+        ):
+            # A worker may have cancelled for an earlier snapshot of this window: then
+            # what shipped since cannot be captured, and the shop is told.
+            exp.uncertain_end = True
+            exp.allowed |= {("needs_attention", r) for r in ("psp_order_cancelled", EXTERNAL)}
+            exp.outcomes.add("cancel_then_open_in_one_window")
+            for line_id, line in lines.items():
+                shipped = int(line.get("shipped_quantity", 0))
+                if kind(line) in GOODS | FEES and shipped > st.captured.get(line_id, 0):
+                    entry = exp.lines.setdefault(line_id, LineExpect())
+                    entry.captured_range = (st.captured.get(line_id, 0), shipped)
         self._captures(last, lines)
         self._refunds(lines)
         total = order_total(last)

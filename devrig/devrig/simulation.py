@@ -1941,7 +1941,7 @@ def simulate_with_coverage(histories: int, first_seed: int) -> int:
     data = Path(tempfile.mkdtemp(prefix="ordersync-sim-cov-")) / ".coverage"
     include = ",".join(COVERED)
     run = [sys.executable, "-m", "coverage", "run", f"--data-file={data}", f"--include={include}"]
-    args = ["-m", "cli.main", "simulate", "--histories", str(histories)]
+    args = ["-m", "cli", "simulate", "--histories", str(histories)]
     args += ["--first-seed", str(first_seed), "--no-kinds"]
     status = subprocess.call([*run, *args])
     subprocess.call(
