@@ -232,8 +232,12 @@ class Oracle:
             if snap["status"] == "cancelled" or order_total(snap) == 0:
                 exp.allowed.add(("needs_new_order", ""))
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
-        if not cancelling and st.closed is None and any(
-            snap["status"] == "cancelled" or order_total(snap) == 0 for snap in self.window[:-1]
+        if (
+            not cancelling
+            and st.closed is None
+            and any(
+                snap["status"] == "cancelled" or order_total(snap) == 0 for snap in self.window[:-1]
+            )
         ):
             # A worker may have cancelled for an earlier snapshot of this window: then
             # what shipped since cannot be captured, and the shop is told.

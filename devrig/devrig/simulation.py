@@ -1768,6 +1768,7 @@ def run_many(
     *,
     step: int = 1,
     fail_fast: bool = False,
+    seconds: float | None = None,
     on_result: Callable[[Result], None] | None = None,
 ) -> Summary:
     sim = Simulation(database_url)
@@ -1775,6 +1776,8 @@ def run_many(
     started = time.perf_counter()
     try:
         for seed in range(first_seed, first_seed + histories * step, step):
+            if seconds is not None and time.perf_counter() - started > seconds:
+                break  # the time budget is spent: the totals so far
             with quiet_logs():
                 result = sim.run(seed)
             summary.add(result)
@@ -1802,10 +1805,13 @@ def prepare(database_url: str) -> None:
         )
 
 
-def _worker(args: tuple[str, int, int, int, bool]) -> Summary:
+def _worker(args: tuple[str, int, int, int, bool, float | None]) -> Summary:
     """One process of a parallel run: its own database, every `step`-th seed."""
-    database_url, histories, first_seed, step, fail_fast = args
-    return run_many(database_url, histories, first_seed, step=step, fail_fast=fail_fast)
+    database_url, histories, first_seed, step, fail_fast, seconds = args
+    with quiet_logs():
+        return run_many(
+            database_url, histories, first_seed, step=step, fail_fast=fail_fast, seconds=seconds
+        )
 
 
 def _databases(url: str, count: int) -> list[str]:
@@ -1860,6 +1866,7 @@ def simulate(
     fail_fast: bool = False,
     verbose: bool = False,
     kinds: bool = True,
+    seconds: float | None = None,
     out: Callable[[str], None] = print,
 ) -> int:
     """The long run (`ordersync simulate`): its own embedded Postgres unless given one;
@@ -1892,7 +1899,12 @@ def simulate(
                     )
 
             summary = run_many(
-                database_url, histories, first_seed, fail_fast=fail_fast, on_result=progress
+                database_url,
+                histories,
+                first_seed,
+                fail_fast=fail_fast,
+                seconds=seconds,
+                on_result=progress,
             )
         else:
             urls = _databases(database_url, processes)
@@ -1901,7 +1913,8 @@ def simulate(
                 for n in range(processes)
             ]
             jobs = [
-                (urls[n], per[n], first_seed + n, processes, fail_fast) for n in range(processes)
+                (urls[n], per[n], first_seed + n, processes, fail_fast, seconds)
+                for n in range(processes)
             ]
             with multiprocessing.get_context("spawn").Pool(processes) as pool:
                 parts = pool.map(_worker, jobs)
