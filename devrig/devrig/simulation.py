@@ -749,6 +749,11 @@ class Shop:
             "shipped_quantity": 0,
             "returned_quantity": 0,
         }
+        if self.rng.random() < 0.3:
+            # What Klarna shows the customer: carried on every request.
+            line["product_url"] = f"https://shop.example/p/{line_id}"
+            line["image_url"] = f"https://shop.example/i/{line_id}.jpg"
+            line["quantity_unit"] = "pcs"
         if line_type in ("shipping_fee", "surcharge", "sales_tax"):
             line["quantity"] = 1
             line["unit_price"] = self.rng.choice([495, 150, self.rng.randint(1, 900)])
@@ -955,7 +960,7 @@ class Order:
 class Simulation:
     """Runs histories against one database; one instance per process."""
 
-    def __init__(self, database_url: str, *, max_attempts: int = 3) -> None:
+    def __init__(self, database_url: str, *, max_attempts: int = 2) -> None:
         self.database_url = database_url
         common: dict[str, Any] = {
             "database_url": SecretStr(database_url),
