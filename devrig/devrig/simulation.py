@@ -373,7 +373,9 @@ class PspModel:
             if not open_ or amount > order.authorized - order.captured:
                 return refuse("CAPTURE_NOT_ALLOWED")
             ref = str(body.get("reference"))
-            capture_id = self._klarna_capture(order, amount, body.get("order_lines") or [], ref)
+            capture_id = self._klarna_book(
+                order, "capture", amount, body.get("order_lines") or [], ref
+            )
             self._once(order, "capture", ref)
             order.effects.append(Effect("capture", amount, key, ref))
             return httpx.Response(201, headers={"Capture-Id": capture_id})
@@ -382,7 +384,9 @@ class PspModel:
             if amount > order.captured - order.refunded - order.charged_back:
                 return refuse("REFUND_NOT_ALLOWED")
             ref = str(body.get("reference"))
-            refund_id = self._klarna_refund(order, amount, body.get("order_lines") or [], ref)
+            refund_id = self._klarna_book(
+                order, "refund", amount, body.get("order_lines") or [], ref
+            )
             self._once(order, "refund", ref)
             order.effects.append(Effect("refund", amount, key, ref))
             return httpx.Response(201, headers={"Refund-Id": refund_id})
@@ -403,38 +407,27 @@ class PspModel:
             return httpx.Response(204)
         return httpx.Response(404, json={"error_code": "NOT_FOUND"})
 
-    def _klarna_capture(
-        self, order: PspOrder, amount: int, lines: list[dict[str, Any]], ref: str
+    def _klarna_book(
+        self, order: PspOrder, what: str, amount: int, lines: list[dict[str, Any]], ref: str
     ) -> str:
-        order.captured += amount
-        order.status = "CAPTURED" if order.captured >= order.authorized else "PART_CAPTURED"
-        order.ledger.append(("capture", amount, _book_klarna(lines, order.types)))
-        capture_id = f"cap-{len(order.captures) + 1}"
-        order.captures.append(
+        """A capture or refund in Klarna's order: its figures, its list and the ledger."""
+        if what == "capture":
+            order.captured += amount
+            order.status = "CAPTURED" if order.captured >= order.authorized else "PART_CAPTURED"
+        else:
+            order.refunded += amount
+        order.ledger.append((what, amount, _book_klarna(lines, order.types)))
+        listed = order.captures if what == "capture" else order.refunds
+        booking_id = f"{what[:3]}-{len(listed) + 1}"
+        listed.append(
             {
-                "capture_id": capture_id,
+                f"{what}_id": booking_id,
                 "reference": ref,
-                "captured_amount": amount,
+                ("captured_amount" if what == "capture" else "refunded_amount"): amount,
                 "order_lines": lines,
             }
         )
-        return capture_id
-
-    def _klarna_refund(
-        self, order: PspOrder, amount: int, lines: list[dict[str, Any]], ref: str
-    ) -> str:
-        order.refunded += amount
-        order.ledger.append(("refund", amount, _book_klarna(lines, order.types)))
-        refund_id = f"ref-{len(order.refunds) + 1}"
-        order.refunds.append(
-            {
-                "refund_id": refund_id,
-                "reference": ref,
-                "refunded_amount": amount,
-                "order_lines": lines,
-            }
-        )
-        return refund_id
+        return booking_id
 
     def _once(self, order: PspOrder, kind: str, reference: str) -> None:
         if any(e.kind == kind and e.reference == reference for e in order.effects):
@@ -635,7 +628,7 @@ class PspModel:
         psp_ref = f"E{self.sim.seed}x{self.psp_refs}"
         if what == "capture":
             if order.provider == "klarna":
-                self._klarna_capture(order, amount, lines, f"portal-{psp_ref}")
+                self._klarna_book(order, "capture", amount, lines, f"portal-{psp_ref}")
             else:
                 order.captured += amount
                 order.ledger.append(("capture", amount, _book_klarna(lines, order.types)))
@@ -643,7 +636,7 @@ class PspModel:
                 self.notifications.append(_adyen_item(order, "CAPTURE", True, amount, psp_ref, ""))
         elif what == "refund":
             if order.provider == "klarna":
-                self._klarna_refund(order, amount, lines, f"portal-{psp_ref}")
+                self._klarna_book(order, "refund", amount, lines, f"portal-{psp_ref}")
             else:
                 order.refunded += amount
                 order.ledger.append(("refund", amount, _book_klarna(lines, order.types)))
