@@ -250,6 +250,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         fail_fast=args.fail_fast,
         verbose=args.verbose,
         kinds=not args.no_kinds,
+        seconds=args.minutes * 60 if args.minutes else None,
     )
 
 
@@ -338,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--fail-fast", action="store_true", help="stop at the first violation")
     simulate.add_argument("--verbose", action="store_true", help="print every history's trace")
     simulate.add_argument("--no-kinds", action="store_true", help="omit the event-kind counts")
+    simulate.add_argument(
+        "--minutes", type=float, help="stop when this time is spent (the totals so far)"
+    )
     simulate.add_argument(
         "--coverage",
         action="store_true",

@@ -232,14 +232,34 @@ class Oracle:
             if snap["status"] == "cancelled" or order_total(snap) == 0:
                 exp.allowed.add(("needs_new_order", ""))
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
+        if (
+            not cancelling
+            and st.closed is None
+            and any(
+                snap["status"] == "cancelled" or order_total(snap) == 0 for snap in self.window[:-1]
+            )
+        ):
+            # A worker may have cancelled for an earlier snapshot of this window: then
+            # what shipped since cannot be captured, and the shop is told.
+            exp.uncertain_end = True
+            exp.allowed |= {("needs_attention", r) for r in ("psp_order_cancelled", EXTERNAL)}
+            exp.outcomes.add("cancel_then_open_in_one_window")
+            for line_id, line in lines.items():
+                shipped = int(line.get("shipped_quantity", 0))
+                if kind(line) in GOODS | FEES and shipped > st.captured.get(line_id, 0):
+                    entry = exp.lines.setdefault(line_id, LineExpect())
+                    entry.captured_range = (st.captured.get(line_id, 0), shipped)
         self._captures(last, lines)
         self._refunds(lines)
         total = order_total(last)
         if st.closed in ("cancelled", "released") and not cancelling:
-            if total > 0 and last["version"] > st.closed_version:
-                # Reopened after the PSP let go: the shop must take a new payment.
+            if total > st.money + 2 and last["version"] > st.closed_version:
+                # Reopened after the PSP let go, wanting more than was captured: the
+                # shop must take a new payment.
                 exp.requires("needs_new_order")
                 exp.outcomes.add("reopened_after_cancel")
+            elif total > 0 and last["version"] > st.closed_version:
+                exp.allowed.add(("needs_new_order", ""))
         elif cancelling and st.closed is None:
             exp.outcomes.add("cancel_after_shipment" if st.any_capture else "cancel_before_capture")
             st.closed = "released" if st.any_capture else "cancelled"
@@ -354,6 +374,8 @@ class Oracle:
             exp.outcomes.add("fee_with_first_capture")
             newly[line_id] = int(lines[line_id]["quantity"]) - st.captured.get(line_id, 0)
         free = {i for i in newly if all(p == 0 for p, _ in self._prices(i))}
+        if self._ratio(last) == 0:
+            free = set(newly)  # order-level lines take all of it: nothing to capture
         st.money += sum(
             int(lines[i]["unit_price"]) * n for i, n in newly.items() if i in lines
         ) * self._ratio(last)

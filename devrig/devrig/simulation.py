@@ -373,7 +373,9 @@ class PspModel:
             if not open_ or amount > order.authorized - order.captured:
                 return refuse("CAPTURE_NOT_ALLOWED")
             ref = str(body.get("reference"))
-            capture_id = self._klarna_capture(order, amount, body.get("order_lines") or [], ref)
+            capture_id = self._klarna_book(
+                order, "capture", amount, body.get("order_lines") or [], ref
+            )
             self._once(order, "capture", ref)
             order.effects.append(Effect("capture", amount, key, ref))
             return httpx.Response(201, headers={"Capture-Id": capture_id})
@@ -382,7 +384,9 @@ class PspModel:
             if amount > order.captured - order.refunded - order.charged_back:
                 return refuse("REFUND_NOT_ALLOWED")
             ref = str(body.get("reference"))
-            refund_id = self._klarna_refund(order, amount, body.get("order_lines") or [], ref)
+            refund_id = self._klarna_book(
+                order, "refund", amount, body.get("order_lines") or [], ref
+            )
             self._once(order, "refund", ref)
             order.effects.append(Effect("refund", amount, key, ref))
             return httpx.Response(201, headers={"Refund-Id": refund_id})
@@ -403,38 +407,27 @@ class PspModel:
             return httpx.Response(204)
         return httpx.Response(404, json={"error_code": "NOT_FOUND"})
 
-    def _klarna_capture(
-        self, order: PspOrder, amount: int, lines: list[dict[str, Any]], ref: str
+    def _klarna_book(
+        self, order: PspOrder, what: str, amount: int, lines: list[dict[str, Any]], ref: str
     ) -> str:
-        order.captured += amount
-        order.status = "CAPTURED" if order.captured >= order.authorized else "PART_CAPTURED"
-        order.ledger.append(("capture", amount, _book_klarna(lines, order.types)))
-        capture_id = f"cap-{len(order.captures) + 1}"
-        order.captures.append(
+        """A capture or refund in Klarna's order: its figures, its list and the ledger."""
+        if what == "capture":
+            order.captured += amount
+            order.status = "CAPTURED" if order.captured >= order.authorized else "PART_CAPTURED"
+        else:
+            order.refunded += amount
+        order.ledger.append((what, amount, _book_klarna(lines, order.types)))
+        listed = order.captures if what == "capture" else order.refunds
+        booking_id = f"{what[:3]}-{len(listed) + 1}"
+        listed.append(
             {
-                "capture_id": capture_id,
+                f"{what}_id": booking_id,
                 "reference": ref,
-                "captured_amount": amount,
+                ("captured_amount" if what == "capture" else "refunded_amount"): amount,
                 "order_lines": lines,
             }
         )
-        return capture_id
-
-    def _klarna_refund(
-        self, order: PspOrder, amount: int, lines: list[dict[str, Any]], ref: str
-    ) -> str:
-        order.refunded += amount
-        order.ledger.append(("refund", amount, _book_klarna(lines, order.types)))
-        refund_id = f"ref-{len(order.refunds) + 1}"
-        order.refunds.append(
-            {
-                "refund_id": refund_id,
-                "reference": ref,
-                "refunded_amount": amount,
-                "order_lines": lines,
-            }
-        )
-        return refund_id
+        return booking_id
 
     def _once(self, order: PspOrder, kind: str, reference: str) -> None:
         if any(e.kind == kind and e.reference == reference for e in order.effects):
@@ -635,7 +628,7 @@ class PspModel:
         psp_ref = f"E{self.sim.seed}x{self.psp_refs}"
         if what == "capture":
             if order.provider == "klarna":
-                self._klarna_capture(order, amount, lines, f"portal-{psp_ref}")
+                self._klarna_book(order, "capture", amount, lines, f"portal-{psp_ref}")
             else:
                 order.captured += amount
                 order.ledger.append(("capture", amount, _book_klarna(lines, order.types)))
@@ -643,7 +636,7 @@ class PspModel:
                 self.notifications.append(_adyen_item(order, "CAPTURE", True, amount, psp_ref, ""))
         elif what == "refund":
             if order.provider == "klarna":
-                self._klarna_refund(order, amount, lines, f"portal-{psp_ref}")
+                self._klarna_book(order, "refund", amount, lines, f"portal-{psp_ref}")
             else:
                 order.refunded += amount
                 order.ledger.append(("refund", amount, _book_klarna(lines, order.types)))
@@ -749,6 +742,11 @@ class Shop:
             "shipped_quantity": 0,
             "returned_quantity": 0,
         }
+        if self.rng.random() < 0.3:
+            # What Klarna shows the customer: carried on every request.
+            line["product_url"] = f"https://shop.example/p/{line_id}"
+            line["image_url"] = f"https://shop.example/i/{line_id}.jpg"
+            line["quantity_unit"] = "pcs"
         if line_type in ("shipping_fee", "surcharge", "sales_tax"):
             line["quantity"] = 1
             line["unit_price"] = self.rng.choice([495, 150, self.rng.randint(1, 900)])
@@ -955,7 +953,7 @@ class Order:
 class Simulation:
     """Runs histories against one database; one instance per process."""
 
-    def __init__(self, database_url: str, *, max_attempts: int = 3) -> None:
+    def __init__(self, database_url: str, *, max_attempts: int = 2) -> None:
         self.database_url = database_url
         common: dict[str, Any] = {
             "database_url": SecretStr(database_url),
@@ -1768,6 +1766,7 @@ def run_many(
     *,
     step: int = 1,
     fail_fast: bool = False,
+    seconds: float | None = None,
     on_result: Callable[[Result], None] | None = None,
 ) -> Summary:
     sim = Simulation(database_url)
@@ -1775,6 +1774,8 @@ def run_many(
     started = time.perf_counter()
     try:
         for seed in range(first_seed, first_seed + histories * step, step):
+            if seconds is not None and time.perf_counter() - started > seconds:
+                break  # the time budget is spent: the totals so far
             with quiet_logs():
                 result = sim.run(seed)
             summary.add(result)
@@ -1802,10 +1803,13 @@ def prepare(database_url: str) -> None:
         )
 
 
-def _worker(args: tuple[str, int, int, int, bool]) -> Summary:
+def _worker(args: tuple[str, int, int, int, bool, float | None]) -> Summary:
     """One process of a parallel run: its own database, every `step`-th seed."""
-    database_url, histories, first_seed, step, fail_fast = args
-    return run_many(database_url, histories, first_seed, step=step, fail_fast=fail_fast)
+    database_url, histories, first_seed, step, fail_fast, seconds = args
+    with quiet_logs():
+        return run_many(
+            database_url, histories, first_seed, step=step, fail_fast=fail_fast, seconds=seconds
+        )
 
 
 def _databases(url: str, count: int) -> list[str]:
@@ -1860,6 +1864,7 @@ def simulate(
     fail_fast: bool = False,
     verbose: bool = False,
     kinds: bool = True,
+    seconds: float | None = None,
     out: Callable[[str], None] = print,
 ) -> int:
     """The long run (`ordersync simulate`): its own embedded Postgres unless given one;
@@ -1892,7 +1897,12 @@ def simulate(
                     )
 
             summary = run_many(
-                database_url, histories, first_seed, fail_fast=fail_fast, on_result=progress
+                database_url,
+                histories,
+                first_seed,
+                fail_fast=fail_fast,
+                seconds=seconds,
+                on_result=progress,
             )
         else:
             urls = _databases(database_url, processes)
@@ -1901,7 +1911,8 @@ def simulate(
                 for n in range(processes)
             ]
             jobs = [
-                (urls[n], per[n], first_seed + n, processes, fail_fast) for n in range(processes)
+                (urls[n], per[n], first_seed + n, processes, fail_fast, seconds)
+                for n in range(processes)
             ]
             with multiprocessing.get_context("spawn").Pool(processes) as pool:
                 parts = pool.map(_worker, jobs)
@@ -1941,7 +1952,7 @@ def simulate_with_coverage(histories: int, first_seed: int) -> int:
     data = Path(tempfile.mkdtemp(prefix="ordersync-sim-cov-")) / ".coverage"
     include = ",".join(COVERED)
     run = [sys.executable, "-m", "coverage", "run", f"--data-file={data}", f"--include={include}"]
-    args = ["-m", "cli.main", "simulate", "--histories", str(histories)]
+    args = ["-m", "cli", "simulate", "--histories", str(histories)]
     args += ["--first-seed", str(first_seed), "--no-kinds"]
     status = subprocess.call([*run, *args])
     subprocess.call(
