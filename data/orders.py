@@ -87,6 +87,7 @@ def history(ops: Sequence[Row]) -> list[PastOperation]:
             r["amount"],
             to_lines(r["lines"]),
             external=bool(r.get("external")),
+            reference=str(r["id"]),
         )
         for r in ops
     ]
@@ -390,6 +391,15 @@ def record_external(
     if move_figures:
         apply_success(conn, order, row)
     return True
+
+
+def attribute_external(conn: Connection[Row], op_id: str, lines: Sequence[PspLine]) -> None:
+    """Names the units an external refund gave back (domain/planner.py Attribute)."""
+    conn.execute(
+        "UPDATE operations SET lines = %s, updated_at = now()"
+        " WHERE id = %s AND external AND lines = '[]'::jsonb",
+        (Jsonb([line.to_json() for line in lines]), op_id),
+    )
 
 
 # Far enough that no sweep reaches it (Postgres' 'infinity' does not load into a Python

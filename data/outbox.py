@@ -10,10 +10,14 @@ from psycopg.types.json import Jsonb
 
 Row = dict[str, Any]
 
+# Parked events (refused by the shop too often) are not a backlog that moves; they are
+# counted on their own, for an alert.
 BACKLOG = """
-SELECT count(*) AS backlog,
-       coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) AS oldest
-FROM outbox WHERE delivered_at IS NULL AND parked_at IS NULL
+SELECT count(*) FILTER (WHERE parked_at IS NULL) AS backlog,
+       coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE parked_at IS NULL))
+                ::float8, 0) AS oldest,
+       count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked
+FROM outbox WHERE delivered_at IS NULL
 """
 
 RECENT_FOR_ORDER = """

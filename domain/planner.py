@@ -90,6 +90,7 @@ class PastOperation:
     lines: tuple[PspLine, ...] = ()
     # Money that moved without the service, recorded so it is never made again.
     external: bool = False
+    reference: str | None = None  # the operation's id
 
 
 @dataclass(frozen=True)
@@ -121,7 +122,17 @@ class Done:
     pass
 
 
-Decision = Plan | Flag | Wait | Done
+@dataclass(frozen=True)
+class Attribute:
+    """A refund made without the service (its lines unknown) comes to exactly what the
+    shop now marks returned: those are its lines. Nothing is sent; the ledger learns
+    which units it gave back, so they are never refunded twice."""
+
+    reference: str
+    lines: tuple[PspLine, ...]
+
+
+Decision = Plan | Flag | Wait | Done | Attribute
 
 
 @dataclass(frozen=True)
@@ -168,14 +179,17 @@ def plan_next(
         )
     if psp.status in (PspStatus.EXPIRED, PspStatus.CLOSED):
         # Captured money is refunded whatever became of the authorization.
-        refund = _refund_step(order, psp, ledger)
+        refund = _refund_step(order, psp, ledger, view.history)
         if refund is not None:
             return refund
-        if _has_work(order, ledger):
+        if _has_work(order, ledger) or (order.status == "open" and _unshipped(order)):
+            # The authorization ended without the service (contract §4): counted (the
+            # PSP's figures), and unless nothing is left to charge, a person is told.
             return Flag(
                 NEEDS_ATTENTION,
-                f"order_{psp.status.value}",
-                f"the PSP order is {psp.status.value}; lines can no longer be captured",
+                "external_change",
+                f"the PSP order is {psp.status.value} (authorized {psp.authorized}, "
+                f"captured {psp.captured}); what is not captured can no longer be",
             )
         return Done()
 
@@ -188,7 +202,7 @@ def plan_next(
             if isinstance(decision, Plan):
                 return decision
             if isinstance(decision, Flag):
-                return _refund_step(order, psp, ledger) or decision
+                return _refund_step(order, psp, ledger, view.history) or decision
             # A Wait: what still ships was never authorized (a refused increase); what
             # fitted is captured, the rest is let go.
         if psp.status is PspStatus.AUTHORIZED and psp.captured == 0:
@@ -198,7 +212,7 @@ def plan_next(
     elif _let_go(view) and order.total > psp.captured:
         # Reopened after the PSP cancelled or released the authorization: nothing is left
         # to charge the rest to; the shop must take a new payment.
-        refund = _refund_step(order, psp, ledger)
+        refund = _refund_step(order, psp, ledger, view.history)
         if refund is not None:
             return refund
         told = view.refused_amount == order.total
@@ -222,11 +236,11 @@ def plan_next(
             if isinstance(decision, Plan):
                 return decision
             # A capture that cannot be made never holds a refund up.
-            return _refund_step(order, psp, ledger) or decision
+            return _refund_step(order, psp, ledger, view.history) or decision
         if _expires_soon(view) and _unshipped(order):
             return Plan(Kind.EXTEND_AUTHORIZATION, 0)
 
-    refund = _refund_step(order, psp, ledger)
+    refund = _refund_step(order, psp, ledger, view.history)
     if refund is not None:
         return refund
     gap = _capture_gap(order, psp, ledger)
@@ -235,12 +249,19 @@ def plan_next(
     return Done()
 
 
-def _refund_step(order: OrderSnapshot, psp: PspState, ledger: Ledger) -> Plan | Flag | None:
-    """A refund of the newly returned units, at what they were captured at."""
+def _refund_step(
+    order: OrderSnapshot, psp: PspState, ledger: Ledger, history: Sequence[PastOperation] = ()
+) -> Plan | Flag | Attribute | None:
+    """A refund of the newly returned units, at what they were captured at; or, when a
+    refund made without the service came to exactly that, those units are its."""
     lines = refund_lines(order, ledger)
     amount = lines_total(lines)
     if not lines or amount <= 0:
         return None
+    for op in history:
+        unattributed = op.external and op.kind is Kind.REFUND and not op.lines
+        if unattributed and op.status == "succeeded" and op.amount == amount and op.reference:
+            return Attribute(op.reference, tuple(lines))
     if amount > psp.captured - psp.refunded:
         return Flag(
             NEEDS_ATTENTION,

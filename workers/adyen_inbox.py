@@ -31,7 +31,7 @@ from psycopg import Connection
 
 from data import adyen_payments, inbox
 from data import orders as store
-from domain.planner import NEEDS_ATTENTION, NEEDS_NEW_ORDER, Flag, Kind
+from domain.planner import NEEDS_ATTENTION, NEEDS_NEW_ORDER, Flag, Kind, explained_lines
 from integrations.adyen.notifications import (
     AMOUNT_CHECKED,
     CHARGEBACKS,
@@ -277,8 +277,18 @@ def _without_us(conn: Connection[Row], settings: Settings, n: Notification) -> P
     amount = n.amount if kind is not Kind.CANCEL else 0
     if kind is Kind.REFUND:
         amount = min(amount, int(order["captured_amount"]) - int(order["refunded_amount"]))
-    store.record_external(conn, order, kind, amount, f"adyen:{n.psp_reference}:{n.event_code}")
-    flag_order(conn, order, _external_flag(n, "counted, never repeated"))
+    ops = store.operations(conn, order["id"])
+    # What the shop's snapshot already says (and no operation of ours is under way
+    # that could be the same money): counted as those lines, nothing to tell.
+    explained = (
+        None
+        if store.in_flight(ops) is not None
+        else explained_lines(store.snapshot(order), store.history(ops), kind, amount)
+    )
+    reference = f"adyen:{n.psp_reference}:{n.event_code}"
+    store.record_external(conn, order, kind, amount, reference, explained or ())
+    if explained is None or n.event_code in CHARGEBACKS:
+        flag_order(conn, order, _external_flag(n, "counted, never repeated"))
     return Processed("external", order["id"])
 
 

@@ -25,6 +25,7 @@ from domain.lines import PspLine, lines_total
 from domain.planner import (
     NEEDS_ATTENTION,
     NEEDS_NEW_ORDER,
+    Attribute,
     Done,
     Flag,
     Kind,
@@ -217,6 +218,10 @@ class Reconciler:
             return Send(order, claimed, check_first=False)
         if isinstance(decision, Flag):
             self._flag(conn, order, decision)
+            return Again()
+        if isinstance(decision, Attribute):
+            log.info("external_refund_attributed", operation_id=decision.reference)
+            store.attribute_external(conn, decision.reference, decision.lines)
             return Again()
         if isinstance(decision, Wait):
             # Waiting on the shop or an operator: the sweeper need not come back.

@@ -382,11 +382,26 @@ def test_seq07_adyen_customer_area_refund_and_chargeback_are_counted_and_flagged
         chargeback = adyen_item(first.psp_order_id, "CHARGEBACK", 1200)
         assert notify(ctx, chargeback) == "external"
         assert order_row(ctx, order_id)["refunded_amount"] == 1650
-        # The shop then marks a pair returned: nothing is refunded by itself.
-        back = [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]
-        update_snapshot(ctx, snap(order_id, back, 2, provider="adyen"))
+        # The shop then marks a pair of socks returned, a person reconciles, then the
+        # shoes come back: each return is the money that already went back, never
+        # refunded a second time.
+        socks_back = [
+            {**SHOES, "shipped_quantity": 1},
+            {**SOCKS, "shipped_quantity": 2, "returned_quantity": 1},
+        ]
+        update_snapshot(ctx, snap(order_id, socks_back, 2, provider="adyen"))
+        drive(ctx, order_id)
+        operator_reconcile(ctx, order_id)
+        all_back = [{**socks_back[0], "returned_quantity": 1}, socks_back[1]]
+        update_snapshot(ctx, snap(order_id, all_back, 3, provider="adyen"))
         drive(ctx, order_id)
         assert not [r for r in sent if r.url.path.endswith("/refunds")]
+        external = [o for o in operations(ctx, order_id) if o["external"]]
+        assert [(o["amount"], [x["reference"] for x in o["lines"]]) for o in external] == [
+            (450, ["socks"]),
+            (1200, ["shoes"]),
+        ]
+        assert order_row(ctx, order_id)["flags"] == []
     finally:
         ctx.close()
 
@@ -579,13 +594,19 @@ def test_seq12_reopen_after_a_psp_cancel_needs_a_new_order(
 # -- 13. outbox order per order ----------------------------------------------------------
 
 
-def test_seq13_a_second_deliverer_never_passes_a_claimed_event(ctx: WorkerContext) -> None:
+def order_with_two_events(ctx: WorkerContext) -> str:
+    """An order with two undelivered events: `order.needs_attention`, then `order.synced`."""
     order_id = new_order_id()
     insert_order(ctx, snap(order_id, [SHOES]), authorized=1200)
     row = order_row(ctx, order_id)
     with ctx.pool.connection() as conn, conn.transaction():
         for kind in ("order.needs_attention", "order.synced"):
             outbox_store.insert_event(conn, uuid.uuid4(), row, kind, {"type": kind})
+    return order_id
+
+
+def test_seq13_a_second_deliverer_never_passes_a_claimed_event(ctx: WorkerContext) -> None:
+    order_id = order_with_two_events(ctx)
     got: list[Any] = []
     with ctx.pool.connection() as first:
         claimed = outbox_store.claim_next(first, order_id, 60)  # not committed yet
@@ -671,12 +692,7 @@ def test_seq14_the_first_needs_attention_reason_stands(ctx: WorkerContext) -> No
 def test_seq14_a_shop_refusing_an_event_for_ever_does_not_block_the_next(
     ctx: WorkerContext,
 ) -> None:
-    order_id = new_order_id()
-    insert_order(ctx, snap(order_id, [SHOES]), authorized=1200)
-    row = order_row(ctx, order_id)
-    with ctx.pool.connection() as conn, conn.transaction():
-        for kind in ("order.needs_attention", "order.synced"):
-            outbox_store.insert_event(conn, uuid.uuid4(), row, kind, {"type": kind})
+    order_id = order_with_two_events(ctx)
     got: list[str] = []
 
     def shop(request: httpx.Request) -> httpx.Response:
