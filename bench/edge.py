@@ -83,11 +83,14 @@ def _healthz_latencies(port: int, count: int, interval: float) -> list[float]:
     latencies = []
     for _ in range(count):
         started = time.perf_counter()
+        answer = b""
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n")
-            while sock.recv(65536):
-                pass
-        latencies.append((time.perf_counter() - started) * 1000)
+            while chunk := sock.recv(65536):
+                answer += chunk
+        # A probe that is not answered 200 counts as never answered.
+        ok = answer.startswith(b"HTTP/1.1 200")
+        latencies.append((time.perf_counter() - started) * 1000 if ok else float("inf"))
         time.sleep(interval)
     return latencies
 

@@ -72,7 +72,7 @@ def cmd_web(args: argparse.Namespace) -> int:
         # header count in the protocol; idle keep-alive and work in progress here.
         http=BoundedHttpProtocol,
         timeout_keep_alive=int(settings.web_keep_alive_seconds),
-        limit_concurrency=settings.web_limit_concurrency,
+        limit_concurrency=settings.web_limit_concurrency or None,
     )
     return 0
 

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -72,8 +73,21 @@ SHARED_TYPES = REDUCING_TYPES | {LineType.SALES_TAX}
 # that comes first), refunded only when the shop marks them returned (contract §4).
 FEE_TYPES = frozenset({LineType.SHIPPING_FEE, LineType.SURCHARGE})
 
-Amount = Annotated[int, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT, strict=True)]
-Count = Annotated[int, Field(ge=0, le=1_000_000, strict=True)]
+# Largest integer a JSON number written with a fraction or exponent holds exactly.
+_EXACT = 2**53
+
+
+def _integral(value: object) -> object:
+    """JSON has one number type: 2.0 and 2e0 are the integer 2 (a generated client may
+    send them), taken when exact; 2.5, a string or a boolean stays refused (strict)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT:
+        return int(value)
+    return value
+
+
+Integral = BeforeValidator(_integral)
+Amount = Annotated[int, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT, strict=True), Integral]
+Count = Annotated[int, Field(ge=0, le=1_000_000, strict=True), Integral]
 
 
 class _Model(BaseModel):
@@ -82,14 +96,22 @@ class _Model(BaseModel):
 
 
 class Line(_Model):
+    """One order line. Beyond each field's own bounds (422 naming the field):
+    total_discount_amount ≤ quantity × unit_price (0 on discount, store_credit and
+    gift_card lines, whose unit_price carries the reduction); shipped_quantity ≤
+    quantity; returned_quantity ≤ shipped_quantity; total_amount, when given, equals
+    quantity × unit_price − total_discount_amount, which is within ±10^8, not negative
+    (not positive on a reducing line); total_tax_amount, when given, is within ±1 of
+    the tax at tax_rate."""
+
     id: str = Field(min_length=1, max_length=255)
     name: str = Field(max_length=255)
     type: LineType = LineType.PHYSICAL
     quantity: Count
     quantity_unit: str | None = Field(default=None, max_length=10)
     unit_price: Amount
-    tax_rate: int = Field(ge=0, le=10_000, strict=True)
-    total_discount_amount: Annotated[int, Field(ge=0, le=MAX_AMOUNT, strict=True)] = 0
+    tax_rate: Annotated[int, Field(ge=0, le=10_000, strict=True), Integral]
+    total_discount_amount: Annotated[int, Field(ge=0, le=MAX_AMOUNT, strict=True), Integral] = 0
     shipped_quantity: Count = 0
     returned_quantity: Count = 0
     total_amount: Amount | None = None
@@ -228,14 +250,20 @@ class Shipping(_Model):
 
 
 class OrderSnapshot(_Model):
+    """The order as the shop wants it now (contract §4). Beyond each field's own bounds
+    (422 naming the field): line ids are unique; the lines add up to 0 or more;
+    amount, when given, is at most the sum of the lines; the total is at most 10^8;
+    the lines make at most 1,000 PSP lines (Adyen: per unit, a line whose total does
+    not divide by its quantity counts twice)."""
+
     id: str = Field(pattern=ORDER_ID_PATTERN)
-    version: int = Field(ge=0, le=MAX_VERSION, strict=True)
+    version: Annotated[int, Field(ge=0, le=MAX_VERSION, strict=True), Integral]
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     country: str = Field(pattern=r"^[A-Z]{2}$")
     status: Literal["open", "cancelled"] = "open"
     payment: Payment
     lines: list[Line] = Field(max_length=MAX_PSP_LINES)
-    amount: Annotated[int, Field(ge=0, le=MAX_AMOUNT, strict=True)] | None = None
+    amount: Annotated[int, Field(ge=0, le=MAX_AMOUNT, strict=True), Integral] | None = None
     shipping: Shipping | None = None
 
     @field_validator("lines")
@@ -365,5 +393,7 @@ EventType = Literal[
 
 
 class ShopEvent(_Model):
+    """The body of POST /webhooks/shop: an event and the order's full snapshot."""
+
     type: EventType
     order: OrderSnapshot

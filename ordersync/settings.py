@@ -90,11 +90,14 @@ class Settings(BaseSettings):
     # The edge's clocks and caps (service/server.py; README "Security"): the request head
     # must arrive within the first, the body within the second after it; an idle
     # keep-alive connection is closed after the third; over the fourth, connections and
-    # requests in progress per process, new requests are answered 503.
+    # requests in progress per process, new requests are answered 503 (0: no cap, the
+    # default: uvicorn counts idle connections too, so a cap would let a flood of them
+    # turn every request, the liveness probe's included, into a 503; the clocks bound
+    # how long each of them lives instead).
     web_header_timeout_seconds: float = Field(default=10.0, gt=0, le=300)
     web_body_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     web_keep_alive_seconds: float = Field(default=5.0, gt=0, le=300)
-    web_limit_concurrency: int = Field(default=1000, ge=10, le=100_000)
+    web_limit_concurrency: int = Field(default=0, ge=0, le=100_000)
     # How long a marked order may wait for its task before the sweeper enqueues it again.
     sweep_grace_seconds: float = Field(default=10.0, ge=0)
     # How often an unfinished order's PSP state is read again, to notice drift.

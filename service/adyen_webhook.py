@@ -13,10 +13,11 @@ import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
 from psycopg.types.json import Jsonb
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 
@@ -35,7 +36,7 @@ from ordersync.errors import (
 from ordersync.jobs import Job, enqueue_job
 from service import bounded_json
 from service.state import AppState
-from service.webhooks import off_loop, read_body
+from service.webhooks import off_loop, read_body, validation_fields
 
 log = structlog.get_logger("ordersync.webhooks")
 
@@ -78,51 +79,65 @@ def check_basic_auth(header: str | None, username: str, password: str) -> bool:
     return bool(sep) and user_ok and password_ok
 
 
+class NotificationRequestItem(BaseModel):
+    """What the envelope, the HMAC and the inbox key need of an item; its content is
+    judged by `item_problem` once it verifies (liberal intake: Adyen adds fields)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    pspReference: str = Field(min_length=1, max_length=MAX_TEXT)  # noqa: N815 - Adyen's name
+    eventCode: str = Field(min_length=1, max_length=MAX_TEXT)  # noqa: N815
+    # The signing string reads amount.value and amount.currency.
+    amount: dict[str, Any] | None = None
+    success: Annotated[
+        Any,
+        Field(
+            default=None,
+            description='"true" or "false" (Adyen sends text; its libraries\' fixtures'
+            " also a JSON boolean); required for the events we act on",
+        ),
+    ]
+
+
+class NotificationItemWrapper(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    NotificationRequestItem: NotificationRequestItem
+
+
+class AdyenNotificationRequest(BaseModel):
+    """Adyen's notification request (Webhooks v1): 1 to MAX_ITEMS items."""
+
+    model_config = ConfigDict(extra="allow")
+
+    live: Any = None
+    notificationItems: list[NotificationItemWrapper] = Field(  # noqa: N815
+        min_length=1, max_length=MAX_ITEMS
+    )
+
+
 def parse_items(body: bytes) -> list[dict[str, Any]]:
     """The NotificationRequestItems of a notification request; BadRequest if the
-    envelope is malformed. Only what the envelope, the HMAC and the inbox key need is
-    required here: an item's content is judged by `item_problem` once it verifies."""
+    envelope is malformed (AdyenNotificationRequest, which the OpenAPI document states),
+    PayloadTooLarge beyond MAX_ITEMS items."""
     try:
         data = bounded_json.loads(body)
     except ValidationFailed as exc:
         raise BadRequest(exc.detail, fields=exc.fields) from None
     wrappers = data.get("notificationItems") if isinstance(data, dict) else None
-    if not isinstance(wrappers, list) or not wrappers:
-        raise BadRequest(
-            "notificationItems must be a non-empty array",
-            fields=[{"path": "notificationItems", "message": "a non-empty array"}],
-        )
-    if len(wrappers) > MAX_ITEMS:
+    if isinstance(wrappers, list) and len(wrappers) > MAX_ITEMS:
         raise PayloadTooLarge(
             f"more than {MAX_ITEMS} notification items",
             fields=[{"path": "notificationItems", "message": f"at most {MAX_ITEMS} items"}],
         )
-    items: list[dict[str, Any]] = []
-    for index, wrapper in enumerate(wrappers):
-        path = f"notificationItems.{index}.NotificationRequestItem"
-        item = wrapper.get("NotificationRequestItem") if isinstance(wrapper, dict) else None
-        if not isinstance(item, dict):
-            raise BadRequest(
-                f"notificationItems[{index}] has no NotificationRequestItem",
-                fields=[{"path": path, "message": "an object"}],
-            )
-        missing = [key for key in ("pspReference", "eventCode") if not _text(item.get(key))]
-        # The HMAC's signing string reads amount.value and amount.currency.
-        if item.get("amount") is not None and not isinstance(item.get("amount"), dict):
-            missing.append("amount")
-        if missing:
-            raise BadRequest(
-                f"notificationItems[{index}] lacks {', '.join(missing)}",
-                fields=[
-                    {"path": f"{path}.{key}", "message": "missing or malformed"} for key in missing
-                ],
-            )
-        items.append(item)
-    return items
-
-
-def _text(value: Any, limit: int = MAX_TEXT) -> bool:
-    return isinstance(value, str) and 0 < len(value) <= limit
+    try:
+        AdyenNotificationRequest.model_validate(data)
+    except ValidationError as exc:
+        raise BadRequest(
+            "the notification request is malformed", fields=validation_fields(exc)
+        ) from None
+    # The items as sent (every field, in order): the HMAC is over what Adyen signed.
+    return [wrapper["NotificationRequestItem"] for wrapper in data["notificationItems"]]
 
 
 def item_problem(item: Mapping[str, Any]) -> str | None:

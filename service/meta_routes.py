@@ -10,11 +10,14 @@ from typing import Any
 
 import structlog
 from prometheus_client.core import GaugeMetricFamily
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from domain.snapshot import ShopEvent
 from ordersync import metrics
 from service import health_figures
+from service.adyen_webhook import AdyenNotificationRequest
 from service.state import AppState
 
 log = structlog.get_logger("ordersync.web")
@@ -122,10 +125,28 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(metrics.exposition(extra), media_type=metrics.CONTENT_TYPE)
 
 
+# Request bodies described by the models that validate them, so the document states
+# every limit they hold (patterns, lengths, ranges, enums, item counts); openapi.json
+# holds the rest (operations, answers) and refers to these by name.
+REQUEST_MODELS: dict[str, type[BaseModel]] = {
+    "ShopEvent": ShopEvent,
+    "AdyenNotification": AdyenNotificationRequest,
+}
+_REF = "#/components/schemas/{model}"
+
+
 @cache
 def openapi_document() -> dict[str, Any]:
     text = resources.files("service").joinpath("openapi.json").read_text()
     document: dict[str, Any] = json.loads(text)
+    schemas: dict[str, Any] = document["components"]["schemas"]
+    for name, model in REQUEST_MODELS.items():
+        schema = model.model_json_schema(ref_template=_REF, mode="validation")
+        for definition, body in schema.pop("$defs", {}).items():
+            # One name, one schema: a model's part never shadows an answer's schema.
+            assert schemas.get(definition, body) == body, definition
+            schemas[definition] = body
+        schemas[name] = schema
     return document
 
 

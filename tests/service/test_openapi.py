@@ -74,3 +74,42 @@ def test_operator_api_is_503_without_a_token(method: str, path: str) -> None:
 def test_openapi_json_is_served() -> None:
     answer = TestClient(create_app(SETTINGS)).get("/openapi.json")
     assert answer.status_code == 200 and answer.json()["paths"]
+
+
+def test_request_schemas_state_every_limit_the_models_hold() -> None:
+    """The request bodies are described by the models that validate them (issue 16,
+    finding 12): what a client generated from the document sends, we accept."""
+    from domain.snapshot import ShopEvent
+    from service.adyen_webhook import AdyenNotificationRequest
+
+    schemas = openapi_document()["components"]["schemas"]
+    expected = ShopEvent.model_json_schema(ref_template="#/components/schemas/{model}")
+    expected.pop("$defs")
+    assert schemas["ShopEvent"] == expected
+    order, line = schemas["OrderSnapshot"], schemas["Line"]
+    assert {"id", "version", "currency", "country", "payment", "lines"} <= set(order["required"])
+    assert order["properties"]["id"]["pattern"] == "^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+    assert order["properties"]["lines"]["maxItems"] == 1000
+    assert line["properties"]["tax_rate"]["maximum"] == 10000
+    assert line["properties"]["unit_price"]["maximum"] == 100_000_000
+    assert set(schemas["LineType"]["enum"]) == {
+        "physical",
+        "digital",
+        "discount",
+        "shipping_fee",
+        "sales_tax",
+        "store_credit",
+        "gift_card",
+        "surcharge",
+    }
+    assert "total_discount_amount ≤ quantity × unit_price" in line["description"]
+    adyen = schemas["AdyenNotification"]
+    assert (
+        adyen
+        == AdyenNotificationRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        | {"$defs": adyen.get("$defs")}
+        or "$defs" not in adyen
+    )
+    items = adyen["properties"]["notificationItems"]
+    assert (items["minItems"], items["maxItems"]) == (1, 100)
+    validate(openapi_document())

@@ -201,4 +201,4 @@ def test_ordersync_web_runs_uvicorn_with_the_bounds(monkeypatch: pytest.MonkeyPa
     assert cli.main(["web"]) == 0
     assert ran["http"] is BoundedHttpProtocol
     assert ran["timeout_keep_alive"] == 5
-    assert ran["limit_concurrency"] == 1000
+    assert ran["limit_concurrency"] is None  # idle connections must not starve /healthz
