@@ -1,7 +1,7 @@
-"""The operator's actions besides reconcile (service/order_views.py): reprocess a
-notification, resend an event to the shop, acknowledge a flag. Each changes its row and
-records who did it in one transaction; the caller enqueues the work after the commit.
-Shared by the operator API and the console."""
+"""The operator's actions: reconcile now, reprocess a notification, resend an event to
+the shop, acknowledge a flag. Each changes its row and records who did it in one
+transaction, then asks for the work (sent when the request's unit of work ends, after
+the commit). Shared by the operator API and the console."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import structlog
 from data import inbox, operator_actions, orders, outbox
 from ordersync.db import AsyncPool
 from ordersync.errors import Conflict, NotFound, ValidationFailed
+from ordersync.jobs import Job, enqueue_job
 from service.bounded_json import text_problem
-from service.order_views import parse_order_id
+from service.order_views import parse_order_id, request_reconcile
 
 log = structlog.get_logger("ordersync.operator")
 
@@ -47,11 +48,19 @@ def parse_note(value: Any) -> str:
     return note
 
 
+async def reconcile(pool: AsyncPool, order_id: str, operator: str) -> dict[str, Any]:
+    """What POST /orders/{id}/reconcile does (order_views.request_reconcile), then the
+    forced reconcile."""
+    result = await request_reconcile(pool, order_id, operator)
+    enqueue_job(Job.RECONCILE_ORDER, result["order_id"], force=True)
+    return result
+
+
 async def reprocess_notification(
     pool: AsyncPool, order_id: str, notification: str, operator: str
 ) -> dict[str, Any]:
     """A `failed` or `orphaned` Adyen notification of the order is offered to the worker
-    again; the caller enqueues Job.PROCESS_NOTIFICATION."""
+    again."""
     order_id = parse_order_id(order_id)
     inbox_id = parse_notification_id(notification)
     async with pool.connection() as conn, conn.transaction():
@@ -72,13 +81,14 @@ async def reprocess_notification(
             target=str(inbox_id),
             detail={"outcome_before": before},
         )
+    enqueue_job(Job.PROCESS_NOTIFICATION, inbox_id)
     log.info("operator_reprocess_notification", order_id=order_id, inbox_id=inbox_id)
     return {"order_id": order_id, "notification_id": inbox_id, "status": "accepted"}
 
 
 async def resend_event(pool: AsyncPool, order_id: str, event: str, operator: str) -> dict[str, Any]:
-    """An undelivered event for the shop is due now; the caller enqueues
-    Job.DELIVER_CALLBACKS. A delivered event is never sent again (contract §4)."""
+    """An undelivered event for the shop is due now. A delivered event is never sent
+    again (contract §4)."""
     order_id = parse_order_id(order_id)
     event_id = parse_event_id(event)
     async with pool.connection() as conn, conn.transaction():
@@ -87,6 +97,7 @@ async def resend_event(pool: AsyncPool, order_id: str, event: str, operator: str
         await operator_actions.record(
             conn, order_id=order_id, action="resend_event", operator=operator, target=event
         )
+    enqueue_job(Job.DELIVER_CALLBACKS, order_id)
     log.info("operator_resend_event", order_id=order_id, webhook_id=event)
     return {"order_id": order_id, "webhook_id": event, "status": "accepted"}
 

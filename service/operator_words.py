@@ -98,6 +98,11 @@ REASONS: dict[str, Words] = {
         "Everything shipped, but less was captured than the order is worth.",
         "Decide whether to charge the difference outside the service or accept it.",
     ),
+    "authorization_cancelled": Words(
+        "The payment provider has cancelled or released the authorization, and the shop"
+        " wants the order open again.",
+        "Ask the customer to pay again in a new order; this payment cannot be captured.",
+    ),
     "psp_order_cancelled": Words(
         "The shop ships items of an order the payment provider has cancelled.",
         "Ask the customer to pay again; the cancelled payment cannot be captured.",

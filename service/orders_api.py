@@ -11,7 +11,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from ordersync.errors import BadRequest, ServiceUnavailable, Unauthorized
-from ordersync.jobs import Job, enqueue_job
 from service import bounded_json, operator_actions, timeline
 from service import order_views as operator
 from service.state import AppState
@@ -84,8 +83,7 @@ async def list_orders(request: Request) -> Response:
 
 async def reconcile(request: Request) -> Response:
     state, name = _state(request)
-    result = await operator.request_reconcile(state.pool, request.path_params["order_id"], name)
-    enqueue_job(Job.RECONCILE_ORDER, result["order_id"], force=True)
+    result = await operator_actions.reconcile(state.pool, request.path_params["order_id"], name)
     return JSONResponse(result, status_code=202)
 
 
@@ -95,7 +93,6 @@ async def reprocess_notification(request: Request) -> Response:
     result = await operator_actions.reprocess_notification(
         state.pool, params["order_id"], params["notification_id"], name
     )
-    enqueue_job(Job.PROCESS_NOTIFICATION, result["notification_id"])
     return JSONResponse(result, status_code=202)
 
 
@@ -105,7 +102,6 @@ async def resend_event(request: Request) -> Response:
     result = await operator_actions.resend_event(
         state.pool, params["order_id"], params["webhook_id"], name
     )
-    enqueue_job(Job.DELIVER_CALLBACKS, result["order_id"])
     return JSONResponse(result, status_code=202)
 
 

@@ -96,11 +96,12 @@ def _refused_order(web_url: str, sandbox_url: str, secret: str) -> int:
     return 0
 
 
-def _demo_order(
-    web_url: str, sandbox_url: str, secret: str, country: str, currency: str, market: str | None
-) -> int:
+def _kettle_and_toaster(
+    sandbox_url: str, country: str = "DE", currency: str = "EUR", market: str | None = None
+) -> tuple[str, str, dict[str, Any]]:
+    """Klarna authorizes 85.00 for a kettle and a toaster: the shop order id, Klarna's
+    order id, and the shop's first snapshot."""
     shop_order = f"demo-{uuid.uuid4().hex[:8]}"
-    klarna_lines = [klarna_line(KETTLE), klarna_line(TOASTER)]
     created = httpx.post(
         f"{sandbox_url}/_sandbox/klarna/orders",
         json={
@@ -108,18 +109,13 @@ def _demo_order(
             "purchase_country": country,
             "payment_method": "INVOICE",
             "order_amount": 8500,
-            "order_lines": klarna_lines,
+            "order_lines": [klarna_line(KETTLE), klarna_line(TOASTER)],
             **({"market": market} if market else {}),
         },
         timeout=10,
     )
     created.raise_for_status()
-    klarna_id = created.json()["order_id"]
-    print(
-        f"1. Klarna authorized 85.00 {currency} for {country} order {shop_order}"
-        f" (klarna_order_id {klarna_id})"
-    )
-
+    klarna_id = str(created.json()["order_id"])
     order = {
         "id": shop_order,
         "version": 1,
@@ -133,6 +129,18 @@ def _demo_order(
         },
         "lines": [KETTLE, TOASTER],
     }
+    return shop_order, klarna_id, order
+
+
+def _demo_order(
+    web_url: str, sandbox_url: str, secret: str, country: str, currency: str, market: str | None
+) -> int:
+    shop_order, klarna_id, order = _kettle_and_toaster(sandbox_url, country, currency, market)
+    print(
+        f"1. Klarna authorized 85.00 {currency} for {country} order {shop_order}"
+        f" (klarna_order_id {klarna_id})"
+    )
+
     answer = send_event(web_url, secret, {"type": "order.created", "order": order})
     print(f"2. shop sent order.created (v1, 85.00)            → HTTP {answer.status_code}")
     order = {**order, "version": 2, "lines": [KETTLE]}
@@ -183,33 +191,7 @@ HAT = {
 def refused_increase(web_url: str, sandbox_url: str, secret: str) -> str | None:
     """Plays an order whose increase Klarna refuses; its shop order id once it is flagged
     (None if that did not happen within 20 s)."""
-    shop_order = f"demo-{uuid.uuid4().hex[:8]}"
-    created = httpx.post(
-        f"{sandbox_url}/_sandbox/klarna/orders",
-        json={
-            "purchase_currency": "EUR",
-            "purchase_country": "DE",
-            "payment_method": "INVOICE",
-            "order_amount": 8500,
-            "order_lines": [klarna_line(KETTLE), klarna_line(TOASTER)],
-        },
-        timeout=10,
-    )
-    created.raise_for_status()
-    klarna_id = created.json()["order_id"]
-    order: dict[str, Any] = {
-        "id": shop_order,
-        "version": 1,
-        "currency": "EUR",
-        "country": "DE",
-        "status": "open",
-        "payment": {
-            "provider": "klarna",
-            "klarna_order_id": klarna_id,
-            "payment_method": "INVOICE",
-        },
-        "lines": [KETTLE, TOASTER],
-    }
+    shop_order, klarna_id, order = _kettle_and_toaster(sandbox_url)
     send_event(web_url, secret, {"type": "order.created", "order": order})
     shipped = {**TOASTER, "shipped_quantity": 1}
     order = {**order, "version": 2, "lines": [KETTLE, shipped]}

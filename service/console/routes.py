@@ -25,7 +25,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from data import operator_actions as audit
 from ordersync.errors import NotFound, OrdersyncError, ValidationFailed
-from ordersync.jobs import Job, enqueue_job
 from service import health_figures, operator_actions, timeline
 from service import operator_words as words
 from service import order_views as operator
@@ -481,14 +480,11 @@ async def act(
     target = form.get("target", "")
     name = current.operator
     if action == "reconcile":
-        result = await operator.request_reconcile(state.pool, order_id, name)
-        enqueue_job(Job.RECONCILE_ORDER, result["order_id"], force=True)
+        result = await operator_actions.reconcile(state.pool, order_id, name)
     elif action == "reprocess":
         result = await operator_actions.reprocess_notification(state.pool, order_id, target, name)
-        enqueue_job(Job.PROCESS_NOTIFICATION, result["notification_id"])
     elif action == "resend":
         result = await operator_actions.resend_event(state.pool, order_id, target, name)
-        enqueue_job(Job.DELIVER_CALLBACKS, result["order_id"])
     else:
         result = await operator_actions.acknowledge_flag(
             state.pool, order_id, target, form.get("note"), name

@@ -175,9 +175,9 @@ def test_operator_order_id_is_404(client: TestClient, stack: Stack, order_id: st
         headers=operator_headers(stack),
     )
     assert response.status_code == 404
-    assert operator_module._order_id.__name__  # the helper below checks the raw ids
+    assert operator_module.parse_order_id.__name__  # the helper below checks the raw ids
     with pytest.raises(operator_module.NotFound):
-        operator_module._order_id(order_id)
+        operator_module.parse_order_id(order_id)
 
 
 def test_500_carries_x_request_id(

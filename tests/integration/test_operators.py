@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.integration.console import halted_order
 from tests.integration.stack import Stack, new_order_id, order_event, wait_for
 
 pytestmark = pytest.mark.integration
@@ -62,17 +63,7 @@ def _refused_increase(stack: Stack) -> tuple[str, str]:
 
 
 def _exhausted_retries(stack: Stack) -> tuple[str, str]:
-    klarna_id = stack.klarna_order([KETTLE, TOASTER])
-    order_id = new_order_id()
-    stack.send(order_event(order_id, klarna_id, [KETTLE, TOASTER], version=1))
-    stack.fault(kind="error", status=500, count=None, path_contains=f"{klarna_id}/authorization")
-    stack.send(order_event(order_id, klarna_id, [KETTLE], version=2))
-    wait_for(
-        lambda: "needs_attention" in (stack.order_row(order_id) or {}).get("flags", []),
-        timeout=30,
-        what="needs_attention after retries",
-    )
-    return order_id, klarna_id
+    return halted_order(stack)
 
 
 # -- auth ------------------------------------------------------------------------------
