@@ -116,7 +116,16 @@ def worker_killed(bench: Stack, sandbox: str, tag: str, name: str) -> tuple[dict
     # Restarted under the same node name, as a container restarted in its pod is.
     new_name = name
     bench.worker(new_name, **WORKER_ARGS)  # type: ignore[arg-type]
-    wait_until(lambda: status() == "succeeded", timeout=180, interval=0.05, what="the resume")
+    from workers.celery_app import app
+
+    ready: float | None = None
+    deadline = restarted + 180
+    while status() != "succeeded":
+        if ready is None and app.control.ping([f"{new_name}@bench"], timeout=0.2):
+            ready = time.monotonic()
+        if time.monotonic() > deadline:
+            raise TimeoutError("the operation was not resumed within 180 s")
+        time.sleep(0.05)
     done = time.monotonic()
     entries = httpx.get(
         f"{sandbox}/_sandbox/ledger", params={"order_id": klarna_id(order)}, timeout=10
@@ -124,7 +133,13 @@ def worker_killed(bench: Stack, sandbox: str, tag: str, name: str) -> tuple[dict
     captures = sum(1 for e in entries if e["operation"] == "capture")
     if captures != 1:
         raise RuntimeError(f"expected exactly one capture at the PSP, found {captures}")
-    return {"restart_to_succeeded_s": done - restarted}, new_name
+    # The worker's own start-up (interpreter, imports, broker) is part of the restart;
+    # from its first answer to a ping on, the rest is the resume itself.
+    return {
+        "restart_to_succeeded_s": done - restarted,
+        "restart_to_ready_s": (ready or done) - restarted,
+        "ready_to_succeeded_s": done - (ready or done),
+    }, new_name
 
 
 def run(*, quick: bool, kill: bool = True) -> tuple[list[Row], dict[str, Any]]:
@@ -152,7 +167,8 @@ def run(*, quick: bool, kill: bool = True) -> tuple[list[Row], dict[str, Any]]:
                 kills.append(result)
                 print(
                     f"  round {r + 1} worker SIGKILL, restarted -> operation succeeded "
-                    f"{result['restart_to_succeeded_s']:.2f} s (beat at its defaults)",
+                    f"{result['restart_to_succeeded_s']:.2f} s (worker ready after "
+                    f"{result['restart_to_ready_s']:.2f} s; beat at its defaults)",
                     flush=True,
                 )
             bench.stop("beat")
@@ -161,7 +177,8 @@ def run(*, quick: bool, kill: bool = True) -> tuple[list[Row], dict[str, Any]]:
                 lone.append(result)
                 print(
                     f"  round {r + 1} worker SIGKILL, restarted -> operation succeeded "
-                    f"{result['restart_to_succeeded_s']:.2f} s (no beat)",
+                    f"{result['restart_to_succeeded_s']:.2f} s (worker ready after "
+                    f"{result['restart_to_ready_s']:.2f} s; no beat)",
                     flush=True,
                 )
     rows = []
@@ -189,6 +206,13 @@ def run(*, quick: bool, kill: bool = True) -> tuple[list[Row], dict[str, Any]]:
                 None,
                 "<= 10 s",
                 max(resumed) <= 10,
+            )
+        )
+        rows.append(
+            Row(
+                f"  of which the worker's own start-up ({label}), worst",
+                max(k["restart_to_ready_s"] for k in results),
+                "s",
             )
         )
     return rows, {
