@@ -13,6 +13,7 @@ clock, millisecond resolution). All clocks are this machine's.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from datetime import datetime
 from typing import Any
@@ -98,9 +99,13 @@ def measure(rate: float, *, seconds: float) -> tuple[list[Row], dict[str, Any]]:
                 and (e["order_id"] or "").startswith(klarna_id(prefix))
                 and not (e["order_id"] or "").startswith(klarna_id(prefix + "w"))
             ]
-            return mine if len(mine) >= n else None
+            return mine if len(mine) >= n or time.monotonic() > give_up else None
 
-        entries = wait_until(captured, 120, f"{n} captures at the sandbox", interval=1)
+        # A rate the machine does not sustain leaves a backlog: past the wait, what was
+        # not captured counts at the time waited (so its percentiles are lower bounds).
+        give_up = time.monotonic() + 120
+        entries = wait_until(captured, 180, f"{n} captures at the sandbox", interval=1)
+        gave_up_at = time.time()
         with bench.db() as conn:
             inbox = {
                 r["order_id"]: r["received_at"].timestamp()
@@ -116,6 +121,9 @@ def measure(rate: float, *, seconds: float) -> tuple[list[Row], dict[str, Any]]:
         order_id = entry["order_id"][len("k-") :]
         at = _epoch(entry["at"])
         first_capture[order_id] = min(at, first_capture.get(order_id, at))
+    missing = [o for o in ids if o not in first_capture]
+    for o in missing:
+        first_capture[o] = gave_up_at
     e2e = [(first_capture[o] - sent[o]) * 1000 for o in ids]
     if os.environ.get("BENCH_LATENCY_DEBUG"):  # where in the run the slow ones fall
         t0 = min(sent.values())
@@ -130,12 +138,12 @@ def measure(rate: float, *, seconds: float) -> tuple[list[Row], dict[str, Any]]:
         worst = max(ids, key=lambda o: first_capture[o] - sent[o])
         took_ms = (first_capture[worst] - sent[worst]) * 1000
         print(f"  worst {worst}: +{sent[worst] - t0:.2f}s took {took_ms:.0f} ms")
-    from_inbox = [(first_capture[o] - inbox[o]) * 1000 for o in ids]
+    from_inbox = [(first_capture[o] - inbox[o]) * 1000 for o in ids if o in inbox]
     lag = [(sent[o] - scheduled[o]) * 1000 for o in ids]
     achieved = n / (max(sent.values()) - min(sent.values()))
     web_ms = result.latencies_ms()
     p50, p99 = percentile(e2e, 50), percentile(e2e, 99)
-    label = f"@{rate:.0f}/s"
+    label = f"@{rate:.0f}/s" + (f" ({len(missing)} not captured: lower bounds)" if missing else "")
     rows = [
         Row(f"{label} webhooks sent per second", achieved, "/s"),
         Row(
@@ -162,6 +170,7 @@ def measure(rate: float, *, seconds: float) -> tuple[list[Row], dict[str, Any]]:
         Row(f"{label} load generator lag behind schedule, p99", percentile(lag, 99), "ms"),
     ]
     extra = {
+        "not_captured": len(missing),
         "rate": rate,
         "webhooks": n,
         "worker": {"pool": "threads", "concurrency": CONCURRENCY},

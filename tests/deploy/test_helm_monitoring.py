@@ -110,15 +110,22 @@ def test_worker_serves_metrics_on_a_named_port(sets: dict[str, Rendered]) -> Non
 
 def test_pod_monitor_scrapes_the_worker_pods(sets: dict[str, Rendered]) -> None:
     prod = sets["production"]
-    (monitor,) = prod.of_kind("PodMonitor")
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-    worker_labels = prod.deployment("worker")["spec"]["template"]["metadata"]["labels"]
+    monitors = prod.of_kind("PodMonitor")
     web_labels = prod.deployment("web")["spec"]["template"]["metadata"]["labels"]
-    assert _selects(monitor["spec"]["selector"]["matchLabels"], worker_labels)
-    assert not _selects(monitor["spec"]["selector"]["matchLabels"], web_labels)
-    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
-    assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
+    # The worker and each worker lane (workerLanes): one PodMonitor each, none on web.
+    workers = [
+        d["spec"]["template"]["metadata"]["labels"]
+        for d in prod.of_kind("Deployment")
+        if d["spec"]["template"]["spec"]["containers"][0]["args"][0] == "worker"
+    ]
+    assert len(workers) >= 2 and len(monitors) == len(workers)
+    for labels in workers:
+        (monitor,) = [m for m in monitors if _selects(m["spec"]["selector"]["matchLabels"], labels)]
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+        assert not _selects(monitor["spec"]["selector"]["matchLabels"], web_labels)
+        (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+        assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
     assert sets["defaults"].of_kind("PodMonitor") == []
 
 
