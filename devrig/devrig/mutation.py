@@ -62,25 +62,35 @@ class Report:
         )
 
     def lines(self) -> Iterable[str]:
-        total = killed = equivalent = 0
-        yield f"{'file':<26} {'mutants':>7} {'killed':>6} {'equiv':>5} {'survived':>8} {'rate':>6}"
+        """Per file: mutants made, checked, killed, equivalent, survived, kill rate
+        (over the checked ones: a partial or sampled run reports what it checked)."""
+        sums = [0, 0, 0, 0]
+        yield (
+            f"{'file':<26} {'mutants':>7} {'checked':>7} {'killed':>6} {'equiv':>5} "
+            f"{'survived':>8} {'rate':>6}"
+        )
         for figures in self.files:
             n = len(figures.statuses)
+            c = figures.count(lambda _n, s: s != "not checked")
             k = figures.count(lambda _n, s: s in KILLED)
             e = figures.count(lambda name, s: s not in KILLED and name in self.equivalent)
-            total, killed, equivalent = total + n, killed + k, equivalent + e
-            yield f"{figures.path:<26} {n:>7} {k:>6} {e:>5} {n - k - e:>8} {_rate(k, n - e):>6}"
-        yield (
-            f"{'all':<26} {total:>7} {killed:>6} {equivalent:>5} "
-            f"{total - killed - equivalent:>8} {_rate(killed, total - equivalent):>6}"
-        )
+            sums = [a + b for a, b in zip(sums, (n, c, k, e), strict=True)]
+            yield _row(figures.path, n, c, k, e)
+        yield _row("all", *sums)
         seconds = sum(figures.seconds for figures in self.files)
-        checked = sum(figures.count(lambda _n, s: s != "not checked") for figures in self.files)
-        if checked:
+        if sums[1]:
             yield (
-                f"test time {seconds:.0f} s over {checked} mutants checked "
-                f"({seconds / checked:.2f} s each)"
+                f"test time {seconds:.0f} s over {sums[1]} mutants checked "
+                f"({seconds / sums[1]:.2f} s each)"
             )
+
+
+def _row(label: str, made: int, checked: int, killed: int, equivalent: int) -> str:
+    survived = checked - killed - equivalent
+    return (
+        f"{label:<26} {made:>7} {checked:>7} {killed:>6} {equivalent:>5} {survived:>8} "
+        f"{_rate(killed, checked - equivalent):>6}"
+    )
 
 
 def _rate(killed: int, relevant: int) -> str:

@@ -1,0 +1,115 @@
+"""Rules of the contract and the README that surviving mutants of the reconciler and the
+Adyen inbox showed no test held (docs/mutation.md names the mutant each one kills): the
+real reconciler and SQL on Postgres, the PSP played in-process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from tests.ledger.harness import (
+    FakeKlarna,
+    context,
+    insert_order,
+    new_order_id,
+    operations,
+    order_row,
+    shipped,
+    snapshot,
+)
+from tests.ledger.test_ledger_regressions import adyen_notification, drive, klarna_order
+from tests.seed_basket import SHOES, SOCKS
+from workers import adyen_inbox
+from workers.context import WorkerContext
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def klarna() -> FakeKlarna:
+    return FakeKlarna()
+
+
+@pytest.fixture
+def ctx(database_url: str, klarna: FakeKlarna) -> Iterator[WorkerContext]:
+    context_ = context(database_url, klarna)
+    yield context_
+    context_.close()
+
+
+def test_adyen_authorisation_sets_the_authorized_amount_of_a_known_order(
+    ctx: WorkerContext,
+) -> None:
+    # README, Adyen "Outcomes": AUTHORISATION records Adyen's authorized amount unless an
+    # operation of ours has changed the authorization since (none has here).
+    order_id = new_order_id()
+    snap = snapshot(order_id, [SHOES, SOCKS], provider="adyen")
+    insert_order(ctx, snap, authorized=1200)
+    item = {
+        "pspReference": snap.psp_order_id,
+        "merchantReference": order_id,
+        "merchantAccountCode": "Test",
+        "eventCode": "AUTHORISATION",
+        "success": "true",
+        "amount": {"value": 2100, "currency": "EUR"},
+    }
+    inbox_id = adyen_notification(ctx, item)
+    assert adyen_inbox.process(ctx, inbox_id, lambda *_: None) == "applied"
+    assert order_row(ctx, order_id)["authorized_amount"] == 2100
+    with ctx.pool.connection() as conn:
+        row = conn.execute("SELECT outcome FROM inbox WHERE id = %s", (inbox_id,)).fetchone()
+    assert row is not None and row["outcome"] == "applied"
+
+
+def test_an_unconfigured_provider_is_flagged_with_its_reason(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    order_id, snap = klarna_order(ctx, klarna, [SHOES])
+    insert_order(ctx, snap)
+    del ctx.providers["klarna"]
+    drive(ctx, order_id)
+    reason = order_row(ctx, order_id)["flag_reason"]["needs_attention"]
+    assert reason["code"] == "provider_not_configured"
+
+
+def test_a_failed_check_read_is_recorded_as_the_reads_error_with_its_correlation(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+
+    def timeout(request: httpx.Request) -> tuple[bool, httpx.Response | None]:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    unavailable = httpx.Response(
+        503, json={"error_code": "SERVICE_UNAVAILABLE", "correlation_id": "corr-7"}
+    )
+    klarna.fault("POST", "/captures", timeout)
+    klarna.fault("GET", snap.psp_order_id, lambda _r: (False, unavailable), times=10)
+    drive(ctx, order_id)
+    (op,) = operations(ctx, order_id)
+    # Still unknown: the read's failure is not the capture's outcome, and the operator
+    # sees which read failed and Klarna's correlation id.
+    assert op["status"] == "pending" and op["outcome_unknown"]
+    assert op["error"]["code"].startswith("check_read_")
+    assert op["error"]["correlation_id"] == "corr-7"
+
+
+def test_an_earlier_capture_does_not_stop_the_first_extension(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # Only an extension inside the window counts as "extended already"; a capture does not.
+    soon = datetime.now(UTC) + timedelta(days=1)
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES, SOCKS], shoes=1))
+    klarna.orders[snap.psp_order_id].expires_at = soon.isoformat()
+    insert_order(ctx, snap, authorized=snap.total, expires_at=soon)
+    drive(ctx, order_id)
+    assert [op["kind"] for op in operations(ctx, order_id)][:2] == [
+        "capture",
+        "extend_authorization",
+    ]
+    extends = [r for r in klarna.requests if r.url.path.endswith("extend-authorization-time")]
+    assert len(extends) == 1
