@@ -4,9 +4,19 @@ tests/domain/test_ledger.py."""
 
 from __future__ import annotations
 
-from domain.planner import Kind
+from domain.lines import basket_lines
+from domain.planner import (
+    NEEDS_NEW_ORDER,
+    Flag,
+    Kind,
+    OrderView,
+    Plan,
+    PspState,
+    PspStatus,
+    plan_next,
+)
 from tests.domain.test_ledger import Psp, order, plans, shipped
-from tests.seed_basket import discount
+from tests.seed_basket import SHOES, discount
 
 A = {"id": "a", "name": "A", "quantity": 2, "unit_price": 500, "tax_rate": 2000}
 B = {"id": "b", "name": "B", "quantity": 2, "unit_price": 1500, "tax_rate": 2000}
@@ -28,3 +38,20 @@ def test_a_unit_refunded_after_a_joint_refund_gets_what_it_was_captured_at() -> 
         psp.sync(order([shipped(A, 2, 2), shipped(B, 2, 1), discount(400)])), Kind.REFUND
     )
     assert last.amount == 375
+
+
+HAT = {"id": "hat", "name": "Hat", "quantity": 1, "unit_price": 1200, "tax_rate": 2000}
+
+
+def test_a_refused_increase_names_only_the_new_lines_and_what_fits_is_still_captured() -> None:
+    authorized = tuple(basket_lines(order([SHOES])))
+    psp = PspState(PspStatus.AUTHORIZED, 1200, 0, 0, "INVOICE", "DE", authorized)
+    both = order([shipped(SHOES, 1), shipped(HAT, 1)])
+    flag = plan_next(OrderView(both, psp), lambda _m, _c: False)
+    assert isinstance(flag, Flag) and flag.flag == NEEDS_NEW_ORDER
+    assert [line.reference for line in flag.lines] == ["hat"]
+    # Refused: the shoes, which fit the authorization, are captured all the same.
+    view = OrderView(both, psp, flags=frozenset({NEEDS_NEW_ORDER}), refused_amount=2400)
+    capture = plan_next(view, lambda _m, _c: False)
+    assert isinstance(capture, Plan) and capture.kind is Kind.CAPTURE
+    assert (capture.amount, [line.reference for line in capture.lines]) == (1200, ["shoes"])

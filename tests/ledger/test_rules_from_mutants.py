@@ -24,6 +24,7 @@ from tests.ledger.test_ledger_regressions import adyen_notification, drive, klar
 from tests.seed_basket import SHOES, SOCKS
 from workers import adyen_inbox
 from workers.context import WorkerContext
+from workers.reconcile import Reconciler
 
 pytestmark = pytest.mark.integration
 
@@ -62,6 +63,83 @@ def test_adyen_authorisation_sets_the_authorized_amount_of_a_known_order(
     with ctx.pool.connection() as conn:
         row = conn.execute("SELECT outcome FROM inbox WHERE id = %s", (inbox_id,)).fetchone()
     assert row is not None and row["outcome"] == "applied"
+
+
+def _adyen_order(ctx: WorkerContext) -> tuple[str, str]:
+    order_id = new_order_id()
+    snap = snapshot(order_id, shipped([SHOES, SOCKS], shoes=1), provider="adyen")
+    insert_order(ctx, snap)
+    return order_id, snap.psp_order_id
+
+
+def _payment_event(ctx: WorkerContext, psp: str, code: str, success: str) -> str:
+    item = {
+        "pspReference": psp,
+        "merchantAccountCode": "Test",
+        "eventCode": code,
+        "success": success,
+        "amount": {"value": 2100, "currency": "EUR"},
+    }
+    return adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None)
+
+
+def test_adyen_expire_marks_what_was_not_captured_as_lapsed(ctx: WorkerContext) -> None:
+    order_id, psp = _adyen_order(ctx)
+    assert _payment_event(ctx, psp, "EXPIRE", "true") == "applied"
+    row = order_row(ctx, order_id)
+    assert row["psp_status"] == "expired"
+    assert row["authorized_amount"] == row["captured_amount"] == 0
+
+
+def test_adyen_authorisation_refused_flags_the_order_for_a_person(ctx: WorkerContext) -> None:
+    order_id, psp = _adyen_order(ctx)
+    assert _payment_event(ctx, psp, "AUTHORISATION", "false") == "flagged"
+    row = order_row(ctx, order_id)
+    assert row["flags"] == ["needs_attention"]
+    assert row["flag_reason"]["needs_attention"]["code"] == "authorisation_refused"
+
+
+def test_a_capture_the_psp_forbids_needs_a_person_not_a_new_order(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # Only a refused *increase* asks the shop for a new order (README, "Refused increases").
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+    forbidden = httpx.Response(403, json={"error_code": "NOT_ALLOWED"})
+    klarna.fault("POST", "/captures", lambda _r: (False, forbidden))
+    drive(ctx, order_id)
+    (op,) = operations(ctx, order_id)
+    assert op["status"] == "rejected"
+    assert order_row(ctx, order_id)["flags"] == ["needs_attention"]
+
+
+def test_a_first_read_that_fails_for_now_is_tried_again_later_unflagged(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    order_id, snap = klarna_order(ctx, klarna, [SHOES])
+    insert_order(ctx, snap)  # Klarna not read yet
+    busy = httpx.Response(429, headers={"Retry-After": "120"})
+    klarna.fault("GET", snap.psp_order_id, lambda _r: (False, busy))
+    before = datetime.now(UTC)
+    assert Reconciler(ctx, lambda *_: None).run(order_id) == "refresh_failed"
+    row = order_row(ctx, order_id)
+    assert row["flags"] == []
+    assert row["next_reconcile_at"] > before + timedelta(seconds=60)  # Retry-After
+
+
+def test_an_operation_in_flight_without_credentials_is_parked_and_flagged(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+    klarna.fault("POST", "/captures", lambda _r: (False, httpx.Response(429)))
+    Reconciler(ctx, lambda *_: None).run(order_id)  # the capture waits for its retry
+    del ctx.providers["klarna"]
+    drive(ctx, order_id, force=True)
+    (op,) = operations(ctx, order_id)
+    assert op["status"] == "pending" and op["next_attempt_at"] is None
+    reason = order_row(ctx, order_id)["flag_reason"]["needs_attention"]
+    assert reason["code"] == "provider_not_configured"
 
 
 def test_an_unconfigured_provider_is_flagged_with_its_reason(
