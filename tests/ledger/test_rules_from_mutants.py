@@ -191,3 +191,86 @@ def test_an_earlier_capture_does_not_stop_the_first_extension(
     ]
     extends = [r for r in klarna.requests if r.url.path.endswith("extend-authorization-time")]
     assert len(extends) == 1
+
+
+def test_a_first_read_and_the_work_it_allows_happen_in_one_run(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, snap)  # Klarna not read yet
+    assert Reconciler(ctx, lambda *_: None).run(order_id) == "in_sync"
+    assert len(klarna.orders[snap.psp_order_id].captures) == 1
+
+
+def test_a_first_read_klarna_refuses_flags_the_order_and_parks_it(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    order_id, snap = klarna_order(ctx, klarna, [SHOES])
+    insert_order(ctx, snap)
+    missing = httpx.Response(404, json={"error_code": "NO_SUCH_ORDER"})
+    klarna.fault("GET", snap.psp_order_id, lambda _r: (False, missing))
+    assert Reconciler(ctx, lambda *_: None).run(order_id) == "refresh_failed"
+    row = order_row(ctx, order_id)
+    assert row["flag_reason"]["needs_attention"]["code"] == "read_failed"
+
+
+def _inbox_row(ctx: WorkerContext, inbox_id: int) -> dict[str, object]:
+    with ctx.pool.connection() as conn:
+        row = conn.execute("SELECT * FROM inbox WHERE id = %s", (inbox_id,)).fetchone()
+    assert row is not None
+    return dict(row)
+
+
+def _capture_item(psp: str, payment: str, success: str) -> dict[str, object]:
+    return {
+        "pspReference": psp,
+        "originalReference": payment,
+        "merchantAccountCode": "Test",
+        "eventCode": "CAPTURE",
+        "success": success,
+        "amount": {"value": 1200, "currency": "EUR"},
+    }
+
+
+def test_adyen_notifications_that_match_nothing_wait_then_are_orphaned(
+    ctx: WorkerContext,
+) -> None:
+    item = _capture_item("MODX", "NOSUCHPAYMENT", "true")
+    waiting = adyen_notification(ctx, item)
+    assert adyen_inbox.process(ctx, waiting, lambda *_: None) == "unmatched"
+    assert _inbox_row(ctx, waiting)["processed_at"] is None  # offered again by the sweeper
+    old = adyen_notification(ctx, {**item, "pspReference": "MODY"})
+    with ctx.pool.connection() as conn, conn.transaction():
+        conn.execute(
+            "UPDATE inbox SET received_at = now() - interval '2 days' WHERE id = %s", (old,)
+        )
+    assert adyen_inbox.process(ctx, old, lambda *_: None) == "orphaned"
+    assert _inbox_row(ctx, old)["outcome"] == "orphaned"
+    assert adyen_inbox.process(ctx, old, lambda *_: None) == "duplicate"
+
+
+def test_adyen_a_failed_generations_repeated_notification_is_stale(database_url: str) -> None:
+    refs = iter(f"MOD{n}" for n in range(1, 10))
+
+    def adyen(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"status": "received", "pspReference": next(refs)})
+
+    ctx = context(database_url, adyen)
+    try:
+        order_id = new_order_id()
+        snap = snapshot(order_id, shipped([SHOES], shoes=1), provider="adyen")
+        insert_order(ctx, snap)
+        assert drive(ctx, order_id) == "awaiting_notification"
+        (op,) = operations(ctx, order_id)
+        failed = {
+            **_capture_item("MOD1", snap.psp_order_id, "false"),
+            "merchantReference": str(op["id"]),
+        }
+        assert adyen_inbox.process(ctx, adyen_notification(ctx, failed), lambda *_: None) == (
+            "retry"
+        )
+        again = adyen_notification(ctx, {**failed, "reason": "delivered twice"})
+        assert adyen_inbox.process(ctx, again, lambda *_: None) == "stale"
+        assert _inbox_row(ctx, again)["outcome"] == "stale"
+    finally:
+        ctx.close()
