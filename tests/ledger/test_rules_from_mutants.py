@@ -274,3 +274,37 @@ def test_adyen_a_failed_generations_repeated_notification_is_stale(database_url:
         assert _inbox_row(ctx, again)["outcome"] == "stale"
     finally:
         ctx.close()
+
+
+def test_adyen_money_moved_back_after_a_success_only_flags_and_the_order_is_reconciled(
+    database_url: str,
+) -> None:
+    # README, Adyen "Out of order": a late failure never undoes a success; it flags.
+    def adyen(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"status": "received", "pspReference": "MOD1"})
+
+    ctx = context(database_url, adyen)
+    try:
+        order_id = new_order_id()
+        snap = snapshot(order_id, shipped([SHOES], shoes=1), provider="adyen")
+        insert_order(ctx, snap)
+        assert drive(ctx, order_id) == "awaiting_notification"
+        enqueued: list[str] = []
+
+        def enqueue(order: str, _delay: float) -> None:
+            enqueued.append(order)
+
+        ok = _capture_item("MOD1", snap.psp_order_id, "true")
+        assert adyen_inbox.process(ctx, adyen_notification(ctx, ok), enqueue) == "succeeded"
+        assert enqueued == [order_id]  # the order is reconciled after the outcome
+        failed = {**ok, "eventCode": "CAPTURE_FAILED"}
+        assert adyen_inbox.process(ctx, adyen_notification(ctx, failed), enqueue) == "flagged"
+        (op,) = operations(ctx, order_id)
+        assert op["status"] == "succeeded"
+        row = order_row(ctx, order_id)
+        assert row["captured_amount"] == 1200
+        reason = row["flag_reason"]["needs_attention"]
+        assert reason["code"] == "capture_failed_after_succeeded"
+        assert "recorded as succeeded" in reason["message"]
+    finally:
+        ctx.close()
