@@ -308,3 +308,65 @@ def test_adyen_money_moved_back_after_a_success_only_flags_and_the_order_is_reco
         assert "recorded as succeeded" in reason["message"]
     finally:
         ctx.close()
+
+
+def test_adyen_a_failed_capture_is_sent_again_later_then_fails_with_a_flag(
+    database_url: str,
+) -> None:
+    refs = iter(f"MOD{n}" for n in range(1, 10))
+
+    def adyen(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"status": "received", "pspReference": next(refs)})
+
+    ctx = context(database_url, adyen, max_attempts=2, retry_base_seconds=60, retry_max_seconds=60)
+    try:
+        order_id = new_order_id()
+        snap = snapshot(order_id, shipped([SHOES], shoes=1), provider="adyen")
+        insert_order(ctx, snap)
+        assert drive(ctx, order_id) == "awaiting_notification"
+        delays: list[float] = []
+        before = datetime.now(UTC)
+        first = _capture_item("MOD1", snap.psp_order_id, "false")
+
+        def enqueue(_order: str, delay: float) -> None:
+            delays.append(delay)
+
+        assert adyen_inbox.process(ctx, adyen_notification(ctx, first), enqueue) == "retry"
+        (op,) = operations(ctx, order_id)
+        assert op["next_attempt_at"] > before  # after the back-off, not at once
+        assert delays and delays[0] > 0
+        with ctx.pool.connection() as conn, conn.transaction():
+            conn.execute("UPDATE operations SET next_attempt_at = now() WHERE id = %s", (op["id"],))
+        assert drive(ctx, order_id) == "awaiting_notification"
+        last = _capture_item("MOD2", snap.psp_order_id, "false")
+        assert adyen_inbox.process(ctx, adyen_notification(ctx, last), enqueue) == "failed"
+        (op,) = operations(ctx, order_id)
+        assert op["status"] == "failed" and op["error"]["code"] == "CAPTURE"
+        reason = order_row(ctx, order_id)["flag_reason"]["needs_attention"]
+        assert reason["code"] == "retries_exhausted"
+    finally:
+        ctx.close()
+
+
+def test_adyen_a_refused_cancellation_is_rejected_and_flagged(database_url: str) -> None:
+    def adyen(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"status": "received", "pspReference": "MODC"})
+
+    ctx = context(database_url, adyen)
+    try:
+        order_id = new_order_id()
+        snap = snapshot(order_id, [SHOES], provider="adyen")
+        insert_order(ctx, snap.model_copy(update={"status": "cancelled"}))
+        assert drive(ctx, order_id) == "awaiting_notification"
+        item = {
+            **_capture_item("MODC", snap.psp_order_id, "false"),
+            "eventCode": "CANCELLATION",
+        }
+        assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == (
+            "rejected"
+        )
+        (op,) = operations(ctx, order_id)
+        assert op["kind"] == "cancel" and op["status"] == "rejected"
+        assert "needs_attention" in order_row(ctx, order_id)["flags"]
+    finally:
+        ctx.close()
