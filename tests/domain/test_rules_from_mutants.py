@@ -4,6 +4,8 @@ tests/domain/test_ledger.py."""
 
 from __future__ import annotations
 
+import pytest
+
 from domain.lines import basket_lines
 from domain.planner import (
     NEEDS_NEW_ORDER,
@@ -16,7 +18,7 @@ from domain.planner import (
     plan_next,
 )
 from tests.domain.test_ledger import Psp, order, plans, shipped
-from tests.seed_basket import SHOES, discount
+from tests.seed_basket import SHOES, SOCKS, discount
 
 A = {"id": "a", "name": "A", "quantity": 2, "unit_price": 500, "tax_rate": 2000}
 B = {"id": "b", "name": "B", "quantity": 2, "unit_price": 1500, "tax_rate": 2000}
@@ -55,3 +57,22 @@ def test_a_refused_increase_names_only_the_new_lines_and_what_fits_is_still_capt
     capture = plan_next(view, lambda _m, _c: False)
     assert isinstance(capture, Plan) and capture.kind is Kind.CAPTURE
     assert (capture.amount, [line.reference for line in capture.lines]) == (1200, ["shoes"])
+
+
+@pytest.mark.parametrize("discount_now", [None, 0], ids=["discount_dropped", "discount_zero"])
+def test_a_discount_given_back_by_a_correction_is_still_refunded_on_its_own_line(
+    discount_now: int | None,
+) -> None:
+    # The first pair is captured with a share of the discount; the discount is then
+    # dropped (or set to 0) and the next capture gives it back as a correction. A pair
+    # returned now still carries its share, refunded on the discount's line.
+    psp = Psp(authorized=1470)
+    psp.sync(order([SHOES, shipped(SOCKS, 1), discount(630)]))
+    rest = [] if discount_now is None else [discount(discount_now)]
+    psp.sync(order([shipped(SHOES, 1), shipped(SOCKS, 2), *rest]))
+    made = psp.sync(order([shipped(SHOES, 1), shipped(SOCKS, 2, returned=1), *rest]))
+    [refund] = plans(made, Kind.REFUND)
+    assert [(x.reference, x.total_amount) for x in refund.lines] == [
+        ("socks", 450),
+        ("discount", -49),
+    ]
