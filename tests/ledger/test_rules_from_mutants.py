@@ -370,3 +370,20 @@ def test_adyen_a_refused_cancellation_is_rejected_and_flagged(database_url: str)
         assert "needs_attention" in order_row(ctx, order_id)["flags"]
     finally:
         ctx.close()
+
+
+def test_a_later_read_showing_money_moved_elsewhere_flags_drift_and_adopts_it(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    order_id, snap = klarna_order(ctx, klarna, [SHOES, SOCKS])
+    insert_order(ctx, snap, authorized=snap.total)
+    # Captured in Klarna's portal, not by this service; the periodic re-read sees it.
+    klarna.orders[snap.psp_order_id].captured_amount = 1200
+    klarna.orders[snap.psp_order_id].status = "PART_CAPTURED"
+    with ctx.pool.connection() as conn, conn.transaction():
+        conn.execute("UPDATE orders SET psp_synced_at = NULL WHERE id = %s", (order_id,))
+    Reconciler(ctx, lambda *_: None).run(order_id)
+    row = order_row(ctx, order_id)
+    assert row["captured_amount"] == 1200
+    reason = row["flag_reason"]["needs_attention"]
+    assert reason["code"] == "drift" and "its figures were adopted" in reason["message"]
