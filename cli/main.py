@@ -185,7 +185,20 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from devrig.simulation import simulate
 
     configure_logging("WARNING", "console")
-    return simulate(args.histories, args.first_seed, database_url=args.database_url)
+    if args.coverage:
+        from devrig.simulation import simulate_with_coverage
+
+        return simulate_with_coverage(args.histories, args.first_seed)
+    return simulate(
+        args.histories,
+        args.first_seed,
+        database_url=args.database_url,
+        processes=args.processes,
+        fail_fast=args.fail_fast,
+        verbose=args.verbose,
+        kinds=not args.no_kinds,
+        seconds=args.minutes * 60 if args.minutes else None,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -257,6 +270,20 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--first-seed", type=int, default=0)
     simulate.add_argument(
         "--database-url", help="a database for the simulation alone (emptied); default: embedded"
+    )
+    simulate.add_argument(
+        "--processes", type=int, default=1, help="side by side, one database each"
+    )
+    simulate.add_argument("--fail-fast", action="store_true", help="stop at the first violation")
+    simulate.add_argument("--verbose", action="store_true", help="print every history's trace")
+    simulate.add_argument("--no-kinds", action="store_true", help="omit the event-kind counts")
+    simulate.add_argument(
+        "--minutes", type=float, help="stop when this time is spent (the totals so far)"
+    )
+    simulate.add_argument(
+        "--coverage",
+        action="store_true",
+        help="line coverage of domain/ and the workers it drives, from the simulation alone",
     )
     simulate.set_defaults(fn=cmd_simulate)
 

@@ -40,10 +40,18 @@ WHERE order_id = %(order_id)s AND source = 'shop' AND outcome = 'applied'
 # concurrent event for the same order.
 STORE_SHOP_EVENT = """
 WITH existing AS (
-    SELECT version, provider, psp_order_id FROM orders WHERE id = %(id)s FOR UPDATE
+    SELECT version, provider, psp_order_id, fixed_terms FROM orders WHERE id = %(id)s
+    FOR UPDATE
 ), payment_changed AS (
-    SELECT 1 FROM existing
+    -- The first field of what the first snapshot fixed (orders.fixed_terms) that this
+    -- one changes; an order stored without it is held to its provider and id.
+    SELECT f.key AS field FROM existing e, jsonb_each(%(fixed)s::jsonb) AS f(key, value)
+    WHERE e.fixed_terms IS NOT NULL
+      AND coalesce(e.fixed_terms -> f.key, 'null'::jsonb) IS DISTINCT FROM f.value
+    UNION ALL
+    SELECT 'order.payment' FROM existing
     WHERE (provider, psp_order_id) IS DISTINCT FROM (%(provider)s, %(psp_id)s)
+    ORDER BY 1 LIMIT 1
 ), inbox_row AS (
     INSERT INTO inbox (source, event_key, event_type, order_id, payload, processed_at, outcome)
     SELECT 'shop', %(key)s, %(type)s, %(id)s, %(payload)s::jsonb, now(),
@@ -55,7 +63,7 @@ WITH existing AS (
 ), written AS (
     INSERT INTO orders (id, version, provider, psp_order_id, currency, status, snapshot,
                         desired_amount, authorized_amount, authorized_lines, psp_status,
-                        psp_synced_at, reconcile_requested_at)
+                        psp_synced_at, reconcile_requested_at, fixed_terms)
     SELECT %(id)s, %(version)s, %(provider)s, %(psp_id)s, %(currency)s, %(status)s,
            %(snapshot)s::jsonb, %(total)s,
            -- An Adyen payment's authorization is known from its AUTHORISATION
@@ -63,15 +71,16 @@ WITH existing AS (
            -- from Klarna before the first operation.
            CASE WHEN %(adyen)s THEN coalesce(
                (SELECT authorized_amount FROM adyen_payments
-                WHERE psp_reference = %(psp_id)s), %(total)s) END,
+                WHERE psp_reference = %(psp_id)s AND currency = %(currency)s), %(total)s) END,
            %(basket)s,
            CASE WHEN %(adyen)s THEN 'authorized' END,
            CASE WHEN %(adyen)s THEN now() END,
-           now()
+           now(), %(fixed)s::jsonb
     FROM inbox_row WHERE inbox_row.outcome = 'applied'
     ON CONFLICT (id) DO UPDATE
-    SET version = EXCLUDED.version, status = EXCLUDED.status, currency = EXCLUDED.currency,
+    SET version = EXCLUDED.version, status = EXCLUDED.status,
         snapshot = EXCLUDED.snapshot, desired_amount = EXCLUDED.desired_amount,
+        fixed_terms = coalesce(orders.fixed_terms, EXCLUDED.fixed_terms),
         reconcile_requested_at = now(), sweep_after = NULL, updated_at = now()
     WHERE orders.version < EXCLUDED.version
       AND (orders.provider, orders.psp_order_id) = (EXCLUDED.provider, EXCLUDED.psp_order_id)
@@ -79,7 +88,7 @@ WITH existing AS (
 )
 SELECT (SELECT outcome FROM inbox_row) AS outcome,
        EXISTS (SELECT 1 FROM written) AS written,
-       EXISTS (SELECT 1 FROM payment_changed) AS payment_changed
+       (SELECT field FROM payment_changed) AS changed_field
 """
 
 
@@ -115,22 +124,33 @@ WITH batch AS (
         %(ord)s::int[], %(id)s::text[], %(version)s::bigint[], %(provider)s::text[],
         %(psp_id)s::text[], %(currency)s::text[], %(status)s::text[], %(key)s::text[],
         %(type)s::text[], %(payload)s::text[], %(snapshot)s::text[], %(total)s::bigint[],
-        %(basket)s::text[]
+        %(basket)s::text[], %(fixed)s::text[]
     ) AS b(ord, id, version, provider, psp_id, currency, status, key, type, payload,
-           snapshot, total, basket)
+           snapshot, total, basket, fixed)
 ), existing AS (
-    SELECT id, version, provider, psp_order_id FROM orders
+    SELECT id, version, provider, psp_order_id, fixed_terms FROM orders
     WHERE id IN (SELECT id FROM batch) ORDER BY id FOR UPDATE
+), compared AS (
+    -- As in STORE_SHOP_EVENT: the first fixed field this row changes, if any.
+    SELECT b.*, e.id AS existing_id, e.version AS existing_version,
+           (SELECT f.key FROM jsonb_each(b.fixed::jsonb) AS f(key, value)
+            WHERE e.fixed_terms IS NOT NULL
+              AND coalesce(e.fixed_terms -> f.key, 'null'::jsonb) IS DISTINCT FROM f.value
+            UNION ALL
+            SELECT 'order.payment'
+            WHERE e.id IS NOT NULL
+              AND (e.provider, e.psp_order_id) IS DISTINCT FROM (b.provider, b.psp_id)
+            ORDER BY 1 LIMIT 1) AS changed_field
+    FROM batch b LEFT JOIN existing e ON e.id = b.id
 ), checked AS (
     SELECT b.*,
-           coalesce((e.provider, e.psp_order_id) IS DISTINCT FROM (b.provider, b.psp_id)
-                    AND e.id IS NOT NULL, false) AS payment_changed,
-           e.id IS NULL AND EXISTS (
+           b.changed_field IS NOT NULL AS payment_changed,
+           b.existing_id IS NULL AND EXISTS (
                SELECT 1 FROM orders o
                WHERE (o.provider, o.psp_order_id) = (b.provider, b.psp_id) AND o.id <> b.id
            ) AS payment_taken,
-           coalesce(e.version >= b.version, false) AS is_stale
-    FROM batch b LEFT JOIN existing e ON e.id = b.id
+           coalesce(b.existing_version >= b.version, false) AS is_stale
+    FROM compared b
 ), inbox_rows AS (
     INSERT INTO inbox (source, event_key, event_type, order_id, payload, processed_at, outcome)
     SELECT 'shop', key, type, id, payload::jsonb, now(),
@@ -142,28 +162,29 @@ WITH batch AS (
 ), written AS (
     INSERT INTO orders (id, version, provider, psp_order_id, currency, status, snapshot,
                         desired_amount, authorized_amount, authorized_lines, psp_status,
-                        psp_synced_at, reconcile_requested_at)
+                        psp_synced_at, reconcile_requested_at, fixed_terms)
     SELECT c.id, c.version, c.provider, c.psp_id, c.currency, c.status, c.snapshot::jsonb,
            c.total,
            CASE WHEN c.provider = 'adyen' THEN coalesce(
                (SELECT authorized_amount FROM adyen_payments
-                WHERE psp_reference = c.psp_id), c.total) END,
+                WHERE psp_reference = c.psp_id AND currency = c.currency), c.total) END,
            c.basket::jsonb,
            CASE WHEN c.provider = 'adyen' THEN 'authorized' END,
            CASE WHEN c.provider = 'adyen' THEN now() END,
-           now()
+           now(), c.fixed::jsonb
     FROM checked c JOIN inbox_rows i ON i.event_key = c.key
     WHERE i.outcome = 'applied'
     ORDER BY c.id
     ON CONFLICT (id) DO UPDATE
-    SET version = EXCLUDED.version, status = EXCLUDED.status, currency = EXCLUDED.currency,
+    SET version = EXCLUDED.version, status = EXCLUDED.status,
         snapshot = EXCLUDED.snapshot, desired_amount = EXCLUDED.desired_amount,
-        reconcile_requested_at = now(), updated_at = now()
+        fixed_terms = coalesce(orders.fixed_terms, EXCLUDED.fixed_terms),
+        reconcile_requested_at = now(), sweep_after = NULL, updated_at = now()
     WHERE orders.version < EXCLUDED.version
       AND (orders.provider, orders.psp_order_id) = (EXCLUDED.provider, EXCLUDED.psp_order_id)
     RETURNING id
 )
-SELECT c.ord, i.outcome, c.payment_changed, c.payment_taken,
+SELECT c.ord, i.outcome, c.changed_field, c.payment_taken,
        EXISTS (SELECT 1 FROM written w WHERE w.id = c.id) AS written
 FROM checked c LEFT JOIN inbox_rows i ON i.event_key = c.key
 ORDER BY c.ord
@@ -223,7 +244,10 @@ WHERE id IN (
 )
 RETURNING id
 """
-LOCK_NOTIFICATION = "SELECT * FROM inbox WHERE id = %(id)s AND source = 'adyen' FOR UPDATE"
+LOCK_NOTIFICATION = """
+SELECT *, extract(epoch FROM now() - received_at)::float8 AS age_seconds
+FROM inbox WHERE id = %(id)s AND source = 'adyen' FOR UPDATE
+"""
 MARK_UNMATCHED = "UPDATE inbox SET outcome = 'unmatched' WHERE id = %(id)s"
 MARK_PROCESSED = """
 UPDATE inbox SET processed_at = now(), outcome = %(outcome)s,

@@ -81,7 +81,15 @@ def in_flight(ops: Sequence[Row]) -> Row | None:
 
 def history(ops: Sequence[Row]) -> list[PastOperation]:
     return [
-        PastOperation(Kind(r["kind"]), r["status"], r["amount"], to_lines(r["lines"])) for r in ops
+        PastOperation(
+            Kind(r["kind"]),
+            r["status"],
+            r["amount"],
+            to_lines(r["lines"]),
+            external=bool(r.get("external")),
+            reference=str(r["id"]),
+        )
+        for r in ops
     ]
 
 
@@ -260,8 +268,13 @@ def set_flag(
         """
         UPDATE orders
         SET flags = CASE WHEN %(flag)s = ANY(flags) THEN flags ELSE flags || %(flag)s END,
-            flag_reason = coalesce(flag_reason, '{}'::jsonb)
-                          || jsonb_build_object(%(flag)s, %(reason)s),
+            -- The first needs_attention reason stands until an operator clears it: it
+            -- is the one the shop was told, and what went wrong first.
+            flag_reason = CASE
+                WHEN %(flag)s = 'needs_attention' AND %(flag)s = ANY(flags)
+                     AND flag_reason ? %(flag)s THEN flag_reason
+                ELSE coalesce(flag_reason, '{}'::jsonb)
+                     || jsonb_build_object(%(flag)s, %(reason)s::jsonb) END,
             refused_amount = coalesce(%(refused)s, refused_amount),
             updated_at = now()
         WHERE id = %(id)s
@@ -305,11 +318,15 @@ def apply_success(conn: Connection[Row], order: Row, op: Row) -> None:
     if kind is Kind.UPDATE_AUTHORIZATION:
         updates = {"authorized_amount": amount, "authorized_lines": Jsonb(op["lines"])}
     elif kind is Kind.CAPTURE:
+        # A capture the PSP confirms is counted whatever we believed of the authorization
+        # (an EXPIRE may have arrived before this capture's own notification): the
+        # authorization is at least what was captured under it.
         captured += amount
-        updates = {
-            "captured_amount": captured,
-            "psp_status": PspStatus.CAPTURED if captured >= authorized else PspStatus.PART_CAPTURED,
-        }
+        updates = {"captured_amount": captured, "authorized_amount": max(authorized, captured)}
+        if order["psp_status"] not in (PspStatus.EXPIRED, PspStatus.CLOSED):
+            updates["psp_status"] = (
+                PspStatus.CAPTURED if captured >= authorized else PspStatus.PART_CAPTURED
+            )
     elif kind is Kind.REFUND:
         updates = {"refunded_amount": order["refunded_amount"] + amount}
     elif kind is Kind.CANCEL:
@@ -325,6 +342,63 @@ def apply_success(conn: Connection[Row], order: Row, op: Row) -> None:
     conn.execute(
         f"UPDATE orders SET {assignments}, updated_at = now() WHERE id = %(id)s",  # noqa: S608
         {**updates, "id": order["id"]},
+    )
+
+
+# Money that moved without the service, as a succeeded operation that was never sent:
+# the ledger counts it and the planner never makes it again. Its key is derived from
+# the PSP's own reference, so learning of it twice records it once.
+INSERT_EXTERNAL_OPERATION = """
+INSERT INTO operations (id, order_id, seq, kind, status, amount, lines, target_version,
+                        idempotency_key, attempts, psp_reference, external)
+VALUES (%(id)s, %(order_id)s,
+        (SELECT coalesce(max(seq), 0) + 1 FROM operations WHERE order_id = %(order_id)s),
+        %(kind)s, 'succeeded', %(amount)s, %(lines)s, %(version)s, %(key)s, 0,
+        %(reference)s, true)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING *
+"""
+
+
+def record_external(
+    conn: Connection[Row],
+    order: Row,
+    kind: Kind,
+    amount: int,
+    reference: str,
+    lines: Sequence[PspLine] = (),
+    *,
+    move_figures: bool = True,
+) -> bool:
+    """Records money the PSP moved without us (contract §4) under the order's row lock;
+    with `move_figures`, the order's figures move by it (a notification; a read adopts
+    the PSP's figures itself). False if it was recorded before."""
+    row = conn.execute(
+        INSERT_EXTERNAL_OPERATION,
+        {
+            "id": uuid.uuid4(),
+            "order_id": order["id"],
+            "kind": kind.value,
+            "amount": amount,
+            "lines": Jsonb([line.to_json() for line in lines]),
+            "version": order["version"],
+            "key": str(uuid.uuid5(_KEY_NAMESPACE, f"external:{order['id']}:{reference}")),
+            "reference": reference,
+        },
+    ).fetchone()
+    if row is None:
+        return False
+    if move_figures:
+        apply_success(conn, order, row)
+    return True
+
+
+def attribute_external(conn: Connection[Row], op_id: str, lines: Sequence[PspLine]) -> None:
+    """Names the units an external refund gave back (domain/planner.py Attribute)."""
+    conn.execute(
+        "UPDATE operations SET lines = %s, updated_at = now()"
+        " WHERE id = %s AND external AND lines = '[]'::jsonb",
+        (Jsonb([line.to_json() for line in lines]), op_id),
     )
 
 
@@ -351,10 +425,12 @@ def mark_in_sync(conn: Connection[Row], order_id: str) -> None:
     )
 
 
-def defer_order(conn: Connection[Row], order_id: str, at: datetime) -> None:
+def defer_order(conn: Connection[Row], order_id: str, seconds: float) -> None:
+    """Not reconciled again for `seconds`, on the database's clock (as every due time)."""
     conn.execute(
-        "UPDATE orders SET next_reconcile_at = %s, updated_at = now() WHERE id = %s",
-        (at, order_id),
+        "UPDATE orders SET next_reconcile_at = now() + make_interval(secs => %s),"
+        " updated_at = now() WHERE id = %s",
+        (seconds, order_id),
     )
 
 
@@ -432,13 +508,18 @@ RESYNC = """
 UPDATE orders SET psp_synced_at = NULL, reconcile_requested_at = now()
 WHERE id IN (
     SELECT id FROM orders
-    WHERE provider = 'klarna' AND status = 'open'
-      AND psp_status IN ('authorized', 'part_captured')
+    WHERE provider = 'klarna'
       AND reconcile_requested_at IS NULL
       AND NOT 'needs_attention' = ANY(flags)
-      AND (psp_synced_at < now() - make_interval(secs => %(resync)s)
-           OR (expires_at < now() + make_interval(days => %(days)s)
-               AND captured_amount < desired_amount))
+      AND ((status = 'open' AND psp_status IN ('authorized', 'part_captured')
+            AND (psp_synced_at < now() - make_interval(secs => %(resync)s)
+                 OR (expires_at < now() + make_interval(days => %(days)s)
+                     AND captured_amount < desired_amount)))
+           -- Captured orders too while money is held: a refund made in Klarna's portal
+           -- is money that moved without the service (contract §4); only a read shows
+           -- it (index orders_resync_captured, migration 0012).
+           OR (psp_status = 'captured' AND refunded_amount < captured_amount
+               AND psp_synced_at < now() - make_interval(secs => %(resync)s)))
     ORDER BY psp_synced_at
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
@@ -494,7 +575,8 @@ LIMIT 1
 RETRY_GENERATION = """
 UPDATE operations
 SET status = 'pending', key_generation = key_generation + 1,
-    next_attempt_at = %(at)s, error = %(error)s, psp_reference = NULL,
+    next_attempt_at = now() + make_interval(secs => %(delay)s), error = %(error)s,
+    psp_reference = NULL,
     failed_psp_references = array_append(failed_psp_references, %(psp)s),
     lease_token = NULL, lease_until = NULL, updated_at = now()
 WHERE id = %(id)s
@@ -556,9 +638,11 @@ def operation(conn: Connection[Row], op_id: uuid.UUID, status: str | None = None
 
 
 def retry_generation(
-    conn: Connection[Row], op_id: uuid.UUID, at: datetime, error: dict[str, Any], psp: str
+    conn: Connection[Row], op_id: uuid.UUID, delay: float, error: dict[str, Any], psp: str
 ) -> None:
-    conn.execute(RETRY_GENERATION, {"at": at, "error": Jsonb(error), "psp": psp, "id": op_id})
+    """Due in `delay` seconds on the database's clock."""
+    params = {"delay": delay, "error": Jsonb(error), "psp": psp, "id": op_id}
+    conn.execute(RETRY_GENERATION, params)
 
 
 def settle_operation(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection, Connection
@@ -11,9 +10,13 @@ from psycopg.types.json import Jsonb
 
 Row = dict[str, Any]
 
+# Parked events (refused by the shop too often) are not a backlog that moves; they are
+# counted on their own, for an alert.
 BACKLOG = """
-SELECT count(*) AS backlog,
-       coalesce(extract(epoch FROM now() - min(created_at))::float8, 0) AS oldest
+SELECT count(*) FILTER (WHERE parked_at IS NULL) AS backlog,
+       coalesce(extract(epoch FROM now() - min(created_at) FILTER (WHERE parked_at IS NULL))
+                ::float8, 0) AS oldest,
+       count(*) FILTER (WHERE parked_at IS NOT NULL) AS parked
 FROM outbox WHERE delivered_at IS NULL
 """
 
@@ -38,15 +41,17 @@ RETURNING id
 """
 
 # The order's oldest undelivered event, if it is due and nobody holds it: a later event
-# waits behind an earlier one that keeps failing.
+# waits behind an earlier one that keeps failing (unless the shop refused that one so
+# often that it was parked). The oldest row is locked and waited for, never skipped: a
+# second deliverer claiming at the same moment must not pass it and send a later event.
 CLAIM_NEXT = """
 UPDATE outbox SET attempts = attempts + 1,
                   lease_until = now() + make_interval(secs => %(lease)s)
 WHERE id = (
     SELECT id FROM outbox
-    WHERE order_id = %(order_id)s AND delivered_at IS NULL
+    WHERE order_id = %(order_id)s AND delivered_at IS NULL AND parked_at IS NULL
     ORDER BY seq LIMIT 1
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE
 )
   AND next_attempt_at <= now()
   AND (lease_until IS NULL OR lease_until < now())
@@ -60,8 +65,9 @@ WHERE id = %(id)s
 """
 
 MARK_FAILED = """
-UPDATE outbox SET next_attempt_at = %(at)s, lease_until = NULL, last_status = %(status)s,
-                  last_error = %(error)s
+UPDATE outbox SET next_attempt_at = now() + make_interval(secs => %(delay)s),
+                  lease_until = NULL, last_status = %(status)s, last_error = %(error)s,
+                  parked_at = CASE WHEN %(park)s THEN now() END
 WHERE id = %(id)s
 """
 
@@ -99,16 +105,20 @@ def mark_delivered(conn: Connection[Row], event_id: uuid.UUID, status: int | Non
 def mark_failed(
     conn: Connection[Row],
     event_id: uuid.UUID,
-    retry_at: datetime,
+    delay: float,
     status: int | None,
     error: str,
+    *,
+    park: bool = False,
 ) -> None:
-    conn.execute(MARK_FAILED, {"id": event_id, "at": retry_at, "status": status, "error": error})
+    """Due again in `delay` seconds (database clock); `park`: never again by itself."""
+    params = {"id": event_id, "delay": delay, "status": status, "error": error, "park": park}
+    conn.execute(MARK_FAILED, params)
 
 
 UNDELIVERED_CALLBACKS = """
 SELECT DISTINCT order_id FROM outbox
-WHERE delivered_at IS NULL AND next_attempt_at <= now()
+WHERE delivered_at IS NULL AND parked_at IS NULL AND next_attempt_at <= now()
   AND (lease_until IS NULL OR lease_until < now())
 LIMIT %(batch)s
 """

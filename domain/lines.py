@@ -94,6 +94,8 @@ class LineLedger:
     refunded_amount: int = 0
     captured_share: int = 0
     refunded_share: int = 0
+    # The product line as it was last captured: a refund gives back at its tax rate.
+    captured_line: PspLine | None = field(default=None, compare=False)
     # The line as last sent: a discount the shop has since dropped is still named by it.
     line: PspLine | None = field(default=None, compare=False)
 
@@ -113,10 +115,13 @@ class LineLedger:
 Ledger = dict[str, LineLedger]
 
 
+SHARE_TYPES = frozenset({LineType.DISCOUNT, LineType.SALES_TAX})
+
+
 def _is_share(line: PspLine) -> bool:
-    # Every reducing line goes out as a one-unit `discount` share (see _share_line);
-    # no product line can have that type (the snapshot's discount type reduces).
-    return line.type is LineType.DISCOUNT
+    # Every shared line goes out as a one-unit share (see _share_line): `discount` for
+    # the reducing lines, `sales_tax` for sales tax; no product line has either type.
+    return line.type in SHARE_TYPES
 
 
 def ledger_from(operations: Iterable[tuple[str, Sequence[PspLine]]]) -> Ledger:
@@ -145,6 +150,8 @@ def ledger_from(operations: Iterable[tuple[str, Sequence[PspLine]]]) -> Ledger:
             if kind == CAPTURE:
                 entry.captured_quantity += line.quantity
                 entry.captured_amount += line.total_amount
+                if not _is_share(line):
+                    entry.captured_line = line
             else:
                 entry.refunded_quantity += line.quantity
                 entry.refunded_amount += line.total_amount
@@ -197,9 +204,9 @@ def all_units_captured(order: OrderSnapshot, ledger: Ledger) -> bool:
     """Nothing is left to capture, ever: every product unit has shipped, and what has
     not been captured of it is worth nothing (a capture of 0 is never sent)."""
     shipped = all(
-        line.shipped_quantity >= line.quantity
+        shipped_quantity(order, line) >= line.quantity
         for line in order.effective_lines
-        if not line.reduces_total and line.total != 0
+        if not line.shared and line.total != 0
     )
     return shipped and lines_total(capture_lines(order, ledger)) <= 0
 
@@ -217,6 +224,39 @@ def same_lines(a: Iterable[PspLine], b: Iterable[PspLine]) -> bool:
 
 def lines_total(lines: Iterable[PspLine]) -> int:
     return sum(line.total_amount for line in lines)
+
+
+def goods_shipped(order: OrderSnapshot) -> bool:
+    """Whether any goods have shipped: the order's first capture is due."""
+    return any(line.shipped_quantity > 0 for line in order.lines if not line.is_fee)
+
+
+def shipped_quantity(order: OrderSnapshot, line: Line) -> int:
+    """Units of `line` to be captured: what the shop marked shipped, and for a fee line
+    (shipping fee, surcharge) all of it as soon as any goods have shipped (contract §4:
+    fees go with the order's first capture)."""
+    if line.is_fee and goods_shipped(order):
+        return line.quantity
+    return min(line.shipped_quantity, line.quantity)
+
+
+def reversed_quantities(order: OrderSnapshot, ledger: Ledger) -> list[str]:
+    """Lines whose shipped or returned quantity went below what the PSP already captured
+    or refunded for them (contract §4: quantities never go down), with the figures."""
+    found = []
+    for line in order.effective_lines:
+        entry = ledger.get(line.id)
+        if entry is None or line.shared:
+            continue
+        if shipped_quantity(order, line) < entry.captured_quantity:
+            found.append(
+                f"{line.id}: shipped {line.shipped_quantity} < captured {entry.captured_quantity}"
+            )
+        if line.returned_quantity < entry.refunded_quantity:
+            found.append(
+                f"{line.id}: returned {line.returned_quantity} < refunded {entry.refunded_quantity}"
+            )
+    return found
 
 
 # --- building lines -----------------------------------------------------------------
@@ -277,16 +317,25 @@ def _reducing_share(line: Line, value: int) -> PspLine:
     a number of coupons.
     """
     tax = line.tax if value == line.total else tax_of(value, line.tax_rate)
-    return _share_line(line.id, line.name, line.tax_rate, value, tax)
+    return _share_line(line.id, line.name, line.tax_rate, value, tax, _share_type(line.type))
+
+
+def _share_type(line_type: LineType) -> LineType:
+    return LineType.SALES_TAX if line_type is LineType.SALES_TAX else LineType.DISCOUNT
 
 
 def _share_line(
-    reference: str, name: str, tax_rate: int, value: int, tax: int | None = None
+    reference: str,
+    name: str,
+    tax_rate: int,
+    value: int,
+    tax: int | None = None,
+    line_type: LineType = LineType.DISCOUNT,
 ) -> PspLine:
     return PspLine(
         reference=reference,
         name=name,
-        type=LineType.DISCOUNT,
+        type=line_type,
         quantity=1,
         unit_price=value,
         tax_rate=tax_rate,
@@ -300,7 +349,7 @@ def _split_lines(order: OrderSnapshot) -> tuple[list[Line], list[Line]]:
     products: list[Line] = []
     reducing: list[Line] = []
     for line in order.effective_lines:
-        (reducing if line.reduces_total else products).append(line)
+        (reducing if line.shared else products).append(line)
     return products, reducing
 
 
@@ -359,7 +408,7 @@ def capture_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
         # no negative capture; the planner flags the difference.
         open_value = max(line.total - entry.captured_amount, 0) if open_quantity > 0 else 0
         value_open += open_value
-        quantity = min(line.shipped_quantity, line.quantity) - entry.captured_quantity
+        quantity = shipped_quantity(order, line) - entry.captured_quantity
         if quantity <= 0:
             continue
         value = share(open_value, quantity, open_quantity)
@@ -389,7 +438,11 @@ def capture_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
             continue
         part = share(-entry.captured_amount, value_this, value_open)
         if part:
-            corrections.append(_share_line(reference, entry.line.name, entry.line.tax_rate, part))
+            corrections.append(
+                _share_line(
+                    reference, entry.line.name, entry.line.tax_rate, part, None, entry.line.type
+                )
+            )
     return _merge_shares(result + shares + corrections)
 
 
@@ -405,7 +458,12 @@ def _merge_shares(lines: list[PspLine]) -> list[PspLine]:
         index = seen[line.reference]
         before = merged[index]
         merged[index] = _share_line(
-            line.reference, line.name, line.tax_rate, before.total_amount + line.total_amount
+            line.reference,
+            line.name,
+            line.tax_rate,
+            before.total_amount + line.total_amount,
+            None,
+            line.type,
         )
     return merged
 
@@ -431,10 +489,19 @@ def refund_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
             continue
         value = share(max(entry.held_value, 0), quantity, held_quantity)
         shares_back += share(entry.held_share, quantity, held_quantity)
-        result.append(_part(line, quantity, value))
+        result.append(_part(_as_captured(line, entry), quantity, value))
     if not result:
         return []
     return result + _shares_back(order, ledger, shares_back)
+
+
+def _as_captured(line: Line, entry: LineLedger) -> Line:
+    """The shop's line at the tax rate its units were captured at: a refund gives back
+    the tax that was charged, whatever the rate is now."""
+    captured = entry.captured_line
+    if captured is None or captured.tax_rate == line.tax_rate:
+        return line
+    return line.model_copy(update={"tax_rate": captured.tax_rate, "total_tax_amount": None})
 
 
 def _shares_back(order: OrderSnapshot, ledger: Ledger, amount: int) -> list[PspLine]:
@@ -467,7 +534,7 @@ def _shares_back(order: OrderSnapshot, ledger: Ledger, amount: int) -> list[PspL
         if shop is not None:
             return [_reducing_share(shop, amount)]
         assert line is not None
-        return [_share_line(reference, line.name, line.tax_rate, amount)]
+        return [_share_line(reference, line.name, line.tax_rate, amount, None, line.type)]
     parts = distribute(abs(amount), [abs(entry.held_value) for _, entry in held])
     result = []
     for (reference, entry), part in zip(held, parts, strict=True):
@@ -479,7 +546,8 @@ def _shares_back(order: OrderSnapshot, ledger: Ledger, amount: int) -> list[PspL
             result.append(_reducing_share(shop, value))
         else:
             assert entry.line is not None
-            result.append(_share_line(reference, entry.line.name, entry.line.tax_rate, value))
+            line = entry.line
+            result.append(_share_line(reference, line.name, line.tax_rate, value, None, line.type))
     return result
 
 

@@ -8,7 +8,7 @@ ends in operations for the final state only.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
@@ -22,7 +22,9 @@ from domain.lines import (
     ledger_from,
     lines_total,
     refund_lines,
+    reversed_quantities,
     same_lines,
+    shipped_quantity,
 )
 from domain.snapshot import OrderSnapshot
 
@@ -86,6 +88,9 @@ class PastOperation:
     status: str
     amount: int
     lines: tuple[PspLine, ...] = ()
+    # Money that moved without the service, recorded so it is never made again.
+    external: bool = False
+    reference: str | None = None  # the operation's id
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,17 @@ class Done:
     pass
 
 
-Decision = Plan | Flag | Wait | Done
+@dataclass(frozen=True)
+class Attribute:
+    """A refund made without the service (its lines unknown) comes to exactly what the
+    shop now marks returned: those are its lines. Nothing is sent; the ledger learns
+    which units it gave back, so they are never refunded twice."""
+
+    reference: str
+    lines: tuple[PspLine, ...]
+
+
+Decision = Plan | Flag | Wait | Done | Attribute
 
 
 @dataclass(frozen=True)
@@ -144,52 +159,154 @@ def plan_next(
     ledger = ledger_from(
         (op.kind.value, op.lines) for op in view.history if op.status == "succeeded"
     )
+    # Held against what the service itself did: a capture made elsewhere of goods the
+    # shop has not marked shipped is an external change (flagged when learnt), not a
+    # quantity the shop took back.
+    own = ledger_from(
+        (op.kind.value, op.lines)
+        for op in view.history
+        if op.status == "succeeded" and not op.external
+    )
+    reversed_lines = reversed_quantities(order, own)
+    if reversed_lines:
+        # Quantities never go down: what the PSP did for those units stands, and nothing
+        # automatic is done for them (an exchange is a new line with a new id).
+        return Flag(
+            NEEDS_ATTENTION,
+            "quantities_reversed",
+            "shipped or returned quantities went below what the PSP captured or refunded: "
+            + "; ".join(reversed_lines),
+        )
     if psp.status in (PspStatus.EXPIRED, PspStatus.CLOSED):
-        if _has_work(order, ledger):
+        # Captured money is refunded whatever became of the authorization.
+        refund = _refund_step(order, psp, ledger, view.history)
+        if refund is not None:
+            return refund
+        if _has_work(order, ledger) or (order.status == "open" and _unshipped(order)):
+            # The authorization ended without the service (contract §4): counted (the
+            # PSP's figures), and unless nothing is left to charge, a person is told.
             return Flag(
                 NEEDS_ATTENTION,
-                f"order_{psp.status.value}",
-                f"the PSP order is {psp.status.value}; lines can no longer be captured",
+                "external_change",
+                f"the PSP order is {psp.status.value} (authorized {psp.authorized}, "
+                f"captured {psp.captured}); what is not captured can no longer be",
             )
         return Done()
 
     if order.status == "cancelled" or _emptied(order, psp):
-        # An emptied basket is not an authorization of 0: the PSP is told to let go.
+        # Goods that left the warehouse are charged before the rest is let go: to charge
+        # nothing for them the shop marks them returned. An emptied basket is not an
+        # authorization of 0: the PSP is told to let go.
+        if psp.open_for_changes:
+            decision = _capture_step(order, psp, ledger, view.refused_amount)
+            if isinstance(decision, Plan):
+                return decision
+            if isinstance(decision, Flag):
+                return _refund_step(order, psp, ledger, view.history) or decision
+            # A Wait: what still ships was never authorized (a refused increase); what
+            # fitted is captured, the rest is let go.
         if psp.status is PspStatus.AUTHORIZED and psp.captured == 0:
             return Plan(Kind.CANCEL, 0)
         if psp.status is PspStatus.PART_CAPTURED and psp.authorized > psp.captured:
             return Plan(Kind.RELEASE_AUTHORIZATION, psp.authorized - psp.captured)
-    elif psp.status is PspStatus.CANCELLED:
-        if lines_total(capture_lines(order, ledger)) > 0:
-            return Flag(
-                NEEDS_ATTENTION,
-                "psp_order_cancelled",
-                "the shop ships lines of an order the PSP has cancelled",
-            )
+    elif _let_go(view) and order.total > psp.captured:
+        # Reopened after the PSP cancelled or released the authorization: nothing is left
+        # to charge the rest to; the shop must take a new payment.
+        refund = _refund_step(order, psp, ledger, view.history)
+        if refund is not None:
+            return refund
+        told = view.refused_amount == order.total
+        if told or (NEEDS_NEW_ORDER in view.flags and view.refused_amount is None):
+            return Wait("needs_new_order")
+        basket = tuple(basket_lines(order))
+        return Flag(
+            NEEDS_NEW_ORDER,
+            "authorization_cancelled",
+            f"the PSP authorization was {'cancelled' if psp.captured == 0 else 'released'}; "
+            "the reopened order needs a new payment",
+            lines=unauthorized_lines(basket, _captured_basket(ledger)),
+            refused_amount=order.total,
+        )
     else:
         decision = _authorization_step(view, increase_allowed)
         if decision is not None:
             return decision
         decision = _capture_step(order, psp, ledger, view.refused_amount)
         if decision is not None:
-            return decision
+            if isinstance(decision, Plan):
+                return decision
+            # A capture that cannot be made never holds a refund up.
+            return _refund_step(order, psp, ledger, view.history) or decision
         if _expires_soon(view) and _unshipped(order):
             return Plan(Kind.EXTEND_AUTHORIZATION, 0)
 
-    lines = refund_lines(order, ledger)
-    amount = lines_total(lines)
-    if lines and amount > 0:
-        if amount > psp.captured - psp.refunded:
-            return Flag(
-                NEEDS_ATTENTION,
-                "refund_exceeds_captured",
-                f"a refund of {amount} exceeds what is captured and not refunded",
-            )
-        return Plan(Kind.REFUND, amount, tuple(lines))
+    refund = _refund_step(order, psp, ledger, view.history)
+    if refund is not None:
+        return refund
     gap = _capture_gap(order, psp, ledger)
     if gap is not None:
         return gap
     return Done()
+
+
+def _refund_step(
+    order: OrderSnapshot, psp: PspState, ledger: Ledger, history: Sequence[PastOperation] = ()
+) -> Plan | Flag | Attribute | None:
+    """A refund of the newly returned units, at what they were captured at; or, when a
+    refund made without the service came to exactly that, those units are its."""
+    lines = refund_lines(order, ledger)
+    amount = lines_total(lines)
+    if not lines or amount <= 0:
+        return None
+    for op in history:
+        unattributed = op.external and op.kind is Kind.REFUND and not op.lines
+        if unattributed and op.status == "succeeded" and op.amount == amount and op.reference:
+            return Attribute(op.reference, tuple(lines))
+    if amount > psp.captured - psp.refunded:
+        return Flag(
+            NEEDS_ATTENTION,
+            "refund_exceeds_captured",
+            f"a refund of {amount} exceeds what is captured and not refunded",
+        )
+    return Plan(Kind.REFUND, amount, tuple(lines))
+
+
+def _let_go(view: OrderView) -> bool:
+    """The PSP cancelled the authorization, or released what was left of it."""
+    if view.psp.status is PspStatus.CANCELLED:
+        return True
+    return (
+        any(
+            op.kind in (Kind.CANCEL, Kind.RELEASE_AUTHORIZATION) and op.status == "succeeded"
+            for op in view.history
+        )
+        and view.psp.authorized <= view.psp.captured
+    )
+
+
+def _captured_basket(ledger: Ledger) -> tuple[PspLine, ...]:
+    return tuple(
+        replace(entry.captured_line, quantity=entry.held_quantity)
+        for entry in ledger.values()
+        if entry.captured_line is not None
+    )
+
+
+def explained_lines(
+    order: OrderSnapshot, history: Sequence[PastOperation], kind: Kind, amount: int
+) -> tuple[PspLine, ...] | None:
+    """The lines of a capture or refund made without the service, if the shop's snapshot
+    already explains it: exactly what it has marked shipped (returned) and not yet
+    captured (refunded) comes to that amount. None when it does not (contract §4: then
+    the order is flagged `external_change`)."""
+    ledger = ledger_from((op.kind.value, op.lines) for op in history if op.status == "succeeded")
+    if kind is Kind.CAPTURE:
+        lines = capture_lines(order, ledger)
+    elif kind is Kind.REFUND:
+        lines = refund_lines(order, ledger)
+    else:
+        return None
+    return tuple(lines) if lines and lines_total(lines) == amount else None
 
 
 def _emptied(order: OrderSnapshot, psp: PspState) -> bool:
@@ -250,11 +367,13 @@ def _authorization_step(
             "amount_below_captured",
             f"the new total {target} is below the captured {psp.captured}",
         )
-    if target > psp.authorized and not increase_allowed(psp.payment_method, order.country):
+    # The PSP's purchase country decides (the shop's snapshot may say otherwise).
+    country = psp.country or order.country
+    if target > psp.authorized and not increase_allowed(psp.payment_method, country):
         return Flag(
             NEEDS_NEW_ORDER,
             "increase_not_allowed",
-            f"{psp.payment_method or 'this payment method'} in {order.country} "
+            f"{psp.payment_method or 'this payment method'} in {country} "
             "cannot be increased; ask the customer for a new order",
             lines=unauthorized_lines(basket, psp.authorized_lines),
             refused_amount=target,
@@ -297,7 +416,7 @@ def _fit_capture(order: OrderSnapshot, ledger: Ledger, remaining: int) -> list[P
     shipped = [
         line
         for line in order.effective_lines
-        if not line.reduces_total and line.shipped_quantity > _captured_qty(ledger, line.id)
+        if not line.shared and shipped_quantity(order, line) > _captured_qty(ledger, line.id)
     ]
     while shipped:
         dropped = shipped.pop()
@@ -322,9 +441,9 @@ def _expires_soon(view: OrderView) -> bool:
 
 def _unshipped(order: OrderSnapshot) -> bool:
     return any(
-        line.shipped_quantity < line.quantity
+        shipped_quantity(order, line) < line.quantity
         for line in order.lines
-        if not line.reduces_total and line.total > 0
+        if not line.shared and line.total > 0
     )
 
 

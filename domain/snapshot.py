@@ -61,6 +61,12 @@ class LineType(StrEnum):
 # Lines that lower the order total: they are never shipped; captures and refunds carry
 # a proportional share of them instead.
 REDUCING_TYPES = frozenset({LineType.DISCOUNT, LineType.STORE_CREDIT, LineType.GIFT_CARD})
+# Lines that are never shipped and are shared by captures and refunds in proportion to
+# the value of the goods they carry (contract §4): the reducing lines, and US sales tax.
+SHARED_TYPES = REDUCING_TYPES | {LineType.SALES_TAX}
+# Lines charged with the order's first capture (or when the shop marks them shipped, if
+# that comes first), refunded only when the shop marks them returned (contract §4).
+FEE_TYPES = frozenset({LineType.SHIPPING_FEE, LineType.SURCHARGE})
 
 Amount = Annotated[int, Field(ge=-MAX_AMOUNT, le=MAX_AMOUNT, strict=True)]
 Count = Annotated[int, Field(ge=0, le=1_000_000, strict=True)]
@@ -111,6 +117,11 @@ class Line(_Model):
     @field_validator("returned_quantity")
     @classmethod
     def _returned_within_shipped(cls, value: int, info: ValidationInfo) -> int:
+        if info.data.get("type") in FEE_TYPES:
+            # A fee is charged without being marked shipped; it is returned on its own.
+            if "quantity" in info.data and value > info.data["quantity"]:
+                raise ValueError("must not exceed quantity")
+            return value
         if "shipped_quantity" in info.data and value > info.data["shipped_quantity"]:
             raise ValueError("must not exceed shipped_quantity")
         return value
@@ -162,6 +173,15 @@ class Line(_Model):
     @property
     def reduces_total(self) -> bool:
         return self.type in REDUCING_TYPES
+
+    @property
+    def shared(self) -> bool:
+        """Carried by captures and refunds as a proportional share, never shipped."""
+        return self.type in SHARED_TYPES
+
+    @property
+    def is_fee(self) -> bool:
+        return self.type in FEE_TYPES
 
 
 def _computed_total(info: ValidationInfo) -> int | None:
@@ -300,6 +320,23 @@ class OrderSnapshot(_Model):
         if isinstance(self.payment, KlarnaPayment):
             return self.payment.klarna_order_id
         return self.payment.psp_reference
+
+
+def fixed_terms(order: OrderSnapshot) -> dict[str, str | None]:
+    """What an order's first snapshot fixes for good (contract §4: currency and payment),
+    by the path of the field a later snapshot would change; the one definition of that
+    rule (data/inbox.py compares it when a snapshot is stored, and names the field)."""
+    payment = order.payment
+    terms: dict[str, str | None] = {
+        "order.currency": order.currency,
+        "order.payment.provider": payment.provider,
+    }
+    if isinstance(payment, KlarnaPayment):
+        terms["order.payment.klarna_order_id"] = payment.klarna_order_id.lower()
+    else:
+        terms["order.payment.psp_reference"] = payment.psp_reference.lower()
+        terms["order.payment.merchant_account"] = payment.merchant_account
+    return terms
 
 
 def psp_line_count(lines: list[Line], *, adyen: bool) -> int:

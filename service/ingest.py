@@ -16,9 +16,13 @@ from psycopg.types.json import Jsonb
 
 from data import inbox
 from domain.lines import basket_lines
-from domain.snapshot import ShopEvent
+from domain.snapshot import ShopEvent, fixed_terms
 from ordersync.db import AsyncPool
-from ordersync.errors import Conflict
+from ordersync.errors import Conflict, ValidationFailed
+
+# Why a row is not stored: a payment another order holds (409), or a field the order's
+# first snapshot fixed (422, naming it).
+Refused = Conflict | ValidationFailed
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,7 @@ class _Params:
     snapshot: str
     total: int
     basket: str
+    fixed: str
 
     @property
     def adyen(self) -> bool:
@@ -75,6 +80,7 @@ def _params(webhook_id: str, event: ShopEvent) -> _Params:
         snapshot=snapshot,
         total=order.total,
         basket=json.dumps(basket),
+        fixed=json.dumps(fixed_terms(order)),
     )
 
 
@@ -85,18 +91,19 @@ def _payment_taken() -> Conflict:
     )
 
 
-def _payment_changed() -> Conflict:
-    return Conflict(
-        "an order's payment cannot change",
-        fields=[{"path": "order.payment", "message": "differs from the stored payment"}],
+def _payment_changed(field: str) -> ValidationFailed:
+    """Contract §4: an order's currency and payment are fixed by its first snapshot."""
+    return ValidationFailed(
+        "an order's currency and payment cannot change",
+        fields=[{"path": field, "message": "differs from the order's first snapshot"}],
     )
 
 
 def _outcome(
-    order_id: str, outcome: str | None, written: bool, payment_changed: bool
-) -> Stored | Conflict:
-    if payment_changed:
-        return _payment_changed()
+    order_id: str, outcome: str | None, written: bool, changed_field: str | None
+) -> Stored | Refused:
+    if changed_field is not None:
+        return _payment_changed(changed_field)
     if outcome is None:
         return Stored("duplicate", order_id)
     if outcome == "applied" and written:
@@ -108,14 +115,14 @@ def _outcome(
 async def store_shop_event(pool: AsyncPool, webhook_id: str, event: ShopEvent) -> Stored:
     p = _params(webhook_id, event)
     result = await _store_one(pool, p)
-    if isinstance(result, Conflict):
+    if not isinstance(result, Stored):
         raise result
     await _correct_adyen_fallbacks(pool, [p], [result])
     return result
 
 
 async def _correct_adyen_fallbacks(
-    pool: AsyncPool, params: Sequence[_Params], results: Sequence[Stored | Conflict]
+    pool: AsyncPool, params: Sequence[_Params], results: Sequence[Stored | Refused]
 ) -> None:
     """A late lower version of an Adyen order (rare): its total may be the authorization
     (data/inbox.py CORRECT_ADYEN_FALLBACK). Stored already; this only corrects a guess."""
@@ -151,10 +158,11 @@ def _single(p: _Params) -> dict[str, Any]:
         "total": p.total,
         "adyen": p.adyen,
         "basket": Jsonb(json.loads(p.basket)),
+        "fixed": p.fixed,
     }
 
 
-async def _store_one(pool: AsyncPool, p: _Params) -> Stored | Conflict:
+async def _store_one(pool: AsyncPool, p: _Params) -> Stored | Refused:
     params = _single(p)
     try:
         async with pool.connection() as conn:
@@ -163,7 +171,7 @@ async def _store_one(pool: AsyncPool, p: _Params) -> Stored | Conflict:
     except UniqueViolation:
         return _payment_taken()
     assert row is not None
-    return _outcome(p.id, row["outcome"], row["written"], row["payment_changed"])
+    return _outcome(p.id, row["outcome"], row["written"], row["changed_field"])
 
 
 def _rounds(events: Sequence[_Params]) -> list[list[int]]:
@@ -201,12 +209,13 @@ def _columns(events: Sequence[_Params], positions: Sequence[int]) -> dict[str, l
         "snapshot": [p.snapshot for p in rows],
         "total": [p.total for p in rows],
         "basket": [p.basket for p in rows],
+        "fixed": [p.fixed for p in rows],
     }
 
 
 async def store_shop_events(
     pool: AsyncPool, events: Sequence[tuple[str, ShopEvent]]
-) -> list[Stored | Conflict]:
+) -> list[Stored | Refused]:
     """Stores a batch of (webhook-id, event) in one transaction: one statement, or one
     per repeat of an order within the batch. Each event gets its own outcome, or the
     Conflict its request answers with. If the batch statement fails for a reason one row
@@ -219,10 +228,10 @@ async def store_shop_events(
     return stored
 
 
-async def _store_batch(pool: AsyncPool, params: Sequence[_Params]) -> list[Stored | Conflict]:
+async def _store_batch(pool: AsyncPool, params: Sequence[_Params]) -> list[Stored | Refused]:
     if len(params) == 1:
         return [await _store_one(pool, params[0])]
-    results: list[Stored | Conflict | None] = [None] * len(params)
+    results: list[Stored | Refused | None] = [None] * len(params)
     try:
         async with pool.connection() as conn:
             rounds = _rounds(params)
@@ -240,7 +249,7 @@ async def _store_batch(pool: AsyncPool, params: Sequence[_Params]) -> list[Store
         results[row["ord"]] = (
             _payment_taken()
             if row["payment_taken"]
-            else _outcome(p.id, row["outcome"], row["written"], row["payment_changed"])
+            else _outcome(p.id, row["outcome"], row["written"], row["changed_field"])
         )
     assert all(result is not None for result in results)
     return [result for result in results if result is not None]

@@ -60,6 +60,12 @@ async def database_gauges(state: AppState) -> list[GaugeMetricFamily]:
             [([], float(outbox_row["oldest"]))],
         ),
         metrics.gauge(
+            "ordersync_callbacks_parked",
+            "Events the shop refused too often, parked so later ones go on (none: 0)",
+            [],
+            [([], float(outbox_row["parked"]))],
+        ),
+        metrics.gauge(
             "ordersync_orders_flagged",
             "Orders carrying a flag now",
             ["flag"],

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -32,13 +31,17 @@ from psycopg import Connection
 
 from data import adyen_payments, inbox
 from data import orders as store
-from domain.planner import NEEDS_ATTENTION, NEEDS_NEW_ORDER, Flag, Kind
+from domain.planner import NEEDS_ATTENTION, NEEDS_NEW_ORDER, Flag, Kind, explained_lines
 from integrations.adyen.notifications import (
+    AMOUNT_CHECKED,
+    CHARGEBACKS,
+    EXTERNAL_KINDS,
     PAYMENT_EVENTS,
     SETTLES,
     Notification,
     Verdict,
     decide,
+    mismatch,
     openinvoice_lines,
 )
 from integrations.results import retry_delay
@@ -103,14 +106,16 @@ def _process(conn: Connection[Row], settings: Settings, inbox_id: int) -> Proces
     structlog.contextvars.bind_contextvars(event_code=n.event_code, psp_reference=n.psp_reference)
     try:
         if n.event_code in PAYMENT_EVENTS:
-            result = _payment_event(conn, n)
+            result = _payment_event(conn, settings, n)
         elif n.event_code in SETTLES:
             result = _modification(conn, settings, n)
+        elif n.event_code in CHARGEBACKS:
+            result = _without_us(conn, settings, n)
         else:
             result = Processed("ignored")
         if result.outcome == "unmatched":
-            age = datetime.now(UTC) - row["received_at"]
-            if age.total_seconds() < settings.notification_orphan_seconds:
+            # Its age on the database's clock, as every due time.
+            if row["age_seconds"] < settings.notification_orphan_seconds:
                 inbox.mark_unmatched(conn, inbox_id)
                 return result
             log.warning(
@@ -126,7 +131,8 @@ def _process(conn: Connection[Row], settings: Settings, inbox_id: int) -> Proces
 def _modification(conn: Connection[Row], settings: Settings, n: Notification) -> Processed:
     found = store.match_adyen_operation(conn, n.payment_reference, n.psp_reference, n.operation_id)
     if found is None:
-        return Processed("unmatched")
+        # No operation of ours asked for it: made in the Customer Area, if the order is ours.
+        return _without_us(conn, settings, n)
     # The order's row lock first, as the reconciler takes it: whoever comes second
     # sees what the first one wrote.
     order = store.lock_order(conn, found["order_id"])
@@ -137,6 +143,15 @@ def _modification(conn: Connection[Row], settings: Settings, n: Notification) ->
         # A modification a notification failed already: the operation was sent again
         # under a new key since, and only that one's outcome counts now.
         return Processed("stale", order["id"])
+    kind = Kind(op["kind"])
+    wrong = mismatch(
+        n,
+        currency=order["currency"],
+        merchant_account=_merchant_account(order, settings),
+        amount=int(op["amount"]) if kind in AMOUNT_CHECKED else None,
+    )
+    if wrong is not None:
+        return _mismatched(conn, n, order, wrong)
     verdict = decide(n, op)
     structlog.contextvars.bind_contextvars(operation=op["kind"], operation_id=str(op["id"]))
     try:
@@ -194,9 +209,7 @@ def _apply(
         )
         return Processed("failed", order_id)
     delay = retry_delay(attempts, settings.retry_base_seconds, settings.retry_max_seconds)
-    store.retry_generation(
-        conn, op["id"], datetime.now(UTC) + timedelta(seconds=delay), n.error(), n.psp_reference
-    )
+    store.retry_generation(conn, op["id"], delay, n.error(), n.psp_reference)
     log.info(
         "operation_retry_scheduled",
         attempts=attempts,
@@ -218,9 +231,86 @@ def _settle(
     store.settle_operation(conn, op["id"], status, psp_reference, error)
 
 
-def _payment_event(conn: Connection[Row], n: Notification) -> Processed:
+def _merchant_account(order: Row, settings: Settings) -> str | None:
+    """The merchant account the order's payment belongs to: its snapshot's, or the
+    configured one."""
+    payment = (order.get("snapshot") or {}).get("payment") or {}
+    return payment.get("merchant_account") or settings.adyen_merchant_account
+
+
+def _mismatched(conn: Connection[Row], n: Notification, order: Row, wrong: str) -> Processed:
+    """A notification about this order that does not match it: no effect, a person looks."""
+    log.warning("adyen_notification_mismatch", detail=wrong)
+    flag_order(
+        conn,
+        order,
+        Flag(
+            NEEDS_ATTENTION,
+            "notification_mismatch",
+            f"Adyen sent {n.event_code} {n.psp_reference} for this payment, but its {wrong}; "
+            "nothing was recorded from it",
+        ),
+    )
+    return Processed("invalid", order["id"])
+
+
+def _without_us(conn: Connection[Row], settings: Settings, n: Notification) -> Processed:
+    """Money that moved without the service (a Customer Area capture, refund or cancel,
+    a chargeback): counted once (the notification is processed once, and its operation
+    row's key is unique), never made again, and a person is told (contract §4)."""
+    order_row = store.adyen_order(conn, n.payment_reference)
+    if order_row is None:
+        return Processed("unmatched")
+    order = store.lock_order(conn, order_row["id"])
+    assert order is not None
+    kind = EXTERNAL_KINDS.get(n.event_code)
+    if kind is None or not n.success:
+        if n.event_code in CHARGEBACKS:
+            flag_order(conn, order, _external_flag(n, "not counted"))
+            return Processed("flagged", order["id"])
+        return Processed("unmatched")
+    wrong = mismatch(
+        n, currency=order["currency"], merchant_account=_merchant_account(order, settings)
+    )
+    if wrong is not None:
+        return _mismatched(conn, n, order, wrong)
+    amount = n.amount if kind is not Kind.CANCEL else 0
+    if kind is Kind.REFUND:
+        amount = min(amount, int(order["captured_amount"]) - int(order["refunded_amount"]))
+    ops = store.operations(conn, order["id"])
+    # What the shop's snapshot already says (and no operation of ours is under way
+    # that could be the same money): counted as those lines, nothing to tell.
+    explained = (
+        None
+        if store.in_flight(ops) is not None
+        else explained_lines(store.snapshot(order), store.history(ops), kind, amount)
+    )
+    reference = f"adyen:{n.psp_reference}:{n.event_code}"
+    store.record_external(conn, order, kind, amount, reference, explained or ())
+    if explained is None or n.event_code in CHARGEBACKS:
+        flag_order(conn, order, _external_flag(n, "counted, never repeated"))
+    return Processed("external", order["id"])
+
+
+def _external_flag(n: Notification, what: str) -> Flag:
+    return Flag(
+        NEEDS_ATTENTION,
+        "external_change",
+        f"Adyen {n.event_code} {n.psp_reference} of {n.amount} {n.currency} was not asked "
+        f"for by this service (Customer Area, chargeback); {what}. An operator's "
+        "reconcile takes the figures as they are now",
+    )
+
+
+def _payment_event(conn: Connection[Row], settings: Settings, n: Notification) -> Processed:
     order_row = store.adyen_order(conn, n.payment_reference)
     order = store.lock_order(conn, order_row["id"]) if order_row else None
+    if order is not None:
+        wrong = mismatch(
+            n, currency=order["currency"], merchant_account=_merchant_account(order, settings)
+        )
+        if wrong is not None:
+            return _mismatched(conn, n, order, wrong)
     if n.event_code == "EXPIRE":
         if order is None:
             return Processed("unmatched")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -43,6 +43,11 @@ class EventType(StrEnum):
 
 # How long one delivery may hold a row before another worker may try it.
 LEASE_SECONDS = 60
+# A shop that refuses an event (a 4xx other than 408 and 429) this many times will not
+# take it: it is parked (the operator view shows it with the shop's answer, and the log
+# says `callback_parked`) so that the order's later events still reach the shop. Outages
+# (5xx, timeouts, connection errors) are retried for ever, in order.
+PARK_AFTER_REFUSALS = 10
 # A batch per task: one order rarely has more, and the sweeper comes back for the rest.
 BATCH = 20
 _EVENT_NAMESPACE = uuid.UUID("8b0f3c52-6d1e-4a7b-9f2c-3e5d7a1b9c04")
@@ -206,7 +211,18 @@ def _send(
         delay = retry_delay(
             row["attempts"], settings.retry_base_seconds, settings.retry_max_seconds, floor=0.5
         )
-        outbox.mark_failed(conn, row["id"], now + timedelta(seconds=delay), status, error)
+        refused = status is not None and 400 <= status < 500 and status not in (408, 429)
+        park = refused and int(row["attempts"]) >= PARK_AFTER_REFUSALS
+        outbox.mark_failed(conn, row["id"], delay, status, error, park=park)
+    if park:
+        log.error(
+            "callback_parked",
+            event_type=row["event_type"],
+            webhook_id=msg_id,
+            attempts=row["attempts"],
+            http_status=status,
+        )
+        return 0.0  # the order's next event goes now
     metrics.CALLBACKS.labels(event_type=row["event_type"], outcome="failed").inc()
     log.warning(
         "callback_failed",

@@ -15,22 +15,25 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import structlog
 
 from data import orders as store
-from domain.lines import PspLine
+from domain.lines import PspLine, lines_total
 from domain.planner import (
     NEEDS_ATTENTION,
     NEEDS_NEW_ORDER,
+    Attribute,
     Done,
     Flag,
     Kind,
     OrderView,
     Plan,
+    PspStatus,
     Wait,
+    explained_lines,
     plan_next,
     unauthorized_lines,
 )
@@ -48,6 +51,7 @@ from workers import callbacks
 from workers import confirmation_metric as observe
 from workers.context import WorkerContext
 from workers.crashpoints import crash_point
+from workers.poison import INFRASTRUCTURE
 
 log = structlog.get_logger("ordersync.reconcile")
 
@@ -143,6 +147,12 @@ class Reconciler:
                 # No next_attempt_at: parked (an unknown outcome after the last attempt,
                 # or no credentials); only an operator's reconcile wakes it.
                 return Idle("backing_off" if op["next_attempt_at"] else "parked")
+            if NEEDS_ATTENTION in order["flags"] and not force:
+                # needs_attention halts every automatic operation, a retry or a resumed
+                # call included: acting again could repeat what went wrong. Parked until
+                # the operator's reconcile releases it (data/orders.py RELEASE_*).
+                store.park_operations(conn, order_id)
+                return Idle("needs_attention")
             if provider is None:
                 self._park_unconfigured(conn, order, op)
                 return Idle("provider_not_configured")
@@ -208,6 +218,10 @@ class Reconciler:
         if isinstance(decision, Flag):
             self._flag(conn, order, decision)
             return Again()
+        if isinstance(decision, Attribute):
+            log.info("external_refund_attributed", operation_id=decision.reference)
+            store.attribute_external(conn, decision.reference, decision.lines)
+            return Again()
         if isinstance(decision, Wait):
             # Waiting on the shop or an operator: the sweeper need not come back.
             store.mark_in_sync(conn, order_id)
@@ -233,7 +247,7 @@ class Reconciler:
             with self.ctx.pool.connection() as conn, conn.transaction():
                 if result.outcome is Outcome.TRANSIENT:
                     delay = self._delay(1, result)
-                    store.defer_order(conn, order["id"], _after(delay))
+                    store.defer_order(conn, order["id"], delay)
                     self._schedule(order["id"], delay)
                 else:
                     self._flag(conn, order, _error_flag("read_failed", result.error))
@@ -271,30 +285,66 @@ class Reconciler:
             log.info("psp_read_superseded", seen=seen, now=order["psp_state_seq"])
             return
         figures = self.ctx.providers[order["provider"]].figures(body)
-        # The first read has nothing to compare with: whatever is there is the start.
-        known = order["authorized_amount"] is not None
-        if known and (
-            figures["captured"] > order["captured_amount"]
-            or figures["refunded"] > order["refunded_amount"]
-        ):
-            log.warning(
-                "psp_drift",
-                psp_captured=figures["captured"],
-                our_captured=order["captured_amount"],
-                psp_refunded=figures["refunded"],
-                our_refunded=order["refunded_amount"],
-            )
+        changes = self._external_changes(conn, order, figures)
+        store.apply_psp_figures(conn, order["id"], figures, seen)
+        if changes:
+            log.warning("psp_external_change", changes=changes)
             self._flag(
                 conn,
                 order,
                 Flag(
                     NEEDS_ATTENTION,
-                    "drift",
-                    "the PSP shows captures or refunds this service did not make; "
-                    "its figures were adopted",
+                    "external_change",
+                    "; ".join(changes) + " (made without this service: counted, never "
+                    "repeated; an operator's reconcile takes the PSP's figures as they are)",
                 ),
             )
-        store.apply_psp_figures(conn, order["id"], figures, seen)
+
+    def _external_changes(self, conn: Any, order: store.Row, figures: dict[str, Any]) -> list[str]:
+        """Money the PSP shows that no operation of ours moved (contract §4): recorded as
+        an external operation so the planner never makes it again; what the shop's
+        snapshot does not explain is returned, to be flagged. Also the PSP's currency,
+        which an order's first snapshot fixed."""
+        changes: list[str] = []
+        currency = figures.get("currency")
+        if currency and currency != order["currency"]:
+            changes.append(f"the PSP's purchase currency {currency} is not the order's")
+        ops = store.operations(conn, order["id"])
+        ours = {str(op["id"]) for op in ops} | {op["psp_reference"] for op in ops}
+        history = store.history(ops)
+        snapshot = store.snapshot(order)
+        for kind, column in ((Kind.CAPTURE, "captured"), (Kind.REFUND, "refunded")):
+            counted = sum(
+                int(op["amount"])
+                for op in ops
+                if op["kind"] == kind.value and op["status"] == "succeeded"
+            )
+            extra = int(figures[column]) - counted
+            if extra <= 0:
+                continue
+            unknown = [
+                m
+                for m in figures.get("movements") or []
+                if m["kind"] is kind and m["reference"] not in ours and m["id"] not in ours
+            ]
+            explained = explained_lines(snapshot, history, kind, extra)
+            lines: tuple[PspLine, ...] = explained or ()
+            if explained is None and sum(m["amount"] for m in unknown) == extra:
+                lines = tuple(line for m in unknown for line in m["lines"])
+                if lines_total(lines) != extra:
+                    lines = ()
+            reference = ",".join(m["id"] for m in unknown) or f"{column}:{figures[column]}"
+            store.record_external(conn, order, kind, extra, reference, lines, move_figures=False)
+            if explained is None:
+                changes.append(f"{column} {extra} more than this service did")
+        cancelled_by_us = any(
+            op["kind"] == Kind.CANCEL.value and op["status"] == "succeeded" for op in ops
+        )
+        if figures["status"] == PspStatus.CANCELLED.value and not cancelled_by_us:
+            store.record_external(conn, order, Kind.CANCEL, 0, "cancelled", move_figures=False)
+            if order["status"] != "cancelled":
+                changes.append("the PSP order was cancelled")
+        return changes
 
     # -- steps 2 and 3: call, then record ---------------------------------------------
 
@@ -343,10 +393,10 @@ class Reconciler:
             log.exception("operation_attempt_error", error=type(exc).__name__)
             # Once the call may have started, its effect is unknown.
             unknown = called or bool(op["outcome_unknown"]) or action.check_first
-            return self._record(op, exception_result(exc, maybe_applied=unknown))
+            return self._record_safely(op, exception_result(exc, maybe_applied=unknown))
         if settled is not None:
             outcome, adopt, seen_before = settled
-            return self._record(op, outcome, adopt=adopt, seen=seen_before)
+            return self._record_safely(op, outcome, adopt=adopt, seen=seen_before)
         metrics.psp_request(
             order["provider"], op["kind"], result.outcome.value, result.elapsed_seconds
         )
@@ -359,7 +409,29 @@ class Reconciler:
             elapsed_ms=round(result.elapsed_seconds * 1000, 1),
             error_code=result.error.code if result.error else None,
         )
-        return self._record(op, result)
+        return self._record_safely(op, result)
+
+    def _record_safely(
+        self,
+        op: store.Row,
+        result: PspResult,
+        *,
+        adopt: dict[str, Any] | None = None,
+        seen: int | None = None,
+    ) -> Action | None:
+        """Records the outcome; a failure while recording it (a constraint, a bug) rolled
+        that back, so it is recorded as this attempt's outcome instead: the call may have
+        applied, so the operation is an unknown outcome, retried (check-read first) and
+        parked with `needs_attention` after MAX_ATTEMPTS like any other. Never left
+        `sent` under this worker's live lease, which nobody else would take over."""
+        try:
+            return self._record(op, result, adopt=adopt, seen=seen)
+        except INFRASTRUCTURE:
+            raise
+        except Exception as exc:
+            log.exception("operation_record_error", error=type(exc).__name__)
+            error = PspError("record_failed", f"{type(exc).__name__} while recording the outcome")
+            return self._record(op, PspResult(Outcome.TRANSIENT, error=error, maybe_applied=True))
 
     def _request(self, op: store.Row, order: store.Row, provider: Provider) -> Any:
         """The operation's frozen request; one planned before requests were stored is
@@ -525,10 +597,6 @@ def flag_order(conn: Any, order: store.Row, flag: Flag) -> None:
     if callbacks.record_flagged(conn, order, flag):
         metrics.FLAGGED.labels(flag=flag.flag).inc()
     log.warning("order_flagged", flag=flag.flag, code=flag.code, reason=flag.message)
-
-
-def _after(seconds: float) -> datetime:
-    return datetime.now(UTC) + timedelta(seconds=seconds)
 
 
 def _error_flag(code: str, error: PspError | None) -> Flag:

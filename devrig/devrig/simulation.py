@@ -1,20 +1,26 @@
-"""A deterministic simulation of the whole reconciler (issue 11, "How it is proven").
+"""A deterministic simulation of the whole service, judged by an independent oracle.
 
-The real parts: the Postgres schema (migrations), the shop ingest statement, the
-reconciler and its SQL, the Klarna and Adyen clients (request building included), and
-the Adyen inbox store and processing. The model parts: the shop, which makes random
-histories of one order, and the PSPs, plugged in at the HTTP level through an
-`httpx.MockTransport` whose handler applies, refuses, fails and loses answers the way
-Klarna OM and Adyen Checkout do, with their idempotency-key replay.
+The real parts: the Postgres schema (migrations), the shop ingest statements (one by
+one and group commit), the task layer's poison guard, the reconciler and its SQL, the
+Klarna and Adyen clients (Checkout and classic), the Adyen inbox store and processing,
+the sweeper and the delivery of the service's events to the shop. The model parts: the
+shop, which makes random histories of one or more orders; the PSPs, plugged in at the
+HTTP level through an `httpx.MockTransport` that applies, refuses, fails, lags and loses
+answers the way Klarna OM and Adyen do, acts as a merchant would by hand (captures,
+refunds and cancels outside the service, expiry, chargebacks) and keeps the lines of
+every capture and refund; and the shop's callback endpoint.
 
-Nothing waits on a clock: retries and leases are made due by writing the database, and
-every random choice comes from one `random.Random(seed)`, so one seed replays one
-history exactly. Workers crash by raising at the named crash points; two reconciles of
-one order interleave by running the second inside the first one's PSP read.
+What a history must end at comes from `devrig.oracle`, which shares no code with the
+product: the PSP's ledger against the oracle effect by effect (per line: units
+captured, at which price and tax, units refunded, at what), the product's figures
+against the PSP's, and every flag against the flags the oracle calls for. A flagged
+order is checked like any other.
 
-After every history settles (faults off, everything due, every notification delivered)
-the invariants of the issue are checked; each violation names the sequence of the issue
-it belongs to where it is one of them.
+Nothing waits on a clock: retries, leases, sweeps and timeouts are made due by writing
+the database, and every random choice comes from one `random.Random(seed)`, so one seed
+replays one history exactly. Workers die for real: `WorkerDeath` is a BaseException
+raised at every named crash point and inside recording, which nothing of the product
+catches, so the task ends there and its lease runs out.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import logging
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,60 +45,81 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from data import orders as store
-from domain.lines import (
-    LineLedger,
-    PspLine,
-    basket_lines,
-    captured_total,
-    klarna_order_lines,
-    ledger_from,
-    same_lines,
-)
-from domain.snapshot import OrderSnapshot, ShopEvent
+from devrig.oracle import REDUCING, SHARED_UP, Booked, Oracle, check_ledger, tax_in
+from domain.lines import PspLine
+from domain.snapshot import ShopEvent
 from integrations.adyen.client import AdyenClient
 from integrations.klarna.client import KlarnaClient
 from integrations.provider import Provider
 from ordersync.db import AsyncPool, SyncPool, async_pool, sync_pool
+from ordersync.errors import OrdersyncError
 from ordersync.settings import Settings
 from service import adyen_webhook, ingest
 from service import order_views as operator
-from workers import adyen_inbox, crashpoints, reconcile
+from workers import adyen_inbox, callbacks, crashpoints, poison, reconcile, sweeper
 from workers.context import WorkerContext
 
 KLARNA_URL = "http://klarna.sim"
 ADYEN_URL = "http://adyen.sim/v71"
+PAL_URL = "http://adyen.sim/pal/servlet/Payment/v68"
+SHOP_URL = "http://shop.sim/callbacks"
 MERCHANT = "SimMerchant"
-SETTLE_ROUNDS = 12
-MONEY_EFFECTS = frozenset({"capture", "refund", "cancel", "release_authorization"})
+SETTLE_ROUNDS = 14
+# Time passes, in one statement: every back-off and lease runs out, stored work is past
+# its grace period, events for the shop are due; with `resync`, every PSP read is old.
+TIME_PASSES = """
+WITH ops AS (
+    UPDATE operations
+    SET next_attempt_at = CASE WHEN next_attempt_at IS NULL THEN NULL
+                               ELSE now() - interval '1 second' END,
+        lease_until = CASE WHEN lease_until IS NULL THEN NULL
+                           ELSE now() - interval '1 second' END
+    WHERE order_id = ANY(%(ids)s)
+      AND (next_attempt_at IS NOT NULL OR lease_until IS NOT NULL)
+), ords AS (
+    UPDATE orders
+    SET next_reconcile_at = NULL, sweep_after = NULL,
+        reconcile_requested_at = reconcile_requested_at - interval '1 hour',
+        psp_synced_at = CASE WHEN %(resync)s THEN psp_synced_at - interval '7 days'
+                             ELSE psp_synced_at END
+    WHERE id = ANY(%(ids)s)
+), events AS (
+    UPDATE outbox SET next_attempt_at = now() - interval '1 second', lease_until = NULL
+    WHERE order_id = ANY(%(ids)s) AND delivered_at IS NULL
+)
+UPDATE inbox SET received_at = received_at - interval '1 minute'
+WHERE source = 'adyen' AND processed_at IS NULL
+"""
+# The flags an order carries now, and the flag events it ever recorded for the shop.
+FLAGS_OF = """
+SELECT 'now' AS kind, f AS flag, flag_reason -> f ->> 'code' AS code
+FROM orders, unnest(flags) AS f WHERE id = %(id)s
+UNION ALL
+SELECT 'told', event_type, payload -> 'data' -> 'reason' ->> 'code'
+FROM outbox WHERE order_id = %(id)s AND event_type <> 'order.synced'
+"""
+# Where a worker may die: the product's named points, and inside recording an outcome.
+DEATH_POINTS = (*crashpoints.POINTS, "in_record", "in_apply_success")
 
-# Which sequence of issue 11 a violation code belongs to (for the report and the xfails).
+# Which sequence of issue 19 a violation code belongs to (for the report).
 SEQUENCE_OF = {
-    "applied_twice": 1,
-    "figures_differ": 1,
-    "effects_differ": 1,
-    "failed_but_applied": 1,
-    "stuck_awaiting_notification": 2,
-    "stranded_by_notification": 2,
-    "rejected_but_applied": 3,
-    "false_drift": 4,
-    "stale_read_adopted": 4,
-    "over_refund": 5,
-    "capture_gap": 6,
-    "psp_lines_differ": 7,
-    "authorization_updated_to_zero": 8,
-    "stuck_in_flight": 9,
-    "task_died": 9,
-    "key_reused_differently": 11,
-    "flag_not_told": 0,
-    "refusal_not_told": 13,
-    "adyen_authorization_guessed": 14,
-    "not_in_sync": 0,
-    "crashed": 0,
+    "captured_units": 1,
+    "refunded_units": 2,
+    "captures_not_total": 4,
+    "quantities_reversed_missing": 5,
+    "applied_twice": 6,
+    "identity_change_stored": 9,
+    "notification_mismatch_applied": 9,
+    "stuck_in_flight": 10,
+    "stuck_awaiting_notification": 10,
+    "task_poisoned": 11,
+    "refund_not_at_captured_price": 14,
+    "shop_events_out_of_order": 13,
 }
 
 
-class SimCrash(Exception):
-    """A worker died at a named crash point (the process would have been SIGKILLed)."""
+class WorkerDeath(BaseException):
+    """The worker process died here (SIGKILL, OOM): nothing of ours may catch it."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +139,7 @@ class Result:
     faults: int = 0
     violations: list[Violation] = field(default_factory=list)
     trace: list[str] = field(default_factory=list)
+    kinds: set[str] = field(default_factory=set)  # event kinds and outcomes this history hit
 
     @property
     def digest(self) -> str:
@@ -132,6 +161,7 @@ class Effect:
 class PspOrder:
     provider: str
     psp_id: str
+    currency: str
     authorized: int
     lines: list[dict[str, Any]]
     captured: int = 0
@@ -141,57 +171,120 @@ class PspOrder:
     effects: list[Effect] = field(default_factory=list)
     captures: list[dict[str, Any]] = field(default_factory=list)
     refunds: list[dict[str, Any]] = field(default_factory=list)
+    # (capture | refund, amount, lines) as booked, ours and the merchant's by hand.
+    ledger: list[tuple[str, int, list[Booked]]] = field(default_factory=list)
+    charged_back: int = 0
     zero_updates: int = 0
-    refused: set[int] = field(default_factory=set)  # increases refused, by total
+    refused: set[int] = field(default_factory=set)
+    before_last: dict[str, Any] | None = None  # what a lagging read still shows
+    types: dict[str, str] = field(default_factory=dict)  # line reference -> type
 
 
 @dataclass
 class Faults:
     """How often each thing goes wrong, per request (0 everywhere once settling)."""
 
-    write_fail: float = 0.12  # 5xx/429/409 before anything was applied
-    write_lost: float = 0.10  # applied, then the answer is lost (timeout or 5xx)
-    read_fail: float = 0.10
-    read_forbidden: float = 0.03  # a read answering 403
-    interleave: float = 0.06  # a second reconcile runs while this read is slow
+    write_fail: float = 0.10  # 5xx/429/409 before anything was applied
+    write_lost: float = 0.08  # applied, then the answer is lost (timeout, 5xx, 409)
+    connect_error: float = 0.03  # refused before anything was sent
+    read_fail: float = 0.08
+    read_lag: float = 0.10  # Klarna: a read that does not show the last change yet
+    interleave: float = 0.06  # another task runs while this PSP call is slow
     early_notification: float = 0.25  # Adyen notifies before the sender records
-    failed_then_ok: float = 0.15  # Adyen: CAPTURE success=false first
-    crash: float = 0.03  # per crash point reached
+    failed_then_ok: float = 0.12  # Adyen: CAPTURE success=false first
+    mismatched_twin: float = 0.08  # Adyen: a twin notification with other figures
+    death: float = 0.025  # per death point reached
 
     @classmethod
     def none(cls) -> Faults:
-        return cls(0, 0, 0, 0, 0, 0, 0, 0)
+        return cls(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+def _book_klarna(lines: list[dict[str, Any]], types: dict[str, str]) -> list[Booked]:
+    return [
+        Booked(
+            str(line["reference"]),
+            str(line.get("type") or types.get(str(line["reference"]), "physical")),
+            int(line["quantity"]),
+            int(line["total_amount"]),
+            int(line["total_tax_amount"]),
+            int(line["tax_rate"]),
+        )
+        for line in lines
+    ]
+
+
+def _book_per_unit(
+    items: list[tuple[str, int, int, int, int]], types: dict[str, str]
+) -> list[Booked]:
+    """(reference, quantity, unit amount incl. tax, unit tax, rate) groups → whole lines."""
+    merged: dict[str, list[int]] = {}
+    for reference, quantity, unit, tax, rate in items:
+        entry = merged.setdefault(reference, [0, 0, 0, rate])
+        entry[0] += quantity
+        entry[1] += quantity * unit
+        entry[2] += quantity * tax
+    return [
+        Booked(ref, types.get(ref, "discount" if total < 0 else "physical"), q, total, tax, rate)
+        for ref, (q, total, tax, rate) in merged.items()
+    ]
 
 
 class PspModel:
-    """Klarna OM and Adyen Checkout in memory, answering over an httpx.MockTransport."""
+    """Klarna OM, Adyen Checkout and classic Pal in memory, answering over HTTP."""
 
     def __init__(self, rng: random.Random, sim: Simulation) -> None:
         self.rng = rng
         self.sim = sim
         self.faults = Faults()
         self.orders: dict[str, PspOrder] = {}
-        self.replies: dict[str, tuple[str, httpx.Response]] = {}  # key -> (request, reply)
-        self.first_request: dict[str, str] = {}  # key -> the first request sent with it
+        self.replies: dict[str, tuple[str, httpx.Response]] = {}
+        self.first_request: dict[str, str] = {}
         self.notifications: list[dict[str, Any]] = []
         self.violations: list[Violation] = []
         self.fault_count = 0
-        self.in_handler = False
+        self.depth = 0
         self.psp_refs = 0
+        self.shop_events: list[tuple[str, str, str]] = []  # (order id, type, webhook-id)
 
-    def transport(self) -> httpx.MockTransport:
-        return httpx.MockTransport(self.handle)
-
-    def _fault(self, probability: float) -> bool:
+    def _fault(self, probability: float, name: str) -> bool:
         if probability and self.rng.random() < probability:
             self.fault_count += 1
+            self.sim.note(f"fault {name}")
             return True
         return False
 
     def handle(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == "shop.sim":
+            return self._shop(request)
+        if self.depth == 0 and self._fault(self.faults.interleave, "interleaved_task"):
+            # This call is slow: another worker runs a task meanwhile.
+            self.depth += 1
+            try:
+                self.sim.work_one()
+            finally:
+                self.depth -= 1
         if request.url.host == "klarna.sim":
             return self._klarna(request)
         return self._adyen(request)
+
+    # -- the shop's callback endpoint ------------------------------------------------
+
+    def _shop(self, request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        if self._fault(self.faults.write_fail, "shop_callback_500"):
+            return httpx.Response(500)
+        if self.depth == 0 and self._fault(self.faults.interleave, "second_deliverer"):
+            # A second deliverer runs while this one's POST is in flight.
+            self.depth += 1
+            try:
+                self.sim.deliver_callbacks(str(body["order_id"]))
+            finally:
+                self.depth -= 1
+        self.shop_events.append(
+            (str(body["order_id"]), str(body["type"]), request.headers.get("webhook-id", ""))
+        )
+        return httpx.Response(204)
 
     # -- Klarna -----------------------------------------------------------------
 
@@ -207,26 +300,35 @@ class PspModel:
         replay = self._replay(key, request)
         if replay is not None:
             return replay
-        if self._fault(self.faults.write_fail):
+        if self._fault(self.faults.connect_error, "klarna_connect_error"):
+            raise httpx.ConnectError("simulated: connection refused", request=request)
+        if self.rng.random() < self.faults.write_fail:
             status = self.rng.choice([500, 503, 429, 409])
-            self.sim.note(f"fault klarna_write_{status}")
+            self._fault(1, f"klarna_write_{status}")
             return httpx.Response(
                 status, json={"error_code": f"SIM_{status}"}, headers=self._retry_after()
             )
         action = parts[5] if len(parts) > 5 else ""
+        before = self._klarna_body(order)
         response = self._klarna_apply(order, action, body, key)
+        if response.status_code < 300:
+            order.before_last = before
         self.replies[key] = (_request_digest(request), response)
-        if self._fault(self.faults.write_lost):
-            self.sim.note("fault klarna_answer_lost")
-            if self.rng.random() < 0.5:
+        if self.rng.random() < self.faults.write_lost:
+            roll = self.rng.random()
+            if roll < 0.4:
+                self._fault(1, "klarna_answer_lost")
                 raise httpx.ReadTimeout("simulated: the answer was lost", request=request)
+            if roll < 0.7:
+                self._fault(1, "klarna_409_applied_later")
+                return httpx.Response(409, json={"error_code": "CONFLICT"})
+            self._fault(1, "klarna_502_after_apply")
             return httpx.Response(502, json={"error_code": "SIM_502"})
         return response
 
     def _retry_after(self) -> dict[str, str]:
         roll = self.rng.random()
         if roll < 0.1:
-            self.sim.note("fault retry_after_malformed")
             return {"Retry-After": "soon"}  # neither seconds nor an HTTP-date
         return {"Retry-After": "1"} if roll < 0.3 else {}
 
@@ -258,7 +360,7 @@ class PspModel:
             amount = int(body["order_amount"])
             if amount == 0:
                 order.zero_updates += 1
-            if not open_ or amount < order.captured:
+            if not open_ or amount < order.captured or order.captured >= order.authorized:
                 return refuse("NOT_ALLOWED")
             if amount > order.authorized and not order.allow_increase:
                 order.refused.add(amount)
@@ -270,28 +372,23 @@ class PspModel:
             amount = int(body["captured_amount"])
             if not open_ or amount > order.authorized - order.captured:
                 return refuse("CAPTURE_NOT_ALLOWED")
-            order.captured += amount
-            order.status = "CAPTURED" if order.captured >= order.authorized else "PART_CAPTURED"
             ref = str(body.get("reference"))
+            capture_id = self._klarna_book(
+                order, "capture", amount, body.get("order_lines") or [], ref
+            )
             self._once(order, "capture", ref)
             order.effects.append(Effect("capture", amount, key, ref))
-            capture_id = f"cap-{len(order.captures) + 1}"
-            order.captures.append(
-                {"capture_id": capture_id, "reference": ref, "captured_amount": amount}
-            )
             return httpx.Response(201, headers={"Capture-Id": capture_id})
         if action == "refunds":
             amount = int(body["refunded_amount"])
-            if amount > order.captured - order.refunded:
+            if amount > order.captured - order.refunded - order.charged_back:
                 return refuse("REFUND_NOT_ALLOWED")
-            order.refunded += amount
             ref = str(body.get("reference"))
+            refund_id = self._klarna_book(
+                order, "refund", amount, body.get("order_lines") or [], ref
+            )
             self._once(order, "refund", ref)
             order.effects.append(Effect("refund", amount, key, ref))
-            refund_id = f"ref-{len(order.refunds) + 1}"
-            order.refunds.append(
-                {"refund_id": refund_id, "reference": ref, "refunded_amount": amount}
-            )
             return httpx.Response(201, headers={"Refund-Id": refund_id})
         if action == "cancel":
             if order.status != "AUTHORIZED" or order.captured:
@@ -310,83 +407,139 @@ class PspModel:
             return httpx.Response(204)
         return httpx.Response(404, json={"error_code": "NOT_FOUND"})
 
+    def _klarna_book(
+        self, order: PspOrder, what: str, amount: int, lines: list[dict[str, Any]], ref: str
+    ) -> str:
+        """A capture or refund in Klarna's order: its figures, its list and the ledger."""
+        if what == "capture":
+            order.captured += amount
+            order.status = "CAPTURED" if order.captured >= order.authorized else "PART_CAPTURED"
+        else:
+            order.refunded += amount
+        order.ledger.append((what, amount, _book_klarna(lines, order.types)))
+        listed = order.captures if what == "capture" else order.refunds
+        booking_id = f"{what[:3]}-{len(listed) + 1}"
+        listed.append(
+            {
+                f"{what}_id": booking_id,
+                "reference": ref,
+                ("captured_amount" if what == "capture" else "refunded_amount"): amount,
+                "order_lines": lines,
+            }
+        )
+        return booking_id
+
     def _once(self, order: PspOrder, kind: str, reference: str) -> None:
         if any(e.kind == kind and e.reference == reference for e in order.effects):
             self.violations.append(
                 Violation("applied_twice", f"{kind} of operation {reference[:8]} applied twice")
             )
 
-    def _klarna_read(self, order: PspOrder) -> httpx.Response:
-        if self._fault(self.faults.read_fail):
-            status = self.rng.choice([500, 503, 429])
-            self.sim.note(f"fault klarna_read_{status}")
-            return httpx.Response(status, json={"error_code": f"SIM_{status}"})
-        if self._fault(self.faults.read_forbidden):
-            self.sim.note("fault klarna_read_403")
-            return httpx.Response(403, json={"error_code": "FORBIDDEN"})
-        body = {
+    def _klarna_body(self, order: PspOrder) -> dict[str, Any]:
+        return {
             "order_id": order.psp_id,
             "status": order.status,
+            "purchase_currency": order.currency,
             "order_amount": order.authorized,
+            "original_order_amount": order.authorized,
             "captured_amount": order.captured,
             "refunded_amount": order.refunded,
+            "remaining_authorized_amount": max(order.authorized - order.captured, 0),
             "purchase_country": "DE",
             "initial_payment_method": {"type": "INVOICE"},
-            "order_lines": order.lines,
+            "order_lines": list(order.lines),
             "captures": list(order.captures),
             "refunds": list(order.refunds),
         }
-        answer = httpx.Response(200, json=body)
-        if not self.in_handler and self._fault(self.faults.interleave):
-            # This read is slow: another worker reconciles the same order meanwhile,
-            # and this one's answer (read before) arrives after.
-            self.sim.note("fault interleaved_reconcile")
-            self.in_handler = True
-            try:
-                self.sim.reconcile("interleaved")
-            finally:
-                self.in_handler = False
-        return answer
+
+    def _klarna_read(self, order: PspOrder) -> httpx.Response:
+        if self.rng.random() < self.faults.read_fail:
+            status = self.rng.choice([500, 503, 429])
+            self._fault(1, f"klarna_read_{status}")
+            return httpx.Response(status, json={"error_code": f"SIM_{status}"})
+        if order.before_last is not None and self._fault(self.faults.read_lag, "klarna_read_lag"):
+            return httpx.Response(200, json=order.before_last)
+        return httpx.Response(200, json=self._klarna_body(order))
 
     # -- Adyen ------------------------------------------------------------------
 
     def _adyen(self, request: httpx.Request) -> httpx.Response:
-        parts = request.url.path.split("/")  # '', v71, payments, ref, action
-        order = self.orders.get(parts[3])
+        classic = "/pal/" in request.url.path
+        body = json.loads(request.content)
+        if classic:
+            action = request.url.path.rsplit("/", 1)[1]  # capture | refund | cancel
+            psp_id = str(body.get("originalReference"))
+        else:
+            parts = request.url.path.split("/")  # '', v71, payments, ref, action
+            psp_id, action = parts[3], parts[4]
+        order = self.orders.get(psp_id)
         if order is None:
             return httpx.Response(422, json={"errorCode": "167", "message": "unknown payment"})
         key = request.headers.get("Idempotency-Key", "")
         replay = self._replay(key, request)
         if replay is not None:
             return replay
-        if self._fault(self.faults.write_fail):
+        if self._fault(self.faults.connect_error, "adyen_connect_error"):
+            raise httpx.ConnectError("simulated: connection refused", request=request)
+        if self.rng.random() < self.faults.write_fail:
             status = self.rng.choice([500, 503, 429])
-            self.sim.note(f"fault adyen_write_{status}")
+            self._fault(1, f"adyen_write_{status}")
             return httpx.Response(status, json={"errorCode": f"SIM{status}", "message": "sim"})
-        body = json.loads(request.content)
         self.psp_refs += 1
         psp_ref = f"M{self.sim.seed}x{self.psp_refs}"
-        response = httpx.Response(
-            201,
-            json={"status": "received", "pspReference": psp_ref, "reference": body["reference"]},
-        )
+        if classic:
+            self.sim.kind("adyen_classic")
+            response = httpx.Response(
+                200, json={"pspReference": psp_ref, "response": f"[{action}-received]"}
+            )
+            amount = int((body.get("modificationAmount") or {}).get("value") or 0)
+            action = {"capture": "captures", "refund": "refunds", "cancel": "cancels"}[action]
+            lines = _openinvoice(body.get("additionalData") or {}, order.types)
+        else:
+            response = httpx.Response(
+                201,
+                json={
+                    "status": "received",
+                    "pspReference": psp_ref,
+                    "reference": body["reference"],
+                },
+            )
+            amount = int((body.get("amount") or {}).get("value") or 0)
+            lines = _book_per_unit(
+                [
+                    (
+                        str(item["id"]),
+                        int(item["quantity"]),
+                        int(item["amountIncludingTax"]),
+                        int(item["taxAmount"]),
+                        int(item["taxPercentage"]),
+                    )
+                    for item in body.get("lineItems") or []
+                ],
+                order.types,
+            )
         self.replies[key] = (_request_digest(request), response)
-        self._adyen_decide(order, parts[4], body, psp_ref, key)
-        if self.notifications and self._fault(self.faults.early_notification):
-            self.sim.note("fault early_notification")
+        self._adyen_decide(order, action, amount, lines, body, psp_ref, key)
+        if self.notifications and self._fault(self.faults.early_notification, "early_notification"):
             self.sim.deliver(self.notifications.pop())
-        if self._fault(self.faults.write_lost):
-            self.sim.note("fault adyen_answer_lost")
+        if self._fault(self.faults.write_lost, "adyen_answer_lost"):
             raise httpx.ReadTimeout("simulated: the answer was lost", request=request)
         return response
 
     def _adyen_decide(
-        self, order: PspOrder, action: str, body: dict[str, Any], psp_ref: str, key: str
+        self,
+        order: PspOrder,
+        action: str,
+        amount: int,
+        lines: list[Booked],
+        body: dict[str, Any],
+        psp_ref: str,
+        key: str,
     ) -> None:
         """Applies the modification (or not) and queues its notification."""
-        amount = int((body.get("amount") or {}).get("value") or 0)
         open_ = order.status in ("AUTHORIZED", "PART_CAPTURED")
         event, ok, kind = "", False, action
+        failed_first = False
         if action == "amountUpdates":
             event, kind = "AUTHORISATION_ADJUSTMENT", "update_authorization"
             if amount == 0:
@@ -403,17 +556,18 @@ class PspModel:
         elif action == "captures":
             event, kind = "CAPTURE", "capture"
             ok = open_ and amount <= order.authorized - order.captured
-            if ok and self._fault(self.faults.failed_then_ok):
-                self.sim.note("fault capture_failed")
-                ok = False
+            if ok and self._fault(self.faults.failed_then_ok, "capture_failed_first"):
+                ok, failed_first = False, True
             if ok:
                 order.captured += amount
                 order.status = "CAPTURED" if order.captured >= order.authorized else "PART_CAPTURED"
+                order.ledger.append(("capture", amount, lines))
         elif action == "refunds":
             event, kind = "REFUND", "refund"
-            ok = amount <= order.captured - order.refunded
+            ok = amount <= order.captured - order.refunded - order.charged_back
             if ok:
                 order.refunded += amount
+                order.ledger.append(("refund", amount, lines))
         elif action == "cancels":
             event, kind = "CANCELLATION", "cancel"
             ok = order.status == "AUTHORIZED" and order.captured == 0
@@ -424,17 +578,119 @@ class PspModel:
             if kind in ("capture", "refund"):
                 self._once(order, kind, reference)
             order.effects.append(Effect(kind, amount, key, reference))
-        item = {
-            "pspReference": psp_ref,
-            "originalReference": order.psp_id,
-            "merchantReference": body["reference"],
-            "merchantAccountCode": MERCHANT,
-            "eventCode": event,
-            "success": "true" if ok else "false",
-            "amount": {"currency": "EUR", "value": amount},
-            "reason": "" if ok else "refused",
-        }
+        item = _adyen_item(order, event, ok, amount, psp_ref, str(body["reference"]))
+        if not ok:
+            item["reason"] = "refused"
+        if failed_first and self.rng.random() < 0.3:
+            item["eventCode"] = "CAPTURE_FAILED"
+            item["success"] = "true"
+            self.sim.kind("adyen_capture_failed")
+        if ok and self._fault(self.faults.mismatched_twin, "mismatched_twin"):
+            twin = dict(item)
+            self.psp_refs += 1
+            twin["pspReference"] = f"X{self.sim.seed}x{self.psp_refs}"
+            what = self.rng.choice(["amount", "currency", "merchant"])
+            self.sim.kind(f"notification_wrong_{what}")
+            self.sim.orders_by_psp[order.psp_id].oracle.foreign_notification()
+            if what == "amount":
+                twin["amount"] = {"currency": order.currency, "value": amount + 1}
+            elif what == "currency":
+                twin["amount"] = {"currency": "USD", "value": amount}
+            else:
+                twin["merchantAccountCode"] = "SomeoneElse"
+            self.notifications.append(twin)
         self.notifications.append(item)
+        if failed_first:
+            # Adyen's own retry went through after all: success follows the failure.
+            pass
+
+    # -- the merchant by hand, and the payment's own life ---------------------------
+
+    def external(self, order: PspOrder, what: str, units: list[tuple[str, int, int, int]]) -> int:
+        """A capture, refund or cancel made in the Merchant Portal / Customer Area, an
+        expiry or a chargeback. `units`: (reference, quantity, unit amount, rate)."""
+        lines: list[dict[str, Any]] = [
+            {
+                "type": order.types.get(ref, "physical"),
+                "reference": ref,
+                "name": ref,
+                "quantity": q,
+                "unit_price": unit,
+                "tax_rate": rate,
+                "total_amount": q * unit,
+                "total_discount_amount": 0,
+                "total_tax_amount": tax_in(q * unit, rate),
+            }
+            for ref, q, unit, rate in units
+        ]
+        amount = sum(int(line["total_amount"]) for line in lines)
+        self.psp_refs += 1
+        psp_ref = f"E{self.sim.seed}x{self.psp_refs}"
+        if what == "capture":
+            if order.provider == "klarna":
+                self._klarna_book(order, "capture", amount, lines, f"portal-{psp_ref}")
+            else:
+                order.captured += amount
+                order.ledger.append(("capture", amount, _book_klarna(lines, order.types)))
+                order.status = "CAPTURED" if order.captured >= order.authorized else "PART_CAPTURED"
+                self.notifications.append(_adyen_item(order, "CAPTURE", True, amount, psp_ref, ""))
+        elif what == "refund":
+            if order.provider == "klarna":
+                self._klarna_book(order, "refund", amount, lines, f"portal-{psp_ref}")
+            else:
+                order.refunded += amount
+                order.ledger.append(("refund", amount, _book_klarna(lines, order.types)))
+                self.notifications.append(_adyen_item(order, "REFUND", True, amount, psp_ref, ""))
+        elif what == "cancel":
+            order.status = "CANCELLED"
+            if order.provider == "adyen":
+                self.notifications.append(_adyen_item(order, "CANCELLATION", True, 0, psp_ref, ""))
+        elif what == "expire":
+            order.status = "EXPIRED"
+            if order.provider == "adyen":
+                remaining = order.authorized - order.captured
+                item = _adyen_item(order, "EXPIRE", True, remaining, order.psp_id, "")
+                item.pop("originalReference")
+                self.notifications.append(item)
+        elif what == "chargeback":
+            amount = order.captured - order.refunded - order.charged_back
+            order.charged_back += amount
+            self.notifications.append(_adyen_item(order, "CHARGEBACK", True, amount, psp_ref, ""))
+        order.before_last = None
+        return amount
+
+
+def _adyen_item(
+    order: PspOrder, event: str, ok: bool, amount: int, psp_ref: str, reference: str
+) -> dict[str, Any]:
+    return {
+        "pspReference": psp_ref,
+        "originalReference": order.psp_id,
+        "merchantReference": reference,
+        "merchantAccountCode": MERCHANT,
+        "eventCode": event,
+        "success": "true" if ok else "false",
+        "amount": {"currency": order.currency, "value": amount},
+        "reason": "",
+    }
+
+
+def _openinvoice(data: dict[str, Any], types: dict[str, str]) -> list[Booked]:
+    items = []
+    for n in range(1, int(data.get("openinvoicedata.numberOfLines", 0)) + 1):
+        prefix = f"openinvoicedata.line{n}."
+        net = int(data[prefix + "itemAmount"])
+        tax = int(data[prefix + "itemVatAmount"])
+        items.append(
+            (
+                str(data[prefix + "description"]),  # the simulated shop names a line by its id
+                int(data[prefix + "numberOfItems"]),
+                net + tax,
+                tax,
+                int(data[prefix + "itemVatPercentage"]),
+            )
+        )
+    return _book_per_unit(items, types)
 
 
 def _request_digest(request: httpx.Request) -> str:
@@ -444,6 +700,15 @@ def _request_digest(request: httpx.Request) -> str:
 
 
 # --- the shop model -----------------------------------------------------------------------
+
+GOODS_TYPES = ("physical", "physical", "physical", "digital")
+# The shop's edits, "ship" weighted up (most histories should capture something).
+MOVES = (
+    *("add", "add_other", "remove", "swap", "price", "tax", "discount"),
+    *("ship", "ship", "ship", "ship_fee", "return", "quantity_up", "quantity_down"),
+    *("cancel", "empty", "reverse", "currency", "payment", "unitemised"),
+)
+OTHER_TYPES = ("shipping_fee", "surcharge", "sales_tax", "discount", "gift_card", "store_credit")
 
 
 @dataclass
@@ -455,58 +720,85 @@ class Shop:
     provider: str
     psp_id: str
     lines: list[dict[str, Any]] = field(default_factory=list)
-    discount: int = 0
     status: str = "open"
     version: int = 0
     next_line: int = 0
     parcels: int = 0
+    unitemised: int = 0
+    types: dict[str, str] = field(default_factory=dict)
 
-    def new_line(self) -> dict[str, Any]:
+    def new_line(self, line_type: str | None = None) -> dict[str, Any]:
         self.next_line += 1
-        return {
-            "id": f"l{self.next_line}",
-            "name": f"Item {self.next_line}",
+        line_type = line_type or self.rng.choice(GOODS_TYPES)
+        line_id = f"l{self.next_line}"
+        self.types[line_id] = line_type
+        line: dict[str, Any] = {
+            "id": line_id,
+            "name": line_id,  # Adyen classic lines carry only a description: the id
+            "type": line_type,
             "quantity": self.rng.randint(1, 3),
             "unit_price": self.rng.choice([0, 99, 450, 1200, 2599, self.rng.randint(1, 5000)]),
             "tax_rate": self.rng.choice([0, 700, 2000, 2500]),
             "shipped_quantity": 0,
             "returned_quantity": 0,
         }
+        if self.rng.random() < 0.3:
+            # What Klarna shows the customer: carried on every request.
+            line["product_url"] = f"https://shop.example/p/{line_id}"
+            line["image_url"] = f"https://shop.example/i/{line_id}.jpg"
+            line["quantity_unit"] = "pcs"
+        if line_type in ("shipping_fee", "surcharge", "sales_tax"):
+            line["quantity"] = 1
+            line["unit_price"] = self.rng.choice([495, 150, self.rng.randint(1, 900)])
+        elif line_type in REDUCING:
+            line["quantity"] = 1
+            line["unit_price"] = -self.rng.randint(1, 900)
+            line["tax_rate"] = self.rng.choice([0, 2000])
+        return line
 
     def start(self) -> dict[str, Any]:
         self.lines = [self.new_line() for _ in range(self.rng.randint(1, 3))]
         self.lines[0]["unit_price"] = max(self.lines[0]["unit_price"], 100)  # > 0 to authorize
-        if self.rng.random() < 0.5:
-            self.discount = self.rng.randint(1, max(1, self._value() // 2))
+        for _ in range(self.rng.choice([0, 0, 1, 2])):
+            self.lines.append(self.new_line(self.rng.choice(OTHER_TYPES)))
+        if self.rng.random() < 0.1:
+            self.unitemised = self.rng.randint(1, 300)
+        if _total(self.snapshot()) <= 0:
+            # Something to authorize: nothing that takes the total to 0 at checkout.
+            self.lines = [line for line in self.lines if line["type"] not in REDUCING]
+            self.unitemised = 0
+        self.version = 0
         return self.snapshot()
 
-    def _value(self) -> int:
-        return sum(line["quantity"] * line["unit_price"] for line in self.lines)
+    def _fit(self) -> list[dict[str, Any]]:
+        """The lines with reducing lines cut to what the rest is worth (≥ 0 in all)."""
+        positive = sum(
+            line["quantity"] * line["unit_price"]
+            for line in self.lines
+            if line["type"] not in REDUCING
+        )
+        out = []
+        for line in self.lines:
+            line = dict(line)
+            if line["type"] in REDUCING:
+                take = min(-line["unit_price"], positive)
+                positive -= take
+                line["unit_price"] = -take
+            out.append(line)
+        return out
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, **change: Any) -> dict[str, Any]:
         self.version += 1
-        lines = [dict(line) for line in self.lines]
-        discount = min(self.discount, self._value())
-        if discount:
-            lines.append(
-                {
-                    "id": "discount",
-                    "name": "Discount",
-                    "type": "discount",
-                    "quantity": 1,
-                    "unit_price": -discount,
-                    "tax_rate": 2000,
-                }
-            )
+        lines = self._fit()
         payment: dict[str, Any] = (
             {"provider": "klarna", "klarna_order_id": self.psp_id}
             if self.provider == "klarna"
-            else {"provider": "adyen", "psp_reference": self.psp_id}
+            else {"provider": "adyen", "psp_reference": self.psp_id, "merchant_account": MERCHANT}
         )
         shipping = (
             {"carrier": "DHL", "tracking_number": f"T{self.parcels}"} if self.parcels else None
         )
-        return {
+        snap: dict[str, Any] = {
             "id": self.order_id,
             "shipping": shipping,
             "version": self.version,
@@ -516,79 +808,169 @@ class Shop:
             "payment": payment,
             "lines": lines,
         }
+        total = sum(line["quantity"] * line["unit_price"] for line in lines)
+        if self.unitemised and total > self.unitemised:
+            snap["amount"] = total - self.unitemised
+        snap.update(change)
+        return snap
 
-    def edit(self) -> tuple[str, dict[str, Any]] | None:
-        """One random edit of the basket; the event type and snapshot, or None."""
-        if self.status != "open":
-            return None
+    def goods(self) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line["type"] not in REDUCING | SHARED_UP]
+
+    def edit(self, captured: Callable[[str], int]) -> tuple[str, str, dict[str, Any]] | None:
+        """One random edit; (move, event type, snapshot), or None. `captured(line id)`:
+        units the PSP holds for a line at the last settle point (for reversals)."""
+        move = self.next_move()
+        return None if move is None else self.apply(move, captured)
+
+    def next_move(self) -> str | None:
         rng = self.rng
-        move = rng.choice(
-            ["add", "remove", "swap", "price", "discount", "ship", "ship", "ship", "return",
-             "quantity", "cancel", "empty"]
-        )  # fmt: skip
-        unshipped = [line for line in self.lines if line["shipped_quantity"] == 0]
+        if self.status == "cancelled":
+            return "reopen" if rng.random() < 0.3 else None
+        return str(rng.choice(MOVES))
+
+    def apply(
+        self, move: str, captured: Callable[[str], int]
+    ) -> tuple[str, str, dict[str, Any]] | None:
+        rng = self.rng
+        if move == "reopen":
+            self.status = "open"
+            return "reopen", "order.updated", self.snapshot()
+        # Nothing the PSP holds units of is taken away (a unit captured outside, say).
+        unshipped = [
+            line
+            for line in self.lines
+            if line.get("shipped_quantity", 0) == 0 and captured(line["id"]) == 0
+        ]
+        goods = self.goods()
         if move == "add":
             self.lines.append(self.new_line())
+        elif move == "add_other":
+            self.lines.append(self.new_line(rng.choice(OTHER_TYPES)))
         elif move == "remove" and unshipped:
             self.lines.remove(rng.choice(unshipped))
         elif move == "swap" and unshipped:
-            # Another item at the same total: only the lines change (seq 7).
             old = rng.choice(unshipped)
-            new = {**self.new_line(), "quantity": old["quantity"], "unit_price": old["unit_price"]}
+            new = {
+                **self.new_line(old["type"]),
+                "quantity": old["quantity"],
+                "unit_price": old["unit_price"],
+            }
             self.lines[self.lines.index(old)] = new
-        elif move == "price" and self.lines:
+        elif move in ("price", "tax") and self.lines:
             line = rng.choice(self.lines)
-            line["unit_price"] = max(0, line["unit_price"] + rng.choice([-300, -50, 50, 300]))
+            if move == "tax" and line["type"] not in REDUCING:
+                line["tax_rate"] = rng.choice([0, 700, 2000, 2500])
+            elif line["type"] in REDUCING:
+                line["unit_price"] = min(-1, line["unit_price"] + rng.choice([-300, -50, 50, 300]))
+            else:
+                line["unit_price"] = max(0, line["unit_price"] + rng.choice([-300, -50, 50, 300]))
         elif move == "discount":
-            self.discount = rng.choice(
-                [0, self.discount // 2, self.discount + 100, rng.randint(0, 900)]
-            )
-        elif move == "ship" and self.lines:
-            line = rng.choice(self.lines)
+            reducing = [line for line in self.lines if line["type"] in REDUCING]
+            if reducing:
+                line = rng.choice(reducing)
+                line["unit_price"] = -rng.choice([1, -line["unit_price"] // 2, rng.randint(1, 900)])
+            else:
+                self.lines.append(self.new_line("discount"))
+        elif move == "ship" and goods:
+            line = rng.choice([g for g in goods if g["type"] in ("physical", "digital")] or goods)
             line["shipped_quantity"] = rng.randint(line["shipped_quantity"], line["quantity"])
             self.parcels += 1
-            return "order.shipped", self.snapshot()
-        elif move == "return" and self.lines:
-            line = rng.choice(self.lines)
+            return move, "order.shipped", self.snapshot()
+        elif move == "ship_fee":
+            fees = [g for g in goods if g["type"] in ("shipping_fee", "surcharge")]
+            if not fees:
+                return None
+            fees[0]["shipped_quantity"] = fees[0]["quantity"]
+            return move, "order.shipped", self.snapshot()
+        elif move == "return" and goods:
+            line = rng.choice(goods)
             line["returned_quantity"] = rng.randint(
                 line["returned_quantity"], line["shipped_quantity"]
             )
-            return "order.returned", self.snapshot()
-        elif move == "quantity" and self.lines:
-            line = rng.choice(self.lines)
-            line["quantity"] = max(line["shipped_quantity"], rng.randint(0, 4))
-        elif move == "cancel" and rng.random() < 0.3:
+            return move, "order.returned", self.snapshot()
+        elif move == "quantity_up" and goods:
+            line = rng.choice(goods)
+            if line["type"] in ("physical", "digital"):
+                line["quantity"] += rng.randint(1, 2)
+        elif move == "quantity_down" and goods:
+            line = rng.choice(goods)
+            if line["type"] not in ("physical", "digital"):
+                return None  # a fee is charged whole, with the first capture
+            line["quantity"] = max(
+                line["shipped_quantity"], captured(line["id"]), line["quantity"] - 1
+            )
+        elif move == "cancel":
             self.status = "cancelled"
-            return "order.cancelled", self.snapshot()
-        elif move == "empty" and not any(line["shipped_quantity"] for line in self.lines):
-            self.lines = []  # the customer removed everything (seq 8)
+            return move, "order.cancelled", self.snapshot()
+        elif move == "empty" and not any(
+            line["shipped_quantity"] or captured(line["id"]) for line in self.lines
+        ):
+            self.lines = []
+        elif move == "reverse":
+            held = [line for line in goods if captured(line["id"]) > 0]
+            if not held:
+                return None
+            line = rng.choice(held)
+            if line["returned_quantity"] and rng.random() < 0.5:
+                line["returned_quantity"] = 0  # an exchange booked on the same line
+            else:
+                line["shipped_quantity"] = rng.randint(0, captured(line["id"]) - 1)
+                line["returned_quantity"] = min(line["returned_quantity"], line["shipped_quantity"])
+            return move, "order.updated", self.snapshot()
+        elif move == "currency":
+            return move, "order.updated", self.snapshot(currency="SEK")
+        elif move == "payment":
+            changed = dict(self.snapshot()["payment"])
+            self.version -= 1
+            if self.provider == "klarna":
+                changed["klarna_order_id"] = self.psp_id + "x"
+            else:
+                changed["psp_reference"] = self.psp_id + "X"
+            return move, "order.updated", self.snapshot(payment=changed)
+        elif move == "unitemised":
+            self.unitemised = rng.choice([0, rng.randint(1, 300)])
         else:
             return None
-        return "order.updated", self.snapshot()
+        return move, "order.updated", self.snapshot()
 
 
 # --- the simulation ----------------------------------------------------------------------
 
 
+@dataclass
+class Order:
+    """One order of a history: the shop, the PSP's side and the oracle."""
+
+    shop: Shop
+    psp: PspOrder
+    oracle: Oracle
+    first: dict[str, Any] = field(default_factory=dict)  # the first snapshot
+    raised: set[tuple[str, str]] = field(default_factory=set)  # (flag, reason code)
+    statuses: list[tuple[int, int]] = field(default_factory=list)  # (version, HTTP status)
+
+
 class Simulation:
     """Runs histories against one database; one instance per process."""
 
-    def __init__(self, database_url: str, *, max_attempts: int = 3) -> None:
+    def __init__(self, database_url: str, *, max_attempts: int = 2) -> None:
         self.database_url = database_url
-        self.settings = Settings(
-            database_url=SecretStr(database_url),
-            klarna_api_url=KLARNA_URL,
-            klarna_username="sim",
-            klarna_password=SecretStr("sim"),  # a model PSP: no real credentials
-            adyen_checkout_url=ADYEN_URL,
-            adyen_api_key=SecretStr("sim"),
-            adyen_merchant_account=MERCHANT,
-            max_attempts=max_attempts,
-            # Never due by the clock: only time_passes() makes a retry due, so the
-            # wall clock decides nothing.
-            retry_base_seconds=3600.0,
-            retry_max_seconds=3600.0,
-        )
+        common: dict[str, Any] = {
+            "database_url": SecretStr(database_url),
+            "klarna_api_url": KLARNA_URL,
+            "klarna_username": "sim",
+            "klarna_password": SecretStr("sim"),  # a model PSP: no real credentials
+            "adyen_checkout_url": ADYEN_URL,
+            "adyen_api_key": SecretStr("sim"),
+            "adyen_merchant_account": MERCHANT,
+            "max_attempts": max_attempts,
+            "shop_callback_url": SHOP_URL,
+            "shop_callback_secret": SecretStr("whsec_" + "c2ltdWxhdGVkLXNob3Atc2VjcmV0"),
+            # Never due by the clock: only time_passes() makes a retry due.
+            "retry_base_seconds": 3600.0,
+            "retry_max_seconds": 3600.0,
+        }
+        self.settings = Settings(**common)
         self.pool: SyncPool = sync_pool(database_url, max_size=4)
         self.loop = asyncio.new_event_loop()
         self.apool: AsyncPool = async_pool(database_url, max_size=2)
@@ -597,15 +979,21 @@ class Simulation:
         self.rng = random.Random(0)
         self.model = PspModel(self.rng, self)
         self.http = httpx.Client(transport=httpx.MockTransport(self._handle))
-        self.ctx = WorkerContext(self.settings, self.pool, self.http, self._providers())
-        self.enqueued: list[tuple[str, float]] = []
-        self.order_id = ""
+        self.contexts = {
+            api: WorkerContext(self.settings, self.pool, self.http, self._providers(api))
+            for api in ("checkout", "classic")
+        }
+        self.ctx = self.contexts["checkout"]
+        self.jobs: list[tuple[str, Any]] = []
+        self.orders: dict[str, Order] = {}
+        self.orders_by_psp: dict[str, Order] = {}
+        self._events = 0
         self.result = Result(0)
 
     def _handle(self, request: httpx.Request) -> httpx.Response:
         return self.model.handle(request)
 
-    def _providers(self) -> dict[str, Provider]:
+    def _providers(self, api: str) -> dict[str, Provider]:
         def captured(order_id: str) -> list[PspLine]:
             with self.pool.connection() as conn:
                 return store.captured_lines(conn, order_id)
@@ -617,6 +1005,8 @@ class Simulation:
                 checkout_url=ADYEN_URL,
                 api_key="sim",
                 merchant_account=MERCHANT,
+                modifications_api="classic" if api == "classic" else "checkout",
+                pal_url=PAL_URL,
                 captured_lines=captured,
             ),
         }
@@ -631,183 +1021,537 @@ class Simulation:
         self.result.trace.append(event)
         if event.startswith("fault"):
             self.result.faults += 1
+            self.result.kinds.add(event)
+            for order in self.orders.values():
+                order.oracle.fault()
 
-    # -- what the worker does ------------------------------------------------------
+    def kind(self, name: str) -> None:
+        self.result.kinds.add(name)
+
+    # -- the task layer -----------------------------------------------------------
 
     def _enqueue(self, order_id: str, delay: float) -> None:
-        self.enqueued.append((order_id, delay))
+        self.jobs.append(("reconcile", order_id))
+
+    def _enqueue_notification(self, inbox_id: int, delay: float) -> None:
+        self.jobs.append(("notification", inbox_id))
+
+    def _enqueue_delivery(self, order_id: str, delay: float) -> None:
+        self.jobs.append(("deliver", order_id))
+
+    def _die(self, name: str) -> None:
+        if self.model.rng.random() < self.model.faults.death:
+            self.model.fault_count += 1
+            self.note(f"fault death_{name}")
+            raise WorkerDeath(name)
 
     @contextmanager
-    def _crashes(self) -> Iterator[None]:
-        original = crashpoints.crash_point
+    def _deaths(self) -> Iterator[None]:
+        """Deaths at the product's crash points and inside recording an outcome."""
 
         def crash(name: str) -> None:
             assert name in crashpoints.POINTS
-            if self.model._fault(self.model.faults.crash):
-                self.note(f"fault crash_{name}")
-                raise SimCrash(name)
+            self._die(name)
 
-        # The reconciler calls the name it imported; a raise stands in for the SIGKILL.
-        setattr(reconcile, "crash_point", crash)  # noqa: B010
+        def finish(*args: Any, **kwargs: Any) -> Any:
+            done = saved[(store, "finish_operation")](*args, **kwargs)
+            self._die("in_record")  # written, not committed: the transaction is lost
+            return done
+
+        def apply(*args: Any, **kwargs: Any) -> Any:
+            self._die("in_apply_success")
+            return saved[(store, "apply_success")](*args, **kwargs)
+
+        def enqueue_job(job: Any, order_id: str, **_: Any) -> None:
+            self._enqueue_delivery(order_id, 0)
+
+        patches: dict[tuple[Any, str], Any] = {
+            # The reconciler calls the name it imported.
+            (reconcile, "crash_point"): crash,
+            (store, "finish_operation"): finish,
+            (store, "apply_success"): apply,
+            # The events for the shop are sent by the task the product asks for.
+            (callbacks, "get_settings"): lambda: self.settings,
+            (callbacks, "enqueue_job"): enqueue_job,
+        }
+        saved = {key: getattr(*key) for key in patches}
+        for (module, name), value in patches.items():
+            setattr(module, name, value)
         try:
             yield
         finally:
-            setattr(reconcile, "crash_point", original)  # noqa: B010
+            for (module, name), value in saved.items():
+                setattr(module, name, value)
 
-    def reconcile(self, why: str, *, force: bool = False) -> str:
+    def run_task(self, job: tuple[str, Any], *, force: bool = False) -> None:
+        """One Celery task, as workers/tasks.py runs it: the poison guard around the plain
+        function; a WorkerDeath ends it with nothing caught (the message is lost with the
+        worker; the sweeper finds what it left)."""
+        what, arg = job
         try:
-            with self._crashes():
-                reason = reconcile.Reconciler(self.ctx, self._enqueue).run(
-                    self.order_id, force=force
-                )
-        except SimCrash:
-            # The message is redelivered once the lease runs out (made due later).
-            reason = "crashed"
-        except Exception as exc:
-            # Celery would log it and drop the message; the sweeper comes back later.
-            reason = f"task_died {type(exc).__name__}"
-            self.result.violations.append(Violation("task_died", f"{type(exc).__name__}: {exc}"))
-        self.note(f"reconcile {why} -> {reason}")
-        return reason
+            with self._deaths():
+                if what == "reconcile":
+                    outcome = poison.guarded(
+                        lambda: reconcile.Reconciler(self.ctx, self._enqueue).run(arg, force=force),
+                        lambda exc: self._poisoned(
+                            exc,
+                            lambda: poison.record_order_failure(
+                                self.ctx, arg, "reconcile_order", exc
+                            ),
+                        ),
+                    )
+                    self._die("after_commit")
+                elif what == "notification":
+                    outcome = poison.guarded(
+                        lambda: adyen_inbox.process(self.ctx, arg, self._enqueue),
+                        lambda exc: self._poisoned(
+                            exc,
+                            lambda: poison.record_notification_failure(
+                                self.ctx, arg, "process_notification", exc
+                            ),
+                        ),
+                    )
+                else:
+                    self.deliver_callbacks(arg)
+                    outcome = "delivered"
+            self.note(f"task {what} -> {outcome}")
+        except WorkerDeath as death:
+            self.note(f"task {what} died at {death}")
+
+    def _poisoned(self, exc: Exception, record: Callable[[], None]) -> None:
+        found = Violation("task_poisoned", f"{type(exc).__name__}: {exc} at {poison.where(exc)}")
+        if found not in self.result.violations:
+            self.result.violations.append(found)
+        record()
+
+    def deliver_callbacks(self, order_id: str) -> None:
+        callbacks.deliver_order(self.pool, self.http, self.settings, order_id)
+
+    def work_one(self) -> None:
+        """A worker takes the next message (not always the oldest: several workers)."""
+        if not self.jobs:
+            return
+        pick = 0 if self.rng.random() < 0.7 else self.rng.randrange(len(self.jobs))
+        self.run_task(self.jobs.pop(pick))
 
     def deliver(self, item: dict[str, Any]) -> None:
-        """An Adyen notification through the real store and processing."""
+        """An Adyen notification through the real store; its task is queued."""
         stored = self.loop.run_until_complete(adyen_webhook.store_items(self.apool, [item]))
+        self.kind(f"adyen_{item['eventCode'].lower()}_{item['success']}")
         for inbox_id in stored.pending:
-            outcome = adyen_inbox.process(self.ctx, inbox_id, self._enqueue)
-            self.note(f"notification {item['eventCode']} {item['success']} -> {outcome}")
+            self._enqueue_notification(inbox_id, 0)
         if not stored.new:
             self.note(f"notification {item['eventCode']} duplicate")
 
-    def ingest(self, event_type: str, snapshot: dict[str, Any], webhook_id: str) -> None:
-        event = ShopEvent.model_validate({"type": event_type, "order": snapshot})
-        stored = self.loop.run_until_complete(
-            ingest.store_shop_event(self.apool, webhook_id, event)
-        )
-        self.note(f"shop v{snapshot['version']} {event_type} -> {stored.outcome}")
+    def ingest(self, events: list[tuple[str, dict[str, Any], str]]) -> None:
+        """Shop webhooks through the real store: one by one, or a group commit."""
+        parsed = []
+        for event_type, snapshot, webhook_id in events:
+            parsed.append(
+                (webhook_id, ShopEvent.model_validate({"type": event_type, "order": snapshot}))
+            )
+            order = self.orders[snapshot["id"]]
+            verdict = order.oracle.snapshot(snapshot)
+            self.kind(f"snapshot_{verdict}")
+        if len(parsed) == 1 or self.rng.random() < 0.4:
+            outcomes: list[Any] = []
+            for one in parsed:
+                try:
+                    outcomes.append(
+                        self.loop.run_until_complete(ingest.store_shop_event(self.apool, *one))
+                    )
+                except OrdersyncError as exc:
+                    outcomes.append(exc)
+        else:
+            self.kind("group_commit")
+            outcomes = self.loop.run_until_complete(ingest.store_shop_events(self.apool, parsed))
+        for (_, snapshot, _), outcome in zip(events, outcomes, strict=True):
+            order = self.orders[snapshot["id"]]
+            status = getattr(outcome, "status_code", 202)
+            order.statuses.append((snapshot["version"], status))
+            self.note(
+                f"shop {snapshot['id']} v{snapshot['version']} {snapshot['status']} "
+                f"{[_brief(x) for x in snapshot['lines']]}"
+                f" -> {getattr(outcome, 'outcome', status)}"
+            )
+            if status == 202 and getattr(outcome, "needs_reconcile", False):
+                self._enqueue(snapshot["id"], 0)
 
-    def operator_reconcile(self) -> None:
-        self.loop.run_until_complete(operator.request_reconcile(self.apool, self.order_id))
-        self.reconcile("operator", force=True)
+    def operator_reconcile(self, order_id: str) -> None:
+        try:
+            self.loop.run_until_complete(operator.request_reconcile(self.apool, order_id))
+        except OrdersyncError:
+            return  # not stored (yet): the operator gets a 404
+        self.run_task(("reconcile", order_id), force=True)
 
-    def time_passes(self) -> None:
-        """Every back-off is over and every lease has run out (a dead worker's too)."""
+    def time_passes(self, *, resync: bool = False) -> None:
+        """Every back-off and lease runs out, stored work is past its grace; with
+        `resync`, the periodic re-read of every Klarna order is due."""
         with self.pool.connection() as conn:
-            conn.execute(
-                "UPDATE operations SET next_attempt_at = now() - interval '1 second',"
-                " lease_until = CASE WHEN lease_until IS NULL THEN NULL"
-                " ELSE now() - interval '1 second' END WHERE order_id = %s",
-                (self.order_id,),
-            )
-            conn.execute(
-                "UPDATE orders SET next_reconcile_at = NULL WHERE id = %s", (self.order_id,)
-            )
+            conn.execute(TIME_PASSES, {"ids": list(self.orders), "resync": resync})
             conn.commit()
+
+    def sweep(self) -> None:
+        sweeper.sweep(self.ctx, self._enqueue)
+        sweeper.sweep_callbacks(self.ctx, self._enqueue_delivery)
+        sweeper.sweep_notifications(self.ctx, self._enqueue_notification)
 
     # -- one history -----------------------------------------------------------------
 
-    def run(self, seed: int, *, steps: int = 14) -> Result:
+    def run(self, seed: int, *, steps: int = 12) -> Result:
         self.seed = seed
         self.rng.seed(seed)
         random.seed(seed)  # the reconciler's own jitter
         self.model.__init__(self.rng, self)  # type: ignore[misc]
         self.result = Result(seed)
-        self.enqueued = []
+        self.jobs = []
+        self.orders = {}
+        self.orders_by_psp = {}
+        self._events = 0
+        rng = self.rng
+        classic = rng.random() < 0.25
+        self.ctx = self.contexts["classic" if classic else "checkout"]
         tag = uuid.uuid4().hex[:8]  # ids unique in the database, not part of the trace
-        provider = self.rng.choice(["klarna", "klarna", "adyen"])
-        self.order_id = f"sim-{seed}-{tag}"
-        psp_id = f"{'K' if provider == 'klarna' else 'A'}{seed}{tag}"
-        shop = Shop(self.rng, self.order_id, provider, psp_id)
+        scripts = [
+            self._start_order(f"sim-{seed}-{n}-{tag}", f"{seed}{n}{tag}", steps)
+            for n in range(1 if rng.random() < 0.6 else 2)
+        ]
+        if len(scripts) > 1:
+            self.kind("several_orders")
+        script: list[tuple[str, Any]] = []
+        while any(scripts):
+            # Interleaved, each order's own steps in their order.
+            source = rng.choice([s for s in scripts if s])
+            script.append(source.pop(0))
+        self._play(script)
+        self._barrier(final=True)
+        self.result.violations += self.model.violations
+        for order in self.orders.values():
+            self.result.violations += self._check(order)
+        self.result.events = self._events
+        return self.result
+
+    def _start_order(self, order_id: str, psp_suffix: str, steps: int) -> list[tuple[str, Any]]:
+        rng = self.rng
+        provider = rng.choice(["klarna", "klarna", "adyen"])
+        psp_id = f"{'K' if provider == 'klarna' else 'A'}{psp_suffix}"
+        shop = Shop(rng, order_id, provider, psp_id)
         first = shop.start()
-        basket = basket_lines(OrderSnapshot.model_validate(first))
-        total = sum(line.total_amount for line in basket)
+        total = _total(first)
         psp = PspOrder(
             provider,
             psp_id,
+            "EUR",
             total,
-            klarna_order_lines(basket),
-            allow_increase=self.rng.random() < 0.7,
+            [
+                {
+                    **line,
+                    "reference": line["id"],
+                    "total_amount": line["quantity"] * line["unit_price"],
+                }
+                for line in first["lines"]
+                if line["quantity"]
+            ],
+            allow_increase=rng.random() < 0.7,
+            types=shop.types,
         )
         self.model.orders[psp_id] = psp
-        self.note(f"start {provider} total {total} lines {len(first['lines'])}")
-        if provider == "adyen" and self.rng.random() < 0.5:
-            self.deliver(_authorisation(psp))
-        events: list[tuple[str, dict[str, Any], str]] = [("order.created", first, f"wh-{tag}-1")]
+        order = Order(shop, psp, Oracle(total, refuses_increases=not psp.allow_increase), first)
+        self.orders[order_id] = order
+        self.orders_by_psp[psp_id] = order
+        self.kind(f"provider_{provider}")
+        self.note(f"start {order_id} {provider} total {total}")
+        script: list[tuple[str, Any]] = []
+        if provider == "adyen" and rng.random() < 0.6:
+            script.append(("authorisation", order_id))
+        if provider == "klarna" and rng.random() < 0.1:
+            script.append(("psp", (order_id, "capture_before_read")))
+        script.append(("shop", (order_id, "created", "order.created", first)))
         for _ in range(steps):
-            edit = shop.edit()
-            if edit is not None:
-                events.append((edit[0], edit[1], f"wh-{tag}-{edit[1]['version']}"))
-        self._play(events, psp)
-        self._settle()
-        self.result.violations += self.model.violations
-        self.result.violations += self._check(psp)
-        self.result.events = len(events)
-        return self.result
+            roll = rng.random()
+            if roll < 0.04:
+                script.append(("barrier", order_id))
+                continue
+            if roll < 0.10:
+                what = rng.choice(["capture", "refund", "cancel", "expire", "chargeback"])
+                if what == "chargeback" and provider != "adyen":
+                    what = "refund"
+                script += [("barrier", order_id), ("psp", (order_id, what)), ("barrier", order_id)]
+                continue
+            script.append(("edit", order_id))
+        return script
 
-    def _play(self, events: list[tuple[str, dict[str, Any], str]], psp: PspOrder) -> None:
-        queue = list(events)
+    def _edit(self, order_id: str) -> tuple[str, str, str, dict[str, Any]] | None:
+        """The shop's next edit, made now: what it may take away depends on what the PSP
+        holds, and a reversal or a reopen is judged against a settle point."""
+        order = self.orders[order_id]
+        move = order.shop.next_move()
+        if move is None:
+            return None
+        if move in ("reverse", "reopen"):
+            self.note("barrier")
+            self._barrier()
+        edit = order.shop.apply(move, lambda line_id: order.oracle.state.captured.get(line_id, 0))
+        if edit is None:
+            return None
+        return (order_id, *edit)
+
+    def _play(self, script: list[tuple[str, Any]]) -> None:
         rng = self.rng
+        queue = list(script)
         while queue:
-            # Versions out of order and repeated: the next one, or the one after it first.
-            index = 1 if len(queue) > 1 and rng.random() < 0.2 else 0
-            event_type, snapshot, webhook_id = queue.pop(index)
-            self.ingest(event_type, snapshot, webhook_id)
-            if rng.random() < 0.1:
-                self.note("fault shop_resent")
-                self.ingest(event_type, snapshot, webhook_id)
-                self.result.faults += 0
-            for _ in range(rng.randint(0, 3)):
-                action = rng.choice(
-                    ["work", "work", "work", "notify", "notify", "time", "operator"]
+            # A shop webhook may overtake the next one (versions out of order).
+            index = 0
+            step, arg = queue.pop(index)
+            if step == "edit":
+                edit = self._edit(arg)
+                if edit is None:
+                    continue
+                step, arg = "shop", edit
+            if step == "shop":
+                batch = [arg]
+                if queue and queue[0][0] in ("shop", "edit") and rng.random() < 0.3:
+                    # The next webhook too: stored in one group commit, or overtaking.
+                    following = queue.pop(0)
+                    more = self._edit(following[1]) if following[0] == "edit" else following[1]
+                    if more is not None:
+                        if rng.random() < 0.4:
+                            self.kind("versions_out_of_order")
+                            batch.insert(0, more)
+                        else:
+                            batch.append(more)
+                self._shop_step(batch)
+                if arg[1] == "empty":
+                    self.note("barrier")
+                    self._barrier()
+            elif step == "barrier":
+                self.note("barrier")
+                self._barrier()
+            elif step == "authorisation":
+                psp = self.orders[arg].psp
+                self.kind("adyen_authorisation_first")
+                self.deliver(
+                    _adyen_item(psp, "AUTHORISATION", True, psp.authorized, psp.psp_id, "")
                 )
-                if action == "work":
-                    self.reconcile("worker")
-                elif action == "notify" and self.model.notifications:
-                    # Out of order, and sometimes twice.
-                    pick = rng.randrange(len(self.model.notifications))
-                    item = self.model.notifications[pick]
-                    if rng.random() < 0.8:
-                        self.model.notifications.pop(pick)
-                    self.deliver(item)
-                elif action == "time":
-                    self.time_passes()
-                elif action == "operator" and rng.random() < 0.3:
-                    self.operator_reconcile()
-            if psp.provider == "adyen" and rng.random() < 0.05:
-                self.deliver(_authorisation(psp))  # a late (repeated) AUTHORISATION
+            elif step == "psp":
+                self._psp_step(*arg)
+            for _ in range(rng.randint(0, 3)):
+                self._background()
 
-    def _settle(self) -> None:
-        """Faults off: deliver everything, make everything due, until nothing moves."""
+    def _shop_step(self, batch: list[tuple[str, str, str, dict[str, Any]]]) -> None:
+        events = []
+        self._events += len(batch)
+        for order_id, move, event_type, snapshot in batch:
+            self.kind(f"shop_{move}")
+            self.kind(f"status_{snapshot['status']}")
+            for line in snapshot["lines"]:
+                self.kind(f"line_{line['type']}")
+            events.append((event_type, snapshot, f"wh-{order_id}-{snapshot['version']}-{move}"))
+        self.ingest(events)
+        if self.rng.random() < 0.1:
+            self.note("fault shop_resent")
+            self.ingest(events[:1])
+
+    def _background(self) -> None:
+        action = self.rng.choice(
+            ["work", "work", "work", "work", "notify", "notify", "time", "sweep", "operator"]
+        )
+        if action == "work":
+            self.work_one()
+        elif action == "notify" and self.model.notifications:
+            # Out of order, and sometimes twice.
+            pick = self.rng.randrange(len(self.model.notifications))
+            item = self.model.notifications[pick]
+            if self.rng.random() < 0.85:
+                self.model.notifications.pop(pick)
+            else:
+                self.kind("notification_twice")
+            self.deliver(item)
+        elif action == "time":
+            self.time_passes()
+        elif action == "sweep":
+            self.sweep()
+        elif action == "operator" and self.rng.random() < 0.3:
+            self.kind("operator_reconcile_random")
+            self.operator_reconcile(self.rng.choice(list(self.orders)))
+
+    def _psp_step(self, order_id: str, what: str) -> None:
+        order = self.orders[order_id]
+        psp, oracle = order.psp, order.oracle
+        held = oracle.state.captured
+        refunded = oracle.state.refunded
+        stored = oracle.stored or {"lines": []}
+        self.kind(f"external_{what}")
+        if what in ("capture", "capture_before_read"):
+            snap_lines = stored["lines"] if oracle.stored else order.first["lines"]
+            candidates = [
+                line
+                for line in snap_lines
+                if line["type"] in ("physical", "digital")
+                and line["quantity"] > max(held.get(line["id"], 0), line.get("shipped_quantity", 0))
+                and line["unit_price"] > 0
+            ]
+            if not candidates or psp.status not in ("AUTHORIZED", "PART_CAPTURED"):
+                return
+            line = self.rng.choice(candidates)
+            value = line["unit_price"]
+            if value > psp.authorized - psp.captured:
+                return
+            self.model.external(psp, "capture", [(line["id"], 1, value, line["tax_rate"])])
+            oracle.external_capture(line["id"], 1, value)
+        elif what == "refund":
+            candidates = [
+                line
+                for line in stored["lines"]
+                if held.get(line["id"], 0)
+                > max(refunded.get(line["id"], 0), line.get("returned_quantity", 0))
+                and line["type"] in ("physical", "digital")
+            ]
+            if not candidates:
+                return
+            line = self.rng.choice(candidates)
+            unit = _captured_unit_value(psp, line["id"])
+            if unit is None:
+                return
+            self.model.external(psp, "refund", [(line["id"], 1, unit, line["tax_rate"])])
+            oracle.external_refund(line["id"], 1)
+        elif what == "cancel":
+            if psp.status != "AUTHORIZED" or psp.captured:
+                return
+            self.model.external(psp, "cancel", [])
+            oracle.external_cancel()
+        elif what == "expire":
+            if psp.status not in ("AUTHORIZED", "PART_CAPTURED"):
+                return
+            self.model.external(psp, "expire", [])
+            oracle.expire()
+        elif what == "chargeback":
+            if psp.captured - psp.refunded - psp.charged_back <= 0:
+                return
+            self.model.external(psp, "chargeback", [])
+            oracle.chargeback()
+        self.note(f"psp {what} on {order_id}")
+
+    def _barrier(self, *, final: bool = False) -> None:
+        """A settle point: faults off, everything delivered and due, until nothing moves;
+        then the flags are read, and an operator reconciles what needs attention (as a
+        person would after looking), and it settles again."""
+        faults = self.model.faults
         self.model.faults = Faults.none()
+        self._settle(resync=True)
+        for _ in range(3):
+            flagged = []
+            for order_id, order in self.orders.items():
+                told, now = self._flags(order_id)
+                order.raised |= told | now
+                if any(flag == "needs_attention" for flag, _ in now):
+                    flagged.append(order_id)
+            if not flagged:
+                break
+            for order_id in flagged:
+                self.kind("operator_reconcile_after_flag")
+                self.operator_reconcile(order_id)
+            self._settle()
+        for order in self.orders.values():
+            told, now = self._flags(order.shop.order_id)
+            order.raised |= told | now
+            if not final:
+                order.oracle.settle()
+        self.model.faults = faults if not final else Faults.none()
+
+    def _settle(self, *, resync: bool = False) -> None:
+        """Until nothing moves: time passes (retries, leases, grace periods due), the
+        sweeper runs, every order is reconciled, every message and notification is
+        handled."""
         for _ in range(SETTLE_ROUNDS):
+            self.time_passes(resync=resync)
+            resync = False
+            self.sweep()
+            for order_id in self.orders:
+                self._enqueue(order_id, 0)
+            self._drain()
+            if self._quiet():
+                return
+
+    def _drain(self) -> None:
+        while self.jobs or self.model.notifications:
             while self.model.notifications:
                 self.deliver(self.model.notifications.pop(0))
-            self.time_passes()
-            self.reconcile("settle")
-            if not self.model.notifications and self._in_flight() is None:
-                # Once more, to be sure nothing is left to plan.
-                self.reconcile("settle")
-                if not self.model.notifications and self._in_flight() is None:
-                    return
+            while self.jobs:
+                self.run_task(self.jobs.pop(0))
 
-    def _in_flight(self) -> dict[str, Any] | None:
+    def _quiet(self) -> bool:
+        """Nothing in flight, nothing for the shop undelivered, no notification waiting."""
+        ids = list(self.orders)
         with self.pool.connection() as conn:
-            return store.in_flight(store.operations(conn, self.order_id))
+            row = conn.execute(
+                "SELECT"
+                " (SELECT count(*) FROM operations WHERE order_id = ANY(%(ids)s)"
+                "   AND status IN ('pending', 'sent', 'awaiting_notification')) AS ops,"
+                " (SELECT count(*) FROM outbox WHERE order_id = ANY(%(ids)s)"
+                "   AND delivered_at IS NULL) AS events,"
+                " (SELECT count(*) FROM inbox WHERE source = 'adyen' AND processed_at IS NULL"
+                "   AND outcome IS DISTINCT FROM 'unmatched')"
+                "   AS notifications",
+                {"ids": ids},
+            ).fetchone()
+            conn.commit()
+        assert row is not None
+        return not (row["ops"] or row["events"] or row["notifications"])
 
-    # -- the invariants ---------------------------------------------------------------
+    def _flags(self, order_id: str) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+        """(flag, reason code) of every event the shop was ever told of, and of the
+        flags the order carries now."""
+        told: set[tuple[str, str]] = set()
+        now: set[tuple[str, str]] = set()
+        with self.pool.connection() as conn:
+            rows = conn.execute(FLAGS_OF, {"id": order_id}).fetchall()
+            conn.commit()
+        for row in rows:
+            if row["kind"] == "now":
+                now.add((row["flag"], row["code"] or ""))
+            elif row["flag"] == "order.needs_attention":
+                told.add(("needs_attention", row["code"] or ""))
+            elif row["flag"] == "order.new_order_required":
+                told.add(("needs_new_order", row["code"] or ""))
+        return told, now
 
-    def _check(self, psp: PspOrder) -> list[Violation]:
+    # -- the checks -------------------------------------------------------------------
+
+    def _check(self, order: Order) -> list[Violation]:
         found: list[Violation] = []
+        exp = order.oracle.expectation()
+        psp = order.psp
+        order_id = order.shop.order_id
+        self.result.kinds |= {f"outcome_{name}" for name in exp.outcomes}
+        self.note(
+            f"expect {order_id}: {exp.authorization} authorized {exp.authorized} total "
+            f"{exp.total} lines "
+            f"{ {k: (v.captured_range or v.captured, v.refunded) for k, v in exp.lines.items()} } "
+            f"required {sorted(exp.required)}"
+        )
+        self.note(
+            f"psp {order_id}: {psp.status} authorized {psp.authorized} "
+            f"captured {psp.captured} "
+            f"refunded {psp.refunded} ledger "
+            f"{[(w, a, [(b.reference, b.quantity, b.total) for b in ls]) for w, a, ls in psp.ledger]}"  # noqa: E501
+        )
         with self.pool.connection() as conn:
-            order = store.lock_order(conn, self.order_id)
-            if order is None:
-                return [Violation("not_in_sync", "the order was never stored")]
-            ops = store.operations(conn, self.order_id)
+            row = store.lock_order(conn, order_id)
+            ops = store.operations(conn, order_id) if row is not None else []
             outbox = conn.execute(
-                "SELECT event_type FROM outbox WHERE order_id = %s", (self.order_id,)
+                "SELECT event_type, seq, id FROM outbox WHERE order_id = %s ORDER BY seq",
+                (order_id,),
             ).fetchall()
-        flags = list(order["flags"])
-        snapshot = store.snapshot(order)
+        if row is None:
+            return [Violation("never_stored", "the order was never stored")]
+        # 1. Snapshots: a currency or payment change is 422 and stores nothing.
+        for version, status in order.statuses:
+            if version in exp.rejected_versions and status != 422:
+                found.append(
+                    Violation("identity_change_stored", f"v{version} answered {status}, not 422")
+                )
+        # 2. Nothing left in flight once everything settled.
         stuck = store.in_flight(ops)
         if stuck is not None:
             code = (
@@ -816,188 +1560,148 @@ class Simulation:
                 else "stuck_in_flight"
             )
             found.append(Violation(code, f"{stuck['kind']} still {stuck['status']}"))
-        succeeded = [op for op in ops if op["status"] == "succeeded"]
-        # Effect by effect, for what moves money or ends the authorization (an amount
-        # update is state, checked below against the basket).
-        ours = sorted(
-            _effect_kind(op["kind"], psp.provider)
-            for op in succeeded
-            if _effect_kind(op["kind"], psp.provider) in MONEY_EFFECTS
-        )
-        theirs = sorted(e.kind for e in psp.effects if e.kind in MONEY_EFFECTS)
-        if ours != theirs:
-            found.append(Violation("effects_differ", f"PSP {theirs} vs ours {ours}"))
-        applied_keys = {e.key.split(".")[0] for e in psp.effects}
-        for op in ops:
-            if op["status"] in ("rejected", "failed") and op["idempotency_key"] in applied_keys:
-                code = (
-                    "rejected_but_applied" if op["status"] == "rejected" else "failed_but_applied"
-                )
-                found.append(Violation(code, f"{op['kind']} {op['status']} but applied"))
-        money = {
-            "captured": sum(op["amount"] for op in succeeded if op["kind"] == "capture"),
-            "refunded": sum(op["amount"] for op in succeeded if op["kind"] == "refund"),
+        # 3. The PSP's ledger against the oracle, effect by effect, per line.
+        for code, detail in check_ledger(psp.ledger, exp):
+            found.append(Violation(code, detail))
+        # 4. The authorization's end.
+        end = psp.status
+        want = exp.authorization
+        ends = {
+            "open": ("AUTHORIZED", "PART_CAPTURED", "CAPTURED"),
+            "cancelled": ("CANCELLED",),
+            "released": ("CAPTURED", "CANCELLED"),
+            "expired": ("EXPIRED",),
         }
-        if (money["captured"], money["refunded"]) != (psp.captured, psp.refunded):
+        if exp.uncertain_end:
+            pass
+        elif end not in ends[want] or (
+            want == "released" and psp.provider == "klarna" and psp.authorized != psp.captured
+        ):
             found.append(
                 Violation(
-                    "figures_differ",
-                    f"PSP captured {psp.captured} refunded {psp.refunded}, ours {money}",
+                    "authorization_end",
+                    f"PSP {end} (authorized {psp.authorized}, captured {psp.captured}), "
+                    f"expected {want}",
                 )
             )
-        if psp.provider == "klarna" and not stuck and order["captured_amount"] != psp.captured:
+        if (
+            want == "open"
+            and not exp.uncertain_end
+            and exp.authorized is not None
+            and psp.captured < psp.authorized
+            and exp.total > 0
+            and not (exp.authorized_low or exp.authorized) <= psp.authorized <= exp.authorized
+        ):
             found.append(
                 Violation(
-                    "figures_differ",
-                    f"order row captured {order['captured_amount']}, PSP {psp.captured}",
+                    "authorization_amount",
+                    f"PSP authorized {psp.authorized}, expected {exp.authorized}",
                 )
             )
-        reasons = order["flag_reason"] or {}
-        drift = (reasons.get("needs_attention") or {}).get("code") == "drift"
-        if drift and ours == theirs:
-            found.append(Violation("false_drift", "drift flagged though the ledgers agree"))
         if psp.zero_updates:
-            found.append(
-                Violation("authorization_updated_to_zero", "an emptied basket was sent as 0")
-            )
-        ledger = ledger_from((op["kind"], store.to_lines(op["lines"])) for op in succeeded)
-        for line in snapshot.effective_lines:
-            if line.reduces_total:
-                continue
-            entry = ledger.get(line.id, LineLedger())
-            captured = entry.captured_amount + entry.captured_share
-            refunded = entry.refunded_amount + entry.refunded_share
-            if refunded > captured or entry.refunded_quantity > entry.captured_quantity:
-                found.append(Violation("over_refund", f"line {line.id}: {refunded} > {captured}"))
-        if not flags and not stuck:
-            if snapshot.status == "open" and psp.status in (
-                "AUTHORIZED",
-                "PART_CAPTURED",
-                "CAPTURED",
-            ):
-                for line in snapshot.effective_lines:
-                    if line.reduces_total or line.total == 0:
+            found.append(Violation("authorization_updated_to_zero", "an emptied basket sent as 0"))
+        # 5. The product's figures against the PSP's.
+        if stuck is None:
+            ours = (row["captured_amount"], row["refunded_amount"])
+            theirs = (psp.captured, psp.refunded + psp.charged_back)
+            if ours != theirs:
+                found.append(
+                    Violation("figures_differ", f"order captured/refunded {ours}, PSP {theirs}")
+                )
+            view = self.loop.run_until_complete(operator.order_detail(self.apool, order_id))
+            booked: dict[str, list[int]] = {}
+            for what, _, lines in psp.ledger:
+                for line in lines:
+                    if line.type in REDUCING | SHARED_UP:
                         continue
-                    entry = ledger.get(line.id, LineLedger())
-                    # Never more than shipped; fewer only where the rest is worth 0
-                    # (checked below: everything shipped means the total is captured).
-                    if entry.captured_quantity > line.shipped_quantity:
-                        found.append(
-                            Violation(
-                                "capture_gap",
-                                f"line {line.id}: shipped {line.shipped_quantity}, "
-                                f"captured {entry.captured_quantity}",
-                            )
+                    counts = booked.setdefault(line.reference, [0, 0])
+                    counts[0 if what == "capture" else 1] += line.quantity
+            for line in view["lines"]:
+                if line["type"] in REDUCING | SHARED_UP:
+                    continue
+                have = [line["captured_quantity"], line["refunded_quantity"]]
+                if have != booked.get(line["id"], [0, 0]):
+                    found.append(
+                        Violation(
+                            "line_figures_differ",
+                            f"{line['id']}: ours {have}, PSP {booked.get(line['id'], [0, 0])}",
                         )
-                    held_value = (
-                        entry.captured_amount
-                        + entry.captured_share
-                        - entry.refunded_amount
-                        - entry.refunded_share
                     )
-                    returned = min(line.returned_quantity, entry.captured_quantity)
-                    if entry.refunded_quantity < returned and held_value > 0:
-                        found.append(Violation("over_refund", f"line {line.id}: refunds missing"))
-                everything = all(
-                    line.shipped_quantity == line.quantity
-                    for line in snapshot.effective_lines
-                    if not line.reduces_total and line.total
+        # 6. Flags: each one the oracle calls for, and none it does not allow.
+        for flag, reason in sorted(exp.required):
+            hit = any(f == flag and (not reason or r == reason) for f, r in order.raised)
+            if not hit:
+                code = (
+                    "quantities_reversed_missing"
+                    if reason == "quantities_reversed"
+                    else "flag_missing"
                 )
-                captured_sum = captured_total(ledger)
-                if captured_sum > snapshot.total or (
-                    everything and captured_sum != snapshot.total and snapshot.total
-                ):
-                    found.append(
-                        Violation(
-                            "capture_gap",
-                            f"all shipped: captured {captured_total(ledger)} of {snapshot.total}",
-                        )
-                    )
-            if (
-                snapshot.status == "open"
-                and psp.status in ("AUTHORIZED", "PART_CAPTURED")
-                and psp.captured < psp.authorized
-                and snapshot.total
-            ):
-                updated = any(op["kind"] == "update_authorization" for op in succeeded)
-                if (
-                    psp.provider == "adyen"
-                    and not updated
-                    and order["authorized_amount"] != (psp.authorized)
-                ):
-                    # Taken from a snapshot stored first, not the payment (seq 14).
-                    found.append(
-                        Violation(
-                            "adyen_authorization_guessed",
-                            f"stored authorized {order['authorized_amount']}, "
-                            f"Adyen {psp.authorized}",
-                        )
-                    )
-                elif psp.authorized != snapshot.total:
-                    found.append(
-                        Violation(
-                            "not_in_sync", f"PSP authorized {psp.authorized} of {snapshot.total}"
-                        )
-                    )
-                elif psp.provider == "klarna" and not same_lines(
-                    store.to_lines(psp.lines), basket_lines(snapshot)
-                ):
-                    found.append(Violation("psp_lines_differ", "the PSP holds other lines"))
-        told = {row["event_type"] for row in outbox}
-        new_order_events = sum(
-            1 for row in outbox if row["event_type"] == "order.new_order_required"
-        )
-        if len(psp.refused) > new_order_events:
-            found.append(
-                Violation(
-                    "refusal_not_told",
-                    f"{len(psp.refused)} different increases refused, shop told "
-                    f"{new_order_events} times",
-                )
+                found.append(Violation(code, f"{flag} {reason or ''} never raised"))
+        for flag, reason in sorted(order.raised):
+            ok = (flag, reason) in exp.allowed or (
+                flag == "needs_new_order" and (flag, "") in exp.allowed
             )
-        for flag in flags:
+            if not ok:
+                found.append(Violation("flag_not_called_for", f"{flag} {reason}"))
+        # 7. The shop was told, in order.
+        told = [(t, w) for o, t, w in self.model.shop_events if o == order_id]
+        told_types = {t for t, _ in told}
+        for flag, _ in order.raised:
             event = (
                 "order.new_order_required" if flag == "needs_new_order" else "order.needs_attention"
             )
-            if event not in told:
-                found.append(Violation("flag_not_told", f"{flag} without {event}"))
-        if any(v.code == "stuck_awaiting_notification" for v in found):
-            # Money Adyen moved for an operation left waiting: the stranded resend (seq 2).
-            found = [
-                Violation("stranded_by_notification", v.detail)
-                if v.code in ("figures_differ", "effects_differ")
-                else v
-                for v in found
-            ]
-        if "fault interleaved_reconcile" in self.result.trace:
-            # With a slow read overtaken by another reconcile, a ledger or figure that
-            # went back is that read's older answer adopted (seq 4).
-            found = [
-                Violation("stale_read_adopted", v.detail)
-                if v.code in ("figures_differ", "effects_differ")
-                else v
-                for v in found
-            ]
-        self.note(f"end flags {sorted(flags)} violations {[v.code for v in found]}")
+            if event not in told_types:
+                found.append(Violation("flag_not_told", f"{flag} without {event} delivered"))
+        seq_of = {_webhook_id(r["id"]): r["seq"] for r in outbox}
+        seqs = [seq_of.get(w, -1) for _, w in told]
+        first_seen = list(dict.fromkeys(seqs))
+        if first_seen != sorted(first_seen):
+            found.append(Violation("shop_events_out_of_order", f"seq {first_seen}"))
+        undelivered = len(outbox) - len(set(seqs))
+        if undelivered > 0:
+            found.append(Violation("shop_event_not_delivered", f"{undelivered} events"))
+        self.note(
+            f"end {order_id} raised {sorted(order.raised)} violations {[v.code for v in found]}"
+        )
         return found
 
 
-def _effect_kind(kind: str, provider: str) -> str:
-    # Behind Adyen, a release is an amount update down to what was captured.
-    if provider == "adyen" and kind == "release_authorization":
-        return "update_authorization"
-    return kind
+def _brief(line: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        line["id"],
+        line["type"][:4],
+        line["quantity"],
+        line["unit_price"],
+        line["shipped_quantity"],
+        line["returned_quantity"],
+    )
 
 
-def _authorisation(psp: PspOrder) -> dict[str, Any]:
-    return {
-        "pspReference": psp.psp_id,
-        "merchantAccountCode": MERCHANT,
-        "eventCode": "AUTHORISATION",
-        "success": "true",
-        "amount": {"currency": "EUR", "value": psp.authorized},
-        "reason": "",
-    }
+def _webhook_id(event_id: Any) -> str:
+    from data.outbox import webhook_id
+
+    return webhook_id(event_id)
+
+
+def _total(snapshot: dict[str, Any]) -> int:
+    from devrig.oracle import order_total
+
+    return order_total(snapshot)
+
+
+def _captured_unit_value(psp: PspOrder, reference: str) -> int | None:
+    """What one unit of the line was captured at, its share of order-level lines in
+    (rounded down), no more than what is still captured and not given back."""
+    for what, _, lines in psp.ledger:
+        units = [b for b in lines if b.type not in REDUCING | SHARED_UP]
+        shared = sum(b.total for b in lines if b.type in REDUCING | SHARED_UP)
+        value = sum(b.total for b in units)
+        for line in units:
+            if what == "capture" and line.reference == reference and line.quantity:
+                share = shared * line.total // value if value else 0
+                unit = (line.total + share) // line.quantity
+                return min(unit, psp.captured - psp.refunded - psp.charged_back)
+    return None
 
 
 # --- runs ---------------------------------------------------------------------------------
@@ -1011,16 +1715,42 @@ class Summary:
     violations: int = 0
     seconds: float = 0.0
     failures: list[Result] = field(default_factory=list)
-    by_sequence: dict[int, list[int]] = field(default_factory=dict)  # sequence -> seeds
+    by_code: Counter[str] = field(default_factory=Counter)
+    kinds: Counter[str] = field(default_factory=Counter)
+    first_seeds: dict[str, int] = field(default_factory=dict)
 
     @property
     def rate(self) -> float:
         return self.histories / self.seconds if self.seconds else 0.0
 
+    def add(self, result: Result) -> None:
+        self.histories += 1
+        self.events += result.events
+        self.faults += result.faults
+        self.kinds.update(result.kinds)
+        if result.violations:
+            self.violations += len(result.violations)
+            if len(self.failures) < 50:
+                self.failures.append(result)
+            for violation in result.violations:
+                self.by_code[violation.code] += 1
+                self.first_seeds.setdefault(violation.code, result.seed)
+
+    def merge(self, other: Summary) -> None:
+        self.histories += other.histories
+        self.events += other.events
+        self.faults += other.faults
+        self.violations += other.violations
+        self.failures += other.failures[: max(0, 50 - len(self.failures))]
+        self.by_code.update(other.by_code)
+        self.kinds.update(other.kinds)
+        for code, seed in other.first_seeds.items():
+            self.first_seeds[code] = min(seed, self.first_seeds.get(code, seed))
+
 
 @contextmanager
 def quiet_logs() -> Iterator[None]:
-    """The reconciler's logs off while simulating: thousands of histories, no reader."""
+    """The service's logs off while simulating: thousands of histories, no reader."""
     before = structlog.get_config()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
     try:
@@ -1034,25 +1764,25 @@ def run_many(
     histories: int,
     first_seed: int = 0,
     *,
+    step: int = 1,
+    fail_fast: bool = False,
+    seconds: float | None = None,
     on_result: Callable[[Result], None] | None = None,
 ) -> Summary:
     sim = Simulation(database_url)
     summary = Summary()
     started = time.perf_counter()
     try:
-        for seed in range(first_seed, first_seed + histories):
+        for seed in range(first_seed, first_seed + histories * step, step):
+            if seconds is not None and time.perf_counter() - started > seconds:
+                break  # the time budget is spent: the totals so far
             with quiet_logs():
                 result = sim.run(seed)
-            summary.histories += 1
-            summary.events += result.events
-            summary.faults += result.faults
-            if result.violations:
-                summary.violations += len(result.violations)
-                summary.failures.append(result)
-                for violation in result.violations:
-                    summary.by_sequence.setdefault(violation.sequence, []).append(seed)
+            summary.add(result)
             if on_result is not None:
                 on_result(result)
+            if fail_fast and result.violations:
+                break
     finally:
         sim.close()
     summary.seconds = time.perf_counter() - started
@@ -1073,15 +1803,75 @@ def prepare(database_url: str) -> None:
         )
 
 
+def _worker(args: tuple[str, int, int, int, bool, float | None]) -> Summary:
+    """One process of a parallel run: its own database, every `step`-th seed."""
+    database_url, histories, first_seed, step, fail_fast, seconds = args
+    with quiet_logs():
+        return run_many(
+            database_url, histories, first_seed, step=step, fail_fast=fail_fast, seconds=seconds
+        )
+
+
+def _databases(url: str, count: int) -> list[str]:
+    """`count` databases made from the migrated one (a template copy is instant)."""
+    name = str(psycopg.conninfo.conninfo_to_dict(url).get("dbname") or "postgres")
+    urls = [url]
+    with psycopg.connect(
+        psycopg.conninfo.make_conninfo(url, dbname="template1"), autocommit=True
+    ) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        for n in range(1, count):
+            clone = f"{name}_sim{n}"
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(clone)))
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                    sql.Identifier(clone), sql.Identifier(name)
+                )
+            )
+            urls.append(psycopg.conninfo.make_conninfo(url, dbname=clone))
+    return urls
+
+
+def report(summary: Summary, out: Callable[[str], None], *, kinds: bool = True) -> None:
+    out(
+        f"histories {summary.histories}  events {summary.events}  faults {summary.faults}  "
+        f"violations {summary.violations}  in {summary.seconds:.1f} s "
+        f"({summary.rate:.1f} histories/s)"
+    )
+    if kinds:
+        out("event kinds and outcomes (histories that hit each):")
+        for name, count in sorted(summary.kinds.items()):
+            out(f"  {name:<44} {count}")
+    for code, count in summary.by_code.most_common():
+        seq = SEQUENCE_OF.get(code)
+        out(
+            f"  violation {code} (seq {seq or '-'}): {count}, first seed "
+            f"{summary.first_seeds[code]} (replay: --first-seed {summary.first_seeds[code]}"
+            " --histories 1 --verbose)"
+        )
+
+
 def simulate(
     histories: int,
     first_seed: int,
     *,
     database_url: str | None = None,
+    processes: int = 1,
+    fail_fast: bool = False,
+    verbose: bool = False,
+    kinds: bool = True,
+    seconds: float | None = None,
     out: Callable[[str], None] = print,
 ) -> int:
     """The long run (`ordersync simulate`): its own embedded Postgres unless given one;
-    prints the totals, every failing seed and the sequence each violation belongs to."""
+    `processes` side by side, each on its own copy of the database; prints the totals,
+    the event kinds hit, every violation code with its first seed."""
+    import multiprocessing
+
     from devrig.devstack import EmbeddedPostgres, temporary_pg_dir
     from ordersync.db import migrate
 
@@ -1089,33 +1879,91 @@ def simulate(
     if database_url is None:
         postgres = EmbeddedPostgres(temporary_pg_dir("ordersync-sim-pg-") / "data")
         database_url = postgres.url
+    started = time.perf_counter()
     try:
         with quiet_logs():
             migrate(database_url)
         prepare(database_url)
+        if processes <= 1:
 
-        def progress(result: Result) -> None:
-            for violation in result.violations:
-                out(
-                    f"seed {result.seed}: {violation.code} (seq {violation.sequence or '-'}): "
-                    f"{violation.detail}"
-                )
+            def progress(result: Result) -> None:
+                if verbose:
+                    for line in result.trace:
+                        out(f"  {line}")
+                for violation in result.violations:
+                    out(
+                        f"seed {result.seed}: {violation.code} (seq {violation.sequence or '-'}):"
+                        f" {violation.detail}"
+                    )
 
-        summary = run_many(database_url, histories, first_seed, on_result=progress)
+            summary = run_many(
+                database_url,
+                histories,
+                first_seed,
+                fail_fast=fail_fast,
+                seconds=seconds,
+                on_result=progress,
+            )
+        else:
+            urls = _databases(database_url, processes)
+            per = [
+                len(range(first_seed + n, first_seed + histories, processes))
+                for n in range(processes)
+            ]
+            jobs = [
+                (urls[n], per[n], first_seed + n, processes, fail_fast, seconds)
+                for n in range(processes)
+            ]
+            with multiprocessing.get_context("spawn").Pool(processes) as pool:
+                parts = pool.map(_worker, jobs)
+            summary = Summary()
+            for part in parts:
+                summary.merge(part)
+            for result in summary.failures[:20]:
+                for violation in result.violations:
+                    out(f"seed {result.seed}: {violation.code}: {violation.detail}")
     finally:
         if postgres is not None:
             postgres.stop()
-    out(
-        f"histories {summary.histories}  events {summary.events}  faults {summary.faults}  "
-        f"violations {summary.violations}  in {summary.seconds:.1f} s "
-        f"({summary.rate:.1f} histories/s)"
-    )
-    for sequence, seeds in sorted(summary.by_sequence.items()):
-        label = f"seq {sequence}" if sequence else "no numbered sequence"
-        out(f"  {label}: seeds {sorted(set(seeds))[:20]}")
-    if summary.failures:
-        out(
-            f"first failing seed: {summary.failures[0].seed} (replay: --first-seed "
-            f"{summary.failures[0].seed} --histories 1)"
-        )
+    summary.seconds = time.perf_counter() - started
+    out(f"processes {processes}")
+    report(summary, out, kinds=kinds)
     return 1 if summary.violations else 0
+
+
+COVERED = (
+    "*/domain/*",
+    "*/workers/reconcile.py",
+    "*/workers/adyen_inbox.py",
+    "*/workers/sweeper.py",
+    "*/workers/callbacks.py",
+    "*/workers/poison.py",
+)
+
+
+def simulate_with_coverage(histories: int, first_seed: int) -> int:
+    """`ordersync simulate --coverage`: the same run under `coverage` (started before
+    anything of the product is imported), then the missed lines of what it drives."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    data = Path(tempfile.mkdtemp(prefix="ordersync-sim-cov-")) / ".coverage"
+    include = ",".join(COVERED)
+    run = [sys.executable, "-m", "coverage", "run", f"--data-file={data}", f"--include={include}"]
+    args = ["-m", "cli", "simulate", "--histories", str(histories)]
+    args += ["--first-seed", str(first_seed), "--no-kinds"]
+    status = subprocess.call([*run, *args])
+    subprocess.call(
+        [
+            sys.executable,
+            "-m",
+            "coverage",
+            "report",
+            f"--data-file={data}",
+            "-m",
+            f"--include={include}",
+        ]
+    )
+    return status

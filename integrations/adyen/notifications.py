@@ -28,8 +28,21 @@ SETTLES: dict[str, frozenset[Kind]] = {
 # Events that report money moving back after the PSP first reported success.
 REVERSALS = frozenset({"CAPTURE_FAILED", "REFUND_FAILED", "REFUNDED_REVERSED"})
 PAYMENT_EVENTS = frozenset({"AUTHORISATION", "EXPIRE"})
+# Money moved back to the shopper by the bank, not by a request of ours.
+CHARGEBACKS = frozenset({"CHARGEBACK", "CHARGEBACK_REVERSED", "SECOND_CHARGEBACK"})
 # Every event code we act on; any other item is stored and ignored.
-ACTED_ON = PAYMENT_EVENTS | frozenset(SETTLES)
+ACTED_ON = PAYMENT_EVENTS | frozenset(SETTLES) | CHARGEBACKS
+# A modification no operation of ours asked for (made in the Customer Area): the kind of
+# money it moved, counted as an external change (contract §4).
+EXTERNAL_KINDS: dict[str, Kind] = {
+    "CAPTURE": Kind.CAPTURE,
+    "REFUND": Kind.REFUND,
+    "CANCELLATION": Kind.CANCEL,
+    "CHARGEBACK": Kind.REFUND,
+    "SECOND_CHARGEBACK": Kind.REFUND,
+}
+# Operation kinds whose notification carries the operation's own amount.
+AMOUNT_CHECKED = frozenset({Kind.CAPTURE, Kind.REFUND, Kind.UPDATE_AUTHORIZATION})
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,24 @@ class Notification:
 
 
 # --- deciding (pure) -------------------------------------------------------------------
+
+
+def mismatch(
+    n: Notification, *, currency: str, merchant_account: str | None, amount: int | None = None
+) -> str | None:
+    """What of the notification does not match the order (or the operation) it names;
+    None when all does. A notification that does not match must not move money in our
+    books: a verified HMAC says who sent it, not that it is about this order."""
+    if n.currency != currency:
+        return f"amount.currency {n.currency or '(none)'} is not the order's {currency}"
+    if merchant_account is not None and n.merchant_account != merchant_account:
+        return (
+            f"merchantAccountCode {n.merchant_account or '(none)'} is not the order's "
+            f"{merchant_account}"
+        )
+    if amount is not None and n.amount != amount:
+        return f"amount.value {n.amount} is not the operation's {amount}"
+    return None
 
 
 class Verdict(StrEnum):

@@ -207,7 +207,38 @@ def klarna_figures(body: dict[str, Any]) -> dict[str, Any]:
         "country": body.get("purchase_country"),
         "expires_at": body.get("expires_at"),
         "lines": lines,
+        "currency": body.get("purchase_currency"),
+        "movements": _movements(body),
     }
+
+
+def _movements(body: dict[str, Any]) -> list[dict[str, Any]]:
+    """Klarna's captures and refunds: (kind, Klarna's id, the `reference` sent, amount,
+    lines), so those no operation of ours made can be told apart."""
+    found = []
+    for kind, key, id_key, amount_key in (
+        (Kind.CAPTURE, "captures", "capture_id", "captured_amount"),
+        (Kind.REFUND, "refunds", "refund_id", "refunded_amount"),
+    ):
+        for item in body.get(key) or []:
+            if not isinstance(item, dict):
+                continue
+            lines = []
+            try:
+                lines = [PspLine.from_json(line) for line in item.get("order_lines") or []]
+                amount = int(item.get(amount_key) or 0)
+            except (KeyError, TypeError, ValueError):
+                lines, amount = [], 0
+            found.append(
+                {
+                    "kind": kind,
+                    "id": str(item.get(id_key) or ""),
+                    "reference": str(item.get("reference") or ""),
+                    "amount": amount,
+                    "lines": lines,
+                }
+            )
+    return found
 
 
 def klarna_applied(op: dict[str, Any], body: dict[str, Any]) -> bool:

@@ -57,7 +57,7 @@ def exported_metrics() -> set[str]:
             return []
 
         async def fetchone(self) -> dict[str, Any]:
-            return {"backlog": 0, "oldest": 0.0}
+            return {"backlog": 0, "oldest": 0.0, "parked": 0}
 
     class Conn:
         async def execute(self, *_: Any) -> Rows:

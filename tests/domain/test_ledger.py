@@ -292,8 +292,9 @@ def test_captures_sum_to_the_total_once_all_shipped_or_a_person_is_told(
             "capture_exceeds_authorization",
             "amount_below_captured",
             "refund_exceeds_captured",
-            # Worth 0 at some point (seq 8): cancelled, and then something shipped.
-            "psp_order_cancelled",
+            # Worth 0 at some point (seq 8): cancelled, and then worth something again:
+            # a reopened order needs a new payment (contract §4).
+            "authorization_cancelled",
         }
 
 

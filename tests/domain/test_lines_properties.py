@@ -26,6 +26,7 @@ from domain.lines import (
     lines_total,
     openinvoice_data,
     refund_lines,
+    shipped_quantity,
 )
 from domain.money import klarna_tax_ok, tax_of
 from domain.snapshot import REDUCING_TYPES, LineType, OrderSnapshot
@@ -187,7 +188,8 @@ def check_ledger(order: OrderSnapshot, ledger: Ledger) -> None:
         else:
             assert 0 <= entry.refunded_quantity <= entry.captured_quantity <= line.quantity
             assert 0 <= entry.refunded_amount <= entry.captured_amount <= line.total
-            assert entry.captured_quantity == line.shipped_quantity
+            # A fee goes with the first capture, shipped or not (contract §4).
+            assert entry.captured_quantity == shipped_quantity(order, line)
             assert entry.refunded_quantity == line.returned_quantity
 
 

@@ -123,7 +123,10 @@ def test_a_cancelled_order_is_cancelled_or_released() -> None:
     assert plan_next(OrderView(order([SHOES], "cancelled"), psp(1200)), allow_all) == Plan(
         Kind.CANCEL, 0
     )
-    view = OrderView(order([shipped(SHOES, 1), SOCKS], "cancelled"), psp(2100, 1200))
+    captured = (PastOperation(Kind.CAPTURE, "succeeded", 1200, (_whole("shoes", 1200),)),)
+    view = OrderView(
+        order([shipped(SHOES, 1), SOCKS], "cancelled"), psp(2100, 1200), history=captured
+    )
     assert plan_next(view, allow_all) == Plan(Kind.RELEASE_AUTHORIZATION, 900)
 
 

@@ -16,7 +16,7 @@ from domain.snapshot import ShopEvent
 from ordersync.db import async_pool
 from ordersync.errors import Conflict
 from service.batcher import Batcher
-from service.ingest import Stored, store_shop_event, store_shop_events
+from service.ingest import Refused, Stored, store_shop_event, store_shop_events
 from tests.integration.stack import Stack, new_order_id, order_event
 
 pytestmark = pytest.mark.integration
@@ -33,11 +33,11 @@ def key() -> str:
     return f"msg_{uuid.uuid4().hex}"
 
 
-def outcome(result: Stored | Conflict) -> str:
-    return result.outcome if isinstance(result, Stored) else f"conflict: {result.detail}"
+def outcome(result: Stored | Refused) -> str:
+    return result.outcome if isinstance(result, Stored) else f"{result.code}: {result.detail}"
 
 
-async def store(stack: Stack, batch: Sequence[tuple[str, ShopEvent]]) -> list[Stored | Conflict]:
+async def store(stack: Stack, batch: Sequence[tuple[str, ShopEvent]]) -> list[Stored | Refused]:
     pool = async_pool(stack.database_url, max_size=2)
     await pool.open()
     try:
@@ -77,7 +77,7 @@ def test_one_bad_row_fails_alone(stack: Stack) -> None:
         # Another order's payment: 409, nothing stored for it.
         (key(), event(new_order_id(), psp_taken, 1, [KETTLE])),
         (key(), event(good[1], f"k-{good[1]}", 1, [KETTLE, MUG])),
-        # A stored order's payment changed: 409.
+        # A stored order's payment changed: 422 naming the field (contract §4).
         (key(), event(changed, f"k-{uuid.uuid4().hex}", 2, [KETTLE])),
         # Older than what is stored: stale (recorded, not applied).
         (
@@ -100,7 +100,7 @@ def test_one_bad_row_fails_alone(stack: Stack) -> None:
         "applied",
         "conflict: another order already uses this payment",
         "applied",
-        "conflict: an order's payment cannot change",
+        "validation_failed: an order's currency and payment cannot change",
         "stale",
         "duplicate",
         "applied",

@@ -246,7 +246,8 @@ def test_captures_made_outside_ordersync_are_adopted_and_flagged(stack: Stack) -
         )
     row = wait_for(
         lambda: (r := stack.order_row(shop.id)) and "needs_attention" in r["flags"] and r,
-        what="drift to be flagged",
+        what="the external change to be flagged",
     )
-    assert row["flag_reason"]["needs_attention"]["code"] == "drift"
+    # Contract §4: money that moved without the service is flagged `external_change`.
+    assert row["flag_reason"]["needs_attention"]["code"] == "external_change"
     assert row["captured_amount"] == 1200

@@ -17,6 +17,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from integrations.adyen import hmac as adyen_hmac
+from integrations.adyen.notifications import ACTED_ON
 from service.adyen_webhook import event_key
 from tests.integration.edge import adyen_auth, assert_error_json, in_process, inbox_rows
 from tests.integration.stack import Stack
@@ -131,5 +132,5 @@ def test_adyen_sample_signed_with_our_key(client: TestClient, stack: Stack, path
     for item in signed:
         rows = inbox_rows(stack, "adyen", event_key(item))
         assert len(rows) == 1
-        if item["eventCode"] not in ("AUTHORISATION", "CAPTURE", "REFUND", "CANCELLATION"):
+        if item["eventCode"] not in ACTED_ON:
             assert rows[0]["outcome"] == "ignored"

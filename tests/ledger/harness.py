@@ -41,6 +41,8 @@ class KlarnaOrder:
     captures: list[dict[str, Any]] = field(default_factory=list)
     refunds: list[dict[str, Any]] = field(default_factory=list)
     expires_at: str | None = None
+    purchase_country: str = "DE"
+    purchase_currency: str = "EUR"
 
     def body(self) -> dict[str, Any]:
         return {
@@ -51,7 +53,8 @@ class KlarnaOrder:
             "order_lines": self.order_lines,
             "captures": self.captures,
             "refunds": self.refunds,
-            "purchase_country": "DE",
+            "purchase_country": self.purchase_country,
+            "purchase_currency": self.purchase_currency,
             "initial_payment_method": {"type": "INVOICE"},
             "expires_at": self.expires_at,
         }
@@ -99,13 +102,36 @@ class FakeKlarna:
             return httpx.Response(200, json=seen)
         if action == "captures":
             order.captured_amount += body["captured_amount"]
+            capture_id = str(uuid.uuid4())
             order.captures.append(
-                {"reference": body.get("reference"), "captured_amount": body["captured_amount"]}
+                {
+                    "capture_id": capture_id,
+                    "reference": body.get("reference"),
+                    "captured_amount": body["captured_amount"],
+                    "order_lines": body.get("order_lines", []),
+                }
             )
             order.status = (
                 "CAPTURED" if order.captured_amount >= order.order_amount else "PART_CAPTURED"
             )
-            response = httpx.Response(201, headers={"Capture-Id": str(uuid.uuid4())})
+            response = httpx.Response(201, headers={"Capture-Id": capture_id})
+        elif action == "refunds":
+            order.refunded_amount += body["refunded_amount"]
+            refund_id = str(uuid.uuid4())
+            order.refunds.append(
+                {
+                    "refund_id": refund_id,
+                    "reference": body.get("reference"),
+                    "refunded_amount": body["refunded_amount"],
+                    "order_lines": body.get("order_lines", []),
+                }
+            )
+            response = httpx.Response(201, headers={"Refund-Id": refund_id})
+        elif action == "cancel":
+            order.status = "CANCELLED"
+        elif action == "release-remaining-authorization":
+            order.order_amount = order.captured_amount
+            order.status = "CAPTURED"
         elif action == "authorization":
             order.order_amount = body["order_amount"]
             order.order_lines = body["order_lines"]

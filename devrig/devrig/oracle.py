@@ -1,0 +1,559 @@
+"""The oracle: what the contract (CONTRACT.md §4–5) says one order's history must end at.
+
+Written from the contract and the seeds alone. It imports nothing of the product (an
+import-linter contract in pyproject.toml holds that) and knows nothing of how the
+product plans, so a bug the product and its own tests share is not shared here.
+
+A history is the shop's snapshots, in the order they were delivered, the PSP-side
+events (money moved outside the service, expiry, refused increases) and *settle
+points*: moments at which everything in flight has finished. Between two settle points
+the service may act on any of the snapshots it has seen, so there the oracle says what
+is *allowed*; at a settle point it says what is *required*. It answers per line (units
+captured, at which prices and tax rates, units refunded), for the authorization
+(open, cancelled, released, expired) and for the flags and shop events that must exist,
+and the flags that may.
+
+Money that moves is checked against the PSP's own ledger by `check_ledger`: every
+request's lines add up to its amount, a refunded unit gives back what its capture took
+for it (value and its share of the order-level lines), and once every product unit has
+shipped the captures add up to the order's total.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+BP = 10_000
+GOODS = frozenset({"physical", "digital"})
+FEES = frozenset({"shipping_fee", "surcharge"})  # charged with the first capture
+SHARED_UP = frozenset({"sales_tax"})  # shared by value, like a discount but positive
+REDUCING = frozenset({"discount", "gift_card", "store_credit"})
+# The contract names these two reasons; other needs_attention reasons are the build's own.
+EXTERNAL = "external_change"
+REVERSED = "quantities_reversed"
+# Reasons a fault (not the history) may cause: allowed only where faults happened.
+FAULT_REASONS = frozenset(
+    {
+        "retries_exhausted",
+        "outcome_unknown",
+        "notification_timeout",
+        "read_failed",
+        "task_failed",
+    }
+)
+# Reasons for a basket the captures can no longer follow (a price edit after a capture).
+CANNOT_FOLLOW = frozenset({"captured_above_total", "captured_below_total", "amount_below_captured"})
+
+
+def tax_in(gross: int, rate: int) -> int:
+    """The tax inside a tax-inclusive amount, nearest cent, ties to even (seed 004:
+    315 at 20 % holds 52 tax, 400 at 21 % holds 69)."""
+    exact = Fraction(gross * rate, BP + rate)
+    return round(exact)  # Fraction rounds half to even
+
+
+def line_value(line: dict[str, Any]) -> int:
+    return int(line["quantity"]) * int(line["unit_price"]) - int(
+        line.get("total_discount_amount", 0)
+    )
+
+
+def order_total(snapshot: dict[str, Any]) -> int:
+    """The sum of the lines, or `amount` when the shop gave an unitemised discount."""
+    lines = sum(line_value(line) for line in snapshot["lines"])
+    amount = snapshot.get("amount")
+    return lines if amount is None else min(int(amount), lines)
+
+
+def kind(line: dict[str, Any]) -> str:
+    return str(line.get("type", "physical"))
+
+
+@dataclass
+class LineExpect:
+    """What the PSP must hold for one shop line at the end."""
+
+    captured: int = 0  # units
+    refunded: int = 0
+    # (unit price, tax rate) a captured unit may carry; more than one only when the shop
+    # edited the line while its units waited to be captured.
+    prices: set[tuple[int, int]] = field(default_factory=set)
+    captured_range: tuple[int, int] | None = None  # set when the exact count is not known
+    # (quantity, line value) in the same snapshots: after a price edit between two
+    # captures of a line, the later ones carry the difference so that the line's
+    # captures add up to its value (the contract's "captures add up to the total").
+    totals: set[tuple[int, int]] = field(default_factory=set)
+
+
+@dataclass
+class Expectation:
+    lines: dict[str, LineExpect] = field(default_factory=dict)
+    authorization: str = "open"  # open | cancelled | released | expired
+    authorized: int | None = None  # the PSP's authorized amount when it is known exactly
+    total: int = 0  # the order's total by the last stored snapshot
+    all_shipped: bool = False  # every unit of every goods line shipped
+    must_equal_total: bool = False  # captures − refunds-free: Σ captures == total
+    required: set[tuple[str, str]] = field(default_factory=set)  # (flag, reason or "")
+    allowed: set[tuple[str, str]] = field(default_factory=set)
+    rejected_versions: list[int] = field(default_factory=list)  # answered 422
+    ignored_versions: list[int] = field(default_factory=list)  # older than stored
+    outcomes: set[str] = field(default_factory=set)  # names of what the history exercised
+    uncertain_end = False  # shipped lines beyond the authorization: the end depends on timing
+    authorized_low: int | None = None  # the PSP may hold as little as this (see settle)
+
+    def requires(self, flag: str, reason: str = "") -> None:
+        self.required.add((flag, reason))
+        self.allowed.add((flag, reason))
+
+
+@dataclass
+class _State:
+    captured: dict[str, int] = field(default_factory=dict)
+    refunded: dict[str, int] = field(default_factory=dict)
+    authorized: int = 0
+    closed: str | None = None  # cancelled | released | expired, by us or outside
+    closed_version: int = 0  # the last snapshot stored when the PSP let go
+    external_units: dict[str, int] = field(default_factory=dict)  # captured outside
+    external_back: dict[str, int] = field(default_factory=dict)  # refunded outside
+    charged_back: bool = False
+    money: Fraction = Fraction(0)  # captured, order-level lines shared in by value
+    any_capture: bool = False
+    own_capture: bool = False  # one made by the service (fees go with its first)
+
+
+def identity(snapshot: dict[str, Any]) -> tuple[Any, ...]:
+    payment = snapshot["payment"]
+    return (snapshot["currency"], tuple(sorted(payment.items())))
+
+
+class Oracle:
+    """Folds one history; `expectation()` after the last step."""
+
+    def __init__(self, first_authorized: int, *, refuses_increases: bool) -> None:
+        self.state = _State(authorized=first_authorized)
+        self.refuses = refuses_increases
+        self.exp = Expectation(authorized=first_authorized)
+        self.stored: dict[str, Any] | None = None
+        self.window: list[dict[str, Any]] = []  # stored since the last settle point
+        self.faulty = False
+        self.pending_external = False
+
+    # -- the steps ---------------------------------------------------------------
+
+    def snapshot(self, snap: dict[str, Any]) -> str:
+        """A snapshot delivered: 'stored', 'ignored' (older) or 'rejected' (422)."""
+        if self.stored is not None:
+            if identity(snap) != identity(self.stored):
+                self.exp.rejected_versions.append(snap["version"])
+                self.exp.outcomes.add("identity_change_rejected")
+                return "rejected"
+            if snap["version"] <= self.stored["version"]:
+                self.exp.ignored_versions.append(snap["version"])
+                self.exp.outcomes.add("older_version_ignored")
+                return "ignored"
+        self.stored = snap
+        self.window.append(snap)
+        return "stored"
+
+    def fault(self) -> None:
+        """Something transient went wrong in this window (a retry, a crash, a lost answer)."""
+        self.faulty = True
+
+    def external_capture(self, line_id: str, units: int, value: int) -> None:
+        """Units captured outside the service (checkout, the Merchant Portal), for
+        `value` in all."""
+        self.state.external_units[line_id] = self.state.external_units.get(line_id, 0) + units
+        self.state.captured[line_id] = self.state.captured.get(line_id, 0) + units
+        self.state.any_capture = True
+        self.state.money += value
+        self._external("external_capture")
+
+    def external_refund(self, line_id: str, units: int) -> None:
+        self.state.refunded[line_id] = self.state.refunded.get(line_id, 0) + units
+        self.state.external_back[line_id] = self.state.external_back.get(line_id, 0) + units
+        self._external("external_refund")
+
+    def chargeback(self) -> None:
+        self.state.charged_back = True
+        self._external("chargeback")
+
+    def external_cancel(self) -> None:
+        self.state.closed = "cancelled"
+        self.state.closed_version = self.stored["version"] if self.stored else 0
+        self._external("external_cancel")
+
+    def foreign_notification(self) -> None:
+        """A notification whose amount, currency or merchant account is not the
+        payment's: it changes nothing; a build may flag it for a person."""
+        self.exp.outcomes.add("foreign_notification")
+        self.exp.allowed.add(("needs_attention", "notification_mismatch"))
+
+    def expire(self) -> None:
+        if self.state.closed is None:
+            self.state.closed = "expired"
+            self.exp.outcomes.add("expired")
+            if self._uncaptured_goods():
+                self._external("expiry_with_work")
+
+    def _external(self, what: str) -> None:
+        self.exp.outcomes.add(what)
+        self.exp.requires("needs_attention", EXTERNAL)
+
+    # -- a settle point -----------------------------------------------------------
+
+    def settle(self) -> None:
+        """Everything the service could do for the snapshots so far is done."""
+        exp, st = self.exp, self.state
+        if self.faulty:
+            exp.allowed |= {("needs_attention", r) for r in FAULT_REASONS}
+        if not self.window or self.stored is None:
+            self.faulty = False
+            return
+        last = self.window[-1]
+        lines = {line["id"]: line for line in last["lines"]}
+        # Quantities never go down below what the PSP already holds for them.
+        for line_id, line in lines.items():
+            if kind(line) not in GOODS:
+                continue  # a fee is charged with the first capture, marked shipped or not
+            own = st.captured.get(line_id, 0) - st.external_units.get(line_id, 0)
+            ours_back = st.refunded.get(line_id, 0) - st.external_back.get(line_id, 0)
+            if int(line.get("shipped_quantity", 0)) < own or int(
+                line.get("returned_quantity", 0)
+            ) < min(ours_back, own):
+                exp.requires("needs_attention", REVERSED)
+                exp.outcomes.add("quantities_reversed")
+        # Intermediate snapshots may each have been acted on: what they could trigger is
+        # allowed (an increase refused, a cancel later reopened).
+        for snap in self.window[:-1]:
+            if self.refuses and order_total(snap) > st.authorized and snap["status"] == "open":
+                exp.allowed.add(("needs_new_order", ""))
+            if snap["status"] == "cancelled" or order_total(snap) == 0:
+                exp.allowed.add(("needs_new_order", ""))
+        cancelling = last["status"] == "cancelled" or order_total(last) == 0
+        if (
+            not cancelling
+            and st.closed is None
+            and any(
+                snap["status"] == "cancelled" or order_total(snap) == 0 for snap in self.window[:-1]
+            )
+        ):
+            # A worker may have cancelled for an earlier snapshot of this window: then
+            # what shipped since cannot be captured, and the shop is told.
+            exp.uncertain_end = True
+            exp.allowed |= {("needs_attention", r) for r in ("psp_order_cancelled", EXTERNAL)}
+            exp.outcomes.add("cancel_then_open_in_one_window")
+            for line_id, line in lines.items():
+                shipped = int(line.get("shipped_quantity", 0))
+                if kind(line) in GOODS | FEES and shipped > st.captured.get(line_id, 0):
+                    entry = exp.lines.setdefault(line_id, LineExpect())
+                    entry.captured_range = (st.captured.get(line_id, 0), shipped)
+        self._captures(last, lines)
+        self._refunds(lines)
+        total = order_total(last)
+        if st.closed in ("cancelled", "released") and not cancelling:
+            if total > st.money + 2 and last["version"] > st.closed_version:
+                # Reopened after the PSP let go, wanting more than was captured: the
+                # shop must take a new payment.
+                exp.requires("needs_new_order")
+                exp.outcomes.add("reopened_after_cancel")
+            elif total > 0 and last["version"] > st.closed_version:
+                exp.allowed.add(("needs_new_order", ""))
+        elif cancelling and st.closed is None:
+            exp.outcomes.add("cancel_after_shipment" if st.any_capture else "cancel_before_capture")
+            st.closed = "released" if st.any_capture else "cancelled"
+            st.closed_version = last["version"]
+        lows = [order_total(x) for x in self.window if x["status"] == "open"]
+        if self.refuses and st.closed is None and min(lows, default=total) < st.authorized:
+            # A worker may have lowered the authorization to an earlier, smaller basket
+            # of this window, and the PSP will not raise it again.
+            exp.authorized_low = min(exp.authorized_low or st.authorized, *lows)
+            exp.allowed.add(("needs_new_order", ""))
+        if st.closed is None and total != st.authorized:
+            if total > st.authorized and self.refuses:
+                exp.requires("needs_new_order")
+                exp.outcomes.add("increase_refused")
+            elif st.any_capture and (total < st.money - 2 or st.money + 2 >= st.authorized):
+                # Below what was captured, or the authorization fully captured already:
+                # the PSP cannot follow with an update.
+                exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+            else:
+                exp.outcomes.add("increase" if total > st.authorized else "decrease")
+                st.authorized = total
+        self.window = [last]
+        self.faulty = False
+
+    def _ratio(self, snap: dict[str, Any]) -> Fraction:
+        """What a unit's value becomes once order-level lines (discounts, sales tax)
+        are shared in by value."""
+        own = sum(line_value(line) for line in snap["lines"] if kind(line) in GOODS | FEES)
+        return Fraction(order_total(snap), own) if own else Fraction(1)
+
+    def _uncaptured_goods(self) -> bool:
+        if self.stored is None:
+            return False
+        return any(
+            int(line["quantity"]) > self.state.captured.get(line["id"], 0) and line_value(line) > 0
+            for line in self.stored["lines"]
+            if kind(line) in GOODS
+        )
+
+    def _captures(self, last: dict[str, Any], lines: dict[str, dict[str, Any]]) -> None:
+        exp, st = self.exp, self.state
+        newly = {
+            line_id: int(line.get("shipped_quantity", 0)) - st.captured.get(line_id, 0)
+            for line_id, line in lines.items()
+            if kind(line) in GOODS
+        }
+        newly = {k: v for k, v in newly.items() if v > 0}
+        if newly and st.closed in ("cancelled", "released", "expired"):
+            # Goods shipped against an authorization that is gone: a person must act.
+            exp.allowed.add(("needs_attention", "psp_order_cancelled"))
+            exp.allowed.add(("needs_new_order", ""))
+            exp.allowed.add(("needs_attention", f"order_{st.closed}"))
+            exp.allowed.add(("needs_attention", EXTERNAL))
+            exp.outcomes.add("shipped_after_close")
+            return
+        fees = [
+            line_id
+            for line_id, line in lines.items()
+            if kind(line) in FEES
+            and st.captured.get(line_id, 0) < int(line["quantity"])
+            and ((newly and not st.own_capture) or int(line.get("shipped_quantity", 0)) > 0)
+        ]
+        for snap in self.window[:-1] if newly else []:
+            for line in snap["lines"]:
+                if kind(line) in FEES and line["id"] not in lines and not st.own_capture:
+                    # A fee removed while the goods waited: captured if a worker acted
+                    # on the snapshot that still had it; then the captures exceed the
+                    # basket, which a person must settle.
+                    entry = exp.lines.setdefault(line["id"], LineExpect())
+                    entry.captured_range = (0, int(line["quantity"]))
+                    entry.prices |= self._prices(line["id"])
+                    exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+                    exp.uncertain_end = True
+                    exp.outcomes.add("fee_removed_while_shipping")
+        for line_id, line in lines.items():
+            # Added after the first capture: the contract does not say when it is
+            # charged (with a later capture, or when marked shipped): either.
+            if (
+                kind(line) in FEES
+                and st.own_capture
+                and line_id not in fees
+                and st.captured.get(line_id, 0) < int(line["quantity"])
+                and newly
+            ):
+                entry = exp.lines.setdefault(line_id, LineExpect())
+                entry.captured_range = (st.captured.get(line_id, 0), int(line["quantity"]))
+                entry.prices |= self._prices(line_id)
+                exp.outcomes.add("fee_added_after_first_capture")
+        if not newly and not fees:
+            return
+        value = sum(int(lines[i]["unit_price"]) * n for i, n in newly.items()) * self._ratio(last)
+        limit: Fraction | int = st.authorized
+        cancelling = last["status"] == "cancelled" or order_total(last) == 0
+        if self.refuses or cancelling:
+            # No raise will come; and a worker may have lowered the authorization to an
+            # earlier, smaller basket of this window.
+            lows = [order_total(s) for s in self.window if s["status"] == "open"]
+            limit = min([st.authorized, *[t for t in lows if t > 0]])
+        if value > limit - st.money + 2 and (self.refuses or cancelling):
+            # The shipped lines exceed an authorization the PSP would not raise: what
+            # fits is captured, the shop is told to take a new order.
+            exp.outcomes.add("shipped_beyond_authorization")
+            for line_id, units in newly.items():
+                entry = exp.lines.setdefault(line_id, LineExpect())
+                before = st.captured.get(line_id, 0)
+                entry.captured_range = (before, before + units)
+                entry.prices |= self._prices(line_id)
+            exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
+            exp.uncertain_end = True
+            return
+        for line_id in fees:
+            exp.outcomes.add("fee_with_first_capture")
+            newly[line_id] = int(lines[line_id]["quantity"]) - st.captured.get(line_id, 0)
+        free = {i for i in newly if all(p == 0 for p, _ in self._prices(i))}
+        if self._ratio(last) == 0:
+            free = set(newly)  # order-level lines take all of it: nothing to capture
+        st.money += sum(
+            int(lines[i]["unit_price"]) * n for i, n in newly.items() if i in lines
+        ) * self._ratio(last)
+        for line_id, units in newly.items():
+            before = st.captured.get(line_id, 0)
+            st.captured[line_id] = before + units
+            entry = exp.lines.setdefault(line_id, LineExpect())
+            entry.prices |= self._prices(line_id)
+            entry.totals |= self._totals(line_id)
+            if line_id in free:
+                # Worth nothing: no capture of 0 is ever sent, it may ride along with one.
+                entry.captured_range = (before, before + units)
+        st.any_capture = st.any_capture or bool(set(newly) - free)
+        st.own_capture = st.own_capture or bool(set(newly) - free)
+        exp.outcomes.add("capture")
+
+    def _totals(self, line_id: str) -> set[tuple[int, int]]:
+        return {
+            (int(line["quantity"]), line_value(line))
+            for snap in self.window
+            for line in snap["lines"]
+            if line["id"] == line_id
+        }
+
+    def _prices(self, line_id: str) -> set[tuple[int, int]]:
+        """Every (unit price, tax rate) the line had in this window's snapshots."""
+        return {
+            (int(line["unit_price"]), int(line["tax_rate"]))
+            for snap in self.window
+            for line in snap["lines"]
+            if line["id"] == line_id
+        }
+
+    def _refunds(self, lines: dict[str, dict[str, Any]]) -> None:
+        st = self.state
+        for line_id, line in lines.items():
+            if kind(line) in REDUCING | SHARED_UP:
+                continue
+            held = st.captured.get(line_id, 0)
+            # Units refunded outside count: a shop return of them is not refunded again.
+            back = max(int(line.get("returned_quantity", 0)), st.external_back.get(line_id, 0))
+            want = min(back, held)
+            if want > st.refunded.get(line_id, 0):
+                st.refunded[line_id] = want
+                self.exp.outcomes.add("refund")
+
+    # -- the end ------------------------------------------------------------------
+
+    def expectation(self) -> Expectation:
+        self.settle()
+        exp, st = self.exp, self.state
+        for line_id, units in st.captured.items():
+            entry = exp.lines.setdefault(line_id, LineExpect())
+            entry.captured = units
+            entry.refunded = st.refunded.get(line_id, 0)
+        for line_id, units in st.refunded.items():
+            exp.lines.setdefault(line_id, LineExpect()).refunded = units
+        exp.authorization = st.closed or "open"
+        exp.authorized = st.authorized if st.closed is None else None
+        if self.stored is not None:
+            exp.total = order_total(self.stored)
+            goods = [line for line in self.stored["lines"] if kind(line) in GOODS | FEES]
+            exp.all_shipped = all(
+                exp.lines.get(line["id"], LineExpect()).captured >= int(line["quantity"])
+                for line in goods
+                if line_value(line) > 0
+            )
+            exp.must_equal_total = (
+                exp.all_shipped
+                and st.closed is None
+                and self.stored["status"] == "open"
+                and not st.charged_back
+                and not any(r in CANNOT_FOLLOW for _, r in exp.allowed)
+                and not any(e.captured_range for e in exp.lines.values())
+            )
+        return exp
+
+
+# --- the PSP's ledger against the contract's money rules ------------------------------
+
+
+@dataclass(frozen=True)
+class Booked:
+    """One line of a capture or refund as the PSP booked it (whole-line totals)."""
+
+    reference: str
+    type: str
+    quantity: int
+    total: int  # tax included
+    tax: int
+    tax_rate: int
+
+
+def check_ledger(
+    requests: list[tuple[str, int, list[Booked]]], exp: Expectation
+) -> list[tuple[str, str]]:
+    """(kind, amount, lines) of every capture and refund the PSP applied, in order,
+    against the expectation; returns (code, detail) for every rule broken."""
+    found: list[tuple[str, str]] = []
+    held: dict[str, list[Fraction]] = {}  # per line: the captured value of each held unit
+    captured = refunded = 0
+    got: dict[str, list[int]] = {}
+    captured_gross: dict[str, int] = {}  # per line: captured value before shares
+    for what, amount, lines in requests:
+        if sum(line.total for line in lines) != amount:
+            found.append(("lines_do_not_sum", f"{what} of {amount}: lines sum differently"))
+        for line in lines:
+            if abs(line.tax - tax_in(line.total, line.tax_rate)) > 1:
+                found.append(("tax_wrong", f"{line.reference}: tax {line.tax} on {line.total}"))
+        units = [line for line in lines if line.type not in REDUCING | SHARED_UP]
+        shared = sum(line.total for line in lines if line.type in REDUCING | SHARED_UP)
+        value = sum(line.total for line in units)
+        if what == "capture":
+            captured += amount
+            for line in units:
+                per = Fraction(line.total, line.quantity) if line.quantity else Fraction(0)
+                share = Fraction(shared * line.total, value) if value else Fraction(0)
+                unit = per + (share / line.quantity if line.quantity else 0)
+                held.setdefault(line.reference, []).extend([unit] * line.quantity)
+                counts = got.setdefault(line.reference, [0, 0])
+                counts[0] += line.quantity
+                price = exp.lines.get(line.reference)
+                gross = line.total  # the line's own value, before order-level shares
+                so_far = captured_gross.get(line.reference, 0) + gross
+                captured_gross[line.reference] = so_far
+                if price is not None and price.prices and line.quantity:
+                    at_price = any(
+                        abs(gross - p * line.quantity) <= line.quantity and r == line.tax_rate
+                        for p, r in price.prices
+                    )
+                    catch_up = any(
+                        abs(so_far * q - value * counts[0]) <= q * counts[0]
+                        for q, value in price.totals
+                        if q
+                    )
+                    if not (at_price or catch_up):
+                        found.append(
+                            (
+                                "captured_at_wrong_price",
+                                f"{line.reference}: {line.quantity} for {gross} "
+                                f"(rate {line.tax_rate}), expected one of {sorted(price.prices)}",
+                            )
+                        )
+        else:
+            refunded += amount
+            due = Fraction(0)
+            for line in units:
+                units_held = held.get(line.reference, [])
+                if line.quantity > len(units_held):
+                    found.append(("refund_beyond_captured", f"{line.reference}"))
+                    continue
+                back = units_held[: line.quantity]
+                del units_held[: line.quantity]
+                due += sum(back, Fraction(0))
+                counts = got.setdefault(line.reference, [0, 0])
+                counts[1] += line.quantity
+            slack = 1 + len(units)  # one cent of rounding per line and per request
+            if abs(amount - due) > slack:
+                found.append(
+                    ("refund_not_at_captured_price", f"refund {amount}, captured {float(due):.2f}")
+                )
+    for reference, entry in exp.lines.items():
+        have = got.get(reference, [0, 0])
+        lo, hi = entry.captured_range or (entry.captured, entry.captured)
+        external = 0  # the expectation counts units captured outside; the PSP ledger too
+        if not lo - external <= have[0] <= hi:
+            found.append(
+                ("captured_units", f"{reference}: {have[0]} captured, expected {lo}..{hi}")
+            )
+        if have[1] != entry.refunded and not entry.captured_range:
+            found.append(
+                ("refunded_units", f"{reference}: {have[1]} refunded, expected {entry.refunded}")
+            )
+    for reference, counts in got.items():
+        if reference not in exp.lines and counts[0]:
+            found.append(("captured_units", f"{reference}: {counts[0]} captured, expected 0"))
+    if exp.must_equal_total and captured != exp.total:
+        found.append(("captures_not_total", f"captured {captured}, the order is {exp.total}"))
+    if refunded > captured:
+        found.append(("refund_beyond_captured", f"refunded {refunded} of {captured}"))
+    return found

@@ -1,0 +1,3 @@
+ALTER TABLE outbox DROP COLUMN IF EXISTS parked_at;
+ALTER TABLE operations DROP COLUMN IF EXISTS external;
+ALTER TABLE orders DROP COLUMN IF EXISTS fixed_terms;

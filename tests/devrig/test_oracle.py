@@ -1,0 +1,261 @@
+"""The oracle (devrig/devrig/oracle.py) against the seeds' worked examples and the
+contract's rules (§4), each rule one small history."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from devrig.oracle import (
+    EXTERNAL,
+    REVERSED,
+    Booked,
+    Oracle,
+    check_ledger,
+    line_value,
+    order_total,
+    tax_in,
+)
+
+
+def line(id: str, qty: int, price: int, rate: int = 2000, **extra: Any) -> dict[str, Any]:
+    return {"id": id, "name": id, "quantity": qty, "unit_price": price, "tax_rate": rate, **extra}
+
+
+def snap(version: int, lines: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {
+        "id": "1001",
+        "version": version,
+        "currency": "EUR",
+        "country": "DE",
+        "status": "open",
+        "payment": {"provider": "klarna", "klarna_order_id": "k1"},
+        "lines": lines,
+        **extra,
+    }
+
+
+def booked(ref: str, qty: int, total: int, rate: int = 2000, type: str = "physical") -> Booked:
+    return Booked(ref, type, qty, total, tax_in(total, rate), rate)
+
+
+SHOES = line("shoes", 1, 1200)
+SOCKS = line("socks", 2, 450)
+DISCOUNT = line("discount", 1, -630, type="discount")
+
+
+# --- seed 004: every figure of its tables and JSON --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("gross", "rate", "tax"),
+    [
+        (400, 2100, 69),  # payment request: shoes 331 + 69
+        (300, 2100, 52),  # socks 248 + 52 (capture and refund of one pair)
+        (840, 2000, 140),  # shoes with 30 % off: 700 + 140
+        (315, 2000, 52),  # socks with 30 % off: 263 + 52
+        (1200, 2000, 200),  # the whole purchase: shoes 1000 + 200
+        (450, 2000, 75),  # socks 375 + 75
+        (-630, 2000, -105),  # the discount line −525 − 105
+        (6000, 2500, 1200),  # seed 000: the kettle alone, 6000 at 25 %
+    ],
+)
+def test_seed_tax_figures(gross: int, rate: int, tax: int) -> None:
+    assert tax_in(gross, rate) == tax
+
+
+def test_seed_totals() -> None:
+    # Discount per line: 840 + 2 × 315 = 1470; on the whole purchase: 2100 − 630 = 1470.
+    assert line_value(line("s", 1, 840)) + line_value(line("k", 2, 315)) == 1470
+    assert order_total(snap(1, [SHOES, SOCKS, DISCOUNT])) == 1470
+    # Adyen's third method: amount below the lines is an unitemised discount.
+    assert order_total(snap(1, [SHOES, SOCKS], amount=1470)) == 1470
+    # Adjust an authorization: remove item #2 → 400; add a hat → 1300.
+    hat = line("hat", 1, 300, 2100)
+    assert order_total(snap(2, [line("i1", 1, 400, 2100)])) == 400
+    assert order_total(snap(3, [line("i1", 1, 400, 2100), line("i2", 2, 300, 2100), hat])) == 1300
+
+
+def test_seed_000_removing_the_toaster_is_an_update_to_6000() -> None:
+    oracle = Oracle(8500, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("kettle", 1, 6000, 2500), line("toaster", 1, 2500, 2500)]))
+    oracle.snapshot(snap(2, [line("kettle", 1, 6000, 2500)]))
+    exp = oracle.expectation()
+    assert exp.authorized == 6000
+    assert exp.authorization == "open"
+    assert exp.required == set()
+
+
+def test_seed_004_one_pair_of_socks_captures_315_and_refunds_315() -> None:
+    oracle = Oracle(1470, refuses_increases=False)
+    oracle.snapshot(snap(1, [SHOES, SOCKS, DISCOUNT]))
+    oracle.snapshot(snap(2, [SHOES, {**SOCKS, "shipped_quantity": 1}, DISCOUNT]))
+    oracle.settle()
+    oracle.snapshot(
+        snap(3, [SHOES, {**SOCKS, "shipped_quantity": 1, "returned_quantity": 1}, DISCOUNT])
+    )
+    exp = oracle.expectation()
+    assert (exp.lines["socks"].captured, exp.lines["socks"].refunded) == (1, 1)
+    capture = [booked("socks", 1, 450), booked("discount", 1, -135, type="discount")]
+    refund = [booked("socks", 1, 450), booked("discount", 1, -135, type="discount")]
+    assert check_ledger([("capture", 315, capture), ("refund", 315, refund)], exp) == []
+    # The same refund at the shop's list price (450) is caught.
+    wrong = check_ledger([("capture", 315, capture), ("refund", 450, refund[:1])], exp)
+    assert {code for code, _ in wrong} == {"refund_not_at_captured_price", "refund_beyond_captured"}
+
+
+# --- the contract's rules -------------------------------------------------------------
+
+
+def test_everything_shipped_the_captures_add_up_to_the_total() -> None:
+    oracle = Oracle(1470, refuses_increases=False)
+    oracle.snapshot(snap(1, [SHOES, SOCKS, DISCOUNT]))
+    oracle.snapshot(
+        snap(2, [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}, DISCOUNT])
+    )
+    exp = oracle.expectation()
+    assert exp.must_equal_total and exp.total == 1470
+    lines = [booked("shoes", 1, 1200), booked("socks", 2, 900)]
+    # A capture without its discount lines is caught twice: the sum and the total.
+    codes = {code for code, _ in check_ledger([("capture", 2100, lines)], exp)}
+    assert codes == {"captures_not_total"}
+
+
+def test_fees_go_with_the_first_capture() -> None:
+    oracle = Oracle(1695, refuses_increases=False)
+    fee = line("ship", 1, 495, type="shipping_fee")
+    oracle.snapshot(snap(1, [SHOES, fee]))
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, fee]))
+    exp = oracle.expectation()
+    assert exp.lines["ship"].captured == 1
+    assert "fee_with_first_capture" in exp.outcomes
+    assert exp.must_equal_total
+
+
+def test_cancel_after_shipment_captures_what_shipped_then_releases() -> None:
+    oracle = Oracle(2100, refuses_increases=False)
+    oracle.snapshot(snap(1, [SHOES, SOCKS]))
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, SOCKS]))
+    oracle.snapshot(snap(3, [{**SHOES, "shipped_quantity": 1}, SOCKS], status="cancelled"))
+    exp = oracle.expectation()
+    assert exp.lines["shoes"].captured == 1
+    assert exp.authorization == "released"
+    assert exp.required == set()
+
+
+def test_cancel_before_anything_shipped_cancels() -> None:
+    oracle = Oracle(2100, refuses_increases=False)
+    oracle.snapshot(snap(1, [SHOES, SOCKS]))
+    oracle.snapshot(snap(2, [SHOES, SOCKS], status="cancelled"))
+    exp = oracle.expectation()
+    assert exp.authorization == "cancelled" and not exp.lines
+
+
+def test_reopen_after_the_psp_cancelled_needs_a_new_order() -> None:
+    oracle = Oracle(2100, refuses_increases=False)
+    oracle.snapshot(snap(1, [SHOES, SOCKS]))
+    oracle.snapshot(snap(2, [SHOES, SOCKS], status="cancelled"))
+    oracle.settle()
+    oracle.snapshot(snap(3, [SHOES, SOCKS]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") in exp.required
+
+
+def test_reopen_before_the_psp_acted_is_no_new_order() -> None:
+    oracle = Oracle(2100, refuses_increases=False)
+    oracle.snapshot(snap(1, [SHOES, SOCKS]))
+    oracle.snapshot(snap(2, [SHOES, SOCKS], status="cancelled"))
+    oracle.snapshot(snap(3, [SHOES, SOCKS]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") not in exp.required
+    assert ("needs_new_order", "") in exp.allowed  # a worker may have cancelled meanwhile
+
+
+def test_refunds_at_the_captured_price_and_tax_after_a_price_edit() -> None:
+    oracle = Oracle(2100, refuses_increases=False)
+    oracle.snapshot(snap(1, [SHOES, SOCKS]))
+    oracle.snapshot(snap(2, [SHOES, {**SOCKS, "shipped_quantity": 1}]))
+    oracle.settle()
+    cheaper = {**SOCKS, "unit_price": 400, "tax_rate": 700}
+    oracle.snapshot(snap(3, [SHOES, {**cheaper, "shipped_quantity": 1, "returned_quantity": 1}]))
+    exp = oracle.expectation()
+    capture = [booked("socks", 1, 450)]
+    assert check_ledger([("capture", 450, capture), ("refund", 450, capture)], exp) == []
+    today = [booked("socks", 1, 400, 700)]
+    codes = {c for c, _ in check_ledger([("capture", 450, capture), ("refund", 400, today)], exp)}
+    assert "refund_not_at_captured_price" in codes
+
+
+def test_external_changes_are_counted_never_repeated_and_flagged() -> None:
+    oracle = Oracle(2100, refuses_increases=False)
+    oracle.snapshot(snap(1, [SHOES, SOCKS]))
+    oracle.external_capture("shoes", 1, 1200)  # an e-book captured at checkout, say
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, SOCKS]))
+    exp = oracle.expectation()
+    assert ("needs_attention", EXTERNAL) in exp.required
+    assert exp.lines["shoes"].captured == 1  # once: the shop's shipment is not captured again
+    twice = [("capture", 1200, [booked("shoes", 1, 1200)])] * 2
+    assert "captured_units" in {c for c, _ in check_ledger(twice, exp)}
+
+
+def test_quantities_that_go_down_are_flagged() -> None:
+    oracle = Oracle(2100, refuses_increases=False)
+    oracle.snapshot(snap(1, [SHOES, SOCKS]))
+    oracle.snapshot(snap(2, [SHOES, {**SOCKS, "shipped_quantity": 2, "returned_quantity": 1}]))
+    oracle.settle()
+    oracle.snapshot(snap(3, [SHOES, {**SOCKS, "shipped_quantity": 2, "returned_quantity": 0}]))
+    exp = oracle.expectation()
+    assert ("needs_attention", REVERSED) in exp.required
+    assert exp.lines["socks"].refunded == 1  # nothing automatic is done for those units
+
+
+def test_a_currency_or_payment_change_is_rejected_and_nothing_stored() -> None:
+    oracle = Oracle(2100, refuses_increases=False)
+    assert oracle.snapshot(snap(1, [SHOES, SOCKS])) == "stored"
+    assert oracle.snapshot(snap(2, [SHOES], currency="SEK")) == "rejected"
+    other = {"provider": "klarna", "klarna_order_id": "k2"}
+    assert oracle.snapshot(snap(3, [SHOES], payment=other)) == "rejected"
+    assert oracle.snapshot(snap(1, [SHOES])) == "ignored"
+    exp = oracle.expectation()
+    assert exp.rejected_versions == [2, 3]
+    assert exp.authorized == 2100  # the rejected baskets changed nothing
+
+
+def test_a_refused_increase_needs_a_new_order() -> None:
+    oracle = Oracle(1200, refuses_increases=True)
+    oracle.snapshot(snap(1, [SHOES]))
+    oracle.snapshot(snap(2, [SHOES, SOCKS]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") in exp.required
+    assert exp.authorized == 1200
+
+
+def test_expiry_with_work_left_is_an_external_change() -> None:
+    oracle = Oracle(2100, refuses_increases=False)
+    oracle.snapshot(snap(1, [SHOES, SOCKS]))
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, SOCKS]))
+    oracle.settle()
+    oracle.expire()
+    oracle.snapshot(snap(3, [{**SHOES, "shipped_quantity": 1, "returned_quantity": 1}, SOCKS]))
+    exp = oracle.expectation()
+    assert ("needs_attention", EXTERNAL) in exp.required
+    assert exp.authorization == "expired"
+    assert exp.lines["shoes"].refunded == 1  # an expired authorization does not stop a refund
+
+
+def test_the_oracle_imports_nothing_of_the_product() -> None:
+    # import-linter holds this too (pyproject.toml); this reads the module's own imports.
+    import ast
+    from pathlib import Path
+
+    import devrig.oracle
+
+    tree = ast.parse(Path(devrig.oracle.__file__).read_text())
+    imported = {
+        (node.module or "").split(".")[0] if isinstance(node, ast.ImportFrom) else alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import | ast.ImportFrom)
+        for alias in node.names
+    }
+    product = {"cli", "service", "workers", "data", "integrations", "ordersync", "domain"}
+    assert imported & product == set()
