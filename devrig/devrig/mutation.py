@@ -1,0 +1,238 @@
+"""Mutation testing of the money paths: `python -m devrig.mutation` (docs/mutation.md).
+
+Runs mutmut (configured in pyproject.toml's `[tool.mutmut]`) over the planner, the line
+arithmetic, the reconciler and the Adyen notification processing, with the fast domain
+tests, the ledger tests and a small form of the simulation as the test command, against
+one embedded Postgres of its own (each forked test process works on its own copy of the
+migrated database). Then prints the kill rate per file and every survivor that
+docs/mutation.md does not explain as equivalent, with its diff.
+
+    python -m devrig.mutation                  # the whole run (resumes a previous one)
+    python -m devrig.mutation --fresh 'domain.lines.*'
+    python -m devrig.mutation --report         # only the figures of the last run
+
+The kill rate is killed / (mutants - equivalent); a timeout counts as killed (the mutant
+made the tests hang), a mutant no selected test reaches counts as survived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from devrig.devstack import EmbeddedPostgres, database_url_for, temporary_pg_dir
+
+EXPLAINED = Path("docs/mutation.md")
+# A row of docs/mutation.md's survivors table: | `mutant` | equivalent | why |
+_ROW = re.compile(r"^\|\s*`(?P<name>[\w.]+__mutmut_\d+)`\s*\|\s*(?P<verdict>[\w ]+?)\s*\|")
+KILLED = {"killed", "timeout", "caught by type check", "segfault"}
+
+
+@dataclass
+class FileFigures:
+    path: str
+    statuses: dict[str, str] = field(default_factory=dict)  # mutant -> mutmut's status
+    seconds: float = 0.0
+
+    def count(self, wanted: Callable[[str, str], bool]) -> int:
+        return sum(1 for name, status in self.statuses.items() if wanted(name, status))
+
+
+@dataclass
+class Report:
+    files: list[FileFigures]
+    equivalent: set[str]
+
+    def survivors(self) -> list[str]:
+        return sorted(
+            name
+            for figures in self.files
+            for name, status in figures.statuses.items()
+            if status not in KILLED and name not in self.equivalent
+        )
+
+    def lines(self) -> Iterable[str]:
+        """Per file: mutants made, checked, killed, equivalent, survived, kill rate
+        (over the checked ones: a partial or sampled run reports what it checked)."""
+        sums = [0, 0, 0, 0]
+        yield (
+            f"{'file':<26} {'mutants':>7} {'checked':>7} {'killed':>6} {'equiv':>5} "
+            f"{'survived':>8} {'rate':>6}"
+        )
+        for figures in self.files:
+            n = len(figures.statuses)
+            c = figures.count(lambda _n, s: s != "not checked")
+            k = figures.count(lambda _n, s: s in KILLED)
+            e = figures.count(lambda name, s: s not in KILLED and name in self.equivalent)
+            sums = [a + b for a, b in zip(sums, (n, c, k, e), strict=True)]
+            yield _row(figures.path, n, c, k, e)
+        yield _row("all", *sums)
+        seconds = sum(figures.seconds for figures in self.files)
+        if sums[1]:
+            yield (
+                f"test time {seconds:.0f} s over {sums[1]} mutants checked "
+                f"({seconds / sums[1]:.2f} s each)"
+            )
+
+
+def _row(label: str, made: int, checked: int, killed: int, equivalent: int) -> str:
+    survived = checked - killed - equivalent
+    return (
+        f"{label:<26} {made:>7} {checked:>7} {killed:>6} {equivalent:>5} {survived:>8} "
+        f"{_rate(killed, checked - equivalent):>6}"
+    )
+
+
+def _rate(killed: int, relevant: int) -> str:
+    return f"{100 * killed / relevant:.1f}%" if relevant else "-"
+
+
+def explained(doc: Path) -> set[str]:
+    """The mutants docs/mutation.md calls equivalent (a table row per mutant)."""
+    if not doc.exists():
+        return set()
+    names = set()
+    for line in doc.read_text(encoding="utf-8").splitlines():
+        match = _ROW.match(line)
+        if match and match["verdict"].strip().lower() == "equivalent":
+            names.add(match["name"])
+    return names
+
+
+def mutated_files(root: Path) -> list[str]:
+    """The files mutmut mutates: `only_mutate` of pyproject.toml's [tool.mutmut]."""
+    with (root / "pyproject.toml").open("rb") as f:
+        return list(tomllib.load(f)["tool"]["mutmut"]["only_mutate"])
+
+
+def read_report(root: Path) -> Report:
+    from mutmut.stats import status_by_exit_code
+
+    figures = []
+    for path in mutated_files(root):
+        one = FileFigures(path)
+        meta = root / "mutants" / f"{path}.meta"
+        if meta.exists():
+            data = json.loads(meta.read_text(encoding="utf-8"))
+            for name, code in data["exit_code_by_key"].items():
+                one.statuses[name] = status_by_exit_code[code]
+            one.seconds = sum(data.get("durations_by_key", {}).values())
+        figures.append(one)
+    return Report(figures, explained(root / EXPLAINED))
+
+
+def _start_postgres() -> tuple[EmbeddedPostgres, str]:
+    """One server for the whole run; its migrated database is the template each forked
+    test process copies (TEST_DATABASE_PER_PROCESS, devrig/devstack.py)."""
+    import psycopg
+
+    from ordersync.db import migrate
+
+    postgres = EmbeddedPostgres(temporary_pg_dir("ordersync-mutation-pg-") / "data")
+    admin = postgres.url
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE ordersync_mutation")
+    url = database_url_for(admin, "ordersync_mutation")
+    migrate(url)
+    return postgres, url
+
+
+def sample(root: Path, every: int) -> list[str]:
+    """Every `every`-th mutant of each file (by mutmut's order), not yet checked: a
+    fixed, spread-out sample when the machine cannot afford the whole run."""
+    report = read_report(root)
+    if not any(figures.statuses for figures in report.files):
+        raise SystemExit("no mutants generated yet: run once without --sample")
+    names = []
+    for figures in report.files:
+        for index, (name, status) in enumerate(sorted(figures.statuses.items(), key=_order)):
+            if index % every == 0 and status == "not checked":
+                names.append(name)
+    return names
+
+
+def _order(item: tuple[str, str]) -> tuple[str, int]:
+    function, _, number = item[0].rpartition("__mutmut_")
+    return function, int(number)
+
+
+def run(names: list[str], *, max_children: int, histories: int, fresh: bool) -> int:
+    if fresh:
+        shutil.rmtree("mutants", ignore_errors=True)
+    postgres, url = _start_postgres()
+    env = {
+        **os.environ,
+        "TEST_DATABASE_URL": url,
+        "TEST_DATABASE_PER_PROCESS": "1",
+        "MUTATION_SIM_HISTORIES": str(histories),
+    }
+    command = [sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children)]
+    started = time.monotonic()
+    try:
+        code = subprocess.call([*command, *names], env=env)
+    finally:
+        postgres.stop()
+    print(f"mutmut ran {time.monotonic() - started:.0f} s (exit {code})")
+    return code
+
+
+def show(name: str) -> str:
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+
+    return str(get_diff_for_mutant(name))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m devrig.mutation", description=__doc__)
+    parser.add_argument("names", nargs="*", help="mutant names or globs (default: all)")
+    parser.add_argument("--report", action="store_true", help="only print the last run's figures")
+    parser.add_argument("--fresh", action="store_true", help="forget the previous run's results")
+    parser.add_argument("--max-children", type=int, default=2)
+    parser.add_argument(
+        "--histories", type=int, default=40, help="simulated histories per mutant (at most)"
+    )
+    parser.add_argument("--no-diffs", action="store_true", help="list survivors without diffs")
+    parser.add_argument(
+        "--sample", type=int, metavar="N", help="check only every N-th mutant of each file"
+    )
+    args = parser.parse_args(argv)
+    root = Path.cwd()
+    if not (root / "pyproject.toml").exists():
+        parser.error("run it from the repository's root (where [tool.mutmut] is)")
+    if not args.report:
+        # Heavy and long: never in the way of anything interactive on the machine.
+        os.nice(10)
+        names = sample(root, args.sample) if args.sample else args.names
+        if args.sample and not names:
+            print("every mutant of the sample is checked already")
+        else:
+            run(names, max_children=args.max_children, histories=args.histories, fresh=args.fresh)
+    report = read_report(root)
+    for line in report.lines():
+        print(line)
+    statuses = {name: s for figures in report.files for name, s in figures.statuses.items()}
+    survivors = [name for name in report.survivors() if statuses[name] != "not checked"]
+    unchecked = len(report.survivors()) - len(survivors)
+    print(f"survivors not explained as equivalent in {EXPLAINED}: {len(survivors)}")
+    if unchecked:
+        print(f"not checked yet (an interrupted or partial run): {unchecked}")
+    for name in survivors:
+        status = statuses[name]
+        print(f"  {name}  ({status})")
+        if not args.no_diffs:
+            print("    " + show(name).strip().replace("\n", "\n    "))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""The mutation command's report (devrig/mutation.py): the figures it prints are mutmut's
+results less the survivors docs/mutation.md explains as equivalent. The long form is
+`python -m devrig.mutation` (docs/mutation.md)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from devrig import mutation
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _meta(root: Path, path: str, codes: dict[str, int]) -> None:
+    meta = root / "mutants" / f"{path}.meta"
+    meta.parent.mkdir(parents=True, exist_ok=True)
+    durations = {name: 0.5 for name in codes}
+    meta.write_text(json.dumps({"exit_code_by_key": codes, "durations_by_key": durations}))
+
+
+def test_kill_rate_leaves_out_the_equivalent_and_counts_timeouts_as_killed(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "pyproject.toml").write_text(
+        '[tool.mutmut]\nonly_mutate = ["domain/lines.py"]\n', encoding="utf-8"
+    )
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "mutation.md").write_text(
+        "| mutant | verdict | why |\n|---|---|---|\n"
+        "| `domain.lines.x_f__mutmut_3` | equivalent | same value |\n"
+        "| `domain.lines.x_f__mutmut_4` | killed by tests/x.py | a test |\n",
+        encoding="utf-8",
+    )
+    _meta(
+        tmp_path,
+        "domain/lines.py",
+        {
+            "domain.lines.x_f__mutmut_1": 1,  # killed
+            "domain.lines.x_f__mutmut_2": 36,  # timeout: killed
+            "domain.lines.x_f__mutmut_3": 0,  # survived, explained as equivalent
+            "domain.lines.x_f__mutmut_4": 0,  # survived: a real gap still
+            "domain.lines.x_f__mutmut_5": 33,  # no test reaches it
+        },
+    )
+    report = mutation.read_report(tmp_path)
+    assert report.survivors() == ["domain.lines.x_f__mutmut_4", "domain.lines.x_f__mutmut_5"]
+    lines = list(report.lines())
+    assert re.split(r"\s+", lines[1]) == ["domain/lines.py", "5", "5", "2", "1", "2", "50.0%"]
+    assert lines[-1] == "test time 2 s over 5 mutants checked (0.50 s each)"
+
+
+def test_the_explained_survivors_name_mutants_of_the_mutated_files() -> None:
+    modules = {path.removesuffix(".py").replace("/", ".") for path in mutation.mutated_files(ROOT)}
+    assert modules == {"domain.planner", "domain.lines", "workers.reconcile", "workers.adyen_inbox"}
+    for name in mutation.explained(ROOT / mutation.EXPLAINED):
+        assert name.rsplit(".", 1)[0] in modules, name

@@ -1,0 +1,78 @@
+"""Rules of the contract that surviving mutants showed no test held (docs/mutation.md
+names the mutant each one kills). Pure: the planner against the in-memory PSP of
+tests/domain/test_ledger.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from domain.lines import basket_lines
+from domain.planner import (
+    NEEDS_NEW_ORDER,
+    Flag,
+    Kind,
+    OrderView,
+    Plan,
+    PspState,
+    PspStatus,
+    plan_next,
+)
+from tests.domain.test_ledger import Psp, order, plans, shipped
+from tests.seed_basket import SHOES, SOCKS, discount
+
+A = {"id": "a", "name": "A", "quantity": 2, "unit_price": 500, "tax_rate": 2000}
+B = {"id": "b", "name": "B", "quantity": 2, "unit_price": 1500, "tax_rate": 2000}
+
+
+def test_a_unit_refunded_after_a_joint_refund_gets_what_it_was_captured_at() -> None:
+    # A's units are captured at 375 each (a 25 % discount), B's later at 1425 (the
+    # discount lowered to 400 in all): each unit carries its own capture's share.
+    psp = Psp(authorized=3000)
+    psp.sync(order([shipped(A, 2), B, discount(1000)]))
+    psp.sync(order([shipped(A, 2), shipped(B, 2), discount(400)]))
+    assert psp.captured == 750 + 2850
+    # One of each comes back in one refund, then A's second unit on its own.
+    [joint] = plans(
+        psp.sync(order([shipped(A, 2, 1), shipped(B, 2, 1), discount(400)])), Kind.REFUND
+    )
+    assert joint.amount == 375 + 1425
+    [last] = plans(
+        psp.sync(order([shipped(A, 2, 2), shipped(B, 2, 1), discount(400)])), Kind.REFUND
+    )
+    assert last.amount == 375
+
+
+HAT = {"id": "hat", "name": "Hat", "quantity": 1, "unit_price": 1200, "tax_rate": 2000}
+
+
+def test_a_refused_increase_names_only_the_new_lines_and_what_fits_is_still_captured() -> None:
+    authorized = tuple(basket_lines(order([SHOES])))
+    psp = PspState(PspStatus.AUTHORIZED, 1200, 0, 0, "INVOICE", "DE", authorized)
+    both = order([shipped(SHOES, 1), shipped(HAT, 1)])
+    flag = plan_next(OrderView(both, psp), lambda _m, _c: False)
+    assert isinstance(flag, Flag) and flag.flag == NEEDS_NEW_ORDER
+    assert [line.reference for line in flag.lines] == ["hat"]
+    # Refused: the shoes, which fit the authorization, are captured all the same.
+    view = OrderView(both, psp, flags=frozenset({NEEDS_NEW_ORDER}), refused_amount=2400)
+    capture = plan_next(view, lambda _m, _c: False)
+    assert isinstance(capture, Plan) and capture.kind is Kind.CAPTURE
+    assert (capture.amount, [line.reference for line in capture.lines]) == (1200, ["shoes"])
+
+
+@pytest.mark.parametrize("discount_now", [None, 0], ids=["discount_dropped", "discount_zero"])
+def test_a_discount_given_back_by_a_correction_is_still_refunded_on_its_own_line(
+    discount_now: int | None,
+) -> None:
+    # The first pair is captured with a share of the discount; the discount is then
+    # dropped (or set to 0) and the next capture gives it back as a correction. A pair
+    # returned now still carries its share, refunded on the discount's line.
+    psp = Psp(authorized=1470)
+    psp.sync(order([SHOES, shipped(SOCKS, 1), discount(630)]))
+    rest = [] if discount_now is None else [discount(discount_now)]
+    psp.sync(order([shipped(SHOES, 1), shipped(SOCKS, 2), *rest]))
+    made = psp.sync(order([shipped(SHOES, 1), shipped(SOCKS, 2, returned=1), *rest]))
+    [refund] = plans(made, Kind.REFUND)
+    assert [(x.reference, x.total_amount) for x in refund.lines] == [
+        ("socks", 450),
+        ("discount", -49),
+    ]
