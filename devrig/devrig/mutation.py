@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devrig.devstack import EmbeddedPostgres, database_url_for, temporary_pg_dir
+from devrig.devstack import EmbeddedPostgres, database_named, temporary_pg_dir
 
 EXPLAINED = Path("docs/mutation.md")
 # A row of docs/mutation.md's survivors table: | `mutant` | equivalent | why |
@@ -142,7 +142,7 @@ def _start_postgres() -> tuple[EmbeddedPostgres, str]:
     admin = postgres.url
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute("CREATE DATABASE ordersync_mutation")
-    url = database_url_for(admin, "ordersync_mutation")
+    url = database_named(admin, "ordersync_mutation")
     migrate(url)
     return postgres, url
 
