@@ -297,8 +297,11 @@ FROM inbox WHERE id = %(id)s AND source = 'adyen' FOR UPDATE
 # not ours is looked at a few times a day, not at every sweep.
 MARK_UNMATCHED = """
 UPDATE inbox SET outcome = 'unmatched',
-                 next_attempt_at = now() + least(interval '1 hour',
-                                                 greatest(interval '1 minute', now() - received_at))
+                 next_attempt_at = least(
+                     now() + least(interval '1 hour',
+                                   greatest(interval '1 minute', now() - received_at)),
+                     -- never later than its orphan cut-off: it is decided then
+                     received_at + make_interval(secs => %(orphan_after)s))
 WHERE id = %(id)s
 """
 MARK_PROCESSED = """
@@ -312,8 +315,8 @@ def lock_notification(conn: Connection[Row], inbox_id: int) -> Row | None:
     return conn.execute(LOCK_NOTIFICATION, {"id": inbox_id}).fetchone()
 
 
-def mark_unmatched(conn: Connection[Row], inbox_id: int) -> None:
-    conn.execute(MARK_UNMATCHED, {"id": inbox_id})
+def mark_unmatched(conn: Connection[Row], inbox_id: int, orphan_after: float) -> None:
+    conn.execute(MARK_UNMATCHED, {"id": inbox_id, "orphan_after": orphan_after})
 
 
 def mark_processed(

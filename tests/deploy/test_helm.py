@@ -333,6 +333,7 @@ SECRETS_BY_ROLE = {
         "ADYEN_WEBHOOK_USERNAME",
         "ADYEN_WEBHOOK_PASSWORD",
         "OPERATOR_TOKEN",
+        "OPERATOR_TOKENS",
     },
     "worker": {
         "DATABASE_URL",
