@@ -78,8 +78,8 @@ def halted_order(stack: Stack) -> tuple[str, str]:
 
 
 def failed_notification(stack: Stack) -> tuple[str, int]:
-    """An Adyen order with a notification that failed: a CAPTURE that matches none of its
-    operations (orphaned after NOTIFICATION_ORPHAN_SECONDS), then marked `failed` the
+    """An Adyen order with a notification that failed: a refused CAPTURE that matches none
+    of its operations (nothing moved, so orphaned after NOTIFICATION_ORPHAN_SECONDS), then marked `failed` the
     way workers/poison.py leaves one it could not process."""
     from tests.integration.test_adyen import SEED, event, item, payment, post, signed
 
@@ -87,7 +87,9 @@ def failed_notification(stack: Stack) -> tuple[str, int]:
     order_id = new_order_id()
     assert stack.send(event(order_id, psp, SEED, 1)).status_code == 202
     reference = uuid.uuid4().hex[:16].upper()
-    capture = item(reference, "CAPTURE", 100, originalReference=psp, merchantReference="x")
+    capture = item(
+        reference, "CAPTURE", 100, originalReference=psp, merchantReference="x", success="false"
+    )
     assert post(stack, signed(stack, capture)).status_code == 200
 
     def orphaned() -> dict[str, Any] | None:
