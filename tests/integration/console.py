@@ -79,8 +79,8 @@ def halted_order(stack: Stack) -> tuple[str, str]:
 
 def failed_notification(stack: Stack) -> tuple[str, int]:
     """An Adyen order with a notification that failed: a refused CAPTURE that matches none
-    of its operations (nothing moved, so orphaned after NOTIFICATION_ORPHAN_SECONDS), then marked `failed` the
-    way workers/poison.py leaves one it could not process."""
+    of its operations (nothing moved, so orphaned after NOTIFICATION_ORPHAN_SECONDS), then
+    marked `failed` the way workers/poison.py leaves one it could not process."""
     from tests.integration.test_adyen import SEED, event, item, payment, post, signed
 
     psp = payment(stack, 1470, notify=False)
