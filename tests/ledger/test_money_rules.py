@@ -597,13 +597,19 @@ def test_seq11_a_failure_while_recording_is_counted_and_flagged(
 # -- 12. reopened after a cancel ---------------------------------------------------------
 
 
-def test_seq12_reopen_after_a_psp_cancel_needs_a_new_order(
-    ctx: WorkerContext, klarna: FakeKlarna
-) -> None:
-    order_id, _ = klarna_order(ctx, klarna, [SHOES])
+def cancelled_order(ctx: WorkerContext, klarna: FakeKlarna) -> tuple[str, OrderSnapshot]:
+    """A Klarna order the shop cancelled (v2) before anything shipped: cancelled at Klarna."""
+    order_id, first = klarna_order(ctx, klarna, [SHOES])
     insert_order(ctx, snap(order_id, [SHOES], 2, status="cancelled"), authorized=1200)
     drive(ctx, order_id)
     assert kinds(ctx, order_id) == [("cancel", "succeeded", 0)]
+    return order_id, first
+
+
+def test_seq12_reopen_after_a_psp_cancel_needs_a_new_order(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    order_id, _ = cancelled_order(ctx, klarna)
     update_snapshot(ctx, snap(order_id, [SHOES], 3))
     drive(ctx, order_id)
     row = order_row(ctx, order_id)
@@ -617,10 +623,7 @@ def test_seq12_reopen_after_a_psp_cancel_needs_a_new_order(
 def test_seq12_a_lagging_read_never_undoes_a_recorded_cancel(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
-    order_id, first = klarna_order(ctx, klarna, [SHOES])
-    insert_order(ctx, snap(order_id, [SHOES], 2, status="cancelled"), authorized=1200)
-    drive(ctx, order_id)
-    assert kinds(ctx, order_id) == [("cancel", "succeeded", 0)]
+    order_id, first = cancelled_order(ctx, klarna)
     # The next read comes from a replica that has not seen the cancel yet.
     klarna.orders[first.psp_order_id].status = "AUTHORIZED"
     with ctx.pool.connection() as conn, conn.transaction():
