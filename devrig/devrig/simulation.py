@@ -626,21 +626,12 @@ class PspModel:
         amount = sum(int(line["total_amount"]) for line in lines)
         self.psp_refs += 1
         psp_ref = f"E{self.sim.seed}x{self.psp_refs}"
-        if what == "capture":
-            if order.provider == "klarna":
-                self._klarna_book(order, "capture", amount, lines, f"portal-{psp_ref}")
-            else:
-                order.captured += amount
-                order.ledger.append(("capture", amount, _book_klarna(lines, order.types)))
-                order.status = "CAPTURED" if order.captured >= order.authorized else "PART_CAPTURED"
-                self.notifications.append(_adyen_item(order, "CAPTURE", True, amount, psp_ref, ""))
-        elif what == "refund":
-            if order.provider == "klarna":
-                self._klarna_book(order, "refund", amount, lines, f"portal-{psp_ref}")
-            else:
-                order.refunded += amount
-                order.ledger.append(("refund", amount, _book_klarna(lines, order.types)))
-                self.notifications.append(_adyen_item(order, "REFUND", True, amount, psp_ref, ""))
+        if what in ("capture", "refund"):
+            # Booked like any other (Klarna lists it in its order); Adyen notifies it.
+            self._klarna_book(order, what, amount, lines, f"portal-{psp_ref}")
+            if order.provider == "adyen":
+                event = "CAPTURE" if what == "capture" else "REFUND"
+                self.notifications.append(_adyen_item(order, event, True, amount, psp_ref, ""))
         elif what == "cancel":
             order.status = "CANCELLED"
             if order.provider == "adyen":
