@@ -59,3 +59,12 @@ def test_scale_webhooks_smallest_runs() -> None:
     rows, _ = scale.run_webhooks(large=5_000, small=1_000, repeats=5, batches=2, rounds=1)
     names = {row.name.split(" @")[0] for row in rows}
     assert {"store new webhook", "prune: inbox bodies, per 1k rows"} <= names
+
+
+@pytest.mark.timeout(120)
+def test_parsing_smallest_runs() -> None:
+    from bench import parsing
+
+    rows, extra = parsing.run(quick=True, sizes=(1024, 2048))
+    assert any(row.name.startswith("shop: escaped_quotes_unterminated") for row in rows)
+    assert "adyen: 100 items of escaped quotes" in extra["ns_per_byte"]
