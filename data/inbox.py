@@ -259,11 +259,14 @@ RETURNING id
 """
 LOCK_NOTIFICATION = "SELECT * FROM inbox WHERE id = %(id)s AND source = 'adyen' FOR UPDATE"
 # Backed off from now by its age (at least a minute, at most an hour): a payment that is
-# not ours is looked at a few times a day, not at every sweep.
+# not ours is looked at a few times a day, not at every sweep; and once more when its
+# orphan cut-off comes, to be recorded orphaned then.
 MARK_UNMATCHED = """
 UPDATE inbox SET outcome = 'unmatched',
-                 next_attempt_at = now() + least(interval '1 hour',
-                                                 greatest(interval '1 minute', now() - received_at))
+                 next_attempt_at = least(
+                     now() + least(interval '1 hour',
+                                   greatest(interval '1 minute', now() - received_at)),
+                     greatest(now(), received_at + make_interval(secs => %(orphan)s)))
 WHERE id = %(id)s
 """
 MARK_PROCESSED = """
@@ -277,8 +280,8 @@ def lock_notification(conn: Connection[Row], inbox_id: int) -> Row | None:
     return conn.execute(LOCK_NOTIFICATION, {"id": inbox_id}).fetchone()
 
 
-def mark_unmatched(conn: Connection[Row], inbox_id: int) -> None:
-    conn.execute(MARK_UNMATCHED, {"id": inbox_id})
+def mark_unmatched(conn: Connection[Row], inbox_id: int, orphan_seconds: float) -> None:
+    conn.execute(MARK_UNMATCHED, {"id": inbox_id, "orphan": orphan_seconds})
 
 
 def mark_processed(

@@ -111,7 +111,7 @@ def _process(conn: Connection[Row], settings: Settings, inbox_id: int) -> Proces
         if result.outcome == "unmatched":
             age = datetime.now(UTC) - row["received_at"]
             if age.total_seconds() < settings.notification_orphan_seconds:
-                inbox.mark_unmatched(conn, inbox_id)
+                inbox.mark_unmatched(conn, inbox_id, settings.notification_orphan_seconds)
                 return result
             log.warning(
                 "adyen_notification_orphaned", inbox_id=inbox_id, success=n.success, amount=n.amount
