@@ -294,14 +294,14 @@ SELECT *, extract(epoch FROM now() - received_at)::float8 AS age_seconds
 FROM inbox WHERE id = %(id)s AND source = 'adyen' FOR UPDATE
 """
 # Backed off from now by its age (at least a minute, at most an hour): a payment that is
-# not ours is looked at a few times a day, not at every sweep.
+# not ours is looked at a few times a day, not at every sweep; and once more when its
+# orphan cut-off comes, to be recorded orphaned then.
 MARK_UNMATCHED = """
 UPDATE inbox SET outcome = 'unmatched',
                  next_attempt_at = least(
                      now() + least(interval '1 hour',
                                    greatest(interval '1 minute', now() - received_at)),
-                     -- never later than its orphan cut-off: it is decided then
-                     received_at + make_interval(secs => %(orphan_after)s))
+                     greatest(now(), received_at + make_interval(secs => %(orphan)s)))
 WHERE id = %(id)s
 """
 MARK_PROCESSED = """
@@ -315,8 +315,8 @@ def lock_notification(conn: Connection[Row], inbox_id: int) -> Row | None:
     return conn.execute(LOCK_NOTIFICATION, {"id": inbox_id}).fetchone()
 
 
-def mark_unmatched(conn: Connection[Row], inbox_id: int, orphan_after: float) -> None:
-    conn.execute(MARK_UNMATCHED, {"id": inbox_id, "orphan_after": orphan_after})
+def mark_unmatched(conn: Connection[Row], inbox_id: int, orphan_seconds: float) -> None:
+    conn.execute(MARK_UNMATCHED, {"id": inbox_id, "orphan": orphan_seconds})
 
 
 def mark_processed(

@@ -1177,7 +1177,9 @@ class Simulation:
 
     def operator_reconcile(self, order_id: str) -> None:
         try:
-            self.loop.run_until_complete(operator.request_reconcile(self.apool, order_id, "simulation"))
+            self.loop.run_until_complete(
+                operator.request_reconcile(self.apool, order_id, "simulation")
+            )
         except OrdersyncError:
             return  # not stored (yet): the operator gets a 404
         self.run_task(("reconcile", order_id), force=True)

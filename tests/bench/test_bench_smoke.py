@@ -70,3 +70,12 @@ def test_queues_smallest_runs() -> None:
     rows, extra = queues.run(quick=True, reconciles=20, callbacks=200, before=False)
     assert len(rows) == 2 and set(extra["rounds"]) == {"baseline", "lanes"}
     assert extra["rounds"]["lanes"]["reconciles"] == 20
+
+
+@pytest.mark.timeout(120)
+def test_parsing_smallest_runs() -> None:
+    from bench import parsing
+
+    rows, extra = parsing.run(quick=True, sizes=(1024, 2048))
+    assert any(row.name.startswith("shop: escaped_quotes_unterminated") for row in rows)
+    assert "adyen: 100 items of escaped quotes" in extra["ns_per_byte"]
