@@ -372,7 +372,7 @@ def test_adyen_a_refused_cancellation_is_rejected_and_flagged(database_url: str)
         ctx.close()
 
 
-def test_a_later_read_showing_money_moved_elsewhere_flags_drift_and_adopts_it(
+def test_a_later_read_showing_money_moved_elsewhere_is_counted_and_flagged(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
     order_id, snap = klarna_order(ctx, klarna, [SHOES, SOCKS])
@@ -385,5 +385,7 @@ def test_a_later_read_showing_money_moved_elsewhere_flags_drift_and_adopts_it(
     Reconciler(ctx, lambda *_: None).run(order_id)
     row = order_row(ctx, order_id)
     assert row["captured_amount"] == 1200
+    # Contract §4: money that moved without the service is counted, never repeated, and
+    # flagged external_change.
     reason = row["flag_reason"]["needs_attention"]
-    assert reason["code"] == "drift" and "its figures were adopted" in reason["message"]
+    assert reason["code"] == "external_change" and "without this service" in reason["message"]
