@@ -210,7 +210,6 @@ def create_app(settings: Settings | None = None) -> Starlette:
     # a client could make us point anywhere; `/orders/` is simply 404.
     app.router.redirect_slashes = False
     app.state.ordersync = state
-    app.add_middleware(console.ConsoleHeaders)
     app.add_middleware(RequestContext, send_jobs=publisher.send)
     return app
 

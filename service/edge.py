@@ -1,6 +1,7 @@
 """What every answer of the web process carries, in one place (RequestContext in
 service/app.py adds it to each answer): nothing is cached (operator answers hold order
-data; a shared cache or a browser must not keep them), nothing is sniffed or framed."""
+data; a shared cache or a browser must not keep them), nothing is sniffed or framed, and
+a page (the console) runs no script, inline or other, and loads nothing from elsewhere."""
 
 from __future__ import annotations
 
@@ -9,6 +10,11 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"x-content-type-options", b"nosniff"),
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
+    (
+        b"content-security-policy",
+        b"default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        b"frame-ancestors 'none'; base-uri 'none'",
+    ),
 )
 
 

@@ -1,8 +1,8 @@
 """The console's pages and actions: thin handlers over the operator API's functions.
 
-Every answer carries the console's security headers (one place: `ConsoleHeaders`); every POST
-needs the session's CSRF token (403 without); every value reaches the page through
-Jinja2's autoescaping."""
+Every answer carries the web's security headers (service/edge.py: no script, no frame,
+no-store); every POST needs the session's CSRF token (403 without); every value reaches
+the page through Jinja2's autoescaping."""
 
 from __future__ import annotations
 
@@ -21,7 +21,6 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from data import operator_actions as audit
 from ordersync.errors import NotFound, OrdersyncError, ValidationFailed
@@ -40,17 +39,6 @@ LOGIN_COOKIE = "ordersync_login"
 PAGE_SIZE = 25
 MAX_FORM_BYTES = 16 * 1024
 MAX_FILTER = 64
-# No inline script or style, nothing from elsewhere, never in a frame.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-        "frame-ancestors 'none'; base-uri 'none'"
-    ),
-    "X-Frame-Options": "DENY",
-    "Cache-Control": "no-store",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
 # Where a login may send the operator back to: a console page, nothing else.
 _NEXT = re.compile(r"/console(/[A-Za-z0-9._:/-]{0,200})?")
 # The console's actions: (what the confirm page asks, what the done banner says).
@@ -142,29 +130,6 @@ def environment() -> Environment:
 @cache
 def stylesheet() -> bytes:
     return resources.files("service.console").joinpath("static/console.css").read_bytes()
-
-
-class ConsoleHeaders:
-    """The console's security headers, in one place: every answer under /console."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.headers = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path = scope.get("path", "") if scope["type"] == "http" else ""
-        if path != "/console" and not path.startswith("/console/"):
-            await self.app(scope, receive, send)
-            return
-
-        async def with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                names = {k for k, _ in self.headers}
-                kept = [(k, v) for k, v in message.get("headers", []) if k.lower() not in names]
-                message["headers"] = kept + self.headers
-            await send(message)
-
-        await self.app(scope, receive, with_headers)
 
 
 def _tls(request: Request) -> bool:
@@ -356,10 +321,10 @@ async def needs_a_person(
     flag = operator.parse_flag(query.get("flag"))
     reason = _filter_text("reason", query.get("reason"))
     search = _filter_text("q", query.get("q"))
+    account = operator.parse_account(query.get("account"))
     cursor = query.get("cursor") or None
-    # The account filter joins these once orders carry an account (contract §6).
     listing = await operator.list_flagged(
-        state.pool, flag, PAGE_SIZE, cursor, reason=reason, search=search
+        state.pool, flag, PAGE_SIZE, cursor, account, reason=reason, search=search
     )
     ids = [o["id"] for o in listing["orders"]]
     async with state.pool.connection() as conn:
@@ -381,7 +346,12 @@ async def needs_a_person(
                 "acks": acknowledged.get(order["id"], []),
             }
         )
-    filters = {"flag": flag or "", "reason": reason or "", "q": search or ""}
+    filters = {
+        "flag": flag or "",
+        "account": account or "",
+        "reason": reason or "",
+        "q": search or "",
+    }
     next_link = None
     if listing["next_cursor"]:
         next_link = "/console?" + urlencode({**filters, "cursor": listing["next_cursor"]})
@@ -393,6 +363,8 @@ async def needs_a_person(
             current,
             rows=rows,
             filters=filters,
+            # The merchant's accounts (contract §6); the filter shows when there are several.
+            accounts=sorted({*state.accounts.klarna, *state.accounts.adyen}),
             next_link=next_link,
             paged=bool(cursor),
             flags=list(words.FLAGS),
