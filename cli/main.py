@@ -10,6 +10,7 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ordersync.errors import ConfigError, OrdersyncError
 from ordersync.logging import configure_logging, get_logger
@@ -21,6 +22,14 @@ def _settings(*required: str) -> Settings:
     settings.require(*required)
     configure_logging(settings.log_level, settings.log_format)
     return settings
+
+
+def _accounts() -> None:
+    """Reads ACCOUNTS_FILE (or the single-account variables) now, so a bad file stops the
+    process at start with one line naming the account and key (contract §6)."""
+    from ordersync.accounts import get_accounts
+
+    get_accounts()
 
 
 def _require_dev_rig(command: str) -> None:
@@ -46,6 +55,7 @@ def cmd_web(args: argparse.Namespace) -> int:
     import uvicorn
 
     settings = _settings("database_url", "redis_url", "shop_webhook_secrets")
+    _accounts()
     _prepare_multiprocess_metrics(create=False)
     uvicorn.run(
         "service.app:create_web_app",
@@ -77,6 +87,7 @@ def _prepare_multiprocess_metrics(*, create: bool) -> str | None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     _settings("database_url", "redis_url")
+    _accounts()
     if args.metrics_port:
         _prepare_multiprocess_metrics(create=True)
         from prometheus_client import start_http_server
@@ -118,6 +129,7 @@ def cmd_beat(_: argparse.Namespace) -> int:
     from workers.celery_app import app
 
     _settings("database_url", "redis_url")
+    _accounts()
     # The schedule file lives in a temp dir: the root filesystem may be read-only.
     schedule = Path(tempfile.gettempdir()) / "ordersync-beat-schedule"
     app.start(["--quiet", "beat", f"--schedule={schedule}", "--loglevel=INFO"])
@@ -147,10 +159,37 @@ def cmd_sandbox(args: argparse.Namespace) -> int:
         config.adyen_webhook_password = settings.adyen_webhook_password.get_secret_value()
     if settings.shop_callback_secret:
         config.shop_callback_secret = settings.shop_callback_secret.get_secret_value()
+    _sandbox_markets(config)
     uvicorn.run(
         create_app(config), host=args.host, port=args.port, log_config=None, access_log=False
     )
     return 0
+
+
+def cmd_accounts_check(args: argparse.Namespace) -> int:
+    from cli import accounts as accounts_cli
+
+    return accounts_cli.check(_settings(), args.json)
+
+
+def _sandbox_markets(config: Any) -> None:
+    """With ACCOUNTS_FILE, the sandbox plays each account's market: a Klarna account whose
+    api_url is the sandbox's `/klarna/<market>`, an Adyen merchant account, each with
+    the account's own credentials."""
+    from devrig.sandbox.klarna import market_of
+
+    from ordersync.accounts import get_accounts
+
+    accounts = get_accounts()
+    if not accounts.from_file:
+        return
+    for k in accounts.klarna.values():
+        market = market_of(k.base_url)
+        if market is not None:
+            config.klarna_markets[market] = (k.username, k.password)
+    for a in accounts.adyen.values():
+        config.adyen_merchants[a.name] = a.api_key
+        config.adyen_hmac_keys[a.name] = a.hmac_keys[0]
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -293,6 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--secret", required=True, help="a SHOP_WEBHOOK_SECRETS secret")
     demo.set_defaults(fn=cmd_demo)
 
+    accounts = sub.add_parser("accounts", help="the merchant's Klarna and Adyen accounts")
+    accounts_sub = accounts.add_subparsers(dest="accounts_command", required=True)
+    check = accounts_sub.add_parser(
+        "check", help="one harmless read per account: are its credentials accepted?"
+    )
+    check.add_argument("--json", action="store_true", help="one JSON object per account")
+    check.set_defaults(fn=cmd_accounts_check)
+
     orders = sub.add_parser("orders", help="operator commands: show, list, reconcile")
     orders_sub = orders.add_subparsers(dest="orders_command", required=True)
     show = orders_sub.add_parser("show", help="an order's state, flags and full history")
@@ -306,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="only this flag (default: any)",
     )
+    listing.add_argument("--account", default=None, help="only orders of this account")
     listing.add_argument("--limit", type=int, default=50)
     listing.add_argument("--cursor", default=None)
     listing.add_argument("--json", action="store_true", help="the operator API's JSON")
@@ -331,7 +379,7 @@ def cmd_orders_list(args: argparse.Namespace) -> int:
 
     limit = parse_limit(str(args.limit))
     return operator_cli.list_orders(
-        _settings("database_url"), args.flag, limit, args.cursor, args.json
+        _settings("database_url"), args.flag, limit, args.cursor, args.json, args.account
     )
 
 

@@ -73,6 +73,7 @@ def format_order(order: dict[str, Any]) -> str:
         f"order {order['id']}  v{order['version']}  {order['status']}  {cur}",
         f"payment   {_reference(payment)}  "
         f"({payment.get('payment_method') or '-'}, {payment.get('country') or '-'})",
+        f"account   {order.get('account') or 'default'}",
         f"psp       {order['psp']['status'] or 'not read yet'}, "
         f"synced {_short_time(order['psp']['synced_at'])}, "
         f"expires {_short_time(order['psp']['expires_at'])}",
@@ -255,10 +256,16 @@ def show(settings: Settings, order_id: str, as_json: bool) -> int:
 
 
 def list_orders(
-    settings: Settings, flag: str | None, limit: int, cursor: str | None, as_json: bool
+    settings: Settings,
+    flag: str | None,
+    limit: int,
+    cursor: str | None,
+    as_json: bool,
+    account: str | None = None,
 ) -> int:
     flag = operator.parse_flag(flag)
-    page = run(settings, lambda pool: operator.list_flagged(pool, flag, limit, cursor))
+    account = operator.parse_account(account)
+    page = run(settings, lambda pool: operator.list_flagged(pool, flag, limit, cursor, account))
     emit(page, format_list(page), as_json)
     return 0
 

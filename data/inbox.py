@@ -40,8 +40,8 @@ WHERE order_id = %(order_id)s AND source = 'shop' AND outcome = 'applied'
 # concurrent event for the same order.
 STORE_SHOP_EVENT = """
 WITH existing AS (
-    SELECT version, provider, psp_order_id, fixed_terms FROM orders WHERE id = %(id)s
-    FOR UPDATE
+    SELECT version, provider, psp_order_id, fixed_terms, account FROM orders
+    WHERE id = %(id)s FOR UPDATE
 ), payment_changed AS (
     -- The first field of what the first snapshot fixed (orders.fixed_terms) that this
     -- one changes; an order stored without it is held to its provider and id.
@@ -51,6 +51,12 @@ WITH existing AS (
     UNION ALL
     SELECT 'order.payment' FROM existing
     WHERE (provider, psp_order_id) IS DISTINCT FROM (%(provider)s, %(psp_id)s)
+    UNION ALL
+    -- The account the order was routed to (contract §6); "default" (orders from
+    -- before accounts) is the default account's.
+    SELECT %(account_field)s FROM existing
+    WHERE account IS DISTINCT FROM %(account)s
+      AND NOT (coalesce(account, 'default') = 'default' AND %(account_default)s)
     ORDER BY 1 LIMIT 1
 ), inbox_row AS (
     INSERT INTO inbox (source, event_key, event_type, order_id, payload, processed_at, outcome)
@@ -63,7 +69,7 @@ WITH existing AS (
 ), written AS (
     INSERT INTO orders (id, version, provider, psp_order_id, currency, status, snapshot,
                         desired_amount, authorized_amount, authorized_lines, psp_status,
-                        psp_synced_at, reconcile_requested_at, fixed_terms)
+                        psp_synced_at, reconcile_requested_at, fixed_terms, account)
     SELECT %(id)s, %(version)s, %(provider)s, %(psp_id)s, %(currency)s, %(status)s,
            %(snapshot)s::jsonb, %(total)s,
            -- An Adyen payment's authorization is known from its AUTHORISATION
@@ -75,7 +81,7 @@ WITH existing AS (
            %(basket)s,
            CASE WHEN %(adyen)s THEN 'authorized' END,
            CASE WHEN %(adyen)s THEN now() END,
-           now(), %(fixed)s::jsonb
+           now(), %(fixed)s::jsonb, %(account)s
     FROM inbox_row WHERE inbox_row.outcome = 'applied'
     ON CONFLICT (id) DO UPDATE
     SET version = EXCLUDED.version, status = EXCLUDED.status,
@@ -124,11 +130,12 @@ WITH batch AS (
         %(ord)s::int[], %(id)s::text[], %(version)s::bigint[], %(provider)s::text[],
         %(psp_id)s::text[], %(currency)s::text[], %(status)s::text[], %(key)s::text[],
         %(type)s::text[], %(payload)s::text[], %(snapshot)s::text[], %(total)s::bigint[],
-        %(basket)s::text[], %(fixed)s::text[]
+        %(basket)s::text[], %(fixed)s::text[], %(account)s::text[],
+        %(account_field)s::text[], %(account_default)s::bool[]
     ) AS b(ord, id, version, provider, psp_id, currency, status, key, type, payload,
-           snapshot, total, basket, fixed)
+           snapshot, total, basket, fixed, account, account_field, account_default)
 ), existing AS (
-    SELECT id, version, provider, psp_order_id, fixed_terms FROM orders
+    SELECT id, version, provider, psp_order_id, fixed_terms, account FROM orders
     WHERE id IN (SELECT id FROM batch) ORDER BY id FOR UPDATE
 ), compared AS (
     -- As in STORE_SHOP_EVENT: the first fixed field this row changes, if any.
@@ -140,6 +147,10 @@ WITH batch AS (
             SELECT 'order.payment'
             WHERE e.id IS NOT NULL
               AND (e.provider, e.psp_order_id) IS DISTINCT FROM (b.provider, b.psp_id)
+            UNION ALL
+            SELECT b.account_field
+            WHERE e.id IS NOT NULL AND e.account IS DISTINCT FROM b.account
+              AND NOT (coalesce(e.account, 'default') = 'default' AND b.account_default)
             ORDER BY 1 LIMIT 1) AS changed_field
     FROM batch b LEFT JOIN existing e ON e.id = b.id
 ), checked AS (
@@ -162,7 +173,7 @@ WITH batch AS (
 ), written AS (
     INSERT INTO orders (id, version, provider, psp_order_id, currency, status, snapshot,
                         desired_amount, authorized_amount, authorized_lines, psp_status,
-                        psp_synced_at, reconcile_requested_at, fixed_terms)
+                        psp_synced_at, reconcile_requested_at, fixed_terms, account)
     SELECT c.id, c.version, c.provider, c.psp_id, c.currency, c.status, c.snapshot::jsonb,
            c.total,
            CASE WHEN c.provider = 'adyen' THEN coalesce(
@@ -171,7 +182,7 @@ WITH batch AS (
            c.basket::jsonb,
            CASE WHEN c.provider = 'adyen' THEN 'authorized' END,
            CASE WHEN c.provider = 'adyen' THEN now() END,
-           now(), c.fixed::jsonb
+           now(), c.fixed::jsonb, c.account
     FROM checked c JOIN inbox_rows i ON i.event_key = c.key
     WHERE i.outcome = 'applied'
     ORDER BY c.id

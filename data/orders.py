@@ -698,6 +698,10 @@ UPDATE orders
 SET flags = array_remove(flags, 'needs_attention'),
     flag_reason = CASE WHEN flag_reason IS NULL THEN NULL
                        ELSE flag_reason - 'needs_attention' END,
+    -- Reconciling a quantities_reversed flag acknowledges that very reversal.
+    acknowledged_reversal = CASE
+        WHEN flag_reason -> 'needs_attention' ->> 'code' = 'quantities_reversed'
+        THEN flag_reason -> 'needs_attention' ->> 'message' ELSE acknowledged_reversal END,
     next_reconcile_at = NULL,
     psp_synced_at = CASE WHEN provider = 'klarna' THEN NULL ELSE psp_synced_at END,
     reconcile_requested_at = coalesce(reconcile_requested_at, now()),
@@ -744,6 +748,7 @@ FLAGGED_PAGE = """
 SELECT * FROM orders
 WHERE flags <> '{}'
   AND (%(flag)s::text IS NULL OR %(flag)s = ANY(flags))
+  AND (%(account)s::text IS NULL OR account = %(account)s)
   AND (%(after_at)s::timestamptz IS NULL OR (updated_at, id) < (%(after_at)s, %(after_id)s))
 ORDER BY updated_at DESC, id DESC
 LIMIT %(limit)s
@@ -768,8 +773,16 @@ async def flagged_page(
     flag: str | None,
     after: tuple[datetime, str] | None,
     limit: int,
+    account: str | None = None,
 ) -> list[Row]:
-    """Flagged orders (with `flag`, or any), most recently changed first, after `after`."""
+    """Flagged orders (with `flag`, or any; of `account`, or any), most recently changed
+    first, after `after`."""
     after_at, after_id = after if after is not None else (None, None)
-    params = {"flag": flag, "after_at": after_at, "after_id": after_id, "limit": limit}
+    params = {
+        "flag": flag,
+        "after_at": after_at,
+        "after_id": after_id,
+        "limit": limit,
+        "account": account,
+    }
     return await (await conn.execute(FLAGGED_PAGE, params)).fetchall()

@@ -202,6 +202,9 @@ class KlarnaPayment(_Model):
     provider: Literal["klarna"]
     klarna_order_id: str = Field(pattern=KLARNA_ORDER_ID_PATTERN)
     payment_method: str | None = Field(default=None, max_length=64)
+    # Which of the merchant's Klarna accounts (ACCOUNTS_FILE) took the payment; without
+    # it, the account whose countries list the order's country.
+    klarna_account: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 class AdyenPayment(_Model):
@@ -325,7 +328,9 @@ class OrderSnapshot(_Model):
 def fixed_terms(order: OrderSnapshot) -> dict[str, str | None]:
     """What an order's first snapshot fixes for good (contract §4: currency and payment),
     by the path of the field a later snapshot would change; the one definition of that
-    rule (data/inbox.py compares it when a snapshot is stored, and names the field)."""
+    rule (data/inbox.py compares it when a snapshot is stored, and names the field).
+    The account the order was routed to (contract §6) is fixed as well, compared beside
+    these: routing needs the configured accounts, which the domain does not know."""
     payment = order.payment
     terms: dict[str, str | None] = {
         "order.currency": order.currency,

@@ -14,6 +14,16 @@ class Provider(Protocol):
     name: str
     # Whether the PSP's order can be read (Klarna can; Adyen only notifies).
     can_read: bool
+    # The merchant's account at the PSP this client speaks for (contract §6).
+    account: str | None
+
+    def increase_allowed(self, payment_method: str | None, country: str | None) -> bool:
+        """Whether asking for more than was authorized is worth a request at all."""
+        ...
+
+    def check(self) -> PspResult:
+        """One harmless read that proves the account's credentials."""
+        ...
 
     def build(self, order: Row, snapshot: OrderSnapshot, op: Row) -> PspRequest | PspResult:
         """The exact request for `op`, computed once when it is planned (a REJECTED

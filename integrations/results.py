@@ -170,28 +170,47 @@ class PspRequest:
     """One operation's request, frozen when it is planned and resent as stored.
 
     `body` is the JSON text itself, so every attempt sends the very same bytes; `api`
-    names the base URL it goes to for a PSP with more than one (Adyen)."""
+    names the base URL it goes to for a PSP with more than one (Adyen); `account` the
+    merchant's account whose base URL and credentials send it (contract §6)."""
 
     method: str
     path: str
     body: str | None = None
     api: str | None = None
+    account: str | None = None
 
     @classmethod
-    def of(cls, method: str, path: str, body: Any = None, api: str | None = None) -> PspRequest:
+    def of(
+        cls,
+        method: str,
+        path: str,
+        body: Any = None,
+        api: str | None = None,
+        *,
+        account: str | None = None,
+    ) -> PspRequest:
         text = None if body is None else json.dumps(body, separators=(",", ":"), sort_keys=True)
-        return cls(method, path, text, api)
+        return cls(method, path, text, api, account)
 
     def json_body(self) -> dict[str, Any]:
         data = json.loads(self.body) if self.body else {}
         return data if isinstance(data, dict) else {}
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "path": self.path, "body": self.body, "api": self.api}
+        data = {"method": self.method, "path": self.path, "body": self.body, "api": self.api}
+        if self.account is not None:
+            data["account"] = self.account
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PspRequest:
-        return cls(str(data["method"]), str(data["path"]), data.get("body"), data.get("api"))
+        return cls(
+            str(data["method"]),
+            str(data["path"]),
+            data.get("body"),
+            data.get("api"),
+            data.get("account"),
+        )
 
 
 def error_result(response: httpx.Response, error: PspError, elapsed: float) -> PspResult:

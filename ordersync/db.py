@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import select
+import time
 from importlib import resources
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -18,6 +20,7 @@ log = get_logger(__name__)
 
 # Any constant shared by every process that migrates; pg_advisory_lock takes a bigint.
 _MIGRATION_LOCK_ID = 0x6F726465_7273796E  # "ordersyn"
+MIGRATION_LOCK_POLL_SECONDS = 0.2
 
 
 SyncPool = ConnectionPool[psycopg.Connection[DictRow]]
@@ -90,6 +93,23 @@ def _yoyo_url(database_url: str) -> str:
     return urlunsplit((scheme, *parts[1:]))
 
 
+def _wait_for_lock(conn: psycopg.Connection[Any]) -> None:
+    """Takes the migration lock by polling, never by one long blocking call: a session
+    sitting in `pg_advisory_lock` is a transaction in progress, which CREATE INDEX
+    CONCURRENTLY (run by the pod holding the lock) must wait out, and that wait ends in
+    LockNotAvailable at the migration's lock_timeout. Each try is a statement of a
+    moment, so the other pod's build never waits on this one."""
+    waited = False
+    while True:
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_MIGRATION_LOCK_ID,)).fetchone()
+        if row is not None and row[0]:
+            return
+        if not waited:
+            log.info("migrations_waiting", reason="another process is migrating")
+            waited = True
+        time.sleep(MIGRATION_LOCK_POLL_SECONDS)
+
+
 def migrate(database_url: str) -> list[str]:
     """Apply pending migrations; returns the ids applied.
 
@@ -99,7 +119,7 @@ def migrate(database_url: str) -> list[str]:
     """
     directory = str(resources.files("migrations"))
     with psycopg.connect(database_url, autocommit=True) as lock_conn:
-        lock_conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK_ID,))
+        _wait_for_lock(lock_conn)
         try:
             backend = get_backend(_yoyo_url(database_url))
             try:

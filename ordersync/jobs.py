@@ -44,6 +44,7 @@ class Job(StrEnum):
     PROCESS_NOTIFICATION = "ordersync.process_notification"
     SWEEP = "ordersync.sweep"
     RETENTION = "ordersync.retention"
+    CHECK_ACCOUNTS = "ordersync.check_accounts"
 
 
 @dataclass(frozen=True)

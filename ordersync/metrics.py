@@ -26,8 +26,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 WEBHOOKS = Counter("ordersync_webhooks_received_total", "Webhooks received", ["source", "outcome"])
+# `account` is one of the configured accounts (contract §6): a bounded set.
 PSP_REQUESTS = Counter(
-    "ordersync_psp_requests_total", "PSP requests made", ["provider", "operation", "outcome"]
+    "ordersync_psp_requests_total",
+    "PSP requests made",
+    ["provider", "operation", "outcome", "account"],
 )
 PSP_LATENCY = Histogram(
     "ordersync_psp_request_seconds",
@@ -56,11 +59,35 @@ HEARTBEAT = Gauge(
     multiprocess_mode="max",
 )
 
+# `ordersync accounts check`, run daily by beat: 1 while the account's credentials are
+# accepted, 0 once refused (Klarna disables credentials left unused for months).
+ACCOUNT_CHECK = Gauge(
+    "ordersync_account_credentials_ok",
+    "Whether the account's credentials were accepted at the last check (1) or not (0)",
+    ["provider", "account"],
+    multiprocess_mode="mostrecent",
+)
+ACCOUNT_CHECK_TIME = Gauge(
+    "ordersync_account_check_timestamp_seconds",
+    "Unix time of the last credentials check of the account",
+    ["provider", "account"],
+    multiprocess_mode="max",
+)
+
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
-def psp_request(provider: str, operation: str, outcome: str, seconds: float) -> None:
-    PSP_REQUESTS.labels(provider=provider, operation=operation, outcome=outcome).inc()
+def account_checked(provider: str, account: str, ok: bool) -> None:
+    ACCOUNT_CHECK.labels(provider=provider, account=account).set(1 if ok else 0)
+    ACCOUNT_CHECK_TIME.labels(provider=provider, account=account).set(time.time())
+
+
+def psp_request(
+    provider: str, operation: str, outcome: str, seconds: float, *, account: str = "default"
+) -> None:
+    PSP_REQUESTS.labels(
+        provider=provider, operation=operation, outcome=outcome, account=account
+    ).inc()
     PSP_LATENCY.labels(provider=provider, operation=operation).observe(seconds)
 
 

@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Mapping
 from functools import cache
 from typing import Literal
 
@@ -57,6 +58,12 @@ class Settings(BaseSettings):
     adyen_webhook_password: SecretStr | None = None
 
     operator_token: SecretStr | None = None
+
+    # Several Klarna and Adyen accounts (contract §6, ordersync/accounts.py); without it,
+    # the variables above make one account each.
+    accounts_file: str | None = None
+    # How often beat checks every account's credentials (`ordersync accounts check`).
+    account_check_interval_seconds: float = Field(default=86400.0, gt=0)
 
     log_level: str = "INFO"
     log_format: Literal["json", "console"] | None = None
@@ -157,13 +164,21 @@ class Settings(BaseSettings):
                 raise ConfigError(f"missing required setting {name.upper()}")
 
     def increase_allowed(self, payment_method: str | None, country: str | None) -> bool:
-        markets = self.klarna_increase_allowed.get((payment_method or "").upper())
-        if not markets or not country:
-            return False
-        country = country.upper()
-        if f"!{country}" in markets:
-            return False
-        return "*" in markets or country in markets
+        return increase_rule(self.klarna_increase_allowed, payment_method, country)
+
+
+def increase_rule(
+    table: Mapping[str, list[str]], payment_method: str | None, country: str | None
+) -> bool:
+    """Whether an increase is asked for at all: `table` maps a payment method to its
+    markets (`*` any, `!XX` never XX)."""
+    markets = table.get((payment_method or "").upper())
+    if not markets or not country:
+        return False
+    country = country.upper()
+    if f"!{country}" in markets:
+        return False
+    return "*" in markets or country in markets
 
 
 def _split(secret: SecretStr | None) -> list[str]:

@@ -206,8 +206,9 @@ async def store_items(
 async def adyen_webhook(request: Request) -> Response:
     state: AppState = request.app.state.ordersync
     settings = state.settings
-    keys = settings.hmac_keys
-    if not (keys and settings.adyen_webhook_username and settings.adyen_webhook_password):
+    accounts = state.accounts
+    has_keys = any(account.hmac_keys for account in accounts.adyen.values())
+    if not (has_keys and settings.adyen_webhook_username and settings.adyen_webhook_password):
         raise ConfigError("Adyen notifications are not configured")
     body = await read_body(request)
     if not check_basic_auth(
@@ -217,7 +218,23 @@ async def adyen_webhook(request: Request) -> Response:
     ):
         raise Unauthorized("missing or invalid basic auth")
     items = parse_items(body)
-    bad = [index for index, item in enumerate(items) if not adyen_hmac.is_valid(item, keys)]
+    # Each item is checked with the keys of its own merchant account (contract §6); one
+    # for a merchant account that is not ours is refused like a forged one.
+    item_keys = [accounts.hmac_keys_for(_merchant_code(item)) for item in items]
+    foreign = [index for index, keys in enumerate(item_keys) if keys is None]
+    if foreign:
+        log.warning(
+            "adyen_merchant_account_unknown",
+            items=len(items),
+            unknown=len(foreign),
+            first=foreign[:MAX_LOGGED],
+        )
+        raise Unauthorized("notification for a merchant account not configured")
+    bad = [
+        index
+        for index, (item, keys) in enumerate(zip(items, item_keys, strict=True))
+        if not adyen_hmac.is_valid(item, keys or ())
+    ]
     if bad:
         # One forged item taints the request: none of it is stored.
         log.warning(
@@ -251,3 +268,8 @@ async def adyen_webhook(request: Request) -> Response:
     for inbox_id in new:
         enqueue_job(Job.PROCESS_NOTIFICATION, inbox_id)
     return PlainTextResponse("[accepted]")
+
+
+def _merchant_code(item: dict[str, Any]) -> str | None:
+    code = item.get("merchantAccountCode")
+    return code if isinstance(code, str) else None

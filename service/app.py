@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from domain.snapshot import ShopEvent
 from ordersync import jobs
+from ordersync.accounts import build_accounts
 from ordersync.db import async_pool
 from ordersync.errors import OrdersyncError
 from ordersync.jobs import BROKER_TRANSPORT_OPTIONS
@@ -139,15 +140,16 @@ def create_app(settings: Settings | None = None) -> Starlette:
         return bool(await redis.ping())
 
     # Group commit: concurrent shop webhooks share one statement and one commit.
+    accounts = build_accounts(settings)
     batcher: Batcher[tuple[str, ShopEvent], Stored] = Batcher(
-        lambda items: store_shop_events(pool, items),
+        lambda items: store_shop_events(pool, items, accounts),
         window_seconds=settings.web_batch_window_ms / 1000,
         max_items=settings.web_batch_max,
     )
 
     async def store_shop(webhook_id: str, event: ShopEvent) -> Stored:
         if settings.web_batch_window_ms <= 0:
-            return await store_shop_event(pool, webhook_id, event)
+            return await store_shop_event(pool, webhook_id, event, accounts)
         # A row's own Conflict is raised here, for its request alone.
         return await batcher.submit((webhook_id, event))
 
@@ -159,6 +161,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         publisher=publisher,
         store_shop_event=store_shop,
         probe_pool=probe_pool,
+        accounts=accounts,
     )
 
     @contextlib.asynccontextmanager

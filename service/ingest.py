@@ -17,12 +17,19 @@ from psycopg.types.json import Jsonb
 from data import inbox
 from domain.lines import basket_lines
 from domain.snapshot import ShopEvent, fixed_terms
+from ordersync.accounts import DEFAULT, Accounts
 from ordersync.db import AsyncPool
 from ordersync.errors import Conflict, ValidationFailed
 
 # Why a row is not stored: a payment another order holds (409), or a field the order's
 # first snapshot fixed (422, naming it).
 Refused = Conflict | ValidationFailed
+
+# The field a changed account is reported under (contract §6: fixed with the order).
+ACCOUNT_FIELD = {
+    "klarna": "order.payment.klarna_account",
+    "adyen": "order.payment.merchant_account",
+}
 
 
 @dataclass(frozen=True)
@@ -52,14 +59,24 @@ class _Params:
     total: int
     basket: str
     fixed: str
+    # The account the order belongs to (contract §6), the field naming it, and whether
+    # it is its PSP's default account (which orders from before accounts, stored as
+    # "default", belong to).
+    account: str
+    account_field: str
+    account_default: bool
 
     @property
     def adyen(self) -> bool:
         return self.provider == "adyen"
 
 
-def _params(webhook_id: str, event: ShopEvent) -> _Params:
+def _params(webhook_id: str, event: ShopEvent, accounts: Accounts | None = None) -> _Params:
+    """Raises the 422 naming the field when the order's payment belongs to no
+    configured account (contract §6)."""
     order = event.order
+    account = accounts.route(order) if accounts is not None else DEFAULT
+    default = accounts.canonical(order.provider, DEFAULT) if accounts is not None else DEFAULT
     # Encoded once, by pydantic's own encoder; the event is the snapshot with its type.
     snapshot = order.model_dump_json()
     payload = f'{{"type": {json.dumps(event.type)}, "order": {snapshot}}}'
@@ -81,6 +98,9 @@ def _params(webhook_id: str, event: ShopEvent) -> _Params:
         total=order.total,
         basket=json.dumps(basket),
         fixed=json.dumps(fixed_terms(order)),
+        account=account,
+        account_field=ACCOUNT_FIELD[order.provider],
+        account_default=account == default,
     )
 
 
@@ -112,8 +132,10 @@ def _outcome(
     return Stored("stale", order_id)
 
 
-async def store_shop_event(pool: AsyncPool, webhook_id: str, event: ShopEvent) -> Stored:
-    p = _params(webhook_id, event)
+async def store_shop_event(
+    pool: AsyncPool, webhook_id: str, event: ShopEvent, accounts: Accounts | None = None
+) -> Stored:
+    p = _params(webhook_id, event, accounts)
     result = await _store_one(pool, p)
     if not isinstance(result, Stored):
         raise result
@@ -159,6 +181,9 @@ def _single(p: _Params) -> dict[str, Any]:
         "adyen": p.adyen,
         "basket": Jsonb(json.loads(p.basket)),
         "fixed": p.fixed,
+        "account": p.account,
+        "account_field": p.account_field,
+        "account_default": p.account_default,
     }
 
 
@@ -210,11 +235,14 @@ def _columns(events: Sequence[_Params], positions: Sequence[int]) -> dict[str, l
         "total": [p.total for p in rows],
         "basket": [p.basket for p in rows],
         "fixed": [p.fixed for p in rows],
+        "account": [p.account for p in rows],
+        "account_field": [p.account_field for p in rows],
+        "account_default": [p.account_default for p in rows],
     }
 
 
 async def store_shop_events(
-    pool: AsyncPool, events: Sequence[tuple[str, ShopEvent]]
+    pool: AsyncPool, events: Sequence[tuple[str, ShopEvent]], accounts: Accounts | None = None
 ) -> list[Stored | Refused]:
     """Stores a batch of (webhook-id, event) in one transaction: one statement, or one
     per repeat of an order within the batch. Each event gets its own outcome, or the
@@ -222,10 +250,17 @@ async def store_shop_events(
     can cause (a payment taken by a concurrent batch, a deadlock between batches), each
     event is stored on its own instead, so that row fails alone. A database that is
     down fails them all (the senders retry)."""
-    params = [_params(key, event) for key, event in events]
-    stored = await _store_batch(pool, params)
+    routed: list[_Params | Refused] = []
+    for key, event in events:
+        try:
+            routed.append(_params(key, event, accounts))
+        except ValidationFailed as unroutable:
+            routed.append(unroutable)  # that request's own 422; the others are stored
+    params = [p for p in routed if isinstance(p, _Params)]
+    stored = await _store_batch(pool, params) if params else []
     await _correct_adyen_fallbacks(pool, params, stored)
-    return stored
+    results = iter(stored)
+    return [p if not isinstance(p, _Params) else next(results) for p in routed]
 
 
 async def _store_batch(pool: AsyncPool, params: Sequence[_Params]) -> list[Stored | Refused]:

@@ -33,6 +33,8 @@ MAX_ORDER_ID = 64  # domain.snapshot.OrderSnapshot.id
 MAX_CURSOR = 512
 _LIMIT = re.compile(r"[0-9]{1,4}")
 _CURSOR = re.compile(r"[A-Za-z0-9_-]+")
+# An account name as ACCOUNTS_FILE allows it (ordersync/accounts.py), or "default".
+_ACCOUNT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def _order_id(order_id: str) -> str:
@@ -65,6 +67,9 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
         "status": row["status"],
         "currency": row["currency"].strip(),
         "payment": _payment(row),
+        # The merchant's PSP account it belongs to (contract §6): "default" for orders
+        # from before accounts, i.e. the default account.
+        "account": row.get("account") or "default",
         "flags": list(row["flags"]),
         "flag_reasons": {flag: reasons.get(flag) for flag in row["flags"]},
         "amounts": {
@@ -151,7 +156,7 @@ def _lines(snapshot: dict[str, Any], operations: list[dict[str, Any]]) -> list[d
     for op in operations:
         if op["status"] == "succeeded" and op["kind"] in done:
             for line in op["lines"] or []:
-                if line.get("type") != "discount":
+                if line.get("type") not in ("discount", "sales_tax"):  # shares, not units
                     done[op["kind"]][str(line.get("reference"))] += int(line.get("quantity", 0))
     lines = []
     for line in snapshot.get("lines") or []:
@@ -254,16 +259,29 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         ) from None
 
 
+def parse_account(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if not _ACCOUNT.fullmatch(value):
+        raise ValidationFailed(
+            "invalid query parameter",
+            fields=[{"path": "query.account", "message": "not an account name"}],
+        )
+    return value
+
+
 async def list_flagged(
     pool: AsyncPool,
     flag: str | None = None,
     limit: int = DEFAULT_LIMIT,
     cursor: str | None = None,
+    account: str | None = None,
 ) -> dict[str, Any]:
-    """Flagged orders (with `flag`, or any flag), most recently changed first."""
+    """Flagged orders (with `flag`, or any flag; of `account`, or any), most recently
+    changed first."""
     after = decode_cursor(cursor) if cursor else None
     async with pool.connection() as conn:
-        rows = await orders.flagged_page(conn, flag, after, limit + 1)
+        rows = await orders.flagged_page(conn, flag, after, limit + 1, account)
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(rows[-1]["updated_at"], rows[-1]["id"]) if more else None

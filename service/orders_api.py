@@ -50,8 +50,9 @@ async def list_orders(request: Request) -> Response:
     query = request.query_params
     flag = operator.parse_flag(query.get("flag"))
     limit = operator.parse_limit(query.get("limit"))
+    account = operator.parse_account(query.get("account"))
     return JSONResponse(
-        await operator.list_flagged(state.pool, flag, limit, query.get("cursor") or None)
+        await operator.list_flagged(state.pool, flag, limit, query.get("cursor") or None, account)
     )
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from domain.snapshot import ShopEvent
+from ordersync.accounts import Accounts
 from ordersync.db import AsyncPool
 from ordersync.metrics import Metrics
 from ordersync.settings import Settings
@@ -28,6 +29,8 @@ class AppState:
     store_shop_event: StoreShopEvent
     # Connections for /readyz and /metrics only (None: they share `pool`).
     probe_pool: AsyncPool | None = None
+    # The merchant's PSP accounts (contract §6): routing and Adyen's HMAC keys.
+    accounts: Accounts = field(default_factory=lambda: Accounts(klarna={}, adyen={}))
 
     @property
     def probes(self) -> AsyncPool:

@@ -44,6 +44,10 @@ def celery_config() -> dict[str, Any]:
                 "task": Job.RETENTION.value,
                 "schedule": settings.retention_interval_seconds,
             },
+            "check_accounts": {
+                "task": Job.CHECK_ACCOUNTS.value,
+                "schedule": settings.account_check_interval_seconds,
+            },
         },
         "task_default_queue": QUEUE,
     }

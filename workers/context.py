@@ -4,15 +4,16 @@ and the PSP clients over it. Built on first use in each (forked) process, never 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 
 from data import orders as store
 from domain.lines import PspLine
-from integrations.adyen.client import AdyenClient
+from integrations.adyen.client import AdyenClient, CapturedLines
 from integrations.klarna.client import KlarnaClient
 from integrations.provider import Provider
+from ordersync.accounts import DEFAULT, Accounts, build_accounts
 from ordersync.db import SyncPool, sync_pool
 from ordersync.settings import Settings, get_settings
 
@@ -24,7 +25,18 @@ class WorkerContext:
     settings: Settings
     pool: SyncPool
     http: httpx.Client
+    # One client per PSP, for contexts built without accounts (tests, the simulation).
     providers: dict[str, Provider]
+    # (PSP, account) → that account's client; the default account also under "default",
+    # which orders stored before accounts carry (contract §6).
+    by_account: dict[tuple[str, str], Provider] = field(default_factory=dict)
+
+    def provider(self, psp: str, account: str | None) -> Provider | None:
+        """The client for an order's (or a frozen request's) account, and no other: an
+        account no longer configured has none, and the order waits for it."""
+        if self.by_account:
+            return self.by_account.get((psp, account or DEFAULT))
+        return self.providers.get(psp)
 
     def close(self) -> None:
         self.http.close()
@@ -43,14 +55,6 @@ def build_context(settings: Settings) -> WorkerContext:
         ),
         headers={"User-Agent": "ordersync/0.1"},
     )
-    providers: dict[str, Provider] = {}
-    if settings.klarna_api_url:
-        providers["klarna"] = KlarnaClient(
-            http,
-            settings.klarna_api_url,
-            settings.klarna_username or "",
-            settings.klarna_password.get_secret_value() if settings.klarna_password else "",
-        )
     # A task holds at most one connection at a time, and never across a PSP call, so
     # with many threads waiting on a slow PSP most hold none: past 32 the pool stops
     # growing with the concurrency (a thread waits for a connection a moment instead)
@@ -59,22 +63,48 @@ def build_context(settings: Settings) -> WorkerContext:
         settings.database_url.get_secret_value(),
         max_size=max(4, min(_concurrency + 1, DB_POOL_CAP)),
     )
-    if settings.adyen_checkout_url or settings.adyen_pal_url:
 
-        def captured_lines(order_id: str) -> list[PspLine]:
-            with pool.connection() as conn:
-                return store.captured_lines(conn, order_id)
+    def captured_lines(order_id: str) -> list[PspLine]:
+        with pool.connection() as conn:
+            return store.captured_lines(conn, order_id)
 
-        providers["adyen"] = AdyenClient(
+    by_account = account_clients(http, build_accounts(settings), captured_lines)
+    return WorkerContext(
+        settings=settings, pool=pool, http=http, providers={}, by_account=by_account
+    )
+
+
+def account_clients(
+    http: httpx.Client, accounts: Accounts, captured_lines: CapturedLines | None = None
+) -> dict[tuple[str, str], Provider]:
+    """A client per configured account, over one pooled HTTP client."""
+    clients: dict[tuple[str, str], Provider] = {}
+    for k in accounts.klarna.values():
+        clients[("klarna", k.name)] = KlarnaClient(
             http,
-            checkout_url=settings.adyen_checkout_url,
-            api_key=settings.adyen_api_key.get_secret_value() if settings.adyen_api_key else "",
-            merchant_account=settings.adyen_merchant_account,
-            modifications_api=settings.adyen_modifications_api,
-            pal_url=settings.adyen_pal_url,
-            captured_lines=captured_lines,
+            k.base_url,
+            k.username,
+            k.password,
+            account=k.name,
+            increase_allowed=k.allows_increase,
         )
-    return WorkerContext(settings=settings, pool=pool, http=http, providers=providers)
+    for a in accounts.adyen.values():
+        if not (a.checkout_url or a.pal_url):
+            continue  # HMAC keys alone: notifications are checked, nothing is sent
+        clients[("adyen", a.name)] = AdyenClient(
+            http,
+            checkout_url=a.checkout_url,
+            api_key=a.api_key,
+            merchant_account=a.merchant_account,
+            modifications_api=a.modifications_api,
+            pal_url=a.pal_url,
+            captured_lines=captured_lines,
+            account=a.name,
+        )
+    for psp, name in accounts.defaults.items():
+        if (psp, name) in clients:
+            clients[(psp, DEFAULT)] = clients[(psp, name)]
+    return clients
 
 
 _context: WorkerContext | None = None

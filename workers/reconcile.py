@@ -47,6 +47,7 @@ from integrations.results import (
     retry_delay,
 )
 from ordersync import metrics
+from ordersync.accounts import DEFAULT
 from workers import callbacks
 from workers import confirmation_metric as observe
 from workers.context import WorkerContext
@@ -118,7 +119,7 @@ class Reconciler:
             return "step_limit"
         finally:
             structlog.contextvars.unbind_contextvars(
-                "order_id", "operation", "idempotency_key", "operation_id"
+                "order_id", "operation", "idempotency_key", "operation_id", "account"
             )
 
     # -- step 1: decide, under the row lock -------------------------------------------
@@ -136,7 +137,8 @@ class Reconciler:
         now = conn.execute(store.DB_NOW).fetchone()["now"]
         ops = store.operations(conn, order_id)
         op = store.in_flight(ops)
-        provider = self.ctx.providers.get(order["provider"])
+        provider = self.ctx.provider(order["provider"], order.get("account"))
+        structlog.contextvars.bind_contextvars(account=order.get("account") or DEFAULT)
         if op is not None:
             if op["status"] == "awaiting_notification":
                 return Idle("awaiting_notification")
@@ -179,11 +181,11 @@ class Reconciler:
             refused_amount=order["refused_amount"],
             now=now,
             extend_within=timedelta(days=self.settings.extend_authorization_days_before),
+            acknowledged_reversal=order.get("acknowledged_reversal"),
         )
-        # The increase table is Klarna's own; behind Adyen the payment method is not
-        # known here, so Adyen is asked and its AUTHORISATION_ADJUSTMENT decides.
-        allowed = _always if order["provider"] == "adyen" else self.settings.increase_allowed
-        decision = plan_next(view, allowed)
+        assert provider is not None
+        # Each account its own table (Klarna's); Adyen always asks (its client says so).
+        decision = plan_next(view, provider.increase_allowed)
         if (
             isinstance(decision, Plan)
             and decision.kind is Kind.EXTEND_AUTHORIZATION
@@ -200,8 +202,8 @@ class Reconciler:
             draft = store.draft_operation(
                 order, store.next_seq(ops), decision.kind, decision.amount, decision.lines
             )
-            # Frozen now, with the key: every attempt resends exactly this.
-            assert provider is not None
+            # Frozen now, with the key and the account: every attempt resends exactly
+            # this, with that account's URL and credentials.
             built = provider.build(order, snapshot, draft)
             request = built.to_json() if isinstance(built, PspRequest) else None
             claimed = store.insert_claimed_operation(
@@ -267,9 +269,15 @@ class Reconciler:
         store.park_unconfigured(conn, op["id"])
         self._flag(conn, order, _unconfigured(order))
 
-    def _provider(self, order: store.Row) -> Provider:
-        # _decide checked it, under the lock, before any Refresh or Send.
-        return self.ctx.providers[order["provider"]]
+    def _provider(self, order: store.Row, request: PspRequest | None = None) -> Provider:
+        """The order's account's client; for a frozen request, the account it was
+        frozen for (the same: an order's account never changes). _decide checked it,
+        under the lock, before any Refresh or Send."""
+        account = request.account if request and request.account else order.get("account")
+        provider = self.ctx.provider(order["provider"], account)
+        if provider is None:
+            raise LookupError(f"no client for the {order['provider']} account {account}")
+        return provider
 
     def _read(self, order: store.Row) -> PspResult | None:
         provider = self._provider(order)
@@ -284,8 +292,9 @@ class Reconciler:
         if int(order["psp_state_seq"]) != seen:
             log.info("psp_read_superseded", seen=seen, now=order["psp_state_seq"])
             return
-        figures = self.ctx.providers[order["provider"]].figures(body)
+        figures = self._provider(order).figures(body)
         changes = self._external_changes(conn, order, figures)
+        figures = _not_behind(figures, store.operations(conn, order["id"]))
         store.apply_psp_figures(conn, order["id"], figures, seen)
         if changes:
             log.warning("psp_external_change", changes=changes)
@@ -364,11 +373,11 @@ class Reconciler:
             # The heartbeat stops before the outcome is recorded: it renews only while
             # this attempt talks to the PSP.
             with self._heartbeat(op):
-                provider = self._provider(order)
-                request = self._request(op, order, provider)
+                request = self._request(op, order, self._provider(order))
                 if isinstance(request, PspResult):
                     settled = (request, None, None)
                 else:
+                    provider = self._provider(order, request)
                     seen = int(order["psp_state_seq"])
                     # Without a way to read the PSP's order, the idempotency key alone
                     # makes the resend safe (Adyen replays the first answer).
@@ -398,7 +407,11 @@ class Reconciler:
             outcome, adopt, seen_before = settled
             return self._record_safely(op, outcome, adopt=adopt, seen=seen_before)
         metrics.psp_request(
-            order["provider"], op["kind"], result.outcome.value, result.elapsed_seconds
+            order["provider"],
+            op["kind"],
+            result.outcome.value,
+            result.elapsed_seconds,
+            account=order.get("account") or DEFAULT,
         )
         log.info(
             "psp_request_done",
@@ -580,8 +593,30 @@ class Reconciler:
             self.enqueue(order_id, delay)
 
 
-def _always(payment_method: str | None, country: str | None) -> bool:
-    return True
+def _not_behind(figures: dict[str, Any], ops: list[store.Row]) -> dict[str, Any]:
+    """The PSP's figures, never behind what its own confirmed answers to us (and the
+    money recorded as moved without us) already said: a read that lags (a PSP replica
+    behind its primary) must not undo a recorded cancel, release, capture or refund, or
+    the planner would ask for it again."""
+    done = [op for op in ops if op["status"] == "succeeded"]
+
+    def total(kind: Kind) -> int:
+        return sum(int(op["amount"]) for op in done if op["kind"] == kind.value)
+
+    figures = dict(figures)
+    figures["captured"] = max(int(figures["captured"]), total(Kind.CAPTURE))
+    figures["refunded"] = max(int(figures["refunded"]), total(Kind.REFUND))
+    figures["authorized"] = max(int(figures["authorized"]), figures["captured"])
+    ended = {op["kind"] for op in done} & {Kind.CANCEL.value, Kind.RELEASE_AUTHORIZATION.value}
+    open_statuses = (PspStatus.AUTHORIZED.value, PspStatus.PART_CAPTURED.value)
+    if Kind.CANCEL.value in ended and figures["captured"] == 0:
+        figures["status"] = PspStatus.CANCELLED.value
+    elif ended and figures["status"] in open_statuses:
+        figures["status"], figures["authorized"] = PspStatus.CAPTURED.value, figures["captured"]
+    elif figures["status"] in open_statuses and figures["captured"] > 0:
+        full = figures["captured"] >= figures["authorized"]
+        figures["status"] = (PspStatus.CAPTURED if full else PspStatus.PART_CAPTURED).value
+    return figures
 
 
 def flag_order(conn: Any, order: store.Row, flag: Flag) -> None:

@@ -13,8 +13,9 @@ from celery import Task, signals
 from psycopg_pool import PoolTimeout
 
 from ordersync import metrics
+from ordersync.accounts import build_accounts
 from ordersync.jobs import Job, enqueue_job
-from workers import adyen_inbox, callbacks, poison, retention, sweeper
+from workers import accounts_check, adyen_inbox, callbacks, poison, retention, sweeper
 from workers.celery_app import app
 from workers.context import close_context, get_context
 from workers.crashpoints import crash_point
@@ -87,6 +88,15 @@ def sweep(self: Task) -> dict[str, int]:
     counts["callbacks"] = sweeper.sweep_callbacks(get_context(), enqueue_delivery)
     counts |= sweeper.sweep_notifications(get_context(), enqueue_notification)
     return counts
+
+
+@app.task(name=Job.CHECK_ACCOUNTS.value, bind=True)
+def check_accounts(self: Task) -> dict[str, str]:
+    """Daily: every account's credentials, into `ordersync_account_credentials_ok`."""
+    metrics.heartbeat()
+    ctx = get_context()
+    checked = accounts_check.check_accounts(build_accounts(ctx.settings), ctx.http)
+    return {f"{c.provider}/{c.account}": c.result for c in checked}
 
 
 @app.task(name=Job.RETENTION.value, bind=True)

@@ -63,28 +63,47 @@ def send_event(web_url: str, secret: str, event: dict[str, Any]) -> httpx.Respon
 
 
 def run_demo(web_url: str, sandbox_url: str, secret: str) -> int:
+    outcome = _demo_order(web_url, sandbox_url, secret, "DE", "EUR", market=None)
+    if outcome != 0:
+        return outcome
+    # With markets (`ordersync dev`): the same for a US order, which goes to the US
+    # Klarna account, its own URL and credentials.
+    markets = httpx.get(f"{sandbox_url}/_sandbox/klarna/markets", timeout=10).json()
+    if "na" not in markets.get("markets", []):
+        return 0
+    print()
+    return _demo_order(web_url, sandbox_url, secret, "US", "USD", market="na")
+
+
+def _demo_order(
+    web_url: str, sandbox_url: str, secret: str, country: str, currency: str, market: str | None
+) -> int:
     shop_order = f"demo-{uuid.uuid4().hex[:8]}"
     klarna_lines = [klarna_line(KETTLE), klarna_line(TOASTER)]
     created = httpx.post(
         f"{sandbox_url}/_sandbox/klarna/orders",
         json={
-            "purchase_currency": "EUR",
-            "purchase_country": "DE",
+            "purchase_currency": currency,
+            "purchase_country": country,
             "payment_method": "INVOICE",
             "order_amount": 8500,
             "order_lines": klarna_lines,
+            **({"market": market} if market else {}),
         },
         timeout=10,
     )
     created.raise_for_status()
     klarna_id = created.json()["order_id"]
-    print(f"1. Klarna authorized 85.00 for order {shop_order} (klarna_order_id {klarna_id})")
+    print(
+        f"1. Klarna authorized 85.00 {currency} for {country} order {shop_order}"
+        f" (klarna_order_id {klarna_id})"
+    )
 
     order = {
         "id": shop_order,
         "version": 1,
-        "currency": "EUR",
-        "country": "DE",
+        "currency": currency,
+        "country": country,
         "status": "open",
         "payment": {
             "provider": "klarna",
@@ -117,4 +136,13 @@ def run_demo(web_url: str, sandbox_url: str, secret: str) -> int:
     print("   order_lines sent:")
     for line in entry["lines"]:
         print(f"     {json.dumps(line)}")
+    sent = httpx.get(
+        f"{sandbox_url}/_sandbox/requests", params={"order_id": klarna_id}, timeout=10
+    ).json()["requests"]
+    where = sorted({sandbox_url + r["path"].split("/ordermanagement")[0] for r in sent})
+    accounts = sorted({str(r.get("account")) for r in sent})
+    print(
+        f"   every request went to {', '.join(where)}"
+        f" with market {', '.join(accounts)}'s credentials"
+    )
     return 0

@@ -20,6 +20,9 @@ def _dev_secrets(data_dir: Path) -> dict[str, str]:
     path = data_dir / "secrets.json"
     if path.exists():
         loaded: dict[str, str] = json.loads(path.read_text())
+        if "KLARNA_US_PASSWORD" not in loaded:  # a data folder from before markets
+            loaded.update(_market_secrets())
+            path.write_text(json.dumps(loaded, indent=2))
         return loaded
     values = {
         "SHOP_WEBHOOK_SECRETS": new_secret(),
@@ -29,9 +32,61 @@ def _dev_secrets(data_dir: Path) -> dict[str, str]:
         "ADYEN_WEBHOOK_USERNAME": "adyen",
         "ADYEN_WEBHOOK_PASSWORD": secrets.token_urlsafe(16),
     }
+    values.update(_market_secrets())
     path.write_text(json.dumps(values, indent=2))
     path.chmod(0o600)
     return values
+
+
+def _market_secrets() -> dict[str, str]:
+    return {
+        "KLARNA_EU_USERNAME": "merchant-eu",
+        "KLARNA_EU_PASSWORD": secrets.token_urlsafe(16),
+        "KLARNA_US_USERNAME": "merchant-us",
+        "KLARNA_US_PASSWORD": secrets.token_urlsafe(16),
+        "ADYEN_EU_API_KEY": secrets.token_urlsafe(24),
+        "ADYEN_EU_HMAC_KEYS": secrets.token_hex(32).upper(),
+        "ADYEN_US_API_KEY": secrets.token_urlsafe(24),
+        "ADYEN_US_HMAC_KEYS": secrets.token_hex(32).upper(),
+    }
+
+
+DEV_ACCOUNTS = """\
+# ordersync dev: the merchant's accounts (contract §6), each market played by the sandbox
+# under its own URL with its own credentials; secrets by reference only.
+[klarna.eu]
+api_url = "{sandbox}/klarna/eu"
+region = "eu"
+username = "env:KLARNA_EU_USERNAME"
+password = "env:KLARNA_EU_PASSWORD"
+countries = ["DE", "AT", "NL", "SE", "NO", "FI", "DK"]
+
+[klarna.us]
+api_url = "{sandbox}/klarna/na"
+region = "na"
+username = "env:KLARNA_US_USERNAME"
+password = "env:KLARNA_US_PASSWORD"
+countries = ["US"]
+
+[adyen.OrdersyncEU]
+checkout_url = "{sandbox}/v71"
+api_key = "env:ADYEN_EU_API_KEY"
+hmac_keys = "env:ADYEN_EU_HMAC_KEYS"
+default = true
+
+[adyen.OrdersyncUS]
+checkout_url = "{sandbox}/v71"
+pal_url = "{sandbox}/pal/servlet/Payment/v68"
+modifications_api = "classic"
+api_key = "env:ADYEN_US_API_KEY"
+hmac_keys = "env:ADYEN_US_HMAC_KEYS"
+"""
+
+
+def write_dev_accounts(data_dir: Path, sandbox_url: str) -> Path:
+    path = data_dir / "accounts.toml"
+    path.write_text(DEV_ACCOUNTS.format(sandbox=sandbox_url))
+    return path
 
 
 def run_dev(data_dir: Path, *, web_port: int, sandbox_port: int, demo: bool) -> int:
@@ -73,6 +128,9 @@ def run_dev(data_dir: Path, *, web_port: int, sandbox_port: int, demo: bool) -> 
             "SHOP_CALLBACK_SECRET": new_secret(),
             **values,
         }
+        # Two Klarna markets and two Adyen merchant accounts, each with its own
+        # credentials, as a shop selling in Europe and the US would have them.
+        env["ACCOUNTS_FILE"] = str(write_dev_accounts(data_dir, sandbox_url))
         logs = data_dir / "logs"
         logs.mkdir(exist_ok=True)
         processes = [
@@ -120,11 +178,16 @@ ordersync dev is running (Ctrl-C stops everything)
   operator API  {web_url}/orders           (Authorization: Bearer $OPERATOR_TOKEN)
   metrics       {web_url}/metrics
   sandbox       {sandbox_url}              (Klarna OM /ordermanagement/v1, Adyen /v71)
+  accounts      {env["ACCOUNTS_FILE"]}
+                Klarna eu (DE, AT, NL, SE, NO, FI, DK) {sandbox_url}/klarna/eu
+                Klarna us (US)                         {sandbox_url}/klarna/na
+                Adyen OrdersyncEU (default), OrdersyncUS (classic)
   logs          {logs}/
 
   SHOP_WEBHOOK_SECRETS={env["SHOP_WEBHOOK_SECRETS"]}
   OPERATOR_TOKEN={env["OPERATOR_TOKEN"]}
-  ADYEN_HMAC_KEYS={env["ADYEN_HMAC_KEYS"]}
+  ADYEN_EU_HMAC_KEYS={env["ADYEN_EU_HMAC_KEYS"]}  (OrdersyncEU)
+  ADYEN_US_HMAC_KEYS={env["ADYEN_US_HMAC_KEYS"]}  (OrdersyncUS)
   DATABASE_URL={env["DATABASE_URL"]}
   REDIS_URL={env["REDIS_URL"]}
 """

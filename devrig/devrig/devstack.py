@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -55,6 +56,12 @@ def migrated_postgres(prefix: str) -> Iterator[str]:
     finally:
         postgres.stop()
         shutil.rmtree(pg_dir, ignore_errors=True)
+
+
+def database_named(url: str, name: str) -> str:
+    """`url` with another database of the same server (tests that need one to themselves)."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
 
 
 def klarna_line(line: dict[str, Any]) -> dict[str, Any]:

@@ -56,6 +56,7 @@ class AdyenClient:
         modifications_api: Literal["checkout", "classic"] = "checkout",
         pal_url: str | None = None,
         captured_lines: CapturedLines | None = None,
+        account: str | None = None,
     ) -> None:
         self._http = http
         self._checkout = checkout_url.rstrip("/") if checkout_url else None
@@ -64,6 +65,22 @@ class AdyenClient:
         self._merchant_account = merchant_account
         self._classic = modifications_api == "classic"
         self._captured_lines = captured_lines
+        # The merchant's Adyen account this client speaks for (contract §6): stamped on
+        # every request it freezes.
+        self.account = account
+
+    def increase_allowed(self, payment_method: str | None, country: str | None) -> bool:
+        # The increase table is Klarna's own; behind Adyen the payment method is not
+        # known here, so Adyen is asked and its AUTHORISATION_ADJUSTMENT decides.
+        return True
+
+    def check(self) -> PspResult:
+        """A harmless read proving the API key: the payment methods of the merchant
+        account (Checkout `POST /paymentMethods`), which moves no money."""
+        if self._checkout is None:
+            return _refused("not_configured", "no Checkout URL")
+        body = PspRequest.of("POST", "/paymentMethods", {"merchantAccount": self._merchant_account})
+        return self._post(self._checkout + body.path, body.body or "{}", None, read=True)
 
     # -- the Provider protocol ------------------------------------------------------
 
@@ -137,7 +154,9 @@ class AdyenClient:
             return _refused("not_configured", "ADYEN_CHECKOUT_URL is not set")
         body: dict[str, Any] = {"merchantAccount": merchant, "reference": reference}
         if kind is Kind.CANCEL:
-            return PspRequest.of("POST", checkout_path(payment, "cancels"), body, "checkout")
+            return PspRequest.of(
+                "POST", checkout_path(payment, "cancels"), body, "checkout", account=self.account
+            )
         body["amount"] = {"currency": currency, "value": amount}
         body["lineItems"] = adyen_line_items(lines)
         action = {
@@ -145,7 +164,9 @@ class AdyenClient:
             Kind.CAPTURE: "captures",
             Kind.REFUND: "refunds",
         }[kind]
-        return PspRequest.of("POST", checkout_path(payment, action), body, "checkout")
+        return PspRequest.of(
+            "POST", checkout_path(payment, action), body, "checkout", account=self.account
+        )
 
     def _classic_request(
         self,
@@ -165,11 +186,11 @@ class AdyenClient:
             "reference": reference,
         }
         if kind is Kind.CANCEL:
-            return PspRequest.of("POST", "/cancel", body, "classic")
+            return PspRequest.of("POST", "/cancel", body, "classic", account=self.account)
         body["modificationAmount"] = {"currency": currency, "value": amount}
         body["additionalData"] = openinvoice_data(lines, currency)
         action = "capture" if kind is Kind.CAPTURE else "refund"
-        return PspRequest.of("POST", f"/{action}", body, "classic")
+        return PspRequest.of("POST", f"/{action}", body, "classic", account=self.account)
 
     def _merchant(self, snapshot: OrderSnapshot) -> str | None:
         payment = snapshot.payment
@@ -179,12 +200,10 @@ class AdyenClient:
 
     # -- the call -------------------------------------------------------------------
 
-    def _post(self, url: str, body: str, key: str) -> PspResult:
-        headers = {
-            "X-API-Key": self._api_key,
-            "Idempotency-Key": key,
-            "Content-Type": "application/json",
-        }
+    def _post(self, url: str, body: str, key: str | None, *, read: bool = False) -> PspResult:
+        headers = {"X-API-Key": self._api_key, "Content-Type": "application/json"}
+        if key is not None:
+            headers["Idempotency-Key"] = key
         started = time.perf_counter()
         try:
             response = self._http.post(url, content=body.encode(), headers=headers)
@@ -193,6 +212,10 @@ class AdyenClient:
         elapsed = time.perf_counter() - started
         status = response.status_code
         data = _json(response)
+        if status < 300 and read:
+            return PspResult(
+                Outcome.SUCCEEDED, body=data, http_status=status, elapsed_seconds=elapsed
+            )
         if status < 300:
             reference = data.get("pspReference")
             # Checkout says "status": "received"; classic says "[capture-received]" etc.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -20,8 +21,13 @@ from integrations.results import (
     error_result,
     path_segment,
 )
+from ordersync.settings import SEED_INCREASE_ALLOWED, increase_rule
 
 ORDERS = "/ordermanagement/v1/orders"
+# Never a Klarna order id (theirs are UUIDs): reading it touches no order.
+CHECK_ORDER_ID = "ordersync-credentials-check"
+
+IncreaseRule = Callable[[str | None, str | None], bool]
 
 
 class KlarnaClient:
@@ -30,10 +36,35 @@ class KlarnaClient:
     name = "klarna"
     can_read = True
 
-    def __init__(self, http: httpx.Client, base_url: str, username: str, password: str) -> None:
+    def __init__(
+        self,
+        http: httpx.Client,
+        base_url: str,
+        username: str,
+        password: str,
+        *,
+        account: str | None = None,
+        increase_allowed: IncreaseRule | None = None,
+    ) -> None:
         self._http = http
         self._base = base_url.rstrip("/")
         self._auth = httpx.BasicAuth(username, password)
+        # The merchant's Klarna account this client speaks for (contract §6): stamped on
+        # every request it freezes.
+        self.account = account
+        self._increase_allowed = increase_allowed
+
+    def increase_allowed(self, payment_method: str | None, country: str | None) -> bool:
+        """Where this account asks Klarna for more than was authorized at all."""
+        rule = self._increase_allowed
+        if rule is None:
+            return increase_rule(SEED_INCREASE_ALLOWED, payment_method, country)
+        return rule(payment_method, country)
+
+    def check(self) -> PspResult:
+        """A harmless read proving the credentials: an order id that cannot exist. Klarna
+        checks credentials first (401), then answers 404 for the unknown order."""
+        return self._call(PspRequest("GET", order_path(CHECK_ORDER_ID)), None)
 
     def get_order(self, order_id: str) -> PspResult:
         return self._call(PspRequest("GET", order_path(order_id)), None)
@@ -65,7 +96,7 @@ class KlarnaClient:
                 "order_amount": amount,
                 "order_lines": klarna_order_lines(lines),
             }
-            return PspRequest.of("PATCH", path, body)
+            return PspRequest.of("PATCH", path, body, account=self.account)
         if kind is Kind.CAPTURE:
             body = {
                 "captured_amount": amount,
@@ -77,15 +108,15 @@ class KlarnaClient:
             info = _shipping_info(snapshot.shipping)
             if info:
                 body["shipping_info"] = [info]
-            return PspRequest.of("POST", path, body)
+            return PspRequest.of("POST", path, body, account=self.account)
         if kind is Kind.REFUND:
             body = {
                 "refunded_amount": amount,
                 "order_lines": klarna_order_lines(lines),
                 "reference": str(op["id"]),
             }
-            return PspRequest.of("POST", path, body)
-        return PspRequest.of("POST", path)
+            return PspRequest.of("POST", path, body, account=self.account)
+        return PspRequest.of("POST", path, account=self.account)
 
     def send(self, op: dict[str, Any], request: PspRequest) -> PspResult:
         """Sends the stored request under the operation's key, as it was stored."""

@@ -39,6 +39,8 @@ def exported_metrics() -> set[str]:
         metrics.CONFIRMATION,
         metrics.CALLBACKS,
         metrics.HEARTBEAT,
+        metrics.ACCOUNT_CHECK,
+        metrics.ACCOUNT_CHECK_TIME,
     ):
         for family in collector.collect():
             names.add(family.name)

@@ -32,7 +32,10 @@ log = logging.getLogger(__name__)
 PROVIDER = "adyen"  # Checkout v71 requests (spec-checked against the v71 file)
 CLASSIC = "adyen_classic"  # Pal v68 requests (spec-checked against the v68 file)
 IDEMPOTENCY_HEADER = "Idempotency-Key"
-CHECKOUT_PREFIX = "/v71/payments"
+CHECKOUT = "/v71"
+CHECKOUT_PREFIX = f"{CHECKOUT}/payments"
+# What the single X-API-Key (no merchant accounts configured) may act for.
+ANY_MERCHANT = "*"
 PAL_PREFIX = "/pal/servlet/Payment/v68"
 
 
@@ -69,6 +72,8 @@ def _invalid(message: str, code: str = "137") -> AdyenRejectionError:
 class NotifierConfig:
     url: str | None = None
     hmac_key: str | None = None
+    # Per merchant account (merchantAccountCode → key); others are signed with hmac_key.
+    hmac_keys: dict[str, str] = field(default_factory=dict)
     username: str | None = None
     password: str | None = None
     delay_seconds: float = 0.05
@@ -148,10 +153,11 @@ class Notifier:
             entry["statuses"].append("no_webhook_url")
             return
         signed = dict(item)
-        if config.hmac_key:
+        key = config.hmac_keys.get(str(item.get("merchantAccountCode")), config.hmac_key)
+        if key:
             signed["additionalData"] = {
                 **item.get("additionalData", {}),
-                "hmacSignature": sign(item, config.hmac_key),
+                "hmacSignature": sign(item, key),
             }
         body = {"live": "false", "notificationItems": [{"NotificationRequestItem": signed}]}
         auth = (config.username or "", config.password or "")
@@ -254,9 +260,19 @@ class AdyenState:
     Operations run under the runtime's lock and never await.
     """
 
-    def __init__(self, runtime: SandboxRuntime, *, api_key: str, notifier: Notifier) -> None:
+    def __init__(
+        self,
+        runtime: SandboxRuntime,
+        *,
+        api_key: str,
+        notifier: Notifier,
+        merchants: Mapping[str, str] | None = None,
+    ) -> None:
         self.runtime = runtime
         self._api_key = api_key
+        # Merchant account code → its own API key. With none, `api_key` serves every
+        # merchant account; with some, a key serves only its own account (else 401).
+        self.merchants = dict(merchants or {})
         self.notifier = notifier
         self.payments: dict[str, AdyenPayment] = {}
         runtime.on_reset(self._reset)
@@ -265,10 +281,24 @@ class AdyenState:
         self.payments.clear()
         self.notifier.reset()
 
-    def authorized(self, request: Request) -> bool:
-        return secrets.compare_digest(
-            request.headers.get("x-api-key", "").encode(), self._api_key.encode()
-        )
+    def key_owner(self, request: Request) -> str | None:
+        """The merchant account the request's X-API-Key belongs to (ANY_MERCHANT for the
+        single key), or None."""
+        given = request.headers.get("x-api-key", "").encode()
+        owner = None
+        for code, key in self.merchants.items():
+            if secrets.compare_digest(given, key.encode()):
+                owner = code
+        if not self.merchants and secrets.compare_digest(given, self._api_key.encode()):
+            owner = ANY_MERCHANT
+        return owner
+
+    def payment_methods(self, call: ApiCall, owner: str | None) -> Outcome:
+        """Checkout /paymentMethods: a read that moves nothing (`accounts check`)."""
+        body = call.body if isinstance(call.body, dict) else {}
+        if owner not in (ANY_MERCHANT, body.get("merchantAccount")):
+            raise AdyenRejectionError(401, "000", "Not allowed for this merchant account")
+        return Outcome(200, {"paymentMethods": [{"name": "Klarna", "type": "klarna"}]})
 
     def payment(self, psp_reference: str | None) -> AdyenPayment:
         payment = self.payments.get(psp_reference or "")
@@ -312,9 +342,14 @@ class AdyenState:
 
     # -- modifications --
 
-    def modify(self, call: ApiCall, kind: str, classic: bool) -> Outcome:
+    def modify(
+        self, call: ApiCall, kind: str, classic: bool, owner: str | None = ANY_MERCHANT
+    ) -> Outcome:
         body = call.body if isinstance(call.body, dict) else {}
         payment = self.payment(call.order_id)
+        if owner not in (ANY_MERCHANT, payment.merchant_account):
+            # Another merchant account's API key: as Adyen, not allowed.
+            raise AdyenRejectionError(401, "000", "Not allowed for this merchant account")
         if body.get("merchantAccount") != payment.merchant_account:
             raise _invalid("Invalid Merchant Account", "901")
         if payment.status != "authorised":
@@ -450,9 +485,11 @@ def _endpoint(state: AdyenState, kind: str, classic: bool) -> _Endpoint:
         else:
             payment = request.path_params["payment"]
 
+        owner = state.key_owner(request)
+
         def run(call: ApiCall) -> Outcome:
             try:
-                return state.modify(call, kind, classic)
+                return state.modify(call, kind, classic, owner)
             except AdyenRejectionError as rejection:
                 return rejection.outcome
 
@@ -462,8 +499,33 @@ def _endpoint(state: AdyenState, kind: str, classic: bool) -> _Endpoint:
             order_id=payment if isinstance(payment, str) else None,
             operation=run,
             errors=adyen_error,
-            authorized=state.authorized(request),
+            authorized=owner is not None,
             idempotency_header=IDEMPOTENCY_HEADER,
+            account=owner,
+        )
+
+    return endpoint
+
+
+def _payment_methods_endpoint(state: AdyenState) -> _Endpoint:
+    async def endpoint(request: Request) -> Response:
+        owner = state.key_owner(request)
+
+        def run(call: ApiCall) -> Outcome:
+            try:
+                return state.payment_methods(call, owner)
+            except AdyenRejectionError as rejection:
+                return rejection.outcome
+
+        return await state.runtime.handle(
+            request,
+            provider=PROVIDER,
+            order_id=None,
+            operation=run,
+            errors=adyen_error,
+            authorized=owner is not None,
+            idempotency_header=IDEMPOTENCY_HEADER,
+            account=owner,
         )
 
     return endpoint
@@ -472,6 +534,7 @@ def _endpoint(state: AdyenState, kind: str, classic: bool) -> _Endpoint:
 def routes(state: AdyenState) -> list[BaseRoute]:
     base = f"{CHECKOUT_PREFIX}/{{payment}}"
     return [
+        Route(f"{CHECKOUT}/paymentMethods", _payment_methods_endpoint(state), methods=["POST"]),
         Route(f"{base}/amountUpdates", _endpoint(state, "amountUpdate", False), methods=["POST"]),
         Route(f"{base}/captures", _endpoint(state, "capture", False), methods=["POST"]),
         Route(f"{base}/refunds", _endpoint(state, "refund", False), methods=["POST"]),

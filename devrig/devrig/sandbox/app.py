@@ -54,6 +54,12 @@ class SandboxConfig:
     adyen_hmac_key: str | None = None
     adyen_webhook_username: str | None = None
     adyen_webhook_password: str | None = None
+    # Several markets (contract §8): Klarna markets served under /klarna/<market>, each
+    # with (username, password); Adyen merchant accounts, each with its API key and HMAC
+    # key. Credentials of another market or account → 401.
+    klarna_markets: dict[str, tuple[str, str]] = field(default_factory=dict)
+    adyen_merchants: dict[str, str] = field(default_factory=dict)
+    adyen_hmac_keys: dict[str, str] = field(default_factory=dict)
 
 
 def _load_specs(specs_dir: Path | None) -> SpecSet:
@@ -89,17 +95,23 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
         fault_seed=config.fault_seed,
     )
     klarna_state = klarna.KlarnaState(
-        runtime, username=config.klarna_username, password=config.klarna_password
+        runtime,
+        username=config.klarna_username,
+        password=config.klarna_password,
+        markets=config.klarna_markets,
     )
     notifier = adyen.Notifier(
         adyen.NotifierConfig(
             url=config.adyen_webhook_url,
             hmac_key=config.adyen_hmac_key,
+            hmac_keys=dict(config.adyen_hmac_keys),
             username=config.adyen_webhook_username,
             password=config.adyen_webhook_password,
         )
     )
-    adyen_state = adyen.AdyenState(runtime, api_key=config.adyen_api_key, notifier=notifier)
+    adyen_state = adyen.AdyenState(
+        runtime, api_key=config.adyen_api_key, notifier=notifier, merchants=config.adyen_merchants
+    )
     app = Starlette(
         routes=[
             *control_routes(runtime),

@@ -15,16 +15,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from devrig.sandbox.runtime import ApiCall, Outcome, SandboxRuntime, iso
 
 PROVIDER = "klarna"
 IDEMPOTENCY_HEADER = "Klarna-Idempotency-Key"
 API_PREFIX = "/ordermanagement/v1/orders"
+# Markets other than the default one are served under /klarna/<market>.
+MARKET_PREFIX = "/klarna"
+DEFAULT_MARKET = "eu"
 AUTHORIZATION_EXTENSION = timedelta(days=28)
 
 AUTHORIZED = "AUTHORIZED"
@@ -51,6 +55,13 @@ PAYMENT_METHODS = frozenset(
 )  # fmt: skip
 _NEGATIVE_LINE_TYPES = frozenset({"discount", "gift_card", "store_credit"})
 _TAX_TOLERANCE = 1
+
+
+def market_of(base_url: str) -> str | None:
+    """The market a base URL names on the sandbox (`…/klarna/<market>`), or None."""
+    path = urlsplit(base_url).path.rstrip("/")
+    head, _, market = path.rpartition("/")
+    return market if head.endswith(MARKET_PREFIX) and market else None
 
 
 def increase_allowed(payment_method: str, country: str) -> bool:
@@ -197,6 +208,9 @@ class KlarnaOrder:
     merchant_reference2: str | None = None
     captures: list[dict[str, Any]] = field(default_factory=list)
     refunds: list[dict[str, Any]] = field(default_factory=list)
+    # The Klarna market (region and merchant credentials) the order was placed in; the
+    # other markets do not know it.
+    market: str = DEFAULT_MARKET
 
     @property
     def captured_amount(self) -> int:
@@ -249,16 +263,28 @@ class KlarnaState:
     applies atomically.
     """
 
-    def __init__(self, runtime: SandboxRuntime, *, username: str, password: str) -> None:
+    def __init__(
+        self,
+        runtime: SandboxRuntime,
+        *,
+        username: str,
+        password: str,
+        markets: Mapping[str, tuple[str, str]] | None = None,
+    ) -> None:
         self.runtime = runtime
-        self._username = username
-        self._password = password
+        # Each market its own API (`/klarna/<market>/…`; the unprefixed API is "eu") and
+        # its own credentials, like Klarna's regions: credentials of another → 401.
+        self.markets: dict[str, tuple[str, str]] = {DEFAULT_MARKET: (username, password)}
+        self.markets.update(markets or {})
         self.orders: dict[str, KlarnaOrder] = {}
         runtime.on_reset(self.orders.clear)
 
     # -- auth and lookup --
 
-    def authorized(self, request: Request) -> bool:
+    def authorized(self, request: Request, market: str = DEFAULT_MARKET) -> bool:
+        expected = self.markets.get(market)
+        if expected is None:
+            return False
         header = request.headers.get("authorization", "")
         scheme, _, encoded = header.partition(" ")
         if scheme.lower() != "basic":
@@ -269,8 +295,8 @@ class KlarnaState:
             return False
         username, sep, password = decoded.partition(":")
         # Both comparisons always run, so timing does not tell which part was wrong.
-        user_ok = secrets.compare_digest(username.encode(), self._username.encode())
-        password_ok = secrets.compare_digest(password.encode(), self._password.encode())
+        user_ok = secrets.compare_digest(username.encode(), expected[0].encode())
+        password_ok = secrets.compare_digest(password.encode(), expected[1].encode())
         return bool(sep) and user_ok and password_ok
 
     def order(self, order_id: str | None) -> KlarnaOrder:
@@ -308,6 +334,9 @@ class KlarnaState:
             raise _bad("purchase_currency must be an ISO 4217 code")
         if not (isinstance(country, str) and len(country) == 2):
             raise _bad("purchase_country must be an ISO 3166-1 alpha-2 code")
+        market = data.get("market", DEFAULT_MARKET)
+        if market not in self.markets:
+            raise _bad(f"market must be one of {', '.join(sorted(self.markets))}")
         days = data.get("expires_in_days", 28)
         if not _is_int(days) or days < 1:
             raise _bad("expires_in_days must be a positive integer")
@@ -324,6 +353,7 @@ class KlarnaState:
             expires_at=now + timedelta(days=days),
             merchant_reference1=_optional_str(data, "merchant_reference1"),
             merchant_reference2=_optional_str(data, "merchant_reference2"),
+            market=market,
         )
         with self.runtime.lock:
             if order_id in self.orders:
@@ -533,28 +563,45 @@ def _api_endpoint(
 ) -> _Endpoint:
     async def endpoint(request: Request) -> Response:
         params = dict(request.path_params)
+        market = params.pop("market", DEFAULT_MARKET)
+        prefix = f"{MARKET_PREFIX}/{market}"
+        path = request.url.path
+        path = path[len(prefix) :] if path.startswith(prefix + "/") else path
 
         def run(call: ApiCall) -> Outcome:
+            order = state.orders.get(call.order_id or "")
+            if order is not None and order.market != market:
+                # Placed in another market: this one has never heard of it.
+                return klarna_error(404, "NO_SUCH_ORDER", [f"No order with id {call.order_id}"])
             try:
                 return operation(call, params)
             except KlarnaRejectionError as rejection:
                 return rejection.outcome
 
+        authorized = state.authorized(request, market)
         return await state.runtime.handle(
             request,
             provider=PROVIDER,
             order_id=params.get("order_id"),
             operation=run,
             errors=klarna_error,
-            authorized=state.authorized(request),
+            authorized=authorized,
             idempotency_header=IDEMPOTENCY_HEADER,
+            path=path,
+            account=market if authorized else None,
         )
 
     return endpoint
 
 
 def routes(state: KlarnaState) -> list[BaseRoute]:
-    """The Klarna OM v1 API, as our service calls it."""
+    """The Klarna OM v1 API, as our service calls it: unprefixed (market "eu"), and per
+    market under `/klarna/<market>` (as Klarna's regions are separate hosts)."""
+    api_routes = _api_routes(state)
+    return [*api_routes, Mount(f"{MARKET_PREFIX}/{{market}}", routes=api_routes)]
+
+
+def _api_routes(state: KlarnaState) -> list[BaseRoute]:
     order = f"{API_PREFIX}/{{order_id}}"
 
     def api(path: str, method: str, op: Callable[[ApiCall, dict[str, str]], Outcome]) -> Route:
@@ -614,8 +661,12 @@ def setup_routes(state: KlarnaState) -> list[BaseRoute]:
         except KlarnaRejectionError as rejection:
             return _json(rejection.outcome)
 
+    async def markets(request: Request) -> Response:
+        return JSONResponse({"markets": sorted(state.markets)})
+
     base = "/_sandbox/klarna/orders"
     return [
+        Route("/_sandbox/klarna/markets", markets, methods=["GET"]),
         Route(base, create, methods=["POST"]),
         Route(f"{base}/{{order_id}}", show, methods=["GET"]),
         Route(f"{base}/{{order_id}}/expire", set_status(EXPIRED), methods=["POST"]),

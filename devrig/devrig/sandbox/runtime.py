@@ -229,12 +229,18 @@ class SandboxRuntime:
         errors: ErrorFactory,
         authorized: bool,
         idempotency_header: str,
+        path: str | None = None,
+        account: str | None = None,
     ) -> Response:
+        """`path` is the API's own path when the request came under a market's prefix
+        (`/klarna/<market>/…`); `account` the market or merchant account the request's
+        credentials belong to (None: they belong to none), kept in the request log."""
         log = self.requests.start(request, provider=provider, order_id=order_id)
+        log["account"] = account
         raw = await request.body()
         body, body_ok = _parse_json(raw)
         log["body"] = body if body_ok else raw.decode("utf-8", "replace")
-        method, path = request.method, request.url.path
+        method, path = request.method, path or request.url.path
 
         if not authorized:
             return _finish(log, errors(401, "UNAUTHORIZED", ["Bad or missing credentials"]))

@@ -90,6 +90,9 @@ DATABASE_URL REDIS_URL SHOP_WEBHOOK_SECRETS SHOP_CALLBACK_SECRET KLARNA_USERNAME
 {{/* Checksums roll the pods when the chart-managed configuration changes. */}}
 {{- define "ordersync.checksumAnnotations" -}}
 checksum/config: {{ include (print .Template.BasePath "/configmap.yaml") . | sha256sum }}
+{{- if .Values.accounts.file }}
+checksum/accounts: {{ include (print .Template.BasePath "/accounts.yaml") . | sha256sum }}
+{{- end }}
 {{- if not .Values.secrets.existingSecret }}
 checksum/secret: {{ include (print .Template.BasePath "/secret.yaml") . | sha256sum }}
 {{- end }}
@@ -144,4 +147,32 @@ affinity:
 - name: tmp
   emptyDir:
     sizeLimit: {{ .Values.tmpSizeLimit }}
+{{- end -}}
+
+{{/* Several markets: the accounts file and each account's Secret, mounted read-only. */}}
+{{- define "ordersync.accountsMounts" -}}
+{{- if .Values.accounts.file }}
+- name: accounts
+  mountPath: {{ .Values.accounts.mountPath }}
+  readOnly: true
+{{- range .Values.accounts.secrets }}
+- name: account-{{ .name }}
+  mountPath: {{ $.Values.accounts.secretsPath }}/{{ .name }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{- define "ordersync.accountsVolumes" -}}
+{{- if .Values.accounts.file }}
+- name: accounts
+  configMap:
+    name: {{ include "ordersync.fullname" . }}-accounts
+{{- range .Values.accounts.secrets }}
+- name: account-{{ .name }}
+  secret:
+    secretName: {{ .existingSecret | default (printf "%s-account-%s" (include "ordersync.fullname" $) .name) }}
+    defaultMode: 0440
+{{- end }}
+{{- end }}
 {{- end -}}
