@@ -26,6 +26,7 @@ catches, so the task ends there and its lease runs out.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import logging
@@ -51,19 +52,28 @@ from domain.snapshot import ShopEvent
 from integrations.adyen.client import AdyenClient
 from integrations.klarna.client import KlarnaClient
 from integrations.provider import Provider
+from ordersync.accounts import Accounts, AdyenAccount, KlarnaAccount
 from ordersync.db import AsyncPool, SyncPool, async_pool, sync_pool
 from ordersync.errors import OrdersyncError
 from ordersync.settings import Settings
 from service import adyen_webhook, ingest
 from service import order_views as operator
 from workers import adyen_inbox, callbacks, crashpoints, poison, reconcile, sweeper
-from workers.context import WorkerContext
+from workers.context import WorkerContext, account_clients
 
 KLARNA_URL = "http://klarna.sim"
 ADYEN_URL = "http://adyen.sim/v71"
 PAL_URL = "http://adyen.sim/pal/servlet/Payment/v68"
 SHOP_URL = "http://shop.sim/callbacks"
 MERCHANT = "SimMerchant"
+# The merchant's accounts (contract §6): two Klarna accounts, each its own host and
+# credentials, and two Adyen merchant accounts, each its own API key. name -> (host,
+# region, username, password, countries) / merchant account -> API key.
+KLARNA_ACCOUNTS = {
+    "eu": ("klarna-eu.sim", "eu", "sim-eu", "pw-eu", ("DE", "SE", "AT")),
+    "us": ("klarna-us.sim", "na", "sim-us", "pw-us", ("US",)),
+}
+ADYEN_KEYS = {"SimEU": "key-eu", "SimUS": "key-us"}
 SETTLE_ROUNDS = 14
 # Time passes, in one statement: every back-off and lease runs out, stored work is past
 # its grace period, events for the shop are due; with `resync`, every PSP read is old.
@@ -178,6 +188,7 @@ class PspOrder:
     refused: set[int] = field(default_factory=set)
     before_last: dict[str, Any] | None = None  # what a lagging read still shows
     types: dict[str, str] = field(default_factory=dict)  # line reference -> type
+    account: str = ""  # the merchant's account the payment was made in
 
 
 @dataclass
@@ -264,9 +275,44 @@ class PspModel:
                 self.sim.work_one()
             finally:
                 self.depth -= 1
-        if request.url.host == "klarna.sim":
+        refused = self._cross_account(request)
+        if refused is not None:
+            return refused
+        if request.url.host.startswith("klarna"):
             return self._klarna(request)
         return self._adyen(request)
+
+    def _cross_account(self, request: httpx.Request) -> httpx.Response | None:
+        """Every request goes out with the order's own account: Klarna's host and Basic
+        credentials, Adyen's API key and merchantAccount. Anything else is answered 401,
+        as the real PSPs do, and is a `cross_account` violation."""
+        body = json.loads(request.content) if request.content else {}
+        parts = request.url.path.split("/")
+        if request.url.host.startswith("klarna"):
+            order = self.orders.get(parts[4]) if len(parts) > 4 else None
+            if order is None:
+                return None
+            host, _, username, password, _ = KLARNA_ACCOUNTS[order.account]
+            basic = base64.b64encode(f"{username}:{password}".encode()).decode()
+            sent = (request.url.host, request.headers.get("Authorization"))
+            ok = sent == (host, f"Basic {basic}")
+        else:
+            psp_id = body.get("originalReference") if "/pal/" in request.url.path else None
+            order = self.orders.get(str(psp_id or (parts[3] if len(parts) > 3 else "")))
+            if order is None:
+                return None
+            sent = (request.headers.get("X-API-Key"), body.get("merchantAccount"))
+            ok = sent == (ADYEN_KEYS[order.account], order.account)
+        if ok:
+            return None
+        self.violations.append(
+            Violation(
+                "cross_account",
+                f"{order.psp_id} of account {order.account} sent to {request.url.host} "
+                f"with another account's credentials",
+            )
+        )
+        return httpx.Response(401, json={"error_code": "BAD_CREDENTIALS"})
 
     # -- the shop's callback endpoint ------------------------------------------------
 
@@ -658,7 +704,7 @@ def _adyen_item(
         "pspReference": psp_ref,
         "originalReference": order.psp_id,
         "merchantReference": reference,
-        "merchantAccountCode": MERCHANT,
+        "merchantAccountCode": order.account or MERCHANT,
         "eventCode": event,
         "success": "true" if ok else "false",
         "amount": {"currency": order.currency, "value": amount},
@@ -697,7 +743,7 @@ GOODS_TYPES = ("physical", "physical", "physical", "digital")
 MOVES = (
     *("add", "add_other", "remove", "swap", "price", "tax", "discount"),
     *("ship", "ship", "ship", "ship_fee", "return", "quantity_up", "quantity_down"),
-    *("cancel", "empty", "reverse", "currency", "payment", "unitemised"),
+    *("cancel", "empty", "reverse", "currency", "payment", "unitemised", "account"),
 )
 OTHER_TYPES = ("shipping_fee", "surcharge", "sales_tax", "discount", "gift_card", "store_credit")
 
@@ -717,6 +763,8 @@ class Shop:
     parcels: int = 0
     unitemised: int = 0
     types: dict[str, str] = field(default_factory=dict)
+    account: str = ""  # the merchant's account (Klarna: by the country)
+    country: str = "DE"
 
     def new_line(self, line_type: str | None = None) -> dict[str, Any]:
         self.next_line += 1
@@ -784,7 +832,11 @@ class Shop:
         payment: dict[str, Any] = (
             {"provider": "klarna", "klarna_order_id": self.psp_id}
             if self.provider == "klarna"
-            else {"provider": "adyen", "psp_reference": self.psp_id, "merchant_account": MERCHANT}
+            else {
+                "provider": "adyen",
+                "psp_reference": self.psp_id,
+                "merchant_account": self.account or MERCHANT,
+            }
         )
         shipping = (
             {"carrier": "DHL", "tracking_number": f"T{self.parcels}"} if self.parcels else None
@@ -794,7 +846,7 @@ class Shop:
             "shipping": shipping,
             "version": self.version,
             "currency": "EUR",
-            "country": "DE",
+            "country": self.country,
             "status": self.status,
             "payment": payment,
             "lines": lines,
@@ -804,6 +856,17 @@ class Shop:
             snap["amount"] = total - self.unitemised
         snap.update(change)
         return snap
+
+    def switch_account(self) -> dict[str, Any]:
+        """A snapshot naming the merchant's other account for the same payment: refused
+        (422) like a payment change, and the shop goes on with its own account."""
+        changed = dict(self.snapshot()["payment"])
+        self.version -= 1
+        if self.provider == "klarna":
+            changed["klarna_account"] = "us" if self.account == "eu" else "eu"
+        else:
+            changed["merchant_account"] = "SimUS" if self.account == "SimEU" else "SimEU"
+        return self.snapshot(payment=changed)
 
     def goods(self) -> list[dict[str, Any]]:
         return [line for line in self.lines if line["type"] not in REDUCING | SHARED_UP]
@@ -921,6 +984,8 @@ class Shop:
             return move, "order.updated", self.snapshot(payment=changed)
         elif move == "unitemised":
             self.unitemised = rng.choice([0, rng.randint(1, 300)])
+        elif move == "account":
+            return move, "order.updated", self.switch_account()
         else:
             return None
         return move, "order.updated", self.snapshot()
@@ -974,8 +1039,15 @@ class Simulation:
         self.rng = random.Random(0)
         self.model = PspModel(self.rng, self)
         self.http = httpx.Client(transport=httpx.MockTransport(self._handle))
+        self.accounts = sim_accounts("checkout")
         self.contexts = {
-            api: WorkerContext(self.settings, self.pool, self.http, self._providers(api))
+            api: WorkerContext(
+                self.settings,
+                self.pool,
+                self.http,
+                self._providers(api),
+                by_account=account_clients(self.http, sim_accounts(api), self._captured),
+            )
             for api in ("checkout", "classic")
         }
         self.ctx = self.contexts["checkout"]
@@ -1006,6 +1078,10 @@ class Simulation:
                 captured_lines=captured,
             ),
         }
+
+    def _captured(self, order_id: str) -> list[PspLine]:
+        with self.pool.connection() as conn:
+            return store.captured_lines(conn, order_id)
 
     def close(self) -> None:
         self.loop.run_until_complete(self.apool.close())
@@ -1156,13 +1232,17 @@ class Simulation:
             for one in parsed:
                 try:
                     outcomes.append(
-                        self.loop.run_until_complete(ingest.store_shop_event(self.apool, *one))
+                        self.loop.run_until_complete(
+                            ingest.store_shop_event(self.apool, *one, self.accounts)
+                        )
                     )
                 except OrdersyncError as exc:
                     outcomes.append(exc)
         else:
             self.kind("group_commit")
-            outcomes = self.loop.run_until_complete(ingest.store_shop_events(self.apool, parsed))
+            outcomes = self.loop.run_until_complete(
+                ingest.store_shop_events(self.apool, parsed, self.accounts)
+            )
         for (_, snapshot, _), outcome in zip(events, outcomes, strict=True):
             order = self.orders[snapshot["id"]]
             status = getattr(outcome, "status_code", 202)
@@ -1229,6 +1309,7 @@ class Simulation:
         self.result.violations += self.model.violations
         for order in self.orders.values():
             self.result.violations += self._check(order)
+            self.result.violations += self._check_account(order)
         self.result.events = self._events
         return self.result
 
@@ -1237,6 +1318,7 @@ class Simulation:
         provider = rng.choice(["klarna", "klarna", "adyen"])
         psp_id = f"{'K' if provider == 'klarna' else 'A'}{psp_suffix}"
         shop = Shop(rng, order_id, provider, psp_id)
+        shop.account, shop.country = _place(rng, provider)
         first = shop.start()
         total = _total(first)
         psp = PspOrder(
@@ -1256,6 +1338,9 @@ class Simulation:
             allow_increase=rng.random() < 0.7,
             types=shop.types,
         )
+        psp.account = shop.account
+        self.kind(f"account_{shop.account}")
+        self.note(f"account {order_id} {shop.account} {shop.country}")
         self.model.orders[psp_id] = psp
         order = Order(shop, psp, Oracle(total, refuses_increases=not psp.allow_increase), first)
         self.orders[order_id] = order
@@ -1519,6 +1604,24 @@ class Simulation:
 
     # -- the checks -------------------------------------------------------------------
 
+    def _check_account(self, order: Order) -> list[Violation]:
+        """The order was stored in its own account, and every operation's request was
+        frozen for that account (each attempt resends it with that account's client)."""
+        account = order.shop.account
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT account FROM orders WHERE id = %s", (order.shop.order_id,)
+            ).fetchone()
+            ops = store.operations(conn, order.shop.order_id) if row is not None else []
+        found: list[Violation] = []
+        if row is not None and row["account"] != account:
+            found.append(Violation("cross_account", f"order stored in {row['account']}"))
+        for op in ops:
+            frozen = (op["request"] or {}).get("account", account)
+            if frozen != account:
+                found.append(Violation("cross_account", f"{op['kind']} frozen for {frozen}"))
+        return found
+
     def _check(self, order: Order) -> list[Violation]:
         found: list[Violation] = []
         exp = order.oracle.expectation()
@@ -1665,6 +1768,42 @@ class Simulation:
             f"end {order_id} raised {sorted(order.raised)} violations {[v.code for v in found]}"
         )
         return found
+
+
+def sim_accounts(api: str) -> Accounts:
+    """The merchant's accounts as ACCOUNTS_FILE would give them, built in code; `api`:
+    which Adyen modifications API (Checkout or classic Pal) the history speaks."""
+    return Accounts(
+        klarna={
+            name: KlarnaAccount(
+                name, f"http://{host}", region, user, password, countries=frozenset(countries)
+            )
+            for name, (host, region, user, password, countries) in KLARNA_ACCOUNTS.items()
+        },
+        adyen={
+            code: AdyenAccount(
+                code,
+                ADYEN_URL,
+                PAL_URL,
+                key,
+                modifications_api="classic" if api == "classic" else "checkout",
+                merchant_account=code,
+            )
+            for code, key in ADYEN_KEYS.items()
+        },
+        from_file=True,
+        defaults={"adyen": "SimEU", "klarna": "eu"},
+    )
+
+
+def _place(rng: random.Random, provider: str) -> tuple[str, str]:
+    """(account, country) of a new order: Klarna routes by the country, Adyen by the
+    payment's merchant account."""
+    if provider == "klarna":
+        country = rng.choice(["DE", "SE", "US"])
+        return ("us" if country == "US" else "eu"), country
+    account = rng.choice(sorted(ADYEN_KEYS))
+    return account, "US" if account == "SimUS" else "DE"
 
 
 def _brief(line: dict[str, Any]) -> tuple[Any, ...]:
@@ -1847,6 +1986,7 @@ def report(summary: Summary, out: Callable[[str], None], *, kinds: bool = True) 
         out("event kinds and outcomes (histories that hit each):")
         for name, count in sorted(summary.kinds.items()):
             out(f"  {name:<44} {count}")
+    out(f"cross_account {summary.by_code['cross_account']}")
     for code, count in summary.by_code.most_common():
         seq = SEQUENCE_OF.get(code)
         out(

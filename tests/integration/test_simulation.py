@@ -6,12 +6,14 @@ The long run is `ordersync simulate --histories N --first-seed S [--processes P]
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 
 import pytest
 from devrig.devstack import EmbeddedPostgres, temporary_pg_dir
 
 from devrig import simulation
+from ordersync.accounts import Accounts
 from ordersync.db import migrate
 
 # Small enough for the suite's minute on two shared cores; the long runs are commands.
@@ -59,3 +61,42 @@ def test_one_seed_replays_one_history_exactly(database_url: str) -> None:
         sim.close()
     assert first == again
     assert len(set(first)) == len(first)
+
+
+# Histories across the merchant's accounts (contract §6): two Klarna accounts with their
+# own hosts and credentials, two Adyen merchant accounts with their own API keys. The PSP
+# model answers 401 and records `cross_account` for any request with another account's
+# host, credentials or merchant account, or a frozen request naming another account.
+ACCOUNT_HISTORIES = 20
+
+
+@pytest.mark.timeout(300)
+def test_no_request_goes_out_with_another_accounts_credentials(database_url: str) -> None:
+    summary = simulation.run_many(database_url, ACCOUNT_HISTORIES, first_seed=1)
+    assert summary.histories == ACCOUNT_HISTORIES
+    # The histories really span the accounts, and a snapshot moving the payment to the
+    # other account is refused among the other identity changes.
+    for account in ("eu", "us", "SimEU", "SimUS"):
+        assert summary.kinds[f"account_{account}"] > 0
+    assert summary.kinds["snapshot_rejected"] > 0
+    assert summary.by_code["cross_account"] == 0
+
+
+@pytest.mark.timeout(300)
+def test_a_client_with_another_accounts_credentials_is_caught(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The check bites: the US clients speak with the EU credentials.
+    real = simulation.sim_accounts
+
+    def crossed(api: str) -> Accounts:
+        accounts = real(api)
+        klarna = dict(accounts.klarna)
+        adyen = dict(accounts.adyen)
+        klarna["us"] = dataclasses.replace(klarna["us"], password="pw-eu")
+        adyen["SimUS"] = dataclasses.replace(adyen["SimUS"], api_key="key-eu")
+        return dataclasses.replace(accounts, klarna=klarna, adyen=adyen)
+
+    monkeypatch.setattr(simulation, "sim_accounts", crossed)
+    summary = simulation.run_many(database_url, 6, first_seed=1)
+    assert summary.by_code["cross_account"] > 0
