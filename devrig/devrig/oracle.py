@@ -213,17 +213,23 @@ class Oracle:
             return
         last = self.window[-1]
         lines = {line["id"]: line for line in last["lines"]}
-        # Quantities never go down below what the PSP already holds for them.
-        for line_id, line in lines.items():
-            if kind(line) not in GOODS:
-                continue  # a fee is charged with the first capture, marked shipped or not
-            own = st.captured.get(line_id, 0) - st.external_units.get(line_id, 0)
-            ours_back = st.refunded.get(line_id, 0) - st.external_back.get(line_id, 0)
-            if int(line.get("shipped_quantity", 0)) < own or int(
-                line.get("returned_quantity", 0)
-            ) < min(ours_back, own):
-                exp.requires("needs_attention", REVERSED)
-                exp.outcomes.add("quantities_reversed")
+        # Quantities never go down below what the PSP already holds for them: required
+        # when the last snapshot says so, allowed when one a worker may have seen did.
+        for snap in self.window:
+            for line in snap["lines"]:
+                line_id = line["id"]
+                if kind(line) not in GOODS:
+                    continue  # a fee is charged with the first capture, shipped or not
+                own = st.captured.get(line_id, 0) - st.external_units.get(line_id, 0)
+                ours_back = st.refunded.get(line_id, 0) - st.external_back.get(line_id, 0)
+                if int(line.get("shipped_quantity", 0)) < own or int(
+                    line.get("returned_quantity", 0)
+                ) < min(ours_back, own):
+                    exp.outcomes.add("quantities_reversed")
+                    if snap is last:
+                        exp.requires("needs_attention", REVERSED)
+                    else:
+                        exp.allowed.add(("needs_attention", REVERSED))
         # Intermediate snapshots may each have been acted on: what they could trigger is
         # allowed (an increase refused, a cancel later reopened).
         for snap in self.window[:-1]:
