@@ -358,6 +358,9 @@ class Oracle:
                 exp.outcomes.add("fee_added_after_first_capture")
         if not newly and not fees:
             return
+        for line_id in fees:
+            exp.outcomes.add("fee_with_first_capture")
+            newly[line_id] = int(lines[line_id]["quantity"]) - st.captured.get(line_id, 0)
         value = sum(int(lines[i]["unit_price"]) * n for i, n in newly.items()) * self._ratio(last)
         limit: Fraction | int = st.authorized
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
@@ -378,9 +381,6 @@ class Oracle:
             exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
             exp.uncertain_end = True
             return
-        for line_id in fees:
-            exp.outcomes.add("fee_with_first_capture")
-            newly[line_id] = int(lines[line_id]["quantity"]) - st.captured.get(line_id, 0)
         free = {i for i in newly if all(p == 0 for p, _ in self._prices(i))}
         if self._ratio(last) == 0:
             free = set(newly)  # order-level lines take all of it: nothing to capture
