@@ -350,7 +350,6 @@ class Oracle:
                 and st.own_capture
                 and line_id not in fees
                 and st.captured.get(line_id, 0) < int(line["quantity"])
-                and newly
             ):
                 entry = exp.lines.setdefault(line_id, LineExpect())
                 entry.captured_range = (st.captured.get(line_id, 0), int(line["quantity"]))
