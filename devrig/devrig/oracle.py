@@ -315,7 +315,14 @@ class Oracle:
             if kind(line) in GOODS
         }
         newly = {k: v for k, v in newly.items() if v > 0}
-        if newly and st.closed in ("cancelled", "released", "expired"):
+        if st.closed in ("cancelled", "released", "expired"):
+            shipped_fee = any(
+                kind(line) in FEES
+                and int(line.get("shipped_quantity", 0)) > st.captured.get(line_id, 0)
+                for line_id, line in lines.items()
+            )
+            if not newly and not shipped_fee:
+                return
             # Goods shipped against an authorization that is gone: a person must act.
             exp.allowed.add(("needs_attention", "psp_order_cancelled"))
             exp.allowed.add(("needs_new_order", ""))
