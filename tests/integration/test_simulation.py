@@ -34,8 +34,8 @@ def database_url() -> Iterator[str]:
 
 @pytest.mark.timeout(600)
 @pytest.mark.xfail(
-    reason="open findings the oracle is right about (/work/notes/i19-findings.md); "
-    "remove this mark once branch i19fix has fixed them",
+    reason="open findings of the oracle (docs/simulation-findings.md); remove this mark"
+    " once that list is empty",
     strict=False,
 )
 def test_bounded_simulation_finds_no_violation(database_url: str) -> None:
