@@ -213,17 +213,23 @@ class Oracle:
             return
         last = self.window[-1]
         lines = {line["id"]: line for line in last["lines"]}
-        # Quantities never go down below what the PSP already holds for them.
-        for line_id, line in lines.items():
-            if kind(line) not in GOODS:
-                continue  # a fee is charged with the first capture, marked shipped or not
-            own = st.captured.get(line_id, 0) - st.external_units.get(line_id, 0)
-            ours_back = st.refunded.get(line_id, 0) - st.external_back.get(line_id, 0)
-            if int(line.get("shipped_quantity", 0)) < own or int(
-                line.get("returned_quantity", 0)
-            ) < min(ours_back, own):
-                exp.requires("needs_attention", REVERSED)
-                exp.outcomes.add("quantities_reversed")
+        # Quantities never go down below what the PSP already holds for them: required
+        # when the last snapshot says so, allowed when one a worker may have seen did.
+        for snap in self.window:
+            for line in snap["lines"]:
+                line_id = line["id"]
+                if kind(line) not in GOODS:
+                    continue  # a fee is charged with the first capture, shipped or not
+                own = st.captured.get(line_id, 0) - st.external_units.get(line_id, 0)
+                ours_back = st.refunded.get(line_id, 0) - st.external_back.get(line_id, 0)
+                if int(line.get("shipped_quantity", 0)) < own or int(
+                    line.get("returned_quantity", 0)
+                ) < min(ours_back, own):
+                    exp.outcomes.add("quantities_reversed")
+                    if snap is last:
+                        exp.requires("needs_attention", REVERSED)
+                    else:
+                        exp.allowed.add(("needs_attention", REVERSED))
         # Intermediate snapshots may each have been acted on: what they could trigger is
         # allowed (an increase refused, a cancel later reopened).
         for snap in self.window[:-1]:
@@ -249,9 +255,28 @@ class Oracle:
                 if kind(line) in GOODS | FEES and shipped > st.captured.get(line_id, 0):
                     entry = exp.lines.setdefault(line_id, LineExpect())
                     entry.captured_range = (st.captured.get(line_id, 0), shipped)
+        total = order_total(last)
+        # Step 1 (§4): the authorization follows the basket before anything is captured.
+        lows = [order_total(x) for x in self.window if x["status"] == "open"]
+        if self.refuses and st.closed is None and min(lows, default=total) < st.authorized:
+            # A worker may have lowered the authorization to an earlier, smaller basket
+            # of this window, and the PSP will not raise it again.
+            exp.authorized_low = min(exp.authorized_low or st.authorized, *lows)
+            exp.allowed.add(("needs_new_order", ""))
+        if st.closed is None and not cancelling and total != st.authorized:
+            if total > st.authorized and self.refuses:
+                exp.requires("needs_new_order")
+                exp.outcomes.add("increase_refused")
+            elif st.any_capture and (total < st.money - 2 or st.money + 2 >= st.authorized):
+                # Below what was captured, or the authorization fully captured already:
+                # the PSP cannot follow with an update.
+                exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+            else:
+                exp.outcomes.add("increase" if total > st.authorized else "decrease")
+                st.authorized = total
+        # Steps 2-4: captures, refunds, then a cancel lets go of what is left.
         self._captures(last, lines)
         self._refunds(lines)
-        total = order_total(last)
         if st.closed in ("cancelled", "released") and not cancelling:
             if total > st.money + 2 and last["version"] > st.closed_version:
                 # Reopened after the PSP let go, wanting more than was captured: the
@@ -264,23 +289,6 @@ class Oracle:
             exp.outcomes.add("cancel_after_shipment" if st.any_capture else "cancel_before_capture")
             st.closed = "released" if st.any_capture else "cancelled"
             st.closed_version = last["version"]
-        lows = [order_total(x) for x in self.window if x["status"] == "open"]
-        if self.refuses and st.closed is None and min(lows, default=total) < st.authorized:
-            # A worker may have lowered the authorization to an earlier, smaller basket
-            # of this window, and the PSP will not raise it again.
-            exp.authorized_low = min(exp.authorized_low or st.authorized, *lows)
-            exp.allowed.add(("needs_new_order", ""))
-        if st.closed is None and total != st.authorized:
-            if total > st.authorized and self.refuses:
-                exp.requires("needs_new_order")
-                exp.outcomes.add("increase_refused")
-            elif st.any_capture and (total < st.money - 2 or st.money + 2 >= st.authorized):
-                # Below what was captured, or the authorization fully captured already:
-                # the PSP cannot follow with an update.
-                exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
-            else:
-                exp.outcomes.add("increase" if total > st.authorized else "decrease")
-                st.authorized = total
         self.window = [last]
         self.faulty = False
 
