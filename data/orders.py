@@ -698,6 +698,10 @@ UPDATE orders
 SET flags = array_remove(flags, 'needs_attention'),
     flag_reason = CASE WHEN flag_reason IS NULL THEN NULL
                        ELSE flag_reason - 'needs_attention' END,
+    -- Reconciling a quantities_reversed flag acknowledges that very reversal.
+    acknowledged_reversal = CASE
+        WHEN flag_reason -> 'needs_attention' ->> 'code' = 'quantities_reversed'
+        THEN flag_reason -> 'needs_attention' ->> 'message' ELSE acknowledged_reversal END,
     next_reconcile_at = NULL,
     psp_synced_at = CASE WHEN provider = 'klarna' THEN NULL ELSE psp_synced_at END,
     reconcile_requested_at = coalesce(reconcile_requested_at, now()),

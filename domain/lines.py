@@ -205,6 +205,7 @@ def all_units_captured(order: OrderSnapshot, ledger: Ledger) -> bool:
     not been captured of it is worth nothing (a capture of 0 is never sent)."""
     shipped = all(
         shipped_quantity(order, line) >= line.quantity
+        or (line.is_fee and ledger.get(line.id, LineLedger()).captured_quantity >= line.quantity)
         for line in order.effective_lines
         if not line.shared and line.total != 0
     )
@@ -226,18 +227,21 @@ def lines_total(lines: Iterable[PspLine]) -> int:
     return sum(line.total_amount for line in lines)
 
 
-def goods_shipped(order: OrderSnapshot) -> bool:
-    """Whether any goods have shipped: the order's first capture is due."""
-    return any(line.shipped_quantity > 0 for line in order.lines if not line.is_fee)
-
-
 def shipped_quantity(order: OrderSnapshot, line: Line) -> int:
-    """Units of `line` to be captured: what the shop marked shipped, and for a fee line
-    (shipping fee, surcharge) all of it as soon as any goods have shipped (contract §4:
-    fees go with the order's first capture)."""
-    if line.is_fee and goods_shipped(order):
-        return line.quantity
+    """Units of `line` the shop marked shipped (never more than it has)."""
     return min(line.shipped_quantity, line.quantity)
+
+
+def _goods_to_capture(order: OrderSnapshot, ledger: Ledger) -> bool:
+    """Whether goods shipped that are not captured yet: a capture of goods is due, and
+    the fees not yet charged go with it (contract §4: shipping fees and surcharges are
+    charged with the order's first capture, or when marked shipped if that comes first;
+    a fee added after the first capture goes with the next one)."""
+    return any(
+        shipped_quantity(order, line) > ledger.get(line.id, LineLedger()).captured_quantity
+        for line in order.effective_lines
+        if not line.shared and not line.is_fee
+    )
 
 
 def reversed_quantities(order: OrderSnapshot, ledger: Ledger) -> list[str]:
@@ -248,7 +252,8 @@ def reversed_quantities(order: OrderSnapshot, ledger: Ledger) -> list[str]:
         entry = ledger.get(line.id)
         if entry is None or line.shared:
             continue
-        if shipped_quantity(order, line) < entry.captured_quantity:
+        # A fee is charged without being marked shipped: only its returns can go down.
+        if not line.is_fee and shipped_quantity(order, line) < entry.captured_quantity:
             found.append(
                 f"{line.id}: shipped {line.shipped_quantity} < captured {entry.captured_quantity}"
             )
@@ -401,6 +406,7 @@ def capture_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
     result: list[PspLine] = []
     value_this = 0
     value_open = 0
+    with_goods = _goods_to_capture(order, ledger)
     for line in products:
         entry = ledger.get(line.id, LineLedger())
         open_quantity = line.quantity - entry.captured_quantity
@@ -408,7 +414,8 @@ def capture_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
         # no negative capture; the planner flags the difference.
         open_value = max(line.total - entry.captured_amount, 0) if open_quantity > 0 else 0
         value_open += open_value
-        quantity = shipped_quantity(order, line) - entry.captured_quantity
+        target = line.quantity if line.is_fee and with_goods else shipped_quantity(order, line)
+        quantity = target - entry.captured_quantity
         if quantity <= 0:
             continue
         value = share(open_value, quantity, open_quantity)

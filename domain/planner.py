@@ -147,6 +147,8 @@ class OrderView:
     now: datetime | None = None
     # Extend the authorization when it expires within this, while lines are unshipped.
     extend_within: timedelta | None = None
+    # A quantities_reversed reason an operator's reconcile acknowledged.
+    acknowledged_reversal: str | None = None
 
 
 def plan_next(
@@ -168,15 +170,15 @@ def plan_next(
         if op.status == "succeeded" and not op.external
     )
     reversed_lines = reversed_quantities(order, own)
-    if reversed_lines:
+    reversal = (
+        "shipped or returned quantities went below what the PSP captured or refunded: "
+        + "; ".join(reversed_lines)
+    )
+    if reversed_lines and reversal != view.acknowledged_reversal:
         # Quantities never go down: what the PSP did for those units stands, and nothing
-        # automatic is done for them (an exchange is a new line with a new id).
-        return Flag(
-            NEEDS_ATTENTION,
-            "quantities_reversed",
-            "shipped or returned quantities went below what the PSP captured or refunded: "
-            + "; ".join(reversed_lines),
-        )
+        # automatic is done for them (an exchange is a new line with a new id); once an
+        # operator acknowledged this reversal, the order's other lines go on.
+        return Flag(NEEDS_ATTENTION, "quantities_reversed", reversal)
     if psp.status in (PspStatus.EXPIRED, PspStatus.CLOSED):
         # Captured money is refunded whatever became of the authorization.
         refund = _refund_step(order, psp, ledger, view.history)
@@ -230,7 +232,10 @@ def plan_next(
     else:
         decision = _authorization_step(view, increase_allowed)
         if decision is not None:
-            return decision
+            if isinstance(decision, Plan):
+                return decision
+            # A flag about the authorization never holds a refund up either.
+            return _refund_step(order, psp, ledger, view.history) or decision
         decision = _capture_step(order, psp, ledger, view.refused_amount)
         if decision is not None:
             if isinstance(decision, Plan):
@@ -443,7 +448,7 @@ def _unshipped(order: OrderSnapshot) -> bool:
     return any(
         shipped_quantity(order, line) < line.quantity
         for line in order.lines
-        if not line.shared and line.total > 0
+        if not line.shared and not line.is_fee and line.total > 0
     )
 
 

@@ -151,7 +151,7 @@ def _lines(snapshot: dict[str, Any], operations: list[dict[str, Any]]) -> list[d
     for op in operations:
         if op["status"] == "succeeded" and op["kind"] in done:
             for line in op["lines"] or []:
-                if line.get("type") != "discount":
+                if line.get("type") not in ("discount", "sales_tax"):  # shares, not units
                     done[op["kind"]][str(line.get("reference"))] += int(line.get("quantity", 0))
     lines = []
     for line in snapshot.get("lines") or []:

@@ -179,6 +179,7 @@ class Reconciler:
             refused_amount=order["refused_amount"],
             now=now,
             extend_within=timedelta(days=self.settings.extend_authorization_days_before),
+            acknowledged_reversal=order.get("acknowledged_reversal"),
         )
         # The increase table is Klarna's own; behind Adyen the payment method is not
         # known here, so Adyen is asked and its AUTHORISATION_ADJUSTMENT decides.
@@ -286,6 +287,7 @@ class Reconciler:
             return
         figures = self.ctx.providers[order["provider"]].figures(body)
         changes = self._external_changes(conn, order, figures)
+        figures = _not_behind(figures, store.operations(conn, order["id"]))
         store.apply_psp_figures(conn, order["id"], figures, seen)
         if changes:
             log.warning("psp_external_change", changes=changes)
@@ -578,6 +580,32 @@ class Reconciler:
         crash_point("in_reenqueue")
         if delay <= COUNTDOWN_LIMIT_SECONDS:
             self.enqueue(order_id, delay)
+
+
+def _not_behind(figures: dict[str, Any], ops: list[store.Row]) -> dict[str, Any]:
+    """The PSP's figures, never behind what its own confirmed answers to us (and the
+    money recorded as moved without us) already said: a read that lags (a PSP replica
+    behind its primary) must not undo a recorded cancel, release, capture or refund, or
+    the planner would ask for it again."""
+    done = [op for op in ops if op["status"] == "succeeded"]
+
+    def total(kind: Kind) -> int:
+        return sum(int(op["amount"]) for op in done if op["kind"] == kind.value)
+
+    figures = dict(figures)
+    figures["captured"] = max(int(figures["captured"]), total(Kind.CAPTURE))
+    figures["refunded"] = max(int(figures["refunded"]), total(Kind.REFUND))
+    figures["authorized"] = max(int(figures["authorized"]), figures["captured"])
+    ended = {op["kind"] for op in done} & {Kind.CANCEL.value, Kind.RELEASE_AUTHORIZATION.value}
+    open_statuses = (PspStatus.AUTHORIZED.value, PspStatus.PART_CAPTURED.value)
+    if Kind.CANCEL.value in ended and figures["captured"] == 0:
+        figures["status"] = PspStatus.CANCELLED.value
+    elif ended and figures["status"] in open_statuses:
+        figures["status"], figures["authorized"] = PspStatus.CAPTURED.value, figures["captured"]
+    elif figures["status"] in open_statuses and figures["captured"] > 0:
+        full = figures["captured"] >= figures["authorized"]
+        figures["status"] = (PspStatus.CAPTURED if full else PspStatus.PART_CAPTURED).value
+    return figures
 
 
 def _always(payment_method: str | None, country: str | None) -> bool:

@@ -157,6 +157,21 @@ def test_seq02_refund_is_not_blocked_by_a_capture_that_cannot_be_made(
     assert klarna.orders[first.psp_order_id].refunded_amount == 1200
 
 
+def test_seq02_refund_is_not_blocked_by_an_authorization_flag(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    order_id, _ = klarna_order(ctx, klarna, [SHOES, SOCKS])
+    insert_order(ctx, snap(order_id, shipped([SHOES, SOCKS], shoes=1)), authorized=2100)
+    drive(ctx, order_id)
+    # The shoes come back and the shop drops their price: the total (1000) is now below
+    # what was captured (1200), which needs a person, but the refund goes first.
+    back = [{**SHOES, "unit_price": 100, "shipped_quantity": 1, "returned_quantity": 1}, SOCKS]
+    update_snapshot(ctx, snap(order_id, back, 2))
+    drive(ctx, order_id)
+    assert kinds(ctx, order_id)[-1] == ("refund", "succeeded", 1200)
+    assert flag_code(ctx, order_id) == "amount_below_captured"
+
+
 # -- 3. refunds after expiry -------------------------------------------------------------
 
 
@@ -224,20 +239,28 @@ def test_seq04_sales_tax_is_shared_by_captures_like_a_discount(
 def test_seq05_returned_quantity_going_down_is_flagged(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
-    order_id, first = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
-    insert_order(ctx, first, authorized=first.total)
-    back = [{**SHOES, "shipped_quantity": 1, "returned_quantity": 1}]
+    order_id, _ = klarna_order(ctx, klarna, [SHOES, SOCKS])
+    insert_order(ctx, snap(order_id, shipped([SHOES, SOCKS], shoes=1)), authorized=2100)
+    back = [{**SHOES, "shipped_quantity": 1, "returned_quantity": 1}, SOCKS]
     update_snapshot(ctx, snap(order_id, back, 2))
     drive(ctx, order_id)
     assert [k for k, _, _ in kinds(ctx, order_id)] == ["capture", "refund"]
     # An exchange on the same line: returned goes back to 0, the replacement "ships".
-    update_snapshot(ctx, snap(order_id, shipped([SHOES], shoes=1), 3))
+    update_snapshot(ctx, snap(order_id, shipped([SHOES, SOCKS], shoes=1), 3))
     drive(ctx, order_id)
     row = order_row(ctx, order_id)
     assert flag_code(ctx, order_id) == "quantities_reversed"
     assert "returned 0 < refunded 1" in row["flag_reason"]["needs_attention"]["message"]
     assert [k for k, _, _ in kinds(ctx, order_id)] == ["capture", "refund"]
     assert "order.needs_attention" in events(ctx, order_id)
+    # A person acknowledges it by reconciling: not flagged again, and the order's other
+    # lines go on (nothing automatic for the shoes).
+    operator_reconcile(ctx, order_id)
+    assert order_row(ctx, order_id)["flags"] == []
+    update_snapshot(ctx, snap(order_id, shipped([SHOES, SOCKS], shoes=1, socks=2), 4))
+    drive(ctx, order_id)
+    assert kinds(ctx, order_id)[-1] == ("capture", "succeeded", 900)
+    assert order_row(ctx, order_id)["flags"] == []
 
 
 # -- 6. a capture made before our first read ---------------------------------------------
@@ -574,13 +597,19 @@ def test_seq11_a_failure_while_recording_is_counted_and_flagged(
 # -- 12. reopened after a cancel ---------------------------------------------------------
 
 
-def test_seq12_reopen_after_a_psp_cancel_needs_a_new_order(
-    ctx: WorkerContext, klarna: FakeKlarna
-) -> None:
-    order_id, _ = klarna_order(ctx, klarna, [SHOES])
+def cancelled_order(ctx: WorkerContext, klarna: FakeKlarna) -> tuple[str, OrderSnapshot]:
+    """A Klarna order the shop cancelled (v2) before anything shipped: cancelled at Klarna."""
+    order_id, first = klarna_order(ctx, klarna, [SHOES])
     insert_order(ctx, snap(order_id, [SHOES], 2, status="cancelled"), authorized=1200)
     drive(ctx, order_id)
     assert kinds(ctx, order_id) == [("cancel", "succeeded", 0)]
+    return order_id, first
+
+
+def test_seq12_reopen_after_a_psp_cancel_needs_a_new_order(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    order_id, _ = cancelled_order(ctx, klarna)
     update_snapshot(ctx, snap(order_id, [SHOES], 3))
     drive(ctx, order_id)
     row = order_row(ctx, order_id)
@@ -589,6 +618,20 @@ def test_seq12_reopen_after_a_psp_cancel_needs_a_new_order(
     assert events(ctx, order_id)[-1] == "order.new_order_required"
     drive(ctx, order_id)
     assert events(ctx, order_id).count("order.new_order_required") == 1
+
+
+def test_seq12_a_lagging_read_never_undoes_a_recorded_cancel(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    order_id, first = cancelled_order(ctx, klarna)
+    # The next read comes from a replica that has not seen the cancel yet.
+    klarna.orders[first.psp_order_id].status = "AUTHORIZED"
+    with ctx.pool.connection() as conn, conn.transaction():
+        conn.execute("UPDATE orders SET psp_synced_at = NULL WHERE id = %s", (order_id,))
+    drive(ctx, order_id)
+    assert kinds(ctx, order_id) == [("cancel", "succeeded", 0)]
+    row = order_row(ctx, order_id)
+    assert row["psp_status"] == "cancelled" and row["flags"] == []
 
 
 # -- 13. outbox order per order ----------------------------------------------------------
