@@ -8,7 +8,6 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -40,18 +39,6 @@ from workers.reconcile import Reconciler
 pytestmark = pytest.mark.integration
 
 WAITING = {"waiting", "backing_off", "in_flight_elsewhere", "refresh_failed", "step_limit"}
-
-
-@pytest.fixture
-def klarna() -> FakeKlarna:
-    return FakeKlarna()
-
-
-@pytest.fixture
-def ctx(database_url: str, klarna: FakeKlarna) -> Iterator[WorkerContext]:
-    context_ = context(database_url, klarna)
-    yield context_
-    context_.close()
 
 
 def drive(ctx: WorkerContext, order_id: str, *, force: bool = False, rounds: int = 60) -> str:
