@@ -33,11 +33,13 @@ def declared() -> dict[str, list[str]]:
     return {
         "runtime": project["dependencies"],
         "test": project["optional-dependencies"]["test"],
+        # The suite checks the mutation command's report, so CI installs it too.
+        "mutation": project["optional-dependencies"]["mutation"],
         "devrig": [d for d in rig["dependencies"] if Requirement(d).name != "ordersync"],
     }
 
 
-@pytest.mark.parametrize("group", ["runtime", "test", "devrig"])
+@pytest.mark.parametrize("group", ["runtime", "test", "mutation", "devrig"])
 def test_the_dev_lock_satisfies_every_declared_dependency(group: str) -> None:
     locked = pins(DEV_LOCK)
     for spec in declared()[group]:
@@ -61,7 +63,7 @@ def test_the_dev_lock_installs_the_project_and_the_rig() -> None:
     text = DEV_LOCK.read_text()
     assert re.search(r"^-e \.$", text, re.M) and re.search(r"^-e \./devrig$", text, re.M)
     source = (REPO / "requirements-dev.in").read_text()
-    assert "-e .[test]" in source and "-e ./devrig" in source
+    assert "-e .[test,mutation]" in source and "-e ./devrig" in source
 
 
 def test_ci_and_the_readme_install_from_the_lock() -> None:
