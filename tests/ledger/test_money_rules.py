@@ -8,7 +8,6 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -52,18 +51,6 @@ EBOOK = {
     "tax_rate": 700,
 }
 FEE = {"id": "ship", "name": "Shipping", "type": "shipping_fee", "quantity": 1}
-
-
-@pytest.fixture
-def klarna() -> FakeKlarna:
-    return FakeKlarna()
-
-
-@pytest.fixture
-def ctx(database_url: str, klarna: FakeKlarna) -> Iterator[WorkerContext]:
-    context_ = context(database_url, klarna)
-    yield context_
-    context_.close()
 
 
 def snap(
