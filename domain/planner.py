@@ -373,9 +373,35 @@ def _authorization_step(
     order, psp = view.order, view.psp
     target = order.total
     fully_captured = psp.captured >= psp.authorized
+    basket = tuple(basket_lines(order))
+    # The PSP's purchase country decides (the shop's snapshot may say otherwise).
+    country = psp.country or order.country
+    grown = target > psp.authorized and target != view.refused_amount
+    if grown and fully_captured and _uncaptured_units(view):
+        # Step 1 updates only an authorization not fully captured: one fully captured
+        # can no more be raised than one the PSP refuses to raise, and the shop must be
+        # told to take a new payment for the units added (contract §4, a refused
+        # increase). A higher total over units all captured (a discount dropped, a
+        # price raised) is a gap the captures cannot follow: _capture_gap.
+        return Flag(
+            NEEDS_NEW_ORDER,
+            "authorization_fully_captured",
+            f"the authorization of {psp.authorized} is fully captured and cannot be "
+            f"raised to {target}; ask the customer for a new order",
+            lines=unauthorized_lines(basket, psp.authorized_lines),
+            refused_amount=target,
+        )
+    if grown and not increase_allowed(psp.payment_method, country):
+        return Flag(
+            NEEDS_NEW_ORDER,
+            "increase_not_allowed",
+            f"{psp.payment_method or 'this payment method'} in {country} "
+            "cannot be increased; ask the customer for a new order",
+            lines=unauthorized_lines(basket, psp.authorized_lines),
+            refused_amount=target,
+        )
     if fully_captured or not psp.open_for_changes:
         return None
-    basket = tuple(basket_lines(order))
     if target == psp.authorized:
         # Lines are part of the state: the same total with other lines is sent too
         # (Klarna: "supplied order lines will replace the existing order lines").
@@ -389,17 +415,6 @@ def _authorization_step(
             NEEDS_ATTENTION,
             "amount_below_captured",
             f"the new total {target} is below the captured {psp.captured}",
-        )
-    # The PSP's purchase country decides (the shop's snapshot may say otherwise).
-    country = psp.country or order.country
-    if target > psp.authorized and not increase_allowed(psp.payment_method, country):
-        return Flag(
-            NEEDS_NEW_ORDER,
-            "increase_not_allowed",
-            f"{psp.payment_method or 'this payment method'} in {country} "
-            "cannot be increased; ask the customer for a new order",
-            lines=unauthorized_lines(basket, psp.authorized_lines),
-            refused_amount=target,
         )
     return Plan(Kind.UPDATE_AUTHORIZATION, target, basket)
 
@@ -467,6 +482,18 @@ def _unshipped(order: OrderSnapshot) -> bool:
         shipped_quantity(order, line) < line.quantity
         for line in order.lines
         if not line.shared and not line.is_fee and line.total > 0
+    )
+
+
+def _uncaptured_units(view: OrderView) -> bool:
+    """Units of the basket (goods or fees, not shares) that no capture has charged."""
+    ledger = ledger_from(
+        (op.kind.value, op.lines) for op in view.history if op.status == "succeeded"
+    )
+    return any(
+        line.quantity > _captured_qty(ledger, line.id)
+        for line in view.order.effective_lines
+        if not line.shared
     )
 
 

@@ -719,6 +719,24 @@ def test_seq14_refund_carries_the_tax_rate_it_was_captured_at(
     assert [(x["tax_rate"], x["total_tax_amount"]) for x in refund["lines"]] == [(2000, 200)]
 
 
+def test_basket_grown_past_a_fully_captured_authorization_tells_the_shop_to_take_a_new_order(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """§4 step 1 updates only an authorization not fully captured; an item added after
+    everything was captured cannot be paid from it, and the shop is told, never left
+    silent (the simulation's `needs_new_order never raised`, seeds 1 and 27 of 40)."""
+    order_id, first = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, first, authorized=first.total)
+    drive(ctx, order_id)
+    assert klarna.orders[first.psp_order_id].status == "CAPTURED"
+    update_snapshot(ctx, snap(order_id, [{**SHOES, "shipped_quantity": 1}, HAT], 2))
+    drive(ctx, order_id)
+    assert [r for r in klarna.requests if r.method == "PATCH"] == []
+    row = order_row(ctx, order_id)
+    assert row["flag_reason"]["needs_new_order"]["code"] == "authorization_fully_captured"
+    assert "order.new_order_required" in events(ctx, order_id)
+
+
 def test_seq14_increase_table_reads_klarnas_purchase_country(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
