@@ -399,7 +399,7 @@ def record_external(
 
 
 def attribute_external(conn: Connection[Row], op_id: str, lines: Sequence[PspLine]) -> None:
-    """Names the units an external refund gave back (domain/planner.py Attribute)."""
+    """Names the units an external capture or refund moved (domain/planner.py Attribute)."""
     conn.execute(
         "UPDATE operations SET lines = %s, updated_at = now()"
         " WHERE id = %s AND external AND lines = '[]'::jsonb",

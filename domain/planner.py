@@ -124,9 +124,10 @@ class Done:
 
 @dataclass(frozen=True)
 class Attribute:
-    """A refund made without the service (its lines unknown) comes to exactly what the
-    shop now marks returned: those are its lines. Nothing is sent; the ledger learns
-    which units it gave back, so they are never refunded twice."""
+    """A capture or refund made without the service (its lines unknown) comes to exactly
+    what the shop now marks shipped (returned) and not yet captured (refunded): those
+    are its lines. Nothing is sent; the ledger learns which units it moved, so they are
+    never moved twice and the order's per-line figures count them."""
 
     reference: str
     lines: tuple[PspLine, ...]
@@ -154,13 +155,17 @@ class OrderView:
 def plan_next(
     view: OrderView, increase_allowed: Callable[[str | None, str | None], bool]
 ) -> Decision:
-    if NEEDS_ATTENTION in view.flags:
-        # A person has to look first; acting again could repeat what went wrong.
-        return Wait("needs_attention")
     order, psp = view.order, view.psp
     ledger = ledger_from(
         (op.kind.value, op.lines) for op in view.history if op.status == "succeeded"
     )
+    # Naming the units of money already moved sends nothing: a flag does not hold it up.
+    attribution = _attribution(order, ledger, view.history)
+    if attribution is not None:
+        return attribution
+    if NEEDS_ATTENTION in view.flags:
+        # A person has to look first; acting again could repeat what went wrong.
+        return Wait("needs_attention")
     # Held against what the service itself did: a capture made elsewhere of goods the
     # shop has not marked shipped is an external change (flagged when learnt), not a
     # quantity the shop took back.
@@ -181,7 +186,7 @@ def plan_next(
         return Flag(NEEDS_ATTENTION, "quantities_reversed", reversal)
     if psp.status in (PspStatus.EXPIRED, PspStatus.CLOSED):
         # Captured money is refunded whatever became of the authorization.
-        refund = _refund_step(order, psp, ledger, view.history)
+        refund = _refund_step(order, psp, ledger)
         if refund is not None:
             return refund
         if _has_work(order, ledger) or (order.status == "open" and _unshipped(order)):
@@ -204,7 +209,7 @@ def plan_next(
             if isinstance(decision, Plan):
                 return decision
             if isinstance(decision, Flag):
-                return _refund_step(order, psp, ledger, view.history) or decision
+                return _refund_step(order, psp, ledger) or decision
             # A Wait: what still ships was never authorized (a refused increase); what
             # fitted is captured, the rest is let go.
         if psp.status is PspStatus.AUTHORIZED and psp.captured == 0:
@@ -214,7 +219,7 @@ def plan_next(
     elif _let_go(view) and order.total > psp.captured:
         # Reopened after the PSP cancelled or released the authorization: nothing is left
         # to charge the rest to; the shop must take a new payment.
-        refund = _refund_step(order, psp, ledger, view.history)
+        refund = _refund_step(order, psp, ledger)
         if refund is not None:
             return refund
         told = view.refused_amount == order.total
@@ -235,17 +240,17 @@ def plan_next(
             if isinstance(decision, Plan):
                 return decision
             # A flag about the authorization never holds a refund up either.
-            return _refund_step(order, psp, ledger, view.history) or decision
+            return _refund_step(order, psp, ledger) or decision
         decision = _capture_step(order, psp, ledger, view.refused_amount)
         if decision is not None:
             if isinstance(decision, Plan):
                 return decision
             # A capture that cannot be made never holds a refund up.
-            return _refund_step(order, psp, ledger, view.history) or decision
+            return _refund_step(order, psp, ledger) or decision
         if _expires_soon(view) and _unshipped(order):
             return Plan(Kind.EXTEND_AUTHORIZATION, 0)
 
-    refund = _refund_step(order, psp, ledger, view.history)
+    refund = _refund_step(order, psp, ledger)
     if refund is not None:
         return refund
     gap = _capture_gap(order, psp, ledger)
@@ -254,19 +259,12 @@ def plan_next(
     return Done()
 
 
-def _refund_step(
-    order: OrderSnapshot, psp: PspState, ledger: Ledger, history: Sequence[PastOperation] = ()
-) -> Plan | Flag | Attribute | None:
-    """A refund of the newly returned units, at what they were captured at; or, when a
-    refund made without the service came to exactly that, those units are its."""
+def _refund_step(order: OrderSnapshot, psp: PspState, ledger: Ledger) -> Plan | Flag | None:
+    """A refund of the newly returned units, at what they were captured at."""
     lines = refund_lines(order, ledger)
     amount = lines_total(lines)
     if not lines or amount <= 0:
         return None
-    for op in history:
-        unattributed = op.external and op.kind is Kind.REFUND and not op.lines
-        if unattributed and op.status == "succeeded" and op.amount == amount and op.reference:
-            return Attribute(op.reference, tuple(lines))
     if amount > psp.captured - psp.refunded:
         return Flag(
             NEEDS_ATTENTION,
@@ -274,6 +272,26 @@ def _refund_step(
             f"a refund of {amount} exceeds what is captured and not refunded",
         )
     return Plan(Kind.REFUND, amount, tuple(lines))
+
+
+def _attribution(
+    order: OrderSnapshot, ledger: Ledger, history: Sequence[PastOperation]
+) -> Attribute | None:
+    """A capture or refund made without the service whose lines the PSP did not give
+    (an Adyen notification, a read without lines) is the units the shop marks shipped
+    (returned) and not yet captured (refunded), when those come to exactly its amount."""
+    for kind, lines in (
+        (Kind.CAPTURE, capture_lines(order, ledger)),
+        (Kind.REFUND, refund_lines(order, ledger)),
+    ):
+        amount = lines_total(lines)
+        if not lines or amount <= 0:
+            continue
+        for op in history:
+            unattributed = op.external and op.kind is kind and not op.lines
+            if unattributed and op.status == "succeeded" and op.amount == amount and op.reference:
+                return Attribute(op.reference, tuple(lines))
+    return None
 
 
 def _let_go(view: OrderView) -> bool:
@@ -355,9 +373,35 @@ def _authorization_step(
     order, psp = view.order, view.psp
     target = order.total
     fully_captured = psp.captured >= psp.authorized
+    basket = tuple(basket_lines(order))
+    # The PSP's purchase country decides (the shop's snapshot may say otherwise).
+    country = psp.country or order.country
+    grown = target > psp.authorized and target != view.refused_amount
+    if grown and fully_captured and _uncaptured_units(view):
+        # Step 1 updates only an authorization not fully captured: one fully captured
+        # can no more be raised than one the PSP refuses to raise, and the shop must be
+        # told to take a new payment for the units added (contract §4, a refused
+        # increase). A higher total over units all captured (a discount dropped, a
+        # price raised) is a gap the captures cannot follow: _capture_gap.
+        return Flag(
+            NEEDS_NEW_ORDER,
+            "authorization_fully_captured",
+            f"the authorization of {psp.authorized} is fully captured and cannot be "
+            f"raised to {target}; ask the customer for a new order",
+            lines=unauthorized_lines(basket, psp.authorized_lines),
+            refused_amount=target,
+        )
+    if grown and not increase_allowed(psp.payment_method, country):
+        return Flag(
+            NEEDS_NEW_ORDER,
+            "increase_not_allowed",
+            f"{psp.payment_method or 'this payment method'} in {country} "
+            "cannot be increased; ask the customer for a new order",
+            lines=unauthorized_lines(basket, psp.authorized_lines),
+            refused_amount=target,
+        )
     if fully_captured or not psp.open_for_changes:
         return None
-    basket = tuple(basket_lines(order))
     if target == psp.authorized:
         # Lines are part of the state: the same total with other lines is sent too
         # (Klarna: "supplied order lines will replace the existing order lines").
@@ -371,17 +415,6 @@ def _authorization_step(
             NEEDS_ATTENTION,
             "amount_below_captured",
             f"the new total {target} is below the captured {psp.captured}",
-        )
-    # The PSP's purchase country decides (the shop's snapshot may say otherwise).
-    country = psp.country or order.country
-    if target > psp.authorized and not increase_allowed(psp.payment_method, country):
-        return Flag(
-            NEEDS_NEW_ORDER,
-            "increase_not_allowed",
-            f"{psp.payment_method or 'this payment method'} in {country} "
-            "cannot be increased; ask the customer for a new order",
-            lines=unauthorized_lines(basket, psp.authorized_lines),
-            refused_amount=target,
         )
     return Plan(Kind.UPDATE_AUTHORIZATION, target, basket)
 
@@ -449,6 +482,18 @@ def _unshipped(order: OrderSnapshot) -> bool:
         shipped_quantity(order, line) < line.quantity
         for line in order.lines
         if not line.shared and not line.is_fee and line.total > 0
+    )
+
+
+def _uncaptured_units(view: OrderView) -> bool:
+    """Units of the basket (goods or fees, not shares) that no capture has charged."""
+    ledger = ledger_from(
+        (op.kind.value, op.lines) for op in view.history if op.status == "succeeded"
+    )
+    return any(
+        line.quantity > _captured_qty(ledger, line.id)
+        for line in view.order.effective_lines
+        if not line.shared
     )
 
 

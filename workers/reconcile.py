@@ -221,7 +221,7 @@ class Reconciler:
             self._flag(conn, order, decision)
             return Again()
         if isinstance(decision, Attribute):
-            log.info("external_refund_attributed", operation_id=decision.reference)
+            log.info("external_operation_attributed", operation_id=decision.reference)
             store.attribute_external(conn, decision.reference, decision.lines)
             return Again()
         if isinstance(decision, Wait):

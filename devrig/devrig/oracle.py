@@ -271,6 +271,10 @@ class Oracle:
                 # Below what was captured, or the authorization fully captured already:
                 # the PSP cannot follow with an update.
                 exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+                if total > st.authorized:
+                    # §4 step 1 updates only an authorization not fully captured: more
+                    # than it is a new payment, as after a refused increase.
+                    exp.allowed.add(("needs_new_order", ""))
             else:
                 exp.outcomes.add("increase" if total > st.authorized else "decrease")
                 st.authorized = total

@@ -20,6 +20,7 @@ from domain.snapshot import OrderSnapshot, ShopEvent
 from ordersync.db import async_pool
 from ordersync.errors import ValidationFailed
 from service.ingest import store_shop_event, store_shop_events
+from service.order_views import OrderRows, detail_of
 from tests.ledger.harness import (
     FakeKlarna,
     KlarnaOrder,
@@ -416,6 +417,40 @@ def test_seq07_adyen_customer_area_refund_and_chargeback_are_counted_and_flagged
         ctx.close()
 
 
+def test_external_capture_without_lines_is_named_by_the_later_shipment_never_made_again(
+    database_url: str,
+) -> None:
+    """An Adyen Customer Area capture carries no lines; when the shop later marks exactly
+    those units shipped, they are its units: not captured a second time, and counted in
+    the order's per-line figures (contract §4, money that moved without the service)."""
+    ctx, sent = adyen_context(database_url)
+    try:
+        order_id = new_order_id()
+        first = snap(order_id, [SHOES, SOCKS], provider="adyen")
+        insert_order(ctx, first)
+        drive(ctx, order_id)
+        capture = adyen_item(first.psp_order_id, "CAPTURE", 450, merchantReference="shop-1001")
+        assert notify(ctx, capture) == "external"
+        assert flag_code(ctx, order_id) == "external_change"
+        socks_out = shipped([SHOES, SOCKS], socks=1)
+        update_snapshot(ctx, snap(order_id, socks_out, 2, provider="adyen"))
+        drive(ctx, order_id)
+        operator_reconcile(ctx, order_id)
+        assert not [r for r in sent if r.url.path.endswith("/captures")]
+        row = order_row(ctx, order_id)
+        assert row["captured_amount"] == 450
+        ops = operations(ctx, order_id)
+        (external,) = [o for o in ops if o["external"]]
+        assert [(x["reference"], x["quantity"]) for x in external["lines"]] == [("socks", 1)]
+        view = detail_of(
+            OrderRows(order=row, operations=ops, webhooks=[], callbacks=[], actions=[])
+        )
+        figures = {x["id"]: x["captured_quantity"] for x in view["lines"]}
+        assert figures == {"shoes": 0, "socks": 1}
+    finally:
+        ctx.close()
+
+
 # -- 8. needs_attention stops an Adyen retry ---------------------------------------------
 
 
@@ -669,6 +704,24 @@ def test_seq14_refund_carries_the_tax_rate_it_was_captured_at(
     refund = operations(ctx, order_id)[-1]
     assert refund["kind"] == "refund"
     assert [(x["tax_rate"], x["total_tax_amount"]) for x in refund["lines"]] == [(2000, 200)]
+
+
+def test_basket_grown_past_a_fully_captured_authorization_tells_the_shop_to_take_a_new_order(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """§4 step 1 updates only an authorization not fully captured; an item added after
+    everything was captured cannot be paid from it, and the shop is told, never left
+    silent (the simulation's `needs_new_order never raised`, seeds 1 and 27 of 40)."""
+    order_id, first = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, first, authorized=first.total)
+    drive(ctx, order_id)
+    assert klarna.orders[first.psp_order_id].status == "CAPTURED"
+    update_snapshot(ctx, snap(order_id, [{**SHOES, "shipped_quantity": 1}, HAT], 2))
+    drive(ctx, order_id)
+    assert [r for r in klarna.requests if r.method == "PATCH"] == []
+    row = order_row(ctx, order_id)
+    assert row["flag_reason"]["needs_new_order"]["code"] == "authorization_fully_captured"
+    assert "order.new_order_required" in events(ctx, order_id)
 
 
 def test_seq14_increase_table_reads_klarnas_purchase_country(
