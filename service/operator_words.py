@@ -103,6 +103,11 @@ REASONS: dict[str, Words] = {
         " wants the order open again.",
         "Ask the customer to pay again in a new order; this payment cannot be captured.",
     ),
+    "authorization_fully_captured": Words(
+        "The customer added items after everything authorized had been captured: there is"
+        " no authorization left to raise for them.",
+        "Ask the customer to pay for the new items in a new order.",
+    ),
     "psp_order_cancelled": Words(
         "The shop ships items of an order the payment provider has cancelled.",
         "Ask the customer to pay again; the cancelled payment cannot be captured.",
