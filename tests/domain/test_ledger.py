@@ -71,6 +71,8 @@ class Psp:
     status: PspStatus = PspStatus.AUTHORIZED
     history: list[PastOperation] = field(default_factory=list)
     flags: set[str] = field(default_factory=set)
+    # What a needs_new_order flag recorded as refused (data/orders.set_flag keeps it).
+    refused_amount: int | None = None
 
     def state(self) -> PspState:
         return PspState(
@@ -105,13 +107,21 @@ class Psp:
         """Steps the planner until it has nothing to do; the plans and flags it made."""
         made: list[Plan | Flag] = []
         for _ in range(20):
-            view = OrderView(snapshot, self.state(), tuple(self.history), frozenset(self.flags))
+            view = OrderView(
+                snapshot,
+                self.state(),
+                tuple(self.history),
+                frozenset(self.flags),
+                refused_amount=self.refused_amount,
+            )
             decision = plan_next(view, allow_all)
             if isinstance(decision, Done | Wait):
                 return made
             made.append(decision)
             if isinstance(decision, Flag):
                 self.flags.add(decision.flag)
+                if decision.refused_amount is not None:
+                    self.refused_amount = decision.refused_amount
             else:
                 assert lines_total(decision.lines) == decision.amount or not decision.lines
                 self.apply(decision)
@@ -295,6 +305,9 @@ def test_captures_sum_to_the_total_once_all_shipped_or_a_person_is_told(
             # Worth 0 at some point (seq 8): cancelled, and then worth something again:
             # a reopened order needs a new payment (contract §4).
             "authorization_cancelled",
+            # Items added after everything authorized was captured: nothing left to
+            # raise, so the shop must take a new payment for them (contract §4).
+            "authorization_fully_captured",
         }
 
 
