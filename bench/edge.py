@@ -103,16 +103,24 @@ class Attack:
         self.opened = 0
         self.answers: dict[str, int] = {}
 
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        """A new connection to the web (counted), or None after a short pause if refused."""
+        try:
+            connection = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            await asyncio.sleep(0.2)
+            return None
+        self.opened += 1
+        return connection
+
     async def _hold(self, kind: str, first: bytes, drip: bytes | None, every: float) -> None:
         """One attacker: connect, send `first`, then `drip` every `every` seconds until
         the server closes the connection; then again, until the run ends."""
         while time.monotonic() < self.until:
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                await asyncio.sleep(0.2)
+            connection = await self._connect()
+            if connection is None:
                 continue
-            self.opened += 1
+            reader, writer = connection
             try:
                 if first:
                     writer.write(first)
@@ -138,12 +146,10 @@ class Attack:
         """A 16 MB header without its end, as fast as the server takes it."""
         chunk = b"a" * 65536
         while time.monotonic() < self.until:
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
-            except OSError:
-                await asyncio.sleep(0.2)
+            connection = await self._connect()
+            if connection is None:
                 continue
-            self.opened += 1
+            reader, writer = connection
             try:
                 writer.write(b"GET / HTTP/1.1\r\nx-flood: ")
                 for _ in range(256):

@@ -5,6 +5,7 @@ import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from devrig.demo import new_secret
@@ -18,6 +19,7 @@ from devrig.devstack import (
 )
 
 from ordersync.db import migrate
+from tests.integration.edge import in_process
 from tests.integration.stack import CUSTOMER, Stack
 
 pytestmark = pytest.mark.integration
@@ -186,3 +188,10 @@ def _keep_logs(logs: Path) -> None:
 def _no_faults(stack: Stack) -> Iterator[None]:
     yield
     stack.clear_faults()
+
+
+@pytest.fixture(scope="module")
+def client(stack: Stack) -> Iterator[Any]:
+    """The app in-process over the stack's database (a module may define its own)."""
+    with in_process(stack) as client:
+        yield client

@@ -12,9 +12,8 @@ from typing import Any
 import httpx
 from devrig.demo import refused_increase
 
-from tests.integration.stack import Stack, new_order_id, order_event, wait_for
+from tests.integration.stack import KETTLE, Stack, new_order_id, order_event, wait_for
 
-KETTLE = {"id": "75001", "name": "Kettle", "quantity": 1, "unit_price": 6000, "tax_rate": 2500}
 TOASTER = {"id": "75002", "name": "Toaster", "quantity": 1, "unit_price": 2500, "tax_rate": 2500}
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 

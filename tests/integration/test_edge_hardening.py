@@ -16,22 +16,13 @@ from service.adyen_webhook import event_key
 from tests.integration.edge import (
     adyen_auth,
     envelope,
-    in_process,
     inbox_rows,
     shop_headers,
     signed_item,
 )
-from tests.integration.stack import CUSTOMER, Stack, new_order_id, order_event, wait_for
+from tests.integration.stack import CUSTOMER, KETTLE, Stack, new_order_id, order_event, wait_for
 
 pytestmark = pytest.mark.integration
-
-KETTLE = {"id": "75001", "name": "Kettle", "quantity": 1, "unit_price": 6000, "tax_rate": 2500}
-
-
-@pytest.fixture(scope="module")
-def client(stack: Stack) -> Any:
-    with in_process(stack) as client:
-        yield client
 
 
 def _post_shop(

@@ -17,11 +17,10 @@ from ordersync.db import async_pool
 from ordersync.errors import Conflict
 from service.batcher import Batcher
 from service.ingest import Refused, Stored, store_shop_event, store_shop_events
-from tests.integration.stack import Stack, new_order_id, order_event
+from tests.integration.stack import KETTLE, Stack, new_order_id, order_event
 
 pytestmark = pytest.mark.integration
 
-KETTLE = {"id": "75001", "name": "Kettle", "quantity": 1, "unit_price": 6000, "tax_rate": 2500}
 MUG = {"id": "75002", "name": "Mug", "quantity": 2, "unit_price": 1500, "tax_rate": 2500}
 
 

@@ -25,17 +25,9 @@ from tests.integration.edge import (
     shop_headers,
     signed_item,
 )
-from tests.integration.stack import Stack, new_order_id, order_event, wait_for
+from tests.integration.stack import KETTLE, Stack, new_order_id, order_event, wait_for
 
 pytestmark = pytest.mark.integration
-
-KETTLE = {"id": "75001", "name": "Kettle", "quantity": 1, "unit_price": 6000, "tax_rate": 2500}
-
-
-@pytest.fixture(scope="module")
-def client(stack: Stack) -> Any:
-    with in_process(stack) as client:
-        yield client
 
 
 def _event(**order: Any) -> dict[str, Any]:

@@ -11,11 +11,9 @@ import json
 import httpx
 import pytest
 
-from tests.integration.stack import CUSTOMER, Stack, new_order_id, order_event, wait_for
+from tests.integration.stack import CUSTOMER, KETTLE, Stack, new_order_id, order_event, wait_for
 
 pytestmark = pytest.mark.integration
-
-KETTLE = {"id": "75001", "name": "Kettle", "quantity": 1, "unit_price": 6000, "tax_rate": 2500}
 
 
 def _private_event(order_id: str, klarna_id: str, version: int) -> dict:

@@ -20,11 +20,9 @@ from devrig.devstack import (
 )
 
 from ordersync.db import migrate
-from tests.integration.stack import Stack, new_order_id, order_event, wait_for
+from tests.integration.stack import KETTLE, Stack, new_order_id, order_event, wait_for
 
 pytestmark = pytest.mark.integration
-
-KETTLE = {"id": "75001", "name": "Kettle", "quantity": 1, "unit_price": 6000, "tax_rate": 2500}
 
 
 def test_postgres_stopped_means_503_and_back_to_202(stack: Stack) -> None:

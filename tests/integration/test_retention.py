@@ -17,12 +17,10 @@ from domain.snapshot import ShopEvent
 from ordersync.db import async_pool, migrate, sync_pool
 from ordersync.settings import Settings
 from service.ingest import store_shop_event
-from tests.integration.stack import Stack, order_event
+from tests.integration.stack import KETTLE, Stack, order_event
 from workers import retention
 
 pytestmark = pytest.mark.integration
-
-KETTLE = {"id": "75001", "name": "Kettle", "quantity": 1, "unit_price": 6000, "tax_rate": 2500}
 
 
 @pytest.fixture

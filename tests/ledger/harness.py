@@ -283,3 +283,8 @@ def shipped(lines: list[dict[str, Any]], **quantities: int) -> list[dict[str, An
         {**line, "shipped_quantity": quantities[line["id"]]} if line["id"] in quantities else line
         for line in lines
     ]
+
+
+def read_timeout(request: httpx.Request) -> tuple[bool, httpx.Response | None]:
+    """A fault: the PSP's answer never comes (the request may have applied)."""
+    raise httpx.ReadTimeout("slow", request=request)

@@ -27,6 +27,7 @@ from tests.ledger.harness import (
     operations,
     order_row,
     outbox,
+    read_timeout,
     shipped,
     snapshot,
     update_snapshot,
@@ -193,10 +194,7 @@ def test_seq10_in_progress_answer_is_an_unknown_outcome(
     order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
     insert_order(ctx, snap, authorized=snap.total)
 
-    def timeout(request: httpx.Request) -> tuple[bool, httpx.Response | None]:
-        raise httpx.ReadTimeout("slow", request=request)
-
-    klarna.fault("POST", "/captures", timeout)
+    klarna.fault("POST", "/captures", read_timeout)
     # The first request is still running at Klarna when the retry comes: 409, then it applies.
     klarna.fault("POST", "/captures", answer(409, apply=True, json={"error_code": "CONFLICT"}))
     drive(ctx, order_id)

@@ -19,6 +19,7 @@ from tests.ledger.harness import (
     new_order_id,
     operations,
     order_row,
+    read_timeout,
     shipped,
     snapshot,
 )
@@ -149,13 +150,10 @@ def test_a_failed_check_read_is_recorded_as_the_reads_error_with_its_correlation
     order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
     insert_order(ctx, snap, authorized=snap.total)
 
-    def timeout(request: httpx.Request) -> tuple[bool, httpx.Response | None]:
-        raise httpx.ReadTimeout("slow", request=request)
-
     unavailable = httpx.Response(
         503, json={"error_code": "SERVICE_UNAVAILABLE", "correlation_id": "corr-7"}
     )
-    klarna.fault("POST", "/captures", timeout)
+    klarna.fault("POST", "/captures", read_timeout)
     klarna.fault("GET", snap.psp_order_id, lambda _r: (False, unavailable), times=10)
     drive(ctx, order_id)
     (op,) = operations(ctx, order_id)
