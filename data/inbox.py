@@ -3,6 +3,7 @@ with a unique key before it is acknowledged."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -264,9 +265,18 @@ async def recent_for_order(conn: AsyncConnection[Row], order_id: str, limit: int
     return await cursor.fetchall()
 
 
-def version_received_at(conn: Connection[Row], order_id: str, version: int) -> datetime | None:
-    row = conn.execute(VERSION_RECEIVED_AT, {"order_id": order_id, "version": version}).fetchone()
-    return None if row is None else row["received_at"]
+def version_received_at(
+    conn: Connection[Row], order_id: str, version: int
+) -> Callable[[], datetime | None]:
+    """Sends the read; the function returned reads its answer. In pipeline mode, read
+    after a later statement's result: it then came back in the same round trip."""
+    cursor = conn.execute(VERSION_RECEIVED_AT, {"order_id": order_id, "version": version})
+
+    def received_at() -> datetime | None:
+        row = cursor.fetchone()
+        return None if row is None else row["received_at"]
+
+    return received_at
 
 
 # -- Adyen notifications (workers/adyen_inbox.py) -------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from psycopg import AsyncConnection, Connection
@@ -82,8 +83,10 @@ def insert_event(
     event_type: str,
     payload: dict[str, Any],
     unless_last_is: tuple[str, int] | None = None,
-) -> bool:
-    """Records one event; False when it was recorded already (or is the last one)."""
+) -> Callable[[], bool]:
+    """Sends the insert of one event; the function returned reads whether it was
+    recorded (False: recorded already, or it is the last one). In pipeline mode, read it
+    after the commit: the insert then costs no round trip of its own."""
     skip_type, skip_version = unless_last_is or (None, None)
     params = {
         "id": event_id,
@@ -94,11 +97,17 @@ def insert_event(
         "skip_type": skip_type,
         "skip_version": skip_version,
     }
-    return conn.execute(INSERT_EVENT, params).fetchone() is not None
+    cursor = conn.execute(INSERT_EVENT, params)
+    return lambda: cursor.fetchone() is not None
 
 
-def claim_next(conn: Connection[Row], order_id: str, lease_seconds: float) -> Row | None:
-    return conn.execute(CLAIM_NEXT, {"order_id": order_id, "lease": lease_seconds}).fetchone()
+def claim_next(
+    conn: Connection[Row], order_id: str, lease_seconds: float
+) -> Callable[[], Row | None]:
+    """Sends the claim; the function returned reads the event claimed (None: nothing
+    due). In pipeline mode, read it after the commit: no round trip of its own."""
+    cursor = conn.execute(CLAIM_NEXT, {"order_id": order_id, "lease": lease_seconds})
+    return cursor.fetchone
 
 
 def mark_delivered(conn: Connection[Row], event_id: uuid.UUID, status: int | None) -> None:

@@ -1139,6 +1139,20 @@ class Simulation:
             self._die("in_apply_success")
             return saved[(store, "apply_success")](*args, **kwargs)
 
+        def lock_and_finish(*args: Any, **kwargs: Any) -> Any:
+            done = saved[(store, "lock_and_finish")](*args, **kwargs)
+            self._die("in_record")
+            return done
+
+        def record_success(*args: Any, **kwargs: Any) -> Any:
+            # The outcome and the figures are one statement now: both deaths after it,
+            # in the order the two writes had (neither is committed).
+            done = saved[(store, "record_success")](*args, **kwargs)
+            self._die("in_record")
+            if done[1] is not None:
+                self._die("in_apply_success")
+            return done
+
         def enqueue_job(job: Any, order_id: str, **_: Any) -> None:
             self._enqueue_delivery(order_id, 0)
 
@@ -1147,6 +1161,8 @@ class Simulation:
             (reconcile, "crash_point"): crash,
             (store, "finish_operation"): finish,
             (store, "apply_success"): apply,
+            (store, "lock_and_finish"): lock_and_finish,
+            (store, "record_success"): record_success,
             # The events for the shop are sent by the task the product asks for.
             (callbacks, "get_settings"): lambda: self.settings,
             (callbacks, "enqueue_job"): enqueue_job,
