@@ -282,7 +282,13 @@ def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
     # Warnings (Celery's, for one) as log lines too, not free text on stderr.
     logging.captureWarnings(True)
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        # A line below the level is dropped before anything is built for it (the
+        # reconciler's DEBUG lines run once per operation).
+        processors=[
+            structlog.stdlib.filter_by_level,
+            *shared,
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
         logger_factory=structlog.stdlib.LoggerFactory(),
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
