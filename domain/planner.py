@@ -62,6 +62,8 @@ class OrderFlag(StrEnum):
 NEEDS_NEW_ORDER = OrderFlag.NEEDS_NEW_ORDER
 NEEDS_ATTENTION = OrderFlag.NEEDS_ATTENTION
 FLAGS = tuple(flag.value for flag in OrderFlag)
+# The needs_attention reason contract §4 names for money moved without the service.
+EXTERNAL_CHANGE = "external_change"
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ def plan_next(
             # PSP's figures), and unless nothing is left to charge, a person is told.
             return Flag(
                 NEEDS_ATTENTION,
-                "external_change",
+                EXTERNAL_CHANGE,
                 f"the PSP order is {psp.status.value} (authorized {psp.authorized}, "
                 f"captured {psp.captured}); what is not captured can no longer be",
             )

@@ -289,6 +289,11 @@ class Oracle:
                 exp.outcomes.add("reopened_after_cancel")
             elif total > 0 and last["version"] > st.closed_version:
                 exp.allowed.add(("needs_new_order", ""))
+            if st.any_capture and total < st.money - 2:
+                # Lowered below what was captured after the PSP let go: captures only
+                # add, and §4 refunds only returned units, so the PSP cannot follow; a
+                # person is told, as for an open authorization.
+                exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         elif cancelling and st.closed is None:
             exp.outcomes.add("cancel_after_shipment" if st.any_capture else "cancel_before_capture")
             st.closed = "released" if st.any_capture else "cancelled"
@@ -368,9 +373,38 @@ class Oracle:
                 exp.outcomes.add("fee_added_after_first_capture")
         if not newly and not fees:
             return
+        # The snapshots of this window a worker may have captured for (goods shipped
+        # beyond what the PSP holds): the first capture may have gone out for one of them.
+        earlier = [
+            snap
+            for snap in self.window[:-1]
+            if any(
+                kind(line) in GOODS
+                and int(line.get("shipped_quantity", 0)) > st.captured.get(line["id"], 0)
+                for line in snap["lines"]
+            )
+        ]
+        later_maybe: set[str] = set()
         for line_id in fees:
             exp.outcomes.add("fee_with_first_capture")
             newly[line_id] = int(lines[line_id]["quantity"]) - st.captured.get(line_id, 0)
+            quantity = int(lines[line_id]["quantity"])
+            if int(lines[line_id].get("shipped_quantity", 0)) == 0 and any(
+                sum(int(x["quantity"]) for x in snap["lines"] if x["id"] == line_id) < quantity
+                for snap in earlier
+            ):
+                # Added (or raised) after a snapshot the first capture may have followed:
+                # then it is a fee added after the first capture, which the contract
+                # leaves to a later capture or to its shipment (see below): either.
+                later_maybe.add(line_id)
+                exp.outcomes.add("fee_added_while_shipping")
+        if any(self._ratio(snap) != self._ratio(last) for snap in earlier):
+            # A capture made for an earlier snapshot took the order-level lines' shares
+            # (discounts, sales tax) of that basket; when later ones changed and nothing
+            # is left to carry the difference, the captures cannot add up to the total
+            # ("captures ... in proportion to value" of the basket they were made for).
+            exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+            exp.outcomes.add("shares_changed_while_shipping")
         value = sum(int(lines[i]["unit_price"]) * n for i, n in newly.items()) * self._ratio(last)
         limit: Fraction | int = st.authorized
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
@@ -403,8 +437,9 @@ class Oracle:
             entry = exp.lines.setdefault(line_id, LineExpect())
             entry.prices |= self._prices(line_id)
             entry.totals |= self._totals(line_id)
-            if line_id in free:
-                # Worth nothing: no capture of 0 is ever sent, it may ride along with one.
+            if line_id in free or line_id in later_maybe:
+                # Worth nothing (no capture of 0 is ever sent, it may ride along with
+                # one), or a fee the first capture may not have carried.
                 entry.captured_range = (before, before + units)
         st.any_capture = st.any_capture or bool(set(newly) - free)
         st.own_capture = st.own_capture or bool(set(newly) - free)
@@ -461,8 +496,13 @@ class Oracle:
                 for line in goods
                 if line_value(line) > 0
             )
+            # §4: sales tax and discounts are "shared by captures ... in proportion to
+            # value", so the captures add up to the total only once goods of some value
+            # shipped; a basket of order-level lines alone has nothing to carry them.
+            shippable = any(line_value(line) > 0 for line in goods)
             exp.must_equal_total = (
                 exp.all_shipped
+                and shippable
                 and st.closed is None
                 and self.stored["status"] == "open"
                 and not st.charged_back
