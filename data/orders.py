@@ -89,6 +89,7 @@ def history(ops: Sequence[Row]) -> list[PastOperation]:
             to_lines(r["lines"]),
             external=bool(r.get("external")),
             reference=str(r["id"]),
+            version=r.get("target_version"),
         )
         for r in ops
     ]

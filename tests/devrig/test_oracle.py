@@ -342,3 +342,62 @@ def test_order_level_lines_alone_need_no_captures() -> None:
     assert exp.total == 495 and exp.all_shipped
     assert not exp.must_equal_total
     assert check_ledger([], exp) == []
+
+
+def test_shipped_after_the_authorization_was_fully_captured_may_stay_uncaptured() -> None:
+    """Seeds 1032, 1052: everything authorized is captured; the shop then adds goods and
+    ships them. §4 step 1 updates only an authorization "not fully captured", so the
+    capture may not fit (the shop is told to take a new order): 0 or all of them."""
+    oracle = Oracle(1200, refuses_increases=False)
+    oracle.snapshot(snap(1, [{**SHOES, "shipped_quantity": 1}]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]))
+    exp = oracle.expectation()
+    assert exp.lines["socks"].captured_range == (0, 2)
+    assert ("needs_new_order", "") in exp.allowed
+
+
+def test_a_fee_after_units_worth_nothing_shipped_may_go_with_them() -> None:
+    """Seed 1067: a free unit shipped (no capture of 0 is sent), then a shipping fee
+    was added: the first capture, worth sending now, may carry the fee."""
+    oracle = Oracle(1200, refuses_increases=False)
+    free = line("gift", 1, 0)
+    oracle.snapshot(snap(1, [SHOES, free]))
+    oracle.snapshot(snap(2, [SHOES, {**free, "shipped_quantity": 1}]))
+    oracle.settle()
+    fee = line("ship", 1, 495, type="shipping_fee")
+    oracle.snapshot(snap(3, [SHOES, {**free, "shipped_quantity": 1}, fee]))
+    exp = oracle.expectation()
+    assert exp.lines["ship"].captured_range == (0, 1)
+
+
+def test_reopened_after_a_cancel_with_captures_of_uncertain_units_may_need_no_new_order() -> None:
+    """Seed 1178: what shipped before the cancel may or may not have been captured
+    (the window decides); a reopen then needs a new payment only if it was not."""
+    oracle = Oracle(1200, refuses_increases=True)
+    oracle.snapshot(snap(1, [SHOES]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]))
+    oracle.snapshot(
+        snap(
+            3,
+            [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}],
+            status="cancelled",
+        )
+    )
+    oracle.settle()
+    oracle.snapshot(snap(4, [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") not in exp.required
+    assert ("needs_new_order", "") in exp.allowed
+
+
+def test_an_open_order_lowered_to_nothing_below_its_captures_may_be_flagged() -> None:
+    """Seed 1167: all captured, then a store credit takes the order to 0 while open."""
+    oracle = Oracle(1200, refuses_increases=False)
+    oracle.snapshot(snap(1, [{**SHOES, "shipped_quantity": 1}]))
+    oracle.settle()
+    credit = line("credit", 1, -1200, type="store_credit")
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, credit]))
+    exp = oracle.expectation()
+    assert CANNOT_FOLLOW_ABOVE in exp.allowed

@@ -14,6 +14,7 @@ from domain.lines import PspLine
 from integrations.adyen.client import AdyenClient
 from tests.ledger.harness import (
     ADYEN,
+    FakeKlarna,
     context,
     insert_order,
     new_order_id,
@@ -24,7 +25,14 @@ from tests.ledger.harness import (
     update_snapshot,
 )
 from tests.ledger.test_ledger_regressions import drive, operator_reconcile
-from tests.ledger.test_money_rules import adyen_item, flag_code, notify, settle_capture, snap
+from tests.ledger.test_money_rules import (
+    adyen_item,
+    flag_code,
+    klarna_order,
+    notify,
+    settle_capture,
+    snap,
+)
 from tests.seed_basket import SHOES, SOCKS
 from workers.context import WorkerContext
 
@@ -123,3 +131,27 @@ def test_cancel_after_an_unnamed_customer_area_capture_releases_the_rest(
         assert "needs_attention" not in order_row(ctx, order_id)["flags"]
     finally:
         ctx.close()
+
+
+def test_a_cancel_made_outside_asks_for_no_new_order_until_the_shop_sends_one(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """Simulation seeds 1007, 1090: the merchant cancelled in Klarna's portal while the
+    shop's order stood open. The service counted it and flagged external_change, but
+    also told the shop to take a new payment for a snapshot older than the cancel. §4:
+    "Once the PSP has cancelled ..., a later open snapshot flags needs_new_order"."""
+    order_id, first = klarna_order(ctx, klarna, [SHOES, SOCKS])
+    insert_order(ctx, first)
+    drive(ctx, order_id)
+    klarna.orders[first.psp_order_id].status = "CANCELLED"
+    operator_reconcile(ctx, order_id)  # reads Klarna: the cancel is learnt
+    assert flag_code(ctx, order_id) == "external_change"
+    operator_reconcile(ctx, order_id)  # a person looked: the PSP's figures stand
+    row = order_row(ctx, order_id)
+    assert "needs_new_order" not in row["flags"]
+    assert "order.new_order_required" not in [e for e, _ in told(ctx, order_id)]
+    # The shop then sends the order open again: now it must take a new payment.
+    update_snapshot(ctx, snap(order_id, shipped([SHOES, SOCKS], shoes=1), 2))
+    drive(ctx, order_id)
+    assert flag_code(ctx, order_id, "needs_new_order") == "authorization_cancelled"
+    assert told(ctx, order_id)[-1][0] == "order.new_order_required"
