@@ -206,6 +206,7 @@ def history(ops: Sequence[Operation]) -> list[PastOperation]:
             to_lines(r.lines),
             external=r.external,
             reference=str(r.id),
+            version=r.target_version,
         )
         for r in ops
     ]
@@ -659,13 +660,13 @@ def defer_order(conn: Connection[Row], order_id: str, seconds: float) -> None:
 def captured_lines(conn: Connection[Row], order_id: str) -> list[PspLine]:
     """Every line captured so far for the order, merged per shop line (for a release)."""
     rows = conn.execute(
-        "SELECT lines FROM operations WHERE order_id = %s AND kind = 'capture' "
+        "SELECT id, amount, lines FROM operations WHERE order_id = %s AND kind = 'capture' "
         "AND status = 'succeeded' ORDER BY seq",
         (order_id,),
     ).fetchall()
     merged: dict[str, PspLine] = {}
     for row in rows:
-        for line in to_lines(row["lines"]):
+        for line in to_lines(row["lines"]) or _unnamed_capture(row):
             before = merged.get(line.reference)
             if before is None:
                 merged[line.reference] = line
@@ -688,6 +689,29 @@ def captured_lines(conn: Connection[Row], order_id: str) -> list[PspLine]:
                 image_url=line.image_url,
             )
     return list(merged.values())
+
+
+def _unnamed_capture(row: Row) -> tuple[PspLine, ...]:
+    """Money captured without the service whose lines the PSP did not name (an Adyen
+    Customer Area capture the shop's snapshot has not explained): one line of its own,
+    so that a release, which updates the authorization down to what was captured, still
+    names lines that add up to it (contract §4 step 4 lets go of the rest)."""
+    amount = int(row["amount"])
+    if amount <= 0:
+        return ()
+    return (
+        PspLine(
+            reference=f"captured-{row['id']}",
+            name="Captured without this service",
+            type=LineType.PHYSICAL,
+            quantity=1,
+            unit_price=amount,
+            tax_rate=0,
+            total_amount=amount,
+            total_discount_amount=0,
+            total_tax_amount=0,
+        ),
+    )
 
 
 # -- the sweeper's (workers/sweeper.py) ------------------------------------------------

@@ -62,6 +62,8 @@ class OrderFlag(StrEnum):
 NEEDS_NEW_ORDER = OrderFlag.NEEDS_NEW_ORDER
 NEEDS_ATTENTION = OrderFlag.NEEDS_ATTENTION
 FLAGS = tuple(flag.value for flag in OrderFlag)
+# The needs_attention reason contract §4 names for money moved without the service.
+EXTERNAL_CHANGE = "external_change"
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,9 @@ class PastOperation:
     # Money that moved without the service, recorded so it is never made again.
     external: bool = False
     reference: str | None = None  # the operation's id
+    # The shop's snapshot version stored when it was planned (or, for money moved
+    # without the service, learnt).
+    version: int | None = None
 
 
 @dataclass(frozen=True)
@@ -194,7 +199,7 @@ def plan_next(
             # PSP's figures), and unless nothing is left to charge, a person is told.
             return Flag(
                 NEEDS_ATTENTION,
-                "external_change",
+                EXTERNAL_CHANGE,
                 f"the PSP order is {psp.status.value} (authorized {psp.authorized}, "
                 f"captured {psp.captured}); what is not captured can no longer be",
             )
@@ -222,6 +227,11 @@ def plan_next(
         refund = _refund_step(order, psp, ledger)
         if refund is not None:
             return refund
+        if _cancelled_outside_since(view):
+            # Cancelled without the service while the shop's order stood as it is now:
+            # that is an external change for a person (flagged when learnt); §4 asks
+            # for a new payment only of "a later open snapshot".
+            return Wait("cancelled_outside")
         told = view.refused_amount == order.total
         if told or (NEEDS_NEW_ORDER in view.flags and view.refused_amount is None):
             return Wait("needs_new_order")
@@ -304,6 +314,25 @@ def _let_go(view: OrderView) -> bool:
             for op in view.history
         )
         and view.psp.authorized <= view.psp.captured
+    )
+
+
+def _cancelled_outside_since(view: OrderView) -> bool:
+    """The PSP let go without the service (no cancel or release of ours succeeded),
+    and the shop has sent nothing since the service learnt of it."""
+    ours = any(
+        op.kind in (Kind.CANCEL, Kind.RELEASE_AUTHORIZATION)
+        and op.status == "succeeded"
+        and not op.external
+        for op in view.history
+    )
+    learnt = [
+        op.version
+        for op in view.history
+        if op.kind is Kind.CANCEL and op.external and op.status == "succeeded"
+    ]
+    return (
+        not ours and bool(learnt) and all(v is not None and v >= view.order.version for v in learnt)
     )
 
 

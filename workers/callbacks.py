@@ -25,7 +25,7 @@ from standardwebhooks.webhooks import Webhook
 from data import outbox
 from data.orders import Order
 from data.outbox import webhook_id
-from domain.planner import NEEDS_NEW_ORDER, Flag
+from domain.planner import EXTERNAL_CHANGE, NEEDS_NEW_ORDER, Flag
 from integrations.results import retry_delay
 from ordersync import metrics
 from ordersync.db import pipelined
@@ -63,11 +63,15 @@ def record_flagged(conn: Connection[DictRow], order: Order, flag: Flag) -> bool:
     would only make it act twice. A refused basket is told once per refused version
     (its event id, so its `webhook-id`, is derived from the order, version and amount):
     a second, different refused basket is news even though the flag is already set.
+    So is money that moved without the service: contract §4 has the shop told of each
+    such change ("flags needs_attention (external_change, with what changed) and tells
+    the shop"), even while the order waits for a person for another reason; each is
+    learnt once (a notification is processed once, a read records it as an operation).
     """
     event_id: uuid.UUID | None = None
     if flag.flag == NEEDS_NEW_ORDER:
         event_id = uuid.uuid5(_EVENT_NAMESPACE, f"{order.id}:{order.version}:{flag.refused_amount}")
-    elif flag.flag in (order.flags or []):
+    elif flag.flag in (order.flags or []) and flag.code != EXTERNAL_CHANGE:
         return False
     reason = {"code": flag.code, "message": flag.message}
     if flag.flag == NEEDS_NEW_ORDER:

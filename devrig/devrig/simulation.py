@@ -1421,10 +1421,10 @@ class Simulation:
                     following = queue.pop(0)
                     more = self._edit(following[1]) if following[0] == "edit" else following[1]
                     if more is not None:
-                        # A snapshot that moves the payment to another account never
-                        # overtakes: stored first, it would be the one that fixes the
-                        # account, and the PSP knows the order under the first one.
-                        if more[1] != "account" and rng.random() < 0.4:
+                        # A snapshot that moves the payment to another account or PSP
+                        # order never overtakes: stored first, it would be the one that
+                        # fixes the payment, and the PSP knows the order under the first.
+                        if more[1] not in ("account", "payment") and rng.random() < 0.4:
                             self.kind("versions_out_of_order")
                             batch.insert(0, more)
                         else:
