@@ -50,14 +50,22 @@ def _quoted(text: str) -> list[str]:
 
 
 def trips(trace: str, named: dict[str, str] | None = None) -> list[str]:
-    """One entry per round trip (each client Query or Sync waits for the server's
-    ReadyForQuery): the statement sent in it. `named` keeps prepared statements' SQL."""
+    """One entry per round trip: every run of client messages that the server then
+    answers (a Query or a Sync waiting for ReadyForQuery, and in pipeline mode a Flush
+    waiting for the results queued before it), listing the statements sent in that run.
+    Statements queued in pipeline mode without waiting share their run's entry.
+    `named` keeps prepared statements' SQL."""
     named = {} if named is None else named
     result: list[str] = []
     pending: list[str] = []
+    sending = False
     for direction, kind, rest in _messages(trace):
         if direction != "F":
+            if sending:
+                result.append("; ".join(pending) or "(sync)")
+                pending, sending = [], False
             continue
+        sending = True
         if kind == "Parse":
             name, sql = _quoted(rest)[:2]
             if name:
@@ -65,13 +73,12 @@ def trips(trace: str, named: dict[str, str] | None = None) -> list[str]:
             pending.append(sql)
         elif kind == "Bind":
             name = _quoted(rest)[1]
-            if name and not pending:
+            if name and (not pending or pending[-1] != named.get(name)):
                 pending.append(f"(prepared) {named.get(name, name)}")
         elif kind == "Query":
-            result.append(_quoted(rest)[0])
-        elif kind == "Sync":
-            result.append("; ".join(pending) or "(sync)")
-            pending = []
+            pending.append(_quoted(rest)[0])
+    if sending:
+        result.append("; ".join(pending) or "(sync)")
     return result
 
 

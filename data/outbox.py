@@ -77,7 +77,8 @@ WHERE id = %(id)s
 def insert_event(
     conn: Connection[Row],
     event_id: uuid.UUID,
-    order: Row,
+    order_id: str,
+    version: int,
     event_type: str,
     payload: dict[str, Any],
     unless_last_is: tuple[str, int] | None = None,
@@ -86,9 +87,9 @@ def insert_event(
     skip_type, skip_version = unless_last_is or (None, None)
     params = {
         "id": event_id,
-        "order_id": order["id"],
+        "order_id": order_id,
         "type": event_type,
-        "version": order["version"],
+        "version": version,
         "payload": Jsonb(payload),
         "skip_type": skip_type,
         "skip_version": skip_version,

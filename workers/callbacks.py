@@ -22,6 +22,7 @@ from psycopg.rows import DictRow
 from standardwebhooks.webhooks import Webhook
 
 from data import outbox
+from data.orders import Order
 from data.outbox import webhook_id
 from domain.planner import NEEDS_NEW_ORDER, Flag
 from integrations.results import retry_delay
@@ -53,7 +54,7 @@ BATCH = 20
 _EVENT_NAMESPACE = uuid.UUID("8b0f3c52-6d1e-4a7b-9f2c-3e5d7a1b9c04")
 
 
-def record_flagged(conn: Connection[DictRow], order: dict[str, Any], flag: Flag) -> bool:
+def record_flagged(conn: Connection[DictRow], order: Order, flag: Flag) -> bool:
     """An order was flagged: `order.new_order_required` or `order.needs_attention`.
 
     Returns False when the shop was told of this state already: a second event for it
@@ -63,10 +64,8 @@ def record_flagged(conn: Connection[DictRow], order: dict[str, Any], flag: Flag)
     """
     event_id: uuid.UUID | None = None
     if flag.flag == NEEDS_NEW_ORDER:
-        event_id = uuid.uuid5(
-            _EVENT_NAMESPACE, f"{order['id']}:{order['version']}:{flag.refused_amount}"
-        )
-    elif flag.flag in (order.get("flags") or []):
+        event_id = uuid.uuid5(_EVENT_NAMESPACE, f"{order.id}:{order.version}:{flag.refused_amount}")
+    elif flag.flag in (order.flags or []):
         return False
     reason = {"code": flag.code, "message": flag.message}
     if flag.flag == NEEDS_NEW_ORDER:
@@ -78,38 +77,38 @@ def record_flagged(conn: Connection[DictRow], order: dict[str, Any], flag: Flag)
     return _insert(conn, order, event_type, data, event_id=event_id)
 
 
-def record_synced(conn: Connection[DictRow], order: dict[str, Any]) -> None:
+def record_synced(conn: Connection[DictRow], order: Order) -> None:
     """Every operation for the order's current version is done: `order.synced`."""
-    authorized = order["authorized_amount"]
+    authorized = order.authorized_amount
     still_flagged = [
         flag
-        for flag in order.get("flags") or []
+        for flag in order.flags or []
         # The reconciler clears needs_new_order in this same step once the total fits.
         if not (
             flag == NEEDS_NEW_ORDER
             and authorized is not None
-            and order["desired_amount"] <= authorized
+            and order.desired_amount <= authorized
         )
     ]
     if still_flagged:
         return  # done with what it can do, but the shop still has to act: not "synced"
     data = {
         "amounts": {
-            "ordered": order["desired_amount"],
-            "authorized": order["authorized_amount"],
-            "captured": order["captured_amount"],
-            "refunded": order["refunded_amount"],
+            "ordered": order.desired_amount,
+            "authorized": order.authorized_amount,
+            "captured": order.captured_amount,
+            "refunded": order.refunded_amount,
         }
     }
     # A periodic re-read or an operator's reconcile of an order already in sync is no
     # news to the shop; a sync after a flag is. Checked in the insert itself: one trip.
     synced = EventType.SYNCED
-    _insert(conn, order, synced, data, unless_last_is=(synced, order["version"]))
+    _insert(conn, order, synced, data, unless_last_is=(synced, order.version))
 
 
 def _insert(
     conn: Connection[DictRow],
-    order: dict[str, Any],
+    order: Order,
     event_type: str,
     data: dict[str, Any],
     unless_last_is: tuple[str, int] | None = None,
@@ -118,18 +117,20 @@ def _insert(
     event_id = event_id or uuid.uuid4()
     body = {
         "type": event_type,
-        "order_id": order["id"],
-        "version": order["version"],
+        "order_id": order.id,
+        "version": order.version,
         "occurred_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "data": data,
     }
-    if not outbox.insert_event(conn, event_id, order, event_type, body, unless_last_is):
+    if not outbox.insert_event(
+        conn, event_id, order.id, order.version, event_type, body, unless_last_is
+    ):
         return False
     # Sent when the unit of work ends, after this transaction committed. Without a
     # callback URL the events stay in the outbox (the operator API shows them) and no
     # delivery task is worth sending.
     if get_settings().shop_callback_url:
-        enqueue_job(Job.DELIVER_CALLBACKS, order["id"])
+        enqueue_job(Job.DELIVER_CALLBACKS, order.id)
     log.info("callback_recorded", event_type=event_type, webhook_id=webhook_id(event_id))
     return True
 

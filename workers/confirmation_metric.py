@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
 
 from psycopg import Connection
 from psycopg.rows import DictRow
 
 from data import inbox
+from data.orders import Operation
 from ordersync import metrics
 
 # Not asked for by a snapshot: the service extends an authorization on its own schedule.
 _NOT_SNAPSHOT_DRIVEN = frozenset({"extend_authorization"})
 
 
-def operation_confirmed(conn: Connection[DictRow], provider: str, op: dict[str, Any]) -> None:
+def operation_confirmed(conn: Connection[DictRow], provider: str, op: Operation) -> None:
     """Observes how long the shop waited: from receiving the snapshot version that the
     operation was planned for (its `target_version`) to the PSP confirming it.
 
@@ -23,10 +23,10 @@ def operation_confirmed(conn: Connection[DictRow], provider: str, op: dict[str, 
     every flag and figure, and an operation planned for v3 may be confirmed after v4
     arrived. Versions that came in before the first stored one (none) are skipped.
     """
-    if op["kind"] in _NOT_SNAPSHOT_DRIVEN:
+    if op.kind in _NOT_SNAPSHOT_DRIVEN:
         return
-    received_at = inbox.version_received_at(conn, op["order_id"], op["target_version"])
+    received_at = inbox.version_received_at(conn, op.order_id, op.target_version)
     if received_at is None:
         return
     seconds = (datetime.now(UTC) - received_at).total_seconds()
-    metrics.CONFIRMATION.labels(provider=provider, operation=op["kind"]).observe(max(0.0, seconds))
+    metrics.CONFIRMATION.labels(provider=provider, operation=op.kind).observe(max(0.0, seconds))

@@ -1629,9 +1629,9 @@ class Simulation:
         if row is not None and row["account"] != account:
             found.append(Violation("cross_account", f"order stored in {row['account']}"))
         for op in ops:
-            frozen = (op["request"] or {}).get("account", account)
+            frozen = (op.request or {}).get("account", account)
             if frozen != account:
-                found.append(Violation("cross_account", f"{op['kind']} frozen for {frozen}"))
+                found.append(Violation("cross_account", f"{op.kind} frozen for {frozen}"))
         return found
 
     def _check(self, order: Order) -> list[Violation]:
@@ -1672,10 +1672,10 @@ class Simulation:
         if stuck is not None:
             code = (
                 "stuck_awaiting_notification"
-                if stuck["status"] == "awaiting_notification"
+                if stuck.status == "awaiting_notification"
                 else "stuck_in_flight"
             )
-            found.append(Violation(code, f"{stuck['kind']} still {stuck['status']}"))
+            found.append(Violation(code, f"{stuck.kind} still {stuck.status}"))
         # 3. The PSP's ledger against the oracle, effect by effect, per line.
         for code, detail in check_ledger(psp.ledger, exp):
             found.append(Violation(code, detail))
@@ -1718,7 +1718,7 @@ class Simulation:
             found.append(Violation("authorization_updated_to_zero", "an emptied basket sent as 0"))
         # 5. The product's figures against the PSP's.
         if stuck is None:
-            ours = (row["captured_amount"], row["refunded_amount"])
+            ours = (row.captured_amount, row.refunded_amount)
             theirs = (psp.captured, psp.refunded + psp.charged_back)
             if ours != theirs:
                 found.append(

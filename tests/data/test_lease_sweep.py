@@ -26,7 +26,7 @@ def _sent(conn: Conn, order_id: str, lease_until: str) -> None:
     op = orders.insert_claimed_operation(conn, order, draft, None, 10)
     conn.execute(
         f"UPDATE operations SET lease_until = {lease_until} WHERE id = %s",
-        (op["id"],),
+        (op.id,),
     )
 
 
@@ -71,7 +71,7 @@ def test_a_restarted_node_ends_the_leases_its_predecessor_held_and_no_others(
     assert workers.register(conn, "celery@pod-b") is None
     assert workers.release_leases(conn, dead, orders.PARKED_UNTIL) == ["held-by-dead"]
     leased = {
-        op["order_id"]: op["leased"]
+        op.order_id: op.leased
         for oid in ("held-by-dead", "parked-by-dead", "held-by-other")
         for op in orders.operations(conn, oid)
     }

@@ -443,7 +443,13 @@ def test_external_capture_without_lines_is_named_by_the_later_shipment_never_mad
         (external,) = [o for o in ops if o["external"]]
         assert [(x["reference"], x["quantity"]) for x in external["lines"]] == [("socks", 1)]
         view = detail_of(
-            OrderRows(order=row, operations=ops, webhooks=[], callbacks=[], actions=[])
+            OrderRows(
+                order=store.Order(**row),
+                operations=[store.Operation(**o) for o in ops],
+                webhooks=[],
+                callbacks=[],
+                actions=[],
+            )
         )
         figures = {x["id"]: x["captured_quantity"] for x in view["lines"]}
         assert figures == {"shoes": 0, "socks": 1}
@@ -666,7 +672,9 @@ def order_with_two_events(ctx: WorkerContext) -> str:
     row = order_row(ctx, order_id)
     with ctx.pool.connection() as conn, conn.transaction():
         for kind in ("order.needs_attention", "order.synced"):
-            outbox_store.insert_event(conn, uuid.uuid4(), row, kind, {"type": kind})
+            outbox_store.insert_event(
+                conn, uuid.uuid4(), order_id, row["version"], kind, {"type": kind}
+            )
     return order_id
 
 
