@@ -14,8 +14,8 @@ captured, at which prices and tax rates, units refunded), for the authorization
 and the flags that may.
 
 Money that moves is checked against the PSP's own ledger by `check_ledger`: every
-request's lines add up to its amount, a refunded unit gives back what its capture took
-for it (value and its share of the order-level lines), and once every product unit has
+request's lines add up to its amount, a refunded unit gives back what a capture took for
+a unit of its line (value and its share of the order-level lines), and once every product unit has
 shipped the captures add up to the order's total.
 """
 
@@ -122,6 +122,9 @@ class _State:
     any_capture: bool = False
     own_capture: bool = False  # one made by the service (fees go with its first)
     free_shipped: bool = False  # units worth nothing shipped (no capture of 0 is sent)
+    # Units counted as captured that were worth nothing: no capture of 0 is sent, so the
+    # PSP may hold them or not.
+    worthless: dict[str, int] = field(default_factory=dict)
 
 
 def identity(snapshot: dict[str, Any]) -> tuple[Any, ...]:
@@ -223,14 +226,19 @@ class Oracle:
                     continue  # a fee is charged with the first capture, shipped or not
                 own = st.captured.get(line_id, 0) - st.external_units.get(line_id, 0)
                 ours_back = st.refunded.get(line_id, 0) - st.external_back.get(line_id, 0)
-                if int(line.get("shipped_quantity", 0)) < own or int(
-                    line.get("returned_quantity", 0)
-                ) < min(ours_back, own):
+                shipped = int(line.get("shipped_quantity", 0))
+                # §4 flags a quantity lowered "below what was already captured": units
+                # worth nothing may never have been captured, so for them it may be.
+                surely = own - st.worthless.get(line_id, 0)
+                if shipped < surely or int(line.get("returned_quantity", 0)) < min(ours_back, own):
                     exp.outcomes.add("quantities_reversed")
                     if snap is last:
                         exp.requires("needs_attention", REVERSED)
                     else:
                         exp.allowed.add(("needs_attention", REVERSED))
+                elif shipped < own:
+                    exp.outcomes.add("quantities_reversed")
+                    exp.allowed.add(("needs_attention", REVERSED))
         # Intermediate snapshots may each have been acted on: what they could trigger is
         # allowed (an increase refused, a cancel later reopened).
         for snap in self.window[:-1]:
@@ -458,6 +466,7 @@ class Oracle:
                 # Worth nothing (no capture of 0 is ever sent, it may ride along with
                 # one), or a fee the first capture may not have carried.
                 entry.captured_range = (before, before + units)
+                st.worthless[line_id] = st.worthless.get(line_id, 0) + units
         st.any_capture = st.any_capture or bool(set(newly) - free)
         st.own_capture = st.own_capture or bool(set(newly) - free)
         st.free_shipped = st.free_shipped or bool(free)
@@ -545,6 +554,32 @@ class Booked:
     tax_rate: int
 
 
+def _carries_the_difference(
+    gross: int, units: int, units_before: int, gross_before: int, quantity: int, value: int
+) -> bool:
+    """Whether a capture of `units` of a line for `gross`, after `units_before` of it were
+    captured for `gross_before`, carries a price edit made between the two so that the
+    line's captures add up to its `value` once all `quantity` units are captured.
+
+    The contract fixes the end ("once everything has shipped the captures add up to the
+    order's total", §4) and how shared lines get there ("in proportion to the value ...
+    rounded cumulatively"), not which later unit carries the difference: a capture may
+    take its units' part of the line's whole value (k of q), or of what is still open of
+    it ((value - captured) * k / open units). Either way the line never goes beyond its
+    value and its last unit takes exactly the rest.
+    """
+    if quantity <= 0:
+        return False
+    captured = units_before + units
+    of_whole = abs((gross_before + gross) * quantity - value * captured) <= quantity * captured
+    open_units = quantity - units_before
+    of_open = (
+        open_units >= units
+        and abs(gross * open_units - (value - gross_before) * units) <= open_units
+    )
+    return of_whole or of_open
+
+
 def check_ledger(
     requests: list[tuple[str, int, list[Booked]]], exp: Expectation
 ) -> list[tuple[str, str]]:
@@ -555,6 +590,7 @@ def check_ledger(
     captured = refunded = 0
     got: dict[str, list[int]] = {}
     captured_gross: dict[str, int] = {}  # per line: captured value before shares
+    slack = 0  # rounding allowed on everything refunded so far
     for what, amount, lines in requests:
         if sum(line.total for line in lines) != amount:
             found.append(("lines_do_not_sum", f"{what} of {amount}: lines sum differently"))
@@ -572,10 +608,11 @@ def check_ledger(
                 unit = per + (share / line.quantity if line.quantity else 0)
                 held.setdefault(line.reference, []).extend([unit] * line.quantity)
                 counts = got.setdefault(line.reference, [0, 0])
+                units_before, gross_before = counts[0], captured_gross.get(line.reference, 0)
                 counts[0] += line.quantity
                 price = exp.lines.get(line.reference)
                 gross = line.total  # the line's own value, before order-level shares
-                so_far = captured_gross.get(line.reference, 0) + gross
+                so_far = gross_before + gross
                 captured_gross[line.reference] = so_far
                 if price is not None and price.prices and line.quantity:
                     at_price = any(
@@ -583,9 +620,10 @@ def check_ledger(
                         for p, r in price.prices
                     )
                     catch_up = any(
-                        abs(so_far * q - value * counts[0]) <= q * counts[0]
+                        _carries_the_difference(
+                            gross, line.quantity, units_before, gross_before, q, value
+                        )
                         for q, value in price.totals
-                        if q
                     )
                     if not (at_price or catch_up):
                         found.append(
@@ -597,21 +635,37 @@ def check_ledger(
                         )
         else:
             refunded += amount
-            due = Fraction(0)
+            slack += 1 + len(units)  # one cent of rounding per line and per request
             for line in units:
-                units_held = held.get(line.reference, [])
-                if line.quantity > len(units_held):
+                counts = got.setdefault(line.reference, [0, 0])
+                if line.quantity > len(held.get(line.reference, [])) - counts[1]:
                     found.append(("refund_beyond_captured", f"{line.reference}"))
                     continue
-                back = units_held[: line.quantity]
-                del units_held[: line.quantity]
-                due += sum(back, Fraction(0))
-                counts = got.setdefault(line.reference, [0, 0])
                 counts[1] += line.quantity
-            slack = 1 + len(units)  # one cent of rounding per line and per request
-            if abs(amount - due) > slack:
+            # §4: returned units are refunded "at the prices and tax they were captured
+            # at (never more than was captured for those units)". Units of one line are
+            # alike, and when they were captured at different prices (a price or discount
+            # edit between captures, a capture made outside) nothing says which came
+            # back: r units refunded give back no less than the r cheapest and no more
+            # than the r dearest captured units of their line, all of it once all are back.
+            cheapest = sum(
+                (sum(sorted(held[ref])[: n[1]], Fraction(0)) for ref, n in got.items() if n[1]),
+                Fraction(0),
+            )
+            dearest = sum(
+                (
+                    sum(sorted(held[ref], reverse=True)[: n[1]], Fraction(0))
+                    for ref, n in got.items()
+                    if n[1]
+                ),
+                Fraction(0),
+            )
+            if not cheapest - slack <= refunded <= dearest + slack:
+                due = f"{float(cheapest):.2f}" + (
+                    f"..{float(dearest):.2f}" if dearest != cheapest else ""
+                )
                 found.append(
-                    ("refund_not_at_captured_price", f"refund {amount}, captured {float(due):.2f}")
+                    ("refund_not_at_captured_price", f"refunded {refunded}, captured {due}")
                 )
     for reference, entry in exp.lines.items():
         have = got.get(reference, [0, 0])

@@ -749,6 +749,8 @@ MOVES = (
     *("ship", "ship", "ship", "ship_fee", "return", "quantity_up", "quantity_down"),
     *("cancel", "empty", "reverse", "currency", "payment", "unitemised", "account"),
 )
+# The moves that change what the first snapshot fixes (§4: answered 422).
+IDENTITY_MOVES = frozenset({"currency", "payment", "account"})
 OTHER_TYPES = ("shipping_fee", "surcharge", "sales_tax", "discount", "gift_card", "store_credit")
 
 
@@ -1421,10 +1423,13 @@ class Simulation:
                     following = queue.pop(0)
                     more = self._edit(following[1]) if following[0] == "edit" else following[1]
                     if more is not None:
-                        # A snapshot that moves the payment to another account or PSP
-                        # order never overtakes: stored first, it would be the one that
-                        # fixes the payment, and the PSP knows the order under the first.
-                        if more[1] not in ("account", "payment") and rng.random() < 0.4:
+                        # A snapshot that changes the currency or payment (another
+                        # account, another PSP id) never overtakes: stored first, it
+                        # would be the one that fixes them, and the PSP knows the order
+                        # under the first one. (Drawn as before, so that every other
+                        # history stays the one its seed named.)
+                        overtakes = more[1] != "account" and rng.random() < 0.4
+                        if overtakes and more[1] not in IDENTITY_MOVES:
                             self.kind("versions_out_of_order")
                             batch.insert(0, more)
                         else:
@@ -1520,8 +1525,8 @@ class Simulation:
                 return
             line = self.rng.choice(candidates)
             unit = _captured_unit_value(psp, line["id"])
-            if unit is None:
-                return
+            if not unit:
+                return  # a refund of nothing is no money moved (§4), and no PSP takes one
             self.model.external(psp, "refund", [(line["id"], 1, unit, line["tax_rate"])])
             oracle.external_refund(line["id"], 1)
         elif what == "cancel":

@@ -186,6 +186,59 @@ def test_refunds_at_the_captured_price_and_tax_after_a_price_edit() -> None:
     assert "refund_not_at_captured_price" in codes
 
 
+def test_a_price_raised_after_a_capture_may_be_spread_over_the_units_still_open() -> None:
+    # Seed 28: 1 of 3 captured at 1200, the price raised to 1500; the next unit takes its
+    # part of what is still open of the line, (4500 - 1200) / 2 = 1650.
+    oracle = Oracle(3600, refuses_increases=False)
+    three = line("l1", 3, 1200, 700)
+    oracle.snapshot(snap(1, [three]))
+    oracle.snapshot(snap(2, [{**three, "shipped_quantity": 1}]))
+    oracle.settle()
+    dearer = {**three, "unit_price": 1500}
+    oracle.snapshot(snap(3, [{**dearer, "shipped_quantity": 1}]))
+    oracle.snapshot(snap(4, [{**dearer, "shipped_quantity": 2}]))
+    oracle.settle()
+    oracle.snapshot(snap(5, [{**dearer, "shipped_quantity": 3}]))
+    exp = oracle.expectation()
+    first = ("capture", 1200, [booked("l1", 1, 1200, 700)])
+    spread = [("capture", 1650, [booked("l1", 1, 1650, 700)])] * 2
+    assert check_ledger([first, *spread], exp) == []
+    # The whole line's part (2 of 3 is 3000: 1800 now) is allowed too.
+    whole = [("capture", 1800, [booked("l1", 1, 1800, 700)])]
+    assert check_ledger([first, *whole, ("capture", 1500, [booked("l1", 1, 1500, 700)])], exp) == []
+    # Beyond what is open of the line is caught.
+    beyond = [("capture", 2000, [booked("l1", 1, 2000, 700)])]
+    codes = {c for c, _ in check_ledger([first, *beyond], exp)}
+    assert "captured_at_wrong_price" in codes
+
+
+def test_a_unit_back_from_a_line_captured_at_two_prices_may_take_their_average() -> None:
+    # Seed 1172: two socks captured with a discount share (315 each), one more outside
+    # at the list price (450); one back may give back 315, 450 or anything between (the
+    # line's average, 360), never more than the dearest unit.
+    oracle = Oracle(1470, refuses_increases=False)
+    oracle.snapshot(snap(1, [SHOES, SOCKS, DISCOUNT]))
+    oracle.snapshot(snap(2, [SHOES, {**SOCKS, "quantity": 3, "shipped_quantity": 2}, DISCOUNT]))
+    oracle.external_capture("socks", 1, 450)
+    oracle.settle()
+    oracle.snapshot(
+        snap(
+            3,
+            [SHOES, {**SOCKS, "quantity": 3, "shipped_quantity": 3, "returned_quantity": 1}],
+        )
+    )
+    exp = oracle.expectation()
+    shared = [booked("socks", 2, 900), booked("discount", 1, -270, type="discount")]
+    ledger = [("capture", 630, shared), ("capture", 450, [booked("socks", 1, 450)])]
+
+    def back(amount: int) -> set[str]:
+        refund = [booked("socks", 1, 450), booked("discount", 1, amount - 450, type="discount")]
+        return {c for c, _ in check_ledger([*ledger, ("refund", amount, refund)], exp)}
+
+    assert "refund_not_at_captured_price" not in back(360) | back(315) | back(450)
+    assert "refund_not_at_captured_price" in back(460) & back(300)
+
+
 def test_external_changes_are_counted_never_repeated_and_flagged() -> None:
     oracle = Oracle(2100, refuses_increases=False)
     oracle.snapshot(snap(1, [SHOES, SOCKS]))
@@ -207,6 +260,22 @@ def test_quantities_that_go_down_are_flagged() -> None:
     exp = oracle.expectation()
     assert ("needs_attention", REVERSED) in exp.required
     assert exp.lines["socks"].refunded == 1  # nothing automatic is done for those units
+
+
+def test_a_shipment_worth_nothing_taken_back_may_go_unflagged() -> None:
+    # Seed 1048: the discount took all of the order, so the shipped unit was worth 0 and
+    # no capture was sent; un-shipping it lowers nothing the PSP holds (§4 "below what
+    # was already captured"), so the flag is allowed, not required.
+    oracle = Oracle(100, refuses_increases=False)
+    one = line("l1", 1, 100)
+    everything_off = line("d", 1, -100, type="discount")
+    oracle.snapshot(snap(1, [one]))
+    oracle.snapshot(snap(2, [{**one, "shipped_quantity": 1}, everything_off]))
+    oracle.settle()
+    oracle.snapshot(snap(3, [one, everything_off]))
+    exp = oracle.expectation()
+    assert ("needs_attention", REVERSED) not in exp.required
+    assert ("needs_attention", REVERSED) in exp.allowed
 
 
 def test_a_currency_or_payment_change_is_rejected_and_nothing_stored() -> None:
