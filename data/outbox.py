@@ -4,12 +4,39 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass, fields
+from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection, Connection
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 Row = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Event:
+    """A row of `outbox`: one event for the shop and its delivery so far."""
+
+    id: uuid.UUID
+    seq: int
+    order_id: str
+    event_type: str
+    version: int
+    payload: dict[str, Any]
+    created_at: datetime
+    attempts: int
+    next_attempt_at: datetime
+    lease_until: datetime | None
+    last_status: int | None
+    last_error: str | None
+    delivered_at: datetime | None
+    parked_at: datetime | None
+
+
+EVENT_COLUMNS = ", ".join(f.name for f in fields(Event))
+_EVENT = class_row(Event)
 
 # Parked events (refused by the shop too often) are not a backlog that moves; they are
 # counted on their own, for an alert.
@@ -23,11 +50,11 @@ SELECT count(*) FILTER (WHERE parked_at IS NULL) AS backlog,
 FROM outbox WHERE delivered_at IS NULL
 """
 
-RECENT_FOR_ORDER = """
-SELECT * FROM (SELECT * FROM outbox WHERE order_id = %(order_id)s
-               ORDER BY seq DESC LIMIT %(limit)s) AS recent
+RECENT_FOR_ORDER = f"""
+SELECT {EVENT_COLUMNS} FROM (SELECT {EVENT_COLUMNS} FROM outbox WHERE order_id = %(order_id)s
+                             ORDER BY seq DESC LIMIT %(limit)s) AS recent
 ORDER BY seq
-"""
+"""  # noqa: S608
 
 
 # Unless the order's last event is already of this type and version (order.synced is
@@ -47,7 +74,7 @@ RETURNING id
 # waits behind an earlier one that keeps failing (unless the shop refused that one so
 # often that it was parked). The oldest row is locked and waited for, never skipped: a
 # second deliverer claiming at the same moment must not pass it and send a later event.
-CLAIM_NEXT = """
+CLAIM_NEXT = f"""
 UPDATE outbox SET attempts = attempts + 1,
                   lease_until = now() + make_interval(secs => %(lease)s)
 WHERE id = (
@@ -58,8 +85,8 @@ WHERE id = (
 )
   AND next_attempt_at <= now()
   AND (lease_until IS NULL OR lease_until < now())
-RETURNING *
-"""
+RETURNING {EVENT_COLUMNS}
+"""  # noqa: S608
 
 MARK_DELIVERED = """
 UPDATE outbox SET delivered_at = now(), lease_until = NULL, last_status = %(status)s,
@@ -103,11 +130,11 @@ def insert_event(
 
 def claim_next(
     conn: Connection[Row], order_id: str, lease_seconds: float
-) -> Callable[[], Row | None]:
+) -> Callable[[], Event | None]:
     """Sends the claim; the function returned reads the event claimed (None: nothing
     due). In pipeline mode, read it after the commit: no round trip of its own."""
-    cursor = conn.execute(CLAIM_NEXT, {"order_id": order_id, "lease": lease_seconds})
-    return cursor.fetchone
+    params = {"order_id": order_id, "lease": lease_seconds}
+    return conn.cursor(row_factory=_EVENT).execute(CLAIM_NEXT, params).fetchone
 
 
 def mark_delivered(conn: Connection[Row], event_id: uuid.UUID, status: int | None) -> None:
@@ -175,6 +202,7 @@ async def backlog(conn: AsyncConnection[Row]) -> Row:
     return row
 
 
-async def recent_for_order(conn: AsyncConnection[Row], order_id: str, limit: int) -> list[Row]:
-    cursor = await conn.execute(RECENT_FOR_ORDER, {"order_id": order_id, "limit": limit})
-    return await cursor.fetchall()
+async def recent_for_order(conn: AsyncConnection[Row], order_id: str, limit: int) -> list[Event]:
+    cursor = conn.cursor(row_factory=_EVENT)
+    params = {"order_id": order_id, "limit": limit}
+    return await (await cursor.execute(RECENT_FOR_ORDER, params)).fetchall()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import select
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -90,7 +90,10 @@ def pipelined(pool: SyncPool) -> Iterator[psycopg.Connection[DictRow]]:
                 yield conn
                 conn.execute("COMMIT")
         except BaseException:
-            conn.rollback()
+            # A connection that cannot roll back is closed below: the original error is
+            # the one to report.
+            with suppress(psycopg.Error):
+                conn.rollback()
             raise
         finally:
             if conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE:

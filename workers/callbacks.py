@@ -197,26 +197,26 @@ def deliver_order(
 def _claim(
     conn_pool: Any,
     order_id: str,
-    delivered: tuple[dict[str, Any], int | None] | None = None,
+    delivered: tuple[outbox.Event, int | None] | None = None,
     *,
     claim: bool = True,
-) -> dict[str, Any] | None:
+) -> outbox.Event | None:
     """Marks the event just delivered, if any, and claims the order's next one (None:
     nothing due). Both statements go with the COMMIT in pipeline mode, and the claim is
     read after it: one round trip per event, and none of its own for the last claim."""
     with pipelined(conn_pool) as conn:
         if delivered is not None:
             row, status = delivered
-            outbox.mark_delivered(conn, row["id"], status)
+            outbox.mark_delivered(conn, row.id, status)
         claimed = outbox.claim_next(conn, order_id, LEASE_SECONDS) if claim else None
     if delivered is not None:
         row, status = delivered
-        metrics.CALLBACKS.labels(event_type=row["event_type"], outcome="delivered").inc()
+        metrics.CALLBACKS.labels(event_type=row.event_type, outcome="delivered").inc()
         log.info(
             "callback_delivered",
-            event_type=row["event_type"],
-            webhook_id=webhook_id(row["id"]),
-            attempts=row["attempts"],
+            event_type=row.event_type,
+            webhook_id=webhook_id(row.id),
+            attempts=row.attempts,
             http_status=status,
         )
     return claimed() if claimed is not None else None
@@ -228,13 +228,13 @@ def _send(
     signer: Webhook,
     url: str,
     settings: Settings,
-    row: dict[str, Any],
+    row: outbox.Event,
 ) -> tuple[int | None, float | None]:
     """POSTs one event: the shop's status if it took it (the caller marks it delivered
     with its next claim), else the failure is recorded and the delay before the next
     try returned."""
-    msg_id = webhook_id(row["id"])
-    body = _canonical(row["payload"])
+    msg_id = webhook_id(row.id)
+    body = _canonical(row.payload)
     now = datetime.now(UTC)
     # Signed afresh on every attempt: receivers refuse timestamps older than 5 minutes.
     headers = {
@@ -256,26 +256,26 @@ def _send(
         return status, None
     with conn_pool.connection() as conn, conn.transaction():
         delay = retry_delay(
-            row["attempts"], settings.retry_base_seconds, settings.retry_max_seconds, floor=0.5
+            row.attempts, settings.retry_base_seconds, settings.retry_max_seconds, floor=0.5
         )
         refused = status is not None and 400 <= status < 500 and status not in (408, 429)
-        park = refused and int(row["attempts"]) >= PARK_AFTER_REFUSALS
-        outbox.mark_failed(conn, row["id"], delay, status, error, park=park)
+        park = refused and int(row.attempts) >= PARK_AFTER_REFUSALS
+        outbox.mark_failed(conn, row.id, delay, status, error, park=park)
     if park:
         log.error(
             "callback_parked",
-            event_type=row["event_type"],
+            event_type=row.event_type,
             webhook_id=msg_id,
-            attempts=row["attempts"],
+            attempts=row.attempts,
             http_status=status,
         )
         return None, 0.0  # the order's next event goes now
-    metrics.CALLBACKS.labels(event_type=row["event_type"], outcome="failed").inc()
+    metrics.CALLBACKS.labels(event_type=row.event_type, outcome="failed").inc()
     log.warning(
         "callback_failed",
-        event_type=row["event_type"],
+        event_type=row.event_type,
         webhook_id=msg_id,
-        attempts=row["attempts"],
+        attempts=row.attempts,
         http_status=status,
         error=error,
         retry_in_seconds=round(delay, 2),

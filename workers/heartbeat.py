@@ -24,7 +24,7 @@ from ordersync.db import SyncPool
 
 log = structlog.get_logger("ordersync.reconcile")
 
-# How often an idle heartbeat looks for leases to renew (none held: no statement).
+# How long a heartbeat with nothing to renew waits before it ends.
 IDLE_SECONDS = 1.0
 
 
@@ -57,7 +57,7 @@ class Heartbeat:
 
     def _start(self) -> None:
         # Under the lock. Threads do not survive a fork: a forked pool process starts
-        # its own on its first call.
+        # its own on its first call; an idle heartbeat has ended (see _run).
         if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
             return
         self._pid = os.getpid()
@@ -74,8 +74,11 @@ class Heartbeat:
             time.sleep(self._interval())
             with self._lock:
                 held = dict(self._held)
-            if not held:
-                continue
+                if not held:
+                    # Nothing to renew: the thread ends, and the next call starts one
+                    # (a context closed in a test leaves no thread behind).
+                    self._thread = None
+                    return
             try:
                 with self._pool().connection() as conn:
                     renewed = store.renew_leases(

@@ -683,7 +683,7 @@ def test_seq13_a_second_deliverer_never_passes_a_claimed_event(ctx: WorkerContex
     got: list[Any] = []
     with ctx.pool.connection() as first:
         claimed = outbox_store.claim_next(first, order_id, 60)()  # not committed yet
-        assert claimed is not None and claimed["event_type"] == "order.needs_attention"
+        assert claimed is not None and claimed.event_type == "order.needs_attention"
 
         def second() -> None:
             with ctx.pool.connection() as conn, conn.transaction():
