@@ -26,7 +26,7 @@ from domain.lines import (
     same_lines,
     shipped_quantity,
 )
-from domain.snapshot import OrderSnapshot
+from domain.snapshot import Line, OrderSnapshot
 
 
 class Kind(StrEnum):
@@ -301,7 +301,49 @@ def _attribution(
             unattributed = op.external and op.kind is kind and not op.lines
             if unattributed and op.status == "succeeded" and op.amount == amount and op.reference:
                 return Attribute(op.reference, tuple(lines))
+    for op in history:
+        if (
+            op.external
+            and op.kind is Kind.CAPTURE
+            and not op.lines
+            and op.status == "succeeded"
+            and op.amount > 0
+            and op.reference
+        ):
+            part = _shipped_part(order, ledger, op.amount)
+            if part:
+                return Attribute(op.reference, part)
     return None
+
+
+def _shipped_part(order: OrderSnapshot, ledger: Ledger, amount: int) -> tuple[PspLine, ...]:
+    """Units of one line the shop marks shipped and no capture has taken whose value
+    (alone, or with the shares a capture of them carries) comes to `amount`: a capture
+    made without the service of part of a shipment. Counted as those units, they are
+    never captured a second time (contract §4, money that moved without the service)."""
+    for line in order.effective_lines:
+        if line.shared or line.is_fee:
+            continue
+        held = _captured_qty(ledger, line.id)
+        for units in range(1, shipped_quantity(order, line) - held + 1):
+            alone = [
+                _with_shipped(other, _captured_qty(ledger, other.id))
+                if other.id != line.id
+                else _with_shipped(other, held + units)
+                for other in order.lines
+            ]
+            candidate = capture_lines(order.model_copy(update={"lines": alone}), ledger)
+            own = tuple(x for x in candidate if x.reference == line.id)
+            if lines_total(candidate) == amount:
+                return tuple(candidate)
+            if lines_total(own) == amount:
+                return own
+    return ()
+
+
+def _with_shipped(line: Line, shipped: int) -> Line:
+    """The line as if the shop had marked only `shipped` of it shipped, none returned."""
+    return line.model_copy(update={"shipped_quantity": shipped, "returned_quantity": 0})
 
 
 def _let_go(view: OrderView) -> bool:
@@ -489,9 +531,7 @@ def _fit_capture(order: OrderSnapshot, ledger: Ledger, remaining: int) -> list[P
         dropped = shipped.pop()
         lines = list(order.lines)
         index = next(i for i, line in enumerate(lines) if line.id == dropped.id)
-        lines[index] = dropped.model_copy(
-            update={"shipped_quantity": _captured_qty(ledger, dropped.id), "returned_quantity": 0}
-        )
+        lines[index] = _with_shipped(dropped, _captured_qty(ledger, dropped.id))
         order = order.model_copy(update={"lines": lines})
         candidate = capture_lines(order, ledger)
         if candidate and lines_total(candidate) <= remaining:

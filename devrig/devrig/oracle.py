@@ -272,9 +272,28 @@ class Oracle:
             # of this window, and the PSP will not raise it again.
             exp.authorized_low = min(exp.authorized_low or st.authorized, *lows)
             exp.allowed.add(("needs_new_order", ""))
+        # Every unit of value in the basket already captured, and nothing of the
+        # authorization left: a higher total then comes from an order-level line (a
+        # discount dropped), not from items to authorize; §4's new order is "for the new
+        # items", so a person settles the gap instead (or the shop is told; either).
+        nothing_new = (
+            st.any_capture
+            and st.money + 2 >= st.authorized
+            and not any(
+                int(line["quantity"]) > self._captured_at_most(line_id) and line_value(line) > 0
+                for line_id, line in lines.items()
+                if kind(line) in GOODS | FEES
+            )
+        )
         if st.closed is None and not cancelling and total != st.authorized:
-            if total > st.authorized and self.refuses:
-                exp.requires("needs_new_order")
+            if total > st.authorized and self.refuses and not nothing_new:
+                if any(e.captured_range for e in exp.lines.values()):
+                    # What an earlier window captured was left to timing: everything
+                    # may be captured already (see nothing_new), or not.
+                    exp.allowed.add(("needs_new_order", ""))
+                    exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+                else:
+                    exp.requires("needs_new_order")
                 exp.outcomes.add("increase_refused")
             elif st.any_capture and (total < st.money - 2 or st.money + 2 >= st.authorized):
                 # Below what was captured, or the authorization fully captured already:
@@ -311,6 +330,13 @@ class Oracle:
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         self.window = [last]
         self.faulty = False
+
+    def _captured_at_most(self, line_id: str) -> int:
+        """Units of the line the PSP may hold: more than counted when a window left
+        their capture to timing (a range)."""
+        entry = self.exp.lines.get(line_id)
+        high = entry.captured_range[1] if entry and entry.captured_range else 0
+        return max(self.state.captured.get(line_id, 0), high)
 
     def _ratio(self, snap: dict[str, Any]) -> Fraction:
         """What a unit's value becomes once order-level lines (discounts, sales tax)

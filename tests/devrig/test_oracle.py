@@ -470,3 +470,24 @@ def test_an_open_order_lowered_to_nothing_below_its_captures_may_be_flagged() ->
     oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, credit]))
     exp = oracle.expectation()
     assert CANNOT_FOLLOW_ABOVE in exp.allowed
+
+
+def test_a_discount_dropped_after_everything_was_captured_needs_no_new_order() -> None:
+    """Seed 1146: all units captured to the last cent of the authorization, then the
+    shop drops a discount on a PSP that refuses increases. No new item needs paying
+    for: the gap may be flagged for a person, a new order is not required."""
+    oracle = Oracle(1470, refuses_increases=True)
+    everything = [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]
+    oracle.snapshot(snap(1, [*everything, DISCOUNT]))
+    oracle.settle()
+    oracle.snapshot(snap(2, everything))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") not in exp.required
+    assert ("needs_new_order", "") in exp.allowed
+    assert ("needs_attention", "captured_below_total") in exp.allowed
+    # A new item on that PSP still requires one.
+    grown = Oracle(1470, refuses_increases=True)
+    grown.snapshot(snap(1, [*everything, DISCOUNT]))
+    grown.settle()
+    grown.snapshot(snap(2, [*everything, DISCOUNT, line("hat", 1, 300)]))
+    assert ("needs_new_order", "") in grown.expectation().required

@@ -155,3 +155,32 @@ def test_a_cancel_made_outside_asks_for_no_new_order_until_the_shop_sends_one(
     drive(ctx, order_id)
     assert flag_code(ctx, order_id, "needs_new_order") == "authorization_cancelled"
     assert told(ctx, order_id)[-1][0] == "order.new_order_required"
+
+
+def test_a_customer_area_capture_of_part_of_a_later_shipment_is_never_made_again(
+    database_url: str,
+) -> None:
+    """Simulation seeds 1063, 1086: a Customer Area capture (no lines) of one pair of
+    socks, then the shop marks both pairs shipped. The whole shipment (900) is not the
+    capture's amount (450), so the capture was never tied to units, and the service
+    captured both pairs again: three pairs charged for two. §4: money moved without the
+    service is counted and "never made a second time"."""
+    ctx, sent = adyen_with_captured_lines(database_url)
+    try:
+        order_id = new_order_id()
+        first = snap(order_id, [SHOES, SOCKS], provider="adyen")
+        insert_order(ctx, first)
+        drive(ctx, order_id)
+        capture = adyen_item(first.psp_order_id, "CAPTURE", 450, merchantReference="shop-1001")
+        assert notify(ctx, capture) == "external"
+        socks_out = shipped([SHOES, SOCKS], socks=2)
+        update_snapshot(ctx, snap(order_id, socks_out, 2, provider="adyen"))
+        operator_reconcile(ctx, order_id)
+        (request,) = [r for r in sent if r.url.path.endswith("/captures")]
+        body = json.loads(request.content)
+        assert body["amount"]["value"] == 450
+        assert [(i["id"], i["quantity"]) for i in body["lineItems"]] == [("socks", 1)]
+        (external,) = [o for o in operations(ctx, order_id) if o["external"]]
+        assert [(x["reference"], x["quantity"]) for x in external["lines"]] == [("socks", 1)]
+    finally:
+        ctx.close()
