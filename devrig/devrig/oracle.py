@@ -172,6 +172,13 @@ class Oracle:
         self.state.captured[line_id] = self.state.captured.get(line_id, 0) + units
         self.state.any_capture = True
         self.state.money += value
+        # Made without the service, at the price its maker chose: §4 asks that it be
+        # counted and never made again, not that it be at the shop's price of the
+        # moment the service judges it.
+        entry = self.exp.lines.setdefault(line_id, LineExpect())
+        snaps = [*self.window, *([self.stored] if self.stored else [])]
+        rates = {int(x["tax_rate"]) for snap in snaps for x in snap["lines"] if x["id"] == line_id}
+        entry.prices |= {(value // units, rate) for rate in rates} if units else set()
         self._external("external_capture")
 
     def external_refund(self, line_id: str, units: int) -> None:

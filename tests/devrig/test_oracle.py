@@ -251,6 +251,23 @@ def test_external_changes_are_counted_never_repeated_and_flagged() -> None:
     assert "captured_units" in {c for c, _ in check_ledger(twice, exp)}
 
 
+def test_a_capture_made_outside_is_not_judged_by_a_later_price() -> None:
+    # Seed 5136: one sock captured in the Customer Area at 450, the shop then lowered the
+    # price to 150 and marked it shipped; the outside capture stands at its own price.
+    oracle = Oracle(1350, refuses_increases=False)
+    three = {**SOCKS, "quantity": 3}
+    oracle.snapshot(snap(1, [three]))
+    oracle.external_capture("socks", 1, 450)
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**three, "unit_price": 150, "shipped_quantity": 1}]))
+    oracle.settle()
+    oracle.snapshot(snap(3, [{**three, "unit_price": 150, "shipped_quantity": 2}]))
+    exp = oracle.expectation()
+    ledger = [("capture", 450, [booked("socks", 1, 450)])]
+    ledger.append(("capture", 0, [booked("socks", 1, 0)]))  # 450 of the line's 450 taken
+    assert "captured_at_wrong_price" not in {c for c, _ in check_ledger(ledger, exp)}
+
+
 def test_quantities_that_go_down_are_flagged() -> None:
     oracle = Oracle(2100, refuses_increases=False)
     oracle.snapshot(snap(1, [SHOES, SOCKS]))
