@@ -34,6 +34,16 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def consumer_schedstat(pid: int | None) -> tuple[float, float]:
+    """Seconds the process's main thread (Celery's consumer: it fetches every message,
+    one at a time) has run and has waited runnable for a CPU (Linux schedstat)."""
+    try:
+        on_cpu, waiting, _ = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
 def _drain(
     done: Callable[[], int], total: int, timeout: float, pid: int | None = None
 ) -> dict[str, float]:
@@ -46,6 +56,7 @@ def _drain(
         now = time.monotonic()
         if first is None and count > 0:
             first, first_count, first_cpu = now, count, cpu_seconds(pid)
+            first_consumer = consumer_schedstat(pid)
         if count >= total:
             break
         if now > deadline:
@@ -54,7 +65,12 @@ def _drain(
     assert first is not None
     elapsed = max(now - first, 1e-3)
     finished = max(total - first_count, 1)
+    consumer = consumer_schedstat(pid)
     return {
+        # The consumer thread's share per message: the CPU it used and the time it was
+        # ready to run but waited for a core (on a loaded machine, the larger one).
+        "consumer_cpu_ms_per_op": (consumer[0] - first_consumer[0]) * 1000 / finished,
+        "consumer_runqueue_ms_per_op": (consumer[1] - first_consumer[1]) * 1000 / finished,
         "rate": (total - first_count) / elapsed,
         "seconds": elapsed,
         # CPU-ms per operation × operations per second = the share of a core it takes.
@@ -198,7 +214,10 @@ def run(
         )
         print(
             f"  reconcile threads x{slow_concurrency}, {delay_ms} ms PSP: {slow['rate']:7.0f} ops/s"
-            f" ({slow['cpu_ms_per_op']:.1f} CPU-ms/op)",
+            f" ({slow['cpu_ms_per_op']:.1f} CPU-ms/op; consumer thread per message:"
+            f" {slow['consumer_cpu_ms_per_op']:.2f} ms on a CPU,"
+            f" {slow['consumer_runqueue_ms_per_op']:.2f} ms waiting for one; load average"
+            f" {os.getloadavg()[0]:.1f})",
             flush=True,
         )
         rows.append(
@@ -213,6 +232,13 @@ def run(
             )
         )
         rows.append(Row("CPU per operation at the slow PSP", slow["cpu_ms_per_op"], "ms"))
+        rows.append(
+            Row(
+                "consumer thread waiting for a CPU, per message",
+                slow["consumer_runqueue_ms_per_op"],
+                "ms",
+            )
+        )
         extra["slow"] = {
             "pool": "threads",
             "concurrency": slow_concurrency,
