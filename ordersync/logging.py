@@ -158,7 +158,15 @@ def _is_sensitive(key: str) -> bool:
     return lowered in _REDACTED_KEYS or any(f in lowered for f in _REDACTED_FRAGMENTS)
 
 
+# Every needle of every pattern in one search: an ordinary value costs one call in C.
+_ANY_NEEDLE = re.compile(
+    "|".join(re.escape(needle) for needles, _, _ in _VALUE_PATTERNS for needle in needles)
+)
+
+
 def scrub_text(text: str) -> str:
+    if not _ANY_NEEDLE.search(text):
+        return text
     for needles, pattern, replacement in _VALUE_PATTERNS:
         if any(needle in text for needle in needles):
             text = pattern.sub(replacement, text)
@@ -179,6 +187,12 @@ def _scrub_bounded(text: str, limit: int = MAX_VALUE_CHARS) -> str:
 
 
 def _scrub(value: Any) -> Any:
+    # The common cases first, by exact type: an isinstance test against Mapping (an
+    # abstract class) costs more than scrubbing an ordinary string.
+    if value.__class__ is str:
+        return _scrub_bounded(value)
+    if value.__class__ in _PLAIN:
+        return value
     if isinstance(value, Mapping):
         items = list(value.items())[:MAX_ITEMS]
         return {
@@ -191,6 +205,10 @@ def _scrub(value: Any) -> Any:
     if isinstance(value, bytes):
         return _scrub_bounded(value[: 3 * MAX_VALUE_CHARS].decode("utf-8", "replace"))
     return value
+
+
+# Values that never hold text: nothing to scrub.
+_PLAIN = frozenset({int, float, bool, type(None)})
 
 
 def redact(
