@@ -40,8 +40,9 @@ class Batcher(Generic[T, R]):
             self._start_flush()
         elif self._timer is None:
             self._timer = loop.call_later(self._window, self._start_flush)
-        # A cancelled caller (client gone) does not cancel the batch: the others wait on it.
-        return await asyncio.shield(future)
+        # A cancelled caller (client gone) cancels only its own future: the batch runs in
+        # its own task, and `_run` skips a future that is done.
+        return await future
 
     def _start_flush(self) -> None:
         if self._timer is not None:

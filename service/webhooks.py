@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from collections.abc import Callable
 from typing import TypeVar
@@ -70,13 +71,19 @@ def signature_headers(headers: dict[str, str]) -> dict[str, str]:
     return {**headers, "webhook-signature": " ".join(entries[:MAX_SIGNATURE_ENTRIES])}
 
 
+@functools.lru_cache(maxsize=16)
+def _webhook(secret: str) -> Webhook:
+    # The configured secrets are few and fixed: each is decoded once, not per request.
+    return Webhook(secret)
+
+
 def verify_shop_signature(body: bytes, headers: dict[str, str], secrets: list[str]) -> str:
     """Returns the verified webhook-id; any configured secret may have signed (rotation).
     No failure of the library is anything but a 401."""
     checked = signature_headers(headers)
     for secret in secrets:
         try:
-            Webhook(secret).verify(body, checked, json_parse=False)
+            _webhook(secret).verify(body, checked, json_parse=False)
         except _VERIFY_FAILURES:
             continue
         return checked["webhook-id"]
