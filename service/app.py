@@ -152,6 +152,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lambda items: store_shop_events(pool, items, accounts),
         window_seconds=settings.web_batch_window_ms / 1000,
         max_items=settings.web_batch_max,
+        max_in_flight=settings.web_batch_in_flight,
     )
 
     async def store_shop(webhook_id: str, event: ShopEvent) -> Stored:
