@@ -299,12 +299,43 @@ def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
     )
     # Warnings (Celery's, for one) as log lines too, not free text on stderr.
     logging.captureWarnings(True)
+    (handler,) = logging.getLogger().handlers
+    assert isinstance(handler, logging.StreamHandler)
+    # Our own events skip the stdlib: the same processors render them, and the line goes
+    # to the stdlib handler's stream under its lock (_LineWriter).
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, *final[1:]],
+        logger_factory=lambda *args: _LineWriter(handler, str(args[0]) if args else ""),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
         cache_logger_on_first_use=True,
     )
+
+
+class _LineWriter:
+    """Where structlog puts a rendered line of ours: the stream the stdlib handler writes
+    uvicorn's and Celery's records to, under the handler's lock, so lines from threads
+    never interleave. Going through the stdlib instead (a LogRecord, ProcessorFormatter's
+    copy of it, the caller's frame looked up, handler dispatch) was most of the cost of
+    a line, and the web process writes one per webhook."""
+
+    __slots__ = ("_handler", "name")
+
+    def __init__(self, handler: logging.StreamHandler[Any], name: str) -> None:
+        self._handler = handler
+        self.name = name  # structlog.stdlib.add_logger_name reads it
+
+    def msg(self, line: str) -> None:
+        handler = self._handler
+        handler.acquire()
+        try:
+            handler.stream.write(line + handler.terminator)
+            handler.flush()
+        finally:
+            handler.release()
+
+    debug = info = warning = warn = error = critical = exception = fatal = msg
 
 
 def get_logger(name: str) -> Any:
