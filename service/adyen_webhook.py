@@ -303,7 +303,7 @@ async def _adyen_webhook(state: AppState, headers: Headers, receive: Receive) ->
     return _ACCEPTED
 
 
-adyen_webhook = Endpoint(_adyen_webhook)
+adyen_webhook = Endpoint(_adyen_webhook, reads=("content-length", "authorization"))
 
 
 def _merchant_code(item: dict[str, Any]) -> str | None:

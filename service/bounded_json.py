@@ -106,6 +106,23 @@ def _plain(body: bytes, max_depth: int) -> bool:
     )
 
 
+# Bytes to "0" for a digit and " " for anything else: a run of digits is a run of "0".
+_DIGITS = bytes.maketrans(
+    bytes(range(256)), bytes(0x30 if 0x30 <= c <= 0x39 else 0x20 for c in range(256))
+)
+# A number literal longer than MAX_NUMBER_CHARS has at most three runs of digits
+# (integer, fraction, exponent) and four other characters, so one run of at least this.
+_LONG_DIGIT_RUN = b"0" * ((MAX_NUMBER_CHARS - 4) // 3 + 1)
+
+
+def plain(body: bytes) -> bool:
+    """Whether `body`, if it is JSON, holds nothing `loads` would refuse beyond its
+    syntax: nesting within bounds, no NUL or surrogate, no number literal too long to
+    convert (no long run of digits). Linear: a few scans in C. Such a body may be read
+    by a model's own JSON parser; any other goes through `loads`."""
+    return _plain(body, MAX_DEPTH) and _LONG_DIGIT_RUN not in body.translate(_DIGITS)
+
+
 def _too_deep(max_depth: int) -> BadRequest:
     return BadRequest(
         "the body is nested too deeply",
