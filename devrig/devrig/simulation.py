@@ -1922,28 +1922,47 @@ def run_many(
     histories: int,
     first_seed: int = 0,
     *,
-    step: int = 1,
     fail_fast: bool = False,
     seconds: float | None = None,
     on_result: Callable[[Result], None] | None = None,
 ) -> Summary:
     sim = Simulation(database_url)
-    summary = Summary()
     started = time.perf_counter()
     try:
-        for seed in range(first_seed, first_seed + histories * step, step):
-            if seconds is not None and time.perf_counter() - started > seconds:
-                break  # the time budget is spent: the totals so far
-            with quiet_logs():
-                result = sim.run(seed)
-            summary.add(result)
-            if on_result is not None:
-                on_result(result)
-            if fail_fast and result.violations:
-                break
+        summary = run_seeds(
+            sim,
+            range(first_seed, first_seed + histories),
+            fail_fast=fail_fast,
+            deadline=None if seconds is None else time.time() + seconds,
+            on_result=on_result,
+        )
     finally:
         sim.close()
     summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def run_seeds(
+    sim: Simulation,
+    seeds: range,
+    *,
+    fail_fast: bool = False,
+    deadline: float | None = None,
+    on_result: Callable[[Result], None] | None = None,
+) -> Summary:
+    """One history per seed, in order, on one Simulation; stops early at `deadline`
+    (time.time()) or, with `fail_fast`, after the first history with a violation."""
+    summary = Summary()
+    for seed in seeds:
+        if deadline is not None and time.time() > deadline:
+            break  # the time budget is spent: the totals so far
+        with quiet_logs():
+            result = sim.run(seed)
+        summary.add(result)
+        if on_result is not None:
+            on_result(result)
+        if fail_fast and result.violations:
+            break
     return summary
 
 
@@ -1976,13 +1995,100 @@ def prepare(database_url: str) -> None:
         )
 
 
-def _worker(args: tuple[str, int, int, int, bool, float | None]) -> Summary:
-    """One process of a parallel run: its own database, every `step`-th seed."""
-    database_url, histories, first_seed, step, fail_fast, seconds = args
-    with quiet_logs():
-        return run_many(
-            database_url, histories, first_seed, step=step, fail_fast=fail_fast, seconds=seconds
+# A parallel run hands out seeds in blocks this long: short enough that the processes end
+# together and progress shows, long enough that handing them out costs nothing.
+BLOCK = 20
+
+_process_sim: Simulation | None = None  # one per process of a parallel run
+
+
+def _start_process(urls: Any) -> None:
+    """A process of a parallel run: its own database from `urls` (a queue), one
+    Simulation for every block it is handed."""
+    import multiprocessing.util
+
+    global _process_sim
+    sim = _process_sim = Simulation(urls.get())
+    multiprocessing.util.Finalize(sim, sim.close, exitpriority=10)
+
+
+def _block(args: tuple[int, int, bool, float | None]) -> tuple[int, Summary]:
+    first, count, fail_fast, deadline = args
+    assert _process_sim is not None
+    seeds = range(first, first + count)
+    return first, run_seeds(_process_sim, seeds, fail_fast=fail_fast, deadline=deadline)
+
+
+class Progress:
+    """Now and then one line for a long run: histories done, the rate, violations so far,
+    and the seed below which every history is done (where a stopped run resumes)."""
+
+    def __init__(
+        self, out: Callable[[str], None], first_seed: int, histories: int, every: float
+    ) -> None:
+        self.out = out
+        self.end = first_seed + histories
+        self.histories = histories
+        self.every = every
+        self.resume = first_seed  # every seed below it is done
+        self.done: set[int] = set()  # seeds done above `resume`
+        self.count = 0
+        self.violations = 0
+        self.started = self.shown = time.perf_counter()
+
+    def add(self, seeds: range, violations: int) -> None:
+        self.count += len(seeds)
+        self.violations += violations
+        self.done.update(seeds)
+        while self.resume in self.done:
+            self.done.discard(self.resume)
+            self.resume += 1
+        now = time.perf_counter()
+        if now - self.shown < self.every:
+            return
+        self.shown = now
+        rate = self.count / (now - self.started)
+        left = self.end - self.resume
+        rest = f"; the rest: --first-seed {self.resume} --histories {left}" if left else ""
+        self.out(
+            f"progress: {self.count}/{self.histories} histories, {rate:.1f} histories/s,"
+            f" violations {self.violations}, every seed below {self.resume} done{rest}"
         )
+
+
+def _parallel(
+    urls: list[str],
+    histories: int,
+    first_seed: int,
+    *,
+    fail_fast: bool,
+    seconds: float | None,
+    progress: Progress,
+) -> Summary:
+    """Blocks of seeds handed to whichever process is free, one database per process."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    for url in urls:
+        queue.put(url)
+    deadline = None if seconds is None else time.time() + seconds
+    end = first_seed + histories
+    blocks = [
+        (first, min(BLOCK, end - first), fail_fast, deadline)
+        for first in range(first_seed, end, BLOCK)
+    ]
+    summary = Summary()
+    with context.Pool(len(urls), initializer=_start_process, initargs=(queue,)) as pool:
+        for first, part in pool.imap_unordered(_block, blocks):
+            summary.merge(part)
+            progress.add(range(first, first + part.histories), part.violations)
+            if fail_fast and part.violations:
+                break  # leaving the block ends the other processes
+        else:
+            pool.close()  # each process closes its Simulation
+            pool.join()
+    return summary
 
 
 def _databases(url: str, count: int) -> list[str]:
@@ -2007,6 +2113,10 @@ def _databases(url: str, count: int) -> list[str]:
             )
             urls.append(psycopg.conninfo.make_conninfo(url, dbname=clone))
     return urls
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)  # a long run's progress reaches a log file as it happens
 
 
 def report(summary: Summary, out: Callable[[str], None], *, kinds: bool = True) -> None:
@@ -2039,16 +2149,16 @@ def simulate(
     verbose: bool = False,
     kinds: bool = True,
     seconds: float | None = None,
-    out: Callable[[str], None] = print,
+    progress_seconds: float = 60.0,
+    out: Callable[[str], None] | None = None,
 ) -> int:
     """The long run (`ordersync simulate`): its own embedded Postgres unless given one;
     `processes` side by side, each on its own copy of the database; prints the totals,
     the event kinds hit, every violation code with its first seed."""
-    import multiprocessing
-
     from devrig.devstack import EmbeddedPostgres, temporary_pg_dir
     from ordersync.db import migrate
 
+    out = out or _say
     postgres = None
     if database_url is None:
         postgres = EmbeddedPostgres(temporary_pg_dir("ordersync-sim-pg-") / "data")
@@ -2059,9 +2169,10 @@ def simulate(
         with quiet_logs():
             migrate(database_url)
         prepare(database_url)
+        progress = Progress(out, first_seed, histories, progress_seconds)
         if processes <= 1:
 
-            def progress(result: Result) -> None:
+            def on_result(result: Result) -> None:
                 if verbose:
                     for line in result.trace:
                         out(f"  {line}")
@@ -2070,6 +2181,7 @@ def simulate(
                         f"seed {result.seed}: {violation.code} (seq {violation.sequence or '-'}):"
                         f" {violation.detail}"
                     )
+                progress.add(range(result.seed, result.seed + 1), len(result.violations))
 
             summary = run_many(
                 database_url,
@@ -2077,23 +2189,18 @@ def simulate(
                 first_seed,
                 fail_fast=fail_fast,
                 seconds=seconds,
-                on_result=progress,
+                on_result=on_result,
             )
         else:
             urls = _databases(database_url, processes)
-            per = [
-                len(range(first_seed + n, first_seed + histories, processes))
-                for n in range(processes)
-            ]
-            jobs = [
-                (urls[n], per[n], first_seed + n, processes, fail_fast, seconds)
-                for n in range(processes)
-            ]
-            with multiprocessing.get_context("spawn").Pool(processes) as pool:
-                parts = pool.map(_worker, jobs)
-            summary = Summary()
-            for part in parts:
-                summary.merge(part)
+            summary = _parallel(
+                urls,
+                histories,
+                first_seed,
+                fail_fast=fail_fast,
+                seconds=seconds,
+                progress=progress,
+            )
             for result in summary.failures[:20]:
                 for violation in result.violations:
                     out(f"seed {result.seed}: {violation.code}: {violation.detail}")
