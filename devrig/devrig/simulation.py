@@ -1995,28 +1995,32 @@ def prepare(database_url: str) -> None:
         )
 
 
-# A parallel run hands out seeds in blocks this long: short enough that the processes end
-# together and progress shows, long enough that handing them out costs nothing.
+# A process of a parallel run reports after this many histories: often enough for a
+# progress line, seldom enough to cost nothing.
 BLOCK = 20
 
-_process_sim: Simulation | None = None  # one per process of a parallel run
 
-
-def _start_process(urls: Any) -> None:
-    """A process of a parallel run: its own database from `urls` (a queue), one
-    Simulation for every block it is handed."""
-    import multiprocessing.util
-
-    global _process_sim
-    sim = _process_sim = Simulation(urls.get())
-    multiprocessing.util.Finalize(sim, sim.close, exitpriority=10)
-
-
-def _block(args: tuple[int, int, bool, float | None]) -> tuple[int, Summary]:
-    first, count, fail_fast, deadline = args
-    assert _process_sim is not None
-    seeds = range(first, first + count)
-    return first, run_seeds(_process_sim, seeds, fail_fast=fail_fast, deadline=deadline)
+def _process(
+    url: str, seeds: range, fail_fast: bool, deadline: float | None, stop: Any, reports: Any
+) -> None:
+    """One process of a parallel run: its own database, its seeds in order, a report
+    (seeds done, their Summary) after every block; None when it ends."""
+    try:
+        with quiet_logs():
+            sim = Simulation(url)
+        try:
+            for start in range(0, len(seeds), BLOCK):
+                if stop.is_set():
+                    break
+                block = seeds[start : start + BLOCK]
+                part = run_seeds(sim, block, fail_fast=fail_fast, deadline=deadline)
+                reports.put((block[: part.histories], part))
+                if part.histories < len(block):
+                    break  # fail_fast or the deadline
+        finally:
+            sim.close()
+    finally:
+        reports.put(None)
 
 
 class Progress:
@@ -2065,29 +2069,49 @@ def _parallel(
     seconds: float | None,
     progress: Progress,
 ) -> Summary:
-    """Blocks of seeds handed to whichever process is free, one database per process."""
+    """One process per database; process n runs every len(urls)-th seed from
+    first_seed + n, in order (a history can see what earlier histories left in its
+    database, so the same seeds on the same number of processes replay the same run)."""
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    for url in urls:
-        queue.put(url)
+    stop = context.Event()
+    reports = context.Queue()
     deadline = None if seconds is None else time.time() + seconds
     end = first_seed + histories
-    blocks = [
-        (first, min(BLOCK, end - first), fail_fast, deadline)
-        for first in range(first_seed, end, BLOCK)
+    processes = [
+        context.Process(
+            target=_process,
+            args=(
+                url,
+                range(first_seed + n, end, len(urls)),
+                fail_fast,
+                deadline,
+                stop,
+                reports,
+            ),
+        )
+        for n, url in enumerate(urls)
     ]
+    for process in processes:
+        process.start()
     summary = Summary()
-    with context.Pool(len(urls), initializer=_start_process, initargs=(queue,)) as pool:
-        for first, part in pool.imap_unordered(_block, blocks):
-            summary.merge(part)
-            progress.add(range(first, first + part.histories), part.violations)
-            if fail_fast and part.violations:
-                break  # leaving the block ends the other processes
-        else:
-            pool.close()  # each process closes its Simulation
-            pool.join()
+    running = len(processes)
+    while running:
+        report = reports.get()
+        if report is None:
+            running -= 1
+            continue
+        seeds, part = report
+        summary.merge(part)
+        progress.add(seeds, part.violations)
+        if fail_fast and part.violations:
+            stop.set()
+    for process in processes:
+        process.join()
+    failed = [p.exitcode for p in processes if p.exitcode]
+    if failed:
+        raise RuntimeError(f"simulation processes failed: exit codes {failed}")
     return summary
 
 
