@@ -36,7 +36,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import httpx
@@ -125,6 +125,7 @@ SEQUENCE_OF = {
     "task_poisoned": 11,
     "refund_not_at_captured_price": 14,
     "shop_events_out_of_order": 13,
+    "lease_not_swept": 10,
 }
 
 
@@ -192,6 +193,8 @@ class PspOrder:
     before_last: dict[str, Any] | None = None  # what a lagging read still shows
     types: dict[str, str] = field(default_factory=dict)  # line reference -> type
     account: str = ""  # the merchant's account the payment was made in
+    # A write's answer was lost: the next read may come from a replica behind it.
+    answer_lost: bool = False
 
 
 @dataclass
@@ -208,10 +211,15 @@ class Faults:
     failed_then_ok: float = 0.12  # Adyen: CAPTURE success=false first
     mismatched_twin: float = 0.08  # Adyen: a twin notification with other figures
     death: float = 0.025  # per death point reached
+    # A resend of a request the PSP already answered meets its rate limit (429), which
+    # is checked before its idempotency layer replays the first answer.
+    rate_limited: float = 0.3
+    # Right after a lost answer, how often the (check-)read still lags behind the write.
+    lag_after_lost: float = 0.5
 
     @classmethod
     def none(cls) -> Faults:
-        return cls(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        return cls(*[0] * len(fields(cls)))
 
 
 def _book_klarna(lines: list[dict[str, Any]], types: dict[str, str]) -> list[Booked]:
@@ -260,6 +268,8 @@ class PspModel:
         self.depth = 0
         self.psp_refs = 0
         self.shop_events: list[tuple[str, str, str]] = []  # (order id, type, webhook-id)
+        # Our operation id -> a failure notification Adyen sends again at its resend.
+        self.late_failures: dict[str, dict[str, Any]] = {}
 
     def _fault(self, probability: float, name: str) -> bool:
         if probability and self.rng.random() < probability:
@@ -346,6 +356,10 @@ class PspModel:
             return self._klarna_read(order)
         key = request.headers.get("Klarna-Idempotency-Key", "")
         body = json.loads(request.content) if request.content else {}
+        if key in self.replies and self._fault(self.faults.rate_limited, "klarna_resend_429"):
+            return httpx.Response(
+                429, json={"error_code": "TOO_MANY_REQUESTS"}, headers=self._retry_after()
+            )
         replay = self._replay(key, request)
         if replay is not None:
             return replay
@@ -364,6 +378,7 @@ class PspModel:
             order.before_last = before
         self.replies[key] = (_request_digest(request), response)
         if self.rng.random() < self.faults.write_lost:
+            order.answer_lost = True
             roll = self.rng.random()
             if roll < 0.4:
                 self._fault(1, "klarna_answer_lost")
@@ -506,7 +521,13 @@ class PspModel:
             status = self.rng.choice([500, 503, 429])
             self._fault(1, f"klarna_read_{status}")
             return httpx.Response(status, json={"error_code": f"SIM_{status}"})
-        if order.before_last is not None and self._fault(self.faults.read_lag, "klarna_read_lag"):
+        lag, name = self.faults.read_lag, "klarna_read_lag"
+        if order.answer_lost and lag:
+            # The check-read after a lost answer: only the idempotency key keeps a
+            # resend from applying a second time when this read lags the write.
+            lag, name = self.faults.lag_after_lost, "klarna_read_lag_after_lost_answer"
+        order.answer_lost = False
+        if order.before_last is not None and self._fault(lag, name):
             return httpx.Response(200, json=order.before_last)
         return httpx.Response(200, json=self._klarna_body(order))
 
@@ -525,6 +546,8 @@ class PspModel:
         if order is None:
             return httpx.Response(422, json={"errorCode": "167", "message": "unknown payment"})
         key = request.headers.get("Idempotency-Key", "")
+        if key in self.replies and self._fault(self.faults.rate_limited, "adyen_resend_429"):
+            return httpx.Response(429, json={"errorCode": "SIM429", "message": "rate limited"})
         replay = self._replay(key, request)
         if replay is not None:
             return replay
@@ -568,7 +591,12 @@ class PspModel:
                 order.types,
             )
         self.replies[key] = (_request_digest(request), response)
+        late = self.late_failures.pop(str(body.get("reference")), None)
         self._adyen_decide(order, action, amount, lines, body, psp_ref, key)
+        if late is not None:
+            # The failed generation's second notification, while its resend is out.
+            self.sim.kind("adyen_failed_generation_notified_again")
+            self.sim.deliver(late)
         if self.notifications and self._fault(self.faults.early_notification, "early_notification"):
             self.sim.deliver(self.notifications.pop())
         if self._fault(self.faults.write_lost, "adyen_answer_lost"):
@@ -634,6 +662,14 @@ class PspModel:
             item["eventCode"] = "CAPTURE_FAILED"
             item["success"] = "true"
             self.sim.kind("adyen_capture_failed")
+        elif failed_first and self.rng.random() < 0.5:
+            # Adyen reports the failed capture a second time (CAPTURE_FAILED), late:
+            # it arrives once the operation was sent again under its next key.
+            self.late_failures[str(body["reference"])] = {
+                **item,
+                "eventCode": "CAPTURE_FAILED",
+                "success": "true",
+            }
         if ok and self._fault(self.faults.mismatched_twin, "mismatched_twin"):
             twin = dict(item)
             self.psp_refs += 1
@@ -1531,6 +1567,7 @@ class Simulation:
         person would after looking), and it settles again."""
         faults = self.model.faults
         self.model.faults = Faults.none()
+        self._sweep_alone()
         self._settle(resync=True)
         for _ in range(3):
             flagged = []
@@ -1551,6 +1588,26 @@ class Simulation:
             if not final:
                 order.oracle.settle()
         self.model.faults = faults if not final else Faults.none()
+
+    def _sweep_alone(self) -> None:
+        """A worker that died mid-call is found by the periodic sweep alone (in
+        production nothing else enqueues its order; the settle rounds enqueue every
+        order, which would hide a sweep that misses it): no operation is left `sent`
+        with its lease run out after one round of time, sweep and work."""
+        self.time_passes()
+        self.sweep()
+        self._drain()
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT kind FROM operations WHERE order_id = ANY(%(ids)s)"
+                " AND status = 'sent' AND lease_until < now()",
+                {"ids": list(self.orders)},
+            ).fetchall()
+            conn.commit()
+        for row in rows:
+            found = Violation("lease_not_swept", f"{row['kind']} left sent, its lease run out")
+            if found not in self.result.violations:
+                self.result.violations.append(found)
 
     def _settle(self, *, resync: bool = False) -> None:
         """Until nothing moves: time passes (retries, leases, grace periods due), the
