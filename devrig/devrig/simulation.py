@@ -195,6 +195,7 @@ class PspOrder:
     account: str = ""  # the merchant's account the payment was made in
     # A write's answer was lost: the next read may come from a replica behind it.
     answer_lost: bool = False
+    last_read: int = -1  # the model's call number of the last answered read
 
 
 @dataclass
@@ -270,6 +271,8 @@ class PspModel:
         self.shop_events: list[tuple[str, str, str]] = []  # (order id, type, webhook-id)
         # Our operation id -> a failure notification Adyen sends again at its resend.
         self.late_failures: dict[str, dict[str, Any]] = {}
+        self.calls = 0  # Klarna calls so far; a key -> the call that applied it
+        self.applied_at: dict[str, int] = {}
 
     def _fault(self, probability: float, name: str) -> bool:
         if probability and self.rng.random() < probability:
@@ -352,10 +355,17 @@ class PspModel:
         order = self.orders.get(parts[4])
         if order is None:
             return httpx.Response(404, json={"error_code": "NOT_FOUND"})
+        self.calls += 1
         if request.method == "GET":
             return self._klarna_read(order)
         key = request.headers.get("Klarna-Idempotency-Key", "")
         body = json.loads(request.content) if request.content else {}
+        if key in self.applied_at and order.last_read < self.applied_at[key]:
+            # Contract §5: an unknown outcome is resolved by asking the PSP. A request
+            # that took effect is sent again only after a read of the order since.
+            found = Violation("resent_without_check_read", f"key {key[:8]} sent again unread")
+            if found not in self.violations:
+                self.violations.append(found)
         if key in self.replies and self._fault(self.faults.rate_limited, "klarna_resend_429"):
             return httpx.Response(
                 429, json={"error_code": "TOO_MANY_REQUESTS"}, headers=self._retry_after()
@@ -376,6 +386,7 @@ class PspModel:
         response = self._klarna_apply(order, action, body, key)
         if response.status_code < 300:
             order.before_last = before
+            self.applied_at[key] = self.calls
         self.replies[key] = (_request_digest(request), response)
         if self.rng.random() < self.faults.write_lost:
             order.answer_lost = True
@@ -527,6 +538,7 @@ class PspModel:
             # resend from applying a second time when this read lags the write.
             lag, name = self.faults.lag_after_lost, "klarna_read_lag_after_lost_answer"
         order.answer_lost = False
+        order.last_read = self.calls
         if order.before_last is not None and self._fault(lag, name):
             return httpx.Response(200, json=order.before_last)
         return httpx.Response(200, json=self._klarna_body(order))
