@@ -75,6 +75,8 @@ KLARNA_ACCOUNTS = {
 }
 ADYEN_KEYS = {"SimEU": "key-eu", "SimUS": "key-us"}
 SETTLE_ROUNDS = 14
+# How often the first read after a lost Klarna answer still lags behind the write.
+LAG_AFTER_LOST = 0.5
 # Time passes, in one statement: every back-off and lease runs out, stored work is past
 # its grace period, events for the shop are due; with `resync`, every PSP read is old.
 TIME_PASSES = """
@@ -215,8 +217,6 @@ class Faults:
     # A resend of a request the PSP already answered meets its rate limit (429), which
     # is checked before its idempotency layer replays the first answer.
     rate_limited: float = 0.3
-    # Right after a lost answer, how often the (check-)read still lags behind the write.
-    lag_after_lost: float = 0.5
 
     @classmethod
     def none(cls) -> Faults:
@@ -533,10 +533,11 @@ class PspModel:
             self._fault(1, f"klarna_read_{status}")
             return httpx.Response(status, json={"error_code": f"SIM_{status}"})
         lag, name = self.faults.read_lag, "klarna_read_lag"
-        if order.answer_lost and lag:
-            # The check-read after a lost answer: only the idempotency key keeps a
-            # resend from applying a second time when this read lags the write.
-            lag, name = self.faults.lag_after_lost, "klarna_read_lag_after_lost_answer"
+        if order.answer_lost:
+            # The check-read after a lost answer (a fault earlier, so also once faults
+            # are off): only the idempotency key keeps a resend from applying a second
+            # time when this read lags the write.
+            lag, name = LAG_AFTER_LOST, "klarna_read_lag_after_lost_answer"
         order.answer_lost = False
         order.last_read = self.calls
         if order.before_last is not None and self._fault(lag, name):
