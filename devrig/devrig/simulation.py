@@ -77,6 +77,17 @@ ADYEN_KEYS = {"SimEU": "key-eu", "SimUS": "key-us"}
 SETTLE_ROUNDS = 14
 # How often the first read after a lost Klarna answer still lags behind the write.
 LAG_AFTER_LOST = 0.5
+# Trouble a history may plan for an order's next PSP requests (the faults each one is):
+# an applied request whose answer is lost and whose resend meets the rate limit; an
+# Adyen capture that fails first and is reported failed a second time while resent.
+TROUBLE_FAULTS = {
+    "lost_then_429": ("answer_lost", "resend_429"),
+    "capture_fails_twice": ("capture_fails", "failure_again"),
+}
+TROUBLE = {
+    "klarna": ("lost_then_429",),
+    "adyen": ("lost_then_429", "capture_fails_twice", "capture_fails_twice"),
+}
 # Time passes, in one statement: every back-off and lease runs out, stored work is past
 # its grace period, events for the shop are due; with `resync`, every PSP read is old.
 TIME_PASSES = """
@@ -272,6 +283,10 @@ class PspModel:
         # Our operation id -> a failure notification Adyen sends again at its resend.
         self.late_failures: dict[str, dict[str, Any]] = {}
         self.calls = 0  # Klarna calls so far; a key -> the call that applied it
+        # A history's planned trouble: PSP order id -> faults that happen at their next
+        # chance, faults on or off (each is counted and noted as a fault).
+        self.forced: dict[str, set[str]] = {}
+        self.held: dict[str, dict[str, Any]] = {}  # key -> its notification, until resent
         self.applied_at: dict[str, int] = {}
 
     def _fault(self, probability: float, name: str) -> bool:
@@ -280,6 +295,13 @@ class PspModel:
             self.sim.note(f"fault {name}")
             return True
         return False
+
+    def _forced(self, order: PspOrder, what: str) -> bool:
+        planned = self.forced.get(order.psp_id, set())
+        if what not in planned:
+            return False
+        planned.discard(what)
+        return self._fault(1, f"planned_{what}")
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         if request.url.host == "shop.sim":
@@ -366,7 +388,10 @@ class PspModel:
             found = Violation("resent_without_check_read", f"key {key[:8]} sent again unread")
             if found not in self.violations:
                 self.violations.append(found)
-        if key in self.replies and self._fault(self.faults.rate_limited, "klarna_resend_429"):
+        if key in self.replies and (
+            self._forced(order, "resend_429")
+            or self._fault(self.faults.rate_limited, "klarna_resend_429")
+        ):
             return httpx.Response(
                 429, json={"error_code": "TOO_MANY_REQUESTS"}, headers=self._retry_after()
             )
@@ -388,7 +413,7 @@ class PspModel:
             order.before_last = before
             self.applied_at[key] = self.calls
         self.replies[key] = (_request_digest(request), response)
-        if self.rng.random() < self.faults.write_lost:
+        if self._forced(order, "answer_lost") or self.rng.random() < self.faults.write_lost:
             order.answer_lost = True
             roll = self.rng.random()
             if roll < 0.4:
@@ -559,7 +584,13 @@ class PspModel:
         if order is None:
             return httpx.Response(422, json={"errorCode": "167", "message": "unknown payment"})
         key = request.headers.get("Idempotency-Key", "")
-        if key in self.replies and self._fault(self.faults.rate_limited, "adyen_resend_429"):
+        if key in self.held:
+            # The notification of a request whose answer was lost comes after its resend.
+            self.notifications.append(self.held.pop(key))
+        if key in self.replies and (
+            self._forced(order, "resend_429")
+            or self._fault(self.faults.rate_limited, "adyen_resend_429")
+        ):
             return httpx.Response(429, json={"errorCode": "SIM429", "message": "rate limited"})
         replay = self._replay(key, request)
         if replay is not None:
@@ -610,6 +641,9 @@ class PspModel:
             # The failed generation's second notification, while its resend is out.
             self.sim.kind("adyen_failed_generation_notified_again")
             self.sim.deliver(late)
+        if self._forced(order, "answer_lost"):
+            self.held[key] = self.notifications.pop()
+            raise httpx.ReadTimeout("simulated: the answer was lost", request=request)
         if self.notifications and self._fault(self.faults.early_notification, "early_notification"):
             self.sim.deliver(self.notifications.pop())
         if self._fault(self.faults.write_lost, "adyen_answer_lost"):
@@ -646,7 +680,10 @@ class PspModel:
         elif action == "captures":
             event, kind = "CAPTURE", "capture"
             ok = open_ and amount <= order.authorized - order.captured
-            if ok and self._fault(self.faults.failed_then_ok, "capture_failed_first"):
+            if ok and (
+                self._forced(order, "capture_fails")
+                or self._fault(self.faults.failed_then_ok, "capture_failed_first")
+            ):
                 ok, failed_first = False, True
             if ok:
                 order.captured += amount
@@ -671,11 +708,12 @@ class PspModel:
         item = _adyen_item(order, event, ok, amount, psp_ref, str(body["reference"]))
         if not ok:
             item["reason"] = "refused"
-        if failed_first and self.rng.random() < 0.3:
+        again = failed_first and self._forced(order, "failure_again")
+        if failed_first and not again and self.rng.random() < 0.3:
             item["eventCode"] = "CAPTURE_FAILED"
             item["success"] = "true"
             self.sim.kind("adyen_capture_failed")
-        elif failed_first and self.rng.random() < 0.5:
+        elif again or (failed_first and self.rng.random() < 0.5):
             # Adyen reports the failed capture a second time (CAPTURE_FAILED), late:
             # it arrives once the operation was sent again under its next key.
             self.late_failures[str(body["reference"])] = {
@@ -1418,6 +1456,10 @@ class Simulation:
                 script += [("barrier", order_id), ("psp", (order_id, what)), ("barrier", order_id)]
                 continue
             script.append(("edit", order_id))
+        if rng.random() < 0.5:
+            # Planned trouble for the order's next PSP request from a random point on.
+            trouble = rng.choice(TROUBLE[provider])
+            script.insert(rng.randrange(1, len(script) + 1), ("trouble", (order_id, trouble)))
         return script
 
     def _edit(self, order_id: str) -> tuple[str, str, str, dict[str, Any]] | None:
@@ -1477,6 +1519,12 @@ class Simulation:
                 )
             elif step == "psp":
                 self._psp_step(*arg)
+            elif step == "trouble":
+                order_id, trouble = arg
+                self.kind(f"trouble_{trouble}")
+                self.note(f"trouble {trouble} planned for {order_id}")
+                planned = self.model.forced.setdefault(self.orders[order_id].psp.psp_id, set())
+                planned |= set(TROUBLE_FAULTS[trouble])
             for _ in range(rng.randint(0, 3)):
                 self._background()
 
