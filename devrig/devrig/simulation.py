@@ -36,7 +36,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import httpx
@@ -76,6 +76,19 @@ KLARNA_ACCOUNTS = {
 }
 ADYEN_KEYS = {"SimEU": "key-eu", "SimUS": "key-us"}
 SETTLE_ROUNDS = 14
+# How often the first read after a lost Klarna answer still lags behind the write.
+LAG_AFTER_LOST = 0.5
+# Trouble a history may plan for an order's next PSP requests (the faults each one is):
+# an applied request whose answer is lost and whose resend meets the rate limit; an
+# Adyen capture that fails first and is reported failed a second time while resent.
+TROUBLE_FAULTS = {
+    "lost_then_429": ("answer_lost", "resend_429"),
+    "capture_fails_twice": ("capture_fails", "failure_again"),
+}
+TROUBLE = {
+    "klarna": ("lost_then_429",),
+    "adyen": ("lost_then_429", "capture_fails_twice", "capture_fails_twice"),
+}
 # Time passes, in one statement: every back-off and lease runs out, stored work is past
 # its grace period, events for the shop are due; with `resync`, every PSP read is old.
 TIME_PASSES = """
@@ -126,6 +139,7 @@ SEQUENCE_OF = {
     "task_poisoned": 11,
     "refund_not_at_captured_price": 14,
     "shop_events_out_of_order": 13,
+    "lease_not_swept": 10,
 }
 
 
@@ -193,6 +207,9 @@ class PspOrder:
     before_last: dict[str, Any] | None = None  # what a lagging read still shows
     types: dict[str, str] = field(default_factory=dict)  # line reference -> type
     account: str = ""  # the merchant's account the payment was made in
+    # A write's answer was lost: the next read may come from a replica behind it.
+    answer_lost: bool = False
+    last_read: int = -1  # the model's call number of the last answered read
 
 
 @dataclass
@@ -209,10 +226,13 @@ class Faults:
     failed_then_ok: float = 0.12  # Adyen: CAPTURE success=false first
     mismatched_twin: float = 0.08  # Adyen: a twin notification with other figures
     death: float = 0.025  # per death point reached
+    # A resend of a request the PSP already answered meets its rate limit (429), which
+    # is checked before its idempotency layer replays the first answer.
+    rate_limited: float = 0.3
 
     @classmethod
     def none(cls) -> Faults:
-        return cls(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        return cls(*[0] * len(fields(cls)))
 
 
 def _book_klarna(lines: list[dict[str, Any]], types: dict[str, str]) -> list[Booked]:
@@ -261,6 +281,14 @@ class PspModel:
         self.depth = 0
         self.psp_refs = 0
         self.shop_events: list[tuple[str, str, str]] = []  # (order id, type, webhook-id)
+        # Our operation id -> a failure notification Adyen sends again at its resend.
+        self.late_failures: dict[str, dict[str, Any]] = {}
+        self.calls = 0  # Klarna calls so far; a key -> the call that applied it
+        # A history's planned trouble: PSP order id -> faults that happen at their next
+        # chance, faults on or off (each is counted and noted as a fault).
+        self.forced: dict[str, set[str]] = {}
+        self.held: dict[str, dict[str, Any]] = {}  # key -> its notification, until resent
+        self.applied_at: dict[str, int] = {}
 
     def _fault(self, probability: float, name: str) -> bool:
         if probability and self.rng.random() < probability:
@@ -268,6 +296,13 @@ class PspModel:
             self.sim.note(f"fault {name}")
             return True
         return False
+
+    def _forced(self, order: PspOrder, what: str) -> bool:
+        planned = self.forced.get(order.psp_id, set())
+        if what not in planned:
+            return False
+        planned.discard(what)
+        return self._fault(1, f"planned_{what}")
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         if request.url.host == "shop.sim":
@@ -343,10 +378,24 @@ class PspModel:
         order = self.orders.get(parts[4])
         if order is None:
             return httpx.Response(404, json={"error_code": "NOT_FOUND"})
+        self.calls += 1
         if request.method == "GET":
             return self._klarna_read(order)
         key = request.headers.get("Klarna-Idempotency-Key", "")
         body = json.loads(request.content) if request.content else {}
+        if key in self.applied_at and order.last_read < self.applied_at[key]:
+            # Contract §5: an unknown outcome is resolved by asking the PSP. A request
+            # that took effect is sent again only after a read of the order since.
+            found = Violation("resent_without_check_read", f"key {key[:8]} sent again unread")
+            if found not in self.violations:
+                self.violations.append(found)
+        if key in self.replies and (
+            self._forced(order, "resend_429")
+            or self._fault(self.faults.rate_limited, "klarna_resend_429")
+        ):
+            return httpx.Response(
+                429, json={"error_code": "TOO_MANY_REQUESTS"}, headers=self._retry_after()
+            )
         replay = self._replay(key, request)
         if replay is not None:
             return replay
@@ -363,8 +412,10 @@ class PspModel:
         response = self._klarna_apply(order, action, body, key)
         if response.status_code < 300:
             order.before_last = before
+            self.applied_at[key] = self.calls
         self.replies[key] = (_request_digest(request), response)
-        if self.rng.random() < self.faults.write_lost:
+        if self._forced(order, "answer_lost") or self.rng.random() < self.faults.write_lost:
+            order.answer_lost = True
             roll = self.rng.random()
             if roll < 0.4:
                 self._fault(1, "klarna_answer_lost")
@@ -507,7 +558,15 @@ class PspModel:
             status = self.rng.choice([500, 503, 429])
             self._fault(1, f"klarna_read_{status}")
             return httpx.Response(status, json={"error_code": f"SIM_{status}"})
-        if order.before_last is not None and self._fault(self.faults.read_lag, "klarna_read_lag"):
+        lag, name = self.faults.read_lag, "klarna_read_lag"
+        if order.answer_lost:
+            # The check-read after a lost answer (a fault earlier, so also once faults
+            # are off): only the idempotency key keeps a resend from applying a second
+            # time when this read lags the write.
+            lag, name = LAG_AFTER_LOST, "klarna_read_lag_after_lost_answer"
+        order.answer_lost = False
+        order.last_read = self.calls
+        if order.before_last is not None and self._fault(lag, name):
             return httpx.Response(200, json=order.before_last)
         return httpx.Response(200, json=self._klarna_body(order))
 
@@ -526,6 +585,14 @@ class PspModel:
         if order is None:
             return httpx.Response(422, json={"errorCode": "167", "message": "unknown payment"})
         key = request.headers.get("Idempotency-Key", "")
+        if key in self.held:
+            # The notification of a request whose answer was lost comes after its resend.
+            self.notifications.append(self.held.pop(key))
+        if key in self.replies and (
+            self._forced(order, "resend_429")
+            or self._fault(self.faults.rate_limited, "adyen_resend_429")
+        ):
+            return httpx.Response(429, json={"errorCode": "SIM429", "message": "rate limited"})
         replay = self._replay(key, request)
         if replay is not None:
             return replay
@@ -569,7 +636,15 @@ class PspModel:
                 order.types,
             )
         self.replies[key] = (_request_digest(request), response)
+        late = self.late_failures.pop(str(body.get("reference")), None)
         self._adyen_decide(order, action, amount, lines, body, psp_ref, key)
+        if late is not None:
+            # The failed generation's second notification, while its resend is out.
+            self.sim.kind("adyen_failed_generation_notified_again")
+            self.sim.deliver(late)
+        if self._forced(order, "answer_lost"):
+            self.held[key] = self.notifications.pop()
+            raise httpx.ReadTimeout("simulated: the answer was lost", request=request)
         if self.notifications and self._fault(self.faults.early_notification, "early_notification"):
             self.sim.deliver(self.notifications.pop())
         if self._fault(self.faults.write_lost, "adyen_answer_lost"):
@@ -606,7 +681,10 @@ class PspModel:
         elif action == "captures":
             event, kind = "CAPTURE", "capture"
             ok = open_ and amount <= order.authorized - order.captured
-            if ok and self._fault(self.faults.failed_then_ok, "capture_failed_first"):
+            if ok and (
+                self._forced(order, "capture_fails")
+                or self._fault(self.faults.failed_then_ok, "capture_failed_first")
+            ):
                 ok, failed_first = False, True
             if ok:
                 order.captured += amount
@@ -631,10 +709,19 @@ class PspModel:
         item = _adyen_item(order, event, ok, amount, psp_ref, str(body["reference"]))
         if not ok:
             item["reason"] = "refused"
-        if failed_first and self.rng.random() < 0.3:
+        again = failed_first and self._forced(order, "failure_again")
+        if failed_first and not again and self.rng.random() < 0.3:
             item["eventCode"] = "CAPTURE_FAILED"
             item["success"] = "true"
             self.sim.kind("adyen_capture_failed")
+        elif again or (failed_first and self.rng.random() < 0.5):
+            # Adyen reports the failed capture a second time (CAPTURE_FAILED), late:
+            # it arrives once the operation was sent again under its next key.
+            self.late_failures[str(body["reference"])] = {
+                **item,
+                "eventCode": "CAPTURE_FAILED",
+                "success": "true",
+            }
         if ok and self._fault(self.faults.mismatched_twin, "mismatched_twin"):
             twin = dict(item)
             self.psp_refs += 1
@@ -750,6 +837,8 @@ MOVES = (
     *("ship", "ship", "ship", "ship_fee", "return", "quantity_up", "quantity_down"),
     *("cancel", "empty", "reverse", "currency", "payment", "unitemised", "account"),
 )
+# The moves that change what the first snapshot fixes (§4: answered 422).
+IDENTITY_MOVES = frozenset({"currency", "payment", "account"})
 OTHER_TYPES = ("shipping_fee", "surcharge", "sales_tax", "discount", "gift_card", "store_credit")
 
 
@@ -1144,6 +1233,20 @@ class Simulation:
             self._die("in_apply_success")
             return saved[(store, "apply_success")](*args, **kwargs)
 
+        def lock_and_finish(*args: Any, **kwargs: Any) -> Any:
+            done = saved[(store, "lock_and_finish")](*args, **kwargs)
+            self._die("in_record")
+            return done
+
+        def record_success(*args: Any, **kwargs: Any) -> Any:
+            # The outcome and the figures are one statement now: both deaths after it,
+            # in the order the two writes had (neither is committed).
+            done = saved[(store, "record_success")](*args, **kwargs)
+            self._die("in_record")
+            if done[1] is not None:
+                self._die("in_apply_success")
+            return done
+
         def enqueue_job(job: Any, order_id: str, **_: Any) -> None:
             self._enqueue_delivery(order_id, 0)
 
@@ -1152,6 +1255,8 @@ class Simulation:
             (reconcile, "crash_point"): crash,
             (store, "finish_operation"): finish,
             (store, "apply_success"): apply,
+            (store, "lock_and_finish"): lock_and_finish,
+            (store, "record_success"): record_success,
             # The events for the shop are sent by the task the product asks for.
             (callbacks, "get_settings"): lambda: self.settings,
             (callbacks, "enqueue_job"): enqueue_job,
@@ -1372,6 +1477,10 @@ class Simulation:
                 script += [("barrier", order_id), ("psp", (order_id, what)), ("barrier", order_id)]
                 continue
             script.append(("edit", order_id))
+        if rng.random() < 0.5:
+            # Planned trouble for the order's next PSP request from a random point on.
+            trouble = rng.choice(TROUBLE[provider])
+            script.insert(rng.randrange(1, len(script) + 1), ("trouble", (order_id, trouble)))
         return script
 
     def _edit(self, order_id: str) -> tuple[str, str, str, dict[str, Any]] | None:
@@ -1408,10 +1517,13 @@ class Simulation:
                     following = queue.pop(0)
                     more = self._edit(following[1]) if following[0] == "edit" else following[1]
                     if more is not None:
-                        # A snapshot that moves the payment to another account never
-                        # overtakes: stored first, it would be the one that fixes the
-                        # account, and the PSP knows the order under the first one.
-                        if more[1] != "account" and rng.random() < 0.4:
+                        # A snapshot that changes the currency or payment (another
+                        # account, another PSP id) never overtakes: stored first, it
+                        # would be the one that fixes them, and the PSP knows the order
+                        # under the first one. (Drawn as before, so that every other
+                        # history stays the one its seed named.)
+                        overtakes = more[1] != "account" and rng.random() < 0.4
+                        if overtakes and more[1] not in IDENTITY_MOVES:
                             self.kind("versions_out_of_order")
                             batch.insert(0, more)
                         else:
@@ -1431,6 +1543,12 @@ class Simulation:
                 )
             elif step == "psp":
                 self._psp_step(*arg)
+            elif step == "trouble":
+                order_id, trouble = arg
+                self.kind(f"trouble_{trouble}")
+                self.note(f"trouble {trouble} planned for {order_id}")
+                planned = self.model.forced.setdefault(self.orders[order_id].psp.psp_id, set())
+                planned |= set(TROUBLE_FAULTS[trouble])
             for _ in range(rng.randint(0, 3)):
                 self._background()
 
@@ -1507,8 +1625,8 @@ class Simulation:
                 return
             line = self.rng.choice(candidates)
             unit = _captured_unit_value(psp, line["id"])
-            if unit is None:
-                return
+            if not unit:
+                return  # a refund of nothing is no money moved (§4), and no PSP takes one
             self.model.external(psp, "refund", [(line["id"], 1, unit, line["tax_rate"])])
             oracle.external_refund(line["id"], 1)
         elif what == "cancel":
@@ -1534,6 +1652,7 @@ class Simulation:
         person would after looking), and it settles again."""
         faults = self.model.faults
         self.model.faults = Faults.none()
+        self._sweep_alone()
         self._settle(resync=True)
         for _ in range(3):
             flagged = []
@@ -1554,6 +1673,26 @@ class Simulation:
             if not final:
                 order.oracle.settle()
         self.model.faults = faults if not final else Faults.none()
+
+    def _sweep_alone(self) -> None:
+        """A worker that died mid-call is found by the periodic sweep alone (in
+        production nothing else enqueues its order; the settle rounds enqueue every
+        order, which would hide a sweep that misses it): no operation is left `sent`
+        with its lease run out after one round of time, sweep and work."""
+        self.time_passes()
+        self.sweep()
+        self._drain()
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT kind FROM operations WHERE order_id = ANY(%(ids)s)"
+                " AND status = 'sent' AND lease_until < now()",
+                {"ids": list(self.orders)},
+            ).fetchall()
+            conn.commit()
+        for row in rows:
+            found = Violation("lease_not_swept", f"{row['kind']} left sent, its lease run out")
+            if found not in self.result.violations:
+                self.result.violations.append(found)
 
     def _settle(self, *, resync: bool = False) -> None:
         """Until nothing moves: time passes (retries, leases, grace periods due), the
@@ -1623,9 +1762,9 @@ class Simulation:
         if row is not None and row["account"] != account:
             found.append(Violation("cross_account", f"order stored in {row['account']}"))
         for op in ops:
-            frozen = (op["request"] or {}).get("account", account)
+            frozen = (op.request or {}).get("account", account)
             if frozen != account:
-                found.append(Violation("cross_account", f"{op['kind']} frozen for {frozen}"))
+                found.append(Violation("cross_account", f"{op.kind} frozen for {frozen}"))
         return found
 
     def _check(self, order: Order) -> list[Violation]:
@@ -1666,10 +1805,10 @@ class Simulation:
         if stuck is not None:
             code = (
                 "stuck_awaiting_notification"
-                if stuck["status"] == "awaiting_notification"
+                if stuck.status == "awaiting_notification"
                 else "stuck_in_flight"
             )
-            found.append(Violation(code, f"{stuck['kind']} still {stuck['status']}"))
+            found.append(Violation(code, f"{stuck.kind} still {stuck.status}"))
         # 3. The PSP's ledger against the oracle, effect by effect, per line.
         for code, detail in check_ledger(psp.ledger, exp):
             found.append(Violation(code, detail))
@@ -1712,7 +1851,7 @@ class Simulation:
             found.append(Violation("authorization_updated_to_zero", "an emptied basket sent as 0"))
         # 5. The product's figures against the PSP's.
         if stuck is None:
-            ours = (row["captured_amount"], row["refunded_amount"])
+            ours = (row.captured_amount, row.refunded_amount)
             theirs = (psp.captured, psp.refunded + psp.charged_back)
             if ours != theirs:
                 found.append(
