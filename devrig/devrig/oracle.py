@@ -462,9 +462,14 @@ class Oracle:
         value = sum(int(lines[i]["unit_price"]) * n for i, n in newly.items()) * self._ratio(last)
         limit: Fraction | int = st.authorized
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
-        # §4 step 1 updates only an authorization not fully captured: once it is, no
-        # raise comes either (the shop is told to take a new order).
-        fully_captured = st.any_capture and st.money + 2 >= st.authorized
+        # §4 step 1 updates only an authorization not fully captured: once it is, a
+        # basket grown past it gets no raise either (the shop is told to take a new
+        # order).
+        fully_captured = (
+            st.any_capture
+            and st.money + 2 >= st.authorized
+            and order_total(last) > st.authorized + 2
+        )
         no_raise = self.refuses or cancelling or fully_captured
         if no_raise:
             # No raise will come; and a worker may have lowered the authorization to an
