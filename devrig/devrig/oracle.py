@@ -292,6 +292,10 @@ class Oracle:
                 if kind(line) in GOODS | FEES
             )
         )
+        if st.any_capture and total < st.money + 2:
+            # Within a cent or two of what was captured the shares' rounding decides
+            # whether the basket is below it: the PSP may be unable to follow.
+            exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         if st.closed is None and not cancelling and total != st.authorized:
             if total > st.authorized and self.refuses and not nothing_new:
                 if any(e.captured_range for e in exp.lines.values()):
@@ -458,6 +462,10 @@ class Oracle:
             # is left to carry the difference, the captures cannot add up to the total
             # ("captures ... in proportion to value" of the basket they were made for).
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+            # And what it took of the authorization is that basket's, so the
+            # authorization may be fully captured where this basket says it is not: a
+            # later increase may then need a new order (§4 step 1, "not fully captured").
+            exp.allowed.add(("needs_new_order", ""))
             exp.outcomes.add("shares_changed_while_shipping")
         value = sum(int(lines[i]["unit_price"]) * n for i, n in newly.items()) * self._ratio(last)
         limit: Fraction | int = st.authorized
