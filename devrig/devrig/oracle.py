@@ -143,6 +143,9 @@ class Oracle:
         self.window: list[dict[str, Any]] = []  # stored since the last settle point
         self.faulty = False
         self.pending_external = False
+        # What moved without the service since the last settle point, when nothing
+        # before it had required external_change already.
+        self.external_since_settle: set[str] = set()
 
     # -- the steps ---------------------------------------------------------------
 
@@ -210,6 +213,8 @@ class Oracle:
 
     def _external(self, what: str) -> None:
         self.exp.outcomes.add(what)
+        if ("needs_attention", EXTERNAL) not in self.exp.required:
+            self.external_since_settle.add(what)
         self.exp.requires("needs_attention", EXTERNAL)
 
     # -- a settle point -----------------------------------------------------------
@@ -224,6 +229,15 @@ class Oracle:
             return
         last = self.window[-1]
         lines = {line["id"]: line for line in last["lines"]}
+        if self.external_since_settle == {"external_capture"} and all(
+            int(lines.get(line_id, {}).get("shipped_quantity", 0)) >= st.captured.get(line_id, 0)
+            for line_id in st.external_units
+        ):
+            # §4 flags it "where the shop's snapshot does not already explain it": the
+            # shop marked those units shipped in this window, so whether the service
+            # learnt of the capture before or after that snapshot decides.
+            exp.required.discard(("needs_attention", EXTERNAL))
+        self.external_since_settle = set()
         # Quantities never go down below what the PSP already holds for them: required
         # when the last snapshot says so, allowed when one a worker may have seen did.
         for snap in self.window:
