@@ -143,6 +143,9 @@ class Oracle:
         self.window: list[dict[str, Any]] = []  # stored since the last settle point
         self.faulty = False
         self.pending_external = False
+        # What moved without the service since the last settle point, when nothing
+        # before it had required external_change already.
+        self.external_since_settle: set[str] = set()
 
     # -- the steps ---------------------------------------------------------------
 
@@ -210,6 +213,8 @@ class Oracle:
 
     def _external(self, what: str) -> None:
         self.exp.outcomes.add(what)
+        if ("needs_attention", EXTERNAL) not in self.exp.required:
+            self.external_since_settle.add(what)
         self.exp.requires("needs_attention", EXTERNAL)
 
     # -- a settle point -----------------------------------------------------------
@@ -224,6 +229,15 @@ class Oracle:
             return
         last = self.window[-1]
         lines = {line["id"]: line for line in last["lines"]}
+        if self.external_since_settle == {"external_capture"} and all(
+            int(lines.get(line_id, {}).get("shipped_quantity", 0)) >= st.captured.get(line_id, 0)
+            for line_id in st.external_units
+        ):
+            # §4 flags it "where the shop's snapshot does not already explain it": the
+            # shop marked those units shipped in this window, so whether the service
+            # learnt of the capture before or after that snapshot decides.
+            exp.required.discard(("needs_attention", EXTERNAL))
+        self.external_since_settle = set()
         # Quantities never go down below what the PSP already holds for them: required
         # when the last snapshot says so, allowed when one a worker may have seen did.
         for snap in self.window:
@@ -292,6 +306,10 @@ class Oracle:
                 if kind(line) in GOODS | FEES
             )
         )
+        if st.any_capture and total < st.money + 2:
+            # Within a cent or two of what was captured the shares' rounding decides
+            # whether the basket is below it: the PSP may be unable to follow.
+            exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         if st.closed is None and not cancelling and total != st.authorized:
             if total > st.authorized and self.refuses and not nothing_new:
                 if any(e.captured_range for e in exp.lines.values()):
@@ -458,13 +476,22 @@ class Oracle:
             # is left to carry the difference, the captures cannot add up to the total
             # ("captures ... in proportion to value" of the basket they were made for).
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+            # And what it took of the authorization is that basket's, so the
+            # authorization may be fully captured where this basket says it is not: a
+            # later increase may then need a new order (§4 step 1, "not fully captured").
+            exp.allowed.add(("needs_new_order", ""))
             exp.outcomes.add("shares_changed_while_shipping")
         value = sum(int(lines[i]["unit_price"]) * n for i, n in newly.items()) * self._ratio(last)
         limit: Fraction | int = st.authorized
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
-        # §4 step 1 updates only an authorization not fully captured: once it is, no
-        # raise comes either (the shop is told to take a new order).
-        fully_captured = st.any_capture and st.money + 2 >= st.authorized
+        # §4 step 1 updates only an authorization not fully captured: once it is, a
+        # basket grown past it gets no raise either (the shop is told to take a new
+        # order).
+        fully_captured = (
+            st.any_capture
+            and st.money + 2 >= st.authorized
+            and order_total(last) > st.authorized + 2
+        )
         no_raise = self.refuses or cancelling or fully_captured
         if no_raise:
             # No raise will come; and a worker may have lowered the authorization to an

@@ -243,6 +243,7 @@ def test_external_changes_are_counted_never_repeated_and_flagged() -> None:
     oracle = Oracle(2100, refuses_increases=False)
     oracle.snapshot(snap(1, [SHOES, SOCKS]))
     oracle.external_capture("shoes", 1, 1200)  # an e-book captured at checkout, say
+    oracle.settle()  # learnt while the shop's snapshot did not explain it
     oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, SOCKS]))
     exp = oracle.expectation()
     assert ("needs_attention", EXTERNAL) in exp.required
@@ -367,6 +368,9 @@ def test_a_shared_line_removed_after_a_capture_may_leave_the_captures_above_the_
     exp = oracle.expectation()
     assert CANNOT_FOLLOW_ABOVE in exp.allowed
     assert not exp.must_equal_total
+    # Seed 1065: it took that basket's share of the authorization too, so a later
+    # increase may meet an authorization already fully captured.
+    assert ("needs_new_order", "") in exp.allowed
     # The same shipment with the basket unchanged in the window still must add up.
     steady = Oracle(2100, refuses_increases=False)
     steady.snapshot(snap(1, [SHOES, SOCKS]))
@@ -508,3 +512,17 @@ def test_a_discount_dropped_after_everything_was_captured_needs_no_new_order() -
     grown.settle()
     grown.snapshot(snap(2, [*everything, DISCOUNT, line("hat", 1, 300)]))
     assert ("needs_new_order", "") in grown.expectation().required
+
+
+def test_a_capture_outside_that_the_shop_ships_in_the_same_window_may_go_unflagged() -> None:
+    """Seed 3096: captured before the service's first read, and the shop marks those
+    units shipped before the window settles. §4 flags it "where the shop's snapshot
+    does not already explain it": learnt after that snapshot, nothing to flag."""
+    oracle = Oracle(2100, refuses_increases=False)
+    oracle.external_capture("shoes", 1, 1200)
+    oracle.snapshot(snap(1, [SHOES, SOCKS]))
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, SOCKS]))
+    exp = oracle.expectation()
+    assert ("needs_attention", EXTERNAL) not in exp.required
+    assert ("needs_attention", EXTERNAL) in exp.allowed
+    assert exp.lines["shoes"].captured == 1
