@@ -295,6 +295,25 @@ def test_a_shipment_worth_nothing_taken_back_may_go_unflagged() -> None:
     assert ("needs_attention", REVERSED) in exp.allowed
 
 
+def test_units_shipped_after_the_total_went_below_the_captures_may_stay_uncaptured() -> None:
+    # Seed 7115: 2 of 3 captured (200), then a store credit of 198 took the total to 102;
+    # the third unit, shipped later, is worth nothing once the credit is shared in, so it
+    # may never be captured, and taking its shipment back lowers nothing the PSP holds.
+    oracle = Oracle(300, refuses_increases=False)
+    three = line("l2", 3, 100)
+    credit = line("c", 1, -198, type="store_credit")
+    oracle.snapshot(snap(1, [{**three, "shipped_quantity": 2}]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**three, "shipped_quantity": 3}, credit]))
+    oracle.settle()
+    oracle.snapshot(snap(3, [{**three, "shipped_quantity": 2}, credit]))
+    exp = oracle.expectation()
+    assert exp.lines["l2"].captured_range == (2, 3)
+    assert ("needs_attention", REVERSED) not in exp.required
+    two = [("capture", 200, [booked("l2", 2, 200)])]
+    assert check_ledger(two, exp) == []
+
+
 def test_a_currency_or_payment_change_is_rejected_and_nothing_stored() -> None:
     oracle = Oracle(2100, refuses_increases=False)
     assert oracle.snapshot(snap(1, [SHOES, SOCKS])) == "stored"
