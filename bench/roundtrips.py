@@ -50,22 +50,18 @@ def _quoted(text: str) -> list[str]:
 
 
 def trips(trace: str, named: dict[str, str] | None = None) -> list[str]:
-    """One entry per round trip: every run of client messages that the server then
-    answers (a Query or a Sync waiting for ReadyForQuery, and in pipeline mode a Flush
-    waiting for the results queued before it), listing the statements sent in that run.
-    Statements queued in pipeline mode without waiting share their run's entry.
-    `named` keeps prepared statements' SQL."""
+    """One entry per round trip: the client waits for the server after each Query, Sync
+    and (pipeline mode) Flush; the entry lists the statements sent since the last wait.
+    A Flush sent right after a Sync waits for nothing more (psycopg leaving a pipeline).
+    Statements sent in pipeline mode without waiting share their round trip. `named`
+    keeps prepared statements' SQL."""
     named = {} if named is None else named
     result: list[str] = []
     pending: list[str] = []
-    sending = False
+    previous = ""
     for direction, kind, rest in _messages(trace):
         if direction != "F":
-            if sending:
-                result.append("; ".join(pending) or "(sync)")
-                pending, sending = [], False
             continue
-        sending = True
         if kind == "Parse":
             name, sql = _quoted(rest)[:2]
             if name:
@@ -76,9 +72,11 @@ def trips(trace: str, named: dict[str, str] | None = None) -> list[str]:
             if name and (not pending or pending[-1] != named.get(name)):
                 pending.append(f"(prepared) {named.get(name, name)}")
         elif kind == "Query":
-            pending.append(_quoted(rest)[0])
-    if sending:
-        result.append("; ".join(pending) or "(sync)")
+            result.append(_quoted(rest)[0])
+        elif kind in ("Sync", "Flush") and not (kind == "Flush" and previous == "Sync"):
+            result.append("; ".join(pending) or f"({kind.lower()})")
+            pending = []
+        previous = kind
     return result
 
 

@@ -183,17 +183,17 @@ def webhook_view(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def callback_view(row: dict[str, Any]) -> dict[str, Any]:
+def callback_view(row: outbox.Event) -> dict[str, Any]:
     return {
-        "webhook_id": webhook_id(row["id"]),
-        "type": row["event_type"],
-        "version": row["version"],
-        "created_at": iso(row["created_at"]),
-        "attempts": row["attempts"],
-        "delivered_at": iso(row["delivered_at"]),
-        "next_attempt_at": None if row["delivered_at"] else iso(row["next_attempt_at"]),
-        "last_status": row["last_status"],
-        "last_error": row["last_error"],
+        "webhook_id": webhook_id(row.id),
+        "type": row.event_type,
+        "version": row.version,
+        "created_at": iso(row.created_at),
+        "attempts": row.attempts,
+        "delivered_at": iso(row.delivered_at),
+        "next_attempt_at": None if row.delivered_at else iso(row.next_attempt_at),
+        "last_status": row.last_status,
+        "last_error": row.last_error,
     }
 
 
@@ -205,7 +205,7 @@ class OrderRows:
     order: orders.Order
     operations: list[orders.Operation]
     webhooks: list[dict[str, Any]]
-    callbacks: list[dict[str, Any]]
+    callbacks: list[outbox.Event]
     actions: list[dict[str, Any]]
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from data import orders
+from data import orders, outbox
 from ordersync.db import AsyncPool
 from service import operator_words as words
 from service.order_views import (
@@ -92,7 +92,7 @@ def _webhook(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _event(row: dict[str, Any]) -> dict[str, Any]:
+def _event(row: outbox.Event) -> dict[str, Any]:
     view = callback_view(row)
     if view["delivered_at"]:
         state = f"delivered after {view['attempts']} attempt(s)"

@@ -31,7 +31,14 @@ from psycopg import Connection
 
 from data import adyen_payments, inbox
 from data import orders as store
-from domain.planner import NEEDS_ATTENTION, NEEDS_NEW_ORDER, Flag, Kind, explained_lines
+from domain.planner import (
+    EXTERNAL_CHANGE,
+    NEEDS_ATTENTION,
+    NEEDS_NEW_ORDER,
+    Flag,
+    Kind,
+    explained_lines,
+)
 from integrations.adyen.notifications import (
     AMOUNT_CHECKED,
     CHARGEBACKS,
@@ -288,7 +295,9 @@ def _without_us(conn: Connection[Row], settings: Settings, n: Notification) -> P
         else explained_lines(store.snapshot(order), store.history(ops), kind, amount)
     )
     reference = f"adyen:{n.psp_reference}:{n.event_code}"
-    store.record_external(conn, order, kind, amount, reference, explained or ())
+    if not store.record_external(conn, order, kind, amount, reference, explained or ()):
+        # Counted already (the same movement notified again): nothing new to tell.
+        return Processed("external", order.id)
     if explained is None or n.event_code in CHARGEBACKS:
         flag_order(conn, order, _external_flag(n, "counted, never repeated"))
     return Processed("external", order.id)
@@ -297,7 +306,7 @@ def _without_us(conn: Connection[Row], settings: Settings, n: Notification) -> P
 def _external_flag(n: Notification, what: str) -> Flag:
     return Flag(
         NEEDS_ATTENTION,
-        "external_change",
+        EXTERNAL_CHANGE,
         f"Adyen {n.event_code} {n.psp_reference} of {n.amount} {n.currency} was not asked "
         f"for by this service (Customer Area, chargeback); {what}. An operator's "
         "reconcile takes the figures as they are now",

@@ -11,9 +11,8 @@ next worker first reads the order from the PSP to learn whether the call took ef
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -48,6 +47,7 @@ from integrations.results import (
 )
 from ordersync import metrics
 from ordersync.accounts import DEFAULT
+from ordersync.db import pipelined
 from workers import callbacks
 from workers import confirmation_metric as observe
 from workers.context import WorkerContext
@@ -85,6 +85,14 @@ class Again:
     pass
 
 
+@dataclass(frozen=True)
+class _Retry:
+    """Recorded for a retry: scheduled once the transaction is committed."""
+
+    attempts: int
+    delay: float
+
+
 Action = Idle | Refresh | Send | Again
 
 
@@ -101,7 +109,10 @@ class Reconciler:
             action = self._next_action(order_id, force=force)
             for _ in range(MAX_STEPS):
                 if isinstance(action, Idle):
-                    log.info("reconcile_idle", reason=action.reason)
+                    # In sync is the usual end: operation_planned and psp_request_done
+                    # already said what happened (two lines per operation, not four).
+                    level = logging.DEBUG if action.reason == "in_sync" else logging.INFO
+                    log.log(level, "reconcile_idle", reason=action.reason)
                     return action.reason
                 if isinstance(action, Send):
                     # Recording the outcome also decides the next step, under the same lock
@@ -125,17 +136,34 @@ class Reconciler:
     # -- step 1: decide, under the row lock -------------------------------------------
 
     def _next_action(self, order_id: str, *, force: bool) -> Action:
-        with self.ctx.pool.connection() as conn, conn.transaction():
-            order = store.lock_order(conn, order_id)
-            if order is None:
-                return Idle("unknown_order")
-            return self._decide(conn, order, force=force)
+        after_commit: list[Callable[[], object]] = []
+        # Pipeline mode: statements whose results the next does not need are sent
+        # together, and the writes go with the COMMIT (data/orders.py says which reads
+        # are sent together): two round trips for a plan, not six.
+        with pipelined(self.ctx.pool) as conn:
+            order, ops = store.lock_with_operations(conn, order_id)
+            action = (
+                Idle("unknown_order")
+                if order is None
+                else self._decide(conn, order, ops, after_commit, force=force)
+            )
+        for settle in after_commit:
+            settle()
+        return action
 
-    def _decide(self, conn: Any, order: store.Order, *, force: bool) -> Action:
-        """The next step for a locked order, inside the caller's transaction."""
+    def _decide(
+        self,
+        conn: Any,
+        order: store.LockedOrder,
+        ops: list[store.Operation],
+        after_commit: list[Callable[[], object]],
+        *,
+        force: bool,
+    ) -> Action:
+        """The next step for a locked order and its operations, inside the caller's
+        transaction; `after_commit` collects what reads a result only after it."""
         order_id = order.id
-        now = conn.execute(store.DB_NOW).fetchone()["now"]
-        ops = store.operations(conn, order_id)
+        now = order.db_now
         op = store.in_flight(ops)
         provider = self.ctx.provider(order.provider, order.account)
         structlog.contextvars.bind_contextvars(account=order.account or DEFAULT)
@@ -232,7 +260,7 @@ class Reconciler:
         if NEEDS_NEW_ORDER in order.flags and snapshot.total <= psp.authorized:
             store.clear_flag(conn, order_id, NEEDS_NEW_ORDER)
         if order.reconcile_requested_at is not None:
-            callbacks.record_synced(conn, order)
+            callbacks.record_synced(conn, order, after_commit)
         store.mark_in_sync(conn, order_id)
         return Idle("in_sync")
 
@@ -372,7 +400,7 @@ class Reconciler:
         try:
             # The heartbeat stops before the outcome is recorded: it renews only while
             # this attempt talks to the PSP.
-            with self._heartbeat(op):
+            with self.ctx.heartbeat.holding(op, self.settings.lease_seconds):
                 request = self._request(op, order, self._provider(order))
                 if isinstance(request, PspResult):
                     settled = (request, None, None)
@@ -457,31 +485,6 @@ class Reconciler:
                 store.set_request(conn, op.id, built.to_json())
         return built
 
-    @contextmanager
-    def _heartbeat(self, op: store.Operation) -> Iterator[None]:
-        """Renews the lease (on the database's clock) while this attempt runs, so a
-        slow call never outlives it; a worker that dies stops renewing and another
-        takes over within one lease."""
-        lease = self.settings.lease_seconds
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(lease / 3):
-                try:
-                    with self.ctx.pool.connection() as conn, conn.transaction():
-                        if not store.renew_lease(conn, op, lease):
-                            return
-                except Exception as exc:  # the next beat tries again
-                    log.warning("lease_renewal_failed", error=type(exc).__name__)
-
-        thread = threading.Thread(target=beat, name="lease-heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
-
     def _record(
         self,
         op: store.Operation,
@@ -490,90 +493,111 @@ class Reconciler:
         adopt: dict[str, Any] | None = None,
         seen: int | None = None,
     ) -> Action | None:
-        with self.ctx.pool.connection() as conn, conn.transaction():
-            order = store.lock_order(conn, op.order_id)
-            assert order is not None
-            if result.outcome is Outcome.RECEIVED:
-                # Adyen took the request; its notification settles it.
-                if not store.finish_operation(
-                    conn, op, status="awaiting_notification", psp_reference=result.reference
-                ):
-                    self._lost_lease(op)
-                    return None
-                log.info("operation_awaiting_notification", psp_reference=result.reference)
-                return None
-            if result.outcome is Outcome.SUCCEEDED:
-                if not store.finish_operation(
-                    conn, op, status="succeeded", psp_reference=result.reference
-                ):
-                    self._lost_lease(op)
-                    return None
-                # Whether the read is still the newest view, before our own change.
-                fresh = seen is not None and int(order.psp_state_seq) == seen
-                store.apply_success(conn, order, op)
-                observe.operation_confirmed(conn, order.provider, op)
-                if adopt is not None and fresh:
-                    # Found applied after an unknown outcome: count it as ours first,
-                    # so that only what we truly did not make looks like drift.
-                    reread = store.lock_order(conn, op.order_id)
-                    assert reread is not None
-                    self._adopt(conn, reread, adopt, seen=int(reread.psp_state_seq))
-                if Kind(op.kind) is Kind.UPDATE_AUTHORIZATION:
-                    store.clear_flag(conn, order.id, NEEDS_NEW_ORDER)
-                return self._decide_again(conn, order.id)
-            error = result.error.to_json() if result.error else None
-            if result.outcome is Outcome.REJECTED:
-                if not store.finish_operation(conn, op, status="rejected", error=error):
-                    self._lost_lease(op)
-                    return None
-                err = result.error or PspError("rejected", "the PSP rejected the request")
-                self._flag(
-                    conn,
-                    order,
-                    rejection_flag(
-                        order, op, err.code, err.message, refused=result.http_status == 403
-                    ),
-                )
-                return self._decide_again(conn, order.id)
-            attempts = int(op.attempts)
-            unknown = bool(op.outcome_unknown) or result.maybe_applied
-            if attempts >= self.settings.max_attempts:
-                if unknown:
-                    # It may have applied: never `failed`, never planned anew. Parked
-                    # until a read of the PSP (an operator's reconcile, a notification)
-                    # settles it.
-                    if not store.finish_operation(
-                        conn, op, status="pending", error=error, outcome_unknown=True
-                    ):
-                        self._lost_lease(op)
-                        return None
-                    self._flag(conn, order, _error_flag("outcome_unknown", result.error))
-                    return None
-                if not store.finish_operation(conn, op, status="failed", error=error):
-                    self._lost_lease(op)
-                    return None
-                self._flag(conn, order, _error_flag("retries_exhausted", result.error))
-                return None
-            delay = self._delay(attempts, result)
-            if not store.finish_operation(
-                conn,
-                op,
-                status="pending",
-                error=error,
-                retry_in=delay,
-                outcome_unknown=unknown,
-            ):
-                self._lost_lease(op)
-                return None
+        after_commit: list[Callable[[], object]] = []
+        with pipelined(self.ctx.pool) as conn:
+            recorded = self._write_outcome(conn, op, result, after_commit, adopt, seen)
+        for settle in after_commit:
+            settle()
+        if not isinstance(recorded, _Retry):
+            return recorded
         metrics.RETRIES.labels(operation=op.kind).inc()
-        log.info("operation_retry_scheduled", attempts=attempts, delay_seconds=round(delay, 2))
-        self._schedule(op.order_id, delay)
+        log.info(
+            "operation_retry_scheduled",
+            attempts=recorded.attempts,
+            delay_seconds=round(recorded.delay, 2),
+        )
+        self._schedule(op.order_id, recorded.delay)
         return None
 
-    def _decide_again(self, conn: Any, order_id: str) -> Action:
-        order = store.lock_order(conn, order_id)  # held already; read the new figures
+    def _write_outcome(
+        self,
+        conn: Any,
+        op: store.Operation,
+        result: PspResult,
+        after_commit: list[Callable[[], object]],
+        adopt: dict[str, Any] | None,
+        seen: int | None,
+    ) -> Action | _Retry | None:
+        """Records the outcome under the order's row lock (the lock, the record and what
+        it needs are sent together: one round trip); the next step, if there is one."""
+        if result.outcome is Outcome.SUCCEEDED:
+            confirmation = observe.operation_confirmed(conn, op)
+            order, after, ops = store.record_success(conn, op, result.reference)
+            if after is None:
+                self._lost_lease(op)
+                return None
+            confirmation(order.provider)
+            # Whether the read is still the newest view, before our own change.
+            fresh = seen is not None and order.psp_state_seq == seen
+            changed = False
+            if adopt is not None and fresh:
+                # Found applied after an unknown outcome: count it as ours first, so
+                # that only what we truly did not make looks like drift.
+                self._adopt(conn, after, adopt, seen=after.psp_state_seq)
+                changed = True
+            if Kind(op.kind) is Kind.UPDATE_AUTHORIZATION and NEEDS_NEW_ORDER in after.flags:
+                store.clear_flag(conn, order.id, NEEDS_NEW_ORDER)
+                changed = True
+            if changed:
+                return self._decide_again(conn, order.id, after_commit)
+            return self._decide(conn, after, ops, after_commit, force=False)
+        if result.outcome is Outcome.RECEIVED:
+            # Adyen took the request; its notification settles it.
+            _, held = store.lock_and_finish(
+                conn, op, status="awaiting_notification", psp_reference=result.reference
+            )
+            if not held:
+                self._lost_lease(op)
+                return None
+            log.info("operation_awaiting_notification", psp_reference=result.reference)
+            return None
+        error = result.error.to_json() if result.error else None
+        if result.outcome is Outcome.REJECTED:
+            order, held = store.lock_and_finish(conn, op, status="rejected", error=error)
+            if not held:
+                self._lost_lease(op)
+                return None
+            err = result.error or PspError("rejected", "the PSP rejected the request")
+            self._flag(
+                conn,
+                order,
+                rejection_flag(order, op, err.code, err.message, refused=result.http_status == 403),
+            )
+            return self._decide_again(conn, order.id, after_commit)
+        attempts = int(op.attempts)
+        unknown = bool(op.outcome_unknown) or result.maybe_applied
+        if attempts >= self.settings.max_attempts:
+            if unknown:
+                # It may have applied: never `failed`, never planned anew. Parked until
+                # a read of the PSP (an operator's reconcile, a notification) settles it.
+                order, held = store.lock_and_finish(
+                    conn, op, status="pending", error=error, outcome_unknown=True
+                )
+                flag = _error_flag("outcome_unknown", result.error)
+            else:
+                order, held = store.lock_and_finish(conn, op, status="failed", error=error)
+                flag = _error_flag("retries_exhausted", result.error)
+            if not held:
+                self._lost_lease(op)
+                return None
+            self._flag(conn, order, flag)
+            return None
+        delay = self._delay(attempts, result)
+        _, held = store.lock_and_finish(
+            conn, op, status="pending", error=error, retry_in=delay, outcome_unknown=unknown
+        )
+        if not held:
+            self._lost_lease(op)
+            return None
+        return _Retry(attempts, delay)
+
+    def _decide_again(
+        self, conn: Any, order_id: str, after_commit: list[Callable[[], object]]
+    ) -> Action:
+        # The row lock is held already: this reads what the transaction changed.
+        order, ops = store.lock_with_operations(conn, order_id)
         assert order is not None
-        return self._decide(conn, order, force=False)
+        return self._decide(conn, order, ops, after_commit, force=False)
 
     def _lost_lease(self, op: store.Operation) -> None:
         # Another worker took the operation over after our lease ran out; its record wins.

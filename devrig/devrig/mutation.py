@@ -73,7 +73,9 @@ class Report:
             n = len(figures.statuses)
             c = figures.count(lambda _n, s: s != "not checked")
             k = figures.count(lambda _n, s: s in KILLED)
-            e = figures.count(lambda name, s: s not in KILLED and name in self.equivalent)
+            e = figures.count(
+                lambda name, s: s not in KILLED and s != "not checked" and name in self.equivalent
+            )
             sums = [a + b for a, b in zip(sums, (n, c, k, e), strict=True)]
             yield _row(figures.path, n, c, k, e)
         yield _row("all", *sums)
@@ -147,12 +149,27 @@ def _start_postgres() -> tuple[EmbeddedPostgres, str]:
     return postgres, url
 
 
+def generate() -> None:
+    """Makes mutmut's mutants (its `run` does this first) without running any test: a
+    sample is picked from them before the run."""
+    from mutmut.__main__ import create_mutants, store_lines_covered_by_tests
+    from mutmut.utils.file_utils import copy_also_copy_files, copy_src_dir, setup_source_paths
+
+    Path("mutants").mkdir(exist_ok=True)
+    copy_src_dir()
+    copy_also_copy_files()
+    setup_source_paths()
+    store_lines_covered_by_tests()
+    create_mutants(2)
+
+
 def sample(root: Path, every: int) -> list[str]:
     """Every `every`-th mutant of each file (by mutmut's order), not yet checked: a
     fixed, spread-out sample when the machine cannot afford the whole run."""
     report = read_report(root)
     if not any(figures.statuses for figures in report.files):
-        raise SystemExit("no mutants generated yet: run once without --sample")
+        generate()
+        report = read_report(root)
     names = []
     for figures in report.files:
         for index, (name, status) in enumerate(sorted(figures.statuses.items(), key=_order)):
@@ -188,9 +205,7 @@ def passing_seeds(url: str, histories: int) -> list[int]:
     return passing
 
 
-def run(names: list[str], *, max_children: int, histories: int, fresh: bool) -> int:
-    if fresh:
-        shutil.rmtree("mutants", ignore_errors=True)
+def run(names: list[str], *, max_children: int, histories: int) -> int:
     postgres, url = _start_postgres()
     try:
         seeds = passing_seeds(url, histories)
@@ -239,11 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report:
         # Heavy and long: never in the way of anything interactive on the machine.
         os.nice(10)
+        if args.fresh:
+            # Before the sample is picked: a fresh sample is drawn from fresh mutants.
+            shutil.rmtree("mutants", ignore_errors=True)
         names = sample(root, args.sample) if args.sample else args.names
         if args.sample and not names:
             print("every mutant of the sample is checked already")
         else:
-            run(names, max_children=args.max_children, histories=args.histories, fresh=args.fresh)
+            run(names, max_children=args.max_children, histories=args.histories)
     report = read_report(root)
     for line in report.lines():
         print(line)

@@ -121,6 +121,7 @@ class _State:
     money: Fraction = Fraction(0)  # captured, order-level lines shared in by value
     any_capture: bool = False
     own_capture: bool = False  # one made by the service (fees go with its first)
+    free_shipped: bool = False  # units worth nothing shipped (no capture of 0 is sent)
     # Units counted as captured that were worth nothing: no capture of 0 is sent, so the
     # PSP may hold them or not.
     worthless: dict[str, int] = field(default_factory=dict)
@@ -278,9 +279,28 @@ class Oracle:
             # of this window, and the PSP will not raise it again.
             exp.authorized_low = min(exp.authorized_low or st.authorized, *lows)
             exp.allowed.add(("needs_new_order", ""))
+        # Every unit of value in the basket already captured, and nothing of the
+        # authorization left: a higher total then comes from an order-level line (a
+        # discount dropped), not from items to authorize; §4's new order is "for the new
+        # items", so a person settles the gap instead (or the shop is told; either).
+        nothing_new = (
+            st.any_capture
+            and st.money + 2 >= st.authorized
+            and not any(
+                int(line["quantity"]) > self._captured_at_most(line_id) and line_value(line) > 0
+                for line_id, line in lines.items()
+                if kind(line) in GOODS | FEES
+            )
+        )
         if st.closed is None and not cancelling and total != st.authorized:
-            if total > st.authorized and self.refuses:
-                exp.requires("needs_new_order")
+            if total > st.authorized and self.refuses and not nothing_new:
+                if any(e.captured_range for e in exp.lines.values()):
+                    # What an earlier window captured was left to timing: everything
+                    # may be captured already (see nothing_new), or not.
+                    exp.allowed.add(("needs_new_order", ""))
+                    exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+                else:
+                    exp.requires("needs_new_order")
                 exp.outcomes.add("increase_refused")
             elif st.any_capture and (total < st.money - 2 or st.money + 2 >= st.authorized):
                 # Below what was captured, or the authorization fully captured already:
@@ -296,8 +316,10 @@ class Oracle:
         # Steps 2-4: captures, refunds, then a cancel lets go of what is left.
         self._captures(last, lines)
         self._refunds(lines)
+        # Units whose capture depends on timing: what was captured is not known exactly.
+        uncertain = any(e.captured_range for e in exp.lines.values())
         if st.closed in ("cancelled", "released") and not cancelling:
-            if total > st.money + 2 and last["version"] > st.closed_version:
+            if total > st.money + 2 and last["version"] > st.closed_version and not uncertain:
                 # Reopened after the PSP let go, wanting more than was captured: the
                 # shop must take a new payment.
                 exp.requires("needs_new_order")
@@ -308,8 +330,20 @@ class Oracle:
             exp.outcomes.add("cancel_after_shipment" if st.any_capture else "cancel_before_capture")
             st.closed = "released" if st.any_capture else "cancelled"
             st.closed_version = last["version"]
+        if last["status"] == "open" and st.any_capture and total < st.money - 2:
+            # An open order lowered below what was captured (after the PSP let go, or
+            # to nothing): captures only add, and §4 refunds only returned units, so
+            # the PSP cannot follow; a person is told, as for an open authorization.
+            exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         self.window = [last]
         self.faulty = False
+
+    def _captured_at_most(self, line_id: str) -> int:
+        """Units of the line the PSP may hold: more than counted when a window left
+        their capture to timing (a range)."""
+        entry = self.exp.lines.get(line_id)
+        high = entry.captured_range[1] if entry and entry.captured_range else 0
+        return max(self.state.captured.get(line_id, 0), high)
 
     def _ratio(self, snap: dict[str, Any]) -> Fraction:
         """What a unit's value becomes once order-level lines (discounts, sales tax)
@@ -354,7 +388,10 @@ class Oracle:
             for line_id, line in lines.items()
             if kind(line) in FEES
             and st.captured.get(line_id, 0) < int(line["quantity"])
-            and ((newly and not st.own_capture) or int(line.get("shipped_quantity", 0)) > 0)
+            and (
+                ((newly or st.free_shipped) and not st.own_capture)
+                or int(line.get("shipped_quantity", 0)) > 0
+            )
         ]
         for snap in self.window[:-1] if newly else []:
             for line in snap["lines"]:
@@ -383,18 +420,58 @@ class Oracle:
                 exp.outcomes.add("fee_added_after_first_capture")
         if not newly and not fees:
             return
+        # The snapshots of this window a worker may have captured for (goods shipped
+        # beyond what the PSP holds): the first capture may have gone out for one of them.
+        earlier = [
+            snap
+            for snap in self.window[:-1]
+            if any(
+                kind(line) in GOODS
+                and int(line.get("shipped_quantity", 0)) > st.captured.get(line["id"], 0)
+                for line in snap["lines"]
+            )
+        ]
+        later_maybe: set[str] = set()
+        goods_shipped = bool(newly)
         for line_id in fees:
             exp.outcomes.add("fee_with_first_capture")
             newly[line_id] = int(lines[line_id]["quantity"]) - st.captured.get(line_id, 0)
+            quantity = int(lines[line_id]["quantity"])
+            if int(lines[line_id].get("shipped_quantity", 0)) == 0 and any(
+                sum(int(x["quantity"]) for x in snap["lines"] if x["id"] == line_id) < quantity
+                for snap in earlier
+            ):
+                # Added (or raised) after a snapshot the first capture may have followed:
+                # then it is a fee added after the first capture, which the contract
+                # leaves to a later capture or to its shipment (see below): either.
+                later_maybe.add(line_id)
+                exp.outcomes.add("fee_added_while_shipping")
+            elif not goods_shipped and int(lines[line_id].get("shipped_quantity", 0)) == 0:
+                # Only units worth nothing shipped so far (no capture of 0 is sent): the
+                # fee makes the first capture worth sending now, or waits for goods of
+                # some value; either is "with the order's first capture".
+                later_maybe.add(line_id)
+                exp.outcomes.add("fee_after_free_units")
+        if any(self._ratio(snap) != self._ratio(last) for snap in earlier):
+            # A capture made for an earlier snapshot took the order-level lines' shares
+            # (discounts, sales tax) of that basket; when later ones changed and nothing
+            # is left to carry the difference, the captures cannot add up to the total
+            # ("captures ... in proportion to value" of the basket they were made for).
+            exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+            exp.outcomes.add("shares_changed_while_shipping")
         value = sum(int(lines[i]["unit_price"]) * n for i, n in newly.items()) * self._ratio(last)
         limit: Fraction | int = st.authorized
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
-        if self.refuses or cancelling:
+        # §4 step 1 updates only an authorization not fully captured: once it is, no
+        # raise comes either (the shop is told to take a new order).
+        fully_captured = st.any_capture and st.money + 2 >= st.authorized
+        no_raise = self.refuses or cancelling or fully_captured
+        if no_raise:
             # No raise will come; and a worker may have lowered the authorization to an
             # earlier, smaller basket of this window.
             lows = [order_total(s) for s in self.window if s["status"] == "open"]
             limit = min([st.authorized, *[t for t in lows if t > 0]])
-        if value > limit - st.money + 2 and (self.refuses or cancelling):
+        if value > limit - st.money + 2 and no_raise:
             # The shipped lines exceed an authorization the PSP would not raise: what
             # fits is captured, the shop is told to take a new order.
             exp.outcomes.add("shipped_beyond_authorization")
@@ -424,12 +501,14 @@ class Oracle:
             entry = exp.lines.setdefault(line_id, LineExpect())
             entry.prices |= self._prices(line_id)
             entry.totals |= self._totals(line_id)
-            if line_id in free:
-                # Worth nothing: no capture of 0 is ever sent, it may ride along with one.
+            if line_id in free or line_id in later_maybe:
+                # Worth nothing (no capture of 0 is ever sent, it may ride along with
+                # one), or a fee the first capture may not have carried.
                 entry.captured_range = (before, before + units)
                 st.worthless[line_id] = st.worthless.get(line_id, 0) + units
         st.any_capture = st.any_capture or bool(set(newly) - free)
         st.own_capture = st.own_capture or bool(set(newly) - free)
+        st.free_shipped = st.free_shipped or bool(free)
         exp.outcomes.add("capture")
 
     def _totals(self, line_id: str) -> set[tuple[int, int]]:
@@ -483,8 +562,13 @@ class Oracle:
                 for line in goods
                 if line_value(line) > 0
             )
+            # §4: sales tax and discounts are "shared by captures ... in proportion to
+            # value", so the captures add up to the total only once goods of some value
+            # shipped; a basket of order-level lines alone has nothing to carry them.
+            shippable = any(line_value(line) > 0 for line in goods)
             exp.must_equal_total = (
                 exp.all_shipped
+                and shippable
                 and st.closed is None
                 and self.stored["status"] == "open"
                 and not st.charged_back

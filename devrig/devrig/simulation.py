@@ -36,13 +36,14 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import httpx
 import psycopg
 import structlog
 from psycopg import sql
+from psycopg.rows import dict_row
 from pydantic import SecretStr
 
 from data import orders as store
@@ -75,6 +76,19 @@ KLARNA_ACCOUNTS = {
 }
 ADYEN_KEYS = {"SimEU": "key-eu", "SimUS": "key-us"}
 SETTLE_ROUNDS = 14
+# How often the first read after a lost Klarna answer still lags behind the write.
+LAG_AFTER_LOST = 0.5
+# Trouble a history may plan for an order's next PSP requests (the faults each one is):
+# an applied request whose answer is lost and whose resend meets the rate limit; an
+# Adyen capture that fails first and is reported failed a second time while resent.
+TROUBLE_FAULTS = {
+    "lost_then_429": ("answer_lost", "resend_429"),
+    "capture_fails_twice": ("capture_fails", "failure_again"),
+}
+TROUBLE = {
+    "klarna": ("lost_then_429",),
+    "adyen": ("lost_then_429", "capture_fails_twice", "capture_fails_twice"),
+}
 # Time passes, in one statement: every back-off and lease runs out, stored work is past
 # its grace period, events for the shop are due; with `resync`, every PSP read is old.
 TIME_PASSES = """
@@ -125,6 +139,7 @@ SEQUENCE_OF = {
     "task_poisoned": 11,
     "refund_not_at_captured_price": 14,
     "shop_events_out_of_order": 13,
+    "lease_not_swept": 10,
 }
 
 
@@ -192,6 +207,9 @@ class PspOrder:
     before_last: dict[str, Any] | None = None  # what a lagging read still shows
     types: dict[str, str] = field(default_factory=dict)  # line reference -> type
     account: str = ""  # the merchant's account the payment was made in
+    # A write's answer was lost: the next read may come from a replica behind it.
+    answer_lost: bool = False
+    last_read: int = -1  # the model's call number of the last answered read
 
 
 @dataclass
@@ -208,10 +226,13 @@ class Faults:
     failed_then_ok: float = 0.12  # Adyen: CAPTURE success=false first
     mismatched_twin: float = 0.08  # Adyen: a twin notification with other figures
     death: float = 0.025  # per death point reached
+    # A resend of a request the PSP already answered meets its rate limit (429), which
+    # is checked before its idempotency layer replays the first answer.
+    rate_limited: float = 0.3
 
     @classmethod
     def none(cls) -> Faults:
-        return cls(0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        return cls(*[0] * len(fields(cls)))
 
 
 def _book_klarna(lines: list[dict[str, Any]], types: dict[str, str]) -> list[Booked]:
@@ -260,6 +281,14 @@ class PspModel:
         self.depth = 0
         self.psp_refs = 0
         self.shop_events: list[tuple[str, str, str]] = []  # (order id, type, webhook-id)
+        # Our operation id -> a failure notification Adyen sends again at its resend.
+        self.late_failures: dict[str, dict[str, Any]] = {}
+        self.calls = 0  # Klarna calls so far; a key -> the call that applied it
+        # A history's planned trouble: PSP order id -> faults that happen at their next
+        # chance, faults on or off (each is counted and noted as a fault).
+        self.forced: dict[str, set[str]] = {}
+        self.held: dict[str, dict[str, Any]] = {}  # key -> its notification, until resent
+        self.applied_at: dict[str, int] = {}
 
     def _fault(self, probability: float, name: str) -> bool:
         if probability and self.rng.random() < probability:
@@ -267,6 +296,13 @@ class PspModel:
             self.sim.note(f"fault {name}")
             return True
         return False
+
+    def _forced(self, order: PspOrder, what: str) -> bool:
+        planned = self.forced.get(order.psp_id, set())
+        if what not in planned:
+            return False
+        planned.discard(what)
+        return self._fault(1, f"planned_{what}")
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         if request.url.host == "shop.sim":
@@ -342,10 +378,24 @@ class PspModel:
         order = self.orders.get(parts[4])
         if order is None:
             return httpx.Response(404, json={"error_code": "NOT_FOUND"})
+        self.calls += 1
         if request.method == "GET":
             return self._klarna_read(order)
         key = request.headers.get("Klarna-Idempotency-Key", "")
         body = json.loads(request.content) if request.content else {}
+        if key in self.applied_at and order.last_read < self.applied_at[key]:
+            # Contract §5: an unknown outcome is resolved by asking the PSP. A request
+            # that took effect is sent again only after a read of the order since.
+            found = Violation("resent_without_check_read", f"key {key[:8]} sent again unread")
+            if found not in self.violations:
+                self.violations.append(found)
+        if key in self.replies and (
+            self._forced(order, "resend_429")
+            or self._fault(self.faults.rate_limited, "klarna_resend_429")
+        ):
+            return httpx.Response(
+                429, json={"error_code": "TOO_MANY_REQUESTS"}, headers=self._retry_after()
+            )
         replay = self._replay(key, request)
         if replay is not None:
             return replay
@@ -362,8 +412,10 @@ class PspModel:
         response = self._klarna_apply(order, action, body, key)
         if response.status_code < 300:
             order.before_last = before
+            self.applied_at[key] = self.calls
         self.replies[key] = (_request_digest(request), response)
-        if self.rng.random() < self.faults.write_lost:
+        if self._forced(order, "answer_lost") or self.rng.random() < self.faults.write_lost:
+            order.answer_lost = True
             roll = self.rng.random()
             if roll < 0.4:
                 self._fault(1, "klarna_answer_lost")
@@ -506,7 +558,15 @@ class PspModel:
             status = self.rng.choice([500, 503, 429])
             self._fault(1, f"klarna_read_{status}")
             return httpx.Response(status, json={"error_code": f"SIM_{status}"})
-        if order.before_last is not None and self._fault(self.faults.read_lag, "klarna_read_lag"):
+        lag, name = self.faults.read_lag, "klarna_read_lag"
+        if order.answer_lost:
+            # The check-read after a lost answer (a fault earlier, so also once faults
+            # are off): only the idempotency key keeps a resend from applying a second
+            # time when this read lags the write.
+            lag, name = LAG_AFTER_LOST, "klarna_read_lag_after_lost_answer"
+        order.answer_lost = False
+        order.last_read = self.calls
+        if order.before_last is not None and self._fault(lag, name):
             return httpx.Response(200, json=order.before_last)
         return httpx.Response(200, json=self._klarna_body(order))
 
@@ -525,6 +585,14 @@ class PspModel:
         if order is None:
             return httpx.Response(422, json={"errorCode": "167", "message": "unknown payment"})
         key = request.headers.get("Idempotency-Key", "")
+        if key in self.held:
+            # The notification of a request whose answer was lost comes after its resend.
+            self.notifications.append(self.held.pop(key))
+        if key in self.replies and (
+            self._forced(order, "resend_429")
+            or self._fault(self.faults.rate_limited, "adyen_resend_429")
+        ):
+            return httpx.Response(429, json={"errorCode": "SIM429", "message": "rate limited"})
         replay = self._replay(key, request)
         if replay is not None:
             return replay
@@ -568,7 +636,15 @@ class PspModel:
                 order.types,
             )
         self.replies[key] = (_request_digest(request), response)
+        late = self.late_failures.pop(str(body.get("reference")), None)
         self._adyen_decide(order, action, amount, lines, body, psp_ref, key)
+        if late is not None:
+            # The failed generation's second notification, while its resend is out.
+            self.sim.kind("adyen_failed_generation_notified_again")
+            self.sim.deliver(late)
+        if self._forced(order, "answer_lost"):
+            self.held[key] = self.notifications.pop()
+            raise httpx.ReadTimeout("simulated: the answer was lost", request=request)
         if self.notifications and self._fault(self.faults.early_notification, "early_notification"):
             self.sim.deliver(self.notifications.pop())
         if self._fault(self.faults.write_lost, "adyen_answer_lost"):
@@ -605,7 +681,10 @@ class PspModel:
         elif action == "captures":
             event, kind = "CAPTURE", "capture"
             ok = open_ and amount <= order.authorized - order.captured
-            if ok and self._fault(self.faults.failed_then_ok, "capture_failed_first"):
+            if ok and (
+                self._forced(order, "capture_fails")
+                or self._fault(self.faults.failed_then_ok, "capture_failed_first")
+            ):
                 ok, failed_first = False, True
             if ok:
                 order.captured += amount
@@ -630,10 +709,19 @@ class PspModel:
         item = _adyen_item(order, event, ok, amount, psp_ref, str(body["reference"]))
         if not ok:
             item["reason"] = "refused"
-        if failed_first and self.rng.random() < 0.3:
+        again = failed_first and self._forced(order, "failure_again")
+        if failed_first and not again and self.rng.random() < 0.3:
             item["eventCode"] = "CAPTURE_FAILED"
             item["success"] = "true"
             self.sim.kind("adyen_capture_failed")
+        elif again or (failed_first and self.rng.random() < 0.5):
+            # Adyen reports the failed capture a second time (CAPTURE_FAILED), late:
+            # it arrives once the operation was sent again under its next key.
+            self.late_failures[str(body["reference"])] = {
+                **item,
+                "eventCode": "CAPTURE_FAILED",
+                "success": "true",
+            }
         if ok and self._fault(self.faults.mismatched_twin, "mismatched_twin"):
             twin = dict(item)
             self.psp_refs += 1
@@ -1038,6 +1126,9 @@ class Simulation:
         }
         self.settings = Settings(**common)
         self.pool: SyncPool = sync_pool(database_url, max_size=4)
+        # The harness's own reads and its clock, one statement each: in autocommit, one
+        # round trip per statement instead of three (BEGIN, the statement, COMMIT).
+        self.own = psycopg.connect(database_url, autocommit=True, row_factory=dict_row)
         self.loop = asyncio.new_event_loop()
         self.apool: AsyncPool = async_pool(database_url, max_size=2)
         self.loop.run_until_complete(self.apool.open())
@@ -1093,6 +1184,7 @@ class Simulation:
         self.loop.run_until_complete(self.apool.close())
         self.loop.close()
         self.http.close()
+        self.own.close()
         self.pool.close()
 
     def note(self, event: str) -> None:
@@ -1141,6 +1233,20 @@ class Simulation:
             self._die("in_apply_success")
             return saved[(store, "apply_success")](*args, **kwargs)
 
+        def lock_and_finish(*args: Any, **kwargs: Any) -> Any:
+            done = saved[(store, "lock_and_finish")](*args, **kwargs)
+            self._die("in_record")
+            return done
+
+        def record_success(*args: Any, **kwargs: Any) -> Any:
+            # The outcome and the figures are one statement now: both deaths after it,
+            # in the order the two writes had (neither is committed).
+            done = saved[(store, "record_success")](*args, **kwargs)
+            self._die("in_record")
+            if done[1] is not None:
+                self._die("in_apply_success")
+            return done
+
         def enqueue_job(job: Any, order_id: str, **_: Any) -> None:
             self._enqueue_delivery(order_id, 0)
 
@@ -1149,6 +1255,8 @@ class Simulation:
             (reconcile, "crash_point"): crash,
             (store, "finish_operation"): finish,
             (store, "apply_success"): apply,
+            (store, "lock_and_finish"): lock_and_finish,
+            (store, "record_success"): record_success,
             # The events for the shop are sent by the task the product asks for.
             (callbacks, "get_settings"): lambda: self.settings,
             (callbacks, "enqueue_job"): enqueue_job,
@@ -1273,9 +1381,7 @@ class Simulation:
     def time_passes(self, *, resync: bool = False) -> None:
         """Every back-off and lease runs out, stored work is past its grace; with
         `resync`, the periodic re-read of every Klarna order is due."""
-        with self.pool.connection() as conn:
-            conn.execute(TIME_PASSES, {"ids": list(self.orders), "resync": resync})
-            conn.commit()
+        self.own.execute(TIME_PASSES, {"ids": list(self.orders), "resync": resync})
 
     def sweep(self) -> None:
         with self._deaths():  # the patched grace period; nothing here dies
@@ -1371,6 +1477,10 @@ class Simulation:
                 script += [("barrier", order_id), ("psp", (order_id, what)), ("barrier", order_id)]
                 continue
             script.append(("edit", order_id))
+        if rng.random() < 0.5:
+            # Planned trouble for the order's next PSP request from a random point on.
+            trouble = rng.choice(TROUBLE[provider])
+            script.insert(rng.randrange(1, len(script) + 1), ("trouble", (order_id, trouble)))
         return script
 
     def _edit(self, order_id: str) -> tuple[str, str, str, dict[str, Any]] | None:
@@ -1433,6 +1543,12 @@ class Simulation:
                 )
             elif step == "psp":
                 self._psp_step(*arg)
+            elif step == "trouble":
+                order_id, trouble = arg
+                self.kind(f"trouble_{trouble}")
+                self.note(f"trouble {trouble} planned for {order_id}")
+                planned = self.model.forced.setdefault(self.orders[order_id].psp.psp_id, set())
+                planned |= set(TROUBLE_FAULTS[trouble])
             for _ in range(rng.randint(0, 3)):
                 self._background()
 
@@ -1536,6 +1652,7 @@ class Simulation:
         person would after looking), and it settles again."""
         faults = self.model.faults
         self.model.faults = Faults.none()
+        self._sweep_alone()
         self._settle(resync=True)
         for _ in range(3):
             flagged = []
@@ -1556,6 +1673,26 @@ class Simulation:
             if not final:
                 order.oracle.settle()
         self.model.faults = faults if not final else Faults.none()
+
+    def _sweep_alone(self) -> None:
+        """A worker that died mid-call is found by the periodic sweep alone (in
+        production nothing else enqueues its order; the settle rounds enqueue every
+        order, which would hide a sweep that misses it): no operation is left `sent`
+        with its lease run out after one round of time, sweep and work."""
+        self.time_passes()
+        self.sweep()
+        self._drain()
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT kind FROM operations WHERE order_id = ANY(%(ids)s)"
+                " AND status = 'sent' AND lease_until < now()",
+                {"ids": list(self.orders)},
+            ).fetchall()
+            conn.commit()
+        for row in rows:
+            found = Violation("lease_not_swept", f"{row['kind']} left sent, its lease run out")
+            if found not in self.result.violations:
+                self.result.violations.append(found)
 
     def _settle(self, *, resync: bool = False) -> None:
         """Until nothing moves: time passes (retries, leases, grace periods due), the
@@ -1581,19 +1718,17 @@ class Simulation:
     def _quiet(self) -> bool:
         """Nothing in flight, nothing for the shop undelivered, no notification waiting."""
         ids = list(self.orders)
-        with self.pool.connection() as conn:
-            row = conn.execute(
-                "SELECT"
-                " (SELECT count(*) FROM operations WHERE order_id = ANY(%(ids)s)"
-                "   AND status IN ('pending', 'sent', 'awaiting_notification')) AS ops,"
-                " (SELECT count(*) FROM outbox WHERE order_id = ANY(%(ids)s)"
-                "   AND delivered_at IS NULL) AS events,"
-                " (SELECT count(*) FROM inbox WHERE source = 'adyen' AND processed_at IS NULL"
-                "   AND outcome IS DISTINCT FROM 'unmatched')"
-                "   AS notifications",
-                {"ids": ids},
-            ).fetchone()
-            conn.commit()
+        row = self.own.execute(
+            "SELECT"
+            " (SELECT count(*) FROM operations WHERE order_id = ANY(%(ids)s)"
+            "   AND status IN ('pending', 'sent', 'awaiting_notification')) AS ops,"
+            " (SELECT count(*) FROM outbox WHERE order_id = ANY(%(ids)s)"
+            "   AND delivered_at IS NULL) AS events,"
+            " (SELECT count(*) FROM inbox WHERE source = 'adyen' AND processed_at IS NULL"
+            "   AND outcome IS DISTINCT FROM 'unmatched')"
+            "   AS notifications",
+            {"ids": ids},
+        ).fetchone()
         assert row is not None
         return not (row["ops"] or row["events"] or row["notifications"])
 
@@ -1602,9 +1737,7 @@ class Simulation:
         flags the order carries now."""
         told: set[tuple[str, str]] = set()
         now: set[tuple[str, str]] = set()
-        with self.pool.connection() as conn:
-            rows = conn.execute(FLAGS_OF, {"id": order_id}).fetchall()
-            conn.commit()
+        rows = self.own.execute(FLAGS_OF, {"id": order_id}).fetchall()
         for row in rows:
             if row["kind"] == "now":
                 now.add((row["flag"], row["code"] or ""))
@@ -1928,29 +2061,63 @@ def run_many(
     histories: int,
     first_seed: int = 0,
     *,
-    step: int = 1,
     fail_fast: bool = False,
     seconds: float | None = None,
     on_result: Callable[[Result], None] | None = None,
 ) -> Summary:
     sim = Simulation(database_url)
-    summary = Summary()
     started = time.perf_counter()
     try:
-        for seed in range(first_seed, first_seed + histories * step, step):
-            if seconds is not None and time.perf_counter() - started > seconds:
-                break  # the time budget is spent: the totals so far
-            with quiet_logs():
-                result = sim.run(seed)
-            summary.add(result)
-            if on_result is not None:
-                on_result(result)
-            if fail_fast and result.violations:
-                break
+        summary = run_seeds(
+            sim,
+            range(first_seed, first_seed + histories),
+            fail_fast=fail_fast,
+            deadline=None if seconds is None else time.time() + seconds,
+            on_result=on_result,
+        )
     finally:
         sim.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def run_seeds(
+    sim: Simulation,
+    seeds: range,
+    *,
+    fail_fast: bool = False,
+    deadline: float | None = None,
+    on_result: Callable[[Result], None] | None = None,
+) -> Summary:
+    """One history per seed, in order, on one Simulation; stops early at `deadline`
+    (time.time()) or, with `fail_fast`, after the first history with a violation."""
+    summary = Summary()
+    for seed in seeds:
+        if deadline is not None and time.time() > deadline:
+            break  # the time budget is spent: the totals so far
+        with quiet_logs():
+            result = sim.run(seed)
+        summary.add(result)
+        if on_result is not None:
+            on_result(result)
+        if fail_fast and result.violations:
+            break
+    return summary
+
+
+# Only for a server started for the simulation alone: a crash of it loses nothing real,
+# so nothing waits for the disk (the product's own defaults are not touched).
+THROWAWAY_SERVER = {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off"}
+
+
+def throwaway_server(database_url: str) -> None:
+    """Tells an embedded server made for this run never to wait for its disk."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        for name, value in THROWAWAY_SERVER.items():
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+            )
+        conn.execute("SELECT pg_reload_conf()")
 
 
 def prepare(database_url: str) -> None:
@@ -1967,13 +2134,124 @@ def prepare(database_url: str) -> None:
         )
 
 
-def _worker(args: tuple[str, int, int, int, bool, float | None]) -> Summary:
-    """One process of a parallel run: its own database, every `step`-th seed."""
-    database_url, histories, first_seed, step, fail_fast, seconds = args
-    with quiet_logs():
-        return run_many(
-            database_url, histories, first_seed, step=step, fail_fast=fail_fast, seconds=seconds
+# A process of a parallel run reports after this many histories: often enough for a
+# progress line, seldom enough to cost nothing.
+BLOCK = 20
+
+
+def _process(
+    url: str, seeds: range, fail_fast: bool, deadline: float | None, stop: Any, reports: Any
+) -> None:
+    """One process of a parallel run: its own database, its seeds in order, a report
+    (seeds done, their Summary) after every block; None when it ends."""
+    try:
+        with quiet_logs():
+            sim = Simulation(url)
+        try:
+            for start in range(0, len(seeds), BLOCK):
+                if stop.is_set():
+                    break
+                block = seeds[start : start + BLOCK]
+                part = run_seeds(sim, block, fail_fast=fail_fast, deadline=deadline)
+                reports.put((block[: part.histories], part))
+                if part.histories < len(block):
+                    break  # fail_fast or the deadline
+        finally:
+            sim.close()
+    finally:
+        reports.put(None)
+
+
+class Progress:
+    """Now and then one line for a long run: histories done, the rate, violations so far,
+    and the seed below which every history is done (where a stopped run resumes)."""
+
+    def __init__(
+        self, out: Callable[[str], None], first_seed: int, histories: int, every: float
+    ) -> None:
+        self.out = out
+        self.end = first_seed + histories
+        self.histories = histories
+        self.every = every
+        self.resume = first_seed  # every seed below it is done
+        self.done: set[int] = set()  # seeds done above `resume`
+        self.count = 0
+        self.violations = 0
+        self.started = self.shown = time.perf_counter()
+
+    def add(self, seeds: range, violations: int) -> None:
+        self.count += len(seeds)
+        self.violations += violations
+        self.done.update(seeds)
+        while self.resume in self.done:
+            self.done.discard(self.resume)
+            self.resume += 1
+        now = time.perf_counter()
+        if now - self.shown < self.every:
+            return
+        self.shown = now
+        rate = self.count / (now - self.started)
+        left = self.end - self.resume
+        rest = f"; the rest: --first-seed {self.resume} --histories {left}" if left else ""
+        self.out(
+            f"progress: {self.count}/{self.histories} histories, {rate:.1f} histories/s,"
+            f" violations {self.violations}, every seed below {self.resume} done{rest}"
         )
+
+
+def _parallel(
+    urls: list[str],
+    histories: int,
+    first_seed: int,
+    *,
+    fail_fast: bool,
+    seconds: float | None,
+    progress: Progress,
+) -> Summary:
+    """One process per database; process n runs every len(urls)-th seed from
+    first_seed + n, in order (a history can see what earlier histories left in its
+    database, so the same seeds on the same number of processes replay the same run)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    stop = context.Event()
+    reports = context.Queue()
+    deadline = None if seconds is None else time.time() + seconds
+    end = first_seed + histories
+    processes = [
+        context.Process(
+            target=_process,
+            args=(
+                url,
+                range(first_seed + n, end, len(urls)),
+                fail_fast,
+                deadline,
+                stop,
+                reports,
+            ),
+        )
+        for n, url in enumerate(urls)
+    ]
+    for process in processes:
+        process.start()
+    summary = Summary()
+    running = len(processes)
+    while running:
+        report = reports.get()
+        if report is None:
+            running -= 1
+            continue
+        seeds, part = report
+        summary.merge(part)
+        progress.add(seeds, part.violations)
+        if fail_fast and part.violations:
+            stop.set()
+    for process in processes:
+        process.join()
+    failed = [p.exitcode for p in processes if p.exitcode]
+    if failed:
+        raise RuntimeError(f"simulation processes failed: exit codes {failed}")
+    return summary
 
 
 def _databases(url: str, count: int) -> list[str]:
@@ -1998,6 +2276,10 @@ def _databases(url: str, count: int) -> list[str]:
             )
             urls.append(psycopg.conninfo.make_conninfo(url, dbname=clone))
     return urls
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)  # a long run's progress reaches a log file as it happens
 
 
 def report(summary: Summary, out: Callable[[str], None], *, kinds: bool = True) -> None:
@@ -2030,28 +2312,30 @@ def simulate(
     verbose: bool = False,
     kinds: bool = True,
     seconds: float | None = None,
-    out: Callable[[str], None] = print,
+    progress_seconds: float = 60.0,
+    out: Callable[[str], None] | None = None,
 ) -> int:
     """The long run (`ordersync simulate`): its own embedded Postgres unless given one;
     `processes` side by side, each on its own copy of the database; prints the totals,
     the event kinds hit, every violation code with its first seed."""
-    import multiprocessing
-
     from devrig.devstack import EmbeddedPostgres, temporary_pg_dir
     from ordersync.db import migrate
 
+    out = out or _say
     postgres = None
     if database_url is None:
         postgres = EmbeddedPostgres(temporary_pg_dir("ordersync-sim-pg-") / "data")
         database_url = postgres.url
+        throwaway_server(database_url)
     started = time.perf_counter()
     try:
         with quiet_logs():
             migrate(database_url)
         prepare(database_url)
+        progress = Progress(out, first_seed, histories, progress_seconds)
         if processes <= 1:
 
-            def progress(result: Result) -> None:
+            def on_result(result: Result) -> None:
                 if verbose:
                     for line in result.trace:
                         out(f"  {line}")
@@ -2060,6 +2344,7 @@ def simulate(
                         f"seed {result.seed}: {violation.code} (seq {violation.sequence or '-'}):"
                         f" {violation.detail}"
                     )
+                progress.add(range(result.seed, result.seed + 1), len(result.violations))
 
             summary = run_many(
                 database_url,
@@ -2067,23 +2352,18 @@ def simulate(
                 first_seed,
                 fail_fast=fail_fast,
                 seconds=seconds,
-                on_result=progress,
+                on_result=on_result,
             )
         else:
             urls = _databases(database_url, processes)
-            per = [
-                len(range(first_seed + n, first_seed + histories, processes))
-                for n in range(processes)
-            ]
-            jobs = [
-                (urls[n], per[n], first_seed + n, processes, fail_fast, seconds)
-                for n in range(processes)
-            ]
-            with multiprocessing.get_context("spawn").Pool(processes) as pool:
-                parts = pool.map(_worker, jobs)
-            summary = Summary()
-            for part in parts:
-                summary.merge(part)
+            summary = _parallel(
+                urls,
+                histories,
+                first_seed,
+                fail_fast=fail_fast,
+                seconds=seconds,
+                progress=progress,
+            )
             for result in summary.failures[:20]:
                 for violation in result.violations:
                     out(f"seed {result.seed}: {violation.code}: {violation.detail}")

@@ -57,7 +57,9 @@ def test_the_same_plan_gets_the_same_key(conn: Conn) -> None:
 
 
 def test_the_schema_holds_one_operation_in_flight_per_order(conn: Conn) -> None:
-    order = insert_order(conn, authorized_amount=1200)
+    insert_order(conn, authorized_amount=1200)
+    order = orders.lock_order(conn, "o-1")
+    assert order is not None
     for seq in (1, 2):
         draft = orders.draft_operation(order, seq, Kind.CAPTURE, 1200, [LINE])
         request = {"method": "POST", "path": "/captures", "body": "{}", "api": None}
@@ -76,7 +78,9 @@ def test_the_schema_refuses_a_capture_beyond_the_authorization(conn: Conn) -> No
 
 
 def test_a_frozen_request_is_stored_with_its_key_and_read_back_as_sent(conn: Conn) -> None:
-    order = insert_order(conn, authorized_amount=1200)
+    insert_order(conn, authorized_amount=1200)
+    order = orders.lock_order(conn, "o-1")
+    assert order is not None
     draft = orders.draft_operation(order, 1, Kind.CAPTURE, 1200, [LINE])
     request = {"method": "POST", "path": "/o/k-1/captures", "body": '{"a":1}', "api": None}
     op = orders.insert_claimed_operation(conn, order, draft, request, 30)

@@ -364,3 +364,166 @@ def test_the_oracle_imports_nothing_of_the_product() -> None:
     }
     product = {"cli", "service", "workers", "data", "integrations", "ordersync", "domain"}
     assert imported & product == set()
+
+
+# --- windows a worker may have acted on early (simulation seeds 8, 1004, 1005, 1164) ---
+
+CANNOT_FOLLOW_ABOVE = ("needs_attention", "captured_above_total")
+
+
+def test_a_shared_line_removed_after_a_capture_may_leave_the_captures_above_the_total() -> None:
+    """Seed 8: a worker captured for the snapshot that still had the sales tax line;
+    the next one removed it. §4 shares sales tax "by captures ... in proportion to
+    value": the capture carried it, and nothing is left to take it back."""
+    oracle = Oracle(2595, refuses_increases=False)
+    tax = line("tax", 1, 495, type="sales_tax")
+    oracle.snapshot(snap(1, [SHOES, SOCKS, tax]))
+    oracle.settle()
+    oracle.snapshot(
+        snap(2, [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}, tax])
+    )
+    oracle.snapshot(snap(3, [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]))
+    exp = oracle.expectation()
+    assert CANNOT_FOLLOW_ABOVE in exp.allowed
+    assert not exp.must_equal_total
+    # The same shipment with the basket unchanged in the window still must add up.
+    steady = Oracle(2100, refuses_increases=False)
+    steady.snapshot(snap(1, [SHOES, SOCKS]))
+    steady.settle()
+    steady.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]))
+    steady.snapshot(snap(3, [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]))
+    assert steady.expectation().must_equal_total
+
+
+def test_a_fee_added_after_the_snapshot_the_first_capture_may_have_followed() -> None:
+    """Seed 1004: the shoes shipped with fee A; the shop then swapped A for fee B. If
+    the first capture followed the earlier snapshot it carried A, and B is a fee added
+    after the first capture, which the contract leaves to a later capture or to its
+    shipment: B's units may be 0 or 1."""
+    oracle = Oracle(2190, refuses_increases=False)
+    fee_a = line("fee_a", 1, 495, type="shipping_fee")
+    fee_b = line("fee_b", 1, 495, type="shipping_fee")
+    oracle.snapshot(snap(1, [SHOES, SOCKS, fee_a]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, SOCKS, fee_a]))
+    oracle.snapshot(snap(3, [{**SHOES, "shipped_quantity": 1}, SOCKS, fee_b]))
+    exp = oracle.expectation()
+    assert exp.lines["fee_b"].captured_range == (0, 1)
+    assert exp.lines["fee_a"].captured_range == (0, 1)
+    # Without the earlier snapshot, fee B goes with the first capture: exactly 1.
+    plain = Oracle(2190, refuses_increases=False)
+    plain.snapshot(snap(1, [SHOES, SOCKS, fee_b]))
+    plain.settle()
+    plain.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, SOCKS, fee_b]))
+    exp = plain.expectation()
+    assert exp.lines["fee_b"].captured == 1 and exp.lines["fee_b"].captured_range is None
+
+
+def test_a_basket_lowered_below_the_captures_after_a_release_may_be_flagged() -> None:
+    """Seed 1005: everything captured, the order cancelled (the rest released), then
+    reopened with a discount below what was captured: the PSP cannot follow, whether
+    or not the authorization is still open."""
+    oracle = Oracle(2100, refuses_increases=False)
+    everything = [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]
+    oracle.snapshot(snap(1, everything))
+    oracle.settle()
+    oracle.snapshot(snap(2, everything, status="cancelled"))
+    oracle.settle()
+    oracle.snapshot(snap(3, [*everything, DISCOUNT]))
+    exp = oracle.expectation()
+    assert exp.authorization == "released"
+    assert CANNOT_FOLLOW_ABOVE in exp.allowed
+    assert ("needs_new_order", "") not in exp.required
+
+
+def test_order_level_lines_alone_need_no_captures() -> None:
+    """Seed 1164: every product line at quantity 0 and a sales tax line left: nothing
+    ships, so no capture can carry the tax's share; the captures need not make the
+    total."""
+    oracle = Oracle(2595, refuses_increases=False)
+    tax = line("tax", 1, 495, type="sales_tax")
+    oracle.snapshot(snap(1, [{**SHOES, "quantity": 0}, tax]))
+    exp = oracle.expectation()
+    assert exp.total == 495 and exp.all_shipped
+    assert not exp.must_equal_total
+    assert check_ledger([], exp) == []
+
+
+def test_shipped_after_the_authorization_was_fully_captured_may_stay_uncaptured() -> None:
+    """Seeds 1032, 1052: everything authorized is captured; the shop then adds goods and
+    ships them. §4 step 1 updates only an authorization "not fully captured", so the
+    capture may not fit (the shop is told to take a new order): 0 or all of them."""
+    oracle = Oracle(1200, refuses_increases=False)
+    oracle.snapshot(snap(1, [{**SHOES, "shipped_quantity": 1}]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]))
+    exp = oracle.expectation()
+    assert exp.lines["socks"].captured_range == (0, 2)
+    assert ("needs_new_order", "") in exp.allowed
+
+
+def test_a_fee_after_units_worth_nothing_shipped_may_go_with_them() -> None:
+    """Seed 1067: a free unit shipped (no capture of 0 is sent), then a shipping fee
+    was added: the first capture, worth sending now, may carry the fee."""
+    oracle = Oracle(1200, refuses_increases=False)
+    free = line("gift", 1, 0)
+    oracle.snapshot(snap(1, [SHOES, free]))
+    oracle.snapshot(snap(2, [SHOES, {**free, "shipped_quantity": 1}]))
+    oracle.settle()
+    fee = line("ship", 1, 495, type="shipping_fee")
+    oracle.snapshot(snap(3, [SHOES, {**free, "shipped_quantity": 1}, fee]))
+    exp = oracle.expectation()
+    assert exp.lines["ship"].captured_range == (0, 1)
+
+
+def test_reopened_after_a_cancel_with_captures_of_uncertain_units_may_need_no_new_order() -> None:
+    """Seed 1178: what shipped before the cancel may or may not have been captured
+    (the window decides); a reopen then needs a new payment only if it was not."""
+    oracle = Oracle(1200, refuses_increases=True)
+    oracle.snapshot(snap(1, [SHOES]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]))
+    oracle.snapshot(
+        snap(
+            3,
+            [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}],
+            status="cancelled",
+        )
+    )
+    oracle.settle()
+    oracle.snapshot(snap(4, [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") not in exp.required
+    assert ("needs_new_order", "") in exp.allowed
+
+
+def test_an_open_order_lowered_to_nothing_below_its_captures_may_be_flagged() -> None:
+    """Seed 1167: all captured, then a store credit takes the order to 0 while open."""
+    oracle = Oracle(1200, refuses_increases=False)
+    oracle.snapshot(snap(1, [{**SHOES, "shipped_quantity": 1}]))
+    oracle.settle()
+    credit = line("credit", 1, -1200, type="store_credit")
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, credit]))
+    exp = oracle.expectation()
+    assert CANNOT_FOLLOW_ABOVE in exp.allowed
+
+
+def test_a_discount_dropped_after_everything_was_captured_needs_no_new_order() -> None:
+    """Seed 1146: all units captured to the last cent of the authorization, then the
+    shop drops a discount on a PSP that refuses increases. No new item needs paying
+    for: the gap may be flagged for a person, a new order is not required."""
+    oracle = Oracle(1470, refuses_increases=True)
+    everything = [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]
+    oracle.snapshot(snap(1, [*everything, DISCOUNT]))
+    oracle.settle()
+    oracle.snapshot(snap(2, everything))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") not in exp.required
+    assert ("needs_new_order", "") in exp.allowed
+    assert ("needs_attention", "captured_below_total") in exp.allowed
+    # A new item on that PSP still requires one.
+    grown = Oracle(1470, refuses_increases=True)
+    grown.snapshot(snap(1, [*everything, DISCOUNT]))
+    grown.settle()
+    grown.snapshot(snap(2, [*everything, DISCOUNT, line("hat", 1, 300)]))
+    assert ("needs_new_order", "") in grown.expectation().required

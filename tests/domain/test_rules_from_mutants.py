@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from domain.lines import basket_lines
+from domain.lines import basket_lines, capture_lines, ledger_from, refund_lines
 from domain.planner import (
     NEEDS_NEW_ORDER,
     Flag,
@@ -76,3 +76,11 @@ def test_a_discount_given_back_by_a_correction_is_still_refunded_on_its_own_line
         ("socks", 450),
         ("discount", -49),
     ]
+
+
+def test_a_refund_gives_back_only_the_units_that_were_captured() -> None:
+    # Both units of A shipped and came back, but only one was ever captured (the other
+    # did not fit the authorization): the refund is that unit, at its captured price.
+    ledger = ledger_from([("capture", capture_lines(order([shipped(A, 1)]), {}))])
+    back = refund_lines(order([shipped(A, 2, returned=2)]), ledger)
+    assert [(x.reference, x.quantity, x.total_amount) for x in back] == [("a", 1, 500)]
