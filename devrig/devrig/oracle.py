@@ -513,6 +513,12 @@ class Oracle:
         free = {i for i in newly if all(p == 0 for p, _ in self._prices(i))}
         if self._ratio(last) == 0:
             free = set(newly)  # order-level lines take all of it: nothing to capture
+        if st.any_capture and order_total(last) < st.money - 2:
+            # The total went below what is captured (a price or discount edit after a
+            # capture): the captures can no longer add up to it (a person is told,
+            # CANNOT_FOLLOW), and the order-level lines not yet shared may take all that
+            # is still open, so these units may be worth nothing, never captured.
+            free = set(newly)
         st.money += sum(
             int(lines[i]["unit_price"]) * n for i, n in newly.items() if i in lines
         ) * self._ratio(last)

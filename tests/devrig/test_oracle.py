@@ -264,9 +264,8 @@ def test_a_capture_made_outside_is_not_judged_by_a_later_price() -> None:
     oracle.settle()
     oracle.snapshot(snap(3, [{**three, "unit_price": 150, "shipped_quantity": 2}]))
     exp = oracle.expectation()
-    ledger = [("capture", 450, [booked("socks", 1, 450)])]
-    ledger.append(("capture", 0, [booked("socks", 1, 0)]))  # 450 of the line's 450 taken
-    assert "captured_at_wrong_price" not in {c for c, _ in check_ledger(ledger, exp)}
+    outside = [("capture", 450, [booked("socks", 1, 450)])]  # the line's 450, all taken
+    assert "captured_at_wrong_price" not in {c for c, _ in check_ledger(outside, exp)}
 
 
 def test_quantities_that_go_down_are_flagged() -> None:
@@ -294,6 +293,25 @@ def test_a_shipment_worth_nothing_taken_back_may_go_unflagged() -> None:
     exp = oracle.expectation()
     assert ("needs_attention", REVERSED) not in exp.required
     assert ("needs_attention", REVERSED) in exp.allowed
+
+
+def test_units_shipped_after_the_total_went_below_the_captures_may_stay_uncaptured() -> None:
+    # Seed 7115: 2 of 3 captured (200), then a store credit of 198 took the total to 102;
+    # the third unit, shipped later, is worth nothing once the credit is shared in, so it
+    # may never be captured, and taking its shipment back lowers nothing the PSP holds.
+    oracle = Oracle(300, refuses_increases=False)
+    three = line("l2", 3, 100)
+    credit = line("c", 1, -198, type="store_credit")
+    oracle.snapshot(snap(1, [{**three, "shipped_quantity": 2}]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**three, "shipped_quantity": 3}, credit]))
+    oracle.settle()
+    oracle.snapshot(snap(3, [{**three, "shipped_quantity": 2}, credit]))
+    exp = oracle.expectation()
+    assert exp.lines["l2"].captured_range == (2, 3)
+    assert ("needs_attention", REVERSED) not in exp.required
+    two = [("capture", 200, [booked("l2", 2, 200)])]
+    assert check_ledger(two, exp) == []
 
 
 def test_a_currency_or_payment_change_is_rejected_and_nothing_stored() -> None:
