@@ -6,15 +6,23 @@ from __future__ import annotations
 
 import pytest
 
-from domain.lines import basket_lines, capture_lines, ledger_from, refund_lines
+from domain.lines import (
+    all_units_captured,
+    basket_lines,
+    capture_lines,
+    ledger_from,
+    refund_lines,
+)
 from domain.planner import (
     NEEDS_NEW_ORDER,
     Flag,
     Kind,
     OrderView,
+    PastOperation,
     Plan,
     PspState,
     PspStatus,
+    explained_lines,
     plan_next,
 )
 from tests.domain.test_ledger import Psp, order, plans, shipped
@@ -84,3 +92,25 @@ def test_a_refund_gives_back_only_the_units_that_were_captured() -> None:
     ledger = ledger_from([("capture", capture_lines(order([shipped(A, 1)]), {}))])
     back = refund_lines(order([shipped(A, 2, returned=2)]), ledger)
     assert [(x.reference, x.quantity, x.total_amount) for x in back] == [("a", 1, 500)]
+
+
+def test_a_refund_the_shop_already_marked_returned_is_explained_by_its_lines() -> None:
+    # A refund made without the service of exactly the unit the shop marks returned is
+    # those lines (counted, nothing to flag); one of another amount is not explained.
+    captured = tuple(capture_lines(order([shipped(A, 2)]), {}))
+    history = [PastOperation(Kind.CAPTURE, "succeeded", 1000, captured)]
+    returned = order([shipped(A, 2, returned=1)])
+    lines = explained_lines(returned, history, Kind.REFUND, 500)
+    assert lines is not None
+    assert [(x.reference, x.quantity, x.total_amount) for x in lines] == [("a", 1, 500)]
+    assert explained_lines(returned, history, Kind.REFUND, 400) is None
+
+
+FEE = {"id": "ship", "name": "Shipping", "quantity": 1, "unit_price": 500, "tax_rate": 2000}
+
+
+def test_a_captured_fee_counts_as_captured_when_nothing_else_is_left() -> None:
+    # A fee is never marked shipped: once captured, it leaves nothing to capture.
+    basket = order([shipped(A, 2), {**FEE, "type": "shipping_fee"}])
+    ledger = ledger_from([("capture", capture_lines(basket, {}))])
+    assert all_units_captured(basket, ledger)
