@@ -348,6 +348,19 @@ class Oracle:
             exp.outcomes.add("cancel_after_shipment" if st.any_capture else "cancel_before_capture")
             st.closed = "released" if st.any_capture else "cancelled"
             st.closed_version = last["version"]
+        if (
+            last["status"] == "open"
+            and st.any_capture
+            and total > st.money + 2
+            and not any(
+                int(line["quantity"]) > self._captured_at_most(line_id) and line_value(line) > 0
+                for line_id, line in lines.items()
+                if kind(line) in GOODS | FEES
+            )
+        ):
+            # Every unit captured, for less than the basket now says (a price raised
+            # after its unit was captured): no capture is left to carry the difference.
+            exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         if last["status"] == "open" and st.any_capture and total < st.money - 2:
             # An open order lowered below what was captured (after the PSP let go, or
             # to nothing): captures only add, and §4 refunds only returned units, so

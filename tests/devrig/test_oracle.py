@@ -544,3 +544,19 @@ def test_a_capture_outside_that_the_shop_ships_in_the_same_window_may_go_unflagg
     assert ("needs_attention", EXTERNAL) not in exp.required
     assert ("needs_attention", EXTERNAL) in exp.allowed
     assert exp.lines["shoes"].captured == 1
+
+
+def test_a_price_raised_after_every_unit_was_captured_may_be_flagged_below_total() -> None:
+    """Seed 17: the surcharge was captured at 150 (marked shipped first), then raised to
+    200, then the goods shipped: every unit is captured, and no capture is left to
+    carry the fee's difference."""
+    oracle = Oracle(600, refuses_increases=False)
+    fee = line("fee", 1, 150, type="surcharge", shipped_quantity=1)
+    sock = {**SOCKS, "quantity": 1}
+    oracle.snapshot(snap(1, [sock, fee]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [sock, {**fee, "unit_price": 200}]))
+    oracle.settle()
+    oracle.snapshot(snap(3, [{**sock, "shipped_quantity": 1}, {**fee, "unit_price": 200}]))
+    exp = oracle.expectation()
+    assert ("needs_attention", "captured_below_total") in exp.allowed
