@@ -35,6 +35,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="scale only: retention and the inbox's hot statements at N webhooks "
         "(10000000 for the target) against a small inbox",
     )
+    parser.add_argument(
+        "--psp-delay-ms",
+        type=int,
+        default=None,
+        help="worker: only the slow-PSP round, the sandbox answering after N ms; "
+        "latency: the sandbox answers every request after N ms",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="worker: threads of the slow-PSP round (64); latency: threads per worker (8)",
+    )
     args = parser.parse_args(argv)
     if args.benchmark == "plot":
         from bench.plot import plot
@@ -47,7 +60,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"# {name}: {BENCHMARKS[name]}{' (quick)' if args.quick else ''}", flush=True)
         started = time.monotonic()
         module = importlib.import_module(f"bench.{name}")
-        options = {"webhooks": args.webhooks} if name == "scale" and args.webhooks else {}
+        options: dict[str, int] = {}
+        if name == "scale" and args.webhooks:
+            options["webhooks"] = args.webhooks
+        if name in ("worker", "latency"):
+            for option in ("psp_delay_ms", "concurrency"):
+                if getattr(args, option) is not None:
+                    options[option] = getattr(args, option)
         rows, extra = module.run(quick=args.quick, **options)
         extra["wall_seconds"] = round(time.monotonic() - started, 1)
         path = write_result(name, args.quick, rows, extra)

@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import httpx
+import psycopg
 from devrig.devstack import wait_until
 
 from bench.common import Row, percentile, stack
@@ -41,20 +42,87 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
-def run(*, quick: bool) -> tuple[list[Row], dict[str, Any]]:
+def run(
+    *, quick: bool, psp_delay_ms: int = 0, concurrency: int = CONCURRENCY
+) -> tuple[list[Row], dict[str, Any]]:
     rows: list[Row] = []
     extra: dict[str, Any] = {"rates": {}}
     for rate in RATES:
-        measured, details = measure(rate, seconds=5 if quick else 30)
+        measured, details = measure(
+            rate,
+            seconds=5 if quick else 30,
+            psp_delay_ms=psp_delay_ms,
+            concurrency=concurrency,
+        )
         rows += measured
         extra["rates"][f"{rate:.0f}"] = details
     return rows, extra
 
 
-def measure(rate: float, *, seconds: float) -> tuple[list[Row], dict[str, Any]]:
+# Upper bounds (ms) of the printed histogram of webhook sent -> capture at the PSP.
+BUCKETS_MS = (10, 25, 50, 100, 150, 250, 500, 1000, 2500, 10000)
+
+
+def histogram(values: list[float]) -> list[tuple[str, int]]:
+    """Counts per bucket of BUCKETS_MS, the last one open-ended."""
+    counts = [0] * (len(BUCKETS_MS) + 1)
+    for value in values:
+        counts[next((i for i, b in enumerate(BUCKETS_MS) if value <= b), len(BUCKETS_MS))] += 1
+    labels = [f"<= {b} ms" for b in BUCKETS_MS] + [f"> {BUCKETS_MS[-1]} ms"]
+    return list(zip(labels, counts, strict=True))
+
+
+def timeline(sent: dict[str, float], e2e: dict[str, float]) -> list[dict[str, float]]:
+    """Per second of the run (by send time): webhooks sent, p50, p99 and max."""
+    t0 = min(sent.values())
+    seconds: dict[int, list[float]] = {}
+    for order, at in sent.items():
+        seconds.setdefault(int(at - t0), []).append(e2e[order])
+    return [
+        {
+            "second": second,
+            "sent": len(values),
+            "p50_ms": percentile(values, 50),
+            "p99_ms": percentile(values, 99),
+            "max_ms": max(values),
+        }
+        for second, values in sorted(seconds.items())
+    ]
+
+
+# What Postgres did during the run that can stall a commit: checkpoints (PostgreSQL 17
+# moved their counters to pg_stat_checkpointer) and autovacuum/autoanalyze runs.
+PG_ACTIVITY = """
+SELECT (SELECT sum(coalesce(autovacuum_count, 0) + coalesce(autoanalyze_count, 0))
+        FROM pg_stat_user_tables) AS autovacuum_runs
+"""
+
+
+def postgres_activity(conn: Any) -> dict[str, int]:
+    row = conn.execute(PG_ACTIVITY).fetchone()
+    out = {"autovacuum_runs": int(row["autovacuum_runs"] or 0)}
+    for view, timed, requested in (
+        ("pg_stat_checkpointer", "num_timed", "num_requested"),
+        ("pg_stat_bgwriter", "checkpoints_timed", "checkpoints_req"),
+    ):
+        try:
+            found = conn.execute(f"SELECT {timed} + {requested} AS n FROM {view}").fetchone()
+        except psycopg.errors.UndefinedTable:
+            continue
+        except psycopg.errors.UndefinedColumn:
+            continue
+        out["checkpoints"] = int(found["n"])
+        break
+    return out
+
+
+def measure(
+    rate: float, *, seconds: float, psp_delay_ms: int = 0, concurrency: int = CONCURRENCY
+) -> tuple[list[Row], dict[str, Any]]:
     n = int(rate * seconds)
+    load_before = os.getloadavg()
     with stack() as bench:
-        sandbox = bench.sandbox()
+        sandbox = bench.sandbox(delay_ms=psp_delay_ms)
         prefix = f"lat{uuid.uuid4().hex[:4]}-"
         with bench.db() as conn:
             ids = synced_orders(conn, sandbox, prefix, n, shipped=False, requested=False)
@@ -62,7 +130,9 @@ def measure(rate: float, *, seconds: float) -> tuple[list[Row], dict[str, Any]]:
             warm = synced_orders(conn, sandbox, prefix + "w", 50, shipped=False, requested=False)
         web = bench.web()
         for index in range(WORKER_PROCESSES):
-            bench.worker(f"worker-{index}", pool="threads", concurrency=CONCURRENCY)
+            bench.worker(f"worker-{index}", pool="threads", concurrency=concurrency)
+        # Beat runs as in production: its sweeps colliding with the work are part of the tail.
+        bench.start("beat", ["beat"], env={"TMPDIR": str(bench.base)})
         secret = bench.env["SHOP_WEBHOOK_SECRETS"].split()[0]
         drive(
             web,
@@ -73,6 +143,23 @@ def measure(rate: float, *, seconds: float) -> tuple[list[Row], dict[str, Any]]:
             concurrency=8,
             max_seconds=30,
         )
+
+        def warmed_up() -> bool:
+            with bench.db() as conn:
+                row = conn.execute(
+                    "SELECT count(*) AS n FROM operations WHERE order_id LIKE %s"
+                    " AND status = 'succeeded'",
+                    (prefix + "w%",),
+                ).fetchone()
+            return row is not None and row["n"] >= len(warm)
+
+        # The run starts once both workers are up and have done work: a worker's start-up
+        # (imports, first connections) is not the latency of a webhook.
+        wait_until(warmed_up, 120, "the warm-up captures", interval=0.5)
+        with bench.db() as conn:
+            # The set-up's bulk inserts are not the run's: their checkpoint comes now.
+            conn.execute("CHECKPOINT")
+            pg_before = postgres_activity(conn)
         result = drive(
             web,
             [
@@ -107,6 +194,7 @@ def measure(rate: float, *, seconds: float) -> tuple[list[Row], dict[str, Any]]:
         entries = wait_until(captured, 180, f"{n} captures at the sandbox", interval=1)
         gave_up_at = time.time()
         with bench.db() as conn:
+            pg_after = postgres_activity(conn)
             inbox = {
                 r["order_id"]: r["received_at"].timestamp()
                 for r in conn.execute(
@@ -125,19 +213,27 @@ def measure(rate: float, *, seconds: float) -> tuple[list[Row], dict[str, Any]]:
     for o in missing:
         first_capture[o] = gave_up_at
     e2e = [(first_capture[o] - sent[o]) * 1000 for o in ids]
-    if os.environ.get("BENCH_LATENCY_DEBUG"):  # where in the run the slow ones fall
-        t0 = min(sent.values())
-        slow = [o for o in ids if first_capture[o] - sent[o] > 0.1]
-        buckets: dict[int, int] = {}
-        for o in slow:
-            buckets[int(sent[o] - t0)] = buckets.get(int(sent[o] - t0), 0) + 1
-        print(
-            f"  slow (>100 ms): {len(slow)} of {len(ids)}; "
-            f"by second sent: {sorted(buckets.items())}"
+    by_order = dict(zip(ids, e2e, strict=True))
+    seconds_run = timeline(sent, by_order)
+    load_after = os.getloadavg()
+    postgres = {k: pg_after.get(k, 0) - pg_before.get(k, 0) for k in pg_after}
+    print(
+        f"  @{rate:.0f}/s: load average {load_before[0]:.1f} before, {load_after[0]:.1f} after;"
+        f" during the run Postgres made {postgres.get('checkpoints', 0)} checkpoint(s),"
+        f" {postgres['autovacuum_runs']} autovacuum/analyze run(s)"
+    )
+    print("  webhook sent -> capture at PSP:")
+    for label, count in histogram(e2e):
+        print(f"    {label:>12}: {count:6d}  {'#' * round(60 * count / max(len(e2e), 1))}")
+    slow_seconds = [s for s in seconds_run if s["p99_ms"] > 150]
+    print(
+        f"  seconds of the run with p99 > 150 ms: {len(slow_seconds)} of {len(seconds_run)}"
+        + "".join(
+            f"\n    +{s['second']:.0f}s: p50 {s['p50_ms']:.0f}, p99 {s['p99_ms']:.0f},"
+            f" max {s['max_ms']:.0f} ms"
+            for s in slow_seconds[:15]
         )
-        worst = max(ids, key=lambda o: first_capture[o] - sent[o])
-        took_ms = (first_capture[worst] - sent[worst]) * 1000
-        print(f"  worst {worst}: +{sent[worst] - t0:.2f}s took {took_ms:.0f} ms")
+    )
     from_inbox = [(first_capture[o] - inbox[o]) * 1000 for o in ids if o in inbox]
     lag = [(sent[o] - scheduled[o]) * 1000 for o in ids]
     achieved = n / (max(sent.values()) - min(sent.values()))
@@ -173,7 +269,16 @@ def measure(rate: float, *, seconds: float) -> tuple[list[Row], dict[str, Any]]:
         "not_captured": len(missing),
         "rate": rate,
         "webhooks": n,
-        "worker": {"pool": "threads", "concurrency": CONCURRENCY},
+        "worker": {
+            "pool": "threads",
+            "concurrency": concurrency,
+            "processes": WORKER_PROCESSES,
+        },
+        "psp_delay_ms": psp_delay_ms,
+        "load_average": {"before": load_before, "after": load_after},
+        "postgres_during_run": postgres,
+        "histogram_ms": histogram(e2e),
+        "timeline": seconds_run,
         "latency_ms": {
             "end_to_end": sorted(e2e),
             "inbox_to_psp": sorted(from_inbox),

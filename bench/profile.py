@@ -75,7 +75,15 @@ def _short(frame: str) -> str:
     return f"{name} ({'/'.join(path.split('/')[-2:])})"
 
 
-def profile(bench: Stack, *, n: int, seconds: float, tag: str) -> dict[str, Any]:
+def profile(
+    bench: Stack,
+    *,
+    n: int,
+    seconds: float,
+    tag: str,
+    concurrency: int = 16,
+    psp_delay_ms: int = 0,
+) -> dict[str, Any]:
     from workers.tasks import reconcile_order
 
     sandbox = bench.sandbox()
@@ -84,7 +92,8 @@ def profile(bench: Stack, *, n: int, seconds: float, tag: str) -> dict[str, Any]
     with reconcile_order.app.producer_or_acquire() as producer:
         for order_id in ids:
             reconcile_order.apply_async((order_id,), producer=producer)
-    worker = bench.worker(f"worker-prof-{tag}", pool="threads", concurrency=16)
+    bench.sandbox(delay_ms=psp_delay_ms)
+    worker = bench.worker(f"worker-prof-{tag}", pool="threads", concurrency=concurrency)
     assert worker.popen is not None
 
     def done() -> int:
@@ -134,10 +143,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--tag", default="now", help="a label for the result file")
+    parser.add_argument("--concurrency", type=int, default=16, help="the worker's threads")
+    parser.add_argument(
+        "--psp-delay-ms", type=int, default=0, help="the sandbox answers after N ms"
+    )
     args = parser.parse_args(argv)
     n, seconds = (1500, 6.0) if args.quick else (6000, 20.0)
     with stack() as bench:
-        summary = profile(bench, n=n, seconds=seconds, tag=args.tag)
+        summary = profile(
+            bench,
+            n=n,
+            seconds=seconds,
+            tag=args.tag,
+            concurrency=args.concurrency,
+            psp_delay_ms=args.psp_delay_ms,
+        )
     print(f"{summary['samples']} busy samples, {summary['ops_per_s']:.0f} ops/s while sampled")
     for part, pct in summary["parts"].items():
         print(f"  {pct:5.1f} %  {part}")

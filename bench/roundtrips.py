@@ -50,11 +50,15 @@ def _quoted(text: str) -> list[str]:
 
 
 def trips(trace: str, named: dict[str, str] | None = None) -> list[str]:
-    """One entry per round trip (each client Query or Sync waits for the server's
-    ReadyForQuery): the statement sent in it. `named` keeps prepared statements' SQL."""
+    """One entry per round trip: the client waits for the server after each Query, Sync
+    and (pipeline mode) Flush; the entry lists the statements sent since the last wait.
+    A Flush sent right after a Sync waits for nothing more (psycopg leaving a pipeline).
+    Statements sent in pipeline mode without waiting share their round trip. `named`
+    keeps prepared statements' SQL."""
     named = {} if named is None else named
     result: list[str] = []
     pending: list[str] = []
+    previous = ""
     for direction, kind, rest in _messages(trace):
         if direction != "F":
             continue
@@ -65,13 +69,14 @@ def trips(trace: str, named: dict[str, str] | None = None) -> list[str]:
             pending.append(sql)
         elif kind == "Bind":
             name = _quoted(rest)[1]
-            if name and not pending:
+            if name and (not pending or pending[-1] != named.get(name)):
                 pending.append(f"(prepared) {named.get(name, name)}")
         elif kind == "Query":
             result.append(_quoted(rest)[0])
-        elif kind == "Sync":
-            result.append("; ".join(pending) or "(sync)")
+        elif kind in ("Sync", "Flush") and not (kind == "Flush" and previous == "Sync"):
+            result.append("; ".join(pending) or f"({kind.lower()})")
             pending = []
+        previous = kind
     return result
 
 

@@ -9,11 +9,14 @@ outcome, plan again: in sync). Then the same with every sandbox request delayed 
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import redis
+from devrig.devstack import Process
 
 from bench import noop_app
 from bench.common import Row, Stack, stack
@@ -21,15 +24,39 @@ from bench.fixtures import synced_orders
 from service.app import redis_client_url
 
 
-def _drain(done: Callable[[], int], total: int, timeout: float) -> dict[str, float]:
-    """Polls `done` until it reaches `total`; rate from the first completion to the last."""
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU a process has used so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    # utime and stime are fields 14 and 15 of stat(5); the split starts at field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def consumer_schedstat(pid: int | None) -> tuple[float, float]:
+    """Seconds the process's main thread (Celery's consumer: it fetches every message,
+    one at a time) has run and has waited runnable for a CPU (Linux schedstat)."""
+    try:
+        on_cpu, waiting, _ = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    return int(on_cpu) / 1e9, int(waiting) / 1e9
+
+
+def _drain(
+    done: Callable[[], int], total: int, timeout: float, pid: int | None = None
+) -> dict[str, float]:
+    """Polls `done` until it reaches `total`; rate from the first completion to the last,
+    and the CPU the process `pid` used per completion over the same span."""
     first: float | None = None
     deadline = time.monotonic() + timeout
     while True:
         count = done()
         now = time.monotonic()
         if first is None and count > 0:
-            first, first_count = now, count
+            first, first_count, first_cpu = now, count, cpu_seconds(pid)
+            first_consumer = consumer_schedstat(pid)
         if count >= total:
             break
         if now > deadline:
@@ -37,7 +64,22 @@ def _drain(done: Callable[[], int], total: int, timeout: float) -> dict[str, flo
         time.sleep(0.02)
     assert first is not None
     elapsed = max(now - first, 1e-3)
-    return {"rate": (total - first_count) / elapsed, "seconds": elapsed}
+    finished = max(total - first_count, 1)
+    consumer = consumer_schedstat(pid)
+    return {
+        # The consumer thread's share per message: the CPU it used and the time it was
+        # ready to run but waited for a core (on a loaded machine, the larger one).
+        "consumer_cpu_ms_per_op": (consumer[0] - first_consumer[0]) * 1000 / finished,
+        "consumer_runqueue_ms_per_op": (consumer[1] - first_consumer[1]) * 1000 / finished,
+        "rate": (total - first_count) / elapsed,
+        "seconds": elapsed,
+        # CPU-ms per operation × operations per second = the share of a core it takes.
+        "cpu_ms_per_op": (cpu_seconds(pid) - first_cpu) * 1000 / finished,
+    }
+
+
+def _pid(process: Process) -> int | None:
+    return process.popen.pid if process.popen is not None else None
 
 
 def noop_rate(bench: Stack, *, pool: str, concurrency: int, n: int) -> dict[str, float]:
@@ -47,7 +89,7 @@ def noop_rate(bench: Stack, *, pool: str, concurrency: int, n: int) -> dict[str,
             noop_app.noop.apply_async((i,), producer=producer)
     queued = client.llen(noop_app.QUEUE)
     assert queued == n, f"{queued} queued of {n}"
-    bench.start(
+    process = bench.start(
         "noop",
         [
             "-m",
@@ -67,7 +109,9 @@ def noop_rate(bench: Stack, *, pool: str, concurrency: int, n: int) -> dict[str,
         command=True,
     )
     try:
-        return _drain(lambda: n - int(client.llen(noop_app.QUEUE)), n, timeout=120)
+        return _drain(
+            lambda: n - int(client.llen(noop_app.QUEUE)), n, timeout=120, pid=_pid(process)
+        )
     finally:
         bench.stop("noop")
 
@@ -93,9 +137,9 @@ def reconcile_rate(
         assert row is not None
         return int(row["n"])
 
-    bench.worker(f"worker-{prefix.rstrip('-')}", pool=pool, concurrency=concurrency)
+    worker = bench.worker(f"worker-{prefix.rstrip('-')}", pool=pool, concurrency=concurrency)
     try:
-        result = _drain(done, n, timeout)
+        result = _drain(done, n, timeout, pid=_pid(worker))
     finally:
         bench.stop(f"worker-{prefix.rstrip('-')}")
     with bench.db() as conn:
@@ -111,32 +155,43 @@ def reconcile_rate(
     return result
 
 
-def run(*, quick: bool) -> tuple[list[Row], dict[str, Any]]:
+def run(
+    *, quick: bool, psp_delay_ms: int | None = None, concurrency: int | None = None
+) -> tuple[list[Row], dict[str, Any]]:
+    """`psp_delay_ms` given: only the slow-PSP round, at that delay (and `concurrency`
+    threads), to find what caps it without the no-op and at-once rounds around it."""
     n = 800 if quick else 4000
     n_slow = 600 if quick else 3000
     configs = [("threads", 16)] if quick else [("prefork", 2), ("threads", 16)]
+    if psp_delay_ms is not None:
+        configs = []
+    delay_ms = 100 if psp_delay_ms is None else psp_delay_ms
     # Threads waiting on a slow PSP cost little: more of them, not more processes.
-    slow_concurrency = 64
+    slow_concurrency = concurrency or 64
     rows: list[Row] = []
     extra: dict[str, Any] = {"tasks": n, "configs": []}
     with stack() as bench:
         sandbox = bench.sandbox()
-        for pool, concurrency in configs:
-            base = noop_rate(bench, pool=pool, concurrency=concurrency, n=n)
-            print(f"  no-op     {pool}x{concurrency}: {base['rate']:7.0f} tasks/s", flush=True)
+        for pool, threads in configs:
+            base = noop_rate(bench, pool=pool, concurrency=threads, n=n)
+            print(f"  no-op     {pool}x{threads}: {base['rate']:7.0f} tasks/s", flush=True)
             real = reconcile_rate(
                 bench,
                 sandbox,
-                prefix=f"w{pool[0]}{concurrency}-",
+                prefix=f"w{pool[0]}{threads}-",
                 pool=pool,
-                concurrency=concurrency,
+                concurrency=threads,
                 n=n,
                 timeout=300,
             )
-            print(f"  reconcile {pool}x{concurrency}: {real['rate']:7.0f} ops/s", flush=True)
+            print(
+                f"  reconcile {pool}x{threads}: {real['rate']:7.0f} ops/s"
+                f" ({real['cpu_ms_per_op']:.1f} CPU-ms/op in the worker's main process)",
+                flush=True,
+            )
             rows.append(
                 Row(
-                    f"ops/s, sandbox at once, --pool {pool} --concurrency {concurrency}",
+                    f"ops/s, sandbox at once, --pool {pool} --concurrency {threads}",
                     real["rate"],
                     "ops/s",
                     base["rate"],
@@ -145,9 +200,9 @@ def run(*, quick: bool) -> tuple[list[Row], dict[str, Any]]:
                 )
             )
             extra["configs"].append(
-                {"pool": pool, "concurrency": concurrency, "noop": base, "reconcile": real}
+                {"pool": pool, "concurrency": threads, "noop": base, "reconcile": real}
             )
-        bench.sandbox(delay_ms=100)
+        bench.sandbox(delay_ms=delay_ms)
         slow = reconcile_rate(
             bench,
             sandbox,
@@ -158,12 +213,17 @@ def run(*, quick: bool) -> tuple[list[Row], dict[str, Any]]:
             timeout=300,
         )
         print(
-            f"  reconcile threads x{slow_concurrency}, 100 ms PSP: {slow['rate']:7.0f} ops/s",
+            f"  reconcile threads x{slow_concurrency}, {delay_ms} ms PSP: {slow['rate']:7.0f} ops/s"
+            f" ({slow['cpu_ms_per_op']:.1f} CPU-ms/op; consumer thread per message:"
+            f" {slow['consumer_cpu_ms_per_op']:.2f} ms on a CPU,"
+            f" {slow['consumer_runqueue_ms_per_op']:.2f} ms waiting for one; load average"
+            f" {os.getloadavg()[0]:.1f})",
             flush=True,
         )
         rows.append(
             Row(
-                f"ops/s, PSP 100 ms, one process, --pool threads --concurrency {slow_concurrency}",
+                f"ops/s, PSP {delay_ms} ms, one process, "
+                f"--pool threads --concurrency {slow_concurrency}",
                 slow["rate"],
                 "ops/s",
                 None,
@@ -171,9 +231,18 @@ def run(*, quick: bool) -> tuple[list[Row], dict[str, Any]]:
                 slow["rate"] >= 200,
             )
         )
+        rows.append(Row("CPU per operation at the slow PSP", slow["cpu_ms_per_op"], "ms"))
+        rows.append(
+            Row(
+                "consumer thread waiting for a CPU, per message",
+                slow["consumer_runqueue_ms_per_op"],
+                "ms",
+            )
+        )
         extra["slow"] = {
             "pool": "threads",
             "concurrency": slow_concurrency,
+            "psp_delay_ms": delay_ms,
             "tasks": n_slow,
             **slow,
         }

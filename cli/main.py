@@ -251,6 +251,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         kinds=not args.no_kinds,
         seconds=args.minutes * 60 if args.minutes else None,
+        progress_seconds=args.progress_seconds,
     )
 
 
@@ -341,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--no-kinds", action="store_true", help="omit the event-kind counts")
     simulate.add_argument(
         "--minutes", type=float, help="stop when this time is spent (the totals so far)"
+    )
+    simulate.add_argument(
+        "--progress-seconds",
+        type=float,
+        default=60.0,
+        help="a progress line this often: histories, rate, violations, where to resume",
     )
     simulate.add_argument(
         "--coverage",

@@ -3,6 +3,7 @@ with a unique key before it is acknowledged."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -134,14 +135,17 @@ WHERE id = %(id)s AND provider = 'adyen' AND version > %(version)s
 # `_rounds`): ON CONFLICT DO UPDATE may touch a row only once per statement, and a
 # later event for the same order must see the earlier one, as if they came one by one.
 # Rows are written in order-id order so that concurrent batches lock in the same order.
+# The arrays go as binary parameters (`%b`): in text form psycopg escapes every quote of
+# every JSON string in Python, one regex call per quote, which cost more of the web
+# process's CPU than everything else a webhook does (docs/performance.md).
 STORE_SHOP_EVENTS = """
 WITH batch AS (
     SELECT * FROM unnest(
-        %(ord)s::int[], %(id)s::text[], %(version)s::bigint[], %(provider)s::text[],
-        %(psp_id)s::text[], %(currency)s::text[], %(status)s::text[], %(key)s::text[],
-        %(type)s::text[], %(payload)s::text[], %(snapshot)s::text[], %(total)s::bigint[],
-        %(basket)s::text[], %(fixed)s::text[], %(account)s::text[],
-        %(account_field)s::text[], %(account_default)s::bool[]
+        %(ord)b::int[], %(id)b::text[], %(version)b::bigint[], %(provider)b::text[],
+        %(psp_id)b::text[], %(currency)b::text[], %(status)b::text[], %(key)b::text[],
+        %(type)b::text[], %(payload)b::text[], %(snapshot)b::text[], %(total)b::bigint[],
+        %(basket)b::text[], %(fixed)b::text[], %(account)b::text[],
+        %(account_field)b::text[], %(account_default)b::bool[]
     ) AS b(ord, id, version, provider, psp_id, currency, status, key, type, payload,
            snapshot, total, basket, fixed, account, account_field, account_default)
 ), existing AS (
@@ -264,9 +268,18 @@ async def recent_for_order(conn: AsyncConnection[Row], order_id: str, limit: int
     return await cursor.fetchall()
 
 
-def version_received_at(conn: Connection[Row], order_id: str, version: int) -> datetime | None:
-    row = conn.execute(VERSION_RECEIVED_AT, {"order_id": order_id, "version": version}).fetchone()
-    return None if row is None else row["received_at"]
+def version_received_at(
+    conn: Connection[Row], order_id: str, version: int
+) -> Callable[[], datetime | None]:
+    """Sends the read; the function returned reads its answer. In pipeline mode, read
+    after a later statement's result: it then came back in the same round trip."""
+    cursor = conn.execute(VERSION_RECEIVED_AT, {"order_id": order_id, "version": version})
+
+    def received_at() -> datetime | None:
+        row = cursor.fetchone()
+        return None if row is None else row["received_at"]
+
+    return received_at
 
 
 # -- Adyen notifications (workers/adyen_inbox.py) -------------------------------------

@@ -10,10 +10,12 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
 from typing import Any
 
 from psycopg import AsyncConnection, Connection
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from data.workers import lease_token
@@ -22,34 +24,139 @@ from domain.planner import IN_FLIGHT, Kind, PastOperation, PspState, PspStatus
 from domain.snapshot import LineType, OrderSnapshot
 
 Row = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Order:
+    """A row of `orders`, as the repository reads it (every column, by name)."""
+
+    id: str
+    version: int
+    provider: str
+    psp_order_id: str
+    currency: str
+    status: str
+    snapshot: dict[str, Any]
+    desired_amount: int
+    authorized_amount: int | None
+    captured_amount: int
+    refunded_amount: int
+    authorized_lines: list[dict[str, Any]]
+    psp_status: str | None
+    psp_payment_method: str | None
+    psp_country: str | None
+    psp_synced_at: datetime | None
+    expires_at: datetime | None
+    flags: list[str]
+    flag_reason: dict[str, Any] | None
+    refused_amount: int | None
+    reconcile_requested_at: datetime | None
+    next_reconcile_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    psp_state_seq: int
+    sweep_after: datetime | None
+    fixed_terms: dict[str, Any] | None
+    acknowledged_reversal: str | None
+    account: str
+
+
+@dataclass(slots=True)
+class LockedOrder(Order):
+    """The order read under its row lock, with the database's clock: now(), the start of
+    the transaction, which every lease and due time this transaction writes is set
+    from (so the planner, the leases and the rows written agree on one instant)."""
+
+    db_now: datetime
+
+
+@dataclass(slots=True)
+class Operation:
+    """A row of `operations`. `leased` and `due` are computed on the database's clock by
+    the reads that need them (OPERATIONS); rows from other statements leave them False."""
+
+    id: uuid.UUID
+    order_id: str
+    seq: int
+    kind: str
+    status: str
+    amount: int
+    lines: list[dict[str, Any]]
+    target_version: int
+    idempotency_key: str
+    attempts: int
+    next_attempt_at: datetime | None
+    lease_token: uuid.UUID | None
+    lease_until: datetime | None
+    outcome_unknown: bool
+    psp_reference: str | None
+    error: dict[str, Any] | None
+    created_at: datetime
+    updated_at: datetime
+    key_generation: int
+    request: dict[str, Any] | None
+    failed_psp_references: list[str]
+    external: bool
+    leased: bool = False
+    due: bool = False
+
+
+@dataclass(slots=True)
+class Draft:
+    """An operation not stored yet: enough for a client to build its request."""
+
+    id: uuid.UUID
+    order_id: str
+    seq: int
+    kind: str
+    amount: int
+    lines: list[dict[str, Any]]
+    idempotency_key: str
+    key_generation: int = 0
+    request: dict[str, Any] | None = None
+
+
+def _columns(row: type[Any], prefix: str = "") -> str:
+    """The stored columns of a row class, in its order: statements name their columns,
+    so a column added by a migration is read only once its row class has the field."""
+    computed = {"leased", "due", "db_now"}
+    return ", ".join(prefix + f.name for f in fields(row) if f.name not in computed)
+
+
+ORDER_COLUMNS = _columns(Order)
+OPERATION_COLUMNS = _columns(Operation)
+_ORDER = class_row(Order)
+_LOCKED = class_row(LockedOrder)
+_OPERATION = class_row(Operation)
+
 # An operation in one of these may still take effect at the PSP: at most one per order
 # (the operations_one_in_flight index), and nothing new is planned beside it.
 _KEY_NAMESPACE = uuid.UUID("5d1c8f0e-3b9a-4f57-9c61-0a7e2b4d8c13")
 
 
 # Named so that bench/scale.py times these very statements at 1M orders.
-LOCK_ORDER = "SELECT * FROM orders WHERE id = %(id)s FOR UPDATE"
+LOCK_ORDER = f"SELECT {ORDER_COLUMNS}, now() AS db_now FROM orders WHERE id = %(id)s FOR UPDATE"  # noqa: S608
 # Leases and retry times are set on the database's clock, so they are compared on it too:
 # `leased` and `due` are computed by Postgres, never from the worker's clock.
-OPERATIONS = """
-SELECT *, coalesce(lease_until > now(), false) AS leased,
+OPERATIONS = f"""
+SELECT {OPERATION_COLUMNS}, coalesce(lease_until > now(), false) AS leased,
        coalesce(next_attempt_at <= now(), false) AS due
 FROM operations WHERE order_id = %(id)s ORDER BY seq
-"""
-DB_NOW = "SELECT now() AS now"
+"""  # noqa: S608
 INSERT_CLAIMED_OPERATION = """
 INSERT INTO operations (id, order_id, seq, kind, status, amount, lines, target_version,
                         idempotency_key, attempts, lease_token, lease_until, request)
 VALUES (%(id)s, %(order_id)s, %(seq)s, %(kind)s, 'sent', %(amount)s, %(lines)s, %(version)s,
         %(key)s, 1, %(token)s, now() + make_interval(secs => %(lease)s), %(request)s)
-RETURNING *
 """
 SET_REQUEST = "UPDATE operations SET request = %(request)s WHERE id = %(id)s"
-# The heartbeat of a worker whose PSP call is running: only while it holds the lease.
-RENEW_LEASE = """
-UPDATE operations SET lease_until = now() + make_interval(secs => %(lease)s)
-WHERE id = %(id)s AND lease_token = %(token)s AND status = 'sent'
-RETURNING id
+# The heartbeat of a worker process (workers/heartbeat.py): every lease it still holds,
+# in one statement.
+RENEW_LEASES = """
+UPDATE operations o SET lease_until = now() + make_interval(secs => held.lease)
+FROM unnest(%(ids)s::uuid[], %(tokens)s::uuid[], %(leases)s::float8[]) AS held(id, token, lease)
+WHERE o.id = held.id AND o.lease_token = held.token AND o.status = 'sent'
+RETURNING o.id
 """
 # The PSP's figures, adopted only if none were recorded since the read started.
 APPLY_PSP_FIGURES = """
@@ -66,54 +173,65 @@ RETURNING id
 """
 
 
-def lock_order(conn: Connection[Row], order_id: str) -> Row | None:
-    return conn.execute(LOCK_ORDER, {"id": order_id}).fetchone()
+def lock_order(conn: Connection[Row], order_id: str) -> LockedOrder | None:
+    return conn.cursor(row_factory=_LOCKED).execute(LOCK_ORDER, {"id": order_id}).fetchone()
 
 
-def operations(conn: Connection[Row], order_id: str) -> list[Row]:
+def lock_with_operations(
+    conn: Connection[Row], order_id: str
+) -> tuple[LockedOrder | None, list[Operation]]:
+    """The order under its row lock, the clock, and the order's operations. Both
+    statements are sent before either is read: in pipeline mode, one round trip."""
+    order = conn.cursor(row_factory=_LOCKED).execute(LOCK_ORDER, {"id": order_id})
+    ops = conn.cursor(row_factory=_OPERATION).execute(OPERATIONS, {"id": order_id})
+    return order.fetchone(), ops.fetchall()
+
+
+def operations(conn: Connection[Row], order_id: str) -> list[Operation]:
     """All of the order's operations, oldest first: the in-flight one, the history the
     planner reads and the next sequence number all come from this one query."""
-    return conn.execute(OPERATIONS, {"id": order_id}).fetchall()
+    return conn.cursor(row_factory=_OPERATION).execute(OPERATIONS, {"id": order_id}).fetchall()
 
 
-def in_flight(ops: Sequence[Row]) -> Row | None:
-    return next((op for op in ops if op["status"] in IN_FLIGHT), None)
+def in_flight(ops: Sequence[Operation]) -> Operation | None:
+    return next((op for op in ops if op.status in IN_FLIGHT), None)
 
 
-def history(ops: Sequence[Row]) -> list[PastOperation]:
+def history(ops: Sequence[Operation]) -> list[PastOperation]:
     return [
         PastOperation(
-            Kind(r["kind"]),
-            r["status"],
-            r["amount"],
-            to_lines(r["lines"]),
-            external=bool(r.get("external")),
-            reference=str(r["id"]),
+            Kind(r.kind),
+            r.status,
+            r.amount,
+            to_lines(r.lines),
+            external=r.external,
+            reference=str(r.id),
+            version=r.target_version,
         )
         for r in ops
     ]
 
 
-def next_seq(ops: Sequence[Row]) -> int:
-    return int(ops[-1]["seq"]) + 1 if ops else 1
+def next_seq(ops: Sequence[Operation]) -> int:
+    return ops[-1].seq + 1 if ops else 1
 
 
 def to_lines(data: Iterable[Any]) -> tuple[PspLine, ...]:
     return tuple(PspLine.from_json(item) for item in data)
 
 
-def psp_state(order: Row) -> PspState | None:
-    if order["psp_synced_at"] is None or order["authorized_amount"] is None:
+def psp_state(order: Order) -> PspState | None:
+    if order.psp_synced_at is None or order.authorized_amount is None:
         return None
     return PspState(
-        status=PspStatus(order["psp_status"]),
-        authorized=order["authorized_amount"],
-        captured=order["captured_amount"],
-        refunded=order["refunded_amount"],
-        payment_method=order["psp_payment_method"],
-        country=order["psp_country"],
-        authorized_lines=to_lines(order["authorized_lines"] or []),
-        expires_at=order["expires_at"],
+        status=PspStatus(order.psp_status or PspStatus.AUTHORIZED),
+        authorized=order.authorized_amount,
+        captured=order.captured_amount,
+        refunded=order.refunded_amount,
+        payment_method=order.psp_payment_method,
+        country=order.psp_country,
+        authorized_lines=to_lines(order.authorized_lines or []),
+        expires_at=order.expires_at,
     )
 
 
@@ -126,14 +244,14 @@ _SNAPSHOTS_LOCK = threading.Lock()
 _SNAPSHOTS_MAX = 2048
 
 
-def snapshot(order: Row) -> OrderSnapshot:
-    key = (order["id"], order["version"])
+def snapshot(order: Order) -> OrderSnapshot:
+    key = (order.id, order.version)
     with _SNAPSHOTS_LOCK:
         parsed = _SNAPSHOTS.get(key)
         if parsed is not None:
             _SNAPSHOTS.move_to_end(key)
             return parsed
-    parsed = OrderSnapshot.model_validate(order["snapshot"])
+    parsed = OrderSnapshot.model_validate(order.snapshot)
     with _SNAPSHOTS_LOCK:
         _SNAPSHOTS[key] = parsed
         while len(_SNAPSHOTS) > _SNAPSHOTS_MAX:
@@ -141,58 +259,83 @@ def snapshot(order: Row) -> OrderSnapshot:
     return parsed
 
 
-def idempotency_key(order: Row, seq: int, kind: Kind) -> str:
+def idempotency_key(order: Order, seq: int, kind: Kind) -> str:
     """Derived from the order and the operation's place in it: the same plan made twice
     (say, after a crash before the commit) gets the same key."""
-    name = f"{order['provider']}:{order['psp_order_id']}:{seq}:{kind.value}"
+    name = f"{order.provider}:{order.psp_order_id}:{seq}:{kind.value}"
     return str(uuid.uuid5(_KEY_NAMESPACE, name))
 
 
-def draft_operation(order: Row, seq: int, kind: Kind, amount: int, lines: Sequence[PspLine]) -> Row:
-    """An operation not stored yet: enough for a client to build its request."""
-    return {
-        "id": uuid.uuid4(),
-        "order_id": order["id"],
-        "seq": seq,
-        "kind": kind.value,
-        "amount": amount,
-        "lines": [line.to_json() for line in lines],
-        "idempotency_key": idempotency_key(order, seq, kind),
-        "key_generation": 0,
-        "request": None,
-    }
+def draft_operation(
+    order: Order, seq: int, kind: Kind, amount: int, lines: Sequence[PspLine]
+) -> Draft:
+    return Draft(
+        id=uuid.uuid4(),
+        order_id=order.id,
+        seq=seq,
+        kind=kind.value,
+        amount=amount,
+        lines=[line.to_json() for line in lines],
+        idempotency_key=idempotency_key(order, seq, kind),
+    )
 
 
 def insert_claimed_operation(
     conn: Connection[Row],
-    order: Row,
-    draft: Row,
+    order: LockedOrder,
+    draft: Draft,
     request: dict[str, Any] | None,
     lease_seconds: float,
-) -> Row:
+) -> Operation:
     """Records the operation, its key and its frozen request, already claimed by this
-    worker for sending.
+    worker for sending, in the transaction that locked `order`.
 
     `seq` comes from the operations read under the order's row lock, so no other
-    worker can take the same number (and the unique index would refuse it)."""
-    row = conn.execute(
+    worker can take the same number (and the unique index would refuse it). The row is
+    returned as written without reading it back (nothing to wait for in pipeline mode):
+    every value is ours but the times, which are now(), the transaction's start, read
+    with the lock (`order.db_now`)."""
+    token = lease_token()
+    conn.execute(
         INSERT_CLAIMED_OPERATION,
         {
-            "id": draft["id"],
-            "order_id": order["id"],
-            "seq": draft["seq"],
-            "kind": draft["kind"],
-            "amount": draft["amount"],
-            "lines": Jsonb(draft["lines"]),
-            "version": order["version"],
-            "key": draft["idempotency_key"],
-            "token": lease_token(),
+            "id": draft.id,
+            "order_id": order.id,
+            "seq": draft.seq,
+            "kind": draft.kind,
+            "amount": draft.amount,
+            "lines": Jsonb(draft.lines),
+            "version": order.version,
+            "key": draft.idempotency_key,
+            "token": token,
             "lease": lease_seconds,
             "request": Jsonb(request) if request is not None else None,
         },
-    ).fetchone()
-    assert row is not None
-    return row
+    )
+    return Operation(
+        id=draft.id,
+        order_id=order.id,
+        seq=draft.seq,
+        kind=draft.kind,
+        status="sent",
+        amount=draft.amount,
+        lines=draft.lines,
+        target_version=order.version,
+        idempotency_key=draft.idempotency_key,
+        attempts=1,
+        next_attempt_at=None,
+        lease_token=token,
+        lease_until=order.db_now + timedelta(seconds=lease_seconds),
+        outcome_unknown=False,
+        psp_reference=None,
+        error=None,
+        created_at=order.db_now,
+        updated_at=order.db_now,
+        key_generation=0,
+        request=request,
+        failed_psp_references=[],
+        external=False,
+    )
 
 
 def set_request(conn: Connection[Row], op_id: uuid.UUID, request: dict[str, Any]) -> None:
@@ -200,33 +343,72 @@ def set_request(conn: Connection[Row], op_id: uuid.UUID, request: dict[str, Any]
     conn.execute(SET_REQUEST, {"id": op_id, "request": Jsonb(request)})
 
 
-def renew_lease(conn: Connection[Row], op: Row, lease_seconds: float) -> bool:
-    row = conn.execute(
-        RENEW_LEASE, {"id": op["id"], "token": op["lease_token"], "lease": lease_seconds}
-    ).fetchone()
-    return row is not None
+def renew_leases(
+    conn: Connection[Row], held: Sequence[tuple[uuid.UUID, uuid.UUID, float]]
+) -> set[uuid.UUID]:
+    """Renews each (operation, lease token, lease seconds) still held; the ids renewed."""
+    params = {
+        "ids": [op_id for op_id, _, _ in held],
+        "tokens": [token for _, token, _ in held],
+        "leases": [lease for _, _, lease in held],
+    }
+    return {row["id"] for row in conn.execute(RENEW_LEASES, params).fetchall()}
 
 
-def claim_operation(conn: Connection[Row], op_id: uuid.UUID, lease_seconds: float) -> Row:
-    row = conn.execute(
-        """
+def claim_operation(conn: Connection[Row], op_id: uuid.UUID, lease_seconds: float) -> Operation:
+    row = (
+        conn.cursor(row_factory=_OPERATION)
+        .execute(
+            f"""
         UPDATE operations
         SET status = 'sent', attempts = attempts + 1, lease_token = %s,
             -- Taken over from a worker whose lease ran out: its call may have applied.
             outcome_unknown = outcome_unknown OR status = 'sent',
             lease_until = now() + make_interval(secs => %s), updated_at = now()
         WHERE id = %s
-        RETURNING *
-        """,
-        (lease_token(), lease_seconds, op_id),
-    ).fetchone()
+        RETURNING {OPERATION_COLUMNS}
+        """,  # noqa: S608
+            (lease_token(), lease_seconds, op_id),
+        )
+        .fetchone()
+    )
     assert row is not None
     return row
 
 
+# An outcome, written only while this worker holds the lease; `retry_in` seconds from
+# now on the database's clock (NULL: not due, or settled).
+FINISH_OPERATION = """
+UPDATE operations
+SET status = %(status)s, psp_reference = coalesce(%(psp)s, psp_reference), error = %(error)s,
+    next_attempt_at = now() + make_interval(secs => %(retry_in)s),
+    outcome_unknown = %(unknown)s, lease_token = NULL, lease_until = NULL, updated_at = now()
+WHERE id = %(op_id)s AND lease_token = %(token)s
+"""
+
+
+def _finish_params(
+    op: Operation,
+    status: str,
+    psp_reference: str | None = None,
+    error: dict[str, Any] | None = None,
+    retry_in: float | None = None,
+    outcome_unknown: bool = False,
+) -> dict[str, Any]:
+    return {
+        "status": status,
+        "psp": psp_reference,
+        "error": Jsonb(error) if error else None,
+        "retry_in": retry_in,
+        "unknown": outcome_unknown,
+        "op_id": op.id,
+        "token": op.lease_token,
+    }
+
+
 def finish_operation(
     conn: Connection[Row],
-    op: Row,
+    op: Operation,
     *,
     status: str,
     psp_reference: str | None = None,
@@ -234,28 +416,29 @@ def finish_operation(
     retry_in: float | None = None,
     outcome_unknown: bool = False,
 ) -> bool:
-    """Writes an outcome if this worker still holds the lease; False if it lost it.
-    `retry_in` seconds from now on the database's clock (None: not due, or settled)."""
-    row = conn.execute(
-        """
-        UPDATE operations
-        SET status = %s, psp_reference = coalesce(%s, psp_reference), error = %s,
-            next_attempt_at = now() + make_interval(secs => %s), outcome_unknown = %s,
-            lease_token = NULL, lease_until = NULL, updated_at = now()
-        WHERE id = %s AND lease_token = %s
-        RETURNING id
-        """,
-        (
-            status,
-            psp_reference,
-            Jsonb(error) if error else None,
-            retry_in,
-            outcome_unknown,
-            op["id"],
-            op["lease_token"],
-        ),
-    ).fetchone()
-    return row is not None
+    """Writes an outcome if this worker still holds the lease; False if it lost it."""
+    params = _finish_params(op, status, psp_reference, error, retry_in, outcome_unknown)
+    return conn.execute(FINISH_OPERATION + " RETURNING id", params).fetchone() is not None
+
+
+def lock_and_finish(
+    conn: Connection[Row],
+    op: Operation,
+    *,
+    status: str,
+    psp_reference: str | None = None,
+    error: dict[str, Any] | None = None,
+    retry_in: float | None = None,
+    outcome_unknown: bool = False,
+) -> tuple[LockedOrder, bool]:
+    """Locks the operation's order, then writes the outcome as finish_operation does;
+    both sent before either is read: in pipeline mode, one round trip."""
+    params = _finish_params(op, status, psp_reference, error, retry_in, outcome_unknown)
+    order = conn.cursor(row_factory=_LOCKED).execute(LOCK_ORDER, {"id": op.order_id})
+    finished = conn.execute(FINISH_OPERATION + " RETURNING id", params)
+    locked = order.fetchone()
+    assert locked is not None  # an operation's order is never deleted before it
+    return locked, finished.fetchone() is not None
 
 
 def set_flag(
@@ -315,45 +498,76 @@ def apply_psp_figures(
     return row is not None
 
 
-def apply_success(conn: Connection[Row], order: Row, op: Row) -> None:
+# How a succeeded operation `op` (kind, amount, lines) moves the figures of its order
+# `o`: the one rule, for our own operations and for money moved without us.
+_SUCCESS_FIGURES = """
+    authorized_amount = CASE op.kind
+        WHEN 'update_authorization' THEN op.amount
+        -- A capture the PSP confirms is counted whatever we believed of the
+        -- authorization (an EXPIRE may have arrived before this capture's own
+        -- notification): the authorization is at least what was captured under it.
+        WHEN 'capture' THEN greatest(o.authorized_amount, o.captured_amount + op.amount)
+        WHEN 'release_authorization' THEN o.captured_amount
+        ELSE o.authorized_amount END,
+    authorized_lines = CASE op.kind WHEN 'update_authorization' THEN op.lines
+                                    ELSE o.authorized_lines END,
+    captured_amount = o.captured_amount + CASE op.kind WHEN 'capture' THEN op.amount ELSE 0 END,
+    refunded_amount = o.refunded_amount + CASE op.kind WHEN 'refund' THEN op.amount ELSE 0 END,
+    psp_status = CASE
+        WHEN op.kind = 'capture' AND coalesce(o.psp_status, '') NOT IN ('expired', 'closed')
+        THEN CASE WHEN o.captured_amount + op.amount >= o.authorized_amount THEN 'captured'
+                  ELSE 'part_captured' END
+        WHEN op.kind = 'cancel' THEN 'cancelled'
+        WHEN op.kind = 'release_authorization' THEN 'captured'
+        ELSE o.psp_status END,
+    -- An extension's new expiry is Klarna's to say: read the order again before the
+    -- next step.
+    psp_synced_at = CASE op.kind WHEN 'extend_authorization' THEN NULL
+                                 ELSE o.psp_synced_at END,
+    updated_at = now()
+"""
+APPLY_SUCCESS = f"""
+UPDATE orders o SET {_SUCCESS_FIGURES}
+FROM (SELECT %(kind)s::text AS kind, %(amount)s::bigint AS amount, %(lines)s::jsonb AS lines)
+     AS op
+WHERE o.id = %(id)s
+"""  # noqa: S608
+# Our operation succeeded: recorded (if the lease is still ours) and the order's figures
+# moved by it, in one statement that returns the order as it now is.
+SUCCEED_OPERATION = f"""
+WITH op AS ({FINISH_OPERATION} RETURNING order_id, kind, amount, lines)
+UPDATE orders o SET {_SUCCESS_FIGURES}
+FROM op WHERE o.id = op.order_id
+RETURNING {_columns(Order, "o.")}, now() AS db_now
+"""  # noqa: S608
+
+
+def apply_success(conn: Connection[Row], order: Order, op: Operation) -> None:
     """Moves the order's PSP figures by what a succeeded operation did."""
-    kind, amount = Kind(op["kind"]), int(op["amount"])
-    authorized, captured = order["authorized_amount"], order["captured_amount"]
-    updates: dict[str, Any] = {}
-    if kind is Kind.UPDATE_AUTHORIZATION:
-        updates = {"authorized_amount": amount, "authorized_lines": Jsonb(op["lines"])}
-    elif kind is Kind.CAPTURE:
-        # A capture the PSP confirms is counted whatever we believed of the authorization
-        # (an EXPIRE may have arrived before this capture's own notification): the
-        # authorization is at least what was captured under it.
-        captured += amount
-        updates = {"captured_amount": captured, "authorized_amount": max(authorized, captured)}
-        if order["psp_status"] not in (PspStatus.EXPIRED, PspStatus.CLOSED):
-            updates["psp_status"] = (
-                PspStatus.CAPTURED if captured >= authorized else PspStatus.PART_CAPTURED
-            )
-    elif kind is Kind.REFUND:
-        updates = {"refunded_amount": order["refunded_amount"] + amount}
-    elif kind is Kind.CANCEL:
-        updates = {"psp_status": PspStatus.CANCELLED}
-    elif kind is Kind.RELEASE_AUTHORIZATION:
-        updates = {"authorized_amount": captured, "psp_status": PspStatus.CAPTURED}
-    elif kind is Kind.EXTEND_AUTHORIZATION:
-        # The new expiry is Klarna's to say: read the order again before the next step.
-        updates = {"psp_synced_at": None}
-    if not updates:
-        return
-    assignments = ", ".join(f"{column} = %({column})s" for column in updates)
-    conn.execute(
-        f"UPDATE orders SET {assignments}, updated_at = now() WHERE id = %(id)s",  # noqa: S608
-        {**updates, "id": order["id"]},
-    )
+    params = {"kind": op.kind, "amount": op.amount, "lines": Jsonb(op.lines), "id": order.id}
+    conn.execute(APPLY_SUCCESS, params)
+
+
+def record_success(
+    conn: Connection[Row], op: Operation, psp_reference: str | None
+) -> tuple[LockedOrder, LockedOrder | None, list[Operation]]:
+    """Under the order's row lock: the operation recorded as succeeded and the order's
+    figures moved by it, if this worker still holds the lease (else nothing changes).
+    The order before and after (None: the lease was lost) and its operations after; the
+    three statements are sent before any is read: in pipeline mode, one round trip."""
+    params = _finish_params(op, "succeeded", psp_reference)
+    before = conn.cursor(row_factory=_LOCKED).execute(LOCK_ORDER, {"id": op.order_id})
+    after = conn.cursor(row_factory=_LOCKED).execute(SUCCEED_OPERATION, params)
+    ops = conn.cursor(row_factory=_OPERATION).execute(OPERATIONS, {"id": op.order_id})
+    locked = before.fetchone()
+    assert locked is not None  # an operation's order is never deleted before it
+    return locked, after.fetchone(), ops.fetchall()
 
 
 # Money that moved without the service, as a succeeded operation that was never sent:
 # the ledger counts it and the planner never makes it again. Its key is derived from
 # the PSP's own reference, so learning of it twice records it once.
-INSERT_EXTERNAL_OPERATION = """
+INSERT_EXTERNAL_OPERATION = f"""
 INSERT INTO operations (id, order_id, seq, kind, status, amount, lines, target_version,
                         idempotency_key, attempts, psp_reference, external)
 VALUES (%(id)s, %(order_id)s,
@@ -361,13 +575,13 @@ VALUES (%(id)s, %(order_id)s,
         %(kind)s, 'succeeded', %(amount)s, %(lines)s, %(version)s, %(key)s, 0,
         %(reference)s, true)
 ON CONFLICT (idempotency_key) DO NOTHING
-RETURNING *
-"""
+RETURNING {OPERATION_COLUMNS}
+"""  # noqa: S608
 
 
 def record_external(
     conn: Connection[Row],
-    order: Row,
+    order: Order,
     kind: Kind,
     amount: int,
     reference: str,
@@ -378,19 +592,23 @@ def record_external(
     """Records money the PSP moved without us (contract §4) under the order's row lock;
     with `move_figures`, the order's figures move by it (a notification; a read adopts
     the PSP's figures itself). False if it was recorded before."""
-    row = conn.execute(
-        INSERT_EXTERNAL_OPERATION,
-        {
-            "id": uuid.uuid4(),
-            "order_id": order["id"],
-            "kind": kind.value,
-            "amount": amount,
-            "lines": Jsonb([line.to_json() for line in lines]),
-            "version": order["version"],
-            "key": str(uuid.uuid5(_KEY_NAMESPACE, f"external:{order['id']}:{reference}")),
-            "reference": reference,
-        },
-    ).fetchone()
+    row = (
+        conn.cursor(row_factory=_OPERATION)
+        .execute(
+            INSERT_EXTERNAL_OPERATION,
+            {
+                "id": uuid.uuid4(),
+                "order_id": order.id,
+                "kind": kind.value,
+                "amount": amount,
+                "lines": Jsonb([line.to_json() for line in lines]),
+                "version": order.version,
+                "key": str(uuid.uuid5(_KEY_NAMESPACE, f"external:{order.id}:{reference}")),
+                "reference": reference,
+            },
+        )
+        .fetchone()
+    )
     if row is None:
         return False
     if move_figures:
@@ -442,13 +660,13 @@ def defer_order(conn: Connection[Row], order_id: str, seconds: float) -> None:
 def captured_lines(conn: Connection[Row], order_id: str) -> list[PspLine]:
     """Every line captured so far for the order, merged per shop line (for a release)."""
     rows = conn.execute(
-        "SELECT lines FROM operations WHERE order_id = %s AND kind = 'capture' "
+        "SELECT id, amount, lines FROM operations WHERE order_id = %s AND kind = 'capture' "
         "AND status = 'succeeded' ORDER BY seq",
         (order_id,),
     ).fetchall()
     merged: dict[str, PspLine] = {}
     for row in rows:
-        for line in to_lines(row["lines"]):
+        for line in to_lines(row["lines"]) or _unnamed_capture(row):
             before = merged.get(line.reference)
             if before is None:
                 merged[line.reference] = line
@@ -471,6 +689,29 @@ def captured_lines(conn: Connection[Row], order_id: str) -> list[PspLine]:
                 image_url=line.image_url,
             )
     return list(merged.values())
+
+
+def _unnamed_capture(row: Row) -> tuple[PspLine, ...]:
+    """Money captured without the service whose lines the PSP did not name (an Adyen
+    Customer Area capture the shop's snapshot has not explained): one line of its own,
+    so that a release, which updates the authorization down to what was captured, still
+    names lines that add up to it (contract §4 step 4 lets go of the rest)."""
+    amount = int(row["amount"])
+    if amount <= 0:
+        return ()
+    return (
+        PspLine(
+            reference=f"captured-{row['id']}",
+            name="Captured without this service",
+            type=LineType.PHYSICAL,
+            quantity=1,
+            unit_price=amount,
+            tax_rate=0,
+            total_amount=amount,
+            total_discount_amount=0,
+            total_tax_amount=0,
+        ),
+    )
 
 
 # -- the sweeper's (workers/sweeper.py) ------------------------------------------------
@@ -607,10 +848,13 @@ WHERE o.status = 'awaiting_notification'
 ORDER BY o.updated_at
 LIMIT %(batch)s
 """
-LOCK_ORDER_SKIP_LOCKED = "SELECT * FROM orders WHERE id = %(id)s FOR UPDATE SKIP LOCKED"
-OPERATION = """
-SELECT * FROM operations WHERE id = %(id)s AND (%(status)s::text IS NULL OR status = %(status)s)
-"""
+LOCK_ORDER_SKIP_LOCKED = (
+    f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = %(id)s FOR UPDATE SKIP LOCKED"  # noqa: S608
+)
+OPERATION = f"""
+SELECT {OPERATION_COLUMNS} FROM operations
+WHERE id = %(id)s AND (%(status)s::text IS NULL OR status = %(status)s)
+"""  # noqa: S608
 # The lease goes too: a sender still between its call and its record must find its
 # lease gone and leave this outcome alone.
 SETTLE_OPERATION = """
@@ -642,15 +886,29 @@ WHERE id = %(id)s
 """
 
 
+@dataclass(slots=True)
+class OperationRef:
+    """An operation found by a notification or a sweep, and its order."""
+
+    id: uuid.UUID
+    order_id: str
+
+
+_REF = class_row(OperationRef)
+
+
 def match_adyen_operation(
     conn: Connection[Row], payment: str, psp_reference: str, op_id: uuid.UUID | None
-) -> Row | None:
+) -> OperationRef | None:
     params = {"payment": payment, "psp": psp_reference, "op_id": op_id}
-    return conn.execute(MATCH_OPERATION, params).fetchone()
+    return conn.cursor(row_factory=_REF).execute(MATCH_OPERATION, params).fetchone()
 
 
-def operation(conn: Connection[Row], op_id: uuid.UUID, status: str | None = None) -> Row | None:
-    return conn.execute(OPERATION, {"id": op_id, "status": status}).fetchone()
+def operation(
+    conn: Connection[Row], op_id: uuid.UUID, status: str | None = None
+) -> Operation | None:
+    params = {"id": op_id, "status": status}
+    return conn.cursor(row_factory=_OPERATION).execute(OPERATION, params).fetchone()
 
 
 def retry_generation(
@@ -677,8 +935,10 @@ def settle_operation(
     conn.execute(SETTLE_OPERATION, params)
 
 
-def adyen_order(conn: Connection[Row], payment: str) -> Row | None:
-    return conn.execute(ADYEN_ORDER, {"payment": payment}).fetchone()
+def adyen_order(conn: Connection[Row], payment: str) -> str | None:
+    """Our order id of an Adyen payment, if we have it."""
+    row = conn.execute(ADYEN_ORDER, {"payment": payment}).fetchone()
+    return None if row is None else str(row["id"])
 
 
 def mark_expired(conn: Connection[Row], order_id: str) -> None:
@@ -696,12 +956,14 @@ def adopt_adyen_authorization(
     conn.execute(ADOPT_ADYEN_AUTHORIZATION, params)
 
 
-def silent_operations(conn: Connection[Row], timeout: float, batch: int) -> list[Row]:
-    return conn.execute(SILENT_OPERATIONS, {"timeout": timeout, "batch": batch}).fetchall()
+def silent_operations(conn: Connection[Row], timeout: float, batch: int) -> list[OperationRef]:
+    params = {"timeout": timeout, "batch": batch}
+    return conn.cursor(row_factory=_REF).execute(SILENT_OPERATIONS, params).fetchall()
 
 
-def lock_order_skip_locked(conn: Connection[Row], order_id: str) -> Row | None:
-    return conn.execute(LOCK_ORDER_SKIP_LOCKED, {"id": order_id}).fetchone()
+def lock_order_skip_locked(conn: Connection[Row], order_id: str) -> Order | None:
+    params = {"id": order_id}
+    return conn.cursor(row_factory=_ORDER).execute(LOCK_ORDER_SKIP_LOCKED, params).fetchone()
 
 
 # -- the operator's reconcile (async: the web process) ---------------------------------
@@ -754,26 +1016,26 @@ async def release_for_operator(
 
 # -- reads for operators and metrics (async: the web process) --------------------------
 
-ORDER = "SELECT * FROM orders WHERE id = %(id)s"
+ORDER = f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = %(id)s"  # noqa: S608
 FLAG_COUNTS = (
     "SELECT flag, count(*) AS n FROM orders, unnest(flags) AS flag"
     " WHERE flags <> '{}' GROUP BY flag"
 )
 # Walks orders_flagged (updated_at DESC, id DESC) from the cursor on. `reason` is a flag
 # reason's code; `search` a shop order id or the PSP's order id / pspReference (any case).
-FLAGGED_PAGE = """
-SELECT * FROM orders
-WHERE flags <> '{}'
+FLAGGED_PAGE = f"""
+SELECT {ORDER_COLUMNS} FROM orders
+WHERE flags <> '{{}}'
   AND (%(flag)s::text IS NULL OR %(flag)s = ANY(flags))
   AND (%(account)s::text IS NULL OR account = %(account)s)
   AND (%(reason)s::text IS NULL OR EXISTS (
-      SELECT 1 FROM jsonb_each(coalesce(flag_reason, '{}'::jsonb)) AS r(flag, reason)
+      SELECT 1 FROM jsonb_each(coalesce(flag_reason, '{{}}'::jsonb)) AS r(flag, reason)
       WHERE r.reason ->> 'code' = %(reason)s))
   AND (%(search)s::text IS NULL OR id = %(search)s OR lower(psp_order_id) = lower(%(search)s))
   AND (%(after_at)s::timestamptz IS NULL OR (updated_at, id) < (%(after_at)s, %(after_id)s))
 ORDER BY updated_at DESC, id DESC
 LIMIT %(limit)s
-"""
+"""  # noqa: S608
 
 
 # Operations that may still take effect at the PSP (domain IN_FLIGHT), by status, and
@@ -790,12 +1052,14 @@ async def in_flight_counts(conn: AsyncConnection[Row]) -> list[Row]:
     return await (await conn.execute(IN_FLIGHT_COUNTS)).fetchall()
 
 
-async def read_order(conn: AsyncConnection[Row], order_id: str) -> Row | None:
-    return await (await conn.execute(ORDER, {"id": order_id})).fetchone()
+async def read_order(conn: AsyncConnection[Row], order_id: str) -> Order | None:
+    cursor = conn.cursor(row_factory=_ORDER)
+    return await (await cursor.execute(ORDER, {"id": order_id})).fetchone()
 
 
-async def read_operations(conn: AsyncConnection[Row], order_id: str) -> list[Row]:
-    return await (await conn.execute(OPERATIONS, {"id": order_id})).fetchall()
+async def read_operations(conn: AsyncConnection[Row], order_id: str) -> list[Operation]:
+    cursor = conn.cursor(row_factory=_OPERATION)
+    return await (await cursor.execute(OPERATIONS, {"id": order_id})).fetchall()
 
 
 async def flag_counts(conn: AsyncConnection[Row]) -> dict[str, int]:
@@ -811,7 +1075,7 @@ async def flagged_page(
     account: str | None = None,
     reason: str | None = None,
     search: str | None = None,
-) -> list[Row]:
+) -> list[Order]:
     """Flagged orders (with `flag`, or any; of `account`, or any), most recently changed
     first, after `after`."""
     after_at, after_id = after if after is not None else (None, None)
@@ -824,4 +1088,5 @@ async def flagged_page(
         "reason": reason,
         "search": search,
     }
-    return await (await conn.execute(FLAGGED_PAGE, params)).fetchall()
+    cursor = conn.cursor(row_factory=_ORDER)
+    return await (await cursor.execute(FLAGGED_PAGE, params)).fetchall()

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from domain.money import distribute, net_of, share, tax_of
+from domain.money import distribute, per_unit, share, tax_of
 from domain.snapshot import Line, LineType, OrderSnapshot
 
 CAPTURE = "capture"
@@ -588,33 +588,22 @@ def klarna_order_lines(lines: Sequence[PspLine]) -> list[dict[str, Any]]:
     return result
 
 
-def _per_unit(line: PspLine) -> list[tuple[int, int]]:
-    """(quantity, amount per unit) groups that add up to the line's total exactly.
-
-    Adyen and classic openinvoice speak per unit; a total that does not divide by the
-    quantity becomes two groups, the remainder units one cent dearer.
-    """
-    if line.quantity <= 0:
-        return []
-    unit, remainder = divmod(line.total_amount, line.quantity)
-    groups = [(line.quantity - remainder, unit)]
-    if remainder:
-        groups.append((remainder, unit + 1))
-    return groups
+def _per_unit(line: PspLine) -> list[tuple[int, int, int]]:
+    return per_unit(line.total_amount, line.quantity, line.tax_rate)
 
 
 def adyen_line_items(lines: Sequence[PspLine]) -> list[dict[str, Any]]:
     """Adyen Checkout v71 `lineItems` (per-unit amounts, integers as the schema says)."""
     result: list[dict[str, Any]] = []
     for line in lines:
-        for quantity, unit in _per_unit(line):
+        for quantity, unit, tax in _per_unit(line):
             item: dict[str, Any] = {
                 "quantity": quantity,
-                "amountExcludingTax": net_of(unit, line.tax_rate),
+                "amountExcludingTax": unit - tax,
                 "taxPercentage": line.tax_rate,
                 "description": line.name,
                 "id": line.reference,
-                "taxAmount": tax_of(unit, line.tax_rate),
+                "taxAmount": tax,
                 "amountIncludingTax": unit,
             }
             if line.product_url is not None:
@@ -630,13 +619,13 @@ def openinvoice_data(lines: Sequence[PspLine], currency: str) -> dict[str, str]:
     data: dict[str, str] = {}
     number = 0
     for line in lines:
-        for quantity, unit in _per_unit(line):
+        for quantity, unit, tax in _per_unit(line):
             number += 1
             prefix = f"openinvoicedata.line{number}."
             data[prefix + "currencyCode"] = currency
             data[prefix + "description"] = line.name
-            data[prefix + "itemAmount"] = str(net_of(unit, line.tax_rate))
-            data[prefix + "itemVatAmount"] = str(tax_of(unit, line.tax_rate))
+            data[prefix + "itemAmount"] = str(unit - tax)
+            data[prefix + "itemVatAmount"] = str(tax)
             data[prefix + "itemVatPercentage"] = str(line.tax_rate)
             data[prefix + "numberOfItems"] = str(quantity)
             if line.product_url is not None:

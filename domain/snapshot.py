@@ -19,7 +19,7 @@ from pydantic import (
     model_validator,
 )
 
-from domain.money import klarna_tax_ok, tax_of
+from domain.money import klarna_tax_ok, per_unit, tax_of
 
 # The PSPs' own limits, from their API descriptions (../shared/vendor-specs/). Every
 # figure we compute from a snapshot and send is held to them here, so that nothing the
@@ -379,12 +379,11 @@ def fixed_terms(order: OrderSnapshot) -> dict[str, str | None]:
 def psp_line_count(lines: list[Line], *, adyen: bool) -> int:
     """How many lines a request for the whole basket carries: Klarna takes each line as
     it is; Adyen speaks per unit, so a line whose total does not divide evenly by its
-    quantity is sent as two (domain.lines._per_unit)."""
+    quantity, or whose units' taxes need a cent moved, is sent as several
+    (domain.money.per_unit)."""
     if not adyen:
         return len(lines)
-    return sum(
-        (2 if line.total % line.quantity else 1) if line.quantity > 0 else 0 for line in lines
-    )
+    return sum(len(per_unit(line.total, line.quantity, line.tax_rate)) for line in lines)
 
 
 EventType = Literal[

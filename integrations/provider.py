@@ -2,12 +2,42 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any, Protocol
 
 from domain.snapshot import OrderSnapshot
 from integrations.results import PspRequest, PspResult
 
-Row = dict[str, Any]
+
+class OrderFields(Protocol):
+    """What a client reads of a stored order (data/orders.py Order has it)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def psp_order_id(self) -> str: ...
+    @property
+    def captured_amount(self) -> int: ...
+
+
+class OperationFields(Protocol):
+    """What a client reads of an operation, stored or only planned (data/orders.py
+    Operation and Draft have it)."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def amount(self) -> int: ...
+    @property
+    def lines(self) -> list[dict[str, Any]]: ...
+    @property
+    def idempotency_key(self) -> str: ...
+    @property
+    def key_generation(self) -> int: ...
+    @property
+    def request(self) -> dict[str, Any] | None: ...
 
 
 class Provider(Protocol):
@@ -25,21 +55,25 @@ class Provider(Protocol):
         """One harmless read that proves the account's credentials."""
         ...
 
-    def build(self, order: Row, snapshot: OrderSnapshot, op: Row) -> PspRequest | PspResult:
+    def build(
+        self, order: OrderFields, snapshot: OrderSnapshot, op: OperationFields
+    ) -> PspRequest | PspResult:
         """The exact request for `op`, computed once when it is planned (a REJECTED
         result when it cannot be sent at all). `op` needs id, kind, amount, lines and
         idempotency_key."""
         ...
 
-    def send(self, op: Row, request: PspRequest) -> PspResult:
+    def send(self, op: OperationFields, request: PspRequest) -> PspResult:
         """Sends the stored `request` of `op` with its idempotency key, byte for byte."""
         ...
 
-    def execute(self, order: Row, snapshot: OrderSnapshot, op: Row) -> PspResult:
+    def execute(
+        self, order: OrderFields, snapshot: OrderSnapshot, op: OperationFields
+    ) -> PspResult:
         """build, then send (for callers without a stored request)."""
         ...
 
-    def read(self, order: Row) -> PspResult:
+    def read(self, order: OrderFields) -> PspResult:
         """Reads the PSP's order; `body` of a successful result feeds `figures`."""
         ...
 
@@ -48,6 +82,6 @@ class Provider(Protocol):
         payment_method, country, expires_at, lines."""
         ...
 
-    def applied(self, op: Row, body: dict[str, Any]) -> bool:
+    def applied(self, op: OperationFields, body: dict[str, Any]) -> bool:
         """Whether the PSP's order shows the effect of `op` (after an unknown outcome)."""
         ...

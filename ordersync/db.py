@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import select
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -68,6 +70,36 @@ def sync_pool(database_url: str, *, min_size: int = 1, max_size: int = 4) -> Syn
         check=check_live,
         name="ordersync-sync",
     )
+
+
+@contextmanager
+def pipelined(pool: SyncPool) -> Iterator[psycopg.Connection[DictRow]]:
+    """One transaction in pipeline mode. A statement is sent without waiting for its
+    answer; reading a result waits for it and for every statement sent before it (one
+    round trip); the BEGIN goes with the first statements and the COMMIT with the
+    writes after the last read: a transaction costs one round trip per read waited
+    for, plus one. Rolled back if the block raises. A result read after the block costs
+    nothing more (it came back with the COMMIT)."""
+    with pool.connection() as conn:
+        # BEGIN and COMMIT are ours: psycopg's own wait for each (a Sync after its
+        # BEGIN, another after its COMMIT) are two round trips more per transaction.
+        conn.autocommit = True
+        try:
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                yield conn
+                conn.execute("COMMIT")
+        except BaseException:
+            # A connection that cannot roll back is closed below: the original error is
+            # the one to report.
+            with suppress(psycopg.Error):
+                conn.rollback()
+            raise
+        finally:
+            if conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+                conn.autocommit = False
+            else:
+                conn.close()  # never handed out again in autocommit mode
 
 
 def async_pool(database_url: str, *, max_size: int = 20, name: str = "ordersync-web") -> AsyncPool:

@@ -158,7 +158,15 @@ def _is_sensitive(key: str) -> bool:
     return lowered in _REDACTED_KEYS or any(f in lowered for f in _REDACTED_FRAGMENTS)
 
 
+# Every needle of every pattern in one search: an ordinary value costs one call in C.
+_ANY_NEEDLE = re.compile(
+    "|".join(re.escape(needle) for needles, _, _ in _VALUE_PATTERNS for needle in needles)
+)
+
+
 def scrub_text(text: str) -> str:
+    if not _ANY_NEEDLE.search(text):
+        return text
     for needles, pattern, replacement in _VALUE_PATTERNS:
         if any(needle in text for needle in needles):
             text = pattern.sub(replacement, text)
@@ -179,6 +187,12 @@ def _scrub_bounded(text: str, limit: int = MAX_VALUE_CHARS) -> str:
 
 
 def _scrub(value: Any) -> Any:
+    # The common cases first, by exact type: an isinstance test against Mapping (an
+    # abstract class) costs more than scrubbing an ordinary string.
+    if value.__class__ is str:
+        return _scrub_bounded(value)
+    if value.__class__ in _PLAIN:
+        return value
     if isinstance(value, Mapping):
         items = list(value.items())[:MAX_ITEMS]
         return {
@@ -191,6 +205,10 @@ def _scrub(value: Any) -> Any:
     if isinstance(value, bytes):
         return _scrub_bounded(value[: 3 * MAX_VALUE_CHARS].decode("utf-8", "replace"))
     return value
+
+
+# Values that never hold text: nothing to scrub.
+_PLAIN = frozenset({int, float, bool, type(None)})
 
 
 def redact(
@@ -281,12 +299,43 @@ def configure_logging(level: str = "INFO", fmt: str | None = None) -> None:
     )
     # Warnings (Celery's, for one) as log lines too, not free text on stderr.
     logging.captureWarnings(True)
+    (handler,) = logging.getLogger().handlers
+    assert isinstance(handler, logging.StreamHandler)
+    # Our own events skip the stdlib: the same processors render them, and the line goes
+    # to the stdlib handler's stream under its lock (_LineWriter).
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, *final[1:]],
+        logger_factory=lambda *args: _LineWriter(handler, str(args[0]) if args else ""),
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
         cache_logger_on_first_use=True,
     )
+
+
+class _LineWriter:
+    """Where structlog puts a rendered line of ours: the stream the stdlib handler writes
+    uvicorn's and Celery's records to, under the handler's lock, so lines from threads
+    never interleave. Going through the stdlib instead (a LogRecord, ProcessorFormatter's
+    copy of it, the caller's frame looked up, handler dispatch) was most of the cost of
+    a line, and the web process writes one per webhook."""
+
+    __slots__ = ("_handler", "name")
+
+    def __init__(self, handler: logging.StreamHandler[Any], name: str) -> None:
+        self._handler = handler
+        self.name = name  # structlog.stdlib.add_logger_name reads it
+
+    def msg(self, line: str) -> None:
+        handler = self._handler
+        handler.acquire()
+        try:
+            handler.stream.write(line + handler.terminator)
+            handler.flush()
+        finally:
+            handler.release()
+
+    debug = info = warning = warn = error = critical = exception = fatal = msg
 
 
 def get_logger(name: str) -> Any:

@@ -18,8 +18,7 @@ from typing import Annotated, Any
 import structlog
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.types import Receive
 
 from data import inbox
 from domain.snapshot import MAX_AMOUNT, PSP_REFERENCE_PATTERN
@@ -36,7 +35,14 @@ from ordersync.errors import (
 from ordersync.jobs import Job, enqueue_job
 from service import bounded_json
 from service.state import AppState
-from service.webhooks import off_loop, read_body, validation_fields
+from service.webhooks import (
+    Answer,
+    Endpoint,
+    Headers,
+    off_loop,
+    read_body,
+    validation_fields,
+)
 
 log = structlog.get_logger("ordersync.webhooks")
 
@@ -221,8 +227,11 @@ async def store_items(
     )
 
 
-async def adyen_webhook(request: Request) -> Response:
-    state: AppState = request.app.state.ordersync
+# Adyen's documented acknowledgement, as PlainTextResponse renders it.
+_ACCEPTED: Answer = (200, b"text/plain; charset=utf-8", b"[accepted]")
+
+
+async def _adyen_webhook(state: AppState, headers: Headers, receive: Receive) -> Answer:
     settings = state.settings
     accounts = state.accounts
     has_keys = any(account.hmac_keys for account in accounts.adyen.values())
@@ -230,12 +239,12 @@ async def adyen_webhook(request: Request) -> Response:
         raise ConfigError("Adyen notifications are not configured")
     # Before a byte of the body is read: a request without the login costs no body.
     if not check_basic_auth(
-        request.headers.get("authorization"),
+        headers.get("authorization"),
         settings.adyen_webhook_username,
         settings.adyen_webhook_password.get_secret_value(),
     ):
         raise Unauthorized("missing or invalid basic auth")
-    body = await read_body(request)
+    body = await read_body(headers, receive)
 
     def check() -> tuple[list[dict[str, Any]], list[int], list[int]]:
         items = parse_items(body)
@@ -291,7 +300,10 @@ async def adyen_webhook(request: Request) -> Response:
     state.metrics.webhook(source="adyen", outcome="duplicate", count=len(items) - stored.new)
     for inbox_id in new:
         enqueue_job(Job.PROCESS_NOTIFICATION, inbox_id)
-    return PlainTextResponse("[accepted]")
+    return _ACCEPTED
+
+
+adyen_webhook = Endpoint(_adyen_webhook, reads=("content-length", "authorization"))
 
 
 def _merchant_code(item: dict[str, Any]) -> str | None:

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import re
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -70,7 +70,7 @@ class RequestContext:
         headers = dict(scope.get("headers") or [])
         given = headers.get(b"x-request-id", b"")
         # Only an id that is safe to echo and to log is taken over.
-        request_id = given.decode() if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        request_id = given.decode() if _REQUEST_ID.fullmatch(given) else os.urandom(16).hex()
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=request_id, path=scope["path"][:256])
         started = False
@@ -152,6 +152,7 @@ def create_app(settings: Settings | None = None) -> Starlette:
         lambda items: store_shop_events(pool, items, accounts),
         window_seconds=settings.web_batch_window_ms / 1000,
         max_items=settings.web_batch_max,
+        max_in_flight=settings.web_batch_in_flight,
     )
 
     async def store_shop(webhook_id: str, event: ShopEvent) -> Stored:

@@ -6,6 +6,12 @@ result, which the flush function hands back only after its commit: nothing is an
 before it is stored. A flush returns one result per item, in order, or an exception for
 an item (that item's caller sees it raised; the others are unaffected). An exception
 raised by the flush itself goes to every caller of that batch.
+
+At most `max_in_flight` flushes run at once: when that many are under way, a batch
+whose window has ended waits for one of them to finish and takes in everything that
+arrived meanwhile. Under load the batches grow to what arrives during one commit (one
+statement and one commit for many more requests) instead of more statements competing
+for the same CPU; when idle, a request waits no longer than the window.
 """
 
 from __future__ import annotations
@@ -22,13 +28,24 @@ Flush = Callable[[Sequence[T]], Awaitable[Sequence[R | BaseException]]]
 
 
 class Batcher(Generic[T, R]):
-    def __init__(self, flush: Flush[T, R], *, window_seconds: float, max_items: int) -> None:
+    def __init__(
+        self,
+        flush: Flush[T, R],
+        *,
+        window_seconds: float,
+        max_items: int,
+        max_in_flight: int | None = None,
+    ) -> None:
         self._flush = flush
         self._window = window_seconds
         self._max_items = max(1, max_items)
+        self._max_in_flight = max_in_flight
         self._items: list[T] = []
         self._futures: list[asyncio.Future[R]] = []
         self._timer: asyncio.TimerHandle | None = None
+        # The waiting items' window has ended (or they fill a batch): they go with the
+        # next flush that may start.
+        self._due = False
         self._running: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: T) -> R:
@@ -38,25 +55,34 @@ class Batcher(Generic[T, R]):
         self._futures.append(future)
         if len(self._items) >= self._max_items:
             self._start_flush()
-        elif self._timer is None:
+        elif self._timer is None and not self._due:
             self._timer = loop.call_later(self._window, self._start_flush)
-        # A cancelled caller (client gone) does not cancel the batch: the others wait on it.
-        return await asyncio.shield(future)
+        # A cancelled caller (client gone) cancels only its own future: the batch runs in
+        # its own task, and `_run` skips a future that is done.
+        return await future
 
     def _start_flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if not self._items:
-            return
-        items, futures = self._items, self._futures
-        self._items, self._futures = [], []
-        # A fresh context: the batch belongs to no single request's log context.
-        task = asyncio.get_running_loop().create_task(
-            self._run(items, futures), context=contextvars.Context()
-        )
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        while self._items and (
+            self._max_in_flight is None or len(self._running) < self._max_in_flight
+        ):
+            items, futures = self._items[: self._max_items], self._futures[: self._max_items]
+            del self._items[: self._max_items], self._futures[: self._max_items]
+            # A fresh context: the batch belongs to no single request's log context.
+            task = asyncio.get_running_loop().create_task(
+                self._run(items, futures), context=contextvars.Context()
+            )
+            self._running.add(task)
+            task.add_done_callback(self._flushed)
+        # What is left waits for a flush to finish (`_flushed`).
+        self._due = bool(self._items)
+
+    def _flushed(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        if self._due:
+            self._start_flush()
 
     async def _run(self, items: list[T], futures: list[asyncio.Future[R]]) -> None:
         try:
@@ -81,5 +107,6 @@ class Batcher(Generic[T, R]):
     async def drain(self) -> None:
         """Flush what is waiting and wait for every flush under way (shutdown)."""
         self._start_flush()
-        if self._running:
+        while self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+            self._start_flush()

@@ -33,12 +33,25 @@ class _TooLong:
         self.chars = len(text)
 
 
-def _parse_int(text: str) -> int | _TooLong:
-    return _TooLong(text) if len(text) > MAX_NUMBER_CHARS else int(text)
+class _Numbers:
+    """The parser's number hooks for one body; remembers whether a literal was too long."""
 
+    __slots__ = ("too_long",)
 
-def _parse_float(text: str) -> float | _TooLong:
-    return _TooLong(text) if len(text) > MAX_NUMBER_CHARS else float(text)
+    def __init__(self) -> None:
+        self.too_long = False
+
+    def parse_int(self, text: str) -> int | _TooLong:
+        if len(text) > MAX_NUMBER_CHARS:
+            self.too_long = True
+            return _TooLong(text)
+        return int(text)
+
+    def parse_float(self, text: str) -> float | _TooLong:
+        if len(text) > MAX_NUMBER_CHARS:
+            self.too_long = True
+            return _TooLong(text)
+        return float(text)
 
 
 def _refuse_constant(name: str) -> Any:
@@ -52,16 +65,18 @@ def loads(body: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     Linear in the body's size: C's parser reads it once (it refuses nesting beyond the
     interpreter's recursion limit with RecursionError, without crashing), numbers are
     measured before any conversion, and one walk without recursion measures the depth
-    and finds the bad values. No regular expression scans the raw text."""
+    and finds the bad values, unless a few scans of the raw bytes prove there is nothing
+    to find (most bodies: `_plain`). No regular expression scans the raw text."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise BadRequest("the body is not UTF-8", fields=[_field("body", "not UTF-8")]) from None
+    numbers = _Numbers()
     try:
         data = json.loads(
             text,
-            parse_int=_parse_int,
-            parse_float=_parse_float,
+            parse_int=numbers.parse_int,
+            parse_float=numbers.parse_float,
             parse_constant=_refuse_constant,
         )
     except RecursionError:
@@ -69,10 +84,43 @@ def loads(body: bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     except ValueError:
         # json.JSONDecodeError is a ValueError; its message names a position, not content.
         raise BadRequest("the body is not JSON", fields=[_field("body", "not JSON")]) from None
+    if not numbers.too_long and _plain(body, max_depth):
+        return data  # nothing the walk could find
     problems = _problems(data, max_depth)
     if problems:
         raise ValidationFailed("the body holds values outside the bounds", fields=problems)
     return data
+
+
+def _plain(body: bytes, max_depth: int) -> bool:
+    """Whether the raw body alone proves what the walk would find, in a few linear scans
+    in C: no more openers than `max_depth` bounds the nesting (an opener inside a string
+    only overcounts), and Postgres's two bad characters can only come from escapes (the
+    parser refuses raw control characters, and UTF-8 cannot encode a surrogate). A body
+    that fails this proves nothing and is walked."""
+    return (
+        body.count(b"{") + body.count(b"[") <= max_depth
+        and b"\\u0000" not in body
+        and b"\\ud" not in body
+        and b"\\uD" not in body
+    )
+
+
+# Bytes to "0" for a digit and " " for anything else: a run of digits is a run of "0".
+_DIGITS = bytes.maketrans(
+    bytes(range(256)), bytes(0x30 if 0x30 <= c <= 0x39 else 0x20 for c in range(256))
+)
+# A number literal longer than MAX_NUMBER_CHARS has at most three runs of digits
+# (integer, fraction, exponent) and four other characters, so one run of at least this.
+_LONG_DIGIT_RUN = b"0" * ((MAX_NUMBER_CHARS - 4) // 3 + 1)
+
+
+def plain(body: bytes) -> bool:
+    """Whether `body`, if it is JSON, holds nothing `loads` would refuse beyond its
+    syntax: nesting within bounds, no NUL or surrogate, no number literal too long to
+    convert (no long run of digits). Linear: a few scans in C. Such a body may be read
+    by a model's own JSON parser; any other goes through `loads`."""
+    return _plain(body, MAX_DEPTH) and _LONG_DIGIT_RUN not in body.translate(_DIGITS)
 
 
 def _too_deep(max_depth: int) -> BadRequest:

@@ -113,7 +113,7 @@ async def acknowledge_flag(
         row = await orders.read_order(conn, order_id)
         if row is None:
             raise NotFound(f"no order {order_id}")
-        if flag not in row["flags"]:
+        if flag not in row.flags:
             raise Conflict(f"order {order_id} is not flagged {flag[:64]}")
         await operator_actions.record(
             conn,
@@ -122,7 +122,7 @@ async def acknowledge_flag(
             operator=operator,
             target=flag,
             note=text,
-            detail={"reason": (row["flag_reason"] or {}).get(flag)},
+            detail={"reason": (row.flag_reason or {}).get(flag)},
         )
     log.info("operator_acknowledge_flag", order_id=order_id, flag=flag)
-    return {"order_id": order_id, "flag": flag, "status": "acknowledged", "flags": row["flags"]}
+    return {"order_id": order_id, "flag": flag, "status": "acknowledged", "flags": row.flags}

@@ -51,65 +51,65 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def _payment(row: dict[str, Any]) -> dict[str, Any]:
-    payment = dict((row["snapshot"] or {}).get("payment") or {})
-    payment.setdefault("provider", row["provider"])
-    if row["provider"] == "klarna":
-        payment["payment_method"] = row["psp_payment_method"] or payment.get("payment_method")
-    payment["country"] = row["psp_country"] or (row["snapshot"] or {}).get("country")
+def _payment(row: orders.Order) -> dict[str, Any]:
+    payment = dict((row.snapshot or {}).get("payment") or {})
+    payment.setdefault("provider", row.provider)
+    if row.provider == "klarna":
+        payment["payment_method"] = row.psp_payment_method or payment.get("payment_method")
+    payment["country"] = row.psp_country or (row.snapshot or {}).get("country")
     return payment
 
 
-def summary(row: dict[str, Any]) -> dict[str, Any]:
+def summary(row: orders.Order) -> dict[str, Any]:
     """An order without its lines and history: what `GET /orders` lists."""
-    reasons = row["flag_reason"] or {}
+    reasons = row.flag_reason or {}
     return {
-        "id": row["id"],
-        "version": row["version"],
-        "status": row["status"],
-        "currency": row["currency"].strip(),
+        "id": row.id,
+        "version": row.version,
+        "status": row.status,
+        "currency": row.currency.strip(),
         "payment": _payment(row),
         # The merchant's PSP account it belongs to (contract §6): "default" for orders
         # from before accounts, i.e. the default account.
-        "account": row.get("account") or "default",
-        "flags": list(row["flags"]),
-        "flag_reasons": {flag: reasons.get(flag) for flag in row["flags"]},
+        "account": row.account or "default",
+        "flags": list(row.flags),
+        "flag_reasons": {flag: reasons.get(flag) for flag in row.flags},
         "amounts": {
-            "ordered": row["desired_amount"],
-            "authorized": row["authorized_amount"],
-            "captured": row["captured_amount"],
-            "refunded": row["refunded_amount"],
+            "ordered": row.desired_amount,
+            "authorized": row.authorized_amount,
+            "captured": row.captured_amount,
+            "refunded": row.refunded_amount,
         },
         "psp": {
-            "status": row["psp_status"],
-            "synced_at": iso(row["psp_synced_at"]),
-            "expires_at": iso(row["expires_at"]),
-            "refused_amount": row["refused_amount"],
+            "status": row.psp_status,
+            "synced_at": iso(row.psp_synced_at),
+            "expires_at": iso(row.expires_at),
+            "refused_amount": row.refused_amount,
         },
         "reconcile": {
-            "requested_at": iso(row["reconcile_requested_at"]),
-            "next_at": iso(row["next_reconcile_at"]),
+            "requested_at": iso(row.reconcile_requested_at),
+            "next_at": iso(row.next_reconcile_at),
         },
-        "created_at": iso(row["created_at"]),
-        "updated_at": iso(row["updated_at"]),
+        "created_at": iso(row.created_at),
+        "updated_at": iso(row.updated_at),
     }
 
 
-def operation_view(row: dict[str, Any]) -> dict[str, Any]:
-    error = row["error"]
+def operation_view(row: orders.Operation) -> dict[str, Any]:
+    error = row.error
     return {
-        "id": str(row["id"]),
-        "seq": row["seq"],
-        "kind": row["kind"],
-        "status": row["status"],
-        "amount": row["amount"],
-        "target_version": row["target_version"],
-        "idempotency_key": row["idempotency_key"],
-        "attempts": row["attempts"],
-        "next_attempt_at": iso(row["next_attempt_at"]),
-        "outcome_unknown": row["outcome_unknown"],
+        "id": str(row.id),
+        "seq": row.seq,
+        "kind": row.kind,
+        "status": row.status,
+        "amount": row.amount,
+        "target_version": row.target_version,
+        "idempotency_key": row.idempotency_key,
+        "attempts": row.attempts,
+        "next_attempt_at": iso(row.next_attempt_at),
+        "outcome_unknown": row.outcome_unknown,
         "waiting_for": waiting_for(row),
-        "psp_reference": row["psp_reference"],
+        "psp_reference": row.psp_reference,
         "error": None
         if not error
         else {
@@ -125,25 +125,25 @@ def operation_view(row: dict[str, Any]) -> dict[str, Any]:
                 "quantity": line.get("quantity"),
                 "total_amount": line.get("total_amount"),
             }
-            for line in row["lines"] or []
+            for line in row.lines or []
         ],
-        "created_at": iso(row["created_at"]),
-        "updated_at": iso(row["updated_at"]),
+        "created_at": iso(row.created_at),
+        "updated_at": iso(row.updated_at),
     }
 
 
-def waiting_for(op: dict[str, Any]) -> str | None:
+def waiting_for(op: orders.Operation) -> str | None:
     """Why an operation in flight is not moving, in an operator's words (None when it
     is settled or simply due)."""
-    status = op["status"]
+    status = op.status
     if status == "awaiting_notification":
         return "adyen_notification: Adyen settles it by notification; nothing is resent"
     if status == "sent":
         return "psp_call: a worker is calling the PSP (lease held)"
     if status != "pending":
         return None
-    if op["next_attempt_at"] is None:
-        if op["outcome_unknown"]:
+    if op.next_attempt_at is None:
+        if op.outcome_unknown:
             return (
                 "outcome_unknown: the last attempt may have applied; an operator reconcile"
                 " reads the PSP (Klarna) or resends under the same key (Adyen, whose"
@@ -153,13 +153,13 @@ def waiting_for(op: dict[str, Any]) -> str | None:
     return "retry: next attempt at next_attempt_at"
 
 
-def _lines(snapshot: dict[str, Any], operations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _lines(snapshot: dict[str, Any], operations: list[orders.Operation]) -> list[dict[str, Any]]:
     done: dict[str, dict[str, int]] = {"capture": defaultdict(int), "refund": defaultdict(int)}
     for op in operations:
-        if op["status"] == "succeeded" and op["kind"] in done:
-            for line in op["lines"] or []:
+        if op.status == "succeeded" and op.kind in done:
+            for line in op.lines or []:
                 if line.get("type") not in ("discount", "sales_tax"):  # shares, not units
-                    done[op["kind"]][str(line.get("reference"))] += int(line.get("quantity", 0))
+                    done[op.kind][str(line.get("reference"))] += int(line.get("quantity", 0))
     lines = []
     for line in snapshot.get("lines") or []:
         out = dict(line)
@@ -183,17 +183,17 @@ def webhook_view(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def callback_view(row: dict[str, Any]) -> dict[str, Any]:
+def callback_view(row: outbox.Event) -> dict[str, Any]:
     return {
-        "webhook_id": webhook_id(row["id"]),
-        "type": row["event_type"],
-        "version": row["version"],
-        "created_at": iso(row["created_at"]),
-        "attempts": row["attempts"],
-        "delivered_at": iso(row["delivered_at"]),
-        "next_attempt_at": None if row["delivered_at"] else iso(row["next_attempt_at"]),
-        "last_status": row["last_status"],
-        "last_error": row["last_error"],
+        "webhook_id": webhook_id(row.id),
+        "type": row.event_type,
+        "version": row.version,
+        "created_at": iso(row.created_at),
+        "attempts": row.attempts,
+        "delivered_at": iso(row.delivered_at),
+        "next_attempt_at": None if row.delivered_at else iso(row.next_attempt_at),
+        "last_status": row.last_status,
+        "last_error": row.last_error,
     }
 
 
@@ -202,10 +202,10 @@ class OrderRows:
     """One order's rows, read in one go: the order's view and its timeline are built
     from the same read."""
 
-    order: dict[str, Any]
-    operations: list[dict[str, Any]]
+    order: orders.Order
+    operations: list[orders.Operation]
     webhooks: list[dict[str, Any]]
-    callbacks: list[dict[str, Any]]
+    callbacks: list[outbox.Event]
     actions: list[dict[str, Any]]
 
 
@@ -229,7 +229,7 @@ def detail_of(rows: OrderRows) -> dict[str, Any]:
     reasons, operations with their keys and outcomes, the webhooks that came in and
     the events sent to the shop."""
     detail = summary(rows.order)
-    detail["lines"] = _lines(rows.order["snapshot"] or {}, rows.operations)
+    detail["lines"] = _lines(rows.order.snapshot or {}, rows.operations)
     detail["operations"] = [operation_view(op) for op in rows.operations]
     detail["webhooks"] = [webhook_view(w) for w in rows.webhooks]
     detail["callbacks"] = [callback_view(c) for c in rows.callbacks]
@@ -313,7 +313,7 @@ async def list_flagged(
         rows = await orders.flagged_page(conn, flag, after, limit + 1, account, reason, search)
     more = len(rows) > limit
     rows = rows[:limit]
-    next_cursor = encode_cursor(rows[-1]["updated_at"], rows[-1]["id"]) if more else None
+    next_cursor = encode_cursor(rows[-1].updated_at, rows[-1].id) if more else None
     return {"orders": [summary(r) for r in rows], "next_cursor": next_cursor}
 
 

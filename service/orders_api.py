@@ -107,7 +107,7 @@ async def resend_event(request: Request) -> Response:
 
 async def acknowledge_flag(request: Request) -> Response:
     state, name = _state(request)
-    body = bounded_json.loads(await read_body(request, MAX_ACTION_BODY))
+    body = bounded_json.loads(await read_body(request.headers, request.receive, MAX_ACTION_BODY))
     if not isinstance(body, dict):
         raise BadRequest(
             "the body is not a JSON object", fields=[{"path": "body", "message": "an object"}]

@@ -14,6 +14,10 @@ bounds at the protocol level, before any ASGI code runs:
 - the body must arrive within `WEB_BODY_TIMEOUT_SECONDS` of the head; when it does
   not, the connection is closed, and the handler reading it sees the client gone.
 
+It also writes an answer's head and body in one system call (`_HeadWithBody`): uvicorn
+writes the head as soon as it is given, and that second write per answer was the
+largest single cost of a webhook on the web process (docs/performance.md).
+
 Why this and not another server: hypercorn and granian have a header read timeout,
 but moving the web process to another server changes its worker model, its signals
 and its log format for four timers; this class is about a hundred lines over uvicorn's
@@ -42,6 +46,51 @@ class _Refused(Exception):
     def __init__(self, status: int) -> None:
         super().__init__(status)
         self.status = status
+
+
+class _HeadWithBody:
+    """The transport as one response cycle sees it: the head of the answer is held until
+    its body is written, so that head and body leave in one write (one system call, one
+    segment), as a small answer does in every other server. A head is never held past
+    the current step of the event loop (a streaming answer's head goes out before its
+    first chunk is ready), and an interim answer (100 Continue) is not held at all."""
+
+    __slots__ = ("_cycle", "_head_written", "_held", "_loop", "_transport")
+
+    def __init__(
+        self, transport: asyncio.Transport, cycle: Any, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self._transport = transport
+        self._cycle = cycle
+        self._loop = loop
+        self._held: bytes | None = None
+        self._head_written = False
+
+    def write(self, data: bytes) -> None:
+        if self._held is not None:
+            data, self._held = self._held + data, None
+        elif not self._head_written and self._cycle.response_started:
+            self._head_written = True
+            self._held = data
+            self._loop.call_soon(self._flush)
+            return
+        self._transport.write(data)
+
+    def _flush(self) -> None:
+        if self._held is not None:
+            data, self._held = self._held, None
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 class BoundedHttpProtocol(HttpToolsProtocol):
@@ -169,6 +218,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._in_head = False
         self._arm(self.body_timeout, self._body_expired)
         super().on_headers_complete()
+        # The cycle's task has not run yet: it writes through the wrapper from the start.
+        cycle = self.cycle
+        if cycle is not None and not isinstance(cycle.transport, _HeadWithBody):
+            cycle.transport = _HeadWithBody(self.transport, cycle, self.loop)  # type: ignore[assignment]
 
     def on_message_complete(self) -> None:
         self._message_complete = True

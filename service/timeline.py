@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from data import orders, outbox
 from ordersync.db import AsyncPool
 from service import operator_words as words
 from service.order_views import (
@@ -38,12 +39,12 @@ def _money(value: Any) -> dict[str, Any] | None:
     return {"value": value.get("value"), "currency": value.get("currency")}
 
 
-def _operation(op: dict[str, Any]) -> dict[str, Any]:
+def _operation(op: orders.Operation) -> dict[str, Any]:
     view = operation_view(op)
-    request = op.get("request") or None
+    request = op.request or None
     error = view["error"] or {}
-    kind = words.OPERATION_KINDS.get(op["kind"], op["kind"])
-    state = words.OPERATION_STATUSES.get(op["status"], op["status"])
+    kind = words.OPERATION_KINDS.get(op.kind, op.kind)
+    state = words.OPERATION_STATUSES.get(op.status, op.status)
     return {
         "at": view["created_at"],
         "kind": "operation",
@@ -52,10 +53,10 @@ def _operation(op: dict[str, Any]) -> dict[str, Any]:
         # The exact request, frozen when the operation was planned and resent byte for
         # byte under its key.
         "request": request,
-        "idempotency_key": op["idempotency_key"],
+        "idempotency_key": op.idempotency_key,
         "answer": {
-            "status": op["status"],
-            "psp_reference": op["psp_reference"],
+            "status": op.status,
+            "psp_reference": op.psp_reference,
             "error_code": error.get("code"),
             "error_message": error.get("message"),
             "correlation_id": error.get("correlation_id"),
@@ -91,7 +92,7 @@ def _webhook(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _event(row: dict[str, Any]) -> dict[str, Any]:
+def _event(row: outbox.Event) -> dict[str, Any]:
     view = callback_view(row)
     if view["delivered_at"]:
         state = f"delivered after {view['attempts']} attempt(s)"

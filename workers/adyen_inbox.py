@@ -31,7 +31,14 @@ from psycopg import Connection
 
 from data import adyen_payments, inbox
 from data import orders as store
-from domain.planner import NEEDS_ATTENTION, NEEDS_NEW_ORDER, Flag, Kind, explained_lines
+from domain.planner import (
+    EXTERNAL_CHANGE,
+    NEEDS_ATTENTION,
+    NEEDS_NEW_ORDER,
+    Flag,
+    Kind,
+    explained_lines,
+)
 from integrations.adyen.notifications import (
     AMOUNT_CHECKED,
     CHARGEBACKS,
@@ -57,7 +64,7 @@ Enqueue = Callable[[str, float], None]
 SILENT_BATCH = 500
 
 
-def rejection_flag(n: Notification, order: Row, op: Row) -> Flag:
+def rejection_flag(n: Notification, order: store.Order, op: store.Operation) -> Flag:
     """The reconciler's rule (workers/reconcile.py rejection_flag); an increase is
     refused when AUTHORISATION_ADJUSTMENT says so."""
     error = n.error()
@@ -135,25 +142,25 @@ def _modification(conn: Connection[Row], settings: Settings, n: Notification) ->
         return _without_us(conn, settings, n)
     # The order's row lock first, as the reconciler takes it: whoever comes second
     # sees what the first one wrote.
-    order = store.lock_order(conn, found["order_id"])
+    order = store.lock_order(conn, found.order_id)
     assert order is not None
-    op = store.operation(conn, found["id"])
+    op = store.operation(conn, found.id)
     assert op is not None
-    if n.psp_reference in (op["failed_psp_references"] or []):
+    if n.psp_reference in (op.failed_psp_references or []):
         # A modification a notification failed already: the operation was sent again
         # under a new key since, and only that one's outcome counts now.
-        return Processed("stale", order["id"])
-    kind = Kind(op["kind"])
+        return Processed("stale", order.id)
+    kind = Kind(op.kind)
     wrong = mismatch(
         n,
-        currency=order["currency"],
+        currency=order.currency,
         merchant_account=_merchant_account(order, settings),
-        amount=int(op["amount"]) if kind in AMOUNT_CHECKED else None,
+        amount=int(op.amount) if kind in AMOUNT_CHECKED else None,
     )
     if wrong is not None:
         return _mismatched(conn, n, order, wrong)
     verdict = decide(n, op)
-    structlog.contextvars.bind_contextvars(operation=op["kind"], operation_id=str(op["id"]))
+    structlog.contextvars.bind_contextvars(operation=op.kind, operation_id=str(op.id))
     try:
         return _apply(conn, settings, n, order, op, verdict)
     finally:
@@ -164,13 +171,13 @@ def _apply(
     conn: Connection[Row],
     settings: Settings,
     n: Notification,
-    order: Row,
-    op: Row,
+    order: store.Order,
+    op: store.Operation,
     verdict: Verdict,
 ) -> Processed:
-    order_id = order["id"]
+    order_id = order.id
     if verdict is Verdict.STALE:
-        log.info("adyen_notification_stale", status=op["status"], success=n.success)
+        log.info("adyen_notification_stale", status=op.status, success=n.success)
         return Processed("stale", order_id)
     if verdict is Verdict.FLAG:
         flag_order(
@@ -178,24 +185,24 @@ def _apply(
             order,
             Flag(
                 NEEDS_ATTENTION,
-                f"{n.event_code.lower()}_after_{op['status']}",
+                f"{n.event_code.lower()}_after_{op.status}",
                 f"Adyen sent {n.event_code} (success={str(n.success).lower()}) for a "
-                f"{op['kind']} this service had recorded as {op['status']}; check the payment",
+                f"{op.kind} this service had recorded as {op.status}; check the payment",
             ),
         )
         return Processed("flagged", order_id)
     if verdict is Verdict.SUCCEED:
         _settle(conn, op, "succeeded", n.psp_reference, error=None)
         store.apply_success(conn, order, op)
-        if Kind(op["kind"]) is Kind.UPDATE_AUTHORIZATION:
+        if Kind(op.kind) is Kind.UPDATE_AUTHORIZATION:
             store.clear_flag(conn, order_id, NEEDS_NEW_ORDER)
-        log.info("operation_confirmed", amount=op["amount"])
+        log.info("operation_confirmed", amount=op.amount)
         return Processed("succeeded", order_id)
     if verdict is Verdict.REJECT:
         _settle(conn, op, "rejected", n.psp_reference, error=n.error())
         flag_order(conn, order, rejection_flag(n, order, op))
         return Processed("rejected", order_id)
-    attempts = int(op["attempts"])
+    attempts = int(op.attempts)
     if attempts >= settings.max_attempts:
         _settle(conn, op, "failed", n.psp_reference, error=n.error())
         flag_order(
@@ -209,7 +216,7 @@ def _apply(
         )
         return Processed("failed", order_id)
     delay = retry_delay(attempts, settings.retry_base_seconds, settings.retry_max_seconds)
-    store.retry_generation(conn, op["id"], delay, n.error(), n.psp_reference)
+    store.retry_generation(conn, op.id, delay, n.error(), n.psp_reference)
     log.info(
         "operation_retry_scheduled",
         attempts=attempts,
@@ -221,24 +228,26 @@ def _apply(
 
 def _settle(
     conn: Connection[Row],
-    op: Row,
+    op: store.Operation,
     status: str,
     psp_reference: str,
     error: dict[str, Any] | None,
 ) -> None:
     # The lease goes too: a sender still between its call and its record must find
     # its lease gone and leave this outcome alone.
-    store.settle_operation(conn, op["id"], status, psp_reference, error)
+    store.settle_operation(conn, op.id, status, psp_reference, error)
 
 
-def _merchant_account(order: Row, settings: Settings) -> str | None:
+def _merchant_account(order: store.Order, settings: Settings) -> str | None:
     """The merchant account the order's payment belongs to: its snapshot's, or the
     configured one."""
-    payment = (order.get("snapshot") or {}).get("payment") or {}
+    payment = (order.snapshot or {}).get("payment") or {}
     return payment.get("merchant_account") or settings.adyen_merchant_account
 
 
-def _mismatched(conn: Connection[Row], n: Notification, order: Row, wrong: str) -> Processed:
+def _mismatched(
+    conn: Connection[Row], n: Notification, order: store.Order, wrong: str
+) -> Processed:
     """A notification about this order that does not match it: no effect, a person looks."""
     log.warning("adyen_notification_mismatch", detail=wrong)
     flag_order(
@@ -251,33 +260,33 @@ def _mismatched(conn: Connection[Row], n: Notification, order: Row, wrong: str) 
             "nothing was recorded from it",
         ),
     )
-    return Processed("invalid", order["id"])
+    return Processed("invalid", order.id)
 
 
 def _without_us(conn: Connection[Row], settings: Settings, n: Notification) -> Processed:
     """Money that moved without the service (a Customer Area capture, refund or cancel,
     a chargeback): counted once (the notification is processed once, and its operation
     row's key is unique), never made again, and a person is told (contract §4)."""
-    order_row = store.adyen_order(conn, n.payment_reference)
-    if order_row is None:
+    order_id = store.adyen_order(conn, n.payment_reference)
+    if order_id is None:
         return Processed("unmatched")
-    order = store.lock_order(conn, order_row["id"])
+    order = store.lock_order(conn, order_id)
     assert order is not None
     kind = EXTERNAL_KINDS.get(n.event_code)
     if kind is None or not n.success:
         if n.event_code in CHARGEBACKS:
             flag_order(conn, order, _external_flag(n, "not counted"))
-            return Processed("flagged", order["id"])
+            return Processed("flagged", order.id)
         return Processed("unmatched")
     wrong = mismatch(
-        n, currency=order["currency"], merchant_account=_merchant_account(order, settings)
+        n, currency=order.currency, merchant_account=_merchant_account(order, settings)
     )
     if wrong is not None:
         return _mismatched(conn, n, order, wrong)
     amount = n.amount if kind is not Kind.CANCEL else 0
     if kind is Kind.REFUND:
-        amount = min(amount, int(order["captured_amount"]) - int(order["refunded_amount"]))
-    ops = store.operations(conn, order["id"])
+        amount = min(amount, int(order.captured_amount) - int(order.refunded_amount))
+    ops = store.operations(conn, order.id)
     # What the shop's snapshot already says (and no operation of ours is under way
     # that could be the same money): counted as those lines, nothing to tell.
     explained = (
@@ -286,16 +295,18 @@ def _without_us(conn: Connection[Row], settings: Settings, n: Notification) -> P
         else explained_lines(store.snapshot(order), store.history(ops), kind, amount)
     )
     reference = f"adyen:{n.psp_reference}:{n.event_code}"
-    store.record_external(conn, order, kind, amount, reference, explained or ())
+    if not store.record_external(conn, order, kind, amount, reference, explained or ()):
+        # Counted already (the same movement notified again): nothing new to tell.
+        return Processed("external", order.id)
     if explained is None or n.event_code in CHARGEBACKS:
         flag_order(conn, order, _external_flag(n, "counted, never repeated"))
-    return Processed("external", order["id"])
+    return Processed("external", order.id)
 
 
 def _external_flag(n: Notification, what: str) -> Flag:
     return Flag(
         NEEDS_ATTENTION,
-        "external_change",
+        EXTERNAL_CHANGE,
         f"Adyen {n.event_code} {n.psp_reference} of {n.amount} {n.currency} was not asked "
         f"for by this service (Customer Area, chargeback); {what}. An operator's "
         "reconcile takes the figures as they are now",
@@ -303,11 +314,11 @@ def _external_flag(n: Notification, what: str) -> Flag:
 
 
 def _payment_event(conn: Connection[Row], settings: Settings, n: Notification) -> Processed:
-    order_row = store.adyen_order(conn, n.payment_reference)
-    order = store.lock_order(conn, order_row["id"]) if order_row else None
+    order_id = store.adyen_order(conn, n.payment_reference)
+    order = store.lock_order(conn, order_id) if order_id else None
     if order is not None:
         wrong = mismatch(
-            n, currency=order["currency"], merchant_account=_merchant_account(order, settings)
+            n, currency=order.currency, merchant_account=_merchant_account(order, settings)
         )
         if wrong is not None:
             return _mismatched(conn, n, order, wrong)
@@ -316,8 +327,8 @@ def _payment_event(conn: Connection[Row], settings: Settings, n: Notification) -
             return Processed("unmatched")
         if n.success:
             # What was not captured has lapsed.
-            store.mark_expired(conn, order["id"])
-        return Processed("applied" if n.success else "ignored", order["id"])
+            store.mark_expired(conn, order.id)
+        return Processed("applied" if n.success else "ignored", order.id)
     if not n.success:
         if order is None:
             return Processed("ignored")
@@ -330,26 +341,26 @@ def _payment_event(conn: Connection[Row], settings: Settings, n: Notification) -
                 n.reason or "Adyen reports the payment as not authorised",
             ),
         )
-        return Processed("flagged", order["id"])
+        return Processed("flagged", order.id)
     lines = [line.to_json() for line in openinvoice_lines(n.additional)]
     adyen_payments.record(conn, n.psp_reference, n.amount, n.currency, n.merchant_account, lines)
     if order is None:
         return Processed("recorded")
-    return Processed(_correct_authorization(conn, order, n.amount, lines), order["id"])
+    return Processed(_correct_authorization(conn, order, n.amount, lines), order.id)
 
 
 def _correct_authorization(
-    conn: Connection[Row], order: Row, amount: int, lines: list[dict[str, Any]]
+    conn: Connection[Row], order: store.Order, amount: int, lines: list[dict[str, Any]]
 ) -> str:
     """Adopts the authorized amount of AUTHORISATION unless an operation of ours has
     changed the authorization since, which a late AUTHORISATION must not undo."""
-    changed = store.authorization_changed_by_us(conn, order["id"])
-    if changed or amount < order["captured_amount"]:
+    changed = store.authorization_changed_by_us(conn, order.id)
+    if changed or amount < order.captured_amount:
         log.info(
-            "adyen_authorisation_not_adopted", amount=amount, authorized=order["authorized_amount"]
+            "adyen_authorisation_not_adopted", amount=amount, authorized=order.authorized_amount
         )
         return "stale"
-    store.adopt_adyen_authorization(conn, order["id"], amount, lines)
+    store.adopt_adyen_authorization(conn, order.id, amount, lines)
     return "applied"
 
 
@@ -371,10 +382,10 @@ def chase_silent_operations(ctx: WorkerContext) -> int:
         conn.commit()
     for row in silent:
         with ctx.pool.connection() as conn, conn.transaction():
-            order = store.lock_order_skip_locked(conn, row["order_id"])
+            order = store.lock_order_skip_locked(conn, row.order_id)
             if order is None:
                 continue
-            op = store.operation(conn, row["id"], status="awaiting_notification")
+            op = store.operation(conn, row.id, status="awaiting_notification")
             if op is None:
                 continue
             flag_order(
@@ -383,7 +394,7 @@ def chase_silent_operations(ctx: WorkerContext) -> int:
                 Flag(
                     NEEDS_ATTENTION,
                     "notification_timeout",
-                    f"no Adyen notification for {op['kind']} {op['psp_reference']} within "
+                    f"no Adyen notification for {op.kind} {op.psp_reference} within "
                     f"{int(timeout)} s; check the payment in Adyen's Customer Area",
                 ),
             )

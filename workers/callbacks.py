@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -22,10 +23,12 @@ from psycopg.rows import DictRow
 from standardwebhooks.webhooks import Webhook
 
 from data import outbox
+from data.orders import Order
 from data.outbox import webhook_id
-from domain.planner import NEEDS_NEW_ORDER, Flag
+from domain.planner import EXTERNAL_CHANGE, NEEDS_NEW_ORDER, Flag
 from integrations.results import retry_delay
 from ordersync import metrics
+from ordersync.db import pipelined
 from ordersync.jobs import Job, enqueue_job
 from ordersync.settings import Settings, get_settings
 
@@ -53,20 +56,22 @@ BATCH = 20
 _EVENT_NAMESPACE = uuid.UUID("8b0f3c52-6d1e-4a7b-9f2c-3e5d7a1b9c04")
 
 
-def record_flagged(conn: Connection[DictRow], order: dict[str, Any], flag: Flag) -> bool:
+def record_flagged(conn: Connection[DictRow], order: Order, flag: Flag) -> bool:
     """An order was flagged: `order.new_order_required` or `order.needs_attention`.
 
     Returns False when the shop was told of this state already: a second event for it
     would only make it act twice. A refused basket is told once per refused version
     (its event id, so its `webhook-id`, is derived from the order, version and amount):
     a second, different refused basket is news even though the flag is already set.
+    So is money that moved without the service: contract §4 has the shop told of each
+    such change ("flags needs_attention (external_change, with what changed) and tells
+    the shop"), even while the order waits for a person for another reason; each is
+    learnt once (a notification is processed once, a read records it as an operation).
     """
     event_id: uuid.UUID | None = None
     if flag.flag == NEEDS_NEW_ORDER:
-        event_id = uuid.uuid5(
-            _EVENT_NAMESPACE, f"{order['id']}:{order['version']}:{flag.refused_amount}"
-        )
-    elif flag.flag in (order.get("flags") or []):
+        event_id = uuid.uuid5(_EVENT_NAMESPACE, f"{order.id}:{order.version}:{flag.refused_amount}")
+    elif flag.flag in (order.flags or []) and flag.code != EXTERNAL_CHANGE:
         return False
     reason = {"code": flag.code, "message": flag.message}
     if flag.flag == NEEDS_NEW_ORDER:
@@ -75,63 +80,83 @@ def record_flagged(conn: Connection[DictRow], order: dict[str, Any], flag: Flag)
     else:
         event_type = EventType.NEEDS_ATTENTION
         data = {"reason": reason}
-    return _insert(conn, order, event_type, data, event_id=event_id)
+    return _insert(conn, order, event_type, data, event_id=event_id)()
 
 
-def record_synced(conn: Connection[DictRow], order: dict[str, Any]) -> None:
-    """Every operation for the order's current version is done: `order.synced`."""
-    authorized = order["authorized_amount"]
+def record_synced(
+    conn: Connection[DictRow],
+    order: Order,
+    after_commit: list[Callable[[], object]] | None = None,
+) -> None:
+    """Every operation for the order's current version is done: `order.synced`. With
+    `after_commit`, whether it was recorded is read once the transaction is committed
+    (in pipeline mode, the insert then goes with the COMMIT: no round trip of its own)."""
+    authorized = order.authorized_amount
     still_flagged = [
         flag
-        for flag in order.get("flags") or []
+        for flag in order.flags or []
         # The reconciler clears needs_new_order in this same step once the total fits.
         if not (
             flag == NEEDS_NEW_ORDER
             and authorized is not None
-            and order["desired_amount"] <= authorized
+            and order.desired_amount <= authorized
         )
     ]
     if still_flagged:
         return  # done with what it can do, but the shop still has to act: not "synced"
     data = {
         "amounts": {
-            "ordered": order["desired_amount"],
-            "authorized": order["authorized_amount"],
-            "captured": order["captured_amount"],
-            "refunded": order["refunded_amount"],
+            "ordered": order.desired_amount,
+            "authorized": order.authorized_amount,
+            "captured": order.captured_amount,
+            "refunded": order.refunded_amount,
         }
     }
     # A periodic re-read or an operator's reconcile of an order already in sync is no
     # news to the shop; a sync after a flag is. Checked in the insert itself: one trip.
     synced = EventType.SYNCED
-    _insert(conn, order, synced, data, unless_last_is=(synced, order["version"]))
+    recorded = _insert(conn, order, synced, data, unless_last_is=(synced, order.version))
+    if after_commit is None:
+        recorded()
+    else:
+        after_commit.append(recorded)
 
 
 def _insert(
     conn: Connection[DictRow],
-    order: dict[str, Any],
+    order: Order,
     event_type: str,
     data: dict[str, Any],
     unless_last_is: tuple[str, int] | None = None,
     event_id: uuid.UUID | None = None,
-) -> bool:
+) -> Callable[[], bool]:
+    """Sends the event's insert; the function returned reads whether it was recorded
+    (False: recorded before, or the last one already) and asks for its delivery."""
     event_id = event_id or uuid.uuid4()
     body = {
         "type": event_type,
-        "order_id": order["id"],
-        "version": order["version"],
+        "order_id": order.id,
+        "version": order.version,
         "occurred_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
         "data": data,
     }
-    if not outbox.insert_event(conn, event_id, order, event_type, body, unless_last_is):
-        return False
-    # Sent when the unit of work ends, after this transaction committed. Without a
-    # callback URL the events stay in the outbox (the operator API shows them) and no
-    # delivery task is worth sending.
-    if get_settings().shop_callback_url:
-        enqueue_job(Job.DELIVER_CALLBACKS, order["id"])
-    log.info("callback_recorded", event_type=event_type, webhook_id=webhook_id(event_id))
-    return True
+    inserted = outbox.insert_event(
+        conn, event_id, order.id, order.version, event_type, body, unless_last_is
+    )
+
+    def recorded() -> bool:
+        if not inserted():
+            return False
+        # Sent when the unit of work ends, after this transaction committed. Without a
+        # callback URL the events stay in the outbox (the operator API shows them) and
+        # no delivery task is worth sending.
+        if get_settings().shop_callback_url:
+            enqueue_job(Job.DELIVER_CALLBACKS, order.id)
+        # The delivery logs the event (callback_delivered); the step logged the change.
+        log.debug("callback_recorded", event_type=event_type, webhook_id=webhook_id(event_id))
+        return True
+
+    return recorded
 
 
 # -- delivery -------------------------------------------------------------------------
@@ -156,16 +181,45 @@ def deliver_order(
         return 0, None
     signer = Webhook(settings.shop_callback_secret.get_secret_value())
     delivered = 0
-    for _ in range(BATCH):
-        with conn_pool.connection() as conn, conn.transaction():
-            row = outbox.claim_next(conn, order_id, LEASE_SECONDS)
-        if row is None:
-            return delivered, None
-        retry_in = _send(conn_pool, http, signer, url, settings, row)
+    row = _claim(conn_pool, order_id)
+    while row is not None:
+        status, retry_in = _send(conn_pool, http, signer, url, settings, row)
         if retry_in is not None:
             return delivered, retry_in
         delivered += 1
-    return delivered, 0.0
+        more = delivered < BATCH
+        row = _claim(conn_pool, order_id, (row, status), claim=more)
+        if not more:
+            return delivered, 0.0
+    return delivered, None
+
+
+def _claim(
+    conn_pool: Any,
+    order_id: str,
+    delivered: tuple[outbox.Event, int | None] | None = None,
+    *,
+    claim: bool = True,
+) -> outbox.Event | None:
+    """Marks the event just delivered, if any, and claims the order's next one (None:
+    nothing due). Both statements go with the COMMIT in pipeline mode, and the claim is
+    read after it: one round trip per event, and none of its own for the last claim."""
+    with pipelined(conn_pool) as conn:
+        if delivered is not None:
+            row, status = delivered
+            outbox.mark_delivered(conn, row.id, status)
+        claimed = outbox.claim_next(conn, order_id, LEASE_SECONDS) if claim else None
+    if delivered is not None:
+        row, status = delivered
+        metrics.CALLBACKS.labels(event_type=row.event_type, outcome="delivered").inc()
+        log.info(
+            "callback_delivered",
+            event_type=row.event_type,
+            webhook_id=webhook_id(row.id),
+            attempts=row.attempts,
+            http_status=status,
+        )
+    return claimed() if claimed is not None else None
 
 
 def _send(
@@ -174,11 +228,13 @@ def _send(
     signer: Webhook,
     url: str,
     settings: Settings,
-    row: dict[str, Any],
-) -> float | None:
-    """POSTs one event; None when the shop took it, else the delay before the next try."""
-    msg_id = webhook_id(row["id"])
-    body = _canonical(row["payload"])
+    row: outbox.Event,
+) -> tuple[int | None, float | None]:
+    """POSTs one event: the shop's status if it took it (the caller marks it delivered
+    with its next claim), else the failure is recorded and the delay before the next
+    try returned."""
+    msg_id = webhook_id(row.id)
+    body = _canonical(row.payload)
     now = datetime.now(UTC)
     # Signed afresh on every attempt: receivers refuse timestamps older than 5 minutes.
     headers = {
@@ -196,44 +252,35 @@ def _send(
             error = f"HTTP {status}"
     except httpx.HTTPError as exc:
         error = type(exc).__name__
+    if error is None:
+        return status, None
     with conn_pool.connection() as conn, conn.transaction():
-        if error is None:
-            outbox.mark_delivered(conn, row["id"], status)
-            metrics.CALLBACKS.labels(event_type=row["event_type"], outcome="delivered").inc()
-            log.info(
-                "callback_delivered",
-                event_type=row["event_type"],
-                webhook_id=msg_id,
-                attempts=row["attempts"],
-                http_status=status,
-            )
-            return None
         delay = retry_delay(
-            row["attempts"], settings.retry_base_seconds, settings.retry_max_seconds, floor=0.5
+            row.attempts, settings.retry_base_seconds, settings.retry_max_seconds, floor=0.5
         )
         refused = status is not None and 400 <= status < 500 and status not in (408, 429)
-        park = refused and int(row["attempts"]) >= PARK_AFTER_REFUSALS
-        outbox.mark_failed(conn, row["id"], delay, status, error, park=park)
+        park = refused and int(row.attempts) >= PARK_AFTER_REFUSALS
+        outbox.mark_failed(conn, row.id, delay, status, error, park=park)
     if park:
         log.error(
             "callback_parked",
-            event_type=row["event_type"],
+            event_type=row.event_type,
             webhook_id=msg_id,
-            attempts=row["attempts"],
+            attempts=row.attempts,
             http_status=status,
         )
-        return 0.0  # the order's next event goes now
-    metrics.CALLBACKS.labels(event_type=row["event_type"], outcome="failed").inc()
+        return None, 0.0  # the order's next event goes now
+    metrics.CALLBACKS.labels(event_type=row.event_type, outcome="failed").inc()
     log.warning(
         "callback_failed",
-        event_type=row["event_type"],
+        event_type=row.event_type,
         webhook_id=msg_id,
-        attempts=row["attempts"],
+        attempts=row.attempts,
         http_status=status,
         error=error,
         retry_in_seconds=round(delay, 2),
     )
-    return delay
+    return None, delay
 
 
 def _canonical(payload: dict[str, Any]) -> str:

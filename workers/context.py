@@ -16,6 +16,7 @@ from integrations.provider import Provider
 from ordersync.accounts import DEFAULT, Accounts, build_accounts
 from ordersync.db import SyncPool, sync_pool
 from ordersync.settings import Settings, get_settings
+from workers.heartbeat import Heartbeat
 
 DB_POOL_CAP = 32
 
@@ -30,6 +31,11 @@ class WorkerContext:
     # (PSP, account) → that account's client; the default account also under "default",
     # which orders stored before accounts carry (contract §6).
     by_account: dict[tuple[str, str], Provider] = field(default_factory=dict)
+    # The process's one lease heartbeat, over whatever pool the context has now.
+    heartbeat: Heartbeat = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.heartbeat = Heartbeat(lambda: self.pool)
 
     def provider(self, psp: str, account: str | None) -> Provider | None:
         """The client for an order's (or a frozen request's) account, and no other: an

@@ -11,10 +11,9 @@ next worker first reads the order from the PSP to learn whether the call took ef
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
@@ -48,6 +47,7 @@ from integrations.results import (
 )
 from ordersync import metrics
 from ordersync.accounts import DEFAULT
+from ordersync.db import pipelined
 from workers import callbacks
 from workers import confirmation_metric as observe
 from workers.context import WorkerContext
@@ -70,19 +70,27 @@ class Idle:
 
 @dataclass(frozen=True)
 class Refresh:
-    order: store.Row
+    order: store.Order
 
 
 @dataclass(frozen=True)
 class Send:
-    order: store.Row
-    op: store.Row
+    order: store.Order
+    op: store.Operation
     check_first: bool
 
 
 @dataclass(frozen=True)
 class Again:
     pass
+
+
+@dataclass(frozen=True)
+class _Retry:
+    """Recorded for a retry: scheduled once the transaction is committed."""
+
+    attempts: int
+    delay: float
 
 
 Action = Idle | Refresh | Send | Again
@@ -101,7 +109,10 @@ class Reconciler:
             action = self._next_action(order_id, force=force)
             for _ in range(MAX_STEPS):
                 if isinstance(action, Idle):
-                    log.info("reconcile_idle", reason=action.reason)
+                    # In sync is the usual end: operation_planned and psp_request_done
+                    # already said what happened (two lines per operation, not four).
+                    level = logging.DEBUG if action.reason == "in_sync" else logging.INFO
+                    log.log(level, "reconcile_idle", reason=action.reason)
                     return action.reason
                 if isinstance(action, Send):
                     # Recording the outcome also decides the next step, under the same lock
@@ -125,31 +136,48 @@ class Reconciler:
     # -- step 1: decide, under the row lock -------------------------------------------
 
     def _next_action(self, order_id: str, *, force: bool) -> Action:
-        with self.ctx.pool.connection() as conn, conn.transaction():
-            order = store.lock_order(conn, order_id)
-            if order is None:
-                return Idle("unknown_order")
-            return self._decide(conn, order, force=force)
+        after_commit: list[Callable[[], object]] = []
+        # Pipeline mode: statements whose results the next does not need are sent
+        # together, and the writes go with the COMMIT (data/orders.py says which reads
+        # are sent together): two round trips for a plan, not six.
+        with pipelined(self.ctx.pool) as conn:
+            order, ops = store.lock_with_operations(conn, order_id)
+            action = (
+                Idle("unknown_order")
+                if order is None
+                else self._decide(conn, order, ops, after_commit, force=force)
+            )
+        for settle in after_commit:
+            settle()
+        return action
 
-    def _decide(self, conn: Any, order: store.Row, *, force: bool) -> Action:
-        """The next step for a locked order, inside the caller's transaction."""
-        order_id = order["id"]
-        now = conn.execute(store.DB_NOW).fetchone()["now"]
-        ops = store.operations(conn, order_id)
+    def _decide(
+        self,
+        conn: Any,
+        order: store.LockedOrder,
+        ops: list[store.Operation],
+        after_commit: list[Callable[[], object]],
+        *,
+        force: bool,
+    ) -> Action:
+        """The next step for a locked order and its operations, inside the caller's
+        transaction; `after_commit` collects what reads a result only after it."""
+        order_id = order.id
+        now = order.db_now
         op = store.in_flight(ops)
-        provider = self.ctx.provider(order["provider"], order.get("account"))
-        structlog.contextvars.bind_contextvars(account=order.get("account") or DEFAULT)
+        provider = self.ctx.provider(order.provider, order.account)
+        structlog.contextvars.bind_contextvars(account=order.account or DEFAULT)
         if op is not None:
-            if op["status"] == "awaiting_notification":
+            if op.status == "awaiting_notification":
                 return Idle("awaiting_notification")
             # Leases and due times are compared on the database's clock (`leased`, `due`).
-            if op["status"] == "sent" and op["leased"]:
+            if op.status == "sent" and op.leased:
                 return Idle("in_flight_elsewhere")
-            if op["status"] == "pending" and not op["due"] and not force:
+            if op.status == "pending" and not op.due and not force:
                 # No next_attempt_at: parked (an unknown outcome after the last attempt,
                 # or no credentials); only an operator's reconcile wakes it.
-                return Idle("backing_off" if op["next_attempt_at"] else "parked")
-            if NEEDS_ATTENTION in order["flags"] and not force:
+                return Idle("backing_off" if op.next_attempt_at else "parked")
+            if NEEDS_ATTENTION in order.flags and not force:
                 # needs_attention halts every automatic operation, a retry or a resumed
                 # call included: acting again could repeat what went wrong. Parked until
                 # the operator's reconcile releases it (data/orders.py RELEASE_*).
@@ -160,14 +188,14 @@ class Reconciler:
                 return Idle("provider_not_configured")
             # A lease that ran out means a worker died mid-call: outcome unknown. An
             # operator's reconcile reads the PSP before anything else.
-            check_first = op["outcome_unknown"] or op["status"] == "sent" or force
-            claimed = store.claim_operation(conn, op["id"], self.settings.lease_seconds)
+            check_first = op.outcome_unknown or op.status == "sent" or force
+            claimed = store.claim_operation(conn, op.id, self.settings.lease_seconds)
             return Send(order, claimed, check_first)
         if provider is None:
             self._flag(conn, order, _unconfigured(order))
             store.mark_in_sync(conn, order_id)  # nothing to do until someone configures it
             return Idle("provider_not_configured")
-        if not force and order["next_reconcile_at"] and order["next_reconcile_at"] > now:
+        if not force and order.next_reconcile_at and order.next_reconcile_at > now:
             return Idle("backing_off")
         psp = store.psp_state(order)
         if psp is None:
@@ -177,11 +205,11 @@ class Reconciler:
             order=snapshot,
             psp=psp,
             history=store.history(ops),
-            flags=frozenset(order["flags"]),
-            refused_amount=order["refused_amount"],
+            flags=frozenset(order.flags),
+            refused_amount=order.refused_amount,
             now=now,
             extend_within=timedelta(days=self.settings.extend_authorization_days_before),
-            acknowledged_reversal=order.get("acknowledged_reversal"),
+            acknowledged_reversal=order.acknowledged_reversal,
         )
         assert provider is not None
         # Each account its own table (Klarna's); Adyen always asks (its client says so).
@@ -213,8 +241,8 @@ class Reconciler:
                 "operation_planned",
                 operation=decision.kind.value,
                 amount=decision.amount,
-                idempotency_key=claimed["idempotency_key"],
-                target_version=order["version"],
+                idempotency_key=claimed.idempotency_key,
+                target_version=order.version,
             )
             return Send(order, claimed, check_first=False)
         if isinstance(decision, Flag):
@@ -229,19 +257,19 @@ class Reconciler:
             store.mark_in_sync(conn, order_id)
             return Idle(decision.reason)
         assert isinstance(decision, Done)
-        if NEEDS_NEW_ORDER in order["flags"] and snapshot.total <= psp.authorized:
+        if NEEDS_NEW_ORDER in order.flags and snapshot.total <= psp.authorized:
             store.clear_flag(conn, order_id, NEEDS_NEW_ORDER)
-        if order["reconcile_requested_at"] is not None:
-            callbacks.record_synced(conn, order)
+        if order.reconcile_requested_at is not None:
+            callbacks.record_synced(conn, order, after_commit)
         store.mark_in_sync(conn, order_id)
         return Idle("in_sync")
 
-    def _flag(self, conn: Any, order: store.Row, flag: Flag) -> None:
+    def _flag(self, conn: Any, order: store.Order, flag: Flag) -> None:
         flag_order(conn, order, flag)
 
     # -- reading the PSP's view -------------------------------------------------------
 
-    def _refresh(self, order: store.Row) -> bool:
+    def _refresh(self, order: store.Order) -> bool:
         result = self._read(order)
         if result is None:
             return False
@@ -249,53 +277,53 @@ class Reconciler:
             with self.ctx.pool.connection() as conn, conn.transaction():
                 if result.outcome is Outcome.TRANSIENT:
                     delay = self._delay(1, result)
-                    store.defer_order(conn, order["id"], delay)
-                    self._schedule(order["id"], delay)
+                    store.defer_order(conn, order.id, delay)
+                    self._schedule(order.id, delay)
                 else:
                     self._flag(conn, order, _error_flag("read_failed", result.error))
                     # Reading again cannot help: it waits for a person, not the sweeper.
-                    store.park_order(conn, order["id"])
+                    store.park_order(conn, order.id)
             return False
         with self.ctx.pool.connection() as conn, conn.transaction():
-            locked = store.lock_order(conn, order["id"])
+            locked = store.lock_order(conn, order.id)
             assert locked is not None
             # `order` was read before the call: its psp_state_seq is what the read saw.
-            self._adopt(conn, locked, result.body, seen=int(order["psp_state_seq"]))
+            self._adopt(conn, locked, result.body, seen=int(order.psp_state_seq))
         return True
 
-    def _park_unconfigured(self, conn: Any, order: store.Row, op: store.Row) -> None:
+    def _park_unconfigured(self, conn: Any, order: store.Order, op: store.Operation) -> None:
         """No client for the order's PSP: the operation waits, parked, flagged once; a
         lease that ran out leaves its outcome unknown."""
-        store.park_unconfigured(conn, op["id"])
+        store.park_unconfigured(conn, op.id)
         self._flag(conn, order, _unconfigured(order))
 
-    def _provider(self, order: store.Row, request: PspRequest | None = None) -> Provider:
+    def _provider(self, order: store.Order, request: PspRequest | None = None) -> Provider:
         """The order's account's client; for a frozen request, the account it was
         frozen for (the same: an order's account never changes). _decide checked it,
         under the lock, before any Refresh or Send."""
-        account = request.account if request and request.account else order.get("account")
-        provider = self.ctx.provider(order["provider"], account)
+        account = request.account if request and request.account else order.account
+        provider = self.ctx.provider(order.provider, account)
         if provider is None:
-            raise LookupError(f"no client for the {order['provider']} account {account}")
+            raise LookupError(f"no client for the {order.provider} account {account}")
         return provider
 
-    def _read(self, order: store.Row) -> PspResult | None:
+    def _read(self, order: store.Order) -> PspResult | None:
         provider = self._provider(order)
         result = provider.read(order)
         log.info("psp_order_read", outcome=result.outcome.value, http_status=result.http_status)
         return result
 
-    def _adopt(self, conn: Any, order: store.Row, body: dict[str, Any], *, seen: int) -> None:
+    def _adopt(self, conn: Any, order: store.Order, body: dict[str, Any], *, seen: int) -> None:
         """Takes the PSP's figures as the truth; flags what we did not know of. A read
         is adopted only if nothing was recorded since it started (`seen`): an older,
         slower read never overwrites newer figures."""
-        if int(order["psp_state_seq"]) != seen:
-            log.info("psp_read_superseded", seen=seen, now=order["psp_state_seq"])
+        if int(order.psp_state_seq) != seen:
+            log.info("psp_read_superseded", seen=seen, now=order.psp_state_seq)
             return
         figures = self._provider(order).figures(body)
         changes = self._external_changes(conn, order, figures)
-        figures = _not_behind(figures, store.operations(conn, order["id"]))
-        store.apply_psp_figures(conn, order["id"], figures, seen)
+        figures = _not_behind(figures, store.operations(conn, order.id))
+        store.apply_psp_figures(conn, order.id, figures, seen)
         if changes:
             log.warning("psp_external_change", changes=changes)
             self._flag(
@@ -309,24 +337,24 @@ class Reconciler:
                 ),
             )
 
-    def _external_changes(self, conn: Any, order: store.Row, figures: dict[str, Any]) -> list[str]:
+    def _external_changes(
+        self, conn: Any, order: store.Order, figures: dict[str, Any]
+    ) -> list[str]:
         """Money the PSP shows that no operation of ours moved (contract §4): recorded as
         an external operation so the planner never makes it again; what the shop's
         snapshot does not explain is returned, to be flagged. Also the PSP's currency,
         which an order's first snapshot fixed."""
         changes: list[str] = []
         currency = figures.get("currency")
-        if currency and currency != order["currency"]:
+        if currency and currency != order.currency:
             changes.append(f"the PSP's purchase currency {currency} is not the order's")
-        ops = store.operations(conn, order["id"])
-        ours = {str(op["id"]) for op in ops} | {op["psp_reference"] for op in ops}
+        ops = store.operations(conn, order.id)
+        ours = {str(op.id) for op in ops} | {op.psp_reference for op in ops}
         history = store.history(ops)
         snapshot = store.snapshot(order)
         for kind, column in ((Kind.CAPTURE, "captured"), (Kind.REFUND, "refunded")):
             counted = sum(
-                int(op["amount"])
-                for op in ops
-                if op["kind"] == kind.value and op["status"] == "succeeded"
+                int(op.amount) for op in ops if op.kind == kind.value and op.status == "succeeded"
             )
             extra = int(figures[column]) - counted
             if extra <= 0:
@@ -347,11 +375,11 @@ class Reconciler:
             if explained is None:
                 changes.append(f"{column} {extra} more than this service did")
         cancelled_by_us = any(
-            op["kind"] == Kind.CANCEL.value and op["status"] == "succeeded" for op in ops
+            op.kind == Kind.CANCEL.value and op.status == "succeeded" for op in ops
         )
         if figures["status"] == PspStatus.CANCELLED.value and not cancelled_by_us:
             store.record_external(conn, order, Kind.CANCEL, 0, "cancelled", move_figures=False)
-            if order["status"] != "cancelled":
+            if order.status != "cancelled":
                 changes.append("the PSP order was cancelled")
         return changes
 
@@ -363,31 +391,31 @@ class Reconciler:
         record is recorded as this attempt's outcome: every attempt counts."""
         order, op = action.order, action.op
         structlog.contextvars.bind_contextvars(
-            operation=op["kind"],
-            idempotency_key=op["idempotency_key"],
-            operation_id=str(op["id"]),
+            operation=op.kind,
+            idempotency_key=op.idempotency_key,
+            operation_id=str(op.id),
         )
         called = False
         settled: tuple[PspResult, dict[str, Any] | None, int | None] | None = None
         try:
             # The heartbeat stops before the outcome is recorded: it renews only while
             # this attempt talks to the PSP.
-            with self._heartbeat(op):
+            with self.ctx.heartbeat.holding(op, self.settings.lease_seconds):
                 request = self._request(op, order, self._provider(order))
                 if isinstance(request, PspResult):
                     settled = (request, None, None)
                 else:
                     provider = self._provider(order, request)
-                    seen = int(order["psp_state_seq"])
+                    seen = int(order.psp_state_seq)
                     # Without a way to read the PSP's order, the idempotency key alone
                     # makes the resend safe (Adyen replays the first answer).
                     if action.check_first and provider.can_read:
                         read = self._read(order)
                         assert read is not None
                         if read.outcome is Outcome.SUCCEEDED and provider.applied(
-                            {**op, "request": request.to_json()}, read.body
+                            replace(op, request=request.to_json()), read.body
                         ):
-                            log.info("operation_found_applied", attempts=op["attempts"])
+                            log.info("operation_found_applied", attempts=op.attempts)
                             settled = (PspResult(Outcome.SUCCEEDED), read.body, seen)
                         elif read.outcome is not Outcome.SUCCEEDED:
                             # The read's own error is never the operation's outcome: what
@@ -401,24 +429,24 @@ class Reconciler:
         except Exception as exc:
             log.exception("operation_attempt_error", error=type(exc).__name__)
             # Once the call may have started, its effect is unknown.
-            unknown = called or bool(op["outcome_unknown"]) or action.check_first
+            unknown = called or bool(op.outcome_unknown) or action.check_first
             return self._record_safely(op, exception_result(exc, maybe_applied=unknown))
         if settled is not None:
             outcome, adopt, seen_before = settled
             return self._record_safely(op, outcome, adopt=adopt, seen=seen_before)
         metrics.psp_request(
-            order["provider"],
-            op["kind"],
+            order.provider,
+            op.kind,
             result.outcome.value,
             result.elapsed_seconds,
-            account=order.get("account") or DEFAULT,
+            account=order.account or DEFAULT,
         )
         log.info(
             "psp_request_done",
             outcome=result.outcome.value,
             http_status=result.http_status,
-            attempts=op["attempts"],
-            amount=op["amount"],
+            attempts=op.attempts,
+            amount=op.amount,
             elapsed_ms=round(result.elapsed_seconds * 1000, 1),
             error_code=result.error.code if result.error else None,
         )
@@ -426,7 +454,7 @@ class Reconciler:
 
     def _record_safely(
         self,
-        op: store.Row,
+        op: store.Operation,
         result: PspResult,
         *,
         adopt: dict[str, Any] | None = None,
@@ -446,138 +474,134 @@ class Reconciler:
             error = PspError("record_failed", f"{type(exc).__name__} while recording the outcome")
             return self._record(op, PspResult(Outcome.TRANSIENT, error=error, maybe_applied=True))
 
-    def _request(self, op: store.Row, order: store.Row, provider: Provider) -> Any:
+    def _request(self, op: store.Operation, order: store.Order, provider: Provider) -> Any:
         """The operation's frozen request; one planned before requests were stored is
         frozen at its first attempt from now on."""
-        if op.get("request"):
-            return PspRequest.from_json(op["request"])
+        if op.request:
+            return PspRequest.from_json(op.request)
         built = provider.build(order, store.snapshot(order), op)
         if isinstance(built, PspRequest):
             with self.ctx.pool.connection() as conn, conn.transaction():
-                store.set_request(conn, op["id"], built.to_json())
+                store.set_request(conn, op.id, built.to_json())
         return built
-
-    @contextmanager
-    def _heartbeat(self, op: store.Row) -> Iterator[None]:
-        """Renews the lease (on the database's clock) while this attempt runs, so a
-        slow call never outlives it; a worker that dies stops renewing and another
-        takes over within one lease."""
-        lease = self.settings.lease_seconds
-        stop = threading.Event()
-
-        def beat() -> None:
-            while not stop.wait(lease / 3):
-                try:
-                    with self.ctx.pool.connection() as conn, conn.transaction():
-                        if not store.renew_lease(conn, op, lease):
-                            return
-                except Exception as exc:  # the next beat tries again
-                    log.warning("lease_renewal_failed", error=type(exc).__name__)
-
-        thread = threading.Thread(target=beat, name="lease-heartbeat", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            thread.join()
 
     def _record(
         self,
-        op: store.Row,
+        op: store.Operation,
         result: PspResult,
         *,
         adopt: dict[str, Any] | None = None,
         seen: int | None = None,
     ) -> Action | None:
-        with self.ctx.pool.connection() as conn, conn.transaction():
-            order = store.lock_order(conn, op["order_id"])
-            assert order is not None
-            if result.outcome is Outcome.RECEIVED:
-                # Adyen took the request; its notification settles it.
-                if not store.finish_operation(
-                    conn, op, status="awaiting_notification", psp_reference=result.reference
-                ):
-                    self._lost_lease(op)
-                    return None
-                log.info("operation_awaiting_notification", psp_reference=result.reference)
-                return None
-            if result.outcome is Outcome.SUCCEEDED:
-                if not store.finish_operation(
-                    conn, op, status="succeeded", psp_reference=result.reference
-                ):
-                    self._lost_lease(op)
-                    return None
-                # Whether the read is still the newest view, before our own change.
-                fresh = seen is not None and int(order["psp_state_seq"]) == seen
-                store.apply_success(conn, order, op)
-                observe.operation_confirmed(conn, order["provider"], op)
-                if adopt is not None and fresh:
-                    # Found applied after an unknown outcome: count it as ours first,
-                    # so that only what we truly did not make looks like drift.
-                    reread = store.lock_order(conn, op["order_id"])
-                    assert reread is not None
-                    self._adopt(conn, reread, adopt, seen=int(reread["psp_state_seq"]))
-                if Kind(op["kind"]) is Kind.UPDATE_AUTHORIZATION:
-                    store.clear_flag(conn, order["id"], NEEDS_NEW_ORDER)
-                return self._decide_again(conn, order["id"])
-            error = result.error.to_json() if result.error else None
-            if result.outcome is Outcome.REJECTED:
-                if not store.finish_operation(conn, op, status="rejected", error=error):
-                    self._lost_lease(op)
-                    return None
-                err = result.error or PspError("rejected", "the PSP rejected the request")
-                self._flag(
-                    conn,
-                    order,
-                    rejection_flag(
-                        order, op, err.code, err.message, refused=result.http_status == 403
-                    ),
-                )
-                return self._decide_again(conn, order["id"])
-            attempts = int(op["attempts"])
-            unknown = bool(op["outcome_unknown"]) or result.maybe_applied
-            if attempts >= self.settings.max_attempts:
-                if unknown:
-                    # It may have applied: never `failed`, never planned anew. Parked
-                    # until a read of the PSP (an operator's reconcile, a notification)
-                    # settles it.
-                    if not store.finish_operation(
-                        conn, op, status="pending", error=error, outcome_unknown=True
-                    ):
-                        self._lost_lease(op)
-                        return None
-                    self._flag(conn, order, _error_flag("outcome_unknown", result.error))
-                    return None
-                if not store.finish_operation(conn, op, status="failed", error=error):
-                    self._lost_lease(op)
-                    return None
-                self._flag(conn, order, _error_flag("retries_exhausted", result.error))
-                return None
-            delay = self._delay(attempts, result)
-            if not store.finish_operation(
-                conn,
-                op,
-                status="pending",
-                error=error,
-                retry_in=delay,
-                outcome_unknown=unknown,
-            ):
-                self._lost_lease(op)
-                return None
-        metrics.RETRIES.labels(operation=op["kind"]).inc()
-        log.info("operation_retry_scheduled", attempts=attempts, delay_seconds=round(delay, 2))
-        self._schedule(op["order_id"], delay)
+        after_commit: list[Callable[[], object]] = []
+        with pipelined(self.ctx.pool) as conn:
+            recorded = self._write_outcome(conn, op, result, after_commit, adopt, seen)
+        for settle in after_commit:
+            settle()
+        if not isinstance(recorded, _Retry):
+            return recorded
+        metrics.RETRIES.labels(operation=op.kind).inc()
+        log.info(
+            "operation_retry_scheduled",
+            attempts=recorded.attempts,
+            delay_seconds=round(recorded.delay, 2),
+        )
+        self._schedule(op.order_id, recorded.delay)
         return None
 
-    def _decide_again(self, conn: Any, order_id: str) -> Action:
-        order = store.lock_order(conn, order_id)  # held already; read the new figures
-        assert order is not None
-        return self._decide(conn, order, force=False)
+    def _write_outcome(
+        self,
+        conn: Any,
+        op: store.Operation,
+        result: PspResult,
+        after_commit: list[Callable[[], object]],
+        adopt: dict[str, Any] | None,
+        seen: int | None,
+    ) -> Action | _Retry | None:
+        """Records the outcome under the order's row lock (the lock, the record and what
+        it needs are sent together: one round trip); the next step, if there is one."""
+        if result.outcome is Outcome.SUCCEEDED:
+            confirmation = observe.operation_confirmed(conn, op)
+            order, after, ops = store.record_success(conn, op, result.reference)
+            if after is None:
+                self._lost_lease(op)
+                return None
+            confirmation(order.provider)
+            # Whether the read is still the newest view, before our own change.
+            fresh = seen is not None and order.psp_state_seq == seen
+            changed = False
+            if adopt is not None and fresh:
+                # Found applied after an unknown outcome: count it as ours first, so
+                # that only what we truly did not make looks like drift.
+                self._adopt(conn, after, adopt, seen=after.psp_state_seq)
+                changed = True
+            if Kind(op.kind) is Kind.UPDATE_AUTHORIZATION and NEEDS_NEW_ORDER in after.flags:
+                store.clear_flag(conn, order.id, NEEDS_NEW_ORDER)
+                changed = True
+            if changed:
+                return self._decide_again(conn, order.id, after_commit)
+            return self._decide(conn, after, ops, after_commit, force=False)
+        if result.outcome is Outcome.RECEIVED:
+            # Adyen took the request; its notification settles it.
+            _, held = store.lock_and_finish(
+                conn, op, status="awaiting_notification", psp_reference=result.reference
+            )
+            if not held:
+                self._lost_lease(op)
+                return None
+            log.info("operation_awaiting_notification", psp_reference=result.reference)
+            return None
+        error = result.error.to_json() if result.error else None
+        if result.outcome is Outcome.REJECTED:
+            order, held = store.lock_and_finish(conn, op, status="rejected", error=error)
+            if not held:
+                self._lost_lease(op)
+                return None
+            err = result.error or PspError("rejected", "the PSP rejected the request")
+            self._flag(
+                conn,
+                order,
+                rejection_flag(order, op, err.code, err.message, refused=result.http_status == 403),
+            )
+            return self._decide_again(conn, order.id, after_commit)
+        attempts = int(op.attempts)
+        unknown = bool(op.outcome_unknown) or result.maybe_applied
+        if attempts >= self.settings.max_attempts:
+            if unknown:
+                # It may have applied: never `failed`, never planned anew. Parked until
+                # a read of the PSP (an operator's reconcile, a notification) settles it.
+                order, held = store.lock_and_finish(
+                    conn, op, status="pending", error=error, outcome_unknown=True
+                )
+                flag = _error_flag("outcome_unknown", result.error)
+            else:
+                order, held = store.lock_and_finish(conn, op, status="failed", error=error)
+                flag = _error_flag("retries_exhausted", result.error)
+            if not held:
+                self._lost_lease(op)
+                return None
+            self._flag(conn, order, flag)
+            return None
+        delay = self._delay(attempts, result)
+        _, held = store.lock_and_finish(
+            conn, op, status="pending", error=error, retry_in=delay, outcome_unknown=unknown
+        )
+        if not held:
+            self._lost_lease(op)
+            return None
+        return _Retry(attempts, delay)
 
-    def _lost_lease(self, op: store.Row) -> None:
+    def _decide_again(
+        self, conn: Any, order_id: str, after_commit: list[Callable[[], object]]
+    ) -> Action:
+        # The row lock is held already: this reads what the transaction changed.
+        order, ops = store.lock_with_operations(conn, order_id)
+        assert order is not None
+        return self._decide(conn, order, ops, after_commit, force=False)
+
+    def _lost_lease(self, op: store.Operation) -> None:
         # Another worker took the operation over after our lease ran out; its record wins.
-        log.warning("operation_lease_lost", attempts=op["attempts"])
+        log.warning("operation_lease_lost", attempts=op.attempts)
 
     def _delay(self, attempts: int, result: PspResult) -> float:
         return retry_delay(
@@ -593,21 +617,21 @@ class Reconciler:
             self.enqueue(order_id, delay)
 
 
-def _not_behind(figures: dict[str, Any], ops: list[store.Row]) -> dict[str, Any]:
+def _not_behind(figures: dict[str, Any], ops: list[store.Operation]) -> dict[str, Any]:
     """The PSP's figures, never behind what its own confirmed answers to us (and the
     money recorded as moved without us) already said: a read that lags (a PSP replica
     behind its primary) must not undo a recorded cancel, release, capture or refund, or
     the planner would ask for it again."""
-    done = [op for op in ops if op["status"] == "succeeded"]
+    done = [op for op in ops if op.status == "succeeded"]
 
     def total(kind: Kind) -> int:
-        return sum(int(op["amount"]) for op in done if op["kind"] == kind.value)
+        return sum(int(op.amount) for op in done if op.kind == kind.value)
 
     figures = dict(figures)
     figures["captured"] = max(int(figures["captured"]), total(Kind.CAPTURE))
     figures["refunded"] = max(int(figures["refunded"]), total(Kind.REFUND))
     figures["authorized"] = max(int(figures["authorized"]), figures["captured"])
-    ended = {op["kind"] for op in done} & {Kind.CANCEL.value, Kind.RELEASE_AUTHORIZATION.value}
+    ended = {op.kind for op in done} & {Kind.CANCEL.value, Kind.RELEASE_AUTHORIZATION.value}
     open_statuses = (PspStatus.AUTHORIZED.value, PspStatus.PART_CAPTURED.value)
     if Kind.CANCEL.value in ended and figures["captured"] == 0:
         figures["status"] = PspStatus.CANCELLED.value
@@ -619,16 +643,16 @@ def _not_behind(figures: dict[str, Any], ops: list[store.Row]) -> dict[str, Any]
     return figures
 
 
-def flag_order(conn: Any, order: store.Row, flag: Flag) -> None:
+def flag_order(conn: Any, order: store.Order, flag: Flag) -> None:
     """Flags the order, records the shop's event and counts it (also used by the Adyen
     notification processing, which settles operations outside the reconciler)."""
     reason = {
         "code": flag.code,
         "message": flag.message,
         "lines": [line.to_json() for line in flag.lines],
-        "version": order["version"],
+        "version": order.version,
     }
-    store.set_flag(conn, order["id"], flag.flag, reason, flag.refused_amount)
+    store.set_flag(conn, order.id, flag.flag, reason, flag.refused_amount)
     if callbacks.record_flagged(conn, order, flag):
         metrics.FLAGGED.labels(flag=flag.flag).inc()
     log.warning("order_flagged", flag=flag.flag, code=flag.code, reason=flag.message)
@@ -640,28 +664,28 @@ def _error_flag(code: str, error: PspError | None) -> Flag:
 
 
 def rejection_flag(
-    order: store.Row, op: store.Row, code: str, message: str, *, refused: bool
+    order: store.Order, op: store.Operation, code: str, message: str, *, refused: bool
 ) -> Flag:
     """The one rule for a rejected operation (the reconciler's answer, Adyen's
     notification): an increase the PSP `refused` asks the shop for a new order with the
     lines it could not authorize; anything else needs a person."""
     increase = (
-        Kind(op["kind"]) is Kind.UPDATE_AUTHORIZATION
-        and order["authorized_amount"] is not None
-        and int(op["amount"]) > int(order["authorized_amount"])
+        Kind(op.kind) is Kind.UPDATE_AUTHORIZATION
+        and order.authorized_amount is not None
+        and int(op.amount) > int(order.authorized_amount)
     )
     if increase and refused:
-        authorized = store.to_lines(order["authorized_lines"] or [])
-        lines: tuple[PspLine, ...] = unauthorized_lines(store.to_lines(op["lines"]), authorized)
-        return Flag(NEEDS_NEW_ORDER, code, message or "increase refused", lines, int(op["amount"]))
+        authorized = store.to_lines(order.authorized_lines or [])
+        lines: tuple[PspLine, ...] = unauthorized_lines(store.to_lines(op.lines), authorized)
+        return Flag(NEEDS_NEW_ORDER, code, message or "increase refused", lines, int(op.amount))
     return Flag(NEEDS_ATTENTION, code, message)
 
 
-def _unconfigured(order: store.Row) -> Flag:
+def _unconfigured(order: store.Order) -> Flag:
     return Flag(
         NEEDS_ATTENTION,
         "provider_not_configured",
-        f"no {order['provider']} credentials configured",
+        f"no {order.provider} credentials configured",
     )
 
 
@@ -679,15 +703,15 @@ def _unknown_after_read(read: PspResult) -> PspResult:
     )
 
 
-def _extended_in_this_window(ops: list[store.Row], view: OrderView) -> bool:
+def _extended_in_this_window(ops: list[store.Operation], view: OrderView) -> bool:
     """Whether an extension already succeeded inside the current extend window: one that
     left expires_at inside it would otherwise be planned again without end."""
     expires, within = view.psp.expires_at, view.extend_within
     if expires is None or within is None:
         return False
     return any(
-        op["kind"] == Kind.EXTEND_AUTHORIZATION.value
-        and op["status"] == "succeeded"
-        and op["updated_at"] >= expires - within
+        op.kind == Kind.EXTEND_AUTHORIZATION.value
+        and op.status == "succeeded"
+        and op.updated_at >= expires - within
         for op in ops
     )

@@ -14,8 +14,8 @@ captured, at which prices and tax rates, units refunded), for the authorization
 and the flags that may.
 
 Money that moves is checked against the PSP's own ledger by `check_ledger`: every
-request's lines add up to its amount, a refunded unit gives back what its capture took
-for it (value and its share of the order-level lines), and once every product unit has
+request's lines add up to its amount, a refunded unit gives back what a capture took for
+a unit of its line (value and its share of the order-level lines), and once every product unit has
 shipped the captures add up to the order's total.
 """
 
@@ -121,6 +121,10 @@ class _State:
     money: Fraction = Fraction(0)  # captured, order-level lines shared in by value
     any_capture: bool = False
     own_capture: bool = False  # one made by the service (fees go with its first)
+    free_shipped: bool = False  # units worth nothing shipped (no capture of 0 is sent)
+    # Units counted as captured that were worth nothing: no capture of 0 is sent, so the
+    # PSP may hold them or not.
+    worthless: dict[str, int] = field(default_factory=dict)
 
 
 def identity(snapshot: dict[str, Any]) -> tuple[Any, ...]:
@@ -139,6 +143,9 @@ class Oracle:
         self.window: list[dict[str, Any]] = []  # stored since the last settle point
         self.faulty = False
         self.pending_external = False
+        # What moved without the service since the last settle point, when nothing
+        # before it had required external_change already.
+        self.external_since_settle: set[str] = set()
 
     # -- the steps ---------------------------------------------------------------
 
@@ -168,6 +175,13 @@ class Oracle:
         self.state.captured[line_id] = self.state.captured.get(line_id, 0) + units
         self.state.any_capture = True
         self.state.money += value
+        # Made without the service, at the price its maker chose: §4 asks that it be
+        # counted and never made again, not that it be at the shop's price of the
+        # moment the service judges it.
+        entry = self.exp.lines.setdefault(line_id, LineExpect())
+        snaps = [*self.window, *([self.stored] if self.stored else [])]
+        rates = {int(x["tax_rate"]) for snap in snaps for x in snap["lines"] if x["id"] == line_id}
+        entry.prices |= {(value // units, rate) for rate in rates} if units else set()
         self._external("external_capture")
 
     def external_refund(self, line_id: str, units: int) -> None:
@@ -199,6 +213,8 @@ class Oracle:
 
     def _external(self, what: str) -> None:
         self.exp.outcomes.add(what)
+        if ("needs_attention", EXTERNAL) not in self.exp.required:
+            self.external_since_settle.add(what)
         self.exp.requires("needs_attention", EXTERNAL)
 
     # -- a settle point -----------------------------------------------------------
@@ -213,6 +229,15 @@ class Oracle:
             return
         last = self.window[-1]
         lines = {line["id"]: line for line in last["lines"]}
+        if self.external_since_settle == {"external_capture"} and all(
+            int(lines.get(line_id, {}).get("shipped_quantity", 0)) >= st.captured.get(line_id, 0)
+            for line_id in st.external_units
+        ):
+            # §4 flags it "where the shop's snapshot does not already explain it": the
+            # shop marked those units shipped in this window, so whether the service
+            # learnt of the capture before or after that snapshot decides.
+            exp.required.discard(("needs_attention", EXTERNAL))
+        self.external_since_settle = set()
         # Quantities never go down below what the PSP already holds for them: required
         # when the last snapshot says so, allowed when one a worker may have seen did.
         for snap in self.window:
@@ -222,14 +247,19 @@ class Oracle:
                     continue  # a fee is charged with the first capture, shipped or not
                 own = st.captured.get(line_id, 0) - st.external_units.get(line_id, 0)
                 ours_back = st.refunded.get(line_id, 0) - st.external_back.get(line_id, 0)
-                if int(line.get("shipped_quantity", 0)) < own or int(
-                    line.get("returned_quantity", 0)
-                ) < min(ours_back, own):
+                shipped = int(line.get("shipped_quantity", 0))
+                # §4 flags a quantity lowered "below what was already captured": units
+                # worth nothing may never have been captured, so for them it may be.
+                surely = own - st.worthless.get(line_id, 0)
+                if shipped < surely or int(line.get("returned_quantity", 0)) < min(ours_back, own):
                     exp.outcomes.add("quantities_reversed")
                     if snap is last:
                         exp.requires("needs_attention", REVERSED)
                     else:
                         exp.allowed.add(("needs_attention", REVERSED))
+                elif shipped < own:
+                    exp.outcomes.add("quantities_reversed")
+                    exp.allowed.add(("needs_attention", REVERSED))
         # Intermediate snapshots may each have been acted on: what they could trigger is
         # allowed (an increase refused, a cancel later reopened).
         for snap in self.window[:-1]:
@@ -263,9 +293,32 @@ class Oracle:
             # of this window, and the PSP will not raise it again.
             exp.authorized_low = min(exp.authorized_low or st.authorized, *lows)
             exp.allowed.add(("needs_new_order", ""))
+        # Every unit of value in the basket already captured, and nothing of the
+        # authorization left: a higher total then comes from an order-level line (a
+        # discount dropped), not from items to authorize; §4's new order is "for the new
+        # items", so a person settles the gap instead (or the shop is told; either).
+        nothing_new = (
+            st.any_capture
+            and st.money + 2 >= st.authorized
+            and not any(
+                int(line["quantity"]) > self._captured_at_most(line_id) and line_value(line) > 0
+                for line_id, line in lines.items()
+                if kind(line) in GOODS | FEES
+            )
+        )
+        if st.any_capture and total < st.money + 2:
+            # Within a cent or two of what was captured the shares' rounding decides
+            # whether the basket is below it: the PSP may be unable to follow.
+            exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         if st.closed is None and not cancelling and total != st.authorized:
-            if total > st.authorized and self.refuses:
-                exp.requires("needs_new_order")
+            if total > st.authorized and self.refuses and not nothing_new:
+                if any(e.captured_range for e in exp.lines.values()):
+                    # What an earlier window captured was left to timing: everything
+                    # may be captured already (see nothing_new), or not.
+                    exp.allowed.add(("needs_new_order", ""))
+                    exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+                else:
+                    exp.requires("needs_new_order")
                 exp.outcomes.add("increase_refused")
             elif st.any_capture and (total < st.money - 2 or st.money + 2 >= st.authorized):
                 # Below what was captured, or the authorization fully captured already:
@@ -281,8 +334,10 @@ class Oracle:
         # Steps 2-4: captures, refunds, then a cancel lets go of what is left.
         self._captures(last, lines)
         self._refunds(lines)
+        # Units whose capture depends on timing: what was captured is not known exactly.
+        uncertain = any(e.captured_range for e in exp.lines.values())
         if st.closed in ("cancelled", "released") and not cancelling:
-            if total > st.money + 2 and last["version"] > st.closed_version:
+            if total > st.money + 2 and last["version"] > st.closed_version and not uncertain:
                 # Reopened after the PSP let go, wanting more than was captured: the
                 # shop must take a new payment.
                 exp.requires("needs_new_order")
@@ -293,8 +348,20 @@ class Oracle:
             exp.outcomes.add("cancel_after_shipment" if st.any_capture else "cancel_before_capture")
             st.closed = "released" if st.any_capture else "cancelled"
             st.closed_version = last["version"]
+        if last["status"] == "open" and st.any_capture and total < st.money - 2:
+            # An open order lowered below what was captured (after the PSP let go, or
+            # to nothing): captures only add, and §4 refunds only returned units, so
+            # the PSP cannot follow; a person is told, as for an open authorization.
+            exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         self.window = [last]
         self.faulty = False
+
+    def _captured_at_most(self, line_id: str) -> int:
+        """Units of the line the PSP may hold: more than counted when a window left
+        their capture to timing (a range)."""
+        entry = self.exp.lines.get(line_id)
+        high = entry.captured_range[1] if entry and entry.captured_range else 0
+        return max(self.state.captured.get(line_id, 0), high)
 
     def _ratio(self, snap: dict[str, Any]) -> Fraction:
         """What a unit's value becomes once order-level lines (discounts, sales tax)
@@ -339,7 +406,10 @@ class Oracle:
             for line_id, line in lines.items()
             if kind(line) in FEES
             and st.captured.get(line_id, 0) < int(line["quantity"])
-            and ((newly and not st.own_capture) or int(line.get("shipped_quantity", 0)) > 0)
+            and (
+                ((newly or st.free_shipped) and not st.own_capture)
+                or int(line.get("shipped_quantity", 0)) > 0
+            )
         ]
         for snap in self.window[:-1] if newly else []:
             for line in snap["lines"]:
@@ -368,18 +438,67 @@ class Oracle:
                 exp.outcomes.add("fee_added_after_first_capture")
         if not newly and not fees:
             return
+        # The snapshots of this window a worker may have captured for (goods shipped
+        # beyond what the PSP holds): the first capture may have gone out for one of them.
+        earlier = [
+            snap
+            for snap in self.window[:-1]
+            if any(
+                kind(line) in GOODS
+                and int(line.get("shipped_quantity", 0)) > st.captured.get(line["id"], 0)
+                for line in snap["lines"]
+            )
+        ]
+        later_maybe: set[str] = set()
+        goods_shipped = bool(newly)
         for line_id in fees:
             exp.outcomes.add("fee_with_first_capture")
             newly[line_id] = int(lines[line_id]["quantity"]) - st.captured.get(line_id, 0)
+            quantity = int(lines[line_id]["quantity"])
+            if int(lines[line_id].get("shipped_quantity", 0)) == 0 and any(
+                sum(int(x["quantity"]) for x in snap["lines"] if x["id"] == line_id) < quantity
+                for snap in earlier
+            ):
+                # Added (or raised) after a snapshot the first capture may have followed:
+                # then it is a fee added after the first capture, which the contract
+                # leaves to a later capture or to its shipment (see below): either.
+                later_maybe.add(line_id)
+                exp.outcomes.add("fee_added_while_shipping")
+            elif not goods_shipped and int(lines[line_id].get("shipped_quantity", 0)) == 0:
+                # Only units worth nothing shipped so far (no capture of 0 is sent): the
+                # fee makes the first capture worth sending now, or waits for goods of
+                # some value; either is "with the order's first capture".
+                later_maybe.add(line_id)
+                exp.outcomes.add("fee_after_free_units")
+        if any(self._ratio(snap) != self._ratio(last) for snap in earlier):
+            # A capture made for an earlier snapshot took the order-level lines' shares
+            # (discounts, sales tax) of that basket; when later ones changed and nothing
+            # is left to carry the difference, the captures cannot add up to the total
+            # ("captures ... in proportion to value" of the basket they were made for).
+            exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+            # And what it took of the authorization is that basket's, so the
+            # authorization may be fully captured where this basket says it is not: a
+            # later increase may then need a new order (§4 step 1, "not fully captured").
+            exp.allowed.add(("needs_new_order", ""))
+            exp.outcomes.add("shares_changed_while_shipping")
         value = sum(int(lines[i]["unit_price"]) * n for i, n in newly.items()) * self._ratio(last)
         limit: Fraction | int = st.authorized
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
-        if self.refuses or cancelling:
+        # §4 step 1 updates only an authorization not fully captured: once it is, a
+        # basket grown past it gets no raise either (the shop is told to take a new
+        # order).
+        fully_captured = (
+            st.any_capture
+            and st.money + 2 >= st.authorized
+            and order_total(last) > st.authorized + 2
+        )
+        no_raise = self.refuses or cancelling or fully_captured
+        if no_raise:
             # No raise will come; and a worker may have lowered the authorization to an
             # earlier, smaller basket of this window.
             lows = [order_total(s) for s in self.window if s["status"] == "open"]
             limit = min([st.authorized, *[t for t in lows if t > 0]])
-        if value > limit - st.money + 2 and (self.refuses or cancelling):
+        if value > limit - st.money + 2 and no_raise:
             # The shipped lines exceed an authorization the PSP would not raise: what
             # fits is captured, the shop is told to take a new order.
             exp.outcomes.add("shipped_beyond_authorization")
@@ -394,6 +513,12 @@ class Oracle:
         free = {i for i in newly if all(p == 0 for p, _ in self._prices(i))}
         if self._ratio(last) == 0:
             free = set(newly)  # order-level lines take all of it: nothing to capture
+        if st.any_capture and order_total(last) < st.money - 2:
+            # The total went below what is captured (a price or discount edit after a
+            # capture): the captures can no longer add up to it (a person is told,
+            # CANNOT_FOLLOW), and the order-level lines not yet shared may take all that
+            # is still open, so these units may be worth nothing, never captured.
+            free = set(newly)
         st.money += sum(
             int(lines[i]["unit_price"]) * n for i, n in newly.items() if i in lines
         ) * self._ratio(last)
@@ -403,11 +528,14 @@ class Oracle:
             entry = exp.lines.setdefault(line_id, LineExpect())
             entry.prices |= self._prices(line_id)
             entry.totals |= self._totals(line_id)
-            if line_id in free:
-                # Worth nothing: no capture of 0 is ever sent, it may ride along with one.
+            if line_id in free or line_id in later_maybe:
+                # Worth nothing (no capture of 0 is ever sent, it may ride along with
+                # one), or a fee the first capture may not have carried.
                 entry.captured_range = (before, before + units)
+                st.worthless[line_id] = st.worthless.get(line_id, 0) + units
         st.any_capture = st.any_capture or bool(set(newly) - free)
         st.own_capture = st.own_capture or bool(set(newly) - free)
+        st.free_shipped = st.free_shipped or bool(free)
         exp.outcomes.add("capture")
 
     def _totals(self, line_id: str) -> set[tuple[int, int]]:
@@ -461,8 +589,13 @@ class Oracle:
                 for line in goods
                 if line_value(line) > 0
             )
+            # §4: sales tax and discounts are "shared by captures ... in proportion to
+            # value", so the captures add up to the total only once goods of some value
+            # shipped; a basket of order-level lines alone has nothing to carry them.
+            shippable = any(line_value(line) > 0 for line in goods)
             exp.must_equal_total = (
                 exp.all_shipped
+                and shippable
                 and st.closed is None
                 and self.stored["status"] == "open"
                 and not st.charged_back
@@ -487,6 +620,32 @@ class Booked:
     tax_rate: int
 
 
+def _carries_the_difference(
+    gross: int, units: int, units_before: int, gross_before: int, quantity: int, value: int
+) -> bool:
+    """Whether a capture of `units` of a line for `gross`, after `units_before` of it were
+    captured for `gross_before`, carries a price edit made between the two so that the
+    line's captures add up to its `value` once all `quantity` units are captured.
+
+    The contract fixes the end ("once everything has shipped the captures add up to the
+    order's total", §4) and how shared lines get there ("in proportion to the value ...
+    rounded cumulatively"), not which later unit carries the difference: a capture may
+    take its units' part of the line's whole value (k of q), or of what is still open of
+    it ((value - captured) * k / open units). Either way the line never goes beyond its
+    value and its last unit takes exactly the rest.
+    """
+    if quantity <= 0:
+        return False
+    captured = units_before + units
+    of_whole = abs((gross_before + gross) * quantity - value * captured) <= quantity * captured
+    open_units = quantity - units_before
+    of_open = (
+        open_units >= units
+        and abs(gross * open_units - (value - gross_before) * units) <= open_units
+    )
+    return of_whole or of_open
+
+
 def check_ledger(
     requests: list[tuple[str, int, list[Booked]]], exp: Expectation
 ) -> list[tuple[str, str]]:
@@ -497,6 +656,7 @@ def check_ledger(
     captured = refunded = 0
     got: dict[str, list[int]] = {}
     captured_gross: dict[str, int] = {}  # per line: captured value before shares
+    slack = 0  # rounding allowed on everything refunded so far
     for what, amount, lines in requests:
         if sum(line.total for line in lines) != amount:
             found.append(("lines_do_not_sum", f"{what} of {amount}: lines sum differently"))
@@ -514,10 +674,11 @@ def check_ledger(
                 unit = per + (share / line.quantity if line.quantity else 0)
                 held.setdefault(line.reference, []).extend([unit] * line.quantity)
                 counts = got.setdefault(line.reference, [0, 0])
+                units_before, gross_before = counts[0], captured_gross.get(line.reference, 0)
                 counts[0] += line.quantity
                 price = exp.lines.get(line.reference)
                 gross = line.total  # the line's own value, before order-level shares
-                so_far = captured_gross.get(line.reference, 0) + gross
+                so_far = gross_before + gross
                 captured_gross[line.reference] = so_far
                 if price is not None and price.prices and line.quantity:
                     at_price = any(
@@ -525,9 +686,10 @@ def check_ledger(
                         for p, r in price.prices
                     )
                     catch_up = any(
-                        abs(so_far * q - value * counts[0]) <= q * counts[0]
+                        _carries_the_difference(
+                            gross, line.quantity, units_before, gross_before, q, value
+                        )
                         for q, value in price.totals
-                        if q
                     )
                     if not (at_price or catch_up):
                         found.append(
@@ -539,21 +701,37 @@ def check_ledger(
                         )
         else:
             refunded += amount
-            due = Fraction(0)
+            slack += 1 + len(units)  # one cent of rounding per line and per request
             for line in units:
-                units_held = held.get(line.reference, [])
-                if line.quantity > len(units_held):
+                counts = got.setdefault(line.reference, [0, 0])
+                if line.quantity > len(held.get(line.reference, [])) - counts[1]:
                     found.append(("refund_beyond_captured", f"{line.reference}"))
                     continue
-                back = units_held[: line.quantity]
-                del units_held[: line.quantity]
-                due += sum(back, Fraction(0))
-                counts = got.setdefault(line.reference, [0, 0])
                 counts[1] += line.quantity
-            slack = 1 + len(units)  # one cent of rounding per line and per request
-            if abs(amount - due) > slack:
+            # §4: returned units are refunded "at the prices and tax they were captured
+            # at (never more than was captured for those units)". Units of one line are
+            # alike, and when they were captured at different prices (a price or discount
+            # edit between captures, a capture made outside) nothing says which came
+            # back: r units refunded give back no less than the r cheapest and no more
+            # than the r dearest captured units of their line, all of it once all are back.
+            cheapest = sum(
+                (sum(sorted(held[ref])[: n[1]], Fraction(0)) for ref, n in got.items() if n[1]),
+                Fraction(0),
+            )
+            dearest = sum(
+                (
+                    sum(sorted(held[ref], reverse=True)[: n[1]], Fraction(0))
+                    for ref, n in got.items()
+                    if n[1]
+                ),
+                Fraction(0),
+            )
+            if not cheapest - slack <= refunded <= dearest + slack:
+                due = f"{float(cheapest):.2f}" + (
+                    f"..{float(dearest):.2f}" if dearest != cheapest else ""
+                )
                 found.append(
-                    ("refund_not_at_captured_price", f"refund {amount}, captured {float(due):.2f}")
+                    ("refund_not_at_captured_price", f"refunded {refunded}, captured {due}")
                 )
     for reference, entry in exp.lines.items():
         have = got.get(reference, [0, 0])

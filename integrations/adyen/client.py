@@ -16,6 +16,7 @@ import httpx
 from domain.lines import PspLine, adyen_line_items, lines_total, openinvoice_data
 from domain.planner import Kind
 from domain.snapshot import AdyenPayment, OrderSnapshot
+from integrations.provider import OperationFields, OrderFields
 from integrations.results import (
     CLIENT_ERRORS,
     Outcome,
@@ -31,11 +32,11 @@ CapturedLines = Callable[[str], Sequence[PspLine]]
 """The lines captured so far for an order (by our order id), captures merged per line."""
 
 
-def psp_idempotency_key(op: dict[str, Any]) -> str:
+def psp_idempotency_key(op: OperationFields) -> str:
     """The Idempotency-Key sent for `op`: its stored key, plus the generation once a
     notification failed it (Adyen would replay the failed request's answer otherwise)."""
-    generation = int(op.get("key_generation") or 0)
-    key = str(op["idempotency_key"])
+    generation = int(op.key_generation or 0)
+    key = str(op.idempotency_key)
     return key if generation == 0 else f"{key}.{generation}"
 
 
@@ -84,24 +85,24 @@ class AdyenClient:
 
     # -- the Provider protocol ------------------------------------------------------
 
-    def read(self, order: dict[str, Any]) -> PspResult:
+    def read(self, order: OrderFields) -> PspResult:
         return _refused("unsupported", "Adyen payments cannot be read; notifications report")
 
     def figures(self, body: dict[str, Any]) -> dict[str, Any]:
         return {}
 
-    def applied(self, op: dict[str, Any], body: dict[str, Any]) -> bool:
+    def applied(self, op: OperationFields, body: dict[str, Any]) -> bool:
         return False
 
     def execute(
-        self, order: dict[str, Any], snapshot: OrderSnapshot, op: dict[str, Any]
+        self, order: OrderFields, snapshot: OrderSnapshot, op: OperationFields
     ) -> PspResult:
         request = self.build(order, snapshot, op)
         if isinstance(request, PspResult):
             return request
         return self.send(op, request)
 
-    def send(self, op: dict[str, Any], request: PspRequest) -> PspResult:
+    def send(self, op: OperationFields, request: PspRequest) -> PspResult:
         """Sends the stored request; only the key moves on with the key generation."""
         base = self._pal if request.api == "classic" else self._checkout
         if base is None:
@@ -112,28 +113,28 @@ class AdyenClient:
     # -- building requests ----------------------------------------------------------
 
     def build(
-        self, order: dict[str, Any], snapshot: OrderSnapshot, op: dict[str, Any]
+        self, order: OrderFields, snapshot: OrderSnapshot, op: OperationFields
     ) -> PspRequest | PspResult:
         """The request for `op` (computed once, when it is planned), or a rejection
         when it cannot be sent at all."""
-        kind = Kind(op["kind"])
-        payment = str(order["psp_order_id"])
+        kind = Kind(op.kind)
+        payment = str(order.psp_order_id)
         currency = snapshot.currency
-        amount = int(op["amount"])
-        lines = [PspLine.from_json(item) for item in op["lines"]]
+        amount = int(op.amount)
+        lines = [PspLine.from_json(item) for item in op.lines]
         merchant = self._merchant(snapshot)
         if merchant is None:
             return _refused(
                 "merchant_account_missing",
                 "no merchant_account in the payment and no ADYEN_MERCHANT_ACCOUNT",
             )
-        reference = str(op["id"])
+        reference = str(op.id)
         if kind is Kind.RELEASE_AUTHORIZATION:
             # v71 offers no "release the rest": the authorization is updated down to
             # what was captured, with every captured line, as for any amount update.
             if self._captured_lines is None:
                 return _refused("unsupported", "releasing needs the captured lines")
-            lines = list(self._captured_lines(str(order["id"])))
+            lines = list(self._captured_lines(str(order.id)))
             if lines_total(lines) != amount_after_release(order):
                 return _refused(
                     "line_sum_mismatch", "the captured lines do not sum to the captured amount"
@@ -253,8 +254,8 @@ def checkout_path(payment: str, action: str) -> str:
     return f"/payments/{path_segment(payment)}/{action}"
 
 
-def amount_after_release(order: dict[str, Any]) -> int:
-    return int(order["captured_amount"])
+def amount_after_release(order: OrderFields) -> int:
+    return int(order.captured_amount)
 
 
 def _line_sum_error(lines: Sequence[PspLine], amount: int) -> PspResult | None:

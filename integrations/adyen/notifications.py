@@ -7,13 +7,23 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from domain.lines import PspLine
 from domain.planner import IN_FLIGHT, Kind
 from domain.snapshot import LineType
 
-Row = dict[str, Any]
+
+class NotifiedOperation(Protocol):
+    """What a notification's verdict reads of the operation it matched."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def psp_reference(self) -> str | None: ...
+
 
 # Which of our operation kinds each modification event can settle.
 SETTLES: dict[str, frozenset[Kind]] = {
@@ -177,18 +187,18 @@ class Verdict(StrEnum):
     STALE = "stale"  # a repeat, or older than what we already know: no effect
 
 
-def decide(n: Notification, op: Row) -> Verdict:
+def decide(n: Notification, op: NotifiedOperation) -> Verdict:
     """What the notification does to the operation it matched."""
-    kind = Kind(op["kind"])
+    kind = Kind(op.kind)
     if kind not in SETTLES.get(n.event_code, frozenset()):
         return Verdict.STALE
     failure = not n.success or n.event_code in REVERSALS
-    status = op["status"]
+    status = op.status
     # In flight includes `pending` (a retry parked after an unknown outcome, or one whose
     # answer never reached us): the notification is the outcome we were missing. A
     # pending operation still holding a pspReference predates failed_psp_references:
     # that reference is the failed generation's.
-    answered = status == "pending" and op["psp_reference"] is not None
+    answered = status == "pending" and op.psp_reference is not None
     if status in IN_FLIGHT and not answered:
         if not failure:
             return Verdict.SUCCEED

@@ -11,6 +11,7 @@ import httpx
 from domain.lines import PspLine, klarna_order_lines
 from domain.planner import Kind, PspStatus
 from domain.snapshot import OrderSnapshot, Shipping
+from integrations.provider import OperationFields, OrderFields
 from integrations.results import (
     CLIENT_ERRORS,
     Outcome,
@@ -71,11 +72,11 @@ class KlarnaClient:
 
     # -- the Provider protocol ------------------------------------------------------
 
-    def read(self, order: dict[str, Any]) -> PspResult:
-        return self.get_order(order["psp_order_id"])
+    def read(self, order: OrderFields) -> PspResult:
+        return self.get_order(order.psp_order_id)
 
     def execute(
-        self, order: dict[str, Any], snapshot: OrderSnapshot, op: dict[str, Any]
+        self, order: OrderFields, snapshot: OrderSnapshot, op: OperationFields
     ) -> PspResult:
         request = self.build(order, snapshot, op)
         if isinstance(request, PspResult):
@@ -83,13 +84,13 @@ class KlarnaClient:
         return self.send(op, request)
 
     def build(
-        self, order: dict[str, Any], snapshot: OrderSnapshot, op: dict[str, Any]
+        self, order: OrderFields, snapshot: OrderSnapshot, op: OperationFields
     ) -> PspRequest | PspResult:
         """The request for `op`, computed once when it is planned."""
-        kind = Kind(op["kind"])
-        psp_id = str(order["psp_order_id"])
-        lines = [PspLine.from_json(item) for item in op["lines"]]
-        amount = int(op["amount"])
+        kind = Kind(op.kind)
+        psp_id = str(order.psp_order_id)
+        lines = [PspLine.from_json(item) for item in op.lines]
+        amount = int(op.amount)
         path = order_path(psp_id, _ACTION[kind])
         if kind is Kind.UPDATE_AUTHORIZATION:
             body: dict[str, Any] = {
@@ -103,7 +104,7 @@ class KlarnaClient:
                 "order_lines": klarna_order_lines(lines),
                 # Our operation id: after an unknown outcome, the order's captures show
                 # whether this one was made.
-                "reference": str(op["id"]),
+                "reference": str(op.id),
             }
             info = _shipping_info(snapshot.shipping)
             if info:
@@ -113,20 +114,20 @@ class KlarnaClient:
             body = {
                 "refunded_amount": amount,
                 "order_lines": klarna_order_lines(lines),
-                "reference": str(op["id"]),
+                "reference": str(op.id),
             }
             return PspRequest.of("POST", path, body, account=self.account)
         return PspRequest.of("POST", path, account=self.account)
 
-    def send(self, op: dict[str, Any], request: PspRequest) -> PspResult:
+    def send(self, op: OperationFields, request: PspRequest) -> PspResult:
         """Sends the stored request under the operation's key, as it was stored."""
-        header = _REFERENCE_HEADER.get(Kind(op["kind"]))
-        return self._call(request, str(op["idempotency_key"]), header)
+        header = _REFERENCE_HEADER.get(Kind(op.kind))
+        return self._call(request, str(op.idempotency_key), header)
 
     def figures(self, body: dict[str, Any]) -> dict[str, Any]:
         return klarna_figures(body)
 
-    def applied(self, op: dict[str, Any], body: dict[str, Any]) -> bool:
+    def applied(self, op: OperationFields, body: dict[str, Any]) -> bool:
         return klarna_applied(op, body)
 
     def _call(
@@ -272,18 +273,18 @@ def _movements(body: dict[str, Any]) -> list[dict[str, Any]]:
     return found
 
 
-def klarna_applied(op: dict[str, Any], body: dict[str, Any]) -> bool:
+def klarna_applied(op: OperationFields, body: dict[str, Any]) -> bool:
     """Whether Klarna's order shows the effect of `op` (after an unknown outcome)."""
-    kind = Kind(op["kind"])
+    kind = Kind(op.kind)
     # What was sent is what to look for: the stored request, when there is one.
-    stored = PspRequest.from_json(op["request"]).json_body() if op.get("request") else {}
-    reference = str(stored.get("reference") or op["id"])
+    stored = PspRequest.from_json(op.request).json_body() if op.request else {}
+    reference = str(stored.get("reference") or op.id)
     if kind is Kind.CAPTURE:
         return any(c.get("reference") == reference for c in body.get("captures") or [])
     if kind is Kind.REFUND:
         return any(r.get("reference") == reference for r in body.get("refunds") or [])
     if kind is Kind.UPDATE_AUTHORIZATION:
-        amount = int(stored.get("order_amount", op["amount"]))
+        amount = int(stored.get("order_amount", op.amount))
         if int(body.get("order_amount", -1)) != amount:
             return False
         sent = stored.get("order_lines")

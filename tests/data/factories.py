@@ -7,6 +7,9 @@ import json
 from typing import Any
 
 import psycopg
+from psycopg.rows import class_row
+
+from data.orders import ORDER_COLUMNS, Order
 
 SNAPSHOT: dict[str, Any] = {
     "id": "o-1",
@@ -30,7 +33,7 @@ SNAPSHOT: dict[str, Any] = {
 
 def insert_order(
     conn: psycopg.Connection[dict[str, Any]], order_id: str = "o-1", **columns: Any
-) -> dict[str, Any]:
+) -> Order:
     values: dict[str, Any] = {
         "id": order_id,
         "version": 1,
@@ -44,9 +47,13 @@ def insert_order(
     }
     names = ", ".join(values)
     marks = ", ".join(f"%({name})s" for name in values)
-    row = conn.execute(
-        f"INSERT INTO orders ({names}) VALUES ({marks}) RETURNING *",
-        values,
-    ).fetchone()
+    row = (
+        conn.cursor(row_factory=class_row(Order))
+        .execute(
+            f"INSERT INTO orders ({names}) VALUES ({marks}) RETURNING {ORDER_COLUMNS}",
+            values,
+        )
+        .fetchone()
+    )
     assert row is not None
     return row

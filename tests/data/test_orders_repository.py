@@ -19,7 +19,7 @@ LINE = PspLine("shoes", "Shoes", LineType.PHYSICAL, 1, 1200, 2500, 1200, 0, 240)
 
 def test_lock_order_reads_the_row_and_an_unknown_id_is_none(conn: Conn) -> None:
     insert_order(conn)
-    assert orders.lock_order(conn, "o-1")["version"] == 1
+    assert orders.lock_order(conn, "o-1").version == 1
     assert orders.lock_order(conn, "nope") is None
 
 
@@ -29,12 +29,12 @@ def test_a_flag_is_set_once_with_its_reason_and_cleared_with_it(conn: Conn) -> N
     orders.set_flag(conn, "o-1", NEEDS_NEW_ORDER, reason, 1500)
     orders.set_flag(conn, "o-1", NEEDS_NEW_ORDER, reason, 1500)
     row = orders.lock_order(conn, "o-1")
-    assert row["flags"] == [NEEDS_NEW_ORDER]
-    assert row["flag_reason"][NEEDS_NEW_ORDER]["code"] == "declined"
-    assert row["refused_amount"] == 1500
+    assert row.flags == [NEEDS_NEW_ORDER]
+    assert row.flag_reason[NEEDS_NEW_ORDER]["code"] == "declined"
+    assert row.refused_amount == 1500
     orders.clear_flag(conn, "o-1", NEEDS_NEW_ORDER)
     row = orders.lock_order(conn, "o-1")
-    assert row["flags"] == [] and row["refused_amount"] is None
+    assert row.flags == [] and row.refused_amount is None
 
 
 def test_clearing_one_flag_keeps_the_other(conn: Conn) -> None:
@@ -43,7 +43,7 @@ def test_clearing_one_flag_keeps_the_other(conn: Conn) -> None:
     orders.set_flag(conn, "o-1", NEEDS_NEW_ORDER, reason, None)
     orders.set_flag(conn, "o-1", NEEDS_ATTENTION, reason, None)
     orders.clear_flag(conn, "o-1", NEEDS_ATTENTION)
-    assert orders.lock_order(conn, "o-1")["flags"] == [NEEDS_NEW_ORDER]
+    assert orders.lock_order(conn, "o-1").flags == [NEEDS_NEW_ORDER]
 
 
 def test_the_same_plan_gets_the_same_key(conn: Conn) -> None:
@@ -57,7 +57,9 @@ def test_the_same_plan_gets_the_same_key(conn: Conn) -> None:
 
 
 def test_the_schema_holds_one_operation_in_flight_per_order(conn: Conn) -> None:
-    order = insert_order(conn, authorized_amount=1200)
+    insert_order(conn, authorized_amount=1200)
+    order = orders.lock_order(conn, "o-1")
+    assert order is not None
     for seq in (1, 2):
         draft = orders.draft_operation(order, seq, Kind.CAPTURE, 1200, [LINE])
         request = {"method": "POST", "path": "/captures", "body": "{}", "api": None}
@@ -66,7 +68,7 @@ def test_the_schema_holds_one_operation_in_flight_per_order(conn: Conn) -> None:
             continue
         with pytest.raises(psycopg.errors.UniqueViolation), conn.transaction():
             orders.insert_claimed_operation(conn, order, draft, request, 30)
-    assert [op["seq"] for op in orders.operations(conn, "o-1")] == [1]
+    assert [op.seq for op in orders.operations(conn, "o-1")] == [1]
 
 
 def test_the_schema_refuses_a_capture_beyond_the_authorization(conn: Conn) -> None:
@@ -76,10 +78,12 @@ def test_the_schema_refuses_a_capture_beyond_the_authorization(conn: Conn) -> No
 
 
 def test_a_frozen_request_is_stored_with_its_key_and_read_back_as_sent(conn: Conn) -> None:
-    order = insert_order(conn, authorized_amount=1200)
+    insert_order(conn, authorized_amount=1200)
+    order = orders.lock_order(conn, "o-1")
+    assert order is not None
     draft = orders.draft_operation(order, 1, Kind.CAPTURE, 1200, [LINE])
     request = {"method": "POST", "path": "/o/k-1/captures", "body": '{"a":1}', "api": None}
     op = orders.insert_claimed_operation(conn, order, draft, request, 30)
     (stored,) = orders.operations(conn, "o-1")
-    assert stored["idempotency_key"] == op["idempotency_key"] == draft["idempotency_key"]
-    assert stored["request"] == request
+    assert stored.idempotency_key == op.idempotency_key == draft.idempotency_key
+    assert stored.request == request

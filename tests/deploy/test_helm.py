@@ -427,6 +427,19 @@ def test_config_change_rolls_the_pods(
     )
 
 
+def test_worker_pool_is_celerys_default_unless_set_and_lanes_inherit_it(
+    chart: helm.Chart, rendered_sets: dict[str, Rendered]
+) -> None:
+    def args(rendered: Rendered, role: str) -> list[str]:
+        return list(rendered.deployment(role)["spec"]["template"]["spec"]["containers"][0]["args"])
+
+    assert "--pool" not in args(rendered_sets["defaults"], "worker")
+    threads = Rendered("threads", {"worker": {"pool": "threads", "concurrency": 16}}, chart)
+    for role in ("worker", "worker-callbacks"):
+        got = args(threads, role)
+        assert got[got.index("--pool") + 1] == "threads", role
+
+
 # --- migrations -------------------------------------------------------------------------
 
 

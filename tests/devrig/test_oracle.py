@@ -186,16 +186,86 @@ def test_refunds_at_the_captured_price_and_tax_after_a_price_edit() -> None:
     assert "refund_not_at_captured_price" in codes
 
 
+def test_a_price_raised_after_a_capture_may_be_spread_over_the_units_still_open() -> None:
+    # Seed 28: 1 of 3 captured at 1200, the price raised to 1500; the next unit takes its
+    # part of what is still open of the line, (4500 - 1200) / 2 = 1650.
+    oracle = Oracle(3600, refuses_increases=False)
+    three = line("l1", 3, 1200, 700)
+    oracle.snapshot(snap(1, [three]))
+    oracle.snapshot(snap(2, [{**three, "shipped_quantity": 1}]))
+    oracle.settle()
+    dearer = {**three, "unit_price": 1500}
+    oracle.snapshot(snap(3, [{**dearer, "shipped_quantity": 1}]))
+    oracle.snapshot(snap(4, [{**dearer, "shipped_quantity": 2}]))
+    oracle.settle()
+    oracle.snapshot(snap(5, [{**dearer, "shipped_quantity": 3}]))
+    exp = oracle.expectation()
+    first = ("capture", 1200, [booked("l1", 1, 1200, 700)])
+    spread = [("capture", 1650, [booked("l1", 1, 1650, 700)])] * 2
+    assert check_ledger([first, *spread], exp) == []
+    # The whole line's part (2 of 3 is 3000: 1800 now) is allowed too.
+    whole = [("capture", 1800, [booked("l1", 1, 1800, 700)])]
+    assert check_ledger([first, *whole, ("capture", 1500, [booked("l1", 1, 1500, 700)])], exp) == []
+    # Beyond what is open of the line is caught.
+    beyond = [("capture", 2000, [booked("l1", 1, 2000, 700)])]
+    codes = {c for c, _ in check_ledger([first, *beyond], exp)}
+    assert "captured_at_wrong_price" in codes
+
+
+def test_a_unit_back_from_a_line_captured_at_two_prices_may_take_their_average() -> None:
+    # Seed 1172: two socks captured with a discount share (315 each), one more outside
+    # at the list price (450); one back may give back 315, 450 or anything between (the
+    # line's average, 360), never more than the dearest unit.
+    oracle = Oracle(1470, refuses_increases=False)
+    oracle.snapshot(snap(1, [SHOES, SOCKS, DISCOUNT]))
+    oracle.snapshot(snap(2, [SHOES, {**SOCKS, "quantity": 3, "shipped_quantity": 2}, DISCOUNT]))
+    oracle.external_capture("socks", 1, 450)
+    oracle.settle()
+    oracle.snapshot(
+        snap(
+            3,
+            [SHOES, {**SOCKS, "quantity": 3, "shipped_quantity": 3, "returned_quantity": 1}],
+        )
+    )
+    exp = oracle.expectation()
+    shared = [booked("socks", 2, 900), booked("discount", 1, -270, type="discount")]
+    ledger = [("capture", 630, shared), ("capture", 450, [booked("socks", 1, 450)])]
+
+    def back(amount: int) -> set[str]:
+        refund = [booked("socks", 1, 450), booked("discount", 1, amount - 450, type="discount")]
+        return {c for c, _ in check_ledger([*ledger, ("refund", amount, refund)], exp)}
+
+    assert "refund_not_at_captured_price" not in back(360) | back(315) | back(450)
+    assert "refund_not_at_captured_price" in back(460) & back(300)
+
+
 def test_external_changes_are_counted_never_repeated_and_flagged() -> None:
     oracle = Oracle(2100, refuses_increases=False)
     oracle.snapshot(snap(1, [SHOES, SOCKS]))
     oracle.external_capture("shoes", 1, 1200)  # an e-book captured at checkout, say
+    oracle.settle()  # learnt while the shop's snapshot did not explain it
     oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, SOCKS]))
     exp = oracle.expectation()
     assert ("needs_attention", EXTERNAL) in exp.required
     assert exp.lines["shoes"].captured == 1  # once: the shop's shipment is not captured again
     twice = [("capture", 1200, [booked("shoes", 1, 1200)])] * 2
     assert "captured_units" in {c for c, _ in check_ledger(twice, exp)}
+
+
+def test_a_capture_made_outside_is_not_judged_by_a_later_price() -> None:
+    # Seed 5136: one sock captured in the Customer Area at 450, the shop then lowered the
+    # price to 150 and marked it shipped; the outside capture stands at its own price.
+    oracle = Oracle(1350, refuses_increases=False)
+    three = {**SOCKS, "quantity": 3}
+    oracle.snapshot(snap(1, [three]))
+    oracle.external_capture("socks", 1, 450)
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**three, "unit_price": 150, "shipped_quantity": 1}]))
+    oracle.settle()
+    oracle.snapshot(snap(3, [{**three, "unit_price": 150, "shipped_quantity": 2}]))
+    exp = oracle.expectation()
+    outside = [("capture", 450, [booked("socks", 1, 450)])]  # the line's 450, all taken
+    assert "captured_at_wrong_price" not in {c for c, _ in check_ledger(outside, exp)}
 
 
 def test_quantities_that_go_down_are_flagged() -> None:
@@ -207,6 +277,41 @@ def test_quantities_that_go_down_are_flagged() -> None:
     exp = oracle.expectation()
     assert ("needs_attention", REVERSED) in exp.required
     assert exp.lines["socks"].refunded == 1  # nothing automatic is done for those units
+
+
+def test_a_shipment_worth_nothing_taken_back_may_go_unflagged() -> None:
+    # Seed 1048: the discount took all of the order, so the shipped unit was worth 0 and
+    # no capture was sent; un-shipping it lowers nothing the PSP holds (§4 "below what
+    # was already captured"), so the flag is allowed, not required.
+    oracle = Oracle(100, refuses_increases=False)
+    one = line("l1", 1, 100)
+    everything_off = line("d", 1, -100, type="discount")
+    oracle.snapshot(snap(1, [one]))
+    oracle.snapshot(snap(2, [{**one, "shipped_quantity": 1}, everything_off]))
+    oracle.settle()
+    oracle.snapshot(snap(3, [one, everything_off]))
+    exp = oracle.expectation()
+    assert ("needs_attention", REVERSED) not in exp.required
+    assert ("needs_attention", REVERSED) in exp.allowed
+
+
+def test_units_shipped_after_the_total_went_below_the_captures_may_stay_uncaptured() -> None:
+    # Seed 7115: 2 of 3 captured (200), then a store credit of 198 took the total to 102;
+    # the third unit, shipped later, is worth nothing once the credit is shared in, so it
+    # may never be captured, and taking its shipment back lowers nothing the PSP holds.
+    oracle = Oracle(300, refuses_increases=False)
+    three = line("l2", 3, 100)
+    credit = line("c", 1, -198, type="store_credit")
+    oracle.snapshot(snap(1, [{**three, "shipped_quantity": 2}]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**three, "shipped_quantity": 3}, credit]))
+    oracle.settle()
+    oracle.snapshot(snap(3, [{**three, "shipped_quantity": 2}, credit]))
+    exp = oracle.expectation()
+    assert exp.lines["l2"].captured_range == (2, 3)
+    assert ("needs_attention", REVERSED) not in exp.required
+    two = [("capture", 200, [booked("l2", 2, 200)])]
+    assert check_ledger(two, exp) == []
 
 
 def test_a_currency_or_payment_change_is_rejected_and_nothing_stored() -> None:
@@ -259,3 +364,183 @@ def test_the_oracle_imports_nothing_of_the_product() -> None:
     }
     product = {"cli", "service", "workers", "data", "integrations", "ordersync", "domain"}
     assert imported & product == set()
+
+
+# --- windows a worker may have acted on early (simulation seeds 8, 1004, 1005, 1164) ---
+
+CANNOT_FOLLOW_ABOVE = ("needs_attention", "captured_above_total")
+
+
+def test_a_shared_line_removed_after_a_capture_may_leave_the_captures_above_the_total() -> None:
+    """Seed 8: a worker captured for the snapshot that still had the sales tax line;
+    the next one removed it. §4 shares sales tax "by captures ... in proportion to
+    value": the capture carried it, and nothing is left to take it back."""
+    oracle = Oracle(2595, refuses_increases=False)
+    tax = line("tax", 1, 495, type="sales_tax")
+    oracle.snapshot(snap(1, [SHOES, SOCKS, tax]))
+    oracle.settle()
+    oracle.snapshot(
+        snap(2, [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}, tax])
+    )
+    oracle.snapshot(snap(3, [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]))
+    exp = oracle.expectation()
+    assert CANNOT_FOLLOW_ABOVE in exp.allowed
+    assert not exp.must_equal_total
+    # Seed 1065: it took that basket's share of the authorization too, so a later
+    # increase may meet an authorization already fully captured.
+    assert ("needs_new_order", "") in exp.allowed
+    # The same shipment with the basket unchanged in the window still must add up.
+    steady = Oracle(2100, refuses_increases=False)
+    steady.snapshot(snap(1, [SHOES, SOCKS]))
+    steady.settle()
+    steady.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]))
+    steady.snapshot(snap(3, [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]))
+    assert steady.expectation().must_equal_total
+
+
+def test_a_fee_added_after_the_snapshot_the_first_capture_may_have_followed() -> None:
+    """Seed 1004: the shoes shipped with fee A; the shop then swapped A for fee B. If
+    the first capture followed the earlier snapshot it carried A, and B is a fee added
+    after the first capture, which the contract leaves to a later capture or to its
+    shipment: B's units may be 0 or 1."""
+    oracle = Oracle(2190, refuses_increases=False)
+    fee_a = line("fee_a", 1, 495, type="shipping_fee")
+    fee_b = line("fee_b", 1, 495, type="shipping_fee")
+    oracle.snapshot(snap(1, [SHOES, SOCKS, fee_a]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, SOCKS, fee_a]))
+    oracle.snapshot(snap(3, [{**SHOES, "shipped_quantity": 1}, SOCKS, fee_b]))
+    exp = oracle.expectation()
+    assert exp.lines["fee_b"].captured_range == (0, 1)
+    assert exp.lines["fee_a"].captured_range == (0, 1)
+    # Without the earlier snapshot, fee B goes with the first capture: exactly 1.
+    plain = Oracle(2190, refuses_increases=False)
+    plain.snapshot(snap(1, [SHOES, SOCKS, fee_b]))
+    plain.settle()
+    plain.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, SOCKS, fee_b]))
+    exp = plain.expectation()
+    assert exp.lines["fee_b"].captured == 1 and exp.lines["fee_b"].captured_range is None
+
+
+def test_a_basket_lowered_below_the_captures_after_a_release_may_be_flagged() -> None:
+    """Seed 1005: everything captured, the order cancelled (the rest released), then
+    reopened with a discount below what was captured: the PSP cannot follow, whether
+    or not the authorization is still open."""
+    oracle = Oracle(2100, refuses_increases=False)
+    everything = [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]
+    oracle.snapshot(snap(1, everything))
+    oracle.settle()
+    oracle.snapshot(snap(2, everything, status="cancelled"))
+    oracle.settle()
+    oracle.snapshot(snap(3, [*everything, DISCOUNT]))
+    exp = oracle.expectation()
+    assert exp.authorization == "released"
+    assert CANNOT_FOLLOW_ABOVE in exp.allowed
+    assert ("needs_new_order", "") not in exp.required
+
+
+def test_order_level_lines_alone_need_no_captures() -> None:
+    """Seed 1164: every product line at quantity 0 and a sales tax line left: nothing
+    ships, so no capture can carry the tax's share; the captures need not make the
+    total."""
+    oracle = Oracle(2595, refuses_increases=False)
+    tax = line("tax", 1, 495, type="sales_tax")
+    oracle.snapshot(snap(1, [{**SHOES, "quantity": 0}, tax]))
+    exp = oracle.expectation()
+    assert exp.total == 495 and exp.all_shipped
+    assert not exp.must_equal_total
+    assert check_ledger([], exp) == []
+
+
+def test_shipped_after_the_authorization_was_fully_captured_may_stay_uncaptured() -> None:
+    """Seeds 1032, 1052: everything authorized is captured; the shop then adds goods and
+    ships them. §4 step 1 updates only an authorization "not fully captured", so the
+    capture may not fit (the shop is told to take a new order): 0 or all of them."""
+    oracle = Oracle(1200, refuses_increases=False)
+    oracle.snapshot(snap(1, [{**SHOES, "shipped_quantity": 1}]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]))
+    exp = oracle.expectation()
+    assert exp.lines["socks"].captured_range == (0, 2)
+    assert ("needs_new_order", "") in exp.allowed
+
+
+def test_a_fee_after_units_worth_nothing_shipped_may_go_with_them() -> None:
+    """Seed 1067: a free unit shipped (no capture of 0 is sent), then a shipping fee
+    was added: the first capture, worth sending now, may carry the fee."""
+    oracle = Oracle(1200, refuses_increases=False)
+    free = line("gift", 1, 0)
+    oracle.snapshot(snap(1, [SHOES, free]))
+    oracle.snapshot(snap(2, [SHOES, {**free, "shipped_quantity": 1}]))
+    oracle.settle()
+    fee = line("ship", 1, 495, type="shipping_fee")
+    oracle.snapshot(snap(3, [SHOES, {**free, "shipped_quantity": 1}, fee]))
+    exp = oracle.expectation()
+    assert exp.lines["ship"].captured_range == (0, 1)
+
+
+def test_reopened_after_a_cancel_with_captures_of_uncertain_units_may_need_no_new_order() -> None:
+    """Seed 1178: what shipped before the cancel may or may not have been captured
+    (the window decides); a reopen then needs a new payment only if it was not."""
+    oracle = Oracle(1200, refuses_increases=True)
+    oracle.snapshot(snap(1, [SHOES]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]))
+    oracle.snapshot(
+        snap(
+            3,
+            [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}],
+            status="cancelled",
+        )
+    )
+    oracle.settle()
+    oracle.snapshot(snap(4, [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") not in exp.required
+    assert ("needs_new_order", "") in exp.allowed
+
+
+def test_an_open_order_lowered_to_nothing_below_its_captures_may_be_flagged() -> None:
+    """Seed 1167: all captured, then a store credit takes the order to 0 while open."""
+    oracle = Oracle(1200, refuses_increases=False)
+    oracle.snapshot(snap(1, [{**SHOES, "shipped_quantity": 1}]))
+    oracle.settle()
+    credit = line("credit", 1, -1200, type="store_credit")
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, credit]))
+    exp = oracle.expectation()
+    assert CANNOT_FOLLOW_ABOVE in exp.allowed
+
+
+def test_a_discount_dropped_after_everything_was_captured_needs_no_new_order() -> None:
+    """Seed 1146: all units captured to the last cent of the authorization, then the
+    shop drops a discount on a PSP that refuses increases. No new item needs paying
+    for: the gap may be flagged for a person, a new order is not required."""
+    oracle = Oracle(1470, refuses_increases=True)
+    everything = [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]
+    oracle.snapshot(snap(1, [*everything, DISCOUNT]))
+    oracle.settle()
+    oracle.snapshot(snap(2, everything))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") not in exp.required
+    assert ("needs_new_order", "") in exp.allowed
+    assert ("needs_attention", "captured_below_total") in exp.allowed
+    # A new item on that PSP still requires one.
+    grown = Oracle(1470, refuses_increases=True)
+    grown.snapshot(snap(1, [*everything, DISCOUNT]))
+    grown.settle()
+    grown.snapshot(snap(2, [*everything, DISCOUNT, line("hat", 1, 300)]))
+    assert ("needs_new_order", "") in grown.expectation().required
+
+
+def test_a_capture_outside_that_the_shop_ships_in_the_same_window_may_go_unflagged() -> None:
+    """Seed 3096: captured before the service's first read, and the shop marks those
+    units shipped before the window settles. §4 flags it "where the shop's snapshot
+    does not already explain it": learnt after that snapshot, nothing to flag."""
+    oracle = Oracle(2100, refuses_increases=False)
+    oracle.external_capture("shoes", 1, 1200)
+    oracle.snapshot(snap(1, [SHOES, SOCKS]))
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, SOCKS]))
+    exp = oracle.expectation()
+    assert ("needs_attention", EXTERNAL) not in exp.required
+    assert ("needs_attention", EXTERNAL) in exp.allowed
+    assert exp.lines["shoes"].captured == 1

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain.money import distribute, klarna_tax_ok, net_of, share, tax_of
+from domain.money import distribute, klarna_tax_ok, net_of, per_unit, share, tax_of
 
 SETTINGS = settings(max_examples=300, deadline=None)
 amounts = st.integers(-100_000_000, 100_000_000)
@@ -140,3 +140,21 @@ def test_distribute_adds_up_and_each_part_is_within_one(amount: int, weights: li
         assert abs(part - Fraction(amount * weight, total)) < 1
         # Never the wrong sign: a discount's parts are all discounts.
         assert min(0, amount) <= part <= max(0, amount)
+
+
+@SETTINGS
+@given(amounts, st.integers(1, 200), rates)
+def test_per_unit_groups_add_up_and_their_tax_passes_klarna(
+    total: int, quantity: int, rate: int
+) -> None:
+    groups = per_unit(total, quantity, rate)
+    assert sum(units for units, _, _ in groups) == quantity
+    assert sum(units * amount for units, amount, _ in groups) == total
+    tax = sum(units * unit_tax for units, _, unit_tax in groups)
+    assert klarna_tax_ok(total, tax, rate)  # Klarna behind Adyen checks the whole line
+    assert all(abs(unit_tax - tax_of(amount, rate)) <= 1 for _, amount, unit_tax in groups)
+
+
+def test_per_unit_keeps_adyens_own_rounding_where_it_passes() -> None:
+    assert per_unit(630, 2, 2000) == [(2, 315, 52)]  # seed 004: 104 of 105
+    assert per_unit(3987, 3, 2000) == [(1, 1329, 222), (2, 1329, 221)]  # 664 of 664.5

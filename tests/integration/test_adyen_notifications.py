@@ -153,7 +153,10 @@ def test_before_the_sender_recorded_received(stack: Stack, ctx: WorkerContext) -
     # The sender now records what Adyen answered it: its lease is gone, nothing changes.
     with ctx.pool.connection() as conn, conn.transaction():
         assert not store.finish_operation(
-            conn, op, status="awaiting_notification", psp_reference="MODREF0000000001"
+            conn,
+            store.Operation(**op),
+            status="awaiting_notification",
+            psp_reference="MODREF0000000001",
         )
     (row,) = stack.operations(order_id)
     assert (row["status"], row["psp_reference"], row["lease_token"]) == (

@@ -236,8 +236,10 @@ def test_a_burst_of_snapshots_ends_in_operations_for_the_final_state_only(stack:
     shop = Shop(stack, [SHOES, *extra])
     shop.send("order.created")
     shop.settled()
-    # The first update is slow; meanwhile the customer removes item after item.
-    stack.fault(kind="delay", ms=1500, count=1, path_contains=f"{shop.klarna_id}/authorization")
+    # The first update is slow; meanwhile the customer removes item after item. Slow
+    # enough that the four snapshots after it are stored before it returns on a loaded
+    # machine too (each is a signed webhook answered 202 before the next is sent).
+    stack.fault(kind="delay", ms=4000, count=1, path_contains=f"{shop.klarna_id}/authorization")
     totals = []
     for i in range(1, 6):
         shop.lines = [line for line in shop.lines if line["id"] != f"item-{i}"]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import uuid
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import pytest
 from devrig.sandbox.specs import ADYEN_CHECKOUT_V71, ADYEN_PAYMENT_V68, validate_request
 
+from data.orders import Draft
 from domain.lines import PspLine, basket_lines, capture_lines, ledger_from, refund_lines
 from domain.snapshot import OrderSnapshot
 from integrations.adyen.client import AdyenClient, psp_idempotency_key
@@ -58,9 +60,11 @@ def shipped_socks() -> OrderSnapshot:
     return snapshot(lines)
 
 
-def op(kind: str, amount: int, lines: list[PspLine], **extra: Any) -> dict[str, Any]:
-    return {
+def op(kind: str, amount: int, lines: list[PspLine], **extra: Any) -> Draft:
+    fields: dict[str, Any] = {
         "id": uuid.uuid4(),
+        "order_id": "1001",
+        "seq": 1,
         "kind": kind,
         "amount": amount,
         "lines": [line.to_json() for line in lines],
@@ -68,9 +72,10 @@ def op(kind: str, amount: int, lines: list[PspLine], **extra: Any) -> dict[str, 
         "key_generation": 0,
         **extra,
     }
+    return Draft(**fields)
 
 
-ORDER = {"id": "1001", "psp_order_id": PAYMENT, "captured_amount": 0}
+ORDER = SimpleNamespace(id="1001", psp_order_id=PAYMENT, captured_amount=0)
 
 
 class Recorder:
@@ -116,14 +121,14 @@ def test_partial_capture_with_discount_is_the_contracts_315() -> None:
     assert url == f"{CHECKOUT}/payments/{PAYMENT}/captures"
     assert body["amount"] == {"currency": "EUR", "value": 315}
     assert body["merchantAccount"] == "DefaultMerchant"
-    assert body["reference"] == str(operation["id"])
+    assert body["reference"] == str(operation.id)
     assert [(i["id"], i["quantity"], i["amountIncludingTax"]) for i in body["lineItems"]] == [
         ("sku-2", 1, 450),
         ("discount", 1, -135),
     ]
     assert sum(i["quantity"] * i["amountIncludingTax"] for i in body["lineItems"]) == 315
     headers = recorder.requests[-1].headers
-    assert headers["Idempotency-Key"] == operation["idempotency_key"]
+    assert headers["Idempotency-Key"] == operation.idempotency_key
     assert headers["X-API-Key"] == "test-key"
 
 
@@ -144,7 +149,7 @@ def test_release_updates_the_amount_down_to_the_captured_lines() -> None:
     captured = capture_lines(order, {})
     recorder = Recorder()
     adyen = client(recorder, captured_lines=lambda order_id: captured)
-    row = {**ORDER, "captured_amount": 315}
+    row = SimpleNamespace(**{**vars(ORDER), "captured_amount": 315})
     result = adyen.execute(row, order, op("release_authorization", 1155, []))
     assert result.outcome is Outcome.RECEIVED
     url, body = recorder.last
@@ -189,7 +194,7 @@ def test_classic_capture_uses_openinvoicedata_and_original_reference() -> None:
 
 def test_a_retried_generation_sends_a_derived_key() -> None:
     operation = op("capture", 315, [], key_generation=2)
-    assert psp_idempotency_key(operation) == f"{operation['idempotency_key']}.2"
+    assert psp_idempotency_key(operation) == f"{operation.idempotency_key}.2"
     assert len(psp_idempotency_key(operation)) <= 64  # Adyen's limit
 
 
@@ -273,7 +278,7 @@ def test_every_body_validates_against_adyens_spec(api: str) -> None:
         op("release_authorization", 1155, []),
     ]
     for operation in operations:
-        adyen.execute({**ORDER, "captured_amount": 315}, order, operation)
+        adyen.execute(SimpleNamespace(**{**vars(ORDER), "captured_amount": 315}), order, operation)
     assert len(recorder.requests) == len(operations)
     for request in recorder.requests:
         url = str(request.url)

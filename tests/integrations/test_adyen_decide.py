@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from types import SimpleNamespace
 
 import pytest
 
@@ -23,8 +23,8 @@ def note(event: str, success: bool = True) -> Notification:
     )
 
 
-def op(kind: str, status: str, psp_reference: str | None = "MOD1") -> dict[str, Any]:
-    return {"kind": kind, "status": status, "psp_reference": psp_reference}
+def op(kind: str, status: str, psp_reference: str | None = "MOD1") -> SimpleNamespace:
+    return SimpleNamespace(kind=kind, status=status, psp_reference=psp_reference)
 
 
 @pytest.mark.parametrize(

@@ -443,7 +443,13 @@ def test_external_capture_without_lines_is_named_by_the_later_shipment_never_mad
         (external,) = [o for o in ops if o["external"]]
         assert [(x["reference"], x["quantity"]) for x in external["lines"]] == [("socks", 1)]
         view = detail_of(
-            OrderRows(order=row, operations=ops, webhooks=[], callbacks=[], actions=[])
+            OrderRows(
+                order=store.Order(**row),
+                operations=[store.Operation(**o) for o in ops],
+                webhooks=[],
+                callbacks=[],
+                actions=[],
+            )
         )
         figures = {x["id"]: x["captured_quantity"] for x in view["lines"]}
         assert figures == {"shoes": 0, "socks": 1}
@@ -598,9 +604,9 @@ def test_seq11_a_failure_while_recording_is_counted_and_flagged(
     insert_order(ctx, first, authorized=first.total)
 
     def broken(*_: Any) -> None:
-        raise RuntimeError("a bug in apply_success")
+        raise RuntimeError("a bug in record_success")
 
-    monkeypatch.setattr(store, "apply_success", broken)
+    monkeypatch.setattr(store, "record_success", broken)
     for _ in range(20):
         why = poison.guarded(
             lambda: Reconciler(ctx, lambda *_: None).run(order_id),
@@ -666,7 +672,9 @@ def order_with_two_events(ctx: WorkerContext) -> str:
     row = order_row(ctx, order_id)
     with ctx.pool.connection() as conn, conn.transaction():
         for kind in ("order.needs_attention", "order.synced"):
-            outbox_store.insert_event(conn, uuid.uuid4(), row, kind, {"type": kind})
+            outbox_store.insert_event(
+                conn, uuid.uuid4(), order_id, row["version"], kind, {"type": kind}
+            )
     return order_id
 
 
@@ -674,12 +682,12 @@ def test_seq13_a_second_deliverer_never_passes_a_claimed_event(ctx: WorkerContex
     order_id = order_with_two_events(ctx)
     got: list[Any] = []
     with ctx.pool.connection() as first:
-        claimed = outbox_store.claim_next(first, order_id, 60)  # not committed yet
-        assert claimed is not None and claimed["event_type"] == "order.needs_attention"
+        claimed = outbox_store.claim_next(first, order_id, 60)()  # not committed yet
+        assert claimed is not None and claimed.event_type == "order.needs_attention"
 
         def second() -> None:
             with ctx.pool.connection() as conn, conn.transaction():
-                got.append(outbox_store.claim_next(conn, order_id, 60))
+                got.append(outbox_store.claim_next(conn, order_id, 60)())
 
         other = threading.Thread(target=second)
         other.start()

@@ -1,0 +1,186 @@
+"""Contract §4's flags and totals where the simulation found the product wrong: money
+moved without the service is always told, and a cancel lets go of the authorization
+even when the PSP never named the lines of a capture made without the service."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from data import orders as store
+from domain.lines import PspLine
+from integrations.adyen.client import AdyenClient
+from tests.ledger.harness import (
+    ADYEN,
+    FakeKlarna,
+    context,
+    insert_order,
+    new_order_id,
+    operations,
+    order_row,
+    outbox,
+    shipped,
+    update_snapshot,
+)
+from tests.ledger.test_ledger_regressions import drive, operator_reconcile
+from tests.ledger.test_money_rules import (
+    adyen_item,
+    flag_code,
+    klarna_order,
+    notify,
+    settle_capture,
+    snap,
+)
+from tests.seed_basket import SHOES, SOCKS
+from workers.context import WorkerContext
+
+pytestmark = pytest.mark.integration
+
+
+def adyen_with_captured_lines(database_url: str) -> tuple[WorkerContext, list[httpx.Request]]:
+    """An Adyen client as workers/context.py builds it: a release reads the captured
+    lines from the operations."""
+    sent: list[httpx.Request] = []
+
+    def adyen(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json={"status": "received", "pspReference": f"M{len(sent)}"})
+
+    ctx = context(database_url, adyen, notification_timeout_seconds=0.001)
+
+    def captured(order_id: str) -> list[PspLine]:
+        with ctx.pool.connection() as conn:
+            return store.captured_lines(conn, order_id)
+
+    ctx.providers["adyen"] = AdyenClient(
+        ctx.http, checkout_url=ADYEN, api_key="k", merchant_account="Test", captured_lines=captured
+    )
+    return ctx, sent
+
+
+def told(ctx: WorkerContext, order_id: str) -> list[tuple[str, str | None]]:
+    return [
+        (e["event_type"], ((e["payload"].get("data") or {}).get("reason") or {}).get("code"))
+        for e in outbox(ctx, order_id)
+    ]
+
+
+def test_money_moved_outside_while_flagged_for_another_reason_is_still_told(
+    database_url: str,
+) -> None:
+    """Simulation seed 1004: the order waited for a person (quantities_reversed) when a
+    refund made in the Customer Area came in; it was counted, but the shop was never
+    told. §4: the service "flags needs_attention (external_change, with what changed)
+    and tells the shop" of every such change."""
+    ctx, _ = adyen_with_captured_lines(database_url)
+    try:
+        order_id = new_order_id()
+        first = snap(order_id, shipped([SHOES, SOCKS], shoes=1, socks=2), provider="adyen")
+        insert_order(ctx, first)
+        drive(ctx, order_id)
+        settle_capture(ctx, order_id, first.psp_order_id)
+        lowered = shipped([SHOES, SOCKS], shoes=0, socks=2)
+        update_snapshot(ctx, snap(order_id, lowered, 2, provider="adyen"))
+        drive(ctx, order_id)
+        assert flag_code(ctx, order_id) == "quantities_reversed"
+        refund = adyen_item(first.psp_order_id, "REFUND", 450, merchantReference="shop-1001")
+        assert notify(ctx, refund) == "external"
+        assert order_row(ctx, order_id)["refunded_amount"] == 450
+        assert told(ctx, order_id)[-2:] == [
+            ("order.needs_attention", "quantities_reversed"),
+            ("order.needs_attention", "external_change"),
+        ]
+        # Once: the same notification again changes nothing and tells nothing.
+        assert notify(ctx, refund) == "external"
+        assert [c for _, c in told(ctx, order_id)].count("external_change") == 1
+    finally:
+        ctx.close()
+
+
+def test_cancel_after_an_unnamed_customer_area_capture_releases_the_rest(
+    database_url: str,
+) -> None:
+    """Simulation seed 1028: a Customer Area capture whose lines Adyen does not name,
+    then the shop cancels with nothing shipped. §4 step 4: "release the remaining
+    authorization". The release (an amount update down to what was captured) named the
+    captured lines, which did not add up to the captured amount, and was refused before
+    it was sent (line_sum_mismatch): the authorization was never let go."""
+    ctx, sent = adyen_with_captured_lines(database_url)
+    try:
+        order_id = new_order_id()
+        first = snap(order_id, [SHOES, SOCKS], provider="adyen")
+        insert_order(ctx, first)
+        drive(ctx, order_id)
+        capture = adyen_item(first.psp_order_id, "CAPTURE", 450, merchantReference="shop-1001")
+        assert notify(ctx, capture) == "external"
+        assert flag_code(ctx, order_id) == "external_change"
+        update_snapshot(
+            ctx, snap(order_id, [SHOES, SOCKS], 2, provider="adyen", status="cancelled")
+        )
+        operator_reconcile(ctx, order_id)
+        (release,) = [o for o in operations(ctx, order_id) if o["kind"] == "release_authorization"]
+        assert release["status"] == "awaiting_notification", release["error"]
+        (update,) = [r for r in sent if r.url.path.endswith("/amountUpdates")]
+        body = json.loads(update.content)
+        assert body["amount"]["value"] == 450
+        items = body["lineItems"]
+        assert sum(i["quantity"] * i["amountIncludingTax"] for i in items) == 450
+        assert not [r for r in sent if r.url.path.endswith("/captures")]
+        assert "needs_attention" not in order_row(ctx, order_id)["flags"]
+    finally:
+        ctx.close()
+
+
+def test_a_cancel_made_outside_asks_for_no_new_order_until_the_shop_sends_one(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """Simulation seeds 1007, 1090: the merchant cancelled in Klarna's portal while the
+    shop's order stood open. The service counted it and flagged external_change, but
+    also told the shop to take a new payment for a snapshot older than the cancel. §4:
+    "Once the PSP has cancelled ..., a later open snapshot flags needs_new_order"."""
+    order_id, first = klarna_order(ctx, klarna, [SHOES, SOCKS])
+    insert_order(ctx, first)
+    drive(ctx, order_id)
+    klarna.orders[first.psp_order_id].status = "CANCELLED"
+    operator_reconcile(ctx, order_id)  # reads Klarna: the cancel is learnt
+    assert flag_code(ctx, order_id) == "external_change"
+    operator_reconcile(ctx, order_id)  # a person looked: the PSP's figures stand
+    row = order_row(ctx, order_id)
+    assert "needs_new_order" not in row["flags"]
+    assert "order.new_order_required" not in [e for e, _ in told(ctx, order_id)]
+    # The shop then sends the order open again: now it must take a new payment.
+    update_snapshot(ctx, snap(order_id, shipped([SHOES, SOCKS], shoes=1), 2))
+    drive(ctx, order_id)
+    assert flag_code(ctx, order_id, "needs_new_order") == "authorization_cancelled"
+    assert told(ctx, order_id)[-1][0] == "order.new_order_required"
+
+
+def test_a_customer_area_capture_of_part_of_a_later_shipment_is_never_made_again(
+    database_url: str,
+) -> None:
+    """Simulation seeds 1063, 1086: a Customer Area capture (no lines) of one pair of
+    socks, then the shop marks both pairs shipped. The whole shipment (900) is not the
+    capture's amount (450), so the capture was never tied to units, and the service
+    captured both pairs again: three pairs charged for two. §4: money moved without the
+    service is counted and "never made a second time"."""
+    ctx, sent = adyen_with_captured_lines(database_url)
+    try:
+        order_id = new_order_id()
+        first = snap(order_id, [SHOES, SOCKS], provider="adyen")
+        insert_order(ctx, first)
+        drive(ctx, order_id)
+        capture = adyen_item(first.psp_order_id, "CAPTURE", 450, merchantReference="shop-1001")
+        assert notify(ctx, capture) == "external"
+        socks_out = shipped([SHOES, SOCKS], socks=2)
+        update_snapshot(ctx, snap(order_id, socks_out, 2, provider="adyen"))
+        operator_reconcile(ctx, order_id)
+        (request,) = [r for r in sent if r.url.path.endswith("/captures")]
+        body = json.loads(request.content)
+        assert body["amount"]["value"] == 450
+        assert [(i["id"], i["quantity"]) for i in body["lineItems"]] == [("socks", 1)]
+        (external,) = [o for o in operations(ctx, order_id) if o["external"]]
+        assert [(x["reference"], x["quantity"]) for x in external["lines"]] == [("socks", 1)]
+    finally:
+        ctx.close()

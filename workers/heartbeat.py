@@ -1,0 +1,95 @@
+"""One lease heartbeat per worker process.
+
+Every operation a thread of this process is sending holds a lease (data/orders.py);
+one thread renews all of them together, in one statement, every third of the shortest
+lease held, so a slow PSP call never outlives its lease and a worker that dies stops
+renewing (another takes over within one lease). A thread and a transaction per call
+per beat cost more than the call they guard.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import structlog
+
+from data import orders as store
+from ordersync.db import SyncPool
+
+log = structlog.get_logger("ordersync.reconcile")
+
+# How long a heartbeat with nothing to renew waits before it ends.
+IDLE_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class Held:
+    token: uuid.UUID
+    lease_seconds: float
+
+
+class Heartbeat:
+    def __init__(self, pool: Callable[[], SyncPool]) -> None:
+        self._pool = pool
+        self._held: dict[uuid.UUID, Held] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    @contextmanager
+    def holding(self, op: store.Operation, lease_seconds: float) -> Iterator[None]:
+        """Renews `op`'s lease while the block runs (while this worker still holds it)."""
+        assert op.lease_token is not None
+        with self._lock:
+            self._held[op.id] = Held(op.lease_token, lease_seconds)
+            self._start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.pop(op.id, None)
+
+    def _start(self) -> None:
+        # Under the lock. Threads do not survive a fork: a forked pool process starts
+        # its own on its first call; an idle heartbeat has ended (see _run).
+        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
+            return
+        self._pid = os.getpid()
+        self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _interval(self) -> float:
+        with self._lock:
+            leases = [held.lease_seconds for held in self._held.values()]
+        return min(leases) / 3 if leases else IDLE_SECONDS
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self._interval())
+            with self._lock:
+                held = dict(self._held)
+                if not held:
+                    # Nothing to renew: the thread ends, and the next call starts one
+                    # (a context closed in a test leaves no thread behind).
+                    self._thread = None
+                    return
+            try:
+                with self._pool().connection() as conn:
+                    renewed = store.renew_leases(
+                        conn,
+                        [(op_id, h.token, h.lease_seconds) for op_id, h in held.items()],
+                    )
+            except Exception as exc:  # the next beat tries again
+                log.warning("lease_renewal_failed", error=type(exc).__name__)
+                continue
+            with self._lock:
+                for op_id, h in held.items():
+                    # Lost (taken over, or recorded): never renewed again by this holder.
+                    if op_id not in renewed and self._held.get(op_id) == h:
+                        del self._held[op_id]
