@@ -125,6 +125,7 @@ class _State:
     # Units counted as captured that were worth nothing: no capture of 0 is sent, so the
     # PSP may hold them or not.
     worthless: dict[str, int] = field(default_factory=dict)
+    outside_prices: dict[str, set[int]] = field(default_factory=dict)  # unit prices
 
 
 def identity(snapshot: dict[str, Any]) -> tuple[Any, ...]:
@@ -178,10 +179,9 @@ class Oracle:
         # Made without the service, at the price its maker chose: §4 asks that it be
         # counted and never made again, not that it be at the shop's price of the
         # moment the service judges it.
-        entry = self.exp.lines.setdefault(line_id, LineExpect())
-        snaps = [*self.window, *([self.stored] if self.stored else [])]
-        rates = {int(x["tax_rate"]) for snap in snaps for x in snap["lines"] if x["id"] == line_id}
-        entry.prices |= {(value // units, rate) for rate in rates} if units else set()
+        # (Its tax rate is the line's, known once a snapshot names it: see expectation.)
+        if units:
+            self.state.outside_prices.setdefault(line_id, set()).add(value // units)
         self._external("external_capture")
 
     def external_refund(self, line_id: str, units: int) -> None:
@@ -592,6 +592,11 @@ class Oracle:
             entry.refunded = st.refunded.get(line_id, 0)
         for line_id, units in st.refunded.items():
             exp.lines.setdefault(line_id, LineExpect()).refunded = units
+        for line_id, outside in st.outside_prices.items():
+            entry = exp.lines.setdefault(line_id, LineExpect())
+            named = [x for x in (self.stored or {"lines": []})["lines"] if x["id"] == line_id]
+            rates = {r for _, r in entry.prices} | {int(x["tax_rate"]) for x in named}
+            entry.prices |= {(price, rate) for price in outside for rate in rates}
         exp.authorization = st.closed or "open"
         exp.authorized = st.authorized if st.closed is None else None
         if self.stored is not None:

@@ -252,13 +252,20 @@ def test_external_changes_are_counted_never_repeated_and_flagged() -> None:
     assert "captured_units" in {c for c, _ in check_ledger(twice, exp)}
 
 
-def test_a_capture_made_outside_is_not_judged_by_a_later_price() -> None:
+@pytest.mark.parametrize("before_the_first_snapshot", [False, True])
+def test_a_capture_made_outside_is_not_judged_by_a_later_price(
+    before_the_first_snapshot: bool,
+) -> None:
     # Seed 5136: one sock captured in the Customer Area at 450, the shop then lowered the
     # price to 150 and marked it shipped; the outside capture stands at its own price.
+    # Seeds 5183, 5252: the same with the capture made before the service's first read.
     oracle = Oracle(1350, refuses_increases=False)
     three = {**SOCKS, "quantity": 3}
+    if before_the_first_snapshot:
+        oracle.external_capture("socks", 1, 450)
     oracle.snapshot(snap(1, [three]))
-    oracle.external_capture("socks", 1, 450)
+    if not before_the_first_snapshot:
+        oracle.external_capture("socks", 1, 450)
     oracle.settle()
     oracle.snapshot(snap(2, [{**three, "unit_price": 150, "shipped_quantity": 1}]))
     oracle.settle()
