@@ -125,7 +125,8 @@ class _State:
     # Units counted as captured that were worth nothing: no capture of 0 is sent, so the
     # PSP may hold them or not.
     worthless: dict[str, int] = field(default_factory=dict)
-    outside_prices: dict[str, set[int]] = field(default_factory=dict)  # unit prices
+    # Unit prices of captures made outside, with their tax rate (None: not known yet).
+    outside_prices: dict[str, set[tuple[int, int | None]]] = field(default_factory=dict)
 
 
 def identity(snapshot: dict[str, Any]) -> tuple[Any, ...]:
@@ -179,9 +180,15 @@ class Oracle:
         # Made without the service, at the price its maker chose: §4 asks that it be
         # counted and never made again, not that it be at the shop's price of the
         # moment the service judges it.
-        # (Its tax rate is the line's, known once a snapshot names it: see expectation.)
+        # At the line's tax rate of the moment, or, made before any snapshot named the
+        # line, at any rate it has later (see expectation).
+        snaps = [*self.window, *([self.stored] if self.stored else [])]
+        rates: set[int | None] = {
+            int(x["tax_rate"]) for snap in snaps for x in snap["lines"] if x["id"] == line_id
+        }
         if units:
-            self.state.outside_prices.setdefault(line_id, set()).add(value // units)
+            outside = self.state.outside_prices.setdefault(line_id, set())
+            outside |= {(value // units, rate) for rate in rates or {None}}
         self._external("external_capture")
 
     def external_refund(self, line_id: str, units: int) -> None:
@@ -594,9 +601,12 @@ class Oracle:
             exp.lines.setdefault(line_id, LineExpect()).refunded = units
         for line_id, outside in st.outside_prices.items():
             entry = exp.lines.setdefault(line_id, LineExpect())
+            if not entry.prices:
+                continue  # a line no capture of the service's is judged for: none is
             named = [x for x in (self.stored or {"lines": []})["lines"] if x["id"] == line_id]
             rates = {r for _, r in entry.prices} | {int(x["tax_rate"]) for x in named}
-            entry.prices |= {(price, rate) for price in outside for rate in rates}
+            entry.prices |= {(p, r) for p, r in outside if r is not None}
+            entry.prices |= {(p, rate) for p, r in outside if r is None for rate in rates}
         exp.authorization = st.closed or "open"
         exp.authorized = st.authorized if st.closed is None else None
         if self.stored is not None:
