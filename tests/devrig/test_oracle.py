@@ -10,6 +10,8 @@ from devrig.oracle import (
     EXTERNAL,
     REVERSED,
     Booked,
+    Expectation,
+    LineExpect,
     Oracle,
     check_ledger,
     line_value,
@@ -567,3 +569,19 @@ def test_a_price_raised_after_every_unit_was_captured_may_be_flagged_below_total
     oracle.snapshot(snap(3, [{**sock, "shipped_quantity": 1}, {**fee, "unit_price": 200}]))
     exp = oracle.expectation()
     assert ("needs_attention", "captured_below_total") in exp.allowed
+
+
+def test_a_positive_share_of_the_unitemised_discount_is_not_goods() -> None:
+    # Contract §4: `amount` below the lines makes the service add a discount line, shared
+    # cumulatively; the shop lowered it after a capture carried a larger share, so the
+    # next capture gives part of it back (the simulated Adyen books unit groups by id).
+    from devrig.simulation import _book_per_unit
+
+    types = {"l3": "physical", "l4": "physical"}
+    first = _book_per_unit([("l3", 2, 450, 75, 2000), ("Discount", 1, -5, -1, 2000)], types)
+    second = _book_per_unit([("l4", 2, 450, 75, 2000), ("Discount", 1, 3, 0, 2000)], types)
+    exp = Expectation(lines={"l3": LineExpect(captured=2), "l4": LineExpect(captured=2)})
+    codes = {
+        code for code, _ in check_ledger([("capture", 895, first), ("capture", 903, second)], exp)
+    }
+    assert "captured_units" not in codes
