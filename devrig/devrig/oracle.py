@@ -102,6 +102,7 @@ class Expectation:
     outcomes: set[str] = field(default_factory=set)  # names of what the history exercised
     uncertain_end = False  # shipped lines beyond the authorization: the end depends on timing
     authorized_low: int | None = None  # the PSP may hold as little as this (see settle)
+    authorized_high: int | None = None  # the PSP may hold as much as this (see settle)
 
     def requires(self, flag: str, reason: str = "") -> None:
         self.required.add((flag, reason))
@@ -293,6 +294,7 @@ class Oracle:
                     entry = exp.lines.setdefault(line_id, LineExpect())
                     entry.captured_range = (st.captured.get(line_id, 0), shipped)
         total = order_total(last)
+        before: int | None = None  # the authorization before this window lowered it
         # Step 1 (§4): the authorization follows the basket before anything is captured.
         lows = [order_total(x) for x in self.window if x["status"] == "open"]
         if self.refuses and st.closed is None and min(lows, default=total) < st.authorized:
@@ -337,9 +339,18 @@ class Oracle:
                     exp.allowed.add(("needs_new_order", ""))
             else:
                 exp.outcomes.add("increase" if total > st.authorized else "decrease")
+                exp.authorized_high = None
+                before = st.authorized
                 st.authorized = total
         # Steps 2-4: captures, refunds, then a cancel lets go of what is left.
         self._captures(last, lines)
+        if before is not None and total < st.money - 2:
+            # Units shipped in this window were captured, and the last basket is below
+            # them: a worker that captured for an earlier snapshot first could not lower
+            # the authorization after (§4 step 1 follows the basket only "not fully
+            # captured"; the PSP refuses an amount below its captures), so the PSP may
+            # still hold what an earlier snapshot of the window, or the last settle, set.
+            exp.authorized_high = max(before, *lows)
         self._refunds(lines)
         # Units whose capture depends on timing: what was captured is not known exactly.
         uncertain = any(e.captured_range for e in exp.lines.values())

@@ -1847,7 +1847,9 @@ class Simulation:
             and exp.authorized is not None
             and psp.captured < psp.authorized
             and exp.total > 0
-            and not (exp.authorized_low or exp.authorized) <= psp.authorized <= exp.authorized
+            and not (exp.authorized_low or exp.authorized)
+            <= psp.authorized
+            <= (exp.authorized_high or exp.authorized)
         ):
             found.append(
                 Violation(

@@ -585,3 +585,27 @@ def test_a_positive_share_of_the_unitemised_discount_is_not_goods() -> None:
         code for code, _ in check_ledger([("capture", 895, first), ("capture", 903, second)], exp)
     }
     assert "captured_units" not in codes
+
+
+def test_a_basket_lowered_below_captures_made_in_the_same_window_may_keep_its_authorization() -> (
+    None
+):
+    """Seed 1035: a worker captured the surcharge for a snapshot of 2068, then the shop
+    added a discount bringing the basket to 1297, below the 1695 captured: the PSP refuses
+    an amount below its captures, so it may still hold 2068 (or 1297, had the worker read
+    the last snapshot first)."""
+    oracle = Oracle(1695, refuses_increases=False)
+    goods = [line("l1", 1, 1200), line("l2", 2, 0)]
+    oracle.external_capture("l1", 1, 1200)
+    oracle.snapshot(snap(1, [*goods, line("l3", 1, 495, type="surcharge")]))
+    oracle.settle()
+    fees = [line("l3", 1, 495, type="surcharge"), line("l4", 1, 373, type="shipping_fee")]
+    oracle.snapshot(snap(2, [*goods, *fees]))
+    oracle.settle()
+    shipped = [goods[0], goods[1], {**fees[0], "shipped_quantity": 1}, fees[1]]
+    oracle.snapshot(snap(3, shipped))
+    oracle.snapshot(snap(4, [*shipped, line("l5", 1, -771, type="discount")]))
+    exp = oracle.expectation()
+    assert exp.authorized == 1297
+    low, high = exp.authorized_low or exp.authorized, exp.authorized_high or exp.authorized
+    assert low <= 1297 and 2068 <= high
