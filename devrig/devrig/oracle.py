@@ -351,6 +351,20 @@ class Oracle:
             # captured"; the PSP refuses an amount below its captures), so the PSP may
             # still hold what an earlier snapshot of the window, or the last settle, set.
             exp.authorized_high = max(before, *lows)
+        if st.closed is None and any(
+            order_total(snap) <= st.money + 2 < total
+            for snap in self.window[:-1]
+            if snap["status"] == "open"
+        ):
+            # A worker may have lowered the authorization to an earlier basket of this
+            # window that the captures cover: fully captured, it cannot be raised to the
+            # last one (§4 step 1, "not fully captured"), so the shop is asked for a new
+            # payment, as after a refused increase.
+            exp.allowed.add(("needs_new_order", ""))
+            exp.authorized_low = min(
+                exp.authorized_low or st.authorized,
+                *(order_total(x) for x in self.window[:-1] if x["status"] == "open"),
+            )
         self._refunds(lines)
         # Units whose capture depends on timing: what was captured is not known exactly.
         uncertain = any(e.captured_range for e in exp.lines.values())

@@ -610,3 +610,22 @@ def test_a_basket_lowered_below_captures_made_in_the_same_window_may_keep_its_au
     low, high = exp.authorized_low or exp.authorized, exp.authorized_high or exp.authorized
     assert low <= 1297
     assert high >= 2068
+
+
+def test_a_basket_lowered_to_its_captures_then_raised_in_one_window_may_need_a_new_order() -> None:
+    """Seed 3003: two shoes captured, the unshipped pair removed (the authorization may
+    come down to the 2400 captured: fully captured), then a shipping fee added. Step 1
+    updates only an authorization "not fully captured", so a worker that read the
+    smaller basket first can only ask for a new payment."""
+    oracle = Oracle(4800, refuses_increases=False)
+    shoes = line("l1", 2, 1200)
+    oracle.snapshot(snap(1, [shoes, line("l2", 2, 1200)]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**shoes, "shipped_quantity": 2}, line("l2", 2, 1200)]))
+    oracle.settle()
+    oracle.snapshot(snap(3, [{**shoes, "shipped_quantity": 2}]))
+    fee = line("l3", 1, 64, type="shipping_fee")
+    oracle.snapshot(snap(4, [{**shoes, "shipped_quantity": 2}, fee]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") in exp.allowed
+    assert ("needs_new_order", "") not in exp.required
