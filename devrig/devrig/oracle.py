@@ -123,6 +123,7 @@ class _State:
     any_capture: bool = False
     own_capture: bool = False  # one made by the service (fees go with its first)
     free_shipped: bool = False  # units worth nothing shipped (no capture of 0 is sent)
+    maybe_captured: bool = False  # units worth something in an earlier snapshot only
     # Units counted as captured that were worth nothing: no capture of 0 is sent, so the
     # PSP may hold them or not.
     worthless: dict[str, int] = field(default_factory=dict)
@@ -380,6 +381,10 @@ class Oracle:
             exp.outcomes.add("cancel_after_shipment" if st.any_capture else "cancel_before_capture")
             st.closed = "released" if st.any_capture else "cancelled"
             st.closed_version = last["version"]
+            if not st.any_capture and st.maybe_captured:
+                # Captured or not depended on timing (see _captures): the PSP then
+                # released what was left, or cancelled.
+                exp.uncertain_end = True
         if (
             last["status"] == "open"
             and st.any_capture
@@ -557,7 +562,12 @@ class Oracle:
             return
         free = {i for i in newly if all(p == 0 for p, _ in self._prices(i))}
         if self._ratio(last) == 0:
+            free_by_price = free
             free = set(newly)  # order-level lines take all of it: nothing to capture
+            if set(newly) - free_by_price and any(self._ratio(s) for s in self.window[:-1]):
+                # An earlier snapshot of this window gave them value: a worker may have
+                # captured them for it before the order-level lines took it all.
+                st.maybe_captured = True
         if st.any_capture and order_total(last) < st.money - 2:
             # The total went below what is captured (a price or discount edit after a
             # capture): the captures can no longer add up to it (a person is told,

@@ -629,3 +629,18 @@ def test_a_basket_lowered_to_its_captures_then_raised_in_one_window_may_need_a_n
     exp = oracle.expectation()
     assert ("needs_new_order", "") in exp.allowed
     assert ("needs_new_order", "") not in exp.required
+
+
+def test_units_a_discount_made_worthless_in_the_same_window_may_have_been_captured() -> None:
+    """Seed 3006: two downloads shipped, then a discount of their whole value brought the
+    basket to 0. A worker that captured them for the earlier snapshot leaves the
+    authorization captured (released), one that read the last snapshot first cancels it."""
+    oracle = Oracle(198, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l3", 2, 99, type="digital")]))
+    oracle.settle()
+    out = {**line("l3", 2, 99, type="digital"), "shipped_quantity": 2}
+    oracle.snapshot(snap(2, [out]))
+    oracle.snapshot(snap(3, [out, line("l4", 1, -198, type="discount")]))
+    exp = oracle.expectation()
+    assert exp.lines["l3"].captured_range == (0, 2)
+    assert exp.uncertain_end
