@@ -369,8 +369,17 @@ class Oracle:
         self._refunds(lines)
         # Units whose capture depends on timing: what was captured is not known exactly.
         uncertain = any(e.captured_range for e in exp.lines.values())
+        # nothing_new after a cancel: the authorization was fully captured, so nothing was
+        # left to release (§4 step 4), and the PSP never "cancelled or released"; a higher
+        # basket over units all captured is a gap for a person (CANNOT_FOLLOW, below), not
+        # new items for a new order (1146's reasoning).
         if st.closed in ("cancelled", "released") and not cancelling:
-            if total > st.money + 2 and last["version"] > st.closed_version and not uncertain:
+            if (
+                total > st.money + 2
+                and last["version"] > st.closed_version
+                and not uncertain
+                and not nothing_new
+            ):
                 # Reopened after the PSP let go, wanting more than was captured: the
                 # shop must take a new payment.
                 exp.requires("needs_new_order")

@@ -644,3 +644,26 @@ def test_units_a_discount_made_worthless_in_the_same_window_may_have_been_captur
     exp = oracle.expectation()
     assert exp.lines["l3"].captured_range == (0, 2)
     assert exp.uncertain_end
+
+
+def test_reopened_with_a_smaller_credit_after_everything_was_captured_needs_no_new_order() -> None:
+    """Seed 3098: everything shipped and captured (the authorization fully captured), the
+    order cancelled (nothing left to release), then reopened with the discount lowered.
+    The PSP never cancelled or released, and nothing new is to be paid for: a person
+    settles the gap (§4's new order is "for the new items")."""
+    oracle = Oracle(1470, refuses_increases=False)
+    everything = [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]
+    oracle.snapshot(snap(1, [SHOES, SOCKS, DISCOUNT]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [*everything, DISCOUNT]))
+    oracle.settle()
+    oracle.snapshot(snap(3, [*everything, DISCOUNT], status="cancelled"))
+    oracle.settle()
+    oracle.snapshot(snap(4, [*everything, {**DISCOUNT, "unit_price": -300}]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") not in exp.required
+    assert ("needs_new_order", "") in exp.allowed
+    assert (
+        CANNOT_FOLLOW_ABOVE in exp.allowed
+        or ("needs_attention", "captured_below_total") in exp.allowed
+    )
