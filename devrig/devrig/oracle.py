@@ -566,6 +566,8 @@ class Oracle:
                 before = st.captured.get(line_id, 0)
                 entry.captured_range = (before, before + units)
                 entry.prices |= self._prices(line_id)
+                # Captured after all, they may carry a price edit as any capture does.
+                entry.totals |= self._totals(line_id)
             exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
             exp.uncertain_end = True
             return

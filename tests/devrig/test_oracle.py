@@ -667,3 +667,24 @@ def test_reopened_with_a_smaller_credit_after_everything_was_captured_needs_no_n
         CANNOT_FOLLOW_ABOVE in exp.allowed
         or ("needs_attention", "captured_below_total") in exp.allowed
     )
+
+
+def test_a_price_cut_carried_by_a_capture_the_authorization_may_not_fit_is_judged_alike() -> None:
+    """Seed 3076: one of two shoes captured at 1200, the price cut to 900, the second
+    shipped, a discount added and the order cancelled in one window. At its share of the
+    discounted price the unit might not fit what is left of the authorization (a range),
+    but captured it carries the price cut like any capture: 1800 − 1200 = 600."""
+    oracle = Oracle(2400, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 2, 1200, shipped_quantity=1)]))
+    oracle.settle()
+    cut = line("l1", 2, 900, shipped_quantity=2)
+    oracle.snapshot(snap(2, [cut]))
+    off = line("l3", 1, -373, type="discount")
+    oracle.snapshot(snap(3, [cut, off], status="cancelled"))
+    exp = oracle.expectation()
+    first = [booked("l1", 1, 1200)]
+    second = [booked("l1", 1, 600), booked("l3", 1, -373, type="discount")]
+    codes = {
+        code for code, _ in check_ledger([("capture", 1200, first), ("capture", 227, second)], exp)
+    }
+    assert "captured_at_wrong_price" not in codes
