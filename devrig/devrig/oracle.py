@@ -260,14 +260,23 @@ class Oracle:
                 # §4 flags a quantity lowered "below what was already captured": units
                 # worth nothing may never have been captured, so for them it may be.
                 surely = own - st.worthless.get(line_id, 0)
-                if shipped < surely or int(line.get("returned_quantity", 0)) < min(ours_back, own):
+                # Units whose capture was left to timing (a range) may never have been
+                # captured, nor refunded then: lowering their returned quantity may be.
+                entry = exp.lines.get(line_id)
+                if entry is not None and entry.captured_range is not None:
+                    surely = min(
+                        surely, entry.captured_range[0] - st.external_units.get(line_id, 0)
+                    )
+                returned = int(line.get("returned_quantity", 0))
+                if shipped < surely or returned < min(ours_back, surely):
                     exp.outcomes.add("quantities_reversed")
                     if snap is last:
                         exp.requires("needs_attention", REVERSED)
                     else:
                         exp.allowed.add(("needs_attention", REVERSED))
-                elif shipped < own:
+                elif shipped < own or returned < min(ours_back, own):
                     exp.outcomes.add("quantities_reversed")
+                    exp.allowed.add(("needs_attention", REVERSED))
                     exp.allowed.add(("needs_attention", REVERSED))
         # Intermediate snapshots may each have been acted on: what they could trigger is
         # allowed (an increase refused, a cancel later reopened).

@@ -688,3 +688,22 @@ def test_a_price_cut_carried_by_a_capture_the_authorization_may_not_fit_is_judge
         code for code, _ in check_ledger([("capture", 1200, first), ("capture", 227, second)], exp)
     }
     assert "captured_at_wrong_price" not in codes
+
+
+def test_a_return_taken_back_for_a_unit_maybe_never_captured_may_go_unflagged() -> None:
+    """Seed 3128: the basket emptied, refilled and a unit shipped in one window (a worker
+    may have cancelled first), then the unit returned, and the return taken back. Whether it was
+    ever captured or refunded depends on timing; §4 flags a quantity lowered "below what
+    was already captured or refunded", so the flag is allowed, not required."""
+    oracle = Oracle(3600, refuses_increases=False)
+    oracle.snapshot(snap(1, [SHOES, SOCKS]))
+    oracle.snapshot(snap(2, []))
+    oracle.snapshot(snap(3, [line("l4", 2, 450)]))
+    oracle.snapshot(snap(4, [line("l4", 2, 450, shipped_quantity=1)]))
+    oracle.settle()
+    oracle.snapshot(snap(5, [line("l4", 2, 450, shipped_quantity=1, returned_quantity=1)]))
+    oracle.settle()
+    oracle.snapshot(snap(6, [line("l4", 2, 450, shipped_quantity=1)]))
+    exp = oracle.expectation()
+    assert ("needs_attention", REVERSED) not in exp.required
+    assert ("needs_attention", REVERSED) in exp.allowed
