@@ -498,6 +498,13 @@ def _capture_step(
         return None
     remaining = psp.authorized - psp.captured
     amount = wanted = lines_total(lines)
+    unnamed = psp.captured - captured_total(ledger)
+    if amount > remaining and unnamed > 0:
+        # Money captured outside without named lines paid for goods at their value
+        # alone: the shares it did not carry fall to what is still captured here, so
+        # the captures still come to the order's total (contract §4).
+        lines = capture_lines(order, ledger, paid_unnamed=unnamed)
+        amount = lines_total(lines)
     if amount > remaining:
         lines = _fit_capture(order, ledger, remaining)
         amount = lines_total(lines)

@@ -102,6 +102,7 @@ class Expectation:
     outcomes: set[str] = field(default_factory=set)  # names of what the history exercised
     uncertain_end = False  # shipped lines beyond the authorization: the end depends on timing
     authorized_low: int | None = None  # the PSP may hold as little as this (see settle)
+    authorized_high: int | None = None  # the PSP may hold as much as this (see settle)
 
     def requires(self, flag: str, reason: str = "") -> None:
         self.required.add((flag, reason))
@@ -122,6 +123,7 @@ class _State:
     any_capture: bool = False
     own_capture: bool = False  # one made by the service (fees go with its first)
     free_shipped: bool = False  # units worth nothing shipped (no capture of 0 is sent)
+    maybe_captured: bool = False  # units worth something in an earlier snapshot only
     # Units counted as captured that were worth nothing: no capture of 0 is sent, so the
     # PSP may hold them or not.
     worthless: dict[str, int] = field(default_factory=dict)
@@ -258,14 +260,23 @@ class Oracle:
                 # §4 flags a quantity lowered "below what was already captured": units
                 # worth nothing may never have been captured, so for them it may be.
                 surely = own - st.worthless.get(line_id, 0)
-                if shipped < surely or int(line.get("returned_quantity", 0)) < min(ours_back, own):
+                # Units whose capture was left to timing (a range) may never have been
+                # captured, nor refunded then: lowering their returned quantity may be.
+                entry = exp.lines.get(line_id)
+                if entry is not None and entry.captured_range is not None:
+                    surely = min(
+                        surely, entry.captured_range[0] - st.external_units.get(line_id, 0)
+                    )
+                returned = int(line.get("returned_quantity", 0))
+                if shipped < surely or returned < min(ours_back, surely):
                     exp.outcomes.add("quantities_reversed")
                     if snap is last:
                         exp.requires("needs_attention", REVERSED)
                     else:
                         exp.allowed.add(("needs_attention", REVERSED))
-                elif shipped < own:
+                elif shipped < own or returned < min(ours_back, own):
                     exp.outcomes.add("quantities_reversed")
+                    exp.allowed.add(("needs_attention", REVERSED))
                     exp.allowed.add(("needs_attention", REVERSED))
         # Intermediate snapshots may each have been acted on: what they could trigger is
         # allowed (an increase refused, a cancel later reopened).
@@ -293,6 +304,7 @@ class Oracle:
                     entry = exp.lines.setdefault(line_id, LineExpect())
                     entry.captured_range = (st.captured.get(line_id, 0), shipped)
         total = order_total(last)
+        before: int | None = None  # the authorization before this window lowered it
         # Step 1 (§4): the authorization follows the basket before anything is captured.
         lows = [order_total(x) for x in self.window if x["status"] == "open"]
         if self.refuses and st.closed is None and min(lows, default=total) < st.authorized:
@@ -337,14 +349,46 @@ class Oracle:
                     exp.allowed.add(("needs_new_order", ""))
             else:
                 exp.outcomes.add("increase" if total > st.authorized else "decrease")
+                exp.authorized_high = None
+                before = st.authorized
                 st.authorized = total
         # Steps 2-4: captures, refunds, then a cancel lets go of what is left.
         self._captures(last, lines)
+        if before is not None and total < st.money - 2:
+            # Units shipped in this window were captured, and the last basket is below
+            # them: a worker that captured for an earlier snapshot first could not lower
+            # the authorization after (§4 step 1 follows the basket only "not fully
+            # captured"; the PSP refuses an amount below its captures), so the PSP may
+            # still hold what an earlier snapshot of the window, or the last settle, set.
+            exp.authorized_high = max(before, *lows)
+        if st.closed is None and any(
+            order_total(snap) <= st.money + 2 < total
+            for snap in self.window[:-1]
+            if snap["status"] == "open"
+        ):
+            # A worker may have lowered the authorization to an earlier basket of this
+            # window that the captures cover: fully captured, it cannot be raised to the
+            # last one (§4 step 1, "not fully captured"), so the shop is asked for a new
+            # payment, as after a refused increase.
+            exp.allowed.add(("needs_new_order", ""))
+            exp.authorized_low = min(
+                exp.authorized_low or st.authorized,
+                *(order_total(x) for x in self.window[:-1] if x["status"] == "open"),
+            )
         self._refunds(lines)
         # Units whose capture depends on timing: what was captured is not known exactly.
         uncertain = any(e.captured_range for e in exp.lines.values())
+        # nothing_new after a cancel: the authorization was fully captured, so nothing was
+        # left to release (§4 step 4), and the PSP never "cancelled or released"; a higher
+        # basket over units all captured is a gap for a person (CANNOT_FOLLOW, below), not
+        # new items for a new order (1146's reasoning).
         if st.closed in ("cancelled", "released") and not cancelling:
-            if total > st.money + 2 and last["version"] > st.closed_version and not uncertain:
+            if (
+                total > st.money + 2
+                and last["version"] > st.closed_version
+                and not uncertain
+                and not nothing_new
+            ):
                 # Reopened after the PSP let go, wanting more than was captured: the
                 # shop must take a new payment.
                 exp.requires("needs_new_order")
@@ -355,6 +399,10 @@ class Oracle:
             exp.outcomes.add("cancel_after_shipment" if st.any_capture else "cancel_before_capture")
             st.closed = "released" if st.any_capture else "cancelled"
             st.closed_version = last["version"]
+            if not st.any_capture and st.maybe_captured:
+                # Captured or not depended on timing (see _captures): the PSP then
+                # released what was left, or cancelled.
+                exp.uncertain_end = True
         if (
             last["status"] == "open"
             and st.any_capture
@@ -527,12 +575,19 @@ class Oracle:
                 before = st.captured.get(line_id, 0)
                 entry.captured_range = (before, before + units)
                 entry.prices |= self._prices(line_id)
+                # Captured after all, they may carry a price edit as any capture does.
+                entry.totals |= self._totals(line_id)
             exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
             exp.uncertain_end = True
             return
         free = {i for i in newly if all(p == 0 for p, _ in self._prices(i))}
         if self._ratio(last) == 0:
+            free_by_price = free
             free = set(newly)  # order-level lines take all of it: nothing to capture
+            if set(newly) - free_by_price and any(self._ratio(s) for s in self.window[:-1]):
+                # An earlier snapshot of this window gave them value: a worker may have
+                # captured them for it before the order-level lines took it all.
+                st.maybe_captured = True
         if st.any_capture and order_total(last) < st.money - 2:
             # The total went below what is captured (a price or discount edit after a
             # capture): the captures can no longer add up to it (a person is told,

@@ -259,8 +259,12 @@ def _book_per_unit(
         entry[0] += quantity
         entry[1] += quantity * unit
         entry[2] += quantity * tax
+    # A reference the shop never named is the discount line the service adds for an
+    # unitemised discount (contract §4 `amount`). Its share is rounded cumulatively, so
+    # after the shop lowers that discount a later capture may carry a positive share back:
+    # it is still the discount line, never goods.
     return [
-        Booked(ref, types.get(ref, "discount" if total < 0 else "physical"), q, total, tax, rate)
+        Booked(ref, types.get(ref, "discount"), q, total, tax, rate)
         for ref, (q, total, tax, rate) in merged.items()
     ]
 
@@ -1843,7 +1847,9 @@ class Simulation:
             and exp.authorized is not None
             and psp.captured < psp.authorized
             and exp.total > 0
-            and not (exp.authorized_low or exp.authorized) <= psp.authorized <= exp.authorized
+            and not (exp.authorized_low or exp.authorized)
+            <= psp.authorized
+            <= (exp.authorized_high or exp.authorized)
         ):
             found.append(
                 Violation(

@@ -10,6 +10,8 @@ from devrig.oracle import (
     EXTERNAL,
     REVERSED,
     Booked,
+    Expectation,
+    LineExpect,
     Oracle,
     check_ledger,
     line_value,
@@ -567,3 +569,141 @@ def test_a_price_raised_after_every_unit_was_captured_may_be_flagged_below_total
     oracle.snapshot(snap(3, [{**sock, "shipped_quantity": 1}, {**fee, "unit_price": 200}]))
     exp = oracle.expectation()
     assert ("needs_attention", "captured_below_total") in exp.allowed
+
+
+def test_a_positive_share_of_the_unitemised_discount_is_not_goods() -> None:
+    # Contract §4: `amount` below the lines makes the service add a discount line, shared
+    # cumulatively; the shop lowered it after a capture carried a larger share, so the
+    # next capture gives part of it back (the simulated Adyen books unit groups by id).
+    from devrig.simulation import _book_per_unit
+
+    types = {"l3": "physical", "l4": "physical"}
+    first = _book_per_unit([("l3", 2, 450, 75, 2000), ("Discount", 1, -5, -1, 2000)], types)
+    second = _book_per_unit([("l4", 2, 450, 75, 2000), ("Discount", 1, 3, 0, 2000)], types)
+    exp = Expectation(lines={"l3": LineExpect(captured=2), "l4": LineExpect(captured=2)})
+    codes = {
+        code for code, _ in check_ledger([("capture", 895, first), ("capture", 903, second)], exp)
+    }
+    assert "captured_units" not in codes
+
+
+def test_a_basket_lowered_below_captures_made_in_the_same_window_may_keep_its_authorization() -> (
+    None
+):
+    """Seed 1035: a worker captured the surcharge for a snapshot of 2068, then the shop
+    added a discount bringing the basket to 1297, below the 1695 captured: the PSP refuses
+    an amount below its captures, so it may still hold 2068 (or 1297, had the worker read
+    the last snapshot first)."""
+    oracle = Oracle(1695, refuses_increases=False)
+    goods = [line("l1", 1, 1200), line("l2", 2, 0)]
+    oracle.external_capture("l1", 1, 1200)
+    oracle.snapshot(snap(1, [*goods, line("l3", 1, 495, type="surcharge")]))
+    oracle.settle()
+    fees = [line("l3", 1, 495, type="surcharge"), line("l4", 1, 373, type="shipping_fee")]
+    oracle.snapshot(snap(2, [*goods, *fees]))
+    oracle.settle()
+    shipped = [goods[0], goods[1], {**fees[0], "shipped_quantity": 1}, fees[1]]
+    oracle.snapshot(snap(3, shipped))
+    oracle.snapshot(snap(4, [*shipped, line("l5", 1, -771, type="discount")]))
+    exp = oracle.expectation()
+    assert exp.authorized == 1297
+    low, high = exp.authorized_low or exp.authorized, exp.authorized_high or exp.authorized
+    assert low <= 1297
+    assert high >= 2068
+
+
+def test_a_basket_lowered_to_its_captures_then_raised_in_one_window_may_need_a_new_order() -> None:
+    """Seed 3003: two shoes captured, the unshipped pair removed (the authorization may
+    come down to the 2400 captured: fully captured), then a shipping fee added. Step 1
+    updates only an authorization "not fully captured", so a worker that read the
+    smaller basket first can only ask for a new payment."""
+    oracle = Oracle(4800, refuses_increases=False)
+    shoes = line("l1", 2, 1200)
+    oracle.snapshot(snap(1, [shoes, line("l2", 2, 1200)]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**shoes, "shipped_quantity": 2}, line("l2", 2, 1200)]))
+    oracle.settle()
+    oracle.snapshot(snap(3, [{**shoes, "shipped_quantity": 2}]))
+    fee = line("l3", 1, 64, type="shipping_fee")
+    oracle.snapshot(snap(4, [{**shoes, "shipped_quantity": 2}, fee]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") in exp.allowed
+    assert ("needs_new_order", "") not in exp.required
+
+
+def test_units_a_discount_made_worthless_in_the_same_window_may_have_been_captured() -> None:
+    """Seed 3006: two downloads shipped, then a discount of their whole value brought the
+    basket to 0. A worker that captured them for the earlier snapshot leaves the
+    authorization captured (released), one that read the last snapshot first cancels it."""
+    oracle = Oracle(198, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l3", 2, 99, type="digital")]))
+    oracle.settle()
+    out = {**line("l3", 2, 99, type="digital"), "shipped_quantity": 2}
+    oracle.snapshot(snap(2, [out]))
+    oracle.snapshot(snap(3, [out, line("l4", 1, -198, type="discount")]))
+    exp = oracle.expectation()
+    assert exp.lines["l3"].captured_range == (0, 2)
+    assert exp.uncertain_end
+
+
+def test_reopened_with_a_smaller_credit_after_everything_was_captured_needs_no_new_order() -> None:
+    """Seed 3098: everything shipped and captured (the authorization fully captured), the
+    order cancelled (nothing left to release), then reopened with the discount lowered.
+    The PSP never cancelled or released, and nothing new is to be paid for: a person
+    settles the gap (§4's new order is "for the new items")."""
+    oracle = Oracle(1470, refuses_increases=False)
+    everything = [{**SHOES, "shipped_quantity": 1}, {**SOCKS, "shipped_quantity": 2}]
+    oracle.snapshot(snap(1, [SHOES, SOCKS, DISCOUNT]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [*everything, DISCOUNT]))
+    oracle.settle()
+    oracle.snapshot(snap(3, [*everything, DISCOUNT], status="cancelled"))
+    oracle.settle()
+    oracle.snapshot(snap(4, [*everything, {**DISCOUNT, "unit_price": -300}]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") not in exp.required
+    assert ("needs_new_order", "") in exp.allowed
+    assert (
+        CANNOT_FOLLOW_ABOVE in exp.allowed
+        or ("needs_attention", "captured_below_total") in exp.allowed
+    )
+
+
+def test_a_price_cut_carried_by_a_capture_the_authorization_may_not_fit_is_judged_alike() -> None:
+    """Seed 3076: one of two shoes captured at 1200, the price cut to 900, the second
+    shipped, a discount added and the order cancelled in one window. At its share of the
+    discounted price the unit might not fit what is left of the authorization (a range),
+    but captured it carries the price cut like any capture: 1800 − 1200 = 600."""
+    oracle = Oracle(2400, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 2, 1200, shipped_quantity=1)]))
+    oracle.settle()
+    cut = line("l1", 2, 900, shipped_quantity=2)
+    oracle.snapshot(snap(2, [cut]))
+    off = line("l3", 1, -373, type="discount")
+    oracle.snapshot(snap(3, [cut, off], status="cancelled"))
+    exp = oracle.expectation()
+    first = [booked("l1", 1, 1200)]
+    second = [booked("l1", 1, 600), booked("l3", 1, -373, type="discount")]
+    codes = {
+        code for code, _ in check_ledger([("capture", 1200, first), ("capture", 227, second)], exp)
+    }
+    assert "captured_at_wrong_price" not in codes
+
+
+def test_a_return_taken_back_for_a_unit_maybe_never_captured_may_go_unflagged() -> None:
+    """Seed 3128: the basket emptied, refilled and a unit shipped in one window (a worker
+    may have cancelled first), then the unit returned, and the return taken back. Whether it was
+    ever captured or refunded depends on timing; §4 flags a quantity lowered "below what
+    was already captured or refunded", so the flag is allowed, not required."""
+    oracle = Oracle(3600, refuses_increases=False)
+    oracle.snapshot(snap(1, [SHOES, SOCKS]))
+    oracle.snapshot(snap(2, []))
+    oracle.snapshot(snap(3, [line("l4", 2, 450)]))
+    oracle.snapshot(snap(4, [line("l4", 2, 450, shipped_quantity=1)]))
+    oracle.settle()
+    oracle.snapshot(snap(5, [line("l4", 2, 450, shipped_quantity=1, returned_quantity=1)]))
+    oracle.settle()
+    oracle.snapshot(snap(6, [line("l4", 2, 450, shipped_quantity=1)]))
+    exp = oracle.expectation()
+    assert ("needs_attention", REVERSED) not in exp.required
+    assert ("needs_attention", REVERSED) in exp.allowed

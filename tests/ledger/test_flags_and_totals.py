@@ -33,7 +33,7 @@ from tests.ledger.test_money_rules import (
     settle_capture,
     snap,
 )
-from tests.seed_basket import SHOES, SOCKS
+from tests.seed_basket import DISCOUNT, SHOES, SOCKS
 from workers.context import WorkerContext
 
 pytestmark = pytest.mark.integration
@@ -182,5 +182,33 @@ def test_a_customer_area_capture_of_part_of_a_later_shipment_is_never_made_again
         assert [(i["id"], i["quantity"]) for i in body["lineItems"]] == [("socks", 1)]
         (external,) = [o for o in operations(ctx, order_id) if o["external"]]
         assert [(x["reference"], x["quantity"]) for x in external["lines"]] == [("socks", 1)]
+    finally:
+        ctx.close()
+
+
+def test_shipped_goods_after_an_unnamed_customer_area_capture_take_the_discount_it_left(
+    database_url: str,
+) -> None:
+    """Simulation seed 1086: a Customer Area capture (no lines) of the shoes' 1200, then
+    the socks ship. Shared by value over everything still open, the socks' discount share
+    was 270, so 630 did not fit the 270 left of the authorization: the socks were never
+    captured and the order was flagged. The unnamed capture paid for goods without a
+    share, so the socks carry the whole discount: 900 − 630 = 270, and the captures come
+    to the order's 1470 (contract §4)."""
+    ctx, sent = adyen_with_captured_lines(database_url)
+    try:
+        order_id = new_order_id()
+        first = snap(order_id, [SHOES, SOCKS, DISCOUNT], provider="adyen")
+        insert_order(ctx, first)
+        drive(ctx, order_id)
+        capture = adyen_item(first.psp_order_id, "CAPTURE", 1200, merchantReference="shop-1001")
+        assert notify(ctx, capture) == "external"
+        socks_out = shipped([SHOES, SOCKS, DISCOUNT], socks=2)
+        update_snapshot(ctx, snap(order_id, socks_out, 2, provider="adyen"))
+        operator_reconcile(ctx, order_id)
+        (request,) = [r for r in sent if r.url.path.endswith("/captures")]
+        body = json.loads(request.content)
+        assert body["amount"]["value"] == 270
+        assert flag_code(ctx, order_id) != "capture_exceeds_authorization"
     finally:
         ctx.close()
