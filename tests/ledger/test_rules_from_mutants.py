@@ -163,6 +163,7 @@ def test_a_failed_check_read_is_recorded_as_the_reads_error_with_its_correlation
     assert op["status"] == "pending" and op["outcome_unknown"]
     assert op["error"]["code"].startswith("check_read_")
     assert op["error"]["correlation_id"] == "corr-7"
+    assert op["error"]["http_status"] == 503
 
 
 def test_an_earlier_capture_does_not_stop_the_first_extension(
@@ -417,7 +418,8 @@ def test_adyen_a_failed_chargeback_is_not_counted_and_a_person_is_told(ctx: Work
     assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == "flagged"
     row = order_row(ctx, order_id)
     assert (row["captured_amount"], row["refunded_amount"]) == (0, 0)
-    assert row["flag_reason"]["needs_attention"]["code"] == "external_change"
+    reason = row["flag_reason"]["needs_attention"]
+    assert reason["code"] == "external_change" and "CHARGEBACK CA1" in reason["message"]
 
 
 def test_adyen_money_moved_under_another_merchant_account_is_not_counted(
