@@ -114,3 +114,44 @@ def test_a_captured_fee_counts_as_captured_when_nothing_else_is_left() -> None:
     basket = order([shipped(A, 2), {**FEE, "type": "shipping_fee"}])
     ledger = ledger_from([("capture", capture_lines(basket, {}))])
     assert all_units_captured(basket, ledger)
+
+
+def test_a_discount_refunded_whole_carries_the_tax_the_shop_gives_for_it() -> None:
+    # The shop states the discount's tax (-104, within ±1 of the rate's -105): when the
+    # whole discount comes back, the refund's discount line is the shop's line as it is.
+    psp = Psp(authorized=1470)
+    psp.sync(order([shipped(SHOES, 1), shipped(SOCKS, 2), discount(630)]))
+    stated = {**discount(630), "total_tax_amount": -104}
+    everything = order([shipped(SHOES, 1, 1), shipped(SOCKS, 2, 2), stated])
+    [refund] = plans(psp.sync(everything), Kind.REFUND)
+    assert [(x.reference, x.total_amount, x.total_tax_amount) for x in refund.lines][-1] == (
+        "discount",
+        -630,
+        -104,
+    )
+
+
+def test_a_discount_the_shop_dropped_is_still_refunded_on_its_line_with_its_tax() -> None:
+    # Captured with the discount, which the shop then drops: a returned pair still gives
+    # back its share on a discount line, taxed at the rate it was captured at.
+    psp = Psp(authorized=1470)
+    psp.sync(order([shipped(SHOES, 1), shipped(SOCKS, 2), discount(630)]))
+    made = psp.sync(order([shipped(SHOES, 1), shipped(SOCKS, 2, returned=1)]))
+    [refund] = plans(made, Kind.REFUND)
+    assert [(x.reference, x.type, x.total_amount, x.total_tax_amount) for x in refund.lines] == [
+        ("socks", "physical", 450, 75),
+        ("discount", "discount", -135, -22),
+    ]
+
+
+def test_a_reopened_order_asks_a_new_payment_for_units_refunded_before_the_release() -> None:
+    # Both A captured, one refunded, the rest of the authorization released; the shop
+    # reopens the order as it stood. The payment now holds one A: the flag names A
+    # (more units than held) as well as B (never captured).
+    psp = Psp(authorized=4000)
+    psp.sync(order([shipped(A, 2), B]))
+    psp.sync(order([shipped(A, 2, returned=1), B]))
+    psp.sync(order([shipped(A, 2, returned=1), B], status="cancelled"))
+    [flag] = psp.sync(order([shipped(A, 2, returned=1), B]))
+    assert isinstance(flag, Flag) and flag.code == "authorization_cancelled"
+    assert [line.reference for line in flag.lines] == ["a", "b"]

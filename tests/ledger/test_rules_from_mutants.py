@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -27,7 +28,7 @@ from tests.ledger.test_ledger_regressions import adyen_notification, drive, klar
 from tests.seed_basket import SHOES, SOCKS
 from workers import adyen_inbox
 from workers.context import WorkerContext
-from workers.reconcile import Reconciler
+from workers.reconcile import Reconciler, _not_behind
 
 pytestmark = pytest.mark.integration
 
@@ -162,6 +163,7 @@ def test_a_failed_check_read_is_recorded_as_the_reads_error_with_its_correlation
     assert op["status"] == "pending" and op["outcome_unknown"]
     assert op["error"]["code"].startswith("check_read_")
     assert op["error"]["correlation_id"] == "corr-7"
+    assert op["error"]["http_status"] == 503
 
 
 def test_an_earlier_capture_does_not_stop_the_first_extension(
@@ -352,3 +354,81 @@ def test_a_later_read_showing_money_moved_elsewhere_is_counted_and_flagged(
     # flagged external_change.
     reason = row["flag_reason"]["needs_attention"]
     assert reason["code"] == "external_change" and "without this service" in reason["message"]
+
+
+def _succeeded(kind: str, amount: int) -> Any:
+    return SimpleNamespace(kind=kind, status="succeeded", amount=amount)
+
+
+@pytest.mark.parametrize(
+    ("lagging", "done", "now"),
+    [
+        # Released after a part capture: the read still shows the old authorization.
+        (
+            {"status": "part_captured", "authorized": 2100, "captured": 1200},
+            [_succeeded("capture", 1200), _succeeded("release_authorization", 900)],
+            {"status": "captured", "authorized": 1200, "captured": 1200},
+        ),
+        # Captured in full: the read does not show the capture yet.
+        (
+            {"status": "authorized", "authorized": 2100, "captured": 0},
+            [_succeeded("capture", 2100)],
+            {"status": "captured", "authorized": 2100, "captured": 2100},
+        ),
+    ],
+    ids=["released", "captured_in_full"],
+)
+def test_a_lagging_read_never_undoes_what_the_psp_confirmed(
+    lagging: dict[str, Any], done: list[Any], now: dict[str, Any]
+) -> None:
+    # A read behind the PSP's own confirmed answers keeps what they said (else the
+    # planner would release or capture again).
+    figures = _not_behind({**lagging, "refunded": 0}, done)
+    assert {k: figures[k] for k in now} == now
+
+
+def test_a_capture_the_psp_rejects_is_flagged_with_the_psps_reason(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+    forbidden = httpx.Response(403, json={"error_code": "NOT_ALLOWED"})
+    klarna.fault("POST", "/captures", lambda _r: (False, forbidden))
+    drive(ctx, order_id)
+    # The person reads why the PSP refused it: the PSP's own error code, not ours.
+    reason = order_row(ctx, order_id)["flag_reason"]["needs_attention"]
+    assert (reason["code"], reason["message"]) == ("NOT_ALLOWED", "Forbidden")
+
+
+def _customer_area(psp: str, code: str, success: str, account: str = "Test") -> dict[str, Any]:
+    return {
+        "pspReference": "CA1",
+        "originalReference": psp,
+        "merchantAccountCode": account,
+        "eventCode": code,
+        "success": success,
+        "amount": {"value": 1200, "currency": "EUR"},
+    }
+
+
+def test_adyen_a_failed_chargeback_is_not_counted_and_a_person_is_told(ctx: WorkerContext) -> None:
+    order_id, psp = _adyen_order(ctx)
+    # Contract §4: a chargeback is told to a person even when it failed; it moved no money.
+    item = _customer_area(psp, "CHARGEBACK", "false")
+    assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == "flagged"
+    row = order_row(ctx, order_id)
+    assert (row["captured_amount"], row["refunded_amount"]) == (0, 0)
+    reason = row["flag_reason"]["needs_attention"]
+    assert reason["code"] == "external_change" and "CHARGEBACK CA1" in reason["message"]
+
+
+def test_adyen_money_moved_under_another_merchant_account_is_not_counted(
+    ctx: WorkerContext,
+) -> None:
+    order_id, psp = _adyen_order(ctx)
+    # A verified HMAC says who sent it, not that it is about this order's account.
+    item = _customer_area(psp, "CAPTURE", "true", account="Elsewhere")
+    assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == "invalid"
+    row = order_row(ctx, order_id)
+    assert row["captured_amount"] == 0
+    assert row["flag_reason"]["needs_attention"]["code"] == "notification_mismatch"
