@@ -531,6 +531,15 @@ class Oracle:
             exp.uncertain_end = True
             return
         free = {i for i in newly if all(p == 0 for p, _ in self._prices(i))}
+        priced_out = {i for i in newly if int(lines[i]["unit_price"]) == 0} - free
+        if priced_out:
+            # Priced to 0 in this window after they shipped: a capture for the last
+            # snapshot is worth nothing (none of 0 is sent), one for an earlier snapshot
+            # carried them at their price then; which, and so the authorization's end
+            # (cancelled or released), is timing.
+            free |= priced_out
+            exp.uncertain_end = True
+            exp.outcomes.add("priced_to_nothing_while_shipping")
         if self._ratio(last) == 0:
             free = set(newly)  # order-level lines take all of it: nothing to capture
         if st.any_capture and order_total(last) < st.money - 2:

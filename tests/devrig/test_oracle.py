@@ -567,3 +567,18 @@ def test_a_price_raised_after_every_unit_was_captured_may_be_flagged_below_total
     oracle.snapshot(snap(3, [{**sock, "shipped_quantity": 1}, {**fee, "unit_price": 200}]))
     exp = oracle.expectation()
     assert ("needs_attention", "captured_below_total") in exp.allowed
+
+
+def test_shipped_units_priced_to_nothing_in_the_same_window_may_stay_uncaptured() -> None:
+    # Seed 5052: 2 of 3 units shipped at 99, then (before any worker acted) their price
+    # set to 0 and the order cancelled. A capture for the last snapshot is worth nothing
+    # and none of 0 is sent (§4 step 4 captures what shipped, then cancels); one for an
+    # earlier snapshot of the window would have carried them at 99: either.
+    oracle = Oracle(397, refuses_increases=False)
+    l2 = line("l2", 3, 99)
+    oracle.snapshot(snap(1, [line("l1", 1, 100), l2]))
+    oracle.snapshot(snap(2, [line("l1", 1, 100), {**l2, "shipped_quantity": 2}]))
+    oracle.snapshot(snap(3, [{**l2, "unit_price": 0, "shipped_quantity": 2}], status="cancelled"))
+    exp = oracle.expectation()
+    assert exp.lines["l2"].captured_range == (0, 2)
+    assert check_ledger([], exp) == []
