@@ -250,11 +250,16 @@ class Oracle:
         for snap in self.window:
             for line in snap["lines"]:
                 line_id = line["id"]
-                if kind(line) not in GOODS:
-                    continue  # a fee is charged with the first capture, shipped or not
+                if kind(line) not in GOODS | FEES:
+                    continue
                 own = st.captured.get(line_id, 0) - st.external_units.get(line_id, 0)
                 ours_back = st.refunded.get(line_id, 0) - st.external_back.get(line_id, 0)
                 shipped = int(line.get("shipped_quantity", 0))
+                if kind(line) in FEES:
+                    # Charged with the first capture, shipped or not; but refunded only
+                    # once marked returned, so §4's "lowers one below what was already
+                    # ... refunded" holds for its returns.
+                    shipped = own
                 # §4 flags a quantity lowered "below what was already captured": units
                 # worth nothing may never have been captured, so for them it may be.
                 surely = own - st.worthless.get(line_id, 0)

@@ -582,3 +582,28 @@ def test_shipped_units_priced_to_nothing_in_the_same_window_may_stay_uncaptured(
     exp = oracle.expectation()
     assert exp.lines["l2"].captured_range == (0, 2)
     assert check_ledger([], exp) == []
+
+
+def test_a_returned_fee_taken_back_after_its_refund_is_flagged() -> None:
+    # Seed 5099: the shipping fee was captured with the goods, marked returned and
+    # refunded, then a snapshot set its returned (and shipped) quantity back to 0. §4:
+    # a snapshot that "lowers one below what was already captured or refunded for that
+    # line" is flagged quantities_reversed; a fee's shipped quantity says nothing (it is
+    # charged with the first capture), its returned one does.
+    oracle = Oracle(450, refuses_increases=False)
+    goods, fee = line("l1", 3, 100), line("l2", 1, 150, type="shipping_fee")
+    oracle.snapshot(snap(1, [{**goods, "shipped_quantity": 2}, fee]))
+    oracle.settle()
+    oracle.snapshot(
+        snap(
+            2,
+            [
+                {**goods, "shipped_quantity": 2},
+                {**fee, "shipped_quantity": 1, "returned_quantity": 1},
+            ],
+        )
+    )
+    oracle.settle()
+    oracle.snapshot(snap(3, [{**goods, "shipped_quantity": 2}, fee]))
+    exp = oracle.expectation()
+    assert ("needs_attention", REVERSED) in exp.required
