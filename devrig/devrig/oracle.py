@@ -547,6 +547,11 @@ class Oracle:
             exp.outcomes.add("priced_to_nothing_while_shipping")
         if self._ratio(last) == 0:
             free = set(newly)  # order-level lines take all of it: nothing to capture
+            if any(self._ratio(snap) != 0 for snap in earlier):
+                # Discounted to nothing in this window after they shipped: as for units
+                # priced to 0, a capture for an earlier snapshot carried them; timing.
+                exp.uncertain_end = True
+                exp.outcomes.add("priced_to_nothing_while_shipping")
         if st.any_capture and order_total(last) < st.money - 2:
             # The total went below what is captured (a price or discount edit after a
             # capture): the captures can no longer add up to it (a person is told,

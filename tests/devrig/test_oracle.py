@@ -607,3 +607,20 @@ def test_a_returned_fee_taken_back_after_its_refund_is_flagged() -> None:
     oracle.snapshot(snap(3, [{**goods, "shipped_quantity": 2}, fee]))
     exp = oracle.expectation()
     assert ("needs_attention", REVERSED) in exp.required
+
+
+def test_shipped_units_discounted_to_nothing_in_the_same_window_may_end_released() -> None:
+    # Seed 5157: the shoe shipped (with the surcharge and a discount, 398), then a second
+    # discount took the order to 0 and it was cancelled, all in one window. A worker that
+    # captured for the shipment's snapshot leaves a released authorization; one that saw
+    # only the last cancels. Either end is the contract's (§4 step 4).
+    oracle = Oracle(398, refuses_increases=False)
+    shoe = line("l1", 1, 450)
+    rest = [line("l2", 1, 495, type="surcharge"), line("l3", 1, -547, type="discount")]
+    oracle.snapshot(snap(1, [shoe, *rest]))
+    oracle.snapshot(snap(2, [{**shoe, "shipped_quantity": 1}, *rest]))
+    all_off = line("l4", 1, -398, type="discount")
+    oracle.snapshot(snap(3, [{**shoe, "shipped_quantity": 1}, *rest, all_off], status="cancelled"))
+    exp = oracle.expectation()
+    assert exp.uncertain_end
+    assert exp.lines["l1"].captured_range == (0, 1)
