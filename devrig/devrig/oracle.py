@@ -274,8 +274,12 @@ class Oracle:
                     exp.allowed.add(("needs_attention", REVERSED))
         # Intermediate snapshots may each have been acted on: what they could trigger is
         # allowed (an increase refused, a cancel later reopened).
+        fully_captured = st.any_capture and st.money + 2 >= st.authorized
         for snap in self.window[:-1]:
-            if self.refuses and order_total(snap) > st.authorized and snap["status"] == "open":
+            # §4 step 1 updates only an authorization "not fully captured": past a fully
+            # captured one, as past a refused increase, the shop is told to take a new order.
+            grown = order_total(snap) > st.authorized and snap["status"] == "open"
+            if grown and (self.refuses or fully_captured):
                 exp.allowed.add(("needs_new_order", ""))
             if snap["status"] == "cancelled" or order_total(snap) == 0:
                 exp.allowed.add(("needs_new_order", ""))

@@ -624,3 +624,20 @@ def test_shipped_units_discounted_to_nothing_in_the_same_window_may_end_released
     exp = oracle.expectation()
     assert exp.uncertain_end
     assert exp.lines["l1"].captured_range == (0, 1)
+
+
+def test_a_basket_grown_past_a_fully_captured_authorization_in_passing_may_need_a_new_order() -> (
+    None
+):
+    # Seed 5154: 2 × 450 authorized and captured; a snapshot raised the quantity to 4
+    # and a later one of the same window cancelled. A worker that acted on the raised
+    # basket found the authorization fully captured (§4 step 1 updates only one "not
+    # fully captured") and told the shop to take a new order: allowed.
+    oracle = Oracle(900, refuses_increases=False)
+    socks = line("l1", 2, 450, shipped_quantity=2)
+    oracle.snapshot(snap(1, [socks]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**socks, "quantity": 4}]))
+    oracle.snapshot(snap(3, [{**socks, "quantity": 4}], status="cancelled"))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") in exp.allowed
