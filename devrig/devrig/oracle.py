@@ -328,9 +328,10 @@ class Oracle:
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         if st.closed is None and not cancelling and total != st.authorized:
             if total > st.authorized and self.refuses and not nothing_new:
-                if any(e.captured_range for e in exp.lines.values()):
-                    # What an earlier window captured was left to timing: everything
-                    # may be captured already (see nothing_new), or not.
+                if any(e.captured_range for e in exp.lines.values()) or self._emptied_earlier():
+                    # What an earlier window (or an earlier snapshot of this one)
+                    # captured was left to timing: everything may be captured already
+                    # (see nothing_new), or not.
                     exp.allowed.add(("needs_new_order", ""))
                     exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
                 else:
@@ -384,6 +385,25 @@ class Oracle:
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         self.window = [last]
         self.faulty = False
+
+    def _emptied_earlier(self) -> bool:
+        """A snapshot of this window before the last had every unit of value shipped,
+        some not captured yet, for the whole authorization: a worker may have captured
+        all of it, leaving the authorization fully captured before the basket grew."""
+        for snap in self.window[:-1]:
+            goods = [x for x in snap["lines"] if kind(x) in GOODS and line_value(x) > 0]
+            if (
+                snap["status"] == "open"
+                and goods
+                and all(int(x.get("shipped_quantity", 0)) >= int(x["quantity"]) for x in goods)
+                and any(
+                    int(x.get("shipped_quantity", 0)) > self.state.captured.get(x["id"], 0)
+                    for x in goods
+                )
+                and abs(order_total(snap) - self.state.authorized) <= 2
+            ):
+                return True
+        return False
 
     def _captured_at_most(self, line_id: str) -> int:
         """Units of the line the PSP may hold: more than counted when a window left

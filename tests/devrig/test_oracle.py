@@ -641,3 +641,22 @@ def test_a_basket_grown_past_a_fully_captured_authorization_in_passing_may_need_
     oracle.snapshot(snap(3, [{**socks, "quantity": 4}], status="cancelled"))
     exp = oracle.expectation()
     assert ("needs_new_order", "") in exp.allowed
+
+
+def test_a_sales_tax_added_while_everything_shipped_may_need_no_new_order() -> None:
+    # Seed 5162: 2 × 100, a shipping fee and a discount, 113 authorized (a PSP that
+    # refuses increases); everything shipped, then a sales tax line took the total to
+    # 263 in the same window. A worker that captured for the shipment's snapshot took
+    # the whole authorization: the rise is then no new item (§4's new order is "for the
+    # new items") and a person is told (captured_below_total). One that saw the sales
+    # tax first asks for the increase, refused: needs_new_order. Either.
+    oracle = Oracle(113, refuses_increases=True)
+    rest = [line("l2", 1, -237, type="discount"), line("l3", 1, 150, type="shipping_fee")]
+    oracle.snapshot(snap(1, [line("l1", 2, 100), *rest]))
+    oracle.snapshot(snap(2, [line("l1", 2, 100, shipped_quantity=2), *rest]))
+    tax = line("l4", 1, 150, type="sales_tax")
+    oracle.snapshot(snap(3, [line("l1", 2, 100, shipped_quantity=2), *rest, tax]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") not in exp.required
+    assert ("needs_new_order", "") in exp.allowed
+    assert ("needs_attention", "captured_below_total") in exp.allowed
