@@ -676,6 +676,25 @@ class Oracle:
         return exp
 
 
+def ended_as(want: str, status: str, *, provider: str, authorized: int, captured: int) -> bool:
+    """Whether the PSP's order status and figures are the authorization's end `want`."""
+    if want == "released":
+        # §4 step 4 "release the remaining authorization": nothing of it is left. One
+        # already lowered to what was captured has nothing to release, whatever status
+        # the PSP keeps it in.
+        if provider == "klarna" and authorized != captured:
+            return False
+        return status in ("CAPTURED", "CANCELLED") or (
+            status == "PART_CAPTURED" and authorized == captured
+        )
+    ends = {
+        "open": ("AUTHORIZED", "PART_CAPTURED", "CAPTURED"),
+        "cancelled": ("CANCELLED",),
+        "expired": ("EXPIRED",),
+    }
+    return status in ends[want]
+
+
 # --- the PSP's ledger against the contract's money rules ------------------------------
 
 

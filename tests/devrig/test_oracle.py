@@ -12,6 +12,7 @@ from devrig.oracle import (
     Booked,
     Oracle,
     check_ledger,
+    ended_as,
     line_value,
     order_total,
     tax_in,
@@ -660,3 +661,15 @@ def test_a_sales_tax_added_while_everything_shipped_may_need_no_new_order() -> N
     assert ("needs_new_order", "") not in exp.required
     assert ("needs_new_order", "") in exp.allowed
     assert ("needs_attention", "captured_below_total") in exp.allowed
+
+
+def test_an_authorization_lowered_to_its_captures_before_the_cancel_counts_as_released() -> None:
+    # Seed 5175: 1350 authorized, 900 captured, the basket lowered to 900 (the Klarna
+    # authorization with it), then cancelled: nothing is left to release, and Klarna
+    # keeps the order PART_CAPTURED. §4 step 4's end ("release the remaining
+    # authorization") is reached; with something left, it is not.
+    assert ended_as("released", "PART_CAPTURED", provider="klarna", authorized=900, captured=900)
+    assert not ended_as(
+        "released", "PART_CAPTURED", provider="klarna", authorized=1350, captured=900
+    )
+    assert not ended_as("cancelled", "PART_CAPTURED", provider="adyen", authorized=9, captured=9)
