@@ -127,6 +127,9 @@ class _State:
     worthless: dict[str, int] = field(default_factory=dict)
     # Unit prices of captures made outside, with their tax rate (None: not known yet).
     outside_prices: dict[str, set[tuple[int, int | None]]] = field(default_factory=dict)
+    # The PSP may still authorize this much: a capture made for an earlier snapshot of a
+    # window, before an order-level line lowered the basket, left no room to lower it.
+    authorized_high: int = 0
 
 
 def identity(snapshot: dict[str, Any]) -> tuple[Any, ...]:
@@ -145,6 +148,7 @@ class Oracle:
         self.window: list[dict[str, Any]] = []  # stored since the last settle point
         self.faulty = False
         self.pending_external = False
+        self._before_update = 0  # the authorization before this settle point lowered it
         # What moved without the service since the last settle point, when nothing
         # before it had required external_change already.
         self.external_since_settle: set[str] = set()
@@ -328,7 +332,11 @@ class Oracle:
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         if st.closed is None and not cancelling and total != st.authorized:
             if total > st.authorized and self.refuses and not nothing_new:
-                if any(e.captured_range for e in exp.lines.values()) or self._emptied_earlier():
+                if (
+                    any(e.captured_range for e in exp.lines.values())
+                    or self._emptied_earlier()
+                    or total <= st.authorized_high + 2
+                ):
                     # What an earlier window (or an earlier snapshot of this one)
                     # captured was left to timing: everything may be captured already
                     # (see nothing_new), or not.
@@ -347,6 +355,7 @@ class Oracle:
                     exp.allowed.add(("needs_new_order", ""))
             else:
                 exp.outcomes.add("increase" if total > st.authorized else "decrease")
+                self._before_update = st.authorized
                 st.authorized = total
         # Steps 2-4: captures, refunds, then a cancel lets go of what is left.
         self._captures(last, lines)
@@ -385,6 +394,7 @@ class Oracle:
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         self.window = [last]
         self.faulty = False
+        self._before_update = 0
 
     def _emptied_earlier(self) -> bool:
         """A snapshot of this window before the last had every unit of value shipped,
@@ -530,6 +540,7 @@ class Oracle:
             # later increase may then need a new order (§4 step 1, "not fully captured").
             exp.allowed.add(("needs_new_order", ""))
             exp.outcomes.add("shares_changed_while_shipping")
+            st.authorized_high = max(st.authorized_high, self._before_update)
         value = sum(int(lines[i]["unit_price"]) * n for i, n in newly.items()) * self._ratio(last)
         limit: Fraction | int = st.authorized
         cancelling = last["status"] == "cancelled" or order_total(last) == 0

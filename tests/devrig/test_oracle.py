@@ -673,3 +673,22 @@ def test_an_authorization_lowered_to_its_captures_before_the_cancel_counts_as_re
         "released", "PART_CAPTURED", provider="klarna", authorized=1350, captured=900
     )
     assert not ended_as("cancelled", "PART_CAPTURED", provider="adyen", authorized=9, captured=9)
+
+
+def test_a_fee_added_after_a_capture_that_outran_a_discount_needs_no_new_order() -> None:
+    # Seed 5212: 3 × 4007 authorized (a PSP refusing increases), all shipped and a
+    # discount of 859 added in the same window: the capture went out for the snapshot
+    # before the discount (12021), so the authorization was never lowered. A surcharge
+    # added later (11455) stays below what the PSP authorizes: no increase, no new order.
+    oracle = Oracle(12021, refuses_increases=True)
+    l2 = line("l2", 3, 4007)
+    oracle.snapshot(snap(1, [l2]))
+    oracle.snapshot(snap(2, [{**l2, "shipped_quantity": 3}]))
+    off = line("l3", 1, -859, type="discount")
+    oracle.snapshot(snap(3, [{**l2, "shipped_quantity": 3}, off]))
+    oracle.settle()
+    fee = line("l4", 1, 293, type="surcharge")
+    oracle.snapshot(snap(4, [{**l2, "shipped_quantity": 3}, off, fee]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") not in exp.required
+    assert ("needs_new_order", "") in exp.allowed
