@@ -289,14 +289,15 @@ class Oracle:
                 exp.allowed.add(("needs_new_order", ""))
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
         if (
-            not cancelling
+            (not cancelling or self._shipped_uncaptured(lines))
             and st.closed is None
             and any(
                 snap["status"] == "cancelled" or order_total(snap) == 0 for snap in self.window[:-1]
             )
         ):
             # A worker may have cancelled for an earlier snapshot of this window: then
-            # what shipped since cannot be captured, and the shop is told.
+            # what shipped since cannot be captured (even when the last snapshot
+            # cancels too), and the shop is told.
             exp.uncertain_end = True
             exp.allowed |= {("needs_attention", r) for r in ("psp_order_cancelled", EXTERNAL)}
             exp.outcomes.add("cancel_then_open_in_one_window")
@@ -395,6 +396,13 @@ class Oracle:
         self.window = [last]
         self.faulty = False
         self._before_update = 0
+
+    def _shipped_uncaptured(self, lines: dict[str, dict[str, Any]]) -> bool:
+        return any(
+            kind(line) in GOODS | FEES
+            and int(line.get("shipped_quantity", 0)) > self.state.captured.get(line_id, 0)
+            for line_id, line in lines.items()
+        )
 
     def _emptied_earlier(self) -> bool:
         """A snapshot of this window before the last had every unit of value shipped,

@@ -692,3 +692,20 @@ def test_a_fee_added_after_a_capture_that_outran_a_discount_needs_no_new_order()
     exp = oracle.expectation()
     assert ("needs_new_order", "") not in exp.required
     assert ("needs_new_order", "") in exp.allowed
+
+
+def test_a_fee_shipped_after_the_basket_was_emptied_in_the_same_window_may_stay_uncaptured() -> (
+    None
+):
+    # Seed 3291: every line removed (the PSP may be told to cancel, §4 step 4), then a
+    # shipping fee added and marked shipped, then cancelled, all in one window. A worker
+    # that cancelled for the emptied basket cannot capture the fee; one that saw only
+    # the last captures it, then releases: either.
+    oracle = Oracle(2599, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 1, 2599)]))
+    oracle.snapshot(snap(2, []))
+    fee = line("l2", 1, 495, type="shipping_fee", shipped_quantity=1)
+    oracle.snapshot(snap(3, [fee], status="cancelled"))
+    exp = oracle.expectation()
+    assert exp.uncertain_end
+    assert exp.lines["l2"].captured_range == (0, 1)
