@@ -364,7 +364,19 @@ class Oracle:
         # Units whose capture depends on timing: what was captured is not known exactly.
         uncertain = any(e.captured_range for e in exp.lines.values())
         if st.closed in ("cancelled", "released") and not cancelling:
-            if total > st.money + 2 and last["version"] > st.closed_version and not uncertain:
+            # §4's new order is "for the new items": with every unit of value already
+            # captured, a higher total (a discount dropped) is a gap for a person.
+            new_items = any(
+                int(line["quantity"]) > self._captured_at_most(line_id) and line_value(line) > 0
+                for line_id, line in lines.items()
+                if kind(line) in GOODS | FEES
+            )
+            if (
+                total > st.money + 2
+                and last["version"] > st.closed_version
+                and not uncertain
+                and new_items
+            ):
                 # Reopened after the PSP let go, wanting more than was captured: the
                 # shop must take a new payment.
                 exp.requires("needs_new_order")
