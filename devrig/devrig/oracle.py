@@ -149,6 +149,7 @@ class Oracle:
         self.faulty = False
         self.pending_external = False
         self._before_update = 0  # the authorization before this settle point lowered it
+        self._maybe_full = False  # the authorization may be fully captured in this window
         # What moved without the service since the last settle point, when nothing
         # before it had required external_change already.
         self.external_since_settle: set[str] = set()
@@ -354,6 +355,15 @@ class Oracle:
                     # §4 step 1 updates only an authorization not fully captured: more
                     # than it is a new payment, as after a refused increase.
                     exp.allowed.add(("needs_new_order", ""))
+            elif total > st.authorized and self._emptied_earlier():
+                # A capture for an earlier snapshot of this window may have taken the
+                # whole authorization first; §4 step 1 then raises nothing ("not fully
+                # captured") and the shop is told to take a new order. Timing decides.
+                exp.allowed.add(("needs_new_order", ""))
+                exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+                exp.uncertain_end = True
+                exp.outcomes.add("grown_after_a_full_capture_in_one_window")
+                self._maybe_full = True
             else:
                 exp.outcomes.add("increase" if total > st.authorized else "decrease")
                 self._before_update = st.authorized
@@ -408,6 +418,7 @@ class Oracle:
         self.window = [last]
         self.faulty = False
         self._before_update = 0
+        self._maybe_full = False
 
     def _shipped_uncaptured(self, lines: dict[str, dict[str, Any]]) -> bool:
         return any(
@@ -572,7 +583,7 @@ class Oracle:
             and st.money + 2 >= st.authorized
             and order_total(last) > st.authorized + 2
         )
-        no_raise = self.refuses or cancelling or fully_captured
+        no_raise = self.refuses or cancelling or fully_captured or self._maybe_full
         if no_raise:
             # No raise will come; and a worker may have lowered the authorization to an
             # earlier, smaller basket of this window.

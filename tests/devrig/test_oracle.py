@@ -725,3 +725,18 @@ def test_reopened_after_a_release_with_every_unit_captured_needs_no_new_order() 
     exp = oracle.expectation()
     assert ("needs_new_order", "") not in exp.required
     assert ("needs_new_order", "") in exp.allowed
+
+
+def test_a_basket_grown_in_the_window_of_a_full_capture_may_need_a_new_order() -> None:
+    # Seed 3241: 2 × 2599 authorized, both shipped, then the quantity raised to 4 and a
+    # third unit shipped, all in one window. The capture for the shipment's snapshot took
+    # the whole authorization; §4 step 1 raises only one "not fully captured", so the
+    # product told the shop to take a new order and the third unit stays uncaptured.
+    oracle = Oracle(5198, refuses_increases=False)
+    l1 = line("l1", 2, 2599)
+    oracle.snapshot(snap(1, [l1]))
+    oracle.snapshot(snap(2, [{**l1, "shipped_quantity": 2}]))
+    oracle.snapshot(snap(3, [{**l1, "quantity": 4, "shipped_quantity": 3}]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") in exp.allowed
+    assert exp.lines["l1"].captured_range == (0, 3)
