@@ -129,6 +129,9 @@ class _State:
     worthless: dict[str, int] = field(default_factory=dict)
     # Unit prices of captures made outside, with their tax rate (None: not known yet).
     outside_prices: dict[str, set[tuple[int, int | None]]] = field(default_factory=dict)
+    # The PSP may still authorize this much: a capture made for an earlier snapshot of a
+    # window, before an order-level line lowered the basket, left no room to lower it.
+    authorized_high: int = 0
 
 
 def identity(snapshot: dict[str, Any]) -> tuple[Any, ...]:
@@ -147,6 +150,8 @@ class Oracle:
         self.window: list[dict[str, Any]] = []  # stored since the last settle point
         self.faulty = False
         self.pending_external = False
+        self._before_update = 0  # the authorization before this settle point lowered it
+        self._maybe_full = False  # the authorization may be fully captured in this window
         # What moved without the service since the last settle point, when nothing
         # before it had required external_change already.
         self.external_since_settle: set[str] = set()
@@ -252,11 +257,16 @@ class Oracle:
         for snap in self.window:
             for line in snap["lines"]:
                 line_id = line["id"]
-                if kind(line) not in GOODS:
-                    continue  # a fee is charged with the first capture, shipped or not
+                if kind(line) not in GOODS | FEES:
+                    continue
                 own = st.captured.get(line_id, 0) - st.external_units.get(line_id, 0)
                 ours_back = st.refunded.get(line_id, 0) - st.external_back.get(line_id, 0)
                 shipped = int(line.get("shipped_quantity", 0))
+                if kind(line) in FEES:
+                    # Charged with the first capture, shipped or not; but refunded only
+                    # once marked returned, so §4's "lowers one below what was already
+                    # ... refunded" holds for its returns.
+                    shipped = own
                 # §4 flags a quantity lowered "below what was already captured": units
                 # worth nothing may never have been captured, so for them it may be.
                 surely = own - st.worthless.get(line_id, 0)
@@ -280,21 +290,26 @@ class Oracle:
                     exp.allowed.add(("needs_attention", REVERSED))
         # Intermediate snapshots may each have been acted on: what they could trigger is
         # allowed (an increase refused, a cancel later reopened).
+        fully_captured = st.any_capture and st.money + 2 >= st.authorized
         for snap in self.window[:-1]:
-            if self.refuses and order_total(snap) > st.authorized and snap["status"] == "open":
+            # §4 step 1 updates only an authorization "not fully captured": past a fully
+            # captured one, as past a refused increase, the shop is told to take a new order.
+            grown = order_total(snap) > st.authorized and snap["status"] == "open"
+            if grown and (self.refuses or fully_captured):
                 exp.allowed.add(("needs_new_order", ""))
             if snap["status"] == "cancelled" or order_total(snap) == 0:
                 exp.allowed.add(("needs_new_order", ""))
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
         if (
-            not cancelling
+            (not cancelling or self._shipped_uncaptured(lines))
             and st.closed is None
             and any(
                 snap["status"] == "cancelled" or order_total(snap) == 0 for snap in self.window[:-1]
             )
         ):
             # A worker may have cancelled for an earlier snapshot of this window: then
-            # what shipped since cannot be captured, and the shop is told.
+            # what shipped since cannot be captured (even when the last snapshot
+            # cancels too), and the shop is told.
             exp.uncertain_end = True
             exp.allowed |= {("needs_attention", r) for r in ("psp_order_cancelled", EXTERNAL)}
             exp.outcomes.add("cancel_then_open_in_one_window")
@@ -331,9 +346,14 @@ class Oracle:
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         if st.closed is None and not cancelling and total != st.authorized:
             if total > st.authorized and self.refuses and not nothing_new:
-                if any(e.captured_range for e in exp.lines.values()):
-                    # What an earlier window captured was left to timing: everything
-                    # may be captured already (see nothing_new), or not.
+                if (
+                    any(e.captured_range for e in exp.lines.values())
+                    or self._emptied_earlier()
+                    or total <= st.authorized_high + 2
+                ):
+                    # What an earlier window (or an earlier snapshot of this one)
+                    # captured was left to timing: everything may be captured already
+                    # (see nothing_new), or not.
                     exp.allowed.add(("needs_new_order", ""))
                     exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
                 else:
@@ -347,10 +367,20 @@ class Oracle:
                     # §4 step 1 updates only an authorization not fully captured: more
                     # than it is a new payment, as after a refused increase.
                     exp.allowed.add(("needs_new_order", ""))
+            elif total > st.authorized and self._emptied_earlier():
+                # A capture for an earlier snapshot of this window may have taken the
+                # whole authorization first; §4 step 1 then raises nothing ("not fully
+                # captured") and the shop is told to take a new order. Timing decides.
+                exp.allowed.add(("needs_new_order", ""))
+                exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+                exp.uncertain_end = True
+                exp.outcomes.add("grown_after_a_full_capture_in_one_window")
+                self._maybe_full = True
             else:
                 exp.outcomes.add("increase" if total > st.authorized else "decrease")
                 exp.authorized_high = None
                 before = st.authorized
+                self._before_update = st.authorized
                 st.authorized = total
         # Steps 2-4: captures, refunds, then a cancel lets go of what is left.
         self._captures(last, lines)
@@ -383,11 +413,19 @@ class Oracle:
         # basket over units all captured is a gap for a person (CANNOT_FOLLOW, below), not
         # new items for a new order (1146's reasoning).
         if st.closed in ("cancelled", "released") and not cancelling:
+            # §4's new order is "for the new items": with every unit of value already
+            # captured, a higher total (a discount dropped) is a gap for a person.
+            new_items = any(
+                int(line["quantity"]) > self._captured_at_most(line_id) and line_value(line) > 0
+                for line_id, line in lines.items()
+                if kind(line) in GOODS | FEES
+            )
             if (
                 total > st.money + 2
                 and last["version"] > st.closed_version
                 and not uncertain
                 and not nothing_new
+                and new_items
             ):
                 # Reopened after the PSP let go, wanting more than was captured: the
                 # shop must take a new payment.
@@ -423,6 +461,34 @@ class Oracle:
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         self.window = [last]
         self.faulty = False
+        self._before_update = 0
+        self._maybe_full = False
+
+    def _shipped_uncaptured(self, lines: dict[str, dict[str, Any]]) -> bool:
+        return any(
+            kind(line) in GOODS | FEES
+            and int(line.get("shipped_quantity", 0)) > self.state.captured.get(line_id, 0)
+            for line_id, line in lines.items()
+        )
+
+    def _emptied_earlier(self) -> bool:
+        """A snapshot of this window before the last had every unit of value shipped,
+        some not captured yet, for the whole authorization: a worker may have captured
+        all of it, leaving the authorization fully captured before the basket grew."""
+        for snap in self.window[:-1]:
+            goods = [x for x in snap["lines"] if kind(x) in GOODS and line_value(x) > 0]
+            if (
+                snap["status"] == "open"
+                and goods
+                and all(int(x.get("shipped_quantity", 0)) >= int(x["quantity"]) for x in goods)
+                and any(
+                    int(x.get("shipped_quantity", 0)) > self.state.captured.get(x["id"], 0)
+                    for x in goods
+                )
+                and abs(order_total(snap) - self.state.authorized) <= 2
+            ):
+                return True
+        return False
 
     def _captured_at_most(self, line_id: str) -> int:
         """Units of the line the PSP may hold: more than counted when a window left
@@ -549,6 +615,7 @@ class Oracle:
             # later increase may then need a new order (§4 step 1, "not fully captured").
             exp.allowed.add(("needs_new_order", ""))
             exp.outcomes.add("shares_changed_while_shipping")
+            st.authorized_high = max(st.authorized_high, self._before_update)
         value = sum(int(lines[i]["unit_price"]) * n for i, n in newly.items()) * self._ratio(last)
         limit: Fraction | int = st.authorized
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
@@ -560,7 +627,7 @@ class Oracle:
             and st.money + 2 >= st.authorized
             and order_total(last) > st.authorized + 2
         )
-        no_raise = self.refuses or cancelling or fully_captured
+        no_raise = self.refuses or cancelling or fully_captured or self._maybe_full
         if no_raise:
             # No raise will come; and a worker may have lowered the authorization to an
             # earlier, smaller basket of this window.
@@ -581,6 +648,15 @@ class Oracle:
             exp.uncertain_end = True
             return
         free = {i for i in newly if all(p == 0 for p, _ in self._prices(i))}
+        priced_out = {i for i in newly if int(lines[i]["unit_price"]) == 0} - free
+        if priced_out:
+            # Priced to 0 in this window after they shipped: a capture for the last
+            # snapshot is worth nothing (none of 0 is sent), one for an earlier snapshot
+            # carried them at their price then; which, and so the authorization's end
+            # (cancelled or released), is timing.
+            free |= priced_out
+            exp.uncertain_end = True
+            exp.outcomes.add("priced_to_nothing_while_shipping")
         if self._ratio(last) == 0:
             free_by_price = free
             free = set(newly)  # order-level lines take all of it: nothing to capture
@@ -588,6 +664,11 @@ class Oracle:
                 # An earlier snapshot of this window gave them value: a worker may have
                 # captured them for it before the order-level lines took it all.
                 st.maybe_captured = True
+            if any(self._ratio(snap) != 0 for snap in earlier):
+                # Discounted to nothing in this window after they shipped: as for units
+                # priced to 0, a capture for an earlier snapshot carried them; timing.
+                exp.uncertain_end = True
+                exp.outcomes.add("priced_to_nothing_while_shipping")
         if st.any_capture and order_total(last) < st.money - 2:
             # The total went below what is captured (a price or discount edit after a
             # capture): the captures can no longer add up to it (a person is told,
@@ -686,6 +767,25 @@ class Oracle:
                 and not any(e.captured_range for e in exp.lines.values())
             )
         return exp
+
+
+def ended_as(want: str, status: str, *, provider: str, authorized: int, captured: int) -> bool:
+    """Whether the PSP's order status and figures are the authorization's end `want`."""
+    if want == "released":
+        # §4 step 4 "release the remaining authorization": nothing of it is left. One
+        # already lowered to what was captured has nothing to release, whatever status
+        # the PSP keeps it in.
+        if provider == "klarna" and authorized != captured:
+            return False
+        return status in ("CAPTURED", "CANCELLED") or (
+            status == "PART_CAPTURED" and authorized == captured
+        )
+    ends = {
+        "open": ("AUTHORIZED", "PART_CAPTURED", "CAPTURED"),
+        "cancelled": ("CANCELLED",),
+        "expired": ("EXPIRED",),
+    }
+    return status in ends[want]
 
 
 # --- the PSP's ledger against the contract's money rules ------------------------------

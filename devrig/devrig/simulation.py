@@ -47,7 +47,15 @@ from psycopg.rows import dict_row
 from pydantic import SecretStr
 
 from data import orders as store
-from devrig.oracle import REDUCING, SHARED_UP, Booked, Oracle, check_ledger, tax_in
+from devrig.oracle import (
+    REDUCING,
+    SHARED_UP,
+    Booked,
+    Oracle,
+    check_ledger,
+    ended_as,
+    tax_in,
+)
 from domain.lines import PspLine
 from domain.snapshot import ShopEvent
 from integrations.adyen.client import AdyenClient
@@ -1823,16 +1831,10 @@ class Simulation:
         # 4. The authorization's end.
         end = psp.status
         want = exp.authorization
-        ends = {
-            "open": ("AUTHORIZED", "PART_CAPTURED", "CAPTURED"),
-            "cancelled": ("CANCELLED",),
-            "released": ("CAPTURED", "CANCELLED"),
-            "expired": ("EXPIRED",),
-        }
         if exp.uncertain_end:
             pass
-        elif end not in ends[want] or (
-            want == "released" and psp.provider == "klarna" and psp.authorized != psp.captured
+        elif not ended_as(
+            want, end, provider=psp.provider, authorized=psp.authorized, captured=psp.captured
         ):
             found.append(
                 Violation(
