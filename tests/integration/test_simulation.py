@@ -33,11 +33,6 @@ def database_url() -> Iterator[str]:
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(
-    reason="open findings of the oracle (docs/simulation-findings.md); remove this mark"
-    " once that list is empty",
-    strict=False,
-)
 def test_bounded_simulation_finds_no_violation(database_url: str) -> None:
     summary = simulation.run_many(database_url, HISTORIES, first_seed=1)
     assert summary.histories == HISTORIES
