@@ -65,6 +65,32 @@ def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
     }
 
 
+def record_gil(pid: int, seconds: float, *, rate: int, raw: Path) -> None:
+    """`py-spy record` of one process for `seconds`, only the thread holding the GIL,
+    written raw (one folded stack a line) to `raw`."""
+    spy = Path(sys.executable).with_name("py-spy")
+    subprocess.run(
+        [
+            str(spy),
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            str(rate),
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--nonblocking",
+            "--gil",
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
 def _short(frame: str) -> str:
     # "fn (/long/path/site-packages/pkg/mod.py:12)" -> "fn (pkg/mod.py)"
     name, _, where = frame.partition(" (")
@@ -109,28 +135,8 @@ def profile(
     wait_until(lambda: done() > 0, timeout=60, what="the first operation")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     raw = RESULTS_DIR / f"profile-{tag}-{time.strftime('%Y%m%dT%H%M%S')}.raw.txt"
-    spy = Path(sys.executable).with_name("py-spy")
     started, first = time.monotonic(), done()
-    subprocess.run(
-        [
-            str(spy),
-            "record",
-            "--pid",
-            str(worker.popen.pid),
-            "--duration",
-            str(int(seconds)),
-            "--rate",
-            "200",
-            "--format",
-            "raw",
-            "--output",
-            str(raw),
-            "--nonblocking",
-            "--gil",
-        ],
-        check=True,
-        capture_output=True,
-    )
+    record_gil(worker.popen.pid, seconds, rate=200, raw=raw)
     elapsed = time.monotonic() - started
     ops = done() - first
     bench.stop(f"worker-prof-{tag}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import subprocess
 import sys
 import threading
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 from bench.common import ADYEN_HMAC_KEY, RESULTS_DIR, stack
 from bench.ingest import _tree_cpu_seconds
+from bench.profile import record_gil
 from bench.traffic import adyen_notification, drive, shop_webhook
 
 # First match wins, by a substring of a frame ("function (file:line)").
@@ -103,30 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             secret = bench.env["SHOP_WEBHOOK_SECRETS"].split()[0]
             requests = [shop_webhook(secret, f"prof-{tag}-{i}") for i in range(n)]
-        spy = Path(sys.executable).with_name("py-spy")
 
         def record() -> None:
             time.sleep(3)  # past the warm-up
-            subprocess.run(
-                [
-                    str(spy),
-                    "record",
-                    "--pid",
-                    str(popen.pid),
-                    "--duration",
-                    str(args.seconds),
-                    "--rate",
-                    "250",
-                    "--format",
-                    "raw",
-                    "--output",
-                    str(raw),
-                    "--nonblocking",
-                    "--gil",
-                ],
-                check=True,
-                capture_output=True,
-            )
+            record_gil(popen.pid, args.seconds, rate=250, raw=raw)
 
         recorder = threading.Thread(target=record)
         before = _tree_cpu_seconds(popen.pid)

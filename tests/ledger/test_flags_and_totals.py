@@ -27,6 +27,7 @@ from tests.ledger.harness import (
 from tests.ledger.test_ledger_regressions import drive, operator_reconcile
 from tests.ledger.test_money_rules import (
     adyen_item,
+    adyen_order_captured_outside,
     flag_code,
     klarna_order,
     notify,
@@ -109,12 +110,7 @@ def test_cancel_after_an_unnamed_customer_area_capture_releases_the_rest(
     it was sent (line_sum_mismatch): the authorization was never let go."""
     ctx, sent = adyen_with_captured_lines(database_url)
     try:
-        order_id = new_order_id()
-        first = snap(order_id, [SHOES, SOCKS], provider="adyen")
-        insert_order(ctx, first)
-        drive(ctx, order_id)
-        capture = adyen_item(first.psp_order_id, "CAPTURE", 450, merchantReference="shop-1001")
-        assert notify(ctx, capture) == "external"
+        order_id = adyen_order_captured_outside(ctx)
         assert flag_code(ctx, order_id) == "external_change"
         update_snapshot(
             ctx, snap(order_id, [SHOES, SOCKS], 2, provider="adyen", status="cancelled")
@@ -167,12 +163,7 @@ def test_a_customer_area_capture_of_part_of_a_later_shipment_is_never_made_again
     service is counted and "never made a second time"."""
     ctx, sent = adyen_with_captured_lines(database_url)
     try:
-        order_id = new_order_id()
-        first = snap(order_id, [SHOES, SOCKS], provider="adyen")
-        insert_order(ctx, first)
-        drive(ctx, order_id)
-        capture = adyen_item(first.psp_order_id, "CAPTURE", 450, merchantReference="shop-1001")
-        assert notify(ctx, capture) == "external"
+        order_id = adyen_order_captured_outside(ctx)
         socks_out = shipped([SHOES, SOCKS], socks=2)
         update_snapshot(ctx, snap(order_id, socks_out, 2, provider="adyen"))
         operator_reconcile(ctx, order_id)

@@ -366,6 +366,18 @@ def notify(ctx: WorkerContext, item: dict[str, Any]) -> str:
     return adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None)
 
 
+def adyen_order_captured_outside(ctx: WorkerContext, amount: int = 450) -> str:
+    """An Adyen order of shoes and socks, synced, then captured in the Customer Area for
+    `amount` with no lines (counted as an external change). Returns its id."""
+    order_id = new_order_id()
+    first = snap(order_id, [SHOES, SOCKS], provider="adyen")
+    insert_order(ctx, first)
+    drive(ctx, order_id)
+    capture = adyen_item(first.psp_order_id, "CAPTURE", amount, merchantReference="shop-1001")
+    assert notify(ctx, capture) == "external"
+    return order_id
+
+
 def settle_capture(ctx: WorkerContext, order_id: str, payment: str) -> None:
     (op,) = [o for o in operations(ctx, order_id) if o["kind"] == "capture"]
     item = adyen_item(payment, "CAPTURE", op["amount"], psp=op["psp_reference"])
@@ -425,12 +437,7 @@ def test_external_capture_without_lines_is_named_by_the_later_shipment_never_mad
     the order's per-line figures (contract §4, money that moved without the service)."""
     ctx, sent = adyen_context(database_url)
     try:
-        order_id = new_order_id()
-        first = snap(order_id, [SHOES, SOCKS], provider="adyen")
-        insert_order(ctx, first)
-        drive(ctx, order_id)
-        capture = adyen_item(first.psp_order_id, "CAPTURE", 450, merchantReference="shop-1001")
-        assert notify(ctx, capture) == "external"
+        order_id = adyen_order_captured_outside(ctx)
         assert flag_code(ctx, order_id) == "external_change"
         socks_out = shipped([SHOES, SOCKS], socks=1)
         update_snapshot(ctx, snap(order_id, socks_out, 2, provider="adyen"))
