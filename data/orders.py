@@ -12,7 +12,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Required, TypedDict, Unpack
 
 from psycopg import AsyncConnection, Connection
 from psycopg.rows import class_row
@@ -387,53 +387,41 @@ WHERE id = %(op_id)s AND lease_token = %(token)s
 """
 
 
-def _finish_params(
-    op: Operation,
-    status: str,
-    psp_reference: str | None = None,
-    error: dict[str, Any] | None = None,
-    retry_in: float | None = None,
-    outcome_unknown: bool = False,
-) -> dict[str, Any]:
+class Outcome(TypedDict, total=False):
+    """What finish_operation writes: the status, and what the attempt left to know."""
+
+    status: Required[str]
+    psp_reference: str | None
+    error: dict[str, Any] | None
+    retry_in: float | None
+    outcome_unknown: bool
+
+
+def _finish_params(op: Operation, **outcome: Unpack[Outcome]) -> dict[str, Any]:
+    error = outcome.get("error")
     return {
-        "status": status,
-        "psp": psp_reference,
+        "status": outcome["status"],
+        "psp": outcome.get("psp_reference"),
         "error": Jsonb(error) if error else None,
-        "retry_in": retry_in,
-        "unknown": outcome_unknown,
+        "retry_in": outcome.get("retry_in"),
+        "unknown": outcome.get("outcome_unknown", False),
         "op_id": op.id,
         "token": op.lease_token,
     }
 
 
-def finish_operation(
-    conn: Connection[Row],
-    op: Operation,
-    *,
-    status: str,
-    psp_reference: str | None = None,
-    error: dict[str, Any] | None = None,
-    retry_in: float | None = None,
-    outcome_unknown: bool = False,
-) -> bool:
+def finish_operation(conn: Connection[Row], op: Operation, **outcome: Unpack[Outcome]) -> bool:
     """Writes an outcome if this worker still holds the lease; False if it lost it."""
-    params = _finish_params(op, status, psp_reference, error, retry_in, outcome_unknown)
+    params = _finish_params(op, **outcome)
     return conn.execute(FINISH_OPERATION + " RETURNING id", params).fetchone() is not None
 
 
 def lock_and_finish(
-    conn: Connection[Row],
-    op: Operation,
-    *,
-    status: str,
-    psp_reference: str | None = None,
-    error: dict[str, Any] | None = None,
-    retry_in: float | None = None,
-    outcome_unknown: bool = False,
+    conn: Connection[Row], op: Operation, **outcome: Unpack[Outcome]
 ) -> tuple[LockedOrder, bool]:
     """Locks the operation's order, then writes the outcome as finish_operation does;
     both sent before either is read: in pipeline mode, one round trip."""
-    params = _finish_params(op, status, psp_reference, error, retry_in, outcome_unknown)
+    params = _finish_params(op, **outcome)
     order = conn.cursor(row_factory=_LOCKED).execute(LOCK_ORDER, {"id": op.order_id})
     finished = conn.execute(FINISH_OPERATION + " RETURNING id", params)
     locked = order.fetchone()
@@ -555,7 +543,7 @@ def record_success(
     figures moved by it, if this worker still holds the lease (else nothing changes).
     The order before and after (None: the lease was lost) and its operations after; the
     three statements are sent before any is read: in pipeline mode, one round trip."""
-    params = _finish_params(op, "succeeded", psp_reference)
+    params = _finish_params(op, status="succeeded", psp_reference=psp_reference)
     before = conn.cursor(row_factory=_LOCKED).execute(LOCK_ORDER, {"id": op.order_id})
     after = conn.cursor(row_factory=_LOCKED).execute(SUCCEED_OPERATION, params)
     ops = conn.cursor(row_factory=_OPERATION).execute(OPERATIONS, {"id": op.order_id})
