@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
+from ordersync.db import AsyncPool
 from ordersync.errors import BadRequest, ServiceUnavailable, Unauthorized
 from service import bounded_json, operator_actions, timeline
 from service import order_views as operator
@@ -87,22 +90,24 @@ async def reconcile(request: Request) -> Response:
     return JSONResponse(result, status_code=202)
 
 
-async def reprocess_notification(request: Request) -> Response:
+async def _on_item(
+    request: Request,
+    action: Callable[[AsyncPool, str, str, str], Awaitable[dict[str, Any]]],
+    item: str,
+) -> Response:
+    """An operator action on one item of an order (a notification, an event), by id."""
     state, name = _state(request)
     params = request.path_params
-    result = await operator_actions.reprocess_notification(
-        state.pool, params["order_id"], params["notification_id"], name
-    )
+    result = await action(state.pool, params["order_id"], params[item], name)
     return JSONResponse(result, status_code=202)
+
+
+async def reprocess_notification(request: Request) -> Response:
+    return await _on_item(request, operator_actions.reprocess_notification, "notification_id")
 
 
 async def resend_event(request: Request) -> Response:
-    state, name = _state(request)
-    params = request.path_params
-    result = await operator_actions.resend_event(
-        state.pool, params["order_id"], params["webhook_id"], name
-    )
-    return JSONResponse(result, status_code=202)
+    return await _on_item(request, operator_actions.resend_event, "webhook_id")
 
 
 async def acknowledge_flag(request: Request) -> Response:
