@@ -91,7 +91,7 @@ def test_adyen_authorisation_refused_flags_the_order_for_a_person(ctx: WorkerCon
     assert row["flag_reason"]["needs_attention"]["code"] == "authorisation_refused"
 
 
-def test_a_capture_the_psp_forbids_needs_a_person_not_a_new_order(
+def test_a_capture_the_psp_forbids_needs_a_person_told_the_psps_reason_not_a_new_order(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
     # Only a refused *increase* asks the shop for a new order (README, "Refused increases").
@@ -102,7 +102,11 @@ def test_a_capture_the_psp_forbids_needs_a_person_not_a_new_order(
     drive(ctx, order_id)
     (op,) = operations(ctx, order_id)
     assert op["status"] == "rejected"
-    assert order_row(ctx, order_id)["flags"] == ["needs_attention"]
+    row = order_row(ctx, order_id)
+    assert row["flags"] == ["needs_attention"]
+    # The person reads why the PSP refused it: the PSP's own error code, not ours.
+    reason = row["flag_reason"]["needs_attention"]
+    assert (reason["code"], reason["message"]) == ("NOT_ALLOWED", "Forbidden")
 
 
 def test_a_first_read_that_fails_for_now_is_tried_again_later_unflagged(
@@ -385,19 +389,6 @@ def test_a_lagging_read_never_undoes_what_the_psp_confirmed(
     # planner would release or capture again).
     figures = _not_behind({**lagging, "refunded": 0}, done)
     assert {k: figures[k] for k in now} == now
-
-
-def test_a_capture_the_psp_rejects_is_flagged_with_the_psps_reason(
-    ctx: WorkerContext, klarna: FakeKlarna
-) -> None:
-    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
-    insert_order(ctx, snap, authorized=snap.total)
-    forbidden = httpx.Response(403, json={"error_code": "NOT_ALLOWED"})
-    klarna.fault("POST", "/captures", lambda _r: (False, forbidden))
-    drive(ctx, order_id)
-    # The person reads why the PSP refused it: the PSP's own error code, not ours.
-    reason = order_row(ctx, order_id)["flag_reason"]["needs_attention"]
-    assert (reason["code"], reason["message"]) == ("NOT_ALLOWED", "Forbidden")
 
 
 def _customer_area(psp: str, code: str, success: str, account: str = "Test") -> dict[str, Any]:
