@@ -119,6 +119,9 @@ class _State:
     external_units: dict[str, int] = field(default_factory=dict)  # captured outside
     external_back: dict[str, int] = field(default_factory=dict)  # refunded outside
     charged_back: bool = False
+    # Units whose money a chargeback gave back (it takes everything still held): a shop
+    # return of them is not refunded again.
+    charged_back_units: dict[str, int] = field(default_factory=dict)
     money: Fraction = Fraction(0)  # captured, order-level lines shared in by value
     any_capture: bool = False
     own_capture: bool = False  # one made by the service (fees go with its first)
@@ -204,7 +207,13 @@ class Oracle:
         self._external("external_refund")
 
     def chargeback(self) -> None:
-        self.state.charged_back = True
+        """A chargeback of everything still held: the customer has that money back."""
+        st = self.state
+        st.charged_back = True
+        for line_id, units in st.captured.items():
+            held = units - st.refunded.get(line_id, 0) - st.charged_back_units.get(line_id, 0)
+            if held > 0:
+                st.charged_back_units[line_id] = st.charged_back_units.get(line_id, 0) + held
         self._external("chargeback")
 
     def external_cancel(self) -> None:
@@ -719,7 +728,15 @@ class Oracle:
             held = st.captured.get(line_id, 0)
             # Units refunded outside count: a shop return of them is not refunded again.
             back = max(int(line.get("returned_quantity", 0)), st.external_back.get(line_id, 0))
-            want = min(back, held)
+            # §4: money moved without the service (a chargeback) is counted and "never
+            # made a second time": units whose money a chargeback gave back are not
+            # refunded when the shop marks them returned (the PSP holds nothing for
+            # them). A build that plans the refund anyway finds nothing left to refund
+            # and may flag it for a person.
+            given_back = st.charged_back_units.get(line_id, 0)
+            if given_back and min(back, held) > st.refunded.get(line_id, 0):
+                self.exp.allowed.add(("needs_attention", "refund_exceeds_captured"))
+            want = min(back, held) - given_back
             if want > st.refunded.get(line_id, 0):
                 st.refunded[line_id] = want
                 self.exp.outcomes.add("refund")

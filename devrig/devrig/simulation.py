@@ -1887,7 +1887,10 @@ class Simulation:
                     continue
                 have = [line["captured_quantity"], line["refunded_quantity"]]
                 known = booked.get(line["id"], [0, 0])
-                maybe = unlisted.get(line["id"], [0, 0])
+                maybe = list(unlisted.get(line["id"], [0, 0]))
+                # A chargeback gave back the money of the units it took (not booked as a
+                # refund of lines): a build may count returned units among them.
+                maybe[1] += order.oracle.state.charged_back_units.get(line["id"], 0)
                 if not all(k <= h <= k + m for h, k, m in zip(have, known, maybe, strict=True)):
                     found.append(
                         Violation(

@@ -880,3 +880,25 @@ def test_a_basket_grown_in_the_window_of_a_full_capture_may_need_a_new_order() -
     exp = oracle.expectation()
     assert ("needs_new_order", "") in exp.allowed
     assert exp.lines["l1"].captured_range == (0, 3)
+
+
+def test_units_a_chargeback_gave_back_are_not_refunded_when_the_shop_marks_them_returned() -> None:
+    """Seed 20706: both pairs of socks captured, the customer charged them back, then the
+    shop marked them returned. §4: money that moved without the service (a chargeback)
+    is counted and "never makes it a second time": the PSP holds nothing for those units,
+    so no refund of them is due (a build that plans one anyway may flag it). A unit
+    captured after the chargeback is refunded as usual."""
+    socks = line("socks", 3, 450)
+    oracle = Oracle(1350, refuses_increases=False)
+    oracle.snapshot(snap(1, [{**socks, "shipped_quantity": 2}]))
+    oracle.settle()
+    oracle.chargeback()
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**socks, "shipped_quantity": 2, "returned_quantity": 2}]))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert exp.lines["socks"].refunded == 0
+    assert ("needs_attention", "refund_exceeds_captured") in exp.allowed
+    oracle.snapshot(snap(3, [{**socks, "shipped_quantity": 3, "returned_quantity": 3}]))
+    exp = oracle.expectation()
+    assert (exp.lines["socks"].captured, exp.lines["socks"].refunded) == (3, 1)
