@@ -103,6 +103,10 @@ class Expectation:
     uncertain_end = False  # shipped lines beyond the authorization: the end depends on timing
     authorized_low: int | None = None  # the PSP may hold as little as this (see settle)
     authorized_high: int | None = None  # the PSP may hold as much as this (see settle)
+    # Per line Y: units of other lines X, captured outside without the PSP naming their
+    # lines to the service, that a build may count as Y's (Y's units were worth the same
+    # when the money moved): {Y: {X: units}}.
+    interchangeable: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def requires(self, flag: str, reason: str = "") -> None:
         self.required.add((flag, reason))
@@ -132,6 +136,10 @@ class _State:
     worthless: dict[str, int] = field(default_factory=dict)
     # Unit prices of captures made outside, with their tax rate (None: not known yet).
     outside_prices: dict[str, set[tuple[int, int | None]]] = field(default_factory=dict)
+    # Captures made outside whose lines the PSP does not tell the service (an Adyen
+    # notification names none): (line, units, the other lines whose units were worth
+    # as much when the money moved).
+    unnamed: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
     # The PSP may still authorize this much: a capture made for an earlier snapshot of a
     # window, before an order-level line lowered the basket, left no room to lower it.
     authorized_high: int = 0
@@ -180,9 +188,24 @@ class Oracle:
         """Something transient went wrong in this window (a retry, a crash, a lost answer)."""
         self.faulty = True
 
-    def external_capture(self, line_id: str, units: int, value: int) -> None:
+    def external_capture(self, line_id: str, units: int, value: int, *, named: bool = True) -> None:
         """Units captured outside the service (checkout, the Merchant Portal), for
-        `value` in all."""
+        `value` in all. `named`: whether the PSP tells the service its lines (a Klarna
+        read does; an Adyen notification gives an amount only)."""
+        if not named and units and self.stored is not None:
+            # §4 asks that such money be counted and "never made a second time"; which
+            # units it paid for the service can only tell by their value: units of
+            # another line worth as much at that moment explain it as well.
+            alike = tuple(
+                str(x["id"])
+                for x in self.stored["lines"]
+                if x["id"] != line_id
+                and kind(x) in GOODS
+                and int(x["quantity"]) > 0
+                and line_value(x) * units == value * int(x["quantity"])
+            )
+            if alike:
+                self.state.unnamed.append((line_id, units, alike))
         self.state.external_units[line_id] = self.state.external_units.get(line_id, 0) + units
         self.state.captured[line_id] = self.state.captured.get(line_id, 0) + units
         self.state.any_capture = True
@@ -783,6 +806,19 @@ class Oracle:
                 and not any(r in CANNOT_FOLLOW for _, r in exp.allowed)
                 and not any(e.captured_range for e in exp.lines.values())
             )
+        for line_id, units, alike in st.unnamed:
+            # Money captured outside whose lines the service was never told: the build
+            # may have taken it for units of a line worth as much (not capturing them),
+            # and then captured the units the PSP booked it on once they shipped.
+            for other in alike:
+                entry = exp.lines.setdefault(other, LineExpect())
+                lo, hi = entry.captured_range or (entry.captured, entry.captured)
+                entry.captured_range = (max(0, lo - units), hi)
+                swaps = exp.interchangeable.setdefault(other, {})
+                swaps[line_id] = swaps.get(line_id, 0) + units
+            entry = exp.lines.setdefault(line_id, LineExpect())
+            lo, hi = entry.captured_range or (entry.captured, entry.captured)
+            entry.captured_range = (lo, hi + units)
         return exp
 
 
@@ -846,6 +882,31 @@ def _carries_the_difference(
     return of_whole or of_open
 
 
+def _borrow(
+    held: dict[str, list[Fraction]],
+    got: dict[str, list[int]],
+    borrowed: dict[tuple[str, str], int],
+    exp: Expectation,
+    line: Booked,
+) -> None:
+    """A refund of more units of a line than the PSP holds for it, where a capture made
+    outside without named lines may have been taken for its units
+    (`Expectation.interchangeable`): those units move over to it, at their value."""
+    reference = line.reference
+    short = line.quantity - (len(held.get(reference, [])) - got[reference][1])
+    for other, units in exp.interchangeable.get(reference, {}).items():
+        spare = len(held.get(other, [])) - got.get(other, [0, 0])[1]
+        take = min(short, units - borrowed.get((reference, other), 0), spare)
+        for _ in range(max(take, 0)):
+            per = Fraction(line.total, line.quantity)
+            unit = min(held[other], key=lambda v: abs(v - per))
+            held[other].remove(unit)
+            held.setdefault(reference, []).append(unit)
+        if take > 0:
+            borrowed[(reference, other)] = borrowed.get((reference, other), 0) + take
+            short -= take
+
+
 def check_ledger(
     requests: list[tuple[str, int, list[Booked]]], exp: Expectation
 ) -> list[tuple[str, str]]:
@@ -856,6 +917,7 @@ def check_ledger(
     captured = refunded = 0
     got: dict[str, list[int]] = {}
     captured_gross: dict[str, int] = {}  # per line: captured value before shares
+    borrowed: dict[tuple[str, str], int] = {}  # (line, other line): units taken over
     slack = 0  # rounding allowed on everything refunded so far
     for what, amount, lines in requests:
         if sum(line.total for line in lines) != amount:
@@ -904,6 +966,7 @@ def check_ledger(
             slack += 1 + len(units)  # one cent of rounding per line and per request
             for line in units:
                 counts = got.setdefault(line.reference, [0, 0])
+                _borrow(held, got, borrowed, exp, line)
                 if line.quantity > len(held.get(line.reference, [])) - counts[1]:
                     found.append(("refund_beyond_captured", f"{line.reference}"))
                     continue

@@ -902,3 +902,34 @@ def test_units_a_chargeback_gave_back_are_not_refunded_when_the_shop_marks_them_
     oracle.snapshot(snap(3, [{**socks, "shipped_quantity": 3, "returned_quantity": 3}]))
     exp = oracle.expectation()
     assert (exp.lines["socks"].captured, exp.lines["socks"].refunded) == (3, 1)
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_a_capture_outside_with_no_lines_named_may_be_taken_for_units_worth_as_much(
+    named: bool,
+) -> None:
+    """Seed 20072: an Adyen Customer Area capture of 1200 (the PSP books it on l1, but its
+    notification names no lines), then the shop ships one unit of l2, also worth 1200.
+    §4: "When the service learns of one (a PSP read, a notification), it counts it in
+    the order's figures, never makes it a second time, and, where the shop's snapshot
+    does not already explain it, flags" it. Units worth the capture explain it; which
+    line's units the notification meant the service cannot know, so a build may take it
+    for l2's shipped unit (and not capture it), then capture l1 when it ships. A Klarna
+    read names the lines: there it must be l1's."""
+    oracle = Oracle(4800, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 1, 1200), line("l2", 3, 1200)]))
+    oracle.external_capture("l1", 1, 1200, named=named)
+    oracle.settle()
+    oracle.snapshot(snap(2, [line("l1", 1, 1200), line("l2", 3, 1200, shipped_quantity=1)]))
+    exp = oracle.expectation()
+    outside = ("capture", 1200, [booked("l1", 1, 1200)])
+    taken_for_l2 = [outside, ("refund", 1200, [booked("l2", 1, 1200)])]
+    then_l1 = [outside, ("capture", 1200, [booked("l1", 1, 1200)])]
+    found = {c for c, _ in check_ledger(taken_for_l2, exp) + check_ledger(then_l1, exp)}
+    if named:
+        assert "captured_units" in found
+    else:
+        assert exp.interchangeable == {"l2": {"l1": 1}}
+        assert not found
+    both = [outside, ("capture", 1200, [booked("l2", 1, 1200)])]
+    assert not check_ledger(both, exp)  # capturing the shipped unit stays right
