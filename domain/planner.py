@@ -293,8 +293,9 @@ def _attribution(
     """A capture or refund made without the service whose lines the PSP did not give
     (an Adyen notification, a chargeback, a read without lines) is tied to units once the
     shop's snapshot explains it: the units the shop marks returned and not yet refunded
-    come to exactly a refund's amount; for a capture, the units it marks shipped and not
-    yet captured (all of them, or some units of one line) come to its amount.
+    (all of them, or some units of one line) come to exactly a refund's amount; for a
+    capture, the units it marks shipped and not yet captured (all of them, or some
+    units of one line) come to its amount.
 
     A capture is valued at the prices the units had when the service learnt of it (the
     snapshot stored then, `PastOperation.basis`), never at a price the shop set later:
@@ -329,6 +330,11 @@ def _attribution(
         part = _shipped_part(then, ledger, op.amount)
         if part:
             return Attribute(str(op.reference), part)
+    for op in history:
+        if _unnamed(op, Kind.REFUND) and op.amount > 0:
+            part = _returned_part(order, ledger, op.amount)
+            if part:
+                return Attribute(str(op.reference), part)
     return None
 
 
@@ -383,6 +389,39 @@ def _shipped_part(order: OrderSnapshot, ledger: Ledger, amount: int) -> tuple[Ps
             if lines_total(own) == amount:
                 return own
     return ()
+
+
+def _returned_part(order: OrderSnapshot, ledger: Ledger, amount: int) -> tuple[PspLine, ...]:
+    """Units of one line the shop marks returned and no refund has given back whose
+    captured value (alone, or with the shares their captures carried) comes to `amount`:
+    a refund made without the service of part of a return. Counted as those units, they
+    are never refunded a second time (contract §4: never more than was captured for
+    them)."""
+    for line in order.effective_lines:
+        if line.shared:
+            continue
+        done = _refunded_qty(ledger, line.id)
+        for units in range(
+            1, min(line.returned_quantity, _captured_qty(ledger, line.id)) - done + 1
+        ):
+            alone = [
+                other.model_copy(update={"returned_quantity": _refunded_qty(ledger, other.id)})
+                if other.id != line.id
+                else other.model_copy(update={"returned_quantity": done + units})
+                for other in order.lines
+            ]
+            candidate = refund_lines(order.model_copy(update={"lines": alone}), ledger)
+            own = tuple(x for x in candidate if x.reference == line.id)
+            if lines_total(candidate) == amount:
+                return tuple(candidate)
+            if lines_total(own) == amount:
+                return own
+    return ()
+
+
+def _refunded_qty(ledger: Ledger, line_id: str) -> int:
+    entry = ledger.get(line_id)
+    return entry.refunded_quantity if entry else 0
 
 
 def _with_shipped(line: Line, shipped: int) -> Line:

@@ -237,3 +237,36 @@ def test_unnamed_money_is_tied_to_units_at_the_prices_they_had_when_it_moved(
         assert order_row(ctx, order_id)["refunded_amount"] == 0
     finally:
         ctx.close()
+
+
+def test_a_customer_area_refund_of_part_of_a_later_return_is_never_made_again(
+    database_url: str,
+) -> None:
+    """A Customer Area refund (no lines) of one pair of socks, then the shop marks both
+    pairs returned at once. The whole return (900) is not the refund's amount (450), so
+    the refund was never tied to units, and the service refunded both pairs again: 1350
+    back for socks captured at 900. §4: refunds are "never more than was captured for
+    those units", and money moved without the service is "never made a second time"."""
+    ctx, sent = adyen_with_captured_lines(database_url)
+    try:
+        order_id = new_order_id()
+        first = snap(order_id, shipped([SHOES, SOCKS], shoes=1, socks=2), provider="adyen")
+        insert_order(ctx, first)
+        drive(ctx, order_id)
+        settle_capture(ctx, order_id, first.psp_order_id)
+        refund = adyen_item(first.psp_order_id, "REFUND", 450, merchantReference="shop-1001")
+        assert notify(ctx, refund) == "external"
+        assert flag_code(ctx, order_id) == "external_change"
+        socks_back = [
+            {**SHOES, "shipped_quantity": 1},
+            {**SOCKS, "shipped_quantity": 2, "returned_quantity": 2},
+        ]
+        update_snapshot(ctx, snap(order_id, socks_back, 2, provider="adyen"))
+        operator_reconcile(ctx, order_id)
+        refunds = [json.loads(r.content) for r in sent if r.url.path.endswith("/refunds")]
+        assert [body["amount"]["value"] for body in refunds] == [450]
+        assert [(i["id"], i["quantity"]) for i in refunds[0]["lineItems"]] == [("socks", 1)]
+        (external,) = [o for o in operations(ctx, order_id) if o["external"]]
+        assert [(x["reference"], x["quantity"]) for x in external["lines"]] == [("socks", 1)]
+    finally:
+        ctx.close()
