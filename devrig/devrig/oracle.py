@@ -484,8 +484,9 @@ class Oracle:
 
     def _emptied_earlier(self) -> bool:
         """A snapshot of this window before the last had every unit of value shipped,
-        some not captured yet, for the whole authorization: a worker may have captured
-        all of it, leaving the authorization fully captured before the basket grew."""
+        some not captured yet, for an authorization a worker could set to its total: a
+        worker may have captured all of it, leaving the authorization fully captured
+        before the basket grew."""
         for snap in self.window[:-1]:
             goods = [x for x in snap["lines"] if kind(x) in GOODS and line_value(x) > 0]
             if (
@@ -496,7 +497,10 @@ class Oracle:
                     int(x.get("shipped_quantity", 0)) > self.state.captured.get(x["id"], 0)
                     for x in goods
                 )
-                and abs(order_total(snap) - self.state.authorized) <= 2
+                # A worker acting on that snapshot first sets the authorization to its
+                # total (a decrease always, an increase where the PSP allows one), then
+                # captures all of it: fully captured however far it was lowered.
+                and (order_total(snap) <= self.state.authorized + 2 or not self.refuses)
             ):
                 return True
         return False

@@ -957,3 +957,23 @@ def test_reopened_below_a_capture_made_for_an_earlier_snapshot_may_need_no_new_o
     assert ("needs_new_order", "") not in exp.required
     assert ("needs_new_order", "") in exp.allowed
     assert ("needs_attention", "captured_above_total") in exp.allowed
+
+
+def test_a_basket_lowered_then_shipped_in_full_in_passing_may_leave_nothing_to_raise() -> None:
+    """Seed 5273: 3 × 1345 authorized; in one window the shop gives an unitemised
+    discount (amount 3811), ships all three, adds a discount (amount 3017), then raises
+    the quantity and ships a fourth unit. A worker that acted on the 3017 snapshot
+    lowered the authorization to it (a decrease always fits) and captured all of it;
+    fully captured, it is never raised (§4 step 1, "not fully captured"), so the shop is
+    told to take a new order and the fourth unit stays uncaptured."""
+    oracle = Oracle(4035, refuses_increases=False)
+    l1 = line("l1", 3, 1345, type="digital")
+    oracle.snapshot(snap(1, [l1]))
+    oracle.snapshot(snap(2, [l1], amount=3811))
+    oracle.snapshot(snap(3, [{**l1, "shipped_quantity": 3}], amount=3811))
+    discount = line("l2", 1, -794, type="discount")
+    oracle.snapshot(snap(4, [{**l1, "shipped_quantity": 3}, discount], amount=3017))
+    oracle.snapshot(snap(5, [{**l1, "quantity": 5, "shipped_quantity": 4}, discount], amount=5657))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") in exp.allowed
+    assert exp.lines["l1"].captured_range == (0, 4)
