@@ -933,3 +933,100 @@ def test_a_capture_outside_with_no_lines_named_may_be_taken_for_units_worth_as_m
         assert not found
     both = [outside, ("capture", 1200, [booked("l2", 1, 1200)])]
     assert not check_ledger(both, exp)  # capturing the shipped unit stays right
+
+
+def test_a_basket_lowered_below_a_capture_made_for_an_earlier_snapshot_may_keep_its_amount() -> (
+    None
+):
+    """Seed 3272: three units of l1 shipped (450, nothing order-level), then in the same
+    window a store credit took the basket to 72. A worker that captured the 450 for the
+    shipping snapshot first left a PSP that refuses an amount below its captures (§4
+    step 1 follows the basket only "not fully captured"): it may still hold 747, or 72
+    had the worker read the last snapshot first (then the capture carried the credit)."""
+    oracle = Oracle(747, refuses_increases=False)
+    goods = [line("l1", 3, 150), line("l2", 3, 99)]
+    oracle.snapshot(snap(1, goods))
+    oracle.settle()
+    shipped = [{**goods[0], "shipped_quantity": 3}, goods[1]]
+    oracle.snapshot(snap(2, shipped))
+    oracle.snapshot(snap(3, [*shipped, line("l3", 1, -276, type="store_credit")]))
+    oracle.snapshot(
+        snap(4, [shipped[0], line("l2", 2, 99), line("l3", 1, -576, type="store_credit")])
+    )
+    exp = oracle.expectation()
+    low, high = exp.authorized_low or exp.authorized, exp.authorized_high or exp.authorized
+    assert low is not None and high is not None
+    assert low <= 72 and high >= 747
+    assert ("needs_attention", "amount_below_captured") in exp.allowed
+
+
+def test_an_update_below_such_a_capture_refused_in_an_earlier_window_may_still_hold() -> None:
+    """Seed 3179: the capture went out for a basket of 3201 (1011 for one unit of 1200),
+    a later credit in its window made the basket 1177 (the oracle's share: 543). Two
+    windows later the basket is 977, then 677: both below the 1011 the PSP may hold, so
+    both updates may be refused and the PSP may still hold 1177."""
+    oracle = Oracle(3201, refuses_increases=False)
+    goods = [line("l1", 2, 100), line("l2", 3, 1200)]
+    credit = line("l3", 1, -599, type="store_credit")
+    oracle.snapshot(snap(1, [*goods, credit]))
+    oracle.settle()
+    shipped = [goods[0], {**goods[1], "shipped_quantity": 1}]
+    second = line("l4", 1, -824, type="store_credit")
+    oracle.snapshot(snap(2, [*shipped, credit]))
+    oracle.snapshot(snap(3, [*shipped, credit, second]))
+    oracle.snapshot(snap(4, [goods[0], {**shipped[1], "quantity": 2}, credit, second]))
+    oracle.settle()
+    kept = [{**shipped[1], "quantity": 2}, credit, second]
+    oracle.snapshot(snap(5, kept))
+    oracle.settle()
+    oracle.snapshot(snap(6, [kept[0], {**credit, "unit_price": -899}, second]))
+    exp = oracle.expectation()
+    low, high = exp.authorized_low or exp.authorized, exp.authorized_high or exp.authorized
+    assert low is not None and high is not None
+    assert low <= 677 and high >= 1177
+
+
+def test_reopened_below_a_capture_made_for_an_earlier_snapshot_may_need_no_new_order() -> None:
+    """Seed 3200: both units shipped and were captured for 5092 before a discount of 724
+    arrived in the same window; cancelled, nothing was left to release; reopened with
+    one more unit of 99 the basket is 4615, below the 5092 the PSP may hold. A new
+    payment is then for nothing the customer has not paid already (a person settles the
+    gap, CANNOT_FOLLOW); had the worker captured for the discounted basket (4368), the
+    shop would be told to take a new order. Either."""
+    oracle = Oracle(5192, refuses_increases=False)
+    goods = line("l2", 2, 2546)
+    oracle.snapshot(snap(1, [line("l1", 1, 100), goods]))
+    oracle.snapshot(snap(2, [goods]))
+    shipped = {**goods, "shipped_quantity": 2}
+    oracle.snapshot(snap(3, [shipped]))
+    oracle.snapshot(snap(4, [shipped, line("l3", 1, -724, type="discount")]))
+    oracle.settle()
+    basket = [shipped, line("l3", 1, -774, type="discount"), line("l4", 2, 99)]
+    oracle.snapshot(snap(5, basket))
+    oracle.snapshot(snap(6, basket, status="cancelled"))
+    oracle.settle()
+    oracle.snapshot(snap(7, [*basket[:2], line("l4", 3, 99)]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") not in exp.required
+    assert ("needs_new_order", "") in exp.allowed
+    assert ("needs_attention", "captured_above_total") in exp.allowed
+
+
+def test_a_basket_lowered_then_shipped_in_full_in_passing_may_leave_nothing_to_raise() -> None:
+    """Seed 5273: 3 × 1345 authorized; in one window the shop gives an unitemised
+    discount (amount 3811), ships all three, adds a discount (amount 3017), then raises
+    the quantity and ships a fourth unit. A worker that acted on the 3017 snapshot
+    lowered the authorization to it (a decrease always fits) and captured all of it;
+    fully captured, it is never raised (§4 step 1, "not fully captured"), so the shop is
+    told to take a new order and the fourth unit stays uncaptured."""
+    oracle = Oracle(4035, refuses_increases=False)
+    l1 = line("l1", 3, 1345, type="digital")
+    oracle.snapshot(snap(1, [l1]))
+    oracle.snapshot(snap(2, [l1], amount=3811))
+    oracle.snapshot(snap(3, [{**l1, "shipped_quantity": 3}], amount=3811))
+    discount = line("l2", 1, -794, type="discount")
+    oracle.snapshot(snap(4, [{**l1, "shipped_quantity": 3}, discount], amount=3017))
+    oracle.snapshot(snap(5, [{**l1, "quantity": 5, "shipped_quantity": 4}, discount], amount=5657))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") in exp.allowed
+    assert exp.lines["l1"].captured_range == (0, 4)
