@@ -86,6 +86,22 @@ class LineExpect:
     # captures add up to its value (the contract's "captures add up to the total").
     totals: set[tuple[int, int]] = field(default_factory=set)
 
+    def maybe(self, low: int, high: int) -> None:
+        """Units low..high may be captured. A range an earlier window left stays open:
+        units worth nothing then (no capture of 0 is sent) are never captured later
+        for that window, so the low end is the lowest either window allows."""
+        if self.captured_range is not None:
+            low = min(low, self.captured_range[0])
+            high = max(high, self.captured_range[1])
+        self.captured_range = (low, high)
+
+    def surely(self, before: int, units: int) -> None:
+        """`units` more captured for certain, after `before` were counted: a range an
+        earlier window left (its high end no more than `before`) moves up with them."""
+        if self.captured_range is not None and self.captured_range[1] <= before:
+            low, high = self.captured_range
+            self.captured_range = (low + units, high + units)
+
 
 @dataclass
 class Expectation:
@@ -317,7 +333,7 @@ class Oracle:
                 shipped = int(line.get("shipped_quantity", 0))
                 if kind(line) in GOODS | FEES and shipped > st.captured.get(line_id, 0):
                     entry = exp.lines.setdefault(line_id, LineExpect())
-                    entry.captured_range = (st.captured.get(line_id, 0), shipped)
+                    entry.maybe(st.captured.get(line_id, 0), shipped)
         total = order_total(last)
         before: int | None = None  # the authorization before this window lowered it
         # Step 1 (§4): the authorization follows the basket before anything is captured.
@@ -552,7 +568,7 @@ class Oracle:
                     # on the snapshot that still had it; then the captures exceed the
                     # basket, which a person must settle.
                     entry = exp.lines.setdefault(line["id"], LineExpect())
-                    entry.captured_range = (0, int(line["quantity"]))
+                    entry.maybe(0, int(line["quantity"]))
                     entry.prices |= self._prices(line["id"])
                     exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
                     exp.uncertain_end = True
@@ -567,7 +583,7 @@ class Oracle:
                 and st.captured.get(line_id, 0) < int(line["quantity"])
             ):
                 entry = exp.lines.setdefault(line_id, LineExpect())
-                entry.captured_range = (st.captured.get(line_id, 0), int(line["quantity"]))
+                entry.maybe(st.captured.get(line_id, 0), int(line["quantity"]))
                 entry.prices |= self._prices(line_id)
                 exp.outcomes.add("fee_added_after_first_capture")
         if not newly and not fees:
@@ -640,7 +656,7 @@ class Oracle:
             for line_id, units in newly.items():
                 entry = exp.lines.setdefault(line_id, LineExpect())
                 before = st.captured.get(line_id, 0)
-                entry.captured_range = (before, before + units)
+                entry.maybe(before, before + units)
                 entry.prices |= self._prices(line_id)
                 # Captured after all, they may carry a price edit as any capture does.
                 entry.totals |= self._totals(line_id)
@@ -687,8 +703,10 @@ class Oracle:
             if line_id in free or line_id in later_maybe:
                 # Worth nothing (no capture of 0 is ever sent, it may ride along with
                 # one), or a fee the first capture may not have carried.
-                entry.captured_range = (before, before + units)
+                entry.maybe(before, before + units)
                 st.worthless[line_id] = st.worthless.get(line_id, 0) + units
+            else:
+                entry.surely(before, units)
         st.any_capture = st.any_capture or bool(set(newly) - free)
         st.own_capture = st.own_capture or bool(set(newly) - free)
         st.free_shipped = st.free_shipped or bool(free)

@@ -880,3 +880,36 @@ def test_a_basket_grown_in_the_window_of_a_full_capture_may_need_a_new_order() -
     exp = oracle.expectation()
     assert ("needs_new_order", "") in exp.allowed
     assert exp.lines["l1"].captured_range == (0, 3)
+
+
+def test_units_worth_nothing_stay_uncertain_when_more_of_them_ship_later() -> None:
+    """Seed 20047: l2 (2 × 0) ships one unit, then in a later window the second. No
+    capture of 0 is sent (§4 step 2 captures "exactly those lines"; a unit worth nothing
+    moves no money), so neither unit need be at the PSP: the second window's range must
+    not forget the first's and demand the first unit."""
+    oracle = Oracle(5198, refuses_increases=False)
+    goods = [line("l1", 2, 2599), line("l2", 2, 0)]
+    oracle.snapshot(snap(1, goods))
+    oracle.settle()
+    oracle.snapshot(snap(2, [goods[0], {**goods[1], "shipped_quantity": 1}]))
+    oracle.settle()
+    oracle.snapshot(snap(3, [goods[0], {**goods[1], "shipped_quantity": 2}]))
+    exp = oracle.expectation()
+    assert exp.lines["l2"].captured_range == (0, 2)
+    assert not check_ledger([], exp)
+
+
+def test_a_capture_after_units_worth_nothing_moves_their_range_up() -> None:
+    """Units worth nothing (l1 at 0) shipped in one window, the line priced and two more
+    shipped in the next: those two are captured for certain, so the PSP holds 2 or 3
+    (the free unit may have ridden along), not the 0..1 the first window left."""
+    oracle = Oracle(2000, refuses_increases=False)
+    free = line("l1", 3, 0)
+    oracle.snapshot(snap(1, [free, line("l2", 1, 2000)]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**free, "shipped_quantity": 1}, line("l2", 1, 2000)]))
+    oracle.settle()
+    priced = {**free, "unit_price": 300, "shipped_quantity": 3}
+    oracle.snapshot(snap(3, [priced, line("l2", 1, 1100)]))
+    exp = oracle.expectation()
+    assert exp.lines["l1"].captured_range == (2, 3)
