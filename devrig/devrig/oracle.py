@@ -136,6 +136,9 @@ class _State:
     external_back: dict[str, int] = field(default_factory=dict)  # refunded outside
     charged_back: bool = False
     money: Fraction = Fraction(0)  # captured, order-level lines shared in by value
+    # Captured at most: a capture made for an earlier snapshot of its window carried that
+    # basket's shares of the order-level lines, which a later one may have lowered.
+    money_high: Fraction = Fraction(0)
     any_capture: bool = False
     own_capture: bool = False  # one made by the service (fees go with its first)
     free_shipped: bool = False  # units worth nothing shipped (no capture of 0 is sent)
@@ -200,6 +203,7 @@ class Oracle:
         self.state.captured[line_id] = self.state.captured.get(line_id, 0) + units
         self.state.any_capture = True
         self.state.money += value
+        self.state.money_high += value
         # Made without the service, at the price its maker chose: §4 asks that it be
         # counted and never made again, not that it be at the shop's price of the
         # moment the service judges it.
@@ -336,6 +340,7 @@ class Oracle:
                     entry.maybe(st.captured.get(line_id, 0), shipped)
         total = order_total(last)
         before: int | None = None  # the authorization before this window lowered it
+        held_high: int | None = None
         # Step 1 (§4): the authorization follows the basket before anything is captured.
         lows = [order_total(x) for x in self.window if x["status"] == "open"]
         if self.refuses and st.closed is None and min(lows, default=total) < st.authorized:
@@ -356,7 +361,7 @@ class Oracle:
                 if kind(line) in GOODS | FEES
             )
         )
-        if st.any_capture and total < st.money + 2:
+        if st.any_capture and total < st.money_high + 2:
             # Within a cent or two of what was captured the shares' rounding decides
             # whether the basket is below it: the PSP may be unable to follow.
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
@@ -394,19 +399,23 @@ class Oracle:
                 self._maybe_full = True
             else:
                 exp.outcomes.add("increase" if total > st.authorized else "decrease")
+                held_high = exp.authorized_high  # an earlier update the PSP may have refused
                 exp.authorized_high = None
                 before = st.authorized
                 self._before_update = st.authorized
                 st.authorized = total
         # Steps 2-4: captures, refunds, then a cancel lets go of what is left.
         self._captures(last, lines)
-        if before is not None and total < st.money - 2:
+        if before is not None and total < st.money_high - 2:
             # Units shipped in this window were captured, and the last basket is below
             # them: a worker that captured for an earlier snapshot first could not lower
             # the authorization after (§4 step 1 follows the basket only "not fully
             # captured"; the PSP refuses an amount below its captures), so the PSP may
             # still hold what an earlier snapshot of the window, or the last settle, set.
-            exp.authorized_high = max(before, *lows)
+            # A capture for an earlier snapshot (st.money_high) may be what the basket
+            # fell below; and an update an earlier window sent may have been refused
+            # alike, so the PSP may still hold what it held then (held_high).
+            exp.authorized_high = max(before, held_high or 0, *lows)
         if st.closed is None and any(
             order_total(snap) <= st.money + 2 < total
             for snap in self.window[:-1]
@@ -470,7 +479,7 @@ class Oracle:
             # Every unit captured, for less than the basket now says (a price raised
             # after its unit was captured): no capture is left to carry the difference.
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
-        if last["status"] == "open" and st.any_capture and total < st.money - 2:
+        if last["status"] == "open" and st.any_capture and total < st.money_high - 2:
             # An open order lowered below what was captured (after the PSP let go, or
             # to nothing): captures only add, and §4 refunds only returned units, so
             # the PSP cannot follow; a person is told, as for an open authorization.
@@ -694,6 +703,13 @@ class Oracle:
         st.money += sum(
             int(lines[i]["unit_price"]) * n for i, n in newly.items() if i in lines
         ) * self._ratio(last)
+        # A worker may have captured for an earlier snapshot of this window, at its
+        # prices and its order-level shares: at most the dearest of them.
+        st.money_high += sum(
+            max((p for p, _ in self._prices(i)), default=int(lines[i]["unit_price"])) * n
+            for i, n in newly.items()
+            if i in lines
+        ) * max(self._ratio(snap) for snap in [*earlier, last])
         for line_id, units in newly.items():
             before = st.captured.get(line_id, 0)
             st.captured[line_id] = before + units

@@ -1376,7 +1376,8 @@ class Simulation:
             self.note(
                 f"shop {snapshot['id']} v{snapshot['version']} {snapshot['status']} "
                 f"{[_brief(x) for x in snapshot['lines']]}"
-                f" -> {getattr(outcome, 'outcome', status)}"
+                + (f" amount {snapshot['amount']}" if snapshot.get("amount") is not None else "")
+                + f" -> {getattr(outcome, 'outcome', status)}"
             )
             if status == 202 and getattr(outcome, "needs_reconcile", False):
                 self._enqueue(snapshot["id"], 0)

@@ -882,6 +882,57 @@ def test_a_basket_grown_in_the_window_of_a_full_capture_may_need_a_new_order() -
     assert exp.lines["l1"].captured_range == (0, 3)
 
 
+def test_a_basket_lowered_below_a_capture_made_for_an_earlier_snapshot_may_keep_its_amount() -> (
+    None
+):
+    """Seed 3272: three units of l1 shipped (450, nothing order-level), then in the same
+    window a store credit took the basket to 72. A worker that captured the 450 for the
+    shipping snapshot first left a PSP that refuses an amount below its captures (§4
+    step 1 follows the basket only "not fully captured"): it may still hold 747, or 72
+    had the worker read the last snapshot first (then the capture carried the credit)."""
+    oracle = Oracle(747, refuses_increases=False)
+    goods = [line("l1", 3, 150), line("l2", 3, 99)]
+    oracle.snapshot(snap(1, goods))
+    oracle.settle()
+    shipped = [{**goods[0], "shipped_quantity": 3}, goods[1]]
+    oracle.snapshot(snap(2, shipped))
+    oracle.snapshot(snap(3, [*shipped, line("l3", 1, -276, type="store_credit")]))
+    oracle.snapshot(
+        snap(4, [shipped[0], line("l2", 2, 99), line("l3", 1, -576, type="store_credit")])
+    )
+    exp = oracle.expectation()
+    low, high = exp.authorized_low or exp.authorized, exp.authorized_high or exp.authorized
+    assert low is not None and high is not None
+    assert low <= 72 and high >= 747
+    assert ("needs_attention", "amount_below_captured") in exp.allowed
+
+
+def test_an_update_below_such_a_capture_refused_in_an_earlier_window_may_still_hold() -> None:
+    """Seed 3179: the capture went out for a basket of 3201 (1011 for one unit of 1200),
+    a later credit in its window made the basket 1177 (the oracle's share: 543). Two
+    windows later the basket is 977, then 677: both below the 1011 the PSP may hold, so
+    both updates may be refused and the PSP may still hold 1177."""
+    oracle = Oracle(3201, refuses_increases=False)
+    goods = [line("l1", 2, 100), line("l2", 3, 1200)]
+    credit = line("l3", 1, -599, type="store_credit")
+    oracle.snapshot(snap(1, [*goods, credit]))
+    oracle.settle()
+    shipped = [goods[0], {**goods[1], "shipped_quantity": 1}]
+    second = line("l4", 1, -824, type="store_credit")
+    oracle.snapshot(snap(2, [*shipped, credit]))
+    oracle.snapshot(snap(3, [*shipped, credit, second]))
+    oracle.snapshot(snap(4, [goods[0], {**shipped[1], "quantity": 2}, credit, second]))
+    oracle.settle()
+    kept = [{**shipped[1], "quantity": 2}, credit, second]
+    oracle.snapshot(snap(5, kept))
+    oracle.settle()
+    oracle.snapshot(snap(6, [kept[0], {**credit, "unit_price": -899}, second]))
+    exp = oracle.expectation()
+    low, high = exp.authorized_low or exp.authorized, exp.authorized_high or exp.authorized
+    assert low is not None and high is not None
+    assert low <= 677 and high >= 1177
+
+
 def test_units_worth_nothing_stay_uncertain_when_more_of_them_ship_later() -> None:
     """Seed 20047: l2 (2 × 0) ships one unit, then in a later window the second. No
     capture of 0 is sent (§4 step 2 captures "exactly those lines"; a unit worth nothing
