@@ -388,6 +388,26 @@ class Oracle:
                     # §4 step 1 updates only an authorization not fully captured: more
                     # than it is a new payment, as after a refused increase.
                     exp.allowed.add(("needs_new_order", ""))
+                # §4 step 1 updates the authorization for every snapshot "not fully
+                # captured": a worker may have acted on an earlier snapshot of this
+                # window, before the captures or the last basket stood in the way, so
+                # the PSP may hold that basket's total. And captures never exceed the
+                # authorization, so a share-weighted estimate above it (order-level
+                # lines changed between captures) says nothing certain: the last
+                # basket may have been followed too.
+                reachable = [x for x in self.window[:-1] if x["status"] == "open"]
+                if st.money > st.authorized + 2:
+                    reachable.append(last)
+                if reachable:
+                    totals = [order_total(x) for x in reachable]
+                    exp.authorized_high = max(
+                        exp.authorized_high or st.authorized, st.authorized, *totals
+                    )
+                    exp.authorized_low = min(
+                        exp.authorized_low or st.authorized,
+                        st.authorized,
+                        *(t for t in totals if t > 0),
+                    )
             elif total > st.authorized and self._emptied_earlier():
                 # A capture for an earlier snapshot of this window may have taken the
                 # whole authorization first; §4 step 1 then raises nothing ("not fully

@@ -964,3 +964,63 @@ def test_a_capture_after_units_worth_nothing_moves_their_range_up() -> None:
     oracle.snapshot(snap(3, [priced, line("l2", 1, 1100)]))
     exp = oracle.expectation()
     assert exp.lines["l1"].captured_range == (2, 3)
+
+
+def test_an_earlier_snapshot_of_a_window_may_set_the_authorization_the_last_cannot() -> None:
+    """Seed 20687: l3 captured (2400 of 4431). In one window a line is added (4530),
+    then the basket falls to 1999, below the captures. A worker that acted on the
+    second snapshot raised the authorization to 4530 (§4 step 1: "not fully captured");
+    the last basket it cannot follow. The PSP may hold 4431 or 4530."""
+    oracle = Oracle(4431, refuses_increases=False)
+    goods = [line("l1", 1, 2031), line("l3", 2, 1200, shipped_quantity=2)]
+    oracle.snapshot(snap(1, goods))
+    oracle.settle()
+    added = [*goods, line("l6", 1, 99)]
+    oracle.snapshot(snap(2, added))
+    oracle.snapshot(snap(3, [*added, line("l7", 1, -2531, type="discount")]))
+    exp = oracle.expectation()
+    low, high = exp.authorized_low or exp.authorized, exp.authorized_high or exp.authorized
+    assert low is not None and high is not None
+    assert low <= 4431 and high >= 4530
+    assert ("needs_attention", "amount_below_captured") in exp.allowed
+
+
+def test_a_capture_estimate_above_the_authorization_does_not_stop_a_raise() -> None:
+    """Seed 20626 (Adyen, 3131): order-level lines came and went between captures
+    (store credits removed after captures carried their shares, a discount added), so
+    the oracle's share-weighted figure of what was captured (2669) is above the
+    authorization (2653), which no PSP holds (captures never exceed it): the PSP had
+    captured 2489. A price raise (3553) was then followed, as §4 step 1 says for an
+    authorization "not fully captured"; the oracle cannot tell, so either may hold."""
+    kinds = {"p": "physical", "c": "store_credit", "t": "sales_tax", "d": "discount"}
+    base = {"l1": ("p", 2, 1200), "l2": ("p", 3, 99), "l3": ("c", 1, -61)}
+    base |= {"l4": ("t", 1, 495), "l5": ("c", 1, -529), "l6": ("d", 1, -539)}
+
+    def basket(ids: str, shipped: tuple[int, int], l2_price: int = 99) -> list[dict[str, Any]]:
+        out = []
+        for n in ids:
+            t, q, p = base[f"l{n}"]
+            ship = {"1": shipped[0], "2": shipped[1]}.get(n, 0)
+            p = l2_price if n == "2" else p
+            out.append(line(f"l{n}", q, p, type=kinds[t], shipped_quantity=ship))
+        return out
+
+    oracle = Oracle(3131, refuses_increases=False)
+    history = [
+        ("1234", (0, 0)), ("1234", (0, 1)), ("12345", (0, 1)), None,
+        ("12345", (0, 1)), ("12345", (1, 1)), ("1234", (1, 1)), None,
+        ("124", (1, 1)), None,
+        ("1246", (1, 1)), ("1246", (2, 1)), None,
+    ]  # fmt: skip
+    version = 0
+    for step in history:
+        if step is None:
+            oracle.settle()
+            continue
+        version += 1
+        oracle.snapshot(snap(version, basket(*step)))
+    oracle.snapshot(snap(version + 1, basket("1246", (2, 1), l2_price=399)))
+    exp = oracle.expectation()
+    low, high = exp.authorized_low or exp.authorized, exp.authorized_high or exp.authorized
+    assert low is not None and high is not None
+    assert low <= 2653 and high >= 3553
