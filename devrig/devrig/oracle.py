@@ -720,6 +720,30 @@ class Oracle:
             # CANNOT_FOLLOW), and the order-level lines not yet shared may take all that
             # is still open, so these units may be worth nothing, never captured.
             free = set(newly)
+        # The same within this window: a worker that captured for an earlier snapshot
+        # (at its prices and order-level shares, with the fees if first) may have
+        # taken more than the last basket is worth; the units shipped after it are then
+        # worth nothing to capture, as above. Per line: at least what that snapshot
+        # shipped.
+        after_overshoot: dict[str, int] = {}
+        for snap in earlier:
+            shipped_then = {
+                x["id"]: int(x.get("shipped_quantity", 0)) - st.captured.get(x["id"], 0)
+                for x in snap["lines"]
+                if kind(x) in GOODS
+            }
+            taken = sum(
+                int(x["unit_price"]) * max(shipped_then.get(x["id"], 0), 0)
+                + (int(x["unit_price"]) * int(x["quantity"]) if x["id"] in fees else 0)
+                for x in snap["lines"]
+                if kind(x) in GOODS | FEES
+            ) * self._ratio(snap)
+            if st.money + taken > order_total(last) + 2:
+                for line_id, units in newly.items():
+                    floor = min(max(shipped_then.get(line_id, 0), 0), units)
+                    after_overshoot[line_id] = min(after_overshoot.get(line_id, units), floor)
+        if after_overshoot:
+            exp.outcomes.add("captured_beyond_a_later_basket_in_one_window")
         st.money += sum(
             int(lines[i]["unit_price"]) * n for i, n in newly.items() if i in lines
         ) * self._ratio(last)
@@ -741,6 +765,8 @@ class Oracle:
                 # one), or a fee the first capture may not have carried.
                 entry.maybe(before, before + units)
                 st.worthless[line_id] = st.worthless.get(line_id, 0) + units
+            elif after_overshoot.get(line_id, units) < units:
+                entry.maybe(before + after_overshoot[line_id], before + units)
             else:
                 entry.surely(before, units)
         st.any_capture = st.any_capture or bool(set(newly) - free)

@@ -1024,3 +1024,22 @@ def test_a_capture_estimate_above_the_authorization_does_not_stop_a_raise() -> N
     low, high = exp.authorized_low or exp.authorized, exp.authorized_high or exp.authorized
     assert low is not None and high is not None
     assert low <= 2653 and high >= 3553
+
+
+def test_units_shipped_after_a_capture_above_the_last_basket_may_be_worth_nothing() -> None:
+    """Seed 20097: l2 3 × 450 and a shipping fee of 495 (1845). In one window two units
+    ship, a discount of 805 arrives, the third unit ships. A worker that captured for
+    the first of these took 1395 (two units and the fee, §4: the fee goes with the first
+    capture), more than the last basket's 1040: nothing is left for the third unit to
+    carry (captures never go below 0), so it may never be captured."""
+    oracle = Oracle(1845, refuses_increases=False)
+    fee = line("l3", 1, 495, type="shipping_fee")
+    oracle.snapshot(snap(1, [line("l2", 3, 450), fee]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [line("l2", 3, 450, shipped_quantity=2), fee]))
+    credit = line("l4", 1, -805, type="discount")
+    oracle.snapshot(snap(3, [line("l2", 3, 450, shipped_quantity=2), fee, credit]))
+    oracle.snapshot(snap(4, [line("l2", 3, 450, shipped_quantity=3), fee, credit]))
+    exp = oracle.expectation()
+    assert exp.lines["l2"].captured_range == (2, 3)
+    assert exp.lines["l3"].captured == 1
