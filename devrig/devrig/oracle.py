@@ -478,6 +478,15 @@ class Oracle:
                 exp.outcomes.add("reopened_after_cancel")
             elif total > 0 and last["version"] > st.closed_version:
                 exp.allowed.add(("needs_new_order", ""))
+        elif st.closed in ("cancelled", "released") and any(
+            x["status"] == "open" and order_total(x) > 0 and x["version"] > st.closed_version
+            for x in self.window[:-1]
+        ):
+            # §4: "Once the PSP has cancelled or released, a later open snapshot flags
+            # needs_new_order". The window's last snapshot cancels (or empties) the
+            # order again, but a worker may have acted on an open one before it.
+            exp.allowed.add(("needs_new_order", ""))
+            exp.outcomes.add("reopened_after_cancel_in_passing")
         elif cancelling and st.closed is None:
             exp.outcomes.add("cancel_after_shipment" if st.any_capture else "cancel_before_capture")
             st.closed = "released" if st.any_capture else "cancelled"

@@ -1043,3 +1043,24 @@ def test_units_shipped_after_a_capture_above_the_last_basket_may_be_worth_nothin
     exp = oracle.expectation()
     assert exp.lines["l2"].captured_range == (2, 3)
     assert exp.lines["l3"].captured == 1
+
+
+def test_an_open_snapshot_after_a_psp_cancel_may_ask_for_a_new_order_though_the_last_cancels() -> (
+    None
+):
+    """Seeds 20221, 20486, 20498: cancelled in Adyen's Customer Area; the shop then sends
+    open snapshots (edited) and, in the same window, cancels or empties the order. §4:
+    "Once the PSP has cancelled or released, a later open snapshot flags
+    needs_new_order": a worker that acted on an open one before the last raised it."""
+    oracle = Oracle(3392, refuses_increases=False)
+    goods = [line("l1", 2, 450), line("l2", 1, 2492)]
+    oracle.snapshot(snap(1, goods))
+    oracle.settle()
+    oracle.external_cancel()
+    oracle.settle()
+    oracle.snapshot(snap(2, [goods[0], line("l4", 1, 2599)]))
+    oracle.snapshot(snap(3, [goods[0], line("l4", 1, 2599)], status="cancelled"))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") in exp.allowed
+    assert ("needs_new_order", "") not in exp.required
+    assert exp.authorization == "cancelled"
