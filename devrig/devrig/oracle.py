@@ -86,6 +86,22 @@ class LineExpect:
     # captures add up to its value (the contract's "captures add up to the total").
     totals: set[tuple[int, int]] = field(default_factory=set)
 
+    def maybe(self, low: int, high: int) -> None:
+        """Units low..high may be captured. A range an earlier window left stays open:
+        units worth nothing then (no capture of 0 is sent) are never captured later
+        for that window, so the low end is the lowest either window allows."""
+        if self.captured_range is not None:
+            low = min(low, self.captured_range[0])
+            high = max(high, self.captured_range[1])
+        self.captured_range = (low, high)
+
+    def surely(self, before: int, units: int) -> None:
+        """`units` more captured for certain, after `before` were counted: a range an
+        earlier window left (its high end no more than `before`) moves up with them."""
+        if self.captured_range is not None and self.captured_range[1] <= before:
+            low, high = self.captured_range
+            self.captured_range = (low + units, high + units)
+
 
 @dataclass
 class Expectation:
@@ -353,7 +369,7 @@ class Oracle:
                 shipped = int(line.get("shipped_quantity", 0))
                 if kind(line) in GOODS | FEES and shipped > st.captured.get(line_id, 0):
                     entry = exp.lines.setdefault(line_id, LineExpect())
-                    entry.captured_range = (st.captured.get(line_id, 0), shipped)
+                    entry.maybe(st.captured.get(line_id, 0), shipped)
         total = order_total(last)
         before: int | None = None  # the authorization before this window lowered it
         held_high: int | None = None
@@ -404,6 +420,26 @@ class Oracle:
                     # §4 step 1 updates only an authorization not fully captured: more
                     # than it is a new payment, as after a refused increase.
                     exp.allowed.add(("needs_new_order", ""))
+                # §4 step 1 updates the authorization for every snapshot "not fully
+                # captured": a worker may have acted on an earlier snapshot of this
+                # window, before the captures or the last basket stood in the way, so
+                # the PSP may hold that basket's total. And captures never exceed the
+                # authorization, so a share-weighted estimate above it (order-level
+                # lines changed between captures) says nothing certain: the last
+                # basket may have been followed too.
+                reachable = [x for x in self.window[:-1] if x["status"] == "open"]
+                if st.money > st.authorized + 2:
+                    reachable.append(last)
+                if reachable:
+                    totals = [order_total(x) for x in reachable]
+                    exp.authorized_high = max(
+                        exp.authorized_high or st.authorized, st.authorized, *totals
+                    )
+                    exp.authorized_low = min(
+                        exp.authorized_low or st.authorized,
+                        st.authorized,
+                        *(t for t in totals if t > 0),
+                    )
             elif total > st.authorized and self._emptied_earlier():
                 # A capture for an earlier snapshot of this window may have taken the
                 # whole authorization first; §4 step 1 then raises nothing ("not fully
@@ -476,6 +512,15 @@ class Oracle:
                 exp.outcomes.add("reopened_after_cancel")
             elif total > 0 and last["version"] > st.closed_version:
                 exp.allowed.add(("needs_new_order", ""))
+        elif st.closed in ("cancelled", "released") and any(
+            x["status"] == "open" and order_total(x) > 0 and x["version"] > st.closed_version
+            for x in self.window[:-1]
+        ):
+            # §4: "Once the PSP has cancelled or released, a later open snapshot flags
+            # needs_new_order". The window's last snapshot cancels (or empties) the
+            # order again, but a worker may have acted on an open one before it.
+            exp.allowed.add(("needs_new_order", ""))
+            exp.outcomes.add("reopened_after_cancel_in_passing")
         elif cancelling and st.closed is None:
             exp.outcomes.add("cancel_after_shipment" if st.any_capture else "cancel_before_capture")
             st.closed = "released" if st.any_capture else "cancelled"
@@ -599,7 +644,7 @@ class Oracle:
                     # on the snapshot that still had it; then the captures exceed the
                     # basket, which a person must settle.
                     entry = exp.lines.setdefault(line["id"], LineExpect())
-                    entry.captured_range = (0, int(line["quantity"]))
+                    entry.maybe(0, int(line["quantity"]))
                     entry.prices |= self._prices(line["id"])
                     exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
                     exp.uncertain_end = True
@@ -614,7 +659,7 @@ class Oracle:
                 and st.captured.get(line_id, 0) < int(line["quantity"])
             ):
                 entry = exp.lines.setdefault(line_id, LineExpect())
-                entry.captured_range = (st.captured.get(line_id, 0), int(line["quantity"]))
+                entry.maybe(st.captured.get(line_id, 0), int(line["quantity"]))
                 entry.prices |= self._prices(line_id)
                 exp.outcomes.add("fee_added_after_first_capture")
         if not newly and not fees:
@@ -687,7 +732,7 @@ class Oracle:
             for line_id, units in newly.items():
                 entry = exp.lines.setdefault(line_id, LineExpect())
                 before = st.captured.get(line_id, 0)
-                entry.captured_range = (before, before + units)
+                entry.maybe(before, before + units)
                 entry.prices |= self._prices(line_id)
                 # Captured after all, they may carry a price edit as any capture does.
                 entry.totals |= self._totals(line_id)
@@ -722,6 +767,30 @@ class Oracle:
             # CANNOT_FOLLOW), and the order-level lines not yet shared may take all that
             # is still open, so these units may be worth nothing, never captured.
             free = set(newly)
+        # The same within this window: a worker that captured for an earlier snapshot
+        # (at its prices and order-level shares, with the fees if first) may have
+        # taken more than the last basket is worth; the units shipped after it are then
+        # worth nothing to capture, as above. Per line: at least what that snapshot
+        # shipped.
+        after_overshoot: dict[str, int] = {}
+        for snap in earlier:
+            shipped_then = {
+                x["id"]: int(x.get("shipped_quantity", 0)) - st.captured.get(x["id"], 0)
+                for x in snap["lines"]
+                if kind(x) in GOODS
+            }
+            taken = sum(
+                int(x["unit_price"]) * max(shipped_then.get(x["id"], 0), 0)
+                + (int(x["unit_price"]) * int(x["quantity"]) if x["id"] in fees else 0)
+                for x in snap["lines"]
+                if kind(x) in GOODS | FEES
+            ) * self._ratio(snap)
+            if st.money + taken > order_total(last) + 2:
+                for line_id, units in newly.items():
+                    floor = min(max(shipped_then.get(line_id, 0), 0), units)
+                    after_overshoot[line_id] = min(after_overshoot.get(line_id, units), floor)
+        if after_overshoot:
+            exp.outcomes.add("captured_beyond_a_later_basket_in_one_window")
         st.money += sum(
             int(lines[i]["unit_price"]) * n for i, n in newly.items() if i in lines
         ) * self._ratio(last)
@@ -741,8 +810,12 @@ class Oracle:
             if line_id in free or line_id in later_maybe:
                 # Worth nothing (no capture of 0 is ever sent, it may ride along with
                 # one), or a fee the first capture may not have carried.
-                entry.captured_range = (before, before + units)
+                entry.maybe(before, before + units)
                 st.worthless[line_id] = st.worthless.get(line_id, 0) + units
+            elif after_overshoot.get(line_id, units) < units:
+                entry.maybe(before + after_overshoot[line_id], before + units)
+            else:
+                entry.surely(before, units)
         st.any_capture = st.any_capture or bool(set(newly) - free)
         st.own_capture = st.own_capture or bool(set(newly) - free)
         st.free_shipped = st.free_shipped or bool(free)
