@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Required, TypedDict, Unpack
@@ -944,9 +944,13 @@ def adopt_adyen_authorization(
     conn.execute(ADOPT_ADYEN_AUTHORIZATION, params)
 
 
-def silent_operations(conn: Connection[Row], timeout: float, batch: int) -> list[OperationRef]:
+def silent_operations(
+    conn: Connection[Row], timeout: float, batch: int
+) -> Callable[[], list[OperationRef]]:
+    """Sends the read; the function returned reads the operations found. In pipeline
+    mode, read them after the commit: no round trip of their own."""
     params = {"timeout": timeout, "batch": batch}
-    return conn.cursor(row_factory=_REF).execute(SILENT_OPERATIONS, params).fetchall()
+    return conn.cursor(row_factory=_REF).execute(SILENT_OPERATIONS, params).fetchall
 
 
 def lock_order_skip_locked(conn: Connection[Row], order_id: str) -> Order | None:
