@@ -95,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         "--trips", action="store_true", help="count round trips by caller (slower: no CPU)"
     )
     args = parser.parse_args(argv)
+    if "SIMCOST_PREPARE" in os.environ:  # an experiment: psycopg's prepare_threshold
+        from psycopg._preparing import PrepareManager
+
+        value = os.environ["SIMCOST_PREPARE"]
+        PrepareManager.prepare_threshold = None if value == "none" else int(value)
     base = temporary_pg_dir("ordersync-simcost-")
     postgres = EmbeddedPostgres(base / "data")
     try:
@@ -103,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
             conn.execute("ALTER SYSTEM SET pg_stat_statements.track = 'all'")
+            conn.execute("ALTER SYSTEM SET pg_stat_statements.track_planning = on")
+            for setting in filter(None, os.environ.get("SIMCOST_SERVER", "").split(";")):
+                conn.execute(f"ALTER SYSTEM SET {setting}")  # an experiment's settings
         postgres.restart_immediate()
         with simulation.quiet_logs():
             migrate(url)
@@ -128,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         n = summary.histories
         with psycopg.connect(url, autocommit=True) as conn:
             rows = conn.execute(
-                "SELECT calls, total_exec_time, query FROM pg_stat_statements"
+                "SELECT calls, total_exec_time + total_plan_time, query FROM pg_stat_statements"
                 " WHERE query NOT LIKE '%%pg_stat_statements%%' ORDER BY calls DESC"
             ).fetchall()
         calls = sum(r[0] for r in rows)
@@ -141,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"per history: client CPU {1000 * client / n:.1f} ms, server CPU"
             f" {1000 * server / n:.1f} ms, total {1000 * (client + server) / n:.1f} ms;"
-            f" statements {calls / n:.1f}, server execution {executing / n:.1f} ms"
+            f" statements {calls / n:.1f}, server planning + execution {executing / n:.1f} ms"
         )
         print("statements per history (calls, exec ms), most called first:")
         for count, ms, query in rows[: args.top]:

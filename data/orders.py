@@ -628,11 +628,20 @@ def park_order(conn: Connection[Row], order_id: str) -> None:
     )
 
 
-def mark_in_sync(conn: Connection[Row], order_id: str) -> None:
+def mark_in_sync(conn: Connection[Row], order: Order) -> None:
+    """Nothing is due for the order: no request, retry time or sweep mark. `order` is
+    the row as locked in this transaction: when it has none of them, nothing is sent (an
+    UPDATE that changes nothing still writes a row version and its index entries)."""
+    if (
+        order.reconcile_requested_at is None
+        and order.next_reconcile_at is None
+        and order.sweep_after is None
+    ):
+        return
     conn.execute(
         "UPDATE orders SET reconcile_requested_at = NULL, next_reconcile_at = NULL,"
         " sweep_after = NULL WHERE id = %s",
-        (order_id,),
+        (order.id,),
     )
 
 
