@@ -1398,9 +1398,9 @@ class Simulation:
 
     def sweep(self) -> None:
         with self._deaths():  # the patched grace period; nothing here dies
-            sweeper.sweep(self.ctx, self._enqueue)
-            sweeper.sweep_callbacks(self.ctx, self._enqueue_delivery)
-            sweeper.sweep_notifications(self.ctx, self._enqueue_notification)
+            sweeper.sweep_all(
+                self.ctx, self._enqueue, self._enqueue_delivery, self._enqueue_notification
+            )
 
     # -- one history -----------------------------------------------------------------
 
@@ -2124,7 +2124,10 @@ def run_seeds(
     return summary
 
 
-EMPTY_TABLES = "TRUNCATE outbox, operations, inbox, adyen_payments, orders CASCADE"
+EMPTY_TABLES = (
+    "DELETE FROM outbox; DELETE FROM operations; DELETE FROM inbox;"
+    " DELETE FROM adyen_payments; DELETE FROM orders"
+)
 
 
 # Only for a server started for the simulation alone: a crash of it loses nothing real,
