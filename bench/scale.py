@@ -66,11 +66,13 @@ SELECT gen_random_uuid(), 'o' || g, 6, 'capture',
        CASE WHEN g > 500 THEN now() - interval '1 minute' END
 FROM generate_series(10, least(700, %(n)s), 10) AS g;
 
-INSERT INTO inbox (source, event_key, event_type, order_id, payload, received_at,
-                   processed_at, outcome)
-SELECT 'shop', 'msg_' || g, 'order.updated', 'o' || g, '{}'::jsonb,
+INSERT INTO inbox (source, event_key, event_type, order_id, received_at, processed_at,
+                   outcome)
+SELECT 'shop', 'msg_' || g, 'order.updated', 'o' || g,
        now() - interval '30 days', now() - interval '30 days', 'applied'
 FROM generate_series(1, %(n)s) AS g;
+
+INSERT INTO inbox_bodies (inbox_id, payload) SELECT id, '{}'::jsonb FROM inbox;
 """
 
 # The statements production runs (data/orders.py, data/outbox.py, data/inbox.py), with the
@@ -229,13 +231,17 @@ FROM generate_series(1, greatest(%(n)s / 10, 1)) AS g;
 
 -- Ten webhooks per order over the last 60 days, oldest first (ids follow received_at,
 -- as they do in production); all processed.
-INSERT INTO inbox (source, event_key, event_type, order_id, payload, received_at,
-                   processed_at, outcome)
+INSERT INTO inbox (source, event_key, event_type, order_id, received_at, processed_at,
+                   outcome)
 SELECT 'shop', 'msg_' || g, 'order.updated', 'o' || (1 + mod(g, greatest(%(n)s / 10, 1))),
-       '{"type": "order.updated", "order": {"id": "x", "lines": []}}'::jsonb,
        now() - interval '60 days' * (1 - g::float8 / %(n)s),
        now() - interval '60 days' * (1 - g::float8 / %(n)s), 'applied'
 FROM generate_series(1, %(n)s) AS g;
+
+-- Each webhook's body, in id order as the receiver writes them (migration 0061).
+INSERT INTO inbox_bodies (inbox_id, payload)
+SELECT id, '{"type": "order.updated", "order": {"id": "x", "lines": []}}'::jsonb
+FROM inbox ORDER BY id;
 
 -- One delivered event to the shop per ten webhooks, over the same 60 days.
 INSERT INTO outbox (id, order_id, event_type, version, payload, created_at, delivered_at)
@@ -297,7 +303,7 @@ def _prune_batches(url: str, batches: int) -> dict[str, float]:
                 lambda: retention._inbox_pass(
                     pool,
                     "inbox_bodies",
-                    inbox.NULL_BODIES,
+                    inbox.DELETE_BODIES,
                     settings.retention_body_days * retention.DAY,
                     settings.retention_batch,
                 ),

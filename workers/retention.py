@@ -29,7 +29,7 @@ from typing import Any
 
 import structlog
 
-from data.inbox import DELETE_KEYS, MOVE_CURSOR, NEXT_INBOX_ROWS, NULL_BODIES, TAKE_CURSOR
+from data.inbox import DELETE_BODIES, DELETE_KEYS, MOVE_CURSOR, NEXT_INBOX_ROWS, TAKE_CURSOR
 from data.outbox import DELETE_DELIVERED
 from ordersync.db import SyncPool
 from ordersync.settings import Settings
@@ -81,7 +81,7 @@ def prune(pool: SyncPool, settings: Settings) -> dict[str, int]:
     batch = settings.retention_batch
     passes: dict[str, Any] = {
         "inbox_bodies": lambda: _inbox_pass(
-            pool, "inbox_bodies", NULL_BODIES, settings.retention_body_days * DAY, batch
+            pool, "inbox_bodies", DELETE_BODIES, settings.retention_body_days * DAY, batch
         ),
         "inbox_keys": lambda: _inbox_pass(
             pool, "inbox_keys", DELETE_KEYS, settings.retention_key_days * DAY, batch
