@@ -416,6 +416,10 @@ FROM inbox WHERE id > %(after)s ORDER BY id LIMIT %(batch)s
 # A body goes by deleting its own row: no index of the inbox is touched, and the pages
 # it deletes from are the oldest of inbox_bodies, next to each other, at any size.
 DELETE_BODIES = "DELETE FROM inbox_bodies WHERE inbox_id = ANY(%(ids)s)"
-# A key's body, if any is left, goes with it (inbox_bodies' foreign key cascades).
-DELETE_KEYS = "DELETE FROM inbox WHERE id = ANY(%(ids)s)"
+# A key's body, if any is left (RETENTION_BODY_DAYS ≤ RETENTION_KEY_DAYS, so only an
+# unprocessed row's, and those are not pruned), goes with it: nothing else deletes a body.
+DELETE_KEYS = """
+WITH bodies AS (DELETE FROM inbox_bodies WHERE inbox_id = ANY(%(ids)s))
+DELETE FROM inbox WHERE id = ANY(%(ids)s)
+"""
 MOVE_CURSOR = "UPDATE retention_cursor SET last_id = %(last)s WHERE name = %(name)s"

@@ -138,9 +138,6 @@ def test_the_inbox_bodies_migration_moves_every_body_and_keeps_pruned_rows(
             " WHERE table_name = 'inbox' AND column_name = 'payload'"
         ).fetchone()
         assert column is None
-        # A key pruned takes its body with it.
-        conn.execute("DELETE FROM inbox WHERE event_key = 'msg_1'")
-        assert conn.execute("SELECT count(*) FROM inbox_bodies").fetchone() == (2,)
     # Rolled back, the bodies left return to their rows.
     backend = get_backend(_yoyo_url(fresh_database))
     try:
@@ -152,4 +149,10 @@ def test_the_inbox_bodies_migration_moves_every_body_and_keeps_pruned_rows(
         backend.connection.close()
     with psycopg.connect(fresh_database, autocommit=True) as conn:
         back = conn.execute("SELECT event_key, payload FROM inbox ORDER BY id").fetchall()
-        assert back == [("msg_2", {"n": 2}), ("msg_3", {"n": 3}), ("msg_4", None), ("msg_5", None)]
+        assert back == [
+            ("msg_1", {"n": 1}),
+            ("msg_2", {"n": 2}),
+            ("msg_3", {"n": 3}),
+            ("msg_4", None),
+            ("msg_5", None),
+        ]

@@ -124,6 +124,7 @@ def test_an_orphan_notification_backs_off_and_leaves_the_backlog(
     line = next(x for x in metrics.splitlines() if x.startswith("ordersync_inbox_unmatched "))
     assert float(line.split()[-1]) >= 1
     with stack.db() as conn:  # out of the other tests' way
+        conn.execute("DELETE FROM inbox_bodies WHERE inbox_id = %s", (row["id"],))
         conn.execute("DELETE FROM inbox WHERE id = %s", (row["id"],))
 
 
