@@ -2117,7 +2117,7 @@ def run_seeds(
     return summary
 
 
-EMPTY_TABLES = "TRUNCATE outbox, operations, inbox, adyen_payments, orders CASCADE"
+EMPTY_TABLES = "TRUNCATE outbox, operations, inbox, inbox_bodies, adyen_payments, orders CASCADE"
 
 
 # Only for a server started for the simulation alone: a crash of it loses nothing real,
