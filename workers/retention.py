@@ -1,6 +1,8 @@
 """Bounded growth: the retention job beat runs, pruning what no one needs any more.
 
-- An inbox row's body goes RETENTION_BODY_DAYS after it was received, once processed.
+- An inbox row's body (its row in inbox_bodies) goes RETENTION_BODY_DAYS after it was
+  received, once processed: a DELETE of the body's own row, which adds no index entry and
+  touches the oldest pages only, so a batch costs the same at any size of the inbox.
 - Its key (source, event_key), which refuses a resent webhook as a duplicate, goes
   RETENTION_KEY_DAYS after it was received. The key has to outlast every sender's
   retry horizon, or a late retry would be taken as new:
