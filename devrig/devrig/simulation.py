@@ -2125,7 +2125,7 @@ def run_seeds(
 
 
 EMPTY_TABLES = (
-    "DELETE FROM outbox; DELETE FROM operations; DELETE FROM inbox;"
+    "DELETE FROM outbox; DELETE FROM operations; DELETE FROM inbox; DELETE FROM inbox_bodies;"
     " DELETE FROM adyen_payments; DELETE FROM orders"
 )
 
