@@ -43,6 +43,8 @@ FAULT_REASONS = frozenset(
         "task_failed",
     }
 )
+# What Adyen reports when a capture (refund) that succeeded fails after all.
+FAILED_CODE = {"capture": "capture_failed", "refund": "refunded_reversed"}
 # Reasons for a basket the captures can no longer follow (a price edit after a capture).
 CANNOT_FOLLOW = frozenset({"captured_above_total", "captured_below_total", "amount_below_captured"})
 
@@ -150,6 +152,7 @@ class Oracle:
         self.window: list[dict[str, Any]] = []  # stored since the last settle point
         self.faulty = False
         self.pending_external = False
+        self.halted = False  # a person must look before anything moves (foreign_currency)
         self._before_update = 0  # the authorization before this settle point lowered it
         self._maybe_full = False  # the authorization may be fully captured in this window
         # What moved without the service since the last settle point, when nothing
@@ -218,6 +221,29 @@ class Oracle:
         self.exp.outcomes.add("foreign_notification")
         self.exp.allowed.add(("needs_attention", "notification_mismatch"))
 
+    def foreign_currency(self) -> None:
+        """The PSP holds the payment in another currency than the first snapshot fixed
+        (§4: "An order's currency ... fixed by its first snapshot"): money the service
+        did not move that way; it must tell a person, as for any external change. The
+        flag halts the service (§4 "an operator's reconcile then takes the PSP's figures
+        as the new baseline": the operator's read finds the same currency, so it halts
+        again): from then on only what moves outside the service is in the ledger."""
+        self.halted = True
+        self._external("foreign_currency")
+
+    def failed_after_success(self, what: str, lines: list[Booked]) -> None:
+        """Adyen reports a capture (refund) that succeeded as failed after all
+        (CAPTURE_FAILED, REFUNDED_REVERSED): the money moved back without the service;
+        those units are not captured (refunded) any more (§4: counted, flagged)."""
+        moved = self.state.captured if what == "capture" else self.state.refunded
+        for line in lines:
+            if line.type in GOODS | FEES and line.reference in moved:
+                moved[line.reference] = max(0, moved[line.reference] - line.quantity)
+        if what == "capture":
+            self.state.money -= sum(line.total for line in lines)
+        self.exp.allowed.add(("needs_attention", f"{FAILED_CODE[what]}_after_succeeded"))
+        self._external(f"{what}_failed_after_success")
+
     def expire(self) -> None:
         if self.state.closed is None:
             self.state.closed = "expired"
@@ -240,6 +266,11 @@ class Oracle:
             exp.allowed |= {("needs_attention", r) for r in FAULT_REASONS}
         if not self.window or self.stored is None:
             self.faulty = False
+            return
+        if self.halted:
+            self.window = [self.window[-1]]
+            self.faulty = False
+            self.external_since_settle = set()
             return
         last = self.window[-1]
         lines = {line["id"]: line for line in last["lines"]}
@@ -763,6 +794,7 @@ class Oracle:
                 and st.closed is None
                 and self.stored["status"] == "open"
                 and not st.charged_back
+                and not self.halted
                 and not any(r in CANNOT_FOLLOW for _, r in exp.allowed)
                 and not any(e.captured_range for e in exp.lines.values())
             )
