@@ -43,8 +43,6 @@ FAULT_REASONS = frozenset(
         "task_failed",
     }
 )
-# What Adyen reports when a capture (refund) that succeeded fails after all.
-FAILED_CODE = {"capture": "capture_failed", "refund": "refunded_reversed"}
 # Reasons for a basket the captures can no longer follow (a price edit after a capture).
 CANNOT_FOLLOW = frozenset({"captured_above_total", "captured_below_total", "amount_below_captured"})
 
@@ -231,18 +229,15 @@ class Oracle:
         self.halted = True
         self._external("foreign_currency")
 
-    def failed_after_success(self, what: str, lines: list[Booked]) -> None:
+    def failed_after_success(self, event_code: str) -> None:
         """Adyen reports a capture (refund) that succeeded as failed after all
-        (CAPTURE_FAILED, REFUNDED_REVERSED): the money moved back without the service;
-        those units are not captured (refunded) any more (§4: counted, flagged)."""
-        moved = self.state.captured if what == "capture" else self.state.refunded
-        for line in lines:
-            if line.type in GOODS | FEES and line.reference in moved:
-                moved[line.reference] = max(0, moved[line.reference] - line.quantity)
-        if what == "capture":
-            self.state.money -= sum(line.total for line in lines)
-        self.exp.allowed.add(("needs_attention", f"{FAILED_CODE[what]}_after_succeeded"))
-        self._external(f"{what}_failed_after_success")
+        (CAPTURE_FAILED, REFUNDED_REVERSED). The contract names no rule for it beyond
+        §4's "An operation that still fails ... flags needs_attention": a person is told
+        (any reason, the build's own), and nothing the service recorded is undone by it
+        (README: "a late failure never undoes a success"), so the ledger stays."""
+        self.exp.outcomes.add(f"{event_code.lower()}_after_success")
+        self.exp.requires("needs_attention")
+        self.exp.allowed.add(("needs_attention", f"{event_code.lower()}_after_succeeded"))
 
     def expire(self) -> None:
         if self.state.closed is None:
