@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import psycopg
@@ -746,6 +746,7 @@ class PspModel:
             }
         if ok:
             self.sim.gaps.twin_first(order, item, amount)
+            self.sim.gaps.expire_in_flight(order, kind)
         if ok and self._fault(self.faults.mismatched_twin, "mismatched_twin"):
             twin = dict(item)
             self.psp_refs += 1
@@ -1119,7 +1120,7 @@ class Shop:
 GAPS = {
     "slow_call_past_lease": 0.10,  # a worker's own PSP call outlives its lease
     "twin_first": 0.15,  # a mismatched notification arrives before the real one
-    "failure_after_success": 0.10,  # CAPTURE_FAILED / REFUNDED_REVERSED after success
+    "failure_after_success": 0.25,  # CAPTURE_FAILED / REFUNDED_REVERSED after success
     "notified_after_timeout": 0.10,  # Adyen silent past NOTIFICATION_TIMEOUT_SECONDS
     "ignored_event_code": 0.08,  # REPORT_AVAILABLE, OFFER_CLOSED
     "orphan_notification": 0.06,  # matches nothing for NOTIFICATION_ORPHAN_SECONDS
@@ -1128,11 +1129,20 @@ GAPS = {
     "purchase_currency_differs": 0.05,  # Klarna holds the payment in another currency
     "shop_refuses_one_event": 0.06,  # the shop answers one event 4xx for ever
     "shop_unreachable": 0.08,  # the shop's callback endpoint refuses connections
+    "expire_before_capture": 0.30,  # Adyen's EXPIRE overtakes an in-flight CAPTURE
+    "task_raises": 0.08,  # a reconcile task raises once, or every time (poisoned)
 }
 # Adyen's event codes the service does not act on (stored, then ignored).
 IGNORED_CODES = ("REPORT_AVAILABLE", "OFFER_CLOSED")
 # What Adyen reports when a modification that succeeded fails after all.
 FAILED_AFTER = {"capture": "CAPTURE_FAILED", "refund": "REFUNDED_REVERSED"}
+
+
+T = TypeVar("T")
+
+
+class SimulatedBug(RuntimeError):
+    """Raised inside a task on purpose (task_raises): what a bug would raise."""
 
 
 class Gaps:
@@ -1200,7 +1210,34 @@ class Gaps:
         finally:
             sim.model.depth -= 1
 
+    def failing(self, run: Callable[[], T]) -> Callable[[], T]:
+        """A reconcile task that raises before it does anything: once (the poison guard
+        tries it again), or on each of its tries (it flags task_failed and parks the
+        order until an operator's reconcile)."""
+        if self.settling() or not self.take("task_raises"):
+            return run
+        left = [self.rng.choice([1, poison.MAX_TRIES])]
+        self._fault(f"task_raises_{left[0]}_times")
+
+        def raising() -> T:
+            if left[0]:
+                left[0] -= 1
+                raise SimulatedBug("simulated: a bug in the task")
+            return run()
+
+        return raising
+
     # -- Adyen's notifications ------------------------------------------------------
+
+    def expire_in_flight(self, order: PspOrder, kind: str) -> None:
+        """The rest of the authorization expires while a part capture is in flight:
+        Adyen's EXPIRE is notified before that capture's CAPTURE."""
+        if kind != "capture" or order.status != "PART_CAPTURED" or self.settling():
+            return
+        if not self.take("expire_before_capture"):
+            return
+        self.sim.model.external(order, "expire", [])
+        self.sim.orders_by_psp[order.psp_id].oracle.expire()
 
     def twin_first(self, order: PspOrder, item: dict[str, Any], amount: int) -> None:
         """A notification naming the payment (and, for a modification, our operation)
@@ -1546,7 +1583,11 @@ class Simulation:
             with self._deaths():
                 if what == "reconcile":
                     outcome = poison.guarded(
-                        lambda: reconcile.Reconciler(self.ctx, self._enqueue).run(arg, force=force),
+                        self.gaps.failing(
+                            lambda: reconcile.Reconciler(self.ctx, self._enqueue).run(
+                                arg, force=force
+                            )
+                        ),
                         lambda exc: self._poisoned(
                             exc,
                             lambda: poison.record_order_failure(
@@ -1573,6 +1614,9 @@ class Simulation:
             self.note(f"task {what} died at {death}")
 
     def _poisoned(self, exc: Exception, record: Callable[[], None]) -> None:
+        if isinstance(exc, SimulatedBug):
+            record()  # raised on purpose: the guard's own path, not a product bug
+            return
         found = Violation("task_poisoned", f"{type(exc).__name__}: {exc} at {poison.where(exc)}")
         if found not in self.result.violations:
             self.result.violations.append(found)
