@@ -1287,9 +1287,9 @@ class Gaps:
             return
         sim._drain()
         rows = sim.own.execute(
-            "SELECT payload ->> 'pspReference' AS ref FROM inbox WHERE source = 'adyen'"
-            " AND outcome = 'succeeded' AND payload ->> 'pspReference' = ANY(%(refs)s)",
-            {"refs": [str(x["pspReference"]) for x in self.after]},
+            "SELECT psp_reference AS ref FROM operations WHERE status = 'succeeded'"
+            " AND order_id = ANY(%(ids)s) AND psp_reference = ANY(%(refs)s)",
+            {"ids": list(sim.orders), "refs": [str(x["pspReference"]) for x in self.after]},
         ).fetchall()
         done = {row["ref"] for row in rows}
         for failure in [x for x in self.after if x["pspReference"] in done]:
@@ -1316,11 +1316,12 @@ class Gaps:
             sim.model.notifications += self.late
             self.late = []
         if self.orphans:
+            # A day passes for what matched nothing (only the history's orphans do).
             sim.own.execute(
                 "UPDATE inbox SET received_at = received_at - make_interval(secs => %(s)s),"
                 " next_attempt_at = now() - interval '1 second'"
-                " WHERE source = 'adyen' AND payload ->> 'pspReference' = ANY(%(refs)s)",
-                {"s": sim.settings.notification_orphan_seconds + 60, "refs": self.orphans},
+                " WHERE source = 'adyen' AND processed_at IS NULL AND outcome = 'unmatched'",
+                {"s": sim.settings.notification_orphan_seconds + 60},
             )
             self.orphans = []
         adyen = [o.psp for o in sim.orders.values() if o.psp.provider == "adyen"]
