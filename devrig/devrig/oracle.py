@@ -180,6 +180,7 @@ class Oracle:
         self.window: list[dict[str, Any]] = []  # stored since the last settle point
         self.faulty = False
         self.pending_external = False
+        self.halted = False  # a person must look before anything moves (foreign_currency)
         self._before_update = 0  # the authorization before this settle point lowered it
         self._maybe_full = False  # the authorization may be fully captured in this window
         # What moved without the service since the last settle point, when nothing
@@ -270,6 +271,26 @@ class Oracle:
         self.exp.outcomes.add("foreign_notification")
         self.exp.allowed.add(("needs_attention", "notification_mismatch"))
 
+    def foreign_currency(self) -> None:
+        """The PSP holds the payment in another currency than the first snapshot fixed
+        (§4: "An order's currency ... fixed by its first snapshot"): money the service
+        did not move that way; it must tell a person, as for any external change. The
+        flag halts the service (§4 "an operator's reconcile then takes the PSP's figures
+        as the new baseline": the operator's read finds the same currency, so it halts
+        again): from then on only what moves outside the service is in the ledger."""
+        self.halted = True
+        self._external("foreign_currency")
+
+    def failed_after_success(self, event_code: str) -> None:
+        """Adyen reports a capture (refund) that succeeded as failed after all
+        (CAPTURE_FAILED, REFUNDED_REVERSED). The contract names no rule for it beyond
+        §4's "An operation that still fails ... flags needs_attention": a person is told
+        (any reason, the build's own), and nothing the service recorded is undone by it
+        (README: "a late failure never undoes a success"), so the ledger stays."""
+        self.exp.outcomes.add(f"{event_code.lower()}_after_success")
+        self.exp.requires("needs_attention")
+        self.exp.allowed.add(("needs_attention", f"{event_code.lower()}_after_succeeded"))
+
     def expire(self) -> None:
         if self.state.closed is None:
             self.state.closed = "expired"
@@ -292,6 +313,11 @@ class Oracle:
             exp.allowed |= {("needs_attention", r) for r in FAULT_REASONS}
         if not self.window or self.stored is None:
             self.faulty = False
+            return
+        if self.halted:
+            self.window = [self.window[-1]]
+            self.faulty = False
+            self.external_since_settle = set()
             return
         last = self.window[-1]
         lines = {line["id"]: line for line in last["lines"]}
@@ -898,6 +924,7 @@ class Oracle:
                 and st.closed is None
                 and self.stored["status"] == "open"
                 and not st.charged_back
+                and not self.halted
                 and not any(r in CANNOT_FOLLOW for _, r in exp.allowed)
                 and not any(e.captured_range for e in exp.lines.values())
             )

@@ -1163,3 +1163,40 @@ def test_an_open_snapshot_after_a_psp_cancel_may_ask_for_a_new_order_though_the_
     assert ("needs_new_order", "") in exp.allowed
     assert ("needs_new_order", "") not in exp.required
     assert exp.authorization == "cancelled"
+
+
+def test_a_foreign_purchase_currency_is_flagged_and_halts_the_service() -> None:
+    # Klarna holds the payment in SEK while the first snapshot fixed EUR (§4: currency
+    # "fixed by its first snapshot"). The service flags external_change and moves
+    # nothing more: its flag halts it, and "an operator's reconcile then takes the PSP's
+    # figures as the new baseline" finds the same currency again. So a cancel or a
+    # shipment after it is not expected at the PSP; money moved outside still is.
+    oracle = Oracle(2100, refuses_increases=False)
+    oracle.snapshot(snap(1, [SHOES, SOCKS]))
+    oracle.foreign_currency()
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, SOCKS]))
+    oracle.settle()
+    oracle.external_capture("socks", 1, 450)
+    oracle.snapshot(snap(3, [{**SHOES, "shipped_quantity": 1}, SOCKS], status="cancelled"))
+    exp = oracle.expectation()
+    assert ("needs_attention", EXTERNAL) in exp.required
+    assert exp.authorization == "open"
+    assert "shoes" not in exp.lines
+    assert exp.lines["socks"].captured == 1
+    assert not exp.must_equal_total
+
+
+def test_a_failure_after_a_success_is_told_and_undoes_nothing() -> None:
+    # Adyen sends CAPTURE success=true, then CAPTURE_FAILED for the same pspReference.
+    # The contract names no rule for it; the README's ("a late failure never undoes a
+    # success ... only flags needs_attention"): a person is told, with any reason, and
+    # the units stay captured in the expectation.
+    oracle = Oracle(2100, refuses_increases=False)
+    oracle.snapshot(snap(1, [{**SHOES, "shipped_quantity": 1}, SOCKS]))
+    oracle.settle()
+    oracle.failed_after_success("CAPTURE_FAILED")
+    exp = oracle.expectation()
+    assert ("needs_attention", "") in exp.required
+    assert ("needs_attention", "capture_failed_after_succeeded") in exp.allowed
+    assert exp.lines["shoes"].captured == 1
