@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
 from typing import Any, Required, TypedDict, Unpack
@@ -649,11 +649,20 @@ def park_order(conn: Connection[Row], order_id: str) -> None:
     )
 
 
-def mark_in_sync(conn: Connection[Row], order_id: str) -> None:
+def mark_in_sync(conn: Connection[Row], order: Order) -> None:
+    """Nothing is due for the order: no request, retry time or sweep mark. `order` is
+    the row as locked in this transaction: when it has none of them, nothing is sent (an
+    UPDATE that changes nothing still writes a row version and its index entries)."""
+    if (
+        order.reconcile_requested_at is None
+        and order.next_reconcile_at is None
+        and order.sweep_after is None
+    ):
+        return
     conn.execute(
         "UPDATE orders SET reconcile_requested_at = NULL, next_reconcile_at = NULL,"
         " sweep_after = NULL WHERE id = %s",
-        (order_id,),
+        (order.id,),
     )
 
 
@@ -965,9 +974,13 @@ def adopt_adyen_authorization(
     conn.execute(ADOPT_ADYEN_AUTHORIZATION, params)
 
 
-def silent_operations(conn: Connection[Row], timeout: float, batch: int) -> list[OperationRef]:
+def silent_operations(
+    conn: Connection[Row], timeout: float, batch: int
+) -> Callable[[], list[OperationRef]]:
+    """Sends the read; the function returned reads the operations found. In pipeline
+    mode, read them after the commit: no round trip of their own."""
     params = {"timeout": timeout, "batch": batch}
-    return conn.cursor(row_factory=_REF).execute(SILENT_OPERATIONS, params).fetchall()
+    return conn.cursor(row_factory=_REF).execute(SILENT_OPERATIONS, params).fetchall
 
 
 def lock_order_skip_locked(conn: Connection[Row], order_id: str) -> Order | None:

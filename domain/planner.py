@@ -212,7 +212,7 @@ def plan_next(
         # Goods that left the warehouse are charged before the rest is let go: to charge
         # nothing for them the shop marks them returned. An emptied basket is not an
         # authorization of 0: the PSP is told to let go.
-        if psp.open_for_changes:
+        if psp.open_for_changes or psp.status is PspStatus.CANCELLED:
             decision = _capture_step(order, psp, ledger, view.refused_amount)
             if isinstance(decision, Plan):
                 return decision
@@ -579,6 +579,19 @@ def _capture_step(
     lines = capture_lines(order, ledger)
     if not lines:
         return None
+    if psp.status is PspStatus.CANCELLED:
+        amount = lines_total(lines)
+        if amount <= 0:
+            return None
+        # Step 4 charges goods that left the warehouse before letting go; with the
+        # authorization cancelled (outside, or before they shipped) nothing can charge
+        # them, and the PSP refuses a capture: a person is told, nothing is sent.
+        return Flag(
+            NEEDS_ATTENTION,
+            "psp_order_cancelled",
+            f"goods marked shipped ({amount}) cannot be captured: the PSP authorization "
+            "is cancelled",
+        )
     remaining = psp.authorized - psp.captured
     amount = wanted = lines_total(lines)
     unnamed = psp.captured - captured_total(ledger)

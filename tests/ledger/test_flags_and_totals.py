@@ -153,6 +153,30 @@ def test_a_cancel_made_outside_asks_for_no_new_order_until_the_shop_sends_one(
     assert told(ctx, order_id)[-1][0] == "order.new_order_required"
 
 
+def test_goods_shipped_against_an_authorization_cancelled_outside_are_told_not_captured(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """Simulation seed 3296: the merchant cancelled in Klarna's portal (learnt, and a
+    person looked); the shop then marks the shoes shipped. A capture against a cancelled
+    authorization is refused (the product sent it again after every reconcile), and
+    with the shop's order cancelled too it was never told at all: the shoes left the
+    warehouse uncharged and the order counted as synced. §4 step 4 charges shipped
+    goods before letting go; with nothing left to charge them to, a person is told
+    (psp_order_cancelled) and nothing is sent."""
+    order_id, first = klarna_order(ctx, klarna, [SHOES, SOCKS])
+    insert_order(ctx, first)
+    drive(ctx, order_id)
+    klarna.orders[first.psp_order_id].status = "CANCELLED"
+    operator_reconcile(ctx, order_id)  # reads Klarna: the cancel is learnt
+    operator_reconcile(ctx, order_id)  # a person looked: the PSP's figures stand
+    assert "needs_attention" not in order_row(ctx, order_id)["flags"]
+    update_snapshot(ctx, snap(order_id, shipped([SHOES, SOCKS], shoes=1), 2, status="cancelled"))
+    drive(ctx, order_id)
+    assert klarna.captures(first.psp_order_id) == []
+    assert flag_code(ctx, order_id) == "psp_order_cancelled"
+    assert told(ctx, order_id)[-1] == ("order.needs_attention", "psp_order_cancelled")
+
+
 def test_a_customer_area_capture_of_part_of_a_later_shipment_is_never_made_again(
     database_url: str,
 ) -> None:
