@@ -303,15 +303,6 @@ class Oracle:
                 exp.allowed.add(("needs_new_order", ""))
             if snap["status"] == "cancelled" or order_total(snap) == 0:
                 exp.allowed.add(("needs_new_order", ""))
-            if (
-                snap["status"] == "open"
-                and st.any_capture
-                and order_total(snap) < st.money_high + 2
-            ):
-                # A basket in passing below what was captured: a worker that acted on it
-                # could not lower the authorization that far (captures never exceed it),
-                # and told a person, as for the last one (CANNOT_FOLLOW).
-                exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
         if (
             (not cancelling or self._shipped_uncaptured(lines))

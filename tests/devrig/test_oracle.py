@@ -977,21 +977,3 @@ def test_a_basket_lowered_then_shipped_in_full_in_passing_may_leave_nothing_to_r
     exp = oracle.expectation()
     assert ("needs_new_order", "") in exp.allowed
     assert exp.lines["l1"].captured_range == (0, 4)
-
-
-def test_a_basket_below_the_captures_in_passing_may_be_flagged() -> None:
-    """Seed 7082: one of two units (450) captured in the Customer Area, then in one
-    window a gift card took the basket to 259 before the shop lowered it again to 295
-    (555). A worker that acted on the 259 snapshot could not lower the authorization
-    below the 450 captured, and told a person; the last basket alone would not have."""
-    oracle = Oracle(900, refuses_increases=False)
-    l1 = line("l1", 2, 450)
-    oracle.snapshot(snap(1, [l1]))
-    oracle.settle()
-    oracle.external_capture("l1", 1, 450)
-    oracle.settle()
-    oracle.snapshot(snap(2, [l1, line("l2", 1, -641, type="gift_card")]))
-    shipped = {**l1, "shipped_quantity": 1}
-    oracle.snapshot(snap(3, [shipped, line("l2", 1, -345, type="gift_card")]))
-    exp = oracle.expectation()
-    assert ("needs_attention", "amount_below_captured") in exp.allowed
