@@ -155,6 +155,9 @@ class Oracle:
         self.pending_external = False
         self._before_update = 0  # the authorization before this settle point lowered it
         self._maybe_full = False  # the authorization may be fully captured in this window
+        # A worker may have cancelled for a snapshot that passed (cancelled or emptied)
+        # in a window whose last one was open: the PSP may have let go, or not.
+        self._maybe_cancelled = False
         # What moved without the service since the last settle point, when nothing
         # before it had required external_change already.
         self.external_since_settle: set[str] = set()
@@ -304,6 +307,7 @@ class Oracle:
             if snap["status"] == "cancelled" or order_total(snap) == 0:
                 exp.allowed.add(("needs_new_order", ""))
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
+        cancelled_in_passing = False
         if (
             (not cancelling or self._shipped_uncaptured(lines))
             and st.closed is None
@@ -317,6 +321,7 @@ class Oracle:
             exp.uncertain_end = True
             exp.allowed |= {("needs_attention", r) for r in ("psp_order_cancelled", EXTERNAL)}
             exp.outcomes.add("cancel_then_open_in_one_window")
+            cancelled_in_passing = True
             for line_id, line in lines.items():
                 shipped = int(line.get("shipped_quantity", 0))
                 if kind(line) in GOODS | FEES and shipped > st.captured.get(line_id, 0):
@@ -479,6 +484,7 @@ class Oracle:
             # person, though a later snapshot raised the basket again.
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
             exp.outcomes.add("below_captures_in_passing")
+        self._maybe_cancelled |= cancelled_in_passing
         self.window = [last]
         self.faulty = False
         self._before_update = 0
@@ -596,6 +602,21 @@ class Oracle:
                 exp.outcomes.add("fee_added_after_first_capture")
         if not newly and not fees:
             return
+        if self._maybe_cancelled:
+            # Shipped after a cancel that timing may have sent in an earlier window (see
+            # settle): captured if the PSP never let go, else a person or the shop is
+            # told, as for goods shipped after a close.
+            for line_id in [*newly, *fees]:
+                entry = exp.lines.setdefault(line_id, LineExpect())
+                before = st.captured.get(line_id, 0)
+                want = int(lines[line_id]["quantity"]) if line_id in fees else 0
+                entry.captured_range = (before, max(before + newly.get(line_id, 0), want))
+                entry.prices |= self._prices(line_id)
+                entry.totals |= self._totals(line_id)
+            exp.allowed |= {("needs_attention", r) for r in ("psp_order_cancelled", EXTERNAL)}
+            exp.allowed.add(("needs_new_order", ""))
+            exp.uncertain_end = True
+            exp.outcomes.add("shipped_after_a_cancel_in_passing")
         # The snapshots of this window a worker may have captured for (goods shipped
         # beyond what the PSP holds): the first capture may have gone out for one of them.
         earlier = [

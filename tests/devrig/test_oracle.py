@@ -994,3 +994,23 @@ def test_a_basket_below_the_captures_in_passing_may_tell_a_person() -> None:
     exp = oracle.expectation()
     assert ("needs_attention", "amount_below_captured") in exp.allowed
     assert exp.authorized == 2629
+
+
+def test_shipped_after_a_cancel_in_passing_may_stay_uncaptured() -> None:
+    """Seed 7167: the shop emptied the basket and, in the same window, reopened it with a
+    surcharge; a worker cancelled for the empty snapshot (§4 step 4) before it saw the
+    next. The surcharge marked shipped in a later window then cannot be captured: the
+    PSP let go, and the shop was told to take a new order. Had the worker read the open
+    snapshot first, it is captured. Either."""
+    oracle = Oracle(7420, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 2, 1150), line("l2", 1, 5120)]))
+    oracle.settle()
+    oracle.snapshot(snap(2, []))
+    fee = line("l5", 1, 164, type="surcharge")
+    oracle.snapshot(snap(3, [fee]))
+    oracle.settle()
+    oracle.snapshot(snap(4, [{**fee, "shipped_quantity": 1}]))
+    exp = oracle.expectation()
+    assert exp.lines["l5"].captured_range == (0, 1)
+    assert ("needs_new_order", "") in exp.allowed
+    assert not exp.must_equal_total
