@@ -306,6 +306,15 @@ class Oracle:
                 exp.allowed.add(("needs_new_order", ""))
             if snap["status"] == "cancelled" or order_total(snap) == 0:
                 exp.allowed.add(("needs_new_order", ""))
+            if (
+                st.closed in ("cancelled", "released")
+                and snap["status"] == "open"
+                and order_total(snap) > 0
+                and snap["version"] > st.closed_version
+            ):
+                # §4: "Once the PSP has cancelled or released, a later open snapshot flags
+                # needs_new_order": a worker may have seen this one before the last.
+                exp.allowed.add(("needs_new_order", ""))
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
         cancelled_in_passing = False
         if (

@@ -1014,3 +1014,20 @@ def test_shipped_after_a_cancel_in_passing_may_stay_uncaptured() -> None:
     assert exp.lines["l5"].captured_range == (0, 1)
     assert ("needs_new_order", "") in exp.allowed
     assert not exp.must_equal_total
+
+
+def test_an_open_snapshot_in_passing_after_a_cancel_outside_may_ask_for_a_new_order() -> None:
+    """Seed 9295: cancelled in Klarna's portal; the shop then sent open snapshots and,
+    in the same window, cancelled. §4: "Once the PSP has cancelled or released, a later
+    open snapshot flags needs_new_order": a worker that saw an open one first asked."""
+    oracle = Oracle(8535, refuses_increases=False)
+    goods = [line("l1", 3, 2599), line("l2", 1, 441), line("l3", 3, 99)]
+    oracle.snapshot(snap(1, goods))
+    oracle.settle()
+    oracle.external_cancel()
+    oracle.settle()
+    oracle.snapshot(snap(2, [*goods, line("l4", 1, -553, type="discount")]))
+    oracle.snapshot(snap(3, goods[:2], status="cancelled"))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") in exp.allowed
+    assert ("needs_new_order", "") not in exp.required
