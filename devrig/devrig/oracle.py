@@ -183,6 +183,9 @@ class Oracle:
         self.halted = False  # a person must look before anything moves (foreign_currency)
         self._before_update = 0  # the authorization before this settle point lowered it
         self._maybe_full = False  # the authorization may be fully captured in this window
+        # A worker may have cancelled for a snapshot that passed (cancelled or emptied)
+        # in a window whose last one was open: the PSP may have let go, or not.
+        self._maybe_cancelled = False
         # What moved without the service since the last settle point, when nothing
         # before it had required external_change already.
         self.external_since_settle: set[str] = set()
@@ -377,7 +380,17 @@ class Oracle:
                 exp.allowed.add(("needs_new_order", ""))
             if snap["status"] == "cancelled" or order_total(snap) == 0:
                 exp.allowed.add(("needs_new_order", ""))
+            if (
+                st.closed in ("cancelled", "released")
+                and snap["status"] == "open"
+                and order_total(snap) > 0
+                and snap["version"] > st.closed_version
+            ):
+                # §4: "Once the PSP has cancelled or released, a later open snapshot flags
+                # needs_new_order": a worker may have seen this one before the last.
+                exp.allowed.add(("needs_new_order", ""))
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
+        cancelled_in_passing = False
         if (
             (not cancelling or self._shipped_uncaptured(lines))
             and st.closed is None
@@ -391,6 +404,7 @@ class Oracle:
             exp.uncertain_end = True
             exp.allowed |= {("needs_attention", r) for r in ("psp_order_cancelled", EXTERNAL)}
             exp.outcomes.add("cancel_then_open_in_one_window")
+            cancelled_in_passing = True
             for line_id, line in lines.items():
                 shipped = int(line.get("shipped_quantity", 0))
                 if kind(line) in GOODS | FEES and shipped > st.captured.get(line_id, 0):
@@ -573,6 +587,16 @@ class Oracle:
             # to nothing): captures only add, and §4 refunds only returned units, so
             # the PSP cannot follow; a person is told, as for an open authorization.
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+        if st.any_capture and any(
+            x["status"] == "open" and order_total(x) < st.money_high - 2 for x in self.window[:-1]
+        ):
+            # The same for a snapshot that passed in this window: a worker that acted on
+            # it found the basket below the captures, which no update can follow (§4
+            # step 1; the PSP refuses an amount below what it captured), and told a
+            # person, though a later snapshot raised the basket again.
+            exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+            exp.outcomes.add("below_captures_in_passing")
+        self._maybe_cancelled |= cancelled_in_passing
         self.window = [last]
         self.faulty = False
         self._before_update = 0
@@ -690,6 +714,21 @@ class Oracle:
                 exp.outcomes.add("fee_added_after_first_capture")
         if not newly and not fees:
             return
+        if self._maybe_cancelled:
+            # Shipped after a cancel that timing may have sent in an earlier window (see
+            # settle): captured if the PSP never let go, else a person or the shop is
+            # told, as for goods shipped after a close.
+            for line_id in [*newly, *fees]:
+                entry = exp.lines.setdefault(line_id, LineExpect())
+                before = st.captured.get(line_id, 0)
+                want = int(lines[line_id]["quantity"]) if line_id in fees else 0
+                entry.captured_range = (before, max(before + newly.get(line_id, 0), want))
+                entry.prices |= self._prices(line_id)
+                entry.totals |= self._totals(line_id)
+            exp.allowed |= {("needs_attention", r) for r in ("psp_order_cancelled", EXTERNAL)}
+            exp.allowed.add(("needs_new_order", ""))
+            exp.uncertain_end = True
+            exp.outcomes.add("shipped_after_a_cancel_in_passing")
         # The snapshots of this window a worker may have captured for (goods shipped
         # beyond what the PSP holds): the first capture may have gone out for one of them.
         earlier = [

@@ -1200,3 +1200,57 @@ def test_a_failure_after_a_success_is_told_and_undoes_nothing() -> None:
     assert ("needs_attention", "") in exp.required
     assert ("needs_attention", "capture_failed_after_succeeded") in exp.allowed
     assert exp.lines["shoes"].captured == 1
+
+
+def test_a_basket_below_the_captures_in_passing_may_tell_a_person() -> None:
+    """Seeds 20594, 20688: 450 captured; in one window a discount takes the basket to
+    30, then a new line raises it to 2629. A worker that acted on the middle snapshot
+    found it below the captures (§4 step 1: the PSP cannot be updated below what it
+    captured) and flagged amount_below_captured; the last basket is fine."""
+    oracle = Oracle(648, refuses_increases=False)
+    goods = [line("l1", 1, 450, shipped_quantity=1), line("l3", 2, 99)]
+    oracle.snapshot(snap(1, goods))
+    oracle.settle()
+    discount = line("l4", 1, -618, type="discount")
+    oracle.snapshot(snap(2, [*goods, discount]))
+    oracle.snapshot(snap(3, [*goods, discount, line("l6", 1, 2599)]))
+    exp = oracle.expectation()
+    assert ("needs_attention", "amount_below_captured") in exp.allowed
+    assert exp.authorized == 2629
+
+
+def test_shipped_after_a_cancel_in_passing_may_stay_uncaptured() -> None:
+    """Seed 7167: the shop emptied the basket and, in the same window, reopened it with a
+    surcharge; a worker cancelled for the empty snapshot (§4 step 4) before it saw the
+    next. The surcharge marked shipped in a later window then cannot be captured: the
+    PSP let go, and the shop was told to take a new order. Had the worker read the open
+    snapshot first, it is captured. Either."""
+    oracle = Oracle(7420, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 2, 1150), line("l2", 1, 5120)]))
+    oracle.settle()
+    oracle.snapshot(snap(2, []))
+    fee = line("l5", 1, 164, type="surcharge")
+    oracle.snapshot(snap(3, [fee]))
+    oracle.settle()
+    oracle.snapshot(snap(4, [{**fee, "shipped_quantity": 1}]))
+    exp = oracle.expectation()
+    assert exp.lines["l5"].captured_range == (0, 1)
+    assert ("needs_new_order", "") in exp.allowed
+    assert not exp.must_equal_total
+
+
+def test_an_open_snapshot_in_passing_after_a_cancel_outside_may_ask_for_a_new_order() -> None:
+    """Seed 9295: cancelled in Klarna's portal; the shop then sent open snapshots and,
+    in the same window, cancelled. §4: "Once the PSP has cancelled or released, a later
+    open snapshot flags needs_new_order": a worker that saw an open one first asked."""
+    oracle = Oracle(8535, refuses_increases=False)
+    goods = [line("l1", 3, 2599), line("l2", 1, 441), line("l3", 3, 99)]
+    oracle.snapshot(snap(1, goods))
+    oracle.settle()
+    oracle.external_cancel()
+    oracle.settle()
+    oracle.snapshot(snap(2, [*goods, line("l4", 1, -553, type="discount")]))
+    oracle.snapshot(snap(3, goods[:2], status="cancelled"))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") in exp.allowed
+    assert ("needs_new_order", "") not in exp.required
