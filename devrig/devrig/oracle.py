@@ -513,6 +513,15 @@ class Oracle:
             # to nothing): captures only add, and §4 refunds only returned units, so
             # the PSP cannot follow; a person is told, as for an open authorization.
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+        if st.any_capture and any(
+            x["status"] == "open" and order_total(x) < st.money_high - 2 for x in self.window[:-1]
+        ):
+            # The same for a snapshot that passed in this window: a worker that acted on
+            # it found the basket below the captures, which no update can follow (§4
+            # step 1; the PSP refuses an amount below what it captured), and told a
+            # person, though a later snapshot raised the basket again.
+            exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+            exp.outcomes.add("below_captures_in_passing")
         self.window = [last]
         self.faulty = False
         self._before_update = 0

@@ -1064,3 +1064,20 @@ def test_an_open_snapshot_after_a_psp_cancel_may_ask_for_a_new_order_though_the_
     assert ("needs_new_order", "") in exp.allowed
     assert ("needs_new_order", "") not in exp.required
     assert exp.authorization == "cancelled"
+
+
+def test_a_basket_below_the_captures_in_passing_may_tell_a_person() -> None:
+    """Seeds 20594, 20688: 450 captured; in one window a discount takes the basket to
+    30, then a new line raises it to 2629. A worker that acted on the middle snapshot
+    found it below the captures (§4 step 1: the PSP cannot be updated below what it
+    captured) and flagged amount_below_captured; the last basket is fine."""
+    oracle = Oracle(648, refuses_increases=False)
+    goods = [line("l1", 1, 450, shipped_quantity=1), line("l3", 2, 99)]
+    oracle.snapshot(snap(1, goods))
+    oracle.settle()
+    discount = line("l4", 1, -618, type="discount")
+    oracle.snapshot(snap(2, [*goods, discount]))
+    oracle.snapshot(snap(3, [*goods, discount, line("l6", 1, 2599)]))
+    exp = oracle.expectation()
+    assert ("needs_attention", "amount_below_captured") in exp.allowed
+    assert exp.authorized == 2629
