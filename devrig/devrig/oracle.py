@@ -119,6 +119,10 @@ class Expectation:
     uncertain_end = False  # shipped lines beyond the authorization: the end depends on timing
     authorized_low: int | None = None  # the PSP may hold as little as this (see settle)
     authorized_high: int | None = None  # the PSP may hold as much as this (see settle)
+    # Per line Y: units of other lines X, captured outside without the PSP naming their
+    # lines to the service, that a build may count as Y's (Y's units were worth the same
+    # when the money moved): {Y: {X: units}}.
+    interchangeable: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def requires(self, flag: str, reason: str = "") -> None:
         self.required.add((flag, reason))
@@ -135,6 +139,9 @@ class _State:
     external_units: dict[str, int] = field(default_factory=dict)  # captured outside
     external_back: dict[str, int] = field(default_factory=dict)  # refunded outside
     charged_back: bool = False
+    # Units whose money a chargeback gave back (it takes everything still held): a shop
+    # return of them is not refunded again.
+    charged_back_units: dict[str, int] = field(default_factory=dict)
     money: Fraction = Fraction(0)  # captured, order-level lines shared in by value
     # Captured at most: a capture made for an earlier snapshot of its window carried that
     # basket's shares of the order-level lines, which a later one may have lowered.
@@ -148,6 +155,10 @@ class _State:
     worthless: dict[str, int] = field(default_factory=dict)
     # Unit prices of captures made outside, with their tax rate (None: not known yet).
     outside_prices: dict[str, set[tuple[int, int | None]]] = field(default_factory=dict)
+    # Captures made outside whose lines the PSP does not tell the service (an Adyen
+    # notification names none): (line, units, the other lines whose units were worth
+    # as much when the money moved).
+    unnamed: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
     # The PSP may still authorize this much: a capture made for an earlier snapshot of a
     # window, before an order-level line lowered the basket, left no room to lower it.
     authorized_high: int = 0
@@ -169,6 +180,7 @@ class Oracle:
         self.window: list[dict[str, Any]] = []  # stored since the last settle point
         self.faulty = False
         self.pending_external = False
+        self.halted = False  # a person must look before anything moves (foreign_currency)
         self._before_update = 0  # the authorization before this settle point lowered it
         self._maybe_full = False  # the authorization may be fully captured in this window
         # What moved without the service since the last settle point, when nothing
@@ -196,9 +208,24 @@ class Oracle:
         """Something transient went wrong in this window (a retry, a crash, a lost answer)."""
         self.faulty = True
 
-    def external_capture(self, line_id: str, units: int, value: int) -> None:
+    def external_capture(self, line_id: str, units: int, value: int, *, named: bool = True) -> None:
         """Units captured outside the service (checkout, the Merchant Portal), for
-        `value` in all."""
+        `value` in all. `named`: whether the PSP tells the service its lines (a Klarna
+        read does; an Adyen notification gives an amount only)."""
+        if not named and units and self.stored is not None:
+            # §4 asks that such money be counted and "never made a second time"; which
+            # units it paid for the service can only tell by their value: units of
+            # another line worth as much at that moment explain it as well.
+            alike = tuple(
+                str(x["id"])
+                for x in self.stored["lines"]
+                if x["id"] != line_id
+                and kind(x) in GOODS
+                and int(x["quantity"]) > 0
+                and line_value(x) * units == value * int(x["quantity"])
+            )
+            if alike:
+                self.state.unnamed.append((line_id, units, alike))
         self.state.external_units[line_id] = self.state.external_units.get(line_id, 0) + units
         self.state.captured[line_id] = self.state.captured.get(line_id, 0) + units
         self.state.any_capture = True
@@ -224,7 +251,13 @@ class Oracle:
         self._external("external_refund")
 
     def chargeback(self) -> None:
-        self.state.charged_back = True
+        """A chargeback of everything still held: the customer has that money back."""
+        st = self.state
+        st.charged_back = True
+        for line_id, units in st.captured.items():
+            held = units - st.refunded.get(line_id, 0) - st.charged_back_units.get(line_id, 0)
+            if held > 0:
+                st.charged_back_units[line_id] = st.charged_back_units.get(line_id, 0) + held
         self._external("chargeback")
 
     def external_cancel(self) -> None:
@@ -237,6 +270,26 @@ class Oracle:
         payment's: it changes nothing; a build may flag it for a person."""
         self.exp.outcomes.add("foreign_notification")
         self.exp.allowed.add(("needs_attention", "notification_mismatch"))
+
+    def foreign_currency(self) -> None:
+        """The PSP holds the payment in another currency than the first snapshot fixed
+        (§4: "An order's currency ... fixed by its first snapshot"): money the service
+        did not move that way; it must tell a person, as for any external change. The
+        flag halts the service (§4 "an operator's reconcile then takes the PSP's figures
+        as the new baseline": the operator's read finds the same currency, so it halts
+        again): from then on only what moves outside the service is in the ledger."""
+        self.halted = True
+        self._external("foreign_currency")
+
+    def failed_after_success(self, event_code: str) -> None:
+        """Adyen reports a capture (refund) that succeeded as failed after all
+        (CAPTURE_FAILED, REFUNDED_REVERSED). The contract names no rule for it beyond
+        §4's "An operation that still fails ... flags needs_attention": a person is told
+        (any reason, the build's own), and nothing the service recorded is undone by it
+        (README: "a late failure never undoes a success"), so the ledger stays."""
+        self.exp.outcomes.add(f"{event_code.lower()}_after_success")
+        self.exp.requires("needs_attention")
+        self.exp.allowed.add(("needs_attention", f"{event_code.lower()}_after_succeeded"))
 
     def expire(self) -> None:
         if self.state.closed is None:
@@ -260,6 +313,11 @@ class Oracle:
             exp.allowed |= {("needs_attention", r) for r in FAULT_REASONS}
         if not self.window or self.stored is None:
             self.faulty = False
+            return
+        if self.halted:
+            self.window = [self.window[-1]]
+            self.faulty = False
+            self.external_since_settle = set()
             return
         last = self.window[-1]
         lines = {line["id"]: line for line in last["lines"]}
@@ -466,7 +524,9 @@ class Oracle:
                 if kind(line) in GOODS | FEES
             )
             if (
-                total > st.money + 2
+                # More than the PSP may hold already: a capture made for an earlier
+                # snapshot of its window may have taken more than the last one's shares.
+                total > st.money_high + 2
                 and last["version"] > st.closed_version
                 and not uncertain
                 and not nothing_new
@@ -536,8 +596,9 @@ class Oracle:
 
     def _emptied_earlier(self) -> bool:
         """A snapshot of this window before the last had every unit of value shipped,
-        some not captured yet, for the whole authorization: a worker may have captured
-        all of it, leaving the authorization fully captured before the basket grew."""
+        some not captured yet, for an authorization a worker could set to its total: a
+        worker may have captured all of it, leaving the authorization fully captured
+        before the basket grew."""
         for snap in self.window[:-1]:
             goods = [x for x in snap["lines"] if kind(x) in GOODS and line_value(x) > 0]
             if (
@@ -548,7 +609,10 @@ class Oracle:
                     int(x.get("shipped_quantity", 0)) > self.state.captured.get(x["id"], 0)
                     for x in goods
                 )
-                and abs(order_total(snap) - self.state.authorized) <= 2
+                # A worker acting on that snapshot first sets the authorization to its
+                # total (a decrease always, an increase where the PSP allows one), then
+                # captures all of it: fully captured however far it was lowered.
+                and (order_total(snap) <= self.state.authorized + 2 or not self.refuses)
             ):
                 return True
         return False
@@ -817,7 +881,15 @@ class Oracle:
             held = st.captured.get(line_id, 0)
             # Units refunded outside count: a shop return of them is not refunded again.
             back = max(int(line.get("returned_quantity", 0)), st.external_back.get(line_id, 0))
-            want = min(back, held)
+            # §4: money moved without the service (a chargeback) is counted and "never
+            # made a second time": units whose money a chargeback gave back are not
+            # refunded when the shop marks them returned (the PSP holds nothing for
+            # them). A build that plans the refund anyway finds nothing left to refund
+            # and may flag it for a person.
+            given_back = st.charged_back_units.get(line_id, 0)
+            if given_back and min(back, held) > st.refunded.get(line_id, 0):
+                self.exp.allowed.add(("needs_attention", "refund_exceeds_captured"))
+            want = min(back, held) - given_back
             if want > st.refunded.get(line_id, 0):
                 st.refunded[line_id] = want
                 self.exp.outcomes.add("refund")
@@ -861,9 +933,23 @@ class Oracle:
                 and st.closed is None
                 and self.stored["status"] == "open"
                 and not st.charged_back
+                and not self.halted
                 and not any(r in CANNOT_FOLLOW for _, r in exp.allowed)
                 and not any(e.captured_range for e in exp.lines.values())
             )
+        for line_id, units, alike in st.unnamed:
+            # Money captured outside whose lines the service was never told: the build
+            # may have taken it for units of a line worth as much (not capturing them),
+            # and then captured the units the PSP booked it on once they shipped.
+            for other in alike:
+                entry = exp.lines.setdefault(other, LineExpect())
+                lo, hi = entry.captured_range or (entry.captured, entry.captured)
+                entry.captured_range = (max(0, lo - units), hi)
+                swaps = exp.interchangeable.setdefault(other, {})
+                swaps[line_id] = swaps.get(line_id, 0) + units
+            entry = exp.lines.setdefault(line_id, LineExpect())
+            lo, hi = entry.captured_range or (entry.captured, entry.captured)
+            entry.captured_range = (lo, hi + units)
         return exp
 
 
@@ -927,6 +1013,31 @@ def _carries_the_difference(
     return of_whole or of_open
 
 
+def _borrow(
+    held: dict[str, list[Fraction]],
+    got: dict[str, list[int]],
+    borrowed: dict[tuple[str, str], int],
+    exp: Expectation,
+    line: Booked,
+) -> None:
+    """A refund of more units of a line than the PSP holds for it, where a capture made
+    outside without named lines may have been taken for its units
+    (`Expectation.interchangeable`): those units move over to it, at their value."""
+    reference = line.reference
+    short = line.quantity - (len(held.get(reference, [])) - got[reference][1])
+    for other, units in exp.interchangeable.get(reference, {}).items():
+        spare = len(held.get(other, [])) - got.get(other, [0, 0])[1]
+        take = min(short, units - borrowed.get((reference, other), 0), spare)
+        for _ in range(max(take, 0)):
+            per = Fraction(line.total, line.quantity)
+            unit = min(held[other], key=lambda v: abs(v - per))
+            held[other].remove(unit)
+            held.setdefault(reference, []).append(unit)
+        if take > 0:
+            borrowed[(reference, other)] = borrowed.get((reference, other), 0) + take
+            short -= take
+
+
 def check_ledger(
     requests: list[tuple[str, int, list[Booked]]], exp: Expectation
 ) -> list[tuple[str, str]]:
@@ -937,6 +1048,7 @@ def check_ledger(
     captured = refunded = 0
     got: dict[str, list[int]] = {}
     captured_gross: dict[str, int] = {}  # per line: captured value before shares
+    borrowed: dict[tuple[str, str], int] = {}  # (line, other line): units taken over
     slack = 0  # rounding allowed on everything refunded so far
     for what, amount, lines in requests:
         if sum(line.total for line in lines) != amount:
@@ -985,6 +1097,7 @@ def check_ledger(
             slack += 1 + len(units)  # one cent of rounding per line and per request
             for line in units:
                 counts = got.setdefault(line.reference, [0, 0])
+                _borrow(held, got, borrowed, exp, line)
                 if line.quantity > len(held.get(line.reference, [])) - counts[1]:
                     found.append(("refund_beyond_captured", f"{line.reference}"))
                     continue

@@ -882,6 +882,59 @@ def test_a_basket_grown_in_the_window_of_a_full_capture_may_need_a_new_order() -
     assert exp.lines["l1"].captured_range == (0, 3)
 
 
+def test_units_a_chargeback_gave_back_are_not_refunded_when_the_shop_marks_them_returned() -> None:
+    """Seed 20706: both pairs of socks captured, the customer charged them back, then the
+    shop marked them returned. §4: money that moved without the service (a chargeback)
+    is counted and "never makes it a second time": the PSP holds nothing for those units,
+    so no refund of them is due (a build that plans one anyway may flag it). A unit
+    captured after the chargeback is refunded as usual."""
+    socks = line("socks", 3, 450)
+    oracle = Oracle(1350, refuses_increases=False)
+    oracle.snapshot(snap(1, [{**socks, "shipped_quantity": 2}]))
+    oracle.settle()
+    oracle.chargeback()
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**socks, "shipped_quantity": 2, "returned_quantity": 2}]))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert exp.lines["socks"].refunded == 0
+    assert ("needs_attention", "refund_exceeds_captured") in exp.allowed
+    oracle.snapshot(snap(3, [{**socks, "shipped_quantity": 3, "returned_quantity": 3}]))
+    exp = oracle.expectation()
+    assert (exp.lines["socks"].captured, exp.lines["socks"].refunded) == (3, 1)
+
+
+@pytest.mark.parametrize("named", [False, True])
+def test_a_capture_outside_with_no_lines_named_may_be_taken_for_units_worth_as_much(
+    named: bool,
+) -> None:
+    """Seed 20072: an Adyen Customer Area capture of 1200 (the PSP books it on l1, but its
+    notification names no lines), then the shop ships one unit of l2, also worth 1200.
+    §4: "When the service learns of one (a PSP read, a notification), it counts it in
+    the order's figures, never makes it a second time, and, where the shop's snapshot
+    does not already explain it, flags" it. Units worth the capture explain it; which
+    line's units the notification meant the service cannot know, so a build may take it
+    for l2's shipped unit (and not capture it), then capture l1 when it ships. A Klarna
+    read names the lines: there it must be l1's."""
+    oracle = Oracle(4800, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 1, 1200), line("l2", 3, 1200)]))
+    oracle.external_capture("l1", 1, 1200, named=named)
+    oracle.settle()
+    oracle.snapshot(snap(2, [line("l1", 1, 1200), line("l2", 3, 1200, shipped_quantity=1)]))
+    exp = oracle.expectation()
+    outside = ("capture", 1200, [booked("l1", 1, 1200)])
+    taken_for_l2 = [outside, ("refund", 1200, [booked("l2", 1, 1200)])]
+    then_l1 = [outside, ("capture", 1200, [booked("l1", 1, 1200)])]
+    found = {c for c, _ in check_ledger(taken_for_l2, exp) + check_ledger(then_l1, exp)}
+    if named:
+        assert "captured_units" in found
+    else:
+        assert exp.interchangeable == {"l2": {"l1": 1}}
+        assert not found
+    both = [outside, ("capture", 1200, [booked("l2", 1, 1200)])]
+    assert not check_ledger(both, exp)  # capturing the shipped unit stays right
+
+
 def test_a_basket_lowered_below_a_capture_made_for_an_earlier_snapshot_may_keep_its_amount() -> (
     None
 ):
@@ -931,6 +984,52 @@ def test_an_update_below_such_a_capture_refused_in_an_earlier_window_may_still_h
     low, high = exp.authorized_low or exp.authorized, exp.authorized_high or exp.authorized
     assert low is not None and high is not None
     assert low <= 677 and high >= 1177
+
+
+def test_reopened_below_a_capture_made_for_an_earlier_snapshot_may_need_no_new_order() -> None:
+    """Seed 3200: both units shipped and were captured for 5092 before a discount of 724
+    arrived in the same window; cancelled, nothing was left to release; reopened with
+    one more unit of 99 the basket is 4615, below the 5092 the PSP may hold. A new
+    payment is then for nothing the customer has not paid already (a person settles the
+    gap, CANNOT_FOLLOW); had the worker captured for the discounted basket (4368), the
+    shop would be told to take a new order. Either."""
+    oracle = Oracle(5192, refuses_increases=False)
+    goods = line("l2", 2, 2546)
+    oracle.snapshot(snap(1, [line("l1", 1, 100), goods]))
+    oracle.snapshot(snap(2, [goods]))
+    shipped = {**goods, "shipped_quantity": 2}
+    oracle.snapshot(snap(3, [shipped]))
+    oracle.snapshot(snap(4, [shipped, line("l3", 1, -724, type="discount")]))
+    oracle.settle()
+    basket = [shipped, line("l3", 1, -774, type="discount"), line("l4", 2, 99)]
+    oracle.snapshot(snap(5, basket))
+    oracle.snapshot(snap(6, basket, status="cancelled"))
+    oracle.settle()
+    oracle.snapshot(snap(7, [*basket[:2], line("l4", 3, 99)]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") not in exp.required
+    assert ("needs_new_order", "") in exp.allowed
+    assert ("needs_attention", "captured_above_total") in exp.allowed
+
+
+def test_a_basket_lowered_then_shipped_in_full_in_passing_may_leave_nothing_to_raise() -> None:
+    """Seed 5273: 3 × 1345 authorized; in one window the shop gives an unitemised
+    discount (amount 3811), ships all three, adds a discount (amount 3017), then raises
+    the quantity and ships a fourth unit. A worker that acted on the 3017 snapshot
+    lowered the authorization to it (a decrease always fits) and captured all of it;
+    fully captured, it is never raised (§4 step 1, "not fully captured"), so the shop is
+    told to take a new order and the fourth unit stays uncaptured."""
+    oracle = Oracle(4035, refuses_increases=False)
+    l1 = line("l1", 3, 1345, type="digital")
+    oracle.snapshot(snap(1, [l1]))
+    oracle.snapshot(snap(2, [l1], amount=3811))
+    oracle.snapshot(snap(3, [{**l1, "shipped_quantity": 3}], amount=3811))
+    discount = line("l2", 1, -794, type="discount")
+    oracle.snapshot(snap(4, [{**l1, "shipped_quantity": 3}, discount], amount=3017))
+    oracle.snapshot(snap(5, [{**l1, "quantity": 5, "shipped_quantity": 4}, discount], amount=5657))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") in exp.allowed
+    assert exp.lines["l1"].captured_range == (0, 4)
 
 
 def test_units_worth_nothing_stay_uncertain_when_more_of_them_ship_later() -> None:
@@ -1064,6 +1163,43 @@ def test_an_open_snapshot_after_a_psp_cancel_may_ask_for_a_new_order_though_the_
     assert ("needs_new_order", "") in exp.allowed
     assert ("needs_new_order", "") not in exp.required
     assert exp.authorization == "cancelled"
+
+
+def test_a_foreign_purchase_currency_is_flagged_and_halts_the_service() -> None:
+    # Klarna holds the payment in SEK while the first snapshot fixed EUR (§4: currency
+    # "fixed by its first snapshot"). The service flags external_change and moves
+    # nothing more: its flag halts it, and "an operator's reconcile then takes the PSP's
+    # figures as the new baseline" finds the same currency again. So a cancel or a
+    # shipment after it is not expected at the PSP; money moved outside still is.
+    oracle = Oracle(2100, refuses_increases=False)
+    oracle.snapshot(snap(1, [SHOES, SOCKS]))
+    oracle.foreign_currency()
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, SOCKS]))
+    oracle.settle()
+    oracle.external_capture("socks", 1, 450)
+    oracle.snapshot(snap(3, [{**SHOES, "shipped_quantity": 1}, SOCKS], status="cancelled"))
+    exp = oracle.expectation()
+    assert ("needs_attention", EXTERNAL) in exp.required
+    assert exp.authorization == "open"
+    assert "shoes" not in exp.lines
+    assert exp.lines["socks"].captured == 1
+    assert not exp.must_equal_total
+
+
+def test_a_failure_after_a_success_is_told_and_undoes_nothing() -> None:
+    # Adyen sends CAPTURE success=true, then CAPTURE_FAILED for the same pspReference.
+    # The contract names no rule for it; the README's ("a late failure never undoes a
+    # success ... only flags needs_attention"): a person is told, with any reason, and
+    # the units stay captured in the expectation.
+    oracle = Oracle(2100, refuses_increases=False)
+    oracle.snapshot(snap(1, [{**SHOES, "shipped_quantity": 1}, SOCKS]))
+    oracle.settle()
+    oracle.failed_after_success("CAPTURE_FAILED")
+    exp = oracle.expectation()
+    assert ("needs_attention", "") in exp.required
+    assert ("needs_attention", "capture_failed_after_succeeded") in exp.allowed
+    assert exp.lines["shoes"].captured == 1
 
 
 def test_a_basket_below_the_captures_in_passing_may_tell_a_person() -> None:
