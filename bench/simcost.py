@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         simulation.prepare(url)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            for statement in filter(None, os.environ.get("SIMCOST_SQL", "").split(";")):
+                conn.execute(statement)  # an experiment's schema change
         with simulation.quiet_logs():
             sim = simulation.Simulation(url)
         try:

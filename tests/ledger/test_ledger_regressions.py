@@ -271,6 +271,30 @@ def test_seq12_sweeps_are_fair_to_a_lost_message(ctx: WorkerContext) -> None:
         conn.execute("UPDATE orders SET reconcile_requested_at = NULL")
 
 
+def test_the_periodic_sweep_reads_in_one_transaction_and_queues_each_find(
+    ctx: WorkerContext,
+) -> None:
+    lost = new_order_id()
+    insert_order(
+        ctx,
+        snapshot(lost, [SHOES], provider="adyen"),
+        reconcile_requested_at=datetime.now(UTC) - timedelta(minutes=1),
+    )
+    queued: dict[str, list[Any]] = {"reconcile": [], "delivery": [], "notification": []}
+    counts = sweeper.sweep_all(
+        ctx,
+        lambda order_id, _delay: queued["reconcile"].append(order_id),
+        lambda order_id, _delay: queued["delivery"].append(order_id),
+        lambda inbox_id, _delay: queued["notification"].append(inbox_id),
+    )
+    assert lost in queued["reconcile"]
+    assert lost not in queued["delivery"]
+    assert counts["requested"] >= 1
+    assert {"callbacks", "notifications", "silent_operations", "resync"} <= set(counts)
+    with ctx.pool.connection() as conn, conn.transaction():
+        conn.execute("UPDATE orders SET reconcile_requested_at = NULL WHERE id = %s", (lost,))
+
+
 def test_seq13_a_second_refused_basket_tells_the_shop_again(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
