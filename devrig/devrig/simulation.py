@@ -1245,7 +1245,7 @@ class Gaps:
         if not self.take("expire_before_capture"):
             return
         self.sim.model.external(order, "expire", [])
-        self.sim.orders_by_psp[order.psp_id].oracle.expire()
+        self.sim.orders_by_psp[order.psp_id].oracle.expire(capture_in_flight=True)
 
     def twin_first(self, order: PspOrder, item: dict[str, Any], amount: int) -> None:
         """A notification naming the payment (and, for a modification, our operation)
