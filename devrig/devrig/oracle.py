@@ -570,12 +570,12 @@ class Oracle:
                 # window may have been captured before it lapsed, or not.
                 # A fee goes with the first capture, so with that one too.
                 exp.outcomes.add("expired_with_capture_in_flight")
-                fees = {
+                first_fees = {
                     line_id: int(line["quantity"]) - st.captured.get(line_id, 0)
                     for line_id, line in lines.items()
                     if kind(line) in FEES and not st.own_capture
                 }
-                for line_id, units in (newly | fees).items():
+                for line_id, units in (newly | first_fees).items():
                     entry = exp.lines.setdefault(line_id, LineExpect())
                     before = st.captured.get(line_id, 0)
                     entry.captured_range = (before, before + max(units, 0))
