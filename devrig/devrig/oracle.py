@@ -181,6 +181,7 @@ class Oracle:
         self.faulty = False
         self.pending_external = False
         self.halted = False  # a person must look before anything moves (foreign_currency)
+        self.expired_in_window = False  # expired while this window's capture was in flight
         self._before_update = 0  # the authorization before this settle point lowered it
         self._maybe_full = False  # the authorization may be fully captured in this window
         # A worker may have cancelled for a snapshot that passed (cancelled or emptied)
@@ -294,11 +295,19 @@ class Oracle:
         self.exp.requires("needs_attention")
         self.exp.allowed.add(("needs_attention", f"{event_code.lower()}_after_succeeded"))
 
-    def expire(self) -> None:
+    def expire(self, *, capture_in_flight: bool = False) -> None:
+        """The authorization expired; `capture_in_flight`: while a capture of this
+        window was on its way, so units shipped in it may have been captured first."""
+        self.expired_in_window = capture_in_flight
         if self.state.closed is None:
             self.state.closed = "expired"
             self.exp.outcomes.add("expired")
-            if self._uncaptured_goods():
+            if self._uncaptured_goods() and capture_in_flight:
+                # The goods may be the ones that capture takes: whether work is left
+                # is known only at the settle point (_captures allows the flag then).
+                self.exp.outcomes.add("expiry_with_work")
+                self.exp.allowed.add(("needs_attention", EXTERNAL))
+            elif self._uncaptured_goods():
                 self._external("expiry_with_work")
 
     def _external(self, what: str) -> None:
@@ -599,6 +608,7 @@ class Oracle:
         self._maybe_cancelled |= cancelled_in_passing
         self.window = [last]
         self.faulty = False
+        self.expired_in_window = False
         self._before_update = 0
         self._maybe_full = False
 
@@ -670,6 +680,21 @@ class Oracle:
             )
             if not newly and not shipped_fee:
                 return
+            if st.closed == "expired" and self.expired_in_window:
+                # §4 counts "an authorization that expired"; it does not order the
+                # expiry against a capture already sent: the units shipped in this
+                # window may have been captured before it lapsed, or not.
+                # A fee goes with the first capture, so with that one too.
+                exp.outcomes.add("expired_with_capture_in_flight")
+                first_fees = {
+                    line_id: int(line["quantity"]) - st.captured.get(line_id, 0)
+                    for line_id, line in lines.items()
+                    if kind(line) in FEES and not st.own_capture
+                }
+                for line_id, units in (newly | first_fees).items():
+                    entry = exp.lines.setdefault(line_id, LineExpect())
+                    before = st.captured.get(line_id, 0)
+                    entry.captured_range = (before, before + max(units, 0))
             # Goods shipped against an authorization that is gone: a person must act.
             exp.allowed.add(("needs_attention", "psp_order_cancelled"))
             exp.allowed.add(("needs_new_order", ""))

@@ -1145,6 +1145,10 @@ class SimulatedBug(RuntimeError):
     """Raised inside a task on purpose (task_raises): what a bug would raise."""
 
 
+class SimulatedOutage(psycopg.OperationalError):
+    """Raised inside a task on purpose (task_raises): the database went away."""
+
+
 class Gaps:
     """One history's draws of the kinds in GAPS, and the state each needs."""
 
@@ -1213,15 +1217,19 @@ class Gaps:
     def failing(self, run: Callable[[], T]) -> Callable[[], T]:
         """A reconcile task that raises before it does anything: once (the poison guard
         tries it again), or on each of its tries (it flags task_failed and parks the
-        order until an operator's reconcile)."""
+        order until an operator's reconcile), or the database is away (the guard lets
+        it through, the message is offered again)."""
         if self.settling() or not self.take("task_raises"):
             return run
-        left = [self.rng.choice([1, poison.MAX_TRIES])]
-        self._fault(f"task_raises_{left[0]}_times")
+        outage = self.rng.random() < 0.3
+        left = [1 if outage else self.rng.choice([1, poison.MAX_TRIES])]
+        self._fault("task_meets_database_away" if outage else f"task_raises_{left[0]}_times")
 
         def raising() -> T:
             if left[0]:
                 left[0] -= 1
+                if outage:
+                    raise SimulatedOutage("simulated: the database went away")
                 raise SimulatedBug("simulated: a bug in the task")
             return run()
 
@@ -1237,7 +1245,7 @@ class Gaps:
         if not self.take("expire_before_capture"):
             return
         self.sim.model.external(order, "expire", [])
-        self.sim.orders_by_psp[order.psp_id].oracle.expire()
+        self.sim.orders_by_psp[order.psp_id].oracle.expire(capture_in_flight=True)
 
     def twin_first(self, order: PspOrder, item: dict[str, Any], amount: int) -> None:
         """A notification naming the payment (and, for a modification, our operation)
@@ -1613,6 +1621,11 @@ class Simulation:
             self.note(f"task {what} -> {outcome}")
         except WorkerDeath as death:
             self.note(f"task {what} died at {death}")
+        except SimulatedOutage:
+            # Infrastructure, not the row's fault: the guard lets it through and the
+            # message is offered again as it is (Celery's retry).
+            self.note(f"task {what} met the database away; offered again")
+            self.jobs.append(job)
 
     def _poisoned(self, exc: Exception, record: Callable[[], None]) -> None:
         if isinstance(exc, SimulatedBug):

@@ -1254,3 +1254,25 @@ def test_an_open_snapshot_in_passing_after_a_cancel_outside_may_ask_for_a_new_or
     exp = oracle.expectation()
     assert ("needs_new_order", "") in exp.allowed
     assert ("needs_new_order", "") not in exp.required
+
+
+def test_units_shipped_when_the_authorization_expired_mid_capture_may_be_captured() -> None:
+    # Seed 84: one unit shipped, its capture sent; Adyen expires the rest of the
+    # authorization and notifies EXPIRE before that capture's CAPTURE. §4 counts "an
+    # authorization that expired" but does not order it against a capture in flight.
+    oracle = Oracle(7797, refuses_increases=False)
+    l2 = line("l2", 3, 2599)
+    oracle.snapshot(snap(1, [l2]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**l2, "shipped_quantity": 1}]))
+    oracle.expire(capture_in_flight=True)
+    exp = oracle.expectation()
+    assert exp.authorization == "expired"
+    assert exp.lines["l2"].captured_range == (0, 1)
+    # An expiry at a settle point leaves nothing to timing.
+    oracle = Oracle(7797, refuses_increases=False)
+    oracle.snapshot(snap(1, [l2]))
+    oracle.settle()
+    oracle.expire()
+    oracle.snapshot(snap(2, [{**l2, "shipped_quantity": 1}]))
+    assert oracle.expectation().lines.get("l2", LineExpect()).captured_range is None
