@@ -15,7 +15,7 @@ from integrations.klarna.client import KlarnaClient
 from integrations.provider import Provider
 from ordersync.accounts import DEFAULT, Accounts, build_accounts
 from ordersync.db import SyncPool, sync_pool
-from ordersync.http import LeanTransport
+from ordersync.http import LeanTransport, WorkerClient
 from ordersync.settings import Settings, get_settings
 from workers.heartbeat import Heartbeat
 
@@ -56,8 +56,8 @@ def build_context(settings: Settings) -> WorkerContext:
     # Keep-alive connections for every thread that may be waiting on a PSP at once.
     # The transport is the standard library's (ordersync/http.py: httpcore was a
     # quarter of the worker's CPU per operation); proxies from the environment still
-    # go through httpx's own.
-    http = httpx.Client(
+    # go through httpx's own. No cookie jar (WorkerClient).
+    http = WorkerClient(
         timeout=httpx.Timeout(
             settings.psp_read_timeout_seconds, connect=settings.psp_connect_timeout_seconds
         ),
