@@ -359,7 +359,11 @@ def _split_lines(order: OrderSnapshot) -> tuple[list[Line], list[Line]]:
 
 
 def _reducing_shares(
-    reducing: Sequence[Line], open_amounts: Sequence[int], value_this: int, value_open: int
+    reducing: Sequence[Line],
+    open_amounts: Sequence[int],
+    value_this: int,
+    value_open: int,
+    carried: int = 0,
 ) -> list[PspLine]:
     """The discount lines that go with `value_this` of `value_open` product value.
 
@@ -370,13 +374,18 @@ def _reducing_shares(
     rounding by one cent per line, but it keeps the invariant "open discount ≤ open
     product value", so no request's amount can ever go negative (per-line rounding
     half away from zero can take one cent more discount than the product value).
+
+    `carried`: what the request adds beyond its products (its share of a sales tax
+    line, a correction the customer owes back). A gift card may pay for the tax too,
+    so the reductions may take that as well (contract §4: shared by value "so that once
+    everything has shipped the captures add up to the order's total").
     """
     open_total = sum(open_amounts)
     if open_total == 0 or value_this == 0:
         return []
     # The cap never binds while the invariant holds; it guards against a shop that
     # lowered its prices below what was already captured.
-    total_share = min(share(open_total, value_this, value_open), value_this)
+    total_share = min(share(open_total, value_this, value_open), value_this + carried)
     result: list[PspLine] = []
     for line, part in zip(reducing, distribute(total_share, open_amounts), strict=True):
         if part:
@@ -434,9 +443,6 @@ def capture_lines(order: OrderSnapshot, ledger: Ledger, *, paid_unnamed: int = 0
         line.total - ledger.get(line.id, LineLedger()).captured_amount for line in reducing
     ]
     taking = [(line, -value) for line, value in zip(reducing, still_open, strict=True) if value < 0]
-    shares = _reducing_shares(
-        [line for line, _ in taking], [value for _, value in taking], value_this, value_open
-    )
     corrections: list[PspLine] = []
     for line, value in zip(reducing, still_open, strict=True):
         if value > 0:
@@ -455,6 +461,13 @@ def capture_lines(order: OrderSnapshot, ledger: Ledger, *, paid_unnamed: int = 0
                     reference, entry.line.name, entry.line.tax_rate, part, None, entry.line.type
                 )
             )
+    shares = _reducing_shares(
+        [line for line, _ in taking],
+        [value for _, value in taking],
+        value_this,
+        value_open,
+        carried=sum(line.total_amount for line in corrections if line.total_amount > 0),
+    )
     return _merge_shares(result + shares + corrections)
 
 

@@ -96,6 +96,9 @@ class PastOperation:
     # The shop's snapshot version stored when it was planned (or, for money moved
     # without the service, learnt).
     version: int | None = None
+    # Money moved without the service: the snapshot stored when it was learnt, whose
+    # prices its units are tied at (_attribution). None when not known.
+    basis: OrderSnapshot | None = None
 
 
 @dataclass(frozen=True)
@@ -209,7 +212,7 @@ def plan_next(
         # Goods that left the warehouse are charged before the rest is let go: to charge
         # nothing for them the shop marks them returned. An emptied basket is not an
         # authorization of 0: the PSP is told to let go.
-        if psp.open_for_changes:
+        if psp.open_for_changes or psp.status is PspStatus.CANCELLED:
             decision = _capture_step(order, psp, ledger, view.refused_amount)
             if isinstance(decision, Plan):
                 return decision
@@ -288,39 +291,80 @@ def _attribution(
     order: OrderSnapshot, ledger: Ledger, history: Sequence[PastOperation]
 ) -> Attribute | None:
     """A capture or refund made without the service whose lines the PSP did not give
-    (an Adyen notification, a read without lines) is the units the shop marks shipped
-    (returned) and not yet captured (refunded), when those come to exactly its amount."""
-    for kind, lines in (
-        (Kind.CAPTURE, capture_lines(order, ledger)),
-        (Kind.REFUND, refund_lines(order, ledger)),
-    ):
-        amount = lines_total(lines)
-        if not lines or amount <= 0:
-            continue
+    (an Adyen notification, a chargeback, a read without lines) is tied to units once the
+    shop's snapshot explains it: the units the shop marks returned and not yet refunded
+    come to exactly a refund's amount; for a capture, the units it marks shipped and not
+    yet captured (all of them, or some units of one line) come to its amount.
+
+    A capture is valued at the prices the units had when the service learnt of it (the
+    snapshot stored then, `PastOperation.basis`), never at a price the shop set later:
+    the money moved for what the goods were worth at that moment, and a refund of those
+    units gives back what they were captured at (contract §4), not what the shop asks
+    for them now. A price edit after the money moved can make today's value of some
+    shipped units equal its amount by chance (units worth 0 then, 50 each now), and
+    tying it to them would have the service refund money nobody paid for those units.
+    Units that did not exist then are never tied to it. Money with no known basis, or
+    that matches no units at those prices, stays unnamed: counted in the order's figures
+    and never moved again, the order flagged `external_change` when it was learnt, so a
+    person decides what it paid for; nothing is guessed.
+
+    A refund is valued at the captured prices the ledger keeps, which a later price edit
+    does not change, so today's snapshot values it as well as any other.
+    """
+    captures = [
+        (op, _priced_then(order, op.basis))
+        for op in history
+        if _unnamed(op, Kind.CAPTURE) and op.basis is not None and op.amount > 0
+    ]
+    for op, then in captures:
+        lines = capture_lines(then, ledger)
+        if lines and lines_total(lines) == op.amount:
+            return Attribute(str(op.reference), tuple(lines))
+    lines = refund_lines(order, ledger)
+    if lines and lines_total(lines) > 0:
         for op in history:
-            unattributed = op.external and op.kind is kind and not op.lines
-            if unattributed and op.status == "succeeded" and op.amount == amount and op.reference:
-                return Attribute(op.reference, tuple(lines))
-    for op in history:
-        if (
-            op.external
-            and op.kind is Kind.CAPTURE
-            and not op.lines
-            and op.status == "succeeded"
-            and op.amount > 0
-            and op.reference
-        ):
-            part = _shipped_part(order, ledger, op.amount)
-            if part:
-                return Attribute(op.reference, part)
+            if _unnamed(op, Kind.REFUND) and op.amount == lines_total(lines):
+                return Attribute(str(op.reference), tuple(lines))
+    for op, then in captures:
+        part = _shipped_part(then, ledger, op.amount)
+        if part:
+            return Attribute(str(op.reference), part)
     return None
+
+
+def _unnamed(op: PastOperation, kind: Kind) -> bool:
+    """Money of `kind` that moved without the service and is not yet tied to units."""
+    return (
+        op.external
+        and op.kind is kind
+        and not op.lines
+        and op.status == "succeeded"
+        and op.reference is not None
+    )
+
+
+def _priced_then(order: OrderSnapshot, basis: OrderSnapshot) -> OrderSnapshot:
+    """The order as it was priced in `basis` (unit prices, tax rates, discounts, the
+    order-level lines and amount), with the units the shop marks shipped now: for each
+    line `basis` knew, now's shipped quantity up to its quantity then; a line added
+    since is not in it."""
+    shipped = {line.id: line.shipped_quantity for line in order.lines}
+    return basis.model_copy(
+        update={
+            "lines": [
+                _with_shipped(line, min(shipped.get(line.id, 0), line.quantity))
+                for line in basis.lines
+            ]
+        }
+    )
 
 
 def _shipped_part(order: OrderSnapshot, ledger: Ledger, amount: int) -> tuple[PspLine, ...]:
     """Units of one line the shop marks shipped and no capture has taken whose value
     (alone, or with the shares a capture of them carries) comes to `amount`: a capture
     made without the service of part of a shipment. Counted as those units, they are
-    never captured a second time (contract §4, money that moved without the service)."""
+    never captured a second time (contract §4, money that moved without the service).
+    `order` is priced as when the money moved (_priced_then)."""
     for line in order.effective_lines:
         if line.shared or line.is_fee:
             continue
@@ -496,6 +540,19 @@ def _capture_step(
     lines = capture_lines(order, ledger)
     if not lines:
         return None
+    if psp.status is PspStatus.CANCELLED:
+        amount = lines_total(lines)
+        if amount <= 0:
+            return None
+        # Step 4 charges goods that left the warehouse before letting go; with the
+        # authorization cancelled (outside, or before they shipped) nothing can charge
+        # them, and the PSP refuses a capture: a person is told, nothing is sent.
+        return Flag(
+            NEEDS_ATTENTION,
+            "psp_order_cancelled",
+            f"goods marked shipped ({amount}) cannot be captured: the PSP authorization "
+            "is cancelled",
+        )
     remaining = psp.authorized - psp.captured
     amount = wanted = lines_total(lines)
     unnamed = psp.captured - captured_total(ledger)

@@ -153,6 +153,30 @@ def test_a_cancel_made_outside_asks_for_no_new_order_until_the_shop_sends_one(
     assert told(ctx, order_id)[-1][0] == "order.new_order_required"
 
 
+def test_goods_shipped_against_an_authorization_cancelled_outside_are_told_not_captured(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """Simulation seed 3296: the merchant cancelled in Klarna's portal (learnt, and a
+    person looked); the shop then marks the shoes shipped. A capture against a cancelled
+    authorization is refused (the product sent it again after every reconcile), and
+    with the shop's order cancelled too it was never told at all: the shoes left the
+    warehouse uncharged and the order counted as synced. §4 step 4 charges shipped
+    goods before letting go; with nothing left to charge them to, a person is told
+    (psp_order_cancelled) and nothing is sent."""
+    order_id, first = klarna_order(ctx, klarna, [SHOES, SOCKS])
+    insert_order(ctx, first)
+    drive(ctx, order_id)
+    klarna.orders[first.psp_order_id].status = "CANCELLED"
+    operator_reconcile(ctx, order_id)  # reads Klarna: the cancel is learnt
+    operator_reconcile(ctx, order_id)  # a person looked: the PSP's figures stand
+    assert "needs_attention" not in order_row(ctx, order_id)["flags"]
+    update_snapshot(ctx, snap(order_id, shipped([SHOES, SOCKS], shoes=1), 2, status="cancelled"))
+    drive(ctx, order_id)
+    assert klarna.captures(first.psp_order_id) == []
+    assert flag_code(ctx, order_id) == "psp_order_cancelled"
+    assert told(ctx, order_id)[-1] == ("order.needs_attention", "psp_order_cancelled")
+
+
 def test_a_customer_area_capture_of_part_of_a_later_shipment_is_never_made_again(
     database_url: str,
 ) -> None:
@@ -201,5 +225,39 @@ def test_shipped_goods_after_an_unnamed_customer_area_capture_take_the_discount_
         body = json.loads(request.content)
         assert body["amount"]["value"] == 270
         assert flag_code(ctx, order_id) != "capture_exceeds_authorization"
+    finally:
+        ctx.close()
+
+
+def test_unnamed_money_is_tied_to_units_at_the_prices_they_had_when_it_moved(
+    database_url: str,
+) -> None:
+    """Simulation seed 21058: a Customer Area capture of 1200 (no lines) while nothing
+    had shipped; the shop ships two free bags (worth 0), takes one back, then prices the
+    bag at 600. The capture was tied to the two bags because they were worth its 1200
+    *now*, and the bag taken back was refunded at 600: a refund for a unit nobody paid
+    for. §4: refunds are at the price units were captured at, never more than was
+    captured for them; unnamed money is tied at the prices of the moment it moved, or
+    not at all."""
+    ctx, sent = adyen_with_captured_lines(database_url)
+    bag = {"id": "bag", "name": "Bag", "quantity": 3, "unit_price": 0, "tax_rate": 2000}
+    try:
+        order_id = new_order_id()
+        first = snap(order_id, [SHOES, bag], provider="adyen")
+        insert_order(ctx, first)
+        drive(ctx, order_id)
+        capture = adyen_item(first.psp_order_id, "CAPTURE", 1200, merchantReference="shop-1001")
+        assert notify(ctx, capture) == "external"
+        assert flag_code(ctx, order_id) == "external_change"
+        back = [SHOES, {**bag, "shipped_quantity": 2, "returned_quantity": 1}]
+        update_snapshot(ctx, snap(order_id, back, 2, provider="adyen"))
+        operator_reconcile(ctx, order_id)
+        priced = [SHOES, {**bag, "unit_price": 600, "shipped_quantity": 2, "returned_quantity": 1}]
+        update_snapshot(ctx, snap(order_id, priced, 3, provider="adyen"))
+        drive(ctx, order_id)
+        assert not [r for r in sent if r.url.path.endswith("/refunds")]
+        (external,) = [o for o in operations(ctx, order_id) if o["external"]]
+        assert external["lines"] == []
+        assert order_row(ctx, order_id)["refunded_amount"] == 0
     finally:
         ctx.close()

@@ -335,8 +335,10 @@ def test_seq14_chasing_silent_operations_holds_no_lock_across_orders(
 def adyen_notification(ctx: WorkerContext, item: dict[str, Any]) -> int:
     with ctx.pool.connection() as conn, conn.transaction():
         row = conn.execute(
-            "INSERT INTO inbox (source, event_key, event_type, payload)"
-            " VALUES ('adyen', %s, %s, %s) RETURNING id",
+            "WITH stored AS (INSERT INTO inbox (source, event_key, event_type)"
+            " VALUES ('adyen', %s, %s) RETURNING id),"
+            " body AS (INSERT INTO inbox_bodies (inbox_id, payload) SELECT id, %s FROM stored)"
+            " SELECT id FROM stored",
             (str(uuid.uuid4()), item["eventCode"], Jsonb(item)),
         ).fetchone()
     assert row is not None

@@ -221,6 +221,34 @@ def test_seq04_sales_tax_is_shared_by_captures_like_a_discount(
     assert "needs_attention" not in order_row(ctx, order_id)["flags"]
 
 
+def test_a_gift_card_that_pays_the_sales_tax_too_leaves_captures_at_the_total(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """Simulation seed 3296: a gift card worth more than the goods (it pays the sales tax
+    too) had its share capped at the goods' value while the tax went in whole, so the
+    captures came to more than the order's total (a 150 capture on an order of 0;
+    here 300 on an order of 200, more than was authorized). §4: sales tax is shared
+    like a discount "so that once everything has shipped the captures add up to the
+    order's total"."""
+    goods = {"id": "lamp", "name": "Lamp", "quantity": 2, "unit_price": 450, "tax_rate": 0}
+    card = {"id": "card", "name": "Gift card", "type": "gift_card", "quantity": 1}
+    tax = {"id": "tax", "name": "Sales tax", "type": "sales_tax", "quantity": 1}
+    lines = [
+        goods,
+        {**card, "unit_price": -1000, "tax_rate": 0},
+        {**tax, "unit_price": 300, "tax_rate": 0},
+    ]
+    order_id, first = klarna_order(ctx, klarna, lines)
+    assert first.total == 200
+    insert_order(ctx, snap(order_id, shipped(lines, lamp=1)), authorized=first.total)
+    drive(ctx, order_id)
+    update_snapshot(ctx, snap(order_id, shipped(lines, lamp=2), 2))
+    drive(ctx, order_id)
+    assert kinds(ctx, order_id) == [("capture", "succeeded", 100), ("capture", "succeeded", 100)]
+    assert order_row(ctx, order_id)["captured_amount"] == first.total
+    assert "needs_attention" not in order_row(ctx, order_id)["flags"]
+
+
 # -- 5. quantities never go down ---------------------------------------------------------
 
 
