@@ -12,10 +12,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from typing import Any, Required, TypedDict, Unpack
+from typing import Any, Required, TypedDict, TypeVar, Unpack
 
 from psycopg import AsyncConnection, Connection
-from psycopg.rows import class_row
+from psycopg.rows import BaseRowFactory, RowMaker, class_row, no_result
 from psycopg.types.json import Jsonb
 
 from data.workers import lease_token
@@ -24,6 +24,7 @@ from domain.planner import IN_FLIGHT, Kind, PastOperation, PspState, PspStatus
 from domain.snapshot import LineType, OrderSnapshot
 
 Row = dict[str, Any]
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -126,11 +127,36 @@ def _columns(row: type[Any], prefix: str = "") -> str:
     return ", ".join(prefix + f.name for f in fields(row) if f.name not in computed)
 
 
+def _positional_row(cls: type[_T]) -> BaseRowFactory[_T]:
+    """Rows of `cls` built from the values in the order they come: every statement read
+    with it selects the class's columns (`_columns`) and then its computed ones, which
+    are its last fields, in field order. psycopg's `class_row` decodes every column's
+    name for each result and builds a dict per row (an eighth of the worker's psycopg
+    calls per operation). A result whose width or last column does not match the class
+    is refused, never read into the wrong fields."""
+    names = [f.name.encode() for f in fields(cls)]  # type: ignore[arg-type]
+
+    def factory(cursor: Any) -> RowMaker[_T]:
+        result = cursor.pgresult
+        width = result.nfields if result is not None else 0
+        if width == 0:
+            return no_result
+        if width > len(names) or result.fname(width - 1) != names[width - 1]:
+            raise TypeError(f"{cls.__name__} cannot be read from these columns")
+
+        def row(values: Sequence[Any]) -> _T:
+            return cls(*values)
+
+        return row
+
+    return factory
+
+
 ORDER_COLUMNS = _columns(Order)
 OPERATION_COLUMNS = _columns(Operation)
-_ORDER = class_row(Order)
-_LOCKED = class_row(LockedOrder)
-_OPERATION = class_row(Operation)
+_ORDER = _positional_row(Order)
+_LOCKED = _positional_row(LockedOrder)
+_OPERATION = _positional_row(Operation)
 
 # An operation in one of these may still take effect at the PSP: at most one per order
 # (the operations_one_in_flight index), and nothing new is planned beside it.

@@ -6,9 +6,10 @@ operation (`python -m bench.profile`): request and response objects per layer, e
 state machines, and a connection pool lock that 64 threads waiting on a slow PSP contend
 for. `http.client` writes the request and parses the answer in a few calls. The client
 around it is still `httpx.Client` (timeouts, auth, event hooks, mock transports in the
-tests and proxies from the environment, which keep httpx's transport), so callers and
-the error classification (`integrations/results.py`) see httpx's request, response and
-exceptions as before.
+tests), so callers and the error classification (`integrations/results.py`) see httpx's
+request, response and exceptions as before. A proxy named by the environment is
+followed by httpx only through its own transport: workers/context.py keeps httpx's
+then (`environment_proxies`).
 
 What a transport must get right for money, as httpcore did:
 - an error while connecting means nothing was sent (`ConnectError`, `ConnectTimeout`);
@@ -29,6 +30,7 @@ import socket
 import ssl
 import threading
 import time
+import urllib.request
 from typing import Any
 
 import httpx
@@ -226,3 +228,37 @@ class _NotSent(Exception):
 def _key_of(request: httpx.Request) -> _Key:
     url = request.url
     return (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+
+
+def environment_proxies() -> bool:
+    """Whether the environment names an HTTP proxy (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY,
+    any case), which httpx follows only through its own transport."""
+    proxies = urllib.request.getproxies_environment()
+    return any(proxies.get(scheme) for scheme in ("http", "https", "all"))
+
+
+class _NoCookies(httpx.Cookies):
+    """A jar that never takes a cookie: nothing to send, nothing to read back."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class WorkerClient(httpx.Client):
+    """`httpx.Client` without a cookie jar. The PSPs' APIs and the shop's callback
+    endpoint authenticate every request on its own and set no session; and one client
+    serves every account, so a cookie one account's answer set would go out with
+    another account's requests to the same host. Reading each answer's headers into a
+    jar (through `email.message` objects) was also a twentieth of the worker's CPU per
+    operation."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: httpx._types.CookieTypes) -> None:
+        raise TypeError("the worker's HTTP client keeps no cookies")
+
+
+_NO_COOKIES = _NoCookies()
