@@ -165,3 +165,29 @@ def test_a_worker_whose_lease_was_taken_over_records_nothing_and_says_so(
             "attempts": 1,
         }.items()
     )
+
+
+def test_a_notification_for_a_settled_operation_is_logged_stale_with_what_was_recorded(
+    database_url: str, events: list[MutableMapping[str, Any]]
+) -> None:
+    # README, Adyen "Out of order": a repeated success changes nothing; the operator
+    # reads which operation it was about and what the service had recorded for it.
+    with adyen_awaiting(database_url) as (ctx, order_id, payment):
+        ok = _capture_item("MOD1", payment, "true")
+        assert adyen_inbox.process(ctx, adyen_notification(ctx, ok), lambda *_: None) == (
+            "succeeded"
+        )
+        events.clear()
+        assert adyen_inbox.process(ctx, adyen_notification(ctx, ok), lambda *_: None) == "stale"
+        (op,) = operations(ctx, order_id)
+    assert (
+        only(events, "adyen_notification_stale").items()
+        >= {
+            "event_code": "CAPTURE",
+            "psp_reference": "MOD1",
+            "operation": "capture",
+            "operation_id": str(op["id"]),
+            "status": "succeeded",
+            "success": True,
+        }.items()
+    )

@@ -423,3 +423,23 @@ def test_adyen_money_moved_under_another_merchant_account_is_not_counted(
     row = order_row(ctx, order_id)
     assert row["captured_amount"] == 0
     assert row["flag_reason"]["needs_attention"]["code"] == "notification_mismatch"
+
+
+def test_a_flag_for_a_psp_error_tells_the_person_the_psps_code_and_message(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # A person acts on the flag alone (README, "Operator console"): when the PSP's
+    # answers made the service give up, the flag carries the PSP's own code and message.
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+    down = httpx.Response(
+        503, json={"error_code": "SERVICE_UNAVAILABLE", "error_messages": ["down for a moment"]}
+    )
+    klarna.fault("POST", "/captures", lambda _r: (False, down), times=10)
+    drive(ctx, order_id)
+    reason = order_row(ctx, order_id)["flag_reason"]["needs_attention"]
+    # A 5xx may have applied: the outcome stays unknown, and the person reads Klarna's why.
+    assert (reason["code"], reason["message"]) == (
+        "outcome_unknown",
+        "SERVICE_UNAVAILABLE: down for a moment",
+    )
