@@ -406,11 +406,18 @@ def test_adyen_a_failed_chargeback_is_not_counted_and_a_person_is_told(ctx: Work
     order_id, psp = _adyen_order(ctx)
     # Contract §4: a chargeback is told to a person even when it failed; it moved no money.
     item = _customer_area(psp, "CHARGEBACK", "false")
-    assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == "flagged"
+    enqueued: list[str] = []
+    inbox_id = adyen_notification(ctx, item)
+    assert adyen_inbox.process(ctx, inbox_id, lambda order, _: enqueued.append(order)) == (
+        "flagged"
+    )
     row = order_row(ctx, order_id)
     assert (row["captured_amount"], row["refunded_amount"]) == (0, 0)
     reason = row["flag_reason"]["needs_attention"]
     assert reason["code"] == "external_change" and "CHARGEBACK CA1" in reason["message"]
+    # Recorded against its order, which is reconciled after it (the shop is told).
+    assert _inbox_row(ctx, inbox_id)["order_id"] == order_id
+    assert enqueued == [order_id]
 
 
 def test_adyen_money_moved_under_another_merchant_account_is_not_counted(
