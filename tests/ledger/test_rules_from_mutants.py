@@ -450,3 +450,23 @@ def test_a_flag_for_a_psp_error_tells_the_person_the_psps_code_and_message(
         "outcome_unknown",
         "SERVICE_UNAVAILABLE: down for a moment",
     )
+
+
+def test_adyen_a_customer_area_capture_the_shop_explains_is_counted_as_those_lines(
+    ctx: WorkerContext,
+) -> None:
+    # Contract §4: money moved without the service that the shop's snapshot explains (the
+    # shoes marked shipped, captured in the Customer Area at their price) is counted as
+    # those units, so they are never captured again, and nobody needs to be told.
+    order_id, psp = _adyen_order(ctx)
+    item = _customer_area(psp, "CAPTURE", "true")
+    assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == ("external")
+    (op,) = operations(ctx, order_id)
+    assert (op["kind"], op["status"], op["external"], op["amount"]) == (
+        "capture",
+        "succeeded",
+        True,
+        1200,
+    )
+    assert [(line["reference"], line["quantity"]) for line in op["lines"]] == [("shoes", 1)]
+    assert order_row(ctx, order_id)["flags"] == []
