@@ -83,12 +83,28 @@ def test_adyen_expire_marks_what_was_not_captured_as_lapsed(ctx: WorkerContext) 
     assert row["authorized_amount"] == row["captured_amount"] == 0
 
 
-def test_adyen_authorisation_refused_flags_the_order_for_a_person(ctx: WorkerContext) -> None:
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [(None, "Adyen reports the payment as not authorised"), ("FRAUD", "FRAUD")],
+)
+def test_adyen_authorisation_refused_flags_the_order_for_a_person(
+    ctx: WorkerContext, reason: str | None, message: str
+) -> None:
     order_id, psp = _adyen_order(ctx)
-    assert _payment_event(ctx, psp, "AUTHORISATION", "false") == "flagged"
+    item = {
+        "pspReference": psp,
+        "merchantAccountCode": "Test",
+        "eventCode": "AUTHORISATION",
+        "success": "false",
+        "amount": {"value": 2100, "currency": "EUR"},
+        **({"reason": reason} if reason else {}),
+    }
+    assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == "flagged"
     row = order_row(ctx, order_id)
     assert row["flags"] == ["needs_attention"]
-    assert row["flag_reason"]["needs_attention"]["code"] == "authorisation_refused"
+    # The person reads Adyen's own reason when it gives one.
+    flagged = row["flag_reason"]["needs_attention"]
+    assert (flagged["code"], flagged["message"]) == ("authorisation_refused", message)
 
 
 def test_a_capture_the_psp_forbids_needs_a_person_told_the_psps_reason_not_a_new_order(
