@@ -486,3 +486,25 @@ def test_adyen_a_customer_area_capture_the_shop_explains_is_counted_as_those_lin
     )
     assert [(line["reference"], line["quantity"]) for line in op["lines"]] == [("shoes", 1)]
     assert order_row(ctx, order_id)["flags"] == []
+
+
+def test_adyen_an_authorisation_before_its_order_is_recorded_for_it(ctx: WorkerContext) -> None:
+    # README, Adyen "Outcomes": AUTHORISATION records Adyen's authorized amount also for
+    # a payment whose order has not arrived yet; the inbox row says so (its outcome is
+    # what the operator reads of each notification).
+    item = {
+        "pspReference": "PAYNOORDERYET",
+        "merchantAccountCode": "Test",
+        "eventCode": "AUTHORISATION",
+        "success": "true",
+        "amount": {"value": 2100, "currency": "EUR"},
+    }
+    inbox_id = adyen_notification(ctx, item)
+    assert adyen_inbox.process(ctx, inbox_id, lambda *_: None) == "recorded"
+    assert _inbox_row(ctx, inbox_id)["outcome"] == "recorded"
+    with ctx.pool.connection() as conn:
+        row = conn.execute(
+            "SELECT authorized_amount FROM adyen_payments WHERE psp_reference = %s",
+            ("PAYNOORDERYET",),
+        ).fetchone()
+    assert row is not None and row["authorized_amount"] == 2100
