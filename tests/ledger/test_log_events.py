@@ -76,7 +76,10 @@ def test_an_adyen_outcome_is_logged_with_the_operation_and_notification_it_settl
         structlog.contextvars.clear_contextvars()
         events.clear()
         inbox_id = adyen_notification(ctx, _capture_item("MOD1", payment, success))
-        assert adyen_inbox.process(ctx, inbox_id, lambda *_: None) == outcome
+        delays: list[float] = []
+        assert adyen_inbox.process(ctx, inbox_id, lambda _o, delay: delays.append(delay)) == (
+            outcome
+        )
     settled = only(events, name)
     assert (
         settled.items()
@@ -89,7 +92,9 @@ def test_an_adyen_outcome_is_logged_with_the_operation_and_notification_it_settl
         }.items()
     )
     if name == "operation_retry_scheduled":
-        assert settled["delay_seconds"] > 0
+        # The back-off the order is reconciled after, to the hundredth of a second.
+        (delay,) = delays
+        assert delay > 0 and settled["delay_seconds"] == round(delay, 2)
     # One line per notification says what it came to, for which order; what was bound
     # while it was processed is not left on it, nor on the lines that come after.
     processed = only(events, "adyen_notification_processed")
