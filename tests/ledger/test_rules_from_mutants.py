@@ -508,3 +508,26 @@ def test_adyen_an_authorisation_before_its_order_is_recorded_for_it(ctx: WorkerC
             ("PAYNOORDERYET",),
         ).fetchone()
     assert row is not None and row["authorized_amount"] == 2100
+
+
+def test_adyen_a_capture_notified_for_another_amount_settles_nothing(database_url: str) -> None:
+    # README, Ledger model: notifications whose "(for our captures, refunds, updates)
+    # amount do not match change nothing and flag `notification_mismatch`", even in the
+    # order's currency and from its merchant account.
+    with adyen_awaiting(database_url) as (ctx, order_id, payment):
+        (op,) = operations(ctx, order_id)
+        item = {
+            **_capture_item("MOD1", payment, "true"),
+            "merchantReference": str(op["id"]),
+            "amount": {"value": 1, "currency": "EUR"},
+        }
+        assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == (
+            "invalid"
+        )
+        (op,) = operations(ctx, order_id)
+        assert op["status"] == "awaiting_notification"
+        row = order_row(ctx, order_id)
+        assert row["captured_amount"] == 0
+        reason = row["flag_reason"]["needs_attention"]
+        assert reason["code"] == "notification_mismatch"
+        assert "amount.value 1 is not the operation's 1200" in reason["message"]
