@@ -196,3 +196,31 @@ def test_a_notification_for_a_settled_operation_is_logged_stale_with_what_was_re
             "success": True,
         }.items()
     )
+
+
+def test_a_flag_is_logged_with_its_code_and_the_reason_a_person_reads(
+    ctx: WorkerContext, events: list[MutableMapping[str, Any]]
+) -> None:
+    order_id = new_order_id()
+    snap = snapshot(order_id, shipped_lines([SHOES], shoes=1), provider="adyen")
+    insert_order(ctx, snap)
+    item = {
+        "pspReference": snap.psp_order_id,
+        "merchantAccountCode": "Test",
+        "eventCode": "AUTHORISATION",
+        "success": "false",
+        "reason": "FRAUD",
+        "amount": {"value": 1200, "currency": "EUR"},
+    }
+    events.clear()
+    assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == "flagged"
+    assert (
+        only(events, "order_flagged").items()
+        >= {
+            "event_code": "AUTHORISATION",
+            "psp_reference": snap.psp_order_id,
+            "flag": "needs_attention",
+            "code": "authorisation_refused",
+            "reason": "FRAUD",
+        }.items()
+    )
