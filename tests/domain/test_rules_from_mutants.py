@@ -25,6 +25,7 @@ from domain.planner import (
     Wait,
     explained_lines,
     plan_next,
+    unauthorized_lines,
 )
 from tests.domain.test_ledger import Psp, order, plans, shipped
 from tests.seed_basket import SHOES, SOCKS, discount
@@ -170,3 +171,14 @@ def test_a_cancel_made_outside_asks_no_new_payment_after_a_failed_cancel_of_ours
     )
     waits = plan_next(OrderView(now, psp, history=history), lambda _m, _c: False)
     assert waits == Wait("cancelled_outside")
+
+
+def test_a_refused_increase_names_every_new_line_that_costs_anything() -> None:
+    # A line worth one minor unit is money the authorization does not cover; a free one
+    # is not. Both after a first authorization and with none to compare with.
+    pin = {"id": "pin", "name": "Pin", "quantity": 1, "unit_price": 1, "tax_rate": 2000}
+    gift = {"id": "gift", "name": "Gift", "quantity": 1, "unit_price": 0, "tax_rate": 2000}
+    basket = tuple(basket_lines(order([SHOES, pin, gift])))
+    before = tuple(basket_lines(order([SHOES])))
+    assert [line.reference for line in unauthorized_lines(basket, before)] == ["pin"]
+    assert [line.reference for line in unauthorized_lines(basket, ())] == ["shoes", "pin"]

@@ -531,3 +531,24 @@ def test_adyen_a_capture_notified_for_another_amount_settles_nothing(database_ur
         reason = row["flag_reason"]["needs_attention"]
         assert reason["code"] == "notification_mismatch"
         assert "amount.value 1 is not the operation's 1200" in reason["message"]
+
+
+def test_a_capture_whose_answer_was_lost_and_that_took_effect_is_not_sent_again(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # README, "How it works": after an answer that never came, the service first reads
+    # the order; when the read shows the capture took effect, it is recorded from the
+    # read and not sent again.
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+
+    def applied_then_lost(request: httpx.Request) -> tuple[bool, httpx.Response | None]:
+        klarna._handle(request)
+        raise httpx.ReadTimeout("slow", request=request)
+
+    klarna.fault("POST", "/captures", applied_then_lost)
+    drive(ctx, order_id)
+    (op,) = operations(ctx, order_id)
+    assert op["status"] == "succeeded"
+    assert len(klarna.captures(snap.psp_order_id)) == 1
+    assert klarna.orders[snap.psp_order_id].captured_amount == 1200
