@@ -76,7 +76,10 @@ def test_an_adyen_outcome_is_logged_with_the_operation_and_notification_it_settl
         structlog.contextvars.clear_contextvars()
         events.clear()
         inbox_id = adyen_notification(ctx, _capture_item("MOD1", payment, success))
-        assert adyen_inbox.process(ctx, inbox_id, lambda *_: None) == outcome
+        delays: list[float] = []
+        assert adyen_inbox.process(ctx, inbox_id, lambda _o, delay: delays.append(delay)) == (
+            outcome
+        )
     settled = only(events, name)
     assert (
         settled.items()
@@ -89,7 +92,9 @@ def test_an_adyen_outcome_is_logged_with_the_operation_and_notification_it_settl
         }.items()
     )
     if name == "operation_retry_scheduled":
-        assert settled["delay_seconds"] > 0
+        # The back-off the order is reconciled after, to the hundredth of a second.
+        (delay,) = delays
+        assert delay > 0 and settled["delay_seconds"] == round(delay, 2)
     # One line per notification says what it came to, for which order; what was bound
     # while it was processed is not left on it, nor on the lines that come after.
     processed = only(events, "adyen_notification_processed")
@@ -163,5 +168,59 @@ def test_a_worker_whose_lease_was_taken_over_records_nothing_and_says_so(
             "operation": "capture",
             "operation_id": str(op["id"]),
             "attempts": 1,
+        }.items()
+    )
+
+
+def test_a_notification_for_a_settled_operation_is_logged_stale_with_what_was_recorded(
+    database_url: str, events: list[MutableMapping[str, Any]]
+) -> None:
+    # README, Adyen "Out of order": a repeated success changes nothing; the operator
+    # reads which operation it was about and what the service had recorded for it.
+    with adyen_awaiting(database_url) as (ctx, order_id, payment):
+        ok = _capture_item("MOD1", payment, "true")
+        assert adyen_inbox.process(ctx, adyen_notification(ctx, ok), lambda *_: None) == (
+            "succeeded"
+        )
+        events.clear()
+        assert adyen_inbox.process(ctx, adyen_notification(ctx, ok), lambda *_: None) == "stale"
+        (op,) = operations(ctx, order_id)
+    assert (
+        only(events, "adyen_notification_stale").items()
+        >= {
+            "event_code": "CAPTURE",
+            "psp_reference": "MOD1",
+            "operation": "capture",
+            "operation_id": str(op["id"]),
+            "status": "succeeded",
+            "success": True,
+        }.items()
+    )
+
+
+def test_a_flag_is_logged_with_its_code_and_the_reason_a_person_reads(
+    ctx: WorkerContext, events: list[MutableMapping[str, Any]]
+) -> None:
+    order_id = new_order_id()
+    snap = snapshot(order_id, shipped_lines([SHOES], shoes=1), provider="adyen")
+    insert_order(ctx, snap)
+    item = {
+        "pspReference": snap.psp_order_id,
+        "merchantAccountCode": "Test",
+        "eventCode": "AUTHORISATION",
+        "success": "false",
+        "reason": "FRAUD",
+        "amount": {"value": 1200, "currency": "EUR"},
+    }
+    events.clear()
+    assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == "flagged"
+    assert (
+        only(events, "order_flagged").items()
+        >= {
+            "event_code": "AUTHORISATION",
+            "psp_reference": snap.psp_order_id,
+            "flag": "needs_attention",
+            "code": "authorisation_refused",
+            "reason": "FRAUD",
         }.items()
     )
