@@ -317,7 +317,10 @@ def version_received_at(
 
 # Unprocessed notifications, by when each is next due; each offered one is pushed back by
 # its own age (capped), so one that matches nothing for hours cannot crowd out the rest.
+# Handed out oldest first: an UPDATE's RETURNING follows no ORDER BY, and the order in
+# which notifications are processed must not depend on the table's physical layout.
 DUE_NOTIFICATIONS = """
+WITH offered AS (
 UPDATE inbox
 SET next_attempt_at = now() + least(CASE WHEN outcome = 'unmatched' THEN interval '1 hour'
                                          ELSE interval '5 minutes' END,
@@ -331,7 +334,9 @@ WHERE id IN (
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
 )
-RETURNING id
+RETURNING id, received_at
+)
+SELECT id FROM offered ORDER BY received_at, id
 """
 LOCK_NOTIFICATION = """
 SELECT i.*, b.payload, extract(epoch FROM now() - i.received_at)::float8 AS age_seconds

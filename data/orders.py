@@ -786,7 +786,9 @@ LIMIT %(batch)s
 # each order offered is pushed back by its own age (capped at 5 minutes; reset when it
 # is in sync), so orders that stay marked for long (waiting on a notification) cannot
 # push a lost message's order out of every sweep.
+# Handed out in a fixed order: an UPDATE's RETURNING follows no ORDER BY.
 REQUESTED = """
+WITH offered AS (
 UPDATE orders
 SET sweep_after = now() + least(interval '5 minutes',
                                 greatest(make_interval(secs => %(grace)s),
@@ -801,11 +803,15 @@ WHERE id IN (
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
 )
-RETURNING id
+RETURNING id, reconcile_requested_at
+)
+SELECT id FROM offered ORDER BY reconcile_requested_at, id
 """
 # Unfinished Klarna orders are read again now and then (drift: captures or refunds made
 # outside this service), and before their authorization expires.
+# Handed out in a fixed order, as REQUESTED.
 RESYNC = """
+WITH offered AS (
 UPDATE orders SET psp_synced_at = NULL, reconcile_requested_at = now()
 WHERE id IN (
     SELECT id FROM orders
@@ -826,6 +832,8 @@ WHERE id IN (
     FOR UPDATE SKIP LOCKED
 )
 RETURNING id
+)
+SELECT id FROM offered ORDER BY id
 """
 
 # An operation with no client for its PSP: parked, flagged once; a lease that ran out

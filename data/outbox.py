@@ -159,6 +159,7 @@ UNDELIVERED_CALLBACKS = """
 SELECT DISTINCT order_id FROM outbox
 WHERE delivered_at IS NULL AND parked_at IS NULL AND next_attempt_at <= now()
   AND (lease_until IS NULL OR lease_until < now())
+ORDER BY order_id
 LIMIT %(batch)s
 """
 
