@@ -248,9 +248,70 @@ def profile_operations(bench: Stack, sandbox: str, n: int) -> dict[str, Any]:
     return summary
 
 
+def cpu_operations(bench: Stack, sandbox: str, n: int, cprofile: Path | None) -> dict[str, Any]:
+    """N operations in a row in this process, each with its callback delivery: the
+    process's CPU time (user + system, `time.process_time`) per operation, a figure the
+    machine's load hardly moves (the PSP, Postgres and Redis are other processes).
+    With `cprofile`, the same under cProfile (CPU-time clock), its stats written there:
+    counts of calls are exact, times are inflated by the profiler itself."""
+    import cProfile
+
+    from ordersync import jobs
+    from ordersync.logging import configure_logging
+    from workers import callbacks
+    from workers.reconcile import Reconciler
+
+    with bench.db() as conn:
+        ids = synced_orders(
+            conn, sandbox, f"cpu{int(cprofile is not None)}-", n + 20, shipped=True, requested=True
+        )
+    ctx = _context(bench, None)
+    sink = open(os.devnull, "w")  # noqa: SIM115 - the logs are rendered, then dropped
+    saved, sys.stderr = sys.stderr, sink
+    configure_logging("INFO", "json")
+
+    def one(order_id: str) -> None:
+        with jobs.unit_of_work(lambda _: None):
+            Reconciler(ctx, lambda *_: None).run(order_id)
+        callbacks.deliver_order(ctx.pool, ctx.http, ctx.settings, order_id)
+
+    profiler = cProfile.Profile(time.process_time) if cprofile is not None else None
+    try:
+        for order_id in ids[:20]:  # warm: the pool, the clients, prepared statements
+            one(order_id)
+        cpu, wall = time.process_time(), time.monotonic()
+        if profiler is not None:
+            profiler.enable()
+        for order_id in ids[20:]:
+            one(order_id)
+        if profiler is not None:
+            profiler.disable()
+        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+    finally:
+        sys.stderr = saved
+        sink.close()
+        ctx.close()
+    if profiler is not None and cprofile is not None:
+        profiler.dump_stats(str(cprofile))
+    return {
+        "operations": n,
+        "cpu_ms_per_operation": 1000 * cpu / n,
+        "wall_ms_per_operation": 1000 * wall / n,
+        "load_average": os.getloadavg()[0],
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.roundtrips", description=__doc__)
     parser.add_argument("--profile", type=int, default=0, metavar="N")
+    parser.add_argument(
+        "--cpu",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N operations (each with its callback delivery): this process's CPU-ms each",
+    )
+    parser.add_argument("--cprofile", type=Path, help="with --cpu: cProfile stats to this file")
     args = parser.parse_args(argv)
     with stack() as bench:
         bench.env["SHOP_CALLBACK_SECRET"] = "whsec_" + "QmVuY2hCZW5jaEJlbmNoQmVuY2g="
@@ -259,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
         result = one_operation(bench, sandbox)
         if args.profile:
             result["profile"] = profile_operations(bench, sandbox, args.profile)
+        if args.cpu:
+            result["cpu"] = cpu_operations(bench, sandbox, args.cpu, None)
+            if args.cprofile:
+                result["cprofile"] = cpu_operations(bench, sandbox, args.cpu, args.cprofile)
     print(f"one capture, end to end: {result['outcome']}")
     print(f"  Postgres round trips: {result['postgres_round_trips']}")
     for i, trip in enumerate(result["round_trips"], 1):
@@ -284,6 +349,13 @@ def main(argv: list[str] | None = None) -> int:
         print("    on top of the stack:")
         for entry in p["top_self"]:
             print(f"    {entry['pct']:5.1f} %  {entry['frame']}")
+    if args.cpu:
+        c = result["cpu"]
+        print(
+            f"  {c['operations']} operations in a row, one thread, each with its callback: "
+            f"{c['cpu_ms_per_operation']:.2f} CPU-ms each (wall {c['wall_ms_per_operation']:.2f}"
+            f" ms; load average {c['load_average']:.1f})"
+        )
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / "roundtrips-latest.json"
     path.write_text(json.dumps(result, indent=2, default=str))

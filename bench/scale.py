@@ -66,11 +66,13 @@ SELECT gen_random_uuid(), 'o' || g, 6, 'capture',
        CASE WHEN g > 500 THEN now() - interval '1 minute' END
 FROM generate_series(10, least(700, %(n)s), 10) AS g;
 
-INSERT INTO inbox (source, event_key, event_type, order_id, payload, received_at,
-                   processed_at, outcome)
-SELECT 'shop', 'msg_' || g, 'order.updated', 'o' || g, '{}'::jsonb,
+INSERT INTO inbox (source, event_key, event_type, order_id, received_at, processed_at,
+                   outcome)
+SELECT 'shop', 'msg_' || g, 'order.updated', 'o' || g,
        now() - interval '30 days', now() - interval '30 days', 'applied'
 FROM generate_series(1, %(n)s) AS g;
+
+INSERT INTO inbox_bodies (inbox_id, payload) SELECT id, '{}'::jsonb FROM inbox;
 """
 
 # The statements production runs (data/orders.py, data/outbox.py, data/inbox.py), with the
@@ -229,13 +231,17 @@ FROM generate_series(1, greatest(%(n)s / 10, 1)) AS g;
 
 -- Ten webhooks per order over the last 60 days, oldest first (ids follow received_at,
 -- as they do in production); all processed.
-INSERT INTO inbox (source, event_key, event_type, order_id, payload, received_at,
-                   processed_at, outcome)
+INSERT INTO inbox (source, event_key, event_type, order_id, received_at, processed_at,
+                   outcome)
 SELECT 'shop', 'msg_' || g, 'order.updated', 'o' || (1 + mod(g, greatest(%(n)s / 10, 1))),
-       '{"type": "order.updated", "order": {"id": "x", "lines": []}}'::jsonb,
        now() - interval '60 days' * (1 - g::float8 / %(n)s),
        now() - interval '60 days' * (1 - g::float8 / %(n)s), 'applied'
 FROM generate_series(1, %(n)s) AS g;
+
+-- Each webhook's body, in id order as the receiver writes them (migration 0061).
+INSERT INTO inbox_bodies (inbox_id, payload)
+SELECT id, '{"type": "order.updated", "order": {"id": "x", "lines": []}}'::jsonb
+FROM inbox ORDER BY id;
 
 -- One delivered event to the shop per ten webhooks, over the same 60 days.
 INSERT INTO outbox (id, order_id, event_type, version, payload, created_at, delivered_at)
@@ -297,7 +303,7 @@ def _prune_batches(url: str, batches: int) -> dict[str, float]:
                 lambda: retention._inbox_pass(
                     pool,
                     "inbox_bodies",
-                    inbox.NULL_BODIES,
+                    inbox.DELETE_BODIES,
                     settings.retention_body_days * retention.DAY,
                     settings.retention_batch,
                 ),
@@ -333,6 +339,52 @@ def _prune_batches(url: str, batches: int) -> dict[str, float]:
             out[name] = statistics.median(times) if times else float("nan")
     finally:
         pool.close()
+    return out
+
+
+def _buffers(url: str, n: int) -> dict[str, dict[str, float]]:
+    """Inside Postgres, for one new webhook stored and one body-prune batch (each rolled
+    back): execution time and buffers hit / read from outside shared_buffers / dirtied,
+    from EXPLAIN (ANALYZE, BUFFERS). The counts do not depend on the machine's load, so
+    they say whether a statement's work grows with the table when its timing is noise."""
+    from bench.traffic import snapshot
+    from data.inbox import STORE_SHOP_EVENT
+    from domain.snapshot import ShopEvent
+    from service.ingest import single_params
+
+    event = ShopEvent.model_validate(
+        {"type": "order.updated", "order": snapshot(f"o{max(n // 20, 1)}", 2)}
+    )
+    out: dict[str, dict[str, float]] = {}
+    with psycopg.connect(url, row_factory=dict_row) as conn:
+        after = conn.execute(
+            "SELECT last_id FROM retention_cursor WHERE name = 'inbox_bodies'"
+        ).fetchone()
+        assert after is not None
+        ids = [
+            r["id"]
+            for r in conn.execute(
+                "SELECT id FROM inbox WHERE id > %s ORDER BY id LIMIT 1000", (after["last_id"],)
+            ).fetchall()
+        ]
+        conn.rollback()
+        for name, query, params in (
+            ("store new webhook", STORE_SHOP_EVENT, single_params(f"diag_{n}", event)),
+            ("prune: inbox bodies, one batch", inbox.DELETE_BODIES, {"ids": ids}),
+        ):
+            explain = conn.execute(
+                sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ") + sql.SQL(query), params
+            ).fetchone()
+            conn.rollback()
+            assert explain is not None
+            top = explain["QUERY PLAN"][0]
+            plan = top["Plan"]
+            out[name] = {
+                "ms": top["Execution Time"],
+                "hit": plan.get("Shared Hit Blocks", 0),
+                "read": plan.get("Shared Read Blocks", 0),
+                "dirtied": plan.get("Shared Dirtied Blocks", 0),
+            }
     return out
 
 
@@ -397,6 +449,7 @@ def run_webhooks(
                 for figure in per_round[0]
             }
             results[str(n)]["outbox_plan"] = _outbox_plan(url)
+            results[str(n)]["buffers"] = _buffers(url, n)
     rows = []
     for figure, base in results[str(small)]["best"].items():
         value = results[str(large)]["best"][figure]
@@ -411,4 +464,10 @@ def run_webhooks(
             )
         )
     print(f"  prune: delivered outbox: {' > '.join(results[str(large)]['outbox_plan'])}")
+    for n in (small, large):
+        for name, b in results[str(n)]["buffers"].items():
+            print(
+                f"  inside Postgres @{n:,}: {name}: {b['ms']:.1f} ms, buffers hit {b['hit']:.0f}"
+                f" / read {b['read']:.0f} / dirtied {b['dirtied']:.0f}"
+            )
     return rows, {"webhooks": [small, large], "results": results}

@@ -1,5 +1,11 @@
 """The inbox: every webhook received (shop snapshots and Adyen notifications), stored
-with a unique key before it is acknowledged."""
+with a unique key before it is acknowledged.
+
+Its body is a row of `inbox_bodies` (migration 0061), written in the same statement as
+the inbox row and deleted by retention long before the row (the key) goes: a row with no
+body is one whose body was pruned. Bodies live apart so that pruning them deletes rows
+of their own table, oldest first, instead of rewriting rows of the inbox and adding
+entries to each of its indexes."""
 
 from __future__ import annotations
 
@@ -26,17 +32,20 @@ WHERE processed_at IS NULL AND outcome = 'unmatched'
 """
 
 RECENT_FOR_ORDER = """
-SELECT * FROM (SELECT * FROM inbox WHERE order_id = %(order_id)s
-               ORDER BY received_at DESC, id DESC LIMIT %(limit)s) AS recent
-ORDER BY received_at, id
+SELECT recent.*, b.payload
+FROM (SELECT * FROM inbox WHERE order_id = %(order_id)s
+      ORDER BY received_at DESC, id DESC LIMIT %(limit)s) AS recent
+LEFT JOIN inbox_bodies b ON b.inbox_id = recent.id
+ORDER BY recent.received_at, recent.id
 """
 
 # When the snapshot version an operation was planned for arrived: the start of what the
 # shop waited for (orders.updated_at moves with every flag and figure).
 VERSION_RECEIVED_AT = """
-SELECT min(received_at) AS received_at FROM inbox
-WHERE order_id = %(order_id)s AND source = 'shop' AND outcome = 'applied'
-  AND (payload -> 'order' ->> 'version')::bigint = %(version)s
+SELECT min(i.received_at) AS received_at
+FROM inbox i JOIN inbox_bodies b ON b.inbox_id = i.id
+WHERE i.order_id = %(order_id)s AND i.source = 'shop' AND i.outcome = 'applied'
+  AND (b.payload -> 'order' ->> 'version')::bigint = %(version)s
 """
 
 
@@ -48,7 +57,9 @@ WHERE order_id = %(order_id)s AND source = 'shop' AND outcome = 'applied'
 # row is locked for the statement, so the version and payment checks cannot race a
 # concurrent event for the same order.
 STORE_SHOP_EVENT = """
-WITH existing AS (
+WITH event AS (
+    SELECT %(payload)s::jsonb AS body
+), existing AS (
     SELECT version, provider, psp_order_id, fixed_terms, account FROM orders
     WHERE id = %(id)s FOR UPDATE
 ), payment_changed AS (
@@ -68,15 +79,19 @@ WITH existing AS (
       AND NOT (coalesce(account, 'default') = 'default' AND %(account_default)s)
     ORDER BY 1 LIMIT 1
 ), inbox_row AS (
-    INSERT INTO inbox (source, event_key, event_type, order_id, payload, processed_at, outcome,
+    INSERT INTO inbox (source, event_key, event_type, order_id, processed_at, outcome,
                        payload_sha256)
-    SELECT 'shop', %(key)s, %(type)s, %(id)s, %(payload)s::jsonb, now(),
+    SELECT 'shop', %(key)s, %(type)s, %(id)s, now(),
            CASE WHEN EXISTS (SELECT 1 FROM existing WHERE version >= %(version)s)
                 THEN 'stale' ELSE 'applied' END,
-           sha256(convert_to((%(payload)s::jsonb)::text, 'UTF8'))
+           sha256(convert_to(event.body::text, 'UTF8'))
+    FROM event
     WHERE NOT EXISTS (SELECT 1 FROM payment_changed)
     ON CONFLICT (source, event_key) DO NOTHING
-    RETURNING outcome
+    RETURNING id, outcome
+), body AS (
+    INSERT INTO inbox_bodies (inbox_id, payload)
+    SELECT inbox_row.id, event.body FROM inbox_row, event
 ), written AS (
     INSERT INTO orders (id, version, provider, psp_order_id, currency, status, snapshot,
                         desired_amount, authorized_amount, authorized_lines, psp_status,
@@ -123,8 +138,9 @@ WHERE id = %(id)s AND provider = 'adyen' AND version > %(version)s
   AND NOT EXISTS (SELECT 1 FROM adyen_payments WHERE psp_reference = %(psp_id)s)
   AND NOT EXISTS (SELECT 1 FROM operations WHERE order_id = %(id)s AND status = 'succeeded'
                   AND kind IN ('update_authorization', 'release_authorization', 'cancel'))
-  AND NOT EXISTS (SELECT 1 FROM inbox WHERE source = 'shop' AND order_id = %(id)s
-                  AND (payload -> 'order' ->> 'version')::bigint < %(version)s)
+  AND NOT EXISTS (SELECT 1 FROM inbox i JOIN inbox_bodies b ON b.inbox_id = i.id
+                  WHERE i.source = 'shop' AND i.order_id = %(id)s
+                    AND (b.payload -> 'order' ->> 'version')::bigint < %(version)s)
 """
 
 
@@ -140,13 +156,14 @@ WHERE id = %(id)s AND provider = 'adyen' AND version > %(version)s
 # process's CPU than everything else a webhook does (docs/performance.md).
 STORE_SHOP_EVENTS = """
 WITH batch AS (
-    SELECT * FROM unnest(
+    -- Each body is parsed once, for its hash and for inbox_bodies.
+    SELECT u.*, u.payload::jsonb AS body FROM unnest(
         %(ord)b::int[], %(id)b::text[], %(version)b::bigint[], %(provider)b::text[],
         %(psp_id)b::text[], %(currency)b::text[], %(status)b::text[], %(key)b::text[],
         %(type)b::text[], %(payload)b::text[], %(snapshot)b::text[], %(total)b::bigint[],
         %(basket)b::text[], %(fixed)b::text[], %(account)b::text[],
         %(account_field)b::text[], %(account_default)b::bool[]
-    ) AS b(ord, id, version, provider, psp_id, currency, status, key, type, payload,
+    ) AS u(ord, id, version, provider, psp_id, currency, status, key, type, payload,
            snapshot, total, basket, fixed, account, account_field, account_default)
 ), existing AS (
     SELECT id, version, provider, psp_order_id, fixed_terms, account FROM orders
@@ -178,15 +195,18 @@ WITH batch AS (
            coalesce(b.existing_version >= b.version, false) AS is_stale
     FROM compared b
 ), inbox_rows AS (
-    INSERT INTO inbox (source, event_key, event_type, order_id, payload, processed_at, outcome,
+    INSERT INTO inbox (source, event_key, event_type, order_id, processed_at, outcome,
                        payload_sha256)
-    SELECT 'shop', key, type, id, payload::jsonb, now(),
+    SELECT 'shop', key, type, id, now(),
            CASE WHEN is_stale THEN 'stale' ELSE 'applied' END,
-           sha256(convert_to(payload::jsonb::text, 'UTF8'))
+           sha256(convert_to(body::text, 'UTF8'))
     FROM checked WHERE NOT payment_changed AND NOT payment_taken
     ORDER BY ord
     ON CONFLICT (source, event_key) DO NOTHING
-    RETURNING event_key, outcome
+    RETURNING id, event_key, outcome
+), bodies AS (
+    INSERT INTO inbox_bodies (inbox_id, payload)
+    SELECT i.id, c.body FROM inbox_rows i JOIN checked c ON c.key = i.event_key
 ), written AS (
     INSERT INTO orders (id, version, provider, psp_order_id, currency, status, snapshot,
                         desired_amount, authorized_amount, authorized_lines, psp_status,
@@ -223,17 +243,28 @@ ORDER BY c.ord
 # worker has nothing to do with is stored as processed: `ignored` (an event we do not
 # act on) or `invalid` (one we act on, that fails its checks): the operator sees it,
 # the worker never picks it up, and Adyen is not asked to send it again.
+# A key repeated within one request is stored once, with its first item's body (the
+# first row inserted takes the key; the later ones conflict).
 STORE_ADYEN_ITEMS = """
-INSERT INTO inbox (source, event_key, event_type, order_id, payload, processed_at, outcome)
-SELECT 'adyen', e.v->>'key', e.v->>'type',
-       (SELECT id FROM orders WHERE provider = 'adyen' AND psp_order_id = e.v->>'payment'),
-       e.v->'payload',
-       CASE WHEN e.v->>'outcome' IS NOT NULL THEN now() END,
-       e.v->>'outcome'
-FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(v, n)
-ORDER BY e.n
-ON CONFLICT (source, event_key) DO NOTHING
-RETURNING id, outcome
+WITH item AS (
+    SELECT e.v, e.n FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(v, n)
+), stored AS (
+    INSERT INTO inbox (source, event_key, event_type, order_id, processed_at, outcome)
+    SELECT 'adyen', i.v->>'key', i.v->>'type',
+           (SELECT id FROM orders WHERE provider = 'adyen' AND psp_order_id = i.v->>'payment'),
+           CASE WHEN i.v->>'outcome' IS NOT NULL THEN now() END,
+           i.v->>'outcome'
+    FROM item i
+    ORDER BY i.n
+    ON CONFLICT (source, event_key) DO NOTHING
+    RETURNING id, event_key, outcome
+), bodies AS (
+    INSERT INTO inbox_bodies (inbox_id, payload)
+    SELECT s.id, (SELECT i.v->'payload' FROM item i WHERE i.v->>'key' = s.event_key
+                  ORDER BY i.n LIMIT 1)
+    FROM stored s
+)
+SELECT id, outcome FROM stored
 """
 
 
@@ -303,8 +334,9 @@ WHERE id IN (
 RETURNING id
 """
 LOCK_NOTIFICATION = """
-SELECT *, extract(epoch FROM now() - received_at)::float8 AS age_seconds
-FROM inbox WHERE id = %(id)s AND source = 'adyen' FOR UPDATE
+SELECT i.*, b.payload, extract(epoch FROM now() - i.received_at)::float8 AS age_seconds
+FROM inbox i LEFT JOIN inbox_bodies b ON b.inbox_id = i.id
+WHERE i.id = %(id)s AND i.source = 'adyen' FOR UPDATE OF i
 """
 # Backed off from now by its age (at least a minute, at most an hour): a payment that is
 # not ours is looked at a few times a day, not at every sweep; and once more when its
@@ -355,7 +387,7 @@ def fail_notification(conn: Connection[Row], inbox_id: int) -> Row | None:
 REPROCESS_NOTIFICATION = """
 UPDATE inbox SET processed_at = NULL, outcome = NULL, next_attempt_at = NULL
 WHERE id = %(id)s AND source = 'adyen' AND outcome IN ('failed', 'orphaned')
-  AND payload IS NOT NULL
+  AND EXISTS (SELECT 1 FROM inbox_bodies WHERE inbox_id = %(id)s)
 RETURNING id, order_id, outcome
 """
 NOTIFICATION = "SELECT id, order_id, outcome FROM inbox WHERE id = %(id)s AND source = 'adyen'"
@@ -381,6 +413,13 @@ SELECT id, received_at < now() - make_interval(secs => %(age)s) AS old,
        processed_at IS NOT NULL AS processed
 FROM inbox WHERE id > %(after)s ORDER BY id LIMIT %(batch)s
 """
-NULL_BODIES = "UPDATE inbox SET payload = NULL WHERE id = ANY(%(ids)s) AND payload IS NOT NULL"
-DELETE_KEYS = "DELETE FROM inbox WHERE id = ANY(%(ids)s)"
+# A body goes by deleting its own row: no index of the inbox is touched, and the pages
+# it deletes from are the oldest of inbox_bodies, next to each other, at any size.
+DELETE_BODIES = "DELETE FROM inbox_bodies WHERE inbox_id = ANY(%(ids)s)"
+# A key's body, if any is left (RETENTION_BODY_DAYS ≤ RETENTION_KEY_DAYS, so only an
+# unprocessed row's, and those are not pruned), goes with it: nothing else deletes a body.
+DELETE_KEYS = """
+WITH bodies AS (DELETE FROM inbox_bodies WHERE inbox_id = ANY(%(ids)s))
+DELETE FROM inbox WHERE id = ANY(%(ids)s)
+"""
 MOVE_CURSOR = "UPDATE retention_cursor SET last_id = %(last)s WHERE name = %(name)s"

@@ -9,13 +9,13 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime, timedelta
-from typing import Any, Required, TypedDict, Unpack
+from typing import Any, Required, TypedDict, TypeVar, Unpack
 
 from psycopg import AsyncConnection, Connection
-from psycopg.rows import class_row
+from psycopg.rows import BaseRowFactory, RowMaker, class_row, no_result
 from psycopg.types.json import Jsonb
 
 from data.workers import lease_token
@@ -24,6 +24,7 @@ from domain.planner import IN_FLIGHT, Kind, PastOperation, PspState, PspStatus
 from domain.snapshot import LineType, OrderSnapshot
 
 Row = dict[str, Any]
+_T = TypeVar("_T")
 
 
 @dataclass(slots=True)
@@ -97,6 +98,9 @@ class Operation:
     request: dict[str, Any] | None
     failed_psp_references: list[str]
     external: bool
+    # Money moved without the service: the shop's snapshot stored when it was learnt
+    # (NULL for the service's own operations).
+    basis: dict[str, Any] | None
     leased: bool = False
     due: bool = False
 
@@ -123,11 +127,36 @@ def _columns(row: type[Any], prefix: str = "") -> str:
     return ", ".join(prefix + f.name for f in fields(row) if f.name not in computed)
 
 
+def _positional_row(cls: type[_T]) -> BaseRowFactory[_T]:
+    """Rows of `cls` built from the values in the order they come: every statement read
+    with it selects the class's columns (`_columns`) and then its computed ones, which
+    are its last fields, in field order. psycopg's `class_row` decodes every column's
+    name for each result and builds a dict per row (an eighth of the worker's psycopg
+    calls per operation). A result whose width or last column does not match the class
+    is refused, never read into the wrong fields."""
+    names = [f.name.encode() for f in fields(cls)]  # type: ignore[arg-type]
+
+    def factory(cursor: Any) -> RowMaker[_T]:
+        result = cursor.pgresult
+        width = result.nfields if result is not None else 0
+        if width == 0:
+            return no_result
+        if width > len(names) or result.fname(width - 1) != names[width - 1]:
+            raise TypeError(f"{cls.__name__} cannot be read from these columns")
+
+        def row(values: Sequence[Any]) -> _T:
+            return cls(*values)
+
+        return row
+
+    return factory
+
+
 ORDER_COLUMNS = _columns(Order)
 OPERATION_COLUMNS = _columns(Operation)
-_ORDER = class_row(Order)
-_LOCKED = class_row(LockedOrder)
-_OPERATION = class_row(Operation)
+_ORDER = _positional_row(Order)
+_LOCKED = _positional_row(LockedOrder)
+_OPERATION = _positional_row(Operation)
 
 # An operation in one of these may still take effect at the PSP: at most one per order
 # (the operations_one_in_flight index), and nothing new is planned beside it.
@@ -207,9 +236,19 @@ def history(ops: Sequence[Operation]) -> list[PastOperation]:
             external=r.external,
             reference=str(r.id),
             version=r.target_version,
+            basis=_basis(r),
         )
         for r in ops
     ]
+
+
+def _basis(op: Operation) -> OrderSnapshot | None:
+    """The snapshot stored when money moved without the service was learnt: the one of
+    the operation's target version, which never changes under that version (so the
+    parsed-snapshot cache serves it)."""
+    if op.basis is None:
+        return None
+    return _parsed(op.order_id, op.target_version, op.basis)
 
 
 def next_seq(ops: Sequence[Operation]) -> int:
@@ -245,13 +284,17 @@ _SNAPSHOTS_MAX = 2048
 
 
 def snapshot(order: Order) -> OrderSnapshot:
-    key = (order.id, order.version)
+    return _parsed(order.id, order.version, order.snapshot)
+
+
+def _parsed(order_id: str, version: int, data: dict[str, Any]) -> OrderSnapshot:
+    key = (order_id, version)
     with _SNAPSHOTS_LOCK:
         parsed = _SNAPSHOTS.get(key)
         if parsed is not None:
             _SNAPSHOTS.move_to_end(key)
             return parsed
-    parsed = OrderSnapshot.model_validate(order.snapshot)
+    parsed = OrderSnapshot.model_validate(data)
     with _SNAPSHOTS_LOCK:
         _SNAPSHOTS[key] = parsed
         while len(_SNAPSHOTS) > _SNAPSHOTS_MAX:
@@ -335,6 +378,7 @@ def insert_claimed_operation(
         request=request,
         failed_psp_references=[],
         external=False,
+        basis=None,
     )
 
 
@@ -557,11 +601,11 @@ def record_success(
 # the PSP's own reference, so learning of it twice records it once.
 INSERT_EXTERNAL_OPERATION = f"""
 INSERT INTO operations (id, order_id, seq, kind, status, amount, lines, target_version,
-                        idempotency_key, attempts, psp_reference, external)
+                        idempotency_key, attempts, psp_reference, external, basis)
 VALUES (%(id)s, %(order_id)s,
         (SELECT coalesce(max(seq), 0) + 1 FROM operations WHERE order_id = %(order_id)s),
         %(kind)s, 'succeeded', %(amount)s, %(lines)s, %(version)s, %(key)s, 0,
-        %(reference)s, true)
+        %(reference)s, true, %(basis)s)
 ON CONFLICT (idempotency_key) DO NOTHING
 RETURNING {OPERATION_COLUMNS}
 """  # noqa: S608
@@ -593,6 +637,9 @@ def record_external(
                 "version": order.version,
                 "key": str(uuid.uuid5(_KEY_NAMESPACE, f"external:{order.id}:{reference}")),
                 "reference": reference,
+                # The prices its units had then: unnamed money is tied to units at
+                # those, never at a price the shop set later (domain/planner.py).
+                "basis": Jsonb(order.snapshot),
             },
         )
         .fetchone()
@@ -628,11 +675,20 @@ def park_order(conn: Connection[Row], order_id: str) -> None:
     )
 
 
-def mark_in_sync(conn: Connection[Row], order_id: str) -> None:
+def mark_in_sync(conn: Connection[Row], order: Order) -> None:
+    """Nothing is due for the order: no request, retry time or sweep mark. `order` is
+    the row as locked in this transaction: when it has none of them, nothing is sent (an
+    UPDATE that changes nothing still writes a row version and its index entries)."""
+    if (
+        order.reconcile_requested_at is None
+        and order.next_reconcile_at is None
+        and order.sweep_after is None
+    ):
+        return
     conn.execute(
         "UPDATE orders SET reconcile_requested_at = NULL, next_reconcile_at = NULL,"
         " sweep_after = NULL WHERE id = %s",
-        (order_id,),
+        (order.id,),
     )
 
 
@@ -944,9 +1000,13 @@ def adopt_adyen_authorization(
     conn.execute(ADOPT_ADYEN_AUTHORIZATION, params)
 
 
-def silent_operations(conn: Connection[Row], timeout: float, batch: int) -> list[OperationRef]:
+def silent_operations(
+    conn: Connection[Row], timeout: float, batch: int
+) -> Callable[[], list[OperationRef]]:
+    """Sends the read; the function returned reads the operations found. In pipeline
+    mode, read them after the commit: no round trip of their own."""
     params = {"timeout": timeout, "batch": batch}
-    return conn.cursor(row_factory=_REF).execute(SILENT_OPERATIONS, params).fetchall()
+    return conn.cursor(row_factory=_REF).execute(SILENT_OPERATIONS, params).fetchall
 
 
 def lock_order_skip_locked(conn: Connection[Row], order_id: str) -> Order | None:

@@ -96,6 +96,9 @@ class PastOperation:
     # The shop's snapshot version stored when it was planned (or, for money moved
     # without the service, learnt).
     version: int | None = None
+    # Money moved without the service: the snapshot stored when it was learnt, whose
+    # prices its units are tied at (_attribution). None when not known.
+    basis: OrderSnapshot | None = None
 
 
 @dataclass(frozen=True)
@@ -288,39 +291,86 @@ def _attribution(
     order: OrderSnapshot, ledger: Ledger, history: Sequence[PastOperation]
 ) -> Attribute | None:
     """A capture or refund made without the service whose lines the PSP did not give
-    (an Adyen notification, a read without lines) is the units the shop marks shipped
-    (returned) and not yet captured (refunded), when those come to exactly its amount."""
-    for kind, lines in (
-        (Kind.CAPTURE, capture_lines(order, ledger)),
-        (Kind.REFUND, refund_lines(order, ledger)),
-    ):
-        amount = lines_total(lines)
-        if not lines or amount <= 0:
-            continue
+    (an Adyen notification, a chargeback, a read without lines) is tied to units once the
+    shop's snapshot explains it: the units the shop marks returned and not yet refunded
+    (all of them, or some units of one line) come to exactly a refund's amount; for a
+    capture, the units it marks shipped and not yet captured (all of them, or some
+    units of one line) come to its amount.
+
+    A capture is valued at the prices the units had when the service learnt of it (the
+    snapshot stored then, `PastOperation.basis`), never at a price the shop set later:
+    the money moved for what the goods were worth at that moment, and a refund of those
+    units gives back what they were captured at (contract §4), not what the shop asks
+    for them now. A price edit after the money moved can make today's value of some
+    shipped units equal its amount by chance (units worth 0 then, 50 each now), and
+    tying it to them would have the service refund money nobody paid for those units.
+    Units that did not exist then are never tied to it. Money with no known basis, or
+    that matches no units at those prices, stays unnamed: counted in the order's figures
+    and never moved again, the order flagged `external_change` when it was learnt, so a
+    person decides what it paid for; nothing is guessed.
+
+    A refund is valued at the captured prices the ledger keeps, which a later price edit
+    does not change, so today's snapshot values it as well as any other.
+    """
+    captures = [
+        (op, _priced_then(order, op.basis))
+        for op in history
+        if _unnamed(op, Kind.CAPTURE) and op.basis is not None and op.amount > 0
+    ]
+    for op, then in captures:
+        lines = capture_lines(then, ledger)
+        if lines and lines_total(lines) == op.amount:
+            return Attribute(str(op.reference), tuple(lines))
+    lines = refund_lines(order, ledger)
+    if lines and lines_total(lines) > 0:
         for op in history:
-            unattributed = op.external and op.kind is kind and not op.lines
-            if unattributed and op.status == "succeeded" and op.amount == amount and op.reference:
-                return Attribute(op.reference, tuple(lines))
+            if _unnamed(op, Kind.REFUND) and op.amount == lines_total(lines):
+                return Attribute(str(op.reference), tuple(lines))
+    for op, then in captures:
+        part = _shipped_part(then, ledger, op.amount)
+        if part:
+            return Attribute(str(op.reference), part)
     for op in history:
-        if (
-            op.external
-            and op.kind is Kind.CAPTURE
-            and not op.lines
-            and op.status == "succeeded"
-            and op.amount > 0
-            and op.reference
-        ):
-            part = _shipped_part(order, ledger, op.amount)
+        if _unnamed(op, Kind.REFUND) and op.amount > 0:
+            part = _returned_part(order, ledger, op.amount)
             if part:
-                return Attribute(op.reference, part)
+                return Attribute(str(op.reference), part)
     return None
+
+
+def _unnamed(op: PastOperation, kind: Kind) -> bool:
+    """Money of `kind` that moved without the service and is not yet tied to units."""
+    return (
+        op.external
+        and op.kind is kind
+        and not op.lines
+        and op.status == "succeeded"
+        and op.reference is not None
+    )
+
+
+def _priced_then(order: OrderSnapshot, basis: OrderSnapshot) -> OrderSnapshot:
+    """The order as it was priced in `basis` (unit prices, tax rates, discounts, the
+    order-level lines and amount), with the units the shop marks shipped now: for each
+    line `basis` knew, now's shipped quantity up to its quantity then; a line added
+    since is not in it."""
+    shipped = {line.id: line.shipped_quantity for line in order.lines}
+    return basis.model_copy(
+        update={
+            "lines": [
+                _with_shipped(line, min(shipped.get(line.id, 0), line.quantity))
+                for line in basis.lines
+            ]
+        }
+    )
 
 
 def _shipped_part(order: OrderSnapshot, ledger: Ledger, amount: int) -> tuple[PspLine, ...]:
     """Units of one line the shop marks shipped and no capture has taken whose value
     (alone, or with the shares a capture of them carries) comes to `amount`: a capture
     made without the service of part of a shipment. Counted as those units, they are
-    never captured a second time (contract §4, money that moved without the service)."""
+    never captured a second time (contract §4, money that moved without the service).
+    `order` is priced as when the money moved (_priced_then)."""
     for line in order.effective_lines:
         if line.shared or line.is_fee:
             continue
@@ -339,6 +389,39 @@ def _shipped_part(order: OrderSnapshot, ledger: Ledger, amount: int) -> tuple[Ps
             if lines_total(own) == amount:
                 return own
     return ()
+
+
+def _returned_part(order: OrderSnapshot, ledger: Ledger, amount: int) -> tuple[PspLine, ...]:
+    """Units of one line the shop marks returned and no refund has given back whose
+    captured value (alone, or with the shares their captures carried) comes to `amount`:
+    a refund made without the service of part of a return. Counted as those units, they
+    are never refunded a second time (contract §4: never more than was captured for
+    them)."""
+    for line in order.effective_lines:
+        if line.shared:
+            continue
+        done = _refunded_qty(ledger, line.id)
+        for units in range(
+            1, min(line.returned_quantity, _captured_qty(ledger, line.id)) - done + 1
+        ):
+            alone = [
+                other.model_copy(update={"returned_quantity": _refunded_qty(ledger, other.id)})
+                if other.id != line.id
+                else other.model_copy(update={"returned_quantity": done + units})
+                for other in order.lines
+            ]
+            candidate = refund_lines(order.model_copy(update={"lines": alone}), ledger)
+            own = tuple(x for x in candidate if x.reference == line.id)
+            if lines_total(candidate) == amount:
+                return tuple(candidate)
+            if lines_total(own) == amount:
+                return own
+    return ()
+
+
+def _refunded_qty(ledger: Ledger, line_id: str) -> int:
+    entry = ledger.get(line_id)
+    return entry.refunded_quantity if entry else 0
 
 
 def _with_shipped(line: Line, shipped: int) -> Line:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import select
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from importlib import resources
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -76,27 +76,40 @@ def sync_pool(database_url: str, *, min_size: int = 1, max_size: int = 4) -> Syn
 def pipelined(pool: SyncPool) -> Iterator[psycopg.Connection[DictRow]]:
     """One transaction in pipeline mode. A statement is sent without waiting for its
     answer; reading a result waits for it and for every statement sent before it (one
-    round trip); the BEGIN goes with the first statements and the COMMIT with the
-    writes after the last read: a transaction costs one round trip per read waited
-    for, plus one. Rolled back if the block raises. A result read after the block costs
-    nothing more (it came back with the COMMIT)."""
+    round trip); the writes after the last read go with the commit: a transaction
+    costs one round trip per read waited for, plus one. Rolled back if the block
+    raises. A result read after the block costs nothing more (it came back with the
+    commit).
+
+    The transaction is the protocol's own: without a BEGIN, every statement up to the
+    pipeline's Sync runs in one transaction, committed by the Sync, rolled back by the
+    server on any error before it (PostgreSQL's extended query protocol). No BEGIN and
+    COMMIT statements (each a statement's worth of client CPU), and none of psycopg's
+    own waits for them. A block that raises must never reach the Sync, which would
+    commit what it sent: its connection is closed first, and the server rolls back."""
+    raised: BaseException | None = None
     with pool.connection() as conn:
-        # BEGIN and COMMIT are ours: psycopg's own wait for each (a Sync after its
-        # BEGIN, another after its COMMIT) are two round trips more per transaction.
         conn.autocommit = True
         try:
             with conn.pipeline():
-                conn.execute("BEGIN")
-                yield conn
-                conn.execute("COMMIT")
+                try:
+                    yield conn
+                except BaseException as exc:
+                    raised = exc
+                    conn.close()
+                    raise
         except BaseException:
-            # A connection that cannot roll back is closed below: the original error is
-            # the one to report.
-            with suppress(psycopg.Error):
-                conn.rollback()
+            if raised is not None:
+                # The pipeline's exit on the closed connection may raise its own error:
+                # the block's is the one to report.
+                raise raised from None
+            # An error the server reported: it rolled the transaction back itself.
             raise
         finally:
-            if conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE:
+            if (
+                not conn.closed
+                and conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE
+            ):
                 conn.autocommit = False
             else:
                 conn.close()  # never handed out again in autocommit mode

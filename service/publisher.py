@@ -19,8 +19,8 @@ import base64
 import contextlib
 import json
 import os
+import re
 import socket
-import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,21 +48,18 @@ class Message:
     queue: Queue = QUEUE
 
 
-def celery_message(message: Message, task_id: str | None = None) -> bytes:
-    """The message as kombu's Redis transport stores it (Celery task protocol v2)."""
-    task_id = task_id or str(uuid.uuid4())
-    body = [
-        list(message.args),
-        message.kwargs,
-        {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
-    ]
-    envelope = {
-        "body": base64.b64encode(json.dumps(body).encode()).decode(),
+def _envelope(
+    task: str, task_id: str, args: str, kwargs: str, request_id: str | None, body: str
+) -> dict[str, Any]:
+    """Celery task protocol v2 in kombu's Redis envelope; `routing_key` and `delivery_tag`
+    are filled in by celery_message."""
+    return {
+        "body": body,
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": {
             "lang": "py",
-            "task": message.task,
+            "task": task,
             "id": task_id,
             "shadow": None,
             "eta": None,
@@ -73,25 +70,74 @@ def celery_message(message: Message, task_id: str | None = None) -> bytes:
             "timelimit": [None, None],
             "root_id": task_id,
             "parent_id": None,
-            "argsrepr": repr(message.args),
-            "kwargsrepr": repr(message.kwargs),
+            "argsrepr": args,
+            "kwargsrepr": kwargs,
             "origin": _ORIGIN,
             "ignore_result": True,
             "replaced_task_nesting": 0,
             "stamped_headers": None,
             "stamps": {},
-            "request_id": message.request_id,
+            "request_id": request_id,
         },
         "properties": {
             "correlation_id": task_id,
             "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": message.queue.value},
+            "delivery_info": {"exchange": "", "routing_key": _ROUTING_KEY},
             "priority": 0,
             "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
+            "delivery_tag": _DELIVERY_TAG,
         },
     }
-    return json.dumps(envelope).encode()
+
+
+# The envelope is rendered once with a marker in each place a message fills in, and cut
+# at the markers: a message is then its values, each JSON-encoded on its own, joined
+# between the fixed pieces. The bytes are json.dumps of the whole envelope (the test
+# holds them to it); building and encoding the dict per message was most of a publish.
+_MARK = "\ue000"
+_ROUTING_KEY, _DELIVERY_TAG = _MARK + "routing_key", _MARK + "delivery_tag"
+_TEMPLATE = json.dumps(
+    _envelope(
+        task=_MARK + "task",
+        task_id=_MARK + "id",
+        args=_MARK + "args",
+        kwargs=_MARK + "kwargs",
+        request_id=_MARK + "request_id",
+        body=_MARK + "body",
+    )
+)
+_FILLED = re.compile(r'"\\ue000(\w+)"')  # a marker as json.dumps escapes it
+_ORDER = _FILLED.findall(_TEMPLATE)
+_PIECES = _FILLED.split(_TEMPLATE)[::2]
+_quote = json.encoder.encode_basestring_ascii  # what json.dumps does to a str
+_BODY_TAIL = ', {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]'
+
+
+def _uuid4() -> str:
+    """A random (version 4) UUID string, as str(uuid.uuid4()) makes, without the object."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+
+
+def celery_message(message: Message, task_id: str | None = None) -> bytes:
+    """The message as kombu's Redis transport stores it (Celery task protocol v2)."""
+    task_id = task_id or _uuid4()
+    body = "[" + json.dumps(list(message.args)) + ", " + json.dumps(message.kwargs) + _BODY_TAIL
+    values = {
+        "task": _quote(message.task),
+        "id": _quote(task_id),
+        "args": _quote(repr(message.args)),
+        "kwargs": _quote(repr(message.kwargs)),
+        "request_id": "null" if message.request_id is None else _quote(message.request_id),
+        "body": '"' + base64.b64encode(body.encode()).decode() + '"',
+        "routing_key": _quote(message.queue.value),
+        "delivery_tag": '"' + _uuid4() + '"',
+    }
+    parts = [_PIECES[0]]
+    for name, piece in zip(_ORDER, _PIECES[1:], strict=True):
+        parts.append(values[name])
+        parts.append(piece)
+    return "".join(parts).encode()
 
 
 # (queue, message) pairs; one call per batch.

@@ -367,8 +367,11 @@ def _correct_authorization(
 # --- the sweeper's part -----------------------------------------------------------------
 
 
-def chase_silent_operations(ctx: WorkerContext) -> int:
-    """Flags orders whose operation has waited for its notification too long.
+def chase_silent_operations(
+    ctx: WorkerContext, silent: list[store.OperationRef] | None = None
+) -> int:
+    """Flags orders whose operation has waited for its notification too long (`silent`:
+    those operations, read by the caller with its own sweep's reads).
 
     The operation stays `awaiting_notification`: the notification may still come and
     settle it, and sending it again could do it twice. A person checks the payment.
@@ -377,9 +380,10 @@ def chase_silent_operations(ctx: WorkerContext) -> int:
     """
     timeout = ctx.settings.notification_timeout_seconds
     flagged = 0
-    with ctx.pool.connection() as conn:
-        silent = store.silent_operations(conn, timeout, SILENT_BATCH)
-        conn.commit()
+    if silent is None:
+        with ctx.pool.connection() as conn:
+            silent = store.silent_operations(conn, timeout, SILENT_BATCH)()
+            conn.commit()
     for row in silent:
         with ctx.pool.connection() as conn, conn.transaction():
             order = store.lock_order_skip_locked(conn, row.order_id)

@@ -193,7 +193,7 @@ class Reconciler:
             return Send(order, claimed, check_first)
         if provider is None:
             self._flag(conn, order, _unconfigured(order))
-            store.mark_in_sync(conn, order_id)  # nothing to do until someone configures it
+            store.mark_in_sync(conn, order)  # nothing to do until someone configures it
             return Idle("provider_not_configured")
         if not force and order.next_reconcile_at and order.next_reconcile_at > now:
             return Idle("backing_off")
@@ -254,14 +254,14 @@ class Reconciler:
             return Again()
         if isinstance(decision, Wait):
             # Waiting on the shop or an operator: the sweeper need not come back.
-            store.mark_in_sync(conn, order_id)
+            store.mark_in_sync(conn, order)
             return Idle(decision.reason)
         assert isinstance(decision, Done)
         if NEEDS_NEW_ORDER in order.flags and snapshot.total <= psp.authorized:
             store.clear_flag(conn, order_id, NEEDS_NEW_ORDER)
         if order.reconcile_requested_at is not None:
             callbacks.record_synced(conn, order, after_commit)
-        store.mark_in_sync(conn, order_id)
+        store.mark_in_sync(conn, order)
         return Idle("in_sync")
 
     def _flag(self, conn: Any, order: store.Order, flag: Flag) -> None:

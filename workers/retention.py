@@ -1,6 +1,8 @@
 """Bounded growth: the retention job beat runs, pruning what no one needs any more.
 
-- An inbox row's body goes RETENTION_BODY_DAYS after it was received, once processed.
+- An inbox row's body (its row in inbox_bodies) goes RETENTION_BODY_DAYS after it was
+  received, once processed: a DELETE of the body's own row, which adds no index entry and
+  touches the oldest pages only, so a batch costs the same at any size of the inbox.
 - Its key (source, event_key), which refuses a resent webhook as a duplicate, goes
   RETENTION_KEY_DAYS after it was received. The key has to outlast every sender's
   retry horizon, or a late retry would be taken as new:
@@ -29,7 +31,7 @@ from typing import Any
 
 import structlog
 
-from data.inbox import DELETE_KEYS, MOVE_CURSOR, NEXT_INBOX_ROWS, NULL_BODIES, TAKE_CURSOR
+from data.inbox import DELETE_BODIES, DELETE_KEYS, MOVE_CURSOR, NEXT_INBOX_ROWS, TAKE_CURSOR
 from data.outbox import DELETE_DELIVERED
 from ordersync.db import SyncPool
 from ordersync.settings import Settings
@@ -81,7 +83,7 @@ def prune(pool: SyncPool, settings: Settings) -> dict[str, int]:
     batch = settings.retention_batch
     passes: dict[str, Any] = {
         "inbox_bodies": lambda: _inbox_pass(
-            pool, "inbox_bodies", NULL_BODIES, settings.retention_body_days * DAY, batch
+            pool, "inbox_bodies", DELETE_BODIES, settings.retention_body_days * DAY, batch
         ),
         "inbox_keys": lambda: _inbox_pass(
             pool, "inbox_keys", DELETE_KEYS, settings.retention_key_days * DAY, batch

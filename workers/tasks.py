@@ -91,9 +91,9 @@ def process_notification(self: Task, inbox_id: int) -> str:
 @app.task(name=Job.SWEEP.value, bind=True)
 def sweep(self: Task) -> dict[str, int]:
     metrics.heartbeat()
-    counts = sweeper.sweep(get_context(), enqueue_reconcile)
-    counts["callbacks"] = sweeper.sweep_callbacks(get_context(), enqueue_delivery)
-    counts |= sweeper.sweep_notifications(get_context(), enqueue_notification)
+    counts = sweeper.sweep_all(
+        get_context(), enqueue_reconcile, enqueue_delivery, enqueue_notification
+    )
     sweeper.record_sweep(get_context())
     return counts
 

@@ -138,10 +138,14 @@ def _start_postgres() -> tuple[EmbeddedPostgres, str]:
     test process copies (TEST_DATABASE_PER_PROCESS, devrig/devstack.py)."""
     import psycopg
 
+    from devrig.simulation import throwaway_server
     from ordersync.db import migrate
 
     postgres = EmbeddedPostgres(temporary_pg_dir("ordersync-mutation-pg-") / "data")
     admin = postgres.url
+    # A server made for this run alone, dropped at its end: no commit, database copy or
+    # drop of a test process waits for the disk (what the tests check is unchanged).
+    throwaway_server(admin)
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute("CREATE DATABASE ordersync_mutation")
     url = database_named(admin, "ordersync_mutation")

@@ -86,6 +86,22 @@ class LineExpect:
     # captures add up to its value (the contract's "captures add up to the total").
     totals: set[tuple[int, int]] = field(default_factory=set)
 
+    def maybe(self, low: int, high: int) -> None:
+        """Units low..high may be captured. A range an earlier window left stays open:
+        units worth nothing then (no capture of 0 is sent) are never captured later
+        for that window, so the low end is the lowest either window allows."""
+        if self.captured_range is not None:
+            low = min(low, self.captured_range[0])
+            high = max(high, self.captured_range[1])
+        self.captured_range = (low, high)
+
+    def surely(self, before: int, units: int) -> None:
+        """`units` more captured for certain, after `before` were counted: a range an
+        earlier window left (its high end no more than `before`) moves up with them."""
+        if self.captured_range is not None and self.captured_range[1] <= before:
+            low, high = self.captured_range
+            self.captured_range = (low + units, high + units)
+
 
 @dataclass
 class Expectation:
@@ -103,6 +119,10 @@ class Expectation:
     uncertain_end = False  # shipped lines beyond the authorization: the end depends on timing
     authorized_low: int | None = None  # the PSP may hold as little as this (see settle)
     authorized_high: int | None = None  # the PSP may hold as much as this (see settle)
+    # Per line Y: units of other lines X, captured outside without the PSP naming their
+    # lines to the service, that a build may count as Y's (Y's units were worth the same
+    # when the money moved): {Y: {X: units}}.
+    interchangeable: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def requires(self, flag: str, reason: str = "") -> None:
         self.required.add((flag, reason))
@@ -119,6 +139,9 @@ class _State:
     external_units: dict[str, int] = field(default_factory=dict)  # captured outside
     external_back: dict[str, int] = field(default_factory=dict)  # refunded outside
     charged_back: bool = False
+    # Units whose money a chargeback gave back (it takes everything still held): a shop
+    # return of them is not refunded again.
+    charged_back_units: dict[str, int] = field(default_factory=dict)
     money: Fraction = Fraction(0)  # captured, order-level lines shared in by value
     # Captured at most: a capture made for an earlier snapshot of its window carried that
     # basket's shares of the order-level lines, which a later one may have lowered.
@@ -132,6 +155,10 @@ class _State:
     worthless: dict[str, int] = field(default_factory=dict)
     # Unit prices of captures made outside, with their tax rate (None: not known yet).
     outside_prices: dict[str, set[tuple[int, int | None]]] = field(default_factory=dict)
+    # Captures made outside whose lines the PSP does not tell the service (an Adyen
+    # notification names none): (line, units, the other lines whose units were worth
+    # as much when the money moved).
+    unnamed: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
     # The PSP may still authorize this much: a capture made for an earlier snapshot of a
     # window, before an order-level line lowered the basket, left no room to lower it.
     authorized_high: int = 0
@@ -153,6 +180,8 @@ class Oracle:
         self.window: list[dict[str, Any]] = []  # stored since the last settle point
         self.faulty = False
         self.pending_external = False
+        self.halted = False  # a person must look before anything moves (foreign_currency)
+        self.expired_in_window = False  # expired while this window's capture was in flight
         self._before_update = 0  # the authorization before this settle point lowered it
         self._maybe_full = False  # the authorization may be fully captured in this window
         # A worker may have cancelled for a snapshot that passed (cancelled or emptied)
@@ -183,9 +212,24 @@ class Oracle:
         """Something transient went wrong in this window (a retry, a crash, a lost answer)."""
         self.faulty = True
 
-    def external_capture(self, line_id: str, units: int, value: int) -> None:
+    def external_capture(self, line_id: str, units: int, value: int, *, named: bool = True) -> None:
         """Units captured outside the service (checkout, the Merchant Portal), for
-        `value` in all."""
+        `value` in all. `named`: whether the PSP tells the service its lines (a Klarna
+        read does; an Adyen notification gives an amount only)."""
+        if not named and units and self.stored is not None:
+            # §4 asks that such money be counted and "never made a second time"; which
+            # units it paid for the service can only tell by their value: units of
+            # another line worth as much at that moment explain it as well.
+            alike = tuple(
+                str(x["id"])
+                for x in self.stored["lines"]
+                if x["id"] != line_id
+                and kind(x) in GOODS
+                and int(x["quantity"]) > 0
+                and line_value(x) * units == value * int(x["quantity"])
+            )
+            if alike:
+                self.state.unnamed.append((line_id, units, alike))
         self.state.external_units[line_id] = self.state.external_units.get(line_id, 0) + units
         self.state.captured[line_id] = self.state.captured.get(line_id, 0) + units
         self.state.any_capture = True
@@ -211,7 +255,13 @@ class Oracle:
         self._external("external_refund")
 
     def chargeback(self) -> None:
-        self.state.charged_back = True
+        """A chargeback of everything still held: the customer has that money back."""
+        st = self.state
+        st.charged_back = True
+        for line_id, units in st.captured.items():
+            held = units - st.refunded.get(line_id, 0) - st.charged_back_units.get(line_id, 0)
+            if held > 0:
+                st.charged_back_units[line_id] = st.charged_back_units.get(line_id, 0) + held
         self._external("chargeback")
 
     def external_cancel(self) -> None:
@@ -225,11 +275,39 @@ class Oracle:
         self.exp.outcomes.add("foreign_notification")
         self.exp.allowed.add(("needs_attention", "notification_mismatch"))
 
-    def expire(self) -> None:
+    def foreign_currency(self) -> None:
+        """The PSP holds the payment in another currency than the first snapshot fixed
+        (§4: "An order's currency ... fixed by its first snapshot"): money the service
+        did not move that way; it must tell a person, as for any external change. The
+        flag halts the service (§4 "an operator's reconcile then takes the PSP's figures
+        as the new baseline": the operator's read finds the same currency, so it halts
+        again): from then on only what moves outside the service is in the ledger."""
+        self.halted = True
+        self._external("foreign_currency")
+
+    def failed_after_success(self, event_code: str) -> None:
+        """Adyen reports a capture (refund) that succeeded as failed after all
+        (CAPTURE_FAILED, REFUNDED_REVERSED). The contract names no rule for it beyond
+        §4's "An operation that still fails ... flags needs_attention": a person is told
+        (any reason, the build's own), and nothing the service recorded is undone by it
+        (README: "a late failure never undoes a success"), so the ledger stays."""
+        self.exp.outcomes.add(f"{event_code.lower()}_after_success")
+        self.exp.requires("needs_attention")
+        self.exp.allowed.add(("needs_attention", f"{event_code.lower()}_after_succeeded"))
+
+    def expire(self, *, capture_in_flight: bool = False) -> None:
+        """The authorization expired; `capture_in_flight`: while a capture of this
+        window was on its way, so units shipped in it may have been captured first."""
+        self.expired_in_window = capture_in_flight
         if self.state.closed is None:
             self.state.closed = "expired"
             self.exp.outcomes.add("expired")
-            if self._uncaptured_goods():
+            if self._uncaptured_goods() and capture_in_flight:
+                # The goods may be the ones that capture takes: whether work is left
+                # is known only at the settle point (_captures allows the flag then).
+                self.exp.outcomes.add("expiry_with_work")
+                self.exp.allowed.add(("needs_attention", EXTERNAL))
+            elif self._uncaptured_goods():
                 self._external("expiry_with_work")
 
     def _external(self, what: str) -> None:
@@ -247,6 +325,11 @@ class Oracle:
             exp.allowed |= {("needs_attention", r) for r in FAULT_REASONS}
         if not self.window or self.stored is None:
             self.faulty = False
+            return
+        if self.halted:
+            self.window = [self.window[-1]]
+            self.faulty = False
+            self.external_since_settle = set()
             return
         last = self.window[-1]
         lines = {line["id"]: line for line in last["lines"]}
@@ -335,7 +418,7 @@ class Oracle:
                 shipped = int(line.get("shipped_quantity", 0))
                 if kind(line) in GOODS | FEES and shipped > st.captured.get(line_id, 0):
                     entry = exp.lines.setdefault(line_id, LineExpect())
-                    entry.captured_range = (st.captured.get(line_id, 0), shipped)
+                    entry.maybe(st.captured.get(line_id, 0), shipped)
         total = order_total(last)
         before: int | None = None  # the authorization before this window lowered it
         held_high: int | None = None
@@ -386,6 +469,26 @@ class Oracle:
                     # §4 step 1 updates only an authorization not fully captured: more
                     # than it is a new payment, as after a refused increase.
                     exp.allowed.add(("needs_new_order", ""))
+                # §4 step 1 updates the authorization for every snapshot "not fully
+                # captured": a worker may have acted on an earlier snapshot of this
+                # window, before the captures or the last basket stood in the way, so
+                # the PSP may hold that basket's total. And captures never exceed the
+                # authorization, so a share-weighted estimate above it (order-level
+                # lines changed between captures) says nothing certain: the last
+                # basket may have been followed too.
+                reachable = [x for x in self.window[:-1] if x["status"] == "open"]
+                if st.money > st.authorized + 2:
+                    reachable.append(last)
+                if reachable:
+                    totals = [order_total(x) for x in reachable]
+                    exp.authorized_high = max(
+                        exp.authorized_high or st.authorized, st.authorized, *totals
+                    )
+                    exp.authorized_low = min(
+                        exp.authorized_low or st.authorized,
+                        st.authorized,
+                        *(t for t in totals if t > 0),
+                    )
             elif total > st.authorized and self._emptied_earlier():
                 # A capture for an earlier snapshot of this window may have taken the
                 # whole authorization first; §4 step 1 then raises nothing ("not fully
@@ -458,6 +561,15 @@ class Oracle:
                 exp.outcomes.add("reopened_after_cancel")
             elif total > 0 and last["version"] > st.closed_version:
                 exp.allowed.add(("needs_new_order", ""))
+        elif st.closed in ("cancelled", "released") and any(
+            x["status"] == "open" and order_total(x) > 0 and x["version"] > st.closed_version
+            for x in self.window[:-1]
+        ):
+            # §4: "Once the PSP has cancelled or released, a later open snapshot flags
+            # needs_new_order". The window's last snapshot cancels (or empties) the
+            # order again, but a worker may have acted on an open one before it.
+            exp.allowed.add(("needs_new_order", ""))
+            exp.outcomes.add("reopened_after_cancel_in_passing")
         elif cancelling and st.closed is None:
             exp.outcomes.add("cancel_after_shipment" if st.any_capture else "cancel_before_capture")
             st.closed = "released" if st.any_capture else "cancelled"
@@ -496,6 +608,7 @@ class Oracle:
         self._maybe_cancelled |= cancelled_in_passing
         self.window = [last]
         self.faulty = False
+        self.expired_in_window = False
         self._before_update = 0
         self._maybe_full = False
 
@@ -567,6 +680,21 @@ class Oracle:
             )
             if not newly and not shipped_fee:
                 return
+            if st.closed == "expired" and self.expired_in_window:
+                # §4 counts "an authorization that expired"; it does not order the
+                # expiry against a capture already sent: the units shipped in this
+                # window may have been captured before it lapsed, or not.
+                # A fee goes with the first capture, so with that one too.
+                exp.outcomes.add("expired_with_capture_in_flight")
+                first_fees = {
+                    line_id: int(line["quantity"]) - st.captured.get(line_id, 0)
+                    for line_id, line in lines.items()
+                    if kind(line) in FEES and not st.own_capture
+                }
+                for line_id, units in (newly | first_fees).items():
+                    entry = exp.lines.setdefault(line_id, LineExpect())
+                    before = st.captured.get(line_id, 0)
+                    entry.captured_range = (before, before + max(units, 0))
             # Goods shipped against an authorization that is gone: a person must act.
             exp.allowed.add(("needs_attention", "psp_order_cancelled"))
             exp.allowed.add(("needs_new_order", ""))
@@ -591,7 +719,7 @@ class Oracle:
                     # on the snapshot that still had it; then the captures exceed the
                     # basket, which a person must settle.
                     entry = exp.lines.setdefault(line["id"], LineExpect())
-                    entry.captured_range = (0, int(line["quantity"]))
+                    entry.maybe(0, int(line["quantity"]))
                     entry.prices |= self._prices(line["id"])
                     exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
                     exp.uncertain_end = True
@@ -606,7 +734,7 @@ class Oracle:
                 and st.captured.get(line_id, 0) < int(line["quantity"])
             ):
                 entry = exp.lines.setdefault(line_id, LineExpect())
-                entry.captured_range = (st.captured.get(line_id, 0), int(line["quantity"]))
+                entry.maybe(st.captured.get(line_id, 0), int(line["quantity"]))
                 entry.prices |= self._prices(line_id)
                 exp.outcomes.add("fee_added_after_first_capture")
         if not newly and not fees:
@@ -694,7 +822,7 @@ class Oracle:
             for line_id, units in newly.items():
                 entry = exp.lines.setdefault(line_id, LineExpect())
                 before = st.captured.get(line_id, 0)
-                entry.captured_range = (before, before + units)
+                entry.maybe(before, before + units)
                 entry.prices |= self._prices(line_id)
                 # Captured after all, they may carry a price edit as any capture does.
                 entry.totals |= self._totals(line_id)
@@ -729,6 +857,30 @@ class Oracle:
             # CANNOT_FOLLOW), and the order-level lines not yet shared may take all that
             # is still open, so these units may be worth nothing, never captured.
             free = set(newly)
+        # The same within this window: a worker that captured for an earlier snapshot
+        # (at its prices and order-level shares, with the fees if first) may have
+        # taken more than the last basket is worth; the units shipped after it are then
+        # worth nothing to capture, as above. Per line: at least what that snapshot
+        # shipped.
+        after_overshoot: dict[str, int] = {}
+        for snap in earlier:
+            shipped_then = {
+                x["id"]: int(x.get("shipped_quantity", 0)) - st.captured.get(x["id"], 0)
+                for x in snap["lines"]
+                if kind(x) in GOODS
+            }
+            taken = sum(
+                int(x["unit_price"]) * max(shipped_then.get(x["id"], 0), 0)
+                + (int(x["unit_price"]) * int(x["quantity"]) if x["id"] in fees else 0)
+                for x in snap["lines"]
+                if kind(x) in GOODS | FEES
+            ) * self._ratio(snap)
+            if st.money + taken > order_total(last) + 2:
+                for line_id, units in newly.items():
+                    floor = min(max(shipped_then.get(line_id, 0), 0), units)
+                    after_overshoot[line_id] = min(after_overshoot.get(line_id, units), floor)
+        if after_overshoot:
+            exp.outcomes.add("captured_beyond_a_later_basket_in_one_window")
         st.money += sum(
             int(lines[i]["unit_price"]) * n for i, n in newly.items() if i in lines
         ) * self._ratio(last)
@@ -748,8 +900,12 @@ class Oracle:
             if line_id in free or line_id in later_maybe:
                 # Worth nothing (no capture of 0 is ever sent, it may ride along with
                 # one), or a fee the first capture may not have carried.
-                entry.captured_range = (before, before + units)
+                entry.maybe(before, before + units)
                 st.worthless[line_id] = st.worthless.get(line_id, 0) + units
+            elif after_overshoot.get(line_id, units) < units:
+                entry.maybe(before + after_overshoot[line_id], before + units)
+            else:
+                entry.surely(before, units)
         st.any_capture = st.any_capture or bool(set(newly) - free)
         st.own_capture = st.own_capture or bool(set(newly) - free)
         st.free_shipped = st.free_shipped or bool(free)
@@ -780,7 +936,15 @@ class Oracle:
             held = st.captured.get(line_id, 0)
             # Units refunded outside count: a shop return of them is not refunded again.
             back = max(int(line.get("returned_quantity", 0)), st.external_back.get(line_id, 0))
-            want = min(back, held)
+            # §4: money moved without the service (a chargeback) is counted and "never
+            # made a second time": units whose money a chargeback gave back are not
+            # refunded when the shop marks them returned (the PSP holds nothing for
+            # them). A build that plans the refund anyway finds nothing left to refund
+            # and may flag it for a person.
+            given_back = st.charged_back_units.get(line_id, 0)
+            if given_back and min(back, held) > st.refunded.get(line_id, 0):
+                self.exp.allowed.add(("needs_attention", "refund_exceeds_captured"))
+            want = min(back, held) - given_back
             if want > st.refunded.get(line_id, 0):
                 st.refunded[line_id] = want
                 self.exp.outcomes.add("refund")
@@ -824,9 +988,23 @@ class Oracle:
                 and st.closed is None
                 and self.stored["status"] == "open"
                 and not st.charged_back
+                and not self.halted
                 and not any(r in CANNOT_FOLLOW for _, r in exp.allowed)
                 and not any(e.captured_range for e in exp.lines.values())
             )
+        for line_id, units, alike in st.unnamed:
+            # Money captured outside whose lines the service was never told: the build
+            # may have taken it for units of a line worth as much (not capturing them),
+            # and then captured the units the PSP booked it on once they shipped.
+            for other in alike:
+                entry = exp.lines.setdefault(other, LineExpect())
+                lo, hi = entry.captured_range or (entry.captured, entry.captured)
+                entry.captured_range = (max(0, lo - units), hi)
+                swaps = exp.interchangeable.setdefault(other, {})
+                swaps[line_id] = swaps.get(line_id, 0) + units
+            entry = exp.lines.setdefault(line_id, LineExpect())
+            lo, hi = entry.captured_range or (entry.captured, entry.captured)
+            entry.captured_range = (lo, hi + units)
         return exp
 
 
@@ -890,6 +1068,31 @@ def _carries_the_difference(
     return of_whole or of_open
 
 
+def _borrow(
+    held: dict[str, list[Fraction]],
+    got: dict[str, list[int]],
+    borrowed: dict[tuple[str, str], int],
+    exp: Expectation,
+    line: Booked,
+) -> None:
+    """A refund of more units of a line than the PSP holds for it, where a capture made
+    outside without named lines may have been taken for its units
+    (`Expectation.interchangeable`): those units move over to it, at their value."""
+    reference = line.reference
+    short = line.quantity - (len(held.get(reference, [])) - got[reference][1])
+    for other, units in exp.interchangeable.get(reference, {}).items():
+        spare = len(held.get(other, [])) - got.get(other, [0, 0])[1]
+        take = min(short, units - borrowed.get((reference, other), 0), spare)
+        for _ in range(max(take, 0)):
+            per = Fraction(line.total, line.quantity)
+            unit = min(held[other], key=lambda v: abs(v - per))
+            held[other].remove(unit)
+            held.setdefault(reference, []).append(unit)
+        if take > 0:
+            borrowed[(reference, other)] = borrowed.get((reference, other), 0) + take
+            short -= take
+
+
 def check_ledger(
     requests: list[tuple[str, int, list[Booked]]], exp: Expectation
 ) -> list[tuple[str, str]]:
@@ -900,6 +1103,7 @@ def check_ledger(
     captured = refunded = 0
     got: dict[str, list[int]] = {}
     captured_gross: dict[str, int] = {}  # per line: captured value before shares
+    borrowed: dict[tuple[str, str], int] = {}  # (line, other line): units taken over
     slack = 0  # rounding allowed on everything refunded so far
     for what, amount, lines in requests:
         if sum(line.total for line in lines) != amount:
@@ -948,6 +1152,7 @@ def check_ledger(
             slack += 1 + len(units)  # one cent of rounding per line and per request
             for line in units:
                 counts = got.setdefault(line.reference, [0, 0])
+                _borrow(held, got, borrowed, exp, line)
                 if line.quantity > len(held.get(line.reference, [])) - counts[1]:
                     found.append(("refund_beyond_captured", f"{line.reference}"))
                     continue

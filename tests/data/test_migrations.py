@@ -96,3 +96,63 @@ def test_the_account_migration_fills_existing_orders_and_runs_again(fresh_databa
     with psycopg.connect(fresh_database, autocommit=True) as conn:
         for statement in statements:
             conn.execute(statement)
+
+
+def test_the_inbox_bodies_migration_moves_every_body_and_keeps_pruned_rows(
+    fresh_database: str,
+) -> None:
+    directory = str(resources.files("migrations"))
+    backend = get_backend(_yoyo_url(fresh_database))
+    everything = [m for m in read_migrations(directory) if not m.id.startswith("__")]
+    before = MigrationList(m for m in everything if m.id < "0061")
+    try:
+        with backend.lock():
+            backend.apply_migrations(backend.to_apply(before))
+    finally:
+        backend.connection.close()
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        # 3 rows with their bodies, 2 whose bodies retention had already nulled.
+        conn.execute(
+            """
+            INSERT INTO inbox (source, event_key, event_type, payload)
+            SELECT 'shop', 'msg_' || n, 'order.updated',
+                   CASE WHEN n <= 3 THEN jsonb_build_object('n', n) END
+            FROM generate_series(1, 5) AS n
+            """
+        )
+    assert "0061_inbox_bodies" in migrate(fresh_database)
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        moved = conn.execute(
+            "SELECT i.event_key, b.payload FROM inbox i"
+            " LEFT JOIN inbox_bodies b ON b.inbox_id = i.id ORDER BY i.id"
+        ).fetchall()
+        assert moved == [
+            ("msg_1", {"n": 1}),
+            ("msg_2", {"n": 2}),
+            ("msg_3", {"n": 3}),
+            ("msg_4", None),
+            ("msg_5", None),
+        ]
+        column = conn.execute(
+            "SELECT 1 FROM information_schema.columns"
+            " WHERE table_name = 'inbox' AND column_name = 'payload'"
+        ).fetchone()
+        assert column is None
+    # Rolled back, the bodies left return to their rows.
+    backend = get_backend(_yoyo_url(fresh_database))
+    try:
+        with backend.lock():
+            backend.rollback_migrations(
+                MigrationList(m for m in everything if m.id == "0061_inbox_bodies")
+            )
+    finally:
+        backend.connection.close()
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        back = conn.execute("SELECT event_key, payload FROM inbox ORDER BY id").fetchall()
+        assert back == [
+            ("msg_1", {"n": 1}),
+            ("msg_2", {"n": 2}),
+            ("msg_3", {"n": 3}),
+            ("msg_4", None),
+            ("msg_5", None),
+        ]

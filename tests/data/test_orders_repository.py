@@ -46,6 +46,21 @@ def test_clearing_one_flag_keeps_the_other(conn: Conn) -> None:
     assert orders.lock_order(conn, "o-1").flags == [NEEDS_NEW_ORDER]
 
 
+def test_mark_in_sync_clears_what_is_due_and_sends_nothing_when_nothing_is(conn: Conn) -> None:
+    insert_order(conn)
+    conn.execute(
+        "UPDATE orders SET reconcile_requested_at = now(), sweep_after = now() WHERE id = 'o-1'"
+    )
+    orders.mark_in_sync(conn, orders.lock_order(conn, "o-1"))
+    row = orders.lock_order(conn, "o-1")
+    assert (row.reconcile_requested_at, row.next_reconcile_at, row.sweep_after) == (None,) * 3
+    # Nothing due: no statement (an UPDATE, even of nothing, writes a new row version).
+    where = "SELECT ctid::text FROM orders WHERE id = 'o-1'"
+    before = conn.execute(where).fetchone()
+    orders.mark_in_sync(conn, row)
+    assert conn.execute(where).fetchone() == before
+
+
 def test_the_same_plan_gets_the_same_key(conn: Conn) -> None:
     order = insert_order(conn)
     assert orders.idempotency_key(order, 1, Kind.CAPTURE) == orders.idempotency_key(

@@ -22,8 +22,10 @@ from domain.planner import (
     Plan,
     PspState,
     PspStatus,
+    Wait,
     explained_lines,
     plan_next,
+    unauthorized_lines,
 )
 from tests.domain.test_ledger import Psp, order, plans, shipped
 from tests.seed_basket import SHOES, SOCKS, discount
@@ -155,3 +157,28 @@ def test_a_reopened_order_asks_a_new_payment_for_units_refunded_before_the_relea
     [flag] = psp.sync(order([shipped(A, 2, returned=1), B]))
     assert isinstance(flag, Flag) and flag.code == "authorization_cancelled"
     assert [line.reference for line in flag.lines] == ["a", "b"]
+
+
+def test_a_cancel_made_outside_asks_no_new_payment_after_a_failed_cancel_of_ours() -> None:
+    # Contract §4: a PSP cancel made without the service, learnt while the shop's order
+    # stood as it is now, is for a person (flagged when learnt); a new payment is asked
+    # only of a later open snapshot. An earlier cancel of ours that failed changes nothing.
+    now = order([SHOES]).model_copy(update={"version": 3})
+    psp = PspState(PspStatus.CANCELLED, 1200, 0, 0, "INVOICE", "DE", ())
+    history = (
+        PastOperation(Kind.CANCEL, "rejected", 0, version=2),
+        PastOperation(Kind.CANCEL, "succeeded", 0, external=True, reference="x", version=3),
+    )
+    waits = plan_next(OrderView(now, psp, history=history), lambda _m, _c: False)
+    assert waits == Wait("cancelled_outside")
+
+
+def test_a_refused_increase_names_every_new_line_that_costs_anything() -> None:
+    # A line worth one minor unit is money the authorization does not cover; a free one
+    # is not. Both after a first authorization and with none to compare with.
+    pin = {"id": "pin", "name": "Pin", "quantity": 1, "unit_price": 1, "tax_rate": 2000}
+    gift = {"id": "gift", "name": "Gift", "quantity": 1, "unit_price": 0, "tax_rate": 2000}
+    basket = tuple(basket_lines(order([SHOES, pin, gift])))
+    before = tuple(basket_lines(order([SHOES])))
+    assert [line.reference for line in unauthorized_lines(basket, before)] == ["pin"]
+    assert [line.reference for line in unauthorized_lines(basket, ())] == ["shoes", "pin"]

@@ -94,7 +94,8 @@ def failed_notification(stack: Stack) -> tuple[str, int]:
     def orphaned() -> dict[str, Any] | None:
         with stack.db() as conn:
             return conn.execute(
-                "SELECT id FROM inbox WHERE source = 'adyen' AND payload->>'pspReference' = %s"
+                "SELECT id FROM inbox JOIN inbox_bodies b ON b.inbox_id = inbox.id"
+                " WHERE source = 'adyen' AND b.payload->>'pspReference' = %s"
                 " AND outcome = 'orphaned' AND order_id = %s",
                 (reference, order_id),
             ).fetchone()

@@ -94,8 +94,9 @@ def settled(stack: Stack, order_id: str, count: int) -> list[dict[str, Any]]:
 def adyen_inbox(stack: Stack, psp: str) -> list[dict[str, Any]]:
     with stack.db() as conn:
         return conn.execute(
-            "SELECT * FROM inbox WHERE source = 'adyen' AND (payload->>'pspReference' = %s "
-            "OR payload->>'originalReference' = %s) ORDER BY id",
+            "SELECT inbox.*, b.payload FROM inbox JOIN inbox_bodies b ON b.inbox_id = inbox.id"
+            " WHERE source = 'adyen' AND (b.payload->>'pspReference' = %s"
+            " OR b.payload->>'originalReference' = %s) ORDER BY id",
             (psp, psp),
         ).fetchall()
 

@@ -137,8 +137,10 @@ def notify(
             "amount": {"currency": "EUR", "value": op["amount"]},
         }
         row = conn.execute(
-            "INSERT INTO inbox (source, event_key, event_type, order_id, payload) "
-            "VALUES ('adyen', %s, %s, %s, %s) RETURNING id",
+            "WITH stored AS (INSERT INTO inbox (source, event_key, event_type, order_id) "
+            "VALUES ('adyen', %s, %s, %s) RETURNING id), "
+            "body AS (INSERT INTO inbox_bodies (inbox_id, payload) SELECT id, %s FROM stored) "
+            "SELECT id FROM stored",
             (f"{psp}:{event}:{success}:{uuid.uuid4()}{suffix}", event, op["order_id"], Jsonb(item)),
         ).fetchone()
     assert row is not None

@@ -477,9 +477,11 @@ def test_notification_a_task_cannot_process_is_recorded(stack: Stack) -> None:
     with stack.db() as conn:
         # Stored before this change made the edge check items: no pspReference at all.
         row = conn.execute(
-            "INSERT INTO inbox (source, event_key, event_type, payload, received_at)"
-            " VALUES ('adyen', %s, 'CAPTURE', '{\"eventCode\": \"CAPTURE\"}',"
-            " now() - interval '1 minute') RETURNING id",
+            "WITH stored AS (INSERT INTO inbox (source, event_key, event_type, received_at)"
+            " VALUES ('adyen', %s, 'CAPTURE', now() - interval '1 minute') RETURNING id),"
+            " body AS (INSERT INTO inbox_bodies (inbox_id, payload)"
+            ' SELECT id, \'{"eventCode": "CAPTURE"}\' FROM stored)'
+            " SELECT id FROM stored",
             (key,),
         ).fetchone()
     assert row is not None

@@ -56,10 +56,12 @@ def test_bodies_then_keys_then_outbox_in_small_batches(database: str) -> None:
         for age, processed, n in ((40, True, 5), (40, False, 1), (10, True, 3), (1, True, 1)):
             for _ in range(n):
                 conn.execute(
-                    "INSERT INTO inbox (source, event_key, event_type, order_id, payload, "
+                    "WITH stored AS (INSERT INTO inbox (source, event_key, event_type, order_id, "
                     "received_at, processed_at) VALUES ('shop', %s, 'order.updated', 'o1', "
-                    "'{\"x\": 1}', now() - make_interval(days => %s), "
-                    "CASE WHEN %s THEN now() END)",
+                    "now() - make_interval(days => %s), CASE WHEN %s THEN now() END) "
+                    "RETURNING id) "
+                    "INSERT INTO inbox_bodies (inbox_id, payload) "
+                    "SELECT id, '{\"x\": 1}' FROM stored",
                     (f"msg_{age}_{uuid.uuid4().hex}", age, processed),
                 )
         for age in (10, 10, 10, 1):
@@ -86,8 +88,9 @@ def test_bodies_then_keys_then_outbox_in_small_batches(database: str) -> None:
         }
         left = rows(
             database,
-            "SELECT extract(day FROM now() - received_at)::int AS age, payload IS NULL AS "
-            "pruned, processed_at IS NULL AS unprocessed FROM inbox ORDER BY id",
+            "SELECT extract(day FROM now() - received_at)::int AS age, b.inbox_id IS NULL AS "
+            "pruned, processed_at IS NULL AS unprocessed FROM inbox "
+            "LEFT JOIN inbox_bodies b ON b.inbox_id = inbox.id ORDER BY id",
         )
         assert [(r["age"], r["pruned"], r["unprocessed"]) for r in left] == [
             (40, False, True),  # not processed: kept whole
@@ -129,5 +132,6 @@ def test_a_resent_webhook_is_a_duplicate_after_its_body_is_pruned(database: str)
         assert retention.prune(pool, Settings())["inbox_bodies"] == 1
     finally:
         pool.close()
-    assert rows(database, "SELECT payload FROM inbox") == [{"payload": None}]
+    assert rows(database, "SELECT count(*) AS n FROM inbox") == [{"n": 1}]
+    assert rows(database, "SELECT count(*) AS n FROM inbox_bodies") == [{"n": 0}]
     assert asyncio.run(store()) == "duplicate"

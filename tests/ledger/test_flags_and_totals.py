@@ -227,3 +227,70 @@ def test_shipped_goods_after_an_unnamed_customer_area_capture_take_the_discount_
         assert flag_code(ctx, order_id) != "capture_exceeds_authorization"
     finally:
         ctx.close()
+
+
+def test_unnamed_money_is_tied_to_units_at_the_prices_they_had_when_it_moved(
+    database_url: str,
+) -> None:
+    """Simulation seed 21058: a Customer Area capture of 1200 (no lines) while nothing
+    had shipped; the shop ships two free bags (worth 0), takes one back, then prices the
+    bag at 600. The capture was tied to the two bags because they were worth its 1200
+    *now*, and the bag taken back was refunded at 600: a refund for a unit nobody paid
+    for. §4: refunds are at the price units were captured at, never more than was
+    captured for them; unnamed money is tied at the prices of the moment it moved, or
+    not at all."""
+    ctx, sent = adyen_with_captured_lines(database_url)
+    bag = {"id": "bag", "name": "Bag", "quantity": 3, "unit_price": 0, "tax_rate": 2000}
+    try:
+        order_id = new_order_id()
+        first = snap(order_id, [SHOES, bag], provider="adyen")
+        insert_order(ctx, first)
+        drive(ctx, order_id)
+        capture = adyen_item(first.psp_order_id, "CAPTURE", 1200, merchantReference="shop-1001")
+        assert notify(ctx, capture) == "external"
+        assert flag_code(ctx, order_id) == "external_change"
+        back = [SHOES, {**bag, "shipped_quantity": 2, "returned_quantity": 1}]
+        update_snapshot(ctx, snap(order_id, back, 2, provider="adyen"))
+        operator_reconcile(ctx, order_id)
+        priced = [SHOES, {**bag, "unit_price": 600, "shipped_quantity": 2, "returned_quantity": 1}]
+        update_snapshot(ctx, snap(order_id, priced, 3, provider="adyen"))
+        drive(ctx, order_id)
+        assert not [r for r in sent if r.url.path.endswith("/refunds")]
+        (external,) = [o for o in operations(ctx, order_id) if o["external"]]
+        assert external["lines"] == []
+        assert order_row(ctx, order_id)["refunded_amount"] == 0
+    finally:
+        ctx.close()
+
+
+def test_a_customer_area_refund_of_part_of_a_later_return_is_never_made_again(
+    database_url: str,
+) -> None:
+    """A Customer Area refund (no lines) of one pair of socks, then the shop marks both
+    pairs returned at once. The whole return (900) is not the refund's amount (450), so
+    the refund was never tied to units, and the service refunded both pairs again: 1350
+    back for socks captured at 900. §4: refunds are "never more than was captured for
+    those units", and money moved without the service is "never made a second time"."""
+    ctx, sent = adyen_with_captured_lines(database_url)
+    try:
+        order_id = new_order_id()
+        first = snap(order_id, shipped([SHOES, SOCKS], shoes=1, socks=2), provider="adyen")
+        insert_order(ctx, first)
+        drive(ctx, order_id)
+        settle_capture(ctx, order_id, first.psp_order_id)
+        refund = adyen_item(first.psp_order_id, "REFUND", 450, merchantReference="shop-1001")
+        assert notify(ctx, refund) == "external"
+        assert flag_code(ctx, order_id) == "external_change"
+        socks_back = [
+            {**SHOES, "shipped_quantity": 1},
+            {**SOCKS, "shipped_quantity": 2, "returned_quantity": 2},
+        ]
+        update_snapshot(ctx, snap(order_id, socks_back, 2, provider="adyen"))
+        operator_reconcile(ctx, order_id)
+        refunds = [json.loads(r.content) for r in sent if r.url.path.endswith("/refunds")]
+        assert [body["amount"]["value"] for body in refunds] == [450]
+        assert [(i["id"], i["quantity"]) for i in refunds[0]["lineItems"]] == [("socks", 1)]
+        (external,) = [o for o in operations(ctx, order_id) if o["external"]]
+        assert [(x["reference"], x["quantity"]) for x in external["lines"]] == [("socks", 1)]
+    finally:
+        ctx.close()

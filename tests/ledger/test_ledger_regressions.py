@@ -271,6 +271,30 @@ def test_seq12_sweeps_are_fair_to_a_lost_message(ctx: WorkerContext) -> None:
         conn.execute("UPDATE orders SET reconcile_requested_at = NULL")
 
 
+def test_the_periodic_sweep_reads_in_one_transaction_and_queues_each_find(
+    ctx: WorkerContext,
+) -> None:
+    lost = new_order_id()
+    insert_order(
+        ctx,
+        snapshot(lost, [SHOES], provider="adyen"),
+        reconcile_requested_at=datetime.now(UTC) - timedelta(minutes=1),
+    )
+    queued: dict[str, list[Any]] = {"reconcile": [], "delivery": [], "notification": []}
+    counts = sweeper.sweep_all(
+        ctx,
+        lambda order_id, _delay: queued["reconcile"].append(order_id),
+        lambda order_id, _delay: queued["delivery"].append(order_id),
+        lambda inbox_id, _delay: queued["notification"].append(inbox_id),
+    )
+    assert lost in queued["reconcile"]
+    assert lost not in queued["delivery"]
+    assert counts["requested"] >= 1
+    assert {"callbacks", "notifications", "silent_operations", "resync"} <= set(counts)
+    with ctx.pool.connection() as conn, conn.transaction():
+        conn.execute("UPDATE orders SET reconcile_requested_at = NULL WHERE id = %s", (lost,))
+
+
 def test_seq13_a_second_refused_basket_tells_the_shop_again(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
@@ -335,8 +359,10 @@ def test_seq14_chasing_silent_operations_holds_no_lock_across_orders(
 def adyen_notification(ctx: WorkerContext, item: dict[str, Any]) -> int:
     with ctx.pool.connection() as conn, conn.transaction():
         row = conn.execute(
-            "INSERT INTO inbox (source, event_key, event_type, payload)"
-            " VALUES ('adyen', %s, %s, %s) RETURNING id",
+            "WITH stored AS (INSERT INTO inbox (source, event_key, event_type)"
+            " VALUES ('adyen', %s, %s) RETURNING id),"
+            " body AS (INSERT INTO inbox_bodies (inbox_id, payload) SELECT id, %s FROM stored)"
+            " SELECT id FROM stored",
             (str(uuid.uuid4()), item["eventCode"], Jsonb(item)),
         ).fetchone()
     assert row is not None

@@ -589,6 +589,12 @@ def test_seq09_adyen_notifications_must_match_the_order(database_url: str) -> No
         sek = adyen_item(first.psp_order_id, "AUTHORISATION", 100, psp=first.psp_order_id)
         sek["amount"]["currency"] = "SEK"
         assert notify(ctx, {**sek, "originalReference": None}) == "invalid"
+        # The person reads which notification it was, what did not match, and that
+        # nothing was taken from it.
+        assert order_row(ctx, order_id)["flag_reason"]["needs_attention"]["message"] == (
+            f"Adyen sent AUTHORISATION {first.psp_order_id} for this payment, but its "
+            "amount.currency SEK is not the order's EUR; nothing was recorded from it"
+        )
         other = adyen_item(first.psp_order_id, "AUTHORISATION", 100, psp=first.psp_order_id)
         other["merchantAccountCode"] = "SomeoneElse"
         assert notify(ctx, {**other, "originalReference": None}) == "invalid"

@@ -83,12 +83,28 @@ def test_adyen_expire_marks_what_was_not_captured_as_lapsed(ctx: WorkerContext) 
     assert row["authorized_amount"] == row["captured_amount"] == 0
 
 
-def test_adyen_authorisation_refused_flags_the_order_for_a_person(ctx: WorkerContext) -> None:
+@pytest.mark.parametrize(
+    ("reason", "message"),
+    [(None, "Adyen reports the payment as not authorised"), ("FRAUD", "FRAUD")],
+)
+def test_adyen_authorisation_refused_flags_the_order_for_a_person(
+    ctx: WorkerContext, reason: str | None, message: str
+) -> None:
     order_id, psp = _adyen_order(ctx)
-    assert _payment_event(ctx, psp, "AUTHORISATION", "false") == "flagged"
+    item = {
+        "pspReference": psp,
+        "merchantAccountCode": "Test",
+        "eventCode": "AUTHORISATION",
+        "success": "false",
+        "amount": {"value": 2100, "currency": "EUR"},
+        **({"reason": reason} if reason else {}),
+    }
+    assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == "flagged"
     row = order_row(ctx, order_id)
     assert row["flags"] == ["needs_attention"]
-    assert row["flag_reason"]["needs_attention"]["code"] == "authorisation_refused"
+    # The person reads Adyen's own reason when it gives one.
+    flagged = row["flag_reason"]["needs_attention"]
+    assert (flagged["code"], flagged["message"]) == ("authorisation_refused", message)
 
 
 def test_a_capture_the_psp_forbids_needs_a_person_told_the_psps_reason_not_a_new_order(
@@ -406,11 +422,18 @@ def test_adyen_a_failed_chargeback_is_not_counted_and_a_person_is_told(ctx: Work
     order_id, psp = _adyen_order(ctx)
     # Contract §4: a chargeback is told to a person even when it failed; it moved no money.
     item = _customer_area(psp, "CHARGEBACK", "false")
-    assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == "flagged"
+    enqueued: list[str] = []
+    inbox_id = adyen_notification(ctx, item)
+    assert adyen_inbox.process(ctx, inbox_id, lambda order, _: enqueued.append(order)) == (
+        "flagged"
+    )
     row = order_row(ctx, order_id)
     assert (row["captured_amount"], row["refunded_amount"]) == (0, 0)
     reason = row["flag_reason"]["needs_attention"]
     assert reason["code"] == "external_change" and "CHARGEBACK CA1" in reason["message"]
+    # Recorded against its order, which is reconciled after it (the shop is told).
+    assert _inbox_row(ctx, inbox_id)["order_id"] == order_id
+    assert enqueued == [order_id]
 
 
 def test_adyen_money_moved_under_another_merchant_account_is_not_counted(
@@ -423,3 +446,109 @@ def test_adyen_money_moved_under_another_merchant_account_is_not_counted(
     row = order_row(ctx, order_id)
     assert row["captured_amount"] == 0
     assert row["flag_reason"]["needs_attention"]["code"] == "notification_mismatch"
+
+
+def test_a_flag_for_a_psp_error_tells_the_person_the_psps_code_and_message(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # A person acts on the flag alone (README, "Operator console"): when the PSP's
+    # answers made the service give up, the flag carries the PSP's own code and message.
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+    down = httpx.Response(
+        503, json={"error_code": "SERVICE_UNAVAILABLE", "error_messages": ["down for a moment"]}
+    )
+    klarna.fault("POST", "/captures", lambda _r: (False, down), times=10)
+    drive(ctx, order_id)
+    reason = order_row(ctx, order_id)["flag_reason"]["needs_attention"]
+    # A 5xx may have applied: the outcome stays unknown, and the person reads Klarna's why.
+    assert (reason["code"], reason["message"]) == (
+        "outcome_unknown",
+        "SERVICE_UNAVAILABLE: down for a moment",
+    )
+
+
+def test_adyen_a_customer_area_capture_the_shop_explains_is_counted_as_those_lines(
+    ctx: WorkerContext,
+) -> None:
+    # Contract §4: money moved without the service that the shop's snapshot explains (the
+    # shoes marked shipped, captured in the Customer Area at their price) is counted as
+    # those units, so they are never captured again, and nobody needs to be told.
+    order_id, psp = _adyen_order(ctx)
+    item = _customer_area(psp, "CAPTURE", "true")
+    assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == ("external")
+    (op,) = operations(ctx, order_id)
+    assert (op["kind"], op["status"], op["external"], op["amount"]) == (
+        "capture",
+        "succeeded",
+        True,
+        1200,
+    )
+    assert [(line["reference"], line["quantity"]) for line in op["lines"]] == [("shoes", 1)]
+    assert order_row(ctx, order_id)["flags"] == []
+
+
+def test_adyen_an_authorisation_before_its_order_is_recorded_for_it(ctx: WorkerContext) -> None:
+    # README, Adyen "Outcomes": AUTHORISATION records Adyen's authorized amount also for
+    # a payment whose order has not arrived yet; the inbox row says so (its outcome is
+    # what the operator reads of each notification).
+    item = {
+        "pspReference": "PAYNOORDERYET",
+        "merchantAccountCode": "Test",
+        "eventCode": "AUTHORISATION",
+        "success": "true",
+        "amount": {"value": 2100, "currency": "EUR"},
+    }
+    inbox_id = adyen_notification(ctx, item)
+    assert adyen_inbox.process(ctx, inbox_id, lambda *_: None) == "recorded"
+    assert _inbox_row(ctx, inbox_id)["outcome"] == "recorded"
+    with ctx.pool.connection() as conn:
+        row = conn.execute(
+            "SELECT authorized_amount FROM adyen_payments WHERE psp_reference = %s",
+            ("PAYNOORDERYET",),
+        ).fetchone()
+    assert row is not None and row["authorized_amount"] == 2100
+
+
+def test_adyen_a_capture_notified_for_another_amount_settles_nothing(database_url: str) -> None:
+    # README, Ledger model: notifications whose "(for our captures, refunds, updates)
+    # amount do not match change nothing and flag `notification_mismatch`", even in the
+    # order's currency and from its merchant account.
+    with adyen_awaiting(database_url) as (ctx, order_id, payment):
+        (op,) = operations(ctx, order_id)
+        item = {
+            **_capture_item("MOD1", payment, "true"),
+            "merchantReference": str(op["id"]),
+            "amount": {"value": 1, "currency": "EUR"},
+        }
+        assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == (
+            "invalid"
+        )
+        (op,) = operations(ctx, order_id)
+        assert op["status"] == "awaiting_notification"
+        row = order_row(ctx, order_id)
+        assert row["captured_amount"] == 0
+        reason = row["flag_reason"]["needs_attention"]
+        assert reason["code"] == "notification_mismatch"
+        assert "amount.value 1 is not the operation's 1200" in reason["message"]
+
+
+def test_a_capture_whose_answer_was_lost_and_that_took_effect_is_not_sent_again(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # README, "How it works": after an answer that never came, the service first reads
+    # the order; when the read shows the capture took effect, it is recorded from the
+    # read and not sent again.
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+
+    def applied_then_lost(request: httpx.Request) -> tuple[bool, httpx.Response | None]:
+        klarna._handle(request)
+        raise httpx.ReadTimeout("slow", request=request)
+
+    klarna.fault("POST", "/captures", applied_then_lost)
+    drive(ctx, order_id)
+    (op,) = operations(ctx, order_id)
+    assert op["status"] == "succeeded"
+    assert len(klarna.captures(snap.psp_order_id)) == 1
+    assert klarna.orders[snap.psp_order_id].captured_amount == 1200

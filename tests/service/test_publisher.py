@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import redis
 from devrig.devstack import RedisServer
 
 from ordersync.jobs import Job, Queue
-from service.publisher import QUEUE, Message, celery_message
+from service.publisher import _ORIGIN, QUEUE, Message, celery_message
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +96,69 @@ def test_each_job_goes_to_the_queue_kombu_routes_it_to(kombu_message: dict, job:
     assert queue is job.queue
     ours = json.loads(celery_message(Message(job.value, ("x",), queue=job.queue)))
     assert info == ours["properties"]["delivery_info"]
+
+
+def _as_json_dumps_writes_it(message: Message, task_id: str, delivery_tag: str) -> bytes:
+    """The envelope built as a dict and encoded whole: what celery_message wrote before
+    it was rendered from a template."""
+    body = [
+        list(message.args),
+        message.kwargs,
+        {"callbacks": None, "errbacks": None, "chain": None, "chord": None},
+    ]
+    envelope = {
+        "body": base64.b64encode(json.dumps(body).encode()).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py",
+            "task": message.task,
+            "id": task_id,
+            "shadow": None,
+            "eta": None,
+            "expires": None,
+            "group": None,
+            "group_index": None,
+            "retries": 0,
+            "timelimit": [None, None],
+            "root_id": task_id,
+            "parent_id": None,
+            "argsrepr": repr(message.args),
+            "kwargsrepr": repr(message.kwargs),
+            "origin": _ORIGIN,
+            "ignore_result": True,
+            "replaced_task_nesting": 0,
+            "stamped_headers": None,
+            "stamps": {},
+            "request_id": message.request_id,
+        },
+        "properties": {
+            "correlation_id": task_id,
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": message.queue.value},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": delivery_tag,
+        },
+    }
+    return json.dumps(envelope).encode()
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Message("ordersync.reconcile_order", ("o-1",), {"force": True}, "r-1"),
+        Message("ordersync.process_adyen_notification", (42,), queue=Queue.NOTIFICATIONS),
+        Message('task "quoted" \\ é', ('o"1', "ü\n", None, 3.5), {"k": ["é", {"x": None}]}, 'r"'),
+    ],
+    ids=["reconcile", "no-request-id", "escapes"],
+)
+def test_the_template_writes_the_bytes_json_dumps_writes(message: Message) -> None:
+    ours = celery_message(message, task_id="6f1c-task")
+    tag = json.loads(ours)["properties"]["delivery_tag"]
+    assert ours == _as_json_dumps_writes_it(message, "6f1c-task", tag)
+    # Fresh ids are random version 4 UUIDs, as str(uuid.uuid4()) writes them.
+    fresh = json.loads(celery_message(message))
+    for value in (fresh["headers"]["id"], fresh["properties"]["delivery_tag"]):
+        parsed = uuid.UUID(value)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, value)

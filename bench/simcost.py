@@ -1,0 +1,170 @@
+"""CPU a simulated history costs: `python -m bench.simcost [--first-seed S] [--histories N]`.
+
+Runs the seeds in this process on an embedded server of its own (migrated, prepared and
+set up as `ordersync simulate` sets up its own) with `pg_stat_statements` loaded, after
+one warm-up history, and prints per history: the client's CPU (getrusage, user + sys),
+the server's CPU (every backend of the postmaster, from /proc, plus what its ended
+children used), the statements the server executed and their execution time, and the
+statements that cost the most. CPU seconds per history hold on a shared machine where
+wall-clock rates do not (docs/simulation-speed.md). Diagnostic: it makes no claim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import resource
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from devrig.devstack import EmbeddedPostgres, temporary_pg_dir
+
+from devrig import simulation
+from ordersync.db import migrate
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _server_cpu(data_dir: Path) -> float:
+    """CPU seconds of the postmaster's children, live (utime + stime) and ended (the
+    postmaster's cutime + cstime)."""
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        pid, ppid = int(entry), int(fields[1])
+        if ppid == postmaster:
+            total += int(fields[11]) + int(fields[12])
+        if pid == postmaster:
+            total += int(fields[13]) + int(fields[14])
+    return total / TICKS
+
+
+def _count_round_trips() -> collections.Counter[str]:
+    """Counts every wait of a psycopg connection for the server (about one round trip
+    each) by the first caller outside psycopg, the pool and contextlib."""
+    counts: collections.Counter[str] = collections.Counter()
+    skip = ("psycopg", "contextlib", "asyncio", "ordersync/db.py")
+
+    def caller() -> str:
+        frame = sys._getframe(2)
+        while frame is not None and any(s in frame.f_code.co_filename for s in skip):
+            frame = frame.f_back  # type: ignore[assignment]
+        if frame is None:
+            return "?"
+        name = frame.f_code.co_filename.split("/")[-1]
+        return f"{name}:{frame.f_code.co_name}"
+
+    sync_wait = psycopg.Connection.wait
+    async_wait = psycopg.AsyncConnection.wait
+
+    def wait(self: Any, *args: Any, **kwargs: Any) -> Any:
+        counts[caller()] += 1
+        return sync_wait(self, *args, **kwargs)
+
+    async def await_(self: Any, *args: Any, **kwargs: Any) -> Any:
+        counts["async " + caller()] += 1
+        return await async_wait(self, *args, **kwargs)
+
+    psycopg.Connection.wait = wait  # type: ignore[method-assign]
+    psycopg.AsyncConnection.wait = await_  # type: ignore[method-assign]
+    return counts
+
+
+def _client_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.simcost")
+    parser.add_argument("--first-seed", type=int, default=1)
+    parser.add_argument("--histories", type=int, default=40)
+    parser.add_argument("--top", type=int, default=25, help="statements listed")
+    parser.add_argument(
+        "--trips", action="store_true", help="count round trips by caller (slower: no CPU)"
+    )
+    args = parser.parse_args(argv)
+    if "SIMCOST_PREPARE" in os.environ:  # an experiment: psycopg's prepare_threshold
+        from psycopg._preparing import PrepareManager
+
+        value = os.environ["SIMCOST_PREPARE"]
+        PrepareManager.prepare_threshold = None if value == "none" else int(value)
+    base = temporary_pg_dir("ordersync-simcost-")
+    postgres = EmbeddedPostgres(base / "data")
+    try:
+        url = postgres.url
+        simulation.throwaway_server(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'")
+            conn.execute("ALTER SYSTEM SET pg_stat_statements.track = 'all'")
+            conn.execute("ALTER SYSTEM SET pg_stat_statements.track_planning = on")
+            for setting in filter(None, os.environ.get("SIMCOST_SERVER", "").split(";")):
+                conn.execute(f"ALTER SYSTEM SET {setting}")  # an experiment's settings
+        postgres.restart_immediate()
+        with simulation.quiet_logs():
+            migrate(url)
+        simulation.prepare(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            for statement in filter(None, os.environ.get("SIMCOST_SQL", "").split(";")):
+                conn.execute(statement)  # an experiment's schema change
+        with simulation.quiet_logs():
+            sim = simulation.Simulation(url)
+        try:
+            with simulation.quiet_logs():
+                sim.run(args.first_seed - 1)  # warm-up: imports, caches, prepared plans
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("SELECT pg_stat_statements_reset()")
+            trips = _count_round_trips() if args.trips else None
+            client, server = _client_cpu(), _server_cpu(base / "data")
+            summary = simulation.run_seeds(
+                sim, range(args.first_seed, args.first_seed + args.histories)
+            )
+            client = _client_cpu() - client
+            server = _server_cpu(base / "data") - server
+        finally:
+            sim.close()
+        n = summary.histories
+        with psycopg.connect(url, autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT calls, total_exec_time + total_plan_time, query FROM pg_stat_statements"
+                " WHERE query NOT LIKE '%%pg_stat_statements%%' ORDER BY calls DESC"
+            ).fetchall()
+        calls = sum(r[0] for r in rows)
+        executing = sum(r[1] for r in rows)
+        print(
+            f"seeds {args.first_seed}-{args.first_seed + n - 1}: histories {n}"
+            f"  events {summary.events}  faults {summary.faults}"
+            f"  violations {summary.violations}  kinds {len(summary.kinds)}"
+        )
+        print(
+            f"per history: client CPU {1000 * client / n:.1f} ms, server CPU"
+            f" {1000 * server / n:.1f} ms, total {1000 * (client + server) / n:.1f} ms;"
+            f" statements {calls / n:.1f}, server planning + execution {executing / n:.1f} ms"
+        )
+        print("statements per history (calls, exec ms), most called first:")
+        for count, ms, query in rows[: args.top]:
+            print(f"  {count / n:7.1f} {ms / n:7.2f}  {' '.join(query.split())[:110]}")
+        if trips is not None:
+            print(f"round trips per history: {sum(trips.values()) / n:.1f}, by caller:")
+            for where, count in trips.most_common(args.top):
+                print(f"  {count / n:7.1f}  {where}")
+    finally:
+        postgres.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

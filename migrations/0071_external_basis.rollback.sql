@@ -1,0 +1,1 @@
+ALTER TABLE operations DROP COLUMN IF EXISTS basis;

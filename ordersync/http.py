@@ -1,0 +1,264 @@
+"""The worker's HTTP transport: httpx's client API over the standard library's
+`http.client`, for the worker's PSP calls and shop callbacks.
+
+httpx's own transport (httpcore and h11) spent a quarter of a worker's Python CPU per
+operation (`python -m bench.profile`): request and response objects per layer, event
+state machines, and a connection pool lock that 64 threads waiting on a slow PSP contend
+for. `http.client` writes the request and parses the answer in a few calls. The client
+around it is still `httpx.Client` (timeouts, auth, event hooks, mock transports in the
+tests), so callers and the error classification (`integrations/results.py`) see httpx's
+request, response and exceptions as before. A proxy named by the environment is
+followed by httpx only through its own transport: workers/context.py keeps httpx's
+then (`environment_proxies`).
+
+What a transport must get right for money, as httpcore did:
+- an error while connecting means nothing was sent (`ConnectError`, `ConnectTimeout`);
+  any error after the request started to go out may have reached the PSP
+  (`WriteError`, `ReadError`, `ReadTimeout`, `RemoteProtocolError`);
+- a kept-alive connection the server has closed is never used: one whose socket is
+  readable while idle (the server's FIN) or idle longer than the keep-alive expiry is
+  dropped at checkout;
+- only a request that could not be written on a reused connection is sent again, on a
+  new one: the server cannot have acted on a request it did not receive whole.
+"""
+
+from __future__ import annotations
+
+import http.client
+import select
+import socket
+import ssl
+import threading
+import time
+import urllib.request
+from typing import Any
+
+import httpx
+
+# A connection: (scheme, host, port).
+_Key = tuple[str, str, int]
+
+
+class _Connection:
+    __slots__ = ("conn", "idle_since")
+
+    def __init__(self, conn: http.client.HTTPConnection) -> None:
+        self.conn = conn
+        self.idle_since = 0.0
+
+
+def _stale(entry: _Connection, now: float, expiry: float) -> bool:
+    sock = entry.conn.sock
+    if sock is None or now - entry.idle_since > expiry:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    # An idle HTTP/1.1 connection has nothing to read unless the server closed it.
+    return bool(readable)
+
+
+class LeanTransport(httpx.BaseTransport):
+    """HTTP/1.1 over `http.client`, one request per connection at a time, connections
+    kept alive per host and reused (at most `max_idle` idle per host)."""
+
+    def __init__(
+        self,
+        *,
+        max_idle: int = 10,
+        keepalive_expiry: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._max_idle = max_idle
+        self._expiry = keepalive_expiry
+        self._ssl = ssl_context
+        self._idle: dict[_Key, list[_Connection]] = {}
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        scheme = url.scheme
+        if scheme not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(f"unsupported scheme {scheme!r}", request=request)
+        key = (scheme, url.host, url.port or (443 if scheme == "https" else 80))
+        timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+        body = request.read()
+        entry = self._checkout(key)
+        reused = entry is not None
+        if entry is None:
+            entry = self._connect(key, timeouts, request)
+        try:
+            response = self._exchange(entry, request, body, timeouts)
+        except _NotSent:
+            entry.conn.close()
+            if not reused:
+                raise httpx.WriteError("the request could not be sent", request=request) from None
+            # A kept-alive connection closed under us before the request went out whole:
+            # the server has not seen it. Once more, on a connection of its own.
+            entry = self._connect(key, timeouts, request)
+            try:
+                response = self._exchange(entry, request, body, timeouts)
+            except _NotSent as exc:
+                entry.conn.close()
+                raise httpx.WriteError(str(exc.__cause__ or exc), request=request) from None
+        return response
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            idle, self._idle = self._idle, {}
+        for entries in idle.values():
+            for entry in entries:
+                entry.conn.close()
+
+    # -- connections ------------------------------------------------------------------
+
+    def _checkout(self, key: _Key) -> _Connection | None:
+        now = time.monotonic()
+        while True:
+            with self._lock:
+                entries = self._idle.get(key)
+                if not entries:
+                    return None
+                entry = entries.pop()
+            if not _stale(entry, now, self._expiry):
+                return entry
+            entry.conn.close()
+
+    def _checkin(self, key: _Key, entry: _Connection) -> None:
+        entry.idle_since = time.monotonic()
+        with self._lock:
+            if not self._closed:
+                entries = self._idle.setdefault(key, [])
+                if len(entries) < self._max_idle:
+                    entries.append(entry)
+                    return
+        entry.conn.close()
+
+    def _connect(
+        self, key: _Key, timeouts: dict[str, float | None], request: httpx.Request
+    ) -> _Connection:
+        scheme, host, port = key
+        connect = timeouts.get("connect")
+        conn: http.client.HTTPConnection
+        if scheme == "https":
+            context = self._ssl or httpx.create_ssl_context()
+            conn = http.client.HTTPSConnection(host, port, timeout=connect, context=context)
+        else:
+            conn = http.client.HTTPConnection(host, port, timeout=connect)
+        try:
+            conn.connect()
+        except TimeoutError as exc:
+            conn.close()
+            raise httpx.ConnectTimeout(str(exc) or "connect timed out", request=request) from exc
+        except OSError as exc:
+            conn.close()
+            raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
+        assert conn.sock is not None
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return _Connection(conn)
+
+    # -- one exchange -----------------------------------------------------------------
+
+    def _exchange(
+        self,
+        entry: _Connection,
+        request: httpx.Request,
+        body: bytes,
+        timeouts: dict[str, float | None],
+    ) -> httpx.Response:
+        conn = entry.conn
+        assert conn.sock is not None
+        conn.sock.settimeout(timeouts.get("write"))
+        try:
+            conn.putrequest(
+                request.method,
+                request.url.raw_path.decode("ascii"),
+                skip_host=True,
+                skip_accept_encoding=True,
+            )
+            for name, value in request.headers.raw:
+                if name.lower() == b"transfer-encoding":
+                    # The body was read whole above: sent with its length, not chunked.
+                    conn.putheader(b"Content-Length", str(len(body)).encode())
+                    continue
+                conn.putheader(name, value)
+            conn.endheaders(body or None)
+        except (OSError, http.client.HTTPException) as exc:
+            raise _NotSent from exc
+        try:
+            conn.sock.settimeout(timeouts.get("read"))
+            answer = conn.getresponse()
+            content = answer.read()
+        except TimeoutError as exc:
+            conn.close()
+            raise httpx.ReadTimeout(str(exc) or "read timed out", request=request) from exc
+        except http.client.HTTPException as exc:
+            conn.close()
+            raise httpx.RemoteProtocolError(
+                str(exc) or type(exc).__name__, request=request
+            ) from exc
+        except OSError as exc:
+            conn.close()
+            raise httpx.ReadError(str(exc) or type(exc).__name__, request=request) from exc
+        extensions: dict[str, Any] = {
+            "http_version": b"HTTP/1.1",
+            "reason_phrase": answer.reason.encode("latin-1", "replace"),
+        }
+        response = httpx.Response(
+            answer.status,
+            headers=answer.getheaders(),
+            stream=httpx.ByteStream(content),
+            request=request,
+            extensions=extensions,
+        )
+        if answer.will_close:
+            conn.close()
+        else:
+            self._checkin(_key_of(request), entry)
+        return response
+
+
+class _NotSent(Exception):
+    """The request did not go out whole: the server cannot have acted on it."""
+
+
+def _key_of(request: httpx.Request) -> _Key:
+    url = request.url
+    return (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+
+
+def environment_proxies() -> bool:
+    """Whether the environment names an HTTP proxy (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY,
+    any case), which httpx follows only through its own transport."""
+    proxies = urllib.request.getproxies_environment()
+    return any(proxies.get(scheme) for scheme in ("http", "https", "all"))
+
+
+class _NoCookies(httpx.Cookies):
+    """A jar that never takes a cookie: nothing to send, nothing to read back."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+
+class WorkerClient(httpx.Client):
+    """`httpx.Client` without a cookie jar. The PSPs' APIs and the shop's callback
+    endpoint authenticate every request on its own and set no session; and one client
+    serves every account, so a cookie one account's answer set would go out with
+    another account's requests to the same host. Reading each answer's headers into a
+    jar (through `email.message` objects) was also a twentieth of the worker's CPU per
+    operation."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: httpx._types.CookieTypes) -> None:
+        raise TypeError("the worker's HTTP client keeps no cookies")
+
+
+_NO_COOKIES = _NoCookies()

@@ -1,0 +1,139 @@
+"""The worker's HTTP client (ordersync/http.py, workers/context.py): httpx's client over
+the standard library's transport, with httpx's meaning of each failure for money."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from integrations.results import transport_failure
+from ordersync.http import LeanTransport, WorkerClient, environment_proxies
+
+
+class _Server:
+    """A one-thread HTTP/1.1 server answering each request on a kept-alive connection;
+    `close_after` answers then closes the connection (the server's idle timeout)."""
+
+    def __init__(self, *, close_after: bool = False) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        self.close_after = close_after
+        self.requests = 0
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                data = b""
+                while True:
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    if b"\r\n\r\n" not in data:
+                        break
+                    head, _, data = data.partition(b"\r\n\r\n")
+                    length = 0
+                    for line in head.split(b"\r\n")[1:]:
+                        name, _, value = line.partition(b":")
+                        if name.strip().lower() == b"content-length":
+                            length = int(value)
+                    while len(data) < length:
+                        data += conn.recv(65536)
+                    data = data[length:]
+                    self.requests += 1
+                    body = b'{"ok": true}'
+                    conn.sendall(
+                        b"HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
+                        b"Set-Cookie: sid=1; Path=/\r\nCapture-Id: c-1\r\n"
+                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                    )
+                    if self.close_after:
+                        break
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def server() -> Iterator[_Server]:
+    s = _Server()
+    yield s
+    s.close()
+
+
+def _client() -> WorkerClient:
+    return WorkerClient(transport=LeanTransport(), timeout=httpx.Timeout(5, connect=2))
+
+
+def test_a_request_and_its_answer_go_through_as_httpx_would(server: _Server) -> None:
+    with _client() as client:
+        for _ in range(3):
+            response = client.post(
+                f"http://127.0.0.1:{server.port}/orders/o-1/captures",
+                content=b'{"captured_amount": 100}',
+                headers={"Klarna-Idempotency-Key": "k-1"},
+                auth=("user", "secret"),
+            )
+            assert (response.status_code, response.reason_phrase) == (201, "Created")
+            assert response.json() == {"ok": True}
+            assert response.headers["Capture-Id"] == "c-1"
+        # One kept-alive connection, and no cookie kept from the answers.
+        assert (server.requests, server.connections) == (3, 1)
+        assert len(client.cookies.jar) == 0
+
+
+def test_a_connection_the_server_closed_is_not_used_again() -> None:
+    server = _Server(close_after=True)
+    try:
+        with _client() as client:
+            url = f"http://127.0.0.1:{server.port}/x"
+            assert client.post(url, content=b"{}").status_code == 201
+            assert client.post(url, content=b"{}").status_code == 201
+        assert (server.requests, server.connections) == (2, 2)
+    finally:
+        server.close()
+
+
+def test_nothing_listening_is_a_connect_error_never_sent() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with _client() as client, pytest.raises(httpx.ConnectError) as caught:
+        client.post(f"http://127.0.0.1:{port}/x", content=b"{}")
+    assert transport_failure(caught.value).maybe_applied is False
+
+
+def test_a_silent_server_is_a_read_timeout_that_may_have_applied() -> None:
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    try:
+        client = WorkerClient(transport=LeanTransport(), timeout=httpx.Timeout(0.3, connect=2))
+        with client, pytest.raises(httpx.ReadTimeout) as caught:
+            client.post(f"http://127.0.0.1:{silent.getsockname()[1]}/x", content=b"{}")
+        assert transport_failure(caught.value).maybe_applied is True
+    finally:
+        silent.close()
+
+
+def test_a_proxy_in_the_environment_is_seen(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("all_proxy", raising=False)
+    assert environment_proxies() is False
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert environment_proxies() is True

@@ -1,0 +1,56 @@
+"""Every statement read into a row class by position (data/orders.py
+`_positional_row`) selects exactly that class's fields, in order."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import fields
+from typing import Any
+
+import psycopg
+import pytest
+
+from data import orders as store
+
+Conn = psycopg.Connection[dict[str, Any]]
+
+
+def _names(conn: Conn, sql: str, params: dict[str, Any]) -> list[str]:
+    cursor = conn.execute(sql, params)
+    assert cursor.description is not None
+    return [column.name for column in cursor.description]
+
+
+@pytest.mark.parametrize(
+    ("cls", "sql", "params"),
+    [
+        (store.LockedOrder, store.LOCK_ORDER, {"id": "none"}),
+        (store.Order, store.ORDER, {"id": "none"}),
+        (store.Order, store.LOCK_ORDER_SKIP_LOCKED, {"id": "none"}),
+        (store.Operation, store.OPERATIONS, {"id": "none"}),
+        (store.Operation, store.OPERATION, {"id": uuid.uuid4(), "status": None}),
+    ],
+)
+def test_a_statement_selects_its_row_class_fields_in_order(
+    conn: Conn, cls: type[Any], sql: str, params: dict[str, Any]
+) -> None:
+    # All of them, or the stored ones without the computed ones after them (their
+    # defaults stand).
+    names = _names(conn, sql, params)
+    assert names == [f.name for f in fields(cls)][: len(names)]
+    assert len(names) >= len(store._columns(cls).split(", "))
+
+
+def test_statements_returning_rows_select_the_stored_fields_in_order() -> None:
+    stored = [f.name for f in fields(store.Order)]
+    assert store.SUCCEED_OPERATION.split("RETURNING")[-1].split(",")[-1].strip() == (
+        "now() AS db_now"
+    )
+    returned = store.SUCCEED_OPERATION.split("RETURNING")[-1].split(",")[:-1]
+    assert [column.strip().removeprefix("o.") for column in returned] == stored
+
+
+def test_a_result_of_other_columns_is_refused(conn: Conn) -> None:
+    cursor = conn.cursor(row_factory=store._OPERATION)
+    with pytest.raises(TypeError, match="cannot be read"):
+        cursor.execute("SELECT 1 AS id, 'x' AS kind").fetchone()

@@ -1,0 +1,226 @@
+"""The structured log events an operator reads (README, Operations, "Logs": one JSON object
+per line, snake_case events, context bound onto every line): what the reconciler and the
+Adyen inbox decided, under a snake_case event name, with the order, operation and
+notification they concern bound as context, and nothing of one notification or order left
+bound for the next. The real reconciler and SQL on Postgres, the PSP played in-process."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+import httpx
+import pytest
+import structlog
+from structlog.testing import LogCapture
+
+from tests.ledger.harness import FakeKlarna, insert_order, new_order_id, operations, snapshot
+from tests.ledger.harness import shipped as shipped_lines
+from tests.ledger.test_ledger_regressions import adyen_notification, klarna_order
+from tests.ledger.test_rules_from_mutants import _capture_item, adyen_awaiting
+from tests.seed_basket import SHOES, SOCKS
+from workers import adyen_inbox
+from workers.context import WorkerContext
+from workers.reconcile import Reconciler
+
+pytestmark = pytest.mark.integration
+
+SNAKE_CASE = re.compile(r"[a-z][a-z0-9]*(_[a-z0-9]+)*")
+
+
+@pytest.fixture
+def events() -> Iterator[list[MutableMapping[str, Any]]]:
+    """Every event logged during the test, with the context bound when it was logged (as
+    the service's own processors merge it into each line)."""
+    capture = LogCapture()
+    before = structlog.get_config()
+    structlog.contextvars.clear_contextvars()
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, capture],
+        cache_logger_on_first_use=False,
+    )
+    try:
+        yield capture.entries
+    finally:
+        structlog.configure(**before)
+        structlog.contextvars.clear_contextvars()
+
+
+def only(events: list[MutableMapping[str, Any]], name: str) -> MutableMapping[str, Any]:
+    """The one event of that name; every event logged is named in snake_case."""
+    for event in events:
+        assert isinstance(event["event"], str) and SNAKE_CASE.fullmatch(event["event"]), event
+    (found,) = [event for event in events if event["event"] == name]
+    return found
+
+
+@pytest.mark.parametrize(
+    ("success", "outcome", "name", "fields"),
+    [
+        ("true", "succeeded", "operation_confirmed", {"amount": 1200}),
+        ("false", "retry", "operation_retry_scheduled", {"attempts": 1, "cause": "CAPTURE"}),
+    ],
+)
+def test_an_adyen_outcome_is_logged_with_the_operation_and_notification_it_settles(
+    database_url: str,
+    events: list[MutableMapping[str, Any]],
+    success: str,
+    outcome: str,
+    name: str,
+    fields: dict[str, Any],
+) -> None:
+    backoff = adyen_awaiting(database_url, retry_base_seconds=60, retry_max_seconds=60)
+    with backoff as (ctx, order_id, payment):
+        (op,) = operations(ctx, order_id)
+        structlog.contextvars.clear_contextvars()
+        events.clear()
+        inbox_id = adyen_notification(ctx, _capture_item("MOD1", payment, success))
+        delays: list[float] = []
+        assert adyen_inbox.process(ctx, inbox_id, lambda _o, delay: delays.append(delay)) == (
+            outcome
+        )
+    settled = only(events, name)
+    assert (
+        settled.items()
+        >= {
+            "event_code": "CAPTURE",
+            "psp_reference": "MOD1",
+            "operation": "capture",
+            "operation_id": str(op["id"]),
+            **fields,
+        }.items()
+    )
+    if name == "operation_retry_scheduled":
+        # The back-off the order is reconciled after, to the hundredth of a second.
+        (delay,) = delays
+        assert delay > 0 and settled["delay_seconds"] == round(delay, 2)
+    # One line per notification says what it came to, for which order; what was bound
+    # while it was processed is not left on it, nor on the lines that come after.
+    processed = only(events, "adyen_notification_processed")
+    assert (
+        processed.items()
+        >= {
+            "inbox_id": inbox_id,
+            "outcome": outcome,
+            "order_id": order_id,
+        }.items()
+    )
+    assert not processed.keys() & {"event_code", "psp_reference", "operation", "operation_id"}
+    assert structlog.contextvars.get_contextvars() == {}
+
+
+def test_a_late_adyen_authorisation_that_is_not_adopted_says_so(
+    ctx: WorkerContext, events: list[MutableMapping[str, Any]]
+) -> None:
+    # README, Adyen "Outcomes": an AUTHORISATION below what is captured already never
+    # lowers the authorization; the operator reads that it was seen and not adopted.
+    order_id = new_order_id()
+    snap = snapshot(order_id, shipped_lines([SHOES, SOCKS], shoes=1), provider="adyen")
+    insert_order(ctx, snap, authorized=2100, captured_amount=1200)
+    events.clear()
+    item = {
+        "pspReference": snap.psp_order_id,
+        "merchantReference": order_id,
+        "merchantAccountCode": "Test",
+        "eventCode": "AUTHORISATION",
+        "success": "true",
+        "amount": {"value": 900, "currency": "EUR"},
+    }
+    assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == "stale"
+    assert (
+        only(events, "adyen_authorisation_not_adopted").items()
+        >= {
+            "event_code": "AUTHORISATION",
+            "psp_reference": snap.psp_order_id,
+            "amount": 900,
+            "authorized": 2100,
+        }.items()
+    )
+
+
+def test_a_worker_whose_lease_was_taken_over_records_nothing_and_says_so(
+    ctx: WorkerContext, klarna: FakeKlarna, events: list[MutableMapping[str, Any]]
+) -> None:
+    # README, "Operation states" (`sent`): once another worker took the operation over,
+    # only its record counts; the first worker's outcome is dropped, and logged with the
+    # attempt it was.
+    order_id, snap = klarna_order(ctx, klarna, shipped_lines([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+
+    def taken_over(_request: httpx.Request) -> tuple[bool, None]:
+        with ctx.pool.connection() as conn, conn.transaction():
+            conn.execute(
+                "UPDATE operations SET lease_token = gen_random_uuid() WHERE order_id = %s",
+                (order_id,),
+            )
+        return True, None
+
+    klarna.fault("POST", "/captures", taken_over)
+    events.clear()
+    assert Reconciler(ctx, lambda *_: None).run(order_id) == "waiting"
+    (op,) = operations(ctx, order_id)
+    assert op["status"] == "sent"  # the other worker's claim stands
+    assert (
+        only(events, "operation_lease_lost").items()
+        >= {
+            "order_id": order_id,
+            "operation": "capture",
+            "operation_id": str(op["id"]),
+            "attempts": 1,
+        }.items()
+    )
+
+
+def test_a_notification_for_a_settled_operation_is_logged_stale_with_what_was_recorded(
+    database_url: str, events: list[MutableMapping[str, Any]]
+) -> None:
+    # README, Adyen "Out of order": a repeated success changes nothing; the operator
+    # reads which operation it was about and what the service had recorded for it.
+    with adyen_awaiting(database_url) as (ctx, order_id, payment):
+        ok = _capture_item("MOD1", payment, "true")
+        assert adyen_inbox.process(ctx, adyen_notification(ctx, ok), lambda *_: None) == (
+            "succeeded"
+        )
+        events.clear()
+        assert adyen_inbox.process(ctx, adyen_notification(ctx, ok), lambda *_: None) == "stale"
+        (op,) = operations(ctx, order_id)
+    assert (
+        only(events, "adyen_notification_stale").items()
+        >= {
+            "event_code": "CAPTURE",
+            "psp_reference": "MOD1",
+            "operation": "capture",
+            "operation_id": str(op["id"]),
+            "status": "succeeded",
+            "success": True,
+        }.items()
+    )
+
+
+def test_a_flag_is_logged_with_its_code_and_the_reason_a_person_reads(
+    ctx: WorkerContext, events: list[MutableMapping[str, Any]]
+) -> None:
+    order_id = new_order_id()
+    snap = snapshot(order_id, shipped_lines([SHOES], shoes=1), provider="adyen")
+    insert_order(ctx, snap)
+    item = {
+        "pspReference": snap.psp_order_id,
+        "merchantAccountCode": "Test",
+        "eventCode": "AUTHORISATION",
+        "success": "false",
+        "reason": "FRAUD",
+        "amount": {"value": 1200, "currency": "EUR"},
+    }
+    events.clear()
+    assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == "flagged"
+    assert (
+        only(events, "order_flagged").items()
+        >= {
+            "event_code": "AUTHORISATION",
+            "psp_reference": snap.psp_order_id,
+            "flag": "needs_attention",
+            "code": "authorisation_refused",
+            "reason": "FRAUD",
+        }.items()
+    )
