@@ -224,3 +224,46 @@ def test_a_flag_is_logged_with_its_code_and_the_reason_a_person_reads(
             "reason": "FRAUD",
         }.items()
     )
+
+
+def test_each_psp_call_is_logged_with_its_outcome_under_the_operation(
+    ctx: WorkerContext, klarna: FakeKlarna, events: list[MutableMapping[str, Any]]
+) -> None:
+    order_id, snap = klarna_order(ctx, klarna, shipped_lines([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+    events.clear()
+    Reconciler(ctx, lambda *_: None).run(order_id)
+    (op,) = operations(ctx, order_id)
+    assert (
+        only(events, "psp_request_done").items()
+        >= {
+            "order_id": order_id,
+            "operation": "capture",
+            "operation_id": str(op["id"]),
+            "outcome": "succeeded",
+            "http_status": 201,
+            "attempts": 1,
+            "amount": 1200,
+            "error_code": None,
+        }.items()
+    )
+
+
+def test_an_exception_inside_an_attempt_is_recorded_as_it_without_a_recording_error(
+    ctx: WorkerContext, klarna: FakeKlarna, events: list[MutableMapping[str, Any]]
+) -> None:
+    # The attempt's outcome (unknown: the call had started) is written as it is; the
+    # safety net for a failure while recording (operation_record_error) is not needed.
+    order_id, snap = klarna_order(ctx, klarna, shipped_lines([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+
+    def boom(_request: httpx.Request) -> tuple[bool, None]:
+        raise RuntimeError("bug in the client")
+
+    klarna.fault("POST", "/captures", boom)
+    events.clear()
+    Reconciler(ctx, lambda *_: None).run(order_id)
+    assert only(events, "operation_attempt_error")["error"] == "RuntimeError"
+    assert not [event for event in events if event["event"] == "operation_record_error"]
+    (op,) = operations(ctx, order_id)
+    assert op["outcome_unknown"] and op["error"]["code"] == "RuntimeError"
