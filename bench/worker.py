@@ -23,6 +23,9 @@ from bench.common import Row, Stack, stack
 from bench.fixtures import synced_orders
 from service.app import redis_client_url
 
+# The worker's goal against Celery's no-op drain at the same pool and concurrency.
+GOAL_VS_NOOP = 0.35
+
 
 def cpu_seconds(pid: int | None) -> float:
     """User + system CPU a process has used so far (Linux /proc; 0 elsewhere)."""
@@ -195,8 +198,8 @@ def run(
                     real["rate"],
                     "ops/s",
                     base["rate"],
-                    ">= 0.5x no-op",
-                    real["rate"] >= 0.5 * base["rate"],
+                    f">= {GOAL_VS_NOOP}x no-op",
+                    real["rate"] >= GOAL_VS_NOOP * base["rate"],
                 )
             )
             extra["configs"].append(
