@@ -212,10 +212,19 @@ class Oracle:
         """Something transient went wrong in this window (a retry, a crash, a lost answer)."""
         self.faulty = True
 
-    def external_capture(self, line_id: str, units: int, value: int, *, named: bool = True) -> None:
+    def external_capture(
+        self,
+        line_id: str,
+        units: int,
+        value: int,
+        *,
+        named: bool = True,
+        tax_rate: int | None = None,
+    ) -> None:
         """Units captured outside the service (checkout, the Merchant Portal), for
         `value` in all. `named`: whether the PSP tells the service its lines (a Klarna
-        read does; an Adyen notification gives an amount only)."""
+        read does; an Adyen notification gives an amount only). `tax_rate`: the rate
+        its maker booked it at, when known."""
         if not named and units and self.stored is not None:
             # §4 asks that such money be counted and "never made a second time"; which
             # units it paid for the service can only tell by their value: units of
@@ -247,6 +256,11 @@ class Oracle:
         if units:
             outside = self.state.outside_prices.setdefault(line_id, set())
             outside |= {(value // units, rate) for rate in rates or {None}}
+            if tax_rate is not None:
+                # Its maker's own rate counts too: one booked from a snapshot the
+                # service never stored (checkout's, before the first read, that a
+                # newer version overtook) is at a rate no stored snapshot names.
+                outside.add((value // units, tax_rate))
         self._external("external_capture")
 
     def external_refund(self, line_id: str, units: int) -> None:

@@ -1295,3 +1295,21 @@ def test_a_basket_a_cent_below_the_captures_may_leave_the_authorization() -> Non
     high = exp.authorized_high or exp.authorized
     assert high is not None and high >= 1564
     assert ("needs_attention", "amount_below_captured") in exp.allowed
+
+
+def test_a_capture_made_before_the_first_read_is_judged_at_its_makers_tax_rate() -> None:
+    """Seed 152: Klarna captured one unit of l1 at checkout's snapshot (100, rate 0)
+    before the service's first read; v2 (sales tax 25 %) overtook v1, so no snapshot the
+    service stored names rate 0. §4: money that moved without the service, "a capture
+    made before the service's first read of the order", is counted and "never makes it a
+    second time"; the contract sets no price or rate for it: it is at its maker's."""
+    oracle = Oracle(300, refuses_increases=False)
+    oracle.external_capture("l1", 1, 100, tax_rate=0)
+    oracle.snapshot(snap(2, [line("l1", 3, 100, rate=2500)]))
+    oracle.settle()
+    oracle.snapshot(snap(4, [line("l1", 3, 400, rate=2500, shipped_quantity=3)]))
+    exp = oracle.expectation()
+    outside = ("capture", 100, [booked("l1", 1, 100, rate=0)])
+    assert "captured_at_wrong_price" not in {c for c, _ in check_ledger([outside], exp)}
+    ours = ("capture", 150, [booked("l1", 1, 150, rate=2500)])  # a price nobody quoted
+    assert "captured_at_wrong_price" in {c for c, _ in check_ledger([outside, ours], exp)}
