@@ -1084,6 +1084,36 @@ def _carries_the_difference(
     return of_whole or of_open
 
 
+def _carries_after_unnamed(
+    held: dict[str, list[Fraction]],
+    exp: Expectation,
+    reference: str,
+    gross: int,
+    units: int,
+    units_before: int,
+    gross_before: int,
+    totals: set[tuple[int, int]],
+) -> bool:
+    """`_carries_the_difference`, with units of this line a capture made outside without
+    named lines may have paid for (`Expectation.interchangeable`: the PSP booked it on
+    another line worth as much then) counted as captured before, at the value the PSP
+    holds them at. The service may have taken that money for this line's units (§4:
+    counted, "never makes it a second time"); a price edit since is then carried by this
+    line's later captures as after any capture of it."""
+    for other, most in exp.interchangeable.get(reference, {}).items():
+        for value in set(held.get(other, [])):
+            for k in range(1, min(most, len(held[other])) + 1):
+                before = gross_before + value * k
+                if before.denominator != 1:
+                    continue
+                if any(
+                    _carries_the_difference(gross, units, units_before + k, int(before), q, total)
+                    for q, total in totals
+                ):
+                    return True
+    return False
+
+
 def _borrow(
     held: dict[str, list[Fraction]],
     got: dict[str, list[int]],
@@ -1154,6 +1184,15 @@ def check_ledger(
                             gross, line.quantity, units_before, gross_before, q, value
                         )
                         for q, value in price.totals
+                    ) or _carries_after_unnamed(
+                        held,
+                        exp,
+                        line.reference,
+                        gross,
+                        line.quantity,
+                        units_before,
+                        gross_before,
+                        price.totals,
                     )
                     if not (at_price or catch_up):
                         found.append(

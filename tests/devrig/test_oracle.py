@@ -1313,3 +1313,28 @@ def test_a_capture_made_before_the_first_read_is_judged_at_its_makers_tax_rate()
     assert "captured_at_wrong_price" not in {c for c, _ in check_ledger([outside], exp)}
     ours = ("capture", 150, [booked("l1", 1, 150, rate=2500)])  # a price nobody quoted
     assert "captured_at_wrong_price" in {c for c, _ in check_ledger([outside, ours], exp)}
+
+
+def test_a_price_edit_after_unnamed_money_taken_for_a_unit_is_carried_by_the_later_units() -> None:
+    """Seed 20574: an Adyen Customer Area capture of 2599 (the PSP books it on l3; the
+    notification names no lines) is worth one unit of l2 as well, and the service takes
+    it for l2's (§4: counted, "never makes it a second time"). l2 then goes to 2649 and
+    two units ship: the second carries the first's difference over the open units,
+    (3 × 2649 − 2599) / 2 = 2674, as after any capture of l2 made at the old price
+    ("once everything has shipped the captures add up to the order's total")."""
+    oracle = Oracle(10396, refuses_increases=False)
+    before = [line("l2", 3, 2599), line("l3", 1, 2599, rate=700)]
+    oracle.snapshot(snap(1, before))
+    oracle.external_capture("l3", 1, 2599, named=False, tax_rate=700)
+    oracle.settle()
+    oracle.snapshot(snap(2, [line("l2", 3, 2649, shipped_quantity=2), before[1]]))
+    exp = oracle.expectation()
+    outside = ("capture", 2599, [booked("l3", 1, 2599, rate=700)])
+
+    def judged(total: int) -> set[str]:
+        return {
+            c for c, _ in check_ledger([outside, ("capture", total, [booked("l2", 1, total)])], exp)
+        }
+
+    assert "captured_at_wrong_price" not in judged(2674) | judged(2649)
+    assert "captured_at_wrong_price" in judged(2750)  # a price nobody quoted or carried
