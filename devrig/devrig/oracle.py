@@ -520,7 +520,18 @@ class Oracle:
                 self._before_update = st.authorized
                 st.authorized = total
         # Steps 2-4: captures, refunds, then a cancel lets go of what is left.
+        captured_before = dict(st.captured)
         self._captures(last, lines)
+        if cancelled_in_passing:
+            # A worker that cancelled for the earlier snapshot left nothing to capture
+            # with: §4 "Once the PSP has cancelled or released, a later open snapshot
+            # flags needs_new_order". The fees "charged with the order's first capture"
+            # then go uncaptured too, as the goods shipped since do.
+            for line_id, units in st.captured.items():
+                if units > captured_before.get(line_id, 0):
+                    exp.lines.setdefault(line_id, LineExpect()).maybe(
+                        captured_before.get(line_id, 0), units
+                    )
         if before is not None and total < st.money_high + 2:
             # (Within a cent or two of the captures the shares' rounding decides whether
             # the basket is below them, as for CANNOT_FOLLOW above.)

@@ -1338,3 +1338,23 @@ def test_a_price_edit_after_unnamed_money_taken_for_a_unit_is_carried_by_the_lat
 
     assert "captured_at_wrong_price" not in judged(2674) | judged(2649)
     assert "captured_at_wrong_price" in judged(2750)  # a price nobody quoted or carried
+
+
+def test_fees_due_with_the_first_capture_may_go_uncaptured_after_a_cancel_in_passing() -> None:
+    """Seed 129: in one window the basket went to 0 (a free unit shipped, the surcharge
+    discounted away: a worker may cancel, §4 step 4) and then reopened with another
+    surcharge. §4: "Once the PSP has cancelled or released, a later open snapshot flags
+    needs_new_order": after that cancel no capture can be made, so the surcharge "charged
+    with the order's first capture" may stay uncaptured, as the goods shipped since."""
+    oracle = Oracle(1845, refuses_increases=False)
+    goods = [line("l1", 3, 450), line("l2", 2, 0)]
+    fee = line("l3", 1, 495, type="surcharge")
+    oracle.snapshot(snap(1, [*goods, fee, line("l4", 1, -673, type="discount")]))
+    oracle.settle()
+    free_shipped = line("l2", 2, 0, shipped_quantity=1)
+    oracle.snapshot(snap(2, [free_shipped, fee, line("l4", 1, -495, type="discount")]))
+    oracle.snapshot(snap(3, [free_shipped, fee, line("l6", 1, 593, type="surcharge")]))
+    exp = oracle.expectation()
+    assert exp.lines["l3"].captured_range is not None
+    assert exp.lines["l3"].captured_range[0] == 0
+    assert not {c for c, _ in check_ledger([], exp)} & {"captured_units"}
