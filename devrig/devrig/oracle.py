@@ -212,10 +212,19 @@ class Oracle:
         """Something transient went wrong in this window (a retry, a crash, a lost answer)."""
         self.faulty = True
 
-    def external_capture(self, line_id: str, units: int, value: int, *, named: bool = True) -> None:
+    def external_capture(
+        self,
+        line_id: str,
+        units: int,
+        value: int,
+        *,
+        named: bool = True,
+        tax_rate: int | None = None,
+    ) -> None:
         """Units captured outside the service (checkout, the Merchant Portal), for
         `value` in all. `named`: whether the PSP tells the service its lines (a Klarna
-        read does; an Adyen notification gives an amount only)."""
+        read does; an Adyen notification gives an amount only). `tax_rate`: the rate
+        its maker booked it at, when known."""
         if not named and units and self.stored is not None:
             # §4 asks that such money be counted and "never made a second time"; which
             # units it paid for the service can only tell by their value: units of
@@ -247,6 +256,11 @@ class Oracle:
         if units:
             outside = self.state.outside_prices.setdefault(line_id, set())
             outside |= {(value // units, rate) for rate in rates or {None}}
+            if tax_rate is not None:
+                # Its maker's own rate counts too: one booked from a snapshot the
+                # service never stored (checkout's, before the first read, that a
+                # newer version overtook) is at a rate no stored snapshot names.
+                outside.add((value // units, tax_rate))
         self._external("external_capture")
 
     def external_refund(self, line_id: str, units: int) -> None:
@@ -506,7 +520,18 @@ class Oracle:
                 self._before_update = st.authorized
                 st.authorized = total
         # Steps 2-4: captures, refunds, then a cancel lets go of what is left.
+        captured_before = dict(st.captured)
         self._captures(last, lines)
+        if cancelled_in_passing:
+            # A worker that cancelled for the earlier snapshot left nothing to capture
+            # with: §4 "Once the PSP has cancelled or released, a later open snapshot
+            # flags needs_new_order". The fees "charged with the order's first capture"
+            # then go uncaptured too, as the goods shipped since do.
+            for line_id, units in st.captured.items():
+                if units > captured_before.get(line_id, 0):
+                    exp.lines.setdefault(line_id, LineExpect()).maybe(
+                        captured_before.get(line_id, 0), units
+                    )
         if before is not None and total < st.money_high + 2:
             # (Within a cent or two of the captures the shares' rounding decides whether
             # the basket is below them, as for CANNOT_FOLLOW above.)
@@ -1070,6 +1095,36 @@ def _carries_the_difference(
     return of_whole or of_open
 
 
+def _carries_after_unnamed(
+    held: dict[str, list[Fraction]],
+    exp: Expectation,
+    reference: str,
+    gross: int,
+    units: int,
+    units_before: int,
+    gross_before: int,
+    totals: set[tuple[int, int]],
+) -> bool:
+    """`_carries_the_difference`, with units of this line a capture made outside without
+    named lines may have paid for (`Expectation.interchangeable`: the PSP booked it on
+    another line worth as much then) counted as captured before, at the value the PSP
+    holds them at. The service may have taken that money for this line's units (§4:
+    counted, "never makes it a second time"); a price edit since is then carried by this
+    line's later captures as after any capture of it."""
+    for other, most in exp.interchangeable.get(reference, {}).items():
+        for value in set(held.get(other, [])):
+            for k in range(1, min(most, len(held[other])) + 1):
+                before = gross_before + value * k
+                if before.denominator != 1:
+                    continue
+                if any(
+                    _carries_the_difference(gross, units, units_before + k, int(before), q, total)
+                    for q, total in totals
+                ):
+                    return True
+    return False
+
+
 def _borrow(
     held: dict[str, list[Fraction]],
     got: dict[str, list[int]],
@@ -1140,6 +1195,15 @@ def check_ledger(
                             gross, line.quantity, units_before, gross_before, q, value
                         )
                         for q, value in price.totals
+                    ) or _carries_after_unnamed(
+                        held,
+                        exp,
+                        line.reference,
+                        gross,
+                        line.quantity,
+                        units_before,
+                        gross_before,
+                        price.totals,
                     )
                     if not (at_price or catch_up):
                         found.append(

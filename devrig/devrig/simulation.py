@@ -1949,7 +1949,9 @@ class Simulation:
             if value > psp.authorized - psp.captured:
                 return
             self.model.external(psp, "capture", [(line["id"], 1, value, line["tax_rate"])])
-            oracle.external_capture(line["id"], 1, value, named=psp.provider == "klarna")
+            oracle.external_capture(
+                line["id"], 1, value, named=psp.provider == "klarna", tax_rate=line["tax_rate"]
+            )
         elif what == "refund":
             candidates = [
                 line

@@ -1295,3 +1295,66 @@ def test_a_basket_a_cent_below_the_captures_may_leave_the_authorization() -> Non
     high = exp.authorized_high or exp.authorized
     assert high is not None and high >= 1564
     assert ("needs_attention", "amount_below_captured") in exp.allowed
+
+
+def test_a_capture_made_before_the_first_read_is_judged_at_its_makers_tax_rate() -> None:
+    """Seed 152: Klarna captured one unit of l1 at checkout's snapshot (100, rate 0)
+    before the service's first read; v2 (sales tax 25 %) overtook v1, so no snapshot the
+    service stored names rate 0. §4: money that moved without the service, "a capture
+    made before the service's first read of the order", is counted and "never makes it a
+    second time"; the contract sets no price or rate for it: it is at its maker's."""
+    oracle = Oracle(300, refuses_increases=False)
+    oracle.external_capture("l1", 1, 100, tax_rate=0)
+    oracle.snapshot(snap(2, [line("l1", 3, 100, rate=2500)]))
+    oracle.settle()
+    oracle.snapshot(snap(4, [line("l1", 3, 400, rate=2500, shipped_quantity=3)]))
+    exp = oracle.expectation()
+    outside = ("capture", 100, [booked("l1", 1, 100, rate=0)])
+    assert "captured_at_wrong_price" not in {c for c, _ in check_ledger([outside], exp)}
+    ours = ("capture", 150, [booked("l1", 1, 150, rate=2500)])  # a price nobody quoted
+    assert "captured_at_wrong_price" in {c for c, _ in check_ledger([outside, ours], exp)}
+
+
+def test_a_price_edit_after_unnamed_money_taken_for_a_unit_is_carried_by_the_later_units() -> None:
+    """Seed 20574: an Adyen Customer Area capture of 2599 (the PSP books it on l3; the
+    notification names no lines) is worth one unit of l2 as well, and the service takes
+    it for l2's (§4: counted, "never makes it a second time"). l2 then goes to 2649 and
+    two units ship: the second carries the first's difference over the open units,
+    (3 × 2649 − 2599) / 2 = 2674, as after any capture of l2 made at the old price
+    ("once everything has shipped the captures add up to the order's total")."""
+    oracle = Oracle(10396, refuses_increases=False)
+    before = [line("l2", 3, 2599), line("l3", 1, 2599, rate=700)]
+    oracle.snapshot(snap(1, before))
+    oracle.external_capture("l3", 1, 2599, named=False, tax_rate=700)
+    oracle.settle()
+    oracle.snapshot(snap(2, [line("l2", 3, 2649, shipped_quantity=2), before[1]]))
+    exp = oracle.expectation()
+    outside = ("capture", 2599, [booked("l3", 1, 2599, rate=700)])
+
+    def judged(total: int) -> set[str]:
+        return {
+            c for c, _ in check_ledger([outside, ("capture", total, [booked("l2", 1, total)])], exp)
+        }
+
+    assert "captured_at_wrong_price" not in judged(2674) | judged(2649)
+    assert "captured_at_wrong_price" in judged(2750)  # a price nobody quoted or carried
+
+
+def test_fees_due_with_the_first_capture_may_go_uncaptured_after_a_cancel_in_passing() -> None:
+    """Seed 129: in one window the basket went to 0 (a free unit shipped, the surcharge
+    discounted away: a worker may cancel, §4 step 4) and then reopened with another
+    surcharge. §4: "Once the PSP has cancelled or released, a later open snapshot flags
+    needs_new_order": after that cancel no capture can be made, so the surcharge "charged
+    with the order's first capture" may stay uncaptured, as the goods shipped since."""
+    oracle = Oracle(1845, refuses_increases=False)
+    goods = [line("l1", 3, 450), line("l2", 2, 0)]
+    fee = line("l3", 1, 495, type="surcharge")
+    oracle.snapshot(snap(1, [*goods, fee, line("l4", 1, -673, type="discount")]))
+    oracle.settle()
+    free_shipped = line("l2", 2, 0, shipped_quantity=1)
+    oracle.snapshot(snap(2, [free_shipped, fee, line("l4", 1, -495, type="discount")]))
+    oracle.snapshot(snap(3, [free_shipped, fee, line("l6", 1, 593, type="surcharge")]))
+    exp = oracle.expectation()
+    assert exp.lines["l3"].captured_range is not None
+    assert exp.lines["l3"].captured_range[0] == 0
+    assert not {c for c, _ in check_ledger([], exp)} & {"captured_units"}
