@@ -402,7 +402,9 @@ def basket_lines(order: OrderSnapshot) -> list[PspLine]:
     return [_whole(line) for line in order.effective_lines if line.quantity != 0]
 
 
-def capture_lines(order: OrderSnapshot, ledger: Ledger, *, paid_unnamed: int = 0) -> list[PspLine]:
+def capture_lines(
+    order: OrderSnapshot, ledger: Ledger, *, paid_unnamed: int = 0, unshared: int = 0
+) -> list[PspLine]:
     """The lines of a capture of everything shipped but not yet captured.
 
     Empty when nothing new has shipped. A shipped free item (worth 0) is still listed,
@@ -414,6 +416,10 @@ def capture_lines(order: OrderSnapshot, ledger: Ledger, *, paid_unnamed: int = 0
     `paid_unnamed`: money captured without the service whose lines the PSP did not name
     (counted, never made again: contract §4). It paid for goods at their own value, with
     no share, so the order-level lines are shared over the open value it did not cover.
+
+    `unshared`: open value left out of the sharing (never below this capture's own), so
+    this capture takes more of the order-level lines: a cancel's last capture, whose
+    goods were authorized with a larger share than a basket grown since leaves them.
     """
     products, reducing = _split_lines(order)
     result: list[PspLine] = []
@@ -436,7 +442,7 @@ def capture_lines(order: OrderSnapshot, ledger: Ledger, *, paid_unnamed: int = 0
         result.append(_part(line, quantity, value))
     if not result:
         return []
-    value_open = max(value_open - paid_unnamed, value_this)
+    value_open = max(value_open - paid_unnamed - unshared, value_this)
     # Signed: what is still to take of each reducing line (< 0), or what the captures so
     # far took beyond what it is now (> 0, a correction the customer owes back).
     still_open = [

@@ -213,7 +213,7 @@ def plan_next(
         # nothing for them the shop marks them returned. An emptied basket is not an
         # authorization of 0: the PSP is told to let go.
         if psp.open_for_changes or psp.status is PspStatus.CANCELLED:
-            decision = _capture_step(order, psp, ledger, view.refused_amount)
+            decision = _capture_step(order, psp, ledger, view.refused_amount, last=True)
             if isinstance(decision, Plan):
                 return decision
             if isinstance(decision, Flag):
@@ -574,8 +574,15 @@ def _authorization_step(
 
 
 def _capture_step(
-    order: OrderSnapshot, psp: PspState, ledger: Ledger, refused_amount: int | None
+    order: OrderSnapshot,
+    psp: PspState,
+    ledger: Ledger,
+    refused_amount: int | None,
+    *,
+    last: bool = False,
 ) -> Decision | None:
+    """`last`: the capture before a cancel or release, after which nothing else is
+    charged."""
     lines = capture_lines(order, ledger)
     if not lines:
         return None
@@ -594,13 +601,22 @@ def _capture_step(
         )
     remaining = psp.authorized - psp.captured
     amount = wanted = lines_total(lines)
-    unnamed = psp.captured - captured_total(ledger)
+    unnamed = max(psp.captured - captured_total(ledger), 0)
     if amount > remaining and unnamed > 0:
         # Money captured outside without named lines paid for goods at their value
         # alone: the shares it did not carry fall to what is still captured here, so
         # the captures still come to the order's total (contract §4).
         lines = capture_lines(order, ledger, paid_unnamed=unnamed)
         amount = lines_total(lines)
+    if amount > remaining and last:
+        # §4 step 4 charges every shipped line before letting go. Shared over a basket
+        # grown by lines never authorized (an increase not made or refused), the
+        # shipped goods' discount share shrinks and their capture can pass the
+        # authorization they were made within; being the last capture, they take
+        # what they need of the order-level lines' remainder to fit it.
+        fitted = _fit_shares(order, ledger, remaining, unnamed)
+        if fitted:
+            lines, amount = fitted, lines_total(fitted)
     if amount > remaining:
         lines = _fit_capture(order, ledger, remaining)
         amount = lines_total(lines)
@@ -617,6 +633,33 @@ def _capture_step(
     if amount <= 0:
         return None
     return Plan(Kind.CAPTURE, amount, tuple(lines))
+
+
+def _fit_shares(
+    order: OrderSnapshot, ledger: Ledger, remaining: int, paid_unnamed: int
+) -> list[PspLine]:
+    """Every shipped line, its order-level shares taken over the least open value that
+    brings the capture within `remaining` (capture_lines' `unshared`); empty when even
+    all of the shares left do not. Each candidate is a whole capture_lines result, so
+    its lines sum to its amount."""
+
+    def fits(unshared: int) -> list[PspLine]:
+        lines = capture_lines(order, ledger, paid_unnamed=paid_unnamed, unshared=unshared)
+        return lines if lines_total(lines) <= remaining else []
+
+    low, high = 0, sum(abs(line.total) for line in order.lines)
+    best = fits(high)
+    if not best:
+        return []
+    # fits(high) holds throughout: the smallest such `unshared` found by halving.
+    while high - low > 1:
+        middle = (low + high) // 2
+        candidate = fits(middle)
+        if candidate:
+            high, best = middle, candidate
+        else:
+            low = middle
+    return best
 
 
 def _fit_capture(order: OrderSnapshot, ledger: Ledger, remaining: int) -> list[PspLine]:

@@ -711,12 +711,14 @@ class Oracle:
                 # §4 counts "an authorization that expired"; it does not order the
                 # expiry against a capture already sent: the units shipped in this
                 # window may have been captured before it lapsed, or not.
-                # A fee goes with the first capture, so with that one too.
+                # A fee goes with the first capture, so with that one too; one a
+                # capture before did not carry (e.g. it took only another fee the shop
+                # marked shipped) may ride with a later one, as without the expiry.
                 exp.outcomes.add("expired_with_capture_in_flight")
                 first_fees = {
                     line_id: int(line["quantity"]) - st.captured.get(line_id, 0)
                     for line_id, line in lines.items()
-                    if kind(line) in FEES and not st.own_capture
+                    if kind(line) in FEES
                 }
                 for line_id, units in (newly | first_fees).items():
                     entry = exp.lines.setdefault(line_id, LineExpect())

@@ -1358,3 +1358,26 @@ def test_fees_due_with_the_first_capture_may_go_uncaptured_after_a_cancel_in_pas
     assert exp.lines["l3"].captured_range is not None
     assert exp.lines["l3"].captured_range[0] == 0
     assert not {c for c, _ in check_ledger([], exp)} & {"captured_units"}
+
+
+def test_a_fee_left_by_a_capture_of_another_fee_may_go_with_a_capture_the_expiry_overtook() -> None:
+    """Seed 3051 (Adyen): the shop marked one shipping fee (l4) shipped, and it was
+    captured alone; the other (l5) waited. One unit of l2 shipped, its capture sent, and
+    EXPIRE came before its CAPTURE. §"Lines that are not goods": fees "are charged with
+    the order's first capture (or when the shop marks them shipped, if that comes
+    first)" — a fee the first capture did not carry may ride with a later one (as
+    without the expiry), and §4 does not order the expiry against a capture in flight."""
+    oracle = Oracle(2850, refuses_increases=False)
+    fees = [line("l4", 1, 150, type="shipping_fee"), line("l5", 1, 150, type="shipping_fee")]
+    goods = [line("l1", 3, 450), line("l2", 3, 0)]
+    oracle.snapshot(snap(1, [*goods, *fees]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [*goods, {**fees[0], "shipped_quantity": 1}, fees[1]]))
+    oracle.settle()
+    shipped = [goods[0], {**goods[1], "shipped_quantity": 1}]
+    oracle.snapshot(snap(3, [*shipped, {**fees[0], "shipped_quantity": 1}, fees[1]]))
+    oracle.expire(capture_in_flight=True)
+    exp = oracle.expectation()
+    assert exp.lines["l4"].captured == 1
+    assert exp.lines["l2"].captured_range == (0, 1)
+    assert exp.lines["l5"].captured_range == (0, 1)

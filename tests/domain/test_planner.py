@@ -363,3 +363,18 @@ class ReconcileMachine(RuleBasedStateMachine):
 
 TestReconcileMachine = ReconcileMachine.TestCase
 TestReconcileMachine.settings = settings(max_examples=150, stateful_step_count=30, deadline=None)
+
+
+def test_a_cancel_after_a_refused_increase_still_charges_the_shipped_goods() -> None:
+    """Shared over a basket grown by a line the PSP refused, the shipped goods' discount
+    share is 17 of the 18 they were authorized with: 6316 on an authorization of 6315.
+    §4 step 4 captures every shipped line before letting go: within the authorization,
+    the goods take the discount they need, and nothing shipped goes uncharged."""
+    coat = {"id": "coat", "name": "Coat", "quantity": 3, "unit_price": 2111, "tax_rate": 2000}
+    disc = {**DISCOUNT, "unit_price": -18}
+    scarf = {"id": "scarf", "name": "Scarf", "quantity": 1, "unit_price": 450, "tax_rate": 2000}
+    cancelled = order([shipped(coat, 3), disc, scarf], "cancelled")
+    assert cancelled.total == 6765
+    decision = plan_next(OrderView(cancelled, psp(6315), refused_amount=6765), allow_all)
+    assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
+    assert decision.amount == 6315 == lines_total(decision.lines)

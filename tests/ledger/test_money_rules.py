@@ -123,6 +123,40 @@ def test_seq01_cancel_after_shipment_captures_shipped_lines_first(
     assert not posts(klarna, "/cancel")
 
 
+def test_a_cancel_with_a_line_never_authorized_captures_the_shipped_goods_within_it(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """Simulation seed 9143: 3 x 2111 less a discount of 18 authorized (6315), all three
+    shipped; the shop added a line (its increase not yet made) and cancelled. Shared
+    over a basket with a line never authorized, the discount's share of the shipped
+    goods was 17, their capture 6316: one over the authorization, so the cancel stalled
+    on capture_exceeds_authorization and nothing was released. §4: a cancel "first
+    capture[s] every shipped line not yet captured"; they take as much of the discount
+    as fits them in the authorization (the 18 they were authorized with)."""
+    goods = {"id": "coat", "name": "Coat", "quantity": 3, "unit_price": 2111, "tax_rate": 2000}
+    discount = {
+        "id": "disc",
+        "name": "Discount",
+        "type": "discount",
+        "quantity": 1,
+        "unit_price": -18,
+        "tax_rate": 2000,
+    }
+    added = {"id": "scarf", "name": "Scarf", "quantity": 1, "unit_price": 450, "tax_rate": 2000}
+    order_id, first = klarna_order(ctx, klarna, [goods, discount])
+    assert first.total == 6315
+    cancelled = snap(order_id, shipped([goods, discount, added], coat=3), 3, status="cancelled")
+    insert_order(ctx, cancelled, authorized=first.total)
+    drive(ctx, order_id)
+    assert kinds(ctx, order_id) == [("capture", "succeeded", 6315)]
+    capture = json.loads(posts(klarna, "/captures")[0].content)
+    assert sum(line["total_amount"] for line in capture["order_lines"]) == 6315
+    shares = {line["reference"]: line["total_amount"] for line in capture["order_lines"]}
+    assert shares == {"coat": 6333, "disc": -18}
+    assert klarna.orders[first.psp_order_id].captured_amount == 6315
+    assert order_row(ctx, order_id)["flags"] == []
+
+
 # -- 2. a refund never waits behind a capture that cannot be made ------------------------
 
 
