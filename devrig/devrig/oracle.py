@@ -513,6 +513,13 @@ class Oracle:
                 exp.outcomes.add("grown_after_a_full_capture_in_one_window")
                 self._maybe_full = True
             else:
+                if self._emptied_earlier(below=total):
+                    # §4 step 1 updates only an authorization "not fully captured": a
+                    # worker acting on an earlier, smaller snapshot of this window with
+                    # everything shipped lowered the authorization to it and captured
+                    # all of it; the basket grown since is then a new payment.
+                    exp.allowed.add(("needs_new_order", ""))
+                    exp.outcomes.add("grown_after_a_full_capture_in_one_window")
                 exp.outcomes.add("increase" if total > st.authorized else "decrease")
                 held_high = exp.authorized_high  # an earlier update the PSP may have refused
                 exp.authorized_high = None
@@ -646,7 +653,7 @@ class Oracle:
             for line_id, line in lines.items()
         )
 
-    def _emptied_earlier(self) -> bool:
+    def _emptied_earlier(self, below: int | None = None) -> bool:
         """A snapshot of this window before the last had every unit of value shipped,
         some not captured yet, for an authorization a worker could set to its total: a
         worker may have captured all of it, leaving the authorization fully captured
@@ -665,6 +672,8 @@ class Oracle:
                 # total (a decrease always, an increase where the PSP allows one), then
                 # captures all of it: fully captured however far it was lowered.
                 and (order_total(snap) <= self.state.authorized + 2 or not self.refuses)
+                # (When asked, only a snapshot below the given basket counts.)
+                and (below is None or order_total(snap) + 2 < below)
             ):
                 return True
         return False
@@ -751,6 +760,9 @@ class Oracle:
                     entry.maybe(0, int(line["quantity"]))
                     entry.prices |= self._prices(line["id"])
                     exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+                    # And it took its share of the authorization: a fee added in its
+                    # place, charged when marked shipped, may then exceed what is left.
+                    exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
                     exp.uncertain_end = True
                     exp.outcomes.add("fee_removed_while_shipping")
         for line_id, line in lines.items():

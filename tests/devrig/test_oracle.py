@@ -1381,3 +1381,42 @@ def test_a_fee_left_by_a_capture_of_another_fee_may_go_with_a_capture_the_expiry
     assert exp.lines["l4"].captured == 1
     assert exp.lines["l2"].captured_range == (0, 1)
     assert exp.lines["l5"].captured_range == (0, 1)
+
+
+def test_a_basket_grown_past_an_earlier_snapshot_shipped_in_full_may_need_a_new_order() -> None:
+    # Seed 20529: 945 authorized (Klarna); in one window the surcharge was lowered to
+    # 195, everything shipped (645), then a shipping fee of 150 added (795, still below
+    # the 945 authorized). A worker that acted on the 645 basket lowered the
+    # authorization to it and captured all of it; §4 step 1 updates only an
+    # authorization "not fully captured", so the 795 basket is a new payment: allowed.
+    oracle = Oracle(945, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 1, 450), line("l2", 1, 495, type="surcharge")]))
+    oracle.settle()
+    fee = line("l2", 1, 195, type="surcharge", shipped_quantity=1)
+    shipped = [line("l1", 1, 450, shipped_quantity=1), fee]
+    oracle.snapshot(snap(2, shipped))
+    oracle.snapshot(snap(3, [*shipped, line("l4", 1, 150, type="shipping_fee")]))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") in exp.allowed
+    assert ("needs_new_order", "") not in exp.required
+
+
+def test_a_fee_swapped_while_shipping_may_leave_its_successor_beyond_the_authorization() -> None:
+    # Seed 20878: 2 × 100 and a shipping fee of 150, 350 authorized (Adyen); in one
+    # window the goods shipped and the fee was swapped for another of 150. A capture for
+    # the snapshot with the old fee took all 350 ("charged with the order's first
+    # capture"); the new fee, added after it, is charged "when the shop marks them
+    # shipped": beyond what the authorization has left, so a person is told.
+    oracle = Oracle(350, refuses_increases=False)
+    goods = line("l1", 2, 100, type="digital")
+    oracle.snapshot(snap(1, [goods, line("l2", 1, 150, type="shipping_fee")]))
+    oracle.settle()
+    goods = {**goods, "shipped_quantity": 2}
+    oracle.snapshot(snap(2, [goods, line("l2", 1, 150, type="shipping_fee")]))
+    oracle.snapshot(snap(3, [goods, line("l4", 1, 150, type="shipping_fee")]))
+    oracle.settle()
+    oracle.snapshot(snap(4, [goods, line("l4", 1, 150, type="shipping_fee", shipped_quantity=1)]))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert ("needs_attention", "capture_exceeds_authorization") in exp.allowed
