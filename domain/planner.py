@@ -382,12 +382,11 @@ def _shipped_part(order: OrderSnapshot, ledger: Ledger, amount: int) -> tuple[Ps
                 else _with_shipped(other, held + units)
                 for other in order.lines
             ]
-            candidate = capture_lines(order.model_copy(update={"lines": alone}), ledger)
-            own = tuple(x for x in candidate if x.reference == line.id)
-            if lines_total(candidate) == amount:
-                return tuple(candidate)
-            if lines_total(own) == amount:
-                return own
+            found = _worth(
+                amount, line.id, capture_lines(order.model_copy(update={"lines": alone}), ledger)
+            )
+            if found is not None:
+                return found
     return ()
 
 
@@ -410,13 +409,21 @@ def _returned_part(order: OrderSnapshot, ledger: Ledger, amount: int) -> tuple[P
                 else other.model_copy(update={"returned_quantity": done + units})
                 for other in order.lines
             ]
-            candidate = refund_lines(order.model_copy(update={"lines": alone}), ledger)
-            own = tuple(x for x in candidate if x.reference == line.id)
-            if lines_total(candidate) == amount:
-                return tuple(candidate)
-            if lines_total(own) == amount:
-                return own
+            found = _worth(
+                amount, line.id, refund_lines(order.model_copy(update={"lines": alone}), ledger)
+            )
+            if found is not None:
+                return found
     return ()
+
+
+def _worth(amount: int, line_id: str, request: list[PspLine]) -> tuple[PspLine, ...] | None:
+    """What money moved without the service stands for, if these units explain it: the
+    request for them with the shares it carries, or the line's own units alone."""
+    if lines_total(request) == amount:
+        return tuple(request)
+    own = tuple(x for x in request if x.reference == line_id)
+    return own if lines_total(own) == amount else None
 
 
 def _refunded_qty(ledger: Ledger, line_id: str) -> int:

@@ -30,6 +30,23 @@ def fresh_database(database_url: str) -> Iterator[str]:
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+def _migrations() -> list[Any]:
+    """The project's migrations, yoyo's own (`__…`) left out."""
+    directory = str(resources.files("migrations"))
+    return [m for m in read_migrations(directory) if not m.id.startswith("__")]
+
+
+def _migrate_before(database: str, first_left_out: str) -> None:
+    """The database as a release before migration `first_left_out` left it."""
+    backend = get_backend(_yoyo_url(database))
+    before = MigrationList(m for m in _migrations() if m.id < first_left_out)
+    try:
+        with backend.lock():
+            backend.apply_migrations(backend.to_apply(before))
+    finally:
+        backend.connection.close()
+
+
 def test_two_pods_migrating_a_fresh_database_at_once_both_succeed(fresh_database: str) -> None:
     # The one that waits must not sit inside a statement: CREATE INDEX CONCURRENTLY in
     # the other's run would wait for it and fail at its lock_timeout (LockNotAvailable).
@@ -52,15 +69,7 @@ def test_two_pods_migrating_a_fresh_database_at_once_both_succeed(fresh_database
 
 
 def test_the_account_migration_fills_existing_orders_and_runs_again(fresh_database: str) -> None:
-    directory = str(resources.files("migrations"))
-    backend = get_backend(_yoyo_url(fresh_database))
-    everything = [m for m in read_migrations(directory) if not m.id.startswith("__")]
-    before = MigrationList(m for m in everything if m.id < "0031")
-    try:
-        with backend.lock():
-            backend.apply_migrations(backend.to_apply(before))
-    finally:
-        backend.connection.close()
+    _migrate_before(fresh_database, "0031")
     with psycopg.connect(fresh_database, autocommit=True) as conn:
         conn.execute(
             """
@@ -101,15 +110,7 @@ def test_the_account_migration_fills_existing_orders_and_runs_again(fresh_databa
 def test_the_inbox_bodies_migration_moves_every_body_and_keeps_pruned_rows(
     fresh_database: str,
 ) -> None:
-    directory = str(resources.files("migrations"))
-    backend = get_backend(_yoyo_url(fresh_database))
-    everything = [m for m in read_migrations(directory) if not m.id.startswith("__")]
-    before = MigrationList(m for m in everything if m.id < "0061")
-    try:
-        with backend.lock():
-            backend.apply_migrations(backend.to_apply(before))
-    finally:
-        backend.connection.close()
+    _migrate_before(fresh_database, "0061")
     with psycopg.connect(fresh_database, autocommit=True) as conn:
         # 3 rows with their bodies, 2 whose bodies retention had already nulled.
         conn.execute(
@@ -143,7 +144,7 @@ def test_the_inbox_bodies_migration_moves_every_body_and_keeps_pruned_rows(
     try:
         with backend.lock():
             backend.rollback_migrations(
-                MigrationList(m for m in everything if m.id == "0061_inbox_bodies")
+                MigrationList(m for m in _migrations() if m.id == "0061_inbox_bodies")
             )
     finally:
         backend.connection.close()

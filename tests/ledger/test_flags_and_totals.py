@@ -28,10 +28,10 @@ from tests.ledger.test_ledger_regressions import drive, operator_reconcile
 from tests.ledger.test_money_rules import (
     adyen_item,
     adyen_order_captured_outside,
+    adyen_order_shipped_and_captured,
     flag_code,
     klarna_order,
     notify,
-    settle_capture,
     snap,
 )
 from tests.seed_basket import DISCOUNT, SHOES, SOCKS
@@ -77,16 +77,12 @@ def test_money_moved_outside_while_flagged_for_another_reason_is_still_told(
     and tells the shop" of every such change."""
     ctx, _ = adyen_with_captured_lines(database_url)
     try:
-        order_id = new_order_id()
-        first = snap(order_id, shipped([SHOES, SOCKS], shoes=1, socks=2), provider="adyen")
-        insert_order(ctx, first)
-        drive(ctx, order_id)
-        settle_capture(ctx, order_id, first.psp_order_id)
+        order_id, payment = adyen_order_shipped_and_captured(ctx)
         lowered = shipped([SHOES, SOCKS], shoes=0, socks=2)
         update_snapshot(ctx, snap(order_id, lowered, 2, provider="adyen"))
         drive(ctx, order_id)
         assert flag_code(ctx, order_id) == "quantities_reversed"
-        refund = adyen_item(first.psp_order_id, "REFUND", 450, merchantReference="shop-1001")
+        refund = adyen_item(payment, "REFUND", 450, merchantReference="shop-1001")
         assert notify(ctx, refund) == "external"
         assert order_row(ctx, order_id)["refunded_amount"] == 450
         assert told(ctx, order_id)[-2:] == [
@@ -273,12 +269,8 @@ def test_a_customer_area_refund_of_part_of_a_later_return_is_never_made_again(
     those units", and money moved without the service is "never made a second time"."""
     ctx, sent = adyen_with_captured_lines(database_url)
     try:
-        order_id = new_order_id()
-        first = snap(order_id, shipped([SHOES, SOCKS], shoes=1, socks=2), provider="adyen")
-        insert_order(ctx, first)
-        drive(ctx, order_id)
-        settle_capture(ctx, order_id, first.psp_order_id)
-        refund = adyen_item(first.psp_order_id, "REFUND", 450, merchantReference="shop-1001")
+        order_id, payment = adyen_order_shipped_and_captured(ctx)
+        refund = adyen_item(payment, "REFUND", 450, merchantReference="shop-1001")
         assert notify(ctx, refund) == "external"
         assert flag_code(ctx, order_id) == "external_change"
         socks_back = [

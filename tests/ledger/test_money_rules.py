@@ -446,25 +446,32 @@ def settle_capture(ctx: WorkerContext, order_id: str, payment: str) -> None:
     assert notify(ctx, {**item, "merchantReference": str(op["id"])}) == "succeeded"
 
 
+def adyen_order_shipped_and_captured(ctx: WorkerContext) -> tuple[str, str]:
+    """An Adyen order whose shoes and two pairs of socks shipped and were captured (2100):
+    its id and its payment's pspReference."""
+    order_id = new_order_id()
+    first = snap(order_id, shipped([SHOES, SOCKS], shoes=1, socks=2), provider="adyen")
+    insert_order(ctx, first)
+    drive(ctx, order_id)
+    settle_capture(ctx, order_id, first.psp_order_id)
+    return order_id, first.psp_order_id
+
+
 def test_seq07_adyen_customer_area_refund_and_chargeback_are_counted_and_flagged(
     database_url: str,
 ) -> None:
     ctx, sent = adyen_context(database_url)
     try:
-        order_id = new_order_id()
-        first = snap(order_id, shipped([SHOES, SOCKS], shoes=1, socks=2), provider="adyen")
-        insert_order(ctx, first)
-        drive(ctx, order_id)
-        settle_capture(ctx, order_id, first.psp_order_id)
+        order_id, payment = adyen_order_shipped_and_captured(ctx)
         assert order_row(ctx, order_id)["captured_amount"] == 2100
         # A refund made in the Customer Area: its own pspReference, not our reference.
-        refund = adyen_item(first.psp_order_id, "REFUND", 450, merchantReference="shop-1001")
+        refund = adyen_item(payment, "REFUND", 450, merchantReference="shop-1001")
         assert notify(ctx, refund) == "external"
         row = order_row(ctx, order_id)
         assert row["refunded_amount"] == 450
         assert flag_code(ctx, order_id) == "external_change"
         assert "order.needs_attention" in events(ctx, order_id)
-        chargeback = adyen_item(first.psp_order_id, "CHARGEBACK", 1200)
+        chargeback = adyen_item(payment, "CHARGEBACK", 1200)
         assert notify(ctx, chargeback) == "external"
         assert order_row(ctx, order_id)["refunded_amount"] == 1650
         # The shop then marks a pair of socks returned, a person reconciles, then the
