@@ -892,11 +892,18 @@ class Oracle:
                 # priced to 0, a capture for an earlier snapshot carried them; timing.
                 exp.uncertain_end = True
                 exp.outcomes.add("priced_to_nothing_while_shipping")
-        if st.any_capture and order_total(last) < st.money - 2:
+        if st.any_capture and order_total(last) < st.money_high - 2:
             # The total went below what is captured (a price or discount edit after a
             # capture): the captures can no longer add up to it (a person is told,
             # CANNOT_FOLLOW), and the order-level lines not yet shared may take all that
-            # is still open, so these units may be worth nothing, never captured.
+            # is still open, so these units may be worth nothing, never captured. What
+            # is captured is what an earlier capture took at the order-level shares of
+            # the snapshot it was made for, any of its window's (§4: captures "carry a
+            # share of order-level discount lines in proportion to the value of the
+            # lines they carry, ... rounded cumulatively so that ... the shares add up
+            # to the discount line's total once everything has shipped"): so the
+            # dearest of them (money_high), not the last one's estimate, decides. A unit
+            # never captured is never refunded ("never more than was captured").
             free = set(newly)
         # The same within this window: a worker that captured for an earlier snapshot
         # (at its prices and order-level shares, with the fees if first) may have

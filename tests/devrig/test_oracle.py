@@ -1420,3 +1420,40 @@ def test_a_fee_swapped_while_shipping_may_leave_its_successor_beyond_the_authori
     oracle.settle()
     exp = oracle.expectation()
     assert ("needs_attention", "capture_exceeds_authorization") in exp.allowed
+
+
+def test_units_shipped_after_a_capture_dearer_than_the_later_basket_may_stay_uncaptured() -> None:
+    """Seed 20816: the coats' capture followed a snapshot with the socks and a discount
+    (8220); in the same window the socks and a sales tax line were removed and a store
+    credit added (7405). The mug shipped later carries what is left of the order-level
+    lines (§4: shares "rounded cumulatively so that ... the shares add up to the
+    discount line's total once everything has shipped"): less than nothing, so it may
+    never be captured, nor refunded when it comes back ("never more than was captured
+    for those units"). The last snapshot's estimate of the capture (7312) said
+    otherwise."""
+    oracle = Oracle(10382, refuses_increases=False)
+    socks, coats, mug = line("l1", 3, 450), line("l2", 3, 2599), line("l3", 1, 99)
+    tax = [line(i, 1, p, rate=0, type="sales_tax") for i, p in (("l4", 641), ("l5", 495))]
+    discount = line("l6", 1, -635, type="discount")
+    credit = line("l7", 1, -497, rate=0, type="store_credit")
+    sent = {**coats, "shipped_quantity": 3}
+    oracle.snapshot(snap(1, [socks, coats, mug, *tax]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [socks, sent, mug, *tax, discount]))
+    oracle.snapshot(snap(3, [sent, mug, *tax, discount, credit]))
+    oracle.snapshot(snap(4, [sent, mug, tax[0], discount, credit]))
+    oracle.settle()
+    oracle.snapshot(snap(5, [sent, {**mug, "shipped_quantity": 1}, tax[0], discount, credit]))
+    oracle.settle()
+    back = {**mug, "shipped_quantity": 1, "returned_quantity": 1}
+    oracle.snapshot(snap(6, [sent, back, tax[0], discount, credit]))
+    exp = oracle.expectation()
+    assert exp.lines["l3"].captured_range == (0, 1)
+    capture = [
+        booked("l2", 3, 7797),
+        booked("l6", 1, -535, type="discount"),
+        booked("l4", 1, 541, rate=0, type="sales_tax"),
+        booked("l5", 1, 417, rate=0, type="sales_tax"),
+    ]
+    found = check_ledger([("capture", 8220, capture)], exp)
+    assert not [f for f in found if f[0] in ("captured_units", "refunded_units")], found
