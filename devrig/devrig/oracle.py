@@ -871,6 +871,14 @@ class Oracle:
             exp.uncertain_end = True
             return
         free = {i for i in newly if all(p == 0 for p, _ in self._prices(i))}
+        if 0 < value < 1:
+            # Worth less than a cent once the order-level lines' shares are in: §4's
+            # shares are "rounded cumulatively so that every request's lines sum exactly
+            # to its amount and the shares add up to the discount line's total once
+            # everything has shipped", so this capture may round to nothing (and none of
+            # 0 is sent), the cent left to the units still to ship.
+            free = set(newly)
+            exp.outcomes.add("capture_rounded_to_nothing")
         priced_out = {i for i in newly if int(lines[i]["unit_price"]) == 0} - free
         if priced_out:
             # Priced to 0 in this window after they shipped: a capture for the last

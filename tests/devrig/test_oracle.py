@@ -1457,3 +1457,23 @@ def test_units_shipped_after_a_capture_dearer_than_the_later_basket_may_stay_unc
     ]
     found = check_ledger([("capture", 8220, capture)], exp)
     assert not [f for f in found if f[0] in ("captured_units", "refunded_units")], found
+
+
+def test_a_first_capture_worth_less_than_a_cent_may_round_to_nothing() -> None:
+    """Seed 41076: a basket of 1 (goods 200 unshipped, a free unit shipped, a surcharge
+    of 150, a store credit of 349). The first capture carries the surcharge and its
+    share of the credit, 150 x 349 / 350 = 149.57: rounded (§4, "rounded cumulatively so
+    that every request's lines sum exactly to its amount"), it is worth nothing, and no
+    capture of 0 is sent; the cent goes with the goods still to ship."""
+    oracle = Oracle(1, refuses_increases=False)
+    basket = [
+        line("l1", 2, 100),
+        line("l2", 1, 0, shipped_quantity=1),
+        line("l3", 1, -349, rate=0, type="store_credit"),
+        line("l4", 1, 150, type="surcharge"),
+    ]
+    oracle.snapshot(snap(1, basket))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert exp.lines["l4"].captured_range == (0, 1)
+    assert check_ledger([], exp) == []
