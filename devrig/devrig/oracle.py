@@ -456,9 +456,10 @@ class Oracle:
                 if kind(line) in GOODS | FEES
             )
         )
-        if st.any_capture and total < st.money_high + 2:
+        if (st.any_capture or st.money_high > 0) and total < st.money_high + 2:
             # Within a cent or two of what was captured the shares' rounding decides
-            # whether the basket is below it: the PSP may be unable to follow.
+            # whether the basket is below it: the PSP may be unable to follow. (Also
+            # below what a capture left to timing may hold, money_high.)
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         if st.closed is None and not cancelling and total != st.authorized:
             if total > st.authorized and self.refuses and not nothing_new:
@@ -733,6 +734,15 @@ class Oracle:
                     entry = exp.lines.setdefault(line_id, LineExpect())
                     before = st.captured.get(line_id, 0)
                     entry.captured_range = (before, before + max(units, 0))
+                # Made before the expiry, that capture took them at the prices and
+                # shares of the snapshot it was sent for: a basket lowered below it is
+                # one the captures cannot follow (a person is told), as for any capture.
+                st.money_high += sum(
+                    max((p for p, _ in self._prices(i)), default=0) * max(n, 0)
+                    for i, n in (newly | first_fees).items()
+                ) * max(self._ratio(snap) for snap in self.window)
+                if order_total(last) < st.money_high + 2:
+                    exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
             # Goods shipped against an authorization that is gone: a person must act.
             exp.allowed.add(("needs_attention", "psp_order_cancelled"))
             exp.allowed.add(("needs_new_order", ""))
