@@ -187,6 +187,8 @@ class Oracle:
         # A worker may have cancelled for a snapshot that passed (cancelled or emptied)
         # in a window whose last one was open: the PSP may have let go, or not.
         self._maybe_cancelled = False
+        # This window's cancel must first capture goods shipped beyond the authorization.
+        self._cancel_held = False
         # What moved without the service since the last settle point, when nothing
         # before it had required external_change already.
         self.external_since_settle: set[str] = set()
@@ -605,6 +607,16 @@ class Oracle:
             # order again, but a worker may have acted on an open one before it.
             exp.allowed.add(("needs_new_order", ""))
             exp.outcomes.add("reopened_after_cancel_in_passing")
+        elif cancelling and st.closed is None and self._cancel_held:
+            # §4 step 4: "first capture every shipped line not yet captured (those goods
+            # left the warehouse; to charge nothing for them the shop marks them
+            # returned), then cancel ... or release". Goods shipped beyond the
+            # authorization cannot all be captured, so the cancel may wait for a person
+            # (who is told) rather than let go of goods that left: the PSP may still
+            # hold the authorization, or have let go of it (what fitted captured).
+            self._maybe_cancelled = True
+            exp.uncertain_end = True
+            exp.outcomes.add("cancel_held_by_goods_beyond_authorization")
         elif cancelling and st.closed is None:
             exp.outcomes.add("cancel_after_shipment" if st.any_capture else "cancel_before_capture")
             st.closed = "released" if st.any_capture else "cancelled"
@@ -641,6 +653,7 @@ class Oracle:
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
             exp.outcomes.add("below_captures_in_passing")
         self._maybe_cancelled |= cancelled_in_passing
+        self._cancel_held = False
         self.window = [last]
         self.faulty = False
         self.expired_in_window = False
@@ -870,6 +883,7 @@ class Oracle:
             # The shipped lines exceed an authorization the PSP would not raise: what
             # fits is captured, the shop is told to take a new order.
             exp.outcomes.add("shipped_beyond_authorization")
+            self._cancel_held = cancelling
             for line_id, units in newly.items():
                 entry = exp.lines.setdefault(line_id, LineExpect())
                 before = st.captured.get(line_id, 0)
