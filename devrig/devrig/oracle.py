@@ -242,7 +242,13 @@ class Oracle:
             if alike:
                 self.state.unnamed.append((line_id, units, alike))
         self.state.external_units[line_id] = self.state.external_units.get(line_id, 0) + units
-        self.state.captured[line_id] = self.state.captured.get(line_id, 0) + units
+        before = self.state.captured.get(line_id, 0)
+        self.state.captured[line_id] = before + units
+        entry = self.exp.lines.get(line_id)
+        if entry is not None:
+            # §4 "counts it in the order's figures": on top of units an earlier window
+            # left to timing (a range), which then moves up with them.
+            entry.surely(before, units)
         self.state.any_capture = True
         self.state.money += value
         self.state.money_high += value

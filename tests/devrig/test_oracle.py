@@ -1527,3 +1527,34 @@ def test_a_cancel_whose_shipped_goods_exceed_the_authorization_may_hold_it() -> 
     assert exp.uncertain_end
     capture = [booked("l1", 2, 200), booked("l3", 1, 150, type="shipping_fee")]
     assert not [f for f in check_ledger([("capture", 350, capture)], exp) if "units" in f[0]]
+
+
+def test_a_unit_captured_outside_counts_on_top_of_units_left_to_timing() -> None:
+    """Seed 41743 (Adyen): 2 of l2's 3 units captured and refunded by the service, the
+    shop's shipped and returned quantities then taken back, so what the service
+    captured was left a range (0..2); then a unit was captured in the Customer Area.
+    §4: money moved without the service is counted ("counts it in the order's
+    figures"): the range moves up by that unit."""
+    oracle = Oracle(100, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 1, 100)]))
+    oracle.settle()
+    l2 = line("l2", 3, 99, type="digital")
+    oracle.snapshot(snap(2, []))
+    oracle.snapshot(snap(3, [l2]))
+    oracle.snapshot(snap(4, [{**l2, "shipped_quantity": 2}]))
+    oracle.snapshot(snap(6, [{**l2, "shipped_quantity": 2, "returned_quantity": 1}]))
+    oracle.snapshot(snap(7, [{**l2, "shipped_quantity": 2, "returned_quantity": 2}]))
+    oracle.settle()
+    oracle.snapshot(snap(9, [l2]))
+    oracle.snapshot(snap(11, [l2, line("l3", 1, -190, type="discount")]))
+    oracle.settle()
+    oracle.external_capture("l2", 1, 99, named=False)
+    oracle.settle()
+    oracle.snapshot(snap(12, [l2, line("l3", 1, -190, type="discount")], status="cancelled"))
+    exp = oracle.expectation()
+    ledger = [
+        ("capture", 198, [booked("l2", 2, 198, type="digital")]),
+        ("refund", 198, [booked("l2", 2, 198, type="digital")]),
+        ("capture", 99, [booked("l2", 1, 99, type="digital")]),
+    ]
+    assert not [f for f in check_ledger(ledger, exp) if f[0] == "captured_units"]
