@@ -826,11 +826,13 @@ class Oracle:
             exp.outcomes.add("shipped_after_a_cancel_in_passing")
         # The snapshots of this window a worker may have captured for (goods shipped
         # beyond what the PSP holds): the first capture may have gone out for one of them.
+        # A fee is charged "when the shop marks them shipped, if that comes first" (§4):
+        # a snapshot that marks one shipped is one a capture may have followed too.
         earlier = [
             snap
             for snap in self.window[:-1]
             if any(
-                kind(line) in GOODS
+                kind(line) in GOODS | FEES
                 and int(line.get("shipped_quantity", 0)) > st.captured.get(line["id"], 0)
                 for line in snap["lines"]
             )

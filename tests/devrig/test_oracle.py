@@ -1558,3 +1558,23 @@ def test_a_unit_captured_outside_counts_on_top_of_units_left_to_timing() -> None
         ("capture", 99, [booked("l2", 1, 99, type="digital")]),
     ]
     assert not [f for f in check_ledger(ledger, exp) if f[0] == "captured_units"]
+
+
+def test_a_fee_captured_when_marked_shipped_then_credited_away_may_be_flagged() -> None:
+    """Seed 41810 (Klarna): a surcharge of 150 less an unitemised 5 (145) marked shipped,
+    then in the same window a store credit took the basket to 0. §4 charges a fee "when
+    the shop marks them shipped, if that comes first": a worker may have captured 145
+    for the snapshot before the credit, and then the captures lie above a basket of 0,
+    which they cannot follow (a person is told)."""
+    oracle = Oracle(450, refuses_increases=False)
+    fee = line("l2", 1, 150, type="surcharge")
+    oracle.snapshot(snap(1, [line("l1", 3, 100), fee]))
+    oracle.settle()
+    oracle.snapshot(snap(4, [fee], amount=145))
+    oracle.settle()
+    oracle.snapshot(snap(7, [{**fee, "shipped_quantity": 1}], amount=145))
+    credit = line("l4", 1, -150, rate=0, type="store_credit")
+    oracle.snapshot(snap(10, [{**fee, "shipped_quantity": 1}, credit]))
+    exp = oracle.expectation()
+    assert exp.lines["l2"].captured_range == (0, 1)
+    assert ("needs_attention", "captured_above_total") in exp.allowed
