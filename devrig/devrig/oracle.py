@@ -794,6 +794,7 @@ class Oracle:
                     exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
                     exp.uncertain_end = True
                     exp.outcomes.add("fee_removed_while_shipping")
+        riding: dict[str, int] = {}  # fees that may go with this capture
         for line_id, line in lines.items():
             # Added after the first capture: the contract does not say when it is
             # charged (with a later capture, or when marked shipped): either.
@@ -803,6 +804,7 @@ class Oracle:
                 and line_id not in fees
                 and st.captured.get(line_id, 0) < int(line["quantity"])
             ):
+                riding[line_id] = int(line["quantity"]) - st.captured.get(line_id, 0)
                 entry = exp.lines.setdefault(line_id, LineExpect())
                 entry.maybe(st.captured.get(line_id, 0), int(line["quantity"]))
                 entry.prices |= self._prices(line_id)
@@ -887,7 +889,11 @@ class Oracle:
             # earlier, smaller basket of this window.
             lows = [order_total(s) for s in self.window if s["status"] == "open"]
             limit = min([st.authorized, *[t for t in lows if t > 0]])
-        if value > limit - st.money + 2 and no_raise:
+        # Such a fee, riding with this capture, may take what the goods would fit in.
+        riding_value = sum(
+            int(lines[i]["unit_price"]) * n for i, n in riding.items()
+        ) * self._ratio(last)
+        if value + riding_value > limit - st.money + 2 and no_raise:
             # The shipped lines exceed an authorization the PSP would not raise: what
             # fits is captured, the shop is told to take a new order.
             exp.outcomes.add("shipped_beyond_authorization")
