@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from domain.lines import (
+    SHARE_TYPES,
     Ledger,
     PspLine,
     all_units_captured,
@@ -358,7 +359,9 @@ def _attribution(
         if _unnamed(op, Kind.CAPTURE) and op.basis is not None and op.amount > 0
     ]
     for op, then in captures:
-        lines = capture_lines(then, ledger)
+        # Units worth nothing are no part of money that moved (no capture of 0 is ever
+        # sent, and the PSP's ledger never shows them): never tied to it.
+        lines = [x for x in capture_lines(then, ledger) if x.total_amount or x.type in SHARE_TYPES]
         if lines and lines_total(lines) == op.amount:
             return Attribute(str(op.reference), tuple(lines))
     lines = refund_lines(order, ledger)

@@ -16,6 +16,7 @@ from domain.lines import PspLine, lines_total
 from domain.planner import (
     NEEDS_ATTENTION,
     NEEDS_NEW_ORDER,
+    Attribute,
     Done,
     Flag,
     Kind,
@@ -173,6 +174,23 @@ def test_an_advisory_reason_already_told_is_not_raised_again() -> None:
     assert isinstance(decision, Flag) and decision.code == "captured_above_total"
     both = replace(told, told=told.told | {decision.code})
     assert plan_next(both, allow_all) == Done()
+
+
+def test_units_worth_nothing_are_never_tied_to_money_moved_without_the_service() -> None:
+    """Contract §4: money moved without the service is counted and never made again;
+    units worth nothing are no part of it (no capture of 0 is sent, the PSP's ledger
+    never shows them), so a Customer Area capture of 1200 is the hat alone, not the
+    hat and two free samples shipped with it."""
+    hat = {"id": "hat", "name": "Hat", "quantity": 1, "unit_price": 1200, "tax_rate": 2000}
+    free = {"id": "sample", "name": "Sample", "quantity": 2, "unit_price": 0, "tax_rate": 2000}
+    basis = order([hat, free])
+    outside = PastOperation(
+        Kind.CAPTURE, "succeeded", 1200, external=True, reference="ext", basis=basis
+    )
+    now = order([shipped(hat, 1), shipped(free, 2)])
+    decision = plan_next(OrderView(now, psp(1200, captured=1200), history=(outside,)), allow_all)
+    assert isinstance(decision, Attribute)
+    assert [(x.reference, x.quantity) for x in decision.lines] == [("hat", 1)]
 
 
 def test_an_expired_order_with_work_left_needs_attention() -> None:
