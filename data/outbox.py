@@ -12,6 +12,8 @@ from psycopg import AsyncConnection, Connection
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
+from data import orders
+
 Row = dict[str, Any]
 
 
@@ -70,6 +72,12 @@ ON CONFLICT (id) DO NOTHING
 RETURNING id
 """
 
+# The same, with the order marked in sync (nothing due for it: data/orders.py
+# MARK_IN_SYNC) in the same statement: the reconciler's last step is one statement.
+# A data-modifying WITH runs whether or not the event is inserted.
+INSERT_EVENT_IN_SYNC = f"WITH in_sync AS ({orders.MARK_IN_SYNC}) {INSERT_EVENT}"
+
+
 # The order's oldest undelivered event, if it is due and nobody holds it: a later event
 # waits behind an earlier one that keeps failing (unless the shop refused that one so
 # often that it was parked). The oldest row is locked and waited for, never skipped: a
@@ -110,10 +118,14 @@ def insert_event(
     event_type: str,
     payload: dict[str, Any],
     unless_last_is: tuple[str, int] | None = None,
+    *,
+    in_sync: bool = False,
 ) -> Callable[[], bool]:
     """Sends the insert of one event; the function returned reads whether it was
     recorded (False: recorded already, or it is the last one). In pipeline mode, read it
-    after the commit: the insert then costs no round trip of its own."""
+    after the commit: the insert then costs no round trip of its own. `in_sync`: the
+    order is marked in sync by the same statement (data/orders.py mark_in_sync), whether
+    or not the event is recorded."""
     skip_type, skip_version = unless_last_is or (None, None)
     params = {
         "id": event_id,
@@ -124,7 +136,7 @@ def insert_event(
         "skip_type": skip_type,
         "skip_version": skip_version,
     }
-    cursor = conn.execute(INSERT_EVENT, params)
+    cursor = conn.execute(INSERT_EVENT_IN_SYNC if in_sync else INSERT_EVENT, params)
     return lambda: cursor.fetchone() is not None
 
 

@@ -87,10 +87,15 @@ def record_synced(
     conn: Connection[DictRow],
     order: Order,
     after_commit: list[Callable[[], object]] | None = None,
-) -> None:
+    *,
+    in_sync: bool = False,
+) -> bool:
     """Every operation for the order's current version is done: `order.synced`. With
     `after_commit`, whether it was recorded is read once the transaction is committed
-    (in pipeline mode, the insert then goes with the COMMIT: no round trip of its own)."""
+    (in pipeline mode, the insert then goes with the COMMIT: no round trip of its own).
+
+    `in_sync`: the same statement marks the order in sync (data/orders.py mark_in_sync);
+    True if it was sent (False: the shop still has to act, no event, nothing marked)."""
     authorized = order.authorized_amount
     still_flagged = [
         flag
@@ -103,7 +108,7 @@ def record_synced(
         )
     ]
     if still_flagged:
-        return  # done with what it can do, but the shop still has to act: not "synced"
+        return False  # done with what it can do, but the shop still has to act: not "synced"
     data = {
         "amounts": {
             "ordered": order.desired_amount,
@@ -115,11 +120,14 @@ def record_synced(
     # A periodic re-read or an operator's reconcile of an order already in sync is no
     # news to the shop; a sync after a flag is. Checked in the insert itself: one trip.
     synced = EventType.SYNCED
-    recorded = _insert(conn, order, synced, data, unless_last_is=(synced, order.version))
+    recorded = _insert(
+        conn, order, synced, data, unless_last_is=(synced, order.version), in_sync=in_sync
+    )
     if after_commit is None:
         recorded()
     else:
         after_commit.append(recorded)
+    return in_sync
 
 
 def _insert(
@@ -129,6 +137,8 @@ def _insert(
     data: dict[str, Any],
     unless_last_is: tuple[str, int] | None = None,
     event_id: uuid.UUID | None = None,
+    *,
+    in_sync: bool = False,
 ) -> Callable[[], bool]:
     """Sends the event's insert; the function returned reads whether it was recorded
     (False: recorded before, or the last one already) and asks for its delivery."""
@@ -141,7 +151,7 @@ def _insert(
         "data": data,
     }
     inserted = outbox.insert_event(
-        conn, event_id, order.id, order.version, event_type, body, unless_last_is
+        conn, event_id, order.id, order.version, event_type, body, unless_last_is, in_sync=in_sync
     )
 
     def recorded() -> bool:
