@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -78,18 +78,22 @@ RETURNING id
 INSERT_EVENT_IN_SYNC = f"WITH in_sync AS ({orders.MARK_IN_SYNC}) {INSERT_EVENT}"
 
 
-# The order's oldest undelivered event, if it is due and nobody holds it: a later event
+# Each order's oldest undelivered event, if it is due and nobody holds it: a later event
 # waits behind an earlier one that keeps failing (unless the shop refused that one so
 # often that it was parked). The oldest row is locked and waited for, never skipped: a
 # second deliverer claiming at the same moment must not pass it and send a later event.
+# One statement for many orders (a batch's deliverer): at most one event each.
 CLAIM_NEXT = f"""
 UPDATE outbox SET attempts = attempts + 1,
                   lease_until = now() + make_interval(secs => %(lease)s)
-WHERE id = (
-    SELECT id FROM outbox
-    WHERE order_id = %(order_id)s AND delivered_at IS NULL AND parked_at IS NULL
-    ORDER BY seq LIMIT 1
-    FOR UPDATE
+WHERE id IN (
+    SELECT oldest.id FROM unnest(%(order_ids)s::text[]) AS batch(order_id)
+    CROSS JOIN LATERAL (
+        SELECT id FROM outbox
+        WHERE order_id = batch.order_id AND delivered_at IS NULL AND parked_at IS NULL
+        ORDER BY seq LIMIT 1
+        FOR UPDATE
+    ) AS oldest
 )
   AND next_attempt_at <= now()
   AND (lease_until IS NULL OR lease_until < now())
@@ -97,9 +101,10 @@ RETURNING {EVENT_COLUMNS}
 """  # noqa: S608
 
 MARK_DELIVERED = """
-UPDATE outbox SET delivered_at = now(), lease_until = NULL, last_status = %(status)s,
+UPDATE outbox SET delivered_at = now(), lease_until = NULL, last_status = done.status,
                   last_error = NULL
-WHERE id = %(id)s
+FROM unnest(%(ids)s::uuid[], %(statuses)s::int[]) AS done(id, status)
+WHERE outbox.id = done.id
 """
 
 MARK_FAILED = """
@@ -141,16 +146,24 @@ def insert_event(
 
 
 def claim_next(
-    conn: Connection[Row], order_id: str, lease_seconds: float
-) -> Callable[[], Event | None]:
-    """Sends the claim; the function returned reads the event claimed (None: nothing
-    due). In pipeline mode, read it after the commit: no round trip of its own."""
-    params = {"order_id": order_id, "lease": lease_seconds}
-    return conn.cursor(row_factory=_EVENT).execute(CLAIM_NEXT, params).fetchone
+    conn: Connection[Row], order_ids: Sequence[str], lease_seconds: float
+) -> Callable[[], list[Event]]:
+    """Sends the claim of each order's next due event; the function returned reads the
+    events claimed (at most one per order; none for an order with nothing due). In
+    pipeline mode, read it after the commit: no round trip of its own."""
+    params = {"order_ids": list(order_ids), "lease": lease_seconds}
+    return conn.cursor(row_factory=_EVENT).execute(CLAIM_NEXT, params).fetchall
 
 
-def mark_delivered(conn: Connection[Row], event_id: uuid.UUID, status: int | None) -> None:
-    conn.execute(MARK_DELIVERED, {"id": event_id, "status": status})
+def mark_delivered(
+    conn: Connection[Row], delivered: Sequence[tuple[uuid.UUID, int | None]]
+) -> None:
+    """Each (event, the shop's status) delivered."""
+    params = {
+        "ids": [event_id for event_id, _ in delivered],
+        "statuses": [status for _, status in delivered],
+    }
+    conn.execute(MARK_DELIVERED, params)
 
 
 def mark_failed(
