@@ -23,7 +23,7 @@ from psycopg.rows import DictRow
 from standardwebhooks.webhooks import Webhook
 
 from data import outbox
-from data.orders import Order
+from data.orders import Order, attention, halted
 from data.outbox import webhook_id
 from domain.planner import EXTERNAL_CHANGE, NEEDS_NEW_ORDER, Flag
 from integrations.results import retry_delay
@@ -67,11 +67,17 @@ def record_flagged(conn: Connection[DictRow], order: Order, flag: Flag) -> bool:
     such change ("flags needs_attention (external_change, with what changed) and tells
     the shop"), even while the order waits for a person for another reason; each is
     learnt once (a notification is processed once, a read records it as an operation).
+    While only advisory reasons stand (domain/planner.py ADVISORY), each other reason
+    is news once: the flag no longer waits for a person alone, so what it reports is.
     """
     event_id: uuid.UUID | None = None
     if flag.flag == NEEDS_NEW_ORDER:
         event_id = uuid.uuid5(_EVENT_NAMESPACE, f"{order.id}:{order.version}:{flag.refused_amount}")
-    elif flag.flag in (order.flags or []) and flag.code != EXTERNAL_CHANGE:
+    elif (
+        flag.flag in (order.flags or [])
+        and flag.code != EXTERNAL_CHANGE
+        and (halted(order) or flag.code in attention(order))
+    ):
         return False
     reason = {"code": flag.code, "message": flag.message}
     if flag.flag == NEEDS_NEW_ORDER:

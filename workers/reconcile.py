@@ -33,6 +33,7 @@ from domain.planner import (
     PspStatus,
     Wait,
     explained_lines,
+    halts,
     plan_next,
     unauthorized_lines,
 )
@@ -177,10 +178,11 @@ class Reconciler:
                 # No next_attempt_at: parked (an unknown outcome after the last attempt,
                 # or no credentials); only an operator's reconcile wakes it.
                 return Idle("backing_off" if op.next_attempt_at else "parked")
-            if NEEDS_ATTENTION in order.flags and not force:
-                # needs_attention halts every automatic operation, a retry or a resumed
-                # call included: acting again could repeat what went wrong. Parked until
-                # the operator's reconcile releases it (data/orders.py RELEASE_*).
+            if store.halted(order) and not force:
+                # needs_attention for a failure or an unknown outcome halts every
+                # automatic operation, a retry or a resumed call included: acting again
+                # could repeat what went wrong. Parked until the operator's reconcile
+                # releases it (data/orders.py RELEASE_*). An advisory reason does not.
                 store.park_operations(conn, order_id)
                 return Idle("needs_attention")
             if provider is None:
@@ -210,6 +212,8 @@ class Reconciler:
             now=now,
             extend_within=timedelta(days=self.settings.extend_authorization_days_before),
             acknowledged_reversal=order.acknowledged_reversal,
+            told=store.attention(order),
+            halting=store.halted(order),
         )
         assert provider is not None
         # Each account its own table (Klarna's); Adyen always asks (its client says so).
@@ -336,6 +340,9 @@ class Reconciler:
                     "external_change",
                     "; ".join(changes) + " (made without this service: counted, never "
                     "repeated; an operator's reconcile takes the PSP's figures as they are)",
+                    # Money in a currency the order never had cannot be counted: a
+                    # person looks before anything moves.
+                    halting=_foreign_currency(order, figures),
                 ),
             )
 
@@ -347,8 +354,8 @@ class Reconciler:
         snapshot does not explain is returned, to be flagged. Also the PSP's currency,
         which an order's first snapshot fixed."""
         changes: list[str] = []
-        currency = figures.get("currency")
-        if currency and currency != order.currency:
+        if _foreign_currency(order, figures):
+            currency = figures["currency"]
             changes.append(f"the PSP's purchase currency {currency} is not the order's")
         ops = store.operations(conn, order.id)
         ours = {str(op.id) for op in ops} | {op.psp_reference for op in ops}
@@ -646,6 +653,13 @@ def _not_behind(figures: dict[str, Any], ops: list[store.Operation]) -> dict[str
     return figures
 
 
+def _foreign_currency(order: store.Order, figures: dict[str, Any]) -> bool:
+    """The PSP holds the payment in another currency than the order's first snapshot
+    fixed (contract §4)."""
+    currency = figures.get("currency")
+    return bool(currency) and currency != order.currency
+
+
 def flag_order(conn: Any, order: store.Order, flag: Flag) -> None:
     """Flags the order, records the shop's event and counts it (also used by the Adyen
     notification processing, which settles operations outside the reconciler)."""
@@ -654,6 +668,7 @@ def flag_order(conn: Any, order: store.Order, flag: Flag) -> None:
         "message": flag.message,
         "lines": [line.to_json() for line in flag.lines],
         "version": order.version,
+        "halts": halts(flag),
     }
     store.set_flag(conn, order.id, flag.flag, reason, flag.refused_amount)
     if callbacks.record_flagged(conn, order, flag):

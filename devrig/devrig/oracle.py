@@ -187,6 +187,8 @@ class Oracle:
         # A worker may have cancelled for a snapshot that passed (cancelled or emptied)
         # in a window whose last one was open: the PSP may have let go, or not.
         self._maybe_cancelled = False
+        # This window's cancel must first capture goods shipped beyond the authorization.
+        self._cancel_held = False
         # What moved without the service since the last settle point, when nothing
         # before it had required external_change already.
         self.external_since_settle: set[str] = set()
@@ -240,7 +242,13 @@ class Oracle:
             if alike:
                 self.state.unnamed.append((line_id, units, alike))
         self.state.external_units[line_id] = self.state.external_units.get(line_id, 0) + units
-        self.state.captured[line_id] = self.state.captured.get(line_id, 0) + units
+        before = self.state.captured.get(line_id, 0)
+        self.state.captured[line_id] = before + units
+        entry = self.exp.lines.get(line_id)
+        if entry is not None:
+            # §4 "counts it in the order's figures": on top of units an earlier window
+            # left to timing (a range), which then moves up with them.
+            entry.surely(before, units)
         self.state.any_capture = True
         self.state.money += value
         self.state.money_high += value
@@ -456,9 +464,10 @@ class Oracle:
                 if kind(line) in GOODS | FEES
             )
         )
-        if st.any_capture and total < st.money_high + 2:
+        if (st.any_capture or st.money_high > 0) and total < st.money_high + 2:
             # Within a cent or two of what was captured the shares' rounding decides
-            # whether the basket is below it: the PSP may be unable to follow.
+            # whether the basket is below it: the PSP may be unable to follow. (Also
+            # below what a capture left to timing may hold, money_high.)
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         if st.closed is None and not cancelling and total != st.authorized:
             if total > st.authorized and self.refuses and not nothing_new:
@@ -604,6 +613,16 @@ class Oracle:
             # order again, but a worker may have acted on an open one before it.
             exp.allowed.add(("needs_new_order", ""))
             exp.outcomes.add("reopened_after_cancel_in_passing")
+        elif cancelling and st.closed is None and self._cancel_held:
+            # §4 step 4: "first capture every shipped line not yet captured (those goods
+            # left the warehouse; to charge nothing for them the shop marks them
+            # returned), then cancel ... or release". Goods shipped beyond the
+            # authorization cannot all be captured, so the cancel may wait for a person
+            # (who is told) rather than let go of goods that left: the PSP may still
+            # hold the authorization, or have let go of it (what fitted captured).
+            self._maybe_cancelled = True
+            exp.uncertain_end = True
+            exp.outcomes.add("cancel_held_by_goods_beyond_authorization")
         elif cancelling and st.closed is None:
             exp.outcomes.add("cancel_after_shipment" if st.any_capture else "cancel_before_capture")
             st.closed = "released" if st.any_capture else "cancelled"
@@ -640,6 +659,7 @@ class Oracle:
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
             exp.outcomes.add("below_captures_in_passing")
         self._maybe_cancelled |= cancelled_in_passing
+        self._cancel_held = False
         self.window = [last]
         self.faulty = False
         self.expired_in_window = False
@@ -733,6 +753,15 @@ class Oracle:
                     entry = exp.lines.setdefault(line_id, LineExpect())
                     before = st.captured.get(line_id, 0)
                     entry.captured_range = (before, before + max(units, 0))
+                # Made before the expiry, that capture took them at the prices and
+                # shares of the snapshot it was sent for: a basket lowered below it is
+                # one the captures cannot follow (a person is told), as for any capture.
+                st.money_high += sum(
+                    max((p for p, _ in self._prices(i)), default=0) * max(n, 0)
+                    for i, n in (newly | first_fees).items()
+                ) * max(self._ratio(snap) for snap in self.window)
+                if order_total(last) < st.money_high + 2:
+                    exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
             # Goods shipped against an authorization that is gone: a person must act.
             exp.allowed.add(("needs_attention", "psp_order_cancelled"))
             exp.allowed.add(("needs_new_order", ""))
@@ -797,11 +826,13 @@ class Oracle:
             exp.outcomes.add("shipped_after_a_cancel_in_passing")
         # The snapshots of this window a worker may have captured for (goods shipped
         # beyond what the PSP holds): the first capture may have gone out for one of them.
+        # A fee is charged "when the shop marks them shipped, if that comes first" (§4):
+        # a snapshot that marks one shipped is one a capture may have followed too.
         earlier = [
             snap
             for snap in self.window[:-1]
             if any(
-                kind(line) in GOODS
+                kind(line) in GOODS | FEES
                 and int(line.get("shipped_quantity", 0)) > st.captured.get(line["id"], 0)
                 for line in snap["lines"]
             )
@@ -860,6 +891,7 @@ class Oracle:
             # The shipped lines exceed an authorization the PSP would not raise: what
             # fits is captured, the shop is told to take a new order.
             exp.outcomes.add("shipped_beyond_authorization")
+            self._cancel_held = cancelling
             for line_id, units in newly.items():
                 entry = exp.lines.setdefault(line_id, LineExpect())
                 before = st.captured.get(line_id, 0)
@@ -871,6 +903,14 @@ class Oracle:
             exp.uncertain_end = True
             return
         free = {i for i in newly if all(p == 0 for p, _ in self._prices(i))}
+        if 0 < value < 1:
+            # Worth less than a cent once the order-level lines' shares are in: §4's
+            # shares are "rounded cumulatively so that every request's lines sum exactly
+            # to its amount and the shares add up to the discount line's total once
+            # everything has shipped", so this capture may round to nothing (and none of
+            # 0 is sent), the cent left to the units still to ship.
+            free = set(newly)
+            exp.outcomes.add("capture_rounded_to_nothing")
         priced_out = {i for i in newly if int(lines[i]["unit_price"]) == 0} - free
         if priced_out:
             # Priced to 0 in this window after they shipped: a capture for the last
@@ -892,11 +932,18 @@ class Oracle:
                 # priced to 0, a capture for an earlier snapshot carried them; timing.
                 exp.uncertain_end = True
                 exp.outcomes.add("priced_to_nothing_while_shipping")
-        if st.any_capture and order_total(last) < st.money - 2:
+        if st.any_capture and order_total(last) < st.money_high - 2:
             # The total went below what is captured (a price or discount edit after a
             # capture): the captures can no longer add up to it (a person is told,
             # CANNOT_FOLLOW), and the order-level lines not yet shared may take all that
-            # is still open, so these units may be worth nothing, never captured.
+            # is still open, so these units may be worth nothing, never captured. What
+            # is captured is what an earlier capture took at the order-level shares of
+            # the snapshot it was made for, any of its window's (§4: captures "carry a
+            # share of order-level discount lines in proportion to the value of the
+            # lines they carry, ... rounded cumulatively so that ... the shares add up
+            # to the discount line's total once everything has shipped"): so the
+            # dearest of them (money_high), not the last one's estimate, decides. A unit
+            # never captured is never refunded ("never more than was captured").
             free = set(newly)
         # The same within this window: a worker that captured for an earlier snapshot
         # (at its prices and order-level shares, with the fees if first) may have
