@@ -625,10 +625,14 @@ class Oracle:
             # Every unit captured, for less than the basket now says (a price raised
             # after its unit was captured): no capture is left to carry the difference.
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
-        if last["status"] == "open" and st.any_capture and total < st.money_high - 2:
+        if last["status"] == "open" and st.money_high > 0 and total < st.money_high - 2:
             # An open order lowered below what was captured (after the PSP let go, or
             # to nothing): captures only add, and §4 refunds only returned units, so
             # the PSP cannot follow; a person is told, as for an open authorization.
+            # What the PSP may hold counts (money_high), not only what it surely does:
+            # units priced to nothing in the window they shipped in were captured at
+            # their earlier price by a worker that acted on that snapshot (§4 step 2,
+            # "newly shipped quantities → a capture with exactly those lines").
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         if st.any_capture and any(
             x["status"] == "open" and order_total(x) < st.money_high - 2 for x in self.window[:-1]
@@ -796,12 +800,14 @@ class Oracle:
             exp.uncertain_end = True
             exp.outcomes.add("shipped_after_a_cancel_in_passing")
         # The snapshots of this window a worker may have captured for (goods shipped
-        # beyond what the PSP holds): the first capture may have gone out for one of them.
+        # beyond what the PSP holds, or a fee: §"Lines that are not goods", charged "when
+        # the shop marks them shipped, if that comes first"): the first capture may have
+        # gone out for one of them.
         earlier = [
             snap
             for snap in self.window[:-1]
             if any(
-                kind(line) in GOODS
+                kind(line) in GOODS | FEES
                 and int(line.get("shipped_quantity", 0)) > st.captured.get(line["id"], 0)
                 for line in snap["lines"]
             )

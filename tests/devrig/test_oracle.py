@@ -1420,3 +1420,44 @@ def test_a_fee_swapped_while_shipping_may_leave_its_successor_beyond_the_authori
     oracle.settle()
     exp = oracle.expectation()
     assert ("needs_attention", "capture_exceeds_authorization") in exp.allowed
+
+
+def test_units_priced_to_nothing_after_a_capture_for_an_earlier_snapshot_may_be_flagged() -> None:
+    # A unit shipped at 100, then (in the same window) the line priced to 0 with the
+    # order left open at a total of 0. A worker that captured for the shipment's
+    # snapshot holds 100 against a basket of 0: captures only add and §4 refunds only
+    # returned units, so the PSP cannot follow ("once everything has shipped the
+    # captures add up to the order's total" can no longer hold) and a person is told.
+    # A worker that saw only the last snapshot captured nothing: either.
+    oracle = Oracle(300, refuses_increases=False)
+    digi = line("l1", 3, 100, type="digital")
+    oracle.snapshot(snap(1, [digi]))
+    oracle.snapshot(snap(2, [{**digi, "shipped_quantity": 1}]))
+    oracle.snapshot(snap(3, [{**digi, "unit_price": 0, "shipped_quantity": 1}]))
+    exp = oracle.expectation()
+    assert exp.lines["l1"].captured_range == (0, 1)
+    assert CANNOT_FOLLOW_ABOVE in exp.allowed
+
+
+def test_a_fee_captured_when_marked_shipped_then_discounted_away_may_be_flagged() -> None:
+    # The shipping fee is marked shipped before any goods (§"Lines that are not goods":
+    # charged "when the shop marks them shipped, if that comes first"), then, in the
+    # same window, the goods are removed and a discount takes the basket to 0. A worker
+    # that captured the fee for the earlier snapshot holds it (less its discount share)
+    # against a basket of 0: captures only add, so the PSP cannot follow, and a person
+    # is told. A worker that saw only the last snapshot captured nothing: either.
+    oracle = Oracle(1005, refuses_increases=False)
+    goods, fee = line("l1", 1, 1000), line("l2", 1, 105, type="shipping_fee")
+    oracle.snapshot(snap(1, [goods, fee, line("l3", 1, -100, type="discount")]))
+    oracle.settle()
+    shipped_fee = {**fee, "shipped_quantity": 1}
+    oracle.snapshot(snap(2, [goods, shipped_fee, line("l3", 1, -100, type="discount")]))
+    oracle.snapshot(snap(3, [shipped_fee, line("l3", 1, -105, type="discount")]))
+    exp = oracle.expectation()
+    assert CANNOT_FOLLOW_ABOVE in exp.allowed
+    assert (
+        check_ledger(
+            [("capture", 95, [booked("l2", 1, 105), booked("l3", 1, -10, type="discount")])], exp
+        )
+        == []
+    )
