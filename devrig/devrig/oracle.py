@@ -43,6 +43,13 @@ FAULT_REASONS = frozenset(
         "task_failed",
     }
 )
+# The PSPs' refusals of a release or a cancel (Adyen: AUTHORISATION_ADJUSTMENT, the
+# release being an amount update down to the captures, and CANCELLATION with success
+# false; Klarna: 403 NOT_ALLOWED, CANCEL_NOT_ALLOWED), the reason a build names when the
+# authorization it lets go of has ended already.
+LET_GO_REFUSED = frozenset(
+    {"AUTHORISATION_ADJUSTMENT", "CANCELLATION", "NOT_ALLOWED", "CANCEL_NOT_ALLOWED"}
+)
 # Reasons for a basket the captures can no longer follow (a price edit after a capture).
 CANNOT_FOLLOW = frozenset({"captured_above_total", "captured_below_total", "amount_below_captured"})
 
@@ -187,6 +194,10 @@ class Oracle:
         # A worker may have cancelled for a snapshot that passed (cancelled or emptied)
         # in a window whose last one was open: the PSP may have let go, or not.
         self._maybe_cancelled = False
+        # The authorization ended without the service (expired, cancelled outside) since
+        # the last settle point: a release or cancel sent before the service learnt it
+        # is refused.
+        self._ended_in_window = False
         # What moved without the service since the last settle point, when nothing
         # before it had required external_change already.
         self.external_since_settle: set[str] = set()
@@ -279,6 +290,7 @@ class Oracle:
         self._external("chargeback")
 
     def external_cancel(self) -> None:
+        self._ended_in_window = True
         self.state.closed = "cancelled"
         self.state.closed_version = self.stored["version"] if self.stored else 0
         self._external("external_cancel")
@@ -314,6 +326,7 @@ class Oracle:
         window was on its way, so units shipped in it may have been captured first."""
         self.expired_in_window = capture_in_flight
         if self.state.closed is None:
+            self._ended_in_window = True
             self.state.closed = "expired"
             self.exp.outcomes.add("expired")
             if self._uncaptured_goods() and capture_in_flight:
@@ -343,6 +356,7 @@ class Oracle:
         if self.halted:
             self.window = [self.window[-1]]
             self.faulty = False
+            self._ended_in_window = False
             self.external_since_settle = set()
             return
         last = self.window[-1]
@@ -413,6 +427,16 @@ class Oracle:
                 # needs_new_order": a worker may have seen this one before the last.
                 exp.allowed.add(("needs_new_order", ""))
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
+        if self._ended_in_window and any(
+            snap["status"] == "cancelled" or order_total(snap) == 0 for snap in self.window
+        ):
+            # The authorization ended without the service (an expiry, a cancel outside)
+            # while the shop cancelled or emptied the order: a worker that sent its
+            # release or cancel (§4 step 4) before it learnt of the end has it refused,
+            # and §4: "An operation that still fails after its retries flags
+            # needs_attention" (a business rejection is not retried, §5).
+            exp.allowed |= {("needs_attention", r) for r in LET_GO_REFUSED}
+            exp.outcomes.add("let_go_after_the_authorization_ended")
         cancelled_in_passing = False
         if (
             (not cancelling or self._shipped_uncaptured(lines))
@@ -644,6 +668,7 @@ class Oracle:
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
             exp.outcomes.add("below_captures_in_passing")
         self._maybe_cancelled |= cancelled_in_passing
+        self._ended_in_window = False
         self.window = [last]
         self.faulty = False
         self.expired_in_window = False

@@ -1439,6 +1439,30 @@ def test_units_priced_to_nothing_after_a_capture_for_an_earlier_snapshot_may_be_
     assert CANNOT_FOLLOW_ABOVE in exp.allowed
 
 
+def test_a_release_sent_before_the_expiry_was_learnt_may_be_refused_and_flagged() -> None:
+    # One unit shipped, its capture sent; the rest of the authorization expires (Adyen
+    # notifies EXPIRE before the CAPTURE), and the shop cancels the order in the same
+    # window. A worker that released the rest (§4 step 4) before it learnt of the expiry
+    # has its release refused (AUTHORISATION_ADJUSTMENT, success false): §4 "An
+    # operation that still fails after its retries flags needs_attention".
+    oracle = Oracle(10347, refuses_increases=False)
+    l2 = line("l2", 2, 1200)
+    oracle.snapshot(snap(1, [l2]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**l2, "shipped_quantity": 1}]))
+    oracle.expire(capture_in_flight=True)
+    oracle.snapshot(snap(3, [{**l2, "shipped_quantity": 1}], status="cancelled"))
+    exp = oracle.expectation()
+    assert ("needs_attention", "AUTHORISATION_ADJUSTMENT") in exp.allowed
+    # An order the shop keeps open is not let go of: nothing is refused.
+    oracle = Oracle(10347, refuses_increases=False)
+    oracle.snapshot(snap(1, [l2]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**l2, "shipped_quantity": 1}]))
+    oracle.expire(capture_in_flight=True)
+    assert ("needs_attention", "AUTHORISATION_ADJUSTMENT") not in oracle.expectation().allowed
+
+
 def test_a_fee_captured_when_marked_shipped_then_discounted_away_may_be_flagged() -> None:
     # The shipping fee is marked shipped before any goods (§"Lines that are not goods":
     # charged "when the shop marks them shipped, if that comes first"), then, in the
