@@ -649,14 +649,16 @@ class Oracle:
             # Every unit captured, for less than the basket now says (a price raised
             # after its unit was captured): no capture is left to carry the difference.
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
-        if last["status"] == "open" and st.money_high > 0 and total < st.money_high - 2:
+        if last["status"] == "open" and st.money_high > 0 and total < st.money_high:
             # An open order lowered below what was captured (after the PSP let go, or
             # to nothing): captures only add, and §4 refunds only returned units, so
             # the PSP cannot follow; a person is told, as for an open authorization.
             # What the PSP may hold counts (money_high), not only what it surely does:
             # units priced to nothing in the window they shipped in were captured at
             # their earlier price by a worker that acted on that snapshot (§4 step 2,
-            # "newly shipped quantities → a capture with exactly those lines").
+            # "newly shipped quantities → a capture with exactly those lines"), and a
+            # basket a cent below that is below it (allowed, not required: with
+            # order-level shares the estimate is within a cent or two).
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         if st.any_capture and any(
             x["status"] == "open" and order_total(x) < st.money_high - 2 for x in self.window[:-1]
