@@ -43,6 +43,13 @@ FAULT_REASONS = frozenset(
         "task_failed",
     }
 )
+# The PSPs' refusals of a release or a cancel (Adyen: AUTHORISATION_ADJUSTMENT, the
+# release being an amount update down to the captures, and CANCELLATION with success
+# false; Klarna: 403 NOT_ALLOWED, CANCEL_NOT_ALLOWED), the reason a build names when the
+# authorization it lets go of has ended already.
+LET_GO_REFUSED = frozenset(
+    {"AUTHORISATION_ADJUSTMENT", "CANCELLATION", "NOT_ALLOWED", "CANCEL_NOT_ALLOWED"}
+)
 # Reasons for a basket the captures can no longer follow (a price edit after a capture).
 CANNOT_FOLLOW = frozenset({"captured_above_total", "captured_below_total", "amount_below_captured"})
 
@@ -189,6 +196,10 @@ class Oracle:
         self._maybe_cancelled = False
         # This window's cancel must first capture goods shipped beyond the authorization.
         self._cancel_held = False
+        # The authorization ended without the service (expired, cancelled outside) since
+        # the last settle point: a release or cancel sent before the service learnt it
+        # is refused.
+        self._ended_in_window = False
         # What moved without the service since the last settle point, when nothing
         # before it had required external_change already.
         self.external_since_settle: set[str] = set()
@@ -287,6 +298,7 @@ class Oracle:
         self._external("chargeback")
 
     def external_cancel(self) -> None:
+        self._ended_in_window = True
         self.state.closed = "cancelled"
         self.state.closed_version = self.stored["version"] if self.stored else 0
         self._external("external_cancel")
@@ -322,6 +334,7 @@ class Oracle:
         window was on its way, so units shipped in it may have been captured first."""
         self.expired_in_window = capture_in_flight
         if self.state.closed is None:
+            self._ended_in_window = True
             self.state.closed = "expired"
             self.exp.outcomes.add("expired")
             if self._uncaptured_goods() and capture_in_flight:
@@ -351,6 +364,7 @@ class Oracle:
         if self.halted:
             self.window = [self.window[-1]]
             self.faulty = False
+            self._ended_in_window = False
             self.external_since_settle = set()
             return
         last = self.window[-1]
@@ -421,6 +435,16 @@ class Oracle:
                 # needs_new_order": a worker may have seen this one before the last.
                 exp.allowed.add(("needs_new_order", ""))
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
+        if self._ended_in_window and any(
+            snap["status"] == "cancelled" or order_total(snap) == 0 for snap in self.window
+        ):
+            # The authorization ended without the service (an expiry, a cancel outside)
+            # while the shop cancelled or emptied the order: a worker that sent its
+            # release or cancel (§4 step 4) before it learnt of the end has it refused,
+            # and §4: "An operation that still fails after its retries flags
+            # needs_attention" (a business rejection is not retried, §5).
+            exp.allowed |= {("needs_attention", r) for r in LET_GO_REFUSED}
+            exp.outcomes.add("let_go_after_the_authorization_ended")
         cancelled_in_passing = False
         if (
             (not cancelling or self._shipped_uncaptured(lines))
@@ -644,10 +668,16 @@ class Oracle:
             # Every unit captured, for less than the basket now says (a price raised
             # after its unit was captured): no capture is left to carry the difference.
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
-        if last["status"] == "open" and st.any_capture and total < st.money_high - 2:
+        if last["status"] == "open" and st.money_high > 0 and total < st.money_high:
             # An open order lowered below what was captured (after the PSP let go, or
             # to nothing): captures only add, and §4 refunds only returned units, so
             # the PSP cannot follow; a person is told, as for an open authorization.
+            # What the PSP may hold counts (money_high), not only what it surely does:
+            # units priced to nothing in the window they shipped in were captured at
+            # their earlier price by a worker that acted on that snapshot (§4 step 2,
+            # "newly shipped quantities → a capture with exactly those lines"), and a
+            # basket a cent below that is below it (allowed, not required: with
+            # order-level shares the estimate is within a cent or two).
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         if st.any_capture and any(
             x["status"] == "open" and order_total(x) < st.money_high - 2 for x in self.window[:-1]
@@ -660,6 +690,7 @@ class Oracle:
             exp.outcomes.add("below_captures_in_passing")
         self._maybe_cancelled |= cancelled_in_passing
         self._cancel_held = False
+        self._ended_in_window = False
         self.window = [last]
         self.faulty = False
         self.expired_in_window = False

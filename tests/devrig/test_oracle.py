@@ -1578,3 +1578,93 @@ def test_a_fee_captured_when_marked_shipped_then_credited_away_may_be_flagged() 
     exp = oracle.expectation()
     assert exp.lines["l2"].captured_range == (0, 1)
     assert ("needs_attention", "captured_above_total") in exp.allowed
+
+
+def test_units_priced_to_nothing_after_a_capture_for_an_earlier_snapshot_may_be_flagged() -> None:
+    # A unit shipped at 100, then (in the same window) the line priced to 0 with the
+    # order left open at a total of 0. A worker that captured for the shipment's
+    # snapshot holds 100 against a basket of 0: captures only add and §4 refunds only
+    # returned units, so the PSP cannot follow ("once everything has shipped the
+    # captures add up to the order's total" can no longer hold) and a person is told.
+    # A worker that saw only the last snapshot captured nothing: either.
+    oracle = Oracle(300, refuses_increases=False)
+    digi = line("l1", 3, 100, type="digital")
+    oracle.snapshot(snap(1, [digi]))
+    oracle.snapshot(snap(2, [{**digi, "shipped_quantity": 1}]))
+    oracle.snapshot(snap(3, [{**digi, "unit_price": 0, "shipped_quantity": 1}]))
+    exp = oracle.expectation()
+    assert exp.lines["l1"].captured_range == (0, 1)
+    assert CANNOT_FOLLOW_ABOVE in exp.allowed
+
+
+def test_a_release_sent_before_the_expiry_was_learnt_may_be_refused_and_flagged() -> None:
+    # One unit shipped, its capture sent; the rest of the authorization expires (Adyen
+    # notifies EXPIRE before the CAPTURE), and the shop cancels the order in the same
+    # window. A worker that released the rest (§4 step 4) before it learnt of the expiry
+    # has its release refused (AUTHORISATION_ADJUSTMENT, success false): §4 "An
+    # operation that still fails after its retries flags needs_attention".
+    oracle = Oracle(10347, refuses_increases=False)
+    l2 = line("l2", 2, 1200)
+    oracle.snapshot(snap(1, [l2]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**l2, "shipped_quantity": 1}]))
+    oracle.expire(capture_in_flight=True)
+    oracle.snapshot(snap(3, [{**l2, "shipped_quantity": 1}], status="cancelled"))
+    exp = oracle.expectation()
+    assert ("needs_attention", "AUTHORISATION_ADJUSTMENT") in exp.allowed
+    # An order the shop keeps open is not let go of: nothing is refused.
+    oracle = Oracle(10347, refuses_increases=False)
+    oracle.snapshot(snap(1, [l2]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**l2, "shipped_quantity": 1}]))
+    oracle.expire(capture_in_flight=True)
+    assert ("needs_attention", "AUTHORISATION_ADJUSTMENT") not in oracle.expectation().allowed
+
+
+def test_a_fee_captured_when_marked_shipped_then_discounted_away_may_be_flagged() -> None:
+    # The shipping fee is marked shipped before any goods (§"Lines that are not goods":
+    # charged "when the shop marks them shipped, if that comes first"), then, in the
+    # same window, the goods are removed and a discount takes the basket to 0. A worker
+    # that captured the fee for the earlier snapshot holds it (less its discount share)
+    # against a basket of 0: captures only add, so the PSP cannot follow, and a person
+    # is told. A worker that saw only the last snapshot captured nothing: either.
+    oracle = Oracle(1005, refuses_increases=False)
+    goods, fee = line("l1", 1, 1000), line("l2", 1, 105, type="shipping_fee")
+    oracle.snapshot(snap(1, [goods, fee, line("l3", 1, -100, type="discount")]))
+    oracle.settle()
+    shipped_fee = {**fee, "shipped_quantity": 1}
+    oracle.snapshot(snap(2, [goods, shipped_fee, line("l3", 1, -100, type="discount")]))
+    oracle.snapshot(snap(3, [shipped_fee, line("l3", 1, -105, type="discount")]))
+    exp = oracle.expectation()
+    assert CANNOT_FOLLOW_ABOVE in exp.allowed
+    assert (
+        check_ledger(
+            [("capture", 95, [booked("l2", 1, 105), booked("l3", 1, -10, type="discount")])], exp
+        )
+        == []
+    )
+
+
+def test_a_unit_priced_to_nothing_after_its_capture_may_leave_the_captures_a_cent_above() -> None:
+    # One e-book (100) shipped and captured with the surcharge, one unit of l2 (99)
+    # after it; then, in the same window, the e-book priced to 0: the basket (1007) is
+    # a cent below what a worker that acted on the earlier snapshots captured (1008).
+    # No rounding is involved: captures only add, so the PSP cannot follow and a
+    # person may be told (amount_below_captured), as for any basket below the captures.
+    oracle = Oracle(1207, refuses_increases=False)
+    ebook, l2 = line("l1", 2, 100, type="digital"), line("l2", 2, 99)
+    surcharge = line("l3", 1, 809, type="surcharge")
+    oracle.snapshot(snap(1, [ebook, l2, surcharge]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**ebook, "shipped_quantity": 1}, l2, surcharge]))
+    shipped_l2 = {**l2, "shipped_quantity": 1}
+    oracle.snapshot(snap(3, [{**ebook, "shipped_quantity": 1}, shipped_l2, surcharge]))
+    priced_out = {**ebook, "unit_price": 0, "shipped_quantity": 1}
+    oracle.snapshot(snap(4, [priced_out, shipped_l2, surcharge]))
+    exp = oracle.expectation()
+    assert ("needs_attention", "amount_below_captured") in exp.allowed
+    ledger = [
+        ("capture", 909, [booked("l1", 1, 100), booked("l3", 1, 809, type="surcharge")]),
+        ("capture", 99, [booked("l2", 1, 99)]),
+    ]
+    assert check_ledger(ledger, exp) == []

@@ -40,6 +40,8 @@ from tests.ledger.test_money_rules import (
 from tests.seed_basket import DISCOUNT, SHOES, SOCKS
 from workers.context import WorkerContext
 from workers.reconcile import flag_order
+from tests.ledger.harness import ADYEN, FakeKlarna, answer, context, insert_order, new_order_id, operations, order_row, outbox, shipped, update_snapshot
+from tests.ledger.test_money_rules import HAT, adyen_item, adyen_order_captured_outside, adyen_order_shipped_and_captured, flag_code, klarna_order, notify, snap
 
 pytestmark = pytest.mark.integration
 
@@ -391,3 +393,28 @@ def test_a_failure_after_an_advisory_flag_halts_until_an_operator_reconciles(
     assert kinds(ctx, order_id)[1:] == [("refund", "succeeded", 2740)]
     # The basket still lies below the captures: told again, as after any reconcile.
     assert flag_code(ctx, order_id) == "amount_below_captured"
+
+
+def test_goods_let_go_with_a_cancel_after_a_refused_increase_are_not_told_as_a_psp_cancel(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """The shoes (1200) are authorized; a hat (1500) is added and Klarna refuses the
+    increase, so the shop is asked for a new order (§4). The hat ships and the shop
+    cancels the order: the hat alone exceeds the authorization, so step 4 has nothing
+    to capture and the service cancels. That cancel is its own: the hat stays with the
+    new order the shop was asked for. Telling a person afterwards that the PSP had
+    cancelled an authorization the shipped hat could have been charged to
+    (psp_order_cancelled) misled operators and the shop."""
+    order_id, first = klarna_order(ctx, klarna, [SHOES])
+    insert_order(ctx, first)
+    drive(ctx, order_id)
+    klarna.fault("PATCH", "/authorization", answer(403, json={"error_code": "NOT_ALLOWED"}))
+    update_snapshot(ctx, snap(order_id, [SHOES, HAT], 2))
+    drive(ctx, order_id)
+    assert flag_code(ctx, order_id, "needs_new_order") == "NOT_ALLOWED"
+    update_snapshot(ctx, snap(order_id, shipped([SHOES, HAT], hat=1), 3, status="cancelled"))
+    drive(ctx, order_id)
+    assert klarna.captures(first.psp_order_id) == []
+    assert klarna.orders[first.psp_order_id].status == "CANCELLED"
+    assert order_row(ctx, order_id)["flags"] == ["needs_new_order"]
+    assert "order.needs_attention" not in [event for event, _ in told(ctx, order_id)]
