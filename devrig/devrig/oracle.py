@@ -456,7 +456,10 @@ class Oracle:
                 if kind(line) in GOODS | FEES
             )
         )
-        if st.any_capture and total < st.money_high + 2:
+        # Captures the PSP may hold: certain ones, or ones an earlier window left to
+        # timing (money_high counts those too).
+        maybe_held = st.any_capture or st.money_high > 0
+        if maybe_held and total < st.money_high + 2:
             # Within a cent or two of what was captured the shares' rounding decides
             # whether the basket is below it: the PSP may be unable to follow.
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
@@ -625,13 +628,15 @@ class Oracle:
             # Every unit captured, for less than the basket now says (a price raised
             # after its unit was captured): no capture is left to carry the difference.
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
-        if last["status"] == "open" and st.any_capture and total < st.money_high - 2:
+        if last["status"] == "open" and maybe_held and total < st.money_high - 2:
             # An open order lowered below what was captured (after the PSP let go, or
             # to nothing): captures only add, and §4 refunds only returned units, so
             # the PSP cannot follow; a person is told, as for an open authorization.
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
-        if st.any_capture and any(
-            x["status"] == "open" and order_total(x) < st.money_high - 2 for x in self.window[:-1]
+        if maybe_held and any(
+            # (Within a cent or two the shares' rounding decides, as for the last basket.)
+            x["status"] == "open" and order_total(x) < st.money_high + 2
+            for x in self.window[:-1]
         ):
             # The same for a snapshot that passed in this window: a worker that acted on
             # it found the basket below the captures, which no update can follow (§4
@@ -716,6 +721,11 @@ class Oracle:
             )
             if not newly and not shipped_fee:
                 return
+            left_to_timing = [
+                line_id
+                for line_id in newly
+                if line_id in exp.lines and exp.lines[line_id].captured_range is not None
+            ]
             if st.closed == "expired" and self.expired_in_window:
                 # §4 counts "an authorization that expired"; it does not order the
                 # expiry against a capture already sent: the units shipped in this
@@ -733,6 +743,16 @@ class Oracle:
                     entry = exp.lines.setdefault(line_id, LineExpect())
                     before = st.captured.get(line_id, 0)
                     entry.captured_range = (before, before + max(units, 0))
+            for line_id in left_to_timing:
+                # An earlier window left their capture to timing: the close the oracle
+                # counts may never have happened (a capture flagged
+                # capture_exceeds_authorization halts the order before its cancel,
+                # README "needs_attention halts"), and the shop reopened. Captured now,
+                # they carry this window's prices, and a price edit since is carried by
+                # them so that the line's captures add up to its value (§4 "once
+                # everything has shipped the captures add up to the order's total").
+                exp.lines[line_id].prices |= self._prices(line_id)
+                exp.lines[line_id].totals |= self._totals(line_id)
             # Goods shipped against an authorization that is gone: a person must act.
             exp.allowed.add(("needs_attention", "psp_order_cancelled"))
             exp.allowed.add(("needs_new_order", ""))
@@ -869,6 +889,14 @@ class Oracle:
                 entry.totals |= self._totals(line_id)
             exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
             exp.uncertain_end = True
+            # Captured or not, timing decides (a worker that raised the authorization
+            # first captured them, §4 steps 1-2): the PSP may hold their money, at most
+            # at the dearest price and shares a snapshot of this window gave them.
+            st.money_high += sum(
+                max((p for p, _ in self._prices(i)), default=int(lines[i]["unit_price"])) * n
+                for i, n in newly.items()
+                if i in lines
+            ) * max(self._ratio(snap) for snap in [*earlier, last])
             return
         free = {i for i in newly if all(p == 0 for p, _ in self._prices(i))}
         priced_out = {i for i in newly if int(lines[i]["unit_price"]) == 0} - free
