@@ -373,22 +373,24 @@ class Oracle:
                     shipped = own
                 # §4 flags a quantity lowered "below what was already captured": units
                 # worth nothing may never have been captured, so for them it may be.
-                surely = own - st.worthless.get(line_id, 0)
+                held = st.captured.get(line_id, 0) - st.worthless.get(line_id, 0)
                 # Units whose capture was left to timing (a range) may never have been
                 # captured, nor refunded then: lowering their returned quantity may be.
                 entry = exp.lines.get(line_id)
                 if entry is not None and entry.captured_range is not None:
-                    surely = min(
-                        surely, entry.captured_range[0] - st.external_units.get(line_id, 0)
-                    )
+                    held = min(held, entry.captured_range[0])
+                surely = held - st.external_units.get(line_id, 0)
                 returned = int(line.get("returned_quantity", 0))
-                if shipped < surely or returned < min(ours_back, surely):
+                # "... or refunded": a refund the service made is its own whoever
+                # captured the units (one before its first read, in the portal), so
+                # returns are held against its refunds of every unit surely held.
+                if shipped < surely or returned < min(ours_back, held):
                     exp.outcomes.add("quantities_reversed")
                     if snap is last:
                         exp.requires("needs_attention", REVERSED)
                     else:
                         exp.allowed.add(("needs_attention", REVERSED))
-                elif shipped < own or returned < min(ours_back, own):
+                elif shipped < own or returned < min(ours_back, st.captured.get(line_id, 0)):
                     exp.outcomes.add("quantities_reversed")
                     exp.allowed.add(("needs_attention", REVERSED))
                     exp.allowed.add(("needs_attention", REVERSED))

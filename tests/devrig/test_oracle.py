@@ -1499,3 +1499,25 @@ def test_a_basket_a_cent_below_the_captures_in_passing_may_tell_a_person() -> No
     oracle.snapshot(snap(4, [one, line("d", 1, -301, type="discount"), line("l5", 3, 450)]))
     exp = oracle.expectation()
     assert CANNOT_FOLLOW_ABOVE in exp.allowed
+
+
+def test_a_return_taken_back_after_the_service_refunded_units_captured_outside_is_flagged() -> None:
+    """Seed 43216: both units were captured without the service (one before its first
+    read, one in Klarna's portal); the shop marked them shipped and returned, and the
+    service refunded them (§4 step 3: the PSP holds them). Then the shop lowered the
+    returned quantity to 0: §4 "A snapshot that lowers one below what was already ...
+    refunded for that line is stored, and the order is flagged needs_attention
+    (quantities_reversed)", whoever captured the units."""
+    two = line("l1", 2, 2599)
+    oracle = Oracle(5198, refuses_increases=False)
+    oracle.snapshot(snap(1, [two]))
+    oracle.external_capture("l1", 1, 2599)
+    oracle.external_capture("l1", 1, 2599)
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**two, "shipped_quantity": 2}]))
+    oracle.snapshot(snap(3, [{**two, "shipped_quantity": 2, "returned_quantity": 2}]))
+    oracle.settle()
+    oracle.snapshot(snap(4, [{**two, "shipped_quantity": 2, "returned_quantity": 0}]))
+    exp = oracle.expectation()
+    assert exp.lines["l1"].refunded == 2
+    assert ("needs_attention", REVERSED) in exp.required
