@@ -640,9 +640,18 @@ def _not_behind(figures: dict[str, Any], ops: list[store.Operation]) -> dict[str
     figures = dict(figures)
     figures["captured"] = max(int(figures["captured"]), total(Kind.CAPTURE))
     figures["refunded"] = max(int(figures["refunded"]), total(Kind.REFUND))
-    figures["authorized"] = max(int(figures["authorized"]), figures["captured"])
     ended = {op.kind for op in done} & {Kind.CANCEL.value, Kind.RELEASE_AUTHORIZATION.value}
     open_statuses = (PspStatus.AUTHORIZED.value, PspStatus.PART_CAPTURED.value)
+    updates = [op for op in done if op.kind == Kind.UPDATE_AUTHORIZATION.value]
+    if updates and not ended and figures["status"] in open_statuses:
+        # Only the service changes an open authorization's amount (captures and refunds
+        # leave it; a cancel, release or expiry ends it): the last update the PSP
+        # confirmed is what it holds. A read showing another amount has not seen that
+        # update yet, and taken as the truth it makes an increase look like a decrease
+        # (sent, refused, and a person told instead of the shop, contract §4).
+        figures["authorized"] = int(updates[-1].amount)
+        figures["lines"] = list(updates[-1].lines)
+    figures["authorized"] = max(int(figures["authorized"]), figures["captured"])
     if Kind.CANCEL.value in ended and figures["captured"] == 0:
         figures["status"] = PspStatus.CANCELLED.value
     elif ended and figures["status"] in open_statuses:

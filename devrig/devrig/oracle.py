@@ -395,22 +395,24 @@ class Oracle:
                     shipped = own
                 # §4 flags a quantity lowered "below what was already captured": units
                 # worth nothing may never have been captured, so for them it may be.
-                surely = own - st.worthless.get(line_id, 0)
+                held = st.captured.get(line_id, 0) - st.worthless.get(line_id, 0)
                 # Units whose capture was left to timing (a range) may never have been
                 # captured, nor refunded then: lowering their returned quantity may be.
                 entry = exp.lines.get(line_id)
                 if entry is not None and entry.captured_range is not None:
-                    surely = min(
-                        surely, entry.captured_range[0] - st.external_units.get(line_id, 0)
-                    )
+                    held = min(held, entry.captured_range[0])
+                surely = held - st.external_units.get(line_id, 0)
                 returned = int(line.get("returned_quantity", 0))
-                if shipped < surely or returned < min(ours_back, surely):
+                # "... or refunded": a refund the service made is its own whoever
+                # captured the units (one before its first read, in the portal), so
+                # returns are held against its refunds of every unit surely held.
+                if shipped < surely or returned < min(ours_back, held):
                     exp.outcomes.add("quantities_reversed")
                     if snap is last:
                         exp.requires("needs_attention", REVERSED)
                     else:
                         exp.allowed.add(("needs_attention", REVERSED))
-                elif shipped < own or returned < min(ours_back, own):
+                elif shipped < own or returned < min(ours_back, st.captured.get(line_id, 0)):
                     exp.outcomes.add("quantities_reversed")
                     exp.allowed.add(("needs_attention", REVERSED))
                     exp.allowed.add(("needs_attention", REVERSED))
@@ -488,7 +490,10 @@ class Oracle:
                 if kind(line) in GOODS | FEES
             )
         )
-        if (st.any_capture or st.money_high > 0) and total < st.money_high + 2:
+        # Captures the PSP may hold: certain ones, or ones an earlier window left to
+        # timing (money_high counts those too).
+        maybe_held = st.any_capture or st.money_high > 0
+        if maybe_held and total < st.money_high + 2:
             # Within a cent or two of what was captured the shares' rounding decides
             # whether the basket is below it: the PSP may be unable to follow. (Also
             # below what a capture left to timing may hold, money_high.)
@@ -668,7 +673,7 @@ class Oracle:
             # Every unit captured, for less than the basket now says (a price raised
             # after its unit was captured): no capture is left to carry the difference.
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
-        if last["status"] == "open" and st.money_high > 0 and total < st.money_high:
+        if last["status"] == "open" and maybe_held and total < st.money_high:
             # An open order lowered below what was captured (after the PSP let go, or
             # to nothing): captures only add, and §4 refunds only returned units, so
             # the PSP cannot follow; a person is told, as for an open authorization.
@@ -679,8 +684,10 @@ class Oracle:
             # basket a cent below that is below it (allowed, not required: with
             # order-level shares the estimate is within a cent or two).
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
-        if st.any_capture and any(
-            x["status"] == "open" and order_total(x) < st.money_high - 2 for x in self.window[:-1]
+        if maybe_held and any(
+            # (Within a cent or two the shares' rounding decides, as for the last basket.)
+            x["status"] == "open" and order_total(x) < st.money_high + 2
+            for x in self.window[:-1]
         ):
             # The same for a snapshot that passed in this window: a worker that acted on
             # it found the basket below the captures, which no update can follow (§4
@@ -767,6 +774,11 @@ class Oracle:
             )
             if not newly and not shipped_fee:
                 return
+            left_to_timing = [
+                line_id
+                for line_id in newly
+                if line_id in exp.lines and exp.lines[line_id].captured_range is not None
+            ]
             if st.closed == "expired" and self.expired_in_window:
                 # §4 counts "an authorization that expired"; it does not order the
                 # expiry against a capture already sent: the units shipped in this
@@ -793,6 +805,16 @@ class Oracle:
                 ) * max(self._ratio(snap) for snap in self.window)
                 if order_total(last) < st.money_high + 2:
                     exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+            for line_id in left_to_timing:
+                # An earlier window left their capture to timing: the close the oracle
+                # counts may never have happened (a capture flagged
+                # capture_exceeds_authorization halts the order before its cancel,
+                # README "needs_attention halts"), and the shop reopened. Captured now,
+                # they carry this window's prices, and a price edit since is carried by
+                # them so that the line's captures add up to its value (§4 "once
+                # everything has shipped the captures add up to the order's total").
+                exp.lines[line_id].prices |= self._prices(line_id)
+                exp.lines[line_id].totals |= self._totals(line_id)
             # Goods shipped against an authorization that is gone: a person must act.
             exp.allowed.add(("needs_attention", "psp_order_cancelled"))
             exp.allowed.add(("needs_new_order", ""))
@@ -932,6 +954,14 @@ class Oracle:
                 entry.totals |= self._totals(line_id)
             exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
             exp.uncertain_end = True
+            # Captured or not, timing decides (a worker that raised the authorization
+            # first captured them, §4 steps 1-2): the PSP may hold their money, at most
+            # at the dearest price and shares a snapshot of this window gave them.
+            st.money_high += sum(
+                max((p for p, _ in self._prices(i)), default=int(lines[i]["unit_price"])) * n
+                for i, n in newly.items()
+                if i in lines
+            ) * max(self._ratio(snap) for snap in [*earlier, last])
             return
         free = {i for i in newly if all(p == 0 for p, _ in self._prices(i))}
         if 0 < value < 1:

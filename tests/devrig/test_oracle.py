@@ -1668,3 +1668,104 @@ def test_a_unit_priced_to_nothing_after_its_capture_may_leave_the_captures_a_cen
         ("capture", 99, [booked("l2", 1, 99)]),
     ]
     assert check_ledger(ledger, exp) == []
+
+
+def test_a_reopened_basket_below_what_a_cancel_may_have_captured_may_be_flagged() -> None:
+    """Seed 42161: Klarna authorized one unit (1929); in one window the shop added a
+    second, shipped both and cancelled. A worker that raised the authorization first
+    captured both (3858) before letting go, one that did not captured nothing: timing.
+    Reopened at 3212, below what the PSP may hold: captures only add and §4 refunds
+    only returned units, so a build that captured both cannot follow, and tells a
+    person."""
+    unit = line("l1", 1, 1929)
+    both = {**unit, "quantity": 2, "shipped_quantity": 2}
+    oracle = Oracle(1929, refuses_increases=False)
+    oracle.snapshot(snap(1, [unit]))
+    oracle.snapshot(snap(2, [{**unit, "quantity": 2}]))
+    oracle.snapshot(snap(3, [both]))
+    oracle.snapshot(snap(4, [both], status="cancelled"))
+    oracle.settle()
+    oracle.snapshot(snap(5, [both, line("credit", 1, -493, type="store_credit")], amount=3212))
+    exp = oracle.expectation()
+    assert exp.lines["l1"].captured_range == (0, 2)
+    assert CANNOT_FOLLOW_ABOVE in exp.allowed
+
+
+def test_units_a_cancel_left_to_timing_may_be_captured_later_at_the_prices_of_then() -> None:
+    """Seed 42751: three units shipped and the order cancelled in one window, beyond what
+    the authorization may hold then: the capture of the last unit was flagged
+    (capture_exceeds_authorization), which halts the order (README), so the cancel was
+    never sent. The shop reopened and raised the price (2599 to 2899): the unit still to
+    capture carries the edit, so the line's captures add up to its value (§4 "once
+    everything has shipped the captures add up to the order's total"). Units whose
+    capture an earlier window left to timing are judged at a later window's prices too."""
+    three = line("l1", 3, 2599, 700, type="digital")
+    gift = line("l2", 1, -365, 700, type="gift_card")
+    oracle = Oracle(7585, refuses_increases=False)
+    oracle.snapshot(snap(1, [three], amount=7585))
+    oracle.snapshot(snap(2, [{**three, "shipped_quantity": 2}], amount=7585))
+    oracle.snapshot(snap(3, [{**three, "shipped_quantity": 2}, gift], amount=7220))
+    shipped = {**three, "shipped_quantity": 3}
+    oracle.snapshot(snap(4, [shipped, gift], amount=7220))
+    oracle.snapshot(snap(5, [shipped, gift], amount=7389))
+    oracle.snapshot(snap(6, [shipped, gift], amount=7389, status="cancelled"))
+    oracle.settle()
+    dearer = {**shipped, "unit_price": 2899}
+    oracle.snapshot(snap(7, [shipped, gift], amount=7389))
+    oracle.snapshot(snap(8, [dearer, gift], amount=8289))
+    oracle.snapshot(snap(9, [dearer, gift], amount=8060))
+    exp = oracle.expectation()
+    unitemised = "ordersync-unitemised-discount"
+    first = [booked("l1", 2, 5198, 700, "digital"), booked(unitemised, 1, -141, 700, "discount")]
+    last = [
+        booked("l1", 1, 3499, 700, "digital"),
+        booked("l2", 1, -365, 700, "gift_card"),
+        booked(unitemised, 1, -131, 700, "discount"),
+    ]
+    assert check_ledger([("capture", 5057, first), ("capture", 3003, last)], exp) == []
+    # Beyond what is open of the line is still caught.
+    beyond = [booked("l1", 1, 3699, 700, "digital"), *last[1:]]
+    codes = {c for c, _ in check_ledger([("capture", 5057, first), ("capture", 3203, beyond)], exp)}
+    assert "captured_at_wrong_price" in codes
+
+
+def test_a_basket_a_cent_below_the_captures_in_passing_may_tell_a_person() -> None:
+    """Seed 42564: one unit (2599) captured before the first read, the rest released by
+    a cancel; reopened, one snapshot of the window stood at 2598 (one cent below the
+    captures) before the basket grew again. A worker that acted on it found the basket
+    below what was captured, which no update can follow (the PSP refuses an amount below
+    its captures), and told a person. Within a cent or two of the captures the shares'
+    rounding decides, as for the window's last basket."""
+    two = line("l1", 2, 2599)
+    oracle = Oracle(5198, refuses_increases=False)
+    oracle.snapshot(snap(1, [two]))
+    oracle.external_capture("l1", 1, 2599)
+    oracle.snapshot(snap(2, [two], status="cancelled"))
+    oracle.settle()
+    one = {**two, "quantity": 1}
+    oracle.snapshot(snap(3, [one, line("d", 1, -1, type="discount")]))
+    oracle.snapshot(snap(4, [one, line("d", 1, -301, type="discount"), line("l5", 3, 450)]))
+    exp = oracle.expectation()
+    assert CANNOT_FOLLOW_ABOVE in exp.allowed
+
+
+def test_a_return_taken_back_after_the_service_refunded_units_captured_outside_is_flagged() -> None:
+    """Seed 43216: both units were captured without the service (one before its first
+    read, one in Klarna's portal); the shop marked them shipped and returned, and the
+    service refunded them (§4 step 3: the PSP holds them). Then the shop lowered the
+    returned quantity to 0: §4 "A snapshot that lowers one below what was already ...
+    refunded for that line is stored, and the order is flagged needs_attention
+    (quantities_reversed)", whoever captured the units."""
+    two = line("l1", 2, 2599)
+    oracle = Oracle(5198, refuses_increases=False)
+    oracle.snapshot(snap(1, [two]))
+    oracle.external_capture("l1", 1, 2599)
+    oracle.external_capture("l1", 1, 2599)
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**two, "shipped_quantity": 2}]))
+    oracle.snapshot(snap(3, [{**two, "shipped_quantity": 2, "returned_quantity": 2}]))
+    oracle.settle()
+    oracle.snapshot(snap(4, [{**two, "shipped_quantity": 2, "returned_quantity": 0}]))
+    exp = oracle.expectation()
+    assert exp.lines["l1"].refunded == 2
+    assert ("needs_attention", REVERSED) in exp.required
