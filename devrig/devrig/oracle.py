@@ -130,6 +130,9 @@ class Expectation:
     # lines to the service, that a build may count as Y's (Y's units were worth the same
     # when the money moved): {Y: {X: units}}.
     interchangeable: dict[str, dict[str, int]] = field(default_factory=dict)
+    # needs_attention with any reason is allowed (a refused payment: see
+    # Oracle.authorisation_refused).
+    any_attention: bool = False
 
     def requires(self, flag: str, reason: str = "") -> None:
         self.required.add((flag, reason))
@@ -328,6 +331,29 @@ class Oracle:
         self.exp.outcomes.add(f"{event_code.lower()}_after_success")
         self.exp.requires("needs_attention")
         self.exp.allowed.add(("needs_attention", f"{event_code.lower()}_after_succeeded"))
+
+    def authorisation_refused(self) -> None:
+        """The PSP refused the payment the shop's order was placed with: nothing is
+        authorized (§4 "for an Adyen payment, the AUTHORISATION notification" gives the
+        authorized amount: none), so nothing can be captured, and the shop, which sent
+        the order as paid, must be told. The contract names no reason for it; a user of
+        a payment service expects a person to look (needs_attention, any reason the
+        build gives) and, as the shop must take a new payment, needs_new_order may be
+        raised as for a refused increase. Nothing moves after it (halted)."""
+        self.halted = True
+        self.state.closed = "refused"
+        self.exp.outcomes.add("authorisation_refused")
+        self.exp.requires("needs_attention")
+        self.exp.any_attention = True
+        self.exp.allowed.add(("needs_new_order", ""))
+
+    def rejected(self, operation: str, code: str) -> None:
+        """The PSP refuses `operation` (an extension of the authorization) whenever the
+        service asks: §4 "An operation that still fails after its retries flags
+        needs_attention"; a business rejection is not retried (§5), so it flags at
+        once, with the PSP's code."""
+        self.exp.outcomes.add(f"{operation}_refused")
+        self.exp.allowed.add(("needs_attention", code))
 
     def expire(self, *, capture_in_flight: bool = False) -> None:
         """The authorization expired; `capture_in_flight`: while a capture of this
@@ -1172,6 +1198,7 @@ def ended_as(want: str, status: str, *, provider: str, authorized: int, captured
         "open": ("AUTHORIZED", "PART_CAPTURED", "CAPTURED"),
         "cancelled": ("CANCELLED",),
         "expired": ("EXPIRED",),
+        "refused": ("REFUSED",),
     }
     return status in ends[want]
 

@@ -1769,3 +1769,43 @@ def test_a_return_taken_back_after_the_service_refunded_units_captured_outside_i
     exp = oracle.expectation()
     assert exp.lines["l1"].refunded == 2
     assert ("needs_attention", REVERSED) in exp.required
+
+
+def test_a_refused_authorisation_captures_nothing_and_tells_a_person() -> None:
+    # Adyen refuses the payment after the shop sent the order (AUTHORISATION
+    # success=false): §4 takes the authorized amount from that notification, so nothing
+    # is authorized and nothing of what ships after can be captured; the shop is told
+    # (needs_attention, any reason: the contract names none), and it may be asked for a
+    # new payment (needs_new_order).
+    oracle = Oracle(2100, refuses_increases=False)
+    oracle.snapshot(snap(1, [SHOES, SOCKS]))
+    oracle.authorisation_refused()
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, SOCKS]))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert ("needs_attention", "") in exp.required
+    assert exp.any_attention
+    assert ("needs_new_order", "") in exp.allowed
+    assert exp.authorization == "refused"
+    assert not exp.lines
+    assert not exp.must_equal_total
+    assert ended_as("refused", "REFUSED", provider="adyen", authorized=0, captured=0)
+    assert not ended_as("refused", "AUTHORIZED", provider="adyen", authorized=0, captured=0)
+
+
+def test_an_extension_the_psp_refuses_may_be_told_with_its_code() -> None:
+    # Klarna answers 403 NOT_ALLOWED to extend-authorization-time: a business rejection
+    # is not retried (§5) and "an operation that still fails ... flags needs_attention"
+    # (§4), with the PSP's code; whether the service asks at all depends on the dates,
+    # so it is allowed, not required. The expiry that follows is an external change.
+    oracle = Oracle(2100, refuses_increases=False)
+    oracle.snapshot(snap(1, [SHOES, SOCKS]))
+    oracle.rejected("extend_authorization", "NOT_ALLOWED")
+    oracle.settle()
+    oracle.expire()
+    exp = oracle.expectation()
+    assert ("needs_attention", "NOT_ALLOWED") in exp.allowed
+    assert ("needs_attention", "NOT_ALLOWED") not in exp.required
+    assert ("needs_attention", EXTERNAL) in exp.required
+    assert exp.authorization == "expired"

@@ -498,6 +498,29 @@ def test_seq07_adyen_customer_area_refund_and_chargeback_are_counted_and_flagged
         ctx.close()
 
 
+@pytest.mark.parametrize("event", ["REFUND", "CAPTURE"])
+def test_a_customer_area_movement_larger_than_the_payment_is_never_counted(
+    database_url: str, event: str
+) -> None:
+    """Money that moved without the service is counted (§4); a notification of a
+    Customer Area refund or capture larger than the payment's whole authorization names
+    money that cannot have moved on it: nothing is recorded and a person is told."""
+    ctx, _ = adyen_context(database_url)
+    try:
+        order_id, payment = adyen_order_shipped_and_captured(ctx)
+        before = order_row(ctx, order_id)
+        assert (before["authorized_amount"], before["captured_amount"]) == (2100, 2100)
+        wrong = adyen_item(payment, event, 2101, merchantReference="shop-1001")
+        assert notify(ctx, wrong) == "invalid"
+        row = order_row(ctx, order_id)
+        assert (row["captured_amount"], row["refunded_amount"]) == (2100, 0)
+        assert not [o for o in operations(ctx, order_id) if o["external"]]
+        assert flag_code(ctx, order_id) == "notification_mismatch"
+        assert "order.needs_attention" in events(ctx, order_id)
+    finally:
+        ctx.close()
+
+
 def test_external_capture_without_lines_is_named_by_the_later_shipment_never_made_again(
     database_url: str,
 ) -> None:
