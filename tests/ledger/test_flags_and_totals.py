@@ -17,6 +17,7 @@ from tests.ledger.harness import (
     ADYEN,
     FakeKlarna,
     KlarnaOrder,
+    answer,
     context,
     insert_order,
     new_order_id,
@@ -28,6 +29,7 @@ from tests.ledger.harness import (
 )
 from tests.ledger.test_ledger_regressions import drive, operator_reconcile
 from tests.ledger.test_money_rules import (
+    HAT,
     adyen_item,
     adyen_order_captured_outside,
     adyen_order_shipped_and_captured,
@@ -37,13 +39,9 @@ from tests.ledger.test_money_rules import (
     notify,
     snap,
 )
-from tests.seed_basket import DISCOUNT, SHOES, SOCKS
+from tests.seed_basket import DISCOUNT, SHOES, SOCKS, discount
 from workers.context import WorkerContext
 from workers.reconcile import flag_order
-from tests.ledger.harness import ADYEN, FakeKlarna, answer, context, insert_order, new_order_id, operations, order_row, outbox, shipped, update_snapshot
-from tests.ledger.test_money_rules import HAT, adyen_item, adyen_order_captured_outside, adyen_order_shipped_and_captured, flag_code, klarna_order, notify, snap
-from tests.ledger.test_money_rules import adyen_item, adyen_order_captured_outside, adyen_order_shipped_and_captured, flag_code, klarna_order, notify, snap
-from tests.seed_basket import DISCOUNT, SHOES, SOCKS, discount
 
 pytestmark = pytest.mark.integration
 
