@@ -213,7 +213,9 @@ def deliver_orders(
         log.error("callback_not_configured", detail="SHOP_CALLBACK_SECRET is not set")
         return dict.fromkeys(order_ids, (0, None))
     signer = Webhook(settings.shop_callback_secret.get_secret_value())
-    counts = dict.fromkeys(order_ids, 0)
+    # Claimed in the orders' sorted order: two deliverers whose batches share orders
+    # lock their events in the same order, so neither waits on the other in a cycle.
+    counts = dict.fromkeys(sorted(order_ids), 0)
     claimed = _claim(conn_pool, list(counts))
     while claimed:
         delivered: list[tuple[outbox.Event, int | None]] = []

@@ -832,11 +832,12 @@ def test_a_batch_delivers_each_orders_events_in_order_and_a_failure_stops_only_i
     results = callbacks.deliver_orders(ctx.pool, http, settings, orders)
     assert results[fine] == (2, None)
     assert results[failing][0] == 0 and (results[failing][1] or 0) > 0
-    assert got == [
-        (failing, "order.needs_attention"),
-        (fine, "order.needs_attention"),
-        (fine, "order.synced"),
+    # Between orders any order is as good; within one, the order they happened.
+    assert [kind for order_id, kind in got if order_id == fine] == [
+        "order.needs_attention",
+        "order.synced",
     ]
+    assert [kind for order_id, kind in got if order_id == failing] == ["order.needs_attention"]
     assert [r["delivered_at"] is not None for r in outbox(ctx, fine)] == [True, True]
     assert [r["delivered_at"] is not None for r in outbox(ctx, failing)] == [False, False]
 
