@@ -25,7 +25,6 @@ catches, so the task ends there and its lease runs out.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -42,6 +41,7 @@ from typing import Any, TypeVar
 import httpx
 import psycopg
 import structlog
+import uvloop
 from psycopg import sql
 from psycopg.rows import dict_row
 from pydantic import SecretStr
@@ -64,6 +64,7 @@ from integrations.provider import Provider
 from ordersync.accounts import Accounts, AdyenAccount, KlarnaAccount
 from ordersync.db import AsyncPool, SyncPool, async_pool, sync_pool
 from ordersync.errors import OrdersyncError
+from ordersync.http import WorkerClient
 from ordersync.settings import Settings
 from service import adyen_webhook, ingest
 from service import order_views as operator
@@ -1440,13 +1441,18 @@ class Simulation:
         # The harness's own reads and its clock, one statement each: in autocommit, one
         # round trip per statement instead of three (BEGIN, the statement, COMMIT).
         self.own = psycopg.connect(database_url, autocommit=True, row_factory=dict_row)
-        self.loop = asyncio.new_event_loop()
+        # uvloop (uvicorn's loop when installed, as it is with the service) for the
+        # webhook stores: a loop turn or several per statement. One coroutine runs at a
+        # time, so what it does happens in the same order (docs/simulation-speed.md).
+        self.loop = uvloop.new_event_loop()
         self.apool: AsyncPool = async_pool(database_url, max_size=2)
         self.loop.run_until_complete(self.apool.open())
         self.seed = 0
         self.rng = random.Random(0)
         self.model = PspModel(self.rng, self)
-        self.http = httpx.Client(transport=httpx.MockTransport(self._handle))
+        # The worker's own client class (ordersync/http.py: no cookie jar), over the
+        # PSP model: the requests go out as the worker sends them.
+        self.http = WorkerClient(transport=httpx.MockTransport(self._handle))
         self.accounts = sim_accounts("checkout")
         self.contexts = {
             api: WorkerContext(
@@ -2458,8 +2464,20 @@ EMPTY_TABLES = "TRUNCATE outbox, operations, inbox, inbox_bodies, adyen_payments
 
 
 # Only for a server started for the simulation alone: a crash of it loses nothing real,
-# so nothing waits for the disk (the product's own defaults are not touched).
-THROWAWAY_SERVER = {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off"}
+# so nothing waits for the disk (the product's own defaults are not touched). No
+# autovacuum either: every history starts from empty tables (EMPTY_TABLES), so there is
+# nothing to reclaim between them, and a vacuum or analyze started by the wall clock in
+# the middle of a history would move where its later rows land (and the planner's
+# estimates), which a replayed seed must not depend on; its workers' CPU is saved too.
+# Nor the table counters and activity reports only autovacuum and monitoring read.
+THROWAWAY_SERVER = {
+    "fsync": "off",
+    "full_page_writes": "off",
+    "synchronous_commit": "off",
+    "autovacuum": "off",
+    "track_counts": "off",
+    "track_activities": "off",
+}
 
 
 def throwaway_server(database_url: str) -> None:
