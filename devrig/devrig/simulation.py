@@ -58,6 +58,7 @@ from devrig.oracle import (
 )
 from domain.lines import PspLine
 from domain.snapshot import ShopEvent
+from integrations import results as psp_results
 from integrations.adyen.client import AdyenClient
 from integrations.klarna.client import KlarnaClient
 from integrations.provider import Provider
@@ -1449,6 +1450,7 @@ class Simulation:
         self.loop.run_until_complete(self.apool.open())
         self.seed = 0
         self.rng = random.Random(0)
+        self.jitter = random.Random(0)
         self.model = PspModel(self.rng, self)
         # The worker's own client class (ordersync/http.py: no cookie jar), over the
         # PSP model: the requests go out as the worker sends them.
@@ -1579,6 +1581,14 @@ class Simulation:
             (callbacks, "get_settings"): lambda: self.settings,
             (callbacks, "enqueue_job"): enqueue_job,
             (sweeper, "NOTIFICATION_GRACE_SECONDS"): 3600,
+            # The back-off's jitter (`retry_delay`) from the history's own stream. It
+            # drew from the process-wide `random`, which psycopg_pool draws from too,
+            # once per connection it opens (its max_lifetime jitter), in its own thread:
+            # the first history of a process (the web pool grows to its second
+            # connection) and any history where a death closed a pooled connection got
+            # other delays than the same seed run elsewhere (seed 1006 alone, or inside
+            # 1001-1200: two histories).
+            (psp_results, "random"): self.jitter,
         }
         saved = {key: getattr(*key) for key in patches}
         for (module, name), value in patches.items():
@@ -1729,7 +1739,8 @@ class Simulation:
         self.own.execute(EMPTY_TABLES)
         self.seed = seed
         self.rng.seed(seed)
-        random.seed(seed)  # the reconciler's own jitter
+        random.seed(seed)
+        self.jitter.seed(seed)  # the back-off's jitter (see `_deaths`)
         self.model.__init__(self.rng, self)  # type: ignore[misc]
         self.gaps = Gaps(self, seed)
         self.result = Result(seed)
