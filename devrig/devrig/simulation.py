@@ -25,7 +25,6 @@ catches, so the task ends there and its lease runs out.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -43,6 +42,7 @@ from typing import Any, TypeVar
 import httpx
 import psycopg
 import structlog
+import uvloop
 from psycopg import sql
 from psycopg.rows import dict_row
 from pydantic import SecretStr
@@ -59,12 +59,14 @@ from devrig.oracle import (
 )
 from domain.lines import PspLine
 from domain.snapshot import ShopEvent
+from integrations import results as psp_results
 from integrations.adyen.client import AdyenClient
 from integrations.klarna.client import KlarnaClient
 from integrations.provider import Provider
 from ordersync.accounts import Accounts, AdyenAccount, KlarnaAccount
 from ordersync.db import AsyncPool, SyncPool, async_pool, sync_pool
 from ordersync.errors import OrdersyncError
+from ordersync.http import WorkerClient
 from ordersync.settings import Settings
 from service import adyen_webhook, ingest
 from service import order_views as operator
@@ -1765,13 +1767,19 @@ class Simulation:
         # The harness's own reads and its clock, one statement each: in autocommit, one
         # round trip per statement instead of three (BEGIN, the statement, COMMIT).
         self.own = psycopg.connect(database_url, autocommit=True, row_factory=dict_row)
-        self.loop = asyncio.new_event_loop()
+        # uvloop (uvicorn's loop when installed, as it is with the service) for the
+        # webhook stores: a loop turn or several per statement. One coroutine runs at a
+        # time, so what it does happens in the same order (docs/simulation-speed.md).
+        self.loop = uvloop.new_event_loop()
         self.apool: AsyncPool = async_pool(database_url, max_size=2)
         self.loop.run_until_complete(self.apool.open())
         self.seed = 0
         self.rng = random.Random(0)
+        self.jitter = random.Random(0)
         self.model = PspModel(self.rng, self)
-        self.http = httpx.Client(transport=httpx.MockTransport(self._handle))
+        # The worker's own client class (ordersync/http.py: no cookie jar), over the
+        # PSP model: the requests go out as the worker sends them.
+        self.http = WorkerClient(transport=httpx.MockTransport(self._handle))
         self.accounts = sim_accounts("checkout")
         self.contexts = {
             api: WorkerContext(
@@ -1899,6 +1907,14 @@ class Simulation:
             (callbacks, "get_settings"): lambda: self.settings,
             (callbacks, "enqueue_job"): enqueue_job,
             (sweeper, "NOTIFICATION_GRACE_SECONDS"): 3600,
+            # The back-off's jitter (`retry_delay`) from the history's own stream. It
+            # drew from the process-wide `random`, which psycopg_pool draws from too,
+            # once per connection it opens (its max_lifetime jitter), in its own thread:
+            # the first history of a process (the web pool grows to its second
+            # connection) and any history where a death closed a pooled connection got
+            # other delays than the same seed run elsewhere (seed 1006 alone, or inside
+            # 1001-1200: two histories).
+            (psp_results, "random"): self.jitter,
         }
         saved = {key: getattr(*key) for key in patches}
         for (module, name), value in patches.items():
@@ -2049,7 +2065,8 @@ class Simulation:
         self.own.execute(EMPTY_TABLES)
         self.seed = seed
         self.rng.seed(seed)
-        random.seed(seed)  # the reconciler's own jitter
+        random.seed(seed)
+        self.jitter.seed(seed)  # the back-off's jitter (see `_deaths`)
         self.model.__init__(self.rng, self)  # type: ignore[misc]
         self.gaps = Gaps(self, seed)
         self.more = MoreGaps(self, seed)
@@ -2795,8 +2812,20 @@ EMPTY_TABLES = "TRUNCATE outbox, operations, inbox, inbox_bodies, adyen_payments
 
 
 # Only for a server started for the simulation alone: a crash of it loses nothing real,
-# so nothing waits for the disk (the product's own defaults are not touched).
-THROWAWAY_SERVER = {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off"}
+# so nothing waits for the disk (the product's own defaults are not touched). No
+# autovacuum either: every history starts from empty tables (EMPTY_TABLES), so there is
+# nothing to reclaim between them, and a vacuum or analyze started by the wall clock in
+# the middle of a history would move where its later rows land (and the planner's
+# estimates), which a replayed seed must not depend on; its workers' CPU is saved too.
+# Nor the table counters and activity reports only autovacuum and monitoring read.
+THROWAWAY_SERVER = {
+    "fsync": "off",
+    "full_page_writes": "off",
+    "synchronous_commit": "off",
+    "autovacuum": "off",
+    "track_counts": "off",
+    "track_activities": "off",
+}
 
 
 def throwaway_server(database_url: str) -> None:
