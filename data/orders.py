@@ -18,6 +18,7 @@ from psycopg import AsyncConnection, Connection
 from psycopg.rows import BaseRowFactory, RowMaker, class_row, no_result
 from psycopg.types.json import Jsonb
 
+from data import inbox
 from data.workers import lease_token
 from domain.lines import PspLine
 from domain.planner import IN_FLIGHT, Kind, PastOperation, PspState, PspStatus
@@ -473,6 +474,13 @@ def lock_and_finish(
     return locked, finished.fetchone() is not None
 
 
+# Whether an order's standing needs_attention halts automatic operations (its reason's
+# `halts`, written from domain/planner.py halts; a reason stored before it was kept
+# halts, as every reason did then). For the sweeps, which skip what waits for a person.
+STANDING_HALTS = "coalesce((flag_reason -> 'needs_attention' ->> 'halts')::boolean, true)"
+HALTED = f"('needs_attention' = ANY(flags) AND {STANDING_HALTS})"
+
+
 def set_flag(
     conn: Connection[Row],
     order_id: str,
@@ -480,27 +488,71 @@ def set_flag(
     reason: dict[str, Any],
     refused_amount: int | None = None,
 ) -> None:
+    """Flags the order. A needs_attention reason carries `halts` (domain/planner.py
+    halts; without it, it halts) and `told`, the reasons told while the flag stands."""
+    code = reason.get("code")
+    if flag == "needs_attention":
+        reason = {**reason, "halts": bool(reason.get("halts", True)), "told": [code]}
     conn.execute(
-        """
+        f"""
         UPDATE orders
         SET flags = CASE WHEN %(flag)s = ANY(flags) THEN flags ELSE flags || %(flag)s END,
-            -- The first needs_attention reason stands until an operator clears it: it
-            -- is the one the shop was told, and what went wrong first. flagged_at: since
-            -- when the flag has waited for a person (the console); a flag raised again
-            -- keeps its first time.
+            -- The first needs_attention reason that halts stands until an operator
+            -- clears it: it is the one the shop was told, and what went wrong first.
+            -- While only advisory reasons stand (they halt nothing), a reason that
+            -- halts takes their place, and each new one joins `told`. flagged_at:
+            -- since when the flag has waited for a person (the console); a flag raised
+            -- again keeps its first time.
             flag_reason = CASE
                 WHEN %(flag)s = 'needs_attention' AND %(flag)s = ANY(flags)
-                     AND flag_reason ? %(flag)s THEN flag_reason
-                ELSE coalesce(flag_reason, '{}'::jsonb)
+                     AND flag_reason ? %(flag)s THEN
+                    CASE WHEN {STANDING_HALTS} THEN flag_reason
+                    ELSE flag_reason || jsonb_build_object(%(flag)s,
+                        (CASE WHEN %(halts)s THEN %(reason)s::jsonb
+                              ELSE flag_reason -> %(flag)s END)
+                        || jsonb_build_object(
+                               'flagged_at', flag_reason -> %(flag)s -> 'flagged_at',
+                               'told', (coalesce(flag_reason -> %(flag)s -> 'told',
+                                                 jsonb_build_array(
+                                                     flag_reason -> %(flag)s -> 'code'))
+                                        - %(code)s::text) || to_jsonb(%(code)s::text)))
+                    END
+                ELSE coalesce(flag_reason, '{{}}'::jsonb)
                      || jsonb_build_object(%(flag)s, %(reason)s::jsonb
                         || jsonb_build_object('flagged_at', coalesce(
                                flag_reason -> %(flag)s -> 'flagged_at', to_jsonb(now())))) END,
             refused_amount = coalesce(%(refused)s, refused_amount),
             updated_at = now()
         WHERE id = %(id)s
-        """,
-        {"flag": flag, "reason": Jsonb(reason), "refused": refused_amount, "id": order_id},
+        """,  # noqa: S608
+        {
+            "flag": flag,
+            "reason": Jsonb(reason),
+            "refused": refused_amount,
+            "id": order_id,
+            "halts": bool(reason.get("halts", True)),
+            "code": code,
+        },
     )
+
+
+def attention(order: Order) -> frozenset[str]:
+    """The needs_attention reasons told while the flag stands (domain/planner.py
+    OrderView.told); a reason stored before `told` was kept is its own."""
+    if "needs_attention" not in (order.flags or []):
+        return frozenset()
+    reason = (order.flag_reason or {}).get("needs_attention") or {}
+    told = reason.get("told") or ([reason["code"]] if reason.get("code") else [])
+    return frozenset(str(code) for code in told)
+
+
+def halted(order: Order) -> bool:
+    """Whether the order's needs_attention halts automatic operations (STANDING_HALTS,
+    read in Python)."""
+    if "needs_attention" not in (order.flags or []):
+        return False
+    reason = (order.flag_reason or {}).get("needs_attention") or {}
+    return reason.get("halts") is not False
 
 
 def clear_flag(conn: Connection[Row], order_id: str, flag: str) -> None:
@@ -580,15 +632,40 @@ def apply_success(conn: Connection[Row], order: Order, op: Operation) -> None:
     conn.execute(APPLY_SUCCESS, params)
 
 
+@dataclass(slots=True)
+class RecordLock:
+    """The order as recording an outcome needs it, read under its row lock (taken
+    before the operation's row is written, as every writer of both does): its PSP, its
+    state sequence before the record, and when the shop's snapshot version the
+    operation was planned for arrived (the confirmation metric; None when not asked)."""
+
+    provider: str
+    psp_state_seq: int
+    received_at: datetime | None
+
+
+# Not the whole order (its snapshot is decoded from JSON with every read): the order
+# as it is after the record is what the next step reads (SUCCEED_OPERATION).
+LOCK_FOR_RECORD = f"""
+SELECT provider, psp_state_seq,
+       CASE WHEN %(received)s THEN ({inbox.VERSION_RECEIVED_AT}) END AS received_at
+FROM orders WHERE id = %(order_id)s FOR UPDATE
+"""  # noqa: S608
+_RECORD_LOCK = class_row(RecordLock)
+
+
 def record_success(
-    conn: Connection[Row], op: Operation, psp_reference: str | None
-) -> tuple[LockedOrder, LockedOrder | None, list[Operation]]:
+    conn: Connection[Row], op: Operation, psp_reference: str | None, *, received: bool = False
+) -> tuple[RecordLock, LockedOrder | None, list[Operation]]:
     """Under the order's row lock: the operation recorded as succeeded and the order's
     figures moved by it, if this worker still holds the lease (else nothing changes).
-    The order before and after (None: the lease was lost) and its operations after; the
-    three statements are sent before any is read: in pipeline mode, one round trip."""
+    What the lock read of the order before (with `received`: when the operation's
+    snapshot version arrived), the order after (None: the lease was lost) and its
+    operations after; the three statements are sent before any is read: in pipeline
+    mode, one round trip."""
     params = _finish_params(op, status="succeeded", psp_reference=psp_reference)
-    before = conn.cursor(row_factory=_LOCKED).execute(LOCK_ORDER, {"id": op.order_id})
+    lock = {"order_id": op.order_id, "version": op.target_version, "received": received}
+    before = conn.cursor(row_factory=_RECORD_LOCK).execute(LOCK_FOR_RECORD, lock)
     after = conn.cursor(row_factory=_LOCKED).execute(SUCCEED_OPERATION, params)
     ops = conn.cursor(row_factory=_OPERATION).execute(OPERATIONS, {"id": op.order_id})
     locked = before.fetchone()
@@ -675,6 +752,14 @@ def park_order(conn: Connection[Row], order_id: str) -> None:
     )
 
 
+# Also sent with the order's `order.synced` event, in one statement (data/outbox.py
+# INSERT_EVENT_IN_SYNC).
+MARK_IN_SYNC = """
+UPDATE orders SET reconcile_requested_at = NULL, next_reconcile_at = NULL, sweep_after = NULL
+WHERE id = %(order_id)s
+"""
+
+
 def mark_in_sync(conn: Connection[Row], order: Order) -> None:
     """Nothing is due for the order: no request, retry time or sweep mark. `order` is
     the row as locked in this transaction: when it has none of them, nothing is sent (an
@@ -685,11 +770,7 @@ def mark_in_sync(conn: Connection[Row], order: Order) -> None:
         and order.sweep_after is None
     ):
         return
-    conn.execute(
-        "UPDATE orders SET reconcile_requested_at = NULL, next_reconcile_at = NULL,"
-        " sweep_after = NULL WHERE id = %s",
-        (order.id,),
-    )
+    conn.execute(MARK_IN_SYNC, {"order_id": order.id})
 
 
 def defer_order(conn: Connection[Row], order_id: str, seconds: float) -> None:
@@ -810,14 +891,14 @@ SELECT id FROM offered ORDER BY reconcile_requested_at, id
 # Unfinished Klarna orders are read again now and then (drift: captures or refunds made
 # outside this service), and before their authorization expires.
 # Handed out in a fixed order, as REQUESTED.
-RESYNC = """
+RESYNC = f"""
 WITH offered AS (
 UPDATE orders SET psp_synced_at = NULL, reconcile_requested_at = now()
 WHERE id IN (
     SELECT id FROM orders
     WHERE provider = 'klarna'
       AND reconcile_requested_at IS NULL
-      AND NOT 'needs_attention' = ANY(flags)
+      AND NOT {HALTED}
       AND ((status = 'open' AND psp_status IN ('authorized', 'part_captured')
             AND (psp_synced_at < now() - make_interval(secs => %(resync)s)
                  OR (expires_at < now() + make_interval(days => %(days)s)
@@ -835,7 +916,7 @@ WHERE id IN (
 RETURNING id
 )
 SELECT id FROM offered ORDER BY id
-"""
+"""  # noqa: S608
 
 # An operation with no client for its PSP: parked, flagged once; a lease that ran out
 # leaves its outcome unknown.
@@ -893,14 +974,14 @@ WHERE id = %(id)s
 """
 # Operations whose notification never came, oldest first; each is then flagged in its
 # own short transaction, skipping an order another worker holds.
-SILENT_OPERATIONS = """
+SILENT_OPERATIONS = f"""
 SELECT o.id, o.order_id FROM operations o JOIN orders r ON r.id = o.order_id
 WHERE o.status = 'awaiting_notification'
   AND o.updated_at < now() - make_interval(secs => %(timeout)s)
-  AND NOT ('needs_attention' = ANY(r.flags))
+  AND NOT {HALTED}
 ORDER BY o.updated_at
 LIMIT %(batch)s
-"""
+"""  # noqa: S608
 LOCK_ORDER_SKIP_LOCKED = (
     f"SELECT {ORDER_COLUMNS} FROM orders WHERE id = %(id)s FOR UPDATE SKIP LOCKED"  # noqa: S608
 )

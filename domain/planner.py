@@ -64,6 +64,16 @@ NEEDS_ATTENTION = OrderFlag.NEEDS_ATTENTION
 FLAGS = tuple(flag.value for flag in OrderFlag)
 # The needs_attention reason contract §4 names for money moved without the service.
 EXTERNAL_CHANGE = "external_change"
+# needs_attention reasons that report the basket or money moved without the service,
+# not something that failed or whose outcome is unknown: the operator and the shop are
+# told (once per reason while the flag stands), and the money moves contract §4
+# prescribes still happen (capture what shipped, refund returns at their captured
+# prices, fees with the first capture, release on cancel). Every other reason (a
+# failure, an unknown outcome, a rejection, one a build adds later) halts automatic
+# operations until an operator's reconcile: acting again could repeat what went wrong.
+ADVISORY = frozenset(
+    {EXTERNAL_CHANGE, "amount_below_captured", "captured_above_total", "captured_below_total"}
+)
 
 
 @dataclass(frozen=True)
@@ -116,6 +126,15 @@ class Flag:
     lines: tuple[PspLine, ...] = ()
     # For needs_new_order: the total that was refused, so it is not asked for again.
     refused_amount: int | None = None
+    # A reason ADVISORY names that halts all the same: what the PSP holds cannot be
+    # counted (a currency the order never had, a chargeback it could not count).
+    halting: bool = False
+
+
+def halts(flag: Flag) -> bool:
+    """Whether a needs_attention flag halts automatic operations until an operator's
+    reconcile (ADVISORY: the reasons that only tell)."""
+    return flag.flag == NEEDS_ATTENTION and (flag.halting or flag.code not in ADVISORY)
 
 
 @dataclass(frozen=True)
@@ -158,6 +177,21 @@ class OrderView:
     extend_within: timedelta | None = None
     # A quantities_reversed reason an operator's reconcile acknowledged.
     acknowledged_reversal: str | None = None
+    # The needs_attention reasons told while the flag stands, and whether one of them
+    # halts (orders.flag_reason; halts()). Flagged with nothing known: it halts.
+    told: frozenset[str] = frozenset()
+    halting: bool = True
+
+    @property
+    def halted(self) -> bool:
+        return NEEDS_ATTENTION in self.flags and self.halting
+
+    def advise(self, flag: Flag) -> Flag | None:
+        """An advisory flag the shop and operator were not told of yet while the order
+        stays flagged; None once told: it never holds up the money moves after it."""
+        if not halts(flag) and NEEDS_ATTENTION in self.flags and flag.code in self.told:
+            return None
+        return flag
 
 
 def plan_next(
@@ -171,8 +205,9 @@ def plan_next(
     attribution = _attribution(order, ledger, view.history)
     if attribution is not None:
         return attribution
-    if NEEDS_ATTENTION in view.flags:
-        # A person has to look first; acting again could repeat what went wrong.
+    if view.halted:
+        # A person has to look first; acting again could repeat what went wrong. An
+        # advisory reason (ADVISORY) only tells: the contract's money moves go on.
         return Wait("needs_attention")
     # Held against what the service itself did: a capture made elsewhere of goods the
     # shop has not marked shipped is an external change (flagged when learnt), not a
@@ -200,11 +235,16 @@ def plan_next(
         if _has_work(order, ledger) or (order.status == "open" and _unshipped(order)):
             # The authorization ended without the service (contract §4): counted (the
             # PSP's figures), and unless nothing is left to charge, a person is told.
-            return Flag(
-                NEEDS_ATTENTION,
-                EXTERNAL_CHANGE,
-                f"the PSP order is {psp.status.value} (authorized {psp.authorized}, "
-                f"captured {psp.captured}); what is not captured can no longer be",
+            return (
+                view.advise(
+                    Flag(
+                        NEEDS_ATTENTION,
+                        EXTERNAL_CHANGE,
+                        f"the PSP order is {psp.status.value} (authorized {psp.authorized}, "
+                        f"captured {psp.captured}); what is not captured can no longer be",
+                    )
+                )
+                or Done()
             )
         return Done()
 
@@ -268,7 +308,7 @@ def plan_next(
         return refund
     gap = _capture_gap(order, psp, ledger)
     if gap is not None:
-        return gap
+        return view.advise(gap) or Done()
     return Done()
 
 
@@ -572,10 +612,13 @@ def _authorization_step(
     if target == view.refused_amount:
         return None  # refused once for this very total: the shop must ask for a new order
     if target < psp.captured:
-        return Flag(
-            NEEDS_ATTENTION,
-            "amount_below_captured",
-            f"the new total {target} is below the captured {psp.captured}",
+        # Told once; then what ships is still captured and what returns refunded.
+        return view.advise(
+            Flag(
+                NEEDS_ATTENTION,
+                "amount_below_captured",
+                f"the new total {target} is below the captured {psp.captured}",
+            )
         )
     return Plan(Kind.UPDATE_AUTHORIZATION, target, basket)
 
@@ -593,19 +636,12 @@ def _capture_step(
     lines = capture_lines(order, ledger)
     if not lines:
         return None
-    if psp.status is PspStatus.CANCELLED:
-        amount = lines_total(lines)
-        if amount <= 0:
-            return None
-        # Step 4 charges goods that left the warehouse before letting go; with the
-        # authorization cancelled (outside, or before they shipped) nothing can charge
-        # them, and the PSP refuses a capture: a person is told, nothing is sent.
-        return Flag(
-            NEEDS_ATTENTION,
-            "psp_order_cancelled",
-            f"goods marked shipped ({amount}) cannot be captured: the PSP authorization "
-            "is cancelled",
-        )
+    cancelled = psp.status is PspStatus.CANCELLED
+    if cancelled and lines_total(lines) <= 0:
+        return None
+    # With the authorization cancelled the capture is still weighed against what it
+    # held: goods it could not have charged either (a refused increase) were let go
+    # with it by the rule below, not lost to the cancel.
     remaining = psp.authorized - psp.captured
     amount = wanted = lines_total(lines)
     unnamed = max(psp.captured - captured_total(ledger), 0)
@@ -629,17 +665,34 @@ def _capture_step(
         amount = lines_total(lines)
         if amount <= 0:  # only what is worth nothing fits: the rest must not go unflagged
             if refused_amount is not None:
-                # Expected after a refused increase: the extra lines were never authorized.
+                # Expected after a refused increase: the extra lines were never authorized
+                # (the shop was asked for a new order for them); a cancel or release
+                # lets them go with the rest, and once it has, nothing is left to do.
                 return Wait("shipped_lines_not_authorized")
+            if cancelled:
+                return _cancelled_flag(wanted)
             return Flag(
                 NEEDS_ATTENTION,
                 "capture_exceeds_authorization",
                 f"the shipped lines ({wanted}) exceed the remaining authorization "
                 f"{remaining} (authorized {psp.authorized}, captured {psp.captured})",
             )
+    if cancelled:
+        return _cancelled_flag(wanted)
     if amount <= 0:
         return None
     return Plan(Kind.CAPTURE, amount, tuple(lines))
+
+
+def _cancelled_flag(amount: int) -> Flag:
+    """Step 4 charges goods that left the warehouse before letting go; with the
+    authorization cancelled (outside, or before they shipped) nothing can charge them,
+    and the PSP refuses a capture: a person is told, nothing is sent."""
+    return Flag(
+        NEEDS_ATTENTION,
+        "psp_order_cancelled",
+        f"goods marked shipped ({amount}) cannot be captured: the PSP authorization is cancelled",
+    )
 
 
 def _fit_shares(

@@ -24,7 +24,9 @@ FLAGS: dict[str, Words] = {
     ),
     "needs_attention": Words(
         "Something went wrong that the service will not retry on its own, so automatic"
-        " work on this order is halted.",
+        " work on this order is halted; or, for a reason that only reports the basket or"
+        " money moved outside the service, you are told while captures, refunds and"
+        " releases go on.",
         "Read the reason below and fix its cause, then press \u201cReconcile now\u201d: the"
         " service reads the payment provider first (so nothing is done twice), clears this"
         " flag and carries on.",

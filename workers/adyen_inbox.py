@@ -275,7 +275,8 @@ def _without_us(conn: Connection[Row], settings: Settings, n: Notification) -> P
     kind = EXTERNAL_KINDS.get(n.event_code)
     if kind is None or not n.success:
         if n.event_code in CHARGEBACKS:
-            flag_order(conn, order, _external_flag(n, "not counted"))
+            # Money that may have moved and could not be counted: a person looks first.
+            flag_order(conn, order, _external_flag(n, "not counted", halting=True))
             return Processed("flagged", order.id)
         return Processed("unmatched")
     wrong = mismatch(
@@ -321,13 +322,14 @@ def _most_it_could_move(order: store.Order) -> int | None:
     return max(int(order.authorized_amount), int(order.captured_amount))
 
 
-def _external_flag(n: Notification, what: str) -> Flag:
+def _external_flag(n: Notification, what: str, *, halting: bool = False) -> Flag:
     return Flag(
         NEEDS_ATTENTION,
         EXTERNAL_CHANGE,
         f"Adyen {n.event_code} {n.psp_reference} of {n.amount} {n.currency} was not asked "
         f"for by this service (Customer Area, chargeback); {what}. An operator's "
         "reconcile takes the figures as they are now",
+        halting=halting,
     )
 
 

@@ -43,6 +43,13 @@ FAULT_REASONS = frozenset(
         "task_failed",
     }
 )
+# The PSPs' refusals of a release or a cancel (Adyen: AUTHORISATION_ADJUSTMENT, the
+# release being an amount update down to the captures, and CANCELLATION with success
+# false; Klarna: 403 NOT_ALLOWED, CANCEL_NOT_ALLOWED), the reason a build names when the
+# authorization it lets go of has ended already.
+LET_GO_REFUSED = frozenset(
+    {"AUTHORISATION_ADJUSTMENT", "CANCELLATION", "NOT_ALLOWED", "CANCEL_NOT_ALLOWED"}
+)
 # Reasons for a basket the captures can no longer follow (a price edit after a capture).
 CANNOT_FOLLOW = frozenset({"captured_above_total", "captured_below_total", "amount_below_captured"})
 
@@ -190,6 +197,12 @@ class Oracle:
         # A worker may have cancelled for a snapshot that passed (cancelled or emptied)
         # in a window whose last one was open: the PSP may have let go, or not.
         self._maybe_cancelled = False
+        # This window's cancel must first capture goods shipped beyond the authorization.
+        self._cancel_held = False
+        # The authorization ended without the service (expired, cancelled outside) since
+        # the last settle point: a release or cancel sent before the service learnt it
+        # is refused.
+        self._ended_in_window = False
         # What moved without the service since the last settle point, when nothing
         # before it had required external_change already.
         self.external_since_settle: set[str] = set()
@@ -243,7 +256,13 @@ class Oracle:
             if alike:
                 self.state.unnamed.append((line_id, units, alike))
         self.state.external_units[line_id] = self.state.external_units.get(line_id, 0) + units
-        self.state.captured[line_id] = self.state.captured.get(line_id, 0) + units
+        before = self.state.captured.get(line_id, 0)
+        self.state.captured[line_id] = before + units
+        entry = self.exp.lines.get(line_id)
+        if entry is not None:
+            # §4 "counts it in the order's figures": on top of units an earlier window
+            # left to timing (a range), which then moves up with them.
+            entry.surely(before, units)
         self.state.any_capture = True
         self.state.money += value
         self.state.money_high += value
@@ -282,6 +301,7 @@ class Oracle:
         self._external("chargeback")
 
     def external_cancel(self) -> None:
+        self._ended_in_window = True
         self.state.closed = "cancelled"
         self.state.closed_version = self.stored["version"] if self.stored else 0
         self._external("external_cancel")
@@ -340,6 +360,7 @@ class Oracle:
         window was on its way, so units shipped in it may have been captured first."""
         self.expired_in_window = capture_in_flight
         if self.state.closed is None:
+            self._ended_in_window = True
             self.state.closed = "expired"
             self.exp.outcomes.add("expired")
             if self._uncaptured_goods() and capture_in_flight:
@@ -369,6 +390,7 @@ class Oracle:
         if self.halted:
             self.window = [self.window[-1]]
             self.faulty = False
+            self._ended_in_window = False
             self.external_since_settle = set()
             return
         last = self.window[-1]
@@ -399,22 +421,24 @@ class Oracle:
                     shipped = own
                 # §4 flags a quantity lowered "below what was already captured": units
                 # worth nothing may never have been captured, so for them it may be.
-                surely = own - st.worthless.get(line_id, 0)
+                held = st.captured.get(line_id, 0) - st.worthless.get(line_id, 0)
                 # Units whose capture was left to timing (a range) may never have been
                 # captured, nor refunded then: lowering their returned quantity may be.
                 entry = exp.lines.get(line_id)
                 if entry is not None and entry.captured_range is not None:
-                    surely = min(
-                        surely, entry.captured_range[0] - st.external_units.get(line_id, 0)
-                    )
+                    held = min(held, entry.captured_range[0])
+                surely = held - st.external_units.get(line_id, 0)
                 returned = int(line.get("returned_quantity", 0))
-                if shipped < surely or returned < min(ours_back, surely):
+                # "... or refunded": a refund the service made is its own whoever
+                # captured the units (one before its first read, in the portal), so
+                # returns are held against its refunds of every unit surely held.
+                if shipped < surely or returned < min(ours_back, held):
                     exp.outcomes.add("quantities_reversed")
                     if snap is last:
                         exp.requires("needs_attention", REVERSED)
                     else:
                         exp.allowed.add(("needs_attention", REVERSED))
-                elif shipped < own or returned < min(ours_back, own):
+                elif shipped < own or returned < min(ours_back, st.captured.get(line_id, 0)):
                     exp.outcomes.add("quantities_reversed")
                     exp.allowed.add(("needs_attention", REVERSED))
                     exp.allowed.add(("needs_attention", REVERSED))
@@ -439,6 +463,16 @@ class Oracle:
                 # needs_new_order": a worker may have seen this one before the last.
                 exp.allowed.add(("needs_new_order", ""))
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
+        if self._ended_in_window and any(
+            snap["status"] == "cancelled" or order_total(snap) == 0 for snap in self.window
+        ):
+            # The authorization ended without the service (an expiry, a cancel outside)
+            # while the shop cancelled or emptied the order: a worker that sent its
+            # release or cancel (§4 step 4) before it learnt of the end has it refused,
+            # and §4: "An operation that still fails after its retries flags
+            # needs_attention" (a business rejection is not retried, §5).
+            exp.allowed |= {("needs_attention", r) for r in LET_GO_REFUSED}
+            exp.outcomes.add("let_go_after_the_authorization_ended")
         cancelled_in_passing = False
         if (
             (not cancelling or self._shipped_uncaptured(lines))
@@ -482,9 +516,13 @@ class Oracle:
                 if kind(line) in GOODS | FEES
             )
         )
-        if st.any_capture and total < st.money_high + 2:
+        # Captures the PSP may hold: certain ones, or ones an earlier window left to
+        # timing (money_high counts those too).
+        maybe_held = st.any_capture or st.money_high > 0
+        if maybe_held and total < st.money_high + 2:
             # Within a cent or two of what was captured the shares' rounding decides
-            # whether the basket is below it: the PSP may be unable to follow.
+            # whether the basket is below it: the PSP may be unable to follow. (Also
+            # below what a capture left to timing may hold, money_high.)
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         if st.closed is None and not cancelling and total != st.authorized:
             if total > st.authorized and self.refuses and not nothing_new:
@@ -630,6 +668,16 @@ class Oracle:
             # order again, but a worker may have acted on an open one before it.
             exp.allowed.add(("needs_new_order", ""))
             exp.outcomes.add("reopened_after_cancel_in_passing")
+        elif cancelling and st.closed is None and self._cancel_held:
+            # §4 step 4: "first capture every shipped line not yet captured (those goods
+            # left the warehouse; to charge nothing for them the shop marks them
+            # returned), then cancel ... or release". Goods shipped beyond the
+            # authorization cannot all be captured, so the cancel may wait for a person
+            # (who is told) rather than let go of goods that left: the PSP may still
+            # hold the authorization, or have let go of it (what fitted captured).
+            self._maybe_cancelled = True
+            exp.uncertain_end = True
+            exp.outcomes.add("cancel_held_by_goods_beyond_authorization")
         elif cancelling and st.closed is None:
             exp.outcomes.add("cancel_after_shipment" if st.any_capture else "cancel_before_capture")
             st.closed = "released" if st.any_capture else "cancelled"
@@ -651,13 +699,21 @@ class Oracle:
             # Every unit captured, for less than the basket now says (a price raised
             # after its unit was captured): no capture is left to carry the difference.
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
-        if last["status"] == "open" and st.any_capture and total < st.money_high - 2:
+        if last["status"] == "open" and maybe_held and total < st.money_high:
             # An open order lowered below what was captured (after the PSP let go, or
             # to nothing): captures only add, and §4 refunds only returned units, so
             # the PSP cannot follow; a person is told, as for an open authorization.
+            # What the PSP may hold counts (money_high), not only what it surely does:
+            # units priced to nothing in the window they shipped in were captured at
+            # their earlier price by a worker that acted on that snapshot (§4 step 2,
+            # "newly shipped quantities → a capture with exactly those lines"), and a
+            # basket a cent below that is below it (allowed, not required: with
+            # order-level shares the estimate is within a cent or two).
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
-        if st.any_capture and any(
-            x["status"] == "open" and order_total(x) < st.money_high - 2 for x in self.window[:-1]
+        if maybe_held and any(
+            # (Within a cent or two the shares' rounding decides, as for the last basket.)
+            x["status"] == "open" and order_total(x) < st.money_high + 2
+            for x in self.window[:-1]
         ):
             # The same for a snapshot that passed in this window: a worker that acted on
             # it found the basket below the captures, which no update can follow (§4
@@ -666,6 +722,8 @@ class Oracle:
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
             exp.outcomes.add("below_captures_in_passing")
         self._maybe_cancelled |= cancelled_in_passing
+        self._cancel_held = False
+        self._ended_in_window = False
         self.window = [last]
         self.faulty = False
         self.expired_in_window = False
@@ -742,6 +800,11 @@ class Oracle:
             )
             if not newly and not shipped_fee:
                 return
+            left_to_timing = [
+                line_id
+                for line_id in newly
+                if line_id in exp.lines and exp.lines[line_id].captured_range is not None
+            ]
             if st.closed == "expired" and self.expired_in_window:
                 # §4 counts "an authorization that expired"; it does not order the
                 # expiry against a capture already sent: the units shipped in this
@@ -759,6 +822,25 @@ class Oracle:
                     entry = exp.lines.setdefault(line_id, LineExpect())
                     before = st.captured.get(line_id, 0)
                     entry.captured_range = (before, before + max(units, 0))
+                # Made before the expiry, that capture took them at the prices and
+                # shares of the snapshot it was sent for: a basket lowered below it is
+                # one the captures cannot follow (a person is told), as for any capture.
+                st.money_high += sum(
+                    max((p for p, _ in self._prices(i)), default=0) * max(n, 0)
+                    for i, n in (newly | first_fees).items()
+                ) * max(self._ratio(snap) for snap in self.window)
+                if order_total(last) < st.money_high + 2:
+                    exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+            for line_id in left_to_timing:
+                # An earlier window left their capture to timing: the close the oracle
+                # counts may never have happened (a capture flagged
+                # capture_exceeds_authorization halts the order before its cancel,
+                # README "needs_attention halts"), and the shop reopened. Captured now,
+                # they carry this window's prices, and a price edit since is carried by
+                # them so that the line's captures add up to its value (§4 "once
+                # everything has shipped the captures add up to the order's total").
+                exp.lines[line_id].prices |= self._prices(line_id)
+                exp.lines[line_id].totals |= self._totals(line_id)
             # Goods shipped against an authorization that is gone: a person must act.
             exp.allowed.add(("needs_attention", "psp_order_cancelled"))
             exp.allowed.add(("needs_new_order", ""))
@@ -823,11 +905,13 @@ class Oracle:
             exp.outcomes.add("shipped_after_a_cancel_in_passing")
         # The snapshots of this window a worker may have captured for (goods shipped
         # beyond what the PSP holds): the first capture may have gone out for one of them.
+        # A fee is charged "when the shop marks them shipped, if that comes first" (§4):
+        # a snapshot that marks one shipped is one a capture may have followed too.
         earlier = [
             snap
             for snap in self.window[:-1]
             if any(
-                kind(line) in GOODS
+                kind(line) in GOODS | FEES
                 and int(line.get("shipped_quantity", 0)) > st.captured.get(line["id"], 0)
                 for line in snap["lines"]
             )
@@ -886,6 +970,7 @@ class Oracle:
             # The shipped lines exceed an authorization the PSP would not raise: what
             # fits is captured, the shop is told to take a new order.
             exp.outcomes.add("shipped_beyond_authorization")
+            self._cancel_held = cancelling
             for line_id, units in newly.items():
                 entry = exp.lines.setdefault(line_id, LineExpect())
                 before = st.captured.get(line_id, 0)
@@ -895,8 +980,24 @@ class Oracle:
                 entry.totals |= self._totals(line_id)
             exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
             exp.uncertain_end = True
+            # Captured or not, timing decides (a worker that raised the authorization
+            # first captured them, §4 steps 1-2): the PSP may hold their money, at most
+            # at the dearest price and shares a snapshot of this window gave them.
+            st.money_high += sum(
+                max((p for p, _ in self._prices(i)), default=int(lines[i]["unit_price"])) * n
+                for i, n in newly.items()
+                if i in lines
+            ) * max(self._ratio(snap) for snap in [*earlier, last])
             return
         free = {i for i in newly if all(p == 0 for p, _ in self._prices(i))}
+        if 0 < value < 1:
+            # Worth less than a cent once the order-level lines' shares are in: §4's
+            # shares are "rounded cumulatively so that every request's lines sum exactly
+            # to its amount and the shares add up to the discount line's total once
+            # everything has shipped", so this capture may round to nothing (and none of
+            # 0 is sent), the cent left to the units still to ship.
+            free = set(newly)
+            exp.outcomes.add("capture_rounded_to_nothing")
         priced_out = {i for i in newly if int(lines[i]["unit_price"]) == 0} - free
         if priced_out:
             # Priced to 0 in this window after they shipped: a capture for the last
@@ -918,11 +1019,18 @@ class Oracle:
                 # priced to 0, a capture for an earlier snapshot carried them; timing.
                 exp.uncertain_end = True
                 exp.outcomes.add("priced_to_nothing_while_shipping")
-        if st.any_capture and order_total(last) < st.money - 2:
+        if st.any_capture and order_total(last) < st.money_high - 2:
             # The total went below what is captured (a price or discount edit after a
             # capture): the captures can no longer add up to it (a person is told,
             # CANNOT_FOLLOW), and the order-level lines not yet shared may take all that
-            # is still open, so these units may be worth nothing, never captured.
+            # is still open, so these units may be worth nothing, never captured. What
+            # is captured is what an earlier capture took at the order-level shares of
+            # the snapshot it was made for, any of its window's (§4: captures "carry a
+            # share of order-level discount lines in proportion to the value of the
+            # lines they carry, ... rounded cumulatively so that ... the shares add up
+            # to the discount line's total once everything has shipped"): so the
+            # dearest of them (money_high), not the last one's estimate, decides. A unit
+            # never captured is never refunded ("never more than was captured").
             free = set(newly)
         # The same within this window: a worker that captured for an earlier snapshot
         # (at its prices and order-level shares, with the fees if first) may have

@@ -4,7 +4,7 @@ against an in-memory PSP with faults, asserting nothing is lost or applied twice
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -25,6 +25,7 @@ from domain.planner import (
     PspState,
     PspStatus,
     Wait,
+    halts,
     plan_next,
 )
 from domain.snapshot import OrderSnapshot
@@ -133,6 +134,45 @@ def test_a_cancelled_order_is_cancelled_or_released() -> None:
 def test_needs_attention_halts_everything() -> None:
     view = OrderView(order([shipped(SHOES, 1)]), psp(1200), flags=frozenset({NEEDS_ATTENTION}))
     assert plan_next(view, allow_all) == Wait("needs_attention")
+
+
+def test_a_needs_attention_that_reports_the_basket_halts_nothing() -> None:
+    """§4 steps 2-3: what shipped is captured, what returned refunded, whatever the
+    order is flagged with when the flag only reports the basket (ADVISORY); a reason
+    for a failure or an unknown outcome among those told halts everything."""
+    view = OrderView(
+        order([shipped(SHOES, 1), SOCKS]),
+        psp(2100),
+        flags=frozenset({NEEDS_ATTENTION}),
+        told=frozenset({"amount_below_captured", "external_change"}),
+        halting=False,
+    )
+    assert isinstance(plan_next(view, allow_all), Plan)
+    halted = replace(view, told=view.told | {"outcome_unknown"}, halting=True)
+    assert plan_next(halted, allow_all) == Wait("needs_attention")
+    assert [halts(Flag(NEEDS_ATTENTION, code, "")) for code in sorted(view.told)] == [
+        False,
+        False,
+    ]
+    for code in ("outcome_unknown", "task_failed", "notification_timeout", "read_failed"):
+        assert halts(Flag(NEEDS_ATTENTION, code, ""))
+    assert halts(Flag(NEEDS_ATTENTION, "external_change", "", halting=True))
+
+
+def test_an_advisory_reason_already_told_is_not_raised_again() -> None:
+    """Told once per reason while the flag stands: planned again, the order moves on."""
+    below = order([shipped(SHOES, 1), SOCKS], amount=1000)
+    ledger = (PastOperation(Kind.CAPTURE, "succeeded", 1200, (_whole("shoes", 1200),)),)
+    view = OrderView(below, psp(2100, captured=1200), history=ledger)
+    decision = plan_next(view, allow_all)
+    assert isinstance(decision, Flag) and decision.code == "amount_below_captured"
+    told = replace(
+        view, flags=frozenset({NEEDS_ATTENTION}), told=frozenset({decision.code}), halting=False
+    )
+    decision = plan_next(told, allow_all)
+    assert isinstance(decision, Flag) and decision.code == "captured_above_total"
+    both = replace(told, told=told.told | {decision.code})
+    assert plan_next(both, allow_all) == Done()
 
 
 def test_an_expired_order_with_work_left_needs_attention() -> None:
@@ -378,3 +418,48 @@ def test_a_cancel_after_a_refused_increase_still_charges_the_shipped_goods() -> 
     decision = plan_next(OrderView(cancelled, psp(6315), refused_amount=6765), allow_all)
     assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
     assert decision.amount == 6315 == lines_total(decision.lines)
+
+
+def test_goods_let_go_after_a_refused_increase_are_not_told_as_a_psp_cancel() -> None:
+    """The e-book was authorized at 100; its price went to 150 and Klarna refused the
+    increase (the shop was asked for a new order), then it shipped and the order was
+    cancelled. Nothing shipped fits the authorization, so §4 step 4 has nothing to
+    capture and the service cancels the authorization. That cancel is the service's
+    own decision: the goods never authorized stay with the new order the shop was asked
+    for, and the order is done. Flagging `psp_order_cancelled` afterwards told a person
+    the PSP had let go of goods it could have charged, which it had not."""
+    ebook = {
+        "id": "ebook",
+        "name": "E-book",
+        "type": "digital",
+        "quantity": 1,
+        "unit_price": 150,
+        "tax_rate": 2000,
+    }
+    cancelled = order([shipped(ebook, 1)], "cancelled")
+    before = OrderView(cancelled, psp(100), refused_amount=150)
+    assert plan_next(before, allow_all) == Plan(Kind.CANCEL, 0)
+    cancel = (PastOperation(Kind.CANCEL, "succeeded", 0),)
+    after = OrderView(
+        cancelled, psp(100, status=PspStatus.CANCELLED), history=cancel, refused_amount=150
+    )
+    assert plan_next(after, allow_all) == Done()
+
+
+def test_goods_that_fitted_the_authorization_a_cancel_took_are_still_told() -> None:
+    """The same order, but the e-book fits what was authorized (nothing refused): the
+    PSP's authorization was cancelled before it could be charged (outside, or for a
+    snapshot that passed), so a person is told (psp_order_cancelled)."""
+    ebook = {
+        "id": "ebook",
+        "name": "E-book",
+        "type": "digital",
+        "quantity": 1,
+        "unit_price": 100,
+        "tax_rate": 2000,
+    }
+    cancelled = order([shipped(ebook, 1)], "cancelled")
+    cancel = (PastOperation(Kind.CANCEL, "succeeded", 0),)
+    after = OrderView(cancelled, psp(100, status=PspStatus.CANCELLED), history=cancel)
+    decision = plan_next(after, allow_all)
+    assert isinstance(decision, Flag) and decision.code == "psp_order_cancelled"

@@ -826,19 +826,59 @@ def test_seq13_a_second_deliverer_never_passes_a_claimed_event(ctx: WorkerContex
     order_id = order_with_two_events(ctx)
     got: list[Any] = []
     with ctx.pool.connection() as first:
-        claimed = outbox_store.claim_next(first, order_id, 60)()  # not committed yet
-        assert claimed is not None and claimed.event_type == "order.needs_attention"
+        (claimed,) = outbox_store.claim_next(first, [order_id], 60)()  # not committed yet
+        assert claimed.event_type == "order.needs_attention"
 
         def second() -> None:
             with ctx.pool.connection() as conn, conn.transaction():
-                got.append(outbox_store.claim_next(conn, order_id, 60)())
+                got.append(outbox_store.claim_next(conn, [order_id], 60)())
 
         other = threading.Thread(target=second)
         other.start()
         time.sleep(0.3)
         first.commit()
         other.join(5)
-    assert got == [None]
+    assert got == [[]]
+
+
+def test_a_batch_delivers_each_orders_events_in_order_and_a_failure_stops_only_its_order(
+    ctx: WorkerContext,
+) -> None:
+    # The outbox order per order (contract section 4: events in the order they happened)
+    # holds when one deliverer claims and marks many orders' events together.
+    orders = [new_order_id(), new_order_id()]
+    for order_id in orders:
+        insert_order(ctx, snap(order_id, [SHOES]), authorized=1200)
+        with ctx.pool.connection() as conn, conn.transaction():
+            for kind in ("order.needs_attention", "order.synced"):
+                payload = {"type": kind, "order_id": order_id}
+                outbox_store.insert_event(conn, uuid.uuid4(), order_id, 1, kind, payload)
+    failing, fine = orders
+    got: list[tuple[str, str]] = []
+
+    def shop(request: httpx.Request) -> httpx.Response:
+        event = json.loads(request.content)
+        got.append((event["order_id"], event["type"]))
+        return httpx.Response(503 if event["order_id"] == failing else 204)
+
+    settings = ctx.settings.model_copy(
+        update={
+            "shop_callback_url": "http://shop.test/callbacks",
+            "shop_callback_secret": SecretStr("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        }
+    )
+    http = httpx.Client(transport=httpx.MockTransport(shop))
+    results = callbacks.deliver_orders(ctx.pool, http, settings, orders)
+    assert results[fine] == (2, None)
+    assert results[failing][0] == 0 and (results[failing][1] or 0) > 0
+    # Between orders any order is as good; within one, the order they happened.
+    assert [kind for order_id, kind in got if order_id == fine] == [
+        "order.needs_attention",
+        "order.synced",
+    ]
+    assert [kind for order_id, kind in got if order_id == failing] == ["order.needs_attention"]
+    assert [r["delivered_at"] is not None for r in outbox(ctx, fine)] == [True, True]
+    assert [r["delivered_at"] is not None for r in outbox(ctx, failing)] == [False, False]
 
 
 # -- 14. smaller -------------------------------------------------------------------------
