@@ -903,10 +903,11 @@ WHERE id IN (
             AND (psp_synced_at < now() - make_interval(secs => %(resync)s)
                  OR (expires_at < now() + make_interval(days => %(days)s)
                      AND captured_amount < desired_amount)))
-           -- Captured orders too while money is held: a refund made in Klarna's portal
-           -- is money that moved without the service (contract §4); only a read shows
-           -- it (index orders_resync_captured, migration 0012).
-           OR (psp_status = 'captured' AND refunded_amount < captured_amount
+           -- Captured orders too while money is held, and orders whose authorization
+           -- expired after a part capture: a refund made in Klarna's portal is money
+           -- that moved without the service (contract §4); only a read shows it
+           -- (index orders_resync_held, migration 0095).
+           OR (psp_status IN ('captured', 'expired') AND refunded_amount < captured_amount
                AND psp_synced_at < now() - make_interval(secs => %(resync)s)))
     ORDER BY psp_synced_at
     LIMIT %(batch)s

@@ -402,6 +402,45 @@ def test_seq07_klarna_portal_refund_on_a_captured_order_is_seen_and_not_repeated
     assert posts(klarna, "/refunds") == []
 
 
+def resync_offers(ctx: WorkerContext, order_id: str) -> bool:
+    """A day passes since the order's last read; whether the periodic re-read takes it."""
+    with ctx.pool.connection() as conn, conn.transaction():
+        conn.execute(
+            "UPDATE orders SET psp_synced_at = now() - interval '1 day' WHERE id = %s",
+            (order_id,),
+        )
+        resynced = conn.execute(store.RESYNC, {"resync": 3600, "days": 3, "batch": 10000})
+        return order_id in {r["id"] for r in resynced.fetchall()}
+
+
+def test_a_klarna_portal_refund_after_the_authorization_expired_is_seen(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """Part captured, the rest of the authorization expires, then a refund is made in
+    Klarna's Merchant Portal: money still held, so the order is read again and the
+    refund counted (§4, money that moved without the service), as for a captured one."""
+    order_id, first = klarna_order(ctx, klarna, shipped([SHOES, SOCKS], shoes=1))
+    insert_order(ctx, first, authorized=first.total)
+    drive(ctx, order_id)
+    psp = klarna.orders[first.psp_order_id]
+    assert (psp.status, psp.captured_amount) == ("PART_CAPTURED", 1200)
+    psp.status = "EXPIRED"
+    assert resync_offers(ctx, order_id)
+    drive(ctx, order_id)
+    assert order_row(ctx, order_id)["psp_status"] == "expired"
+    # A person saw the expiry (external_change); the shop drops the socks it can no
+    # longer charge, and the operator's reconcile takes the PSP's figures.
+    update_snapshot(ctx, snap(order_id, shipped([SHOES], shoes=1), 2))
+    operator_reconcile(ctx, order_id)
+    assert order_row(ctx, order_id)["flags"] == []
+    psp.refunded_amount = 1200
+    psp.refunds.append({"refund_id": "portal-1", "reference": "", "refunded_amount": 1200})
+    assert resync_offers(ctx, order_id)
+    drive(ctx, order_id)
+    assert order_row(ctx, order_id)["refunded_amount"] == 1200
+    assert flag_code(ctx, order_id) == "external_change"
+
+
 def adyen_context(database_url: str) -> tuple[WorkerContext, list[httpx.Request]]:
     sent: list[httpx.Request] = []
 
