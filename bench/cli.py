@@ -48,6 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="worker: threads of the slow-PSP round (64); latency: threads per worker (8)",
     )
+    parser.add_argument(
+        "--callbacks",
+        action="store_true",
+        help="worker: the shop's callback URL configured; an operation counts once its "
+        "order.synced is delivered",
+    )
     args = parser.parse_args(argv)
     if args.benchmark == "plot":
         from bench.plot import plot
@@ -60,13 +66,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"# {name}: {BENCHMARKS[name]}{' (quick)' if args.quick else ''}", flush=True)
         started = time.monotonic()
         module = importlib.import_module(f"bench.{name}")
-        options: dict[str, int] = {}
+        options: dict[str, int | bool] = {}
         if name == "scale" and args.webhooks:
             options["webhooks"] = args.webhooks
         if name in ("worker", "latency"):
             for option in ("psp_delay_ms", "concurrency"):
                 if getattr(args, option) is not None:
                     options[option] = getattr(args, option)
+        if name == "worker" and args.callbacks:
+            options["callbacks"] = True
         rows, extra = module.run(quick=args.quick, **options)
         extra["wall_seconds"] = round(time.monotonic() - started, 1)
         path = write_result(name, args.quick, rows, extra)

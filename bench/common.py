@@ -122,7 +122,13 @@ class Stack:
         return url
 
     def worker(
-        self, name: str = "worker", *, pool: str, concurrency: int, queues: str | None = None
+        self,
+        name: str = "worker",
+        *,
+        pool: str,
+        concurrency: int,
+        queues: str | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> Process:
         return self.start(
             name,
@@ -138,6 +144,7 @@ class Stack:
                 f"{name}@bench",
                 *(["--queues", queues] if queues else []),
             ],
+            env=env,
         )
 
     @contextmanager

@@ -248,12 +248,16 @@ def profile_operations(bench: Stack, sandbox: str, n: int) -> dict[str, Any]:
     return summary
 
 
-def cpu_operations(bench: Stack, sandbox: str, n: int, cprofile: Path | None) -> dict[str, Any]:
+def cpu_operations(
+    bench: Stack, sandbox: str, n: int, cprofile: Path | None, batch: int = 1
+) -> dict[str, Any]:
     """N operations in a row in this process, each with its callback delivery: the
     process's CPU time (user + system, `time.process_time`) per operation, a figure the
     machine's load hardly moves (the PSP, Postgres and Redis are other processes).
     With `cprofile`, the same under cProfile (CPU-time clock), its stats written there:
-    counts of calls are exact, times are inflated by the profiler itself."""
+    counts of calls are exact, times are inflated by the profiler itself. With `batch`
+    > 1, the deliveries of each `batch` operations are one batch's
+    (`callbacks.deliver_orders`, as a worker's `deliver_callback_batch` task runs them)."""
     import cProfile
 
     from ordersync import jobs
@@ -270,20 +274,24 @@ def cpu_operations(bench: Stack, sandbox: str, n: int, cprofile: Path | None) ->
     saved, sys.stderr = sys.stderr, sink
     configure_logging("INFO", "json")
 
-    def one(order_id: str) -> None:
-        with jobs.unit_of_work(lambda _: None):
-            Reconciler(ctx, lambda *_: None).run(order_id)
-        callbacks.deliver_order(ctx.pool, ctx.http, ctx.settings, order_id)
+    def some(order_ids: list[str]) -> None:
+        for order_id in order_ids:
+            with jobs.unit_of_work(lambda _: None):
+                Reconciler(ctx, lambda *_: None).run(order_id)
+        callbacks.deliver_orders(ctx.pool, ctx.http, ctx.settings, order_ids)
+
+    def chunks(order_ids: list[str]) -> list[list[str]]:
+        return [order_ids[i : i + batch] for i in range(0, len(order_ids), batch)]
 
     profiler = cProfile.Profile(time.process_time) if cprofile is not None else None
     try:
-        for order_id in ids[:20]:  # warm: the pool, the clients, prepared statements
-            one(order_id)
+        for chunk in chunks(ids[:20]):  # warm: the pool, the clients, prepared statements
+            some(chunk)
         cpu, wall = time.process_time(), time.monotonic()
         if profiler is not None:
             profiler.enable()
-        for order_id in ids[20:]:
-            one(order_id)
+        for chunk in chunks(ids[20:]):
+            some(chunk)
         if profiler is not None:
             profiler.disable()
         cpu, wall = time.process_time() - cpu, time.monotonic() - wall
@@ -312,6 +320,13 @@ def main(argv: list[str] | None = None) -> int:
         help="N operations (each with its callback delivery): this process's CPU-ms each",
     )
     parser.add_argument("--cprofile", type=Path, help="with --cpu: cProfile stats to this file")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        metavar="K",
+        help="with --cpu: the callbacks of each K operations delivered as one batch",
+    )
     args = parser.parse_args(argv)
     with stack() as bench:
         bench.env["SHOP_CALLBACK_SECRET"] = "whsec_" + "QmVuY2hCZW5jaEJlbmNoQmVuY2g="
@@ -321,9 +336,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.profile:
             result["profile"] = profile_operations(bench, sandbox, args.profile)
         if args.cpu:
-            result["cpu"] = cpu_operations(bench, sandbox, args.cpu, None)
+            result["cpu"] = cpu_operations(bench, sandbox, args.cpu, None, args.batch)
             if args.cprofile:
-                result["cprofile"] = cpu_operations(bench, sandbox, args.cpu, args.cprofile)
+                result["cprofile"] = cpu_operations(
+                    bench, sandbox, args.cpu, args.cprofile, args.batch
+                )
     print(f"one capture, end to end: {result['outcome']}")
     print(f"  Postgres round trips: {result['postgres_round_trips']}")
     for i, trip in enumerate(result["round_trips"], 1):
@@ -352,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu:
         c = result["cpu"]
         print(
-            f"  {c['operations']} operations in a row, one thread, each with its callback: "
+            f"  {c['operations']} operations in a row, one thread, each with its callback"
+            f" (delivered {args.batch} orders to a batch): "
             f"{c['cpu_ms_per_operation']:.2f} CPU-ms each (wall {c['wall_ms_per_operation']:.2f}"
             f" ms; load average {c['load_average']:.1f})"
         )

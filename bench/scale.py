@@ -13,9 +13,12 @@ transaction that is rolled back.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -252,153 +255,282 @@ FROM generate_series(1, greatest(%(n)s / 10, 1)) AS g;
 """
 
 
-def _hot_queries(url: str, n: int, repeats: int) -> dict[str, float]:
-    """Median ms of the statements every webhook and sweep runs against the inbox,
-    rolled back: a new shop webhook stored, a repeated one, the Adyen sweep."""
+# The tables that grow with the history: at the large size, a plan that reads one of them
+# whole (a Seq Scan) is a statement whose cost grows with it.
+LARGE_TABLES = ("inbox", "inbox_bodies", "outbox", "orders")
+# The figures, in the order they are printed.
+FIGURES = (
+    "store new webhook",
+    "store repeated webhook",
+    "sweep: Adyen notifications",
+    "prune: inbox bodies, per 1k rows",
+    "prune: inbox keys, per 1k rows",
+    "prune: delivered outbox, per 1k rows",
+)
+
+
+class Backend:
+    """The CPU time a Postgres backend has spent, from /proc/<pid>/schedstat (ns
+    resolution): time on a CPU, and time spent runnable but waiting for one. On a loaded
+    machine the second grows with everyone else's work; the first is the statement's own
+    cost (its parsing, planning, buffer and index work, WAL, the page reads from the
+    OS's cache). None of it when Postgres is not a local process (BENCH_DATABASE_URL
+    pointing elsewhere)."""
+
+    def __init__(self, pid: int) -> None:
+        self.path = Path(f"/proc/{pid}/schedstat")
+
+    def read(self) -> tuple[int, int] | None:
+        try:
+            on_cpu, waiting, _ = self.path.read_text().split()
+        except (OSError, ValueError):
+            return None
+        return int(on_cpu), int(waiting)
+
+
+class _Samples:
+    """Per figure and size: client-side ms, and the backend's on-CPU and run-queue ms."""
+
+    def __init__(self) -> None:
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+        self.wait: list[float] = []
+
+    def add(
+        self,
+        wall_s: float,
+        before: tuple[int, int] | None,
+        after: tuple[int, int] | None,
+        per: float = 1.0,
+    ) -> None:
+        self.wall.append(wall_s * 1000 * per)
+        if before is not None and after is not None:
+            self.cpu.append((after[0] - before[0]) / 1e6 * per)
+            self.wait.append((after[1] - before[1]) / 1e6 * per)
+
+    def summary(self) -> dict[str, float]:
+        def median(values: list[float]) -> float:
+            return statistics.median(values) if values else float("nan")
+
+        return {
+            "wall_ms": median(self.wall),
+            "backend_cpu_ms": median(self.cpu),
+            "backend_wait_ms": median(self.wait),
+            "samples": len(self.wall),
+        }
+
+
+def _store_event(order: str) -> Any:
     from bench.traffic import snapshot
-    from data.inbox import STORE_SHOP_EVENT
     from domain.snapshot import ShopEvent
+
+    return ShopEvent.model_validate({"type": "order.updated", "order": snapshot(order, 2)})
+
+
+def _hot_interleaved(
+    conns: dict[int, psycopg.Connection[Any]],
+    samples: dict[int, dict[str, _Samples]],
+    repeats: int,
+    rng: random.Random,
+) -> None:
+    """The statements every webhook and sweep runs against the inbox, rolled back: a new
+    shop webhook stored (a random order), a repeated one, the Adyen sweep. Sizes take turns
+    call by call (which goes first alternates), so that a burst of load elsewhere falls on
+    both sizes alike; the first calls warm caches and prepare, and are not counted."""
+    from data.inbox import STORE_SHOP_EVENT
     from service.ingest import single_params
 
-    rng = random.Random(11)
-    orders = max(n // 10, 1)
-    times: dict[str, list[float]] = {"store new webhook": [], "store repeated webhook": []}
-    times["sweep: Adyen notifications"] = []
-    with psycopg.connect(url, row_factory=dict_row) as conn:
-        for i in range(repeats + 5):
-            order = f"o{rng.randint(1, orders)}"
-            event = ShopEvent.model_validate({"type": "order.updated", "order": snapshot(order, 2)})
-            for name, key in (
-                ("store new webhook", f"new_{i}_{rng.random()}"),
-                ("store repeated webhook", f"msg_{rng.randint(1, n)}"),
-            ):
+    sizes = list(conns)
+    backends = {n: Backend(conn.info.backend_pid) for n, conn in conns.items()}
+    for i in range(repeats + 5):
+        for n in sizes if i % 2 == 0 else sizes[::-1]:
+            conn, backend = conns[n], backends[n]
+            event = _store_event(f"o{rng.randint(1, max(n // 10, 1))}")
+            calls: list[tuple[str, str, Any]] = [
+                ("store new webhook", STORE_SHOP_EVENT, f"new_{i}_{rng.random()}"),
+                ("store repeated webhook", STORE_SHOP_EVENT, f"msg_{rng.randint(1, n)}"),
+            ]
+            if i % 10 == 5:
+                calls.append(("sweep: Adyen notifications", inbox.DUE_NOTIFICATIONS, None))
+            for name, query, key in calls:
+                params = single_params(key, event) if key is not None else PARAMS
+                before = backend.read()
                 start = time.perf_counter()
-                conn.execute(STORE_SHOP_EVENT, single_params(key, event)).fetchall()
+                conn.execute(query, params).fetchall()
                 elapsed = time.perf_counter() - start
+                after = backend.read()
                 conn.rollback()
                 if i >= 5:
-                    times[name].append(elapsed * 1000)
-            if i % 10 == 0:
-                start = time.perf_counter()
-                conn.execute(inbox.DUE_NOTIFICATIONS, PARAMS).fetchall()
-                times["sweep: Adyen notifications"].append((time.perf_counter() - start) * 1000)
-                conn.rollback()
-    return {name: statistics.median(values) for name, values in times.items()}
+                    samples[n][name].add(elapsed, before, after)
 
 
-def _prune_batches(url: str, batches: int) -> dict[str, float]:
-    """Median ms per 1,000 rows of a retention batch of each kind (workers/retention.py,
-    default settings: 1,000-row batches), over up to `batches` consecutive batches."""
-    from ordersync.db import sync_pool
+def _prune_kinds(settings: Any) -> list[tuple[str, Any]]:
+    """Each kind of retention batch (workers/retention.py, default settings: 1,000-row
+    batches), as a function of the pool it runs on."""
+    from workers import retention
+
+    return [
+        (
+            "prune: inbox bodies, per 1k rows",
+            lambda pool: retention._inbox_pass(
+                pool,
+                "inbox_bodies",
+                inbox.DELETE_BODIES,
+                settings.retention_body_days * retention.DAY,
+                settings.retention_batch,
+            ),
+        ),
+        (
+            "prune: inbox keys, per 1k rows",
+            lambda pool: retention._inbox_pass(
+                pool,
+                "inbox_keys",
+                inbox.DELETE_KEYS,
+                settings.retention_key_days * retention.DAY,
+                settings.retention_batch,
+            ),
+        ),
+        (
+            "prune: delivered outbox, per 1k rows",
+            lambda pool: retention._outbox_batch(
+                pool, settings.retention_outbox_days * retention.DAY, settings.retention_batch
+            ),
+        ),
+    ]
+
+
+def _prune_interleaved(
+    pools: dict[int, Any],
+    samples: dict[int, dict[str, _Samples]],
+    batches: int,
+    done: set[tuple[int, str]],
+) -> None:
+    """Up to `batches` consecutive retention batches of each kind at each size, the sizes
+    taking turns batch by batch; each timed per 1,000 rows pruned, over the batches that
+    pruned any (a small inbox runs out of old rows sooner, and an empty batch would
+    flatter it). A kind stops at both sizes once either has nothing more to prune, so
+    that every figure compares batches run side by side."""
     from ordersync.settings import Settings
+
+    sizes = list(pools)
+    for name, one in _prune_kinds(Settings()):
+        for b in range(batches):
+            if any((n, name) in done for n in sizes):
+                break
+            for n in sizes if b % 2 == 0 else sizes[::-1]:
+                pool = pools[n]
+                with pool.connection() as conn:
+                    backend = Backend(conn.info.backend_pid)
+                before = backend.read()
+                start = time.perf_counter()
+                result = one(pool)
+                elapsed = time.perf_counter() - start
+                after = backend.read()
+                if result["pruned"]:
+                    samples[n][name].add(elapsed, before, after, per=1000 / result["pruned"])
+                if not result["more"]:
+                    done.add((n, name))
+
+
+def _explain(conn: psycopg.Connection[Any], query: str, params: Any) -> dict[str, Any]:
+    explain = conn.execute(
+        sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ") + sql.SQL(query), params
+    ).fetchone()
+    conn.rollback()
+    assert explain is not None
+    top = explain["QUERY PLAN"][0]
+    plan = top["Plan"]
+    return {
+        "ms": top["Execution Time"],
+        "hit": plan.get("Shared Hit Blocks", 0),
+        "read": plan.get("Shared Read Blocks", 0),
+        "dirtied": plan.get("Shared Dirtied Blocks", 0),
+        "nodes": _nodes(plan),
+    }
+
+
+def _next_old_ids(conn: psycopg.Connection[Any], cursor: str, days: float) -> list[int]:
+    """The ids the next batch of the retention pass `cursor` would prune."""
+    after = conn.execute(
+        "SELECT last_id FROM retention_cursor WHERE name = %s", (cursor,)
+    ).fetchone()
+    assert after is not None
+    rows = conn.execute(
+        "SELECT id FROM inbox WHERE id > %s AND received_at < now() - make_interval(secs => %s)"
+        " AND processed_at IS NOT NULL ORDER BY id LIMIT 1000",
+        (after["last_id"], days * 86400),
+    ).fetchall()
+    conn.rollback()
+    return [r["id"] for r in rows]
+
+
+def _inside(urls: dict[int, str], repeats: int) -> dict[int, dict[str, dict[str, Any]]]:
+    """Inside Postgres: `EXPLAIN (ANALYZE, BUFFERS)` of each statement at each size, rolled
+    back, `repeats` times with the sizes taking turns; the median execution time and
+    buffer counts (hit, read from outside shared_buffers, dirtied), and the plan. The
+    counts do not depend on the machine's load, so they say whether a statement's work
+    grows with the table when its timing is noise; the plan says which indexes it uses."""
+    from data.inbox import STORE_SHOP_EVENT
+    from ordersync.settings import Settings
+    from service.ingest import single_params
     from workers import retention
 
     settings = Settings()
-    pool = sync_pool(url, max_size=1)
-    out: dict[str, float] = {}
-    try:
-        for name, one in (
-            (
-                "prune: inbox bodies, per 1k rows",
-                lambda: retention._inbox_pass(
-                    pool,
-                    "inbox_bodies",
-                    inbox.DELETE_BODIES,
-                    settings.retention_body_days * retention.DAY,
-                    settings.retention_batch,
-                ),
-            ),
-            (
-                "prune: inbox keys, per 1k rows",
-                lambda: retention._inbox_pass(
-                    pool,
-                    "inbox_keys",
-                    inbox.DELETE_KEYS,
-                    settings.retention_key_days * retention.DAY,
-                    settings.retention_batch,
-                ),
-            ),
-            (
-                "prune: delivered outbox, per 1k rows",
-                lambda: retention._outbox_batch(
-                    pool, settings.retention_outbox_days * retention.DAY, settings.retention_batch
-                ),
-            ),
-        ):
-            # Per 1,000 rows pruned, over the batches that pruned any: a small inbox runs
-            # out of old rows sooner, and an empty batch would flatter it.
-            times = []
-            for _ in range(batches):
-                start = time.perf_counter()
-                result = one()
-                elapsed = (time.perf_counter() - start) * 1000
-                if result["pruned"]:
-                    times.append(elapsed * 1000 / result["pruned"])
-                if not result["more"]:
-                    break
-            out[name] = statistics.median(times) if times else float("nan")
-    finally:
-        pool.close()
-    return out
-
-
-def _buffers(url: str, n: int) -> dict[str, dict[str, float]]:
-    """Inside Postgres, for one new webhook stored and one body-prune batch (each rolled
-    back): execution time and buffers hit / read from outside shared_buffers / dirtied,
-    from EXPLAIN (ANALYZE, BUFFERS). The counts do not depend on the machine's load, so
-    they say whether a statement's work grows with the table when its timing is noise."""
-    from bench.traffic import snapshot
-    from data.inbox import STORE_SHOP_EVENT
-    from domain.snapshot import ShopEvent
-    from service.ingest import single_params
-
-    event = ShopEvent.model_validate(
-        {"type": "order.updated", "order": snapshot(f"o{max(n // 20, 1)}", 2)}
-    )
-    out: dict[str, dict[str, float]] = {}
-    with psycopg.connect(url, row_factory=dict_row) as conn:
-        after = conn.execute(
-            "SELECT last_id FROM retention_cursor WHERE name = 'inbox_bodies'"
-        ).fetchone()
-        assert after is not None
-        ids = [
-            r["id"]
-            for r in conn.execute(
-                "SELECT id FROM inbox WHERE id > %s ORDER BY id LIMIT 1000", (after["last_id"],)
-            ).fetchall()
-        ]
-        conn.rollback()
-        for name, query, params in (
-            ("store new webhook", STORE_SHOP_EVENT, single_params(f"diag_{n}", event)),
-            ("prune: inbox bodies, one batch", inbox.DELETE_BODIES, {"ids": ids}),
-        ):
-            explain = conn.execute(
-                sql.SQL("EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) ") + sql.SQL(query), params
-            ).fetchone()
-            conn.rollback()
-            assert explain is not None
-            top = explain["QUERY PLAN"][0]
-            plan = top["Plan"]
-            out[name] = {
-                "ms": top["Execution Time"],
-                "hit": plan.get("Shared Hit Blocks", 0),
-                "read": plan.get("Shared Read Blocks", 0),
-                "dirtied": plan.get("Shared Dirtied Blocks", 0),
+    rng = random.Random(13)
+    sizes = list(urls)
+    runs: dict[int, dict[str, list[dict[str, Any]]]] = {n: {} for n in sizes}
+    with contextlib.ExitStack() as stack:
+        conns = {
+            n: stack.enter_context(psycopg.connect(url, row_factory=dict_row))
+            for n, url in urls.items()
+        }
+        for i in range(repeats):
+            for n in sizes if i % 2 == 0 else sizes[::-1]:
+                conn = conns[n]
+                event = _store_event(f"o{rng.randint(1, max(n // 10, 1))}")
+                statements: list[tuple[str, str, Any]] = [
+                    ("store new webhook", STORE_SHOP_EVENT, single_params(f"diag_{i}", event)),
+                    (
+                        "store repeated webhook",
+                        STORE_SHOP_EVENT,
+                        single_params(f"msg_{rng.randint(1, n)}", event),
+                    ),
+                    ("sweep: Adyen notifications", inbox.DUE_NOTIFICATIONS, PARAMS),
+                    (
+                        "prune: inbox bodies, per 1k rows",
+                        inbox.DELETE_BODIES,
+                        {"ids": _next_old_ids(conn, "inbox_bodies", settings.retention_body_days)},
+                    ),
+                    (
+                        "prune: inbox keys, per 1k rows",
+                        inbox.DELETE_KEYS,
+                        {"ids": _next_old_ids(conn, "inbox_keys", settings.retention_key_days)},
+                    ),
+                    (
+                        "prune: delivered outbox, per 1k rows",
+                        outbox.DELETE_DELIVERED,
+                        {
+                            "age": settings.retention_outbox_days * retention.DAY,
+                            "batch": settings.retention_batch,
+                        },
+                    ),
+                ]
+                for name, query, params in statements:
+                    runs[n].setdefault(name, []).append(_explain(conn, query, params))
+    out: dict[int, dict[str, dict[str, Any]]] = {}
+    for n, per_statement in runs.items():
+        out[n] = {}
+        for name, explained in per_statement.items():
+            out[n][name] = {
+                key: statistics.median(e[key] for e in explained)
+                for key in ("ms", "hit", "read", "dirtied")
             }
+            out[n][name]["nodes"] = explained[-1]["nodes"]
     return out
 
 
-def _outbox_plan(url: str) -> list[str]:
-    from workers import retention
-
-    with psycopg.connect(url, row_factory=dict_row) as conn:
-        explain = conn.execute(
-            sql.SQL("EXPLAIN (FORMAT JSON) ") + sql.SQL(outbox.DELETE_DELIVERED),
-            {"age": 7 * retention.DAY, "batch": 1000},
-        ).fetchone()
-        conn.rollback()
-    assert explain is not None
-    return _nodes(explain["QUERY PLAN"][0]["Plan"])
+def _seq_scans(nodes: list[str]) -> list[str]:
+    return [node for node in nodes if node in {f"Seq Scan ({t})" for t in LARGE_TABLES}]
 
 
 def _generated_database(bench: Any, name: str, generate: str, n: int) -> tuple[str, float]:
@@ -422,52 +554,90 @@ def _generated_database(bench: Any, name: str, generate: str, n: int) -> tuple[s
 def run_webhooks(
     *, large: int, small: int, repeats: int, batches: int, rounds: int = 3
 ) -> tuple[list[Row], dict[str, Any]]:
+    """Retention and the inbox's hot statements at `large` webhooks against `small`, in
+    two databases of one server. Measured in `rounds` passes, each a share of the calls
+    and batches, with the sizes taking turns call by call and batch by batch: what the
+    rest of the machine does falls on both alike, and a ratio of two such medians holds
+    on a loaded machine. Each figure is held to <= 1.2x twice: the time as the worker
+    sees it (client side), and the CPU time the Postgres backend spent on it (on a CPU,
+    from /proc; the time it waited for one is printed beside it). The plans at the large
+    size must read no large table whole."""
     results: dict[str, Any] = {}
     urls: dict[int, str] = {}
+    sizes = (small, large)
     with stack() as bench:
-        for n in (small, large):
+        for n in sizes:
             url, generated = _generated_database(bench, f"bench_webhooks_{n}", GENERATE_WEBHOOKS, n)
             print(f"  {n:,} webhooks generated in {generated:.0f} s", flush=True)
             urls[n] = url
-            results[str(n)] = {"generate_seconds": generated, "rounds": []}
-        # Sizes alternate, so that whatever else the machine does falls on both; each
-        # figure keeps its best round. Pruning moves on each round (the next batches).
-        for _ in range(rounds):
-            for n, url in urls.items():
-                figures = {
-                    **_hot_queries(url, n, repeats),
-                    **_prune_batches(url, max(1, batches // rounds)),
-                }
-                results[str(n)]["rounds"].append(figures)
-        for n, url in urls.items():
-            per_round = results[str(n)]["rounds"]
-            results[str(n)]["best"] = {
-                figure: min(
-                    (r[figure] for r in per_round if r[figure] == r[figure]),  # not NaN
-                    default=float("nan"),
-                )
-                for figure in per_round[0]
+            results[str(n)] = {"generate_seconds": generated}
+        inside = _inside(urls, repeats=5 if repeats >= 50 else 2)
+        samples = {n: {figure: _Samples() for figure in FIGURES} for n in sizes}
+        rng = random.Random(11)
+        done: set[tuple[int, str]] = set()
+        from ordersync.db import sync_pool
+
+        with contextlib.ExitStack() as stack_:
+            conns = {
+                n: stack_.enter_context(psycopg.connect(url, row_factory=dict_row))
+                for n, url in urls.items()
             }
-            results[str(n)]["outbox_plan"] = _outbox_plan(url)
-            results[str(n)]["buffers"] = _buffers(url, n)
-    rows = []
-    for figure, base in results[str(small)]["best"].items():
-        value = results[str(large)]["best"][figure]
+            pools = {n: sync_pool(url, max_size=1) for n, url in urls.items()}
+            for pool in pools.values():
+                stack_.callback(pool.close)
+            for _ in range(rounds):
+                _hot_interleaved(conns, samples, max(1, repeats // rounds), rng)
+                _prune_interleaved(pools, samples, max(1, batches // rounds), done)
+        for n in sizes:
+            results[str(n)]["figures"] = {f: samples[n][f].summary() for f in FIGURES}
+            results[str(n)]["inside"] = inside[n]
+    rows: list[Row] = []
+    lines = []
+    for figure in FIGURES:
+        base, value = results[str(small)]["figures"][figure], results[str(large)]["figures"][figure]
         rows.append(
             Row(
                 f"{figure} @{large:,} webhooks",
-                value,
+                value["wall_ms"],
                 "ms",
-                base,
+                base["wall_ms"],
                 f"<= 1.2x @{small:,}",
-                value <= 1.2 * base,
+                value["wall_ms"] <= 1.2 * base["wall_ms"],
             )
         )
-    print(f"  prune: delivered outbox: {' > '.join(results[str(large)]['outbox_plan'])}")
-    for n in (small, large):
-        for name, b in results[str(n)]["buffers"].items():
-            print(
-                f"  inside Postgres @{n:,}: {name}: {b['ms']:.1f} ms, buffers hit {b['hit']:.0f}"
-                f" / read {b['read']:.0f} / dirtied {b['dirtied']:.0f}"
+        if value["backend_cpu_ms"] == value["backend_cpu_ms"]:  # not NaN: a local server
+            rows.append(
+                Row(
+                    f"{figure}, Postgres backend CPU @{large:,} webhooks",
+                    value["backend_cpu_ms"],
+                    "ms",
+                    base["backend_cpu_ms"],
+                    f"<= 1.2x @{small:,}",
+                    value["backend_cpu_ms"] <= 1.2 * base["backend_cpu_ms"],
+                )
             )
-    return rows, {"webhooks": [small, large], "results": results}
+        lines.append(
+            f"  {figure}: {value['samples']} / {base['samples']} samples; backend waited for a"
+            f" CPU {value['backend_wait_ms']:.2f} / {base['backend_wait_ms']:.2f} ms (median)"
+        )
+    scans = []
+    for figure in FIGURES:
+        for n in sizes:
+            b = results[str(n)]["inside"][figure]
+            lines.append(
+                f"  inside Postgres @{n:,}: {figure}: {b['ms']:.2f} ms, buffers hit {b['hit']:.0f}"
+                f" / read {b['read']:.0f} / dirtied {b['dirtied']:.0f}; {' > '.join(b['nodes'])}"
+            )
+        scans += _seq_scans(results[str(large)]["inside"][figure]["nodes"])
+    rows.append(
+        Row(
+            f"plans @{large:,} webhooks: Seq Scans of {', '.join(LARGE_TABLES)}",
+            float(len(scans)),
+            "",
+            None,
+            "0",
+            not scans,
+        )
+    )
+    print("\n".join(lines), flush=True)
+    return rows, {"webhooks": [small, large], "results": results, "load_average": os.getloadavg()}

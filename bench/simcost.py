@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import hashlib
 import os
 import resource
 import shutil
@@ -128,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
                 conn.execute("SELECT pg_stat_statements_reset()")
             trips = _count_round_trips() if args.trips else None
             client, server = _client_cpu(), _server_cpu(base / "data")
+            digests: list[str] = []
             summary = simulation.run_seeds(
-                sim, range(args.first_seed, args.first_seed + args.histories)
+                sim,
+                range(args.first_seed, args.first_seed + args.histories),
+                on_result=lambda result: digests.append(result.digest),
             )
             client = _client_cpu() - client
             server = _server_cpu(base / "data") - server
@@ -138,24 +142,33 @@ def main(argv: list[str] | None = None) -> int:
         n = summary.histories
         with psycopg.connect(url, autocommit=True) as conn:
             rows = conn.execute(
-                "SELECT calls, total_exec_time + total_plan_time, query FROM pg_stat_statements"
+                "SELECT calls, total_exec_time + total_plan_time, query, total_plan_time, plans"
+                " FROM pg_stat_statements"
                 " WHERE query NOT LIKE '%%pg_stat_statements%%' ORDER BY calls DESC"
             ).fetchall()
         calls = sum(r[0] for r in rows)
         executing = sum(r[1] for r in rows)
+        planning = sum(r[3] for r in rows)
+        plans = sum(r[4] for r in rows)
         print(
             f"seeds {args.first_seed}-{args.first_seed + n - 1}: histories {n}"
             f"  events {summary.events}  faults {summary.faults}"
             f"  violations {summary.violations}  kinds {len(summary.kinds)}"
+            # One digest of every history's trace: equal on two trees, the same histories.
+            f"  traces {hashlib.sha256(' '.join(digests).encode()).hexdigest()[:16]}"
         )
         print(
             f"per history: client CPU {1000 * client / n:.1f} ms, server CPU"
             f" {1000 * server / n:.1f} ms, total {1000 * (client + server) / n:.1f} ms;"
             f" statements {calls / n:.1f}, server planning + execution {executing / n:.1f} ms"
+            f" (planning {planning / n:.1f} ms, {plans / n:.1f} plans)"
         )
         print("statements per history (calls, exec ms), most called first:")
-        for count, ms, query in rows[: args.top]:
+        for count, ms, query, *_ in rows[: args.top]:
             print(f"  {count / n:7.1f} {ms / n:7.2f}  {' '.join(query.split())[:110]}")
+        print("statements planned most per history (plans, planning ms):")
+        for _, _, query, plan_ms, plans in sorted(rows, key=lambda r: -r[4])[: args.top]:
+            print(f"  {plans / n:7.1f} {plan_ms / n:7.2f}  {' '.join(query.split())[:110]}")
         if trips is not None:
             print(f"round trips per history: {sum(trips.values()) / n:.1f}, by caller:")
             for where, count in trips.most_common(args.top):

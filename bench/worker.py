@@ -9,12 +9,14 @@ outcome, plan again: in sync). Then the same with every sandbox request delayed 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import redis
 from devrig.devstack import Process
 
@@ -37,6 +39,36 @@ def cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def tree_cpu_seconds(root: int | None, exclude: frozenset[int] = frozenset()) -> float:
+    """User + system CPU of `root` and its live children, plus what its reaped children
+    used (cutime, cstime): Postgres's postmaster and every backend it forked. Children
+    in `exclude` (the bench's own polling backend) are not counted."""
+    if root is None:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        fields = _stat(root)
+    except (OSError, IndexError):
+        return 0.0
+    # utime, stime, cutime, cstime are fields 14-17 of stat(5); the split starts at 3.
+    total = sum(int(f) for f in fields[11:15])
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            child = _stat(int(entry.name))
+        except (OSError, IndexError):
+            continue
+        # ppid is field 4.
+        if int(child[1]) == root and int(entry.name) not in exclude:
+            total += int(child[11]) + int(child[12])
+    return total / tick
+
+
 def consumer_schedstat(pid: int | None) -> tuple[float, float]:
     """Seconds the process's main thread (Celery's consumer: it fetches every message,
     one at a time) has run and has waited runnable for a CPU (Linux schedstat)."""
@@ -48,10 +80,17 @@ def consumer_schedstat(pid: int | None) -> tuple[float, float]:
 
 
 def _drain(
-    done: Callable[[], int], total: int, timeout: float, pid: int | None = None
+    done: Callable[[], int],
+    total: int,
+    timeout: float,
+    pid: int | None = None,
+    others: dict[str, int | None] | None = None,
+    exclude: frozenset[int] = frozenset(),
 ) -> dict[str, float]:
     """Polls `done` until it reaches `total`; rate from the first completion to the last,
-    and the CPU the process `pid` used per completion over the same span."""
+    and the CPU the process `pid` used per completion over the same span (and each of
+    `others`, a process and its children: Postgres, Redis, the sandbox)."""
+    others = others or {}
     first: float | None = None
     deadline = time.monotonic() + timeout
     while True:
@@ -60,6 +99,7 @@ def _drain(
         if first is None and count > 0:
             first, first_count, first_cpu = now, count, cpu_seconds(pid)
             first_consumer = consumer_schedstat(pid)
+            first_others = {name: tree_cpu_seconds(p, exclude) for name, p in others.items()}
         if count >= total:
             break
         if now > deadline:
@@ -69,7 +109,14 @@ def _drain(
     elapsed = max(now - first, 1e-3)
     finished = max(total - first_count, 1)
     consumer = consumer_schedstat(pid)
+    per_op = {
+        f"{name}_cpu_ms_per_op": (tree_cpu_seconds(p, exclude) - first_others[name])
+        * 1000
+        / finished
+        for name, p in others.items()
+    }
     return {
+        **per_op,
         # The consumer thread's share per message: the CPU it used and the time it was
         # ready to run but waited for a core (on a loaded machine, the larger one).
         "consumer_cpu_ms_per_op": (consumer[0] - first_consumer[0]) * 1000 / finished,
@@ -83,6 +130,23 @@ def _drain(
 
 def _pid(process: Process) -> int | None:
     return process.popen.pid if process.popen is not None else None
+
+
+def stack_pids(bench: Stack) -> dict[str, int | None]:
+    """The other processes an operation costs CPU in: Postgres (its postmaster, whose
+    children are the backends), Redis and the sandbox PSP."""
+    postmaster: int | None = None
+    if bench.postgres is not None:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            pidfile = bench.postgres.data_dir / "postmaster.pid"
+            postmaster = int(pidfile.read_text().split()[0])
+    redis_process = bench.redis.process
+    sandbox = bench.processes.get("sandbox")
+    return {
+        "postgres": postmaster,
+        "redis": redis_process.pid if redis_process is not None else None,
+        "sandbox": _pid(sandbox) if sandbox is not None else None,
+    }
 
 
 def noop_rate(bench: Stack, *, pool: str, concurrency: int, n: int) -> dict[str, float]:
@@ -113,15 +177,29 @@ def noop_rate(bench: Stack, *, pool: str, concurrency: int, n: int) -> dict[str,
     )
     try:
         return _drain(
-            lambda: n - int(client.llen(noop_app.QUEUE)), n, timeout=120, pid=_pid(process)
+            lambda: n - int(client.llen(noop_app.QUEUE)),
+            n,
+            timeout=120,
+            pid=_pid(process),
+            others={"worker_tree": _pid(process), **stack_pids(bench)},
         )
     finally:
         bench.stop("noop")
 
 
 def reconcile_rate(
-    bench: Stack, sandbox: str, *, prefix: str, pool: str, concurrency: int, n: int, timeout: float
+    bench: Stack,
+    sandbox: str,
+    *,
+    prefix: str,
+    pool: str,
+    concurrency: int,
+    n: int,
+    timeout: float,
+    callbacks: bool = False,
 ) -> dict[str, float]:
+    """With `callbacks`, the shop's callback URL is configured (as in production): each
+    operation's `order.synced` is delivered too, and an operation is done once it is."""
     from workers.tasks import reconcile_order
 
     with bench.db() as conn:
@@ -130,21 +208,43 @@ def reconcile_rate(
         for order_id in ids:
             reconcile_order.apply_async((order_id,), producer=producer)
 
-    def done() -> int:
-        with bench.db() as conn:
-            row = conn.execute(
-                "SELECT count(*) AS n FROM operations WHERE order_id LIKE %s "
-                "AND status = 'succeeded'",
-                (prefix + "%",),
-            ).fetchone()
-        assert row is not None
-        return int(row["n"])
+    counted = (
+        "SELECT count(*) AS n FROM outbox WHERE order_id LIKE %s AND delivered_at IS NOT NULL"
+        if callbacks
+        else "SELECT count(*) AS n FROM operations WHERE order_id LIKE %s AND status = 'succeeded'"
+    )
 
-    worker = bench.worker(f"worker-{prefix.rstrip('-')}", pool=pool, concurrency=concurrency)
+    # One connection for the polls, its backend left out of Postgres's CPU: a connection
+    # per poll cost Postgres a backend's start-up every 20 ms, more than the operations.
+    poll = psycopg.connect(bench.database_url, autocommit=True)
+
+    def done() -> int:
+        row = poll.execute(counted, (prefix + "%",)).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    env = (
+        {
+            "SHOP_CALLBACK_URL": f"{sandbox}/_sandbox/shop/callbacks",
+            "SHOP_CALLBACK_SECRET": "whsec_" + "QmVuY2hCZW5jaEJlbmNoQmVuY2g=",
+        }
+        if callbacks
+        else {}
+    )
+    name = f"worker-{prefix.rstrip('-')}"
+    worker = bench.worker(name, pool=pool, concurrency=concurrency, env=env)
     try:
-        result = _drain(done, n, timeout, pid=_pid(worker))
+        result = _drain(
+            done,
+            n,
+            timeout,
+            pid=_pid(worker),
+            others={"worker_tree": _pid(worker), **stack_pids(bench)},
+            exclude=frozenset({poll.info.backend_pid}),
+        )
     finally:
         bench.stop(f"worker-{prefix.rstrip('-')}")
+        poll.close()
     with bench.db() as conn:
         row = conn.execute(
             "SELECT count(*) AS ops, count(DISTINCT order_id) AS orders, "
@@ -158,11 +258,27 @@ def reconcile_rate(
     return result
 
 
+def _cpu(figures: dict[str, float]) -> str:
+    """CPU-ms per task of every process it cost: the worker with its pool's children,
+    Postgres with its backends, Redis, the sandbox."""
+    names = ("worker_tree", "postgres", "redis", "sandbox")
+    parts = [f"{name} {figures.get(name + '_cpu_ms_per_op', 0.0):.2f}" for name in names]
+    total = sum(figures.get(name + "_cpu_ms_per_op", 0.0) for name in names)
+    return f"CPU-ms per task: {total:.2f} = " + " + ".join(parts)
+
+
 def run(
-    *, quick: bool, psp_delay_ms: int | None = None, concurrency: int | None = None
+    *,
+    quick: bool,
+    psp_delay_ms: int | None = None,
+    concurrency: int | None = None,
+    callbacks: bool = False,
 ) -> tuple[list[Row], dict[str, Any]]:
     """`psp_delay_ms` given: only the slow-PSP round, at that delay (and `concurrency`
-    threads), to find what caps it without the no-op and at-once rounds around it."""
+    threads), to find what caps it without the no-op and at-once rounds around it.
+    `callbacks`: the shop's callback URL configured, each operation done once its
+    `order.synced` is delivered (production's work per operation; the issue's figure
+    is measured without)."""
     n = 800 if quick else 4000
     n_slow = 600 if quick else 3000
     configs = [("threads", 16)] if quick else [("prefork", 2), ("threads", 16)]
@@ -177,7 +293,10 @@ def run(
         sandbox = bench.sandbox()
         for pool, threads in configs:
             base = noop_rate(bench, pool=pool, concurrency=threads, n=n)
-            print(f"  no-op     {pool}x{threads}: {base['rate']:7.0f} tasks/s", flush=True)
+            print(
+                f"  no-op     {pool}x{threads}: {base['rate']:7.0f} tasks/s ({_cpu(base)})",
+                flush=True,
+            )
             real = reconcile_rate(
                 bench,
                 sandbox,
@@ -186,10 +305,12 @@ def run(
                 concurrency=threads,
                 n=n,
                 timeout=300,
+                callbacks=callbacks,
             )
             print(
                 f"  reconcile {pool}x{threads}: {real['rate']:7.0f} ops/s"
-                f" ({real['cpu_ms_per_op']:.1f} CPU-ms/op in the worker's main process)",
+                f" ({real['cpu_ms_per_op']:.1f} CPU-ms/op in the worker's main process;"
+                f" {_cpu(real)})",
                 flush=True,
             )
             rows.append(
@@ -214,13 +335,14 @@ def run(
             concurrency=slow_concurrency,
             n=n_slow,
             timeout=300,
+            callbacks=callbacks,
         )
         print(
             f"  reconcile threads x{slow_concurrency}, {delay_ms} ms PSP: {slow['rate']:7.0f} ops/s"
             f" ({slow['cpu_ms_per_op']:.1f} CPU-ms/op; consumer thread per message:"
             f" {slow['consumer_cpu_ms_per_op']:.2f} ms on a CPU,"
             f" {slow['consumer_runqueue_ms_per_op']:.2f} ms waiting for one; load average"
-            f" {os.getloadavg()[0]:.1f})",
+            f" {os.getloadavg()[0]:.1f}; {_cpu(slow)})",
             flush=True,
         )
         rows.append(

@@ -18,6 +18,7 @@ from psycopg import AsyncConnection, Connection
 from psycopg.rows import BaseRowFactory, RowMaker, class_row, no_result
 from psycopg.types.json import Jsonb
 
+from data import inbox
 from data.workers import lease_token
 from domain.lines import PspLine
 from domain.planner import IN_FLIGHT, Kind, PastOperation, PspState, PspStatus
@@ -631,15 +632,40 @@ def apply_success(conn: Connection[Row], order: Order, op: Operation) -> None:
     conn.execute(APPLY_SUCCESS, params)
 
 
+@dataclass(slots=True)
+class RecordLock:
+    """The order as recording an outcome needs it, read under its row lock (taken
+    before the operation's row is written, as every writer of both does): its PSP, its
+    state sequence before the record, and when the shop's snapshot version the
+    operation was planned for arrived (the confirmation metric; None when not asked)."""
+
+    provider: str
+    psp_state_seq: int
+    received_at: datetime | None
+
+
+# Not the whole order (its snapshot is decoded from JSON with every read): the order
+# as it is after the record is what the next step reads (SUCCEED_OPERATION).
+LOCK_FOR_RECORD = f"""
+SELECT provider, psp_state_seq,
+       CASE WHEN %(received)s THEN ({inbox.VERSION_RECEIVED_AT}) END AS received_at
+FROM orders WHERE id = %(order_id)s FOR UPDATE
+"""  # noqa: S608
+_RECORD_LOCK = class_row(RecordLock)
+
+
 def record_success(
-    conn: Connection[Row], op: Operation, psp_reference: str | None
-) -> tuple[LockedOrder, LockedOrder | None, list[Operation]]:
+    conn: Connection[Row], op: Operation, psp_reference: str | None, *, received: bool = False
+) -> tuple[RecordLock, LockedOrder | None, list[Operation]]:
     """Under the order's row lock: the operation recorded as succeeded and the order's
     figures moved by it, if this worker still holds the lease (else nothing changes).
-    The order before and after (None: the lease was lost) and its operations after; the
-    three statements are sent before any is read: in pipeline mode, one round trip."""
+    What the lock read of the order before (with `received`: when the operation's
+    snapshot version arrived), the order after (None: the lease was lost) and its
+    operations after; the three statements are sent before any is read: in pipeline
+    mode, one round trip."""
     params = _finish_params(op, status="succeeded", psp_reference=psp_reference)
-    before = conn.cursor(row_factory=_LOCKED).execute(LOCK_ORDER, {"id": op.order_id})
+    lock = {"order_id": op.order_id, "version": op.target_version, "received": received}
+    before = conn.cursor(row_factory=_RECORD_LOCK).execute(LOCK_FOR_RECORD, lock)
     after = conn.cursor(row_factory=_LOCKED).execute(SUCCEED_OPERATION, params)
     ops = conn.cursor(row_factory=_OPERATION).execute(OPERATIONS, {"id": op.order_id})
     locked = before.fetchone()
@@ -726,6 +752,14 @@ def park_order(conn: Connection[Row], order_id: str) -> None:
     )
 
 
+# Also sent with the order's `order.synced` event, in one statement (data/outbox.py
+# INSERT_EVENT_IN_SYNC).
+MARK_IN_SYNC = """
+UPDATE orders SET reconcile_requested_at = NULL, next_reconcile_at = NULL, sweep_after = NULL
+WHERE id = %(order_id)s
+"""
+
+
 def mark_in_sync(conn: Connection[Row], order: Order) -> None:
     """Nothing is due for the order: no request, retry time or sweep mark. `order` is
     the row as locked in this transaction: when it has none of them, nothing is sent (an
@@ -736,11 +770,7 @@ def mark_in_sync(conn: Connection[Row], order: Order) -> None:
         and order.sweep_after is None
     ):
         return
-    conn.execute(
-        "UPDATE orders SET reconcile_requested_at = NULL, next_reconcile_at = NULL,"
-        " sweep_after = NULL WHERE id = %s",
-        (order.id,),
-    )
+    conn.execute(MARK_IN_SYNC, {"order_id": order.id})
 
 
 def defer_order(conn: Connection[Row], order_id: str, seconds: float) -> None:
@@ -873,10 +903,11 @@ WHERE id IN (
             AND (psp_synced_at < now() - make_interval(secs => %(resync)s)
                  OR (expires_at < now() + make_interval(days => %(days)s)
                      AND captured_amount < desired_amount)))
-           -- Captured orders too while money is held: a refund made in Klarna's portal
-           -- is money that moved without the service (contract §4); only a read shows
-           -- it (index orders_resync_captured, migration 0012).
-           OR (psp_status = 'captured' AND refunded_amount < captured_amount
+           -- Captured orders too while money is held, and orders whose authorization
+           -- expired after a part capture: a refund made in Klarna's portal is money
+           -- that moved without the service (contract §4); only a read shows it
+           -- (index orders_resync_held, migration 0095).
+           OR (psp_status IN ('captured', 'expired') AND refunded_amount < captured_amount
                AND psp_synced_at < now() - make_interval(secs => %(resync)s)))
     ORDER BY psp_synced_at
     LIMIT %(batch)s

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -11,6 +11,8 @@ from typing import Any
 from psycopg import AsyncConnection, Connection
 from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
+
+from data import orders
 
 Row = dict[str, Any]
 
@@ -70,18 +72,28 @@ ON CONFLICT (id) DO NOTHING
 RETURNING id
 """
 
-# The order's oldest undelivered event, if it is due and nobody holds it: a later event
+# The same, with the order marked in sync (nothing due for it: data/orders.py
+# MARK_IN_SYNC) in the same statement: the reconciler's last step is one statement.
+# A data-modifying WITH runs whether or not the event is inserted.
+INSERT_EVENT_IN_SYNC = f"WITH in_sync AS ({orders.MARK_IN_SYNC}) {INSERT_EVENT}"
+
+
+# Each order's oldest undelivered event, if it is due and nobody holds it: a later event
 # waits behind an earlier one that keeps failing (unless the shop refused that one so
 # often that it was parked). The oldest row is locked and waited for, never skipped: a
 # second deliverer claiming at the same moment must not pass it and send a later event.
+# One statement for many orders (a batch's deliverer): at most one event each.
 CLAIM_NEXT = f"""
 UPDATE outbox SET attempts = attempts + 1,
                   lease_until = now() + make_interval(secs => %(lease)s)
-WHERE id = (
-    SELECT id FROM outbox
-    WHERE order_id = %(order_id)s AND delivered_at IS NULL AND parked_at IS NULL
-    ORDER BY seq LIMIT 1
-    FOR UPDATE
+WHERE id IN (
+    SELECT oldest.id FROM unnest(%(order_ids)s::text[]) AS batch(order_id)
+    CROSS JOIN LATERAL (
+        SELECT id FROM outbox
+        WHERE order_id = batch.order_id AND delivered_at IS NULL AND parked_at IS NULL
+        ORDER BY seq LIMIT 1
+        FOR UPDATE
+    ) AS oldest
 )
   AND next_attempt_at <= now()
   AND (lease_until IS NULL OR lease_until < now())
@@ -89,9 +101,10 @@ RETURNING {EVENT_COLUMNS}
 """  # noqa: S608
 
 MARK_DELIVERED = """
-UPDATE outbox SET delivered_at = now(), lease_until = NULL, last_status = %(status)s,
+UPDATE outbox SET delivered_at = now(), lease_until = NULL, last_status = done.status,
                   last_error = NULL
-WHERE id = %(id)s
+FROM unnest(%(ids)s::uuid[], %(statuses)s::int[]) AS done(id, status)
+WHERE outbox.id = done.id
 """
 
 MARK_FAILED = """
@@ -110,10 +123,14 @@ def insert_event(
     event_type: str,
     payload: dict[str, Any],
     unless_last_is: tuple[str, int] | None = None,
+    *,
+    in_sync: bool = False,
 ) -> Callable[[], bool]:
     """Sends the insert of one event; the function returned reads whether it was
     recorded (False: recorded already, or it is the last one). In pipeline mode, read it
-    after the commit: the insert then costs no round trip of its own."""
+    after the commit: the insert then costs no round trip of its own. `in_sync`: the
+    order is marked in sync by the same statement (data/orders.py mark_in_sync), whether
+    or not the event is recorded."""
     skip_type, skip_version = unless_last_is or (None, None)
     params = {
         "id": event_id,
@@ -124,21 +141,29 @@ def insert_event(
         "skip_type": skip_type,
         "skip_version": skip_version,
     }
-    cursor = conn.execute(INSERT_EVENT, params)
+    cursor = conn.execute(INSERT_EVENT_IN_SYNC if in_sync else INSERT_EVENT, params)
     return lambda: cursor.fetchone() is not None
 
 
 def claim_next(
-    conn: Connection[Row], order_id: str, lease_seconds: float
-) -> Callable[[], Event | None]:
-    """Sends the claim; the function returned reads the event claimed (None: nothing
-    due). In pipeline mode, read it after the commit: no round trip of its own."""
-    params = {"order_id": order_id, "lease": lease_seconds}
-    return conn.cursor(row_factory=_EVENT).execute(CLAIM_NEXT, params).fetchone
+    conn: Connection[Row], order_ids: Sequence[str], lease_seconds: float
+) -> Callable[[], list[Event]]:
+    """Sends the claim of each order's next due event; the function returned reads the
+    events claimed (at most one per order; none for an order with nothing due). In
+    pipeline mode, read it after the commit: no round trip of its own."""
+    params = {"order_ids": list(order_ids), "lease": lease_seconds}
+    return conn.cursor(row_factory=_EVENT).execute(CLAIM_NEXT, params).fetchall
 
 
-def mark_delivered(conn: Connection[Row], event_id: uuid.UUID, status: int | None) -> None:
-    conn.execute(MARK_DELIVERED, {"id": event_id, "status": status})
+def mark_delivered(
+    conn: Connection[Row], delivered: Sequence[tuple[uuid.UUID, int | None]]
+) -> None:
+    """Each (event, the shop's status) delivered."""
+    params = {
+        "ids": [event_id for event_id, _ in delivered],
+        "statuses": [status for _, status in delivered],
+    }
+    conn.execute(MARK_DELIVERED, params)
 
 
 def mark_failed(

@@ -639,19 +639,12 @@ def _capture_step(
     lines = capture_lines(order, ledger)
     if not lines:
         return None
-    if psp.status is PspStatus.CANCELLED:
-        amount = lines_total(lines)
-        if amount <= 0:
-            return None
-        # Step 4 charges goods that left the warehouse before letting go; with the
-        # authorization cancelled (outside, or before they shipped) nothing can charge
-        # them, and the PSP refuses a capture: a person is told, nothing is sent.
-        return Flag(
-            NEEDS_ATTENTION,
-            "psp_order_cancelled",
-            f"goods marked shipped ({amount}) cannot be captured: the PSP authorization "
-            "is cancelled",
-        )
+    cancelled = psp.status is PspStatus.CANCELLED
+    if cancelled and lines_total(lines) <= 0:
+        return None
+    # With the authorization cancelled the capture is still weighed against what it
+    # held: goods it could not have charged either (a refused increase) were let go
+    # with it by the rule below, not lost to the cancel.
     remaining = psp.authorized - psp.captured
     amount = wanted = lines_total(lines)
     unnamed = max(psp.captured - captured_total(ledger), 0)
@@ -675,17 +668,34 @@ def _capture_step(
         amount = lines_total(lines)
         if amount <= 0:  # only what is worth nothing fits: the rest must not go unflagged
             if refused_amount is not None:
-                # Expected after a refused increase: the extra lines were never authorized.
+                # Expected after a refused increase: the extra lines were never authorized
+                # (the shop was asked for a new order for them); a cancel or release
+                # lets them go with the rest, and once it has, nothing is left to do.
                 return Wait("shipped_lines_not_authorized")
+            if cancelled:
+                return _cancelled_flag(wanted)
             return Flag(
                 NEEDS_ATTENTION,
                 "capture_exceeds_authorization",
                 f"the shipped lines ({wanted}) exceed the remaining authorization "
                 f"{remaining} (authorized {psp.authorized}, captured {psp.captured})",
             )
+    if cancelled:
+        return _cancelled_flag(wanted)
     if amount <= 0:
         return None
     return Plan(Kind.CAPTURE, amount, tuple(lines))
+
+
+def _cancelled_flag(amount: int) -> Flag:
+    """Step 4 charges goods that left the warehouse before letting go; with the
+    authorization cancelled (outside, or before they shipped) nothing can charge them,
+    and the PSP refuses a capture: a person is told, nothing is sent."""
+    return Flag(
+        NEEDS_ATTENTION,
+        "psp_order_cancelled",
+        f"goods marked shipped ({amount}) cannot be captured: the PSP authorization is cancelled",
+    )
 
 
 def _fit_shares(

@@ -72,6 +72,8 @@ BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
 class Job(StrEnum):
     RECONCILE_ORDER = "ordersync.reconcile_order"
     DELIVER_CALLBACKS = "ordersync.deliver_callbacks"
+    # Many orders' deliveries in one message (workers/delivery_batch.py).
+    DELIVER_CALLBACK_BATCH = "ordersync.deliver_callback_batch"
     PROCESS_NOTIFICATION = "ordersync.process_notification"
     SWEEP = "ordersync.sweep"
     SWEEP_LEASES = "ordersync.sweep_leases"
@@ -89,6 +91,7 @@ QUEUE_OF: dict[Job, Queue] = {
     Job.SWEEP_LEASES: Queue.SWEEPS,
     Job.PROCESS_NOTIFICATION: Queue.NOTIFICATIONS,
     Job.DELIVER_CALLBACKS: Queue.CALLBACKS,
+    Job.DELIVER_CALLBACK_BATCH: Queue.CALLBACKS,
     Job.RETENTION: Queue.RETENTION,
     # A daily read per account: housekeeping, beside retention.
     Job.CHECK_ACCOUNTS: Queue.RETENTION,

@@ -103,6 +103,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.header_timeout = settings.web_header_timeout_seconds
         self.body_timeout = settings.web_body_timeout_seconds
         self._deadline: asyncio.TimerHandle | None = None
+        self._on_expiry: Any = None
+        self._due = 0.0
         self._message_complete = False
         self._next_head(started=False)
 
@@ -118,14 +120,40 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     # -- the clock ---------------------------------------------------------------------
 
+    # One timer per connection, moved lazily: a request arms and disarms the clock three
+    # times, and a timer made and cancelled each time cost more than the rest of the
+    # clock. A deadline later than the scheduled timer is only recorded: the timer, when
+    # it fires, finds the deadline moved and waits again for what is left; a sooner one
+    # reschedules it at once. Disarmed, the timer finds nothing to do.
+
     def _arm(self, seconds: float, on_expiry: Any) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(seconds, on_expiry)
+        self._on_expiry = on_expiry
+        self._due = self.loop.time() + seconds
+        timer = self._deadline
+        if timer is None or timer.when() > self._due:
+            if timer is not None:
+                timer.cancel()
+            self._deadline = self.loop.call_at(self._due, self._clock)
 
     def _disarm(self) -> None:
+        self._on_expiry = None
+
+    def _stop_clock(self) -> None:
+        self._on_expiry = None
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
+
+    def _clock(self) -> None:
+        self._deadline = None
+        on_expiry = self._on_expiry
+        if on_expiry is None:
+            return
+        if self.loop.time() < self._due:
+            self._deadline = self.loop.call_at(self._due, self._clock)
+            return
+        self._on_expiry = None
+        on_expiry()
 
     def _head_expired(self) -> None:
         self._refuse(408 if self._head_started else None)
@@ -158,7 +186,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._arm(self.header_timeout, self._head_expired)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        self._stop_clock()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:

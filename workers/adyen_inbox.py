@@ -285,6 +285,16 @@ def _without_us(conn: Connection[Row], settings: Settings, n: Notification) -> P
     if wrong is not None:
         return _mismatched(conn, n, order, wrong)
     amount = n.amount if kind is not Kind.CANCEL else 0
+    most = _most_it_could_move(order)
+    if kind is not Kind.CANCEL and most is not None and amount > most:
+        # No capture or refund of this payment can be larger than its authorization (or
+        # what was captured of it): figures the payment cannot have are not its money.
+        # Counting them would move our books by money that never moved (contract §4
+        # counts money "that moved without the service"), so nothing is recorded and a
+        # person looks, as for a notification in another currency.
+        return _mismatched(
+            conn, n, order, f"amount.value {amount} is more than this payment holds ({most})"
+        )
     if kind is Kind.REFUND:
         amount = min(amount, int(order.captured_amount) - int(order.refunded_amount))
     ops = store.operations(conn, order.id)
@@ -302,6 +312,14 @@ def _without_us(conn: Connection[Row], settings: Settings, n: Notification) -> P
     if explained is None or n.event_code in CHARGEBACKS:
         flag_order(conn, order, _external_flag(n, "counted, never repeated"))
     return Processed("external", order.id)
+
+
+def _most_it_could_move(order: store.Order) -> int | None:
+    """The most one capture or refund of the order's payment can be: its authorization,
+    or what was captured when that is more (None: not known yet)."""
+    if order.authorized_amount is None:
+        return None
+    return max(int(order.authorized_amount), int(order.captured_amount))
 
 
 def _external_flag(n: Notification, what: str, *, halting: bool = False) -> Flag:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -93,10 +93,15 @@ def record_synced(
     conn: Connection[DictRow],
     order: Order,
     after_commit: list[Callable[[], object]] | None = None,
-) -> None:
+    *,
+    in_sync: bool = False,
+) -> bool:
     """Every operation for the order's current version is done: `order.synced`. With
     `after_commit`, whether it was recorded is read once the transaction is committed
-    (in pipeline mode, the insert then goes with the COMMIT: no round trip of its own)."""
+    (in pipeline mode, the insert then goes with the COMMIT: no round trip of its own).
+
+    `in_sync`: the same statement marks the order in sync (data/orders.py mark_in_sync);
+    True if it was sent (False: the shop still has to act, no event, nothing marked)."""
     authorized = order.authorized_amount
     still_flagged = [
         flag
@@ -109,7 +114,7 @@ def record_synced(
         )
     ]
     if still_flagged:
-        return  # done with what it can do, but the shop still has to act: not "synced"
+        return False  # done with what it can do, but the shop still has to act: not "synced"
     data = {
         "amounts": {
             "ordered": order.desired_amount,
@@ -121,11 +126,14 @@ def record_synced(
     # A periodic re-read or an operator's reconcile of an order already in sync is no
     # news to the shop; a sync after a flag is. Checked in the insert itself: one trip.
     synced = EventType.SYNCED
-    recorded = _insert(conn, order, synced, data, unless_last_is=(synced, order.version))
+    recorded = _insert(
+        conn, order, synced, data, unless_last_is=(synced, order.version), in_sync=in_sync
+    )
     if after_commit is None:
         recorded()
     else:
         after_commit.append(recorded)
+    return in_sync
 
 
 def _insert(
@@ -135,6 +143,8 @@ def _insert(
     data: dict[str, Any],
     unless_last_is: tuple[str, int] | None = None,
     event_id: uuid.UUID | None = None,
+    *,
+    in_sync: bool = False,
 ) -> Callable[[], bool]:
     """Sends the event's insert; the function returned reads whether it was recorded
     (False: recorded before, or the last one already) and asks for its delivery."""
@@ -147,7 +157,7 @@ def _insert(
         "data": data,
     }
     inserted = outbox.insert_event(
-        conn, event_id, order.id, order.version, event_type, body, unless_last_is
+        conn, event_id, order.id, order.version, event_type, body, unless_last_is, in_sync=in_sync
     )
 
     def recorded() -> bool:
@@ -179,44 +189,67 @@ def deliver_order(
 
     Returns how many were delivered and, after a failure, in how many seconds to retry.
     """
+    return deliver_orders(conn_pool, http, settings, [order_id])[order_id]
+
+
+def deliver_orders(
+    conn_pool: Any,
+    http: httpx.Client,
+    settings: Settings,
+    order_ids: Sequence[str],
+) -> dict[str, tuple[int, float | None]]:
+    """`deliver_order` for each order, the orders side by side: one round trip claims
+    the oldest due event of each, and one marks those delivered and claims each one's
+    next (per batch of orders, not per event). Each order's events still go in the
+    order they happened, and a failure stops that order only.
+
+    Returns, per order, how many were delivered and when to come back (None: nothing
+    due; 0.0: more are due now, past BATCH; else seconds after a failure)."""
+    done: dict[str, tuple[int, float | None]] = {}
     url = settings.shop_callback_url
-    if not url:
-        return 0, None  # recorded only: nowhere to send them
+    if not url or not order_ids:
+        return dict.fromkeys(order_ids, (0, None))  # recorded only: nowhere to send them
     if settings.shop_callback_secret is None:
         log.error("callback_not_configured", detail="SHOP_CALLBACK_SECRET is not set")
-        return 0, None
+        return dict.fromkeys(order_ids, (0, None))
     signer = Webhook(settings.shop_callback_secret.get_secret_value())
-    delivered = 0
-    row = _claim(conn_pool, order_id)
-    while row is not None:
-        status, retry_in = _send(conn_pool, http, signer, url, settings, row)
-        if retry_in is not None:
-            return delivered, retry_in
-        delivered += 1
-        more = delivered < BATCH
-        row = _claim(conn_pool, order_id, (row, status), claim=more)
-        if not more:
-            return delivered, 0.0
-    return delivered, None
+    # Claimed in the orders' sorted order: two deliverers whose batches share orders
+    # lock their events in the same order, so neither waits on the other in a cycle.
+    counts = dict.fromkeys(sorted(order_ids), 0)
+    claimed = _claim(conn_pool, list(counts))
+    while claimed:
+        delivered: list[tuple[outbox.Event, int | None]] = []
+        for row in claimed:
+            status, retry_in = _send(conn_pool, http, signer, url, settings, row)
+            if retry_in is not None:
+                done[row.order_id] = (counts[row.order_id], retry_in)
+                continue
+            counts[row.order_id] += 1
+            delivered.append((row, status))
+        more = []
+        for row, _ in delivered:
+            if counts[row.order_id] < BATCH:
+                more.append(row.order_id)
+            else:
+                done[row.order_id] = (counts[row.order_id], 0.0)
+        claimed = _claim(conn_pool, more, delivered)
+    return {order_id: done.get(order_id, (counts[order_id], None)) for order_id in counts}
 
 
 def _claim(
     conn_pool: Any,
-    order_id: str,
-    delivered: tuple[outbox.Event, int | None] | None = None,
-    *,
-    claim: bool = True,
-) -> outbox.Event | None:
-    """Marks the event just delivered, if any, and claims the order's next one (None:
-    nothing due). Both statements go with the COMMIT in pipeline mode, and the claim is
-    read after it: one round trip per event, and none of its own for the last claim."""
+    order_ids: list[str],
+    delivered: Sequence[tuple[outbox.Event, int | None]] = (),
+) -> list[outbox.Event]:
+    """Marks the events just delivered, if any, and claims the next one of each order in
+    `order_ids` (none for an order with nothing due). Both statements go with the
+    COMMIT in pipeline mode, and the claim is read after it: one round trip for the
+    batch, and none of its own for the last claim."""
     with pipelined(conn_pool) as conn:
-        if delivered is not None:
-            row, status = delivered
-            outbox.mark_delivered(conn, row.id, status)
-        claimed = outbox.claim_next(conn, order_id, LEASE_SECONDS) if claim else None
-    if delivered is not None:
-        row, status = delivered
+        if delivered:
+            outbox.mark_delivered(conn, [(row.id, status) for row, status in delivered])
+        claimed = outbox.claim_next(conn, order_ids, LEASE_SECONDS) if order_ids else None
+    for row, status in delivered:
         metrics.CALLBACKS.labels(event_type=row.event_type, outcome="delivered").inc()
         log.info(
             "callback_delivered",
@@ -225,7 +258,11 @@ def _claim(
             attempts=row.attempts,
             http_status=status,
         )
-    return claimed() if claimed is not None else None
+    if claimed is None:
+        return []
+    # Each order once; in the batch's order (any order between orders is as good).
+    place = {order_id: i for i, order_id in enumerate(order_ids)}
+    return sorted(claimed(), key=lambda row: place[row.order_id])
 
 
 def _send(

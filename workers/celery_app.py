@@ -15,6 +15,7 @@ from ordersync import jobs
 from ordersync.jobs import BROKER_TRANSPORT_OPTIONS, QUEUE, QUEUE_OF, Enqueued, Job
 from ordersync.logging import configure_logging
 from ordersync.settings import get_settings
+from workers.delivery_batch import DeliveryBatcher
 
 
 def celery_config() -> dict[str, Any]:
@@ -71,9 +72,23 @@ app = Celery("ordersync", include=["workers.tasks"])
 app.add_defaults(celery_config)
 
 
+def _send_delivery_batch(order_ids: Sequence[str]) -> None:
+    job = Job.DELIVER_CALLBACK_BATCH
+    app.send_task(job.value, (list(order_ids),), queue=job.queue.value)
+
+
+# In a worker process (from worker_init on), the callback deliveries its units of work
+# ask for without a delay go out many orders to a message (workers/delivery_batch.py);
+# the CLI and the web send each job as it is.
+_deliveries: DeliveryBatcher | None = None
+
+
 def send_jobs(pending: Sequence[Enqueued]) -> None:
     """The worker's and the CLI's sender for a unit of work's jobs (ordersync.jobs)."""
     for job in pending:
+        if _deliveries is not None and job.job is Job.DELIVER_CALLBACKS and not job.delay:
+            _deliveries.add(job.args[0])
+            continue
         app.send_task(
             job.job.value,
             job.args,
@@ -120,6 +135,20 @@ def _logging(**_: Any) -> None:
 # few operations, and every tenth of tenth a full one. Fewer, larger young collections
 # cost less CPU; full collections stay as frequent relative to them.
 GC_GEN0_THRESHOLD = 50_000
+
+
+@signals.worker_init.connect
+def _batch_deliveries(**_: Any) -> None:
+    global _deliveries
+    _deliveries = DeliveryBatcher(_send_delivery_batch)
+
+
+@signals.worker_shutdown.connect
+@signals.worker_process_shutdown.connect
+def _send_pending_deliveries(**_: Any) -> None:
+    # What is left is only a delay (the sweeper finds it), but need not be one.
+    if _deliveries is not None:
+        _deliveries.flush()
 
 
 @signals.worker_init.connect

@@ -73,23 +73,31 @@ class Heartbeat:
         while True:
             time.sleep(self._interval())
             with self._lock:
-                held = dict(self._held)
-                if not held:
+                if not self._held:
                     # Nothing to renew: the thread ends, and the next call starts one
                     # (a context closed in a test leaves no thread behind).
                     self._thread = None
                     return
-            try:
-                with self._pool().connection() as conn:
-                    renewed = store.renew_leases(
-                        conn,
-                        [(op_id, h.token, h.lease_seconds) for op_id, h in held.items()],
-                    )
-            except Exception as exc:  # the next beat tries again
-                log.warning("lease_renewal_failed", error=type(exc).__name__)
-                continue
-            with self._lock:
-                for op_id, h in held.items():
-                    # Lost (taken over, or recorded): never renewed again by this holder.
-                    if op_id not in renewed and self._held.get(op_id) == h:
-                        del self._held[op_id]
+            self.beat()
+
+    def beat(self) -> None:
+        """One renewal of every lease still held (the thread's beat; the simulation
+        calls it in the middle of a PSP call slower than the lease)."""
+        with self._lock:
+            held = dict(self._held)
+        if not held:
+            return
+        try:
+            with self._pool().connection() as conn:
+                renewed = store.renew_leases(
+                    conn,
+                    [(op_id, h.token, h.lease_seconds) for op_id, h in held.items()],
+                )
+        except Exception as exc:  # the next beat tries again
+            log.warning("lease_renewal_failed", error=type(exc).__name__)
+            return
+        with self._lock:
+            for op_id, h in held.items():
+                # Lost (taken over, or recorded): never renewed again by this holder.
+                if op_id not in renewed and self._held.get(op_id) == h:
+                    del self._held[op_id]

@@ -263,9 +263,11 @@ class Reconciler:
         assert isinstance(decision, Done)
         if NEEDS_NEW_ORDER in order.flags and snapshot.total <= psp.authorized:
             store.clear_flag(conn, order_id, NEEDS_NEW_ORDER)
-        if order.reconcile_requested_at is not None:
-            callbacks.record_synced(conn, order, after_commit)
-        store.mark_in_sync(conn, order)
+        # The event and the in-sync mark go in one statement when there is an event.
+        if order.reconcile_requested_at is None or not callbacks.record_synced(
+            conn, order, after_commit, in_sync=True
+        ):
+            store.mark_in_sync(conn, order)
         return Idle("in_sync")
 
     def _flag(self, conn: Any, order: store.Order, flag: Flag) -> None:
@@ -528,14 +530,15 @@ class Reconciler:
         """Records the outcome under the order's row lock (the lock, the record and what
         it needs are sent together: one round trip); the next step, if there is one."""
         if result.outcome is Outcome.SUCCEEDED:
-            confirmation = observe.operation_confirmed(conn, op)
-            order, after, ops = store.record_success(conn, op, result.reference)
+            before, after, ops = store.record_success(
+                conn, op, result.reference, received=observe.wanted(op)
+            )
             if after is None:
                 self._lost_lease(op)
                 return None
-            confirmation(order.provider)
+            observe.operation_confirmed(op, before.provider, before.received_at)
             # Whether the read is still the newest view, before our own change.
-            fresh = seen is not None and order.psp_state_seq == seen
+            fresh = seen is not None and before.psp_state_seq == seen
             changed = False
             if adopt is not None and fresh:
                 # Found applied after an unknown outcome: count it as ours first, so
@@ -543,10 +546,10 @@ class Reconciler:
                 self._adopt(conn, after, adopt, seen=after.psp_state_seq)
                 changed = True
             if Kind(op.kind) is Kind.UPDATE_AUTHORIZATION and NEEDS_NEW_ORDER in after.flags:
-                store.clear_flag(conn, order.id, NEEDS_NEW_ORDER)
+                store.clear_flag(conn, op.order_id, NEEDS_NEW_ORDER)
                 changed = True
             if changed:
-                return self._decide_again(conn, order.id, after_commit)
+                return self._decide_again(conn, op.order_id, after_commit)
             return self._decide(conn, after, ops, after_commit, force=False)
         if result.outcome is Outcome.RECEIVED:
             # Adyen took the request; its notification settles it.
@@ -637,9 +640,18 @@ def _not_behind(figures: dict[str, Any], ops: list[store.Operation]) -> dict[str
     figures = dict(figures)
     figures["captured"] = max(int(figures["captured"]), total(Kind.CAPTURE))
     figures["refunded"] = max(int(figures["refunded"]), total(Kind.REFUND))
-    figures["authorized"] = max(int(figures["authorized"]), figures["captured"])
     ended = {op.kind for op in done} & {Kind.CANCEL.value, Kind.RELEASE_AUTHORIZATION.value}
     open_statuses = (PspStatus.AUTHORIZED.value, PspStatus.PART_CAPTURED.value)
+    updates = [op for op in done if op.kind == Kind.UPDATE_AUTHORIZATION.value]
+    if updates and not ended and figures["status"] in open_statuses:
+        # Only the service changes an open authorization's amount (captures and refunds
+        # leave it; a cancel, release or expiry ends it): the last update the PSP
+        # confirmed is what it holds. A read showing another amount has not seen that
+        # update yet, and taken as the truth it makes an increase look like a decrease
+        # (sent, refused, and a person told instead of the shop, contract §4).
+        figures["authorized"] = int(updates[-1].amount)
+        figures["lines"] = list(updates[-1].lines)
+    figures["authorized"] = max(int(figures["authorized"]), figures["captured"])
     if Kind.CANCEL.value in ended and figures["captured"] == 0:
         figures["status"] = PspStatus.CANCELLED.value
     elif ended and figures["status"] in open_statuses:

@@ -77,6 +77,22 @@ def deliver_callbacks(self: Task, order_id: str) -> int:
     return delivered
 
 
+@app.task(name=Job.DELIVER_CALLBACK_BATCH.value, bind=True, **RETRY_ON_DATABASE_ERRORS)
+def deliver_callback_batch(self: Task, order_ids: list[str]) -> int:
+    """Each order's due events as `deliver_callbacks` delivers them, the orders side by
+    side (workers/delivery_batch.py, callbacks.deliver_orders). Run again after a
+    database error, it finds what it delivered already marked delivered."""
+    metrics.heartbeat()
+    ctx = get_context()
+    delivered = 0
+    results = callbacks.deliver_orders(ctx.pool, ctx.http, ctx.settings, order_ids)
+    for order_id, (count, retry_in) in results.items():
+        delivered += count
+        if retry_in is not None and retry_in <= sweeper.CALLBACK_COUNTDOWN_LIMIT_SECONDS:
+            enqueue_delivery(order_id, retry_in)
+    return delivered
+
+
 @app.task(name=Job.PROCESS_NOTIFICATION.value, bind=True, **RETRY_ON_DATABASE_ERRORS)
 def process_notification(self: Task, inbox_id: int) -> str:
     outcome = poison.guarded(

@@ -4,8 +4,9 @@ Runs mutmut (configured in pyproject.toml's `[tool.mutmut]`) over the planner, t
 arithmetic, the reconciler and the Adyen notification processing, with the fast domain
 tests, the ledger tests and a small form of the simulation as the test command, against
 one embedded Postgres of its own (each forked test process works on its own copy of the
-migrated database). Then prints the kill rate per file and every survivor that
-docs/mutation.md does not explain as equivalent, with its diff.
+migrated database). Then prints the kill rate per file and every survivor with the
+verdict docs/mutation.md gives it (equivalent, or the test that kills it now); the diff
+of each one not explained as equivalent.
 
     python -m devrig.mutation                  # the whole run (resumes a previous one)
     python -m devrig.mutation --fresh 'domain.lines.*'
@@ -34,7 +35,7 @@ from devrig.devstack import EmbeddedPostgres, database_named, temporary_pg_dir
 
 EXPLAINED = Path("docs/mutation.md")
 # A row of docs/mutation.md's survivors table: | `mutant` | equivalent | why |
-_ROW = re.compile(r"^\|\s*`(?P<name>[\w.]+__mutmut_\d+)`\s*\|\s*(?P<verdict>[\w ]+?)\s*\|")
+_VERDICT = re.compile(r"^\|\s*`(?P<name>[\w.]+__mutmut_\d+)`\s*\|\s*(?P<verdict>[^|]+?)\s*\|")
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
 
 
@@ -52,6 +53,7 @@ class FileFigures:
 class Report:
     files: list[FileFigures]
     equivalent: set[str]
+    verdicts: dict[str, str] = field(default_factory=dict)  # docs/mutation.md's rows
 
     def survivors(self) -> list[str]:
         return sorted(
@@ -59,6 +61,16 @@ class Report:
             for figures in self.files
             for name, status in figures.statuses.items()
             if status not in KILLED and name not in self.equivalent
+        )
+
+    def checked_survivors(self) -> list[tuple[str, str, str]]:
+        """Every checked mutant no test killed, equivalent ones included: its name,
+        mutmut's status and the verdict docs/mutation.md gives it ("" if none yet)."""
+        return sorted(
+            (name, status, self.verdicts.get(name, ""))
+            for figures in self.files
+            for name, status in figures.statuses.items()
+            if status not in KILLED and status != "not checked"
         )
 
     def lines(self) -> Iterable[str]:
@@ -99,16 +111,22 @@ def _rate(killed: int, relevant: int) -> str:
     return f"{100 * killed / relevant:.1f}%" if relevant else "-"
 
 
-def explained(doc: Path) -> set[str]:
-    """The mutants docs/mutation.md calls equivalent (a table row per mutant)."""
+def verdicts(doc: Path) -> dict[str, str]:
+    """Each mutant docs/mutation.md gives a verdict (a table row per mutant): the
+    verdict's text, `equivalent` or the test that kills it now. A later row wins."""
     if not doc.exists():
-        return set()
-    names = set()
+        return {}
+    found = {}
     for line in doc.read_text(encoding="utf-8").splitlines():
-        match = _ROW.match(line)
-        if match and match["verdict"].strip().lower() == "equivalent":
-            names.add(match["name"])
-    return names
+        match = _VERDICT.match(line)
+        if match:
+            found[match["name"]] = match["verdict"].strip()
+    return found
+
+
+def explained(doc: Path) -> set[str]:
+    """The mutants docs/mutation.md calls equivalent."""
+    return {name for name, verdict in verdicts(doc).items() if verdict.lower() == "equivalent"}
 
 
 def mutated_files(root: Path) -> list[str]:
@@ -130,7 +148,8 @@ def read_report(root: Path) -> Report:
                 one.statuses[name] = status_by_exit_code[code]
             one.seconds = sum(data.get("durations_by_key", {}).values())
         figures.append(one)
-    return Report(figures, explained(root / EXPLAINED))
+    given = verdicts(root / EXPLAINED)
+    return Report(figures, explained(root / EXPLAINED), given)
 
 
 def _start_postgres() -> tuple[EmbeddedPostgres, str]:
@@ -269,16 +288,22 @@ def main(argv: list[str] | None = None) -> int:
     report = read_report(root)
     for line in report.lines():
         print(line)
-    statuses = {name: s for figures in report.files for name, s in figures.statuses.items()}
-    survivors = [name for name in report.survivors() if statuses[name] != "not checked"]
-    unchecked = len(report.survivors()) - len(survivors)
-    print(f"survivors not explained as equivalent in {EXPLAINED}: {len(survivors)}")
+    survivors = report.checked_survivors()
+    unexplained = [name for name, _, _ in survivors if name not in report.equivalent]
+    unchecked = sum(
+        1 for figures in report.files for s in figures.statuses.values() if s == "not checked"
+    )
+    print(
+        f"survivors: {len(survivors)}, of which {len(survivors) - len(unexplained)} "
+        f"equivalent by {EXPLAINED} (left out of the rate)"
+    )
     if unchecked:
         print(f"not checked yet (an interrupted or partial run): {unchecked}")
-    for name in survivors:
-        status = statuses[name]
-        print(f"  {name}  ({status})")
-        if not args.no_diffs:
+    for name, status, verdict in survivors:
+        # A "killed by" verdict names a test written after this run: mutmut counts the
+        # mutant killed once it is run again by name.
+        print(f"  {name}  ({status}): {verdict or 'no verdict yet'}")
+        if not args.no_diffs and name not in report.equivalent:
             print("    " + show(name).strip().replace("\n", "\n    "))
     return 0
 

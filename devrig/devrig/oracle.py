@@ -43,6 +43,13 @@ FAULT_REASONS = frozenset(
         "task_failed",
     }
 )
+# The PSPs' refusals of a release or a cancel (Adyen: AUTHORISATION_ADJUSTMENT, the
+# release being an amount update down to the captures, and CANCELLATION with success
+# false; Klarna: 403 NOT_ALLOWED, CANCEL_NOT_ALLOWED), the reason a build names when the
+# authorization it lets go of has ended already.
+LET_GO_REFUSED = frozenset(
+    {"AUTHORISATION_ADJUSTMENT", "CANCELLATION", "NOT_ALLOWED", "CANCEL_NOT_ALLOWED"}
+)
 # Reasons for a basket the captures can no longer follow (a price edit after a capture).
 CANNOT_FOLLOW = frozenset({"captured_above_total", "captured_below_total", "amount_below_captured"})
 
@@ -123,6 +130,9 @@ class Expectation:
     # lines to the service, that a build may count as Y's (Y's units were worth the same
     # when the money moved): {Y: {X: units}}.
     interchangeable: dict[str, dict[str, int]] = field(default_factory=dict)
+    # needs_attention with any reason is allowed (a refused payment: see
+    # Oracle.authorisation_refused).
+    any_attention: bool = False
 
     def requires(self, flag: str, reason: str = "") -> None:
         self.required.add((flag, reason))
@@ -189,6 +199,10 @@ class Oracle:
         self._maybe_cancelled = False
         # This window's cancel must first capture goods shipped beyond the authorization.
         self._cancel_held = False
+        # The authorization ended without the service (expired, cancelled outside) since
+        # the last settle point: a release or cancel sent before the service learnt it
+        # is refused.
+        self._ended_in_window = False
         # What moved without the service since the last settle point, when nothing
         # before it had required external_change already.
         self.external_since_settle: set[str] = set()
@@ -287,6 +301,7 @@ class Oracle:
         self._external("chargeback")
 
     def external_cancel(self) -> None:
+        self._ended_in_window = True
         self.state.closed = "cancelled"
         self.state.closed_version = self.stored["version"] if self.stored else 0
         self._external("external_cancel")
@@ -317,11 +332,35 @@ class Oracle:
         self.exp.requires("needs_attention")
         self.exp.allowed.add(("needs_attention", f"{event_code.lower()}_after_succeeded"))
 
+    def authorisation_refused(self) -> None:
+        """The PSP refused the payment the shop's order was placed with: nothing is
+        authorized (§4 "for an Adyen payment, the AUTHORISATION notification" gives the
+        authorized amount: none), so nothing can be captured, and the shop, which sent
+        the order as paid, must be told. The contract names no reason for it; a user of
+        a payment service expects a person to look (needs_attention, any reason the
+        build gives) and, as the shop must take a new payment, needs_new_order may be
+        raised as for a refused increase. Nothing moves after it (halted)."""
+        self.halted = True
+        self.state.closed = "refused"
+        self.exp.outcomes.add("authorisation_refused")
+        self.exp.requires("needs_attention")
+        self.exp.any_attention = True
+        self.exp.allowed.add(("needs_new_order", ""))
+
+    def rejected(self, operation: str, code: str) -> None:
+        """The PSP refuses `operation` (an extension of the authorization) whenever the
+        service asks: §4 "An operation that still fails after its retries flags
+        needs_attention"; a business rejection is not retried (§5), so it flags at
+        once, with the PSP's code."""
+        self.exp.outcomes.add(f"{operation}_refused")
+        self.exp.allowed.add(("needs_attention", code))
+
     def expire(self, *, capture_in_flight: bool = False) -> None:
         """The authorization expired; `capture_in_flight`: while a capture of this
         window was on its way, so units shipped in it may have been captured first."""
         self.expired_in_window = capture_in_flight
         if self.state.closed is None:
+            self._ended_in_window = True
             self.state.closed = "expired"
             self.exp.outcomes.add("expired")
             if self._uncaptured_goods() and capture_in_flight:
@@ -351,6 +390,7 @@ class Oracle:
         if self.halted:
             self.window = [self.window[-1]]
             self.faulty = False
+            self._ended_in_window = False
             self.external_since_settle = set()
             return
         last = self.window[-1]
@@ -381,22 +421,24 @@ class Oracle:
                     shipped = own
                 # §4 flags a quantity lowered "below what was already captured": units
                 # worth nothing may never have been captured, so for them it may be.
-                surely = own - st.worthless.get(line_id, 0)
+                held = st.captured.get(line_id, 0) - st.worthless.get(line_id, 0)
                 # Units whose capture was left to timing (a range) may never have been
                 # captured, nor refunded then: lowering their returned quantity may be.
                 entry = exp.lines.get(line_id)
                 if entry is not None and entry.captured_range is not None:
-                    surely = min(
-                        surely, entry.captured_range[0] - st.external_units.get(line_id, 0)
-                    )
+                    held = min(held, entry.captured_range[0])
+                surely = held - st.external_units.get(line_id, 0)
                 returned = int(line.get("returned_quantity", 0))
-                if shipped < surely or returned < min(ours_back, surely):
+                # "... or refunded": a refund the service made is its own whoever
+                # captured the units (one before its first read, in the portal), so
+                # returns are held against its refunds of every unit surely held.
+                if shipped < surely or returned < min(ours_back, held):
                     exp.outcomes.add("quantities_reversed")
                     if snap is last:
                         exp.requires("needs_attention", REVERSED)
                     else:
                         exp.allowed.add(("needs_attention", REVERSED))
-                elif shipped < own or returned < min(ours_back, own):
+                elif shipped < own or returned < min(ours_back, st.captured.get(line_id, 0)):
                     exp.outcomes.add("quantities_reversed")
                     exp.allowed.add(("needs_attention", REVERSED))
                     exp.allowed.add(("needs_attention", REVERSED))
@@ -421,6 +463,16 @@ class Oracle:
                 # needs_new_order": a worker may have seen this one before the last.
                 exp.allowed.add(("needs_new_order", ""))
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
+        if self._ended_in_window and any(
+            snap["status"] == "cancelled" or order_total(snap) == 0 for snap in self.window
+        ):
+            # The authorization ended without the service (an expiry, a cancel outside)
+            # while the shop cancelled or emptied the order: a worker that sent its
+            # release or cancel (§4 step 4) before it learnt of the end has it refused,
+            # and §4: "An operation that still fails after its retries flags
+            # needs_attention" (a business rejection is not retried, §5).
+            exp.allowed |= {("needs_attention", r) for r in LET_GO_REFUSED}
+            exp.outcomes.add("let_go_after_the_authorization_ended")
         cancelled_in_passing = False
         if (
             (not cancelling or self._shipped_uncaptured(lines))
@@ -464,7 +516,10 @@ class Oracle:
                 if kind(line) in GOODS | FEES
             )
         )
-        if (st.any_capture or st.money_high > 0) and total < st.money_high + 2:
+        # Captures the PSP may hold: certain ones, or ones an earlier window left to
+        # timing (money_high counts those too).
+        maybe_held = st.any_capture or st.money_high > 0
+        if maybe_held and total < st.money_high + 2:
             # Within a cent or two of what was captured the shares' rounding decides
             # whether the basket is below it: the PSP may be unable to follow. (Also
             # below what a capture left to timing may hold, money_high.)
@@ -644,13 +699,21 @@ class Oracle:
             # Every unit captured, for less than the basket now says (a price raised
             # after its unit was captured): no capture is left to carry the difference.
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
-        if last["status"] == "open" and st.any_capture and total < st.money_high - 2:
+        if last["status"] == "open" and maybe_held and total < st.money_high:
             # An open order lowered below what was captured (after the PSP let go, or
             # to nothing): captures only add, and §4 refunds only returned units, so
             # the PSP cannot follow; a person is told, as for an open authorization.
+            # What the PSP may hold counts (money_high), not only what it surely does:
+            # units priced to nothing in the window they shipped in were captured at
+            # their earlier price by a worker that acted on that snapshot (§4 step 2,
+            # "newly shipped quantities → a capture with exactly those lines"), and a
+            # basket a cent below that is below it (allowed, not required: with
+            # order-level shares the estimate is within a cent or two).
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
-        if st.any_capture and any(
-            x["status"] == "open" and order_total(x) < st.money_high - 2 for x in self.window[:-1]
+        if maybe_held and any(
+            # (Within a cent or two the shares' rounding decides, as for the last basket.)
+            x["status"] == "open" and order_total(x) < st.money_high + 2
+            for x in self.window[:-1]
         ):
             # The same for a snapshot that passed in this window: a worker that acted on
             # it found the basket below the captures, which no update can follow (§4
@@ -660,6 +723,7 @@ class Oracle:
             exp.outcomes.add("below_captures_in_passing")
         self._maybe_cancelled |= cancelled_in_passing
         self._cancel_held = False
+        self._ended_in_window = False
         self.window = [last]
         self.faulty = False
         self.expired_in_window = False
@@ -736,6 +800,11 @@ class Oracle:
             )
             if not newly and not shipped_fee:
                 return
+            left_to_timing = [
+                line_id
+                for line_id in newly
+                if line_id in exp.lines and exp.lines[line_id].captured_range is not None
+            ]
             if st.closed == "expired" and self.expired_in_window:
                 # §4 counts "an authorization that expired"; it does not order the
                 # expiry against a capture already sent: the units shipped in this
@@ -762,6 +831,16 @@ class Oracle:
                 ) * max(self._ratio(snap) for snap in self.window)
                 if order_total(last) < st.money_high + 2:
                     exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+            for line_id in left_to_timing:
+                # An earlier window left their capture to timing: the close the oracle
+                # counts may never have happened (a capture flagged
+                # capture_exceeds_authorization halts the order before its cancel,
+                # README "needs_attention halts"), and the shop reopened. Captured now,
+                # they carry this window's prices, and a price edit since is carried by
+                # them so that the line's captures add up to its value (§4 "once
+                # everything has shipped the captures add up to the order's total").
+                exp.lines[line_id].prices |= self._prices(line_id)
+                exp.lines[line_id].totals |= self._totals(line_id)
             # Goods shipped against an authorization that is gone: a person must act.
             exp.allowed.add(("needs_attention", "psp_order_cancelled"))
             exp.allowed.add(("needs_new_order", ""))
@@ -907,6 +986,14 @@ class Oracle:
                 entry.totals |= self._totals(line_id)
             exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
             exp.uncertain_end = True
+            # Captured or not, timing decides (a worker that raised the authorization
+            # first captured them, §4 steps 1-2): the PSP may hold their money, at most
+            # at the dearest price and shares a snapshot of this window gave them.
+            st.money_high += sum(
+                max((p for p, _ in self._prices(i)), default=int(lines[i]["unit_price"])) * n
+                for i, n in newly.items()
+                if i in lines
+            ) * max(self._ratio(snap) for snap in [*earlier, last])
             return
         free = {i for i in newly if all(p == 0 for p, _ in self._prices(i))}
         if 0 < value < 1:
@@ -1117,6 +1204,7 @@ def ended_as(want: str, status: str, *, provider: str, authorized: int, captured
         "open": ("AUTHORIZED", "PART_CAPTURED", "CAPTURED"),
         "cancelled": ("CANCELLED",),
         "expired": ("EXPIRED",),
+        "refused": ("REFUSED",),
     }
     return status in ends[want]
 

@@ -25,7 +25,6 @@ catches, so the task ends there and its lease runs out.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import json
@@ -37,11 +36,13 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import httpx
 import psycopg
 import structlog
+import uvloop
 from psycopg import sql
 from psycopg.rows import dict_row
 from pydantic import SecretStr
@@ -58,12 +59,14 @@ from devrig.oracle import (
 )
 from domain.lines import PspLine
 from domain.snapshot import ShopEvent
+from integrations import results as psp_results
 from integrations.adyen.client import AdyenClient
 from integrations.klarna.client import KlarnaClient
 from integrations.provider import Provider
 from ordersync.accounts import Accounts, AdyenAccount, KlarnaAccount
 from ordersync.db import AsyncPool, SyncPool, async_pool, sync_pool
 from ordersync.errors import OrdersyncError
+from ordersync.http import WorkerClient
 from ordersync.settings import Settings
 from service import adyen_webhook, ingest
 from service import order_views as operator
@@ -218,6 +221,11 @@ class PspOrder:
     # A write's answer was lost: the next read may come from a replica behind it.
     answer_lost: bool = False
     last_read: int = -1  # the model's call number of the last answered read
+    # Klarna OM `expires_at`: the order can be captured only until then (None: not
+    # modelled for this history); `extended`: extensions Klarna granted.
+    expires_at: datetime | None = None
+    extended: int = 0
+    extend_refused: bool = False  # Klarna will not extend this one (403 NOT_ALLOWED)
 
 
 @dataclass
@@ -334,6 +342,8 @@ class PspModel:
         else:
             response = self._adyen(request)
         if self.depth == 0 and request.method != "GET":
+            if self.sim.more.slow_call(request):
+                return response
             self.sim.gaps.slow_answer(request)
         return response
 
@@ -402,6 +412,7 @@ class PspModel:
             return self._klarna_read(order)
         key = request.headers.get("Klarna-Idempotency-Key", "")
         body = json.loads(request.content) if request.content else {}
+        self.sim.more.one_in_flight(order, key)
         if key in self.applied_at and order.last_read < self.applied_at[key]:
             # Contract §5: an unknown outcome is resolved by asking the PSP. A request
             # that took effect is sent again only after a read of the order since.
@@ -523,6 +534,17 @@ class PspModel:
             order.effects.append(Effect("release_authorization", order.captured, key, None))
             return httpx.Response(204)
         if action == "extend-authorization-time":
+            # Klarna OM: 403 "not allowed ... The order being expired or cancelled are
+            # among the possible causes".
+            if not open_:
+                return refuse("NOT_ALLOWED")
+            if order.extend_refused:
+                self.sim.kind("klarna_extension_refused")
+                return refuse("NOT_ALLOWED")
+            if order.expires_at is not None:
+                self.sim.kind("klarna_authorization_extended")
+                order.expires_at += KLARNA_EXTENSION
+                order.extended += 1
             order.effects.append(Effect("extend_authorization", 0, key, None))
             return httpx.Response(204)
         return httpx.Response(404, json={"error_code": "NOT_FOUND"})
@@ -567,6 +589,11 @@ class PspModel:
             "remaining_authorized_amount": max(order.authorized - order.captured, 0),
             "purchase_country": "DE",
             "initial_payment_method": {"type": "INVOICE"},
+            **(
+                {"expires_at": order.expires_at.isoformat().replace("+00:00", "Z")}
+                if order.expires_at is not None
+                else {}
+            ),
             "order_lines": list(order.lines),
             "captures": list(order.captures),
             "refunds": list(order.refunds),
@@ -607,6 +634,7 @@ class PspModel:
         if order is None:
             return httpx.Response(422, json={"errorCode": "167", "message": "unknown payment"})
         key = request.headers.get("Idempotency-Key", "")
+        self.sim.more.one_in_flight(order, key)
         if key in self.held:
             # The notification of a request whose answer was lost comes after its resend.
             self.notifications.append(self.held.pop(key))
@@ -797,6 +825,7 @@ class PspModel:
                 order.unlisted.add(len(order.ledger) - 1)
                 event = "CAPTURE" if what == "capture" else "REFUND"
                 self.notifications.append(_adyen_item(order, event, True, amount, psp_ref, ""))
+                self.sim.more.portal_twin(order, what)
         elif what == "cancel":
             order.status = "CANCELLED"
             if order.provider == "adyen":
@@ -1396,6 +1425,304 @@ class Gaps:
         return {kind for order, kind in self.refused.values() if order == order_id}
 
 
+# More kinds the contract and the PSPs produce, drawn from a Random of their own again
+# (`more-<seed>`), so that every history that drew none of them, and every draw of GAPS,
+# stays the one its seed named before they existed.
+MORE_GAPS = {
+    "authorisation_refused": 0.06,  # Adyen AUTHORISATION success=false, order already sent
+    "portal_figures_wrong": 0.15,  # a Customer Area capture/refund notified with wrong figures
+    "heartbeat_renews": 0.10,  # a PSP call slower than the lease, kept by the heartbeat
+    "heartbeat_stops": 0.05,  # the worker dies in its call: no renewal, the lease runs out
+    "klarna_expiry": 0.15,  # a Klarna authorization with an expiry date, extended or not
+}
+# Klarna extends an authorization by this much (as the sandbox does).
+KLARNA_EXTENSION = timedelta(days=28)
+# An amount no payment of a simulated order can reach (its totals stay far below).
+BEYOND_ANY_PAYMENT = 5_000_000
+
+
+class MoreGaps:
+    """One history's draws of the kinds in MORE_GAPS, and the state each needs."""
+
+    def __init__(self, sim: Simulation, seed: int) -> None:
+        self.sim = sim
+        self.seed = seed
+        self.rng = random.Random(f"more-{seed}")
+        self.on = {name for name, share in MORE_GAPS.items() if self.rng.random() < share}
+        self.refs = 0
+        self.in_call: dict[str, str] = {}  # PSP order id -> key of a write still under way
+        self.barriers = 0
+        # PSP order id -> the settle point at which the product had seen its
+        # authorization's expiry inside the extend window.
+        self.expiring: dict[str, int] = {}
+
+    def take(self, name: str, chance: float = 1.0) -> bool:
+        if name not in self.on or self.rng.random() >= chance:
+            return False
+        if chance >= 1.0:
+            self.on.discard(name)
+        self.sim.kind(f"gap_{name}")
+        return True
+
+    def _ref(self, letter: str) -> str:
+        self.refs += 1
+        return f"{letter}{self.seed}m{self.refs}"
+
+    def _violation(self, code: str, detail: str) -> None:
+        found = Violation(code, detail)
+        if found not in self.sim.result.violations:
+            self.sim.result.violations.append(found)
+
+    # -- Adyen: a refused authorisation ---------------------------------------------
+
+    def refuse_authorisation(self, order: Order, script: list[tuple[str, Any]]) -> None:
+        """Adyen refuses the payment (AUTHORISATION success=false), notified once the
+        shop has sent the order: nothing is authorized, every modification is refused."""
+        if order.psp.provider != "adyen" or not self.take("authorisation_refused"):
+            return
+        order.psp.status, order.psp.authorized = "REFUSED", 0
+        order.oracle.authorisation_refused()
+        script[:] = [step for step in script if step[0] != "authorisation"]
+        created = next(n for n, step in enumerate(script) if step[0] == "shop")
+        script.insert(created + 1 + self.rng.randrange(3), ("refused", order.shop.order_id))
+
+    def refused(self, order: Order) -> None:
+        total = _total(order.first)
+        item = _adyen_item(order.psp, "AUTHORISATION", False, total, order.psp.psp_id, "")
+        item["reason"] = "Refused"
+        self.sim.note(f"psp authorisation refused for {order.shop.order_id}")
+        self.sim.deliver(item)
+        if self.rng.random() < 0.3:
+            self.sim.kind("adyen_authorisation_refused_twice")
+            self.sim.model.notifications.append(dict(item))
+
+    # -- Adyen: a Customer Area movement notified with figures it cannot have -------
+
+    def portal_twin(self, order: PspOrder, what: str) -> None:
+        """A Customer Area capture or refund, and a notification for the payment with
+        figures it cannot have beside it (delivered once or twice, in any order)."""
+        if not self.take("portal_figures_wrong", 0.6):
+            return
+        self._wrong(order, what, "beside_real" if self.rng.random() < 0.6 else "twice")
+
+    def _wrong(self, order: PspOrder, what: str, variant: str) -> None:
+        event = "CAPTURE" if what == "capture" else "REFUND"
+        how = self.rng.choice(["amount", "currency", "merchant"])
+        held = order.captured - order.refunded - order.charged_back
+        amount = max(held, 1) if what == "refund" else max(order.authorized - order.captured, 1)
+        item = _adyen_item(order, event, True, amount, self._ref("W"), "")
+        if how == "amount":
+            # More than the payment ever held (a refund) or was authorized (a capture).
+            item["amount"] = {"currency": order.currency, "value": BEYOND_ANY_PAYMENT + amount}
+        elif how == "currency":
+            item["amount"] = {"currency": "SEK", "value": amount}
+        else:
+            # The merchant's other account (its HMAC verifies), not this payment's.
+            item["merchantAccountCode"] = next(a for a in ADYEN_KEYS if a != order.account)
+        self.sim.kind(f"portal_wrong_{how}_{event.lower()}_{variant}")
+        self.sim.note(f"psp notifies {event} {how} wrong ({variant})")
+        self.sim.orders_by_psp[order.psp_id].oracle.foreign_notification()
+        if variant == "twice":
+            self.sim.deliver(item)
+            self.sim.model.notifications.append(dict(item))
+        elif variant == "alone":
+            self.sim.deliver(item)
+        else:
+            self.sim.model.notifications.append(item)
+
+    # -- the worker's lease ---------------------------------------------------------
+
+    def one_in_flight(self, order: PspOrder, key: str) -> None:
+        """Contract §5 "At most one PSP operation per order is in flight": no write for
+        an order whose earlier write is still under way (its sender alive, its lease
+        kept by the heartbeat)."""
+        under_way = self.in_call.get(order.psp_id)
+        if under_way is not None:
+            self._violation(
+                "two_in_flight",
+                f"{order.psp_id}: a write (key {key[:8]}) sent while key {under_way[:8]}'s"
+                " call was still under way",
+            )
+
+    def slow_call(self, request: httpx.Request) -> bool:
+        """A PSP call slower than the lease (True: this call was it). `heartbeat_renews`:
+        its heartbeat renews the lease in the middle of it, the old lease would have run
+        out, and a sweep runs: nothing may take it over or send for that order
+        meanwhile. `heartbeat_stops`: the worker dies in the call after the PSP applied
+        it; a sweep before its lease runs out takes nothing, and the one after does."""
+        if self.sim.gaps.settling() or not self.on & {"heartbeat_renews", "heartbeat_stops"}:
+            return False
+        psp_id = _psp_id_of(request)
+        order = self.sim.orders_by_psp.get(psp_id) if psp_id else None
+        if order is None:
+            return False
+        if self.take("heartbeat_renews", 0.5):
+            self._renewed(order, request)
+            return True
+        if self.take("heartbeat_stops", 0.5):
+            self._stopped(order)
+        return False
+
+    def _age_lease(self, order: Order, to: str) -> None:
+        self.sim.own.execute(
+            f"UPDATE operations SET lease_until = {to}"  # noqa: S608 (two fixed forms)
+            " WHERE order_id = %(id)s AND status = 'sent' AND lease_until IS NOT NULL",
+            {"id": order.shop.order_id},
+        )
+
+    def _sweep_and_run(self) -> None:
+        sim = self.sim
+        sim.model.depth += 1
+        try:
+            before = len(sim.jobs)
+            with sim.pool.connection() as conn:
+                sweeper.sweep_leases(conn, sim._enqueue)
+                conn.commit()
+            taken, sim.jobs[before:] = sim.jobs[before:], []
+            for job in taken:
+                sim.run_task(job)
+        finally:
+            sim.model.depth -= 1
+
+    def _renewed(self, order: Order, request: httpx.Request) -> None:
+        sim = self.sim
+        sim.note(f"slow call for {order.shop.order_id}: the heartbeat renews its lease")
+        # Most of the lease has passed when the heartbeat beats ...
+        self._age_lease(order, "now() + interval '1 second'")
+        sim.ctx.heartbeat.beat()
+        # ... and the rest of the old lease passes: unrenewed, it has run out now.
+        self._age_lease(order, "lease_until - interval '2 seconds'")
+        key = request.headers.get("Klarna-Idempotency-Key") or request.headers.get(
+            "Idempotency-Key", ""
+        )
+        self.in_call[order.psp.psp_id] = key
+        try:
+            self._sweep_and_run()
+        finally:
+            self.in_call.pop(order.psp.psp_id, None)
+
+    def _stopped(self, order: Order) -> None:
+        sim = self.sim
+        # The lease is nearly out, not yet: a sweep now must leave the operation alone.
+        self._age_lease(order, "now() + interval '1 second'")
+        self.in_call[order.psp.psp_id] = "dying"
+        try:
+            self._sweep_and_run()
+        finally:
+            self.in_call.pop(order.psp.psp_id, None)
+        sim.model.fault_count += 1
+        sim.note("fault death_in_psp_call")
+        raise WorkerDeath("in_psp_call")
+
+    # -- Klarna: the authorization's expiry date ------------------------------------
+
+    def klarna_expiry(self, order: Order) -> None:
+        """A Klarna authorization with an expiry date (OM `expires_at`): inside the
+        extend window from the start, or later as days pass at settle points."""
+        if order.psp.provider != "klarna" or not self.take("klarna_expiry"):
+            return
+        days = self.rng.choice([1, 2, 10, 20])
+        order.psp.expires_at = datetime.now(UTC) + timedelta(days=days)
+        self.sim.kind(f"klarna_expires_in_{'window' if days < 3 else 'weeks'}")
+        if self.rng.random() < 0.3:
+            # Klarna answers 403 to extend-authorization-time for this one: the goods
+            # may still be waiting when the date passes.
+            order.psp.extend_refused = True
+            order.oracle.rejected("extend_authorization", "NOT_ALLOWED")
+
+    def _window(self) -> timedelta:
+        return timedelta(days=self.sim.settings.extend_authorization_days_before)
+
+    def at_barrier(self) -> None:
+        """At a settle point, before it settles: days pass towards a Klarna order's
+        expiry (into the extend window), or an expiry the product saw coming at an
+        earlier settle point passes; and a Customer Area movement that never happened is
+        notified with figures the payment cannot have."""
+        sim = self.sim
+        self.barriers += 1
+        now = datetime.now(UTC)
+        for order in sim.orders.values():
+            psp = order.psp
+            if psp.expires_at is None or psp.status not in ("AUTHORIZED", "PART_CAPTURED"):
+                continue
+            inside = psp.expires_at - now <= self._window()
+            if psp.psp_id in self.expiring and not inside:
+                sim.kind("klarna_extended_before_expiry")
+                del self.expiring[psp.psp_id]
+            elif psp.psp_id in self.expiring and self.rng.random() < 0.5:
+                self._lapse(order)
+            elif not inside and self.rng.random() < 0.5:
+                sim.note(f"days pass: {order.shop.order_id} expires within a day")
+                passed = psp.expires_at - (now + timedelta(days=1))
+                psp.expires_at -= passed
+                # Those days passed for what the service wrote of the order too (the
+                # clock it judges "extended in this window" by).
+                sim.own.execute(
+                    "UPDATE operations SET updated_at = updated_at - %(passed)s,"
+                    " created_at = created_at - %(passed)s WHERE order_id = %(id)s",
+                    {"passed": passed, "id": order.shop.order_id},
+                )
+        adyen = [o for o in sim.orders.values() if o.psp.provider == "adyen"]
+        adyen = [o for o in adyen if o.psp.status != "REFUSED"]
+        if adyen and self.take("portal_figures_wrong", 0.3):
+            self._wrong(self.rng.choice(adyen).psp, self.rng.choice(["capture", "refund"]), "alone")
+
+    def _lapse(self, order: Order) -> None:
+        """The expiry date passes unextended: Klarna's order is EXPIRED (the service
+        learns it at its next read)."""
+        psp, sim = order.psp, self.sim
+        del self.expiring[psp.psp_id]
+        sim.kind("klarna_authorization_lapsed")
+        sim.note(f"psp expires {order.shop.order_id}: expires_at passed")
+        psp.status = "EXPIRED"
+        psp.before_last = None
+        order.oracle.expire()
+
+    def after_settle(self, flagged: set[str]) -> None:
+        """A settle point has settled (every Klarna order read again): an expiry inside
+        the extend window is seen now. An order with goods still to ship and nothing
+        holding it (no flag) must have been extended out of the window by now (§3
+        `extend_authorization`; README EXTEND_AUTHORIZATION_DAYS_BEFORE): goods that
+        ship after the date could no longer be captured."""
+        now = datetime.now(UTC)
+        for order in self.sim.orders.values():
+            psp = order.psp
+            if psp.expires_at is None or psp.status not in ("AUTHORIZED", "PART_CAPTURED"):
+                continue
+            if psp.expires_at - now > self._window():
+                continue
+            stored = order.oracle.stored
+            waiting = (
+                stored is not None
+                and stored["status"] == "open"
+                and any(
+                    line["type"] in ("physical", "digital")
+                    and int(line["quantity"]) > int(line.get("shipped_quantity", 0))
+                    and int(line["quantity"]) * int(line["unit_price"]) > 0
+                    for line in stored["lines"]
+                )
+            )
+            if waiting and order.shop.order_id not in flagged:
+                self._violation(
+                    "authorization_not_extended",
+                    f"{order.shop.order_id.replace(self.sim._tag, '')}: expires"
+                    f" {psp.expires_at:%Y-%m-%d %H:%M} with goods to ship, still not"
+                    " extended once settled",
+                )
+            self.expiring.setdefault(psp.psp_id, self.barriers)
+
+
+def _psp_id_of(request: httpx.Request) -> str | None:
+    """The PSP order a Klarna or Adyen write names."""
+    parts = request.url.path.split("/")
+    if request.url.host.startswith("klarna"):
+        return parts[4] if len(parts) > 4 else None
+    if "/pal/" in request.url.path:
+        body = json.loads(request.content) if request.content else {}
+        return str(body.get("originalReference") or "") or None
+    return parts[3] if len(parts) > 3 else None
+
+
 # --- the simulation ----------------------------------------------------------------------
 
 
@@ -1440,13 +1767,19 @@ class Simulation:
         # The harness's own reads and its clock, one statement each: in autocommit, one
         # round trip per statement instead of three (BEGIN, the statement, COMMIT).
         self.own = psycopg.connect(database_url, autocommit=True, row_factory=dict_row)
-        self.loop = asyncio.new_event_loop()
+        # uvloop (uvicorn's loop when installed, as it is with the service) for the
+        # webhook stores: a loop turn or several per statement. One coroutine runs at a
+        # time, so what it does happens in the same order (docs/simulation-speed.md).
+        self.loop = uvloop.new_event_loop()
         self.apool: AsyncPool = async_pool(database_url, max_size=2)
         self.loop.run_until_complete(self.apool.open())
         self.seed = 0
         self.rng = random.Random(0)
+        self.jitter = random.Random(0)
         self.model = PspModel(self.rng, self)
-        self.http = httpx.Client(transport=httpx.MockTransport(self._handle))
+        # The worker's own client class (ordersync/http.py: no cookie jar), over the
+        # PSP model: the requests go out as the worker sends them.
+        self.http = WorkerClient(transport=httpx.MockTransport(self._handle))
         self.accounts = sim_accounts("checkout")
         self.contexts = {
             api: WorkerContext(
@@ -1466,6 +1799,7 @@ class Simulation:
         self._tag = ""
         self.result = Result(0)
         self.gaps = Gaps(self, 0)
+        self.more = MoreGaps(self, 0)
 
     def _handle(self, request: httpx.Request) -> httpx.Response:
         return self.model.handle(request)
@@ -1573,6 +1907,14 @@ class Simulation:
             (callbacks, "get_settings"): lambda: self.settings,
             (callbacks, "enqueue_job"): enqueue_job,
             (sweeper, "NOTIFICATION_GRACE_SECONDS"): 3600,
+            # The back-off's jitter (`retry_delay`) from the history's own stream. It
+            # drew from the process-wide `random`, which psycopg_pool draws from too,
+            # once per connection it opens (its max_lifetime jitter), in its own thread:
+            # the first history of a process (the web pool grows to its second
+            # connection) and any history where a death closed a pooled connection got
+            # other delays than the same seed run elsewhere (seed 1006 alone, or inside
+            # 1001-1200: two histories).
+            (psp_results, "random"): self.jitter,
         }
         saved = {key: getattr(*key) for key in patches}
         for (module, name), value in patches.items():
@@ -1723,9 +2065,11 @@ class Simulation:
         self.own.execute(EMPTY_TABLES)
         self.seed = seed
         self.rng.seed(seed)
-        random.seed(seed)  # the reconciler's own jitter
+        random.seed(seed)
+        self.jitter.seed(seed)  # the back-off's jitter (see `_deaths`)
         self.model.__init__(self.rng, self)  # type: ignore[misc]
         self.gaps = Gaps(self, seed)
+        self.more = MoreGaps(self, seed)
         self.result = Result(seed)
         self.jobs = []
         self.orders = {}
@@ -1743,6 +2087,9 @@ class Simulation:
             self.kind("several_orders")
         for order in self.orders.values():
             self.gaps.foreign_currency(order)
+        for order, own in zip(self.orders.values(), scripts, strict=True):
+            self.more.refuse_authorisation(order, own)
+            self.more.klarna_expiry(order)
         script: list[tuple[str, Any]] = []
         while any(scripts):
             # Interleaved, each order's own steps in their order.
@@ -1880,6 +2227,8 @@ class Simulation:
                 )
             elif step == "psp":
                 self._psp_step(*arg)
+            elif step == "refused":
+                self.more.refused(self.orders[arg])
             elif step == "trouble":
                 order_id, trouble = arg
                 self.kind(f"trouble_{trouble}")
@@ -1992,6 +2341,7 @@ class Simulation:
         faults = self.model.faults
         self.model.faults = Faults.none()
         self.gaps.at_barrier()
+        self.more.at_barrier()
         self._sweep_alone()
         self._settle(resync=True)
         for _ in range(3):
@@ -2009,6 +2359,8 @@ class Simulation:
         else:
             for order_id, (told, now) in self._flags().items():
                 self.orders[order_id].raised |= told | now
+        if any(order.psp.expires_at is not None for order in self.orders.values()):
+            self.more.after_settle({o for o, (_, now) in self._flags().items() if now})
         for order in self.orders.values():
             if not final:
                 order.oracle.settle()
@@ -2241,8 +2593,10 @@ class Simulation:
                 )
                 found.append(Violation(code, f"{flag} {reason or ''} never raised"))
         for flag, reason in sorted(order.raised):
-            ok = (flag, reason) in exp.allowed or (
-                flag == "needs_new_order" and (flag, "") in exp.allowed
+            ok = (
+                (flag, reason) in exp.allowed
+                or (flag == "needs_new_order" and (flag, "") in exp.allowed)
+                or (flag == "needs_attention" and exp.any_attention)
             )
             if not ok:
                 found.append(Violation("flag_not_called_for", f"{flag} {reason}"))
@@ -2458,8 +2812,20 @@ EMPTY_TABLES = "TRUNCATE outbox, operations, inbox, inbox_bodies, adyen_payments
 
 
 # Only for a server started for the simulation alone: a crash of it loses nothing real,
-# so nothing waits for the disk (the product's own defaults are not touched).
-THROWAWAY_SERVER = {"fsync": "off", "full_page_writes": "off", "synchronous_commit": "off"}
+# so nothing waits for the disk (the product's own defaults are not touched). No
+# autovacuum either: every history starts from empty tables (EMPTY_TABLES), so there is
+# nothing to reclaim between them, and a vacuum or analyze started by the wall clock in
+# the middle of a history would move where its later rows land (and the planner's
+# estimates), which a replayed seed must not depend on; its workers' CPU is saved too.
+# Nor the table counters and activity reports only autovacuum and monitoring read.
+THROWAWAY_SERVER = {
+    "fsync": "off",
+    "full_page_writes": "off",
+    "synchronous_commit": "off",
+    "autovacuum": "off",
+    "track_counts": "off",
+    "track_activities": "off",
+}
 
 
 def throwaway_server(database_url: str) -> None:

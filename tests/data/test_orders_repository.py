@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import psycopg
 import pytest
 
-from data import orders
+from data import orders, outbox
 from domain.lines import PspLine
 from domain.planner import NEEDS_ATTENTION, NEEDS_NEW_ORDER, Kind
 from domain.snapshot import LineType
@@ -102,3 +103,43 @@ def test_a_frozen_request_is_stored_with_its_key_and_read_back_as_sent(conn: Con
     (stored,) = orders.operations(conn, "o-1")
     assert stored.idempotency_key == op.idempotency_key == draft.idempotency_key
     assert stored.request == request
+
+
+def test_the_synced_event_marks_the_order_in_sync_even_when_it_is_not_recorded_again(
+    conn: Conn,
+) -> None:
+    # The reconciler's last step is one statement (outbox.INSERT_EVENT_IN_SYNC): nothing
+    # is due for an order in sync whether or not its `order.synced` is news to the shop.
+    insert_order(conn)
+    due = "UPDATE orders SET reconcile_requested_at = now(), sweep_after = now() WHERE id = 'o-1'"
+    marks = (
+        "SELECT reconcile_requested_at, next_reconcile_at, sweep_after FROM orders WHERE id = 'o-1'"
+    )
+    synced = ("order.synced", 1)
+    for recorded in (True, False):  # the second is the last event already: not recorded
+        conn.execute(due)
+        inserted = outbox.insert_event(
+            conn, uuid.uuid4(), "o-1", 1, "order.synced", {}, synced, in_sync=True
+        )
+        assert inserted() is recorded
+        assert conn.execute(marks).fetchone() == dict.fromkeys(
+            ("reconcile_requested_at", "next_reconcile_at", "sweep_after")
+        )
+    count = conn.execute("SELECT count(*) AS n FROM outbox WHERE order_id = 'o-1'").fetchone()
+    assert count == {"n": 1}
+
+
+def test_recording_a_success_locks_the_order_first_and_reads_when_its_version_arrived(
+    conn: Conn,
+) -> None:
+    # What the record reads of the order before it (its PSP, its state sequence) comes
+    # with the lock, and the inbox read of the confirmation metric with them.
+    order = insert_order(conn, authorized_amount=2500)
+    draft = orders.draft_operation(order, 1, Kind.CAPTURE, 1200, [LINE])
+    locked = orders.lock_order(conn, "o-1")
+    op = orders.insert_claimed_operation(conn, locked, draft, None, 30)
+    before, after, ops = orders.record_success(conn, op, "ref-1", received=True)
+    assert (before.provider, before.psp_state_seq) == (order.provider, order.psp_state_seq)
+    assert before.received_at is None  # no inbox row for the version in this test
+    assert after is not None and after.captured_amount == 1200
+    assert [o.status for o in ops] == ["succeeded"]

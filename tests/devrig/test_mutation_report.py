@@ -49,6 +49,12 @@ def test_kill_rate_leaves_out_the_equivalent_and_counts_timeouts_as_killed(
     lines = list(report.lines())
     assert re.split(r"\s+", lines[1]) == ["domain/lines.py", "5", "5", "2", "1", "2", "50.0%"]
     assert lines[-1] == "test time 2 s over 5 mutants checked (0.50 s each)"
+    # Every survivor is listed with its verdict, the equivalent one included.
+    assert report.checked_survivors() == [
+        ("domain.lines.x_f__mutmut_3", "survived", "equivalent"),
+        ("domain.lines.x_f__mutmut_4", "survived", "killed by tests/x.py"),
+        ("domain.lines.x_f__mutmut_5", "no tests", ""),
+    ]
 
 
 def test_the_explained_survivors_name_mutants_of_the_mutated_files() -> None:

@@ -258,3 +258,21 @@ def test_spec_violations_are_refused_strictly(receiver: Receiver) -> None:
         assert bad.status_code == 400
         log = client.get("/_sandbox/requests", params={"order_id": psp}).json()["requests"]
         assert log[-1]["spec_errors"]
+
+
+def test_a_refused_payment_is_notified_unsuccessful_and_refuses_every_modification(
+    adyen: SandboxClient, receiver: Receiver
+) -> None:
+    # The issuer declines: AUTHORISATION success=false with the amount asked for and a
+    # reason; nothing is authorised, so a capture is refused and nothing is booked.
+    psp = payment(adyen, refused=True)
+    (authorisation,) = receiver.items(1)
+    assert (authorisation["eventCode"], authorisation["success"]) == ("AUTHORISATION", "false")
+    assert authorisation["amount"] == {"currency": "EUR", "value": 1470}
+    assert authorisation["reason"] == "Refused"
+    assert is_valid(authorisation, [KEY])
+    assert capture(adyen, psp, [SOCK, DISCOUNT_SHARE], 315).status_code == 422
+    state = adyen.get(f"/_sandbox/adyen/payments/{psp}").json()
+    assert (state["status"], state["authorised"], state["captured"]) == ("refused", 0, 0)
+    entries = adyen.get("/_sandbox/ledger", params={"order_id": psp}).json()["entries"]
+    assert entries == []

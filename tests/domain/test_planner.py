@@ -436,3 +436,48 @@ def test_a_cancel_after_a_refused_increase_still_charges_the_shipped_goods() -> 
     decision = plan_next(OrderView(cancelled, psp(6315), refused_amount=6765), allow_all)
     assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
     assert decision.amount == 6315 == lines_total(decision.lines)
+
+
+def test_goods_let_go_after_a_refused_increase_are_not_told_as_a_psp_cancel() -> None:
+    """The e-book was authorized at 100; its price went to 150 and Klarna refused the
+    increase (the shop was asked for a new order), then it shipped and the order was
+    cancelled. Nothing shipped fits the authorization, so §4 step 4 has nothing to
+    capture and the service cancels the authorization. That cancel is the service's
+    own decision: the goods never authorized stay with the new order the shop was asked
+    for, and the order is done. Flagging `psp_order_cancelled` afterwards told a person
+    the PSP had let go of goods it could have charged, which it had not."""
+    ebook = {
+        "id": "ebook",
+        "name": "E-book",
+        "type": "digital",
+        "quantity": 1,
+        "unit_price": 150,
+        "tax_rate": 2000,
+    }
+    cancelled = order([shipped(ebook, 1)], "cancelled")
+    before = OrderView(cancelled, psp(100), refused_amount=150)
+    assert plan_next(before, allow_all) == Plan(Kind.CANCEL, 0)
+    cancel = (PastOperation(Kind.CANCEL, "succeeded", 0),)
+    after = OrderView(
+        cancelled, psp(100, status=PspStatus.CANCELLED), history=cancel, refused_amount=150
+    )
+    assert plan_next(after, allow_all) == Done()
+
+
+def test_goods_that_fitted_the_authorization_a_cancel_took_are_still_told() -> None:
+    """The same order, but the e-book fits what was authorized (nothing refused): the
+    PSP's authorization was cancelled before it could be charged (outside, or for a
+    snapshot that passed), so a person is told (psp_order_cancelled)."""
+    ebook = {
+        "id": "ebook",
+        "name": "E-book",
+        "type": "digital",
+        "quantity": 1,
+        "unit_price": 100,
+        "tax_rate": 2000,
+    }
+    cancelled = order([shipped(ebook, 1)], "cancelled")
+    cancel = (PastOperation(Kind.CANCEL, "succeeded", 0),)
+    after = OrderView(cancelled, psp(100, status=PspStatus.CANCELLED), history=cancel)
+    decision = plan_next(after, allow_all)
+    assert isinstance(decision, Flag) and decision.code == "psp_order_cancelled"

@@ -182,3 +182,52 @@ def test_a_refused_increase_names_every_new_line_that_costs_anything() -> None:
     before = tuple(basket_lines(order([SHOES])))
     assert [line.reference for line in unauthorized_lines(basket, before)] == ["pin"]
     assert [line.reference for line in unauthorized_lines(basket, ())] == ["shoes", "pin"]
+
+
+SCARF = {"id": "scarf", "name": "Scarf", "quantity": 1, "unit_price": 800, "tax_rate": 2000}
+
+
+def test_a_capture_never_passes_what_is_left_of_the_authorization() -> None:
+    # A capture is made within the authorization (a PSP refuses more): when shipped
+    # lines were never authorized (a refused increase), the capture takes the shipped
+    # lines that fit, the shop's first ones, and leaves the rest, however many.
+    authorized = tuple(basket_lines(order([SHOES])))
+    psp = PspState(PspStatus.AUTHORIZED, 1200, 0, 0, "INVOICE", "DE", authorized)
+    grown = order([shipped(SHOES, 1), shipped(HAT, 1), shipped(SCARF, 1)])
+    view = OrderView(grown, psp, flags=frozenset({NEEDS_NEW_ORDER}), refused_amount=3200)
+    capture = plan_next(view, lambda _m, _c: False)
+    assert isinstance(capture, Plan) and capture.kind is Kind.CAPTURE
+    assert (capture.amount, [line.reference for line in capture.lines]) == (1200, ["shoes"])
+
+
+@pytest.mark.parametrize(
+    ("goods", "discounted", "unshipped", "authorized"),
+    [((3, 2111), 300, 3000, 6100), ((1, 1000), 900, 100, 102), ((1, 1000), 900, 100, 181)],
+)
+def test_a_cancels_last_capture_takes_only_the_discount_it_needs_to_fit(
+    goods: tuple[int, int], discounted: int, unshipped: int, authorized: int
+) -> None:
+    # Contract §4: captures carry order-level discounts "in proportion to the value of
+    # the lines they carry"; step 4 still charges every shipped line before a cancel.
+    # Here the goods' proportional share (204 of 300 for the coats: 6129) does not fit
+    # an authorization the refused line shrank: they take more of the discount, only
+    # what fits, and are charged the whole authorization, never less; in integers.
+    quantity, price = goods
+    coat = {"id": "coat", "name": "C", "quantity": quantity, "unit_price": price, "tax_rate": 2000}
+    other = {"id": "other", "name": "O", "quantity": 1, "unit_price": unshipped, "tax_rate": 2000}
+    cancelled = order([shipped(coat, quantity), discount(discounted), other], "cancelled")
+    psp = PspState(PspStatus.AUTHORIZED, authorized, 0, 0, "INVOICE", "DE")
+    view = OrderView(cancelled, psp, refused_amount=cancelled.total)
+    decision = plan_next(view, lambda _m, _c: True)
+    assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
+    value = quantity * price
+    assert [(line.reference, line.total_amount) for line in decision.lines] == [
+        ("coat", value),
+        ("discount", authorized - value),
+    ]
+    assert decision.amount == authorized
+    assert all(
+        type(figure) is int
+        for line in decision.lines
+        for figure in (line.unit_price, line.total_amount, line.total_tax_amount)
+    )

@@ -17,6 +17,7 @@ from tests.ledger.harness import (
     ADYEN,
     FakeKlarna,
     KlarnaOrder,
+    answer,
     context,
     insert_order,
     new_order_id,
@@ -28,6 +29,7 @@ from tests.ledger.harness import (
 )
 from tests.ledger.test_ledger_regressions import drive, operator_reconcile
 from tests.ledger.test_money_rules import (
+    HAT,
     adyen_item,
     adyen_order_captured_outside,
     adyen_order_shipped_and_captured,
@@ -37,7 +39,7 @@ from tests.ledger.test_money_rules import (
     notify,
     snap,
 )
-from tests.seed_basket import DISCOUNT, SHOES, SOCKS
+from tests.seed_basket import DISCOUNT, SHOES, SOCKS, discount
 from workers.context import WorkerContext
 from workers.reconcile import flag_order
 
@@ -391,3 +393,60 @@ def test_a_failure_after_an_advisory_flag_halts_until_an_operator_reconciles(
     assert kinds(ctx, order_id)[1:] == [("refund", "succeeded", 2740)]
     # The basket still lies below the captures: told again, as after any reconcile.
     assert flag_code(ctx, order_id) == "amount_below_captured"
+
+
+def test_goods_let_go_with_a_cancel_after_a_refused_increase_are_not_told_as_a_psp_cancel(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """The shoes (1200) are authorized; a hat (1500) is added and Klarna refuses the
+    increase, so the shop is asked for a new order (§4). The hat ships and the shop
+    cancels the order: the hat alone exceeds the authorization, so step 4 has nothing
+    to capture and the service cancels. That cancel is its own: the hat stays with the
+    new order the shop was asked for. Telling a person afterwards that the PSP had
+    cancelled an authorization the shipped hat could have been charged to
+    (psp_order_cancelled) misled operators and the shop."""
+    order_id, first = klarna_order(ctx, klarna, [SHOES])
+    insert_order(ctx, first)
+    drive(ctx, order_id)
+    klarna.fault("PATCH", "/authorization", answer(403, json={"error_code": "NOT_ALLOWED"}))
+    update_snapshot(ctx, snap(order_id, [SHOES, HAT], 2))
+    drive(ctx, order_id)
+    assert flag_code(ctx, order_id, "needs_new_order") == "NOT_ALLOWED"
+    update_snapshot(ctx, snap(order_id, shipped([SHOES, HAT], hat=1), 3, status="cancelled"))
+    drive(ctx, order_id)
+    assert klarna.captures(first.psp_order_id) == []
+    assert klarna.orders[first.psp_order_id].status == "CANCELLED"
+    assert order_row(ctx, order_id)["flags"] == ["needs_new_order"]
+    assert "order.needs_attention" not in [event for event, _ in told(ctx, order_id)]
+
+
+def test_a_lagging_read_never_undoes_an_authorization_update_the_psp_confirmed(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """Klarna confirmed the service's lowering of the authorization (2100 to 1650), then
+    a read came from a replica that had not seen it yet (2100). Taken as the truth, the
+    next basket (1950, more than Klarna holds) looked like a decrease: it was sent,
+    Klarna refused the increase, and a person was told of a refusal nobody could explain,
+    where §4 asks the shop for a new order. Only the service changes an open
+    authorization's amount, so what Klarna confirmed stands over what a read still shows,
+    as for captures, refunds and cancels."""
+    order_id, first = klarna_order(ctx, klarna, [SHOES, SOCKS])
+    insert_order(ctx, first)  # the first read tells the authorization: 2100
+    psp = klarna.orders[first.psp_order_id]
+    before_update = psp.body()
+    update_snapshot(ctx, snap(order_id, [SHOES, {**SOCKS, "quantity": 1}], 2))
+    drive(ctx, order_id)
+    assert psp.order_amount == 1650
+    # The next read comes from a replica that has not seen the update yet, and the shop
+    # sends a basket of 1950: more than Klarna holds, less than the read shows.
+    klarna.fault("GET", first.psp_order_id, answer(200, json=before_update))
+    klarna.fault("PATCH", "/authorization", answer(403, json={"error_code": "NOT_ALLOWED"}))
+    update_snapshot(ctx, snap(order_id, [SHOES, SOCKS, discount(150)], 3))
+    with ctx.pool.connection() as conn, conn.transaction():
+        conn.execute("UPDATE orders SET psp_synced_at = NULL WHERE id = %s", (order_id,))
+    drive(ctx, order_id)
+    assert not [f for f in klarna.faults if f[0] == "GET"]  # the lagging read was made
+    row = order_row(ctx, order_id)
+    assert row["authorized_amount"] == 1650
+    assert row["flags"] == ["needs_new_order"]
+    assert told(ctx, order_id)[-1][0] == "order.new_order_required"

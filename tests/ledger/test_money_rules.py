@@ -402,6 +402,45 @@ def test_seq07_klarna_portal_refund_on_a_captured_order_is_seen_and_not_repeated
     assert posts(klarna, "/refunds") == []
 
 
+def resync_offers(ctx: WorkerContext, order_id: str) -> bool:
+    """A day passes since the order's last read; whether the periodic re-read takes it."""
+    with ctx.pool.connection() as conn, conn.transaction():
+        conn.execute(
+            "UPDATE orders SET psp_synced_at = now() - interval '1 day' WHERE id = %s",
+            (order_id,),
+        )
+        resynced = conn.execute(store.RESYNC, {"resync": 3600, "days": 3, "batch": 10000})
+        return order_id in {r["id"] for r in resynced.fetchall()}
+
+
+def test_a_klarna_portal_refund_after_the_authorization_expired_is_seen(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """Part captured, the rest of the authorization expires, then a refund is made in
+    Klarna's Merchant Portal: money still held, so the order is read again and the
+    refund counted (§4, money that moved without the service), as for a captured one."""
+    order_id, first = klarna_order(ctx, klarna, shipped([SHOES, SOCKS], shoes=1))
+    insert_order(ctx, first, authorized=first.total)
+    drive(ctx, order_id)
+    psp = klarna.orders[first.psp_order_id]
+    assert (psp.status, psp.captured_amount) == ("PART_CAPTURED", 1200)
+    psp.status = "EXPIRED"
+    assert resync_offers(ctx, order_id)
+    drive(ctx, order_id)
+    assert order_row(ctx, order_id)["psp_status"] == "expired"
+    # A person saw the expiry (external_change); the shop drops the socks it can no
+    # longer charge, and the operator's reconcile takes the PSP's figures.
+    update_snapshot(ctx, snap(order_id, shipped([SHOES], shoes=1), 2))
+    operator_reconcile(ctx, order_id)
+    assert order_row(ctx, order_id)["flags"] == []
+    psp.refunded_amount = 1200
+    psp.refunds.append({"refund_id": "portal-1", "reference": "", "refunded_amount": 1200})
+    assert resync_offers(ctx, order_id)
+    drive(ctx, order_id)
+    assert order_row(ctx, order_id)["refunded_amount"] == 1200
+    assert flag_code(ctx, order_id) == "external_change"
+
+
 def adyen_context(database_url: str) -> tuple[WorkerContext, list[httpx.Request]]:
     sent: list[httpx.Request] = []
 
@@ -494,6 +533,29 @@ def test_seq07_adyen_customer_area_refund_and_chargeback_are_counted_and_flagged
             (1200, ["shoes"]),
         ]
         assert order_row(ctx, order_id)["flags"] == []
+    finally:
+        ctx.close()
+
+
+@pytest.mark.parametrize("event", ["REFUND", "CAPTURE"])
+def test_a_customer_area_movement_larger_than_the_payment_is_never_counted(
+    database_url: str, event: str
+) -> None:
+    """Money that moved without the service is counted (§4); a notification of a
+    Customer Area refund or capture larger than the payment's whole authorization names
+    money that cannot have moved on it: nothing is recorded and a person is told."""
+    ctx, _ = adyen_context(database_url)
+    try:
+        order_id, payment = adyen_order_shipped_and_captured(ctx)
+        before = order_row(ctx, order_id)
+        assert (before["authorized_amount"], before["captured_amount"]) == (2100, 2100)
+        wrong = adyen_item(payment, event, 2101, merchantReference="shop-1001")
+        assert notify(ctx, wrong) == "invalid"
+        row = order_row(ctx, order_id)
+        assert (row["captured_amount"], row["refunded_amount"]) == (2100, 0)
+        assert not [o for o in operations(ctx, order_id) if o["external"]]
+        assert flag_code(ctx, order_id) == "notification_mismatch"
+        assert "order.needs_attention" in events(ctx, order_id)
     finally:
         ctx.close()
 
@@ -764,19 +826,59 @@ def test_seq13_a_second_deliverer_never_passes_a_claimed_event(ctx: WorkerContex
     order_id = order_with_two_events(ctx)
     got: list[Any] = []
     with ctx.pool.connection() as first:
-        claimed = outbox_store.claim_next(first, order_id, 60)()  # not committed yet
-        assert claimed is not None and claimed.event_type == "order.needs_attention"
+        (claimed,) = outbox_store.claim_next(first, [order_id], 60)()  # not committed yet
+        assert claimed.event_type == "order.needs_attention"
 
         def second() -> None:
             with ctx.pool.connection() as conn, conn.transaction():
-                got.append(outbox_store.claim_next(conn, order_id, 60)())
+                got.append(outbox_store.claim_next(conn, [order_id], 60)())
 
         other = threading.Thread(target=second)
         other.start()
         time.sleep(0.3)
         first.commit()
         other.join(5)
-    assert got == [None]
+    assert got == [[]]
+
+
+def test_a_batch_delivers_each_orders_events_in_order_and_a_failure_stops_only_its_order(
+    ctx: WorkerContext,
+) -> None:
+    # The outbox order per order (contract section 4: events in the order they happened)
+    # holds when one deliverer claims and marks many orders' events together.
+    orders = [new_order_id(), new_order_id()]
+    for order_id in orders:
+        insert_order(ctx, snap(order_id, [SHOES]), authorized=1200)
+        with ctx.pool.connection() as conn, conn.transaction():
+            for kind in ("order.needs_attention", "order.synced"):
+                payload = {"type": kind, "order_id": order_id}
+                outbox_store.insert_event(conn, uuid.uuid4(), order_id, 1, kind, payload)
+    failing, fine = orders
+    got: list[tuple[str, str]] = []
+
+    def shop(request: httpx.Request) -> httpx.Response:
+        event = json.loads(request.content)
+        got.append((event["order_id"], event["type"]))
+        return httpx.Response(503 if event["order_id"] == failing else 204)
+
+    settings = ctx.settings.model_copy(
+        update={
+            "shop_callback_url": "http://shop.test/callbacks",
+            "shop_callback_secret": SecretStr("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        }
+    )
+    http = httpx.Client(transport=httpx.MockTransport(shop))
+    results = callbacks.deliver_orders(ctx.pool, http, settings, orders)
+    assert results[fine] == (2, None)
+    assert results[failing][0] == 0 and (results[failing][1] or 0) > 0
+    # Between orders any order is as good; within one, the order they happened.
+    assert [kind for order_id, kind in got if order_id == fine] == [
+        "order.needs_attention",
+        "order.synced",
+    ]
+    assert [kind for order_id, kind in got if order_id == failing] == ["order.needs_attention"]
+    assert [r["delivered_at"] is not None for r in outbox(ctx, fine)] == [True, True]
+    assert [r["delivered_at"] is not None for r in outbox(ctx, failing)] == [False, False]
 
 
 # -- 14. smaller -------------------------------------------------------------------------

@@ -552,3 +552,36 @@ def test_a_capture_whose_answer_was_lost_and_that_took_effect_is_not_sent_again(
     assert op["status"] == "succeeded"
     assert len(klarna.captures(snap.psp_order_id)) == 1
     assert klarna.orders[snap.psp_order_id].captured_amount == 1200
+
+
+def test_a_check_read_that_finds_a_lost_capture_applied_counts_and_flags_what_moved_outside(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # Contract §4, money that moved without the service: "When the service learns of one
+    # (a PSP read, a notification), it counts it in the order's figures ... and, where
+    # the shop's snapshot does not already explain it, flags needs_attention
+    # (external_change)". The check-read after a lost answer is such a read: it is
+    # adopted as the PSP's view, not only used to settle the operation it was made for.
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+    psp = klarna.orders[snap.psp_order_id]
+
+    def applied_lost_then_refunded_in_the_portal(
+        request: httpx.Request,
+    ) -> tuple[bool, httpx.Response | None]:
+        klarna._handle(request)
+        psp.refunded_amount += 300
+        psp.refunds.append({"refund_id": "portal-1", "reference": "", "refunded_amount": 300})
+        raise httpx.ReadTimeout("slow", request=request)
+
+    klarna.fault("POST", "/captures", applied_lost_then_refunded_in_the_portal)
+    drive(ctx, order_id)
+    ops = operations(ctx, order_id)
+    assert [(o["kind"], o["status"]) for o in ops if not o["external"]] == [
+        ("capture", "succeeded")
+    ]
+    assert len(klarna.captures(snap.psp_order_id)) == 1
+    row = order_row(ctx, order_id)
+    assert (row["captured_amount"], row["refunded_amount"]) == (1200, 300)
+    assert [o["amount"] for o in ops if o["external"] and o["kind"] == "refund"] == [300]
+    assert row["flag_reason"]["needs_attention"]["code"] == "external_change"

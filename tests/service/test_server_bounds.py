@@ -165,6 +165,33 @@ def test_an_idle_keep_alive_connection_is_closed(port: int) -> None:
         assert read_all(sock) == b""  # closed by the server, not by this test's timeout
 
 
+def test_a_connection_sending_each_head_in_time_is_never_cut_by_an_earlier_clock(
+    port: int,
+) -> None:
+    # The head and body clocks share one timer that is moved lazily: a timer set for an
+    # earlier request's deadline must find the deadline moved, not cut this request.
+    with connect(port) as sock:
+        for _ in range(4):  # 1.2 s in all: more than two head clocks
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+            time.sleep(HEAD_TIMEOUT * 0.6)
+
+
+def test_a_slow_head_after_an_answer_is_cut_by_its_own_clock(port: int) -> None:
+    # The head clock of a kept-alive connection runs from the previous answer, also when
+    # the connection's one timer was set for an earlier deadline.
+    with connect(port) as sock:
+        sock.sendall(b"POST /body HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nok")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        answered = time.monotonic()
+        time.sleep(HEAD_TIMEOUT * 0.6)
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        answer = read_all(sock)
+        cut = time.monotonic() - answered
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert HEAD_TIMEOUT * 0.9 <= cut < HEAD_TIMEOUT + 0.4
+
+
 def test_healthz_is_answered_while_slow_clients_hold_connections(port: int) -> None:
     """Slowloris, header flood and stalled bodies at once (bounded: 60 connections,
     about a second); every /healthz meanwhile is answered, and they are all closed."""

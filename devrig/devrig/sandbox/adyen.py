@@ -186,7 +186,7 @@ class AdyenPayment:
     line_items: list[Any] = field(default_factory=list)
     captured: int = 0
     refunded: int = 0
-    status: str = "authorised"  # or "cancelled"
+    status: str = "authorised"  # or "cancelled", "refused"
     modifications: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -316,13 +316,17 @@ class AdyenState:
         items = data.get("lineItems") or []
         if items and line_items_total(items) != value:
             raise _invalid("lineItems do not sum to value", "LINE_ITEMS")
+        # `"refused": true`: the issuer declines; AUTHORISATION is notified with
+        # success false, nothing is authorised and every modification is refused.
+        refused = bool(data.get("refused", False))
         payment = AdyenPayment(
             psp_reference=str(data.get("pspReference") or new_reference()),
             merchant_account=str(data.get("merchantAccount") or "OrdersyncDev"),
             currency=str(currency),
-            authorised=int(value),
+            authorised=0 if refused else int(value),
             merchant_reference=str(data.get("merchantReference") or "shop-order"),
             line_items=list(items),
+            status="refused" if refused else "authorised",
         )
         with self.runtime.lock:
             if payment.psp_reference in self.payments:
@@ -333,8 +337,8 @@ class AdyenState:
                 payment,
                 "AUTHORISATION",
                 payment.psp_reference,
-                payment.authorised,
-                success=True,
+                int(value),
+                success=not refused,
                 original=False,
                 reference=payment.merchant_reference,
             )
@@ -461,7 +465,11 @@ class AdyenState:
             "merchantReference": reference,
             "paymentMethod": "klarna",
             "pspReference": psp_reference,
-            "reason": "" if success or event != "AUTHORISATION_ADJUSTMENT" else "Refused by Klarna",
+            "reason": ""
+            if success
+            else "Refused by Klarna"
+            if event == "AUTHORISATION_ADJUSTMENT"
+            else "Refused",
             "success": "true" if success else "false",
         }
         if original:
