@@ -15,6 +15,7 @@ from domain.lines import (
 )
 from domain.planner import (
     NEEDS_NEW_ORDER,
+    Attribute,
     Flag,
     Kind,
     OrderView,
@@ -231,3 +232,85 @@ def test_a_cancels_last_capture_takes_only_the_discount_it_needs_to_fit(
         for line in decision.lines
         for figure in (line.unit_price, line.total_amount, line.total_tax_amount)
     )
+
+
+def _returned_outside(amount: int) -> OrderView:
+    """A's three units and B's two captured with the discount (listed first) shared; one
+    A refunded by the service; the shop then marks one more A and one B returned, and a
+    refund of `amount` made without the service (its lines not named) is learnt."""
+    a3 = {**A, "quantity": 3}
+    psp = Psp(authorized=3500)
+    psp.sync(order([discount(1000), shipped(B, 2), shipped(a3, 3)]))
+    [refund] = plans(
+        psp.sync(order([discount(1000), shipped(B, 2), shipped(a3, 3, 1)])), Kind.REFUND
+    )
+    assert refund.amount == 389  # 500 less its share of the discount
+    now = order([discount(1000), shipped(B, 2, returned=1), shipped(a3, 3, returned=2)])
+    outside = PastOperation(Kind.REFUND, "succeeded", amount, external=True, reference="portal")
+    return OrderView(now, psp.state(), (*psp.history, outside))
+
+
+@pytest.mark.parametrize(
+    ("amount", "units"),
+    [(389, [("a", 1, 500), ("discount", 1, -111)]), (500, [("a", 1, 500)])],
+    ids=["with_its_share", "the_unit_alone"],
+)
+def test_a_refund_made_outside_is_tied_to_the_returned_units_it_comes_to(
+    amount: int, units: list[tuple[str, int, int]]
+) -> None:
+    # Contract §4, money moved without the service: counted, never made a second time.
+    # A refund whose lines the PSP did not name that comes to exactly some returned,
+    # not yet refunded units of one line (with the discount their capture carried, or
+    # the units alone) is tied to those units, so they are not refunded again; the
+    # other line's returned unit stays to be refunded.
+    tied = plan_next(_returned_outside(amount), lambda _m, _c: True)
+    assert isinstance(tied, Attribute) and tied.reference == "portal"
+    assert [(x.reference, x.quantity, x.total_amount) for x in tied.lines] == units
+
+
+def test_a_refund_made_outside_is_never_tied_to_units_the_shop_has_not_marked_returned() -> None:
+    # 778 is two of A's units, but the shop marks only one of them returned and not yet
+    # refunded: the refund stays unnamed (counted in the figures, flagged when learnt,
+    # for a person to decide what it paid for); nothing is guessed.
+    decision = plan_next(_returned_outside(778), lambda _m, _c: True)
+    assert not isinstance(decision, Attribute), decision
+
+
+def _captured_outside(amount: int, a_shipped: int) -> OrderView:
+    """One of A's three units captured with its share of the discount (listed first);
+    the shop then marks `a_shipped` of A and one B shipped, and a capture of `amount`
+    made without the service (its lines not named) is learnt at these prices."""
+    a3 = {**A, "quantity": 3}
+    psp = Psp(authorized=3500)
+    [capture] = plans(psp.sync(order([discount(1000), B, shipped(a3, 1)])), Kind.CAPTURE)
+    assert capture.amount == 389  # 500 less its share of the discount
+    now = order([discount(1000), shipped(B, 1), shipped(a3, a_shipped)])
+    outside = PastOperation(
+        Kind.CAPTURE, "succeeded", amount, external=True, reference="portal", basis=now
+    )
+    return OrderView(now, psp.state(), (*psp.history, outside))
+
+
+@pytest.mark.parametrize(
+    ("amount", "units"),
+    [(389, [("a", 1, 500), ("discount", 1, -111)]), (500, [("a", 1, 500)])],
+    ids=["with_its_share", "the_unit_alone"],
+)
+def test_a_capture_made_outside_is_tied_to_the_shipped_units_it_comes_to(
+    amount: int, units: list[tuple[str, int, int]]
+) -> None:
+    # Contract §4, money moved without the service: counted, never made a second time.
+    # A capture whose lines the PSP did not name that comes to exactly some shipped, not
+    # yet captured units of one line (with the discount share a capture of them carries,
+    # or the units alone) is tied to those units, so they are never captured again.
+    tied = plan_next(_captured_outside(amount, 3), lambda _m, _c: True)
+    assert isinstance(tied, Attribute) and tied.reference == "portal"
+    assert [(x.reference, x.quantity, x.total_amount) for x in tied.lines] == units
+
+
+def test_a_capture_made_outside_is_never_tied_to_units_the_shop_has_not_marked_shipped() -> None:
+    # 778 is two of A's units, but the shop marks only one more of them shipped: the
+    # capture stays unnamed (counted, flagged when learnt, for a person); nothing is
+    # guessed.
+    decision = plan_next(_captured_outside(778, 2), lambda _m, _c: True)
+    assert not isinstance(decision, Attribute), decision
