@@ -4,6 +4,8 @@ tests/domain/test_ledger.py."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from domain.lines import (
@@ -14,6 +16,7 @@ from domain.lines import (
     refund_lines,
 )
 from domain.planner import (
+    NEEDS_ATTENTION,
     NEEDS_NEW_ORDER,
     Attribute,
     Flag,
@@ -314,3 +317,37 @@ def test_a_capture_made_outside_is_never_tied_to_units_the_shop_has_not_marked_s
     # guessed.
     decision = plan_next(_captured_outside(778, 2), lambda _m, _c: True)
     assert not isinstance(decision, Attribute), decision
+
+
+@pytest.mark.parametrize(
+    ("waiting", "told"),
+    [
+        ({"id": "pin", "name": "Pin", "quantity": 1, "unit_price": 1, "tax_rate": 2000}, True),
+        ({"id": "gift", "name": "Gift", "quantity": 1, "unit_price": 0, "tax_rate": 2000}, False),
+        (
+            {
+                "id": "shipping",
+                "name": "Shipping",
+                "type": "shipping_fee",
+                "quantity": 1,
+                "unit_price": 500,
+                "tax_rate": 2000,
+            },
+            False,
+        ),
+    ],
+    ids=["goods_worth_one_unit", "a_free_item", "a_fee_charged_with_the_goods"],
+)
+def test_an_authorization_that_ended_is_for_a_person_only_while_something_is_left_to_charge(
+    waiting: dict[str, object], told: bool
+) -> None:
+    # Contract §4: an authorization that expired is money that moved without the
+    # service; a person is told unless nothing is left to charge. The shoes are shipped
+    # and captured (a fee with them); what the shop has not marked shipped is a line
+    # worth 1 (still to charge), a free item or the fee (nothing to charge).
+    snap = order([shipped(SHOES, 1), waiting])
+    psp = Psp(authorized=snap.total)
+    psp.sync(snap)
+    ended = replace(psp.state(), status=PspStatus.EXPIRED)
+    decision = plan_next(OrderView(snap, ended, tuple(psp.history)), lambda _m, _c: True)
+    assert (isinstance(decision, Flag) and decision.flag == NEEDS_ATTENTION) is told, decision
