@@ -351,3 +351,20 @@ def test_an_authorization_that_ended_is_for_a_person_only_while_something_is_lef
     ended = replace(psp.state(), status=PspStatus.EXPIRED)
     decision = plan_next(OrderView(snap, ended, tuple(psp.history)), lambda _m, _c: True)
     assert (isinstance(decision, Flag) and decision.flag == NEEDS_ATTENTION) is told, decision
+
+
+def test_a_cancel_made_outside_after_a_part_capture_asks_no_new_payment_of_the_same_snapshot() -> (
+    None
+):
+    # Contract §4: a PSP cancel made without the service while the shop's order stood as
+    # it is now is for a person; a new payment is asked only of a later open snapshot.
+    # A capture of ours before it is not a cancel of ours.
+    now = order([shipped(SHOES, 1), SOCKS]).model_copy(update={"version": 3})
+    psp = PspState(PspStatus.CANCELLED, 2100, 1200, 0, "INVOICE", "DE", ())
+    shoes = tuple(capture_lines(now, {}))
+    history = (
+        PastOperation(Kind.CAPTURE, "succeeded", 1200, shoes, version=2),
+        PastOperation(Kind.CANCEL, "succeeded", 0, external=True, reference="x", version=3),
+    )
+    waits = plan_next(OrderView(now, psp, history=history), lambda _m, _c: False)
+    assert waits == Wait("cancelled_outside")
