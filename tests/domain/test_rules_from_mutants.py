@@ -368,3 +368,25 @@ def test_a_cancel_made_outside_after_a_part_capture_asks_no_new_payment_of_the_s
     )
     waits = plan_next(OrderView(now, psp, history=history), lambda _m, _c: False)
     assert waits == Wait("cancelled_outside")
+
+
+def test_a_refund_gives_back_the_tax_charged_even_when_the_shop_states_the_new_rates_tax() -> None:
+    # Contract §4: a refund carries the prices and tax the units were captured at. The
+    # shop lowered the rate after the capture and states the tax at the new rate (109);
+    # the refund gives back the 200 charged at 20 %.
+    lamp = {
+        "id": "lamp",
+        "name": "Lamp",
+        "quantity": 1,
+        "unit_price": 1199,
+        "tax_rate": 2000,
+        "total_amount": 1199,
+        "total_tax_amount": 200,
+    }
+    psp = Psp(authorized=1199)
+    psp.sync(order([shipped(lamp, 1)]))
+    lowered = {**lamp, "tax_rate": 1000, "total_tax_amount": 109}
+    [refund] = plans(psp.sync(order([shipped(lowered, 1, 1)])), Kind.REFUND)
+    assert [(x.tax_rate, x.total_amount, x.total_tax_amount) for x in refund.lines] == [
+        (2000, 1199, 200)
+    ]
