@@ -390,3 +390,28 @@ def test_a_refund_gives_back_the_tax_charged_even_when_the_shop_states_the_new_r
     assert [(x.tax_rate, x.total_amount, x.total_tax_amount) for x in refund.lines] == [
         (2000, 1199, 200)
     ]
+
+
+@pytest.mark.parametrize(("amount", "tied"), [(500, [("a", 1, 500)]), (700, None)])
+def test_a_capture_made_outside_is_never_tied_to_a_line_the_shop_removed_since(
+    amount: int, tied: list[tuple[str, int, int]] | None
+) -> None:
+    # Contract §4, money moved without the service: it is tied to units the shop marks
+    # shipped, at the prices of when it was learnt. C was in the order then (unshipped)
+    # and the shop has removed it since: a capture worth one A is still tied to that A;
+    # one worth C is tied to nothing (C was never shipped), not to C.
+    a3 = {**A, "quantity": 3}
+    c = {"id": "c", "name": "C", "quantity": 1, "unit_price": 700, "tax_rate": 2000}
+    psp = Psp(authorized=4200)
+    psp.sync(order([discount(1000), B, shipped(a3, 1), c]))
+    then = order([discount(1000), shipped(B, 1), shipped(a3, 3), c])
+    now = order([discount(1000), shipped(B, 1), shipped(a3, 3)])
+    outside = PastOperation(
+        Kind.CAPTURE, "succeeded", amount, external=True, reference="portal", basis=then
+    )
+    decision = plan_next(OrderView(now, psp.state(), (*psp.history, outside)), lambda _m, _c: True)
+    if tied is None:
+        assert not isinstance(decision, Attribute), decision
+    else:
+        assert isinstance(decision, Attribute) and decision.reference == "portal"
+        assert [(x.reference, x.quantity, x.total_amount) for x in decision.lines] == tied
