@@ -35,7 +35,11 @@ from devrig.devstack import EmbeddedPostgres, database_named, temporary_pg_dir
 
 EXPLAINED = Path("docs/mutation.md")
 # A row of docs/mutation.md's survivors table: | `mutant` | equivalent | why |
-_VERDICT = re.compile(r"^\|\s*`(?P<name>[\w.]+__mutmut_\d+)`\s*\|\s*(?P<verdict>[^|]+?)\s*\|")
+# A row of docs/mutation.md's survivors tables: | `mutant`, `_N` | verdict | why |
+# (`_N`: another mutant of the same function).
+_VERDICT = re.compile(
+    r"^\|\s*(?P<names>`[\w.]+__mutmut_\d+`(?:,\s*`_\d+`)*)\s*\|\s*(?P<verdict>[^|]+?)\s*\|"
+)
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
 
 
@@ -120,7 +124,10 @@ def verdicts(doc: Path) -> dict[str, str]:
     for line in doc.read_text(encoding="utf-8").splitlines():
         match = _VERDICT.match(line)
         if match:
-            found[match["name"]] = match["verdict"].strip()
+            first, *others = re.findall(r"`([^`]+)`", match["names"])
+            function = first.rpartition("__mutmut_")[0]
+            for name in [first, *(f"{function}__mutmut{other}" for other in others)]:
+                found[name] = match["verdict"].strip()
     return found
 
 

@@ -30,7 +30,8 @@ def test_kill_rate_leaves_out_the_equivalent_and_counts_timeouts_as_killed(
     (tmp_path / "docs" / "mutation.md").write_text(
         "| mutant | verdict | why |\n|---|---|---|\n"
         "| `domain.lines.x_f__mutmut_3` | equivalent | same value |\n"
-        "| `domain.lines.x_f__mutmut_4` | killed by tests/x.py | a test |\n",
+        "| `domain.lines.x_f__mutmut_4` | killed by tests/x.py | a test |\n"
+        "| `domain.lines.x_g__mutmut_1`, `_2` | equivalent | both the same value |\n",
         encoding="utf-8",
     )
     _meta(
@@ -45,6 +46,11 @@ def test_kill_rate_leaves_out_the_equivalent_and_counts_timeouts_as_killed(
         },
     )
     report = mutation.read_report(tmp_path)
+    assert report.equivalent == {
+        "domain.lines.x_f__mutmut_3",
+        "domain.lines.x_g__mutmut_1",
+        "domain.lines.x_g__mutmut_2",
+    }
     assert report.survivors() == ["domain.lines.x_f__mutmut_4", "domain.lines.x_f__mutmut_5"]
     lines = list(report.lines())
     assert re.split(r"\s+", lines[1]) == ["domain/lines.py", "5", "5", "2", "1", "2", "50.0%"]
