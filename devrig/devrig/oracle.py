@@ -940,9 +940,22 @@ class Oracle:
                 for x in snap["lines"]
                 if kind(x) in GOODS
             }
+            # A first capture made for that snapshot carried its own fees (§4: "charged
+            # with the order's first capture"), whether or not the last one keeps them.
+            its_fees = {
+                x["id"]
+                for x in snap["lines"]
+                if kind(x) in FEES
+                and not st.own_capture
+                and st.captured.get(x["id"], 0) < int(x["quantity"])
+            }
             taken = sum(
                 int(x["unit_price"]) * max(shipped_then.get(x["id"], 0), 0)
-                + (int(x["unit_price"]) * int(x["quantity"]) if x["id"] in fees else 0)
+                + (
+                    int(x["unit_price"]) * int(x["quantity"])
+                    if x["id"] in fees or x["id"] in its_fees
+                    else 0
+                )
                 for x in snap["lines"]
                 if kind(x) in GOODS | FEES
             ) * self._ratio(snap)

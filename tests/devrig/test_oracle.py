@@ -1521,3 +1521,26 @@ def test_a_return_taken_back_after_the_service_refunded_units_captured_outside_i
     exp = oracle.expectation()
     assert exp.lines["l1"].refunded == 2
     assert ("needs_attention", REVERSED) in exp.required
+
+
+def test_a_fee_whose_predecessor_a_first_capture_took_may_stay_uncaptured() -> None:
+    """Seed 43346: Adyen authorized 430 (two units at 100 and a 230 surcharge); the
+    units shipped and a worker's first capture took them with the surcharge, the whole
+    authorization (§4: fees "charged with the order's first capture"). In the same
+    window the units were priced to 0 and the surcharge swapped for another of 230,
+    then marked shipped: nothing of the authorization is left for it, and the captures
+    are already above the basket. A capture made for an earlier snapshot carries that
+    snapshot's fees, so what it took is counted with them."""
+    units = line("l1", 2, 100)
+    old_fee = line("l4", 1, 230, type="surcharge")
+    new_fee = line("l6", 1, 230, type="surcharge")
+    oracle = Oracle(430, refuses_increases=False)
+    oracle.snapshot(snap(1, [{**units, "shipped_quantity": 2}, old_fee]))
+    free = {**units, "unit_price": 0, "shipped_quantity": 2}
+    oracle.snapshot(snap(2, [free, old_fee]))
+    oracle.snapshot(snap(3, [free, new_fee]))
+    oracle.snapshot(snap(4, [free, {**new_fee, "shipped_quantity": 1}]))
+    exp = oracle.expectation()
+    captured = [("capture", 430, [booked("l1", 2, 200), booked("l4", 1, 230, type="surcharge")])]
+    assert check_ledger(captured, exp) == []
+    assert exp.lines["l6"].captured_range == (0, 1)
