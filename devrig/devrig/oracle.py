@@ -800,6 +800,15 @@ class Oracle:
                 entry.maybe(st.captured.get(line_id, 0), int(line["quantity"]))
                 entry.prices |= self._prices(line_id)
                 exp.outcomes.add("fee_added_after_first_capture")
+        for line_id, units in st.worthless.items():
+            if units > 0 and line_id in lines and line_value(lines[line_id]) > 0:
+                # Shipped while worth nothing (no capture of 0 is sent), and worth
+                # something now: shipped and not captured, they are captured at this
+                # window's prices (§4 step 2, and "once everything has shipped the
+                # captures add up to the order's total").
+                entry = exp.lines.setdefault(line_id, LineExpect())
+                entry.prices |= self._prices(line_id)
+                entry.totals |= self._totals(line_id)
         if not newly and not fees:
             return
         if self._maybe_cancelled:
