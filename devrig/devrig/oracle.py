@@ -888,6 +888,15 @@ class Oracle:
                 entry.maybe(st.captured.get(line_id, 0), int(line["quantity"]))
                 entry.prices |= self._prices(line_id)
                 exp.outcomes.add("fee_added_after_first_capture")
+        for line_id, units in st.worthless.items():
+            if units > 0 and line_id in lines and line_value(lines[line_id]) > 0:
+                # Shipped while worth nothing (no capture of 0 is sent), and worth
+                # something now: shipped and not captured, they are captured at this
+                # window's prices (§4 step 2, and "once everything has shipped the
+                # captures add up to the order's total").
+                entry = exp.lines.setdefault(line_id, LineExpect())
+                entry.prices |= self._prices(line_id)
+                entry.totals |= self._totals(line_id)
         if not newly and not fees:
             return
         if self._maybe_cancelled:
@@ -1050,9 +1059,22 @@ class Oracle:
                 for x in snap["lines"]
                 if kind(x) in GOODS
             }
+            # A first capture made for that snapshot carried its own fees (§4: "charged
+            # with the order's first capture"), whether or not the last one keeps them.
+            its_fees = {
+                x["id"]
+                for x in snap["lines"]
+                if kind(x) in FEES
+                and not st.own_capture
+                and st.captured.get(x["id"], 0) < int(x["quantity"])
+            }
             taken = sum(
                 int(x["unit_price"]) * max(shipped_then.get(x["id"], 0), 0)
-                + (int(x["unit_price"]) * int(x["quantity"]) if x["id"] in fees else 0)
+                + (
+                    int(x["unit_price"]) * int(x["quantity"])
+                    if x["id"] in fees or x["id"] in its_fees
+                    else 0
+                )
                 for x in snap["lines"]
                 if kind(x) in GOODS | FEES
             ) * self._ratio(snap)

@@ -1839,3 +1839,44 @@ def test_an_extension_the_psp_refuses_may_be_told_with_its_code() -> None:
     assert ("needs_attention", "NOT_ALLOWED") not in exp.required
     assert ("needs_attention", EXTERNAL) in exp.required
     assert exp.authorization == "expired"
+
+
+def test_a_fee_whose_predecessor_a_first_capture_took_may_stay_uncaptured() -> None:
+    """Seed 43346: Adyen authorized 430 (two units at 100 and a 230 surcharge); the
+    units shipped and a worker's first capture took them with the surcharge, the whole
+    authorization (§4: fees "charged with the order's first capture"). In the same
+    window the units were priced to 0 and the surcharge swapped for another of 230,
+    then marked shipped: nothing of the authorization is left for it, and the captures
+    are already above the basket. A capture made for an earlier snapshot carries that
+    snapshot's fees, so what it took is counted with them."""
+    units = line("l1", 2, 100)
+    old_fee = line("l4", 1, 230, type="surcharge")
+    new_fee = line("l6", 1, 230, type="surcharge")
+    oracle = Oracle(430, refuses_increases=False)
+    oracle.snapshot(snap(1, [{**units, "shipped_quantity": 2}, old_fee]))
+    free = {**units, "unit_price": 0, "shipped_quantity": 2}
+    oracle.snapshot(snap(2, [free, old_fee]))
+    oracle.snapshot(snap(3, [free, new_fee]))
+    oracle.snapshot(snap(4, [free, {**new_fee, "shipped_quantity": 1}]))
+    exp = oracle.expectation()
+    captured = [("capture", 430, [booked("l1", 2, 200), booked("l4", 1, 230, type="surcharge")])]
+    assert check_ledger(captured, exp) == []
+    assert exp.lines["l6"].captured_range == (0, 1)
+
+
+def test_units_shipped_worth_nothing_then_priced_are_captured_at_their_price_then() -> None:
+    """Seeds 43823, 43889: a unit shipped while priced 0 (no capture of 0 is sent), then
+    the shop priced it at 300 in a later window: it is shipped and not captured, worth
+    300 now, so it is captured at 300 (§4 step 2; "once everything has shipped the
+    captures add up to the order's total"), not at the 0 it had when it left."""
+    oracle = Oracle(1200, refuses_increases=False)
+    free = line("l3", 1, 0)
+    oracle.snapshot(snap(1, [SHOES, free]))
+    oracle.snapshot(snap(2, [SHOES, {**free, "shipped_quantity": 1}]))
+    oracle.settle()
+    priced = {**free, "unit_price": 300, "shipped_quantity": 1}
+    oracle.snapshot(snap(3, [SHOES, priced]))
+    exp = oracle.expectation()
+    assert check_ledger([("capture", 300, [booked("l3", 1, 300)])], exp) == []
+    codes = {c for c, _ in check_ledger([("capture", 400, [booked("l3", 1, 400)])], exp)}
+    assert "captured_at_wrong_price" in codes
