@@ -1967,7 +1967,8 @@ class Simulation:
             if not unit:
                 return  # a refund of nothing is no money moved (§4), and no PSP takes one
             self.model.external(psp, "refund", [(line["id"], 1, unit, line["tax_rate"])])
-            oracle.external_refund(line["id"], 1)
+            listed = len(psp.ledger) - 1 not in psp.unlisted
+            oracle.external_refund(line["id"], 1, named=listed, value=unit)
         elif what == "cancel":
             if psp.status != "AUTHORIZED" or psp.captured:
                 return
@@ -2218,6 +2219,8 @@ class Simulation:
                 # A capture whose lines Adyen did not name may be counted as units of
                 # a line worth as much when the money moved.
                 maybe[0] += sum(exp.interchangeable.get(line["id"], {}).values())
+                # The same for a refund whose lines the PSP did not name.
+                maybe[1] += sum(exp.interchangeable_back.get(line["id"], {}).values())
                 if not all(k <= h <= k + m for h, k, m in zip(have, known, maybe, strict=True)):
                     found.append(
                         Violation(

@@ -1510,3 +1510,41 @@ def test_a_unit_priced_to_nothing_after_its_capture_may_leave_the_captures_a_cen
         ("capture", 99, [booked("l2", 1, 99)]),
     ]
     assert check_ledger(ledger, exp) == []
+
+
+def test_a_refund_outside_with_no_lines_named_may_be_taken_for_returned_units_worth_as_much() -> (
+    None
+):
+    # Two coats and an e-book (2599 each) captured; the merchant refunds 2599 in
+    # Klarna's portal, which lists the refund without lines (the PSP books it on the
+    # e-book); then the shop marks both coats returned. §4: money moved outside is
+    # counted and "never made a second time": the service cannot tell which unit the
+    # 2599 gave back, and may take it for a returned coat (refunding one coat, and
+    # telling a person: external_change), as for a capture made outside unnamed.
+    oracle = Oracle(7797, refuses_increases=False)
+    coat, ebook = line("l1", 2, 2599), line("l4", 1, 2599, type="digital")
+    oracle.snapshot(snap(1, [{**coat, "shipped_quantity": 2}, {**ebook, "shipped_quantity": 1}]))
+    oracle.settle()
+    oracle.external_refund("l4", 1, named=False, value=2599)
+    oracle.settle()
+    back = {**coat, "shipped_quantity": 2, "returned_quantity": 2}
+    oracle.snapshot(snap(2, [back, {**ebook, "shipped_quantity": 1}]))
+    exp = oracle.expectation()
+    captures = [
+        ("capture", 5198, [booked("l1", 2, 5198)]),
+        ("capture", 2599, [booked("l4", 1, 2599, type="digital")]),
+        ("refund", 2599, [booked("l4", 1, 2599, type="digital")]),
+    ]
+    assert check_ledger([*captures, ("refund", 2599, [booked("l1", 1, 2599)])], exp) == []
+    assert check_ledger([*captures, ("refund", 5198, [booked("l1", 2, 5198)])], exp) == []
+    assert exp.interchangeable_back == {"l1": {"l4": 1}}
+    # Named lines (a portal refund Klarna lists) leave nothing to choose: both coats.
+    oracle = Oracle(7797, refuses_increases=False)
+    oracle.snapshot(snap(1, [{**coat, "shipped_quantity": 2}, {**ebook, "shipped_quantity": 1}]))
+    oracle.settle()
+    oracle.external_refund("l4", 1)
+    oracle.settle()
+    oracle.snapshot(snap(2, [back, {**ebook, "shipped_quantity": 1}]))
+    exp = oracle.expectation()
+    found = check_ledger([*captures, ("refund", 2599, [booked("l1", 1, 2599)])], exp)
+    assert [code for code, _ in found] == ["refunded_units"]
