@@ -787,6 +787,16 @@ class Oracle:
                     for line_id, line in lines.items()
                     if kind(line) in FEES
                 }
+                if not st.own_capture:
+                    # The capture in flight may have been made for an earlier snapshot
+                    # of the window, with a fee the last one no longer has: "charged
+                    # with the order's first capture", it went with it.
+                    for snap in self.window[:-1]:
+                        for x in snap["lines"]:
+                            if kind(x) in FEES and x["id"] not in lines:
+                                first_fees.setdefault(
+                                    str(x["id"]), int(x["quantity"]) - st.captured.get(x["id"], 0)
+                                )
                 for line_id, units in (newly | first_fees).items():
                     entry = exp.lines.setdefault(line_id, LineExpect())
                     before = st.captured.get(line_id, 0)

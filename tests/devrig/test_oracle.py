@@ -1548,3 +1548,21 @@ def test_a_refund_outside_with_no_lines_named_may_be_taken_for_returned_units_wo
     exp = oracle.expectation()
     found = check_ledger([*captures, ("refund", 2599, [booked("l1", 1, 2599)])], exp)
     assert [code for code, _ in found] == ["refunded_units"]
+
+
+def test_a_fee_removed_after_a_capture_the_expiry_overtook_may_have_gone_with_it() -> None:
+    # Two units shipped, their first capture (with the shipping fee, §"Lines that are
+    # not goods": "charged with the order's first capture") in flight when Adyen's
+    # EXPIRE overtook it; later in the same window the shop removed the fee. The
+    # capture was made for the snapshot that still had it: the fee may be captured.
+    oracle = Oracle(1845, refuses_increases=False)
+    goods, fee = line("l1", 3, 450), line("l2", 1, 495, type="shipping_fee")
+    oracle.snapshot(snap(1, [goods, fee]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**goods, "shipped_quantity": 2}, fee]))
+    oracle.expire(capture_in_flight=True)
+    oracle.snapshot(snap(3, [{**goods, "shipped_quantity": 2}]))
+    exp = oracle.expectation()
+    capture = [booked("l1", 2, 900), booked("l2", 1, 495, type="shipping_fee")]
+    assert check_ledger([("capture", 1395, capture)], exp) == []
+    assert check_ledger([], exp) == []
