@@ -455,13 +455,14 @@ class Oracle:
                 exp.allowed.add(("needs_new_order", ""))
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
         if self._ended_in_window and any(
-            snap["status"] == "cancelled" or order_total(snap) == 0 for snap in self.window
+            snap["status"] == "cancelled" or order_total(snap) != st.authorized
+            for snap in self.window
         ):
             # The authorization ended without the service (an expiry, a cancel outside)
-            # while the shop cancelled or emptied the order: a worker that sent its
-            # release or cancel (§4 step 4) before it learnt of the end has it refused,
-            # and §4: "An operation that still fails after its retries flags
-            # needs_attention" (a business rejection is not retried, §5).
+            # while the shop cancelled, emptied or changed the order: a worker that sent
+            # its release, cancel (§4 step 4) or update (step 1) before it learnt of the
+            # end has it refused, and §4: "An operation that still fails after its
+            # retries flags needs_attention" (a business rejection is not retried, §5).
             exp.allowed |= {("needs_attention", r) for r in LET_GO_REFUSED}
             exp.outcomes.add("let_go_after_the_authorization_ended")
         cancelled_in_passing = False

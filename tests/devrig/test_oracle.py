@@ -1454,7 +1454,16 @@ def test_a_release_sent_before_the_expiry_was_learnt_may_be_refused_and_flagged(
     oracle.snapshot(snap(3, [{**l2, "shipped_quantity": 1}], status="cancelled"))
     exp = oracle.expectation()
     assert ("needs_attention", "AUTHORISATION_ADJUSTMENT") in exp.allowed
-    # An order the shop keeps open is not let go of: nothing is refused.
+    # A basket lowered in that window: the update (§4 step 1) is refused alike.
+    oracle = Oracle(2100, refuses_increases=False)
+    l1, l2 = line("l1", 1, 1200), line("l2", 2, 450)
+    oracle.snapshot(snap(1, [l1, l2]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [l1, {**l2, "shipped_quantity": 2}]))
+    oracle.expire(capture_in_flight=True)
+    oracle.snapshot(snap(3, [{**l1, "quantity": 0}, {**l2, "shipped_quantity": 2}]))
+    assert ("needs_attention", "AUTHORISATION_ADJUSTMENT") in oracle.expectation().allowed
+    # An order the shop keeps as it was is not let go of nor updated: nothing is refused.
     oracle = Oracle(10347, refuses_increases=False)
     oracle.snapshot(snap(1, [l2]))
     oracle.settle()
