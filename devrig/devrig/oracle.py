@@ -92,6 +92,9 @@ class LineExpect:
     # captures of a line, the later ones carry the difference so that the line's
     # captures add up to its value (the contract's "captures add up to the total").
     totals: set[tuple[int, int]] = field(default_factory=set)
+    # Refunded as few as this: a refund made outside whose lines the PSP never named
+    # may have been taken for returned units of this line (see external_refund).
+    refunded_low: int | None = None
 
     def maybe(self, low: int, high: int) -> None:
         """Units low..high may be captured. A range an earlier window left stays open:
@@ -133,6 +136,8 @@ class Expectation:
     # needs_attention with any reason is allowed (a refused payment: see
     # Oracle.authorisation_refused).
     any_attention: bool = False
+    # The same for refunds made outside without named lines: {Y: {X: units}}.
+    interchangeable_back: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def requires(self, flag: str, reason: str = "") -> None:
         self.required.add((flag, reason))
@@ -169,6 +174,9 @@ class _State:
     # notification names none): (line, units, the other lines whose units were worth
     # as much when the money moved).
     unnamed: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
+    # The same for refunds made outside (a Klarna portal refund listed without lines,
+    # an Adyen REFUND notification).
+    unnamed_back: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
     # The PSP may still authorize this much: a capture made for an earlier snapshot of a
     # window, before an order-level line lowered the basket, left no room to lower it.
     authorized_high: int = 0
@@ -285,7 +293,26 @@ class Oracle:
                 outside.add((value // units, tax_rate))
         self._external("external_capture")
 
-    def external_refund(self, line_id: str, units: int) -> None:
+    def external_refund(
+        self, line_id: str, units: int, *, named: bool = True, value: int = 0
+    ) -> None:
+        """Units refunded outside the service, for `value` in all; `named`: whether the
+        PSP tells the service its lines."""
+        if not named and units and self.stored is not None:
+            # §4: counted and "never made a second time"; which units it gave back the
+            # service can only tell by value: returned units of another line worth as
+            # much when it moved explain it as well, and the build may take it for
+            # them (then refunds one fewer of them when the shop marks them returned).
+            alike = tuple(
+                str(x["id"])
+                for x in self.stored["lines"]
+                if x["id"] != line_id
+                and kind(x) in GOODS
+                and int(x["quantity"]) > 0
+                and line_value(x) * units == value * int(x["quantity"])
+            )
+            if alike:
+                self.state.unnamed_back.append((line_id, units, alike))
         self.state.refunded[line_id] = self.state.refunded.get(line_id, 0) + units
         self.state.external_back[line_id] = self.state.external_back.get(line_id, 0) + units
         self._external("external_refund")
@@ -464,13 +491,14 @@ class Oracle:
                 exp.allowed.add(("needs_new_order", ""))
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
         if self._ended_in_window and any(
-            snap["status"] == "cancelled" or order_total(snap) == 0 for snap in self.window
+            snap["status"] == "cancelled" or order_total(snap) != st.authorized
+            for snap in self.window
         ):
             # The authorization ended without the service (an expiry, a cancel outside)
-            # while the shop cancelled or emptied the order: a worker that sent its
-            # release or cancel (§4 step 4) before it learnt of the end has it refused,
-            # and §4: "An operation that still fails after its retries flags
-            # needs_attention" (a business rejection is not retried, §5).
+            # while the shop cancelled, emptied or changed the order: a worker that sent
+            # its release, cancel (§4 step 4) or update (step 1) before it learnt of the
+            # end has it refused, and §4: "An operation that still fails after its
+            # retries flags needs_attention" (a business rejection is not retried, §5).
             exp.allowed |= {("needs_attention", r) for r in LET_GO_REFUSED}
             exp.outcomes.add("let_go_after_the_authorization_ended")
         cancelled_in_passing = False
@@ -818,6 +846,16 @@ class Oracle:
                     for line_id, line in lines.items()
                     if kind(line) in FEES
                 }
+                if not st.own_capture:
+                    # The capture in flight may have been made for an earlier snapshot
+                    # of the window, with a fee the last one no longer has: "charged
+                    # with the order's first capture", it went with it.
+                    for snap in self.window[:-1]:
+                        for x in snap["lines"]:
+                            if kind(x) in FEES and x["id"] not in lines:
+                                first_fees.setdefault(
+                                    str(x["id"]), int(x["quantity"]) - st.captured.get(x["id"], 0)
+                                )
                 for line_id, units in (newly | first_fees).items():
                     entry = exp.lines.setdefault(line_id, LineExpect())
                     before = st.captured.get(line_id, 0)
@@ -1208,6 +1246,16 @@ class Oracle:
             entry = exp.lines.setdefault(line_id, LineExpect())
             lo, hi = entry.captured_range or (entry.captured, entry.captured)
             entry.captured_range = (lo, hi + units)
+        for line_id, units, alike in st.unnamed_back:
+            # Money refunded outside whose lines the service was never told: the build
+            # may have taken it for returned units of a line worth as much (refunding
+            # one fewer of them); the PSP booked it on line_id, as counted.
+            for other in alike:
+                entry = exp.lines.setdefault(other, LineExpect())
+                low = entry.refunded if entry.refunded_low is None else entry.refunded_low
+                entry.refunded_low = max(0, low - units)
+                swaps = exp.interchangeable_back.setdefault(other, {})
+                swaps[line_id] = swaps.get(line_id, 0) + units
         return exp
 
 
@@ -1433,7 +1481,8 @@ def check_ledger(
             found.append(
                 ("captured_units", f"{reference}: {have[0]} captured, expected {lo}..{hi}")
             )
-        if have[1] != entry.refunded and not entry.captured_range:
+        low = entry.refunded if entry.refunded_low is None else entry.refunded_low
+        if not low <= have[1] <= entry.refunded and not entry.captured_range:
             found.append(
                 ("refunded_units", f"{reference}: {have[1]} refunded, expected {entry.refunded}")
             )

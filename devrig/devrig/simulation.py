@@ -2316,7 +2316,8 @@ class Simulation:
             if not unit:
                 return  # a refund of nothing is no money moved (§4), and no PSP takes one
             self.model.external(psp, "refund", [(line["id"], 1, unit, line["tax_rate"])])
-            oracle.external_refund(line["id"], 1)
+            listed = len(psp.ledger) - 1 not in psp.unlisted
+            oracle.external_refund(line["id"], 1, named=listed, value=unit)
         elif what == "cancel":
             if psp.status != "AUTHORIZED" or psp.captured:
                 return
@@ -2570,6 +2571,8 @@ class Simulation:
                 # A capture whose lines Adyen did not name may be counted as units of
                 # a line worth as much when the money moved.
                 maybe[0] += sum(exp.interchangeable.get(line["id"], {}).values())
+                # The same for a refund whose lines the PSP did not name.
+                maybe[1] += sum(exp.interchangeable_back.get(line["id"], {}).values())
                 if not all(k <= h <= k + m for h, k, m in zip(have, known, maybe, strict=True)):
                     found.append(
                         Violation(
@@ -2685,18 +2688,28 @@ def _total(snapshot: dict[str, Any]) -> int:
 
 
 def _captured_unit_value(psp: PspOrder, reference: str) -> int | None:
-    """What one unit of the line was captured at, its share of order-level lines in
-    (rounded down), no more than what is still captured and not given back."""
+    """What one unit of the line still held was captured at, its share of order-level
+    lines in (rounded down), no more than what is still captured and not given back.
+    Units come back in the order they were captured: a unit refunded already is not
+    refunded again at its price (a merchant gives back what the unit was paid)."""
+    captured: list[int] = []
+    back = 0
     for what, _, lines in psp.ledger:
         units = [b for b in lines if b.type not in REDUCING | SHARED_UP]
         shared = sum(b.total for b in lines if b.type in REDUCING | SHARED_UP)
         value = sum(b.total for b in units)
         for line in units:
-            if what == "capture" and line.reference == reference and line.quantity:
+            if line.reference != reference or not line.quantity:
+                continue
+            if what == "capture":
                 share = shared * line.total // value if value else 0
-                unit = (line.total + share) // line.quantity
-                return min(unit, psp.captured - psp.refunded - psp.charged_back)
-    return None
+                captured += [(line.total + share) // line.quantity] * line.quantity
+            else:
+                back += line.quantity
+    if not captured:
+        return None
+    unit = captured[min(back, len(captured) - 1)]
+    return min(unit, psp.captured - psp.refunded - psp.charged_back)
 
 
 # --- runs ---------------------------------------------------------------------------------

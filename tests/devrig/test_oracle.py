@@ -1642,7 +1642,16 @@ def test_a_release_sent_before_the_expiry_was_learnt_may_be_refused_and_flagged(
     oracle.snapshot(snap(3, [{**l2, "shipped_quantity": 1}], status="cancelled"))
     exp = oracle.expectation()
     assert ("needs_attention", "AUTHORISATION_ADJUSTMENT") in exp.allowed
-    # An order the shop keeps open is not let go of: nothing is refused.
+    # A basket lowered in that window: the update (§4 step 1) is refused alike.
+    oracle = Oracle(2100, refuses_increases=False)
+    l1, l2 = line("l1", 1, 1200), line("l2", 2, 450)
+    oracle.snapshot(snap(1, [l1, l2]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [l1, {**l2, "shipped_quantity": 2}]))
+    oracle.expire(capture_in_flight=True)
+    oracle.snapshot(snap(3, [{**l1, "quantity": 0}, {**l2, "shipped_quantity": 2}]))
+    assert ("needs_attention", "AUTHORISATION_ADJUSTMENT") in oracle.expectation().allowed
+    # An order the shop keeps as it was is not let go of nor updated: nothing is refused.
     oracle = Oracle(10347, refuses_increases=False)
     oracle.snapshot(snap(1, [l2]))
     oracle.settle()
@@ -1880,3 +1889,59 @@ def test_units_shipped_worth_nothing_then_priced_are_captured_at_their_price_the
     assert check_ledger([("capture", 300, [booked("l3", 1, 300)])], exp) == []
     codes = {c for c, _ in check_ledger([("capture", 400, [booked("l3", 1, 400)])], exp)}
     assert "captured_at_wrong_price" in codes
+
+
+def test_a_refund_outside_with_no_lines_named_may_be_taken_for_returned_units_worth_as_much() -> (
+    None
+):
+    # Two coats and an e-book (2599 each) captured; the merchant refunds 2599 in
+    # Klarna's portal, which lists the refund without lines (the PSP books it on the
+    # e-book); then the shop marks both coats returned. §4: money moved outside is
+    # counted and "never made a second time": the service cannot tell which unit the
+    # 2599 gave back, and may take it for a returned coat (refunding one coat, and
+    # telling a person: external_change), as for a capture made outside unnamed.
+    oracle = Oracle(7797, refuses_increases=False)
+    coat, ebook = line("l1", 2, 2599), line("l4", 1, 2599, type="digital")
+    oracle.snapshot(snap(1, [{**coat, "shipped_quantity": 2}, {**ebook, "shipped_quantity": 1}]))
+    oracle.settle()
+    oracle.external_refund("l4", 1, named=False, value=2599)
+    oracle.settle()
+    back = {**coat, "shipped_quantity": 2, "returned_quantity": 2}
+    oracle.snapshot(snap(2, [back, {**ebook, "shipped_quantity": 1}]))
+    exp = oracle.expectation()
+    captures = [
+        ("capture", 5198, [booked("l1", 2, 5198)]),
+        ("capture", 2599, [booked("l4", 1, 2599, type="digital")]),
+        ("refund", 2599, [booked("l4", 1, 2599, type="digital")]),
+    ]
+    assert check_ledger([*captures, ("refund", 2599, [booked("l1", 1, 2599)])], exp) == []
+    assert check_ledger([*captures, ("refund", 5198, [booked("l1", 2, 5198)])], exp) == []
+    assert exp.interchangeable_back == {"l1": {"l4": 1}}
+    # Named lines (a portal refund Klarna lists) leave nothing to choose: both coats.
+    oracle = Oracle(7797, refuses_increases=False)
+    oracle.snapshot(snap(1, [{**coat, "shipped_quantity": 2}, {**ebook, "shipped_quantity": 1}]))
+    oracle.settle()
+    oracle.external_refund("l4", 1)
+    oracle.settle()
+    oracle.snapshot(snap(2, [back, {**ebook, "shipped_quantity": 1}]))
+    exp = oracle.expectation()
+    found = check_ledger([*captures, ("refund", 2599, [booked("l1", 1, 2599)])], exp)
+    assert [code for code, _ in found] == ["refunded_units"]
+
+
+def test_a_fee_removed_after_a_capture_the_expiry_overtook_may_have_gone_with_it() -> None:
+    # Two units shipped, their first capture (with the shipping fee, §"Lines that are
+    # not goods": "charged with the order's first capture") in flight when Adyen's
+    # EXPIRE overtook it; later in the same window the shop removed the fee. The
+    # capture was made for the snapshot that still had it: the fee may be captured.
+    oracle = Oracle(1845, refuses_increases=False)
+    goods, fee = line("l1", 3, 450), line("l2", 1, 495, type="shipping_fee")
+    oracle.snapshot(snap(1, [goods, fee]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**goods, "shipped_quantity": 2}, fee]))
+    oracle.expire(capture_in_flight=True)
+    oracle.snapshot(snap(3, [{**goods, "shipped_quantity": 2}]))
+    exp = oracle.expectation()
+    capture = [booked("l1", 2, 900), booked("l2", 1, 495, type="shipping_fee")]
+    assert check_ledger([("capture", 1395, capture)], exp) == []
+    assert check_ledger([], exp) == []

@@ -19,3 +19,20 @@ def test_resume_point_is_the_lowest_seed_not_done() -> None:
     assert lines[-1].startswith("progress: 8/8 histories")
     assert "violations 1, every seed below 18 done" in lines[-1]
     assert "the rest" not in lines[-1]
+
+
+def test_a_merchant_refund_of_a_unit_gives_back_what_a_unit_still_held_was_paid() -> None:
+    """The simulated merchant's portal refund of one unit: a coat captured outside at
+    1200 and refunded, then two captured by the service at 1089 each (their share of a
+    gift card in): the next unit refunded gives back 1089, not the 1200 of the unit
+    already back (more than any unit still held was captured at, §4)."""
+    from devrig.oracle import Booked
+    from devrig.simulation import PspOrder, _captured_unit_value
+
+    coat = Booked("l1", "physical", 1, 1200, 200, 2000)
+    two = Booked("l1", "physical", 2, 2400, 400, 2000)
+    gift = Booked("l2", "gift_card", 1, -222, 0, 2000)
+    psp = PspOrder("klarna", "k1", "USD", 3378, [], captured=3378, refunded=1200)
+    psp.ledger = [("capture", 1200, [coat]), ("refund", 1200, [coat])]
+    psp.ledger.append(("capture", 2178, [two, gift]))
+    assert _captured_unit_value(psp, "l1") == 1089
