@@ -727,7 +727,9 @@ class Oracle:
             # Every unit captured, for less than the basket now says (a price raised
             # after its unit was captured): no capture is left to carry the difference.
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
-        if last["status"] == "open" and maybe_held and total < st.money_high:
+        # What the PSP may hold now, this window's captures included (money_high has
+        # grown since maybe_held, which the baskets in passing below are judged by).
+        if last["status"] == "open" and st.money_high > 0 and total < st.money_high:
             # An open order lowered below what was captured (after the PSP let go, or
             # to nothing): captures only add, and §4 refunds only returned units, so
             # the PSP cannot follow; a person is told, as for an open authorization.
