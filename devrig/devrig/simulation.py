@@ -1660,6 +1660,14 @@ class MoreGaps:
                     " created_at = created_at - %(passed)s WHERE order_id = %(id)s",
                     {"passed": passed, "id": order.shop.order_id},
                 )
+                # And for the expiry the service read: the model moves dates back
+                # rather than its clock on, so a date it stored moves back with them.
+                sim.own.execute(
+                    "UPDATE orders SET expires_at = expires_at - %(passed)s WHERE id = %(id)s",
+                    {"passed": passed, "id": order.shop.order_id},
+                )
+                # A replica is not days behind: what a lagging read showed is gone.
+                psp.before_last = None
         adyen = [o for o in sim.orders.values() if o.psp.provider == "adyen"]
         adyen = [o for o in adyen if o.psp.status != "REFUSED"]
         if adyen and self.take("portal_figures_wrong", 0.3):
