@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -329,8 +329,10 @@ class Reconciler:
         figures = self._provider(order).figures(body)
         ops = store.operations(conn, order.id)
         if _behind_extension(figures, order, ops, self.settings):
-            # Not adopted: the psp state stays unread, so the next step reads again.
+            # Not adopted: the psp state stays unread, so the next step reads again,
+            # once (the mark: next_reconcile_at set after the extension's answer).
             log.info("psp_read_behind_extension", expires_at=figures.get("expires_at"))
+            store.defer_order(conn, order.id, 0)
             return
         changes = self._external_changes(conn, order, figures)
         figures = _expiry_not_behind(_not_behind(figures, ops), order)
@@ -667,11 +669,6 @@ def _not_behind(figures: dict[str, Any], ops: list[store.Operation]) -> dict[str
     return figures
 
 
-# How long after an extension Klarna confirmed a read may still not show it (a replica
-# behind its primary); a read later than that is the truth, and a person is told.
-EXTENSION_READ_LAG = timedelta(seconds=10)
-
-
 def _expiry(figures: dict[str, Any]) -> datetime | None:
     value = figures.get("expires_at")
     if not value:
@@ -703,19 +700,20 @@ def _behind_extension(
     """Whether this read, the first since an extension the PSP confirmed (204: "the
     authorization time was extended"), still shows the expiry from before it: a read
     that has not seen the extension yet. Only for an extension asked inside the
-    current window and confirmed moments ago: a read later than that is the truth."""
+    current window, and once: the read after that one is the truth (a person is told
+    if it still shows no move)."""
     read, known = _expiry(figures), order.expires_at
     if order.psp_synced_at is not None or read is None or known is None or read > known:
         return False
     if figures["status"] not in (PspStatus.AUTHORIZED.value, PspStatus.PART_CAPTURED.value):
         return False
     within = timedelta(days=settings.extend_authorization_days_before)
-    now = datetime.now(UTC)
+    again = order.next_reconcile_at
     return any(
         op.kind == Kind.EXTEND_AUTHORIZATION.value
         and op.status == "succeeded"
         and op.created_at >= known - within
-        and op.updated_at >= now - EXTENSION_READ_LAG
+        and (again is None or again < op.updated_at)
         for op in ops
     )
 
