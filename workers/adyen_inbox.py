@@ -351,7 +351,11 @@ def _payment_event(conn: Connection[Row], settings: Settings, n: Notification) -
         return Processed("applied" if n.success else "ignored", order.id)
     if not n.success:
         if order is None:
-            return Processed("ignored")
+            # A refusal that comes before the shop's order is kept and offered again,
+            # as a notification for a payment not known yet is: dropped, the order that
+            # follows would be taken as authorized (contract §4: the authorization comes
+            # from Adyen's AUTHORISATION).
+            return Processed("unmatched")
         flag_order(
             conn,
             order,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -327,8 +327,15 @@ class Reconciler:
             log.info("psp_read_superseded", seen=seen, now=order.psp_state_seq)
             return
         figures = self._provider(order).figures(body)
+        ops = store.operations(conn, order.id)
+        if _behind_extension(figures, order, ops, self.settings):
+            # Not adopted: the psp state stays unread, so the next step reads again,
+            # once (the mark: next_reconcile_at set after the extension's answer).
+            log.info("psp_read_behind_extension", expires_at=figures.get("expires_at"))
+            store.defer_order(conn, order.id, 0)
+            return
         changes = self._external_changes(conn, order, figures)
-        figures = _not_behind(figures, store.operations(conn, order.id))
+        figures = _expiry_not_behind(_not_behind(figures, ops), order)
         store.apply_psp_figures(conn, order.id, figures, seen)
         if changes:
             log.warning("psp_external_change", changes=changes)
@@ -662,6 +669,55 @@ def _not_behind(figures: dict[str, Any], ops: list[store.Operation]) -> dict[str
     return figures
 
 
+def _expiry(figures: dict[str, Any]) -> datetime | None:
+    value = figures.get("expires_at")
+    if not value:
+        return None
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _expiry_not_behind(figures: dict[str, Any], order: store.Order) -> dict[str, Any]:
+    """An open authorization's expiry only ever moves later (an extension): a read
+    showing an earlier one than was already read lags behind an extension the PSP
+    made, and taken as the truth it undoes it (planned again, flagged as without
+    effect)."""
+    read, known = _expiry(figures), order.expires_at
+    open_statuses = (PspStatus.AUTHORIZED.value, PspStatus.PART_CAPTURED.value)
+    if (
+        read is not None
+        and known is not None
+        and figures["status"] in open_statuses
+        and read < known
+    ):
+        figures = dict(figures)
+        figures["expires_at"] = known.isoformat()
+    return figures
+
+
+def _behind_extension(
+    figures: dict[str, Any], order: store.Order, ops: list[store.Operation], settings: Any
+) -> bool:
+    """Whether this read, the first since an extension the PSP confirmed (204: "the
+    authorization time was extended"), still shows the expiry from before it: a read
+    that has not seen the extension yet. Only for an extension asked inside the
+    current window, and once: the read after that one is the truth (a person is told
+    if it still shows no move)."""
+    read, known = _expiry(figures), order.expires_at
+    if order.psp_synced_at is not None or read is None or known is None or read > known:
+        return False
+    if figures["status"] not in (PspStatus.AUTHORIZED.value, PspStatus.PART_CAPTURED.value):
+        return False
+    within = timedelta(days=settings.extend_authorization_days_before)
+    again = order.next_reconcile_at
+    return any(
+        op.kind == Kind.EXTEND_AUTHORIZATION.value
+        and op.status == "succeeded"
+        and op.created_at >= known - within
+        and (again is None or again < op.updated_at)
+        for op in ops
+    )
+
+
 def _foreign_currency(order: store.Order, figures: dict[str, Any]) -> bool:
     """The PSP holds the payment in another currency than the order's first snapshot
     fixed (contract §4)."""
@@ -739,6 +795,9 @@ def _extended_in_this_window(ops: list[store.Operation], view: OrderView) -> boo
     return any(
         op.kind == Kind.EXTEND_AUTHORIZATION.value
         and op.status == "succeeded"
-        and op.updated_at >= expires - within
+        # Asked inside the window: an extension asked before it opened (its answer
+        # recorded later, from the PSP's idempotency store on a resend) extended an
+        # earlier expiry, not this one.
+        and op.created_at >= expires - within
         for op in ops
     )

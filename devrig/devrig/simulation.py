@@ -1429,7 +1429,7 @@ class Gaps:
 # (`more-<seed>`), so that every history that drew none of them, and every draw of GAPS,
 # stays the one its seed named before they existed.
 MORE_GAPS = {
-    "authorisation_refused": 0.06,  # Adyen AUTHORISATION success=false, order already sent
+    "authorisation_refused": 0.06,  # Adyen AUTHORISATION success=false, before or after the order
     "portal_figures_wrong": 0.15,  # a Customer Area capture/refund notified with wrong figures
     "heartbeat_renews": 0.10,  # a PSP call slower than the lease, kept by the heartbeat
     "heartbeat_stops": 0.05,  # the worker dies in its call: no renewal, the lease runs out
@@ -1477,14 +1477,19 @@ class MoreGaps:
 
     def refuse_authorisation(self, order: Order, script: list[tuple[str, Any]]) -> None:
         """Adyen refuses the payment (AUTHORISATION success=false), notified once the
-        shop has sent the order: nothing is authorized, every modification is refused."""
+        shop has sent the order or before: nothing is authorized, every modification is refused."""
         if order.psp.provider != "adyen" or not self.take("authorisation_refused"):
             return
         order.psp.status, order.psp.authorized = "REFUSED", 0
         order.oracle.authorisation_refused()
         script[:] = [step for step in script if step[0] != "authorisation"]
         created = next(n for n, step in enumerate(script) if step[0] == "shop")
-        script.insert(created + 1 + self.rng.randrange(3), ("refused", order.shop.order_id))
+        # Adyen's notification may also come before the shop sends the order.
+        early = self.rng.random() < 0.3
+        if early:
+            self.sim.kind("adyen_authorisation_refused_before_the_order")
+        at = created if early else created + 1 + self.rng.randrange(3)
+        script.insert(at, ("refused", order.shop.order_id))
 
     def refused(self, order: Order) -> None:
         total = _total(order.first)
@@ -1662,6 +1667,14 @@ class MoreGaps:
                     " created_at = created_at - %(passed)s WHERE order_id = %(id)s",
                     {"passed": passed, "id": order.shop.order_id},
                 )
+                # And for the expiry the service read: the model moves dates back
+                # rather than its clock on, so a date it stored moves back with them.
+                sim.own.execute(
+                    "UPDATE orders SET expires_at = expires_at - %(passed)s WHERE id = %(id)s",
+                    {"passed": passed, "id": order.shop.order_id},
+                )
+                # A replica is not days behind: what a lagging read showed is gone.
+                psp.before_last = None
         adyen = [o for o in sim.orders.values() if o.psp.provider == "adyen"]
         adyen = [o for o in adyen if o.psp.status != "REFUSED"]
         if adyen and self.take("portal_figures_wrong", 0.3):

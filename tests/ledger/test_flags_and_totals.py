@@ -5,6 +5,8 @@ even when the PSP never named the lines of a capture made without the service.""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
@@ -450,3 +452,95 @@ def test_a_lagging_read_never_undoes_an_authorization_update_the_psp_confirmed(
     assert row["authorized_amount"] == 1650
     assert row["flags"] == ["needs_new_order"]
     assert told(ctx, order_id)[-1][0] == "order.new_order_required"
+
+
+def _extended_order(ctx: WorkerContext, klarna: FakeKlarna) -> tuple[str, str, Any, datetime]:
+    """A Klarna order whose authorization expires within the extend window; Klarna's
+    expiry after the service's extension is 28 days later (set here: the fake does not
+    move it). Returns the order, its Klarna id, the read from before the extension and
+    the expiry after it."""
+    soon = datetime.now(UTC) + timedelta(days=1)
+    order_id, first = klarna_order(ctx, klarna, [SHOES], expires_at=soon.isoformat())
+    insert_order(ctx, first, authorized=first.total, expires_at=soon)
+    psp = klarna.orders[first.psp_order_id]
+    before = psp.body()
+    later = soon + timedelta(days=28)
+    psp.expires_at = later.isoformat()
+    return order_id, first.psp_order_id, before, later
+
+
+def _extensions(klarna: FakeKlarna) -> int:
+    return len([r for r in klarna.requests if r.url.path.endswith("extend-authorization-time")])
+
+
+def test_a_read_lagging_an_extension_the_psp_confirmed_is_not_taken_for_its_expiry(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """Klarna confirmed the extension (204), and the first read after it came from a
+    replica that had not seen it (the old expiry, inside the extend window). Taken as
+    the truth, the extension looked without effect: a halting needs_attention for an
+    extension that worked. A confirmed extension moves the expiry later, so a read
+    moments after it that still shows the old expiry is read again."""
+    order_id, psp_id, before, later = _extended_order(ctx, klarna)
+    klarna.fault("GET", psp_id, answer(200, json=before))
+    drive(ctx, order_id)
+    assert not [f for f in klarna.faults if f[0] == "GET"]  # the lagging read was made
+    row = order_row(ctx, order_id)
+    assert _extensions(klarna) == 1
+    assert row["flags"] == []
+    assert row["expires_at"] == later
+
+
+def test_a_lagging_read_never_undoes_an_extension_the_psp_confirmed(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """The extension was read back (28 days later), then a read from a replica behind
+    it showed the old expiry again. An open authorization's expiry only moves later,
+    so the expiry already read stands, as a confirmed capture or update does."""
+    order_id, psp_id, before, later = _extended_order(ctx, klarna)
+    drive(ctx, order_id)
+    assert order_row(ctx, order_id)["expires_at"] == later
+    klarna.fault("GET", psp_id, answer(200, json=before))
+    with ctx.pool.connection() as conn, conn.transaction():
+        conn.execute("UPDATE orders SET psp_synced_at = NULL WHERE id = %s", (order_id,))
+    drive(ctx, order_id)
+    assert not [f for f in klarna.faults if f[0] == "GET"]
+    row = order_row(ctx, order_id)
+    assert _extensions(klarna) == 1
+    assert row["flags"] == []
+    assert row["expires_at"] == later
+
+
+def test_an_extension_asked_before_the_window_opened_does_not_count_for_it(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """An extension asked 28 days ago (its worker died in the call; the resend, answered
+    from Klarna's idempotency store, was recorded only now) extended an earlier expiry.
+    Those days have passed and the expiry is inside the window again: this window has
+    had no extension, so one is asked, not a person told of one without effect."""
+    order_id, psp_id, _, _ = _extended_order(ctx, klarna)
+    drive(ctx, order_id)
+    psp = klarna.orders[psp_id]
+    again = datetime.now(UTC) + timedelta(days=1)
+    psp.expires_at = again.isoformat()
+    with ctx.pool.connection() as conn, conn.transaction():
+        conn.execute(
+            "UPDATE operations SET created_at = created_at - interval '28 days'"
+            " WHERE order_id = %s",
+            (order_id,),
+        )
+        conn.execute(
+            "UPDATE orders SET psp_synced_at = NULL, expires_at = %s WHERE id = %s",
+            (again - timedelta(seconds=1), order_id),
+        )
+
+    def extended() -> None:  # Klarna moves the expiry once it is asked again
+        if _extensions(klarna) == 2:
+            psp.expires_at = (again + timedelta(days=28)).isoformat()
+
+    klarna.on_read = extended
+    drive(ctx, order_id)
+    row = order_row(ctx, order_id)
+    assert _extensions(klarna) == 2
+    assert row["flags"] == []
+    assert row["expires_at"] == again + timedelta(days=28)

@@ -585,3 +585,30 @@ def test_a_check_read_that_finds_a_lost_capture_applied_counts_and_flags_what_mo
     assert (row["captured_amount"], row["refunded_amount"]) == (1200, 300)
     assert [o["amount"] for o in ops if o["external"] and o["kind"] == "refund"] == [300]
     assert row["flag_reason"]["needs_attention"]["code"] == "external_change"
+
+
+def test_an_adyen_authorisation_refused_before_the_order_flags_the_order_when_it_arrives(
+    ctx: WorkerContext,
+) -> None:
+    """Adyen's AUTHORISATION success=false can come before the shop sends the order.
+    Dropped then, the order that follows would be taken as authorized for its total
+    (the fallback until an AUTHORISATION is known) and its goods captured. The
+    refusal is kept, like any notification for a payment not known yet, and flags the
+    order when it is offered again after the order arrived."""
+    order_id = new_order_id()
+    snap = snapshot(order_id, shipped([SHOES, SOCKS], shoes=1), provider="adyen")
+    item = {
+        "pspReference": snap.psp_order_id,
+        "merchantAccountCode": "Test",
+        "eventCode": "AUTHORISATION",
+        "success": "false",
+        "reason": "Refused",
+        "amount": {"value": 2100, "currency": "EUR"},
+    }
+    early = adyen_notification(ctx, item)
+    assert adyen_inbox.process(ctx, early, lambda *_: None) == "unmatched"
+    insert_order(ctx, snap)
+    assert adyen_inbox.process(ctx, early, lambda *_: None) == "flagged"
+    row = order_row(ctx, order_id)
+    assert row["flags"] == ["needs_attention"]
+    assert row["flag_reason"]["needs_attention"]["code"] == "authorisation_refused"
