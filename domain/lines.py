@@ -11,7 +11,7 @@ builders at the bottom turn them into per-unit items.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -403,7 +403,12 @@ def basket_lines(order: OrderSnapshot) -> list[PspLine]:
 
 
 def capture_lines(
-    order: OrderSnapshot, ledger: Ledger, *, paid_unnamed: int = 0, unshared: int = 0
+    order: OrderSnapshot,
+    ledger: Ledger,
+    *,
+    paid_unnamed: int = 0,
+    unshared: int = 0,
+    held: Collection[str] = (),
 ) -> list[PspLine]:
     """The lines of a capture of everything shipped but not yet captured.
 
@@ -420,6 +425,9 @@ def capture_lines(
     `unshared`: open value left out of the sharing (never below this capture's own), so
     this capture takes more of the order-level lines: a cancel's last capture, whose
     goods were authorized with a larger share than a basket grown since leaves them.
+
+    `held`: fees left out of this capture (still open, so still counted in the sharing):
+    one the authorization left cannot carry waits, and the goods that fit go alone.
     """
     products, reducing = _split_lines(order)
     result: list[PspLine] = []
@@ -434,6 +442,8 @@ def capture_lines(
         open_value = max(line.total - entry.captured_amount, 0) if open_quantity > 0 else 0
         value_open += open_value
         target = line.quantity if line.is_fee and with_goods else shipped_quantity(order, line)
+        if line.id in held:
+            target = entry.captured_quantity
         quantity = target - entry.captured_quantity
         if quantity <= 0:
             continue

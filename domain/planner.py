@@ -726,23 +726,36 @@ def _fit_shares(
 
 
 def _fit_capture(order: OrderSnapshot, ledger: Ledger, remaining: int) -> list[PspLine]:
-    """The largest prefix of the shipped lines that fits the remaining authorization.
+    """The largest prefix of what this capture would carry that fits the remaining
+    authorization.
 
     Lines are dropped from the end (where a shop appends what it adds), and each
-    candidate is recomputed whole so its discount shares stay exact.
+    candidate is recomputed whole so its discount shares stay exact. A fee riding with
+    the goods (§4, charged with the first capture) is one of those lines: when it does
+    not fit (a surcharge whose increase was refused) it waits, and the goods that fit
+    are still captured.
     """
-    shipped = [
+    carried = {part.reference for part in capture_lines(order, ledger)}
+    dropping = [
         line
         for line in order.effective_lines
-        if not line.shared and shipped_quantity(order, line) > _captured_qty(ledger, line.id)
+        if not line.shared
+        and (
+            shipped_quantity(order, line) > _captured_qty(ledger, line.id)
+            or (line.is_fee and line.id in carried)
+        )
     ]
-    while shipped:
-        dropped = shipped.pop()
-        lines = list(order.lines)
-        index = next(i for i, line in enumerate(lines) if line.id == dropped.id)
-        lines[index] = _with_shipped(dropped, _captured_qty(ledger, dropped.id))
-        order = order.model_copy(update={"lines": lines})
-        candidate = capture_lines(order, ledger)
+    held: set[str] = set()
+    while dropping:
+        dropped = dropping.pop()
+        if dropped.is_fee:
+            held.add(dropped.id)
+        else:
+            lines = list(order.lines)
+            index = next(i for i, line in enumerate(lines) if line.id == dropped.id)
+            lines[index] = _with_shipped(dropped, _captured_qty(ledger, dropped.id))
+            order = order.model_copy(update={"lines": lines})
+        candidate = capture_lines(order, ledger, held=held)
         if candidate and lines_total(candidate) <= remaining:
             return candidate
     return []

@@ -1248,6 +1248,18 @@ class Oracle:
             entry = exp.lines.setdefault(line_id, LineExpect())
             lo, hi = entry.captured_range or (entry.captured, entry.captured)
             entry.captured_range = (lo, hi + units)
+            if alike and self.stored is not None:
+                # Taken for shipped units of a line worth as much, that money was the
+                # order's first capture (§4: counted, "never makes it a second time"),
+                # which could not carry the fees "charged with the order's first
+                # capture": as after a capture the PSP names, they wait for the
+                # service's next capture of goods, which may never come.
+                for fee in self.stored["lines"]:
+                    got = exp.lines.get(str(fee["id"]))
+                    if kind(fee) in FEES and got is not None:
+                        lo, hi = got.captured_range or (got.captured, got.captured)
+                        paid_outside = st.external_units.get(str(fee["id"]), 0)
+                        got.captured_range = (min(lo, paid_outside), hi)
         for line_id, units, alike in st.unnamed_back:
             # Money refunded outside whose lines the service was never told: the build
             # may have taken it for returned units of a line worth as much (refunding

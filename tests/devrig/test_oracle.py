@@ -1945,3 +1945,26 @@ def test_a_fee_removed_after_a_capture_the_expiry_overtook_may_have_gone_with_it
     capture = [booked("l1", 2, 900), booked("l2", 1, 495, type="shipping_fee")]
     assert check_ledger([("capture", 1395, capture)], exp) == []
     assert check_ledger([], exp) == []
+
+
+def test_a_fee_may_wait_after_a_first_capture_made_outside_tied_to_the_shipped_unit() -> None:
+    """Seed 41850 (Adyen): 99 captured in the Customer Area with no lines named (booked
+    on l2), then the shop marked a unit of l3 (also 99) shipped: the service may tie
+    that money to l3's unit (§4: counted, "never makes it a second time"). Then it was
+    the order's first capture, which could not carry the shipping fee "charged with the
+    order's first capture"; as after a capture the PSP names, the fee waits for the
+    service's next capture of goods, and may go uncharged when none comes."""
+    oracle = Oracle(792, refuses_increases=False)
+    l2, l3, fee = line("l2", 3, 99), line("l3", 1, 99), line("l4", 1, 495, type="shipping_fee")
+    oracle.snapshot(snap(1, [l2, l3, fee]))
+    oracle.settle()
+    oracle.external_capture("l2", 1, 99, named=False)
+    oracle.settle()
+    oracle.snapshot(snap(3, [l2, {**l3, "shipped_quantity": 1}, fee]))
+    oracle.settle()
+    oracle.snapshot(snap(4, [l2, {**l3, "shipped_quantity": 1}, fee], status="cancelled"))
+    exp = oracle.expectation()
+    ledger = [("capture", 99, [booked("l2", 1, 99)])]
+    assert not [f for f in check_ledger(ledger, exp) if f[0] == "captured_units"]
+    # Charged with the capture of l3's unit, had the service made one, it stands too.
+    assert exp.lines["l4"].captured_range == (0, 1)

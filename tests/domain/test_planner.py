@@ -481,3 +481,24 @@ def test_goods_that_fitted_the_authorization_a_cancel_took_are_still_told() -> N
     after = OrderView(cancelled, psp(100, status=PspStatus.CANCELLED), history=cancel)
     decision = plan_next(after, allow_all)
     assert isinstance(decision, Flag) and decision.code == "psp_order_cancelled"
+
+
+def test_shipped_goods_that_fit_are_captured_without_a_surcharge_never_authorized() -> None:
+    """Socks 2 × 450 were authorized (900); a surcharge of 495 was added and the PSP
+    refused the increase. A surcharge rides with the goods' capture (§4, "charged with
+    the order's first capture"), but this one does not fit what is left: the shipped
+    socks still do, and `needs_new_order` does not halt (README): the lines that fit
+    the authorization are captured, the surcharge never authorized is left out."""
+    surcharge = {
+        "id": "surcharge",
+        "name": "Surcharge",
+        "type": "surcharge",
+        "quantity": 1,
+        "unit_price": 495,
+        "tax_rate": 2000,
+    }
+    view = OrderView(order([shipped(SOCKS, 2), surcharge]), psp(900), refused_amount=1395)
+    decision = plan_next(view, allow_all)
+    assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
+    assert decision.amount == 900 == lines_total(decision.lines)
+    assert [line.reference for line in decision.lines] == ["socks"]
