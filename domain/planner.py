@@ -233,7 +233,7 @@ def plan_next(
         refund = _refund_step(order, psp, ledger)
         if refund is not None:
             return refund
-        if _has_work(order, ledger) or (order.status == "open" and _unshipped(order)):
+        if _has_work(order, ledger) or (order.status == "open" and _uncharged(order, ledger)):
             # The authorization ended without the service (contract §4): counted (the
             # PSP's figures), and unless nothing is left to charge, a person is told.
             return (
@@ -771,6 +771,17 @@ def _expires_soon(view: OrderView) -> bool:
 def _unshipped(order: OrderSnapshot) -> bool:
     return any(
         shipped_quantity(order, line) < line.quantity
+        for line in order.lines
+        if not line.shared and not line.is_fee and line.total > 0
+    )
+
+
+def _uncharged(order: OrderSnapshot, ledger: Ledger) -> bool:
+    """Goods of value not shipped yet and not captured either: units captured and then
+    marked unshipped again (a reversal) are nothing left to charge."""
+    return any(
+        shipped_quantity(order, line) < line.quantity
+        and _captured_qty(ledger, line.id) < line.quantity
         for line in order.lines
         if not line.shared and not line.is_fee and line.total > 0
     )

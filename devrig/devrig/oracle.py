@@ -501,6 +501,17 @@ class Oracle:
             # retries flags needs_attention" (a business rejection is not retried, §5).
             exp.allowed |= {("needs_attention", r) for r in LET_GO_REFUSED}
             exp.outcomes.add("let_go_after_the_authorization_ended")
+        if st.closed == "expired" and any(
+            snap["status"] == "open" and self._goods_to_charge(snap) for snap in self.window
+        ):
+            # §4 counts "an authorization that expired" as money that moved without the
+            # service, flagged external_change "where the shop's snapshot does not
+            # already explain it": a snapshot stored after the expiry with goods still
+            # to charge (added or grown since) is not explained by it, as the
+            # authorization that would charge them is gone. (The flag raised at the
+            # expiry itself, expire(), covers only the basket stored then.)
+            exp.allowed.add(("needs_attention", EXTERNAL))
+            exp.outcomes.add("goods_after_the_expiry")
         cancelled_in_passing = False
         if (
             (not cancelling or self._shipped_uncaptured(lines))
@@ -808,9 +819,12 @@ class Oracle:
     def _uncaptured_goods(self) -> bool:
         if self.stored is None:
             return False
+        return self._goods_to_charge(self.stored)
+
+    def _goods_to_charge(self, snap: dict[str, Any]) -> bool:
         return any(
             int(line["quantity"]) > self.state.captured.get(line["id"], 0) and line_value(line) > 0
-            for line in self.stored["lines"]
+            for line in snap["lines"]
             if kind(line) in GOODS
         )
 

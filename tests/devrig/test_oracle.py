@@ -1968,3 +1968,33 @@ def test_a_fee_may_wait_after_a_first_capture_made_outside_tied_to_the_shipped_u
     assert not [f for f in check_ledger(ledger, exp) if f[0] == "captured_units"]
     # Charged with the capture of l3's unit, had the service made one, it stands too.
     assert exp.lines["l4"].captured_range == (0, 1)
+
+
+def test_goods_added_after_the_authorization_expired_may_be_flagged_external_change() -> None:
+    # §4: "an authorization that expired" is money that moved without the service,
+    # flagged external_change "where the shop's snapshot does not already explain it".
+    # A basket captured in full explains it; goods added after the expiry cannot be
+    # charged.
+    oracle = Oracle(1200, refuses_increases=False)
+    oracle.snapshot(snap(1, [{**SHOES, "shipped_quantity": 1}]))
+    oracle.settle()
+    oracle.expire()
+    assert ("needs_attention", EXTERNAL) not in oracle.expectation().allowed
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, line("boots", 1, 1200)]))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert exp.authorization == "expired"
+    assert ("needs_attention", EXTERNAL) in exp.allowed
+    assert ("needs_attention", EXTERNAL) not in exp.required
+
+
+def test_a_basket_captured_in_full_after_the_expiry_calls_for_no_flag() -> None:
+    # The same history without goods added: the snapshot explains the expiry (§4).
+    oracle = Oracle(1200, refuses_increases=False)
+    oracle.snapshot(snap(1, [{**SHOES, "shipped_quantity": 1}]))
+    oracle.settle()
+    oracle.expire()
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}], note="x"))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert ("needs_attention", EXTERNAL) not in exp.allowed | exp.required

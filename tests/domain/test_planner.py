@@ -502,3 +502,18 @@ def test_shipped_goods_that_fit_are_captured_without_a_surcharge_never_authorize
     assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
     assert decision.amount == 900 == lines_total(decision.lines)
     assert [line.reference for line in decision.lines] == ["socks"]
+
+
+def test_an_expired_order_whose_units_are_all_captured_has_nothing_left_to_charge() -> None:
+    # §4: an expiry is flagged external_change "where the shop's snapshot does not
+    # already explain it". Units captured before the expiry and marked unshipped again
+    # (a reversal an operator acknowledged) are not work left: nothing is to charge.
+    capture = PastOperation(Kind.CAPTURE, "succeeded", 1200, lines=(_whole("shoes", 1200),))
+    expired = psp(1200, captured=1200, status=PspStatus.EXPIRED)
+    view = OrderView(order([SHOES]), expired, history=(capture,))
+    reversal = plan_next(view, allow_all)
+    assert isinstance(reversal, Flag) and reversal.code == "quantities_reversed"
+    acknowledged = OrderView(
+        order([SHOES]), expired, history=(capture,), acknowledged_reversal=reversal.message
+    )
+    assert plan_next(acknowledged, allow_all) == Done()
