@@ -253,14 +253,7 @@ class Oracle:
             # §4 asks that such money be counted and "never made a second time"; which
             # units it paid for the service can only tell by their value: units of
             # another line worth as much at that moment explain it as well.
-            alike = tuple(
-                str(x["id"])
-                for x in self.stored["lines"]
-                if x["id"] != line_id
-                and kind(x) in GOODS
-                and int(x["quantity"]) > 0
-                and line_value(x) * units == value * int(x["quantity"])
-            )
+            alike = self._worth_as_much(line_id, units, value)
             if alike:
                 self.state.unnamed.append((line_id, units, alike))
         self.state.external_units[line_id] = self.state.external_units.get(line_id, 0) + units
@@ -293,6 +286,19 @@ class Oracle:
                 outside.add((value // units, tax_rate))
         self._external("external_capture")
 
+    def _worth_as_much(self, line_id: str, units: int, value: int) -> tuple[str, ...]:
+        """The other goods lines of the stored basket whose units, as many, are worth
+        `value` too: money moved without named lines explains them as well."""
+        assert self.stored is not None
+        return tuple(
+            str(x["id"])
+            for x in self.stored["lines"]
+            if x["id"] != line_id
+            and kind(x) in GOODS
+            and int(x["quantity"]) > 0
+            and line_value(x) * units == value * int(x["quantity"])
+        )
+
     def external_refund(
         self, line_id: str, units: int, *, named: bool = True, value: int = 0
     ) -> None:
@@ -303,14 +309,7 @@ class Oracle:
             # service can only tell by value: returned units of another line worth as
             # much when it moved explain it as well, and the build may take it for
             # them (then refunds one fewer of them when the shop marks them returned).
-            alike = tuple(
-                str(x["id"])
-                for x in self.stored["lines"]
-                if x["id"] != line_id
-                and kind(x) in GOODS
-                and int(x["quantity"]) > 0
-                and line_value(x) * units == value * int(x["quantity"])
-            )
+            alike = self._worth_as_much(line_id, units, value)
             if alike:
                 self.state.unnamed_back.append((line_id, units, alike))
         self.state.refunded[line_id] = self.state.refunded.get(line_id, 0) + units

@@ -1178,6 +1178,22 @@ class SimulatedOutage(psycopg.OperationalError):
     """Raised inside a task on purpose (task_raises): the database went away."""
 
 
+def sweep_leases_and_run(sim: Simulation) -> None:
+    """The lease sweep, now, in the middle of another task, and the tasks it hands out
+    run at once (nested: the PSP model's interleaving faults stay off inside)."""
+    sim.model.depth += 1
+    try:
+        before = len(sim.jobs)
+        with sim.pool.connection() as conn:
+            sweeper.sweep_leases(conn, sim._enqueue)
+            conn.commit()
+        taken, sim.jobs[before:] = sim.jobs[before:], []
+        for job in taken:
+            sim.run_task(job)
+    finally:
+        sim.model.depth -= 1
+
+
 class Gaps:
     """One history's draws of the kinds in GAPS, and the state each needs."""
 
@@ -1226,22 +1242,12 @@ class Gaps:
             return
         self._fault("lease_ran_out_in_call")
         sim = self.sim
-        sim.model.depth += 1
-        try:
-            sim.own.execute(
-                "UPDATE operations SET lease_until = now() - interval '1 second'"
-                " WHERE order_id = ANY(%(ids)s) AND status = 'sent'",
-                {"ids": list(sim.orders)},
-            )
-            before = len(sim.jobs)
-            with sim.pool.connection() as conn:
-                sweeper.sweep_leases(conn, sim._enqueue)
-                conn.commit()
-            taken, sim.jobs[before:] = sim.jobs[before:], []
-            for job in taken:
-                sim.run_task(job)
-        finally:
-            sim.model.depth -= 1
+        sim.own.execute(
+            "UPDATE operations SET lease_until = now() - interval '1 second'"
+            " WHERE order_id = ANY(%(ids)s) AND status = 'sent'",
+            {"ids": list(sim.orders)},
+        )
+        sweep_leases_and_run(sim)
 
     def failing(self, run: Callable[[], T]) -> Callable[[], T]:
         """A reconcile task that raises before it does anything: once (the poison guard
@@ -1575,20 +1581,6 @@ class MoreGaps:
             {"id": order.shop.order_id},
         )
 
-    def _sweep_and_run(self) -> None:
-        sim = self.sim
-        sim.model.depth += 1
-        try:
-            before = len(sim.jobs)
-            with sim.pool.connection() as conn:
-                sweeper.sweep_leases(conn, sim._enqueue)
-                conn.commit()
-            taken, sim.jobs[before:] = sim.jobs[before:], []
-            for job in taken:
-                sim.run_task(job)
-        finally:
-            sim.model.depth -= 1
-
     def _renewed(self, order: Order, request: httpx.Request) -> None:
         sim = self.sim
         sim.note(f"slow call for {order.shop.order_id}: the heartbeat renews its lease")
@@ -1602,7 +1594,7 @@ class MoreGaps:
         )
         self.in_call[order.psp.psp_id] = key
         try:
-            self._sweep_and_run()
+            sweep_leases_and_run(self.sim)
         finally:
             self.in_call.pop(order.psp.psp_id, None)
 
@@ -1612,7 +1604,7 @@ class MoreGaps:
         self._age_lease(order, "now() + interval '1 second'")
         self.in_call[order.psp.psp_id] = "dying"
         try:
-            self._sweep_and_run()
+            sweep_leases_and_run(self.sim)
         finally:
             self.in_call.pop(order.psp.psp_id, None)
         sim.model.fault_count += 1
