@@ -724,6 +724,18 @@ class Oracle:
                 # Captured or not depended on timing (see _captures): the PSP then
                 # released what was left, or cancelled.
                 exp.uncertain_end = True
+            elif not st.any_capture and any(
+                units > 0 and line_id in lines and line_value(lines[line_id]) > 0
+                for line_id, units in st.worthless.items()
+            ):
+                # Units shipped while worth nothing (no capture of 0 is sent) and worth
+                # something now: §4 step 4 "first capture every shipped line not yet
+                # captured (those goods left the warehouse ...), then cancel (nothing
+                # captured) or release the remaining authorization". Unless they rode
+                # with an earlier capture at 0, they are captured now and the PSP
+                # releases; which, timing decides.
+                exp.uncertain_end = True
+                exp.outcomes.add("cancel_after_units_priced_since_shipping")
         if (
             last["status"] == "open"
             and st.any_capture
@@ -1141,10 +1153,12 @@ class Oracle:
             int(lines[i]["unit_price"]) * n for i, n in newly.items() if i in lines
         ) * self._ratio(last)
         # A worker may have captured for an earlier snapshot of this window, at its
-        # prices and its order-level shares: at most the dearest of them.
+        # prices and its order-level shares: at most the dearest of them. A fee added
+        # after the first capture may ride with this one (the contract leaves when it
+        # is charged open, see riding): then the PSP holds its money too.
         st.money_high += sum(
             max((p for p, _ in self._prices(i)), default=int(lines[i]["unit_price"])) * n
-            for i, n in newly.items()
+            for i, n in [*newly.items(), *riding.items()]
             if i in lines
         ) * max(self._ratio(snap) for snap in [*earlier, last])
         for line_id, units in newly.items():

@@ -1998,3 +1998,65 @@ def test_a_basket_captured_in_full_after_the_expiry_calls_for_no_flag() -> None:
     oracle.settle()
     exp = oracle.expectation()
     assert ("needs_attention", EXTERNAL) not in exp.allowed | exp.required
+
+
+def _holds(exp: Expectation, authorized: int) -> bool:
+    """Whether the PSP holding `authorized` is within what the expectation allows."""
+    low = exp.authorized_low or exp.authorized or 0
+    high = exp.authorized_high or exp.authorized or 0
+    return low <= authorized <= high
+
+
+def test_a_cancel_after_units_shipped_free_were_priced_may_capture_them_and_release() -> None:
+    # Three units shipped while priced 0 (no capture of 0 is sent), then priced 300 and
+    # the order cancelled: §4 step 4 "first capture every shipped line not yet captured
+    # (those goods left the warehouse ...), then cancel (nothing captured) or release the
+    # remaining authorization". Captured now at 300, the PSP releases (CAPTURED with
+    # nothing left); had they ridden at 0 with an earlier capture, it cancels: either.
+    oracle = Oracle(7797, refuses_increases=True)
+    ebook, free = line("l1", 3, 2599, type="digital"), line("l2", 3, 0)
+    oracle.snapshot(snap(1, [ebook, free]))
+    oracle.snapshot(snap(2, [ebook, {**free, "shipped_quantity": 3}]))
+    oracle.settle()
+    priced = {**free, "unit_price": 300, "shipped_quantity": 3}
+    oracle.snapshot(snap(3, [ebook, priced]))
+    oracle.settle()
+    oracle.snapshot(snap(4, [ebook, priced], status="cancelled"))
+    exp = oracle.expectation()
+    assert check_ledger([("capture", 900, [booked("l2", 3, 900)])], exp) == []
+    assert exp.uncertain_end
+    assert ended_as("cancelled", "CANCELLED", provider="klarna", authorized=7797, captured=0)
+    assert ended_as("released", "CAPTURED", provider="klarna", authorized=900, captured=900)
+
+
+def test_a_fee_riding_with_a_capture_keeps_the_authorization_above_a_smaller_basket() -> None:
+    # A fee added after the first capture may ride with a later one (the contract leaves
+    # when it is charged open): the PSP then holds its money, and a basket later made
+    # smaller than what was captured cannot lower the authorization below the captures
+    # (§4 step 1 updates only an authorization "not fully captured"; the PSP refuses an
+    # amount below them), so the PSP may keep what it held.
+    oracle = Oracle(900, refuses_increases=True)
+    goods, other, ebook = line("g", 2, 100), line("h", 1, 600), line("e", 1, 100, type="digital")
+    fee = line("f", 1, 500, type="surcharge")
+    oracle.snapshot(snap(1, [goods, other, ebook]))
+    oracle.snapshot(snap(2, [{**goods, "shipped_quantity": 1}, other, ebook]))
+    oracle.settle()
+    oracle.snapshot(snap(3, [{**goods, "shipped_quantity": 1}, other, ebook, fee]))
+    oracle.snapshot(
+        snap(4, [{**goods, "shipped_quantity": 1}, other, {**ebook, "shipped_quantity": 1}, fee])
+    )
+    oracle.settle()
+    smaller = [
+        {**goods, "quantity": 1, "shipped_quantity": 1},
+        {**ebook, "shipped_quantity": 1},
+        fee,
+        line("d", 1, -200, type="discount"),
+    ]
+    oracle.snapshot(snap(5, smaller))
+    oracle.settle()
+    exp = oracle.expectation()
+    second = [booked("e", 1, 100, type="digital"), booked("f", 1, 500, type="surcharge")]
+    captures = [("capture", 100, [booked("g", 1, 100)]), ("capture", 600, second)]
+    assert not [f for f in check_ledger(captures, exp) if f[0] == "captured_units"]
+    held = (exp.authorized, exp.authorized_low, exp.authorized_high)
+    assert _holds(exp, 900) and _holds(exp, 700), held
