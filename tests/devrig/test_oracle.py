@@ -1998,3 +1998,20 @@ def test_a_basket_captured_in_full_after_the_expiry_calls_for_no_flag() -> None:
     oracle.settle()
     exp = oracle.expectation()
     assert ("needs_attention", EXTERNAL) not in exp.allowed | exp.required
+
+
+def test_units_captured_outside_come_on_top_of_a_capture_left_to_timing() -> None:
+    """§4: money moved without the service is counted "in the order's figures" and
+    never made a second time. Two units shipped whose capture is left to timing (0..2),
+    then one unit captured outside: learnt after the service's capture, it comes on
+    top (3); learnt before, it may stand for a shipped unit (2); captured nothing of
+    its own, the service still holds the outside one (1)."""
+    entry = LineExpect()
+    entry.maybe(0, 2)
+    entry.outside(0, 1)
+    assert entry.captured_range == (1, 3)
+    # A range whose units were all counted already moves up as a whole.
+    done = LineExpect()
+    done.maybe(1, 2)
+    done.outside(2, 1)
+    assert done.captured_range == (2, 3)
