@@ -973,7 +973,11 @@ class Oracle:
                 entry = exp.lines.setdefault(line_id, LineExpect())
                 before = st.captured.get(line_id, 0)
                 want = int(lines[line_id]["quantity"]) if line_id in fees else 0
-                entry.captured_range = (before, max(before + newly.get(line_id, 0), want))
+                # A range an earlier window left open stays open: units it may never
+                # have captured before the cancel are not captured after it either
+                # (§4: "Once the PSP has cancelled ... a later open snapshot flags
+                # needs_new_order").
+                entry.maybe(before, max(before + newly.get(line_id, 0), want))
                 entry.prices |= self._prices(line_id)
                 entry.totals |= self._totals(line_id)
             exp.allowed |= {("needs_attention", r) for r in ("psp_order_cancelled", EXTERNAL)}

@@ -2015,3 +2015,26 @@ def test_units_captured_outside_come_on_top_of_a_capture_left_to_timing() -> Non
     done.maybe(1, 2)
     done.outside(2, 1)
     assert done.captured_range == (2, 3)
+
+
+def test_goods_that_may_have_shipped_after_a_cancel_in_passing_may_stay_uncaptured() -> None:
+    """§4: "Once the PSP has cancelled or released, a later open snapshot flags
+    needs_new_order". A basket that passed through 0 (emptied, cancelled) in a window
+    whose last snapshot ships a unit leaves that unit's capture open (0..1); shipping
+    the rest later keeps it open: units the PSP let go of before they were captured
+    are never captured after."""
+    l1 = line("l1", 3, 100, type="digital")
+    l2 = line("l2", 1, -182, type="discount")
+    l4 = line("l4", 3, 1200, type="physical")
+    oracle = Oracle(118, refuses_increases=False)
+    oracle.snapshot(snap(1, [l1, l2]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [l1, l2, line("l3", 1, -118, type="store_credit")]))
+    oracle.snapshot(snap(3, [l1, l2, line("l3", 1, -623, type="store_credit"), l4]))
+    credit = line("l3", 1, -623, type="store_credit")
+    oracle.snapshot(snap(4, [l1, credit, {**l4, "shipped_quantity": 1}]))
+    oracle.settle()
+    assert oracle.expectation().lines["l4"].captured_range == (0, 1)
+    oracle.snapshot(snap(5, [l1, credit, {**l4, "shipped_quantity": 3}]))
+    oracle.settle()
+    assert oracle.expectation().lines["l4"].captured_range == (0, 3)
