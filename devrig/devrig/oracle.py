@@ -105,6 +105,19 @@ class LineExpect:
             high = max(high, self.captured_range[1])
         self.captured_range = (low, high)
 
+    def outside(self, before: int, units: int) -> None:
+        """`units` captured outside the service after `before` were counted. A range
+        still open (the service's capture of shipped units left to timing): §4 "counts
+        it in the order's figures, never makes it a second time". Learnt before that
+        capture, the outside units may stand for shipped ones (no more than the high
+        end); learnt after, they come on top of it; the counted and outside units are
+        held either way."""
+        if self.captured_range is not None and self.captured_range[1] > before:
+            low, high = self.captured_range
+            self.captured_range = (max(low, before + units), high + units)
+        else:
+            self.surely(before, units)
+
     def surely(self, before: int, units: int) -> None:
         """`units` more captured for certain, after `before` were counted: a range an
         earlier window left (its high end no more than `before`) moves up with them."""
@@ -263,7 +276,7 @@ class Oracle:
         if entry is not None:
             # §4 "counts it in the order's figures": on top of units an earlier window
             # left to timing (a range), which then moves up with them.
-            entry.surely(before, units)
+            entry.outside(before, units)
         self.state.any_capture = True
         self.state.money += value
         self.state.money_high += value
@@ -972,7 +985,11 @@ class Oracle:
                 entry = exp.lines.setdefault(line_id, LineExpect())
                 before = st.captured.get(line_id, 0)
                 want = int(lines[line_id]["quantity"]) if line_id in fees else 0
-                entry.captured_range = (before, max(before + newly.get(line_id, 0), want))
+                # A range an earlier window left open stays open: units it may never
+                # have captured before the cancel are not captured after it either
+                # (§4: "Once the PSP has cancelled ... a later open snapshot flags
+                # needs_new_order").
+                entry.maybe(before, max(before + newly.get(line_id, 0), want))
                 entry.prices |= self._prices(line_id)
                 entry.totals |= self._totals(line_id)
             exp.allowed |= {("needs_attention", r) for r in ("psp_order_cancelled", EXTERNAL)}

@@ -2060,3 +2060,43 @@ def test_a_fee_riding_with_a_capture_keeps_the_authorization_above_a_smaller_bas
     assert not [f for f in check_ledger(captures, exp) if f[0] == "captured_units"]
     held = (exp.authorized, exp.authorized_low, exp.authorized_high)
     assert _holds(exp, 900) and _holds(exp, 700), held
+
+
+def test_units_captured_outside_come_on_top_of_a_capture_left_to_timing() -> None:
+    """§4: money moved without the service is counted "in the order's figures" and
+    never made a second time. Two units shipped whose capture is left to timing (0..2),
+    then one unit captured outside: learnt after the service's capture, it comes on
+    top (3); learnt before, it may stand for a shipped unit (2); captured nothing of
+    its own, the service still holds the outside one (1)."""
+    entry = LineExpect()
+    entry.maybe(0, 2)
+    entry.outside(0, 1)
+    assert entry.captured_range == (1, 3)
+    # A range whose units were all counted already moves up as a whole.
+    done = LineExpect()
+    done.maybe(1, 2)
+    done.outside(2, 1)
+    assert done.captured_range == (2, 3)
+
+
+def test_goods_that_may_have_shipped_after_a_cancel_in_passing_may_stay_uncaptured() -> None:
+    """§4: "Once the PSP has cancelled or released, a later open snapshot flags
+    needs_new_order". A basket that passed through 0 (emptied, cancelled) in a window
+    whose last snapshot ships a unit leaves that unit's capture open (0..1); shipping
+    the rest later keeps it open: units the PSP let go of before they were captured
+    are never captured after."""
+    l1 = line("l1", 3, 100, type="digital")
+    l2 = line("l2", 1, -182, type="discount")
+    l4 = line("l4", 3, 1200, type="physical")
+    oracle = Oracle(118, refuses_increases=False)
+    oracle.snapshot(snap(1, [l1, l2]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [l1, l2, line("l3", 1, -118, type="store_credit")]))
+    oracle.snapshot(snap(3, [l1, l2, line("l3", 1, -623, type="store_credit"), l4]))
+    credit = line("l3", 1, -623, type="store_credit")
+    oracle.snapshot(snap(4, [l1, credit, {**l4, "shipped_quantity": 1}]))
+    oracle.settle()
+    assert oracle.expectation().lines["l4"].captured_range == (0, 1)
+    oracle.snapshot(snap(5, [l1, credit, {**l4, "shipped_quantity": 3}]))
+    oracle.settle()
+    assert oracle.expectation().lines["l4"].captured_range == (0, 3)
