@@ -17,11 +17,12 @@ every undelivered event that is due (workers/sweeper.py sweep_callbacks).
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Sequence
 
 import structlog
+
+from workers.on_demand import OnDemandThread
 
 log = structlog.get_logger("ordersync.callbacks")
 
@@ -45,15 +46,14 @@ class DeliveryBatcher:
         self._send = send
         self._pending: dict[str, None] = {}  # insertion-ordered, each order once
         self._ready = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._flusher = OnDemandThread("callback-batches", self._run)
 
     def add(self, order_id: str) -> None:
         with self._ready:
             self._pending[order_id] = None
             full = len(self._pending) >= MAX_ORDERS
             if not full:
-                self._start()
+                self._flusher.ensure()
                 self._ready.notify()
                 return
             batch = self._take()
@@ -78,21 +78,13 @@ class DeliveryBatcher:
             # Only a delay: the events are in the outbox and the sweeper finds them.
             log.warning("enqueue_failed", error=type(exc).__name__, jobs=1, orders=len(batch))
 
-    def _start(self) -> None:
-        # Under the lock. Threads do not survive a fork; an idle flusher has ended.
-        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
-            return
-        self._pid = os.getpid()
-        self._thread = threading.Thread(target=self._run, name="callback-batches", daemon=True)
-        self._thread.start()
-
     def _run(self) -> None:
         while True:
             with self._ready:
                 if not self._pending and not self._ready.wait_for(
                     lambda: bool(self._pending), timeout=IDLE_SECONDS
                 ):
-                    self._thread = None
+                    self._flusher.ended()
                     return
             # The window: orders asked for meanwhile share the message.
             with self._ready:

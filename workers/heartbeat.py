@@ -9,7 +9,6 @@ per beat cost more than the call they guard.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import uuid
@@ -21,6 +20,7 @@ import structlog
 
 from data import orders as store
 from ordersync.db import SyncPool
+from workers.on_demand import OnDemandThread
 
 log = structlog.get_logger("ordersync.reconcile")
 
@@ -39,8 +39,7 @@ class Heartbeat:
         self._pool = pool
         self._held: dict[uuid.UUID, Held] = {}
         self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._beater = OnDemandThread("lease-heartbeat", self._run)
 
     @contextmanager
     def holding(self, op: store.Operation, lease_seconds: float) -> Iterator[None]:
@@ -48,21 +47,12 @@ class Heartbeat:
         assert op.lease_token is not None
         with self._lock:
             self._held[op.id] = Held(op.lease_token, lease_seconds)
-            self._start()
+            self._beater.ensure()
         try:
             yield
         finally:
             with self._lock:
                 self._held.pop(op.id, None)
-
-    def _start(self) -> None:
-        # Under the lock. Threads do not survive a fork: a forked pool process starts
-        # its own on its first call; an idle heartbeat has ended (see _run).
-        if self._thread is not None and self._pid == os.getpid() and self._thread.is_alive():
-            return
-        self._pid = os.getpid()
-        self._thread = threading.Thread(target=self._run, name="lease-heartbeat", daemon=True)
-        self._thread.start()
 
     def _interval(self) -> float:
         with self._lock:
@@ -76,7 +66,7 @@ class Heartbeat:
                 if not self._held:
                     # Nothing to renew: the thread ends, and the next call starts one
                     # (a context closed in a test leaves no thread behind).
-                    self._thread = None
+                    self._beater.ended()
                     return
             self.beat()
 

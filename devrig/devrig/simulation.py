@@ -1194,19 +1194,20 @@ def sweep_leases_and_run(sim: Simulation) -> None:
         sim.model.depth -= 1
 
 
-class Gaps:
-    """One history's draws of the kinds in GAPS, and the state each needs."""
+class Draws:
+    """One history's draws of a family of kinds: its own random stream (named by
+    `STREAM` and the seed, so adding a family leaves the others' histories as they
+    were), the kinds it made on, and the references it invents (tagged `TAG`)."""
+
+    KINDS: dict[str, float]
+    STREAM: str
+    TAG: str
 
     def __init__(self, sim: Simulation, seed: int) -> None:
         self.sim = sim
         self.seed = seed
-        self.rng = random.Random(f"gaps-{seed}")
-        self.on = {name for name, share in GAPS.items() if self.rng.random() < share}
-        self.late: list[dict[str, Any]] = []  # notifications sent only after the timeout
-        self.orphans: list[str] = []  # pspReferences of notifications that match nothing
-        self.after: list[dict[str, Any]] = []  # failures, once their success was processed
-        self.refused: dict[str, tuple[str, str]] = {}  # webhook-id -> (order id, type)
-        self.unreachable = 2  # connections the shop's endpoint still refuses
+        self.rng = random.Random(f"{self.STREAM}-{seed}")
+        self.on = {name for name, share in self.KINDS.items() if self.rng.random() < share}
         self.refs = 0
 
     def take(self, name: str, chance: float = 1.0) -> bool:
@@ -1218,6 +1219,26 @@ class Gaps:
         self.sim.kind(f"gap_{name}")
         return True
 
+    def _ref(self, letter: str) -> str:
+        self.refs += 1
+        return f"{letter}{self.seed}{self.TAG}{self.refs}"
+
+
+class Gaps(Draws):
+    """One history's draws of the kinds in GAPS, and the state each needs."""
+
+    KINDS = GAPS
+    STREAM = "gaps"
+    TAG = "g"
+
+    def __init__(self, sim: Simulation, seed: int) -> None:
+        super().__init__(sim, seed)
+        self.late: list[dict[str, Any]] = []  # notifications sent only after the timeout
+        self.orphans: list[str] = []  # pspReferences of notifications that match nothing
+        self.after: list[dict[str, Any]] = []  # failures, once their success was processed
+        self.refused: dict[str, tuple[str, str]] = {}  # webhook-id -> (order id, type)
+        self.unreachable = 2  # connections the shop's endpoint still refuses
+
     def settling(self) -> bool:
         """Faults are off at a settle point: a worker's lease and Adyen's silence are
         faults like the others there."""
@@ -1226,10 +1247,6 @@ class Gaps:
     def _fault(self, name: str) -> None:
         self.sim.model.fault_count += 1
         self.sim.note(f"fault {name}")
-
-    def _ref(self, letter: str) -> str:
-        self.refs += 1
-        return f"{letter}{self.seed}g{self.refs}"
 
     # -- the worker ---------------------------------------------------------------
 
@@ -1447,32 +1464,20 @@ KLARNA_EXTENSION = timedelta(days=28)
 BEYOND_ANY_PAYMENT = 5_000_000
 
 
-class MoreGaps:
+class MoreGaps(Draws):
     """One history's draws of the kinds in MORE_GAPS, and the state each needs."""
 
+    KINDS = MORE_GAPS
+    STREAM = "more"
+    TAG = "m"
+
     def __init__(self, sim: Simulation, seed: int) -> None:
-        self.sim = sim
-        self.seed = seed
-        self.rng = random.Random(f"more-{seed}")
-        self.on = {name for name, share in MORE_GAPS.items() if self.rng.random() < share}
-        self.refs = 0
+        super().__init__(sim, seed)
         self.in_call: dict[str, str] = {}  # PSP order id -> key of a write still under way
         self.barriers = 0
         # PSP order id -> the settle point at which the product had seen its
         # authorization's expiry inside the extend window.
         self.expiring: dict[str, int] = {}
-
-    def take(self, name: str, chance: float = 1.0) -> bool:
-        if name not in self.on or self.rng.random() >= chance:
-            return False
-        if chance >= 1.0:
-            self.on.discard(name)
-        self.sim.kind(f"gap_{name}")
-        return True
-
-    def _ref(self, letter: str) -> str:
-        self.refs += 1
-        return f"{letter}{self.seed}m{self.refs}"
 
     def _violation(self, code: str, detail: str) -> None:
         found = Violation(code, detail)
