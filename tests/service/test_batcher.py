@@ -57,3 +57,50 @@ def test_drain_flushes_what_waits_behind_a_busy_flush() -> None:
 
     asyncio.run(scenario())
     assert flushed == [0, 1, 2, 3, 4]
+
+
+def test_an_idle_batcher_flushes_at_the_end_of_the_step_not_the_window() -> None:
+    """Nothing under way: a request has nobody to wait for, so the window (here 10 s)
+    is not waited; what the same step of the event loop submitted goes together."""
+    batches: list[list[int]] = []
+
+    async def flush(items: Sequence[int]) -> list[int]:
+        batches.append(list(items))
+        return list(items)
+
+    async def scenario() -> list[int]:
+        batcher: Batcher[int, int] = Batcher(flush, window_seconds=10, max_items=8, max_in_flight=2)
+        async with asyncio.timeout(1):
+            return list(await asyncio.gather(*(batcher.submit(i) for i in range(3))))
+
+    assert asyncio.run(scenario()) == [0, 1, 2]
+    assert batches == [[0, 1, 2]]
+
+
+def test_what_arrives_during_a_commit_waits_the_window() -> None:
+    """A flush under way: a new request waits the window to gather others."""
+    started: list[tuple[float, list[int]]] = []
+    release = asyncio.Event()
+
+    async def flush(items: Sequence[int]) -> list[int]:
+        started.append((asyncio.get_running_loop().time(), list(items)))
+        if len(started) == 1:
+            await release.wait()
+        return list(items)
+
+    async def scenario() -> None:
+        batcher: Batcher[int, int] = Batcher(
+            flush, window_seconds=0.05, max_items=8, max_in_flight=2
+        )
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.001)
+        submitted = asyncio.get_running_loop().time()
+        second = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.02)
+        assert [items for _, items in started] == [[0]]  # still in its window
+        await second
+        assert started[1][0] - submitted >= 0.04
+        release.set()
+        await first
+
+    asyncio.run(scenario())
