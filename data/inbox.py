@@ -9,6 +9,7 @@ entries to each of its indexes."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,17 @@ from typing import Any
 from psycopg import AsyncConnection, Connection
 
 Row = dict[str, Any]
+
+
+def compact(sql: str) -> str:
+    """`sql` without its `--` comments and with each run of white space made one space.
+    psycopg keeps the parse of a statement's `%(name)s` placeholders only for statements
+    of up to 4,096 bytes (psycopg._queries.MAX_CACHED_STATEMENT_LENGTH); a longer one is
+    split with a regular expression at every execution. For statements whose string
+    literals hold neither `--` nor runs of white space (tests/data/test_inbox_sql.py)."""
+    lines = (line.split("--", 1)[0] for line in sql.splitlines())
+    return re.sub(r"\s+", " ", " ".join(lines)).strip()
+
 
 # An Adyen notification that matched nothing once (`unmatched`: another system's payment
 # on a shared merchant account, usually) leaves the backlog: it is counted on its own
@@ -154,7 +166,7 @@ WHERE id = %(id)s AND provider = 'adyen' AND version > %(version)s
 # The arrays go as binary parameters (`%b`): in text form psycopg escapes every quote of
 # every JSON string in Python, one regex call per quote, which cost more of the web
 # process's CPU than everything else a webhook does (docs/performance.md).
-STORE_SHOP_EVENTS = """
+STORE_SHOP_EVENTS_TEXT = """
 WITH batch AS (
     -- Each body is parsed once, for its hash and for inbox_bodies.
     SELECT u.*, u.payload::jsonb AS body FROM unnest(
@@ -237,6 +249,8 @@ SELECT c.ord, i.outcome, c.changed_field, c.payment_taken,
 FROM checked c LEFT JOIN inbox_rows i ON i.event_key = c.key
 ORDER BY c.ord
 """
+# The receiver runs it for every batch: under psycopg's cached length (compact()).
+STORE_SHOP_EVENTS = compact(STORE_SHOP_EVENTS_TEXT)
 
 # One statement for the whole request, so storing takes one round trip however many
 # items there are; in autocommit it is its own transaction (all or nothing). An item the
