@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from psycopg import AsyncConnection, IntegrityError
@@ -34,6 +34,11 @@ ACCOUNT_FIELD = {
 
 log = structlog.get_logger("ordersync.ingest")
 
+# What json.dumps does to a str (ensure_ascii), in C.
+_quote = json.encoder.encode_basestring_ascii
+# json.dumps([]): a Klarna order's basket.
+_NO_BASKET = "[]"
+
 
 @dataclass(frozen=True)
 class Stored:
@@ -45,9 +50,9 @@ class Stored:
         return self.outcome == "applied"
 
 
-@dataclass(frozen=True)
-class _Params:
-    """One event's columns, encoded once."""
+class _Params(NamedTuple):
+    """One event's columns, encoded once. A tuple: made for every webhook, and a frozen
+    dataclass's constructor sets each of its 16 fields through object.__setattr__."""
 
     id: str
     version: int
@@ -82,11 +87,11 @@ def _params(webhook_id: str, event: ShopEvent, accounts: Accounts | None = None)
     default = accounts.canonical(order.provider, DEFAULT) if accounts is not None else DEFAULT
     # Encoded once, by pydantic's own encoder; the event is the snapshot with its type.
     snapshot = order.model_dump_json()
-    payload = f'{{"type": {json.dumps(event.type)}, "order": {snapshot}}}'
+    payload = f'{{"type": {_quote(event.type)}, "order": {snapshot}}}'
     # What an Adyen shopper was authorized for, so a refused increase can tell the shop
     # which lines are new.
     adyen = order.provider == "adyen"
-    basket = [line.to_json() for line in basket_lines(order)] if adyen else []
+    basket = json.dumps([line.to_json() for line in basket_lines(order)]) if adyen else _NO_BASKET
     return _Params(
         id=order.id,
         version=order.version,
@@ -99,7 +104,7 @@ def _params(webhook_id: str, event: ShopEvent, accounts: Accounts | None = None)
         payload=payload,
         snapshot=snapshot,
         total=order.total,
-        basket=json.dumps(basket),
+        basket=basket,
         fixed=json.dumps(fixed_terms(order)),
         account=account,
         account_field=ACCOUNT_FIELD[order.provider],
@@ -253,10 +258,6 @@ def _rounds(events: Sequence[_Params]) -> list[list[int]]:
         rounds[r].append(i)
         seen[r] |= keys
     return rounds
-
-
-# What json.dumps does to a str, in C.
-_quote = json.encoder.encode_basestring_ascii
 
 
 def _document(events: Sequence[_Params], positions: Sequence[int]) -> str:
