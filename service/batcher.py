@@ -11,13 +11,7 @@ At most `max_in_flight` flushes run at once: when that many are under way, a bat
 whose window has ended waits for one of them to finish and takes in everything that
 arrived meanwhile. Under load the batches grow to what arrives during one commit (one
 statement and one commit for many more requests) instead of more statements competing
-for the same CPU.
-
-A request that finds no flush under way has nobody to wait for: its batch goes at the
-end of the current step of the event loop (with whatever else that step submitted),
-not after the window. Waiting the window then only adds to its latency; the window is
-for the requests that arrive while a commit is under way, which would otherwise each
-start a statement of their own.
+for the same CPU; when idle, a request waits no longer than the window.
 """
 
 from __future__ import annotations
@@ -48,7 +42,7 @@ class Batcher(Generic[T, R]):
         self._max_in_flight = max_in_flight
         self._items: list[T] = []
         self._futures: list[asyncio.Future[R]] = []
-        self._timer: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
         # The waiting items' window has ended (or they fill a batch): they go with the
         # next flush that may start.
         self._due = False
@@ -62,10 +56,7 @@ class Batcher(Generic[T, R]):
         if len(self._items) >= self._max_items:
             self._start_flush()
         elif self._timer is None and not self._due:
-            if self._running:
-                self._timer = loop.call_later(self._window, self._start_flush)
-            else:
-                self._timer = loop.call_soon(self._start_flush)
+            self._timer = loop.call_later(self._window, self._start_flush)
         # A cancelled caller (client gone) cancels only its own future: the batch runs in
         # its own task, and `_run` skips a future that is done.
         return await future
