@@ -54,7 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--requests", type=int, default=3000)
     args = parser.parse_args(argv)
+    original = subprocess.Popen
     subprocess.Popen = _InTree  # type: ignore[misc]
+    try:
+        return _run(args)
+    finally:
+        subprocess.Popen = original  # type: ignore[misc]
+
+
+def _run(args: argparse.Namespace) -> int:
     rows: dict[str, list[tuple[float, float, float, float]]] = {}
     latencies: dict[str, list[float]] = {}
     with stack() as bench:
@@ -80,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         servers = {"baseline": f"http://127.0.0.1:{port}"}
         wait_http(f"{servers['baseline']}/healthz", process=baseline)
-        for tree in args.trees:
-            name = tree.resolve().name
+        for label, tree in zip("AB", args.trees, strict=True):
+            name = f"{label}:{tree.resolve().name}"
             servers[name] = bench.web(name, env={_TREE: str(tree.resolve())})
         postgres = _postgres_pid(bench)
         secret = bench.env["SHOP_WEBHOOK_SECRETS"].split()[0]
@@ -92,8 +100,9 @@ def main(argv: list[str] | None = None) -> int:
                 popen = bench.processes[name].popen
                 assert popen is not None
                 before = (_tree_cpu_seconds(popen.pid), _pg_cpu(postgres))
-                result = drive(url, requests, concurrency=CONNECTIONS, warmup=300, max_seconds=6)
-                sent = result.count + 300
+                warmup = min(300, args.requests // 10)
+                result = drive(url, requests, concurrency=CONNECTIONS, warmup=warmup, max_seconds=6)
+                sent = result.count + warmup
                 web = 1000 * (_tree_cpu_seconds(popen.pid) - before[0]) / sent
                 pg = 1000 * (_pg_cpu(postgres) - before[1]) / sent
                 lat = result.latencies_ms()
