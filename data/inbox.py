@@ -9,6 +9,7 @@ entries to each of its indexes."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any
@@ -16,6 +17,17 @@ from typing import Any
 from psycopg import AsyncConnection, Connection
 
 Row = dict[str, Any]
+
+
+def compact(sql: str) -> str:
+    """`sql` without its `--` comments and with each run of white space made one space.
+    psycopg keeps the parse of a statement's `%(name)s` placeholders only for statements
+    of up to 4,096 bytes (psycopg._queries.MAX_CACHED_STATEMENT_LENGTH); a longer one is
+    split with a regular expression at every execution. For statements whose string
+    literals hold neither `--` nor runs of white space (tests/data/test_inbox_sql.py)."""
+    lines = (line.split("--", 1)[0] for line in sql.splitlines())
+    return re.sub(r"\s+", " ", " ".join(lines)).strip()
+
 
 # An Adyen notification that matched nothing once (`unmatched`: another system's payment
 # on a shared merchant account, usually) leaves the backlog: it is counted on its own
@@ -151,27 +163,28 @@ WHERE id = %(id)s AND provider = 'adyen' AND version > %(version)s
 # `_rounds`): ON CONFLICT DO UPDATE may touch a row only once per statement, and a
 # later event for the same order must see the earlier one, as if they came one by one.
 # Rows are written in order-id order so that concurrent batches lock in the same order.
-# The arrays go as binary parameters (`%b`): in text form psycopg escapes every quote of
-# every JSON string in Python, one regex call per quote, which cost more of the web
-# process's CPU than everything else a webhook does (docs/performance.md).
-STORE_SHOP_EVENTS = """
+# The batch goes as one JSON document, an array of rows (service/ingest.py `_document`),
+# each row's JSON columns (the body, the snapshot, the basket, the fixed terms) embedded
+# as JSON values: Postgres parses each once, as before, and the web process only joins
+# text. Sent as 17 arrays instead, dumping them element by element in Python was the
+# larger part of what storing a batch cost the web process (docs/performance.md).
+STORE_SHOP_EVENTS_TEXT = """
 WITH batch AS (
     -- Each body is parsed once, for its hash and for inbox_bodies.
-    SELECT u.*, u.payload::jsonb AS body FROM unnest(
-        %(ord)b::int[], %(id)b::text[], %(version)b::bigint[], %(provider)b::text[],
-        %(psp_id)b::text[], %(currency)b::text[], %(status)b::text[], %(key)b::text[],
-        %(type)b::text[], %(payload)b::text[], %(snapshot)b::text[], %(total)b::bigint[],
-        %(basket)b::text[], %(fixed)b::text[], %(account)b::text[],
-        %(account_field)b::text[], %(account_default)b::bool[]
-    ) AS u(ord, id, version, provider, psp_id, currency, status, key, type, payload,
-           snapshot, total, basket, fixed, account, account_field, account_default)
+    SELECT (r ->> 0)::int AS ord, r ->> 1 AS id, (r ->> 2)::bigint AS version,
+           r ->> 3 AS provider, r ->> 4 AS psp_id, r ->> 5 AS currency, r ->> 6 AS status,
+           r ->> 7 AS key, r ->> 8 AS type, (r ->> 9)::bigint AS total,
+           r ->> 10 AS account, r ->> 11 AS account_field,
+           (r -> 12)::bool AS account_default, r -> 13 AS body, r -> 14 AS snapshot,
+           r -> 15 AS basket, r -> 16 AS fixed
+    FROM jsonb_array_elements(%(rows)s::jsonb) AS rows(r)
 ), existing AS (
     SELECT id, version, provider, psp_order_id, fixed_terms, account FROM orders
     WHERE id IN (SELECT id FROM batch) ORDER BY id FOR UPDATE
 ), compared AS (
     -- As in STORE_SHOP_EVENT: the first fixed field this row changes, if any.
     SELECT b.*, e.id AS existing_id, e.version AS existing_version,
-           (SELECT f.key FROM jsonb_each(b.fixed::jsonb) AS f(key, value)
+           (SELECT f.key FROM jsonb_each(b.fixed) AS f(key, value)
             WHERE e.fixed_terms IS NOT NULL
               AND coalesce(e.fixed_terms -> f.key, 'null'::jsonb) IS DISTINCT FROM f.value
             UNION ALL
@@ -211,15 +224,15 @@ WITH batch AS (
     INSERT INTO orders (id, version, provider, psp_order_id, currency, status, snapshot,
                         desired_amount, authorized_amount, authorized_lines, psp_status,
                         psp_synced_at, reconcile_requested_at, fixed_terms, account)
-    SELECT c.id, c.version, c.provider, c.psp_id, c.currency, c.status, c.snapshot::jsonb,
+    SELECT c.id, c.version, c.provider, c.psp_id, c.currency, c.status, c.snapshot,
            c.total,
            CASE WHEN c.provider = 'adyen' THEN coalesce(
                (SELECT authorized_amount FROM adyen_payments
                 WHERE psp_reference = c.psp_id AND currency = c.currency), c.total) END,
-           c.basket::jsonb,
+           c.basket,
            CASE WHEN c.provider = 'adyen' THEN 'authorized' END,
            CASE WHEN c.provider = 'adyen' THEN now() END,
-           now(), c.fixed::jsonb, c.account
+           now(), c.fixed, c.account
     FROM checked c JOIN inbox_rows i ON i.event_key = c.key
     WHERE i.outcome = 'applied'
     ORDER BY c.id
@@ -237,6 +250,8 @@ SELECT c.ord, i.outcome, c.changed_field, c.payment_taken,
 FROM checked c LEFT JOIN inbox_rows i ON i.event_key = c.key
 ORDER BY c.ord
 """
+# The receiver runs it for every batch: under psycopg's cached length (compact()).
+STORE_SHOP_EVENTS = compact(STORE_SHOP_EVENTS_TEXT)
 
 # One statement for the whole request, so storing takes one round trip however many
 # items there are; in autocommit it is its own transaction (all or nothing). An item the

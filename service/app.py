@@ -140,6 +140,47 @@ class RequestContext:
         return None
 
 
+class _Receiver(Starlette):
+    """The app, whose webhook POSTs skip one more layer: Starlette's outermost middleware
+    (ServerErrorMiddleware, which answers 500 to what escapes everything inside it) is
+    not in their way. RequestContext, the first layer inside it, answers every error of
+    theirs itself (500 with the contract's JSON, or a handler's answer) and lets one
+    through only once the answer has started, which ServerErrorMiddleware would only
+    raise again; so a webhook's answers are the same (tests/service/test_direct_routes.py).
+    The `front` is a RequestContext made with the very arguments of the one in the stack,
+    called only for its direct routes."""
+
+    _front: RequestContext | None = None
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        first: Any = self.user_middleware[0] if self.user_middleware else None
+        # Only when nothing else stands between the two (no body limit, no middleware
+        # before RequestContext): then skipping the outer layer skips only it.
+        if (
+            first is not None
+            and first.cls is RequestContext
+            and getattr(self, "max_body_size", None) is None
+        ):
+            self._front = RequestContext(self.router, *first.args, **first.kwargs)
+        return stack
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.middleware_stack is None:
+            self.middleware_stack = self.build_middleware_stack()
+        front = self._front
+        if (
+            front is not None
+            and scope["type"] == "http"
+            and (scope["method"], scope["path"]) in front.direct
+            and not scope.get("root_path")
+        ):
+            scope["app"] = self
+            await front(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 async def _ordersync_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, OrdersyncError)
     log.info("request_refused", error=exc.code, status=exc.status_code, detail=exc.detail)
@@ -258,7 +299,7 @@ def create_app(settings: Settings | None = None, *, tune_collector: bool = False
         ("POST", "/webhooks/shop"): shop_webhook,
         ("POST", "/webhooks/adyen"): adyen_webhook,
     }
-    app = Starlette(
+    app = _Receiver(
         routes=[
             # Also reached straight from RequestContext (`direct`): the routes stay
             # here for the router's 405 to other methods, and for the OpenAPI check.

@@ -27,6 +27,7 @@ own protocol, and tests/service/test_server_bounds.py holds it to its behaviour.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from typing import Any
 
 import httptools
@@ -48,12 +49,23 @@ class _Refused(Exception):
         self.status = status
 
 
+def _response_started(cycle: Any) -> bool:
+    # A cycle that is gone writes nothing more through its transport.
+    return cycle is not None and bool(cycle.response_started)
+
+
 class _HeadWithBody:
     """The transport as one response cycle sees it: the head of the answer is held until
     its body is written, so that head and body leave in one write (one system call, one
     segment), as a small answer does in every other server. A head is never held past
     the current step of the event loop (a streaming answer's head goes out before its
-    first chunk is ready), and an interim answer (100 Continue) is not held at all."""
+    first chunk is ready), and an interim answer (100 Continue) is not held at all.
+
+    The cycle is held by a weak reference: it holds this wrapper as its transport, and a
+    strong one back made every answered request a reference cycle (the cycle, its scope,
+    headers and event) that only the collector frees. At the collector's threshold those
+    piled up to tens of thousands of objects, freed in one pause of the event loop that
+    every request under way waited for (docs/performance.md, issue 20 round 5)."""
 
     __slots__ = ("_cycle", "_head_written", "_held", "_loop", "_transport")
 
@@ -61,7 +73,7 @@ class _HeadWithBody:
         self, transport: asyncio.Transport, cycle: Any, loop: asyncio.AbstractEventLoop
     ) -> None:
         self._transport = transport
-        self._cycle = cycle
+        self._cycle = weakref.ref(cycle)
         self._loop = loop
         self._held: bytes | None = None
         self._head_written = False
@@ -69,7 +81,7 @@ class _HeadWithBody:
     def write(self, data: bytes) -> None:
         if self._held is not None:
             data, self._held = self._held + data, None
-        elif not self._head_written and self._cycle.response_started:
+        elif not self._head_written and _response_started(self._cycle()):
             self._head_written = True
             self._held = data
             self._loop.call_soon(self._flush)

@@ -140,7 +140,11 @@ def _webhook(secret: str) -> Webhook:
 def verify_shop_signature(body: bytes, headers: dict[str, str], secrets: list[str]) -> str:
     """Returns the verified webhook-id; any configured secret may have signed (rotation).
     No failure of the library is anything but a 401."""
-    checked = signature_headers(headers)
+    return _verify_checked(body, signature_headers(headers), secrets)
+
+
+def _verify_checked(body: bytes, checked: dict[str, str], secrets: list[str]) -> str:
+    """verify_shop_signature on what `signature_headers` returned."""
     for secret in secrets:
         try:
             _webhook(secret).verify(body, checked, json_parse=False)
@@ -197,11 +201,11 @@ _STORED = {
 
 
 async def _shop_webhook(state: AppState, headers: Headers, receive: Receive) -> Answer:
-    signature_headers(headers)
+    checked = signature_headers(headers)
     body = await read_body(headers, receive)
 
     def check() -> tuple[str, ShopEvent]:
-        webhook_id = verify_shop_signature(body, headers, state.settings.shop_secrets)
+        webhook_id = _verify_checked(body, checked, state.settings.shop_secrets)
         structlog.contextvars.bind_contextvars(webhook_id=webhook_id)
         return webhook_id, parse_event(body)
 

@@ -79,3 +79,12 @@ def test_parsing_smallest_runs() -> None:
     rows, extra = parsing.run(quick=True, sizes=(1024, 2048))
     assert any(row.name.startswith("shop: escaped_quotes_unterminated") for row in rows)
     assert "adyen: 100 items of escaped quotes" in extra["ns_per_byte"]
+
+
+@pytest.mark.timeout(300)
+def test_ingest_ab_smallest_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import ingest_ab
+
+    assert ingest_ab.main([str(ROOT), str(ROOT), "--rounds", "1", "--requests", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "A:" in out and "B:" in out and "web CPU" in out

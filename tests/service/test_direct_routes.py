@@ -96,3 +96,37 @@ def test_a_webhook_answered_directly_is_answered_as_through_the_router(name: str
     assert direct == routed
     assert direct[0] >= 400 and direct[2]["x-request-id"] == "req-1"
     assert direct[2]["cache-control"] == "no-store"
+
+
+def test_an_unexpected_error_in_a_webhook_is_answered_as_through_the_router() -> None:
+    """What no handler knows (a bug) is RequestContext's 500 with the contract's JSON on
+    either path: the app's outermost layer, which the direct path skips, adds nothing."""
+    good = json.dumps(
+        {
+            "type": "order.created",
+            "order": {
+                "id": "o-1",
+                "version": 1,
+                "currency": "EUR",
+                "country": "DE",
+                "status": "open",
+                "payment": {"provider": "klarna", "klarna_order_id": "k-1"},
+                "lines": [
+                    {"id": "l1", "name": "x", "quantity": 1, "unit_price": 100, "tax_rate": 0}
+                ],
+            },
+        }
+    ).encode()
+
+    async def broken(*_: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    answers = []
+    for direct in (True, False):
+        client = _client(direct)
+        client.app.state.ordersync.store_shop_event = broken  # type: ignore[attr-defined]
+        answers.append(_answer(client, ("POST", "/webhooks/shop", _signed(good), good)))
+    assert answers[0] == answers[1]
+    status, body, headers = answers[0]
+    assert status == 500 and json.loads(body)["error"] == "internal_error"
+    assert headers["x-request-id"] == "req-1"

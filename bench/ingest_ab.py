@@ -1,0 +1,134 @@
+"""Two trees' receivers against the baseline in one stack: `python -m bench.ingest_ab
+TREE_A TREE_B [--rounds N]`.
+
+On a loaded machine two runs of `python -m bench ingest` minutes apart see different
+loads; a change of a few per cent of the web process's CPU is lost between them. Here
+one Postgres and one Redis serve the naive baseline, the web process of TREE_A and the
+web process of TREE_B (each `ordersync web` started in its tree, e.g. a `git archive` of
+a commit), and short rounds of signed shop webhooks at 32 connections go to each in
+turn, so that every round of each sees nearly the same load. Per round: the rate, the
+p99 and the CPU the server's process tree and Postgres used per request; then, per
+server, the rate and CPU ratios to the baseline of the same round. Diagnostic: it
+holds no target (`python -m bench ingest` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+from devrig.devstack import free_port, wait_http
+
+from bench.baseline_app import TABLE_SQL
+from bench.common import percentile, stack
+from bench.ingest import CONNECTIONS, _postgres_pid, _tree_cpu_seconds
+from bench.traffic import drive, shop_webhook
+
+_TREE = "BENCH_AB_TREE"
+
+
+class _InTree(subprocess.Popen):  # type: ignore[type-arg]
+    """Popen that starts a process in the tree its environment names (the bench's
+    processes are started with `python -m cli`, which imports from the working
+    directory first)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        tree = (kwargs.get("env") or {}).get(_TREE)
+        if tree:
+            kwargs["cwd"] = tree
+        super().__init__(*args, **kwargs)
+
+
+def _pg_cpu(pid: int | None) -> float:
+    return _tree_cpu_seconds(pid) if pid is not None else 0.0  # BENCH_DATABASE_URL: not ours
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest_ab", description=__doc__)
+    parser.add_argument("trees", nargs=2, type=Path)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=3000)
+    args = parser.parse_args(argv)
+    original = subprocess.Popen
+    subprocess.Popen = _InTree  # type: ignore[misc]
+    try:
+        return _run(args)
+    finally:
+        subprocess.Popen = original  # type: ignore[misc]
+
+
+def _run(args: argparse.Namespace) -> int:
+    rows: dict[str, list[tuple[float, float, float, float]]] = {}
+    latencies: dict[str, list[float]] = {}
+    with stack() as bench:
+        with bench.db() as conn:
+            conn.execute(TABLE_SQL)
+        port = free_port()
+        baseline = bench.start(
+            "baseline",
+            [
+                "-m",
+                "uvicorn",
+                "bench.baseline_app:create_app",
+                "--factory",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            command=True,
+        )
+        servers = {"baseline": f"http://127.0.0.1:{port}"}
+        wait_http(f"{servers['baseline']}/healthz", process=baseline)
+        for label, tree in zip("AB", args.trees, strict=True):
+            name = f"{label}:{tree.resolve().name}"
+            servers[name] = bench.web(name, env={_TREE: str(tree.resolve())})
+        postgres = _postgres_pid(bench)
+        secret = bench.env["SHOP_WEBHOOK_SECRETS"].split()[0]
+        for r in range(args.rounds):
+            for name, url in servers.items():
+                tag = uuid.uuid4().hex[:8]
+                requests = [shop_webhook(secret, f"ab-{tag}-{i}") for i in range(args.requests)]
+                popen = bench.processes[name].popen
+                assert popen is not None
+                before = (_tree_cpu_seconds(popen.pid), _pg_cpu(postgres))
+                warmup = min(300, args.requests // 10)
+                result = drive(url, requests, concurrency=CONNECTIONS, warmup=warmup, max_seconds=6)
+                sent = result.count + warmup
+                web = 1000 * (_tree_cpu_seconds(popen.pid) - before[0]) / sent
+                pg = 1000 * (_pg_cpu(postgres) - before[1]) / sent
+                lat = result.latencies_ms()
+                rows.setdefault(name, []).append((result.rate, percentile(lat, 99), web, pg))
+                latencies.setdefault(name, []).extend(lat)
+                print(
+                    f"  round {r + 1} {name:12s} {result.rate:6.0f} req/s  p99 "
+                    f"{percentile(lat, 99):6.1f} ms  CPU ms/request: server {web:.3f}  "
+                    f"postgres {pg:.3f}  (load {os.getloadavg()[0]:.1f})",
+                    flush=True,
+                )
+    base = rows["baseline"]
+    for name, got in rows.items():
+        rates = ", ".join(f"{g[0] / b[0]:.2f}" for g, b in zip(got, base, strict=True))
+        cpus = ", ".join(f"{g[2] / b[2]:.2f}" for g, b in zip(got, base, strict=True))
+        rate = sum(g[0] for g in got) / sum(b[0] for b in base)
+        cpu = sum(g[2] for g in got) / sum(b[2] for b in base)
+        print(
+            f"  {name:12s} rate {rate:.2f}x (rounds {rates})  web CPU {cpu:.2f}x "
+            f"(rounds {cpus})  p99 {percentile(latencies[name], 99):.1f} ms vs "
+            f"{percentile(latencies['baseline'], 99):.1f} ms  postgres "
+            f"{sum(g[3] for g in got) / len(got):.3f} ms"
+        )
+    print(f"  load average after the run: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
