@@ -540,7 +540,7 @@ class Reconciler:
             before, after, ops = store.record_success(
                 conn, op, result.reference, received=observe.wanted(op)
             )
-            if after is None:
+            if before is None or after is None:
                 self._lost_lease(op)
                 return None
             observe.operation_confirmed(op, before.provider, before.received_at)
