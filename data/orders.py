@@ -650,8 +650,15 @@ class RecordedOrder(LockedOrder):
 # order as it now is. The inbox read of the confirmation metric rides along (the version
 # it looks for arrived before the operation was planned: this statement's snapshot has
 # it). One statement where the lock, the record and the figures took two.
+# The order's snapshot is left out when its version is the one the caller read already
+# (`known`): it never changes under a version, and decoding it is most of the row.
+_RECORDED_COLUMNS = _columns(Order, "(r.r_order).").replace(
+    "(r.r_order).snapshot,",
+    "CASE WHEN (r.r_order).version = %(known)s THEN NULL ELSE (r.r_order).snapshot END"
+    " AS snapshot,",
+)
 RECORD_SUCCESS = f"""
-SELECT {_columns(Order, "(r.r_order).")}, r.r_now AS db_now, r.r_seq_before AS seq_before,
+SELECT {_RECORDED_COLUMNS}, r.r_now AS db_now, r.r_seq_before AS seq_before,
        CASE WHEN %(received)s THEN ({inbox.VERSION_RECEIVED_AT}) END AS received_at
 FROM ordersync_record_success(%(order_id)s, %(op_id)s, %(token)s, %(psp)s) AS r
 """  # noqa: S608
@@ -659,15 +666,22 @@ _RECORDED = _positional_row(RecordedOrder)
 
 
 def record_success(
-    conn: Connection[Row], op: Operation, psp_reference: str | None, *, received: bool = False
+    conn: Connection[Row],
+    op: Operation,
+    psp_reference: str | None,
+    *,
+    received: bool = False,
+    known: Order | None = None,
 ) -> tuple[RecordLock | None, LockedOrder | None, list[Operation]]:
     """Under the order's row lock: the operation recorded as succeeded and the order's
     figures moved by it, if this worker still holds the lease (else nothing changes:
     None, None and the operations). What the lock read of the order before (with
     `received`: when the operation's snapshot version arrived), the order after and its
     operations after; both statements are sent before either is read: in pipeline mode,
-    one round trip."""
+    one round trip. `known`: the order as the caller read it before (its snapshot is
+    not read again if the version is still the same)."""
     params = {
+        "known": known.version if known is not None else None,
         "order_id": op.order_id,
         "op_id": op.id,
         "token": op.lease_token,
@@ -678,6 +692,9 @@ def record_success(
     after = conn.cursor(row_factory=_RECORDED).execute(RECORD_SUCCESS, params)
     ops = conn.cursor(row_factory=_OPERATION).execute(OPERATIONS, {"id": op.order_id})
     recorded = after.fetchone()
+    if recorded is not None and recorded.snapshot is None:
+        assert known is not None and known.version == recorded.version
+        recorded.snapshot = known.snapshot
     before = (
         None
         if recorded is None

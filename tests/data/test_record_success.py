@@ -103,3 +103,25 @@ def test_recording_a_success_sees_what_was_committed_while_it_waited_for_the_loc
         ("capture", 300, True),
         ("capture", 1200, False),
     ]
+
+
+def test_the_snapshot_is_read_again_only_when_a_newer_version_arrived(conn: Conn) -> None:
+    for version, newer in ((1, False), (2, True)):
+        order_id = f"o-{version}"
+        insert_order(conn, order_id, authorized_amount=2500)
+        known = orders.lock_order(conn, order_id)
+        assert known is not None
+        draft = orders.draft_operation(known, 1, Kind.CAPTURE, 1200, [LINE])
+        op = orders.insert_claimed_operation(conn, known, draft, None, 30)
+        if newer:  # the shop's next version arrived while the PSP was called
+            conn.execute(
+                "UPDATE orders SET version = 2, snapshot = snapshot || '{\"version\": 2}'"
+                " WHERE id = %s",
+                (order_id,),
+            )
+        _, after, _ = orders.record_success(conn, op, "ref-1", known=known)
+        assert after is not None and after.version == version
+        stored = conn.execute("SELECT snapshot FROM orders WHERE id = %s", (order_id,)).fetchone()
+        assert stored is not None and after.snapshot == stored["snapshot"]
+        # The one read before is taken over as it is when the version did not move.
+        assert (after.snapshot is known.snapshot) is not newer
