@@ -43,6 +43,7 @@ def test_a_statement_selects_its_row_class_fields_in_order(
 
 def test_the_record_of_a_success_selects_its_row_class_fields_in_order(conn: Conn) -> None:
     params = {
+        "known": None,
         "order_id": "none",
         "op_id": uuid.uuid4(),
         "token": uuid.uuid4(),
