@@ -2,9 +2,18 @@
 
 The queue is filled first (N tasks), then one worker process is started and the bench
 polls how many are done. Baseline: a no-op task on the same broker settings, pool and
-concurrency. ordersync: `reconcile_order` for N orders whose next step is one capture
-(lock the order, plan, record the operation with its key, call the sandbox, record the
-outcome, plan again: in sync). Then the same with every sandbox request delayed 100 ms.
+concurrency. ordersync: N orders whose next step is one capture (lock the order, plan,
+record the operation with its key, call the sandbox, record the outcome, plan again: in
+sync), marked for a reconcile as the receiver leaves them, queued twice over:
+
+- as the product queues such a backlog (the goal's figure): the worker's own sender,
+  which sends the orders one unit of work asks for (a sweep finding them) ten to a
+  `reconcile_orders` message (ordersync.jobs.batch_reconciles), as the web's publisher
+  does with the webhooks' orders it finds queued together;
+- one `reconcile_order` message per order (what orders that arrive one at a time get;
+  the figure of rounds 1-4).
+
+Then the same with every sandbox request delayed 100 ms.
 """
 
 from __future__ import annotations
