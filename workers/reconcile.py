@@ -110,8 +110,8 @@ class Reconciler:
             action = self._next_action(order_id, force=force)
             for _ in range(MAX_STEPS):
                 if isinstance(action, Idle):
-                    # In sync is the usual end: operation_planned and psp_request_done
-                    # already said what happened (two lines per operation, not four).
+                    # In sync is the usual end: psp_request_done already said what
+                    # happened (one line per operation).
                     level = logging.DEBUG if action.reason == "in_sync" else logging.INFO
                     log.log(level, "reconcile_idle", reason=action.reason)
                     return action.reason
@@ -241,7 +241,10 @@ class Reconciler:
             claimed = store.insert_claimed_operation(
                 conn, order, draft, request, self.settings.lease_seconds
             )
-            log.info(
+            # DEBUG: the call's own line (psp_request_done, or the attempt's error, or
+            # the flag a refused build raises) carries the plan, under the operation's
+            # key; one INFO line per operation is what an operator reads.
+            log.debug(
                 "operation_planned",
                 operation=decision.kind.value,
                 amount=decision.amount,
@@ -465,6 +468,7 @@ class Reconciler:
             http_status=result.http_status,
             attempts=op.attempts,
             amount=op.amount,
+            target_version=op.target_version,
             elapsed_ms=round(result.elapsed_seconds * 1000, 1),
             error_code=result.error.code if result.error else None,
         )
