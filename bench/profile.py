@@ -109,15 +109,22 @@ def profile(
     tag: str,
     concurrency: int = 16,
     psp_delay_ms: int = 0,
+    single: bool = False,
 ) -> dict[str, Any]:
+    from ordersync.jobs import Enqueued, Job
+    from workers.celery_app import send_jobs
     from workers.tasks import reconcile_order
 
     sandbox = bench.sandbox()
     with bench.db() as conn:
         ids = synced_orders(conn, sandbox, f"prof-{tag}-", n, shipped=True, requested=True)
-    with reconcile_order.app.producer_or_acquire() as producer:
-        for order_id in ids:
-            reconcile_order.apply_async((order_id,), producer=producer)
+    if single:
+        with reconcile_order.app.producer_or_acquire() as producer:
+            for order_id in ids:
+                reconcile_order.apply_async((order_id,), producer=producer)
+    else:
+        # Queued as the product queues a backlog (bench/worker.py reconcile_rate).
+        send_jobs([Enqueued(Job.RECONCILE_ORDER, (order_id,)) for order_id in ids])
     bench.sandbox(delay_ms=psp_delay_ms)
     worker = bench.worker(f"worker-prof-{tag}", pool="threads", concurrency=concurrency)
     assert worker.popen is not None
@@ -153,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--psp-delay-ms", type=int, default=0, help="the sandbox answers after N ms"
     )
+    parser.add_argument(
+        "--single", action="store_true", help="one order per message (default: as the product)"
+    )
     args = parser.parse_args(argv)
     n, seconds = (1500, 6.0) if args.quick else (6000, 20.0)
     with stack() as bench:
@@ -163,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             tag=args.tag,
             concurrency=args.concurrency,
             psp_delay_ms=args.psp_delay_ms,
+            single=args.single,
         )
     print(f"{summary['samples']} busy samples, {summary['ops_per_s']:.0f} ops/s while sampled")
     for part, pct in summary["parts"].items():

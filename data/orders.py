@@ -616,14 +616,6 @@ FROM (SELECT %(kind)s::text AS kind, %(amount)s::bigint AS amount, %(lines)s::js
      AS op
 WHERE o.id = %(id)s
 """  # noqa: S608
-# Our operation succeeded: recorded (if the lease is still ours) and the order's figures
-# moved by it, in one statement that returns the order as it now is.
-SUCCEED_OPERATION = f"""
-WITH op AS ({FINISH_OPERATION} RETURNING order_id, kind, amount, lines)
-UPDATE orders o SET {_SUCCESS_FIGURES}
-FROM op WHERE o.id = op.order_id
-RETURNING {_columns(Order, "o.")}, now() AS db_now
-"""  # noqa: S608
 
 
 def apply_success(conn: Connection[Row], order: Order, op: Operation) -> None:
@@ -634,43 +626,81 @@ def apply_success(conn: Connection[Row], order: Order, op: Operation) -> None:
 
 @dataclass(slots=True)
 class RecordLock:
-    """The order as recording an outcome needs it, read under its row lock (taken
-    before the operation's row is written, as every writer of both does): its PSP, its
-    state sequence before the record, and when the shop's snapshot version the
-    operation was planned for arrived (the confirmation metric; None when not asked)."""
+    """The order as recording an outcome read it under its row lock (taken before the
+    operation's row is written, as every writer of both does): its PSP, its state
+    sequence before the record, and when the shop's snapshot version the operation was
+    planned for arrived (the confirmation metric; None when not asked)."""
 
     provider: str
     psp_state_seq: int
     received_at: datetime | None
 
 
-# Not the whole order (its snapshot is decoded from JSON with every read): the order
-# as it is after the record is what the next step reads (SUCCEED_OPERATION).
-LOCK_FOR_RECORD = f"""
-SELECT provider, psp_state_seq,
+@dataclass(slots=True)
+class RecordedOrder(LockedOrder):
+    """The order after a success was recorded, with what the record read before it."""
+
+    seq_before: int
+    received_at: datetime | None
+
+
+# Our operation succeeded: under the order's row lock, recorded (if the lease is still
+# ours) and the order's figures moved by it, by one function (migrations/0141) whose
+# statements each see what was committed before the lock was granted; it returns the
+# order as it now is. The inbox read of the confirmation metric rides along (the version
+# it looks for arrived before the operation was planned: this statement's snapshot has
+# it). One statement where the lock, the record and the figures took two.
+# The order's snapshot is left out when its version is the one the caller read already
+# (`known`): it never changes under a version, and decoding it is most of the row.
+_RECORDED_COLUMNS = _columns(Order, "(r.r_order).").replace(
+    "(r.r_order).snapshot,",
+    "CASE WHEN (r.r_order).version = %(known)s THEN NULL ELSE (r.r_order).snapshot END"
+    " AS snapshot,",
+)
+RECORD_SUCCESS = f"""
+SELECT {_RECORDED_COLUMNS}, r.r_now AS db_now, r.r_seq_before AS seq_before,
        CASE WHEN %(received)s THEN ({inbox.VERSION_RECEIVED_AT}) END AS received_at
-FROM orders WHERE id = %(order_id)s FOR UPDATE
+FROM ordersync_record_success(%(order_id)s, %(op_id)s, %(token)s, %(psp)s) AS r
 """  # noqa: S608
-_RECORD_LOCK = class_row(RecordLock)
+_RECORDED = _positional_row(RecordedOrder)
 
 
 def record_success(
-    conn: Connection[Row], op: Operation, psp_reference: str | None, *, received: bool = False
-) -> tuple[RecordLock, LockedOrder | None, list[Operation]]:
+    conn: Connection[Row],
+    op: Operation,
+    psp_reference: str | None,
+    *,
+    received: bool = False,
+    known: Order | None = None,
+) -> tuple[RecordLock | None, LockedOrder | None, list[Operation]]:
     """Under the order's row lock: the operation recorded as succeeded and the order's
-    figures moved by it, if this worker still holds the lease (else nothing changes).
-    What the lock read of the order before (with `received`: when the operation's
-    snapshot version arrived), the order after (None: the lease was lost) and its
-    operations after; the three statements are sent before any is read: in pipeline
-    mode, one round trip."""
-    params = _finish_params(op, status="succeeded", psp_reference=psp_reference)
-    lock = {"order_id": op.order_id, "version": op.target_version, "received": received}
-    before = conn.cursor(row_factory=_RECORD_LOCK).execute(LOCK_FOR_RECORD, lock)
-    after = conn.cursor(row_factory=_LOCKED).execute(SUCCEED_OPERATION, params)
+    figures moved by it, if this worker still holds the lease (else nothing changes:
+    None, None and the operations). What the lock read of the order before (with
+    `received`: when the operation's snapshot version arrived), the order after and its
+    operations after; both statements are sent before either is read: in pipeline mode,
+    one round trip. `known`: the order as the caller read it before (its snapshot is
+    not read again if the version is still the same)."""
+    params = {
+        "known": known.version if known is not None else None,
+        "order_id": op.order_id,
+        "op_id": op.id,
+        "token": op.lease_token,
+        "psp": psp_reference,
+        "version": op.target_version,
+        "received": received,
+    }
+    after = conn.cursor(row_factory=_RECORDED).execute(RECORD_SUCCESS, params)
     ops = conn.cursor(row_factory=_OPERATION).execute(OPERATIONS, {"id": op.order_id})
-    locked = before.fetchone()
-    assert locked is not None  # an operation's order is never deleted before it
-    return locked, after.fetchone(), ops.fetchall()
+    recorded = after.fetchone()
+    if recorded is not None and recorded.snapshot is None:
+        assert known is not None and known.version == recorded.version
+        recorded.snapshot = known.snapshot
+    before = (
+        None
+        if recorded is None
+        else RecordLock(recorded.provider, recorded.seq_before, recorded.received_at)
+    )
+    return before, recorded, ops.fetchall()
 
 
 # Money that moved without the service, as a succeeded operation that was never sent:

@@ -71,6 +71,9 @@ BROKER_TRANSPORT_OPTIONS: dict[str, Any] = {
 
 class Job(StrEnum):
     RECONCILE_ORDER = "ordersync.reconcile_order"
+    # Several orders' reconciles in one message, each order on its own (workers/tasks.py
+    # reconcile_orders): what arrives together is sent together (batch_reconciles).
+    RECONCILE_ORDERS = "ordersync.reconcile_orders"
     DELIVER_CALLBACKS = "ordersync.deliver_callbacks"
     # Many orders' deliveries in one message (workers/delivery_batch.py).
     DELIVER_CALLBACK_BATCH = "ordersync.deliver_callback_batch"
@@ -87,6 +90,7 @@ class Job(StrEnum):
 
 QUEUE_OF: dict[Job, Queue] = {
     Job.RECONCILE_ORDER: Queue.RECONCILE,
+    Job.RECONCILE_ORDERS: Queue.RECONCILE,
     Job.SWEEP: Queue.SWEEPS,
     Job.SWEEP_LEASES: Queue.SWEEPS,
     Job.PROCESS_NOTIFICATION: Queue.NOTIFICATIONS,
@@ -164,3 +168,42 @@ def coalesce(jobs: Sequence[Enqueued]) -> list[Enqueued]:
         if key not in soonest or job.delay < soonest[key].delay:
             soonest[key] = job
     return list(soonest.values())
+
+
+# How many orders share one reconcile message. A message's orders are reconciled one
+# after the other by one pool thread, so the last waits for the PSP calls of those
+# before it: the bound keeps that wait to a few calls, while a Celery message's fetch,
+# acknowledgement and task machinery (about a no-op task's CPU) is paid by ten orders.
+MAX_ORDERS_PER_MESSAGE = 10
+
+
+def batch_reconciles(jobs: Sequence[Enqueued]) -> list[Enqueued]:
+    """`jobs` with the plain reconciles among them (no delay, no arguments but the order)
+    sent MAX_ORDERS_PER_MESSAGE orders to a `reconcile_orders` message, in the order
+    they came, each order once; a group of one stays a `reconcile_order` message. Every
+    other job, and a reconcile with a delay or `force`, is sent as it is. Each order's
+    request id rides in the message (the task binds it while it works on that order)."""
+    plain: dict[str, str | None] = {}
+    others: list[Enqueued] = []
+    for job in jobs:
+        if job.job is Job.RECONCILE_ORDER and not job.delay and not job.kwargs:
+            (order_id,) = job.args
+            if order_id not in plain or plain[order_id] is None:
+                plain[order_id] = job.request_id
+        else:
+            others.append(job)
+    if len(plain) < 2:
+        return list(jobs)
+    batched: list[Enqueued] = []
+    orders = list(plain.items())
+    for start in range(0, len(orders), MAX_ORDERS_PER_MESSAGE):
+        group = orders[start : start + MAX_ORDERS_PER_MESSAGE]
+        if len(group) == 1:
+            ((order_id, request_id),) = group
+            batched.append(Enqueued(Job.RECONCILE_ORDER, (order_id,), request_id=request_id))
+            continue
+        order_ids = [order_id for order_id, _ in group]
+        request_ids = [request_id for _, request_id in group]
+        kwargs: dict[str, Any] = {"request_ids": request_ids} if any(request_ids) else {}
+        batched.append(Enqueued(Job.RECONCILE_ORDERS, (order_ids,), kwargs))
+    return batched + others

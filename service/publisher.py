@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from ordersync.errors import ConfigError
-from ordersync.jobs import QUEUE, Enqueued, Queue
+from ordersync.jobs import QUEUE, Enqueued, Queue, batch_reconciles
 
 log = structlog.get_logger("ordersync.publisher")
 
@@ -140,6 +140,10 @@ def celery_message(message: Message, task_id: str | None = None) -> bytes:
     return "".join(parts).encode()
 
 
+def _message(job: Enqueued) -> Message:
+    return Message(job.job.value, job.args, job.kwargs, job.request_id, job.job.queue)
+
+
 # (queue, message) pairs; one call per batch.
 Send = Callable[[Sequence[tuple[Queue, bytes]]], Awaitable[Any]]
 
@@ -164,15 +168,13 @@ def check_broker(broker_url: str, transport_options: dict[str, Any]) -> None:
 class Publisher:
     def __init__(self, send: Send) -> None:
         self._send = send
-        self._queue: asyncio.Queue[Message] = asyncio.Queue()
+        self._queue: asyncio.Queue[Enqueued] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
 
     def send(self, jobs: Sequence[Enqueued]) -> None:
         """A unit of work's jobs (ordersync.jobs): queued here, published shortly after."""
         for job in jobs:
-            self._queue.put_nowait(
-                Message(job.job.value, job.args, job.kwargs, job.request_id, job.job.queue)
-            )
+            self._queue.put_nowait(job)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ordersync-publisher")
@@ -193,7 +195,10 @@ class Publisher:
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())
             try:
-                await self._send([(message.queue, celery_message(message)) for message in batch])
+                # The orders of the webhooks answered together (one group commit's) go
+                # many to a reconcile message: one message's worker overhead for many.
+                messages = [_message(job) for job in batch_reconciles(batch)]
+                await self._send([(message.queue, celery_message(message)) for message in messages])
             except Exception as exc:
                 # Stored and committed already: the sweeper will find them.
                 log.warning("enqueue_failed", error=type(exc).__name__, messages=len(batch))

@@ -29,6 +29,7 @@ from domain.planner import EXTERNAL_CHANGE, NEEDS_NEW_ORDER, Flag
 from integrations.results import retry_delay
 from ordersync import metrics
 from ordersync.db import pipelined
+from ordersync.http import url_at
 from ordersync.jobs import Job, enqueue_job
 from ordersync.settings import Settings, get_settings
 
@@ -289,7 +290,7 @@ def _send(
     status: int | None = None
     error: str | None = None
     try:
-        response = http.post(url, content=body.encode(), headers=headers)
+        response = http.post(url_at(url), content=body.encode(), headers=headers)
         status = response.status_code
         if not 200 <= status < 300:
             error = f"HTTP {status}"

@@ -84,8 +84,10 @@ _deliveries: DeliveryBatcher | None = None
 
 
 def send_jobs(pending: Sequence[Enqueued]) -> None:
-    """The worker's and the CLI's sender for a unit of work's jobs (ordersync.jobs)."""
-    for job in pending:
+    """The worker's and the CLI's sender for a unit of work's jobs (ordersync.jobs): the
+    orders a unit of work asks to reconcile together (a sweep's, a resume's) go many to
+    a message (jobs.batch_reconciles)."""
+    for job in jobs.batch_reconciles(pending):
         if _deliveries is not None and job.job is Job.DELIVER_CALLBACKS and not job.delay:
             _deliveries.add(job.args[0])
             continue

@@ -24,8 +24,8 @@ def operation_confirmed(op: Operation, provider: str, received_at: datetime | No
     every flag and figure, and an operation planned for v3 may be confirmed after v4
     arrived. Versions that came in before the first stored one (none) are skipped.
 
-    `received_at` is read with the lock that records the outcome (data/orders.py
-    LOCK_FOR_RECORD, inbox.VERSION_RECEIVED_AT): no statement of its own.
+    `received_at` is read by the statement that records the outcome (data/orders.py
+    RECORD_SUCCESS, inbox.VERSION_RECEIVED_AT): no statement of its own.
     """
     if received_at is None or not wanted(op):
         return

@@ -110,8 +110,8 @@ class Reconciler:
             action = self._next_action(order_id, force=force)
             for _ in range(MAX_STEPS):
                 if isinstance(action, Idle):
-                    # In sync is the usual end: operation_planned and psp_request_done
-                    # already said what happened (two lines per operation, not four).
+                    # In sync is the usual end: psp_request_done already said what
+                    # happened (one line per operation).
                     level = logging.DEBUG if action.reason == "in_sync" else logging.INFO
                     log.log(level, "reconcile_idle", reason=action.reason)
                     return action.reason
@@ -241,7 +241,10 @@ class Reconciler:
             claimed = store.insert_claimed_operation(
                 conn, order, draft, request, self.settings.lease_seconds
             )
-            log.info(
+            # DEBUG: the call's own line (psp_request_done, or the attempt's error, or
+            # the flag a refused build raises) carries the plan, under the operation's
+            # key; one INFO line per operation is what an operator reads.
+            log.debug(
                 "operation_planned",
                 operation=decision.kind.value,
                 amount=decision.amount,
@@ -446,10 +449,12 @@ class Reconciler:
             log.exception("operation_attempt_error", error=type(exc).__name__)
             # Once the call may have started, its effect is unknown.
             unknown = called or bool(op.outcome_unknown) or action.check_first
-            return self._record_safely(op, exception_result(exc, maybe_applied=unknown))
+            return self._record_safely(
+                op, exception_result(exc, maybe_applied=unknown), known=order
+            )
         if settled is not None:
             outcome, adopt, seen_before = settled
-            return self._record_safely(op, outcome, adopt=adopt, seen=seen_before)
+            return self._record_safely(op, outcome, adopt=adopt, seen=seen_before, known=order)
         metrics.psp_request(
             order.provider,
             op.kind,
@@ -463,10 +468,11 @@ class Reconciler:
             http_status=result.http_status,
             attempts=op.attempts,
             amount=op.amount,
+            target_version=op.target_version,
             elapsed_ms=round(result.elapsed_seconds * 1000, 1),
             error_code=result.error.code if result.error else None,
         )
-        return self._record_safely(op, result)
+        return self._record_safely(op, result, known=order)
 
     def _record_safely(
         self,
@@ -475,6 +481,7 @@ class Reconciler:
         *,
         adopt: dict[str, Any] | None = None,
         seen: int | None = None,
+        known: store.Order | None = None,
     ) -> Action | None:
         """Records the outcome; a failure while recording it (a constraint, a bug) rolled
         that back, so it is recorded as this attempt's outcome instead: the call may have
@@ -482,7 +489,7 @@ class Reconciler:
         parked with `needs_attention` after MAX_ATTEMPTS like any other. Never left
         `sent` under this worker's live lease, which nobody else would take over."""
         try:
-            return self._record(op, result, adopt=adopt, seen=seen)
+            return self._record(op, result, adopt=adopt, seen=seen, known=known)
         except INFRASTRUCTURE:
             raise
         except Exception as exc:
@@ -508,10 +515,13 @@ class Reconciler:
         *,
         adopt: dict[str, Any] | None = None,
         seen: int | None = None,
+        known: store.Order | None = None,
     ) -> Action | None:
+        """`known`: the order as read before the call (the record reads its snapshot
+        again only if a newer version arrived meanwhile)."""
         after_commit: list[Callable[[], object]] = []
         with pipelined(self.ctx.pool) as conn:
-            recorded = self._write_outcome(conn, op, result, after_commit, adopt, seen)
+            recorded = self._write_outcome(conn, op, result, after_commit, adopt, seen, known)
         for settle in after_commit:
             settle()
         if not isinstance(recorded, _Retry):
@@ -533,14 +543,15 @@ class Reconciler:
         after_commit: list[Callable[[], object]],
         adopt: dict[str, Any] | None,
         seen: int | None,
+        known: store.Order | None = None,
     ) -> Action | _Retry | None:
         """Records the outcome under the order's row lock (the lock, the record and what
         it needs are sent together: one round trip); the next step, if there is one."""
         if result.outcome is Outcome.SUCCEEDED:
             before, after, ops = store.record_success(
-                conn, op, result.reference, received=observe.wanted(op)
+                conn, op, result.reference, received=observe.wanted(op), known=known
             )
-            if after is None:
+            if before is None or after is None:
                 self._lost_lease(op)
                 return None
             observe.operation_confirmed(op, before.provider, before.received_at)

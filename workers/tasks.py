@@ -6,11 +6,14 @@ jobs it asked for once it has returned); the functions here only call the plain 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import structlog
 from celery import Task, signals
+from celery.utils.time import get_exponential_backoff_interval
 from psycopg.rows import dict_row
 from psycopg_pool import PoolTimeout
 
@@ -64,6 +67,71 @@ def reconcile_order(self: Task, order_id: str, force: bool = False) -> str:
     )
     crash_point("after_commit")  # everything committed, the message not yet acked
     return outcome or "poisoned"
+
+
+@app.task(name=Job.RECONCILE_ORDERS.value, bind=True, max_retries=None)
+def reconcile_orders(
+    self: Task, order_ids: list[str], request_ids: list[str | None] | None = None
+) -> dict[str, str]:
+    """The orders of one message (ordersync.jobs.batch_reconciles), each reconciled as
+    `reconcile_order` reconciles it (reconcile_batch)."""
+    metrics.heartbeat()
+
+    def retry(rest: list[str], rest_ids: list[str | None] | None, exc: Exception) -> Exception:
+        countdown = get_exponential_backoff_interval(
+            factor=RETRY_ON_DATABASE_ERRORS["retry_backoff"],
+            retries=self.request.retries,
+            maximum=RETRY_ON_DATABASE_ERRORS["retry_backoff_max"],
+            full_jitter=RETRY_ON_DATABASE_ERRORS["retry_jitter"],
+        )
+        retried: Exception = self.retry(
+            args=(rest, rest_ids), kwargs={}, exc=exc, countdown=countdown
+        )
+        return retried
+
+    outcomes = reconcile_batch(order_ids, request_ids, retry)
+    crash_point("after_commit")  # everything committed, the message not yet acked
+    return outcomes
+
+
+Retry = Callable[[list[str], list[str | None] | None, Exception], Exception]
+
+
+def reconcile_batch(
+    order_ids: list[str], request_ids: list[str | None] | None, retry: Retry
+) -> dict[str, str]:
+    """Each order on its own: its own row lock and transactions, its own poison guard.
+    One order's failure neither stops nor undoes the others: an exception that escapes
+    even the guard is logged and the loop goes on (the order's state is in Postgres, and
+    the sweeper offers it again). The database being away stops the loop: that order
+    and those after it are sent again as one message (`retry` makes the exception that
+    does it), with the back-off a single order's message gets; those before it are done
+    and committed."""
+    reconciler = Reconciler(get_context(), enqueue_reconcile)
+    outcomes: dict[str, str] = {}
+    for i, order_id in enumerate(order_ids):
+        request_id = request_ids[i] if request_ids else None
+        if request_id:
+            structlog.contextvars.bind_contextvars(request_id=request_id)
+        try:
+            outcome = poison.guarded(
+                functools.partial(reconciler.run, order_id),
+                functools.partial(_record_reconcile_failure, order_id),
+            )
+        except DATABASE_ERRORS as exc:
+            raise retry(order_ids[i:], request_ids[i:] if request_ids else None, exc) from exc
+        except Exception as exc:
+            log.exception("reconcile_failed_in_batch", order_id=order_id, error=type(exc).__name__)
+            outcome = "failed"
+        finally:
+            if request_id:
+                structlog.contextvars.unbind_contextvars("request_id")
+        outcomes[order_id] = outcome or "poisoned"
+    return outcomes
+
+
+def _record_reconcile_failure(order_id: str, exc: Exception) -> None:
+    poison.record_order_failure(get_context(), order_id, "reconcile_order", exc)
 
 
 @app.task(name=Job.DELIVER_CALLBACKS.value, bind=True, **RETRY_ON_DATABASE_ERRORS)

@@ -22,6 +22,7 @@ from integrations.results import (
     error_result,
     path_segment,
 )
+from ordersync.http import url_at
 from ordersync.settings import SEED_INCREASE_ALLOWED, increase_rule
 
 ORDERS = "/ordermanagement/v1/orders"
@@ -140,7 +141,7 @@ class KlarnaClient:
         try:
             response = self._http.request(
                 request.method,
-                self._base + request.path,
+                url_at(self._base, request.path),
                 content=request.body.encode() if request.body is not None else None,
                 headers=headers,
                 auth=self._auth,

@@ -76,7 +76,10 @@ def test_every_job_has_its_queue_and_money_shares_one_with_nothing() -> None:
     from ordersync.jobs import QUEUE_OF, Queue
 
     assert set(QUEUE_OF) == set(Job)
-    assert [job for job in Job if job.queue is Queue.RECONCILE] == [Job.RECONCILE_ORDER]
+    assert [job for job in Job if job.queue is Queue.RECONCILE] == [
+        Job.RECONCILE_ORDER,
+        Job.RECONCILE_ORDERS,
+    ]
     # The reconcile queue keeps the single queue's old key: messages queued before an
     # upgrade are still consumed.
     assert Queue.RECONCILE.value == "ordersync"

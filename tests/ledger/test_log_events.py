@@ -249,6 +249,31 @@ def test_each_psp_call_is_logged_with_its_outcome_under_the_operation(
     )
 
 
+def test_a_psp_call_is_one_info_line_carrying_the_plan(
+    ctx: WorkerContext, klarna: FakeKlarna, events: list[MutableMapping[str, Any]]
+) -> None:
+    # One line per operation for an operator: the call's line carries what the plan's
+    # line did (the kind, the amount, the key, the snapshot version it targets) under
+    # the order id; the plan's own line is DEBUG.
+    order_id, snap = klarna_order(ctx, klarna, shipped_lines([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+    events.clear()
+    Reconciler(ctx, lambda *_: None).run(order_id)
+    (op,) = operations(ctx, order_id)
+    info = [e for e in events if e.get("log_level") not in ("debug", None)]
+    assert [e["event"] for e in info] == ["psp_request_done"], info
+    assert (
+        info[0].items()
+        >= {
+            "order_id": order_id,
+            "operation": "capture",
+            "amount": 1200,
+            "idempotency_key": op["idempotency_key"],
+            "target_version": op["target_version"],
+        }.items()
+    )
+
+
 def test_an_exception_inside_an_attempt_is_recorded_as_it_without_a_recording_error(
     ctx: WorkerContext, klarna: FakeKlarna, events: list[MutableMapping[str, Any]]
 ) -> None:

@@ -162,3 +162,30 @@ def test_the_template_writes_the_bytes_json_dumps_writes(message: Message) -> No
     for value in (fresh["headers"]["id"], fresh["properties"]["delivery_tag"]):
         parsed = uuid.UUID(value)
         assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, value)
+
+
+def test_the_orders_of_webhooks_answered_together_share_a_reconcile_message() -> None:
+    import asyncio
+
+    from ordersync.jobs import Enqueued
+    from service.publisher import Publisher
+
+    published: list[list[dict]] = []
+
+    async def send(messages: list[tuple[Queue, bytes]]) -> None:
+        published.append([json.loads(message) for _, message in messages])
+
+    async def run() -> None:
+        publisher = Publisher(send)
+        # Three requests' units of work end before the publisher runs (one group commit).
+        for order_id in ("a", "b", "c"):
+            publisher.send([Enqueued(Job.RECONCILE_ORDER, (order_id,), request_id=f"r-{order_id}")])
+        await publisher.start()
+        await publisher.stop()
+
+    asyncio.run(run())
+    ((message,),) = published
+    assert message["headers"]["task"] == Job.RECONCILE_ORDERS.value
+    assert message["properties"]["delivery_info"]["routing_key"] == Queue.RECONCILE.value
+    body = json.loads(base64.b64decode(message["body"]))
+    assert body[:2] == [[["a", "b", "c"]], {"request_ids": ["r-a", "r-b", "r-c"]}]

@@ -1,0 +1,1 @@
+DROP FUNCTION ordersync_record_success(text, uuid, uuid, text);
