@@ -649,7 +649,7 @@ def _explain(conn: psycopg.Connection[Any], query: str, params: Any) -> dict[str
         "read": plan.get("Shared Read Blocks", 0),
         "dirtied": plan.get("Shared Dirtied Blocks", 0),
         # Time spent reading those blocks from the OS (track_io_timing): I/O, not CPU.
-        "read_ms": plan.get("Shared I/O Read Time", plan.get("I/O Read Time", 0.0)),
+        "read_ms": sum(v for k, v in plan.items() if k.endswith("Read Time")),
         "nodes": _nodes(plan),
     }
 
@@ -689,9 +689,10 @@ def _inside(urls: dict[int, str], repeats: int) -> dict[int, dict[str, dict[str,
             for n, url in urls.items()
         }
         for conn in conns.values():
+            conn.autocommit = True
             with contextlib.suppress(psycopg.Error):  # superuser only
                 conn.execute("SET track_io_timing = on")
-            conn.rollback()
+            conn.autocommit = False
         for i in range(repeats):
             for n in sizes if i % 2 == 0 else sizes[::-1]:
                 conn = conns[n]
@@ -774,7 +775,23 @@ def _table_sizes(url: str) -> dict[str, Any]:
                       pg_total_relation_size(c.oid) AS bytes
                FROM pg_class c WHERE c.relname IN ('inbox', 'inbox_bodies', 'outbox', 'orders')"""
         ).fetchall()
-    return {r["relname"]: {"rows": r["rows"], "mb": round(r["bytes"] / 2**20)} for r in rows}
+        sizes: dict[str, Any] = {
+            r["relname"]: {"rows": r["rows"], "mb": round(r["bytes"] / 2**20)} for r in rows
+        }
+        # Each index's size and B-tree depth (pageinspect, where the server has it): a
+        # statement that writes an index entry descends one page per level.
+        with contextlib.suppress(psycopg.Error):
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pageinspect")
+            for r in conn.execute(
+                """SELECT i.indexrelid::regclass::text AS name,
+                          pg_relation_size(i.indexrelid) AS bytes,
+                          (bt_metap(i.indexrelid::regclass::text)).level + 1 AS levels
+                   FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid
+                   WHERE c.relname = 'inbox'"""
+            ).fetchall():
+                sizes[r["name"]] = {"mb": round(r["bytes"] / 2**20), "levels": r["levels"]}
+        conn.rollback()
+    return sizes
 
 
 def run_webhooks(*, large: int, small: int, repeats: int) -> tuple[list[Row], dict[str, Any]]:
