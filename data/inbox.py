@@ -329,6 +329,11 @@ SET next_attempt_at = now() + least(CASE WHEN outcome = 'unmatched' THEN interva
 WHERE id IN (
     SELECT id FROM inbox
     WHERE source = 'adyen' AND processed_at IS NULL
+      -- Implied by the next line (the grace is never negative), and the expression of
+      -- inbox_unprocessed_due: the scan stops at the first notification not yet due
+      -- rather than read every unprocessed one (the backed-off, and each one's old
+      -- versions), and the planner takes that index at any size of the inbox.
+      AND coalesce(next_attempt_at, received_at) <= now()
       AND coalesce(next_attempt_at, received_at + make_interval(secs => %(grace)s)) <= now()
     ORDER BY coalesce(next_attempt_at, received_at)
     LIMIT %(batch)s
