@@ -344,6 +344,11 @@ SET next_attempt_at = now() + least(CASE WHEN outcome = 'unmatched' THEN interva
 WHERE id IN (
     SELECT id FROM inbox
     WHERE source = 'adyen' AND processed_at IS NULL
+      -- Implied by the next line (the grace is never negative), and the expression of
+      -- inbox_unprocessed_due: a scan of that index stops at the first notification not
+      -- yet due rather than read every unprocessed one (the backed-off ones, and each
+      -- one's old versions).
+      AND coalesce(next_attempt_at, received_at) <= now()
       AND coalesce(next_attempt_at, received_at + make_interval(secs => %(grace)s)) <= now()
     ORDER BY coalesce(next_attempt_at, received_at)
     LIMIT %(batch)s

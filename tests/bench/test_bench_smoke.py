@@ -56,9 +56,14 @@ def test_recovery_smallest_runs() -> None:
 def test_scale_webhooks_smallest_runs() -> None:
     from bench import scale
 
-    rows, _ = scale.run_webhooks(large=5_000, small=1_000, repeats=5, batches=2, rounds=1)
+    rows, extra = scale.run_webhooks(large=5_000, small=1_000, repeats=12)
     names = {row.name.split(" @")[0] for row in rows}
     assert {"store new webhook", "prune: inbox bodies, per 1k rows"} <= names
+    # Every figure is sampled at both sizes, retention's batches included (full batches
+    # from the backlog, written again when spent).
+    for n in ("1000", "5000"):
+        figures = extra["results"][n]["figures"]
+        assert all(figures[figure]["samples"] > 0 for figure in scale.FIGURES), figures
 
 
 @pytest.mark.timeout(300)
