@@ -361,7 +361,11 @@ def _attribution(
     for op, then in captures:
         # Units worth nothing are no part of money that moved (no capture of 0 is ever
         # sent, and the PSP's ledger never shows them): never tied to it.
-        lines = [x for x in capture_lines(then, ledger) if x.total_amount or x.type in SHARE_TYPES]
+        lines = [
+            x
+            for x in capture_lines(then, ledger, give_back=False)
+            if x.total_amount or x.type in SHARE_TYPES
+        ]
         if lines and lines_total(lines) == op.amount:
             return Attribute(str(op.reference), tuple(lines))
     lines = refund_lines(order, ledger)
@@ -426,7 +430,9 @@ def _shipped_part(order: OrderSnapshot, ledger: Ledger, amount: int) -> tuple[Ps
                 for other in order.lines
             ]
             found = _worth(
-                amount, line.id, capture_lines(order.model_copy(update={"lines": alone}), ledger)
+                amount,
+                line.id,
+                capture_lines(order.model_copy(update={"lines": alone}), ledger, give_back=False),
             )
             if found is not None:
                 return found
@@ -528,7 +534,7 @@ def explained_lines(
     the order is flagged `external_change`)."""
     ledger = ledger_from((op.kind.value, op.lines) for op in history if op.status == "succeeded")
     if kind is Kind.CAPTURE:
-        lines = capture_lines(order, ledger)
+        lines = capture_lines(order, ledger, give_back=False)
     elif kind is Kind.REFUND:
         lines = refund_lines(order, ledger)
     else:
@@ -647,6 +653,14 @@ def _capture_step(
     # with it by the rule below, not lost to the cancel.
     remaining = psp.authorized - psp.captured
     amount = wanted = lines_total(lines)
+    unshipped_fees = {line.id for line in order.effective_lines if line.is_fee}
+    unshipped_fees -= {line.id for line in order.effective_lines if line.shipped_quantity}
+    if amount > remaining and all(
+        x.reference in unshipped_fees for x in lines if x.type not in SHARE_TYPES
+    ):
+        # Fees going alone (README "Fees": their first capture was made outside) that
+        # the authorization cannot hold wait, as a fee riding with goods would.
+        return None
     unnamed = max(psp.captured - captured_total(ledger), 0)
     if amount > remaining and unnamed > 0:
         # Money captured outside without named lines paid for goods at their value
