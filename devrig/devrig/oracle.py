@@ -167,6 +167,8 @@ class _State:
     external_units: dict[str, int] = field(default_factory=dict)  # captured outside
     external_back: dict[str, int] = field(default_factory=dict)  # refunded outside
     charged_back: bool = False
+    # A capture made outside whose lines the PSP did not name (an Adyen notification).
+    unnamed_outside: bool = False
     # Units whose money a chargeback gave back (it takes everything still held): a shop
     # return of them is not refunded again.
     charged_back_units: dict[str, int] = field(default_factory=dict)
@@ -262,6 +264,8 @@ class Oracle:
         `value` in all. `named`: whether the PSP tells the service its lines (a Klarna
         read does; an Adyen notification gives an amount only). `tax_rate`: the rate
         its maker booked it at, when known."""
+        if not named:
+            self.state.unnamed_outside = True
         if not named and units and self.stored is not None:
             # §4 asks that such money be counted and "never made a second time"; which
             # units it paid for the service can only tell by their value: units of
@@ -795,6 +799,56 @@ class Oracle:
         self._before_update = 0
         self._maybe_full = False
 
+    def _fees_due_alone(
+        self,
+        last: dict[str, Any],
+        lines: dict[str, dict[str, Any]],
+        newly: dict[str, int],
+        fees: list[str],
+    ) -> list[str]:
+        """Fees the service charges alone: §4 "shipping_fee and surcharge lines are
+        charged with the order's first capture"; that capture was made outside the
+        service (its maker chose what it took, fees not among it) and no capture of
+        goods is left to carry them (every unit of goods of some value captured, or the
+        order cancelled with nothing shipped left to capture). README "Fees": the
+        service then charges them alone. Only when the PSP named the outside capture's
+        lines (an unnamed one may not be tied to units, so the service may not know a
+        first capture was made: then either)."""
+        st = self.state
+        if newly or st.own_capture or st.closed is not None:
+            return []
+        outside_goods = any(
+            units > 0 and line_id in lines and kind(lines[line_id]) in GOODS
+            for line_id, units in st.external_units.items()
+        )
+        if not outside_goods:
+            return []
+        goods = [
+            (line_id, line)
+            for line_id, line in lines.items()
+            if kind(line) in GOODS and line_value(line) > 0
+        ]
+        done = last["status"] == "cancelled" or all(
+            st.captured.get(line_id, 0) >= int(line["quantity"]) for line_id, line in goods
+        )
+        if not done:
+            return []
+        due = [
+            line_id
+            for line_id, line in lines.items()
+            if kind(line) in FEES
+            and line_id not in fees
+            and st.captured.get(line_id, 0) < int(line["quantity"])
+        ]
+        if st.unnamed_outside:
+            for line_id in due:
+                entry = self.exp.lines.setdefault(line_id, LineExpect())
+                before = st.captured.get(line_id, 0)
+                entry.maybe(before, int(lines[line_id]["quantity"]))
+                entry.prices |= self._prices(line_id)
+            return []
+        return due
+
     def _shipped_uncaptured(self, lines: dict[str, dict[str, Any]]) -> bool:
         return any(
             kind(line) in GOODS | FEES
@@ -951,6 +1005,8 @@ class Oracle:
                     exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
                     exp.uncertain_end = True
                     exp.outcomes.add("fee_removed_while_shipping")
+        alone = self._fees_due_alone(last, lines, newly, fees)
+        fees += alone
         riding: dict[str, int] = {}  # fees that may go with this capture
         for line_id, line in lines.items():
             # Added after the first capture: the contract does not say when it is
@@ -1024,6 +1080,8 @@ class Oracle:
                 # leaves to a later capture or to its shipment (see below): either.
                 later_maybe.add(line_id)
                 exp.outcomes.add("fee_added_while_shipping")
+            elif line_id in alone:
+                exp.outcomes.add("fee_alone_after_a_first_capture_outside")
             elif not goods_shipped and int(lines[line_id].get("shipped_quantity", 0)) == 0:
                 # Only units worth nothing shipped so far (no capture of 0 is sent): the
                 # fee makes the first capture worth sending now, or waits for goods of
@@ -1433,6 +1491,15 @@ def _borrow(
             short -= take
 
 
+def _cut(held: dict[str, list[Fraction]], line: Booked) -> None:
+    """A price cut given back for a line's captured units: spread over them by value."""
+    units = held.get(line.reference, [])
+    value = sum(units, Fraction(0))
+    for index, unit in enumerate(units):
+        part = Fraction(line.total * unit, value) if value else Fraction(line.total, len(units))
+        units[index] = unit + part
+
+
 def check_ledger(
     requests: list[tuple[str, int, list[Booked]]], exp: Expectation
 ) -> list[tuple[str, str]]:
@@ -1451,6 +1518,21 @@ def check_ledger(
         for line in lines:
             if abs(line.tax - tax_in(line.total, line.tax_rate)) > 1:
                 found.append(("tax_wrong", f"{line.reference}: tax {line.tax} on {line.total}"))
+        # README "Ledger model": a price cut on units already captured is given back by a
+        # later capture as a `discount` line with that goods line's reference; it is
+        # those units' (§4 step 3: refunds "at the prices and tax they were captured at
+        # (never more than was captured for those units)"), not a share of the order-level
+        # lines the request's other goods carry ("in proportion to the value of the lines
+        # they carry").
+        cuts = [
+            line
+            for line in lines
+            if line.type in REDUCING and got.get(line.reference, [0, 0])[0] > 0
+        ]
+        lines = [line for line in lines if line not in cuts]
+        if what == "capture":
+            for line in cuts:
+                _cut(held, line)
         units = [line for line in lines if line.type not in REDUCING | SHARED_UP]
         shared = sum(line.total for line in lines if line.type in REDUCING | SHARED_UP)
         value = sum(line.total for line in units)
@@ -1540,6 +1622,10 @@ def check_ledger(
                 ("captured_units", f"{reference}: {have[0]} captured, expected {lo}..{hi}")
             )
         low = entry.refunded if entry.refunded_low is None else entry.refunded_low
+        # §4 step 3: a refund "never more than was captured for those units": units
+        # held at nothing (a price cut given back since) have nothing to refund, and no
+        # refund of 0 is sent.
+        low -= sum(1 for unit in held.get(reference, []) if unit <= 0)
         if not low <= have[1] <= entry.refunded and not entry.captured_range:
             found.append(
                 ("refunded_units", f"{reference}: {have[1]} refunded, expected {entry.refunded}")

@@ -594,10 +594,12 @@ def test_a_basket_lowered_below_captures_made_in_the_same_window_may_keep_its_au
     """Seed 1035: a worker captured the surcharge for a snapshot of 2068, then the shop
     added a discount bringing the basket to 1297, below the 1695 captured: the PSP refuses
     an amount below its captures, so it may still hold 2068 (or 1297, had the worker read
-    the last snapshot first)."""
+    the last snapshot first). The capture outside is an unnamed one: had the PSP named
+    its lines, the surcharge would have gone alone at the first settle (README "Fees",
+    test_a_fee_whose_first_capture_was_made_outside_goes_alone_once_the_goods_are)."""
     oracle = Oracle(1695, refuses_increases=False)
     goods = [line("l1", 1, 1200), line("l2", 2, 0)]
-    oracle.external_capture("l1", 1, 1200)
+    oracle.external_capture("l1", 1, 1200, named=False)
     oracle.snapshot(snap(1, [*goods, line("l3", 1, 495, type="surcharge")]))
     oracle.settle()
     fees = [line("l3", 1, 495, type="surcharge"), line("l4", 1, 373, type="shipping_fee")]
@@ -2100,3 +2102,82 @@ def test_goods_that_may_have_shipped_after_a_cancel_in_passing_may_stay_uncaptur
     oracle.snapshot(snap(5, [l1, credit, {**l4, "shipped_quantity": 3}]))
     oracle.settle()
     assert oracle.expectation().lines["l4"].captured_range == (0, 3)
+
+
+def test_a_price_cut_given_back_for_captured_units_is_theirs() -> None:
+    """Seed 44798: a unit of l1 captured at 100 (before the first read), l1 priced to 0,
+    then l2 shipped. The build gives the cut back with l2's capture (a `discount` line
+    with l1's reference, README "Ledger model"): l2's units are held at their own price
+    (§4 step 3 refunds them "at the prices and tax they were captured at"), and l1's
+    unit at nothing, which has nothing to refund."""
+    oracle = Oracle(200, refuses_increases=False)
+    oracle.external_capture("l1", 1, 100)
+    oracle.snapshot(snap(1, [line("l1", 2, 100, shipped_quantity=1)]))
+    oracle.settle()
+    l2 = line("l2", 3, 2037)
+    oracle.snapshot(snap(2, [line("l1", 2, 0, shipped_quantity=2), l2]))
+    oracle.settle()
+    l1 = line("l1", 2, 0, shipped_quantity=2)
+    oracle.snapshot(snap(3, [l1, {**l2, "shipped_quantity": 3}]))
+    oracle.settle()
+    returned = {**l2, "shipped_quantity": 3, "returned_quantity": 1}
+    oracle.snapshot(snap(4, [{**l1, "returned_quantity": 1}, returned]))
+    exp = oracle.expectation()
+    assert exp.authorized == 6111
+    cut = booked("l1", 1, -100, type="discount")
+    first = ("capture", 100, [booked("l1", 1, 100)])
+    second = ("capture", 6011, [booked("l1", 1, 0), booked("l2", 3, 6111), cut])
+    ledger = [first, second, ("refund", 2037, [booked("l2", 1, 2037)])]
+    assert check_ledger(ledger, exp) == []
+    # A refund of l1's unit would give back what went back already.
+    twice = [first, second, ("refund", 2137, [booked("l2", 1, 2037), booked("l1", 1, 100)])]
+    assert "refund_not_at_captured_price" in {c for c, _ in check_ledger(twice, exp)}
+    # An order-level discount's share is the request's goods', as before.
+    share = booked("d", 1, -100, type="discount")
+    as_share = [
+        first,
+        ("capture", 6011, [booked("l1", 1, 0), booked("l2", 3, 6111), share]),
+        ("refund", 2037, [booked("l2", 1, 2037)]),
+    ]
+    assert "refund_not_at_captured_price" in {c for c, _ in check_ledger(as_share, exp)}
+
+
+def test_a_fee_whose_first_capture_was_made_outside_goes_alone_once_the_goods_are() -> None:
+    """Seed 41850: §4 "shipping_fee and surcharge lines are charged with the order's
+    first capture"; that capture was made outside (the PSP named its lines), every unit
+    of goods is captured, and nothing is left to carry the fee: it is charged alone
+    (README "Fees"), before a cancel lets the rest go."""
+    for status in ("open", "cancelled"):
+        oracle = Oracle(594, refuses_increases=False)
+        oracle.snapshot(snap(1, [line("l3", 1, 99), line("fee", 1, 495, type="shipping_fee")]))
+        oracle.settle()
+        oracle.external_capture("l3", 1, 99)
+        oracle.snapshot(
+            snap(
+                2,
+                [line("l3", 1, 99, shipped_quantity=1), line("fee", 1, 495, type="shipping_fee")],
+                status=status,
+            )
+        )
+        exp = oracle.expectation()
+        assert exp.lines["fee"].captured == 1 and exp.lines["fee"].captured_range is None
+        assert exp.authorization == ("open" if status == "open" else "released")
+        uncharged = [("capture", 99, [booked("l3", 1, 99)])]
+        assert "captured_units" in {c for c, _ in check_ledger(uncharged, exp)}
+        charged = [*uncharged, ("capture", 495, [booked("fee", 1, 495, type="shipping_fee")])]
+        assert not [c for c, _ in check_ledger(charged, exp) if c == "captured_units"]
+
+
+def test_a_fee_after_an_unnamed_first_capture_outside_may_go_alone_or_wait() -> None:
+    """The same with a capture whose lines the PSP did not name (an Adyen notification):
+    the build may not have tied it to units, so it may not know a first capture was
+    made (§4 counts the money "in the order's figures", not its lines): either."""
+    oracle = Oracle(594, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l3", 1, 99), line("fee", 1, 495, type="shipping_fee")]))
+    oracle.settle()
+    oracle.external_capture("l3", 1, 99, named=False)
+    oracle.snapshot(
+        snap(2, [line("l3", 1, 99, shipped_quantity=1), line("fee", 1, 495, type="shipping_fee")])
+    )
+    exp = oracle.expectation()
+    assert exp.lines["fee"].captured_range == (0, 1)
