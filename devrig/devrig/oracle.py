@@ -1354,8 +1354,10 @@ class Oracle:
                 # Taken for shipped units of a line worth as much, that money was the
                 # order's first capture (§4: counted, "never makes it a second time"),
                 # which could not carry the fees "charged with the order's first
-                # capture": as after a capture the PSP names, they wait for the
-                # service's next capture of goods, which may never come.
+                # capture": as after a capture the PSP names, they go with the
+                # service's next capture of goods, or alone once none is left to come
+                # (README "Fees"); the build knows it was a first capture only once it
+                # tied the money to units, so they may also stay uncharged.
                 for fee in self.stored["lines"]:
                     got = exp.lines.get(str(fee["id"]))
                     if kind(fee) in FEES and got is not None:

@@ -1954,8 +1954,10 @@ def test_a_fee_may_wait_after_a_first_capture_made_outside_tied_to_the_shipped_u
     on l2), then the shop marked a unit of l3 (also 99) shipped: the service may tie
     that money to l3's unit (§4: counted, "never makes it a second time"). Then it was
     the order's first capture, which could not carry the shipping fee "charged with the
-    order's first capture"; as after a capture the PSP names, the fee waits for the
-    service's next capture of goods, and may go uncharged when none comes."""
+    order's first capture"; as after a capture the PSP names, the fee goes with the
+    service's next capture of goods, or alone before the cancel releases the rest
+    (README "Fees"); had the service not tied the money to units, it would not know a
+    first capture was made, and the fee stays uncharged: either."""
     oracle = Oracle(792, refuses_increases=False)
     l2, l3, fee = line("l2", 3, 99), line("l3", 1, 99), line("l4", 1, 495, type="shipping_fee")
     oracle.snapshot(snap(1, [l2, l3, fee]))
@@ -1968,8 +1970,11 @@ def test_a_fee_may_wait_after_a_first_capture_made_outside_tied_to_the_shipped_u
     exp = oracle.expectation()
     ledger = [("capture", 99, [booked("l2", 1, 99)])]
     assert not [f for f in check_ledger(ledger, exp) if f[0] == "captured_units"]
-    # Charged with the capture of l3's unit, had the service made one, it stands too.
+    # Charged with the capture of l3's unit, had the service made one, or alone, it
+    # stands too.
     assert exp.lines["l4"].captured_range == (0, 1)
+    alone = [*ledger, ("capture", 495, [booked("l4", 1, 495, type="shipping_fee")])]
+    assert not [f for f in check_ledger(alone, exp) if f[0] == "captured_units"]
 
 
 def test_goods_added_after_the_authorization_expired_may_be_flagged_external_change() -> None:
