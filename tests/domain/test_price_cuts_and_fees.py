@@ -190,3 +190,13 @@ def test_a_fee_alone_the_authorization_cannot_hold_waits() -> None:
     view = OrderView(now, psp(300, 99), history=history, refused_amount=594)
     decision = plan_next(view, allow_all)  # the increase to 594 was refused
     assert not isinstance(decision, Plan)
+
+
+def test_a_fee_added_after_every_unit_of_goods_was_captured_goes_alone() -> None:
+    """A fee the first capture did not carry (added later) goes with the next capture of
+    goods, or alone when none is left to come."""
+    history = (captured(unit("l3", 1, 99)),)
+    now = order([line("l3", 1, 99, shipped=1), FEE])
+    decision = plan_next(OrderView(now, psp(594, 99), history=history), allow_all)
+    assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
+    assert [(x.reference, x.total_amount) for x in decision.lines] == [("fee", 495)]
