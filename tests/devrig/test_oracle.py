@@ -2186,3 +2186,26 @@ def test_a_fee_after_an_unnamed_first_capture_outside_may_go_alone_or_wait() -> 
     )
     exp = oracle.expectation()
     assert exp.lines["fee"].captured_range == (0, 1)
+
+
+def test_a_fee_added_to_an_authorization_a_window_may_have_fully_captured_may_wait() -> None:
+    """Seed 44534: one unit captured before the first read (99), the basket lowered to
+    that unit (a worker may set the authorization to 99: fully captured), then a
+    shipping fee added in the same window. §4 step 1 updates only an authorization "not
+    fully captured", so the shop may be asked for a new order and the fee stay
+    uncharged; a worker that saw only the last snapshot raised it and charged the fee
+    alone (README "Fees"): either."""
+    oracle = Oracle(7995, refuses_increases=False)
+    oracle.external_capture("l2", 1, 99)
+    oracle.snapshot(snap(1, [line("l1", 3, 2599, type="digital"), line("l2", 2, 99)]))
+    oracle.settle()
+    oracle.snapshot(snap(5, [line("l2", 2, 99)]))
+    oracle.settle()
+    oracle.snapshot(snap(6, [line("l2", 1, 99)]))
+    oracle.snapshot(
+        snap(11, [line("l2", 1, 99), line("l4", 1, 284, type="shipping_fee")], amount=220)
+    )
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") in exp.allowed
+    assert exp.lines["l4"].captured_range == (0, 1)
+    assert (exp.authorized_low or 0) <= 99
