@@ -21,6 +21,7 @@ shipped the captures add up to the order's total.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -72,6 +73,18 @@ def order_total(snapshot: dict[str, Any]) -> int:
     lines = sum(line_value(line) for line in snapshot["lines"])
     amount = snapshot.get("amount")
     return lines if amount is None else min(int(amount), lines)
+
+
+def basket(snapshot: dict[str, Any]) -> list[str]:
+    """What the customer buys (§4 step 1's "complete new basket"): every line but the
+    shop's shipped and returned quantities, which no update carries."""
+    return sorted(
+        json.dumps(
+            {k: v for k, v in line.items() if k not in ("shipped_quantity", "returned_quantity")},
+            sort_keys=True,
+        )
+        for line in snapshot["lines"]
+    )
 
 
 def kind(line: dict[str, Any]) -> str:
@@ -507,7 +520,9 @@ class Oracle:
                 exp.allowed.add(("needs_new_order", ""))
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
         if self._ended_in_window and any(
-            snap["status"] == "cancelled" or order_total(snap) != st.authorized
+            snap["status"] == "cancelled"
+            or order_total(snap) != st.authorized
+            or basket(snap) != basket(self.window[0])
             for snap in self.window
         ):
             # The authorization ended without the service (an expiry, a cancel outside)
@@ -515,6 +530,8 @@ class Oracle:
             # its release, cancel (§4 step 4) or update (step 1) before it learnt of the
             # end has it refused, and §4: "An operation that still fails after its
             # retries flags needs_attention" (a business rejection is not retried, §5).
+            # Other lines for the same total are an update too (§4 step 1: "a basket
+            # with the same total but other lines is an update too"; seed 44567).
             exp.allowed |= {("needs_attention", r) for r in LET_GO_REFUSED}
             exp.outcomes.add("let_go_after_the_authorization_ended")
         if st.closed == "expired" and any(

@@ -2209,3 +2209,21 @@ def test_a_fee_added_to_an_authorization_a_window_may_have_fully_captured_may_wa
     assert ("needs_new_order", "") in exp.allowed
     assert exp.lines["l4"].captured_range == (0, 1)
     assert (exp.authorized_low or 0) <= 99
+
+
+def test_an_update_of_the_same_total_refused_after_an_expiry_may_flag() -> None:
+    # Seed 44567: the shop swaps a line for another of the same price (§4 step 1: "a
+    # basket with the same total but other lines is an update too") and the
+    # authorization expires before the worker sends that update: Klarna refuses it
+    # (403 NOT_ALLOWED), and "An operation that still fails after its retries flags
+    # needs_attention". As for a changed total, the refusal's reason may be raised.
+    fee = line("l2", 1, 745, type="shipping_fee")
+    oracle = Oracle(745, refuses_increases=False)
+    oracle.snapshot(snap(1, [fee]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [line("l3", 1, 745, type="shipping_fee", shipped_quantity=1)]))
+    oracle.expire()
+    oracle.settle()
+    exp = oracle.expectation()
+    assert ("needs_attention", "NOT_ALLOWED") in exp.allowed
+    assert ("needs_attention", "NOT_ALLOWED") not in exp.required
