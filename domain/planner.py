@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from fractions import Fraction
 
 from domain.lines import (
     SHARE_TYPES,
@@ -557,6 +558,8 @@ def _capture_gap(order: OrderSnapshot, psp: PspState, ledger: Ledger) -> Flag | 
     a person is told the figures rather than anything being charged or refunded that
     the captured prices do not say.
     """
+    if order.status == "cancelled":
+        return _ended_above(ledger, order)
     if order.status != "open" or psp.status not in (PspStatus.PART_CAPTURED, PspStatus.CAPTURED):
         return None
     captured = captured_total(ledger)
@@ -574,6 +577,41 @@ def _capture_gap(order: OrderSnapshot, psp: PspState, ledger: Ledger) -> Flag | 
         f"captured_{direction}_total",
         f"captured {captured} (refunded {captured - held}) against the order's total "
         f"{order.total} ({order.total - captured:+d}); the PSP cannot follow with a capture",
+    )
+
+
+def _ended_above(ledger: Ledger, order: OrderSnapshot) -> Flag | None:
+    """A cancelled order whose units still held were captured for more than they are
+    worth now (a price cut after their capture that no capture was left to give back):
+    the customer keeps paying the old price. §4 names no refund for it, so the release
+    goes on and a person is told the figures (advisory, once).
+
+    Each line's held units against their part of its value now, exactly: a line whose
+    units went in several captures is off by less than a cent, which is no cut.
+    """
+    held_money = 0
+    worth = Fraction(0)
+    for line in order.effective_lines:
+        entry = ledger.get(line.id)
+        if line.shared or entry is None or line.quantity <= 0:
+            continue
+        units = entry.held_quantity
+        if units <= 0:
+            continue
+        money = entry.held_value + entry.held_correction
+        now = Fraction(line.total * min(units, line.quantity), line.quantity)
+        if money - now >= 1:
+            held_money += money
+            worth += now
+    if not held_money:
+        return None
+    value = round(worth)
+    return Flag(
+        NEEDS_ATTENTION,
+        "captured_above_total",
+        f"captured {held_money} for goods now worth {value} ({value - held_money:+d}); "
+        "the order is cancelled: no capture is left to give the difference back, and "
+        "nothing is refunded that the captured prices do not say",
     )
 
 
