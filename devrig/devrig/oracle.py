@@ -812,6 +812,15 @@ class Oracle:
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
             exp.outcomes.add("below_captures_in_passing")
         self._maybe_cancelled |= cancelled_in_passing
+        if last["status"] == "cancelled" and self._held_above_worth(last):
+            # A cancelled order holding units captured for more than they are worth now
+            # (a price cut after their capture): §4 step 4 captures only shipped lines
+            # not yet captured, so nothing is left to give the cut back, and step 3
+            # refunds only returned units "at the prices and tax they were captured at";
+            # a person may be told the figures (the build's reason for a basket the
+            # captures cannot follow) while the release goes on.
+            exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+            exp.outcomes.add("cancelled_above_what_its_goods_are_worth")
         self._cancel_held = False
         self._ended_in_window = False
         self.window = [last]
@@ -921,6 +930,25 @@ class Oracle:
         are shared in by value."""
         own = sum(line_value(line) for line in snap["lines"] if kind(line) in GOODS | FEES)
         return Fraction(order_total(snap), own) if own else Fraction(1)
+
+    def _held_above_worth(self, snap: dict[str, Any]) -> bool:
+        """Some unit the PSP may hold was captured at a unit price above its price now."""
+        for line in snap["lines"]:
+            if kind(line) not in GOODS | FEES or int(line["quantity"]) <= 0:
+                continue
+            entry = self.exp.lines.get(line["id"])
+            back = self.state.refunded.get(line["id"], 0)
+            held = self.state.captured.get(line["id"], 0) - back
+            if entry is not None and entry.captured_range is not None:
+                held = max(held, entry.captured_range[1] - back)
+            if held <= 0:
+                continue
+            now = Fraction(line_value(line), int(line["quantity"]))
+            prices = {p for p, _ in (entry.prices if entry else set())}
+            prices |= {p for p, _ in self.state.outside_prices.get(line["id"], set())}
+            if any(p > now for p in prices):
+                return True
+        return False
 
     def _uncaptured_goods(self) -> bool:
         if self.stored is None:

@@ -2227,3 +2227,30 @@ def test_an_update_of_the_same_total_refused_after_an_expiry_may_flag() -> None:
     exp = oracle.expectation()
     assert ("needs_attention", "NOT_ALLOWED") in exp.allowed
     assert ("needs_attention", "NOT_ALLOWED") not in exp.required
+
+
+def test_a_cancelled_order_captured_above_what_its_goods_are_worth_now_may_be_told() -> None:
+    # A unit captured at 1200, then priced to 700, then the order cancelled: nothing is
+    # left to capture, so no capture gives the cut back and §4 names no refund for it
+    # (step 3 refunds returned units). A person may be told (the build's
+    # captured_above_total, advisory); the release still goes on.
+    oracle = Oracle(2100, refuses_increases=False)
+    oracle.snapshot(snap(1, [SHOES, SOCKS]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, SOCKS]))
+    oracle.settle()
+    cut = {**SHOES, "unit_price": 700, "shipped_quantity": 1}
+    oracle.snapshot(snap(3, [cut, SOCKS], status="cancelled"))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert ("needs_attention", "captured_above_total") in exp.allowed
+    assert exp.authorization == "released"
+    # Cancelled at the price it was captured at: nothing to tell.
+    oracle = Oracle(2100, refuses_increases=False)
+    oracle.snapshot(snap(1, [SHOES, SOCKS]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**SHOES, "shipped_quantity": 1}, SOCKS]))
+    oracle.settle()
+    oracle.snapshot(snap(3, [{**SHOES, "shipped_quantity": 1}, SOCKS], status="cancelled"))
+    oracle.settle()
+    assert ("needs_attention", "captured_above_total") not in oracle.expectation().allowed
