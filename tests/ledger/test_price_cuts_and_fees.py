@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.ledger.harness import FakeKlarna, insert_order, order_row, shipped, update_snapshot
+from tests.ledger.test_flags_and_totals import told
 from tests.ledger.test_ledger_regressions import drive
 from tests.ledger.test_money_rules import EBOOK, kinds, klarna_order, posts, snap
 from tests.seed_basket import SHOES
@@ -111,3 +112,25 @@ def test_a_fee_whose_first_capture_was_made_outside_is_charged_alone(
     assert klarna.orders[first.psp_order_id].captured_amount == 995
     if status == "cancelled":
         assert [k for k, _, _ in kinds(ctx, order_id)][-1] == "release_authorization"
+
+
+def test_a_cancel_after_a_cut_with_nothing_left_to_capture_is_told(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """The e-book captured at checkout (500), then given for free, then the order
+    cancelled before the shoes ship: no capture is left to give the 500 back and §4
+    names no refund for it. The rest (1200) is released and the order is flagged
+    captured_above_total with the figures, told once; before, nobody was told."""
+    order_id, first = klarna_order(ctx, klarna, [EBOOK, SHOES])
+    captured_at_checkout(klarna, first.psp_order_id)
+    insert_order(ctx, snap(order_id, shipped([EBOOK, SHOES], ebook=1)))
+    drive(ctx, order_id)
+    free = {**EBOOK, "unit_price": 0}
+    update_snapshot(ctx, snap(order_id, shipped([free, SHOES], ebook=1), 2, status="cancelled"))
+    drive(ctx, order_id)
+    drive(ctx, order_id)
+    assert [k for k, _, _ in kinds(ctx, order_id)][-1] in ("release_authorization", "cancel")
+    psp = klarna.orders[first.psp_order_id]
+    assert (psp.captured_amount, psp.refunded_amount) == (500, 0)
+    codes = [code for _, code in told(ctx, order_id)]
+    assert codes.count("captured_above_total") == 1
