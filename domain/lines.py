@@ -94,6 +94,11 @@ class LineLedger:
     refunded_amount: int = 0
     captured_share: int = 0
     refunded_share: int = 0
+    # A price cut on units already captured that later captures gave back (a `discount`
+    # line with this line's reference, < 0), and what refunds of its units took of that
+    # back: the units are held at their captured value plus this (_price_corrections).
+    captured_correction: int = 0
+    refunded_correction: int = 0
     # The product line as it was last captured: a refund gives back at its tax rate.
     captured_line: PspLine | None = field(default=None, compare=False)
     # The line as last sent: a discount the shop has since dropped is still named by it.
@@ -110,6 +115,15 @@ class LineLedger:
     @property
     def held_share(self) -> int:
         return self.captured_share - self.refunded_share
+
+    @property
+    def held_correction(self) -> int:
+        return self.captured_correction - self.refunded_correction
+
+    @property
+    def captured_net(self) -> int:
+        """What the line's captures took for it, a price cut given back since included."""
+        return self.captured_amount + self.captured_correction
 
 
 Ledger = dict[str, LineLedger]
@@ -137,6 +151,16 @@ def ledger_from(operations: Iterable[tuple[str, Sequence[PspLine]]]) -> Ledger:
     for kind, lines in operations:
         if kind not in (CAPTURE, REFUND):
             continue
+        # A share line with the reference of a product line already captured is that
+        # line's price correction: its own units carry it, not the request's.
+        corrections = [line for line in lines if _is_correction(ledger, line)]
+        for line in corrections:
+            entry = ledger[line.reference]
+            if kind == CAPTURE:
+                entry.captured_correction += line.total_amount
+            else:
+                entry.refunded_correction += line.total_amount
+        lines = [line for line in lines if not _is_correction(ledger, line)]
         products = [line for line in lines if not _is_share(line)]
         shares_total = sum(line.total_amount for line in lines if _is_share(line))
         attributed = (
@@ -162,6 +186,11 @@ def ledger_from(operations: Iterable[tuple[str, Sequence[PspLine]]]) -> Ledger:
             else:
                 entry.refunded_share += part
     return ledger
+
+
+def _is_correction(ledger: Ledger, line: PspLine) -> bool:
+    entry = ledger.get(line.reference)
+    return _is_share(line) and entry is not None and entry.captured_line is not None
 
 
 def _capture_attribution(products: Sequence[PspLine], shares_total: int) -> list[int]:
@@ -196,8 +225,9 @@ def _refund_attribution(
 
 
 def captured_total(ledger: Ledger) -> int:
-    """Everything captured for the order, discount shares included."""
-    return sum(entry.captured_amount for entry in ledger.values())
+    """Everything captured for the order, discount shares and price corrections
+    included."""
+    return sum(entry.captured_net for entry in ledger.values())
 
 
 def all_units_captured(order: OrderSnapshot, ledger: Ledger) -> bool:
@@ -409,6 +439,7 @@ def capture_lines(
     paid_unnamed: int = 0,
     unshared: int = 0,
     held: Collection[str] = (),
+    give_back: bool = True,
 ) -> list[PspLine]:
     """The lines of a capture of everything shipped but not yet captured.
 
@@ -428,20 +459,26 @@ def capture_lines(
 
     `held`: fees left out of this capture (still open, so still counted in the sharing):
     one the authorization left cannot carry waits, and the goods that fit go alone.
+
+    `give_back`: whether the capture gives back price cuts on units already captured
+    (_price_corrections); money moved without the service carried none.
     """
     products, reducing = _split_lines(order)
     result: list[PspLine] = []
     value_this = 0
     value_open = 0
     with_goods = _goods_to_capture(order, ledger)
+    fee_alone = not with_goods and _fees_due_alone(order, ledger)
     for line in products:
         entry = ledger.get(line.id, LineLedger())
         open_quantity = line.quantity - entry.captured_quantity
-        # ≥ 0 so that a shop that lowered a price below what was already captured gets
-        # no negative capture; the planner flags the difference.
-        open_value = max(line.total - entry.captured_amount, 0) if open_quantity > 0 else 0
+        # ≥ 0: a line already captured for more than it is now worth (a price cut after
+        # a capture) has nothing left for its units; the cut goes back with the capture
+        # as a correction (_price_corrections).
+        open_value = max(line.total - entry.captured_net, 0) if open_quantity > 0 else 0
         value_open += open_value
-        target = line.quantity if line.is_fee and with_goods else shipped_quantity(order, line)
+        fee_now = line.is_fee and (with_goods or fee_alone)
+        target = line.quantity if fee_now else shipped_quantity(order, line)
         if line.id in held:
             target = entry.captured_quantity
         quantity = target - entry.captured_quantity
@@ -484,7 +521,67 @@ def capture_lines(
         value_open,
         carried=sum(line.total_amount for line in corrections if line.total_amount > 0),
     )
-    return _merge_shares(result + shares + corrections)
+    merged = _merge_shares(result + shares + corrections)
+    if not give_back:
+        return merged
+    return merged + _price_corrections(order, ledger, lines_total(merged))
+
+
+def _price_corrections(order: OrderSnapshot, ledger: Ledger, carrier: int) -> list[PspLine]:
+    """What a capture worth `carrier` gives back of price cuts on units already captured.
+
+    A price edit after a capture is carried by the line's units still to capture (the
+    line's captures add up to what it is worth now); a cut those units cannot carry —
+    the line is already captured for more than it is now worth — is given back by the
+    order's next capture, as a negative `discount` line with the line's reference at
+    the tax rate its units were captured at, so that the captures still add up to the
+    order's total (contract §4) and the authorization, which follows the basket, holds
+    them. The line's units are then held at what is left (a refund gives back no
+    more). Never more than the capture carries (it stays ≥ 0; the rest waits for the
+    next one), and not for a line with units refunded already (their money went back
+    at the captured price): those the planner flags (_capture_gap).
+    """
+    cuts: list[tuple[Line, LineLedger, int]] = []
+    for line in order.effective_lines:
+        entry = ledger.get(line.id)
+        if line.shared or entry is None or entry.captured_line is None:
+            continue
+        over = entry.captured_net - line.total
+        if over > 0 and entry.captured_quantity > 0 and entry.refunded_quantity == 0:
+            cuts.append((line, entry, over))
+    total = sum(over for _, _, over in cuts)
+    carried = min(total, max(carrier, 0))
+    if carried <= 0:
+        return []
+    result = []
+    parts = distribute(carried, [over for _, _, over in cuts])
+    for (line, entry, _), part in zip(cuts, parts, strict=True):
+        if part:
+            assert entry.captured_line is not None
+            rate = entry.captured_line.tax_rate
+            result.append(_share_line(line.id, line.name, rate, -part))
+    return result
+
+
+def _fees_due_alone(order: OrderSnapshot, ledger: Ledger) -> bool:
+    """Fees charged "with the order's first capture" (contract §4) when that capture
+    was made without the service (a portal capture, one before the first read) and no
+    capture of goods is left to carry them: every unit of goods of some value is
+    captured, or the order is cancelled with its shipped goods captured. They then go
+    alone, as the fee of a first capture the service made would have gone with it."""
+    goods = [line for line in order.effective_lines if not line.shared and not line.is_fee]
+    first_made = any(
+        ledger.get(line.id, LineLedger()).captured_quantity > 0 and line.total > 0 for line in goods
+    )
+    if not first_made:
+        return False
+    if order.status == "cancelled":
+        return True
+    return all(
+        ledger.get(line.id, LineLedger()).captured_quantity >= line.quantity
+        for line in goods
+        if line.total > 0
+    )
 
 
 def _merge_shares(lines: list[PspLine]) -> list[PspLine]:
@@ -519,6 +616,7 @@ def refund_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
     """
     products, _ = _split_lines(order)
     result: list[PspLine] = []
+    cuts_back: list[PspLine] = []
     shares_back = 0
     for line in products:
         entry = ledger.get(line.id, LineLedger())
@@ -530,10 +628,15 @@ def refund_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
             continue
         value = share(max(entry.held_value, 0), quantity, held_quantity)
         shares_back += share(entry.held_share, quantity, held_quantity)
-        result.append(_part(_as_captured(line, entry), quantity, value))
+        captured = _as_captured(line, entry)
+        result.append(_part(captured, quantity, value))
+        # A price cut a later capture gave back for these units is no longer held.
+        cut = share(entry.held_correction, quantity, held_quantity)
+        if cut:
+            cuts_back.append(_share_line(line.id, line.name, captured.tax_rate, cut))
     if not result:
         return []
-    return result + _shares_back(order, ledger, shares_back)
+    return result + _shares_back(order, ledger, shares_back) + cuts_back
 
 
 def _as_captured(line: Line, entry: LineLedger) -> Line:

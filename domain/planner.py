@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
+from fractions import Fraction
 
 from domain.lines import (
     SHARE_TYPES,
@@ -361,7 +362,11 @@ def _attribution(
     for op, then in captures:
         # Units worth nothing are no part of money that moved (no capture of 0 is ever
         # sent, and the PSP's ledger never shows them): never tied to it.
-        lines = [x for x in capture_lines(then, ledger) if x.total_amount or x.type in SHARE_TYPES]
+        lines = [
+            x
+            for x in capture_lines(then, ledger, give_back=False)
+            if x.total_amount or x.type in SHARE_TYPES
+        ]
         if lines and lines_total(lines) == op.amount:
             return Attribute(str(op.reference), tuple(lines))
     lines = refund_lines(order, ledger)
@@ -426,7 +431,9 @@ def _shipped_part(order: OrderSnapshot, ledger: Ledger, amount: int) -> tuple[Ps
                 for other in order.lines
             ]
             found = _worth(
-                amount, line.id, capture_lines(order.model_copy(update={"lines": alone}), ledger)
+                amount,
+                line.id,
+                capture_lines(order.model_copy(update={"lines": alone}), ledger, give_back=False),
             )
             if found is not None:
                 return found
@@ -528,7 +535,7 @@ def explained_lines(
     the order is flagged `external_change`)."""
     ledger = ledger_from((op.kind.value, op.lines) for op in history if op.status == "succeeded")
     if kind is Kind.CAPTURE:
-        lines = capture_lines(order, ledger)
+        lines = capture_lines(order, ledger, give_back=False)
     elif kind is Kind.REFUND:
         lines = refund_lines(order, ledger)
     else:
@@ -551,6 +558,8 @@ def _capture_gap(order: OrderSnapshot, psp: PspState, ledger: Ledger) -> Flag | 
     a person is told the figures rather than anything being charged or refunded that
     the captured prices do not say.
     """
+    if order.status == "cancelled":
+        return _ended_above(ledger, order)
     if order.status != "open" or psp.status not in (PspStatus.PART_CAPTURED, PspStatus.CAPTURED):
         return None
     captured = captured_total(ledger)
@@ -568,6 +577,41 @@ def _capture_gap(order: OrderSnapshot, psp: PspState, ledger: Ledger) -> Flag | 
         f"captured_{direction}_total",
         f"captured {captured} (refunded {captured - held}) against the order's total "
         f"{order.total} ({order.total - captured:+d}); the PSP cannot follow with a capture",
+    )
+
+
+def _ended_above(ledger: Ledger, order: OrderSnapshot) -> Flag | None:
+    """A cancelled order whose units still held were captured for more than they are
+    worth now (a price cut after their capture that no capture was left to give back):
+    the customer keeps paying the old price. §4 names no refund for it, so the release
+    goes on and a person is told the figures (advisory, once).
+
+    Each line's held units against their part of its value now, exactly: a line whose
+    units went in several captures is off by less than a cent, which is no cut.
+    """
+    held_money = 0
+    worth = Fraction(0)
+    for line in order.effective_lines:
+        entry = ledger.get(line.id)
+        if line.shared or entry is None or line.quantity <= 0:
+            continue
+        units = entry.held_quantity
+        if units <= 0:
+            continue
+        money = entry.held_value + entry.held_correction
+        now = Fraction(line.total * min(units, line.quantity), line.quantity)
+        if money - now >= 1:
+            held_money += money
+            worth += now
+    if not held_money:
+        return None
+    value = round(worth)
+    return Flag(
+        NEEDS_ATTENTION,
+        "captured_above_total",
+        f"captured {held_money} for goods now worth {value} ({value - held_money:+d}); "
+        "the order is cancelled: no capture is left to give the difference back, and "
+        "nothing is refunded that the captured prices do not say",
     )
 
 
@@ -647,6 +691,14 @@ def _capture_step(
     # with it by the rule below, not lost to the cancel.
     remaining = psp.authorized - psp.captured
     amount = wanted = lines_total(lines)
+    unshipped_fees = {line.id for line in order.effective_lines if line.is_fee}
+    unshipped_fees -= {line.id for line in order.effective_lines if line.shipped_quantity}
+    if amount > remaining and all(
+        x.reference in unshipped_fees for x in lines if x.type not in SHARE_TYPES
+    ):
+        # Fees going alone (README "Fees": their first capture was made outside) that
+        # the authorization cannot hold wait, as a fee riding with goods would.
+        return None
     unnamed = max(psp.captured - captured_total(ledger), 0)
     if amount > remaining and unnamed > 0:
         # Money captured outside without named lines paid for goods at their value

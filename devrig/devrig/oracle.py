@@ -21,6 +21,7 @@ shipped the captures add up to the order's total.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -72,6 +73,18 @@ def order_total(snapshot: dict[str, Any]) -> int:
     lines = sum(line_value(line) for line in snapshot["lines"])
     amount = snapshot.get("amount")
     return lines if amount is None else min(int(amount), lines)
+
+
+def basket(snapshot: dict[str, Any]) -> list[str]:
+    """What the customer buys (§4 step 1's "complete new basket"): every line but the
+    shop's shipped and returned quantities, which no update carries."""
+    return sorted(
+        json.dumps(
+            {k: v for k, v in line.items() if k not in ("shipped_quantity", "returned_quantity")},
+            sort_keys=True,
+        )
+        for line in snapshot["lines"]
+    )
 
 
 def kind(line: dict[str, Any]) -> str:
@@ -167,6 +180,8 @@ class _State:
     external_units: dict[str, int] = field(default_factory=dict)  # captured outside
     external_back: dict[str, int] = field(default_factory=dict)  # refunded outside
     charged_back: bool = False
+    # A capture made outside whose lines the PSP did not name (an Adyen notification).
+    unnamed_outside: bool = False
     # Units whose money a chargeback gave back (it takes everything still held): a shop
     # return of them is not refunded again.
     charged_back_units: dict[str, int] = field(default_factory=dict)
@@ -262,6 +277,8 @@ class Oracle:
         `value` in all. `named`: whether the PSP tells the service its lines (a Klarna
         read does; an Adyen notification gives an amount only). `tax_rate`: the rate
         its maker booked it at, when known."""
+        if not named:
+            self.state.unnamed_outside = True
         if not named and units and self.stored is not None:
             # §4 asks that such money be counted and "never made a second time"; which
             # units it paid for the service can only tell by their value: units of
@@ -503,7 +520,9 @@ class Oracle:
                 exp.allowed.add(("needs_new_order", ""))
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
         if self._ended_in_window and any(
-            snap["status"] == "cancelled" or order_total(snap) != st.authorized
+            snap["status"] == "cancelled"
+            or order_total(snap) != st.authorized
+            or basket(snap) != basket(self.window[0])
             for snap in self.window
         ):
             # The authorization ended without the service (an expiry, a cancel outside)
@@ -511,6 +530,8 @@ class Oracle:
             # its release, cancel (§4 step 4) or update (step 1) before it learnt of the
             # end has it refused, and §4: "An operation that still fails after its
             # retries flags needs_attention" (a business rejection is not retried, §5).
+            # Other lines for the same total are an update too (§4 step 1: "a basket
+            # with the same total but other lines is an update too"; seed 44567).
             exp.allowed |= {("needs_attention", r) for r in LET_GO_REFUSED}
             exp.outcomes.add("let_go_after_the_authorization_ended")
         if st.closed == "expired" and any(
@@ -643,6 +664,7 @@ class Oracle:
                 st.authorized = total
         # Steps 2-4: captures, refunds, then a cancel lets go of what is left.
         captured_before = dict(st.captured)
+        money_before = st.money
         self._captures(last, lines)
         if cancelled_in_passing:
             # A worker that cancelled for the earlier snapshot left nothing to capture
@@ -667,9 +689,12 @@ class Oracle:
             # alike, so the PSP may still hold what it held then (held_high).
             exp.authorized_high = max(before, held_high or 0, *lows)
         if st.closed is None and any(
-            order_total(snap) <= st.money + 2 < total
+            # (The captures before this window's too: a fee charged alone in it, README
+            # "Fees", comes after the update that worker could not make.)
+            order_total(snap) <= money + 2 < total
             for snap in self.window[:-1]
             if snap["status"] == "open"
+            for money in (money_before, st.money)
         ):
             # A worker may have lowered the authorization to an earlier basket of this
             # window that the captures cover: fully captured, it cannot be raised to the
@@ -787,6 +812,15 @@ class Oracle:
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
             exp.outcomes.add("below_captures_in_passing")
         self._maybe_cancelled |= cancelled_in_passing
+        if last["status"] == "cancelled" and self._held_above_worth(last):
+            # A cancelled order holding units captured for more than they are worth now
+            # (a price cut after their capture): §4 step 4 captures only shipped lines
+            # not yet captured, so nothing is left to give the cut back, and step 3
+            # refunds only returned units "at the prices and tax they were captured at";
+            # a person may be told the figures (the build's reason for a basket the
+            # captures cannot follow) while the release goes on.
+            exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+            exp.outcomes.add("cancelled_above_what_its_goods_are_worth")
         self._cancel_held = False
         self._ended_in_window = False
         self.window = [last]
@@ -794,6 +828,63 @@ class Oracle:
         self.expired_in_window = False
         self._before_update = 0
         self._maybe_full = False
+
+    def _fees_due_alone(
+        self,
+        last: dict[str, Any],
+        lines: dict[str, dict[str, Any]],
+        newly: dict[str, int],
+        fees: list[str],
+    ) -> list[str]:
+        """Fees the service charges alone: §4 "shipping_fee and surcharge lines are
+        charged with the order's first capture"; that capture was made outside the
+        service (its maker chose what it took, fees not among it) and no capture of
+        goods is left to carry them (every unit of goods of some value captured, or the
+        order cancelled with nothing shipped left to capture). README "Fees": the
+        service then charges them alone. Only when the PSP named the outside capture's
+        lines (an unnamed one may not be tied to units, so the service may not know a
+        first capture was made: then either)."""
+        st = self.state
+        if newly or st.own_capture or st.closed is not None:
+            return []
+        outside_goods = any(
+            units > 0 and line_id in lines and kind(lines[line_id]) in GOODS
+            for line_id, units in st.external_units.items()
+        )
+        if not outside_goods:
+            return []
+        goods = [
+            (line_id, line)
+            for line_id, line in lines.items()
+            if kind(line) in GOODS and line_value(line) > 0
+        ]
+        done = last["status"] == "cancelled" or all(
+            st.captured.get(line_id, 0) >= int(line["quantity"]) for line_id, line in goods
+        )
+        if not done:
+            return []
+        due = [
+            line_id
+            for line_id, line in lines.items()
+            if kind(line) in FEES
+            and line_id not in fees
+            and st.captured.get(line_id, 0) < int(line["quantity"])
+        ]
+        covered = any(
+            # A worker may have lowered the authorization to an earlier basket of this
+            # window that the captures cover: fully captured, it is not raised for the
+            # fee (§4 step 1, "not fully captured"); the shop is asked for a new order.
+            x["status"] == "open" and order_total(x) <= st.money + 2
+            for x in self.window[:-1]
+        )
+        if st.unnamed_outside or covered:
+            for line_id in due:
+                entry = self.exp.lines.setdefault(line_id, LineExpect())
+                before = st.captured.get(line_id, 0)
+                entry.maybe(before, int(lines[line_id]["quantity"]))
+                entry.prices |= self._prices(line_id)
+            return []
+        return due
 
     def _shipped_uncaptured(self, lines: dict[str, dict[str, Any]]) -> bool:
         return any(
@@ -839,6 +930,25 @@ class Oracle:
         are shared in by value."""
         own = sum(line_value(line) for line in snap["lines"] if kind(line) in GOODS | FEES)
         return Fraction(order_total(snap), own) if own else Fraction(1)
+
+    def _held_above_worth(self, snap: dict[str, Any]) -> bool:
+        """Some unit the PSP may hold was captured at a unit price above its price now."""
+        for line in snap["lines"]:
+            if kind(line) not in GOODS | FEES or int(line["quantity"]) <= 0:
+                continue
+            entry = self.exp.lines.get(line["id"])
+            back = self.state.refunded.get(line["id"], 0)
+            held = self.state.captured.get(line["id"], 0) - back
+            if entry is not None and entry.captured_range is not None:
+                held = max(held, entry.captured_range[1] - back)
+            if held <= 0:
+                continue
+            now = Fraction(line_value(line), int(line["quantity"]))
+            prices = {p for p, _ in (entry.prices if entry else set())}
+            prices |= {p for p, _ in self.state.outside_prices.get(line["id"], set())}
+            if any(p > now for p in prices):
+                return True
+        return False
 
     def _uncaptured_goods(self) -> bool:
         if self.stored is None:
@@ -951,6 +1061,8 @@ class Oracle:
                     exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
                     exp.uncertain_end = True
                     exp.outcomes.add("fee_removed_while_shipping")
+        alone = self._fees_due_alone(last, lines, newly, fees)
+        fees += alone
         riding: dict[str, int] = {}  # fees that may go with this capture
         for line_id, line in lines.items():
             # Added after the first capture: the contract does not say when it is
@@ -1024,6 +1136,8 @@ class Oracle:
                 # leaves to a later capture or to its shipment (see below): either.
                 later_maybe.add(line_id)
                 exp.outcomes.add("fee_added_while_shipping")
+            elif line_id in alone:
+                exp.outcomes.add("fee_alone_after_a_first_capture_outside")
             elif not goods_shipped and int(lines[line_id].get("shipped_quantity", 0)) == 0:
                 # Only units worth nothing shipped so far (no capture of 0 is sent): the
                 # fee makes the first capture worth sending now, or waits for goods of
@@ -1296,8 +1410,10 @@ class Oracle:
                 # Taken for shipped units of a line worth as much, that money was the
                 # order's first capture (§4: counted, "never makes it a second time"),
                 # which could not carry the fees "charged with the order's first
-                # capture": as after a capture the PSP names, they wait for the
-                # service's next capture of goods, which may never come.
+                # capture": as after a capture the PSP names, they go with the
+                # service's next capture of goods, or alone once none is left to come
+                # (README "Fees"); the build knows it was a first capture only once it
+                # tied the money to units, so they may also stay uncharged.
                 for fee in self.stored["lines"]:
                     got = exp.lines.get(str(fee["id"]))
                     if kind(fee) in FEES and got is not None:
@@ -1433,6 +1549,15 @@ def _borrow(
             short -= take
 
 
+def _cut(held: dict[str, list[Fraction]], line: Booked) -> None:
+    """A price cut given back for a line's captured units: spread over them by value."""
+    units = held.get(line.reference, [])
+    value = sum(units, Fraction(0))
+    for index, unit in enumerate(units):
+        part = Fraction(line.total * unit, value) if value else Fraction(line.total, len(units))
+        units[index] = unit + part
+
+
 def check_ledger(
     requests: list[tuple[str, int, list[Booked]]], exp: Expectation
 ) -> list[tuple[str, str]]:
@@ -1451,6 +1576,21 @@ def check_ledger(
         for line in lines:
             if abs(line.tax - tax_in(line.total, line.tax_rate)) > 1:
                 found.append(("tax_wrong", f"{line.reference}: tax {line.tax} on {line.total}"))
+        # README "Ledger model": a price cut on units already captured is given back by a
+        # later capture as a `discount` line with that goods line's reference; it is
+        # those units' (§4 step 3: refunds "at the prices and tax they were captured at
+        # (never more than was captured for those units)"), not a share of the order-level
+        # lines the request's other goods carry ("in proportion to the value of the lines
+        # they carry").
+        cuts = [
+            line
+            for line in lines
+            if line.type in REDUCING and got.get(line.reference, [0, 0])[0] > 0
+        ]
+        lines = [line for line in lines if line not in cuts]
+        if what == "capture":
+            for line in cuts:
+                _cut(held, line)
         units = [line for line in lines if line.type not in REDUCING | SHARED_UP]
         shared = sum(line.total for line in lines if line.type in REDUCING | SHARED_UP)
         value = sum(line.total for line in units)
@@ -1540,6 +1680,10 @@ def check_ledger(
                 ("captured_units", f"{reference}: {have[0]} captured, expected {lo}..{hi}")
             )
         low = entry.refunded if entry.refunded_low is None else entry.refunded_low
+        # §4 step 3: a refund "never more than was captured for those units": units
+        # held at nothing (a price cut given back since) have nothing to refund, and no
+        # refund of 0 is sent.
+        low -= sum(1 for unit in held.get(reference, []) if unit <= 0)
         if not low <= have[1] <= entry.refunded and not entry.captured_range:
             found.append(
                 ("refunded_units", f"{reference}: {have[1]} refunded, expected {entry.refunded}")

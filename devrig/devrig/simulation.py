@@ -269,9 +269,13 @@ def _book_per_unit(
     items: list[tuple[str, int, int, int, int]], types: dict[str, str]
 ) -> list[Booked]:
     """(reference, quantity, unit amount incl. tax, unit tax, rate) groups → whole lines."""
-    merged: dict[str, list[int]] = {}
+    merged: dict[tuple[str, bool], list[int]] = {}
     for reference, quantity, unit, tax, rate in items:
-        entry = merged.setdefault(reference, [0, 0, 0, rate])
+        # Adyen items carry no type: one below nothing with a goods line's id is a
+        # price cut given back for that line's captured units (README "Ledger model"),
+        # a discount, never goods.
+        cut = unit < 0 and types.get(reference, "discount") not in REDUCING | SHARED_UP
+        entry = merged.setdefault((reference, cut), [0, 0, 0, rate])
         entry[0] += quantity
         entry[1] += quantity * unit
         entry[2] += quantity * tax
@@ -280,8 +284,8 @@ def _book_per_unit(
     # after the shop lowers that discount a later capture may carry a positive share back:
     # it is still the discount line, never goods.
     return [
-        Booked(ref, types.get(ref, "discount"), q, total, tax, rate)
-        for ref, (q, total, tax, rate) in merged.items()
+        Booked(ref, "discount" if cut else types.get(ref, "discount"), q, total, tax, rate)
+        for (ref, cut), (q, total, tax, rate) in merged.items()
     ]
 
 
@@ -2705,6 +2709,17 @@ def _captured_unit_value(psp: PspOrder, reference: str) -> int | None:
     captured: list[int] = []
     back = 0
     for what, _, lines in psp.ledger:
+        # A price cut given back for a line's captured units (a discount with the id of
+        # goods): those units', not a share of the request's.
+        cuts = [
+            b
+            for b in lines
+            if b.type in REDUCING and psp.types.get(b.reference, "discount") not in REDUCING
+        ]
+        cut = sum(b.total for b in cuts if b.reference == reference)
+        if what == "capture" and cut and captured:
+            captured = [unit + cut // len(captured) for unit in captured]
+        lines = [b for b in lines if b not in cuts]
         units = [b for b in lines if b.type not in REDUCING | SHARED_UP]
         shared = sum(b.total for b in lines if b.type in REDUCING | SHARED_UP)
         value = sum(b.total for b in units)

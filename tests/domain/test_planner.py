@@ -517,3 +517,30 @@ def test_an_expired_order_whose_units_are_all_captured_has_nothing_left_to_charg
         order([SHOES]), expired, history=(capture,), acknowledged_reversal=reversal.message
     )
     assert plan_next(acknowledged, allow_all) == Done()
+
+
+def test_a_cancelled_order_captured_above_what_its_goods_are_worth_now_is_flagged() -> None:
+    """A price cut after a capture, then a cancel with nothing left to capture: no
+    capture can give the cut back and §4 names no refund for it, so the release goes
+    on and a person is told the figures once (captured_above_total, advisory)."""
+    cut = {**shipped(SHOES, 1), "unit_price": 700}
+    cancelled = order([cut, SOCKS], status="cancelled")
+    history = (PastOperation(Kind.CAPTURE, "succeeded", 1200, (_whole("shoes", 1200),)),)
+    open_ = OrderView(cancelled, psp(2100, captured=1200), history=history)
+    assert plan_next(open_, allow_all) == Plan(Kind.RELEASE_AUTHORIZATION, 900)
+    released = OrderView(cancelled, psp(1200, captured=1200), history=history)
+    decision = plan_next(released, allow_all)
+    assert isinstance(decision, Flag)
+    assert (decision.flag, decision.code) == (NEEDS_ATTENTION, "captured_above_total")
+    assert not halts(decision)
+    assert "1200" in decision.message and "700" in decision.message
+    told = replace(
+        released,
+        flags=frozenset({NEEDS_ATTENTION}),
+        told=frozenset({decision.code}),
+        halting=False,
+    )
+    assert plan_next(told, allow_all) == Done()
+    # Worth what it was captured at: nothing to tell.
+    whole = order([shipped(SHOES, 1), SOCKS], status="cancelled")
+    assert plan_next(replace(released, order=whole), allow_all) == Done()

@@ -1,0 +1,202 @@
+"""Two money rules (README "Ledger model" and "Fees"), pure.
+
+A price cut on units already captured is given back by the order's next capture (a
+negative `discount` line with the line's reference), so the captures add up to the
+basket the authorization follows; and a fee due "with the order's first capture" whose
+first capture was made outside the service goes alone once no capture of goods is left
+to carry it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from domain.lines import (
+    PspLine,
+    capture_lines,
+    captured_total,
+    ledger_from,
+    lines_total,
+    refund_lines,
+)
+from domain.planner import Kind, OrderView, PastOperation, Plan, PspState, PspStatus, plan_next
+from domain.snapshot import LineType, OrderSnapshot
+
+
+def allow_all(_method: str | None, _country: str | None) -> bool:
+    return True
+
+
+def order(lines: list[dict[str, Any]], status: str = "open") -> OrderSnapshot:
+    return OrderSnapshot.model_validate(
+        {
+            "id": "o1",
+            "version": 1,
+            "currency": "EUR",
+            "country": "DE",
+            "status": status,
+            "payment": {"provider": "klarna", "klarna_order_id": "k1"},
+            "lines": lines,
+        }
+    )
+
+
+def line(
+    id_: str, quantity: int, price: int, shipped: int = 0, returned: int = 0, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "id": id_,
+        "name": id_.upper(),
+        "quantity": quantity,
+        "unit_price": price,
+        "tax_rate": 2000,
+        "shipped_quantity": shipped,
+        "returned_quantity": returned,
+        **extra,
+    }
+
+
+def unit(reference: str, quantity: int, total: int, rate: int = 2000) -> PspLine:
+    return PspLine(reference, reference.upper(), LineType.PHYSICAL, quantity, 0, rate, total, 0, 0)
+
+
+def captured(*lines: PspLine, external: bool = False) -> PastOperation:
+    return PastOperation(
+        Kind.CAPTURE, "succeeded", lines_total(lines), tuple(lines), external=external
+    )
+
+
+def psp(authorized: int, captured: int, status: PspStatus = PspStatus.PART_CAPTURED) -> PspState:
+    return PspState(status, authorized, captured, 0, "INVOICE", "DE")
+
+
+# -- a price cut on units already captured (seeds 44798, 41380) -------------------------
+
+
+def test_a_price_cut_on_captured_units_is_given_back_by_the_next_capture() -> None:
+    """Seed 44798: a unit of l1 captured at 100 (before the first read), l1 priced to 0,
+    the authorization follows the basket (6111); l2 ships. The capture gives the 100
+    back (6111 − 100 = 6011, what the authorization still holds), so the customer pays
+    exactly the basket, and the captures add up to it."""
+    history = (captured(unit("l1", 1, 100), external=True),)
+    now = order([line("l1", 2, 0, shipped=2), line("l2", 3, 2037, shipped=3)])
+    decision = plan_next(OrderView(now, psp(6111, 100), history=history), allow_all)
+    assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
+    assert decision.amount == 6011 == lines_total(decision.lines)
+    cut = [x for x in decision.lines if x.type is LineType.DISCOUNT]
+    assert [(x.reference, x.total_amount, x.tax_rate) for x in cut] == [("l1", -100, 2000)]
+    ledger = ledger_from([("capture", op.lines) for op in history] + [("capture", decision.lines)])
+    assert captured_total(ledger) == 6111 == now.total
+    # Units counted as the goods they are: l1 2, l2 3 (the correction is no unit).
+    assert ledger["l1"].captured_quantity == 2 and ledger["l2"].captured_quantity == 3
+
+
+def test_a_price_cut_given_back_is_no_longer_refunded_with_the_units() -> None:
+    """Refunds at the captured price: l1's unit was captured at 100 and its cut to 0
+    given back since, so returning it gives back nothing more; returning l2's units
+    gives back what they were captured at (2037 each), not a share of l1's cut."""
+    first = [unit("l1", 1, 100, rate=1200)]
+    now = order([line("l1", 1, 0, shipped=1), line("l2", 1, 2037, shipped=1)])
+    ledger = ledger_from([("capture", first)])
+    second = capture_lines(now, ledger)
+    assert lines_total(second) == 1937
+    # The cut goes back at the tax rate the unit was captured at.
+    assert [(x.total_amount, x.tax_rate) for x in second if x.type is LineType.DISCOUNT] == [
+        (-100, 1200)
+    ]
+    ledger = ledger_from([("capture", first), ("capture", second)])
+    back = order([line("l1", 1, 0, shipped=1, returned=1), line("l2", 1, 2037, shipped=1)])
+    assert lines_total(refund_lines(back, ledger)) == 0
+    back = order([line("l1", 1, 0, shipped=1), line("l2", 1, 2037, shipped=1, returned=1)])
+    assert lines_total(refund_lines(back, ledger)) == 2037
+
+
+def test_a_price_cut_is_carried_by_the_lines_own_units_first() -> None:
+    """One rule with seed 20574: the line's units still to capture carry a price edit
+    made after a capture; only what they cannot carry goes back as a correction. Three
+    units at 100, one captured, the price cut to 50: the last two take 150 − 100 = 50."""
+    ledger = ledger_from([("capture", [unit("l1", 1, 100)])])
+    lines = capture_lines(order([line("l1", 3, 50, shipped=3)]), ledger)
+    assert [(x.reference, x.type, x.quantity, x.total_amount) for x in lines] == [
+        ("l1", LineType.PHYSICAL, 2, 50)
+    ]
+
+
+def test_a_price_cut_never_makes_a_capture_negative() -> None:
+    """The correction takes no more than the capture carries; the rest waits for the
+    next capture (the ledger keeps what is still to give back)."""
+    ledger = ledger_from([("capture", [unit("l1", 1, 500)])])
+    now = order([line("l1", 1, 0, shipped=1), line("l2", 1, 200, shipped=1), line("l3", 1, 900)])
+    first = capture_lines(now, ledger)
+    assert lines_total(first) == 0
+    ledger = ledger_from([("capture", [unit("l1", 1, 500)]), ("capture", first)])
+    later = order(
+        [line("l1", 1, 0, shipped=1), line("l2", 1, 200, shipped=1), line("l3", 1, 900, shipped=1)]
+    )
+    assert lines_total(capture_lines(later, ledger)) == 900 - 300
+
+
+def test_money_moved_outside_is_explained_without_a_correction() -> None:
+    """A capture made outside carried no correction: its lines are matched at the goods'
+    value alone (contract §4, counted, never made again)."""
+    ledger = ledger_from([("capture", [unit("l1", 1, 100)])])
+    now = order([line("l1", 1, 0, shipped=1), line("l2", 1, 2037, shipped=1)])
+    assert lines_total(capture_lines(now, ledger, give_back=False)) == 2037
+
+
+# -- a fee whose first capture was made outside (seed 41850) ----------------------------
+
+
+FEE = line("fee", 1, 495, type="shipping_fee")
+
+
+def test_a_fee_whose_first_capture_was_made_outside_goes_alone_once_the_goods_are_captured() -> (
+    None
+):
+    """Seed 41850: the goods were captured in the Customer Area (tied to l3); no capture
+    of goods is left to carry the fee "with the order's first capture": it goes alone."""
+    history = (captured(unit("l3", 1, 99), external=True),)
+    now = order([line("l3", 1, 99, shipped=1), FEE])
+    decision = plan_next(OrderView(now, psp(594, 99), history=history), allow_all)
+    assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
+    assert [(x.reference, x.total_amount) for x in decision.lines] == [("fee", 495)]
+
+
+def test_a_cancel_after_a_first_capture_made_outside_charges_the_fee_before_it_releases() -> None:
+    """§4 step 4 captures what is due before letting go; the fee was due with the order's
+    first capture (made outside), so it is captured, then the rest released."""
+    history = (captured(unit("l3", 1, 99), external=True),)
+    now = order([line("l3", 1, 99, shipped=1), line("l2", 3, 99), FEE], status="cancelled")
+    decision = plan_next(OrderView(now, psp(891, 99), history=history), allow_all)
+    assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
+    assert [(x.reference, x.total_amount) for x in decision.lines] == [("fee", 495)]
+
+
+def test_a_fee_waits_for_goods_still_to_ship_after_a_first_capture_made_outside() -> None:
+    """With goods still to ship, the fee rides with their capture (the service's first)."""
+    history = (captured(unit("l3", 1, 99), external=True),)
+    now = order([line("l3", 1, 99, shipped=1), line("l2", 3, 99), FEE])
+    decision = plan_next(OrderView(now, psp(891, 99), history=history), allow_all)
+    assert not (isinstance(decision, Plan) and decision.kind is Kind.CAPTURE)
+    shipped = order([line("l3", 1, 99, shipped=1), line("l2", 3, 99, shipped=3), FEE])
+    decision = plan_next(OrderView(shipped, psp(891, 99), history=history), allow_all)
+    assert isinstance(decision, Plan)
+    assert sorted(x.reference for x in decision.lines) == ["fee", "l2"]
+
+
+def test_a_fee_alone_the_authorization_cannot_hold_waits() -> None:
+    history = (captured(unit("l3", 1, 99), external=True),)
+    now = order([line("l3", 1, 99, shipped=1), FEE])
+    view = OrderView(now, psp(300, 99), history=history, refused_amount=594)
+    decision = plan_next(view, allow_all)  # the increase to 594 was refused
+    assert not isinstance(decision, Plan)
+
+
+def test_a_fee_added_after_every_unit_of_goods_was_captured_goes_alone() -> None:
+    """A fee the first capture did not carry (added later) goes with the next capture of
+    goods, or alone when none is left to come."""
+    history = (captured(unit("l3", 1, 99)),)
+    now = order([line("l3", 1, 99, shipped=1), FEE])
+    decision = plan_next(OrderView(now, psp(594, 99), history=history), allow_all)
+    assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
+    assert [(x.reference, x.total_amount) for x in decision.lines] == [("fee", 495)]
