@@ -1807,6 +1807,7 @@ class Simulation:
         self.orders_by_psp: dict[str, Order] = {}
         self._events = 0
         self._tag = ""
+        self._runs = 0  # histories run: every FRESH_EVERY-th starts from new files
         self.result = Result(0)
         self.gaps = Gaps(self, 0)
         self.more = MoreGaps(self, 0)
@@ -2072,7 +2073,8 @@ class Simulation:
         # Every history starts from empty tables: the sweeps and time passing are global,
         # so rows an earlier history left would draw on this one's random numbers, and a
         # seed found in a long run would not replay alone (`--first-seed S --histories 1`).
-        self.own.execute(EMPTY_TABLES)
+        self.own.execute(EMPTY_TABLES if self._runs % FRESH_EVERY == 0 else DELETE_ROWS)
+        self._runs += 1
         self.seed = seed
         self.rng.seed(seed)
         random.seed(seed)
@@ -2826,12 +2828,24 @@ def run_seeds(
     return summary
 
 
-# TRUNCATE, not DELETE, though a DELETE costs the server less: a history's rows must land
-# where they would in fresh tables. An UPDATE … RETURNING (the sweep's due notifications)
-# returns rows in the order it finds them in the heap, and that order sets the order of
-# tasks; after a DELETE, the heap's free space (and when autovacuum ran) depends on the
-# histories before, so a seed replayed alone differed from the same seed in a run (seed 35).
+# Every history starts from tables with no rows. Mostly a DELETE: a TRUNCATE gives every
+# table and index new files and invalidates every cached plan of every connection (the
+# pools' and the harness's), which then plan all their statements again in the next
+# history: ~15 ms of the server's CPU a history (docs/simulation-speed.md, third
+# session). Where rows land in the heap no longer names a history: every read whose rows
+# set the order of tasks orders them itself (the sweep's due notifications by
+# received_at and id; the sweep's orders sorted by id; callbacks by order id), and no
+# autovacuum runs (THROWAWAY_SERVER). The same seeds give the same traces history for
+# history after a DELETE as from fresh tables (docs/simulation-speed.md). The dead rows a
+# DELETE leaves are dropped with the files by a TRUNCATE every FRESH_EVERY histories, so
+# the tables stay a few pages long however long the run.
 EMPTY_TABLES = "TRUNCATE outbox, operations, inbox, inbox_bodies, adyen_payments, orders CASCADE"
+# Children first (operations and outbox reference orders).
+DELETE_ROWS = (
+    "DELETE FROM outbox; DELETE FROM operations; DELETE FROM inbox; DELETE FROM inbox_bodies;"
+    " DELETE FROM adyen_payments; DELETE FROM orders"
+)
+FRESH_EVERY = 25
 
 
 # Only for a server started for the simulation alone: a crash of it loses nothing real,
