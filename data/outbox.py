@@ -99,6 +99,23 @@ WHERE id IN (
   AND (lease_until IS NULL OR lease_until < now())
 RETURNING {EVENT_COLUMNS}
 """  # noqa: S608
+# The same for one order, which is what a delivery task claims (callbacks.deliver_order).
+# The batch's statement is planned anew on every execution: its plan for a generic array
+# of orders is costed as ten orders' lookups, so Postgres keeps choosing a custom plan
+# (~0.2 ms of planning a claim). This one takes the generic plan after five executions.
+CLAIM_NEXT_ONE = f"""
+UPDATE outbox SET attempts = attempts + 1,
+                  lease_until = now() + make_interval(secs => %(lease)s)
+WHERE id = (
+    SELECT id FROM outbox
+    WHERE order_id = %(order_id)s AND delivered_at IS NULL AND parked_at IS NULL
+    ORDER BY seq LIMIT 1
+    FOR UPDATE
+)
+  AND next_attempt_at <= now()
+  AND (lease_until IS NULL OR lease_until < now())
+RETURNING {EVENT_COLUMNS}
+"""  # noqa: S608
 
 MARK_DELIVERED = """
 UPDATE outbox SET delivered_at = now(), lease_until = NULL, last_status = done.status,
@@ -151,6 +168,9 @@ def claim_next(
     """Sends the claim of each order's next due event; the function returned reads the
     events claimed (at most one per order; none for an order with nothing due). In
     pipeline mode, read it after the commit: no round trip of its own."""
+    if len(order_ids) == 1:
+        one = {"order_id": order_ids[0], "lease": lease_seconds}
+        return conn.cursor(row_factory=_EVENT).execute(CLAIM_NEXT_ONE, one).fetchall
     params = {"order_ids": list(order_ids), "lease": lease_seconds}
     return conn.cursor(row_factory=_EVENT).execute(CLAIM_NEXT, params).fetchall
 

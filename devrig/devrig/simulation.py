@@ -102,6 +102,10 @@ TROUBLE = {
 }
 # Time passes, in one statement: every back-off and lease runs out, stored work is past
 # its grace period, events for the shop are due; with `resync`, every PSP read is old.
+# An order row is written only if a value changes (a new row version, and the trigger's
+# run, for nothing otherwise). With `leases`, it returns the operations left `sent` with
+# their lease run out as they were before time passed: every part of one statement reads
+# the same snapshot, so that is what a read just before it would return.
 TIME_PASSES = """
 WITH ops AS (
     UPDATE operations
@@ -118,12 +122,18 @@ WITH ops AS (
         psp_synced_at = CASE WHEN %(resync)s THEN psp_synced_at - interval '7 days'
                              ELSE psp_synced_at END
     WHERE id = ANY(%(ids)s)
+      AND (next_reconcile_at IS NOT NULL OR sweep_after IS NOT NULL
+           OR reconcile_requested_at IS NOT NULL
+           OR (%(resync)s AND psp_synced_at IS NOT NULL))
 ), events AS (
     UPDATE outbox SET next_attempt_at = now() - interval '1 second', lease_until = NULL
     WHERE order_id = ANY(%(ids)s) AND delivered_at IS NULL
+), notifications AS (
+    UPDATE inbox SET received_at = received_at - interval '2 hours'
+    WHERE source = 'adyen' AND processed_at IS NULL
 )
-UPDATE inbox SET received_at = received_at - interval '2 hours'
-WHERE source = 'adyen' AND processed_at IS NULL
+SELECT kind FROM operations
+WHERE %(leases)s AND order_id = ANY(%(ids)s) AND status = 'sent' AND lease_until < now()
 """
 # The flags the orders carry now, and the flag events each ever recorded for the shop.
 FLAGS_OF = """
@@ -133,6 +143,22 @@ UNION ALL
 SELECT order_id, 'told', event_type, payload -> 'data' -> 'reason' ->> 'code'
 FROM outbox WHERE order_id = ANY(%(ids)s) AND event_type <> 'order.synced'
 """
+# Whether the orders are settled (nothing in flight, nothing for the shop undelivered, no
+# notification waiting: a count of what is left, in the `busy` row) and, in the same
+# round trip, their flags (FLAGS_OF), which a settle point reads next when it is.
+QUIET_AND_FLAGS = f"""
+SELECT NULL::text AS order_id, 'busy' AS kind,
+       ((SELECT count(*) FROM operations WHERE order_id = ANY(%(ids)s)
+           AND status IN ('pending', 'sent', 'awaiting_notification'))
+        + (SELECT count(*) FROM outbox WHERE order_id = ANY(%(ids)s)
+           AND delivered_at IS NULL AND parked_at IS NULL)
+        + (SELECT count(*) FROM inbox WHERE source = 'adyen' AND processed_at IS NULL
+           AND outcome IS DISTINCT FROM 'unmatched'))::text AS flag,
+       NULL::text AS code
+UNION ALL
+{FLAGS_OF}
+"""  # noqa: S608
+Flags = dict[str, tuple[set[tuple[str, str]], set[tuple[str, str]]]]
 # Where a worker may die: the product's named points, and inside recording an outcome.
 DEATH_POINTS = (*crashpoints.POINTS, "in_record", "in_apply_success")
 
@@ -1811,6 +1837,7 @@ class Simulation:
         self.orders_by_psp: dict[str, Order] = {}
         self._events = 0
         self._tag = ""
+        self._runs = 0  # histories run: every FRESH_EVERY-th starts from new files
         self.result = Result(0)
         self.gaps = Gaps(self, 0)
         self.more = MoreGaps(self, 0)
@@ -2059,10 +2086,18 @@ class Simulation:
             return  # not stored (yet): the operator gets a 404
         self.run_task(("reconcile", order_id), force=True)
 
-    def time_passes(self, *, resync: bool = False) -> None:
+    def time_passes(self, *, resync: bool = False, leases: bool = False) -> None:
         """Every back-off and lease runs out, stored work is past its grace; with
-        `resync`, the periodic re-read of every Klarna order is due."""
-        self.own.execute(TIME_PASSES, {"ids": list(self.orders), "resync": resync})
+        `resync`, the periodic re-read of every Klarna order is due. With `leases`,
+        first: no operation may be left `sent` with its lease run out (see
+        `_sweep_alone`)."""
+        rows = self.own.execute(
+            TIME_PASSES, {"ids": list(self.orders), "resync": resync, "leases": leases}
+        ).fetchall()
+        for row in rows:
+            found = Violation("lease_not_swept", f"{row['kind']} left sent, its lease run out")
+            if found not in self.result.violations:
+                self.result.violations.append(found)
 
     def sweep(self) -> None:
         with self._deaths():  # the patched grace period; nothing here dies
@@ -2076,7 +2111,8 @@ class Simulation:
         # Every history starts from empty tables: the sweeps and time passing are global,
         # so rows an earlier history left would draw on this one's random numbers, and a
         # seed found in a long run would not replay alone (`--first-seed S --histories 1`).
-        self.own.execute(EMPTY_TABLES)
+        self.own.execute(EMPTY_TABLES if self._runs % FRESH_EVERY == 0 else DELETE_ROWS)
+        self._runs += 1
         self.seed = seed
         self.rng.seed(seed)
         random.seed(seed)
@@ -2358,10 +2394,13 @@ class Simulation:
         self.gaps.at_barrier()
         self.more.at_barrier()
         self._sweep_alone()
-        self._settle(resync=True)
+        # Each settle returns the flags read with its last check when it went quiet:
+        # nothing moves between that read and their use here.
+        settled = self._settle(resync=True, leases=True)
         for _ in range(3):
+            flags = settled if settled is not None else self._flags()
             flagged = []
-            for order_id, (told, now) in self._flags().items():
+            for order_id, (told, now) in flags.items():
                 self.orders[order_id].raised |= told | now
                 if any(flag == "needs_attention" for flag, _ in now):
                     flagged.append(order_id)
@@ -2370,12 +2409,14 @@ class Simulation:
             for order_id in flagged:
                 self.kind("operator_reconcile_after_flag")
                 self.operator_reconcile(order_id)
-            self._settle()
+            settled = self._settle()
         else:
-            for order_id, (told, now) in self._flags().items():
+            flags = settled if settled is not None else self._flags()
+            for order_id, (told, now) in flags.items():
                 self.orders[order_id].raised |= told | now
         if any(order.psp.expires_at is not None for order in self.orders.values()):
-            self.more.after_settle({o for o, (_, now) in self._flags().items() if now})
+            # Nothing moved since `flags` were read.
+            self.more.after_settle({o for o, (_, now) in flags.items() if now})
         for order in self.orders.values():
             if not final:
                 order.oracle.settle()
@@ -2385,33 +2426,29 @@ class Simulation:
         """A worker that died mid-call is found by the periodic sweep alone (in
         production nothing else enqueues its order; the settle rounds enqueue every
         order, which would hide a sweep that misses it): no operation is left `sent`
-        with its lease run out after one round of time, sweep and work."""
+        with its lease run out after one round of time, sweep and work. That is read by
+        the next time passing, the settle's first (`_settle(leases=True)`), which comes
+        next with nothing in between: one round trip fewer."""
         self.time_passes()
         self.sweep()
         self._drain()
-        rows = self.own.execute(
-            "SELECT kind FROM operations WHERE order_id = ANY(%(ids)s)"
-            " AND status = 'sent' AND lease_until < now()",
-            {"ids": list(self.orders)},
-        ).fetchall()
-        for row in rows:
-            found = Violation("lease_not_swept", f"{row['kind']} left sent, its lease run out")
-            if found not in self.result.violations:
-                self.result.violations.append(found)
 
-    def _settle(self, *, resync: bool = False) -> None:
+    def _settle(self, *, resync: bool = False, leases: bool = False) -> Flags | None:
         """Until nothing moves: time passes (retries, leases, grace periods due), the
         sweeper runs, every order is reconciled, every message and notification is
-        handled."""
+        handled. Returns the flags read with the check that found it quiet (None: it
+        never was)."""
         for _ in range(SETTLE_ROUNDS):
-            self.time_passes(resync=resync)
-            resync = False
+            self.time_passes(resync=resync, leases=leases)
+            resync = leases = False
             self.sweep()
             for order_id in self.orders:
                 self._enqueue(order_id, 0)
             self._drain()
-            if self._quiet():
-                return
+            flags = self._quiet()
+            if flags is not None:
+                return flags
+        return None
 
     def _drain(self) -> None:
         while self.jobs or self.model.notifications:
@@ -2420,30 +2457,21 @@ class Simulation:
             while self.jobs:
                 self.run_task(self.jobs.pop(0))
 
-    def _quiet(self) -> bool:
-        """Nothing in flight, nothing for the shop undelivered, no notification waiting."""
-        ids = list(self.orders)
-        row = self.own.execute(
-            "SELECT"
-            " (SELECT count(*) FROM operations WHERE order_id = ANY(%(ids)s)"
-            "   AND status IN ('pending', 'sent', 'awaiting_notification')) AS ops,"
-            " (SELECT count(*) FROM outbox WHERE order_id = ANY(%(ids)s)"
-            "   AND delivered_at IS NULL AND parked_at IS NULL) AS events,"
-            " (SELECT count(*) FROM inbox WHERE source = 'adyen' AND processed_at IS NULL"
-            "   AND outcome IS DISTINCT FROM 'unmatched')"
-            "   AS notifications",
-            {"ids": ids},
-        ).fetchone()
-        assert row is not None
-        return not (row["ops"] or row["events"] or row["notifications"])
+    def _quiet(self) -> Flags | None:
+        """Nothing in flight, nothing for the shop undelivered, no notification waiting:
+        then the orders' flags (`_flags`), read in the same statement; else None."""
+        rows = self.own.execute(QUIET_AND_FLAGS, {"ids": list(self.orders)}).fetchall()
+        if any(row["kind"] == "busy" and row["flag"] != "0" for row in rows):
+            return None
+        return self._found_flags([row for row in rows if row["kind"] != "busy"])
 
-    def _flags(self) -> dict[str, tuple[set[tuple[str, str]], set[tuple[str, str]]]]:
+    def _flags(self) -> Flags:
         """Per order, (flag, reason code) of every event the shop was ever told of, and
         of the flags the order carries now: every order in one statement."""
-        found: dict[str, tuple[set[tuple[str, str]], set[tuple[str, str]]]] = {
-            order_id: (set(), set()) for order_id in self.orders
-        }
-        rows = self.own.execute(FLAGS_OF, {"ids": list(self.orders)}).fetchall()
+        return self._found_flags(self.own.execute(FLAGS_OF, {"ids": list(self.orders)}).fetchall())
+
+    def _found_flags(self, rows: list[dict[str, Any]]) -> Flags:
+        found: Flags = {order_id: (set(), set()) for order_id in self.orders}
         for row in rows:
             told, now = found[row["order_id"]]
             if row["kind"] == "now":
@@ -2841,12 +2869,24 @@ def run_seeds(
     return summary
 
 
-# TRUNCATE, not DELETE, though a DELETE costs the server less: a history's rows must land
-# where they would in fresh tables. An UPDATE … RETURNING (the sweep's due notifications)
-# returns rows in the order it finds them in the heap, and that order sets the order of
-# tasks; after a DELETE, the heap's free space (and when autovacuum ran) depends on the
-# histories before, so a seed replayed alone differed from the same seed in a run (seed 35).
+# Every history starts from tables with no rows. Mostly a DELETE: a TRUNCATE gives every
+# table and index new files and invalidates every cached plan of every connection (the
+# pools' and the harness's), which then plan all their statements again in the next
+# history: ~15 ms of the server's CPU a history (docs/simulation-speed.md, third
+# session). Where rows land in the heap no longer names a history: every read whose rows
+# set the order of tasks orders them itself (the sweep's due notifications by
+# received_at and id; the sweep's orders sorted by id; callbacks by order id), and no
+# autovacuum runs (THROWAWAY_SERVER). The same seeds give the same traces history for
+# history after a DELETE as from fresh tables (docs/simulation-speed.md). The dead rows a
+# DELETE leaves are dropped with the files by a TRUNCATE every FRESH_EVERY histories, so
+# the tables stay a few pages long however long the run.
 EMPTY_TABLES = "TRUNCATE outbox, operations, inbox, inbox_bodies, adyen_payments, orders CASCADE"
+# Children first (operations and outbox reference orders).
+DELETE_ROWS = (
+    "DELETE FROM outbox; DELETE FROM operations; DELETE FROM inbox; DELETE FROM inbox_bodies;"
+    " DELETE FROM adyen_payments; DELETE FROM orders"
+)
+FRESH_EVERY = 25
 
 
 # Only for a server started for the simulation alone: a crash of it loses nothing real,
