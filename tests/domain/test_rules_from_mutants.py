@@ -459,3 +459,29 @@ def test_a_refund_gives_back_discount_and_sales_tax_shares_each_with_the_sign_it
     assert all(
         x.total_amount * signs[x.reference] > 0 for x in refund.lines if x.reference in signs
     ), refund.lines
+
+
+def test_a_capture_made_outside_worth_a_unit_or_the_fee_is_tied_to_the_unit() -> None:
+    # Contract §4: a fee is charged with the order's first capture. Money captured
+    # outside that comes to one shipped unit of goods, or to the fee listed before it,
+    # is tied to the unit: the fee rides with the goods (a fee captured alone is the
+    # capture the service would make itself, matched as such), so the next capture
+    # carries the fee with the other goods.
+    fee = {
+        "id": "shipping",
+        "name": "Shipping",
+        "type": "shipping_fee",
+        "quantity": 1,
+        "unit_price": 500,
+        "tax_rate": 2000,
+    }
+    psp = Psp(authorized=1500)
+    assert psp.sync(order([fee, A])) == []
+    now = order([shipped(fee, 1), shipped(A, 1)])
+    outside = PastOperation(
+        Kind.CAPTURE, "succeeded", 500, external=True, reference="portal", basis=now
+    )
+    psp.captured = 500  # the PSP's figures count it
+    tied = plan_next(OrderView(now, psp.state(), (outside,)), lambda _m, _c: True)
+    assert isinstance(tied, Attribute) and tied.reference == "portal", tied
+    assert [(x.reference, x.quantity, x.total_amount) for x in tied.lines] == [("a", 1, 500)]
