@@ -12,7 +12,11 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY
 
+from data.orders import OperationRef
+from domain.lines import PspLine, basket_lines
+from domain.snapshot import OrderSnapshot
 from tests.ledger.harness import (
     FakeKlarna,
     context,
@@ -28,7 +32,7 @@ from tests.ledger.test_ledger_regressions import adyen_notification, drive, klar
 from tests.seed_basket import SHOES, SOCKS
 from workers import adyen_inbox
 from workers.context import WorkerContext
-from workers.reconcile import Reconciler, _not_behind
+from workers.reconcile import Reconciler, _not_behind, rejection_flag
 
 pytestmark = pytest.mark.integration
 
@@ -357,6 +361,29 @@ def test_adyen_a_refused_cancellation_is_rejected_and_flagged(database_url: str)
         assert "needs_attention" in order_row(ctx, order_id)["flags"]
 
 
+def test_adyen_a_rejection_of_an_operation_whose_answer_was_lost_records_adyens_reference(
+    database_url: str,
+) -> None:
+    # README, Adyen "Outcomes": the notification settles the operation it names by our
+    # operation id (merchantReference) even when Adyen's answer to the request was lost;
+    # its pspReference is then recorded on the operation, which a person looks up in
+    # Adyen's Customer Area.
+    with adyen_awaiting(database_url, cancelled=True) as (ctx, order_id, payment):
+        (op,) = operations(ctx, order_id)
+        with ctx.pool.connection() as conn, conn.transaction():
+            conn.execute("UPDATE operations SET psp_reference = NULL WHERE id = %s", (op["id"],))
+        item = {
+            **_capture_item("MOD7", payment, "false"),
+            "eventCode": "CANCELLATION",
+            "merchantReference": str(op["id"]),
+        }
+        assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == (
+            "rejected"
+        )
+        (op,) = operations(ctx, order_id)
+        assert (op["status"], op["psp_reference"]) == ("rejected", "MOD7")
+
+
 def test_a_later_read_showing_money_moved_elsewhere_is_counted_and_flagged(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
@@ -612,3 +639,144 @@ def test_an_adyen_authorisation_refused_before_the_order_flags_the_order_when_it
     row = order_row(ctx, order_id)
     assert row["flags"] == ["needs_attention"]
     assert row["flag_reason"]["needs_attention"]["code"] == "authorisation_refused"
+
+
+def test_an_adyen_expire_before_its_order_is_kept_and_applied_when_the_order_arrives(
+    ctx: WorkerContext,
+) -> None:
+    # Contract §4: an authorization that expired is money that moved without the
+    # service, counted when learnt. An EXPIRE for a payment whose order has not arrived
+    # is kept and offered again, as any notification for a payment not known yet:
+    # dropped, the order that follows would be taken as authorized.
+    order_id = new_order_id()
+    snap = snapshot(order_id, shipped([SHOES, SOCKS], shoes=1), provider="adyen")
+    item = {
+        "pspReference": snap.psp_order_id,
+        "merchantAccountCode": "Test",
+        "eventCode": "EXPIRE",
+        "success": "true",
+        "amount": {"value": 2100, "currency": "EUR"},
+    }
+    early = adyen_notification(ctx, item)
+    assert adyen_inbox.process(ctx, early, lambda *_: None) == "unmatched"
+    assert _inbox_row(ctx, early)["processed_at"] is None  # offered again by the sweeper
+    insert_order(ctx, snap)
+    assert adyen_inbox.process(ctx, early, lambda *_: None) == "applied"
+    assert order_row(ctx, order_id)["psp_status"] == "expired"
+
+
+def test_adyen_a_refused_authorisation_is_recorded_for_its_order_and_the_order_reconciled(
+    ctx: WorkerContext,
+) -> None:
+    # README, Adyen "Outcomes": each notification's inbox row names the order it came to
+    # (what the operator reads), and an order a notification changed is reconciled after
+    # it, so the flag reaches the shop.
+    order_id, psp = _adyen_order(ctx)
+    item = {
+        "pspReference": psp,
+        "merchantAccountCode": "Test",
+        "eventCode": "AUTHORISATION",
+        "success": "false",
+        "amount": {"value": 2100, "currency": "EUR"},
+    }
+    enqueued: list[str] = []
+    inbox_id = adyen_notification(ctx, item)
+    outcome = adyen_inbox.process(ctx, inbox_id, lambda order, _delay: enqueued.append(order))
+    assert outcome == "flagged"
+    assert enqueued == [order_id]
+    assert _inbox_row(ctx, inbox_id)["order_id"] == order_id
+
+
+def test_a_silent_operation_settled_meanwhile_does_not_stop_the_chase_of_the_others(
+    database_url: str,
+) -> None:
+    # README, Adyen "Silence": every operation that waited too long for its notification
+    # flags its order for a person; one whose notification came between the sweep's read
+    # and the chase is skipped, and the ones after it are still chased.
+    with adyen_awaiting(database_url) as (ctx, first, payment):
+        second = new_order_id()
+        insert_order(ctx, snapshot(second, shipped([SHOES], shoes=1), provider="adyen"))
+        assert drive(ctx, second) == "awaiting_notification"
+        (settled,) = operations(ctx, first)
+        (waiting,) = operations(ctx, second)
+        ok = {**_capture_item("MOD1", payment, "true"), "merchantReference": str(settled["id"])}
+        assert adyen_inbox.process(ctx, adyen_notification(ctx, ok), lambda *_: None) == (
+            "succeeded"
+        )
+        silent = [
+            OperationRef(settled["id"], first),
+            OperationRef(waiting["id"], second),
+        ]
+        assert adyen_inbox.chase_silent_operations(ctx, silent) == 1
+        assert order_row(ctx, first)["flags"] == []
+        reason = order_row(ctx, second)["flag_reason"]["needs_attention"]
+        assert reason["code"] == "notification_timeout"
+
+
+def test_a_refused_update_of_the_same_total_needs_a_person_not_a_new_order() -> None:
+    # README, "Refused increases": only a refused *increase* asks the shop for a new
+    # order; an update that changes the lines but not the total is for a person.
+    order: Any = SimpleNamespace(
+        authorized_amount=2100, authorized_lines=[line.to_json() for line in _lines(2100)]
+    )
+    op: Any = SimpleNamespace(
+        kind="update_authorization",
+        amount=2100,
+        lines=[line.to_json() for line in _lines(2100, "hat")],
+    )
+    flag = rejection_flag(order, op, "NOT_ALLOWED", "refused", refused=True)
+    assert (flag.flag, flag.code) == ("needs_attention", "NOT_ALLOWED")
+
+
+def _lines(total: int, reference: str = "shoes") -> list[PspLine]:
+    item = {"id": reference, "name": reference, "quantity": 1, "unit_price": total, "tax_rate": 0}
+    return basket_lines(
+        OrderSnapshot.model_validate(
+            {
+                "id": "o",
+                "version": 1,
+                "currency": "EUR",
+                "country": "DE",
+                "status": "open",
+                "payment": {"provider": "klarna", "klarna_order_id": "k"},
+                "lines": [item],
+            }
+        )
+    )
+
+
+def test_adyen_an_event_the_service_does_not_act_on_is_recorded_ignored(ctx: WorkerContext) -> None:
+    # README, Adyen "Outcomes": a notification of an event the service does not act on
+    # (a report, a payout) is accepted and recorded `ignored`, never offered again.
+    item = {
+        "pspReference": "REPORT1",
+        "merchantAccountCode": "Test",
+        "eventCode": "REPORT_AVAILABLE",
+        "success": "true",
+        "amount": {"value": 0, "currency": "EUR"},
+    }
+    inbox_id = adyen_notification(ctx, item)
+    assert adyen_inbox.process(ctx, inbox_id, lambda *_: None) == "ignored"
+    row = _inbox_row(ctx, inbox_id)
+    assert row["outcome"] == "ignored" and row["processed_at"] is not None
+
+
+def test_a_psp_request_is_counted_under_the_orders_account(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # README, "Several markets": each account's requests are counted apart
+    # (`ordersync_psp_requests_total` has an `account` label), so an operator sees which account's
+    # credentials or limits fail.
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total, account="eu-north")
+    labels = {"provider": "klarna", "operation": "capture", "outcome": "success"}
+
+    def counted(account: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "ordersync_psp_requests_total", {**labels, "account": account}
+        )
+        return value or 0.0
+
+    before = counted("eu-north"), counted("default")
+    drive(ctx, order_id)
+    assert (counted("eu-north"), counted("default")) == (before[0] + 1, before[1])
