@@ -780,3 +780,25 @@ def test_a_psp_request_is_counted_under_the_orders_account(
     before = counted("eu-north"), counted("default")
     drive(ctx, order_id)
     assert (counted("eu-north"), counted("default")) == (before[0] + 1, before[1])
+
+
+def test_an_operation_planned_before_requests_were_stored_is_frozen_at_its_next_attempt(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # README, "How it works": a request is sent again exactly as first sent, under the
+    # same idempotency key. An operation stored without its request (planned before
+    # requests were stored) has it built at its next attempt and kept from then on.
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+
+    def stored_without_its_request(request: httpx.Request) -> tuple[bool, httpx.Response | None]:
+        with ctx.pool.connection() as conn, conn.transaction():
+            conn.execute("UPDATE operations SET request = NULL WHERE order_id = %s", (order_id,))
+        raise httpx.ReadTimeout("slow", request=request)
+
+    klarna.fault("POST", "/captures", stored_without_its_request)
+    drive(ctx, order_id)
+    (op,) = operations(ctx, order_id)
+    assert op["status"] == "succeeded" and op["attempts"] == 2
+    assert op["request"] is not None, "the request was never frozen"
+    assert "captured_amount" in str(op["request"])
