@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 from prometheus_client import REGISTRY
 
 from data.orders import OperationRef
@@ -802,3 +803,33 @@ def test_an_operation_planned_before_requests_were_stored_is_frozen_at_its_next_
     assert op["status"] == "succeeded" and op["attempts"] == 2
     assert op["request"] is not None, "the request was never frozen"
     assert "captured_amount" in str(op["request"])
+
+
+def test_an_operation_the_psp_keeps_refusing_for_now_fails_with_the_psps_last_error(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # README, "How it works": a request that never took effect and kept failing for now
+    # is `failed` after the last attempt, with the PSP's error, and a person is told.
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+    busy = httpx.Response(429, json={"error_code": "RATE_LIMITED"}, headers={"Retry-After": "0"})
+    klarna.fault("POST", "/captures", lambda _r: (False, busy), times=20)
+    drive(ctx, order_id)
+    (op,) = operations(ctx, order_id)
+    assert (op["status"], op["attempts"]) == ("failed", ctx.settings.max_attempts)
+    assert op["error"] is not None and op["error"]["http_status"] == 429, op["error"]
+    row = order_row(ctx, order_id)
+    assert row["flag_reason"]["needs_attention"]["code"] == "retries_exhausted"
+
+
+def test_the_reconcilers_log_context_is_left_clean_after_a_run(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # README, "Logs": the reconciler binds the order, operation and account to its log
+    # lines while it works on an order; a later log line of the same thread (another
+    # order, a notification) never carries them.
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+    structlog.contextvars.clear_contextvars()
+    drive(ctx, order_id)
+    assert structlog.contextvars.get_contextvars() == {}
