@@ -765,12 +765,11 @@ def test_adyen_an_event_the_service_does_not_act_on_is_recorded_ignored(ctx: Wor
 def test_a_psp_request_is_counted_under_the_orders_account(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
-    # README, "Several markets": each account's requests are counted apart
-    # (`ordersync_psp_requests_total` has an `account` label), so an operator sees which account's
-    # credentials or limits fail.
+    # README, "Several markets": `ordersync_psp_requests_total` has an `account` label,
+    # so an operator sees which account's credentials or limits fail.
     order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
     insert_order(ctx, snap, authorized=snap.total, account="eu-north")
-    labels = {"provider": "klarna", "operation": "capture", "outcome": "success"}
+    labels = {"provider": "klarna", "operation": "capture", "outcome": "succeeded"}
 
     def counted(account: str) -> float:
         value = REGISTRY.get_sample_value(
@@ -825,9 +824,9 @@ def test_an_operation_the_psp_keeps_refusing_for_now_fails_with_the_psps_last_er
 def test_the_reconcilers_log_context_is_left_clean_after_a_run(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
-    # README, "Logs": the reconciler binds the order, operation and account to its log
-    # lines while it works on an order; a later log line of the same thread (another
-    # order, a notification) never carries them.
+    # README, "Several markets": the reconciler's log lines carry `account` (and the
+    # order and operation) while it works on an order; a later log line of the same
+    # thread (another order, a notification) never carries them.
     order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
     insert_order(ctx, snap, authorized=snap.total)
     structlog.contextvars.clear_contextvars()
