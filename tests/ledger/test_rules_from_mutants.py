@@ -459,6 +459,9 @@ def test_adyen_a_failed_chargeback_is_not_counted_and_a_person_is_told(ctx: Work
     assert (row["captured_amount"], row["refunded_amount"]) == (0, 0)
     reason = row["flag_reason"]["needs_attention"]
     assert reason["code"] == "external_change" and "CHARGEBACK CA1" in reason["message"]
+    # Money that may have moved and could not be counted: a person looks first, and
+    # nothing automatic goes on until an operator's reconcile.
+    assert reason["halts"] is True
     # Recorded against its order, which is reconciled after it (the shop is told).
     assert _inbox_row(ctx, inbox_id)["order_id"] == order_id
     assert enqueued == [order_id]
@@ -832,3 +835,16 @@ def test_the_reconcilers_log_context_is_left_clean_after_a_run(
     structlog.contextvars.clear_contextvars()
     drive(ctx, order_id)
     assert structlog.contextvars.get_contextvars() == {}
+
+
+def test_adyen_a_failed_modification_nobody_asked_for_is_kept_and_offered_again(
+    ctx: WorkerContext,
+) -> None:
+    # A failed CAPTURE for a known payment that no operation of ours matches moved no
+    # money: it is kept and offered again, as any notification that matches nothing yet
+    # (the operation it settles may be recorded after it), then orphaned.
+    order_id, psp = _adyen_order(ctx)
+    inbox_id = adyen_notification(ctx, _customer_area(psp, "CAPTURE", "false"))
+    assert adyen_inbox.process(ctx, inbox_id, lambda *_: None) == "unmatched"
+    assert _inbox_row(ctx, inbox_id)["processed_at"] is None
+    assert order_row(ctx, order_id)["flags"] == []
