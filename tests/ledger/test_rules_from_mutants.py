@@ -344,11 +344,16 @@ def test_adyen_a_failed_capture_is_sent_again_later_then_fails_with_a_flag(
             conn.execute("UPDATE operations SET next_attempt_at = now() WHERE id = %s", (op["id"],))
         assert drive(ctx, order_id) == "awaiting_notification"
         last = _capture_item("MOD2", payment, "false")
-        assert adyen_inbox.process(ctx, adyen_notification(ctx, last), enqueue) == "failed"
+        told = len(delays)
+        last_id = adyen_notification(ctx, last)
+        assert adyen_inbox.process(ctx, last_id, enqueue) == "failed"
         (op,) = operations(ctx, order_id)
         assert op["status"] == "failed" and op["error"]["code"] == "CAPTURE"
         reason = order_row(ctx, order_id)["flag_reason"]["needs_attention"]
         assert reason["code"] == "retries_exhausted"
+        # Recorded against its order, which is reconciled after it (the shop is told).
+        assert _inbox_row(ctx, last_id)["order_id"] == order_id
+        assert len(delays) == told + 1
 
 
 def test_adyen_a_refused_cancellation_is_rejected_and_flagged(database_url: str) -> None:
