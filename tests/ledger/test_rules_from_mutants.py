@@ -853,3 +853,14 @@ def test_adyen_a_failed_modification_nobody_asked_for_is_kept_and_offered_again(
     assert adyen_inbox.process(ctx, inbox_id, lambda *_: None) == "unmatched"
     assert _inbox_row(ctx, inbox_id)["processed_at"] is None
     assert order_row(ctx, order_id)["flags"] == []
+
+
+def test_a_lagging_read_after_an_update_keeps_the_lines_the_psp_confirmed() -> None:
+    # A read behind a confirmed authorization update keeps its amount and its lines: the
+    # lines are what a later refused increase is judged against (rejection_flag).
+    update = SimpleNamespace(
+        kind="update_authorization", status="succeeded", amount=1650, lines=[{"reference": "new"}]
+    )
+    lagging = {"status": "authorized", "authorized": 2100, "captured": 0, "refunded": 0}
+    figures = _not_behind({**lagging, "lines": [{"reference": "old"}]}, [update])  # type: ignore[list-item]
+    assert (figures["authorized"], figures["lines"]) == (1650, [{"reference": "new"}])
