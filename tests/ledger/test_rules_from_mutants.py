@@ -864,3 +864,9 @@ def test_a_lagging_read_after_an_update_keeps_the_lines_the_psp_confirmed() -> N
     lagging = {"status": "authorized", "authorized": 2100, "captured": 0, "refunded": 0}
     figures = _not_behind({**lagging, "lines": [{"reference": "old"}]}, [update])  # type: ignore[list-item]
     assert (figures["authorized"], figures["lines"]) == (1650, [{"reference": "new"}])
+
+
+def test_a_task_for_an_order_the_service_does_not_hold_ends_saying_so(ctx: WorkerContext) -> None:
+    # The reconcile task's result (and its `reconcile_idle` log line) says why it
+    # stopped; an order id the service does not hold ends it as `unknown_order`.
+    assert Reconciler(ctx, lambda *_: None).run(new_order_id()) == "unknown_order"
