@@ -15,6 +15,7 @@ import pytest
 import structlog
 from prometheus_client import REGISTRY
 
+from data import orders as store
 from data.orders import OperationRef
 from domain.lines import PspLine, basket_lines
 from domain.snapshot import OrderSnapshot
@@ -28,6 +29,7 @@ from tests.ledger.harness import (
     read_timeout,
     shipped,
     snapshot,
+    update_snapshot,
 )
 from tests.ledger.test_ledger_regressions import adyen_notification, drive, klarna_order
 from tests.seed_basket import SHOES, SOCKS
@@ -870,3 +872,37 @@ def test_a_task_for_an_order_the_service_does_not_hold_ends_saying_so(ctx: Worke
     # The reconcile task's result (and its `reconcile_idle` log line) says why it
     # stopped; an order id the service does not hold ends it as `unknown_order`.
     assert Reconciler(ctx, lambda *_: None).run(new_order_id()) == "unknown_order"
+
+
+def test_adyen_an_increase_adyen_confirms_clears_the_request_for_a_new_order(
+    database_url: str,
+) -> None:
+    # README, "Refused increases": `needs_new_order` stands until an authorization that
+    # covers the basket; an increase Adyen confirms by its AUTHORISATION_ADJUSTMENT
+    # notification is one, and clears it (as the reconciler's own confirmation does).
+    def adyen(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"status": "received", "pspReference": "MOD1"})
+
+    ctx = context(database_url, adyen)
+    try:
+        order_id = new_order_id()
+        first = snapshot(order_id, [SHOES], provider="adyen")
+        insert_order(ctx, first)
+        update_snapshot(ctx, snapshot(order_id, [SHOES, SOCKS], provider="adyen", version=2))
+        assert drive(ctx, order_id) == "awaiting_notification"
+        (op,) = operations(ctx, order_id)
+        assert op["kind"] == "update_authorization"
+        with ctx.pool.connection() as conn, conn.transaction():
+            store.set_flag(conn, order_id, "needs_new_order", {"code": "refused"}, 2100)
+        item = {
+            **_capture_item("MOD1", first.psp_order_id, "true"),
+            "eventCode": "AUTHORISATION_ADJUSTMENT",
+            "merchantReference": str(op["id"]),
+            "amount": {"value": op["amount"], "currency": "EUR"},
+        }
+        assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == (
+            "succeeded"
+        )
+        assert "needs_new_order" not in order_row(ctx, order_id)["flags"]
+    finally:
+        ctx.close()
