@@ -877,9 +877,10 @@ def test_a_task_for_an_order_the_service_does_not_hold_ends_saying_so(ctx: Worke
 def test_adyen_an_increase_adyen_confirms_clears_the_request_for_a_new_order(
     database_url: str,
 ) -> None:
-    # README, "Refused increases": `needs_new_order` stands until an authorization that
-    # covers the basket; an increase Adyen confirms by its AUTHORISATION_ADJUSTMENT
-    # notification is one, and clears it (as the reconciler's own confirmation does).
+    # Contract §4: `needs_new_order` asks the shop for a new payment; once an increase
+    # succeeds the authorization covers the basket, and the reconciler clears the flag
+    # when it records the success. An increase Adyen confirms by its
+    # AUTHORISATION_ADJUSTMENT notification clears it the same way.
     def adyen(_request: httpx.Request) -> httpx.Response:
         return httpx.Response(200, json={"status": "received", "pspReference": "MOD1"})
 
