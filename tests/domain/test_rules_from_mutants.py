@@ -370,6 +370,26 @@ def test_a_cancel_made_outside_after_a_part_capture_asks_no_new_payment_of_the_s
     assert waits == Wait("cancelled_outside")
 
 
+def test_a_release_of_ours_then_a_reopen_asks_a_new_payment_despite_a_cancel_learnt_outside() -> (
+    None
+):
+    # Contract §4: once the PSP has released (a release of ours succeeded), a later open
+    # snapshot asks the shop for a new payment. A cancel the PSP reports as made without
+    # the service, learnt under that same snapshot, does not turn it into a wait for a
+    # person: the authorization was let go by us first.
+    now = order([shipped(SHOES, 1), SOCKS]).model_copy(update={"version": 3})
+    psp = PspState(PspStatus.CAPTURED, 1200, 1200, 0, "INVOICE", "DE", ())
+    shoes = tuple(capture_lines(now, {}))
+    history = (
+        PastOperation(Kind.CAPTURE, "succeeded", 1200, shoes, version=1),
+        PastOperation(Kind.RELEASE_AUTHORIZATION, "succeeded", 900, version=2),
+        PastOperation(Kind.CANCEL, "succeeded", 0, external=True, reference="x", version=3),
+    )
+    flag = plan_next(OrderView(now, psp, history=history), lambda _m, _c: False)
+    assert isinstance(flag, Flag) and flag.flag == NEEDS_NEW_ORDER, flag
+    assert flag.code == "authorization_cancelled"
+
+
 def test_a_refund_gives_back_the_tax_charged_even_when_the_shop_states_the_new_rates_tax() -> None:
     # Contract §4: a refund carries the prices and tax the units were captured at. The
     # shop lowered the rate after the capture and states the tax at the new rate (109);
@@ -415,3 +435,53 @@ def test_a_capture_made_outside_is_never_tied_to_a_line_the_shop_removed_since(
     else:
         assert isinstance(decision, Attribute) and decision.reference == "portal"
         assert [(x.reference, x.quantity, x.total_amount) for x in decision.lines] == tied
+
+
+def test_a_refund_gives_back_discount_and_sales_tax_shares_each_with_the_sign_it_holds() -> None:
+    # Contract §4: sales tax is shared by captures and refunds in proportion to value, as
+    # discounts are. A refund gives back what the units' captures carried: never a sales
+    # tax line taken back below zero, never a discount line charged again.
+    a = {"id": "a", "name": "A", "quantity": 2, "unit_price": 500, "tax_rate": 0}
+    tax = {
+        "id": "tax",
+        "name": "Sales tax",
+        "type": "sales_tax",
+        "quantity": 1,
+        "unit_price": 80,
+        "tax_rate": 0,
+    }
+    psp = Psp(authorized=780)
+    [capture] = plans(psp.sync(order([shipped(a, 2), discount(300), tax])), Kind.CAPTURE)
+    assert capture.amount == 780
+    [refund] = plans(psp.sync(order([shipped(a, 2, 1), discount(300), tax])), Kind.REFUND)
+    assert refund.amount == 390
+    signs = {"discount": -1, "tax": 1}
+    assert all(
+        x.total_amount * signs[x.reference] > 0 for x in refund.lines if x.reference in signs
+    ), refund.lines
+
+
+def test_a_capture_made_outside_worth_a_unit_or_the_fee_is_tied_to_the_unit() -> None:
+    # Contract §4: a fee is charged with the order's first capture. Money captured
+    # outside that comes to one shipped unit of goods, or to the fee listed before it,
+    # is tied to the unit: the fee rides with the goods (a fee captured alone is the
+    # capture the service would make itself, matched as such), so the next capture
+    # carries the fee with the other goods.
+    fee = {
+        "id": "shipping",
+        "name": "Shipping",
+        "type": "shipping_fee",
+        "quantity": 1,
+        "unit_price": 500,
+        "tax_rate": 2000,
+    }
+    psp = Psp(authorized=1500)
+    assert psp.sync(order([fee, A])) == []
+    now = order([shipped(fee, 1), shipped(A, 1)])
+    outside = PastOperation(
+        Kind.CAPTURE, "succeeded", 500, external=True, reference="portal", basis=now
+    )
+    psp.captured = 500  # the PSP's figures count it
+    tied = plan_next(OrderView(now, psp.state(), (outside,)), lambda _m, _c: True)
+    assert isinstance(tied, Attribute) and tied.reference == "portal", tied
+    assert [(x.reference, x.quantity, x.total_amount) for x in tied.lines] == [("a", 1, 500)]

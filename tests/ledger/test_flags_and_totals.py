@@ -414,6 +414,10 @@ def test_goods_let_go_with_a_cancel_after_a_refused_increase_are_not_told_as_a_p
     update_snapshot(ctx, snap(order_id, [SHOES, HAT], 2))
     drive(ctx, order_id)
     assert flag_code(ctx, order_id, "needs_new_order") == "NOT_ALLOWED"
+    # The flag names the lines the authorization does not cover (the operator's view
+    # and the shop's event list them).
+    refused = order_row(ctx, order_id)["flag_reason"]["needs_new_order"]
+    assert "hat" in [line["reference"] for line in refused["lines"]]
     update_snapshot(ctx, snap(order_id, shipped([SHOES, HAT], hat=1), 3, status="cancelled"))
     drive(ctx, order_id)
     assert klarna.captures(first.psp_order_id) == []

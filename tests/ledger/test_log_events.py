@@ -292,3 +292,16 @@ def test_an_exception_inside_an_attempt_is_recorded_as_it_without_a_recording_er
     assert not [event for event in events if event["event"] == "operation_record_error"]
     (op,) = operations(ctx, order_id)
     assert op["outcome_unknown"] and op["error"]["code"] == "RuntimeError"
+
+
+def test_a_read_of_the_psps_order_is_logged_with_its_outcome_and_http_status(
+    ctx: WorkerContext, klarna: FakeKlarna, events: list[MutableMapping[str, Any]]
+) -> None:
+    order_id, snap = klarna_order(ctx, klarna, [SHOES])
+    insert_order(ctx, snap)  # never read yet: the run reads Klarna's order first
+    events.clear()
+    Reconciler(ctx, lambda *_: None).run(order_id)
+    read = next(event for event in events if event["event"] == "psp_order_read")
+    assert (
+        read.items() >= {"order_id": order_id, "outcome": "succeeded", "http_status": 200}.items()
+    )

@@ -762,6 +762,9 @@ def test_seq11_a_failure_while_recording_is_counted_and_flagged(
     (op,) = operations(ctx, order_id)
     assert op["status"] == "pending" and op["outcome_unknown"]
     assert op["attempts"] == ctx.settings.max_attempts
+    # The person reads what went wrong: the outcome could not be recorded.
+    assert op["error"]["code"] == "record_failed"
+    assert op["error"]["message"].endswith("Error while recording the outcome")
     assert "needs_attention" in order_row(ctx, order_id)["flags"]
     assert len(klarna.orders[first.psp_order_id].captures) == 1
 

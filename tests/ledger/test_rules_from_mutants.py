@@ -12,7 +12,13 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
+from prometheus_client import REGISTRY
 
+from data import orders as store
+from data.orders import OperationRef
+from domain.lines import PspLine, basket_lines
+from domain.snapshot import OrderSnapshot
 from tests.ledger.harness import (
     FakeKlarna,
     context,
@@ -23,12 +29,13 @@ from tests.ledger.harness import (
     read_timeout,
     shipped,
     snapshot,
+    update_snapshot,
 )
 from tests.ledger.test_ledger_regressions import adyen_notification, drive, klarna_order
 from tests.seed_basket import SHOES, SOCKS
 from workers import adyen_inbox
 from workers.context import WorkerContext
-from workers.reconcile import Reconciler, _not_behind
+from workers.reconcile import Reconciler, _not_behind, rejection_flag
 
 pytestmark = pytest.mark.integration
 
@@ -339,11 +346,16 @@ def test_adyen_a_failed_capture_is_sent_again_later_then_fails_with_a_flag(
             conn.execute("UPDATE operations SET next_attempt_at = now() WHERE id = %s", (op["id"],))
         assert drive(ctx, order_id) == "awaiting_notification"
         last = _capture_item("MOD2", payment, "false")
-        assert adyen_inbox.process(ctx, adyen_notification(ctx, last), enqueue) == "failed"
+        told = len(delays)
+        last_id = adyen_notification(ctx, last)
+        assert adyen_inbox.process(ctx, last_id, enqueue) == "failed"
         (op,) = operations(ctx, order_id)
         assert op["status"] == "failed" and op["error"]["code"] == "CAPTURE"
         reason = order_row(ctx, order_id)["flag_reason"]["needs_attention"]
         assert reason["code"] == "retries_exhausted"
+        # Recorded against its order, which is reconciled after it (the shop is told).
+        assert _inbox_row(ctx, last_id)["order_id"] == order_id
+        assert len(delays) == told + 1
 
 
 def test_adyen_a_refused_cancellation_is_rejected_and_flagged(database_url: str) -> None:
@@ -355,6 +367,29 @@ def test_adyen_a_refused_cancellation_is_rejected_and_flagged(database_url: str)
         (op,) = operations(ctx, order_id)
         assert op["kind"] == "cancel" and op["status"] == "rejected"
         assert "needs_attention" in order_row(ctx, order_id)["flags"]
+
+
+def test_adyen_a_rejection_of_an_operation_whose_answer_was_lost_records_adyens_reference(
+    database_url: str,
+) -> None:
+    # README, Adyen "Outcomes": the notification settles the operation it names by our
+    # operation id (merchantReference) even when Adyen's answer to the request was lost;
+    # its pspReference is then recorded on the operation, which a person looks up in
+    # Adyen's Customer Area.
+    with adyen_awaiting(database_url, cancelled=True) as (ctx, order_id, payment):
+        (op,) = operations(ctx, order_id)
+        with ctx.pool.connection() as conn, conn.transaction():
+            conn.execute("UPDATE operations SET psp_reference = NULL WHERE id = %s", (op["id"],))
+        item = {
+            **_capture_item("MOD7", payment, "false"),
+            "eventCode": "CANCELLATION",
+            "merchantReference": str(op["id"]),
+        }
+        assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == (
+            "rejected"
+        )
+        (op,) = operations(ctx, order_id)
+        assert (op["status"], op["psp_reference"]) == ("rejected", "MOD7")
 
 
 def test_a_later_read_showing_money_moved_elsewhere_is_counted_and_flagged(
@@ -431,6 +466,9 @@ def test_adyen_a_failed_chargeback_is_not_counted_and_a_person_is_told(ctx: Work
     assert (row["captured_amount"], row["refunded_amount"]) == (0, 0)
     reason = row["flag_reason"]["needs_attention"]
     assert reason["code"] == "external_change" and "CHARGEBACK CA1" in reason["message"]
+    # Money that may have moved and could not be counted: a person looks first, and
+    # nothing automatic goes on until an operator's reconcile.
+    assert reason["halts"] is True
     # Recorded against its order, which is reconciled after it (the shop is told).
     assert _inbox_row(ctx, inbox_id)["order_id"] == order_id
     assert enqueued == [order_id]
@@ -612,3 +650,260 @@ def test_an_adyen_authorisation_refused_before_the_order_flags_the_order_when_it
     row = order_row(ctx, order_id)
     assert row["flags"] == ["needs_attention"]
     assert row["flag_reason"]["needs_attention"]["code"] == "authorisation_refused"
+
+
+def test_an_adyen_expire_before_its_order_is_kept_and_applied_when_the_order_arrives(
+    ctx: WorkerContext,
+) -> None:
+    # Contract §4: an authorization that expired is money that moved without the
+    # service, counted when learnt. An EXPIRE for a payment whose order has not arrived
+    # is kept and offered again, as any notification for a payment not known yet:
+    # dropped, the order that follows would be taken as authorized.
+    order_id = new_order_id()
+    snap = snapshot(order_id, shipped([SHOES, SOCKS], shoes=1), provider="adyen")
+    item = {
+        "pspReference": snap.psp_order_id,
+        "merchantAccountCode": "Test",
+        "eventCode": "EXPIRE",
+        "success": "true",
+        "amount": {"value": 2100, "currency": "EUR"},
+    }
+    early = adyen_notification(ctx, item)
+    assert adyen_inbox.process(ctx, early, lambda *_: None) == "unmatched"
+    assert _inbox_row(ctx, early)["processed_at"] is None  # offered again by the sweeper
+    insert_order(ctx, snap)
+    assert adyen_inbox.process(ctx, early, lambda *_: None) == "applied"
+    assert order_row(ctx, order_id)["psp_status"] == "expired"
+
+
+def test_adyen_a_refused_authorisation_is_recorded_for_its_order_and_the_order_reconciled(
+    ctx: WorkerContext,
+) -> None:
+    # README, Adyen "Outcomes": each notification's inbox row names the order it came to
+    # (what the operator reads), and an order a notification changed is reconciled after
+    # it, so the flag reaches the shop.
+    order_id, psp = _adyen_order(ctx)
+    item = {
+        "pspReference": psp,
+        "merchantAccountCode": "Test",
+        "eventCode": "AUTHORISATION",
+        "success": "false",
+        "amount": {"value": 2100, "currency": "EUR"},
+    }
+    enqueued: list[str] = []
+    inbox_id = adyen_notification(ctx, item)
+    outcome = adyen_inbox.process(ctx, inbox_id, lambda order, _delay: enqueued.append(order))
+    assert outcome == "flagged"
+    assert enqueued == [order_id]
+    assert _inbox_row(ctx, inbox_id)["order_id"] == order_id
+
+
+def test_a_silent_operation_settled_meanwhile_does_not_stop_the_chase_of_the_others(
+    database_url: str,
+) -> None:
+    # README, Adyen "Silence": every operation that waited too long for its notification
+    # flags its order for a person; one whose notification came between the sweep's read
+    # and the chase is skipped, and the ones after it are still chased.
+    with adyen_awaiting(database_url) as (ctx, first, payment):
+        second = new_order_id()
+        insert_order(ctx, snapshot(second, shipped([SHOES], shoes=1), provider="adyen"))
+        assert drive(ctx, second) == "awaiting_notification"
+        (settled,) = operations(ctx, first)
+        (waiting,) = operations(ctx, second)
+        ok = {**_capture_item("MOD1", payment, "true"), "merchantReference": str(settled["id"])}
+        assert adyen_inbox.process(ctx, adyen_notification(ctx, ok), lambda *_: None) == (
+            "succeeded"
+        )
+        silent = [
+            OperationRef(settled["id"], first),
+            OperationRef(waiting["id"], second),
+        ]
+        assert adyen_inbox.chase_silent_operations(ctx, silent) == 1
+        assert order_row(ctx, first)["flags"] == []
+        reason = order_row(ctx, second)["flag_reason"]["needs_attention"]
+        assert reason["code"] == "notification_timeout"
+
+
+def test_a_refused_update_of_the_same_total_needs_a_person_not_a_new_order() -> None:
+    # README, "Refused increases": only a refused *increase* asks the shop for a new
+    # order; an update that changes the lines but not the total is for a person.
+    order: Any = SimpleNamespace(
+        authorized_amount=2100, authorized_lines=[line.to_json() for line in _lines(2100)]
+    )
+    op: Any = SimpleNamespace(
+        kind="update_authorization",
+        amount=2100,
+        lines=[line.to_json() for line in _lines(2100, "hat")],
+    )
+    flag = rejection_flag(order, op, "NOT_ALLOWED", "refused", refused=True)
+    assert (flag.flag, flag.code) == ("needs_attention", "NOT_ALLOWED")
+
+
+def _lines(total: int, reference: str = "shoes") -> list[PspLine]:
+    item = {"id": reference, "name": reference, "quantity": 1, "unit_price": total, "tax_rate": 0}
+    return basket_lines(
+        OrderSnapshot.model_validate(
+            {
+                "id": "o",
+                "version": 1,
+                "currency": "EUR",
+                "country": "DE",
+                "status": "open",
+                "payment": {"provider": "klarna", "klarna_order_id": "k"},
+                "lines": [item],
+            }
+        )
+    )
+
+
+def test_adyen_an_event_the_service_does_not_act_on_is_recorded_ignored(ctx: WorkerContext) -> None:
+    # README, Adyen "Outcomes": a notification of an event the service does not act on
+    # (a report, a payout) is accepted and recorded `ignored`, never offered again.
+    item = {
+        "pspReference": "REPORT1",
+        "merchantAccountCode": "Test",
+        "eventCode": "REPORT_AVAILABLE",
+        "success": "true",
+        "amount": {"value": 0, "currency": "EUR"},
+    }
+    inbox_id = adyen_notification(ctx, item)
+    assert adyen_inbox.process(ctx, inbox_id, lambda *_: None) == "ignored"
+    row = _inbox_row(ctx, inbox_id)
+    assert row["outcome"] == "ignored" and row["processed_at"] is not None
+
+
+def test_a_psp_request_is_counted_under_the_orders_account(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # README, "Several markets": `ordersync_psp_requests_total` has an `account` label,
+    # so an operator sees which account's credentials or limits fail.
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total, account="eu-north")
+    labels = {"provider": "klarna", "operation": "capture", "outcome": "succeeded"}
+
+    def counted(account: str) -> float:
+        value = REGISTRY.get_sample_value(
+            "ordersync_psp_requests_total", {**labels, "account": account}
+        )
+        return value or 0.0
+
+    before = counted("eu-north"), counted("default")
+    drive(ctx, order_id)
+    assert (counted("eu-north"), counted("default")) == (before[0] + 1, before[1])
+
+
+def test_an_operation_planned_before_requests_were_stored_is_frozen_at_its_next_attempt(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # README, "How it works": a request is sent again exactly as first sent, under the
+    # same idempotency key. An operation stored without its request (planned before
+    # requests were stored) has it built at its next attempt and kept from then on.
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+
+    def stored_without_its_request(request: httpx.Request) -> tuple[bool, httpx.Response | None]:
+        with ctx.pool.connection() as conn, conn.transaction():
+            conn.execute("UPDATE operations SET request = NULL WHERE order_id = %s", (order_id,))
+        raise httpx.ReadTimeout("slow", request=request)
+
+    klarna.fault("POST", "/captures", stored_without_its_request)
+    drive(ctx, order_id)
+    (op,) = operations(ctx, order_id)
+    assert op["status"] == "succeeded" and op["attempts"] == 2
+    assert op["request"] is not None, "the request was never frozen"
+    assert "captured_amount" in str(op["request"])
+
+
+def test_an_operation_the_psp_keeps_refusing_for_now_fails_with_the_psps_last_error(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # README, "How it works": a request that never took effect and kept failing for now
+    # is `failed` after the last attempt, with the PSP's error, and a person is told.
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+    busy = httpx.Response(429, json={"error_code": "RATE_LIMITED"}, headers={"Retry-After": "0"})
+    klarna.fault("POST", "/captures", lambda _r: (False, busy), times=20)
+    drive(ctx, order_id)
+    (op,) = operations(ctx, order_id)
+    assert (op["status"], op["attempts"]) == ("failed", ctx.settings.max_attempts)
+    assert op["error"] is not None and op["error"]["http_status"] == 429, op["error"]
+    row = order_row(ctx, order_id)
+    assert row["flag_reason"]["needs_attention"]["code"] == "retries_exhausted"
+
+
+def test_the_reconcilers_log_context_is_left_clean_after_a_run(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # README, "Several markets": the reconciler's log lines carry `account` (and the
+    # order and operation) while it works on an order; a later log line of the same
+    # thread (another order, a notification) never carries them.
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+    structlog.contextvars.clear_contextvars()
+    drive(ctx, order_id)
+    assert structlog.contextvars.get_contextvars() == {}
+
+
+def test_adyen_a_failed_modification_nobody_asked_for_is_kept_and_offered_again(
+    ctx: WorkerContext,
+) -> None:
+    # A failed CAPTURE for a known payment that no operation of ours matches moved no
+    # money: it is kept and offered again, as any notification that matches nothing yet
+    # (the operation it settles may be recorded after it), then orphaned.
+    order_id, psp = _adyen_order(ctx)
+    inbox_id = adyen_notification(ctx, _customer_area(psp, "CAPTURE", "false"))
+    assert adyen_inbox.process(ctx, inbox_id, lambda *_: None) == "unmatched"
+    assert _inbox_row(ctx, inbox_id)["processed_at"] is None
+    assert order_row(ctx, order_id)["flags"] == []
+
+
+def test_a_lagging_read_after_an_update_keeps_the_lines_the_psp_confirmed() -> None:
+    # A read behind a confirmed authorization update keeps its amount and its lines: the
+    # lines are what a later refused increase is judged against (rejection_flag).
+    update = SimpleNamespace(
+        kind="update_authorization", status="succeeded", amount=1650, lines=[{"reference": "new"}]
+    )
+    lagging = {"status": "authorized", "authorized": 2100, "captured": 0, "refunded": 0}
+    figures = _not_behind({**lagging, "lines": [{"reference": "old"}]}, [update])  # type: ignore[list-item]
+    assert (figures["authorized"], figures["lines"]) == (1650, [{"reference": "new"}])
+
+
+def test_a_task_for_an_order_the_service_does_not_hold_ends_saying_so(ctx: WorkerContext) -> None:
+    # The reconcile task's result (and its `reconcile_idle` log line) says why it
+    # stopped; an order id the service does not hold ends it as `unknown_order`.
+    assert Reconciler(ctx, lambda *_: None).run(new_order_id()) == "unknown_order"
+
+
+def test_adyen_an_increase_adyen_confirms_clears_the_request_for_a_new_order(
+    database_url: str,
+) -> None:
+    # Contract §4: `needs_new_order` asks the shop for a new payment; once an increase
+    # succeeds the authorization covers the basket, and the reconciler clears the flag
+    # when it records the success. An increase Adyen confirms by its
+    # AUTHORISATION_ADJUSTMENT notification clears it the same way.
+    def adyen(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"status": "received", "pspReference": "MOD1"})
+
+    ctx = context(database_url, adyen)
+    try:
+        order_id = new_order_id()
+        first = snapshot(order_id, [SHOES], provider="adyen")
+        insert_order(ctx, first)
+        update_snapshot(ctx, snapshot(order_id, [SHOES, SOCKS], provider="adyen", version=2))
+        assert drive(ctx, order_id) == "awaiting_notification"
+        (op,) = operations(ctx, order_id)
+        assert op["kind"] == "update_authorization"
+        with ctx.pool.connection() as conn, conn.transaction():
+            store.set_flag(conn, order_id, "needs_new_order", {"code": "refused"}, 2100)
+        item = {
+            **_capture_item("MOD1", first.psp_order_id, "true"),
+            "eventCode": "AUTHORISATION_ADJUSTMENT",
+            "merchantReference": str(op["id"]),
+            "amount": {"value": op["amount"], "currency": "EUR"},
+        }
+        assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == (
+            "succeeded"
+        )
+        assert "needs_new_order" not in order_row(ctx, order_id)["flags"]
+    finally:
+        ctx.close()
