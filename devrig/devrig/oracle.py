@@ -407,6 +407,15 @@ class Oracle:
                 # is known only at the settle point (_captures allows the flag then).
                 self.exp.outcomes.add("expiry_with_work")
                 self.exp.allowed.add(("needs_attention", EXTERNAL))
+            elif self._uncaptured_goods() and not self._goods_to_charge(
+                self.stored or {"lines": []}, at_most=True
+            ):
+                # §4 flags the expiry "where the shop's snapshot does not already explain
+                # it": whether goods were left to charge hangs on a capture an earlier
+                # window left to timing (a range); captured, nothing was lost with the
+                # authorization, so the flag may be raised, not must.
+                self.exp.outcomes.add("expiry_with_work_left_to_timing")
+                self.exp.allowed.add(("needs_attention", EXTERNAL))
             elif self._uncaptured_goods():
                 self._external("expiry_with_work")
 
@@ -845,9 +854,16 @@ class Oracle:
             return False
         return self._goods_to_charge(self.stored)
 
-    def _goods_to_charge(self, snap: dict[str, Any]) -> bool:
+    def _goods_to_charge(self, snap: dict[str, Any], *, at_most: bool = False) -> bool:
+        """`at_most`: counting units a capture left to timing may hold as captured."""
+
+        def held(line_id: str) -> int:
+            if at_most:
+                return self._captured_at_most(line_id)
+            return self.state.captured.get(line_id, 0)
+
         return any(
-            int(line["quantity"]) > self.state.captured.get(line["id"], 0) and line_value(line) > 0
+            int(line["quantity"]) > held(line["id"]) and line_value(line) > 0
             for line in snap["lines"]
             if kind(line) in GOODS
         )
@@ -900,6 +916,11 @@ class Oracle:
                     entry = exp.lines.setdefault(line_id, LineExpect())
                     before = st.captured.get(line_id, 0)
                     entry.captured_range = (before, before + max(units, 0))
+                    # §4 step 2: "a capture with exactly those lines", of the snapshot
+                    # it was sent for: this window's prices, which a later window
+                    # (judging the units still open) must not replace.
+                    entry.prices |= self._prices(line_id)
+                    entry.totals |= self._totals(line_id)
                 # Made before the expiry, that capture took them at the prices and
                 # shares of the snapshot it was sent for: a basket lowered below it is
                 # one the captures cannot follow (a person is told), as for any capture.
