@@ -227,6 +227,10 @@ class Oracle:
         # What moved without the service since the last settle point, when nothing
         # before it had required external_change already.
         self.external_since_settle: set[str] = set()
+        # The most units of each line any stored snapshot marked shipped, and per
+        # stored version the lines whose shipped quantity it lowered below that.
+        self._shipped_most: dict[str, int] = {}
+        self._lowered: dict[int, set[str]] = {}
 
     # -- the steps ---------------------------------------------------------------
 
@@ -243,6 +247,13 @@ class Oracle:
                 return "ignored"
         self.stored = snap
         self.window.append(snap)
+        lowered = set()
+        for line in snap["lines"]:
+            shipped = int(line.get("shipped_quantity", 0))
+            if shipped < self._shipped_most.get(line["id"], 0):
+                lowered.add(str(line["id"]))
+            self._shipped_most[line["id"]] = max(shipped, self._shipped_most.get(line["id"], 0))
+        self._lowered[int(snap["version"])] = lowered
         return "stored"
 
     def fault(self) -> None:
@@ -489,6 +500,16 @@ class Oracle:
                 elif shipped < own or returned < min(ours_back, st.captured.get(line_id, 0)):
                     exp.outcomes.add("quantities_reversed")
                     exp.allowed.add(("needs_attention", REVERSED))
+                elif (
+                    kind(line) in GOODS
+                    and line_id in self._lowered.get(int(snap["version"]), set())
+                    and shipped < self._captured_at_most(line_id)
+                ):
+                    # §4: "A snapshot that lowers one below what was already captured
+                    # ... is flagged": the shop lowered it, and the PSP may hold more
+                    # units than it now says shipped (captured outside, or by a
+                    # capture left to timing), so the flag may be raised.
+                    exp.outcomes.add("quantities_reversed")
                     exp.allowed.add(("needs_attention", REVERSED))
         # Intermediate snapshots may each have been acted on: what they could trigger is
         # allowed (an increase refused, a cancel later reopened).

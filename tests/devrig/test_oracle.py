@@ -2157,3 +2157,35 @@ def test_an_expiry_after_goods_whose_capture_was_left_to_timing_may_go_unflagged
     oracle.settle()
     oracle.expire()
     assert ("needs_attention", EXTERNAL) in oracle.expectation().required
+
+
+def test_shipped_lowered_below_units_captured_outside_or_left_to_timing_may_be_flagged() -> None:
+    # Seed 47174 (Klarna, increases refused): one unit of l1 was captured before the
+    # service's first read; the shop marked both shipped, and l2 too, then cancelled:
+    # the goods exceed the authorization, so the capture before the cancel (of the
+    # second unit of l1 among them) was left to timing (a range). Later the shop set
+    # l1's shipped quantity back to 0. §4: "A snapshot that lowers one below what was
+    # already captured ... for that line is stored, and the order is flagged
+    # needs_attention (quantities_reversed)": the PSP holds at least the unit captured
+    # outside, so the flag is allowed.
+    oracle = Oracle(5198, refuses_increases=True)
+    oracle.external_capture("l1", 1, 2599)
+    goods = [line("l1", 2, 2599), line("l2", 3, 2599)]
+    oracle.snapshot(snap(1, goods))
+    shipped = [line("l1", 2, 2599, shipped_quantity=2), line("l2", 3, 2599, shipped_quantity=3)]
+    oracle.snapshot(snap(2, shipped, status="cancelled"))
+    oracle.settle()
+    oracle.snapshot(snap(3, shipped))
+    oracle.settle()
+    oracle.snapshot(snap(4, [line("l1", 2, 2599, shipped_quantity=0), shipped[1]]))
+    exp = oracle.expectation()
+    assert exp.lines["l1"].captured_range == (1, 2)
+    assert ("needs_attention", REVERSED) in exp.allowed
+    # Never lowered: units captured outside beyond what the shop marked shipped are no
+    # reversal (an e-book captured at checkout).
+    oracle = Oracle(5198, refuses_increases=False)
+    oracle.external_capture("l1", 1, 2599)
+    oracle.snapshot(snap(1, goods))
+    oracle.settle()
+    oracle.snapshot(snap(2, goods))
+    assert ("needs_attention", REVERSED) not in oracle.expectation().allowed
