@@ -665,6 +665,17 @@ class Oracle:
                     # all of it; the basket grown since is then a new payment.
                     exp.allowed.add(("needs_new_order", ""))
                     exp.outcomes.add("grown_after_a_full_capture_in_one_window")
+                if self._covered_earlier(below=total):
+                    # The same with nothing left to capture: an earlier snapshot the
+                    # captures already cover, once the authorization was lowered to it,
+                    # left it fully captured, so §4 step 1 ("not fully captured") raises
+                    # it no more; the units shipped since wait for the new order the
+                    # shop is asked for (or were captured, had no worker seen it).
+                    exp.allowed.add(("needs_new_order", ""))
+                    exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
+                    exp.uncertain_end = True
+                    exp.outcomes.add("grown_after_a_basket_the_captures_cover")
+                    self._maybe_full = True
                 exp.outcomes.add("increase" if total > st.authorized else "decrease")
                 held_high = exp.authorized_high  # an earlier update the PSP may have refused
                 exp.authorized_high = None
@@ -856,6 +867,16 @@ class Oracle:
             ):
                 return True
         return False
+
+    def _covered_earlier(self, below: int) -> bool:
+        """A snapshot of this window before the last, open, whose total the captures
+        before this window already cover, below the given basket."""
+        return self.state.any_capture and any(
+            snap["status"] == "open"
+            and 0 < order_total(snap) <= self.state.money + 2
+            and order_total(snap) + 2 < below
+            for snap in self.window[:-1]
+        )
 
     def _captured_at_most(self, line_id: str) -> int:
         """Units of the line the PSP may hold: more than counted when a window left

@@ -2189,3 +2189,25 @@ def test_shipped_lowered_below_units_captured_outside_or_left_to_timing_may_be_f
     oracle.settle()
     oracle.snapshot(snap(2, goods))
     assert ("needs_attention", REVERSED) not in oracle.expectation().allowed
+
+
+def test_a_basket_lowered_to_the_captures_in_passing_may_leave_the_authorization_full() -> None:
+    # Seed 40500 (Klarna, increases allowed): 4950 authorized, the three units of l3
+    # captured (1350). In one window the shop removed l4 (1350: the captures cover the
+    # basket), then raised l3 to 5 and shipped them (2250). A worker that acted on the
+    # 1350 basket lowered the authorization to it (§4 step 1), which left it fully
+    # captured: "not fully captured" no longer holds, so it is not raised to 2250 and
+    # the shop is asked for a new order; the two new units wait. A worker that saw
+    # only the last basket updated to 2250 and captured them. Timing decides.
+    oracle = Oracle(4950, refuses_increases=False)
+    l3 = line("l3", 3, 450, rate=2500, type="digital", shipped_quantity=3)
+    oracle.snapshot(snap(1, [line("l4", 3, 1200), l3]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [l3]))
+    oracle.snapshot(snap(3, [{**l3, "quantity": 5}]))
+    oracle.snapshot(snap(4, [{**l3, "quantity": 5, "shipped_quantity": 5}]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") in exp.allowed
+    assert ("needs_new_order", "") not in exp.required
+    assert exp.lines["l3"].captured_range == (3, 5)
+    assert exp.authorized_low is not None and exp.authorized_low <= 1350
