@@ -242,6 +242,10 @@ class Oracle:
         # What moved without the service since the last settle point, when nothing
         # before it had required external_change already.
         self.external_since_settle: set[str] = set()
+        # The most units of each line any stored snapshot marked shipped, and per
+        # stored version the lines whose shipped quantity it lowered below that.
+        self._shipped_most: dict[str, int] = {}
+        self._lowered: dict[int, set[str]] = {}
 
     # -- the steps ---------------------------------------------------------------
 
@@ -258,6 +262,13 @@ class Oracle:
                 return "ignored"
         self.stored = snap
         self.window.append(snap)
+        lowered = set()
+        for line in snap["lines"]:
+            shipped = int(line.get("shipped_quantity", 0))
+            if shipped < self._shipped_most.get(line["id"], 0):
+                lowered.add(str(line["id"]))
+            self._shipped_most[line["id"]] = max(shipped, self._shipped_most.get(line["id"], 0))
+        self._lowered[int(snap["version"])] = lowered
         return "stored"
 
     def fault(self) -> None:
@@ -424,6 +435,15 @@ class Oracle:
                 # is known only at the settle point (_captures allows the flag then).
                 self.exp.outcomes.add("expiry_with_work")
                 self.exp.allowed.add(("needs_attention", EXTERNAL))
+            elif self._uncaptured_goods() and not self._goods_to_charge(
+                self.stored or {"lines": []}, at_most=True
+            ):
+                # §4 flags the expiry "where the shop's snapshot does not already explain
+                # it": whether goods were left to charge hangs on a capture an earlier
+                # window left to timing (a range); captured, nothing was lost with the
+                # authorization, so the flag may be raised, not must.
+                self.exp.outcomes.add("expiry_with_work_left_to_timing")
+                self.exp.allowed.add(("needs_attention", EXTERNAL))
             elif self._uncaptured_goods():
                 self._external("expiry_with_work")
 
@@ -497,6 +517,16 @@ class Oracle:
                 elif shipped < own or returned < min(ours_back, st.captured.get(line_id, 0)):
                     exp.outcomes.add("quantities_reversed")
                     exp.allowed.add(("needs_attention", REVERSED))
+                elif (
+                    kind(line) in GOODS
+                    and line_id in self._lowered.get(int(snap["version"]), set())
+                    and shipped < self._captured_at_most(line_id)
+                ):
+                    # §4: "A snapshot that lowers one below what was already captured
+                    # ... is flagged": the shop lowered it, and the PSP may hold more
+                    # units than it now says shipped (captured outside, or by a
+                    # capture left to timing), so the flag may be raised.
+                    exp.outcomes.add("quantities_reversed")
                     exp.allowed.add(("needs_attention", REVERSED))
         # Intermediate snapshots may each have been acted on: what they could trigger is
         # allowed (an increase refused, a cancel later reopened).
@@ -656,6 +686,17 @@ class Oracle:
                     # all of it; the basket grown since is then a new payment.
                     exp.allowed.add(("needs_new_order", ""))
                     exp.outcomes.add("grown_after_a_full_capture_in_one_window")
+                if self._covered_earlier(below=total):
+                    # The same with nothing left to capture: an earlier snapshot the
+                    # captures already cover, once the authorization was lowered to it,
+                    # left it fully captured, so §4 step 1 ("not fully captured") raises
+                    # it no more; the units shipped since wait for the new order the
+                    # shop is asked for (or were captured, had no worker seen it).
+                    exp.allowed.add(("needs_new_order", ""))
+                    exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
+                    exp.uncertain_end = True
+                    exp.outcomes.add("grown_after_a_basket_the_captures_cover")
+                    self._maybe_full = True
                 exp.outcomes.add("increase" if total > st.authorized else "decrease")
                 held_high = exp.authorized_high  # an earlier update the PSP may have refused
                 exp.authorized_high = None
@@ -918,6 +959,16 @@ class Oracle:
                 return True
         return False
 
+    def _covered_earlier(self, below: int) -> bool:
+        """A snapshot of this window before the last, open, whose total the captures
+        before this window already cover, below the given basket."""
+        return self.state.any_capture and any(
+            snap["status"] == "open"
+            and 0 < order_total(snap) <= self.state.money + 2
+            and order_total(snap) + 2 < below
+            for snap in self.window[:-1]
+        )
+
     def _captured_at_most(self, line_id: str) -> int:
         """Units of the line the PSP may hold: more than counted when a window left
         their capture to timing (a range)."""
@@ -955,9 +1006,16 @@ class Oracle:
             return False
         return self._goods_to_charge(self.stored)
 
-    def _goods_to_charge(self, snap: dict[str, Any]) -> bool:
+    def _goods_to_charge(self, snap: dict[str, Any], *, at_most: bool = False) -> bool:
+        """`at_most`: counting units a capture left to timing may hold as captured."""
+
+        def held(line_id: str) -> int:
+            if at_most:
+                return self._captured_at_most(line_id)
+            return self.state.captured.get(line_id, 0)
+
         return any(
-            int(line["quantity"]) > self.state.captured.get(line["id"], 0) and line_value(line) > 0
+            int(line["quantity"]) > held(line["id"]) and line_value(line) > 0
             for line in snap["lines"]
             if kind(line) in GOODS
         )
@@ -1010,6 +1068,11 @@ class Oracle:
                     entry = exp.lines.setdefault(line_id, LineExpect())
                     before = st.captured.get(line_id, 0)
                     entry.captured_range = (before, before + max(units, 0))
+                    # §4 step 2: "a capture with exactly those lines", of the snapshot
+                    # it was sent for: this window's prices, which a later window
+                    # (judging the units still open) must not replace.
+                    entry.prices |= self._prices(line_id)
+                    entry.totals |= self._totals(line_id)
                 # Made before the expiry, that capture took them at the prices and
                 # shares of the snapshot it was sent for: a basket lowered below it is
                 # one the captures cannot follow (a person is told), as for any capture.

@@ -4,6 +4,7 @@ even when the PSP never named the lines of a capture made without the service.""
 
 from __future__ import annotations
 
+import copy
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -456,6 +457,44 @@ def test_a_lagging_read_never_undoes_an_authorization_update_the_psp_confirmed(
     assert row["authorized_amount"] == 1650
     assert row["flags"] == ["needs_new_order"]
     assert told(ctx, order_id)[-1][0] == "order.new_order_required"
+
+
+def test_a_lagging_read_showing_an_earlier_identical_basket_never_proves_an_update_made(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """The basket went 2100 → 1650 → 2100 → 1650, every update confirmed by Klarna, then
+    back to 2100: that update's answer was a 409 (still processing, not applied) and the
+    check-read came from a replica that had not seen the last decrease, so it showed
+    2100 with the very lines the update sends. Taken as proof that the update was made,
+    the service believed 2100 authorized while Klarna held 1650 for ever (a confirmed
+    update outranks every later read), and goods beyond 1650 were captured and refused
+    (§4: the authorization is Klarna's own figures). A basket the order held before can
+    be what a lagging read shows: the update is sent again under its key (Klarna
+    replays a made one), never taken as made from such a read."""
+    order_id, first = klarna_order(ctx, klarna, [SHOES, SOCKS])
+    insert_order(ctx, first)
+    psp = klarna.orders[first.psp_order_id]
+    lower, full = [SHOES, {**SOCKS, "quantity": 1}], [SHOES, SOCKS]
+    update_snapshot(ctx, snap(order_id, lower, 2))
+    drive(ctx, order_id)
+    update_snapshot(ctx, snap(order_id, full, 3))
+    drive(ctx, order_id)
+    assert psp.order_amount == 2100
+    before_decrease = copy.deepcopy(psp.body())  # 2100, with the lines the service sent
+    update_snapshot(ctx, snap(order_id, lower, 4))
+    drive(ctx, order_id)
+    assert psp.order_amount == 1650
+
+    def in_progress_then_lagging_read(_request: httpx.Request) -> tuple[bool, httpx.Response]:
+        klarna.fault("GET", first.psp_order_id, answer(200, json=before_decrease))
+        return False, httpx.Response(409, json={"error_code": "CONFLICT"})
+
+    klarna.fault("PATCH", "/authorization", in_progress_then_lagging_read)
+    update_snapshot(ctx, snap(order_id, full, 5))
+    drive(ctx, order_id)
+    assert not klarna.faults  # the 409 and the lagging check-read both happened
+    assert psp.order_amount == 2100
+    assert order_row(ctx, order_id)["authorized_amount"] == 2100
 
 
 def _extended_order(ctx: WorkerContext, klarna: FakeKlarna) -> tuple[str, str, Any, datetime]:
