@@ -451,6 +451,12 @@ class Oracle:
                 if kind(line) not in GOODS | FEES:
                     continue
                 own = st.captured.get(line_id, 0) - st.external_units.get(line_id, 0)
+                # §4 flags a snapshot that "lowers one below what was already captured":
+                # units whose capture an earlier window left to timing (a range) may be
+                # held, so lowering the shipment below them may be flagged too.
+                own_high = max(
+                    own, self._captured_at_most(line_id) - st.external_units.get(line_id, 0)
+                )
                 ours_back = st.refunded.get(line_id, 0) - st.external_back.get(line_id, 0)
                 shipped = int(line.get("shipped_quantity", 0))
                 if kind(line) in FEES:
@@ -458,6 +464,7 @@ class Oracle:
                     # once marked returned, so §4's "lowers one below what was already
                     # ... refunded" holds for its returns.
                     shipped = own
+                    own_high = own
                 # §4 flags a quantity lowered "below what was already captured": units
                 # worth nothing may never have been captured, so for them it may be.
                 held = st.captured.get(line_id, 0) - st.worthless.get(line_id, 0)
@@ -477,9 +484,8 @@ class Oracle:
                         exp.requires("needs_attention", REVERSED)
                     else:
                         exp.allowed.add(("needs_attention", REVERSED))
-                elif shipped < own or returned < min(ours_back, st.captured.get(line_id, 0)):
+                elif shipped < own_high or returned < min(ours_back, st.captured.get(line_id, 0)):
                     exp.outcomes.add("quantities_reversed")
-                    exp.allowed.add(("needs_attention", REVERSED))
                     exp.allowed.add(("needs_attention", REVERSED))
         # Intermediate snapshots may each have been acted on: what they could trigger is
         # allowed (an increase refused, a cancel later reopened).
