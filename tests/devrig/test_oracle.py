@@ -2119,3 +2119,23 @@ def test_a_shipment_taken_back_for_units_whose_capture_was_left_to_timing_may_be
     assert exp.lines["l1"].captured_range == (0, 2)
     assert ("needs_attention", REVERSED) not in exp.required
     assert ("needs_attention", REVERSED) in exp.allowed
+
+
+def test_goods_shipped_after_an_authorization_lowered_in_passing_may_not_fit_it() -> None:
+    """Seed 61909: Klarna (no increases). In one window the basket went down (an
+    unitemised discount, 8913) and back up past the authorization (9287): a worker that
+    acted on the lower snapshot set the authorization to it (§4 step 1, "update the
+    authorization with the complete new basket"), and the raise after it was refused.
+    Goods shipped in a later window that fit the first authorization (9188) but not
+    the lowered one cannot all be captured: the shop was told to take a new order, and
+    whether they were captured depends on which snapshot the worker acted on."""
+    oracle = Oracle(9188, refuses_increases=True)
+    l1, l2 = line("l1", 2, 100), line("l2", 2, 4494)
+    oracle.snapshot(snap(1, [l1, l2]))
+    oracle.snapshot(snap(2, [l1, l2], amount=8913))
+    oracle.snapshot(snap(3, [l1, l2, line("l4", 1, 99)]))
+    oracle.settle()
+    oracle.snapshot(snap(4, [l1, {**l2, "shipped_quantity": 2}, line("l4", 1, 99)]))
+    exp = oracle.expectation()
+    assert exp.lines["l2"].captured_range == (0, 2)
+    assert check_ledger([], exp) == []
