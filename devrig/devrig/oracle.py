@@ -208,6 +208,10 @@ class _State:
     # The PSP may still authorize this much: a capture made for an earlier snapshot of a
     # window, before an order-level line lowered the basket, left no room to lower it.
     authorized_high: int = 0
+    # The PSP may authorize as little as this: a worker lowered the authorization to a
+    # smaller basket that passed in a window, and no raise follows (the PSP refuses
+    # increases). None: no such basket passed.
+    authorized_floor: int | None = None
 
 
 def identity(snapshot: dict[str, Any]) -> tuple[Any, ...]:
@@ -605,6 +609,12 @@ class Oracle:
             # of this window, and the PSP will not raise it again.
             exp.authorized_low = min(exp.authorized_low or st.authorized, *lows)
             exp.allowed.add(("needs_new_order", ""))
+            # §4 step 1 ("update the authorization with the complete new basket") for a
+            # basket that passed: it stays that low in later windows too, so what ships
+            # then is judged against it as well (below, _captures).
+            positive = [t for t in lows if t > 0]
+            if positive:
+                st.authorized_floor = min(st.authorized_floor or st.authorized, *positive)
         # Every unit of value in the basket already captured, and nothing of the
         # authorization left: a higher total then comes from an order-level line (a
         # discount dropped), not from items to authorize; §4's new order is "for the new
@@ -1233,8 +1243,10 @@ class Oracle:
         no_raise = self.refuses or cancelling or fully_captured or self._maybe_full
         if no_raise:
             # No raise will come; and a worker may have lowered the authorization to an
-            # earlier, smaller basket of this window.
+            # earlier, smaller basket of this window, or of an earlier one (the floor).
             lows = [order_total(s) for s in self.window if s["status"] == "open"]
+            if self.refuses and st.authorized_floor is not None:
+                lows.append(st.authorized_floor)
             limit = min([st.authorized, *[t for t in lows if t > 0]])
         # Such a fee, riding with this capture, may take what the goods would fit in.
         riding_value = sum(

@@ -254,6 +254,15 @@ class PspOrder:
     extend_refused: bool = False  # Klarna will not extend this one (403 NOT_ALLOWED)
 
 
+def _can_expire(psp: PspOrder) -> bool:
+    """Whether the PSP has an authorization left that can lapse. One whose every
+    authorized cent is captured (lowered to the captures, or a capture made before the
+    service's first read that took all of it) has nothing left to expire: Klarna calls
+    such an order fully captured (a release is refused "Order is fully captured"), and
+    Adyen has no remaining amount to notify an EXPIRE of."""
+    return psp.status in ("AUTHORIZED", "PART_CAPTURED") and psp.authorized > psp.captured
+
+
 @dataclass
 class Faults:
     """How often each thing goes wrong, per request (0 everywhere once settling)."""
@@ -1675,7 +1684,7 @@ class MoreGaps(Draws):
         now = datetime.now(UTC)
         for order in sim.orders.values():
             psp = order.psp
-            if psp.expires_at is None or psp.status not in ("AUTHORIZED", "PART_CAPTURED"):
+            if psp.expires_at is None or not _can_expire(psp):
                 continue
             inside = psp.expires_at - now <= self._window()
             if psp.psp_id in self.expiring and not inside:
@@ -1727,7 +1736,7 @@ class MoreGaps(Draws):
         now = datetime.now(UTC)
         for order in self.sim.orders.values():
             psp = order.psp
-            if psp.expires_at is None or psp.status not in ("AUTHORIZED", "PART_CAPTURED"):
+            if psp.expires_at is None or not _can_expire(psp):
                 continue
             if psp.expires_at - now > self._window():
                 continue
@@ -2374,7 +2383,7 @@ class Simulation:
             self.model.external(psp, "cancel", [])
             oracle.external_cancel()
         elif what == "expire":
-            if psp.status not in ("AUTHORIZED", "PART_CAPTURED"):
+            if not _can_expire(psp):
                 return
             self.model.external(psp, "expire", [])
             oracle.expire()

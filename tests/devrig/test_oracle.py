@@ -2365,3 +2365,42 @@ def test_a_basket_lowered_to_the_captures_in_passing_may_leave_the_authorization
     assert ("needs_new_order", "") not in exp.required
     assert exp.lines["l3"].captured_range == (3, 5)
     assert exp.authorized_low is not None and exp.authorized_low <= 1350
+
+
+def test_a_shipment_taken_back_for_units_whose_capture_was_left_to_timing_may_be_flagged() -> None:
+    """Seed 60035: Klarna refused the increase for a surcharge, so the shipped goods and
+    the surcharge no longer all fit the authorization; whether the goods were captured
+    is timing (a range). The shop then set the shipment back to 0. §4 flags a snapshot
+    that "lowers one below what was already captured or refunded for that line": a
+    build that captured them must flag it, so the flag is allowed (not required)."""
+    oracle = Oracle(1000, refuses_increases=True)
+    goods, fee = line("l1", 2, 500), line("l2", 1, 300, type="surcharge")
+    oracle.snapshot(snap(1, [goods]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**goods, "shipped_quantity": 2}, fee]))
+    oracle.settle()
+    oracle.snapshot(snap(3, [goods, fee]))
+    exp = oracle.expectation()
+    assert exp.lines["l1"].captured_range == (0, 2)
+    assert ("needs_attention", REVERSED) not in exp.required
+    assert ("needs_attention", REVERSED) in exp.allowed
+
+
+def test_goods_shipped_after_an_authorization_lowered_in_passing_may_not_fit_it() -> None:
+    """Seed 61909: Klarna (no increases). In one window the basket went down (an
+    unitemised discount, 8913) and back up past the authorization (9287): a worker that
+    acted on the lower snapshot set the authorization to it (§4 step 1, "update the
+    authorization with the complete new basket"), and the raise after it was refused.
+    Goods shipped in a later window that fit the first authorization (9188) but not
+    the lowered one cannot all be captured: the shop was told to take a new order, and
+    whether they were captured depends on which snapshot the worker acted on."""
+    oracle = Oracle(9188, refuses_increases=True)
+    l1, l2 = line("l1", 2, 100), line("l2", 2, 4494)
+    oracle.snapshot(snap(1, [l1, l2]))
+    oracle.snapshot(snap(2, [l1, l2], amount=8913))
+    oracle.snapshot(snap(3, [l1, l2, line("l4", 1, 99)]))
+    oracle.settle()
+    oracle.snapshot(snap(4, [l1, {**l2, "shipped_quantity": 2}, line("l4", 1, 99)]))
+    exp = oracle.expectation()
+    assert exp.lines["l2"].captured_range == (0, 2)
+    assert check_ledger([], exp) == []

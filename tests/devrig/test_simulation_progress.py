@@ -36,3 +36,47 @@ def test_a_merchant_refund_of_a_unit_gives_back_what_a_unit_still_held_was_paid(
     psp.ledger = [("capture", 1200, [coat]), ("refund", 1200, [coat])]
     psp.ledger.append(("capture", 2178, [two, gift]))
     assert _captured_unit_value(psp, "l1") == 1089
+
+
+class _Always:
+    """A random stream that always draws 0: every chance is taken."""
+
+    def random(self) -> float:
+        return 0.0
+
+
+def test_an_authorization_with_nothing_left_never_expires() -> None:
+    """Seed 61856: a Klarna capture before the first read took one unit, the basket
+    was lowered to it and the authorization updated to the captured 2302 (Klarna's
+    order then fully captured), and the shop cancelled. The simulated Klarna still let
+    the expiry date pass on it and called the order EXPIRED, where Klarna has nothing
+    left to expire (a release is refused: "Order is fully captured")."""
+    import random
+    from datetime import UTC, datetime, timedelta
+    from types import SimpleNamespace
+    from typing import Any, cast
+
+    from devrig.oracle import Oracle
+    from devrig.simulation import MoreGaps, Order, PspOrder
+
+    psp = PspOrder("klarna", "k1", "EUR", 2302, [], captured=2302, status="PART_CAPTURED")
+    psp.expires_at = datetime.now(UTC) + timedelta(hours=1)  # inside the extend window
+    order = Order(
+        shop=cast(Any, SimpleNamespace(order_id="o1")),
+        psp=psp,
+        oracle=Oracle(2302, refuses_increases=False),
+    )
+    sim = SimpleNamespace(
+        orders={"o1": order},
+        kind=lambda name: None,
+        note=lambda event: None,
+        settings=SimpleNamespace(extend_authorization_days_before=2),
+    )
+    more = MoreGaps(cast(Any, sim), 61856)
+    more.rng = cast(random.Random, _Always())
+    more.expiring[psp.psp_id] = 0
+    for _ in range(3):
+        more.at_barrier()
+        more.after_settle(set())
+    assert psp.status == "PART_CAPTURED"
+    assert order.oracle.state.closed is None
