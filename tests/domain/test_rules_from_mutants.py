@@ -9,6 +9,7 @@ from dataclasses import replace
 import pytest
 
 from domain.lines import (
+    PspLine,
     all_units_captured,
     basket_lines,
     capture_lines,
@@ -485,3 +486,36 @@ def test_a_capture_made_outside_worth_a_unit_or_the_fee_is_tied_to_the_unit() ->
     tied = plan_next(OrderView(now, psp.state(), (outside,)), lambda _m, _c: True)
     assert isinstance(tied, Attribute) and tied.reference == "portal", tied
     assert [(x.reference, x.quantity, x.total_amount) for x in tied.lines] == [("a", 1, 500)]
+
+
+def test_a_capture_of_goods_worth_one_cent_that_fits_is_made() -> None:
+    # Contract §4: every shipped line that fits what is left of the authorization is
+    # charged; only a capture worth nothing is never sent. Goods of one cent that fit
+    # are captured like any others, the rest left to the refused increase's flag.
+    penny = {"id": "penny", "name": "Penny", "quantity": 1, "unit_price": 1, "tax_rate": 0}
+    authorized = tuple(basket_lines(order([penny])))
+    psp = PspState(PspStatus.AUTHORIZED, 1, 0, 0, "INVOICE", "DE", authorized)
+    grown = order([shipped(penny, 1), shipped(HAT, 1)])
+    view = OrderView(grown, psp, flags=frozenset({NEEDS_NEW_ORDER}), refused_amount=1201)
+    capture = plan_next(view, lambda _m, _c: False)
+    assert isinstance(capture, Plan) and capture.kind is Kind.CAPTURE, capture
+    assert (capture.amount, [line.reference for line in capture.lines]) == (1, ["penny"])
+
+
+def test_a_psp_line_read_without_a_discount_amount_has_none() -> None:
+    # Klarna's order_lines may leave out total_discount_amount (optional in its order
+    # lines): a line read back from the PSP without it has no discount, not an error
+    # that drops the line (klarna_figures, _movements).
+    line = PspLine.from_json(
+        {
+            "reference": "a",
+            "name": "A",
+            "type": "physical",
+            "quantity": 1,
+            "unit_price": 500,
+            "tax_rate": 2000,
+            "total_amount": 500,
+            "total_tax_amount": 83,
+        }
+    )
+    assert line.total_discount_amount == 0
