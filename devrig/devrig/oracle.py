@@ -246,6 +246,10 @@ class Oracle:
         # What moved without the service since the last settle point, when nothing
         # before it had required external_change already.
         self.external_since_settle: set[str] = set()
+        # A cancel made outside: whether the shop's snapshot stored then said cancelled,
+        # and how many snapshots of the window were stored before it.
+        self._cancel_seen_cancelled = False
+        self._cancel_at = 0
         # The most units of each line any stored snapshot marked shipped, and per
         # stored version the lines whose shipped quantity it lowered below that.
         self._shipped_most: dict[str, int] = {}
@@ -375,6 +379,8 @@ class Oracle:
         self._ended_in_window = True
         self.state.closed = "cancelled"
         self.state.closed_version = self.stored["version"] if self.stored else 0
+        self._cancel_seen_cancelled = bool(self.stored and self.stored["status"] == "cancelled")
+        self._cancel_at = len(self.window)
         self._external("external_cancel")
 
     def foreign_notification(self) -> None:
@@ -457,6 +463,31 @@ class Oracle:
             self.external_since_settle.add(what)
         self.exp.requires("needs_attention", EXTERNAL)
 
+    def _cancel_explained(self) -> None:
+        """A cancel made outside while the shop's snapshot said cancelled (seed 52336:
+        the order halted by a flag, so the service had not cancelled it yet)."""
+        if self.external_since_settle != {"external_cancel"}:
+            return
+        after = self.window[self._cancel_at :]
+        cancelled = [snap for snap in after if snap["status"] == "cancelled"]
+        if self._cancel_seen_cancelled and self.stored is not None:
+            cancelled.append(self.stored)
+        if not cancelled:
+            return
+        # §4 flags money that moved without the service "where the shop's snapshot does
+        # not already explain it": a cancelled snapshot asks for that cancel (step 4),
+        # so a service that learns of it while it holds one need not flag it.
+        self.exp.required.discard(("needs_attention", EXTERNAL))
+        self.exp.outcomes.add("cancel_outside_explained_by_the_shop")
+        if any(
+            self._shipped_uncaptured({line["id"]: line for line in snap["lines"]})
+            for snap in cancelled
+        ) and not any(o.endswith("_refused") for o in self.exp.outcomes):
+            # Step 4 captures shipped goods before it lets go: a cancel that came first
+            # left them uncharged, which the snapshot does not explain; a person is told
+            # (any reason: psp_order_cancelled, external_change, ...).
+            self.exp.requires("needs_attention")
+
     # -- a settle point -----------------------------------------------------------
 
     def settle(self) -> None:
@@ -464,6 +495,7 @@ class Oracle:
         exp, st = self.exp, self.state
         if self.faulty:
             exp.allowed |= {("needs_attention", r) for r in FAULT_REASONS}
+        self._cancel_explained()
         if not self.window or self.stored is None:
             self.faulty = False
             return
