@@ -711,7 +711,9 @@ class Oracle:
                         st.authorized,
                         *(t for t in totals if t > 0),
                     )
-            elif total > st.authorized and self._emptied_earlier():
+            elif total > st.authorized and (
+                self._emptied_earlier() or self._fee_alone_earlier(full=True)
+            ):
                 # A capture for an earlier snapshot of this window may have taken the
                 # whole authorization first; §4 step 1 then raises nothing ("not fully
                 # captured") and the shop is told to take a new order. Timing decides.
@@ -969,6 +971,42 @@ class Oracle:
             return []
         return due
 
+    def _fee_alone_earlier(self, *, full: bool = False) -> dict[str, tuple[int, int]]:
+        """Fees a worker acting on an earlier snapshot of this window charged alone
+        (README "Fees", seed 52774): then every unit of goods of value was captured
+        outside, none by the service, and the fees fit in what is left of the
+        authorization. Per fee line: its units and their worth, from the first such
+        snapshot. `full`: only when they took all that was left (§4 step 1 then raises
+        the authorization no more: "not fully captured")."""
+        st = self.state
+        if st.own_capture or st.closed is not None:
+            return {}
+        found: dict[str, tuple[int, int]] = {}
+        for snap in self.window[:-1]:
+            if snap["status"] != "open":
+                continue
+            lines = {line["id"]: line for line in snap["lines"]}
+            outside_goods = any(
+                units > 0 and line_id in lines and kind(lines[line_id]) in GOODS
+                for line_id, units in st.external_units.items()
+            )
+            goods = [x for x in snap["lines"] if kind(x) in GOODS and line_value(x) > 0]
+            if not outside_goods or not all(
+                st.captured.get(x["id"], 0) >= int(x["quantity"]) for x in goods
+            ):
+                continue
+            due = {
+                str(x["id"]): (int(x["quantity"]), line_value(x))
+                for x in snap["lines"]
+                if kind(x) in FEES
+                and st.captured.get(x["id"], 0) < int(x["quantity"])
+                and x["id"] not in found
+            }
+            worth = st.money + sum(v for _, v in due.values())
+            if due and worth <= st.authorized + 2 and (not full or worth + 2 >= st.authorized):
+                found.update(due)
+        return found
+
     def _shipped_uncaptured(self, lines: dict[str, dict[str, Any]]) -> bool:
         return any(
             kind(line) in GOODS | FEES
@@ -1168,6 +1206,19 @@ class Oracle:
                     exp.outcomes.add("fee_removed_while_shipping")
         alone = self._fees_due_alone(last, lines, newly, fees)
         fees += alone
+        for line_id, (units, value) in self._fee_alone_earlier().items():
+            if line_id in fees:
+                continue
+            # README "Fees": a fee whose first capture was made outside goes alone once
+            # no capture of goods is left to carry it; a worker may have acted on an
+            # earlier snapshot of this window where that held (the goods grew or the
+            # fee was removed since), or not: timing decides (seed 52774).
+            entry = exp.lines.setdefault(line_id, LineExpect())
+            before = st.captured.get(line_id, 0)
+            entry.maybe(before, max(before, units))
+            entry.prices |= self._prices(line_id)
+            st.money_high += value
+            exp.outcomes.add("fee_alone_in_passing")
         riding: dict[str, int] = {}  # fees that may go with this capture
         for line_id, line in lines.items():
             # Added after the first capture: the contract does not say when it is

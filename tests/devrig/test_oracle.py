@@ -2441,3 +2441,23 @@ def test_a_cancel_outside_of_an_order_the_shop_cancelled_need_not_be_flagged() -
     oracle.external_cancel()
     oracle.settle()
     assert ("needs_attention", EXTERNAL) in oracle.expectation().required
+
+
+def test_a_fee_due_alone_for_an_earlier_snapshot_of_the_window_may_have_been_charged() -> None:
+    """Seed 52774 (Klarna, 250 authorized): l1's unit was captured before the service's
+    first read; with no goods left to capture the surcharge goes alone (README "Fees"),
+    and took the rest of the authorization. In the same window the shop swapped the
+    surcharge for another and grew the basket: a worker that acted on the first
+    snapshot charged it, or not (timing). Charged, the authorization is fully
+    captured, which §4 step 1 no longer updates ("not fully captured"): the shop is
+    asked for a new order."""
+    oracle = Oracle(250, refuses_increases=False)
+    oracle.external_capture("l1", 1, 100)
+    oracle.snapshot(snap(1, [line("l1", 1, 100), line("l2", 1, 150, type="surcharge")]))
+    grown = [line("l1", 3, 100), line("l3", 1, 150, type="surcharge"), line("l5", 3, 99)]
+    oracle.snapshot(snap(2, grown))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert exp.lines["l2"].captured_range == (0, 1)
+    assert ("needs_new_order", "") in exp.allowed
+    assert exp.uncertain_end
