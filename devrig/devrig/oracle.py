@@ -1206,7 +1206,7 @@ class Oracle:
                     exp.outcomes.add("fee_removed_while_shipping")
         alone = self._fees_due_alone(last, lines, newly, fees)
         fees += alone
-        for line_id, (units, value) in self._fee_alone_earlier().items():
+        for line_id, (units, fee_worth) in self._fee_alone_earlier().items():
             if line_id in fees:
                 continue
             # README "Fees": a fee whose first capture was made outside goes alone once
@@ -1217,7 +1217,7 @@ class Oracle:
             before = st.captured.get(line_id, 0)
             entry.maybe(before, max(before, units))
             entry.prices |= self._prices(line_id)
-            st.money_high += value
+            st.money_high += fee_worth
             exp.outcomes.add("fee_alone_in_passing")
         riding: dict[str, int] = {}  # fees that may go with this capture
         for line_id, line in lines.items():
