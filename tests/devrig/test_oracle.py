@@ -2461,3 +2461,19 @@ def test_a_fee_due_alone_for_an_earlier_snapshot_of_the_window_may_have_been_cha
     assert exp.lines["l2"].captured_range == (0, 1)
     assert ("needs_new_order", "") in exp.allowed
     assert exp.uncertain_end
+
+
+def test_a_fee_swapped_after_one_went_alone_in_passing_may_find_no_room() -> None:
+    """Seed 53301 (Klarna, 1301 authorized): l1 captured before the first read, the
+    surcharge l2 (101) due alone (README "Fees") and swapped in the same window for l3,
+    as much. A worker that charged l2 for the first snapshot filled the authorization:
+    l3 then does not fit (it waits, §4 step 1 raises no authorization "fully
+    captured"), or l2 was never charged and l3 goes alone. Timing decides."""
+    oracle = Oracle(1301, refuses_increases=False)
+    oracle.external_capture("l1", 1, 1200)
+    oracle.snapshot(snap(1, [line("l1", 1, 1200), line("l2", 1, 101, type="surcharge")]))
+    oracle.snapshot(snap(2, [line("l1", 1, 1200), line("l3", 1, 101, type="surcharge")]))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert exp.lines["l2"].captured_range == (0, 1)
+    assert exp.lines["l3"].captured_range == (0, 1)
