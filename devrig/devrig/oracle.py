@@ -440,7 +440,20 @@ class Oracle:
             self._ended_in_window = True
             self.state.closed = "expired"
             self.exp.outcomes.add("expired")
-            if self._uncaptured_goods() and capture_in_flight:
+            stored = self.stored
+            if (
+                stored is not None
+                and stored["status"] == "cancelled"
+                and self._uncaptured_goods()
+                and not self._shipped_uncaptured({x["id"]: x for x in stored["lines"]})
+            ):
+                # §4 flags an expiry "where the shop's snapshot does not already
+                # explain it": the shop cancelled, nothing shipped is left to charge,
+                # so the authorization took nothing the shop wants charged with it; the
+                # flag may be raised, not must (seed 53375, the cancel refused after it).
+                self.exp.outcomes.add("expiry_of_a_cancelled_order")
+                self.exp.allowed.add(("needs_attention", EXTERNAL))
+            elif self._uncaptured_goods() and capture_in_flight:
                 # The goods may be the ones that capture takes: whether work is left
                 # is known only at the settle point (_captures allows the flag then).
                 self.exp.outcomes.add("expiry_with_work")

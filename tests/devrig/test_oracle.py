@@ -2477,3 +2477,26 @@ def test_a_fee_swapped_after_one_went_alone_in_passing_may_find_no_room() -> Non
     exp = oracle.expectation()
     assert exp.lines["l2"].captured_range == (0, 1)
     assert exp.lines["l3"].captured_range == (0, 1)
+
+
+def test_an_expiry_after_the_shop_cancelled_with_nothing_shipped_need_not_be_flagged() -> None:
+    """Seed 53375 (Klarna, 892): the shop cancelled with nothing shipped, and the
+    authorization expired before the service's cancel went out (refused, NOT_ALLOWED).
+    §4 flags an expiry "where the shop's snapshot does not already explain it": the
+    shop wants nothing charged, so the flag may be raised, not must; with goods shipped
+    and left uncharged, it must."""
+    oracle = Oracle(892, refuses_increases=False)
+    goods = [line("l1", 3, 100), line("l5", 1, 592, type="shipping_fee")]
+    oracle.snapshot(snap(1, goods))
+    oracle.settle()
+    oracle.snapshot(snap(2, goods, status="cancelled"))
+    oracle.expire()
+    exp = oracle.expectation()
+    assert ("needs_attention", EXTERNAL) in exp.allowed
+    assert ("needs_attention", EXTERNAL) not in exp.required
+    oracle = Oracle(892, refuses_increases=False)
+    oracle.snapshot(snap(1, goods))
+    oracle.settle()
+    oracle.snapshot(snap(2, [line("l1", 3, 100, shipped_quantity=1), goods[1]], status="cancelled"))
+    oracle.expire()
+    assert ("needs_attention", EXTERNAL) in oracle.expectation().required
