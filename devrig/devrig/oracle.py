@@ -469,6 +469,17 @@ class Oracle:
                 self.exp.allowed.add(("needs_attention", EXTERNAL))
             elif self._uncaptured_goods():
                 self._external("expiry_with_work")
+            elif stored is not None and any(
+                int(x["quantity"]) > self._captured_at_least(x["id"]) and line_value(x) > 0
+                for x in stored["lines"]
+                if kind(x) in GOODS
+            ):
+                # The other way round (seed 53845): counted as captured, but an earlier
+                # window left that capture to timing (a range from 0); not captured,
+                # the goods were left to charge when the authorization went, which the
+                # shop's snapshot does not explain (§4): the flag may be raised.
+                self.exp.outcomes.add("expiry_with_work_left_to_timing")
+                self.exp.allowed.add(("needs_attention", EXTERNAL))
 
     def _external(self, what: str) -> None:
         self.exp.outcomes.add(what)
@@ -1064,6 +1075,13 @@ class Oracle:
             and order_total(snap) + 2 < below
             for snap in self.window[:-1]
         )
+
+    def _captured_at_least(self, line_id: str) -> int:
+        """Units of the line the PSP surely holds: fewer than counted when a window
+        left their capture to timing (a range)."""
+        entry = self.exp.lines.get(line_id)
+        counted = self.state.captured.get(line_id, 0)
+        return min(counted, entry.captured_range[0]) if entry and entry.captured_range else counted
 
     def _captured_at_most(self, line_id: str) -> int:
         """Units of the line the PSP may hold: more than counted when a window left
