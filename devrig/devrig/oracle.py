@@ -246,6 +246,10 @@ class Oracle:
         # What moved without the service since the last settle point, when nothing
         # before it had required external_change already.
         self.external_since_settle: set[str] = set()
+        # A cancel made outside: whether the shop's snapshot stored then said cancelled,
+        # and how many snapshots of the window were stored before it.
+        self._cancel_seen_cancelled = False
+        self._cancel_at = 0
         # The most units of each line any stored snapshot marked shipped, and per
         # stored version the lines whose shipped quantity it lowered below that.
         self._shipped_most: dict[str, int] = {}
@@ -375,6 +379,8 @@ class Oracle:
         self._ended_in_window = True
         self.state.closed = "cancelled"
         self.state.closed_version = self.stored["version"] if self.stored else 0
+        self._cancel_seen_cancelled = bool(self.stored and self.stored["status"] == "cancelled")
+        self._cancel_at = len(self.window)
         self._external("external_cancel")
 
     def foreign_notification(self) -> None:
@@ -434,7 +440,20 @@ class Oracle:
             self._ended_in_window = True
             self.state.closed = "expired"
             self.exp.outcomes.add("expired")
-            if self._uncaptured_goods() and capture_in_flight:
+            stored = self.stored
+            if (
+                stored is not None
+                and stored["status"] == "cancelled"
+                and self._uncaptured_goods()
+                and not self._shipped_uncaptured({x["id"]: x for x in stored["lines"]})
+            ):
+                # §4 flags an expiry "where the shop's snapshot does not already
+                # explain it": the shop cancelled, nothing shipped is left to charge,
+                # so the authorization took nothing the shop wants charged with it; the
+                # flag may be raised, not must (seed 53375, the cancel refused after it).
+                self.exp.outcomes.add("expiry_of_a_cancelled_order")
+                self.exp.allowed.add(("needs_attention", EXTERNAL))
+            elif self._uncaptured_goods() and capture_in_flight:
                 # The goods may be the ones that capture takes: whether work is left
                 # is known only at the settle point (_captures allows the flag then).
                 self.exp.outcomes.add("expiry_with_work")
@@ -450,12 +469,48 @@ class Oracle:
                 self.exp.allowed.add(("needs_attention", EXTERNAL))
             elif self._uncaptured_goods():
                 self._external("expiry_with_work")
+            elif stored is not None and any(
+                int(x["quantity"]) > self._captured_at_least(x["id"]) and line_value(x) > 0
+                for x in stored["lines"]
+                if kind(x) in GOODS
+            ):
+                # The other way round (seed 53845): counted as captured, but an earlier
+                # window left that capture to timing (a range from 0); not captured,
+                # the goods were left to charge when the authorization went, which the
+                # shop's snapshot does not explain (§4): the flag may be raised.
+                self.exp.outcomes.add("expiry_with_work_left_to_timing")
+                self.exp.allowed.add(("needs_attention", EXTERNAL))
 
     def _external(self, what: str) -> None:
         self.exp.outcomes.add(what)
         if ("needs_attention", EXTERNAL) not in self.exp.required:
             self.external_since_settle.add(what)
         self.exp.requires("needs_attention", EXTERNAL)
+
+    def _cancel_explained(self) -> None:
+        """A cancel made outside while the shop's snapshot said cancelled (seed 52336:
+        the order halted by a flag, so the service had not cancelled it yet)."""
+        if self.external_since_settle != {"external_cancel"}:
+            return
+        after = self.window[self._cancel_at :]
+        cancelled = [snap for snap in after if snap["status"] == "cancelled"]
+        if self._cancel_seen_cancelled and self.stored is not None:
+            cancelled.append(self.stored)
+        if not cancelled:
+            return
+        # §4 flags money that moved without the service "where the shop's snapshot does
+        # not already explain it": a cancelled snapshot asks for that cancel (step 4),
+        # so a service that learns of it while it holds one need not flag it.
+        self.exp.required.discard(("needs_attention", EXTERNAL))
+        self.exp.outcomes.add("cancel_outside_explained_by_the_shop")
+        if any(
+            self._shipped_uncaptured({line["id"]: line for line in snap["lines"]})
+            for snap in cancelled
+        ) and not any(o.endswith("_refused") for o in self.exp.outcomes):
+            # Step 4 captures shipped goods before it lets go: a cancel that came first
+            # left them uncharged, which the snapshot does not explain; a person is told
+            # (any reason: psp_order_cancelled, external_change, ...).
+            self.exp.requires("needs_attention")
 
     # -- a settle point -----------------------------------------------------------
 
@@ -464,6 +519,7 @@ class Oracle:
         exp, st = self.exp, self.state
         if self.faulty:
             exp.allowed |= {("needs_attention", r) for r in FAULT_REASONS}
+        self._cancel_explained()
         if not self.window or self.stored is None:
             self.faulty = False
             return
@@ -679,7 +735,9 @@ class Oracle:
                         st.authorized,
                         *(t for t in totals if t > 0),
                     )
-            elif total > st.authorized and self._emptied_earlier():
+            elif total > st.authorized and (
+                self._emptied_earlier() or self._fee_alone_earlier(full=True)
+            ):
                 # A capture for an earlier snapshot of this window may have taken the
                 # whole authorization first; §4 step 1 then raises nothing ("not fully
                 # captured") and the shop is told to take a new order. Timing decides.
@@ -928,6 +986,9 @@ class Oracle:
             x["status"] == "open" and order_total(x) <= st.money + 2
             for x in self.window[:-1]
         )
+        # A fee charged alone for an earlier snapshot of this window (since replaced)
+        # may have taken what the authorization had left for these (seed 53301).
+        covered = covered or bool(set(self._fee_alone_earlier()) - set(due))
         if st.unnamed_outside or covered:
             for line_id in due:
                 entry = self.exp.lines.setdefault(line_id, LineExpect())
@@ -936,6 +997,42 @@ class Oracle:
                 entry.prices |= self._prices(line_id)
             return []
         return due
+
+    def _fee_alone_earlier(self, *, full: bool = False) -> dict[str, tuple[int, int]]:
+        """Fees a worker acting on an earlier snapshot of this window charged alone
+        (README "Fees", seed 52774): then every unit of goods of value was captured
+        outside, none by the service, and the fees fit in what is left of the
+        authorization. Per fee line: its units and their worth, from the first such
+        snapshot. `full`: only when they took all that was left (§4 step 1 then raises
+        the authorization no more: "not fully captured")."""
+        st = self.state
+        if st.own_capture or st.closed is not None:
+            return {}
+        found: dict[str, tuple[int, int]] = {}
+        for snap in self.window[:-1]:
+            if snap["status"] != "open":
+                continue
+            lines = {line["id"]: line for line in snap["lines"]}
+            outside_goods = any(
+                units > 0 and line_id in lines and kind(lines[line_id]) in GOODS
+                for line_id, units in st.external_units.items()
+            )
+            goods = [x for x in snap["lines"] if kind(x) in GOODS and line_value(x) > 0]
+            if not outside_goods or not all(
+                st.captured.get(x["id"], 0) >= int(x["quantity"]) for x in goods
+            ):
+                continue
+            due = {
+                str(x["id"]): (int(x["quantity"]), line_value(x))
+                for x in snap["lines"]
+                if kind(x) in FEES
+                and st.captured.get(x["id"], 0) < int(x["quantity"])
+                and x["id"] not in found
+            }
+            worth = st.money + sum(v for _, v in due.values())
+            if due and worth <= st.authorized + 2 and (not full or worth + 2 >= st.authorized):
+                found.update(due)
+        return found
 
     def _shipped_uncaptured(self, lines: dict[str, dict[str, Any]]) -> bool:
         return any(
@@ -978,6 +1075,13 @@ class Oracle:
             and order_total(snap) + 2 < below
             for snap in self.window[:-1]
         )
+
+    def _captured_at_least(self, line_id: str) -> int:
+        """Units of the line the PSP surely holds: fewer than counted when a window
+        left their capture to timing (a range)."""
+        entry = self.exp.lines.get(line_id)
+        counted = self.state.captured.get(line_id, 0)
+        return min(counted, entry.captured_range[0]) if entry and entry.captured_range else counted
 
     def _captured_at_most(self, line_id: str) -> int:
         """Units of the line the PSP may hold: more than counted when a window left
@@ -1136,6 +1240,19 @@ class Oracle:
                     exp.outcomes.add("fee_removed_while_shipping")
         alone = self._fees_due_alone(last, lines, newly, fees)
         fees += alone
+        for line_id, (units, fee_worth) in self._fee_alone_earlier().items():
+            if line_id in fees:
+                continue
+            # README "Fees": a fee whose first capture was made outside goes alone once
+            # no capture of goods is left to carry it; a worker may have acted on an
+            # earlier snapshot of this window where that held (the goods grew or the
+            # fee was removed since), or not: timing decides (seed 52774).
+            entry = exp.lines.setdefault(line_id, LineExpect())
+            before = st.captured.get(line_id, 0)
+            entry.maybe(before, max(before, units))
+            entry.prices |= self._prices(line_id)
+            st.money_high += fee_worth
+            exp.outcomes.add("fee_alone_in_passing")
         riding: dict[str, int] = {}  # fees that may go with this capture
         for line_id, line in lines.items():
             # Added after the first capture: the contract does not say when it is
