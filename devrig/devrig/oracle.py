@@ -234,6 +234,8 @@ class Oracle:
         self.expired_in_window = False  # expired while this window's capture was in flight
         self._before_update = 0  # the authorization before this settle point lowered it
         self._maybe_full = False  # the authorization may be fully captured in this window
+        # What the PSP held when a fee left to timing may have fully captured it.
+        self._kept_authorized: int | None = None
         # A worker may have cancelled for a snapshot that passed (cancelled or emptied)
         # in a window whose last one was open: the PSP may have let go, or not.
         self._maybe_cancelled = False
@@ -742,7 +744,7 @@ class Oracle:
                     )
         if fee_filled:
             exp.allowed.add(("needs_new_order", ""))
-            exp.authorized_low = min(exp.authorized_low or held_before, held_before)
+            self._kept_authorized = held_before
         if before is not None and total < st.money_high + 2:
             # (Within a cent or two of the captures the shares' rounding decides whether
             # the basket is below them, as for CANNOT_FOLLOW above.)
@@ -1474,6 +1476,12 @@ class Oracle:
             entry.prices |= {(p, rate) for p, r in outside if r is None for rate in rates}
         exp.authorization = st.closed or "open"
         exp.authorized = st.authorized if st.closed is None else None
+        kept = self._kept_authorized
+        if kept is not None and exp.authorized is not None:
+            # A fee left to timing may have fully captured the authorization (settle,
+            # seed 60578): the PSP may still hold what it held then.
+            exp.authorized_low = min(exp.authorized_low or exp.authorized, exp.authorized, kept)
+            exp.authorized_high = max(exp.authorized_high or exp.authorized, exp.authorized, kept)
         if self.stored is not None:
             exp.total = order_total(self.stored)
             goods = [line for line in self.stored["lines"] if kind(line) in GOODS | FEES]
