@@ -540,26 +540,40 @@ def _price_corrections(order: OrderSnapshot, ledger: Ledger, carrier: int) -> li
     more). Never more than the capture carries (it stays ≥ 0; the rest waits for the
     next one), and not for a line with units refunded already (their money went back
     at the captured price): those the planner flags (_capture_gap).
+
+    A goods or fee line the shop removed after its capture is worth 0 now: a cut of all
+    it was captured for. And the capture keeps at least 1 of its worth: a capture of 0
+    is never sent (all_units_captured), so a cut as large as the goods shipped would
+    leave them uncaptured for good (seeds 46929, 60683); the rest waits.
     """
-    cuts: list[tuple[Line, LineLedger, int]] = []
-    for line in order.effective_lines:
-        entry = ledger.get(line.id)
-        if line.shared or entry is None or entry.captured_line is None:
+    worth_now = {line.id: line for line in order.effective_lines}
+    cuts: list[tuple[str, str, LineLedger, int]] = []
+    for reference, entry in ledger.items():
+        captured = entry.captured_line
+        if captured is None or _is_share(captured):
             continue
-        over = entry.captured_net - line.total
+        line = worth_now.get(reference)
+        if line is not None and line.shared:
+            continue
+        # Never below what the units hold (a discount share they carried included): a
+        # unit is never held below 0, so a refund of it never takes money back.
+        over = min(
+            entry.captured_net - (line.total if line is not None else 0),
+            entry.captured_net + entry.captured_share,
+        )
         if over > 0 and entry.captured_quantity > 0 and entry.refunded_quantity == 0:
-            cuts.append((line, entry, over))
-    total = sum(over for _, _, over in cuts)
-    carried = min(total, max(carrier, 0))
+            cuts.append((reference, line.name if line is not None else captured.name, entry, over))
+    total = sum(over for _, _, _, over in cuts)
+    carried = min(total, max(carrier - 1, 0))
     if carried <= 0:
         return []
     result = []
-    parts = distribute(carried, [over for _, _, over in cuts])
-    for (line, entry, _), part in zip(cuts, parts, strict=True):
+    parts = distribute(carried, [over for _, _, _, over in cuts])
+    for (reference, name, entry, _), part in zip(cuts, parts, strict=True):
         if part:
             assert entry.captured_line is not None
             rate = entry.captured_line.tax_rate
-            result.append(_share_line(line.id, line.name, rate, -part))
+            result.append(_share_line(reference, name, rate, -part))
     return result
 
 

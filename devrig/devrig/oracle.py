@@ -234,6 +234,8 @@ class Oracle:
         self.expired_in_window = False  # expired while this window's capture was in flight
         self._before_update = 0  # the authorization before this settle point lowered it
         self._maybe_full = False  # the authorization may be fully captured in this window
+        # What the PSP held when a fee left to timing may have fully captured it.
+        self._kept_authorized: int | None = None
         # A worker may have cancelled for a snapshot that passed (cancelled or emptied)
         # in a window whose last one was open: the PSP may have let go, or not.
         self._maybe_cancelled = False
@@ -692,6 +694,19 @@ class Oracle:
             # whether the basket is below it: the PSP may be unable to follow. (Also
             # below what a capture left to timing may hold, money_high.)
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+        # README "Fees": a fee added after the first capture goes with a later capture
+        # of goods, or alone once none is left to come; left to timing (a range), it may
+        # have taken the rest of the authorization. §4 step 1 updates only an
+        # authorization "not fully captured": the shop may then be asked for a new
+        # order, and the PSP keep what it held (seed 60578).
+        fee_filled = (
+            st.closed is None
+            and not cancelling
+            and total > st.authorized
+            and st.any_capture
+            and st.money + 2 < st.authorized <= st.money + self._fees_left_to_timing(lines) + 2
+        )
+        held_before = st.authorized
         if st.closed is None and not cancelling and total != st.authorized:
             if total > st.authorized and self.refuses and not nothing_new:
                 if (
@@ -785,6 +800,9 @@ class Oracle:
                     exp.lines.setdefault(line_id, LineExpect()).maybe(
                         captured_before.get(line_id, 0), units
                     )
+        if fee_filled:
+            exp.allowed.add(("needs_new_order", ""))
+            self._kept_authorized = held_before
         if before is not None and total < st.money_high + 2:
             # (Within a cent or two of the captures the shares' rounding decides whether
             # the basket is below them, as for CANNOT_FOLLOW above.)
@@ -1033,6 +1051,18 @@ class Oracle:
             if due and worth <= st.authorized + 2 and (not full or worth + 2 >= st.authorized):
                 found.update(due)
         return found
+
+    def _fees_left_to_timing(self, lines: dict[str, dict[str, Any]]) -> int:
+        """The most fees whose capture an earlier window left to timing may have taken:
+        their units above what is surely captured, at their full price."""
+        total = 0
+        for line_id, line in lines.items():
+            entry = self.exp.lines.get(line_id)
+            if kind(line) not in FEES or entry is None or entry.captured_range is None:
+                continue
+            units = entry.captured_range[1] - self.state.captured.get(line_id, 0)
+            total += max(units, 0) * max(int(line["unit_price"]), 0)
+        return total
 
     def _shipped_uncaptured(self, lines: dict[str, dict[str, Any]]) -> bool:
         return any(
@@ -1563,6 +1593,12 @@ class Oracle:
             entry.prices |= {(p, rate) for p, r in outside if r is None for rate in rates}
         exp.authorization = st.closed or "open"
         exp.authorized = st.authorized if st.closed is None else None
+        kept = self._kept_authorized
+        if kept is not None and exp.authorized is not None:
+            # A fee left to timing may have fully captured the authorization (settle,
+            # seed 60578): the PSP may still hold what it held then.
+            exp.authorized_low = min(exp.authorized_low or exp.authorized, exp.authorized, kept)
+            exp.authorized_high = max(exp.authorized_high or exp.authorized, exp.authorized, kept)
         if self.stored is not None:
             exp.total = order_total(self.stored)
             goods = [line for line in self.stored["lines"] if kind(line) in GOODS | FEES]

@@ -2525,3 +2525,27 @@ def test_an_expiry_after_goods_counted_captured_but_left_to_timing_may_be_flagge
     exp = oracle.expectation()
     assert ("needs_attention", EXTERNAL) in exp.allowed
     assert ("needs_attention", EXTERNAL) not in exp.required
+
+
+def test_a_fee_left_to_timing_may_have_fully_captured_the_authorization() -> None:
+    """Seed 60578: the service's first capture (one l1 unit), a shipping fee added after
+    it, the second l1 unit captured in a portal: no capture of goods is left, so the fee
+    may go alone (README "Fees") and take the rest of the authorization, or not yet.
+    The basket then grows: §4 step 1 updates only an authorization "not fully
+    captured", so the shop may be asked for a new order."""
+    oracle = Oracle(1100, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 2, 500)]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [line("l1", 2, 500, shipped_quantity=1)]))
+    oracle.settle()
+    fee = line("l4", 1, 100, type="shipping_fee")
+    oracle.snapshot(snap(3, [line("l1", 2, 500, shipped_quantity=1), fee]))
+    oracle.settle()
+    oracle.external_capture("l1", 1, 500)
+    oracle.snapshot(snap(4, [line("l1", 2, 500, shipped_quantity=1), fee]))
+    oracle.settle()
+    oracle.snapshot(snap(5, [line("l1", 4, 500, shipped_quantity=1), fee]))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert exp.lines["l4"].captured_range == (0, 1)
+    assert ("needs_new_order", "") in exp.allowed

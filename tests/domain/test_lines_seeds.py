@@ -563,8 +563,13 @@ def test_price_lowered_below_what_was_captured() -> None:
 
 
 def test_lines_no_longer_in_the_order_are_left_alone() -> None:
+    """Neither captured nor refunded again; worth 0 now, the next capture gives back
+    what they were captured for (README "Ledger model", a price cut; seed 40889)."""
     gone = PspLine("gone", "Old", LineType.PHYSICAL, 1, 500, 0, 500, 0, 0)
     snapshot = order([{**SOCKS_21, "shipped_quantity": 1, "returned_quantity": 0}])
     ledger = ledger_after(("capture", [gone]))
-    assert [x.reference for x in capture_lines(snapshot, ledger)] == ["Item #2"]
+    assert [(x.reference, x.type) for x in capture_lines(snapshot, ledger)] == [
+        ("Item #2", LineType.PHYSICAL),
+        ("gone", LineType.DISCOUNT),
+    ]
     assert refund_lines(snapshot, ledger) == []

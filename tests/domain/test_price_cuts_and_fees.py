@@ -122,18 +122,53 @@ def test_a_price_cut_is_carried_by_the_lines_own_units_first() -> None:
     ]
 
 
-def test_a_price_cut_never_makes_a_capture_negative() -> None:
-    """The correction takes no more than the capture carries; the rest waits for the
-    next capture (the ledger keeps what is still to give back)."""
+def test_a_price_cut_leaves_the_capture_carrying_it_worth_at_least_one() -> None:
+    """The correction takes no more than the capture carries less 1, the rest waits for
+    the next capture (the ledger keeps what is still to give back): a capture of 0 is
+    never sent, so a correction taking all of it would leave the goods shipped
+    uncaptured for good (seeds 46929, 60683)."""
     ledger = ledger_from([("capture", [unit("l1", 1, 500)])])
     now = order([line("l1", 1, 0, shipped=1), line("l2", 1, 200, shipped=1), line("l3", 1, 900)])
     first = capture_lines(now, ledger)
-    assert lines_total(first) == 0
+    assert lines_total(first) == 1
+    assert [(x.reference, x.total_amount) for x in first if x.type is LineType.DISCOUNT] == [
+        ("l1", -199)
+    ]
     ledger = ledger_from([("capture", [unit("l1", 1, 500)]), ("capture", first)])
     later = order(
         [line("l1", 1, 0, shipped=1), line("l2", 1, 200, shipped=1), line("l3", 1, 900, shipped=1)]
     )
-    assert lines_total(capture_lines(later, ledger)) == 900 - 300
+    assert lines_total(capture_lines(later, ledger)) == 900 - 301
+
+
+def test_goods_shipped_whose_capture_the_cut_would_take_whole_are_captured() -> None:
+    """Seed 60683: a unit of l1 captured at 100, l1 priced to 0, the authorization
+    follows the basket (198); one unit of l3 (99) ships. Its capture gives back 98 of
+    the cut and is sent at 1 (it fits the 98 left); before, the cut took all 99, a
+    capture of 0 is never sent, and the unit stayed uncaptured."""
+    history = (captured(unit("l1", 1, 100)),)
+    now = order([line("l1", 2, 0, shipped=1), line("l3", 2, 99, shipped=1)])
+    decision = plan_next(OrderView(now, psp(198, 100), history=history), allow_all)
+    assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
+    assert decision.amount == 1 == lines_total(decision.lines)
+    assert [
+        (x.reference, x.quantity) for x in decision.lines if x.type is not LineType.DISCOUNT
+    ] == [("l3", 1)]
+
+
+def test_a_line_removed_after_its_capture_is_given_back_as_a_cut() -> None:
+    """Seed 40889: a shipping fee captured (150) and then removed is worth 0 now, a cut
+    of all it was captured for; the authorization follows the basket down, so the next
+    goods shipped fit only if their capture gives it back (README "Ledger model")."""
+    fee = PspLine("fee", "FEE", LineType.SHIPPING_FEE, 1, 150, 2000, 150, 0, 25)
+    history = (captured(unit("l1", 1, 110), fee),)
+    now = order([line("l1", 3, 110, shipped=2)])
+    decision = plan_next(OrderView(now, psp(330, 260), history=history), allow_all)
+    assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
+    cut = [(x.reference, x.total_amount) for x in decision.lines if x.type is LineType.DISCOUNT]
+    assert cut == [("fee", -109)] and decision.amount == 1
+    ledger = ledger_from([("capture", op.lines) for op in history] + [("capture", decision.lines)])
+    assert ledger["l1"].captured_quantity == 2
 
 
 def test_money_moved_outside_is_explained_without_a_correction() -> None:
