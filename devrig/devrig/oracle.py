@@ -1149,6 +1149,17 @@ class Oracle:
                 for line_id, line in lines.items()
             )
             if not newly and not shipped_fee:
+                if any(
+                    units > 0 and line_id in lines and line_value(lines[line_id]) > 0
+                    for line_id, units in st.worthless.items()
+                ):
+                    # Shipped while worth nothing (no capture of 0 is sent), priced
+                    # since: §4 step 4 "first capture every shipped line not yet
+                    # captured (those goods left the warehouse ...)", but the
+                    # authorization is gone and nothing can charge them: a person may
+                    # be told, as for goods shipped after a close (seed 55125).
+                    exp.allowed.add(("needs_attention", "psp_order_cancelled"))
+                    exp.outcomes.add("priced_after_close")
                 return
             left_to_timing = [
                 line_id

@@ -2525,3 +2525,27 @@ def test_an_expiry_after_goods_counted_captured_but_left_to_timing_may_be_flagge
     exp = oracle.expectation()
     assert ("needs_attention", EXTERNAL) in exp.allowed
     assert ("needs_attention", EXTERNAL) not in exp.required
+
+
+def test_units_shipped_free_and_priced_after_the_cancel_may_be_flagged_psp_order_cancelled() -> (
+    None
+):
+    # Seed 55125: a unit shipped while priced 0 (no capture of 0 is sent), the basket
+    # emptied (the PSP cancels), then the unit priced 50 and the order cancelled. §4 step
+    # 4 "first capture every shipped line not yet captured (those goods left the
+    # warehouse ...)": the authorization is gone, so nothing can charge it; a person is
+    # told, as for goods shipped after a close.
+    oracle = Oracle(1288, refuses_increases=True)
+    ebook, free = line("l1", 1, 1288, type="digital"), line("l2", 3, 0)
+    oracle.snapshot(snap(1, [ebook, free]))
+    oracle.settle()
+    shipped = {**free, "shipped_quantity": 1}
+    oracle.snapshot(snap(2, [{**ebook, "quantity": 0}, shipped]))
+    oracle.settle()
+    priced = {**shipped, "unit_price": 50}
+    oracle.snapshot(snap(3, [{**ebook, "quantity": 0}, priced]))
+    oracle.settle()
+    oracle.snapshot(snap(4, [{**ebook, "quantity": 0}, priced], status="cancelled"))
+    exp = oracle.expectation()
+    assert ("needs_attention", "psp_order_cancelled") in exp.allowed
+    assert check_ledger([], exp) == []
