@@ -2527,9 +2527,7 @@ def test_an_expiry_after_goods_counted_captured_but_left_to_timing_may_be_flagge
     assert ("needs_attention", EXTERNAL) not in exp.required
 
 
-def test_units_shipped_free_and_priced_after_the_cancel_may_be_flagged_psp_order_cancelled() -> (
-    None
-):
+def test_free_units_priced_after_a_cancel_may_be_flagged_psp_order_cancelled() -> None:
     # Seed 55125: a unit shipped while priced 0 (no capture of 0 is sent), the basket
     # emptied (the PSP cancels), then the unit priced 50 and the order cancelled. §4 step
     # 4 "first capture every shipped line not yet captured (those goods left the
