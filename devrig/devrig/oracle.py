@@ -42,6 +42,11 @@ FAULT_REASONS = frozenset(
         "notification_timeout",
         "read_failed",
         "task_failed",
+        # §4 "An operation that still fails after its retries flags needs_attention":
+        # an extension Klarna confirmed whose new expiry the reads after it (a replica
+        # lagging the write, a fault) do not show is one whose effect the build cannot
+        # see; it tells a person rather than extend again (seed 54422).
+        "extension_without_effect",
     }
 )
 # The PSPs' refusals of a release or a cancel (Adyen: AUTHORISATION_ADJUSTMENT, the

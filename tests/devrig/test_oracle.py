@@ -2547,3 +2547,18 @@ def test_free_units_priced_after_a_cancel_may_be_flagged_psp_order_cancelled() -
     exp = oracle.expectation()
     assert ("needs_attention", "psp_order_cancelled") in exp.allowed
     assert check_ledger([], exp) == []
+
+
+def test_an_extension_two_lagging_reads_do_not_show_may_be_flagged_where_faults_happened() -> None:
+    # Seed 54422: Klarna confirmed an extension (204), the read after it lagged and so
+    # did the read again: the build tells a person (extension_without_effect), as for
+    # any operation whose effect it cannot see. A fault's reason, never the history's.
+    calm, faulty = Oracle(1200, refuses_increases=True), Oracle(1200, refuses_increases=True)
+    for oracle in (calm, faulty):
+        oracle.snapshot(snap(1, [SHOES]))
+    faulty.fault()
+    reason = ("needs_attention", "extension_without_effect")
+    for oracle in (calm, faulty):
+        oracle.settle()
+    assert reason in faulty.expectation().allowed
+    assert reason not in calm.expectation().allowed
