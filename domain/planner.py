@@ -303,7 +303,10 @@ def plan_next(
             # A capture that cannot be made never holds a refund up.
             return _refund_step(order, psp, ledger) or decision
         if _expires_soon(view) and _unshipped(order):
-            return Plan(Kind.EXTEND_AUTHORIZATION, 0)
+            # A refund never waits (contract §4.3): an extension that fails halts the
+            # order, and returned goods must be paid back whatever becomes of the
+            # authorization.
+            return _refund_step(order, psp, ledger) or Plan(Kind.EXTEND_AUTHORIZATION, 0)
 
     refund = _refund_step(order, psp, ledger)
     if refund is not None:

@@ -42,6 +42,11 @@ FAULT_REASONS = frozenset(
         "notification_timeout",
         "read_failed",
         "task_failed",
+        # §4 "An operation that still fails after its retries flags needs_attention":
+        # an extension Klarna confirmed whose new expiry the reads after it (a replica
+        # lagging the write, a fault) do not show is one whose effect the build cannot
+        # see; it tells a person rather than extend again (seed 54422).
+        "extension_without_effect",
     }
 )
 # The PSPs' refusals of a release or a cancel (Adyen: AUTHORISATION_ADJUSTMENT, the
@@ -1179,6 +1184,17 @@ class Oracle:
                 for line_id, line in lines.items()
             )
             if not newly and not shipped_fee:
+                if any(
+                    units > 0 and line_id in lines and line_value(lines[line_id]) > 0
+                    for line_id, units in st.worthless.items()
+                ):
+                    # Shipped while worth nothing (no capture of 0 is sent), priced
+                    # since: §4 step 4 "first capture every shipped line not yet
+                    # captured (those goods left the warehouse ...)", but the
+                    # authorization is gone and nothing can charge them: a person may
+                    # be told, as for goods shipped after a close (seed 55125).
+                    exp.allowed.add(("needs_attention", "psp_order_cancelled"))
+                    exp.outcomes.add("priced_after_close")
                 return
             left_to_timing = [
                 line_id

@@ -2549,3 +2549,40 @@ def test_a_fee_left_to_timing_may_have_fully_captured_the_authorization() -> Non
     exp = oracle.expectation()
     assert exp.lines["l4"].captured_range == (0, 1)
     assert ("needs_new_order", "") in exp.allowed
+
+
+def test_free_units_priced_after_a_cancel_may_be_flagged_psp_order_cancelled() -> None:
+    # Seed 55125: a unit shipped while priced 0 (no capture of 0 is sent), the basket
+    # emptied (the PSP cancels), then the unit priced 50 and the order cancelled. §4 step
+    # 4 "first capture every shipped line not yet captured (those goods left the
+    # warehouse ...)": the authorization is gone, so nothing can charge it; a person is
+    # told, as for goods shipped after a close.
+    oracle = Oracle(1288, refuses_increases=True)
+    ebook, free = line("l1", 1, 1288, type="digital"), line("l2", 3, 0)
+    oracle.snapshot(snap(1, [ebook, free]))
+    oracle.settle()
+    shipped = {**free, "shipped_quantity": 1}
+    oracle.snapshot(snap(2, [{**ebook, "quantity": 0}, shipped]))
+    oracle.settle()
+    priced = {**shipped, "unit_price": 50}
+    oracle.snapshot(snap(3, [{**ebook, "quantity": 0}, priced]))
+    oracle.settle()
+    oracle.snapshot(snap(4, [{**ebook, "quantity": 0}, priced], status="cancelled"))
+    exp = oracle.expectation()
+    assert ("needs_attention", "psp_order_cancelled") in exp.allowed
+    assert check_ledger([], exp) == []
+
+
+def test_an_extension_two_lagging_reads_do_not_show_may_be_flagged_where_faults_happened() -> None:
+    # Seed 54422: Klarna confirmed an extension (204), the read after it lagged and so
+    # did the read again: the build tells a person (extension_without_effect), as for
+    # any operation whose effect it cannot see. A fault's reason, never the history's.
+    calm, faulty = Oracle(1200, refuses_increases=True), Oracle(1200, refuses_increases=True)
+    for oracle in (calm, faulty):
+        oracle.snapshot(snap(1, [SHOES]))
+    faulty.fault()
+    reason = ("needs_attention", "extension_without_effect")
+    for oracle in (calm, faulty):
+        oracle.settle()
+    assert reason in faulty.expectation().allowed
+    assert reason not in calm.expectation().allowed

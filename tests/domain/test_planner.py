@@ -204,6 +204,25 @@ def test_an_authorization_about_to_expire_with_unshipped_lines_is_extended() -> 
     soon = psp(1200, expires_at=now + timedelta(days=2))
     view = OrderView(order([SHOES]), soon, now=now, extend_within=timedelta(days=3))
     assert plan_next(view, allow_all) == Plan(Kind.EXTEND_AUTHORIZATION, 0)
+
+
+def test_a_refund_never_waits_behind_an_extension() -> None:
+    """Contract §4.3: a refund never waits, and an expired authorization does not stop
+    it; an extension that the PSP refuses halts the order, so returned goods are paid
+    back before the authorization is extended (seed 55878)."""
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    captured = (PastOperation(Kind.CAPTURE, "succeeded", 1200, (_whole("shoes", 1200),)),)
+    soon = psp(2100, captured=1200, expires_at=now + timedelta(days=1))
+    view = OrderView(
+        order([shipped(SHOES, 1, returned=1), SOCKS]),
+        soon,
+        history=captured,
+        now=now,
+        extend_within=timedelta(days=3),
+    )
+    decision = plan_next(view, allow_all)
+    assert isinstance(decision, Plan) and decision.kind is Kind.REFUND
+    assert decision.amount == 1200
     later = psp(1200, expires_at=now + timedelta(days=20))
     view = OrderView(order([SHOES]), later, now=now, extend_within=timedelta(days=3))
     assert plan_next(view, allow_all) == Done()
