@@ -1048,7 +1048,12 @@ class Oracle:
                 and x["id"] not in found
             }
             worth = st.money + sum(v for _, v in due.values())
-            if due and worth <= st.authorized + 2 and (not full or worth + 2 >= st.authorized):
+            # Charged for that snapshot, before this window's update: against the
+            # authorization as it stood then (a basket lowered since, e.g. the fee
+            # removed, did not take back what was already captured; §4 step 1, the PSP
+            # refuses an amount below what it captured; seed 55354).
+            authorized = max(st.authorized, self._before_update)
+            if due and worth <= authorized + 2 and (not full or worth + 2 >= authorized):
                 found.update(due)
         return found
 
@@ -1283,6 +1288,11 @@ class Oracle:
             entry.prices |= self._prices(line_id)
             st.money_high += fee_worth
             exp.outcomes.add("fee_alone_in_passing")
+            if line_id not in lines:
+                # Removed since: charged, the captures exceed the basket, which no
+                # update can follow (§4 step 1); a person settles it (README "Fees").
+                exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+                exp.uncertain_end = True
         riding: dict[str, int] = {}  # fees that may go with this capture
         for line_id, line in lines.items():
             # Added after the first capture: the contract does not say when it is

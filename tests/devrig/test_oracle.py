@@ -2549,3 +2549,18 @@ def test_a_fee_left_to_timing_may_have_fully_captured_the_authorization() -> Non
     exp = oracle.expectation()
     assert exp.lines["l4"].captured_range == (0, 1)
     assert ("needs_new_order", "") in exp.allowed
+
+
+def test_a_fee_due_alone_for_an_earlier_snapshot_then_removed_may_have_been_charged() -> None:
+    """Seed 55354 (Klarna, 627 authorized): l1's unit was captured before the service's
+    first read; no goods left to capture, the shipping fee goes alone (README "Fees").
+    In the same window the shop removed the fee, with no other change: a worker that
+    acted on the first snapshot charged it (the captures then exceed the basket, which
+    a person settles), or not (timing). Either is allowed, never required."""
+    oracle = Oracle(627, refuses_increases=False)
+    oracle.external_capture("l1", 1, 100)
+    oracle.snapshot(snap(1, [line("l1", 1, 100), line("l2", 1, 527, type="shipping_fee")]))
+    oracle.snapshot(snap(2, [line("l1", 1, 100)]))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert exp.lines["l2"].captured_range == (0, 1)
