@@ -1409,7 +1409,13 @@ class Oracle:
         riding_value = sum(
             int(lines[i]["unit_price"]) * n for i, n in riding.items()
         ) * self._ratio(last)
-        if value + riding_value > limit - st.money + 2 and no_raise:
+        # Two cents for the order-level lines' shares, rounded (§4 "rounded
+        # cumulatively"); with none to round (no shares in this basket, the money held
+        # exact) nothing is: the PSP takes a capture only up to "the remaining
+        # authorization" (CONTRACT §8, "capture ≤ remaining authorization"; seed 54681).
+        exact = self._ratio(last) == 1 and Fraction(st.money).denominator == 1
+        slack = 0 if exact else 2
+        if value + riding_value > limit - st.money + slack and no_raise:
             # The shipped lines exceed an authorization the PSP would not raise: what
             # fits is captured, the shop is told to take a new order.
             exp.outcomes.add("shipped_beyond_authorization")
