@@ -1053,7 +1053,12 @@ class Oracle:
                 and x["id"] not in found
             }
             worth = st.money + sum(v for _, v in due.values())
-            if due and worth <= st.authorized + 2 and (not full or worth + 2 >= st.authorized):
+            # Charged for that snapshot, before this window's update: against the
+            # authorization as it stood then (a basket lowered since, e.g. the fee
+            # removed, did not take back what was already captured; §4 step 1, the PSP
+            # refuses an amount below what it captured; seed 55354).
+            authorized = max(st.authorized, self._before_update)
+            if due and worth <= authorized + 2 and (not full or worth + 2 >= authorized):
                 found.update(due)
         return found
 
@@ -1299,6 +1304,11 @@ class Oracle:
             entry.prices |= self._prices(line_id)
             st.money_high += fee_worth
             exp.outcomes.add("fee_alone_in_passing")
+            if line_id not in lines:
+                # Removed since: charged, the captures exceed the basket, which no
+                # update can follow (§4 step 1); a person settles it (README "Fees").
+                exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+                exp.uncertain_end = True
         riding: dict[str, int] = {}  # fees that may go with this capture
         for line_id, line in lines.items():
             # Added after the first capture: the contract does not say when it is
@@ -1415,7 +1425,13 @@ class Oracle:
         riding_value = sum(
             int(lines[i]["unit_price"]) * n for i, n in riding.items()
         ) * self._ratio(last)
-        if value + riding_value > limit - st.money + 2 and no_raise:
+        # Two cents for the order-level lines' shares, rounded (§4 "rounded
+        # cumulatively"); with none to round (no shares in this basket, the money held
+        # exact) nothing is: the PSP takes a capture only up to "the remaining
+        # authorization" (CONTRACT §8, "capture ≤ remaining authorization"; seed 54681).
+        exact = self._ratio(last) == 1 and Fraction(st.money).denominator == 1
+        slack = 0 if exact else 2
+        if value + riding_value > limit - st.money + slack and no_raise:
             # The shipped lines exceed an authorization the PSP would not raise: what
             # fits is captured, the shop is told to take a new order.
             exp.outcomes.add("shipped_beyond_authorization")

@@ -2586,3 +2586,37 @@ def test_an_extension_two_lagging_reads_do_not_show_may_be_flagged_where_faults_
         oracle.settle()
     assert reason in faulty.expectation().allowed
     assert reason not in calm.expectation().allowed
+
+
+def test_a_fee_due_alone_for_an_earlier_snapshot_then_removed_may_have_been_charged() -> None:
+    """Seed 55354 (Klarna, 627 authorized): l1's unit was captured before the service's
+    first read; no goods left to capture, the shipping fee goes alone (README "Fees").
+    In the same window the shop removed the fee, with no other change: a worker that
+    acted on the first snapshot charged it (the captures then exceed the basket, which
+    a person settles), or not (timing). Either is allowed, never required."""
+    oracle = Oracle(627, refuses_increases=False)
+    oracle.external_capture("l1", 1, 100)
+    oracle.snapshot(snap(1, [line("l1", 1, 100), line("l2", 1, 527, type="shipping_fee")]))
+    oracle.snapshot(snap(2, [line("l1", 1, 100)]))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert exp.lines["l2"].captured_range == (0, 1)
+
+
+def test_goods_shipped_within_rounding_of_what_the_authorization_has_left_may_wait() -> None:
+    """Seed 54681 (Klarna, 1770 authorized, raises refused): one l1 unit captured
+    outside (572) before the first read, the basket grew (refused: a new order), and
+    l2 (1200) shipped with the gift card gone: 1198 is left. The PSP takes a capture
+    only up to "the remaining authorization" (CONTRACT §8 "capture ≤ remaining
+    authorization"): 1200 does not fit, the shop is told. The oracle's two cents of
+    share rounding must not make the capture required."""
+    oracle = Oracle(1770, refuses_increases=True)
+    oracle.external_capture("l1", 1, 572)
+    l1, gift = line("l1", 4, 872, type="digital"), line("l3", 1, -466, type="gift_card")
+    oracle.snapshot(snap(1, [l1, line("l2", 1, 1200), gift]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [l1, line("l2", 1, 1200, shipped_quantity=1)]))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert exp.lines["l2"].captured_range == (0, 1)
+    assert ("needs_attention", "capture_exceeds_authorization") in exp.allowed
