@@ -196,6 +196,12 @@ class OrderView:
         return flag
 
 
+def _is_correction_of(ledger: Ledger, line: PspLine) -> bool:
+    """A share line naming a product line the PSP holds captured: its price correction."""
+    entry = ledger.get(line.reference)
+    return line.type in SHARE_TYPES and entry is not None and entry.captured_line is not None
+
+
 def plan_next(
     view: OrderView, increase_allowed: Callable[[str | None, str | None], bool]
 ) -> Decision:
@@ -214,8 +220,11 @@ def plan_next(
     # Held against what the service itself did: a capture made elsewhere of goods the
     # shop has not marked shipped is an external change (flagged when learnt), not a
     # quantity the shop took back.
+    # A price correction the service sent for units captured outside (a share line with
+    # the reference of a line the PSP holds captured) is that line's price, no unit of it
+    # the service captured (price-cut give-back rule; seed 53311).
     own = ledger_from(
-        (op.kind.value, op.lines)
+        (op.kind.value, [x for x in op.lines if not _is_correction_of(ledger, x)])
         for op in view.history
         if op.status == "succeeded" and not op.external
     )

@@ -19,7 +19,16 @@ from domain.lines import (
     lines_total,
     refund_lines,
 )
-from domain.planner import Kind, OrderView, PastOperation, Plan, PspState, PspStatus, plan_next
+from domain.planner import (
+    Flag,
+    Kind,
+    OrderView,
+    PastOperation,
+    Plan,
+    PspState,
+    PspStatus,
+    plan_next,
+)
 from domain.snapshot import LineType, OrderSnapshot
 
 
@@ -235,3 +244,20 @@ def test_a_fee_added_after_every_unit_of_goods_was_captured_goes_alone() -> None
     decision = plan_next(OrderView(now, psp(594, 99), history=history), allow_all)
     assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
     assert [(x.reference, x.total_amount) for x in decision.lines] == [("fee", 495)]
+
+
+def test_a_price_cut_given_back_for_units_captured_outside_is_no_unit_of_the_services() -> None:
+    """Seed 53311: l1's unit was captured outside (100, not marked shipped), l1 was cut
+    to 50, and the service's next capture (an l3 unit) gave the 50 back as a `discount`
+    line with l1's reference. That line is l1's price correction, not a unit of l1 the
+    service captured: the quantities the service answers for are l3's unit only, so
+    l1's shipped 0 is no reversal (quantities never go down, §4)."""
+    cut = PspLine("l1", "L1", LineType.DISCOUNT, 1, -50, 2000, -50, 0, -8)
+    history = (
+        captured(unit("l1", 1, 100), external=True),
+        captured(unit("l3", 1, 4023), cut),
+    )
+    now = order([line("l1", 1, 50), line("l3", 1, 4023, shipped=1)])
+    view = OrderView(now, psp(4073, 4073), history=history)
+    decision = plan_next(view, allow_all)
+    assert not (isinstance(decision, Flag) and decision.code == "quantities_reversed"), decision
