@@ -587,7 +587,11 @@ def _ended_above(ledger: Ledger, order: OrderSnapshot) -> Flag | None:
     goes on and a person is told the figures (advisory, once).
 
     Each line's held units against their part of its value now, exactly: a line whose
-    units went in several captures is off by less than a cent, which is no cut.
+    units went in several captures is off by less than a cent, which is no cut. What
+    they hold is what they cost the customer: their share of a discount or store credit
+    counts (a refund made outside names the units' price only, its share unsplit), so
+    a unit held below its price now is never told as captured above it (seeds 54516,
+    55512); a cut smaller than the unit's share goes untold (advisory, the safe side).
     """
     held_money = 0
     worth = Fraction(0)
@@ -598,7 +602,7 @@ def _ended_above(ledger: Ledger, order: OrderSnapshot) -> Flag | None:
         units = entry.held_quantity
         if units <= 0:
             continue
-        money = entry.held_value + entry.held_correction
+        money = entry.held_value + entry.held_share + entry.held_correction
         now = Fraction(line.total * min(units, line.quantity), line.quantity)
         if money - now >= 1:
             held_money += money
