@@ -592,3 +592,41 @@ def test_a_cancelled_order_whose_units_a_store_credit_shared_is_not_flagged_abov
     )
     released = OrderView(cancelled, psp(187, captured=187, refunded=93), history=history)
     assert plan_next(released, allow_all) == Done()
+
+
+def test_a_cancelled_order_holding_a_fee_with_its_sales_tax_share_is_not_flagged_above() -> None:
+    """A sales-tax share is no part of a line's price: a surcharge of 618 captured with
+    a 371 sales-tax share is held at its price, not above it (seed 55478)."""
+    from domain.snapshot import LineType
+
+    fee = {
+        "id": "l4",
+        "name": "surcharge",
+        "type": "surcharge",
+        "quantity": 1,
+        "unit_price": 618,
+        "tax_rate": 0,
+        "shipped_quantity": 0,
+    }
+    tax = {
+        "id": "l3",
+        "name": "tax",
+        "type": "sales_tax",
+        "quantity": 1,
+        "unit_price": 371,
+        "tax_rate": 0,
+    }
+    cancelled = order([fee, tax], status="cancelled")
+    history = (
+        PastOperation(
+            Kind.CAPTURE,
+            "succeeded",
+            989,
+            (
+                PspLine("l4", "surcharge", LineType.SURCHARGE, 1, 618, 0, 618, 0, 0),
+                PspLine("l3", "tax", LineType.SALES_TAX, 1, 371, 0, 371, 0, 0),
+            ),
+        ),
+    )
+    released = OrderView(cancelled, psp(989, captured=989), history=history)
+    assert plan_next(released, allow_all) == Done()
