@@ -599,7 +599,12 @@ def _ended_above(ledger: Ledger, order: OrderSnapshot) -> Flag | None:
     goes on and a person is told the figures (advisory, once).
 
     Each line's held units against their part of its value now, exactly: a line whose
-    units went in several captures is off by less than a cent, which is no cut.
+    units went in several captures is off by less than a cent, which is no cut. What
+    they hold is what they cost the customer: their share of a discount or store credit
+    counts (a refund made outside names the units' price only, its share unsplit), so
+    a unit held below its price now is never told as captured above it (seeds 54516,
+    55512); a cut smaller than the unit's share goes untold (advisory, the safe side).
+    A sales-tax share is no price: it never counts above (seed 55478).
     """
     held_money = 0
     worth = Fraction(0)
@@ -610,7 +615,7 @@ def _ended_above(ledger: Ledger, order: OrderSnapshot) -> Flag | None:
         units = entry.held_quantity
         if units <= 0:
             continue
-        money = entry.held_value + entry.held_correction
+        money = entry.held_value + min(entry.held_share, 0) + entry.held_correction
         now = Fraction(line.total * min(units, line.quantity), line.quantity)
         if money - now >= 1:
             held_money += money

@@ -563,3 +563,89 @@ def test_a_cancelled_order_captured_above_what_its_goods_are_worth_now_is_flagge
     # Worth what it was captured at: nothing to tell.
     whole = order([shipped(SHOES, 1), SOCKS], status="cancelled")
     assert plan_next(replace(released, order=whole), allow_all) == Done()
+
+
+def test_a_cancelled_order_whose_units_a_store_credit_shared_is_not_flagged_above() -> None:
+    """captured_above_total on a cancelled order weighs what the held units cost the
+    customer, their share of a store credit or discount included (seeds 54516, 55512):
+    two units of 99 captured for 187 with an 11 store credit, one refunded outside at
+    its captured price (93): the unit held cost 94, not the 105 its gross price less
+    the refund would say, and is worth 99 now, so nothing is over-charged."""
+    from domain.snapshot import LineType
+
+    goods = {
+        "id": "l2",
+        "name": "cup",
+        "type": "physical",
+        "quantity": 2,
+        "unit_price": 99,
+        "tax_rate": 2000,
+        "shipped_quantity": 2,
+    }
+    credit = {
+        "id": "l3",
+        "name": "credit",
+        "type": "store_credit",
+        "quantity": 1,
+        "unit_price": -11,
+        "tax_rate": 0,
+    }
+    cancelled = order([goods, credit], status="cancelled")
+    history = (
+        PastOperation(
+            Kind.CAPTURE,
+            "succeeded",
+            187,
+            (
+                PspLine("l2", "cup", LineType.PHYSICAL, 2, 99, 2000, 198, 0, 0),
+                PspLine("l3", "credit", LineType.DISCOUNT, 1, -11, 0, -11, 0, 0),
+            ),
+        ),
+        PastOperation(
+            Kind.REFUND,
+            "succeeded",
+            93,
+            (PspLine("l2", "cup", LineType.PHYSICAL, 1, 93, 2000, 93, 0, 0),),
+            external=True,
+        ),
+    )
+    released = OrderView(cancelled, psp(187, captured=187, refunded=93), history=history)
+    assert plan_next(released, allow_all) == Done()
+
+
+def test_a_cancelled_order_holding_a_fee_with_its_sales_tax_share_is_not_flagged_above() -> None:
+    """A sales-tax share is no part of a line's price: a surcharge of 618 captured with
+    a 371 sales-tax share is held at its price, not above it (seed 55478)."""
+    from domain.snapshot import LineType
+
+    fee = {
+        "id": "l4",
+        "name": "surcharge",
+        "type": "surcharge",
+        "quantity": 1,
+        "unit_price": 618,
+        "tax_rate": 0,
+        "shipped_quantity": 0,
+    }
+    tax = {
+        "id": "l3",
+        "name": "tax",
+        "type": "sales_tax",
+        "quantity": 1,
+        "unit_price": 371,
+        "tax_rate": 0,
+    }
+    cancelled = order([fee, tax], status="cancelled")
+    history = (
+        PastOperation(
+            Kind.CAPTURE,
+            "succeeded",
+            989,
+            (
+                PspLine("l4", "surcharge", LineType.SURCHARGE, 1, 618, 0, 618, 0, 0),
+                PspLine("l3", "tax", LineType.SALES_TAX, 1, 371, 0, 371, 0, 0),
+            ),
+        ),
+    )
+    released = OrderView(cancelled, psp(989, captured=989), history=history)
+    assert plan_next(released, allow_all) == Done()
