@@ -15,7 +15,7 @@ from typing import Any
 
 from devrig.devstack import free_port, wait_http
 
-from bench.common import stack
+from bench.common import stack, uvicorn_command
 from bench.traffic import drive, shop_webhook
 
 
@@ -45,19 +45,7 @@ def main() -> int:
             port = free_port()
             process = bench.start(
                 f"ablation-{variant}",
-                [
-                    "-m",
-                    "uvicorn",
-                    "bench.ablation:create",
-                    "--factory",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                    "--no-access-log",
-                    "--log-level",
-                    "warning",
-                ],
+                uvicorn_command("bench.ablation:create", port),
                 command=True,
                 env={"BENCH_VARIANT": variant},
             )

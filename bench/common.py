@@ -208,6 +208,25 @@ def stack() -> Iterator[Stack]:
         bench.close()
 
 
+def uvicorn_command(app: str, port: int, *options: str) -> list[str]:
+    """The arguments of a benchmarked ASGI app's own uvicorn process (quiet: no access
+    log), the app named as `module:factory`."""
+    return [
+        "-m",
+        "uvicorn",
+        app,
+        "--factory",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *options,
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile (q in 0..100); NaN for no values."""
     if not values:

@@ -72,3 +72,22 @@ def synced_orders(
         conn, prefix, n, version=2 if shipped else 1, shipped=shipped, requested=requested
     )
     return ids
+
+
+def queue_reconciles(order_ids: list[str], *, single: bool = False) -> None:
+    """Queues a reconcile of each order as the product queues a backlog of orders marked
+    for one (what the receiver leaves them as): through the worker's own sender
+    (workers/celery_app.py send_jobs), which sends what one unit of work asks for
+    MAX_ORDERS_PER_MESSAGE to a message, as the web's publisher does with what it finds
+    queued together. With `single`, one message per order (what the product sends for
+    orders that arrive one at a time)."""
+    from ordersync.jobs import Enqueued, Job
+    from workers.celery_app import send_jobs
+    from workers.tasks import reconcile_order
+
+    if single:
+        with reconcile_order.app.producer_or_acquire() as producer:
+            for order_id in order_ids:
+                reconcile_order.apply_async((order_id,), producer=producer)
+    else:
+        send_jobs([Enqueued(Job.RECONCILE_ORDER, (order_id,)) for order_id in order_ids])

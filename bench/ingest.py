@@ -24,7 +24,7 @@ from typing import Any
 from devrig.devstack import free_port, wait_http
 
 from bench.baseline_app import TABLE_SQL
-from bench.common import ADYEN_HMAC_KEY, Row, Stack, percentile, stack
+from bench.common import ADYEN_HMAC_KEY, Row, Stack, percentile, stack, uvicorn_command
 from bench.traffic import LoadResult, adyen_notification, drive, shop_webhook
 
 CONNECTIONS = 32
@@ -111,21 +111,7 @@ def run(*, quick: bool, workers: int | None = None) -> tuple[list[Row], dict[str
         port = free_port()
         baseline = bench.start(
             "baseline",
-            [
-                "-m",
-                "uvicorn",
-                "bench.baseline_app:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                str(workers),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
+            uvicorn_command("bench.baseline_app:create_app", port, "--workers", str(workers)),
             command=True,
         )
         baseline_url = f"http://127.0.0.1:{port}"

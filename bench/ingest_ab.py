@@ -25,7 +25,7 @@ from typing import Any
 from devrig.devstack import free_port, wait_http
 
 from bench.baseline_app import TABLE_SQL
-from bench.common import percentile, stack
+from bench.common import percentile, stack, uvicorn_command
 from bench.ingest import CONNECTIONS, _postgres_pid, _tree_cpu_seconds
 from bench.traffic import drive, shop_webhook
 
@@ -71,19 +71,7 @@ def _run(args: argparse.Namespace) -> int:
         port = free_port()
         baseline = bench.start(
             "baseline",
-            [
-                "-m",
-                "uvicorn",
-                "bench.baseline_app:create_app",
-                "--factory",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--no-access-log",
-                "--log-level",
-                "warning",
-            ],
+            uvicorn_command("bench.baseline_app:create_app", port),
             command=True,
         )
         servers = {"baseline": f"http://127.0.0.1:{port}"}

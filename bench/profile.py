@@ -25,7 +25,7 @@ from typing import Any
 from devrig.devstack import wait_until
 
 from bench.common import RESULTS_DIR, Stack, stack
-from bench.fixtures import synced_orders
+from bench.fixtures import queue_reconciles, synced_orders
 
 # Inclusive categories, by a substring of the frame (py-spy: "function (file:line)").
 PARTS = {
@@ -111,20 +111,10 @@ def profile(
     psp_delay_ms: int = 0,
     single: bool = False,
 ) -> dict[str, Any]:
-    from ordersync.jobs import Enqueued, Job
-    from workers.celery_app import send_jobs
-    from workers.tasks import reconcile_order
-
     sandbox = bench.sandbox()
     with bench.db() as conn:
         ids = synced_orders(conn, sandbox, f"prof-{tag}-", n, shipped=True, requested=True)
-    if single:
-        with reconcile_order.app.producer_or_acquire() as producer:
-            for order_id in ids:
-                reconcile_order.apply_async((order_id,), producer=producer)
-    else:
-        # Queued as the product queues a backlog (bench/worker.py reconcile_rate).
-        send_jobs([Enqueued(Job.RECONCILE_ORDER, (order_id,)) for order_id in ids])
+    queue_reconciles(ids, single=single)
     bench.sandbox(delay_ms=psp_delay_ms)
     worker = bench.worker(f"worker-prof-{tag}", pool="threads", concurrency=concurrency)
     assert worker.popen is not None

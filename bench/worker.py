@@ -31,7 +31,7 @@ from devrig.devstack import Process
 
 from bench import noop_app
 from bench.common import Row, Stack, stack
-from bench.fixtures import synced_orders
+from bench.fixtures import queue_reconciles, synced_orders
 from service.app import redis_client_url
 
 # The worker's goal against Celery's no-op drain at the same pool and concurrency.
@@ -210,25 +210,11 @@ def reconcile_rate(
 ) -> dict[str, float]:
     """With `callbacks`, the shop's callback URL is configured (as in production): each
     operation's `order.synced` is delivered too, and an operation is done once it is.
-
-    The orders are queued as the product queues a backlog of orders marked for a
-    reconcile (what the receiver leaves them as): through the worker's own sender
-    (workers/celery_app.py send_jobs), which sends what one unit of work asks for (a
-    sweep's orders) MAX_ORDERS_PER_MESSAGE to a message, as the web's publisher does
-    with what it finds queued together. With `single`, one message per order (what the
-    product sends for orders that arrive one at a time)."""
-    from ordersync.jobs import Enqueued, Job
-    from workers.celery_app import send_jobs
-    from workers.tasks import reconcile_order
-
+    The orders are queued as bench/fixtures.py queue_reconciles says (`single`: one
+    message per order)."""
     with bench.db() as conn:
         ids = synced_orders(conn, sandbox, prefix, n, shipped=True, requested=True)
-    if single:
-        with reconcile_order.app.producer_or_acquire() as producer:
-            for order_id in ids:
-                reconcile_order.apply_async((order_id,), producer=producer)
-    else:
-        send_jobs([Enqueued(Job.RECONCILE_ORDER, (order_id,)) for order_id in ids])
+    queue_reconciles(ids, single=single)
 
     counted = (
         "SELECT count(*) AS n FROM outbox WHERE order_id LIKE %s AND delivered_at IS NOT NULL"
