@@ -36,29 +36,12 @@ from domain.planner import (
     plan_next,
 )
 from domain.snapshot import OrderSnapshot
+from tests.domain.builders import allow_all, order
 from tests.seed_basket import SHOES, SOCKS, discount
-
-
-def order(lines: list[dict[str, Any]], status: str = "open") -> OrderSnapshot:
-    return OrderSnapshot.model_validate(
-        {
-            "id": "o1",
-            "version": 1,
-            "currency": "EUR",
-            "country": "DE",
-            "status": status,
-            "payment": {"provider": "klarna", "klarna_order_id": "k1"},
-            "lines": lines,
-        }
-    )
 
 
 def shipped(line: dict[str, Any], n: int, returned: int = 0) -> dict[str, Any]:
     return {**line, "shipped_quantity": n, "returned_quantity": returned}
-
-
-def allow_all(_method: str | None, _country: str | None) -> bool:
-    return True
 
 
 @dataclass

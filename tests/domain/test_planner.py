@@ -30,30 +30,12 @@ from domain.planner import (
     plan_next,
 )
 from domain.snapshot import OrderSnapshot
+from tests.domain.builders import allow_all, order
 from tests.seed_basket import DISCOUNT, SHOES, SOCKS
-
-
-def allow_all(_method: str | None, _country: str | None) -> bool:
-    return True
 
 
 def deny_all(_method: str | None, _country: str | None) -> bool:
     return False
-
-
-def order(lines: list[dict[str, Any]], status: str = "open", **extra: Any) -> OrderSnapshot:
-    return OrderSnapshot.model_validate(
-        {
-            "id": "o1",
-            "version": 1,
-            "currency": "EUR",
-            "country": "DE",
-            "status": status,
-            "payment": {"provider": "klarna", "klarna_order_id": "k1"},
-            "lines": lines,
-            **extra,
-        }
-    )
 
 
 def psp(

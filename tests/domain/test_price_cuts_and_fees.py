@@ -29,25 +29,8 @@ from domain.planner import (
     PspStatus,
     plan_next,
 )
-from domain.snapshot import LineType, OrderSnapshot
-
-
-def allow_all(_method: str | None, _country: str | None) -> bool:
-    return True
-
-
-def order(lines: list[dict[str, Any]], status: str = "open") -> OrderSnapshot:
-    return OrderSnapshot.model_validate(
-        {
-            "id": "o1",
-            "version": 1,
-            "currency": "EUR",
-            "country": "DE",
-            "status": status,
-            "payment": {"provider": "klarna", "klarna_order_id": "k1"},
-            "lines": lines,
-        }
-    )
+from domain.snapshot import LineType
+from tests.domain.builders import allow_all, order
 
 
 def line(
