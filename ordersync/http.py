@@ -19,7 +19,13 @@ What a transport must get right for money, as httpcore did:
   readable while idle (the server's FIN) or idle longer than the keep-alive expiry is
   dropped at checkout;
 - only a request that could not be written on a reused connection is sent again, on a
-  new one: the server cannot have acted on a request it did not receive whole.
+  new one: the server cannot have acted on a request it did not receive whole;
+- or one written on a reused connection that the server closed without a byte of an
+  answer (its idle close crossing the request on the wire), when the request carries an
+  idempotency key (`IDEMPOTENCY_HEADERS`): once, on a new connection, as Go's net/http
+  does. Had the server acted on it, the PSP answers the resend with the first answer
+  (that is what the key is for); a request without a key is never sent twice. A
+  connection of our own, or an answer that had begun, is never resent.
 """
 
 from __future__ import annotations
@@ -39,6 +45,29 @@ import httpx
 
 # A connection: (scheme, host, port).
 _Key = tuple[str, str, int]
+
+# The headers that make a request safe to send twice (the PSP replays its first answer):
+# Klarna's, Adyen's (and the IETF draft's), and its older `X-` spelling.
+IDEMPOTENCY_HEADERS = ("klarna-idempotency-key", "idempotency-key", "x-idempotency-key")
+
+
+class _NoAnswer(ConnectionError):
+    """The server closed (or reset) the connection before a byte of the answer came."""
+
+
+class _Answer(http.client.HTTPResponse):
+    """An answer whose absence is told apart: before its status line is read, the first
+    byte is waited for (a peek into the reader's buffer, no extra read), and an end of
+    the stream or a reset there is `_NoAnswer`. Anything later is as http.client has it."""
+
+    def begin(self) -> None:
+        try:
+            first = self.fp.peek(1)
+        except ConnectionResetError as exc:
+            raise _NoAnswer(str(exc) or "connection reset before an answer") from exc
+        if not first:
+            raise _NoAnswer("Remote end closed connection without response")
+        super().begin()
 
 
 class _Connection:
@@ -92,13 +121,22 @@ class LeanTransport(httpx.BaseTransport):
         if entry is None:
             entry = self._connect(key, timeouts, request)
         try:
-            response = self._exchange(entry, request, body, timeouts)
+            response = self._exchange(entry, request, body, timeouts, resend=reused)
         except _NotSent:
             entry.conn.close()
             if not reused:
                 raise httpx.WriteError("the request could not be sent", request=request) from None
             # A kept-alive connection closed under us before the request went out whole:
             # the server has not seen it. Once more, on a connection of its own.
+            entry = self._connect(key, timeouts, request)
+            try:
+                response = self._exchange(entry, request, body, timeouts)
+            except _NotSent as exc:
+                entry.conn.close()
+                raise httpx.WriteError(str(exc.__cause__ or exc), request=request) from None
+        except _Resend:
+            # Closed by the server without a byte of answer, with an idempotency key:
+            # once more, on a connection of its own (a second such close is an error).
             entry = self._connect(key, timeouts, request)
             try:
                 response = self._exchange(entry, request, body, timeouts)
@@ -160,6 +198,7 @@ class LeanTransport(httpx.BaseTransport):
             raise httpx.ConnectError(str(exc) or type(exc).__name__, request=request) from exc
         assert conn.sock is not None
         conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.response_class = _Answer
         return _Connection(conn)
 
     # -- one exchange -----------------------------------------------------------------
@@ -170,7 +209,11 @@ class LeanTransport(httpx.BaseTransport):
         request: httpx.Request,
         body: bytes,
         timeouts: dict[str, float | None],
+        *,
+        resend: bool = False,
     ) -> httpx.Response:
+        """`resend`: the connection was reused, so a close without an answer may be the
+        server's idle close crossing the request (`_Resend` if the request may go twice)."""
         conn = entry.conn
         assert conn.sock is not None
         conn.sock.settimeout(timeouts.get("write"))
@@ -197,6 +240,13 @@ class LeanTransport(httpx.BaseTransport):
         except TimeoutError as exc:
             conn.close()
             raise httpx.ReadTimeout(str(exc) or "read timed out", request=request) from exc
+        except _NoAnswer as exc:
+            conn.close()
+            if resend and _idempotent(request):
+                raise _Resend from exc
+            if isinstance(exc.__cause__, ConnectionResetError):
+                raise httpx.ReadError(str(exc), request=request) from exc
+            raise httpx.RemoteProtocolError(str(exc), request=request) from exc
         except http.client.HTTPException as exc:
             conn.close()
             raise httpx.RemoteProtocolError(
@@ -225,6 +275,16 @@ class LeanTransport(httpx.BaseTransport):
 
 class _NotSent(Exception):
     """The request did not go out whole: the server cannot have acted on it."""
+
+
+class _Resend(Exception):
+    """A reused connection closed without a byte of the answer to a request that carries
+    an idempotency key: it may be sent once more, on a new connection."""
+
+
+def _idempotent(request: httpx.Request) -> bool:
+    headers = request.headers
+    return any(headers.get(name) for name in IDEMPOTENCY_HEADERS)
 
 
 def _key_of(request: httpx.Request) -> _Key:

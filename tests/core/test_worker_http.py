@@ -4,6 +4,7 @@ the standard library's transport, with httpx's meaning of each failure for money
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 from collections.abc import Iterator
 
@@ -143,3 +144,123 @@ def test_a_proxy_in_the_environment_is_seen(monkeypatch: pytest.MonkeyPatch) -> 
     assert environment_proxies() is False
     monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
     assert environment_proxies() is True
+
+
+class _Closing:
+    """A server that reads each request whole and then, by its script, answers it
+    ("answer"), closes the connection without a byte of answer ("close"; "reset": with
+    an RST) as an idle close crossing the request on the wire does, or sends the start
+    of an answer and closes ("partial"). Each request it read is counted per connection."""
+
+    def __init__(self, script: list[str]) -> None:
+        self.script = list(script)
+        self.seen: list[int] = []  # the connection number of each request read
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen()
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        number = 0
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            number += 1
+            with conn:
+                data = b""
+                while self.script:
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    if b"\r\n\r\n" not in data:
+                        break
+                    head, _, data = data.partition(b"\r\n\r\n")
+                    length = next(
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    )
+                    while len(data) < length:
+                        data += conn.recv(65536)
+                    data = data[length:]
+                    self.seen.append(number)
+                    action = self.script.pop(0)
+                    if action == "answer":
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                        continue
+                    if action == "reset":
+                        conn.setsockopt(
+                            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                        )
+                    elif action == "partial":
+                        conn.sendall(b"HTTP/1.1 20")
+                    break
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.mark.parametrize("close", ["close", "reset"])
+def test_a_reused_connection_closed_without_an_answer_is_resent_once_with_a_key(
+    close: str,
+) -> None:
+    # The server's idle close crossed the second request: it had not answered a byte.
+    # With an idempotency key the request goes once more, on a new connection (had the
+    # server acted on it, the PSP replays its first answer to the same key).
+    server = _Closing(["answer", close, "answer"])
+    try:
+        with _client() as client:
+            url = f"http://127.0.0.1:{server.port}/x"
+            keyed = {"Klarna-Idempotency-Key": "k-1"}
+            assert client.post(url, content=b"{}", headers=keyed).status_code == 200
+            assert client.post(url, content=b"{}", headers=keyed).status_code == 200
+        assert server.seen == [1, 1, 2]
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("script", "headers", "error"),
+    [
+        # No idempotency key: never sent twice; an outcome that may have applied.
+        (["answer", "close"], {}, httpx.RemoteProtocolError),
+        (["answer", "reset"], {}, httpx.ReadError),
+        # The answer had begun: not a close crossing the request.
+        (["answer", "partial"], {"Idempotency-Key": "k-1"}, httpx.RemoteProtocolError),
+    ],
+)
+def test_a_close_without_a_key_or_after_an_answer_began_is_never_resent(
+    script: list[str], headers: dict[str, str], error: type[httpx.HTTPError]
+) -> None:
+    server = _Closing([*script, "answer"])
+    try:
+        with _client() as client:
+            url = f"http://127.0.0.1:{server.port}/x"
+            assert client.post(url, content=b"{}", headers=headers).status_code == 200
+            with pytest.raises(error) as caught:
+                client.post(url, content=b"{}", headers=headers)
+        assert transport_failure(caught.value).maybe_applied is True
+        assert server.seen == [1, 1]
+    finally:
+        server.close()
+
+
+def test_a_new_connection_closed_without_an_answer_is_not_resent() -> None:
+    # Only a reused connection can have met the server's idle close: on a connection of
+    # our own, a close without an answer is the server's doing, even with a key.
+    server = _Closing(["close", "answer"])
+    try:
+        with _client() as client, pytest.raises(httpx.RemoteProtocolError):
+            client.post(
+                f"http://127.0.0.1:{server.port}/x",
+                content=b"{}",
+                headers={"Idempotency-Key": "k-1"},
+            )
+        assert server.seen == [1]
+    finally:
+        server.close()
