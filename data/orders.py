@@ -207,14 +207,77 @@ def lock_order(conn: Connection[Row], order_id: str) -> LockedOrder | None:
     return conn.cursor(row_factory=_LOCKED).execute(LOCK_ORDER, {"id": order_id}).fetchone()
 
 
+@dataclass(slots=True)
+class _LockedWithOperations(LockedOrder):
+    operations: list[dict[str, Any]] | None
+
+
+# The order under its row lock, the clock, and then the order's operations, read by a
+# statement of its own inside the function (migrations/0211), after the lock was
+# granted: what was committed while it was waited for is among them. One statement
+# where the lock and OPERATIONS took two.
+LOCK_WITH_OPERATIONS = f"""
+SELECT {_columns(Order, "(r.r_order).")}, r.r_now AS db_now, r.r_operations AS operations
+FROM ordersync_lock_with_operations(%(id)s) AS r
+"""  # noqa: S608
+_LOCKED_WITH_OPERATIONS = _positional_row(_LockedWithOperations)
+
+
 def lock_with_operations(
     conn: Connection[Row], order_id: str
 ) -> tuple[LockedOrder | None, list[Operation]]:
-    """The order under its row lock, the clock, and the order's operations. Both
-    statements are sent before either is read: in pipeline mode, one round trip."""
-    order = conn.cursor(row_factory=_LOCKED).execute(LOCK_ORDER, {"id": order_id})
-    ops = conn.cursor(row_factory=_OPERATION).execute(OPERATIONS, {"id": order_id})
-    return order.fetchone(), ops.fetchall()
+    """The order under its row lock, the clock, and the order's operations: one
+    statement (no row, and no operations, for an unknown order)."""
+    row = (
+        conn.cursor(row_factory=_LOCKED_WITH_OPERATIONS)
+        .execute(LOCK_WITH_OPERATIONS, {"id": order_id})
+        .fetchone()
+    )
+    if row is None:
+        return None, []
+    ops = operations_from_json(row.operations)
+    row.operations = None
+    return row, ops
+
+
+def _timestamp(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value)
+
+
+def _uuid(value: str | None) -> uuid.UUID | None:
+    return None if value is None else uuid.UUID(value)
+
+
+# How a column of `operations` comes out of JSON into an Operation's field; the others
+# are JSON's own types (text, numbers, booleans, the jsonb columns).
+_FROM_JSON: dict[str, Callable[[Any], Any]] = {
+    "id": uuid.UUID,
+    "lease_token": _uuid,
+    "next_attempt_at": _timestamp,
+    "lease_until": _timestamp,
+    "created_at": _timestamp,
+    "updated_at": _timestamp,
+}
+_STORED_OPERATION_FIELDS = [
+    (f.name, _FROM_JSON.get(f.name)) for f in fields(Operation) if f.name not in ("leased", "due")
+]
+
+
+def operations_from_json(data: Sequence[dict[str, Any]] | None) -> list[Operation]:
+    """The operations as `ordersync_operations` (migrations/0211) returns them, oldest
+    first, typed as OPERATIONS reads them (tests/data/test_next_step_reads.py holds
+    the two equal)."""
+    ops: list[Operation] = []
+    for item in data or ():
+        row = item["row"]
+        values: list[Any] = [
+            row[name] if convert is None else convert(row[name])
+            for name, convert in _STORED_OPERATION_FIELDS
+        ]
+        # `leased` and `due` last, as the class has them (the computed fields).
+        values += (item["leased"], item["due"])
+        ops.append(Operation(*values))
+    return ops
 
 
 def operations(conn: Connection[Row], order_id: str) -> list[Operation]:
@@ -642,12 +705,14 @@ class RecordedOrder(LockedOrder):
 
     seq_before: int
     received_at: datetime | None
+    operations: list[dict[str, Any]] | None
 
 
 # Our operation succeeded: under the order's row lock, recorded (if the lease is still
-# ours) and the order's figures moved by it, by one function (migrations/0141) whose
-# statements each see what was committed before the lock was granted; it returns the
-# order as it now is. The inbox read of the confirmation metric rides along (the version
+# ours) and the order's figures moved by it, by one function (migrations/0141, 0211)
+# whose statements each see what was committed before the lock was granted; it returns
+# the order as it now is and its operations after the record (no order when the lease
+# was lost). The inbox read of the confirmation metric rides along (the version
 # it looks for arrived before the operation was planned: this statement's snapshot has
 # it). One statement where the lock, the record and the figures took two.
 # The order's snapshot is left out when its version is the one the caller read already
@@ -659,7 +724,8 @@ _RECORDED_COLUMNS = _columns(Order, "(r.r_order).").replace(
 )
 RECORD_SUCCESS = f"""
 SELECT {_RECORDED_COLUMNS}, r.r_now AS db_now, r.r_seq_before AS seq_before,
-       CASE WHEN %(received)s THEN ({inbox.VERSION_RECEIVED_AT}) END AS received_at
+       CASE WHEN %(received)s THEN ({inbox.VERSION_RECEIVED_AT}) END AS received_at,
+       r.r_operations AS operations
 FROM ordersync_record_success(%(order_id)s, %(op_id)s, %(token)s, %(psp)s) AS r
 """  # noqa: S608
 _RECORDED = _positional_row(RecordedOrder)
@@ -677,9 +743,8 @@ def record_success(
     figures moved by it, if this worker still holds the lease (else nothing changes:
     None, None and the operations). What the lock read of the order before (with
     `received`: when the operation's snapshot version arrived), the order after and its
-    operations after; both statements are sent before either is read: in pipeline mode,
-    one round trip. `known`: the order as the caller read it before (its snapshot is
-    not read again if the version is still the same)."""
+    operations after, from one statement. `known`: the order as the caller read it
+    before (its snapshot is not read again if the version is still the same)."""
     params = {
         "known": known.version if known is not None else None,
         "order_id": op.order_id,
@@ -689,18 +754,17 @@ def record_success(
         "version": op.target_version,
         "received": received,
     }
-    after = conn.cursor(row_factory=_RECORDED).execute(RECORD_SUCCESS, params)
-    ops = conn.cursor(row_factory=_OPERATION).execute(OPERATIONS, {"id": op.order_id})
-    recorded = after.fetchone()
-    if recorded is not None and recorded.snapshot is None:
+    recorded = conn.cursor(row_factory=_RECORDED).execute(RECORD_SUCCESS, params).fetchone()
+    assert recorded is not None
+    ops = operations_from_json(recorded.operations)
+    recorded.operations = None
+    if recorded.id is None:  # the lease was lost: nothing was written
+        return None, None, ops
+    if recorded.snapshot is None:
         assert known is not None and known.version == recorded.version
         recorded.snapshot = known.snapshot
-    before = (
-        None
-        if recorded is None
-        else RecordLock(recorded.provider, recorded.seq_before, recorded.received_at)
-    )
-    return before, recorded, ops.fetchall()
+    before = RecordLock(recorded.provider, recorded.seq_before, recorded.received_at)
+    return before, recorded, ops
 
 
 # Money that moved without the service, as a succeeded operation that was never sent:

@@ -55,6 +55,11 @@ def test_the_record_of_a_success_selects_its_row_class_fields_in_order(conn: Con
     assert names == [f.name for f in fields(store.RecordedOrder)]
 
 
+def test_the_lock_with_operations_selects_its_row_class_fields_in_order(conn: Conn) -> None:
+    names = _names(conn, store.LOCK_WITH_OPERATIONS, {"id": "none"})
+    assert names == [f.name for f in fields(store._LockedWithOperations)]
+
+
 def test_a_result_of_other_columns_is_refused(conn: Conn) -> None:
     cursor = conn.cursor(row_factory=store._OPERATION)
     with pytest.raises(TypeError, match="cannot be read"):
