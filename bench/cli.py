@@ -49,6 +49,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="worker: threads of the slow-PSP round (64); latency: threads per worker (8)",
     )
     parser.add_argument(
+        "--pools",
+        default=None,
+        help="worker: the at-once rounds' pools, e.g. prefork:2,prefork:4,threads:16 (each "
+        "against a no-op drain of its own pool and concurrency; default prefork:2,threads:16, "
+        "quick threads:16)",
+    )
+    parser.add_argument(
+        "--backlog-only",
+        action="store_true",
+        help="worker: only the issue's figure (a backlog queued as the product queues it), "
+        "no one-order-per-message or slow-PSP round",
+    )
+    parser.add_argument(
         "--callbacks",
         action="store_true",
         help="worker: the shop's callback URL configured; an operation counts once its "
@@ -66,7 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"# {name}: {BENCHMARKS[name]}{' (quick)' if args.quick else ''}", flush=True)
         started = time.monotonic()
         module = importlib.import_module(f"bench.{name}")
-        options: dict[str, int | bool] = {}
+        options: dict[str, int | bool | str] = {}
         if name == "scale" and args.webhooks:
             options["webhooks"] = args.webhooks
         if name in ("worker", "latency"):
@@ -75,6 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                     options[option] = getattr(args, option)
         if name == "worker" and args.callbacks:
             options["callbacks"] = True
+        if name == "worker" and args.pools:
+            options["pools"] = args.pools
+        if name == "worker" and args.backlog_only:
+            options["backlog_only"] = True
         rows, extra = module.run(quick=args.quick, **options)
         extra["wall_seconds"] = round(time.monotonic() - started, 1)
         path = write_result(name, args.quick, rows, extra)

@@ -281,6 +281,8 @@ def run(
     psp_delay_ms: int | None = None,
     concurrency: int | None = None,
     callbacks: bool = False,
+    pools: str | None = None,
+    backlog_only: bool = False,
 ) -> tuple[list[Row], dict[str, Any]]:
     """`psp_delay_ms` given: only the slow-PSP round, at that delay (and `concurrency`
     threads), to find what caps it without the no-op and at-once rounds around it.
@@ -290,6 +292,9 @@ def run(
     n = 800 if quick else 4000
     n_slow = 600 if quick else 3000
     configs = [("threads", 16)] if quick else [("prefork", 2), ("threads", 16)]
+    if pools:
+        # Each pool against a no-op drain of the same pool and concurrency.
+        configs = [(pool, int(n)) for pool, n in (p.split(":") for p in pools.split(","))]
     if psp_delay_ms is not None:
         configs = []
     delay_ms = 100 if psp_delay_ms is None else psp_delay_ms
@@ -306,7 +311,7 @@ def run(
                 flush=True,
             )
             measured: dict[str, Any] = {"pool": pool, "concurrency": threads, "noop": base}
-            for single in (False, True):
+            for single in (False,) if backlog_only else (False, True):
                 how = "one order per message" if single else "as the product queues a backlog"
                 real = reconcile_rate(
                     bench,
@@ -337,6 +342,8 @@ def run(
                 )
                 measured["reconcile_single" if single else "reconcile"] = real
             extra["configs"].append(measured)
+        if backlog_only:
+            return rows, extra
         bench.sandbox(delay_ms=delay_ms)
         if not quick:
             # The issue's figure as it was measured: one order per message.
