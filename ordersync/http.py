@@ -30,7 +30,6 @@ What a transport must get right for money, as httpcore did:
 
 from __future__ import annotations
 
-import email.parser
 import functools
 import http.client
 import re
@@ -56,43 +55,10 @@ class _NoAnswer(ConnectionError):
     """The server closed (or reset) the connection before a byte of the answer came."""
 
 
-# A header line's name as the email parser takes it for a header (its `headerRE`).
-_HEADER_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+")
-
-
-def parse_headers(fp: Any) -> http.client.HTTPMessage:
-    """`http.client.parse_headers`, without the email package's parser for the plain
-    lines every answer has (`Name: value`): the same message, the same (name, value)
-    pairs in the same order. The email parser spent a sixteenth of the worker's Python
-    CPU per operation (`bench.roundtrips --cprofile`: two answers, a PSP's and the
-    shop's). A block with anything else (a folded line, a line without a name, a
-    bare CR) goes to the email parser whole, as before; tests/core/test_worker_http.py
-    holds the two equal."""
-    lines: list[bytes] = http.client._read_headers(fp)  # type: ignore[attr-defined]
-    headers: list[tuple[str, str]] = []
-    for raw in lines:
-        if raw in (b"\r\n", b"\n", b""):
-            break
-        name, colon, value = raw.decode("iso-8859-1").partition(":")
-        # As the email package's compat32 policy keeps a header (header_source_parse).
-        value = value.lstrip(" \t").rstrip("\r\n")
-        if not colon or "\r" in value or "\n" in value or not _HEADER_NAME.fullmatch(name):
-            text = b"".join(lines).decode("iso-8859-1")
-            parsed: http.client.HTTPMessage = email.parser.Parser(
-                _class=http.client.HTTPMessage
-            ).parsestr(text)
-            return parsed
-        headers.append((name, value))
-    message = http.client.HTTPMessage()
-    message._headers = headers  # type: ignore[attr-defined]
-    return message
-
-
 class _Answer(http.client.HTTPResponse):
     """An answer whose absence is told apart: before its status line is read, the first
     byte is waited for (a peek into the reader's buffer, no extra read), and an end of
-    the stream or a reset there is `_NoAnswer`. Its headers are read by
-    `parse_headers`; the rest is http.client's `begin` as it is (CPython 3.11)."""
+    the stream or a reset there is `_NoAnswer`; the rest is http.client's own `begin`."""
 
     def begin(self) -> None:
         try:
@@ -101,43 +67,7 @@ class _Answer(http.client.HTTPResponse):
             raise _NoAnswer(str(exc) or "connection reset before an answer") from exc
         if not first:
             raise _NoAnswer("Remote end closed connection without response")
-        while True:
-            version, status, reason = self._read_status()  # type: ignore[attr-defined]
-            if status != http.client.CONTINUE:
-                break
-            http.client._read_headers(self.fp)  # type: ignore[attr-defined]
-        self.code = self.status = status
-        self.reason = reason.strip()
-        if version in ("HTTP/1.0", "HTTP/0.9"):
-            self.version = 10
-        elif version.startswith("HTTP/1."):
-            self.version = 11
-        else:
-            raise http.client.UnknownProtocol(version)
-        self.headers = self.msg = parse_headers(self.fp)
-        encoding = self.headers.get("transfer-encoding")
-        self.chunked = bool(encoding and encoding.lower() == "chunked")
-        if self.chunked:
-            self.chunk_left = None
-        self.will_close = self._check_close()  # type: ignore[attr-defined]
-        self.length = None
-        length = self.headers.get("content-length")
-        if length and not self.chunked:
-            try:
-                self.length = int(length)
-            except ValueError:
-                self.length = None
-            else:
-                if self.length < 0:
-                    self.length = None
-        if (
-            status in (http.client.NO_CONTENT, http.client.NOT_MODIFIED)
-            or 100 <= status < 200
-            or self._method == "HEAD"  # type: ignore[attr-defined]
-        ):
-            self.length = 0
-        if not self.will_close and not self.chunked and self.length is None:
-            self.will_close = True
+        super().begin()
 
 
 class _Connection:

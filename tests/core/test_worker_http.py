@@ -3,8 +3,6 @@ the standard library's transport, with httpx's meaning of each failure for money
 
 from __future__ import annotations
 
-import http.client
-import io
 import socket
 import struct
 import threading
@@ -14,7 +12,7 @@ import httpx
 import pytest
 
 from integrations.results import transport_failure
-from ordersync.http import LeanTransport, WorkerClient, environment_proxies, parse_headers
+from ordersync.http import LeanTransport, WorkerClient, environment_proxies
 
 
 class _Server:
@@ -266,31 +264,6 @@ def test_a_new_connection_closed_without_an_answer_is_not_resent() -> None:
         assert server.seen == [1]
     finally:
         server.close()
-
-
-@pytest.mark.parametrize(
-    "block",
-    [
-        b"Content-Type: application/json\r\nContent-Length: 12\r\n\r\n",
-        b"content-length:12\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-Empty:\r\n\r\n",
-        b"X-Spaces: \t padded  \r\nX-Latin: caf\xe9\r\nX-Colon: a:b: c\r\n\r\n",
-        b"X-Lf: only line feeds\nConnection: close\n\n",
-        # Not plain: the email parser reads these, as before.
-        b"X-Folded: one\r\n two\r\nX-After: 1\r\n\r\n",
-        b"X-Bare: a\rb\r\nX-After: 1\r\n\r\n",
-        b"No colon here\r\nX-After: 1\r\n\r\n",
-        b"Bad Name: 1\r\nX-After: 1\r\n\r\n",
-        b": no name\r\nX-After: 1\r\n\r\n",
-        b"\r\n",
-    ],
-)
-def test_answer_headers_are_read_as_http_client_reads_them(block: bytes) -> None:
-    ours = parse_headers(io.BytesIO(block + b"body"))
-    theirs = http.client.parse_headers(io.BytesIO(block + b"body"))
-    assert ours.items() == theirs.items()
-    for name in ("content-length", "set-cookie", "x-after", "x-folded", "connection"):
-        assert ours.get(name) == theirs.get(name)
-        assert ours.get_all(name) == theirs.get_all(name)
 
 
 def test_a_chunked_answer_and_an_answer_without_a_body_are_read_whole() -> None:
