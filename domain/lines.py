@@ -94,6 +94,10 @@ class LineLedger:
     refunded_amount: int = 0
     captured_share: int = 0
     refunded_share: int = 0
+    # The part of those shares that is sales tax (> 0): a refund gives it back on the
+    # sales tax lines and the rest on the discount lines, each as its units carried it.
+    captured_tax_share: int = 0
+    refunded_tax_share: int = 0
     # A price cut on units already captured that later captures gave back (a `discount`
     # line with this line's reference, < 0), and what refunds of its units took of that
     # back: the units are held at their captured value plus this (_price_corrections).
@@ -115,6 +119,10 @@ class LineLedger:
     @property
     def held_share(self) -> int:
         return self.captured_share - self.refunded_share
+
+    @property
+    def held_tax_share(self) -> int:
+        return self.captured_tax_share - self.refunded_tax_share
 
     @property
     def held_correction(self) -> int:
@@ -163,10 +171,16 @@ def ledger_from(operations: Iterable[tuple[str, Sequence[PspLine]]]) -> Ledger:
         lines = [line for line in lines if not _is_correction(ledger, line)]
         products = [line for line in lines if not _is_share(line)]
         shares_total = sum(line.total_amount for line in lines if _is_share(line))
+        tax_total = sum(line.total_amount for line in lines if line.type is LineType.SALES_TAX)
         attributed = (
             _capture_attribution(products, shares_total)
             if kind == CAPTURE
             else _refund_attribution(ledger, products, shares_total)
+        )
+        taxed = (
+            _capture_attribution(products, tax_total)
+            if kind == CAPTURE
+            else _refund_attribution(ledger, products, tax_total, tax=True)
         )
         for line in lines:
             entry = ledger.setdefault(line.reference, LineLedger())
@@ -179,12 +193,14 @@ def ledger_from(operations: Iterable[tuple[str, Sequence[PspLine]]]) -> Ledger:
             else:
                 entry.refunded_quantity += line.quantity
                 entry.refunded_amount += line.total_amount
-        for line, part in zip(products, attributed, strict=True):
+        for line, part, tax in zip(products, attributed, taxed, strict=True):
             entry = ledger[line.reference]
             if kind == CAPTURE:
                 entry.captured_share += part
+                entry.captured_tax_share += tax
             else:
                 entry.refunded_share += part
+                entry.refunded_tax_share += tax
     return ledger
 
 
@@ -206,9 +222,10 @@ def _capture_attribution(products: Sequence[PspLine], shares_total: int) -> list
 
 
 def _refund_attribution(
-    ledger: Ledger, products: Sequence[PspLine], shares_total: int
+    ledger: Ledger, products: Sequence[PspLine], shares_total: int, *, tax: bool = False
 ) -> list[int]:
-    """What each refunded product line gave back of its units' discount shares.
+    """What each refunded product line gave back of its units' discount shares (with
+    `tax`: of their sales tax shares alone).
 
     The same per-unit figures refund_lines computed; a refund built otherwise (by an
     older version) is split by value instead, so the folding never fails.
@@ -218,7 +235,8 @@ def _refund_attribution(
         entry = ledger.get(line.reference, LineLedger())
         held = entry.held_quantity
         quantity = min(line.quantity, held)
-        expected.append(share(entry.held_share, quantity, held) if held > 0 else 0)
+        holds = entry.held_tax_share if tax else entry.held_share
+        expected.append(share(holds, quantity, held) if held > 0 else 0)
     if sum(expected) == shares_total:
         return expected
     return _capture_attribution(products, shares_total)
@@ -632,6 +650,7 @@ def refund_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
     result: list[PspLine] = []
     cuts_back: list[PspLine] = []
     shares_back = 0
+    tax_back = 0
     for line in products:
         entry = ledger.get(line.id, LineLedger())
         held_quantity = entry.held_quantity
@@ -642,6 +661,7 @@ def refund_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
             continue
         value = share(max(entry.held_value, 0), quantity, held_quantity)
         shares_back += share(entry.held_share, quantity, held_quantity)
+        tax_back += share(entry.held_tax_share, quantity, held_quantity)
         captured = _as_captured(line, entry)
         result.append(_part(captured, quantity, value))
         # A price cut a later capture gave back for these units is no longer held.
@@ -650,7 +670,14 @@ def refund_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
             cuts_back.append(_share_line(line.id, line.name, captured.tax_rate, cut))
     if not result:
         return []
-    return result + _shares_back(order, ledger, shares_back) + cuts_back
+    # Each shared line gives back what the units carried of it (contract §4: sales tax
+    # is shared by refunds "as discount lines are"), not their net on one kind alone.
+    return (
+        result
+        + _shares_back(order, ledger, shares_back - tax_back)
+        + _shares_back(order, ledger, tax_back, tax=True)
+        + cuts_back
+    )
 
 
 def _as_captured(line: Line, entry: LineLedger) -> Line:
@@ -662,29 +689,32 @@ def _as_captured(line: Line, entry: LineLedger) -> Line:
     return line.model_copy(update={"tax_rate": captured.tax_rate, "total_tax_amount": None})
 
 
-def _shares_back(order: OrderSnapshot, ledger: Ledger, amount: int) -> list[PspLine]:
-    """`amount` of discount shares given back, split over the reducing lines by what
-    each still holds, so that when everything is back each has given back all of it."""
+def _shares_back(
+    order: OrderSnapshot, ledger: Ledger, amount: int, *, tax: bool = False
+) -> list[PspLine]:
+    """`amount` of discount shares given back (with `tax`: of sales tax shares), split
+    over those shared lines by what each still holds, so that when everything is back
+    each has given back all of it."""
     if amount == 0:
         return []
     names = {line.id: line for line in order.effective_lines}
-    held = [
+    kind = [
         (reference, entry)
         for reference, entry in ledger.items()
         if entry.line is not None
         and _is_share(entry.line)
-        and entry.held_value != 0
-        and (entry.held_value < 0) == (amount < 0)
+        and (entry.line.type is LineType.SALES_TAX) == tax
+    ]
+    held = [
+        (reference, entry)
+        for reference, entry in kind
+        if entry.held_value != 0 and (entry.held_value < 0) == (amount < 0)
     ]
     if not held:
         # A later capture's correction gave the discount back already (its share then
         # sits on the units of that capture): the units returned now still carry theirs,
         # and the first discount line the order had carries it back.
-        held = [
-            (reference, entry)
-            for reference, entry in ledger.items()
-            if entry.line is not None and _is_share(entry.line)
-        ][:1]
+        held = kind[:1]
         if not held:
             return []
         reference, entry = held[0]

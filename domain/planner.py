@@ -615,7 +615,8 @@ def _ended_above(ledger: Ledger, order: OrderSnapshot) -> Flag | None:
         units = entry.held_quantity
         if units <= 0:
             continue
-        money = entry.held_value + min(entry.held_share, 0) + entry.held_correction
+        money = entry.held_value + min(entry.held_share - entry.held_tax_share, 0)
+        money += entry.held_correction
         now = Fraction(line.total * min(units, line.quantity), line.quantity)
         if money - now >= 1:
             held_money += money
