@@ -103,6 +103,9 @@ class LineLedger:
     # back: the units are held at their captured value plus this (_price_corrections).
     captured_correction: int = 0
     refunded_correction: int = 0
+    # Of the refunded correction, a price cut refunded because no capture was left to
+    # give it back (surplus_refund_lines, > 0): the units hold that much less.
+    given_back: int = 0
     # The product line as it was last captured: a refund gives back at its tax rate.
     captured_line: PspLine | None = field(default=None, compare=False)
     # The line as last sent: a discount the shop has since dropped is still named by it.
@@ -163,11 +166,14 @@ def ledger_from(operations: Iterable[tuple[str, Sequence[PspLine]]]) -> Ledger:
         # line's price correction: its own units carry it, not the request's.
         corrections = [line for line in lines if _is_correction(ledger, line)]
         for line in corrections:
-            entry = ledger[line.reference]
+            entry = ledger[str(corrected(ledger, line))]
             if kind == CAPTURE:
                 entry.captured_correction += line.total_amount
             else:
                 entry.refunded_correction += line.total_amount
+                # A refund gives a cut back at a negative line with returned units, or
+                # whole at a positive one when no capture was left to carry it.
+                entry.given_back += max(line.total_amount, 0)
         lines = [line for line in lines if not _is_correction(ledger, line)]
         products = [line for line in lines if not _is_share(line)]
         shares_total = sum(line.total_amount for line in lines if _is_share(line))
@@ -204,9 +210,24 @@ def ledger_from(operations: Iterable[tuple[str, Sequence[PspLine]]]) -> Ledger:
     return ledger
 
 
+# A price cut refunded whole (surplus_refund_lines) names its line with this suffix:
+# Adyen's items carry no type, and an item with the line's own id is one of its units.
+CUT_SUFFIX = "#price-cut"
+
+
+def corrected(ledger: Ledger, line: PspLine) -> str | None:
+    """The product line a share line corrects, if it is a price correction: a share line
+    with the reference of a line the PSP holds captured (or that reference and
+    CUT_SUFFIX), which its units carry, not the request's."""
+    if not _is_share(line):
+        return None
+    reference = line.reference.removesuffix(CUT_SUFFIX)
+    entry = ledger.get(reference)
+    return reference if entry is not None and entry.captured_line is not None else None
+
+
 def _is_correction(ledger: Ledger, line: PspLine) -> bool:
-    entry = ledger.get(line.reference)
-    return _is_share(line) and entry is not None and entry.captured_line is not None
+    return corrected(ledger, line) is not None
 
 
 def _capture_attribution(products: Sequence[PspLine], shares_total: int) -> list[int]:
@@ -257,7 +278,9 @@ def all_units_captured(order: OrderSnapshot, ledger: Ledger) -> bool:
         for line in order.effective_lines
         if not line.shared and line.total != 0
     )
-    return shipped and lines_total(capture_lines(order, ledger)) <= 0
+    # Valued before any price cut it would give back: goods a cut takes whole are still
+    # goods to capture (settled against the money held, planner Settle).
+    return shipped and lines_total(capture_lines(order, ledger, give_back=False)) <= 0
 
 
 def same_lines(a: Iterable[PspLine], b: Iterable[PspLine]) -> bool:
@@ -555,34 +578,19 @@ def _price_corrections(order: OrderSnapshot, ledger: Ledger, carrier: int) -> li
     the tax rate its units were captured at, so that the captures still add up to the
     order's total (contract §4) and the authorization, which follows the basket, holds
     them. The line's units are then held at what is left (a refund gives back no
-    more). Never more than the capture carries (it stays ≥ 0; the rest waits for the
-    next one), and not for a line with units refunded already (their money went back
-    at the captured price): those the planner flags (_capture_gap).
+    more). Never more than the capture carries (the rest waits for the next one, or is
+    refunded once none is left: surplus_refund_lines), and not for a line with units
+    refunded already (their money went back at the captured price): those the planner
+    flags (_capture_gap).
 
     A goods or fee line the shop removed after its capture is worth 0 now: a cut of all
-    it was captured for. And the capture keeps at least 1 of its worth: a capture of 0
-    is never sent (all_units_captured), so a cut as large as the goods shipped would
-    leave them uncaptured for good (seeds 46929, 60683); the rest waits.
+    it was captured for. A cut that takes the whole capture makes it worth 0: nothing is
+    sent, the goods are settled against the money already held (planner Settle; seeds
+    46929, 60683), never charged a minimum of 1.
     """
-    worth_now = {line.id: line for line in order.effective_lines}
-    cuts: list[tuple[str, str, LineLedger, int]] = []
-    for reference, entry in ledger.items():
-        captured = entry.captured_line
-        if captured is None or _is_share(captured):
-            continue
-        line = worth_now.get(reference)
-        if line is not None and line.shared:
-            continue
-        # Never below what the units hold (a discount share they carried included): a
-        # unit is never held below 0, so a refund of it never takes money back.
-        over = min(
-            entry.captured_net - (line.total if line is not None else 0),
-            entry.captured_net + entry.captured_share,
-        )
-        if over > 0 and entry.captured_quantity > 0 and entry.refunded_quantity == 0:
-            cuts.append((reference, line.name if line is not None else captured.name, entry, over))
+    cuts = _cuts(order, ledger)
     total = sum(over for _, _, _, over in cuts)
-    carried = min(total, max(carrier - 1, 0))
+    carried = min(total, max(carrier, 0))
     if carried <= 0:
         return []
     result = []
@@ -592,6 +600,54 @@ def _price_corrections(order: OrderSnapshot, ledger: Ledger, carrier: int) -> li
             assert entry.captured_line is not None
             rate = entry.captured_line.tax_rate
             result.append(_share_line(reference, name, rate, -part))
+    return result
+
+
+def _cuts(order: OrderSnapshot, ledger: Ledger) -> list[tuple[str, str, LineLedger, int]]:
+    """Lines captured for more than they are worth now, with what is still to give back
+    of it (_price_corrections): (reference, name, ledger entry, amount > 0)."""
+    worth_now = {line.id: line for line in order.effective_lines}
+    cuts: list[tuple[str, str, LineLedger, int]] = []
+    for reference, entry in ledger.items():
+        captured = entry.captured_line
+        if captured is None or _is_share(captured):
+            continue
+        line = worth_now.get(reference)
+        if line is not None and line.shared:
+            continue
+        # What the units still hold of their captures: a surplus refunded since is gone.
+        net = entry.captured_net - entry.given_back
+        # Never below what the units hold (a discount share they carried included): a
+        # unit is never held below 0, so a refund of it never takes money back.
+        over = min(net - (line.total if line is not None else 0), net + entry.captured_share)
+        if over > 0 and entry.captured_quantity > 0 and entry.refunded_quantity == 0:
+            cuts.append((reference, line.name if line is not None else captured.name, entry, over))
+    return cuts
+
+
+def surplus_refund_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
+    """A price cut on units already captured that no capture is left to give back (every
+    unit of goods of some value captured, or the order cancelled with its shipped goods
+    captured): refunded, one positive `discount` line per cut line with its reference and
+    CUT_SUFFIX, at the tax rate its units were captured at. Those units are then held at
+    what they are worth now, so the customer pays the order's total and a later refund of them gives
+    back no more (contract §4: refunds at the captured price, never more than was
+    captured for those units). Empty while a capture may still carry it, and for a line
+    removed since its capture (told as before: _capture_gap, _ended_above)."""
+    if order.status != "cancelled" and not all_units_captured(order, ledger):
+        return []
+    if _goods_to_capture(order, ledger):
+        return []
+    in_order = {line.id for line in order.effective_lines}
+    result = []
+    for reference, name, entry, over in _cuts(order, ledger):
+        if reference not in in_order:
+            # A line removed after its capture is no price the shop set: its goods left
+            # the warehouse, and §4 charges nothing for them only once marked returned.
+            continue
+        assert entry.captured_line is not None
+        rate = entry.captured_line.tax_rate
+        result.append(_share_line(reference + CUT_SUFFIX, name, rate, over))
     return result
 
 
