@@ -14,6 +14,7 @@ from enum import StrEnum
 from fractions import Fraction
 
 from domain.lines import (
+    CUT_SUFFIX,
     SHARE_TYPES,
     Ledger,
     PspLine,
@@ -339,14 +340,20 @@ def plan_next(
 
 
 def _refund_step(order: OrderSnapshot, psp: PspState, ledger: Ledger) -> Plan | Flag | None:
-    """A refund of the newly returned units, at what they were captured at; once none
-    is due and no capture is left to give a price cut on captured units back, a refund
-    of that cut (surplus_refund_lines)."""
+    """A refund of the newly returned units, at what they were captured at, with a
+    price cut on captured units that no capture is left to give back (surplus_refund_lines):
+    one PSP call when both are due. A line whose units this refund gives back at their
+    captured price has no cut left to refund."""
     lines = refund_lines(order, ledger)
+    if lines_total(lines) <= 0:
+        lines = []
+    returned = {x.reference for x in lines if x.type not in SHARE_TYPES}
+    lines += [
+        x
+        for x in surplus_refund_lines(order, ledger)
+        if x.reference.removesuffix(CUT_SUFFIX) not in returned
+    ]
     amount = lines_total(lines)
-    if not lines or amount <= 0:
-        lines = surplus_refund_lines(order, ledger)
-        amount = lines_total(lines)
     if not lines or amount <= 0:
         return None
     if amount > psp.captured - psp.refunded:

@@ -294,3 +294,25 @@ def test_a_price_cut_given_back_for_units_captured_outside_is_no_unit_of_the_ser
     view = OrderView(now, psp(4073, 4073), history=history)
     decision = plan_next(view, allow_all)
     assert not (isinstance(decision, Flag) and decision.code == "quantities_reversed"), decision
+
+
+def test_a_cut_left_goes_with_a_refund_of_returns_due_anyway() -> None:
+    """Everything captured (l1 at 100, l3 at 99), then l1 priced to 0 and l3 returned at
+    once: one refund gives back l3 at its captured price and l1's cut (before: two PSP
+    calls, the returns first). A line whose units come back has no cut refunded: they
+    go back whole at their captured price."""
+    history = (captured(unit("l1", 1, 100), unit("l3", 1, 99)),)
+    full = psp(199, 199, PspStatus.CAPTURED)
+    now = order([line("l1", 1, 0, shipped=1), line("l3", 1, 99, shipped=1, returned=1)])
+    refund = plan_next(OrderView(now, full, history=history), allow_all)
+    assert isinstance(refund, Plan) and refund.kind is Kind.REFUND, refund
+    assert refund.amount == 199 == lines_total(refund.lines)
+    assert [(x.reference, x.total_amount) for x in refund.lines] == [
+        ("l3", 99),
+        ("l1" + CUT_SUFFIX, 100),
+    ]
+    both = order([line("l1", 1, 0, shipped=1, returned=1), line("l3", 1, 99, shipped=1)])
+    refund = plan_next(OrderView(both, full, history=history), allow_all)
+    assert isinstance(refund, Plan) and [(x.reference, x.total_amount) for x in refund.lines] == [
+        ("l1", 100)
+    ]
