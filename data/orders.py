@@ -822,6 +822,34 @@ def record_external(
     return True
 
 
+# Goods a price cut already held takes whole (domain/planner.py Settle): a capture of 0,
+# succeeded and never sent; its key is its place in the order, as an operation's is.
+INSERT_SETTLED_OPERATION = f"""
+INSERT INTO operations (id, order_id, seq, kind, status, amount, lines, target_version,
+                        idempotency_key, attempts, external)
+VALUES (%(id)s, %(order_id)s, %(seq)s, 'capture', 'succeeded', 0, %(lines)s, %(version)s,
+        %(key)s, 0, false)
+ON CONFLICT (idempotency_key) DO NOTHING
+RETURNING {OPERATION_COLUMNS}
+"""  # noqa: S608
+
+
+def record_settled(conn: Connection[Row], order: Order, seq: int, lines: Sequence[PspLine]) -> None:
+    """Records goods settled against money already held as a succeeded capture of 0
+    (nothing was sent; the order's figures do not move), under the order's row lock."""
+    conn.execute(
+        INSERT_SETTLED_OPERATION,
+        {
+            "id": uuid.uuid4(),
+            "order_id": order.id,
+            "seq": seq,
+            "lines": Jsonb([line.to_json() for line in lines]),
+            "version": order.version,
+            "key": idempotency_key(order, seq, Kind.CAPTURE),
+        },
+    )
+
+
 def attribute_external(conn: Connection[Row], op_id: str, lines: Sequence[PspLine]) -> None:
     """Names the units an external capture or refund moved (domain/planner.py Attribute)."""
     conn.execute(

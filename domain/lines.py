@@ -94,11 +94,18 @@ class LineLedger:
     refunded_amount: int = 0
     captured_share: int = 0
     refunded_share: int = 0
+    # The part of those shares that is sales tax (> 0): a refund gives it back on the
+    # sales tax lines and the rest on the discount lines, each as its units carried it.
+    captured_tax_share: int = 0
+    refunded_tax_share: int = 0
     # A price cut on units already captured that later captures gave back (a `discount`
     # line with this line's reference, < 0), and what refunds of its units took of that
     # back: the units are held at their captured value plus this (_price_corrections).
     captured_correction: int = 0
     refunded_correction: int = 0
+    # Of the refunded correction, a price cut refunded because no capture was left to
+    # give it back (surplus_refund_lines, > 0): the units hold that much less.
+    given_back: int = 0
     # The product line as it was last captured: a refund gives back at its tax rate.
     captured_line: PspLine | None = field(default=None, compare=False)
     # The line as last sent: a discount the shop has since dropped is still named by it.
@@ -115,6 +122,10 @@ class LineLedger:
     @property
     def held_share(self) -> int:
         return self.captured_share - self.refunded_share
+
+    @property
+    def held_tax_share(self) -> int:
+        return self.captured_tax_share - self.refunded_tax_share
 
     @property
     def held_correction(self) -> int:
@@ -155,18 +166,27 @@ def ledger_from(operations: Iterable[tuple[str, Sequence[PspLine]]]) -> Ledger:
         # line's price correction: its own units carry it, not the request's.
         corrections = [line for line in lines if _is_correction(ledger, line)]
         for line in corrections:
-            entry = ledger[line.reference]
+            entry = ledger[str(corrected(ledger, line))]
             if kind == CAPTURE:
                 entry.captured_correction += line.total_amount
             else:
                 entry.refunded_correction += line.total_amount
+                # A refund gives a cut back at a negative line with returned units, or
+                # whole at a positive one when no capture was left to carry it.
+                entry.given_back += max(line.total_amount, 0)
         lines = [line for line in lines if not _is_correction(ledger, line)]
         products = [line for line in lines if not _is_share(line)]
         shares_total = sum(line.total_amount for line in lines if _is_share(line))
+        tax_total = sum(line.total_amount for line in lines if line.type is LineType.SALES_TAX)
         attributed = (
             _capture_attribution(products, shares_total)
             if kind == CAPTURE
             else _refund_attribution(ledger, products, shares_total)
+        )
+        taxed = (
+            _capture_attribution(products, tax_total)
+            if kind == CAPTURE
+            else _refund_attribution(ledger, products, tax_total, tax=True)
         )
         for line in lines:
             entry = ledger.setdefault(line.reference, LineLedger())
@@ -179,18 +199,35 @@ def ledger_from(operations: Iterable[tuple[str, Sequence[PspLine]]]) -> Ledger:
             else:
                 entry.refunded_quantity += line.quantity
                 entry.refunded_amount += line.total_amount
-        for line, part in zip(products, attributed, strict=True):
+        for line, part, tax in zip(products, attributed, taxed, strict=True):
             entry = ledger[line.reference]
             if kind == CAPTURE:
                 entry.captured_share += part
+                entry.captured_tax_share += tax
             else:
                 entry.refunded_share += part
+                entry.refunded_tax_share += tax
     return ledger
 
 
+# A price cut refunded whole (surplus_refund_lines) names its line with this suffix:
+# Adyen's items carry no type, and an item with the line's own id is one of its units.
+CUT_SUFFIX = "#price-cut"
+
+
+def corrected(ledger: Ledger, line: PspLine) -> str | None:
+    """The product line a share line corrects, if it is a price correction: a share line
+    with the reference of a line the PSP holds captured (or that reference and
+    CUT_SUFFIX), which its units carry, not the request's."""
+    if not _is_share(line):
+        return None
+    reference = line.reference.removesuffix(CUT_SUFFIX)
+    entry = ledger.get(reference)
+    return reference if entry is not None and entry.captured_line is not None else None
+
+
 def _is_correction(ledger: Ledger, line: PspLine) -> bool:
-    entry = ledger.get(line.reference)
-    return _is_share(line) and entry is not None and entry.captured_line is not None
+    return corrected(ledger, line) is not None
 
 
 def _capture_attribution(products: Sequence[PspLine], shares_total: int) -> list[int]:
@@ -206,9 +243,10 @@ def _capture_attribution(products: Sequence[PspLine], shares_total: int) -> list
 
 
 def _refund_attribution(
-    ledger: Ledger, products: Sequence[PspLine], shares_total: int
+    ledger: Ledger, products: Sequence[PspLine], shares_total: int, *, tax: bool = False
 ) -> list[int]:
-    """What each refunded product line gave back of its units' discount shares.
+    """What each refunded product line gave back of its units' discount shares (with
+    `tax`: of their sales tax shares alone).
 
     The same per-unit figures refund_lines computed; a refund built otherwise (by an
     older version) is split by value instead, so the folding never fails.
@@ -218,7 +256,8 @@ def _refund_attribution(
         entry = ledger.get(line.reference, LineLedger())
         held = entry.held_quantity
         quantity = min(line.quantity, held)
-        expected.append(share(entry.held_share, quantity, held) if held > 0 else 0)
+        holds = entry.held_tax_share if tax else entry.held_share
+        expected.append(share(holds, quantity, held) if held > 0 else 0)
     if sum(expected) == shares_total:
         return expected
     return _capture_attribution(products, shares_total)
@@ -239,7 +278,9 @@ def all_units_captured(order: OrderSnapshot, ledger: Ledger) -> bool:
         for line in order.effective_lines
         if not line.shared and line.total != 0
     )
-    return shipped and lines_total(capture_lines(order, ledger)) <= 0
+    # Valued before any price cut it would give back: goods a cut takes whole are still
+    # goods to capture (settled against the money held, planner Settle).
+    return shipped and lines_total(capture_lines(order, ledger, give_back=False)) <= 0
 
 
 def same_lines(a: Iterable[PspLine], b: Iterable[PspLine]) -> bool:
@@ -537,34 +578,19 @@ def _price_corrections(order: OrderSnapshot, ledger: Ledger, carrier: int) -> li
     the tax rate its units were captured at, so that the captures still add up to the
     order's total (contract §4) and the authorization, which follows the basket, holds
     them. The line's units are then held at what is left (a refund gives back no
-    more). Never more than the capture carries (it stays ≥ 0; the rest waits for the
-    next one), and not for a line with units refunded already (their money went back
-    at the captured price): those the planner flags (_capture_gap).
+    more). Never more than the capture carries (the rest waits for the next one, or is
+    refunded once none is left: surplus_refund_lines), and not for a line with units
+    refunded already (their money went back at the captured price): those the planner
+    flags (_capture_gap).
 
     A goods or fee line the shop removed after its capture is worth 0 now: a cut of all
-    it was captured for. And the capture keeps at least 1 of its worth: a capture of 0
-    is never sent (all_units_captured), so a cut as large as the goods shipped would
-    leave them uncaptured for good (seeds 46929, 60683); the rest waits.
+    it was captured for. A cut that takes the whole capture makes it worth 0: nothing is
+    sent, the goods are settled against the money already held (planner Settle; seeds
+    46929, 60683), never charged a minimum of 1.
     """
-    worth_now = {line.id: line for line in order.effective_lines}
-    cuts: list[tuple[str, str, LineLedger, int]] = []
-    for reference, entry in ledger.items():
-        captured = entry.captured_line
-        if captured is None or _is_share(captured):
-            continue
-        line = worth_now.get(reference)
-        if line is not None and line.shared:
-            continue
-        # Never below what the units hold (a discount share they carried included): a
-        # unit is never held below 0, so a refund of it never takes money back.
-        over = min(
-            entry.captured_net - (line.total if line is not None else 0),
-            entry.captured_net + entry.captured_share,
-        )
-        if over > 0 and entry.captured_quantity > 0 and entry.refunded_quantity == 0:
-            cuts.append((reference, line.name if line is not None else captured.name, entry, over))
+    cuts = _cuts(order, ledger)
     total = sum(over for _, _, _, over in cuts)
-    carried = min(total, max(carrier - 1, 0))
+    carried = min(total, max(carrier, 0))
     if carried <= 0:
         return []
     result = []
@@ -574,6 +600,54 @@ def _price_corrections(order: OrderSnapshot, ledger: Ledger, carrier: int) -> li
             assert entry.captured_line is not None
             rate = entry.captured_line.tax_rate
             result.append(_share_line(reference, name, rate, -part))
+    return result
+
+
+def _cuts(order: OrderSnapshot, ledger: Ledger) -> list[tuple[str, str, LineLedger, int]]:
+    """Lines captured for more than they are worth now, with what is still to give back
+    of it (_price_corrections): (reference, name, ledger entry, amount > 0)."""
+    worth_now = {line.id: line for line in order.effective_lines}
+    cuts: list[tuple[str, str, LineLedger, int]] = []
+    for reference, entry in ledger.items():
+        captured = entry.captured_line
+        if captured is None or _is_share(captured):
+            continue
+        line = worth_now.get(reference)
+        if line is not None and line.shared:
+            continue
+        # What the units still hold of their captures: a surplus refunded since is gone.
+        net = entry.captured_net - entry.given_back
+        # Never below what the units hold (a discount share they carried included): a
+        # unit is never held below 0, so a refund of it never takes money back.
+        over = min(net - (line.total if line is not None else 0), net + entry.captured_share)
+        if over > 0 and entry.captured_quantity > 0 and entry.refunded_quantity == 0:
+            cuts.append((reference, line.name if line is not None else captured.name, entry, over))
+    return cuts
+
+
+def surplus_refund_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
+    """A price cut on units already captured that no capture is left to give back (every
+    unit of goods of some value captured, or the order cancelled with its shipped goods
+    captured): refunded, one positive `discount` line per cut line with its reference and
+    CUT_SUFFIX, at the tax rate its units were captured at. Those units are then held at
+    what they are worth now, so the customer pays the order's total and a later refund of them gives
+    back no more (contract §4: refunds at the captured price, never more than was
+    captured for those units). Empty while a capture may still carry it, and for a line
+    removed since its capture (told as before: _capture_gap, _ended_above)."""
+    if order.status != "cancelled" and not all_units_captured(order, ledger):
+        return []
+    if _goods_to_capture(order, ledger):
+        return []
+    in_order = {line.id for line in order.effective_lines}
+    result = []
+    for reference, name, entry, over in _cuts(order, ledger):
+        if reference not in in_order:
+            # A line removed after its capture is no price the shop set: its goods left
+            # the warehouse, and §4 charges nothing for them only once marked returned.
+            continue
+        assert entry.captured_line is not None
+        rate = entry.captured_line.tax_rate
+        result.append(_share_line(reference + CUT_SUFFIX, name, rate, over))
     return result
 
 
@@ -632,6 +706,7 @@ def refund_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
     result: list[PspLine] = []
     cuts_back: list[PspLine] = []
     shares_back = 0
+    tax_back = 0
     for line in products:
         entry = ledger.get(line.id, LineLedger())
         held_quantity = entry.held_quantity
@@ -642,6 +717,7 @@ def refund_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
             continue
         value = share(max(entry.held_value, 0), quantity, held_quantity)
         shares_back += share(entry.held_share, quantity, held_quantity)
+        tax_back += share(entry.held_tax_share, quantity, held_quantity)
         captured = _as_captured(line, entry)
         result.append(_part(captured, quantity, value))
         # A price cut a later capture gave back for these units is no longer held.
@@ -650,7 +726,14 @@ def refund_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
             cuts_back.append(_share_line(line.id, line.name, captured.tax_rate, cut))
     if not result:
         return []
-    return result + _shares_back(order, ledger, shares_back) + cuts_back
+    # Each shared line gives back what the units carried of it (contract §4: sales tax
+    # is shared by refunds "as discount lines are"), not their net on one kind alone.
+    return (
+        result
+        + _shares_back(order, ledger, shares_back - tax_back)
+        + _shares_back(order, ledger, tax_back, tax=True)
+        + cuts_back
+    )
 
 
 def _as_captured(line: Line, entry: LineLedger) -> Line:
@@ -662,29 +745,32 @@ def _as_captured(line: Line, entry: LineLedger) -> Line:
     return line.model_copy(update={"tax_rate": captured.tax_rate, "total_tax_amount": None})
 
 
-def _shares_back(order: OrderSnapshot, ledger: Ledger, amount: int) -> list[PspLine]:
-    """`amount` of discount shares given back, split over the reducing lines by what
-    each still holds, so that when everything is back each has given back all of it."""
+def _shares_back(
+    order: OrderSnapshot, ledger: Ledger, amount: int, *, tax: bool = False
+) -> list[PspLine]:
+    """`amount` of discount shares given back (with `tax`: of sales tax shares), split
+    over those shared lines by what each still holds, so that when everything is back
+    each has given back all of it."""
     if amount == 0:
         return []
     names = {line.id: line for line in order.effective_lines}
-    held = [
+    kind = [
         (reference, entry)
         for reference, entry in ledger.items()
         if entry.line is not None
         and _is_share(entry.line)
-        and entry.held_value != 0
-        and (entry.held_value < 0) == (amount < 0)
+        and (entry.line.type is LineType.SALES_TAX) == tax
+    ]
+    held = [
+        (reference, entry)
+        for reference, entry in kind
+        if entry.held_value != 0 and (entry.held_value < 0) == (amount < 0)
     ]
     if not held:
         # A later capture's correction gave the discount back already (its share then
         # sits on the units of that capture): the units returned now still carry theirs,
         # and the first discount line the order had carries it back.
-        held = [
-            (reference, entry)
-            for reference, entry in ledger.items()
-            if entry.line is not None and _is_share(entry.line)
-        ][:1]
+        held = kind[:1]
         if not held:
             return []
         reference, entry = held[0]

@@ -14,6 +14,7 @@ from enum import StrEnum
 from fractions import Fraction
 
 from domain.lines import (
+    CUT_SUFFIX,
     SHARE_TYPES,
     Ledger,
     PspLine,
@@ -21,12 +22,14 @@ from domain.lines import (
     basket_lines,
     capture_lines,
     captured_total,
+    corrected,
     ledger_from,
     lines_total,
     refund_lines,
     reversed_quantities,
     same_lines,
     shipped_quantity,
+    surplus_refund_lines,
 )
 from domain.snapshot import Line, OrderSnapshot
 
@@ -162,7 +165,18 @@ class Attribute:
     lines: tuple[PspLine, ...]
 
 
-Decision = Plan | Flag | Wait | Done | Attribute
+@dataclass(frozen=True)
+class Settle:
+    """Goods shipped whose capture a price cut on units already captured takes whole
+    (README "Ledger model"): their money is held already, so nothing is sent to the PSP.
+    Recorded as a capture of 0 (the goods at their value, the cut given back against
+    them: lines that sum to 0), the ledger counts them captured and never charges them
+    again; a capture of 1 minor unit would charge the customer for nothing."""
+
+    lines: tuple[PspLine, ...]
+
+
+Decision = Plan | Flag | Wait | Done | Attribute | Settle
 
 
 @dataclass(frozen=True)
@@ -198,8 +212,7 @@ class OrderView:
 
 def _is_correction_of(ledger: Ledger, line: PspLine) -> bool:
     """A share line naming a product line the PSP holds captured: its price correction."""
-    entry = ledger.get(line.reference)
-    return line.type in SHARE_TYPES and entry is not None and entry.captured_line is not None
+    return corrected(ledger, line) is not None
 
 
 def plan_next(
@@ -265,7 +278,7 @@ def plan_next(
         # authorization of 0: the PSP is told to let go.
         if psp.open_for_changes or psp.status is PspStatus.CANCELLED:
             decision = _capture_step(order, psp, ledger, view.refused_amount, last=True)
-            if isinstance(decision, Plan):
+            if isinstance(decision, Plan | Settle):
                 return decision
             if isinstance(decision, Flag):
                 return _refund_step(order, psp, ledger) or decision
@@ -307,7 +320,7 @@ def plan_next(
             return _refund_step(order, psp, ledger) or decision
         decision = _capture_step(order, psp, ledger, view.refused_amount)
         if decision is not None:
-            if isinstance(decision, Plan):
+            if isinstance(decision, Plan | Settle):
                 return decision
             # A capture that cannot be made never holds a refund up.
             return _refund_step(order, psp, ledger) or decision
@@ -327,8 +340,19 @@ def plan_next(
 
 
 def _refund_step(order: OrderSnapshot, psp: PspState, ledger: Ledger) -> Plan | Flag | None:
-    """A refund of the newly returned units, at what they were captured at."""
+    """A refund of the newly returned units, at what they were captured at, with a
+    price cut on captured units that no capture is left to give back (surplus_refund_lines):
+    one PSP call when both are due. A line whose units this refund gives back at their
+    captured price has no cut left to refund."""
     lines = refund_lines(order, ledger)
+    if lines_total(lines) <= 0:
+        lines = []
+    returned = {x.reference for x in lines if x.type not in SHARE_TYPES}
+    lines += [
+        x
+        for x in surplus_refund_lines(order, ledger)
+        if x.reference.removesuffix(CUT_SUFFIX) not in returned
+    ]
     amount = lines_total(lines)
     if not lines or amount <= 0:
         return None
@@ -574,7 +598,8 @@ def _capture_gap(order: OrderSnapshot, psp: PspState, ledger: Ledger) -> Flag | 
         return _ended_above(ledger, order)
     if order.status != "open" or psp.status not in (PspStatus.PART_CAPTURED, PspStatus.CAPTURED):
         return None
-    captured = captured_total(ledger)
+    # A price cut refunded whole (surplus_refund_lines) is what the captures took less.
+    captured = captured_total(ledger) - sum(entry.given_back for entry in ledger.values())
     held = captured - sum(entry.refunded_amount for entry in ledger.values())
     if captured > order.total:
         # Captured beyond the total (a price or discount edit after a capture, a basket
@@ -615,7 +640,8 @@ def _ended_above(ledger: Ledger, order: OrderSnapshot) -> Flag | None:
         units = entry.held_quantity
         if units <= 0:
             continue
-        money = entry.held_value + min(entry.held_share, 0) + entry.held_correction
+        money = entry.held_value + min(entry.held_share - entry.held_tax_share, 0)
+        money += entry.held_correction
         now = Fraction(line.total * min(units, line.quantity), line.quantity)
         if money - now >= 1:
             held_money += money
@@ -700,6 +726,13 @@ def _capture_step(
     lines = capture_lines(order, ledger)
     if not lines:
         return None
+    if (
+        lines_total(lines) == 0
+        and any(_is_correction_of(ledger, x) for x in lines)
+        and any(x.total_amount > 0 for x in lines if x.type not in SHARE_TYPES)
+    ):
+        # A price cut given back takes the whole capture: the money is held already.
+        return Settle(tuple(lines))
     cancelled = psp.status is PspStatus.CANCELLED
     if cancelled and lines_total(lines) <= 0:
         return None

@@ -31,6 +31,7 @@ from domain.planner import (
     OrderView,
     Plan,
     PspStatus,
+    Settle,
     Wait,
     explained_lines,
     halts,
@@ -254,6 +255,11 @@ class Reconciler:
             return Send(order, claimed, check_first=False)
         if isinstance(decision, Flag):
             self._flag(conn, order, decision)
+            return Again()
+        if isinstance(decision, Settle):
+            # Nothing is sent: the money for these goods is held already.
+            log.info("goods_settled_against_a_price_cut", lines=len(decision.lines))
+            store.record_settled(conn, order, store.next_seq(ops), decision.lines)
             return Again()
         if isinstance(decision, Attribute):
             log.info("external_operation_attributed", operation_id=decision.reference)

@@ -58,6 +58,9 @@ LET_GO_REFUSED = frozenset(
 )
 # Reasons for a basket the captures can no longer follow (a price edit after a capture).
 CANNOT_FOLLOW = frozenset({"captured_above_total", "captured_below_total", "amount_below_captured"})
+# README "Ledger model": a price cut no capture was left to give back is refunded as a
+# `discount` line naming its goods line with this suffix (Adyen's items carry no type).
+CUT_REFUND = "#price-cut"
 
 
 def tax_in(gross: int, rate: int) -> int:
@@ -1822,7 +1825,14 @@ def check_ledger(
     requests: list[tuple[str, int, list[Booked]]], exp: Expectation
 ) -> list[tuple[str, str]]:
     """(kind, amount, lines) of every capture and refund the PSP applied, in order,
-    against the expectation; returns (code, detail) for every rule broken."""
+    against the expectation; returns (code, detail) for every rule broken.
+
+    A `settle` is goods the service took at money the PSP already holds (README "Ledger
+    model": a price cut on captured units that takes a capture whole is no call for
+    nothing): a capture of 0, judged as captures are, whose cut lines lower the units
+    they name. It moves no money, so §4's "once everything has shipped the captures add
+    up to the order's total" still holds it: settled against money not held, the
+    captures fall short."""
     found: list[tuple[str, str]] = []
     held: dict[str, list[Fraction]] = {}  # per line: the captured value of each held unit
     captured = refunded = 0
@@ -1830,7 +1840,11 @@ def check_ledger(
     captured_gross: dict[str, int] = {}  # per line: captured value before shares
     borrowed: dict[tuple[str, str], int] = {}  # (line, other line): units taken over
     slack = 0  # rounding allowed on everything refunded so far
+    given_back = 0  # price cuts refunded whole: no units came back for them
     for what, amount, lines in requests:
+        settle = what == "settle"
+        if settle:
+            what = "capture"
         if sum(line.total for line in lines) != amount:
             found.append(("lines_do_not_sum", f"{what} of {amount}: lines sum differently"))
         for line in lines:
@@ -1848,9 +1862,29 @@ def check_ledger(
             if line.type in REDUCING and got.get(line.reference, [0, 0])[0] > 0
         ]
         lines = [line for line in lines if line not in cuts]
+        if settle and not cuts:
+            # Nothing paid for these goods but money a price cut left with the PSP.
+            found.append(("settled_without_a_cut", f"{[line.reference for line in lines]}"))
         if what == "capture":
             for line in cuts:
                 _cut(held, line)
+        # README "Ledger model": a cut no capture was left to give back is refunded, the
+        # units it names then held at that much less (§4 step 3: refunds "never more
+        # than was captured for those units"); no unit comes back for it.
+        surplus = [
+            line
+            for line in lines
+            if what == "refund"
+            and line.type in REDUCING
+            and line.reference.endswith(CUT_REFUND)
+            and got.get(line.reference.removesuffix(CUT_REFUND), [0, 0])[0] > 0
+        ]
+        lines = [line for line in lines if line not in surplus]
+        for line in surplus:
+            reference = line.reference.removesuffix(CUT_REFUND)
+            _cut(held, Booked(reference, line.type, 1, -line.total, -line.tax, line.tax_rate))
+            given_back += line.total
+            amount -= line.total
         units = [line for line in lines if line.type not in REDUCING | SHARED_UP]
         shared = sum(line.total for line in lines if line.type in REDUCING | SHARED_UP)
         value = sum(line.total for line in units)
@@ -1951,8 +1985,9 @@ def check_ledger(
     for reference, counts in got.items():
         if reference not in exp.lines and counts[0]:
             found.append(("captured_units", f"{reference}: {counts[0]} captured, expected 0"))
-    if exp.must_equal_total and captured != exp.total:
+    if exp.must_equal_total and captured - given_back != exp.total:
         found.append(("captures_not_total", f"captured {captured}, the order is {exp.total}"))
+    refunded += given_back
     if refunded > captured:
         found.append(("refund_beyond_captured", f"refunded {refunded} of {captured}"))
     return found

@@ -238,6 +238,8 @@ class PspOrder:
     # Indexes in `ledger` of the merchant's Customer Area captures and refunds: Adyen
     # notifies only their amount, so the product learns their lines from the shop only.
     unlisted: set[int] = field(default_factory=set)
+    # Indexes in `ledger` of every capture and refund made by hand (not the service's).
+    outside: set[int] = field(default_factory=set)
     charged_back: int = 0
     zero_updates: int = 0
     refused: set[int] = field(default_factory=set)
@@ -322,6 +324,44 @@ def _book_per_unit(
         Booked(ref, "discount" if cut else types.get(ref, "discount"), q, total, tax, rate)
         for (ref, cut), (q, total, tax, rate) in merged.items()
     ]
+
+
+def _settled(ops: list[Any]) -> list[tuple[int, str, list[Booked]]]:
+    """(seq, "settle", lines) of the goods the service settled against a price cut it
+    already held (README "Ledger model"): a capture of 0, recorded, never sent."""
+    return [
+        (int(op.seq), "settle", _book_klarna(list(op.lines), {}))
+        for op in ops
+        if op.kind == "capture" and op.status == "succeeded" and not op.external and not op.amount
+    ]
+
+
+def _with_settled(psp: PspOrder, ops: list[Any]) -> list[tuple[str, int, list[Booked]]]:
+    """The PSP's ledger with the service's settlements in place: each after as many of
+    the service's own captures and refunds as came before it (the PSP books those in
+    the order the service made them, one in flight at a time)."""
+    settled = _settled(ops)
+    if not settled:
+        return psp.ledger
+    ours = sorted(
+        int(op.seq)
+        for op in ops
+        if op.kind in ("capture", "refund")
+        and op.status == "succeeded"
+        and not op.external
+        and op.amount
+    )
+    result: list[tuple[str, int, list[Booked]]] = []
+    made = 0
+    pending = list(settled)
+    for index, entry in enumerate(psp.ledger):
+        while pending and sum(1 for seq in ours if seq < pending[0][0]) <= made:
+            result.append(("settle", 0, pending.pop(0)[2]))
+        result.append(entry)
+        if index not in psp.outside:
+            made += 1
+    result.extend(("settle", 0, lines) for _, _, lines in pending)
+    return result
 
 
 class PspModel:
@@ -859,6 +899,7 @@ class PspModel:
         if what in ("capture", "refund"):
             # Booked like any other (Klarna lists it in its order); Adyen notifies it.
             self._klarna_book(order, what, amount, lines, f"portal-{psp_ref}")
+            order.outside.add(len(order.ledger) - 1)
             self.sim.gaps.unlisted_portal_refund(order, what)
             if order.provider == "adyen":
                 order.unlisted.add(len(order.ledger) - 1)
@@ -2553,8 +2594,15 @@ class Simulation:
                 else "stuck_in_flight"
             )
             found.append(Violation(code, f"{stuck.kind} still {stuck.status}"))
-        # 3. The PSP's ledger against the oracle, effect by effect, per line.
-        for code, detail in check_ledger(psp.ledger, exp):
+        # 3. The PSP's ledger against the oracle, effect by effect, per line; with the
+        # goods the service settled against a price cut it held (no PSP call), in place.
+        settled = _settled(ops)
+        if settled:
+            self.note(
+                f"settled {order_id}: "
+                f"{[[(b.reference, b.quantity, b.total) for b in ls] for _, _, ls in settled]}"
+            )
+        for code, detail in check_ledger(_with_settled(psp, ops), exp):
             found.append(Violation(code, detail))
         # 4. The authorization's end.
         end = psp.status
@@ -2610,6 +2658,10 @@ class Simulation:
                     into = unlisted if index in psp.unlisted else booked
                     counts = into.setdefault(line.reference, [0, 0])
                     counts[0 if what == "capture" else 1] += line.quantity
+            for _, _, lines in settled:
+                for line in lines:
+                    if line.type not in REDUCING | SHARED_UP:
+                        booked.setdefault(line.reference, [0, 0])[0] += line.quantity
             for line in view["lines"]:
                 if line["type"] in REDUCING | SHARED_UP:
                     continue

@@ -2620,3 +2620,32 @@ def test_goods_shipped_within_rounding_of_what_the_authorization_has_left_may_wa
     exp = oracle.expectation()
     assert exp.lines["l2"].captured_range == (0, 1)
     assert ("needs_attention", "capture_exceeds_authorization") in exp.allowed
+
+
+def test_goods_settled_against_a_price_cut_and_the_cut_left_refunded_are_the_captures() -> None:
+    """README "Ledger model": l1's unit captured at 100, l1 priced to 0, l3 (99) ships.
+    The cut takes l3's capture whole, so the build sends nothing and records l3's unit
+    taken at the money held (a `settle`: l3 99, l1 -99); the 1 left, with no capture to
+    carry it, is refunded (`l1#price-cut`). §4: "once everything has shipped the
+    captures add up to the order's total" (100 captured, 1 given back: 99) and refunds
+    are "never more than was captured for those units" (l1's unit is held at 0, l3's at
+    99). Before, a settle was taken for a refund of units never captured."""
+    oracle = Oracle(199, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 1, 100, shipped_quantity=1), line("l3", 1, 99)]))
+    oracle.settle()
+    oracle.snapshot(
+        snap(2, [line("l1", 1, 0, shipped_quantity=1), line("l3", 1, 99, shipped_quantity=1)])
+    )
+    oracle.settle()
+    exp = oracle.expectation()
+    first = ("capture", 100, [booked("l1", 1, 100)])
+    settled = ("settle", 0, [booked("l3", 1, 99), booked("l1", 1, -99, type="discount")])
+    surplus = ("refund", 1, [booked("l1#price-cut", 1, 1, type="discount")])
+    assert check_ledger([first, settled, surplus], exp) == []
+    # l1's unit, held at nothing now, has nothing to give back.
+    l1_back = ("refund", 100, [booked("l1", 1, 100)])
+    wrong = check_ledger([first, settled, surplus, l1_back], exp)
+    assert "refund_not_at_captured_price" in {code for code, _ in wrong}
+    # Goods settled against no price cut: nothing paid for them.
+    unheld = ("settle", 0, [booked("l3", 1, 99), booked("d", 1, -99, type="discount")])
+    assert "settled_without_a_cut" in {code for code, _ in check_ledger([first, unheld], exp)}

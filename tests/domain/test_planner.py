@@ -520,15 +520,41 @@ def test_an_expired_order_whose_units_are_all_captured_has_nothing_left_to_charg
     assert plan_next(acknowledged, allow_all) == Done()
 
 
-def test_a_cancelled_order_captured_above_what_its_goods_are_worth_now_is_flagged() -> None:
+def test_a_cancelled_order_refunds_a_price_cut_no_capture_was_left_to_give_back() -> None:
     """A price cut after a capture, then a cancel with nothing left to capture: no
-    capture can give the cut back and §4 names no refund for it, so the release goes
-    on and a person is told the figures once (captured_above_total, advisory)."""
+    capture can give the cut back, so once the rest is released it is refunded (a
+    positive `discount` line with the line's reference and CUT_SUFFIX, at the rate the
+    shoes were captured at): the customer pays what the shoes are worth now (before:
+    1200 kept, a person told captured_above_total)."""
+    from domain.lines import CUT_SUFFIX
+
     cut = {**shipped(SHOES, 1), "unit_price": 700}
     cancelled = order([cut, SOCKS], status="cancelled")
     history = (PastOperation(Kind.CAPTURE, "succeeded", 1200, (_whole("shoes", 1200),)),)
     open_ = OrderView(cancelled, psp(2100, captured=1200), history=history)
     assert plan_next(open_, allow_all) == Plan(Kind.RELEASE_AUTHORIZATION, 900)
+    released = OrderView(cancelled, psp(1200, captured=1200), history=history)
+    refund = plan_next(released, allow_all)
+    assert isinstance(refund, Plan) and refund.kind is Kind.REFUND, refund
+    assert [(x.reference, x.total_amount, x.tax_rate) for x in refund.lines] == [
+        ("shoes" + CUT_SUFFIX, 500, 2000)
+    ]
+    after = OrderView(
+        cancelled,
+        psp(1200, captured=1200, refunded=500),
+        history=(*history, PastOperation(Kind.REFUND, "succeeded", 500, refund.lines)),
+    )
+    assert plan_next(after, allow_all) == Done()
+
+
+def test_a_cancelled_order_holding_units_above_their_part_of_a_line_is_flagged() -> None:
+    """A line with units never shipped: the shoes captured (1200) are held above their
+    part of the line now (2 × 700, 700 each), but the line as a whole is not captured
+    above its value, so no cut is refunded; a person is told the figures once
+    (captured_above_total, advisory) and the release goes on."""
+    cut = {**shipped({**SHOES, "quantity": 2}, 1), "unit_price": 700}
+    cancelled = order([cut, SOCKS], status="cancelled")
+    history = (PastOperation(Kind.CAPTURE, "succeeded", 1200, (_whole("shoes", 1200),)),)
     released = OrderView(cancelled, psp(1200, captured=1200), history=history)
     decision = plan_next(released, allow_all)
     assert isinstance(decision, Flag)

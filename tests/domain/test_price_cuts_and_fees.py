@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from domain.lines import (
+    CUT_SUFFIX,
     PspLine,
     capture_lines,
     captured_total,
@@ -20,6 +21,7 @@ from domain.lines import (
     refund_lines,
 )
 from domain.planner import (
+    Done,
     Flag,
     Kind,
     OrderView,
@@ -27,6 +29,7 @@ from domain.planner import (
     Plan,
     PspState,
     PspStatus,
+    Settle,
     plan_next,
 )
 from domain.snapshot import LineType
@@ -114,53 +117,100 @@ def test_a_price_cut_is_carried_by_the_lines_own_units_first() -> None:
     ]
 
 
-def test_a_price_cut_leaves_the_capture_carrying_it_worth_at_least_one() -> None:
-    """The correction takes no more than the capture carries less 1, the rest waits for
-    the next capture (the ledger keeps what is still to give back): a capture of 0 is
-    never sent, so a correction taking all of it would leave the goods shipped
-    uncaptured for good (seeds 46929, 60683)."""
+def test_a_price_cut_that_takes_a_capture_whole_leaves_it_worth_nothing() -> None:
+    """The correction takes no more than the capture carries, the rest waits for the
+    next capture (the ledger keeps what is still to give back). A correction that takes
+    all of it leaves a capture of 0: no minimum of 1 is charged (it was, before)."""
     ledger = ledger_from([("capture", [unit("l1", 1, 500)])])
     now = order([line("l1", 1, 0, shipped=1), line("l2", 1, 200, shipped=1), line("l3", 1, 900)])
     first = capture_lines(now, ledger)
-    assert lines_total(first) == 1
+    assert lines_total(first) == 0
     assert [(x.reference, x.total_amount) for x in first if x.type is LineType.DISCOUNT] == [
-        ("l1", -199)
+        ("l1", -200)
     ]
     ledger = ledger_from([("capture", [unit("l1", 1, 500)]), ("capture", first)])
     later = order(
         [line("l1", 1, 0, shipped=1), line("l2", 1, 200, shipped=1), line("l3", 1, 900, shipped=1)]
     )
-    assert lines_total(capture_lines(later, ledger)) == 900 - 301
+    assert lines_total(capture_lines(later, ledger)) == 900 - 300
 
 
-def test_goods_shipped_whose_capture_the_cut_would_take_whole_are_captured() -> None:
+def _settled(decision: object) -> tuple[PspLine, ...]:
+    assert isinstance(decision, Settle), decision
+    assert lines_total(decision.lines) == 0
+    return decision.lines
+
+
+def test_goods_whose_capture_a_cut_takes_whole_are_settled_without_a_psp_call() -> None:
     """Seed 60683: a unit of l1 captured at 100, l1 priced to 0, the authorization
-    follows the basket (198); one unit of l3 (99) ships. Its capture gives back 98 of
-    the cut and is sent at 1 (it fits the 98 left); before, the cut took all 99, a
-    capture of 0 is never sent, and the unit stayed uncaptured."""
-    history = (captured(unit("l1", 1, 100)),)
+    follows the basket (198); one unit of l3 (99) ships. The cut takes its capture whole:
+    the money is held already, so nothing is sent (before: a capture of 1 minor unit);
+    l3's unit is recorded captured at 99 against 99 of the cut. The next l3 unit takes
+    the 1 left: 98, and the captures come to the basket."""
+    history: tuple[PastOperation, ...] = (captured(unit("l1", 1, 100)),)
     now = order([line("l1", 2, 0, shipped=1), line("l3", 2, 99, shipped=1)])
-    decision = plan_next(OrderView(now, psp(198, 100), history=history), allow_all)
+    lines = _settled(plan_next(OrderView(now, psp(198, 100), history=history), allow_all))
+    assert [(x.reference, x.quantity, x.total_amount) for x in lines] == [
+        ("l3", 1, 99),
+        ("l1", 1, -99),
+    ]
+    history += (PastOperation(Kind.CAPTURE, "succeeded", 0, lines),)
+    later = order([line("l1", 2, 0, shipped=1), line("l3", 2, 99, shipped=2)])
+    decision = plan_next(OrderView(later, psp(198, 100), history=history), allow_all)
     assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
-    assert decision.amount == 1 == lines_total(decision.lines)
-    assert [
-        (x.reference, x.quantity) for x in decision.lines if x.type is not LineType.DISCOUNT
-    ] == [("l3", 1)]
+    assert decision.amount == 98
+    history += (captured(*decision.lines),)
+    ledger = ledger_from((op.kind.value, op.lines) for op in history)
+    assert ledger["l3"].captured_quantity == 2
+    assert captured_total(ledger) == 198 == later.total
+    assert plan_next(OrderView(later, psp(198, 198, PspStatus.CAPTURED), history), allow_all) == (
+        Done()
+    )
 
 
 def test_a_line_removed_after_its_capture_is_given_back_as_a_cut() -> None:
     """Seed 40889: a shipping fee captured (150) and then removed is worth 0 now, a cut
     of all it was captured for; the authorization follows the basket down, so the next
-    goods shipped fit only if their capture gives it back (README "Ledger model")."""
+    goods shipped fit only if their capture gives it back (README "Ledger model"). The
+    cut takes the unit's 110 whole: settled, nothing sent; the next unit takes the 40
+    left."""
     fee = PspLine("fee", "FEE", LineType.SHIPPING_FEE, 1, 150, 2000, 150, 0, 25)
-    history = (captured(unit("l1", 1, 110), fee),)
+    history: tuple[PastOperation, ...] = (captured(unit("l1", 1, 110), fee),)
     now = order([line("l1", 3, 110, shipped=2)])
-    decision = plan_next(OrderView(now, psp(330, 260), history=history), allow_all)
-    assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
-    cut = [(x.reference, x.total_amount) for x in decision.lines if x.type is LineType.DISCOUNT]
-    assert cut == [("fee", -109)] and decision.amount == 1
-    ledger = ledger_from([("capture", op.lines) for op in history] + [("capture", decision.lines)])
+    lines = _settled(plan_next(OrderView(now, psp(330, 260), history=history), allow_all))
+    cut = [(x.reference, x.total_amount) for x in lines if x.type is LineType.DISCOUNT]
+    assert cut == [("fee", -110)]
+    history += (PastOperation(Kind.CAPTURE, "succeeded", 0, lines),)
+    ledger = ledger_from([(op.kind.value, op.lines) for op in history])
     assert ledger["l1"].captured_quantity == 2
+    last = order([line("l1", 3, 110, shipped=3)])
+    decision = plan_next(OrderView(last, psp(330, 260), history=history), allow_all)
+    assert isinstance(decision, Plan) and decision.amount == 70
+
+
+def test_a_cut_no_capture_is_left_to_give_back_is_refunded() -> None:
+    """Nothing left to capture: the cut the captures could not give back is refunded, a
+    positive `discount` line with the cut line's reference (and CUT_SUFFIX), instead of
+    the customer paying it and a person being told (captured_above_total). The units
+    are then held at their price now, so a refund of them gives back no more."""
+    history: tuple[PastOperation, ...] = (captured(unit("l1", 1, 100)),)
+    now = order([line("l1", 1, 0, shipped=1), line("l3", 1, 99, shipped=1)])
+    full = psp(100, 100, PspStatus.CAPTURED)
+    lines = _settled(plan_next(OrderView(now, full, history=history), allow_all))
+    history += (PastOperation(Kind.CAPTURE, "succeeded", 0, lines),)
+    refund = plan_next(OrderView(now, full, history=history), allow_all)
+    assert isinstance(refund, Plan) and refund.kind is Kind.REFUND, refund
+    assert [(x.reference, x.type, x.total_amount) for x in refund.lines] == [
+        ("l1" + CUT_SUFFIX, LineType.DISCOUNT, 1)
+    ]
+    history += (PastOperation(Kind.REFUND, "succeeded", 1, refund.lines),)
+    refunded = PspState(PspStatus.CAPTURED, 100, 100, 1, "INVOICE", "DE")
+    assert plan_next(OrderView(now, refunded, history=history), allow_all) == Done()
+    ledger = ledger_from((op.kind.value, op.lines) for op in history)
+    back = order([line("l1", 1, 0, shipped=1, returned=1), line("l3", 1, 99, shipped=1)])
+    assert lines_total(refund_lines(back, ledger)) == 0
+    back = order([line("l1", 1, 0, shipped=1), line("l3", 1, 99, shipped=1, returned=1)])
+    assert lines_total(refund_lines(back, ledger)) == 99
 
 
 def test_money_moved_outside_is_explained_without_a_correction() -> None:
@@ -244,3 +294,25 @@ def test_a_price_cut_given_back_for_units_captured_outside_is_no_unit_of_the_ser
     view = OrderView(now, psp(4073, 4073), history=history)
     decision = plan_next(view, allow_all)
     assert not (isinstance(decision, Flag) and decision.code == "quantities_reversed"), decision
+
+
+def test_a_cut_left_goes_with_a_refund_of_returns_due_anyway() -> None:
+    """Everything captured (l1 at 100, l3 at 99), then l1 priced to 0 and l3 returned at
+    once: one refund gives back l3 at its captured price and l1's cut (before: two PSP
+    calls, the returns first). A line whose units come back has no cut refunded: they
+    go back whole at their captured price."""
+    history = (captured(unit("l1", 1, 100), unit("l3", 1, 99)),)
+    full = psp(199, 199, PspStatus.CAPTURED)
+    now = order([line("l1", 1, 0, shipped=1), line("l3", 1, 99, shipped=1, returned=1)])
+    refund = plan_next(OrderView(now, full, history=history), allow_all)
+    assert isinstance(refund, Plan) and refund.kind is Kind.REFUND, refund
+    assert refund.amount == 199 == lines_total(refund.lines)
+    assert [(x.reference, x.total_amount) for x in refund.lines] == [
+        ("l3", 99),
+        ("l1" + CUT_SUFFIX, 100),
+    ]
+    both = order([line("l1", 1, 0, shipped=1, returned=1), line("l3", 1, 99, shipped=1)])
+    refund = plan_next(OrderView(both, full, history=history), allow_all)
+    assert isinstance(refund, Plan) and [(x.reference, x.total_amount) for x in refund.lines] == [
+        ("l1", 100)
+    ]

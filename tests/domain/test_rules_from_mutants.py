@@ -519,3 +519,62 @@ def test_a_psp_line_read_without_a_discount_amount_has_none() -> None:
         }
     )
     assert line.total_discount_amount == 0
+
+
+def test_a_refund_gives_back_the_sales_tax_share_its_units_carried_beside_a_discount() -> None:
+    # Contract §4: `sales_tax` lines "are shared by captures and refunds in proportion to
+    # value, as discount lines are". Each unit of A was captured carrying -150 of the
+    # discount and +40 of the sales tax; a refund of one gives back both, each on its own
+    # line (the sales tax line not left holding what the discount line gave back for it).
+    a = {"id": "a", "name": "A", "quantity": 2, "unit_price": 500, "tax_rate": 0}
+    tax = {
+        "id": "tax",
+        "name": "Sales tax",
+        "type": "sales_tax",
+        "quantity": 1,
+        "unit_price": 80,
+        "tax_rate": 0,
+    }
+    psp = Psp(authorized=780)
+    [capture] = plans(psp.sync(order([shipped(a, 2), discount(300), tax])), Kind.CAPTURE)
+    assert {x.reference: x.total_amount for x in capture.lines} == {
+        "a": 1000,
+        "discount": -300,
+        "tax": 80,
+    }
+    [first] = plans(psp.sync(order([shipped(a, 2, 1), discount(300), tax])), Kind.REFUND)
+    assert {x.reference: x.total_amount for x in first.lines} == {
+        "a": 500,
+        "discount": -150,
+        "tax": 40,
+    }
+    # The last unit back takes exactly what each shared line still holds.
+    [last] = plans(psp.sync(order([shipped(a, 2, 2), discount(300), tax])), Kind.REFUND)
+    assert {x.reference: x.total_amount for x in last.lines} == {
+        "a": 500,
+        "discount": -150,
+        "tax": 40,
+    }
+
+
+def test_a_refund_gives_back_both_shares_when_they_cancel_out() -> None:
+    # The discount and sales tax shares of the returned unit are equal and opposite: the
+    # net share is 0, yet each line gives back its own (§4 "as discount lines are").
+    a = {"id": "a", "name": "A", "quantity": 2, "unit_price": 500, "tax_rate": 0}
+    tax = {
+        "id": "tax",
+        "name": "Sales tax",
+        "type": "sales_tax",
+        "quantity": 1,
+        "unit_price": 100,
+        "tax_rate": 0,
+    }
+    psp = Psp(authorized=1000)
+    plans(psp.sync(order([shipped(a, 2), discount(100), tax])), Kind.CAPTURE)
+    [refund] = plans(psp.sync(order([shipped(a, 2, 1), discount(100), tax])), Kind.REFUND)
+    assert refund.amount == 500
+    assert {x.reference: x.total_amount for x in refund.lines} == {
+        "a": 500,
+        "discount": -50,
+        "tax": 50,
+    }

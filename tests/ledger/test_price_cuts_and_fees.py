@@ -114,13 +114,14 @@ def test_a_fee_whose_first_capture_was_made_outside_is_charged_alone(
         assert [k for k, _, _ in kinds(ctx, order_id)][-1] == "release_authorization"
 
 
-def test_a_cancel_after_a_cut_with_nothing_left_to_capture_is_told(
+def test_a_cancel_after_a_cut_with_nothing_left_to_capture_refunds_the_cut(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
     """The e-book captured at checkout (500), then given for free, then the order
-    cancelled before the shoes ship: no capture is left to give the 500 back and §4
-    names no refund for it. The rest (1200) is released and the order is flagged
-    captured_above_total with the figures, told once; before, nobody was told."""
+    cancelled before the shoes ship: no capture is left to give the 500 back. The rest
+    (1200) is released and the 500 refunded (a positive `discount` line naming the
+    e-book, README "Ledger model"): the customer pays what the e-book is worth now;
+    before, the 500 stayed charged and a person was told captured_above_total."""
     order_id, first = klarna_order(ctx, klarna, [EBOOK, SHOES])
     captured_at_checkout(klarna, first.psp_order_id)
     insert_order(ctx, snap(order_id, shipped([EBOOK, SHOES], ebook=1)))
@@ -129,8 +130,43 @@ def test_a_cancel_after_a_cut_with_nothing_left_to_capture_is_told(
     update_snapshot(ctx, snap(order_id, shipped([free, SHOES], ebook=1), 2, status="cancelled"))
     drive(ctx, order_id)
     drive(ctx, order_id)
-    assert [k for k, _, _ in kinds(ctx, order_id)][-1] in ("release_authorization", "cancel")
+    done = [k for k, _, _ in kinds(ctx, order_id)]
+    assert done[-2:] in (["release_authorization", "refund"], ["cancel", "refund"]), done
+    (refund,) = sent(klarna, "/refunds")
+    assert refund["refunded_amount"] == 500
+    assert [
+        (x["reference"], x["type"], x["total_amount"], x["tax_rate"]) for x in refund["order_lines"]
+    ] == [("ebook#price-cut", "discount", 500, 700)]
     psp = klarna.orders[first.psp_order_id]
-    assert (psp.captured_amount, psp.refunded_amount) == (500, 0)
-    codes = [code for _, code in told(ctx, order_id)]
-    assert codes.count("captured_above_total") == 1
+    assert (psp.captured_amount, psp.refunded_amount) == (500, 500)
+    assert "captured_above_total" not in [code for _, code in told(ctx, order_id)]
+
+
+CABLE = {"id": "cable", "name": "Cable", "quantity": 1, "unit_price": 300, "tax_rate": 2000}
+
+
+def test_goods_a_price_cut_pays_for_whole_are_settled_without_a_capture(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """The e-book captured at checkout (500), then given for free; the cable (300)
+    ships: the cut takes its capture whole, so nothing is sent (before: a capture of 1
+    minor unit) and the cable is recorded captured at the money held (a capture of 0);
+    the shoes then carry the 200 left (1000). Klarna captured 1500, the basket."""
+    order_id, first = klarna_order(ctx, klarna, [EBOOK, CABLE, SHOES])
+    captured_at_checkout(klarna, first.psp_order_id)
+    insert_order(ctx, snap(order_id, shipped([EBOOK, CABLE, SHOES], ebook=1)))
+    drive(ctx, order_id)
+    free = {**EBOOK, "unit_price": 0}
+    update_snapshot(ctx, snap(order_id, shipped([free, CABLE, SHOES], ebook=1, cable=1), 2))
+    drive(ctx, order_id)
+    assert sent(klarna, "/captures") == []
+    assert ("capture", "succeeded", 0) in kinds(ctx, order_id)
+    update_snapshot(
+        ctx, snap(order_id, shipped([free, CABLE, SHOES], ebook=1, cable=1, shoes=1), 3)
+    )
+    drive(ctx, order_id)
+    (capture,) = sent(klarna, "/captures")
+    assert capture["captured_amount"] == 1000
+    psp = klarna.orders[first.psp_order_id]
+    row = order_row(ctx, order_id)
+    assert row["captured_amount"] == psp.captured_amount == 1500 == row["desired_amount"]
