@@ -1052,13 +1052,28 @@ class Oracle:
                 and st.captured.get(x["id"], 0) < int(x["quantity"])
                 and x["id"] not in found
             }
-            worth = st.money + sum(v for _, v in due.values())
+            # Going alone they are the last capture of value, so they carry what is left
+            # of the order-level lines (§4: shares "rounded cumulatively so that ... the
+            # shares add up to the discount line's total once everything has shipped");
+            # the captures made outside took the goods at their price, no share (seed
+            # 57197: a surcharge of 370 with a gift card of −299 is a capture of 71).
+            shares = order_total(snap) - sum(
+                line_value(x) for x in snap["lines"] if kind(x) in GOODS | FEES
+            )
+            worth = st.money + sum(v for _, v in due.values()) + shares
             # Charged for that snapshot, before this window's update: against the
             # authorization as it stood then (a basket lowered since, e.g. the fee
             # removed, did not take back what was already captured; §4 step 1, the PSP
             # refuses an amount below what it captured; seed 55354).
-            authorized = max(st.authorized, self._before_update)
-            if due and worth <= authorized + 2 and (not full or worth + 2 >= authorized):
+            authorized = {max(st.authorized, self._before_update)}
+            if order_total(snap) <= min(authorized) or not self.refuses:
+                # Or after the update that worker made first for that snapshot (§4 step
+                # 1, "total or lines changed and not fully captured → update the
+                # authorization"; a raise only where the PSP allows one).
+                authorized.add(order_total(snap))
+            if due and any(
+                worth <= held + 2 and (not full or worth + 2 >= held) for held in authorized
+            ):
                 found.update(due)
         return found
 

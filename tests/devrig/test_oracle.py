@@ -2620,3 +2620,47 @@ def test_goods_shipped_within_rounding_of_what_the_authorization_has_left_may_wa
     exp = oracle.expectation()
     assert exp.lines["l2"].captured_range == (0, 1)
     assert ("needs_attention", "capture_exceeds_authorization") in exp.allowed
+
+
+def test_a_fee_due_alone_carries_what_is_left_of_the_order_level_lines() -> None:
+    """Seed 57197 (Klarna, 4636 authorized): l1 (4565) captured before the first read;
+    with no goods left to capture the surcharge goes alone (README "Fees") and, the last
+    capture, takes all of the gift card (§4: shares "rounded cumulatively so that ... the
+    shares add up to the discount line's total once everything has shipped"): 370 − 299
+    = 71, the rest of the authorization. In the same window the gift card was lowered
+    and l1 raised to two units: charged for the first snapshot, the authorization is
+    fully captured, which §4 step 1 no longer updates ("not fully captured"); the shop
+    is asked for a new order. Timing decides."""
+    oracle = Oracle(4636, refuses_increases=False)
+    oracle.external_capture("l1", 1, 4565)
+    fee = line("l3", 1, 370, type="surcharge")
+    for version, (units, gift) in enumerate([(1, -299), (1, -149), (2, -149)], start=1):
+        goods = [line("l1", units, 4565, type="digital"), line("l2", 1, gift, type="gift_card")]
+        oracle.snapshot(snap(version, [*goods, fee]))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert exp.lines["l3"].captured_range == (0, 1)
+    assert ("needs_new_order", "") in exp.allowed
+
+
+def test_a_fee_due_alone_goes_after_the_update_its_snapshot_asks_for() -> None:
+    """The same with the gift card lowered first (4786 > 4636): a worker acting on that
+    snapshot raises the authorization to it (§4 step 1, the PSP allows raises), then
+    charges the surcharge alone with the rest of the gift card (221): fully captured,
+    the basket grown since is a new payment. Where the PSP refuses raises the fee does
+    not fit (71 left) and waits."""
+    fee = line("l3", 1, 370, type="surcharge")
+    baskets = [(1, -149), (2, -149)]
+    for refuses in (False, True):
+        oracle = Oracle(4636, refuses_increases=refuses)
+        oracle.external_capture("l1", 1, 4565)
+        for version, (units, gift) in enumerate(baskets, start=1):
+            goods = [line("l1", units, 4565, type="digital"), line("l2", 1, gift, type="gift_card")]
+            oracle.snapshot(snap(version, [*goods, fee]))
+        oracle.settle()
+        exp = oracle.expectation()
+        if refuses:
+            assert "l3" not in exp.lines or exp.lines["l3"].captured_range is None
+        else:
+            assert exp.lines["l3"].captured_range == (0, 1)
+            assert ("needs_new_order", "") in exp.allowed
