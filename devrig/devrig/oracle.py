@@ -1547,6 +1547,19 @@ class Oracle:
                 for line_id, units in newly.items():
                     floor = min(max(shipped_then.get(line_id, 0), 0), units)
                     after_overshoot[line_id] = min(after_overshoot.get(line_id, units), floor)
+            position = next(i for i, x in enumerate(self.window) if x is snap)
+            if any(
+                x["status"] == "open" and order_total(x) < st.money + taken + 2
+                for x in self.window[position + 1 : -1]
+            ):
+                # A worker that captured for that snapshot, then acted on a later one of
+                # this window, found that basket below the captures: no capture or
+                # update can follow it (§4 step 1; the PSP refuses an amount below what
+                # it captured), so a person is told, though the basket grew again after
+                # (seed 57924; the captures before the window: below_captures_in_passing
+                # in settle).
+                exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+                exp.outcomes.add("below_a_capture_of_its_window_in_passing")
         if after_overshoot:
             exp.outcomes.add("captured_beyond_a_later_basket_in_one_window")
         st.money += sum(
