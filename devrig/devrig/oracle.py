@@ -667,7 +667,9 @@ class Oracle:
         held_high: int | None = None
         # Step 1 (§4): the authorization follows the basket before anything is captured.
         lows = [order_total(x) for x in self.window if x["status"] == "open"]
-        if self.refuses and st.closed is None and min(lows, default=total) < st.authorized:
+        # (Only an open snapshot is a basket step 1 updates to: a window of cancelled
+        # ones lowers nothing.)
+        if self.refuses and st.closed is None and lows and min(lows) < st.authorized:
             # A worker may have lowered the authorization to an earlier, smaller basket
             # of this window, and the PSP will not raise it again.
             exp.authorized_low = min(exp.authorized_low or st.authorized, *lows)

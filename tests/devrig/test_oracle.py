@@ -2693,3 +2693,17 @@ def test_a_basket_below_a_capture_made_earlier_in_its_window_may_be_flagged() ->
     calm.snapshot(snap(3, [line("l1", 1, 2599, shipped_quantity=1), l2]))
     calm.settle()
     assert ("needs_attention", "captured_above_total") not in calm.expectation().allowed
+
+
+def test_a_window_of_cancelled_snapshots_below_the_authorization_is_judged() -> None:
+    """Found in 59001–60000 (the run stopped on it): where the PSP refuses raises, a
+    window whose snapshots are all cancelled, worth less than the authorization, has no
+    open basket a worker could have lowered the authorization to (§4 step 1 updates an
+    open order; step 4 lets a cancelled one go): nothing is lowered, and the oracle
+    must not fail on the empty list."""
+    oracle = Oracle(1000, refuses_increases=True)
+    oracle.snapshot(snap(1, [line("l1", 1, 500)], status="cancelled"))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert exp.authorization == "cancelled"
+    assert exp.authorized_low is None
