@@ -670,7 +670,9 @@ class Oracle:
         held_high: int | None = None
         # Step 1 (§4): the authorization follows the basket before anything is captured.
         lows = [order_total(x) for x in self.window if x["status"] == "open"]
-        if self.refuses and st.closed is None and min(lows, default=total) < st.authorized:
+        # (Only an open snapshot is a basket step 1 updates to: a window of cancelled
+        # ones lowers nothing.)
+        if self.refuses and st.closed is None and lows and min(lows) < st.authorized:
             # A worker may have lowered the authorization to an earlier, smaller basket
             # of this window, and the PSP will not raise it again.
             exp.authorized_low = min(exp.authorized_low or st.authorized, *lows)
@@ -1055,13 +1057,28 @@ class Oracle:
                 and st.captured.get(x["id"], 0) < int(x["quantity"])
                 and x["id"] not in found
             }
-            worth = st.money + sum(v for _, v in due.values())
+            # Going alone they are the last capture of value, so they carry what is left
+            # of the order-level lines (§4: shares "rounded cumulatively so that ... the
+            # shares add up to the discount line's total once everything has shipped");
+            # the captures made outside took the goods at their price, no share (seed
+            # 57197: a surcharge of 370 with a gift card of −299 is a capture of 71).
+            shares = order_total(snap) - sum(
+                line_value(x) for x in snap["lines"] if kind(x) in GOODS | FEES
+            )
+            worth = st.money + sum(v for _, v in due.values()) + shares
             # Charged for that snapshot, before this window's update: against the
             # authorization as it stood then (a basket lowered since, e.g. the fee
             # removed, did not take back what was already captured; §4 step 1, the PSP
             # refuses an amount below what it captured; seed 55354).
-            authorized = max(st.authorized, self._before_update)
-            if due and worth <= authorized + 2 and (not full or worth + 2 >= authorized):
+            authorized = {max(st.authorized, self._before_update)}
+            if order_total(snap) <= min(authorized) or not self.refuses:
+                # Or after the update that worker made first for that snapshot (§4 step
+                # 1, "total or lines changed and not fully captured → update the
+                # authorization"; a raise only where the PSP allows one).
+                authorized.add(order_total(snap))
+            if due and any(
+                worth <= held + 2 and (not full or worth + 2 >= held) for held in authorized
+            ):
                 found.update(due)
         return found
 
@@ -1535,6 +1552,19 @@ class Oracle:
                 for line_id, units in newly.items():
                     floor = min(max(shipped_then.get(line_id, 0), 0), units)
                     after_overshoot[line_id] = min(after_overshoot.get(line_id, units), floor)
+            position = next(i for i, x in enumerate(self.window) if x is snap)
+            if any(
+                x["status"] == "open" and order_total(x) < st.money + taken + 2
+                for x in self.window[position + 1 : -1]
+            ):
+                # A worker that captured for that snapshot, then acted on a later one of
+                # this window, found that basket below the captures: no capture or
+                # update can follow it (§4 step 1; the PSP refuses an amount below what
+                # it captured), so a person is told, though the basket grew again after
+                # (seed 57924; the captures before the window: below_captures_in_passing
+                # in settle).
+                exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+                exp.outcomes.add("below_a_capture_of_its_window_in_passing")
         if after_overshoot:
             exp.outcomes.add("captured_beyond_a_later_basket_in_one_window")
         st.money += sum(

@@ -2649,3 +2649,90 @@ def test_goods_settled_against_a_price_cut_and_the_cut_left_refunded_are_the_cap
     # Goods settled against no price cut: nothing paid for them.
     unheld = ("settle", 0, [booked("l3", 1, 99), booked("d", 1, -99, type="discount")])
     assert "settled_without_a_cut" in {code for code, _ in check_ledger([first, unheld], exp)}
+
+
+def test_a_fee_due_alone_carries_what_is_left_of_the_order_level_lines() -> None:
+    """Seed 57197 (Klarna, 4636 authorized): l1 (4565) captured before the first read;
+    with no goods left to capture the surcharge goes alone (README "Fees") and, the last
+    capture, takes all of the gift card (§4: shares "rounded cumulatively so that ... the
+    shares add up to the discount line's total once everything has shipped"): 370 − 299
+    = 71, the rest of the authorization. In the same window the gift card was lowered
+    and l1 raised to two units: charged for the first snapshot, the authorization is
+    fully captured, which §4 step 1 no longer updates ("not fully captured"); the shop
+    is asked for a new order. Timing decides."""
+    oracle = Oracle(4636, refuses_increases=False)
+    oracle.external_capture("l1", 1, 4565)
+    fee = line("l3", 1, 370, type="surcharge")
+    for version, (units, gift) in enumerate([(1, -299), (1, -149), (2, -149)], start=1):
+        goods = [line("l1", units, 4565, type="digital"), line("l2", 1, gift, type="gift_card")]
+        oracle.snapshot(snap(version, [*goods, fee]))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert exp.lines["l3"].captured_range == (0, 1)
+    assert ("needs_new_order", "") in exp.allowed
+
+
+def test_a_fee_due_alone_goes_after_the_update_its_snapshot_asks_for() -> None:
+    """The same with the gift card lowered first (4786 > 4636): a worker acting on that
+    snapshot raises the authorization to it (§4 step 1, the PSP allows raises), then
+    charges the surcharge alone with the rest of the gift card (221): fully captured,
+    the basket grown since is a new payment. Where the PSP refuses raises the fee does
+    not fit (71 left) and waits."""
+    fee = line("l3", 1, 370, type="surcharge")
+    baskets = [(1, -149), (2, -149)]
+    for refuses in (False, True):
+        oracle = Oracle(4636, refuses_increases=refuses)
+        oracle.external_capture("l1", 1, 4565)
+        for version, (units, gift) in enumerate(baskets, start=1):
+            goods = [line("l1", units, 4565, type="digital"), line("l2", 1, gift, type="gift_card")]
+            oracle.snapshot(snap(version, [*goods, fee]))
+        oracle.settle()
+        exp = oracle.expectation()
+        if refuses:
+            assert "l3" not in exp.lines or exp.lines["l3"].captured_range is None
+        else:
+            assert exp.lines["l3"].captured_range == (0, 1)
+            assert ("needs_new_order", "") in exp.allowed
+
+
+def test_a_basket_below_a_capture_made_earlier_in_its_window_may_be_flagged() -> None:
+    """Seed 57924 (Klarna, 5198 authorized): in one window one of two units shipped, the
+    quantity lowered to the one shipped, its price cut to 2549 and later to 2499, then a
+    new line added. A worker that acted on the 2549 snapshot lowered the authorization
+    to it and captured the unit (§4 steps 1-2); the 2499 snapshot was then below the
+    captures, which no capture or update can follow (the PSP refuses an amount below
+    what it captured), and a person is told (captured_above_total), though the basket
+    grew again after."""
+    oracle = Oracle(5198, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 2, 2599)]))
+    oracle.settle()
+    prices = [(2, 2599), (1, 2599), (1, 2549), (1, 2499)]
+    for version, (qty, price) in enumerate(prices, start=2):
+        oracle.snapshot(snap(version, [line("l1", qty, price, shipped_quantity=1)]))
+    l2 = line("l2", 1, 175, type="digital")
+    oracle.snapshot(snap(6, [line("l1", 1, 2499, shipped_quantity=1), l2]))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert ("needs_attention", "captured_above_total") in exp.allowed
+    # With nothing captured before a later basket stays above it, nothing is allowed.
+    calm = Oracle(5198, refuses_increases=False)
+    calm.snapshot(snap(1, [line("l1", 2, 2599)]))
+    calm.settle()
+    calm.snapshot(snap(2, [line("l1", 1, 2599, shipped_quantity=1)]))
+    calm.snapshot(snap(3, [line("l1", 1, 2599, shipped_quantity=1), l2]))
+    calm.settle()
+    assert ("needs_attention", "captured_above_total") not in calm.expectation().allowed
+
+
+def test_a_window_of_cancelled_snapshots_below_the_authorization_is_judged() -> None:
+    """Found in 59001–60000 (the run stopped on it): where the PSP refuses raises, a
+    window whose snapshots are all cancelled, worth less than the authorization, has no
+    open basket a worker could have lowered the authorization to (§4 step 1 updates an
+    open order; step 4 lets a cancelled one go): nothing is lowered, and the oracle
+    must not fail on the empty list."""
+    oracle = Oracle(1000, refuses_increases=True)
+    oracle.snapshot(snap(1, [line("l1", 1, 500)], status="cancelled"))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert exp.authorization == "cancelled"
+    assert exp.authorized_low is None

@@ -657,3 +657,37 @@ def test_a_cancelled_order_holding_a_fee_with_its_sales_tax_share_is_not_flagged
     )
     released = OrderView(cancelled, psp(989, captured=989), history=history)
     assert plan_next(released, allow_all) == Done()
+
+
+def test_a_cancelled_order_whose_units_went_back_unnamed_is_not_flagged_above() -> None:
+    """Seed 59160 (Klarna): a unit of l1 captured before the first read at 3526, l1 cut
+    to 3226, the unit refunded in the portal (the PSP names no lines, the shop marks
+    nothing returned), the order cancelled. The PSP holds nothing: captured 3526,
+    refunded 3526. Telling a person "captured 3526 for goods now worth 3226" would be
+    false; money refunded without named units counts against an over-charge."""
+    from domain.snapshot import LineType
+
+    goods = {
+        "id": "l1",
+        "name": "coat",
+        "type": "physical",
+        "quantity": 3,
+        "unit_price": 3226,
+        "tax_rate": 1900,
+    }
+    cancelled = order([goods], status="cancelled")
+    captured = PastOperation(
+        Kind.CAPTURE,
+        "succeeded",
+        3526,
+        (PspLine("l1", "coat", LineType.PHYSICAL, 1, 3526, 1900, 3526, 0, 563),),
+        external=True,
+    )
+    unnamed = PastOperation(Kind.REFUND, "succeeded", 3526, (), external=True)
+    figures = psp(3526, captured=3526, refunded=3526)
+    view = OrderView(cancelled, figures, history=(captured, unnamed))
+    assert plan_next(view, allow_all) == Done()
+    # Not refunded, the unit is held above its price now: a person is told.
+    view = OrderView(cancelled, psp(3526, captured=3526), history=(captured,))
+    decision = plan_next(view, allow_all)
+    assert isinstance(decision, Flag) and decision.code == "captured_above_total"
