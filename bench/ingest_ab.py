@@ -86,7 +86,11 @@ def _run(args: argparse.Namespace) -> int:
             url = database_named(bench.database_url, database)
             env = {**os.environ, **bench.env, "DATABASE_URL": url}
             subprocess.run(
-                [sys.executable, "-m", "cli", "migrate"], cwd=tree.resolve(), env=env, check=True
+                [sys.executable, "-m", "cli", "migrate"],
+                cwd=tree.resolve(),
+                env=env,
+                check=True,
+                capture_output=True,
             )
             servers[name] = bench.web(name, env={_TREE: str(tree.resolve()), "DATABASE_URL": url})
         postgres = _postgres_pid(bench)
