@@ -6,7 +6,9 @@ loads; a change of a few per cent of the web process's CPU is lost between them.
 one Postgres and one Redis serve the naive baseline, the web process of TREE_A and the
 web process of TREE_B (each `ordersync web` started in its tree, e.g. a `git archive` of
 a commit), and short rounds of signed shop webhooks at 32 connections go to each in
-turn, so that every round of each sees nearly the same load. Per round: the rate, the
+turn, so that every round of each sees nearly the same load. Each tree's server has a
+database of its own in that Postgres, migrated by that tree's migrations: a change of
+the schema (an index fewer) is part of what is compared. Per round: the rate, the
 p99 and the CPU the server's process tree and Postgres used per request; then, per
 server, the rate and CPU ratios to the baseline of the same round. Diagnostic: it
 holds no target (`python -m bench ingest` does).
@@ -22,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from devrig.devstack import free_port, wait_http
+from devrig.devstack import database_named, free_port, wait_http
 
 from bench.baseline_app import TABLE_SQL
 from bench.common import percentile, stack, uvicorn_command
@@ -78,7 +80,19 @@ def _run(args: argparse.Namespace) -> int:
         wait_http(f"{servers['baseline']}/healthz", process=baseline)
         for label, tree in zip("AB", args.trees, strict=True):
             name = f"{label}:{tree.resolve().name}"
-            servers[name] = bench.web(name, env={_TREE: str(tree.resolve())})
+            database = f"ab_{label.lower()}"
+            with bench.db() as conn:
+                conn.execute(f"CREATE DATABASE {database}")
+            url = database_named(bench.database_url, database)
+            env = {**os.environ, **bench.env, "DATABASE_URL": url}
+            subprocess.run(
+                [sys.executable, "-m", "cli", "migrate"],
+                cwd=tree.resolve(),
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            servers[name] = bench.web(name, env={_TREE: str(tree.resolve()), "DATABASE_URL": url})
         postgres = _postgres_pid(bench)
         secret = bench.env["SHOP_WEBHOOK_SECRETS"].split()[0]
         for r in range(args.rounds):

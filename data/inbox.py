@@ -32,16 +32,15 @@ def compact(sql: str) -> str:
 # An Adyen notification that matched nothing once (`unmatched`: another system's payment
 # on a shared merchant account, usually) leaves the backlog: it is counted on its own
 # (UNMATCHED), so the backlog's age measures only what we have not tried yet.
+# Only Adyen notifications are ever unprocessed (shop events are stored processed), and
+# each unprocessed one has its row in `adyen_due` (migration 0222): both count those.
 BACKLOG = """
-SELECT source, count(*) AS backlog,
+SELECT 'adyen' AS source, count(*) AS backlog,
        extract(epoch FROM now() - min(received_at))::float8 AS oldest
-FROM inbox WHERE processed_at IS NULL AND outcome IS DISTINCT FROM 'unmatched'
-GROUP BY source
+FROM adyen_due WHERE NOT unmatched
+HAVING count(*) > 0
 """
-UNMATCHED = """
-SELECT count(*) AS unmatched FROM inbox
-WHERE processed_at IS NULL AND outcome = 'unmatched'
-"""
+UNMATCHED = "SELECT count(*) AS unmatched FROM adyen_due WHERE unmatched"
 
 RECENT_FOR_ORDER = """
 SELECT recent.*, b.payload
@@ -259,25 +258,31 @@ STORE_SHOP_EVENTS = compact(STORE_SHOP_EVENTS_TEXT)
 # act on) or `invalid` (one we act on, that fails its checks): the operator sees it,
 # the worker never picks it up, and Adyen is not asked to send it again.
 # A key repeated within one request is stored once, with its first item's body (the
-# first row inserted takes the key; the later ones conflict).
+# first row inserted takes the key; the later ones conflict). An unprocessed one is
+# due for the sweep (`adyen_due`, below).
 STORE_ADYEN_ITEMS = """
 WITH item AS (
     SELECT e.v, e.n FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(v, n)
 ), stored AS (
     INSERT INTO inbox (source, event_key, event_type, order_id, processed_at, outcome)
     SELECT 'adyen', i.v->>'key', i.v->>'type',
-           (SELECT id FROM orders WHERE provider = 'adyen' AND psp_order_id = i.v->>'payment'),
+           -- By the case-insensitive unique index (migration 0221), then exactly.
+           (SELECT id FROM orders WHERE provider = 'adyen'
+              AND lower(psp_order_id) = lower(i.v->>'payment') AND psp_order_id = i.v->>'payment'),
            CASE WHEN i.v->>'outcome' IS NOT NULL THEN now() END,
            i.v->>'outcome'
     FROM item i
     ORDER BY i.n
     ON CONFLICT (source, event_key) DO NOTHING
-    RETURNING id, event_key, outcome
+    RETURNING id, event_key, outcome, received_at
 ), bodies AS (
     INSERT INTO inbox_bodies (inbox_id, payload)
     SELECT s.id, (SELECT i.v->'payload' FROM item i WHERE i.v->>'key' = s.event_key
                   ORDER BY i.n LIMIT 1)
     FROM stored s
+), due AS (
+    INSERT INTO adyen_due (inbox_id, received_at)
+    SELECT id, received_at FROM stored WHERE outcome IS NULL
 )
 SELECT id, outcome FROM stored
 """
@@ -330,33 +335,39 @@ def version_received_at(
 
 # -- Adyen notifications (workers/adyen_inbox.py) -------------------------------------
 
+# When each unprocessed notification is next due is kept in `adyen_due` (migration 0222),
+# one row per unprocessed notification, the size of the sweep's working set: stored with
+# the notification (STORE_ADYEN_ITEMS), moved by an offer and by a miss, deleted when the
+# notification is processed or failed, written again by a reprocess. Each statement
+# below that changes a notification's processed state changes its row in the same
+# statement. An offer updates that small row, never the inbox's (whose every update
+# wrote an entry into each of its indexes, deeper as the inbox grows).
+
 # Unprocessed notifications, by when each is next due; each offered one is pushed back by
 # its own age (capped), so one that matches nothing for hours cannot crowd out the rest.
 # Handed out oldest first: an UPDATE's RETURNING follows no ORDER BY, and the order in
 # which notifications are processed must not depend on the table's physical layout.
 DUE_NOTIFICATIONS = """
 WITH offered AS (
-UPDATE inbox
-SET next_attempt_at = now() + least(CASE WHEN outcome = 'unmatched' THEN interval '1 hour'
+UPDATE adyen_due
+SET next_attempt_at = now() + least(CASE WHEN unmatched THEN interval '1 hour'
                                          ELSE interval '5 minutes' END,
                                     greatest(make_interval(secs => %(grace)s),
                                              now() - received_at))
-WHERE id IN (
-    SELECT id FROM inbox
-    WHERE source = 'adyen' AND processed_at IS NULL
-      -- Implied by the next line (the grace is never negative), and the expression of
-      -- inbox_unprocessed_due: a scan of that index stops at the first notification not
-      -- yet due rather than read every unprocessed one (the backed-off ones, and each
-      -- one's old versions).
-      AND coalesce(next_attempt_at, received_at) <= now()
+WHERE inbox_id IN (
+    SELECT inbox_id FROM adyen_due
+    -- Implied by the next line (the grace is never negative), and the expression of
+    -- adyen_due_at: a scan of that index stops at the first notification not yet due
+    -- rather than read every unprocessed one.
+    WHERE coalesce(next_attempt_at, received_at) <= now()
       AND coalesce(next_attempt_at, received_at + make_interval(secs => %(grace)s)) <= now()
     ORDER BY coalesce(next_attempt_at, received_at)
     LIMIT %(batch)s
     FOR UPDATE SKIP LOCKED
 )
-RETURNING id, received_at
+RETURNING inbox_id, received_at
 )
-SELECT id FROM offered ORDER BY received_at, id
+SELECT inbox_id AS id FROM offered ORDER BY received_at, inbox_id
 """
 LOCK_NOTIFICATION = """
 SELECT i.*, b.payload, extract(epoch FROM now() - i.received_at)::float8 AS age_seconds
@@ -367,14 +378,18 @@ WHERE i.id = %(id)s AND i.source = 'adyen' FOR UPDATE OF i
 # not ours is looked at a few times a day, not at every sweep; and once more when its
 # orphan cut-off comes, to be recorded orphaned then.
 MARK_UNMATCHED = """
-UPDATE inbox SET outcome = 'unmatched',
-                 next_attempt_at = least(
-                     now() + least(interval '1 hour',
-                                   greatest(interval '1 minute', now() - received_at)),
-                     greatest(now(), received_at + make_interval(secs => %(orphan)s)))
-WHERE id = %(id)s
+WITH due AS (
+    UPDATE adyen_due
+    SET unmatched = true,
+        next_attempt_at = least(
+            now() + least(interval '1 hour', greatest(interval '1 minute', now() - received_at)),
+            greatest(now(), received_at + make_interval(secs => %(orphan)s)))
+    WHERE inbox_id = %(id)s
+)
+UPDATE inbox SET outcome = 'unmatched' WHERE id = %(id)s
 """
 MARK_PROCESSED = """
+WITH due AS (DELETE FROM adyen_due WHERE inbox_id = %(id)s)
 UPDATE inbox SET processed_at = now(), outcome = %(outcome)s,
                  order_id = coalesce(order_id, %(order_id)s)
 WHERE id = %(id)s
@@ -397,9 +412,14 @@ def mark_processed(
 
 # A notification the worker cannot get past (workers/poison.py): processed, `failed`.
 FAIL_NOTIFICATION = """
-UPDATE inbox SET processed_at = now(), outcome = 'failed'
-WHERE id = %(id)s AND processed_at IS NULL
-RETURNING order_id
+WITH failed AS (
+    UPDATE inbox SET processed_at = now(), outcome = 'failed'
+    WHERE id = %(id)s AND processed_at IS NULL
+    RETURNING id, order_id
+), due AS (
+    DELETE FROM adyen_due WHERE inbox_id IN (SELECT id FROM failed)
+)
+SELECT order_id FROM failed
 """
 
 
@@ -410,10 +430,17 @@ def fail_notification(conn: Connection[Row], inbox_id: int) -> Row | None:
 # An operator's reprocess (service/operator_actions.py): a notification that failed or
 # matched nothing is offered to the worker again, as if it had just been stored.
 REPROCESS_NOTIFICATION = """
-UPDATE inbox SET processed_at = NULL, outcome = NULL, next_attempt_at = NULL
-WHERE id = %(id)s AND source = 'adyen' AND outcome IN ('failed', 'orphaned')
-  AND EXISTS (SELECT 1 FROM inbox_bodies WHERE inbox_id = %(id)s)
-RETURNING id, order_id, outcome
+WITH again AS (
+    UPDATE inbox SET processed_at = NULL, outcome = NULL
+    WHERE id = %(id)s AND source = 'adyen' AND outcome IN ('failed', 'orphaned')
+      AND EXISTS (SELECT 1 FROM inbox_bodies WHERE inbox_id = %(id)s)
+    RETURNING id, order_id, outcome, received_at
+), due AS (
+    INSERT INTO adyen_due (inbox_id, received_at)
+    SELECT id, received_at FROM again
+    ON CONFLICT (inbox_id) DO UPDATE SET next_attempt_at = NULL, unmatched = false
+)
+SELECT id, order_id, outcome FROM again
 """
 NOTIFICATION = "SELECT id, order_id, outcome FROM inbox WHERE id = %(id)s AND source = 'adyen'"
 

@@ -1074,11 +1074,11 @@ def park_operations(conn: Connection[Row], order_id: str) -> None:
 
 # The operation a modification notification answers: by the modification's pspReference,
 # or by our operation id (the request's `reference`) when the sender has not recorded
-# that reference yet.
+# that reference yet. The order by the case-insensitive unique index, then exactly.
 MATCH_OPERATION = """
 SELECT o.id, o.order_id FROM operations o JOIN orders r ON r.id = o.order_id
 WHERE r.provider = 'adyen'
-  AND r.psp_order_id = %(payment)s
+  AND lower(r.psp_order_id) = lower(%(payment)s) AND r.psp_order_id = %(payment)s
   AND (o.psp_reference = %(psp)s OR o.id = %(op_id)s)
 ORDER BY (o.psp_reference IS NOT DISTINCT FROM %(psp)s) DESC
 LIMIT 1
@@ -1119,7 +1119,13 @@ SET status = %(status)s, psp_reference = coalesce(psp_reference, %(psp)s), error
     next_attempt_at = NULL, lease_token = NULL, lease_until = NULL, updated_at = now()
 WHERE id = %(id)s
 """
-ADYEN_ORDER = "SELECT id FROM orders WHERE provider = 'adyen' AND psp_order_id = %(payment)s"
+# Payment ids are looked up by the case-insensitive unique index (migration 0221: the
+# exact one is gone), then matched exactly.
+ADYEN_ORDER = """
+SELECT id FROM orders
+WHERE provider = 'adyen' AND lower(psp_order_id) = lower(%(payment)s)
+  AND psp_order_id = %(payment)s
+"""
 MARK_EXPIRED = """
 UPDATE orders SET psp_status = 'expired', authorized_amount = captured_amount,
                   updated_at = now()

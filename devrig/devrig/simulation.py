@@ -131,6 +131,9 @@ WITH ops AS (
 ), notifications AS (
     UPDATE inbox SET received_at = received_at - interval '2 hours'
     WHERE source = 'adyen' AND processed_at IS NULL
+), due AS (
+    -- The sweep's copy of their age (data/inbox.py, adyen_due).
+    UPDATE adyen_due SET received_at = received_at - interval '2 hours'
 )
 SELECT kind FROM operations
 WHERE %(leases)s AND order_id = ANY(%(ids)s) AND status = 'sent' AND lease_until < now()
@@ -1458,8 +1461,10 @@ class Gaps(Draws):
         if self.orphans:
             # A day passes for what matched nothing (only the history's orphans do).
             sim.own.execute(
-                "UPDATE inbox SET received_at = received_at - make_interval(secs => %(s)s),"
-                " next_attempt_at = now() - interval '1 second'"
+                "WITH due AS (UPDATE adyen_due"
+                " SET received_at = received_at - make_interval(secs => %(s)s),"
+                " next_attempt_at = now() - interval '1 second' WHERE unmatched)"
+                " UPDATE inbox SET received_at = received_at - make_interval(secs => %(s)s)"
                 " WHERE source = 'adyen' AND processed_at IS NULL AND outcome = 'unmatched'",
                 {"s": sim.settings.notification_orphan_seconds + 60},
             )
@@ -2941,11 +2946,13 @@ def run_seeds(
 # history after a DELETE as from fresh tables (docs/simulation-speed.md). The dead rows a
 # DELETE leaves are dropped with the files by a TRUNCATE every FRESH_EVERY histories, so
 # the tables stay a few pages long however long the run.
-EMPTY_TABLES = "TRUNCATE outbox, operations, inbox, inbox_bodies, adyen_payments, orders CASCADE"
+EMPTY_TABLES = (
+    "TRUNCATE outbox, operations, inbox, inbox_bodies, adyen_due, adyen_payments, orders CASCADE"
+)
 # Children first (operations and outbox reference orders).
 DELETE_ROWS = (
     "DELETE FROM outbox; DELETE FROM operations; DELETE FROM inbox; DELETE FROM inbox_bodies;"
-    " DELETE FROM adyen_payments; DELETE FROM orders"
+    " DELETE FROM adyen_due; DELETE FROM adyen_payments; DELETE FROM orders"
 )
 FRESH_EVERY = 25
 

@@ -93,3 +93,12 @@ def test_ingest_ab_smallest_runs(capsys: pytest.CaptureFixture[str]) -> None:
     assert ingest_ab.main([str(ROOT), str(ROOT), "--rounds", "1", "--requests", "100"]) == 0
     out = capsys.readouterr().out
     assert "A:" in out and "B:" in out and "web CPU" in out
+
+
+@pytest.mark.timeout(300)
+def test_ingest_statement_smallest_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import ingest_statement
+
+    assert ingest_statement.main([str(ROOT), str(ROOT), "--batches", "2", "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "WAL" in out and "baseline" in out and "Btree/INSERT_LEAF" in out

@@ -157,3 +157,72 @@ def test_the_inbox_bodies_migration_moves_every_body_and_keeps_pruned_rows(
             ("msg_4", None),
             ("msg_5", None),
         ]
+
+
+def test_the_adyen_due_migration_copies_each_unprocessed_notification_and_rolls_back(
+    fresh_database: str,
+) -> None:
+    _migrate_before(fresh_database, "0222")
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute(
+            """
+            INSERT INTO inbox (source, event_key, event_type, received_at, processed_at,
+                               outcome, next_attempt_at)
+            VALUES ('adyen', 'new', 'CAPTURE', '2026-01-01Z', NULL, NULL, NULL),
+                   ('adyen', 'offered', 'CAPTURE', '2026-01-02Z', NULL, NULL, '2026-01-03Z'),
+                   ('adyen', 'missed', 'CAPTURE', '2026-01-04Z', NULL, 'unmatched',
+                    '2026-01-05Z'),
+                   ('adyen', 'done', 'CAPTURE', '2026-01-06Z', '2026-01-06Z', 'applied', NULL),
+                   ('shop', 'msg', 'order.updated', '2026-01-07Z', '2026-01-07Z', 'applied',
+                    NULL)
+            """
+        )
+    applied = migrate(fresh_database)
+    assert "0222_adyen_due" in applied
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        due = conn.execute(
+            "SELECT i.event_key, d.received_at = i.received_at AS same_age,"
+            " d.next_attempt_at::text, d.unmatched"
+            " FROM adyen_due d JOIN inbox i ON i.id = d.inbox_id ORDER BY i.id"
+        ).fetchall()
+        assert due == [
+            ("new", True, None, False),
+            ("offered", True, "2026-01-03 00:00:00+00", False),
+            ("missed", True, "2026-01-05 00:00:00+00", True),
+        ]
+        gone = conn.execute(
+            "SELECT count(*) FROM pg_indexes WHERE indexname IN"
+            " ('inbox_unprocessed', 'inbox_unprocessed_due', 'one_order_per_payment')"
+        ).fetchone()
+        assert gone == (0,)
+    backend = get_backend(_yoyo_url(fresh_database))
+    try:
+        with backend.lock():
+            backend.rollback_migrations(
+                MigrationList(
+                    m for m in _migrations() if m.id in ("0222_adyen_due", "0221_implied_indexes")
+                )
+            )
+    finally:
+        backend.connection.close()
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        back = conn.execute(
+            "SELECT event_key, next_attempt_at::text FROM inbox ORDER BY id"
+        ).fetchall()
+        assert back == [
+            ("new", None),
+            ("offered", "2026-01-03 00:00:00+00"),
+            ("missed", "2026-01-05 00:00:00+00"),
+            ("done", None),
+            ("msg", None),
+        ]
+        indexes = conn.execute(
+            "SELECT indexname FROM pg_indexes WHERE indexname IN"
+            " ('inbox_unprocessed', 'inbox_unprocessed_due', 'one_order_per_payment')"
+            " ORDER BY 1"
+        ).fetchall()
+        assert indexes == [
+            ("inbox_unprocessed",),
+            ("inbox_unprocessed_due",),
+            ("one_order_per_payment",),
+        ]

@@ -138,8 +138,10 @@ def notify(
         }
         row = conn.execute(
             "WITH stored AS (INSERT INTO inbox (source, event_key, event_type, order_id) "
-            "VALUES ('adyen', %s, %s, %s) RETURNING id), "
-            "body AS (INSERT INTO inbox_bodies (inbox_id, payload) SELECT id, %s FROM stored) "
+            "VALUES ('adyen', %s, %s, %s) RETURNING id, received_at), "
+            "body AS (INSERT INTO inbox_bodies (inbox_id, payload) SELECT id, %s FROM stored), "
+            "due AS (INSERT INTO adyen_due (inbox_id, received_at) "
+            "SELECT id, received_at FROM stored) "
             "SELECT id FROM stored",
             (f"{psp}:{event}:{success}:{uuid.uuid4()}{suffix}", event, op["order_id"], Jsonb(item)),
         ).fetchone()

@@ -88,9 +88,11 @@ def test_an_orphan_notification_backs_off_and_leaves_the_backlog(
     item = _item()
     with stack.db() as conn:
         row = conn.execute(
-            "WITH stored AS (INSERT INTO inbox (source, event_key, event_type, next_attempt_at)"
-            " VALUES ('adyen', %s, 'CAPTURE', now() + interval '1 hour') RETURNING id),"
-            " body AS (INSERT INTO inbox_bodies (inbox_id, payload) SELECT id, %s FROM stored)"
+            "WITH stored AS (INSERT INTO inbox (source, event_key, event_type)"
+            " VALUES ('adyen', %s, 'CAPTURE') RETURNING id, received_at),"
+            " body AS (INSERT INTO inbox_bodies (inbox_id, payload) SELECT id, %s FROM stored),"
+            " due AS (INSERT INTO adyen_due (inbox_id, received_at, next_attempt_at)"
+            " SELECT id, received_at, now() + interval '1 hour' FROM stored)"
             " SELECT id FROM stored",
             (event_key(item), Jsonb(item)),
         ).fetchone()
@@ -100,7 +102,7 @@ def test_an_orphan_notification_backs_off_and_leaves_the_backlog(
         assert outcome.outcome == "unmatched"
         after = conn.execute(
             "SELECT outcome, processed_at, extract(epoch FROM next_attempt_at - now()) AS wait"
-            " FROM inbox WHERE id = %s",
+            " FROM inbox JOIN adyen_due ON inbox_id = id WHERE id = %s",
             (row["id"],),
         ).fetchone()
     assert after is not None
@@ -126,6 +128,7 @@ def test_an_orphan_notification_backs_off_and_leaves_the_backlog(
     assert float(line.split()[-1]) >= 1
     with stack.db() as conn:  # out of the other tests' way
         conn.execute("DELETE FROM inbox_bodies WHERE inbox_id = %s", (row["id"],))
+        conn.execute("DELETE FROM adyen_due WHERE inbox_id = %s", (row["id"],))
         conn.execute("DELETE FROM inbox WHERE id = %s", (row["id"],))
 
 

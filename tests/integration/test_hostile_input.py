@@ -478,9 +478,12 @@ def test_notification_a_task_cannot_process_is_recorded(stack: Stack) -> None:
         # Stored before this change made the edge check items: no pspReference at all.
         row = conn.execute(
             "WITH stored AS (INSERT INTO inbox (source, event_key, event_type, received_at)"
-            " VALUES ('adyen', %s, 'CAPTURE', now() - interval '1 minute') RETURNING id),"
+            " VALUES ('adyen', %s, 'CAPTURE', now() - interval '1 minute')"
+            " RETURNING id, received_at),"
             " body AS (INSERT INTO inbox_bodies (inbox_id, payload)"
-            ' SELECT id, \'{"eventCode": "CAPTURE"}\' FROM stored)'
+            ' SELECT id, \'{"eventCode": "CAPTURE"}\' FROM stored),'
+            " due AS (INSERT INTO adyen_due (inbox_id, received_at)"
+            " SELECT id, received_at FROM stored)"
             " SELECT id FROM stored",
             (key,),
         ).fetchone()

@@ -360,8 +360,10 @@ def adyen_notification(ctx: WorkerContext, item: dict[str, Any]) -> int:
     with ctx.pool.connection() as conn, conn.transaction():
         row = conn.execute(
             "WITH stored AS (INSERT INTO inbox (source, event_key, event_type)"
-            " VALUES ('adyen', %s, %s) RETURNING id),"
-            " body AS (INSERT INTO inbox_bodies (inbox_id, payload) SELECT id, %s FROM stored)"
+            " VALUES ('adyen', %s, %s) RETURNING id, received_at),"
+            " body AS (INSERT INTO inbox_bodies (inbox_id, payload) SELECT id, %s FROM stored),"
+            " due AS (INSERT INTO adyen_due (inbox_id, received_at)"
+            " SELECT id, received_at FROM stored)"
             " SELECT id FROM stored",
             (str(uuid.uuid4()), item["eventCode"], Jsonb(item)),
         ).fetchone()
