@@ -33,7 +33,7 @@ from tests.ledger.harness import (
 )
 from tests.ledger.test_ledger_regressions import adyen_notification, drive, klarna_order
 from tests.seed_basket import SHOES, SOCKS
-from workers import adyen_inbox
+from workers import adyen_inbox, crashpoints, reconcile
 from workers.context import WorkerContext
 from workers.reconcile import Reconciler, _not_behind, rejection_flag
 
@@ -456,6 +456,7 @@ def test_adyen_a_failed_chargeback_is_not_counted_and_a_person_is_told(ctx: Work
     assert (row["captured_amount"], row["refunded_amount"]) == (0, 0)
     reason = row["flag_reason"]["needs_attention"]
     assert reason["code"] == "external_change" and "CHARGEBACK CA1" in reason["message"]
+    assert "not counted" in reason["message"]  # what the person reads it came to
     # Money that may have moved and could not be counted: a person looks first, and
     # nothing automatic goes on until an operator's reconcile.
     assert reason["halts"] is True
@@ -859,3 +860,18 @@ def test_adyen_an_increase_adyen_confirms_clears_the_request_for_a_new_order(
         assert "needs_new_order" not in order_row(ctx, order_id)["flags"]
     finally:
         ctx.close()
+
+
+def test_the_reenqueue_is_a_crash_point_the_fault_suite_can_arm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # workers/crashpoints.py: the fault suite kills the worker at the points POINTS
+    # names; a point named otherwise never fires, and the deaths it stands for (a worker
+    # gone between its commit and the re-enqueue) are never tried.
+    named: list[str] = []
+    monkeypatch.setattr(reconcile, "crash_point", named.append)
+    enqueued: list[tuple[str, float]] = []
+    owner: Any = SimpleNamespace(enqueue=lambda order, delay: enqueued.append((order, delay)))
+    Reconciler._schedule(owner, "o1", 0.5)
+    assert named == ["in_reenqueue"] and set(named) <= set(crashpoints.POINTS)
+    assert enqueued == [("o1", 0.5)]
