@@ -347,7 +347,11 @@ def test_adyen_a_failed_capture_is_sent_again_later_then_fails_with_a_flag(
         (op,) = operations(ctx, order_id)
         assert op["status"] == "failed" and op["error"]["code"] == "CAPTURE"
         reason = order_row(ctx, order_id)["flag_reason"]["needs_attention"]
-        assert reason["code"] == "retries_exhausted"
+        # The person reads what Adyen reported (no reason given: the capture failed).
+        assert (reason["code"], reason["message"]) == (
+            "retries_exhausted",
+            "CAPTURE: capture failed",
+        )
         # Recorded against its order, which is reconciled after it (the shop is told).
         assert _inbox_row(ctx, last_id)["order_id"] == order_id
         assert len(delays) == told + 1
@@ -404,6 +408,8 @@ def test_a_later_read_showing_money_moved_elsewhere_is_counted_and_flagged(
     # flagged external_change.
     reason = row["flag_reason"]["needs_attention"]
     assert reason["code"] == "external_change" and "without this service" in reason["message"]
+    # ... and the person reads what the service did with it and what a reconcile does.
+    assert "never repeated; an operator's reconcile takes the PSP's figures" in reason["message"]
 
 
 def _succeeded(kind: str, amount: int) -> Any:
