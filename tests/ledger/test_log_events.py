@@ -296,3 +296,31 @@ def test_a_read_of_the_psps_order_is_logged_with_its_outcome_and_http_status(
     assert (
         read.items() >= {"order_id": order_id, "outcome": "succeeded", "http_status": 200}.items()
     )
+
+
+def test_a_retry_is_logged_with_its_back_off_and_the_order_waits_for_it(
+    ctx: WorkerContext, klarna: FakeKlarna, events: list[MutableMapping[str, Any]]
+) -> None:
+    # Klarna asks to come back later (429, Retry-After): the operator reads the attempt
+    # and the back-off the retry waits for, and a run before it is due says so.
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
+    busy = httpx.Response(429, headers={"Retry-After": "30"})
+    klarna.fault("POST", "/captures", lambda _r: (False, busy))
+    events.clear()
+    Reconciler(ctx, lambda *_: None).run(order_id)
+    retry = only(events, "operation_retry_scheduled")
+    assert retry["attempts"] == 1 and retry["delay_seconds"] >= 30, retry
+    assert Reconciler(ctx, lambda *_: None).run(order_id) == "backing_off"
+
+
+def test_an_operation_adyen_took_is_logged_with_adyens_reference(
+    database_url: str, events: list[MutableMapping[str, Any]]
+) -> None:
+    # Adyen answers `received` with its pspReference; its notification settles the
+    # operation later, and the operator finds it under that reference.
+    with adyen_awaiting(database_url) as (ctx, order_id, _payment):
+        (op,) = operations(ctx, order_id)
+    assert (
+        only(events, "operation_awaiting_notification").items()
+        >= {"order_id": order_id, "operation_id": str(op["id"]), "psp_reference": "MOD1"}.items()
+    )

@@ -881,3 +881,25 @@ def test_the_reenqueue_is_a_crash_point_the_fault_suite_can_arm(
     Reconciler._schedule(owner, "o1", 0.5)
     assert named == ["in_reenqueue"] and set(named) <= set(crashpoints.POINTS)
     assert enqueued == [("o1", 0.5)]
+
+
+def test_a_klarna_increase_that_succeeds_clears_the_request_for_a_new_order(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # Contract §4: `needs_new_order` asks the shop for a new payment; once an increase
+    # succeeds the authorization covers the basket, and the flag is cleared then, not
+    # only once the order is in sync: here the capture after it is refused, and the
+    # order waits for a person. (Refused before for another total: this one is asked.)
+    order_id, snap = klarna_order(ctx, klarna, [SHOES])
+    insert_order(ctx, snap, authorized=snap.total)
+    with ctx.pool.connection() as conn, conn.transaction():
+        store.set_flag(conn, order_id, "needs_new_order", {"code": "refused"}, 1800)
+    update_snapshot(ctx, snapshot(order_id, shipped([SHOES, SOCKS], shoes=1), version=2))
+    forbidden = httpx.Response(403, json={"error_code": "NOT_ALLOWED"})
+    klarna.fault("POST", "/captures", lambda _r: (False, forbidden))
+    drive(ctx, order_id)
+    assert [(o["kind"], o["status"]) for o in operations(ctx, order_id)] == [
+        ("update_authorization", "succeeded"),
+        ("capture", "rejected"),
+    ]
+    assert order_row(ctx, order_id)["flags"] == ["needs_attention"]
