@@ -264,6 +264,11 @@ def test_a_psp_call_is_one_info_line_carrying_the_plan(
             "target_version": op["target_version"],
         }.items()
     )
+    # The plan's DEBUG line carries the same, for whoever turns DEBUG on.
+    assert (
+        only(events, "operation_planned").items()
+        >= {"operation": "capture", "amount": 1200, "target_version": op["target_version"]}.items()
+    )
 
 
 def test_an_exception_inside_an_attempt_is_recorded_as_it_without_a_recording_error(

@@ -903,3 +903,19 @@ def test_a_klarna_increase_that_succeeds_clears_the_request_for_a_new_order(
         ("capture", "rejected"),
     ]
     assert order_row(ctx, order_id)["flags"] == ["needs_attention"]
+
+
+def test_a_basket_back_within_the_authorization_clears_the_request_for_a_new_order(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # Contract §4: `needs_new_order` asks the shop for a new payment for lines the
+    # authorization does not cover; once the shop took them out again (the total within
+    # what is authorized) nothing is asked any more, and the flag is cleared.
+    order_id, snap = klarna_order(ctx, klarna, [SHOES])
+    insert_order(ctx, snap, authorized=snap.total)
+    with ctx.pool.connection() as conn, conn.transaction():
+        store.set_flag(conn, order_id, "needs_new_order", {"code": "NOT_ALLOWED"}, 2100)
+    update_snapshot(ctx, snapshot(order_id, [SHOES], version=2))  # the socks taken out
+    drive(ctx, order_id)
+    assert operations(ctx, order_id) == []
+    assert order_row(ctx, order_id)["flags"] == []
