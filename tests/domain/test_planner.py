@@ -535,6 +535,9 @@ def test_a_cancelled_order_captured_above_what_its_goods_are_worth_now_is_flagge
     assert (decision.flag, decision.code) == (NEEDS_ATTENTION, "captured_above_total")
     assert not halts(decision)
     assert "1200" in decision.message and "700" in decision.message
+    assert "the order is cancelled: no capture is left to give the difference back" in (
+        decision.message
+    )
     told = replace(
         released,
         flags=frozenset({NEEDS_ATTENTION}),
