@@ -397,6 +397,11 @@ def test_a_release_of_ours_then_a_reopen_asks_a_new_payment_despite_a_cancel_lea
     flag = plan_next(OrderView(now, psp, history=history), lambda _m, _c: False)
     assert isinstance(flag, Flag) and flag.flag == NEEDS_NEW_ORDER, flag
     assert flag.code == "authorization_cancelled"
+    # Told once, the order waits for the shop's new payment, and says what it waits for.
+    told = OrderView(
+        now, psp, history, frozenset({NEEDS_NEW_ORDER}), refused_amount=flag.refused_amount
+    )
+    assert plan_next(told, lambda _m, _c: False) == Wait("needs_new_order")
 
 
 def test_a_refund_gives_back_the_tax_charged_even_when_the_shop_states_the_new_rates_tax() -> None:
@@ -541,3 +546,13 @@ def test_a_refund_of_nothing_learnt_outside_is_never_tied_to_a_free_unit_returne
     outside = PastOperation(Kind.REFUND, "succeeded", 0, external=True, reference="portal")
     decision = plan_next(OrderView(now, psp.state(), (*psp.history, outside)), lambda *_: True)
     assert not isinstance(decision, Attribute), decision
+
+
+def test_shipped_goods_the_authorization_left_cannot_hold_are_told_by_their_reason_code() -> None:
+    # README, flags that halt: `capture_exceeds_authorization` is the reason a person
+    # reads when the shipped lines exceed what the authorization still holds (here money
+    # captured without the service, its lines unnamed, took most of it).
+    psp = PspState(PspStatus.PART_CAPTURED, 2100, 1500, 0, "INVOICE", "DE")
+    flag = plan_next(OrderView(order([shipped(SHOES, 1), SOCKS]), psp), lambda _m, _c: True)
+    assert isinstance(flag, Flag), flag
+    assert (flag.flag, flag.code) == (NEEDS_ATTENTION, "capture_exceeds_authorization")
