@@ -6,6 +6,7 @@ bound for the next. The real reconciler and SQL on Postgres, the PSP played in-p
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator, MutableMapping
 from typing import Any
@@ -43,6 +44,9 @@ def events() -> Iterator[list[MutableMapping[str, Any]]]:
     structlog.contextvars.clear_contextvars()
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, capture],
+        # DEBUG lines too, whatever level the run's own configuration filters at (the
+        # mutation run's is the service's INFO: devrig/mutation_logging.py).
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         cache_logger_on_first_use=False,
     )
     try:
