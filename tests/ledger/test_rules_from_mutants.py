@@ -883,6 +883,16 @@ def test_the_reenqueue_is_a_crash_point_the_fault_suite_can_arm(
     assert enqueued == [("o1", 0.5)]
 
 
+def _shoes_asked_a_new_order(ctx: WorkerContext, klarna: FakeKlarna, refused: int) -> str:
+    """A Klarna order of the shoes, authorized for them, flagged `needs_new_order` when
+    an increase to `refused` was refused."""
+    order_id, snap = klarna_order(ctx, klarna, [SHOES])
+    insert_order(ctx, snap, authorized=snap.total)
+    with ctx.pool.connection() as conn, conn.transaction():
+        store.set_flag(conn, order_id, "needs_new_order", {"code": "NOT_ALLOWED"}, refused)
+    return order_id
+
+
 def test_a_klarna_increase_that_succeeds_clears_the_request_for_a_new_order(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
@@ -890,10 +900,7 @@ def test_a_klarna_increase_that_succeeds_clears_the_request_for_a_new_order(
     # succeeds the authorization covers the basket, and the flag is cleared then, not
     # only once the order is in sync: here the capture after it is refused, and the
     # order waits for a person. (Refused before for another total: this one is asked.)
-    order_id, snap = klarna_order(ctx, klarna, [SHOES])
-    insert_order(ctx, snap, authorized=snap.total)
-    with ctx.pool.connection() as conn, conn.transaction():
-        store.set_flag(conn, order_id, "needs_new_order", {"code": "refused"}, 1800)
+    order_id = _shoes_asked_a_new_order(ctx, klarna, 1800)
     update_snapshot(ctx, snapshot(order_id, shipped([SHOES, SOCKS], shoes=1), version=2))
     forbidden = httpx.Response(403, json={"error_code": "NOT_ALLOWED"})
     klarna.fault("POST", "/captures", lambda _r: (False, forbidden))
@@ -911,10 +918,7 @@ def test_a_basket_back_within_the_authorization_clears_the_request_for_a_new_ord
     # Contract §4: `needs_new_order` asks the shop for a new payment for lines the
     # authorization does not cover; once the shop took them out again (the total within
     # what is authorized) nothing is asked any more, and the flag is cleared.
-    order_id, snap = klarna_order(ctx, klarna, [SHOES])
-    insert_order(ctx, snap, authorized=snap.total)
-    with ctx.pool.connection() as conn, conn.transaction():
-        store.set_flag(conn, order_id, "needs_new_order", {"code": "NOT_ALLOWED"}, 2100)
+    order_id = _shoes_asked_a_new_order(ctx, klarna, 2100)
     update_snapshot(ctx, snapshot(order_id, [SHOES], version=2))  # the socks taken out
     drive(ctx, order_id)
     assert operations(ctx, order_id) == []
