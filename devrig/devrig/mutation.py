@@ -19,6 +19,10 @@ made the tests hang), a mutant no selected test reaches counts as survived.
 from __future__ import annotations
 
 import argparse
+import ast
+import copy
+import difflib
+import hashlib
 import json
 import os
 import re
@@ -34,13 +38,80 @@ from pathlib import Path
 from devrig.devstack import EmbeddedPostgres, database_named, temporary_pg_dir
 
 EXPLAINED = Path("docs/mutation.md")
-# A row of docs/mutation.md's survivors table: | `mutant` | equivalent | why |
-# A row of docs/mutation.md's survivors tables: | `mutant`, `_N` | verdict | why |
-# (`_N`: another mutant of the same function).
+# A row of docs/mutation.md's survivors tables: | `mutant`, `_N` `key` | verdict | why |
+# (`_N`: another mutant of the same function; `key`: the mutant's `mutant_key`, as the
+# report prints it; rows written before keys have none).
 _VERDICT = re.compile(
-    r"^\|\s*(?P<names>`[\w.]+__mutmut_\d+`(?:,\s*`_\d+`)*)\s*\|\s*(?P<verdict>[^|]+?)\s*\|"
+    r"^\|\s*(?P<names>`[\w.]+__mutmut_\d+`(?:,\s*`_\d+`)*)"
+    r"(?:\s*`(?P<key>[0-9a-f]{8}/[0-9a-f]{8})`)?\s*\|\s*(?P<verdict>[^|]+?)\s*\|"
 )
 KILLED = {"killed", "timeout", "caught by type check", "segfault"}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One verdict of docs/mutation.md: the mutants it names, the key of the mutant it
+    was judged on (None in a row written before keys), the verdict's text."""
+
+    names: tuple[str, ...]
+    key: str | None
+    verdict: str
+
+
+class Sources:
+    """The functions mutmut wrote under mutants/ (each function's unmutated copy and its
+    mutants), each file parsed once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._modules: dict[str, dict[str, ast.FunctionDef | ast.AsyncFunctionDef]] = {}
+
+    def _functions(self, module: str) -> dict[str, ast.FunctionDef | ast.AsyncFunctionDef]:
+        if module not in self._modules:
+            path = self.root / "mutants" / (module.replace(".", "/") + ".py")
+            found: dict[str, ast.FunctionDef | ast.AsyncFunctionDef] = {}
+            if path.exists():
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+                for node in tree.body:
+                    inner = node.body if isinstance(node, ast.ClassDef) else [node]
+                    for function in inner:
+                        if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                            found[function.name] = function
+            self._modules[module] = found
+        return self._modules[module]
+
+    def key(self, name: str) -> str | None:
+        """`what/version`: a digest of the function and the lines the mutant changes in
+        it (the same for the same mutation whatever number mutmut gives it), and one of
+        the unmutated function (it changes when the function's code does: a verdict
+        judged on another version is stale). Comments, docstrings and layout are left
+        out of both. None when mutants/ does not hold the mutant's source."""
+        module, _, generated = name.rpartition(".")
+        function = generated.rpartition("__mutmut_")[0]
+        functions = self._functions(module)
+        original, mutant = functions.get(function + "__mutmut_orig"), functions.get(generated)
+        if original is None or mutant is None:
+            return None
+        before, after = _code(original), _code(mutant)
+        changed = [
+            line.strip()
+            for line in difflib.unified_diff(before, after, n=0, lineterm="")
+            if line[:1] in "+-" and not line.startswith(("+++", "---"))
+        ]
+        return f"{_digest([module, function, *changed])}/{_digest(before)}"
+
+
+def _code(function: ast.FunctionDef | ast.AsyncFunctionDef) -> list[str]:
+    body = function.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:] or [ast.Pass()]
+    anonymous = copy.copy(function)
+    anonymous.name, anonymous.body = "f", body
+    return ast.unparse(anonymous).splitlines()
+
+
+def _digest(lines: list[str]) -> str:
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:8]
 
 
 @dataclass
@@ -56,22 +127,57 @@ class FileFigures:
 @dataclass
 class Report:
     files: list[FileFigures]
-    equivalent: set[str]
-    verdicts: dict[str, str] = field(default_factory=dict)  # docs/mutation.md's rows
+    rows: list[Row] = field(default_factory=list)  # docs/mutation.md's verdicts
+    keys: dict[str, str | None] = field(default_factory=dict)  # survivor -> Sources.key
+
+    def verdict(self, name: str) -> tuple[str, bool]:
+        """The verdict docs/mutation.md gives a survivor ("" if none) and whether it
+        counts as equivalent. A row is found by the survivor's key, whatever number
+        mutmut gave the mutant when it was judged; judged on another version of the
+        function, it is stale and counts for nothing. A row without a key is found by
+        the name alone, which another mutant may carry since: it counts only when the
+        survivor's key cannot be read either."""
+        key = self.keys.get(name)
+        if key is not None:
+            what = key.split("/")[0]
+            same = [row for row in self.rows if row.key and row.key.split("/")[0] == what]
+            if same:
+                row = same[-1]
+                if row.key == key:
+                    return row.verdict, row.verdict.lower() == "equivalent"
+                return f"stale (judged on another version of the function): {row.verdict}", False
+        named = [row for row in self.rows if name in row.names]
+        if not named or named[-1].key is not None:
+            return "", False  # none, or a keyed row that was judged on another mutation
+        verdict = named[-1].verdict
+        if key is None:
+            return verdict, verdict.lower() == "equivalent"
+        return f"unkeyed row, by name only (another mutant may carry it now): {verdict}", False
+
+    @property
+    def equivalent(self) -> set[str]:
+        """The checked survivors docs/mutation.md calls equivalent (left out of the rate)."""
+        return {
+            name
+            for figures in self.files
+            for name, status in figures.statuses.items()
+            if status not in KILLED and status != "not checked" and self.verdict(name)[1]
+        }
 
     def survivors(self) -> list[str]:
+        equivalent = self.equivalent
         return sorted(
             name
             for figures in self.files
             for name, status in figures.statuses.items()
-            if status not in KILLED and name not in self.equivalent
+            if status not in KILLED and name not in equivalent
         )
 
     def checked_survivors(self) -> list[tuple[str, str, str]]:
         """Every checked mutant no test killed, equivalent ones included: its name,
         mutmut's status and the verdict docs/mutation.md gives it ("" if none yet)."""
         return sorted(
-            (name, status, self.verdicts.get(name, ""))
+            (name, status, self.verdict(name)[0])
             for figures in self.files
             for name, status in figures.statuses.items()
             if status not in KILLED and status != "not checked"
@@ -85,13 +191,12 @@ class Report:
             f"{'file':<26} {'mutants':>7} {'checked':>7} {'killed':>6} {'equiv':>5} "
             f"{'survived':>8} {'rate':>6}"
         )
+        equivalent = self.equivalent
         for figures in self.files:
             n = len(figures.statuses)
             c = figures.count(lambda _n, s: s != "not checked")
             k = figures.count(lambda _n, s: s in KILLED)
-            e = figures.count(
-                lambda name, s: s not in KILLED and s != "not checked" and name in self.equivalent
-            )
+            e = figures.count(lambda name, _s: name in equivalent)
             sums = [a + b for a, b in zip(sums, (n, c, k, e), strict=True)]
             yield _row(figures.path, n, c, k, e)
         yield _row("all", *sums)
@@ -115,25 +220,24 @@ def _rate(killed: int, relevant: int) -> str:
     return f"{100 * killed / relevant:.1f}%" if relevant else "-"
 
 
-def verdicts(doc: Path) -> dict[str, str]:
-    """Each mutant docs/mutation.md gives a verdict (a table row per mutant): the
-    verdict's text, `equivalent` or the test that kills it now. A later row wins."""
+def rows(doc: Path) -> list[Row]:
+    """docs/mutation.md's verdicts, in the page's order (a later row wins)."""
     if not doc.exists():
-        return {}
-    found = {}
+        return []
+    found = []
     for line in doc.read_text(encoding="utf-8").splitlines():
         match = _VERDICT.match(line)
         if match:
             first, *others = re.findall(r"`([^`]+)`", match["names"])
             function = first.rpartition("__mutmut_")[0]
-            for name in [first, *(f"{function}__mutmut{other}" for other in others)]:
-                found[name] = match["verdict"].strip()
+            names = (first, *(f"{function}__mutmut{other}" for other in others))
+            found.append(Row(names, match["key"], match["verdict"].strip()))
     return found
 
 
 def explained(doc: Path) -> set[str]:
-    """The mutants docs/mutation.md calls equivalent."""
-    return {name for name, verdict in verdicts(doc).items() if verdict.lower() == "equivalent"}
+    """The mutants docs/mutation.md calls equivalent, by name."""
+    return {name for row in rows(doc) if row.verdict.lower() == "equivalent" for name in row.names}
 
 
 def mutated_files(root: Path) -> list[str]:
@@ -155,8 +259,14 @@ def read_report(root: Path) -> Report:
                 one.statuses[name] = status_by_exit_code[code]
             one.seconds = sum(data.get("durations_by_key", {}).values())
         figures.append(one)
-    given = verdicts(root / EXPLAINED)
-    return Report(figures, explained(root / EXPLAINED), given)
+    sources = Sources(root)
+    keys = {
+        name: sources.key(name)
+        for one in figures
+        for name, status in one.statuses.items()
+        if status not in KILLED and status != "not checked"
+    }
+    return Report(figures, rows(root / EXPLAINED), keys)
 
 
 def _start_postgres() -> tuple[EmbeddedPostgres, str]:
@@ -193,9 +303,10 @@ def generate() -> None:
     create_mutants(2)
 
 
-def sample(root: Path, every: int) -> list[str]:
-    """Every `every`-th mutant of each file (by mutmut's order), not yet checked: a
-    fixed, spread-out sample when the machine cannot afford the whole run."""
+def sample(root: Path, every: int, offset: int = 0) -> list[str]:
+    """Every `every`-th mutant of each file (by mutmut's order), starting at the
+    `offset`-th, not yet checked: a fixed, spread-out sample when the machine cannot
+    afford the whole run. Another offset draws a sample disjoint from the first."""
     report = read_report(root)
     if not any(figures.statuses for figures in report.files):
         generate()
@@ -203,7 +314,7 @@ def sample(root: Path, every: int) -> list[str]:
     names = []
     for figures in report.files:
         for index, (name, status) in enumerate(sorted(figures.statuses.items(), key=_order)):
-            if index % every == 0 and status == "not checked":
+            if index % every == offset % every and status == "not checked":
                 names.append(name)
     return names
 
@@ -277,6 +388,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sample", type=int, metavar="N", help="check only every N-th mutant of each file"
     )
+    parser.add_argument(
+        "--offset",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --sample: start at each file's K-th mutant (another sample of the same N)",
+    )
     args = parser.parse_args(argv)
     root = Path.cwd()
     if not (root / "pyproject.toml").exists():
@@ -287,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.fresh:
             # Before the sample is picked: a fresh sample is drawn from fresh mutants.
             shutil.rmtree("mutants", ignore_errors=True)
-        names = sample(root, args.sample) if args.sample else args.names
+        names = sample(root, args.sample, args.offset) if args.sample else args.names
         if args.sample and not names:
             print("every mutant of the sample is checked already")
         else:
@@ -308,8 +426,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"not checked yet (an interrupted or partial run): {unchecked}")
     for name, status, verdict in survivors:
         # A "killed by" verdict names a test written after this run: mutmut counts the
-        # mutant killed once it is run again by name.
-        print(f"  {name}  ({status}): {verdict or 'no verdict yet'}")
+        # mutant killed once it is run again by name. The key is what a new row gives.
+        key = report.keys.get(name) or "no key"
+        print(f"  {name}  `{key}`  ({status}): {verdict or 'no verdict yet'}")
         if not args.no_diffs and name not in report.equivalent:
             print("    " + show(name).strip().replace("\n", "\n    "))
     return 0

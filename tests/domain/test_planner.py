@@ -561,6 +561,9 @@ def test_a_cancelled_order_holding_units_above_their_part_of_a_line_is_flagged()
     assert (decision.flag, decision.code) == (NEEDS_ATTENTION, "captured_above_total")
     assert not halts(decision)
     assert "1200" in decision.message and "700" in decision.message
+    assert "the order is cancelled: no capture is left to give the difference back" in (
+        decision.message
+    )
     told = replace(
         released,
         flags=frozenset({NEEDS_ATTENTION}),

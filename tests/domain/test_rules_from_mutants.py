@@ -32,7 +32,8 @@ from domain.planner import (
     plan_next,
     unauthorized_lines,
 )
-from tests.domain.test_ledger import Psp, order, plans, shipped
+from tests.domain.builders import order
+from tests.domain.test_ledger import Psp, plans, shipped
 from tests.seed_basket import SHOES, SOCKS, discount
 
 A = {"id": "a", "name": "A", "quantity": 2, "unit_price": 500, "tax_rate": 2000}
@@ -207,7 +208,14 @@ def test_a_capture_never_passes_what_is_left_of_the_authorization() -> None:
 
 @pytest.mark.parametrize(
     ("goods", "discounted", "unshipped", "authorized"),
-    [((3, 2111), 300, 3000, 6100), ((1, 1000), 900, 100, 102), ((1, 1000), 900, 100, 181)],
+    [
+        ((3, 2111), 300, 3000, 6100),
+        ((1, 1000), 900, 100, 102),
+        ((1, 1000), 900, 100, 181),
+        # The proportional share fits exactly (174 less 44 of 300): nothing more is taken,
+        # though one unit of value left out of the sharing would round it up to 45.
+        ((1, 174), 300, 1000, 130),
+    ],
 )
 def test_a_cancels_last_capture_takes_only_the_discount_it_needs_to_fit(
     goods: tuple[int, int], discounted: int, unshipped: int, authorized: int
@@ -389,6 +397,11 @@ def test_a_release_of_ours_then_a_reopen_asks_a_new_payment_despite_a_cancel_lea
     flag = plan_next(OrderView(now, psp, history=history), lambda _m, _c: False)
     assert isinstance(flag, Flag) and flag.flag == NEEDS_NEW_ORDER, flag
     assert flag.code == "authorization_cancelled"
+    # Told once, the order waits for the shop's new payment, and says what it waits for.
+    told = OrderView(
+        now, psp, history, frozenset({NEEDS_NEW_ORDER}), refused_amount=flag.refused_amount
+    )
+    assert plan_next(told, lambda _m, _c: False) == Wait("needs_new_order")
 
 
 def test_a_refund_gives_back_the_tax_charged_even_when_the_shop_states_the_new_rates_tax() -> None:
@@ -519,6 +532,30 @@ def test_a_psp_line_read_without_a_discount_amount_has_none() -> None:
         }
     )
     assert line.total_discount_amount == 0
+
+
+def test_a_refund_of_nothing_learnt_outside_is_never_tied_to_a_free_unit_returned() -> None:
+    # Units worth nothing are no part of money that moved: a refund of 0 learnt without
+    # the service (an Adyen REFUND clipped to what is left refundable) ties no unit, not
+    # even a free one the shop marks returned, whose refund would come to 0 as well.
+    gift = {"id": "gift", "name": "Gift", "quantity": 1, "unit_price": 0, "tax_rate": 2000}
+    psp = Psp(authorized=1200)
+    psp.sync(order([shipped(SHOES, 1), shipped(gift, 1)]))
+    assert [x.reference for x in psp.history[0].lines] == ["shoes", "gift"]
+    now = order([shipped(SHOES, 1), shipped(gift, 1, returned=1)])
+    outside = PastOperation(Kind.REFUND, "succeeded", 0, external=True, reference="portal")
+    decision = plan_next(OrderView(now, psp.state(), (*psp.history, outside)), lambda *_: True)
+    assert not isinstance(decision, Attribute), decision
+
+
+def test_shipped_goods_the_authorization_left_cannot_hold_are_told_by_their_reason_code() -> None:
+    # README, flags that halt: `capture_exceeds_authorization` is the reason a person
+    # reads when the shipped lines exceed what the authorization still holds (here money
+    # captured without the service, its lines unnamed, took most of it).
+    psp = PspState(PspStatus.PART_CAPTURED, 2100, 1500, 0, "INVOICE", "DE")
+    flag = plan_next(OrderView(order([shipped(SHOES, 1), SOCKS]), psp), lambda _m, _c: True)
+    assert isinstance(flag, Flag), flag
+    assert (flag.flag, flag.code) == (NEEDS_ATTENTION, "capture_exceeds_authorization")
 
 
 def test_a_refund_gives_back_the_sales_tax_share_its_units_carried_beside_a_discount() -> None:

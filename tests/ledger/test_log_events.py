@@ -6,6 +6,7 @@ bound for the next. The real reconciler and SQL on Postgres, the PSP played in-p
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterator, MutableMapping
 from typing import Any
@@ -18,7 +19,12 @@ from structlog.testing import LogCapture
 from tests.ledger.harness import FakeKlarna, insert_order, new_order_id, operations, snapshot
 from tests.ledger.harness import shipped as shipped_lines
 from tests.ledger.test_ledger_regressions import adyen_notification, klarna_order
-from tests.ledger.test_rules_from_mutants import _capture_item, adyen_awaiting
+from tests.ledger.test_rules_from_mutants import (
+    _capture_item,
+    adyen_awaiting,
+    adyen_item,
+    klarna_shoes_shipped,
+)
 from tests.seed_basket import SHOES, SOCKS
 from workers import adyen_inbox
 from workers.context import WorkerContext
@@ -38,6 +44,9 @@ def events() -> Iterator[list[MutableMapping[str, Any]]]:
     structlog.contextvars.clear_contextvars()
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, capture],
+        # DEBUG lines too, whatever level the run's own configuration filters at (the
+        # mutation run's is the service's INFO: devrig/mutation_logging.py).
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         cache_logger_on_first_use=False,
     )
     try:
@@ -110,43 +119,13 @@ def test_an_adyen_outcome_is_logged_with_the_operation_and_notification_it_settl
     assert structlog.contextvars.get_contextvars() == {}
 
 
-def test_a_late_adyen_authorisation_that_is_not_adopted_says_so(
-    ctx: WorkerContext, events: list[MutableMapping[str, Any]]
-) -> None:
-    # README, Adyen "Outcomes": an AUTHORISATION below what is captured already never
-    # lowers the authorization; the operator reads that it was seen and not adopted.
-    order_id = new_order_id()
-    snap = snapshot(order_id, shipped_lines([SHOES, SOCKS], shoes=1), provider="adyen")
-    insert_order(ctx, snap, authorized=2100, captured_amount=1200)
-    events.clear()
-    item = {
-        "pspReference": snap.psp_order_id,
-        "merchantReference": order_id,
-        "merchantAccountCode": "Test",
-        "eventCode": "AUTHORISATION",
-        "success": "true",
-        "amount": {"value": 900, "currency": "EUR"},
-    }
-    assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == "stale"
-    assert (
-        only(events, "adyen_authorisation_not_adopted").items()
-        >= {
-            "event_code": "AUTHORISATION",
-            "psp_reference": snap.psp_order_id,
-            "amount": 900,
-            "authorized": 2100,
-        }.items()
-    )
-
-
 def test_a_worker_whose_lease_was_taken_over_records_nothing_and_says_so(
     ctx: WorkerContext, klarna: FakeKlarna, events: list[MutableMapping[str, Any]]
 ) -> None:
     # README, "Operation states" (`sent`): once another worker took the operation over,
     # only its record counts; the first worker's outcome is dropped, and logged with the
     # attempt it was.
-    order_id, snap = klarna_order(ctx, klarna, shipped_lines([SHOES], shoes=1))
-    insert_order(ctx, snap, authorized=snap.total)
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
 
     def taken_over(_request: httpx.Request) -> tuple[bool, None]:
         with ctx.pool.connection() as conn, conn.transaction():
@@ -198,39 +177,57 @@ def test_a_notification_for_a_settled_operation_is_logged_stale_with_what_was_re
     )
 
 
-def test_a_flag_is_logged_with_its_code_and_the_reason_a_person_reads(
-    ctx: WorkerContext, events: list[MutableMapping[str, Any]]
+@pytest.mark.parametrize(
+    ("held", "item", "outcome", "name", "fields"),
+    [
+        # README, Adyen "Outcomes": an AUTHORISATION below what is captured already never
+        # lowers the authorization; the operator reads that it was seen and not adopted.
+        (
+            {"authorized": 2100, "captured_amount": 1200},
+            {"success": "true", "amount": {"value": 900, "currency": "EUR"}},
+            "stale",
+            "adyen_authorisation_not_adopted",
+            {"amount": 900, "authorized": 2100},
+        ),
+        # A refused one flags the order: the flag is logged with its code and the reason
+        # a person reads.
+        (
+            {},
+            {"success": "false", "reason": "FRAUD"},
+            "flagged",
+            "order_flagged",
+            {"flag": "needs_attention", "code": "authorisation_refused", "reason": "FRAUD"},
+        ),
+    ],
+    ids=["not_adopted", "refused_and_flagged"],
+)
+def test_an_adyen_authorisation_is_logged_with_what_the_service_made_of_it(
+    ctx: WorkerContext,
+    events: list[MutableMapping[str, Any]],
+    held: dict[str, int],
+    item: dict[str, Any],
+    outcome: str,
+    name: str,
+    fields: dict[str, Any],
 ) -> None:
     order_id = new_order_id()
-    snap = snapshot(order_id, shipped_lines([SHOES], shoes=1), provider="adyen")
-    insert_order(ctx, snap)
-    item = {
-        "pspReference": snap.psp_order_id,
-        "merchantAccountCode": "Test",
-        "eventCode": "AUTHORISATION",
-        "success": "false",
-        "reason": "FRAUD",
-        "amount": {"value": 1200, "currency": "EUR"},
-    }
+    snap = snapshot(order_id, shipped_lines([SHOES, SOCKS], shoes=1), provider="adyen")
+    insert_order(ctx, snap, **held)
+    notification = {**adyen_item(snap.psp_order_id, "AUTHORISATION", "true"), **item}
     events.clear()
-    assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == "flagged"
+    assert adyen_inbox.process(ctx, adyen_notification(ctx, notification), lambda *_: None) == (
+        outcome
+    )
     assert (
-        only(events, "order_flagged").items()
-        >= {
-            "event_code": "AUTHORISATION",
-            "psp_reference": snap.psp_order_id,
-            "flag": "needs_attention",
-            "code": "authorisation_refused",
-            "reason": "FRAUD",
-        }.items()
+        only(events, name).items()
+        >= {"event_code": "AUTHORISATION", "psp_reference": snap.psp_order_id, **fields}.items()
     )
 
 
 def test_each_psp_call_is_logged_with_its_outcome_under_the_operation(
     ctx: WorkerContext, klarna: FakeKlarna, events: list[MutableMapping[str, Any]]
 ) -> None:
-    order_id, snap = klarna_order(ctx, klarna, shipped_lines([SHOES], shoes=1))
-    insert_order(ctx, snap, authorized=snap.total)
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
     events.clear()
     Reconciler(ctx, lambda *_: None).run(order_id)
     (op,) = operations(ctx, order_id)
@@ -255,8 +252,7 @@ def test_a_psp_call_is_one_info_line_carrying_the_plan(
     # One line per operation for an operator: the call's line carries what the plan's
     # line did (the kind, the amount, the key, the snapshot version it targets) under
     # the order id; the plan's own line is DEBUG.
-    order_id, snap = klarna_order(ctx, klarna, shipped_lines([SHOES], shoes=1))
-    insert_order(ctx, snap, authorized=snap.total)
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
     events.clear()
     Reconciler(ctx, lambda *_: None).run(order_id)
     (op,) = operations(ctx, order_id)
@@ -272,6 +268,11 @@ def test_a_psp_call_is_one_info_line_carrying_the_plan(
             "target_version": op["target_version"],
         }.items()
     )
+    # The plan's DEBUG line carries the same, for whoever turns DEBUG on.
+    assert (
+        only(events, "operation_planned").items()
+        >= {"operation": "capture", "amount": 1200, "target_version": op["target_version"]}.items()
+    )
 
 
 def test_an_exception_inside_an_attempt_is_recorded_as_it_without_a_recording_error(
@@ -279,8 +280,7 @@ def test_an_exception_inside_an_attempt_is_recorded_as_it_without_a_recording_er
 ) -> None:
     # The attempt's outcome (unknown: the call had started) is written as it is; the
     # safety net for a failure while recording (operation_record_error) is not needed.
-    order_id, snap = klarna_order(ctx, klarna, shipped_lines([SHOES], shoes=1))
-    insert_order(ctx, snap, authorized=snap.total)
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
 
     def boom(_request: httpx.Request) -> tuple[bool, None]:
         raise RuntimeError("bug in the client")
@@ -304,4 +304,32 @@ def test_a_read_of_the_psps_order_is_logged_with_its_outcome_and_http_status(
     read = next(event for event in events if event["event"] == "psp_order_read")
     assert (
         read.items() >= {"order_id": order_id, "outcome": "succeeded", "http_status": 200}.items()
+    )
+
+
+def test_a_retry_is_logged_with_its_back_off_and_the_order_waits_for_it(
+    ctx: WorkerContext, klarna: FakeKlarna, events: list[MutableMapping[str, Any]]
+) -> None:
+    # Klarna asks to come back later (429, Retry-After): the operator reads the attempt
+    # and the back-off the retry waits for, and a run before it is due says so.
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
+    busy = httpx.Response(429, headers={"Retry-After": "30"})
+    klarna.fault("POST", "/captures", lambda _r: (False, busy))
+    events.clear()
+    Reconciler(ctx, lambda *_: None).run(order_id)
+    retry = only(events, "operation_retry_scheduled")
+    assert retry["attempts"] == 1 and retry["delay_seconds"] >= 30, retry
+    assert Reconciler(ctx, lambda *_: None).run(order_id) == "backing_off"
+
+
+def test_an_operation_adyen_took_is_logged_with_adyens_reference(
+    database_url: str, events: list[MutableMapping[str, Any]]
+) -> None:
+    # Adyen answers `received` with its pspReference; its notification settles the
+    # operation later, and the operator finds it under that reference.
+    with adyen_awaiting(database_url) as (ctx, order_id, _payment):
+        (op,) = operations(ctx, order_id)
+    assert (
+        only(events, "operation_awaiting_notification").items()
+        >= {"order_id": order_id, "operation_id": str(op["id"]), "psp_reference": "MOD1"}.items()
     )

@@ -52,6 +52,33 @@ EBOOK = {
     "tax_rate": 700,
 }
 FEE = {"id": "ship", "name": "Shipping", "type": "shipping_fee", "quantity": 1}
+# The e-book as Klarna lists it in a capture made at checkout, before the service's
+# first read of the order (sequence 6).
+EBOOK_CAPTURED = {
+    "reference": "ebook",
+    "name": "E-book",
+    "type": "digital",
+    "quantity": 1,
+    "unit_price": 500,
+    "tax_rate": 700,
+    "total_amount": 500,
+    "total_discount_amount": 0,
+    "total_tax_amount": 33,
+}
+
+
+def captured_at_checkout(klarna: FakeKlarna, psp_order_id: str) -> None:
+    """Klarna captured the e-book (500) at checkout, before the service read the order."""
+    psp = klarna.orders[psp_order_id]
+    psp.captured_amount, psp.status = 500, "PART_CAPTURED"
+    psp.captures.append(
+        {
+            "capture_id": "checkout-1",
+            "reference": "checkout",
+            "captured_amount": 500,
+            "order_lines": [EBOOK_CAPTURED],
+        }
+    )
 
 
 def snap(
@@ -319,29 +346,9 @@ def test_seq05_returned_quantity_going_down_is_flagged(
 def test_seq06_capture_before_the_first_read_is_never_made_again(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
-    ebook_line = {
-        "reference": "ebook",
-        "name": "E-book",
-        "type": "digital",
-        "quantity": 1,
-        "unit_price": 500,
-        "tax_rate": 700,
-        "total_amount": 500,
-        "total_discount_amount": 0,
-        "total_tax_amount": 33,
-    }
     order_id, first = klarna_order(ctx, klarna, [EBOOK, SHOES])
+    captured_at_checkout(klarna, first.psp_order_id)
     psp = klarna.orders[first.psp_order_id]
-    # Captured at checkout, before the service first read the order.
-    psp.captured_amount, psp.status = 500, "PART_CAPTURED"
-    psp.captures.append(
-        {
-            "capture_id": "checkout-1",
-            "reference": "checkout",
-            "captured_amount": 500,
-            "order_lines": [ebook_line],
-        }
-    )
     insert_order(ctx, first)  # not read yet
     drive(ctx, order_id)
     row = order_row(ctx, order_id)

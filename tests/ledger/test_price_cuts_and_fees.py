@@ -13,36 +13,18 @@ import pytest
 from tests.ledger.harness import FakeKlarna, insert_order, order_row, shipped, update_snapshot
 from tests.ledger.test_flags_and_totals import told
 from tests.ledger.test_ledger_regressions import drive
-from tests.ledger.test_money_rules import EBOOK, kinds, klarna_order, posts, snap
+from tests.ledger.test_money_rules import (
+    EBOOK,
+    captured_at_checkout,
+    kinds,
+    klarna_order,
+    posts,
+    snap,
+)
 from tests.seed_basket import SHOES
 from workers.context import WorkerContext
 
 pytestmark = pytest.mark.integration
-
-EBOOK_CAPTURED = {
-    "reference": "ebook",
-    "name": "E-book",
-    "type": "digital",
-    "quantity": 1,
-    "unit_price": 500,
-    "tax_rate": 700,
-    "total_amount": 500,
-    "total_discount_amount": 0,
-    "total_tax_amount": 33,
-}
-
-
-def captured_at_checkout(klarna: FakeKlarna, psp_order_id: str) -> None:
-    psp = klarna.orders[psp_order_id]
-    psp.captured_amount, psp.status = 500, "PART_CAPTURED"
-    psp.captures.append(
-        {
-            "capture_id": "checkout-1",
-            "reference": "checkout",
-            "captured_amount": 500,
-            "order_lines": [EBOOK_CAPTURED],
-        }
-    )
 
 
 def sent(klarna: FakeKlarna, suffix: str) -> list[dict[str, Any]]:

@@ -33,7 +33,7 @@ from tests.ledger.harness import (
 )
 from tests.ledger.test_ledger_regressions import adyen_notification, drive, klarna_order
 from tests.seed_basket import SHOES, SOCKS
-from workers import adyen_inbox
+from workers import adyen_inbox, crashpoints, reconcile
 from workers.context import WorkerContext
 from workers.reconcile import Reconciler, _not_behind, rejection_flag
 
@@ -48,20 +48,38 @@ def test_adyen_authorisation_sets_the_authorized_amount_of_a_known_order(
     order_id = new_order_id()
     snap = snapshot(order_id, [SHOES, SOCKS], provider="adyen")
     insert_order(ctx, snap, authorized=1200)
-    item = {
-        "pspReference": snap.psp_order_id,
-        "merchantReference": order_id,
-        "merchantAccountCode": "Test",
-        "eventCode": "AUTHORISATION",
-        "success": "true",
-        "amount": {"value": 2100, "currency": "EUR"},
-    }
+    item = adyen_item(snap.psp_order_id, "AUTHORISATION", "true", merchantReference=order_id)
     inbox_id = adyen_notification(ctx, item)
     assert adyen_inbox.process(ctx, inbox_id, lambda *_: None) == "applied"
     assert order_row(ctx, order_id)["authorized_amount"] == 2100
     with ctx.pool.connection() as conn:
         row = conn.execute("SELECT outcome FROM inbox WHERE id = %s", (inbox_id,)).fetchone()
     assert row is not None and row["outcome"] == "applied"
+
+
+def adyen_item(
+    psp: str, code: str, success: str, value: int = 2100, **fields: Any
+) -> dict[str, Any]:
+    """A notification item of Adyen's about `psp` (a payment, or a modification with
+    `originalReference`), from the merchant account Test, in EUR."""
+    return {
+        "pspReference": psp,
+        "merchantAccountCode": "Test",
+        "eventCode": code,
+        "success": success,
+        "amount": {"value": value, "currency": "EUR"},
+        **fields,
+    }
+
+
+def klarna_shoes_shipped(
+    ctx: WorkerContext, klarna: FakeKlarna, **insert: Any
+) -> tuple[str, OrderSnapshot]:
+    """A Klarna order of the shoes, marked shipped and authorized for its total, already
+    read: the reconciler's next step is their capture (1200)."""
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total, **insert)
+    return order_id, snap
 
 
 def _adyen_order(ctx: WorkerContext) -> tuple[str, str]:
@@ -72,13 +90,7 @@ def _adyen_order(ctx: WorkerContext) -> tuple[str, str]:
 
 
 def _payment_event(ctx: WorkerContext, psp: str, code: str, success: str) -> str:
-    item = {
-        "pspReference": psp,
-        "merchantAccountCode": "Test",
-        "eventCode": code,
-        "success": success,
-        "amount": {"value": 2100, "currency": "EUR"},
-    }
+    item = adyen_item(psp, code, success)
     return adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None)
 
 
@@ -98,14 +110,7 @@ def test_adyen_authorisation_refused_flags_the_order_for_a_person(
     ctx: WorkerContext, reason: str | None, message: str
 ) -> None:
     order_id, psp = _adyen_order(ctx)
-    item = {
-        "pspReference": psp,
-        "merchantAccountCode": "Test",
-        "eventCode": "AUTHORISATION",
-        "success": "false",
-        "amount": {"value": 2100, "currency": "EUR"},
-        **({"reason": reason} if reason else {}),
-    }
+    item = adyen_item(psp, "AUTHORISATION", "false", **({"reason": reason} if reason else {}))
     assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == "flagged"
     row = order_row(ctx, order_id)
     assert row["flags"] == ["needs_attention"]
@@ -118,8 +123,7 @@ def test_a_capture_the_psp_forbids_needs_a_person_told_the_psps_reason_not_a_new
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
     # Only a refused *increase* asks the shop for a new order (README, "Refused increases").
-    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
-    insert_order(ctx, snap, authorized=snap.total)
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
     forbidden = httpx.Response(403, json={"error_code": "NOT_ALLOWED"})
     klarna.fault("POST", "/captures", lambda _r: (False, forbidden))
     drive(ctx, order_id)
@@ -149,8 +153,7 @@ def test_a_first_read_that_fails_for_now_is_tried_again_later_unflagged(
 def test_an_operation_in_flight_without_credentials_is_parked_and_flagged(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
-    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
-    insert_order(ctx, snap, authorized=snap.total)
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
     klarna.fault("POST", "/captures", lambda _r: (False, httpx.Response(429)))
     Reconciler(ctx, lambda *_: None).run(order_id)  # the capture waits for its retry
     del ctx.providers["klarna"]
@@ -175,8 +178,7 @@ def test_an_unconfigured_provider_is_flagged_with_its_reason(
 def test_a_failed_check_read_is_recorded_as_the_reads_error_with_its_correlation(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
-    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
-    insert_order(ctx, snap, authorized=snap.total)
+    order_id, snap = klarna_shoes_shipped(ctx, klarna)
 
     unavailable = httpx.Response(
         503, json={"error_code": "SERVICE_UNAVAILABLE", "correlation_id": "corr-7"}
@@ -239,14 +241,7 @@ def _inbox_row(ctx: WorkerContext, inbox_id: int) -> dict[str, object]:
 
 
 def _capture_item(psp: str, payment: str, success: str) -> dict[str, object]:
-    return {
-        "pspReference": psp,
-        "originalReference": payment,
-        "merchantAccountCode": "Test",
-        "eventCode": "CAPTURE",
-        "success": success,
-        "amount": {"value": 1200, "currency": "EUR"},
-    }
+    return adyen_item(psp, "CAPTURE", success, 1200, originalReference=payment)
 
 
 def test_adyen_notifications_that_match_nothing_wait_then_are_orphaned(
@@ -352,7 +347,11 @@ def test_adyen_a_failed_capture_is_sent_again_later_then_fails_with_a_flag(
         (op,) = operations(ctx, order_id)
         assert op["status"] == "failed" and op["error"]["code"] == "CAPTURE"
         reason = order_row(ctx, order_id)["flag_reason"]["needs_attention"]
-        assert reason["code"] == "retries_exhausted"
+        # The person reads what Adyen reported (no reason given: the capture failed).
+        assert (reason["code"], reason["message"]) == (
+            "retries_exhausted",
+            "CAPTURE: capture failed",
+        )
         # Recorded against its order, which is reconciled after it (the shop is told).
         assert _inbox_row(ctx, last_id)["order_id"] == order_id
         assert len(delays) == told + 1
@@ -409,6 +408,8 @@ def test_a_later_read_showing_money_moved_elsewhere_is_counted_and_flagged(
     # flagged external_change.
     reason = row["flag_reason"]["needs_attention"]
     assert reason["code"] == "external_change" and "without this service" in reason["message"]
+    # ... and the person reads what the service did with it and what a reconcile does.
+    assert "never repeated; an operator's reconcile takes the PSP's figures" in reason["message"]
 
 
 def _succeeded(kind: str, amount: int) -> Any:
@@ -443,14 +444,9 @@ def test_a_lagging_read_never_undoes_what_the_psp_confirmed(
 
 
 def _customer_area(psp: str, code: str, success: str, account: str = "Test") -> dict[str, Any]:
-    return {
-        "pspReference": "CA1",
-        "originalReference": psp,
-        "merchantAccountCode": account,
-        "eventCode": code,
-        "success": success,
-        "amount": {"value": 1200, "currency": "EUR"},
-    }
+    return adyen_item(
+        "CA1", code, success, 1200, originalReference=psp, merchantAccountCode=account
+    )
 
 
 def test_adyen_a_failed_chargeback_is_not_counted_and_a_person_is_told(ctx: WorkerContext) -> None:
@@ -466,6 +462,7 @@ def test_adyen_a_failed_chargeback_is_not_counted_and_a_person_is_told(ctx: Work
     assert (row["captured_amount"], row["refunded_amount"]) == (0, 0)
     reason = row["flag_reason"]["needs_attention"]
     assert reason["code"] == "external_change" and "CHARGEBACK CA1" in reason["message"]
+    assert "not counted" in reason["message"]  # what the person reads it came to
     # Money that may have moved and could not be counted: a person looks first, and
     # nothing automatic goes on until an operator's reconcile.
     assert reason["halts"] is True
@@ -491,8 +488,7 @@ def test_a_flag_for_a_psp_error_tells_the_person_the_psps_code_and_message(
 ) -> None:
     # A person acts on the flag alone (README, "Operator console"): when the PSP's
     # answers made the service give up, the flag carries the PSP's own code and message.
-    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
-    insert_order(ctx, snap, authorized=snap.total)
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
     down = httpx.Response(
         503, json={"error_code": "SERVICE_UNAVAILABLE", "error_messages": ["down for a moment"]}
     )
@@ -530,13 +526,7 @@ def test_adyen_an_authorisation_before_its_order_is_recorded_for_it(ctx: WorkerC
     # README, Adyen "Outcomes": AUTHORISATION records Adyen's authorized amount also for
     # a payment whose order has not arrived yet; the inbox row says so (its outcome is
     # what the operator reads of each notification).
-    item = {
-        "pspReference": "PAYNOORDERYET",
-        "merchantAccountCode": "Test",
-        "eventCode": "AUTHORISATION",
-        "success": "true",
-        "amount": {"value": 2100, "currency": "EUR"},
-    }
+    item = adyen_item("PAYNOORDERYET", "AUTHORISATION", "true")
     inbox_id = adyen_notification(ctx, item)
     assert adyen_inbox.process(ctx, inbox_id, lambda *_: None) == "recorded"
     assert _inbox_row(ctx, inbox_id)["outcome"] == "recorded"
@@ -577,8 +567,7 @@ def test_a_capture_whose_answer_was_lost_and_that_took_effect_is_not_sent_again(
     # README, "How it works": after an answer that never came, the service first reads
     # the order; when the read shows the capture took effect, it is recorded from the
     # read and not sent again.
-    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
-    insert_order(ctx, snap, authorized=snap.total)
+    order_id, snap = klarna_shoes_shipped(ctx, klarna)
 
     def applied_then_lost(request: httpx.Request) -> tuple[bool, httpx.Response | None]:
         klarna._handle(request)
@@ -600,8 +589,7 @@ def test_a_check_read_that_finds_a_lost_capture_applied_counts_and_flags_what_mo
     # the shop's snapshot does not already explain it, flags needs_attention
     # (external_change)". The check-read after a lost answer is such a read: it is
     # adopted as the PSP's view, not only used to settle the operation it was made for.
-    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
-    insert_order(ctx, snap, authorized=snap.total)
+    order_id, snap = klarna_shoes_shipped(ctx, klarna)
     psp = klarna.orders[snap.psp_order_id]
 
     def applied_lost_then_refunded_in_the_portal(
@@ -635,14 +623,7 @@ def test_an_adyen_authorisation_refused_before_the_order_flags_the_order_when_it
     order when it is offered again after the order arrived."""
     order_id = new_order_id()
     snap = snapshot(order_id, shipped([SHOES, SOCKS], shoes=1), provider="adyen")
-    item = {
-        "pspReference": snap.psp_order_id,
-        "merchantAccountCode": "Test",
-        "eventCode": "AUTHORISATION",
-        "success": "false",
-        "reason": "Refused",
-        "amount": {"value": 2100, "currency": "EUR"},
-    }
+    item = adyen_item(snap.psp_order_id, "AUTHORISATION", "false", reason="Refused")
     early = adyen_notification(ctx, item)
     assert adyen_inbox.process(ctx, early, lambda *_: None) == "unmatched"
     insert_order(ctx, snap)
@@ -661,13 +642,7 @@ def test_an_adyen_expire_before_its_order_is_kept_and_applied_when_the_order_arr
     # dropped, the order that follows would be taken as authorized.
     order_id = new_order_id()
     snap = snapshot(order_id, shipped([SHOES, SOCKS], shoes=1), provider="adyen")
-    item = {
-        "pspReference": snap.psp_order_id,
-        "merchantAccountCode": "Test",
-        "eventCode": "EXPIRE",
-        "success": "true",
-        "amount": {"value": 2100, "currency": "EUR"},
-    }
+    item = adyen_item(snap.psp_order_id, "EXPIRE", "true")
     early = adyen_notification(ctx, item)
     assert adyen_inbox.process(ctx, early, lambda *_: None) == "unmatched"
     assert _inbox_row(ctx, early)["processed_at"] is None  # offered again by the sweeper
@@ -683,13 +658,7 @@ def test_adyen_a_refused_authorisation_is_recorded_for_its_order_and_the_order_r
     # (what the operator reads), and an order a notification changed is reconciled after
     # it, so the flag reaches the shop.
     order_id, psp = _adyen_order(ctx)
-    item = {
-        "pspReference": psp,
-        "merchantAccountCode": "Test",
-        "eventCode": "AUTHORISATION",
-        "success": "false",
-        "amount": {"value": 2100, "currency": "EUR"},
-    }
+    item = adyen_item(psp, "AUTHORISATION", "false")
     enqueued: list[str] = []
     inbox_id = adyen_notification(ctx, item)
     outcome = adyen_inbox.process(ctx, inbox_id, lambda order, _delay: enqueued.append(order))
@@ -759,13 +728,7 @@ def _lines(total: int, reference: str = "shoes") -> list[PspLine]:
 def test_adyen_an_event_the_service_does_not_act_on_is_recorded_ignored(ctx: WorkerContext) -> None:
     # README, Adyen "Outcomes": a notification of an event the service does not act on
     # (a report, a payout) is accepted and recorded `ignored`, never offered again.
-    item = {
-        "pspReference": "REPORT1",
-        "merchantAccountCode": "Test",
-        "eventCode": "REPORT_AVAILABLE",
-        "success": "true",
-        "amount": {"value": 0, "currency": "EUR"},
-    }
+    item = adyen_item("REPORT1", "REPORT_AVAILABLE", "true", 0)
     inbox_id = adyen_notification(ctx, item)
     assert adyen_inbox.process(ctx, inbox_id, lambda *_: None) == "ignored"
     row = _inbox_row(ctx, inbox_id)
@@ -777,8 +740,7 @@ def test_a_psp_request_is_counted_under_the_orders_account(
 ) -> None:
     # README, "Several markets": `ordersync_psp_requests_total` has an `account` label,
     # so an operator sees which account's credentials or limits fail.
-    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
-    insert_order(ctx, snap, authorized=snap.total, account="eu-north")
+    order_id, _ = klarna_shoes_shipped(ctx, klarna, account="eu-north")
     labels = {"provider": "klarna", "operation": "capture", "outcome": "succeeded"}
 
     def counted(account: str) -> float:
@@ -798,8 +760,7 @@ def test_an_operation_planned_before_requests_were_stored_is_frozen_at_its_next_
     # README, "How it works": a request is sent again exactly as first sent, under the
     # same idempotency key. An operation stored without its request (planned before
     # requests were stored) has it built at its next attempt and kept from then on.
-    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
-    insert_order(ctx, snap, authorized=snap.total)
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
 
     def stored_without_its_request(request: httpx.Request) -> tuple[bool, httpx.Response | None]:
         with ctx.pool.connection() as conn, conn.transaction():
@@ -819,8 +780,7 @@ def test_an_operation_the_psp_keeps_refusing_for_now_fails_with_the_psps_last_er
 ) -> None:
     # README, "How it works": a request that never took effect and kept failing for now
     # is `failed` after the last attempt, with the PSP's error, and a person is told.
-    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
-    insert_order(ctx, snap, authorized=snap.total)
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
     busy = httpx.Response(429, json={"error_code": "RATE_LIMITED"}, headers={"Retry-After": "0"})
     klarna.fault("POST", "/captures", lambda _r: (False, busy), times=20)
     drive(ctx, order_id)
@@ -837,8 +797,7 @@ def test_the_reconcilers_log_context_is_left_clean_after_a_run(
     # README, "Several markets": the reconciler's log lines carry `account` (and the
     # order and operation) while it works on an order; a later log line of the same
     # thread (another order, a notification) never carries them.
-    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES], shoes=1))
-    insert_order(ctx, snap, authorized=snap.total)
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
     structlog.contextvars.clear_contextvars()
     drive(ctx, order_id)
     assert structlog.contextvars.get_contextvars() == {}
@@ -907,3 +866,60 @@ def test_adyen_an_increase_adyen_confirms_clears_the_request_for_a_new_order(
         assert "needs_new_order" not in order_row(ctx, order_id)["flags"]
     finally:
         ctx.close()
+
+
+def test_the_reenqueue_is_a_crash_point_the_fault_suite_can_arm(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # workers/crashpoints.py: the fault suite kills the worker at the points POINTS
+    # names; a point named otherwise never fires, and the deaths it stands for (a worker
+    # gone between its commit and the re-enqueue) are never tried.
+    named: list[str] = []
+    monkeypatch.setattr(reconcile, "crash_point", named.append)
+    enqueued: list[tuple[str, float]] = []
+    owner: Any = SimpleNamespace(enqueue=lambda order, delay: enqueued.append((order, delay)))
+    Reconciler._schedule(owner, "o1", 0.5)
+    assert named == ["in_reenqueue"] and set(named) <= set(crashpoints.POINTS)
+    assert enqueued == [("o1", 0.5)]
+
+
+def _shoes_asked_a_new_order(ctx: WorkerContext, klarna: FakeKlarna, refused: int) -> str:
+    """A Klarna order of the shoes, authorized for them, flagged `needs_new_order` when
+    an increase to `refused` was refused."""
+    order_id, snap = klarna_order(ctx, klarna, [SHOES])
+    insert_order(ctx, snap, authorized=snap.total)
+    with ctx.pool.connection() as conn, conn.transaction():
+        store.set_flag(conn, order_id, "needs_new_order", {"code": "NOT_ALLOWED"}, refused)
+    return order_id
+
+
+def test_a_klarna_increase_that_succeeds_clears_the_request_for_a_new_order(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # Contract §4: `needs_new_order` asks the shop for a new payment; once an increase
+    # succeeds the authorization covers the basket, and the flag is cleared then, not
+    # only once the order is in sync: here the capture after it is refused, and the
+    # order waits for a person. (Refused before for another total: this one is asked.)
+    order_id = _shoes_asked_a_new_order(ctx, klarna, 1800)
+    update_snapshot(ctx, snapshot(order_id, shipped([SHOES, SOCKS], shoes=1), version=2))
+    forbidden = httpx.Response(403, json={"error_code": "NOT_ALLOWED"})
+    klarna.fault("POST", "/captures", lambda _r: (False, forbidden))
+    drive(ctx, order_id)
+    assert [(o["kind"], o["status"]) for o in operations(ctx, order_id)] == [
+        ("update_authorization", "succeeded"),
+        ("capture", "rejected"),
+    ]
+    assert order_row(ctx, order_id)["flags"] == ["needs_attention"]
+
+
+def test_a_basket_back_within_the_authorization_clears_the_request_for_a_new_order(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # Contract §4: `needs_new_order` asks the shop for a new payment for lines the
+    # authorization does not cover; once the shop took them out again (the total within
+    # what is authorized) nothing is asked any more, and the flag is cleared.
+    order_id = _shoes_asked_a_new_order(ctx, klarna, 2100)
+    update_snapshot(ctx, snapshot(order_id, [SHOES], version=2))  # the socks taken out
+    drive(ctx, order_id)
+    assert operations(ctx, order_id) == []
+    assert order_row(ctx, order_id)["flags"] == []
