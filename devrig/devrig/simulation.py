@@ -164,17 +164,6 @@ UNION ALL
 {FLAGS_OF}
 """  # noqa: S608
 Flags = dict[str, tuple[set[tuple[str, str]], set[tuple[str, str]]]]
-# An order's stored state an operator's reconcile starts from (`_states`): the PSP's
-# figures as adopted, not how many reads adopted them (each reconcile's read counts one).
-ORDER_STATES = """
-SELECT id, version, psp_status, authorized_amount, captured_amount, refunded_amount,
-       expires_at, authorized_lines::text AS authorized_lines,
-       (SELECT coalesce(string_agg(concat_ws(':', seq, status, attempts, key_generation,
-                                             outcome_unknown, psp_reference), ','
-                                   ORDER BY seq), '')
-        FROM operations WHERE order_id = orders.id) AS ops
-FROM orders WHERE id = ANY(%(ids)s)
-"""
 # Where a worker may die: the product's named points, and inside recording an outcome.
 DEATH_POINTS = (*crashpoints.POINTS, "in_record", "in_apply_success")
 
@@ -2423,10 +2412,6 @@ class Simulation:
         settled = self._sweep_alone()
         if settled is None:
             settled = self._settle(leases=True)
-        # Per order, its flags and state (`_states`) when the operator last reconciled
-        # it: one found flagged again with both the same has not moved at all, and a
-        # reconcile of the same state with faults off meets the same end; it is left.
-        acted: dict[str, tuple[Any, ...]] = {}
         for _ in range(3):
             flags = settled if settled is not None else self._flags()
             flagged = []
@@ -2434,12 +2419,9 @@ class Simulation:
                 self.orders[order_id].raised |= told | now
                 if any(flag == "needs_attention" for flag, _ in now):
                     flagged.append(order_id)
-            states = self._states(flagged) if flagged else {}
-            flagged = [o for o in flagged if acted.get(o) != (flags[o][1], states[o])]
             if not flagged:
                 break  # nothing moved since these flags were read
             for order_id in flagged:
-                acted[order_id] = (flags[order_id][1], states[order_id])
                 self.kind("operator_reconcile_after_flag")
                 self.operator_reconcile(order_id)
             # What the reconciles queued (the shop's events) first: often that is all.
@@ -2458,25 +2440,6 @@ class Simulation:
             if not final:
                 order.oracle.settle()
         self.model.faults = faults if not final else Faults.none()
-
-    def _states(self, order_ids: list[str]) -> dict[str, tuple[Any, ...]]:
-        """What an operator's reconcile of each order starts from, beside its flags: the
-        stored order's version and figures, each operation's status, attempts, key
-        generation and known outcome (one statement), and what the PSP model holds
-        for it, with the trouble still planned and a lost answer's lagging read still
-        to come (each happens once, faults on or off)."""
-        rows = self.own.execute(ORDER_STATES, {"ids": order_ids}).fetchall()
-        stored = {row["id"]: tuple(row.values()) for row in rows}
-        found = {}
-        for order_id in order_ids:
-            psp = self.orders[order_id].psp
-            model = (
-                psp.status, psp.authorized, psp.captured, psp.refunded, len(psp.ledger),
-                psp.answer_lost, frozenset(self.model.forced.get(psp.psp_id, ())),
-                len(self.model.notifications),
-            )  # fmt: skip
-            found[order_id] = (stored.get(order_id), model)
-        return found
 
     def _sweep_alone(self) -> Flags | None:
         """The first round of a settle point is the periodic sweep's alone, with every
