@@ -148,11 +148,16 @@ FROM outbox WHERE order_id = ANY(%(ids)s) AND event_type <> 'order.synced'
 """
 # Whether the orders are settled (nothing in flight, nothing for the shop undelivered, no
 # notification waiting: a count of what is left, in the `busy` row) and, in the same
-# round trip, their flags (FLAGS_OF), which a settle point reads next when it is.
+# round trip, their flags (FLAGS_OF), which a settle point reads next when it is. A
+# pending operation with no next attempt is parked for a person (an unknown outcome
+# after the last attempt, no credentials): no time passing, sweep or reconcile moves it,
+# only an operator's reconcile or a notification (counted apart), so it is settled; the
+# barrier's operator acts on its flag, and one left at the end is `stuck_in_flight`.
 QUIET_AND_FLAGS = f"""
 SELECT NULL::text AS order_id, 'busy' AS kind,
        ((SELECT count(*) FROM operations WHERE order_id = ANY(%(ids)s)
-           AND status IN ('pending', 'sent', 'awaiting_notification'))
+           AND status IN ('pending', 'sent', 'awaiting_notification')
+           AND NOT (status = 'pending' AND next_attempt_at IS NULL))
         + (SELECT count(*) FROM outbox WHERE order_id = ANY(%(ids)s)
            AND delivered_at IS NULL AND parked_at IS NULL)
         + (SELECT count(*) FROM inbox WHERE source = 'adyen' AND processed_at IS NULL
@@ -2448,10 +2453,11 @@ class Simulation:
         self.model.faults = Faults.none()
         self.gaps.at_barrier()
         self.more.at_barrier()
-        self._sweep_alone()
         # Each settle returns the flags read with its last check when it went quiet:
         # nothing moves between that read and their use here.
-        settled = self._settle(resync=True, leases=True)
+        settled = self._sweep_alone()
+        if settled is None:
+            settled = self._settle(leases=True)
         for _ in range(3):
             flags = settled if settled is not None else self._flags()
             flagged = []
@@ -2464,7 +2470,11 @@ class Simulation:
             for order_id in flagged:
                 self.kind("operator_reconcile_after_flag")
                 self.operator_reconcile(order_id)
-            settled = self._settle()
+            # What the reconciles queued (the shop's events) first: often that is all.
+            self._drain()
+            settled = self._quiet()
+            if settled is None:
+                settled = self._settle()
         else:
             flags = settled if settled is not None else self._flags()
             for order_id, (told, now) in flags.items():
@@ -2477,16 +2487,19 @@ class Simulation:
                 order.oracle.settle()
         self.model.faults = faults if not final else Faults.none()
 
-    def _sweep_alone(self) -> None:
-        """A worker that died mid-call is found by the periodic sweep alone (in
-        production nothing else enqueues its order; the settle rounds enqueue every
-        order, which would hide a sweep that misses it): no operation is left `sent`
-        with its lease run out after one round of time, sweep and work. That is read by
-        the next time passing, the settle's first (`_settle(leases=True)`), which comes
-        next with nothing in between: one round trip fewer."""
-        self.time_passes()
+    def _sweep_alone(self) -> Flags | None:
+        """The first round of a settle point is the periodic sweep's alone, with every
+        Klarna order's re-read due: what a lost message, a dead worker or a due retry
+        left is found by the sweep as in production (the settle rounds enqueue every
+        order, which would hide a sweep that misses it). Returns the orders' flags when
+        that leaves nothing in flight, undelivered or unprocessed (`_quiet`): then it is
+        settled. Else the settle rounds follow, and the first one's time passing reads
+        that no operation was left `sent` with its lease run out after this round
+        (`_settle(leases=True)`)."""
+        self.time_passes(resync=True)
         self.sweep()
         self._drain()
+        return self._quiet()
 
     def _settle(self, *, resync: bool = False, leases: bool = False) -> Flags | None:
         """Until nothing moves: time passes (retries, leases, grace periods due), the
@@ -2498,7 +2511,10 @@ class Simulation:
             resync = leases = False
             self.sweep()
             for order_id in self.orders:
-                self._enqueue(order_id, 0)
+                # Every order is reconciled this round: once, also when the sweep just
+                # queued it (a second message in a row finds nothing to do).
+                if ("reconcile", order_id) not in self.jobs:
+                    self._enqueue(order_id, 0)
             self._drain()
             flags = self._quiet()
             if flags is not None:
