@@ -1289,6 +1289,30 @@ class Oracle:
                     exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
                     exp.uncertain_end = True
                     exp.outcomes.add("fee_removed_while_shipping")
+        for snap in self.window[:-1] if newly and st.own_capture else []:
+            goods_then = any(
+                kind(x) in GOODS and int(x.get("shipped_quantity", 0)) > st.captured.get(x["id"], 0)
+                for x in snap["lines"]
+            )
+            for line in snap["lines"] if goods_then else []:
+                line_id = str(line["id"])
+                before = st.captured.get(line_id, 0)
+                if kind(line) not in FEES or line_id in lines or before >= int(line["quantity"]):
+                    continue
+                # §4: fee lines "are charged with the order's first capture (or when
+                # the shop marks them shipped, if that comes first)"; for one added
+                # after the first capture it does not say which (see riding below;
+                # README "Fees": with the service's next capture of goods). A worker
+                # that captured the goods for this snapshot may have charged it with
+                # them; removed since, the captures exceed the basket unless a later
+                # capture gives it back, else a person is told (seed 56791).
+                entry = exp.lines.setdefault(line_id, LineExpect())
+                if entry.captured_range is None or entry.captured_range[1] < int(line["quantity"]):
+                    entry.maybe(before, int(line["quantity"]))
+                    st.money_high += line_value(line) * self._ratio(snap)
+                entry.prices |= self._prices(line_id)
+                exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+                exp.outcomes.add("fee_added_after_first_capture_removed_while_shipping")
         alone = self._fees_due_alone(last, lines, newly, fees)
         fees += alone
         for line_id, (units, fee_worth) in self._fee_alone_earlier().items():
