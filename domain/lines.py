@@ -154,15 +154,25 @@ def ledger_from(operations: Iterable[tuple[str, Sequence[PspLine]]]) -> Ledger:
         # A share line with the reference of a product line already captured is that
         # line's price correction: its own units carry it, not the request's.
         corrections = [line for line in lines if _is_correction(ledger, line)]
+        products = [line for line in lines if not _is_share(line)]
+        moved = 0
         for line in corrections:
             entry = ledger[line.reference]
-            if kind == CAPTURE:
-                entry.captured_correction += line.total_amount
-            else:
+            if kind != CAPTURE:
                 entry.refunded_correction += line.total_amount
+                continue
+            holds = max(entry.held_value + entry.held_share + entry.held_correction, 0)
+            entry.captured_correction += line.total_amount
+            if products:
+                # A cut given back beyond what its units hold (their captured value
+                # less the discount share they carried): that share goes back to the
+                # order-level line, whose rest this capture took, so its goods carry
+                # it; no unit is held below 0 (_price_corrections, seed 55371).
+                beyond = max(-line.total_amount - holds, 0)
+                entry.captured_share += beyond
+                moved -= beyond
         lines = [line for line in lines if not _is_correction(ledger, line)]
-        products = [line for line in lines if not _is_share(line)]
-        shares_total = sum(line.total_amount for line in lines if _is_share(line))
+        shares_total = sum(line.total_amount for line in lines if _is_share(line)) + moved
         attributed = (
             _capture_attribution(products, shares_total)
             if kind == CAPTURE
@@ -555,12 +565,12 @@ def _price_corrections(order: OrderSnapshot, ledger: Ledger, carrier: int) -> li
         line = worth_now.get(reference)
         if line is not None and line.shared:
             continue
-        # Never below what the units hold (a discount share they carried included): a
-        # unit is never held below 0, so a refund of it never takes money back.
-        over = min(
-            entry.captured_net - (line.total if line is not None else 0),
-            entry.captured_net + entry.captured_share,
-        )
+        # All its units were captured for above their worth now, a discount share they
+        # carried included: that share goes back to the discount line, whose rest
+        # this capture takes, so the captures add up to the total and the shares to
+        # the discount's (contract §4); ledger_from books it on this capture's goods,
+        # so a unit is never held below 0 and a refund never takes money back.
+        over = entry.captured_net - (line.total if line is not None else 0)
         if over > 0 and entry.captured_quantity > 0 and entry.refunded_quantity == 0:
             cuts.append((reference, line.name if line is not None else captured.name, entry, over))
     total = sum(over for _, _, _, over in cuts)

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from domain.lines import (
     PspLine,
     capture_lines,
@@ -161,6 +163,47 @@ def test_a_line_removed_after_its_capture_is_given_back_as_a_cut() -> None:
     assert cut == [("fee", -109)] and decision.amount == 1
     ledger = ledger_from([("capture", op.lines) for op in history] + [("capture", decision.lines)])
     assert ledger["l1"].captured_quantity == 2
+
+
+@pytest.mark.parametrize("removed", [True, False])
+def test_a_cut_line_gives_back_the_discount_share_it_carried_to_the_other_goods(
+    removed: bool,
+) -> None:
+    """Seed 55371 (Klarna): one l1 unit captured before the first read (2599), the
+    service's capture took the next with the surcharge (l1 2599, l3 150, discount −213,
+    of which −12 is the surcharge's share); the surcharge then went (removed, or priced
+    to 0) and the discount grew to −837; the authorization follows the basket (6960) and
+    the last unit ships. The captures must add up to the basket and the discount shares
+    to the discount's total (§4): the last capture takes the rest of the discount
+    (−624) and gives back all 150 the surcharge was captured for: 1825, what is left.
+    Before, the give-back stopped at what the surcharge's unit held (138): 1837 did not
+    fit, `capture_exceeds_authorization`, the last unit never charged. The surcharge's
+    −12 share now sits on the goods that carried its give-back, so no unit is held
+    below 0 and returning every l1 unit gives back what the customer paid."""
+    fee = PspLine("l3", "L3", LineType.SURCHARGE, 1, 150, 2000, 150, 0, 25)
+    share = PspLine("l2", "L2", LineType.DISCOUNT, 1, -213, 2000, -213, 0, -36)
+    history = (
+        captured(unit("l1", 1, 2599), external=True),
+        captured(unit("l1", 1, 2599), fee, share),
+    )
+    lines = [line("l1", 3, 2599, shipped=3), line("l2", 1, -837, type="discount")]
+    if not removed:
+        lines.append(line("l3", 1, 0, type="surcharge"))
+    decision = plan_next(OrderView(order(lines), psp(6960, 5135), history=history), allow_all)
+    assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
+    assert decision.amount == 1825 == lines_total(decision.lines)
+    assert sorted((x.reference, x.total_amount) for x in decision.lines) == [
+        ("l1", 2599),
+        ("l2", -624),
+        ("l3", -150),
+    ]
+    ledger = ledger_from([("capture", op.lines) for op in history] + [("capture", decision.lines)])
+    assert captured_total(ledger) == 6960
+    held = ledger["l3"]
+    assert held.held_value + held.held_share + held.held_correction == 0
+    assert ledger["l1"].captured_share == -837
+    lines[0] = line("l1", 3, 2599, shipped=3, returned=3)
+    assert lines_total(refund_lines(order(lines), ledger)) == 6960
 
 
 def test_money_moved_outside_is_explained_without_a_correction() -> None:
