@@ -1833,13 +1833,25 @@ def _borrow(
             short -= take
 
 
-def _cut(held: dict[str, list[Fraction]], line: Booked) -> None:
-    """A price cut given back for a line's captured units: spread over them by value."""
+def _cut(held: dict[str, list[Fraction]], line: Booked, *, clamp: bool) -> Fraction:
+    """A price cut given back for a line's captured units: spread over them by value.
+
+    Returns what it gives back beyond what they hold (< 0), which they are then held at
+    nothing: the order-level share they carried (a discount) went back with it to the
+    discount line, whose rest the capture carrying the cut takes (§4: "the shares add
+    up to the discount line's total once everything has shipped"), so the goods of that
+    capture hold it, and a refund of them gives back what the customer paid for them
+    ("never more than was captured for those units"; seed 55371)."""
     units = held.get(line.reference, [])
     value = sum(units, Fraction(0))
+    beyond = Fraction(0)
     for index, unit in enumerate(units):
         part = Fraction(line.total * unit, value) if value else Fraction(line.total, len(units))
         units[index] = unit + part
+        if clamp and units[index] < 0:
+            beyond += units[index]
+            units[index] = Fraction(0)
+    return beyond
 
 
 def check_ledger(
@@ -1872,11 +1884,14 @@ def check_ledger(
             if line.type in REDUCING and got.get(line.reference, [0, 0])[0] > 0
         ]
         lines = [line for line in lines if line not in cuts]
+        units = [line for line in lines if line.type not in REDUCING | SHARED_UP]
+        shared: Fraction | int = sum(
+            line.total for line in lines if line.type in REDUCING | SHARED_UP
+        )
         if what == "capture":
             for line in cuts:
-                _cut(held, line)
-        units = [line for line in lines if line.type not in REDUCING | SHARED_UP]
-        shared = sum(line.total for line in lines if line.type in REDUCING | SHARED_UP)
+                # (A request of cuts alone has no goods to carry it: the units keep it.)
+                shared += _cut(held, line, clamp=bool(units))
         value = sum(line.total for line in units)
         if what == "capture":
             captured += amount

@@ -2650,3 +2650,40 @@ def test_a_fee_added_after_the_first_capture_may_ride_with_a_capture_then_be_rem
         [("capture", 900, [booked("l1", 2, 900)]), ("capture", 450, capture[:1])], exp
     )
     assert not [f for f in found if f[0] == "captured_units"], found
+
+
+def test_a_cut_beyond_what_its_units_hold_gives_their_discount_share_to_the_goods() -> None:
+    """Seed 55371: l1 captured outside (2599), then l1 with the surcharge l3 (150) and
+    −213 of the discount (≈ −11.4 of it the surcharge's); the surcharge removed, the
+    discount raised to −837, the last l1 unit captured with the rest of it (−624) and
+    all 150 of the surcharge given back (a cut with l3's reference). §4: "the shares
+    add up to the discount line's total once everything has shipped", so the discount
+    is all on l1's units now: returning them gives back 6960, what the customer paid
+    (refunds "never more than was captured for those units"), not 6972 with l3's unit
+    held at −11.4."""
+    exp = Expectation(
+        lines={"l1": LineExpect(captured=3, refunded=3), "l3": LineExpect(captured=1)}
+    )
+    ledger = [
+        ("capture", 2599, [booked("l1", 1, 2599)]),
+        (
+            "capture",
+            2536,
+            [
+                booked("l1", 1, 2599),
+                booked("l3", 1, 150, type="surcharge"),
+                booked("l2", 1, -213, type="discount"),
+            ],
+        ),
+        (
+            "capture",
+            1825,
+            [
+                booked("l1", 1, 2599),
+                booked("l2", 1, -624, type="discount"),
+                booked("l3", 1, -150, type="discount"),
+            ],
+        ),
+        ("refund", 6960, [booked("l1", 3, 7797), booked("l2", 1, -837, type="discount")]),
+    ]
+    assert check_ledger(ledger, exp) == []
