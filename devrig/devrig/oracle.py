@@ -1558,6 +1558,7 @@ class Oracle:
                     after_overshoot[line_id] = min(after_overshoot.get(line_id, units), floor)
         if after_overshoot:
             exp.outcomes.add("captured_beyond_a_later_basket_in_one_window")
+        money_then = st.money
         st.money += sum(
             int(lines[i]["unit_price"]) * n for i, n in newly.items() if i in lines
         ) * self._ratio(last)
@@ -1585,6 +1586,20 @@ class Oracle:
                 entry.maybe(before + after_overshoot[line_id], before + units)
             else:
                 entry.surely(before, units)
+        complete = all(
+            st.captured.get(line_id, 0) >= int(line["quantity"])
+            for line_id, line in lines.items()
+            if kind(line) in GOODS | FEES and line_value(line) > 0
+        ) and not any(e.captured_range for e in exp.lines.values())
+        if complete and set(newly) - free and money_then <= order_total(last):
+            # §4: shares "rounded cumulatively so that ... the shares add up to the
+            # discount line's total once everything has shipped", and "once everything
+            # has shipped the captures add up to the order's total": the capture that
+            # leaves nothing of value to capture takes the rest of the order-level lines,
+            # all of it when the units before were captured outside (which carried
+            # none; seeds 58085, 58171), not the last basket's ratio of its own units.
+            st.money = Fraction(order_total(last))
+            st.money_high = max(st.money_high, st.money)
         st.any_capture = st.any_capture or bool(set(newly) - free)
         st.own_capture = st.own_capture or bool(set(newly) - free)
         st.free_shipped = st.free_shipped or bool(free)

@@ -2687,3 +2687,29 @@ def test_a_cut_beyond_what_its_units_hold_gives_their_discount_share_to_the_good
         ("refund", 6960, [booked("l1", 3, 7797), booked("l2", 1, -837, type="discount")]),
     ]
     assert check_ledger(ledger, exp) == []
+
+
+@pytest.mark.parametrize("goods", [True, False])
+def test_the_capture_completing_a_basket_after_one_made_outside_fills_its_total(
+    goods: bool,
+) -> None:
+    """Seeds 58171 and 58085 (Klarna US): a unit captured before the first read carried
+    no share of the order-level lines (a discount, sales tax). The service's capture of
+    the rest (the other units with the surcharge, 58171; the shipping fee alone, README
+    "Fees", 58085) takes all that is left of them, §4: "so that once everything has
+    shipped the captures add up to the order's total". The authorization (the basket's
+    total) is then fully captured, and the basket grown after is a new order (§4 step 1
+    updates an authorization "not fully captured"), not a raise the oracle requires."""
+    tax = line("l6", 1, 150, rate=0, type="sales_tax")
+    fee = line("l5", 1, 150, type="surcharge")
+    first = [line("l1", 3 if goods else 1, 100), line("l4", 1, -125, type="discount"), tax, fee]
+    oracle = Oracle(order_total(snap(1, first)), refuses_increases=False)
+    oracle.external_capture("l1", 1, 100)
+    oracle.snapshot(snap(1, first))
+    oracle.settle()
+    shipped = [{**first[0], "shipped_quantity": first[0]["quantity"]}, *first[1:]]
+    oracle.snapshot(snap(2, shipped))
+    oracle.settle()
+    oracle.snapshot(snap(3, [*shipped, line("l7", 2, 450)]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") in exp.allowed
