@@ -165,18 +165,35 @@ def ledger_from(operations: Iterable[tuple[str, Sequence[PspLine]]]) -> Ledger:
         # A share line with the reference of a product line already captured is that
         # line's price correction: its own units carry it, not the request's.
         corrections = [line for line in lines if _is_correction(ledger, line)]
+        products = [line for line in lines if not _is_share(line)]
+        moved = 0
         for line in corrections:
             entry = ledger[str(corrected(ledger, line))]
+            holds = max(entry.held_value + entry.held_share + entry.held_correction, 0)
             if kind == CAPTURE:
                 entry.captured_correction += line.total_amount
+                beyond = max(-line.total_amount - holds, 0) if products else 0
             else:
                 entry.refunded_correction += line.total_amount
                 # A refund gives a cut back at a negative line with returned units, or
                 # whole at a positive one when no capture was left to carry it.
                 entry.given_back += max(line.total_amount, 0)
+                beyond = max(line.total_amount - holds, 0)
+            if beyond:
+                # A cut given back beyond what its units hold (their captured value
+                # less the discount share they carried): that share goes back to the
+                # order-level line, so other goods carry it, no unit is held below 0
+                # (_price_corrections, seed 55371). A capture's own goods take it with
+                # the rest of that line; a refund's (the cut refunded whole,
+                # surplus_refund_lines) the goods still held and not returned with it.
+                if kind == CAPTURE:
+                    moved -= beyond
+                else:
+                    busy = {str(corrected(ledger, x)) for x in corrections}
+                    beyond = _move_share(ledger, beyond, busy | {x.reference for x in products})
+                entry.captured_share += beyond
         lines = [line for line in lines if not _is_correction(ledger, line)]
-        products = [line for line in lines if not _is_share(line)]
-        shares_total = sum(line.total_amount for line in lines if _is_share(line))
+        shares_total = sum(line.total_amount for line in lines if _is_share(line)) + moved
         tax_total = sum(line.total_amount for line in lines if line.type is LineType.SALES_TAX)
         attributed = (
             _capture_attribution(products, shares_total)
@@ -208,6 +225,24 @@ def ledger_from(operations: Iterable[tuple[str, Sequence[PspLine]]]) -> Ledger:
                 entry.refunded_share += part
                 entry.refunded_tax_share += tax
     return ledger
+
+
+def _move_share(ledger: Ledger, amount: int, busy: Collection[str]) -> int:
+    """Puts `amount` (> 0) more of the discount on the goods still held, other than the
+    `busy` lines, by what each holds, as far as they hold it; returns what they took."""
+    held = [
+        entry
+        for reference, entry in ledger.items()
+        if reference not in busy
+        and entry.captured_line is not None
+        and not _is_share(entry.captured_line)
+        and entry.held_quantity > 0
+    ]
+    weights = [max(x.held_value + x.held_share + x.held_correction, 0) for x in held]
+    taken = min(amount, sum(weights))
+    for entry, part in zip(held, distribute(taken, weights), strict=True):
+        entry.captured_share -= part
+    return taken
 
 
 # A price cut refunded whole (surplus_refund_lines) names its line with this suffix:
@@ -615,17 +650,20 @@ def _cuts(order: OrderSnapshot, ledger: Ledger) -> list[tuple[str, str, LineLedg
         line = worth_now.get(reference)
         if line is not None and line.shared:
             continue
-        # What the units still hold of their captures: a surplus refunded since is gone.
-        net = entry.captured_net - entry.given_back
-        # Never below what the units hold (a discount share they carried included): a
-        # unit is never held below 0, so a refund of it never takes money back.
-        over = min(net - (line.total if line is not None else 0), net + entry.captured_share)
+        # All its units were captured for above their worth now, a discount share they
+        # carried included (less a cut refunded whole since): that share goes back to
+        # the discount line, so the captures add up to the total and the shares to the
+        # discount's (contract §4); ledger_from books it on other goods, so a unit is
+        # never held below 0 and a refund never takes money back.
+        over = entry.captured_net - entry.given_back - (line.total if line is not None else 0)
         if over > 0 and entry.captured_quantity > 0 and entry.refunded_quantity == 0:
             cuts.append((reference, line.name if line is not None else captured.name, entry, over))
     return cuts
 
 
-def surplus_refund_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
+def surplus_refund_lines(
+    order: OrderSnapshot, ledger: Ledger, returning: Collection[str] = ()
+) -> list[PspLine]:
     """A price cut on units already captured that no capture is left to give back (every
     unit of goods of some value captured, or the order cancelled with its shipped goods
     captured): refunded, one positive `discount` line per cut line with its reference and
@@ -633,21 +671,37 @@ def surplus_refund_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
     what they are worth now, so the customer pays the order's total and a later refund of them gives
     back no more (contract §4: refunds at the captured price, never more than was
     captured for those units). Empty while a capture may still carry it, and for a line
-    removed since its capture (told as before: _capture_gap, _ended_above)."""
+    removed since its capture (told as before: _capture_gap, _ended_above).
+
+    A cut gives back all its units were captured for, a discount share they carried
+    included: that share then sits on the goods still held (ledger_from), so the refund
+    is never more than those goods and the cut ones hold together, the units `returning`
+    with it (given back by the same refund) left out."""
     if order.status != "cancelled" and not all_units_captured(order, ledger):
         return []
     if _goods_to_capture(order, ledger):
         return []
     in_order = {line.id for line in order.effective_lines}
+    cuts = [cut for cut in _cuts(order, ledger) if cut[0] in in_order]
+    # (A line removed after its capture is no price the shop set: its goods left the
+    # warehouse, and §4 charges nothing for them only once marked returned.)
+    room = sum(
+        max(entry.held_value + entry.held_share + entry.held_correction, 0)
+        for reference, entry in ledger.items()
+        if reference not in returning
+        and entry.captured_line is not None
+        and not _is_share(entry.captured_line)
+        and entry.held_quantity > 0
+    )
+    overs = [over for _, _, _, over in cuts]
+    if sum(overs) > room:
+        overs = distribute(max(room, 0), overs)
     result = []
-    for reference, name, entry, over in _cuts(order, ledger):
-        if reference not in in_order:
-            # A line removed after its capture is no price the shop set: its goods left
-            # the warehouse, and §4 charges nothing for them only once marked returned.
-            continue
+    for (reference, name, entry, _), over in zip(cuts, overs, strict=True):
         assert entry.captured_line is not None
         rate = entry.captured_line.tax_rate
-        result.append(_share_line(reference + CUT_SUFFIX, name, rate, over))
+        if over > 0:
+            result.append(_share_line(reference + CUT_SUFFIX, name, rate, over))
     return result
 
 

@@ -350,7 +350,7 @@ def _refund_step(order: OrderSnapshot, psp: PspState, ledger: Ledger) -> Plan | 
     returned = {x.reference for x in lines if x.type not in SHARE_TYPES}
     lines += [
         x
-        for x in surplus_refund_lines(order, ledger)
+        for x in surplus_refund_lines(order, ledger, returned)
         if x.reference.removesuffix(CUT_SUFFIX) not in returned
     ]
     amount = lines_total(lines)

@@ -1309,6 +1309,30 @@ class Oracle:
                     exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
                     exp.uncertain_end = True
                     exp.outcomes.add("fee_removed_while_shipping")
+        for snap in self.window[:-1] if newly and st.own_capture else []:
+            goods_then = any(
+                kind(x) in GOODS and int(x.get("shipped_quantity", 0)) > st.captured.get(x["id"], 0)
+                for x in snap["lines"]
+            )
+            for line in snap["lines"] if goods_then else []:
+                line_id = str(line["id"])
+                before = st.captured.get(line_id, 0)
+                if kind(line) not in FEES or line_id in lines or before >= int(line["quantity"]):
+                    continue
+                # §4: fee lines "are charged with the order's first capture (or when
+                # the shop marks them shipped, if that comes first)"; for one added
+                # after the first capture it does not say which (see riding below;
+                # README "Fees": with the service's next capture of goods). A worker
+                # that captured the goods for this snapshot may have charged it with
+                # them; removed since, the captures exceed the basket unless a later
+                # capture gives it back, else a person is told (seed 56791).
+                entry = exp.lines.setdefault(line_id, LineExpect())
+                if entry.captured_range is None or entry.captured_range[1] < int(line["quantity"]):
+                    entry.maybe(before, int(line["quantity"]))
+                    st.money_high += line_value(line) * self._ratio(snap)
+                entry.prices |= self._prices(line_id)
+                exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+                exp.outcomes.add("fee_added_after_first_capture_removed_while_shipping")
         alone = self._fees_due_alone(last, lines, newly, fees)
         fees += alone
         for line_id, (units, fee_worth) in self._fee_alone_earlier().items():
@@ -1567,6 +1591,7 @@ class Oracle:
                 exp.outcomes.add("below_a_capture_of_its_window_in_passing")
         if after_overshoot:
             exp.outcomes.add("captured_beyond_a_later_basket_in_one_window")
+        money_then = st.money
         st.money += sum(
             int(lines[i]["unit_price"]) * n for i, n in newly.items() if i in lines
         ) * self._ratio(last)
@@ -1594,6 +1619,20 @@ class Oracle:
                 entry.maybe(before + after_overshoot[line_id], before + units)
             else:
                 entry.surely(before, units)
+        complete = all(
+            st.captured.get(line_id, 0) >= int(line["quantity"])
+            for line_id, line in lines.items()
+            if kind(line) in GOODS | FEES and line_value(line) > 0
+        ) and not any(e.captured_range for e in exp.lines.values())
+        if complete and set(newly) - free and money_then <= order_total(last):
+            # §4: shares "rounded cumulatively so that ... the shares add up to the
+            # discount line's total once everything has shipped", and "once everything
+            # has shipped the captures add up to the order's total": the capture that
+            # leaves nothing of value to capture takes the rest of the order-level lines,
+            # all of it when the units before were captured outside (which carried
+            # none; seeds 58085, 58171), not the last basket's ratio of its own units.
+            st.money = Fraction(order_total(last))
+            st.money_high = max(st.money_high, st.money)
         st.any_capture = st.any_capture or bool(set(newly) - free)
         st.own_capture = st.own_capture or bool(set(newly) - free)
         st.free_shipped = st.free_shipped or bool(free)
@@ -1842,13 +1881,40 @@ def _borrow(
             short -= take
 
 
-def _cut(held: dict[str, list[Fraction]], line: Booked) -> None:
-    """A price cut given back for a line's captured units: spread over them by value."""
+def _cut(held: dict[str, list[Fraction]], line: Booked, *, clamp: bool) -> Fraction:
+    """A price cut given back for a line's captured units: spread over them by value.
+
+    Returns what it gives back beyond what they hold (< 0), which they are then held at
+    nothing: the order-level share they carried (a discount) went back with it to the
+    discount line, whose rest the capture carrying the cut takes (§4: "the shares add
+    up to the discount line's total once everything has shipped"), so the goods of that
+    capture hold it, and a refund of them gives back what the customer paid for them
+    ("never more than was captured for those units"; seed 55371)."""
     units = held.get(line.reference, [])
     value = sum(units, Fraction(0))
+    beyond = Fraction(0)
     for index, unit in enumerate(units):
         part = Fraction(line.total * unit, value) if value else Fraction(line.total, len(units))
         units[index] = unit + part
+        if clamp and units[index] < 0:
+            beyond += units[index]
+            units[index] = Fraction(0)
+    return beyond
+
+
+def _spread(held: dict[str, list[Fraction]], amount: Fraction, busy: set[str]) -> None:
+    """`amount` (<= 0) more of the discount on the units held of lines not `busy`, by
+    value (a cut refunded whole beyond what its units held: _cut)."""
+    units = [
+        (reference, index)
+        for reference, values in held.items()
+        if reference not in busy
+        for index, unit in enumerate(values)
+        if unit > 0
+    ]
+    value = sum((held[r][i] for r, i in units), Fraction(0))
+    for reference, index in units if amount and value else []:
+        held[reference][index] += amount * held[reference][index] / value
 
 
 def check_ledger(
@@ -1895,9 +1961,6 @@ def check_ledger(
         if settle and not cuts:
             # Nothing paid for these goods but money a price cut left with the PSP.
             found.append(("settled_without_a_cut", f"{[line.reference for line in lines]}"))
-        if what == "capture":
-            for line in cuts:
-                _cut(held, line)
         # README "Ledger model": a cut no capture was left to give back is refunded, the
         # units it names then held at that much less (§4 step 3: refunds "never more
         # than was captured for those units"); no unit comes back for it.
@@ -1910,13 +1973,24 @@ def check_ledger(
             and got.get(line.reference.removesuffix(CUT_REFUND), [0, 0])[0] > 0
         ]
         lines = [line for line in lines if line not in surplus]
+        units = [line for line in lines if line.type not in REDUCING | SHARED_UP]
+        shared: Fraction | int = sum(
+            line.total for line in lines if line.type in REDUCING | SHARED_UP
+        )
+        if what == "capture":
+            for line in cuts:
+                # (A request of cuts alone has no goods to carry it: the units keep it.)
+                shared += _cut(held, line, clamp=bool(units))
         for line in surplus:
             reference = line.reference.removesuffix(CUT_REFUND)
-            _cut(held, Booked(reference, line.type, 1, -line.total, -line.tax, line.tax_rate))
+            cut = Booked(reference, line.type, 1, -line.total, -line.tax, line.tax_rate)
+            # Beyond what its units hold, the discount share they carried goes to the
+            # goods still held (§4: "the shares add up to the discount line's total"),
+            # not those this refund gives back.
+            busy = {x.reference.removesuffix(CUT_REFUND) for x in surplus + units}
+            _spread(held, _cut(held, cut, clamp=True), busy)
             given_back += line.total
             amount -= line.total
-        units = [line for line in lines if line.type not in REDUCING | SHARED_UP]
-        shared = sum(line.total for line in lines if line.type in REDUCING | SHARED_UP)
         value = sum(line.total for line in units)
         if what == "capture":
             captured += amount

@@ -2736,3 +2736,117 @@ def test_a_window_of_cancelled_snapshots_below_the_authorization_is_judged() -> 
     exp = oracle.expectation()
     assert exp.authorization == "cancelled"
     assert exp.authorized_low is None
+
+
+def test_a_fee_added_after_the_first_capture_may_ride_with_a_capture_then_be_removed() -> None:
+    """Seed 56791 (Klarna DE, increases allowed): the service's first capture took two
+    of l1's units. A surcharge added since and two more units shipped: README "Fees", a
+    fee the first capture did not carry "goes with the service's next capture of
+    goods" (§4 leaves a fee added after the first capture to a later capture or its
+    shipment). In the same window the shop swapped the surcharge for another of the same
+    price. A worker that captured for the snapshot that still had it charged it with
+    the goods (then the swap is a price cut the next capture gives back, or a person is
+    told), or not (timing): either is allowed, never required."""
+    oracle = Oracle(1350, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 3, 450)]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [line("l1", 3, 450, shipped_quantity=2)]))
+    oracle.settle()
+    first = line("l3", 1, 366, type="surcharge")
+    oracle.snapshot(snap(3, [line("l1", 3, 450, shipped_quantity=2), first]))
+    oracle.snapshot(snap(4, [line("l1", 3, 450, shipped_quantity=3), first]))
+    second = line("l4", 1, 366, type="surcharge")
+    oracle.snapshot(snap(5, [line("l1", 3, 450, shipped_quantity=3), second]))
+    exp = oracle.expectation()
+    assert exp.lines["l3"].captured_range == (0, 1)
+    capture = [booked("l1", 1, 450), booked("l3", 1, 366, type="surcharge")]
+    found = check_ledger([("capture", 900, [booked("l1", 2, 900)]), ("capture", 816, capture)], exp)
+    assert not [f for f in found if f[0] == "captured_units"], found
+    found = check_ledger(
+        [("capture", 900, [booked("l1", 2, 900)]), ("capture", 450, capture[:1])], exp
+    )
+    assert not [f for f in found if f[0] == "captured_units"], found
+
+
+def test_a_cut_beyond_what_its_units_hold_gives_their_discount_share_to_the_goods() -> None:
+    """Seed 55371: l1 captured outside (2599), then l1 with the surcharge l3 (150) and
+    −213 of the discount (≈ −11.4 of it the surcharge's); the surcharge removed, the
+    discount raised to −837, the last l1 unit captured with the rest of it (−624) and
+    all 150 of the surcharge given back (a cut with l3's reference). §4: "the shares
+    add up to the discount line's total once everything has shipped", so the discount
+    is all on l1's units now: returning them gives back 6960, what the customer paid
+    (refunds "never more than was captured for those units"), not 6972 with l3's unit
+    held at −11.4."""
+    exp = Expectation(
+        lines={"l1": LineExpect(captured=3, refunded=3), "l3": LineExpect(captured=1)}
+    )
+    ledger = [
+        ("capture", 2599, [booked("l1", 1, 2599)]),
+        (
+            "capture",
+            2536,
+            [
+                booked("l1", 1, 2599),
+                booked("l3", 1, 150, type="surcharge"),
+                booked("l2", 1, -213, type="discount"),
+            ],
+        ),
+        (
+            "capture",
+            1825,
+            [
+                booked("l1", 1, 2599),
+                booked("l2", 1, -624, type="discount"),
+                booked("l3", 1, -150, type="discount"),
+            ],
+        ),
+        ("refund", 6960, [booked("l1", 3, 7797), booked("l2", 1, -837, type="discount")]),
+    ]
+    assert check_ledger(ledger, exp) == []
+
+
+@pytest.mark.parametrize("goods", [True, False])
+def test_the_capture_completing_a_basket_after_one_made_outside_fills_its_total(
+    goods: bool,
+) -> None:
+    """Seeds 58171 and 58085 (Klarna US): a unit captured before the first read carried
+    no share of the order-level lines (a discount, sales tax). The service's capture of
+    the rest (the other units with the surcharge, 58171; the shipping fee alone, README
+    "Fees", 58085) takes all that is left of them, §4: "so that once everything has
+    shipped the captures add up to the order's total". The authorization (the basket's
+    total) is then fully captured, and the basket grown after is a new order (§4 step 1
+    updates an authorization "not fully captured"), not a raise the oracle requires."""
+    tax = line("l6", 1, 150, rate=0, type="sales_tax")
+    fee = line("l5", 1, 150, type="surcharge")
+    first = [line("l1", 3 if goods else 1, 100), line("l4", 1, -125, type="discount"), tax, fee]
+    oracle = Oracle(order_total(snap(1, first)), refuses_increases=False)
+    oracle.external_capture("l1", 1, 100)
+    oracle.snapshot(snap(1, first))
+    oracle.settle()
+    shipped = [{**first[0], "shipped_quantity": first[0]["quantity"]}, *first[1:]]
+    oracle.snapshot(snap(2, shipped))
+    oracle.settle()
+    oracle.snapshot(snap(3, [*shipped, line("l7", 2, 450)]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") in exp.allowed
+
+
+def test_a_cut_refunded_whole_beyond_its_units_gives_their_discount_share_to_the_goods_held() -> (
+    None
+):
+    """README "Ledger model", both price-cut rules at once: a captured at 150 with the
+    whole discount (−12), b at 100; a priced to 0 with nothing left to capture, so all a
+    was captured for is refunded (`a#price-cut` 150) and the customer pays the basket, 88.
+    §4: "the shares add up to the discount line's total", so the −12 now sits on b, and
+    b's return gives back 88 (refunds "never more than was captured for those units"),
+    not 100. Before, a's unit was held at −12 and b's at 100."""
+    exp = Expectation(lines={"a": LineExpect(captured=1), "b": LineExpect(captured=1, refunded=1)})
+    ledger = [
+        ("capture", 138, [booked("a", 1, 150), booked("d", 1, -12, type="discount")]),
+        ("capture", 100, [booked("b", 1, 100)]),
+        ("refund", 150, [booked("a#price-cut", 1, 150, type="discount")]),
+        ("refund", 88, [booked("b", 1, 100), booked("d", 1, -12, type="discount")]),
+    ]
+    assert check_ledger(ledger, exp) == []
+    wrong = [*ledger[:3], ("refund", 100, [booked("b", 1, 100)])]
+    assert "refund_not_at_captured_price" in {code for code, _ in check_ledger(wrong, exp)}

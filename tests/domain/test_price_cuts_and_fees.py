@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from domain.lines import (
     CUT_SUFFIX,
     PspLine,
@@ -213,6 +215,47 @@ def test_a_cut_no_capture_is_left_to_give_back_is_refunded() -> None:
     assert lines_total(refund_lines(back, ledger)) == 99
 
 
+@pytest.mark.parametrize("removed", [True, False])
+def test_a_cut_line_gives_back_the_discount_share_it_carried_to_the_other_goods(
+    removed: bool,
+) -> None:
+    """Seed 55371 (Klarna): one l1 unit captured before the first read (2599), the
+    service's capture took the next with the surcharge (l1 2599, l3 150, discount −213,
+    of which −12 is the surcharge's share); the surcharge then went (removed, or priced
+    to 0) and the discount grew to −837; the authorization follows the basket (6960) and
+    the last unit ships. The captures must add up to the basket and the discount shares
+    to the discount's total (§4): the last capture takes the rest of the discount
+    (−624) and gives back all 150 the surcharge was captured for: 1825, what is left.
+    Before, the give-back stopped at what the surcharge's unit held (138): 1837 did not
+    fit, `capture_exceeds_authorization`, the last unit never charged. The surcharge's
+    −12 share now sits on the goods that carried its give-back, so no unit is held
+    below 0 and returning every l1 unit gives back what the customer paid."""
+    fee = PspLine("l3", "L3", LineType.SURCHARGE, 1, 150, 2000, 150, 0, 25)
+    share = PspLine("l2", "L2", LineType.DISCOUNT, 1, -213, 2000, -213, 0, -36)
+    history = (
+        captured(unit("l1", 1, 2599), external=True),
+        captured(unit("l1", 1, 2599), fee, share),
+    )
+    lines = [line("l1", 3, 2599, shipped=3), line("l2", 1, -837, type="discount")]
+    if not removed:
+        lines.append(line("l3", 1, 0, type="surcharge"))
+    decision = plan_next(OrderView(order(lines), psp(6960, 5135), history=history), allow_all)
+    assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
+    assert decision.amount == 1825 == lines_total(decision.lines)
+    assert sorted((x.reference, x.total_amount) for x in decision.lines) == [
+        ("l1", 2599),
+        ("l2", -624),
+        ("l3", -150),
+    ]
+    ledger = ledger_from([("capture", op.lines) for op in history] + [("capture", decision.lines)])
+    assert captured_total(ledger) == 6960
+    held = ledger["l3"]
+    assert held.held_value + held.held_share + held.held_correction == 0
+    assert ledger["l1"].captured_share == -837
+    lines[0] = line("l1", 3, 2599, shipped=3, returned=3)
+    assert lines_total(refund_lines(order(lines), ledger)) == 6960
+
+
 def test_money_moved_outside_is_explained_without_a_correction() -> None:
     """A capture made outside carried no correction: its lines are matched at the goods'
     value alone (contract §4, counted, never made again)."""
@@ -316,3 +359,38 @@ def test_a_cut_left_goes_with_a_refund_of_returns_due_anyway() -> None:
     assert isinstance(refund, Plan) and [(x.reference, x.total_amount) for x in refund.lines] == [
         ("l1", 100)
     ]
+
+
+@pytest.mark.parametrize("returned_too", [False, True])
+def test_a_cut_refunded_whole_moves_the_discount_share_it_carried_to_the_goods_held(
+    returned_too: bool,
+) -> None:
+    """Both price-cut rules at once (README "Ledger model"): A captured at 150 with the
+    whole discount's −12, B at 100; then A priced to 0, nothing left to capture. The
+    customer must end paying the basket (100 − 12 = 88), so the cut refunded is all A was
+    captured for (150), and A's −12 then sits on B: returning B gives back 88, not 100
+    (before: 250 refunded of 238 captured). When B comes back in the same refund, no goods
+    are left to carry the −12: the cut is refunded up to what A holds (138), and the
+    customer gets all 238 back."""
+    reduce = PspLine("d", "D", LineType.DISCOUNT, 1, -12, 2000, -12, 0, -2)
+    history: tuple[PastOperation, ...] = (
+        captured(unit("a", 1, 150), reduce),
+        captured(unit("b", 1, 100)),
+    )
+    full = psp(238, 238, PspStatus.CAPTURED)
+    b = line("b", 1, 100, shipped=1, returned=1 if returned_too else 0)
+    now = order([line("a", 1, 0, shipped=1), b, line("d", 1, -12, type="discount")])
+    refund = plan_next(OrderView(now, full, history=history), allow_all)
+    assert isinstance(refund, Plan) and refund.kind is Kind.REFUND, refund
+    cut = [x.total_amount for x in refund.lines if x.reference == "a" + CUT_SUFFIX]
+    assert cut == [138 if returned_too else 150]
+    assert refund.amount == (238 if returned_too else 150)
+    history += (PastOperation(Kind.REFUND, "succeeded", refund.amount, refund.lines),)
+    ledger = ledger_from((op.kind.value, op.lines) for op in history)
+    a = ledger["a"]
+    assert a.held_value + a.held_share + a.held_correction == 0
+    assert sum(entry.captured_share for entry in ledger.values()) == -12
+    if not returned_too:
+        assert ledger["b"].held_share == -12
+        back = order([line("a", 1, 0, shipped=1), {**b, "returned_quantity": 1}])
+        assert lines_total(refund_lines(back, ledger)) == 88
