@@ -2620,3 +2620,33 @@ def test_goods_shipped_within_rounding_of_what_the_authorization_has_left_may_wa
     exp = oracle.expectation()
     assert exp.lines["l2"].captured_range == (0, 1)
     assert ("needs_attention", "capture_exceeds_authorization") in exp.allowed
+
+
+@pytest.mark.parametrize("refuses", [False, True], ids=["increases_allowed", "refused"])
+@pytest.mark.parametrize("end", ["cancelled", "open"])
+def test_a_basket_grown_after_a_full_capture_in_passing_may_ask_for_a_new_order(
+    refuses: bool, end: str
+) -> None:
+    """Seed 62870 (Klarna, 1845 authorized): in one window the shop removed the sales
+    tax and shipped all three units (1350), then priced them at 750 (2250), then
+    cancelled. A worker that acted on the 1350 basket lowered the authorization to it
+    and captured it all (§4 step 1 "update the authorization with the complete new
+    basket", step 2); acting on the 2250 basket next, it found the authorization fully
+    captured, which step 1 updates no more ("not fully captured"): the shop is asked
+    for a new order, as after a refused increase, and every unit captured for less
+    than the basket says is told to a person. A later cancel undoes neither; a window
+    that ends back at the authorized total (1845) neither."""
+    oracle = Oracle(1845, refuses_increases=refuses)
+    l1 = line("l1", 3, 450)
+    oracle.snapshot(snap(1, [l1, line("l2", 1, 495, type="sales_tax")]))
+    oracle.snapshot(snap(3, [{**l1, "shipped_quantity": 3}]))
+    raised = {**l1, "unit_price": 750, "shipped_quantity": 3}
+    oracle.snapshot(snap(5, [raised]))
+    if end == "cancelled":
+        oracle.snapshot(snap(7, [raised, line("l3", 3, 0)], status="cancelled"))
+    else:
+        oracle.snapshot(snap(7, [{**raised, "unit_price": 615}]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") in exp.allowed
+    assert ("needs_attention", "captured_below_total") in exp.allowed
+    assert ("needs_new_order", "") not in exp.required
