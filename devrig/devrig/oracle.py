@@ -645,6 +645,16 @@ class Oracle:
             # with the same total but other lines is an update too"; seed 44567).
             exp.allowed |= {("needs_attention", r) for r in LET_GO_REFUSED}
             exp.outcomes.add("let_go_after_the_authorization_ended")
+        if self._ended_in_window and any(
+            self._shipped_uncaptured({x["id"]: x for x in snap["lines"]}) for snap in self.window
+        ):
+            # The same for the capture of goods shipped and not yet captured (§4 step 2,
+            # or step 4's "first capture every shipped line not yet captured") that a
+            # worker sent before it learnt the authorization had ended: refused (Klarna
+            # CAPTURE_NOT_ALLOWED), and "An operation that still fails after its retries
+            # flags needs_attention" (seed 63292).
+            exp.allowed.add(("needs_attention", "CAPTURE_NOT_ALLOWED"))
+            exp.outcomes.add("capture_after_the_authorization_ended")
         if st.closed == "expired" and any(
             snap["status"] == "open" and self._goods_to_charge(snap) for snap in self.window
         ):

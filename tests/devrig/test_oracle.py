@@ -2650,3 +2650,28 @@ def test_a_basket_grown_after_a_full_capture_in_passing_may_ask_for_a_new_order(
     assert ("needs_new_order", "") in exp.allowed
     assert ("needs_attention", "captured_below_total") in exp.allowed
     assert ("needs_new_order", "") not in exp.required
+
+
+def test_a_capture_sent_before_the_service_learnt_of_an_expiry_may_be_refused() -> None:
+    """Seed 63292 (Klarna, increases refused): the second unit of l2 shipped while a
+    refused sales-tax line left it beyond the authorization; the shop then removed the
+    line and cancelled, and the authorization expired before that settle point. A
+    worker that sent step 4's capture of the shipped units ("first capture every
+    shipped line not yet captured") before it learnt of the expiry has it refused, and
+    §4 "An operation that still fails after its retries flags needs_attention" (a
+    business rejection is not retried, §5), as for a release or cancel sent then."""
+    oracle = Oracle(5588, refuses_increases=True)
+    l1, l2 = line("l1", 1, 450, shipped_quantity=1), line("l2", 2, 2569)
+    tax = line("l3", 1, 495, type="sales_tax")
+    oracle.snapshot(snap(1, [l1, {**l2, "shipped_quantity": 1}]))
+    oracle.snapshot(snap(5, [l1, {**l2, "shipped_quantity": 1}, tax]))
+    oracle.snapshot(snap(7, [l1, {**l2, "shipped_quantity": 2}, tax]))
+    oracle.settle()
+    oracle.snapshot(snap(9, [l1, {**l2, "shipped_quantity": 2}]))
+    oracle.snapshot(snap(10, [l1, {**l2, "shipped_quantity": 2}], status="cancelled"))
+    oracle.expire()
+    oracle.settle()
+    oracle.snapshot(snap(11, [l1, {**l2, "shipped_quantity": 2}]))
+    exp = oracle.expectation()
+    assert ("needs_attention", "CAPTURE_NOT_ALLOWED") in exp.allowed
+    assert ("needs_attention", "CAPTURE_NOT_ALLOWED") not in exp.required
