@@ -712,8 +712,12 @@ def _fees_due_alone(order: OrderSnapshot, ledger: Ledger) -> bool:
     captured, or the order is cancelled with its shipped goods captured. They then go
     alone, as the fee of a first capture the service made would have gone with it."""
     goods = [line for line in order.effective_lines if not line.shared and not line.is_fee]
+    # Made when money moved for goods, whatever they are priced at now (units captured
+    # and priced to 0 since: seed 63106); units captured at 0 moved none.
     first_made = any(
-        ledger.get(line.id, LineLedger()).captured_quantity > 0 and line.total > 0 for line in goods
+        ledger.get(line.id, LineLedger()).captured_quantity > 0
+        and ledger.get(line.id, LineLedger()).captured_amount > 0
+        for line in goods
     )
     if not first_made:
         return False

@@ -31,6 +31,7 @@ from domain.lines import (
     shipped_quantity,
     surplus_refund_lines,
 )
+from domain.money import tax_of
 from domain.snapshot import Line, OrderSnapshot
 
 
@@ -419,6 +420,16 @@ def _attribution(
             part = _returned_part(order, ledger, op.amount)
             if part:
                 return Attribute(str(op.reference), part)
+    # A unit held at a fraction of a cent (its share of the order-level lines) that a
+    # person gave back in a portal was rounded by them, not by the service's cumulative
+    # rounding: within a cent a unit of the returned units' captured value, the refund
+    # is theirs (never made a second time, contract §4). Only after no exact match.
+    for op in history:
+        if _unnamed(op, Kind.REFUND) and op.amount > 0:
+            near = _rounded(lines, op.amount) if lines else None
+            near = near or _returned_part(order, ledger, op.amount, rounded=True)
+            if near:
+                return Attribute(str(op.reference), near)
     return None
 
 
@@ -476,12 +487,14 @@ def _shipped_part(order: OrderSnapshot, ledger: Ledger, amount: int) -> tuple[Ps
     return ()
 
 
-def _returned_part(order: OrderSnapshot, ledger: Ledger, amount: int) -> tuple[PspLine, ...]:
+def _returned_part(
+    order: OrderSnapshot, ledger: Ledger, amount: int, *, rounded: bool = False
+) -> tuple[PspLine, ...]:
     """Units of one line the shop marks returned and no refund has given back whose
     captured value (alone, or with the shares their captures carried) comes to `amount`:
     a refund made without the service of part of a return. Counted as those units, they
     are never refunded a second time (contract §4: never more than was captured for
-    them)."""
+    them). `rounded`: their value with the shares, rounded otherwise (_rounded)."""
     for line in order.effective_lines:
         if line.shared:
             continue
@@ -495,12 +508,39 @@ def _returned_part(order: OrderSnapshot, ledger: Ledger, amount: int) -> tuple[P
                 else other.model_copy(update={"returned_quantity": done + units})
                 for other in order.lines
             ]
-            found = _worth(
-                amount, line.id, refund_lines(order.model_copy(update={"lines": alone}), ledger)
-            )
-            if found is not None:
+            request = refund_lines(order.model_copy(update={"lines": alone}), ledger)
+            found = _rounded(request, amount) if rounded else _worth(amount, line.id, request)
+            if found:
                 return found
     return ()
+
+
+def _rounded(request: Sequence[PspLine], amount: int) -> tuple[PspLine, ...] | None:
+    """A refund of returned units (`request`, at what they were captured at) as money
+    moved without the service for `amount`: the same units when `amount` is their
+    value rounded otherwise, a cent a unit at most. Its last product line takes the
+    difference, so the lines sum to what moved and the units still held keep the rest
+    (the last one back takes exactly what is left)."""
+    products = [i for i, x in enumerate(request) if x.type not in SHARE_TYPES]
+    if not products:
+        return None
+    diff = amount - lines_total(request)
+    if abs(diff) > sum(request[i].quantity for i in products):
+        return None
+    index = products[-1]
+    line = request[index]
+    total = line.total_amount + diff
+    if total < 0:
+        return None
+    unit_price = max(line.unit_price, -(-total // line.quantity))
+    adjusted = replace(
+        line,
+        unit_price=unit_price,
+        total_amount=total,
+        total_discount_amount=line.quantity * unit_price - total,
+        total_tax_amount=tax_of(total, line.tax_rate),
+    )
+    return (*request[:index], adjusted, *request[index + 1 :])
 
 
 def _worth(amount: int, line_id: str, request: list[PspLine]) -> tuple[PspLine, ...] | None:

@@ -618,6 +618,20 @@ class Oracle:
                 # §4: "Once the PSP has cancelled or released, a later open snapshot flags
                 # needs_new_order": a worker may have seen this one before the last.
                 exp.allowed.add(("needs_new_order", ""))
+        for position, snap in enumerate(self.window):
+            if snap["status"] == "open" and self._emptied_earlier(
+                below=order_total(snap), before=position
+            ):
+                # §4 step 1 updates the authorization "not fully captured": a worker that
+                # acted on an earlier snapshot of this window with every unit of value
+                # shipped lowered the authorization to it and captured it all (step 2);
+                # acting on this grown one next, it can raise it no more, so the shop is
+                # asked for a new order (as after a refused increase) and the captures
+                # below the basket are told to a person. Whatever the window ends at (a
+                # cancel, the authorized total again) undoes neither (seed 62870).
+                exp.allowed.add(("needs_new_order", ""))
+                exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+                exp.outcomes.add("grown_after_a_full_capture_in_passing")
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
         if self._ended_in_window and any(
             snap["status"] == "cancelled"
@@ -634,6 +648,16 @@ class Oracle:
             # with the same total but other lines is an update too"; seed 44567).
             exp.allowed |= {("needs_attention", r) for r in LET_GO_REFUSED}
             exp.outcomes.add("let_go_after_the_authorization_ended")
+        if self._ended_in_window and any(
+            self._shipped_uncaptured({x["id"]: x for x in snap["lines"]}) for snap in self.window
+        ):
+            # The same for the capture of goods shipped and not yet captured (§4 step 2,
+            # or step 4's "first capture every shipped line not yet captured") that a
+            # worker sent before it learnt the authorization had ended: refused (Klarna
+            # CAPTURE_NOT_ALLOWED), and "An operation that still fails after its retries
+            # flags needs_attention" (seed 63292).
+            exp.allowed.add(("needs_attention", "CAPTURE_NOT_ALLOWED"))
+            exp.outcomes.add("capture_after_the_authorization_ended")
         if st.closed == "expired" and any(
             snap["status"] == "open" and self._goods_to_charge(snap) for snap in self.window
         ):
@@ -1101,12 +1125,13 @@ class Oracle:
             for line_id, line in lines.items()
         )
 
-    def _emptied_earlier(self, below: int | None = None) -> bool:
-        """A snapshot of this window before the last had every unit of value shipped,
-        some not captured yet, for an authorization a worker could set to its total: a
-        worker may have captured all of it, leaving the authorization fully captured
-        before the basket grew."""
-        for snap in self.window[:-1]:
+    def _emptied_earlier(self, below: int | None = None, before: int | None = None) -> bool:
+        """A snapshot of this window before the last (before position `before`, when
+        given) had every unit of value shipped, some not captured yet, for an
+        authorization a worker could set to its total: a worker may have captured all of
+        it, leaving the authorization fully captured before the basket grew."""
+        end = len(self.window) - 1 if before is None else before
+        for snap in self.window[:end]:
             goods = [x for x in snap["lines"] if kind(x) in GOODS and line_value(x) > 0]
             if (
                 snap["status"] == "open"

@@ -2850,3 +2850,58 @@ def test_a_cut_refunded_whole_beyond_its_units_gives_their_discount_share_to_the
     assert check_ledger(ledger, exp) == []
     wrong = [*ledger[:3], ("refund", 100, [booked("b", 1, 100)])]
     assert "refund_not_at_captured_price" in {code for code, _ in check_ledger(wrong, exp)}
+
+
+@pytest.mark.parametrize("refuses", [False, True], ids=["increases_allowed", "refused"])
+@pytest.mark.parametrize("end", ["cancelled", "open"])
+def test_a_basket_grown_after_a_full_capture_in_passing_may_ask_for_a_new_order(
+    refuses: bool, end: str
+) -> None:
+    """Seed 62870 (Klarna, 1845 authorized): in one window the shop removed the sales
+    tax and shipped all three units (1350), then priced them at 750 (2250), then
+    cancelled. A worker that acted on the 1350 basket lowered the authorization to it
+    and captured it all (§4 step 1 "update the authorization with the complete new
+    basket", step 2); acting on the 2250 basket next, it found the authorization fully
+    captured, which step 1 updates no more ("not fully captured"): the shop is asked
+    for a new order, as after a refused increase, and every unit captured for less
+    than the basket says is told to a person. A later cancel undoes neither; a window
+    that ends back at the authorized total (1845) neither."""
+    oracle = Oracle(1845, refuses_increases=refuses)
+    l1 = line("l1", 3, 450)
+    oracle.snapshot(snap(1, [l1, line("l2", 1, 495, type="sales_tax")]))
+    oracle.snapshot(snap(3, [{**l1, "shipped_quantity": 3}]))
+    raised = {**l1, "unit_price": 750, "shipped_quantity": 3}
+    oracle.snapshot(snap(5, [raised]))
+    if end == "cancelled":
+        oracle.snapshot(snap(7, [raised, line("l3", 3, 0)], status="cancelled"))
+    else:
+        oracle.snapshot(snap(7, [{**raised, "unit_price": 615}]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") in exp.allowed
+    assert ("needs_attention", "captured_below_total") in exp.allowed
+    assert ("needs_new_order", "") not in exp.required
+
+
+def test_a_capture_sent_before_the_service_learnt_of_an_expiry_may_be_refused() -> None:
+    """Seed 63292 (Klarna, increases refused): the second unit of l2 shipped while a
+    refused sales-tax line left it beyond the authorization; the shop then removed the
+    line and cancelled, and the authorization expired before that settle point. A
+    worker that sent step 4's capture of the shipped units ("first capture every
+    shipped line not yet captured") before it learnt of the expiry has it refused, and
+    §4 "An operation that still fails after its retries flags needs_attention" (a
+    business rejection is not retried, §5), as for a release or cancel sent then."""
+    oracle = Oracle(5588, refuses_increases=True)
+    l1, l2 = line("l1", 1, 450, shipped_quantity=1), line("l2", 2, 2569)
+    tax = line("l3", 1, 495, type="sales_tax")
+    oracle.snapshot(snap(1, [l1, {**l2, "shipped_quantity": 1}]))
+    oracle.snapshot(snap(5, [l1, {**l2, "shipped_quantity": 1}, tax]))
+    oracle.snapshot(snap(7, [l1, {**l2, "shipped_quantity": 2}, tax]))
+    oracle.settle()
+    oracle.snapshot(snap(9, [l1, {**l2, "shipped_quantity": 2}]))
+    oracle.snapshot(snap(10, [l1, {**l2, "shipped_quantity": 2}], status="cancelled"))
+    oracle.expire()
+    oracle.settle()
+    oracle.snapshot(snap(11, [l1, {**l2, "shipped_quantity": 2}]))
+    exp = oracle.expectation()
+    assert ("needs_attention", "CAPTURE_NOT_ALLOWED") in exp.allowed
+    assert ("needs_attention", "CAPTURE_NOT_ALLOWED") not in exp.required

@@ -6,9 +6,10 @@ every plan."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +25,7 @@ from domain.lines import (
 )
 from domain.planner import (
     NEEDS_ATTENTION,
+    Attribute,
     Done,
     Flag,
     Kind,
@@ -394,3 +396,47 @@ def test_refunds_never_exceed_what_the_returned_units_were_captured_at(
         )
     refunded = sum(lines_total(x) for kind, x in operations if kind == "refund")
     assert 0 <= refunded <= final.total
+
+
+GOODS = {"id": "goods", "name": "Goods", "quantity": 3, "unit_price": 1200, "tax_rate": 2000}
+
+
+@pytest.mark.parametrize(
+    ("returned", "refunds"),
+    [(3, [(2052, 2)]), (1, [])],
+    ids=["all_returned_the_rest_is_refunded", "that_unit_returned_nothing_more"],
+)
+def test_a_customer_area_refund_of_a_unit_rounded_otherwise_is_that_unit(
+    returned: int, refunds: list[tuple[int, int]]
+) -> None:
+    """Simulation seed 62396: three units captured for 3077 with the discount's share,
+    1025.67 a unit; a Customer Area refund (no lines) gives one unit back at 1025, the
+    service's own rounding of it being 1026. Never tied to a unit, the refund made the
+    return of all three (3077) exceed what was still held (2052): refund_exceeds_captured,
+    nothing refunded; and one returned unit would have been refunded a second time.
+    Contract §4: money moved without the service is counted and "never made a second
+    time", and a return is refunded at its captured prices, "never more than was
+    captured for those units". A refund within a cent a unit of the returned units'
+    captured value is theirs."""
+    psp = Psp(authorized=3077)
+    [capture] = plans(psp.sync(order([shipped(GOODS, 3), discount(523)])), Kind.CAPTURE)
+    assert capture.amount == 3077
+    psp.history.append(
+        PastOperation(Kind.REFUND, "succeeded", 1025, external=True, reference="portal")
+    )
+    psp.refunded += 1025
+    now = order([shipped(GOODS, 3, returned), discount(523)])
+    tied = plan_next(OrderView(now, psp.state(), tuple(psp.history)), allow_all)
+    assert isinstance(tied, Attribute) and tied.reference == "portal"
+    assert lines_total(tied.lines) == 1025
+    assert [(x.reference, x.quantity) for x in tied.lines if x.type.value != "discount"] == [
+        ("goods", 1)
+    ]
+    psp.history[-1] = replace(psp.history[-1], lines=tied.lines)
+    made = psp.sync(now)
+    assert [
+        (p.amount, sum(x.quantity for x in p.lines if x.reference == "goods"))
+        for p in plans(made, Kind.REFUND)
+    ] == refunds
+    assert not [m for m in made if isinstance(m, Flag)]
+    assert psp.refunded == 1025 + sum(amount for amount, _ in refunds)

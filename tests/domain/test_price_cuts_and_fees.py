@@ -9,6 +9,7 @@ to carry it.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -320,6 +321,31 @@ def test_a_fee_added_after_every_unit_of_goods_was_captured_goes_alone() -> None
     decision = plan_next(OrderView(now, psp(594, 99), history=history), allow_all)
     assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
     assert [(x.reference, x.total_amount) for x in decision.lines] == [("fee", 495)]
+
+
+def test_a_fee_goes_alone_after_a_first_capture_made_outside_of_goods_priced_to_nothing_since() -> (
+    None
+):
+    """Seed 63106: two e-books captured before the first read (100 each), then priced to
+    0. That was the order's first capture all the same (money moved for it), and no
+    capture of goods is left to come: the fees go alone (README "Fees"), carrying the
+    price cut back, so the captures come to the basket's 300. They waited for goods
+    that never come, because the first capture was judged by the goods' price now."""
+    history = (captured(unit("l1", 2, 200), external=True),)
+    now = order(
+        [
+            line("l1", 3, 0, type="digital"),
+            line("l2", 1, 150, type="shipping_fee"),
+            line("l3", 1, 150, type="surcharge"),
+        ]
+    )
+    update = plan_next(OrderView(now, psp(600, 200), history=history), allow_all)
+    assert isinstance(update, Plan) and update.kind is Kind.UPDATE_AUTHORIZATION
+    followed = replace(psp(update.amount, 200), authorized_lines=update.lines)
+    decision = plan_next(OrderView(now, followed, history=history), allow_all)
+    assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
+    assert {"l2", "l3"} <= {x.reference for x in decision.lines}
+    assert 200 + decision.amount == now.total
 
 
 def test_a_price_cut_given_back_for_units_captured_outside_is_no_unit_of_the_services() -> None:
