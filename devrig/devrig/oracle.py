@@ -630,7 +630,7 @@ class Oracle:
                 # below the basket are told to a person. Whatever the window ends at (a
                 # cancel, the authorized total again) undoes neither (seed 62870).
                 exp.allowed.add(("needs_new_order", ""))
-                exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+                exp.allowed.add(("needs_attention", "captured_below_total"))
                 exp.outcomes.add("grown_after_a_full_capture_in_passing")
         cancelling = last["status"] == "cancelled" or order_total(last) == 0
         if self._ended_in_window and any(
