@@ -31,7 +31,7 @@ from domain.lines import (
     shipped_quantity,
     surplus_refund_lines,
 )
-from domain.money import tax_of
+from domain.money import share, tax_of
 from domain.snapshot import Line, OrderSnapshot
 
 
@@ -806,6 +806,14 @@ def _capture_step(
         # the captures still come to the order's total (contract §4).
         lines = capture_lines(order, ledger, paid_unnamed=unnamed)
         amount = lines_total(lines)
+    if amount <= 0 and any(x.total_amount > 0 for x in lines if x.type not in SHARE_TYPES):
+        # §4: the shares make "the captures add up to the order's total". Goods captured
+        # outside carried none, and priced up since, the shares left can outweigh the
+        # open goods and take a shipped unit's whole value: nothing would be sent and
+        # the unit never captured. The open goods take what is still due instead.
+        spread = _spread_due(order, ledger, unnamed)
+        if spread:
+            lines, amount = spread, lines_total(spread)
     if amount > remaining and last:
         # §4 step 4 charges every shipped line before letting go. Shared over a basket
         # grown by lines never authorized (an increase not made or refused), the
@@ -867,6 +875,50 @@ def _fit_shares(
     if not best:
         return []
     # fits(high) holds throughout: the smallest such `unshared` found by halving.
+    while high - low > 1:
+        middle = (low + high) // 2
+        candidate = fits(middle)
+        if candidate:
+            high, best = middle, candidate
+        else:
+            low = middle
+    return best
+
+
+def _spread_due(order: OrderSnapshot, ledger: Ledger, paid_unnamed: int) -> list[PspLine]:
+    """This capture's goods with their part, by value among the goods still open, of
+    what the order still owes (its total less what the captures hold): the order-level
+    lines' shares taken over that much more open value (capture_lines' `unshared`,
+    negative) that the capture comes to at least its part. Empty when nothing is owed
+    or the goods alone do not reach it."""
+    held = captured_total(ledger) - sum(entry.given_back for entry in ledger.values())
+    due = order.total - held - paid_unnamed
+    everything = order.model_copy(
+        update={
+            "lines": [
+                line if line.shared else _with_shipped(line, line.quantity) for line in order.lines
+            ]
+        }
+    )
+    whole = capture_lines(everything, ledger, paid_unnamed=paid_unnamed)
+    lines = capture_lines(order, ledger, paid_unnamed=paid_unnamed)
+    goods = sum(x.total_amount for x in whole if x.type not in SHARE_TYPES)
+    this = sum(x.total_amount for x in lines if x.type not in SHARE_TYPES)
+    if due <= 0 or not 0 < this <= goods:
+        return []
+    part = share(due, this, goods)
+    if part >= this:
+        return []
+
+    def fits(extra: int) -> list[PspLine]:
+        found = capture_lines(order, ledger, paid_unnamed=paid_unnamed, unshared=-extra)
+        return found if lines_total(found) >= part else []
+
+    low, high = 0, sum(abs(line.total) for line in order.lines) * max(this, 1)
+    best = fits(high)
+    if not best:
+        return []
+    # fits(high) holds throughout: the least such extra value found by halving.
     while high - low > 1:
         middle = (low + high) // 2
         candidate = fits(middle)

@@ -694,3 +694,30 @@ def test_a_cancelled_order_whose_units_went_back_unnamed_is_not_flagged_above() 
     view = OrderView(cancelled, psp(3526, captured=3526), history=(captured,))
     decision = plan_next(view, allow_all)
     assert isinstance(decision, Flag) and decision.code == "captured_above_total"
+
+
+def test_goods_shipped_after_a_price_raise_on_units_captured_outside_take_what_is_due() -> None:
+    """§4: captures carry order-level shares "so that once everything has shipped the
+    captures add up to the order's total". A unit captured outside carried no share and
+    was priced up since (464 → 764): shared over the open goods alone, the shares left
+    (−1063) outweigh them (900) and took a shipped unit's capture to 0, so nothing was
+    sent and the unit stayed uncaptured, silently (seed 219). What is still due (601 −
+    464 = 137) is taken by the open goods in proportion to value: half of it now."""
+    socks = {"id": "l7", "name": "l7", "quantity": 2, "unit_price": 450, "tax_rate": 2000}
+    bag = {"id": "l2", "name": "l2", "quantity": 1, "unit_price": 764, "tax_rate": 2500}
+    gift = {"id": "l4", "name": "l4", "type": "gift_card", "quantity": 1}
+    gift |= {"unit_price": -720, "tax_rate": 2000}
+    disc = {"id": "l5", "name": "l5", "type": "discount", "quantity": 1}
+    disc |= {"unit_price": -77, "tax_rate": 2000}
+    credit = {"id": "l8", "name": "l8", "type": "store_credit", "quantity": 1}
+    credit |= {"unit_price": -266, "tax_rate": 2000}
+    now = order([shipped(socks, 1), shipped(bag, 1), gift, disc, credit])
+    assert now.total == 601
+    outside = PastOperation(
+        Kind.CAPTURE, "succeeded", 464, (_whole("l2", 464),), external=True, reference="ext"
+    )
+    decision = plan_next(OrderView(now, psp(601, captured=464), history=(outside,)), allow_all)
+    assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE
+    first = decision.lines[0]
+    assert (first.reference, first.quantity, first.total_amount) == ("l7", 1, 450)
+    assert decision.amount == lines_total(decision.lines) in (68, 69)
