@@ -216,6 +216,20 @@ def _is_correction_of(ledger: Ledger, line: PspLine) -> bool:
     return corrected(ledger, line) is not None
 
 
+def _carries_its_own_cut(order: OrderSnapshot, ledger: Ledger, line: PspLine) -> bool:
+    """Units shipped of a line of some value whose capture is 0 because they carry a price
+    cut on the line's units captured before (README "Ledger model": "a line's own units
+    still to capture carry its price edit first"): the cut takes them whole, so they are
+    settled against the money held, like goods whose capture a correction takes whole;
+    left uncaptured, they would be counted shipped and never captured, and a return of
+    one would give back the dearer captured unit's price (seed 64257)."""
+    if line.type in SHARE_TYPES or not line.quantity or line.total_amount != 0:
+        return False
+    now = next((x for x in order.effective_lines if x.id == line.reference), None)
+    held = ledger.get(line.reference)
+    return now is not None and now.total > 0 and held is not None and held.captured_quantity > 0
+
+
 def plan_next(
     view: OrderView, increase_allowed: Callable[[str | None, str | None], bool]
 ) -> Decision:
@@ -776,10 +790,12 @@ def _capture_step(
     lines = capture_lines(order, ledger)
     if not lines:
         return None
-    if (
-        lines_total(lines) == 0
-        and any(_is_correction_of(ledger, x) for x in lines)
-        and any(x.total_amount > 0 for x in lines if x.type not in SHARE_TYPES)
+    if lines_total(lines) == 0 and (
+        (
+            any(_is_correction_of(ledger, x) for x in lines)
+            and any(x.total_amount > 0 for x in lines if x.type not in SHARE_TYPES)
+        )
+        or any(_carries_its_own_cut(order, ledger, x) for x in lines)
     ):
         # A price cut given back takes the whole capture: the money is held already.
         return Settle(tuple(lines))

@@ -1983,7 +1983,19 @@ def check_ledger(
             if line.type in REDUCING and got.get(line.reference, [0, 0])[0] > 0
         ]
         lines = [line for line in lines if line not in cuts]
-        if settle and not cuts:
+        # README "Ledger model": "a line's own units still to capture carry its price edit
+        # first"; units of a line captured before that carry a cut whole are taken at 0
+        # (§4 step 2: "newly shipped quantities → a capture with exactly those lines"),
+        # settled against the money its earlier units left with the PSP. Whether 0 is
+        # their line's price edit is the price check's below.
+        own_cut = any(
+            line.total == 0
+            and line.quantity
+            and line.type not in REDUCING | SHARED_UP
+            and got.get(line.reference, [0, 0])[0] > 0
+            for line in lines
+        )
+        if settle and not cuts and not own_cut:
             # Nothing paid for these goods but money a price cut left with the PSP.
             found.append(("settled_without_a_cut", f"{[line.reference for line in lines]}"))
         # README "Ledger model": a cut no capture was left to give back is refunded, the

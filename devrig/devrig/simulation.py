@@ -31,12 +31,14 @@ import json
 import logging
 import random
 import time
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -2942,13 +2944,50 @@ def run_seeds(
         if deadline is not None and time.time() > deadline:
             break  # the time budget is spent: the totals so far
         with quiet_logs():
-            result = sim.run(seed)
+            try:
+                result = sim.run(seed)
+            except Exception as exc:
+                result = stopped(sim, seed, exc)
         summary.add(result)
         if on_result is not None:
             on_result(result)
         if fail_fast and result.violations:
             break
     return summary
+
+
+# The repository: an exception raised in its devrig package (the oracle, the PSP and shop
+# models) is the judge's, in its other packages the product's.
+REPOSITORY = Path(__file__).resolve().parent.parent.parent
+
+
+def stopped(sim: Any, seed: int, exc: Exception) -> Result:
+    """A history that raised instead of ending: one violation, and the run goes on with
+    the next seed (a long run must not die on one history). `judge_error` when the
+    innermost frame of the repository's code it passed through is the harness's (the
+    oracle judging, the models); `product_crash` when it is the product's outside a task
+    (a task's own exceptions are the poison guard's, `task_poisoned`). What the history
+    did so far is kept for --verbose."""
+    result = getattr(sim, "result", None)
+    if not isinstance(result, Result) or result.seed != seed:
+        result = Result(seed)  # raised before the history began
+    result.events = getattr(sim, "_events", result.events)
+    code = "judge_error" if _raised_in_harness(exc) else "product_crash"
+    found = Violation(code, f"{type(exc).__name__}: {exc} at {poison.where(exc)}")
+    result.violations.append(found)
+    result.trace.append(f"history stopped: {found.code} {found.detail}")
+    return result
+
+
+def _raised_in_harness(exc: BaseException) -> bool:
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        path = Path(frame.filename).resolve()
+        if "site-packages" in path.parts or not path.is_relative_to(REPOSITORY):
+            continue  # a library's or the standard library's: whoever called it
+        # The product's packages are the repository's top-level ones but the harness's
+        # (devrig) and the tests' (a stand-in for the oracle there).
+        return path.relative_to(REPOSITORY).parts[0] in ("devrig", "tests")
+    return True
 
 
 # Every history starts from tables with no rows. Mostly a DELETE: a TRUNCATE gives every

@@ -2651,6 +2651,36 @@ def test_goods_settled_against_a_price_cut_and_the_cut_left_refunded_are_the_cap
     assert "settled_without_a_cut" in {code for code, _ in check_ledger([first, unheld], exp)}
 
 
+def test_units_settled_at_0_by_their_own_lines_price_cut_are_captured() -> None:
+    """Seed 64257: l1 3 × 100, one unit captured (100), l1 priced to 50 and cut to two
+    units, both shipped: the line is worth 100, all held. README "Ledger model": "a
+    line's own units still to capture carry its price edit first", so the second unit's
+    capture is 50 − 50 = 0, which "nothing is sent": it is settled (l1 × 1 at 0, no
+    correction line; §4 step 2 "newly shipped quantities → a capture with exactly those
+    lines"). Before, settled_without_a_cut. A settle at 0 of a line never captured, or
+    at 0 where its price says more, is still wrong."""
+    oracle = Oracle(300, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 3, 100, shipped_quantity=1)]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [line("l1", 2, 50, shipped_quantity=2)]))
+    oracle.settle()
+    exp = oracle.expectation()
+    first = ("capture", 100, [booked("l1", 1, 100)])
+    settled = ("settle", 0, [booked("l1", 1, 0)])
+    assert check_ledger([first, settled], exp) == []
+    assert {code for code, _ in check_ledger([first], exp)} == {"captured_units"}
+    # At 0 with no unit of the line captured before: nothing paid for it.
+    assert "settled_without_a_cut" in {code for code, _ in check_ledger([settled], exp)}
+    # At 0 where the line's price edit leaves the unit worth 60 (2 × 80 = 160).
+    dear = Oracle(300, refuses_increases=False)
+    dear.snapshot(snap(1, [line("l1", 3, 100, shipped_quantity=1)]))
+    dear.settle()
+    dear.snapshot(snap(2, [line("l1", 2, 80, shipped_quantity=2)]))
+    dear.settle()
+    wrong = check_ledger([first, settled], dear.expectation())
+    assert "captured_at_wrong_price" in {code for code, _ in wrong}
+
+
 def test_a_fee_due_alone_carries_what_is_left_of_the_order_level_lines() -> None:
     """Seed 57197 (Klarna, 4636 authorized): l1 (4565) captured before the first read;
     with no goods left to capture the surcharge goes alone (README "Fees") and, the last

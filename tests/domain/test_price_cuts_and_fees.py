@@ -171,6 +171,26 @@ def test_goods_whose_capture_a_cut_takes_whole_are_settled_without_a_psp_call() 
     )
 
 
+def test_units_whose_own_lines_price_cut_takes_their_capture_whole_are_settled() -> None:
+    """Seed 64257: l1 3 × 100, one unit captured at 100, then priced to 50 and cut to two
+    units, both shipped. The line is worth 100, all held: the second unit carries its
+    line's cut (its own units carry a price edit first) and is worth 0 to capture, so it
+    is settled against the money held, nothing sent. Before, nothing was recorded
+    (Done): l1 counted one unit captured of two shipped, and returning one unit gave
+    back 100, the dearer captured unit's price, for goods now 50 each."""
+    history: tuple[PastOperation, ...] = (captured(unit("l1", 1, 100)),)
+    now = order([line("l1", 2, 50, shipped=2)])
+    lines = _settled(plan_next(OrderView(now, psp(100, 100), history=history), allow_all))
+    assert [(x.reference, x.quantity, x.total_amount) for x in lines] == [("l1", 1, 0)]
+    history += (PastOperation(Kind.CAPTURE, "succeeded", 0, lines),)
+    assert plan_next(OrderView(now, psp(100, 100), history=history), allow_all) == Done()
+    ledger = ledger_from((op.kind.value, op.lines) for op in history)
+    assert ledger["l1"].captured_quantity == 2
+    assert captured_total(ledger) == 100 == now.total
+    back = order([line("l1", 2, 50, shipped=2, returned=1)])
+    assert lines_total(refund_lines(back, ledger)) == 50
+
+
 def test_a_line_removed_after_its_capture_is_given_back_as_a_cut() -> None:
     """Seed 40889: a shipping fee captured (150) and then removed is worth 0 now, a cut
     of all it was captured for; the authorization follows the basket down, so the next
