@@ -516,6 +516,7 @@ def capture_lines(
     unshared: int = 0,
     held: Collection[str] = (),
     give_back: bool = True,
+    refunded_unnamed: int = 0,
 ) -> list[PspLine]:
     """The lines of a capture of everything shipped but not yet captured.
 
@@ -538,6 +539,8 @@ def capture_lines(
 
     `give_back`: whether the capture gives back price cuts on units already captured
     (_price_corrections); money moved without the service carried none.
+
+    `refunded_unnamed`: money the PSP refunded without naming units (_price_corrections).
     """
     products, reducing = _split_lines(order)
     result: list[PspLine] = []
@@ -600,10 +603,12 @@ def capture_lines(
     merged = _merge_shares(result + shares + corrections)
     if not give_back:
         return merged
-    return merged + _price_corrections(order, ledger, lines_total(merged))
+    return merged + _price_corrections(order, ledger, lines_total(merged), refunded_unnamed)
 
 
-def _price_corrections(order: OrderSnapshot, ledger: Ledger, carrier: int) -> list[PspLine]:
+def _price_corrections(
+    order: OrderSnapshot, ledger: Ledger, carrier: int, refunded_unnamed: int = 0
+) -> list[PspLine]:
     """What a capture worth `carrier` gives back of price cuts on units already captured.
 
     A price edit after a capture is carried by the line's units still to capture (the
@@ -622,8 +627,15 @@ def _price_corrections(order: OrderSnapshot, ledger: Ledger, carrier: int) -> li
     it was captured for. A cut that takes the whole capture makes it worth 0: nothing is
     sent, the goods are settled against the money already held (planner Settle; seeds
     46929, 60683), never charged a minimum of 1.
+
+    `refunded_unnamed`: money the PSP refunded without naming units may have been the
+    cut units' own (seed 70558: both units of a line captured at 100, one refunded in
+    the portal without lines, the line cut to 50 since: the PSP holds 50 more than it
+    is worth, not 100): _cuts counts a cut only on what may still be held of its units,
+    never out of money already gone back (contract §4: never more than was captured for
+    those units).
     """
-    cuts = _cuts(order, ledger)
+    cuts = _cuts(order, ledger, refunded_unnamed)
     total = sum(over for _, _, _, over in cuts)
     carried = min(total, max(carrier, 0))
     if carried <= 0:
@@ -638,9 +650,15 @@ def _price_corrections(order: OrderSnapshot, ledger: Ledger, carrier: int) -> li
     return result
 
 
-def _cuts(order: OrderSnapshot, ledger: Ledger) -> list[tuple[str, str, LineLedger, int]]:
+def _cuts(
+    order: OrderSnapshot, ledger: Ledger, refunded_unnamed: int = 0
+) -> list[tuple[str, str, LineLedger, int]]:
     """Lines captured for more than they are worth now, with what is still to give back
-    of it (_price_corrections): (reference, name, ledger entry, amount > 0)."""
+    of it (_price_corrections): (reference, name, ledger entry, amount > 0).
+
+    `refunded_unnamed`: money the PSP refunded without naming units. Had it been this
+    line's units, at the price they were captured at, each unit that went back took its
+    part of the cut with it: the cut counts only on the units it leaves, at worst."""
     worth_now = {line.id: line for line in order.effective_lines}
     cuts: list[tuple[str, str, LineLedger, int]] = []
     for reference, entry in ledger.items():
@@ -656,13 +674,19 @@ def _cuts(order: OrderSnapshot, ledger: Ledger) -> list[tuple[str, str, LineLedg
         # discount's (contract §4); ledger_from books it on other goods, so a unit is
         # never held below 0 and a refund never takes money back.
         over = entry.captured_net - entry.given_back - (line.total if line is not None else 0)
+        base = entry.captured_net - entry.given_back
+        if refunded_unnamed > 0 and over > 0:
+            over = over * max(base - refunded_unnamed, 0) // base if base > 0 else 0
         if over > 0 and entry.captured_quantity > 0 and entry.refunded_quantity == 0:
             cuts.append((reference, line.name if line is not None else captured.name, entry, over))
     return cuts
 
 
 def surplus_refund_lines(
-    order: OrderSnapshot, ledger: Ledger, returning: Collection[str] = ()
+    order: OrderSnapshot,
+    ledger: Ledger,
+    returning: Collection[str] = (),
+    refunded_unnamed: int = 0,
 ) -> list[PspLine]:
     """A price cut on units already captured that no capture is left to give back (every
     unit of goods of some value captured, or the order cancelled with its shipped goods
@@ -676,13 +700,14 @@ def surplus_refund_lines(
     A cut gives back all its units were captured for, a discount share they carried
     included: that share then sits on the goods still held (ledger_from), so the refund
     is never more than those goods and the cut ones hold together, the units `returning`
-    with it (given back by the same refund) left out."""
+    with it (given back by the same refund) left out, and money the PSP refunded without
+    naming units (`refunded_unnamed`, which may have been the cut units': _price_corrections)."""
     if order.status != "cancelled" and not all_units_captured(order, ledger):
         return []
     if _goods_to_capture(order, ledger):
         return []
     in_order = {line.id for line in order.effective_lines}
-    cuts = [cut for cut in _cuts(order, ledger) if cut[0] in in_order]
+    cuts = [cut for cut in _cuts(order, ledger, refunded_unnamed) if cut[0] in in_order]
     # (A line removed after its capture is no price the shop set: its goods left the
     # warehouse, and §4 charges nothing for them only once marked returned.)
     room = sum(
@@ -693,6 +718,7 @@ def surplus_refund_lines(
         and not _is_share(entry.captured_line)
         and entry.held_quantity > 0
     )
+    room -= max(refunded_unnamed, 0)
     overs = [over for _, _, _, over in cuts]
     if sum(overs) > room:
         overs = distribute(max(room, 0), overs)

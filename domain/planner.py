@@ -365,7 +365,7 @@ def _refund_step(order: OrderSnapshot, psp: PspState, ledger: Ledger) -> Plan | 
     returned = {x.reference for x in lines if x.type not in SHARE_TYPES}
     lines += [
         x
-        for x in surplus_refund_lines(order, ledger, returned)
+        for x in surplus_refund_lines(order, ledger, returned, _refunded_unnamed(psp, ledger))
         if x.reference.removesuffix(CUT_SUFFIX) not in returned
     ]
     amount = lines_total(lines)
@@ -651,8 +651,7 @@ def _capture_gap(order: OrderSnapshot, psp: PspState, ledger: Ledger) -> Flag | 
     if order.status == "cancelled":
         # Money the PSP refunded that no refund's lines name (a portal refund listed
         # without lines, an unattributed Adyen REFUND, a chargeback).
-        named = sum(entry.refunded_amount + entry.refunded_correction for entry in ledger.values())
-        return _ended_above(ledger, order, unnamed_back=max(psp.refunded - named, 0))
+        return _ended_above(ledger, order, unnamed_back=_refunded_unnamed(psp, ledger))
     if order.status != "open" or psp.status not in (PspStatus.PART_CAPTURED, PspStatus.CAPTURED):
         return None
     # A price cut refunded whole (surplus_refund_lines) is what the captures took less.
@@ -787,7 +786,8 @@ def _capture_step(
 ) -> Decision | None:
     """`last`: the capture before a cancel or release, after which nothing else is
     charged."""
-    lines = capture_lines(order, ledger)
+    back = _refunded_unnamed(psp, ledger)
+    lines = capture_lines(order, ledger, refunded_unnamed=back)
     if not lines:
         return None
     if lines_total(lines) == 0 and (
@@ -820,14 +820,14 @@ def _capture_step(
         # Money captured outside without named lines paid for goods at their value
         # alone: the shares it did not carry fall to what is still captured here, so
         # the captures still come to the order's total (contract §4).
-        lines = capture_lines(order, ledger, paid_unnamed=unnamed)
+        lines = capture_lines(order, ledger, paid_unnamed=unnamed, refunded_unnamed=back)
         amount = lines_total(lines)
     if amount <= 0 and any(x.total_amount > 0 for x in lines if x.type not in SHARE_TYPES):
         # §4: the shares make "the captures add up to the order's total". Goods captured
         # outside carried none, and priced up since, the shares left can outweigh the
         # open goods and take a shipped unit's whole value: nothing would be sent and
         # the unit never captured. The open goods take what is still due instead.
-        spread = _spread_due(order, ledger, unnamed)
+        spread = _spread_due(order, ledger, unnamed, back)
         if spread:
             lines, amount = spread, lines_total(spread)
     if amount > remaining and last:
@@ -836,11 +836,11 @@ def _capture_step(
         # shipped goods' discount share shrinks and their capture can pass the
         # authorization they were made within; being the last capture, they take
         # what they need of the order-level lines' remainder to fit it.
-        fitted = _fit_shares(order, ledger, remaining, unnamed)
+        fitted = _fit_shares(order, ledger, remaining, unnamed, back)
         if fitted:
             lines, amount = fitted, lines_total(fitted)
     if amount > remaining:
-        lines = _fit_capture(order, ledger, remaining)
+        lines = _fit_capture(order, ledger, remaining, back)
         amount = lines_total(lines)
         if amount <= 0:  # only what is worth nothing fits: the rest must not go unflagged
             if refused_amount is not None:
@@ -863,6 +863,14 @@ def _capture_step(
     return Plan(Kind.CAPTURE, amount, tuple(lines))
 
 
+def _refunded_unnamed(psp: PspState, ledger: Ledger) -> int:
+    """Money the PSP refunded that no refund's lines name (a portal refund listed without
+    lines, an unattributed Adyen REFUND, a chargeback): it may have been any held
+    units', so a price cut is given back only beyond it (_price_corrections)."""
+    named = sum(entry.refunded_amount + entry.refunded_correction for entry in ledger.values())
+    return max(psp.refunded - named, 0)
+
+
 def _cancelled_flag(amount: int) -> Flag:
     """Step 4 charges goods that left the warehouse before letting go; with the
     authorization cancelled (outside, or before they shipped) nothing can charge them,
@@ -875,7 +883,7 @@ def _cancelled_flag(amount: int) -> Flag:
 
 
 def _fit_shares(
-    order: OrderSnapshot, ledger: Ledger, remaining: int, paid_unnamed: int
+    order: OrderSnapshot, ledger: Ledger, remaining: int, paid_unnamed: int, back: int = 0
 ) -> list[PspLine]:
     """Every shipped line, its order-level shares taken over the least open value that
     brings the capture within `remaining` (capture_lines' `unshared`); empty when even
@@ -883,7 +891,9 @@ def _fit_shares(
     its lines sum to its amount."""
 
     def fits(unshared: int) -> list[PspLine]:
-        lines = capture_lines(order, ledger, paid_unnamed=paid_unnamed, unshared=unshared)
+        lines = capture_lines(
+            order, ledger, paid_unnamed=paid_unnamed, unshared=unshared, refunded_unnamed=back
+        )
         return lines if lines_total(lines) <= remaining else []
 
     low, high = 0, sum(abs(line.total) for line in order.lines)
@@ -901,7 +911,9 @@ def _fit_shares(
     return best
 
 
-def _spread_due(order: OrderSnapshot, ledger: Ledger, paid_unnamed: int) -> list[PspLine]:
+def _spread_due(
+    order: OrderSnapshot, ledger: Ledger, paid_unnamed: int, back: int = 0
+) -> list[PspLine]:
     """This capture's goods with their part, by value among the goods still open, of
     what the order still owes (its total less what the captures hold): the order-level
     lines' shares taken over that much more open value (capture_lines' `unshared`,
@@ -916,8 +928,8 @@ def _spread_due(order: OrderSnapshot, ledger: Ledger, paid_unnamed: int) -> list
             ]
         }
     )
-    whole = capture_lines(everything, ledger, paid_unnamed=paid_unnamed)
-    lines = capture_lines(order, ledger, paid_unnamed=paid_unnamed)
+    whole = capture_lines(everything, ledger, paid_unnamed=paid_unnamed, refunded_unnamed=back)
+    lines = capture_lines(order, ledger, paid_unnamed=paid_unnamed, refunded_unnamed=back)
     goods = sum(x.total_amount for x in whole if x.type not in SHARE_TYPES)
     this = sum(x.total_amount for x in lines if x.type not in SHARE_TYPES)
     if due <= 0 or not 0 < this <= goods:
@@ -927,7 +939,9 @@ def _spread_due(order: OrderSnapshot, ledger: Ledger, paid_unnamed: int) -> list
         return []
 
     def fits(extra: int) -> list[PspLine]:
-        found = capture_lines(order, ledger, paid_unnamed=paid_unnamed, unshared=-extra)
+        found = capture_lines(
+            order, ledger, paid_unnamed=paid_unnamed, unshared=-extra, refunded_unnamed=back
+        )
         return found if lines_total(found) >= part else []
 
     low, high = 0, sum(abs(line.total) for line in order.lines) * max(this, 1)
@@ -945,7 +959,9 @@ def _spread_due(order: OrderSnapshot, ledger: Ledger, paid_unnamed: int) -> list
     return best
 
 
-def _fit_capture(order: OrderSnapshot, ledger: Ledger, remaining: int) -> list[PspLine]:
+def _fit_capture(
+    order: OrderSnapshot, ledger: Ledger, remaining: int, back: int = 0
+) -> list[PspLine]:
     """The largest prefix of what this capture would carry that fits the remaining
     authorization.
 
@@ -955,7 +971,7 @@ def _fit_capture(order: OrderSnapshot, ledger: Ledger, remaining: int) -> list[P
     not fit (a surcharge whose increase was refused) it waits, and the goods that fit
     are still captured.
     """
-    carried = {part.reference for part in capture_lines(order, ledger)}
+    carried = {part.reference for part in capture_lines(order, ledger, refunded_unnamed=back)}
     dropping = [
         line
         for line in order.effective_lines
@@ -975,7 +991,7 @@ def _fit_capture(order: OrderSnapshot, ledger: Ledger, remaining: int) -> list[P
             index = next(i for i, line in enumerate(lines) if line.id == dropped.id)
             lines[index] = _with_shipped(dropped, _captured_qty(ledger, dropped.id))
             order = order.model_copy(update={"lines": lines})
-        candidate = capture_lines(order, ledger, held=held)
+        candidate = capture_lines(order, ledger, held=held, refunded_unnamed=back)
         if candidate and lines_total(candidate) <= remaining:
             return candidate
     return []

@@ -2830,7 +2830,10 @@ def _captured_unit_value(psp: PspOrder, reference: str) -> int | None:
         ]
         cut = sum(b.total for b in cuts if b.reference == reference)
         if what == "capture" and cut and captured:
-            captured = [unit + cut // len(captured) for unit in captured]
+            # The units still held take it: those refunded went back at their price.
+            first = min(back, len(captured) - 1)
+            kept = len(captured) - first
+            captured = captured[:first] + [unit + cut // kept for unit in captured[first:]]
         lines = [b for b in lines if b not in cuts]
         units = [b for b in lines if b.type not in REDUCING | SHARED_UP]
         shared = sum(b.total for b in lines if b.type in REDUCING | SHARED_UP)

@@ -2935,3 +2935,24 @@ def test_a_capture_sent_before_the_service_learnt_of_an_expiry_may_be_refused() 
     exp = oracle.expectation()
     assert ("needs_attention", "CAPTURE_NOT_ALLOWED") in exp.allowed
     assert ("needs_attention", "CAPTURE_NOT_ALLOWED") not in exp.required
+
+
+def test_a_cut_given_back_after_a_unit_was_refunded_is_the_units_still_held() -> None:
+    """Seed 70558: l1's two units captured at 100, one refunded in the portal at 100, l1
+    cut to 50 since; the next capture (l4, 99) gives back the 50 the unit still held is
+    over. §4 step 3: refunds "at the prices and tax they were captured at (never more
+    than was captured for those units)": the refunded unit's money went back at 100, so
+    the cut is the held unit's, which a refund then gives back at 50; the simulated
+    merchant's portal refund once gave back 75 (the cut spread over both units)."""
+    exp = Expectation(
+        lines={"l1": LineExpect(captured=2, refunded=2), "l4": LineExpect(captured=1)}
+    )
+    ledger = [
+        ("capture", 200, [booked("l1", 2, 200)]),
+        ("refund", 100, [booked("l1", 1, 100)]),
+        ("capture", 49, [booked("l4", 1, 99), booked("l1", 1, -50, type="discount")]),
+        ("refund", 50, [booked("l1", 1, 50)]),
+    ]
+    assert check_ledger(ledger, exp) == []
+    wrong = [*ledger[:3], ("refund", 75, [booked("l1", 1, 75)])]
+    assert "refund_not_at_captured_price" in {code for code, _ in check_ledger(wrong, exp)}

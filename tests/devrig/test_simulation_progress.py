@@ -38,6 +38,28 @@ def test_a_merchant_refund_of_a_unit_gives_back_what_a_unit_still_held_was_paid(
     assert _captured_unit_value(psp, "l1") == 1089
 
 
+def test_a_merchant_refund_after_a_cut_gives_back_what_the_unit_still_held_was_paid() -> None:
+    """Seed 70558: l1's two units captured at 100, one refunded in the portal, l1 cut to
+    50 since and the 50 given back by the next capture. The held unit was paid 50: the
+    merchant's refund of it gives back 50, not 75 (the cut spread over the unit already
+    back too, more than was captured for that unit, §4)."""
+    from devrig.oracle import Booked
+    from devrig.simulation import PspOrder, _captured_unit_value
+
+    psp = PspOrder("klarna", "k1", "EUR", 298, [], captured=249, refunded=100)
+    psp.ledger = [
+        ("capture", 200, [Booked("l1", "physical", 2, 200, 13, 700)]),
+        ("refund", 100, [Booked("l1", "physical", 1, 100, 7, 700)]),
+        (
+            "capture",
+            49,
+            [Booked("l4", "physical", 1, 99, 20, 2500), Booked("l1", "discount", 1, -50, -3, 700)],
+        ),
+    ]
+    psp.types = {"l1": "physical", "l4": "physical"}
+    assert _captured_unit_value(psp, "l1") == 50
+
+
 class _Always:
     """A random stream that always draws 0: every chance is taken."""
 

@@ -440,3 +440,42 @@ def test_a_cut_refunded_whole_moves_the_discount_share_it_carried_to_the_goods_h
         assert ledger["b"].held_share == -12
         back = order([line("a", 1, 0, shipped=1), {**b, "returned_quantity": 1}])
         assert lines_total(refund_lines(back, ledger)) == 88
+
+
+# -- a price cut after money went back without naming units (seeds 70558, 70406) ---------
+
+
+def _refunded_outside(amount: int) -> PastOperation:
+    """A portal refund listed without lines (or a chargeback): counted, units unknown."""
+    return PastOperation(Kind.REFUND, "succeeded", amount, (), external=True)
+
+
+def test_a_cut_after_a_refund_naming_no_units_is_given_back_only_on_what_may_still_be_held() -> (
+    None
+):
+    """Seed 70558: both units of l1 captured at 100, 100 refunded in the portal without
+    lines (one of them, at its captured price), l1 cut to 50; one unit of l4 (99) ships.
+    The PSP holds 100 for l1 and l1 is worth 100 − 50 for the unit left: 50 is over, not
+    100. Before, the capture gave back 99 of a cut of 100 (a Settle), money that had
+    already gone back, and refunding the last unit then gave back more than was captured
+    (contract §4 step 3)."""
+    history = (captured(unit("l1", 2, 200)), _refunded_outside(100))
+    now = order([line("l1", 2, 50, shipped=2), line("l4", 2, 99, shipped=1)])
+    state = PspState(PspStatus.PART_CAPTURED, 298, 200, 100, "INVOICE", "DE")
+    decision = plan_next(OrderView(now, state, history=history), allow_all)
+    assert isinstance(decision, Plan) and decision.kind is Kind.CAPTURE, decision
+    assert decision.amount == 49 == lines_total(decision.lines)
+    cut = [(x.reference, x.total_amount) for x in decision.lines if x.type is LineType.DISCOUNT]
+    assert cut == [("l1", -50)]
+
+
+def test_a_cut_refunded_whole_after_a_refund_naming_no_units_is_what_may_still_be_held() -> None:
+    """Seed 70406's class: the cut no capture is left to give back is refunded whole
+    (surplus_refund_lines) only on what may still be held of its units: 2 × 100
+    captured, 100 gone back unnamed, l1 now 2 × 50: 50, not 100."""
+    history = (captured(unit("l1", 2, 200)), _refunded_outside(100))
+    now = order([line("l1", 2, 50, shipped=2)])
+    state = PspState(PspStatus.CAPTURED, 200, 200, 100, "INVOICE", "DE")
+    decision = plan_next(OrderView(now, state, history=history), allow_all)
+    assert isinstance(decision, Plan) and decision.kind is Kind.REFUND, decision
+    assert [(x.reference, x.total_amount) for x in decision.lines] == [("l1" + CUT_SUFFIX, 50)]
