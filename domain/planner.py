@@ -896,11 +896,16 @@ def _fit_shares(
         )
         return lines if lines_total(lines) <= remaining else []
 
-    low, high = 0, sum(abs(line.total) for line in order.lines)
-    best = fits(high)
+    return _least(fits, sum(abs(line.total) for line in order.lines))
+
+
+def _least(fits: Callable[[int], list[PspLine]], high: int) -> list[PspLine]:
+    """What `fits` gives for the least value in 0..high it gives lines for, found by
+    halving (a value that fits, every larger one fits too); empty when `high` does not."""
+    low, best = 0, fits(high)
     if not best:
         return []
-    # fits(high) holds throughout: the smallest such `unshared` found by halving.
+    # fits(high) holds throughout.
     while high - low > 1:
         middle = (low + high) // 2
         candidate = fits(middle)
@@ -944,19 +949,7 @@ def _spread_due(
         )
         return found if lines_total(found) >= part else []
 
-    low, high = 0, sum(abs(line.total) for line in order.lines) * max(this, 1)
-    best = fits(high)
-    if not best:
-        return []
-    # fits(high) holds throughout: the least such extra value found by halving.
-    while high - low > 1:
-        middle = (low + high) // 2
-        candidate = fits(middle)
-        if candidate:
-            high, best = middle, candidate
-        else:
-            low = middle
-    return best
+    return _least(fits, sum(abs(line.total) for line in order.lines) * max(this, 1))
 
 
 def _fit_capture(
