@@ -127,23 +127,28 @@ class LeanTransport(httpx.BaseTransport):
             if not reused:
                 raise httpx.WriteError("the request could not be sent", request=request) from None
             # A kept-alive connection closed under us before the request went out whole:
-            # the server has not seen it. Once more, on a connection of its own.
-            entry = self._connect(key, timeouts, request)
-            try:
-                response = self._exchange(entry, request, body, timeouts)
-            except _NotSent as exc:
-                entry.conn.close()
-                raise httpx.WriteError(str(exc.__cause__ or exc), request=request) from None
+            # the server has not seen it.
+            return self._once_more(key, timeouts, request, body)
         except _Resend:
-            # Closed by the server without a byte of answer, with an idempotency key:
-            # once more, on a connection of its own (a second such close is an error).
-            entry = self._connect(key, timeouts, request)
-            try:
-                response = self._exchange(entry, request, body, timeouts)
-            except _NotSent as exc:
-                entry.conn.close()
-                raise httpx.WriteError(str(exc.__cause__ or exc), request=request) from None
+            # Closed by the server without a byte of answer, with an idempotency key.
+            return self._once_more(key, timeouts, request, body)
         return response
+
+    def _once_more(
+        self,
+        key: _Key,
+        timeouts: dict[str, float | None],
+        request: httpx.Request,
+        body: bytes,
+    ) -> httpx.Response:
+        """The request sent a second time, on a connection of its own; a second failure
+        to send it (or a second close without an answer) is the caller's error."""
+        entry = self._connect(key, timeouts, request)
+        try:
+            return self._exchange(entry, request, body, timeouts)
+        except _NotSent as exc:
+            entry.conn.close()
+            raise httpx.WriteError(str(exc.__cause__ or exc), request=request) from None
 
     def close(self) -> None:
         with self._lock:
