@@ -391,10 +391,16 @@ class Reconciler:
             ]
             explained = explained_lines(snapshot, history, kind, extra)
             lines: tuple[PspLine, ...] = explained or ()
-            if explained is None and sum(m["amount"] for m in unknown) == extra:
-                lines = tuple(line for m in unknown for line in m["lines"])
-                if lines_total(lines) != extra:
-                    lines = ()
+            listed = tuple(line for m in unknown for line in m["lines"])
+            if sum(m["amount"] for m in unknown) == extra and lines_total(listed) == extra:
+                # README "External changes": only money whose lines the PSP did not name
+                # is tied to units by the shop's snapshot. Klarna's own lines are the
+                # truth, and the snapshot explains them only if it names the same units
+                # (seed 81622: a capture listing the cap is no capture of the hat the
+                # shop shipped, as dear; the hat is still to charge).
+                if explained is not None and _units(explained) != _units(listed):
+                    explained = None
+                lines = listed
             reference = ",".join(m["id"] for m in unknown) or f"{column}:{figures[column]}"
             store.record_external(conn, order, kind, extra, reference, lines, move_figures=False)
             if explained is None:
@@ -733,6 +739,11 @@ def _behind_extension(
         and (again is None or again < op.updated_at)
         for op in ops
     )
+
+
+def _units(lines: tuple[PspLine, ...]) -> list[tuple[str, int]]:
+    """The units a capture or refund names, line by line, whatever it charged for them."""
+    return sorted((line.reference, line.quantity) for line in lines)
 
 
 def _foreign_currency(order: store.Order, figures: dict[str, Any]) -> bool:

@@ -378,6 +378,40 @@ def test_seq06_a_capture_the_snapshot_explains_is_adopted_without_a_flag(
     assert posts(klarna, "/captures") == []
 
 
+def test_a_capture_klarna_lists_on_other_lines_is_theirs_not_the_goods_the_shop_shipped(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """README "External changes": only money whose lines the PSP did not name is tied to
+    units by the shop's snapshot. Klarna lists the cap in a capture made before the first
+    read; the shop marks the hat (as dear) shipped. Taken for the hat, the hat was never
+    charged and the cap stood captured in the PSP against nothing (seed 81622)."""
+    cap = HAT | {"id": "cap", "name": "Cap"}
+    order_id, first = klarna_order(ctx, klarna, [HAT, cap])
+    psp = klarna.orders[first.psp_order_id]
+    listed = EBOOK_CAPTURED | {"reference": "cap", "name": "Cap", "type": "physical"}
+    listed |= {"unit_price": 1500, "tax_rate": 2000}
+    listed |= {"total_amount": 1500, "total_tax_amount": 250}
+    psp.captured_amount, psp.status = 1500, "PART_CAPTURED"
+    psp.captures.append(
+        {
+            "capture_id": "checkout-1",
+            "reference": "checkout",
+            "captured_amount": 1500,
+            "order_lines": [listed],
+        }
+    )
+    insert_order(ctx, snap(order_id, shipped([HAT, cap], hat=1)))
+    drive(ctx, order_id)
+    # The shop's snapshot explains a capture of the hat, not of the cap.
+    assert flag_code(ctx, order_id) == "external_change"
+    (external,) = [o for o in operations(ctx, order_id) if o["external"]]
+    assert [(x["reference"], x["quantity"]) for x in external["lines"]] == [("cap", 1)]
+    operator_reconcile(ctx, order_id)
+    (capture,) = posts(klarna, "/captures")
+    assert [x["reference"] for x in json.loads(capture.content)["order_lines"]] == ["hat"]
+    assert psp.captured_amount == 3000 == order_row(ctx, order_id)["captured_amount"]
+
+
 # -- 7. money moved in the portal, chargebacks -------------------------------------------
 
 
