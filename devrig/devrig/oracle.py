@@ -1234,6 +1234,8 @@ class Oracle:
                 for line_id, line in lines.items()
             )
             if not newly and not shipped_fee:
+                if st.closed == "expired" and self.expired_in_window:
+                    self._fees_alone_overtaken()
                 if any(
                     units > 0 and line_id in lines and line_value(lines[line_id]) > 0
                     for line_id, units in st.worthless.items()
@@ -1662,6 +1664,30 @@ class Oracle:
         st.own_capture = st.own_capture or bool(set(newly) - free)
         st.free_shipped = st.free_shipped or bool(free)
         exp.outcomes.add("capture")
+
+    def _fees_alone_overtaken(self) -> None:
+        """EXPIRE came before the CAPTURE of a capture in flight, and no goods shipped
+        beyond what is held: that capture can only have taken fees alone (README "Fees":
+        a fee the first capture did not carry goes "alone once none is left to come:
+        every unit of goods of some value captured, or the order cancelled with its
+        shipped goods captured"), sent for a snapshot of this window. §4 counts the
+        expiry but does not order it against a capture already sent, and README "a
+        CAPTURE that arrives after EXPIRE is counted": each fee of the window still
+        uncaptured may be held, or not (seed 62357)."""
+        st = self.state
+        goods = {str(x["id"]) for snap in self.window for x in snap["lines"] if kind(x) in GOODS}
+        if not any(st.captured.get(line_id, 0) > 0 for line_id in goods):
+            return  # no goods held: no fee is due alone
+        for snap in self.window:
+            for x in snap["lines"]:
+                line_id = str(x["id"])
+                before = st.captured.get(line_id, 0)
+                if kind(x) not in FEES or before >= int(x["quantity"]):
+                    continue
+                entry = self.exp.lines.setdefault(line_id, LineExpect())
+                entry.maybe(before, int(x["quantity"]))
+                entry.prices |= self._prices(line_id)
+                self.exp.outcomes.add("fees_alone_overtaken_by_the_expiry")
 
     def _totals(self, line_id: str) -> set[tuple[int, int]]:
         return {

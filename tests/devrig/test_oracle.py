@@ -1385,6 +1385,38 @@ def test_a_fee_left_by_a_capture_of_another_fee_may_go_with_a_capture_the_expiry
     assert exp.lines["l5"].captured_range == (0, 1)
 
 
+def test_fees_charged_alone_for_a_cancel_may_be_the_capture_the_expiry_overtook() -> None:
+    """Seed 62357 (Adyen US): one unit captured in the Customer Area, tied to the unit the
+    shop then marked shipped; no capture of the service's carried the shipping fees. The
+    shop cancelled: README "Fees", a fee whose first capture was made outside goes
+    "alone once none is left to come: ... the order cancelled with its shipped goods
+    captured (then before the release)". That capture was in flight when EXPIRE came
+    before its CAPTURE, and "a CAPTURE that arrives after EXPIRE is counted"; §4 counts
+    the expiry but does not order it against a capture already sent: the fees may be
+    held, or not. The shop reopened afterwards, in the same window."""
+    oracle = Oracle(1988, refuses_increases=False)
+    goods = line("l1", 3, 450)
+    fees = [line("l2", 1, 495, type="shipping_fee"), line("l3", 1, 150, type="shipping_fee")]
+    oracle.snapshot(snap(1, [goods, *fees], amount=1988))
+    oracle.external_capture("l1", 1, 450, named=False)
+    shipped = {**goods, "shipped_quantity": 1}
+    cheaper = [{**fees[0], "unit_price": 195}, fees[1]]
+    oracle.snapshot(snap(2, [shipped, *fees], amount=1988))
+    oracle.snapshot(snap(3, [shipped, *cheaper, line("l4", 1, -304, type="discount")]))
+    oracle.snapshot(
+        snap(4, [shipped, *cheaper, line("l4", 1, -304, type="discount")], status="cancelled")
+    )
+    oracle.expire(capture_in_flight=True)
+    oracle.snapshot(snap(5, [shipped, *cheaper, line("l4", 1, -304, type="discount")]))
+    exp = oracle.expectation()
+    alone = [booked("l2", 1, 195), booked("l3", 1, 150), booked("l4", 1, -84, type="discount")]
+    ledger = [("capture", 450, [booked("l1", 1, 450)]), ("capture", 261, alone)]
+    assert not {code for code, _ in check_ledger(ledger, exp)} & {"captured_units"}
+    # Not charged (the expiry first) is as good; and the goods stay as they were.
+    assert not {code for code, _ in check_ledger(ledger[:1], exp)} & {"captured_units"}
+    assert exp.lines["l1"].captured == 1
+
+
 def test_a_basket_grown_past_an_earlier_snapshot_shipped_in_full_may_need_a_new_order() -> None:
     # Seed 20529: 945 authorized (Klarna); in one window the surcharge was lowered to
     # 195, everything shipped (645), then a shipping fee of 150 added (795, still below
