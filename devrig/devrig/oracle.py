@@ -1131,25 +1131,31 @@ class Oracle:
         authorization a worker could set to its total: a worker may have captured all of
         it, leaving the authorization fully captured before the basket grew."""
         end = len(self.window) - 1 if before is None else before
-        for snap in self.window[:end]:
-            goods = [x for x in snap["lines"] if kind(x) in GOODS and line_value(x) > 0]
-            if (
-                snap["status"] == "open"
-                and goods
-                and all(int(x.get("shipped_quantity", 0)) >= int(x["quantity"]) for x in goods)
-                and any(
-                    int(x.get("shipped_quantity", 0)) > self.state.captured.get(x["id"], 0)
-                    for x in goods
-                )
-                # A worker acting on that snapshot first sets the authorization to its
-                # total (a decrease always, an increase where the PSP allows one), then
-                # captures all of it: fully captured however far it was lowered.
-                and (order_total(snap) <= self.state.authorized + 2 or not self.refuses)
-                # (When asked, only a snapshot below the given basket counts.)
-                and (below is None or order_total(snap) + 2 < below)
-            ):
-                return True
-        return False
+        return any(
+            self._captured_whole_by(snap)
+            # (When asked, only a snapshot below the given basket counts.)
+            and (below is None or order_total(snap) + 2 < below)
+            for snap in self.window[:end]
+        )
+
+    def _captured_whole_by(self, snap: dict[str, Any]) -> bool:
+        """An open snapshot with every unit of value shipped, some not captured yet, for
+        an authorization a worker could set to its total: a worker acting on it may have
+        captured all of it, leaving the authorization fully captured."""
+        goods = [x for x in snap["lines"] if kind(x) in GOODS and line_value(x) > 0]
+        return (
+            snap["status"] == "open"
+            and bool(goods)
+            and all(int(x.get("shipped_quantity", 0)) >= int(x["quantity"]) for x in goods)
+            and any(
+                int(x.get("shipped_quantity", 0)) > self.state.captured.get(x["id"], 0)
+                for x in goods
+            )
+            # A worker acting on that snapshot first sets the authorization to its
+            # total (a decrease always, an increase where the PSP allows one), then
+            # captures all of it: fully captured however far it was lowered.
+            and (order_total(snap) <= self.state.authorized + 2 or not self.refuses)
+        )
 
     def _covered_earlier(self, below: int) -> bool:
         """A snapshot of this window before the last, open, whose total the captures
@@ -1599,7 +1605,17 @@ class Oracle:
                 for x in snap["lines"]
                 if kind(x) in GOODS | FEES
             ) * self._ratio(snap)
-            if st.money + taken > order_total(last) + 2:
+            # Or that snapshot had every unit of value shipped: a worker acting on it
+            # lowered the authorization to its total and captured all of it (§4 steps
+            # 1-2); step 1 updates only an authorization "not fully captured", so the
+            # units shipped since wait for the new order the shop is asked for (seed
+            # 80315: the basket grew back to the authorized total).
+            whole = self._captured_whole_by(snap) and order_total(snap) + 2 < order_total(last)
+            if whole:
+                exp.uncertain_end = True
+                exp.outcomes.add("shipped_after_a_basket_captured_whole_in_passing")
+                exp.authorized_low = min(exp.authorized_low or st.authorized, order_total(snap))
+            if st.money + taken > order_total(last) + 2 or whole:
                 for line_id, units in newly.items():
                     floor = min(max(shipped_then.get(line_id, 0), 0), units)
                     after_overshoot[line_id] = min(after_overshoot.get(line_id, units), floor)

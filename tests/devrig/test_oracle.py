@@ -1417,6 +1417,33 @@ def test_fees_charged_alone_for_a_cancel_may_be_the_capture_the_expiry_overtook(
     assert exp.lines["l1"].captured == 1
 
 
+def test_goods_shipped_after_a_basket_captured_whole_in_passing_may_wait_for_a_new_order() -> None:
+    """Seed 80315 (Klarna, 900 authorized): in one window the shop removed l2 (450), one
+    l1 unit shipped, l1 grew to two units (900 again, the authorized total) and the
+    second shipped. A worker that acted on the 450 basket lowered the authorization to
+    it and captured it all (§4 steps 1-2); step 1 updates only an authorization "not
+    fully captured", so the second unit waits for the new order the shop is asked for
+    ("When the PSP rejects an increase ... needs_new_order", and so for a full capture).
+    A worker that saw only the last basket captured both. The shop then cancelled and
+    reopened."""
+    oracle = Oracle(900, refuses_increases=False)
+    oracle.snapshot(snap(2, [line("l1", 1, 450)]))
+    oracle.snapshot(snap(4, [line("l1", 1, 450, shipped_quantity=1)]))
+    oracle.snapshot(snap(5, [line("l1", 2, 450, shipped_quantity=1)]))
+    oracle.snapshot(snap(6, [line("l1", 2, 450, shipped_quantity=2)]))
+    oracle.settle()
+    oracle.snapshot(snap(7, [line("l1", 2, 450, shipped_quantity=2)]))
+    oracle.snapshot(snap(9, [line("l1", 2, 450, shipped_quantity=2)], status="cancelled"))
+    oracle.settle()
+    oracle.snapshot(snap(10, [line("l1", 2, 450, shipped_quantity=2)]))
+    exp = oracle.expectation()
+    one, both = [booked("l1", 1, 450)], [booked("l1", 2, 900)]
+    assert not {c for c, _ in check_ledger([("capture", 450, one)], exp)} & {"captured_units"}
+    assert not {c for c, _ in check_ledger([("capture", 900, both)], exp)} & {"captured_units"}
+    # The unit shipped in the basket captured whole was captured either way.
+    assert "captured_units" in {c for c, _ in check_ledger([], exp)}
+
+
 def test_a_basket_grown_past_an_earlier_snapshot_shipped_in_full_may_need_a_new_order() -> None:
     # Seed 20529: 945 authorized (Klarna); in one window the surcharge was lowered to
     # 195, everything shipped (645), then a shipping fee of 150 added (795, still below
