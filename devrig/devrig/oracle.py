@@ -244,6 +244,8 @@ class Oracle:
         self._maybe_full = False  # the authorization may be fully captured in this window
         # What the PSP held when a fee left to timing may have fully captured it.
         self._kept_authorized: int | None = None
+        # The same, for this window's captures: what a fee may have filled (seed 62118).
+        self._filled_by_fee: int | None = None
         # A worker may have cancelled for a snapshot that passed (cancelled or emptied)
         # in a window whose last one was open: the PSP may have let go, or not.
         self._maybe_cancelled = False
@@ -823,6 +825,7 @@ class Oracle:
         # Steps 2-4: captures, refunds, then a cancel lets go of what is left.
         captured_before = dict(st.captured)
         money_before = st.money
+        self._filled_by_fee = held_before if fee_filled else None
         self._captures(last, lines)
         if cancelled_in_passing:
             # A worker that cancelled for the earlier snapshot left nothing to capture
@@ -983,6 +986,7 @@ class Oracle:
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
             exp.outcomes.add("cancelled_above_what_its_goods_are_worth")
         self._cancel_held = False
+        self._filled_by_fee = None
         self._ended_in_window = False
         self.window = [last]
         self.faulty = False
@@ -1498,6 +1502,12 @@ class Oracle:
             if self.refuses and st.authorized_floor is not None:
                 lows.append(st.authorized_floor)
             limit = min([st.authorized, *[t for t in lows if t > 0]])
+        if self._filled_by_fee is not None:
+            # A fee left to timing may have filled the authorization (settle's
+            # fee_filled): then step 1 raised nothing ("not fully captured"), and what
+            # shipped since waits for the new order the shop is asked for (seed 62118).
+            no_raise = True
+            limit = min(limit, self._filled_by_fee)
         # Such a fee, riding with this capture, may take what the goods would fit in.
         riding_value = sum(
             int(lines[i]["unit_price"]) * n for i, n in riding.items()

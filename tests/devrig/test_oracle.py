@@ -1444,6 +1444,35 @@ def test_goods_shipped_after_a_basket_captured_whole_in_passing_may_wait_for_a_n
     assert "captured_units" in {c for c, _ in check_ledger([], exp)}
 
 
+def test_goods_shipped_after_a_fee_alone_that_may_have_filled_the_authorization_may_wait() -> None:
+    """Seed 62118 (Klarna, 1234 authorized): l1's unit (1200) captured before the first
+    read. README "Fees": the shipping fee then goes alone with what is left of the gift
+    card (150 − 116 = 34), which fills the authorization; left to timing (a worker acting
+    on an earlier snapshot of its window), it may have. l1 then grew to three units and
+    two more shipped. §4 step 1 updates only an authorization "not fully captured": the
+    shop is asked for a new order, and the units shipped since wait; had the fee not
+    gone, the authorization was raised and they were captured. The shop then cancelled."""
+    oracle = Oracle(1234, refuses_increases=False)
+    oracle.external_capture("l1", 1, 1200, tax_rate=2000)
+    order_level = [line("l2", 1, -116, type="gift_card"), line("l3", 1, 150, type="shipping_fee")]
+    oracle.snapshot(snap(1, [line("l1", 1, 1200), *order_level]))
+    oracle.snapshot(snap(3, [line("l1", 1, 1200), *order_level]))
+    oracle.snapshot(snap(5, [line("l1", 3, 1200), *order_level]))
+    oracle.settle()
+    oracle.snapshot(snap(6, [line("l1", 3, 1200), *order_level]))
+    oracle.snapshot(snap(8, [line("l1", 3, 1200, shipped_quantity=2), *order_level]))
+    oracle.settle()
+    oracle.snapshot(snap(10, [line("l1", 3, 1200, shipped_quantity=3), *order_level]))
+    oracle.settle()
+    cancelled = [line("l1", 3, 1200, shipped_quantity=3), *order_level]
+    oracle.snapshot(snap(12, cancelled, status="cancelled"))
+    exp = oracle.expectation()
+    alone = [booked("l3", 1, 150), booked("l2", 1, -116, type="gift_card")]
+    ledger = [("capture", 1200, [booked("l1", 1, 1200)]), ("capture", 34, alone)]
+    assert not {c for c, _ in check_ledger(ledger, exp)} & {"captured_units"}
+    assert ("needs_new_order", "") in exp.allowed
+
+
 def test_a_basket_grown_past_an_earlier_snapshot_shipped_in_full_may_need_a_new_order() -> None:
     # Seed 20529: 945 authorized (Klarna); in one window the surcharge was lowered to
     # 195, everything shipped (645), then a shipping fee of 150 added (795, still below
