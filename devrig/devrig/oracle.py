@@ -220,6 +220,12 @@ class _State:
     # smaller basket that passed in a window, and no raise follows (the PSP refuses
     # increases). None: no such basket passed.
     authorized_floor: int | None = None
+    # The PSP may hold an authorization this low, fully captured: a worker captured all of
+    # a basket that passed in a window (or a fee alone filled what was left, README
+    # "Fees"), and §4 step 1 updates only an authorization "not fully captured"; captures
+    # only add, so it stays full. Goods shipped since may wait for the new order the shop
+    # is asked for (seeds 62118, 62218). None: no such basket passed.
+    full_at: int | None = None
 
 
 def identity(snapshot: dict[str, Any]) -> tuple[Any, ...]:
@@ -244,8 +250,6 @@ class Oracle:
         self._maybe_full = False  # the authorization may be fully captured in this window
         # What the PSP held when a fee left to timing may have fully captured it.
         self._kept_authorized: int | None = None
-        # The same, for this window's captures: what a fee may have filled (seed 62118).
-        self._filled_by_fee: int | None = None
         # A worker may have cancelled for a snapshot that passed (cancelled or emptied)
         # in a window whose last one was open: the PSP may have let go, or not.
         self._maybe_cancelled = False
@@ -825,7 +829,8 @@ class Oracle:
         # Steps 2-4: captures, refunds, then a cancel lets go of what is left.
         captured_before = dict(st.captured)
         money_before = st.money
-        self._filled_by_fee = held_before if fee_filled else None
+        if fee_filled:
+            st.full_at = min(st.full_at or held_before, held_before)
         self._captures(last, lines)
         if cancelled_in_passing:
             # A worker that cancelled for the earlier snapshot left nothing to capture
@@ -869,6 +874,13 @@ class Oracle:
                 exp.authorized_low or st.authorized,
                 *(order_total(x) for x in self.window[:-1] if x["status"] == "open"),
             )
+            covered = [
+                order_total(snap)
+                for snap in self.window[:-1]
+                if snap["status"] == "open"
+                and any(order_total(snap) <= money + 2 for money in (money_before, st.money))
+            ]
+            st.full_at = min(st.full_at or min(covered), *covered)
         self._refunds(lines)
         # Units whose capture depends on timing: what was captured is not known exactly.
         uncertain = any(e.captured_range for e in exp.lines.values())
@@ -986,7 +998,6 @@ class Oracle:
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
             exp.outcomes.add("cancelled_above_what_its_goods_are_worth")
         self._cancel_held = False
-        self._filled_by_fee = None
         self._ended_in_window = False
         self.window = [last]
         self.faulty = False
@@ -1502,12 +1513,12 @@ class Oracle:
             if self.refuses and st.authorized_floor is not None:
                 lows.append(st.authorized_floor)
             limit = min([st.authorized, *[t for t in lows if t > 0]])
-        if self._filled_by_fee is not None:
-            # A fee left to timing may have filled the authorization (settle's
-            # fee_filled): then step 1 raised nothing ("not fully captured"), and what
-            # shipped since waits for the new order the shop is asked for (seed 62118).
+        if st.full_at is not None:
+            # The PSP may hold an authorization fully captured at full_at: then step 1
+            # raised nothing ("not fully captured"), and what shipped since waits for the
+            # new order the shop is asked for (seeds 62118, 62218).
             no_raise = True
-            limit = min(limit, self._filled_by_fee)
+            limit = min(limit, st.full_at)
         # Such a fee, riding with this capture, may take what the goods would fit in.
         riding_value = sum(
             int(lines[i]["unit_price"]) * n for i, n in riding.items()
@@ -1625,6 +1636,8 @@ class Oracle:
                 exp.uncertain_end = True
                 exp.outcomes.add("shipped_after_a_basket_captured_whole_in_passing")
                 exp.authorized_low = min(exp.authorized_low or st.authorized, order_total(snap))
+                # (And it stays fully captured for the windows after: see full_at.)
+                st.full_at = min(st.full_at or order_total(snap), order_total(snap))
             if st.money + taken > order_total(last) + 2 or whole:
                 for line_id, units in newly.items():
                     floor = min(max(shipped_then.get(line_id, 0), 0), units)
@@ -1774,6 +1787,9 @@ class Oracle:
             entry.prices |= {(p, rate) for p, r in outside if r is None for rate in rates}
         exp.authorization = st.closed or "open"
         exp.authorized = st.authorized if st.closed is None else None
+        if st.full_at is not None and exp.authorized is not None:
+            # A basket captured whole in passing (full_at): the PSP may have stayed there.
+            exp.authorized_low = min(exp.authorized_low or exp.authorized, st.full_at)
         kept = self._kept_authorized
         if kept is not None and exp.authorized is not None:
             # A fee left to timing may have fully captured the authorization (settle,

@@ -1473,6 +1473,33 @@ def test_goods_shipped_after_a_fee_alone_that_may_have_filled_the_authorization_
     assert ("needs_new_order", "") in exp.allowed
 
 
+def test_a_basket_captured_whole_in_passing_leaves_goods_shipped_in_later_windows_waiting() -> None:
+    """Seed 62218 (Klarna, 2891 authorized): in one window l2 went to two units, both
+    shipped, l1 was removed (1242: every unit of value shipped), then l3 (99) was added.
+    A worker that acted on the 1242 basket lowered the authorization to it and captured
+    it all; §4 step 1 updates only an authorization "not fully captured", and captures
+    only add, so it stays fully captured: l3, shipped in a later window, waits for the
+    new order the shop is asked for. A worker that saw the 1341 basket first captured
+    l3 when it shipped."""
+    oracle = Oracle(2891, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 1, 1028, type="digital"), line("l2", 3, 621)]))
+    oracle.settle()
+    oracle.snapshot(snap(3, [line("l1", 1, 1028, type="digital"), line("l2", 2, 621)]))
+    two = line("l2", 2, 621, shipped_quantity=2)
+    oracle.snapshot(snap(5, [line("l1", 1, 1028, type="digital"), two]))
+    oracle.snapshot(snap(6, [two]))
+    oracle.snapshot(snap(7, [two, line("l3", 1, 99)]))
+    oracle.settle()
+    oracle.snapshot(snap(10, [two, line("l3", 1, 99, shipped_quantity=1)]))
+    exp = oracle.expectation()
+    both = ("capture", 1242, [booked("l2", 2, 1242)])
+    l3 = ("capture", 99, [booked("l3", 1, 99)])
+    assert not {c for c, _ in check_ledger([both], exp)} & {"captured_units"}
+    assert not {c for c, _ in check_ledger([both, l3], exp)} & {"captured_units"}
+    assert "captured_units" in {c for c, _ in check_ledger([], exp)}
+    assert exp.authorized_low == 1242
+
+
 def test_a_basket_grown_past_an_earlier_snapshot_shipped_in_full_may_need_a_new_order() -> None:
     # Seed 20529: 945 authorized (Klarna); in one window the surcharge was lowered to
     # 195, everything shipped (645), then a shipping fee of 150 added (795, still below
