@@ -1500,6 +1500,30 @@ def test_a_basket_captured_whole_in_passing_leaves_goods_shipped_in_later_window
     assert exp.authorized_low == 1242
 
 
+def test_units_a_window_left_to_timing_then_captured_surely_may_all_be_held() -> None:
+    """Seed 80407 (Adyen, 450 authorized): in one window l1's unit shipped (the basket
+    shipped whole), l1 grew to three units and a second shipped. A worker that captured
+    the 450 basket first could raise it no more (§4 step 1, "not fully captured"), one
+    that did not raised it and captured both: left to timing (a range). In the next
+    window a discount came and the third unit shipped; the authorization followed and
+    the service captured what was left, so the PSP may hold all three (900, then 279),
+    beyond the high end the first window left."""
+    oracle = Oracle(450, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 1, 450)]))
+    oracle.snapshot(snap(2, [line("l1", 1, 450, shipped_quantity=1)]))
+    oracle.snapshot(snap(3, [line("l1", 3, 450, shipped_quantity=1)]))
+    oracle.snapshot(snap(4, [line("l1", 3, 450, shipped_quantity=2)]))
+    oracle.settle()
+    discount = line("l2", 1, -171, type="discount")
+    oracle.snapshot(snap(5, [line("l1", 3, 450, shipped_quantity=2), discount]))
+    oracle.snapshot(snap(6, [line("l1", 3, 450, shipped_quantity=3), discount]))
+    oracle.settle()
+    exp = oracle.expectation()
+    two = ("capture", 900, [booked("l1", 2, 900)])
+    third = ("capture", 279, [booked("l1", 1, 450), booked("l2", 1, -171, type="discount")])
+    assert not {c for c, _ in check_ledger([two, third], exp)} & {"captured_units"}
+
+
 def test_a_basket_grown_past_an_earlier_snapshot_shipped_in_full_may_need_a_new_order() -> None:
     # Seed 20529: 945 authorized (Klarna); in one window the surcharge was lowered to
     # 195, everything shipped (645), then a shipping fee of 150 added (795, still below
