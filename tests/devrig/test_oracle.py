@@ -1417,6 +1417,12 @@ def test_fees_charged_alone_for_a_cancel_may_be_the_capture_the_expiry_overtook(
     assert exp.lines["l1"].captured == 1
 
 
+def units_of_l1(oracle: Oracle, *steps: tuple[int, int, int]) -> None:
+    """Snapshots of one goods line l1 at 450: (version, quantity, shipped) each."""
+    for version, quantity, shipped in steps:
+        oracle.snapshot(snap(version, [line("l1", quantity, 450, shipped_quantity=shipped)]))
+
+
 def test_goods_shipped_after_a_basket_captured_whole_in_passing_may_wait_for_a_new_order() -> None:
     """Seed 80315 (Klarna, 900 authorized): in one window the shop removed l2 (450), one
     l1 unit shipped, l1 grew to two units (900 again, the authorized total) and the
@@ -1427,10 +1433,7 @@ def test_goods_shipped_after_a_basket_captured_whole_in_passing_may_wait_for_a_n
     A worker that saw only the last basket captured both. The shop then cancelled and
     reopened."""
     oracle = Oracle(900, refuses_increases=False)
-    oracle.snapshot(snap(2, [line("l1", 1, 450)]))
-    oracle.snapshot(snap(4, [line("l1", 1, 450, shipped_quantity=1)]))
-    oracle.snapshot(snap(5, [line("l1", 2, 450, shipped_quantity=1)]))
-    oracle.snapshot(snap(6, [line("l1", 2, 450, shipped_quantity=2)]))
+    units_of_l1(oracle, (2, 1, 0), (4, 1, 1), (5, 2, 1), (6, 2, 2))
     oracle.settle()
     oracle.snapshot(snap(7, [line("l1", 2, 450, shipped_quantity=2)]))
     oracle.snapshot(snap(9, [line("l1", 2, 450, shipped_quantity=2)], status="cancelled"))
@@ -1509,10 +1512,7 @@ def test_units_a_window_left_to_timing_then_captured_surely_may_all_be_held() ->
     the service captured what was left, so the PSP may hold all three (900, then 279),
     beyond the high end the first window left."""
     oracle = Oracle(450, refuses_increases=False)
-    oracle.snapshot(snap(1, [line("l1", 1, 450)]))
-    oracle.snapshot(snap(2, [line("l1", 1, 450, shipped_quantity=1)]))
-    oracle.snapshot(snap(3, [line("l1", 3, 450, shipped_quantity=1)]))
-    oracle.snapshot(snap(4, [line("l1", 3, 450, shipped_quantity=2)]))
+    units_of_l1(oracle, (1, 1, 0), (2, 1, 1), (3, 3, 1), (4, 3, 2))
     oracle.settle()
     discount = line("l2", 1, -171, type="discount")
     oracle.snapshot(snap(5, [line("l1", 3, 450, shipped_quantity=2), discount]))
