@@ -339,7 +339,7 @@ def plan_next(
                 return decision
             # A capture that cannot be made never holds a refund up.
             return _refund_step(order, psp, ledger) or decision
-        if _expires_soon(view) and _unshipped(order):
+        if _expires_soon(view) and (_unshipped(order) or _fee_to_charge(order, ledger)):
             # A refund never waits (contract §4.3): an extension that fails halts the
             # order, and returned goods must be paid back whatever becomes of the
             # authorization.
@@ -1002,6 +1002,16 @@ def _unshipped(order: OrderSnapshot) -> bool:
         shipped_quantity(order, line) < line.quantity
         for line in order.lines
         if not line.shared and not line.is_fee and line.total > 0
+    )
+
+
+def _fee_to_charge(order: OrderSnapshot, ledger: Ledger) -> bool:
+    """A fee of value no capture has charged yet: the authorization still holds it (README
+    "Fees"), so it is kept alive for it as for goods unshipped."""
+    return any(
+        _captured_qty(ledger, line.id) < line.quantity
+        for line in order.lines
+        if line.is_fee and line.total > 0
     )
 
 

@@ -10,6 +10,7 @@ to carry it.
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -479,3 +480,24 @@ def test_a_cut_refunded_whole_after_a_refund_naming_no_units_is_what_may_still_b
     decision = plan_next(OrderView(now, state, history=history), allow_all)
     assert isinstance(decision, Plan) and decision.kind is Kind.REFUND, decision
     assert [(x.reference, x.total_amount) for x in decision.lines] == [("l1" + CUT_SUFFIX, 50)]
+
+
+# -- an authorization about to expire with only a fee left to charge ---------------------
+
+
+def test_an_authorization_holding_a_fee_still_to_charge_is_extended_before_it_expires() -> None:
+    """README "Fees": a fee is charged with the order's first capture of goods, or alone
+    once no capture of goods is left; until then the authorization holds it. An
+    authorization is extended while lines are unshipped (EXTEND_AUTHORIZATION_DAYS_BEFORE),
+    and a fee of value not yet captured is such a line, even when the goods still to ship
+    are worth nothing: letting it run out would leave the fee uncharged for good."""
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    soon = replace(psp(495, 0, PspStatus.AUTHORIZED), expires_at=now + timedelta(days=2))
+    free_and_fee = order([line("sample", 1, 0), FEE])
+    view = OrderView(free_and_fee, soon, now=now, extend_within=timedelta(days=3))
+    assert plan_next(view, allow_all) == Plan(Kind.EXTEND_AUTHORIZATION, 0)
+    # Once the fee is captured, nothing of value is left to hold: no extension.
+    charged = (captured(unit("fee", 1, 495)),)
+    done = replace(psp(495, 495, PspStatus.CAPTURED), expires_at=now + timedelta(days=2))
+    view = OrderView(free_and_fee, done, history=charged, now=now, extend_within=timedelta(days=3))
+    assert plan_next(view, allow_all) != Plan(Kind.EXTEND_AUTHORIZATION, 0)
