@@ -145,6 +145,14 @@ class LineExpect:
         if self.captured_range is not None and self.captured_range[1] <= before:
             low, high = self.captured_range
             self.captured_range = (low + units, high + units)
+        elif self.captured_range is not None:
+            # The range's units are among those captured now: an earlier window left
+            # them uncounted (shipped beyond the authorization, timing decided), so this
+            # capture takes whatever it did not (§4 step 2, "newly shipped quantities →
+            # a capture"): all of them may be held. The low end stays for a capture that
+            # window may have halted on (capture_exceeds_authorization; seed 83047).
+            low, high = self.captured_range
+            self.captured_range = (low, max(high, before + units))
 
 
 @dataclass
@@ -197,6 +205,10 @@ class _State:
     # Captured at most: a capture made for an earlier snapshot of its window carried that
     # basket's shares of the order-level lines, which a later one may have lowered.
     money_high: Fraction = Fraction(0)
+    # Counted in money though timing decides whether the PSP holds it: units worth nothing
+    # (no capture of 0 is sent) and a fee the first capture may not have carried (README
+    # "Fees": it waits for the next capture of goods), whose LineExpect is a range.
+    money_unsure: Fraction = Fraction(0)
     any_capture: bool = False
     own_capture: bool = False  # one made by the service (fees go with its first)
     free_shipped: bool = False  # units worth nothing shipped (no capture of 0 is sent)
@@ -773,6 +785,14 @@ class Oracle:
                 # basket may have been followed too.
                 reachable = [x for x in self.window[:-1] if x["status"] == "open"]
                 if st.money > st.authorized + 2:
+                    reachable.append(last)
+                surely = st.money - st.money_unsure
+                if surely + 2 < min(total, st.authorized) and last not in reachable:
+                    # What stood in the way may never have been captured (a fee the
+                    # first capture did not carry waits for the next capture of goods,
+                    # README "Fees"): then the authorization is "not fully captured"
+                    # and the basket is above the captures, so step 1 updates to it
+                    # (seed 81459).
                     reachable.append(last)
                 if reachable:
                     totals = [order_total(x) for x in reachable]
@@ -1639,6 +1659,7 @@ class Oracle:
                 # Worth nothing (no capture of 0 is ever sent, it may ride along with
                 # one), or a fee the first capture may not have carried.
                 entry.maybe(before, before + units)
+                st.money_unsure += int(lines[line_id]["unit_price"]) * units * self._ratio(last)
                 st.worthless[line_id] = st.worthless.get(line_id, 0) + units
             elif after_overshoot.get(line_id, units) < units:
                 entry.maybe(before + after_overshoot[line_id], before + units)
