@@ -134,8 +134,13 @@ WITH ops AS (
     UPDATE inbox SET received_at = received_at - interval '2 hours'
     WHERE source = 'adyen' AND processed_at IS NULL
 ), due AS (
-    -- The sweep's copy of their age (data/inbox.py, adyen_due).
-    UPDATE adyen_due SET received_at = received_at - interval '2 hours'
+    -- The sweep's copy of their age (data/inbox.py, adyen_due). One that matched
+    -- nothing is offered again after a back-off of at most an hour (MARK_UNMATCHED):
+    -- it runs out as every other does, so a refusal that came before its order is
+    -- matched once the order is stored (README "Out of order, twice, early").
+    UPDATE adyen_due SET received_at = received_at - interval '2 hours',
+                         next_attempt_at = CASE WHEN unmatched THEN now() - interval '1 second'
+                                                ELSE next_attempt_at END
 )
 SELECT kind FROM operations
 WHERE %(leases)s AND order_id = ANY(%(ids)s) AND status = 'sent' AND lease_until < now()
