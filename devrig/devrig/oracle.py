@@ -1136,6 +1136,19 @@ class Oracle:
                 continue
             units = entry.captured_range[1] - self.state.captured.get(line_id, 0)
             total += max(units, 0) * max(int(line["unit_price"]), 0)
+        goods_left = any(
+            kind(line) in GOODS
+            and line_value(line) > 0
+            and self.state.captured.get(line_id, 0) < int(line["quantity"])
+            for line_id, line in lines.items()
+        )
+        if total and not goods_left:
+            # With no goods of value left to come, such a fee went alone, the last
+            # capture of value, carrying the rest of the order-level lines (README
+            # "Fees"; §4: "once everything has shipped the captures add up to the
+            # order's total"): all that was left of the authorization it was charged
+            # against, set to that basket by §4 step 1 (seed 62700).
+            total = max(total, self.state.authorized - int(self.state.money))
         return total
 
     def _shipped_uncaptured(self, lines: dict[str, dict[str, Any]]) -> bool:
@@ -1457,7 +1470,9 @@ class Oracle:
             )
         ]
         later_maybe: set[str] = set()
-        goods_shipped = bool(newly)
+        # Goods of some value: units worth nothing send no capture a fee could go with
+        # (README "Fees": "with the order's first capture of goods"; seed 84920).
+        goods_shipped = any(int(lines[i]["unit_price"]) > 0 for i in newly)
         for line_id in fees:
             exp.outcomes.add("fee_with_first_capture")
             newly[line_id] = int(lines[line_id]["quantity"]) - st.captured.get(line_id, 0)
@@ -1649,6 +1664,24 @@ class Oracle:
             for i, n in [*newly.items(), *riding.items()]
             if i in lines
         ) * max(self._ratio(snap) for snap in [*earlier, last])
+        open_value = sum(
+            int(line["unit_price"]) * (int(line["quantity"]) - st.captured.get(line_id, 0))
+            for line_id, line in lines.items()
+            if kind(line) in GOODS | FEES and int(line["unit_price"]) > 0
+        )
+        if st.external_units and open_value > 0:
+            # Units captured outside carried no share of the order-level lines; §4's
+            # shares exist "so that once everything has shipped the captures add up to
+            # the order's total", so this capture may take its part by value of what the
+            # open lines still owe (total − captured), more than the last basket's
+            # ratio gives (seeds 219, 85917).
+            owed = order_total(last) - money_then
+            part = (
+                sum(int(lines[i]["unit_price"]) * n for i, n in newly.items() if i in lines)
+                * Fraction(owed, 1)
+                / open_value
+            )
+            st.money_high = max(st.money_high, money_then + part)
         for line_id, units in newly.items():
             before = st.captured.get(line_id, 0)
             st.captured[line_id] = before + units
@@ -1869,7 +1902,12 @@ def _carries_the_difference(
         open_units >= units
         and abs(gross * open_units - (value - gross_before) * units) <= open_units
     )
-    return of_whole or of_open
+    # README "Ledger model": "a line's own units still to capture carry its price edit
+    # first"; once the line's earlier captures hold all it is worth, a cut they cannot
+    # carry takes each unit still to capture whole (0), the rest going back as a
+    # correction line with the line's reference (seed 85270).
+    cut_whole = gross == 0 and units_before > 0 and value <= gross_before
+    return of_whole or of_open or cut_whole
 
 
 def _carries_after_unnamed(
