@@ -209,6 +209,10 @@ class _State:
     # (no capture of 0 is sent) and a fee the first capture may not have carried (README
     # "Fees": it waits for the next capture of goods), whose LineExpect is a range.
     money_unsure: Fraction = Fraction(0)
+    # A worker may have fully captured the authorization for a snapshot that passed,
+    # which §4 step 1 then no longer raises ("not fully captured"): goods shipped since
+    # may wait for the new order the shop is asked for (seed 83974).
+    maybe_full: bool = False
     any_capture: bool = False
     own_capture: bool = False  # one made by the service (fees go with its first)
     free_shipped: bool = False  # units worth nothing shipped (no capture of 0 is sent)
@@ -1008,6 +1012,7 @@ class Oracle:
         self.faulty = False
         self.expired_in_window = False
         self._before_update = 0
+        st.maybe_full = st.maybe_full or self._maybe_full
         self._maybe_full = False
 
     def _fees_due_alone(
@@ -1183,6 +1188,16 @@ class Oracle:
             ):
                 return True
         return False
+
+    def _filled_snapshot(self) -> dict[str, Any] | None:
+        """The first snapshot of this window `_emptied_earlier` finds (every unit of value
+        shipped, a worker may have captured all of it), or None."""
+        for position in range(1, len(self.window)):
+            if self._emptied_earlier(before=position) and not self._emptied_earlier(
+                before=position - 1
+            ):
+                return self.window[position - 1]
+        return None
 
     def _covered_earlier(self, below: int) -> bool:
         """A snapshot of this window before the last, open, whose total the captures
@@ -1649,6 +1664,24 @@ class Oracle:
                 # in settle).
                 exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
                 exp.outcomes.add("below_a_capture_of_its_window_in_passing")
+        if self._maybe_full or st.maybe_full:
+            # A worker may have captured all of an earlier snapshot and left the
+            # authorization fully captured (settle, _maybe_full): units shipped after
+            # that snapshot then wait for the new order (§4 step 1 "not fully captured";
+            # "the shop must ask the customer to place a new order for the new items"),
+            # or were captured, had no worker seen it. In a later window, every unit.
+            filled = None if st.maybe_full else self._filled_snapshot()
+            for line_id, units in newly.items():
+                then = 0
+                if filled is not None:
+                    then = sum(
+                        int(x.get("shipped_quantity", 0)) - st.captured.get(line_id, 0)
+                        for x in filled["lines"]
+                        if x["id"] == line_id
+                    )
+                floor = min(max(then, 0), units)
+                after_overshoot[line_id] = min(after_overshoot.get(line_id, units), floor)
+                exp.outcomes.add("shipped_after_a_full_capture_in_passing")
         if after_overshoot:
             exp.outcomes.add("captured_beyond_a_later_basket_in_one_window")
         money_then = st.money

@@ -3129,3 +3129,31 @@ def test_a_fee_left_to_timing_going_alone_last_may_fill_the_authorization() -> N
     low = exp.authorized_low or exp.authorized
     high = exp.authorized_high or exp.authorized
     assert low is not None and high is not None and low <= 1816 <= high
+
+
+def test_goods_shipped_after_a_full_capture_in_passing_may_wait_for_a_new_order() -> None:
+    """Seed 83974 (Klarna DE, 300 authorized): all three l1 units shipped and the basket
+    then grew (two more l1, l2 added, a discount), one l2 unit shipped, in one window. A
+    worker that acted on the snapshot with everything shipped captured 300: the
+    authorization is fully captured, which §4 step 1 no longer updates ("not fully
+    captured"), so the l2 unit cannot be charged and the shop is asked for a new order
+    (as after a refused increase); one that acted on the last snapshot raised the
+    authorization and captured both. Timing decides: l2 0 or 1, and so for goods that
+    ship in later windows."""
+    oracle = Oracle(300, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 3, 100)]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [line("l1", 3, 100, shipped_quantity=3)]))
+    oracle.snapshot(snap(3, [line("l1", 5, 100, shipped_quantity=3), line("l2", 3, 99)]))
+    discount = line("l3", 1, -371, type="discount")
+    goods = [line("l1", 4, 100, shipped_quantity=3)]
+    oracle.snapshot(snap(4, [*goods, line("l2", 3, 99), discount]))
+    oracle.snapshot(snap(5, [*goods, line("l2", 3, 99, shipped_quantity=1), discount]))
+    oracle.settle()
+    assert oracle.exp.lines["l1"].captured == 0 or oracle.state.captured["l1"] == 3
+    assert oracle.exp.lines["l2"].captured_range == (0, 1)
+    assert ("needs_new_order", "") in oracle.exp.allowed
+    # A later window's shipment is left to the same timing.
+    oracle.snapshot(snap(6, [*goods, line("l2", 3, 99, shipped_quantity=2), discount]))
+    exp = oracle.expectation()
+    assert exp.lines["l2"].captured_range == (0, 2)
