@@ -1533,6 +1533,16 @@ class Oracle:
             and order_total(last) > st.authorized + 2
         )
         no_raise = self.refuses or cancelling or fully_captured or self._maybe_full
+        # §4 step 1 sets the authorization to the basket, never above it, and a capture
+        # goes only up to what is left of it (CONTRACT §8). Money refunded outside
+        # (counted, "never made a second time") left captures the basket does not
+        # explain: the goods may then need more than is left, and wait for a person
+        # rather than take a cut the refund already gave back (seed 85748).
+        at_basket = (
+            not no_raise
+            and st.authorized + 2 >= order_total(last)
+            and (any(st.external_back.values()) or st.charged_back)
+        )
         if no_raise:
             # No raise will come; and a worker may have lowered the authorization to an
             # earlier, smaller basket of this window, or of an earlier one (the floor).
@@ -1550,7 +1560,7 @@ class Oracle:
         # authorization" (CONTRACT §8, "capture ≤ remaining authorization"; seed 54681).
         exact = self._ratio(last) == 1 and Fraction(st.money).denominator == 1
         slack = 0 if exact else 2
-        if value + riding_value > limit - st.money + slack and no_raise:
+        if value + riding_value > limit - st.money + slack and (no_raise or at_basket):
             # The shipped lines exceed an authorization the PSP would not raise: what
             # fits is captured, the shop is told to take a new order.
             exp.outcomes.add("shipped_beyond_authorization")
