@@ -790,8 +790,8 @@ class Oracle:
                 reachable = [x for x in self.window[:-1] if x["status"] == "open"]
                 if st.money > st.authorized + 2:
                     reachable.append(last)
-                surely = st.money - st.money_unsure
-                if surely + 2 < min(total, st.authorized) and last not in reachable:
+                held_surely = st.money - st.money_unsure
+                if held_surely + 2 < min(total, st.authorized) and last not in reachable:
                     # What stood in the way may never have been captured (a fee the
                     # first capture did not carry waits for the next capture of goods,
                     # README "Fees"): then the authorization is "not fully captured"
