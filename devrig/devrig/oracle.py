@@ -205,6 +205,14 @@ class _State:
     # Captured at most: a capture made for an earlier snapshot of its window carried that
     # basket's shares of the order-level lines, which a later one may have lowered.
     money_high: Fraction = Fraction(0)
+    # Counted in money though timing decides whether the PSP holds it: units worth nothing
+    # (no capture of 0 is sent) and a fee the first capture may not have carried (README
+    # "Fees": it waits for the next capture of goods), whose LineExpect is a range.
+    money_unsure: Fraction = Fraction(0)
+    # A worker may have fully captured the authorization for a snapshot that passed,
+    # which §4 step 1 then no longer raises ("not fully captured"): goods shipped since
+    # may wait for the new order the shop is asked for (seed 83974).
+    maybe_full: bool = False
     any_capture: bool = False
     own_capture: bool = False  # one made by the service (fees go with its first)
     free_shipped: bool = False  # units worth nothing shipped (no capture of 0 is sent)
@@ -788,6 +796,14 @@ class Oracle:
                 reachable = [x for x in self.window[:-1] if x["status"] == "open"]
                 if st.money > st.authorized + 2:
                     reachable.append(last)
+                held_surely = st.money - st.money_unsure
+                if held_surely + 2 < min(total, st.authorized) and last not in reachable:
+                    # What stood in the way may never have been captured (a fee the
+                    # first capture did not carry waits for the next capture of goods,
+                    # README "Fees"): then the authorization is "not fully captured"
+                    # and the basket is above the captures, so step 1 updates to it
+                    # (seed 81459).
+                    reachable.append(last)
                 if reachable:
                     totals = [order_total(x) for x in reachable]
                     exp.authorized_high = max(
@@ -1011,6 +1027,7 @@ class Oracle:
         self.faulty = False
         self.expired_in_window = False
         self._before_update = 0
+        st.maybe_full = st.maybe_full or self._maybe_full
         self._maybe_full = False
 
     def _fees_due_alone(
@@ -1139,6 +1156,19 @@ class Oracle:
                 continue
             units = entry.captured_range[1] - self.state.captured.get(line_id, 0)
             total += max(units, 0) * max(int(line["unit_price"]), 0)
+        goods_left = any(
+            kind(line) in GOODS
+            and line_value(line) > 0
+            and self.state.captured.get(line_id, 0) < int(line["quantity"])
+            for line_id, line in lines.items()
+        )
+        if total and not goods_left:
+            # With no goods of value left to come, such a fee went alone, the last
+            # capture of value, carrying the rest of the order-level lines (README
+            # "Fees"; §4: "once everything has shipped the captures add up to the
+            # order's total"): all that was left of the authorization it was charged
+            # against, set to that basket by §4 step 1 (seed 62700).
+            total = max(total, self.state.authorized - int(self.state.money))
         return total
 
     def _shipped_uncaptured(self, lines: dict[str, dict[str, Any]]) -> bool:
@@ -1179,6 +1209,16 @@ class Oracle:
             # captures all of it: fully captured however far it was lowered.
             and (order_total(snap) <= self.state.authorized + 2 or not self.refuses)
         )
+
+    def _filled_snapshot(self) -> dict[str, Any] | None:
+        """The first snapshot of this window `_emptied_earlier` finds (every unit of value
+        shipped, a worker may have captured all of it), or None."""
+        for position in range(1, len(self.window)):
+            if self._emptied_earlier(before=position) and not self._emptied_earlier(
+                before=position - 1
+            ):
+                return self.window[position - 1]
+        return None
 
     def _covered_earlier(self, below: int) -> bool:
         """A snapshot of this window before the last, open, whose total the captures
@@ -1468,7 +1508,9 @@ class Oracle:
             )
         ]
         later_maybe: set[str] = set()
-        goods_shipped = bool(newly)
+        # Goods of some value: units worth nothing send no capture a fee could go with
+        # (README "Fees": "with the order's first capture of goods"; seed 84920).
+        goods_shipped = any(int(lines[i]["unit_price"]) > 0 for i in newly)
         for line_id in fees:
             exp.outcomes.add("fee_with_first_capture")
             newly[line_id] = int(lines[line_id]["quantity"]) - st.captured.get(line_id, 0)
@@ -1514,6 +1556,16 @@ class Oracle:
             and order_total(last) > st.authorized + 2
         )
         no_raise = self.refuses or cancelling or fully_captured or self._maybe_full
+        # §4 step 1 sets the authorization to the basket, never above it, and a capture
+        # goes only up to what is left of it (CONTRACT §8). Money refunded outside
+        # (counted, "never made a second time") left captures the basket does not
+        # explain: the goods may then need more than is left, and wait for a person
+        # rather than take a cut the refund already gave back (seed 85748).
+        at_basket = (
+            not no_raise
+            and st.authorized + 2 >= order_total(last)
+            and (any(st.external_back.values()) or st.charged_back)
+        )
         if no_raise:
             # No raise will come; and a worker may have lowered the authorization to an
             # earlier, smaller basket of this window, or of an earlier one (the floor).
@@ -1537,7 +1589,7 @@ class Oracle:
         # authorization" (CONTRACT §8, "capture ≤ remaining authorization"; seed 54681).
         exact = self._ratio(last) == 1 and Fraction(st.money).denominator == 1
         slack = 0 if exact else 2
-        if value + riding_value > limit - st.money + slack and no_raise:
+        if value + riding_value > limit - st.money + slack and (no_raise or at_basket):
             # The shipped lines exceed an authorization the PSP would not raise: what
             # fits is captured, the shop is told to take a new order.
             exp.outcomes.add("shipped_beyond_authorization")
@@ -1663,6 +1715,24 @@ class Oracle:
                 # in settle).
                 exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
                 exp.outcomes.add("below_a_capture_of_its_window_in_passing")
+        if self._maybe_full or st.maybe_full:
+            # A worker may have captured all of an earlier snapshot and left the
+            # authorization fully captured (settle, _maybe_full): units shipped after
+            # that snapshot then wait for the new order (§4 step 1 "not fully captured";
+            # "the shop must ask the customer to place a new order for the new items"),
+            # or were captured, had no worker seen it. In a later window, every unit.
+            filled = None if st.maybe_full else self._filled_snapshot()
+            for line_id, units in newly.items():
+                then = 0
+                if filled is not None:
+                    then = sum(
+                        int(x.get("shipped_quantity", 0)) - st.captured.get(line_id, 0)
+                        for x in filled["lines"]
+                        if x["id"] == line_id
+                    )
+                floor = min(max(then, 0), units)
+                after_overshoot[line_id] = min(after_overshoot.get(line_id, units), floor)
+                exp.outcomes.add("shipped_after_a_full_capture_in_passing")
         if after_overshoot:
             exp.outcomes.add("captured_beyond_a_later_basket_in_one_window")
         money_then = st.money
@@ -1678,6 +1748,24 @@ class Oracle:
             for i, n in [*newly.items(), *riding.items()]
             if i in lines
         ) * max(self._ratio(snap) for snap in [*earlier, last])
+        open_value = sum(
+            int(line["unit_price"]) * (int(line["quantity"]) - st.captured.get(line_id, 0))
+            for line_id, line in lines.items()
+            if kind(line) in GOODS | FEES and int(line["unit_price"]) > 0
+        )
+        if st.external_units and open_value > 0:
+            # Units captured outside carried no share of the order-level lines; §4's
+            # shares exist "so that once everything has shipped the captures add up to
+            # the order's total", so this capture may take its part by value of what the
+            # open lines still owe (total − captured), more than the last basket's
+            # ratio gives (seeds 219, 85917).
+            owed = order_total(last) - money_then
+            part = (
+                sum(int(lines[i]["unit_price"]) * n for i, n in newly.items() if i in lines)
+                * Fraction(owed, 1)
+                / open_value
+            )
+            st.money_high = max(st.money_high, money_then + part)
         for line_id, units in newly.items():
             before = st.captured.get(line_id, 0)
             st.captured[line_id] = before + units
@@ -1688,6 +1776,7 @@ class Oracle:
                 # Worth nothing (no capture of 0 is ever sent, it may ride along with
                 # one), or a fee the first capture may not have carried.
                 entry.maybe(before, before + units)
+                st.money_unsure += int(lines[line_id]["unit_price"]) * units * self._ratio(last)
                 st.worthless[line_id] = st.worthless.get(line_id, 0) + units
             elif after_overshoot.get(line_id, units) < units:
                 entry.maybe(before + after_overshoot[line_id], before + units)
@@ -1924,7 +2013,12 @@ def _carries_the_difference(
         open_units >= units
         and abs(gross * open_units - (value - gross_before) * units) <= open_units
     )
-    return of_whole or of_open
+    # README "Ledger model": "a line's own units still to capture carry its price edit
+    # first"; once the line's earlier captures hold all it is worth, a cut they cannot
+    # carry takes each unit still to capture whole (0), the rest going back as a
+    # correction line with the line's reference (seed 85270).
+    cut_whole = gross == 0 and units_before > 0 and value <= gross_before
+    return of_whole or of_open or cut_whole
 
 
 def _carries_after_unnamed(

@@ -134,8 +134,13 @@ WITH ops AS (
     UPDATE inbox SET received_at = received_at - interval '2 hours'
     WHERE source = 'adyen' AND processed_at IS NULL
 ), due AS (
-    -- The sweep's copy of their age (data/inbox.py, adyen_due).
-    UPDATE adyen_due SET received_at = received_at - interval '2 hours'
+    -- The sweep's copy of their age (data/inbox.py, adyen_due). One that matched
+    -- nothing is offered again after a back-off of at most an hour (MARK_UNMATCHED):
+    -- it runs out as every other does, so a refusal that came before its order is
+    -- matched once the order is stored (README "Out of order, twice, early").
+    UPDATE adyen_due SET received_at = received_at - interval '2 hours',
+                         next_attempt_at = CASE WHEN unmatched THEN now() - interval '1 second'
+                                                ELSE next_attempt_at END
 )
 SELECT kind FROM operations
 WHERE %(leases)s AND order_id = ANY(%(ids)s) AND status = 'sent' AND lease_until < now()
@@ -349,26 +354,39 @@ def _settled(ops: list[Any]) -> list[tuple[int, str, list[Booked]]]:
 def _with_settled(psp: PspOrder, ops: list[Any]) -> list[tuple[str, int, list[Booked]]]:
     """The PSP's ledger with the service's settlements in place: each after as many of
     the service's own captures and refunds as came before it (the PSP books those in
-    the order the service made them, one in flight at a time)."""
+    the order the service made them, one in flight at a time), and after as many of
+    the captures and refunds made by hand as the service had recorded before it (it
+    settles against the money it knows the PSP holds; seed 87054)."""
     settled = _settled(ops)
     if not settled:
         return psp.ledger
-    ours = sorted(
-        int(op.seq)
+    moved = [
+        op
         for op in ops
-        if op.kind in ("capture", "refund")
-        and op.status == "succeeded"
-        and not op.external
-        and op.amount
+        if op.kind in ("capture", "refund") and op.status == "succeeded" and op.amount
+    ]
+    ours = sorted(int(op.seq) for op in moved if not op.external)
+    # (A chargeback is recorded as a refund made outside but is no booking of the
+    # ledger: the model keeps it apart, `charged_back`.)
+    theirs = sorted(
+        int(op.seq)
+        for op in moved
+        if op.external and "CHARGEBACK" not in str(getattr(op, "psp_reference", "") or "")
     )
     result: list[tuple[str, int, list[Booked]]] = []
-    made = 0
+    made = by_hand = 0
     pending = list(settled)
     for index, entry in enumerate(psp.ledger):
-        while pending and sum(1 for seq in ours if seq < pending[0][0]) <= made:
+        while (
+            pending
+            and sum(1 for seq in ours if seq < pending[0][0]) <= made
+            and sum(1 for seq in theirs if seq < pending[0][0]) <= by_hand
+        ):
             result.append(("settle", 0, pending.pop(0)[2]))
         result.append(entry)
-        if index not in psp.outside:
+        if index in psp.outside:
+            by_hand += 1
+        else:
             made += 1
     result.extend(("settle", 0, lines) for _, _, lines in pending)
     return result

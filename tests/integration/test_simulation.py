@@ -113,3 +113,39 @@ def test_a_client_with_another_accounts_credentials_is_caught(
     monkeypatch.setattr(simulation, "sim_accounts", crossed)
     summary = simulation.run_many(database_url, 6, first_seed=1)
     assert summary.by_code["cross_account"] > 0
+
+
+@pytest.mark.timeout(300)
+def test_time_passing_runs_out_the_back_off_of_a_notification_that_matched_nothing(
+    database_url: str,
+) -> None:
+    """A notification that matched nothing is offered again after a back-off of at most
+    an hour (data/inbox.py MARK_UNMATCHED); the simulation's time passing makes every
+    back-off run out, this one too. Before, it stayed in the future for the whole
+    history: an Adyen refusal that came before the shop's order (seeds 58171, 84519)
+    was never matched to it, and the oracle's required needs_attention never came."""
+    sim = simulation.Simulation(database_url)
+    try:
+        row = sim.own.execute(
+            "INSERT INTO inbox (source, event_key, event_type, outcome)"
+            " VALUES ('adyen', 'backoff-test', 'AUTHORISATION', 'unmatched') RETURNING id"
+        ).fetchone()
+        assert row is not None
+        sim.own.execute(
+            "INSERT INTO adyen_due (inbox_id, received_at, next_attempt_at, unmatched)"
+            " VALUES (%s, now(), now() + interval '1 minute', true)",
+            (row["id"],),
+        )
+        sim.time_passes()
+        due = sim.own.execute(
+            "SELECT next_attempt_at <= now() AS due FROM adyen_due WHERE inbox_id = %s",
+            (row["id"],),
+        ).fetchone()
+        assert due is not None and due["due"]
+    finally:
+        sim.own.execute(
+            "DELETE FROM adyen_due WHERE inbox_id IN"
+            " (SELECT id FROM inbox WHERE event_key = 'backoff-test')"
+        )
+        sim.own.execute("DELETE FROM inbox WHERE event_key = 'backoff-test'")
+        sim.close()
