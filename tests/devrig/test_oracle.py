@@ -588,6 +588,42 @@ def test_a_positive_share_of_the_unitemised_discount_is_not_goods() -> None:
     assert "captured_units" not in codes
 
 
+def test_a_classic_refund_line_described_as_a_price_adjustment_is_no_unit_of_its_goods() -> None:
+    """Seed 65616: l1 captured at 2599 on Adyen classic, priced to 2549; nothing left to
+    capture, so the cut (50) is refunded whole (README "Ledger model": a positive
+    `discount` line `<line id>#price-cut`). openinvoicedata carries no id, and the
+    simulated Adyen books a line by its description (the simulated shop names a line by
+    its id): the service describes the cut "Price adjustment: l1", which the model books
+    as the Klarna order lists it, never as one l1 unit coming back at 50 (before:
+    refunded_units, refund_not_at_captured_price, line_figures_differ)."""
+    from devrig.simulation import _openinvoice
+
+    from domain.lines import CUT_NAME  # what the service sends, not the model's copy
+
+    def invoice(description: str, unit: int) -> dict[str, str]:
+        tax = tax_in(unit, 2000)
+        return {
+            "openinvoicedata.numberOfLines": "1",
+            "openinvoicedata.line1.description": description,
+            "openinvoicedata.line1.itemAmount": str(unit - tax),
+            "openinvoicedata.line1.itemVatAmount": str(tax),
+            "openinvoicedata.line1.itemVatPercentage": "2000",
+            "openinvoicedata.line1.numberOfItems": "1",
+        }
+
+    types = {"l1": "physical"}
+    cut = _openinvoice(invoice(CUT_NAME + "l1", 50), types)
+    assert cut == [booked("l1#price-cut", 1, 50, type="discount")]
+    assert _openinvoice(invoice("l1", 2599), types) == [booked("l1", 1, 2599)]
+    oracle = Oracle(2599, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 1, 2599, shipped_quantity=1)]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [line("l1", 1, 2549, shipped_quantity=1)]))
+    oracle.settle()
+    first = ("capture", 2599, [booked("l1", 1, 2599)])
+    assert check_ledger([first, ("refund", 50, cut)], oracle.expectation()) == []
+
+
 def test_a_basket_lowered_below_captures_made_in_the_same_window_may_keep_its_authorization() -> (
     None
 ):
