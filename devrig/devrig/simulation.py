@@ -2841,7 +2841,12 @@ def _captured_unit_value(psp: PspOrder, reference: str) -> int | None:
             if b.type in REDUCING and psp.types.get(b.reference, "discount") not in REDUCING
         ]
         cut = sum(b.total for b in cuts if b.reference == reference)
-        if what == "capture" and cut and captured:
+        if what == "refund":
+            # A cut no capture was left to give back, refunded whole (README "Ledger
+            # model": `<line id>#price-cut`): the units still held were paid that much
+            # less, so the merchant gives back no more for one (seed 85268).
+            cut = -sum(b.total for b in lines if b.reference == reference + CUT_REFUND)
+        if cut and captured:
             # The units still held take it: those refunded went back at their price.
             first = min(back, len(captured) - 1)
             kept = len(captured) - first

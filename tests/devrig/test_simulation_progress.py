@@ -60,6 +60,23 @@ def test_a_merchant_refund_after_a_cut_gives_back_what_the_unit_still_held_was_p
     assert _captured_unit_value(psp, "l1") == 50
 
 
+def test_a_merchant_refund_after_a_cut_refunded_whole_gives_back_what_the_unit_is_held_at() -> None:
+    """Seed 85268: l1's two units captured at 450, l1 priced to 400 with nothing left to
+    capture, so the service refunded the cut whole (`l1#price-cut` 100, README "Ledger
+    model"). Each unit was paid 400 since: the merchant's refund of one gives back 400,
+    not 450 (more than was captured for that unit, §4 step 3)."""
+    from devrig.oracle import Booked
+    from devrig.simulation import PspOrder, _captured_unit_value
+
+    psp = PspOrder("klarna", "k1", "EUR", 900, [], captured=900, refunded=100)
+    psp.ledger = [
+        ("capture", 900, [Booked("l1", "physical", 2, 900, 150, 2000)]),
+        ("refund", 100, [Booked("l1#price-cut", "discount", 1, 100, 17, 2000)]),
+    ]
+    psp.types = {"l1": "physical"}
+    assert _captured_unit_value(psp, "l1") == 400
+
+
 class _Always:
     """A random stream that always draws 0: every chance is taken."""
 
