@@ -1844,10 +1844,14 @@ def _carries_the_difference(
     captured = units_before + units
     of_whole = abs((gross_before + gross) * quantity - value * captured) <= quantity * captured
     open_units = quantity - units_before
-    of_open = (
-        open_units >= units
-        and abs(gross * open_units - (value - gross_before) * units) <= open_units
-    )
+    # README "Ledger model": "a line's own units still to capture carry its price edit
+    # first", and goods are never captured below nothing (§4 step 2: "newly shipped
+    # quantities → a capture with exactly those lines"): when the units captured before
+    # hold more than the line is worth now, the open units go at 0 and the rest of the
+    # cut is given back by other captures or refunded whole, so that "once everything
+    # has shipped the captures add up to the order's total" (§4; seed 86021).
+    left = max(value - gross_before, 0)
+    of_open = open_units >= units and abs(gross * open_units - left * units) <= open_units
     return of_whole or of_open
 
 

@@ -2717,6 +2717,33 @@ def test_units_settled_at_0_by_their_own_lines_price_cut_are_captured() -> None:
     assert "captured_at_wrong_price" in {code for code, _ in wrong}
 
 
+def test_units_of_a_line_captured_above_its_worth_now_are_settled_at_0() -> None:
+    """Seed 86021 (Klarna): l2 2 × 450 captured (900), then l2 priced to 150 and raised
+    to four units, all shipped; l1 (2 × 450) not shipped yet. The line is worth 600 and
+    its units captured before hold 900. README "Ledger model": "a line's own units
+    still to capture carry its price edit first"; goods are never captured below 0 (§4
+    step 2: "a capture with exactly those lines"), so the two new units are settled at
+    0 and the 300 left of the cut goes with l1's capture ("once everything has shipped
+    the captures add up to the order's total", §4). Before, captured_at_wrong_price.
+    Units whose line still holds less than it is worth are still not taken at 0."""
+    oracle = Oracle(1800, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 2, 450), line("l2", 2, 450, shipped_quantity=2)]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [line("l1", 2, 450), line("l2", 4, 150, shipped_quantity=4)]))
+    oracle.settle()
+    first = ("capture", 900, [booked("l2", 2, 900)])
+    settled = ("settle", 0, [booked("l2", 2, 0)])
+    assert check_ledger([first, settled], oracle.expectation()) == []
+    # At 0 where l2 still holds less than its worth (4 × 300 = 1200 > 900).
+    dear = Oracle(2100, refuses_increases=False)
+    dear.snapshot(snap(1, [line("l1", 2, 450), line("l2", 2, 450, shipped_quantity=2)]))
+    dear.settle()
+    dear.snapshot(snap(2, [line("l1", 2, 450), line("l2", 4, 300, shipped_quantity=4)]))
+    dear.settle()
+    wrong = check_ledger([first, settled], dear.expectation())
+    assert "captured_at_wrong_price" in {code for code, _ in wrong}
+
+
 def test_a_fee_due_alone_carries_what_is_left_of_the_order_level_lines() -> None:
     """Seed 57197 (Klarna, 4636 authorized): l1 (4565) captured before the first read;
     with no goods left to capture the surcharge goes alone (README "Fees") and, the last
