@@ -350,26 +350,39 @@ def _settled(ops: list[Any]) -> list[tuple[int, str, list[Booked]]]:
 def _with_settled(psp: PspOrder, ops: list[Any]) -> list[tuple[str, int, list[Booked]]]:
     """The PSP's ledger with the service's settlements in place: each after as many of
     the service's own captures and refunds as came before it (the PSP books those in
-    the order the service made them, one in flight at a time)."""
+    the order the service made them, one in flight at a time), and after as many of
+    the captures and refunds made outside as the service had recorded before it: a
+    settle is made against money the service knew it held (seed 87054: a settle of l2
+    against the cut on its unit captured in the portal went before that capture)."""
     settled = _settled(ops)
     if not settled:
         return psp.ledger
-    ours = sorted(
-        int(op.seq)
-        for op in ops
-        if op.kind in ("capture", "refund")
-        and op.status == "succeeded"
-        and not op.external
-        and op.amount
-    )
+
+    def seqs(external: bool) -> list[int]:
+        return sorted(
+            int(op.seq)
+            for op in ops
+            if op.kind in ("capture", "refund")
+            and op.status == "succeeded"
+            and bool(op.external) is external
+            and op.amount
+        )
+
+    ours, theirs = seqs(False), seqs(True)
     result: list[tuple[str, int, list[Booked]]] = []
-    made = 0
+    made = seen = 0
     pending = list(settled)
     for index, entry in enumerate(psp.ledger):
+        outside = index in psp.outside
         while pending and sum(1 for seq in ours if seq < pending[0][0]) <= made:
+            # Past money made outside only as far as the service had recorded it then.
+            if outside and sum(1 for seq in theirs if seq < pending[0][0]) > seen:
+                break
             result.append(("settle", 0, pending.pop(0)[2]))
         result.append(entry)
-        if index not in psp.outside:
+        if outside:
+            seen += 1
+        else:
             made += 1
     result.extend(("settle", 0, lines) for _, _, lines in pending)
     return result
