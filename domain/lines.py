@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from domain.money import distribute, per_unit, share, tax_of
-from domain.snapshot import Line, LineType, OrderSnapshot
+from domain.snapshot import MAX_LINE_NAME, Line, LineType, OrderSnapshot
 
 CAPTURE = "capture"
 REFUND = "refund"
@@ -248,6 +248,17 @@ def _move_share(ledger: Ledger, amount: int, busy: Collection[str]) -> int:
 # A price cut refunded whole (surplus_refund_lines) names its line with this suffix:
 # Adyen's items carry no type, and an item with the line's own id is one of its units.
 CUT_SUFFIX = "#price-cut"
+# ... and describes it with this before the goods' name. Adyen classic's openinvoicedata
+# lines carry a description and no id of ours, so a positive line named like the goods
+# reads (in the Customer Area as at Klarna) as one unit of them coming back, which the
+# shop never returned (contract §4 step 3: a refund "with exactly those lines").
+CUT_NAME = "Price adjustment: "
+
+
+def cut_name(name: str) -> str:
+    """The name of the refund of a price cut on the line named `name`: never the goods'
+    own, within the PSPs' name limit (MAX_LINE_NAME)."""
+    return (CUT_NAME + name)[:MAX_LINE_NAME]
 
 
 def corrected(ledger: Ledger, line: PspLine) -> str | None:
@@ -691,11 +702,12 @@ def surplus_refund_lines(
     """A price cut on units already captured that no capture is left to give back (every
     unit of goods of some value captured, or the order cancelled with its shipped goods
     captured): refunded, one positive `discount` line per cut line with its reference and
-    CUT_SUFFIX, at the tax rate its units were captured at. Those units are then held at
-    what they are worth now, so the customer pays the order's total and a later refund of them gives
-    back no more (contract §4: refunds at the captured price, never more than was
-    captured for those units). Empty while a capture may still carry it, and for a line
-    removed since its capture (told as before: _capture_gap, _ended_above).
+    CUT_SUFFIX, named by cut_name (never like the goods), at the tax rate its units were
+    captured at. Those units are then held at what they are worth now, so the customer
+    pays the order's total and a later refund of them gives back no more (contract §4:
+    refunds at the captured price, never more than was captured for those units). Empty
+    while a capture may still carry it, and for a line removed since its capture (told
+    as before: _capture_gap, _ended_above).
 
     A cut gives back all its units were captured for, a discount share they carried
     included: that share then sits on the goods still held (ledger_from), so the refund
@@ -727,7 +739,7 @@ def surplus_refund_lines(
         assert entry.captured_line is not None
         rate = entry.captured_line.tax_rate
         if over > 0:
-            result.append(_share_line(reference + CUT_SUFFIX, name, rate, over))
+            result.append(_share_line(reference + CUT_SUFFIX, cut_name(name), rate, over))
     return result
 
 

@@ -95,6 +95,11 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+# Klarna OM v1 `order_line.name`: "Descriptive item name. Maximum 255 characters."
+# (Adyen's `description` takes more.) Every name the service sends stays within it.
+MAX_LINE_NAME = 255
+
+
 class Line(_Model):
     """One order line. Beyond each field's own bounds (422 naming the field):
     total_discount_amount ≤ quantity × unit_price (0 on discount, store_credit and
@@ -105,7 +110,7 @@ class Line(_Model):
     the tax at tax_rate."""
 
     id: str = Field(min_length=1, max_length=255)
-    name: str = Field(max_length=255)
+    name: str = Field(max_length=MAX_LINE_NAME)
     type: LineType = LineType.PHYSICAL
     quantity: Count
     quantity_unit: str | None = Field(default=None, max_length=10)

@@ -2009,14 +2009,17 @@ def _carries_the_difference(
     captured = units_before + units
     of_whole = abs((gross_before + gross) * quantity - value * captured) <= quantity * captured
     open_units = quantity - units_before
-    of_open = (
-        open_units >= units
-        and abs(gross * open_units - (value - gross_before) * units) <= open_units
-    )
     # README "Ledger model": "a line's own units still to capture carry its price edit
-    # first"; once the line's earlier captures hold all it is worth, a cut they cannot
-    # carry takes each unit still to capture whole (0), the rest going back as a
-    # correction line with the line's reference (seed 85270).
+    # first", and goods are never captured below nothing (§4 step 2: "newly shipped
+    # quantities → a capture with exactly those lines"): when the units captured before
+    # hold more than the line is worth now, the open units go at 0 and the rest of the
+    # cut is given back by other captures or refunded whole, so that "once everything
+    # has shipped the captures add up to the order's total" (§4; seed 86021).
+    left = max(value - gross_before, 0)
+    of_open = open_units >= units and abs(gross * open_units - left * units) <= open_units
+    # Once the line's earlier captures hold all it is worth, a cut they cannot carry
+    # takes each unit still to capture whole (0), the rest going back as a correction
+    # line with the line's reference (seed 85270).
     cut_whole = gross == 0 and units_before > 0 and value <= gross_before
     return of_whole or of_open or cut_whole
 

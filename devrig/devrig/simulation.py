@@ -51,6 +51,7 @@ from pydantic import SecretStr
 
 from data import orders as store
 from devrig.oracle import (
+    CUT_REFUND,
     REDUCING,
     SHARED_UP,
     Booked,
@@ -968,15 +969,26 @@ def _adyen_item(
     }
 
 
+# How the service describes a price cut it refunds whole (README "Ledger model"): the
+# merchant's Customer Area shows Adyen classic's lines by description alone, and this one
+# reads as money given back on the goods named after it, not as one of them returned.
+PRICE_ADJUSTMENT = "Price adjustment: "
+
+
 def _openinvoice(data: dict[str, Any], types: dict[str, str]) -> list[Booked]:
     items = []
     for n in range(1, int(data.get("openinvoicedata.numberOfLines", 0)) + 1):
         prefix = f"openinvoicedata.line{n}."
         net = int(data[prefix + "itemAmount"])
         tax = int(data[prefix + "itemVatAmount"])
+        description = str(data[prefix + "description"])
+        if description.startswith(PRICE_ADJUSTMENT):
+            # Booked as the cut refund a Klarna order lists by its reference, never as
+            # a unit of those goods coming back.
+            description = description.removeprefix(PRICE_ADJUSTMENT) + CUT_REFUND
         items.append(
             (
-                str(data[prefix + "description"]),  # the simulated shop names a line by its id
+                description,  # the simulated shop names a line by its id
                 int(data[prefix + "numberOfItems"]),
                 net + tax,
                 tax,
@@ -2847,7 +2859,12 @@ def _captured_unit_value(psp: PspOrder, reference: str) -> int | None:
             if b.type in REDUCING and psp.types.get(b.reference, "discount") not in REDUCING
         ]
         cut = sum(b.total for b in cuts if b.reference == reference)
-        if what == "capture" and cut and captured:
+        if what == "refund":
+            # A cut no capture was left to give back, refunded whole (README "Ledger
+            # model": `<line id>#price-cut`): the units still held were paid that much
+            # less, so the merchant gives back no more for one (seed 85268).
+            cut = -sum(b.total for b in lines if b.reference == reference + CUT_REFUND)
+        if cut and captured:
             # The units still held take it: those refunded went back at their price.
             first = min(back, len(captured) - 1)
             kept = len(captured) - first

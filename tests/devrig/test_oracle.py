@@ -588,6 +588,42 @@ def test_a_positive_share_of_the_unitemised_discount_is_not_goods() -> None:
     assert "captured_units" not in codes
 
 
+def test_a_classic_refund_line_described_as_a_price_adjustment_is_no_unit_of_its_goods() -> None:
+    """Seed 65616: l1 captured at 2599 on Adyen classic, priced to 2549; nothing left to
+    capture, so the cut (50) is refunded whole (README "Ledger model": a positive
+    `discount` line `<line id>#price-cut`). openinvoicedata carries no id, and the
+    simulated Adyen books a line by its description (the simulated shop names a line by
+    its id): the service describes the cut "Price adjustment: l1", which the model books
+    as the Klarna order lists it, never as one l1 unit coming back at 50 (before:
+    refunded_units, refund_not_at_captured_price, line_figures_differ)."""
+    from devrig.simulation import _openinvoice
+
+    from domain.lines import CUT_NAME  # what the service sends, not the model's copy
+
+    def invoice(description: str, unit: int) -> dict[str, str]:
+        tax = tax_in(unit, 2000)
+        return {
+            "openinvoicedata.numberOfLines": "1",
+            "openinvoicedata.line1.description": description,
+            "openinvoicedata.line1.itemAmount": str(unit - tax),
+            "openinvoicedata.line1.itemVatAmount": str(tax),
+            "openinvoicedata.line1.itemVatPercentage": "2000",
+            "openinvoicedata.line1.numberOfItems": "1",
+        }
+
+    types = {"l1": "physical"}
+    cut = _openinvoice(invoice(CUT_NAME + "l1", 50), types)
+    assert cut == [booked("l1#price-cut", 1, 50, type="discount")]
+    assert _openinvoice(invoice("l1", 2599), types) == [booked("l1", 1, 2599)]
+    oracle = Oracle(2599, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 1, 2599, shipped_quantity=1)]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [line("l1", 1, 2549, shipped_quantity=1)]))
+    oracle.settle()
+    first = ("capture", 2599, [booked("l1", 1, 2599)])
+    assert check_ledger([first, ("refund", 50, cut)], oracle.expectation()) == []
+
+
 def test_a_basket_lowered_below_captures_made_in_the_same_window_may_keep_its_authorization() -> (
     None
 ):
@@ -2815,6 +2851,33 @@ def test_units_settled_at_0_by_their_own_lines_price_cut_are_captured() -> None:
     dear.snapshot(snap(1, [line("l1", 3, 100, shipped_quantity=1)]))
     dear.settle()
     dear.snapshot(snap(2, [line("l1", 2, 80, shipped_quantity=2)]))
+    dear.settle()
+    wrong = check_ledger([first, settled], dear.expectation())
+    assert "captured_at_wrong_price" in {code for code, _ in wrong}
+
+
+def test_units_of_a_line_captured_above_its_worth_now_are_settled_at_0() -> None:
+    """Seed 86021 (Klarna): l2 2 × 450 captured (900), then l2 priced to 150 and raised
+    to four units, all shipped; l1 (2 × 450) not shipped yet. The line is worth 600 and
+    its units captured before hold 900. README "Ledger model": "a line's own units
+    still to capture carry its price edit first"; goods are never captured below 0 (§4
+    step 2: "a capture with exactly those lines"), so the two new units are settled at
+    0 and the 300 left of the cut goes with l1's capture ("once everything has shipped
+    the captures add up to the order's total", §4). Before, captured_at_wrong_price.
+    Units whose line still holds less than it is worth are still not taken at 0."""
+    oracle = Oracle(1800, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 2, 450), line("l2", 2, 450, shipped_quantity=2)]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [line("l1", 2, 450), line("l2", 4, 150, shipped_quantity=4)]))
+    oracle.settle()
+    first = ("capture", 900, [booked("l2", 2, 900)])
+    settled = ("settle", 0, [booked("l2", 2, 0)])
+    assert check_ledger([first, settled], oracle.expectation()) == []
+    # At 0 where l2 still holds less than its worth (4 × 300 = 1200 > 900).
+    dear = Oracle(2100, refuses_increases=False)
+    dear.snapshot(snap(1, [line("l1", 2, 450), line("l2", 2, 450, shipped_quantity=2)]))
+    dear.settle()
+    dear.snapshot(snap(2, [line("l1", 2, 450), line("l2", 4, 300, shipped_quantity=4)]))
     dear.settle()
     wrong = check_ledger([first, settled], dear.expectation())
     assert "captured_at_wrong_price" in {code for code, _ in wrong}

@@ -501,3 +501,24 @@ def test_an_authorization_holding_a_fee_still_to_charge_is_extended_before_it_ex
     done = replace(psp(495, 495, PspStatus.CAPTURED), expires_at=now + timedelta(days=2))
     view = OrderView(free_and_fee, done, history=charged, now=now, extend_within=timedelta(days=3))
     assert plan_next(view, allow_all) != Plan(Kind.EXTEND_AUTHORIZATION, 0)
+
+
+@pytest.mark.parametrize("name", ["Socks", "S" * 255])
+def test_a_cut_refunded_whole_is_named_apart_from_the_goods_it_was_taken_from(name: str) -> None:
+    """Seed 65616's class: the cut refunded whole (surplus_refund_lines) goes to the PSP
+    under a name of its own. Adyen classic's openinvoicedata lines carry a description
+    and no id of ours, so a positive line named like the goods reads, in the Customer
+    Area and the simulated Adyen alike, as one unit of them coming back, which the shop
+    never marked returned (contract §4 step 3: a refund "with exactly those lines").
+    The name stays within Klarna's 255 characters, which the same line goes out under."""
+    history = (captured(unit("l1", 1, 100)),)
+    now = order([line("l1", 1, 50, shipped=1, name=name)])
+    state = PspState(PspStatus.CAPTURED, 100, 100, 0, "INVOICE", "DE")
+    decision = plan_next(OrderView(now, state, history=history), allow_all)
+    assert isinstance(decision, Plan) and decision.kind is Kind.REFUND, decision
+    assert [(x.reference, x.total_amount) for x in decision.lines] == [("l1" + CUT_SUFFIX, 50)]
+    [cut] = decision.lines
+    assert cut.name != name and cut.name.startswith("Price adjustment: ")
+    assert len(cut.name) <= 255
+    if len(name) < 200:
+        assert cut.name == f"Price adjustment: {name}"

@@ -12,7 +12,14 @@ import pytest
 from devrig.sandbox.specs import ADYEN_CHECKOUT_V71, ADYEN_PAYMENT_V68, validate_request
 
 from data.orders import Draft
-from domain.lines import PspLine, basket_lines, capture_lines, ledger_from, refund_lines
+from domain.lines import (
+    PspLine,
+    basket_lines,
+    capture_lines,
+    ledger_from,
+    refund_lines,
+    surplus_refund_lines,
+)
 from domain.snapshot import OrderSnapshot
 from integrations.adyen.client import AdyenClient, psp_idempotency_key
 from integrations.results import Outcome
@@ -190,6 +197,26 @@ def test_classic_capture_uses_openinvoicedata_and_original_reference() -> None:
     # Amount updates stay on Checkout: classic has no line-item amount update.
     adyen.execute(ORDER, snapshot(), op("update_authorization", 1470, basket_lines(snapshot())))
     assert recorder.last[0].startswith(CHECKOUT)
+
+
+def test_a_classic_refund_of_a_price_cut_describes_no_goods() -> None:
+    """Seed 65616's class: openinvoicedata lines carry a description and no id of ours,
+    so the refund of a cut on captured socks (2 x 450, now 2 x 400) must not read as a
+    pair of socks coming back at 100: the Customer Area shows the line by its
+    description alone (contract §4 step 3: a refund "with exactly those lines")."""
+    socks = {"id": "sku-2", "name": "Socks", "quantity": 2, "tax_rate": 2000}
+    before = snapshot([{**socks, "unit_price": 450, "shipped_quantity": 2}])
+    ledger = ledger_from([("capture", capture_lines(before, {}))])
+    now = snapshot([{**socks, "unit_price": 400, "shipped_quantity": 2}])
+    cut = surplus_refund_lines(now, ledger)
+    recorder = Recorder(200, {"pspReference": "MOD3", "response": "[refund-received]"})
+    client(recorder, modifications_api="classic").execute(ORDER, now, op("refund", 100, cut))
+    url, body = recorder.last
+    assert url == f"{PAL}/refund" and body["modificationAmount"]["value"] == 100
+    data = body["additionalData"]
+    assert data["openinvoicedata.numberOfLines"] == "1"
+    assert data["openinvoicedata.line1.description"] == "Price adjustment: Socks"
+    assert data["openinvoicedata.line1.numberOfItems"] == "1"
 
 
 def test_a_retried_generation_sends_a_derived_key() -> None:
