@@ -2014,14 +2014,10 @@ def _carries_the_difference(
     # quantities → a capture with exactly those lines"): when the units captured before
     # hold more than the line is worth now, the open units go at 0 and the rest of the
     # cut is given back by other captures or refunded whole, so that "once everything
-    # has shipped the captures add up to the order's total" (§4; seed 86021).
+    # has shipped the captures add up to the order's total" (§4; seeds 86021, 85270).
     left = max(value - gross_before, 0)
     of_open = open_units >= units and abs(gross * open_units - left * units) <= open_units
-    # Once the line's earlier captures hold all it is worth, a cut they cannot carry
-    # takes each unit still to capture whole (0), the rest going back as a correction
-    # line with the line's reference (seed 85270).
-    cut_whole = gross == 0 and units_before > 0 and value <= gross_before
-    return of_whole or of_open or cut_whole
+    return of_whole or of_open
 
 
 def _carries_after_unnamed(
