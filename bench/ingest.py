@@ -64,6 +64,16 @@ def _postgres_pid(bench: Stack) -> int | None:
     return int(pidfile.read_text().split()[0]) if pidfile.exists() else None
 
 
+def _wal(bench: Stack) -> dict[str, float]:
+    """The whole server's WAL so far (pg_stat_wal): what the round's requests wrote, with
+    what the checkpointer, autovacuum and the full-page images after a checkpoint add,
+    which `bench.ingest_statement` leaves out. Each server's rounds run alone."""
+    with bench.db() as conn:
+        row = conn.execute("SELECT wal_bytes, wal_fpi FROM pg_stat_wal").fetchone()
+    assert row is not None
+    return {"bytes": float(row["wal_bytes"]), "fpi": float(row["wal_fpi"])}
+
+
 def _summary(result: LoadResult, cpu: dict[str, float], sent: int) -> dict[str, Any]:
     latencies = result.latencies_ms()
     return {
@@ -134,6 +144,7 @@ def run(*, quick: bool, workers: int | None = None) -> tuple[list[Row], dict[str
                 if postgres is not None:
                     pids["postgres"] = postgres
                 before = {k: _tree_cpu_seconds(pid) for k, pid in pids.items()}
+                wal_before = _wal(bench)
                 result = drive(
                     url,
                     requests,
@@ -143,6 +154,10 @@ def run(*, quick: bool, workers: int | None = None) -> tuple[list[Row], dict[str
                 )
                 cpu = {k: _tree_cpu_seconds(pid) - before[k] for k, pid in pids.items()}
                 summary = _summary(result, cpu, warmup + result.count)
+                summary["wal_per_request"] = {
+                    k: (_wal(bench)[k] - wal_before[k]) / max(warmup + result.count, 1)
+                    for k in wal_before
+                }
                 ok = summary["statuses"].get(202 if kind == "shop" else 200, 0)
                 if ok != result.count or result.errors:
                     raise RuntimeError(
@@ -154,10 +169,12 @@ def run(*, quick: bool, workers: int | None = None) -> tuple[list[Row], dict[str
                 per_request = "  ".join(
                     f"{k} {v:.2f}" for k, v in summary["cpu_ms_per_request"].items()
                 )
+                wal = summary["wal_per_request"]
                 print(
                     f"  round {r + 1} {name:11s} {summary['rate']:7.0f} req/s  "
                     f"p50 {summary['p50_ms']:6.1f} ms  p99 {summary['p99_ms']:6.1f} ms  "
-                    f"CPU ms/request: {per_request}",
+                    f"CPU ms/request: {per_request}  "
+                    f"WAL/request: {wal['bytes']:.0f} B, {wal['fpi']:.2f} FPI",
                     flush=True,
                 )
     rows = _rows(rounds_data, samples)
