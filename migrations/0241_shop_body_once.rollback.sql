@@ -1,0 +1,9 @@
+-- Every order's current event's body back into inbox_bodies, where the release before
+-- reads all of them.
+DROP TRIGGER orders_keep_replaced_body ON orders;
+DROP FUNCTION ordersync_keep_replaced_body();
+INSERT INTO inbox_bodies (inbox_id, payload)
+SELECT i.id, jsonb_build_object('type', i.event_type, 'order', o.snapshot)
+FROM orders o JOIN inbox i ON i.id = o.snapshot_inbox_id
+ON CONFLICT (inbox_id) DO NOTHING;
+ALTER TABLE orders DROP COLUMN snapshot_inbox_id;
