@@ -203,8 +203,11 @@ WITH batch AS (
            r -> 15 AS basket, r -> 16 AS fixed
     FROM jsonb_array_elements(%(rows)s::jsonb) AS rows(r)
 ), existing AS (
+    -- By the primary key, at any size: `id IN (SELECT id FROM batch)` was a hash semi
+    -- join over a sequential scan of orders (the planner takes the result of a function for
+    -- 100 rows), whose cost grew with the table (docs/performance.md, round 7).
     SELECT id, version, provider, psp_order_id, fixed_terms, account FROM orders
-    WHERE id IN (SELECT id FROM batch) ORDER BY id FOR UPDATE
+    WHERE id = ANY (ARRAY(SELECT id FROM batch)) ORDER BY id FOR UPDATE
 ), compared AS (
     -- As in STORE_SHOP_EVENT: the first fixed field this row changes, if any.
     SELECT b.*, e.id AS existing_id, e.version AS existing_version,
