@@ -57,6 +57,46 @@ def _tree_cpu_seconds(root: int) -> float:
     return total
 
 
+def postgres_cpu_by_kind(root: int | None) -> dict[str, float]:
+    """The CPU seconds of the Postgres under `root` by kind of process: a backend by its
+    database (`backend:<db>`), each background process by its title (`walwriter`,
+    `checkpointer`, `autovacuum worker`, ...), and `exited`: what processes that have
+    ended (autovacuum workers, closed connections) used, which the postmaster's
+    children's times hold. Where a whole-server figure goes."""
+    if root is None:
+        return {}
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        stats[int(entry.name)] = fields
+    out: dict[str, float] = {}
+    root_fields = stats.get(root)
+    if root_fields is not None:
+        out["postmaster"] = (int(root_fields[11]) + int(root_fields[12])) / _TICKS
+        out["exited"] = (int(root_fields[13]) + int(root_fields[14])) / _TICKS
+    for pid in children.get(root, []):
+        try:
+            title = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        title = title.replace("\0", " ").strip().removeprefix("postgres: ")
+        words = title.split()
+        # A backend is "<user> <database> [local] <state>"; background processes are named.
+        kind = f"backend:{words[1]}" if "[local]" in words or "(" in title else title
+        if "autovacuum worker" in title:
+            kind = "autovacuum worker"
+        fields = stats[pid]
+        out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / _TICKS
+    return out
+
+
 def _postgres_pid(bench: Stack) -> int | None:
     if bench.postgres is None:
         return None  # BENCH_DATABASE_URL: not ours to measure
