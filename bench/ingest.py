@@ -105,13 +105,17 @@ def _postgres_pid(bench: Stack) -> int | None:
 
 
 def _wal(bench: Stack) -> dict[str, float]:
-    """The whole server's WAL so far (pg_stat_wal): what the round's requests wrote, with
-    what the checkpointer, autovacuum and the full-page images after a checkpoint add,
-    which `bench.ingest_statement` leaves out. Each server's rounds run alone."""
+    """The whole server's WAL so far: its insert position (exact, at once; pg_stat_wal's
+    bytes lag by up to a second of each backend's stats) and the full-page images
+    (pg_stat_wal): what the round's requests wrote, with what autovacuum and the
+    checkpointer add, which `bench.ingest_statement` leaves out. Each server's rounds
+    run alone."""
     with bench.db() as conn:
-        row = conn.execute("SELECT wal_bytes, wal_fpi FROM pg_stat_wal").fetchone()
+        row = conn.execute(
+            "SELECT pg_current_wal_insert_lsn() - '0/0' AS at, wal_fpi FROM pg_stat_wal"
+        ).fetchone()
     assert row is not None
-    return {"bytes": float(row["wal_bytes"]), "fpi": float(row["wal_fpi"])}
+    return {"bytes": float(row["at"]), "fpi": float(row["wal_fpi"])}
 
 
 def _summary(result: LoadResult, cpu: dict[str, float], sent: int) -> dict[str, Any]:
