@@ -34,11 +34,10 @@ TARGET_RATIO = 1.25
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _tree_cpu_seconds(root: int) -> float:
-    """User + system CPU of `root` and every process below it (uvicorn's workers,
-    Postgres's backends); processes that ended meanwhile are not counted."""
+def _processes() -> tuple[dict[int, list[int]], dict[int, list[str]]]:
+    """Every process's children, and its /proc stat fields after the command name."""
     children: dict[int, list[int]] = {}
-    times: dict[int, float] = {}
+    stats: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -46,13 +45,24 @@ def _tree_cpu_seconds(root: int) -> float:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        pid = int(entry.name)
-        children.setdefault(int(fields[1]), []).append(pid)
-        times[pid] = (int(fields[11]) + int(fields[12])) / _TICKS
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        stats[int(entry.name)] = fields
+    return children, stats
+
+
+def _cpu(fields: list[str], first: int = 11) -> float:
+    """utime + stime (or, from 13, the reaped children's cutime + cstime) in seconds."""
+    return (int(fields[first]) + int(fields[first + 1])) / _TICKS
+
+
+def _tree_cpu_seconds(root: int) -> float:
+    """User + system CPU of `root` and every process below it (uvicorn's workers,
+    Postgres's backends); processes that ended meanwhile are not counted."""
+    children, stats = _processes()
     total, todo = 0.0, [root]
     while todo:
         pid = todo.pop()
-        total += times.get(pid, 0.0)
+        total += _cpu(stats[pid]) if pid in stats else 0.0
         todo += children.get(pid, [])
     return total
 
@@ -65,22 +75,11 @@ def postgres_cpu_by_kind(root: int | None) -> dict[str, float]:
     children's times hold. Where a whole-server figure goes."""
     if root is None:
         return {}
-    children: dict[int, list[int]] = {}
-    stats: dict[int, list[str]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry.name))
-        stats[int(entry.name)] = fields
+    children, stats = _processes()
     out: dict[str, float] = {}
-    root_fields = stats.get(root)
-    if root_fields is not None:
-        out["postmaster"] = (int(root_fields[11]) + int(root_fields[12])) / _TICKS
-        out["exited"] = (int(root_fields[13]) + int(root_fields[14])) / _TICKS
+    if root in stats:
+        out["postmaster"] = _cpu(stats[root])
+        out["exited"] = _cpu(stats[root], 13)
     for pid in children.get(root, []):
         try:
             title = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="replace")
@@ -92,8 +91,7 @@ def postgres_cpu_by_kind(root: int | None) -> dict[str, float]:
         kind = f"backend:{words[1]}" if "[local]" in words or "(" in title else title
         if "autovacuum worker" in title:
             kind = "autovacuum worker"
-        fields = stats[pid]
-        out[kind] = out.get(kind, 0.0) + (int(fields[11]) + int(fields[12])) / _TICKS
+        out[kind] = out.get(kind, 0.0) + _cpu(stats[pid])
     return out
 
 

@@ -8,35 +8,20 @@ import json
 from typing import Any
 
 import psycopg
-from devrig.demo import KETTLE
 
 from data import inbox
 from domain.snapshot import ShopEvent
 from service.ingest import _document, _params, _single
+from tests.integration.stack import KETTLE, order_event
 
 Conn = psycopg.Connection[dict[str, Any]]
 
 
 def _event(order_id: str, version: int, quantity: int = 1) -> ShopEvent:
+    line = {**KETTLE, "quantity": quantity, "shipped_quantity": 0, "returned_quantity": 0}
+    event_type = "order.created" if version == 1 else "order.updated"
     return ShopEvent.model_validate(
-        {
-            "type": "order.created" if version == 1 else "order.updated",
-            "order": {
-                "id": order_id,
-                "version": version,
-                "currency": "EUR",
-                "country": "DE",
-                "status": "open",
-                "payment": {
-                    "provider": "klarna",
-                    "klarna_order_id": f"k-{order_id}",
-                    "payment_method": "INVOICE",
-                },
-                "lines": [
-                    {**KETTLE, "quantity": quantity, "shipped_quantity": 0, "returned_quantity": 0}
-                ],
-            },
-        }
+        order_event(order_id, f"k-{order_id}", [line], version=version, event_type=event_type)
     )
 
 
