@@ -1,5 +1,8 @@
 -- Every order's current event's body back into inbox_bodies, where the release before
--- reads all of them.
+-- reads all of them; the orders' writers are held off from the copy to the drop, so no
+-- snapshot changes in between.
+SET LOCAL lock_timeout = '5s';
+LOCK TABLE orders IN SHARE ROW EXCLUSIVE MODE;
 DROP TRIGGER orders_keep_replaced_body ON orders;
 DROP FUNCTION ordersync_keep_replaced_body();
 INSERT INTO inbox_bodies (inbox_id, payload)

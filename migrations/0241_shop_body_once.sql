@@ -19,6 +19,11 @@
 -- updates has its pointer cleared here (the new snapshot's body is in `inbox_bodies`).
 -- Rows from before this migration have no pointer: their bodies are all in
 -- `inbox_bodies`, as they were.
+--
+-- Adding a nullable column without a default rewrites nothing; its lock (and the
+-- trigger's) is short, and lock_timeout keeps it from queueing every writer of orders
+-- behind a long transaction.
+SET LOCAL lock_timeout = '5s';
 ALTER TABLE orders ADD COLUMN snapshot_inbox_id bigint;
 
 CREATE FUNCTION ordersync_keep_replaced_body() RETURNS trigger
