@@ -34,11 +34,10 @@ TARGET_RATIO = 1.25
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _tree_cpu_seconds(root: int) -> float:
-    """User + system CPU of `root` and every process below it (uvicorn's workers,
-    Postgres's backends); processes that ended meanwhile are not counted."""
+def _processes() -> tuple[dict[int, list[int]], dict[int, list[str]]]:
+    """Every process's children, and its /proc stat fields after the command name."""
     children: dict[int, list[int]] = {}
-    times: dict[int, float] = {}
+    stats: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -46,15 +45,54 @@ def _tree_cpu_seconds(root: int) -> float:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        pid = int(entry.name)
-        children.setdefault(int(fields[1]), []).append(pid)
-        times[pid] = (int(fields[11]) + int(fields[12])) / _TICKS
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        stats[int(entry.name)] = fields
+    return children, stats
+
+
+def _cpu(fields: list[str], first: int = 11) -> float:
+    """utime + stime (or, from 13, the reaped children's cutime + cstime) in seconds."""
+    return (int(fields[first]) + int(fields[first + 1])) / _TICKS
+
+
+def _tree_cpu_seconds(root: int) -> float:
+    """User + system CPU of `root` and every process below it (uvicorn's workers,
+    Postgres's backends); processes that ended meanwhile are not counted."""
+    children, stats = _processes()
     total, todo = 0.0, [root]
     while todo:
         pid = todo.pop()
-        total += times.get(pid, 0.0)
+        total += _cpu(stats[pid]) if pid in stats else 0.0
         todo += children.get(pid, [])
     return total
+
+
+def postgres_cpu_by_kind(root: int | None) -> dict[str, float]:
+    """The CPU seconds of the Postgres under `root` by kind of process: a backend by its
+    database (`backend:<db>`), each background process by its title (`walwriter`,
+    `checkpointer`, `autovacuum worker`, ...), and `exited`: what processes that have
+    ended (autovacuum workers, closed connections) used, which the postmaster's
+    children's times hold. Where a whole-server figure goes."""
+    if root is None:
+        return {}
+    children, stats = _processes()
+    out: dict[str, float] = {}
+    if root in stats:
+        out["postmaster"] = _cpu(stats[root])
+        out["exited"] = _cpu(stats[root], 13)
+    for pid in children.get(root, []):
+        try:
+            title = (Path("/proc") / str(pid) / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        title = title.replace("\0", " ").strip().removeprefix("postgres: ")
+        words = title.split()
+        # A backend is "<user> <database> [local] <state>"; background processes are named.
+        kind = f"backend:{words[1]}" if "[local]" in words or "(" in title else title
+        if "autovacuum worker" in title:
+            kind = "autovacuum worker"
+        out[kind] = out.get(kind, 0.0) + _cpu(stats[pid])
+    return out
 
 
 def _postgres_pid(bench: Stack) -> int | None:
@@ -62,6 +100,20 @@ def _postgres_pid(bench: Stack) -> int | None:
         return None  # BENCH_DATABASE_URL: not ours to measure
     pidfile = bench.postgres.data_dir / "postmaster.pid"
     return int(pidfile.read_text().split()[0]) if pidfile.exists() else None
+
+
+def _wal(bench: Stack) -> dict[str, float]:
+    """The whole server's WAL so far: its insert position (exact, at once; pg_stat_wal's
+    bytes lag by up to a second of each backend's stats) and the full-page images
+    (pg_stat_wal): what the round's requests wrote, with what autovacuum and the
+    checkpointer add, which `bench.ingest_statement` leaves out. Each server's rounds
+    run alone."""
+    with bench.db() as conn:
+        row = conn.execute(
+            "SELECT pg_current_wal_insert_lsn() - '0/0' AS at, wal_fpi FROM pg_stat_wal"
+        ).fetchone()
+    assert row is not None
+    return {"bytes": float(row["at"]), "fpi": float(row["wal_fpi"])}
 
 
 def _summary(result: LoadResult, cpu: dict[str, float], sent: int) -> dict[str, Any]:
@@ -134,6 +186,7 @@ def run(*, quick: bool, workers: int | None = None) -> tuple[list[Row], dict[str
                 if postgres is not None:
                     pids["postgres"] = postgres
                 before = {k: _tree_cpu_seconds(pid) for k, pid in pids.items()}
+                wal_before = _wal(bench)
                 result = drive(
                     url,
                     requests,
@@ -143,6 +196,10 @@ def run(*, quick: bool, workers: int | None = None) -> tuple[list[Row], dict[str
                 )
                 cpu = {k: _tree_cpu_seconds(pid) - before[k] for k, pid in pids.items()}
                 summary = _summary(result, cpu, warmup + result.count)
+                summary["wal_per_request"] = {
+                    k: (_wal(bench)[k] - wal_before[k]) / max(warmup + result.count, 1)
+                    for k in wal_before
+                }
                 ok = summary["statuses"].get(202 if kind == "shop" else 200, 0)
                 if ok != result.count or result.errors:
                     raise RuntimeError(
@@ -154,10 +211,12 @@ def run(*, quick: bool, workers: int | None = None) -> tuple[list[Row], dict[str
                 per_request = "  ".join(
                     f"{k} {v:.2f}" for k, v in summary["cpu_ms_per_request"].items()
                 )
+                wal = summary["wal_per_request"]
                 print(
                     f"  round {r + 1} {name:11s} {summary['rate']:7.0f} req/s  "
                     f"p50 {summary['p50_ms']:6.1f} ms  p99 {summary['p99_ms']:6.1f} ms  "
-                    f"CPU ms/request: {per_request}",
+                    f"CPU ms/request: {per_request}  "
+                    f"WAL/request: {wal['bytes']:.0f} B, {wal['fpi']:.2f} FPI",
                     flush=True,
                 )
     rows = _rows(rounds_data, samples)

@@ -28,7 +28,7 @@ from devrig.devstack import database_named, free_port, wait_http
 
 from bench.baseline_app import TABLE_SQL
 from bench.common import percentile, stack, uvicorn_command
-from bench.ingest import CONNECTIONS, _postgres_pid, _tree_cpu_seconds
+from bench.ingest import CONNECTIONS, _postgres_pid, _tree_cpu_seconds, postgres_cpu_by_kind
 from bench.traffic import drive, shop_webhook
 
 _TREE = "BENCH_AB_TREE"
@@ -102,11 +102,14 @@ def _run(args: argparse.Namespace) -> int:
                 popen = bench.processes[name].popen
                 assert popen is not None
                 before = (_tree_cpu_seconds(popen.pid), _pg_cpu(postgres))
+                kinds_before = postgres_cpu_by_kind(postgres)
                 warmup = min(300, args.requests // 10)
                 result = drive(url, requests, concurrency=CONNECTIONS, warmup=warmup, max_seconds=6)
                 sent = result.count + warmup
                 web = 1000 * (_tree_cpu_seconds(popen.pid) - before[0]) / sent
                 pg = 1000 * (_pg_cpu(postgres) - before[1]) / sent
+                kinds = postgres_cpu_by_kind(postgres)
+                split = {k: 1000 * (v - kinds_before.get(k, 0.0)) / sent for k, v in kinds.items()}
                 lat = result.latencies_ms()
                 rows.setdefault(name, []).append((result.rate, percentile(lat, 99), web, pg))
                 latencies.setdefault(name, []).extend(lat)
@@ -114,6 +117,17 @@ def _run(args: argparse.Namespace) -> int:
                     f"  round {r + 1} {name:12s} {result.rate:6.0f} req/s  p99 "
                     f"{percentile(lat, 99):6.1f} ms  CPU ms/request: server {web:.3f}  "
                     f"postgres {pg:.3f}  (load {os.getloadavg()[0]:.1f})",
+                    flush=True,
+                )
+                # Where the Postgres CPU went: the backends of each database (the
+                # server's own and, after a round of another, its autovacuum's), WAL.
+                print(
+                    "      postgres by process: "
+                    + ", ".join(
+                        f"{k} {v:.3f}"
+                        for k, v in sorted(split.items(), key=lambda kv: -kv[1])
+                        if v >= 0.005
+                    ),
                     flush=True,
                 )
     base = rows["baseline"]

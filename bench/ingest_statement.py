@@ -17,7 +17,9 @@ server has it): what each webhook writes, row by row and index by index.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -33,7 +35,6 @@ from bench.baseline_app import TABLE_SQL
 from bench.common import stack
 from bench.scale import Backend
 from bench.traffic import shop_webhook
-from data import inbox
 from service.ingest import _document, _params
 from service.webhooks import parse_event
 
@@ -77,6 +78,66 @@ def _wal_detail(
     return lines
 
 
+_BLOCK_REF = re.compile(r"blkref #0: rel (\d+)/(\d+)/(\d+)(?: fork (\w+))?")
+
+
+def _wal_by_relation(
+    conns: dict[str, psycopg.Connection[Any]], ranges: dict[str, tuple[int, int]], batch: int
+) -> list[str]:
+    """Each record of one batch given to the relation of its first block (a heap insert
+    to its table, a B-tree insert to its index, a split to the index split), by the
+    relation's name in that database: where the bytes go, table by table, index by
+    index. A record without a block (a commit) is `(no block)`."""
+    lines = ["  WAL of one batch by relation, per webhook (records, bytes incl. FPI):"]
+    for name, (start, end) in ranges.items():
+        conn = conns[name]
+        try:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+            rows = conn.execute(
+                "SELECT block_ref, record_length"
+                " FROM pg_get_wal_records_info(%s::pg_lsn, %s::pg_lsn)",
+                (_as_lsn(start), _as_lsn(end)),
+            ).fetchall()
+        except psycopg.Error:
+            return ["  (no pg_walinspect on this server: no WAL by relation)"]
+        per: dict[str, list[int]] = {}
+        names: dict[int, str] = {}
+        for row in rows:
+            match = _BLOCK_REF.search(row["block_ref"] or "")
+            if match is None:
+                label = "(no block)"
+            else:
+                node = int(match.group(3))
+                if node not in names:
+                    found = conn.execute(
+                        "SELECT pg_filenode_relation(0, %s)::text AS rel", (node,)
+                    ).fetchone()
+                    names[node] = (found and found["rel"]) or f"filenode {node}"
+                fork = match.group(4) or "main"
+                label = names[node] + ("" if fork == "main" else f" ({fork})")
+            count_bytes = per.setdefault(label, [0, 0])
+            count_bytes[0] += 1
+            count_bytes[1] += int(row["record_length"])
+        parts = ", ".join(
+            f"{label} {c / batch:.2f} × {b / batch:.0f} B"
+            for label, (c, b) in sorted(per.items(), key=lambda kv: -kv[1][1])
+        )
+        lines.append(f"    {name}: {parts}")
+    return lines
+
+
+def _tree_statement(tree: Path) -> str:
+    """That tree's STORE_SHOP_EVENTS (its data/inbox.py imports nothing of the project):
+    a change of the statement with its schema is measured on each side as written."""
+    spec = importlib.util.spec_from_file_location(
+        f"inbox_{abs(hash(tree.resolve()))}", tree / "data" / "inbox.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module.STORE_SHOP_EVENTS)
+
+
 def _as_lsn(at: int) -> str:
     return f"{at >> 32:X}/{at & 0xFFFFFFFF:X}"
 
@@ -90,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     with stack() as bench:
         secret = bench.env["SHOP_WEBHOOK_SECRETS"].split()[0]
         conns: dict[str, psycopg.Connection[Any]] = {}
+        statements: dict[str, str] = {}
         with bench.db() as admin:
             admin.execute(TABLE_SQL)
             for label, tree in zip("AB", args.trees, strict=True):
@@ -103,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                     check=True,
                     capture_output=True,
                 )
+                statements[f"{label}:{tree.resolve().name}"] = _tree_statement(tree)
                 conns[f"{label}:{tree.resolve().name}"] = psycopg.connect(
                     url, row_factory=dict_row, autocommit=True
                 )
@@ -132,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                     params = [_params(key, event) for key, event in events]
                     document = _document(params, range(len(params)))
                     before, at = backends[name].read(), _lsn(conn)
-                    rows = conn.execute(inbox.STORE_SHOP_EVENTS, {"rows": document}).fetchall()
+                    rows = conn.execute(statements[name], {"rows": document}).fetchall()
                     assert all(r["outcome"] == "applied" for r in rows), rows
                 after, end = backends[name].read(), _lsn(conn)
                 if b >= warmup and before is not None and after is not None:
@@ -150,9 +213,10 @@ def main(argv: list[str] | None = None) -> int:
                     )
             else:
                 document = _document([_params(k, e) for k, e in events], range(len(events)))
-                conn.execute(inbox.STORE_SHOP_EVENTS, {"rows": document}).fetchall()
+                conn.execute(statements[name], {"rows": document}).fetchall()
             ranges[name] = (at, _lsn(conn))
         detail = _wal_detail(conns["baseline"], ranges, args.batch)
+        detail += _wal_by_relation(conns, ranges, args.batch)
         for conn in conns.values():
             conn.close()
     base_cpu = statistics.median(cpu["baseline"])

@@ -2,10 +2,15 @@
 with a unique key before it is acknowledged.
 
 Its body is a row of `inbox_bodies` (migration 0061), written in the same statement as
-the inbox row and deleted by retention long before the row (the key) goes: a row with no
-body is one whose body was pruned. Bodies live apart so that pruning them deletes rows
-of their own table, oldest first, instead of rewriting rows of the inbox and adding
-entries to each of its indexes."""
+the inbox row and deleted by retention long before the row (the key) goes. Bodies live
+apart so that pruning them deletes rows of their own table, oldest first, instead of
+rewriting rows of the inbox and adding entries to each of its indexes.
+
+A shop event that became its order's snapshot has its body in the order's row instead
+(migration 0241: `orders.snapshot_inbox_id` names the event; the body is its type and
+that snapshot), until a newer snapshot replaces it: a trigger then writes it into
+`inbox_bodies`. Each body is written once. A row with a body in neither place is one
+whose body was pruned."""
 
 from __future__ import annotations
 
@@ -42,21 +47,35 @@ HAVING count(*) > 0
 """
 UNMATCHED = "SELECT count(*) AS unmatched FROM adyen_due WHERE unmatched"
 
+# A shop event whose snapshot is its order's current one has its body in the order's
+# row (migration 0241): its type and that snapshot, the JSON value it was received as.
 RECENT_FOR_ORDER = """
-SELECT recent.*, b.payload
+SELECT recent.*,
+       coalesce(b.payload, CASE WHEN o.id IS NOT NULL
+                THEN jsonb_build_object('type', recent.event_type, 'order', o.snapshot) END)
+           AS payload
 FROM (SELECT * FROM inbox WHERE order_id = %(order_id)s
       ORDER BY received_at DESC, id DESC LIMIT %(limit)s) AS recent
 LEFT JOIN inbox_bodies b ON b.inbox_id = recent.id
+LEFT JOIN orders o ON o.id = recent.order_id AND o.snapshot_inbox_id = recent.id
 ORDER BY recent.received_at, recent.id
 """
 
 # When the snapshot version an operation was planned for arrived: the start of what the
 # shop waited for (orders.updated_at moves with every flag and figure).
+# A version's body is in inbox_bodies, or, while it is the order's current snapshot, in
+# the order's row, which then names its inbox row (migration 0241).
 VERSION_RECEIVED_AT = """
-SELECT min(i.received_at) AS received_at
-FROM inbox i JOIN inbox_bodies b ON b.inbox_id = i.id
-WHERE i.order_id = %(order_id)s AND i.source = 'shop' AND i.outcome = 'applied'
-  AND (b.payload -> 'order' ->> 'version')::bigint = %(version)s
+SELECT min(received_at) AS received_at FROM (
+    SELECT i.received_at
+    FROM inbox i JOIN inbox_bodies b ON b.inbox_id = i.id
+    WHERE i.order_id = %(order_id)s AND i.source = 'shop' AND i.outcome = 'applied'
+      AND (b.payload -> 'order' ->> 'version')::bigint = %(version)s
+    UNION ALL
+    SELECT i.received_at
+    FROM orders o JOIN inbox i ON i.id = o.snapshot_inbox_id
+    WHERE o.id = %(order_id)s AND o.version = %(version)s
+) AS arrived
 """
 
 
@@ -100,13 +119,11 @@ WITH event AS (
     WHERE NOT EXISTS (SELECT 1 FROM payment_changed)
     ON CONFLICT (source, event_key) DO NOTHING
     RETURNING id, outcome
-), body AS (
-    INSERT INTO inbox_bodies (inbox_id, payload)
-    SELECT inbox_row.id, event.body FROM inbox_row, event
 ), written AS (
     INSERT INTO orders (id, version, provider, psp_order_id, currency, status, snapshot,
                         desired_amount, authorized_amount, authorized_lines, psp_status,
-                        psp_synced_at, reconcile_requested_at, fixed_terms, account)
+                        psp_synced_at, reconcile_requested_at, fixed_terms, account,
+                        snapshot_inbox_id)
     SELECT %(id)s, %(version)s, %(provider)s, %(psp_id)s, %(currency)s, %(status)s,
            %(snapshot)s::jsonb, %(total)s,
            -- An Adyen payment's authorization is known from its AUTHORISATION
@@ -118,16 +135,23 @@ WITH event AS (
            %(basket)s,
            CASE WHEN %(adyen)s THEN 'authorized' END,
            CASE WHEN %(adyen)s THEN now() END,
-           now(), %(fixed)s::jsonb, %(account)s
+           now(), %(fixed)s::jsonb, %(account)s, inbox_row.id
     FROM inbox_row WHERE inbox_row.outcome = 'applied'
     ON CONFLICT (id) DO UPDATE
     SET version = EXCLUDED.version, status = EXCLUDED.status,
         snapshot = EXCLUDED.snapshot, desired_amount = EXCLUDED.desired_amount,
         fixed_terms = coalesce(orders.fixed_terms, EXCLUDED.fixed_terms),
-        reconcile_requested_at = now(), sweep_after = NULL, updated_at = now()
+        reconcile_requested_at = now(), sweep_after = NULL, updated_at = now(),
+        snapshot_inbox_id = EXCLUDED.snapshot_inbox_id
     WHERE orders.version < EXCLUDED.version
       AND (orders.provider, orders.psp_order_id) = (EXCLUDED.provider, EXCLUDED.psp_order_id)
     RETURNING 1
+), body AS (
+    -- Stored once (migration 0241): the body of the event that became its order's
+    -- snapshot is in the order's row; only one that did not (stale) gets a row here.
+    INSERT INTO inbox_bodies (inbox_id, payload)
+    SELECT inbox_row.id, event.body FROM inbox_row, event
+    WHERE NOT EXISTS (SELECT 1 FROM written)
 )
 SELECT (SELECT outcome FROM inbox_row) AS outcome,
        EXISTS (SELECT 1 FROM written) AS written,
@@ -140,7 +164,8 @@ SELECT (SELECT outcome FROM inbox_row) AS outcome,
 # first: a lower version that arrives late (stale) corrects it. Not once Adyen's
 # AUTHORISATION told the figure, nor once an operation of ours changed the authorization
 # (its success set the figure); an operation still in flight was built on the guess, and
-# the corrected figure is what its refusal is judged against.
+# the corrected figure is what its refusal is judged against. (The lower versions' bodies
+# are all in inbox_bodies: the one in the order's row is its version, the highest.)
 CORRECT_ADYEN_FALLBACK = """
 UPDATE orders SET authorized_amount = %(total)s, authorized_lines = %(basket)s,
                   reconcile_requested_at = now(), updated_at = now()
@@ -178,8 +203,11 @@ WITH batch AS (
            r -> 15 AS basket, r -> 16 AS fixed
     FROM jsonb_array_elements(%(rows)s::jsonb) AS rows(r)
 ), existing AS (
+    -- By the primary key, at any size: `id IN (SELECT id FROM batch)` was a hash semi
+    -- join over a sequential scan of orders (the planner takes the result of a function for
+    -- 100 rows), whose cost grew with the table (docs/performance.md, round 7).
     SELECT id, version, provider, psp_order_id, fixed_terms, account FROM orders
-    WHERE id IN (SELECT id FROM batch) ORDER BY id FOR UPDATE
+    WHERE id = ANY (ARRAY(SELECT id FROM batch)) ORDER BY id FOR UPDATE
 ), compared AS (
     -- As in STORE_SHOP_EVENT: the first fixed field this row changes, if any.
     SELECT b.*, e.id AS existing_id, e.version AS existing_version,
@@ -216,13 +244,11 @@ WITH batch AS (
     ORDER BY ord
     ON CONFLICT (source, event_key) DO NOTHING
     RETURNING id, event_key, outcome
-), bodies AS (
-    INSERT INTO inbox_bodies (inbox_id, payload)
-    SELECT i.id, c.body FROM inbox_rows i JOIN checked c ON c.key = i.event_key
 ), written AS (
     INSERT INTO orders (id, version, provider, psp_order_id, currency, status, snapshot,
                         desired_amount, authorized_amount, authorized_lines, psp_status,
-                        psp_synced_at, reconcile_requested_at, fixed_terms, account)
+                        psp_synced_at, reconcile_requested_at, fixed_terms, account,
+                        snapshot_inbox_id)
     SELECT c.id, c.version, c.provider, c.psp_id, c.currency, c.status, c.snapshot,
            c.total,
            CASE WHEN c.provider = 'adyen' THEN coalesce(
@@ -231,7 +257,7 @@ WITH batch AS (
            c.basket,
            CASE WHEN c.provider = 'adyen' THEN 'authorized' END,
            CASE WHEN c.provider = 'adyen' THEN now() END,
-           now(), c.fixed, c.account
+           now(), c.fixed, c.account, i.id
     FROM checked c JOIN inbox_rows i ON i.event_key = c.key
     WHERE i.outcome = 'applied'
     ORDER BY c.id
@@ -239,10 +265,17 @@ WITH batch AS (
     SET version = EXCLUDED.version, status = EXCLUDED.status,
         snapshot = EXCLUDED.snapshot, desired_amount = EXCLUDED.desired_amount,
         fixed_terms = coalesce(orders.fixed_terms, EXCLUDED.fixed_terms),
-        reconcile_requested_at = now(), sweep_after = NULL, updated_at = now()
+        reconcile_requested_at = now(), sweep_after = NULL, updated_at = now(),
+        snapshot_inbox_id = EXCLUDED.snapshot_inbox_id
     WHERE orders.version < EXCLUDED.version
       AND (orders.provider, orders.psp_order_id) = (EXCLUDED.provider, EXCLUDED.psp_order_id)
     RETURNING id
+), bodies AS (
+    -- As in STORE_SHOP_EVENT: a body is stored here only if its order's row does not
+    -- hold it (migration 0241).
+    INSERT INTO inbox_bodies (inbox_id, payload)
+    SELECT i.id, c.body FROM inbox_rows i JOIN checked c ON c.key = i.event_key
+    WHERE NOT EXISTS (SELECT 1 FROM written w WHERE w.id = c.id)
 )
 SELECT c.ord, i.outcome, c.changed_field, c.payment_taken,
        EXISTS (SELECT 1 FROM written w WHERE w.id = c.id) AS written

@@ -226,3 +226,46 @@ def test_the_adyen_due_migration_copies_each_unprocessed_notification_and_rolls_
             ("inbox_unprocessed_due",),
             ("one_order_per_payment",),
         ]
+
+
+def test_rolling_back_the_body_once_migration_puts_every_current_body_back(
+    fresh_database: str,
+) -> None:
+    """0241 keeps an order's current shop body in its row alone; the release before reads
+    every body from inbox_bodies, so the rollback writes those back first."""
+    migrate(fresh_database)
+    snapshot = '{"id": "o1", "version": 2, "lines": []}'
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute(
+            """
+            WITH stored AS (
+                INSERT INTO inbox (source, event_key, event_type, order_id, processed_at,
+                                   outcome)
+                VALUES ('shop', 'm2', 'order.updated', 'o1', now(), 'applied') RETURNING id
+            )
+            INSERT INTO orders (id, version, provider, psp_order_id, currency, status,
+                                snapshot, desired_amount, snapshot_inbox_id)
+            SELECT 'o1', 2, 'klarna', 'k1', 'EUR', 'open', %s::jsonb, 0, id FROM stored
+            """,
+            (snapshot,),
+        )
+    backend = get_backend(_yoyo_url(fresh_database))
+    try:
+        with backend.lock():
+            backend.rollback_migrations(
+                MigrationList(m for m in _migrations() if m.id == "0241_shop_body_once")
+            )
+    finally:
+        backend.connection.close()
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        bodies = conn.execute(
+            "SELECT i.event_key, b.payload = jsonb_build_object('type', 'order.updated',"
+            " 'order', %s::jsonb) FROM inbox_bodies b JOIN inbox i ON i.id = b.inbox_id",
+            (snapshot,),
+        ).fetchall()
+        assert bodies == [("m2", True)]
+        column = conn.execute(
+            "SELECT count(*) FROM information_schema.columns"
+            " WHERE table_name = 'orders' AND column_name = 'snapshot_inbox_id'"
+        ).fetchone()
+        assert column == (0,)

@@ -114,24 +114,28 @@ def test_bodies_then_keys_then_outbox_in_small_batches(database: str) -> None:
 
 def test_a_resent_webhook_is_a_duplicate_after_its_body_is_pruned(database: str) -> None:
     shop_event = ShopEvent.model_validate(order_event("o-dup", "k-dup", [KETTLE]))
+    newer = ShopEvent.model_validate(order_event("o-dup", "k-dup", [KETTLE], version=2))
     key = f"msg_{uuid.uuid4().hex}"
 
-    async def store() -> str:
+    async def store(event: ShopEvent, key: str) -> str:
         pool = async_pool(database, max_size=1)
         await pool.open()
         try:
-            return (await store_shop_event(pool, key, shop_event)).outcome
+            return (await store_shop_event(pool, key, event)).outcome
         finally:
             await pool.close()
 
-    assert asyncio.run(store()) == "applied"
+    assert asyncio.run(store(shop_event, key)) == "applied"
+    # Replaced by a newer snapshot, its body is in inbox_bodies (migration 0241).
+    assert asyncio.run(store(newer, f"msg_{uuid.uuid4().hex}")) == "applied"
     with psycopg.connect(database, autocommit=True) as conn:
         conn.execute("UPDATE inbox SET received_at = now() - interval '8 days'")
     pool = sync_pool(database, max_size=1)
     try:
+        # The newer one's body is the order's snapshot, kept with the order.
         assert retention.prune(pool, Settings())["inbox_bodies"] == 1
     finally:
         pool.close()
-    assert rows(database, "SELECT count(*) AS n FROM inbox") == [{"n": 1}]
+    assert rows(database, "SELECT count(*) AS n FROM inbox") == [{"n": 2}]
     assert rows(database, "SELECT count(*) AS n FROM inbox_bodies") == [{"n": 0}]
-    assert asyncio.run(store()) == "duplicate"
+    assert asyncio.run(store(shop_event, key)) == "duplicate"
