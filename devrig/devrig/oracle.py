@@ -180,6 +180,11 @@ class Expectation:
     any_attention: bool = False
     # The same for refunds made outside without named lines: {Y: {X: units}}.
     interchangeable_back: dict[str, dict[str, int]] = field(default_factory=dict)
+    # The order-level reducing lines of the last stored snapshot, id → total (< 0); an
+    # unitemised discount (`amount` below the lines) under any id the snapshot does not
+    # use, as `unitemised`. What a settle's shares may take (check_ledger).
+    shares: dict[str, int] = field(default_factory=dict)
+    unitemised: int = 0
 
     def requires(self, flag: str, reason: str = "") -> None:
         self.required.add((flag, reason))
@@ -1806,6 +1811,12 @@ class Oracle:
             exp.authorized_high = max(exp.authorized_high or exp.authorized, exp.authorized, kept)
         if self.stored is not None:
             exp.total = order_total(self.stored)
+            exp.shares = {
+                str(line["id"]): line_value(line)
+                for line in self.stored["lines"]
+                if kind(line) in REDUCING
+            }
+            exp.unitemised = exp.total - sum(line_value(x) for x in self.stored["lines"])
             goods = [line for line in self.stored["lines"] if kind(line) in GOODS | FEES]
             exp.all_shipped = all(
                 exp.lines.get(line["id"], LineExpect()).captured >= int(line["quantity"])
@@ -2038,6 +2049,7 @@ def check_ledger(
     borrowed: dict[tuple[str, str], int] = {}  # (line, other line): units taken over
     slack = 0  # rounding allowed on everything refunded so far
     given_back = 0  # price cuts refunded whole: no units came back for them
+    taken: dict[str, int] = {}  # per order-level line: the shares the captures took
     for what, amount, lines in requests:
         settle = what == "settle"
         if settle:
@@ -2071,7 +2083,29 @@ def check_ledger(
             and got.get(line.reference, [0, 0])[0] > 0
             for line in lines
         )
-        if settle and not cuts and not own_cut:
+        # §4: captures carry the order-level lines' shares "rounded cumulatively so that
+        # every request's lines sum exactly to its amount and the shares add up to the
+        # discount line's total once everything has shipped"; the last goods to ship
+        # carry every share left, and where those take the goods' value whole, their
+        # capture with "exactly those lines" (step 2) comes to 0: no call, a settle
+        # (README "Ledger model"), the goods at their price (the price check's below).
+        # The shares taken so far never pass an order-level line's total, and name only
+        # the order's own (a discount the order never had paid for nothing).
+        for line in lines:
+            if line.type in REDUCING and what == "capture":
+                taken[line.reference] = taken.get(line.reference, 0) + line.total
+        goods_value = sum(line.total for line in lines if line.type not in REDUCING | SHARED_UP)
+        taken_by_shares = (
+            goods_value > 0
+            and sum(line.total for line in lines) == 0
+            and any(line.total < 0 for line in lines if line.type in REDUCING)
+            and all(
+                taken[line.reference] >= exp.shares.get(line.reference, exp.unitemised)
+                for line in lines
+                if line.type in REDUCING and line.total < 0
+            )
+        )
+        if settle and not cuts and not own_cut and not taken_by_shares:
             # Nothing paid for these goods but money a price cut left with the PSP.
             found.append(("settled_without_a_cut", f"{[line.reference for line in lines]}"))
         # README "Ledger model": a cut no capture was left to give back is refunded, the
