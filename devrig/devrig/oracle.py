@@ -180,9 +180,10 @@ class Expectation:
     any_attention: bool = False
     # The same for refunds made outside without named lines: {Y: {X: units}}.
     interchangeable_back: dict[str, dict[str, int]] = field(default_factory=dict)
-    # The order-level reducing lines of the last stored snapshot, id → total (< 0); an
-    # unitemised discount (`amount` below the lines) under any id the snapshot does not
-    # use, as `unitemised`. What a settle's shares may take (check_ledger).
+    # The order-level reducing lines of the stored snapshots, id → the most negative
+    # total each had; an unitemised discount (`amount` below the lines) under any id
+    # the snapshots do not use, as `unitemised`. What a settle's shares may take
+    # (check_ledger).
     shares: dict[str, int] = field(default_factory=dict)
     unitemised: int = 0
 
@@ -299,6 +300,15 @@ class Oracle:
                 return "ignored"
         self.stored = snap
         self.window.append(snap)
+        # What a settle's shares may have taken (check_ledger): each order-level line at
+        # the most it ever was, since a capture made before an edit followed the line then.
+        shares = self.exp.shares
+        for line in snap["lines"]:
+            if kind(line) in REDUCING:
+                key = str(line["id"])
+                shares[key] = min(shares.get(key, 0), line_value(line))
+        unitemised = order_total(snap) - sum(line_value(x) for x in snap["lines"])
+        self.exp.unitemised = min(self.exp.unitemised, unitemised)
         lowered = set()
         for line in snap["lines"]:
             shipped = int(line.get("shipped_quantity", 0))
@@ -1811,12 +1821,6 @@ class Oracle:
             exp.authorized_high = max(exp.authorized_high or exp.authorized, exp.authorized, kept)
         if self.stored is not None:
             exp.total = order_total(self.stored)
-            exp.shares = {
-                str(line["id"]): line_value(line)
-                for line in self.stored["lines"]
-                if kind(line) in REDUCING
-            }
-            exp.unitemised = exp.total - sum(line_value(x) for x in self.stored["lines"])
             goods = [line for line in self.stored["lines"] if kind(line) in GOODS | FEES]
             exp.all_shipped = all(
                 exp.lines.get(line["id"], LineExpect()).captured >= int(line["quantity"])
