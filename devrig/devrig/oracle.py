@@ -180,6 +180,12 @@ class Expectation:
     any_attention: bool = False
     # The same for refunds made outside without named lines: {Y: {X: units}}.
     interchangeable_back: dict[str, dict[str, int]] = field(default_factory=dict)
+    # The order-level reducing lines of the stored snapshots, id → the most negative
+    # total each had; an unitemised discount (`amount` below the lines) under any id
+    # the snapshots do not use, as `unitemised`. What a settle's shares may take
+    # (check_ledger).
+    shares: dict[str, int] = field(default_factory=dict)
+    unitemised: int = 0
 
     def requires(self, flag: str, reason: str = "") -> None:
         self.required.add((flag, reason))
@@ -302,6 +308,15 @@ class Oracle:
                 return "ignored"
         self.stored = snap
         self.window.append(snap)
+        # What a settle's shares may have taken (check_ledger): each order-level line at
+        # the most it ever was, since a capture made before an edit followed the line then.
+        shares = self.exp.shares
+        for line in snap["lines"]:
+            if kind(line) in REDUCING:
+                key = str(line["id"])
+                shares[key] = min(shares.get(key, 0), line_value(line))
+        unitemised = order_total(snap) - sum(line_value(x) for x in snap["lines"])
+        self.exp.unitemised = min(self.exp.unitemised, unitemised)
         lowered = set()
         for line in snap["lines"]:
             shipped = int(line.get("shipped_quantity", 0))
@@ -2131,6 +2146,7 @@ def check_ledger(
     borrowed: dict[tuple[str, str], int] = {}  # (line, other line): units taken over
     slack = 0  # rounding allowed on everything refunded so far
     given_back = 0  # price cuts refunded whole: no units came back for them
+    taken: dict[str, int] = {}  # per order-level line: the shares the captures took
     for what, amount, lines in requests:
         settle = what == "settle"
         if settle:
@@ -2164,7 +2180,29 @@ def check_ledger(
             and got.get(line.reference, [0, 0])[0] > 0
             for line in lines
         )
-        if settle and not cuts and not own_cut:
+        # §4: captures carry the order-level lines' shares "rounded cumulatively so that
+        # every request's lines sum exactly to its amount and the shares add up to the
+        # discount line's total once everything has shipped"; the last goods to ship
+        # carry every share left, and where those take the goods' value whole, their
+        # capture with "exactly those lines" (step 2) comes to 0: no call, a settle
+        # (README "Ledger model"), the goods at their price (the price check's below).
+        # The shares taken so far never pass an order-level line's total, and name only
+        # the order's own (a discount the order never had paid for nothing).
+        for line in lines:
+            if line.type in REDUCING and what == "capture":
+                taken[line.reference] = taken.get(line.reference, 0) + line.total
+        goods_value = sum(line.total for line in lines if line.type not in REDUCING | SHARED_UP)
+        taken_by_shares = (
+            goods_value > 0
+            and sum(line.total for line in lines) == 0
+            and any(line.total < 0 for line in lines if line.type in REDUCING)
+            and all(
+                taken[line.reference] >= exp.shares.get(line.reference, exp.unitemised)
+                for line in lines
+                if line.type in REDUCING and line.total < 0
+            )
+        )
+        if settle and not cuts and not own_cut and not taken_by_shares:
             # Nothing paid for these goods but money a price cut left with the PSP.
             found.append(("settled_without_a_cut", f"{[line.reference for line in lines]}"))
         # README "Ledger model": a cut no capture was left to give back is refunded, the

@@ -2883,6 +2883,50 @@ def test_units_of_a_line_captured_above_its_worth_now_are_settled_at_0() -> None
     assert "captured_at_wrong_price" in {code for code, _ in wrong}
 
 
+def test_the_last_goods_settled_at_0_by_the_order_level_shares_are_captured() -> None:
+    """§4: captures carry the order-level lines' shares "rounded cumulatively so that
+    every request's lines sum exactly to its amount and the shares add up to the
+    discount line's total once everything has shipped". l2 (450) captured, then a gift
+    card −450 added and l1 (450), the last goods, shipped: its capture with "exactly
+    those lines" (step 2) is 450 − 450 = 0, a settle (README "Ledger model": a capture
+    of 0 sends nothing). Before, settled_without_a_cut (seed 62851, whose planner fix
+    settles such goods instead of leaving them uncounted). A settle whose lines do not
+    sum to 0, of goods at 0 where their price says more, or whose shares are not the
+    order's or pass their line's total, is still wrong."""
+    oracle = Oracle(900, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 1, 450), line("l2", 1, 450, shipped_quantity=1)]))
+    oracle.settle()
+    gift = line("l3", 1, -450, type="gift_card")
+    shipped = [line("l1", 1, 450, shipped_quantity=1), line("l2", 1, 450, shipped_quantity=1)]
+    oracle.snapshot(snap(2, [*shipped, gift]))
+    oracle.settle()
+    exp = oracle.expectation()
+    first = ("capture", 450, [booked("l2", 1, 450)])
+    settled = ("settle", 0, [booked("l1", 1, 450), booked("l3", 1, -450, type="gift_card")])
+    assert check_ledger([first, settled], exp) == []
+    assert {code for code, _ in check_ledger([first], exp)} == {"captured_units"}
+    short = ("settle", 0, [booked("l1", 1, 450), booked("l3", 1, -449, type="gift_card")])
+    assert {code for code, _ in check_ledger([first, short], exp)} == {
+        "lines_do_not_sum",
+        "settled_without_a_cut",
+    }
+    free = ("settle", 0, [booked("l1", 1, 0)])
+    assert {code for code, _ in check_ledger([first, free], exp)} == {
+        "settled_without_a_cut",
+        "captured_at_wrong_price",
+    }
+    # Shares the order does not have, or beyond its line's total, paid for nothing.
+    alien = ("settle", 0, [booked("l1", 1, 450), booked("d", 1, -450, type="discount")])
+    assert "settled_without_a_cut" in {code for code, _ in check_ledger([first, alien], exp)}
+    taken = ("capture", 400, [booked("l2", 1, 450), booked("l3", 1, -50, type="gift_card")])
+    assert "settled_without_a_cut" in {code for code, _ in check_ledger([taken, settled], exp)}
+    # The gift card lowered after the settle: the settle followed it as it was then
+    # (seed 86467: a discount taking an order to 0, lowered after its goods settled).
+    oracle.snapshot(snap(3, [*shipped, line("l3", 1, -100, type="gift_card")]))
+    later = {code for code, _ in check_ledger([first, settled], oracle.expectation())}
+    assert "settled_without_a_cut" not in later
+
+
 def test_a_fee_due_alone_carries_what_is_left_of_the_order_level_lines() -> None:
     """Seed 57197 (Klarna, 4636 authorized): l1 (4565) captured before the first read;
     with no goods left to capture the surcharge goes alone (README "Fees") and, the last
