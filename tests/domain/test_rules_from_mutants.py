@@ -32,7 +32,7 @@ from domain.planner import (
     plan_next,
     unauthorized_lines,
 )
-from tests.domain.builders import order
+from tests.domain.builders import order, sales_tax
 from tests.domain.test_ledger import Psp, plans, shipped
 from tests.seed_basket import SHOES, SOCKS, discount
 
@@ -456,14 +456,7 @@ def test_a_refund_gives_back_discount_and_sales_tax_shares_each_with_the_sign_it
     # discounts are. A refund gives back what the units' captures carried: never a sales
     # tax line taken back below zero, never a discount line charged again.
     a = {"id": "a", "name": "A", "quantity": 2, "unit_price": 500, "tax_rate": 0}
-    tax = {
-        "id": "tax",
-        "name": "Sales tax",
-        "type": "sales_tax",
-        "quantity": 1,
-        "unit_price": 80,
-        "tax_rate": 0,
-    }
+    tax = sales_tax(80)
     psp = Psp(authorized=780)
     [capture] = plans(psp.sync(order([shipped(a, 2), discount(300), tax])), Kind.CAPTURE)
     assert capture.amount == 780
@@ -564,14 +557,7 @@ def test_a_refund_gives_back_the_sales_tax_share_its_units_carried_beside_a_disc
     # discount and +40 of the sales tax; a refund of one gives back both, each on its own
     # line (the sales tax line not left holding what the discount line gave back for it).
     a = {"id": "a", "name": "A", "quantity": 2, "unit_price": 500, "tax_rate": 0}
-    tax = {
-        "id": "tax",
-        "name": "Sales tax",
-        "type": "sales_tax",
-        "quantity": 1,
-        "unit_price": 80,
-        "tax_rate": 0,
-    }
+    tax = sales_tax(80)
     psp = Psp(authorized=780)
     [capture] = plans(psp.sync(order([shipped(a, 2), discount(300), tax])), Kind.CAPTURE)
     assert {x.reference: x.total_amount for x in capture.lines} == {
@@ -598,14 +584,7 @@ def test_a_refund_gives_back_both_shares_when_they_cancel_out() -> None:
     # The discount and sales tax shares of the returned unit are equal and opposite: the
     # net share is 0, yet each line gives back its own (§4 "as discount lines are").
     a = {"id": "a", "name": "A", "quantity": 2, "unit_price": 500, "tax_rate": 0}
-    tax = {
-        "id": "tax",
-        "name": "Sales tax",
-        "type": "sales_tax",
-        "quantity": 1,
-        "unit_price": 100,
-        "tax_rate": 0,
-    }
+    tax = sales_tax(100)
     psp = Psp(authorized=1000)
     plans(psp.sync(order([shipped(a, 2), discount(100), tax])), Kind.CAPTURE)
     [refund] = plans(psp.sync(order([shipped(a, 2, 1), discount(100), tax])), Kind.REFUND)
