@@ -587,3 +587,22 @@ def test_an_extension_asked_before_the_window_opened_does_not_count_for_it(
     assert _extensions(klarna) == 2
     assert row["flags"] == []
     assert row["expires_at"] == again + timedelta(days=28)
+
+
+def test_an_extension_that_left_the_expiry_in_its_window_tells_a_person_why(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """Klarna confirmed the extension, yet every read after it shows the old expiry,
+    inside the extend window still. Asking again would loop without end; a person is
+    told (extension_without_effect) in words that say what to check."""
+    order_id, psp_id, _, _ = _extended_order(ctx, klarna)
+    soon = order_row(ctx, order_id)["expires_at"]
+    klarna.orders[psp_id].expires_at = soon.isoformat()  # the extension moved nothing
+    drive(ctx, order_id)
+    row = order_row(ctx, order_id)
+    assert _extensions(klarna) == 1
+    reason = row["flag_reason"]["needs_attention"]
+    assert reason["code"] == "extension_without_effect"
+    assert reason["message"] == (
+        "the authorization was extended but its expiry did not move; check it"
+    )

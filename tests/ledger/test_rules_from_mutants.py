@@ -923,3 +923,18 @@ def test_a_basket_back_within_the_authorization_clears_the_request_for_a_new_ord
     drive(ctx, order_id)
     assert operations(ctx, order_id) == []
     assert order_row(ctx, order_id)["flags"] == []
+
+
+def test_an_operators_reconcile_during_a_back_off_forces_one_step_then_the_back_off_stands(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """The order backs off (`defer_order`, as after a read that failed). The operator's
+    reconcile goes past the back-off for the step it forces, here a capture Klarna
+    refuses; what the refusal leads to waits for the order's own back-off again."""
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
+    with ctx.pool.connection() as conn, conn.transaction():
+        store.defer_order(conn, order_id, 3600)
+    forbidden = httpx.Response(403, json={"error_code": "NOT_ALLOWED"})
+    klarna.fault("POST", "/captures", lambda _r: (False, forbidden))
+    assert Reconciler(ctx, lambda *_: None).run(order_id, force=True) == "backing_off"
+    assert [op["status"] for op in operations(ctx, order_id)] == ["rejected"]
