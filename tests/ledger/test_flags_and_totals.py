@@ -147,6 +147,9 @@ def test_a_cancel_made_outside_asks_for_no_new_order_until_the_shop_sends_one(
     klarna.orders[first.psp_order_id].status = "CANCELLED"
     operator_reconcile(ctx, order_id)  # reads Klarna: the cancel is learnt
     assert flag_code(ctx, order_id) == "external_change"
+    # ... and the person reads what changed.
+    reason = order_row(ctx, order_id)["flag_reason"]["needs_attention"]
+    assert reason["message"].startswith("the PSP order was cancelled (made without")
     operator_reconcile(ctx, order_id)  # a person looked: the PSP's figures stand
     row = order_row(ctx, order_id)
     assert "needs_new_order" not in row["flags"]

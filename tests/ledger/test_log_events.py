@@ -16,6 +16,7 @@ import pytest
 import structlog
 from structlog.testing import LogCapture
 
+from data import orders as store
 from tests.ledger.harness import FakeKlarna, insert_order, new_order_id, operations, snapshot
 from tests.ledger.harness import shipped as shipped_lines
 from tests.ledger.test_ledger_regressions import adyen_notification, klarna_order
@@ -333,3 +334,36 @@ def test_an_operation_adyen_took_is_logged_with_adyens_reference(
         only(events, "operation_awaiting_notification").items()
         >= {"order_id": order_id, "operation_id": str(op["id"]), "psp_reference": "MOD1"}.items()
     )
+
+
+def test_a_refused_psp_call_is_logged_with_the_psps_error_code(
+    ctx: WorkerContext, klarna: FakeKlarna, events: list[MutableMapping[str, Any]]
+) -> None:
+    # The operator reads why the PSP refused the call on the call's own line.
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
+    forbidden = httpx.Response(403, json={"error_code": "NOT_ALLOWED"})
+    klarna.fault("POST", "/captures", lambda _r: (False, forbidden))
+    events.clear()
+    Reconciler(ctx, lambda *_: None).run(order_id)
+    assert (
+        only(events, "psp_request_done").items()
+        >= {"outcome": "rejected", "http_status": 403, "error_code": "NOT_ALLOWED"}.items()
+    )
+
+
+def test_a_failure_while_recording_is_logged_with_what_was_raised(
+    ctx: WorkerContext,
+    klarna: FakeKlarna,
+    events: list[MutableMapping[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The safety net (operation_record_error) names the exception the record raised.
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
+
+    def broken(*_: Any, **__: Any) -> None:
+        raise RuntimeError("a bug in record_success")
+
+    monkeypatch.setattr(store, "record_success", broken)
+    events.clear()
+    Reconciler(ctx, lambda *_: None).run(order_id)
+    assert only(events, "operation_record_error")["error"] == "RuntimeError"

@@ -938,3 +938,33 @@ def test_an_operators_reconcile_during_a_back_off_forces_one_step_then_the_back_
     klarna.fault("POST", "/captures", lambda _r: (False, forbidden))
     assert Reconciler(ctx, lambda *_: None).run(order_id, force=True) == "backing_off"
     assert [op["status"] for op in operations(ctx, order_id)] == ["rejected"]
+
+
+def test_a_capture_found_applied_is_told_from_one_made_outside_by_the_reference_sent(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """Our capture of the shoes applied but its answer was lost; meanwhile the socks were
+    captured in Klarna's portal. The check-read finds ours by the `reference` we sent
+    (our operation's id; no Capture-Id was ever read for it), so only the portal's
+    capture is money moved without the service (contract §4), recorded under its id and
+    with its lines."""
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES, SOCKS], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+    psp = klarna.orders[snap.psp_order_id]
+    socks = [x.to_json() for x in basket_lines(snap) if x.reference == "socks"]
+
+    def applied_then_lost(request: httpx.Request) -> tuple[bool, None]:
+        klarna._handle(request)
+        psp.captured_amount += 900
+        psp.captures.append(
+            {"capture_id": "portal-1", "captured_amount": 900, "order_lines": socks}
+        )
+        raise httpx.ReadTimeout("slow", request=request)
+
+    klarna.fault("POST", "/captures", applied_then_lost)
+    drive(ctx, order_id)
+    ours, outside = operations(ctx, order_id)[:2]
+    assert (ours["status"], ours["external"], ours["amount"]) == ("succeeded", False, 1200)
+    assert (outside["external"], outside["amount"]) == (True, 900)
+    assert outside["psp_reference"] == "portal-1"
+    assert [(x["reference"], x["quantity"]) for x in outside["lines"]] == [("socks", 2)]
