@@ -33,7 +33,7 @@ from domain.planner import (
     unauthorized_lines,
 )
 from tests.domain.builders import order, sales_tax
-from tests.domain.test_ledger import Psp, plans, shipped
+from tests.domain.test_ledger import Psp, _basket_with, _goods, plans, shipped
 from tests.seed_basket import SHOES, SOCKS, discount
 
 A = {"id": "a", "name": "A", "quantity": 2, "unit_price": 500, "tax_rate": 2000}
@@ -594,3 +594,21 @@ def test_a_refund_gives_back_both_shares_when_they_cancel_out() -> None:
         "discount": -50,
         "tax": 50,
     }
+
+
+def test_a_cut_refunded_whole_leaves_its_discount_share_on_goods_of_value_only() -> None:
+    # A cut given back beyond what its units hold (p0 captured at 150 carrying -4 of the
+    # discount, cut to 0: 146 refunded whole) leaves that share on the goods still held
+    # (seed 55371's rule): on p1 (1), never on the free p2, whose unit would then hold
+    # -1 and ask a refund of 1 that nothing was captured for.
+    def basket(p0: int, p1_shipped: int) -> list[dict[str, object]]:
+        return _basket_with(_goods((1, p0, 1), (1, 1, p1_shipped), (1, 0, 1)), [5])
+
+    psp = Psp(authorized=146)
+    psp.sync(order(basket(150, 0)))
+    psp.sync(order(basket(150, 1)))
+    made = psp.sync(order(basket(0, 1)))
+    assert [(m.kind, m.amount) for m in made if isinstance(m, Plan)] == [(Kind.REFUND, 146)]
+    assert not [m for m in made if isinstance(m, Flag)]
+    ledger = ledger_from((op.kind.value, op.lines) for op in psp.history)
+    assert (ledger["p1"].held_share, ledger["p2"].held_share) == (-1, 0)
