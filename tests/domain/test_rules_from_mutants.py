@@ -397,6 +397,8 @@ def test_a_release_of_ours_then_a_reopen_asks_a_new_payment_despite_a_cancel_lea
     flag = plan_next(OrderView(now, psp, history=history), lambda _m, _c: False)
     assert isinstance(flag, Flag) and flag.flag == NEEDS_NEW_ORDER, flag
     assert flag.code == "authorization_cancelled"
+    # Part of it was captured: the shop reads that it was released, not cancelled.
+    assert flag.message.startswith("the PSP authorization was released;"), flag.message
     # Told once, the order waits for the shop's new payment, and says what it waits for.
     told = OrderView(
         now, psp, history, frozenset({NEEDS_NEW_ORDER}), refused_amount=flag.refused_amount

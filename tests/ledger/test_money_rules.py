@@ -930,8 +930,11 @@ def test_seq14_increase_table_reads_klarnas_purchase_country(
     update_snapshot(ctx, snap(order_id, [SHOES, HAT], 2))
     drive(ctx, order_id)
     assert [r for r in klarna.requests if r.method == "PATCH"] == []
-    assert order_row(ctx, order_id)["flag_reason"]["needs_new_order"]["code"] == (
-        "increase_not_allowed"
+    reason = order_row(ctx, order_id)["flag_reason"]["needs_new_order"]
+    assert reason["code"] == "increase_not_allowed"
+    # The shop reads which payment cannot be raised where, and what to do about it.
+    assert reason["message"] == (
+        "INVOICE in CH cannot be increased; ask the customer for a new order"
     )
 
 

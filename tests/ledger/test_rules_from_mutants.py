@@ -968,3 +968,15 @@ def test_a_capture_found_applied_is_told_from_one_made_outside_by_the_reference_
     assert (outside["external"], outside["amount"]) == (True, 900)
     assert outside["psp_reference"] == "portal-1"
     assert [(x["reference"], x["quantity"]) for x in outside["lines"]] == [("socks", 2)]
+
+
+def test_a_run_that_reaches_its_step_limit_says_so_and_comes_back_at_once(
+    ctx: WorkerContext, klarna: FakeKlarna, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MAX_STEPS bounds one run; an order with more to do is enqueued again at once, and
+    # the run's result (the task's result) says why it stopped.
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
+    monkeypatch.setattr(reconcile, "MAX_STEPS", 1)
+    enqueued: list[tuple[str, float]] = []
+    assert Reconciler(ctx, lambda *a: enqueued.append(a)).run(order_id) == "step_limit"
+    assert enqueued == [(order_id, 0)]
