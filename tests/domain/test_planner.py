@@ -576,6 +576,19 @@ def test_a_cancelled_order_holding_units_above_their_part_of_a_line_is_flagged()
     assert plan_next(replace(released, order=whole), allow_all) == Done()
 
 
+def test_a_cancelled_order_holding_a_unit_one_cent_above_its_part_of_a_line_is_flagged() -> None:
+    # Held units are weighed against their part of the line exactly: one cent above is
+    # a cut a person is told of (less than a cent, from units split over captures, is
+    # none).
+    cut = {**shipped({**SHOES, "quantity": 2}, 1), "unit_price": 1199}
+    cancelled = order([cut, SOCKS], status="cancelled")
+    history = (PastOperation(Kind.CAPTURE, "succeeded", 1200, (_whole("shoes", 1200),)),)
+    view = OrderView(cancelled, psp(1200, captured=1200), history=history)
+    decision = plan_next(view, allow_all)
+    assert isinstance(decision, Flag) and decision.code == "captured_above_total", decision
+    assert decision.message.startswith("captured 1200 for goods now worth 1199 (-1)")
+
+
 def test_a_cancelled_order_whose_units_a_store_credit_shared_is_not_flagged_above() -> None:
     """captured_above_total on a cancelled order weighs what the held units cost the
     customer, their share of a store credit or discount included (seeds 54516, 55512):

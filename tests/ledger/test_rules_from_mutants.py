@@ -318,7 +318,10 @@ def test_adyen_money_moved_back_after_a_success_only_flags_and_the_order_is_reco
         assert row["captured_amount"] == 1200
         reason = row["flag_reason"]["needs_attention"]
         assert reason["code"] == "capture_failed_after_succeeded"
-        assert "recorded as succeeded" in reason["message"]
+        assert reason["message"] == (
+            "Adyen sent CAPTURE_FAILED (success=true) for a capture this service had "
+            "recorded as succeeded; check the payment"
+        )
 
 
 def test_adyen_a_failed_capture_is_sent_again_later_then_fails_with_a_flag(
@@ -980,3 +983,28 @@ def test_a_run_that_reaches_its_step_limit_says_so_and_comes_back_at_once(
     enqueued: list[tuple[str, float]] = []
     assert Reconciler(ctx, lambda *a: enqueued.append(a)).run(order_id) == "step_limit"
     assert enqueued == [(order_id, 0)]
+
+
+def test_an_adyen_authorisation_is_adopted_with_the_lines_it_lists(ctx: WorkerContext) -> None:
+    # README, Adyen "Outcomes": an AUTHORISATION is adopted as the authorization, its
+    # amount and, when Adyen lists them (openinvoicedata), the lines it authorized:
+    # what a later update or increase is compared with.
+    order_id = new_order_id()
+    snap = snapshot(order_id, [SHOES, SOCKS], provider="adyen")
+    insert_order(ctx, snap)
+    listed = {
+        "openinvoicedata.numberOfLines": "1",
+        "openinvoicedata.line1.itemId": "shoes",
+        "openinvoicedata.line1.description": "Shoes",
+        "openinvoicedata.line1.numberOfItems": "1",
+        "openinvoicedata.line1.itemAmount": "1000",
+        "openinvoicedata.line1.itemVatAmount": "200",
+        "openinvoicedata.line1.itemVatPercentage": "2000",
+    }
+    item = adyen_item(snap.psp_order_id, "AUTHORISATION", "true", 1200, additionalData=listed)
+    assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == "applied"
+    row = order_row(ctx, order_id)
+    assert row["authorized_amount"] == 1200
+    assert [(x["reference"], x["total_amount"]) for x in row["authorized_lines"]] == [
+        ("shoes", 1200)
+    ]
