@@ -614,3 +614,12 @@ def test_a_cut_refunded_whole_leaves_its_discount_share_on_goods_of_value_only()
     assert not [m for m in made if isinstance(m, Flag)]
     ledger = ledger_from((op.kind.value, op.lines) for op in psp.history)
     assert (ledger["p1"].held_share, ledger["p2"].held_share) == (-1, 0)
+
+
+def test_a_refund_naming_units_no_capture_named_is_still_folded_into_the_ledger() -> None:
+    # Money captured outside without lines (counted, tied to no units yet), then refunded
+    # in the portal naming the shoes: the ledger folds the refund all the same, the
+    # shoes holding nothing from which to give back shares.
+    shoes = tuple(basket_lines(order([SHOES])))
+    ledger = ledger_from([("capture", ()), ("refund", shoes)])
+    assert (ledger["shoes"].refunded_quantity, ledger["shoes"].refunded_amount) == (1, 1200)

@@ -17,7 +17,14 @@ import structlog
 from structlog.testing import LogCapture
 
 from data import orders as store
-from tests.ledger.harness import FakeKlarna, insert_order, new_order_id, operations, snapshot
+from tests.ledger.harness import (
+    FakeKlarna,
+    insert_order,
+    new_order_id,
+    operations,
+    snapshot,
+    update_snapshot,
+)
 from tests.ledger.harness import shipped as shipped_lines
 from tests.ledger.test_ledger_regressions import adyen_notification, klarna_order
 from tests.ledger.test_rules_from_mutants import (
@@ -367,3 +374,29 @@ def test_a_failure_while_recording_is_logged_with_what_was_raised(
     events.clear()
     Reconciler(ctx, lambda *_: None).run(order_id)
     assert only(events, "operation_record_error")["error"] == "RuntimeError"
+
+
+def test_goods_settled_against_a_price_cut_are_logged_with_how_many_lines(
+    ctx: WorkerContext, klarna: FakeKlarna, events: list[MutableMapping[str, Any]]
+) -> None:
+    # A price cut after a capture (p0: 100 captured, now free) holds money for goods
+    # shipped since (p1, 60): they are settled against it, nothing is sent, and the
+    # operator reads that it happened and for how many lines.
+    def goods(p0: int, p1_shipped: int) -> list[dict[str, Any]]:
+        prices = {"p0": (p0, 1), "p1": (60, p1_shipped), "p2": (60, 0)}
+        return [
+            {"id": i, "name": i, "quantity": 1, "unit_price": price, "tax_rate": 0}
+            | {"shipped_quantity": shipped}
+            for i, (price, shipped) in prices.items()
+        ]
+
+    order_id, first = klarna_order(ctx, klarna, goods(100, 0))
+    insert_order(ctx, first, authorized=first.total)
+    Reconciler(ctx, lambda *_: None).run(order_id)
+    update_snapshot(ctx, snapshot(order_id, goods(0, 1), version=2))
+    events.clear()
+    Reconciler(ctx, lambda *_: None).run(order_id)
+    settled = operations(ctx, order_id)[-1]  # recorded as a capture of 0, never sent
+    assert (settled["kind"], settled["amount"]) == ("capture", 0)
+    assert only(events, "goods_settled_against_a_price_cut")["lines"] == len(settled["lines"])
+    assert "p1" in [line["reference"] for line in settled["lines"]]

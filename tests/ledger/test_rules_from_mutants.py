@@ -19,6 +19,7 @@ from data import orders as store
 from data.orders import OperationRef
 from domain.lines import PspLine, basket_lines
 from domain.snapshot import OrderSnapshot
+from integrations.results import PspRequest
 from tests.ledger.harness import (
     FakeKlarna,
     context,
@@ -778,6 +779,21 @@ def test_an_operation_planned_before_requests_were_stored_is_frozen_at_its_next_
     assert "captured_amount" in str(op["request"])
 
 
+def test_an_operation_is_frozen_with_its_request_when_it_is_planned(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # README, "How it works": the request is built once, when the operation is planned,
+    # and every attempt sends exactly it. Stored with the plan, before any call: a worker
+    # that dies before its first attempt leaves nothing to rebuild from a newer snapshot.
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
+    action = Reconciler(ctx, lambda *_: None)._next_action(order_id, force=False)
+    assert isinstance(action, reconcile.Send), action
+    assert klarna.requests == []
+    (op,) = operations(ctx, order_id)
+    assert op["request"] is not None, "the request was not frozen with the plan"
+    assert PspRequest.from_json(op["request"]).json_body()["captured_amount"] == 1200
+
+
 def test_an_operation_the_psp_keeps_refusing_for_now_fails_with_the_psps_last_error(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
@@ -913,6 +929,21 @@ def test_a_klarna_increase_that_succeeds_clears_the_request_for_a_new_order(
         ("capture", "rejected"),
     ]
     assert order_row(ctx, order_id)["flags"] == ["needs_attention"]
+
+
+def test_the_capture_after_an_increase_that_clears_the_request_for_a_new_order_goes_on(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # The step after the increase is decided on the order as the increase left it (the
+    # flag cleared), in the same run: the shoes are captured, nothing waits for the shop.
+    order_id = _shoes_asked_a_new_order(ctx, klarna, 1800)
+    update_snapshot(ctx, snapshot(order_id, shipped([SHOES, SOCKS], shoes=1), version=2))
+    assert Reconciler(ctx, lambda *_: None).run(order_id) == "in_sync"
+    assert [(o["kind"], o["status"]) for o in operations(ctx, order_id)] == [
+        ("update_authorization", "succeeded"),
+        ("capture", "succeeded"),
+    ]
+    assert order_row(ctx, order_id)["flags"] == []
 
 
 def test_a_basket_back_within_the_authorization_clears_the_request_for_a_new_order(
