@@ -623,3 +623,20 @@ def test_a_refund_naming_units_no_capture_named_is_still_folded_into_the_ledger(
     shoes = tuple(basket_lines(order([SHOES])))
     ledger = ledger_from([("capture", ()), ("refund", shoes)])
     assert (ledger["shoes"].refunded_quantity, ledger["shoes"].refunded_amount) == (1, 1200)
+
+
+def test_a_reopened_order_told_a_new_payment_for_another_total_is_told_the_new_one() -> None:
+    # Contract §4: a reopened order after a release asks a new payment for its basket.
+    # The shop was told for another total (1650) and has changed the basket since: the
+    # new total (2100) is told, not waited on as if the shop had been asked for it.
+    now = order([shipped(SHOES, 1), SOCKS]).model_copy(update={"version": 3})
+    psp = PspState(PspStatus.CAPTURED, 1200, 1200, 0, "INVOICE", "DE", ())
+    shoes = tuple(capture_lines(now, {}))
+    history = (
+        PastOperation(Kind.CAPTURE, "succeeded", 1200, shoes, version=1),
+        PastOperation(Kind.RELEASE_AUTHORIZATION, "succeeded", 900, version=2),
+    )
+    told = OrderView(now, psp, history, frozenset({NEEDS_NEW_ORDER}), refused_amount=1650)
+    flag = plan_next(told, lambda _m, _c: False)
+    assert isinstance(flag, Flag), flag
+    assert (flag.code, flag.refused_amount) == ("authorization_cancelled", 2100)
