@@ -640,3 +640,20 @@ def test_a_reopened_order_told_a_new_payment_for_another_total_is_told_the_new_o
     flag = plan_next(told, lambda _m, _c: False)
     assert isinstance(flag, Flag), flag
     assert (flag.code, flag.refused_amount) == ("authorization_cancelled", 2100)
+
+
+def test_a_refund_giving_a_cut_back_with_its_units_counts_nothing_as_given_back_whole() -> None:
+    # A's cut (500 → 400 a unit) was given back by the next capture (−200 on a's
+    # reference); the refund of one A unit takes its part of that back with it (−100, a
+    # negative line). Only a cut refunded whole, at a positive line, counts as given
+    # back (`given_back`, which _cuts weighs).
+    a = {"id": "a", "name": "A", "quantity": 2, "unit_price": 500, "tax_rate": 0}
+    b = {"id": "b", "name": "B", "quantity": 1, "unit_price": 300, "tax_rate": 0}
+    cut = {**a, "unit_price": 400}
+    psp = Psp(authorized=1300)
+    psp.sync(order([shipped(a, 2), b]))
+    psp.sync(order([shipped(cut, 2), shipped(b, 1)]))
+    [refund] = plans(psp.sync(order([shipped(cut, 2, 1), shipped(b, 1)])), Kind.REFUND)
+    assert [(x.reference, x.total_amount) for x in refund.lines] == [("a", 500), ("a", -100)]
+    ledger = ledger_from((op.kind.value, op.lines) for op in psp.history)
+    assert ledger["a"].given_back == 0
