@@ -32,6 +32,7 @@ from domain.planner import (
     plan_next,
     unauthorized_lines,
 )
+from domain.snapshot import OrderSnapshot
 from tests.domain.builders import order, sales_tax
 from tests.domain.test_ledger import Psp, _basket_with, _goods, plans, shipped
 from tests.seed_basket import SHOES, SOCKS, discount
@@ -379,6 +380,22 @@ def test_a_cancel_made_outside_after_a_part_capture_asks_no_new_payment_of_the_s
     assert waits == Wait("cancelled_outside")
 
 
+def _shoes_captured_then_released() -> tuple[OrderSnapshot, PspState, tuple[PastOperation, ...]]:
+    """The shoes and socks reopened (version 3) after the shoes were captured (version 1)
+    and the rest of the authorization released (version 2)."""
+    now = order([shipped(SHOES, 1), SOCKS]).model_copy(update={"version": 3})
+    psp = PspState(PspStatus.CAPTURED, 1200, 1200, 0, "INVOICE", "DE", ())
+    shoes = tuple(capture_lines(now, {}))
+    return (
+        now,
+        psp,
+        (
+            PastOperation(Kind.CAPTURE, "succeeded", 1200, shoes, version=1),
+            PastOperation(Kind.RELEASE_AUTHORIZATION, "succeeded", 900, version=2),
+        ),
+    )
+
+
 def test_a_release_of_ours_then_a_reopen_asks_a_new_payment_despite_a_cancel_learnt_outside() -> (
     None
 ):
@@ -386,12 +403,9 @@ def test_a_release_of_ours_then_a_reopen_asks_a_new_payment_despite_a_cancel_lea
     # snapshot asks the shop for a new payment. A cancel the PSP reports as made without
     # the service, learnt under that same snapshot, does not turn it into a wait for a
     # person: the authorization was let go by us first.
-    now = order([shipped(SHOES, 1), SOCKS]).model_copy(update={"version": 3})
-    psp = PspState(PspStatus.CAPTURED, 1200, 1200, 0, "INVOICE", "DE", ())
-    shoes = tuple(capture_lines(now, {}))
+    now, psp, released = _shoes_captured_then_released()
     history = (
-        PastOperation(Kind.CAPTURE, "succeeded", 1200, shoes, version=1),
-        PastOperation(Kind.RELEASE_AUTHORIZATION, "succeeded", 900, version=2),
+        *released,
         PastOperation(Kind.CANCEL, "succeeded", 0, external=True, reference="x", version=3),
     )
     flag = plan_next(OrderView(now, psp, history=history), lambda _m, _c: False)
@@ -629,13 +643,7 @@ def test_a_reopened_order_told_a_new_payment_for_another_total_is_told_the_new_o
     # Contract §4: a reopened order after a release asks a new payment for its basket.
     # The shop was told for another total (1650) and has changed the basket since: the
     # new total (2100) is told, not waited on as if the shop had been asked for it.
-    now = order([shipped(SHOES, 1), SOCKS]).model_copy(update={"version": 3})
-    psp = PspState(PspStatus.CAPTURED, 1200, 1200, 0, "INVOICE", "DE", ())
-    shoes = tuple(capture_lines(now, {}))
-    history = (
-        PastOperation(Kind.CAPTURE, "succeeded", 1200, shoes, version=1),
-        PastOperation(Kind.RELEASE_AUTHORIZATION, "succeeded", 900, version=2),
-    )
+    now, psp, history = _shoes_captured_then_released()
     told = OrderView(now, psp, history, frozenset({NEEDS_NEW_ORDER}), refused_amount=1650)
     flag = plan_next(told, lambda _m, _c: False)
     assert isinstance(flag, Flag), flag

@@ -315,16 +315,29 @@ def test_a_read_of_the_psps_order_is_logged_with_its_outcome_and_http_status(
     )
 
 
+def _capture_answered(
+    ctx: WorkerContext,
+    klarna: FakeKlarna,
+    events: list[MutableMapping[str, Any]],
+    status: int,
+    **answer: Any,
+) -> str:
+    """One run of the shoes' capture, which Klarna answers with `status` (not applied);
+    the events of that run only. The order's id."""
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
+    response = httpx.Response(status, **answer)
+    klarna.fault("POST", "/captures", lambda _r: (False, response))
+    events.clear()
+    Reconciler(ctx, lambda *_: None).run(order_id)
+    return order_id
+
+
 def test_a_retry_is_logged_with_its_back_off_and_the_order_waits_for_it(
     ctx: WorkerContext, klarna: FakeKlarna, events: list[MutableMapping[str, Any]]
 ) -> None:
     # Klarna asks to come back later (429, Retry-After): the operator reads the attempt
     # and the back-off the retry waits for, and a run before it is due says so.
-    order_id, _ = klarna_shoes_shipped(ctx, klarna)
-    busy = httpx.Response(429, headers={"Retry-After": "30"})
-    klarna.fault("POST", "/captures", lambda _r: (False, busy))
-    events.clear()
-    Reconciler(ctx, lambda *_: None).run(order_id)
+    order_id = _capture_answered(ctx, klarna, events, 429, headers={"Retry-After": "30"})
     retry = only(events, "operation_retry_scheduled")
     assert retry["attempts"] == 1 and retry["delay_seconds"] >= 30, retry
     assert Reconciler(ctx, lambda *_: None).run(order_id) == "backing_off"
@@ -347,11 +360,7 @@ def test_a_refused_psp_call_is_logged_with_the_psps_error_code(
     ctx: WorkerContext, klarna: FakeKlarna, events: list[MutableMapping[str, Any]]
 ) -> None:
     # The operator reads why the PSP refused the call on the call's own line.
-    order_id, _ = klarna_shoes_shipped(ctx, klarna)
-    forbidden = httpx.Response(403, json={"error_code": "NOT_ALLOWED"})
-    klarna.fault("POST", "/captures", lambda _r: (False, forbidden))
-    events.clear()
-    Reconciler(ctx, lambda *_: None).run(order_id)
+    _capture_answered(ctx, klarna, events, 403, json={"error_code": "NOT_ALLOWED"})
     assert (
         only(events, "psp_request_done").items()
         >= {"outcome": "rejected", "http_status": 403, "error_code": "NOT_ALLOWED"}.items()
