@@ -665,3 +665,23 @@ def test_a_refund_giving_a_cut_back_with_its_units_counts_nothing_as_given_back_
     assert [(x.reference, x.total_amount) for x in refund.lines] == [("a", 500), ("a", -100)]
     ledger = ledger_from((op.kind.value, op.lines) for op in psp.history)
     assert ledger["a"].given_back == 0
+
+
+def test_a_capture_that_fits_exactly_beside_money_captured_outside_unnamed_is_sent_as_is() -> None:
+    # 450 captured in a portal without lines (counted, tied to no units); A ships. Its
+    # capture with its own share of the discount (1000 − 100) is exactly what the
+    # authorization has left: sent as it is, the captures come to the order's total
+    # (1350, contract §4). Only a capture that does not fit takes the shares the
+    # unnamed money did not carry (capture_lines' `paid_unnamed`).
+    a = {"id": "a", "name": "A", "quantity": 1, "unit_price": 1000, "tax_rate": 0}
+    b = {"id": "b", "name": "B", "quantity": 1, "unit_price": 500, "tax_rate": 0}
+    now = order([shipped(a, 1), b, discount(150)])
+    psp = PspState(PspStatus.PART_CAPTURED, 1350, 450, 0, "INVOICE", "DE", ())
+    portal = PastOperation(Kind.CAPTURE, "succeeded", 450, (), external=True, reference="p")
+    capture = plan_next(OrderView(now, psp, history=(portal,)), lambda _m, _c: True)
+    assert isinstance(capture, Plan) and capture.kind is Kind.CAPTURE, capture
+    assert capture.amount == 900
+    assert [(x.reference, x.total_amount) for x in capture.lines] == [
+        ("a", 1000),
+        ("discount", -100),
+    ]
