@@ -1,5 +1,5 @@
-"""The pure tests' shared builders: an order snapshot of given lines, and a market
-allow-list that allows every increase."""
+"""The pure tests' shared builders: an order snapshot of given lines, a sales tax line,
+and a market allow-list that allows every increase."""
 
 from __future__ import annotations
 
@@ -25,3 +25,16 @@ def order(lines: list[dict[str, Any]], status: str = "open", **extra: Any) -> Or
             **extra,
         }
     )
+
+
+def sales_tax(amount: int) -> dict[str, Any]:
+    """The order-level sales tax line adding `amount` (untaxed itself). Contract §4: it
+    is shared by captures and refunds in proportion to value, as discount lines are."""
+    return {
+        "id": "tax",
+        "name": "Sales tax",
+        "type": "sales_tax",
+        "quantity": 1,
+        "unit_price": amount,
+        "tax_rate": 0,
+    }

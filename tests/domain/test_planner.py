@@ -188,6 +188,24 @@ def test_an_authorization_about_to_expire_with_unshipped_lines_is_extended() -> 
     assert plan_next(view, allow_all) == Plan(Kind.EXTEND_AUTHORIZATION, 0)
 
 
+def test_an_authorization_about_to_expire_with_every_good_shipped_is_not_extended() -> None:
+    # Extended only while goods of value are unshipped: the shoes shipped and captured,
+    # the socks removed since, the authorization still open at what was captured.
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    captured = (PastOperation(Kind.CAPTURE, "succeeded", 1200, (_whole("shoes", 1200),)),)
+    soon = psp(
+        1200, captured=1200, status=PspStatus.PART_CAPTURED, expires_at=now + timedelta(days=2)
+    )
+    view = OrderView(
+        order([shipped(SHOES, 1)]),
+        soon,
+        history=captured,
+        now=now,
+        extend_within=timedelta(days=3),
+    )
+    assert plan_next(view, allow_all) == Done()
+
+
 def test_a_refund_never_waits_behind_an_extension() -> None:
     """Contract §4.3: a refund never waits, and an expired authorization does not stop
     it; an extension that the PSP refuses halts the order, so returned goods are paid
@@ -574,6 +592,19 @@ def test_a_cancelled_order_holding_units_above_their_part_of_a_line_is_flagged()
     # Worth what it was captured at: nothing to tell.
     whole = order([shipped(SHOES, 1), SOCKS], status="cancelled")
     assert plan_next(replace(released, order=whole), allow_all) == Done()
+
+
+def test_a_cancelled_order_holding_a_unit_one_cent_above_its_part_of_a_line_is_flagged() -> None:
+    # Held units are weighed against their part of the line exactly: one cent above is
+    # a cut a person is told of (less than a cent, from units split over captures, is
+    # none).
+    cut = {**shipped({**SHOES, "quantity": 2}, 1), "unit_price": 1199}
+    cancelled = order([cut, SOCKS], status="cancelled")
+    history = (PastOperation(Kind.CAPTURE, "succeeded", 1200, (_whole("shoes", 1200),)),)
+    view = OrderView(cancelled, psp(1200, captured=1200), history=history)
+    decision = plan_next(view, allow_all)
+    assert isinstance(decision, Flag) and decision.code == "captured_above_total", decision
+    assert decision.message.startswith("captured 1200 for goods now worth 1199 (-1)")
 
 
 def test_a_cancelled_order_whose_units_a_store_credit_shared_is_not_flagged_above() -> None:

@@ -32,8 +32,9 @@ from domain.planner import (
     plan_next,
     unauthorized_lines,
 )
-from tests.domain.builders import order
-from tests.domain.test_ledger import Psp, plans, shipped
+from domain.snapshot import OrderSnapshot
+from tests.domain.builders import order, sales_tax
+from tests.domain.test_ledger import Psp, _basket_with, _goods, plans, shipped
 from tests.seed_basket import SHOES, SOCKS, discount
 
 A = {"id": "a", "name": "A", "quantity": 2, "unit_price": 500, "tax_rate": 2000}
@@ -379,6 +380,22 @@ def test_a_cancel_made_outside_after_a_part_capture_asks_no_new_payment_of_the_s
     assert waits == Wait("cancelled_outside")
 
 
+def _shoes_captured_then_released() -> tuple[OrderSnapshot, PspState, tuple[PastOperation, ...]]:
+    """The shoes and socks reopened (version 3) after the shoes were captured (version 1)
+    and the rest of the authorization released (version 2)."""
+    now = order([shipped(SHOES, 1), SOCKS]).model_copy(update={"version": 3})
+    psp = PspState(PspStatus.CAPTURED, 1200, 1200, 0, "INVOICE", "DE", ())
+    shoes = tuple(capture_lines(now, {}))
+    return (
+        now,
+        psp,
+        (
+            PastOperation(Kind.CAPTURE, "succeeded", 1200, shoes, version=1),
+            PastOperation(Kind.RELEASE_AUTHORIZATION, "succeeded", 900, version=2),
+        ),
+    )
+
+
 def test_a_release_of_ours_then_a_reopen_asks_a_new_payment_despite_a_cancel_learnt_outside() -> (
     None
 ):
@@ -386,17 +403,16 @@ def test_a_release_of_ours_then_a_reopen_asks_a_new_payment_despite_a_cancel_lea
     # snapshot asks the shop for a new payment. A cancel the PSP reports as made without
     # the service, learnt under that same snapshot, does not turn it into a wait for a
     # person: the authorization was let go by us first.
-    now = order([shipped(SHOES, 1), SOCKS]).model_copy(update={"version": 3})
-    psp = PspState(PspStatus.CAPTURED, 1200, 1200, 0, "INVOICE", "DE", ())
-    shoes = tuple(capture_lines(now, {}))
+    now, psp, released = _shoes_captured_then_released()
     history = (
-        PastOperation(Kind.CAPTURE, "succeeded", 1200, shoes, version=1),
-        PastOperation(Kind.RELEASE_AUTHORIZATION, "succeeded", 900, version=2),
+        *released,
         PastOperation(Kind.CANCEL, "succeeded", 0, external=True, reference="x", version=3),
     )
     flag = plan_next(OrderView(now, psp, history=history), lambda _m, _c: False)
     assert isinstance(flag, Flag) and flag.flag == NEEDS_NEW_ORDER, flag
     assert flag.code == "authorization_cancelled"
+    # Part of it was captured: the shop reads that it was released, not cancelled.
+    assert flag.message.startswith("the PSP authorization was released;"), flag.message
     # Told once, the order waits for the shop's new payment, and says what it waits for.
     told = OrderView(
         now, psp, history, frozenset({NEEDS_NEW_ORDER}), refused_amount=flag.refused_amount
@@ -456,14 +472,7 @@ def test_a_refund_gives_back_discount_and_sales_tax_shares_each_with_the_sign_it
     # discounts are. A refund gives back what the units' captures carried: never a sales
     # tax line taken back below zero, never a discount line charged again.
     a = {"id": "a", "name": "A", "quantity": 2, "unit_price": 500, "tax_rate": 0}
-    tax = {
-        "id": "tax",
-        "name": "Sales tax",
-        "type": "sales_tax",
-        "quantity": 1,
-        "unit_price": 80,
-        "tax_rate": 0,
-    }
+    tax = sales_tax(80)
     psp = Psp(authorized=780)
     [capture] = plans(psp.sync(order([shipped(a, 2), discount(300), tax])), Kind.CAPTURE)
     assert capture.amount == 780
@@ -564,14 +573,7 @@ def test_a_refund_gives_back_the_sales_tax_share_its_units_carried_beside_a_disc
     # discount and +40 of the sales tax; a refund of one gives back both, each on its own
     # line (the sales tax line not left holding what the discount line gave back for it).
     a = {"id": "a", "name": "A", "quantity": 2, "unit_price": 500, "tax_rate": 0}
-    tax = {
-        "id": "tax",
-        "name": "Sales tax",
-        "type": "sales_tax",
-        "quantity": 1,
-        "unit_price": 80,
-        "tax_rate": 0,
-    }
+    tax = sales_tax(80)
     psp = Psp(authorized=780)
     [capture] = plans(psp.sync(order([shipped(a, 2), discount(300), tax])), Kind.CAPTURE)
     assert {x.reference: x.total_amount for x in capture.lines} == {
@@ -598,14 +600,7 @@ def test_a_refund_gives_back_both_shares_when_they_cancel_out() -> None:
     # The discount and sales tax shares of the returned unit are equal and opposite: the
     # net share is 0, yet each line gives back its own (§4 "as discount lines are").
     a = {"id": "a", "name": "A", "quantity": 2, "unit_price": 500, "tax_rate": 0}
-    tax = {
-        "id": "tax",
-        "name": "Sales tax",
-        "type": "sales_tax",
-        "quantity": 1,
-        "unit_price": 100,
-        "tax_rate": 0,
-    }
+    tax = sales_tax(100)
     psp = Psp(authorized=1000)
     plans(psp.sync(order([shipped(a, 2), discount(100), tax])), Kind.CAPTURE)
     [refund] = plans(psp.sync(order([shipped(a, 2, 1), discount(100), tax])), Kind.REFUND)
@@ -615,3 +610,78 @@ def test_a_refund_gives_back_both_shares_when_they_cancel_out() -> None:
         "discount": -50,
         "tax": 50,
     }
+
+
+def test_a_cut_refunded_whole_leaves_its_discount_share_on_goods_of_value_only() -> None:
+    # A cut given back beyond what its units hold (p0 captured at 150 carrying -4 of the
+    # discount, cut to 0: 146 refunded whole) leaves that share on the goods still held
+    # (seed 55371's rule): on p1 (1), never on the free p2, whose unit would then hold
+    # -1 and ask a refund of 1 that nothing was captured for.
+    def basket(p0: int, p1_shipped: int) -> list[dict[str, object]]:
+        return _basket_with(_goods((1, p0, 1), (1, 1, p1_shipped), (1, 0, 1)), [5])
+
+    psp = Psp(authorized=146)
+    psp.sync(order(basket(150, 0)))
+    psp.sync(order(basket(150, 1)))
+    made = psp.sync(order(basket(0, 1)))
+    assert [(m.kind, m.amount) for m in made if isinstance(m, Plan)] == [(Kind.REFUND, 146)]
+    assert not [m for m in made if isinstance(m, Flag)]
+    ledger = ledger_from((op.kind.value, op.lines) for op in psp.history)
+    assert (ledger["p1"].held_share, ledger["p2"].held_share) == (-1, 0)
+
+
+def test_a_refund_naming_units_no_capture_named_is_still_folded_into_the_ledger() -> None:
+    # Money captured outside without lines (counted, tied to no units yet), then refunded
+    # in the portal naming the shoes: the ledger folds the refund all the same, the
+    # shoes holding nothing from which to give back shares.
+    shoes = tuple(basket_lines(order([SHOES])))
+    ledger = ledger_from([("capture", ()), ("refund", shoes)])
+    assert (ledger["shoes"].refunded_quantity, ledger["shoes"].refunded_amount) == (1, 1200)
+
+
+def test_a_reopened_order_told_a_new_payment_for_another_total_is_told_the_new_one() -> None:
+    # Contract §4: a reopened order after a release asks a new payment for its basket.
+    # The shop was told for another total (1650) and has changed the basket since: the
+    # new total (2100) is told, not waited on as if the shop had been asked for it.
+    now, psp, history = _shoes_captured_then_released()
+    told = OrderView(now, psp, history, frozenset({NEEDS_NEW_ORDER}), refused_amount=1650)
+    flag = plan_next(told, lambda _m, _c: False)
+    assert isinstance(flag, Flag), flag
+    assert (flag.code, flag.refused_amount) == ("authorization_cancelled", 2100)
+
+
+def test_a_refund_giving_a_cut_back_with_its_units_counts_nothing_as_given_back_whole() -> None:
+    # A's cut (500 → 400 a unit) was given back by the next capture (−200 on a's
+    # reference); the refund of one A unit takes its part of that back with it (−100, a
+    # negative line). Only a cut refunded whole, at a positive line, counts as given
+    # back (`given_back`, which _cuts weighs).
+    a = {"id": "a", "name": "A", "quantity": 2, "unit_price": 500, "tax_rate": 0}
+    b = {"id": "b", "name": "B", "quantity": 1, "unit_price": 300, "tax_rate": 0}
+    cut = {**a, "unit_price": 400}
+    psp = Psp(authorized=1300)
+    psp.sync(order([shipped(a, 2), b]))
+    psp.sync(order([shipped(cut, 2), shipped(b, 1)]))
+    [refund] = plans(psp.sync(order([shipped(cut, 2, 1), shipped(b, 1)])), Kind.REFUND)
+    assert [(x.reference, x.total_amount) for x in refund.lines] == [("a", 500), ("a", -100)]
+    ledger = ledger_from((op.kind.value, op.lines) for op in psp.history)
+    assert ledger["a"].given_back == 0
+
+
+def test_a_capture_that_fits_exactly_beside_money_captured_outside_unnamed_is_sent_as_is() -> None:
+    # 450 captured in a portal without lines (counted, tied to no units); A ships. Its
+    # capture with its own share of the discount (1000 − 100) is exactly what the
+    # authorization has left: sent as it is, the captures come to the order's total
+    # (1350, contract §4). Only a capture that does not fit takes the shares the
+    # unnamed money did not carry (capture_lines' `paid_unnamed`).
+    a = {"id": "a", "name": "A", "quantity": 1, "unit_price": 1000, "tax_rate": 0}
+    b = {"id": "b", "name": "B", "quantity": 1, "unit_price": 500, "tax_rate": 0}
+    now = order([shipped(a, 1), b, discount(150)])
+    psp = PspState(PspStatus.PART_CAPTURED, 1350, 450, 0, "INVOICE", "DE", ())
+    portal = PastOperation(Kind.CAPTURE, "succeeded", 450, (), external=True, reference="p")
+    capture = plan_next(OrderView(now, psp, history=(portal,)), lambda _m, _c: True)
+    assert isinstance(capture, Plan) and capture.kind is Kind.CAPTURE, capture
+    assert capture.amount == 900
+    assert [(x.reference, x.total_amount) for x in capture.lines] == [
+        ("a", 1000),
+        ("discount", -100),
+    ]

@@ -147,6 +147,9 @@ def test_a_cancel_made_outside_asks_for_no_new_order_until_the_shop_sends_one(
     klarna.orders[first.psp_order_id].status = "CANCELLED"
     operator_reconcile(ctx, order_id)  # reads Klarna: the cancel is learnt
     assert flag_code(ctx, order_id) == "external_change"
+    # ... and the person reads what changed.
+    reason = order_row(ctx, order_id)["flag_reason"]["needs_attention"]
+    assert reason["message"].startswith("the PSP order was cancelled (made without")
     operator_reconcile(ctx, order_id)  # a person looked: the PSP's figures stand
     row = order_row(ctx, order_id)
     assert "needs_new_order" not in row["flags"]
@@ -587,3 +590,22 @@ def test_an_extension_asked_before_the_window_opened_does_not_count_for_it(
     assert _extensions(klarna) == 2
     assert row["flags"] == []
     assert row["expires_at"] == again + timedelta(days=28)
+
+
+def test_an_extension_that_left_the_expiry_in_its_window_tells_a_person_why(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """Klarna confirmed the extension, yet every read after it shows the old expiry,
+    inside the extend window still. Asking again would loop without end; a person is
+    told (extension_without_effect) in words that say what to check."""
+    order_id, psp_id, _, _ = _extended_order(ctx, klarna)
+    soon = order_row(ctx, order_id)["expires_at"]
+    klarna.orders[psp_id].expires_at = soon.isoformat()  # the extension moved nothing
+    drive(ctx, order_id)
+    row = order_row(ctx, order_id)
+    assert _extensions(klarna) == 1
+    reason = row["flag_reason"]["needs_attention"]
+    assert reason["code"] == "extension_without_effect"
+    assert reason["message"] == (
+        "the authorization was extended but its expiry did not move; check it"
+    )

@@ -16,7 +16,15 @@ import pytest
 import structlog
 from structlog.testing import LogCapture
 
-from tests.ledger.harness import FakeKlarna, insert_order, new_order_id, operations, snapshot
+from data import orders as store
+from tests.ledger.harness import (
+    FakeKlarna,
+    insert_order,
+    new_order_id,
+    operations,
+    snapshot,
+    update_snapshot,
+)
 from tests.ledger.harness import shipped as shipped_lines
 from tests.ledger.test_ledger_regressions import adyen_notification, klarna_order
 from tests.ledger.test_rules_from_mutants import (
@@ -307,16 +315,29 @@ def test_a_read_of_the_psps_order_is_logged_with_its_outcome_and_http_status(
     )
 
 
+def _capture_answered(
+    ctx: WorkerContext,
+    klarna: FakeKlarna,
+    events: list[MutableMapping[str, Any]],
+    status: int,
+    **answer: Any,
+) -> str:
+    """One run of the shoes' capture, which Klarna answers with `status` (not applied);
+    the events of that run only. The order's id."""
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
+    response = httpx.Response(status, **answer)
+    klarna.fault("POST", "/captures", lambda _r: (False, response))
+    events.clear()
+    Reconciler(ctx, lambda *_: None).run(order_id)
+    return order_id
+
+
 def test_a_retry_is_logged_with_its_back_off_and_the_order_waits_for_it(
     ctx: WorkerContext, klarna: FakeKlarna, events: list[MutableMapping[str, Any]]
 ) -> None:
     # Klarna asks to come back later (429, Retry-After): the operator reads the attempt
     # and the back-off the retry waits for, and a run before it is due says so.
-    order_id, _ = klarna_shoes_shipped(ctx, klarna)
-    busy = httpx.Response(429, headers={"Retry-After": "30"})
-    klarna.fault("POST", "/captures", lambda _r: (False, busy))
-    events.clear()
-    Reconciler(ctx, lambda *_: None).run(order_id)
+    order_id = _capture_answered(ctx, klarna, events, 429, headers={"Retry-After": "30"})
     retry = only(events, "operation_retry_scheduled")
     assert retry["attempts"] == 1 and retry["delay_seconds"] >= 30, retry
     assert Reconciler(ctx, lambda *_: None).run(order_id) == "backing_off"
@@ -333,3 +354,58 @@ def test_an_operation_adyen_took_is_logged_with_adyens_reference(
         only(events, "operation_awaiting_notification").items()
         >= {"order_id": order_id, "operation_id": str(op["id"]), "psp_reference": "MOD1"}.items()
     )
+
+
+def test_a_refused_psp_call_is_logged_with_the_psps_error_code(
+    ctx: WorkerContext, klarna: FakeKlarna, events: list[MutableMapping[str, Any]]
+) -> None:
+    # The operator reads why the PSP refused the call on the call's own line.
+    _capture_answered(ctx, klarna, events, 403, json={"error_code": "NOT_ALLOWED"})
+    assert (
+        only(events, "psp_request_done").items()
+        >= {"outcome": "rejected", "http_status": 403, "error_code": "NOT_ALLOWED"}.items()
+    )
+
+
+def test_a_failure_while_recording_is_logged_with_what_was_raised(
+    ctx: WorkerContext,
+    klarna: FakeKlarna,
+    events: list[MutableMapping[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The safety net (operation_record_error) names the exception the record raised.
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
+
+    def broken(*_: Any, **__: Any) -> None:
+        raise RuntimeError("a bug in record_success")
+
+    monkeypatch.setattr(store, "record_success", broken)
+    events.clear()
+    Reconciler(ctx, lambda *_: None).run(order_id)
+    assert only(events, "operation_record_error")["error"] == "RuntimeError"
+
+
+def test_goods_settled_against_a_price_cut_are_logged_with_how_many_lines(
+    ctx: WorkerContext, klarna: FakeKlarna, events: list[MutableMapping[str, Any]]
+) -> None:
+    # A price cut after a capture (p0: 100 captured, now free) holds money for goods
+    # shipped since (p1, 60): they are settled against it, nothing is sent, and the
+    # operator reads that it happened and for how many lines.
+    def goods(p0: int, p1_shipped: int) -> list[dict[str, Any]]:
+        prices = {"p0": (p0, 1), "p1": (60, p1_shipped), "p2": (60, 0)}
+        return [
+            {"id": i, "name": i, "quantity": 1, "unit_price": price, "tax_rate": 0}
+            | {"shipped_quantity": shipped}
+            for i, (price, shipped) in prices.items()
+        ]
+
+    order_id, first = klarna_order(ctx, klarna, goods(100, 0))
+    insert_order(ctx, first, authorized=first.total)
+    Reconciler(ctx, lambda *_: None).run(order_id)
+    update_snapshot(ctx, snapshot(order_id, goods(0, 1), version=2))
+    events.clear()
+    Reconciler(ctx, lambda *_: None).run(order_id)
+    settled = operations(ctx, order_id)[-1]  # recorded as a capture of 0, never sent
+    assert (settled["kind"], settled["amount"]) == ("capture", 0)
+    assert only(events, "goods_settled_against_a_price_cut")["lines"] == len(settled["lines"])
+    assert "p1" in [line["reference"] for line in settled["lines"]]

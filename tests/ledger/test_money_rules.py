@@ -22,6 +22,7 @@ from ordersync.db import async_pool
 from ordersync.errors import ValidationFailed
 from service.ingest import store_shop_event, store_shop_events
 from service.order_views import OrderRows, detail_of
+from tests.domain.builders import sales_tax
 from tests.ledger.harness import (
     FakeKlarna,
     KlarnaOrder,
@@ -268,8 +269,7 @@ def test_seq04_shipping_fee_goes_with_the_first_capture(
 def test_seq04_sales_tax_is_shared_by_captures_like_a_discount(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
-    tax = {"id": "tax", "name": "Sales tax", "type": "sales_tax", "quantity": 1}
-    lines = [SHOES, {**SOCKS, "quantity": 1}, {**tax, "unit_price": 165, "tax_rate": 0}]
+    lines = [SHOES, {**SOCKS, "quantity": 1}, sales_tax(165)]
     order_id, first = klarna_order(ctx, klarna, lines)
     insert_order(ctx, snap(order_id, shipped(lines, shoes=1)), authorized=first.total)
     drive(ctx, order_id)
@@ -294,12 +294,7 @@ def test_a_gift_card_that_pays_the_sales_tax_too_leaves_captures_at_the_total(
     order's total"."""
     goods = {"id": "lamp", "name": "Lamp", "quantity": 2, "unit_price": 450, "tax_rate": 0}
     card = {"id": "card", "name": "Gift card", "type": "gift_card", "quantity": 1}
-    tax = {"id": "tax", "name": "Sales tax", "type": "sales_tax", "quantity": 1}
-    lines = [
-        goods,
-        {**card, "unit_price": -1000, "tax_rate": 0},
-        {**tax, "unit_price": 300, "tax_rate": 0},
-    ]
+    lines = [goods, {**card, "unit_price": -1000, "tax_rate": 0}, sales_tax(300)]
     order_id, first = klarna_order(ctx, klarna, lines)
     assert first.total == 200
     insert_order(ctx, snap(order_id, shipped(lines, lamp=1)), authorized=first.total)
@@ -971,8 +966,11 @@ def test_seq14_increase_table_reads_klarnas_purchase_country(
     update_snapshot(ctx, snap(order_id, [SHOES, HAT], 2))
     drive(ctx, order_id)
     assert [r for r in klarna.requests if r.method == "PATCH"] == []
-    assert order_row(ctx, order_id)["flag_reason"]["needs_new_order"]["code"] == (
-        "increase_not_allowed"
+    reason = order_row(ctx, order_id)["flag_reason"]["needs_new_order"]
+    assert reason["code"] == "increase_not_allowed"
+    # The shop reads which payment cannot be raised where, and what to do about it.
+    assert reason["message"] == (
+        "INVOICE in CH cannot be increased; ask the customer for a new order"
     )
 
 

@@ -19,6 +19,7 @@ from data import orders as store
 from data.orders import OperationRef
 from domain.lines import PspLine, basket_lines
 from domain.snapshot import OrderSnapshot
+from integrations.results import PspRequest
 from tests.ledger.harness import (
     FakeKlarna,
     context,
@@ -318,7 +319,10 @@ def test_adyen_money_moved_back_after_a_success_only_flags_and_the_order_is_reco
         assert row["captured_amount"] == 1200
         reason = row["flag_reason"]["needs_attention"]
         assert reason["code"] == "capture_failed_after_succeeded"
-        assert "recorded as succeeded" in reason["message"]
+        assert reason["message"] == (
+            "Adyen sent CAPTURE_FAILED (success=true) for a capture this service had "
+            "recorded as succeeded; check the payment"
+        )
 
 
 def test_adyen_a_failed_capture_is_sent_again_later_then_fails_with_a_flag(
@@ -775,6 +779,21 @@ def test_an_operation_planned_before_requests_were_stored_is_frozen_at_its_next_
     assert "captured_amount" in str(op["request"])
 
 
+def test_an_operation_is_frozen_with_its_request_when_it_is_planned(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # README, "How it works": the request is built once, when the operation is planned,
+    # and every attempt sends exactly it. Stored with the plan, before any call: a worker
+    # that dies before its first attempt leaves nothing to rebuild from a newer snapshot.
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
+    action = Reconciler(ctx, lambda *_: None)._next_action(order_id, force=False)
+    assert isinstance(action, reconcile.Send), action
+    assert klarna.requests == []
+    (op,) = operations(ctx, order_id)
+    assert op["request"] is not None, "the request was not frozen with the plan"
+    assert PspRequest.from_json(op["request"]).json_body()["captured_amount"] == 1200
+
+
 def test_an_operation_the_psp_keeps_refusing_for_now_fails_with_the_psps_last_error(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
@@ -912,6 +931,21 @@ def test_a_klarna_increase_that_succeeds_clears_the_request_for_a_new_order(
     assert order_row(ctx, order_id)["flags"] == ["needs_attention"]
 
 
+def test_the_capture_after_an_increase_that_clears_the_request_for_a_new_order_goes_on(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    # The step after the increase is decided on the order as the increase left it (the
+    # flag cleared), in the same run: the shoes are captured, nothing waits for the shop.
+    order_id = _shoes_asked_a_new_order(ctx, klarna, 1800)
+    update_snapshot(ctx, snapshot(order_id, shipped([SHOES, SOCKS], shoes=1), version=2))
+    assert Reconciler(ctx, lambda *_: None).run(order_id) == "in_sync"
+    assert [(o["kind"], o["status"]) for o in operations(ctx, order_id)] == [
+        ("update_authorization", "succeeded"),
+        ("capture", "succeeded"),
+    ]
+    assert order_row(ctx, order_id)["flags"] == []
+
+
 def test_a_basket_back_within_the_authorization_clears_the_request_for_a_new_order(
     ctx: WorkerContext, klarna: FakeKlarna
 ) -> None:
@@ -923,3 +957,85 @@ def test_a_basket_back_within_the_authorization_clears_the_request_for_a_new_ord
     drive(ctx, order_id)
     assert operations(ctx, order_id) == []
     assert order_row(ctx, order_id)["flags"] == []
+
+
+def test_an_operators_reconcile_during_a_back_off_forces_one_step_then_the_back_off_stands(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """The order backs off (`defer_order`, as after a read that failed). The operator's
+    reconcile goes past the back-off for the step it forces, here a capture Klarna
+    refuses; what the refusal leads to waits for the order's own back-off again."""
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
+    with ctx.pool.connection() as conn, conn.transaction():
+        store.defer_order(conn, order_id, 3600)
+    forbidden = httpx.Response(403, json={"error_code": "NOT_ALLOWED"})
+    klarna.fault("POST", "/captures", lambda _r: (False, forbidden))
+    assert Reconciler(ctx, lambda *_: None).run(order_id, force=True) == "backing_off"
+    assert [op["status"] for op in operations(ctx, order_id)] == ["rejected"]
+
+
+def test_a_capture_found_applied_is_told_from_one_made_outside_by_the_reference_sent(
+    ctx: WorkerContext, klarna: FakeKlarna
+) -> None:
+    """Our capture of the shoes applied but its answer was lost; meanwhile the socks were
+    captured in Klarna's portal. The check-read finds ours by the `reference` we sent
+    (our operation's id; no Capture-Id was ever read for it), so only the portal's
+    capture is money moved without the service (contract §4), recorded under its id and
+    with its lines."""
+    order_id, snap = klarna_order(ctx, klarna, shipped([SHOES, SOCKS], shoes=1))
+    insert_order(ctx, snap, authorized=snap.total)
+    psp = klarna.orders[snap.psp_order_id]
+    socks = [x.to_json() for x in basket_lines(snap) if x.reference == "socks"]
+
+    def applied_then_lost(request: httpx.Request) -> tuple[bool, None]:
+        klarna._handle(request)
+        psp.captured_amount += 900
+        psp.captures.append(
+            {"capture_id": "portal-1", "captured_amount": 900, "order_lines": socks}
+        )
+        raise httpx.ReadTimeout("slow", request=request)
+
+    klarna.fault("POST", "/captures", applied_then_lost)
+    drive(ctx, order_id)
+    ours, outside = operations(ctx, order_id)[:2]
+    assert (ours["status"], ours["external"], ours["amount"]) == ("succeeded", False, 1200)
+    assert (outside["external"], outside["amount"]) == (True, 900)
+    assert outside["psp_reference"] == "portal-1"
+    assert [(x["reference"], x["quantity"]) for x in outside["lines"]] == [("socks", 2)]
+
+
+def test_a_run_that_reaches_its_step_limit_says_so_and_comes_back_at_once(
+    ctx: WorkerContext, klarna: FakeKlarna, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MAX_STEPS bounds one run; an order with more to do is enqueued again at once, and
+    # the run's result (the task's result) says why it stopped.
+    order_id, _ = klarna_shoes_shipped(ctx, klarna)
+    monkeypatch.setattr(reconcile, "MAX_STEPS", 1)
+    enqueued: list[tuple[str, float]] = []
+    assert Reconciler(ctx, lambda *a: enqueued.append(a)).run(order_id) == "step_limit"
+    assert enqueued == [(order_id, 0)]
+
+
+def test_an_adyen_authorisation_is_adopted_with_the_lines_it_lists(ctx: WorkerContext) -> None:
+    # README, Adyen "Outcomes": an AUTHORISATION is adopted as the authorization, its
+    # amount and, when Adyen lists them (openinvoicedata), the lines it authorized:
+    # what a later update or increase is compared with.
+    order_id = new_order_id()
+    snap = snapshot(order_id, [SHOES, SOCKS], provider="adyen")
+    insert_order(ctx, snap)
+    listed = {
+        "openinvoicedata.numberOfLines": "1",
+        "openinvoicedata.line1.itemId": "shoes",
+        "openinvoicedata.line1.description": "Shoes",
+        "openinvoicedata.line1.numberOfItems": "1",
+        "openinvoicedata.line1.itemAmount": "1000",
+        "openinvoicedata.line1.itemVatAmount": "200",
+        "openinvoicedata.line1.itemVatPercentage": "2000",
+    }
+    item = adyen_item(snap.psp_order_id, "AUTHORISATION", "true", 1200, additionalData=listed)
+    assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == "applied"
+    row = order_row(ctx, order_id)
+    assert row["authorized_amount"] == 1200
+    assert [(x["reference"], x["total_amount"]) for x in row["authorized_lines"]] == [
+        ("shoes", 1200)
+    ]
