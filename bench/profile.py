@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,16 +41,19 @@ PARTS = {
 }
 
 
+def raw_stacks(raw: Path) -> Iterator[tuple[list[str], int]]:
+    """Each stack of py-spy's raw output (its frames, outermost first) and its samples."""
+    for line in raw.read_text().splitlines():
+        stacks, _, count_text = line.rpartition(" ")
+        if count_text.isdigit():
+            yield stacks.split(";"), int(count_text)
+
+
 def summarise(raw: Path, top: int = 15) -> dict[str, Any]:
     inclusive: collections.Counter[str] = collections.Counter()
     leaves: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in raw.read_text().splitlines():
-        stacks, _, count_text = line.rpartition(" ")
-        if not count_text.isdigit():
-            continue
-        count = int(count_text)
-        frames = stacks.split(";")
+    for frames, count in raw_stacks(raw):
         total += count
         for part, needles in PARTS.items():
             if any(needle in frame for frame in frames for needle in needles):
