@@ -485,9 +485,11 @@ class Oracle:
                 # flag may be raised, not must (seed 53375, the cancel refused after it).
                 self.exp.outcomes.add("expiry_of_a_cancelled_order")
                 self.exp.allowed.add(("needs_attention", EXTERNAL))
-            elif self._uncaptured_goods() and capture_in_flight:
+            elif self._uncaptured_goods() and capture_in_flight and not self._unshipped_goods():
                 # The goods may be the ones that capture takes: whether work is left
                 # is known only at the settle point (_captures allows the flag then).
+                # (Goods not shipped are in no capture: with them the flag stays
+                # required, below.)
                 self.exp.outcomes.add("expiry_with_work")
                 self.exp.allowed.add(("needs_attention", EXTERNAL))
             elif self._uncaptured_goods() and not self._goods_to_charge(
@@ -1170,6 +1172,17 @@ class Oracle:
             # against, set to that basket by §4 step 1 (seed 62700).
             total = max(total, self.state.authorized - int(self.state.money))
         return total
+
+    def _unshipped_goods(self) -> bool:
+        """Goods of value in the stored snapshot neither shipped nor (maybe) captured:
+        no capture of the service's takes them, so an expiry leaves them to charge."""
+        return self.stored is not None and any(
+            int(line["quantity"])
+            > max(int(line.get("shipped_quantity", 0)), self._captured_at_most(line["id"]))
+            and line_value(line) > 0
+            for line in self.stored["lines"]
+            if kind(line) in GOODS
+        )
 
     def _shipped_uncaptured(self, lines: dict[str, dict[str, Any]]) -> bool:
         return any(
