@@ -1280,6 +1280,20 @@ class Oracle:
             prices |= {p for p, _ in self.state.outside_prices.get(line["id"], set())}
             if any(p > now for p in prices):
                 return True
+            if (
+                back > 0
+                and self.state.captured.get(line["id"], 0) >= 2
+                and any(p < now for p in prices)
+                and any(p >= now for p in prices)
+            ):
+                # README "Ledger model": "a line's own units still to capture carry its
+                # price edit first", so that the line's captures add up to what it is
+                # worth: a unit captured after a raise carries what its line's earlier
+                # units were captured below the price now, and is held above it. With
+                # all of them held the line holds no more than its worth; with one
+                # given back (returned, or refunded outside) the one held may be that
+                # dearer unit (seed 87323).
+                return True
         return False
 
     def _uncaptured_goods(self) -> bool:
