@@ -464,9 +464,12 @@ class Oracle:
         self.exp.outcomes.add(f"{operation}_refused")
         self.exp.allowed.add(("needs_attention", code))
 
-    def expire(self, *, capture_in_flight: bool = False) -> None:
+    def expire(self, *, capture_in_flight: bool = False, window_done: bool = False) -> None:
         """The authorization expired; `capture_in_flight`: while a capture of this
-        window was on its way, so units shipped in it may have been captured first."""
+        window was on its way, so units shipped in it may have been captured first.
+        `window_done`: at a settle point, after the window's last snapshot (no later
+        one can explain the expiry: a cancel the shop sends after an EXPIRE the service
+        has not learnt of yet does)."""
         self.expired_in_window = capture_in_flight
         if self.state.closed is None:
             self._ended_in_window = True
@@ -485,11 +488,15 @@ class Oracle:
                 # flag may be raised, not must (seed 53375, the cancel refused after it).
                 self.exp.outcomes.add("expiry_of_a_cancelled_order")
                 self.exp.allowed.add(("needs_attention", EXTERNAL))
-            elif self._uncaptured_goods() and capture_in_flight and not self._unshipped_goods():
+            elif (
+                self._uncaptured_goods()
+                and capture_in_flight
+                and not (window_done and self._unshipped_goods())
+            ):
                 # The goods may be the ones that capture takes: whether work is left
                 # is known only at the settle point (_captures allows the flag then).
-                # (Goods not shipped are in no capture: with them the flag stays
-                # required, below.)
+                # (Goods not shipped are in no capture: with them, and no snapshot to
+                # come before the service learns of it, the flag stays required, below.)
                 self.exp.outcomes.add("expiry_with_work")
                 self.exp.allowed.add(("needs_attention", EXTERNAL))
             elif self._uncaptured_goods() and not self._goods_to_charge(
