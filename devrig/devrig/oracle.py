@@ -971,6 +971,13 @@ class Oracle:
                 # Captured or not depended on timing (see _captures): the PSP then
                 # released what was left, or cancelled.
                 exp.uncertain_end = True
+            elif st.any_capture and st.money - st.money_unsure <= 0 and not st.external_units:
+                # What was counted captured is all fees left to timing: one that waits
+                # for goods of value (README "Fees", "with the order's first capture of
+                # goods"; units worth nothing send none) may never have gone, and then
+                # §4 step 4 cancels ("cancel (nothing captured) or release"; seed 87910).
+                exp.uncertain_end = True
+                exp.outcomes.add("cancel_after_fees_left_to_timing")
             elif not st.any_capture and any(
                 units > 0 and line_id in lines and line_value(lines[line_id]) > 0
                 for line_id, units in st.worthless.items()

@@ -3358,3 +3358,31 @@ def test_a_unit_that_carried_its_lines_raise_may_be_held_above_its_price_when_ca
     # above it (the captures add up to the line's value only once all three ship).
     held = order(refund_outside=False).expectation()
     assert ("needs_attention", "captured_above_total") not in held.allowed
+
+
+def test_a_cancel_after_a_fee_that_may_wait_for_goods_of_value_may_cancel() -> None:
+    # Seed 87910 (Klarna SE): l3's two units worth nothing shipped (no capture of 0 is
+    # sent), then a shipping fee was added and the order cancelled with no goods of
+    # value shipped. README "Fees": a fee goes "with the order's first capture of
+    # goods" (seed 84920: units worth nothing make none), so it may never have been
+    # captured: then §4 step 4 cancels ("cancel (nothing captured) or release the
+    # remaining authorization"). The oracle counted the fee left to timing as a sure
+    # capture and required a release.
+    fee = line("l5", 1, 348, 2500, type="shipping_fee")
+    goods = [line("l1", 2, 100, 2500), line("l2", 1, 450, 2500)]
+    oracle = Oracle(650, refuses_increases=False)
+    oracle.snapshot(snap(1, [*goods, line("l3", 2, 0, 2500)]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [*goods, line("l3", 2, 0, 2500, shipped_quantity=2)]))
+    oracle.settle()
+    oracle.snapshot(snap(3, [*goods, line("l3", 2, 0, 2500, shipped_quantity=2), fee]))
+    oracle.settle()
+    shipped = line("l3", 2, 0, 2500, shipped_quantity=2)
+    oracle.snapshot(snap(4, [*goods, shipped, fee], status="cancelled"))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert exp.lines["l5"].captured_range == (0, 1)
+    nothing = ended_as(
+        exp.authorization, "CANCELLED", provider="klarna", authorized=998, captured=0
+    )
+    assert exp.uncertain_end or nothing
