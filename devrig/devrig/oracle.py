@@ -220,6 +220,9 @@ class _State:
     # Units counted as captured that were worth nothing: no capture of 0 is sent, so the
     # PSP may hold them or not.
     worthless: dict[str, int] = field(default_factory=dict)
+    # Units counted as refunded that were returned while their line was priced at
+    # nothing: held at nothing once the cut is given back, their refund may be none.
+    back_at_nothing: dict[str, int] = field(default_factory=dict)
     # Unit prices of captures made outside, with their tax rate (None: not known yet).
     outside_prices: dict[str, set[tuple[int, int | None]]] = field(default_factory=dict)
     # Captures made outside whose lines the PSP does not tell the service (an Adyen
@@ -609,7 +612,12 @@ class Oracle:
                 # "... or refunded": a refund the service made is its own whoever
                 # captured the units (one before its first read, in the portal), so
                 # returns are held against its refunds of every unit surely held.
-                if shipped < surely or returned < min(ours_back, held):
+                # README "Ledger model": units whose cut was given back are held at
+                # their captured price less it, "so a refund of them gives back no
+                # more": returned while priced at nothing, no refund (none of 0 is sent)
+                # may have been made, so none was "already ... refunded" (seed 88020).
+                surely_back = ours_back - st.back_at_nothing.get(line_id, 0)
+                if shipped < surely or returned < min(surely_back, held):
                     exp.outcomes.add("quantities_reversed")
                     if snap is last:
                         exp.requires("needs_attention", REVERSED)
@@ -1901,6 +1909,10 @@ class Oracle:
                 self.exp.allowed.add(("needs_attention", "refund_exceeds_captured"))
             want = min(back, held) - given_back
             if want > st.refunded.get(line_id, 0):
+                if kind(line) in GOODS and int(line["unit_price"]) == 0:
+                    st.back_at_nothing[line_id] = (
+                        st.back_at_nothing.get(line_id, 0) + want - st.refunded.get(line_id, 0)
+                    )
                 st.refunded[line_id] = want
                 self.exp.outcomes.add("refund")
 

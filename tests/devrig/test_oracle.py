@@ -3386,3 +3386,41 @@ def test_a_cancel_after_a_fee_that_may_wait_for_goods_of_value_may_cancel() -> N
         exp.authorization, "CANCELLED", provider="klarna", authorized=998, captured=0
     )
     assert exp.uncertain_end or nothing
+
+
+def test_returns_lowered_below_units_priced_to_nothing_after_their_capture_may_go_untold() -> None:
+    # Seed 88020 (Klarna DE, 300): one l1 unit captured before the first read (100),
+    # l1 priced to 0 (the order worth nothing: its rest released, the cut given back
+    # as l1#price-cut), two units shipped, one returned, then both quantities put back
+    # to 0. README "Ledger model": units whose cut was given back are held at their
+    # captured price less the cut, "so a refund of them gives back no more": the return
+    # sent no refund (none of 0 is sent), so no unit was "already ... refunded" (§4) and
+    # the flag for lowering it may be raised, not must.
+    oracle = Oracle(300, refuses_increases=False)
+    oracle.external_capture("l1", 1, 100)
+    oracle.snapshot(snap(1, [line("l1", 3, 100, type="digital")]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [line("l1", 3, 0, type="digital")]))
+    oracle.settle()
+    oracle.snapshot(snap(3, [line("l1", 3, 0, type="digital", shipped_quantity=2)]))
+    oracle.settle()
+    returned = line("l1", 3, 0, type="digital", shipped_quantity=2, returned_quantity=1)
+    oracle.snapshot(snap(4, [returned]))
+    oracle.settle()
+    oracle.snapshot(snap(5, [line("l1", 3, 0, type="digital")]))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert ("needs_attention", REVERSED) not in exp.required
+    assert ("needs_attention", REVERSED) in exp.allowed
+    # Returned at a price the unit still holds: the refund was made, the flag required.
+    oracle = Oracle(300, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 3, 100, type="digital")]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [line("l1", 3, 100, type="digital", shipped_quantity=1)]))
+    oracle.settle()
+    back = line("l1", 3, 100, type="digital", shipped_quantity=1, returned_quantity=1)
+    oracle.snapshot(snap(3, [back]))
+    oracle.settle()
+    oracle.snapshot(snap(4, [line("l1", 3, 100, type="digital", shipped_quantity=1)]))
+    oracle.settle()
+    assert ("needs_attention", REVERSED) in oracle.expectation().required
