@@ -3396,31 +3396,29 @@ def test_returns_lowered_below_units_priced_to_nothing_after_their_capture_may_g
     # captured price less the cut, "so a refund of them gives back no more": the return
     # sent no refund (none of 0 is sent), so no unit was "already ... refunded" (§4) and
     # the flag for lowering it may be raised, not must.
-    oracle = Oracle(300, refuses_increases=False)
-    oracle.external_capture("l1", 1, 100)
-    oracle.snapshot(snap(1, [line("l1", 3, 100, type="digital")]))
-    oracle.settle()
-    oracle.snapshot(snap(2, [line("l1", 3, 0, type="digital")]))
-    oracle.settle()
-    oracle.snapshot(snap(3, [line("l1", 3, 0, type="digital", shipped_quantity=2)]))
-    oracle.settle()
-    returned = line("l1", 3, 0, type="digital", shipped_quantity=2, returned_quantity=1)
-    oracle.snapshot(snap(4, [returned]))
-    oracle.settle()
-    oracle.snapshot(snap(5, [line("l1", 3, 0, type="digital")]))
-    oracle.settle()
-    exp = oracle.expectation()
+    def reversed_after(prices: list[int], *, outside: bool) -> Oracle:
+        """l1 (3 units) at each price in turn, then shipped, one returned, then both
+        quantities put back (shipped kept when nothing was captured outside)."""
+        oracle = Oracle(300, refuses_increases=False)
+        if outside:
+            oracle.external_capture("l1", 1, 100)
+        for version, price in enumerate(prices, start=1):
+            oracle.snapshot(snap(version, [line("l1", 3, price, type="digital")]))
+            oracle.settle()
+        price, shipped, version = prices[-1], 2 if outside else 1, len(prices)
+        for returned in (0, 1):
+            got = line("l1", 3, price, type="digital", shipped_quantity=shipped)
+            version += 1
+            oracle.snapshot(snap(version, [{**got, "returned_quantity": returned}]))
+            oracle.settle()
+        back = line("l1", 3, price, type="digital", shipped_quantity=0 if outside else shipped)
+        oracle.snapshot(snap(version + 1, [back]))
+        oracle.settle()
+        return oracle
+
+    exp = reversed_after([100, 0], outside=True).expectation()
     assert ("needs_attention", REVERSED) not in exp.required
     assert ("needs_attention", REVERSED) in exp.allowed
     # Returned at a price the unit still holds: the refund was made, the flag required.
-    oracle = Oracle(300, refuses_increases=False)
-    oracle.snapshot(snap(1, [line("l1", 3, 100, type="digital")]))
-    oracle.settle()
-    oracle.snapshot(snap(2, [line("l1", 3, 100, type="digital", shipped_quantity=1)]))
-    oracle.settle()
-    back = line("l1", 3, 100, type="digital", shipped_quantity=1, returned_quantity=1)
-    oracle.snapshot(snap(3, [back]))
-    oracle.settle()
-    oracle.snapshot(snap(4, [line("l1", 3, 100, type="digital", shipped_quantity=1)]))
-    oracle.settle()
-    assert ("needs_attention", REVERSED) in oracle.expectation().required
+    held = reversed_after([100], outside=False).expectation()
+    assert ("needs_attention", REVERSED) in held.required
