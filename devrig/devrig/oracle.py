@@ -226,6 +226,9 @@ class _State:
     # Units counted as captured that were worth nothing: no capture of 0 is sent, so the
     # PSP may hold them or not.
     worthless: dict[str, int] = field(default_factory=dict)
+    # Units counted as refunded that were returned while their line was priced at
+    # nothing: held at nothing once the cut is given back, their refund may be none.
+    back_at_nothing: dict[str, int] = field(default_factory=dict)
     # Unit prices of captures made outside, with their tax rate (None: not known yet).
     outside_prices: dict[str, set[tuple[int, int | None]]] = field(default_factory=dict)
     # Captures made outside whose lines the PSP does not tell the service (an Adyen
@@ -479,9 +482,12 @@ class Oracle:
         self.exp.outcomes.add(f"{operation}_refused")
         self.exp.allowed.add(("needs_attention", code))
 
-    def expire(self, *, capture_in_flight: bool = False) -> None:
+    def expire(self, *, capture_in_flight: bool = False, window_done: bool = False) -> None:
         """The authorization expired; `capture_in_flight`: while a capture of this
-        window was on its way, so units shipped in it may have been captured first."""
+        window was on its way, so units shipped in it may have been captured first.
+        `window_done`: at a settle point, after the window's last snapshot (no later
+        one can explain the expiry: a cancel the shop sends after an EXPIRE the service
+        has not learnt of yet does)."""
         self.expired_in_window = capture_in_flight
         if self.state.closed is None:
             self._ended_in_window = True
@@ -500,9 +506,15 @@ class Oracle:
                 # flag may be raised, not must (seed 53375, the cancel refused after it).
                 self.exp.outcomes.add("expiry_of_a_cancelled_order")
                 self.exp.allowed.add(("needs_attention", EXTERNAL))
-            elif self._uncaptured_goods() and capture_in_flight:
+            elif (
+                self._uncaptured_goods()
+                and capture_in_flight
+                and not (window_done and self._unshipped_goods())
+            ):
                 # The goods may be the ones that capture takes: whether work is left
                 # is known only at the settle point (_captures allows the flag then).
+                # (Goods not shipped are in no capture: with them, and no snapshot to
+                # come before the service learns of it, the flag stays required, below.)
                 self.exp.outcomes.add("expiry_with_work")
                 self.exp.allowed.add(("needs_attention", EXTERNAL))
             elif self._uncaptured_goods() and not self._goods_to_charge(
@@ -615,7 +627,12 @@ class Oracle:
                 # "... or refunded": a refund the service made is its own whoever
                 # captured the units (one before its first read, in the portal), so
                 # returns are held against its refunds of every unit surely held.
-                if shipped < surely or returned < min(ours_back, held):
+                # README "Ledger model": units whose cut was given back are held at
+                # their captured price less it, "so a refund of them gives back no
+                # more": returned while priced at nothing, no refund (none of 0 is sent)
+                # may have been made, so none was "already ... refunded" (seed 88020).
+                surely_back = ours_back - st.back_at_nothing.get(line_id, 0)
+                if shipped < surely or returned < min(surely_back, held):
                     exp.outcomes.add("quantities_reversed")
                     if snap is last:
                         exp.requires("needs_attention", REVERSED)
@@ -977,6 +994,13 @@ class Oracle:
                 # Captured or not depended on timing (see _captures): the PSP then
                 # released what was left, or cancelled.
                 exp.uncertain_end = True
+            elif st.any_capture and st.money - st.money_unsure <= 0 and not st.external_units:
+                # What was counted captured is all fees left to timing: one that waits
+                # for goods of value (README "Fees", "with the order's first capture of
+                # goods"; units worth nothing send none) may never have gone, and then
+                # §4 step 4 cancels ("cancel (nothing captured) or release"; seed 87910).
+                exp.uncertain_end = True
+                exp.outcomes.add("cancel_after_fees_left_to_timing")
             elif not st.any_capture and any(
                 units > 0 and line_id in lines and line_value(lines[line_id]) > 0
                 for line_id, units in st.worthless.items()
@@ -1186,6 +1210,17 @@ class Oracle:
             total = max(total, self.state.authorized - int(self.state.money))
         return total
 
+    def _unshipped_goods(self) -> bool:
+        """Goods of value in the stored snapshot neither shipped nor (maybe) captured:
+        no capture of the service's takes them, so an expiry leaves them to charge."""
+        return self.stored is not None and any(
+            int(line["quantity"])
+            > max(int(line.get("shipped_quantity", 0)), self._captured_at_most(line["id"]))
+            and line_value(line) > 0
+            for line in self.stored["lines"]
+            if kind(line) in GOODS
+        )
+
     def _shipped_uncaptured(self, lines: dict[str, dict[str, Any]]) -> bool:
         return any(
             kind(line) in GOODS | FEES
@@ -1281,6 +1316,20 @@ class Oracle:
             prices = {p for p, _ in (entry.prices if entry else set())}
             prices |= {p for p, _ in self.state.outside_prices.get(line["id"], set())}
             if any(p > now for p in prices):
+                return True
+            if (
+                back > 0
+                and self.state.captured.get(line["id"], 0) >= 2
+                and any(p < now for p in prices)
+                and any(p >= now for p in prices)
+            ):
+                # README "Ledger model": "a line's own units still to capture carry its
+                # price edit first", so that the line's captures add up to what it is
+                # worth: a unit captured after a raise carries what its line's earlier
+                # units were captured below the price now, and is held above it. With
+                # all of them held the line holds no more than its worth; with one
+                # given back (returned, or refunded outside) the one held may be that
+                # dearer unit (seed 87323).
                 return True
         return False
 
@@ -1875,6 +1924,10 @@ class Oracle:
                 self.exp.allowed.add(("needs_attention", "refund_exceeds_captured"))
             want = min(back, held) - given_back
             if want > st.refunded.get(line_id, 0):
+                if kind(line) in GOODS and int(line["unit_price"]) == 0:
+                    st.back_at_nothing[line_id] = (
+                        st.back_at_nothing.get(line_id, 0) + want - st.refunded.get(line_id, 0)
+                    )
                 st.refunded[line_id] = want
                 self.exp.outcomes.add("refund")
 
