@@ -119,6 +119,29 @@ class Sampler(threading.Thread):
         self.conn.close()
 
 
+def spy_argv(py_spy: Path, raw: Path, pid: int) -> list[str]:
+    """py-spy's sampling of one child, every thread (`--idle`: wall time, not CPU).
+    `--nonblocking`: a blocking py-spy stops the child for each sample, and on a loaded
+    machine a stop lasts until py-spy itself gets a CPU. The sampled child then ran 3.6x
+    slower than its sibling (587 against 2,117 operations) and its first round trip 4.7x
+    longer (7.7 against 1.6 ms mean), so its shares described the sampling, not the
+    worker (docs/performance.md, round 8)."""
+    return [
+        str(py_spy),
+        "record",
+        "--idle",
+        "--nonblocking",
+        "--rate",
+        "1000",
+        "--format",
+        "raw",
+        "--output",
+        str(raw),
+        "--pid",
+        str(pid),
+    ]
+
+
 # Where a pool child's wall time goes, by the innermost frame of an --idle sample: a
 # wait for Postgres (named by the data/ or ordersync/db.py function that waited: the
 # `pipelined` block's exit is its commit), the PSP's answer, or anything else (Python
@@ -191,20 +214,9 @@ def run(bench: Stack, pool: str, concurrency: int, n: int, env: dict[str, str]) 
         cpu_worker = tree_cpu_seconds(pid)
         sampler.start()
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        cpu_children = {child: tree_cpu_seconds(child) for child in children}
         spy = subprocess.Popen(
-            [
-                str(Path(sys.executable).with_name("py-spy")),
-                "record",
-                "--idle",
-                "--rate",
-                "1000",
-                "--format",
-                "raw",
-                "--output",
-                str(raw),
-                "--pid",
-                str(children[0]),
-            ],
+            spy_argv(Path(sys.executable).with_name("py-spy"), raw, children[0]),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -214,6 +226,7 @@ def run(bench: Stack, pool: str, concurrency: int, n: int, env: dict[str, str]) 
         wal_after = wal()
         cpu_pg = tree_cpu_seconds(stack_pids(bench)["postgres"]) - cpu_pg
         cpu_worker = tree_cpu_seconds(pid) - cpu_worker
+        cpu_children = {c: tree_cpu_seconds(c) - before for c, before in cpu_children.items()}
     finally:
         if spy is not None:
             spy.send_signal(2)
@@ -239,6 +252,12 @@ def run(bench: Stack, pool: str, concurrency: int, n: int, env: dict[str, str]) 
         else {},
         "backend_samples": total,
         "child": summarise_idle(raw) if raw.exists() else {},
+        # The sampled child's share of its pool's CPU: about 1/children when the sampling
+        # does not slow it (a blocking py-spy at 1000 Hz left it 22 % of the operations
+        # of two children, round 8).
+        "sampled_child_cpu_share": round(
+            cpu_children.get(children[0], 0.0) / max(sum(cpu_children.values()), 1e-9), 3
+        ),
     }
 
 

@@ -102,3 +102,14 @@ def test_ingest_statement_smallest_runs(capsys: pytest.CaptureFixture[str]) -> N
     assert ingest_statement.main([str(ROOT), str(ROOT), "--batches", "2", "--batch", "2"]) == 0
     out = capsys.readouterr().out
     assert "WAL" in out and "baseline" in out and "Btree/INSERT_LEAF" in out
+
+
+def test_the_wait_diagnostic_does_not_stop_the_child_it_samples(tmp_path: Path) -> None:
+    """A blocking py-spy stops the child at every sample; on a loaded machine the child
+    then ran 3.6x slower than its sibling and its shares described the sampling
+    (docs/performance.md, round 8)."""
+    from bench import waits
+
+    argv = waits.spy_argv(Path("py-spy"), tmp_path / "raw.txt", 4242)
+    assert "--nonblocking" in argv and "--idle" in argv
+    assert argv[argv.index("--pid") + 1] == "4242"
