@@ -2459,7 +2459,7 @@ class Simulation:
                 return
             line = self.rng.choice(candidates)
             unit = _captured_unit_value(psp, line["id"])
-            if not unit:
+            if unit is None:
                 return  # a refund of nothing is no money moved (§4), and no PSP takes one
             self.model.external(psp, "refund", [(line["id"], 1, unit, line["tax_rate"])])
             listed = len(psp.ledger) - 1 not in psp.unlisted
@@ -2851,7 +2851,11 @@ def _captured_unit_value(psp: PspOrder, reference: str) -> int | None:
     """What one unit of the line still held was captured at, its share of order-level
     lines in (rounded down), no more than what is still captured and not given back.
     Units come back in the order they were captured: a unit refunded already is not
-    refunded again at its price (a merchant gives back what the unit was paid)."""
+    refunded again at its price (a merchant gives back what the unit was paid). None
+    when the unit is held at nothing or below: a price cut given back in full, the
+    order-level share it carried included, leaves it below nothing (README "Ledger
+    model"), and a refund of that is no money moved (§4) nor one a PSP takes (Klarna's
+    `refunded_amount` minimum 0; seed 94745's merchant refunded −4)."""
     captured: list[int] = []
     back = 0
     for what, _, lines in psp.ledger:
@@ -2887,8 +2891,10 @@ def _captured_unit_value(psp: PspOrder, reference: str) -> int | None:
                 back += line.quantity
     if not captured:
         return None
-    unit = captured[min(back, len(captured) - 1)]
-    return min(unit, psp.captured - psp.refunded - psp.charged_back)
+    unit = min(
+        captured[min(back, len(captured) - 1)], psp.captured - psp.refunded - psp.charged_back
+    )
+    return unit if unit > 0 else None
 
 
 # --- runs ---------------------------------------------------------------------------------

@@ -218,3 +218,39 @@ def test_a_lapse_at_a_settle_point_comes_after_the_captures_of_its_window() -> N
     assert found == []
     # Not captured before the date passed is as right: the lapse may have come first.
     assert check_ledger([], oracle.expectation()) == []
+
+
+def test_a_merchant_refunds_no_unit_held_at_below_nothing() -> None:
+    """Seed 94745 (Klarna US): l2's two units captured at 99 each with their share of a
+    store credit (−22 over 693 of goods and fee), l2 priced to 0 and the cut given back
+    whole by the next capture (an `l2` discount line of −198): each unit is held at
+    95 − 99 = −4. The merchant's portal refund of one would be a refund of −4, which no
+    PSP takes (Klarna's `refunded_amount` minimum 0) and moves no money (§4 step 3):
+    there is nothing to give back for it."""
+    from devrig.oracle import Booked
+    from devrig.simulation import PspOrder, _captured_unit_value
+
+    psp = PspOrder("klarna", "k1", "USD", 1779, [], captured=1344)
+    psp.ledger = [
+        (
+            "capture",
+            671,
+            [
+                Booked("l2", "digital", 2, 198, 0, 0),
+                Booked("l4", "shipping_fee", 1, 495, 0, 0),
+                Booked("l3", "store_credit", 1, -22, 0, 0),
+            ],
+        ),
+        (
+            "capture",
+            673,
+            [
+                Booked("l1", "physical", 2, 900, 0, 0),
+                Booked("l3", "store_credit", 1, -29, 0, 0),
+                Booked("l2", "discount", 1, -198, 0, 0),
+            ],
+        ),
+    ]
+    psp.types = {"l1": "physical", "l2": "digital", "l3": "store_credit", "l4": "shipping_fee"}
+    assert _captured_unit_value(psp, "l2") is None
+    assert _captured_unit_value(psp, "l1") == 435  # 450 less its store-credit share
