@@ -1044,7 +1044,12 @@ def _captured_qty(ledger: Ledger, line_id: str) -> int:
 
 
 def _has_work(order: OrderSnapshot, ledger: Ledger) -> bool:
-    return bool(capture_lines(order, ledger))
+    """Something left to charge: a capture worth more than nothing. One the order-level
+    shares take whole (a fee added after the captures, a discount still to share) would
+    charge nothing, so an authorization that ended took nothing the shop still asks for
+    (contract §4: an expiry is flagged "where the shop's snapshot does not already
+    explain it"; seed 90797)."""
+    return lines_total(capture_lines(order, ledger)) > 0
 
 
 def unauthorized_lines(

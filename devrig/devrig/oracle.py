@@ -186,6 +186,10 @@ class Expectation:
     # (check_ledger).
     shares: dict[str, int] = field(default_factory=dict)
     unitemised: int = 0
+    # Per line: units beyond those the PSP booked that a capture made outside without
+    # named lines may stand for (it filled the basket, and they were all it left to
+    # charge; Oracle.external_capture). The PSP's per-line count may be that much short.
+    paid_whole: dict[str, int] = field(default_factory=dict)
 
     def requires(self, flag: str, reason: str = "") -> None:
         self.required.add((flag, reason))
@@ -238,6 +242,9 @@ class _State:
     # The same for refunds made outside (a Klarna portal refund listed without lines,
     # an Adyen REFUND notification).
     unnamed_back: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
+    # Units an unnamed outside capture that filled the basket may stand for beyond the
+    # units the PSP booked it on (Expectation.paid_whole).
+    paid_whole: dict[str, int] = field(default_factory=dict)
     # The PSP may still authorize this much: a capture made for an earlier snapshot of a
     # window, before an order-level line lowered the basket, left no room to lower it.
     authorized_high: int = 0
@@ -366,6 +373,8 @@ class Oracle:
         self.state.any_capture = True
         self.state.money += value
         self.state.money_high += value
+        if not named and units:
+            self._filled_by_unnamed(line_id)
         # Made without the service, at the price its maker chose: §4 asks that it be
         # counted and never made again, not that it be at the shop's price of the
         # moment the service judges it.
@@ -384,6 +393,30 @@ class Oracle:
                 # newer version overtook) is at a rate no stored snapshot names.
                 outside.add((value // units, tax_rate))
         self._external("external_capture")
+
+    def _filled_by_unnamed(self, line_id: str) -> None:
+        """An unnamed capture (an Adyen notification gives an amount only) that brought
+        the captures to the stored basket's total, when every unit of that basket not
+        yet counted captured is of the line the PSP booked it on: it is then what §4
+        step 2 would have captured for all of them, their order-level shares in ("the
+        shares add up to the discount line's total once everything has shipped"), and
+        README "External changes" ties such money to "the units it marks shipped and
+        not yet captured (all of them, ...)" worth its amount at the prices then. The
+        build may count those units captured by it (seed 88491: a store credit's last
+        −100 on l1's two units of 100; the PSP model booked one unit at 100)."""
+        st, stored = self.state, self.stored
+        # Two cents for the shares the service's own captures rounded (§4 "rounded
+        # cumulatively"), as elsewhere.
+        if stored is None or stored["status"] != "open" or abs(st.money - order_total(stored)) > 2:
+            return
+        left = {
+            str(x["id"]): int(x["quantity"]) - st.captured.get(str(x["id"]), 0)
+            for x in stored["lines"]
+            if kind(x) in GOODS | FEES and line_value(x) > 0
+        }
+        left = {k: v for k, v in left.items() if v > 0}
+        if set(left) == {line_id}:
+            st.paid_whole[line_id] = st.paid_whole.get(line_id, 0) + left[line_id]
 
     def _worth_as_much(self, line_id: str, units: int, value: int) -> tuple[str, ...]:
         """The other goods lines of the stored basket whose units, as many, are worth
@@ -1983,6 +2016,7 @@ class Oracle:
                 and not any(r in CANNOT_FOLLOW for _, r in exp.allowed)
                 and not any(e.captured_range for e in exp.lines.values())
             )
+        exp.paid_whole = dict(st.paid_whole)
         for line_id, units, alike in st.unnamed:
             # Money captured outside whose lines the service was never told: the build
             # may have taken it for units of a line worth as much (not capturing them),
@@ -2370,6 +2404,10 @@ def check_ledger(
         have = got.get(reference, [0, 0])
         lo, hi = entry.captured_range or (entry.captured, entry.captured)
         external = 0  # the expectation counts units captured outside; the PSP ledger too
+        # Units an unnamed capture that filled the basket stands for beyond those the
+        # PSP booked: counted by the build (the simulation checks its figures), never
+        # captured or settled again ("never makes it a second time", §4).
+        external += exp.paid_whole.get(reference, 0)
         if not lo - external <= have[0] <= hi:
             found.append(
                 ("captured_units", f"{reference}: {have[0]} captured, expected {lo}..{hi}")

@@ -3529,3 +3529,45 @@ def test_returns_lowered_below_units_priced_to_nothing_after_their_capture_may_g
     # Returned at a price the unit still holds: the refund was made, the flag required.
     held = reversed_after([100], outside=False).expectation()
     assert ("needs_attention", REVERSED) in held.required
+
+
+def test_an_unnamed_capture_that_filled_the_basket_may_count_every_unit_it_left() -> None:
+    """Seed 88491 (Adyen DE, 347): l1 2 × 100, a free l2, a shipping fee 495, a store
+    credit −348. l2 shipped: the service captured it with the fee and its share (247).
+    A Customer Area capture of 100 (Adyen names no lines; the PSP model booked one l1
+    unit) then filled the authorization; both l1 units shipped afterwards. README
+    "External changes" ties unnamed money to "the units it marks shipped and not yet
+    captured (all of them, ...)" worth its amount at the prices then: l1's two units with
+    the store credit's last −100 (§4: the shares "add up to the discount line's total
+    once everything has shipped") are 100. So the build may count both l1 units captured
+    by it, with no second capture or settle; or take it for one unit and settle the
+    other at 0. Money that did not fill the basket counts as the units it was booked on."""
+    oracle = Oracle(347, refuses_increases=False)
+    goods = [line("l1", 2, 100), line("l2", 1, 0)]
+    rest = [line("l3", 1, 495, type="shipping_fee"), line("l4", 1, -348, type="store_credit")]
+    oracle.snapshot(snap(1, [*goods, *rest]))
+    free_shipped = [goods[0], {**goods[1], "shipped_quantity": 1}]
+    oracle.snapshot(snap(2, [*free_shipped, *rest]))
+    oracle.settle()
+    oracle.external_capture("l1", 1, 100, named=False)
+    oracle.settle()
+    all_shipped = [{**goods[0], "shipped_quantity": 2}, free_shipped[1]]
+    oracle.snapshot(snap(3, [*all_shipped, *rest]))
+    oracle.settle()
+    exp = oracle.expectation()
+    first = [booked("l2", 1, 0), booked("l3", 1, 495, type="shipping_fee")]
+    first.append(booked("l4", 1, -248, type="store_credit"))
+    ledger = [("capture", 247, first), ("capture", 100, [booked("l1", 1, 100)])]
+    assert not {code for code, _ in check_ledger(ledger, exp)} & {"captured_units"}
+    settled = ("settle", 0, [booked("l1", 1, 100), booked("l4", 1, -100, type="store_credit")])
+    assert not {code for code, _ in check_ledger([*ledger, settled], exp)} & {"captured_units"}
+    assert exp.paid_whole == {"l1": 1}
+    # 100 of a basket of 447 left a unit of l1 to charge: no more than the unit booked.
+    oracle = Oracle(447, refuses_increases=False)
+    dearer = [line("l1", 2, 100), line("l2", 1, 100)]
+    oracle.snapshot(snap(1, [*dearer, *rest]))
+    oracle.snapshot(snap(2, [dearer[0], {**dearer[1], "shipped_quantity": 1}, *rest]))
+    oracle.settle()
+    oracle.external_capture("l1", 1, 100, named=False)
+    oracle.settle()
+    assert oracle.expectation().paid_whole == {}

@@ -522,3 +522,29 @@ def test_a_cut_refunded_whole_is_named_apart_from_the_goods_it_was_taken_from(na
     assert len(cut.name) <= 255
     if len(name) < 200:
         assert cut.name == f"Price adjustment: {name}"
+
+
+def test_an_expired_order_whose_capture_left_is_worth_nothing_has_nothing_left_to_charge() -> None:
+    """§4 flags an expiry `external_change` "where the shop's snapshot does not already
+    explain it" (README: "an expiry with goods still to charge"). Seed 90797: l1's three
+    units were captured (7797 − 180 unitemised), a discount −863 came after, the
+    authorization expired, then the shop added a shipping fee of 150. The capture left
+    would carry the fee with the discount's shares still untaken, −150: worth 0, so the
+    expiry took nothing the shop still asks for (the captures are above the total, which
+    `captured_above_total` tells). Before: flagged, "what is not captured can no longer
+    be". A fee still worth something after its shares is still flagged."""
+    discount = PspLine(
+        UNITEMISED_DISCOUNT_ID, "Discount", LineType.DISCOUNT, 1, -180, 0, -180, 0, 0
+    )
+    history = (captured(unit("l1", 3, 7797, rate=0), discount),)
+    goods = [
+        line("l1", 3, 2599, shipped=3, tax_rate=0),
+        line("l4", 1, -863, type="discount", tax_rate=0),
+    ]
+    fee = line("l5", 1, 150, type="shipping_fee", tax_rate=0)
+    now = order([*goods, fee], amount=6876)
+    expired = psp(8789, 7617, PspStatus.EXPIRED)
+    assert plan_next(OrderView(now, expired, history=history), allow_all) == Done()
+    dear = order([*goods, {**fee, "unit_price": 1500}], amount=8226)
+    told = plan_next(OrderView(dear, expired, history=history), allow_all)
+    assert isinstance(told, Flag) and told.code == "external_change", told
