@@ -36,7 +36,7 @@ from domain.planner import (
     Settle,
     plan_next,
 )
-from domain.snapshot import LineType
+from domain.snapshot import UNITEMISED_DISCOUNT_ID, LineType
 from tests.domain.builders import allow_all, order
 
 
