@@ -527,6 +527,27 @@ def test_a_cut_refunded_whole_after_a_refund_naming_no_units_is_what_may_still_b
     assert [(x.reference, x.total_amount) for x in decision.lines] == [("l1" + CUT_SUFFIX, 50)]
 
 
+def test_a_cut_after_a_refund_naming_no_units_is_given_back_once() -> None:
+    """Seed 90378's class (Klarna SE): l1's two units captured, one refunded in the
+    Merchant Portal without lines, l1 priced down. The cut on what may still be held is
+    refunded whole (surplus_refund_lines); once that refund is booked, nothing of the
+    cut is left to give back. Before, `_cuts` scaled what was left by the unnamed share
+    of a base the refund itself had lowered, so every reconcile refunded about half of
+    the last one again (52, 24, 12, 6, 3, 1, 1): the customer got back about twice the
+    cut, and the held unit went below what it is worth now (README "Ledger model": the
+    units are held at what they are worth now, "so the customer pays the order's
+    total"; contract §4 step 3)."""
+    history = (captured(unit("l1", 2, 200)), _refunded_outside(100))
+    cut = PspLine(
+        "l1" + CUT_SUFFIX, "Price adjustment: L1", LineType.DISCOUNT, 1, 0, 2000, 50, 0, 0
+    )
+    given = PastOperation(Kind.REFUND, "succeeded", 50, (cut,))
+    now = order([line("l1", 2, 50, shipped=2)])
+    state = PspState(PspStatus.CAPTURED, 200, 200, 150, "INVOICE", "DE")
+    decision = plan_next(OrderView(now, state, history=(*history, given)), allow_all)
+    assert not (isinstance(decision, Plan) and decision.kind is Kind.REFUND), decision
+
+
 # -- an authorization about to expire with only a fee left to charge ---------------------
 
 
