@@ -548,6 +548,19 @@ def test_a_cut_after_a_refund_naming_no_units_is_given_back_once() -> None:
     assert not (isinstance(decision, Plan) and decision.kind is Kind.REFUND), decision
 
 
+def test_a_cut_after_a_refund_naming_no_units_given_by_a_capture_is_not_given_again() -> None:
+    """The capture path of the rule above (seed 70558's order): the first capture after
+    the cut gave back the 50 the unit left is over (l4 99, l1 −50); the next capture of
+    goods (l4's second unit) carries none of it again. Before, it gave back 16 more."""
+    correction = PspLine("l1", "L1", LineType.DISCOUNT, 1, 0, 2000, -50, 0, 0)
+    ledger = ledger_from(
+        [("capture", [unit("l1", 2, 200)]), ("capture", [unit("l4", 1, 99), correction])]
+    )
+    now = order([line("l1", 2, 50, shipped=2), line("l4", 2, 99, shipped=2)])
+    lines = capture_lines(now, ledger, refunded_unnamed=100)
+    assert [(x.reference, x.total_amount) for x in lines] == [("l4", 99)]
+
+
 # -- an authorization about to expire with only a fee left to charge ---------------------
 
 
