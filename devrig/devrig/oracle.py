@@ -2177,8 +2177,14 @@ def _borrow(
             short -= take
 
 
-def _cut(held: dict[str, list[Fraction]], line: Booked, *, clamp: bool) -> Fraction:
+def _cut(held: dict[str, list[Fraction]], line: Booked, *, clamp: bool, back: int = 0) -> Fraction:
     """A price cut given back for a line's captured units: spread over them by value.
+
+    `back`: units of the line refunded already. They went back at what they were
+    captured at (§4 step 3: refunds "at the prices and tax they were captured at"), so
+    the cut is the units' still held (seed 90378); the `back` dearest keep their value,
+    so an earlier refund judged within the dearest units stays within them (their
+    cheapest bound only falls).
 
     Returns what it gives back beyond what they hold (< 0), which they are then held at
     nothing: the order-level share they carried (a discount) went back with it to the
@@ -2187,10 +2193,14 @@ def _cut(held: dict[str, list[Fraction]], line: Booked, *, clamp: bool) -> Fract
     capture hold it, and a refund of them gives back what the customer paid for them
     ("never more than was captured for those units"; seed 55371)."""
     units = held.get(line.reference, [])
-    value = sum(units, Fraction(0))
+    kept = sorted(range(len(units)), key=lambda i: units[i], reverse=True)[: max(back, 0)]
+    # (With every unit back, nothing says whose the cut is: all keep taking it, as before.)
+    cut = [i for i in range(len(units)) if i not in kept] or list(range(len(units)))
+    value = sum((units[i] for i in cut), Fraction(0))
     beyond = Fraction(0)
-    for index, unit in enumerate(units):
-        part = Fraction(line.total * unit, value) if value else Fraction(line.total, len(units))
+    for index in cut:
+        unit = units[index]
+        part = Fraction(line.total * unit, value) if value else Fraction(line.total, len(cut))
         units[index] = unit + part
         if clamp and units[index] < 0:
             beyond += units[index]
@@ -2311,7 +2321,8 @@ def check_ledger(
         if what == "capture":
             for line in cuts:
                 # (A request of cuts alone has no goods to carry it: the units keep it.)
-                shared += _cut(held, line, clamp=bool(units))
+                back = got.get(line.reference, [0, 0])[1]
+                shared += _cut(held, line, clamp=bool(units), back=back)
         for line in surplus:
             reference = line.reference.removesuffix(CUT_REFUND)
             cut = Booked(reference, line.type, 1, -line.total, -line.tax, line.tax_rate)
@@ -2319,7 +2330,8 @@ def check_ledger(
             # goods still held (§4: "the shares add up to the discount line's total"),
             # not those this refund gives back.
             busy = {x.reference.removesuffix(CUT_REFUND) for x in surplus + units}
-            _spread(held, _cut(held, cut, clamp=True), busy)
+            back = got.get(reference, [0, 0])[1]
+            _spread(held, _cut(held, cut, clamp=True, back=back), busy)
             given_back += line.total
             amount -= line.total
         value = sum(line.total for line in units)

@@ -3204,6 +3204,30 @@ def test_a_cut_given_back_after_a_unit_was_refunded_is_the_units_still_held() ->
     assert "refund_not_at_captured_price" in {code for code, _ in check_ledger(wrong, exp)}
 
 
+def test_a_cut_given_back_after_a_unit_was_refunded_leaves_that_refund_at_its_captured_price() -> (
+    None
+):
+    """Seed 90378 (Klarna SE): l1's two units captured, one refunded in the Merchant
+    Portal at its captured price, l1 priced down; no capture is left, so the cut on the
+    unit still held is refunded whole (`l1#price-cut`). §4 step 3: refunds "at the prices
+    and tax they were captured at (never more than was captured for those units)": the
+    unit already refunded went back at what it was captured at, so a later cut lowers
+    only the unit still held. The oracle spread the cut over both, and then judged the
+    earlier refund (100) against a unit it held at 75. A refund of the last unit above
+    what it is held at after the cut stays wrong."""
+    exp = Expectation(lines={"l1": LineExpect(captured=2, refunded=2)})
+    ledger = [
+        ("capture", 200, [booked("l1", 2, 200)]),
+        ("refund", 100, [booked("l1", 1, 100)]),
+        ("refund", 50, [booked("l1#price-cut", 1, 50, type="discount")]),
+    ]
+    one_back = Expectation(lines={"l1": LineExpect(captured=2, refunded=1)})
+    assert check_ledger(ledger, one_back) == []
+    assert check_ledger([*ledger, ("refund", 50, [booked("l1", 1, 50)])], exp) == []
+    wrong = [*ledger, ("refund", 75, [booked("l1", 1, 75)])]
+    assert "refund_not_at_captured_price" in {code for code, _ in check_ledger(wrong, exp)}
+
+
 def test_a_basket_below_a_fee_the_first_capture_may_not_have_carried_may_be_followed() -> None:
     """Seed 81459 (Klarna DE, increases allowed): three units worth 0 and a shipping fee
     (150) shipped, and a second fee (264) added in the same window. A worker that acted

@@ -482,6 +482,40 @@ def test_a_cut_refunded_whole_after_a_refund_naming_no_units_is_what_may_still_b
     assert [(x.reference, x.total_amount) for x in decision.lines] == [("l1" + CUT_SUFFIX, 50)]
 
 
+def test_a_cut_after_a_refund_naming_no_units_is_given_back_once() -> None:
+    """Seed 90378's class (Klarna SE): l1's two units captured, one refunded in the
+    Merchant Portal without lines, l1 priced down. The cut on what may still be held is
+    refunded whole (surplus_refund_lines); once that refund is booked, nothing of the
+    cut is left to give back. Before, `_cuts` scaled what was left by the unnamed share
+    of a base the refund itself had lowered, so every reconcile refunded about half of
+    the last one again (52, 24, 12, 6, 3, 1, 1): the customer got back about twice the
+    cut, and the held unit went below what it is worth now (README "Ledger model": the
+    units are held at what they are worth now, "so the customer pays the order's
+    total"; contract §4 step 3)."""
+    history = (captured(unit("l1", 2, 200)), _refunded_outside(100))
+    cut = PspLine(
+        "l1" + CUT_SUFFIX, "Price adjustment: L1", LineType.DISCOUNT, 1, 0, 2000, 50, 0, 0
+    )
+    given = PastOperation(Kind.REFUND, "succeeded", 50, (cut,))
+    now = order([line("l1", 2, 50, shipped=2)])
+    state = PspState(PspStatus.CAPTURED, 200, 200, 150, "INVOICE", "DE")
+    decision = plan_next(OrderView(now, state, history=(*history, given)), allow_all)
+    assert not (isinstance(decision, Plan) and decision.kind is Kind.REFUND), decision
+
+
+def test_a_cut_after_a_refund_naming_no_units_given_by_a_capture_is_not_given_again() -> None:
+    """The capture path of the rule above (seed 70558's order): the first capture after
+    the cut gave back the 50 the unit left is over (l4 99, l1 −50); the next capture of
+    goods (l4's second unit) carries none of it again. Before, it gave back 16 more."""
+    correction = PspLine("l1", "L1", LineType.DISCOUNT, 1, 0, 2000, -50, 0, 0)
+    ledger = ledger_from(
+        [("capture", [unit("l1", 2, 200)]), ("capture", [unit("l4", 1, 99), correction])]
+    )
+    now = order([line("l1", 2, 50, shipped=2), line("l4", 2, 99, shipped=2)])
+    lines = capture_lines(now, ledger, refunded_unnamed=100)
+    assert [(x.reference, x.total_amount) for x in lines] == [("l4", 99)]
+
+
 # -- an authorization about to expire with only a fee left to charge ---------------------
 
 
