@@ -2728,6 +2728,7 @@ class Simulation:
                 # A chargeback gave back the money of the units it took (not booked as a
                 # refund of lines): a build may count returned units among them.
                 maybe[1] += order.oracle.state.charged_back_units.get(line["id"], 0)
+                maybe[1] += exp.charged_back_maybe.get(line["id"], 0)
                 # A capture whose lines Adyen did not name may be counted as units of
                 # a line worth as much when the money moved.
                 maybe[0] += sum(exp.interchangeable.get(line["id"], {}).values())

@@ -3529,3 +3529,27 @@ def test_returns_lowered_below_units_priced_to_nothing_after_their_capture_may_g
     # Returned at a price the unit still holds: the refund was made, the flag required.
     held = reversed_after([100], outside=False).expectation()
     assert ("needs_attention", REVERSED) in held.required
+
+
+def test_units_whose_capture_was_left_to_timing_may_have_been_charged_back() -> None:
+    """Seed 93071: two units of l1 shipped in a window whose basket grew past a full
+    capture, so the oracle cannot tell whether they were captured (0..2); the customer
+    charged back everything held, then the shop marked both returned. §4: money that
+    moved without the service (a chargeback) is counted "in the order's figures, never
+    makes it a second time": if the units were captured, the chargeback gave their money
+    back, and a build may count them refunded with no refund sent to the PSP."""
+    l1 = line("l1", 3, 450)
+    oracle = Oracle(1350, refuses_increases=True)
+    oracle.snapshot(snap(1, [l1]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**l1, "quantity": 2}]))
+    oracle.snapshot(snap(3, [{**l1, "quantity": 2, "shipped_quantity": 2}]))
+    oracle.snapshot(snap(4, [{**l1, "quantity": 3, "unit_price": 750, "shipped_quantity": 2}]))
+    oracle.settle()
+    assert oracle.exp.lines["l1"].captured_range is not None
+    oracle.chargeback()
+    oracle.settle()
+    returned = {**l1, "quantity": 2, "unit_price": 750, "shipped_quantity": 2}
+    oracle.snapshot(snap(5, [{**returned, "returned_quantity": 2}]))
+    exp = oracle.expectation()
+    assert exp.charged_back_maybe == {"l1": 2}
