@@ -1675,10 +1675,23 @@ class Oracle:
         # authorization" (CONTRACT §8, "capture ≤ remaining authorization"; seed 54681).
         exact = self._ratio(last) == 1 and Fraction(st.money).denominator == 1
         slack = 0 if exact else 2
-        if value + riding_value > limit - st.money + slack and (no_raise or at_basket):
+        # An authorization below the basket (lowered to an earlier one, a raise
+        # refused) is no sum of this basket's shares: a capture within their rounding of
+        # what is left of it may be a cent above it, and the PSP refuses that (CONTRACT
+        # §8, capture ≤ remaining authorization; seed 92680: 7309.98 rounds to 7310
+        # against 7309 left), so whether it fits is the rounding's, not certain.
+        near = (
+            not exact
+            and limit < order_total(last)
+            and value + riding_value > limit - st.money - slack
+        )
+        beyond = value + riding_value > limit - st.money + slack
+        if (beyond or near) and (no_raise or at_basket):
             # The shipped lines exceed an authorization the PSP would not raise: what
             # fits is captured, the shop is told to take a new order.
             exp.outcomes.add("shipped_beyond_authorization")
+            if not beyond:
+                exp.outcomes.add("shipped_within_rounding_of_the_authorization")
             self._cancel_held = cancelling
             for line_id, units in newly.items():
                 entry = exp.lines.setdefault(line_id, LineExpect())
