@@ -190,6 +190,10 @@ class Expectation:
     # named lines may stand for (it filled the basket, and they were all it left to
     # charge; Oracle.external_capture). The PSP's per-line count may be that much short.
     paid_whole: dict[str, int] = field(default_factory=dict)
+    # Units whose capture was left to timing (a range) when a chargeback took everything
+    # held: if they were captured, their money went back with it, and a build may count
+    # them refunded once the shop marks them returned (Oracle.chargeback).
+    charged_back_maybe: dict[str, int] = field(default_factory=dict)
 
     def requires(self, flag: str, reason: str = "") -> None:
         self.required.add((flag, reason))
@@ -456,6 +460,24 @@ class Oracle:
             held = units - st.refunded.get(line_id, 0) - st.charged_back_units.get(line_id, 0)
             if held > 0:
                 st.charged_back_units[line_id] = st.charged_back_units.get(line_id, 0) + held
+        # §4: a chargeback is money moved without the service, which it "counts in the
+        # order's figures, never makes ... a second time". Units whose capture was left
+        # to timing (captured_range) may be held too: then the chargeback gave back
+        # their money, and a build that ties it to them when the shop marks them
+        # returned sends no refund for them (seed 93071: two units shipped in a window
+        # the oracle could not tell was captured, charged back, then returned).
+        for line_id, entry in self.exp.lines.items():
+            if entry.captured_range is None:
+                continue
+            maybe = (
+                entry.captured_range[1]
+                - st.captured.get(line_id, 0)
+                - self.exp.charged_back_maybe.get(line_id, 0)
+            )
+            if maybe > 0:
+                self.exp.charged_back_maybe[line_id] = (
+                    self.exp.charged_back_maybe.get(line_id, 0) + maybe
+                )
         self._external("chargeback")
 
     def external_cancel(self) -> None:
@@ -1686,10 +1708,23 @@ class Oracle:
         # authorization" (CONTRACT §8, "capture ≤ remaining authorization"; seed 54681).
         exact = self._ratio(last) == 1 and Fraction(st.money).denominator == 1
         slack = 0 if exact else 2
-        if value + riding_value > limit - st.money + slack and (no_raise or at_basket):
+        # An authorization below the basket (lowered to an earlier one, a raise
+        # refused) is no sum of this basket's shares: a capture within their rounding of
+        # what is left of it may be a cent above it, and the PSP refuses that (CONTRACT
+        # §8, capture ≤ remaining authorization; seed 92680: 7309.98 rounds to 7310
+        # against 7309 left), so whether it fits is the rounding's, not certain.
+        near = (
+            not exact
+            and limit < order_total(last)
+            and value + riding_value > limit - st.money - slack
+        )
+        beyond = value + riding_value > limit - st.money + slack
+        if (beyond or near) and (no_raise or at_basket):
             # The shipped lines exceed an authorization the PSP would not raise: what
             # fits is captured, the shop is told to take a new order.
             exp.outcomes.add("shipped_beyond_authorization")
+            if not beyond:
+                exp.outcomes.add("shipped_within_rounding_of_the_authorization")
             self._cancel_held = cancelling
             for line_id, units in newly.items():
                 entry = exp.lines.setdefault(line_id, LineExpect())

@@ -2728,6 +2728,7 @@ class Simulation:
                 # A chargeback gave back the money of the units it took (not booked as a
                 # refund of lines): a build may count returned units among them.
                 maybe[1] += order.oracle.state.charged_back_units.get(line["id"], 0)
+                maybe[1] += exp.charged_back_maybe.get(line["id"], 0)
                 # A capture whose lines Adyen did not name may be counted as units of
                 # a line worth as much when the money moved.
                 maybe[0] += sum(exp.interchangeable.get(line["id"], {}).values())
@@ -2862,6 +2863,9 @@ def _captured_unit_value(psp: PspOrder, reference: str) -> int | None:
     `refunded_amount` minimum 0; seed 94745's merchant refunded −4)."""
     captured: list[int] = []
     back = 0
+    # What the line's units were paid and what refunds gave back for them, shares in:
+    # the last unit held gives back the rest (below).
+    paid = given_back = 0
     for what, _, lines in psp.ledger:
         # A price cut given back for a line's captured units (a discount with the id of
         # goods): those units', not a share of the request's.
@@ -2881,6 +2885,7 @@ def _captured_unit_value(psp: PspOrder, reference: str) -> int | None:
             first = min(back, len(captured) - 1)
             kept = len(captured) - first
             captured = captured[:first] + [unit + cut // kept for unit in captured[first:]]
+            paid += cut
         lines = [b for b in lines if b not in cuts]
         units = [b for b in lines if b.type not in REDUCING | SHARED_UP]
         shared = sum(b.total for b in lines if b.type in REDUCING | SHARED_UP)
@@ -2888,16 +2893,23 @@ def _captured_unit_value(psp: PspOrder, reference: str) -> int | None:
         for line in units:
             if line.reference != reference or not line.quantity:
                 continue
+            share = shared * line.total // value if value else 0
             if what == "capture":
-                share = shared * line.total // value if value else 0
                 captured += [(line.total + share) // line.quantity] * line.quantity
+                paid += line.total + share
             else:
                 back += line.quantity
+                given_back += line.total + share
     if not captured:
         return None
-    unit = min(
-        captured[min(back, len(captured) - 1)], psp.captured - psp.refunded - psp.charged_back
-    )
+    unit = captured[min(back, len(captured) - 1)]
+    if back == len(captured) - 1:
+        # The last unit held: the service may have refunded the others at their line's
+        # share rather than in the order captured (the oracle: "nothing says which came
+        # back", all of it once all are back), so a merchant gives back what the line
+        # still holds, not the last capture's unit (seed 93930: 2329, not 1790).
+        unit = max(paid - given_back, 0)
+    unit = min(unit, psp.captured - psp.refunded - psp.charged_back)
     return unit if unit > 0 else None
 
 

@@ -3595,3 +3595,49 @@ def test_an_unnamed_capture_that_filled_the_basket_may_count_every_unit_it_left(
     oracle.external_capture("l1", 1, 100, named=False)
     oracle.settle()
     assert oracle.expectation().paid_whole == {}
+
+
+def test_units_whose_capture_was_left_to_timing_may_have_been_charged_back() -> None:
+    """Seed 93071: two units of l1 shipped in a window whose basket grew past a full
+    capture, so the oracle cannot tell whether they were captured (0..2); the customer
+    charged back everything held, then the shop marked both returned. §4: money that
+    moved without the service (a chargeback) is counted "in the order's figures, never
+    makes it a second time": if the units were captured, the chargeback gave their money
+    back, and a build may count them refunded with no refund sent to the PSP."""
+    l1 = line("l1", 3, 450)
+    oracle = Oracle(1350, refuses_increases=True)
+    oracle.snapshot(snap(1, [l1]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [{**l1, "quantity": 2}]))
+    oracle.snapshot(snap(3, [{**l1, "quantity": 2, "shipped_quantity": 2}]))
+    oracle.snapshot(snap(4, [{**l1, "quantity": 3, "unit_price": 750, "shipped_quantity": 2}]))
+    oracle.settle()
+    assert oracle.exp.lines["l1"].captured_range is not None
+    oracle.chargeback()
+    oracle.settle()
+    returned = {**l1, "quantity": 2, "unit_price": 750, "shipped_quantity": 2}
+    oracle.snapshot(snap(5, [{**returned, "returned_quantity": 2}]))
+    exp = oracle.expectation()
+    assert exp.charged_back_maybe == {"l1": 2}
+
+
+def test_goods_within_the_shares_rounding_of_an_authorization_below_the_basket_may_not_fit() -> (
+    None
+):
+    """Seed 92680 (Klarna, increases refused): the authorization lowered to 7309 for a
+    basket of 3 × 2442 with an unitemised discount of 17; then l5 (450) was added (the
+    raise refused) and the three units shipped. Their capture carries a share of the
+    discount "rounded cumulatively so that every request's lines sum exactly to its
+    amount" (§4): 7326 − round(17 × 7326 / 7776) = 7310, a cent above "the remaining
+    authorization" (CONTRACT §8, capture ≤ remaining authorization), which the PSP
+    refuses; 7309.98 unrounded. Within the shares' rounding of an authorization below
+    the basket, whether they fit is the rounding's: captured or not, both are right."""
+    l1, l3 = line("l1", 3, 2442), line("l3", 2, 0)
+    oracle = Oracle(7575, refuses_increases=True)
+    oracle.snapshot(snap(1, [l1, l3]))
+    oracle.snapshot(snap(2, [l1, l3], amount=7309))
+    grown = [l1, l3, line("l5", 1, 450)]
+    oracle.snapshot(snap(3, grown, amount=7759))
+    oracle.snapshot(snap(4, [{**l1, "shipped_quantity": 3}, *grown[1:]], amount=7759))
+    exp = oracle.expectation()
+    assert not check_ledger([], exp)

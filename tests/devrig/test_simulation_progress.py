@@ -40,6 +40,37 @@ def test_a_merchant_refund_of_a_unit_gives_back_what_a_unit_still_held_was_paid(
     assert _captured_unit_value(psp, "l1") == 1089
 
 
+def test_a_merchant_refund_of_the_last_unit_held_gives_back_what_the_line_still_holds() -> None:
+    """Seed 93930 (Klarna): l1's units captured at 2599, 2599 and 2449 with the whole
+    gift card (-659) on the third; the service refunded two at their line's share
+    (5098 - 439 = 4659, between the two cheapest and the two dearest, as the oracle
+    allows: "nothing says which came back"). The merchant's portal refund of the last
+    unit gives back what the line still holds, 2329: with it all of the 6988 is back
+    ("all of it once all are back"), not 1790, the third capture's unit, which left 539
+    captured for units all refunded."""
+    from devrig.oracle import Booked
+    from devrig.simulation import PspOrder, _captured_unit_value
+
+    unit = Booked("l1", "digital", 1, 2599, 433, 2000)
+    psp = PspOrder("klarna", "k1", "USD", 6988, [], captured=6988, refunded=4659)
+    psp.ledger = [
+        ("capture", 2599, [unit]),
+        ("capture", 2599, [unit]),
+        (
+            "capture",
+            1790,
+            [Booked("l1", "digital", 1, 2449, 408, 2000), Booked("l3", "gift_card", 1, -659, 0, 0)],
+        ),
+        (
+            "refund",
+            4659,
+            [Booked("l1", "digital", 2, 5098, 850, 2000), Booked("l3", "gift_card", 1, -439, 0, 0)],
+        ),
+    ]
+    psp.types = {"l1": "digital", "l3": "gift_card"}
+    assert _captured_unit_value(psp, "l1") == 2329
+
+
 def test_a_merchant_refund_after_a_cut_gives_back_what_the_unit_still_held_was_paid() -> None:
     """Seed 70558: l1's two units captured at 100, one refunded in the portal, l1 cut to
     50 since and the 50 given back by the next capture. The held unit was paid 50: the
