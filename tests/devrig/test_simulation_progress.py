@@ -110,47 +110,6 @@ def test_a_merchant_refund_after_a_cut_refunded_whole_gives_back_what_the_unit_i
     assert _captured_unit_value(psp, "l1") == 400
 
 
-def test_a_settle_goes_after_the_outside_capture_the_service_recorded_before_it() -> None:
-    """Seed 87054 (Klarna): l2's unit captured in the portal at 99 (the service records
-    it, seq 2), l2 priced to 49 and a second unit shipped: settled at 0 against that
-    unit's own cut (seq 3), the 1 left refunded whole (seq 4). The oracle reads the
-    PSP's ledger with the settle in place: after the portal capture it was made
-    against, not before it (then settled_without_a_cut, captured_at_wrong_price)."""
-    from types import SimpleNamespace
-
-    from devrig.oracle import Booked
-    from devrig.simulation import PspOrder, _with_settled
-
-    unit = Booked("l2", "physical", 1, 99, 20, 2500)
-    cut = Booked("l2#price-cut", "discount", 1, 1, 0, 2500)
-    psp = PspOrder("klarna", "k1", "USD", 184, [], captured=99, refunded=1)
-    psp.ledger = [("capture", 99, [unit]), ("refund", 1, [cut])]
-    psp.outside = {0}
-    settle_line = {
-        "reference": "l2",
-        "type": "physical",
-        "quantity": 1,
-        "total_amount": 0,
-        "total_tax_amount": 0,
-        "tax_rate": 2500,
-    }
-
-    def op(seq: int, kind: str, amount: int, external: bool, lines: Any = ()) -> Any:
-        return SimpleNamespace(
-            seq=seq, kind=kind, status="succeeded", amount=amount, external=external, lines=lines
-        )
-
-    ops = [
-        op(2, "capture", 99, True),
-        op(3, "capture", 0, False, [settle_line]),
-        op(4, "refund", 1, False),
-    ]
-    assert [what for what, _, _ in _with_settled(psp, ops)] == ["capture", "settle", "refund"]
-    # A portal capture the service had not recorded before its settle may come after.
-    ops[0].seq = 5
-    assert [what for what, _, _ in _with_settled(psp, ops)] == ["settle", "capture", "refund"]
-
-
 class _Always:
     """A random stream that always draws 0: every chance is taken."""
 
