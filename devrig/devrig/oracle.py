@@ -234,6 +234,9 @@ class _State:
     # Units counted as captured that were worth nothing: no capture of 0 is sent, so the
     # PSP may hold them or not.
     worthless: dict[str, int] = field(default_factory=dict)
+    # What those units, priced since, may have been captured for (counted in money_high
+    # once per line, at the most they were worth).
+    worthless_high: dict[str, Fraction] = field(default_factory=dict)
     # Units counted as refunded that were returned while their line was priced at
     # nothing: held at nothing once the cut is given back, their refund may be none.
     back_at_nothing: dict[str, int] = field(default_factory=dict)
@@ -422,17 +425,30 @@ class Oracle:
         if set(left) == {line_id}:
             st.paid_whole[line_id] = st.paid_whole.get(line_id, 0) + left[line_id]
 
-    def _worth_as_much(self, line_id: str, units: int, value: int) -> tuple[str, ...]:
+    def _worth_as_much(
+        self, line_id: str, units: int, value: int, *, shared: bool = False
+    ) -> tuple[str, ...]:
         """The other goods lines of the stored basket whose units, as many, are worth
-        `value` too: money moved without named lines explains them as well."""
+        `value` too: money moved without named lines explains them as well.
+        `shared`: also worth it with their order-level shares in (§4: a refund is "at
+        the prices and tax they were captured at", shares of a store credit or discount
+        included; within the shares' cumulative rounding, a cent), seed 101642."""
         assert self.stored is not None
+        ratio = self._ratio(self.stored) if shared else Fraction(1)
         return tuple(
             str(x["id"])
             for x in self.stored["lines"]
             if x["id"] != line_id
             and kind(x) in GOODS
             and int(x["quantity"]) > 0
-            and line_value(x) * units == value * int(x["quantity"])
+            and (
+                line_value(x) * units == value * int(x["quantity"])
+                or (
+                    shared
+                    and abs(line_value(x) * units * ratio - value * int(x["quantity"]))
+                    <= int(x["quantity"])
+                )
+            )
         )
 
     def external_refund(
@@ -445,7 +461,7 @@ class Oracle:
             # service can only tell by value: returned units of another line worth as
             # much when it moved explain it as well, and the build may take it for
             # them (then refunds one fewer of them when the shop marks them returned).
-            alike = self._worth_as_much(line_id, units, value)
+            alike = self._worth_as_much(line_id, units, value, shared=True)
             if alike:
                 self.state.unnamed_back.append((line_id, units, alike))
         self.state.refunded[line_id] = self.state.refunded.get(line_id, 0) + units
@@ -553,12 +569,17 @@ class Oracle:
                 stored is not None
                 and stored["status"] == "cancelled"
                 and self._uncaptured_goods()
-                and not self._shipped_uncaptured({x["id"]: x for x in stored["lines"]})
+                and (
+                    (capture_in_flight and window_done)
+                    or not self._shipped_uncaptured({x["id"]: x for x in stored["lines"]})
+                )
             ):
                 # §4 flags an expiry "where the shop's snapshot does not already
                 # explain it": the shop cancelled, nothing shipped is left to charge,
                 # so the authorization took nothing the shop wants charged with it; the
                 # flag may be raised, not must (seed 53375, the cancel refused after it).
+                # A lapse at a settle point comes after the window's work, so what
+                # shipped in it went with the capture in flight (seed 97560).
                 self.exp.outcomes.add("expiry_of_a_cancelled_order")
                 self.exp.allowed.add(("needs_attention", EXTERNAL))
             elif (
@@ -1592,6 +1613,17 @@ class Oracle:
                 entry = exp.lines.setdefault(line_id, LineExpect())
                 entry.prices |= self._prices(line_id)
                 entry.totals |= self._totals(line_id)
+                # Then the PSP may hold their worth: a basket lowered below it is one
+                # the captures cannot follow (README "Ledger model": `order_amount`
+                # "cannot go below `captured_amount`"; seed 97932).
+                line = lines[line_id]
+                worth = Fraction(line_value(line) * units, int(line["quantity"])) * self._ratio(
+                    last
+                )
+                more = worth - st.worthless_high.get(line_id, Fraction(0))
+                if more > 0:
+                    st.money_high += more
+                    st.worthless_high[line_id] = worth
         if not newly and not fees:
             return
         if self._maybe_cancelled:
