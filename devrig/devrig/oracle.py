@@ -1751,6 +1751,35 @@ class Oracle:
             and value + riding_value > limit - st.money - slack
         )
         beyond = value + riding_value > limit - st.money + slack
+        # A worker may have captured for an earlier snapshot of this window (§4 step 2,
+        # "a capture with exactly those lines" of the snapshot it was sent for: its
+        # prices, its order-level shares, the fees due with the first capture), and the
+        # captures before took up to their dearest shares (money_high): what fits in
+        # "the remaining authorization" (CONTRACT §8) by the last snapshot's estimate
+        # may not have fitted then, and what did not fit waits (seeds 102722, 103304).
+        dearest = max(
+            [
+                value + riding_value,
+                *(
+                    sum(
+                        int(x["unit_price"])
+                        * min(
+                            newly.get(x["id"], 0) + riding.get(x["id"], 0),
+                            int(x["quantity"]) - st.captured.get(x["id"], 0)
+                            if kind(x) in FEES
+                            else int(x.get("shipped_quantity", 0)) - st.captured.get(x["id"], 0),
+                        )
+                        for x in snap["lines"]
+                        if x["id"] in newly or x["id"] in riding
+                    )
+                    * self._ratio(snap)
+                    for snap in earlier
+                ),
+            ]
+        )
+        if not beyond and dearest > limit - st.money_high + slack:
+            near = True
+            exp.outcomes.add("shipped_beyond_authorization_for_an_earlier_snapshot")
         if (beyond or near) and (no_raise or at_basket):
             # The shipped lines exceed an authorization the PSP would not raise: what
             # fits is captured, the shop is told to take a new order.

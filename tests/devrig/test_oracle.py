@@ -3736,3 +3736,70 @@ def test_a_lapse_after_the_shop_cancelled_with_its_shipped_goods_in_a_capture_is
     oracle.expire(capture_in_flight=True, window_done=True)
     oracle.settle()
     assert ("needs_attention", EXTERNAL) in oracle.expectation().required
+
+
+def test_goods_and_fee_that_fit_the_last_basket_may_not_have_fitted_an_earlier_one() -> None:
+    """Seed 102722 (Klarna, increases refused, authorized 1500): l1 repriced 450 → 750,
+    one unit captured outside (750), then the shop marks two shipped. A worker that
+    captured for that snapshot (§4 step 2, "a capture with exactly those lines", the
+    shipping fee "charged with the order's first capture") needed 750 + 150 against 750
+    left of "the remaining authorization" (CONTRACT §8): the unit is captured, the fee
+    waits. Later snapshots of the window added a discount, so by the last basket's
+    estimate both would fit; which snapshot the capture followed is timing."""
+    l1, fee = line("l1", 3, 450), line("l2", 1, 150, type="shipping_fee")
+    oracle = Oracle(1500, refuses_increases=True)
+    oracle.snapshot(snap(1, [l1, fee]))
+    oracle.settle()
+    dearer = {**l1, "unit_price": 750}
+    oracle.snapshot(snap(2, [dearer, fee]))
+    oracle.external_capture("l1", 1, 750)
+    shipped = {**dearer, "shipped_quantity": 2}
+    oracle.snapshot(snap(3, [shipped, fee]))
+    more = [shipped, fee, line("l3", 3, 99)]
+    oracle.snapshot(snap(4, more))
+    discount = line("l4", 1, -737, type="discount")
+    oracle.snapshot(snap(5, [*more, discount]))
+    oracle.snapshot(snap(6, [shipped, {**fee, "unit_price": 100}, more[2], discount]))
+    oracle.settle()
+    exp = oracle.expectation()
+    unit = ("capture", 750, [booked("l1", 1, 750)])
+    assert "captured_units" not in {c for c, _ in check_ledger([unit, unit], exp)}
+    # Still bounded: a third unit was never shipped.
+    assert "captured_units" in {c for c, _ in check_ledger([unit, unit, unit], exp)}
+
+
+def test_goods_that_fit_after_the_last_estimate_of_earlier_captures_may_not_fit_their_dearest() -> (
+    None
+):
+    """Seed 103304 (Klarna US, increases refused): one e-book captured in a window whose
+    snapshots gave it different shares of the gift card and the sales tax (§4: captures
+    "carry a share of order-level discount lines in proportion to the value of the lines
+    they carry"); the sales tax removed, the authorization lowered to the basket (2303).
+    The second unit fits what is left by the last snapshot's estimate of the first
+    capture (about 1133), not by the dearest (the PSP held 1189): against "the remaining
+    authorization" (CONTRACT §8) it may wait, the shop told to take a new order."""
+    l1, l2, l3 = line("l1", 3, 4506), line("l2", 2, 1200), line("l3", 2, 99)
+    gift, tax = line("l4", 1, -295, type="gift_card"), line("l5", 1, 150, type="sales_tax")
+    oracle = Oracle(15821, refuses_increases=True)
+    oracle.snapshot(snap(1, [l1, l2, l3, gift]))
+    oracle.snapshot(snap(2, [l1, l2, l3, gift, tax]))
+    one = {**l2, "shipped_quantity": 1}
+    oracle.snapshot(snap(3, [l1, one, l3, gift, tax]))
+    oracle.snapshot(snap(4, [one, l3, gift, tax]))
+    oracle.settle()
+    oracle.snapshot(snap(5, [one, l3, gift]))
+    oracle.snapshot(snap(6, [one, l3, gift, line("l6", 1, 2599)]))
+    two = {**l2, "shipped_quantity": 2}
+    oracle.snapshot(snap(7, [two, l3, gift, line("l6", 1, 2599)]))
+    oracle.settle()
+    exp = oracle.expectation()
+    first = (
+        "capture",
+        1189,
+        [
+            booked("l2", 1, 1200),
+            booked("l4", 1, -22, type="gift_card"),
+            booked("l5", 1, 11, type="sales_tax"),
+        ],
+    )
+    assert "captured_units" not in {c for c, _ in check_ledger([first], exp)}
