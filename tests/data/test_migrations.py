@@ -47,6 +47,16 @@ def _migrate_before(database: str, first_left_out: str) -> None:
         backend.connection.close()
 
 
+def _roll_back(database: str, *ids: str) -> None:
+    """Migrations `ids` rolled back, as an operator's `yoyo rollback` does."""
+    backend = get_backend(_yoyo_url(database))
+    try:
+        with backend.lock():
+            backend.rollback_migrations(MigrationList(m for m in _migrations() if m.id in ids))
+    finally:
+        backend.connection.close()
+
+
 def test_two_pods_migrating_a_fresh_database_at_once_both_succeed(fresh_database: str) -> None:
     # The one that waits must not sit inside a statement: CREATE INDEX CONCURRENTLY in
     # the other's run would wait for it and fail at its lock_timeout (LockNotAvailable).
@@ -140,14 +150,7 @@ def test_the_inbox_bodies_migration_moves_every_body_and_keeps_pruned_rows(
         ).fetchone()
         assert column is None
     # Rolled back, the bodies left return to their rows.
-    backend = get_backend(_yoyo_url(fresh_database))
-    try:
-        with backend.lock():
-            backend.rollback_migrations(
-                MigrationList(m for m in _migrations() if m.id == "0061_inbox_bodies")
-            )
-    finally:
-        backend.connection.close()
+    _roll_back(fresh_database, "0061_inbox_bodies")
     with psycopg.connect(fresh_database, autocommit=True) as conn:
         back = conn.execute("SELECT event_key, payload FROM inbox ORDER BY id").fetchall()
         assert back == [
@@ -195,16 +198,7 @@ def test_the_adyen_due_migration_copies_each_unprocessed_notification_and_rolls_
             " ('inbox_unprocessed', 'inbox_unprocessed_due', 'one_order_per_payment')"
         ).fetchone()
         assert gone == (0,)
-    backend = get_backend(_yoyo_url(fresh_database))
-    try:
-        with backend.lock():
-            backend.rollback_migrations(
-                MigrationList(
-                    m for m in _migrations() if m.id in ("0222_adyen_due", "0221_implied_indexes")
-                )
-            )
-    finally:
-        backend.connection.close()
+    _roll_back(fresh_database, "0222_adyen_due", "0221_implied_indexes")
     with psycopg.connect(fresh_database, autocommit=True) as conn:
         back = conn.execute(
             "SELECT event_key, next_attempt_at::text FROM inbox ORDER BY id"
@@ -249,14 +243,7 @@ def test_rolling_back_the_body_once_migration_puts_every_current_body_back(
             """,
             (snapshot,),
         )
-    backend = get_backend(_yoyo_url(fresh_database))
-    try:
-        with backend.lock():
-            backend.rollback_migrations(
-                MigrationList(m for m in _migrations() if m.id == "0241_shop_body_once")
-            )
-    finally:
-        backend.connection.close()
+    _roll_back(fresh_database, "0241_shop_body_once")
     with psycopg.connect(fresh_database, autocommit=True) as conn:
         bodies = conn.execute(
             "SELECT i.event_key, b.payload = jsonb_build_object('type', 'order.updated',"
