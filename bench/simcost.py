@@ -18,6 +18,7 @@ import os
 import resource
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,52 @@ def _server_cpu(data_dir: Path) -> float:
         if pid == postmaster:
             total += int(fields[13]) + int(fields[14])
     return total / TICKS
+
+
+def _postmaster_children(data_dir: Path) -> list[int]:
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    children = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[1]) == postmaster:
+            children.append(int(entry))
+    return children
+
+
+def _sched(pids: list[int]) -> dict[tuple[int, str], tuple[int, int]]:
+    """Per thread of the processes: (ns on a CPU, ns runnable but waiting for one),
+    from /proc/<pid>/task/<tid>/schedstat."""
+    out: dict[tuple[int, str], tuple[int, int]] = {}
+    for pid in pids:
+        try:
+            threads = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in threads:
+            try:
+                on_cpu, waiting, _ = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+            except (OSError, ValueError):
+                continue
+            out[(pid, tid)] = (int(on_cpu), int(waiting))
+    return out
+
+
+def _sched_delta(
+    before: dict[tuple[int, str], tuple[int, int]], after: dict[tuple[int, str], tuple[int, int]]
+) -> tuple[float, float]:
+    """Seconds on a CPU and waiting for one between two `_sched` reads (threads alive at
+    the second; one that ended in between is not counted)."""
+    on_cpu = waiting = 0
+    for key, (cpu, wait) in after.items():
+        cpu0, wait0 = before.get(key, (0, 0))
+        on_cpu += cpu - cpu0
+        waiting += wait - wait0
+    return on_cpu / 1e9, waiting / 1e9
 
 
 def _count_round_trips() -> collections.Counter[str]:
@@ -95,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--trips", action="store_true", help="count round trips by caller (slower: no CPU)"
     )
+    parser.add_argument(
+        "--sched",
+        action="store_true",
+        help="split the wall time: on a CPU, waiting for one, and neither (from schedstat)",
+    )
     args = parser.parse_args(argv)
     if "SIMCOST_PREPARE" in os.environ:  # an experiment: psycopg's prepare_threshold
         from psycopg._preparing import PrepareManager
@@ -129,12 +181,22 @@ def main(argv: list[str] | None = None) -> int:
                 conn.execute("SELECT pg_stat_statements_reset()")
             trips = _count_round_trips() if args.trips else None
             client, server = _client_cpu(), _server_cpu(base / "data")
+            if args.sched:
+                sched_client = _sched([os.getpid()])
+                sched_server = _sched(_postmaster_children(base / "data"))
+                wall = time.perf_counter()
             digests: list[str] = []
             summary = simulation.run_seeds(
                 sim,
                 range(args.first_seed, args.first_seed + args.histories),
                 on_result=lambda result: digests.append(result.digest),
             )
+            if args.sched:
+                wall = time.perf_counter() - wall
+                sched_client_delta = _sched_delta(sched_client, _sched([os.getpid()]))
+                sched_server_delta = _sched_delta(
+                    sched_server, _sched(_postmaster_children(base / "data"))
+                )
             client = _client_cpu() - client
             server = _server_cpu(base / "data") - server
         finally:
@@ -163,6 +225,23 @@ def main(argv: list[str] | None = None) -> int:
             f" statements {calls / n:.1f}, server planning + execution {executing / n:.1f} ms"
             f" (planning {planning / n:.1f} ms, {plans / n:.1f} plans)"
         )
+        if args.sched:
+            # A history is a ping-pong of the client and its backends: at any moment one
+            # of them runs or waits for a CPU, unless a message is in transit. What is
+            # left of the wall time after the four is that (negative: they overlapped,
+            # a pipeline's statements running while the client prepares the next).
+            # Waiting for a CPU on a quiet machine is the wake-up of the other side:
+            # what more processes than cores, or one core per client and its
+            # backends, could take back; on a loaded one it is mostly the load.
+            (c_cpu, c_wait), (s_cpu, s_wait) = sched_client_delta, sched_server_delta
+            print(
+                f"wall per history {1000 * wall / n:.1f} ms: client on a CPU"
+                f" {1000 * c_cpu / n:.1f} ms, waiting for one {1000 * c_wait / n:.1f} ms;"
+                f" server on a CPU {1000 * s_cpu / n:.1f} ms, waiting for one"
+                f" {1000 * s_wait / n:.1f} ms; neither"
+                f" {1000 * (wall - c_cpu - c_wait - s_cpu - s_wait) / n:.1f} ms"
+                f" (load average {os.getloadavg()[0]:.1f})"
+            )
         print("statements per history (calls, exec ms), most called first:")
         for count, ms, query, *_ in rows[: args.top]:
             print(f"  {count / n:7.1f} {ms / n:7.2f}  {' '.join(query.split())[:110]}")
