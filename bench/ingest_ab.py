@@ -12,12 +12,19 @@ the schema (an index fewer) is part of what is compared. Per round: the rate, th
 p99 and the CPU the server's process tree and Postgres used per request; then, per
 server, the rate and CPU ratios to the baseline of the same round. Diagnostic: it
 holds no target (`python -m bench ingest` does).
+
+It also reads the load generator's CPU per request (its process is this one's child)
+and prints each server's total (server, Postgres, load generator) against the
+baseline's: when the quiet machine's two cores are full, the rate ratio is about the
+inverse of that total ratio (docs/performance.md, issue 20 round 9), which a loaded
+machine's rates cannot show.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import subprocess
 import sys
 import uuid
@@ -46,6 +53,13 @@ class _InTree(subprocess.Popen):  # type: ignore[type-arg]
         super().__init__(*args, **kwargs)
 
 
+def _children_cpu_seconds() -> float:
+    """User + system CPU of this process's children that have ended: the load
+    generator's, once `drive` has waited for it."""
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return used.ru_utime + used.ru_stime
+
+
 def _pg_cpu(pid: int | None) -> float:
     return _tree_cpu_seconds(pid) if pid is not None else 0.0  # BENCH_DATABASE_URL: not ours
 
@@ -65,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    rows: dict[str, list[tuple[float, float, float, float]]] = {}
+    rows: dict[str, list[tuple[float, float, float, float, float]]] = {}
     latencies: dict[str, list[float]] = {}
     with stack() as bench:
         with bench.db() as conn:
@@ -104,19 +118,24 @@ def _run(args: argparse.Namespace) -> int:
                 before = (_tree_cpu_seconds(popen.pid), _pg_cpu(postgres))
                 kinds_before = postgres_cpu_by_kind(postgres)
                 warmup = min(300, args.requests // 10)
+                loadgen = _children_cpu_seconds()
                 result = drive(url, requests, concurrency=CONNECTIONS, warmup=warmup, max_seconds=6)
                 sent = result.count + warmup
+                client = 1000 * (_children_cpu_seconds() - loadgen) / sent
                 web = 1000 * (_tree_cpu_seconds(popen.pid) - before[0]) / sent
                 pg = 1000 * (_pg_cpu(postgres) - before[1]) / sent
                 kinds = postgres_cpu_by_kind(postgres)
                 split = {k: 1000 * (v - kinds_before.get(k, 0.0)) / sent for k, v in kinds.items()}
                 lat = result.latencies_ms()
-                rows.setdefault(name, []).append((result.rate, percentile(lat, 99), web, pg))
+                rows.setdefault(name, []).append(
+                    (result.rate, percentile(lat, 99), web, pg, client)
+                )
                 latencies.setdefault(name, []).extend(lat)
                 print(
                     f"  round {r + 1} {name:12s} {result.rate:6.0f} req/s  p99 "
                     f"{percentile(lat, 99):6.1f} ms  CPU ms/request: server {web:.3f}  "
-                    f"postgres {pg:.3f}  (load {os.getloadavg()[0]:.1f})",
+                    f"postgres {pg:.3f}  load generator {client:.3f}  "
+                    f"(load {os.getloadavg()[0]:.1f})",
                     flush=True,
                 )
                 # Where the Postgres CPU went: the backends of each database (the
@@ -136,11 +155,13 @@ def _run(args: argparse.Namespace) -> int:
         cpus = ", ".join(f"{g[2] / b[2]:.2f}" for g, b in zip(got, base, strict=True))
         rate = sum(g[0] for g in got) / sum(b[0] for b in base)
         cpu = sum(g[2] for g in got) / sum(b[2] for b in base)
+        total = sum(g[2] + g[3] + g[4] for g in got) / sum(b[2] + b[3] + b[4] for b in base)
         print(
             f"  {name:12s} rate {rate:.2f}x (rounds {rates})  web CPU {cpu:.2f}x "
             f"(rounds {cpus})  p99 {percentile(latencies[name], 99):.1f} ms vs "
             f"{percentile(latencies['baseline'], 99):.1f} ms  postgres "
-            f"{sum(g[3] for g in got) / len(got):.3f} ms"
+            f"{sum(g[3] for g in got) / len(got):.3f} ms  load generator "
+            f"{sum(g[4] for g in got) / len(got):.3f} ms  total CPU {total:.2f}x"
         )
     print(f"  load average after the run: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0

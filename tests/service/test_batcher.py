@@ -57,3 +57,65 @@ def test_drain_flushes_what_waits_behind_a_busy_flush() -> None:
 
     asyncio.run(scenario())
     assert flushed == [0, 1, 2, 3, 4]
+
+
+def test_a_second_statement_waits_for_a_half_full_batch_or_a_late_first() -> None:
+    """The batch statement has a fixed cost per statement (docs/performance.md, issue 20
+    round 9): while one flush is under way, a second starts only for a batch of at least
+    half max_items, or once the first is late; else its items ride with the next."""
+    batches: list[list[int]] = []
+    release = asyncio.Event()
+
+    async def flush(items: Sequence[int]) -> list[int]:
+        batches.append(list(items))
+        if len(batches) == 1:
+            await release.wait()
+        return list(items)
+
+    async def scenario() -> None:
+        batcher: Batcher[int, int] = Batcher(
+            flush, window_seconds=0.001, max_items=8, max_in_flight=2, late_seconds=0.2
+        )
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.01)  # the first flush is under way (and not late)
+        few = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0.02)  # their window ended: held back, two are not half of 8
+        assert batches == [[0]]
+        more = [asyncio.ensure_future(batcher.submit(i)) for i in (3, 4)]
+        await asyncio.sleep(0.02)  # four are half of 8: the second statement starts
+        assert batches == [[0], [1, 2, 3, 4]]
+        late = [asyncio.ensure_future(batcher.submit(i)) for i in (5,)]
+        await asyncio.sleep(0.3)  # the first is late now: the second slot is used
+        assert batches == [[0], [1, 2, 3, 4], [5]]
+        release.set()
+        assert await asyncio.gather(first, *few, *more, *late) == [0, 1, 2, 3, 4, 5]
+        await batcher.drain()
+
+    asyncio.run(scenario())
+
+
+def test_held_back_items_go_when_the_flush_under_way_ends() -> None:
+    batches: list[list[int]] = []
+    release = asyncio.Event()
+
+    async def flush(items: Sequence[int]) -> list[int]:
+        batches.append(list(items))
+        if len(batches) == 1:
+            await release.wait()
+        return list(items)
+
+    async def scenario() -> None:
+        batcher: Batcher[int, int] = Batcher(
+            flush, window_seconds=0.001, max_items=8, max_in_flight=2, late_seconds=10
+        )
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.01)
+        held = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0.02)
+        assert batches == [[0]]
+        release.set()
+        assert await asyncio.gather(first, *held) == [0, 1, 2]
+        await batcher.drain()
+
+    asyncio.run(scenario())
+    assert batches == [[0], [1, 2]]
