@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Required, TypedDict, TypeVar, Unpack
 
 from psycopg import AsyncConnection, Connection
-from psycopg.rows import BaseRowFactory, RowMaker, class_row, no_result
+from psycopg.rows import BaseRowFactory, RowMaker, class_row, no_result, tuple_row
 from psycopg.types.json import Jsonb
 
 from data import inbox
@@ -401,7 +401,9 @@ def insert_claimed_operation(
     every value is ours but the times, which are now(), the transaction's start, read
     with the lock (`order.db_now`)."""
     token = lease_token()
-    conn.execute(
+    # A kept cursor: nothing reads this statement's result, and its eleven parameters'
+    # dumpers are found once per connection.
+    kept_cursor(conn, INSERT_CLAIMED_OPERATION, tuple_row).execute(
         INSERT_CLAIMED_OPERATION,
         {
             "id": draft.id,

@@ -45,7 +45,7 @@ def kept_cursor(
     operation (`python -m bench.roundtrips --profile`).
 
     Only for a statement whose result is read right after its execute (`fetchone`,
-    `fetchall`): a second execution discards a result not read yet. A connection is
+    `fetchall`), or never: a second execution discards a result not read yet. A connection is
     used by one thread at a time (the pool hands it out), so is its cursor."""
     cursors: dict[str, Any] | None = getattr(conn, _KEPT, None)
     if cursors is None:

@@ -250,7 +250,7 @@ class LeanTransport(httpx.BaseTransport):
         server's idle close crossing the request (`_Resend` if the request may go twice)."""
         conn = entry.conn
         assert conn.sock is not None
-        conn.sock.settimeout(timeouts.get("write"))
+        _set_timeout(conn.sock, timeouts.get("write"))
         try:
             conn.putrequest(
                 request.method,
@@ -268,7 +268,7 @@ class LeanTransport(httpx.BaseTransport):
         except (OSError, http.client.HTTPException) as exc:
             raise _NotSent from exc
         try:
-            conn.sock.settimeout(timeouts.get("read"))
+            _set_timeout(conn.sock, timeouts.get("read"))
             answer = conn.getresponse()
             content = answer.read()
         except TimeoutError as exc:
@@ -305,6 +305,13 @@ class LeanTransport(httpx.BaseTransport):
         else:
             self._checkin(_key_of(request), entry)
         return response
+
+
+def _set_timeout(sock: socket.socket, timeout: float | None) -> None:
+    # Each settimeout is a system call (the socket's blocking mode set again); the
+    # worker's write and read timeouts are one figure, kept across requests.
+    if sock.gettimeout() != timeout:
+        sock.settimeout(timeout)
 
 
 class _NotSent(Exception):
