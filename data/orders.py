@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Required, TypedDict, TypeVar, Unpack
 
 from psycopg import AsyncConnection, Connection
-from psycopg.rows import BaseRowFactory, RowMaker, class_row, no_result
+from psycopg.rows import BaseRowFactory, RowMaker, class_row, no_result, tuple_row
 from psycopg.types.json import Jsonb
 
 from data import inbox
@@ -23,6 +23,7 @@ from data.workers import lease_token
 from domain.lines import PspLine
 from domain.planner import IN_FLIGHT, Kind, PastOperation, PspState, PspStatus
 from domain.snapshot import LineType, OrderSnapshot
+from ordersync.db import kept_cursor
 
 Row = dict[str, Any]
 _T = TypeVar("_T")
@@ -228,11 +229,8 @@ def lock_with_operations(
 ) -> tuple[LockedOrder | None, list[Operation]]:
     """The order under its row lock, the clock, and the order's operations: one
     statement (no row, and no operations, for an unknown order)."""
-    row = (
-        conn.cursor(row_factory=_LOCKED_WITH_OPERATIONS)
-        .execute(LOCK_WITH_OPERATIONS, {"id": order_id})
-        .fetchone()
-    )
+    cursor = kept_cursor(conn, LOCK_WITH_OPERATIONS, _LOCKED_WITH_OPERATIONS)
+    row = cursor.execute(LOCK_WITH_OPERATIONS, {"id": order_id}).fetchone()
     if row is None:
         return None, []
     ops = operations_from_json(row.operations)
@@ -403,7 +401,9 @@ def insert_claimed_operation(
     every value is ours but the times, which are now(), the transaction's start, read
     with the lock (`order.db_now`)."""
     token = lease_token()
-    conn.execute(
+    # A kept cursor: nothing reads this statement's result, and its eleven parameters'
+    # dumpers are found once per connection.
+    kept_cursor(conn, INSERT_CLAIMED_OPERATION, tuple_row).execute(
         INSERT_CLAIMED_OPERATION,
         {
             "id": draft.id,
@@ -754,7 +754,8 @@ def record_success(
         "version": op.target_version,
         "received": received,
     }
-    recorded = conn.cursor(row_factory=_RECORDED).execute(RECORD_SUCCESS, params).fetchone()
+    cursor = kept_cursor(conn, RECORD_SUCCESS, _RECORDED)
+    recorded = cursor.execute(RECORD_SUCCESS, params).fetchone()
     assert recorded is not None
     ops = operations_from_json(recorded.operations)
     recorded.operations = None

@@ -7,11 +7,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from psycopg.rows import DictRow, dict_row
+from psycopg.abc import PQGen
+from psycopg.generators import send
+from psycopg.rows import BaseRowFactory, DictRow, dict_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 from yoyo import get_backend, read_migrations
 from yoyo.migrations import MigrationList
@@ -27,6 +29,32 @@ MIGRATION_LOCK_POLL_SECONDS = 0.2
 
 SyncPool = ConnectionPool[psycopg.Connection[DictRow]]
 AsyncPool = AsyncConnectionPool[psycopg.AsyncConnection[DictRow]]
+
+_T = TypeVar("_T")
+_KEPT = "_ordersync_kept_cursors"
+
+
+def kept_cursor(
+    conn: psycopg.Connection[Any], query: str, row_factory: BaseRowFactory[_T]
+) -> psycopg.Cursor[_T]:
+    """A cursor for `query` kept with the connection and used by each execution of
+    that statement on it. psycopg keeps a cursor's adaptation state (a loader per
+    column type, a dumper per parameter type) while it runs the same query object again;
+    a new cursor builds it anew for every statement: on the worker's two wide reads (the
+    lock and the record, 30-odd columns each) that was a tenth of its Python CPU per
+    operation (`python -m bench.roundtrips --profile`).
+
+    Only for a statement whose result is read right after its execute (`fetchone`,
+    `fetchall`), or never: a second execution discards a result not read yet. A connection is
+    used by one thread at a time (the pool hands it out), so is its cursor."""
+    cursors: dict[str, Any] | None = getattr(conn, _KEPT, None)
+    if cursors is None:
+        cursors = {}
+        setattr(conn, _KEPT, cursors)
+    cursor: psycopg.Cursor[_T] | None = cursors.get(query)
+    if cursor is None or cursor.closed:
+        cursor = cursors[query] = conn.cursor(row_factory=row_factory)
+    return cursor
 
 
 def _has_news(conn: psycopg.Connection[DictRow] | psycopg.AsyncConnection[DictRow]) -> bool:
@@ -72,6 +100,58 @@ def sync_pool(database_url: str, *, min_size: int = 1, max_size: int = 4) -> Syn
     )
 
 
+class _OneWritePipeline(psycopg.Pipeline):
+    """psycopg's pipeline, writing to the socket only when an answer is waited for.
+
+    psycopg writes every statement out as it is executed (a `send` per statement, and
+    two polls), a Flush after the statement whose result is read, and a Flush after the
+    pipeline's Sync, which asks for nothing the Sync did not: the worker's four trips
+    per operation took ten writes, and each wakes the server's backend for a message.
+    Here an executed statement goes into libpq's output buffer only (libpq writes in
+    pipeline mode once 64 KiB are buffered, and when flushed); the buffer is written
+    when a result is read (with the Flush that asks for it, psycopg's own `_fetch_gen`)
+    and at the end (with the Sync): one write per round trip. What is sent, in what
+    order, and in which transaction, is unchanged; only when the bytes leave.
+
+    The two methods replaced are psycopg's (3.3, `_pipeline_base.py`);
+    tests/data/test_pipelined.py holds when a statement leaves and what a block
+    commits, and fails if psycopg's pipeline no longer has them."""
+
+    def _communicate_gen(self) -> PQGen[None]:
+        queue = self.command_queue
+        while queue:
+            queue.popleft()()  # into libpq's buffer: nothing written, nothing read
+        return
+        yield  # a generator, as the method it replaces
+
+    def _exit_gen(self) -> PQGen[None]:
+        try:
+            self._enqueue_sync()
+            yield from self._communicate_gen()
+            yield from send(self.pgconn)  # what is buffered and the Sync, at once
+        finally:
+            # The Sync's answer ends the results: no Flush after it.
+            yield from self._fetch_gen(flush=False)
+
+
+@contextmanager
+def _one_write_pipeline(conn: psycopg.Connection[DictRow]) -> Iterator[None]:
+    """`conn.pipeline()` with `_OneWritePipeline` (psycopg's `Connection.pipeline`,
+    whose class is fixed): never nested, as `pipelined` opens it on a pooled
+    connection's start."""
+    with conn.lock:
+        conn._check_connection_ok()
+        if conn._pipeline is not None:
+            raise psycopg.ProgrammingError("pipelined() on a connection already pipelined")
+        pipeline = conn._pipeline = _OneWritePipeline(conn)
+    try:
+        with pipeline:
+            yield
+    finally:
+        with conn.lock:
+            conn._pipeline = None
+
+
 @contextmanager
 def pipelined(pool: SyncPool) -> Iterator[psycopg.Connection[DictRow]]:
     """One transaction in pipeline mode. A statement is sent without waiting for its
@@ -86,12 +166,13 @@ def pipelined(pool: SyncPool) -> Iterator[psycopg.Connection[DictRow]]:
     server on any error before it (PostgreSQL's extended query protocol). No BEGIN and
     COMMIT statements (each a statement's worth of client CPU), and none of psycopg's
     own waits for them. A block that raises must never reach the Sync, which would
-    commit what it sent: its connection is closed first, and the server rolls back."""
+    commit what it sent: its connection is closed first, and the server rolls back.
+    One write to the server per round trip (`_OneWritePipeline`)."""
     raised: BaseException | None = None
     with pool.connection() as conn:
         conn.autocommit = True
         try:
-            with conn.pipeline():
+            with _one_write_pipeline(conn):
                 try:
                     yield conn
                 except BaseException as exc:

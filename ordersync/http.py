@@ -70,10 +70,39 @@ class _Answer(http.client.HTTPResponse):
         super().begin()
 
 
+class _OneWrite(http.client.HTTPConnection):
+    """http.client writes a request's head and its body with a `send` each: two writes,
+    two TCP segments (TCP_NODELAY), and a server that reads the head alone wakes again
+    for the body. `send_whole` holds what `endheaders` sends and writes it at once; a
+    failed write is a request not sent, as before."""
+
+    _held: list[bytes] | None = None
+
+    def send(self, data: Any) -> None:
+        held = self._held
+        if held is not None and isinstance(data, bytes | bytearray):
+            held.append(bytes(data))
+            return
+        super().send(data)
+
+    def send_whole(self, body: bytes | None) -> None:
+        self._held = []
+        try:
+            self.endheaders(body)
+            whole = b"".join(self._held)
+        finally:
+            self._held = None
+        super().send(whole)
+
+
+class _OneWriteHTTPS(_OneWrite, http.client.HTTPSConnection):
+    pass
+
+
 class _Connection:
     __slots__ = ("conn", "idle_since")
 
-    def __init__(self, conn: http.client.HTTPConnection) -> None:
+    def __init__(self, conn: _OneWrite) -> None:
         self.conn = conn
         self.idle_since = 0.0
 
@@ -187,12 +216,12 @@ class LeanTransport(httpx.BaseTransport):
     ) -> _Connection:
         scheme, host, port = key
         connect = timeouts.get("connect")
-        conn: http.client.HTTPConnection
+        conn: _OneWrite
         if scheme == "https":
             context = self._ssl or httpx.create_ssl_context()
-            conn = http.client.HTTPSConnection(host, port, timeout=connect, context=context)
+            conn = _OneWriteHTTPS(host, port, timeout=connect, context=context)
         else:
-            conn = http.client.HTTPConnection(host, port, timeout=connect)
+            conn = _OneWrite(host, port, timeout=connect)
         try:
             conn.connect()
         except TimeoutError as exc:
@@ -221,7 +250,7 @@ class LeanTransport(httpx.BaseTransport):
         server's idle close crossing the request (`_Resend` if the request may go twice)."""
         conn = entry.conn
         assert conn.sock is not None
-        conn.sock.settimeout(timeouts.get("write"))
+        _set_timeout(conn.sock, timeouts.get("write"))
         try:
             conn.putrequest(
                 request.method,
@@ -235,11 +264,11 @@ class LeanTransport(httpx.BaseTransport):
                     conn.putheader(b"Content-Length", str(len(body)).encode())
                     continue
                 conn.putheader(name, value)
-            conn.endheaders(body or None)
+            conn.send_whole(body or None)
         except (OSError, http.client.HTTPException) as exc:
             raise _NotSent from exc
         try:
-            conn.sock.settimeout(timeouts.get("read"))
+            _set_timeout(conn.sock, timeouts.get("read"))
             answer = conn.getresponse()
             content = answer.read()
         except TimeoutError as exc:
@@ -276,6 +305,13 @@ class LeanTransport(httpx.BaseTransport):
         else:
             self._checkin(_key_of(request), entry)
         return response
+
+
+def _set_timeout(sock: socket.socket, timeout: float | None) -> None:
+    # Each settimeout is a system call (the socket's blocking mode set again); the
+    # worker's write and read timeouts are one figure, kept across requests.
+    if sock.gettimeout() != timeout:
+        sock.settimeout(timeout)
 
 
 class _NotSent(Exception):

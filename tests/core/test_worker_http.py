@@ -293,3 +293,41 @@ def test_a_chunked_answer_and_an_answer_without_a_body_are_read_whole() -> None:
         assert [(r.status_code, r.content) for r in got] == [(200, b"{}"), (204, b""), (200, b"{}")]
     finally:
         listener.close()
+
+
+class _Recording:
+    """A socket whose writes are counted."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.writes: list[bytes] = []
+
+    def sendall(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+        self.sock.sendall(data)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.sock, name)
+
+
+def test_a_request_s_head_and_body_leave_in_one_write(server: _Server) -> None:
+    # http.client writes the head and the body with a send each: two segments, and a
+    # server woken twice for one request.
+    from ordersync.http import _OneWrite
+
+    conn = _OneWrite("127.0.0.1", server.port, timeout=5)
+    conn.connect()
+    assert conn.sock is not None
+    recording = _Recording(conn.sock)
+    conn.sock = recording  # type: ignore[assignment]
+    try:
+        conn.putrequest("POST", "/orders/o-1/captures", skip_accept_encoding=True)
+        conn.putheader("Content-Length", "24")
+        conn.send_whole(b'{"captured_amount": 100}')
+        assert conn.getresponse().read() == b'{"ok": true}'
+    finally:
+        conn.sock = recording.sock
+        conn.close()
+    assert len(recording.writes) == 1
+    assert recording.writes[0].startswith(b"POST /orders/o-1/captures HTTP/1.1\r\n")
+    assert recording.writes[0].endswith(b'\r\n\r\n{"captured_amount": 100}')
