@@ -164,13 +164,16 @@ SELECT (SELECT outcome FROM inbox_row) AS outcome,
 # first: a lower version that arrives late (stale) corrects it. Not once Adyen's
 # AUTHORISATION told the figure, nor once an operation of ours changed the authorization
 # (its success set the figure); an operation still in flight was built on the guess, and
-# the corrected figure is what its refusal is judged against. (The lower versions' bodies
-# are all in inbox_bodies: the one in the order's row is its version, the highest.)
+# the corrected figure is what its refusal is judged against. Nor once the authorization
+# ended at the PSP (an EXPIRE, an AUTHORISATION refused: data/orders.py MARK_ENDED): it
+# holds what was captured, not a basket's total. (The lower versions' bodies are all in
+# inbox_bodies: the one in the order's row is its version, the highest.)
 CORRECT_ADYEN_FALLBACK = """
 UPDATE orders SET authorized_amount = %(total)s, authorized_lines = %(basket)s,
                   reconcile_requested_at = now(), updated_at = now()
 WHERE id = %(id)s AND provider = 'adyen' AND version > %(version)s
   AND psp_order_id = %(psp_id)s
+  AND coalesce(psp_status, '') NOT IN ('expired', 'closed')
   AND NOT EXISTS (SELECT 1 FROM adyen_payments WHERE psp_reference = %(psp_id)s)
   AND NOT EXISTS (SELECT 1 FROM operations WHERE order_id = %(id)s AND status = 'succeeded'
                   AND kind IN ('update_authorization', 'release_authorization', 'cancel'))

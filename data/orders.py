@@ -1127,8 +1127,10 @@ SELECT id FROM orders
 WHERE provider = 'adyen' AND lower(psp_order_id) = lower(%(payment)s)
   AND psp_order_id = %(payment)s
 """
-MARK_EXPIRED = """
-UPDATE orders SET psp_status = 'expired', authorized_amount = captured_amount,
+# The authorization ended at the PSP (Adyen's EXPIRE: 'expired'; Adyen's AUTHORISATION
+# refused: 'closed'): it holds no more than was captured under it.
+MARK_ENDED = """
+UPDATE orders SET psp_status = %(status)s, authorized_amount = captured_amount,
                   updated_at = now()
 WHERE id = %(id)s
 """
@@ -1205,7 +1207,14 @@ def adyen_order(conn: Connection[Row], payment: str) -> str | None:
 
 
 def mark_expired(conn: Connection[Row], order_id: str) -> None:
-    conn.execute(MARK_EXPIRED, {"id": order_id})
+    conn.execute(MARK_ENDED, {"id": order_id, "status": "expired"})
+
+
+def mark_refused(conn: Connection[Row], order_id: str) -> None:
+    """The payment was never authorized (Adyen's AUTHORISATION refused): it holds
+    nothing, so the planner never counts goods paid against it (not even settled at 0)
+    and sends it nothing to refuse; closed, as an authorization that ended at the PSP."""
+    conn.execute(MARK_ENDED, {"id": order_id, "status": "closed"})
 
 
 def authorization_changed_by_us(conn: Connection[Row], order_id: str) -> bool:

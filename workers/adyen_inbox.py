@@ -356,6 +356,11 @@ def _payment_event(conn: Connection[Row], settings: Settings, n: Notification) -
             # follows would be taken as authorized (contract §4: the authorization comes
             # from Adyen's AUTHORISATION).
             return Processed("unmatched")
+        # Contract §4: an Adyen payment's authorized amount is its AUTHORISATION's; a
+        # refused one authorized nothing. Left open at the first snapshot's total, the
+        # planner would take it as holding money (goods settled against it at 0, captures
+        # and cancels sent for the PSP to refuse).
+        store.mark_refused(conn, order.id)
         flag_order(
             conn,
             order,

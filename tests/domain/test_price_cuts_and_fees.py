@@ -192,6 +192,51 @@ def test_units_whose_own_lines_price_cut_takes_their_capture_whole_are_settled()
     assert lines_total(refund_lines(back, ledger)) == 50
 
 
+def test_the_last_goods_whose_shares_take_their_value_whole_are_settled_at_0() -> None:
+    """§4: a capture carries exactly the newly shipped lines, and the order-level lines'
+    shares are rounded cumulatively "so that ... the shares add up to the discount
+    line's total once everything has shipped". l2 (3 × 450) was captured at 1350 with
+    −71 of an unitemised discount, then priced to 750; the unitemised discount went (+71
+    back), a discount −248 and a gift card −367 came; the increase was refused. l1 (450)
+    ships last, so every share left falls on it: 450 − 210 − 311 + 71 = 0. What is
+    still owed (806) is more than the unit is worth, so the due spread cannot help.
+    Before, nothing was recorded (Done): a shipped unit of value never counted
+    captured. It is settled at 0 (no PSP call); what stays owed stays owed, told by the
+    refused increase (seed 62851)."""
+    discount = PspLine(
+        UNITEMISED_DISCOUNT_ID, "Discount", LineType.DISCOUNT, 1, -71, 2000, -71, 0, -12
+    )
+    history: tuple[PastOperation, ...] = (captured(unit("l2", 3, 1350), discount),)
+    now = order(
+        [
+            line("l1", 1, 450, shipped=1),
+            line("l2", 3, 750, shipped=3),
+            line("l3", 1, -248, type="discount"),
+            line("l4", 1, -367, type="gift_card"),
+        ]
+    )
+    assert now.total == 2085
+    view = OrderView(now, psp(1705, 1279), history=history, refused_amount=2085)
+    lines = _settled(plan_next(view, allow_all))
+    assert [(x.reference, x.quantity, x.total_amount) for x in lines if x.reference == "l1"] == [
+        ("l1", 1, 450)
+    ]
+    history += (PastOperation(Kind.CAPTURE, "succeeded", 0, lines),)
+    ledger = ledger_from((op.kind.value, op.lines) for op in history)
+    assert ledger["l1"].captured_quantity == 1
+    assert captured_total(ledger) == 1279
+    after = plan_next(
+        OrderView(now, psp(1705, 1279), history=history, refused_amount=2085), allow_all
+    )
+    assert not isinstance(after, Settle | Plan), after
+    # An authorization captured whole takes no capture, not even one of 0 (seed 63).
+    paid = (captured(unit("l2", 1, 450)),)
+    gift = line("l3", 1, -450, type="gift_card")
+    covered = order([line("l1", 1, 450, shipped=1), line("l2", 1, 450, shipped=1), gift])
+    full = psp(450, 450, PspStatus.CAPTURED)
+    assert plan_next(OrderView(covered, full, history=paid), allow_all) == Done()
+
+
 def test_a_line_removed_after_its_capture_is_given_back_as_a_cut() -> None:
     """Seed 40889: a shipping fee captured (150) and then removed is worth 0 now, a cut
     of all it was captured for; the authorization follows the basket down, so the next

@@ -32,8 +32,13 @@ from tests.ledger.harness import (
     snapshot,
     update_snapshot,
 )
-from tests.ledger.test_ledger_regressions import adyen_notification, drive, klarna_order
-from tests.seed_basket import SHOES, SOCKS
+from tests.ledger.test_ledger_regressions import (
+    adyen_notification,
+    drive,
+    klarna_order,
+    operator_reconcile,
+)
+from tests.seed_basket import SHOES, SOCKS, discount
 from workers import adyen_inbox, crashpoints, reconcile
 from workers.context import WorkerContext
 from workers.reconcile import Reconciler, _not_behind, rejection_flag
@@ -635,6 +640,28 @@ def test_an_adyen_authorisation_refused_before_the_order_flags_the_order_when_it
     row = order_row(ctx, order_id)
     assert row["flags"] == ["needs_attention"]
     assert row["flag_reason"]["needs_attention"]["code"] == "authorisation_refused"
+
+
+def test_an_adyen_payment_whose_authorisation_was_refused_holds_nothing_to_capture_or_settle(
+    ctx: WorkerContext,
+) -> None:
+    """Contract §4: an Adyen payment's authorized amount is its AUTHORISATION's, and a
+    refused one authorized nothing. The shoes shipped and a discount takes their whole
+    value: on a payment that holds money they would be settled at 0 (the last goods
+    carry every share left) and the rest let go. Refused, the payment is closed at what
+    was captured (0): after a person's reconcile nothing is counted captured, not even
+    at 0, and nothing is sent for Adyen to refuse. Before, it stayed open at the first
+    snapshot's total: the shoes were settled and a cancel sent."""
+    order_id = new_order_id()
+    snap = snapshot(order_id, shipped([SHOES, discount(1200)], shoes=1), provider="adyen")
+    insert_order(ctx, snap)
+    item = adyen_item(snap.psp_order_id, "AUTHORISATION", "false", value=0, reason="Refused")
+    assert adyen_inbox.process(ctx, adyen_notification(ctx, item), lambda *_: None) == "flagged"
+    row = order_row(ctx, order_id)
+    assert (row["psp_status"], row["authorized_amount"]) == ("closed", 0)
+    assert row["flag_reason"]["needs_attention"]["code"] == "authorisation_refused"
+    operator_reconcile(ctx, order_id)
+    assert [(o["kind"], o["amount"]) for o in operations(ctx, order_id)] == []
 
 
 def test_an_adyen_expire_before_its_order_is_kept_and_applied_when_the_order_arrives(
