@@ -941,23 +941,19 @@ class Oracle:
                     # all of it; the basket grown since is then a new payment.
                     exp.allowed.add(("needs_new_order", ""))
                     exp.outcomes.add("grown_after_a_full_capture_in_one_window")
-                if self._covered_earlier(below=total):
-                    # The same with nothing left to capture: an earlier snapshot the
-                    # captures already cover, once the authorization was lowered to it,
-                    # left it fully captured, so §4 step 1 ("not fully captured") raises
-                    # it no more; the units shipped since wait for the new order the
-                    # shop is asked for (or were captured, had no worker seen it).
-                    exp.allowed.add(("needs_new_order", ""))
-                    exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
-                    exp.uncertain_end = True
-                    exp.outcomes.add("grown_after_a_basket_the_captures_cover")
-                    self._maybe_full = True
+                self._grown_past_covered(total, "grown_after_a_basket_the_captures_cover")
                 exp.outcomes.add("increase" if total > st.authorized else "decrease")
                 held_high = exp.authorized_high  # an earlier update the PSP may have refused
                 exp.authorized_high = None
                 before = st.authorized
                 self._before_update = st.authorized
                 st.authorized = total
+        elif st.closed is None and not cancelling:
+            # The basket ends at the authorized total, but an earlier one of this window
+            # the captures cover may have been acted on: lowered to it, the authorization
+            # is fully captured and §4 step 1 ("not fully captured") raises it no more
+            # (seed 110329: lowered to what was captured, grown back, more shipped).
+            self._grown_past_covered(total, "grown_back_after_a_basket_the_captures_cover")
         # Steps 2-4: captures, refunds, then a cancel lets go of what is left.
         captured_before = dict(st.captured)
         money_before = st.money
@@ -1355,6 +1351,20 @@ class Oracle:
             and order_total(snap) + 2 < below
             for snap in self.window[:-1]
         )
+
+    def _grown_past_covered(self, total: int, outcome: str) -> None:
+        """An earlier snapshot of this window the captures already cover, below the last
+        basket: once the authorization was lowered to it, it was fully captured, so §4
+        step 1 ("not fully captured") raises it no more; the units shipped since wait for
+        the new order the shop is asked for (or were captured, had no worker seen it)."""
+        if not self._covered_earlier(below=total):
+            return
+        exp = self.exp
+        exp.allowed.add(("needs_new_order", ""))
+        exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
+        exp.uncertain_end = True
+        exp.outcomes.add(outcome)
+        self._maybe_full = True
 
     def _captured_at_least(self, line_id: str) -> int:
         """Units of the line the PSP surely holds: fewer than counted when a window
