@@ -1513,6 +1513,24 @@ class Oracle:
                 ) * max(self._ratio(snap) for snap in self.window)
                 if order_total(last) < st.money_high + 2:
                     exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+            if st.closed != "expired" and order_total(last) <= st.money_high + 2:
+                # Goods shipped after our cancel or release that the money the PSP may
+                # hold already pays for (the basket is worth no more): §4 step 2 makes
+                # their capture 0 (the shares, or a price cut given back, take it whole),
+                # which README "Ledger model" settles against the money held, sending
+                # nothing the gone authorization could refuse; §4 asks a new payment
+                # only of a reopened order "worth more than was captured". Settled or
+                # left uncounted: either, as for units worth nothing (seed 111266). (The
+                # flags allowed below stay allowed: a person may still be told.)
+                for line_id, units in newly.items():
+                    before = st.captured.get(line_id, 0)
+                    entry = exp.lines.setdefault(line_id, LineExpect())
+                    entry.maybe(before, before + units)
+                    entry.prices |= self._prices(line_id)
+                    entry.totals |= self._totals(line_id)
+                    st.captured[line_id] = before + units
+                    st.worthless[line_id] = st.worthless.get(line_id, 0) + units
+                exp.outcomes.add("shipped_after_close_paid_by_the_money_held")
             for line_id in left_to_timing:
                 # An earlier window left their capture to timing: the close the oracle
                 # counts may never have happened (a capture flagged

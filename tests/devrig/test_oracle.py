@@ -1566,6 +1566,95 @@ def test_goods_shipped_after_the_basket_grew_back_past_one_the_captures_cover_ma
     assert "captured_units" in {c for c, _ in check_ledger([], exp)}
 
 
+def test_goods_shipped_after_the_release_that_the_money_held_pays_for_may_be_settled_at_0() -> None:
+    """Seed 111266 (Klarna, 93 authorized): l3 captured at 23 (450 less its shares); then
+    l3 priced 150 and the discount lowered: the order is worth 0, so its rest was
+    released (§4: "an open order worth 0 is cancelled (or its rest released)"). The shop
+    then shipped l1's two e-books, still worth 0 with the shares in. §4 step 2 makes their
+    capture 0; README "Ledger model": a capture a cut or the shares take whole is sent to
+    no PSP, its goods settled against the money already held, so the released
+    authorization refuses nothing, and §4 asks a new payment only of a reopened order
+    "worth more than was captured". Settled or left uncounted: either. The shop then
+    cancelled, and the cut no capture was left to give back was refunded."""
+    oracle = Oracle(93, refuses_increases=False)
+    cards = [line("l4", 1, -839, type="gift_card")]
+
+    def basket(version: int, l1: int, l3: int, discount: int, **extra: Any) -> dict[str, Any]:
+        lines = [
+            line("l1", 2, 450, type="digital", shipped_quantity=l1),
+            line("l2", 1, 450),
+            line("l3", 1, l3, rate=700, shipped_quantity=1 if version > 1 else 0),
+            *cards,
+            line("l5", 1, discount, type="discount"),
+        ]
+        return snap(version, lines, **extra)
+
+    oracle.snapshot(basket(1, 0, 450, -868))
+    oracle.snapshot(basket(2, 0, 450, -868))
+    oracle.snapshot(basket(3, 0, 150, -661))
+    oracle.settle()
+    oracle.snapshot(basket(7, 2, 150, -661))
+    oracle.settle()
+    oracle.snapshot(basket(12, 2, 150, -661, status="cancelled"))
+    oracle.settle()
+    exp = oracle.expectation()
+    capture = (
+        "capture",
+        23,
+        [
+            booked("l3", 1, 450, rate=700),
+            booked("l4", 1, -210, rate=0, type="gift_card"),
+            booked("l5", 1, -217, rate=0, type="discount"),
+        ],
+    )
+    settled = (
+        "settle",
+        0,
+        [
+            booked("l1", 2, 900, type="digital"),
+            booked("l4", 1, -419, rate=0, type="gift_card"),
+            booked("l5", 1, -296, rate=0, type="discount"),
+            booked("l3", 1, -185, rate=700, type="discount"),
+        ],
+    )
+    cut = ("refund", 23, [booked("l3#price-cut", 1, 23, rate=700, type="discount")])
+    assert not {c for c, _ in check_ledger([capture, settled, cut], exp)} & {"captured_units"}
+    assert not {c for c, _ in check_ledger([capture, cut], exp)} & {"captured_units"}
+
+
+def test_goods_shipped_after_the_release_worth_more_than_the_money_held_are_not_captured() -> None:
+    """The other side of the rule above: an order released at 0, then a discount lowered
+    so the e-books shipped are worth more than the PSP holds. Nothing can charge them (§4:
+    the reopened order "needs a new payment"), so none of them is counted captured."""
+    oracle = Oracle(1350, refuses_increases=False)
+    l2 = line("l2", 1, 450, shipped_quantity=1)
+    oracle.snapshot(snap(1, [line("l1", 2, 450, type="digital"), l2]))
+    oracle.settle()
+    oracle.snapshot(
+        snap(2, [line("l1", 2, 450, type="digital"), l2, line("d", 1, -1350, type="discount")])
+    )
+    oracle.settle()
+    oracle.snapshot(
+        snap(
+            3,
+            [
+                line("l1", 2, 450, type="digital", shipped_quantity=2),
+                l2,
+                line("d", 1, -300, type="discount"),
+            ],
+        )
+    )
+    oracle.settle()
+    exp = oracle.expectation()
+    capture = ("capture", 450, [booked("l2", 1, 450)])
+    settled = (
+        "settle",
+        0,
+        [booked("l1", 2, 900, type="digital"), booked("l2", 1, -900, type="discount")],
+    )
+    assert "captured_units" in {c for c, _ in check_ledger([capture, settled], exp)}
+
+
 def test_units_a_window_left_to_timing_then_captured_surely_may_all_be_held() -> None:
     """Seed 80407 (Adyen, 450 authorized): in one window l1's unit shipped (the basket
     shipped whole), l1 grew to three units and a second shipped. A worker that captured
