@@ -2077,7 +2077,13 @@ class Oracle:
             # them). A build that plans the refund anyway finds nothing left to refund
             # and may flag it for a person.
             given_back = st.charged_back_units.get(line_id, 0)
-            if given_back and min(back, held) > st.refunded.get(line_id, 0):
+            # The same for units whose capture was left to timing (a range) when the
+            # chargeback took everything held: captured, their money went back with it
+            # (Oracle.chargeback, Expectation.charged_back_maybe; seed 114429).
+            maybe_back = self.exp.charged_back_maybe.get(line_id, 0)
+            if (given_back or maybe_back) and min(back, held + maybe_back) > st.refunded.get(
+                line_id, 0
+            ):
                 self.exp.allowed.add(("needs_attention", "refund_exceeds_captured"))
             want = min(back, held) - given_back
             if want > st.refunded.get(line_id, 0):

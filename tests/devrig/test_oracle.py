@@ -1655,6 +1655,43 @@ def test_goods_shipped_after_the_release_worth_more_than_the_money_held_are_not_
     assert "captured_units" in {c for c, _ in check_ledger([capture, settled], exp)}
 
 
+def test_a_return_of_units_left_to_timing_and_charged_back_may_be_flagged_as_beyond_captured() -> (
+    None
+):
+    """Seed 114429 (Adyen, 5170 authorized, increases refused): in one window l1 was
+    priced 2599 → 2649 and both units shipped (5270, beyond the authorization: the oracle
+    leaves their capture to timing); the service captured 5270. The shop dropped the
+    discount (5298), the customer charged back everything held (5270, not the units'
+    worth by the stored basket, so tied to none), then the shop marked one unit returned.
+    §4: the chargeback is counted and "never makes it a second time": nothing is left to
+    refund, and a build that plans the refund finds that and tells a person
+    (`refund_exceeds_captured`), as for units surely captured and charged back."""
+    oracle = Oracle(5170, refuses_increases=True)
+    discount = line("l2", 1, -28, type="discount")
+    oracle.snapshot(snap(1, [line("l1", 2, 2599), discount]))
+    oracle.snapshot(snap(3, [line("l1", 2, 2649), discount]))
+    oracle.snapshot(snap(4, [line("l1", 2, 2649, shipped_quantity=2), discount]))
+    oracle.settle()
+    assert oracle.exp.lines["l1"].captured_range == (0, 2)  # left to timing
+    oracle.snapshot(snap(6, [line("l1", 2, 2649, shipped_quantity=2)]))
+    oracle.settle()
+    oracle.chargeback()
+    oracle.settle()
+    oracle.snapshot(snap(8, [line("l1", 2, 2649, shipped_quantity=2, returned_quantity=1)]))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert ("needs_attention", "refund_exceeds_captured") in exp.allowed
+    # Nothing returned: nothing to refund, no such flag.
+    other = Oracle(5170, refuses_increases=True)
+    other.snapshot(snap(1, [line("l1", 2, 2599), discount]))
+    other.snapshot(snap(3, [line("l1", 2, 2649), discount]))
+    other.snapshot(snap(4, [line("l1", 2, 2649, shipped_quantity=2), discount]))
+    other.settle()
+    other.chargeback()
+    other.settle()
+    assert ("needs_attention", "refund_exceeds_captured") not in other.expectation().allowed
+
+
 def test_units_a_window_left_to_timing_then_captured_surely_may_all_be_held() -> None:
     """Seed 80407 (Adyen, 450 authorized): in one window l1's unit shipped (the basket
     shipped whole), l1 grew to three units and a second shipped. A worker that captured
