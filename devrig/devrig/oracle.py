@@ -1466,6 +1466,22 @@ class Oracle:
                     # be told, as for goods shipped after a close (seed 55125).
                     exp.allowed.add(("needs_attention", "psp_order_cancelled"))
                     exp.outcomes.add("priced_after_close")
+                if (
+                    not st.own_capture
+                    and any(units > 0 and i in lines for i, units in st.worthless.items())
+                    and any(
+                        kind(line) in FEES
+                        and line_value(line) > 0
+                        and st.captured.get(line_id, 0) < int(line["quantity"])
+                        for line_id, line in lines.items()
+                    )
+                ):
+                    # The same for a fee due with them: "charged with the order's first
+                    # capture" (§4), it may make that capture of units worth nothing
+                    # worth sending (the fee_after_free_units reading below, seed
+                    # 84920), which the gone authorization cannot take (seed 114676).
+                    exp.allowed.add(("needs_attention", "psp_order_cancelled"))
+                    exp.outcomes.add("fee_with_free_units_after_close")
                 return
             left_to_timing = [
                 line_id

@@ -3457,6 +3457,42 @@ def test_a_fee_after_units_worth_nothing_shipped_may_wait_for_goods_of_value() -
     assert (low, high) == (0, 1)
 
 
+def test_a_fee_due_with_units_worth_nothing_after_a_cancel_may_be_told_to_a_person() -> None:
+    """Seed 114676 (Klarna US): l2 (priced 0) shipped, the shop cancelled and the service
+    cancelled the authorization (nothing of value to capture). The shop reopened (a new
+    order asked for), added a shipping fee and cancelled again. §4 step 4 "first capture
+    every shipped line not yet captured", and the fee is "charged with the order's first
+    capture": the fee may make that capture worth sending (the rule above, seed 84920),
+    but the authorization is gone, so a build may tell a person (`psp_order_cancelled`),
+    as for units worth nothing priced after a close. Never required."""
+    oracle = Oracle(1316, refuses_increases=False)
+    oracle.snapshot(snap(2, [line("l1", 1, 1266, type="digital"), line("l2", 1, 0)]))
+    shipped = line("l2", 3, 0, shipped_quantity=1)
+    oracle.snapshot(snap(5, [line("l1", 1, 1266, type="digital"), shipped]))
+    oracle.snapshot(snap(6, [line("l1", 1, 1266, type="digital"), shipped], status="cancelled"))
+    oracle.settle()
+    oracle.snapshot(snap(8, [line("l1", 3, 1266, type="digital"), shipped]))
+    oracle.settle()
+    fee = line("l3", 1, 150, type="shipping_fee")
+    oracle.snapshot(snap(9, [line("l1", 3, 1266, type="digital"), shipped, fee]))
+    oracle.snapshot(
+        snap(10, [line("l1", 3, 1266, type="digital"), shipped, fee], status="cancelled")
+    )
+    oracle.settle()
+    exp = oracle.expectation()
+    assert ("needs_attention", "psp_order_cancelled") in exp.allowed
+    assert ("needs_attention", "psp_order_cancelled") not in exp.required
+    # Without the fee nothing is due: no such flag.
+    other = Oracle(1316, refuses_increases=False)
+    other.snapshot(snap(2, [line("l1", 1, 1266, type="digital"), line("l2", 1, 0)]))
+    other.snapshot(snap(5, [line("l1", 1, 1266, type="digital"), shipped]))
+    other.snapshot(snap(6, [line("l1", 1, 1266, type="digital"), shipped], status="cancelled"))
+    other.settle()
+    other.snapshot(snap(10, [line("l1", 3, 1266, type="digital"), shipped], status="cancelled"))
+    other.settle()
+    assert ("needs_attention", "psp_order_cancelled") not in other.expectation().allowed
+
+
 def test_a_unit_of_a_line_captured_beyond_its_value_is_captured_at_0_beside_other_lines() -> None:
     """Seed 85270 (Adyen): two of l1's three units captured at 450, then l1 priced to
     150 (worth 450, 900 held) and its third unit shipped with a surcharge. README "Ledger
