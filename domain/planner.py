@@ -413,13 +413,7 @@ def _attribution(
         if _unnamed(op, Kind.CAPTURE) and op.basis is not None and op.amount > 0
     ]
     for op, then in captures:
-        # Units worth nothing are no part of money that moved (no capture of 0 is ever
-        # sent, and the PSP's ledger never shows them): never tied to it.
-        lines = [
-            x
-            for x in capture_lines(then, ledger, give_back=False)
-            if x.total_amount or x.type in SHARE_TYPES
-        ]
+        lines = _of_value(capture_lines(then, ledger, give_back=False))
         if lines and lines_total(lines) == op.amount:
             return Attribute(str(op.reference), tuple(lines))
     lines = refund_lines(order, ledger)
@@ -447,6 +441,15 @@ def _attribution(
             if near:
                 return Attribute(str(op.reference), near)
     return None
+
+
+def _of_value(lines: Sequence[PspLine]) -> list[PspLine]:
+    """The lines of a capture request that money moved without the service can stand
+    for: units worth nothing are no part of it (no capture of 0 is ever sent, and the
+    PSP's ledger never shows them), so they are never tied to it; nor is a fee priced 0
+    that a first capture of the service would carry (README "Fees": a first capture made
+    outside carries no fee)."""
+    return [x for x in lines if x.total_amount or x.type in SHARE_TYPES]
 
 
 def _unnamed(op: PastOperation, kind: Kind) -> bool:
@@ -496,7 +499,11 @@ def _shipped_part(order: OrderSnapshot, ledger: Ledger, amount: int) -> tuple[Ps
             found = _worth(
                 amount,
                 line.id,
-                capture_lines(order.model_copy(update={"lines": alone}), ledger, give_back=False),
+                _of_value(
+                    capture_lines(
+                        order.model_copy(update={"lines": alone}), ledger, give_back=False
+                    )
+                ),
             )
             if found is not None:
                 return found

@@ -941,23 +941,19 @@ class Oracle:
                     # all of it; the basket grown since is then a new payment.
                     exp.allowed.add(("needs_new_order", ""))
                     exp.outcomes.add("grown_after_a_full_capture_in_one_window")
-                if self._covered_earlier(below=total):
-                    # The same with nothing left to capture: an earlier snapshot the
-                    # captures already cover, once the authorization was lowered to it,
-                    # left it fully captured, so §4 step 1 ("not fully captured") raises
-                    # it no more; the units shipped since wait for the new order the
-                    # shop is asked for (or were captured, had no worker seen it).
-                    exp.allowed.add(("needs_new_order", ""))
-                    exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
-                    exp.uncertain_end = True
-                    exp.outcomes.add("grown_after_a_basket_the_captures_cover")
-                    self._maybe_full = True
+                self._grown_past_covered(total, "grown_after_a_basket_the_captures_cover")
                 exp.outcomes.add("increase" if total > st.authorized else "decrease")
                 held_high = exp.authorized_high  # an earlier update the PSP may have refused
                 exp.authorized_high = None
                 before = st.authorized
                 self._before_update = st.authorized
                 st.authorized = total
+        elif st.closed is None and not cancelling:
+            # The basket ends at the authorized total, but an earlier one of this window
+            # the captures cover may have been acted on: lowered to it, the authorization
+            # is fully captured and §4 step 1 ("not fully captured") raises it no more
+            # (seed 110329: lowered to what was captured, grown back, more shipped).
+            self._grown_past_covered(total, "grown_back_after_a_basket_the_captures_cover")
         # Steps 2-4: captures, refunds, then a cancel lets go of what is left.
         captured_before = dict(st.captured)
         money_before = st.money
@@ -1356,6 +1352,20 @@ class Oracle:
             for snap in self.window[:-1]
         )
 
+    def _grown_past_covered(self, total: int, outcome: str) -> None:
+        """An earlier snapshot of this window the captures already cover, below the last
+        basket: once the authorization was lowered to it, it was fully captured, so §4
+        step 1 ("not fully captured") raises it no more; the units shipped since wait for
+        the new order the shop is asked for (or were captured, had no worker seen it)."""
+        if not self._covered_earlier(below=total):
+            return
+        exp = self.exp
+        exp.allowed.add(("needs_new_order", ""))
+        exp.allowed.add(("needs_attention", "capture_exceeds_authorization"))
+        exp.uncertain_end = True
+        exp.outcomes.add(outcome)
+        self._maybe_full = True
+
     def _captured_at_least(self, line_id: str) -> int:
         """Units of the line the PSP surely holds: fewer than counted when a window
         left their capture to timing (a range)."""
@@ -1456,6 +1466,22 @@ class Oracle:
                     # be told, as for goods shipped after a close (seed 55125).
                     exp.allowed.add(("needs_attention", "psp_order_cancelled"))
                     exp.outcomes.add("priced_after_close")
+                if (
+                    not st.own_capture
+                    and any(units > 0 and i in lines for i, units in st.worthless.items())
+                    and any(
+                        kind(line) in FEES
+                        and line_value(line) > 0
+                        and st.captured.get(line_id, 0) < int(line["quantity"])
+                        for line_id, line in lines.items()
+                    )
+                ):
+                    # The same for a fee due with them: "charged with the order's first
+                    # capture" (§4), it may make that capture of units worth nothing
+                    # worth sending (the fee_after_free_units reading below, seed
+                    # 84920), which the gone authorization cannot take (seed 114676).
+                    exp.allowed.add(("needs_attention", "psp_order_cancelled"))
+                    exp.outcomes.add("fee_with_free_units_after_close")
                 return
             left_to_timing = [
                 line_id
@@ -1503,6 +1529,24 @@ class Oracle:
                 ) * max(self._ratio(snap) for snap in self.window)
                 if order_total(last) < st.money_high + 2:
                     exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+            if st.closed != "expired" and order_total(last) <= st.money_high + 2:
+                # Goods shipped after our cancel or release that the money the PSP may
+                # hold already pays for (the basket is worth no more): §4 step 2 makes
+                # their capture 0 (the shares, or a price cut given back, take it whole),
+                # which README "Ledger model" settles against the money held, sending
+                # nothing the gone authorization could refuse; §4 asks a new payment
+                # only of a reopened order "worth more than was captured". Settled or
+                # left uncounted: either, as for units worth nothing (seed 111266). (The
+                # flags allowed below stay allowed: a person may still be told.)
+                for line_id, units in newly.items():
+                    before = st.captured.get(line_id, 0)
+                    entry = exp.lines.setdefault(line_id, LineExpect())
+                    entry.maybe(before, before + units)
+                    entry.prices |= self._prices(line_id)
+                    entry.totals |= self._totals(line_id)
+                    st.captured[line_id] = before + units
+                    st.worthless[line_id] = st.worthless.get(line_id, 0) + units
+                exp.outcomes.add("shipped_after_close_paid_by_the_money_held")
             for line_id in left_to_timing:
                 # An earlier window left their capture to timing: the close the oracle
                 # counts may never have happened (a capture flagged
@@ -2049,7 +2093,13 @@ class Oracle:
             # them). A build that plans the refund anyway finds nothing left to refund
             # and may flag it for a person.
             given_back = st.charged_back_units.get(line_id, 0)
-            if given_back and min(back, held) > st.refunded.get(line_id, 0):
+            # The same for units whose capture was left to timing (a range) when the
+            # chargeback took everything held: captured, their money went back with it
+            # (Oracle.chargeback, Expectation.charged_back_maybe; seed 114429).
+            maybe_back = self.exp.charged_back_maybe.get(line_id, 0)
+            if (given_back or maybe_back) and min(back, held + maybe_back) > st.refunded.get(
+                line_id, 0
+            ):
                 self.exp.allowed.add(("needs_attention", "refund_exceeds_captured"))
             # The same for units whose capture was left to timing (captured_range) that a
             # chargeback may have given back (charged_back_maybe): a build that captured

@@ -1539,6 +1539,159 @@ def test_a_basket_captured_whole_in_passing_leaves_goods_shipped_in_later_window
     assert exp.authorized_low == 1242
 
 
+def test_goods_shipped_after_the_basket_grew_back_past_one_the_captures_cover_may_wait() -> None:
+    """Seed 110329 (Adyen, 5421 authorized, increases allowed): l1's first unit and the
+    surcharge were captured (2958). In one window the shop lowered l1 to one unit (2958:
+    the captures cover it), raised it back to two (5421, the authorized total again) and
+    shipped the second. A worker that acted on the 2958 basket lowered the authorization
+    to it (§4 step 1), leaving it fully captured; step 1 updates only an authorization
+    "not fully captured", so the second unit waits for the new order the shop is asked
+    for. A worker that saw only the last basket captured it."""
+    oracle = Oracle(5421, refuses_increases=False)
+    fee = line("l2", 1, 495, rate=700, type="surcharge")
+    oracle.snapshot(snap(1, [line("l1", 2, 2463), fee]))
+    oracle.snapshot(snap(2, [line("l1", 2, 2463, shipped_quantity=1), fee]))
+    oracle.settle()
+    oracle.snapshot(snap(8, [line("l1", 1, 2463, shipped_quantity=1), fee]))
+    oracle.snapshot(snap(11, [line("l1", 2, 2463, shipped_quantity=1), fee]))
+    oracle.snapshot(snap(13, [line("l1", 2, 2463, shipped_quantity=2), fee]))
+    oracle.settle()
+    exp = oracle.expectation()
+    first = ("capture", 2958, [booked("l1", 1, 2463), booked("l2", 1, 495, rate=700)])
+    second = ("capture", 2463, [booked("l1", 1, 2463)])
+    assert not {c for c, _ in check_ledger([first], exp)} & {"captured_units"}
+    assert not {c for c, _ in check_ledger([first, second], exp)} & {"captured_units"}
+    assert ("needs_new_order", "") in exp.allowed
+    # The unit captured before the window stays captured either way.
+    assert "captured_units" in {c for c, _ in check_ledger([], exp)}
+
+
+def test_goods_shipped_after_the_release_that_the_money_held_pays_for_may_be_settled_at_0() -> None:
+    """Seed 111266 (Klarna, 93 authorized): l3 captured at 23 (450 less its shares); then
+    l3 priced 150 and the discount lowered: the order is worth 0, so its rest was
+    released (§4: "an open order worth 0 is cancelled (or its rest released)"). The shop
+    then shipped l1's two e-books, still worth 0 with the shares in. §4 step 2 makes their
+    capture 0; README "Ledger model": a capture a cut or the shares take whole is sent to
+    no PSP, its goods settled against the money already held, so the released
+    authorization refuses nothing, and §4 asks a new payment only of a reopened order
+    "worth more than was captured". Settled or left uncounted: either. The shop then
+    cancelled, and the cut no capture was left to give back was refunded."""
+    oracle = Oracle(93, refuses_increases=False)
+    cards = [line("l4", 1, -839, type="gift_card")]
+
+    def basket(version: int, l1: int, l3: int, discount: int, **extra: Any) -> dict[str, Any]:
+        lines = [
+            line("l1", 2, 450, type="digital", shipped_quantity=l1),
+            line("l2", 1, 450),
+            line("l3", 1, l3, rate=700, shipped_quantity=1 if version > 1 else 0),
+            *cards,
+            line("l5", 1, discount, type="discount"),
+        ]
+        return snap(version, lines, **extra)
+
+    oracle.snapshot(basket(1, 0, 450, -868))
+    oracle.snapshot(basket(2, 0, 450, -868))
+    oracle.snapshot(basket(3, 0, 150, -661))
+    oracle.settle()
+    oracle.snapshot(basket(7, 2, 150, -661))
+    oracle.settle()
+    oracle.snapshot(basket(12, 2, 150, -661, status="cancelled"))
+    oracle.settle()
+    exp = oracle.expectation()
+    capture = (
+        "capture",
+        23,
+        [
+            booked("l3", 1, 450, rate=700),
+            booked("l4", 1, -210, rate=0, type="gift_card"),
+            booked("l5", 1, -217, rate=0, type="discount"),
+        ],
+    )
+    settled = (
+        "settle",
+        0,
+        [
+            booked("l1", 2, 900, type="digital"),
+            booked("l4", 1, -419, rate=0, type="gift_card"),
+            booked("l5", 1, -296, rate=0, type="discount"),
+            booked("l3", 1, -185, rate=700, type="discount"),
+        ],
+    )
+    cut = ("refund", 23, [booked("l3#price-cut", 1, 23, rate=700, type="discount")])
+    assert not {c for c, _ in check_ledger([capture, settled, cut], exp)} & {"captured_units"}
+    assert not {c for c, _ in check_ledger([capture, cut], exp)} & {"captured_units"}
+
+
+def test_goods_shipped_after_the_release_worth_more_than_the_money_held_are_not_captured() -> None:
+    """The other side of the rule above: an order released at 0, then a discount lowered
+    so the e-books shipped are worth more than the PSP holds. Nothing can charge them (§4:
+    the reopened order "needs a new payment"), so none of them is counted captured."""
+    oracle = Oracle(1350, refuses_increases=False)
+    l2 = line("l2", 1, 450, shipped_quantity=1)
+    oracle.snapshot(snap(1, [line("l1", 2, 450, type="digital"), l2]))
+    oracle.settle()
+    oracle.snapshot(
+        snap(2, [line("l1", 2, 450, type="digital"), l2, line("d", 1, -1350, type="discount")])
+    )
+    oracle.settle()
+    oracle.snapshot(
+        snap(
+            3,
+            [
+                line("l1", 2, 450, type="digital", shipped_quantity=2),
+                l2,
+                line("d", 1, -300, type="discount"),
+            ],
+        )
+    )
+    oracle.settle()
+    exp = oracle.expectation()
+    capture = ("capture", 450, [booked("l2", 1, 450)])
+    settled = (
+        "settle",
+        0,
+        [booked("l1", 2, 900, type="digital"), booked("l2", 1, -900, type="discount")],
+    )
+    assert "captured_units" in {c for c, _ in check_ledger([capture, settled], exp)}
+
+
+def test_a_return_of_units_left_to_timing_and_charged_back_may_be_flagged_as_beyond_captured() -> (
+    None
+):
+    """Seed 114429 (Adyen, 5170 authorized, increases refused): in one window l1 was
+    priced 2599 → 2649 and both units shipped (5270, beyond the authorization: the oracle
+    leaves their capture to timing); the service captured 5270. The shop dropped the
+    discount (5298), the customer charged back everything held (5270, not the units'
+    worth by the stored basket, so tied to none), then the shop marked one unit returned.
+    §4: the chargeback is counted and "never makes it a second time": nothing is left to
+    refund, and a build that plans the refund finds that and tells a person
+    (`refund_exceeds_captured`), as for units surely captured and charged back."""
+    oracle = Oracle(5170, refuses_increases=True)
+    discount = line("l2", 1, -28, type="discount")
+    oracle.snapshot(snap(1, [line("l1", 2, 2599), discount]))
+    oracle.snapshot(snap(3, [line("l1", 2, 2649), discount]))
+    oracle.snapshot(snap(4, [line("l1", 2, 2649, shipped_quantity=2), discount]))
+    oracle.settle()
+    assert oracle.exp.lines["l1"].captured_range == (0, 2)  # left to timing
+    oracle.snapshot(snap(6, [line("l1", 2, 2649, shipped_quantity=2)]))
+    oracle.settle()
+    oracle.chargeback()
+    oracle.settle()
+    oracle.snapshot(snap(8, [line("l1", 2, 2649, shipped_quantity=2, returned_quantity=1)]))
+    oracle.settle()
+    exp = oracle.expectation()
+    assert ("needs_attention", "refund_exceeds_captured") in exp.allowed
+    # Nothing returned: nothing to refund, no such flag.
+    other = Oracle(5170, refuses_increases=True)
+    other.snapshot(snap(1, [line("l1", 2, 2599), discount]))
+    other.snapshot(snap(3, [line("l1", 2, 2649), discount]))
+    other.snapshot(snap(4, [line("l1", 2, 2649, shipped_quantity=2), discount]))
+    other.settle()
+    other.chargeback()
+    other.settle()
+    assert ("needs_attention", "refund_exceeds_captured") not in other.expectation().allowed
+
+
 def test_units_a_window_left_to_timing_then_captured_surely_may_all_be_held() -> None:
     """Seed 80407 (Adyen, 450 authorized): in one window l1's unit shipped (the basket
     shipped whole), l1 grew to three units and a second shipped. A worker that captured
@@ -3302,6 +3455,42 @@ def test_a_fee_after_units_worth_nothing_shipped_may_wait_for_goods_of_value() -
     exp = oracle.expectation()
     low, high = exp.lines["l5"].captured_range or (exp.lines["l5"].captured,) * 2
     assert (low, high) == (0, 1)
+
+
+def test_a_fee_due_with_units_worth_nothing_after_a_cancel_may_be_told_to_a_person() -> None:
+    """Seed 114676 (Klarna US): l2 (priced 0) shipped, the shop cancelled and the service
+    cancelled the authorization (nothing of value to capture). The shop reopened (a new
+    order asked for), added a shipping fee and cancelled again. §4 step 4 "first capture
+    every shipped line not yet captured", and the fee is "charged with the order's first
+    capture": the fee may make that capture worth sending (the rule above, seed 84920),
+    but the authorization is gone, so a build may tell a person (`psp_order_cancelled`),
+    as for units worth nothing priced after a close. Never required."""
+    oracle = Oracle(1316, refuses_increases=False)
+    oracle.snapshot(snap(2, [line("l1", 1, 1266, type="digital"), line("l2", 1, 0)]))
+    shipped = line("l2", 3, 0, shipped_quantity=1)
+    oracle.snapshot(snap(5, [line("l1", 1, 1266, type="digital"), shipped]))
+    oracle.snapshot(snap(6, [line("l1", 1, 1266, type="digital"), shipped], status="cancelled"))
+    oracle.settle()
+    oracle.snapshot(snap(8, [line("l1", 3, 1266, type="digital"), shipped]))
+    oracle.settle()
+    fee = line("l3", 1, 150, type="shipping_fee")
+    oracle.snapshot(snap(9, [line("l1", 3, 1266, type="digital"), shipped, fee]))
+    oracle.snapshot(
+        snap(10, [line("l1", 3, 1266, type="digital"), shipped, fee], status="cancelled")
+    )
+    oracle.settle()
+    exp = oracle.expectation()
+    assert ("needs_attention", "psp_order_cancelled") in exp.allowed
+    assert ("needs_attention", "psp_order_cancelled") not in exp.required
+    # Without the fee nothing is due: no such flag.
+    other = Oracle(1316, refuses_increases=False)
+    other.snapshot(snap(2, [line("l1", 1, 1266, type="digital"), line("l2", 1, 0)]))
+    other.snapshot(snap(5, [line("l1", 1, 1266, type="digital"), shipped]))
+    other.snapshot(snap(6, [line("l1", 1, 1266, type="digital"), shipped], status="cancelled"))
+    other.settle()
+    other.snapshot(snap(10, [line("l1", 3, 1266, type="digital"), shipped], status="cancelled"))
+    other.settle()
+    assert ("needs_attention", "psp_order_cancelled") not in other.expectation().allowed
 
 
 def test_a_unit_of_a_line_captured_beyond_its_value_is_captured_at_0_beside_other_lines() -> None:

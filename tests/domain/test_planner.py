@@ -175,6 +175,23 @@ def test_units_worth_nothing_are_never_tied_to_money_moved_without_the_service()
     assert [(x.reference, x.quantity) for x in decision.lines] == [("hat", 1)]
 
 
+def test_units_worth_nothing_are_never_tied_to_part_of_a_shipment_captured_outside() -> None:
+    """The same rule for money that pays for part of a shipment: a Customer Area capture
+    of 100 is one of the two e-books shipped, not that e-book and the shipping fee priced
+    0 that a first capture of the service would carry (README "Fees": a first capture
+    made outside carries no fee; it goes with the service's next capture)."""
+    book = {"id": "l1", "name": "Book", "type": "digital", "quantity": 3, "unit_price": 100}
+    fee = {"id": "l2", "name": "Shipping", "type": "shipping_fee", "quantity": 1, "unit_price": 0}
+    basis = order([{**book, "tax_rate": 2000}, {**fee, "tax_rate": 0}])
+    outside = PastOperation(
+        Kind.CAPTURE, "succeeded", 100, external=True, reference="ext", basis=basis
+    )
+    now = order([shipped({**book, "tax_rate": 2000}, 2), {**fee, "tax_rate": 0}])
+    decision = plan_next(OrderView(now, psp(300, captured=100), history=(outside,)), allow_all)
+    assert isinstance(decision, Attribute)
+    assert [(x.reference, x.quantity) for x in decision.lines] == [("l1", 1)]
+
+
 def test_an_expired_order_with_work_left_needs_attention() -> None:
     view = OrderView(order([shipped(SHOES, 1)]), psp(1200, status=PspStatus.EXPIRED))
     decision = plan_next(view, allow_all)
