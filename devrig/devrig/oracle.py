@@ -2101,13 +2101,6 @@ class Oracle:
                 line_id, 0
             ):
                 self.exp.allowed.add(("needs_attention", "refund_exceeds_captured"))
-            # The same for units whose capture was left to timing (captured_range) that a
-            # chargeback may have given back (charged_back_maybe): a build that captured
-            # them counts them held, and charged back, when the shop marks them returned
-            # (the same §4 sentence: counted, "never makes it a second time").
-            maybe_back = self.exp.charged_back_maybe.get(line_id, 0)
-            if maybe_back and min(back, held + maybe_back) > st.refunded.get(line_id, 0):
-                self.exp.allowed.add(("needs_attention", "refund_exceeds_captured"))
             want = min(back, held) - given_back
             if want > st.refunded.get(line_id, 0):
                 if kind(line) in GOODS and int(line["unit_price"]) == 0:
