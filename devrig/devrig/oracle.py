@@ -905,12 +905,17 @@ class Oracle:
                 if st.money > st.authorized + 2:
                     reachable.append(last)
                 held_surely = st.money - st.money_unsure
-                if held_surely + 2 < min(total, st.authorized) and last not in reachable:
+                # What the PSP may still hold: an earlier window's update it could not
+                # follow (a basket that fell below captures made at an earlier
+                # snapshot's shares) left it there, above the last basket counted.
+                may_hold = max(st.authorized, exp.authorized_high or 0)
+                if held_surely + 2 < min(total, may_hold) and last not in reachable:
                     # What stood in the way may never have been captured (a fee the
                     # first capture did not carry waits for the next capture of goods,
-                    # README "Fees"): then the authorization is "not fully captured"
-                    # and the basket is above the captures, so step 1 updates to it
-                    # (seed 81459).
+                    # README "Fees"; seed 81459), or the PSP kept room an earlier
+                    # window could not take away (seed 108039): then the authorization
+                    # is "not fully captured" and the basket is above the captures, so
+                    # step 1 updates to it.
                     reachable.append(last)
                 if reachable:
                     totals = [order_total(x) for x in reachable]

@@ -3803,3 +3803,30 @@ def test_goods_that_fit_after_the_last_estimate_of_earlier_captures_may_not_fit_
         ],
     )
     assert "captured_units" not in {c for c, _ in check_ledger([first], exp)}
+
+
+def test_a_basket_above_the_captures_is_followed_where_an_earlier_window_left_room() -> None:
+    """Seed 108039 (Klarna US, increases allowed), small: two units captured (800) of an
+    authorization of 1000; in the same window the unshipped line is removed and a store
+    credit (−100) lowers the basket to 700, below the captures. A worker that captured
+    first could not follow (the PSP refuses an amount below its captures) and the PSP
+    keeps 1000, 200 of it not captured; one that acted on the last basket first lowered
+    it to 700 and captured all of it. A line added in the next window raises the basket
+    to 1200. §4 step 1: "total or lines changed and not fully captured → update the
+    authorization with the complete new basket": the PSP may follow it (still holding
+    room), or stay fully captured at 700 (the shop is asked for a new order)."""
+    oracle = Oracle(1000, refuses_increases=False)
+    oracle.snapshot(snap(1, [line("l1", 2, 400), line("l2", 1, 200)]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [line("l1", 2, 400, shipped_quantity=2), line("l2", 1, 200)]))
+    credit = line("l3", 1, -100, type="store_credit")
+    oracle.snapshot(snap(3, [line("l1", 2, 400, shipped_quantity=2), credit]))
+    oracle.settle()
+    shipped = line("l1", 2, 400, shipped_quantity=2)
+    oracle.snapshot(snap(4, [shipped, credit, line("l4", 1, 500)]))
+    exp = oracle.expectation()
+    low = exp.authorized_low or exp.authorized
+    high = exp.authorized_high or exp.authorized
+    assert low is not None and high is not None
+    assert low <= 700 <= high
+    assert low <= 1200 <= high
