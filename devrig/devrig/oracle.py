@@ -946,6 +946,20 @@ class Oracle:
                     # all of it; the basket grown since is then a new payment.
                     exp.allowed.add(("needs_new_order", ""))
                     exp.outcomes.add("grown_after_a_full_capture_in_one_window")
+                if total < st.authorized and self._fee_alone_earlier(full=True, below=total):
+                    # README "Fees": a fee whose first capture was made outside goes
+                    # "alone once none is left to come", carrying what is left of the
+                    # order-level lines; a worker that acted on an earlier, smaller
+                    # basket of this window lowered the authorization to it first, and
+                    # the fee alone filled it. §4 step 1 updates only an authorization
+                    # "not fully captured": the basket grown since (a fee added) waits
+                    # for the new order the shop is asked for (seed 161424). (An
+                    # increase over the authorization is the branch above.)
+                    exp.allowed.add(("needs_new_order", ""))
+                    exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+                    exp.uncertain_end = True
+                    exp.outcomes.add("grown_after_a_fee_filled_a_basket_in_passing")
+                    self._maybe_full = True
                 if self._covered_earlier(below=total):
                     # The same with nothing left to capture: an earlier snapshot the
                     # captures already cover, once the authorization was lowered to it,
@@ -1214,19 +1228,24 @@ class Oracle:
             return []
         return due
 
-    def _fee_alone_earlier(self, *, full: bool = False) -> dict[str, tuple[int, int]]:
+    def _fee_alone_earlier(
+        self, *, full: bool = False, below: int | None = None
+    ) -> dict[str, tuple[int, int]]:
         """Fees a worker acting on an earlier snapshot of this window charged alone
         (README "Fees", seed 52774): then every unit of goods of value was captured
         outside, none by the service, and the fees fit in what is left of the
         authorization. Per fee line: its units and their worth, from the first such
         snapshot. `full`: only when they took all that was left (§4 step 1 then raises
-        the authorization no more: "not fully captured")."""
+        the authorization no more: "not fully captured"). `below`: only snapshots whose
+        basket is below it."""
         st = self.state
         if st.own_capture or st.closed is not None:
             return {}
         found: dict[str, tuple[int, int]] = {}
         for snap in self.window[:-1]:
             if snap["status"] != "open":
+                continue
+            if below is not None and order_total(snap) + 2 >= below:
                 continue
             lines = {line["id"]: line for line in snap["lines"]}
             outside_goods = any(

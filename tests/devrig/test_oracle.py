@@ -3852,3 +3852,30 @@ def test_every_unit_captured_below_a_basket_that_passed_may_be_told() -> None:
     exp = oracle.expectation()
     assert ("needs_new_order", "") in exp.required
     assert ("needs_attention", "captured_below_total") in exp.allowed
+
+
+def test_a_fee_alone_that_filled_a_basket_in_passing_leaves_a_later_fee_waiting() -> None:
+    """Seed 161424 (Klarna DE, increases allowed): the goods' one unit captured before
+    the service's first read (100). In one window a discount lowers the basket to 639,
+    then to 865, and a shipping fee (150) is added: 1015. A worker that acted on the 639
+    basket lowered the authorization to it and charged the surcharge alone (README
+    "Fees": "alone once none is left to come"), carrying what was left of the sales tax
+    and the discount (539): fully captured. §4 step 1 updates only an authorization "not
+    fully captured", so the shipping fee waits for the new order the shop is asked for;
+    a worker that saw only the last basket charged it."""
+    oracle = Oracle(1090, refuses_increases=False)
+    oracle.external_capture("l1", 1, 100, named=True, tax_rate=2000)
+    goods = [
+        line("l1", 1, 100, shipped_quantity=1),
+        line("l2", 1, 495, type="surcharge"),
+        line("l3", 1, 495, type="sales_tax"),
+    ]
+    oracle.snapshot(snap(1, goods))
+    oracle.snapshot(snap(2, [*goods, line("l4", 1, -451, type="discount")]))
+    oracle.snapshot(snap(3, [*goods, line("l4", 1, -225, type="discount")]))
+    fee = line("l5", 1, 150, type="shipping_fee")
+    oracle.snapshot(snap(4, [*goods, line("l4", 1, -225, type="discount"), fee]))
+    exp = oracle.expectation()
+    assert ("needs_new_order", "") in exp.allowed
+    low, high = exp.lines["l5"].captured_range or (exp.lines["l5"].captured,) * 2
+    assert low == 0 and high == 1
