@@ -905,12 +905,17 @@ class Oracle:
                 if st.money > st.authorized + 2:
                     reachable.append(last)
                 held_surely = st.money - st.money_unsure
-                if held_surely + 2 < min(total, st.authorized) and last not in reachable:
+                # What the PSP may still hold: an earlier window's update it could not
+                # follow (a basket that fell below captures made at an earlier
+                # snapshot's shares) left it there, above the last basket counted.
+                may_hold = max(st.authorized, exp.authorized_high or 0)
+                if held_surely + 2 < min(total, may_hold) and last not in reachable:
                     # What stood in the way may never have been captured (a fee the
                     # first capture did not carry waits for the next capture of goods,
-                    # README "Fees"): then the authorization is "not fully captured"
-                    # and the basket is above the captures, so step 1 updates to it
-                    # (seed 81459).
+                    # README "Fees"; seed 81459), or the PSP kept room an earlier
+                    # window could not take away (seed 108039): then the authorization
+                    # is "not fully captured" and the basket is above the captures, so
+                    # step 1 updates to it.
                     reachable.append(last)
                 if reachable:
                     totals = [order_total(x) for x in reachable]
@@ -941,6 +946,20 @@ class Oracle:
                     # all of it; the basket grown since is then a new payment.
                     exp.allowed.add(("needs_new_order", ""))
                     exp.outcomes.add("grown_after_a_full_capture_in_one_window")
+                if total < st.authorized and self._fee_alone_earlier(full=True, below=total):
+                    # README "Fees": a fee whose first capture was made outside goes
+                    # "alone once none is left to come", carrying what is left of the
+                    # order-level lines; a worker that acted on an earlier, smaller
+                    # basket of this window lowered the authorization to it first, and
+                    # the fee alone filled it. §4 step 1 updates only an authorization
+                    # "not fully captured": the basket grown since (a fee added) waits
+                    # for the new order the shop is asked for (seed 161424). (An
+                    # increase over the authorization is the branch above.)
+                    exp.allowed.add(("needs_new_order", ""))
+                    exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
+                    exp.uncertain_end = True
+                    exp.outcomes.add("grown_after_a_fee_filled_a_basket_in_passing")
+                    self._maybe_full = True
                 self._grown_past_covered(total, "grown_after_a_basket_the_captures_cover")
                 exp.outcomes.add("increase" if total > st.authorized else "decrease")
                 held_high = exp.authorized_high  # an earlier update the PSP may have refused
@@ -1085,18 +1104,22 @@ class Oracle:
                 # releases; which, timing decides.
                 exp.uncertain_end = True
                 exp.outcomes.add("cancel_after_units_priced_since_shipping")
-        if (
-            last["status"] == "open"
-            and st.any_capture
-            and total > st.money + 2
+        if st.any_capture and any(
+            snap["status"] == "open"
+            and order_total(snap) > st.money + 2
             and not any(
-                int(line["quantity"]) > self._captured_at_most(line_id) and line_value(line) > 0
-                for line_id, line in lines.items()
+                int(line["quantity"]) > self._captured_at_most(str(line["id"]))
+                and line_value(line) > 0
+                for line in snap["lines"]
                 if kind(line) in GOODS | FEES
             )
+            for snap in self.window
         ):
-            # Every unit captured, for less than the basket now says (a price raised
-            # after its unit was captured): no capture is left to carry the difference.
+            # Every unit captured, for less than the basket says (a price raised after
+            # its unit was captured, or shares a capture made outside never carried):
+            # no capture is left to carry the difference. The last basket, or one that
+            # passed in this window, which a worker may have acted on before the next
+            # added goods (seed 162145).
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         # What the PSP may hold now, this window's captures included (money_high has
         # grown since maybe_held, which the baskets in passing below are judged by).
@@ -1201,19 +1224,24 @@ class Oracle:
             return []
         return due
 
-    def _fee_alone_earlier(self, *, full: bool = False) -> dict[str, tuple[int, int]]:
+    def _fee_alone_earlier(
+        self, *, full: bool = False, below: int | None = None
+    ) -> dict[str, tuple[int, int]]:
         """Fees a worker acting on an earlier snapshot of this window charged alone
         (README "Fees", seed 52774): then every unit of goods of value was captured
         outside, none by the service, and the fees fit in what is left of the
         authorization. Per fee line: its units and their worth, from the first such
         snapshot. `full`: only when they took all that was left (§4 step 1 then raises
-        the authorization no more: "not fully captured")."""
+        the authorization no more: "not fully captured"). `below`: only snapshots whose
+        basket is below it."""
         st = self.state
         if st.own_capture or st.closed is not None:
             return {}
         found: dict[str, tuple[int, int]] = {}
         for snap in self.window[:-1]:
             if snap["status"] != "open":
+                continue
+            if below is not None and order_total(snap) + 2 >= below:
                 continue
             lines = {line["id"]: line for line in snap["lines"]}
             outside_goods = any(

@@ -56,6 +56,7 @@ from devrig.oracle import (
     SHARED_UP,
     Booked,
     Oracle,
+    _State,
     check_ledger,
     ended_as,
     tax_in,
@@ -2425,7 +2426,6 @@ class Simulation:
         order = self.orders[order_id]
         psp, oracle = order.psp, order.oracle
         held = oracle.state.captured
-        refunded = oracle.state.refunded
         stored = oracle.stored or {"lines": []}
         self.kind(f"external_{what}")
         if what in ("capture", "capture_before_read"):
@@ -2448,17 +2448,12 @@ class Simulation:
                 line["id"], 1, value, named=psp.provider == "klarna", tax_rate=line["tax_rate"]
             )
         elif what == "refund":
-            candidates = [
-                line
-                for line in stored["lines"]
-                if held.get(line["id"], 0)
-                > max(refunded.get(line["id"], 0), line.get("returned_quantity", 0))
-                and line["type"] in ("physical", "digital")
-            ]
+            candidates = _merchant_refundable(stored["lines"], oracle.state)
             if not candidates:
                 return
             line = self.rng.choice(candidates)
-            unit = _captured_unit_value(psp, line["id"])
+            away = oracle.state.charged_back_units.get(line["id"], 0)
+            unit = _captured_unit_value(psp, line["id"], away=away)
             if unit is None:
                 return  # a refund of nothing is no money moved (§4), and no PSP takes one
             self.model.external(psp, "refund", [(line["id"], 1, unit, line["tax_rate"])])
@@ -2852,11 +2847,27 @@ def _total(snapshot: dict[str, Any]) -> int:
     return order_total(snapshot)
 
 
-def _captured_unit_value(psp: PspOrder, reference: str) -> int | None:
+def _merchant_refundable(lines: list[dict[str, Any]], state: _State) -> list[dict[str, Any]]:
+    """The goods lines of which a merchant can refund a unit by hand: captured and still
+    held, neither refunded, nor marked returned (the service refunds those), nor given
+    back by a chargeback. §4 counts a chargeback "in the order's figures, never makes it
+    a second time": the customer has that money back, and a refund of it would be booked
+    on a unit at whatever is left (seed 108386: an l2 unit at 442, captured at 795)."""
+    return [
+        line
+        for line in lines
+        if line["type"] in ("physical", "digital")
+        and state.captured.get(line["id"], 0) - state.charged_back_units.get(line["id"], 0)
+        > max(state.refunded.get(line["id"], 0), int(line.get("returned_quantity", 0)))
+    ]
+
+
+def _captured_unit_value(psp: PspOrder, reference: str, *, away: int = 0) -> int | None:
     """What one unit of the line still held was captured at, its share of order-level
     lines in (rounded down), no more than what is still captured and not given back.
     Units come back in the order they were captured: a unit refunded already is not
-    refunded again at its price (a merchant gives back what the unit was paid). None
+    refunded again at its price (a merchant gives back what the unit was paid), nor one
+    a chargeback gave back (`away` units, the model's chargeback names no lines). None
     when the unit is held at nothing or below: a price cut given back in full, the
     order-level share it carried included, leaves it below nothing (README "Ledger
     model"), and a refund of that is no money moved (§4) nor one a PSP takes (Klarna's
@@ -2902,12 +2913,14 @@ def _captured_unit_value(psp: PspOrder, reference: str) -> int | None:
                 given_back += line.total + share
     if not captured:
         return None
-    unit = captured[min(back, len(captured) - 1)]
-    if back == len(captured) - 1:
+    unit = captured[min(back + away, len(captured) - 1)]
+    if back == len(captured) - 1 and not away:
         # The last unit held: the service may have refunded the others at their line's
         # share rather than in the order captured (the oracle: "nothing says which came
         # back", all of it once all are back), so a merchant gives back what the line
-        # still holds, not the last capture's unit (seed 93930: 2329, not 1790).
+        # still holds, not the last capture's unit (seed 93930: 2329, not 1790). (With
+        # units a chargeback gave back, the line's rest is not known per unit: the
+        # capture order stands.)
         unit = max(paid - given_back, 0)
     unit = min(unit, psp.captured - psp.refunded - psp.charged_back)
     return unit if unit > 0 else None

@@ -244,3 +244,39 @@ def test_a_merchant_refunds_no_unit_held_at_below_nothing() -> None:
     psp.types = {"l1": "physical", "l2": "digital", "l3": "store_credit", "l4": "shipping_fee"}
     assert _captured_unit_value(psp, "l2") is None
     assert _captured_unit_value(psp, "l1") == 435  # 450 less its store-credit share
+
+
+def test_a_merchant_refunds_no_unit_whose_money_a_chargeback_gave_back() -> None:
+    """Seed 108386 (Adyen US): l1's first unit and l2's two captured (2521), then charged
+    back whole; l1's second unit captured since (442). §4 counts a chargeback "in the
+    order's figures, never makes it a second time": the customer has l2's money back,
+    so a merchant's Customer Area refund can only give back l1's unit still held, not
+    an l2 unit (which the PSP model booked at the 442 left, far below the 795 it was
+    captured at)."""
+    from devrig.oracle import _State
+    from devrig.simulation import _merchant_refundable
+
+    state = _State(captured={"l1": 2, "l2": 2}, charged_back_units={"l1": 1, "l2": 2})
+    lines = [
+        {"id": "l1", "type": "digital", "quantity": 2, "returned_quantity": 0},
+        {"id": "l2", "type": "physical", "quantity": 3, "returned_quantity": 0},
+        {"id": "l4", "type": "shipping_fee", "quantity": 1, "returned_quantity": 0},
+    ]
+    assert [line["id"] for line in _merchant_refundable(lines, state)] == ["l1"]
+
+
+def test_a_merchant_refund_after_a_chargeback_gives_back_a_unit_captured_since() -> None:
+    """l1's first unit captured at 1000 and charged back; its second captured since at
+    800 (a price edit): the merchant's refund of the unit still held gives back 800, not
+    the charged-back unit's 1000 (units go back in the order they were captured, the
+    chargeback's first)."""
+    from devrig.oracle import Booked
+    from devrig.simulation import PspOrder, _captured_unit_value
+
+    psp = PspOrder("adyen", "p1", "EUR", 1800, [], captured=1800, charged_back=1000)
+    psp.ledger = [
+        ("capture", 1000, [Booked("l1", "physical", 1, 1000, 167, 2000)]),
+        ("capture", 800, [Booked("l1", "physical", 1, 800, 133, 2000)]),
+    ]
+    psp.types = {"l1": "physical"}
+    assert _captured_unit_value(psp, "l1", away=1) == 800
