@@ -934,6 +934,18 @@ class Oracle:
                 exp.outcomes.add("grown_after_a_full_capture_in_one_window")
                 self._maybe_full = True
             else:
+                if self._fee_alone_earlier(full=True, below=total):
+                    # The same with the fees charged alone (README "Fees": every unit of
+                    # goods captured outside, they go "alone once none is left to
+                    # come"): a worker acting on an earlier, smaller basket of this
+                    # window lowered the authorization to it and the fees took all that
+                    # was left; §4 step 1 updates only an authorization "not fully
+                    # captured", so the basket grown since is a new payment, though it
+                    # is below what the window began with (seed 201367).
+                    exp.allowed.add(("needs_new_order", ""))
+                    exp.uncertain_end = True
+                    exp.outcomes.add("grown_after_a_fee_alone_filled_a_lower_basket")
+                    self._maybe_full = True
                 if self._emptied_earlier(below=total):
                     # §4 step 1 updates only an authorization "not fully captured": a
                     # worker acting on an earlier, smaller snapshot of this window with
@@ -1205,19 +1217,24 @@ class Oracle:
             return []
         return due
 
-    def _fee_alone_earlier(self, *, full: bool = False) -> dict[str, tuple[int, int]]:
+    def _fee_alone_earlier(
+        self, *, full: bool = False, below: int | None = None
+    ) -> dict[str, tuple[int, int]]:
         """Fees a worker acting on an earlier snapshot of this window charged alone
         (README "Fees", seed 52774): then every unit of goods of value was captured
         outside, none by the service, and the fees fit in what is left of the
         authorization. Per fee line: its units and their worth, from the first such
         snapshot. `full`: only when they took all that was left (§4 step 1 then raises
-        the authorization no more: "not fully captured")."""
+        the authorization no more: "not fully captured"). `below`: only a snapshot
+        whose total is below the given basket counts."""
         st = self.state
         if st.own_capture or st.closed is not None:
             return {}
         found: dict[str, tuple[int, int]] = {}
         for snap in self.window[:-1]:
             if snap["status"] != "open":
+                continue
+            if below is not None and order_total(snap) + 2 >= below:
                 continue
             lines = {line["id"]: line for line in snap["lines"]}
             outside_goods = any(
