@@ -615,6 +615,17 @@ class Oracle:
                 # shop's snapshot does not explain (§4): the flag may be raised.
                 self.exp.outcomes.add("expiry_with_work_left_to_timing")
                 self.exp.allowed.add(("needs_attention", EXTERNAL))
+            elif stored is not None and self._fee_to_charge(stored):
+                # A fee the shop lists and no capture has charged: README "Fees": "Until
+                # a fee is captured the authorization holds it", so the expiry took
+                # money the shop still asks for, which its snapshot does not explain
+                # (§4: flagged "where the shop's snapshot does not already explain it").
+                # Allowed, not required: the order-level shares may take its capture
+                # whole, which then charges nothing (README "External changes", seed
+                # 90797), and one that could not fit waits anyway (seed 203760: a
+                # surcharge after a refused increase).
+                self.exp.outcomes.add("expiry_with_a_fee_to_charge")
+                self.exp.allowed.add(("needs_attention", EXTERNAL))
 
     def _external(self, what: str) -> None:
         self.exp.outcomes.add(what)
@@ -789,7 +800,10 @@ class Oracle:
             exp.allowed.add(("needs_attention", "CAPTURE_NOT_ALLOWED"))
             exp.outcomes.add("capture_after_the_authorization_ended")
         if st.closed == "expired" and any(
-            snap["status"] == "open" and self._goods_to_charge(snap) for snap in self.window
+            # (A fee too: "Until a fee is captured the authorization holds it", README
+            # "Fees"; see expire().)
+            snap["status"] == "open" and (self._goods_to_charge(snap) or self._fee_to_charge(snap))
+            for snap in self.window
         ):
             # §4 counts "an authorization that expired" as money that moved without the
             # service, flagged external_change "where the shop's snapshot does not
@@ -1430,6 +1444,15 @@ class Oracle:
         if self.stored is None:
             return False
         return self._goods_to_charge(self.stored)
+
+    def _fee_to_charge(self, snap: dict[str, Any]) -> bool:
+        """A fee line of value with units no capture surely charged (README "Fees":
+        "Until a fee is captured the authorization holds it")."""
+        return any(
+            int(line["quantity"]) > self._captured_at_least(line["id"]) and line_value(line) > 0
+            for line in snap["lines"]
+            if kind(line) in FEES
+        )
 
     def _goods_to_charge(self, snap: dict[str, Any], *, at_most: bool = False) -> bool:
         """`at_most`: counting units a capture left to timing may hold as captured."""

@@ -3842,3 +3842,37 @@ def test_a_fee_alone_that_filled_a_lowered_basket_leaves_goods_added_after_it_wa
     above.snapshot(snap(1, [line("l1", 1, 450), tax, fee]))
     above.snapshot(snap(9, [line("l1", 1, 450), tax, fee, gift, added], amount=1011))
     assert ("needs_new_order", "") not in above.expectation().allowed
+
+
+def test_an_expiry_with_a_fee_still_to_charge_may_be_flagged_external_change() -> None:
+    """Seed 203760 (Adyen, 1993 authorized, increases refused): l1 (1200) and the shipping
+    fee captured, l1 returned and refunded; l2 removed and a surcharge (451) added, the
+    increase refused (needs_new_order). The authorization then expired with the surcharge
+    uncharged. README "Fees": "Until a fee is captured the authorization holds it", so
+    the expiry took money the shop still asks for, which its snapshot does not explain
+    (§4: external_change "where the shop's snapshot does not already explain it"). A fee
+    added after the expiry is the same."""
+    shoes, socks = line("l1", 1, 1200), line("l2", 2, 99)
+    fee = line("l3", 1, 595, type="shipping_fee")
+    back = {**shoes, "shipped_quantity": 1, "returned_quantity": 1}
+    surcharge = line("l4", 1, 451, type="surcharge")
+    oracle = Oracle(1993, refuses_increases=True)
+    oracle.snapshot(snap(1, [shoes, socks, fee]))
+    oracle.snapshot(snap(2, [{**shoes, "shipped_quantity": 1}, socks, fee]))
+    oracle.snapshot(snap(3, [back, socks, fee]))
+    oracle.settle()
+    oracle.snapshot(snap(4, [back, fee]))
+    oracle.snapshot(snap(5, [back, fee, surcharge]))
+    oracle.settle()
+    oracle.expire()
+    exp = oracle.expectation()
+    assert ("needs_attention", EXTERNAL) in exp.allowed
+    assert ("needs_attention", EXTERNAL) not in exp.required
+    later = Oracle(1993, refuses_increases=True)
+    later.snapshot(snap(1, [shoes, fee]))
+    later.snapshot(snap(2, [{**shoes, "shipped_quantity": 1}, fee]))
+    later.settle()
+    later.expire()
+    assert ("needs_attention", EXTERNAL) not in later.expectation().allowed
+    later.snapshot(snap(3, [{**shoes, "shipped_quantity": 1}, fee, surcharge]))
+    assert ("needs_attention", EXTERNAL) in later.expectation().allowed
