@@ -884,6 +884,17 @@ class Oracle:
             and st.any_capture
             and st.money + 2 < st.authorized <= st.money + self._fees_left_to_timing(lines) + 2
         )
+        if st.closed is None and not cancelling and self._fee_alone_earlier(full=True, below=total):
+            # Every unit of goods captured outside, the fees go "alone once none is left
+            # to come" (README "Fees"): a worker acting on an earlier, smaller basket of
+            # this window lowered the authorization to it (§4 step 1) and the fees took
+            # all that was left. Step 1 updates only an authorization "not fully
+            # captured", so the basket grown since is a new payment, whether it ends
+            # above, at or below the authorization the window began with (seed 201367).
+            exp.allowed.add(("needs_new_order", ""))
+            exp.uncertain_end = True
+            exp.outcomes.add("grown_after_a_fee_alone_filled_a_lower_basket")
+            self._maybe_full = True
         held_before = st.authorized
         if st.closed is None and not cancelling and total != st.authorized:
             if total > st.authorized and self.refuses and not nothing_new:
@@ -948,18 +959,6 @@ class Oracle:
                 exp.outcomes.add("grown_after_a_full_capture_in_one_window")
                 self._maybe_full = True
             else:
-                if self._fee_alone_earlier(full=True, below=total):
-                    # The same with the fees charged alone (README "Fees": every unit of
-                    # goods captured outside, they go "alone once none is left to
-                    # come"): a worker acting on an earlier, smaller basket of this
-                    # window lowered the authorization to it and the fees took all that
-                    # was left; §4 step 1 updates only an authorization "not fully
-                    # captured", so the basket grown since is a new payment, though it
-                    # is below what the window began with (seed 201367).
-                    exp.allowed.add(("needs_new_order", ""))
-                    exp.uncertain_end = True
-                    exp.outcomes.add("grown_after_a_fee_alone_filled_a_lower_basket")
-                    self._maybe_full = True
                 if self._emptied_earlier(below=total):
                     # §4 step 1 updates only an authorization "not fully captured": a
                     # worker acting on an earlier, smaller snapshot of this window with

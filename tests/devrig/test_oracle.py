@@ -3805,7 +3805,10 @@ def test_goods_that_fit_after_the_last_estimate_of_earlier_captures_may_not_fit_
     assert "captured_units" not in {c for c, _ in check_ledger([first], exp)}
 
 
-def test_a_fee_alone_that_filled_a_lowered_basket_leaves_goods_added_after_it_waiting() -> None:
+@pytest.mark.parametrize(("price", "grown"), [(99, 1011), (183, 1095)])
+def test_a_fee_alone_that_filled_a_lowered_basket_leaves_goods_added_after_it_waiting(
+    price: int, grown: int
+) -> None:
     """Seed 201367 (Klarna US, 1095 authorized, increases allowed): l1's unit (450)
     captured before the first read. In one window the shop gave an unitemised discount
     (912) and marked l1 shipped, swapped the shipping fee for another at the same price,
@@ -3815,22 +3818,23 @@ def test_a_fee_alone_that_filled_a_lowered_basket_leaves_goods_added_after_it_wa
     lines: 450 + 462 = 912, fully captured. §4 step 1 updates only an authorization "not
     fully captured", so the 1011 basket is a new payment (needs_new_order), though below
     the 1095 the window began with; l6, shipped later, waits for it. A worker that saw
-    only the last basket updated the authorization to it."""
+    only the last basket updated the authorization to it. The same when the basket grows
+    back to the 1095 the window began with (l6 at 183)."""
     tax, gift = line("l2", 1, 150, type="sales_tax"), line("l4", 1, -120, type="gift_card")
     fee, other_fee = (line(x, 1, 495, type="shipping_fee") for x in ("l3", "l5"))
     shipped = line("l1", 1, 450, shipped_quantity=1)
-    added = line("l6", 1, 99, type="digital")
+    added = line("l6", 1, price, type="digital")
     oracle = Oracle(1095, refuses_increases=False)
     oracle.external_capture("l1", 1, 450, tax_rate=2000)
     oracle.snapshot(snap(1, [line("l1", 1, 450), tax, fee]))
     oracle.snapshot(snap(3, [line("l1", 1, 450), tax, fee, gift], amount=912))
     oracle.snapshot(snap(5, [shipped, tax, fee, gift], amount=912))
     oracle.snapshot(snap(6, [shipped, tax, other_fee, gift], amount=912))
-    oracle.snapshot(snap(9, [shipped, tax, other_fee, gift, added], amount=1011))
+    oracle.snapshot(snap(9, [shipped, tax, other_fee, gift, added], amount=grown))
     oracle.settle()
     assert ("needs_new_order", "") in oracle.exp.allowed
     sent = {**added, "shipped_quantity": 1}
-    oracle.snapshot(snap(10, [shipped, tax, other_fee, gift, sent], amount=1011))
+    oracle.snapshot(snap(10, [shipped, tax, other_fee, gift, sent], amount=grown))
     exp = oracle.expectation()
     alone = [booked("l3", 1, 495), booked("l4", 1, -120, type="gift_card")]
     ledger = [("capture", 450, [booked("l1", 1, 450)]), ("capture", 462, alone)]
