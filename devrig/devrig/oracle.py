@@ -1114,18 +1114,23 @@ class Oracle:
                 # releases; which, timing decides.
                 exp.uncertain_end = True
                 exp.outcomes.add("cancel_after_units_priced_since_shipping")
-        if (
-            last["status"] == "open"
-            and st.any_capture
-            and total > st.money + 2
+        if st.any_capture and any(
+            snap["status"] == "open"
+            and order_total(snap) > st.money + 2
             and not any(
-                int(line["quantity"]) > self._captured_at_most(line_id) and line_value(line) > 0
-                for line_id, line in lines.items()
+                int(line["quantity"]) > self._captured_at_most(line["id"]) and line_value(line) > 0
+                for line in snap["lines"]
                 if kind(line) in GOODS | FEES
             )
+            # (Any open snapshot of this window: a worker may have acted on one the shop
+            # cancelled after, and told a person then; seed 206865.)
+            for snap in self.window
         ):
-            # Every unit captured, for less than the basket now says (a price raised
-            # after its unit was captured): no capture is left to carry the difference.
+            # Every unit captured, for less than the basket says (a price raised after
+            # its unit was captured, or order-level lines a capture made outside did not
+            # carry: §4 shares sales tax and discounts "so that once everything has
+            # shipped the captures add up to the order's total"): no capture is left to
+            # carry the difference, so a person is told (README "Ledger model").
             exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
         # What the PSP may hold now, this window's captures included (money_high has
         # grown since maybe_held, which the baskets in passing below are judged by).

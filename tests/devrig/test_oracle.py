@@ -3880,3 +3880,30 @@ def test_an_expiry_with_a_fee_still_to_charge_may_be_flagged_external_change() -
     assert ("needs_attention", EXTERNAL) not in later.expectation().allowed
     later.snapshot(snap(3, [{**shoes, "shipped_quantity": 1}, fee, surcharge]))
     assert ("needs_attention", EXTERNAL) in later.expectation().allowed
+
+
+def test_every_unit_captured_below_a_basket_the_shop_then_cancelled_may_have_been_flagged() -> None:
+    """Seed 206865 (Klarna DE, 301 authorized): l1's unit (100) captured before the first
+    read, with no share of the sales tax (495) or the unitemised discount (−294). In one
+    window the shop marked it shipped (every unit captured, for 100 against a basket of
+    301) and then cancelled. A worker acting on the open snapshot had no capture left to
+    carry the shares (§4: "so that once everything has shipped the captures add up to
+    the order's total") and told a person (captured_below_total, README "Ledger model");
+    the cancel then released the rest."""
+    goods, tax = line("l1", 1, 100, rate=700), line("l2", 1, 495, type="sales_tax")
+    shipped = {**goods, "shipped_quantity": 1}
+    oracle = Oracle(301, refuses_increases=True)
+    oracle.external_capture("l1", 1, 100, tax_rate=700)
+    oracle.snapshot(snap(2, [shipped, tax], amount=301))
+    oracle.snapshot(snap(3, [shipped, tax], amount=301, status="cancelled"))
+    exp = oracle.expectation()
+    assert ("needs_attention", "captured_below_total") in exp.allowed
+    assert exp.authorization == "released"
+    # A unit of value still to capture in the open snapshot: a capture was left to carry
+    # the shares, so no worker had a gap to tell.
+    two = {**shipped, "quantity": 2}
+    left = Oracle(401, refuses_increases=True)
+    left.external_capture("l1", 1, 100, tax_rate=700)
+    left.snapshot(snap(2, [two, tax], amount=401))
+    left.snapshot(snap(3, [two, tax], amount=401, status="cancelled"))
+    assert ("needs_attention", "captured_below_total") not in left.expectation().allowed
