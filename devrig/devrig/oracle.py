@@ -615,6 +615,17 @@ class Oracle:
                 # shop's snapshot does not explain (§4): the flag may be raised.
                 self.exp.outcomes.add("expiry_with_work_left_to_timing")
                 self.exp.allowed.add(("needs_attention", EXTERNAL))
+            elif stored is not None and self._fee_to_charge(stored):
+                # A fee the shop lists and no capture has charged: README "Fees": "Until
+                # a fee is captured the authorization holds it", so the expiry took
+                # money the shop still asks for, which its snapshot does not explain
+                # (§4: flagged "where the shop's snapshot does not already explain it").
+                # Allowed, not required: the order-level shares may take its capture
+                # whole, which then charges nothing (README "External changes", seed
+                # 90797), and one that could not fit waits anyway (seed 203760: a
+                # surcharge after a refused increase).
+                self.exp.outcomes.add("expiry_with_a_fee_to_charge")
+                self.exp.allowed.add(("needs_attention", EXTERNAL))
 
     def _external(self, what: str) -> None:
         self.exp.outcomes.add(what)
@@ -789,7 +800,10 @@ class Oracle:
             exp.allowed.add(("needs_attention", "CAPTURE_NOT_ALLOWED"))
             exp.outcomes.add("capture_after_the_authorization_ended")
         if st.closed == "expired" and any(
-            snap["status"] == "open" and self._goods_to_charge(snap) for snap in self.window
+            # (A fee too: "Until a fee is captured the authorization holds it", README
+            # "Fees"; see expire().)
+            snap["status"] == "open" and (self._goods_to_charge(snap) or self._fee_to_charge(snap))
+            for snap in self.window
         ):
             # §4 counts "an authorization that expired" as money that moved without the
             # service, flagged external_change "where the shop's snapshot does not
@@ -870,6 +884,17 @@ class Oracle:
             and st.any_capture
             and st.money + 2 < st.authorized <= st.money + self._fees_left_to_timing(lines) + 2
         )
+        if st.closed is None and not cancelling and self._fee_alone_earlier(full=True, below=total):
+            # Every unit of goods captured outside, the fees go "alone once none is left
+            # to come" (README "Fees"): a worker acting on an earlier, smaller basket of
+            # this window lowered the authorization to it (§4 step 1) and the fees took
+            # all that was left. Step 1 updates only an authorization "not fully
+            # captured", so the basket grown since is a new payment, whether it ends
+            # above, at or below the authorization the window began with (seed 201367).
+            exp.allowed.add(("needs_new_order", ""))
+            exp.uncertain_end = True
+            exp.outcomes.add("grown_after_a_fee_alone_filled_a_lower_basket")
+            self._maybe_full = True
         held_before = st.authorized
         if st.closed is None and not cancelling and total != st.authorized:
             if total > st.authorized and self.refuses and not nothing_new:
@@ -946,20 +971,6 @@ class Oracle:
                     # all of it; the basket grown since is then a new payment.
                     exp.allowed.add(("needs_new_order", ""))
                     exp.outcomes.add("grown_after_a_full_capture_in_one_window")
-                if total < st.authorized and self._fee_alone_earlier(full=True, below=total):
-                    # README "Fees": a fee whose first capture was made outside goes
-                    # "alone once none is left to come", carrying what is left of the
-                    # order-level lines; a worker that acted on an earlier, smaller
-                    # basket of this window lowered the authorization to it first, and
-                    # the fee alone filled it. §4 step 1 updates only an authorization
-                    # "not fully captured": the basket grown since (a fee added) waits
-                    # for the new order the shop is asked for (seed 161424). (An
-                    # increase over the authorization is the branch above.)
-                    exp.allowed.add(("needs_new_order", ""))
-                    exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
-                    exp.uncertain_end = True
-                    exp.outcomes.add("grown_after_a_fee_filled_a_basket_in_passing")
-                    self._maybe_full = True
                 self._grown_past_covered(total, "grown_after_a_basket_the_captures_cover")
                 exp.outcomes.add("increase" if total > st.authorized else "decrease")
                 held_high = exp.authorized_high  # an earlier update the PSP may have refused
@@ -1451,6 +1462,15 @@ class Oracle:
         if self.stored is None:
             return False
         return self._goods_to_charge(self.stored)
+
+    def _fee_to_charge(self, snap: dict[str, Any]) -> bool:
+        """A fee line of value with units no capture surely charged (README "Fees":
+        "Until a fee is captured the authorization holds it")."""
+        return any(
+            int(line["quantity"]) > self._captured_at_least(line["id"]) and line_value(line) > 0
+            for line in snap["lines"]
+            if kind(line) in FEES
+        )
 
     def _goods_to_charge(self, snap: dict[str, Any], *, at_most: bool = False) -> bool:
         """`at_most`: counting units a capture left to timing may hold as captured."""

@@ -4095,3 +4095,105 @@ def test_a_fee_alone_that_filled_a_basket_in_passing_leaves_a_later_fee_waiting(
     assert ("needs_new_order", "") in exp.allowed
     low, high = exp.lines["l5"].captured_range or (exp.lines["l5"].captured,) * 2
     assert low == 0 and high == 1
+@pytest.mark.parametrize(("price", "grown"), [(99, 1011), (183, 1095)])
+def test_a_fee_alone_that_filled_a_lowered_basket_leaves_goods_added_after_it_waiting(
+    price: int, grown: int
+) -> None:
+    """Seed 201367 (Klarna US, 1095 authorized, increases allowed): l1's unit (450)
+    captured before the first read. In one window the shop gave an unitemised discount
+    (912) and marked l1 shipped, swapped the shipping fee for another at the same price,
+    then added l6 (99; 1011). A worker acting on the 912 basket lowered the authorization
+    to it (§4 step 1) and, every unit of goods captured, charged the fee alone (README
+    "Fees": "alone once none is left to come"), carrying the rest of the order-level
+    lines: 450 + 462 = 912, fully captured. §4 step 1 updates only an authorization "not
+    fully captured", so the 1011 basket is a new payment (needs_new_order), though below
+    the 1095 the window began with; l6, shipped later, waits for it. A worker that saw
+    only the last basket updated the authorization to it. The same when the basket grows
+    back to the 1095 the window began with (l6 at 183)."""
+    tax, gift = line("l2", 1, 150, type="sales_tax"), line("l4", 1, -120, type="gift_card")
+    fee, other_fee = (line(x, 1, 495, type="shipping_fee") for x in ("l3", "l5"))
+    shipped = line("l1", 1, 450, shipped_quantity=1)
+    added = line("l6", 1, price, type="digital")
+    oracle = Oracle(1095, refuses_increases=False)
+    oracle.external_capture("l1", 1, 450, tax_rate=2000)
+    oracle.snapshot(snap(1, [line("l1", 1, 450), tax, fee]))
+    oracle.snapshot(snap(3, [line("l1", 1, 450), tax, fee, gift], amount=912))
+    oracle.snapshot(snap(5, [shipped, tax, fee, gift], amount=912))
+    oracle.snapshot(snap(6, [shipped, tax, other_fee, gift], amount=912))
+    oracle.snapshot(snap(9, [shipped, tax, other_fee, gift, added], amount=grown))
+    oracle.settle()
+    assert ("needs_new_order", "") in oracle.exp.allowed
+    sent = {**added, "shipped_quantity": 1}
+    oracle.snapshot(snap(10, [shipped, tax, other_fee, gift, sent], amount=grown))
+    exp = oracle.expectation()
+    alone = [booked("l3", 1, 495), booked("l4", 1, -120, type="gift_card")]
+    ledger = [("capture", 450, [booked("l1", 1, 450)]), ("capture", 462, alone)]
+    assert not {c for c, _ in check_ledger(ledger, exp)} & {"captured_units"}
+    # The fee alone for the 1095 basket (all of it) is above the last one: the captures
+    # then exceed the basket (a person is told), no new payment is asked for.
+    above = Oracle(1095, refuses_increases=False)
+    above.external_capture("l1", 1, 450, tax_rate=2000)
+    above.snapshot(snap(1, [line("l1", 1, 450), tax, fee]))
+    above.snapshot(snap(9, [line("l1", 1, 450), tax, fee, gift, added], amount=1011))
+    assert ("needs_new_order", "") not in above.expectation().allowed
+
+
+def test_an_expiry_with_a_fee_still_to_charge_may_be_flagged_external_change() -> None:
+    """Seed 203760 (Adyen, 1993 authorized, increases refused): l1 (1200) and the shipping
+    fee captured, l1 returned and refunded; l2 removed and a surcharge (451) added, the
+    increase refused (needs_new_order). The authorization then expired with the surcharge
+    uncharged. README "Fees": "Until a fee is captured the authorization holds it", so
+    the expiry took money the shop still asks for, which its snapshot does not explain
+    (§4: external_change "where the shop's snapshot does not already explain it"). A fee
+    added after the expiry is the same."""
+    shoes, socks = line("l1", 1, 1200), line("l2", 2, 99)
+    fee = line("l3", 1, 595, type="shipping_fee")
+    back = {**shoes, "shipped_quantity": 1, "returned_quantity": 1}
+    surcharge = line("l4", 1, 451, type="surcharge")
+    oracle = Oracle(1993, refuses_increases=True)
+    oracle.snapshot(snap(1, [shoes, socks, fee]))
+    oracle.snapshot(snap(2, [{**shoes, "shipped_quantity": 1}, socks, fee]))
+    oracle.snapshot(snap(3, [back, socks, fee]))
+    oracle.settle()
+    oracle.snapshot(snap(4, [back, fee]))
+    oracle.snapshot(snap(5, [back, fee, surcharge]))
+    oracle.settle()
+    oracle.expire()
+    exp = oracle.expectation()
+    assert ("needs_attention", EXTERNAL) in exp.allowed
+    assert ("needs_attention", EXTERNAL) not in exp.required
+    later = Oracle(1993, refuses_increases=True)
+    later.snapshot(snap(1, [shoes, fee]))
+    later.snapshot(snap(2, [{**shoes, "shipped_quantity": 1}, fee]))
+    later.settle()
+    later.expire()
+    assert ("needs_attention", EXTERNAL) not in later.expectation().allowed
+    later.snapshot(snap(3, [{**shoes, "shipped_quantity": 1}, fee, surcharge]))
+    assert ("needs_attention", EXTERNAL) in later.expectation().allowed
+
+
+def test_every_unit_captured_below_a_basket_the_shop_then_cancelled_may_have_been_flagged() -> None:
+    """Seed 206865 (Klarna DE, 301 authorized): l1's unit (100) captured before the first
+    read, with no share of the sales tax (495) or the unitemised discount (−294). In one
+    window the shop marked it shipped (every unit captured, for 100 against a basket of
+    301) and then cancelled. A worker acting on the open snapshot had no capture left to
+    carry the shares (§4: "so that once everything has shipped the captures add up to
+    the order's total") and told a person (captured_below_total, README "Ledger model");
+    the cancel then released the rest."""
+    goods, tax = line("l1", 1, 100, rate=700), line("l2", 1, 495, type="sales_tax")
+    shipped = {**goods, "shipped_quantity": 1}
+    oracle = Oracle(301, refuses_increases=True)
+    oracle.external_capture("l1", 1, 100, tax_rate=700)
+    oracle.snapshot(snap(2, [shipped, tax], amount=301))
+    oracle.snapshot(snap(3, [shipped, tax], amount=301, status="cancelled"))
+    exp = oracle.expectation()
+    assert ("needs_attention", "captured_below_total") in exp.allowed
+    assert exp.authorization == "released"
+    # A unit of value still to capture in the open snapshot: a capture was left to carry
+    # the shares, so no worker had a gap to tell.
+    two = {**shipped, "quantity": 2}
+    left = Oracle(401, refuses_increases=True)
+    left.external_capture("l1", 1, 100, tax_rate=700)
+    left.snapshot(snap(2, [two, tax], amount=401))
+    left.snapshot(snap(3, [two, tax], amount=401, status="cancelled"))
+    assert ("needs_attention", "captured_below_total") not in left.expectation().allowed
