@@ -4095,6 +4095,8 @@ def test_a_fee_alone_that_filled_a_basket_in_passing_leaves_a_later_fee_waiting(
     assert ("needs_new_order", "") in exp.allowed
     low, high = exp.lines["l5"].captured_range or (exp.lines["l5"].captured,) * 2
     assert low == 0 and high == 1
+
+
 @pytest.mark.parametrize(("price", "grown"), [(99, 1011), (183, 1095)])
 def test_a_fee_alone_that_filled_a_lowered_basket_leaves_goods_added_after_it_waiting(
     price: int, grown: int
