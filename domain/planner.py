@@ -298,7 +298,7 @@ def plan_next(
             if isinstance(decision, Plan | Settle):
                 return decision
             if isinstance(decision, Flag):
-                return _refund_step(order, psp, ledger) or decision
+                return _refund_first(order, psp, ledger, decision)
             # A Wait: what still ships was never authorized (a refused increase); what
             # fitted is captured, the rest is let go.
         if psp.status is PspStatus.AUTHORIZED and psp.captured == 0:
@@ -308,39 +308,20 @@ def plan_next(
     elif _let_go(view) and order.total > psp.captured:
         # Reopened after the PSP cancelled or released the authorization: nothing is left
         # to charge the rest to; the shop must take a new payment.
-        refund = _refund_step(order, psp, ledger)
-        if refund is not None:
-            return refund
-        if _cancelled_outside_since(view):
-            # Cancelled without the service while the shop's order stood as it is now:
-            # that is an external change for a person (flagged when learnt); §4 asks
-            # for a new payment only of "a later open snapshot".
-            return Wait("cancelled_outside")
-        told = view.refused_amount == order.total
-        if told or (NEEDS_NEW_ORDER in view.flags and view.refused_amount is None):
-            return Wait("needs_new_order")
-        basket = tuple(basket_lines(order))
-        return Flag(
-            NEEDS_NEW_ORDER,
-            "authorization_cancelled",
-            f"the PSP authorization was {'cancelled' if psp.captured == 0 else 'released'}; "
-            "the reopened order needs a new payment",
-            lines=unauthorized_lines(basket, _captured_basket(ledger)),
-            refused_amount=order.total,
-        )
+        return _refund_first(order, psp, ledger, _new_payment(view, ledger))
     else:
         decision = _authorization_step(view, increase_allowed)
         if decision is not None:
             if isinstance(decision, Plan):
                 return decision
             # A flag about the authorization never holds a refund up either.
-            return _refund_step(order, psp, ledger) or decision
+            return _refund_first(order, psp, ledger, decision)
         decision = _capture_step(order, psp, ledger, view.refused_amount)
         if decision is not None:
             if isinstance(decision, Plan | Settle):
                 return decision
             # A capture that cannot be made never holds a refund up.
-            return _refund_step(order, psp, ledger) or decision
+            return _refund_first(order, psp, ledger, decision)
         if _expires_soon(view) and (_unshipped(order) or _fee_to_charge(order, ledger)):
             # A refund never waits (contract §4.3): an extension that fails halts the
             # order, and returned goods must be paid back whatever becomes of the
@@ -354,6 +335,47 @@ def plan_next(
     if gap is not None:
         return view.advise(gap) or Done()
     return Done()
+
+
+def _new_payment(view: OrderView, ledger: Ledger) -> Flag | Wait:
+    """Reopened after the PSP cancelled or released the authorization (contract §4: "a
+    later open snapshot flags needs_new_order ... and tells the shop"): the flag, or
+    once the shop was told of this total, a wait for its new payment."""
+    order, psp = view.order, view.psp
+    if _cancelled_outside_since(view):
+        # Cancelled without the service while the shop's order stood as it is now:
+        # that is an external change for a person (flagged when learnt); §4 asks
+        # for a new payment only of "a later open snapshot".
+        return Wait("cancelled_outside")
+    told = view.refused_amount == order.total
+    if told or (NEEDS_NEW_ORDER in view.flags and view.refused_amount is None):
+        return Wait("needs_new_order")
+    basket = tuple(basket_lines(order))
+    return Flag(
+        NEEDS_NEW_ORDER,
+        "authorization_cancelled",
+        f"the PSP authorization was {'cancelled' if psp.captured == 0 else 'released'}; "
+        "the reopened order needs a new payment",
+        lines=unauthorized_lines(basket, _captured_basket(ledger)),
+        refused_amount=order.total,
+    )
+
+
+def _refund_first(
+    order: OrderSnapshot, psp: PspState, ledger: Ledger, decision: Decision
+) -> Decision:
+    """Contract §4 step 3: "a refund never waits behind a capture that cannot be made",
+    nor behind an authorization that cannot follow: a refund to send goes before
+    `decision`. A refund that cannot be made either (its own flag, which halts) never
+    hides the new payment the shop must be asked for (§4: needs_new_order "tells the
+    shop"): that flag goes first, and once the shop is told (the planner then waits on
+    it, or no longer asks) the refund's flag follows on the next plan. Flagged first,
+    the refund's flag came back after every operator's reconcile and the shop was never
+    told."""
+    refund = _refund_step(order, psp, ledger)
+    if isinstance(refund, Flag) and isinstance(decision, Flag) and decision.flag == NEEDS_NEW_ORDER:
+        return decision
+    return refund or decision
 
 
 def _refund_step(order: OrderSnapshot, psp: PspState, ledger: Ledger) -> Plan | Flag | None:

@@ -685,3 +685,29 @@ def test_a_capture_that_fits_exactly_beside_money_captured_outside_unnamed_is_se
         ("a", 1000),
         ("discount", -100),
     ]
+
+
+def test_a_refund_that_cannot_be_made_never_hides_the_new_payment_a_reopen_asks_for() -> None:
+    # Contract §4: "Once the PSP has cancelled or released, a later open snapshot flags
+    # needs_new_order ... and tells the shop". Both socks captured (900), a chargeback
+    # gave everything held back (an external refund naming no lines), the shop marked one
+    # sock returned, cancelled (the rest released) and reopened. The sock's refund has
+    # nothing left to come from (refund_exceeds_captured, which halts); flagged first, it
+    # came back after every operator's reconcile and the shop was never told to take a
+    # new payment. The new payment is asked first, then the refund is told to a person.
+    now = order([shipped(SOCKS, 2, returned=1), SHOES]).model_copy(update={"version": 5})
+    psp = PspState(PspStatus.CAPTURED, 900, 900, 900, "INVOICE", "DE", ())
+    socks = tuple(capture_lines(order([shipped(SOCKS, 2), SHOES]), {}))
+    history = (
+        PastOperation(Kind.CAPTURE, "succeeded", 900, socks, version=1),
+        PastOperation(Kind.REFUND, "succeeded", 900, external=True, reference="cb", version=2),
+        PastOperation(Kind.RELEASE_AUTHORIZATION, "succeeded", 1200, version=4),
+    )
+    flag = plan_next(OrderView(now, psp, history=history), lambda _m, _c: False)
+    assert isinstance(flag, Flag) and flag.flag == NEEDS_NEW_ORDER, flag
+    assert flag.code == "authorization_cancelled"
+    told = OrderView(
+        now, psp, history, frozenset({NEEDS_NEW_ORDER}), refused_amount=flag.refused_amount
+    )
+    refund = plan_next(told, lambda _m, _c: False)
+    assert isinstance(refund, Flag) and refund.code == "refund_exceeds_captured", refund
