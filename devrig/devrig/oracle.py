@@ -1843,6 +1843,26 @@ class Oracle:
             and value + riding_value > limit - st.money - slack
         )
         beyond = value + riding_value > limit - st.money + slack
+        # README "Ledger model": "A price or discount edit after a capture is carried by
+        # the captures still to come ... A discount edit goes the same way, as a
+        # correction line with the discount's reference (which can be positive)", so
+        # that the shares "add up to the discount line's total" (§4). Units captured at
+        # an earlier basket's shares, worth more at this one's (a discount cut since),
+        # leave that difference to this capture: it may pass what is left of an
+        # authorization no raise will follow, and the units wait (seed 205314). Those
+        # counted captured before it (a fee riding with it is in riding_value).
+        carried = (
+            sum(
+                int(x["unit_price"]) * st.captured.get(x["id"], 0)
+                for x in last["lines"]
+                if kind(x) in GOODS | FEES and x["id"] not in riding
+            )
+            * self._ratio(last)
+            - st.money
+        )
+        if not beyond and carried > slack and value + riding_value + carried > limit - st.money:
+            near = True
+            exp.outcomes.add("edit_carried_beyond_authorization")
         # A worker may have captured for an earlier snapshot of this window (§4 step 2,
         # "a capture with exactly those lines" of the snapshot it was sent for: its
         # prices, its order-level shares, the fees due with the first capture), and the

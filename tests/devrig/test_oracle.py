@@ -4199,3 +4199,45 @@ def test_every_unit_captured_below_a_basket_the_shop_then_cancelled_may_have_bee
     left.snapshot(snap(2, [two, tax], amount=401))
     left.snapshot(snap(3, [two, tax], amount=401, status="cancelled"))
     assert ("needs_attention", "captured_below_total") not in left.expectation().allowed
+
+
+def test_a_discount_edit_the_next_capture_carries_may_take_it_beyond_a_refused_authorization() -> (
+    None
+):
+    """Seed 205314 (Klarna, increases refused): l1's three e-books captured at 1106 with a
+    store credit of −406 (−244 of it theirs); the authorization lowered with the credit to
+    −685 (1565). Then the credit was cut to −1 (2249: the raise refused, needs_new_order)
+    and one of l2's e-books shipped: 450 with its share, within the 459 left. README
+    "Ledger model": "A price or discount edit after a capture is carried by the captures
+    still to come ... A discount edit goes the same way, as a correction line with the
+    discount's reference (which can be positive)", so that the shares "add up to the
+    discount line's total" (§4): this capture carries l1's +243 too (693), beyond the
+    authorization, which a refused raise leaves as it is. What fits is captured, the
+    shop is told: the unit may wait."""
+    oracle = Oracle(1844, refuses_increases=True)
+
+    def basket(version: int, l1: int, l2: int, credit: int) -> dict[str, Any]:
+        lines = [
+            line("l1", 3, 450, type="digital", shipped_quantity=l1),
+            line("l2", 2, 450, type="digital", shipped_quantity=l2),
+            line("l3", 1, credit, rate=0, type="store_credit"),
+        ]
+        return snap(version, lines)
+
+    oracle.snapshot(basket(1, 0, 0, -406))
+    oracle.snapshot(basket(2, 3, 0, -406))
+    oracle.settle()
+    oracle.snapshot(basket(3, 3, 0, -685))
+    oracle.settle()
+    oracle.snapshot(basket(4, 3, 0, -1))
+    oracle.snapshot(basket(5, 3, 1, -1))
+    oracle.settle()
+    exp = oracle.expectation()
+    capture = (
+        "capture",
+        1106,
+        [booked("l1", 3, 1350, type="digital"), booked("l3", 1, -244, rate=0, type="store_credit")],
+    )
+    assert not {c for c, _ in check_ledger([capture], exp)} & {"captured_units"}
+    # Captured after all (a build that fits the edit otherwise) stays allowed.
+    assert exp.lines["l2"].captured_range == (0, 1)
