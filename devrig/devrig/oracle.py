@@ -180,10 +180,10 @@ class Expectation:
     any_attention: bool = False
     # The same for refunds made outside without named lines: {Y: {X: units}}.
     interchangeable_back: dict[str, dict[str, int]] = field(default_factory=dict)
-    # The order-level reducing lines of the stored snapshots, id → the most negative
-    # total each had; an unitemised discount (`amount` below the lines) under any id
-    # the snapshots do not use, as `unitemised`. What a settle's shares may take
-    # (check_ledger).
+    # The order-level lines of the stored snapshots (reducing and sales tax), id → the
+    # least total each had (0 at most); an unitemised discount (`amount` below the
+    # lines) under any id the snapshots do not use, as `unitemised`. What a settle's
+    # shares may take (check_ledger).
     shares: dict[str, int] = field(default_factory=dict)
     unitemised: int = 0
     # Per line: units beyond those the PSP booked that a capture made outside without
@@ -329,7 +329,7 @@ class Oracle:
         # the most it ever was, since a capture made before an edit followed the line then.
         shares = self.exp.shares
         for line in snap["lines"]:
-            if kind(line) in REDUCING:
+            if kind(line) in REDUCING | SHARED_UP:
                 key = str(line["id"])
                 shares[key] = min(shares.get(key, 0), line_value(line))
         unitemised = order_total(snap) - sum(line_value(x) for x in snap["lines"])
@@ -2499,18 +2499,24 @@ def check_ledger(
         # (README "Ledger model"), the goods at their price (the price check's below).
         # The shares taken so far never pass an order-level line's total, and name only
         # the order's own (a discount the order never had paid for nothing).
+        # §4: "`sales_tax` lines (US) are shared by captures and refunds in proportion to
+        # value, as discount lines are, so that once everything has shipped the captures
+        # add up to the order's total": a sales tax line priced down after its capture
+        # leaves a negative share for the goods still to ship, which may take them whole
+        # too; its shares taken never fall below the least the line ever was (never 0 <).
         for line in lines:
-            if line.type in REDUCING and what == "capture":
+            if line.type in REDUCING | SHARED_UP and what == "capture":
                 taken[line.reference] = taken.get(line.reference, 0) + line.total
         goods_value = sum(line.total for line in lines if line.type not in REDUCING | SHARED_UP)
         taken_by_shares = (
             goods_value > 0
             and sum(line.total for line in lines) == 0
-            and any(line.total < 0 for line in lines if line.type in REDUCING)
+            and any(line.total < 0 for line in lines if line.type in REDUCING | SHARED_UP)
             and all(
-                taken[line.reference] >= exp.shares.get(line.reference, exp.unitemised)
+                taken[line.reference]
+                >= exp.shares.get(line.reference, 0 if line.type in SHARED_UP else exp.unitemised)
                 for line in lines
-                if line.type in REDUCING and line.total < 0
+                if line.type in REDUCING | SHARED_UP and line.total < 0
             )
         )
         if settle and not cuts and not own_cut and not taken_by_shares:

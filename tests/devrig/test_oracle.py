@@ -4241,3 +4241,31 @@ def test_a_discount_edit_the_next_capture_carries_may_take_it_beyond_a_refused_a
     assert not {c for c, _ in check_ledger([capture], exp)} & {"captured_units"}
     # Captured after all (a build that fits the edit otherwise) stays allowed.
     assert exp.lines["l2"].captured_range == (0, 1)
+
+
+def test_goods_settled_at_0_by_a_sales_tax_line_priced_down_are_captured() -> None:
+    """§4: "`sales_tax` lines (US) are shared by captures and refunds in proportion to
+    value, as discount lines are, so that once everything has shipped the captures add up
+    to the order's total". l1 4 × 100 and a sales tax l2 of 100 captured (500, all the
+    authorization holds); l2 then priced to 0 (removed for l3 at 0) and a 5th unit of l1
+    shipped: its capture with "exactly those lines" (step 2) carries what is left of l2's
+    share, 100 − 100 = 0, a settle (README "Ledger model": goods "whose capture the
+    order-level lines' shares take whole"), so the customer pays the basket, 500, once.
+    Before, settled_without_a_cut (seed 208260): only a discount's share counted. A tax
+    share taking more than the line ever came to is still wrong."""
+    oracle = Oracle(500, refuses_increases=False)
+    tax = line("l2", 1, 100, rate=0, type="sales_tax")
+    oracle.snapshot(snap(1, [line("l1", 4, 100, shipped_quantity=4), tax]))
+    oracle.settle()
+    oracle.snapshot(snap(2, [line("l1", 5, 100, shipped_quantity=5), {**tax, "unit_price": 0}]))
+    oracle.settle()
+    oracle.snapshot(
+        snap(3, [line("l1", 5, 100, shipped_quantity=5), {**tax, "id": "l3", "unit_price": 0}])
+    )
+    oracle.settle()
+    exp = oracle.expectation()
+    first = ("capture", 500, [booked("l1", 4, 400), booked("l2", 1, 100, 0, "sales_tax")])
+    settled = ("settle", 0, [booked("l1", 1, 100), booked("l2", 1, -100, 0, "sales_tax")])
+    assert "settled_without_a_cut" not in {code for code, _ in check_ledger([first, settled], exp)}
+    short = ("capture", 450, [booked("l1", 4, 400), booked("l2", 1, 50, 0, "sales_tax")])
+    assert "settled_without_a_cut" in {code for code, _ in check_ledger([short, settled], exp)}
