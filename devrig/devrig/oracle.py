@@ -901,11 +901,16 @@ class Oracle:
                 if (
                     any(e.captured_range for e in exp.lines.values())
                     or self._emptied_earlier()
+                    or self._fee_alone_earlier(full=True)
                     or total <= st.authorized_high + 2
                 ):
                     # What an earlier window (or an earlier snapshot of this one)
                     # captured was left to timing: everything may be captured already
-                    # (see nothing_new), or not.
+                    # (see nothing_new), or not. A fee charged alone for an earlier
+                    # snapshot of this window (README "Fees": "alone once none is left
+                    # to come") may have taken all that was left: §4 step 1 then asks
+                    # nothing of the PSP ("not fully captured"), so no increase is
+                    # refused; a worker that saw the last basket first asked, and was.
                     exp.allowed.add(("needs_new_order", ""))
                     exp.allowed |= {("needs_attention", r) for r in CANNOT_FOLLOW}
                 else:

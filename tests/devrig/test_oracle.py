@@ -4269,3 +4269,27 @@ def test_goods_settled_at_0_by_a_sales_tax_line_priced_down_are_captured() -> No
     assert "settled_without_a_cut" not in {code for code, _ in check_ledger([first, settled], exp)}
     short = ("capture", 450, [booked("l1", 4, 400), booked("l2", 1, 50, 0, "sales_tax")])
     assert "settled_without_a_cut" in {code for code, _ in check_ledger([short, settled], exp)}
+
+
+def test_a_refused_increase_after_a_fee_alone_may_have_filled_is_left_to_timing() -> None:
+    """Seed 211069 (Klarna, 3094 authorized, increases refused): l1 (2599) captured before
+    the first read. In one window the shop sent the basket (surcharge 495, 3094) and then
+    raised the surcharge to 545 (3144). A worker acting on the first basket charged the
+    surcharge alone (README "Fees": "alone once none is left to come"), 2599 + 495 = 3094:
+    fully captured, so §4 step 1 ("not fully captured → update the authorization") asks
+    the PSP nothing for the 3144 basket and nothing is refused; a person is told instead.
+    A worker that saw only the last basket asked for the increase and was refused
+    (needs_new_order). Timing decides: allowed, not required. Without the earlier basket
+    the increase is surely asked and refused."""
+    oracle = Oracle(3094, refuses_increases=True)
+    oracle.external_capture("l1", 1, 2599)
+    oracle.snapshot(snap(1, [line("l1", 1, 2599), line("l2", 1, 495, type="surcharge")]))
+    oracle.snapshot(snap(2, [line("l1", 1, 2599), line("l2", 1, 545, type="surcharge")]))
+    oracle.settle()
+    assert ("needs_new_order", "") in oracle.exp.allowed
+    assert ("needs_new_order", "") not in oracle.exp.required
+    only_last = Oracle(3094, refuses_increases=True)
+    only_last.external_capture("l1", 1, 2599)
+    only_last.snapshot(snap(2, [line("l1", 1, 2599), line("l2", 1, 545, type="surcharge")]))
+    only_last.settle()
+    assert ("needs_new_order", "") in only_last.exp.required
