@@ -14,8 +14,8 @@ statement and one commit for many more requests) instead of more statements comp
 for the same CPU; when idle, a request waits no longer than the window.
 
 A flush that would start while another is under way is held back until its batch is
-half of `max_items`, or the one under way is late (`late_seconds`, by default five
-windows: its commit waits on a slow WAL flush), or it ends. The batch statement costs
+half of `max_items`, or the one under way is late (`late_seconds`, by default twice the
+window: its commit waits on a slow WAL flush), or it ends. The batch statement costs
 Postgres a fixed part per statement that is several rows' worth
 (docs/performance.md, issue 20 round 9): a second statement started at once for the few
 requests that came in the window doubled that part, while the second slot's use, keeping
@@ -58,7 +58,7 @@ class Batcher(Generic[T, R]):
         # Each flush under way, with the loop time it started.
         self._running: dict[asyncio.Task[None], float] = {}
         self._share = max(1, self._max_items // 2)
-        self._late = 5 * window_seconds if late_seconds is None else late_seconds
+        self._late = 2 * window_seconds if late_seconds is None else late_seconds
         self._late_timer: asyncio.TimerHandle | None = None
 
     async def submit(self, item: T) -> R:
