@@ -86,8 +86,7 @@ class Settings(BaseSettings):
     web_batch_window_ms: float = Field(default=1.0, ge=0, le=50)
     web_batch_max: int = Field(default=32, ge=1, le=1000)
     # At most this many batch statements under way at once per web process; a batch
-    # whose window ends meanwhile waits for one and takes in what arrived. A second one
-    # starts only for a half-full batch, or when the first has run twice the window
+    # whose window ends meanwhile waits for one and takes in what arrived
     # (service/batcher.py).
     web_batch_in_flight: int = Field(default=2, ge=1, le=64)
     # uvicorn processes of `ordersync web` (its --workers default); uvicorn's own name.

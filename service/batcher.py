@@ -12,14 +12,6 @@ whose window has ended waits for one of them to finish and takes in everything t
 arrived meanwhile. Under load the batches grow to what arrives during one commit (one
 statement and one commit for many more requests) instead of more statements competing
 for the same CPU; when idle, a request waits no longer than the window.
-
-A flush that would start while another is under way is held back until its batch is
-half of `max_items`, or the one under way is late (`late_seconds`, by default twice the
-window: its commit waits on a slow WAL flush), or it ends. The batch statement costs
-Postgres a fixed part per statement that is several rows' worth
-(docs/performance.md, issue 20 round 9): a second statement started at once for the few
-requests that came in the window doubled that part, while the second slot's use, keeping
-requests moving while a commit's flush stalls, needs it only when the first is late.
 """
 
 from __future__ import annotations
@@ -43,7 +35,6 @@ class Batcher(Generic[T, R]):
         window_seconds: float,
         max_items: int,
         max_in_flight: int | None = None,
-        late_seconds: float | None = None,
     ) -> None:
         self._flush = flush
         self._window = window_seconds
@@ -55,21 +46,14 @@ class Batcher(Generic[T, R]):
         # The waiting items' window has ended (or they fill a batch): they go with the
         # next flush that may start.
         self._due = False
-        # Each flush under way, with the loop time it started.
-        self._running: dict[asyncio.Task[None], float] = {}
-        self._share = max(1, self._max_items // 2)
-        self._late = 2 * window_seconds if late_seconds is None else late_seconds
-        self._late_timer: asyncio.TimerHandle | None = None
+        self._running: set[asyncio.Task[None]] = set()
 
     async def submit(self, item: T) -> R:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[R] = loop.create_future()
         self._items.append(item)
         self._futures.append(future)
-        if len(self._items) >= self._max_items or (
-            # Held back behind a flush under way: a second may start once half full.
-            self._due and len(self._items) == self._share
-        ):
+        if len(self._items) >= self._max_items:
             self._start_flush()
         elif self._timer is None and not self._due:
             self._timer = loop.call_later(self._window, self._start_flush)
@@ -77,44 +61,26 @@ class Batcher(Generic[T, R]):
         # its own task, and `_run` skips a future that is done.
         return await future
 
-    def _may_start(self, now: float) -> bool:
-        running = len(self._running)
-        if self._max_in_flight is not None and running >= self._max_in_flight:
-            return False
-        if running == 0 or len(self._items) >= self._share:
-            return True
-        return now >= min(self._running.values()) + self._late
-
     def _start_flush(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        while self._items and self._may_start(now):
+        while self._items and (
+            self._max_in_flight is None or len(self._running) < self._max_in_flight
+        ):
             items, futures = self._items[: self._max_items], self._futures[: self._max_items]
             del self._items[: self._max_items], self._futures[: self._max_items]
             # A fresh context: the batch belongs to no single request's log context.
-            task = loop.create_task(self._run(items, futures), context=contextvars.Context())
-            self._running[task] = now
+            task = asyncio.get_running_loop().create_task(
+                self._run(items, futures), context=contextvars.Context()
+            )
+            self._running.add(task)
             task.add_done_callback(self._flushed)
-        # What is left waits for a flush to finish (`_flushed`), or for the one under way
-        # to be late.
+        # What is left waits for a flush to finish (`_flushed`).
         self._due = bool(self._items)
-        if (
-            self._due
-            and self._late_timer is None
-            and (self._max_in_flight is None or len(self._running) < self._max_in_flight)
-        ):
-            self._late_timer = loop.call_at(min(self._running.values()) + self._late, self._on_late)
-
-    def _on_late(self) -> None:
-        self._late_timer = None
-        if self._due:
-            self._start_flush()
 
     def _flushed(self, task: asyncio.Task[None]) -> None:
-        self._running.pop(task, None)
+        self._running.discard(task)
         if self._due:
             self._start_flush()
 
