@@ -553,15 +553,39 @@ class Oracle:
         self.exp.outcomes.add(f"{operation}_refused")
         self.exp.allowed.add(("needs_attention", code))
 
-    def expire(self, *, capture_in_flight: bool = False, window_done: bool = False) -> None:
+    def expire(
+        self,
+        *,
+        capture_in_flight: bool = False,
+        window_done: bool = False,
+        extension_due: bool = False,
+    ) -> None:
         """The authorization expired; `capture_in_flight`: while a capture of this
         window was on its way, so units shipped in it may have been captured first.
         `window_done`: at a settle point, after the window's last snapshot (no later
         one can explain the expiry: a cancel the shop sends after an EXPIRE the service
-        has not learnt of yet does)."""
+        has not learnt of yet does). `extension_due`: the date that passed was inside the
+        extend window (README EXTEND_AUTHORIZATION_DAYS_BEFORE)."""
         self.expired_in_window = capture_in_flight
         if self.state.closed is None:
             self._ended_in_window = True
+            if extension_due and any(
+                snap["status"] == "open"
+                and (self._unshipped_of_value(snap) or self._fee_to_charge(snap))
+                for snap in [*self.window, *([self.stored] if self.stored else [])]
+            ):
+                # README EXTEND_AUTHORIZATION_DAYS_BEFORE: the service extends an
+                # authorization this long before `expires_at` "while goods of value are
+                # unshipped or a fee is uncaptured". A worker that planned the extension
+                # for a snapshot of this window before the date passed sends it after:
+                # Klarna refuses it (403 NOT_ALLOWED, "the order being expired ... among
+                # the possible causes"), a business rejection is not retried (§5), and
+                # §4: "An operation that still fails after its retries flags
+                # needs_attention", with the PSP's code (as rejected() for an extension
+                # Klarna always refuses). Allowed, not required: the worker may have
+                # learnt of the expiry first, or shipped everything before it planned.
+                self.exp.outcomes.add("extension_after_the_authorization_ended")
+                self.exp.allowed.add(("needs_attention", "NOT_ALLOWED"))
             self.state.closed = "expired"
             self.exp.outcomes.add("expired")
             stored = self.stored
@@ -1334,6 +1358,14 @@ class Oracle:
             > max(int(line.get("shipped_quantity", 0)), self._captured_at_most(line["id"]))
             and line_value(line) > 0
             for line in self.stored["lines"]
+            if kind(line) in GOODS
+        )
+
+    def _unshipped_of_value(self, snap: dict[str, Any]) -> bool:
+        """Goods of value in `snap` with units the shop has not marked shipped."""
+        return any(
+            int(line["quantity"]) > int(line.get("shipped_quantity", 0)) and line_value(line) > 0
+            for line in snap["lines"]
             if kind(line) in GOODS
         )
 

@@ -1813,7 +1813,8 @@ class MoreGaps(Draws):
         # between them: a capture the service made for them may have gone before the
         # date passed, or not (§4 counts the expiry without ordering it against the
         # service's captures; seed 87368), as for an expiry with a capture in flight.
-        order.oracle.expire(capture_in_flight=True, window_done=True)
+        # The date was inside the extend window: an extension may be on its way too.
+        order.oracle.expire(capture_in_flight=True, window_done=True, extension_due=True)
 
     def after_settle(self, flagged: set[str]) -> None:
         """A settle point has settled (every Klarna order read again): an expiry inside

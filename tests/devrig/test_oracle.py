@@ -4293,3 +4293,36 @@ def test_a_refused_increase_after_a_fee_alone_may_have_filled_is_left_to_timing(
     only_last.snapshot(snap(2, [line("l1", 1, 2599), line("l2", 1, 545, type="surcharge")]))
     only_last.settle()
     assert ("needs_new_order", "") in only_last.exp.required
+
+
+def test_an_extension_sent_as_the_authorization_lapsed_may_be_flagged_with_klarnas_refusal() -> (
+    None
+):
+    """Seed 213029 (Klarna SE, 200 authorized, the expiry date inside the extend
+    window): the shop stores l1 (2 × 100) unshipped, a worker plans the extension
+    (README EXTEND_AUTHORIZATION_DAYS_BEFORE: "while goods of value are unshipped") and
+    dies before its call; the shop marks both shipped; the date passes at the settle
+    point. The worker resumes the frozen extension: Klarna answers 403 NOT_ALLOWED (the
+    order expired), a business rejection is not retried (§5), and §4: "An operation
+    that still fails after its retries flags needs_attention"."""
+    goods = line("l1", 2, 100)
+    oracle = Oracle(200, refuses_increases=False)
+    oracle.snapshot(snap(1, [goods]))
+    oracle.snapshot(snap(2, [{**goods, "shipped_quantity": 2}]))
+    oracle.expire(capture_in_flight=True, window_done=True, extension_due=True)
+    oracle.settle()
+    exp = oracle.expectation()
+    assert ("needs_attention", "NOT_ALLOWED") in exp.allowed
+    assert ("needs_attention", "NOT_ALLOWED") not in exp.required
+    # Every unit shipped in every snapshot the service stored: no extension was due.
+    shipped = Oracle(200, refuses_increases=False)
+    shipped.snapshot(snap(1, [{**goods, "shipped_quantity": 2}]))
+    shipped.expire(capture_in_flight=True, window_done=True, extension_due=True)
+    shipped.settle()
+    assert ("needs_attention", "NOT_ALLOWED") not in shipped.expectation().allowed
+    # A date outside the extend window: the service had no extension to send.
+    early = Oracle(200, refuses_increases=False)
+    early.snapshot(snap(1, [goods]))
+    early.expire(capture_in_flight=True, window_done=True)
+    early.settle()
+    assert ("needs_attention", "NOT_ALLOWED") not in early.expectation().allowed
