@@ -2428,6 +2428,29 @@ def _borrow(
             short -= take
 
 
+def _refund_pool(
+    held: dict[str, list[Fraction]],
+    got: dict[str, list[int]],
+    borrowed: dict[tuple[str, str], int],
+    exp: Expectation,
+    reference: str,
+    *,
+    dear: bool = False,
+) -> list[Fraction]:
+    """The captured values a refund of the line's units may be judged within: its own
+    units', and those of units of other lines a capture made outside without named lines
+    paid for that the build may have taken for this line's (`Expectation.interchangeable`,
+    not yet moved over by `_borrow`, still held): the cheapest of them, or with `dear`
+    the dearest."""
+    pool = list(held.get(reference, []))
+    for other, units in exp.interchangeable.get(reference, {}).items():
+        spare = len(held.get(other, [])) - got.get(other, [0, 0])[1]
+        take = min(units - borrowed.get((reference, other), 0), spare)
+        if take > 0:
+            pool += sorted(held[other], reverse=dear)[:take]
+    return pool
+
+
 def _cut(held: dict[str, list[Fraction]], line: Booked, *, clamp: bool, back: int = 0) -> Fraction:
     """A price cut given back for a line's captured units: spread over them by value.
 
@@ -2650,13 +2673,28 @@ def check_ledger(
             # edit between captures, a capture made outside) nothing says which came
             # back: r units refunded give back no less than the r cheapest and no more
             # than the r dearest captured units of their line, all of it once all are back.
+            # A capture made outside whose lines the PSP did not name may have been
+            # taken for units of this line worth as much then (README "External
+            # changes": such money "is tied to units only when the shop's snapshots
+            # show units worth exactly its amount"; `Expectation.interchangeable`): the
+            # build then holds the line's units at that money too, as captured for
+            # them, and nothing says which came back.
             cheapest = sum(
-                (sum(sorted(held[ref])[: n[1]], Fraction(0)) for ref, n in got.items() if n[1]),
+                (
+                    sum(sorted(_refund_pool(held, got, borrowed, exp, ref))[: n[1]], Fraction(0))
+                    for ref, n in got.items()
+                    if n[1]
+                ),
                 Fraction(0),
             )
             dearest = sum(
                 (
-                    sum(sorted(held[ref], reverse=True)[: n[1]], Fraction(0))
+                    sum(
+                        sorted(
+                            _refund_pool(held, got, borrowed, exp, ref, dear=True), reverse=True
+                        )[: n[1]],
+                        Fraction(0),
+                    )
                     for ref, n in got.items()
                     if n[1]
                 ),

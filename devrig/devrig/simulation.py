@@ -2894,9 +2894,18 @@ def _captured_unit_value(psp: PspOrder, reference: str, *, away: int = 0) -> int
             cut = -sum(b.total for b in lines if b.reference == reference + CUT_REFUND)
         if cut and captured:
             # The units still held take it: those refunded went back at their price.
+            # By value, as the oracle spreads a cut (`_cut`): units held at different
+            # prices (a discount share on one, none on a unit captured before the
+            # discount) are each held at their captured price less their part of it,
+            # so a merchant refunds none above what the oracle holds it at (seed 213438:
+            # 450 and 324 cut by 600 are held at 101 and 72, not 150 and 24).
             first = min(back, len(captured) - 1)
             kept = len(captured) - first
-            captured = captured[:first] + [unit + cut // kept for unit in captured[first:]]
+            worth = sum(captured[first:])
+            captured = captured[:first] + [
+                unit + (cut * unit // worth if worth > 0 else cut // kept)
+                for unit in captured[first:]
+            ]
             paid += cut
         lines = [b for b in lines if b not in cuts]
         units = [b for b in lines if b.type not in REDUCING | SHARED_UP]

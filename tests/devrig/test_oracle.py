@@ -4326,3 +4326,33 @@ def test_an_extension_sent_as_the_authorization_lapsed_may_be_flagged_with_klarn
     early.expire(capture_in_flight=True, window_done=True)
     early.settle()
     assert ("needs_attention", "NOT_ALLOWED") not in early.expectation().allowed
+
+
+def test_a_refund_may_give_back_a_unit_at_what_a_capture_outside_taken_for_it_paid() -> None:
+    """Seed 213394 (Adyen DE): a Customer Area capture of 450, booked by the PSP on an l3
+    unit, its notification naming no lines; the shop then ships three l2 units, also
+    450 each, and the service ties the 450 to one of them (README "External changes":
+    money whose lines the PSP did not name "is tied to units only when the shop's
+    snapshots show units worth exactly its amount") and captures the other two with
+    their store credit share (847). One l2 unit returned: the build holds l2's units at
+    450, 423.50 and 423.50, and §4 step 3 refunds "at the prices and tax they were
+    captured at"; nothing says which came back, so 432 (450 less its share of −53) is
+    within them. The oracle judged it against the two units the PSP booked on l2
+    alone (423.50). A refund above the dearest unit stays wrong, as does 432 when no
+    such capture could stand for l2's units."""
+    ledger = [
+        ("capture", 450, [booked("l3", 1, 450)]),
+        ("capture", 847, [booked("l2", 2, 900), booked("l4", 1, -53, type="discount")]),
+    ]
+    back = ("refund", 432, [booked("l2", 1, 450), booked("l4", 1, -18, type="discount")])
+    exp = Expectation(
+        lines={"l2": LineExpect(captured_range=(2, 3), refunded=1), "l3": LineExpect(captured=1)},
+        interchangeable={"l2": {"l3": 1}},
+    )
+    assert check_ledger([*ledger, back], exp) == []
+    dearer = ("refund", 460, [booked("l2", 1, 460)])
+    wrong = {code for code, _ in check_ledger([*ledger, dearer], exp)}
+    assert "refund_not_at_captured_price" in wrong
+    exp.interchangeable = {}
+    unrelated = {code for code, _ in check_ledger([*ledger, back], exp)}
+    assert "refund_not_at_captured_price" in unrelated

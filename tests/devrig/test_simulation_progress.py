@@ -280,3 +280,39 @@ def test_a_merchant_refund_after_a_chargeback_gives_back_a_unit_captured_since()
     ]
     psp.types = {"l1": "physical"}
     assert _captured_unit_value(psp, "l1", away=1) == 800
+
+
+def test_a_merchant_refund_after_a_cut_gives_back_no_more_than_the_unit_holds_by_value() -> None:
+    """Seed 213438 (Klarna DE): l1's first unit captured at 450 with the shipping fee,
+    its second at 324 (450 less a discount share of 126); l1 then priced to 150 with
+    nothing left to capture, so the service refunded the cut whole (`l1#price-cut` 600,
+    README "Ledger model": "those units are then held at their captured price less the
+    cut"). The oracle spreads the cut over the units by value (101.16 and 72.84): a
+    merchant's refund of one unit by hand gives back no more than 101, not 150 (the
+    cut spread evenly, 300 a unit; §4 step 3, "never more than was captured for those
+    units")."""
+    from devrig.oracle import Booked
+    from devrig.simulation import PspOrder, _captured_unit_value
+
+    psp = PspOrder("klarna", "k1", "EUR", 1269, [], captured=1269, refunded=600)
+    psp.ledger = [
+        (
+            "capture",
+            945,
+            [
+                Booked("l1", "physical", 1, 450, 75, 2000),
+                Booked("l3", "shipping_fee", 1, 495, 83, 2000),
+            ],
+        ),
+        (
+            "capture",
+            324,
+            [
+                Booked("l1", "physical", 1, 450, 75, 2000),
+                Booked("l4", "discount", 1, -126, -21, 2000),
+            ],
+        ),
+        ("refund", 600, [Booked("l1#price-cut", "discount", 1, 600, 100, 2000)]),
+    ]
+    psp.types = {"l1": "physical", "l3": "shipping_fee", "l4": "discount"}
+    assert _captured_unit_value(psp, "l1") == 101
