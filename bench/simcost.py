@@ -31,11 +31,11 @@ from ordersync.db import migrate
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def _server_cpu(data_dir: Path) -> float:
-    """CPU seconds of the postmaster's children, live (utime + stime) and ended (the
-    postmaster's cutime + cstime)."""
+def _postmaster_procs(data_dir: Path) -> tuple[int, list[tuple[int, int, list[str]]]]:
+    """The postmaster's pid, and every process's (pid, ppid, /proc/<pid>/stat fields
+    after the command name)."""
     postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
-    total = 0
+    procs = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -44,7 +44,16 @@ def _server_cpu(data_dir: Path) -> float:
         except OSError:
             continue
         fields = stat[stat.rindex(")") + 2 :].split()
-        pid, ppid = int(entry), int(fields[1])
+        procs.append((int(entry), int(fields[1]), fields))
+    return postmaster, procs
+
+
+def _server_cpu(data_dir: Path) -> float:
+    """CPU seconds of the postmaster's children, live (utime + stime) and ended (the
+    postmaster's cutime + cstime)."""
+    postmaster, procs = _postmaster_procs(data_dir)
+    total = 0
+    for pid, ppid, fields in procs:
         if ppid == postmaster:
             total += int(fields[11]) + int(fields[12])
         if pid == postmaster:
@@ -53,18 +62,8 @@ def _server_cpu(data_dir: Path) -> float:
 
 
 def _postmaster_children(data_dir: Path) -> list[int]:
-    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
-    children = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        if int(stat[stat.rindex(")") + 2 :].split()[1]) == postmaster:
-            children.append(int(entry))
-    return children
+    postmaster, procs = _postmaster_procs(data_dir)
+    return [pid for pid, ppid, _ in procs if ppid == postmaster]
 
 
 def _sched(pids: list[int]) -> dict[tuple[int, str], tuple[int, int]]:

@@ -3810,33 +3810,6 @@ def test_units_whose_capture_was_left_to_timing_may_have_been_charged_back() -> 
     assert exp.charged_back_maybe == {"l1": 2}
 
 
-def test_a_return_of_units_maybe_charged_back_may_be_flagged_as_beyond_what_is_held() -> None:
-    """Seed 114429: units whose capture was left to timing (0..2), charged back with
-    everything held, then one marked returned. §4: money that moved without the service
-    (a chargeback) is counted "in the order's figures, never makes it a second time".
-    A build that captured them plans their refund when the shop marks them returned,
-    finds nothing left with the PSP, and may tell a person (`refund_exceeds_captured`),
-    as for units the oracle knows were captured and charged back. Before, only those
-    were allowed the flag."""
-    l1 = line("l1", 3, 450)
-    oracle = Oracle(1350, refuses_increases=True)
-    oracle.snapshot(snap(1, [l1]))
-    oracle.settle()
-    oracle.snapshot(snap(2, [{**l1, "quantity": 2}]))
-    oracle.snapshot(snap(3, [{**l1, "quantity": 2, "shipped_quantity": 2}]))
-    oracle.snapshot(snap(4, [{**l1, "quantity": 3, "unit_price": 750, "shipped_quantity": 2}]))
-    oracle.settle()
-    assert oracle.exp.lines["l1"].captured_range is not None
-    oracle.chargeback()
-    oracle.settle()
-    shipped = {**l1, "quantity": 2, "unit_price": 750, "shipped_quantity": 2}
-    assert ("needs_attention", "refund_exceeds_captured") not in oracle.expectation().allowed
-    oracle.snapshot(snap(5, [{**shipped, "returned_quantity": 1}]))
-    exp = oracle.expectation()
-    assert ("needs_attention", "refund_exceeds_captured") in exp.allowed
-    assert exp.charged_back_maybe == {"l1": 2}
-
-
 def test_goods_within_the_shares_rounding_of_an_authorization_below_the_basket_may_not_fit() -> (
     None
 ):
