@@ -2482,16 +2482,28 @@ def _cut(held: dict[str, list[Fraction]], line: Booked, *, clamp: bool, back: in
     return beyond
 
 
-def _spread(held: dict[str, list[Fraction]], amount: Fraction, busy: set[str]) -> None:
+def _spread(
+    held: dict[str, list[Fraction]],
+    amount: Fraction,
+    busy: set[str],
+    got: dict[str, list[int]],
+) -> None:
     """`amount` (<= 0) more of the discount on the units held of lines not `busy`, by
-    value (a cut refunded whole beyond what its units held: _cut)."""
-    units = [
-        (reference, index)
-        for reference, values in held.items()
-        if reference not in busy
-        for index, unit in enumerate(values)
-        if unit > 0
-    ]
+    value (a cut refunded whole beyond what its units held: _cut).
+
+    Units refunded already are not held: README "Ledger model" has "for a refunded cut
+    those still held" carry it, and §4 step 3 refunds "at the prices and tax they were
+    captured at (never more than was captured for those units)", so those went back at
+    their value then. As in `_cut`, the dearest as many as came back of each line keep
+    their value (nothing says which came back), so an earlier refund judged within them
+    stays within them (seed 209563)."""
+    units = []
+    for reference, values in held.items():
+        if reference in busy:
+            continue
+        back = got.get(reference, [0, 0])[1]
+        kept = set(sorted(range(len(values)), key=lambda i: values[i], reverse=True)[:back])
+        units += [(reference, i) for i, unit in enumerate(values) if unit > 0 and i not in kept]
     value = sum((held[r][i] for r, i in units), Fraction(0))
     for reference, index in units if amount and value else []:
         held[reference][index] += amount * held[reference][index] / value
@@ -2611,7 +2623,7 @@ def check_ledger(
             # not those this refund gives back.
             busy = {x.reference.removesuffix(CUT_REFUND) for x in surplus + units}
             back = got.get(reference, [0, 0])[1]
-            _spread(held, _cut(held, cut, clamp=True, back=back), busy)
+            _spread(held, _cut(held, cut, clamp=True, back=back), busy, got)
             given_back += line.total
             amount -= line.total
         value = sum(line.total for line in units)

@@ -3381,6 +3381,65 @@ def test_a_cut_given_back_after_a_unit_was_refunded_leaves_that_refund_at_its_ca
     assert "refund_not_at_captured_price" in {code for code, _ in check_ledger(wrong, exp)}
 
 
+def test_a_cut_refunded_past_its_unit_keeps_units_returned_before_at_their_price() -> None:
+    """Seed 209563 (Adyen DE): three l1 units (300) and a shipping fee (495) captured
+    with a gift card (−565): l1's units held at 28.93, the fee at 143.21. Two l1 units
+    returned (58) with the fee priced down, refunded whole (`l3#price-cut` 143); then
+    29 more of the cut, beyond what the fee held. README "Ledger model": that share
+    goes back to the discount line and "for a refunded cut those still held" carry it;
+    §4 step 3: refunds "at the prices and tax they were captured at (never more than
+    was captured for those units)", so the units returned before keep what they went
+    back at and only the unit still held falls (to 0.14). The oracle spread it over all
+    three and then judged the earlier 58 against 38.67. A refund of the last unit at
+    more than it still holds stays wrong, and so does the two units' above their price."""
+    exp = Expectation(
+        lines={"l1": LineExpect(captured=3, refunded=2), "l3": LineExpect(captured=1)}
+    )
+    gift = "gift_card"
+    capture = (
+        "capture",
+        230,
+        [
+            booked("l1", 3, 300),
+            booked("l3", 1, 495, 0, "shipping_fee"),
+            booked("l2", 1, -565, 0, gift),
+        ],
+    )
+    ledger = [
+        capture,
+        (
+            "refund",
+            201,
+            [
+                booked("l1", 2, 200),
+                booked("l2", 1, -142, 0, gift),
+                booked("l3#price-cut", 1, 143, 0, "discount"),
+            ],
+        ),
+        ("refund", 29, [booked("l3#price-cut", 1, 29, 0, "discount")]),
+    ]
+    assert check_ledger(ledger, exp) == []
+    all_back = Expectation(
+        lines={"l1": LineExpect(captured=3, refunded=3), "l3": LineExpect(captured=1)}
+    )
+    last = ("refund", 29, [booked("l1", 1, 100), booked("l2", 1, -71, 0, gift)])
+    assert "refund_not_at_captured_price" in {
+        code for code, _ in check_ledger([*ledger, last], all_back)
+    }
+    above = (
+        "refund",
+        243,
+        [
+            booked("l1", 2, 200),
+            booked("l2", 1, -100, 0, gift),
+            booked("l3#price-cut", 1, 143, 0, "discount"),
+        ],
+    )
+    assert "refund_not_at_captured_price" in {
+        code for code, _ in check_ledger([capture, above], exp)
+    }
+
+
 def test_a_basket_below_a_fee_the_first_capture_may_not_have_carried_may_be_followed() -> None:
     """Seed 81459 (Klarna DE, increases allowed): three units worth 0 and a shipping fee
     (150) shipped, and a second fee (264) added in the same window. A worker that acted
