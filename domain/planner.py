@@ -18,6 +18,7 @@ from domain.lines import (
     SHARE_TYPES,
     Ledger,
     PspLine,
+    _part,
     all_units_captured,
     basket_lines,
     capture_lines,
@@ -503,9 +504,10 @@ def _priced_then(order: OrderSnapshot, basis: OrderSnapshot) -> OrderSnapshot:
 
 def _shipped_part(order: OrderSnapshot, ledger: Ledger, amount: int) -> tuple[PspLine, ...]:
     """Units of one line the shop marks shipped and no capture has taken whose value
-    (alone, or with the shares a capture of them carries) comes to `amount`: a capture
-    made without the service of part of a shipment. Counted as those units, they are
-    never captured a second time (contract §4, money that moved without the service).
+    (alone, with the shares a capture of them carries, or at their price without a
+    price edit left to them) comes to `amount`: a capture made without the service of
+    part of a shipment. Counted as those units, they are never captured a second time
+    (contract §4, money that moved without the service).
     `order` is priced as when the money moved (_priced_then)."""
     for line in order.effective_lines:
         if line.shared or line.is_fee:
@@ -529,6 +531,13 @@ def _shipped_part(order: OrderSnapshot, ledger: Ledger, amount: int) -> tuple[Ps
             )
             if found is not None:
                 return found
+            if amount == share(line.total, units, line.quantity) and line.total > 0:
+                # The units at their price alone (contract §4: money moved outside is
+                # counted, never made a second time). A price edit the earlier captures
+                # did not carry rides with the units still to capture (README "Ledger
+                # model"); money moved outside never carries it, so it stays owed
+                # (captured by a later capture, or told: _capture_gap).
+                return (_part(line, units, amount),)
     return ()
 
 

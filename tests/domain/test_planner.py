@@ -769,3 +769,25 @@ def test_goods_shipped_after_a_price_raise_on_units_captured_outside_take_what_i
     first = decision.lines[0]
     assert (first.reference, first.quantity, first.total_amount) == ("l7", 1, 450)
     assert decision.amount == lines_total(decision.lines) in (68, 69)
+
+
+def test_a_capture_made_outside_at_the_units_price_pays_them_not_a_price_edit_still_owed() -> None:
+    """§4: money that moved without the service is counted and "never made a second
+    time". A unit captured at 800, then the line priced 1000: the 200 more its units
+    owe rides with the two units still to capture (README "Ledger model"), so a capture
+    of the next unit would be 1100. A capture of 1000 made outside once that unit
+    shipped paid it at its price alone, not the edit: it is tied to that unit, which is
+    never charged again (before: left unnamed, and the unit captured a second time for
+    1100, or, with no room left, flagged `capture_exceeds_authorization`)."""
+    coat = {"id": "l1", "name": "l1", "quantity": 3, "unit_price": 1000, "tax_rate": 2000}
+    now = order([shipped(coat, 2)])
+    ours = PastOperation(
+        Kind.CAPTURE, "succeeded", 800, (_whole("l1", 800),), reference="ours", version=1
+    )
+    outside = PastOperation(
+        Kind.CAPTURE, "succeeded", 1000, external=True, reference="portal", basis=now
+    )
+    view = OrderView(now, psp(3000, captured=1800), history=(ours, outside))
+    decision = plan_next(view, allow_all)
+    assert isinstance(decision, Attribute) and decision.reference == "portal"
+    assert [(x.reference, x.quantity, x.total_amount) for x in decision.lines] == [("l1", 1, 1000)]
