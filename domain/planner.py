@@ -837,6 +837,7 @@ def _capture_step(
     # held: goods it could not have charged either (a refused increase) were let go
     # with it by the rule below, not lost to the cancel.
     remaining = psp.authorized - psp.captured
+    fully_captured = remaining <= 0
     amount = wanted = lines_total(lines)
     unshipped_fees = {line.id for line in order.effective_lines if line.is_fee}
     unshipped_fees -= {line.id for line in order.effective_lines if line.shipped_quantity}
@@ -861,7 +862,7 @@ def _capture_step(
         spread = _spread_due(order, ledger, unnamed, back)
         if spread:
             lines, amount = spread, lines_total(spread)
-        elif amount == 0 and psp.open_for_changes:
+        elif amount == 0 and psp.open_for_changes and not fully_captured:
             # A shipped unit is never left uncounted: the last goods to ship carry every
             # share left (§4: the shares "add up to the discount line's total once
             # everything has shipped"), and when they, with what is still owed, take the
@@ -870,7 +871,10 @@ def _capture_step(
             # _capture_gap tells the rest (seed 62851). Only on an authorization that
             # holds money: one captured whole or let go takes no capture, not even one
             # of 0 (seed 63), nor does an Adyen payment whose AUTHORISATION was refused
-            # (closed when learnt, workers/adyen_inbox.py).
+            # (closed when learnt, workers/adyen_inbox.py). Captured whole is read from
+            # the figures, not the status alone: a payment still `part_captured` whose
+            # captures reached what it authorizes holds no money either (README
+            # "Ledger model": "open: not captured whole").
             return Settle(tuple(lines))
     if amount > remaining and last:
         # §4 step 4 charges every shipped line before letting go. Shared over a basket

@@ -627,3 +627,24 @@ def test_an_expired_order_whose_capture_left_is_worth_nothing_has_nothing_left_t
     dear = order([*goods, {**fee, "unit_price": 1500}], amount=8226)
     told = plan_next(OrderView(dear, expired, history=history), allow_all)
     assert isinstance(told, Flag) and told.code == "external_change", told
+
+
+def test_shares_taking_a_fee_whole_settle_nothing_on_an_authorization_captured_whole() -> None:
+    """README "Ledger model": goods the order-level shares take whole are settled at 0
+    "only while the authorization holds money (open: not captured whole, ...)". l2's
+    three units were captured for all the authorization held (297 of 297) though the
+    payment still reads `part_captured`; a shipping fee (150) added since and a discount
+    (−447) make the order worth 0, so the shares take the fee whole. Before, the fee was
+    settled at 0 against money the authorization no longer held (seed 222558)."""
+    history: tuple[PastOperation, ...] = (captured(unit("l2", 3, 297, rate=2500)),)
+    now = order(
+        [
+            line("l1", 2, 0, shipped=0),
+            line("l2", 3, 99, shipped=3),
+            line("l3", 1, -447, type="discount"),
+            line("l4", 1, 150, type="shipping_fee"),
+        ]
+    )
+    assert now.total == 0
+    decision = plan_next(OrderView(now, psp(297, 297), history=history), allow_all)
+    assert not isinstance(decision, Settle), decision
