@@ -829,6 +829,20 @@ def _capture_step(
         or any(_carries_its_own_cut(order, ledger, x) for x in lines)
     ):
         # A price cut given back takes the whole capture: the money is held already.
+        if psp.captured >= psp.authorized:
+            fees = {line.id for line in order.effective_lines if line.is_fee}
+            own = [
+                x
+                for x in lines
+                if _is_correction_of(ledger, x)
+                or (x.type not in SHARE_TYPES and x.reference not in fees)
+            ]
+            if own and len(own) < len(lines) and lines_total(own) == 0:
+                # README "Ledger model": fees the order-level shares take whole are
+                # settled at 0 only while the authorization holds money ("open: not
+                # captured whole"); captured whole, the goods carrying a cut are
+                # settled alone.
+                return Settle(tuple(own))
         return Settle(tuple(lines))
     cancelled = psp.status is PspStatus.CANCELLED
     if cancelled and lines_total(lines) <= 0:
