@@ -838,6 +838,20 @@ def _capture_step(
         or any(_carries_its_own_cut(order, ledger, x) for x in lines)
     ):
         # A price cut given back takes the whole capture: the money is held already.
+        if psp.captured >= psp.authorized:
+            fees = {line.id for line in order.effective_lines if line.is_fee}
+            own = [
+                x
+                for x in lines
+                if _is_correction_of(ledger, x)
+                or (x.type not in SHARE_TYPES and x.reference not in fees)
+            ]
+            if own and len(own) < len(lines) and lines_total(own) == 0:
+                # README "Ledger model": fees the order-level shares take whole are
+                # settled at 0 only while the authorization holds money ("open: not
+                # captured whole"); captured whole, the goods carrying a cut are
+                # settled alone.
+                return Settle(tuple(own))
         return Settle(tuple(lines))
     cancelled = psp.status is PspStatus.CANCELLED
     if cancelled and lines_total(lines) <= 0:
@@ -846,6 +860,7 @@ def _capture_step(
     # held: goods it could not have charged either (a refused increase) were let go
     # with it by the rule below, not lost to the cancel.
     remaining = psp.authorized - psp.captured
+    fully_captured = remaining <= 0
     amount = wanted = lines_total(lines)
     unshipped_fees = {line.id for line in order.effective_lines if line.is_fee}
     unshipped_fees -= {line.id for line in order.effective_lines if line.shipped_quantity}
@@ -870,7 +885,7 @@ def _capture_step(
         spread = _spread_due(order, ledger, unnamed, back)
         if spread:
             lines, amount = spread, lines_total(spread)
-        elif amount == 0 and psp.open_for_changes:
+        elif amount == 0 and psp.open_for_changes and not fully_captured:
             # A shipped unit is never left uncounted: the last goods to ship carry every
             # share left (§4: the shares "add up to the discount line's total once
             # everything has shipped"), and when they, with what is still owed, take the
@@ -879,7 +894,10 @@ def _capture_step(
             # _capture_gap tells the rest (seed 62851). Only on an authorization that
             # holds money: one captured whole or let go takes no capture, not even one
             # of 0 (seed 63), nor does an Adyen payment whose AUTHORISATION was refused
-            # (closed when learnt, workers/adyen_inbox.py).
+            # (closed when learnt, workers/adyen_inbox.py). Captured whole is read from
+            # the figures, not the status alone: a payment still `part_captured` whose
+            # captures reached what it authorizes holds no money either (README
+            # "Ledger model": "open: not captured whole").
             return Settle(tuple(lines))
     if amount > remaining and last:
         # §4 step 4 charges every shipped line before letting go. Shared over a basket

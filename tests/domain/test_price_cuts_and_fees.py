@@ -627,3 +627,49 @@ def test_an_expired_order_whose_capture_left_is_worth_nothing_has_nothing_left_t
     dear = order([*goods, {**fee, "unit_price": 1500}], amount=8226)
     told = plan_next(OrderView(dear, expired, history=history), allow_all)
     assert isinstance(told, Flag) and told.code == "external_change", told
+
+
+def test_shares_taking_a_fee_whole_settle_nothing_on_an_authorization_captured_whole() -> None:
+    """README "Ledger model": goods the order-level shares take whole are settled at 0
+    "only while the authorization holds money (open: not captured whole, ...)". l2's
+    three units were captured for all the authorization held (297 of 297) though the
+    payment still reads `part_captured`; a shipping fee (150) added since and a discount
+    (−447) make the order worth 0, so the shares take the fee whole. Before, the fee was
+    settled at 0 against money the authorization no longer held (seed 222558)."""
+    history: tuple[PastOperation, ...] = (captured(unit("l2", 3, 297, rate=2500)),)
+    now = order(
+        [
+            line("l1", 2, 0, shipped=0),
+            line("l2", 3, 99, shipped=3),
+            line("l3", 1, -447, type="discount"),
+            line("l4", 1, 150, type="shipping_fee"),
+        ]
+    )
+    assert now.total == 0
+    decision = plan_next(OrderView(now, psp(297, 297), history=history), allow_all)
+    assert not isinstance(decision, Settle), decision
+
+
+def test_shares_taking_a_fee_whole_ride_no_settle_of_a_cut_on_an_authorization_captured_whole() -> (
+    None
+):
+    """README "Ledger model": units carrying their own line's cut whole are settled at 0,
+    but goods the order-level shares take whole only "while the authorization holds
+    money (open: not captured whole, ...)". l1's unit was captured at 450, all the
+    authorization held; l1 priced to 150 with a second unit shipped (its own cut takes
+    it whole), a gift card (−450) and a shipping fee (150) added since: the gift card's
+    share takes the fee whole. Before, the fee rode the cut's settle, booked against
+    money no longer held (seed 223357); now the unit is settled alone."""
+    history: tuple[PastOperation, ...] = (captured(unit("l1", 1, 450)),)
+    now = order(
+        [
+            line("l1", 2, 150, shipped=2),
+            line("l2", 1, -450, type="gift_card"),
+            line("l3", 1, 150, type="shipping_fee"),
+        ]
+    )
+    assert now.total == 0
+    full = psp(450, 450, PspStatus.CAPTURED)
+    decision = plan_next(OrderView(now, full, history=history), allow_all)
+    settled = decision.lines if isinstance(decision, Settle) else ()
+    assert "l3" not in [x.reference for x in settled], decision
