@@ -153,6 +153,20 @@ def test_a_discount_the_shop_dropped_is_still_refunded_on_its_line_with_its_tax(
     ]
 
 
+def test_a_reopened_order_tells_the_shop_its_authorization_was_cancelled_if_none_captured() -> None:
+    # Contract §4: once the PSP has cancelled, a later open snapshot flags
+    # needs_new_order and tells the shop. The message is what the shop and the operator
+    # read: nothing was captured, so the authorization was cancelled, not released.
+    psp = Psp(authorized=4000)
+    psp.sync(order([A, B]))
+    psp.sync(order([A, B], status="cancelled"))
+    [flag] = psp.sync(order([A, B]))
+    assert isinstance(flag, Flag) and flag.code == "authorization_cancelled"
+    assert flag.message == (
+        "the PSP authorization was cancelled; the reopened order needs a new payment"
+    ), flag.message
+
+
 def test_a_reopened_order_asks_a_new_payment_for_units_refunded_before_the_release() -> None:
     # Both A captured, one refunded, the rest of the authorization released; the shop
     # reopens the order as it stood. The payment now holds one A: the flag names A
@@ -412,7 +426,9 @@ def test_a_release_of_ours_then_a_reopen_asks_a_new_payment_despite_a_cancel_lea
     assert isinstance(flag, Flag) and flag.flag == NEEDS_NEW_ORDER, flag
     assert flag.code == "authorization_cancelled"
     # Part of it was captured: the shop reads that it was released, not cancelled.
-    assert flag.message.startswith("the PSP authorization was released;"), flag.message
+    assert flag.message == (
+        "the PSP authorization was released; the reopened order needs a new payment"
+    ), flag.message
     # Told once, the order waits for the shop's new payment, and says what it waits for.
     told = OrderView(
         now, psp, history, frozenset({NEEDS_NEW_ORDER}), refused_amount=flag.refused_amount
