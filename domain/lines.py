@@ -403,7 +403,7 @@ def _whole(line: Line) -> PspLine:
     )
 
 
-def _part(line: Line, quantity: int, value: int) -> PspLine:
+def line_part(line: Line, quantity: int, value: int) -> PspLine:
     """`quantity` units of a product line worth `value` together.
 
     The unit price stays the shop's; the cumulative rounding difference goes into
@@ -576,7 +576,7 @@ def capture_lines(
             continue
         value = share(open_value, quantity, open_quantity)
         value_this += value
-        result.append(_part(line, quantity, value))
+        result.append(line_part(line, quantity, value))
     if not result:
         return []
     value_open = max(value_open - paid_unnamed - unshared, value_this)
@@ -823,7 +823,7 @@ def refund_lines(order: OrderSnapshot, ledger: Ledger) -> list[PspLine]:
         shares_back += share(entry.held_share, quantity, held_quantity)
         tax_back += share(entry.held_tax_share, quantity, held_quantity)
         captured = _as_captured(line, entry)
-        result.append(_part(captured, quantity, value))
+        result.append(line_part(captured, quantity, value))
         # A price cut a later capture gave back for these units is no longer held.
         cut = share(entry.held_correction, quantity, held_quantity)
         if cut:

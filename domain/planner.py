@@ -18,13 +18,13 @@ from domain.lines import (
     SHARE_TYPES,
     Ledger,
     PspLine,
-    _part,
     all_units_captured,
     basket_lines,
     capture_lines,
     captured_total,
     corrected,
     ledger_from,
+    line_part,
     lines_total,
     refund_lines,
     reversed_quantities,
@@ -537,7 +537,7 @@ def _shipped_part(order: OrderSnapshot, ledger: Ledger, amount: int) -> tuple[Ps
                 # did not carry rides with the units still to capture (README "Ledger
                 # model"); money moved outside never carries it, so it stays owed
                 # (captured by a later capture, or told: _capture_gap).
-                return (_part(line, units, amount),)
+                return (line_part(line, units, amount),)
     return ()
 
 
