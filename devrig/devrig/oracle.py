@@ -2403,21 +2403,40 @@ def _carries_after_unnamed(
     return False
 
 
-def _borrow(
+def _spare(
     held: dict[str, list[Fraction]],
     got: dict[str, list[int]],
     borrowed: dict[tuple[str, str], int],
     exp: Expectation,
+    reference: str,
+) -> list[tuple[str, int]]:
+    """Units of other lines a capture made outside without named lines paid for, that
+    the build may have taken for this line's (`Expectation.interchangeable`): per such
+    line, how many are not yet moved over to this one (`borrowed`) and still held."""
+    return [
+        (
+            other,
+            min(
+                units - borrowed.get((reference, other), 0),
+                len(held.get(other, [])) - got.get(other, [0, 0])[1],
+            ),
+        )
+        for other, units in exp.interchangeable.get(reference, {}).items()
+    ]
+
+
+def _borrow(
+    held: dict[str, list[Fraction]],
+    borrowed: dict[tuple[str, str], int],
     line: Booked,
+    short: int,
+    spare: list[tuple[str, int]],
 ) -> None:
-    """A refund of more units of a line than the PSP holds for it, where a capture made
-    outside without named lines may have been taken for its units
-    (`Expectation.interchangeable`): those units move over to it, at their value."""
+    """A refund of `short` more units of a line than the PSP holds for it: units of the
+    other lines it may stand for (`_spare`) move over to it, at their value."""
     reference = line.reference
-    short = line.quantity - (len(held.get(reference, [])) - got[reference][1])
-    for other, units in exp.interchangeable.get(reference, {}).items():
-        spare = len(held.get(other, [])) - got.get(other, [0, 0])[1]
-        take = min(short, units - borrowed.get((reference, other), 0), spare)
+    for other, available in spare:
+        take = min(short, available)
         for _ in range(max(take, 0)):
             per = Fraction(line.total, line.quantity)
             unit = min(held[other], key=lambda v: abs(v - per))
@@ -2429,25 +2448,15 @@ def _borrow(
 
 
 def _refund_pool(
-    held: dict[str, list[Fraction]],
-    got: dict[str, list[int]],
-    borrowed: dict[tuple[str, str], int],
-    exp: Expectation,
-    reference: str,
-    *,
-    dear: bool = False,
+    held: dict[str, list[Fraction]], reference: str, spare: list[tuple[str, int]], *, dear: bool
 ) -> list[Fraction]:
     """The captured values a refund of the line's units may be judged within: its own
-    units', and those of units of other lines a capture made outside without named lines
-    paid for that the build may have taken for this line's (`Expectation.interchangeable`,
-    not yet moved over by `_borrow`, still held): the cheapest of them, or with `dear`
-    the dearest."""
+    units', and those of the units of other lines it may stand for (`_spare`, not yet
+    moved over by `_borrow`): the cheapest of them, or with `dear` the dearest."""
     pool = list(held.get(reference, []))
-    for other, units in exp.interchangeable.get(reference, {}).items():
-        spare = len(held.get(other, [])) - got.get(other, [0, 0])[1]
-        take = min(units - borrowed.get((reference, other), 0), spare)
-        if take > 0:
-            pool += sorted(held[other], reverse=dear)[:take]
+    for other, available in spare:
+        if available > 0:
+            pool += sorted(held[other], reverse=dear)[:available]
     return pool
 
 
@@ -2674,7 +2683,9 @@ def check_ledger(
             slack += 1 + len(units)  # one cent of rounding per line and per request
             for line in units:
                 counts = got.setdefault(line.reference, [0, 0])
-                _borrow(held, got, borrowed, exp, line)
+                short = line.quantity - (len(held.get(line.reference, [])) - counts[1])
+                spare = _spare(held, got, borrowed, exp, line.reference)
+                _borrow(held, borrowed, line, short, spare)
                 if line.quantity > len(held.get(line.reference, [])) - counts[1]:
                     found.append(("refund_beyond_captured", f"{line.reference}"))
                     continue
@@ -2693,7 +2704,14 @@ def check_ledger(
             # them, and nothing says which came back.
             cheapest = sum(
                 (
-                    sum(sorted(_refund_pool(held, got, borrowed, exp, ref))[: n[1]], Fraction(0))
+                    sum(
+                        sorted(
+                            _refund_pool(
+                                held, ref, _spare(held, got, borrowed, exp, ref), dear=False
+                            )
+                        )[: n[1]],
+                        Fraction(0),
+                    )
                     for ref, n in got.items()
                     if n[1]
                 ),
@@ -2703,7 +2721,10 @@ def check_ledger(
                 (
                     sum(
                         sorted(
-                            _refund_pool(held, got, borrowed, exp, ref, dear=True), reverse=True
+                            _refund_pool(
+                                held, ref, _spare(held, got, borrowed, exp, ref), dear=True
+                            ),
+                            reverse=True,
                         )[: n[1]],
                         Fraction(0),
                     )
